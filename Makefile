@@ -1,0 +1,31 @@
+# One-command set-up: `make demo` runs the demo, `make test` runs the tests.
+# Each target creates the virtual environment it needs. torch==2.13.0 is installed first
+# and every later install is held by constraints.txt, so no CUDA build of torch is pulled.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.histoexpr-installed
+
+.PHONY: demo test docs benchmarks clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -c constraints.txt -e ".[test,docs]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/histoexpr demo --out histoexpr-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/bench_wsi_memory.py
+
+clean:
+	rm -rf $(VENV) docs/_build histoexpr-demo

@@ -1,0 +1,166 @@
+"""Global settings: ``hx.settings``.
+
+Every option is validated when it is assigned, so a typo fails at once instead of deep inside a
+training run. Functions that take ``device=None``, ``seed=None`` or ``progress_bar=None`` fall
+back to these values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+_LOGGER_NAME = "histoexpr"
+_VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+_DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+class Settings:
+    """Global options of histoexpr.
+
+    Attributes
+    ----------
+    device
+        ``None`` picks the best available device (cuda, then mps, then cpu) each time it is read;
+        otherwise a torch device string such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
+    seed
+        Seed used by functions whose ``seed`` argument is ``None``.
+    progress_bar
+        Whether long loops show a tqdm progress bar.
+    verbosity
+        0 errors, 1 warnings, 2 info (default), 3 debug: the level of the ``histoexpr`` logger.
+    n_workers
+        Worker processes for data loading (``0`` reads tiles in the main process).
+    """
+
+    def __init__(self) -> None:
+        self._device: str | None = None
+        self._seed = 0
+        self._progress_bar = True
+        self._verbosity = 2
+        self._n_workers = 0
+        self._apply_verbosity()
+
+    # device ------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """The torch device string that functions use when given ``device=None``."""
+        return self._device if self._device is not None else _best_device()
+
+    @device.setter
+    def device(self, value: str | None) -> None:
+        self._device = None if value is None else _validate_device(value)
+
+    # seed --------------------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        """Default random seed."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"settings.seed must be a non-negative integer, got {value!r}.")
+        self._seed = value
+
+    # progress bar ------------------------------------------------------------------------
+    @property
+    def progress_bar(self) -> bool:
+        """Whether long loops show a progress bar."""
+        return self._progress_bar
+
+    @progress_bar.setter
+    def progress_bar(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"settings.progress_bar must be True or False, got {value!r}.")
+        self._progress_bar = value
+
+    # verbosity ---------------------------------------------------------------------------
+    @property
+    def verbosity(self) -> int:
+        """0 errors, 1 warnings, 2 info, 3 debug."""
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        if isinstance(value, bool) or value not in _VERBOSITY_LEVELS:
+            raise ValueError(
+                f"settings.verbosity must be one of {sorted(_VERBOSITY_LEVELS)} "
+                f"(0 errors ... 3 debug), got {value!r}."
+            )
+        self._verbosity = value
+        self._apply_verbosity()
+
+    # workers -----------------------------------------------------------------------------
+    @property
+    def n_workers(self) -> int:
+        """Worker processes for data loading."""
+        return self._n_workers
+
+    @n_workers.setter
+    def n_workers(self, value: int) -> None:
+        cpus = os.cpu_count() or 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"settings.n_workers must be an integer >= 0, got {value!r}.")
+        if value > 4 * cpus:
+            raise ValueError(
+                f"settings.n_workers={value} is far more than the {cpus} CPUs of this machine; "
+                f"use at most {cpus}."
+            )
+        self._n_workers = value
+
+    def _apply_verbosity(self) -> None:
+        logger = logging.getLogger(_LOGGER_NAME)
+        logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+
+    def __repr__(self) -> str:
+        fields: dict[str, Any] = {
+            "device": self._device if self._device is not None else f"None (-> {self.device})",
+            "seed": self.seed,
+            "progress_bar": self.progress_bar,
+            "verbosity": self.verbosity,
+            "n_workers": self.n_workers,
+        }
+        inner = ", ".join(f"{k}={v}" for k, v in fields.items())
+        return f"Settings({inner})"
+
+
+def _best_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _validate_device(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"settings.device must be a string such as 'cpu' or 'cuda', got {value!r}.")
+    kind, _, index = value.partition(":")
+    if kind not in _DEVICE_KINDS or (index and not index.isdigit()):
+        raise ValueError(
+            f"settings.device={value!r} is not a device: use None (automatic), "
+            f"'cpu', 'cuda', 'cuda:N' or 'mps'."
+        )
+    if kind != "cpu":
+        import torch
+
+        available = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+        if not available:
+            raise ValueError(
+                f"settings.device={value!r} but this machine has no {kind} device; "
+                "use None to pick the best available one, or 'cpu'."
+            )
+    return value
+
+
+settings = Settings()

@@ -1,0 +1,16 @@
+"""Reading: slides, spatial transcriptomics, transcripts, image regions and model files."""
+
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    submod_attrs={
+        "_image": ["get_pixel_size", "image_levels", "read_region"],
+        "_wsi": ["read_wsi"],
+        "_st": ["read_st"],
+        "_visium": ["read_visium"],
+        "_transcripts": ["read_transcripts"],
+        "_model_files": ["save_model", "load_model"],
+        "_cohort": ["Cohort"],
+    },
+)

@@ -1,0 +1,217 @@
+"""Image geometry in micrometres: pixel size, pyramid levels and lazy region reads.
+
+histoexpr's convention: the ``"global"`` coordinate system of every SpatialData it writes is in
+micrometres. An image's transformation to ``"global"`` is therefore a scale by its pixel size
+(um/px), possibly followed by a translation. Everything below derives from that transformation,
+so the pixel size is never stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import require_element
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from spatialdata import SpatialData
+
+COORDINATE_SYSTEM = "global"
+_ISOTROPY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ImageLevel:
+    """One resolution level of an image: its lazy array and where its pixels lie in um."""
+
+    data: xr.DataArray
+    mpp: float
+    offset: tuple[float, float]  # (x, y) in um of the corner of pixel (0, 0)
+
+    @property
+    def shape_yx(self) -> tuple[int, int]:
+        """Height and width in pixels."""
+        return int(self.data.sizes["y"]), int(self.data.sizes["x"])
+
+
+def _scale_and_offset(element) -> tuple[float, tuple[float, float]]:
+    """Pixel size and offset of an element's transformation to the micrometre system."""
+    from spatialdata.transformations import get_transformation
+
+    transformations = get_transformation(element, get_all=True)
+    if COORDINATE_SYSTEM not in transformations:
+        raise ValueError(
+            f"The image has no transformation to the {COORDINATE_SYSTEM!r} coordinate system "
+            f"(it has {sorted(transformations)}). Read it with a histoexpr reader or set one with "
+            "spatialdata.transformations.set_transformation(image, Scale([mpp, mpp], "
+            "axes=('y', 'x')), 'global')."
+        )
+    matrix = transformations[COORDINATE_SYSTEM].to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y")
+    )
+    sx, sy = float(matrix[0, 0]), float(matrix[1, 1])
+    if abs(matrix[0, 1]) > 1e-9 or abs(matrix[1, 0]) > 1e-9:
+        raise ValueError(
+            "The image's transformation to 'global' rotates or shears it; histoexpr reads regions "
+            "only from images aligned with the axes. Rasterise it first with spatialdata.transform."
+        )
+    if sx <= 0 or sy <= 0 or abs(sx - sy) > _ISOTROPY_TOLERANCE * max(sx, sy):
+        raise ValueError(
+            f"The image's pixels are not square in micrometres (x: {sx:g}, y: {sy:g} um/px). "
+            "Resample it to square pixels before use."
+        )
+    return sx, (float(matrix[0, 2]), float(matrix[1, 2]))
+
+
+def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
+    """Resolution levels of an image, finest first, each with its pixel size in um/px.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    image_key
+        Key of the image in ``sdata.images``.
+
+    Returns
+    -------
+    The levels: a single one for a plain image, one per scale for a multiscale image.
+    """
+    import xarray as xr
+
+    require_element(sdata, image_key, "images")
+    element = sdata.images[image_key]
+    mpp, offset = _scale_and_offset(element)
+    if isinstance(element, xr.DataArray):
+        return [ImageLevel(element, mpp, offset)]
+    arrays = [element[name].ds["image"] for name in sorted(element.children, key=_level_number)]
+    height0 = arrays[0].sizes["y"]
+    levels = []
+    for array in arrays:
+        factor = height0 / array.sizes["y"]
+        levels.append(ImageLevel(array, mpp * factor, offset))
+    return levels
+
+
+def _level_number(name: str) -> int:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def get_pixel_size(sdata: SpatialData, image_key: str) -> float:
+    """Pixel size (um/px) of the full-resolution level of an image.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    image_key
+        Key of the image in ``sdata.images``.
+
+    Returns
+    -------
+    Micrometres per pixel.
+    """
+    return image_levels(sdata, image_key)[0].mpp
+
+
+def choose_level(levels: list[ImageLevel], mpp: float) -> ImageLevel:
+    """The coarsest level that is at least as fine as ``mpp`` (the finest one if none is)."""
+    fine_enough = [level for level in levels if level.mpp <= mpp * (1 + 1e-6)]
+    return fine_enough[-1] if fine_enough else levels[0]
+
+
+def read_region(
+    sdata: SpatialData,
+    image_key: str,
+    bounds: tuple[float, float, float, float],
+    *,
+    mpp: float | None = None,
+    fill: float = 0,
+) -> np.ndarray:
+    """Read a rectangle of an image, at a chosen pixel size, computing only what it covers.
+
+    The pyramid level closest to (and not coarser than) ``mpp`` is read and resampled, so a
+    region costs memory in proportion to its own size, never to the slide's.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    image_key
+        Key of the image in ``sdata.images``.
+    bounds
+        ``(x_min, y_min, x_max, y_max)`` in micrometres of the ``"global"`` coordinate system.
+    mpp
+        Pixel size of the result in um/px; defaults to the image's full resolution.
+    fill
+        Value of pixels that fall outside the image.
+
+    Returns
+    -------
+    An array ``(channels, height, width)`` of the image's dtype, with
+    ``height = round((y_max - y_min) / mpp)`` and likewise for the width.
+    """
+    x_min, y_min, x_max, y_max = (float(b) for b in bounds)
+    if not (x_max > x_min and y_max > y_min):
+        raise ValueError(f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
+    levels = image_levels(sdata, image_key)
+    target_mpp = levels[0].mpp if mpp is None else float(mpp)
+    if target_mpp <= 0:
+        raise ValueError(f"mpp must be positive, got {mpp}.")
+    out_h = max(1, round((y_max - y_min) / target_mpp))
+    out_w = max(1, round((x_max - x_min) / target_mpp))
+    level = choose_level(levels, target_mpp)
+
+    # the window in the level's pixel grid (fractional), then the integer pixels that cover it
+    ox, oy = level.offset
+    c0, c1 = (x_min - ox) / level.mpp, (x_max - ox) / level.mpp
+    r0, r1 = (y_min - oy) / level.mpp, (y_max - oy) / level.mpp
+    ic0, ir0 = int(np.floor(c0 + 1e-6)), int(np.floor(r0 + 1e-6))
+    ic1, ir1 = int(np.ceil(c1 - 1e-6)), int(np.ceil(r1 - 1e-6))
+    height, width = level.shape_yx
+    crop = _read_padded(level.data, ir0, ir1, ic0, ic1, height, width, fill)
+    if crop.shape[1:] == (out_h, out_w):
+        return crop
+    return _resample(crop, (r0 - ir0, c0 - ic0, r1 - ir0, c1 - ic0), (out_h, out_w))
+
+
+def _read_padded(data, r0: int, r1: int, c0: int, c1: int, height: int, width: int,
+                 fill: float) -> np.ndarray:
+    """Pixels ``[r0:r1, c0:c1]`` of a (c, y, x) array, padding what lies outside with ``fill``."""
+    n_channels = data.sizes["c"]
+    out = np.full((n_channels, r1 - r0, c1 - c0), fill, dtype=data.dtype)
+    rr0, rr1 = max(r0, 0), min(r1, height)
+    cc0, cc1 = max(c0, 0), min(c1, width)
+    if rr1 > rr0 and cc1 > cc0:
+        window = data.data[:, rr0:rr1, cc0:cc1]
+        out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = np.asarray(window)
+    return out
+
+
+def _resample(crop: np.ndarray, box: tuple[float, float, float, float],
+              out_shape: tuple[int, int]) -> np.ndarray:
+    """Resample the fractional ``box`` (r0, c0, r1, c1) of ``crop`` to ``out_shape``.
+
+    Downsampling averages over each output pixel's footprint (area interpolation), which is
+    what pyramid levels do; upsampling interpolates linearly.
+    """
+    from skimage.transform import resize
+
+    r0, c0, r1, c1 = box
+    scale = max((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1])
+    dtype = crop.dtype
+    image = np.moveaxis(crop, 0, -1).astype(np.float32)
+    # crop to whole pixels first (sub-pixel offsets are below a pixel of the level read)
+    image = image[int(round(r0)) : max(int(round(r1)), int(round(r0)) + 1),
+                  int(round(c0)) : max(int(round(c1)), int(round(c0)) + 1)]
+    resized = resize(image, out_shape + (image.shape[-1],), order=1,
+                     anti_aliasing=scale > 1, preserve_range=True)
+    resized = np.moveaxis(resized, -1, 0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        resized = np.clip(np.rint(resized), info.min, info.max)
+    return resized.astype(dtype)

@@ -1,0 +1,77 @@
+"""Shared fixtures: small in-memory sections and the path of the real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import histoexpr as hx
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``realdata`` with a clear reason where the data folder is absent."""
+    if DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real data folder {DATA} is absent (set HISTOEXPR_SHARED_DATA)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder of real data sets (``../shared/data``)."""
+    return DATA
+
+
+@pytest.fixture(autouse=True)
+def _quiet_settings():
+    """Tests run without progress bars and restore the settings they change."""
+    saved = (hx.settings._device, hx.settings.seed, hx.settings.progress_bar,
+             hx.settings.verbosity, hx.settings.n_workers)
+    hx.settings.progress_bar = False
+    yield
+    (hx.settings._device, hx.settings.seed, hx.settings.progress_bar,
+     hx.settings.verbosity, hx.settings.n_workers) = saved
+    hx.settings.verbosity = saved[3]
+
+
+def make_disk_section(size_px: int = 400, mpp: float = 0.5, radius_frac: float = 0.35,
+                      seed: int = 0, multiscale: bool = False):
+    """An RGB 'H&E' section: a pink disk of tissue with dark dots on a white background.
+
+    The geometry is exact, so tests can compare tissue masks and tile counts with it: the disk's
+    centre is the image centre and its radius ``radius_frac * size_px`` pixels.
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size_px, :size_px]
+    centre = (size_px - 1) / 2
+    inside = (yy - centre) ** 2 + (xx - centre) ** 2 <= (radius_frac * size_px) ** 2
+    image = np.full((size_px, size_px, 3), 245, dtype=np.uint8)
+    image[inside] = (230, 150, 200)
+    dots = inside & (rng.random(inside.shape) < 0.02)
+    image[dots] = (80, 40, 140)
+    noise = rng.integers(-5, 6, image.shape)
+    image = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+    element = Image2DModel.parse(
+        np.moveaxis(image, -1, 0), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+        scale_factors=[2, 2] if multiscale else None,
+        transformations={"global": Scale([mpp, mpp], axes=("y", "x"))},
+    )
+    return SpatialData(images={"he": element})
+
+
+@pytest.fixture
+def disk_section():
+    """A 400 x 400 px RGB section at 0.5 um/px with a disk of tissue (see make_disk_section)."""
+    return make_disk_section()
