@@ -1,11 +1,11 @@
-"""Networks: tile encoders and the registry that lets model files be rebuilt safely."""
+"""Networks. Every class listed here can be rebuilt from a model file by its name."""
 
 import lazy_loader as _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
-        "_registry": ["register_model", "registered_models"],
-        "_encoders": ["ConvEncoder"],
+        "_base": ["Network"],
+        "_encoders": ["TileEncoder"],
     },
 )

@@ -1,0 +1,156 @@
+"""Model files: a network's weights with everything needed to apply it correctly.
+
+A file is a plain dictionary saved with :func:`torch.save` and read with
+``torch.load(..., weights_only=True)``: tensors, numbers, strings, lists and dicts only, so
+loading a file never runs code from it. The network is rebuilt from histoexpr's own classes
+(:mod:`histoexpr.models`) by name, with the constructor arguments stored in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._utils import logger, resolve_device
+
+if TYPE_CHECKING:
+    from ..models import Network
+
+FILE_FORMAT = "histoexpr-model"
+FORMAT_VERSION = 1
+#: the oldest format this version still reads
+OLDEST_READABLE_FORMAT = 1
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Save a histoexpr network with its configuration and metadata.
+
+    Parameters
+    ----------
+    model
+        A network from :mod:`histoexpr.models`; its ``metadata`` (genes, classes, um/px,
+        normalisation, history...) is saved with it and must hold plain values only.
+    path
+        File to write, conventionally ending in ``.pt``.
+    overwrite
+        Replace an existing file.
+
+    Returns
+    -------
+    The path written.
+    """
+    import torch
+
+    from .. import __version__
+    from ..models import Network
+
+    path = Path(path)
+    if not isinstance(model, Network):
+        raise TypeError(
+            f"save_model saves histoexpr networks (histoexpr.models), got {type(model).__name__}. "
+            "For another torch module, save its state_dict with torch.save."
+        )
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists. Pass overwrite=True to replace it.")
+    _check_plain(model.get_config(), "the network's configuration")
+    _check_plain(model.metadata, "model.metadata")
+    payload = {
+        "format": FILE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "histoexpr_version": __version__,
+        "class": type(model).__name__,
+        "config": model.get_config(),
+        "metadata": model.metadata,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    logger.info("Saved %s to %s", type(model).__name__, path)
+    return path
+
+
+def load_model(path: str | Path, *, device: str | None = None) -> Network:
+    """Load a network saved by :func:`save_model`, safely.
+
+    Parameters
+    ----------
+    path
+        The model file.
+    device
+        Where to put the network; ``None`` uses ``hx.settings.device``.
+
+    Returns
+    -------
+    The network in evaluation mode, with its ``metadata`` restored.
+    """
+    import pickle
+
+    import torch
+
+    from .. import models
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):
+            raise ValueError(f"{path} is not a readable torch file (it is damaged or of another "
+                             "kind); save models with hx.io.save_model.") from error
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values, so it is not loaded "
+            "(only weights_only=True loading is allowed). Save models with hx.io.save_model."
+        ) from error
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable torch file: {error}.") from error
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+        raise ValueError(
+            f"{path} is not a histoexpr model file (no '{FILE_FORMAT}' header). "
+            "Files written with torch.save(model) or by other tools cannot be loaded here."
+        )
+    version = payload.get("format_version")
+    written_by = payload.get("histoexpr_version", "an unknown version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written by histoexpr {written_by} in model-file format {version}, newer "
+            f"than this histoexpr reads (format {FORMAT_VERSION}). Upgrade histoexpr."
+        )
+    if version < OLDEST_READABLE_FORMAT:
+        raise ValueError(
+            f"{path} was written by histoexpr {written_by} in model-file format {version}, which "
+            f"this version no longer reads (oldest: {OLDEST_READABLE_FORMAT}). Load it with "
+            f"histoexpr {written_by} and retrain, or install that version to use it."
+        )
+    name = payload["class"]
+    if name not in models.__all__:
+        raise ValueError(
+            f"{path} holds a {name!r} network, which this histoexpr does not have "
+            f"(known: {', '.join(models.__all__)}). It may come from a newer or older version."
+        )
+    network = getattr(models, name)(**payload["config"])
+    network.load_state_dict(payload["state_dict"])
+    network.metadata = payload["metadata"]
+    return network.to(resolve_device(device)).eval()
+
+
+def _check_plain(value: Any, what: str) -> None:
+    """Refuse values that a weights-only load could not read back."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{what} has a non-string key {key!r}; use strings as keys.")
+            _check_plain(item, what)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, what)
+    elif type(value) not in _PLAIN_TYPES:  # exact types: numpy scalars would not load back
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return
+        raise TypeError(
+            f"{what} holds a {type(value).__name__} ({value!r:.60}), which a safe model file "
+            "cannot store. Convert it to plain values (e.g. array.tolist(), str(path))."
+        )

@@ -1,0 +1,75 @@
+"""Tile encoders: networks that turn a tile image into a feature vector."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import Network
+
+_MONAI_RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50")
+ARCHITECTURES = ("small_cnn", *_MONAI_RESNETS)
+
+
+class TileEncoder(Network):
+    """A convolutional encoder from tiles ``(N, C, H, W)`` to features ``(N, out_features)``.
+
+    Parameters
+    ----------
+    arch
+        ``"small_cnn"`` (four convolution blocks, fast on a CPU) or a MONAI ResNet
+        (``"resnet10"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"``), randomly initialised.
+    in_channels
+        Channels of the tiles: 3 for H&E, 1 for a nuclei stain.
+    width
+        Channels of the first block of ``"small_cnn"`` (doubled at each block); unused by ResNets.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from histoexpr.models import TileEncoder
+    >>> TileEncoder(arch="small_cnn", in_channels=3)(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 128])
+    """
+
+    def __init__(self, *, arch: str = "small_cnn", in_channels: int = 3, width: int = 16) -> None:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"Unknown encoder arch={arch!r}; choose one of {ARCHITECTURES}.")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}.")
+        super().__init__(config={"arch": arch, "in_channels": in_channels, "width": width})
+        self.in_channels = in_channels
+        if arch == "small_cnn":
+            self.body, self.out_features = _small_cnn(in_channels, width)
+        else:
+            from monai.networks.nets import resnet
+
+            self.body = getattr(resnet, arch)(
+                spatial_dims=2, n_input_channels=in_channels, feed_forward=False
+            )
+            self.out_features = 2048 if arch == "resnet50" else 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of tiles."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"TileEncoder expects tiles of shape (N, {self.in_channels}, H, W), got "
+                f"{tuple(x.shape)}. Check the image's channels (H&E: 3, nuclei stain: 1)."
+            )
+        return self.body(x)
+
+
+def _small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for block in range(4):
+        out = width * 2**block
+        layers += [
+            nn.Conv2d(channels, out, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2) if block < 3 else nn.AdaptiveAvgPool2d(1),
+        ]
+        channels = out
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), channels
