@@ -1,0 +1,41 @@
+"""Sphinx configuration of the histoexpr documentation."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import version
+
+project = "histoexpr"
+author = "histoexpr developers"
+copyright = "2026, histoexpr developers"  # noqa: A001
+release = version("histoexpr")
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+]
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+napoleon_numpy_docstring = True
+napoleon_google_docstring = False
+napoleon_use_rtype = False
+napoleon_custom_sections = [("Attributes", "params_style")]
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
+
+# Tutorials are executed at every build (CI builds the docs), at the small size that the
+# notebooks choose when HISTOEXPR_TUTORIAL_SIZE is unset.
+nb_execution_mode = os.environ.get("HISTOEXPR_NB_EXECUTION", "force")
+nb_execution_timeout = 900
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+
+html_theme = "sphinx_book_theme"
+html_title = "histoexpr"
+html_theme_options = {"repository_url": "https://github.com/histoexpr/histoexpr"}

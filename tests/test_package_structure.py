@@ -1,0 +1,109 @@
+"""The house rules, enforced: signatures, docstrings, lazy imports (like scanpy's own test)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+
+import pytest
+
+import histoexpr as hx
+
+ROOMS = ("io", "pp", "tl", "pl", "datasets", "models")
+#: options that must never be passed by position
+KEYWORD_ONLY = {"key_added", "overwrite", "inplace", "copy", "seed", "device", "mpp", "ax", "save"}
+MAX_POSITIONAL = 3  # the data object plus at most two keys naming elements in it
+
+
+def public_objects():
+    for room in ROOMS:
+        module = getattr(hx, room)
+        for name in module.__all__:
+            yield pytest.param(getattr(module, name), id=f"{room}.{name}")
+
+
+def callable_signature(obj):
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    signature = inspect.signature(function)
+    params = [p for p in signature.parameters.values() if p.name != "self"]
+    return function, signature, params
+
+
+def documented_parameters(obj) -> dict[str, str]:
+    """Parameter entries of the numpydoc 'Parameters' section: name -> the entry's header line."""
+    doc = inspect.cleandoc(inspect.getdoc(obj) or "")
+    match = re.search(r"^Parameters\n-+\n(.*?)(?=^\w[\w ]*\n-+\n|\Z)", doc, re.S | re.M)
+    if not match:
+        return {}
+    entries = {}
+    for line in match.group(1).splitlines():
+        if line and not line[0].isspace():
+            entries[line.split(":")[0].strip()] = line
+    return entries
+
+
+def test_every_room_exports_something():
+    for room in ("io", "pp", "pl", "datasets", "models"):
+        assert getattr(hx, room).__all__, f"hx.{room} exports nothing"
+
+
+@pytest.mark.parametrize("obj", list(public_objects()))
+def test_signature_conventions(obj):
+    _, signature, params = callable_signature(obj)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert len(positional) <= MAX_POSITIONAL, (
+        f"{obj.__qualname__}: at most {MAX_POSITIONAL} positional parameters (the data and its "
+        f"keys); make {[p.name for p in positional[MAX_POSITIONAL:]]} keyword-only with `*`"
+    )
+    for p in positional:
+        assert p.name not in KEYWORD_ONLY, f"{obj.__qualname__}: {p.name!r} must be keyword-only"
+    for p in params:
+        assert p.kind != p.VAR_KEYWORD or p.name.endswith("kwargs"), p
+        assert p.annotation is not inspect.Parameter.empty, (
+            f"{obj.__qualname__}: parameter {p.name!r} has no type annotation"
+        )
+    if not inspect.isclass(obj):
+        assert signature.return_annotation is not inspect.Signature.empty, (
+            f"{obj.__qualname__} has no return annotation"
+        )
+    key_added = signature.parameters.get("key_added")
+    if key_added is not None:
+        assert key_added.default is None or isinstance(key_added.default, str)
+
+
+@pytest.mark.parametrize("obj", list(public_objects()))
+def test_docstrings_document_every_parameter_without_types(obj):
+    doc = inspect.getdoc(obj)
+    assert doc and len(doc.splitlines()[0]) > 10, f"{obj.__qualname__} needs a summary line"
+    _, _, params = callable_signature(obj)
+    names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not names:
+        return
+    documented = documented_parameters(obj)
+    missing = [name for name in names if name not in documented]
+    assert not missing, f"{obj.__qualname__}: parameters not documented: {missing}"
+    typed = [line for line in documented.values() if ":" in line]
+    assert not typed, f"{obj.__qualname__}: types belong in the signature, not the docs: {typed}"
+
+
+def test_import_is_light():
+    """`import histoexpr` loads none of the heavy libraries; they come with first use."""
+    code = (
+        "import sys, histoexpr as hx; "
+        "heavy = [m for m in ('torch', 'spatialdata', 'napari', 'dask', 'anndata', 'scanpy', "
+        "'matplotlib', 'skimage') if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_models_never_import_from_pp_or_pl():
+    from pathlib import Path
+
+    models_dir = Path(hx.__file__).parent / "models"
+    for path in models_dir.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"from \.\.(pp|pl)\b|histoexpr\.(pp|pl)\b", text), path

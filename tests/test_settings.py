@@ -1,0 +1,84 @@
+"""hx.settings: defaults, validation on assignment, and effects."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import histoexpr as hx
+
+
+def test_device_defaults_to_best_available():
+    import torch
+
+    hx.settings.device = None
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if expected == "cpu" and torch.backends.mps.is_available():
+        expected = "mps"
+    assert hx.settings.device == expected
+
+
+def test_device_accepts_cpu_and_rejects_nonsense():
+    hx.settings.device = "cpu"
+    assert hx.settings.device == "cpu"
+    with pytest.raises(ValueError, match="not a device"):
+        hx.settings.device = "gpu"
+    with pytest.raises(ValueError, match="not a device"):
+        hx.settings.device = "cuda:x"
+    assert hx.settings.device == "cpu"  # a rejected value leaves the old one
+
+
+def test_device_refuses_missing_accelerator():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ValueError, match="no cuda device"):
+        hx.settings.device = "cuda"
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "good"),
+    [
+        ("seed", -1, 7),
+        ("seed", 1.5, 0),
+        ("seed", True, 3),
+        ("progress_bar", "yes", False),
+        ("verbosity", 5, 3),
+        ("n_workers", -2, 2),
+        ("n_workers", 10_000, 0),
+    ],
+)
+def test_values_are_validated_on_assignment(name, bad, good):
+    before = getattr(hx.settings, name)
+    with pytest.raises(ValueError, match=f"settings.{name}"):
+        setattr(hx.settings, name, bad)
+    assert getattr(hx.settings, name) == before
+    setattr(hx.settings, name, good)
+    assert getattr(hx.settings, name) == good
+
+
+def test_verbosity_sets_the_logger_level():
+    hx.settings.verbosity = 3
+    assert logging.getLogger("histoexpr").level == logging.DEBUG
+    hx.settings.verbosity = 0
+    assert logging.getLogger("histoexpr").level == logging.ERROR
+
+
+def test_seed_everything_uses_the_settings_seed():
+    import numpy as np
+
+    from histoexpr._utils import seed_everything
+
+    hx.settings.seed = 11
+    first = seed_everything(None).random(3)
+    second = seed_everything(None).random(3)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, seed_everything(12).random(3))
+
+
+def test_repr_names_every_option():
+    text = repr(hx.settings)
+    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers"):
+        assert name in text
