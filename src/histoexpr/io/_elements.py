@@ -1,0 +1,221 @@
+"""Building blocks shared by the readers: files, images in micrometres, spots and their table.
+
+Every reader builds its elements here, through the spatialdata models' ``parse``, so that all
+of them keep the same conventions (see ``docs/design.md``): images carry a
+``Scale(mpp)`` transformation to ``"global"`` (micrometres), spots are circles in micrometres
+and the spot table holds raw counts in ``X`` and ``layers["counts"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+    from anndata import AnnData
+    from geopandas import GeoDataFrame
+
+COORDINATE_SYSTEM = "global"
+#: readers build pyramid levels until the coarsest side is at most this many pixels
+PYRAMID_MIN_SIDE = 2048
+CHUNK_PX = 1024
+RGB_CHANNELS = ("r", "g", "b")
+
+
+def existing_file(path: str | Path, what: str, hint: str = "") -> Path:
+    """``path`` as a Path, or a clear ``FileNotFoundError`` that names what was expected."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The {what} file {str(path)!r} does not exist. Check the path"
+            + (f"; {hint}" if hint else ".")
+        )
+    return path
+
+
+def check_mpp(mpp: float, what: str = "mpp") -> float:
+    """Return ``mpp`` as a positive, finite float, or raise a clear error."""
+    value = float(mpp)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of micrometres per pixel, got {mpp!r}.")
+    return value
+
+
+def scale_to_global(mpp: float) -> dict:
+    """Return ``{"global": Scale([mpp, mpp])}``, the transformation of an image at ``mpp`` um/px."""
+    from spatialdata.transformations import Scale
+
+    return {COORDINATE_SYSTEM: Scale([mpp, mpp], axes=("y", "x"))}
+
+
+def channel_names(n_channels: int, single_name: str = "c0") -> list[str]:
+    """``r, g, b`` for RGB, ``single_name`` for one channel, ``c0, c1, ...`` otherwise."""
+    if n_channels == 3:
+        return list(RGB_CHANNELS)
+    if n_channels == 4:
+        return [*RGB_CHANNELS, "a"]
+    if n_channels == 1:
+        return [single_name]
+    return [f"c{i}" for i in range(n_channels)]
+
+
+def to_cyx(array: np.ndarray) -> np.ndarray:
+    """Return a ``(y, x)``, ``(y, x, c)`` or ``(c, y, x)`` array as ``(c, y, x)``."""
+    if array.ndim == 2:
+        return array[np.newaxis]
+    if array.ndim == 3:
+        if array.shape[-1] <= 4 and array.shape[0] > 4:
+            return np.moveaxis(array, -1, 0)
+        if array.shape[0] <= 4:
+            return array
+    raise ValueError(
+        f"Expected an image of shape (y, x), (y, x, c) or (c, y, x) with at most 4 channels, "
+        f"got shape {array.shape}. Pass a 2-D grey or a 3-D RGB array."
+    )
+
+
+def read_plain_image(path: str | Path, what: str = "image") -> np.ndarray:
+    """Read a JPEG/PNG/TIFF image completely into memory as ``(c, y, x)``.
+
+    Used for the images that come beside spatial transcriptomics data (at most ~100 Mpx);
+    whole-slide images go through :func:`histoexpr.io.read_wsi`, which reads lazily.
+    """
+    path = existing_file(path, what)
+    suffix = path.suffix.lower()
+    if suffix in {".tif", ".tiff"}:
+        import tifffile
+
+        array = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image)
+        except OSError as error:
+            raise ValueError(
+                f"Could not read the {what} {str(path)!r} ({error}). "
+                "Pass a JPEG, PNG or TIFF image."
+            ) from error
+    return to_cyx(array)
+
+
+def pyramid_factors(height: int, width: int, min_side: int = PYRAMID_MIN_SIDE) -> list[int]:
+    """Factors of 2 that bring the longest side of an image down to at most ``min_side``."""
+    factors = []
+    side = max(height, width)
+    while side > min_side:
+        factors.append(2)
+        side //= 2
+    return factors
+
+
+def image_element(data, *, mpp: float, channels: Sequence[str] | None = None) -> xr.DataTree:
+    """Build a multiscale image element (``scale0``, ``scale1``...) with ``Scale(mpp)``.
+
+    ``data`` is a ``(c, y, x)`` numpy or dask array; levels are halved until the longest side is
+    at most :data:`PYRAMID_MIN_SIDE` pixels (a single ``scale0`` for small images).
+    """
+    from spatialdata.models import Image2DModel
+
+    height, width = data.shape[1:]
+    chunks = (data.shape[0], min(CHUNK_PX, height), min(CHUNK_PX, width))
+    return Image2DModel.parse(
+        data, dims=("c", "y", "x"),
+        c_coords=list(channels) if channels is not None else channel_names(data.shape[0]),
+        scale_factors=pyramid_factors(height, width),
+        transformations=scale_to_global(mpp), chunks=chunks,
+    )
+
+
+def image_element_from_levels(levels: Sequence, *, mpp: float,
+                              channels: Sequence[str]) -> xr.DataTree:
+    """Build a multiscale image element from ready-made ``(c, y, x)`` levels, finest first.
+
+    Used where the file already holds a pyramid (whole-slide images, Visium hires/lowres): no
+    pixel is read or resampled. Each level gets the scale to ``scale0`` that spatialdata derives
+    from the shapes, composed with ``Scale(mpp)`` to global.
+    """
+    import xarray as xr
+    from spatialdata.models import Image2DModel
+    from spatialdata.models._utils import TRANSFORM_KEY
+    from spatialdata.transformations import set_transformation
+    from spatialdata.transformations._utils import compute_coordinates
+
+    nodes = {}
+    for i, level in enumerate(levels):
+        array = Image2DModel.parse(level, dims=("c", "y", "x"), c_coords=list(channels))
+        array.attrs.pop(TRANSFORM_KEY, None)
+        nodes[f"scale{i}"] = xr.Dataset({"image": array})
+    tree = xr.DataTree.from_dict(nodes)
+    set_transformation(tree, scale_to_global(mpp), set_all=True)
+    tree = compute_coordinates(tree)
+    Image2DModel.validate(tree)
+    return tree
+
+
+def check_counts(matrix, what: str):
+    """Raw counts as float32 CSR; NaN or negative values raise a clear error."""
+    from scipy import sparse
+
+    csr = sparse.csr_matrix(matrix, dtype=np.float32)
+    values = csr.data
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(
+            f"The {what} hold {int((~np.isfinite(values)).sum())} NaN or infinite values; raw "
+            "counts must be finite. Fill or remove them (e.g. df.fillna(0)) before reading."
+        )
+    if values.size and (values < 0).any():
+        raise ValueError(
+            f"The {what} hold {int((values < 0).sum())} negative values; expected raw counts "
+            "(non-negative integers). Pass the raw, not the normalised or scaled, counts."
+        )
+    if values.size and not np.allclose(values, np.round(values)):
+        logger.warning("The %s are not all integers; are they raw counts?", what)
+    csr.eliminate_zeros()
+    return csr
+
+
+def spot_elements(
+    centres_um: np.ndarray, counts, *, obs: pd.DataFrame, var: pd.DataFrame,
+    radius_um: float, shapes_key: str = "spots",
+) -> tuple[GeoDataFrame, AnnData]:
+    """Build the circles ``shapes_key`` and their table (raw counts, centres in um).
+
+    ``obs`` is indexed by the spot names (``obs_names``); its rows, those of ``counts`` and of
+    ``centres_um`` are the same spots in the same order.
+    """
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    centres_um = np.asarray(centres_um, dtype=np.float64)
+    spot_id = np.arange(len(obs))
+    shapes = ShapesModel.parse(
+        centres_um, geometry=0, radius=np.full(len(obs), radius_um / 1.0),
+        index=pd.Index(spot_id, name="spot_id"),
+        transformations={COORDINATE_SYSTEM: Identity()},
+    )
+    obs = obs.copy()
+    obs.index = obs.index.astype(str)
+    obs["spot_id"] = spot_id
+    obs["region"] = pd.Categorical([shapes_key] * len(obs))
+    x = check_counts(counts, "counts")
+    adata = ad.AnnData(X=x, obs=obs, var=var)
+    adata.layers["counts"] = x.copy()
+    adata.obsm["spatial"] = centres_um
+    if not adata.var_names.is_unique:
+        n = int(adata.var_names.duplicated().sum())
+        logger.info("Made %d duplicated gene names unique (var_names_make_unique).", n)
+        adata.var_names_make_unique()
+    table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
+    return shapes, table

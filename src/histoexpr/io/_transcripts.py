@@ -1,0 +1,199 @@
+"""Transcript tables (ISS, MERFISH, CosMx) as points in micrometres, with an optional image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .._utils import log_added, logger
+from ._elements import (
+    channel_names,
+    check_mpp,
+    existing_file,
+    image_element,
+    read_plain_image,
+    to_cyx,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from spatialdata import SpatialData
+
+
+def read_transcripts(
+    table: pd.DataFrame | str | Path,
+    *,
+    x: str = "x",
+    y: str = "y",
+    gene: str = "gene",
+    pixel_size: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    image: np.ndarray | str | Path | None = None,
+    image_mpp: float | None = None,
+    image_key: str = "dapi",
+    labels: np.ndarray | str | Path | None = None,
+    labels_key: str = "nuclei",
+    outside: Literal["error", "drop", "keep"] = "error",
+) -> SpatialData:
+    """Read decoded transcripts into points in micrometres, aligned with their image.
+
+    The coordinates of the table are mapped to the ``"global"`` system (um) by::
+
+        x_um = (table[x] - offset[0]) * pixel_size
+        y_um = (table[y] - offset[1]) * pixel_size
+
+    so ``pixel_size`` is the number of um per table unit (``1.0`` for tables in um such as
+    MERFISH ``global_x``; the camera's um/px for tables in pixels such as ISS), and ``offset``
+    holds the table coordinates of the top-left corner of the image's pixel ``(0, 0)`` (MERFISH:
+    the mosaic's origin in um; ``(0, 0)`` for tables in the image's pixels). The image and the
+    labels get a ``Scale(image_mpp)`` transformation, so a transcript at ``(x_um, y_um)`` lies on
+    the image pixel ``(col, row) = (x_um, y_um) / image_mpp``.
+
+    Parameters
+    ----------
+    table
+        The transcripts: a DataFrame or a csv path (``.csv``/``.csv.gz``; tab-separated for
+        ``.tsv``), one row per decoded transcript.
+    x
+        Column of the x coordinate (image columns).
+    y
+        Column of the y coordinate (image rows).
+    gene
+        Column of the gene names.
+    pixel_size
+        Micrometres per table unit.
+    offset
+        ``(x, y)`` table coordinates of the image's top-left corner.
+    image
+        An optional image (path to a JPEG/PNG/TIFF, or an array ``(y, x)``, ``(y, x, c)`` or
+        ``(c, y, x)``) of the same area, e.g. DAPI.
+    image_mpp
+        Pixel size of ``image`` and ``labels`` in um/px; defaults to ``pixel_size`` (a table in
+        the image's pixels).
+    image_key
+        Key of the image in ``sdata.images``.
+    labels
+        An optional label image (e.g. segmented nuclei) on the same pixel grid as ``image``: an
+        integer array ``(y, x)``, a scipy sparse ``.npz`` file, or an image file.
+    labels_key
+        Key of the label image in ``sdata.labels``.
+    outside
+        What to do with transcripts outside the image (or the labels when there is no image):
+        ``"error"`` raises, ``"drop"`` drops them and logs how many, ``"keep"`` keeps them.
+
+    Returns
+    -------
+    A SpatialData with the points ``"transcripts"`` (``x``, ``y`` in um, ``feature_key="gene"``
+    and the other columns of the table), and the image and labels when given.
+
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import Labels2DModel, PointsModel
+    from spatialdata.transformations import Identity
+
+    if outside not in ("error", "drop", "keep"):
+        raise ValueError(f"outside must be 'error', 'drop' or 'keep', got {outside!r}.")
+    pixel_size = check_mpp(pixel_size, "pixel_size")
+    image_mpp = pixel_size if image_mpp is None else check_mpp(image_mpp, "image_mpp")
+    frame = _read_table(table)
+    missing = [c for c in (x, y, gene) if c not in frame.columns]
+    if missing:
+        raise KeyError(
+            f"The transcript table has no column(s) {missing} (it has {list(frame.columns)}). "
+            "Name the columns with x=, y= and gene= (e.g. x='global_x', y='global_y')."
+        )
+    n_rows = len(frame)
+    invalid = frame[[x, y]].isna().any(axis=1) | frame[gene].isna()
+    if invalid.any():
+        logger.info("Dropped %d of %d transcripts without coordinates or gene.",
+                    int(invalid.sum()), n_rows)
+        frame = frame[~invalid]
+    xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
+    ys = (frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
+
+    images, label_elements = {}, {}
+    extent_px = None
+    if image is not None:
+        pixels = _image_array(image)
+        extent_px = pixels.shape[1:]
+        images[image_key] = image_element(
+            pixels, mpp=image_mpp, channels=channel_names(pixels.shape[0], image_key))
+        log_added("images", image_key,
+                  f"{pixels.shape[2]}x{pixels.shape[1]} px, {image_mpp:.4g} um/px")
+    if labels is not None:
+        label_array = _labels_array(labels)
+        if extent_px is not None and label_array.shape != tuple(extent_px):
+            raise ValueError(f"The labels ({label_array.shape}) and the image ({extent_px}) "
+                             "differ in shape; pass labels on the image's pixel grid.")
+        extent_px = extent_px or label_array.shape
+        from ._elements import scale_to_global
+
+        label_elements[labels_key] = Labels2DModel.parse(
+            label_array, dims=("y", "x"), transformations=scale_to_global(image_mpp),
+            chunks=(1024, 1024))
+        log_added("labels", labels_key, f"{int(label_array.max())} labels")
+
+    keep = np.ones(len(xs), dtype=bool)
+    if extent_px is not None and outside != "keep":
+        height_um, width_um = extent_px[0] * image_mpp, extent_px[1] * image_mpp
+        keep = (xs >= 0) & (ys >= 0) & (xs < width_um) & (ys < height_um)
+        n_out = int((~keep).sum())
+        if n_out and outside == "error":
+            raise ValueError(
+                f"{n_out} of {len(keep)} transcripts fall outside the image ({width_um:.1f} x "
+                f"{height_um:.1f} um; transcripts span x {xs.min():.1f}..{xs.max():.1f}, y "
+                f"{ys.min():.1f}..{ys.max():.1f} um). Check pixel_size, offset and image_mpp, "
+                "or pass outside='drop' to drop them."
+            )
+        if n_out:
+            logger.info("Dropped %d of %d transcripts outside the image (outside='drop').",
+                        n_out, len(keep))
+
+    points = frame[keep].drop(columns=[x, y]).copy()
+    if gene != "gene":
+        points = points.drop(columns=["gene"], errors="ignore").rename(columns={gene: "gene"})
+    points.insert(0, "x", xs[keep])
+    points.insert(1, "y", ys[keep])
+    points["gene"] = points["gene"].astype(str).astype("category")
+    points = points.reset_index(drop=True)
+    element = PointsModel.parse(points, coordinates={"x": "x", "y": "y"}, feature_key="gene",
+                                transformations={"global": Identity()})
+    log_added("points", "transcripts",
+              f"{len(points)} transcripts of {points['gene'].nunique()} genes")
+    return SpatialData(images=images, labels=label_elements, points={"transcripts": element})
+
+
+def _read_table(table) -> pd.DataFrame:
+    import pandas as pd
+
+    if isinstance(table, pd.DataFrame):
+        return table
+    if isinstance(table, str | Path):
+        path = existing_file(table, "transcript table")
+        sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
+        return pd.read_csv(path, sep=sep)
+    raise TypeError(f"table must be a pandas DataFrame or a csv path, got {type(table).__name__}.")
+
+
+def _image_array(image) -> np.ndarray:
+    if isinstance(image, str | Path):
+        return read_plain_image(image, "image")
+    return to_cyx(np.asarray(image))
+
+
+def _labels_array(labels) -> np.ndarray:
+    if isinstance(labels, str | Path):
+        path = existing_file(labels, "labels")
+        if path.suffix == ".npz":
+            from scipy import sparse
+
+            array = sparse.load_npz(path).toarray()
+        else:
+            array = read_plain_image(path, "labels")[0]
+    else:
+        array = np.asarray(labels)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"labels must be a 2-D integer array, got {array.dtype} {array.shape}.")
+    return array

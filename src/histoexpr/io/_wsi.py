@@ -1,0 +1,178 @@
+"""Whole-slide images (SVS, NDPI, pyramidal TIFF / OME-TIFF), read lazily through tifffile."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._utils import log_added, logger
+from ._elements import channel_names, check_mpp, existing_file, image_element_from_levels
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: pixel sizes above this (um/px) in generic TIFF resolution tags are placeholders (72 dpi...)
+_PLACEHOLDER_MPP = 50.0
+#: levels stored in thin strips (NDPI: 8 rows) are regrouped into chunks of at least this height
+_MIN_CHUNK_ROWS = 256
+_THIN_STRIP_ROWS = 64
+_SVS_MPP = re.compile(r"\bMPP\s*=\s*([0-9.eE+-]+)")
+_UNIT_TO_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4,
+               "m": 1e6}
+
+
+def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he") -> SpatialData:
+    """Read a whole-slide image lazily into a SpatialData with one multiscale image.
+
+    SVS (Aperio), NDPI (Hamamatsu) and generic tiled, pyramidal TIFF / OME-TIFF files are read
+    through :mod:`tifffile`'s zarr interface: every pyramid level stored in the file becomes one
+    scale (``scale0``, ``scale1``, ...) of a dask-backed image, and no pixel is decoded until a
+    region is read (e.g. with :func:`histoexpr.io.read_region`).
+
+    Parameters
+    ----------
+    path
+        The slide file.
+    mpp
+        Pixel size of the full-resolution level in um/px. Read from the file's metadata when
+        ``None`` (SVS ``MPP =``, OME ``PhysicalSizeX``, TIFF ``XResolution``/``ResolutionUnit``);
+        a value given here overrides the metadata.
+    image_key
+        Key of the image in ``sdata.images``.
+
+    Returns
+    -------
+    A SpatialData with the image ``image_key`` (channels ``r, g, b`` for RGB slides), with a
+    ``Scale(mpp)`` transformation to the ``"global"`` coordinate system in micrometres.
+
+    """
+    import tifffile
+    from spatialdata import SpatialData
+
+    path = existing_file(path, "slide")
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as error:
+        raise ValueError(
+            f"{str(path)!r} is not a slide histoexpr can read ({error}). read_wsi reads TIFF-based "
+            "slides: SVS, NDPI, tiled/pyramidal TIFF and OME-TIFF. Convert other formats (e.g. "
+            "MRXS, CZI) to pyramidal OME-TIFF first (e.g. with bfconvert or vips tiffsave), or "
+            "read plain JPEG/PNG images with read_transcripts(image=...) or read_st."
+        ) from error
+    if hasattr(tif.filehandle, "set_lock"):
+        tif.filehandle.set_lock(True)  # dask reads tiles from several threads
+    series = tif.series[0]
+    if mpp is None:
+        mpp = _mpp_from_metadata(tif)
+        if mpp is None:
+            tif.close()
+            raise ValueError(
+                f"The pixel size of {path.name!r} is not in its metadata (no SVS 'MPP =', OME "
+                "PhysicalSizeX or TIFF resolution tags). Pass it: read_wsi(path, mpp=0.5) for a "
+                "slide at 0.5 um/px (about 20x)."
+            )
+        source = "metadata"
+    else:
+        source = "mpp="
+    mpp = check_mpp(mpp)
+
+    levels = [_level_array(series, i) for i in range(len(series.levels))]
+    n_channels = levels[0].shape[0]
+    single = "dapi" if image_key == "dapi" else "c0"
+    element = image_element_from_levels(levels, mpp=mpp,
+                                        channels=channel_names(n_channels, single))
+    shapes = ", ".join(f"{level.shape[2]}x{level.shape[1]}" for level in levels)
+    logger.info("Read %s: %d level(s) (%s px), %.4g um/px (from %s)", path.name, len(levels),
+                shapes, mpp, source)
+    log_added("images", image_key, f"{len(levels)} levels, {mpp:.4g} um/px")
+    return SpatialData(images={image_key: element})
+
+
+def _mpp_from_metadata(tif) -> float | None:
+    """Micrometres per pixel of the first level, from SVS, OME or TIFF tags; None if absent."""
+    page = tif.pages[0]
+    if tif.is_svs:
+        match = _SVS_MPP.search(page.description or "")
+        if match:
+            return float(match.group(1))
+    if tif.is_ome and tif.ome_metadata:
+        value = _ome_physical_size(tif.ome_metadata)
+        if value is not None:
+            return value
+    return _tiff_resolution_mpp(page)
+
+
+def _ome_physical_size(xml: str) -> float | None:
+    """``PhysicalSizeX`` of the first ``Pixels`` element, converted to micrometres."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        logger.warning("The OME-XML metadata could not be parsed; ignoring it.")
+        return None
+    for element in root.iter():
+        if element.tag.endswith("Pixels") and element.get("PhysicalSizeX"):
+            unit = element.get("PhysicalSizeXUnit", "µm")
+            factor = _UNIT_TO_UM.get(unit)
+            if factor is None:
+                logger.warning("Unknown OME PhysicalSizeXUnit %r; ignoring the pixel size.", unit)
+                return None
+            return float(element.get("PhysicalSizeX")) * factor
+    return None
+
+
+def _tiff_resolution_mpp(page) -> float | None:
+    """Pixel size from ``XResolution``/``ResolutionUnit`` (None if absent or a placeholder)."""
+    import tifffile
+
+    if "XResolution" not in page.tags or page.resolutionunit == tifffile.RESUNIT.NONE:
+        return None
+    px_per_um = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
+    if not px_per_um or px_per_um <= 0:
+        return None
+    value = 1.0 / px_per_um
+    if value > _PLACEHOLDER_MPP:
+        logger.info("Ignoring the TIFF resolution tags (%.4g um/px looks like a default such as "
+                    "72 dpi, not a microscope's pixel size).", value)
+        return None
+    return value
+
+
+def _level_array(series, level: int):
+    """One pyramid level as a lazy ``(c, y, x)`` dask array on tifffile's zarr store."""
+    import dask.array as da
+    import zarr
+
+    store = series.aszarr(level=level)
+    array = da.from_zarr(zarr.open(store, mode="r"))
+    axes = series.levels[level].axes
+    # drop singleton axes other than Y, X and the channels (T, Z, Q, I...)
+    index = []
+    kept = []
+    for name, size in zip(axes, array.shape, strict=True):
+        if name in "YXSC":
+            index.append(slice(None))
+            kept.append(name)
+        elif size == 1:
+            index.append(0)
+        else:
+            raise ValueError(
+                f"The slide has {size} planes along its {name!r} axis (axes {axes!r}); read_wsi "
+                "reads 2-D slides. Extract one plane first (e.g. tifffile.imread(path, key=0))."
+            )
+    array = array[tuple(index)]
+    if "S" in kept and "C" in kept:
+        raise ValueError(f"The slide has both samples and channels (axes {axes!r}); not supported.")
+    channel_axis = next((kept.index(a) for a in "SC" if a in kept), None)
+    if channel_axis is None:
+        array = array[None]
+        kept.insert(0, "C")
+        channel_axis = 0
+    order = [channel_axis, kept.index("Y"), kept.index("X")]
+    array = array.transpose(order)
+    rows = array.chunks[1][0]
+    if rows < _THIN_STRIP_ROWS:
+        array = array.rechunk({1: rows * -(-_MIN_CHUNK_ROWS // rows)})
+    return array
