@@ -4,6 +4,9 @@ histoexpr's convention: the ``"global"`` coordinate system of every SpatialData 
 micrometres. An image's transformation to ``"global"`` is therefore a scale by its pixel size
 (um/px), possibly followed by a translation. Everything below derives from that transformation,
 so the pixel size is never stored twice.
+
+Label maps (``sdata.labels``, dims ``(y, x)``) are read the same way as images: every function
+below accepts the key of an image or of a label map.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .._utils import require_element
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -25,7 +26,7 @@ _ISOTROPY_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class ImageLevel:
-    """One resolution level of an image: its lazy array and where its pixels lie in um."""
+    """One resolution level of an image or label map: its lazy array and where its pixels lie."""
 
     data: xr.DataArray
     mpp: float
@@ -66,6 +67,17 @@ def _scale_and_offset(element) -> tuple[float, tuple[float, float]]:
     return sx, (float(matrix[0, 2]), float(matrix[1, 2]))
 
 
+def _raster_element(sdata: SpatialData, key: str):
+    """The image or label map stored under ``key``."""
+    if key in sdata.images:
+        return sdata.images[key]
+    if key in sdata.labels:
+        return sdata.labels[key]
+    images = ", ".join(repr(k) for k in sdata.images.keys()) or "none"
+    labels = ", ".join(repr(k) for k in sdata.labels.keys()) or "none"
+    raise KeyError(f"sdata has no image or label map {key!r}; images: {images}; labels: {labels}.")
+
+
 def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     """Resolution levels of an image, finest first, each with its pixel size in um/px.
 
@@ -74,7 +86,7 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     sdata
         The section.
     image_key
-        Key of the image in ``sdata.images``.
+        Key of the image in ``sdata.images``, or of a label map in ``sdata.labels``.
 
     Returns
     -------
@@ -82,12 +94,12 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     """
     import xarray as xr
 
-    require_element(sdata, image_key, "images")
-    element = sdata.images[image_key]
+    element = _raster_element(sdata, image_key)
     mpp, offset = _scale_and_offset(element)
     if isinstance(element, xr.DataArray):
         return [ImageLevel(element, mpp, offset)]
-    arrays = [element[name].ds["image"] for name in sorted(element.children, key=_level_number)]
+    arrays = [next(iter(element[name].ds.data_vars.values()))
+              for name in sorted(element.children, key=_level_number)]
     height0 = arrays[0].sizes["y"]
     levels = []
     for array in arrays:
@@ -109,7 +121,7 @@ def get_pixel_size(sdata: SpatialData, image_key: str) -> float:
     sdata
         The section.
     image_key
-        Key of the image in ``sdata.images``.
+        Key of the image in ``sdata.images``, or of a label map in ``sdata.labels``.
 
     Returns
     -------
@@ -135,14 +147,16 @@ def read_region(
     """Read a rectangle of an image, at a chosen pixel size, computing only what it covers.
 
     The pyramid level closest to (and not coarser than) ``mpp`` is read and resampled, so a
-    region costs memory in proportion to its own size, never to the slide's.
+    region costs memory in proportion to its own size, never to the slide's. Images are resampled
+    by area averaging (downsampling) or linear interpolation (upsampling); label maps by nearest
+    neighbour, so that they keep their label values.
 
     Parameters
     ----------
     sdata
         The section.
     image_key
-        Key of the image in ``sdata.images``.
+        Key of the image in ``sdata.images``, or of a label map in ``sdata.labels``.
     bounds
         ``(x_min, y_min, x_max, y_max)`` in micrometres of the ``"global"`` coordinate system.
     mpp
@@ -152,8 +166,8 @@ def read_region(
 
     Returns
     -------
-    An array ``(channels, height, width)`` of the image's dtype, with
-    ``height = round((y_max - y_min) / mpp)`` and likewise for the width.
+    An array ``(channels, height, width)`` of the image's dtype (``(height, width)`` for a label
+    map), with ``height = round((y_max - y_min) / mpp)`` and likewise for the width.
     """
     x_min, y_min, x_max, y_max = (float(b) for b in bounds)
     if not (x_max > x_min and y_max > y_min):
@@ -174,42 +188,45 @@ def read_region(
     ic1, ir1 = int(np.ceil(c1 - 1e-6)), int(np.ceil(r1 - 1e-6))
     height, width = level.shape_yx
     crop = _read_padded(level.data, ir0, ir1, ic0, ic1, height, width, fill)
-    if crop.shape[1:] == (out_h, out_w):
+    if crop.shape[-2:] == (out_h, out_w):
         return crop
     return _resample(crop, (r0 - ir0, c0 - ic0, r1 - ir0, c1 - ic0), (out_h, out_w))
 
 
 def _read_padded(data, r0: int, r1: int, c0: int, c1: int, height: int, width: int,
                  fill: float) -> np.ndarray:
-    """Pixels ``[r0:r1, c0:c1]`` of a (c, y, x) array, padding what lies outside with ``fill``."""
-    n_channels = data.sizes["c"]
-    out = np.full((n_channels, r1 - r0, c1 - c0), fill, dtype=data.dtype)
+    """Pixels ``[r0:r1, c0:c1]`` of a (c, y, x) or (y, x) array, padded with ``fill`` outside."""
+    out = np.full(data.shape[:-2] + (r1 - r0, c1 - c0), fill, dtype=data.dtype)
     rr0, rr1 = max(r0, 0), min(r1, height)
     cc0, cc1 = max(c0, 0), min(c1, width)
     if rr1 > rr0 and cc1 > cc0:
-        window = data.data[:, rr0:rr1, cc0:cc1]
-        out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = np.asarray(window)
+        window = data.data[..., rr0:rr1, cc0:cc1]
+        out[..., rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = np.asarray(window)
     return out
 
 
 def _resample(crop: np.ndarray, box: tuple[float, float, float, float],
-              out_shape: tuple[int, int]) -> np.ndarray:
+              out_shape: tuple[int, int], *, labels: bool = False) -> np.ndarray:
     """Resample the fractional ``box`` (r0, c0, r1, c1) of ``crop`` to ``out_shape``.
 
-    Downsampling averages over each output pixel's footprint (area interpolation), which is
-    what pyramid levels do; upsampling interpolates linearly.
+    For an image ``(c, y, x)``, downsampling averages over each output pixel's footprint (area
+    interpolation), which is what pyramid levels do; upsampling interpolates linearly. A label
+    map ``(y, x)`` is resampled by nearest neighbour.
     """
     from skimage.transform import resize
 
+    if crop.ndim == 2:  # a label map: keep its values
+        return _resample(crop[None], box, out_shape, labels=True)[0]
     r0, c0, r1, c1 = box
     scale = max((r1 - r0) / out_shape[0], (c1 - c0) / out_shape[1])
     dtype = crop.dtype
-    image = np.moveaxis(crop, 0, -1).astype(np.float32)
+    image = np.moveaxis(crop, 0, -1)
+    image = image if labels else image.astype(np.float32)
     # crop to whole pixels first (sub-pixel offsets are below a pixel of the level read)
     image = image[int(round(r0)) : max(int(round(r1)), int(round(r0)) + 1),
                   int(round(c0)) : max(int(round(c1)), int(round(c0)) + 1)]
-    resized = resize(image, out_shape + (image.shape[-1],), order=1,
-                     anti_aliasing=scale > 1, preserve_range=True)
+    resized = resize(image, out_shape + (image.shape[-1],), order=0 if labels else 1,
+                     anti_aliasing=scale > 1 and not labels, preserve_range=True)
     resized = np.moveaxis(resized, -1, 0)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

@@ -1,0 +1,157 @@
+"""The torch dataset of tiles: the one bridge from a SpatialData to torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .._utils import require_element
+from ..io._image import read_region
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_TILE_KEYS = ("image_key", "size_px", "mpp", "size_um")
+_ITEM_KEYS = ("image", "index")
+
+
+class TileDataset(Dataset):
+    """The tiles of a section as a torch dataset, read lazily one tile at a time.
+
+    Each item is read through :func:`histoexpr.io.read_region` at the tiles' pixel size, from the
+    image and with the geometry recorded in the tile table's ``uns["tiles"]`` (written by
+    :func:`histoexpr.pp.tile`). Only the image and the table's columns that are asked for are
+    kept, so the dataset pickles cheaply and works with a
+    :class:`~torch.utils.data.DataLoader` with ``num_workers > 0``.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    tiles_key
+        Key of the tiles in ``sdata.shapes``; their table is ``f"{tiles_key}_table"``.
+    obs_keys
+        Columns of the tile table's ``obs`` to return with each tile: numbers as tensors
+        (float32 or int64), booleans as bool tensors, anything else (strings, categories) as it
+        is.
+    transform
+        Applied to each image tensor ``(C, H, W)`` (e.g. augmentations or a normalisation).
+    image_key
+        Image to read the tiles from; defaults to ``uns["tiles"]["image_key"]``. Another image
+        aligned with it in micrometres (e.g. ``"dapi"``) reads the same places.
+    table_key
+        Key of the tile table in ``sdata.tables``; defaults to ``f"{tiles_key}_table"``.
+
+    Examples
+    --------
+    >>> hx.pp.tile(sdata, "he", size=224)
+    >>> dataset = hx.pp.TileDataset(sdata, "he_tiles", obs_keys=["tissue_fraction"])
+    >>> loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=2)
+    >>> batch = next(iter(loader))
+    >>> batch["image"].shape
+    torch.Size([32, 3, 224, 224])
+    """
+
+    def __init__(
+        self,
+        sdata: SpatialData,
+        tiles_key: str,
+        *,
+        obs_keys: Sequence[str] = (),
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        image_key: str | None = None,
+        table_key: str | None = None,
+    ) -> None:
+        from spatialdata import SpatialData
+
+        require_element(sdata, tiles_key, "shapes")
+        table_key = f"{tiles_key}_table" if table_key is None else table_key
+        require_element(sdata, table_key, "tables")
+        table = sdata.tables[table_key]
+        info = table.uns.get("tiles")
+        if info is None or any(key not in info for key in _TILE_KEYS):
+            raise ValueError(
+                f"sdata.tables[{table_key!r}].uns['tiles'] must record {_TILE_KEYS}, as "
+                "histoexpr.pp.tile writes it; make the tiles with hx.pp.tile."
+            )
+        if "spatial" not in table.obsm:
+            raise ValueError(f"sdata.tables[{table_key!r}] has no obsm['spatial'] (tile centres).")
+        if isinstance(obs_keys, str):
+            obs_keys = [obs_keys]
+        missing = [key for key in obs_keys if key not in table.obs.columns]
+        if missing:
+            raise KeyError(
+                f"obs_keys {missing} are not columns of sdata.tables[{table_key!r}].obs; "
+                f"available: {list(table.obs.columns)}."
+            )
+        clashes = [key for key in obs_keys if key in _ITEM_KEYS]
+        if clashes:
+            raise ValueError(
+                f"obs_keys {clashes} clash with the item's own entries {_ITEM_KEYS}; copy the "
+                "column under another name in the tile table's obs."
+            )
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}.")
+
+        self.image_key = str(info["image_key"]) if image_key is None else image_key
+        require_element(sdata, self.image_key, "images")
+        self.size_px = int(info["size_px"])
+        self.mpp = float(info["mpp"])
+        self.size_um = float(info["size_um"])
+        self.obs_keys = tuple(obs_keys)
+        self.transform = transform
+        centres = np.asarray(table.obsm["spatial"], dtype=float)
+        half = self.size_um / 2
+        self._bounds = np.column_stack([centres - half, centres + half])
+        self._obs = {key: _column(table.obs[key]) for key in self.obs_keys}
+        # only the image travels with the dataset (to worker processes, too)
+        self._sdata = SpatialData(images={self.image_key: sdata.images[self.image_key]})
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"tile index {index} is out of range for {len(self)} tiles.")
+        index = int(index) % len(self)
+        # a tile is a small read: dask's thread pool brings only overhead, and in a DataLoader
+        # worker forked from a process that has used it, that pool would hang
+        with dask.config.set(scheduler="synchronous"):
+            pixels = read_region(self._sdata, self.image_key, tuple(self._bounds[index]),
+                                 mpp=self.mpp)
+        image = torch.from_numpy(_to_unit_float(pixels))
+        if self.transform is not None:
+            image = self.transform(image)
+        item: dict[str, Any] = {"image": image, "index": index}
+        for key, values in self._obs.items():
+            value = values[index]
+            item[key] = torch.as_tensor(value) if isinstance(value, np.generic) else value
+        return item
+
+    def __repr__(self) -> str:
+        return (f"TileDataset({len(self)} tiles of {self.size_px} px at {self.mpp:g} um/px from "
+                f"{self.image_key!r}, obs_keys={list(self.obs_keys)})")
+
+
+def _column(series) -> np.ndarray:
+    """An obs column as an array whose items become tensors (numbers) or stay as they are."""
+    values = series.to_numpy()
+    if values.dtype.kind == "f":
+        return values.astype(np.float32)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "b":
+        return values
+    return values.astype(object)
+
+
+def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: integers divided by their type's maximum, floats unchanged."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32)

@@ -1,0 +1,300 @@
+"""Tiling: square tiles over the tissue, on a grid or centred on spots."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import check_key_free, log_added, logger, require_element
+from ..io._image import COORDINATE_SYSTEM, image_levels, read_region
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+DEFAULT_SIZE = 224
+# tissue fractions are measured on the tissue map at its own resolution, or at this fraction of
+# the tile side where the map is finer, so that measuring costs little memory
+_FRACTION_PIXELS_PER_TILE = 64
+
+
+def tile(
+    sdata: SpatialData,
+    image_key: str = "he",
+    *,
+    size: int | None = None,
+    mpp: float | None = None,
+    size_um: float | None = None,
+    stride: float | None = None,
+    min_tissue: float = 0.5,
+    tissue_key: str | None = None,
+    centers: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Cut an image into square tiles, on a grid over the tissue or centred on spots.
+
+    A tile is ``size`` pixels wide at ``mpp`` um/px, so it covers ``size * mpp`` um; give
+    ``size_um`` instead of ``size`` to fix its width in micrometres. Grid tiles lie wholly inside
+    the image, from its top-left corner every ``stride``. A tile is kept when the fraction of its
+    area covered by tissue is at least ``min_tissue``; the tissue is read from the label map
+    ``tissue_key``. When no tissue map exists, one is detected first with
+    :func:`histoexpr.pp.detect_tissue` (default options) and added as
+    ``sdata.labels[f"{image_key}_tissue"]``. Pixels are not read here: the tiles are geometry,
+    read later by :class:`histoexpr.pp.TileDataset`.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    image_key
+        Key of the image in ``sdata.images``.
+    size
+        Tile width and height in pixels at ``mpp``; 224 unless ``size_um`` is given.
+    mpp
+        Pixel size of the tiles in um/px; defaults to the image's full resolution. Tiles at a
+        coarser pixel size are read from the matching pyramid level.
+    size_um
+        Tile width in micrometres, instead of ``size``; the tile then has
+        ``round(size_um / mpp)`` pixels (and its pixel size is adjusted so that they cover
+        exactly ``size_um``).
+    stride
+        Distance between neighbouring grid tiles, in the unit of the size (pixels at ``mpp``
+        with ``size``, um with ``size_um``); defaults to the size (tiles touch, no overlap).
+        Not used with ``centers``.
+    min_tissue
+        Smallest fraction (0 to 1) of a tile's area covered by tissue for it to be kept;
+        ``0`` keeps every tile.
+    tissue_key
+        Key of the tissue label map in ``sdata.labels`` (0 is background); defaults to
+        ``f"{image_key}_tissue"``, detected first if it does not exist.
+    centers
+        Key of shapes in ``sdata.shapes`` (e.g. ``"spots"``): one tile is centred on each shape's
+        centre instead of a grid. The table's ``obs["spot_id"]`` holds the shape's index.
+    key_added
+        Key of the tiles in ``sdata.shapes``; defaults to ``f"{image_key}_tiles"``. Their table
+        is ``f"{key_added}_table"``.
+    overwrite
+        Replace existing elements named ``key_added`` and ``f"{key_added}_table"``.
+
+    Returns
+    -------
+    Nothing; adds ``sdata.shapes[key_added]``, the tiles as square polygons in micrometres,
+    and ``sdata.tables[f"{key_added}_table"]`` annotating them: ``obs["tile_id"]`` (the shapes'
+    index), ``obs["tissue_fraction"]``, ``obs["grid_row"]`` and ``obs["grid_col"]`` (grid tiles)
+    or ``obs["spot_id"]`` (with ``centers``), ``obsm["spatial"]`` (tile centres in um) and
+    ``uns["tiles"]`` with ``image_key``, ``size_px``, ``mpp``, ``size_um`` and ``stride_um``
+    (``None`` with ``centers``).
+    """
+    require_element(sdata, image_key, "images")
+    key_added = f"{image_key}_tiles" if key_added is None else key_added
+    table_key = f"{key_added}_table"
+    if not overwrite:
+        for key in (key_added, table_key):
+            check_key_free(sdata, key, overwrite=False)
+    if not 0 <= min_tissue <= 1:
+        raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
+    if centers is not None:
+        require_element(sdata, centers, "shapes")
+        if stride is not None:
+            raise ValueError("stride is for grid tiles; with centers, leave stride=None.")
+    if tissue_key is not None:
+        require_element(sdata, tissue_key, "labels")
+
+    level0 = image_levels(sdata, image_key)[0]
+    size_px, tile_mpp, size_um, stride_um = _tile_geometry(level0.mpp, size, mpp, size_um, stride)
+    if tile_mpp < level0.mpp * (1 - 1e-6):
+        logger.warning("Tiles at %g um/px are finer than the image (%g um/px): they will be "
+                       "upsampled when read.", tile_mpp, level0.mpp)
+
+    if centers is None:
+        centres, rows, cols = _grid_centres(level0, size_um, stride_um, size_px, tile_mpp)
+    else:
+        centres, spot_ids = _shape_centres(sdata, centers)
+    half = size_um / 2
+    boxes = np.column_stack([centres - half, centres + half])  # x_min, y_min, x_max, y_max
+
+    if tissue_key is None:
+        tissue_key = f"{image_key}_tissue"
+        if tissue_key not in sdata.labels:
+            from ._tissue import detect_tissue
+
+            logger.info("No tissue map %r: detecting tissue with hx.pp.detect_tissue.", tissue_key)
+            detect_tissue(sdata, image_key, key_added=tissue_key)
+    fractions = _tissue_fractions(sdata, tissue_key, boxes, size_um=size_um)
+
+    keep = fractions >= min_tissue
+    if not keep.any():
+        raise ValueError(
+            f"No tile of {size_um:g} um has at least min_tissue={min_tissue:g} of its area on "
+            f"tissue ({tissue_key!r}); the best tile has {fractions.max():.3f}. Lower min_tissue "
+            "or use smaller tiles."
+        )
+    if (~keep).any():
+        logger.info("Dropped %d of %d tiles with less than min_tissue=%g of tissue.",
+                    int((~keep).sum()), keep.size, min_tissue)
+
+    import pandas as pd
+
+    n_tiles = int(keep.sum())
+    tile_ids = np.arange(n_tiles)
+    obs = pd.DataFrame({"tile_id": tile_ids, "tissue_fraction": fractions[keep]},
+                       index=pd.Index(tile_ids.astype(str)))
+    if centers is None:
+        obs["grid_row"], obs["grid_col"] = rows[keep], cols[keep]
+    else:
+        obs["spot_id"] = np.asarray(spot_ids)[keep]
+    uns = {"image_key": image_key, "size_px": size_px, "mpp": tile_mpp, "size_um": size_um,
+           "stride_um": stride_um if centers is None else None}
+    shapes = _squares(boxes[keep], tile_ids)
+    table = _tile_table(obs, centres[keep], key_added, uns)
+
+    check_key_free(sdata, key_added, overwrite=overwrite)
+    check_key_free(sdata, table_key, overwrite=overwrite)
+    sdata.shapes[key_added] = shapes
+    sdata.tables[table_key] = table
+    log_added("shapes", key_added, f"{n_tiles} tiles of {size_px} px at {tile_mpp:g} um/px")
+    log_added("tables", table_key)
+
+
+def _tile_geometry(image_mpp: float, size: int | None, mpp: float | None,
+                   size_um: float | None, stride: float | None):
+    """Tile side in pixels, pixel size, side in um and stride in um, checked."""
+    tile_mpp = image_mpp if mpp is None else float(mpp)
+    if not tile_mpp > 0:
+        raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
+    if size is not None and size_um is not None:
+        raise ValueError("Give the tile size either in pixels (size) or in um (size_um), not both.")
+    if size_um is None:
+        size_px = DEFAULT_SIZE if size is None else size
+        if isinstance(size_px, bool) or not isinstance(size_px, int | np.integer) or size_px < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size!r}.")
+        size_px = int(size_px)
+        size_um = size_px * tile_mpp
+        stride_unit = tile_mpp
+    else:
+        if not size_um > 0:
+            raise ValueError(f"size_um must be positive, got {size_um!r}.")
+        size_px = round(size_um / tile_mpp)
+        if size_px < 1:
+            raise ValueError(
+                f"size_um={size_um:g} is less than one pixel of {tile_mpp:g} um; give a larger "
+                "size_um or a finer mpp."
+            )
+        size_um = float(size_um)
+        tile_mpp = size_um / size_px
+        stride_unit = 1.0
+    stride_um = size_um if stride is None else float(stride) * stride_unit
+    if not stride_um > 0:
+        raise ValueError(f"stride must be positive, got {stride!r}.")
+    return size_px, tile_mpp, size_um, stride_um
+
+
+def _grid_centres(level0, size_um: float, stride_um: float, size_px: int, tile_mpp: float):
+    """Centres (um), rows and columns of the grid tiles that lie wholly inside the image."""
+    height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
+    if size_um > min(height_um, width_um) * (1 + 1e-9):
+        raise ValueError(
+            f"Tiles of {size_px} px at {tile_mpp:g} um/px ({size_um:g} um) are larger than the "
+            f"image ({width_um:g} x {height_um:g} um). Use a smaller size or a finer mpp."
+        )
+    n_rows = int(np.floor((height_um - size_um) / stride_um + 1e-9)) + 1
+    n_cols = int(np.floor((width_um - size_um) / stride_um + 1e-9)) + 1
+    rows, cols = (a.ravel() for a in np.mgrid[:n_rows, :n_cols])
+    ox, oy = level0.offset
+    centres = np.column_stack([ox + cols * stride_um, oy + rows * stride_um]) + size_um / 2
+    return centres, rows, cols
+
+
+def _shape_centres(sdata: SpatialData, shapes_key: str):
+    """Centres (um, ``"global"``) of the shapes and their index."""
+    from spatialdata.transformations import get_transformation
+
+    shapes = sdata.shapes[shapes_key]
+    transformations = get_transformation(shapes, get_all=True)
+    if COORDINATE_SYSTEM not in transformations:
+        raise ValueError(
+            f"sdata.shapes[{shapes_key!r}] has no transformation to {COORDINATE_SYSTEM!r} "
+            f"(it has {sorted(transformations)}); set one in micrometres first."
+        )
+    if len(shapes) == 0:
+        raise ValueError(f"sdata.shapes[{shapes_key!r}] is empty: there is nothing to centre on.")
+    matrix = transformations[COORDINATE_SYSTEM].to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y")
+    )
+    centroids = shapes.geometry.centroid
+    xy = np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy(), np.ones(len(shapes))])
+    return (xy @ matrix.T)[:, :2], shapes.index.to_numpy()
+
+
+def _tissue_fractions(sdata: SpatialData, tissue_key: str, boxes: np.ndarray, *,
+                     size_um: float | None = None) -> np.ndarray:
+    """Fraction of each box's area that lies on tissue (label > 0) of a label map.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    tissue_key
+        Key of the label map in ``sdata.labels``.
+    boxes
+        ``(n, 4)`` array of ``(x_min, y_min, x_max, y_max)`` in um.
+    size_um
+        Width of the boxes, if they are tiles: the map is read at no finer than 1/64 of it.
+
+    Returns
+    -------
+    ``(n,)`` fractions in [0, 1], exact for the map's pixels (partly covered pixels count in
+    proportion to the area covered); what lies outside the map counts as background.
+    """
+    from scipy.ndimage import map_coordinates
+
+    level0 = image_levels(sdata, tissue_key)[0]
+    read_mpp = level0.mpp
+    if size_um is not None:
+        read_mpp = max(read_mpp, size_um / _FRACTION_PIXELS_PER_TILE)
+    height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
+    ox, oy = level0.offset
+    tissue = read_region(sdata, tissue_key, (ox, oy, ox + width_um, oy + height_um),
+                         mpp=read_mpp) > 0
+    h, w = tissue.shape
+    # summed-area table; its bilinear interpolation is the exact area of a fractional box
+    table = np.zeros((h + 1, w + 1))
+    table[1:, 1:] = tissue.cumsum(0).cumsum(1)
+    boxes = np.asarray(boxes, dtype=float)
+    cols = np.clip((boxes[:, [0, 2]] - ox) * (w / width_um), 0, w)
+    rows = np.clip((boxes[:, [1, 3]] - oy) * (h / height_um), 0, h)
+
+    def at(r, c):
+        return map_coordinates(table, [r, c], order=1, mode="nearest")
+
+    area_px = (at(rows[:, 1], cols[:, 1]) - at(rows[:, 0], cols[:, 1])
+               - at(rows[:, 1], cols[:, 0]) + at(rows[:, 0], cols[:, 0]))
+    box_area_px = ((boxes[:, 2] - boxes[:, 0]) * (w / width_um)
+                   * (boxes[:, 3] - boxes[:, 1]) * (h / height_um))
+    return np.round(np.clip(area_px / box_area_px, 0, 1), 6)
+
+
+def _squares(boxes: np.ndarray, tile_ids: np.ndarray):
+    """Square polygons (um, identity to ``"global"``) indexed by tile id."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    geometry = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
+    frame = gpd.GeoDataFrame(geometry=geometry, index=tile_ids)
+    return ShapesModel.parse(frame, transformations={COORDINATE_SYSTEM: Identity()})
+
+
+def _tile_table(obs, centres: np.ndarray, region: str, uns: dict):
+    """The AnnData annotating the tiles."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    obs = obs.copy()
+    obs["region"] = pd.Categorical([region] * len(obs))
+    table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
+                       uns={"tiles": uns})
+    return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")

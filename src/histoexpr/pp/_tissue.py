@@ -1,0 +1,210 @@
+"""Tissue detection: a label map of the pieces of tissue on a slide."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .._utils import check_key_free, log_added, logger, require_element
+from ..io._image import image_levels, read_region
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_KINDS = ("auto", "brightfield", "fluorescence")
+# Otsu's threshold on saturation is kept inside this range: below it, noise on a white glass
+# would count as tissue; above it, an image filled with tissue would be split into its
+# pale (eosin) and dark (haematoxylin) parts.
+_SATURATION_RANGE = (0.05, 0.15)
+# Fluorescence: nuclei are sparse and the background dark. The threshold lies half-way between
+# the background's upper edge (the triangle threshold, which follows the background's peak of the
+# histogram) and the median intensity above it; Otsu's would split dense from sparse nuclei. The
+# mask is then closed over about a cell's neighbourhood so that sparse nuclei join their tissue.
+_FLUORESCENCE_SMOOTHING_UM = 4.0
+_FLUORESCENCE_CLOSING_UM = 24.0
+
+
+def detect_tissue(
+    sdata: SpatialData,
+    image_key: str = "he",
+    *,
+    mpp: float = 8.0,
+    kind: Literal["auto", "brightfield", "fluorescence"] = "auto",
+    min_area_um2: float = 5_000.0,
+    fill_holes: bool = True,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Detect the tissue on an image and store it as a label map.
+
+    The image is read at a low resolution (``mpp``) through :func:`histoexpr.io.read_region`.
+    On a brightfield (H&E) image, tissue is what is stained: pixels whose colour saturation is
+    above Otsu's threshold (kept between 0.05 and 0.15, so that neither a blank glass nor an image
+    filled with tissue is split in two). On a fluorescence image, tissue is where the intensity
+    (the mean of the channels, slightly smoothed) is above half-way between the dark background
+    (whose upper edge is found by the triangle method) and the median intensity of what is not
+    background, and the mask is closed over 24 um so that sparse nuclei join. Then, for both
+    kinds, the mask is closed over one pixel, pieces smaller than ``min_area_um2`` are removed
+    (and counted in the log) and, with ``fill_holes``, holes enclosed by tissue are filled.
+
+    Parameters
+    ----------
+    sdata
+        The section.
+    image_key
+        Key of the image in ``sdata.images``.
+    mpp
+        Working pixel size in um/px. The label map has this pixel size, or the image's own where
+        the image is coarser.
+    kind
+        ``"brightfield"`` (H&E and other stains on a white background), ``"fluorescence"``
+        (signal on a dark background) or ``"auto"``: brightfield for a 3-channel (RGB) image,
+        fluorescence otherwise.
+    min_area_um2
+        Pieces of tissue smaller than this area (um²) are removed as debris.
+    fill_holes
+        Fill holes that are completely enclosed by tissue.
+    key_added
+        Key of the label map in ``sdata.labels``; defaults to ``f"{image_key}_tissue"``.
+    overwrite
+        Replace an existing element named ``key_added``.
+
+    Returns
+    -------
+    Nothing; adds ``sdata.labels[key_added]``, a label map with 0 on the background and
+    1, ..., n on the n connected pieces of tissue, with a scale (and translation) to the
+    ``"global"`` coordinate system in micrometres, aligned with the image.
+    """
+    from scipy import ndimage
+    from skimage.measure import label
+    from spatialdata.models import Labels2DModel
+
+    require_element(sdata, image_key, "images")
+    key_added = f"{image_key}_tissue" if key_added is None else key_added
+    if not overwrite:
+        check_key_free(sdata, key_added, overwrite=False)
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
+    if not mpp > 0:
+        raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
+    if min_area_um2 < 0:
+        raise ValueError(f"min_area_um2 must be >= 0, got {min_area_um2!r}.")
+
+    level0 = image_levels(sdata, image_key)[0]
+    work_mpp = float(mpp)
+    if work_mpp < level0.mpp:
+        logger.info("The image (%g um/px) is coarser than mpp=%g; detecting tissue at %g um/px.",
+                    level0.mpp, mpp, level0.mpp)
+        work_mpp = level0.mpp
+
+    # read the whole image on a grid of exactly `work_mpp`, the last row/column padded with 0
+    height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
+    out_h = max(1, math.ceil(height_um / work_mpp - 1e-6))
+    out_w = max(1, math.ceil(width_um / work_mpp - 1e-6))
+    ox, oy = level0.offset
+    pixels = read_region(sdata, image_key, (ox, oy, ox + out_w * work_mpp, oy + out_h * work_mpp),
+                         mpp=work_mpp, fill=0)
+    valid = np.zeros((out_h, out_w), dtype=bool)
+    valid[: max(1, round(height_um / work_mpp)), : max(1, round(width_um / work_mpp))] = True
+
+    if kind == "auto":
+        kind = "brightfield" if pixels.shape[0] == 3 else "fluorescence"
+        logger.info("Detecting tissue on a %d-channel image as %s.", pixels.shape[0], kind)
+    if kind == "brightfield":
+        if pixels.shape[0] < 3:
+            raise ValueError(
+                f"kind='brightfield' needs an RGB image, but {image_key!r} has "
+                f"{pixels.shape[0]} channel(s). Pass kind='fluorescence'."
+            )
+        mask = _stained(pixels[:3], valid)
+    else:
+        mask = _fluorescent(pixels, valid, work_mpp)
+
+    mask = _close(mask, 1) & valid
+    pieces = label(mask, connectivity=2)
+    min_area_px = min_area_um2 / work_mpp**2
+    areas = np.bincount(pieces.ravel())
+    small = np.flatnonzero(areas < min_area_px)
+    small = small[small > 0]
+    if small.size:
+        logger.info("Removed %d piece(s) of tissue smaller than min_area_um2=%g um².",
+                    small.size, min_area_um2)
+        mask[np.isin(pieces, small)] = False
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if not mask.any():
+        raise ValueError(
+            f"No tissue was found on {image_key!r} (kind={kind!r}, {len(small)} piece(s) "
+            f"smaller than min_area_um2={min_area_um2:g} removed). Check kind, or lower "
+            "min_area_um2 or mpp."
+        )
+    pieces = label(mask, connectivity=2)
+    n_pieces = int(pieces.max())
+    dtype = np.uint8 if n_pieces < 2**8 else np.uint16 if n_pieces < 2**16 else np.uint32
+
+    element = Labels2DModel.parse(pieces.astype(dtype), dims=("y", "x"),
+                                  transformations={"global": _to_global(work_mpp, ox, oy)})
+    check_key_free(sdata, key_added, overwrite=overwrite)
+    sdata.labels[key_added] = element
+    fraction = mask[valid].mean()
+    log_added("labels", key_added, f"{n_pieces} piece(s) of tissue covering {fraction:.1%} of "
+              f"the image, at {work_mpp:g} um/px")
+
+
+def _to_global(mpp: float, offset_x: float, offset_y: float):
+    """The transformation of a raster of pixel size ``mpp`` whose corner lies at the offset."""
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    scale = Scale([mpp, mpp], axes=("y", "x"))
+    if offset_x == 0 and offset_y == 0:
+        return scale
+    return Sequence([scale, Translation([offset_x, offset_y], axes=("x", "y"))])
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _stained(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Brightfield: pixels whose (slightly smoothed) colour saturation marks a stain."""
+    from scipy import ndimage
+
+    rgb = rgb.astype(np.float32)
+    high, low = rgb.max(axis=0), rgb.min(axis=0)
+    saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+    saturation = ndimage.gaussian_filter(saturation, sigma=1.0)
+    threshold = float(np.clip(_otsu(saturation[valid]), *_SATURATION_RANGE))
+    logger.debug("Saturation threshold: %.3f", threshold)
+    return (saturation > threshold) & valid
+
+
+def _fluorescent(pixels: np.ndarray, valid: np.ndarray, mpp: float) -> np.ndarray:
+    """Fluorescence: pixels whose smoothed intensity stands out of the dark background."""
+    from scipy import ndimage
+    from skimage.filters import threshold_triangle
+
+    sigma = max(0.5, _FLUORESCENCE_SMOOTHING_UM / mpp)
+    intensity = ndimage.gaussian_filter(pixels.astype(np.float32).mean(axis=0), sigma=sigma)
+    values = intensity[valid]
+    if np.ptp(values) == 0:
+        return np.zeros_like(valid)
+    background = float(threshold_triangle(values))
+    above = values[values > background]
+    threshold = (background + float(np.median(above))) / 2 if above.size else background
+    logger.debug("Intensity threshold: %.3f (background up to %.3f)", threshold, background)
+    mask = (intensity > threshold) & valid
+    return _close(mask, max(1, round(_FLUORESCENCE_CLOSING_UM / mpp)))
+
+
+def _close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing by a disk, without eroding tissue that touches the border."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    padded = np.pad(mask, radius, mode="edge")
+    closed = ndimage.binary_closing(padded, structure=disk(radius).astype(bool))
+    return closed[radius:-radius, radius:-radius]

@@ -1,0 +1,518 @@
+"""Tissue detection, tiling and the tile dataset, checked against the disk section's geometry."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pickle
+
+import numpy as np
+import pytest
+from conftest import make_disk_section
+
+import histoexpr as hx
+
+# make_disk_section(): 400 x 400 px at 0.5 um/px; the disk's centre is the image centre, its
+# radius 0.35 * 400 px. In micrometres (pixel i covers [i * mpp, (i + 1) * mpp]):
+MPP = 0.5
+SIZE_PX = 400
+CENTRE_UM = ((SIZE_PX - 1) / 2 + 0.5) * MPP  # 100 um, on both axes
+RADIUS_UM = 0.35 * SIZE_PX * MPP  # 70 um
+
+
+def true_disk(shape: tuple[int, int], mpp: float, offset=(0.0, 0.0)) -> np.ndarray:
+    """Pixels of a raster (pixel size ``mpp``) whose centre lies in the disk."""
+    ys = offset[1] + (np.arange(shape[0]) + 0.5) * mpp
+    xs = offset[0] + (np.arange(shape[1]) + 0.5) * mpp
+    return (ys[:, None] - CENTRE_UM) ** 2 + (xs[None, :] - CENTRE_UM) ** 2 <= RADIUS_UM**2
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+def add_exact_tissue(sdata, key: str = "he_tissue") -> np.ndarray:
+    """The disk itself as the tissue map, on the image's pixel grid; returns the mask."""
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import Scale
+
+    mask = true_disk((SIZE_PX, SIZE_PX), MPP)
+    sdata.labels[key] = Labels2DModel.parse(
+        mask.astype(np.uint8), dims=("y", "x"),
+        transformations={"global": Scale([MPP, MPP], axes=("y", "x"))},
+    )
+    return mask
+
+
+def fluorescence_section(dtype=np.uint16):
+    """One channel: bright where the H&E disk is stained, dark elsewhere (like DAPI)."""
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = np.asarray(make_disk_section().images["he"].data)
+    signal = 255 - rgb[1].astype(np.float64)  # about 105 on tissue, 10 on glass
+    if dtype == np.uint16:
+        signal = signal * 200
+    image = Image2DModel.parse(signal.astype(dtype)[None], dims=("c", "y", "x"),
+                               transformations={"global": Scale([MPP, MPP], axes=("y", "x"))})
+    return SpatialData(images={"dapi": image})
+
+
+def tiles_frame(sdata, key="he_tiles"):
+    table = sdata.tables[f"{key}_table"]
+    return sdata.shapes[key], table
+
+
+# --------------------------------------------------------------------------------------------
+# label maps through read_region
+# --------------------------------------------------------------------------------------------
+
+
+def test_read_region_reads_label_maps_by_nearest_neighbour(disk_section):
+    mask = add_exact_tissue(disk_section)
+    levels = hx.io.image_levels(disk_section, "he_tissue")
+    assert len(levels) == 1 and levels[0].mpp == MPP
+    assert hx.io.get_pixel_size(disk_section, "he_tissue") == MPP
+    full = hx.io.read_region(disk_section, "he_tissue", (0, 0, 200, 200))
+    assert full.shape == (SIZE_PX, SIZE_PX) and full.dtype == np.uint8
+    np.testing.assert_array_equal(full, mask)
+    coarse = hx.io.read_region(disk_section, "he_tissue", (0, 0, 200, 200), mpp=2.0)
+    assert coarse.shape == (100, 100)
+    assert set(np.unique(coarse)) == {0, 1}  # no interpolated values
+    assert iou(coarse > 0, true_disk((100, 100), 2.0)) > 0.97
+    # outside the map: the fill value
+    outside = hx.io.read_region(disk_section, "he_tissue", (-20, -20, -10, -10), fill=0)
+    assert outside.shape == (20, 20) and not outside.any()
+    with pytest.raises(KeyError, match="no image or label map 'nope'"):
+        hx.io.read_region(disk_section, "nope", (0, 0, 10, 10))
+
+
+# --------------------------------------------------------------------------------------------
+# detect_tissue
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mpp", [2.0, 8.0])
+def test_detect_tissue_brightfield_matches_disk(disk_section, mpp, caplog):
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        assert hx.pp.detect_tissue(disk_section, mpp=mpp) is None
+    assert "Adding `sdata.labels['he_tissue']`" in caplog.text
+    assert "brightfield" in caplog.text
+    labels = disk_section.labels["he_tissue"]
+    assert labels.dims == ("y", "x")
+    assert hx.io.get_pixel_size(disk_section, "he_tissue") == pytest.approx(mpp)
+    mask = np.asarray(labels)
+    assert set(np.unique(mask)) == {0, 1}  # one piece
+    assert iou(mask > 0, true_disk(mask.shape, mpp)) > 0.9
+
+
+def test_detect_tissue_keeps_the_image_offset():
+    from spatialdata.transformations import Scale, Sequence, Translation, set_transformation
+
+    sdata = make_disk_section()
+    set_transformation(sdata.images["he"], Sequence([
+        Scale([MPP, MPP], axes=("y", "x")), Translation([1000.0, -50.0], axes=("x", "y"))
+    ]), "global")
+    hx.pp.detect_tissue(sdata, mpp=2.0)
+    level = hx.io.image_levels(sdata, "he_tissue")[0]
+    assert level.offset == pytest.approx((1000.0, -50.0))
+    mask = np.asarray(sdata.labels["he_tissue"]) > 0
+    # the disk sits at the same place relative to the image
+    assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_detect_tissue_fluorescence_matches_disk(dtype, caplog):
+    sdata = fluorescence_section(dtype)
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        hx.pp.detect_tissue(sdata, "dapi", mpp=2.0)
+    assert "fluorescence" in caplog.text
+    mask = np.asarray(sdata.labels["dapi_tissue"]) > 0
+    assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
+
+
+def test_detect_tissue_explicit_kind_and_clean_up(disk_section, caplog):
+    # an RGB fluorescence image read as such: the dark glass is background
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = np.asarray(disk_section.images["he"].data)
+    disk_section.images["dark"] = Image2DModel.parse(
+        255 - rgb, dims=("c", "y", "x"),
+        transformations={"global": Scale([MPP, MPP], axes=("y", "x"))})
+    hx.pp.detect_tissue(disk_section, "dark", kind="fluorescence", mpp=2.0)
+    mask = np.asarray(disk_section.labels["dark_tissue"]) > 0
+    assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
+    # the disk (15,400 um²) is removed as debris by a larger min_area_um2, with a clear error
+    with caplog.at_level(logging.INFO, logger="histoexpr"), \
+            pytest.raises(ValueError, match="No tissue was found"):
+        hx.pp.detect_tissue(disk_section, mpp=2.0, min_area_um2=20_000)
+    assert "Removed 1 piece(s)" in caplog.text
+
+
+def test_detect_tissue_fills_holes_and_counts_pieces():
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    image = np.full((3, 200, 300), 240, np.uint8)
+    yy, xx = np.mgrid[:200, :300]
+    ring = ((yy - 100) ** 2 + (xx - 80) ** 2 <= 60**2) & ((yy - 100) ** 2 + (xx - 80) ** 2 > 20**2)
+    square = (yy >= 60) & (yy < 140) & (xx >= 190) & (xx < 270)
+    image[:, ring | square] = np.array([200, 100, 170], np.uint8)[:, None]
+    sdata = SpatialData(images={"he": Image2DModel.parse(
+        image, dims=("c", "y", "x"), transformations={"global": Scale([1.0, 1.0], ("y", "x"))})})
+    hx.pp.detect_tissue(sdata, mpp=2.0)
+    labels = np.asarray(sdata.labels["he_tissue"])
+    assert labels.max() == 2  # two pieces, numbered 1 and 2
+    assert labels[50, 40] > 0  # the ring's hole (centre at x=80, y=100 um) is filled
+    hx.pp.detect_tissue(sdata, mpp=2.0, fill_holes=False, key_added="holes")
+    assert sdata.labels["holes"][50, 40] == 0
+
+
+def test_detect_tissue_errors(disk_section):
+    with pytest.raises(KeyError, match="sdata.images has no element 'nope'"):
+        hx.pp.detect_tissue(disk_section, "nope")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        hx.pp.detect_tissue(disk_section, kind="he")
+    with pytest.raises(ValueError, match="mpp must be a positive"):
+        hx.pp.detect_tissue(disk_section, mpp=0)
+    with pytest.raises(ValueError, match="Pass kind='fluorescence'"):
+        hx.pp.detect_tissue(fluorescence_section(), "dapi", kind="brightfield")
+    blank = make_disk_section(radius_frac=0.0)
+    with pytest.raises(ValueError, match="No tissue was found"):
+        hx.pp.detect_tissue(blank)
+    hx.pp.detect_tissue(disk_section)
+    with pytest.raises(KeyError, match="overwrite=True"):
+        hx.pp.detect_tissue(disk_section)
+    hx.pp.detect_tissue(disk_section, mpp=4.0, overwrite=True)
+    assert hx.io.get_pixel_size(disk_section, "he_tissue") == 4.0
+
+
+# --------------------------------------------------------------------------------------------
+# tile: grid
+# --------------------------------------------------------------------------------------------
+
+
+def expected_fractions(mask: np.ndarray, size_px: int, stride_px: int) -> np.ndarray:
+    """Tissue fraction of every grid tile (row-major), from the exact mask on the tile grid."""
+    n = (mask.shape[0] - size_px) // stride_px + 1
+    return np.array([[mask[r * stride_px: r * stride_px + size_px,
+                           c * stride_px: c * stride_px + size_px].mean()
+                      for c in range(n)] for r in range(n)])
+
+
+def test_tile_grid_matches_disk_geometry(disk_section):
+    mask = add_exact_tissue(disk_section)
+    hx.pp.tile(disk_section, size=20, min_tissue=0.5)
+    shapes, table = tiles_frame(disk_section)
+    obs = table.obs
+    size_um = 20 * MPP
+    # every tile the exact geometry keeps, and only those, with its exact tissue fraction
+    expected = expected_fractions(mask, 20, 20)
+    kept = np.argwhere(expected >= 0.5)
+    assert len(obs) == len(kept) == len(shapes)
+    np.testing.assert_array_equal(obs[["grid_row", "grid_col"]].to_numpy(), kept)
+    np.testing.assert_allclose(obs["tissue_fraction"], expected[kept[:, 0], kept[:, 1]], atol=1e-6)
+    assert (obs["tissue_fraction"] == 1).sum() == (expected == 1).sum() > 0
+    # centres: the grid's, and within the disk enlarged by half a tile diagonal
+    centres = table.obsm["spatial"]
+    np.testing.assert_allclose(centres, (kept[:, ::-1] + 0.5) * size_um)
+    distance = np.hypot(*(centres - CENTRE_UM).T)
+    assert (distance <= RADIUS_UM + size_um * np.sqrt(2) / 2).all()
+    # the shapes: squares of size_um around the centres, indexed by tile_id
+    np.testing.assert_array_equal(shapes.index, obs["tile_id"])
+    np.testing.assert_array_equal(obs.index, obs["tile_id"].astype(str))
+    bounds = shapes.geometry.bounds.to_numpy()
+    np.testing.assert_allclose(bounds, np.column_stack([centres - size_um / 2,
+                                                        centres + size_um / 2]))
+    assert table.uns["tiles"] == {"image_key": "he", "size_px": 20, "mpp": MPP,
+                                  "size_um": size_um, "stride_um": size_um}
+    attrs = table.uns["spatialdata_attrs"]
+    assert attrs["region"] == "he_tiles" and attrs["instance_key"] == "tile_id"
+
+
+def test_tile_fraction_threshold_and_overlap(disk_section):
+    mask = add_exact_tissue(disk_section)
+    # a stride of half a tile: (400 - 20) / 10 + 1 = 39 tiles a side
+    hx.pp.tile(disk_section, size=20, stride=10, min_tissue=0.0, key_added="all")
+    assert len(disk_section.shapes["all"]) == 39 * 39
+    assert disk_section.tables["all_table"].uns["tiles"]["stride_um"] == 5.0
+    hx.pp.tile(disk_section, size=20, stride=10, min_tissue=1.0, key_added="full")
+    expected = expected_fractions(mask, 20, 10)
+    assert len(disk_section.shapes["full"]) == (expected == 1).sum()
+    # size_um with stride in um: the same tiles
+    hx.pp.tile(disk_section, size_um=10.0, stride=5.0, min_tissue=1.0, key_added="full_um")
+    np.testing.assert_allclose(disk_section.tables["full_um_table"].obsm["spatial"],
+                               disk_section.tables["full_table"].obsm["spatial"])
+
+
+def test_tile_size_um_is_size_times_mpp(disk_section):
+    add_exact_tissue(disk_section)
+    hx.pp.tile(disk_section, size=16, mpp=2.0, key_added="px")
+    hx.pp.tile(disk_section, size_um=32.0, mpp=2.0, key_added="um")
+    a, b = disk_section.tables["px_table"], disk_section.tables["um_table"]
+    assert a.uns["tiles"] == {**b.uns["tiles"]}
+    assert a.uns["tiles"]["size_px"] == 16 and a.uns["tiles"]["size_um"] == 32.0
+    np.testing.assert_allclose(a.obsm["spatial"], b.obsm["spatial"])
+    np.testing.assert_allclose(a.obs["tissue_fraction"], b.obs["tissue_fraction"])
+    # size_um at the image's own pixel size: 40 px of 0.5 um
+    hx.pp.tile(disk_section, size_um=20.0, key_added="native")
+    assert disk_section.tables["native_table"].uns["tiles"]["size_px"] == 40
+    # a size_um that is not a whole number of pixels: pixel size adjusted to cover it exactly
+    hx.pp.tile(disk_section, size_um=30.0, mpp=4.0, key_added="odd")
+    info = disk_section.tables["odd_table"].uns["tiles"]
+    assert info["size_px"] == 8 and info["mpp"] * info["size_px"] == pytest.approx(30.0)
+
+
+def test_tile_detects_tissue_when_no_map_exists(disk_section, caplog):
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        hx.pp.tile(disk_section, size=40, min_tissue=0.9)
+    assert "detecting tissue" in caplog.text
+    assert "he_tissue" in disk_section.labels
+    assert "Dropped" in caplog.text and "Adding `sdata.shapes['he_tiles']`" in caplog.text
+    centres = disk_section.tables["he_tiles_table"].obsm["spatial"]
+    # 90 % tissue: the centre lies in the disk, up to the detection's pixel (8 um)
+    assert (np.hypot(*(centres - CENTRE_UM).T) <= RADIUS_UM + 8).all()
+
+
+def test_tile_at_coarser_mpp_reads_pyramid_level():
+    sdata = make_disk_section(multiscale=True)
+    add_exact_tissue(sdata)
+    levels = hx.io.image_levels(sdata, "he")
+    assert [level.mpp for level in levels] == [0.5, 1.0, 2.0]
+    hx.pp.tile(sdata, size=10, mpp=2.0, min_tissue=0.0)
+    table = sdata.tables["he_tiles_table"]
+    assert len(table) == 10 * 10  # 200 um / 20 um
+    dataset = hx.pp.TileDataset(sdata, "he_tiles")
+    item = dataset[23]  # row 2, column 3
+    assert table.obs["grid_row"].iloc[23] == 2 and table.obs["grid_col"].iloc[23] == 3
+    level2 = np.asarray(levels[2].data)
+    np.testing.assert_allclose(item["image"].numpy(),
+                               level2[:, 20:30, 30:40] / 255, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# tile: centred on spots
+# --------------------------------------------------------------------------------------------
+
+
+def add_spots(sdata, xy_um: np.ndarray, *, in_pixels: bool = False, key: str = "spots"):
+    import geopandas as gpd
+    from shapely import points
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity, Scale
+
+    coords = xy_um / MPP if in_pixels else xy_um
+    frame = gpd.GeoDataFrame({"radius": np.full(len(xy_um), 5.0 / (MPP if in_pixels else 1))},
+                             geometry=points(coords),
+                             index=[f"spot{i}" for i in range(len(xy_um))])
+    transform = Scale([MPP, MPP], axes=("x", "y")) if in_pixels else Identity()
+    sdata.shapes[key] = ShapesModel.parse(frame, transformations={"global": transform})
+
+
+@pytest.mark.parametrize("in_pixels", [False, True])
+def test_tile_centred_on_spots(disk_section, in_pixels):
+    add_exact_tissue(disk_section)
+    xy = np.array([[100.0, 100.0], [60.0, 90.0], [150.0, 120.0], [10.0, 10.0], [190.0, 100.0]])
+    add_spots(disk_section, xy, in_pixels=in_pixels)
+    hx.pp.tile(disk_section, size=20, centers="spots", min_tissue=0.5)
+    shapes, table = tiles_frame(disk_section)
+    # spots 3 (a corner) and 4 (at x = 190 um, outside the disk of radius 70) are dropped
+    assert list(table.obs["spot_id"]) == ["spot0", "spot1", "spot2"]
+    np.testing.assert_allclose(table.obsm["spatial"], xy[:3])
+    np.testing.assert_allclose(np.column_stack([shapes.centroid.x, shapes.centroid.y]), xy[:3])
+    np.testing.assert_allclose(table.obs["tissue_fraction"], 1.0)
+    assert "grid_row" not in table.obs
+    assert table.uns["tiles"]["stride_um"] is None
+    # a spot tile over the image's edge: read padded, at full size
+    hx.pp.tile(disk_section, size=20, centers="spots", min_tissue=0.0, key_added="edge")
+    item = hx.pp.TileDataset(disk_section, "edge")[3]
+    assert item["image"].shape == (3, 20, 20)
+
+
+# --------------------------------------------------------------------------------------------
+# tile: errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_tile_errors(disk_section):
+    add_exact_tissue(disk_section)
+    with pytest.raises(KeyError, match="sdata.images has no element 'nope'"):
+        hx.pp.tile(disk_section, "nope")
+    with pytest.raises(KeyError, match="sdata.labels has no element 'nope'"):
+        hx.pp.tile(disk_section, tissue_key="nope")
+    with pytest.raises(KeyError, match="sdata.shapes has no element 'nope'"):
+        hx.pp.tile(disk_section, centers="nope")
+    with pytest.raises(ValueError, match="not both"):
+        hx.pp.tile(disk_section, size=20, size_um=10)
+    with pytest.raises(ValueError, match="larger than the image"):
+        hx.pp.tile(disk_section, size=500)
+    with pytest.raises(ValueError, match="size must be a positive"):
+        hx.pp.tile(disk_section, size=0)
+    with pytest.raises(ValueError, match="less than one pixel"):
+        hx.pp.tile(disk_section, size_um=0.1)
+    with pytest.raises(ValueError, match="stride must be positive"):
+        hx.pp.tile(disk_section, size=20, stride=0)
+    with pytest.raises(ValueError, match="min_tissue must be a fraction"):
+        hx.pp.tile(disk_section, min_tissue=1.5)
+    # tiles of 180 um: none is half on tissue; the message gives the best fraction
+    with pytest.raises(ValueError, match=r"the best tile has 0\.4\d\d"):
+        hx.pp.tile(disk_section, size=360, min_tissue=0.5)
+    add_spots(disk_section, np.array([[100.0, 100.0]]))
+    with pytest.raises(ValueError, match="leave stride=None"):
+        hx.pp.tile(disk_section, centers="spots", stride=10)
+    hx.pp.tile(disk_section, size=40)
+    with pytest.raises(KeyError, match="overwrite=True"):
+        hx.pp.tile(disk_section, size=40)
+    hx.pp.tile(disk_section, size=80, overwrite=True)
+    assert disk_section.tables["he_tiles_table"].uns["tiles"]["size_px"] == 80
+
+
+# --------------------------------------------------------------------------------------------
+# TileDataset
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiled(disk_section):
+    add_exact_tissue(disk_section)
+    hx.pp.tile(disk_section, size=32, mpp=1.0, min_tissue=0.2)
+    table = disk_section.tables["he_tiles_table"]
+    table.obs["label"] = np.where(table.obs["tissue_fraction"] == 1, "core", "edge")
+    table.obs["is_full"] = table.obs["tissue_fraction"] == 1
+    return disk_section
+
+
+def test_tile_dataset_items_equal_read_region(tiled):
+    table = tiled.tables["he_tiles_table"]
+    dataset = hx.pp.TileDataset(tiled, "he_tiles",
+                                obs_keys=["tissue_fraction", "grid_row", "label", "is_full"])
+    assert len(dataset) == len(table) > 4
+    assert "TileDataset(" in repr(dataset)
+    for index in (0, len(dataset) // 2, len(dataset) - 1):
+        item = dataset[index]
+        x, y = table.obsm["spatial"][index]
+        expected = hx.io.read_region(tiled, "he", (x - 16, y - 16, x + 16, y + 16), mpp=1.0)
+        assert item["image"].dtype == hx.pp._dataset.torch.float32
+        assert tuple(item["image"].shape) == (3, 32, 32)
+        np.testing.assert_allclose(item["image"].numpy(), expected / 255, atol=1e-7)
+        assert item["index"] == index
+        fraction = table.obs["tissue_fraction"].iloc[index]
+        assert float(item["tissue_fraction"]) == pytest.approx(fraction)
+        assert item["grid_row"].dtype == hx.pp._dataset.torch.int64
+        assert item["label"] in ("core", "edge")
+        assert bool(item["is_full"]) == (item["label"] == "core")
+    assert dataset[-1]["index"] == len(dataset) - 1
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+def test_tile_dataset_scales_uint16_and_applies_transform():
+    sdata = fluorescence_section(np.uint16)
+    hx.pp.tile(sdata, "dapi", size=20, min_tissue=0.5)
+    dataset = hx.pp.TileDataset(sdata, "dapi_tiles", transform=lambda image: image * 2)
+    table = sdata.tables["dapi_tiles_table"]
+    x, y = table.obsm["spatial"][0]
+    raw = hx.io.read_region(sdata, "dapi", (x - 5, y - 5, x + 5, y + 5))
+    expected = 2 * raw.astype(np.float64) / 65535
+    np.testing.assert_allclose(dataset[0]["image"].numpy(), expected, rtol=1e-6)
+    assert dataset[0]["image"].shape == (1, 20, 20)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_tile_dataset_in_a_data_loader(tiled, num_workers):
+    from torch.utils.data import DataLoader
+
+    dataset = hx.pp.TileDataset(tiled, "he_tiles", obs_keys=["tissue_fraction", "label"])
+    clone = pickle.loads(pickle.dumps(dataset))
+    np.testing.assert_array_equal(clone[1]["image"].numpy(), dataset[1]["image"].numpy())
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers)
+    batches = list(loader)
+    assert len(batches) == -(-len(dataset) // 4)
+    first = batches[0]
+    assert tuple(first["image"].shape) == (4, 3, 32, 32)
+    assert first["image"].min() >= 0 and first["image"].max() <= 1
+    assert first["index"].tolist() == [0, 1, 2, 3]
+    assert tuple(first["tissue_fraction"].shape) == (4,)
+    assert len(first["label"]) == 4
+    np.testing.assert_allclose(first["image"][2].numpy(), dataset[2]["image"].numpy())
+
+
+def test_tiles_survive_zarr_and_read_lazily(tiled, tmp_path):
+    from spatialdata import read_zarr
+    from torch.utils.data import DataLoader
+
+    tiled.write(tmp_path / "section.zarr")
+    back = read_zarr(tmp_path / "section.zarr")
+    table = back.tables["he_tiles_table"]
+    assert table.uns["tiles"]["size_px"] == 32 and table.uns["tiles"]["mpp"] == 1.0
+    np.testing.assert_array_equal(back.labels["he_tissue"], tiled.labels["he_tissue"])
+    dataset = pickle.loads(pickle.dumps(hx.pp.TileDataset(back, "he_tiles")))
+    batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=2)))
+    expected = hx.pp.TileDataset(tiled, "he_tiles")[1]["image"]
+    np.testing.assert_array_equal(batch["image"][1].numpy(), expected.numpy())
+
+
+def test_tile_dataset_errors(tiled):
+    with pytest.raises(KeyError, match="sdata.shapes has no element 'nope'"):
+        hx.pp.TileDataset(tiled, "nope")
+    with pytest.raises(KeyError, match="are not columns"):
+        hx.pp.TileDataset(tiled, "he_tiles", obs_keys=["nope"])
+    tiled.tables["he_tiles_table"].obs["image"] = 1.0
+    with pytest.raises(ValueError, match="clash with the item's"):
+        hx.pp.TileDataset(tiled, "he_tiles", obs_keys=["image"])
+    with pytest.raises(TypeError, match="transform must be callable"):
+        hx.pp.TileDataset(tiled, "he_tiles", transform="flip")
+    del tiled.tables["he_tiles_table"].uns["tiles"]
+    with pytest.raises(ValueError, match="make the tiles with hx.pp.tile"):
+        hx.pp.TileDataset(tiled, "he_tiles")
+    del tiled.tables["he_tiles_table"]
+    with pytest.raises(KeyError, match="sdata.tables has no element 'he_tiles_table'"):
+        hx.pp.TileDataset(tiled, "he_tiles")
+
+
+# --------------------------------------------------------------------------------------------
+# real data
+# --------------------------------------------------------------------------------------------
+
+
+def read_cmu_small_region(path):
+    """The slide via hx.io.read_wsi when it exists, else through tifffile."""
+    if importlib.util.find_spec("histoexpr.io._wsi") is not None:
+        sdata = hx.io.read_wsi(path)
+        return sdata, next(iter(sdata.images.keys()))
+    import tifffile
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = tifffile.imread(path)  # (2967, 2220, 3) uint8, 0.499 um/px
+    image = Image2DModel.parse(np.moveaxis(rgb, -1, 0), dims=("c", "y", "x"),
+                               transformations={"global": Scale([0.499, 0.499], ("y", "x"))})
+    return SpatialData(images={"he": image}), "he"
+
+
+@pytest.mark.realdata
+def test_real_slide_tissue_and_tiles(data_dir):
+    sdata, key = read_cmu_small_region(data_dir / "wsi" / "CMU-1-Small-Region.svs")
+    hx.pp.detect_tissue(sdata, key)
+    mask = np.asarray(sdata.labels[f"{key}_tissue"]) > 0
+    # a strip of skin down the middle of the slide: about 40 % of it, seen on the thumbnail
+    assert 0.3 < mask.mean() < 0.5
+    # the left and right fifths are glass (but for a thin strand), the bottom centre tissue
+    width = mask.shape[1]
+    assert mask[:, : width // 5].mean() < 0.05 and mask[:, -width // 5:].mean() < 0.05
+    assert mask[-12:-2, width // 3: width // 2].all()  # (the last row is half outside)
+    hx.pp.tile(sdata, key, size=128, mpp=1.0, min_tissue=0.5)
+    table = sdata.tables[f"{key}_tiles_table"]
+    # the tiles hold about as much area as the tissue (half-covered tiles at its edge in or out)
+    tissue_um2 = mask.mean() * np.prod(hx.io.image_levels(sdata, key)[0].shape_yx) * 0.499**2
+    assert 0.7 < len(table) * 128**2 / tissue_um2 < 1.2
+    # tiles on tissue are stained: darker than the white glass, and not blank
+    dataset = hx.pp.TileDataset(sdata, f"{key}_tiles")
+    for index in range(0, len(dataset), 7):
+        image = dataset[index]["image"]
+        assert tuple(image.shape) == (3, 128, 128)
+        assert image.mean() < 0.85 and image.std() > 0.05
