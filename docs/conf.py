@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import version
+from importlib.metadata import version as _package_version
 
 project = "histoexpr"
 author = "histoexpr developers"
 copyright = "2026, histoexpr developers"  # noqa: A001
-release = version("histoexpr")
+release = _package_version("histoexpr")
+version = ".".join(release.split(".")[:2])
 
 extensions = [
     "myst_nb",

@@ -15,7 +15,7 @@ from shapely.geometry import Point
 from spatialdata.models import ShapesModel, TableModel
 
 import histoexpr as hx
-from tests.conftest import make_disk_section
+from conftest import make_disk_section
 
 
 @pytest.fixture
@@ -70,6 +70,7 @@ def test_spots_coloured_by_gene_follow_the_values():
     collection = ax.collections[0]
     np.testing.assert_allclose(collection.get_array(), [0.0, 5.0, 10.0])
     # the largest value is drawn in the top colour of the colormap
+    ax.figure.canvas.draw()
     colours = collection.get_facecolors()
     assert np.allclose(colours[2][:3], plt.get_cmap("viridis")(1.0)[:3], atol=0.01)
     plt.close("all")

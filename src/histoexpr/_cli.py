@@ -70,7 +70,7 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> dict:
     step("detect_tissue", hx.pp.detect_tissue, sdata, "he")
     step("tile", hx.pp.tile, sdata, "he", size_um=56.0, mpp=0.5)
     step("tile_spots", hx.pp.tile, sdata, "he", size_um=55.0, mpp=0.5, centers="spots",
-         key_added="he_spot_tiles")
+         min_tissue=0.0, key_added="he_spot_tiles")
 
     spot_table = sdata.tables["table"]
     gene = str(spot_table.var_names[int(spot_table.X.sum(axis=0).argmax())])
@@ -90,7 +90,7 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> dict:
         "seed": seed,
         "pixel_size_um": hx.io.get_pixel_size(sdata, "he"),
         "image_shape_yx": list(hx.io.image_levels(sdata, "he")[0].shape_yx),
-        "n_cells": int(sdata.tables["cell_table"].n_obs) if "cell_table" in sdata.tables else None,
+        "n_cells": int(sdata.tables["cells_table"].n_obs) if "cells_table" in sdata.tables else None,
         "n_spots": int(spot_table.n_obs),
         "n_genes": int(spot_table.n_vars),
         "n_tiles": int(sdata.tables["he_tiles_table"].n_obs),
