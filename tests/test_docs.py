@@ -30,4 +30,6 @@ def test_docs_build_without_warnings(tmp_path, data_dir):
 def _environment() -> dict[str, str]:
     import os
 
-    return {**os.environ, "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    # no MPLBACKEND: the notebooks' kernel must use its inline backend to record the figures
+    environment = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    return {**environment, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
