@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/histoexpr demo --out histoexpr-demo
+	$(BIN)/histoexpr demo --out histoexpr-demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile

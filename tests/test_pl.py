@@ -92,3 +92,18 @@ def test_unknown_colour_is_a_clear_error():
         hx.pl.spots(sdata, "spots", color="NOPE")
     with pytest.raises(KeyError, match="no element 'spots2'"):
         hx.pl.spots(sdata, "spots2")
+
+
+def test_outlines_are_white_over_fluorescence():
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    sdata = add_spots(make_disk_section(), [1, 2, 3])
+    dapi = np.zeros((1, 400, 400), dtype=np.uint16)
+    dapi[0, 100:300, 100:300] = 4000
+    sdata.images["dapi"] = Image2DModel.parse(
+        dapi, dims=("c", "y", "x"), transformations={"global": Scale([0.5, 0.5], axes=("y", "x"))})
+    ax = hx.pl.spots(sdata, "spots", image_key="dapi")
+    assert ax.images[0].get_array().ndim == 2  # drawn in grey
+    assert np.allclose(ax.collections[0].get_edgecolor()[0], (1, 1, 1, 1))
+    plt.close("all")

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ._utils import logger
@@ -85,7 +86,9 @@ def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> dict:
         fig.savefig(out / name, dpi=120, bbox_inches="tight")
         plt.close(fig)
 
-    step("write_zarr", sdata.write, out / "section.zarr")
+    with warnings.catch_warnings():  # zarr announces a future default at every array written
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+        step("write_zarr", sdata.write, out / "section.zarr")
     metrics = {
         "seed": seed,
         "pixel_size_um": hx.io.get_pixel_size(sdata, "he"),

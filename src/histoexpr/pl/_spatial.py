@@ -128,11 +128,13 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, cmap, alpha, max
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
+    dark_background = False
     if image_key is not None:
-        draw_image(ax, sdata, image_key, max_side=max_side)
+        dark_background = draw_image(ax, sdata, image_key, max_side=max_side).ndim == 2
     shapes = sdata.shapes[shapes_key]
     values = None if color is None else _shape_values(shapes, table, color, layer, shapes_key)
-    _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha, label=color)
+    _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha, label=color,
+                 outline="white" if dark_background else "black")
     ax.set_aspect("equal")
     if not ax.yaxis_inverted():  # image convention: y grows downwards
         ax.invert_yaxis()
@@ -144,16 +146,20 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, cmap, alpha, max
     return ax
 
 
-def draw_image(ax: Axes, sdata: SpatialData, image_key: str, *, max_side: int = 1000) -> None:
-    """Show an image in micrometre coordinates, read at a level near ``max_side`` pixels."""
+def draw_image(ax: Axes, sdata: SpatialData, image_key: str, *, max_side: int = 1000) -> np.ndarray:
+    """Show an image in micrometre coordinates, read at a level near ``max_side`` pixels.
+
+    Returns what was shown: ``(H, W)`` for one channel (drawn in grey), else ``(H, W, 3)``.
+    """
     level0 = image_levels(sdata, image_key)[0]
     height, width = level0.shape_yx
     x0, y0 = level0.offset
     x1, y1 = x0 + width * level0.mpp, y0 + height * level0.mpp
     mpp = max(level0.mpp, max(x1 - x0, y1 - y0) / max_side)
-    pixels = read_region(sdata, image_key, (x0, y0, x1, y1), mpp=mpp)
-    ax.imshow(_displayable(pixels), extent=(x0, x1, y1, y0),
-              cmap="gray" if pixels.shape[0] == 1 else None, interpolation="antialiased")
+    shown = _displayable(read_region(sdata, image_key, (x0, y0, x1, y1), mpp=mpp))
+    ax.imshow(shown, extent=(x0, x1, y1, y0), cmap="gray" if shown.ndim == 2 else None,
+              interpolation="antialiased")
+    return shown
 
 
 def _displayable(pixels: np.ndarray) -> np.ndarray:
@@ -200,7 +206,7 @@ def _shape_values(shapes, table, color: str, layer: str | None, shapes_key: str)
 
 
 def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha: float,
-                 label: str | None) -> None:
+                 label: str | None, outline: str) -> None:
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle, Polygon
 
@@ -211,7 +217,7 @@ def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha
         patches = [Polygon(np.asarray(geometry.exterior.coords), closed=True)
                    for geometry in shapes.geometry]
     if values is None:
-        collection = PatchCollection(patches, facecolor="none", edgecolor="black", linewidth=0.6)
+        collection = PatchCollection(patches, facecolor="none", edgecolor=outline, linewidth=0.6)
         ax.add_collection(collection)
     elif isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
         _draw_categories(ax, patches, values.astype("category"), alpha=alpha)
