@@ -7,5 +7,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_base": ["Network"],
         "_encoders": ["TileEncoder"],
+        "_handcrafted": ["HandcraftedEncoder"],
     },
 )

@@ -1,3 +1,11 @@
-"""Training and prediction (fit, predict, evaluate, embed, pretrain) arrive with the model issues."""
+"""Training and applying models: ``fit``, ``predict``, ``evaluate`` (one entry point each)."""
 
-__all__: list[str] = []
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    submod_attrs={
+        "_api": ["fit", "predict", "evaluate"],
+        "_embed": ["embed"],
+    },
+)

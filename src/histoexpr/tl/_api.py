@@ -1,0 +1,108 @@
+"""The entry points ``fit``, ``predict`` and ``evaluate``, shared by every model.
+
+Each model lives in its own module of :mod:`histoexpr.tl` that defines ``fit(data, **options)``
+returning a trained :class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the
+model) and ``predict(model, data, **options)``. The entry points look the module up here, so
+adding a model is one line in :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..models import Network
+
+#: model name -> module of histoexpr.tl that trains and applies it
+MODELS: dict[str, str] = {}
+
+#: kind of the prediction element -> (module, function) that scores it
+EVALUATORS: dict[str, tuple[str, str]] = {}
+
+
+def _model_module(name: str) -> ModuleType:
+    if name not in MODELS:
+        known = ", ".join(repr(m) for m in MODELS) or "none yet"
+        raise ValueError(f"Unknown model {name!r}; histoexpr trains: {known}.")
+    return importlib.import_module(MODELS[name], package=__package__)
+
+
+def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
+    """Train a model; one entry point for every model histoexpr has.
+
+    Parameters
+    ----------
+    data
+        What the model learns from: a SpatialData, a list of them, or a cohort, as the model's
+        own ``fit`` documents.
+    model
+        Which model, a key of ``histoexpr.tl.MODELS``.
+    **kwargs
+        Options of the model's ``fit`` (see its documentation).
+
+    Returns
+    -------
+    The trained network; ``network.metadata`` holds what it was trained on (classes or genes,
+    um/px, normalisation) and its training ``history``. Save it with
+    :func:`histoexpr.io.save_model`.
+    """
+    return _model_module(model).fit(data, **kwargs)
+
+
+def predict(model: Network, data: Any, **kwargs: Any) -> Any:
+    """Apply a trained model; the model's own ``predict`` says what it writes and returns.
+
+    Parameters
+    ----------
+    model
+        A network returned by :func:`fit` or read by :func:`histoexpr.io.load_model`.
+    data
+        What to predict on (a SpatialData, a list of them, or a cohort).
+    **kwargs
+        Options of the model's ``predict`` (see its documentation).
+
+    Returns
+    -------
+    What the model's ``predict`` returns (predictions are also written into ``data``).
+    """
+    name = getattr(model, "metadata", {}).get("model")
+    if name is None:
+        raise ValueError(
+            "This network has no metadata['model']: it was not trained by hx.tl.fit. Train it "
+            "with hx.tl.fit, or load a file written by hx.io.save_model."
+        )
+    return _model_module(name).predict(model, data, **kwargs)
+
+
+def evaluate(data: Any, pred_key: str, truth_key: str, **kwargs: Any) -> Any:
+    """Score predictions against the truth, choosing the metrics by what is predicted.
+
+    Parameters
+    ----------
+    data
+        The SpatialData holding both the predictions and the truth.
+    pred_key
+        Key of the predictions: a label map (class maps, scored by Dice, IoU...) or a table
+        (expression, scored by correlations).
+    truth_key
+        Key of the ground truth of the same kind.
+    **kwargs
+        Options of the evaluator (see its documentation).
+
+    Returns
+    -------
+    The evaluator's metrics, as a DataFrame.
+    """
+    from .._utils import element_kind
+
+    kind = element_kind(data, pred_key)
+    if kind is None:
+        raise KeyError(f"{pred_key!r} is not an element of the SpatialData.")
+    if kind not in EVALUATORS:
+        raise ValueError(f"Predictions stored as {kind} cannot be evaluated; histoexpr scores "
+                         f"{', '.join(EVALUATORS) or 'nothing yet'}.")
+    module, function = EVALUATORS[kind]
+    return getattr(importlib.import_module(module, package=__package__), function)(
+        data, pred_key, truth_key, **kwargs)

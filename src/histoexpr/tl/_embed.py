@@ -1,0 +1,209 @@
+"""Tile embeddings: features of every tile, streamed through the tile dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .._settings import settings
+from .._utils import log_added, progress, require_element, resolve_device
+from ..io._image import image_levels
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ..models import Network
+
+#: normalisation of learned encoders whose metadata has none (tiles are in [0, 1])
+DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
+IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def embed(
+    sdata: SpatialData,
+    tiles_key: str = "he_tiles",
+    *,
+    encoder: str | Path | Network = "handcrafted",
+    checkpoint: str | Path | None = None,
+    image_key: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Compute features of every tile and store them in the tile table's ``obsm``.
+
+    Tiles are read lazily through :class:`histoexpr.pp.TileDataset` in batches, so memory does
+    not grow with the slide.
+
+    Parameters
+    ----------
+    sdata
+        The section, tiled by :func:`histoexpr.pp.tile`.
+    tiles_key
+        Key of the tiles; features go to the table ``f"{tiles_key}_table"``.
+    encoder
+        ``"handcrafted"`` (colour, stain and texture statistics), an architecture of
+        :class:`histoexpr.models.TileEncoder` (``"small_cnn"``, ``"resnet18"``...; random
+        initialisation unless ``checkpoint`` is given), ``"timm:<model name>"`` (needs the
+        optional ``timm`` extra), a histoexpr model file (``.pt``, e.g. from
+        :func:`histoexpr.tl.pretrain`), or a network object.
+    checkpoint
+        Local weights for an architecture name: a histoexpr model file or a state dict saved
+        with :func:`torch.save` (read with ``weights_only=True``).
+    image_key
+        Image to read the tiles from; defaults to the one they were cut from.
+    batch_size
+        Tiles per forward pass.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name.
+    overwrite
+        Replace existing features under ``key_added``.
+
+    Returns
+    -------
+    Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
+    ``uns["embeddings"][key_added]`` (what computed them) to the tile table.
+    """
+    from ..pp import TileDataset
+
+    require_element(sdata, tiles_key, "shapes")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    dataset = TileDataset(sdata, tiles_key, image_key=image_key)
+    table = sdata.tables[f"{tiles_key}_table"]
+    n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
+    network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
+                                                   checkpoint=checkpoint)
+    key_added = f"X_{name}" if key_added is None else key_added
+    if key_added in table.obsm and not overwrite:
+        raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
+                       "overwrite=True to replace it, or choose another key_added.")
+    device = resolve_device(device)
+    features = encode(network, dataset, batch_size=batch_size, device=device,
+                      normalisation=normalisation, desc=f"embed ({name})")
+    table.obsm[key_added] = features
+    table.uns.setdefault("embeddings", {})[key_added] = {
+        "encoder": name, "n_features": int(features.shape[1]), "image_key": dataset.image_key,
+        "mpp": dataset.mpp, "size_px": dataset.size_px,
+    }
+    log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
+              f"features of {features.shape[0]} tiles")
+
+
+def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
+           normalisation: dict[str, Any] | None, desc: str = "embed") -> np.ndarray:
+    """Features of every item of a tile dataset, in order, as a float32 array."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=settings.n_workers)
+    network = network.to(device).eval()
+    mean, std = _normalisation_tensors(normalisation, device)
+    chunks = []
+    with torch.inference_mode():
+        for batch in progress(loader, desc=desc, total=len(loader)):
+            images = batch["image"].to(device, non_blocking=True)
+            if mean is not None:
+                images = (images - mean) / std
+            chunks.append(network(images).float().cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
+                    checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, str, dict | None]:
+    """The network, its short name and its input normalisation for an ``encoder`` argument."""
+    from ..io import load_model
+    from ..models import HandcraftedEncoder, Network, TileEncoder
+    from ..models._encoders import ARCHITECTURES
+
+    if isinstance(encoder, Network):
+        network, name = encoder, type(encoder).__name__.lower()
+    elif isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        network, name = load_model(encoder, device="cpu"), Path(encoder).stem
+    elif encoder == "handcrafted":
+        return HandcraftedEncoder(in_channels=in_channels), "handcrafted", None
+    elif encoder in ARCHITECTURES:
+        network, name = TileEncoder(arch=encoder, in_channels=in_channels), encoder
+        if checkpoint is not None:
+            network = _load_checkpoint(network, Path(checkpoint))
+    elif isinstance(encoder, str) and encoder.startswith("timm:"):
+        return _timm_encoder(encoder.removeprefix("timm:"), in_channels, checkpoint)
+    else:
+        raise ValueError(
+            f"Unknown encoder {encoder!r}: use 'handcrafted', one of {ARCHITECTURES}, "
+            "'timm:<name>', a histoexpr model file (.pt) or a histoexpr network."
+        )
+    expected = getattr(network, "in_channels", in_channels)
+    if expected != in_channels:
+        raise ValueError(
+            f"The encoder expects {expected}-channel tiles but the image has {in_channels} "
+            "channel(s). Use an encoder trained on this kind of image (H&E: 3, nuclei stain: 1)."
+        )
+    if isinstance(network, HandcraftedEncoder):
+        return network, name, None
+    metadata = getattr(network, "metadata", {}) or {}
+    return network, name, metadata.get("normalisation", DEFAULT_NORMALISATION)
+
+
+def _load_checkpoint(network: Network, path: Path) -> Network:
+    """Weights for a freshly built encoder: a histoexpr model file or a plain state dict."""
+    from ..io import load_model
+
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and payload.get("format") == "histoexpr-model":
+        loaded = load_model(path, device="cpu")
+        if loaded.get_config() != network.get_config():
+            raise ValueError(f"{path} holds a {loaded.get_config()} network, not the requested "
+                             f"{network.get_config()}; pass the file itself as encoder=.")
+        return loaded
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    for target in (network, network.body):  # whole encoder, or the bare MONAI/CNN body
+        try:
+            target.load_state_dict(state)
+            return network
+        except (RuntimeError, TypeError):
+            continue
+    raise ValueError(
+        f"The weights in {path} do not fit a {network.get_config()} encoder (different layer "
+        "names or shapes). Check the architecture (encoder=) and in_channels."
+    )
+
+
+def _timm_encoder(name: str, in_channels: int, checkpoint: str | Path | None):
+    """A timm model as a feature extractor; timm is an optional extra."""
+    try:
+        import timm
+    except Exception as error:  # ImportError, or timm's own imports failing (torchvision)
+        raise ImportError(
+            f"encoder='timm:{name}' needs timm, which could not be imported ({error}). Install "
+            "the optional extra: pip install 'histoexpr[timm]' (with a torchvision that matches "
+            "your torch)."
+        ) from error
+    network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    if checkpoint is not None:
+        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+        missing, unexpected = network.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"{checkpoint} lacks {len(missing)} weights of timm model {name!r} "
+                             f"(e.g. {missing[:3]}); is it the right checkpoint?")
+    config = timm.data.resolve_data_config({}, model=network)
+    normalisation = {"mean": list(config["mean"]), "std": list(config["std"])} \
+        if in_channels == 3 else DEFAULT_NORMALISATION
+    network.in_channels = in_channels
+    return network, name.replace("/", "_"), normalisation
+
+
+def _normalisation_tensors(normalisation: dict[str, Any] | None, device: str):
+    if normalisation is None:
+        return None, None
+    mean = torch.as_tensor(normalisation["mean"], dtype=torch.float32, device=device)
+    std = torch.as_tensor(normalisation["std"], dtype=torch.float32, device=device)
+    return mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)

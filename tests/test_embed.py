@@ -1,0 +1,107 @@
+"""hx.tl.embed: features of every tile, from every kind of encoder, that carry what tiles show."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import histoexpr as hx
+from histoexpr.tl._embed import encode
+
+
+@pytest.fixture(scope="module")
+def section():
+    sdata = hx.datasets.synthetic_section(seed=1, size_um=600, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size=48, mpp=0.5, min_tissue=0.8)  # 24 um tiles
+    return sdata
+
+
+def region_of_tiles(sdata):
+    """The region type under each tile centre (from the ground-truth region map)."""
+    table = sdata.tables["he_tiles_table"]
+    regions = []
+    for x, y in table.obsm["spatial"]:
+        patch = hx.io.read_region(sdata, "regions", (x - 1, y - 1, x + 1, y + 1), mpp=2.0)
+        regions.append(int(np.asarray(patch).ravel()[0]))
+    return np.array(regions)
+
+
+def test_handcrafted_features_tell_regions_apart_on_held_out_tiles(section):
+    hx.tl.embed(section, "he_tiles", encoder="handcrafted")
+    table = section.tables["he_tiles_table"]
+    features = table.obsm["X_handcrafted"]
+    assert features.shape == (table.n_obs, 23) and features.dtype == np.float32
+    assert table.uns["embeddings"]["X_handcrafted"]["encoder"] == "handcrafted"
+
+    regions = region_of_tiles(section)
+    keep = regions > 0
+    x, y = features[keep], regions[keep]
+    left = table.obsm["spatial"][keep, 0] < np.median(table.obsm["spatial"][keep, 0])
+    probe = LogisticRegression(max_iter=2000).fit(
+        (x[left] - x[left].mean(0)) / (x[left].std(0) + 1e-6), y[left])
+    accuracy = probe.score((x[~left] - x[left].mean(0)) / (x[left].std(0) + 1e-6), y[~left])
+    majority = np.mean(y[~left] == np.bincount(y[left]).argmax())
+    assert accuracy > majority + 0.2, (accuracy, majority)
+
+
+def test_features_match_the_encoder_applied_to_each_tile(section):
+    hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_check", batch_size=7)
+    dataset = hx.pp.TileDataset(section, "he_tiles")
+    encoder = hx.models.HandcraftedEncoder(in_channels=3)
+    direct = encoder(torch.stack([dataset[i]["image"] for i in (0, 5, 11)])).numpy()
+    np.testing.assert_allclose(section.tables["he_tiles_table"].obsm["X_check"][[0, 5, 11]],
+                               direct, rtol=1e-4, atol=1e-5)
+
+
+def test_model_files_and_state_dicts_give_the_same_features(section, tmp_path):
+    torch.manual_seed(0)
+    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3)
+    network.metadata = {"normalisation": {"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]}}
+    hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_object")
+    path = hx.io.save_model(network, tmp_path / "encoder.pt")
+    hx.tl.embed(section, "he_tiles", encoder=path, key_added="X_file")
+    torch.save(network.state_dict(), tmp_path / "state.pt")
+    hx.tl.embed(section, "he_tiles", encoder="small_cnn", checkpoint=tmp_path / "state.pt",
+                key_added="X_state")
+    obsm = section.tables["he_tiles_table"].obsm
+    np.testing.assert_allclose(obsm["X_file"], obsm["X_object"], rtol=1e-5, atol=1e-6)
+    assert obsm["X_object"].shape[1] == network.out_features
+    # a state dict carries no normalisation: the default one is used, so features differ
+    assert not np.allclose(obsm["X_state"], obsm["X_object"])
+    hx.tl.embed(section, "he_tiles", encoder="small_cnn", checkpoint=path, key_added="X_ckpt")
+    np.testing.assert_allclose(obsm["X_ckpt"], obsm["X_object"], rtol=1e-5, atol=1e-6)
+
+
+def test_monai_resnet_features(section):
+    small = hx.pp.TileDataset(section, "he_tiles")
+    network = hx.models.TileEncoder(arch="resnet10", in_channels=3)
+    features = encode(network, torch.utils.data.Subset(small, range(6)), batch_size=4,
+                      device="cpu", normalisation={"mean": 0.5, "std": 0.25})
+    assert features.shape == (6, 512) and np.isfinite(features).all()
+
+
+def test_bad_input_is_explained(section, tmp_path):
+    with pytest.raises(KeyError, match="overwrite=True"):
+        hx.tl.embed(section, "he_tiles", encoder="handcrafted")  # X_handcrafted exists
+    with pytest.raises(ValueError, match="1 channel"):
+        hx.tl.embed(section, "he_tiles", encoder=hx.models.TileEncoder(in_channels=3),
+                    image_key="dapi")
+    with pytest.raises(ValueError, match="Unknown encoder"):
+        hx.tl.embed(section, "he_tiles", encoder="vgg99")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"layer.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(ValueError, match="do not fit"):
+        hx.tl.embed(section, "he_tiles", encoder="small_cnn", checkpoint=wrong, key_added="X_w")
+
+
+def test_timm_is_an_optional_extra(section):
+    try:
+        import timm  # noqa: F401
+    except Exception as error:  # timm imports torchvision, which has no CPU build here
+        with pytest.raises(ImportError, match="optional extra"):
+            hx.tl.embed(section, "he_tiles", encoder="timm:resnet18", key_added="X_timm")
+        pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error})")
+    hx.tl.embed(section, "he_tiles", encoder="timm:resnet18", key_added="X_timm")
+    assert section.tables["he_tiles_table"].obsm["X_timm"].shape[1] == 512

@@ -1,0 +1,89 @@
+"""The shared training loop and the tl entry points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import histoexpr as hx
+from histoexpr.tl._train import train
+
+
+def batches(x, y, batch_size=16, shuffle=False):
+    dataset = TensorDataset(x, y)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+    return [{"x": xb, "y": yb} for xb, yb in loader]
+
+
+def mse(network, batch):
+    return nn.functional.mse_loss(network(batch["x"]).squeeze(-1), batch["y"])
+
+
+def test_learns_a_linear_rule_better_than_the_mean_on_held_out_data():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=generator)
+    y = x @ torch.tensor([2.0, -1.0, 0.5]) + 1 + 0.1 * torch.randn(400, generator=generator)
+    network = nn.Linear(3, 1)
+    history = train(network, batches(x[:300], y[:300]), batches(x[300:], y[300:]), mse,
+                    epochs=60, lr=0.05, device="cpu", seed=0)
+    with torch.no_grad():
+        held_out = nn.functional.mse_loss(network(x[300:]).squeeze(-1), y[300:]).item()
+    baseline = ((y[300:] - y[:300].mean()) ** 2).mean().item()
+    assert held_out < 0.05 * baseline
+    assert history["val_loss"][history["best_epoch"]] == min(history["val_loss"])
+
+
+def test_early_stopping_restores_the_best_weights():
+    network = nn.Linear(1, 1)
+    val_losses = iter([3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    snapshots = []
+
+    def scripted_loss(net, batch):
+        if net.training:
+            return mse(net, batch)
+        snapshots.append(net.weight.detach().clone())
+        return torch.tensor(next(val_losses))
+
+    x, y = torch.randn(32, 1), torch.randn(32)
+    history = train(network, batches(x, y), [{"x": x, "y": y}], scripted_loss,
+                    epochs=8, lr=0.1, patience=2, device="cpu")
+    assert history["best_epoch"] == 2
+    assert history["epochs_run"] == 5  # two epochs without improvement after the best
+    torch.testing.assert_close(network.weight.detach(), snapshots[2])
+
+
+def test_same_seed_same_result():
+    x, y = torch.randn(64, 2), torch.randn(64)
+
+    def run():
+        torch.manual_seed(123)  # the initial weights
+        network = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+        train(network, batches(x, y), None, mse, epochs=3, device="cpu", seed=5)
+        return network[0].weight.detach().clone()
+
+    torch.testing.assert_close(run(), run())
+
+
+def test_diverging_loss_is_a_clear_error():
+    x, y = torch.randn(16, 1), torch.full((16,), float("nan"))
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(nn.Linear(1, 1), batches(x, y), None, mse, epochs=1, device="cpu")
+
+
+def test_empty_data_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        train(nn.Linear(1, 1), [], None, mse, epochs=1, device="cpu")
+
+
+def test_entry_points_reject_unknown_models():
+    with pytest.raises(ValueError, match="Unknown model 'magic'"):
+        hx.tl.fit(None, model="magic")
+    with pytest.raises(ValueError, match="not trained by hx.tl.fit"):
+        hx.tl.predict(hx.models.TileEncoder(), None)
+
+
+def test_evaluate_needs_an_existing_element(disk_section):
+    with pytest.raises(KeyError, match="not an element"):
+        hx.tl.evaluate(disk_section, "nope", "he")
