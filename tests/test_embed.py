@@ -83,8 +83,9 @@ def test_monai_resnet_features(section):
 
 
 def test_bad_input_is_explained(section, tmp_path):
+    hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_twice")
     with pytest.raises(KeyError, match="overwrite=True"):
-        hx.tl.embed(section, "he_tiles", encoder="handcrafted")  # X_handcrafted exists
+        hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_twice")
     with pytest.raises(ValueError, match="1 channel"):
         hx.tl.embed(section, "he_tiles", encoder=hx.models.TileEncoder(in_channels=3),
                     image_key="dapi")

@@ -11,6 +11,8 @@ below accepts the key of an image or of a label map.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -169,10 +171,15 @@ def read_region(
     An array ``(channels, height, width)`` of the image's dtype (``(height, width)`` for a label
     map), with ``height = round((y_max - y_min) / mpp)`` and likewise for the width.
     """
+    return read_levels(image_levels(sdata, image_key), bounds, mpp=mpp, fill=fill)
+
+
+def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, float], *,
+                mpp: float | None = None, fill: float = 0) -> np.ndarray:
+    """:func:`read_region` on levels from :func:`image_levels` (kept by repeated readers)."""
     x_min, y_min, x_max, y_max = (float(b) for b in bounds)
     if not (x_max > x_min and y_max > y_min):
         raise ValueError(f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
-    levels = image_levels(sdata, image_key)
     target_mpp = levels[0].mpp if mpp is None else float(mpp)
     if target_mpp <= 0:
         raise ValueError(f"mpp must be positive, got {mpp}.")
@@ -200,9 +207,77 @@ def _read_padded(data, r0: int, r1: int, c0: int, c1: int, height: int, width: i
     rr0, rr1 = max(r0, 0), min(r1, height)
     cc0, cc1 = max(c0, 0), min(c1, width)
     if rr1 > rr0 and cc1 > cc0:
-        window = data.data[..., rr0:rr1, cc0:cc1]
-        out[..., rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = np.asarray(window)
+        out[..., rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = CHUNKS.read(data.data, rr0, rr1,
+                                                                        cc0, cc1)
     return out
+
+
+class ChunkCache:
+    """Decoded chunks of lazy images, kept within a memory budget (least recently used out).
+
+    Neighbouring tiles share chunks, so reading a tile becomes a numpy slice of chunks that are
+    already decoded instead of a dask computation per tile. The budget bounds the memory, so it
+    does not grow with the slide. Chunks larger than a quarter of the budget are not cached: the
+    window is then computed directly.
+
+    Parameters
+    ----------
+    max_bytes
+        Memory budget of the decoded chunks.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._blocks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, array, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Pixels ``[..., r0:r1, c0:c1]`` of a dask array (all leading axes)."""
+        if not hasattr(array, "blocks"):  # already in memory
+            return np.asarray(array[..., r0:r1, c0:c1])
+        chunk_bytes = array.dtype.itemsize * np.prod([max(c) for c in array.chunks])
+        if chunk_bytes > self.max_bytes // 4:
+            return np.asarray(array[..., r0:r1, c0:c1].compute(scheduler="synchronous"))
+        row_edges = np.cumsum((0, *array.chunks[-2]))
+        col_edges = np.cumsum((0, *array.chunks[-1]))
+        out = np.empty(array.shape[:-2] + (r1 - r0, c1 - c0), dtype=array.dtype)
+        for bi in range(np.searchsorted(row_edges, r0, "right") - 1,
+                        np.searchsorted(row_edges, r1 - 1, "right")):
+            for bj in range(np.searchsorted(col_edges, c0, "right") - 1,
+                            np.searchsorted(col_edges, c1 - 1, "right")):
+                block = self._block(array, bi, bj)
+                y0, y1 = max(r0, row_edges[bi]), min(r1, row_edges[bi + 1])
+                x0, x1 = max(c0, col_edges[bj]), min(c1, col_edges[bj + 1])
+                out[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = block[
+                    ..., y0 - row_edges[bi] : y1 - row_edges[bi], x0 - col_edges[bj] : x1 - col_edges[bj]]
+        return out
+
+    def _block(self, array, bi: int, bj: int) -> np.ndarray:
+        key = (array.name, bi, bj)
+        with self._lock:
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+        index = (slice(None),) * (array.ndim - 2) + (bi, bj)
+        block = np.asarray(array.blocks[index].compute(scheduler="synchronous"))
+        with self._lock:
+            self._blocks[key] = block
+            self._bytes += block.nbytes
+            while self._bytes > self.max_bytes and len(self._blocks) > 1:
+                _, evicted = self._blocks.popitem(last=False)
+                self._bytes -= evicted.nbytes
+        return block
+
+    def clear(self) -> None:
+        """Forget every cached chunk."""
+        with self._lock:
+            self._blocks.clear()
+            self._bytes = 0
+
+
+#: the cache every region read goes through (one per process)
+CHUNKS = ChunkCache()
 
 
 def _resample(crop: np.ndarray, box: tuple[float, float, float, float],

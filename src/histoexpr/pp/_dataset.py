@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import dask
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .._utils import require_element
-from ..io._image import read_region
+from ..io._image import image_levels, read_levels
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -67,8 +66,6 @@ class TileDataset(Dataset):
         image_key: str | None = None,
         table_key: str | None = None,
     ) -> None:
-        from spatialdata import SpatialData
-
         require_element(sdata, tiles_key, "shapes")
         table_key = f"{tiles_key}_table" if table_key is None else table_key
         require_element(sdata, table_key, "tables")
@@ -109,8 +106,14 @@ class TileDataset(Dataset):
         half = self.size_um / 2
         self._bounds = np.column_stack([centres - half, centres + half])
         self._obs = {key: _column(table.obs[key]) for key in self.obs_keys}
-        # only the image travels with the dataset (to worker processes, too)
-        self._sdata = SpatialData(images={self.image_key: sdata.images[self.image_key]})
+        # only the image's levels travel with the dataset (to worker processes, too)
+        self._levels = image_levels(sdata, self.image_key)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The raw pixels ``(C, H, W)`` of tile ``index``, in the image's dtype."""
+        # chunks are computed with dask's synchronous scheduler (see ChunkCache): a thread pool
+        # brings only overhead to small reads, and would hang in forked DataLoader workers
+        return read_levels(self._levels, tuple(self._bounds[index]), mpp=self.mpp)
 
     def __len__(self) -> int:
         return len(self._bounds)
@@ -119,12 +122,7 @@ class TileDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"tile index {index} is out of range for {len(self)} tiles.")
         index = int(index) % len(self)
-        # a tile is a small read: dask's thread pool brings only overhead, and in a DataLoader
-        # worker forked from a process that has used it, that pool would hang
-        with dask.config.set(scheduler="synchronous"):
-            pixels = read_region(self._sdata, self.image_key, tuple(self._bounds[index]),
-                                 mpp=self.mpp)
-        image = torch.from_numpy(_to_unit_float(pixels))
+        image = torch.from_numpy(_to_unit_float(self.pixels(index)))
         if self.transform is not None:
             image = self.transform(image)
         item: dict[str, Any] = {"image": image, "index": index}
