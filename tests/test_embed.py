@@ -106,3 +106,22 @@ def test_timm_is_an_optional_extra(section):
         pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error})")
     hx.tl.embed(section, "he_tiles", encoder="timm:resnet18", key_added="X_timm")
     assert section.tables["he_tiles_table"].obsm["X_timm"].shape[1] == 512
+
+
+def test_squidpy_features_are_the_peer_baseline(section):
+    pytest.importorskip("squidpy")
+    import squidpy as sq
+
+    hx.tl.embed(section, "he_tiles", encoder="squidpy:summary+histogram", key_added="X_sq")
+    table = section.tables["he_tiles_table"]
+    record = table.uns["embeddings"]["X_sq"]
+    assert record["encoder"] == "squidpy"
+    assert table.obsm["X_sq"].shape == (table.n_obs, len(record["feature_names"]))
+    # the same numbers squidpy gives for the same crop
+    pixels = hx.pp.TileDataset(section, "he_tiles").pixels(3)
+    container = sq.im.ImageContainer(np.moveaxis(pixels, 0, -1), layer="image")
+    expected = {**container.features_summary("image"), **container.features_histogram("image")}
+    np.testing.assert_allclose(table.obsm["X_sq"][3],
+                               [expected[name] for name in record["feature_names"]], rtol=1e-5)
+    with pytest.raises(ValueError, match="Unknown squidpy feature"):
+        hx.tl.embed(section, "he_tiles", encoder="squidpy:colour", key_added="X_bad")

@@ -11,6 +11,7 @@ import torch
 from .._settings import settings
 from .._utils import log_added, progress, require_element, resolve_device
 from ..io._image import image_levels
+from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -48,7 +49,9 @@ def embed(
     encoder
         ``"handcrafted"`` (colour, stain and texture statistics), an architecture of
         :class:`histoexpr.models.TileEncoder` (``"small_cnn"``, ``"resnet18"``...; random
-        initialisation unless ``checkpoint`` is given), ``"timm:<model name>"`` (needs the
+        initialisation unless ``checkpoint`` is given), ``"squidpy"`` (squidpy's summary,
+        histogram and texture features, the classic baseline; ``"squidpy:summary+histogram"``
+        picks groups), ``"timm:<model name>"`` (needs the
         optional ``timm`` extra), a histoexpr model file (``.pt``, e.g. from
         :func:`histoexpr.tl.pretrain`), or a network object.
     checkpoint
@@ -78,20 +81,28 @@ def embed(
     dataset = TileDataset(sdata, tiles_key, image_key=image_key)
     table = sdata.tables[f"{tiles_key}_table"]
     n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
-    network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
-                                                   checkpoint=checkpoint)
+    is_squidpy = isinstance(encoder, str) and encoder.split(":")[0] == "squidpy"
+    if is_squidpy:
+        groups = parse_squidpy_encoder(encoder)
+        name = "squidpy"
+    else:
+        network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
+                                                       checkpoint=checkpoint)
     key_added = f"X_{name}" if key_added is None else key_added
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
-    device = resolve_device(device)
-    features = encode(network, dataset, batch_size=batch_size, device=device,
-                      normalisation=normalisation, desc=f"embed ({name})")
+    record = {"encoder": name, "image_key": dataset.image_key, "mpp": dataset.mpp,
+              "size_px": dataset.size_px}
+    if is_squidpy:
+        features, record["feature_names"] = squidpy_features(dataset, groups)
+    else:
+        features = encode(network, dataset, batch_size=batch_size,
+                          device=resolve_device(device), normalisation=normalisation,
+                          desc=f"embed ({name})")
     table.obsm[key_added] = features
-    table.uns.setdefault("embeddings", {})[key_added] = {
-        "encoder": name, "n_features": int(features.shape[1]), "image_key": dataset.image_key,
-        "mpp": dataset.mpp, "size_px": dataset.size_px,
-    }
+    table.uns.setdefault("embeddings", {})[key_added] = {**record,
+                                                         "n_features": int(features.shape[1])}
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
 
