@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.histoexpr-installed
+# napari's tests need a display: use a virtual one where xvfb-run exists
+XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 
 .PHONY: demo test docs benchmarks clean
 
@@ -19,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/histoexpr demo --out histoexpr-demo --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
