@@ -226,7 +226,7 @@ class ChunkCache:
         Memory budget of the decoded chunks.
     """
 
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, max_bytes: int = 128 * 2**20) -> None:
         self.max_bytes = max_bytes
         self._blocks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -241,33 +241,44 @@ class ChunkCache:
             return np.asarray(array[..., r0:r1, c0:c1].compute(scheduler="synchronous"))
         row_edges = np.cumsum((0, *array.chunks[-2]))
         col_edges = np.cumsum((0, *array.chunks[-1]))
+        rows = range(np.searchsorted(row_edges, r0, "right") - 1,
+                     np.searchsorted(row_edges, r1 - 1, "right"))
+        cols = range(np.searchsorted(col_edges, c0, "right") - 1,
+                     np.searchsorted(col_edges, c1 - 1, "right"))
+        blocks = self._blocks_of(array, [(bi, bj) for bi in rows for bj in cols])
         out = np.empty(array.shape[:-2] + (r1 - r0, c1 - c0), dtype=array.dtype)
-        for bi in range(np.searchsorted(row_edges, r0, "right") - 1,
-                        np.searchsorted(row_edges, r1 - 1, "right")):
-            for bj in range(np.searchsorted(col_edges, c0, "right") - 1,
-                            np.searchsorted(col_edges, c1 - 1, "right")):
-                block = self._block(array, bi, bj)
-                y0, y1 = max(r0, row_edges[bi]), min(r1, row_edges[bi + 1])
-                x0, x1 = max(c0, col_edges[bj]), min(c1, col_edges[bj + 1])
-                out[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = block[
-                    ..., y0 - row_edges[bi] : y1 - row_edges[bi], x0 - col_edges[bj] : x1 - col_edges[bj]]
+        for (bi, bj), block in blocks.items():
+            y0, y1 = max(r0, row_edges[bi]), min(r1, row_edges[bi + 1])
+            x0, x1 = max(c0, col_edges[bj]), min(c1, col_edges[bj + 1])
+            out[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = block[
+                ..., y0 - row_edges[bi] : y1 - row_edges[bi], x0 - col_edges[bj] : x1 - col_edges[bj]]
         return out
 
-    def _block(self, array, bi: int, bj: int) -> np.ndarray:
-        key = (array.name, bi, bj)
+    def _blocks_of(self, array, indices: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """The decoded blocks at ``indices``; the missing ones computed together in one pass."""
+        import dask
+
+        found: dict[tuple[int, int], np.ndarray] = {}
         with self._lock:
-            if key in self._blocks:
-                self._blocks.move_to_end(key)
-                return self._blocks[key]
-        index = (slice(None),) * (array.ndim - 2) + (bi, bj)
-        block = np.asarray(array.blocks[index].compute(scheduler="synchronous"))
-        with self._lock:
-            self._blocks[key] = block
-            self._bytes += block.nbytes
-            while self._bytes > self.max_bytes and len(self._blocks) > 1:
-                _, evicted = self._blocks.popitem(last=False)
-                self._bytes -= evicted.nbytes
-        return block
+            for index in indices:
+                key = (array.name, *index)
+                if key in self._blocks:
+                    self._blocks.move_to_end(key)
+                    found[index] = self._blocks[key]
+        missing = [index for index in indices if index not in found]
+        if missing:
+            lead = (slice(None),) * (array.ndim - 2)
+            computed = dask.compute(*(array.blocks[lead + index] for index in missing),
+                                    scheduler="synchronous")
+            with self._lock:
+                for index, block in zip(missing, computed, strict=True):
+                    found[index] = block = np.asarray(block)
+                    self._blocks[(array.name, *index)] = block
+                    self._bytes += block.nbytes
+                while self._bytes > self.max_bytes and len(self._blocks) > len(missing):
+                    _, evicted = self._blocks.popitem(last=False)
+                    self._bytes -= evicted.nbytes
+        return found
 
     def clear(self) -> None:
         """Forget every cached chunk."""
