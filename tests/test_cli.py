@@ -6,9 +6,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import spatialdata as sd
+import tifffile
+from conftest import make_disk_section
 
-from histoexpr._cli import EXIT_BAD_INPUT, main
+import histoexpr as hx
+from histoexpr._cli import EXIT_BAD_INPUT, EXIT_CANNOT_PREDICT, main
+from histoexpr.models import TileEncoder
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
@@ -42,3 +48,102 @@ def test_unknown_command_fails():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+# --- histoexpr predict ---------------------------------------------------------------------------
+
+GENES = ["EPCAM", "COL1A1", "PTPRC"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A spot regressor (ridge on hand-crafted features) trained on one synthetic section."""
+    train = hx.datasets.synthetic_section(seed=0, size_um=400, spot_pitch_um=40,
+                                          spot_diameter_um=35)
+    model = hx.tl.fit(train, model="spot_regressor", genes=GENES, patch_um=40.0, mpp=1.0)
+    return hx.io.save_model(model, tmp_path_factory.mktemp("model") / "spots.pt")
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    """Another section's H&E as a plain TIFF (no pixel size in it: pass --mpp 0.5)."""
+    section = hx.datasets.synthetic_section(seed=1, size_um=400)
+    path = tmp_path_factory.mktemp("slide") / "slide.tif"
+    tifffile.imwrite(path, np.moveaxis(section.images["he"].values, 0, -1))
+    return path
+
+
+def test_predict_writes_what_the_python_api_predicts(model_file, slide, tmp_path):
+    out = tmp_path / "pred.zarr"
+    assert main(["predict", "--model", str(model_file), "--image", str(slide), "-o", str(out),
+                 "--mpp", "0.5", "--batch-size", "16"]) == 0
+    written = sd.read_zarr(out)
+    table = written.tables["he_expr_tiles_expression"]
+    assert list(table.var_names) == GENES
+    # the same as hx.tl.predict on the same slide in Python
+    expected = hx.tl.predict(hx.io.load_model(model_file, device="cpu"),
+                             hx.io.read_wsi(slide, mpp=0.5), batch_size=16)
+    np.testing.assert_allclose(np.asarray(table.X), np.asarray(expected.X), rtol=1e-5, atol=1e-6)
+    # tiles of the model's 40 um, in um inside the 400 um slide
+    bounds = written.shapes["he_expr_tiles"].total_bounds
+    assert bounds.min() >= 0 and bounds.max() <= 400
+
+    # a .zarr store is a slide too, and the output is never replaced silently
+    again = tmp_path / "again.zarr"
+    assert main(["predict", "-m", str(model_file), "-i", str(out), "-o", str(again)]) == \
+        EXIT_CANNOT_PREDICT  # its predictions exist already: the model's predict refuses
+    assert main(["predict", "-m", str(model_file), "-i", str(slide), "-o", str(out),
+                 "--mpp", "0.5"]) == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("case", ["missing model", "foreign model", "unknown kind",
+                                  "missing image", "unreadable image", "not zarr", "image key"])
+def test_predict_bad_input_exits_with_a_message(case, model_file, slide, tmp_path, capsys):
+    model, image, out, extra = model_file, slide, tmp_path / "out.zarr", []
+    if case == "missing model":
+        model, expected = tmp_path / "none.pt", (EXIT_BAD_INPUT, "No model file")
+    elif case == "foreign model":
+        model = tmp_path / "notes.pt"
+        model.write_text("not a model")
+        expected = (EXIT_BAD_INPUT, "not a readable torch file")
+    elif case == "unknown kind":
+        network = TileEncoder(arch="small_cnn", in_channels=3, width=8)
+        network.metadata = {"model": "frobnicator"}
+        model = hx.io.save_model(network, tmp_path / "frob.pt")
+        expected = (EXIT_CANNOT_PREDICT, "'frobnicator' model, which this histoexpr cannot apply")
+    elif case == "missing image":
+        image, expected = tmp_path / "none.svs", (EXIT_BAD_INPUT, "No image at")
+    elif case == "unreadable image":
+        image = tmp_path / "slide.svs"
+        image.write_text("not an image")
+        expected = (EXIT_BAD_INPUT, "Cannot read")
+    elif case == "not zarr":
+        out, expected = tmp_path / "out.h5ad", (EXIT_BAD_INPUT, "must be a .zarr store")
+    else:
+        image = tmp_path / "section.zarr"
+        hx.datasets.synthetic_section(seed=2, size_um=200).write(image)
+        extra, expected = ["--image-key", "nuclei"], (EXIT_BAD_INPUT, "has no image 'nuclei'")
+    code = main(["predict", "--model", str(model), "--image", str(image), "-o", str(out), *extra])
+    assert code == expected[0]
+    assert expected[1] in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tiles_are_cut_as_the_model_was_trained():
+    from histoexpr._cli import _tile_as_trained
+
+    sdata = make_disk_section()
+    _tile_as_trained(sdata, {"tiles_key": "tiles", "tile_um": 20.0, "mpp": 1.0}, "he")
+    uns = sdata.tables["tiles_table"].uns["tiles"]
+    assert (uns["size_um"], uns["mpp"]) == (20.0, 1.0)
+    n_tiles = sdata.tables["tiles_table"].n_obs
+    _tile_as_trained(sdata, {"tiles_key": "tiles", "tile_um": 40.0, "mpp": 1.0}, "he")
+    assert sdata.tables["tiles_table"].n_obs == n_tiles  # existing tiles are used as they are
+
+
+def test_predict_help_lists_options_and_exit_codes():
+    result = subprocess.run([sys.executable, "-m", "histoexpr", "predict", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for option in ("--model", "--image", "--out", "--mpp", "--batch-size", "exit codes"):
+        assert option in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -12,7 +13,17 @@ from pathlib import Path
 
 from ._utils import logger
 
+#: exit code for bad input: a missing or unreadable file, an existing output, a bad option
 EXIT_BAD_INPUT = 2
+#: exit code for a model this histoexpr cannot apply (unknown kind, or data it cannot predict on)
+EXIT_CANNOT_PREDICT = 3
+EXIT_CODES = (f"exit codes: 0 success, {EXIT_BAD_INPUT} bad input (missing or unreadable file, "
+              f"existing output, bad option), {EXIT_CANNOT_PREDICT} a model this histoexpr "
+              "cannot apply")
+
+
+class CannotPredictError(Exception):
+    """The model cannot be applied: its kind is unknown, or its predict refused the data."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="histoexpr",
         description="Link what tissue looks like to what it expresses.",
+        epilog=EXIT_CODES,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
@@ -33,14 +45,132 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true",
                       help="replace the report folder if it exists")
+    _add_predict_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+        elif args.command == "predict":
+            run_predict(args.model, args.image, args.out, image_key=args.image_key,
+                        mpp=args.mpp, batch_size=args.batch_size, device=args.device,
+                        overwrite=args.overwrite)
+    except CannotPredictError as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_PREDICT
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"histoexpr {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="apply a trained model file to a slide and write the predictions as a .zarr store",
+        description="Read a slide (a whole-slide image, or a SpatialData .zarr store), tile it as "
+        "the model was trained (its pixel size and tile size) where the model needs tiles, run "
+        "the model in batches and write the slide with its predictions to OUT.zarr. Open the "
+        "result with spatialdata.read_zarr, hx.pl.napari or napari (histoexpr's reader).",
+        epilog=EXIT_CODES,
+    )
+    predict.add_argument("--model", "-m", type=Path, required=True, metavar="M",
+                         help="model file written by hx.io.save_model")
+    predict.add_argument("--image", "-i", type=Path, required=True, metavar="SLIDE",
+                         help="whole-slide image (SVS, NDPI, TIFF...) or a SpatialData .zarr store")
+    predict.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.zarr",
+                         help="SpatialData store to write")
+    predict.add_argument("--image-key", default=None,
+                         help="name of the image; defaults to the one the model was trained on")
+    predict.add_argument("--mpp", type=float, default=None,
+                         help="pixel size of the slide in um, where its metadata lacks it")
+    predict.add_argument("--batch-size", type=int, default=64,
+                         help="tiles per forward pass (default: %(default)s)")
+    predict.add_argument("--device", default=None, help="torch device (default: the best found)")
+    predict.add_argument("--overwrite", action="store_true", help="replace OUT.zarr if it exists")
+
+
+def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str | None = None,
+                mpp: float | None = None, batch_size: int = 64, device: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Apply a model file to a slide and write the slide with its predictions to ``out``.
+
+    Returns what was run: the model, the image key and the elements the prediction added.
+    """
+    import histoexpr as hx
+    from histoexpr.tl._api import MODELS, _model_module
+
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
+    if out.suffix != ".zarr":
+        raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
+    hx.settings.verbosity = 2
+    model = hx.io.load_model(model_path, device=device)
+    name = (model.metadata or {}).get("model")
+    if name not in MODELS:
+        raise CannotPredictError(
+            f"{model_path} holds a {name!r} model, which this histoexpr cannot apply (it applies "
+            f"{', '.join(MODELS)}). It may come from another version of histoexpr.")
+    if not image_path.exists():
+        raise FileNotFoundError(f"No image at {image_path}.")
+    image_key = image_key or model.metadata.get("image_key") or "he"
+    sdata = _read_slide(image_path, image_key=image_key, mpp=mpp)
+    _tile_as_trained(sdata, model.metadata, image_key)
+    before = set(_element_names(sdata))
+    options = {"image_key": image_key, "batch_size": batch_size, "device": device}
+    accepted = inspect.signature(_model_module(name).predict).parameters
+    try:
+        hx.tl.predict(model, sdata, **{k: v for k, v in options.items() if k in accepted})
+    except (KeyError, ValueError, TypeError) as error:
+        raise CannotPredictError(f"the {name} model cannot predict on {image_path}: "
+                                 f"{error}") from error
+    added = sorted(set(_element_names(sdata)) - before)
+    if out.exists():
+        shutil.rmtree(out)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+        sdata.write(out)
+    logger.info("Predictions of the %s model written to %s: %s", name, out, added)
+    return {"model": name, "image_key": image_key, "added": added}
+
+
+def _read_slide(path: Path, *, image_key: str, mpp: float | None):
+    """Read a SpatialData .zarr store, or a whole-slide image as ``image_key``."""
+    import histoexpr as hx
+
+    if path.is_dir():
+        import spatialdata as sd
+
+        try:
+            sdata = sd.read_zarr(path)
+        except Exception as error:  # zarr raises many kinds for a folder that is no store
+            raise ValueError(f"{path} is a folder but not a readable SpatialData store: "
+                             f"{error}") from error
+        if image_key not in sdata.images:
+            raise KeyError(f"{path} has no image {image_key!r} (it has {sorted(sdata.images)}); "
+                           "pass --image-key.")
+        return sdata
+    try:
+        return hx.io.read_wsi(path, mpp=mpp, image_key=image_key)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {path} as a slide: {error}") from error
+
+
+def _tile_as_trained(sdata, metadata: dict, image_key: str) -> None:
+    """Cut the tiles a model names in its metadata, at its pixel and tile size, if absent."""
+    import histoexpr as hx
+
+    tiles_key = metadata.get("tiles_key")
+    size_um = next((metadata[k] for k in ("tile_um", "patch_um", "size_um") if k in metadata),
+                   None)
+    if tiles_key is None or tiles_key in sdata.shapes or size_um is None or "mpp" not in metadata:
+        return
+    hx.pp.tile(sdata, image_key, size_um=float(size_um), mpp=float(metadata["mpp"]),
+               key_added=tiles_key)
+
+
+def _element_names(sdata) -> list[str]:
+    return [f"{kind}/{name}" for kind, name, _ in sdata.gen_elements()]
 
 
 def run_demo(out: Path, *, seed: int = 0, overwrite: bool = False) -> dict:
