@@ -1,0 +1,141 @@
+"""Up / down (/ unchanged) labels per gene and sample, as HistCode classifies driver genes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger
+from ._panels import resolve_genes
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: the label categories, in order
+DEG_LABELS = ("down", "unchanged", "up")
+
+
+def deg_labels(
+    bulk: AnnData,
+    genes: str | Sequence[str] | None = None,
+    *,
+    method: str = "quantile",
+    lower: float = 0.25,
+    upper: float = 0.75,
+    reference: str | Sequence[str] | None = None,
+    log2_threshold: float = 1.0,
+    pseudocount: float = 1.0,
+    layer: str | None = None,
+    key_added: str = "deg",
+    overwrite: bool = False,
+) -> None:
+    """Label each gene in each sample as up, down or unchanged.
+
+    ``method="quantile"``: a sample is ``"down"`` where the gene is at most its ``lower``
+    quantile over the samples, ``"up"`` where it is above the ``upper`` quantile, ``"unchanged"``
+    in between; ``lower == upper`` gives two classes split at that quantile.
+    ``method="fold_change"``: ``log2((x + pseudocount) / (m + pseudocount))`` against the mean
+    ``m`` of the ``reference`` samples is ``"up"`` from ``log2_threshold``, ``"down"`` from
+    ``-log2_threshold``, ``"unchanged"`` in between (``log2_threshold=0`` gives two classes).
+    Give normalised expression (e.g. CPM or TPM, not raw counts of unequal depth).
+
+    Parameters
+    ----------
+    bulk
+        Samples x genes expression (a cohort's ``bulk`` or a pseudo-bulk bag table).
+    genes
+        Genes to label: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
+        all genes.
+    method
+        ``"quantile"`` or ``"fold_change"``.
+    lower
+        Quantile (0-1) at or below which a sample is ``"down"`` (``method="quantile"``).
+    upper
+        Quantile (0-1) above which a sample is ``"up"`` (``method="quantile"``).
+    reference
+        The reference samples of ``method="fold_change"``: a list of ``obs_names`` or the name of
+        a boolean column of ``bulk.obs``.
+    log2_threshold
+        Absolute log2 fold change from which a sample is up or down.
+    pseudocount
+        Added to both sides of the fold change.
+    layer
+        Layer holding the expression; ``X`` when ``None``.
+    key_added
+        Prefix of the columns added to ``bulk.obs``.
+    overwrite
+        Replace existing columns.
+
+    Returns
+    -------
+    Nothing; adds one categorical column ``f"{key_added}_{gene}"`` per gene to ``bulk.obs``
+    (categories ``"down"``, ``"unchanged"``, ``"up"``, or ``"down"``, ``"up"`` for two classes).
+    Train a classifier on them with ``hx.tl.fit(..., task="classification", genes=...)``.
+
+    """
+    import pandas as pd
+
+    genes = resolve_genes(genes, bulk.var_names, what="bulk.var_names")
+    columns = [f"{key_added}_{gene}" for gene in genes]
+    existing = [c for c in columns if c in bulk.obs.columns]
+    if existing and not overwrite:
+        raise KeyError(f"bulk.obs already has {existing[:3]}...; pass overwrite=True or choose "
+                       "another key_added.")
+    values = _expression(bulk, genes, layer)
+    if not np.isfinite(values).all():
+        raise ValueError("The expression holds NaN or infinite values; fill or drop those "
+                         "samples before labelling.")
+    if method == "quantile":
+        if not 0 <= lower <= upper <= 1:
+            raise ValueError(f"Need 0 <= lower <= upper <= 1, got lower={lower}, upper={upper}.")
+        low = np.quantile(values, lower, axis=0)
+        high = np.quantile(values, upper, axis=0)
+        two_classes = lower == upper
+        codes = np.where(values <= low, 0, np.where(values > high, 2, 1))
+    elif method == "fold_change":
+        if log2_threshold < 0:
+            raise ValueError(f"log2_threshold must be >= 0, got {log2_threshold}.")
+        mask = _reference_mask(bulk, reference)
+        log2fc = np.log2((values + pseudocount) / (values[mask].mean(axis=0) + pseudocount))
+        two_classes = log2_threshold == 0
+        codes = np.where(log2fc >= log2_threshold, 2, np.where(log2fc <= -log2_threshold, 0, 1))
+        if two_classes:
+            codes = np.where(log2fc > 0, 2, 0)
+    else:
+        raise ValueError(f"method must be 'quantile' or 'fold_change', got {method!r}.")
+    categories = ["down", "up"] if two_classes else list(DEG_LABELS)
+    for j, column in enumerate(columns):
+        labels = np.asarray(DEG_LABELS, dtype=object)[codes[:, j]]
+        bulk.obs[column] = pd.Categorical(labels, categories=categories)
+    counts = {label: int((codes == code).sum()) for code, label in enumerate(DEG_LABELS)
+              if label in categories}
+    logger.info("Adding %d columns `bulk.obs['%s_<gene>']` (%s labels over %d samples x %d "
+                "genes)", len(columns), key_added, counts, bulk.n_obs, len(genes))
+
+
+def _expression(bulk, genes: list[str], layer: str | None) -> np.ndarray:
+    if layer is not None and layer not in bulk.layers:
+        raise KeyError(f"bulk has no layer {layer!r}; its layers are {list(bulk.layers)}.")
+    matrix = bulk[:, genes].X if layer is None else bulk[:, genes].layers[layer]
+    matrix = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+    return matrix.astype(float)
+
+
+def _reference_mask(bulk, reference) -> np.ndarray:
+    if reference is None:
+        raise ValueError("method='fold_change' needs reference=: the reference samples' "
+                         "obs_names or a boolean obs column.")
+    if isinstance(reference, str):
+        if reference not in bulk.obs.columns or bulk.obs[reference].dtype != bool:
+            raise KeyError(f"reference={reference!r} must be a boolean column of bulk.obs.")
+        mask = bulk.obs[reference].to_numpy()
+    else:
+        unknown = [r for r in reference if r not in bulk.obs_names]
+        if unknown:
+            raise KeyError(f"Reference samples {unknown[:5]} are not in bulk.obs_names.")
+        mask = bulk.obs_names.isin(list(reference))
+    if not mask.any():
+        raise ValueError("No reference sample selected; the reference mean is undefined.")
+    return mask

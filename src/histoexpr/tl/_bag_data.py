@@ -1,0 +1,235 @@
+"""Bags of tile features for slide-level models: slides of a cohort, or pseudo-bulk bags.
+
+A *bag* is a set of tiles with one target: a slide of a :class:`~histoexpr.io.Cohort` (all of its
+tiles, the slide's bulk expression and labels) or a bag made by :func:`histoexpr.pp.pseudobulk`
+(its tiles, its summed counts). Every slide-level model reads its data through
+:func:`collect_bags`, and writes its predictions back through :func:`write_predictions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._utils import log_added, logger
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+#: how expression targets are made from the bulk table
+TARGET_TRANSFORMS = ("log1p_normalised", "log1p", "none")
+
+
+@dataclass
+class Bags:
+    """Tile features of every bag, where the tiles come from, and the bags' bulk table."""
+
+    sections: dict[str, SpatialData]
+    tiles_key: str
+    features_key: str
+    bulk: AnnData  # bags x genes, obs: section, n_tiles, labels
+    rows: list[np.ndarray]  # tile-table rows of each bag
+
+    def features(self, i: int) -> np.ndarray:
+        section = self.sections[self.bulk.obs["section"].iloc[i]]
+        return tile_features(section, self.tiles_key, self.features_key)[self.rows[i]]
+
+    def subset(self, mask: np.ndarray) -> Bags:
+        index = np.flatnonzero(mask)
+        bulk = self.bulk[index].copy()
+        kept = set(bulk.obs["section"])
+        return Bags({k: v for k, v in self.sections.items() if k in kept}, self.tiles_key,
+                    self.features_key, bulk, [self.rows[i] for i in index])
+
+
+def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
+                 bags_key: str = "bags") -> Bags:
+    """The bags of a Cohort, of one pseudo-bulked section, or of a mapping of them."""
+    from ..io import Cohort
+
+    if isinstance(data, Cohort):
+        sections, bulk, rows = _cohort_bags(data, tiles_key)
+    else:
+        sections = _as_sections(data)
+        sections, bulk, rows = _pseudobulk_bags(sections, tiles_key, bags_key)
+    empty = np.array([len(r) == 0 for r in rows])
+    if empty.any():
+        logger.warning("Left out %d bags without tissue tiles: %s", int(empty.sum()),
+                       list(bulk.obs_names[empty][:5]))
+        bulk, rows = bulk[~empty].copy(), [r for r in rows if len(r)]
+    if bulk.n_obs == 0:
+        raise ValueError("No bag has tiles; tile the sections with hx.pp.tile first.")
+    features_key = _features_key(sections, tiles_key, features_key)
+    return Bags(sections, tiles_key, features_key, bulk, rows)
+
+
+def _as_sections(data: Any) -> dict[str, SpatialData]:
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return {"section": data}
+    if isinstance(data, Mapping) and data and all(isinstance(v, SpatialData)
+                                                  for v in data.values()):
+        return {str(k): v for k, v in data.items()}
+    raise TypeError(f"Expected a Cohort, a SpatialData with pseudo-bulk bags or a mapping of "
+                    f"them by name, got {type(data).__name__}.")
+
+
+def _cohort_bags(cohort, tiles_key: str):
+    table_key = f"{tiles_key}_table"
+    missing = [i for i, s in cohort.items() if table_key not in s.tables]
+    if missing:
+        raise KeyError(f"{len(missing)} slides have no tile table {table_key!r} (e.g. "
+                       f"{missing[:3]}); tile every slide with hx.pp.tile and embed the tiles "
+                       "with hx.tl.embed.")
+    bulk = cohort.bulk.copy()
+    bulk.obs["section"] = bulk.obs_names.to_numpy()
+    rows = [np.arange(cohort[i].tables[table_key].n_obs) for i in bulk.obs_names]
+    return dict(cohort.items()), bulk, rows
+
+
+def _pseudobulk_bags(sections: dict[str, SpatialData], tiles_key: str, bags_key: str):
+    import anndata as ad
+
+    tables, rows = [], []
+    for name, sdata in sections.items():
+        key = f"{bags_key}_table"
+        if key not in sdata.tables:
+            raise KeyError(f"Section {name!r} has no bag table {key!r}; make bags with "
+                           "hx.pp.pseudobulk(sdata, ...) or pass a Cohort.")
+        table = sdata.tables[key]
+        if table.uns["bags"]["tiles_key"] != tiles_key:
+            raise ValueError(f"The bags of {name!r} group the tiles "
+                             f"{table.uns['bags']['tiles_key']!r}, not tiles_key={tiles_key!r}.")
+        bags = ad.AnnData(X=table.layers.get("counts", table.X), obs=table.obs.copy(),
+                          var=table.var[[]].copy())
+        bags.layers["counts"] = bags.X
+        bags.obs["section"] = name
+        bags.obs_names = [f"{name}/{bag}" for bag in table.obs_names]
+        tables.append(bags)
+        membership = table.obsm["tiles"].tocsr()
+        rows.extend(membership[i].indices for i in range(membership.shape[0]))
+    bulk = ad.concat(tables, join="inner", merge="same") if len(tables) > 1 else tables[0]
+    if len(tables) > 1 and bulk.n_vars < max(t.n_vars for t in tables):
+        logger.info("The sections share %d genes; the others are left out.", bulk.n_vars)
+    return sections, bulk, rows
+
+
+def tile_features(sdata: SpatialData, tiles_key: str, features_key: str) -> np.ndarray:
+    """The features of every tile of a section, as float32."""
+    table = sdata.tables[f"{tiles_key}_table"]
+    if features_key not in table.obsm:
+        raise KeyError(f"The tile table {tiles_key}_table has no obsm[{features_key!r}]; embed "
+                       f"the tiles first: hx.tl.embed(sdata, {tiles_key!r}, encoder=...).")
+    return np.asarray(table.obsm[features_key], dtype=np.float32)
+
+
+def _features_key(sections: dict, tiles_key: str, features_key: str | None) -> str:
+    tables = [s.tables[f"{tiles_key}_table"] for s in sections.values()
+              if f"{tiles_key}_table" in s.tables]
+    if features_key is None:
+        found = sorted(tables[0].uns.get("embeddings", {})) if tables else []
+        if len(found) != 1:
+            raise ValueError(f"Say which tile features to use with features_key= (the tile "
+                             f"tables hold {found or 'none: run hx.tl.embed first'}).")
+        features_key = found[0]
+    if any(features_key not in table.obsm for table in tables):
+        raise KeyError(f"A tile table lacks obsm[{features_key!r}]; embed every section "
+                       "with the same encoder and key_added.")
+    widths = {table.obsm[features_key].shape[1] for table in tables}
+    if len(widths) > 1:
+        raise ValueError(f"The sections hold {features_key!r} of different widths {widths}; "
+                         "embed them all with the same encoder.")
+    return features_key
+
+
+def encoder_of(bags: Bags) -> str | None:
+    """Name of the encoder that made the features (from ``uns['embeddings']``), if recorded."""
+    table = next(iter(bags.sections.values())).tables[f"{bags.tiles_key}_table"]
+    return table.uns.get("embeddings", {}).get(bags.features_key, {}).get("encoder")
+
+
+def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
+    """Targets (bags x genes) from the bulk table, and the gene names."""
+    from ..pp._genes import expression_targets
+    from ..pp._panels import resolve_genes
+
+    if transform not in TARGET_TRANSFORMS:
+        raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "
+                         f"{transform!r}.")
+    genes = resolve_genes(genes, bags.bulk.var_names, what="the bulk expression")
+    if transform == "log1p_normalised":
+        return expression_targets(bags.bulk, genes).astype(np.float32), genes
+    values = bags.bulk[:, genes].X
+    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values, dtype=float)
+    values = np.log1p(values) if transform == "log1p" else values
+    return values.astype(np.float32), genes
+
+
+def class_targets(bags: Bags, targets: list[str]) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Class codes (bags x targets, -1 where missing) of obs columns, and their classes."""
+    import pandas as pd
+
+    missing = [t for t in targets if t not in bags.bulk.obs.columns]
+    if missing:
+        raise KeyError(f"{missing} are not columns of the bulk table's obs (available: "
+                       f"{list(bags.bulk.obs.columns)}); label them first, e.g. with "
+                       "hx.pp.deg_labels.")
+    codes, classes = [], {}
+    for target in targets:
+        column = bags.bulk.obs[target]
+        column = column if isinstance(column.dtype, pd.CategoricalDtype) else \
+            column.astype("category")
+        classes[target] = [str(c) for c in column.cat.categories]
+        codes.append(column.cat.codes.to_numpy())
+    return np.column_stack(codes).astype(np.int64), classes
+
+
+def drop_missing(bags: Bags, values: np.ndarray, missing: np.ndarray, what: str):
+    """Leave out bags whose target is missing (logged), or refuse if none is left."""
+    if missing.any():
+        logger.warning("Left out %d of %d bags with a missing (NaN) %s: %s", int(missing.sum()),
+                       len(missing), what, list(bags.bulk.obs_names[missing][:5]))
+    if missing.all():
+        raise ValueError(f"Every bag has a missing {what}.")
+    return bags.subset(~missing), values[~missing]
+
+
+def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
+                      tile_attention: dict[str, np.ndarray], *, columns: list[str],
+                      branches: list[str], key_added: str, overwrite: bool) -> None:
+    """Per-tile outputs and section-normalised attention into each section's tile table."""
+    import pandas as pd
+
+    for name, outputs in tile_outputs.items():
+        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
+        keys = (key_added, f"{key_added}_attention")
+        if not overwrite and any(k in table.obsm for k in keys):
+            raise KeyError(f"The tile table of {name!r} already holds obsm[{key_added!r}]; pass "
+                           "overwrite=True or choose another key_added.")
+        attention = tile_attention[name]
+        table.obsm[key_added] = pd.DataFrame(outputs, index=table.obs_names, columns=columns)
+        table.obsm[f"{key_added}_attention"] = pd.DataFrame(attention, index=table.obs_names,
+                                                            columns=branches)
+        table.obs[f"{key_added}_attention"] = attention.mean(axis=1)
+        log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
+                  f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
+
+
+def bag_table(bags: Bags, values: np.ndarray, columns: list[str], *,
+              measured: np.ndarray | None) -> AnnData:
+    """Bags x outputs AnnData with the bags' obs (and the measured values in a layer)."""
+    import anndata as ad
+    import pandas as pd
+
+    obs = bags.bulk.obs.copy()
+    obs["n_tiles"] = [len(r) for r in bags.rows]
+    adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index(columns)))
+    if measured is not None:
+        adata.layers["measured"] = measured.astype(np.float32)
+    return adata

@@ -1,0 +1,413 @@
+"""Attention MIL on tile features (Graziani et al. 2022; HistCode): ``model="abmil"``.
+
+Train with ``hx.tl.fit(bags_or_cohort, model="abmil", ...)``; apply with ``hx.tl.predict``. The
+bags are the slides of a :class:`~histoexpr.io.Cohort` or the pseudo-bulk bags of
+:func:`histoexpr.pp.pseudobulk`; tiles must be embedded first (:func:`histoexpr.tl.embed`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .._utils import logger, seed_everything
+from ._bag_data import (
+    Bags,
+    bag_table,
+    class_targets,
+    collect_bags,
+    drop_missing,
+    encoder_of,
+    regression_targets,
+    tile_features,
+    write_predictions,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..models import Network
+
+TASKS = ("regression", "classification")
+
+
+def fit(
+    data: Any,
+    *,
+    genes: Any = None,
+    target: str | list[str] | None = None,
+    task: str = "regression",
+    tiles_key: str = "he_tiles",
+    features_key: str | None = None,
+    bags_key: str = "bags",
+    target_transform: str = "log1p_normalised",
+    per_gene: bool = False,
+    hidden: int = 128,
+    attention_hidden: int = 64,
+    dropout: float = 0.1,
+    max_tiles: int | None = 512,
+    batch_size: int = 4,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    patience: int | None = 10,
+    val_fraction: float = 0.2,
+    seed: int | None = None,
+    device: str | None = None,
+) -> Network:
+    """Train a gated attention MIL network on bags of tile features.
+
+    Regression learns the bags' expression of ``genes`` (MSE on per-gene standardised
+    ``log1p`` values); classification learns one or more label columns of the bulk table
+    (cross-entropy summed over them), e.g. a diagnosis or the up / down labels of
+    :func:`histoexpr.pp.deg_labels`. The slide (bag) output is the attention-weighted average of
+    the per-tile outputs. Bags with a missing target are left out (logged).
+
+    Parameters
+    ----------
+    data
+        A :class:`~histoexpr.io.Cohort` (one bag per slide, targets from ``cohort.bulk``), a
+        SpatialData with pseudo-bulk bags (:func:`histoexpr.pp.pseudobulk`) or a mapping of such
+        sections by name.
+    genes
+        Genes to predict: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
+        every gene of the bulk table. For classification with ``target=None``, the labels
+        ``deg_<gene>`` of these genes.
+    target
+        Classification: the column(s) of the bulk table's ``obs`` to learn.
+    task
+        ``"regression"`` or ``"classification"``.
+    tiles_key
+        Key of the tiles (their table holds the features).
+    features_key
+        Key of the tile features in the tile table's ``obsm``; ``None`` takes the only one there.
+    bags_key
+        Key of the pseudo-bulk bags (ignored for a Cohort).
+    target_transform
+        ``"log1p_normalised"`` (raw counts scaled to 10,000 per bag over all genes, then
+        ``log1p``), ``"log1p"`` (values already normalised, e.g. TPM) or ``"none"``.
+    per_gene
+        One independent network per gene (or per label column) instead of one for the panel.
+    hidden
+        Width of the tile MLP.
+    attention_hidden
+        Width of the attention branch.
+    dropout
+        Dropout after the tile MLP.
+    max_tiles
+        Training bags with more tiles are subsampled to this many, anew each epoch; ``None``
+        keeps every tile.
+    batch_size
+        Bags per step (padded to the largest, padding masked out of the attention).
+    epochs
+        Maximum number of epochs.
+    lr
+        Learning rate of AdamW.
+    weight_decay
+        Weight decay of AdamW.
+    patience
+        Early stopping: epochs without a better validation loss.
+    val_fraction
+        Share of the bags held out for early stopping (0 trains ``epochs`` without it).
+    seed
+        Random seed; ``None`` uses ``hx.settings.seed``.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+
+    Returns
+    -------
+    The trained :class:`histoexpr.models.AttentionMIL`; its ``metadata`` records the genes (or
+    the classes of each target), the features and their standardisation and the training
+    ``history``.
+
+    """
+    from ..models import AttentionMIL
+    from ._train import train
+
+    bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
+                                      tiles_key=tiles_key, features_key=features_key,
+                                      bags_key=bags_key, target_transform=target_transform)
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be positive or None, got {max_tiles}.")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}.")
+    rng = seed_everything(seed)
+    features = standardised_features(bags, metadata)
+    n_outputs = len(metadata["columns"])
+    n_branches = len(metadata["branches"]) if per_gene else 1
+    if per_gene and task == "classification" and len({len(c) for c in
+                                                       metadata["classes"].values()}) > 1:
+        raise ValueError("per_gene=True needs the same number of classes in every target; "
+                         "train the targets separately.")
+    metadata["branches"] = metadata["branches"] if per_gene else ["attention"]
+    network = AttentionMIL(in_features=features[0].shape[1], n_outputs=n_outputs, hidden=hidden,
+                           attention_hidden=attention_hidden, dropout=dropout,
+                           n_branches=n_branches)
+    order = rng.permutation(len(features))
+    n_val = int(round(val_fraction * len(features)))
+    if val_fraction > 0 and (n_val < 1 or len(features) - n_val < 1):
+        raise ValueError(f"{len(features)} bags are too few to hold out val_fraction="
+                         f"{val_fraction} for early stopping; pass val_fraction=0.")
+    val, train_ids = order[:n_val], order[n_val:]
+    loader = _loader(features, y, train_ids, batch_size, max_tiles, shuffle=True)
+    val_loader = _loader(features, y, val, batch_size, None, shuffle=False) if n_val else None
+    loss = _regression_loss if task == "regression" else _classification_loss(metadata)
+    history = train(network, loader, val_loader, loss, epochs=epochs, lr=lr,
+                    weight_decay=weight_decay, patience=patience if n_val else None,
+                    device=device, seed=seed, desc="abmil")
+    metadata.update(model="abmil", history=history, n_train_bags=int(len(train_ids)),
+                    n_val_bags=int(n_val))
+    network.metadata = metadata
+    return network.cpu()
+
+
+def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: str,
+                  features_key: str | None, bags_key: str,
+                  target_transform: str) -> tuple[Bags, np.ndarray, dict]:
+    """Bags with their targets (standardised for regression, codes for classes) and metadata."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
+    metadata: dict[str, Any] = {"task": task, "tiles_key": tiles_key, "bags_key": bags_key,
+                                "features_key": bags.features_key, "encoder": encoder_of(bags)}
+    if task == "regression":
+        if target is not None:
+            raise ValueError("target= names label columns for classification; for regression "
+                             "give genes=.")
+        y, names = regression_targets(bags, genes, target_transform)
+        bags, y = drop_missing(bags, y, ~np.isfinite(y).all(axis=1), "expression")
+        mean, std = y.mean(axis=0), y.std(axis=0)
+        std = np.where(std > 1e-6, std, 1.0)
+        y = (y - mean) / std
+        metadata.update(genes=names, columns=names, branches=names,
+                        target_transform=target_transform, target_mean=mean.tolist(),
+                        target_std=std.tolist())
+    else:
+        if target is None:
+            if genes is None:
+                raise ValueError("Classification needs target= (label columns of the bulk "
+                                 "obs) or genes= (to learn their deg_<gene> labels).")
+            from ..pp._panels import resolve_genes
+
+            target = [f"deg_{g}" for g in resolve_genes(genes, bags.bulk.var_names)]
+        targets = [target] if isinstance(target, str) else list(target)
+        y, classes = class_targets(bags, targets)
+        bags, y = drop_missing(bags, y, (y < 0).any(axis=1), "label")
+        if min(len(c) for c in classes.values()) < 2:
+            raise ValueError(f"Every target needs at least two classes; got {classes}.")
+        metadata.update(targets=targets, classes=classes, branches=targets,
+                        columns=[f"{t}:{c}" for t in targets for c in classes[t]])
+    features = [bags.features(i) for i in range(bags.bulk.n_obs)]
+    stacked = np.concatenate(features)
+    if not np.isfinite(stacked).all():
+        raise ValueError(f"The tile features {bags.features_key!r} hold NaN or infinite values.")
+    std = stacked.std(axis=0)
+    metadata.update(n_features=int(stacked.shape[1]), feature_mean=stacked.mean(0).tolist(),
+                    feature_std=np.where(std > 1e-6, std, 1.0).tolist())
+    logger.info("Training on %d bags (%d tiles, %d features) for %d outputs.", bags.bulk.n_obs,
+                len(stacked), stacked.shape[1], len(metadata["columns"]))
+    return bags, y, metadata
+
+
+def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
+    """Every bag's tile features, standardised as in training."""
+    mean = np.asarray(metadata["feature_mean"], dtype=np.float32)
+    std = np.asarray(metadata["feature_std"], dtype=np.float32)
+    return [(bags.features(i) - mean) / std for i in range(bags.bulk.n_obs)]
+
+
+class _BagDataset(torch.utils.data.Dataset):
+    def __init__(self, features, targets, ids, max_tiles):
+        self.features, self.targets, self.ids, self.max_tiles = features, targets, ids, max_tiles
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(self.features[self.ids[i]])
+        if self.max_tiles is not None and len(x) > self.max_tiles:
+            x = x[torch.randperm(len(x))[: self.max_tiles]]
+        return {"features": x, "target": torch.as_tensor(self.targets[self.ids[i]])}
+
+
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    n = max(len(item["features"]) for item in items)
+    features = torch.zeros(len(items), n, items[0]["features"].shape[1])
+    mask = torch.zeros(len(items), n, dtype=torch.bool)
+    for i, item in enumerate(items):
+        features[i, : len(item["features"])] = item["features"]
+        mask[i, : len(item["features"])] = True
+    return {"features": features, "mask": mask,
+            "target": torch.stack([item["target"] for item in items])}
+
+
+def _loader(features, targets, ids, batch_size, max_tiles, *, shuffle):
+    return torch.utils.data.DataLoader(_BagDataset(features, targets, ids, max_tiles),
+                                       batch_size=batch_size, shuffle=shuffle,
+                                       collate_fn=_collate)
+
+
+def _regression_loss(network, batch) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(network(batch["features"], batch["mask"]),
+                                        batch["target"])
+
+
+def _classification_loss(metadata: dict):
+    slices = _class_slices(metadata)
+
+    def loss(network, batch) -> torch.Tensor:
+        logits = network(batch["features"], batch["mask"])
+        return sum(torch.nn.functional.cross_entropy(logits[:, s], batch["target"][:, j])
+                   for j, s in enumerate(slices))
+
+    return loss
+
+
+def _class_slices(metadata: dict) -> list[slice]:
+    slices, start = [], 0
+    for target in metadata["targets"]:
+        size = len(metadata["classes"][target])
+        slices.append(slice(start, start + size))
+        start += size
+    return slices
+
+
+def predict(
+    model: Network,
+    data: Any,
+    *,
+    tiles_key: str | None = None,
+    features_key: str | None = None,
+    bags_key: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> AnnData:
+    """Predict every bag (slide) and every tile with a slide-level model.
+
+    Parameters
+    ----------
+    model
+        A network from ``hx.tl.fit(..., model="abmil")`` (or ``"meanpool_ridge"``).
+    data
+        A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for ``fit``).
+    tiles_key
+        Key of the tiles; defaults to the one the model was trained on.
+    features_key
+        Key of the tile features; defaults to the one the model was trained on. They must come
+        from the same encoder.
+    bags_key
+        Key of the pseudo-bulk bags; defaults to the one the model was trained on.
+    key_added
+        Where per-tile results go in each tile table; defaults to the model's name.
+    overwrite
+        Replace existing per-tile results under ``key_added``.
+
+    Returns
+    -------
+    Bags x outputs AnnData: predicted expression in ``X`` (in the units of the targets, e.g.
+    log1p-normalised) with the measured values in ``layers["measured"]`` where the data hold them,
+    or class probabilities (columns ``"<target>:<class>"``) with the predicted class in
+    ``obs["<target>_pred"]``. ``obs`` keeps the bags' own columns (``section``, labels) and
+    ``n_tiles``. Each tile table gets ``obsm[key_added]`` (per-tile predicted expression or class
+    probabilities), ``obsm[f"{key_added}_attention"]`` (attention of every branch, normalised to
+    sum to 1 over the section, so within a bag it ranks tiles as the bag's own attention does)
+    and ``obs[f"{key_added}_attention"]`` (its mean over branches).
+
+    """
+    meta = model.metadata
+    tiles_key = meta["tiles_key"] if tiles_key is None else tiles_key
+    features_key = meta["features_key"] if features_key is None else features_key
+    bags_key = meta["bags_key"] if bags_key is None else bags_key
+    key_added = meta["model"] if key_added is None else key_added
+    bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
+    _check_features(model, bags)
+    tile_outputs, tile_attention, bag_outputs = {}, {}, np.zeros((bags.bulk.n_obs,
+                                                                  len(meta["columns"])))
+    sections = bags.bulk.obs["section"].to_numpy()
+    for name, sdata in bags.sections.items():
+        scores, outputs = _score_section(model, sdata, bags)
+        for i in np.flatnonzero(sections == name):
+            bag_outputs[i] = _pool(scores[bags.rows[i]], outputs[bags.rows[i]])
+        tile_outputs[name] = _readable(outputs, meta)
+        tile_attention[name] = _softmax(scores)
+    write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
+                      branches=meta["branches"], key_added=key_added, overwrite=overwrite)
+    result = bag_table(bags, _readable(bag_outputs, meta), meta["columns"],
+                       measured=_measured(bags, meta))
+    if meta["task"] == "classification":
+        _add_classes(result, meta)
+    result.uns[key_added] = {"model": meta["model"], "features_key": features_key,
+                             "tiles_key": tiles_key, "bags_key": bags_key}
+    return result
+
+
+def _check_features(model, bags: Bags) -> None:
+    meta = model.metadata
+    width = tile_features(next(iter(bags.sections.values())), bags.tiles_key,
+                          bags.features_key).shape[1]
+    if width != meta["n_features"]:
+        raise ValueError(f"The model was trained on {meta['n_features']} features per tile "
+                         f"({meta['features_key']!r}, encoder {meta['encoder']!r}) but "
+                         f"{bags.features_key!r} has {width}; embed with the same encoder.")
+    encoder = encoder_of(bags)
+    if meta.get("encoder") and encoder and encoder != meta["encoder"]:
+        raise ValueError(f"The model was trained on features of encoder {meta['encoder']!r}, "
+                         f"but {bags.features_key!r} comes from {encoder!r}.")
+
+
+def _score_section(model, sdata, bags: Bags) -> tuple[np.ndarray, np.ndarray]:
+    """Attention scores and raw outputs of every tile of a section (standardised features)."""
+    meta = model.metadata
+    features = tile_features(sdata, bags.tiles_key, bags.features_key)
+    features = (features - np.asarray(meta["feature_mean"], dtype=np.float32)) / np.asarray(
+        meta["feature_std"], dtype=np.float32)
+    device = next(model.parameters()).device
+    model.eval()
+    scores, outputs = [], []
+    with torch.inference_mode():
+        for start in range(0, len(features), 8192):
+            chunk = torch.from_numpy(features[start: start + 8192]).to(device).unsqueeze(0)
+            s, o = model.score_tiles(chunk)
+            scores.append(s[0].float().cpu().numpy())
+            outputs.append(o[0].float().cpu().numpy())
+    return np.concatenate(scores).astype(np.float64), np.concatenate(outputs).astype(np.float64)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    weights = np.exp(scores - scores.max(axis=0))
+    return weights / weights.sum(axis=0)
+
+
+def _pool(scores: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """The bag output: per-tile outputs averaged with the bag's attention (as in forward)."""
+    weights = np.repeat(_softmax(scores), outputs.shape[1] // scores.shape[1], axis=1)
+    return (weights * outputs).sum(axis=0)
+
+
+def _readable(outputs: np.ndarray, meta: dict) -> np.ndarray:
+    """Expression in target units, or class probabilities, from raw network outputs."""
+    if meta["task"] == "regression":
+        return outputs * np.asarray(meta["target_std"]) + np.asarray(meta["target_mean"])
+    probabilities = np.empty_like(outputs)
+    for s in _class_slices(meta):
+        probabilities[:, s] = _softmax(outputs[:, s].T).T
+    return probabilities
+
+
+def _measured(bags: Bags, meta: dict) -> np.ndarray | None:
+    if meta["task"] != "regression" or not set(meta["genes"]) <= set(bags.bulk.var_names):
+        return None
+    values, _ = regression_targets(bags, meta["genes"], meta["target_transform"])
+    return values
+
+
+def _add_classes(result, meta: dict) -> None:
+    import pandas as pd
+
+    for target, s in zip(meta["targets"], _class_slices(meta), strict=True):
+        classes = meta["classes"][target]
+        best = np.asarray(result.X)[:, s].argmax(axis=1)
+        result.obs[f"{target}_pred"] = pd.Categorical(np.asarray(classes, dtype=object)[best],
+                                                      categories=classes)

@@ -1,0 +1,115 @@
+"""Pseudo-bulk bags, up/down labels and gene panels, checked on numbers made by hand."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import histoexpr as hx
+
+
+@pytest.fixture(scope="module")
+def section():
+    sdata = hx.datasets.synthetic_section(seed=3, size_um=500, transcripts=True, spots=True)
+    hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centers="spots", min_tissue=0.0)
+    return sdata
+
+
+def test_bags_hold_the_summed_counts_of_their_spots(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=300, stride_um=100, min_spots=2,
+                     overwrite=True)
+    bags = section.tables["bags_table"]
+    tiles = section.tables["he_tiles_table"]
+    spots = section.tables["table"]
+    membership = bags.obsm["tiles"].toarray() > 0
+    assert membership.shape == (bags.n_obs, tiles.n_obs)
+    row_of_spot = {s: i for i, s in enumerate(spots.obs["spot_id"])}
+    counts = spots.layers["counts"].toarray()
+    centres = tiles.obsm["spatial"]
+    for i in range(bags.n_obs):
+        members = np.flatnonzero(membership[i])
+        assert len(members) >= 2 and bags.obs["n_spots"].iloc[i] == len(members)
+        expected = counts[[row_of_spot[s] for s in tiles.obs["spot_id"].iloc[members]]].sum(0)
+        np.testing.assert_allclose(bags.X[i].toarray().ravel(), expected)
+        # every member lies inside the bag's square, whose centre is recorded
+        assert (np.abs(centres[members] - bags.obsm["spatial"][i]) <= 150 + 1e-9).all()
+    assert len({tuple(np.flatnonzero(m)) for m in membership}) == bags.n_obs  # no duplicates
+    assert len(section.shapes["bags"]) == bags.n_obs
+
+
+def test_non_overlapping_bags_partition_the_tiles(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=200, min_spots=1, key_added="grid",
+                     overwrite=True)
+    membership = section.tables["grid_table"].obsm["tiles"].toarray()
+    np.testing.assert_array_equal(membership.sum(0), 1)
+
+
+def test_pseudobulk_errors(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=300, key_added="taken", overwrite=True)
+    with pytest.raises(KeyError, match="already exists"):
+        hx.pp.pseudobulk(section, "he_tiles", size_um=300, key_added="taken")
+    with pytest.raises(ValueError, match="stride_um"):
+        hx.pp.pseudobulk(section, "he_tiles", size_um=300, stride_um=400, key_added="x")
+    with pytest.raises(ValueError, match="min_spots"):
+        hx.pp.pseudobulk(section, "he_tiles", size_um=50, min_spots=50, key_added="y")
+    hx.pp.tile(section, "he", size=50, mpp=2.0, key_added="grid_tiles", overwrite=True)
+    with pytest.raises(ValueError, match="centers='spots'"):
+        hx.pp.pseudobulk(section, "grid_tiles", key_added="z")
+
+
+def bulk_of(values, genes=("A", "B")):
+    return ad.AnnData(np.asarray(values, dtype=np.float32),
+                      obs=pd.DataFrame(index=[f"s{i}" for i in range(len(values))]),
+                      var=pd.DataFrame(index=list(genes)))
+
+
+def test_deg_labels_by_quantile():
+    bulk = bulk_of([[1, 10], [2, 20], [3, 30], [4, 40], [5, 50]])
+    hx.pp.deg_labels(bulk, ["A", "B"], lower=0.25, upper=0.75)
+    # quantiles of 1..5: 0.25 -> 2, 0.75 -> 4; down <= 2, up > 4
+    assert bulk.obs["deg_A"].tolist() == ["down", "down", "unchanged", "unchanged", "up"]
+    assert bulk.obs["deg_B"].tolist() == bulk.obs["deg_A"].tolist()
+    hx.pp.deg_labels(bulk, "A", lower=0.5, upper=0.5, key_added="half")
+    assert bulk.obs["half_A"].tolist() == ["down", "down", "down", "up", "up"]
+    assert list(bulk.obs["half_A"].cat.categories) == ["down", "up"]
+
+
+def test_deg_labels_by_fold_change_against_reference():
+    bulk = bulk_of([[1, 1], [1, 1], [4, 1], [0.2, 3], [1.5, 1]])
+    hx.pp.deg_labels(bulk, ["A", "B"], method="fold_change", reference=["s0", "s1"],
+                     log2_threshold=1.0, pseudocount=0.0)
+    # log2 fold changes of A against 1: 0, 0, 2, -2.32, 0.58
+    assert bulk.obs["deg_A"].tolist() == ["unchanged", "unchanged", "up", "down", "unchanged"]
+    assert bulk.obs["deg_B"].tolist() == ["unchanged"] * 3 + ["up", "unchanged"]
+    bulk.obs["normal"] = [True, True, False, False, False]
+    hx.pp.deg_labels(bulk, "A", method="fold_change", reference="normal", log2_threshold=0,
+                     pseudocount=0.0, key_added="two")
+    assert bulk.obs["two_A"].tolist() == ["down", "down", "up", "down", "up"]
+
+
+def test_deg_labels_errors():
+    bulk = bulk_of([[1, 2], [3, 4], [5, 6]])
+    with pytest.raises(KeyError, match="not in bulk.var_names"):
+        hx.pp.deg_labels(bulk, ["A", "MISSING"])
+    with pytest.raises(ValueError, match="reference"):
+        hx.pp.deg_labels(bulk, "A", method="fold_change")
+    with pytest.raises(ValueError, match="method"):
+        hx.pp.deg_labels(bulk, "A", method="zscore")
+    hx.pp.deg_labels(bulk, "A")
+    with pytest.raises(KeyError, match="overwrite"):
+        hx.pp.deg_labels(bulk, "A")
+    nan = bulk_of([[1, np.nan], [3, 4], [5, 6]])
+    with pytest.raises(ValueError, match="NaN"):
+        hx.pp.deg_labels(nan, "B")
+
+
+def test_the_paper_panel_and_any_list():
+    panel = hx.pp.gene_panel("graziani2022")
+    assert len(panel) == 21 and panel[0] == "SEMA5A" and panel[-1] == "AXIN2"
+    with pytest.raises(KeyError, match="graziani2022"):
+        hx.pp.gene_panel("nope")
+    bulk = bulk_of(np.ones((3, 21)), genes=panel)
+    hx.pp.deg_labels(bulk, "graziani2022", lower=0.5, upper=0.5)
+    assert all(f"deg_{g}" in bulk.obs for g in panel)
