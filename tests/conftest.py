@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets one torch thread: two workers share two cores, and
+    the small networks of the tests run fastest (and steadiest) that way."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``realdata`` with a clear reason where the data folder is absent."""
     if DATA.is_dir():

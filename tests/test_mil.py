@@ -19,15 +19,6 @@ GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1"]
 FAST = {"epochs": 40, "val_fraction": 0, "seed": 0, "batch_size": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cohort():
     cohort = hx.datasets.synthetic_cohort(20, seed=0, size_um=300)
