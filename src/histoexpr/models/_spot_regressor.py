@@ -1,0 +1,105 @@
+"""Spot regressors: networks from tile features or tile images to the expression of genes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import Network
+from ._encoders import TileEncoder
+
+
+class LinearHead(Network):
+    """A fitted linear map from tile features to expression, held as buffers.
+
+    The ridge route of :func:`histoexpr.tl.fit` (``model="spot_regressor"``) fits feature
+    standardisation, an optional PCA and a ridge regression with scikit-learn, and folds the
+    three into one affine map ``features @ weight + bias``; storing it as a network lets it be
+    saved, loaded and applied like every other model.
+
+    Parameters
+    ----------
+    n_features
+        Length of the feature vector of a tile.
+    n_genes
+        Number of genes predicted.
+
+    """
+
+    def __init__(self, *, n_features: int, n_genes: int) -> None:
+        super().__init__(config={"n_features": n_features, "n_genes": n_genes})
+        self.register_buffer("weight", torch.zeros(n_features, n_genes))
+        self.register_buffer("bias", torch.zeros(n_genes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression ``(N, n_genes)`` of features ``(N, n_features)``."""
+        return x @ self.weight + self.bias
+
+
+class MLPHead(Network):
+    """A small multilayer perceptron from tile features to expression.
+
+    The features are standardised with the training set's mean and scale (buffers set by
+    :func:`histoexpr.tl.fit`), then pass through one hidden layer with dropout.
+
+    Parameters
+    ----------
+    n_features
+        Length of the feature vector of a tile.
+    n_genes
+        Number of genes predicted.
+    hidden
+        Width of the hidden layer.
+    dropout
+        Dropout probability on the input and hidden layer.
+
+    """
+
+    def __init__(self, *, n_features: int, n_genes: int, hidden: int = 256,
+                 dropout: float = 0.25) -> None:
+        super().__init__(config={"n_features": n_features, "n_genes": n_genes, "hidden": hidden,
+                                 "dropout": dropout})
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+        self.layers = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(n_features, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, n_genes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression ``(N, n_genes)`` of features ``(N, n_features)``."""
+        return self.layers((x - self.mean) / self.scale)
+
+
+class SpotCNN(Network):
+    """A convolutional network from a spot-centred patch to the expression of genes.
+
+    A :class:`TileEncoder` followed by a linear layer, trained end to end on patches.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes predicted.
+    arch
+        Architecture of the :class:`TileEncoder` (``"small_cnn"``, ``"resnet18"``...).
+    in_channels
+        Channels of the patches (3 for H&E).
+    width
+        Channels of the first block of ``"small_cnn"``.
+    dropout
+        Dropout probability before the last layer.
+
+    """
+
+    def __init__(self, *, n_genes: int, arch: str = "small_cnn", in_channels: int = 3,
+                 width: int = 16, dropout: float = 0.25) -> None:
+        super().__init__(config={"n_genes": n_genes, "arch": arch, "in_channels": in_channels,
+                                 "width": width, "dropout": dropout})
+        self.in_channels = in_channels
+        self.encoder = TileEncoder(arch=arch, in_channels=in_channels, width=width)
+        self.head = nn.Sequential(nn.Dropout(dropout),
+                                  nn.Linear(self.encoder.out_features, n_genes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression ``(N, n_genes)`` of patches ``(N, C, H, W)`` with values in [0, 1]."""
+        return self.head(self.encoder(x))

@@ -1,0 +1,201 @@
+"""Genes to predict and the targets a regressor learns: log1p-normalised expression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: how :func:`select_genes` ranks genes
+FLAVORS = ("top_expressed", "pearson_residuals", "seurat_v3", "seurat", "cell_ranger")
+#: counts per spot after normalisation (scanpy's ``normalize_total`` ``target_sum``)
+TARGET_SUM = 1e4
+
+
+def select_genes(
+    adatas: AnnData | Sequence[AnnData],
+    *,
+    n_top: int = 50,
+    flavor: str = "top_expressed",
+    genes: Sequence[str] | None = None,
+) -> list[str]:
+    """Choose the genes a model predicts, from the raw counts of the training sections.
+
+    Sections with different gene sets are reduced to the genes they share (logged with a count).
+    ``"top_expressed"`` ranks genes by their mean log1p-normalised expression over all spots (the
+    robust choice on small legacy ST sections); ``"pearson_residuals"`` asks scanpy for the genes
+    with the most variable analytic Pearson residuals of the counts (one batch per section);
+    ``"seurat_v3"`` is scanpy's variance-stabilised ranking of the counts; ``"seurat"`` and
+    ``"cell_ranger"`` rank the log-normalised data by dispersion (they favour low-count noise
+    genes on small sections).
+
+    Parameters
+    ----------
+    adatas
+        One spot table or several (spots x genes, raw counts in ``layers["counts"]`` or ``X``).
+    n_top
+        Number of genes to choose (ignored with ``genes``).
+    flavor
+        How to rank genes: one of ``"top_expressed"``, ``"pearson_residuals"``, ``"seurat_v3"``,
+        ``"seurat"``, ``"cell_ranger"``.
+    genes
+        An explicit list of genes instead of a ranking; every gene must be measured in every
+        section.
+
+    Returns
+    -------
+    The gene names, best ranked first (or in the order given).
+
+    """
+    tables = _as_list(adatas)
+    shared = shared_genes(tables)
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        missing = [g for g in genes if g not in set(shared)]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} of {len(genes)} requested genes are not measured in every "
+                f"section (e.g. {missing[:5]}); remove them or choose genes with n_top=."
+            )
+        if len(set(genes)) != len(genes):
+            raise ValueError("genes= lists some genes more than once; pass each gene once.")
+        return genes
+    if flavor not in FLAVORS:
+        raise ValueError(f"Unknown flavor {flavor!r}; choose one of {FLAVORS}.")
+    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
+        raise ValueError(f"n_top must be a positive number of genes, got {n_top!r}.")
+    if n_top > len(shared):
+        raise ValueError(f"n_top={n_top} but the sections share only {len(shared)} genes.")
+    pooled = _pooled_counts(tables, shared)
+    if flavor == "top_expressed":
+        mean = np.asarray(log_normalised(pooled).mean(axis=0)).ravel()
+        order = np.argsort(-mean, kind="stable")[:n_top]
+        return [shared[i] for i in order]
+    return _scanpy_hvg(pooled, n_top=int(n_top), flavor=flavor, n_sections=len(tables))
+
+
+def expression_targets(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
+    """Return the log1p-normalised expression of ``genes`` in each spot, as a regressor learns it.
+
+    Counts are scaled to :data:`TARGET_SUM` per spot over **all** genes of the table (as
+    ``sc.pp.normalize_total`` does), then ``log1p``; only then are the genes picked, so the
+    targets do not depend on which other genes are predicted.
+
+    Parameters
+    ----------
+    adata
+        Spot table with raw counts in ``layers["counts"]`` or ``X``.
+    genes
+        Genes to return, all in ``adata.var_names``.
+
+    Returns
+    -------
+    ``(n_spots, n_genes)`` float32 array.
+
+    """
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise KeyError(f"{len(missing)} genes are not measured in this table (e.g. "
+                       f"{missing[:5]}); predict only genes every section measures.")
+    index = adata.var_names.get_indexer(list(genes))
+    return log_normalised(adata, columns=index)
+
+
+def log_normalised(adata: AnnData, *, columns: np.ndarray | None = None) -> np.ndarray:
+    """``log1p`` of counts scaled to :data:`TARGET_SUM` per spot (a dense float32 array)."""
+    counts = raw_counts(adata)
+    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    scale = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
+    if columns is not None:
+        counts = counts[:, columns]
+    dense = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+    return np.log1p(dense * scale[:, None]).astype(np.float32)
+
+
+def library_sizes(adata: AnnData) -> np.ndarray:
+    """Total counts of each spot over all genes."""
+    return np.asarray(raw_counts(adata).sum(axis=1), dtype=np.float64).ravel()
+
+
+def raw_counts(adata: AnnData):
+    """``layers["counts"]`` if present, else ``X``; refused if it does not look like counts."""
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    values = counts.data if hasattr(counts, "data") and hasattr(counts, "indptr") else counts
+    sample = np.asarray(values).ravel()[:10000]
+    if sample.size and (sample.min() < 0 or not np.allclose(sample, np.round(sample))):
+        raise ValueError(
+            "The spot table holds no raw counts (negative or non-integer values in "
+            "layers['counts'] / X). Keep the raw counts in layers['counts']."
+        )
+    return counts
+
+
+def shared_genes(tables: Sequence[AnnData]) -> list[str]:
+    """Genes measured in every table, in the first table's order; the loss is logged."""
+    shared = list(tables[0].var_names)
+    for table in tables[1:]:
+        present = set(table.var_names)
+        shared = [g for g in shared if g in present]
+    union = set().union(*(set(t.var_names) for t in tables))
+    if len(union) > len(shared):
+        logger.info("The %d sections share %d of %d genes; using their intersection.",
+                    len(tables), len(shared), len(union))
+    if not shared:
+        raise ValueError("The sections share no gene: check that they use the same gene names "
+                         "(symbols or Ensembl ids).")
+    return shared
+
+
+def _as_list(adatas) -> list:
+    tables = [adatas] if hasattr(adatas, "var_names") else list(adatas)
+    if not tables:
+        raise ValueError("No spot table given.")
+    return tables
+
+
+def _pooled_counts(tables: Sequence[AnnData], genes: list[str]) -> AnnData:
+    """One AnnData of the raw counts of every section, restricted to ``genes``."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    blocks = [sp.csr_matrix(raw_counts(t)[:, t.var_names.get_indexer(genes)], dtype=np.float32)
+              for t in tables]
+    sections = np.repeat(np.arange(len(tables)).astype(str), [t.n_obs for t in tables])
+    import pandas as pd
+
+    pooled = ad.AnnData(sp.vstack(blocks).tocsr(),
+                        obs=pd.DataFrame({"section": pd.Categorical(sections)},
+                                         index=pd.Index(np.arange(len(sections)).astype(str))),
+                        var=pd.DataFrame(index=pd.Index(genes)))
+    pooled.layers["counts"] = pooled.X.copy()
+    return pooled
+
+
+def _scanpy_hvg(pooled: AnnData, *, n_top: int, flavor: str, n_sections: int) -> list[str]:
+    import scanpy as sc
+
+    batch_key = "section" if n_sections > 1 else None
+    if flavor == "pearson_residuals":
+        frame = sc.experimental.pp.highly_variable_genes(
+            pooled, flavor="pearson_residuals", n_top_genes=n_top, batch_key=batch_key,
+            inplace=False)
+        score = frame["residual_variances"].to_numpy()
+    elif flavor == "seurat_v3":
+        frame = sc.pp.highly_variable_genes(pooled, flavor="seurat_v3", n_top_genes=n_top,
+                                            batch_key=batch_key, inplace=False)
+        score = frame["variances_norm"].to_numpy()
+    else:
+        logged = pooled.copy()
+        logged.X = log_normalised(pooled)
+        frame = sc.pp.highly_variable_genes(logged, flavor=flavor, n_top_genes=n_top,
+                                            batch_key=batch_key, inplace=False)
+        score = frame["dispersions_norm"].to_numpy()
+    chosen = np.flatnonzero(frame["highly_variable"].to_numpy())
+    chosen = chosen[np.argsort(-np.nan_to_num(score[chosen], nan=-np.inf), kind="stable")]
+    return [pooled.var_names[i] for i in chosen[:n_top]]

@@ -1,0 +1,497 @@
+"""Spot-level expression from H&E: ``hx.tl.fit(..., model="spot_regressor")`` and its ``predict``.
+
+Three routes share one entry point. ``"ridge"`` and ``"mlp"`` are heads on frozen tile
+embeddings (:func:`histoexpr.tl.embed`); ``"cnn"`` fine-tunes a convolutional network end to end
+on spot-centred patches. All predict log1p-normalised expression (counts scaled to 10,000 per
+spot). Prediction writes a table of expression per tile that scanpy and squidpy take as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._utils import check_key_free, log_added, logger, require_element, resolve_device
+from ..io._image import image_levels
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from ..models import Network
+
+ROUTES = ("ridge", "mlp", "cnn")
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+#: relative pixel-size difference below which two pixel sizes count as the same
+_MPP_TOLERANCE = 0.05
+#: relative difference of tile widths below which tiles fit a model's patch width
+_SIZE_TOLERANCE = 0.05
+#: normalisation of patches fed to the CNN route (tiles are in [0, 1])
+CNN_NORMALISATION = {"mean": 0.5, "std": 0.25}
+
+
+@dataclass
+class _Section:
+    """What one training section contributes: its features or patches and their targets."""
+
+    name: str
+    sdata: Any
+    tile_rows: np.ndarray  # rows of the spot-tile table that have a spot with counts
+    targets: np.ndarray  # (n, genes) log1p-normalised expression
+    centres: np.ndarray  # (n, 2) um
+
+
+def fit(
+    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
+    *,
+    genes: int | Sequence[str] = 50,
+    gene_flavor: str = "top_expressed",
+    route: str = "ridge",
+    encoder: str = "handcrafted",
+    features_key: str | None = None,
+    image_key: str = "he",
+    spots_key: str = "spots",
+    table_key: str = "table",
+    tiles_key: str = "spot_tiles",
+    patch_um: float = 112.0,
+    mpp: float | None = None,
+    context_um: float | Sequence[float] | None = None,
+    standardize_sections: bool = False,
+    n_components: int | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    arch: str = "small_cnn",
+    hidden: int = 256,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    val_fraction: float = 0.15,
+    device: str | None = None,
+    seed: int | None = None,
+) -> Network:
+    """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
+
+    Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
+    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
+    ``tiles_key``; existing tiles there are reused). Spots whose centre lies off the image or
+    that have no counts are dropped (logged). Sections with different gene sets are reduced to
+    their shared genes (logged).
+
+    Routes:
+
+    - ``"ridge"``: tile embeddings (``hx.tl.embed`` with ``encoder``), standardised, optionally
+      reduced by PCA, then ridge regression whose ``alpha`` is chosen by inner cross-validation
+      (leave one section out when there are several sections, else 5 folds) on the mean Pearson
+      correlation over genes;
+    - ``"mlp"``: the same features through a small MLP trained with early stopping;
+    - ``"cnn"``: a :class:`histoexpr.models.SpotCNN` (``arch``) trained end to end on the patches
+      with flips, rotations and a mild colour jitter.
+
+    Parameters
+    ----------
+    data
+        A section (SpatialData), a list of them, or a mapping from section names to them.
+    genes
+        The genes to predict: a number of genes chosen by :func:`histoexpr.pp.select_genes`
+        with ``gene_flavor`` on all training sections, or a list of gene names.
+    gene_flavor
+        Ranking used when ``genes`` is a number (``"top_expressed"``, ``"pearson_residuals"``...).
+    route
+        ``"ridge"``, ``"mlp"`` or ``"cnn"``.
+    encoder
+        Frozen encoder of the head routes, as :func:`histoexpr.tl.embed` takes it
+        (``"handcrafted"``, ``"squidpy"``, an architecture, a model file). Prediction recomputes
+        the same features on new tiles.
+    features_key
+        Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``.
+        Features already there are used as they are.
+    image_key
+        Key of the H&E image.
+    spots_key
+        Key of the spot shapes.
+    table_key
+        Key of the spot table (raw counts in ``layers["counts"]`` or ``X``; ``obs["spot_id"]``
+        matching the spot shapes' index).
+    tiles_key
+        Key of the spot-centred tiles (made if absent).
+    patch_um
+        Width of the patch around each spot in um (HEST: 112 um).
+    mpp
+        Pixel size of the patches in um/px; defaults to the image's full resolution.
+    context_um
+        Head routes: neighbourhood context. Also use the mean features of the tiles whose
+        centres lie within this distance (um); several distances add one mean each (rings of
+        context, e.g. ``(300, 600)``). ``None`` uses the tile alone.
+    standardize_sections
+        Head routes: standardise features within each section (removes differences of stain and
+        scanner between sections; prediction does the same on the new section).
+    n_components
+        Ridge route: reduce the standardised features to this many principal components first.
+    alphas
+        Ridge route: the penalties tried by inner cross-validation.
+    arch
+        CNN route: encoder architecture of :class:`histoexpr.models.SpotCNN`.
+    hidden
+        MLP route: width of the hidden layer.
+    epochs
+        MLP and CNN routes: maximum epochs (early stopping on a validation split).
+    lr
+        MLP and CNN routes: learning rate.
+    batch_size
+        MLP and CNN routes: spots per batch (also tiles per batch when embedding).
+    val_fraction
+        MLP and CNN routes: share of spots held out for early stopping.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed; ``None`` uses ``hx.settings.seed``.
+
+    Returns
+    -------
+    The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`
+    or :class:`~histoexpr.models.SpotCNN`) whose ``metadata`` holds ``genes``, ``route``,
+    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``.
+
+    """
+    from ..pp import select_genes
+
+    if route not in ROUTES:
+        raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
+    sections = _as_sections(data)
+    tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
+              for name, s in sections.items()]
+    if isinstance(genes, int | np.integer) and not isinstance(genes, bool):
+        chosen = select_genes(tables, n_top=int(genes), flavor=gene_flavor)
+    else:
+        chosen = select_genes(tables, genes=genes)
+    mpp = _training_mpp(sections, image_key, mpp)
+    prepared = [_prepare_section(name, s, chosen, image_key=image_key, spots_key=spots_key,
+                                 table_key=table_key, tiles_key=tiles_key, patch_um=patch_um,
+                                 mpp=mpp) for name, s in sections.items()]
+    metadata = {"model": "spot_regressor", "route": route, "genes": chosen,
+                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
+                "trained_on": {p.name: len(p.targets) for p in prepared}}
+    if route == "cnn":
+        if context_um is not None or standardize_sections:
+            raise ValueError("context_um and standardize_sections apply to the head routes "
+                             "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
+        from ._spot_training import fit_cnn
+
+        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
+                  for p in prepared]
+        network, extra = fit_cnn(at_mpp, tiles_key=tiles_key, image_key=image_key,
+                                 n_genes=len(chosen), arch=arch, epochs=epochs, lr=lr,
+                                 batch_size=batch_size, val_fraction=val_fraction,
+                                 device=device, seed=seed)
+        extra["normalisation"] = CNN_NORMALISATION
+    else:
+        features_key = f"X_{encoder}" if features_key is None else features_key
+        features = [section_features(p.sdata, tiles_key, encoder=encoder,
+                                     features_key=features_key, context_um=context_um,
+                                     standardize=standardize_sections,
+                                     batch_size=max(batch_size, 64), device=device)[p.tile_rows]
+                    for p in prepared]
+        targets = [p.targets for p in prepared]
+        metadata.update({"encoder": str(encoder), "features_key": features_key,
+                         "context_um": _radii(context_um),
+                         "standardize_sections": standardize_sections})
+        if route == "ridge":
+            from ._spot_training import fit_ridge
+
+            network, extra = fit_ridge(features, targets, alphas=alphas,
+                                       n_components=n_components)
+        else:
+            from ._spot_training import fit_mlp
+
+            network, extra = fit_mlp(features, targets, hidden=hidden, epochs=epochs, lr=lr,
+                                     batch_size=batch_size, val_fraction=val_fraction,
+                                     device=device, seed=seed)
+    metadata.update(extra)
+    network.metadata = metadata
+    logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
+                route, len(chosen), sum(len(p.targets) for p in prepared), len(prepared))
+    return network
+
+
+def predict(
+    model: Network,
+    sdata: SpatialData,
+    *,
+    tiles_key: str | None = None,
+    image_key: str | None = None,
+    stride_um: float | None = None,
+    min_tissue: float = 0.5,
+    batch_size: int = 64,
+    device: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> AnnData:
+    """Predict expression on every tile of a section, with or without spots.
+
+    Tiles of the model's ``patch_um`` and pixel size are used: those under ``tiles_key`` if they
+    exist (their width must match the model's; if their pixel size differs they are read at the
+    model's, with a log line), else a grid over the tissue is made there with ``stride_um``
+    (finer than the spot spacing if asked: tiles then overlap). If the image's own pixel size is
+    coarser than the model's, tiles are upsampled (logged).
+
+    Parameters
+    ----------
+    model
+        A spot regressor from ``hx.tl.fit(..., model="spot_regressor")`` or a model file.
+    sdata
+        The section: an H&E image is enough.
+    tiles_key
+        Key of the tiles to predict on; defaults to ``f"{image_key}_expr_tiles"``, made as a grid
+        if absent.
+    image_key
+        Key of the image; defaults to the key the model was trained with.
+    stride_um
+        Distance between grid tiles in um when tiles are made; defaults to the patch width.
+    min_tissue
+        Smallest tissue fraction of a grid tile when tiles are made.
+    batch_size
+        Tiles per forward pass.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
+    overwrite
+        Replace an existing table ``key_added``.
+
+    Returns
+    -------
+    The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
+    log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
+    for spot-centred tiles), tile centres in um in ``obsm["spatial"]``, annotating the tile
+    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``).
+
+    """
+    from ..pp import tile
+
+    metadata = getattr(model, "metadata", {}) or {}
+    if metadata.get("model") != "spot_regressor":
+        raise ValueError("This network is not a spot regressor; train one with "
+                         "hx.tl.fit(..., model='spot_regressor').")
+    image_key = metadata["image_key"] if image_key is None else image_key
+    require_element(sdata, image_key, "images")
+    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    key_added = f"{tiles_key}_expression" if key_added is None else key_added
+    check_key_free(sdata, key_added, overwrite=overwrite)
+    patch_um, mpp = metadata["patch_um"], metadata["mpp"]
+    _check_image_mpp(sdata, image_key, mpp)
+    if tiles_key not in sdata.shapes:
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp,
+             stride=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
+             key_added=tiles_key)
+    elif stride_um is not None:
+        raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
+                         "new tiles_key to make grid tiles at that stride.")
+    tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp)
+    if metadata["route"] == "cnn":
+        from ..pp import TileDataset
+        from ._embed import encode
+
+        dataset = TileDataset(tiles, tiles_key, image_key=image_key)
+        values = encode(model, dataset, batch_size=batch_size, device=resolve_device(device),
+                        normalisation=metadata.get("normalisation"), desc="predict expression")
+    else:
+        import torch
+
+        features = section_features(tiles, tiles_key, encoder=metadata["encoder"],
+                                    features_key=metadata["features_key"],
+                                    context_um=metadata.get("context_um") or None,
+                                    standardize=metadata.get("standardize_sections", False),
+                                    batch_size=batch_size, device=device)
+        model = model.to("cpu").eval()
+        with torch.inference_mode():
+            values = model(torch.from_numpy(features)).numpy()
+    sdata.tables[key_added] = _prediction_table(sdata.tables[f"{tiles_key}_table"], values,
+                                                metadata["genes"], tiles_key)
+    log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
+    return sdata.tables[key_added]
+
+
+def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str, features_key: str,
+                     context_um: float | Sequence[float] | None = None, standardize: bool = False,
+                     batch_size: int = 64, device: str | None = None) -> np.ndarray:
+    """Features of every tile of a section (embedded if absent), with context and scaling."""
+    from ._embed import embed
+
+    table = sdata.tables[f"{tiles_key}_table"]
+    if features_key not in table.obsm:
+        embed(sdata, tiles_key, encoder=encoder, key_added=features_key, batch_size=batch_size,
+              device=device)
+    features = np.asarray(table.obsm[features_key], dtype=np.float32)
+    if standardize:
+        scale = features.std(axis=0)
+        features = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1)
+    centres = np.asarray(table.obsm["spatial"])
+    means = [neighbour_mean(features, centres, radius_um=r) for r in _radii(context_um)]
+    return np.hstack([features, *means]).astype(np.float32)
+
+
+def _radii(context_um: float | Sequence[float] | None) -> list[float]:
+    if context_um is None:
+        return []
+    radii = [context_um] if np.isscalar(context_um) else list(context_um)
+    return [float(r) for r in radii]
+
+
+def neighbour_mean(features: np.ndarray, centres: np.ndarray, *, radius_um: float) -> np.ndarray:
+    """Mean features of the other tiles within ``radius_um``; a tile's own where it has none."""
+    from scipy.sparse import csr_matrix
+    from scipy.spatial import cKDTree
+
+    if not radius_um > 0:
+        raise ValueError(f"context_um must be a positive distance in um, got {radius_um!r}.")
+    pairs = cKDTree(centres).query_pairs(r=radius_um, output_type="ndarray")
+    n = len(features)
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    adjacency = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    counts = np.asarray(adjacency.sum(axis=1)).ravel()
+    summed = adjacency @ features
+    alone = counts == 0
+    summed[alone] = features[alone]
+    return (summed / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def _as_sections(data) -> dict[str, Any]:
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return {"section_0": data}
+    if isinstance(data, Mapping):
+        sections = {str(k): v for k, v in data.items()}
+    else:
+        sections = {f"section_{i}": s for i, s in enumerate(data)}
+    if not sections:
+        raise ValueError("No section given: pass a SpatialData, a list or a dict of them.")
+    for name, section in sections.items():
+        if not isinstance(section, SpatialData):
+            raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a SpatialData.")
+    return sections
+
+
+def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
+    for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):
+        if key not in getattr(sdata, kind):
+            raise KeyError(f"Section {name!r} has no sdata.{kind}[{key!r}]: a spot regressor "
+                           "learns from an image, its spots and their counts.")
+    table = sdata.tables[table_key]
+    if "spot_id" not in table.obs:
+        raise KeyError(f"sdata.tables[{table_key!r}] of section {name!r} has no obs['spot_id'] "
+                       f"matching the index of sdata.shapes[{spots_key!r}].")
+    return table
+
+
+def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None) -> float:
+    if mpp is not None:
+        if not mpp > 0:
+            raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
+        return float(mpp)
+    sizes = [image_levels(s, image_key)[0].mpp for s in sections.values()]
+    if max(sizes) / min(sizes) > 1 + _MPP_TOLERANCE:
+        logger.info("The sections' images have %s um/px; patches are read at the coarsest, "
+                    "%.4g um/px (pass mpp= to choose).", [round(v, 4) for v in sizes], max(sizes))
+    return float(max(sizes))
+
+
+def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
+                     table_key: str, tiles_key: str, patch_um: float, mpp: float) -> _Section:
+    """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
+    from ..pp import tile
+    from ..pp._genes import expression_targets, library_sizes
+
+    if tiles_key not in sdata.shapes:
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centers=spots_key, min_tissue=0,
+             key_added=tiles_key)
+    tile_table = sdata.tables[f"{tiles_key}_table"]
+    info = tile_table.uns["tiles"]
+    wrong_size = abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um
+    if "spot_id" not in tile_table.obs or wrong_size:
+        raise ValueError(
+            f"sdata.shapes[{tiles_key!r}] of section {name!r} are not {patch_um:g} um tiles "
+            f"centred on spots (they are {info['size_um']:g} um tiles"
+            f"{'' if 'spot_id' in tile_table.obs else ' on a grid'}); pass another tiles_key "
+            "or delete them."
+        )
+    counts_table = sdata.tables[table_key]
+    row_of_spot = {sid: i for i, sid in enumerate(counts_table.obs["spot_id"].to_numpy())}
+    spot_rows = np.array([row_of_spot.get(s, -1) for s in tile_table.obs["spot_id"]])
+    on_image = _inside_image(sdata, image_key, tile_table.obsm["spatial"])
+    library = library_sizes(counts_table)
+    has_counts = (spot_rows >= 0) & (library[np.maximum(spot_rows, 0)] > 0)
+    keep = on_image & has_counts
+    for mask, why in ((~on_image, "centres off the image"),
+                      (on_image & ~has_counts, "no counts")):
+        if mask.any():
+            logger.info("Section %r: dropped %d of %d spots with %s.", name, int(mask.sum()),
+                        len(mask), why)
+    if keep.sum() < 2:
+        raise ValueError(f"Section {name!r} has fewer than 2 spots on the image with counts.")
+    targets = expression_targets(counts_table[spot_rows[keep]], genes)
+    return _Section(name, sdata, np.flatnonzero(keep), targets,
+                    np.asarray(tile_table.obsm["spatial"])[keep])
+
+
+def _inside_image(sdata, image_key: str, centres: np.ndarray) -> np.ndarray:
+    level = image_levels(sdata, image_key)[0]
+    (ox, oy), (height, width) = level.offset, level.shape_yx
+    x, y = centres[:, 0], centres[:, 1]
+    return (x >= ox) & (y >= oy) & (x < ox + width * level.mpp) & (y < oy + height * level.mpp)
+
+
+def _check_image_mpp(sdata, image_key: str, mpp: float) -> None:
+    image_mpp = image_levels(sdata, image_key)[0].mpp
+    if image_mpp > mpp * (1 + _MPP_TOLERANCE):
+        logger.warning("The model was trained on patches at %.4g um/px but %r has only %.4g "
+                       "um/px: patches are upsampled, predictions may degrade.", mpp, image_key,
+                       image_mpp)
+    elif abs(image_mpp - mpp) > _MPP_TOLERANCE * mpp:
+        logger.info("The model was trained at %.4g um/px; %r (%.4g um/px) is read at the "
+                    "model's pixel size.", mpp, image_key, image_mpp)
+
+
+def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float):
+    """Return the section, or a light copy whose tiles are read at the model's pixel size."""
+    from spatialdata import SpatialData
+
+    table_key = f"{tiles_key}_table"
+    require_element(sdata, table_key, "tables")
+    info = sdata.tables[table_key].uns["tiles"]
+    if abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um:
+        raise ValueError(
+            f"The tiles {tiles_key!r} are {info['size_um']:g} um wide but the model was trained "
+            f"on {patch_um:g} um patches; make tiles of that width (hx.pp.tile(..., "
+            f"size_um={patch_um:g})) or leave tiles_key to a new key."
+        )
+    if abs(info["mpp"] - mpp) <= _MPP_TOLERANCE * mpp:
+        return sdata
+    logger.info("The tiles %r are at %.4g um/px; reading them at the model's %.4g um/px.",
+                tiles_key, info["mpp"], mpp)
+    table = sdata.tables[table_key].copy()
+    table.uns["tiles"] = {**info, "mpp": float(patch_um / round(patch_um / mpp)),
+                          "size_px": round(patch_um / mpp)}
+    for key in [k for k in table.obsm if k != "spatial"]:
+        del table.obsm[key]  # features computed at another pixel size
+    return SpatialData(images=dict(sdata.images), shapes={tiles_key: sdata.shapes[tiles_key]},
+                       tables={table_key: table})
+
+
+def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_key: str):
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    obs = tile_table.obs.copy()
+    obs["region"] = pd.Categorical([tiles_key] * len(obs))
+    table = ad.AnnData(X=np.asarray(values, dtype=np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index(genes)),
+                       obsm={"spatial": np.asarray(tile_table.obsm["spatial"], dtype=float)},
+                       uns={"tiles": dict(tile_table.uns["tiles"]),
+                            "prediction": {"tiles_key": tiles_key,
+                                           "values": "log1p-normalised expression"}})
+    return TableModel.parse(table, region=tiles_key, region_key="region", instance_key="tile_id")
