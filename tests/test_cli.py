@@ -17,19 +17,24 @@ from histoexpr._cli import EXIT_BAD_INPUT, EXIT_CANNOT_PREDICT, main
 from histoexpr.models import TileEncoder
 
 
-def test_demo_writes_a_report(tmp_path, capsys):
+def test_demo_runs_every_job_and_scores_it_on_held_out_data(tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["demo", "--out", str(out), "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(out), "--seed", "3", "--size", "quick"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["seed"] == 3
-    assert metrics["n_tiles"] > 10
-    assert metrics["n_spot_tiles"] == metrics["n_spots"]
-    for name in ("tiles.png", "spots.png", "dapi_spots.png", "summary.md"):
-        assert (out / name).stat().st_size > 0
-    assert "tiles.png" in (out / "summary.md").read_text()
+    assert metrics["seed"] == 3 and metrics["size"] == "quick"
+    # every job learned something that holds on the section or slides it never saw
+    assert metrics["transcript_morphology"]["mean_dice"] > 0.5
+    assert metrics["attention_mil"]["mean_pearson"] > 0.0
+    assert metrics["spot_expression"]["mean_pearson"] > 0.0
+    assert set(metrics["contrastive"]["probe_balanced_accuracy"]) == {"pretrained", "random_init"}
+    for name in ("tiles.png", "spots.png", "labels.png", "training.png", "attention.png",
+                 "prediction.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    summary = (out / "summary.md").read_text()
+    assert "mean Dice" in summary and "labels.png" in summary
     section = sd.read_zarr(out / "section.zarr")
     assert section.tables["he_tiles_table"].n_obs == metrics["n_tiles"]
-    assert "he_tissue" in section.labels
+    assert {"he_tissue", "tx_labels"} <= set(section.labels)
 
     # running again must not overwrite silently
     assert main(["demo", "--out", str(out)]) == EXIT_BAD_INPUT

@@ -43,7 +43,7 @@ def sections():
 
 
 def test_regression_learns_held_out_patients(cohort):
-    result = hx.tl.cross_validate_bags(cohort, model="abmil", genes=GENES, groups="patient",
+    result = hx.tl.cross_validate(cohort, model="abmil", genes=GENES, groups="patient",
                                        n_folds=3, key_added="cv_mil", **FAST)
     assert result.shape == (20, len(GENES)) and list(result.var_names) == GENES
     measured = result.layers["measured"]
@@ -55,7 +55,7 @@ def test_regression_learns_held_out_patients(cohort):
 
 
 def test_per_gene_models_are_independent_and_learn(cohort):
-    result = hx.tl.cross_validate_bags(cohort, model="abmil", genes=GENES[:3], per_gene=True,
+    result = hx.tl.cross_validate(cohort, model="abmil", genes=GENES[:3], per_gene=True,
                                        hidden=16, groups="patient", n_folds=3,
                                        key_added="per_gene", **FAST)
     assert column_pearson(result.X, result.layers["measured"])[:2].min() > 0.75
@@ -71,7 +71,7 @@ def test_per_gene_models_are_independent_and_learn(cohort):
 
 
 def test_classification_of_diagnosis_on_held_out_patients(cohort):
-    result = hx.tl.cross_validate_bags(cohort, model="abmil", task="classification",
+    result = hx.tl.cross_validate(cohort, model="abmil", task="classification",
                                        target="diagnosis", groups="patient", n_folds=3,
                                        key_added="cv_class", **FAST)
     truth = cohort.bulk.obs.loc[result.obs_names, "diagnosis"]
@@ -83,7 +83,7 @@ def test_classification_of_diagnosis_on_held_out_patients(cohort):
 
 def test_classification_of_deg_labels(cohort):
     hx.pp.deg_labels(cohort.bulk, ["EPCAM"], lower=0.5, upper=0.5, overwrite=True)
-    result = hx.tl.cross_validate_bags(cohort, model="abmil", task="classification",
+    result = hx.tl.cross_validate(cohort, model="abmil", task="classification",
                                        genes=["EPCAM"], groups="patient", n_folds=3,
                                        key_added="cv_deg", **FAST)
     assert list(result.var_names) == ["deg_EPCAM:down", "deg_EPCAM:up"]
@@ -134,7 +134,7 @@ def test_predict_writes_tile_outputs_that_average_to_the_bag(sections, tmp_path)
 
 
 def test_folds_never_split_a_patient(cohort):
-    result = hx.tl.cross_validate_bags(cohort, model="meanpool_ridge", genes=GENES,
+    result = hx.tl.cross_validate(cohort, model="meanpool_ridge", genes=GENES,
                                        groups="patient", n_folds=3, key_added="cv_ridge")
     assert sorted(result.obs_names) == sorted(cohort.ids)  # every slide predicted once
     folds_of_patient = result.obs.groupby("group", observed=True)["fold"].nunique()
@@ -143,11 +143,11 @@ def test_folds_never_split_a_patient(cohort):
     scores = result.uns["scores"]
     assert set(scores["fold"]) == {0, 1, 2} and set(scores["gene"]) == set(GENES)
     with pytest.raises(KeyError, match="groups"):
-        hx.tl.cross_validate_bags(cohort, model="meanpool_ridge", genes=GENES, groups="nope")
+        hx.tl.cross_validate(cohort, model="meanpool_ridge", genes=GENES, groups="nope")
 
 
 def test_attention_check_scores_held_out_tiles(sections):
-    result = hx.tl.cross_validate_bags(sections, model="abmil", genes=GENES, key_added="cv",
+    result = hx.tl.cross_validate(sections, model="abmil", genes=GENES, key_added="cv",
                                        **{**FAST, "batch_size": 8})
     assert set(result.obs["section"]) == set(sections)
     assert result.uns["scores"].groupby("fold")["pearson"].mean().min() > 0.4

@@ -198,7 +198,8 @@ def test_empty_tissue_and_wrong_inputs_are_refused(synthetic_trio):
 
 
 def test_cross_validate_runs_the_hest_protocol(synthetic_trio):
-    frame = hx.tl.cross_validate(synthetic_trio, groups={"a": "p1", "b": "p1", "c": "p2"},
+    frame = hx.tl.cross_validate(synthetic_trio, model="spot_regressor",
+                                 groups={"a": "p1", "b": "p1", "c": "p2"},
                                  n_genes=8, gene_flavor="pearson_residuals", patch_um=40,
                                  mpp=1.0)
     assert set(frame["fold"]) == {"p1", "p2"}
@@ -207,4 +208,5 @@ def test_cross_validate_runs_the_hest_protocol(synthetic_trio):
     assert {"pearson", "spearman", "pearson_libreg", "spearman_libreg"} <= set(frame.columns)
     assert frame.groupby("fold")["pearson"].mean().min() > 0.3
     with pytest.raises(ValueError, match="at least two groups"):
-        hx.tl.cross_validate(synthetic_trio, groups=dict.fromkeys("abc", "p"))
+        hx.tl.cross_validate(synthetic_trio, model="spot_regressor",
+                             groups=dict.fromkeys("abc", "p"))

@@ -8,5 +8,9 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_base": ["Network"],
         "_encoders": ["TileEncoder"],
         "_handcrafted": ["HandcraftedEncoder"],
+        "_contrastive": ["ContrastiveLearner"],
+        "_mil": ["AttentionMIL", "MeanPoolLinear"],
+        "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN"],
+        "_patch_classifier": ["PatchClassifier", "PatchEnsemble"],
     },
 )

@@ -112,7 +112,7 @@ def top_tiles(
         What was predicted on: a Cohort, a pseudo-bulked section or a mapping of them.
     predictions
         The bags' predictions returned by :func:`histoexpr.tl.predict` (or
-        :func:`histoexpr.tl.cross_validate_bags`).
+        :func:`histoexpr.tl.cross_validate`).
     gene
         The gene whose expression defines the bins.
     key

@@ -8,5 +8,12 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_tissue": ["detect_tissue"],
         "_tile": ["tile"],
         "_dataset": ["TileDataset"],
+        "_augment": ["augmentations"],
+        "_bags": ["pseudobulk"],
+        "_deg": ["deg_labels"],
+        "_panels": ["gene_panel"],
+        "_genes": ["select_genes", "expression_targets"],
+        "_transcript_labels": ["transcript_labels"],
+        "_gene_pairs": ["rank_gene_pairs"],
     },
 )

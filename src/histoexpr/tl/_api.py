@@ -16,10 +16,25 @@ if TYPE_CHECKING:
     from ..models import Network
 
 #: model name -> module of histoexpr.tl that trains and applies it
-MODELS: dict[str, str] = {}
+MODELS: dict[str, str] = {
+    "patch_classifier": "._patch_classifier",
+    "abmil": "._mil",
+    "meanpool_ridge": "._ridge",
+    "spot_regressor": "._spot_regressor",
+}
+
+#: model name -> (module, function) that cross-validates it
+CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
+    "abmil": ("._cross_validate", "cross_validate_bags"),
+    "meanpool_ridge": ("._cross_validate", "cross_validate_bags"),
+    "spot_regressor": ("._expression_metrics", "cross_validate_spots"),
+}
 
 #: kind of the prediction element -> (module, function) that scores it
-EVALUATORS: dict[str, tuple[str, str]] = {}
+EVALUATORS: dict[str, tuple[str, str]] = {
+    "labels": ("._segmentation_metrics", "label_metrics"),
+    "tables": ("._expression_metrics", "evaluate_expression"),
+}
 
 
 def _model_module(name: str) -> ModuleType:
@@ -74,6 +89,36 @@ def predict(model: Network, data: Any, **kwargs: Any) -> Any:
             "with hx.tl.fit, or load a file written by hx.io.save_model."
         )
     return _model_module(name).predict(model, data, **kwargs)
+
+
+def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
+    """Cross-validate a model with folds that never split a group (patient or section).
+
+    Bag models (``"abmil"``, ``"meanpool_ridge"``) hold out whole patients' slides or sections
+    and return out-of-fold bag predictions; ``"spot_regressor"`` runs the HEST protocol (genes
+    chosen on the training sections of each fold) and returns per-gene correlations.
+
+    Parameters
+    ----------
+    data
+        A cohort or sections by name, as the model's procedure documents.
+    model
+        Which model, a key of ``histoexpr.tl.CROSS_VALIDATORS``.
+    **kwargs
+        ``groups`` (the group of each slide or section) and the options of the procedure and of
+        the model's ``fit``.
+
+    Returns
+    -------
+    Bag models: an AnnData of out-of-fold predictions with ``uns["scores"]``; spot regressors:
+    a DataFrame with one row per held-out section and gene.
+    """
+    if model not in CROSS_VALIDATORS:
+        raise ValueError(f"No cross-validation for model {model!r}; histoexpr cross-validates "
+                         f"{', '.join(repr(m) for m in CROSS_VALIDATORS)}.")
+    module, function = CROSS_VALIDATORS[model]
+    return getattr(importlib.import_module(module, package=__package__), function)(
+        data, model=model, **kwargs)
 
 
 def evaluate(data: Any, pred_key: str, truth_key: str, **kwargs: Any) -> Any:

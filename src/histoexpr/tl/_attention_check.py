@@ -29,7 +29,7 @@ def attention_check(
     tile by tile: the Spearman correlation over a section's tiles between the predicted and the
     measured log1p-normalised expression of each gene, and between the tiles' attention (the
     gene's own branch, or the shared one) and that measured expression. Use it on held-out
-    sections, e.g. after :func:`histoexpr.tl.cross_validate_bags`.
+    sections, e.g. after :func:`histoexpr.tl.cross_validate`.
 
     Parameters
     ----------

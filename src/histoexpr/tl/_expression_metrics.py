@@ -150,9 +150,10 @@ def evaluate_expression(
                              genes=names, library_size=library_sizes(measured))
 
 
-def cross_validate(
+def cross_validate_spots(
     sections: Mapping[str, SpatialData],
     *,
+    model: str = "spot_regressor",
     groups: Mapping[str, str] | None = None,
     n_genes: int = 50,
     gene_flavor: str = "pearson_residuals",
@@ -170,6 +171,8 @@ def cross_validate(
     ----------
     sections
         Sections by name, each with an image, spots and a spot table of raw counts.
+    model
+        ``"spot_regressor"``, the only model this protocol trains.
     groups
         The group (patient) of each section: folds hold out a whole group. ``None`` holds out one
         section at a time.
@@ -193,6 +196,8 @@ def cross_validate(
 
     from ._spot_regressor import fit, predict
 
+    if model != "spot_regressor":
+        raise ValueError(f"The HEST protocol trains spot regressors, not {model!r}.")
     groups = {name: name for name in sections} if groups is None else dict(groups)
     missing = [name for name in sections if name not in groups]
     if missing:

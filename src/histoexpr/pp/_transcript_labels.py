@@ -1,0 +1,370 @@
+"""Patch labels from transcripts: where two genes are expressed, where tissue is, where nothing is.
+
+After Andersson, Partel, Solorzano and Wählby (ISBI 2020): decoded transcripts of two genes on a
+nuclei (or H&E) image define four classes of morphology, learned later by
+:func:`histoexpr.tl.fit` with ``model="patch_classifier"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .._utils import check_key_free, log_added, logger, require_element, seed_everything
+from ..io._image import image_levels, read_region
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from spatialdata import SpatialData
+
+#: label value of grid cells that no rule assigns (ignored by training and evaluation)
+UNASSIGNED = 0
+#: label values of the classes; gene A and gene B take the names of the genes
+CLASS_VALUES = {"background": 1, "tissue": 2, "gene_a": 3, "gene_b": 4}
+# the image is thresholded at this fraction of the grid step, then averaged onto the grid
+_FOREGROUND_SUBSTEPS = 2
+
+
+def transcript_labels(
+    sdata: SpatialData,
+    points_key: str = "transcripts",
+    image_key: str = "dapi",
+    *,
+    genes: Sequence[str],
+    grid_um: float = 2.0,
+    window_um: float = 10.0,
+    min_counts: int = 3,
+    enrichment: float = 2.0,
+    tissue: Literal["image", "transcripts"] = "image",
+    min_tissue_fraction: float = 0.15,
+    min_total: int = 5,
+    patch_stride_um: float = 4.0,
+    max_per_class: int | None = None,
+    min_per_class: int = 20,
+    seed: int | None = None,
+    key_added: str = "tx_labels",
+    overwrite: bool = False,
+) -> None:
+    """Label every place of a section by the transcripts around it, and pick training patches.
+
+    The section is divided into square cells of ``grid_um``. Around each cell, a square window of
+    ``window_um`` counts the transcripts of gene A (``n_a``), of gene B (``n_b``) and of all genes
+    (``n_all``). The rule, in this order:
+
+    1. **gene A** (label 3) where ``n_a >= min_counts`` and ``n_a >= enrichment * n_b``;
+    2. **gene B** (label 4) where ``n_b >= min_counts`` and ``n_b >= enrichment * n_a``;
+    3. unassigned (label 0) where either gene reaches ``min_counts`` without being enriched
+       (mixed places teach nothing clean);
+    4. **tissue** (label 2) where the tissue test holds and both genes are below ``min_counts``;
+    5. **background** (label 1) everywhere else.
+
+    The tissue test (``tissue``): ``"image"`` thresholds the image (Otsu's threshold on the
+    smoothed intensity of a one-channel fluorescence image, where nuclei are bright; on the colour
+    saturation of an RGB H&E image, where tissue is stained; nuclei of a label map) at half
+    the grid step, and requires that at least ``min_tissue_fraction`` of the window be
+    foreground; ``"transcripts"`` requires ``n_all >= min_total``. On a DAPI image, "tissue" is
+    therefore "nuclei without either gene" and background "no nuclei", as in the paper.
+
+    Patch centres are then taken every ``patch_stride_um`` on the grid, where the label is not 0;
+    ``max_per_class`` caps each class by a random subsample (balancing; the numbers dropped are
+    logged).
+
+    Parameters
+    ----------
+    sdata
+        The section, with transcripts and an image aligned in micrometres.
+    points_key
+        Key of the transcripts in ``sdata.points`` (column ``gene``).
+    image_key
+        Key of the image in ``sdata.images``: one-channel fluorescence (DAPI) or RGB H&E; or of a
+        nuclei label map in ``sdata.labels`` (foreground: label > 0) where there is no image. It
+        sets the extent of the label map and, with ``tissue="image"``, the tissue test.
+    genes
+        The two genes ``(A, B)``; :func:`histoexpr.pp.rank_gene_pairs` suggests pairs.
+    grid_um
+        Pixel size of the label map in um.
+    window_um
+        Side of the square window in which transcripts (and foreground) are counted, in um.
+    min_counts
+        Transcripts of a gene in the window that make a place positive for it.
+    enrichment
+        How many times more transcripts of one gene than of the other a positive place needs.
+    tissue
+        The tissue test: ``"image"`` or ``"transcripts"`` (see above).
+    min_tissue_fraction
+        With ``tissue="image"``: the foreground fraction of the window that makes it tissue.
+    min_total
+        With ``tissue="transcripts"``: the transcripts of all genes that make a window tissue.
+    patch_stride_um
+        Distance between neighbouring patch centres, in um (a multiple of ``grid_um`` is exact).
+    max_per_class
+        Keep at most this many patch centres per class (a random subsample); ``None`` keeps all.
+    min_per_class
+        Fewest patch centres a class may have; fewer raise an error that names the class.
+    seed
+        Random seed of the subsampling; ``None`` uses ``hx.settings.seed``.
+    key_added
+        Key of the label map in ``sdata.labels``; the patch centres go to
+        ``sdata.tables[f"{key_added}_patches"]``.
+    overwrite
+        Replace existing elements of those names.
+
+    Returns
+    -------
+    Nothing; adds ``sdata.labels[key_added]`` (uint8, 0 unassigned, 1 background, 2 tissue,
+    3 gene A, 4 gene B; pixel size ``grid_um``, aligned with the image) and
+    ``sdata.tables[f"{key_added}_patches"]``: one row per patch centre, ``obs["label"]`` (the
+    value), ``obs["class"]`` (its name: ``"background"``, ``"tissue"``, A, B), ``obs["n_a"]``,
+    ``obs["n_b"]``, ``obs["n_all"]``, ``obsm["spatial"]`` (centres in um) and
+    ``uns["transcript_labels"]``: the classes ``{name: value}``, the genes, the image, the label
+    map's key and every parameter of the rule.
+
+    Examples
+    --------
+    >>> hx.pp.transcript_labels(sdata, "transcripts", "dapi", genes=("Slc17a7", "Gfap"))
+    >>> sdata.tables["tx_labels_patches"].obs["class"].value_counts()
+
+    """
+    from spatialdata.models import Labels2DModel
+
+    require_element(sdata, points_key, "points")
+    if image_key not in sdata.labels:
+        require_element(sdata, image_key, "images")
+    table_key = f"{key_added}_patches"
+    if not overwrite:
+        check_key_free(sdata, key_added, overwrite=False)
+        check_key_free(sdata, table_key, overwrite=False)
+    gene_a, gene_b = _check_genes(genes)
+    _check_rule(grid_um, window_um, min_counts, enrichment, tissue, patch_stride_um)
+
+    level0 = image_levels(sdata, image_key)[0]
+    grid = _Grid.over(level0, grid_um)
+    points = _points_frame(sdata, points_key)
+    _check_points(points, grid, gene_a, gene_b, points_key)
+    window = _odd_cells(window_um, grid_um)
+    n_a = _window_sum(grid.counts(points[points["gene"] == gene_a]), window)
+    n_b = _window_sum(grid.counts(points[points["gene"] == gene_b]), window)
+    n_all = _window_sum(grid.counts(points), window)
+    if tissue == "image":
+        fraction = _window_mean(_foreground_fraction(sdata, image_key, grid), window)
+        is_tissue = fraction >= min_tissue_fraction
+    else:
+        is_tissue = n_all >= min_total
+
+    labels = np.full(grid.shape, CLASS_VALUES["background"], dtype=np.uint8)
+    labels[is_tissue] = CLASS_VALUES["tissue"]
+    positive_a, positive_b = n_a >= min_counts, n_b >= min_counts
+    labels[positive_a | positive_b] = UNASSIGNED
+    labels[positive_a & (n_a >= enrichment * n_b)] = CLASS_VALUES["gene_a"]
+    labels[positive_b & (n_b >= enrichment * n_a)] = CLASS_VALUES["gene_b"]
+
+    classes = {"background": 1, "tissue": 2, gene_a: 3, gene_b: 4}
+    rows, cols = _patch_cells(labels, grid_um, patch_stride_um)
+    rows, cols = _balance(labels, rows, cols, classes, max_per_class, min_per_class, seed)
+    rule = {"classes": classes, "genes": [gene_a, gene_b], "image_key": image_key,
+            "labels_key": key_added, "points_key": points_key, "grid_um": float(grid_um),
+            "window_um": window * float(grid_um), "min_counts": int(min_counts),
+            "enrichment": float(enrichment), "tissue": tissue,
+            "min_tissue_fraction": float(min_tissue_fraction), "min_total": int(min_total),
+            "patch_stride_um": float(patch_stride_um)}
+    table = _patch_table(grid, labels, rows, cols, {"n_a": n_a, "n_b": n_b, "n_all": n_all},
+                         classes, rule)
+    element = Labels2DModel.parse(labels, dims=("y", "x"), transformations={
+        "global": grid.transformation()})
+    element.attrs["classes"] = classes
+    check_key_free(sdata, key_added, overwrite=overwrite)
+    check_key_free(sdata, table_key, overwrite=overwrite)
+    sdata.labels[key_added] = element
+    sdata.tables[table_key] = table
+    shares = ", ".join(f"{name} {np.mean(labels == value):.1%}" for name, value in classes.items())
+    log_added("labels", key_added, f"{grid.shape[1]}x{grid.shape[0]} at {grid_um:g} um/px: "
+              f"{shares}, unassigned {np.mean(labels == UNASSIGNED):.1%}")
+    log_added("tables", table_key, ", ".join(
+        f"{name} {int((table.obs['label'] == value).sum())}" for name, value in classes.items()))
+
+
+class _Grid:
+    """The label map's grid: ``shape`` cells of ``step`` um from the corner ``origin`` (x, y)."""
+
+    def __init__(self, origin: tuple[float, float], step: float, shape: tuple[int, int]) -> None:
+        self.origin, self.step, self.shape = origin, float(step), shape
+
+    @classmethod
+    def over(cls, level, step: float) -> _Grid:
+        """The grid that covers an image level (its last row and column may overhang)."""
+        height_um, width_um = (n * level.mpp for n in level.shape_yx)
+        shape = (max(1, math.ceil(height_um / step - 1e-6)),
+                 max(1, math.ceil(width_um / step - 1e-6)))
+        return cls(level.offset, step, shape)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.origin
+        return x0, y0, x0 + self.shape[1] * self.step, y0 + self.shape[0] * self.step
+
+    def counts(self, points: pd.DataFrame) -> np.ndarray:
+        """Number of points in each cell."""
+        cols = np.floor((points["x"].to_numpy() - self.origin[0]) / self.step).astype(int)
+        rows = np.floor((points["y"].to_numpy() - self.origin[1]) / self.step).astype(int)
+        inside = (rows >= 0) & (cols >= 0) & (rows < self.shape[0]) & (cols < self.shape[1])
+        flat = np.bincount(rows[inside] * self.shape[1] + cols[inside],
+                           minlength=self.shape[0] * self.shape[1])
+        return flat.reshape(self.shape).astype(np.float32)
+
+    def centres(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Centres (x, y) in um of cells."""
+        return np.column_stack([self.origin[0] + (cols + 0.5) * self.step,
+                                self.origin[1] + (rows + 0.5) * self.step])
+
+    def transformation(self):
+        from ._tissue import _to_global
+
+        return _to_global(self.step, *self.origin)
+
+
+def _check_genes(genes: Sequence[str]) -> tuple[str, str]:
+    if isinstance(genes, str) or len(genes) != 2 or genes[0] == genes[1]:
+        raise ValueError(f"genes must be two different gene names (A, B), got {genes!r}; "
+                         "hx.pp.rank_gene_pairs suggests pairs.")
+    return str(genes[0]), str(genes[1])
+
+
+def _check_rule(grid_um, window_um, min_counts, enrichment, tissue, patch_stride_um) -> None:
+    for name, value in (("grid_um", grid_um), ("window_um", window_um),
+                        ("patch_stride_um", patch_stride_um)):
+        if not value > 0:
+            raise ValueError(f"{name} must be a positive length in um, got {value!r}.")
+    if min_counts < 1:
+        raise ValueError(f"min_counts must be at least 1, got {min_counts!r}.")
+    if enrichment < 1:
+        raise ValueError(f"enrichment must be at least 1 (a ratio of counts), got {enrichment!r}.")
+    if tissue not in ("image", "transcripts"):
+        raise ValueError(f"tissue must be 'image' or 'transcripts', got {tissue!r}.")
+
+
+def _points_frame(sdata: SpatialData, points_key: str) -> pd.DataFrame:
+    """The transcripts' x, y (um, ``"global"``) and gene as a pandas frame."""
+    from spatialdata.transformations import get_transformation
+
+    points = sdata.points[points_key]
+    if "gene" not in points.columns:
+        raise KeyError(f"sdata.points[{points_key!r}] has no 'gene' column; read the transcripts "
+                       "with hx.io.read_transcripts.")
+    frame = points[["x", "y", "gene"]].compute()
+    matrix = get_transformation(points, "global").to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y"))
+    xy = np.column_stack([frame["x"], frame["y"], np.ones(len(frame))]) @ matrix.T
+    frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
+    frame["gene"] = frame["gene"].astype(str)
+    return frame
+
+
+def _check_points(points: pd.DataFrame, grid: _Grid, gene_a: str, gene_b: str,
+                  points_key: str) -> None:
+    present = set(points["gene"].unique())
+    missing = [g for g in (gene_a, gene_b) if g not in present]
+    if missing:
+        raise KeyError(f"Genes {missing} have no transcripts in sdata.points[{points_key!r}] "
+                       f"({len(present)} genes); check the spelling or use "
+                       "hx.pp.rank_gene_pairs to choose genes.")
+    x0, y0, x1, y1 = grid.bounds
+    outside = ~points["x"].between(x0, x1) | ~points["y"].between(y0, y1)
+    if outside.all():
+        raise ValueError(
+            f"No transcript of sdata.points[{points_key!r}] lies on the image (x {x0:.1f}.."
+            f"{x1:.1f}, y {y0:.1f}..{y1:.1f} um; transcripts span x {points['x'].min():.1f}.."
+            f"{points['x'].max():.1f}, y {points['y'].min():.1f}..{points['y'].max():.1f} um). "
+            "Read them with the right pixel_size and offset (hx.io.read_transcripts)."
+        )
+    if outside.any():
+        logger.info("Ignored %d of %d transcripts outside the image.", int(outside.sum()),
+                    len(points))
+
+
+def _odd_cells(length_um: float, step: float) -> int:
+    """A window of ``length_um`` in grid cells, odd so that it is centred on its cell."""
+    cells = max(1, round(length_um / step))
+    return cells if cells % 2 else cells + 1
+
+
+def _window_mean(values: np.ndarray, window: int) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(values.astype(np.float64), size=window, mode="constant")
+
+
+def _window_sum(counts: np.ndarray, window: int) -> np.ndarray:
+    return np.rint(_window_mean(counts, window) * window**2).astype(np.int64)
+
+
+def _foreground_fraction(sdata: SpatialData, image_key: str, grid: _Grid) -> np.ndarray:
+    """Share of each grid cell that is foreground: bright nuclei, or stain on an RGB image."""
+    from scipy import ndimage
+
+    from ._tissue import _otsu, _stained
+
+    sub = _FOREGROUND_SUBSTEPS
+    pixels = read_region(sdata, image_key, grid.bounds, mpp=grid.step / sub)
+    valid = np.ones(pixels.shape[-2:], dtype=bool)
+    if pixels.ndim == 2:  # a nuclei label map
+        mask = pixels > 0
+    elif pixels.shape[0] == 3:
+        mask = _stained(pixels, valid)
+    else:
+        intensity = ndimage.gaussian_filter(pixels.astype(np.float32).mean(axis=0), sigma=1.0)
+        mask = intensity > _otsu(intensity)
+    h, w = grid.shape
+    return mask[: h * sub, : w * sub].reshape(h, sub, w, sub).mean(axis=(1, 3))
+
+
+def _patch_cells(labels: np.ndarray, grid_um: float, stride_um: float):
+    """Rows and columns of the grid cells every ``stride_um`` whose label is assigned."""
+    step = max(1, round(stride_um / grid_um))
+    rows, cols = np.mgrid[step // 2 : labels.shape[0] : step, step // 2 : labels.shape[1] : step]
+    rows, cols = rows.ravel(), cols.ravel()
+    keep = labels[rows, cols] != UNASSIGNED
+    return rows[keep], cols[keep]
+
+
+def _balance(labels, rows, cols, classes: dict[str, int], max_per_class: int | None,
+             min_per_class: int, seed: int | None):
+    """Check every class has enough patch centres; subsample each to ``max_per_class``."""
+    rng = seed_everything(seed)
+    values = labels[rows, cols]
+    kept = []
+    for name, value in classes.items():
+        where = np.flatnonzero(values == value)
+        if where.size < min_per_class:
+            raise ValueError(
+                f"Class {name!r} has {where.size} patch centres, fewer than min_per_class="
+                f"{min_per_class}: too few transcripts (or places) for it. Lower min_counts or "
+                "enrichment, widen window_um, choose more abundant genes, or lower min_per_class."
+            )
+        if max_per_class is not None and where.size > max_per_class:
+            logger.info("Kept %d of %d patch centres of class %r (max_per_class).",
+                        max_per_class, where.size, name)
+            where = np.sort(rng.choice(where, size=max_per_class, replace=False))
+        kept.append(where)
+    order = np.sort(np.concatenate(kept))
+    return rows[order], cols[order]
+
+
+def _patch_table(grid: _Grid, labels, rows, cols, counts: dict[str, np.ndarray],
+                 classes: dict[str, int], rule: dict):
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    names = {value: name for name, value in classes.items()}
+    values = labels[rows, cols]
+    obs = pd.DataFrame({
+        "label": values.astype(np.int64),
+        "class": pd.Categorical([names[v] for v in values], categories=list(classes)),
+        **{key: array[rows, cols] for key, array in counts.items()},
+    }, index=pd.Index(np.arange(len(rows)).astype(str)))
+    table = ad.AnnData(obs=obs, obsm={"spatial": grid.centres(rows, cols)},
+                       uns={"transcript_labels": rule})
+    return TableModel.parse(table)

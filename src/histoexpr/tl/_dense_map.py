@@ -1,0 +1,131 @@
+"""Dense class maps: a patch classifier slid over a section, strip by strip."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .._utils import check_key_free, log_added, logger, progress, require_element, resolve_device
+from ..io._image import image_levels, read_region
+from ..pp._dataset import _to_unit_float
+from ._segmentation_metrics import _bounds
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ..models import PatchEnsemble
+
+#: pixels of the image held at once (a strip of rows of the map, with its margins)
+_STRIP_PIXELS = 8_000_000
+
+
+def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
+                region: Sequence[float] | None, stride_um: float | None, batch_size: int,
+                device: str | None, key_added: str, overwrite: bool) -> None:
+    """See :func:`histoexpr.tl._patch_classifier.predict`."""
+    from spatialdata.models import Image2DModel, Labels2DModel
+
+    from ..models import PatchEnsemble
+    from ..pp._tissue import _to_global
+
+    if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
+        raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
+                        f"a file of one, got {type(model).__name__}.")
+    meta = model.metadata
+    image_key = meta["image_key"] if image_key is None else image_key
+    require_element(sdata, image_key, "images")
+    probabilities_key = f"{key_added}_probabilities"
+    if not overwrite:
+        check_key_free(sdata, key_added, overwrite=False)
+        check_key_free(sdata, probabilities_key, overwrite=False)
+    level0 = image_levels(sdata, image_key)[0]
+    _check_image(level0, model, meta, image_key)
+    mpp = float(meta["mpp"])
+    requested = float(meta["grid_um"] if stride_um is None else stride_um)
+    step_px = max(1, round(requested / mpp))
+    stride = step_px * mpp
+    if abs(stride - requested) > 1e-6 * requested:
+        logger.info("Stride %g um rounded to %g um, a whole number of the model's %g um pixels.",
+                    requested, stride, mpp)
+    x0, y0, x1, y1 = _region(level0, region)
+    shape = (max(1, int((y1 - y0) / stride + 1e-6)), max(1, int((x1 - x0) / stride + 1e-6)))
+
+    probabilities = _slide(model, sdata, image_key, (x0, y0), shape, step_px, mpp,
+                           batch_size=batch_size, device=resolve_device(device))
+    classes = {str(k): int(v) for k, v in meta["classes"].items()}
+    values = np.asarray(list(classes.values()), dtype=np.uint8)
+    labels = values[probabilities.argmax(axis=0)]
+    transformation = {"global": _to_global(stride, x0, y0)}
+    image = Image2DModel.parse(probabilities, dims=("c", "y", "x"), c_coords=list(classes),
+                               transformations=transformation)
+    label_map = Labels2DModel.parse(labels, dims=("y", "x"), transformations=transformation)
+    label_map.attrs["classes"] = classes
+    check_key_free(sdata, key_added, overwrite=overwrite)
+    check_key_free(sdata, probabilities_key, overwrite=overwrite)
+    sdata.labels[key_added] = label_map
+    sdata.images[probabilities_key] = image
+    log_added("labels", key_added, f"{shape[1]}x{shape[0]} at {stride:g} um/px")
+    log_added("images", probabilities_key, f"{len(classes)} class probabilities")
+
+
+def _check_image(level0, model, meta: dict, image_key: str) -> None:
+    channels = int(level0.data.sizes.get("c", 1))
+    if channels != model.in_channels:
+        raise ValueError(f"The model was trained on {model.in_channels}-channel images, but "
+                         f"{image_key!r} has {channels} channel(s); apply it to the same kind of "
+                         "image (DAPI: 1, H&E: 3).")
+    trained = meta.get("image_mpp")
+    if trained is not None and abs(level0.mpp - trained) > 1e-3 * trained:
+        logger.info("%r has %g um/px, the training image %g um/px: patches are read rescaled to "
+                    "the model's %g um/px.", image_key, level0.mpp, trained, meta["mpp"])
+
+
+def _region(level0, region) -> tuple[float, float, float, float]:
+    if region is None:
+        return _bounds(level0)
+    box = tuple(float(v) for v in region)
+    if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"region must be (x_min, y_min, x_max, y_max) with max > min, got "
+                         f"{region!r}.")
+    return box
+
+
+def _slide(model, sdata, image_key: str, origin: tuple[float, float], shape: tuple[int, int],
+           step_px: int, mpp: float, *, batch_size: int, device: str) -> np.ndarray:
+    """Class probabilities ``(K, H, W)`` of patches centred on the grid cells."""
+    n_rows, n_cols = shape
+    sizes = list(model.patch_px)
+    margin = max(sizes) // 2  # pixels from a patch centre to the edge of the largest patch
+    width_px = (n_cols - 1) * step_px + 2 * margin
+    rows_per_strip = max(1, (_STRIP_PIXELS // width_px - 2 * margin) // step_px)
+    out = np.zeros((model.n_classes, n_rows, n_cols), dtype=np.float32)
+    model = model.to(device).eval()
+    x_left = origin[0] + (0.5 * step_px - margin) * mpp
+    starts = range(0, n_rows, rows_per_strip)
+    with torch.inference_mode():
+        for r0 in progress(starts, desc="dense map", total=len(starts)):
+            r1 = min(n_rows, r0 + rows_per_strip)
+            y_top = origin[1] + ((r0 + 0.5) * step_px - margin) * mpp
+            height_px = (r1 - r0 - 1) * step_px + 2 * margin
+            pixels = read_region(sdata, image_key, (x_left, y_top, x_left + width_px * mpp,
+                                                    y_top + height_px * mpp), mpp=mpp)
+            strip = torch.from_numpy(_to_unit_float(pixels)).to(device)
+            for r in range(r1 - r0):
+                patches = [_row_patches(strip, r * step_px + margin, margin, size, step_px)[:n_cols]
+                           for size in sizes]
+                for c0 in range(0, n_cols, batch_size):
+                    batch = [p[c0 : c0 + batch_size] for p in patches]
+                    out[:, r0 + r, c0 : c0 + batch_size] = model(batch).T.float().cpu().numpy()
+    return out
+
+
+def _row_patches(strip: torch.Tensor, centre_row: int, margin: int, size: int,
+                 step_px: int) -> torch.Tensor:
+    """Patches ``(W, C, size, size)`` centred on one row of grid cells of a strip."""
+    half = size // 2
+    band = strip[:, centre_row - half : centre_row + half, margin - half :]
+    # (C, size, W', size) -> (W', C, size, size): a view until the model reads it
+    return band.unfold(2, size, step_px).permute(2, 0, 1, 3)

@@ -1,0 +1,505 @@
+"""The patch classifier: CNNs learn transcript-defined classes from the image alone.
+
+``hx.tl.fit(sdata, model="patch_classifier", ...)`` trains one
+:class:`~histoexpr.models.PatchClassifier` per patch size on the patches chosen by
+:func:`histoexpr.pp.transcript_labels`, validates them on a spatially disjoint part of the
+section, and returns them as a :class:`~histoexpr.models.PatchEnsemble` (all sizes, or the best
+one). ``hx.tl.predict(model, sdata)`` slides it over a section (see ``_dense_map.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from .._settings import settings
+from .._utils import logger, require_element, resolve_device, resolve_seed, seed_everything
+from ..io._image import image_levels
+from ._dense_map import predict_map
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ..models import PatchClassifier, PatchEnsemble
+
+MODEL_NAME = "patch_classifier"
+DEFAULT_MPP = 0.5
+_NORMALISATION_PATCHES = 256
+
+
+def fit(
+    sdata: SpatialData,
+    *,
+    labels_key: str = "tx_labels",
+    image_key: str | None = None,
+    patch_size_um: float | Sequence[float] = (16.0, 32.0),
+    mpp: float | None = None,
+    region: Sequence[float] | None = None,
+    val_fraction: float = 0.2,
+    val_block_um: float | None = None,
+    combine: Literal["auto", "ensemble", "best"] = "auto",
+    width: int = 16,
+    dropout: float = 0.2,
+    augment: bool = True,
+    cache: bool = True,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    patience: int | None = 4,
+    device: str | None = None,
+    seed: int | None = None,
+) -> PatchEnsemble:
+    """Train CNN patch classifiers of one or several patch sizes on transcript-defined classes.
+
+    The patches are the centres that :func:`histoexpr.pp.transcript_labels` wrote to
+    ``sdata.tables[f"{labels_key}_patches"]``, read lazily from the image through
+    :class:`histoexpr.pp.TileDataset` at ``mpp``. Validation uses a spatially disjoint part of
+    the section: a stripe along its longer side (or random square blocks of ``val_block_um``)
+    holding ``val_fraction`` of the patches, and training patches whose largest window reaches
+    into it are dropped (neighbouring patches overlap, so a random split would leak).
+    Classes are balanced by weighting the cross-entropy by inverse class frequency; training
+    patches are augmented on the fly with kornia (flips, 90-degree rotations, brightness,
+    contrast and gamma jitter). Each size is trained by :func:`histoexpr.tl._train.train` (AdamW,
+    early stopping on the validation loss, best weights restored).
+
+    Parameters
+    ----------
+    sdata
+        The section with the image, the label map and its patch table.
+    labels_key
+        Key of the label map written by :func:`histoexpr.pp.transcript_labels`.
+    image_key
+        Image to learn from; defaults to the one the labels were made on.
+    patch_size_um
+        Side of the patches in um; several sizes train one classifier each.
+    mpp
+        Pixel size at which patches are read, in um/px; defaults to the image's own pixel size
+        or 0.5 um/px, whichever is coarser. Patch sides are rounded to an even number of pixels.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um: only patches whose largest window lies inside it
+        are used (train on one part of a section, test on another).
+    val_fraction
+        Share of the patches used for validation.
+    val_block_um
+        ``None`` validates on a stripe along the longer side of the training area (at a random
+        end, holding ``val_fraction`` of the patches); a side in um validates on random square
+        blocks of that side instead.
+    combine
+        What to return: ``"ensemble"`` (every size, probabilities averaged), ``"best"`` (the size
+        with the best validation mean Dice) or ``"auto"`` (the ensemble if it validates at least
+        as well as the best size, else that size).
+    width
+        Channels of the first convolution block of each classifier.
+    dropout
+        Dropout before each classifier's last layer.
+    augment
+        Augment the training patches.
+    cache
+        Keep each patch in memory after its first read (2 bytes per pixel and channel), so
+        that later epochs do not read the image again; ``False`` reads every patch every epoch.
+    epochs
+        Maximum number of epochs per patch size.
+    batch_size
+        Patches per batch.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay of AdamW.
+    patience
+        Epochs without a better validation loss before stopping; ``None`` never stops early.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed (split, initialisation, batches, augmentation); ``None`` uses
+        ``hx.settings.seed``.
+
+    Returns
+    -------
+    A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
+    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (of its members),
+    ``image_key``, ``grid_um`` (the label map's pixel size, the default stride of
+    :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
+    the ensemble: patches, epochs, validation loss, accuracy and Dice per class) and the split.
+
+    """
+    from ..models import PatchEnsemble
+
+    rule = _labelling_rule(sdata, labels_key)
+    image_key = rule["image_key"] if image_key is None else image_key
+    require_element(sdata, image_key, "images")
+    level0 = image_levels(sdata, image_key)[0]
+    read_mpp = max(level0.mpp, DEFAULT_MPP) if mpp is None else float(mpp)
+    sizes_px = _patch_pixels(patch_size_um, read_mpp, level0)
+    largest_um = max(sizes_px) * read_mpp
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie between 0 and 1, got {val_fraction!r}.")
+    if combine not in ("auto", "ensemble", "best"):
+        raise ValueError(f"combine must be 'auto', 'ensemble' or 'best', got {combine!r}.")
+
+    table = sdata.tables[f"{labels_key}_patches"]
+    classes = {str(k): int(v) for k, v in rule["classes"].items()}
+    targets = _class_indices(table.obs["label"].to_numpy(), classes)
+    centres = np.asarray(table.obsm["spatial"], dtype=float)
+    inside = _inside(centres, largest_um / 2, region, level0)
+    seed = resolve_seed(seed)
+    if val_block_um is None:
+        train_idx, val_idx = _stripe_split(centres, inside, val_fraction, largest_um / 2, seed)
+    else:
+        train_idx, val_idx = _block_split(centres, inside, float(val_block_um), val_fraction,
+                                          largest_um / 2, seed)
+    _check_split(targets, train_idx, val_idx, classes)
+
+    networks, histories, reports, val_probabilities = [], {}, [], []
+    for size_px in sizes_px:
+        size_um = size_px * read_mpp
+        datasets = [_patch_dataset(sdata, image_key, centres[idx], targets[idx], size_px,
+                                   read_mpp) for idx in (train_idx, val_idx)]
+        datasets = [_Cached(d) for d in datasets] if cache else datasets
+        network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
+                                      width=width, dropout=dropout, augment=augment,
+                                      epochs=epochs, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, patience=patience,
+                                      device=device, seed=seed, desc=f"{size_um:g} um patches")
+        probabilities = _probabilities(network, datasets[1], batch_size, device)
+        val_probabilities.append(probabilities)
+        networks.append(network)
+        histories[f"{size_um:g}"] = history
+        reports.append(_report(f"{size_um:g} um", probabilities, targets[val_idx], classes,
+                               size_um=size_um, patch_px=size_px, history=history))
+    if len(networks) > 1:
+        reports.append(_report("ensemble", np.mean(val_probabilities, axis=0), targets[val_idx],
+                               classes, size_um=None, patch_px=None, history=None))
+    chosen = _choose(reports, combine)
+    model = PatchEnsemble.of([networks[i] for i in chosen])
+    model.metadata = {
+        "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
+        "mpp": read_mpp, "image_mpp": level0.mpp,
+        "patch_size_um": [sizes_px[i] * read_mpp for i in chosen],
+        "image_key": image_key, "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
+        "in_channels": model.in_channels, "history": histories, "report": reports,
+        "combine": combine, "seed": seed, "region": None if region is None else
+        [float(v) for v in region], "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+        "val_block_um": val_block_um,
+    }
+    logger.info("Validation mean Dice per patch size: %s; kept %s.", ", ".join(
+        f"{r['name']} {r['mean_dice']:.3f}" for r in reports),
+        [f"{sizes_px[i] * read_mpp:g} um" for i in chosen])
+    return model
+
+
+def predict(
+    model: PatchEnsemble,
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    region: Sequence[float] | None = None,
+    stride_um: float | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    key_added: str = "pred_labels",
+    overwrite: bool = False,
+) -> None:
+    """Slide a trained patch classifier over a section: a dense map of class probabilities.
+
+    A patch of each member's size is centred on every cell of a grid of ``stride_um`` over
+    ``region`` and classified; the image is read in strips of rows at the model's pixel size
+    (an image of another pixel size is rescaled as it is read, and this is logged), and patches
+    are classified in batches, so memory grows with the width of the section, not its area.
+
+    Parameters
+    ----------
+    model
+        A model returned by ``hx.tl.fit(..., model="patch_classifier")`` or loaded from a file.
+    sdata
+        The section.
+    image_key
+        Image to classify; defaults to the one the model was trained on. It must have the
+        channels the model was trained on.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image.
+    stride_um
+        Grid step of the map (its pixel size) in um; defaults to the training labels' grid. It is
+        rounded to a whole number of the model's pixels.
+    batch_size
+        Patches per forward pass.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key of the predicted label map in ``sdata.labels``; the probabilities go to
+        ``sdata.images[f"{key_added}_probabilities"]``.
+    overwrite
+        Replace existing elements of those names.
+
+    Returns
+    -------
+    Nothing; adds ``sdata.labels[key_added]`` (the most probable class's label value, 0 outside
+    ``region``, ``attrs["classes"]``) and ``sdata.images[f"{key_added}_probabilities"]``
+    (float32, one channel per class, named after it), both with pixel size ``stride_um``.
+
+    """
+    return predict_map(model, sdata, image_key=image_key, region=region, stride_um=stride_um,
+                       batch_size=batch_size, device=device, key_added=key_added,
+                       overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------
+# patches and the split
+
+
+def _labelling_rule(sdata: SpatialData, labels_key: str) -> dict[str, Any]:
+    require_element(sdata, labels_key, "labels")
+    table_key = f"{labels_key}_patches"
+    if table_key not in sdata.tables or "transcript_labels" not in sdata.tables[table_key].uns:
+        raise KeyError(f"No patch table {table_key!r} for the label map {labels_key!r}; make the "
+                       "labels with hx.pp.transcript_labels(..., key_added=labels_key).")
+    return sdata.tables[table_key].uns["transcript_labels"]
+
+
+def _patch_pixels(patch_size_um, mpp: float, level0) -> list[int]:
+    """Each patch side in pixels at ``mpp`` (even, so that every size shares its centre)."""
+    sizes = [patch_size_um] if np.isscalar(patch_size_um) else list(patch_size_um)
+    if not sizes or any(not s > 0 for s in sizes):
+        raise ValueError(f"patch_size_um must be positive sizes in um, got {patch_size_um!r}.")
+    height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
+    too_big = [s for s in sizes if s > min(height_um, width_um)]
+    if too_big:
+        raise ValueError(f"Patches of {too_big} um are larger than the image ({width_um:.1f} x "
+                         f"{height_um:.1f} um); use smaller patch_size_um.")
+    pixels = sorted({max(8, 2 * round(s / mpp / 2)) for s in sizes})
+    return pixels
+
+
+def _class_indices(labels: np.ndarray, classes: dict[str, int]) -> np.ndarray:
+    """Label values -> class indices 0..K-1 in the order of ``classes``."""
+    lookup = {value: i for i, value in enumerate(classes.values())}
+    return np.array([lookup[int(v)] for v in labels], dtype=np.int64)
+
+
+def _inside(centres: np.ndarray, half: float, region, level0) -> np.ndarray:
+    """Whether each patch (of half-side ``half``) lies inside ``region`` (default: anywhere)."""
+    if region is None:
+        return np.ones(len(centres), dtype=bool)
+    x0, y0, x1, y1 = (float(v) for v in region)
+    inside = ((centres[:, 0] - half >= x0) & (centres[:, 0] + half <= x1)
+              & (centres[:, 1] - half >= y0) & (centres[:, 1] + half <= y1))
+    if not inside.any():
+        raise ValueError(f"No patch of the largest size lies wholly inside region={region}; "
+                         "widen the region or use smaller patch_size_um.")
+    logger.info("Using %d of %d patch centres whose patches lie inside the region.",
+                int(inside.sum()), len(inside))
+    return inside
+
+
+def _stripe_split(centres: np.ndarray, usable: np.ndarray, fraction: float, half: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation on a stripe along the longer side, at a random end, with a gap of ``half``."""
+    span = np.ptp(centres[usable], axis=0)
+    across = centres[:, 1] if span[0] >= span[1] else centres[:, 0]
+    low_end = np.random.default_rng(seed).random() < 0.5
+    if not low_end:
+        across = -across
+    edge = np.quantile(across[usable], fraction)
+    is_val = usable & (across <= edge)
+    is_train = usable & (across > edge + half)
+    logger.info("Spatial split: %d training and %d validation patches (a stripe along the "
+                "longer side); %d patches dropped as the gap between them.", int(is_train.sum()),
+                int(is_val.sum()), int((usable & ~is_val & ~is_train).sum()))
+    return np.flatnonzero(is_train), np.flatnonzero(is_val)
+
+
+def _block_split(centres: np.ndarray, usable: np.ndarray, block: float, fraction: float,
+                   half: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation indices from random square blocks, with a gap of ``half``."""
+    rng = np.random.default_rng(seed)
+    origin = centres[usable].min(axis=0)
+    cell = np.floor((centres - origin) / block).astype(int)
+    ids = cell[:, 1] * 1_000_003 + cell[:, 0]
+    blocks, counts = np.unique(ids[usable], return_counts=True)
+    order = rng.permutation(len(blocks))
+    cumulative = np.cumsum(counts[order]) / counts.sum()
+    n_val = min(len(blocks) - 1, int(np.searchsorted(cumulative, fraction)) + 1)
+    if n_val < 1:
+        raise ValueError("The patches fall in a single validation block; lower val_block_um.")
+    val_blocks = set(blocks[order[:n_val]].tolist())
+    is_val = usable & np.isin(ids, list(val_blocks))
+    # a training patch is dropped when its window touches a validation block
+    touches = np.zeros(len(centres), dtype=bool)
+    for dx in (-half, half):
+        for dy in (-half, half):
+            corner = np.floor((centres + [dx, dy] - origin) / block).astype(int)
+            touches |= np.isin(corner[:, 1] * 1_000_003 + corner[:, 0], list(val_blocks))
+    is_train = usable & ~is_val & ~touches
+    logger.info("Spatial split: %d training and %d validation patches in %d blocks of %g um; "
+                "%d patches dropped as the gap between them.", int(is_train.sum()),
+                int(is_val.sum()), n_val, block, int((usable & ~is_val & touches).sum()))
+    return np.flatnonzero(is_train), np.flatnonzero(is_val)
+
+
+def _check_split(targets, train_idx, val_idx, classes: dict[str, int]) -> None:
+    names = list(classes)
+    for idx, what in ((train_idx, "training"), (val_idx, "validation")):
+        counts = np.bincount(targets[idx], minlength=len(names))
+        missing = [names[i] for i in np.flatnonzero(counts == 0)]
+        if missing and what == "training":
+            raise ValueError(f"No training patch of class(es) {missing}: the region or the "
+                             "split leaves them out. Widen region or lower val_fraction.")
+        if missing:
+            logger.warning("No validation patch of class(es) %s; try another seed or "
+                           "val_block_um.", missing)
+
+
+def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarray,
+                   size_px: int, mpp: float):
+    """A :class:`~histoexpr.pp.TileDataset` of square patches centred on ``centres``."""
+    import pandas as pd
+    from spatialdata import SpatialData
+
+    from ..pp import TileDataset
+    from ..pp._tile import _squares, _tile_table
+
+    size_um = size_px * mpp
+    ids = np.arange(len(centres))
+    boxes = np.column_stack([centres - size_um / 2, centres + size_um / 2])
+    obs = pd.DataFrame({"tile_id": ids, "target": targets}, index=pd.Index(ids.astype(str)))
+    uns = {"image_key": image_key, "size_px": size_px, "mpp": mpp, "size_um": size_um,
+           "stride_um": None}
+    patches = SpatialData(images={image_key: sdata.images[image_key]},
+                          shapes={"patches": _squares(boxes, ids)},
+                          tables={"patches_table": _tile_table(obs, centres, "patches", uns)})
+    return TileDataset(patches, "patches", obs_keys=["target"])
+
+
+class _Cached(torch.utils.data.Dataset):
+    """A dataset whose items are kept after their first read (images as float16)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self.items:
+            item = self.dataset[index]
+            self.items[index] = dict(item, image=item["image"].half())
+        item = self.items[index]
+        return dict(item, image=item["image"].float())
+
+
+# ---------------------------------------------------------------------------------------------
+# training one patch size
+
+
+def _train_one(datasets, train_targets: np.ndarray, n_classes: int, size_px: int, *,
+               width: int, dropout: float, augment: bool, epochs: int, batch_size: int,
+               lr: float, weight_decay: float, patience: int | None, device: str | None,
+               seed: int, desc: str) -> tuple[PatchClassifier, dict[str, Any]]:
+    from torch.utils.data import DataLoader
+
+    from ..models import PatchClassifier
+    from ._train import train
+
+    seed_everything(seed)
+    train_set, val_set = datasets
+    mean, std = _normalisation(train_set, seed)
+    depth = int(np.clip(math.floor(math.log2(size_px / 4)), 2, 5))
+    network = PatchClassifier(in_channels=len(mean), n_classes=n_classes, patch_px=size_px,
+                              width=width, depth=depth, dropout=dropout, mean=mean, std=std)
+    counts = np.bincount(train_targets, minlength=n_classes).astype(np.float32)
+    weights = torch.tensor(counts.sum() / (n_classes * np.maximum(counts, 1)))
+    augmentation = _augmentation() if augment else None
+    device = resolve_device(device)
+
+    def loss(net, batch):
+        images = batch["image"]
+        if net.training and augmentation is not None:
+            images = augmentation(images)
+        return torch.nn.functional.cross_entropy(net(images), batch["target"],
+                                                 weight=weights.to(images.device))
+
+    generator = torch.Generator().manual_seed(seed)
+    loaders = [DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=settings.n_workers,
+                          persistent_workers=settings.n_workers > 0)
+               for dataset, shuffle in ((train_set, True), (val_set, False))]
+    history = train(network, loaders[0], loaders[1], loss, epochs=epochs, lr=lr,
+                    weight_decay=weight_decay, patience=patience, device=device, seed=seed,
+                    desc=desc)
+    return network.cpu(), history
+
+
+def _normalisation(dataset, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of a sample of patches."""
+    rng = np.random.default_rng(seed)
+    n = min(len(dataset), _NORMALISATION_PATCHES)
+    sample = torch.stack([dataset[int(i)]["image"]
+                          for i in rng.choice(len(dataset), size=n, replace=False)])
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def _augmentation():
+    """Flips, 90-degree rotations and intensity jitter, batched on the device (kornia)."""
+    import kornia.augmentation as K
+
+    return K.AugmentationSequential(
+        K.RandomHorizontalFlip(), K.RandomVerticalFlip(), K.RandomRotation90(times=(0, 3), p=1.0),
+        K.RandomBrightness((0.85, 1.15), p=0.8), K.RandomContrast((0.8, 1.25), p=0.8),
+        K.RandomGamma((0.8, 1.25), p=0.5))
+
+
+def _probabilities(network, dataset, batch_size: int, device: str | None) -> np.ndarray:
+    """Softmax probabilities of every patch of a dataset, in order."""
+    from ._embed import encode
+
+    logits = encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
+                    normalisation=None, desc="validation")
+    network.cpu()
+    return torch.from_numpy(logits).softmax(dim=1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-size report
+
+
+def _report(name: str, probabilities: np.ndarray, targets: np.ndarray, classes: dict[str, int],
+            *, size_um: float | None, patch_px: int | None, history: dict | None) -> dict:
+    """Validation metrics of one classifier (plain values, for the model's metadata)."""
+    predicted = probabilities.argmax(axis=1)
+    eps = 1e-12
+    chosen = np.clip(probabilities[np.arange(len(targets)), targets], eps, 1)
+    record: dict[str, Any] = {
+        "name": name, "patch_size_um": size_um, "patch_px": patch_px,
+        "epochs_run": None if history is None else int(history["epochs_run"]),
+        "best_epoch": None if history is None else int(history["best_epoch"]) + 1,
+        "seconds": None if history is None else float(history["seconds"]),
+        "val_nll": float(-np.log(chosen).mean()),
+        "val_accuracy": float((predicted == targets).mean()),
+    }
+    dice = []
+    for i, class_name in enumerate(classes):
+        tp = np.sum((predicted == i) & (targets == i))
+        denominator = np.sum(predicted == i) + np.sum(targets == i)
+        value = float(2 * tp / denominator) if denominator else float("nan")
+        record[f"dice_{class_name}"] = value
+        dice.append(value)
+    record["mean_dice"] = float(np.nanmean(dice))
+    return record
+
+
+def _choose(reports: list[dict], combine: str) -> list[int]:
+    """Indices of the sizes to keep."""
+    sizes = [r for r in reports if r["name"] != "ensemble"]
+    best = int(np.argmax([r["mean_dice"] for r in sizes]))
+    if len(sizes) == 1 or combine == "best":
+        return [best]
+    if combine == "ensemble" or reports[-1]["mean_dice"] >= sizes[best]["mean_dice"]:
+        return list(range(len(sizes)))
+    return [best]
+

@@ -1,0 +1,177 @@
+"""The patch classifier: training, dense maps, label-map metrics and the plot of maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import histoexpr as hx
+from histoexpr.models import PatchClassifier, PatchEnsemble
+from histoexpr.tl._patch_classifier import _patch_dataset
+
+GENES = ("PTPRC", "COL1A1")  # lymphocyte and stroma markers of the synthetic rule
+CLASSES = {"background": 1, "tissue": 2, GENES[0]: 3, GENES[1]: 4}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CPU is shared: one torch thread is faster than two competing ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def labelled_section(seed: int, size_um: float):
+    sdata = hx.datasets.synthetic_section(seed=seed, size_um=size_um, spots=False)
+    hx.pp.transcript_labels(sdata, genes=GENES, max_per_class=400, seed=seed)
+    return sdata
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    hx.settings.progress_bar = False
+    sdata = labelled_section(0, 400)
+    model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(10, 20), mpp=0.5,
+                      epochs=10, width=8, lr=3e-3, seed=0, device="cpu")
+    return sdata, model
+
+
+def intensity_baseline(train, test) -> np.ndarray:
+    """Logistic regression on the windowed mean and spread of DAPI at each grid cell."""
+    from scipy import ndimage
+    from sklearn.linear_model import LogisticRegression
+
+    def features(sdata):
+        shape = sdata.labels["tx_labels"].shape
+        image = hx.io.read_region(sdata, "dapi", (0, 0, shape[1] * 2, shape[0] * 2), mpp=2.0)
+        image = image[0].astype(float)
+        mean = ndimage.uniform_filter(image, 5)
+        spread = np.sqrt(np.maximum(ndimage.uniform_filter(image**2, 5) - mean**2, 0))
+        return np.stack([mean, spread], axis=-1).reshape(-1, 2)
+
+    truth = train.labels["tx_labels"].values.ravel()
+    model = LogisticRegression(class_weight="balanced", max_iter=500)
+    model.fit(features(train)[truth > 0], truth[truth > 0])
+    return model.predict(features(test)).reshape(test.labels["tx_labels"].shape)
+
+
+def add_labels(sdata, key: str, values: np.ndarray, mpp: float) -> None:
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import Scale
+
+    sdata.labels[key] = Labels2DModel.parse(values.astype(np.uint8), dims=("y", "x"),
+                                            transformations={"global": Scale([mpp, mpp],
+                                                                             axes=("y", "x"))})
+
+
+def test_beats_an_intensity_baseline_on_a_held_out_section(trained):
+    train, model = trained
+    assert model.metadata["classes"] == CLASSES and model.metadata["genes"] == list(GENES)
+    report = {r["name"]: r for r in model.metadata["report"]}
+    assert {"10 um", "20 um", "ensemble"} <= set(report)
+    assert all(0 <= r["mean_dice"] <= 1 for r in report.values())
+    test = labelled_section(1, 400)
+    hx.tl.predict(model, test, stride_um=4.0, device="cpu")
+    assert test.labels["pred_labels"].shape == (100, 100)
+    probabilities = test.images["pred_labels_probabilities"]
+    assert list(probabilities.coords["c"].values) == list(CLASSES)
+    np.testing.assert_allclose(probabilities.values.sum(axis=0), 1, atol=1e-5)
+    cnn = hx.tl.evaluate(test, "pred_labels", "tx_labels")
+    add_labels(test, "baseline", intensity_baseline(train, test), 2.0)
+    baseline = hx.tl.evaluate(test, "baseline", "tx_labels")
+    assert list(cnn.index) == [*CLASSES, "mean"]
+    dice = {"cnn": cnn["dice"].round(3).to_dict(), "baseline": baseline["dice"].round(3).to_dict()}
+    assert cnn.loc["mean", "dice"] > baseline.loc["mean", "dice"] + 0.05, dice
+    assert cnn.loc[GENES[0], "dice"] > max(0.6, baseline.loc[GENES[0], "dice"] + 0.1), dice
+
+
+def test_dense_map_matches_patch_wise_prediction():
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+    torch.manual_seed(0)
+    members = [PatchClassifier(in_channels=1, n_classes=4, patch_px=px, width=4, depth=2)
+               for px in (8, 16)]
+    model = PatchEnsemble.of(members).eval()
+    model.metadata = {"model": "patch_classifier", "classes": CLASSES, "mpp": 0.5,
+                      "grid_um": 2.0, "image_key": "dapi"}
+    region = (10.0, 20.0, 70.0, 60.0)
+    hx.tl.predict(model, sdata, region=region, device="cpu", batch_size=7)
+    dense = sdata.images["pred_labels_probabilities"].values  # (4, 20, 30)
+    assert dense.shape == (4, 20, 30)
+    rows, cols = np.array([0, 3, 19, 10]), np.array([0, 29, 5, 17])
+    centres = np.column_stack([region[0] + (cols + 0.5) * 2.0, region[1] + (rows + 0.5) * 2.0])
+    with torch.no_grad():
+        patches = [torch.stack([item["image"] for item in _patch_dataset(
+            sdata, "dapi", centres, np.zeros(len(centres), dtype=int), m.patch_px, 0.5)])
+            for m in members]
+        expected = model(patches).numpy()
+    np.testing.assert_allclose(dense[:, rows, cols].T, expected, atol=1e-5)
+    labels = sdata.labels["pred_labels"].values
+    assert np.array_equal(labels, np.array(list(CLASSES.values()))[dense.argmax(axis=0)])
+
+
+def test_dice_on_hand_made_masks():
+    from spatialdata import SpatialData
+
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[:, :5], truth[:, 5:] = 1, 2
+    truth[0, 0] = 0  # unassigned: not scored
+    prediction = np.full((10, 10), 2, dtype=np.uint8)
+    prediction[:, :6] = 1
+    sdata = SpatialData()
+    add_labels(sdata, "truth", truth, 1.0)
+    add_labels(sdata, "pred", prediction, 1.0)
+    table = hx.tl.evaluate(sdata, "pred", "truth", classes={"a": 1, "b": 2})
+    # a: TP 49, FP 10, FN 0; b: TP 40, FP 0, FN 10
+    assert table.loc["a", "dice"] == pytest.approx(98 / 108)
+    assert table.loc["b", "dice"] == pytest.approx(80 / 90)
+    assert table.loc["a", "iou"] == pytest.approx(49 / 59)
+    assert table.loc["a", "precision"] == pytest.approx(49 / 59)
+    assert table.loc["b", "recall"] == pytest.approx(0.8)
+    assert table.loc["mean", "dice"] == pytest.approx((98 / 108 + 80 / 90) / 2)
+    assert table.attrs["confusion"].to_numpy().tolist() == [[49, 0], [10, 40]]
+    # a coarser prediction is scored on its own grid
+    add_labels(sdata, "coarse", prediction[::2, ::2], 2.0)
+    coarse = hx.tl.evaluate(sdata, "coarse", "truth", classes={"a": 1, "b": 2})
+    assert coarse.loc["mean", "support"] == 25
+
+
+def test_model_file_round_trip_and_bad_input(trained, tmp_path):
+    sdata, model = trained
+    region = (0.0, 0.0, 60.0, 40.0)
+    hx.tl.predict(model, sdata, region=region, key_added="before", device="cpu")
+    path = hx.io.save_model(model, tmp_path / "patches.pt")
+    loaded = hx.io.load_model(path, device="cpu")
+    hx.tl.predict(loaded, sdata, region=region, key_added="after", device="cpu")
+    assert np.array_equal(sdata.labels["before"].values, sdata.labels["after"].values)
+    with pytest.raises(ValueError, match="channel"):
+        hx.tl.predict(model, sdata, image_key="he", key_added="he_pred")
+    with pytest.raises(KeyError, match="overwrite=True"):
+        hx.tl.predict(model, sdata, region=region, key_added="before")
+    with pytest.raises(ValueError, match="larger than the image"):
+        hx.tl.fit(sdata, model="patch_classifier", patch_size_um=1000)
+    with pytest.raises(KeyError, match="transcript_labels"):
+        hx.tl.fit(sdata, model="patch_classifier", labels_key="cells")
+
+
+def test_labels_plot_draws_both_maps_in_class_colours(trained):
+    import matplotlib
+    from matplotlib.colors import to_rgba
+
+    matplotlib.use("Agg")
+    sdata, model = trained
+    region = (0.0, 0.0, 80.0, 80.0)
+    hx.tl.predict(model, sdata, region=region, key_added="plotted", device="cpu",
+                  overwrite=True)
+    axes = hx.pl.labels(sdata, "tx_labels", "plotted", region=region, alpha=0.5)
+    assert [ax.get_title() for ax in axes] == ["tx_labels", "plotted"]
+    legend = [text.get_text() for text in axes[-1].get_legend().get_texts()]
+    assert legend == list(CLASSES)
+    truth = sdata.labels["tx_labels"].values
+    overlay = np.asarray(axes[0].images[-1].get_array())
+    row, col = np.argwhere(truth == 3)[0]
+    expected = to_rgba(hx.pl._labels._PALETTE[2], 0.5)
+    np.testing.assert_allclose(overlay[row, col], expected, atol=1e-6)
+    assert (truth == 0).any() and overlay[truth == 0][:, 3].max() == 0  # unassigned: clear
