@@ -24,6 +24,7 @@ test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 docs: $(STAMP)
+	rm -rf docs/generated
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 benchmarks: $(STAMP)

@@ -26,6 +26,10 @@ LABEL_GENES = ("PTPRC", "COL1A1")
 PANEL = ("EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1")
 
 
+#: epochs of the attention MIL: bags are small, an epoch is a fraction of a second
+MIL_EPOCHS = 60
+
+
 @dataclass(frozen=True)
 class DemoSize:
     """How big the demo's data and training are."""
@@ -33,11 +37,11 @@ class DemoSize:
     section_um: float
     n_slides: int
     slide_um: float
-    epochs: int
+    epochs: int  # of the patch classifier and of pretraining
 
 
 SIZES = {
-    "default": DemoSize(section_um=800.0, n_slides=12, slide_um=360.0, epochs=12),
+    "default": DemoSize(section_um=800.0, n_slides=10, slide_um=360.0, epochs=12),
     "quick": DemoSize(section_um=400.0, n_slides=6, slide_um=260.0, epochs=3),
 }
 
@@ -177,7 +181,7 @@ def _attention_mil(seed: int, scale: DemoSize, report: _Report) -> dict[str, Any
         hx.pp.tile(slide, "he", size_um=32.0, mpp=1.0, min_tissue=0.3)
         hx.tl.embed(slide, "he_tiles", encoder="handcrafted")
     result = report.step("cross_validate_abmil", hx.tl.cross_validate, cohort, model="abmil",
-                         genes=list(PANEL), groups="patient", epochs=20 * scale.epochs,
+                         genes=list(PANEL), groups="patient", epochs=MIL_EPOCHS,
                          val_fraction=0, key_added="abmil")
     # out-of-fold predictions of every slide, pooled: each slide was predicted by a model that
     # never saw its patient
