@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import require_element
+from ._docs import shared_docs
 from ._spatial import _draw_shapes, draw_image
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+@shared_docs
 def attention(
     sdata: SpatialData,
     tiles_key: str = "he_tiles",
@@ -48,14 +50,6 @@ def attention(
         Colormap.
     alpha
         Opacity of the tiles.
-    max_side
-        Longest side of the image drawn, in pixels.
-    title
-        Title of the axes; defaults to what is drawn.
-    ax
-        Axes to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------
@@ -89,6 +83,7 @@ def attention(
     return ax
 
 
+@shared_docs
 def top_tiles(
     data: Any,
     predictions: AnnData,
@@ -123,8 +118,6 @@ def top_tiles(
         Tiles per bin (columns).
     by
         Bin by the ``"measured"`` or the ``"predicted"`` expression.
-    save
-        File to save the figure to.
 
     Returns
     -------

@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._docs import shared_docs
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from ..models import Network
 
 
+@shared_docs
 def history(
     model_or_history: Network | Mapping[str, Any],
     *,
@@ -35,10 +38,6 @@ def history(
         Draw the loss on a logarithmic axis.
     title
         Title of the axes; defaults to the model's name and the best epoch.
-    ax
-        Axes to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._utils import require_element
 from ..io._image import image_levels, read_region
+from ._docs import shared_docs
 from ._spatial import draw_image
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ _PALETTE = ("#9e9e9e", "#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#
             "#e377c2", "#17becf", "#bcbd22")
 
 
+@shared_docs
 def labels(
     sdata: SpatialData,
     truth_key: str = "tx_labels",
@@ -55,12 +57,8 @@ def labels(
         ``(x_min, y_min, x_max, y_max)`` in um to show; defaults to the first map's extent.
     alpha
         Opacity of the maps.
-    max_side
-        Longest side of the image drawn, in pixels.
     ax
         One Axes (``pred_key=None``) or two to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------

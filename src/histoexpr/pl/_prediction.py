@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import require_element
+from ._docs import shared_docs
 from ._spatial import _draw_shapes, draw_image
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+@shared_docs
 def prediction(
     data: SpatialData | AnnData,
     pred_key: str,
@@ -59,8 +61,6 @@ def prediction(
         Section: longest side of the image drawn, in pixels.
     panel_size
         Width and height of each panel in inches.
-    save
-        File to save the figure to.
 
     Returns
     -------
@@ -79,6 +79,7 @@ def prediction(
     return figure
 
 
+@shared_docs
 def gene_metrics(
     metrics: pd.DataFrame,
     *,
@@ -100,10 +101,6 @@ def gene_metrics(
     top
         Draw only the best ``top`` genes; ``None`` draws all. The mean over all genes is drawn
         as a dashed line.
-    ax
-        Axes to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .._utils import require_element
 from ..io._image import image_levels, read_region
+from ._docs import shared_docs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+@shared_docs
 def tiles(
     sdata: SpatialData,
     tiles_key: str = "he_tiles",
@@ -49,18 +51,11 @@ def tiles(
         Colormap for numeric values.
     alpha
         Opacity of the tiles.
-    max_side
-        Longest side of the image drawn, in pixels (a pyramid level close to it is read).
-    title
-        Title of the axes; defaults to what is coloured.
-    ax
-        Axes to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------
     The axes drawn into.
+
     """
     require_element(sdata, tiles_key, "shapes")
     table = _annotating_table(sdata, tiles_key)
@@ -70,6 +65,7 @@ def tiles(
                  cmap=cmap, alpha=alpha, max_side=max_side, title=title, ax=ax, save=save)
 
 
+@shared_docs
 def spots(
     sdata: SpatialData,
     spots_key: str = "spots",
@@ -103,18 +99,11 @@ def spots(
         Colormap for numeric values.
     alpha
         Opacity of the spots.
-    max_side
-        Longest side of the image drawn, in pixels.
-    title
-        Title of the axes; defaults to what is coloured.
-    ax
-        Axes to draw into; a new figure when ``None``.
-    save
-        File to save the figure to.
 
     Returns
     -------
     The axes drawn into.
+
     """
     require_element(sdata, spots_key, "shapes")
     table = _annotating_table(sdata, spots_key)
@@ -188,7 +177,8 @@ def _shape_values(shapes, table, color: str, layer: str | None, shapes_key: str)
     if table is None:
         if color in shapes.columns:
             return shapes[color]
-        raise KeyError(f"No table annotates {shapes_key!r} and its shapes have no column {color!r}.")
+        raise KeyError(f"No table annotates {shapes_key!r} and its shapes have no column "
+                       f"{color!r}.")
     if color in table.obs.columns:
         values = table.obs[color]
     elif color in table.var_names:
@@ -197,8 +187,8 @@ def _shape_values(shapes, table, color: str, layer: str | None, shapes_key: str)
         values = pd.Series(dense.ravel(), index=table.obs.index)
     else:
         raise KeyError(
-            f"{color!r} is neither a column of the table's obs nor one of its {table.n_vars} genes. "
-            f"obs columns: {list(table.obs.columns)}."
+            f"{color!r} is neither a column of the table's obs nor one of its {table.n_vars} "
+            f"genes. obs columns: {list(table.obs.columns)}."
         )
     instance_key = table.uns["spatialdata_attrs"]["instance_key"]
     values = pd.Series(values.to_numpy(), index=table.obs[instance_key].to_numpy())

@@ -1,0 +1,30 @@
+"""Descriptions of the parameters every plotting function shares, written once."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+SHARED_PARAMETERS = {
+    "max_side": "Longest side of the image drawn, in pixels (a pyramid level close to it is read).",
+    "title": "Title of the axes; defaults to what is drawn.",
+    "ax": "Axes to draw into; a new figure when ``None``.",
+    "save": "File to save the figure to.",
+}
+
+
+def shared_docs(function: F) -> F:
+    """Append the shared parameters ``function`` takes (and does not describe itself) to the
+    ``Parameters`` section of its docstring.
+    """
+    doc = function.__doc__ or ""
+    names = [name for name in SHARED_PARAMETERS
+             if name in inspect.signature(function).parameters and f"\n    {name}\n" not in doc]
+    entries = "".join(f"    {name}\n        {SHARED_PARAMETERS[name]}\n" for name in names)
+    marker = "\n\n    Returns\n"
+    if entries and marker in doc:
+        function.__doc__ = doc.replace(marker, "\n" + entries.rstrip("\n") + marker, 1)
+    return function
