@@ -95,3 +95,53 @@ def test_a_changed_plot_fails_its_baseline(tmp_path, baseline_section):
     hx.pl.spots(baseline_section, "spots", color="GENE1", cmap="magma", ax=ax)
     with pytest.raises(pytest.fail.Exception, match="differs from its baseline"):
         check_same_image(ax, "spots", tmp_path)
+
+
+def test_labels_image(tmp_path, baseline_section):
+    import matplotlib.pyplot as plt
+
+    from histoexpr.io._image import image_levels
+
+    level = image_levels(baseline_section, "he_tissue")[0]
+    truth = np.asarray(level.data)
+    predicted = np.roll(truth, 5, axis=1)  # the same disk, shifted right by 5 pixels
+    add_label_map(baseline_section, "shifted", predicted, level.mpp)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    hx.pl.labels(baseline_section, "he_tissue", "shifted", classes={"tissue": 1}, ax=axes)
+    check_same_image(axes[0], "labels", tmp_path)
+
+
+def test_attention_image(tmp_path, baseline_section):
+    table = baseline_section.tables["he_tiles_table"]
+    x = table.obsm["spatial"][:, 0]
+    table.obs["abmil_attention"] = (x - x.min()) / (x.max() - x.min())  # rising left to right
+    ax = baseline_axes()
+    hx.pl.attention(baseline_section, "he_tiles", key="abmil", ax=ax)
+    check_same_image(ax, "attention", tmp_path)
+
+
+def test_gene_metrics_image(tmp_path):
+    metrics = pd.DataFrame({"pearson": [0.8, 0.55, 0.3, -0.1]},
+                           index=["EPCAM", "KRT8", "PTPRC", "VIM"])
+    ax = baseline_axes()
+    hx.pl.gene_metrics(metrics, ax=ax)
+    check_same_image(ax, "gene_metrics", tmp_path)
+
+
+def test_slide_prediction_image(tmp_path):
+    rng = np.random.default_rng(0)
+    measured = rng.normal(size=(20, 2))
+    predicted = AnnData(measured + rng.normal(scale=0.3, size=(20, 2)),
+                        obs=pd.DataFrame(index=[f"slide{i}" for i in range(20)]),
+                        var=pd.DataFrame(index=["EPCAM", "PTPRC"]))
+    predicted.layers["measured"] = measured
+    figure = hx.pl.prediction(predicted, "X", "measured", panel_size=2.0)
+    check_same_image(figure.axes[0], "slide_prediction", tmp_path)
+
+
+def add_label_map(sdata, key, values, mpp):
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import Scale
+
+    sdata.labels[key] = Labels2DModel.parse(
+        values, dims=("y", "x"), transformations={"global": Scale([mpp, mpp], axes=("y", "x"))})
