@@ -145,3 +145,21 @@ def add_label_map(sdata, key, values, mpp):
 
     sdata.labels[key] = Labels2DModel.parse(
         values, dims=("y", "x"), transformations={"global": Scale([mpp, mpp], axes=("y", "x"))})
+
+
+def test_top_tiles_image(tmp_path):
+    """Attention and expression set by hand, so the picture depends on no training run."""
+    cohort = hx.datasets.synthetic_cohort(4, seed=0, size_um=200)
+    for sdata in cohort.values():
+        hx.pp.tile(sdata, "he", size=16, mpp=2.0, min_tissue=0.5)
+        hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
+    model = hx.tl.fit(cohort, model="abmil", genes=["EPCAM"], epochs=1, val_fraction=0,
+                      seed=0, device="cpu")
+    predictions = hx.tl.predict(model, cohort, key_added="abmil")
+    predictions.layers["measured"] = np.arange(4, dtype=float).reshape(4, 1)
+    for sdata in cohort.values():  # attention rising with the tile's x position
+        table = sdata.tables["he_tiles_table"]
+        x = table.obsm["spatial"][:, 0]
+        table.obsm["abmil_attention"].iloc[:, 0] = (x - x.min() + 1) / (x.max() - x.min() + 1)
+    figure = hx.pl.top_tiles(cohort, predictions, gene="EPCAM", n_bins=2, n_tiles=3)
+    check_same_image(figure, "top_tiles", tmp_path)
