@@ -60,7 +60,8 @@ class _TilePooling(Network):
         return (outputs, attention, tile_outputs) if return_att else outputs
 
     def score_tiles(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Attention scores and per-tile outputs of tiles ``X``: each pooling defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define score_tiles.")
 
 
 class AttentionMIL(_TilePooling):
