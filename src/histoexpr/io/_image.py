@@ -255,9 +255,7 @@ class ChunkCache:
         return out
 
     def _blocks_of(self, array, indices: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """The decoded blocks at ``indices``; the missing ones computed together in one pass."""
-        import dask
-
+        """The decoded blocks at ``indices``; the missing ones read together in one slice."""
         found: dict[tuple[int, int], np.ndarray] = {}
         with self._lock:
             for index in indices:
@@ -267,18 +265,34 @@ class ChunkCache:
                     found[index] = self._blocks[key]
         missing = [index for index in indices if index not in found]
         if missing:
-            lead = (slice(None),) * (array.ndim - 2)
-            computed = dask.compute(*(array.blocks[lead + index] for index in missing),
-                                    scheduler="synchronous")
-            with self._lock:
-                for index, block in zip(missing, computed, strict=True):
-                    found[index] = block = np.asarray(block)
-                    self._blocks[(array.name, *index)] = block
-                    self._bytes += block.nbytes
-                while self._bytes > self.max_bytes and len(self._blocks) > len(missing):
-                    _, evicted = self._blocks.popitem(last=False)
-                    self._bytes -= evicted.nbytes
+            found.update(self._read_blocks(array, missing))
         return found
+
+    def _read_blocks(self, array, missing: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """Compute the rectangle of blocks around ``missing`` as one slice, and cache its blocks.
+
+        One block-aligned slice is one small dask graph, however many chunks the level has;
+        indexing ``array.blocks`` once per block costs far more on levels of many chunks.
+        """
+        row_edges = np.cumsum((0, *array.chunks[-2]))
+        col_edges = np.cumsum((0, *array.chunks[-1]))
+        bi0, bi1 = min(i for i, _ in missing), max(i for i, _ in missing) + 1
+        bj0, bj1 = min(j for _, j in missing), max(j for _, j in missing) + 1
+        window = np.asarray(array[..., row_edges[bi0] : row_edges[bi1],
+                                  col_edges[bj0] : col_edges[bj1]].compute(scheduler="synchronous"))
+        blocks = {}
+        for bi, bj in missing:
+            blocks[bi, bj] = np.ascontiguousarray(window[
+                ..., row_edges[bi] - row_edges[bi0] : row_edges[bi + 1] - row_edges[bi0],
+                col_edges[bj] - col_edges[bj0] : col_edges[bj + 1] - col_edges[bj0]])
+        with self._lock:
+            for (bi, bj), block in blocks.items():
+                self._blocks[(array.name, bi, bj)] = block
+                self._bytes += block.nbytes
+            while self._bytes > self.max_bytes and len(self._blocks) > len(blocks):
+                _, evicted = self._blocks.popitem(last=False)
+                self._bytes -= evicted.nbytes
+        return blocks
 
     def clear(self) -> None:
         """Forget every cached chunk."""
