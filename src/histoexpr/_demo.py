@@ -75,7 +75,7 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
 
 
 def _run_jobs(report: _Report, scale: DemoSize, seed: int) -> None:
-    """Data, then the jobs in turn, each adding its metrics and figures to the report."""
+    """Make the data, then run the jobs in turn, each adding its metrics and figures."""
     import histoexpr as hx
 
     train, test = report.step("synthesise", lambda: [
@@ -110,10 +110,10 @@ class _Report:
     def figure(self, name: str, draw: Callable[[], Any]) -> None:
         import matplotlib.pyplot as plt
 
-        result = draw()
-        figure = result.figure if hasattr(result, "figure") else result
+        result = draw()  # an Axes, a list of Axes or a Figure
         if isinstance(result, list):
-            figure = result[0].figure
+            result = result[0]
+        figure = getattr(result, "figure", result)
         figure.savefig(self.out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
         self.figures.append(name)
@@ -255,10 +255,6 @@ def _extent(sdata) -> tuple[float, float]:
 
 def _column(frame, column: str) -> dict[str, float]:
     return {str(k): round(float(v), 3) for k, v in frame[column].items()}
-
-
-def _mean_by(frame, by: str, column: str) -> dict[str, float]:
-    return {str(k): round(float(v), 3) for k, v in frame.groupby(by)[column].mean().items()}
 
 
 def _summary(metrics: dict[str, Any], figures: list[str]) -> str:
