@@ -20,7 +20,8 @@ def test_docs_build_without_warnings(tmp_path, data_dir):
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q",
          str(REPO / "docs"), str(tmp_path / "html")],
-        capture_output=True, text=True, env={**_environment(), "HISTOEXPR_SHARED_DATA": str(data_dir)},
+        capture_output=True, text=True,
+        env={**_environment(), "HISTOEXPR_SHARED_DATA": str(data_dir)},
     )
     assert result.returncode == 0, result.stderr[-5000:]
     tutorial = (tmp_path / "html" / "tutorials" / "01_read_tile_plot.html").read_text()

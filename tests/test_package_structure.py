@@ -107,3 +107,13 @@ def test_models_never_import_from_pp_or_pl():
     for path in models_dir.glob("*.py"):
         text = path.read_text()
         assert not re.search(r"from \.\.(pp|pl)\b|histoexpr\.(pp|pl)\b", text), path
+
+
+def test_code_passes_the_linter():
+    pytest.importorskip("ruff", reason="ruff is part of the 'test' extra")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests",
+                             "benchmarks"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]

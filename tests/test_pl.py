@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
+from conftest import make_disk_section
 from shapely.geometry import Point
 from spatialdata.models import ShapesModel, TableModel
 
 import histoexpr as hx
-from conftest import make_disk_section
 
 
 @pytest.fixture

@@ -144,7 +144,8 @@ def _best_device() -> str:
 
 def _validate_device(value: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"settings.device must be a string such as 'cpu' or 'cuda', got {value!r}.")
+        raise ValueError(
+            f"settings.device must be a string such as 'cpu' or 'cuda', got {value!r}.")
     kind, _, index = value.partition(":")
     if kind not in _DEVICE_KINDS or (index and not index.isdigit()):
         raise ValueError(
@@ -154,7 +155,8 @@ def _validate_device(value: str) -> str:
     if kind != "cpu":
         import torch
 
-        available = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+        backend = torch.cuda if kind == "cuda" else torch.backends.mps
+        available = backend.is_available()
         if not available:
             raise ValueError(
                 f"settings.device={value!r} but this machine has no {kind} device; "

@@ -77,7 +77,7 @@ def seed_everything(seed: int | None) -> np.random.Generator:
 
     value = resolve_seed(seed)
     random.seed(value)
-    np.random.seed(value % 2**32)
+    np.random.seed(value % 2**32)  # noqa: NPY002 (seeds the legacy RNG other libraries use)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(value)
     return np.random.default_rng(value)

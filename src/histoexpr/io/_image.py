@@ -179,7 +179,8 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     """:func:`read_region` on levels from :func:`image_levels` (kept by repeated readers)."""
     x_min, y_min, x_max, y_max = (float(b) for b in bounds)
     if not (x_max > x_min and y_max > y_min):
-        raise ValueError(f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
+        raise ValueError(
+            f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
     target_mpp = levels[0].mpp if mpp is None else float(mpp)
     if target_mpp <= 0:
         raise ValueError(f"mpp must be positive, got {mpp}.")
@@ -250,11 +251,13 @@ class ChunkCache:
         for (bi, bj), block in blocks.items():
             y0, y1 = max(r0, row_edges[bi]), min(r1, row_edges[bi + 1])
             x0, x1 = max(c0, col_edges[bj]), min(c1, col_edges[bj + 1])
+            top, left = row_edges[bi], col_edges[bj]
             out[..., y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = block[
-                ..., y0 - row_edges[bi] : y1 - row_edges[bi], x0 - col_edges[bj] : x1 - col_edges[bj]]
+                ..., y0 - top : y1 - top, x0 - left : x1 - left]
         return out
 
-    def _blocks_of(self, array, indices: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    def _blocks_of(self, array, indices: list[tuple[int, int]]
+                   ) -> dict[tuple[int, int], np.ndarray]:
         """The decoded blocks at ``indices``; the missing ones read together in one slice."""
         found: dict[tuple[int, int], np.ndarray] = {}
         with self._lock:
@@ -268,7 +271,8 @@ class ChunkCache:
             found.update(self._read_blocks(array, missing))
         return found
 
-    def _read_blocks(self, array, missing: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    def _read_blocks(self, array, missing: list[tuple[int, int]]
+                     ) -> dict[tuple[int, int], np.ndarray]:
         """Compute the rectangle of blocks around ``missing`` as one slice, and cache its blocks.
 
         One block-aligned slice is one small dask graph, however many chunks the level has;

@@ -39,7 +39,8 @@ class HandcraftedEncoder(Network):
         self.out_features = 5 * in_channels + 4 + (4 if in_channels == 3 else 0)
         sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
         laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-        self.register_buffer("kernels", torch.stack([sobel, sobel.T, laplace])[:, None], persistent=False)
+        kernels = torch.stack([sobel, sobel.T, laplace])[:, None]
+        self.register_buffer("kernels", kernels, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``(N, out_features)`` of tiles ``(N, C, H, W)`` with values in [0, 1]."""

@@ -17,8 +17,9 @@ SHARED_PARAMETERS = {
 
 
 def shared_docs(function: F) -> F:
-    """Append the shared parameters ``function`` takes (and does not describe itself) to the
-    ``Parameters`` section of its docstring.
+    """Append the shared parameters ``function`` takes to its docstring's ``Parameters``.
+
+    Only parameters the function does not describe itself are added.
     """
     doc = function.__doc__ or ""
     names = [name for name in SHARED_PARAMETERS

@@ -24,7 +24,7 @@ def parse_squidpy_encoder(encoder: str) -> tuple[str, ...]:
 
 def squidpy_features(dataset, groups: tuple[str, ...] = SQUIDPY_FEATURES
                      ) -> tuple[np.ndarray, list[str]]:
-    """squidpy's features of every tile of a :class:`histoexpr.pp.TileDataset`.
+    """Compute squidpy's features of every tile of a :class:`histoexpr.pp.TileDataset`.
 
     Each tile is read at the dataset's resolution and handed to
     :class:`squidpy.im.ImageContainer`'s ``features_<group>`` methods with their defaults
