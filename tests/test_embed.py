@@ -125,3 +125,21 @@ def test_squidpy_features_are_the_peer_baseline(section):
                                [expected[name] for name in record["feature_names"]], rtol=1e-5)
     with pytest.raises(ValueError, match="Unknown squidpy feature"):
         hx.tl.embed(section, "he_tiles", encoder="squidpy:colour", key_added="X_bad")
+
+
+def test_a_list_of_encoders_concatenates_their_features(section):
+    pytest.importorskip("squidpy")
+    hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_alone")
+    hx.tl.embed(section, "he_tiles", encoder="squidpy:summary", key_added="X_sq_alone")
+    hx.tl.embed(section, "he_tiles", encoder=["squidpy:summary", "handcrafted"])
+    table = section.tables["he_tiles_table"]
+    record = table.uns["embeddings"]["X_squidpy+handcrafted"]
+    n_squidpy = table.obsm["X_sq_alone"].shape[1]
+    assert record["parts"] == {"squidpy": n_squidpy, "handcrafted": 23}
+    np.testing.assert_array_equal(table.obsm["X_squidpy+handcrafted"],
+                                  np.hstack([table.obsm["X_sq_alone"], table.obsm["X_alone"]]))
+    with pytest.raises(ValueError, match="not to a list of encoders"):
+        hx.tl.embed(section, "he_tiles", encoder=["small_cnn", "handcrafted"],
+                    checkpoint="weights.pt", key_added="X_no")
+    with pytest.raises(KeyError, match="already exists"):  # refused before any feature is made
+        hx.tl.embed(section, "he_tiles", encoder=["squidpy:summary", "handcrafted"])

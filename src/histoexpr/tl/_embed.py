@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ def embed(
     sdata: SpatialData,
     tiles_key: str = "he_tiles",
     *,
-    encoder: str | Path | Network = "handcrafted",
+    encoder: str | Path | Network | Sequence[str | Path | Network] = "handcrafted",
     checkpoint: str | Path | None = None,
     image_key: str | None = None,
     batch_size: int = 64,
@@ -53,10 +54,11 @@ def embed(
         histogram and texture features, the classic baseline; ``"squidpy:summary+histogram"``
         picks groups), ``"timm:<model name>"`` (needs the
         optional ``timm`` extra), a histoexpr model file (``.pt``, e.g. from
-        :func:`histoexpr.tl.pretrain`), or a network object.
+        :func:`histoexpr.tl.pretrain`), or a network object. A list of these concatenates
+        their features (e.g. ``["squidpy", "handcrafted"]``, named ``"squidpy+handcrafted"``).
     checkpoint
         Local weights for an architecture name: a histoexpr model file or a state dict saved
-        with :func:`torch.save` (read with ``weights_only=True``).
+        with :func:`torch.save` (read with ``weights_only=True``). Not with a list of encoders.
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
     batch_size
@@ -81,30 +83,48 @@ def embed(
     dataset = TileDataset(sdata, tiles_key, image_key=image_key)
     table = sdata.tables[f"{tiles_key}_table"]
     n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
-    is_squidpy = isinstance(encoder, str) and encoder.split(":")[0] == "squidpy"
-    if is_squidpy:
-        groups = parse_squidpy_encoder(encoder)
-        name = "squidpy"
-    else:
-        network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
-                                                       checkpoint=checkpoint)
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    if not encoders:
+        raise ValueError("encoder is an empty list; give at least one encoder.")
+    if len(encoders) > 1 and checkpoint is not None:
+        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
+                         "encoders; give each pretrained encoder as a model file (.pt).")
+    resolved = [_resolve(one, n_channels=n_channels, checkpoint=checkpoint) for one in encoders]
+    name = "+".join(one_name for one_name, _ in resolved)
     key_added = f"X_{name}" if key_added is None else key_added
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
+    parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute in resolved]
+    features = np.hstack([values for values, _ in parts])
     record = {"encoder": name, "image_key": dataset.image_key, "mpp": dataset.mpp,
               "size_px": dataset.size_px}
-    if is_squidpy:
-        features, record["feature_names"] = squidpy_features(dataset, groups)
-    else:
-        features = encode(network, dataset, batch_size=batch_size,
-                          device=resolve_device(device), normalisation=normalisation,
-                          desc=f"embed ({name})")
+    if len(parts) > 1:
+        record["parts"] = {one_name: int(values.shape[1])
+                           for (one_name, _), (values, _) in zip(resolved, parts, strict=True)}
+    if all(names for _, names in parts):
+        record["feature_names"] = [n for _, names in parts for n in names]
     table.obsm[key_added] = features
     table.uns.setdefault("embeddings", {})[key_added] = {**record,
                                                          "n_features": int(features.shape[1])}
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
+
+
+def _resolve(encoder: str | Path | Network, *, n_channels: int,
+             checkpoint: str | Path | None) -> tuple[str, Callable]:
+    """One encoder's name and the function computing its features (and their names, if any)."""
+    if isinstance(encoder, str) and encoder.split(":")[0] == "squidpy":
+        groups = parse_squidpy_encoder(encoder)
+        return "squidpy", lambda dataset, **_: squidpy_features(dataset, groups)
+    network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
+                                                   checkpoint=checkpoint)
+
+    def compute(dataset, *, batch_size: int, device: str | None):
+        return encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
+                      normalisation=normalisation, desc=f"embed ({name})"), None
+
+    return name, compute
 
 
 def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
@@ -127,7 +147,8 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: s
 
 
 def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
-                    checkpoint: str | Path | None = None) -> tuple[torch.nn.Module, str, dict | None]:
+                    checkpoint: str | Path | None = None
+                    ) -> tuple[torch.nn.Module, str, dict | None]:
     """The network, its short name and its input normalisation for an ``encoder`` argument."""
     from ..io import load_model
     from ..models import HandcraftedEncoder, Network, TileEncoder
