@@ -97,6 +97,12 @@ def test_predict_writes_what_the_python_api_predicts(model_file, slide, tmp_path
     again = tmp_path / "again.zarr"
     assert main(["predict", "-m", str(model_file), "-i", str(out), "-o", str(again)]) == \
         EXIT_CANNOT_PREDICT  # its predictions exist already: the model's predict refuses
+    assert main(["predict", "-m", str(model_file), "-i", str(out), "-o", str(again),
+                 "--overwrite"]) == 0  # unless asked to replace them
+    np.testing.assert_allclose(np.asarray(sd.read_zarr(again).tables[
+        "he_expr_tiles_expression"].X), np.asarray(expected.X), rtol=1e-5, atol=1e-6)
+    assert main(["predict", "-m", str(model_file), "-i", str(out), "-o", str(out),
+                 "--overwrite"]) == EXIT_BAD_INPUT  # never into the store being read
     assert main(["predict", "-m", str(model_file), "-i", str(slide), "-o", str(out),
                  "--mpp", "0.5"]) == EXIT_BAD_INPUT
 

@@ -91,7 +91,9 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64,
                          help="tiles per forward pass (default: %(default)s)")
     predict.add_argument("--device", default=None, help="torch device (default: the best found)")
-    predict.add_argument("--overwrite", action="store_true", help="replace OUT.zarr if it exists")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace OUT.zarr if it exists, and this model's predictions if "
+                              "the input store already holds them")
 
 
 def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str | None = None,
@@ -108,6 +110,9 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
+    if out.resolve() == image_path.resolve():
+        raise ValueError(f"The output {out} is the input store, which is read lazily while the "
+                         "output is written; choose another -o.")
     hx.settings.verbosity = 2
     model = hx.io.load_model(model_path, device=device)
     name = (model.metadata or {}).get("model")
@@ -121,7 +126,8 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     sdata = _read_slide(image_path, image_key=image_key, mpp=mpp)
     _tile_as_trained(sdata, model.metadata, image_key)
     before = set(_element_names(sdata))
-    options = {"image_key": image_key, "batch_size": batch_size, "device": device}
+    options = {"image_key": image_key, "batch_size": batch_size, "device": device,
+               "overwrite": overwrite}
     accepted = inspect.signature(_model_module(name).predict).parameters
     try:
         hx.tl.predict(model, sdata, **{k: v for k, v in options.items() if k in accepted})
