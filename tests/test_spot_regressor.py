@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from spatialdata import SpatialData
 from spatialdata.models import ShapesModel
 
@@ -89,6 +90,19 @@ def test_trained_routes_beat_the_shuffled_control(synthetic_trio, control_pearso
                   overwrite=True)
     np.testing.assert_allclose(synthetic_trio["c"].tables["pred"].X, first, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_mlp_ensemble_averages_members_trained_alone(synthetic_trio):
+    train = {n: synthetic_trio[n] for n in "ab"}
+    options = {"genes": GENES, "route": "mlp", "epochs": 4, **PATCH}
+    ensemble = hx.tl.fit(train, model="spot_regressor", n_members=2, seed=3, **options)
+    assert list(ensemble.metadata["history"]) == ["seed 3", "seed 4"]
+    features = torch.randn(5, ensemble.get_config()["n_features"])
+    alone = [hx.tl.fit(train, model="spot_regressor", seed=seed, **options)
+             for seed in (3, 4)]
+    with torch.no_grad():
+        expected = (alone[0](features) + alone[1](features)) / 2
+        torch.testing.assert_close(ensemble(features), expected)
 
 
 def test_predicted_table_is_ready_for_scanpy_and_squidpy(synthetic_trio):

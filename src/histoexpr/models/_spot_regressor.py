@@ -37,10 +37,12 @@ class LinearHead(Network):
 
 
 class MLPHead(Network):
-    """A small multilayer perceptron from tile features to expression.
+    """A small multilayer perceptron (or an ensemble of them) from tile features to expression.
 
     The features are standardised with the training set's mean and scale (buffers set by
-    :func:`histoexpr.tl.fit`), then pass through one hidden layer with dropout.
+    :func:`histoexpr.tl.fit`), then pass through one hidden layer with dropout. With several
+    members, each is trained on its own (another seed and validation split) and the prediction
+    is the members' mean, which is steadier than any one of them.
 
     Parameters
     ----------
@@ -52,23 +54,28 @@ class MLPHead(Network):
         Width of the hidden layer.
     dropout
         Dropout probability on the input and hidden layer.
+    n_members
+        Number of perceptrons whose predictions are averaged.
 
     """
 
     def __init__(self, *, n_features: int, n_genes: int, hidden: int = 256,
-                 dropout: float = 0.25) -> None:
+                 dropout: float = 0.25, n_members: int = 1) -> None:
+        if n_members < 1:
+            raise ValueError(f"n_members must be at least 1, got {n_members}.")
         super().__init__(config={"n_features": n_features, "n_genes": n_genes, "hidden": hidden,
-                                 "dropout": dropout})
+                                 "dropout": dropout, "n_members": n_members})
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
-        self.layers = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(n_features, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, n_genes),
-        )
+        self.members = nn.ModuleList(
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features, hidden), nn.GELU(),
+                          nn.Dropout(dropout), nn.Linear(hidden, n_genes))
+            for _ in range(n_members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expression ``(N, n_genes)`` of features ``(N, n_features)``."""
-        return self.layers((x - self.mean) / self.scale)
+        x = (x - self.mean) / self.scale
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 class SpotCNN(Network):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._utils import logger, progress, resolve_seed
+from .._utils import logger, progress, resolve_seed, seed_everything
 from ._expression_metrics import column_pearson
 
 
@@ -54,20 +54,35 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
 
 
 def fit_mlp(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, hidden: int,
-            epochs: int, lr: float, batch_size: int, val_fraction: float,
+            n_members: int, epochs: int, lr: float, batch_size: int, val_fraction: float,
             device: str | None, seed: int | None):
-    """Train a small MLP on standardised features with the one training loop."""
+    """Train ``n_members`` small MLPs on standardised features with the one training loop.
+
+    Member ``i`` is trained alone with seed ``seed + i`` (its own initialisation and
+    validation split); the returned :class:`~histoexpr.models.MLPHead` averages them.
+    """
     from ..models import MLPHead
 
     x, y = np.vstack(features).astype(np.float32), np.vstack(targets).astype(np.float32)
-    network = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden)
+    ensemble = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden,
+                       n_members=n_members)
     scale = x.std(axis=0)
-    network.mean.copy_(torch.from_numpy(x.mean(axis=0)))
-    network.scale.copy_(torch.from_numpy(np.where(scale > 0, scale, 1)))
-    history = _train_regressor(network, network.layers[-1], x, y, epochs=epochs, lr=lr,
-                               batch_size=batch_size, val_fraction=val_fraction, device=device,
-                               seed=seed, desc="spot regressor (mlp)", augment=False)
-    return network, {"history": history, "hidden": hidden}
+    ensemble.mean.copy_(torch.from_numpy(x.mean(axis=0)))
+    ensemble.scale.copy_(torch.from_numpy(np.where(scale > 0, scale, 1)))
+    histories = {}
+    for index, member in enumerate(ensemble.members):
+        member_seed = resolve_seed(seed) + index
+        seed_everything(member_seed)  # the member's initial weights follow its seed
+        single = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden)
+        single.mean.copy_(ensemble.mean)
+        single.scale.copy_(ensemble.scale)
+        histories[f"seed {member_seed}"] = _train_regressor(
+            single, single.members[0][-1], x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+            val_fraction=val_fraction, device=device, seed=member_seed,
+            desc=f"spot regressor (mlp {index + 1}/{n_members})", augment=False)
+        member.load_state_dict(single.members[0].state_dict())
+    history = next(iter(histories.values())) if n_members == 1 else histories
+    return ensemble.eval(), {"history": history, "hidden": hidden, "n_members": n_members}
 
 
 def fit_cnn(sections: Sequence[Any], *, tiles_key: str, image_key: str, n_genes: int,
