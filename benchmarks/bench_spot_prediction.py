@@ -8,15 +8,15 @@ squidpy's summary + histogram + texture features, StandardScaler, PCA and ridge 
 inner leave-one-section-out, measured in the same run. Features are cached under
 ``benchmarks/_data/spot_features`` so reruns cost only the fits.
 
-``speed``: a ridge head (hand-crafted features) predicts a grid of tiles over a synthetic slide
-(``benchmarks/_data/synthetic_4000.tif`` by default, written by ``bench_wsi_memory.py``) in a
-fresh process; reports tiles/s and the peak RSS.
+``speed``: a ridge head (hand-crafted features) predicts a grid of tiles over whole synthetic
+slides of growing side (pyramidal TIFFs written by ``bench_wsi_memory.write_slide`` if absent),
+each in a fresh process; reports tiles/s and the peak RSS.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_spot_prediction.py accuracy --data her2st
     .venv/bin/python benchmarks/bench_spot_prediction.py accuracy --data mob_st --routes peer ridge
-    .venv/bin/python benchmarks/bench_spot_prediction.py speed
+    .venv/bin/python benchmarks/bench_spot_prediction.py speed --sides 4000 12000
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ PATCH_UM = {"her2st": lambda mpp: 224 * mpp, "mob_st": lambda mpp: 200.0}
 #: route name -> options of hx.tl.fit(model="spot_regressor")
 ROUTES = {
     "peer": {"route": "ridge", "encoder": "squidpy", "n_components": 30},
-    "ridge": {"route": "ridge", "encoder": "squidpy+handcrafted",
+    "ridge": {"route": "ridge", "encoder": ["squidpy", "handcrafted"],
               "context_um": (300.0, 600.0, 1000.0), "standardize_sections": True},
-    "mlp": {"route": "mlp", "encoder": "squidpy+handcrafted", "context_um": (300.0, 600.0),
-            "standardize_sections": True, "epochs": 60, "lr": 1e-3},
+    "mlp": {"route": "mlp", "encoder": ["squidpy", "handcrafted"], "context_um": (300.0, 600.0),
+            "standardize_sections": True, "epochs": 60, "lr": 1e-3, "n_members": 5},
     "cnn": {"route": "cnn", "arch": "small_cnn", "mpp": 2.0, "epochs": 25, "lr": 2e-3},
 }
 
@@ -65,27 +65,12 @@ def read_sections(name: str) -> dict:
             for i in range(1, 5)}
 
 
-def squidpy_features(sdata, tiles_key: str) -> np.ndarray:
-    """squidpy's summary, histogram and texture features of every tile (the peer's features)."""
-    import squidpy as sq
-
-    import histoexpr as hx
-
-    dataset = hx.pp.TileDataset(sdata, tiles_key)
-    rows = []
-    for index in range(len(dataset)):
-        pixels = np.moveaxis(dataset.pixels(index), 0, -1)
-        container = sq.im.ImageContainer(pixels, layer="image")
-        features = {}
-        features.update(container.features_summary("image", feature_name="summary"))
-        features.update(container.features_histogram("image", feature_name="histogram"))
-        features.update(container.features_texture("image", feature_name="texture"))
-        rows.append(np.fromiter(features.values(), dtype=np.float32))
-    return np.vstack(rows)
-
-
 def spot_tiles_with_features(sections: dict, data_name: str) -> None:
-    """Spot tiles of 224 px at full resolution, with cached squidpy and hand-crafted features."""
+    """Spot tiles of 224 px at full resolution, with cached squidpy and hand-crafted features.
+
+    ``hx.tl.embed`` with both encoders gives ``X_squidpy+handcrafted``; its first columns are
+    the squidpy features the peer uses (``X_squidpy``).
+    """
     import histoexpr as hx
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -97,19 +82,17 @@ def spot_tiles_with_features(sections: dict, data_name: str) -> None:
         path = CACHE / f"{data_name}_{name}.npz"
         if path.exists():
             cached = np.load(path)
-            table.obsm["X_squidpy"], table.obsm["X_handcrafted"] = cached["squidpy"], \
-                cached["handcrafted"]
+            features, n_squidpy = cached["features"], int(cached["n_squidpy"])
         else:
             start = time.perf_counter()
-            table.obsm["X_squidpy"] = squidpy_features(sdata, "spot_tiles")
-            middle = time.perf_counter()
-            hx.tl.embed(sdata, "spot_tiles", encoder="handcrafted")
-            print(f"{name}: squidpy features {middle - start:.0f} s, hand-crafted "
-                  f"{time.perf_counter() - middle:.0f} s for {table.n_obs} tiles", flush=True)
-            np.savez(path, squidpy=table.obsm["X_squidpy"],
-                     handcrafted=table.obsm["X_handcrafted"])
-        table.obsm["X_squidpy+handcrafted"] = np.hstack([table.obsm["X_squidpy"],
-                                                         table.obsm["X_handcrafted"]])
+            hx.tl.embed(sdata, "spot_tiles", encoder=["squidpy", "handcrafted"])
+            features = table.obsm["X_squidpy+handcrafted"]
+            n_squidpy = table.uns["embeddings"]["X_squidpy+handcrafted"]["parts"]["squidpy"]
+            print(f"{name}: squidpy + hand-crafted features of {table.n_obs} tiles in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            np.savez(path, features=features, n_squidpy=n_squidpy)
+        table.obsm["X_squidpy+handcrafted"] = features
+        table.obsm["X_squidpy"] = features[:, :n_squidpy]
 
 
 def accuracy(data_name: str, routes: list[str], n_genes: int) -> list[dict]:
@@ -177,7 +160,8 @@ def main() -> None:
     acc.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
     acc.add_argument("--genes", type=int, default=50)
     fast = sub.add_parser("speed")
-    fast.add_argument("--slide", type=Path, default=REPO / "benchmarks/_data/synthetic_4000.tif")
+    fast.add_argument("--sides", type=int, nargs="+", default=[4000, 12000],
+                      help="slide sides in px (0.5 um/px)")
     fast.add_argument("--train-um", type=int, default=800)
     args = parser.parse_args()
     if args.command == "accuracy":
@@ -188,7 +172,14 @@ def main() -> None:
         print(frame.groupby("route", sort=False)[[c for c in frame.columns if "pearson" in c
                                                   or c == "fit_s"]].mean().round(3))
     else:
-        print(json.dumps(speed(args.slide, args.train_um)))
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from bench_wsi_memory import write_slide
+
+        for side in args.sides:
+            slide = REPO / "benchmarks" / "_data" / f"synthetic_{side}.tif"
+            if not slide.exists():
+                write_slide(slide, side)
+            print(json.dumps({"side_px": side, **speed(slide, args.train_um)}), flush=True)
     print(f"peak RSS of this process: "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
