@@ -1,17 +1,32 @@
-"""MERFISH mouse brain: transcript-supervised morphology, trained on one half, scored on the other.
+"""MERFISH mouse brain: per-cell transcript-supervised morphology, trained on one half, scored on
+the other.
 
-The crop (500 x 450 um, DAPI at 0.108627 um/px) is split into a top and a bottom half; both
-bands of the chosen genes run from top to bottom, so each half holds every class. For each
-direction (train top -> test bottom, train bottom -> test top) the script reports the Dice per
-class of
+The crop (500 x 450 um, DAPI at 0.108627 um/px, 498 Vizgen cell polygons) is split into a top and
+a bottom half; both bands of the chosen genes (Slc17a7 right, Gfap diagonal left) run from top to
+bottom, so each half holds every class. Each cell is labelled by the transcripts inside it
+(``hx.pp.transcript_labels(..., cells="cells")``: Slc17a7, Gfap or tissue; background is no
+cell and no nuclei; the tissue between cells is not scored). For each direction (train top ->
+test bottom, train bottom -> test top) the script reports, from one run, the Dice per class on
+the held-out half of
 
-- the CNN patch classifier of each patch size and their ensemble (``hx.tl.fit`` / ``predict``);
-- a baseline measured in the same run: logistic regression on per-location DAPI intensity and
-  texture features, plus the same features smoothed over a neighbourhood.
+- the baseline of the issue: logistic regression on per-cell DAPI intensity and texture
+  features plus the same features smoothed over neighbouring cells (Gaussian, 15 and 40 um);
+- the CNN patch classifier of each patch size and their ensemble (``hx.tl.fit`` /
+  ``hx.tl.predict``): dense (no cells at prediction), per cell (mean probability over each cell,
+  ``cells=``), and per cell smoothed over neighbouring cells (``smooth_um=``).
+
+Both per-cell methods are given the cell polygons at prediction, so their background (no cell)
+is right by construction: the mean over the three cell classes is reported beside the mean over
+all four.
+
+``--labels window`` runs the per-location protocol instead (labels from 10 um windows of
+transcripts; baseline: logistic regression on per-location DAPI features and the same smoothed
+over 10 and 25 um; CNN rows dense and dense smoothed with a Gaussian of ``--smooth`` um).
 
 Usage::
 
-    nice python benchmarks/experiment_merfish_patch_classifier.py [--sizes 16 32] [--epochs 12]
+    nice python benchmarks/experiment_merfish_patch_classifier.py [--labels cells|window]
+        [--sizes 12 32 64 --mpp 0.25 0.5 1.0]
 
 Results are printed as markdown tables and written to ``--out`` (JSON).
 """
@@ -31,36 +46,118 @@ import torch
 
 import histoexpr as hx
 from histoexpr.io._image import read_region
+from histoexpr.pp._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
+from histoexpr.tl._dense_map import per_cell
 
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))
 MPP = 0.108627
 ORIGIN = (6400.029, 4699.967)
 GENES = ("Slc17a7", "Gfap")
+FEATURE_MPP = 0.5  # um/px at which the baseline's per-cell DAPI features are measured
+CELL_CLASSES = 3  # tissue, gene A, gene B
 
 
 def read_section():
+    """The DAPI image, the transcripts and the cell polygons (as ``"cells"``)."""
     folder = DATA / "merfish_mouse_brain"
-    return hx.io.read_transcripts(
+    sdata = hx.io.read_transcripts(
         folder / "vizgen_transcripts.csv.gz", x="global_x", y="global_y", offset=ORIGIN,
         image=folder / "images" / "mini_dataset_dapi_z0.jpg", image_mpp=MPP, outside="drop")
+    sdata.shapes["cells"] = hx.io.read_cell_boundaries(
+        folder / "cell_boundaries" / "z0_polygons.gz", offset=ORIGIN, flip_y=True)
+    return sdata
 
 
-def baseline_features(sdata, grid_um: float, shape) -> np.ndarray:
-    """Per-location DAPI features on the label grid (H, W, F), and the same smoothed."""
+def dapi_maps(sdata, bounds, mpp: float, sigmas_um) -> list[np.ndarray]:
+    """DAPI intensity, Otsu foreground, gradient magnitude and Laplacian of Gaussian maps."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    work = grid_um / 4
-    h, w = shape
-    image = read_region(sdata, "dapi", (0, 0, w * grid_um, h * grid_um), mpp=work)[0]
-    image = image.astype(np.float32) / 255
+    image = read_region(sdata, "dapi", bounds, mpp=mpp)[0].astype(np.float32) / 255
     foreground = (ndimage.gaussian_filter(image, 1) > threshold_otsu(image)).astype(np.float32)
     maps = [image, foreground]
-    for sigma_um in (1.0, 2.0, 4.0):
-        sigma = sigma_um / work
-        maps.append(ndimage.gaussian_gradient_magnitude(image, sigma))
-        maps.append(-ndimage.gaussian_laplace(image, sigma))
+    for sigma_um in sigmas_um:
+        maps.append(ndimage.gaussian_gradient_magnitude(image, sigma_um / mpp))
+        maps.append(-ndimage.gaussian_laplace(image, sigma_um / mpp))
+    return maps
+
+
+def cell_features(sdata, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell DAPI features of the cells in ``bounds``, the same smoothed over neighbours.
+
+    Returns the features (cells x F) and the cells' names.
+    """
+    from scipy import ndimage
+
+    maps = dapi_maps(sdata, bounds, FEATURE_MPP, (0.5, 1.0, 2.0))
+    for size_um in (10.0, 25.0):  # nuclei density and brightness around the cell
+        maps += [ndimage.uniform_filter(m, size=int(size_um / FEATURE_MPP)) for m in maps[:2]]
+    maps = np.stack(maps)
+    ids, names = cell_raster(sdata, "cells", bounds[:2], FEATURE_MPP, maps.shape[1:])
+    mean = cell_means(maps, ids)
+    std = np.sqrt(np.maximum(cell_means(maps**2, ids) - mean**2, 0))
+    area = np.bincount(ids.ravel(), minlength=ids.max() + 1)[1:, None] * FEATURE_MPP**2
+    own = np.column_stack([mean, std, np.log(area)])
+    centroids = cell_centroids(ids, bounds[:2], FEATURE_MPP)
+    smooth = [smooth_over_cells(own, centroids, sigma) for sigma in (15.0, 40.0)]
+    return np.column_stack([own, *smooth]), names
+
+
+def cell_baseline(sdata, halves: dict, train: str, test: str, grid_um: float) -> np.ndarray:
+    """Logistic regression on per-cell features: per-cell probabilities over the test half."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, names = cell_features(sdata, halves[train])
+    truth = sdata.tables["tx_labels_cells"].obs["label"].reindex(names).to_numpy()
+    keep = truth > 0  # cells labelled tissue, gene A or gene B (not unassigned)
+    model = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=8, cv=5, max_iter=3000, class_weight="balanced"))  # C by 5-fold CV on training cells
+    model.fit(features[keep], truth[keep])
+    test_features, test_names = cell_features(sdata, halves[test])
+    scores = pd.DataFrame(model.predict_proba(test_features),  # columns: values 2, 3, 4
+                          index=test_names)
+    x0, y0, x1, y1 = halves[test]
+    shape = (int((y1 - y0) / grid_um), int((x1 - x0) / grid_um))
+    ids, names = cell_raster(sdata, "cells", (x0, y0), grid_um, shape)
+    probabilities = np.zeros((4, *shape), dtype=np.float32)
+    probabilities[0] = ids == 0
+    probabilities[1:, ids > 0] = scores.reindex(names).fillna(1 / 3).to_numpy()[ids[ids > 0] - 1].T
+    return probabilities
+
+
+def window_baseline(sdata, halves: dict, train: str, test: str, grid_um: float) -> np.ndarray:
+    """Logistic regression on per-location features: probabilities over the test half."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def features(bounds):
+        shape = (int((bounds[3] - bounds[1]) / grid_um), int((bounds[2] - bounds[0]) / grid_um))
+        return location_features(sdata, bounds, grid_um, shape), shape
+
+    train_x, shape = features(halves[train])
+    truth = read_region(sdata, "tx_labels", halves[train], mpp=grid_um)[: shape[0], : shape[1]]
+    train_x, truth = train_x.reshape(-1, train_x.shape[-1]), truth.ravel()
+    rng = np.random.default_rng(0)
+    keep = rng.permutation(np.flatnonzero(truth > 0))[:20000]  # a sample: the fit stays quick
+    model = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=8, cv=5, max_iter=3000, class_weight="balanced"))
+    model.fit(train_x[keep], truth[keep])
+    test_x, shape = features(halves[test])
+    scores = model.predict_proba(test_x.reshape(-1, test_x.shape[-1]))  # values 1, 2, 3, 4
+    return scores.T.reshape(4, *shape).astype(np.float32)
+
+
+def location_features(sdata, bounds, grid_um: float, shape) -> np.ndarray:
+    """Per-location DAPI features on a grid (H, W, F), and the same smoothed (10, 25 um)."""
+    from scipy import ndimage
+
+    work = grid_um / 4
+    h, w = shape
+    maps = dapi_maps(sdata, bounds, work, (1.0, 2.0, 4.0))
     local = []
     for feature in maps:
         mean = ndimage.uniform_filter(feature, size=int(10 / work))
@@ -72,32 +169,15 @@ def baseline_features(sdata, grid_um: float, shape) -> np.ndarray:
     return np.stack(grid + smooth, axis=-1)
 
 
-def baseline_map(features, labels, train_rows, test_rows) -> np.ndarray:
-    """Logistic regression on the labelled cells of the training rows; a map of the test rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    train_x = features[train_rows].reshape(-1, features.shape[-1])
-    train_y = labels[train_rows].ravel()
-    keep = train_y > 0
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
-                                                               class_weight="balanced"))
-    model.fit(train_x[keep], train_y[keep])
-    out = np.zeros_like(labels)
-    test = features[test_rows]
-    out[test_rows] = model.predict(test.reshape(-1, test.shape[-1])).reshape(test.shape[:2])
-    return out
-
-
-def add_map(sdata, key: str, values: np.ndarray, grid_um: float, classes: dict,
-            origin: tuple[float, float] = (0.0, 0.0)) -> None:
+def add_map(sdata, key: str, probabilities: np.ndarray, origin, step: float,
+            classes: dict) -> None:
     from spatialdata.models import Labels2DModel
 
     from histoexpr.pp._tissue import _to_global
 
-    element = Labels2DModel.parse(values.astype(np.uint8), dims=("y", "x"), transformations={
-        "global": _to_global(grid_um, *origin)})
+    values = np.asarray(list(classes.values()), dtype=np.uint8)[probabilities.argmax(axis=0)]
+    element = Labels2DModel.parse(values, dims=("y", "x"), transformations={
+        "global": _to_global(step, *origin)})
     element.attrs["classes"] = classes
     sdata.labels[key] = element
 
@@ -107,8 +187,32 @@ def member_model(model, index: int):
     from histoexpr.models import PatchEnsemble
 
     single = PatchEnsemble.of([model.members[index]])
-    single.metadata = dict(model.metadata, patch_size_um=[model.metadata["patch_size_um"][index]])
+    meta = model.metadata
+    single.metadata = dict(meta, patch_size_um=[meta["patch_size_um"][index]],
+                           member_mpp=[meta["member_mpp"][index]], mpp=meta["member_mpp"][index])
     return single
+
+
+def dice_row(sdata, key: str, region) -> pd.Series:
+    dice = hx.tl.evaluate(sdata, key, "tx_labels", region=region)["dice"]
+    cells = dice.drop(["mean", "background"])
+    return pd.concat([dice.drop("mean"), pd.Series({"mean": dice["mean"],
+                                                    "mean (cells)": cells.mean()})])
+
+
+def variants(sdata, probabilities, mode: str, origin, grid_um: float, classes: dict,
+             smooth: float) -> dict[str, np.ndarray]:
+    """The dense map of class probabilities, and the same smoothed or made per cell."""
+    from scipy.ndimage import gaussian_filter
+
+    if mode == "window":
+        sigma = (0, smooth / grid_um, smooth / grid_um)
+        return {"dense": probabilities, "dense + smoothed": gaussian_filter(
+            probabilities, sigma=sigma, mode="nearest")}
+    return {"dense": probabilities, **{name: per_cell(sdata, "cells", probabilities, origin,
+                                                      grid_um, classes, width)
+                                       for name, width in (("per cell", None),
+                                                           ("per cell + smoothed", smooth))}}
 
 
 def run(args) -> dict:
@@ -116,69 +220,82 @@ def run(args) -> dict:
     sdata = read_section()
     pairs = hx.pp.rank_gene_pairs(sdata)
     print("Gene pairs (best first):\n", pairs.head(5).round(3).to_markdown(index=False))
-    hx.pp.transcript_labels(sdata, genes=GENES, max_per_class=args.max_per_class, seed=0)
+    cells = "cells" if args.labels == "cells" else None
+    hx.pp.transcript_labels(sdata, genes=GENES, cells=cells, grid_um=args.grid,
+                            patch_stride_um=args.stride, max_per_class=args.max_per_class,
+                            seed=0)
     labels = sdata.labels["tx_labels"].values
     rule = sdata.tables["tx_labels_patches"].uns["transcript_labels"]
     grid_um, classes = rule["grid_um"], rule["classes"]
     height_um, width_um = labels.shape[0] * grid_um, labels.shape[1] * grid_um
-    middle = labels.shape[0] // 2
-    halves = {"top": (0.0, 0.0, width_um, middle * grid_um),
-              "bottom": (0.0, middle * grid_um, width_um, height_um)}
-    rows = {"top": np.s_[:middle], "bottom": np.s_[middle:]}
-    start = time.perf_counter()
-    features = baseline_features(sdata, grid_um, labels.shape)
-    baseline_seconds = time.perf_counter() - start
-    results = {"genes": list(GENES), "gene_pairs": pairs.head(5).to_dict("records"),
-               "args": vars(args), "directions": {}}
+    middle = labels.shape[0] // 2 * grid_um
+    halves = {"top": (0.0, 0.0, width_um, middle), "bottom": (0.0, middle, width_um, height_um)}
+    results = {"genes": list(GENES), "args": vars(args), "directions": {}}
+    if cells:
+        results["cells"] = sdata.tables["tx_labels_cells"].obs["class"].value_counts().to_dict()
+    make_baseline, baseline_name = {
+        "cells": (cell_baseline, "baseline: per-cell features + neighbours (LR)"),
+        "window": (window_baseline, "baseline: per-location features + smoothed (LR)"),
+    }[args.labels]
     for train, test in (("top", "bottom"), ("bottom", "top")):
         direction = f"{train}->{test}"
-        tables = {}
+        rows, timing = {}, {}
         start = time.perf_counter()
-        add_map(sdata, f"baseline_{train}", baseline_map(features, labels, rows[train],
-                                                         rows[test]), grid_um, classes)
-        tables["baseline (logistic regression)"] = hx.tl.evaluate(
-            sdata, f"baseline_{train}", "tx_labels", region=halves[test])
-        timing = {"baseline_s": round(baseline_seconds + time.perf_counter() - start, 1)}
+        origin = halves[test][:2]
+        baseline_probabilities = make_baseline(sdata, halves, train, test, grid_um)
+        add_map(sdata, f"baseline_{train}", baseline_probabilities, origin, grid_um, classes)
+        rows[baseline_name] = dice_row(sdata, f"baseline_{train}", halves[test])
+        timing["baseline_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=args.sizes, mpp=args.mpp,
+        mpp = args.mpp[0] if len(args.mpp) == 1 else args.mpp
+        model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=args.sizes, mpp=mpp,
                           region=halves[train], epochs=args.epochs, patience=args.patience,
+                          val_fraction=args.val_fraction,
                           combine="ensemble", seed=0, width=args.width)
         timing["fit_s"] = round(time.perf_counter() - start, 1)
-        probabilities = []
         start = time.perf_counter()
-        for i, size in enumerate(model.metadata["patch_size_um"]):
+        probabilities = {}
+        for i, (size, size_mpp) in enumerate(zip(model.metadata["patch_size_um"],
+                                                 model.metadata["member_mpp"], strict=True)):
             key = f"cnn_{train}_{size:g}"
             hx.tl.predict(member_model(model, i), sdata, region=halves[test], key_added=key)
-            probabilities.append(sdata.images[f"{key}_probabilities"].values)
-            tables[f"CNN {size:g} um"] = hx.tl.evaluate(sdata, key, "tx_labels",
-                                                       region=halves[test])
+            probabilities[f"{size:g} um at {size_mpp:g} um/px"] = sdata.images[
+                f"{key}_probabilities"].values
+        probabilities["ensemble"] = np.mean(list(probabilities.values()), axis=0)
+        for member, dense in probabilities.items():
+            for name, mapped in variants(sdata, dense, args.labels, origin, grid_um, classes,
+                                         args.smooth).items():
+                add_map(sdata, f"cnn_{train}", mapped, origin, grid_um, classes)
+                rows[f"CNN {member}, {name}"] = dice_row(sdata, f"cnn_{train}", halves[test])
+        # CNN and baseline together: the mean of their probabilities (last variant: smoothed)
+        add_map(sdata, f"cnn_{train}", (mapped + baseline_probabilities) / 2, origin, grid_um,
+                classes)
+        rows[f"CNN ensemble, {name}, + baseline"] = dice_row(sdata, f"cnn_{train}", halves[test])
         timing["predict_s"] = round(time.perf_counter() - start, 1)
-        if len(probabilities) > 1:
-            ensemble = np.mean(probabilities, axis=0).argmax(axis=0)
-            values = np.asarray(list(classes.values()))[ensemble]
-            stride = hx.io.get_pixel_size(sdata, key)
-            add_map(sdata, f"cnn_{train}_ensemble", values, stride, classes, halves[test][:2])
-            tables["CNN ensemble"] = hx.tl.evaluate(sdata, f"cnn_{train}_ensemble", "tx_labels",
-                                                    region=halves[test])
-        dice = pd.DataFrame({name: table["dice"] for name, table in tables.items()}).T
+        dice = pd.DataFrame(rows).T
         print(f"\n### {direction}: Dice on the held-out half\n")
         print(dice.round(3).to_markdown())
         print("validation report:\n", pd.DataFrame(model.metadata["report"]).round(3)
               .to_markdown(index=False))
-        print("timing:", timing)
-        results["directions"][direction] = {"dice": dice.round(4).to_dict(), "timing": timing,
-                                            "report": model.metadata["report"]}
+        print("timing:", timing, flush=True)
+        results["directions"][direction] = {"dice": dice.round(4).to_dict("index"),
+                                            "timing": timing, "report": model.metadata["report"]}
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=float, nargs="+", default=[16.0, 32.0, 48.0])
-    parser.add_argument("--mpp", type=float, default=1.0)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[16.0, 32.0, 64.0])
+    parser.add_argument("--mpp", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--labels", choices=["cells", "window"], default="cells")
+    parser.add_argument("--grid", type=float, default=2.0)
+    parser.add_argument("--stride", type=float, default=2.0)
+    parser.add_argument("--smooth", type=float, default=20.0)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--max-per-class", type=int, default=None)
+    parser.add_argument("--max-per-class", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/merfish_patch_classifier.json"))
     args = parser.parse_args()

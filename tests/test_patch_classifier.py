@@ -88,6 +88,44 @@ def test_beats_an_intensity_baseline_on_a_held_out_section(trained):
     assert cnn.loc[GENES[0], "dice"] > max(0.6, baseline.loc[GENES[0], "dice"] + 0.1), dice
 
 
+def cell_intensity_baseline(train, test, labels_key: str) -> np.ndarray:
+    """Logistic regression on each cell's mean and spread of DAPI: a per-cell map of ``test``."""
+    from sklearn.linear_model import LogisticRegression
+
+    from histoexpr.pp._cells import cell_means, cell_raster
+
+    def features(sdata):
+        image = hx.io.read_region(sdata, "dapi", (0, 0, 400, 400), mpp=1.0).astype(float)
+        ids, names = cell_raster(sdata, "cells", (0.0, 0.0), 1.0, image.shape[1:])
+        mean = cell_means(np.concatenate([image, image**2]), ids)
+        return np.column_stack([mean[:, 0], np.sqrt(np.maximum(mean[:, 1] - mean[:, 0]**2, 0))]
+                               ), ids, names
+
+    x, _, names = features(train)
+    truth = train.tables[f"{labels_key}_cells"].obs["label"].reindex(names).to_numpy()
+    model = LogisticRegression(class_weight="balanced", max_iter=500).fit(x[truth > 0],
+                                                                          truth[truth > 0])
+    x, ids, _ = features(test)
+    return np.where(ids > 0, np.append(0, model.predict(x))[ids], CLASSES["background"])
+
+
+def test_per_cell_maps_beat_a_per_cell_baseline_on_a_held_out_section(trained):
+    train, model = trained
+    test = hx.datasets.synthetic_section(seed=1, size_um=400, spots=False)
+    for sdata in (train, test):
+        hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=1.0, min_counts=2,
+                                key_added="cell_labels", overwrite=True)
+    hx.tl.predict(model, test, stride_um=2.0, cells="cells", smooth_um=10.0, device="cpu",
+                  key_added="pred_cells")
+    add_labels(test, "baseline_cells", cell_intensity_baseline(train, test, "cell_labels"), 1.0)
+    cnn, baseline = (hx.tl.evaluate(test, key, "cell_labels")["dice"]
+                     for key in ("pred_cells", "baseline_cells"))
+    dice = {"cnn": cnn.round(3).to_dict(), "baseline": baseline.round(3).to_dict()}
+    cell_classes = ["tissue", *GENES]
+    assert cnn[cell_classes].mean() > baseline[cell_classes].mean() + 0.05, dice
+    assert cnn[GENES[0]] > 0.6, dice
+
+
 def test_dense_map_matches_patch_wise_prediction():
     sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
     torch.manual_seed(0)
@@ -175,3 +213,31 @@ def test_labels_plot_draws_both_maps_in_class_colours(trained):
     expected = to_rgba(hx.pl._labels._PALETTE[2], 0.5)
     np.testing.assert_allclose(overlay[row, col], expected, atol=1e-6)
     assert (truth == 0).any() and overlay[truth == 0][:, 3].max() == 0  # unassigned: clear
+
+
+def test_per_cell_maps_average_the_dense_map_over_each_cell():
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+    torch.manual_seed(0)
+    model = PatchEnsemble.of([PatchClassifier(in_channels=1, n_classes=4, patch_px=16, width=4,
+                                              depth=2)]).eval()
+    model.metadata = {"model": "patch_classifier", "classes": CLASSES, "mpp": 0.5,
+                      "grid_um": 1.0, "image_key": "dapi"}
+    hx.tl.predict(model, sdata, device="cpu")
+    hx.tl.predict(model, sdata, device="cpu", cells="cells", key_added="per_cell")
+    hx.tl.predict(model, sdata, device="cpu", cells="cells", smooth_um=1000.0,
+                  key_added="smoothed")
+    dense = sdata.images["pred_labels_probabilities"].values
+    cells = sdata.images["per_cell_probabilities"].values
+    smoothed = sdata.images["smoothed_probabilities"].values
+    ids = hx.io.read_region(sdata, "cells", (0, 0, 100, 100), mpp=1.0)
+    assert (cells[0][ids == 0] == 1).all() and (cells[0][ids > 0] == 0).all()
+    for cell in np.unique(ids[ids > 0])[:10]:
+        inside = ids == cell
+        expected = dense[1:, inside].mean(axis=1)
+        np.testing.assert_allclose(cells[1:, inside].T, np.tile(
+            expected / expected.sum(), (inside.sum(), 1)), atol=1e-5)
+    labels = sdata.labels["per_cell"].values
+    assert np.array_equal(labels, np.array(list(CLASSES.values()))[cells.argmax(axis=0)])
+    # a Gaussian far wider than the section: every cell gets (nearly) the same probabilities
+    spread = np.ptp(smoothed[1:, ids > 0], axis=1).max()
+    assert 0 < spread < 0.05 * np.ptp(cells[1:, ids > 0], axis=1).max()

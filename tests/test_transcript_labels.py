@@ -83,6 +83,51 @@ def test_he_images_and_transcript_tissue(section):
     assert (regions[section.labels["tx_tissue"].values == 2] > 0).mean() > 0.9
 
 
+def test_per_cell_labels_on_hand_made_polygons():
+    # cell "a": 4 A; cell "b": 4 B; cell "c": no gene; "d": 3 A and 3 B (mixed); x+100 in the table
+    points = ([(4.5, 4.5, "A")] * 4 + [(34.5, 4.5, "B")] * 4 + [(34.5, 34.5, "A")] * 3
+              + [(34.5, 34.5, "B")] * 3 + [(15.5, 25.5, "A")] * 5)  # the last, outside cells
+    sdata = hand_made(points, bright=(slice(0, 40), slice(0, 10)))
+    boxes = {"a": (2, 2, 8, 8), "b": (32, 2, 38, 8), "c": (2, 32, 8, 38), "d": (32, 32, 38, 38)}
+    vertices = pd.DataFrame(
+        [(name, x + 100, -y) for name, (x0, y0, x1, y1) in boxes.items()
+         for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], columns=["id", "x", "y"])
+    sdata.shapes["cells"] = hx.io.read_cell_boundaries(vertices, cell="id", offset=(100, 0),
+                                                       flip_y=True)
+    assert sdata.shapes["cells"].geometry["b"].bounds == (32, 2, 38, 8)
+    hx.pp.transcript_labels(sdata, genes=("A", "B"), cells="cells", grid_um=1.0,
+                            window_um=5.0, min_counts=3, min_tissue_fraction=0.5,
+                            min_per_class=1)
+    cells = sdata.tables["tx_labels_cells"].obs
+    assert cells["label"].to_dict() == {"a": 3, "b": 4, "c": 2, "d": 0}
+    assert cells[["n_a", "n_b"]].loc[["a", "b", "d"]].values.tolist() == [[4, 0], [0, 4], [3, 3]]
+    np.testing.assert_allclose(cells["area_um2"], 36)
+    assert label_at(sdata, 5.5, 5.5) == 3 and label_at(sdata, 35.5, 5.5) == 4
+    assert label_at(sdata, 5.5, 35.5) == 2 and label_at(sdata, 35.5, 35.5) == 0
+    # outside the cells: bright nuclei (x < 10) are not scored, dark places are background,
+    # and the 5 A transcripts outside every cell label nothing
+    assert label_at(sdata, 5.5, 20.5) == 0 and label_at(sdata, 15.5, 25.5) == 1
+    with pytest.raises(KeyError, match="read_cell_boundaries"):
+        hx.pp.transcript_labels(sdata, genes=("A", "B"), cells="nope", key_added="bad")
+
+
+def test_per_cell_labels_follow_the_generating_cell_types(section):
+    hx.pp.transcript_labels(section, genes=GENES, cells="cells", grid_um=1.0,
+                            key_added="cell_labels", min_counts=2)
+    labelled = section.tables["cell_labels_cells"].obs
+    truth = section.tables["cells_table"].obs.set_index(
+        section.tables["cells_table"].obs["cell_id"].astype(str))["cell_type"]
+    cell_type = truth.reindex(labelled.index)
+    for value, name in ((3, "lymphocyte"), (4, "stroma")):
+        chosen = cell_type[labelled["label"] == value]
+        assert len(chosen) > 20 and (chosen == name).mean() > 0.9, (name, len(chosen))
+    others = cell_type[labelled["label"] == 2]
+    assert others.isin(["lymphocyte", "stroma"]).mean() < 0.5  # mostly tumour, epithelium
+    labels = section.labels["cell_labels"].values
+    nuclei = read_region(section, "cells", (0, 0, 400, 400), mpp=1.0)
+    assert (labels[nuclei > 0] != 1).all() and (labels[nuclei == 0] >= 2).sum() == 0
+
+
 def test_bad_input_is_explained(section):
     with pytest.raises(KeyError, match="NOPE"):
         hx.pp.transcript_labels(section, genes=("PTPRC", "NOPE"), key_added="bad")
@@ -128,6 +173,18 @@ def test_merfish_labels_find_the_two_bands(data_dir):
     mean_x = {v: (labels == v).sum(axis=0) @ columns / (labels == v).sum() for v in (3, 4)}
     assert mean_x[3] > 300 and mean_x[4] < 200  # excitatory band right, astrocyte band left
     assert 0.05 < (labels == 2).mean() < 0.5  # nuclei without either gene exist
+    # per cell: the Vizgen polygons (y stored negated) overlay the nuclei and the bands
+    sdata.shapes["cells"] = hx.io.read_cell_boundaries(
+        folder / "cell_boundaries" / "z0_polygons.gz", offset=(6400.029, 4699.967), flip_y=True)
+    assert len(sdata.shapes["cells"]) == 498
+    hx.pp.transcript_labels(sdata, genes=("Slc17a7", "Gfap"), cells="cells",
+                            key_added="cell_labels")
+    cells = sdata.tables["cell_labels_cells"]
+    x = pd.Series(cells.obsm["spatial"][:, 0], index=cells.obs_names)
+    by_class = x.groupby(cells.obs["class"].astype(str)).agg(["mean", "size"])
+    assert by_class.loc["Slc17a7", "mean"] > 300 > 200 > by_class.loc["Gfap", "mean"], by_class
+    assert (by_class["size"][["tissue", "Slc17a7", "Gfap"]] > 50).all(), by_class
+    assert cells.obs["n_all"].sum() > 0.3 * len(sdata.points["transcripts"])  # on the nuclei
 
 
 @pytest.mark.realdata

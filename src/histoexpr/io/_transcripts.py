@@ -18,6 +18,7 @@ from ._elements import (
 )
 
 if TYPE_CHECKING:
+    import geopandas as gpd
     import pandas as pd
     from spatialdata import SpatialData
 
@@ -197,3 +198,80 @@ def _labels_array(labels) -> np.ndarray:
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"labels must be a 2-D integer array, got {array.dtype} {array.shape}.")
     return array
+
+
+def read_cell_boundaries(
+    table: pd.DataFrame | str | Path,
+    *,
+    x: str = "x",
+    y: str = "y",
+    cell: str = "poly_ID",
+    pixel_size: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    flip_y: bool = False,
+) -> gpd.GeoDataFrame:
+    """Read cell boundary polygons (one vertex per row) into a shapes element in micrometres.
+
+    Vertices are mapped to the ``"global"`` system like the transcripts of
+    :func:`read_transcripts`: ``x_um = (table[x] - offset[0]) * pixel_size`` and
+    ``y_um = (s * table[y] - offset[1]) * pixel_size``, with ``s = -1`` when ``flip_y`` (tables
+    that store y negated, such as the Vizgen cell boundaries of the MERFISH example data) and
+    ``s = 1`` otherwise. Polygons with fewer than 3 vertices are dropped, and their number logged.
+
+    Parameters
+    ----------
+    table
+        The vertices: a DataFrame or a csv path (``.csv``/``.csv.gz``/``.gz``), one row per
+        vertex, in the polygon's order.
+    x
+        Column of the x coordinate.
+    y
+        Column of the y coordinate.
+    cell
+        Column of the cell (polygon) identifier.
+    pixel_size
+        Micrometres per table unit.
+    offset
+        ``(x, y)`` table coordinates (after the sign flip) of the image's top-left corner.
+    flip_y
+        Negate the y column first.
+
+    Returns
+    -------
+    A shapes element (GeoDataFrame of polygons, index: the cell identifiers as strings) for
+    ``sdata.shapes``, e.g. ``sdata.shapes["cells"] = hx.io.read_cell_boundaries(...)``; it
+    labels cells in :func:`histoexpr.pp.transcript_labels` (``cells=``).
+
+    Examples
+    --------
+    >>> sdata.shapes["cells"] = hx.io.read_cell_boundaries(
+    ...     "z0_polygons.gz", offset=(6400.029, 4699.967), flip_y=True)
+
+    """
+    import geopandas as gpd
+    import pandas as pd
+    from shapely import Polygon
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    pixel_size = check_mpp(pixel_size, "pixel_size")
+    frame = _read_table(table)
+    missing = [c for c in (x, y, cell) if c not in frame.columns]
+    if missing:
+        raise KeyError(f"The boundary table has no column(s) {missing} (it has "
+                       f"{list(frame.columns)}); name them with x=, y= and cell=.")
+    sign = -1.0 if flip_y else 1.0
+    xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
+    ys = (sign * frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
+    ids = frame[cell].astype(str).to_numpy()
+    order = np.argsort(ids, kind="stable")
+    names, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
+    keep = counts >= 3
+    if not keep.all():
+        logger.info("Dropped %d of %d cells with fewer than 3 boundary vertices.",
+                    int((~keep).sum()), len(keep))
+    polygons = [Polygon(np.column_stack([xs[order[s : s + n]], ys[order[s : s + n]]]))
+                for s, n in zip(starts[keep], counts[keep], strict=True)]
+    shapes = gpd.GeoDataFrame(geometry=polygons, index=pd.Index(names[keep], name="cell_id"))
+    logger.info("Read %d cell polygons.", len(polygons))
+    return ShapesModel.parse(shapes, transformations={"global": Identity()})

@@ -26,6 +26,8 @@ UNASSIGNED = 0
 CLASS_VALUES = {"background": 1, "tissue": 2, "gene_a": 3, "gene_b": 4}
 # the image is thresholded at this fraction of the grid step, then averaged onto the grid
 _FOREGROUND_SUBSTEPS = 2
+# cells are rasterised at this fraction of the grid step to find the cell of each transcript
+_CELL_SUBSTEPS = 4
 
 
 def transcript_labels(
@@ -41,6 +43,7 @@ def transcript_labels(
     tissue: Literal["image", "transcripts"] = "image",
     min_tissue_fraction: float = 0.15,
     min_total: int = 5,
+    cells: str | None = None,
     patch_stride_um: float = 4.0,
     max_per_class: int | None = None,
     min_per_class: int = 20,
@@ -67,6 +70,13 @@ def transcript_labels(
     the grid step, and requires that at least ``min_tissue_fraction`` of the window be
     foreground; ``"transcripts"`` requires ``n_all >= min_total``. On a DAPI image, "tissue" is
     therefore "nuclei without either gene" and background "no nuclei", as in the paper.
+
+    With ``cells`` (cell polygons or a cell label image), each **cell** is labelled instead, by
+    the transcripts inside it: ``n_a``, ``n_b`` and ``n_all`` count the transcripts of the cell,
+    the same rule 1-3 applies, and a cell with neither gene is **tissue**. Places outside every
+    cell are **background** where the tissue test fails and unassigned (0) where it holds (the
+    space between cells of a tissue is neither a cell nor empty). The label map takes each
+    cell's label on the cells' pixels; the cells and their counts are also written as a table.
 
     Patch centres are then taken every ``patch_stride_um`` on the grid, where the label is not 0;
     ``max_per_class`` caps each class by a random subsample (balancing; the numbers dropped are
@@ -98,6 +108,10 @@ def transcript_labels(
         With ``tissue="image"``: the foreground fraction of the window that makes it tissue.
     min_total
         With ``tissue="transcripts"``: the transcripts of all genes that make a window tissue.
+    cells
+        Key of cell polygons in ``sdata.shapes`` (:func:`histoexpr.io.read_cell_boundaries`) or
+        of a cell (or nucleus) label image in ``sdata.labels``: label each cell by the
+        transcripts inside it (see above). ``None`` labels places by windows.
     patch_stride_um
         Distance between neighbouring patch centres, in um (a multiple of ``grid_um`` is exact).
     max_per_class
@@ -120,7 +134,10 @@ def transcript_labels(
     value), ``obs["class"]`` (its name: ``"background"``, ``"tissue"``, A, B), ``obs["n_a"]``,
     ``obs["n_b"]``, ``obs["n_all"]``, ``obsm["spatial"]`` (centres in um) and
     ``uns["transcript_labels"]``: the classes ``{name: value}``, the genes, the image, the label
-    map's key and every parameter of the rule.
+    map's key and every parameter of the rule. With ``cells``, also
+    ``sdata.tables[f"{key_added}_cells"]``: one row per cell (index: the cell's id), ``obs``
+    ``label``, ``class``, ``n_a``, ``n_b``, ``n_all``, ``area_um2``, ``obsm["spatial"]`` (its
+    centroid in um).
 
     Examples
     --------
@@ -145,23 +162,26 @@ def transcript_labels(
     points = _points_frame(sdata, points_key)
     _check_points(points, grid, gene_a, gene_b, points_key)
     window = _odd_cells(window_um, grid_um)
-    n_a = _window_sum(grid.counts(points[points["gene"] == gene_a]), window)
-    n_b = _window_sum(grid.counts(points[points["gene"] == gene_b]), window)
-    n_all = _window_sum(grid.counts(points), window)
+    all_counts = grid.counts(points)
     if tissue == "image":
         fraction = _window_mean(_foreground_fraction(sdata, image_key, grid), window)
         is_tissue = fraction >= min_tissue_fraction
     else:
-        is_tissue = n_all >= min_total
-
-    labels = np.full(grid.shape, CLASS_VALUES["background"], dtype=np.uint8)
-    labels[is_tissue] = CLASS_VALUES["tissue"]
-    positive_a, positive_b = n_a >= min_counts, n_b >= min_counts
-    labels[positive_a | positive_b] = UNASSIGNED
-    labels[positive_a & (n_a >= enrichment * n_b)] = CLASS_VALUES["gene_a"]
-    labels[positive_b & (n_b >= enrichment * n_a)] = CLASS_VALUES["gene_b"]
-
+        is_tissue = _window_sum(all_counts, window) >= min_total
     classes = {"background": 1, "tissue": 2, gene_a: 3, gene_b: 4}
+    if cells is None:
+        n_a = _window_sum(grid.counts(points[points["gene"] == gene_a]), window)
+        n_b = _window_sum(grid.counts(points[points["gene"] == gene_b]), window)
+        n_all = _window_sum(all_counts, window)
+        labels = _rule(n_a, n_b, is_tissue, min_counts, enrichment)
+    else:
+        cell_table, cell_grid = _cell_labels(sdata, cells, grid, points, (gene_a, gene_b),
+                                             min_counts, enrichment, classes)
+        per_cell = {k: np.append(0, cell_table.obs[k].to_numpy()) for k in ("n_a", "n_b", "n_all")}
+        n_a, n_b, n_all = (per_cell[k][cell_grid] for k in ("n_a", "n_b", "n_all"))
+        labels = np.where(is_tissue, UNASSIGNED, CLASS_VALUES["background"]).astype(np.uint8)
+        in_cell = cell_grid > 0
+        labels[in_cell] = np.append(0, cell_table.obs["label"].to_numpy())[cell_grid[in_cell]]
     rows, cols = _patch_cells(labels, grid_um, patch_stride_um)
     rows, cols = _balance(labels, rows, cols, classes, max_per_class, min_per_class, seed)
     rule = {"classes": classes, "genes": [gene_a, gene_b], "image_key": image_key,
@@ -169,7 +189,7 @@ def transcript_labels(
             "window_um": window * float(grid_um), "min_counts": int(min_counts),
             "enrichment": float(enrichment), "tissue": tissue,
             "min_tissue_fraction": float(min_tissue_fraction), "min_total": int(min_total),
-            "patch_stride_um": float(patch_stride_um)}
+            "cells": cells, "patch_stride_um": float(patch_stride_um)}
     table = _patch_table(grid, labels, rows, cols, {"n_a": n_a, "n_b": n_b, "n_all": n_all},
                          classes, rule)
     element = Labels2DModel.parse(labels, dims=("y", "x"), transformations={
@@ -179,11 +199,27 @@ def transcript_labels(
     check_key_free(sdata, table_key, overwrite=overwrite)
     sdata.labels[key_added] = element
     sdata.tables[table_key] = table
+    if cells is not None:
+        check_key_free(sdata, f"{key_added}_cells", overwrite=overwrite)
+        sdata.tables[f"{key_added}_cells"] = cell_table
+        log_added("tables", f"{key_added}_cells", ", ".join(
+            f"{name} {int((cell_table.obs['label'] == value).sum())}"
+            for name, value in {**classes, "unassigned": UNASSIGNED}.items() if value != 1))
     shares = ", ".join(f"{name} {np.mean(labels == value):.1%}" for name, value in classes.items())
     log_added("labels", key_added, f"{grid.shape[1]}x{grid.shape[0]} at {grid_um:g} um/px: "
               f"{shares}, unassigned {np.mean(labels == UNASSIGNED):.1%}")
     log_added("tables", table_key, ", ".join(
         f"{name} {int((table.obs['label'] == value).sum())}" for name, value in classes.items()))
+
+
+def _rule(n_a, n_b, is_tissue, min_counts: int, enrichment: float) -> np.ndarray:
+    """Rules 1-5 on arrays of counts: the label values."""
+    labels = np.where(is_tissue, CLASS_VALUES["tissue"], CLASS_VALUES["background"])
+    positive_a, positive_b = n_a >= min_counts, n_b >= min_counts
+    labels[positive_a | positive_b] = UNASSIGNED
+    labels[positive_a & (n_a >= enrichment * n_b)] = CLASS_VALUES["gene_a"]
+    labels[positive_b & (n_b >= enrichment * n_a)] = CLASS_VALUES["gene_b"]
+    return labels.astype(np.uint8)
 
 
 class _Grid:
@@ -368,3 +404,46 @@ def _patch_table(grid: _Grid, labels, rows, cols, counts: dict[str, np.ndarray],
     table = ad.AnnData(obs=obs, obsm={"spatial": grid.centres(rows, cols)},
                        uns={"transcript_labels": rule})
     return TableModel.parse(table)
+
+
+def _cell_labels(sdata: SpatialData, cells: str, grid: _Grid, points: pd.DataFrame,
+                 genes: tuple[str, str], min_counts: int, enrichment: float,
+                 classes: dict[str, int]):
+    """Each cell labelled by its transcripts: a table of cells and the cell of each grid pixel."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    from ._cells import cell_centroids, cell_raster
+
+    sub = _CELL_SUBSTEPS
+    fine_step = grid.step / sub
+    ids, names = cell_raster(sdata, cells, grid.origin, fine_step,
+                             (grid.shape[0] * sub, grid.shape[1] * sub))
+    cols = np.floor((points["x"].to_numpy() - grid.origin[0]) / fine_step).astype(int)
+    rows = np.floor((points["y"].to_numpy() - grid.origin[1]) / fine_step).astype(int)
+    inside = (rows >= 0) & (cols >= 0) & (rows < ids.shape[0]) & (cols < ids.shape[1])
+    cell_of = np.zeros(len(points), dtype=np.int64)
+    cell_of[inside] = ids[rows[inside], cols[inside]]
+    n = len(names)
+
+    def count(mask):
+        return np.bincount(cell_of[mask & (cell_of > 0)], minlength=n + 1)[1:]
+
+    gene = points["gene"].to_numpy()
+    n_a, n_b = count(gene == genes[0]), count(gene == genes[1])
+    n_all = count(np.ones(len(points), dtype=bool))
+    labels = _rule(n_a, n_b, np.ones(n, dtype=bool), min_counts, enrichment)
+    value_names = {0: "unassigned"} | {value: name for name, value in classes.items()}
+    obs = pd.DataFrame({
+        "label": labels.astype(np.int64),
+        "class": pd.Categorical([value_names[v] for v in labels],
+                                categories=["unassigned", *classes]),
+        "n_a": n_a, "n_b": n_b, "n_all": n_all,
+        "area_um2": np.bincount(ids.ravel(), minlength=n + 1)[1:] * fine_step**2,
+    }, index=pd.Index(names.astype(str), name="cell_id"))
+    table = TableModel.parse(ad.AnnData(obs=obs, obsm={
+        "spatial": cell_centroids(ids, grid.origin, fine_step)}))
+    logger.info("%d of %d transcripts lie in the %d cells of %r.", int((cell_of > 0).sum()),
+                len(points), n, cells)
+    return table, ids[sub // 2 :: sub, sub // 2 :: sub]

@@ -23,7 +23,8 @@ _STRIP_PIXELS = 8_000_000
 
 
 def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
-                region: Sequence[float] | None, stride_um: float | None, batch_size: int,
+                region: Sequence[float] | None, stride_um: float | None, cells: str | None,
+                smooth_um: float | None, batch_size: int,
                 device: str | None, key_added: str, overwrite: bool) -> None:
     """See :func:`histoexpr.tl._patch_classifier.predict`."""
     from spatialdata.models import Image2DModel, Labels2DModel
@@ -43,19 +44,40 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
         check_key_free(sdata, probabilities_key, overwrite=False)
     level0 = image_levels(sdata, image_key)[0]
     _check_image(level0, model, meta, image_key)
-    mpp = float(meta["mpp"])
+    member_mpp = [float(m) for m in meta.get("member_mpp", [meta["mpp"]] * len(model.members))]
+    coarsest = max(member_mpp)
     requested = float(meta["grid_um"] if stride_um is None else stride_um)
-    step_px = max(1, round(requested / mpp))
-    stride = step_px * mpp
+    stride = max(1, round(requested / coarsest)) * coarsest
     if abs(stride - requested) > 1e-6 * requested:
         logger.info("Stride %g um rounded to %g um, a whole number of the model's %g um pixels.",
-                    requested, stride, mpp)
+                    requested, stride, coarsest)
     x0, y0, x1, y1 = _region(level0, region)
     shape = (max(1, int((y1 - y0) / stride + 1e-6)), max(1, int((x1 - x0) / stride + 1e-6)))
 
-    probabilities = _slide(model, sdata, image_key, (x0, y0), shape, step_px, mpp,
-                           batch_size=batch_size, device=resolve_device(device))
+    probabilities = np.zeros((model.n_classes, *shape), dtype=np.float32)
+    for mpp in sorted(set(member_mpp)):  # members of one pixel size share their reads
+        members = [m for m, m_mpp in zip(model.members, member_mpp, strict=True) if m_mpp == mpp]
+        step_px = round(stride / mpp)
+        if abs(step_px * mpp - stride) > 1e-3 * stride:
+            raise ValueError(f"The stride {stride:g} um is not a whole number of the {mpp:g} um "
+                             "pixels of a member; choose stride_um as a multiple of every "
+                             f"member's pixel size ({sorted(set(member_mpp))}).")
+        group = PatchEnsemble.of(members) if len(members) < len(model.members) else model
+        probabilities += len(members) * _slide(group, sdata, image_key, (x0, y0), shape,
+                                               step_px, mpp, batch_size=batch_size,
+                                               device=resolve_device(device))
+    probabilities /= len(member_mpp)
     classes = {str(k): int(v) for k, v in meta["classes"].items()}
+    if smooth_um is not None and not smooth_um > 0:
+        raise ValueError(f"smooth_um must be a positive width in um or None, got {smooth_um!r}.")
+    if cells is not None:
+        probabilities = per_cell(sdata, cells, probabilities, (x0, y0), stride, classes,
+                                 smooth_um)
+    elif smooth_um is not None:
+        from scipy.ndimage import gaussian_filter
+
+        probabilities = gaussian_filter(probabilities, sigma=(0, smooth_um / stride,
+                                                              smooth_um / stride), mode="nearest")
     values = np.asarray(list(classes.values()), dtype=np.uint8)
     labels = values[probabilities.argmax(axis=0)]
     transformation = {"global": _to_global(stride, x0, y0)}
@@ -69,6 +91,28 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     sdata.images[probabilities_key] = image
     log_added("labels", key_added, f"{shape[1]}x{shape[0]} at {stride:g} um/px")
     log_added("images", probabilities_key, f"{len(classes)} class probabilities")
+
+
+def per_cell(sdata: SpatialData, cells: str, probabilities: np.ndarray,
+             origin: tuple[float, float], step: float, classes: dict[str, int],
+             smooth_um: float | None) -> np.ndarray:
+    """A dense probability map ``(K, H, W)`` made per cell: see ``predict(cells=...)``."""
+    from ..pp._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
+
+    ids, names = cell_raster(sdata, cells, origin, step, probabilities.shape[1:])
+    means = cell_means(probabilities, ids)
+    if smooth_um is not None:
+        means = smooth_over_cells(means, cell_centroids(ids, origin, step), float(smooth_um))
+    background = list(classes).index("background")
+    means[:, background] = 0
+    means /= np.maximum(means.sum(axis=1, keepdims=True), 1e-12)
+    out = np.zeros_like(probabilities)
+    out[background] = 1
+    inside = ids > 0
+    out[:, inside] = means[ids[inside] - 1].T
+    logger.info("Classified %d cells of %r (mean probability over each cell%s).", len(names),
+                cells, "" if smooth_um is None else f", smoothed over {smooth_um:g} um")
+    return out
 
 
 def _check_image(level0, model, meta: dict, image_key: str) -> None:

@@ -37,7 +37,7 @@ def fit(
     labels_key: str = "tx_labels",
     image_key: str | None = None,
     patch_size_um: float | Sequence[float] = (16.0, 32.0),
-    mpp: float | None = None,
+    mpp: float | Sequence[float] | None = None,
     region: Sequence[float] | None = None,
     val_fraction: float = 0.2,
     val_block_um: float | None = None,
@@ -80,6 +80,8 @@ def fit(
     mpp
         Pixel size at which patches are read, in um/px; defaults to the image's own pixel size
         or 0.5 um/px, whichever is coarser. Patch sides are rounded to an even number of pixels.
+        One value per patch size makes a multi-scale model: e.g. ``patch_size_um=(12, 64)``
+        with ``mpp=(0.25, 1.0)`` sees a nucleus in detail and the tissue around it coarsely.
     region
         ``(x_min, y_min, x_max, y_max)`` in um: only patches whose largest window lies inside it
         are used (train on one part of a section, test on another).
@@ -133,9 +135,8 @@ def fit(
     image_key = rule["image_key"] if image_key is None else image_key
     require_element(sdata, image_key, "images")
     level0 = image_levels(sdata, image_key)[0]
-    read_mpp = max(level0.mpp, DEFAULT_MPP) if mpp is None else float(mpp)
-    sizes_px = _patch_pixels(patch_size_um, read_mpp, level0)
-    largest_um = max(sizes_px) * read_mpp
+    scales = _patch_scales(patch_size_um, mpp, level0)  # (pixels, um/px) of each size
+    largest_um = max(px * px_mpp for px, px_mpp in scales)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie between 0 and 1, got {val_fraction!r}.")
     if combine not in ("auto", "ensemble", "best"):
@@ -155,7 +156,7 @@ def fit(
     _check_split(targets, train_idx, val_idx, classes)
 
     networks, histories, reports, val_probabilities = [], {}, [], []
-    for size_px in sizes_px:
+    for size_px, read_mpp in scales:
         size_um = size_px * read_mpp
         datasets = [_patch_dataset(sdata, image_key, centres[idx], targets[idx], size_px,
                                    read_mpp) for idx in (train_idx, val_idx)]
@@ -178,8 +179,8 @@ def fit(
     model = PatchEnsemble.of([networks[i] for i in chosen])
     model.metadata = {
         "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
-        "mpp": read_mpp, "image_mpp": level0.mpp,
-        "patch_size_um": [sizes_px[i] * read_mpp for i in chosen],
+        "mpp": min(scales[i][1] for i in chosen), "member_mpp": [scales[i][1] for i in chosen],
+        "image_mpp": level0.mpp, "patch_size_um": [scales[i][0] * scales[i][1] for i in chosen],
         "image_key": image_key, "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
         "in_channels": model.in_channels, "history": histories, "report": reports,
         "combine": combine, "seed": seed, "region": None if region is None else
@@ -188,7 +189,7 @@ def fit(
     }
     logger.info("Validation mean Dice per patch size: %s; kept %s.", ", ".join(
         f"{r['name']} {r['mean_dice']:.3f}" for r in reports),
-        [f"{sizes_px[i] * read_mpp:g} um" for i in chosen])
+        [f"{scales[i][0] * scales[i][1]:g} um" for i in chosen])
     return model
 
 
@@ -199,6 +200,8 @@ def predict(
     image_key: str | None = None,
     region: Sequence[float] | None = None,
     stride_um: float | None = None,
+    cells: str | None = None,
+    smooth_um: float | None = None,
     batch_size: int = 256,
     device: str | None = None,
     key_added: str = "pred_labels",
@@ -225,6 +228,17 @@ def predict(
     stride_um
         Grid step of the map (its pixel size) in um; defaults to the training labels' grid. It is
         rounded to a whole number of the model's pixels.
+    cells
+        Key of cell polygons (``sdata.shapes``) or a cell label image (``sdata.labels``): make
+        the map per cell, for labels made with ``transcript_labels(..., cells=...)``. Each
+        cell's probabilities are the mean of the dense map over its pixels, the background
+        class excluded (a cell is not background), and places outside every cell are
+        background. ``None`` keeps the dense map.
+    smooth_um
+        Smooth the probabilities over space with a Gaussian of this width (sigma, um), for
+        labels that are themselves smooth (windowed counts) or tissue-scale structures; with
+        ``cells``, each cell's probabilities are averaged with its neighbours', weighted by a
+        Gaussian of the distance between centroids. ``None`` does not smooth.
     batch_size
         Patches per forward pass.
     device
@@ -243,8 +257,8 @@ def predict(
 
     """
     return predict_map(model, sdata, image_key=image_key, region=region, stride_um=stride_um,
-                       batch_size=batch_size, device=device, key_added=key_added,
-                       overwrite=overwrite)
+                       cells=cells, smooth_um=smooth_um, batch_size=batch_size,
+                       device=device, key_added=key_added, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,18 +274,29 @@ def _labelling_rule(sdata: SpatialData, labels_key: str) -> dict[str, Any]:
     return sdata.tables[table_key].uns["transcript_labels"]
 
 
-def _patch_pixels(patch_size_um, mpp: float, level0) -> list[int]:
-    """Each patch side in pixels at ``mpp`` (even, so that every size shares its centre)."""
+def _patch_scales(patch_size_um, mpp, level0) -> list[tuple[int, float]]:
+    """Each patch's side in pixels (even, so that every size shares its centre) and um/px."""
     sizes = [patch_size_um] if np.isscalar(patch_size_um) else list(patch_size_um)
     if not sizes or any(not s > 0 for s in sizes):
         raise ValueError(f"patch_size_um must be positive sizes in um, got {patch_size_um!r}.")
+    if mpp is None:
+        mpps = [max(level0.mpp, DEFAULT_MPP)] * len(sizes)
+    elif np.isscalar(mpp):
+        mpps = [float(mpp)] * len(sizes)
+    else:
+        mpps = [float(m) for m in mpp]
+        if len(mpps) != len(sizes):
+            raise ValueError(f"mpp needs one pixel size per patch size ({len(sizes)}), got "
+                             f"{mpp!r}.")
+    if any(not m > 0 for m in mpps):
+        raise ValueError(f"mpp must be positive pixel sizes in um/px, got {mpp!r}.")
     height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
     too_big = [s for s in sizes if s > min(height_um, width_um)]
     if too_big:
         raise ValueError(f"Patches of {too_big} um are larger than the image ({width_um:.1f} x "
                          f"{height_um:.1f} um); use smaller patch_size_um.")
-    pixels = sorted({max(8, 2 * round(s / mpp / 2)) for s in sizes})
-    return pixels
+    scales = {(max(8, 2 * round(s / m / 2)), m) for s, m in zip(sizes, mpps, strict=True)}
+    return sorted(scales, key=lambda scale: (scale[0] * scale[1], scale[1]))
 
 
 def _class_indices(labels: np.ndarray, classes: dict[str, int]) -> np.ndarray:

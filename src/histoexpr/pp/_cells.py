@@ -1,0 +1,115 @@
+"""Cells (polygons or a label image) rasterised onto a grid: the cell of every grid pixel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+
+def cell_raster(sdata: SpatialData, cells: str, origin: tuple[float, float], step: float,
+                shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The cell of every pixel of a grid, and the cells' names.
+
+    ``cells`` is a key of ``sdata.shapes`` (polygons) or ``sdata.labels`` (a label image); the
+    grid has ``shape`` pixels of ``step`` um from ``origin`` (x, y) in the ``"global"`` system.
+    Returns ``(ids, names)``: ``ids`` (int32, 0 outside every cell, ``i`` in the cell
+    ``names[i - 1]``) and the names of the cells that cover at least one pixel.
+    """
+    if cells in sdata.shapes:
+        ids, names = _polygon_raster(sdata, cells, origin, step, shape)
+    elif cells in sdata.labels:
+        ids, names = _label_raster(sdata, cells, origin, step, shape)
+    else:
+        raise KeyError(f"No cells {cells!r} in sdata.shapes or sdata.labels; read cell polygons "
+                       "with hx.io.read_cell_boundaries or pass a cell label image.")
+    if not len(names):
+        raise ValueError(f"No cell of {cells!r} lies on the grid; check that the cells and the "
+                         "image share the 'global' coordinate system.")
+    return ids, names
+
+
+def cell_centroids(ids: np.ndarray, origin: tuple[float, float], step: float) -> np.ndarray:
+    """Centroids (x, y) in um of the cells ``1..ids.max()`` of a raster."""
+    rows, cols = np.nonzero(ids)
+    n = int(ids.max())
+    area = np.maximum(np.bincount(ids[rows, cols], minlength=n + 1)[1:], 1)
+    sums = [np.bincount(ids[rows, cols], weights=v, minlength=n + 1)[1:] for v in (cols, rows)]
+    return np.column_stack([origin[0] + (sums[0] / area + 0.5) * step,
+                            origin[1] + (sums[1] / area + 0.5) * step])
+
+
+def _polygon_raster(sdata, cells: str, origin, step: float, shape):
+    from shapely import affinity
+    from skimage.draw import polygon
+    from spatialdata.transformations import get_transformation
+
+    shapes = sdata.shapes[cells]
+    matrix = get_transformation(shapes, "global").to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y"))
+    # global um -> grid coordinates in which pixel (r, c) has its centre at (c, r)
+    to_grid = np.array([[1 / step, 0, -origin[0] / step - 0.5],
+                        [0, 1 / step, -origin[1] / step - 0.5], [0, 0, 1]]) @ matrix
+    ids = np.zeros(shape, dtype=np.int32)
+    names = []
+    for name, geometry in zip(shapes.index.astype(str), shapes.geometry, strict=True):
+        placed = affinity.affine_transform(geometry, [*to_grid[0, :2], *to_grid[1, :2],
+                                                      to_grid[0, 2], to_grid[1, 2]])
+        parts = getattr(placed, "geoms", [placed])
+        filled = False
+        for part in parts:
+            xy = np.asarray(part.exterior.coords)
+            rr, cc = polygon(xy[:, 1], xy[:, 0], shape)
+            if rr.size:
+                ids[rr, cc] = len(names) + 1
+                filled = True
+        if filled:
+            names.append(name)
+    if len(names) < len(shapes):
+        logger.info("%d of %d cells cover no pixel of the %g um grid (outside it or too small).",
+                    len(shapes) - len(names), len(shapes), step)
+    return ids, np.asarray(names, dtype=object)
+
+
+def _label_raster(sdata, cells: str, origin, step: float, shape):
+    from ..io._image import read_region
+
+    height, width = shape
+    bounds = (origin[0], origin[1], origin[0] + width * step, origin[1] + height * step)
+    values = np.asarray(read_region(sdata, cells, bounds, mpp=step))[:height, :width]
+    padded = np.zeros(shape, dtype=values.dtype)
+    padded[: values.shape[0], : values.shape[1]] = values
+    unique, inverse = np.unique(padded, return_inverse=True)
+    ids = inverse.reshape(shape).astype(np.int32)
+    if unique[0] != 0:
+        ids += 1
+    else:
+        unique = unique[1:]
+    return ids, unique.astype(str).astype(object)
+
+
+def cell_means(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Mean of each channel of ``values`` (C, H, W) over each cell of ``ids``: (n cells, C)."""
+    n = int(ids.max())
+    inside = ids > 0
+    area = np.maximum(np.bincount(ids[inside], minlength=n + 1)[1:], 1)
+    return np.column_stack([np.bincount(ids[inside], weights=channel[inside],
+                                        minlength=n + 1)[1:] / area for channel in values])
+
+
+def smooth_over_cells(values: np.ndarray, centroids: np.ndarray, sigma_um: float) -> np.ndarray:
+    """Each cell's values averaged with its neighbours', Gaussian-weighted by distance (um)."""
+    from scipy.sparse import diags
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(centroids)
+    distances = tree.sparse_distance_matrix(tree, 3 * sigma_um, output_type="coo_matrix")
+    weights = distances.copy()
+    weights.data = np.exp(-0.5 * (distances.data / sigma_um) ** 2)
+    weights = weights.tocsr() + diags(np.ones(len(centroids)))  # the cell itself (distance 0)
+    return (weights @ values) / np.asarray(weights.sum(axis=1))
