@@ -7,11 +7,12 @@ network (encoder + projection head, the same contrastive loss) on tensors alread
 ``her2st``: her2st sections C2, C3, C4, leave-one-section-out ridge probe of spot expression
 (the 50 most expressed genes, log-normalised; Pearson per gene; ridge alpha by inner CV) on the
 features of spot-centred tiles from: a random-init small CNN, the same CNN pretrained (on all
-three sections' unlabelled tiles, and on the two training sections only), a random-init
-ResNet-18, squidpy's features and histoexpr's hand-crafted features.
+three sections' unlabelled tiles, and on the two training sections only; with --moco also
+MoCo-v2 on all three), squidpy's features and histoexpr's hand-crafted features; every feature
+set probed with features standardised over the training sections and within each section.
 
     .venv/bin/python benchmarks/bench_pretrain.py speed
-    nice .venv/bin/python benchmarks/bench_pretrain.py her2st --epochs 3
+    nice .venv/bin/python benchmarks/bench_pretrain.py her2st --moco  # ~25 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import histoexpr as hx
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
 SECTIONS = ("C2", "C3", "C4")
+STANDARDISE = ("training", "group")  # hx.tl.probe's standardise: per training fold, per section
 
 
 def speed(args) -> None:
@@ -96,13 +98,15 @@ def _profile_parts(sdata, augment, args) -> None:
 
 def her2st(args) -> None:
     hx.settings.progress_bar = False
-    began = time.perf_counter()
+    torch.set_num_threads(1)
+    start = began = time.perf_counter()
     sections = {name: _read_section(name, args) for name in SECTIONS}
-    genes, targets = _expression_targets(sections, args.n_genes)
-    groups = np.concatenate([[name] * len(targets[name]) for name in SECTIONS])
-    y = pd.concat([targets[name] for name in SECTIONS], ignore_index=True)
-    print(f"read and tiled in {time.perf_counter() - began:.0f} s; spots per section "
-          f"{[len(targets[n]) for n in SECTIONS]}; grid tiles "
+    genes = hx.pp.select_genes([sections[n].tables["table"] for n in SECTIONS], n_top=args.n_genes)
+    y = np.concatenate([_targets(sections[name], genes) for name in SECTIONS])
+    groups = np.concatenate([[name] * sections[name].tables["he_spot_tiles_table"].n_obs
+                             for name in SECTIONS])
+    print(f"read and tiled in {time.perf_counter() - began:.0f} s; spot tiles per section "
+          f"{[int((groups == n).sum()) for n in SECTIONS]}; grid tiles "
           f"{[sections[n].tables['he_tiles_table'].n_obs for n in SECTIONS]}")
 
     def features(encoder, key):
@@ -111,39 +115,55 @@ def her2st(args) -> None:
         return np.concatenate([sections[n].tables["he_spot_tiles_table"].obsm[key]
                                for n in SECTIONS])
 
-    def score(x):
-        scores = hx.tl.probe(x, y, groups=groups)
-        return scores.groupby("fold")["pearson"].mean()
+    def scores(x):
+        return {standardise: hx.tl.probe(x, y, groups=groups, standardise=standardise)
+                .groupby("fold")["pearson"].mean() for standardise in STANDARDISE}
 
-    options = {"method": args.method, "encoder": "small_cnn", "epochs": args.epochs,
-               "batch_size": args.batch_size, "seed": 0}
-    results = {}
+    options = {"method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
+               "lr": args.lr, "temperature": args.temperature, "seed": 0}
+    if args.method == "moco":
+        options["queue_size"] = args.queue_size
     torch.manual_seed(0)
-    random_init = hx.models.TileEncoder(arch="small_cnn", in_channels=3)
+    random_init = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=args.width,
+                                        pool_levels=args.pool_levels)
+    results = {}
     began = time.perf_counter()
-    pretrained = hx.tl.pretrain(list(sections.values()), "he_tiles",
-                                **{**options, "encoder": random_init})
+    pretrained = hx.tl.pretrain(list(sections.values()), "he_tiles", encoder=random_init,
+                                **options)
     print(f"pretrained on all sections: {time.perf_counter() - began:.0f} s, loss "
           f"{np.round(pretrained.metadata['pretraining']['loss'], 3).tolist()}")
     random_init.metadata = {"normalisation": pretrained.metadata["normalisation"]}
-    results["small CNN, random init"] = score(features(random_init, "X_random"))
-    results["small CNN, pretrained (test section's tiles included)"] = score(
+    results["small CNN, random init"] = scores(features(random_init, "X_random"))
+    results["small CNN, pretrained on all sections' tiles"] = scores(
         features(pretrained, "X_pretrained"))
-    held_out = {}
+    held_out = {standardise: {} for standardise in STANDARDISE}
     for name in SECTIONS:
+        began = time.perf_counter()
         train = [sections[n] for n in SECTIONS if n != name]
-        encoder = hx.tl.pretrain(train, "he_tiles", **{**options, "encoder": random_init})
-        held_out[name] = score(features(encoder, "X_pretrained_held_out"))[name]
-    results["small CNN, pretrained (training sections only)"] = pd.Series(held_out)
-    results["ResNet-18, random init"] = score(features("resnet18", "X_resnet18"))
-    results["squidpy features"] = score(features("squidpy", "X_squidpy"))
-    results["hand-crafted features"] = score(features("handcrafted", "X_handcrafted"))
-    table = pd.DataFrame(results).T[list(SECTIONS)]
-    table["mean"] = table.mean(axis=1)
-    print(f"\nmean Pearson over {len(genes)} genes, leave-one-section-out "
-          f"(tiles {args.tile_px} px at {args.mpp} um/px; {args.method}, {args.epochs} epochs, "
-          f"batch {args.batch_size}); total {time.perf_counter() - began:.0f} s")
-    print(table.round(3).to_markdown())
+        encoder = hx.tl.pretrain(train, "he_tiles", encoder=random_init, **options)
+        for standardise, score in scores(features(encoder, "X_pretrained_held_out")).items():
+            held_out[standardise][name] = score[name]
+        print(f"pretrained without {name}: {time.perf_counter() - began:.0f} s")
+    results["small CNN, pretrained on the training sections' tiles only"] = {
+        standardise: pd.Series(values) for standardise, values in held_out.items()}
+    if args.moco:
+        began = time.perf_counter()
+        moco = hx.tl.pretrain(list(sections.values()), "he_tiles", encoder=random_init,
+                              **{**options, "method": "moco", "queue_size": args.queue_size})
+        print(f"MoCo-v2 on all sections: {time.perf_counter() - began:.0f} s")
+        results["small CNN, MoCo-v2 on all sections' tiles"] = scores(features(moco, "X_moco"))
+    results["squidpy features"] = scores(features("squidpy", "X_squidpy"))
+    results["hand-crafted features"] = scores(features("handcrafted", "X_handcrafted"))
+    print(f"\nmean Pearson over {len(genes)} genes, leave-one-section-out (tiles {args.tile_px} "
+          f"px at {args.mpp} um/px, grid stride {args.stride} of a tile; {args.method}, "
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, temperature "
+          f"{args.temperature}, width {args.width}, pool_levels {args.pool_levels}); total "
+          f"{time.perf_counter() - start:.0f} s")
+    for standardise in STANDARDISE:
+        table = pd.DataFrame({label: result[standardise]
+                              for label, result in results.items()}).T[list(SECTIONS)]
+        table["mean"] = table.mean(axis=1)
+        print(f"\nfeatures standardised per {standardise}:\n{table.round(3).to_markdown()}")
 
 
 def _read_section(name: str, args):
@@ -152,34 +172,19 @@ def _read_section(name: str, args):
                           folder / "spots" / f"{name}_selection.tsv",
                           next((folder / "images").glob(f"{name}_*.jpg")))
     hx.pp.detect_tissue(sdata, "he")
-    hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, min_tissue=0.5)
+    hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, min_tissue=0.5,
+               stride=args.tile_px * args.stride)
     hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, centers="spots",
                key_added="he_spot_tiles")
     return sdata
 
 
-def _expression_targets(sections, n_genes: int):
-    """Log-normalised expression of the most expressed shared genes, in spot-tile order."""
-    import scanpy as sc
-
-    tables = {}
-    for name, sdata in sections.items():
-        table = sdata.tables["table"].copy()
-        sc.pp.normalize_total(table, target_sum=1e4)
-        sc.pp.log1p(table)
-        tables[name] = table
-    shared = sorted(set.intersection(*(set(t.var_names) for t in tables.values())))
-    totals = sum(np.asarray(sections[n].tables["table"][:, shared].X.sum(axis=0)).ravel()
-                 for n in sections)
-    genes = [shared[i] for i in np.argsort(-totals)[:n_genes]]
-    targets = {}
-    for name, sdata in sections.items():
-        rows = pd.Index(tables[name].obs["spot_id"]).get_indexer(
-            sdata.tables["he_spot_tiles_table"].obs["spot_id"])
-        values = tables[name][rows, genes].X
-        values = values.toarray() if hasattr(values, "toarray") else values
-        targets[name] = pd.DataFrame(values, columns=genes)
-    return genes, targets
+def _targets(sdata, genes: list[str]) -> np.ndarray:
+    """Log-normalised expression of ``genes`` at each spot tile, in the tiles' order."""
+    spots = sdata.tables["table"]
+    rows = pd.Index(spots.obs["spot_id"]).get_indexer(
+        sdata.tables["he_spot_tiles_table"].obs["spot_id"])
+    return hx.pp.expression_targets(spots[rows], genes)
 
 
 def main() -> None:
@@ -195,9 +200,16 @@ def main() -> None:
     real = commands.add_parser("her2st")
     real.add_argument("--method", default="simclr")
     real.add_argument("--tile-px", type=int, default=48)
-    real.add_argument("--mpp", type=float, default=2.0)
-    real.add_argument("--epochs", type=int, default=3)
+    real.add_argument("--mpp", type=float, default=3.0)
+    real.add_argument("--stride", type=float, default=1.0, help="grid stride, share of a tile")
+    real.add_argument("--epochs", type=int, default=15)
     real.add_argument("--batch-size", type=int, default=64)
+    real.add_argument("--lr", type=float, default=1e-3)
+    real.add_argument("--temperature", type=float, default=0.2)
+    real.add_argument("--queue-size", type=int, default=4096)
+    real.add_argument("--width", type=int, default=32)
+    real.add_argument("--pool-levels", action=argparse.BooleanOptionalAction, default=True)
+    real.add_argument("--moco", action="store_true", help="add MoCo-v2 on all sections' tiles")
     real.add_argument("--n-genes", type=int, default=50)
     args = parser.parse_args()
     speed(args) if args.command == "speed" else her2st(args)

@@ -23,6 +23,10 @@ class TileEncoder(Network):
         Channels of the tiles: 3 for H&E, 1 for a nuclei stain.
     width
         Channels of the first block of ``"small_cnn"`` (doubled at each block); unused by ResNets.
+    pool_levels
+        ``"small_cnn"`` only: the features are the global averages of every block's output, one
+        after the other (``15 * width`` features: colour and fine texture from the first blocks,
+        larger structures from the last), instead of the last block's only (``8 * width``).
 
     Examples
     --------
@@ -32,15 +36,23 @@ class TileEncoder(Network):
     torch.Size([2, 128])
     """
 
-    def __init__(self, *, arch: str = "small_cnn", in_channels: int = 3, width: int = 16) -> None:
+    def __init__(self, *, arch: str = "small_cnn", in_channels: int = 3, width: int = 16,
+                 pool_levels: bool = False) -> None:
         if arch not in ARCHITECTURES:
             raise ValueError(f"Unknown encoder arch={arch!r}; choose one of {ARCHITECTURES}.")
         if in_channels < 1:
             raise ValueError(f"in_channels must be at least 1, got {in_channels}.")
-        super().__init__(config={"arch": arch, "in_channels": in_channels, "width": width})
-        self.in_channels = in_channels
+        if pool_levels and arch != "small_cnn":
+            raise ValueError(f"pool_levels=True is an option of arch='small_cnn', not {arch!r}.")
+        config = {"arch": arch, "in_channels": in_channels, "width": width}
+        if pool_levels:  # only when set, so that the configs of earlier models stay the same
+            config["pool_levels"] = True
+        super().__init__(config=config)
+        self.in_channels, self.pool_levels = in_channels, pool_levels
         if arch == "small_cnn":
             self.body, self.out_features = _small_cnn(in_channels, width)
+            if pool_levels:
+                self.out_features = 15 * width
         else:
             from monai.networks.nets import resnet
 
@@ -56,7 +68,14 @@ class TileEncoder(Network):
                 f"TileEncoder expects tiles of shape (N, {self.in_channels}, H, W), got "
                 f"{tuple(x.shape)}. Check the image's channels (H&E: 3, nuclei stain: 1)."
             )
-        return self.body(x)
+        if not self.pool_levels:
+            return self.body(x)
+        levels = []
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                levels.append(x.mean(dim=(2, 3)))
+        return torch.cat([*levels, x], dim=1)  # x: the last block's global average
 
 
 def _small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:

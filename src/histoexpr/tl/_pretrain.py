@@ -7,6 +7,7 @@ adds what that loop lacks, a checkpoint after every epoch and resuming from it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = "histoexpr-pretrain-checkpoint"
 CHECKPOINT_NAME = "pretrain_checkpoint.pt"
+SCHEDULES = ("cosine", "constant")
 _NORMALISATION_SAMPLE = 256  # tiles read to estimate the per-channel mean and spread
 
 
@@ -39,6 +41,8 @@ def pretrain(
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
+    schedule: str = "cosine",
+    warmup: float = 0.1,
     weight_decay: float = 1e-4,
     temperature: float = 0.2,
     queue_size: int = 4096,
@@ -46,6 +50,7 @@ def pretrain(
     projection_dim: int = 64,
     augment: str | torch.nn.Module | None = None,
     image_key: str | None = None,
+    cache: bool = True,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -83,7 +88,13 @@ def pretrain(
     batch_size
         Tiles per step; the last incomplete batch of an epoch is skipped.
     lr
-        Learning rate of AdamW.
+        Peak learning rate of AdamW.
+    schedule
+        ``"cosine"``: the learning rate rises linearly over the first ``warmup`` share of the
+        steps, then decays to zero along a half cosine by the last step; ``"constant"``: ``lr``
+        throughout.
+    warmup
+        Share of all steps spent warming up (``"cosine"``), in [0, 1).
     weight_decay
         Weight decay of AdamW.
     temperature
@@ -99,6 +110,11 @@ def pretrain(
         ``"fluorescence"``); a stain name; or a module from :func:`histoexpr.pp.augmentations`.
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
+    cache
+        Keep every tile in memory (float16) after its first read, so that later epochs read no
+        image (about ``6 * size_px**2`` bytes per tile for RGB); ``False`` reads them every epoch.
+        With ``hx.settings.n_workers > 0`` each loader worker keeps its own copy for one epoch
+        only, so pass ``False`` there.
     checkpoint_dir
         Folder for the checkpoint written after every epoch (``pretrain_checkpoint.pt``);
         ``None`` writes none.
@@ -122,14 +138,14 @@ def pretrain(
     from torch.utils.data import ConcatDataset
 
     from ..models import ContrastiveLearner
-    from ..pp import TileDataset
+    from ..pp import CachedDataset, TileDataset
     from ..pp._augment import augmentations, stain_of
 
     sections = _as_sections(data)
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
     geometry = _common_geometry(sections, datasets)
-    tiles = ConcatDataset(datasets)
-    _check_options(len(tiles), method, epochs, batch_size, queue_size)
+    tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
+    _check_options(len(tiles), method, epochs, batch_size, queue_size, schedule, warmup)
     seed = resolve_seed(seed)
     seed_everything(seed)
     start = _starting_encoder(encoder, geometry["channels"])
@@ -156,13 +172,17 @@ def pretrain(
     mean, std = (torch.as_tensor(state["normalisation"][k], device=device).reshape(1, -1, 1, 1)
                  for k in ("mean", "std"))
 
+    steps_per_epoch = len(tiles) // batch_size
     for epoch in progress(range(state["epoch"], epochs), desc=f"pretrain ({method})",
                           total=max(0, epochs - state["epoch"])):
         began = time.perf_counter()
         loader = _loader(tiles, batch_size, seed + epoch)
         learner.train()
         losses = []
-        for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
+        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))):
+            step = epoch * steps_per_epoch + i
+            for group in optimiser.param_groups:
+                group["lr"] = lr * _lr_factor(step, epochs * steps_per_epoch, schedule, warmup)
             images = to_device(batch, device)["image"]
             pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
             losses.append(_step(learner, optimiser, *pairs.chunk(2)))
@@ -183,6 +203,7 @@ def pretrain(
         "pretraining": {
             "tiles_key": tiles_key, "n_sections": len(sections), "n_tiles": len(tiles),
             "epochs": state["epoch"], "batch_size": batch_size, "lr": lr,
+            "schedule": schedule, "warmup": warmup if schedule == "cosine" else None,
             "weight_decay": weight_decay, "temperature": temperature,
             "queue_size": queue_size if method == "moco" else None,
             "momentum": momentum if method == "moco" else None,
@@ -203,6 +224,16 @@ def _step(learner, optimiser, view_a: torch.Tensor, view_b: torch.Tensor) -> flo
     loss.backward()
     optimiser.step()
     return float(loss.detach())
+
+
+def _lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Share of the peak learning rate at a step (0-based) of ``total``."""
+    if schedule == "constant":
+        return 1.0
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _loader(tiles, batch_size: int, seed: int):
@@ -265,7 +296,11 @@ def _starting_encoder(encoder: Any, channels: list[str]):
 
 
 def _check_options(n_tiles: int, method: str, epochs: int, batch_size: int,
-                   queue_size: int) -> None:
+                   queue_size: int, schedule: str, warmup: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup is a share of the steps, in [0, 1); got {warmup}.")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
     if batch_size < 2:

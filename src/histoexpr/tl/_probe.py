@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 KINDS = ("auto", "classification", "regression")
+STANDARDISE = ("training", "group")
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
 _MAX_CLASSES = 50  # an integer target with more distinct values is treated as continuous
 
@@ -27,19 +28,20 @@ def probe(
     features_key: str | None = None,
     table_key: str | None = None,
     kind: str = "auto",
+    standardise: str = "training",
     n_splits: int = 5,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     seed: int | None = None,
 ) -> pd.DataFrame:
     """Score features against a target with a linear probe on held-out folds.
 
-    Features are standardised on each training fold. Classes are predicted by logistic
-    regression (its regularisation chosen by inner cross-validation) and scored by accuracy and
-    balanced accuracy; continuous targets (one or many, e.g. genes) by ridge regression with a
-    penalty per target chosen by inner (efficient leave-one-out) cross-validation, scored by the
-    Pearson correlation of prediction and truth per target. With ``groups`` (e.g. the section
-    of each tile), no group is split between training and testing: each group is held out in
-    turn (at most ``n_splits`` folds of whole groups).
+    Features are standardised on each training fold, or within each group. Classes are
+    predicted by logistic regression (its regularisation chosen by inner cross-validation) and
+    scored by accuracy and balanced accuracy; continuous targets (one or many, e.g. genes) by
+    ridge regression with a penalty per target chosen by inner (efficient leave-one-out)
+    cross-validation, scored by the Pearson correlation of prediction and truth per target.
+    With ``groups`` (e.g. the section of each tile), no group is split between training and
+    testing: each group is held out in turn (at most ``n_splits`` folds of whole groups).
 
     Parameters
     ----------
@@ -61,6 +63,11 @@ def probe(
     kind
         ``"classification"``, ``"regression"``, or ``"auto"``: classes for text, categorical,
         boolean or integer targets with few values, regression otherwise.
+    standardise
+        ``"training"``: centre and scale the features by their mean and spread over the training
+        fold; ``"group"``: by those of each group, the held-out one included (it removes
+        differences of stain and scanner between sections; it uses the held-out features but not
+        their target).
     n_splits
         Number of folds.
     alphas
@@ -77,6 +84,11 @@ def probe(
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
+    if standardise not in STANDARDISE:
+        raise ValueError(f"Unknown standardise {standardise!r}; choose one of {STANDARDISE}.")
+    if standardise == "group" and groups is None:
+        raise ValueError("standardise='group' standardises within each group: pass groups= "
+                         "(e.g. the section of each observation).")
     table = _table(data, table_key)
     features = _features(data if table is None else table, features_key)
     targets = _targets(target, table, len(features))
@@ -92,12 +104,15 @@ def probe(
     group_labels = None if group_labels is None else np.asarray(group_labels)[keep]
     if kind == "auto":
         kind = "classification" if _looks_categorical(targets) else "regression"
+    if standardise == "group":
+        features = _standardise_within(features, group_labels)
     folds = _folds(len(features), group_labels, n_splits, resolve_seed(seed))
     score = _score_classes if kind == "classification" else _score_continuous
     rows = []
     for name, (train, test) in folds:
+        x = _standardise(features, train)
         rows += [{"fold": name, "n_train": len(train), "n_test": len(test), **row}
-                 for row in score(features, targets, train, test, alphas)]
+                 for row in score(x, targets, train, test, alphas)]
     return pd.DataFrame(rows)
 
 
@@ -193,12 +208,19 @@ def _standardise(features: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (features - mean) / np.where(std > 0, std, 1)
 
 
-def _score_classes(features, targets, train, test, alphas) -> list[dict[str, Any]]:
+def _standardise_within(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    standardised = np.empty_like(features)
+    for group in pd.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        standardised[rows] = _standardise(features, rows)[rows]
+    return standardised
+
+
+def _score_classes(x, targets, train, test, alphas) -> list[dict[str, Any]]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
     from sklearn.model_selection import GridSearchCV
 
-    x = _standardise(features, train)
     y = targets.iloc[:, 0].astype(str).to_numpy()
     inner = min(3, int(np.bincount(np.unique(y[train], return_inverse=True)[1]).min()))
     if inner < 2:
@@ -211,19 +233,15 @@ def _score_classes(features, targets, train, test, alphas) -> list[dict[str, Any
              "balanced_accuracy": balanced_accuracy_score(y[test], predicted)}]
 
 
-def _score_continuous(features, targets, train, test, alphas) -> list[dict[str, Any]]:
+def _score_continuous(x, targets, train, test, alphas) -> list[dict[str, Any]]:
     from sklearn.linear_model import RidgeCV
 
-    x = _standardise(features, train)
+    from ._expression_metrics import column_pearson
+
     y = targets.to_numpy(dtype=np.float64)
     model = RidgeCV(alphas=list(alphas), alpha_per_target=True).fit(x[train], y[train])
     predicted = model.predict(x[test]).reshape(len(test), -1)
     chosen = np.broadcast_to(np.atleast_1d(model.alpha_), (y.shape[1],))
-    return [{"target": name, "pearson": _pearson(predicted[:, j], y[test, j]),
-             "alpha": float(chosen[j])} for j, name in enumerate(targets.columns)]
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    pearson = column_pearson(predicted, y[test])
+    return [{"target": name, "pearson": float(pearson[j]), "alpha": float(chosen[j])}
+            for j, name in enumerate(targets.columns)]
