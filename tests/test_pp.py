@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_disk_section
 
 import histoexpr as hx
@@ -516,3 +517,22 @@ def test_real_slide_tissue_and_tiles(data_dir):
         image = dataset[index]["image"]
         assert tuple(image.shape) == (3, 128, 128)
         assert image.mean() < 0.85 and image.std() > 0.05
+
+
+def test_cached_dataset_reads_each_item_once():
+    reads = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            reads.append(index)
+            return {"image": torch.full((1, 2, 2), index / 3), "index": index}
+
+    cached = hx.pp.CachedDataset(Counting())
+    first = [cached[i] for i in range(3)]
+    second = [cached[i] for i in (2, 1, 0, 2)]
+    assert reads == [0, 1, 2] and len(cached) == 3
+    assert second[0]["image"].dtype == torch.float32 and second[0]["index"] == 2
+    torch.testing.assert_close(second[0]["image"], first[2]["image"], atol=1e-3, rtol=0)

@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_tissue": ["detect_tissue"],
         "_tile": ["tile"],
-        "_dataset": ["TileDataset"],
+        "_dataset": ["TileDataset", "CachedDataset"],
         "_augment": ["augmentations"],
         "_bags": ["pseudobulk"],
         "_deg": ["deg_labels"],

@@ -136,6 +136,34 @@ class TileDataset(Dataset):
                 f"{self.image_key!r}, obs_keys={list(self.obs_keys)})")
 
 
+class CachedDataset(Dataset):
+    """A tile dataset whose items are kept in memory after their first read.
+
+    Training reads every tile once per epoch; wrapping the dataset makes the later epochs read no
+    image. Images are kept as float16 (half the memory of float32) and handed out as float32.
+    Meant for the tiles of a training run, not a whole slide: memory grows with the tiles read.
+
+    Parameters
+    ----------
+    dataset
+        A dataset of dict items with an ``"image"`` tensor, e.g. a :class:`TileDataset`.
+
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self.items:
+            item = self.dataset[index]
+            self.items[index] = dict(item, image=item["image"].half())
+        item = self.items[index]
+        return dict(item, image=item["image"].float())
+
+
 def _column(series) -> np.ndarray:
     """An obs column as an array whose items become tensors (numbers) or stay as they are."""
     values = series.to_numpy()

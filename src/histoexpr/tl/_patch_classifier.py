@@ -130,6 +130,7 @@ def fit(
 
     """
     from ..models import PatchEnsemble
+    from ..pp import CachedDataset
 
     rule = _labelling_rule(sdata, labels_key)
     image_key = rule["image_key"] if image_key is None else image_key
@@ -160,7 +161,7 @@ def fit(
         size_um = size_px * read_mpp
         datasets = [_patch_dataset(sdata, image_key, centres[idx], targets[idx], size_px,
                                    read_mpp) for idx in (train_idx, val_idx)]
-        datasets = [_Cached(d) for d in datasets] if cache else datasets
+        datasets = [CachedDataset(d) for d in datasets] if cache else datasets
         network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
                                       width=width, dropout=dropout, augment=augment,
                                       epochs=epochs, batch_size=batch_size, lr=lr,
@@ -397,23 +398,6 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
                           shapes={"patches": _squares(boxes, ids)},
                           tables={"patches_table": _tile_table(obs, centres, "patches", uns)})
     return TileDataset(patches, "patches", obs_keys=["target"])
-
-
-class _Cached(torch.utils.data.Dataset):
-    """A dataset whose items are kept after their first read (images as float16)."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset, self.items = dataset, {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index not in self.items:
-            item = self.dataset[index]
-            self.items[index] = dict(item, image=item["image"].half())
-        item = self.items[index]
-        return dict(item, image=item["image"].float())
 
 
 # ---------------------------------------------------------------------------------------------
