@@ -43,9 +43,9 @@ PATCH_UM = {"her2st": lambda mpp: 224 * mpp, "mob_st": lambda mpp: 200.0}
 ROUTES = {
     "peer": {"route": "ridge", "encoder": "squidpy", "n_components": 30},
     "ridge": {"route": "ridge", "encoder": ["squidpy", "handcrafted"],
-              "context_um": (300.0, 600.0, 1000.0), "standardize_sections": True},
+              "context_um": (300.0, 600.0, 1000.0), "standardise_sections": True},
     "mlp": {"route": "mlp", "encoder": ["squidpy", "handcrafted"], "context_um": (300.0, 600.0),
-            "standardize_sections": True, "epochs": 60, "lr": 1e-3, "n_members": 5},
+            "standardise_sections": True, "epochs": 60, "lr": 1e-3, "n_members": 5},
     "cnn": {"route": "cnn", "arch": "small_cnn", "mpp": 2.0, "epochs": 25, "lr": 2e-3},
 }
 

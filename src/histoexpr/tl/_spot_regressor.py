@@ -59,7 +59,7 @@ def fit(
     patch_um: float = 112.0,
     mpp: float | None = None,
     context_um: float | Sequence[float] | None = None,
-    standardize_sections: bool = False,
+    standardise_sections: bool = False,
     n_components: int | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     arch: str = "small_cnn",
@@ -126,7 +126,7 @@ def fit(
         Head routes: neighbourhood context. Also use the mean features of the tiles whose
         centres lie within this distance (um); several distances add one mean each (rings of
         context, e.g. ``(300, 600)``). ``None`` uses the tile alone.
-    standardize_sections
+    standardise_sections
         Head routes: standardise features within each section (removes differences of stain and
         scanner between sections; prediction does the same on the new section).
     n_components
@@ -179,8 +179,8 @@ def fit(
                 "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     if route == "cnn":
-        if context_um is not None or standardize_sections:
-            raise ValueError("context_um and standardize_sections apply to the head routes "
+        if context_um is not None or standardise_sections:
+            raise ValueError("context_um and standardise_sections apply to the head routes "
                              "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
         from ._spot_training import fit_cnn
 
@@ -197,13 +197,13 @@ def fit(
             features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
         features = [section_features(p.sdata, tiles_key, encoder=encoder,
                                      features_key=features_key, context_um=context_um,
-                                     standardize=standardize_sections,
+                                     standardise=standardise_sections,
                                      batch_size=max(batch_size, 64), device=device)[p.tile_rows]
                     for p in prepared]
         targets = [p.targets for p in prepared]
         metadata.update({"encoder": encoder, "features_key": features_key,
                          "context_um": _radii(context_um),
-                         "standardize_sections": standardize_sections})
+                         "standardise_sections": standardise_sections})
         if route == "ridge":
             from ._spot_training import fit_ridge
 
@@ -309,7 +309,7 @@ def predict(
         features = section_features(tiles, tiles_key, encoder=metadata["encoder"],
                                     features_key=metadata["features_key"],
                                     context_um=metadata.get("context_um") or None,
-                                    standardize=metadata.get("standardize_sections", False),
+                                    standardise=metadata.get("standardise_sections", False),
                                     batch_size=batch_size, device=device)
         model = model.to("cpu").eval()
         with torch.inference_mode():
@@ -321,7 +321,7 @@ def predict(
 
 
 def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str, features_key: str,
-                     context_um: float | Sequence[float] | None = None, standardize: bool = False,
+                     context_um: float | Sequence[float] | None = None, standardise: bool = False,
                      batch_size: int = 64, device: str | None = None) -> np.ndarray:
     """Features of every tile of a section (embedded if absent), with context and scaling."""
     from ._embed import embed
@@ -331,7 +331,7 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str, featur
         embed(sdata, tiles_key, encoder=encoder, key_added=features_key, batch_size=batch_size,
               device=device)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
-    if standardize:
+    if standardise:
         scale = features.std(axis=0)
         features = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1)
     centres = np.asarray(table.obsm["spatial"])
