@@ -9,13 +9,15 @@ attention are therefore both readable for interpretation.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 from ._base import Network
 
 
-class _TilePooling(Network):
+class _TilePooling(Network, abc.ABC):
     """Bag outputs as the attention-weighted average of per-tile outputs (subclasses score)."""
 
     in_features: int
@@ -59,9 +61,9 @@ class _TilePooling(Network):
             outputs, attention, tile_outputs = outputs[0], attention[0], tile_outputs[0]
         return (outputs, attention, tile_outputs) if return_att else outputs
 
+    @abc.abstractmethod
     def score_tiles(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention scores and per-tile outputs of tiles ``X``: each pooling defines its own."""
-        raise NotImplementedError(f"{type(self).__name__} must define score_tiles.")
 
 
 class AttentionMIL(_TilePooling):
