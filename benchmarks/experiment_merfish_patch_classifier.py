@@ -298,11 +298,15 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/merfish_patch_classifier.json"))
-    args = parser.parse_args()
+    run_and_save(run, parser.parse_args())
+
+
+def run_and_save(experiment, args) -> None:
+    """Run ``experiment(args)``, time it and write its results as JSON to ``args.out``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hx.settings.progress_bar = False
     start = time.perf_counter()
-    results = run(args)
+    results = experiment(args)
     results["seconds"] = round(time.perf_counter() - start, 1)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nTotal {results['seconds']} s; results in {args.out}")

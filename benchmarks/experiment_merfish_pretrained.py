@@ -29,8 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import time
 from pathlib import Path
 from unittest import mock
@@ -192,14 +190,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/merfish_pretrained.json"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    hx.settings.progress_bar = False
-    start = time.perf_counter()
-    results = run(args)
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nTotal {results['seconds']} s; results in {args.out}")
+    base.run_and_save(run, parser.parse_args())
 
 
 if __name__ == "__main__":
