@@ -173,11 +173,11 @@ def add_map(sdata, key: str, probabilities: np.ndarray, origin, step: float,
             classes: dict) -> None:
     from spatialdata.models import Labels2DModel
 
-    from histoexpr.pp._tissue import _to_global
+    from histoexpr.io._elements import scale_to_global
 
     values = np.asarray(list(classes.values()), dtype=np.uint8)[probabilities.argmax(axis=0)]
-    element = Labels2DModel.parse(values, dims=("y", "x"), transformations={
-        "global": _to_global(step, *origin)})
+    element = Labels2DModel.parse(values, dims=("y", "x"),
+                                  transformations=scale_to_global(step, *origin))
     element.attrs["classes"] = classes
     sdata.labels[key] = element
 

@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 
 import histoexpr as hx
+from histoexpr.io._elements import scale_to_global
 from histoexpr.models import TileEncoder
 from histoexpr.pp._cells import cell_centroids, cell_raster, smooth_over_cells
-from histoexpr.pp._tissue import _to_global
 
 SMOOTH_UM = (15.0, 40.0)  # as the baseline's neighbourhood features
 MASK_STEP = 2.0  # um/px of the mask that restricts the pretraining grid to one half
@@ -68,7 +68,7 @@ def pretraining_tiles(sdata, bounds, args, key: str) -> None:
     shape = (int(np.ceil((y1 - y0) / MASK_STEP)), int(np.ceil((x1 - x0) / MASK_STEP)))
     sdata.labels[f"{key}_mask"] = Labels2DModel.parse(
         np.ones(shape, dtype=np.uint8), dims=("y", "x"),
-        transformations={"global": _to_global(MASK_STEP, x0, y0)})
+        transformations=scale_to_global(MASK_STEP, x0, y0))
     hx.pp.tile(sdata, "dapi", size=args.tile_px, mpp=args.tile_mpp,
                stride=args.stride_um / args.tile_mpp, tissue_key=f"{key}_mask",
                min_tissue=0.999, key_added=key, overwrite=True)

@@ -336,3 +336,10 @@ def _resample(crop: np.ndarray, box: tuple[float, float, float, float],
         info = np.iinfo(dtype)
         resized = np.clip(np.rint(resized), info.min, info.max)
     return resized.astype(dtype)
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: integers divided by their type's maximum, floats unchanged."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32)

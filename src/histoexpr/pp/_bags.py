@@ -164,7 +164,7 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
     import pandas as pd
     from spatialdata.models import TableModel
 
-    from ._tile import _squares
+    from ..io._elements import square_shapes
 
     n_bags = summed.shape[0]
     ids = np.arange(n_bags)
@@ -175,7 +175,7 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
                        obsm={"spatial": (boxes[:, :2] + boxes[:, 2:]) / 2, "tiles": membership},
                        uns={"bags": uns})
     table.layers["counts"] = summed.copy()
-    sdata.shapes[shapes_key] = _squares(boxes, ids)
+    sdata.shapes[shapes_key] = square_shapes(boxes, ids)
     sdata.tables[table_key] = TableModel.parse(table, region=shapes_key, region_key="region",
                                                instance_key="bag_id")
     log_added("shapes", shapes_key, f"{n_bags} bags of {uns['size_um']:g} um")

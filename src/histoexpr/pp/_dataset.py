@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._utils import require_element
-from ..io._image import image_levels, read_levels
+from ..io._image import image_levels, read_levels, to_unit_float
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -122,7 +122,7 @@ class TileDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"tile index {index} is out of range for {len(self)} tiles.")
         index = int(index) % len(self)
-        image = torch.from_numpy(_to_unit_float(self.pixels(index)))
+        image = torch.from_numpy(to_unit_float(self.pixels(index)))
         if self.transform is not None:
             image = self.transform(image)
         item: dict[str, Any] = {"image": image, "index": index}
@@ -174,10 +174,3 @@ def _column(series) -> np.ndarray:
     if values.dtype.kind == "b":
         return values
     return values.astype(object)
-
-
-def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
-    """Pixels as float32 in [0, 1]: integers divided by their type's maximum, floats unchanged."""
-    if np.issubdtype(pixels.dtype, np.integer):
-        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
-    return pixels.astype(np.float32)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import check_key_free, log_added, logger, require_element
+from ..io._elements import square_shapes, tile_table
 from ..io._image import COORDINATE_SYSTEM, image_levels, read_region
 
 if TYPE_CHECKING:
@@ -146,8 +147,8 @@ def tile(
         obs["spot_id"] = np.asarray(spot_ids)[keep]
     uns = {"image_key": image_key, "size_px": size_px, "mpp": tile_mpp, "size_um": size_um,
            "stride_um": stride_um if centers is None else None}
-    shapes = _squares(boxes[keep], tile_ids)
-    table = _tile_table(obs, centres[keep], key_added, uns)
+    shapes = square_shapes(boxes[keep], tile_ids)
+    table = tile_table(obs, centres[keep], key_added, uns)
 
     check_key_free(sdata, key_added, overwrite=overwrite)
     check_key_free(sdata, table_key, overwrite=overwrite)
@@ -273,28 +274,3 @@ def _tissue_fractions(sdata: SpatialData, tissue_key: str, boxes: np.ndarray, *,
     box_area_px = ((boxes[:, 2] - boxes[:, 0]) * (w / width_um)
                    * (boxes[:, 3] - boxes[:, 1]) * (h / height_um))
     return np.round(np.clip(area_px / box_area_px, 0, 1), 6)
-
-
-def _squares(boxes: np.ndarray, tile_ids: np.ndarray):
-    """Square polygons (um, identity to ``"global"``) indexed by tile id."""
-    import geopandas as gpd
-    import shapely
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Identity
-
-    geometry = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
-    frame = gpd.GeoDataFrame(geometry=geometry, index=tile_ids)
-    return ShapesModel.parse(frame, transformations={COORDINATE_SYSTEM: Identity()})
-
-
-def _tile_table(obs, centres: np.ndarray, region: str, uns: dict):
-    """The AnnData annotating the tiles."""
-    import anndata as ad
-    import pandas as pd
-    from spatialdata.models import TableModel
-
-    obs = obs.copy()
-    obs["region"] = pd.Categorical([region] * len(obs))
-    table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
-                       uns={"tiles": uns})
-    return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")

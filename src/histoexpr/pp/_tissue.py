@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._utils import check_key_free, log_added, logger, require_element
+from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
@@ -145,22 +146,12 @@ def detect_tissue(
     dtype = np.uint8 if n_pieces < 2**8 else np.uint16 if n_pieces < 2**16 else np.uint32
 
     element = Labels2DModel.parse(pieces.astype(dtype), dims=("y", "x"),
-                                  transformations={"global": _to_global(work_mpp, ox, oy)})
+                                  transformations=scale_to_global(work_mpp, ox, oy))
     check_key_free(sdata, key_added, overwrite=overwrite)
     sdata.labels[key_added] = element
     fraction = mask[valid].mean()
     log_added("labels", key_added, f"{n_pieces} piece(s) of tissue covering {fraction:.1%} of "
               f"the image, at {work_mpp:g} um/px")
-
-
-def _to_global(mpp: float, offset_x: float, offset_y: float):
-    """The transformation of a raster of pixel size ``mpp`` whose corner lies at the offset."""
-    from spatialdata.transformations import Scale, Sequence, Translation
-
-    scale = Scale([mpp, mpp], axes=("y", "x"))
-    if offset_x == 0 and offset_y == 0:
-        return scale
-    return Sequence([scale, Translation([offset_x, offset_y], axes=("x", "y"))])
 
 
 def _otsu(values: np.ndarray) -> float:

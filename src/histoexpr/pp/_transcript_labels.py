@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._utils import check_key_free, log_added, logger, require_element, seed_everything
+from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
@@ -192,8 +193,8 @@ def transcript_labels(
             "cells": cells, "patch_stride_um": float(patch_stride_um)}
     table = _patch_table(grid, labels, rows, cols, {"n_a": n_a, "n_b": n_b, "n_all": n_all},
                          classes, rule)
-    element = Labels2DModel.parse(labels, dims=("y", "x"), transformations={
-        "global": grid.transformation()})
+    element = Labels2DModel.parse(labels, dims=("y", "x"),
+                                  transformations=scale_to_global(grid.step, *grid.origin))
     element.attrs["classes"] = classes
     check_key_free(sdata, key_added, overwrite=overwrite)
     check_key_free(sdata, table_key, overwrite=overwrite)
@@ -254,11 +255,6 @@ class _Grid:
         """Centres (x, y) in um of cells."""
         return np.column_stack([self.origin[0] + (cols + 0.5) * self.step,
                                 self.origin[1] + (rows + 0.5) * self.step])
-
-    def transformation(self):
-        from ._tissue import _to_global
-
-        return _to_global(self.step, *self.origin)
 
 
 def _check_genes(genes: Sequence[str]) -> tuple[str, str]:

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from .._utils import check_key_free, log_added, logger, progress, require_element, resolve_device
-from ..io._image import image_levels, read_region
-from ..pp._dataset import _to_unit_float
+from ..io._image import image_levels, read_region, to_unit_float
 from ._segmentation_metrics import _bounds
 
 if TYPE_CHECKING:
@@ -29,8 +28,8 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     """See :func:`histoexpr.tl._patch_classifier.predict`."""
     from spatialdata.models import Image2DModel, Labels2DModel
 
+    from ..io._elements import scale_to_global
     from ..models import PatchEnsemble
-    from ..pp._tissue import _to_global
 
     if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
         raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
@@ -80,7 +79,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                                                               smooth_um / stride), mode="nearest")
     values = np.asarray(list(classes.values()), dtype=np.uint8)
     labels = values[probabilities.argmax(axis=0)]
-    transformation = {"global": _to_global(stride, x0, y0)}
+    transformation = scale_to_global(stride, x0, y0)
     image = Image2DModel.parse(probabilities, dims=("c", "y", "x"), c_coords=list(classes),
                                transformations=transformation)
     label_map = Labels2DModel.parse(labels, dims=("y", "x"), transformations=transformation)
@@ -156,7 +155,7 @@ def _slide(model, sdata, image_key: str, origin: tuple[float, float], shape: tup
             height_px = (r1 - r0 - 1) * step_px + 2 * margin
             pixels = read_region(sdata, image_key, (x_left, y_top, x_left + width_px * mpp,
                                                     y_top + height_px * mpp), mpp=mpp)
-            strip = torch.from_numpy(_to_unit_float(pixels)).to(device)
+            strip = torch.from_numpy(to_unit_float(pixels)).to(device)
             for r in range(r1 - r0):
                 patches = [_row_patches(strip, r * step_px + margin, margin, size, step_px)[:n_cols]
                            for size in sizes]

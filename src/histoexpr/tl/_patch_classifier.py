@@ -385,8 +385,8 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     import pandas as pd
     from spatialdata import SpatialData
 
+    from ..io._elements import square_shapes, tile_table
     from ..pp import TileDataset
-    from ..pp._tile import _squares, _tile_table
 
     size_um = size_px * mpp
     ids = np.arange(len(centres))
@@ -395,8 +395,8 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     uns = {"image_key": image_key, "size_px": size_px, "mpp": mpp, "size_um": size_um,
            "stride_um": None}
     patches = SpatialData(images={image_key: sdata.images[image_key]},
-                          shapes={"patches": _squares(boxes, ids)},
-                          tables={"patches_table": _tile_table(obs, centres, "patches", uns)})
+                          shapes={"patches": square_shapes(boxes, ids)},
+                          tables={"patches_table": tile_table(obs, centres, "patches", uns)})
     return TileDataset(patches, "patches", obs_keys=["target"])
 
 
