@@ -143,3 +143,17 @@ def test_a_list_of_encoders_concatenates_their_features(section):
                     checkpoint="weights.pt", key_added="X_no")
     with pytest.raises(KeyError, match="already exists"):  # refused before any feature is made
         hx.tl.embed(section, "he_tiles", encoder=["squidpy:summary", "handcrafted"])
+
+
+def test_an_encoder_trained_at_another_pixel_size_is_warned_about(section, caplog):
+    torch.manual_seed(0)
+    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    network.metadata = {"mpp": 0.25}  # as hx.tl.pretrain records it
+    with caplog.at_level("WARNING", logger="histoexpr"):
+        hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_other_scale")
+    assert "trained on tiles at 0.25 um/px but these tiles are at 0.5 um/px" in caplog.text
+    caplog.clear()
+    network.metadata = {"mpp": 0.5}
+    with caplog.at_level("WARNING", logger="histoexpr"):
+        hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_same_scale")
+    assert "um/px" not in caplog.text

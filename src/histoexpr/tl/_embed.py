@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from .._utils import log_added, progress, require_element, resolve_device
+from .._utils import log_added, logger, progress, require_element, resolve_device
 from ..io._image import image_levels
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
@@ -121,10 +121,25 @@ def _resolve(encoder: str | Path | Network, *, n_channels: int,
                                                    checkpoint=checkpoint)
 
     def compute(dataset, *, batch_size: int, device: str | None):
+        _warn_on_other_scale(network, name, dataset.mpp)
         return encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
                       normalisation=normalisation, desc=f"embed ({name})"), None
 
     return name, compute
+
+
+def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -> None:
+    """Warn when tiles are at another um/px than the one the encoder was trained at.
+
+    The tile size may differ (learned encoders pool over the whole tile, so an encoder trained
+    on small tiles describes a larger tile by the mean of its local features); the pixel size
+    sets the scale of the structures the features describe.
+    """
+    trained_mpp = (getattr(network, "metadata", None) or {}).get("mpp")
+    if trained_mpp is not None and not np.isclose(trained_mpp, tile_mpp, rtol=0.05):
+        logger.warning(f"Encoder {name!r} was trained on tiles at {trained_mpp:g} um/px but these "
+                       f"tiles are at {tile_mpp:g} um/px, so its features describe structures at "
+                       f"another scale; tile at mpp={trained_mpp:g} to match (any tile size).")
 
 
 def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
