@@ -23,10 +23,18 @@ all four.
 transcripts; baseline: logistic regression on per-location DAPI features and the same smoothed
 over 10 and 25 um; CNN rows dense and dense smoothed with a Gaussian of ``--smooth`` um).
 
+More input (``--labels cells`` only; the labels stay those of DAPI z0): ``--channels dapi
+polyt`` stacks the poly-T image (cell bodies) as a second channel (``cells``: the cell polygons
+drawn as a mask), ``--planes z0 z1`` adds the second focal plane. The CNN then trains on the
+patches of every plane (``hx.tl.fit(..., image_key=[...])``) and its maps are averaged over the
+planes; a second baseline row runs the baseline on the same input (the features of every
+channel side by side; one training row per cell and plane, the probabilities averaged over the
+planes), beside the issue's DAPI z0 one.
+
 Usage::
 
     nice python benchmarks/experiment_merfish_patch_classifier.py [--labels cells|window]
-        [--sizes 12 32 64 --mpp 0.25 0.5 1.0]
+        [--sizes 12 32 64 --mpp 0.25 0.5 1.0] [--channels dapi polyt|cells] [--planes z0 z1]
 
 Results are printed as markdown tables and written to ``--out`` (JSON).
 """
@@ -45,7 +53,8 @@ import pandas as pd
 import torch
 
 import histoexpr as hx
-from histoexpr.io._image import read_region
+from histoexpr.io._elements import image_element, read_plain_image
+from histoexpr.io._image import image_levels, read_region
 from histoexpr.pp._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
 from histoexpr.tl._dense_map import per_cell
 
@@ -56,6 +65,7 @@ ORIGIN = (6400.029, 4699.967)
 GENES = ("Slc17a7", "Gfap")
 FEATURE_MPP = 0.5  # um/px at which the baseline's per-cell DAPI features are measured
 CELL_CLASSES = 3  # tissue, gene A, gene B
+STAINS = {"dapi": "dapi", "polyt": "polyT", "cells": None}  # --channels -> file's stain
 
 
 def read_section():
@@ -69,12 +79,39 @@ def read_section():
     return sdata
 
 
-def dapi_maps(sdata, bounds, mpp: float, sigmas_um) -> list[np.ndarray]:
-    """DAPI intensity, Otsu foreground, gradient magnitude and Laplacian of Gaussian maps."""
+def add_inputs(sdata, channels, planes) -> list[str]:
+    """Add the image of ``channels`` (stacked) of each focal plane as ``input_{plane}``."""
+    keys = []
+    for plane in planes:
+        pixels = np.concatenate([channel_image(sdata, channel, plane) for channel in channels])
+        keys.append(f"input_{plane}")
+        sdata.images[keys[-1]] = image_element(pixels, mpp=MPP, channels=[
+            f"{channel}_{plane}" for channel in channels])
+    return keys
+
+
+def channel_image(sdata, channel: str, plane: str) -> np.ndarray:
+    """One channel (1, y, x): a stain's image file, or ``"cells"``: the cell polygons (255
+    inside a cell, 0 outside and on a 1 um outline; the z0 polygons for every plane)."""
+    from scipy.ndimage import binary_dilation
+    from skimage.segmentation import find_boundaries
+
+    if STAINS[channel] is not None:
+        return read_plain_image(DATA / "merfish_mouse_brain" / "images"
+                                / f"mini_dataset_{STAINS[channel]}_{plane}.jpg")
+    shape = image_levels(sdata, "dapi")[0].shape_yx
+    ids, _ = cell_raster(sdata, "cells", (0.0, 0.0), MPP, shape)
+    outline = binary_dilation(find_boundaries(ids), iterations=round(0.5 / MPP))
+    return (255 * ((ids > 0) & ~outline))[np.newaxis].astype(np.uint8)
+
+
+def intensity_maps(sdata, bounds, mpp: float, sigmas_um, image_key: str = "dapi",
+              channel: int = 0) -> list[np.ndarray]:
+    """Intensity, Otsu foreground, gradient magnitude and Laplacian of Gaussian maps."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    image = read_region(sdata, "dapi", bounds, mpp=mpp)[0].astype(np.float32) / 255
+    image = read_region(sdata, image_key, bounds, mpp=mpp)[channel].astype(np.float32) / 255
     foreground = (ndimage.gaussian_filter(image, 1) > threshold_otsu(image)).astype(np.float32)
     maps = [image, foreground]
     for sigma_um in sigmas_um:
@@ -83,16 +120,20 @@ def dapi_maps(sdata, bounds, mpp: float, sigmas_um) -> list[np.ndarray]:
     return maps
 
 
-def cell_features(sdata, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-cell DAPI features of the cells in ``bounds``, the same smoothed over neighbours.
+def cell_features(sdata, bounds, image_key: str = "dapi") -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell features of the cells in ``bounds``, the same smoothed over neighbours.
 
-    Returns the features (cells x F) and the cells' names.
+    The features of each channel of ``image_key`` side by side. Returns the features (cells x
+    F) and the cells' names.
     """
     from scipy import ndimage
 
-    maps = dapi_maps(sdata, bounds, FEATURE_MPP, (0.5, 1.0, 2.0))
-    for size_um in (10.0, 25.0):  # nuclei density and brightness around the cell
-        maps += [ndimage.uniform_filter(m, size=int(size_um / FEATURE_MPP)) for m in maps[:2]]
+    maps = []
+    for channel in range(image_levels(sdata, image_key)[0].data.sizes["c"]):
+        own = intensity_maps(sdata, bounds, FEATURE_MPP, (0.5, 1.0, 2.0), image_key, channel)
+        for size_um in (10.0, 25.0):  # nuclei density and brightness around the cell
+            own += [ndimage.uniform_filter(m, size=int(size_um / FEATURE_MPP)) for m in own[:2]]
+        maps += own
     maps = np.stack(maps)
     ids, names = cell_raster(sdata, "cells", bounds[:2], FEATURE_MPP, maps.shape[1:])
     mean = cell_means(maps, ids)
@@ -104,21 +145,32 @@ def cell_features(sdata, bounds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.column_stack([own, *smooth]), names
 
 
-def cell_baseline(sdata, halves: dict, train: str, test: str, grid_um: float) -> np.ndarray:
-    """Logistic regression on per-cell features: per-cell probabilities over the test half."""
+def cell_baseline(sdata, halves: dict, train: str, test: str, grid_um: float,
+                  image_keys=("dapi",)) -> np.ndarray:
+    """Logistic regression on per-cell features: per-cell probabilities over the test half.
+
+    With several images (focal planes), each cell gives one training row per image, and the
+    test probabilities are the mean over the images.
+    """
     from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    features, names = cell_features(sdata, halves[train])
+    features = [cell_features(sdata, halves[train], key) for key in image_keys]
+    names = features[0][1]
     truth = sdata.tables["tx_labels_cells"].obs["label"].reindex(names).to_numpy()
     keep = truth > 0  # cells labelled tissue, gene A or gene B (not unassigned)
+    x = np.concatenate([own[keep] for own, _ in features])
+    y, cell = (np.tile(values, len(image_keys)) for values in (truth[keep], np.flatnonzero(keep)))
+    # C by 5-fold CV on training cells; a cell's rows (one per image) stay in one fold
+    folds = 5 if len(image_keys) == 1 else list(GroupKFold(5).split(x, y, groups=cell))
     model = make_pipeline(StandardScaler(), LogisticRegressionCV(
-        Cs=8, cv=5, max_iter=3000, class_weight="balanced"))  # C by 5-fold CV on training cells
-    model.fit(features[keep], truth[keep])
-    test_features, test_names = cell_features(sdata, halves[test])
-    scores = pd.DataFrame(model.predict_proba(test_features),  # columns: values 2, 3, 4
-                          index=test_names)
+        Cs=8, cv=folds, max_iter=3000, class_weight="balanced"))
+    model.fit(x, y)
+    test_features = [cell_features(sdata, halves[test], key) for key in image_keys]
+    scores = pd.DataFrame(np.mean([model.predict_proba(own) for own, _ in test_features], axis=0),
+                          index=test_features[0][1])  # columns: values 2, 3, 4
     x0, y0, x1, y1 = halves[test]
     shape = (int((y1 - y0) / grid_um), int((x1 - x0) / grid_um))
     ids, names = cell_raster(sdata, "cells", (x0, y0), grid_um, shape)
@@ -157,7 +209,7 @@ def location_features(sdata, bounds, grid_um: float, shape) -> np.ndarray:
 
     work = grid_um / 4
     h, w = shape
-    maps = dapi_maps(sdata, bounds, work, (1.0, 2.0, 4.0))
+    maps = intensity_maps(sdata, bounds, work, (1.0, 2.0, 4.0))
     local = []
     for feature in maps:
         mean = ndimage.uniform_filter(feature, size=int(10 / work))
@@ -231,6 +283,11 @@ def run(args) -> dict:
     middle = labels.shape[0] // 2 * grid_um
     halves = {"top": (0.0, 0.0, width_um, middle), "bottom": (0.0, middle, width_um, height_um)}
     results = {"genes": list(GENES), "args": vars(args), "directions": {}}
+    inputs = ["dapi"]  # the image the labels were made on: DAPI z0
+    if (args.channels, args.planes) != (["dapi"], ["z0"]):
+        if not cells:
+            raise ValueError("--channels and --planes need --labels cells.")
+        inputs = add_inputs(sdata, args.channels, args.planes)
     if cells:
         results["cells"] = sdata.tables["tx_labels_cells"].obs["class"].value_counts().to_dict()
     make_baseline, baseline_name = {
@@ -245,22 +302,30 @@ def run(args) -> dict:
         baseline_probabilities = make_baseline(sdata, halves, train, test, grid_um)
         add_map(sdata, f"baseline_{train}", baseline_probabilities, origin, grid_um, classes)
         rows[baseline_name] = dice_row(sdata, f"baseline_{train}", halves[test])
+        if inputs != ["dapi"]:  # the baseline on the CNN's input: features of every channel
+            baseline_probabilities = cell_baseline(sdata, halves, train, test, grid_um, inputs)
+            add_map(sdata, f"baseline_{train}", baseline_probabilities, origin, grid_um, classes)
+            rows[f"baseline on {'+'.join(args.channels)} {'+'.join(args.planes)}"] = dice_row(
+                sdata, f"baseline_{train}", halves[test])
         timing["baseline_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         mpp = args.mpp[0] if len(args.mpp) == 1 else args.mpp
         model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=args.sizes, mpp=mpp,
                           region=halves[train], epochs=args.epochs, patience=args.patience,
-                          val_fraction=args.val_fraction,
-                          combine="ensemble", seed=0, width=args.width)
+                          val_fraction=args.val_fraction, image_key=inputs,
+                          combine="ensemble", seed=args.seed, width=args.width)
         timing["fit_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         probabilities = {}
         for i, (size, size_mpp) in enumerate(zip(model.metadata["patch_size_um"],
                                                  model.metadata["member_mpp"], strict=True)):
-            key = f"cnn_{train}_{size:g}"
-            hx.tl.predict(member_model(model, i), sdata, region=halves[test], key_added=key)
-            probabilities[f"{size:g} um at {size_mpp:g} um/px"] = sdata.images[
-                f"{key}_probabilities"].values
+            planes = []  # the mean over the focal planes
+            for image_key in inputs:
+                key = f"cnn_{train}_{size:g}_{image_key}"
+                hx.tl.predict(member_model(model, i), sdata, image_key=image_key,
+                              region=halves[test], key_added=key)
+                planes.append(sdata.images[f"{key}_probabilities"].values)
+            probabilities[f"{size:g} um at {size_mpp:g} um/px"] = np.mean(planes, axis=0)
         probabilities["ensemble"] = np.mean(list(probabilities.values()), axis=0)
         for member, dense in probabilities.items():
             for name, mapped in variants(sdata, dense, args.labels, origin, grid_um, classes,
@@ -288,6 +353,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[16.0, 32.0, 64.0])
     parser.add_argument("--mpp", type=float, nargs="+", default=[1.0])
     parser.add_argument("--labels", choices=["cells", "window"], default="cells")
+    parser.add_argument("--channels", nargs="+", choices=list(STAINS), default=["dapi"])
+    parser.add_argument("--planes", nargs="+", choices=["z0", "z1"], default=["z0"])
     parser.add_argument("--grid", type=float, default=2.0)
     parser.add_argument("--stride", type=float, default=2.0)
     parser.add_argument("--smooth", type=float, default=20.0)
@@ -296,6 +363,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--max-per-class", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the CNN's training")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/merfish_patch_classifier.json"))
     run_and_save(run, parser.parse_args())

@@ -99,7 +99,7 @@ def cell_embeddings(sdata, bounds, encoder, args, key: str) -> tuple[np.ndarray,
     from shapely.geometry import Point
     from spatialdata.models import ShapesModel
 
-    maps_shape = base.dapi_maps(sdata, bounds, base.FEATURE_MPP, ())[0].shape
+    maps_shape = base.intensity_maps(sdata, bounds, base.FEATURE_MPP, ())[0].shape
     ids, names = cell_raster(sdata, "cells", bounds[:2], base.FEATURE_MPP, maps_shape)
     centroids = cell_centroids(ids, bounds[:2], base.FEATURE_MPP)
     points = gpd.GeoDataFrame({"radius": np.full(len(names), 1.0)},
@@ -161,8 +161,8 @@ def run(args) -> dict:
             features["baseline + pretrained"][half] = (np.column_stack([own, learned]), names)
         for name in ("pretrained", "random init", "baseline + pretrained"):
             lookup = {tuple(halves[half]): value for half, value in features[name].items()}
-            with mock.patch.object(base, "cell_features",
-                                   lambda _sdata, bounds, lookup=lookup: lookup[tuple(bounds)]):
+            with mock.patch.object(base, "cell_features", lambda _sdata, bounds, _key,
+                                   lookup=lookup: lookup[tuple(bounds)]):
                 probabilities = base.cell_baseline(sdata, halves, train, test, grid_um)
             base.add_map(sdata, "scored", probabilities, halves[test][:2], grid_um, classes)
             rows[f"{name}: CNN features + neighbours (LR)"] = base.dice_row(

@@ -241,3 +241,35 @@ def test_per_cell_maps_average_the_dense_map_over_each_cell():
     # a Gaussian far wider than the section: every cell gets (nearly) the same probabilities
     spread = np.ptp(smoothed[1:, ids > 0], axis=1).max()
     assert 0 < spread < 0.05 * np.ptp(cells[1:, ids > 0], axis=1).max()
+
+
+def add_defocused_plane(sdata) -> None:
+    """A second focal plane of the DAPI image: blurred and dimmed, as ``"dapi_z1"``."""
+    from scipy.ndimage import gaussian_filter
+
+    from histoexpr.io._elements import image_element
+
+    dapi = hx.io.read_region(sdata, "dapi", (0, 0, 400, 400), mpp=0.5).astype(np.float32)
+    plane = gaussian_filter(dapi, sigma=(0, 3, 3)) * 0.5
+    sdata.images["dapi_z1"] = image_element(plane.astype(np.uint8), mpp=0.5, channels=["dapi"])
+
+
+def test_patches_of_several_planes_train_a_model_that_reads_each():
+    train = labelled_section(0, 400)
+    test = labelled_section(1, 400)
+    for sdata in (train, test):
+        add_defocused_plane(sdata)
+    options = {"model": "patch_classifier", "patch_size_um": 10, "mpp": 0.5, "epochs": 6,
+               "width": 8, "lr": 3e-3, "seed": 0, "device": "cpu"}
+    models = {"z0": hx.tl.fit(train, **options),
+              "z0_z1": hx.tl.fit(train, image_key=["dapi", "dapi_z1"], **options)}
+    assert models["z0_z1"].metadata["image_keys"] == ["dapi", "dapi_z1"]
+    dice = {}
+    for name, model in models.items():
+        hx.tl.predict(model, test, image_key="dapi_z1", stride_um=4.0, device="cpu",
+                      key_added=name)
+        dice[name] = hx.tl.evaluate(test, name, "tx_labels")["dice"].round(3).to_dict()
+    # the defocused plane of a held-out section: read well only by the model that trained on it
+    assert dice["z0_z1"]["mean"] > dice["z0"]["mean"] + 0.1, dice
+    with pytest.raises(ValueError, match="channel count"):
+        hx.tl.fit(train, image_key=["dapi", "he"], **options)

@@ -35,7 +35,7 @@ def fit(
     sdata: SpatialData,
     *,
     labels_key: str = "tx_labels",
-    image_key: str | None = None,
+    image_key: str | Sequence[str] | None = None,
     patch_size_um: float | Sequence[float] = (16.0, 32.0),
     mpp: float | Sequence[float] | None = None,
     region: Sequence[float] | None = None,
@@ -74,7 +74,10 @@ def fit(
     labels_key
         Key of the label map written by :func:`histoexpr.pp.transcript_labels`.
     image_key
-        Image to learn from; defaults to the one the labels were made on.
+        Image to learn from; defaults to the one the labels were made on. Several images of the
+        section on the same coordinates and with the same channels (e.g. focal planes) pool
+        their patches: every patch centre is read from each image, for training and for
+        validation.
     patch_size_um
         Side of the patches in um; several sizes train one classifier each.
     mpp
@@ -124,18 +127,20 @@ def fit(
     -------
     A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
     (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (of its members),
-    ``image_key``, ``grid_um`` (the label map's pixel size, the default stride of
+    ``image_key`` (the first image, the default of :func:`predict`), ``image_keys``,
+    ``grid_um`` (the label map's pixel size, the default stride of
     :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
     the ensemble: patches, epochs, validation loss, accuracy and Dice per class) and the split.
 
     """
+    from torch.utils.data import ConcatDataset
+
     from ..models import PatchEnsemble
     from ..pp import CachedDataset
 
     rule = _labelling_rule(sdata, labels_key)
-    image_key = rule["image_key"] if image_key is None else image_key
-    require_element(sdata, image_key, "images")
-    level0 = image_levels(sdata, image_key)[0]
+    image_keys = _image_keys(sdata, rule["image_key"] if image_key is None else image_key)
+    level0 = image_levels(sdata, image_keys[0])[0]
     scales = _patch_scales(patch_size_um, mpp, level0)  # (pixels, um/px) of each size
     largest_um = max(px * px_mpp for px, px_mpp in scales)
     if not 0 < val_fraction < 1:
@@ -157,10 +162,12 @@ def fit(
     _check_split(targets, train_idx, val_idx, classes)
 
     networks, histories, reports, val_probabilities = [], {}, [], []
+    val_targets = np.tile(targets[val_idx], len(image_keys))  # the order of the ConcatDataset
     for size_px, read_mpp in scales:
         size_um = size_px * read_mpp
-        datasets = [_patch_dataset(sdata, image_key, centres[idx], targets[idx], size_px,
-                                   read_mpp) for idx in (train_idx, val_idx)]
+        datasets = [ConcatDataset([_patch_dataset(sdata, key, centres[idx], targets[idx],
+                                                  size_px, read_mpp) for key in image_keys])
+                    for idx in (train_idx, val_idx)]
         datasets = [CachedDataset(d) for d in datasets] if cache else datasets
         network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
                                       width=width, dropout=dropout, augment=augment,
@@ -171,10 +178,10 @@ def fit(
         val_probabilities.append(probabilities)
         networks.append(network)
         histories[f"{size_um:g}"] = history
-        reports.append(_report(f"{size_um:g} um", probabilities, targets[val_idx], classes,
+        reports.append(_report(f"{size_um:g} um", probabilities, val_targets, classes,
                                size_um=size_um, patch_px=size_px, history=history))
     if len(networks) > 1:
-        reports.append(_report("ensemble", np.mean(val_probabilities, axis=0), targets[val_idx],
+        reports.append(_report("ensemble", np.mean(val_probabilities, axis=0), val_targets,
                                classes, size_um=None, patch_px=None, history=None))
     chosen = _choose(reports, combine)
     model = PatchEnsemble.of([networks[i] for i in chosen])
@@ -182,7 +189,8 @@ def fit(
         "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
         "mpp": min(scales[i][1] for i in chosen), "member_mpp": [scales[i][1] for i in chosen],
         "image_mpp": level0.mpp, "patch_size_um": [scales[i][0] * scales[i][1] for i in chosen],
-        "image_key": image_key, "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
+        "image_key": image_keys[0], "image_keys": image_keys, "labels_key": labels_key,
+        "grid_um": float(rule["grid_um"]),
         "in_channels": model.in_channels, "history": histories, "report": reports,
         "combine": combine, "seed": seed, "region": None if region is None else
         [float(v) for v in region], "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
@@ -273,6 +281,21 @@ def _labelling_rule(sdata: SpatialData, labels_key: str) -> dict[str, Any]:
         raise KeyError(f"No patch table {table_key!r} for the label map {labels_key!r}; make the "
                        "labels with hx.pp.transcript_labels(..., key_added=labels_key).")
     return sdata.tables[table_key].uns["transcript_labels"]
+
+
+def _image_keys(sdata: SpatialData, image_key: str | Sequence[str]) -> list[str]:
+    """The images to learn from, checked to exist and to share their channel count."""
+    keys = [image_key] if isinstance(image_key, str) else list(image_key)
+    if not keys:
+        raise ValueError("image_key must name at least one image.")
+    channels = {}
+    for key in keys:
+        require_element(sdata, key, "images")
+        channels[key] = int(image_levels(sdata, key)[0].data.sizes.get("c", 1))
+    if len(set(channels.values())) > 1:
+        raise ValueError(f"The images to learn from differ in their channel count ({channels}); "
+                         "pass images with the same channels.")
+    return keys
 
 
 def _patch_scales(patch_size_um, mpp, level0) -> list[tuple[int, float]]:
