@@ -10,9 +10,12 @@ features of spot-centred tiles from: a random-init small CNN, the same CNN pretr
 three sections' unlabelled tiles, and on the two training sections only; with --moco also
 MoCo-v2 on all three), squidpy's features and histoexpr's hand-crafted features; every feature
 set probed with features standardised over the training sections and within each section.
+The CNN is pretrained on small grid tiles (``--tile-px`` at ``--mpp``) and describes a spot by
+a larger tile (``--spot-px``, same um/px) through its global pooling; squidpy's and the
+hand-crafted features are measured on the same spot tiles and on the same squares at 3 um/px.
 
     .venv/bin/python benchmarks/bench_pretrain.py speed
-    nice .venv/bin/python benchmarks/bench_pretrain.py her2st --moco  # ~25 min on 2 shared cores
+    nice .venv/bin/python benchmarks/bench_pretrain.py her2st  # ~35 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
 SECTIONS = ("C2", "C3", "C4")
 STANDARDISE = ("training", "group")  # hx.tl.probe's standardise: per training fold, per section
+COARSE_MPP = 3.0  # squidpy's and the hand-crafted features also at this um/px
 
 
 def speed(args) -> None:
@@ -105,14 +109,17 @@ def her2st(args) -> None:
     y = np.concatenate([_targets(sections[name], genes) for name in SECTIONS])
     groups = np.concatenate([[name] * sections[name].tables["he_spot_tiles_table"].n_obs
                              for name in SECTIONS])
+    for sdata in sections.values():  # the same squares at both pixel sizes
+        assert (sdata.tables["he_spot_tiles_table"].obs["spot_id"].to_numpy()
+                == sdata.tables["he_spot_tiles_coarse_table"].obs["spot_id"].to_numpy()).all()
     print(f"read and tiled in {time.perf_counter() - began:.0f} s; spot tiles per section "
           f"{[int((groups == n).sum()) for n in SECTIONS]}; grid tiles "
           f"{[sections[n].tables['he_tiles_table'].n_obs for n in SECTIONS]}")
 
-    def features(encoder, key):
+    def features(encoder, key, tiles="he_spot_tiles"):
         for sdata in sections.values():
-            hx.tl.embed(sdata, "he_spot_tiles", encoder=encoder, key_added=key, overwrite=True)
-        return np.concatenate([sections[n].tables["he_spot_tiles_table"].obsm[key]
+            hx.tl.embed(sdata, tiles, encoder=encoder, key_added=key, overwrite=True)
+        return np.concatenate([sections[n].tables[f"{tiles}_table"].obsm[key]
                                for n in SECTIONS])
 
     def scores(x):
@@ -152,10 +159,14 @@ def her2st(args) -> None:
                               **{**options, "method": "moco", "queue_size": args.queue_size})
         print(f"MoCo-v2 on all sections: {time.perf_counter() - began:.0f} s")
         results["small CNN, MoCo-v2 on all sections' tiles"] = scores(features(moco, "X_moco"))
-    results["squidpy features"] = scores(features("squidpy", "X_squidpy"))
-    results["hand-crafted features"] = scores(features("handcrafted", "X_handcrafted"))
-    print(f"\nmean Pearson over {len(genes)} genes, leave-one-section-out (tiles {args.tile_px} "
-          f"px at {args.mpp} um/px, grid stride {args.stride} of a tile; {args.method}, "
+    for label, tiles in ((f"{args.mpp:g} um/px", "he_spot_tiles"),
+                         (f"{COARSE_MPP:g} um/px", "he_spot_tiles_coarse")):
+        results[f"squidpy features, {label}"] = scores(features("squidpy", "X_squidpy", tiles))
+        results[f"hand-crafted features, {label}"] = scores(
+            features("handcrafted", "X_handcrafted", tiles))
+    print(f"\nmean Pearson over {len(genes)} genes, leave-one-section-out (pretraining tiles "
+          f"{args.tile_px} px at {args.mpp} um/px, grid stride {args.stride} of a tile; spot "
+          f"tiles {args.spot_px * args.mpp:g} um; {args.method}, "
           f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, temperature "
           f"{args.temperature}, width {args.width}, pool_levels {args.pool_levels}); total "
           f"{time.perf_counter() - start:.0f} s")
@@ -174,8 +185,10 @@ def _read_section(name: str, args):
     hx.pp.detect_tissue(sdata, "he")
     hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, min_tissue=0.5,
                stride=args.tile_px * args.stride)
-    hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, centers="spots",
+    hx.pp.tile(sdata, "he", size=args.spot_px, mpp=args.mpp, centers="spots",
                key_added="he_spot_tiles")
+    hx.pp.tile(sdata, "he", size=round(args.spot_px * args.mpp / COARSE_MPP), mpp=COARSE_MPP,
+               centers="spots", key_added="he_spot_tiles_coarse")
     return sdata
 
 
@@ -199,10 +212,11 @@ def main() -> None:
     fast.add_argument("--epochs", type=int, default=1, help="timed epochs after the first")
     real = commands.add_parser("her2st")
     real.add_argument("--method", default="simclr")
-    real.add_argument("--tile-px", type=int, default=48)
-    real.add_argument("--mpp", type=float, default=3.0)
-    real.add_argument("--stride", type=float, default=1.0, help="grid stride, share of a tile")
-    real.add_argument("--epochs", type=int, default=15)
+    real.add_argument("--tile-px", type=int, default=48, help="pretraining tiles")
+    real.add_argument("--mpp", type=float, default=1.0)
+    real.add_argument("--stride", type=float, default=2.0, help="grid stride, share of a tile")
+    real.add_argument("--spot-px", type=int, default=192, help="spot tiles, at --mpp")
+    real.add_argument("--epochs", type=int, default=10)
     real.add_argument("--batch-size", type=int, default=64)
     real.add_argument("--lr", type=float, default=1e-3)
     real.add_argument("--temperature", type=float, default=0.2)
