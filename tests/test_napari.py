@@ -99,9 +99,9 @@ def test_screenshot_shows_the_marked_spot_where_it_is(section, viewers):
 
     def pixel(x_um, y_um):
         """The screenshot pixel at a world position in um, through the camera."""
-        centre_y, centre_x = viewer.camera.center[-2:]
-        row = (y_um - centre_y) * viewer.camera.zoom + shot.shape[0] / 2
-        col = (x_um - centre_x) * viewer.camera.zoom + shot.shape[1] / 2
+        centre_y, centre_x = viewer.scene.camera.center[-2:]
+        row = (y_um - centre_y) * viewer.scene.camera.zoom + shot.shape[0] / 2
+        col = (x_um - centre_x) * viewer.scene.camera.zoom + shot.shape[1] / 2
         return shot[int(round(row)), int(round(col))]
 
     for i, point in enumerate(centres):
