@@ -134,6 +134,13 @@ def pretrain(
     (the pipeline's spec), ``method`` and ``pretraining`` (options, loss per epoch, seconds);
     save it with :func:`histoexpr.io.save_model` and use it with :func:`histoexpr.tl.embed`.
 
+    Notes
+    -----
+    The encoders end in a global average, so the tiles they describe may be larger than those
+    they were pretrained on, as long as the pixel size is the same. On her2st, pretraining on
+    48 um tiles at 1 um/px and describing each spot by a 192 um tile at 1 um/px beat both the
+    same setting at 3 um/px and squidpy's features (``benchmarks/README.md``).
+
     """
     from torch.utils.data import ConcatDataset
 
