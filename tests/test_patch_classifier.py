@@ -241,6 +241,10 @@ def test_per_cell_maps_average_the_dense_map_over_each_cell():
     # a Gaussian far wider than the section: every cell gets (nearly) the same probabilities
     spread = np.ptp(smoothed[1:, ids > 0], axis=1).max()
     assert 0 < spread < 0.05 * np.ptp(cells[1:, ids > 0], axis=1).max()
+    with pytest.raises(KeyError, match="read_cell_boundaries"):
+        hx.tl.predict(model, sdata, device="cpu", cells="nope", key_added="bad")
+    with pytest.raises(ValueError, match="smooth_um"):
+        hx.tl.predict(model, sdata, device="cpu", smooth_um=0, key_added="bad")
 
 
 def add_defocused_plane(sdata) -> None:

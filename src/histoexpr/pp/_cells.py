@@ -21,17 +21,20 @@ def cell_raster(sdata: SpatialData, cells: str, origin: tuple[float, float], ste
     Returns ``(ids, names)``: ``ids`` (int32, 0 outside every cell, ``i`` in the cell
     ``names[i - 1]``) and the names of the cells that cover at least one pixel.
     """
-    if cells in sdata.shapes:
-        ids, names = _polygon_raster(sdata, cells, origin, step, shape)
-    elif cells in sdata.labels:
-        ids, names = _label_raster(sdata, cells, origin, step, shape)
-    else:
-        raise KeyError(f"No cells {cells!r} in sdata.shapes or sdata.labels; read cell polygons "
-                       "with hx.io.read_cell_boundaries or pass a cell label image.")
+    require_cells(sdata, cells)
+    raster = _polygon_raster if cells in sdata.shapes else _label_raster
+    ids, names = raster(sdata, cells, origin, step, shape)
     if not len(names):
         raise ValueError(f"No cell of {cells!r} lies on the grid; check that the cells and the "
                          "image share the 'global' coordinate system.")
     return ids, names
+
+
+def require_cells(sdata: SpatialData, cells: str) -> None:
+    """Raise a clear error unless ``cells`` names cell polygons or a cell label image."""
+    if cells not in sdata.shapes and cells not in sdata.labels:
+        raise KeyError(f"No cells {cells!r} in sdata.shapes or sdata.labels; read cell polygons "
+                       "with hx.io.read_cell_boundaries or pass a cell label image.")
 
 
 def cell_centroids(ids: np.ndarray, origin: tuple[float, float], step: float) -> np.ndarray:

@@ -30,6 +30,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
 
     from ..io._elements import scale_to_global
     from ..models import PatchEnsemble
+    from ..pp._cells import require_cells
 
     if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
         raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
@@ -41,6 +42,10 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     if not overwrite:
         check_key_free(sdata, key_added, overwrite=False)
         check_key_free(sdata, probabilities_key, overwrite=False)
+    if cells is not None:
+        require_cells(sdata, cells)
+    if smooth_um is not None and not smooth_um > 0:
+        raise ValueError(f"smooth_um must be a positive width in um or None, got {smooth_um!r}.")
     level0 = image_levels(sdata, image_key)[0]
     _check_image(level0, model, meta, image_key)
     member_mpp = [float(m) for m in meta.get("member_mpp", [meta["mpp"]] * len(model.members))]
@@ -67,8 +72,6 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                                                device=resolve_device(device))
     probabilities /= len(member_mpp)
     classes = {str(k): int(v) for k, v in meta["classes"].items()}
-    if smooth_um is not None and not smooth_um > 0:
-        raise ValueError(f"smooth_um must be a positive width in um or None, got {smooth_um!r}.")
     if cells is not None:
         probabilities = per_cell(sdata, cells, probabilities, (x0, y0), stride, classes,
                                  smooth_um)
