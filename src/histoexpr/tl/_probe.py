@@ -212,7 +212,7 @@ def _standardise_within(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
     standardised = np.empty_like(features)
     for group in pd.unique(groups):
         rows = np.flatnonzero(groups == group)
-        standardised[rows] = _standardise(features, rows)[rows]
+        standardised[rows] = _standardise(features[rows], np.arange(len(rows)))
     return standardised
 
 
