@@ -106,10 +106,12 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     import histoexpr as hx
     from histoexpr.tl._api import MODELS, _model_module
 
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
+        check_own_store(out)
     if out.resolve() == image_path.resolve():
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")
@@ -135,13 +137,56 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         raise CannotPredictError(f"the {name} model cannot predict on {image_path}: "
                                  f"{error}") from error
     added = sorted(set(_element_names(sdata)) - before)
+    attrs = dict(sdata.attrs.get(STORE_MARKER) or {})
+    sdata.attrs[STORE_MARKER] = {**attrs, "written_by": WRITTEN_BY, "model": name}
     if out.exists():
+        check_own_store(out)  # again: nothing may have taken its place meanwhile
         shutil.rmtree(out)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
         sdata.write(out)
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
     return {"model": name, "image_key": image_key, "added": added}
+
+
+#: ``sdata.attrs`` key (kept in the store's root attributes) and value by which
+#: ``histoexpr predict`` marks the stores it writes, so that ``--overwrite`` replaces only those
+STORE_MARKER = "histoexpr"
+WRITTEN_BY = "histoexpr predict"
+#: what a SpatialData store holds at its root (zarr v2 and v3 metadata, the element groups)
+_STORE_ENTRIES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata", "images", "labels", "points",
+                  "shapes", "tables"}
+
+
+def check_own_store(out: Path) -> None:
+    """Raise unless ``out`` is a SpatialData store that ``histoexpr predict`` wrote.
+
+    Such a store carries ``{"histoexpr": {"written_by": "histoexpr predict"}}`` in its root
+    attributes and holds nothing but the groups of a SpatialData store; anything else (a folder
+    or file of the user's, their own .zarr store) is refused before anything is deleted.
+    """
+    import json
+
+    refuse = (f"{out} exists and is not a store written by `histoexpr predict`")
+    fix = ("--overwrite only replaces a store that `histoexpr predict` wrote, so nothing was "
+           "deleted. Choose another -o, or move or delete it yourself.")
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{refuse} (it is a file or a link). {fix}")
+    attrs: dict = {}
+    for name, read in (("zarr.json", lambda d: d.get("attributes", {})), (".zattrs", dict)):
+        try:
+            attrs = read(json.loads((out / name).read_text()))
+            break
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    marker = attrs.get(STORE_MARKER) if isinstance(attrs, dict) else None
+    if not isinstance(marker, dict) or marker.get("written_by") != WRITTEN_BY:
+        raise FileExistsError(f"{refuse} (its root attributes lack the histoexpr predict "
+                              f"marker). {fix}")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _STORE_ENTRIES)
+    if foreign:
+        raise FileExistsError(f"{refuse} alone: it also holds {', '.join(foreign[:5])}, which a "
+                              f"SpatialData store does not. {fix}")
 
 
 def _read_slide(path: Path, *, image_key: str, mpp: float | None):

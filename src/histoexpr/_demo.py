@@ -56,11 +56,7 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
 
     if size not in SIZES:
         raise ValueError(f"Unknown demo size {size!r}; choose one of {sorted(SIZES)}.")
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_report_folder(out, overwrite=overwrite)
     report = _Report(out)
     scale = SIZES[size]
     saved = hx.settings.verbosity, hx.settings.progress_bar
@@ -72,6 +68,61 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
     report.write(seed=seed, size=size)
     print(f"histoexpr demo: report written to {out}", file=sys.stderr)
     return report.metrics
+
+
+#: the file by which a report folder says that ``histoexpr demo`` made it, and what it wrote
+REPORT_MARKER = ".histoexpr-demo.json"
+
+
+def prepare_report_folder(out: Path, *, overwrite: bool) -> None:
+    """Create the report folder ``out``, replacing it only if it is a report the demo wrote.
+
+    ``--overwrite`` deletes ``out`` only when it holds :data:`REPORT_MARKER` and nothing but the
+    files that marker lists (those the demo wrote); a folder or file of the user's is refused
+    with the reason, before anything is deleted or written.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose --out.")
+        _check_own_report(out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _write_marker(out, [])
+
+
+def _check_own_report(out: Path) -> None:
+    """Raise unless ``out`` is a report folder written by the demo and holds nothing else."""
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(
+            f"{out} exists and is not a report folder of `histoexpr demo` (it is a file or a "
+            "link); --overwrite leaves it alone. Choose another --out.")
+    marker = out / REPORT_MARKER
+    try:
+        record = json.loads(marker.read_text())
+        written = set(record["files"]) if record.get("written_by") == "histoexpr demo" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if written is None:
+        raise FileExistsError(
+            f"{out} exists and was not written by `histoexpr demo` (it has no {REPORT_MARKER}); "
+            "--overwrite only replaces a report folder the demo wrote, so nothing was deleted. "
+            "Choose another --out, or move or delete the folder yourself.")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in written | {REPORT_MARKER})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out} is a demo report, but also holds {len(foreign)} file(s) the demo did not "
+            f"write ({shown}); --overwrite would delete them, so nothing was deleted. Move them "
+            "out of the folder, or choose another --out.")
+
+
+def _write_marker(out: Path, files: list[str]) -> None:
+    from . import __version__
+
+    (out / REPORT_MARKER).write_text(json.dumps(
+        {"written_by": "histoexpr demo", "version": __version__, "files": sorted(set(files))},
+        indent=1))
 
 
 def _run_jobs(report: _Report, scale: DemoSize, seed: int) -> None:
@@ -87,7 +138,7 @@ def _run_jobs(report: _Report, scale: DemoSize, seed: int) -> None:
     report.metrics["spot_expression"] = _spot_expression(train, test, report)
     with warnings.catch_warnings():  # zarr announces a future default at every array written
         warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
-        report.step("write_zarr", train.write, report.out / "section.zarr")
+        report.step("write_zarr", train.write, report.record("section.zarr"))
 
 
 class _Report:
@@ -98,6 +149,13 @@ class _Report:
         self.metrics: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self.figures: list[str] = []
+        self.written: list[str] = []
+
+    def record(self, name: str) -> Path:
+        """Note in the folder's marker that the demo writes ``name`` (before writing it)."""
+        self.written.append(name)
+        _write_marker(self.out, self.written)
+        return self.out / name
 
     def step(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -114,14 +172,15 @@ class _Report:
         if isinstance(result, list):
             result = result[0]
         figure = getattr(result, "figure", result)
-        figure.savefig(self.out / name, dpi=110, bbox_inches="tight")
+        figure.savefig(self.record(name), dpi=110, bbox_inches="tight")
         plt.close(figure)
         self.figures.append(name)
 
     def write(self, *, seed: int, size: str) -> None:
         self.metrics.update(seed=seed, size=size, seconds=self.seconds)
-        (self.out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=float))
-        (self.out / "summary.md").write_text(_summary(self.metrics, self.figures))
+        self.record("metrics.json").write_text(json.dumps(self.metrics, indent=2,
+                                                           default=float))
+        self.record("summary.md").write_text(_summary(self.metrics, self.figures))
 
 
 def _prepare(train, test, report: _Report) -> dict[str, Any]:

@@ -110,6 +110,19 @@ class Settings:
             )
         self._n_workers = value
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and not isinstance(getattr(type(self), name, None), property):
+            import difflib
+
+            valid = _option_names()
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AttributeError(
+                f"hx.settings has no option {name!r}, so setting it would do nothing.{hint} "
+                f"The options are: {', '.join(valid)}."
+            )
+        super().__setattr__(name, value)
+
     def _apply_verbosity(self) -> None:
         logger = logging.getLogger(_LOGGER_NAME)
         logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
@@ -129,6 +142,10 @@ class Settings:
         }
         inner = ", ".join(f"{k}={v}" for k, v in fields.items())
         return f"Settings({inner})"
+
+
+def _option_names() -> list[str]:
+    return [name for name, value in vars(Settings).items() if isinstance(value, property)]
 
 
 def _best_device() -> str:

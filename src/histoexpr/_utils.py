@@ -36,20 +36,132 @@ def require_element(sdata: SpatialData, key: str, kind: str) -> None:
         raise KeyError(f"sdata.{kind} has no element {key!r}; available: {available}.")
 
 
-def check_key_free(sdata: SpatialData, key: str, *, overwrite: bool) -> None:
-    """Refuse to overwrite an existing element unless ``overwrite=True``.
+#: where histoexpr records which step wrote an element: ``attrs``/``uns`` key and sdata.attrs key
+WRITER_KEY = "histoexpr"
 
-    Element names are unique across all kinds in a SpatialData, so any kind is checked.
+
+def _fingerprint(element) -> list:
+    """What identifies an element's content cheaply: its shape (rasters), rows (shapes, tables)."""
+    from anndata import AnnData
+
+    if isinstance(element, AnnData):
+        return [int(element.n_obs), int(element.n_vars)]
+    if hasattr(element, "children") and "scale0" in getattr(element, "children", {}):
+        return [int(n) for n in next(iter(element["scale0"].data_vars.values())).shape]
+    if hasattr(element, "geometry"):
+        return [len(element)]
+    if hasattr(element, "dims") and hasattr(element, "shape"):
+        return [int(n) for n in element.shape]
+    return sorted(str(c) for c in getattr(element, "columns", []))
+
+
+def _own_record(element) -> dict | None:
+    from anndata import AnnData
+
+    holder = element.uns if isinstance(element, AnnData) else getattr(element, "attrs", {})
+    record = holder.get(WRITER_KEY) if hasattr(holder, "get") else None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
+def writer_of(sdata: SpatialData, key: str) -> str | None:
+    """The histoexpr step that wrote the element ``key`` (e.g. ``"hx.pp.tile"``), or ``None``.
+
+    An element records its writer in its own ``attrs`` (``uns`` for tables) and in
+    ``sdata.attrs["histoexpr"]["written"]`` (which, unlike the attrs of images, labels and points,
+    is kept in a .zarr store), with the kind and shape it had, so that an element the user put
+    under that name later is not taken for histoexpr's.
     """
     kind = element_kind(sdata, key)
-    if kind is not None and not overwrite:
+    if kind is None:
+        return None
+    element = getattr(sdata, kind)[key]
+    record = _own_record(element)
+    if record is not None:
+        return str(record["step"])
+    attrs = getattr(sdata, "attrs", None) or {}
+    written = (attrs.get(WRITER_KEY) or {}).get("written") or {}
+    record = written.get(key)
+    if (isinstance(record, dict) and record.get("kind") == kind
+            and list(record.get("fingerprint", [])) == _fingerprint(element)):
+        return str(record.get("step"))
+    return None
+
+
+def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str) -> None:
+    """Put ``element`` at ``sdata.<kind>[key]``, recording that histoexpr's ``step`` wrote it.
+
+    The record lets a later ``overwrite=True`` of the same step replace it (and nothing else):
+    see :func:`check_key_free`. Call ``check_key_free`` first.
+    """
+    from anndata import AnnData
+
+    record = {"step": step}
+    if isinstance(element, AnnData):
+        element.uns[WRITER_KEY] = record
+    else:
+        element.attrs[WRITER_KEY] = record
+    getattr(sdata, kind)[key] = element
+    attrs = sdata.attrs
+    mine = dict(attrs.get(WRITER_KEY) or {})
+    written = dict(mine.get("written") or {})
+    written[key] = {"kind": kind, "step": step, "fingerprint": _fingerprint(element)}
+    mine["written"] = written
+    attrs[WRITER_KEY] = mine
+
+
+def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,
+                       step: str | None = None) -> bool:
+    """Raise unless ``key`` is free, or ``overwrite`` and it holds what ``step`` wrote before.
+
+    Returns whether an element would be replaced. Nothing is deleted (see
+    :func:`check_key_free`): call this before any work, so that a bad key fails at once.
+    ``step=None`` (older callers) accepts an element written by any histoexpr step.
+    """
+    kind = element_kind(sdata, key)
+    if kind is None:
+        return False
+    writer = writer_of(sdata, key)
+    same = writer is not None and (step is None or writer == step)
+    if not same:
+        origin = (f"it was written by {writer}" if writer is not None
+                  else "it was not written by histoexpr")
+        doer = step or "a histoexpr step"
         raise KeyError(
-            f"sdata.{kind}[{key!r}] already exists. Pass overwrite=True to replace it, "
-            "or choose another key_added."
+            f"sdata.{kind}[{key!r}] already exists and {origin}, not by {doer}: it is not "
+            f"replaced, even with overwrite=True (which only replaces what the same step "
+            f"wrote). Choose another key_added, e.g. {_free_name(sdata, key)!r}."
         )
-    if kind is not None:
-        logger.info("Overwriting `sdata.%s[%r]`", kind, key)
+    if not overwrite:
+        raise KeyError(
+            f"sdata.{kind}[{key!r}] already exists (written by {writer}). Pass overwrite=True "
+            "to replace it, or choose another key_added."
+        )
+    return True
+
+
+def check_key_free(sdata: SpatialData, key: str, *, overwrite: bool,
+                   step: str | None = None) -> None:
+    """Make ``key`` free for ``step``'s new element, or raise a clear ``KeyError``.
+
+    Element names are unique across all kinds in a SpatialData, so any kind is checked. An
+    existing element is deleted only when ``overwrite=True`` and it was written by the same
+    ``step`` (see :func:`store_element`); an element of the user's, of a reader or of another
+    step is never replaced: the error suggests another key. ``step=None`` (older callers)
+    replaces only an element that some histoexpr step wrote.
+    """
+    if check_key_writable(sdata, key, overwrite=overwrite, step=step):
+        kind = element_kind(sdata, key)
+        logger.info("Overwriting `sdata.%s[%r]` (written by %s)", kind, key,
+                    writer_of(sdata, key))
         del getattr(sdata, kind)[key]
+
+
+def _free_name(sdata: SpatialData, key: str) -> str:
+    for i in range(2, 1000):
+        name = f"{key}_{i}"
+        if element_kind(sdata, name) is None:
+            return name
+    return f"{key}_new"
 
 
 def log_added(kind: str, key: str, what: str = "") -> None:

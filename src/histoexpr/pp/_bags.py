@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element
+from .._utils import check_key_free, log_added, logger, require_element, store_element
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+
+#: how the elements this step writes record their writer (see ``_utils.store_element``)
+STEP = "hx.pp.pseudobulk"
 
 
 def pseudobulk(
@@ -95,7 +98,7 @@ def pseudobulk(
         raise ValueError(f"min_spots must be at least 1, got {min_spots!r}.")
     shapes_key, table_out = key_added, f"{key_added}_table"
     for key in (shapes_key, table_out):
-        check_key_free(sdata, key, overwrite=overwrite)
+        check_key_free(sdata, key, overwrite=overwrite, step=STEP)
 
     counts = _spot_counts_of_tiles(sdata.tables[table_key], tiles, layer, table_key)
     membership, origins = _windows(np.asarray(tiles.obsm["spatial"], dtype=float),
@@ -175,9 +178,10 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
                        obsm={"spatial": (boxes[:, :2] + boxes[:, 2:]) / 2, "tiles": membership},
                        uns={"bags": uns})
     table.layers["counts"] = summed.copy()
-    sdata.shapes[shapes_key] = square_shapes(boxes, ids)
-    sdata.tables[table_key] = TableModel.parse(table, region=shapes_key, region_key="region",
-                                               instance_key="bag_id")
+    store_element(sdata, "shapes", shapes_key, square_shapes(boxes, ids), step=STEP)
+    store_element(sdata, "tables", table_key,
+                  TableModel.parse(table, region=shapes_key, region_key="region",
+                                   instance_key="bag_id"), step=STEP)
     log_added("shapes", shapes_key, f"{n_bags} bags of {uns['size_um']:g} um")
     log_added("tables", table_key, f"{n_bags} bags x {summed.shape[1]} genes, "
               f"{float(table.obs['n_spots'].mean()):.1f} spots per bag")

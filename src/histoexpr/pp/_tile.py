@@ -6,12 +6,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element
+from .._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    require_element,
+    store_element,
+)
 from ..io._elements import square_shapes, tile_table
 from ..io._image import COORDINATE_SYSTEM, image_levels, read_region
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+
+#: how the elements this step writes record their writer (see ``_utils.store_element``)
+STEP = "hx.pp.tile"
 
 DEFAULT_SIZE = 224
 # tissue fractions are measured on the tissue map at its own resolution, or at this fraction of
@@ -90,9 +100,8 @@ def tile(
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
     table_key = f"{key_added}_table"
-    if not overwrite:
-        for key in (key_added, table_key):
-            check_key_free(sdata, key, overwrite=False)
+    for key in (key_added, table_key):
+        check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
     if centers is not None:
@@ -150,10 +159,10 @@ def tile(
     shapes = square_shapes(boxes[keep], tile_ids)
     table = tile_table(obs, centres[keep], key_added, uns)
 
-    check_key_free(sdata, key_added, overwrite=overwrite)
-    check_key_free(sdata, table_key, overwrite=overwrite)
-    sdata.shapes[key_added] = shapes
-    sdata.tables[table_key] = table
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)
+    store_element(sdata, "shapes", key_added, shapes, step=STEP)
+    store_element(sdata, "tables", table_key, table, step=STEP)
     log_added("shapes", key_added, f"{n_tiles} tiles of {size_px} px at {tile_mpp:g} um/px")
     log_added("tables", table_key)
 

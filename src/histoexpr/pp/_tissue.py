@@ -7,12 +7,22 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element
+from .._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    require_element,
+    store_element,
+)
 from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+
+#: how the elements this step writes record their writer (see ``_utils.store_element``)
+STEP = "hx.pp.detect_tissue"
 
 _KINDS = ("auto", "brightfield", "fluorescence")
 # Otsu's threshold on saturation is kept inside this range: below it, noise on a white glass
@@ -84,8 +94,7 @@ def detect_tissue(
 
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tissue" if key_added is None else key_added
-    if not overwrite:
-        check_key_free(sdata, key_added, overwrite=False)
+    check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
     if not mpp > 0:
@@ -147,8 +156,8 @@ def detect_tissue(
 
     element = Labels2DModel.parse(pieces.astype(dtype), dims=("y", "x"),
                                   transformations=scale_to_global(work_mpp, ox, oy))
-    check_key_free(sdata, key_added, overwrite=overwrite)
-    sdata.labels[key_added] = element
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    store_element(sdata, "labels", key_added, element, step=STEP)
     fraction = mask[valid].mean()
     log_added("labels", key_added, f"{n_pieces} piece(s) of tissue covering {fraction:.1%} of "
               f"the image, at {work_mpp:g} um/px")

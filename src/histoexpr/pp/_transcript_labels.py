@@ -13,13 +13,24 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element, seed_everything
+from .._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    require_element,
+    seed_everything,
+    store_element,
+)
 from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
+
+#: how the elements this step writes record their writer (see ``_utils.store_element``)
+STEP = "hx.pp.transcript_labels"
 
 #: label value of grid cells that no rule assigns (ignored by training and evaluation)
 UNASSIGNED = 0
@@ -152,9 +163,8 @@ def transcript_labels(
     if image_key not in sdata.labels:
         require_element(sdata, image_key, "images")
     table_key = f"{key_added}_patches"
-    if not overwrite:
-        check_key_free(sdata, key_added, overwrite=False)
-        check_key_free(sdata, table_key, overwrite=False)
+    for key in (key_added, table_key):
+        check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     gene_a, gene_b = _check_genes(genes)
     _check_rule(grid_um, window_um, min_counts, enrichment, tissue, patch_stride_um)
 
@@ -196,13 +206,15 @@ def transcript_labels(
     element = Labels2DModel.parse(labels, dims=("y", "x"),
                                   transformations=scale_to_global(grid.step, *grid.origin))
     element.attrs["classes"] = classes
-    check_key_free(sdata, key_added, overwrite=overwrite)
-    check_key_free(sdata, table_key, overwrite=overwrite)
-    sdata.labels[key_added] = element
-    sdata.tables[table_key] = table
     if cells is not None:
-        check_key_free(sdata, f"{key_added}_cells", overwrite=overwrite)
-        sdata.tables[f"{key_added}_cells"] = cell_table
+        check_key_writable(sdata, f"{key_added}_cells", overwrite=overwrite, step=STEP)
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)
+    store_element(sdata, "labels", key_added, element, step=STEP)
+    store_element(sdata, "tables", table_key, table, step=STEP)
+    if cells is not None:
+        check_key_free(sdata, f"{key_added}_cells", overwrite=overwrite, step=STEP)
+        store_element(sdata, "tables", f"{key_added}_cells", cell_table, step=STEP)
         log_added("tables", f"{key_added}_cells", ", ".join(
             f"{name} {int((cell_table.obs['label'] == value).sum())}"
             for name, value in {**classes, "unassigned": UNASSIGNED}.items() if value != 1))

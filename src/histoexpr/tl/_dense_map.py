@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .._utils import check_key_free, log_added, logger, progress, require_element, resolve_device
+from .._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    progress,
+    require_element,
+    resolve_device,
+    store_element,
+)
 from ..io._image import image_levels, read_region, to_unit_float
 from ._segmentation_metrics import _bounds
 
@@ -16,6 +25,9 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ..models import PatchEnsemble
+
+#: how the elements this step writes record their writer (see ``_utils.store_element``)
+STEP = "hx.tl.predict"
 
 #: pixels of the image held at once (a strip of rows of the map, with its margins)
 _STRIP_PIXELS = 8_000_000
@@ -39,9 +51,8 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     image_key = meta["image_key"] if image_key is None else image_key
     require_element(sdata, image_key, "images")
     probabilities_key = f"{key_added}_probabilities"
-    if not overwrite:
-        check_key_free(sdata, key_added, overwrite=False)
-        check_key_free(sdata, probabilities_key, overwrite=False)
+    for key in (key_added, probabilities_key):
+        check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     if cells is not None:
         require_cells(sdata, cells)
     if smooth_um is not None and not smooth_um > 0:
@@ -87,10 +98,10 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                                transformations=transformation)
     label_map = Labels2DModel.parse(labels, dims=("y", "x"), transformations=transformation)
     label_map.attrs["classes"] = classes
-    check_key_free(sdata, key_added, overwrite=overwrite)
-    check_key_free(sdata, probabilities_key, overwrite=overwrite)
-    sdata.labels[key_added] = label_map
-    sdata.images[probabilities_key] = image
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    check_key_free(sdata, probabilities_key, overwrite=overwrite, step=STEP)
+    store_element(sdata, "labels", key_added, label_map, step=STEP)
+    store_element(sdata, "images", probabilities_key, image, step=STEP)
     log_added("labels", key_added, f"{shape[1]}x{shape[0]} at {stride:g} um/px")
     log_added("images", probabilities_key, f"{len(classes)} class probabilities")
 

@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element, resolve_device
+from .._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    require_element,
+    resolve_device,
+    store_element,
+)
 from ..io._image import image_levels
 
 if TYPE_CHECKING:
@@ -22,6 +30,9 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ..models import Network
+
+#: how the elements predict writes record their writer (see ``_utils.store_element``)
+STEP = "hx.tl.predict"
 
 ROUTES = ("ridge", "mlp", "cnn")
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -285,7 +296,7 @@ def predict(
     require_element(sdata, image_key, "images")
     tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
-    check_key_free(sdata, key_added, overwrite=overwrite)
+    check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
     patch_um, mpp = metadata["patch_um"], metadata["mpp"]
     _check_image_mpp(sdata, image_key, mpp)
     if tiles_key not in sdata.shapes:
@@ -314,8 +325,10 @@ def predict(
         model = model.to("cpu").eval()
         with torch.inference_mode():
             values = model(torch.from_numpy(features)).numpy()
-    sdata.tables[key_added] = _prediction_table(sdata.tables[f"{tiles_key}_table"], values,
-                                                metadata["genes"], tiles_key)
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    store_element(sdata, "tables", key_added,
+                  _prediction_table(sdata.tables[f"{tiles_key}_table"], values,
+                                    metadata["genes"], tiles_key), step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
     return sdata.tables[key_added]
 
