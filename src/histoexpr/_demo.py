@@ -292,7 +292,7 @@ def _regions_under_tiles(sdata) -> np.ndarray:
     import histoexpr as hx
 
     centres = sdata.tables["he_tiles_table"].obsm["spatial"]
-    regions = hx.io.read_region(sdata, "regions", (0, 0, *_extent(sdata)), mpp=2.0)
+    regions = hx.io.read_region(sdata, "regions", (0, 0, *_extent(sdata)), mpp=2.0, outside="fill")
     rows = np.clip((centres[:, 1] / 2.0).astype(int), 0, regions.shape[0] - 1)
     cols = np.clip((centres[:, 0] / 2.0).astype(int), 0, regions.shape[1] - 1)
     return np.asarray(regions)[rows, cols]

@@ -73,14 +73,30 @@ def channel_names(n_channels: int, single_name: str = "c0") -> list[str]:
     return [f"c{i}" for i in range(n_channels)]
 
 
-def to_cyx(array: np.ndarray) -> np.ndarray:
-    """Return a ``(y, x)``, ``(y, x, c)`` or ``(c, y, x)`` array as ``(c, y, x)``."""
+def to_cyx(array: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """Return a ``(y, x)``, ``(y, x, c)`` or ``(c, y, x)`` array as ``(c, y, x)``.
+
+    ``layout`` (``"yxc"`` or ``"cyx"``) says which a 3-D array is, where the source knows it
+    (PIL always gives ``(y, x, c)``); otherwise it is guessed from the axis sizes, and an array
+    whose first and last axes could both be the channels (e.g. ``(3, 4, 3)``) is refused.
+    """
     if array.ndim == 2:
         return array[np.newaxis]
     if array.ndim == 3:
-        if array.shape[-1] <= 4 and array.shape[0] > 4:
+        first, last = array.shape[0], array.shape[-1]
+        if layout is None:
+            if last <= 4 < first:
+                layout = "yxc"
+            elif first <= 4 < last:
+                layout = "cyx"
+            elif last <= 4 and first <= 4:
+                raise ValueError(
+                    f"The image of shape {array.shape} is too small to tell its channel axis: "
+                    "pass it as (channels, height, width), or a larger image."
+                )
+        if layout == "yxc" and last <= 4:
             return np.moveaxis(array, -1, 0)
-        if array.shape[0] <= 4:
+        if layout == "cyx" and first <= 4:
             return array
     raise ValueError(
         f"Expected an image of shape (y, x), (y, x, c) or (c, y, x) with at most 4 channels, "
@@ -96,23 +112,102 @@ def read_plain_image(path: str | Path, what: str = "image") -> np.ndarray:
     """
     path = existing_file(path, what)
     suffix = path.suffix.lower()
-    if suffix in {".tif", ".tiff"}:
-        import tifffile
+    try:
+        if suffix in {".tif", ".tiff"}:
+            import tifffile
 
-        array = tifffile.imread(path)
-    else:
-        from PIL import Image
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise ValueError("it holds no image (an empty or truncated file)")
+                axes = tif.series[0].axes
+                array = tif.series[0].asarray()
+            squeezed = "".join(a for a, n in zip(axes, array.shape, strict=True)
+                               if n > 1 or a in "YX")
+            array = array.reshape([n for a, n in zip(axes, array.shape, strict=True)
+                                   if n > 1 or a in "YX"])
+            layout = {"YXS": "yxc", "YXC": "yxc", "SYX": "cyx", "CYX": "cyx"}.get(squeezed)
+        else:
+            from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
-        try:
+            Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
             with Image.open(path) as image:
                 array = np.asarray(image)
-        except OSError as error:
-            raise ValueError(
-                f"Could not read the {what} {str(path)!r} ({error}). "
-                "Pass a JPEG, PNG or TIFF image."
-            ) from error
-    return to_cyx(array)
+            layout = "yxc"
+    except (OSError, ValueError, IndexError, EOFError) as error:
+        raise ValueError(
+            f"Could not read the {what} {str(path)!r} ({error}). "
+            "Pass a JPEG, PNG or TIFF image (a complete, not truncated, file)."
+        ) from error
+    return to_cyx(array, layout)
+
+
+def read_text_table(path: str | Path, what: str, **options):
+    """``pandas.read_csv`` of ``path``, with errors that name the file and what to do.
+
+    A truncated ``.gz``, a text file named ``.gz``, an empty file or one that is not a table
+    raise a ``ValueError`` naming ``path`` (pandas, gzip and zlib name none of them).
+    """
+    import gzip
+    import zlib
+
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError as error:
+        raise ValueError(f"The {what} file {str(path)!r} is empty. Pass the complete file "
+                         "(was it cut short while copying?).") from error
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        problem = ("is not gzip-compressed although its name ends in .gz"
+                   if isinstance(error, gzip.BadGzipFile) else "is truncated or corrupt")
+        raise ValueError(f"The {what} file {str(path)!r} {problem} ({error}). Copy or download "
+                         "it again, or name it after what it holds (e.g. drop '.gz' from a plain "
+                         "text file).") from error
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"The {what} file {str(path)!r} is not a readable text table "
+                         f"({error}). Pass a tab- or comma-separated table.") from error
+
+
+def numeric_table(frame, what: str):
+    """``frame`` as float64, or a ``ValueError`` naming the columns that hold text."""
+    import pandas as pd
+
+    if not len(frame.columns):
+        raise ValueError(f"The {what} hold no columns. Pass the complete table.")
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        column = frame[bad[0]]
+        values = pd.to_numeric(column, errors="coerce")
+        row = column.index[values.isna() & column.notna()]
+        example = (f" (e.g. {column.loc[row[0]]!r} in row {row[0]!r})" if len(row) else "")
+        raise ValueError(
+            f"The {what} hold text in {len(bad)} column(s): {[str(c) for c in bad[:5]]}"
+            f"{example}. Counts must be numbers: fix or remove those entries.")
+    return frame.astype(np.float64)
+
+
+def unique_names(names, what: str) -> list[str]:
+    """``names`` made unique (``IGKC``, ``IGKC.1``...), with a warning naming the duplicates."""
+    import pandas as pd
+
+    index = pd.Index([str(n) for n in names])
+    if index.is_unique:
+        return list(index)
+    duplicated = sorted(set(index[index.duplicated()]))
+    from anndata.utils import make_index_unique
+
+    counts = index.value_counts()
+    result = list(make_index_unique(index.copy(), join="."))
+    shown = ", ".join(f"{n} ({counts[n]}x)" for n in duplicated[:10])
+    renamed = ", ".join(f"{old} -> {new}" for old, new in zip(index, result, strict=True)
+                        if old != new)
+    logger.warning(
+        "The %s hold %d duplicated name(s): %s%s. The repeats were renamed to make them unique "
+        "(%s); sum or drop them before reading if they are one feature.",
+        what, len(duplicated), shown, ", ..." if len(duplicated) > 10 else "",
+        renamed if len(renamed) < 300 else renamed[:300] + ", ...")
+    return result
 
 
 def pyramid_factors(height: int, width: int, min_side: int = PYRAMID_MIN_SIDE) -> list[int]:
@@ -221,9 +316,7 @@ def spot_elements(
     adata.layers["counts"] = x.copy()
     adata.obsm["spatial"] = centres_um
     if not adata.var_names.is_unique:
-        n = int(adata.var_names.duplicated().sum())
-        logger.info("Made %d duplicated gene names unique (var_names_make_unique).", n)
-        adata.var_names_make_unique()
+        adata.var_names = unique_names(adata.var_names, "gene names of the counts")
     table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
     return shapes, table
 

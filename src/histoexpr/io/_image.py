@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -145,6 +145,7 @@ def read_region(
     *,
     mpp: float | None = None,
     fill: float = 0,
+    outside: Literal["warn", "fill", "raise"] = "warn",
 ) -> np.ndarray:
     """Read a rectangle of an image, at a chosen pixel size, computing only what it covers.
 
@@ -165,13 +166,76 @@ def read_region(
         Pixel size of the result in um/px; defaults to the image's full resolution.
     fill
         Value of pixels that fall outside the image.
+    outside
+        What to do when the rectangle is not wholly on the image (by more than half a pixel):
+        ``"warn"`` pads the part outside with ``fill`` and warns how much of the area that is;
+        ``"fill"`` pads it silently (for callers that expect it, e.g. tiles at the edge);
+        ``"raise"`` raises a ``ValueError``. A rectangle wholly outside the image raises a
+        ``ValueError`` unless ``outside="fill"`` (then it is all ``fill``).
 
     Returns
     -------
     An array ``(channels, height, width)`` of the image's dtype (``(height, width)`` for a label
     map), with ``height = round((y_max - y_min) / mpp)`` and likewise for the width.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> sdata = hx.datasets.synthetic_section(size_um=200)
+    >>> hx.io.read_region(sdata, "he", (0, 0, 50, 25), mpp=1.0).shape
+    (3, 25, 50)
     """
-    return read_levels(image_levels(sdata, image_key), bounds, mpp=mpp, fill=fill)
+    levels = image_levels(sdata, image_key)
+    check_on_image(levels[0], bounds, outside=outside, what=repr(image_key))
+    return read_levels(levels, bounds, mpp=mpp, fill=fill)
+
+
+def fraction_on_image(level: ImageLevel, bounds: tuple[float, float, float, float]) -> float:
+    """The fraction of the area of ``bounds`` (um) that lies on the image of ``level``."""
+    x_min, y_min, x_max, y_max = (float(b) for b in bounds)
+    ox, oy = level.offset
+    height, width = level.shape_yx
+    tolerance = 0.5 * level.mpp
+    dx = min(x_max, ox + width * level.mpp + tolerance) - max(x_min, ox - tolerance)
+    dy = min(y_max, oy + height * level.mpp + tolerance) - max(y_min, oy - tolerance)
+    area = (x_max - x_min) * (y_max - y_min)
+    if not area > 0:
+        return 0.0
+    return float(min(1.0, max(dx, 0.0) * max(dy, 0.0) / area))
+
+
+def check_on_image(level: ImageLevel, bounds: tuple[float, float, float, float], *,
+                   outside: str = "warn", what: str = "the image") -> float:
+    """Apply :func:`read_region`'s ``outside`` rule to ``bounds``; returns the fraction on it."""
+    import warnings
+
+    if outside not in ("warn", "fill", "raise"):
+        raise ValueError(f"outside must be 'warn', 'fill' or 'raise', got {outside!r}.")
+    x_min, y_min, x_max, y_max = (float(b) for b in bounds)
+    if not all(np.isfinite([x_min, y_min, x_max, y_max])):
+        raise ValueError(f"bounds must be finite numbers (um), got {bounds}.")
+    if not (x_max > x_min and y_max > y_min):
+        raise ValueError(
+            f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
+    fraction = fraction_on_image(level, bounds)
+    if fraction >= 1.0 or outside == "fill":
+        return fraction
+    ox, oy = level.offset
+    height, width = level.shape_yx
+    extent = (f"x {ox:g}..{ox + width * level.mpp:g}, y {oy:g}..{oy + height * level.mpp:g} "
+              "um")
+    if fraction == 0.0:
+        raise ValueError(
+            f"The box {tuple(bounds)} lies wholly outside {what} ({extent}): there is nothing to "
+            "read. Check that the box is in micrometres of the 'global' coordinate system (not "
+            "pixels), or pass outside='fill' to get a box of fill values.")
+    message = (f"{1 - fraction:.0%} of the box {tuple(bounds)} lies outside {what} ({extent})")
+    if outside == "raise":
+        raise ValueError(f"{message}. Pass a box on the image, or outside='warn'/'fill' to pad "
+                         "the part outside with fill.")
+    warnings.warn(f"{message}; that part is padded with the fill value. Pass outside='fill' to "
+                  "pad silently, or outside='raise' to refuse.", UserWarning, stacklevel=3)
+    return fraction
 
 
 def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, float], *,

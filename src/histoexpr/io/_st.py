@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import log_added, logger
-from ._elements import check_mpp, existing_file, image_element, read_plain_image, spot_elements
+from ._elements import (
+    check_mpp,
+    existing_file,
+    image_element,
+    numeric_table,
+    read_plain_image,
+    read_text_table,
+    spot_elements,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,9 +58,12 @@ def read_st(
     image
         The H&E image the spot file refers to (JPEG, PNG or TIFF).
     mpp
-        Pixel size of ``image`` in um/px. When ``None`` it is estimated from the spot pitch: a
-        fit of the pixel coordinates on the array coordinates gives the pixels between
-        neighbouring spots of an array row, which are ``spot_pitch_um`` apart.
+        Pixel size of ``image`` in um/px. When ``None`` it is estimated from the spot pitch,
+        robustly: the median pixel step between neighbouring spots of the array starts a fit of
+        the pixel coordinates on the array coordinates, spots more than a quarter of the pitch
+        off the grid the others define are left out of it (and named in a warning), and the
+        estimate is refused (pass ``mpp=``) when more than a fifth of the spots lie off the grid
+        or the fit and the median steps disagree by more than 5 %.
     spot_diameter_um
         Diameter of a spot in um (100 um on the ST arrays).
     spot_pitch_um
@@ -84,7 +95,7 @@ def read_st(
     table = _read_counts(counts_path)
     positions = _read_spot_file(spots_path)
     if mpp is None:
-        pitch_px = _spot_pitch_px(positions)
+        pitch_px = _spot_pitch_px(positions, spots_path.name)
         mpp = spot_pitch_um / pitch_px
         logger.info("Estimated %.4g um/px for %s from the spot pitch (%.1f px between "
                     "neighbouring spots of an array row = %g um; pass mpp= to set it).",
@@ -120,9 +131,7 @@ def read_st(
 
 def _read_counts(path: Path) -> pd.DataFrame:
     """Read the counts as spots x genes, spots named ``"{x}x{y}"``."""
-    import pandas as pd
-
-    table = pd.read_csv(path, sep="\t", index_col=0)
+    table = read_text_table(path, "counts", sep="\t", index_col=0)
     rows = table.index.astype(str).str.match(_SPOT_NAME).mean() if len(table) else 0.0
     cols = table.columns.astype(str).str.match(_SPOT_NAME).mean() if table.shape[1] else 0.0
     if rows < 0.5 <= cols:
@@ -135,14 +144,19 @@ def _read_counts(path: Path) -> pd.DataFrame:
             "ST counts table (spots x genes, tab-separated)."
         )
     table.index = table.index.astype(str)
-    return table
+    if not table.index.is_unique:
+        repeated = sorted(set(table.index[table.index.duplicated()]))
+        raise ValueError(
+            f"The counts table {path.name!r} holds {len(repeated)} spot(s) more than once "
+            f"({repeated[:5]}{', ...' if len(repeated) > 5 else ''}); each spot must be one row. "
+            "Sum or drop the repeated rows (e.g. table.groupby(level=0).sum()) and read again."
+        )
+    return numeric_table(table, f"counts of {path.name!r}")
 
 
 def _read_spot_file(path: Path) -> pd.DataFrame:
     """Read the spot file, indexed by ``"{x}x{y}"``."""
-    import pandas as pd
-
-    positions = pd.read_csv(path, sep="\t")
+    positions = read_text_table(path, "spot", sep="\t")
     missing = [c for c in _SPOT_COLUMNS if c not in positions.columns]
     if missing:
         raise ValueError(
@@ -150,7 +164,17 @@ def _read_spot_file(path: Path) -> pd.DataFrame:
             f"{list(positions.columns)}). Pass a tab-separated spot file with the columns "
             "x, y, pixel_x, pixel_y (as written by the ST spot detector or STUtility)."
         )
-    positions = positions.dropna(subset=list(_SPOT_COLUMNS))
+    numeric_table(positions[list(_SPOT_COLUMNS)],
+                  f"columns x, y, pixel_x, pixel_y of {path.name!r}")
+    values = positions[list(_SPOT_COLUMNS)].to_numpy(dtype=float)
+    complete = np.isfinite(values).all(axis=1)
+    if not complete.all():
+        logger.warning("Dropped %d of %d spots of %s without finite x, y, pixel_x or pixel_y.",
+                       int((~complete).sum()), len(complete), path.name)
+        positions = positions[complete]
+    if not len(positions):
+        raise ValueError(f"The spot file {path.name!r} has no spot with finite x, y, pixel_x and "
+                         "pixel_y. Pass the spot file of the section.")
     positions.index = (positions["x"].astype(int).astype(str) + "x"
                        + positions["y"].astype(int).astype(str))
     if not positions.index.is_unique:
@@ -160,21 +184,74 @@ def _read_spot_file(path: Path) -> pd.DataFrame:
     return positions
 
 
-def _spot_pitch_px(positions: pd.DataFrame) -> float:
-    """Pixels between neighbouring spots of an array row, from a fit of pixels on array coords."""
+def _spot_pitch_px(positions: pd.DataFrame, name: str = "the spot file") -> float:
+    """Pixels between neighbouring spots of an array row, estimated robustly.
+
+    The median pixel step between neighbouring spots (along array rows and along columns)
+    gives a first grid; spots more than a quarter of the pitch off it are outliers, named in a
+    warning; a least-squares fit of pixels on array coordinates over the other spots gives the
+    pitch. Too many outliers, or a fit that disagrees with the median steps, raise.
+    """
     ax = positions["new_x" if "new_x" in positions else "x"].to_numpy(dtype=float)
     ay = positions["new_y" if "new_y" in positions else "y"].to_numpy(dtype=float)
     design = np.column_stack([ax, ay, np.ones_like(ax)])
     pixels = positions[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+    fix = "Pass mpp= (um per pixel of the image)."
     if len(positions) < 3 or np.linalg.matrix_rank(design) < 3:
         raise ValueError("Too few spots, or spots on a single line, to estimate the pixel size "
-                         "from the spot pitch. Pass mpp= (um per pixel of the image).")
-    coef = np.linalg.lstsq(design, pixels, rcond=None)[0]
-    px_per_step = np.linalg.norm(coef[:2], axis=1)  # along array x, along array y
-    steps = [_row_step(positions["x"], positions["y"]), _row_step(positions["y"], positions["x"])]
-    pitch_x, pitch_y = px_per_step[0] * steps[0], px_per_step[1] * steps[1]
-    logger.debug("Spot pitch: %.2f px along array rows, %.2f px along columns", pitch_x, pitch_y)
-    return float(pitch_x)
+                         f"from the spot pitch. {fix}")
+    grid_x = positions["x"].to_numpy(dtype=int)
+    grid_y = positions["y"].to_numpy(dtype=int)
+    along_x = _neighbour_steps(grid_x, grid_y, ax, pixels)  # px per array unit, along rows
+    along_y = _neighbour_steps(grid_y, grid_x, ay, pixels)
+    if len(along_x) < 2 or len(along_y) < 2:
+        raise ValueError(f"{name} has too few neighbouring spots (in the same array row or "
+                         f"column) to estimate the pixel size from the spot pitch. {fix}")
+    step_x = _row_step(positions["x"], positions["y"])
+    linear = np.stack([np.median(along_x, axis=0), np.median(along_y, axis=0)])  # (2, 2)
+    start = np.median(pixels - design[:, :2] @ linear, axis=0)
+    coef = np.vstack([linear, start])
+    median_pitch = float(np.linalg.norm(linear[0])) * step_x
+    tolerance = 0.25 * median_pitch
+    inlier = np.linalg.norm(design @ coef - pixels, axis=1) < tolerance
+    for _ in range(5):
+        if inlier.sum() < 3 or np.linalg.matrix_rank(design[inlier]) < 3:
+            break
+        coef = np.linalg.lstsq(design[inlier], pixels[inlier], rcond=None)[0]
+        again = np.linalg.norm(design @ coef - pixels, axis=1) < tolerance
+        if (again == inlier).all():
+            break
+        inlier = again
+    outliers = positions.index[~inlier]
+    pitch_fit = float(np.linalg.norm(coef[0])) * step_x
+    logger.debug("Spot pitch: %.2f px (fit), %.2f px (median of neighbour steps)", pitch_fit,
+                 median_pitch)
+    if len(outliers):
+        shown = ", ".join(map(str, outliers[:20])) + (", ..." if len(outliers) > 20 else "")
+        logger.warning(
+            "%d of %d spots of %s lie more than a quarter of the spot pitch (%.0f px) off the "
+            "array grid that the other spots define: %s. They were left out of the pixel size "
+            "estimate; check their pixel_x/pixel_y (or pass mpp=).", len(outliers),
+            len(positions), name, median_pitch, shown)
+    if inlier.mean() < 0.8 or abs(pitch_fit / median_pitch - 1) > 0.05:
+        raise ValueError(
+            f"The pixel size cannot be estimated reliably from {name}: {len(outliers)} of "
+            f"{len(positions)} spots lie off the array grid, and the spot pitch is {pitch_fit:.1f} "
+            f"px by a fit but {median_pitch:.1f} px by the median step between neighbours. Check "
+            f"the spot file's pixel_x/pixel_y, or {fix[0].lower()}{fix[1:]}"
+        )
+    return pitch_fit
+
+
+def _neighbour_steps(along: np.ndarray, group: np.ndarray, coordinate: np.ndarray,
+                     pixels: np.ndarray) -> np.ndarray:
+    """Pixel displacement per array unit between consecutive spots of each row (or column)."""
+    order = np.lexsort((along, group))
+    same = group[order][1:] == group[order][:-1]
+    delta = np.diff(coordinate[order])
+    ok = same & (np.abs(delta) > 1e-9)
+    moved = np.diff(pixels[order], axis=0)[ok]
+    return moved / delta[ok, None]
 
 
 def _row_step(along, group) -> int:

@@ -13,7 +13,9 @@ from ._elements import (
     check_mpp,
     existing_file,
     image_element,
+    numeric_table,
     read_plain_image,
+    read_text_table,
     to_cyx,
 )
 
@@ -106,11 +108,17 @@ def read_transcripts(
             "Name the columns with x=, y= and gene= (e.g. x='global_x', y='global_y')."
         )
     n_rows = len(frame)
-    invalid = frame[[x, y]].isna().any(axis=1) | frame[gene].isna()
+    if not n_rows:
+        raise ValueError("The transcript table has no rows. Pass the complete table.")
+    numeric_table(frame[[x, y]], f"coordinate columns {x!r}, {y!r} of the transcript table")
+    coordinates = frame[[x, y]].to_numpy(dtype=np.float64)
+    invalid = ~np.isfinite(coordinates).all(axis=1) | frame[gene].isna().to_numpy()
     if invalid.any():
-        logger.info("Dropped %d of %d transcripts without coordinates or gene.",
-                    int(invalid.sum()), n_rows)
+        logger.warning("Dropped %d of %d transcripts without finite coordinates or a gene.",
+                       int(invalid.sum()), n_rows)
         frame = frame[~invalid]
+    if not len(frame):
+        raise ValueError("No transcript of the table has finite coordinates and a gene.")
     xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
     ys = (frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
 
@@ -134,7 +142,10 @@ def read_transcripts(
         label_elements[labels_key] = Labels2DModel.parse(
             label_array, dims=("y", "x"), transformations=scale_to_global(image_mpp),
             chunks=(1024, 1024))
-        log_added("labels", labels_key, f"{int(label_array.max())} labels")
+        n_labels = int(np.count_nonzero(np.unique(label_array)))
+        log_added("labels", labels_key,
+                  f"{n_labels} labels (largest id {int(label_array.max())})"
+                  if n_labels != int(label_array.max()) else f"{n_labels} labels")
 
     keep = np.ones(len(xs), dtype=bool)
     if extent_px is not None and outside != "keep":
@@ -174,7 +185,7 @@ def _read_table(table) -> pd.DataFrame:
     if isinstance(table, str | Path):
         path = existing_file(table, "transcript table")
         sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
-        return pd.read_csv(path, sep=sep)
+        return read_text_table(path, "transcript table", sep=sep)
     raise TypeError(f"table must be a pandas DataFrame or a csv path, got {type(table).__name__}.")
 
 

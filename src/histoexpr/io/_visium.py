@@ -13,7 +13,9 @@ from ._elements import (
     check_mpp,
     existing_file,
     image_element_from_levels,
+    numeric_table,
     read_plain_image,
+    read_text_table,
     spot_elements,
 )
 
@@ -148,9 +150,23 @@ def _read_counts_and_positions(path: Path, counts_file: str | None) -> tuple[Ann
         return adata, pixels
     # spatialdata-io 0.7.1 raises NotImplementedError for Matrix Market counts (a folder with
     # matrix.mtx.gz, barcodes and features), which Space Ranger also writes: read them here.
+    import gzip
+    import zlib
+
     import scanpy as sc
 
-    adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", make_unique=True)
+    try:
+        adata = sc.read_10x_mtx(counts_path, var_names="gene_symbols", make_unique=False)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError, ValueError) as error:
+        raise ValueError(
+            f"Could not read the Matrix Market counts in {str(counts_path)!r} "
+            f"({type(error).__name__}: {error}): one of matrix.mtx.gz, barcodes.tsv.gz and "
+            "features.tsv.gz is missing, truncated or not gzip-compressed. Copy the folder again "
+            "from the Space Ranger output."
+        ) from error
+    if not adata.obs_names.is_unique:
+        raise ValueError(f"The barcodes of {str(counts_path)!r} hold repeats; pass the counts of "
+                         "one Space Ranger run.")
     positions = _read_positions(path / "spatial")
     known = adata.obs_names.isin(positions.index)
     if not known.any():
@@ -165,21 +181,26 @@ def _read_counts_and_positions(path: Path, counts_file: str | None) -> tuple[Ann
     positions = positions.loc[adata.obs_names]
     for column in ("in_tissue", "array_row", "array_col"):
         adata.obs[column] = positions[column].to_numpy()
-    pixels = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    pixels = numeric_table(positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]],
+                           "pixel columns of the tissue positions").to_numpy()
+    finite = np.isfinite(pixels).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"{int((~finite).sum())} barcodes of {name!r} have no finite pixel position in the "
+            "tissue positions (e.g. "
+            f"{list(adata.obs_names[~finite][:3])}); pass the complete spatial/ folder.")
     return adata, pixels
 
 
 def _read_positions(spatial: Path) -> pd.DataFrame:
     """``tissue_positions.csv`` (header) or ``tissue_positions_list.csv`` (none), by barcode."""
-    import pandas as pd
-
     new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
     if new.exists():
-        positions = pd.read_csv(new)
+        positions = read_text_table(new, "tissue positions")
     elif old.exists():
-        positions = pd.read_csv(old, header=None)
+        positions = read_text_table(old, "tissue positions", header=None)
         if str(positions.iloc[0, 1]) == "in_tissue":  # some 1.x files do have a header
-            positions = pd.read_csv(old)
+            positions = read_text_table(old, "tissue positions")
         else:
             positions.columns = _POSITION_COLUMNS
     else:

@@ -62,6 +62,7 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
         ) from error
     if hasattr(tif.filehandle, "set_lock"):
         tif.filehandle.set_lock(True)  # dask reads tiles from several threads
+    _check_complete(tif, path)
     series = tif.series[0]
     if mpp is None:
         mpp = _mpp_from_metadata(tif)
@@ -87,6 +88,40 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
                 shapes, mpp, source)
     log_added("images", image_key, f"{len(levels)} levels, {mpp:.4g} um/px")
     return SpatialData(images={image_key: element})
+
+
+def _check_complete(tif, path: Path) -> None:
+    """Refuse a slide whose image data lie (partly) past the end of the file: truncated.
+
+    tifffile reads such files and returns black pixels where the data are missing.
+    """
+    size = path.stat().st_size
+    problem = None
+    try:
+        series = tif.series[0] if tif.series and len(tif.pages) else None
+        if series is None:
+            problem = "it holds no image (its first image directory is missing)"
+        else:
+            for level in series.levels:
+                for page in level.pages:
+                    if page is None:
+                        continue
+                    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts,
+                                                  strict=True) if n]
+                    if not ends or max(ends) > size:
+                        problem = (f"the pixel data of a {level.shape} level end past the file's "
+                                   f"{size} bytes")
+                        break
+                if problem:
+                    break
+    except (IndexError, KeyError, ValueError, OSError) as error:
+        problem = f"its image directories cannot be read ({error})"
+    if problem:
+        tif.close()
+        raise ValueError(
+            f"The slide {str(path)!r} is truncated or corrupt: {problem}. Copy or download it "
+            "again (compare its size with the original's)."
+        )
 
 
 def _mpp_from_metadata(tif) -> float | None:

@@ -137,10 +137,13 @@ def _draw_map(axis, sdata, key: str, colours: dict[int, str], alpha: float,
     """The map as colours (clear where unlabelled or of no listed class)."""
     from matplotlib.colors import to_rgba
 
+    from ._spatial import check_max_side
+
+    check_max_side(max_side)
     level = image_levels(sdata, key)[0]
     box = _extent(level)
     mpp = max(level.mpp, max(box[2] - box[0], box[3] - box[1]) / max_side)
-    values = read_region(sdata, key, box, mpp=mpp)
+    values = read_region(sdata, key, box, mpp=mpp, outside="fill")
     rgba = np.zeros(values.shape + (4,), dtype=np.float32)
     for value, colour in colours.items():
         rgba[values == value] = to_rgba(colour, alpha)

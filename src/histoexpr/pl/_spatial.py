@@ -115,6 +115,7 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, cmap, alpha, max
           ax, save) -> Axes:
     import matplotlib.pyplot as plt
 
+    check_max_side(max_side)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False
@@ -140,15 +141,23 @@ def draw_image(ax: Axes, sdata: SpatialData, image_key: str, *, max_side: int = 
 
     Returns what was shown: ``(H, W)`` for one channel (drawn in grey), else ``(H, W, 3)``.
     """
+    check_max_side(max_side)
     level0 = image_levels(sdata, image_key)[0]
     height, width = level0.shape_yx
     x0, y0 = level0.offset
     x1, y1 = x0 + width * level0.mpp, y0 + height * level0.mpp
     mpp = max(level0.mpp, max(x1 - x0, y1 - y0) / max_side)
-    shown = _displayable(read_region(sdata, image_key, (x0, y0, x1, y1), mpp=mpp))
+    shown = _displayable(read_region(sdata, image_key, (x0, y0, x1, y1), mpp=mpp, outside="fill"))
     ax.imshow(shown, extent=(x0, x1, y1, y0), cmap="gray" if shown.ndim == 2 else None,
               interpolation="antialiased")
     return shown
+
+
+def check_max_side(max_side) -> None:
+    """Refuse a ``max_side`` that is not a positive whole number of pixels."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels (e.g. 1000), got "
+                         f"{max_side!r}.")
 
 
 def _displayable(pixels: np.ndarray) -> np.ndarray:

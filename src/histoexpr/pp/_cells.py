@@ -84,7 +84,8 @@ def _label_raster(sdata, cells: str, origin, step: float, shape):
 
     height, width = shape
     bounds = (origin[0], origin[1], origin[0] + width * step, origin[1] + height * step)
-    values = np.asarray(read_region(sdata, cells, bounds, mpp=step))[:height, :width]
+    values = np.asarray(read_region(sdata, cells, bounds, mpp=step,
+                                    outside="fill"))[:height, :width]
     padded = np.zeros(shape, dtype=values.dtype)
     padded[: values.shape[0], : values.shape[1]] = values
     unique, inverse = np.unique(padded, return_inverse=True)

@@ -266,7 +266,7 @@ def _tissue_fractions(sdata: SpatialData, tissue_key: str, boxes: np.ndarray, *,
     height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
     ox, oy = level0.offset
     tissue = read_region(sdata, tissue_key, (ox, oy, ox + width_um, oy + height_um),
-                         mpp=read_mpp) > 0
+                         mpp=read_mpp, outside="fill") > 0
     h, w = tissue.shape
     # summed-area table; its bilinear interpolation is the exact area of a fractional box
     table = np.zeros((h + 1, w + 1))

@@ -115,7 +115,7 @@ def detect_tissue(
     out_w = max(1, math.ceil(width_um / work_mpp - 1e-6))
     ox, oy = level0.offset
     pixels = read_region(sdata, image_key, (ox, oy, ox + out_w * work_mpp, oy + out_h * work_mpp),
-                         mpp=work_mpp, fill=0)
+                         mpp=work_mpp, fill=0, outside="fill")
     valid = np.zeros((out_h, out_w), dtype=bool)
     valid[: max(1, round(height_um / work_mpp)), : max(1, round(width_um / work_mpp))] = True
 

@@ -351,7 +351,7 @@ def _foreground_fraction(sdata: SpatialData, image_key: str, grid: _Grid) -> np.
     from ._tissue import _otsu, _stained
 
     sub = _FOREGROUND_SUBSTEPS
-    pixels = read_region(sdata, image_key, grid.bounds, mpp=grid.step / sub)
+    pixels = read_region(sdata, image_key, grid.bounds, mpp=grid.step / sub, outside="fill")
     valid = np.ones(pixels.shape[-2:], dtype=bool)
     if pixels.ndim == 2:  # a nuclei label map
         mask = pixels > 0

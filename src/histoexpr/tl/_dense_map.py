@@ -168,7 +168,8 @@ def _slide(model, sdata, image_key: str, origin: tuple[float, float], shape: tup
             y_top = origin[1] + ((r0 + 0.5) * step_px - margin) * mpp
             height_px = (r1 - r0 - 1) * step_px + 2 * margin
             pixels = read_region(sdata, image_key, (x_left, y_top, x_left + width_px * mpp,
-                                                    y_top + height_px * mpp), mpp=mpp)
+                                                    y_top + height_px * mpp), mpp=mpp,
+                                 outside="fill")
             strip = torch.from_numpy(to_unit_float(pixels)).to(device)
             for r in range(r1 - r0):
                 patches = [_row_patches(strip, r * step_px + margin, margin, size, step_px)[:n_cols]

@@ -103,8 +103,8 @@ def _read_pair(sdata, pred_key: str, truth_key: str, region) -> tuple[np.ndarray
         raise ValueError(f"The maps do not overlap, or region is not (x_min, y_min, x_max, "
                          f"y_max) with max > min: {box}.")
     mpp = max(image_levels(sdata, key)[0].mpp for key in (pred_key, truth_key))
-    return (read_region(sdata, pred_key, box, mpp=mpp),
-            read_region(sdata, truth_key, box, mpp=mpp))
+    return (read_region(sdata, pred_key, box, mpp=mpp, outside="fill"),
+            read_region(sdata, truth_key, box, mpp=mpp, outside="fill"))
 
 
 def _bounds(level) -> tuple[float, float, float, float]:
