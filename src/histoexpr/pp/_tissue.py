@@ -29,6 +29,8 @@ _KINDS = ("auto", "brightfield", "fluorescence")
 # would count as tissue; above it, an image filled with tissue would be split into its
 # pale (eosin) and dark (haematoxylin) parts.
 _SATURATION_RANGE = (0.05, 0.15)
+# ... unless bare glass is in view: then Otsu's threshold between glass and stain may rise to this
+_GLASS_SATURATION_MAX = 0.3
 # Fluorescence: nuclei are sparse and the background dark. The threshold lies half-way between
 # the background's upper edge (the triangle threshold, which follows the background's peak of the
 # histogram) and the median intensity above it; Otsu's would split dense from sparse nuclei. The
@@ -53,12 +55,14 @@ def detect_tissue(
     The image is read at a low resolution (``mpp``) through :func:`histoexpr.io.read_region`.
     On a brightfield (H&E) image, tissue is what is stained: pixels whose colour saturation is
     above Otsu's threshold (kept between 0.05 and 0.15, so that neither a blank glass nor an image
-    filled with tissue is split in two). On a fluorescence image, tissue is where the intensity
-    (the mean of the channels, slightly smoothed) is above half-way between the dark background
-    (whose upper edge is found by the triangle method) and the median intensity of what is not
-    background, and the mask is closed over 24 um so that sparse nuclei join. Then, for both
-    kinds, the mask is closed over one pixel, pieces smaller than ``min_area_um2`` are removed
-    (and counted in the log) and, with ``fill_holes``, holes enclosed by tissue are filled.
+    filled with tissue is split in two; up to 0.3 where at least a fifth of the image is bare
+    glass, so that a faint smear of stain on the glass is not tissue). On a fluorescence image,
+    tissue is where the intensity (the mean of the channels, slightly smoothed) is above half-way
+    between the dark background (whose upper edge is found by the triangle method) and the
+    median intensity of what is not background, and the mask is closed over 24 um so that sparse
+    nuclei join. Then, for both kinds, the mask is closed over one pixel, pieces smaller than
+    ``min_area_um2`` are removed (and counted in the log) and, with ``fill_holes``, holes
+    enclosed by tissue are filled.
 
     Parameters
     ----------
@@ -71,8 +75,11 @@ def detect_tissue(
         the image is coarser.
     kind
         ``"brightfield"`` (H&E and other stains on a white background), ``"fluorescence"``
-        (signal on a dark background) or ``"auto"``: brightfield for a 3-channel (RGB) image,
-        fluorescence otherwise.
+        (signal on a dark background) or ``"auto"``: decided from the pixels, not the number
+        of channels: brightfield where the commonest brightness (the background) is above half
+        of full scale, fluorescence below; the decision is logged. A brightfield image in grey
+        is thresholded on darkness, an RGBA one on the colour of its first 3 channels. A mask
+        covering under 1 % or over 99 % of the image gives a warning.
     min_area_um2
         Pieces of tissue smaller than this area (um²) are removed as debris.
     fill_holes
@@ -120,15 +127,17 @@ def detect_tissue(
     valid[: max(1, round(height_um / work_mpp)), : max(1, round(width_um / work_mpp))] = True
 
     if kind == "auto":
-        kind = "brightfield" if pixels.shape[0] == 3 else "fluorescence"
-        logger.info("Detecting tissue on a %d-channel image as %s.", pixels.shape[0], kind)
+        kind, reason = _decide_kind(pixels, valid)
+        logger.info("Detecting tissue on %r (%d channel(s)) as %s: %s. Pass kind= to override.",
+                    image_key, pixels.shape[0], kind, reason)
     if kind == "brightfield":
-        if pixels.shape[0] < 3:
-            raise ValueError(
-                f"kind='brightfield' needs an RGB image, but {image_key!r} has "
-                f"{pixels.shape[0]} channel(s). Pass kind='fluorescence'."
-            )
-        mask = _stained(pixels[:3], valid)
+        if pixels.shape[0] >= 3:
+            if pixels.shape[0] > 3:
+                logger.info("Using the first 3 of the %d channels of %r as RGB.",
+                            pixels.shape[0], image_key)
+            mask = _stained(pixels[:3], valid)
+        else:
+            mask = _darker(pixels[0], valid)
     else:
         mask = _fluorescent(pixels, valid, work_mpp)
 
@@ -160,7 +169,15 @@ def detect_tissue(
     store_element(sdata, "labels", key_added, element, step=STEP)
     fraction = mask[valid].mean()
     log_added("labels", key_added, f"{n_pieces} piece(s) of tissue covering {fraction:.1%} of "
-              f"the image, at {work_mpp:g} um/px")
+              f"the image, at {work_mpp:g} um/px, detected as {kind}")
+    if not 0.01 <= fraction <= 0.99:
+        import warnings
+
+        warnings.warn(
+            f"The tissue detected on {image_key!r} as {kind} covers {fraction:.1%} of the image, "
+            "which is rarely right: check the map (hx.pl.labels) and pass kind='brightfield' or "
+            "kind='fluorescence' if the kind is wrong (or tiles with min_tissue=0 if the image "
+            "really is all tissue).", UserWarning, stacklevel=2)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -169,15 +186,63 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
 
 
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """Mean of the (first 3) channels on a 0..1 scale.
+
+    Scaled by the dtype's range for 8-bit images, else by the image's 99.9th percentile (16-bit
+    and float images rarely fill their range).
+    """
+    channels = pixels[:3].astype(np.float32)
+    if pixels.dtype == np.uint8:
+        scale = 255.0
+    else:
+        scale = float(np.percentile(channels, 99.9)) or 1.0
+    return np.clip(channels.mean(axis=0) / scale, 0, 1)
+
+
+def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
+    """Brightfield or fluorescence from the pixels: the brightness of the background.
+
+    The background is the commonest brightness (the peak of the histogram): bright glass on a
+    brightfield image, dark on a fluorescence one, whatever the number of channels (a DAPI scan
+    stored as RGB, a grey or RGBA H&E).
+    """
+    values = _brightness(pixels)[valid]
+    counts, edges = np.histogram(values, bins=32, range=(0.0, 1.0))
+    peak = int(counts.argmax())
+    background = float((edges[peak] + edges[peak + 1]) / 2)
+    kind = "brightfield" if background > 0.5 else "fluorescence"
+    return kind, (f"its background (the commonest brightness) is {background:.0%} of full "
+                  f"scale, {'bright' if kind == 'brightfield' else 'dark'}")
+
+
+def _darker(grey: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Brightfield in grey: pixels darker than the glass (relative darkness above Otsu's)."""
+    from scipy import ndimage
+
+    brightness = ndimage.gaussian_filter(_brightness(grey[None]), sigma=1.0)
+    glass = float(np.percentile(brightness[valid], 95)) or 1.0
+    darkness = np.clip(1 - brightness / glass, 0, 1)
+    threshold = float(np.clip(_otsu(darkness[valid]), *_SATURATION_RANGE))
+    logger.debug("Darkness threshold: %.3f", threshold)
+    return (darkness > threshold) & valid
+
+
 def _stained(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Brightfield: pixels whose (slightly smoothed) colour saturation marks a stain."""
+    """Brightfield: pixels whose (slightly smoothed) colour saturation marks a stain.
+
+    Where bare glass is in view (at least a fifth of the pixels bright and unstained), the
+    threshold may rise to 0.3, so that a faint smear of stain on the glass is not tissue.
+    """
     from scipy import ndimage
 
     rgb = rgb.astype(np.float32)
     high, low = rgb.max(axis=0), rgb.min(axis=0)
     saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
     saturation = ndimage.gaussian_filter(saturation, sigma=1.0)
-    threshold = float(np.clip(_otsu(saturation[valid]), *_SATURATION_RANGE))
+    glass = (_brightness(rgb) > 0.8) & (saturation < _SATURATION_RANGE[0]) & valid
+    upper = _GLASS_SATURATION_MAX if glass.sum() >= 0.2 * valid.sum() else _SATURATION_RANGE[1]
+    threshold = float(np.clip(_otsu(saturation[valid]), _SATURATION_RANGE[0], upper))
     logger.debug("Saturation threshold: %.3f", threshold)
     return (saturation > threshold) & valid
 
