@@ -180,7 +180,10 @@ def numeric_table(frame, what: str):
         column = frame[bad[0]]
         values = pd.to_numeric(column, errors="coerce")
         row = column.index[values.isna() & column.notna()]
-        example = (f" (e.g. {column.loc[row[0]]!r} in row {row[0]!r})" if len(row) else "")
+        example = ""
+        if len(row):
+            first = row[0].item() if hasattr(row[0], "item") else row[0]
+            example = f" (e.g. {column.loc[row[0]]!r} in row {first!r})"
         raise ValueError(
             f"The {what} hold text in {len(bad)} column(s): {[str(c) for c in bad[:5]]}"
             f"{example}. Counts must be numbers: fix or remove those entries.")

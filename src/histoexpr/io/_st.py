@@ -17,6 +17,7 @@ from ._elements import (
     read_plain_image,
     read_text_table,
     spot_elements,
+    unique_names,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +133,10 @@ def read_st(
 def _read_counts(path: Path) -> pd.DataFrame:
     """Read the counts as spots x genes, spots named ``"{x}x{y}"``."""
     table = read_text_table(path, "counts", sep="\t", index_col=0)
+    # pandas renames repeated column names ('IGKC', 'IGKC.1') without a word: take them as written
+    header = read_text_table(path, "counts", sep="\t", header=None, nrows=1, dtype=str)
+    if header.shape[1] == table.shape[1] + 1:
+        table.columns = [str(c) for c in header.iloc[0, 1:]]
     rows = table.index.astype(str).str.match(_SPOT_NAME).mean() if len(table) else 0.0
     cols = table.columns.astype(str).str.match(_SPOT_NAME).mean() if table.shape[1] else 0.0
     if rows < 0.5 <= cols:
@@ -144,6 +149,8 @@ def _read_counts(path: Path) -> pd.DataFrame:
             "ST counts table (spots x genes, tab-separated)."
         )
     table.index = table.index.astype(str)
+    if not table.columns.is_unique:
+        table.columns = unique_names(table.columns, f"gene names of {path.name!r}")
     if not table.index.is_unique:
         repeated = sorted(set(table.index[table.index.duplicated()]))
         raise ValueError(
