@@ -82,8 +82,11 @@ def test_read_region_reads_label_maps_by_nearest_neighbour(disk_section):
     assert coarse.shape == (100, 100)
     assert set(np.unique(coarse)) == {0, 1}  # no interpolated values
     assert iou(coarse > 0, true_disk((100, 100), 2.0)) > 0.97
-    # outside the map: the fill value
-    outside = hx.io.read_region(disk_section, "he_tissue", (-20, -20, -10, -10), fill=0)
+    # outside the map: refused, or the fill value where asked for (outside="fill")
+    with pytest.raises(ValueError, match="wholly outside"):
+        hx.io.read_region(disk_section, "he_tissue", (-20, -20, -10, -10), fill=0)
+    outside = hx.io.read_region(disk_section, "he_tissue", (-20, -20, -10, -10), fill=0,
+                                outside="fill")
     assert outside.shape == (20, 20) and not outside.any()
     with pytest.raises(KeyError, match="no image or label map 'nope'"):
         hx.io.read_region(disk_section, "nope", (0, 0, 10, 10))

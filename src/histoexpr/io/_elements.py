@@ -153,6 +153,7 @@ def read_text_table(path: str | Path, what: str, **options):
     import pandas as pd
 
     path = Path(path)
+    options.setdefault("float_precision", "round_trip")  # the numbers as written, to the last bit
     try:
         return pd.read_csv(path, **options)
     except pd.errors.EmptyDataError as error:

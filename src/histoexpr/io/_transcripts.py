@@ -118,7 +118,8 @@ def read_transcripts(
                        int(invalid.sum()), n_rows)
         frame = frame[~invalid]
     if not len(frame):
-        raise ValueError("No transcript of the table has finite coordinates and a gene.")
+        raise ValueError("No transcript of the table has finite coordinates and a gene. Check "
+                         "the columns named by x=, y= and gene=.")
     xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
     ys = (frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
 
