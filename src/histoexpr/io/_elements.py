@@ -316,11 +316,12 @@ def spot_elements(
     obs["spot_id"] = spot_id
     obs["region"] = pd.Categorical([shapes_key] * len(obs))
     x = check_counts(counts, "counts")
+    if not var.index.is_unique:
+        var = var.copy()
+        var.index = unique_names(var.index, "gene names of the counts")
     adata = ad.AnnData(X=x, obs=obs, var=var)
     adata.layers["counts"] = x.copy()
     adata.obsm["spatial"] = centres_um
-    if not adata.var_names.is_unique:
-        adata.var_names = unique_names(adata.var_names, "gene names of the counts")
     table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
     return shapes, table
 
