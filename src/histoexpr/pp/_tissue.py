@@ -137,6 +137,13 @@ def detect_tissue(
                             pixels.shape[0], image_key)
             mask = _stained(pixels[:3], valid)
         else:
+            looks, reason = _decide_kind(pixels, valid)
+            if looks != "brightfield":
+                raise ValueError(
+                    f"kind='brightfield' on {image_key!r}, a {pixels.shape[0]}-channel image "
+                    f"whose pixels look like fluorescence ({reason}). Pass kind='fluorescence' "
+                    "(or kind='auto')."
+                )
             mask = _darker(pixels[0], valid)
     else:
         mask = _fluorescent(pixels, valid, work_mpp)
