@@ -646,3 +646,19 @@ def test_detect_tissue_warns_near_all_tissue():
     sdata = _with_pixels(pixels, mpp=2.0)
     with pytest.warns(UserWarning, match=r"covers 100\.0% of the image"):
         hx.pp.detect_tissue(sdata, "he", kind="brightfield", mpp=4.0, min_area_um2=0)
+
+
+def test_key_check_without_a_step_replaces_only_what_histoexpr_wrote(section):
+    """Older callers of ``check_key_free`` (no ``step=``) keep working, but safely."""
+    from histoexpr._utils import check_key_free, store_element, writer_of
+
+    with pytest.raises(KeyError, match="not written by histoexpr"):
+        check_key_free(section, "spots", overwrite=True)
+    assert "spots" in section.shapes
+    store_element(section, "shapes", "mine", section.shapes["spots"].copy(), step="hx.tl.demo")
+    assert writer_of(section, "mine") == "hx.tl.demo"
+    assert writer_of(section, "spots") is None  # the copy's record is not the original's
+    with pytest.raises(KeyError, match=r"Pass overwrite=True"):
+        check_key_free(section, "mine", overwrite=False)
+    check_key_free(section, "mine", overwrite=True)
+    assert "mine" not in section.shapes

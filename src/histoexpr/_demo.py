@@ -97,6 +97,8 @@ def _check_own_report(out: Path) -> None:
         raise FileExistsError(
             f"{out} exists and is not a report folder of `histoexpr demo` (it is a file or a "
             "link); --overwrite leaves it alone. Choose another --out.")
+    if not any(out.iterdir()):
+        return  # an empty folder: nothing to lose
     marker = out / REPORT_MARKER
     try:
         record = json.loads(marker.read_text())
