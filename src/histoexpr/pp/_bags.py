@@ -63,7 +63,8 @@ def pseudobulk(
     key_added
         Key of the bag squares in ``sdata.shapes``; their table is ``f"{key_added}_table"``.
     overwrite
-        Replace existing elements with those keys.
+        Replace existing elements with those keys that an earlier ``pseudobulk`` wrote (never
+        an element of another origin).
 
     Returns
     -------

@@ -86,7 +86,9 @@ def tile(
         Key of the tiles in ``sdata.shapes``; defaults to ``f"{image_key}_tiles"``. Their table
         is ``f"{key_added}_table"``.
     overwrite
-        Replace existing elements named ``key_added`` and ``f"{key_added}_table"``.
+        Replace existing elements named ``key_added`` and ``f"{key_added}_table"`` that an
+        earlier ``tile`` wrote; an element of another origin is never replaced (an error
+        suggests another key).
 
     Returns
     -------

@@ -87,7 +87,8 @@ def detect_tissue(
     key_added
         Key of the label map in ``sdata.labels``; defaults to ``f"{image_key}_tissue"``.
     overwrite
-        Replace an existing element named ``key_added``.
+        Replace an existing element named ``key_added`` that an earlier ``detect_tissue``
+        wrote (never an element of another origin: an error suggests another key).
 
     Returns
     -------

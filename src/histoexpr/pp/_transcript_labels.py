@@ -136,7 +136,8 @@ def transcript_labels(
         Key of the label map in ``sdata.labels``; the patch centres go to
         ``sdata.tables[f"{key_added}_patches"]``.
     overwrite
-        Replace existing elements of those names.
+        Replace existing elements of those names that an earlier ``transcript_labels`` wrote
+        (never an element of another origin).
 
     Returns
     -------

@@ -256,7 +256,8 @@ def predict(
         Key of the predicted label map in ``sdata.labels``; the probabilities go to
         ``sdata.images[f"{key_added}_probabilities"]``.
     overwrite
-        Replace existing elements of those names.
+        Replace existing elements of those names that an earlier ``predict`` wrote (never an
+        element of another origin).
 
     Returns
     -------

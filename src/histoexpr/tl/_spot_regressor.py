@@ -276,7 +276,8 @@ def predict(
     key_added
         Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
     overwrite
-        Replace an existing table ``key_added``.
+        Replace an existing table ``key_added`` that an earlier ``predict`` wrote (never an
+        element of another origin).
 
     Returns
     -------
