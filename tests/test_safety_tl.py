@@ -199,6 +199,34 @@ def test_random_weight_encoder_is_refused():
     assert "spot_tiles" not in section.shapes
 
 
+def bagged(seed: int, *, mpp: float) -> SpatialData:
+    section = make_section(seed)
+    hx.pp.tile(section, "he", size_um=16, mpp=mpp, centers="spots", min_tissue=0,
+               key_added="he_tiles")
+    hx.tl.embed(section, "he_tiles")
+    hx.pp.pseudobulk(section, "he_tiles", size_um=48, stride_um=32, min_spots=3)
+    return section
+
+
+@bad_input("silently wrong", "`hx.tl.predict` of a bag model (abmil, meanpool_ridge) on tile "
+           "features of the same encoder made at another pixel size",
+           says="refuses: the tile features were made otherwise than the model's training "
+                "features (mpp 2.0, not 1.0)",
+           fix="embed the tiles with the training encoder at the training pixel size, under "
+               "another key_added, and pass that features_key")
+def test_bag_model_refuses_features_made_at_another_pixel_size():
+    train = {name: bagged(seed, mpp=1.0) for seed, name in enumerate("ab")}
+    network = hx.tl.fit(train, model="meanpool_ridge", genes=GENES[:2])
+    assert network.metadata["features_made"]["mpp"] == pytest.approx(1.0)
+    other = {"c": bagged(2, mpp=2.0)}  # same encoder, same key, another pixel size
+    with pytest.raises(ValueError, match="made otherwise than the model's training features"):
+        hx.tl.predict(network, other, key_added="pred")
+    assert "pred" not in other["c"].tables["he_tiles_table"].obsm
+    mixed = {"a": train["a"], "c": other["c"]}
+    with pytest.raises(ValueError, match="were made otherwise than those of 'a'"):
+        hx.tl.fit(mixed, model="meanpool_ridge", genes=GENES[:2])
+
+
 # --- evaluate pairs by identity (item 6) -------------------------------------------------------
 
 @pytest.fixture(scope="module")

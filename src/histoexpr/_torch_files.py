@@ -38,7 +38,11 @@ def load_weights_only(path: str | Path, *, what: str = "model file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        # a torch archive (zip) or a pickle stream that the weights-only reader refused
+        is_pickle = head.startswith((b"PK\x03\x04", b"\x80"))
+        if is_pickle or "Unsupported global" in str(error):
             raise ValueError(
                 f"{path} is not a plain weights file: it holds Python objects other than tensors "
                 "and plain values, and is refused for safety: histoexpr reads torch files with "
