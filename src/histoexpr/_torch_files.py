@@ -2,8 +2,8 @@
 
 Every torch file histoexpr reads (model files, checkpoints) goes through
 :func:`load_weights_only`: ``torch.load(..., weights_only=True)``, so reading never runs code
-from the file. Torch's own errors are replaced by messages naming the file; its advice to load
-with ``weights_only=False`` is never passed on (the original error is not chained).
+from the file. Torch's own errors are replaced by messages naming the file; its advice to turn
+off weights-only loading is never passed on (the original error is not chained).
 """
 
 from __future__ import annotations
