@@ -232,7 +232,8 @@ def test_tile_grid_matches_disk_geometry(disk_section):
     np.testing.assert_allclose(bounds, np.column_stack([centres - size_um / 2,
                                                         centres + size_um / 2]))
     assert table.uns["tiles"] == {"image_key": "he", "size_px": 20, "mpp": MPP,
-                                  "size_um": size_um, "stride_um": size_um}
+                                  "size_um": size_um, "stride_um": size_um, "centres": None,
+                                  "min_tissue": 0.5}
     attrs = table.uns["spatialdata_attrs"]
     assert attrs["region"] == "he_tiles" and attrs["instance_key"] == "tile_id"
 

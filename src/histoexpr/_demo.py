@@ -280,7 +280,7 @@ def _spot_expression(train, test, report: _Report) -> dict[str, Any]:
 
     model = report.step("fit_spot_regressor", hx.tl.fit, train, model="spot_regressor",
                         genes=list(PANEL), route="ridge", tiles_key="spot_tiles",
-                        patch_um=55.0)
+                        patch_um=55.0, mpp=1.0)  # the pixel size the spot tiles were cut at
     hx.tl.predict(model, test, tiles_key="spot_tiles", key_added="predicted_expression")
     scores = hx.tl.evaluate(test, "predicted_expression", "table")
     report.figure("prediction.png", lambda: hx.pl.prediction(test, "predicted_expression",

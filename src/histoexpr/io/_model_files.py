@@ -84,27 +84,11 @@ def load_model(path: str | Path, *, device: str | None = None) -> Network:
     -------
     The network in evaluation mode, with its ``metadata`` restored.
     """
-    import pickle
-
-    import torch
-
     from .. import models
+    from .._torch_files import load_weights_only
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No model file at {path}.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
-            raise ValueError(f"{path} is not a readable torch file (it is damaged or of another "
-                             "kind); save models with hx.io.save_model.") from error
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain values, so it is not loaded "
-            "(only weights_only=True loading is allowed). Save models with hx.io.save_model."
-        ) from error
-    except (RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable torch file: {error}.") from error
+    payload = load_weights_only(path, what="model file")
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise ValueError(
             f"{path} is not a histoexpr model file (no '{FILE_FORMAT}' header). "

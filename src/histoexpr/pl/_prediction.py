@@ -26,7 +26,7 @@ def prediction(
     pred_key: str,
     truth_key: str | AnnData = "table",
     *,
-    genes: Sequence[str] | None = None,
+    genes: str | Sequence[str] | None = None,
     image_key: str | None = "he",
     cmap: str = "viridis",
     max_side: int = 800,
@@ -52,7 +52,7 @@ def prediction(
         Section: key of the spot table (raw counts). AnnData: a layer of ``data`` holding the
         measurements, or an AnnData of measurements (rows matched by ``obs_names``).
     genes
-        Genes to show; defaults to the first four predicted genes.
+        Genes to show (a single name is one gene); defaults to the first four predicted genes.
     image_key
         Section: image drawn under the maps; ``None`` draws the maps alone.
     cmap
@@ -69,6 +69,8 @@ def prediction(
     """
     from spatialdata import SpatialData
 
+    if isinstance(genes, str):
+        genes = [genes]  # one gene, not its letters
     if isinstance(data, SpatialData):
         figure = _maps(data, pred_key, truth_key, genes=genes, image_key=image_key, cmap=cmap,
                        max_side=max_side, panel_size=panel_size)

@@ -23,7 +23,7 @@ def select_genes(
     *,
     n_top: int = 50,
     flavor: str = "top_expressed",
-    genes: Sequence[str] | None = None,
+    genes: str | Sequence[str] | None = None,
 ) -> list[str]:
     """Choose the genes a model predicts, from the raw counts of the training sections.
 
@@ -45,8 +45,8 @@ def select_genes(
         How to rank genes: one of ``"top_expressed"``, ``"pearson_residuals"``, ``"seurat_v3"``,
         ``"seurat"``, ``"cell_ranger"``.
     genes
-        An explicit list of genes instead of a ranking; every gene must be measured in every
-        section.
+        An explicit list of genes instead of a ranking (a single name is one gene); every gene
+        must be measured in every section.
 
     Returns
     -------
@@ -56,7 +56,7 @@ def select_genes(
     tables = _as_list(adatas)
     shared = shared_genes(tables)
     if genes is not None:
-        genes = [str(g) for g in genes]
+        genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
         missing = [g for g in genes if g not in set(shared)]
         if missing:
             raise KeyError(

@@ -96,8 +96,9 @@ def tile(
     and ``sdata.tables[f"{key_added}_table"]`` annotating them: ``obs["tile_id"]`` (the shapes'
     index), ``obs["tissue_fraction"]``, ``obs["grid_row"]`` and ``obs["grid_col"]`` (grid tiles)
     or ``obs["spot_id"]`` (with ``centers``), ``obsm["spatial"]`` (tile centres in um) and
-    ``uns["tiles"]`` with ``image_key``, ``size_px``, ``mpp``, ``size_um`` and ``stride_um``
-    (``None`` with ``centers``).
+    ``uns["tiles"]`` with ``image_key``, ``size_px``, ``mpp``, ``size_um``, ``stride_um``
+    (``None`` with ``centers``), ``centres`` (the ``centers`` key, ``None`` for a grid) and
+    ``min_tissue``: how the tiles were made, checked before they are reused.
     """
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
@@ -157,7 +158,8 @@ def tile(
     else:
         obs["spot_id"] = np.asarray(spot_ids)[keep]
     uns = {"image_key": image_key, "size_px": size_px, "mpp": tile_mpp, "size_um": size_um,
-           "stride_um": stride_um if centers is None else None}
+           "stride_um": stride_um if centers is None else None, "centres": centers,
+           "min_tissue": float(min_tissue)}
     shapes = square_shapes(boxes[keep], tile_ids)
     table = tile_table(obs, centres[keep], key_added, uns)
 

@@ -9,6 +9,7 @@ adding a model is one line in :data:`MODELS`.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,8 @@ def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
         What the model learns from: a SpatialData, a list of them, or a cohort, as the model's
         own ``fit`` documents.
     model
-        Which model, a key of ``histoexpr.tl.MODELS``.
+        Which model: ``"patch_classifier"``, ``"abmil"``, ``"meanpool_ridge"`` or
+        ``"spot_regressor"``.
     **kwargs
         Options of the model's ``fit`` (see its documentation).
 
@@ -66,13 +68,14 @@ def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
     return _model_module(model).fit(data, **kwargs)
 
 
-def predict(model: Network, data: Any, **kwargs: Any) -> Any:
+def predict(model: Network | str | Path, data: Any, **kwargs: Any) -> Any:
     """Apply a trained model; the model's own ``predict`` says what it writes and returns.
 
     Parameters
     ----------
     model
-        A network returned by :func:`fit` or read by :func:`histoexpr.io.load_model`.
+        A network returned by :func:`fit`, or a model file written by
+        :func:`histoexpr.io.save_model` (read with :func:`histoexpr.io.load_model`).
     data
         What to predict on (a SpatialData, a list of them, or a cohort).
     **kwargs
@@ -82,7 +85,11 @@ def predict(model: Network, data: Any, **kwargs: Any) -> Any:
     -------
     What the model's ``predict`` returns (predictions are also written into ``data``).
     """
-    name = getattr(model, "metadata", {}).get("model")
+    if isinstance(model, str | Path):
+        from ..io import load_model
+
+        model = load_model(model, device=kwargs.get("device"))
+    name = (getattr(model, "metadata", None) or {}).get("model")
     if name is None:
         raise ValueError(
             "This network has no metadata['model']: it was not trained by hx.tl.fit. Train it "
@@ -103,7 +110,7 @@ def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
     data
         A cohort or sections by name, as the model's procedure documents.
     model
-        Which model, a key of ``histoexpr.tl.CROSS_VALIDATORS``.
+        Which model: ``"abmil"``, ``"meanpool_ridge"`` or ``"spot_regressor"``.
     **kwargs
         ``groups`` (the group of each slide or section) and the options of the procedure and of
         the model's ``fit``.
@@ -142,9 +149,14 @@ def evaluate(data: Any, pred_key: str, truth_key: str, **kwargs: Any) -> Any:
     """
     from .._utils import element_kind
 
+    for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
+        if element_kind(data, key) is None:
+            available = ", ".join(repr(k) for k in data.tables.keys()) or "none"
+            labels = ", ".join(repr(k) for k in data.labels.keys()) or "none"
+            raise KeyError(f"{what}={key!r} is not an element of the SpatialData; its tables "
+                           f"are {available} and its label maps {labels}. Pass one of them (a "
+                           "prediction from hx.tl.predict and the truth).")
     kind = element_kind(data, pred_key)
-    if kind is None:
-        raise KeyError(f"{pred_key!r} is not an element of the SpatialData.")
     if kind not in EVALUATORS:
         raise ValueError(f"Predictions stored as {kind} cannot be evaluated; histoexpr scores "
                          f"{', '.join(EVALUATORS) or 'nothing yet'}.")

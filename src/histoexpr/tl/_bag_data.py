@@ -147,6 +147,34 @@ def _features_key(sections: dict, tiles_key: str, features_key: str | None) -> s
     return features_key
 
 
+def features_made(bags: Bags) -> dict[str, Any]:
+    """How the bags' tile features were made (encoder fingerprint, image, pixel size, tile size).
+
+    Read from ``uns["embeddings"]`` of every section's tile table; sections whose features were
+    made differently are refused (their features would not be comparable).
+    """
+    records = {}
+    for name, sdata in bags.sections.items():
+        record = sdata.tables[f"{bags.tiles_key}_table"].uns.get("embeddings", {}).get(
+            bags.features_key, {})
+        records[name] = {key: (float(record[key]) if key == "mpp" else
+                               int(record[key]) if key == "size_px" else str(record[key]))
+                         for key in ("encoder", "fingerprint", "mpp", "size_px")
+                         if key in record}
+    first = next(iter(records.values()))
+    for name, record in records.items():
+        shared = set(record) & set(first)
+        differ = [k for k in shared if (not np.isclose(record[k], first[k], rtol=0.05)
+                                        if k == "mpp" else record[k] != first[k])]
+        if differ:
+            raise ValueError(
+                f"The features {bags.features_key!r} of section {name!r} were made otherwise "
+                f"than those of {next(iter(records))!r} ({', '.join(differ)}: "
+                f"{[record[k] for k in differ]} vs {[first[k] for k in differ]}); embed every "
+                "section with the same encoder on tiles of the same pixel size.")
+    return first
+
+
 def encoder_of(bags: Bags) -> str | None:
     """Name of the encoder that made the features (from ``uns['embeddings']``), if recorded."""
     table = next(iter(bags.sections.values())).tables[f"{bags.tiles_key}_table"]

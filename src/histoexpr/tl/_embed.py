@@ -73,7 +73,11 @@ def embed(
     Returns
     -------
     Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
-    ``uns["embeddings"][key_added]`` (what computed them) to the tile table.
+    ``uns["embeddings"][key_added]`` (what computed them: the encoder's name and
+    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles) to the tile table. Tiles
+    that lie wholly off the image have no pixels: their features are NaN, and a warning names
+    how many (their number is recorded as ``n_off_image``). Tiles partly off the image are read
+    with black outside it (a warning names how many).
     """
     from ..pp import TileDataset
 
@@ -95,10 +99,16 @@ def embed(
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
+    fingerprint = encoder_fingerprint(encoders, checkpoint=checkpoint)
+    coverage = image_coverage(sdata, dataset.image_key, np.asarray(table.obsm["spatial"]),
+                              dataset.size_um)
+    off_image = _report_off_image(coverage, tiles_key, dataset.image_key)
     parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute in resolved]
     features = np.hstack([values for values, _ in parts])
-    record = {"encoder": name, "image_key": dataset.image_key, "mpp": dataset.mpp,
-              "size_px": dataset.size_px}
+    features[off_image] = np.nan
+    record = {"encoder": name, "fingerprint": fingerprint, "image_key": dataset.image_key,
+              "mpp": dataset.mpp, "size_px": dataset.size_px,
+              "n_off_image": int(off_image.sum())}
     if len(parts) > 1:
         record["parts"] = {one_name: int(values.shape[1])
                            for (one_name, _), (values, _) in zip(resolved, parts, strict=True)}
@@ -109,6 +119,101 @@ def embed(
                                                          "n_features": int(features.shape[1])}
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
+
+
+def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,
+                   size_um: float) -> np.ndarray:
+    """Fraction (0 to 1) of each square tile's area that lies on the image's pixels.
+
+    Computed from the image's bounds at full resolution; ``centres`` are tile centres in um.
+    """
+    level = image_levels(sdata, image_key)[0]
+    (ox, oy), (height, width) = level.offset, level.shape_yx
+    half = float(size_um) / 2
+    centres = np.asarray(centres, dtype=float).reshape(-1, 2)
+    x, y = centres[:, 0], centres[:, 1]
+    across = np.minimum(x + half, ox + width * level.mpp) - np.maximum(x - half, ox)
+    down = np.minimum(y + half, oy + height * level.mpp) - np.maximum(y - half, oy)
+    return np.clip(across, 0, None) * np.clip(down, 0, None) / (2 * half) ** 2
+
+
+def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
+    """A short digest that tells one image from another, cheaply.
+
+    It covers the image's shape, pixel size and offset, and a 6 x 6 grid of pixels sampled from
+    its coarsest level (reading a few chunks, never the whole image).
+    """
+    import hashlib
+
+    levels = image_levels(sdata, image_key)
+    coarse = levels[-1]
+    height, width = coarse.shape_yx
+    rows = np.unique(np.linspace(0, height - 1, 6).round().astype(int))
+    cols = np.unique(np.linspace(0, width - 1, 6).round().astype(int))
+    samples = np.asarray(coarse.data.isel(y=rows, x=cols).values)
+    digest = hashlib.sha256()
+    for level in levels:
+        digest.update(repr((level.shape_yx, round(level.mpp, 9),
+                            tuple(round(v, 6) for v in level.offset))).encode())
+    digest.update(np.ascontiguousarray(samples).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _report_off_image(coverage: np.ndarray, tiles_key: str, image_key: str) -> np.ndarray:
+    """Warn how many tiles lie wholly or partly off the image; the mask of the wholly-off ones."""
+    off = coverage <= 1e-9
+    partly = ~off & (coverage < 1 - 1e-6)
+    if off.all():
+        raise ValueError(f"All {off.size} tiles {tiles_key!r} lie off the image {image_key!r}: "
+                         "they were made on another image or in other coordinates. Tile this "
+                         "image (hx.pp.tile) or give the image the tiles were made on.")
+    if off.any():
+        logger.warning("%d of %d tiles %r lie wholly off the image %r: they have no pixels, so "
+                       "their features are NaN (left out by hx.tl.fit and hx.tl.predict). Drop "
+                       "those tiles, or check the spots' coordinates.", int(off.sum()), off.size,
+                       tiles_key, image_key)
+    if partly.any():
+        logger.warning("%d of %d tiles %r lie partly off the image %r: the part outside the "
+                       "image is read as black.", int(partly.sum()), off.size, tiles_key,
+                       image_key)
+    return off
+
+
+def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -> str:
+    """What identifies an encoder's weights: its spec, or a digest of its file or weights.
+
+    Names (``"handcrafted"``, ``"squidpy:..."``, architectures) stand for themselves; a model
+    file or checkpoint adds the SHA-256 of its bytes and a network object that of its weights,
+    so that features made by other weights under the same name are told apart.
+    """
+    import hashlib
+
+    if isinstance(encoder, list | tuple):
+        return "+".join(encoder_fingerprint(one) for one in encoder) + (
+            "" if checkpoint is None else f"@{_file_digest(Path(checkpoint))}")
+    if isinstance(encoder, torch.nn.Module):
+        digest = hashlib.sha256()
+        for key, value in sorted(encoder.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"{type(encoder).__name__.lower()}:weights:{digest.hexdigest()[:16]}"
+    if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        path = Path(encoder)
+        return f"{path.stem}:file:{_file_digest(path)}" if path.is_file() else str(encoder)
+    spec = str(encoder)
+    return spec if checkpoint is None else f"{spec}@{_file_digest(Path(checkpoint))}"
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    if not path.is_file():
+        return f"missing:{path}"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _resolve(encoder: str | Path | Network, *, n_channels: int,
@@ -200,11 +305,10 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
 
 def _load_checkpoint(network: Network, path: Path) -> Network:
     """Weights for a freshly built encoder: a histoexpr model file or a plain state dict."""
+    from .._torch_files import load_weights_only
     from ..io import load_model
 
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_weights_only(path, what="checkpoint")
     if isinstance(payload, dict) and payload.get("format") == "histoexpr-model":
         loaded = load_model(path, device="cpu")
         if loaded.get_config() != network.get_config():
@@ -236,7 +340,9 @@ def _timm_encoder(name: str, in_channels: int, checkpoint: str | Path | None):
         ) from error
     network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
     if checkpoint is not None:
-        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+        from .._torch_files import load_weights_only
+
+        state = load_weights_only(Path(checkpoint), what="checkpoint")
         missing, unexpected = network.load_state_dict(state, strict=False)
         if missing:
             raise ValueError(f"{checkpoint} lacks {len(missing)} weights of timm model {name!r} "

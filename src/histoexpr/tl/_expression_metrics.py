@@ -49,7 +49,7 @@ def gene_correlations(
     pred: AnnData | np.ndarray,
     truth: AnnData | np.ndarray,
     *,
-    genes: Sequence[str] | None = None,
+    genes: str | Sequence[str] | None = None,
     library_size: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Pearson and Spearman correlation of predicted and measured expression, gene by gene.
@@ -65,8 +65,8 @@ def gene_correlations(
     truth
         Measured expression.
     genes
-        Gene names of the columns of arrays, or the genes of AnnData to score; defaults to all
-        (``gene_0``, ``gene_1``... for arrays).
+        Gene names of the columns of arrays, or the genes of AnnData to score (a single name is
+        one gene); defaults to all (``gene_0``, ``gene_1``... for arrays).
     library_size
         Total counts of each row: adds ``pearson_libreg`` and ``spearman_libreg``, the
         correlations after regressing ``log(library_size)`` out of both sides.
@@ -80,6 +80,8 @@ def gene_correlations(
     """
     import pandas as pd
 
+    if isinstance(genes, str):
+        genes = [genes]  # one gene, not its letters
     pred_values, truth_values, names = _aligned(pred, truth, genes)
     columns = {"pearson": column_pearson(pred_values, truth_values),
                "spearman": column_spearman(pred_values, truth_values)}
@@ -107,15 +109,20 @@ def evaluate_expression(
     pred_key: str,
     truth_key: str = "table",
     *,
-    genes: Sequence[str] | None = None,
+    genes: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Score a table of predicted expression per tile against the measured spots.
 
-    Tiles are matched to spots by ``obs["spot_id"]`` (spot-centred tiles), otherwise each spot
-    takes the tile whose centre is nearest to its own, within half a tile width (spots without
-    one are left out, logged). Measured counts are log1p-normalised as the regressor's targets
-    were (:func:`histoexpr.pp.expression_targets`), and the log library size of each spot is
-    regressed out for the ``*_libreg`` columns.
+    Predictions and spots are paired by identity, never by position. The prediction must come
+    from this section: the image it was predicted on (recorded by :func:`histoexpr.tl.predict`)
+    must be this section's, and its tiles, where ``sdata`` holds them, must be these. Tiles
+    centred on spots are paired with the spot of the same ``obs["spot_id"]`` in the spots the
+    truth annotates, and each pair must lie at the same place (within 1 % of the tile width);
+    other tiles pair each spot with the tile whose centre is nearest to its own, within half a
+    tile width. Spots without a tile are left out (logged); predictions of another section,
+    or tiles centred on other spots, are refused. Measured counts are log1p-normalised as the
+    regressor's targets were (:func:`histoexpr.pp.expression_targets`), and the log library size
+    of each spot is regressed out for the ``*_libreg`` columns.
 
     Parameters
     ----------
@@ -126,7 +133,8 @@ def evaluate_expression(
     truth_key
         Key of the spot table with raw counts.
     genes
-        Genes to score; defaults to every predicted gene that was measured.
+        Genes to score (a single name is one gene); defaults to every predicted gene that was
+        measured.
 
     Returns
     -------
@@ -135,7 +143,15 @@ def evaluate_expression(
     """
     from ..pp._genes import expression_targets, library_sizes
 
+    for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
+        if key not in sdata.tables:
+            available = ", ".join(repr(k) for k in sdata.tables.keys()) or "none"
+            raise KeyError(f"{what}={key!r} is not a table of the SpatialData; its tables are "
+                           f"{available}.")
+    if isinstance(genes, str):
+        genes = [genes]  # one gene, not its letters
     pred, truth = sdata.tables[pred_key], sdata.tables[truth_key]
+    _check_same_section(sdata, pred, pred_key)
     names = [g for g in (pred.var_names if genes is None else genes) if g in truth.var_names]
     absent = len(pred.var_names if genes is None else genes) - len(names)
     if absent:
@@ -143,7 +159,7 @@ def evaluate_expression(
                     len(names))
     if not names:
         raise ValueError(f"No predicted gene is measured in sdata.tables[{truth_key!r}].")
-    spot_rows, tile_rows = _match_spots(pred, truth)
+    spot_rows, tile_rows = _match_spots(pred, truth, _spot_centres(sdata, truth, truth_key))
     measured = truth[spot_rows]
     predicted = pred[tile_rows][:, names].X
     return gene_correlations(np.asarray(predicted), expression_targets(measured, names),
@@ -205,18 +221,22 @@ def cross_validate_spots(
     if len(set(groups.values())) < 2:
         raise ValueError("Cross-validation needs at least two groups (patients or sections).")
     tiles_key = fit_kwargs.get("tiles_key", "spot_tiles")
+    # the user's sections are never written to: tiles, features and predictions go into light
+    # copies (shared images and shapes, copied tables) that live only for this call
+    work = {name: _working_copy(section) for name, section in sections.items()}
     frames = []
     for fold in dict.fromkeys(groups[name] for name in sections):
-        train = {n: s for n, s in sections.items() if groups[n] != fold}
+        train = {n: s for n, s in work.items() if groups[n] != fold}
         model = fit(train, genes=n_genes, gene_flavor=gene_flavor, table_key=table_key,
                     **fit_kwargs)
         for name in (n for n in sections if groups[n] == fold):
-            section = sections[name]
-            _spot_tiles(section, model, tiles_key, fit_kwargs.get("spots_key", "spots"))
-            predict(model, section, tiles_key=tiles_key, key_added="cv_expression",
-                    overwrite=True)
-            scores = evaluate_expression(section, "cv_expression", table_key)
-            del section.tables["cv_expression"]
+            section = work[name]
+            _spot_tiles(section, model, tiles_key, fit_kwargs.get("spots_key", "spots"),
+                        name=name)
+            key = _free_key(section, "cv_expression")
+            predict(model, section, tiles_key=tiles_key, key_added=key)
+            scores = evaluate_expression(section, key, table_key)
+            del section.tables[key]  # the copy's own table, written just above
             frames.append(scores.reset_index().assign(fold=fold, section=name))
             logger.info("Held-out %r: mean Pearson %.3f over %d genes.", name,
                         scores["pearson"].mean(), len(scores))
@@ -225,13 +245,49 @@ def cross_validate_spots(
                                                if c not in ("fold", "section", "gene")]]]
 
 
-def _spot_tiles(sdata, model, tiles_key: str, spots_key: str) -> None:
-    from ..pp import tile
+def _working_copy(sdata):
+    """A SpatialData sharing ``sdata``'s images, labels, points and shapes, with copied tables.
 
-    if tiles_key not in sdata.shapes:
-        meta = model.metadata
-        tile(sdata, meta["image_key"], size_um=meta["patch_um"], mpp=meta["mpp"],
-             centers=spots_key, min_tissue=0, key_added=tiles_key)
+    Elements added to or removed from the copy, and anything written into its tables, leave
+    ``sdata`` as it was.
+    """
+    from spatialdata import SpatialData
+
+    return SpatialData(images=dict(sdata.images), labels=dict(sdata.labels),
+                       points=dict(sdata.points), shapes=dict(sdata.shapes),
+                       tables={key: table.copy() for key, table in sdata.tables.items()})
+
+
+def _free_key(sdata, key: str) -> str:
+    from .._utils import element_kind
+
+    while element_kind(sdata, key) is not None:
+        key = f"_{key}"
+    return key
+
+
+def _spot_tiles(sdata, model, tiles_key: str, spots_key: str, *, name: str) -> None:
+    """Spot-centred tiles of a held-out section as the model wants them (made or checked)."""
+    from ..pp import tile
+    from ._spot_regressor import MADE_BY, tile_differences
+
+    meta = model.metadata
+    geometry = {"image_key": meta["image_key"], "patch_um": meta["patch_um"], "mpp": meta["mpp"]}
+    overwrite = False
+    if tiles_key in sdata.shapes:
+        differences = tile_differences(sdata, tiles_key, centres=spots_key, **geometry)
+        if not differences:
+            return
+        table = sdata.tables.get(f"{tiles_key}_table")
+        if table is None or table.uns.get("tiles", {}).get("made_by") != MADE_BY:
+            raise ValueError(
+                f"The tiles {tiles_key!r} of the held-out section {name!r} were not made for "
+                f"this model ({'; '.join(differences)}); pass another tiles_key to make "
+                "matching ones.")
+        overwrite = True
+    tile(sdata, meta["image_key"], size_um=meta["patch_um"], mpp=meta["mpp"],
+         centers=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)
+    sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
 
 
 def _aligned(pred, truth, genes):
@@ -278,20 +334,107 @@ def _regress_out(values: np.ndarray, covariate: np.ndarray) -> np.ndarray:
     return values - design @ coef
 
 
-def _match_spots(pred, truth) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the spot table and of the prediction that belong together."""
+def _check_same_section(sdata, pred, pred_key: str) -> None:
+    """Refuse a prediction made on another section than ``sdata`` (its image or its tiles)."""
+    from ._embed import image_fingerprint
+
+    image = pred.uns.get("prediction", {}).get("image")
+    if image is not None and image.get("key") in sdata.images:
+        here = image_fingerprint(sdata, image["key"])
+        if here != image.get("fingerprint"):
+            raise ValueError(
+                f"sdata.tables[{pred_key!r}] was predicted on another image than this "
+                f"section's {image['key']!r} (fingerprints {image.get('fingerprint')!r} and "
+                f"{here!r}): it belongs to another section. Evaluate it in the SpatialData it "
+                "was predicted on, or predict on this section.")
+    region = pred.uns.get("spatialdata_attrs", {}).get("region")
+    tiles = sdata.tables.get(f"{region}_table") if isinstance(region, str) else None
+    if tiles is None or "tile_id" not in pred.obs or "tile_id" not in tiles.obs \
+            or "spatial" not in tiles.obsm:
+        return
+    row_of_tile = {t: i for i, t in enumerate(tiles.obs["tile_id"].to_numpy())}
+    rows = np.array([row_of_tile.get(t, -1) for t in pred.obs["tile_id"].to_numpy()])
+    size = float(pred.uns.get("tiles", {}).get("size_um", 0) or 0)
+    moved = (rows < 0) | (np.linalg.norm(
+        np.asarray(tiles.obsm["spatial"])[np.maximum(rows, 0)] - np.asarray(pred.obsm["spatial"]),
+        axis=1) > max(0.01 * size, 1e-6))
+    if moved.any():
+        raise ValueError(
+            f"{int(moved.sum())} of {moved.size} tiles of sdata.tables[{pred_key!r}] are not the "
+            f"tiles {region!r} of this section (missing or elsewhere): the prediction was made on "
+            "other tiles or another section. Predict again on this section's tiles.")
+
+
+def _spot_centres(sdata, truth, truth_key: str) -> tuple[np.ndarray, str | None]:
+    """Centres (um) of the truth's spots, from the shapes it annotates where ``sdata`` has them."""
+    from spatialdata.transformations import get_transformation
+
+    attrs = truth.uns.get("spatialdata_attrs", {})
+    region, instance_key = attrs.get("region"), attrs.get("instance_key")
+    if isinstance(region, str) and region in sdata.shapes and instance_key in truth.obs:
+        shapes = sdata.shapes[region]
+        transformations = get_transformation(shapes, get_all=True)
+        if "global" in transformations:
+            matrix = transformations["global"].to_affine_matrix(input_axes=("x", "y"),
+                                                                output_axes=("x", "y"))
+            centroids = shapes.geometry.centroid
+            xy = np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy(),
+                                  np.ones(len(shapes))]) @ matrix.T
+            position = shapes.index.get_indexer(_pd_index(truth.obs[instance_key]))
+            if (position < 0).any():  # ids stored as text on one side, numbers on the other
+                position = shapes.index.astype(str).get_indexer(
+                    _pd_index(truth.obs[instance_key]).astype(str))
+            if (position < 0).any():
+                raise ValueError(
+                    f"{int((position < 0).sum())} spots of sdata.tables[{truth_key!r}] are not in "
+                    f"sdata.shapes[{region!r}], the spots it annotates; fix the table's "
+                    f"{instance_key!r} column.")
+            return xy[position, :2], region
+    if "spatial" not in truth.obsm:
+        raise KeyError(f"sdata.tables[{truth_key!r}] has no spot centres: it annotates no spots "
+                       "of this SpatialData and has no obsm['spatial'].")
+    return np.asarray(truth.obsm["spatial"], dtype=float), region if isinstance(region, str) \
+        else None
+
+
+def _pd_index(values):
+    import pandas as pd
+
+    return pd.Index(values.to_numpy())
+
+
+def _match_spots(pred, truth, centres: tuple[np.ndarray, str | None]) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """Rows of the spot table and of the prediction that belong together (by identity)."""
     from scipy.spatial import cKDTree
 
+    spot_xy, region = centres
+    tiles = pred.uns.get("tiles", {})
+    size = tiles.get("size_um")
     if "spot_id" in pred.obs and "spot_id" in truth.obs:
+        centred_on = tiles.get("centres")
+        if centred_on is not None and region is not None and str(centred_on) != region:
+            raise ValueError(
+                f"The predicted tiles are centred on the spots {centred_on!r} but the truth "
+                f"annotates {region!r}; score predictions against the spots they were made on.")
         tile_of_spot = {s: i for i, s in enumerate(pred.obs["spot_id"].to_numpy())}
         spot_rows = [i for i, s in enumerate(truth.obs["spot_id"].to_numpy())
                      if s in tile_of_spot]
         tile_rows = [tile_of_spot[s] for s in truth.obs["spot_id"].to_numpy()[spot_rows]]
+        if spot_rows and size is not None:
+            apart = np.linalg.norm(np.asarray(pred.obsm["spatial"])[tile_rows]
+                                   - spot_xy[spot_rows], axis=1)
+            far = apart > 0.01 * float(size)
+            if far.any():
+                raise ValueError(
+                    f"{int(far.sum())} of {len(spot_rows)} spots paired by spot_id lie elsewhere "
+                    f"than their predicted tile (up to {apart.max():.1f} um apart): the "
+                    "prediction and the truth are of different sections or coordinates. "
+                    "Predict on this section's spots.")
     else:
-        half = pred.uns.get("tiles", {}).get("size_um")
         tree = cKDTree(np.asarray(pred.obsm["spatial"]))
-        distance, nearest = tree.query(np.asarray(truth.obsm["spatial"]))
-        limit = np.inf if half is None else half / 2
+        distance, nearest = tree.query(spot_xy)
+        limit = np.inf if size is None else float(size) / 2
         spot_rows = np.flatnonzero(distance <= limit).tolist()
         tile_rows = nearest[spot_rows].tolist()
     if len(spot_rows) < truth.n_obs:

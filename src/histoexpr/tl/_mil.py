@@ -20,6 +20,7 @@ from ._bag_data import (
     collect_bags,
     drop_missing,
     encoder_of,
+    features_made,
     regression_targets,
     tile_features,
     write_predictions,
@@ -171,7 +172,8 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
     bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
     metadata: dict[str, Any] = {"task": task, "tiles_key": tiles_key, "bags_key": bags_key,
-                                "features_key": bags.features_key, "encoder": encoder_of(bags)}
+                                "features_key": bags.features_key, "encoder": encoder_of(bags),
+                                "features_made": features_made(bags)}
     if task == "regression":
         if target is not None:
             raise ValueError("target= names label columns for classification; for regression "
@@ -355,6 +357,16 @@ def _check_features(model, bags: Bags) -> None:
     if meta.get("encoder") and encoder and encoder != meta["encoder"]:
         raise ValueError(f"The model was trained on features of encoder {meta['encoder']!r}, "
                          f"but {bags.features_key!r} comes from {encoder!r}.")
+    trained, now = meta.get("features_made") or {}, features_made(bags)
+    differ = [key for key in set(trained) & set(now)
+              if (not np.isclose(now[key], trained[key], rtol=0.05) if key == "mpp"
+                  else now[key] != trained[key])]
+    if differ:
+        raise ValueError(
+            f"The tile features {bags.features_key!r} were made otherwise than the model's "
+            f"training features ({', '.join(f'{k} {now[k]!r}, not {trained[k]!r}' for k in differ)}"
+            "): embed these tiles with the training encoder on tiles of the training pixel size "
+            "(hx.tl.embed, under another key_added) and pass that features_key.")
 
 
 def _score_section(model, sdata, bags: Bags) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from .._utils import (
     store_element,
 )
 from ..io._image import image_levels
+from ._embed import encoder_fingerprint, image_coverage, image_fingerprint
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -42,6 +43,8 @@ _MPP_TOLERANCE = 0.05
 _SIZE_TOLERANCE = 0.05
 #: normalisation of patches fed to the CNN route (tiles are in [0, 1])
 CNN_NORMALISATION = {"mean": 0.5, "std": 0.25}
+#: recorded on the tiles and features the spot regressor makes itself; only those it remakes
+MADE_BY = "spot_regressor"
 
 
 @dataclass
@@ -87,9 +90,11 @@ def fit(
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
     ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
-    ``tiles_key``; existing tiles there are reused). Spots whose centre lies off the image or
-    that have no counts are dropped (logged). Sections with different gene sets are reduced to
-    their shared genes (logged).
+    ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
+    spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
+    fit made otherwise are remade (logged), any others are refused with the difference. Spots
+    whose centre lies off the image or that have no counts are dropped (logged). Sections with
+    different gene sets are reduced to their shared genes (logged).
 
     Routes:
 
@@ -107,7 +112,8 @@ def fit(
         A section (SpatialData), a list of them, or a mapping from section names to them.
     genes
         The genes to predict: a number of genes chosen by :func:`histoexpr.pp.select_genes`
-        with ``gene_flavor`` on all training sections, or a list of gene names.
+        with ``gene_flavor`` on all training sections, or a list of gene names (a single name
+        is one gene).
     gene_flavor
         Ranking used when ``genes`` is a number (``"top_expressed"``, ``"pearson_residuals"``...).
     route
@@ -115,11 +121,16 @@ def fit(
     encoder
         Frozen encoder of the head routes, as :func:`histoexpr.tl.embed` takes it
         (``"handcrafted"``, ``"squidpy"``, an architecture, a model file, or a list of them
-        whose features are concatenated). Prediction recomputes the same features on new tiles.
+        whose features are concatenated). Prediction recomputes the same features on new tiles,
+        so the encoder must have fixed weights: architecture names without weights (random)
+        are refused. The encoder's fingerprint (a digest of a model file) is recorded.
     features_key
         Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``
-        (names of a list joined by ``"+"``).
-        Features already there are used as they are.
+        (names of a list joined by ``"+"``). Features already there are reused when their
+        record (``uns["embeddings"]``, written by :func:`histoexpr.tl.embed`) shows the same
+        encoder, image and tiles; features an earlier fit made otherwise are remade, others
+        are refused. Features without a record are your own and are used as they are
+        (prediction then needs the same kind of features under that key).
     image_key
         Key of the H&E image.
     spots_key
@@ -175,9 +186,15 @@ def fit(
 
     if route not in ROUTES:
         raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
+    if route == "cnn" and (context_um is not None or standardise_sections):
+        raise ValueError("context_um and standardise_sections apply to the head routes "
+                         "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
+    if route != "cnn":
+        _refuse_random_encoder(encoder)
     sections = _as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
+    in_channels = _image_channels(sections, image_key)
     if isinstance(genes, int | np.integer) and not isinstance(genes, bool):
         chosen = select_genes(tables, n_top=int(genes), flavor=gene_flavor)
     else:
@@ -188,11 +205,9 @@ def fit(
                                  mpp=mpp) for name, s in sections.items()]
     metadata = {"model": "spot_regressor", "route": route, "genes": chosen,
                 "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
+                "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     if route == "cnn":
-        if context_um is not None or standardise_sections:
-            raise ValueError("context_um and standardise_sections apply to the head routes "
-                             "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
         from ._spot_training import fit_cnn
 
         at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
@@ -206,14 +221,21 @@ def fit(
         encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
         if features_key is None:
             features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
-        features = [section_features(p.sdata, tiles_key, encoder=encoder,
-                                     features_key=features_key, context_um=context_um,
-                                     standardise=standardise_sections,
-                                     batch_size=max(batch_size, 64), device=device)[p.tile_rows]
-                    for p in prepared]
+        features, records = [], []
+        for p in prepared:
+            values, record = section_features(
+                p.sdata, tiles_key, encoder=encoder, features_key=features_key,
+                context_um=context_um, standardise=standardise_sections, image_key=image_key,
+                batch_size=max(batch_size, 64), device=device)
+            features.append(values[p.tile_rows])
+            records.append(record)
+        if any(r != records[0] for r in records[1:]):
+            raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
+                             f"differently ({records}); give every section the same kind of "
+                             "features, or pass another features_key to compute them anew.")
         targets = [p.targets for p in prepared]
         metadata.update({"encoder": encoder, "features_key": features_key,
-                         "context_um": _radii(context_um),
+                         "features": records[0], "context_um": _radii(context_um),
                          "standardise_sections": standardise_sections})
         if route == "ridge":
             from ._spot_training import fit_ridge
@@ -299,58 +321,182 @@ def predict(
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
     check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
     patch_um, mpp = metadata["patch_um"], metadata["mpp"]
+    # everything that can be refused is checked before anything is written
+    _check_channels(sdata, image_key, model)
     _check_image_mpp(sdata, image_key, mpp)
+    if metadata["route"] != "cnn":
+        _check_encoder_unchanged(metadata)
+    if tiles_key in sdata.shapes and stride_um is not None:
+        raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
+                         "new tiles_key to make grid tiles at that stride.")
     if tiles_key not in sdata.shapes:
         tile(sdata, image_key, size_um=patch_um, mpp=mpp,
              stride=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
              key_added=tiles_key)
-    elif stride_um is not None:
-        raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
-                         "new tiles_key to make grid tiles at that stride.")
-    tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp)
+        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
+    tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp, image_key=image_key)
+    tile_table = tiles.tables[f"{tiles_key}_table"]
+    coverage = image_coverage(tiles, image_key, np.asarray(tile_table.obsm["spatial"]),
+                              tile_table.uns["tiles"]["size_um"])
+    on_image = coverage > 1e-9
+    if not on_image.any():
+        raise ValueError(f"All {on_image.size} tiles {tiles_key!r} lie off the image "
+                         f"{image_key!r}; tile this image or give the image they were made on.")
     if metadata["route"] == "cnn":
+        from torch.utils.data import Subset
+
         from ..pp import TileDataset
         from ._embed import encode
 
-        dataset = TileDataset(tiles, tiles_key, image_key=image_key)
+        if not on_image.all():
+            logger.warning("%d of %d tiles %r lie wholly off the image %r: they have no pixels "
+                           "and are left out of the predictions.", int((~on_image).sum()),
+                           on_image.size, tiles_key, image_key)
+        dataset = Subset(TileDataset(tiles, tiles_key, image_key=image_key),
+                         np.flatnonzero(on_image).tolist())
         values = encode(model, dataset, batch_size=batch_size, device=resolve_device(device),
                         normalisation=metadata.get("normalisation"), desc="predict expression")
     else:
         import torch
 
-        features = section_features(tiles, tiles_key, encoder=metadata["encoder"],
-                                    features_key=metadata["features_key"],
-                                    context_um=metadata.get("context_um") or None,
-                                    standardise=metadata.get("standardise_sections", False),
-                                    batch_size=batch_size, device=device)
+        features, _ = section_features(tiles, tiles_key, encoder=metadata["encoder"],
+                                       features_key=metadata["features_key"],
+                                       context_um=metadata.get("context_um") or None,
+                                       standardise=metadata.get("standardise_sections", False),
+                                       image_key=image_key, expected=metadata.get("features"),
+                                       batch_size=batch_size, device=device)
+        features = features[on_image]
+        expected = model.get_config().get("n_features")
+        if expected is not None and features.shape[1] != expected:
+            raise ValueError(f"The tiles' features have {features.shape[1]} values but the model "
+                             f"takes {expected}: they were made by another encoder or from an "
+                             "image of another kind. Predict on an image like the training ones.")
+        if not on_image.all():
+            logger.warning("%d of %d tiles %r lie wholly off the image %r: they are left out of "
+                           "the predictions.", int((~on_image).sum()), on_image.size, tiles_key,
+                           image_key)
         model = model.to("cpu").eval()
         with torch.inference_mode():
             values = model(torch.from_numpy(features)).numpy()
+    table = _prediction_table(tile_table[on_image], values, metadata["genes"], tiles_key,
+                              image={"key": image_key,
+                                     "fingerprint": image_fingerprint(sdata, image_key)})
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    store_element(sdata, "tables", key_added,
-                  _prediction_table(sdata.tables[f"{tiles_key}_table"], values,
-                                    metadata["genes"], tiles_key), step=STEP)
+    store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
     return sdata.tables[key_added]
 
 
-def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str, features_key: str,
-                     context_um: float | Sequence[float] | None = None, standardise: bool = False,
-                     batch_size: int = 64, device: str | None = None) -> np.ndarray:
-    """Features of every tile of a section (embedded if absent), with context and scaling."""
+def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Sequence[str],
+                     features_key: str, context_um: float | Sequence[float] | None = None,
+                     standardise: bool = False, image_key: str | None = None,
+                     expected: dict[str, Any] | None = None, batch_size: int = 64,
+                     device: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features of every tile of a section, with context and scaling, and how they were made.
+
+    Features under ``features_key`` are reused only when their record matches the encoder and
+    the tiles (or ``expected``, the record of a model's training features); features this
+    regressor made otherwise are remade, any others refused. Tiles wholly off the image have NaN
+    features and take no part in context means or scaling.
+    """
     from ._embed import embed
 
-    table = sdata.tables[f"{tiles_key}_table"]
-    if features_key not in table.obsm:
-        embed(sdata, tiles_key, encoder=encoder, key_added=features_key, batch_size=batch_size,
-              device=device)
+    table_key = f"{tiles_key}_table"
+    table = sdata.tables[table_key]
+    info = table.uns["tiles"]
+    image_key = str(info["image_key"]) if image_key is None else image_key
+    wanted = {"encoder": _encoder_name(encoder), "image_key": image_key,
+              "mpp": float(info["mpp"]), "size_px": int(info["size_px"])}
+    if expected is not None and expected.get("source") != "user":
+        wanted.update(fingerprint=expected.get("fingerprint"))
+    else:
+        wanted.update(fingerprint=encoder_fingerprint(encoder))
+    own = expected is not None and expected.get("source") == "user"
+    compute = features_key not in table.obsm
+    if not compute:
+        record = table.uns.get("embeddings", {}).get(features_key)
+        if record is None:
+            if expected is not None and not own:
+                raise ValueError(
+                    f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] has no record of how "
+                    f"it was made, but the model was trained on features of {wanted['encoder']!r}"
+                    f"; histoexpr reuses only features it can check. Pass another tiles_key (the "
+                    "features are then computed) or delete those features.")
+        else:
+            differences = _differences(record, wanted)
+            if differences and record.get("made_by") != MADE_BY:
+                raise ValueError(
+                    f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] was made otherwise "
+                    f"({'; '.join(differences)}), so it is not reused. Pass another features_key "
+                    "(or another tiles_key) to compute matching features.")
+            if differences:
+                logger.info("Remaking obsm[%r] of %r, made by an earlier spot regressor "
+                            "otherwise (%s).", features_key, table_key, "; ".join(differences))
+                compute = True
+    elif own:
+        raise ValueError(
+            f"The model was trained on features of your own under obsm[{features_key!r}], which "
+            f"sdata.tables[{table_key!r}] lacks; put the same kind of features there (one row "
+            "per tile, made the same way), then predict.")
+    if compute:
+        embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
+              batch_size=batch_size, device=device, overwrite=True)
+        table.uns["embeddings"][features_key]["made_by"] = MADE_BY
+    record = table.uns.get("embeddings", {}).get(features_key)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
+    if record is None:
+        made = {"source": "user", "n_features": int(features.shape[1])}
+    else:
+        made = {"encoder": str(record["encoder"]),
+                "fingerprint": str(record.get("fingerprint", wanted["fingerprint"])),
+                "image_key": str(record["image_key"]), "mpp": float(record["mpp"]),
+                "size_px": int(record["size_px"]), "n_features": int(features.shape[1])}
+    valid = np.isfinite(features).all(axis=1)
     if standardise:
-        scale = features.std(axis=0)
-        features = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1)
+        scale = features[valid].std(axis=0)
+        features = (features - features[valid].mean(axis=0)) / np.where(scale > 0, scale, 1)
     centres = np.asarray(table.obsm["spatial"])
-    means = [neighbour_mean(features, centres, radius_um=r) for r in _radii(context_um)]
-    return np.hstack([features, *means]).astype(np.float32)
+    means = []
+    for radius in _radii(context_um):
+        mean = np.full_like(features, np.nan)
+        mean[valid] = neighbour_mean(features[valid], centres[valid], radius_um=radius)
+        means.append(mean)
+    return np.hstack([features, *means]).astype(np.float32), made
+
+
+def _encoder_name(encoder: Any) -> str:
+    """The name :func:`histoexpr.tl.embed` gives an encoder argument (without resolving it)."""
+    from pathlib import Path
+
+    if isinstance(encoder, list | tuple):
+        return "+".join(_encoder_name(one) for one in encoder)
+    spec = str(encoder)
+    if spec.split(":")[0] == "squidpy":
+        return "squidpy"
+    if spec.endswith(".pt"):
+        return Path(spec).stem
+    if spec.startswith("timm:"):
+        return spec.removeprefix("timm:").replace("/", "_")
+    return spec
+
+
+def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """How a record of tiles' features differs from the wanted one, in words."""
+    out = []
+    if "fingerprint" in record and wanted.get("fingerprint") is not None:
+        if str(record["fingerprint"]) != str(wanted["fingerprint"]):
+            out.append(f"encoder {record['fingerprint']!r}, not {wanted['fingerprint']!r}")
+    elif str(record.get("encoder")) != wanted["encoder"]:
+        out.append(f"encoder {record.get('encoder')!r}, not {wanted['encoder']!r}")
+    if str(record.get("image_key")) != wanted["image_key"]:
+        out.append(f"image {record.get('image_key')!r}, not {wanted['image_key']!r}")
+    if abs(float(record.get("mpp", np.nan)) - wanted["mpp"]) > _MPP_TOLERANCE * wanted["mpp"] \
+            or not np.isfinite(float(record.get("mpp", np.nan))):
+        out.append(f"tiles at {float(record.get('mpp', np.nan)):.4g} um/px, not "
+                   f"{wanted['mpp']:.4g}")
+    if int(record.get("size_px", -1)) != wanted["size_px"]:
+        out.append(f"tiles of {record.get('size_px')} px, not {wanted['size_px']}")
+    return out
 
 
 def _radii(context_um: float | Sequence[float] | None) -> list[float]:
@@ -426,19 +572,27 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
     from ..pp import tile
     from ..pp._genes import expression_targets, library_sizes
 
-    if tiles_key not in sdata.shapes:
+    overwrite = False
+    if tiles_key in sdata.shapes:
+        differences = tile_differences(sdata, tiles_key, image_key=image_key, patch_um=patch_um,
+                                       mpp=mpp, centres=spots_key)
+        table = sdata.tables.get(f"{tiles_key}_table")
+        made_by = None if table is None else table.uns.get("tiles", {}).get("made_by")
+        if differences and made_by != MADE_BY:
+            raise ValueError(
+                f"The tiles sdata.shapes[{tiles_key!r}] of section {name!r} were not made for "
+                f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
+                f"alike and remakes only its own. Pass another tiles_key (e.g. "
+                f"tiles_key='{tiles_key}_{patch_um:g}um_{mpp:g}mpp') to make matching tiles.")
+        if differences:
+            logger.info("Section %r: remaking the tiles %r that an earlier fit made otherwise "
+                        "(%s).", name, tiles_key, "; ".join(differences))
+        overwrite = bool(differences)
+    if overwrite or tiles_key not in sdata.shapes:
         tile(sdata, image_key, size_um=patch_um, mpp=mpp, centers=spots_key, min_tissue=0,
-             key_added=tiles_key)
+             key_added=tiles_key, overwrite=overwrite)
+        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
     tile_table = sdata.tables[f"{tiles_key}_table"]
-    info = tile_table.uns["tiles"]
-    wrong_size = abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um
-    if "spot_id" not in tile_table.obs or wrong_size:
-        raise ValueError(
-            f"sdata.shapes[{tiles_key!r}] of section {name!r} are not {patch_um:g} um tiles "
-            f"centred on spots (they are {info['size_um']:g} um tiles"
-            f"{'' if 'spot_id' in tile_table.obs else ' on a grid'}); pass another tiles_key "
-            "or delete them."
-        )
     counts_table = sdata.tables[table_key]
     row_of_spot = {sid: i for i, sid in enumerate(counts_table.obs["spot_id"].to_numpy())}
     spot_rows = np.array([row_of_spot.get(s, -1) for s in tile_table.obs["spot_id"]])
@@ -456,6 +610,82 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
     targets = expression_targets(counts_table[spot_rows[keep]], genes)
     return _Section(name, sdata, np.flatnonzero(keep), targets,
                     np.asarray(tile_table.obsm["spatial"])[keep])
+
+
+def tile_differences(sdata, tiles_key: str, *, image_key: str, patch_um: float, mpp: float,
+                     centres: str | None = None) -> list[str]:
+    """How the tiles under ``tiles_key`` differ from the ones asked for, in words (none: [])."""
+    table = sdata.tables.get(f"{tiles_key}_table")
+    if table is None or "tiles" not in table.uns:
+        return [f"no table {tiles_key + '_table'!r} records how they were made"]
+    info = table.uns["tiles"]
+    out = []
+    if abs(float(info["size_um"]) - patch_um) > _SIZE_TOLERANCE * patch_um:
+        out.append(f"{float(info['size_um']):g} um wide, not {patch_um:g} um")
+    if abs(float(info["mpp"]) - mpp) > _MPP_TOLERANCE * mpp:
+        out.append(f"at {float(info['mpp']):.4g} um/px, not {mpp:.4g} um/px")
+    if str(info.get("image_key", image_key)) != image_key:
+        out.append(f"cut from {info['image_key']!r}, not {image_key!r}")
+    if centres is not None:
+        if "spot_id" not in table.obs:
+            out.append("on a grid, not centred on spots")
+        elif info.get("centres") is not None and str(info["centres"]) != centres:
+            out.append(f"centred on {info['centres']!r}, not {centres!r}")
+    return out
+
+
+def _refuse_random_encoder(encoder: Any) -> None:
+    """Head routes need an encoder with fixed weights: prediction must make the same features."""
+    from ..models._encoders import ARCHITECTURES
+
+    for one in encoder if isinstance(encoder, list | tuple) else [encoder]:
+        if isinstance(one, str) and (one in ARCHITECTURES or one.startswith("timm:")):
+            raise ValueError(
+                f"encoder={one!r} has random weights (no pretrained weights are loaded), "
+                "different at every call, so prediction could not make the features the "
+                "regressor was trained on. Give a model file of a trained encoder (e.g. from "
+                "hx.tl.pretrain, saved with hx.io.save_model), 'handcrafted' or 'squidpy'.")
+
+
+def _image_channels(sections: Mapping[str, Any], image_key: str) -> int:
+    channels = {name: int(image_levels(s, image_key)[0].data.sizes["c"])
+                for name, s in sections.items()}
+    if len(set(channels.values())) > 1:
+        raise ValueError(f"The sections' images {image_key!r} have different numbers of "
+                         f"channels ({channels}); train on images of one kind (e.g. all RGB).")
+    return next(iter(channels.values()))
+
+
+def _check_channels(sdata, image_key: str, model) -> None:
+    """Refuse an image whose number of channels differs from the training images'."""
+    metadata = model.metadata
+    expected = metadata.get("in_channels")
+    if expected is None and metadata.get("route") == "cnn":
+        expected = model.get_config().get("in_channels")
+    if expected is None:
+        return
+    channels = int(image_levels(sdata, image_key)[0].data.sizes["c"])
+    if channels != int(expected):
+        hint = (" (an alpha channel? keep the first three: RGB)" if channels == 4 and expected == 3
+                else "")
+        raise ValueError(
+            f"The model was trained on {expected}-channel images (3: RGB H&E) but "
+            f"sdata.images[{image_key!r}] has {channels} channel(s){hint}. Predict on an image "
+            "of the kind the model was trained on (image_key=), or train a model on this kind.")
+
+
+def _check_encoder_unchanged(metadata: Mapping[str, Any]) -> None:
+    """Refuse when the encoder's weights (a model file) differ from those used in training."""
+    record = metadata.get("features") or {}
+    if "fingerprint" not in record:
+        return
+    now = encoder_fingerprint(metadata["encoder"])
+    if now != record["fingerprint"]:
+        raise ValueError(
+            f"The encoder {metadata['encoder']!r} is not the one the model was trained with "
+            f"(its fingerprint is {now!r}, training used {record['fingerprint']!r}): the file "
+            "changed or is another one. Give the training encoder's file at that path, or "
+            "retrain the model with this encoder.")
 
 
 def _inside_image(sdata, image_key: str, centres: np.ndarray) -> np.ndarray:
@@ -476,13 +706,21 @@ def _check_image_mpp(sdata, image_key: str, mpp: float) -> None:
                     "model's pixel size.", mpp, image_key, image_mpp)
 
 
-def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float):
+def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float,
+              image_key: str | None = None):
     """Return the section, or a light copy whose tiles are read at the model's pixel size."""
     from spatialdata import SpatialData
 
     table_key = f"{tiles_key}_table"
     require_element(sdata, table_key, "tables")
-    info = sdata.tables[table_key].uns["tiles"]
+    info = sdata.tables[table_key].uns.get("tiles")
+    if info is None:
+        raise ValueError(f"sdata.tables[{table_key!r}] does not record how the tiles were made "
+                         "(no uns['tiles']); make tiles with hx.pp.tile or pass another "
+                         "tiles_key.")
+    if image_key is not None and str(info.get("image_key", image_key)) != image_key:
+        logger.info("The tiles %r were cut from %r; reading them from %r.", tiles_key,
+                    info["image_key"], image_key)
     if abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um:
         raise ValueError(
             f"The tiles {tiles_key!r} are {info['size_um']:g} um wide but the model was trained "
@@ -502,7 +740,8 @@ def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float):
                        tables={table_key: table})
 
 
-def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_key: str):
+def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_key: str, *,
+                      image: dict[str, str] | None = None):
     import anndata as ad
     import pandas as pd
     from spatialdata.models import TableModel
@@ -514,5 +753,6 @@ def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_ke
                        obsm={"spatial": np.asarray(tile_table.obsm["spatial"], dtype=float)},
                        uns={"tiles": dict(tile_table.uns["tiles"]),
                             "prediction": {"tiles_key": tiles_key,
-                                           "values": "log1p-normalised expression"}})
+                                           "values": "log1p-normalised expression",
+                                           **({} if image is None else {"image": image})}})
     return TableModel.parse(table, region=tiles_key, region_key="region", instance_key="tile_id")

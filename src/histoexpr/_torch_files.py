@@ -1,0 +1,57 @@
+"""Reading torch files safely, with errors that name the file and what to do (shared by rooms).
+
+Every torch file histoexpr reads (model files, checkpoints) goes through
+:func:`load_weights_only`: ``torch.load(..., weights_only=True)``, so reading never runs code
+from the file. Torch's own errors are replaced by messages naming the file; its advice to turn
+off weights-only loading is never passed on (the original error is not chained).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_weights_only(path: str | Path, *, what: str = "model file") -> Any:
+    """The contents of a torch file holding tensors and plain values only.
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What the file is meant to be, for the messages (``"model file"``, ``"checkpoint"``).
+
+    Returns
+    -------
+    What the file holds (a dict of tensors and plain values, as a rule).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No {what} at {path}.")
+    damaged = (f"{path} is not a readable torch file (it is empty, damaged, or a file of another "
+               f"kind such as text); give the {what} written by torch.save or hx.io.save_model.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        # a torch archive (zip) or a pickle stream that the weights-only reader refused
+        is_pickle = head.startswith((b"PK\x03\x04", b"\x80"))
+        if is_pickle or "Unsupported global" in str(error):
+            raise ValueError(
+                f"{path} is not a plain weights file: it holds Python objects other than tensors "
+                "and plain values, and is refused for safety: histoexpr reads torch files with "
+                "weights_only=True only, so that loading never runs code from a file. Use a "
+                f"{what} that holds weights only (a state dict saved with "
+                "torch.save, or a file written by hx.io.save_model)."
+            ) from None
+        raise ValueError(damaged) from None
+    except (KeyError, EOFError, RuntimeError, ValueError, OSError, UnicodeDecodeError,
+            AttributeError, IndexError, TypeError):
+        # what torch raises on text, empty or truncated files (e.g. ``KeyError: 101``)
+        raise ValueError(damaged) from None
