@@ -18,7 +18,11 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
 ]
+# autosummary writes its API stubs in reStructuredText, with the first suffix in source_suffix
+# whose parser reads reStructuredText (it cannot tell that myst-nb reads only MyST): ".rst" comes
+# first so that the stubs are generated/*.rst and rendered, not shown as raw text in .md files.
 autosummary_generate = True
+templates_path = ["_templates"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
@@ -27,7 +31,7 @@ napoleon_google_docstring = False
 napoleon_use_rtype = False
 napoleon_custom_sections = [("Attributes", "params_style")]
 myst_enable_extensions = ["colon_fence", "dollarmath"]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
 
 # Tutorials are executed at every build (CI builds the docs), at the small size that the
