@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib.metadata import version as _package_version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
+from histoexpr_models import model_summaries  # noqa: E402
 
 project = "histoexpr"
 author = "histoexpr developers"
@@ -17,12 +22,17 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "histoexpr_models",  # docs/_ext: the options of every model of hx.tl.fit (models.rst)
 ]
 # autosummary writes its API stubs in reStructuredText, with the first suffix in source_suffix
 # whose parser reads reStructuredText (it cannot tell that myst-nb reads only MyST): ".rst" comes
 # first so that the stubs are generated/*.rst and rendered, not shown as raw text in .md files.
 autosummary_generate = True
 templates_path = ["_templates"]
+
+# the pages of hx.tl.fit, predict, cross_validate and evaluate link to every model's options
+# (docs/_templates/autosummary/function.rst, docs/models.rst)
+autosummary_context = model_summaries()
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
