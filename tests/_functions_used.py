@@ -1,8 +1,8 @@
 """The "Functions used" cell of each tutorial: links to the API pages of what it calls.
 
-Each tutorial ends with a markdown cell (id ``functions-used``) that links every ``hx.<room>.<name>``
-its code calls to its API page, every ``model="..."`` to that model's options and
-``hx.settings`` to its page. The cell is written from the notebook's code
+Each tutorial ends with a markdown cell (id ``functions-used``) that links every
+``hx.<room>.<name>`` its code calls to its API page, every ``model="..."`` to that model's
+options and ``hx.settings`` to its page. The cell is written from the notebook's code
 (``python tests/_functions_used.py --write``; code cells are left as they are) and
 ``tests/test_docs.py`` fails when a tutorial's cell differs from the one its code gives.
 """

@@ -53,6 +53,7 @@ class ModelsDirective(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
+        """The sections of every model and evaluator, parsed as reStructuredText."""
         models, cross_validators, evaluators = _tables()
         documented: set[str] = set()
         lines: list[str] = []
