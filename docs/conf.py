@@ -8,7 +8,7 @@ from importlib.metadata import version as _package_version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
-from histoexpr_models import model_summaries  # noqa: E402
+from histoexpr_docs import model_summaries  # noqa: E402
 
 project = "histoexpr"
 author = "histoexpr developers"
@@ -22,7 +22,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
-    "histoexpr_models",  # docs/_ext: the options of every model of hx.tl.fit (models.rst)
+    "histoexpr_docs",  # docs/_ext: the options of every model (models.rst), prose Returns
 ]
 # autosummary writes its API stubs in reStructuredText, with the first suffix in source_suffix
 # whose parser reads reStructuredText (it cannot tell that myst-nb reads only MyST): ".rst" comes

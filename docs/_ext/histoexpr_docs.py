@@ -1,5 +1,13 @@
-"""The ``histoexpr-models`` directive: the options of every model of ``hx.tl.fit``.
+"""Sphinx helpers of the histoexpr documentation.
 
+Prose ``Returns``: histoexpr's docstrings describe what a function returns in a paragraph
+(``Returns`` / ``-------`` / unindented prose), which napoleon would read as one return value per
+line and show as a list of sentence fragments. :func:`prose_returns` sets such a section aside
+before napoleon runs, and :func:`restore_prose_returns` puts it back afterwards as the paragraph
+of the ``:returns:`` field; sections in the ``name : type`` + indented description form are
+left to napoleon.
+
+The ``histoexpr-models`` directive: the options of every model of ``hx.tl.fit``.
 ``hx.tl.fit(data, model=name, **options)`` passes ``options`` to the ``fit`` of the model's own
 module of ``histoexpr.tl`` (``histoexpr.tl._api.MODELS``); ``hx.tl.predict``,
 ``hx.tl.cross_validate`` and ``hx.tl.evaluate`` do the same with their own tables. The directive
@@ -96,7 +104,52 @@ class ModelsDirective(SphinxDirective):
         return container.children
 
 
+_PLACEHOLDER = "HistoexprProseReturns"
+_prose: dict[int, list[str]] = {}  # id of a docstring's lines -> its prose Returns section
+
+
+def prose_returns(app: Any, what: str, name: str, obj: Any, options: Any,
+                  lines: list[str]) -> None:
+    """Before napoleon: set a prose ``Returns`` section of ``lines`` aside, leaving a mark."""
+    for i in range(len(lines) - 1):
+        if lines[i].strip() != "Returns" or not _is_underline(lines[i + 1]):
+            continue
+        end = i + 2
+        while end < len(lines) and not (end + 1 < len(lines) and lines[end].strip()
+                                        and _is_underline(lines[end + 1])):
+            end += 1
+        body = lines[i + 2:end]
+        while body and not body[-1].strip():
+            body.pop()
+        filled = [line for line in body if line.strip()]
+        if not filled or (len(filled) > 1 and filled[1][:1].isspace()):
+            return  # numpydoc's "name : type" with an indented description: napoleon's
+        _prose[id(lines)] = body
+        lines[i + 2:end] = [_PLACEHOLDER, ""]
+        return
+
+
+def restore_prose_returns(app: Any, what: str, name: str, obj: Any, options: Any,
+                          lines: list[str]) -> None:
+    """After napoleon: put the prose back as the paragraph of the ``:returns:`` field."""
+    body = _prose.pop(id(lines), None)
+    if body is None:
+        return
+    for i, line in enumerate(lines):
+        if _PLACEHOLDER in line:
+            first = next(k for k, text in enumerate(body) if text.strip())
+            lines[i:i + 1] = [f":returns: {body[first]}",
+                              *(f"   {text}" if text.strip() else "" for text in body[first + 1:])]
+            return
+
+
+def _is_underline(line: str) -> bool:
+    return len(line.strip()) >= 3 and set(line.strip()) == {"-"}
+
+
 def setup(app: Any) -> dict[str, Any]:
-    """Register the directive."""
+    """Register the directive and the docstring hook (before napoleon's, priority 500)."""
     app.add_directive("histoexpr-models", ModelsDirective)
+    app.connect("autodoc-process-docstring", prose_returns, priority=400)
+    app.connect("autodoc-process-docstring", restore_prose_returns, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
