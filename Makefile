@@ -8,7 +8,7 @@ STAMP := $(VENV)/.histoexpr-installed
 # napari's tests need a display: use a virtual one where xvfb-run exists
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 
-.PHONY: demo test docs benchmarks clean
+.PHONY: demo test docs docs-fast benchmarks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 docs: $(STAMP)
 	rm -rf docs/generated
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# the API pages without executing the tutorials (their figures are left out)
+docs-fast: $(STAMP)
+	rm -rf docs/generated
+	$(BIN)/sphinx-build -W --keep-going -b html -D nb_execution_mode=off docs docs/_build/html
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_wsi_memory.py
