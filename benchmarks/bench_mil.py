@@ -1,6 +1,8 @@
 """Embedding throughput of ``hx.tl.embed`` against a bare forward pass, and MIL training speed.
 
-Run: ``.venv/bin/python benchmarks/bench_mil.py [--size-um 1200] [--encoder small_cnn]``.
+Run: ``.venv/bin/python benchmarks/bench_mil.py [--size-um 1200] [--encoder small_cnn]``;
+``bench_mil.py accuracy`` runs the nested her2st MIL benchmark (regression, attention and
+contribution maps, classification) described in ``benchmarks/README.md``.
 
 1. Tiles/s of ``hx.tl.embed`` (tiles read lazily through ``TileDataset``, batched, encoded)
    against the same encoder's forward pass on the same tiles already stacked in memory: their
