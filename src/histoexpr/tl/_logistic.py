@@ -7,6 +7,7 @@ per-tile class probabilities and (uniform) attention like the attention MIL does
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -112,8 +113,10 @@ def fit(
                                  "(need 2 of each).")
             folds = list(StratifiedKFold(n_splits, shuffle=True,
                                          random_state=0).split(pooled, labels_j))
-        model = LogisticRegressionCV(Cs=list(Cs), cv=folds, scoring="neg_log_loss",
-                                     max_iter=2000).fit(pooled, labels_j)
+        with warnings.catch_warnings():  # scikit-learn's notices of future defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            model = LogisticRegressionCV(Cs=list(Cs), cv=folds, scoring="neg_log_loss",
+                                         max_iter=2000).fit(pooled, labels_j)
         present = model.classes_
         if n_classes == 2:  # one decision function: logits (0, w.x + b)
             weight[start + 1], bias[start + 1] = model.coef_[0], model.intercept_[0]
