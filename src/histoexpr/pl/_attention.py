@@ -141,6 +141,8 @@ def _tracking(sdata, table, key: str, gene: str | None, values: np.ndarray,
     if "spot_id" not in table.obs.columns or table_key not in sdata.tables:
         return None
     spots = sdata.tables[table_key]
+    if gene is None and key not in table.obsm:
+        return None  # no predicted genes to check the shared attention against
     genes = [gene] if gene is not None else list(table.obsm[key].columns)
     genes = [g for g in genes if g in spots.var_names]
     if not genes:
