@@ -48,7 +48,7 @@ def cached_features(name: str, sdata) -> dict[str, np.ndarray]:
     import torch
 
     path = DATA / f"{name}.npz"
-    spots = sdata.tables["he_tiles_table"].obs["spot_id"].to_numpy()
+    spots = sdata.tables["he_tiles_table"].obs["spot_id"].to_numpy().astype(str)
     if path.exists():
         stored = np.load(path, allow_pickle=False)
         order = pd.Index(stored["spot_id"]).get_indexer(spots)
@@ -282,8 +282,8 @@ def table(results: list[dict]) -> str:
             lambda r, v=v: r[f"abmil_{v}"]["cpu_s"])
     row("abmil nested (per-gene, fixed before the run; or by inner LOSO with --inner)",
         lambda r: r["abmil_nested"]["pearson"],
-        lambda r: sum(r[f"abmil_{v}"]["cpu_s"] + r[f"abmil_{v}"]["inner_cpu_s"]
-                      for v in VARIANTS))
+        lambda r: r["abmil_nested"]["cpu_s"] + sum(r[f"abmil_{v}"]["inner_cpu_s"]
+                                                    for v in VARIANTS))
     row("ensemble: (abmil nested + ridge) / 2", lambda r: r["ensemble"]["pearson"])
     lines.append("")
     lines.append("| map (held-out tiles, mean Spearman over genes) | "
