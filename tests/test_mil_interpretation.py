@@ -62,6 +62,7 @@ def test_contributions_sum_to_the_bag_prediction(sections):
                                tiles.obsm["ridge_map"].to_numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # two or three cross-validations (10-20 s on an idle 2-core machine)
 def test_per_gene_attention_tracks_its_gene_and_the_check_runs_by_default(sections):
     options = {**FAST, "hidden": 16}
     shared = hx.tl.cross_validate(sections, model="abmil", genes=GENES, key_added="shared",
@@ -83,6 +84,7 @@ def test_per_gene_attention_tracks_its_gene_and_the_check_runs_by_default(sectio
     assert "attention_check" not in no_check.uns
 
 
+@pytest.mark.slow  # two or three cross-validations (10-20 s on an idle 2-core machine)
 def test_classification_head_beats_chance_on_held_out_bags(sections):
     # up / down labels of a driver gene and a marker score, split at the training bags' median
     genes = {"deg_EPCAM": ["EPCAM"], "lymphoid": ["PTPRC", "CD3E"]}
