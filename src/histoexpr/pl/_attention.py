@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._utils import require_element
+from .._utils import logger, require_element
 from ._docs import shared_docs
 from ._spatial import _draw_shapes, draw_image
+
+#: below this Spearman correlation with the measured expression under the tiles,
+#: ``hx.pl.attention`` warns that the map does not track expression
+MIN_TRACKING_SPEARMAN = 0.2
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -26,6 +30,9 @@ def attention(
     *,
     key: str = "abmil",
     gene: str | None = None,
+    show: str | None = None,
+    table_key: str = "table",
+    min_spearman: float = MIN_TRACKING_SPEARMAN,
     cmap: str = "magma",
     alpha: float = 0.6,
     max_side: int = 1000,
@@ -34,6 +41,13 @@ def attention(
     save: str | Path | None = None,
 ) -> Axes:
     """Draw a model's attention (or its per-tile predicted expression) over the tissue.
+
+    Where the tiles sit on measured spots (``hx.pp.tile(..., centers="spots")`` with the spot
+    table ``table_key``), the drawn map is checked against the truth: the Spearman correlation
+    over the section's tiles with the measured (log1p-normalised) expression of ``gene`` (or,
+    for the shared attention without ``gene``, its mean over the predicted genes). A map below
+    ``min_spearman`` (default :data:`MIN_TRACKING_SPEARMAN`, 0.2) draws with a logged warning
+    that it does not track expression, and the value is put in the title.
 
     Parameters
     ----------
@@ -45,7 +59,16 @@ def attention(
         The ``key_added`` of the prediction.
     gene
         ``None`` draws the attention (the mean over branches); a gene draws its per-tile
-        predicted expression.
+        predicted expression (or, with ``show``, its attention branch or contributions).
+    show
+        What to draw: ``"attention"`` (the gene's own branch where the model has one per gene,
+        else the shared one), ``"contribution"`` (attention times output, needs ``gene``) or
+        ``"prediction"`` (needs ``gene``); ``None`` draws the attention without ``gene`` and
+        the prediction with it.
+    table_key
+        Key of the spot table holding the truth for the check.
+    min_spearman
+        Warn when the map's rank correlation with the measured expression is below this.
     cmap
         Colormap.
     alpha
@@ -64,13 +87,16 @@ def attention(
     if column not in table.obs.columns:
         raise KeyError(f"The tile table has no per-tile results {key!r}; run "
                        f"hx.tl.predict(model, ..., key_added={key!r}) first.")
-    if gene is None:
-        values, label = table.obs[column].to_numpy(), f"attention ({key})"
-    elif gene in table.obsm[key].columns:
-        values, label = table.obsm[key][gene].to_numpy(), f"predicted {gene} ({key})"
-    else:
-        raise KeyError(f"{gene!r} is not predicted under {key!r}; predicted: "
-                       f"{list(table.obsm[key].columns)[:10]}.")
+    values, label = _map(table, key, gene, show)
+    rho = _tracking(sdata, table, key, gene, values, table_key)
+    if rho is not None:
+        label = f"{label}, Spearman {rho:.2f} with measured"
+        if rho < min_spearman:
+            logger.warning("This map does not track expression: its Spearman correlation with "
+                           "the measured expression under the tiles is %.3f (below %.2f). "
+                           "Attention says what the model weighs, not where expression is; "
+                           "draw show='contribution' or a per-gene model (per_gene=True).",
+                           rho, min_spearman)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     image_key = table.uns.get("tiles", {}).get("image_key")
@@ -81,6 +107,55 @@ def attention(
                  cmap=cmap, alpha=alpha, label=label, outline="black")
     _finish(ax, title if title is not None else label, save)
     return ax
+
+
+def _map(table, key: str, gene: str | None, show: str | None) -> tuple[np.ndarray, str]:
+    shows = ("attention", "contribution", "prediction")
+    if show is not None and show not in shows:
+        raise ValueError(f"show must be one of {shows} or None, got {show!r}.")
+    show = show or ("attention" if gene is None else "prediction")
+    if gene is not None and gene not in table.obsm[key].columns:
+        raise KeyError(f"{gene!r} is not predicted under {key!r}; predicted: "
+                       f"{list(table.obsm[key].columns)[:10]}.")
+    if show == "attention":
+        branches = table.obsm.get(f"{key}_attention")
+        if gene is not None and branches is not None and gene in branches.columns:
+            return branches[gene].to_numpy(), f"{gene} attention ({key})"
+        return table.obs[f"{key}_attention"].to_numpy(), f"attention ({key})"
+    if gene is None:
+        raise ValueError(f"show={show!r} draws one gene; pass gene=.")
+    if show == "prediction":
+        return table.obsm[key][gene].to_numpy(), f"predicted {gene} ({key})"
+    if f"{key}_contribution" not in table.obsm:
+        raise KeyError(f"No contributions under {key!r}; predict again with hx.tl.predict.")
+    return table.obsm[f"{key}_contribution"][gene].to_numpy(), f"{gene} contribution ({key})"
+
+
+def _tracking(sdata, table, key: str, gene: str | None, values: np.ndarray,
+              table_key: str) -> float | None:
+    """Spearman correlation of a map with the measured expression under the tiles, if known."""
+    from scipy.stats import spearmanr
+
+    from ..pp import expression_targets
+
+    if "spot_id" not in table.obs.columns or table_key not in sdata.tables:
+        return None
+    spots = sdata.tables[table_key]
+    if gene is None and key not in table.obsm:
+        return None  # no predicted genes to check the shared attention against
+    genes = [gene] if gene is not None else list(table.obsm[key].columns)
+    genes = [g for g in genes if g in spots.var_names]
+    if not genes:
+        return None
+    instance_key = spots.uns.get("spatialdata_attrs", {}).get("instance_key", "spot_id")
+    rows = pd.Index(spots.obs[instance_key].to_numpy()).get_indexer(table.obs["spot_id"])
+    inside = (rows >= 0) & np.isfinite(values)
+    if inside.sum() < 3:
+        return None
+    measured = expression_targets(spots[rows[inside]], genes)
+    with np.errstate(invalid="ignore"):
+        rhos = [spearmanr(values[inside], measured[:, j]).statistic for j in range(len(genes))]
+    return None if np.isnan(rhos).all() else float(np.nanmean(rhos))
 
 
 @shared_docs

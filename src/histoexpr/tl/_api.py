@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "patch_classifier": "._patch_classifier",
     "abmil": "._mil",
     "meanpool_ridge": "._ridge",
+    "meanpool_logistic": "._logistic",
     "spot_regressor": "._spot_regressor",
 }
 
@@ -28,6 +29,7 @@ MODELS: dict[str, str] = {
 CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
     "abmil": ("._cross_validate", "cross_validate_bags"),
     "meanpool_ridge": ("._cross_validate", "cross_validate_bags"),
+    "meanpool_logistic": ("._cross_validate", "cross_validate_bags"),
     "spot_regressor": ("._expression_metrics", "cross_validate_spots"),
 }
 

@@ -28,8 +28,10 @@ def attention_check(
     slide-level model's per-tile outputs (written by :func:`histoexpr.tl.predict`) can be checked
     tile by tile: the Spearman correlation over a section's tiles between the predicted and the
     measured log1p-normalised expression of each gene, and between the tiles' attention (the
-    gene's own branch, or the shared one) and that measured expression. Use it on held-out
-    sections, e.g. after :func:`histoexpr.tl.cross_validate`.
+    gene's own branch, or the shared one) and that measured expression, and between the tiles'
+    contributions (attention times output, where :func:`histoexpr.tl.predict` wrote them) and
+    that expression. Use it on held-out sections; :func:`histoexpr.tl.cross_validate` runs it by
+    default wherever the held-out sections have spot-centred tiles and their spots.
 
     Parameters
     ----------
@@ -48,7 +50,8 @@ def attention_check(
     Returns
     -------
     One row per section and gene: ``section``, ``gene``, ``tile_spearman`` (predicted vs
-    measured), ``attention_spearman`` (attention vs measured), ``n_tiles``.
+    measured), ``attention_spearman`` (attention vs measured), ``contribution_spearman``
+    (contribution vs measured; NaN where none was written), ``n_tiles``.
 
     """
     import pandas as pd
@@ -79,6 +82,20 @@ def attention_check(
         branch = [g if g in attention.columns else attention.columns[0] for g in names]
         tile_rho = column_spearman(predicted[names].to_numpy(), measured)
         attention_rho = column_spearman(attention[branch].to_numpy(), measured)
+        contribution_rho = np.full(len(names), np.nan)
+        if f"{key}_contribution" in tiles.obsm:
+            values = tiles.obsm[f"{key}_contribution"][names].to_numpy()
+            inside = np.isfinite(values).all(axis=1)  # tiles of at least one bag
+            contribution_rho = column_spearman(values[inside], measured[inside])
         rows.append(pd.DataFrame({"section": name, "gene": names, "tile_spearman": tile_rho,
-                                  "attention_spearman": attention_rho, "n_tiles": tiles.n_obs}))
+                                  "attention_spearman": attention_rho,
+                                  "contribution_spearman": contribution_rho,
+                                  "n_tiles": tiles.n_obs}))
     return pd.concat(rows, ignore_index=True)
+
+
+def has_spot_truth(sdata: SpatialData, *, tiles_key: str, table_key: str = "table") -> bool:
+    """Whether a section's tiles sit on spots whose expression is measured (the check's truth)."""
+    table = sdata.tables.get(f"{tiles_key}_table")
+    return (table is not None and table_key in sdata.tables
+            and "spot_id" in table.obs.columns)

@@ -20,6 +20,7 @@ def cross_validate_bags(
     groups: str | Mapping[str, str] | None = None,
     n_folds: int | None = None,
     key_added: str = "cv",
+    check_attention: bool | None = None,
     **fit_kwargs: Any,
 ) -> AnnData:
     """Train and test a slide-level model fold by fold, holding out whole patients.
@@ -44,6 +45,10 @@ def cross_validate_bags(
         holds out one group at a time.
     key_added
         Key of the per-tile results written into the held-out tile tables.
+    check_attention
+        Run :func:`histoexpr.tl.attention_check` on every held-out section (regression):
+        ``None`` does so wherever the sections have spot-centred tiles and their spot table
+        (the truth under every tile), ``False`` never.
     **fit_kwargs
         Options of the model's ``fit`` (``genes``, ``task``, ``epochs``, ``seed``...).
 
@@ -52,7 +57,10 @@ def cross_validate_bags(
     Out-of-fold predictions, bags x outputs, as :func:`histoexpr.tl.predict` returns them, with
     ``obs["fold"]`` and ``obs["group"]``; for regression ``uns["scores"]`` holds one row per
     fold and gene with the bag-level ``pearson`` and ``spearman`` correlations (folds with fewer
-    than 3 bags are not scored).
+    than 3 bags are not scored), and where spot truth exists ``uns["attention_check"]`` the
+    held-out tiles' rank correlations (:func:`histoexpr.tl.attention_check`, with ``fold``);
+    for classification with known labels, ``uns["scores"]`` holds one row per fold and target
+    with ``auc`` and ``balanced_accuracy``.
 
     """
     import anndata as ad
@@ -62,7 +70,7 @@ def cross_validate_bags(
 
     names, group_of = _section_groups(data, groups)
     folds = _folds(names, group_of, n_folds)
-    results, scores = [], []
+    results, scores, checks = [], [], []
     for fold, held_out in enumerate(folds):
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
@@ -71,6 +79,16 @@ def cross_validate_bags(
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
         results.append(predicted)
+        if network.metadata.get("task") == "classification":
+            from ._class_metrics import class_scores
+
+            frame = class_scores(predicted, network.metadata)
+            if len(frame):
+                scores.append(frame.assign(fold=fold))
+        elif check_attention is not False:
+            check = _check(test, network, key_added, strict=check_attention is True)
+            if check is not None:
+                checks.append(check.assign(fold=fold))
         if "measured" in predicted.layers and predicted.n_obs >= 3:
             from ._expression_metrics import gene_correlations
 
@@ -84,8 +102,37 @@ def cross_validate_bags(
     result.obs["fold"] = result.obs["fold"].astype(int)
     if scores:
         result.uns["scores"] = pd.concat(scores, ignore_index=True)
+    if checks:
+        check = pd.concat(checks, ignore_index=True)
+        result.uns["attention_check"] = check
+        logger.info("Attention check over the held-out tiles (mean Spearman with the expression "
+                    "under them): per-tile predictions %.3f, attention %.3f, contributions %.3f.",
+                    *check[["tile_spearman", "attention_spearman",
+                            "contribution_spearman"]].mean())
     result.uns["cv"] = {"model": model, "n_folds": len(folds)}
     return result
+
+
+def _check(test: Any, network, key: str, *, strict: bool):
+    """The attention check of the held-out sections, where their tiles sit on measured spots."""
+    from ..io import Cohort
+    from ._attention_check import attention_check, has_spot_truth
+
+    tiles_key = network.metadata["tiles_key"]
+    sections = {} if isinstance(test, Cohort) else {
+        n: s for n, s in test.items() if has_spot_truth(s, tiles_key=tiles_key)}
+    if not sections:
+        if strict:
+            raise ValueError("check_attention=True needs held-out sections with spot-centred "
+                             "tiles and their spot table; pass check_attention=None.")
+        return None
+    try:
+        return attention_check(sections, key=key, tiles_key=tiles_key)
+    except (KeyError, ValueError) as error:  # e.g. genes the spot table does not measure
+        if strict:
+            raise
+        logger.warning("No attention check of the held-out sections: %s", error)
+        return None
 
 
 def _section_groups(data: Any, groups) -> tuple[list[str], dict[str, str]]:

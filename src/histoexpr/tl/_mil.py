@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ..models import Network
 
 TASKS = ("regression", "classification")
+#: where classification labels come from: the bulk table's obs, or the training bags' median
+LABELS = ("obs", "median")
 
 
 def fit(
@@ -40,6 +42,7 @@ def fit(
     genes: Any = None,
     target: str | list[str] | None = None,
     task: str = "regression",
+    labels: str = "obs",
     tiles_key: str = "he_tiles",
     features_key: str | None = None,
     bags_key: str = "bags",
@@ -66,6 +69,13 @@ def fit(
     :func:`histoexpr.pp.deg_labels`. The slide (bag) output is the attention-weighted average of
     the per-tile outputs. Bags with a missing target are left out (logged).
 
+    Classification labels can also be made from the bags' expression as HistCode labels driver
+    genes (``labels="median"``): a bag is ``"up"`` where its log1p-normalised expression of a
+    gene (or the mean standardised expression of a set of marker genes, e.g. a tumour score) is
+    above the median over the *training* bags, ``"down"`` otherwise. The thresholds are kept in
+    the model, so :func:`histoexpr.tl.predict` labels held-out bags with the training
+    thresholds (nothing is chosen on the bags it scores).
+
     Parameters
     ----------
     data
@@ -75,11 +85,18 @@ def fit(
     genes
         Genes to predict: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
         every gene of the bulk table. For classification with ``target=None``, the labels
-        ``deg_<gene>`` of these genes.
+        ``deg_<gene>`` of these genes; with ``labels="median"`` also a mapping from a label
+        name to marker genes (``{"tumour": ["ERBB2", "KRT19", ...]}``) whose mean standardised
+        expression is split.
     target
         Classification: the column(s) of the bulk table's ``obs`` to learn.
     task
         ``"regression"`` or ``"classification"``.
+    labels
+        Classification: ``"obs"`` learns label columns of the bulk table (``target``, or the
+        ``deg_<gene>`` columns of :func:`histoexpr.pp.deg_labels`); ``"median"`` makes
+        ``"down"`` / ``"up"`` labels ``deg_<gene>`` (or the mapping's names) from the bags'
+        expression, split at the training bags' median.
     tiles_key
         Key of the tiles (their table holds the features).
     features_key
@@ -129,7 +146,8 @@ def fit(
 
     bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
                                       tiles_key=tiles_key, features_key=features_key,
-                                      bags_key=bags_key, target_transform=target_transform)
+                                      bags_key=bags_key, target_transform=target_transform,
+                                      labels=labels)
     if max_tiles is not None and max_tiles < 1:
         raise ValueError(f"max_tiles must be positive or None, got {max_tiles}.")
     if not 0 <= val_fraction < 1:
@@ -165,11 +183,16 @@ def fit(
 
 
 def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: str,
-                  features_key: str | None, bags_key: str,
-                  target_transform: str) -> tuple[Bags, np.ndarray, dict]:
+                  features_key: str | None, bags_key: str, target_transform: str,
+                  labels: str = "obs") -> tuple[Bags, np.ndarray, dict]:
     """Bags with their targets (standardised for regression, codes for classes) and metadata."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}.")
+    if labels == "median" and (task != "classification" or target is not None):
+        raise ValueError("labels='median' makes classification labels from genes=; use it "
+                         "with task='classification' and without target=.")
     bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
     metadata: dict[str, Any] = {"task": task, "tiles_key": tiles_key, "bags_key": bags_key,
                                 "features_key": bags.features_key, "encoder": encoder_of(bags),
@@ -186,6 +209,13 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
         metadata.update(genes=names, columns=names, branches=names,
                         target_transform=target_transform, target_mean=mean.tolist(),
                         target_std=std.tolist())
+    elif labels == "median":
+        rule = median_rule(bags, genes, target_transform)
+        bags, y, classes = _apply_rule(bags, rule, target_transform)
+        targets = list(rule)
+        metadata.update(targets=targets, classes=classes, branches=targets, label_rule=rule,
+                        target_transform=target_transform,
+                        columns=[f"{t}:{c}" for t in targets for c in classes[t]])
     else:
         if target is None:
             if genes is None:
@@ -211,6 +241,49 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
     logger.info("Training on %d bags (%d tiles, %d features) for %d outputs.", bags.bulk.n_obs,
                 len(stacked), stacked.shape[1], len(metadata["columns"]))
     return bags, y, metadata
+
+
+def median_rule(bags: Bags, genes: Any, transform: str) -> dict[str, dict]:
+    """Label rules split at the median of ``bags``: one per gene, or per named marker set."""
+    from collections.abc import Mapping
+
+    if genes is None:
+        raise ValueError("labels='median' needs genes=: genes to label, or a mapping from a "
+                         "label name to marker genes.")
+    sets = ({str(k): list(v) for k, v in genes.items()} if isinstance(genes, Mapping) else None)
+    if sets is None:
+        _, names = regression_targets(bags, genes, transform)
+        sets = {f"deg_{g}": [g] for g in names}
+    rule = {}
+    for name, members in sets.items():
+        values, members = regression_targets(bags, members, transform)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        std = np.where(std > 1e-6, std, 1.0)
+        score = ((values - mean) / std).mean(axis=1)
+        rule[name] = {"genes": members, "mean": mean.tolist(), "std": std.tolist(),
+                      "threshold": float(np.median(score))}
+    return rule
+
+
+def rule_labels(bags: Bags, rule: dict[str, dict], transform: str) -> dict[str, np.ndarray]:
+    """``"down"`` / ``"up"`` of every bag under the stored rules (thresholds from training)."""
+    out = {}
+    for name, r in rule.items():
+        values, _ = regression_targets(bags, r["genes"], transform)
+        score = ((values - np.asarray(r["mean"])) / np.asarray(r["std"])).mean(axis=1)
+        out[name] = np.where(score > r["threshold"], "up", "down").astype(object)
+    return out
+
+
+def _apply_rule(bags: Bags, rule: dict[str, dict], transform: str):
+    codes = rule_labels(bags, rule, transform)
+    y = np.column_stack([(codes[name] == "up").astype(np.int64) for name in rule])
+    classes = {name: ["down", "up"] for name in rule}
+    for name, column in zip(rule, y.T, strict=True):
+        if column.min() == column.max():
+            raise ValueError(f"Every training bag has the same {name!r} label; give more "
+                             "bags or other genes.")
+    return bags, y, classes
 
 
 def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
@@ -314,8 +387,18 @@ def predict(
     ``obs["<target>_pred"]``. ``obs`` keeps the bags' own columns (``section``, labels) and
     ``n_tiles``. Each tile table gets ``obsm[key_added]`` (per-tile predicted expression or class
     probabilities), ``obsm[f"{key_added}_attention"]`` (attention of every branch, normalised to
-    sum to 1 over the section, so within a bag it ranks tiles as the bag's own attention does)
-    and ``obs[f"{key_added}_attention"]`` (its mean over branches).
+    sum to 1 over the section, so within a bag it ranks tiles as the bag's own attention does),
+    ``obs[f"{key_added}_attention"]`` (its mean over branches) and
+    ``obsm[f"{key_added}_contribution"]``, the contribution map: a tile's contribution to its
+    bag's prediction is its attention within the bag times its own output (expression, or class
+    logits for classification), and these sum to the bag's prediction (to its logits). The map
+    holds them in units of an even share, multiplied by the bag's number of tiles (with uniform
+    attention a tile's value is its own output; a bag's prediction is the *mean* of its tiles'
+    values), so tiles of bags of different sizes compare. A tile in several overlapping bags
+    gets the mean of its values; where bags do not overlap (the slides of a Cohort, pseudo-bulk
+    bags with ``stride_um == size_um``) the identity is exact. With labels
+    made by ``labels="median"``, ``obs`` also holds the held-out bags' labels under the
+    training thresholds.
 
     """
     meta = model.metadata
@@ -327,22 +410,55 @@ def predict(
     _check_features(model, bags)
     tile_outputs, tile_attention, bag_outputs = {}, {}, np.zeros((bags.bulk.n_obs,
                                                                   len(meta["columns"])))
+    contributions = {}
     sections = bags.bulk.obs["section"].to_numpy()
     for name, sdata in bags.sections.items():
         scores, outputs = _score_section(model, sdata, bags)
+        # expression units for regression; class logits (before the softmax) for classes
+        units = _readable(outputs, meta) if meta["task"] == "regression" else outputs
+        shares, n_bags = np.zeros_like(units), np.zeros(len(units))
         for i in np.flatnonzero(sections == name):
-            bag_outputs[i] = _pool(scores[bags.rows[i]], outputs[bags.rows[i]])
+            rows = bags.rows[i]
+            share = _weights(scores[rows], units.shape[1]) * units[rows]  # sums to the bag
+            bag_outputs[i] = share.sum(axis=0)
+            shares[rows] += share * len(rows)  # in units of an even share
+            n_bags[rows] += 1
+        with np.errstate(invalid="ignore"):
+            contributions[name] = shares / n_bags[:, None]  # NaN for tiles of no bag
         tile_outputs[name] = _readable(outputs, meta)
         tile_attention[name] = _softmax(scores)
     write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
                       branches=meta["branches"], key_added=key_added, overwrite=overwrite)
-    result = bag_table(bags, _readable(bag_outputs, meta), meta["columns"],
-                       measured=_measured(bags, meta))
+    write_contributions(bags, contributions, columns=meta["columns"], key_added=key_added)
+    values = bag_outputs if meta["task"] == "regression" else _readable(bag_outputs, meta)
+    result = bag_table(bags, values, meta["columns"], measured=_measured(bags, meta))
     if meta["task"] == "classification":
         _add_classes(result, meta)
+        if "label_rule" in meta and _has_genes(bags, meta["label_rule"]):
+            import pandas as pd
+
+            for target, truth in rule_labels(bags, meta["label_rule"],
+                                             meta["target_transform"]).items():
+                result.obs[target] = pd.Categorical(truth, categories=["down", "up"])
     result.uns[key_added] = {"model": meta["model"], "features_key": features_key,
-                             "tiles_key": tiles_key, "bags_key": bags_key}
+                             "tiles_key": tiles_key, "bags_key": bags_key,
+                             "task": meta["task"]}
     return result
+
+
+def _has_genes(bags: Bags, rule: dict) -> bool:
+    return all(set(r["genes"]) <= set(bags.bulk.var_names) for r in rule.values())
+
+
+def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, columns: list[str],
+                        key_added: str) -> None:
+    """Per-tile contributions into ``obsm[f"{key_added}_contribution"]`` of each tile table."""
+    import pandas as pd
+
+    for name, values in contributions.items():
+        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
+        table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
+                                                               columns=columns)
 
 
 def _check_features(model, bags: Bags) -> None:
@@ -392,10 +508,9 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return weights / weights.sum(axis=0)
 
 
-def _pool(scores: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """The bag output: per-tile outputs averaged with the bag's attention (as in forward)."""
-    weights = np.repeat(_softmax(scores), outputs.shape[1] // scores.shape[1], axis=1)
-    return (weights * outputs).sum(axis=0)
+def _weights(scores: np.ndarray, n_outputs: int) -> np.ndarray:
+    """A bag's attention (softmax over its tiles) repeated for each output of its branch."""
+    return np.repeat(_softmax(scores), n_outputs // scores.shape[1], axis=1)
 
 
 def _readable(outputs: np.ndarray, meta: dict) -> np.ndarray:
