@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -54,16 +56,31 @@ def test_early_stopping_restores_the_best_weights():
     torch.testing.assert_close(network.weight.detach(), snapshots[2])
 
 
-def test_same_seed_same_result():
+def test_the_seed_argument_fixes_the_result_whatever_the_global_random_state():
+    # the same starting weights for every run; between runs the global torch RNG is moved to
+    # another state, so runs agree only if train() seeds the dropout masks (and all else) itself
     x, y = torch.randn(64, 2), torch.randn(64)
+    torch.manual_seed(123)
+    start = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 1))
 
-    def run():
-        torch.manual_seed(123)  # the initial weights
-        network = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 1))
-        train(network, batches(x, y), None, mse, epochs=3, device="cpu", seed=5)
+    def run(seed, rng_state):
+        network = copy.deepcopy(start)
+        torch.manual_seed(rng_state)
+        train(network, batches(x, y), None, mse, epochs=3, device="cpu", seed=seed)
         return network[0].weight.detach().clone()
 
-    torch.testing.assert_close(run(), run())
+    torch.testing.assert_close(run(5, rng_state=1), run(5, rng_state=2))
+    # and the seed matters: another one draws other dropout masks, hence other weights
+    assert not torch.allclose(run(5, rng_state=1), run(6, rng_state=1))
+
+
+def test_the_progress_bar_shows_the_losses(capsys, monkeypatch):
+    monkeypatch.setattr(hx.settings, "progress_bar", True)
+    x, y = torch.randn(32, 1), torch.randn(32)
+    train(nn.Linear(1, 1), batches(x, y), batches(x, y), mse, epochs=2, device="cpu",
+          desc="bar-test")
+    shown = capsys.readouterr().err
+    assert "bar-test" in shown and "train=" in shown and "val=" in shown, shown
 
 
 def test_diverging_loss_is_a_clear_error():
