@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -104,3 +105,43 @@ def test_entry_points_reject_unknown_models():
 def test_evaluate_needs_an_existing_element(disk_section):
     with pytest.raises(KeyError, match="not an element"):
         hx.tl.evaluate(disk_section, "nope", "he")
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one(tmp_path):
+    """DDP on two CPU processes (gloo, launched by torchrun) matches one process.
+
+    Same global batches (each process takes half of every batch, the last one unevenly), so the
+    averaged gradients are the one-process gradients: the weights agree to float summation order.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _ddp_worker
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+         "--nproc_per_node=2", str(Path(_ddp_worker.__file__)), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+
+    network, train_batches, val_batches = _ddp_worker.data_and_network()
+    single = train(network, train_batches, val_batches, _ddp_worker.loss, epochs=4, lr=0.05,
+                   patience=None, device="cpu", seed=3)
+    assert ddp["history"]["world_size"] == 2 and single["world_size"] == 1
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(ddp["state"][name], value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ddp["history"]["train_loss"], single["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(ddp["history"]["val_loss"], single["val_loss"], rtol=1e-5)
+    # training moved the weights (the comparison is not between two untouched networks)
+    start, _, _ = _ddp_worker.data_and_network()
+    assert not torch.allclose(start.state_dict()["members.0.1.weight"],
+                              network.state_dict()["members.0.1.weight"])
+    # only rank 0 writes
+    assert (tmp_path / "model_from_rank0.pt").exists()
+    assert not (tmp_path / "model_from_rank1.pt").exists()

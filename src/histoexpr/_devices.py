@@ -79,9 +79,12 @@ def backward_and_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer,
 
 
 def resolve_workers(device: str) -> int:
-    """Loader worker processes: ``hx.settings.n_workers``, or when it is ``None`` (automatic)
-    none on a CPU (reading in the main process keeps CPU runs as they were) and, on a GPU,
-    one fewer than this process's share of the CPUs, at most :data:`MAX_AUTO_WORKERS`."""
+    """Loader worker processes for ``device``.
+
+    ``hx.settings.n_workers``, or when it is ``None`` (automatic) none on a CPU (reading in the
+    main process keeps CPU runs as they were) and, on a GPU, one fewer than this process's share
+    of the CPUs, at most :data:`MAX_AUTO_WORKERS`.
+    """
     if settings.n_workers is not None:
         return settings.n_workers
     if torch.device(device).type != "cuda":
@@ -104,8 +107,11 @@ def loader_options(device: str, *, reads_images: bool = True) -> dict[str, Any]:
 
 
 def use_channels_last(network: torch.nn.Module, device: str) -> bool:
-    """Whether to run ``network`` in channels-last memory format: CNNs on CUDA only (tensor
-    cores read NHWC directly; on a CPU the default layout is kept so results stay the same)."""
+    """Whether to run ``network`` in channels-last memory format.
+
+    CNNs on CUDA only (tensor cores read NHWC directly); on a CPU the default layout is kept, so
+    results stay the same.
+    """
     if torch.device(device).type != "cuda":
         return False
     return any(isinstance(module, torch.nn.Conv2d) for module in network.modules())

@@ -32,8 +32,11 @@ class Context:
 
 
 def context(device: str | None = None) -> Context | None:
-    """The process group this process trains in, initialising it from torchrun's environment;
-    ``None`` when there is none (or only one process)."""
+    """The process group this process trains in, if any.
+
+    Initialised here from torchrun's environment when the caller has not; ``None`` when there is
+    no group (or only one process).
+    """
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -57,7 +60,7 @@ def is_main_process() -> bool:
 
 
 def process_device(device: str, ctx: Context) -> str:
-    """This process's device: ``cuda:<local rank>`` for a CUDA run, otherwise ``device``."""
+    """The device of this process: ``cuda:<local rank>`` for a CUDA run, otherwise ``device``."""
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(ctx.local_rank)
         return f"cuda:{ctx.local_rank}"
@@ -68,35 +71,34 @@ class _RankSlices:
     """A batch sampler yielding this process's share of each global batch of another one.
 
     Process 0 draws the epoch's global batches and sends them to the others, so that every
-    process splits the same batches even when their random states differ.
+    process splits the same batches even when their random states differ. A global batch with
+    fewer items than processes gives the processes left without an item a copy of its first
+    one, which the loop weights by zero: every process then takes every optimiser step.
     """
 
     def __init__(self, batch_sampler: Iterable[list[int]], ctx: Context) -> None:
         self.batch_sampler, self.ctx = batch_sampler, ctx
-        self.global_sizes: list[int] = []
+        self.shares: list[tuple[int, bool]] = []
 
     def __iter__(self) -> Iterator[list[int]]:
         import torch.distributed as dist
 
         batches = [list(self.batch_sampler) if self.ctx.is_main else None]
         dist.broadcast_object_list(batches, src=0)
-        # the sizes of the global batches of which this process has a share, in order
-        self.global_sizes = [len(batch) for batch in batches[0] if len(batch) > self.ctx.rank]
+        self.shares = [(len(batch), len(batch) > self.ctx.rank) for batch in batches[0]]
         for batch in batches[0]:
-            share = batch[self.ctx.rank:: self.ctx.world_size]
-            if share:
-                yield share
+            yield batch[self.ctx.rank:: self.ctx.world_size] or batch[:1]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
 
 class ShardedBatches:
-    """This process's share of every global batch of a DataLoader (or a list of batches).
+    """The share of this process of every global batch of a DataLoader (or a list of batches).
 
-    ``global_sizes[i]`` is the size of the global batch of which the ``i``-th share yielded is a
-    part (known once iteration has begun), so that each process can weight its loss by its
-    share of the global batch.
+    Once iteration has begun, ``shares[i]`` is ``(size of the global batch, whether the share
+    counts)`` for the ``i``-th share yielded, so that each process can weight its loss by its
+    share of the global batch (and by zero for a stand-in share).
     """
 
     def __init__(self, batches: Iterable[dict[str, Any]], ctx: Context) -> None:
@@ -108,30 +110,31 @@ class ShardedBatches:
                 raise ValueError("Distributed training needs DataLoaders with batch_size set "
                                  "(they are split into one share per process).")
             self._slices = _RankSlices(batches.batch_sampler, ctx)
+            # the caller's generator, drawn from as by its own loader (a seed per epoch before
+            # the sampler's order), so that process 0 draws the batches of a one-process run
             self.loader: Iterable = DataLoader(
                 batches.dataset, batch_sampler=self._slices, collate_fn=batches.collate_fn,
                 num_workers=batches.num_workers, pin_memory=batches.pin_memory,
-                persistent_workers=batches.persistent_workers)
+                persistent_workers=batches.persistent_workers, generator=batches.generator)
         else:
             self.loader = batches
-        self.global_sizes: list[int] = []
+        self.shares: list[tuple[int, bool]] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._slices is not None:
             iterator = iter(self.loader)
-            first = next(iterator, None)  # the sampler has now sent the epoch's batches
-            self.global_sizes = self._slices.global_sizes
+            first = next(iterator, None)  # the sampler has now received the epoch's batches
+            self.shares = self._slices.shares
             if first is not None:
                 yield first
                 yield from iterator
             return
-        self.global_sizes = []
+        self.shares = []
         for batch in self.loader:  # batches built in memory: every process slices each one
             size = _size(batch)
-            share = _slice(batch, self.ctx.rank, self.ctx.world_size, size)
-            if share is not None:
-                self.global_sizes.append(size)
-                yield share
+            self.shares.append((size, size > self.ctx.rank))
+            yield _slice(batch, self.ctx.rank if size > self.ctx.rank else 0,
+                         self.ctx.world_size, size)
 
 
 def _size(batch: dict[str, Any]) -> int:
@@ -141,9 +144,7 @@ def _size(batch: dict[str, Any]) -> int:
     return 1
 
 
-def _slice(batch: dict[str, Any], rank: int, world: int, size: int) -> dict[str, Any] | None:
-    if rank >= size:
-        return None
+def _slice(batch: dict[str, Any], rank: int, world: int, size: int) -> dict[str, Any]:
     return {key: value[rank::world] if (isinstance(value, torch.Tensor) and value.ndim > 0
                                         and len(value) == size) or
             (isinstance(value, list) and len(value) == size) else value

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._distributed import is_main_process
 from .._utils import logger, resolve_device
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
 
     Returns
     -------
-    The path written.
+    The path written. In a distributed run (``torchrun``), only rank 0 writes; the other
+    processes return the same path without writing.
     """
     import torch
 
@@ -55,6 +57,8 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
         raise FileExistsError(f"{path} already exists. Pass overwrite=True to replace it.")
     _check_plain(model.get_config(), "the network's configuration")
     _check_plain(model.metadata, "model.metadata")
+    if not is_main_process():
+        return path
     payload = {
         "format": FILE_FORMAT,
         "format_version": FORMAT_VERSION,

@@ -16,9 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._devices import (
+    Precision,
+    autocast,
+    backward_and_step,
+    loader_options,
+    resolve_precision,
+)
 from .._settings import settings
 from .._utils import logger, progress, resolve_device, resolve_seed, seed_everything
-from .._devices import Precision, autocast, backward_and_step, resolve_precision
 from ._train import to_device
 
 if TYPE_CHECKING:
@@ -186,7 +192,7 @@ def pretrain(
     for epoch in progress(range(state["epoch"], epochs), desc=f"pretrain ({method})",
                           total=max(0, epochs - state["epoch"])):
         began = time.perf_counter()
-        loader = _loader(tiles, batch_size, seed + epoch)
+        loader = _loader(tiles, batch_size, seed + epoch, device, cache)
         learner.train()
         losses = []
         for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
@@ -265,13 +271,19 @@ def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int
     return scheduler
 
 
-def _loader(tiles, batch_size: int, seed: int):
-    """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it)."""
+def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
+    """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it).
+
+    Cached tiles are read in the main process unless ``hx.settings.n_workers`` asks for workers
+    (each worker would keep its own cache, for one epoch only).
+    """
     from torch.utils.data import DataLoader
 
+    options = loader_options(device)
+    if cache and settings.n_workers is None:
+        options.update(num_workers=0, persistent_workers=False)
     return DataLoader(tiles, batch_size=batch_size, shuffle=True, drop_last=True,
-                      num_workers=settings.n_workers,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), **options)
 
 
 def _as_sections(data: Any) -> list:

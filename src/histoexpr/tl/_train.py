@@ -18,7 +18,6 @@ run, up to floating-point summation order (``tests/test_train.py`` checks ``rtol
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -154,26 +153,27 @@ def _run_epoch(model, batches, loss: LossFunction, device: str, optimiser, preci
     of processes, as DDP averages gradients), and the epoch's sums are added over processes.
     """
     total, count = 0.0, 0
-    # under DDP a process whose shares ran out first waits for the others (uneven inputs)
-    with model.join() if ctx is not None and optimiser is not None else nullcontext():
-        for step, batch in enumerate(batches):
-            batch = to_device(batch, device)
-            with autocast(precision):
-                value = loss(model, batch)
-            if not torch.isfinite(value):
-                raise FloatingPointError(
-                    f"The training loss became {value.item()}; lower the learning rate (lr) or "
-                    "check the inputs for NaN values."
-                )
-            size = _batch_size(batch)
-            if optimiser is not None:
-                optimiser.zero_grad(set_to_none=True)
-                weighted = value
-                if ctx is not None:
-                    weighted = value * (size * ctx.world_size / batches.global_sizes[step])
-                backward_and_step(weighted, optimiser, precision)
-            total += float(value.detach()) * size
-            count += size
+    for step, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        with autocast(precision):
+            value = loss(model, batch)
+        if not torch.isfinite(value):
+            raise FloatingPointError(
+                f"The training loss became {value.item()}; lower the learning rate (lr) or "
+                "check the inputs for NaN values."
+            )
+        size = _batch_size(batch)
+        if ctx is not None:
+            global_size, counts = batches.shares[step]
+            size = size if counts else 0  # a stand-in share: the process only takes the step
+        if optimiser is not None:
+            optimiser.zero_grad(set_to_none=True)
+            weighted = value
+            if ctx is not None:  # DDP averages over processes: weight by the share of the batch
+                weighted = value * (size * ctx.world_size / global_size)
+            backward_and_step(weighted, optimiser, precision)
+        total += float(value.detach()) * size
+        count += size
     if ctx is not None:
         total, count = _distributed.all_sum([total, count], device)
     if count == 0:
