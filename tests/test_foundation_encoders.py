@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
 
 import histoexpr as hx
 
@@ -100,6 +101,11 @@ def test_dinov2_with_centre_crop_and_mean_pooling(section, tmp_path):
     np.testing.assert_allclose(obsm["X_dino_file"], obsm["X_dino"], rtol=1e-5, atol=1e-6)
 
 
+@bad_input("silently wrong", "`hx.tl.embed(encoder=...)` with random weights: an architecture "
+           "name without `checkpoint=`, or an `hf:` folder without weights; tiles of another "
+           "size than the model's", says="UserWarning: ... has RANDOM weights; UserWarning: "
+           "tiles ... are resized", fix="pass `checkpoint=` / put the weights in the folder; "
+           "tile at the model's size")
 def test_random_weights_and_other_tile_sizes_are_warned_about(section, tmp_path):
     _save_vit(tmp_path / "no_weights", weights=False)
     with pytest.warns(UserWarning, match="RANDOM weights"):
@@ -116,6 +122,10 @@ def test_random_weights_and_other_tile_sizes_are_warned_about(section, tmp_path)
     assert np.isfinite(section.tables["he_tiles_table"].obsm["X_resized"]).all()
 
 
+@bad_input("obscure error", "`encoder='hf:<folder>'` of a folder without config.json, with "
+           "`checkpoint=`, or an unknown pooling", says="FileNotFoundError: ... is not a "
+           "transformers model folder; ValueError: drop checkpoint=", fix="give the folder "
+           "save_pretrained wrote; weights go in the folder")
 def test_bad_folders_are_explained(section, tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         hx.tl.embed(section, "he_tiles", encoder=f"hf:{tmp_path}", key_added="X_none")
@@ -127,6 +137,8 @@ def test_bad_folders_are_explained(section, tmp_path):
         hx.models.HuggingFaceEncoder(path=str(tmp_path / "vit"), pooling="max")
 
 
+@bad_input("silently wrong", "`encoder='timm:<name>'` without `checkpoint=`",
+           says="UserWarning: ... has RANDOM weights", fix="pass checkpoint= (local weights)")
 def test_timm_without_a_checkpoint_warns_of_random_weights(section):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         try:
