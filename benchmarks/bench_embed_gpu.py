@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--precisions", default=None, help="e.g. fp32,bf16")
     args = parser.parse_args()
+    from histoexpr._devices import resolve_workers
+
     device = args.device or hx.settings.device
     hx.settings.progress_bar = False
     if args.small:
@@ -118,7 +120,7 @@ def main() -> None:
     n_tiles = sdata.tables["he_tiles_table"].n_obs
     n_batches = max(3, n_tiles // batch_size)
     print(f"device={device}, {n_tiles} tiles of {tile_px} px, batch {batch_size}, "
-          f"n_workers={hx._devices.resolve_workers(device)}, torch {torch.__version__}")
+          f"n_workers={resolve_workers(device)}, torch {torch.__version__}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights, on purpose

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._distributed import is_main_process
 from .._utils import logger, resolve_device
 
 if TYPE_CHECKING:
@@ -45,6 +44,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     import torch
 
     from .. import __version__
+    from .._distributed import is_main_process
     from ..models import Network
 
     path = Path(path)

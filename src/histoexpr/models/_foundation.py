@@ -9,7 +9,6 @@ Nothing is downloaded: the folder must be on disk.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +32,7 @@ class HuggingFaceEncoder(Network):
     ``preprocessor_config.json``, whose mean and standard deviation become this encoder's
     ``metadata["normalisation"]`` (applied by :func:`histoexpr.tl.embed`) and whose size (and
     centre crop) are applied to every tile in :meth:`forward`. Loading never goes to the network
-    (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+    (``local_files_only=True``: a path that is not a folder on disk is an error).
 
     A folder without weights builds the architecture with **random weights**: a
     :class:`UserWarning` says so, as features of a random network describe nothing learned.
@@ -63,7 +62,6 @@ class HuggingFaceEncoder(Network):
                 f"{folder} is not a transformers model folder (no config.json). Give the folder "
                 "that save_pretrained wrote, or where the model's files were downloaded.")
         super().__init__(config={"path": str(path), "pooling": pooling})
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.from_pretrained(folder, local_files_only=True)

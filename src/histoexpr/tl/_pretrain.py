@@ -198,7 +198,7 @@ def pretrain(
         for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
             images = to_device(batch, device)["image"]
             pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
-            losses.append(_step(learner, optimiser, *pairs.chunk(2), precision=precision))
+            losses.append(_step(learner, optimiser, *pairs.chunk(2), precision))
             if scheduler is not None:
                 scheduler.step()
         state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + time.perf_counter() - began
@@ -257,6 +257,8 @@ def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int
     if schedule == "constant":
         return None
     warm = int(warmup * total)
+    for group in optimiser.param_groups:  # a restored optimiser holds its last rate: restart
+        group["lr"] = group.get("initial_lr", group["lr"])
     cosine = lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total - warm), eta_min=0.0)
     if warm == 0:
         scheduler = cosine
