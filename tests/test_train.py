@@ -145,3 +145,19 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     # only rank 0 writes
     assert (tmp_path / "model_from_rank0.pt").exists()
     assert not (tmp_path / "model_from_rank1.pt").exists()
+
+
+def test_batches_built_in_memory_are_split_among_processes():
+    from histoexpr._distributed import Context, ShardedBatches
+
+    batches = [{"x": torch.arange(5), "y": torch.arange(5) * 10, "name": "a"},
+               {"x": torch.arange(1), "y": torch.zeros(1), "name": "b"}]
+    second = ShardedBatches(batches, Context(rank=1, world_size=2, local_rank=1))
+    shares = list(second)
+    assert shares[0]["x"].tolist() == [1, 3] and shares[0]["y"].tolist() == [10, 30]
+    assert shares[0]["name"] == "a"
+    # the last global batch has one item: the second process gets a stand-in weighted by zero
+    assert shares[1]["x"].tolist() == [0] and second.shares == [(5, True), (1, False)]
+    first = ShardedBatches(batches, Context(rank=0, world_size=2, local_rank=0))
+    assert [s["x"].tolist() for s in first] == [[0, 2, 4], [0]]
+    assert first.shares == [(5, True), (1, True)]
