@@ -159,14 +159,14 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: s
     """
     from torch.utils.data import DataLoader
 
+    from ..models import HandcraftedEncoder
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         **loader_options(device))
     network = network.to(device).eval()
     channels_last = use_channels_last(network, device)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
-    from ..models import HandcraftedEncoder
-
     # hand-crafted statistics stay in fp32: mixed precision is for learned networks
     precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
     mean, std = _normalisation_tensors(normalisation, device)
