@@ -210,13 +210,36 @@ def test_probe_standardised_per_group_undoes_a_section_wise_change_of_scale():
     assert per_group[["a", "b"]].min() > 0.95
 
 
+def _lrs(total, schedule, warmup, done=0):
+    """The learning rates of the pretraining schedule at every step after ``done``."""
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = _pretrain._scheduler(optimiser, total, schedule, warmup, done=done)
+    lrs = []
+    for _ in range(total - done):
+        lrs.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        if scheduler is not None:
+            scheduler.step()
+    return np.array(lrs)
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
+    import math
+
     total = 100
-    factors = [_pretrain._lr_factor(step, total, "cosine", 0.1) for step in range(total)]
+    factors = _lrs(total, "cosine", 0.1)
+    # the closed form the schedule follows: linear warm-up, then a half cosine to zero
+    warm = 10
+    expected = [(s + 1) / (warm + 1) if s < warm else
+                0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))) for s in range(total)]
+    np.testing.assert_allclose(factors, expected, atol=1e-9)
     assert factors[0] < 0.15 and np.all(np.diff(factors[:10]) > 0)
     assert max(factors) == pytest.approx(1.0) and np.all(np.diff(factors[10:]) < 0)
     assert factors[-1] < 0.01
-    assert _pretrain._lr_factor(50, total, "constant", 0.1) == 1.0
+    np.testing.assert_allclose(_lrs(total, "cosine", 0.0)[[0, 50]], [1.0, 0.5], atol=1e-9)
+    assert _pretrain._scheduler(None, total, "constant", 0.1) is None
+    # a resumed run continues the schedule where it stopped
+    np.testing.assert_allclose(_lrs(total, "cosine", 0.1, done=37), factors[37:], atol=1e-9)
 
 
 def test_small_cnn_can_pool_every_block():

@@ -48,6 +48,9 @@ def test_device_refuses_missing_accelerator():
         ("verbosity", 5, 3),
         ("n_workers", -2, 2),
         ("n_workers", 10_000, 0),
+        ("n_workers", "auto", None),
+        ("precision", "float16", "bf16"),
+        ("precision", None, "fp32"),
     ],
 )
 def test_values_are_validated_on_assignment(name, bad, good):
@@ -80,5 +83,20 @@ def test_seed_everything_uses_the_settings_seed():
 
 def test_repr_names_every_option():
     text = repr(hx.settings)
-    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers"):
+    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers", "precision"):
         assert name in text
+
+
+def test_gpu_defaults_keep_cpu_runs_as_they_were():
+    from histoexpr._devices import loader_options, resolve_precision
+
+    assert hx.settings.precision == "auto" and hx.settings.n_workers is None
+    cpu = resolve_precision("cpu")
+    assert cpu.name == "fp32" and cpu.dtype is None and cpu.scaler is None
+    assert loader_options("cpu") == {"num_workers": 0, "persistent_workers": False,
+                                     "pin_memory": False}
+    hx.settings.precision = "bf16"  # forced: autocast on the CPU too
+    assert resolve_precision("cpu").dtype is not None
+    hx.settings.n_workers = 3
+    assert loader_options("cpu")["num_workers"] == 3
+    assert loader_options("cpu", reads_images=False)["num_workers"] == 0

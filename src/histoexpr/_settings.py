@@ -14,6 +14,7 @@ from typing import Any
 _LOGGER_NAME = "histoexpr"
 _VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 _DEVICE_KINDS = ("cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class Settings:
@@ -31,7 +32,15 @@ class Settings:
     verbosity
         0 errors, 1 warnings, 2 info (default), 3 debug: the level of the ``histoexpr`` logger.
     n_workers
-        Worker processes for data loading (``0`` reads tiles in the main process).
+        Worker processes for reading tiles (``0`` reads them in the main process). ``None``
+        (default) chooses: ``0`` on a CPU, and on a GPU one fewer than the CPUs (shared among
+        the processes of a ``torchrun`` launch), at most 8. Loaders feeding a GPU also pin their
+        batches in page-locked memory.
+    precision
+        Arithmetic of training, embedding and prediction: ``"auto"`` (default) is bf16 autocast
+        on a CUDA GPU that supports it, fp16 autocast with a gradient scaler on older GPUs, and
+        fp32 on a CPU or MPS (so CPU results do not change); ``"fp32"``, ``"bf16"`` or ``"fp16"``
+        force one.
     """
 
     def __init__(self) -> None:
@@ -39,7 +48,8 @@ class Settings:
         self._seed = 0
         self._progress_bar = True
         self._verbosity = 2
-        self._n_workers = 0
+        self._n_workers: int | None = None
+        self._precision = "auto"
         self._apply_verbosity()
 
     # device ------------------------------------------------------------------------------
@@ -94,15 +104,19 @@ class Settings:
 
     # workers -----------------------------------------------------------------------------
     @property
-    def n_workers(self) -> int:
-        """Worker processes for data loading."""
+    def n_workers(self) -> int | None:
+        """Worker processes for data loading; ``None`` chooses from the device."""
         return self._n_workers
 
     @n_workers.setter
-    def n_workers(self, value: int) -> None:
+    def n_workers(self, value: int | None) -> None:
         cpus = os.cpu_count() or 1
+        if value is None:
+            self._n_workers = None
+            return
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"settings.n_workers must be an integer >= 0, got {value!r}.")
+            raise ValueError(f"settings.n_workers must be an integer >= 0 or None (automatic), "
+                             f"got {value!r}.")
         if value > 4 * cpus:
             raise ValueError(
                 f"settings.n_workers={value} is far more than the {cpus} CPUs of this machine; "
@@ -123,6 +137,19 @@ class Settings:
             )
         super().__setattr__(name, value)
 
+    # precision ---------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``: the arithmetic of networks."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"settings.precision must be one of {PRECISIONS} ('auto': bf16 or "
+                             f"fp16 on a GPU, fp32 on a CPU), got {value!r}.")
+        self._precision = value
+
     def _apply_verbosity(self) -> None:
         logger = logging.getLogger(_LOGGER_NAME)
         logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
@@ -138,7 +165,8 @@ class Settings:
             "seed": self.seed,
             "progress_bar": self.progress_bar,
             "verbosity": self.verbosity,
-            "n_workers": self.n_workers,
+            "n_workers": "None (automatic)" if self.n_workers is None else self.n_workers,
+            "precision": self.precision,
         }
         inner = ", ".join(f"{k}={v}" for k, v in fields.items())
         return f"Settings({inner})"

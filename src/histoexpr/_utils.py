@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -170,12 +170,16 @@ def log_added(kind: str, key: str, what: str = "") -> None:
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
-             show: bool | None = None) -> Iterator[T]:
-    """Wrap ``iterable`` in a tqdm progress bar when ``settings.progress_bar`` (or ``show``)."""
+             show: bool | None = None) -> Iterable[T]:
+    """Wrap ``iterable`` in a tqdm progress bar when ``settings.progress_bar`` (or ``show``).
+
+    The bar itself is returned (not an iterator over it), so that a loop can call its
+    ``set_postfix`` to show losses; a disabled bar accepts those calls and draws nothing.
+    """
     from tqdm.auto import tqdm
 
     enabled = settings.progress_bar if show is None else show
-    return iter(tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False))
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False)
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -38,11 +38,13 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
 
     Returns
     -------
-    The path written.
+    The path written. In a distributed run (``torchrun``), only rank 0 writes; the other
+    processes return the same path without writing.
     """
     import torch
 
     from .. import __version__
+    from .._distributed import is_main_process
     from ..models import Network
 
     path = Path(path)
@@ -55,6 +57,8 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
         raise FileExistsError(f"{path} already exists. Pass overwrite=True to replace it.")
     _check_plain(model.get_config(), "the network's configuration")
     _check_plain(model.metadata, "model.metadata")
+    if not is_main_process():
+        return path
     payload = {
         "format": FILE_FORMAT,
         "format_version": FORMAT_VERSION,

@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_base": ["Network"],
         "_encoders": ["TileEncoder"],
+        "_foundation": ["HuggingFaceEncoder"],
         "_handcrafted": ["HandcraftedEncoder"],
         "_contrastive": ["ContrastiveLearner"],
         "_mil": ["AttentionMIL", "MeanPoolLinear"],

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .._devices import autocast, resolve_precision
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -162,7 +163,7 @@ def _slide(model, sdata, image_key: str, origin: tuple[float, float], shape: tup
     model = model.to(device).eval()
     x_left = origin[0] + (0.5 * step_px - margin) * mpp
     starts = range(0, n_rows, rows_per_strip)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(resolve_precision(device)):
         for r0 in progress(starts, desc="dense map", total=len(starts)):
             r1 = min(n_rows, r0 + rows_per_strip)
             y_top = origin[1] + ((r0 + 0.5) * step_px - margin) * mpp

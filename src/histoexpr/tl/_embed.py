@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._settings import settings
+from .._devices import autocast, loader_options, resolve_precision, use_channels_last
 from .._utils import log_added, logger, progress, require_element, resolve_device
 from ..io._image import image_levels
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
@@ -52,17 +53,24 @@ def embed(
         :class:`histoexpr.models.TileEncoder` (``"small_cnn"``, ``"resnet18"``...; random
         initialisation unless ``checkpoint`` is given), ``"squidpy"`` (squidpy's summary,
         histogram and texture features, the classic baseline; ``"squidpy:summary+histogram"``
-        picks groups), ``"timm:<model name>"`` (needs the
-        optional ``timm`` extra), a histoexpr model file (``.pt``, e.g. from
-        :func:`histoexpr.tl.pretrain`), or a network object. A list of these concatenates
-        their features (e.g. ``["squidpy", "handcrafted"]``, named ``"squidpy+handcrafted"``).
+        picks groups), ``"timm:<model name>"`` (needs the optional ``timm`` extra; weights from
+        ``checkpoint``), ``"hf:<folder>"`` (a Hugging Face transformers vision model saved in a
+        local folder, e.g. Phikon or Phikon-v2, with its own normalisation and input size: see
+        :class:`histoexpr.models.HuggingFaceEncoder`, which also offers other poolings), a
+        histoexpr model file (``.pt``, e.g. from :func:`histoexpr.tl.pretrain`), or a network
+        object. An architecture or ``timm:`` name without ``checkpoint`` has **random
+        weights**: a :class:`UserWarning` says so. Nothing is ever downloaded. A list of these
+        concatenates their features (e.g. ``["squidpy", "handcrafted"]``, named
+        ``"squidpy+handcrafted"``).
     checkpoint
         Local weights for an architecture name: a histoexpr model file or a state dict saved
         with :func:`torch.save` (read with ``weights_only=True``). Not with a list of encoders.
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
     batch_size
-        Tiles per forward pass.
+        Tiles per forward pass. The default suits a CPU; on a GPU larger batches keep it busy
+        (e.g. 256 for a ResNet-50 or a ViT-L/16 on 224 px tiles in bf16, well within 40 GB);
+        lower it if the GPU runs out of memory.
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     key_added
@@ -249,20 +257,35 @@ def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -
 
 def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
            normalisation: dict[str, Any] | None, desc: str = "embed") -> np.ndarray:
-    """Features of every item of a tile dataset, in order, as a float32 array."""
+    """Features of every item of a tile dataset, in order, as a float32 array.
+
+    Runs in ``hx.settings.precision`` (bf16 autocast on a GPU by default, fp32 on a CPU), with
+    pinned batches, loader workers (``hx.settings.n_workers``) and channels-last CNNs on a GPU.
+    """
     from torch.utils.data import DataLoader
 
+    from ..models import HandcraftedEncoder
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=settings.n_workers)
+                        **loader_options(device))
     network = network.to(device).eval()
+    channels_last = use_channels_last(network, device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    # hand-crafted statistics stay in fp32: mixed precision is for learned networks
+    precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
     mean, std = _normalisation_tensors(normalisation, device)
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision):
         for batch in progress(loader, desc=desc, total=len(loader)):
             images = batch["image"].to(device, non_blocking=True)
             if mean is not None:
                 images = (images - mean) / std
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             chunks.append(network(images).float().cpu().numpy())
+    if channels_last:
+        network.to(memory_format=torch.contiguous_format)
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -284,12 +307,24 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
         network, name = TileEncoder(arch=encoder, in_channels=in_channels), encoder
         if checkpoint is not None:
             network = _load_checkpoint(network, Path(checkpoint))
+        else:
+            _warn_random_weights(encoder)
     elif isinstance(encoder, str) and encoder.startswith("timm:"):
+        if checkpoint is None:
+            _warn_random_weights(encoder)
         return _timm_encoder(encoder.removeprefix("timm:"), in_channels, checkpoint)
+    elif isinstance(encoder, str) and encoder.startswith("hf:"):
+        from ..models import HuggingFaceEncoder
+
+        if checkpoint is not None:
+            raise ValueError(f"encoder={encoder!r} loads its weights from its folder; drop "
+                             "checkpoint= (or put the weights in the folder).")
+        folder = encoder.removeprefix("hf:")
+        network, name = HuggingFaceEncoder(path=folder), f"hf_{Path(folder).name}"
     else:
         raise ValueError(
             f"Unknown encoder {encoder!r}: use 'handcrafted', one of {ARCHITECTURES}, "
-            "'timm:<name>', a histoexpr model file (.pt) or a histoexpr network."
+            "'timm:<name>', 'hf:<folder>', a histoexpr model file (.pt) or a histoexpr network."
         )
     expected = getattr(network, "in_channels", in_channels)
     if expected != in_channels:
@@ -301,6 +336,13 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
         return network, name, None
     metadata = getattr(network, "metadata", {}) or {}
     return network, name, metadata.get("normalisation", DEFAULT_NORMALISATION)
+
+
+def _warn_random_weights(encoder: str) -> None:
+    warnings.warn(f"encoder={encoder!r} without checkpoint= has RANDOM weights: its features "
+                  "describe nothing learned. Pass checkpoint= (local weights), a model file "
+                  "(.pt) from hx.tl.pretrain, or 'hf:<folder>' of a foundation model.",
+                  UserWarning, stacklevel=4)
 
 
 def _load_checkpoint(network: Network, path: Path) -> Network:

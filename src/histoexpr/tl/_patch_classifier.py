@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from .._settings import settings
+from .._devices import loader_options
 from .._utils import logger, require_element, resolve_device, resolve_seed, seed_everything
 from ..io._image import image_levels
 from ._dense_map import predict_map
@@ -457,8 +457,7 @@ def _train_one(datasets, train_targets: np.ndarray, n_classes: int, size_px: int
 
     generator = torch.Generator().manual_seed(seed)
     loaders = [DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=settings.n_workers,
-                          persistent_workers=settings.n_workers > 0)
+                          **loader_options(device))
                for dataset, shuffle in ((train_set, True), (val_set, False))]
     history = train(network, loaders[0], loaders[1], loss, epochs=epochs, lr=lr,
                     weight_decay=weight_decay, patience=patience, device=device, seed=seed,

@@ -7,7 +7,6 @@ adds what that loop lacks, a checkpoint after every epoch and resuming from it.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._devices import (
+    Precision,
+    autocast,
+    backward_and_step,
+    loader_options,
+    resolve_precision,
+)
 from .._settings import settings
 from .._utils import logger, progress, resolve_device, resolve_seed, seed_everything
 from ._train import to_device
@@ -168,6 +174,7 @@ def pretrain(
     else:
         views = augment
     device = resolve_device(device)
+    precision = resolve_precision(device)
     learner.to(device)
     views.to(device)
     optimiser = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad],
@@ -180,19 +187,20 @@ def pretrain(
                  for k in ("mean", "std"))
 
     steps_per_epoch = len(tiles) // batch_size
+    scheduler = _scheduler(optimiser, epochs * steps_per_epoch, schedule, warmup,
+                           done=state["epoch"] * steps_per_epoch)
     for epoch in progress(range(state["epoch"], epochs), desc=f"pretrain ({method})",
                           total=max(0, epochs - state["epoch"])):
         began = time.perf_counter()
-        loader = _loader(tiles, batch_size, seed + epoch)
+        loader = _loader(tiles, batch_size, seed + epoch, device, cache)
         learner.train()
         losses = []
-        for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}", total=len(loader))):
-            step = epoch * steps_per_epoch + i
-            for group in optimiser.param_groups:
-                group["lr"] = lr * _lr_factor(step, epochs * steps_per_epoch, schedule, warmup)
+        for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
             images = to_device(batch, device)["image"]
             pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
-            losses.append(_step(learner, optimiser, *pairs.chunk(2)))
+            losses.append(_step(learner, optimiser, *pairs.chunk(2), precision))
+            if scheduler is not None:
+                scheduler.step()
         state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + time.perf_counter() - began
         state["loss"].append(float(np.mean(losses)))
         logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
@@ -221,35 +229,63 @@ def pretrain(
     return network
 
 
-def _step(learner, optimiser, view_a: torch.Tensor, view_b: torch.Tensor) -> float:
+def _step(learner, optimiser, view_a: torch.Tensor, view_b: torch.Tensor,
+          precision: Precision | None = None) -> float:
     """One optimisation step on a batch of view pairs; returns the loss."""
-    loss = learner(view_a, view_b)
+    with autocast(precision):
+        loss = learner(view_a, view_b)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"The contrastive loss became {loss.item()}; lower lr or raise "
                                  "the temperature.")
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    optimiser.step()
+    backward_and_step(loss, optimiser, precision)
     return float(loss.detach())
 
 
-def _lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
-    """Share of the peak learning rate at a step (0-based) of ``total``."""
+def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int = 0):
+    """The learning-rate schedule from :mod:`torch.optim.lr_scheduler`, ``done`` steps in.
+
+    ``"cosine"``: the share of the peak rate rises linearly as ``(step + 1) / (warm + 1)`` over
+    the ``warm = int(warmup * total)`` first steps (:class:`~torch.optim.lr_scheduler.LinearLR`),
+    then follows a half cosine to zero by the last step
+    (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`). ``"constant"``: no schedule.
+    """
+    import warnings
+
+    from torch.optim import lr_scheduler
+
     if schedule == "constant":
-        return 1.0
+        return None
     warm = int(warmup * total)
-    if step < warm:
-        return (step + 1) / (warm + 1)
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    for group in optimiser.param_groups:  # a restored optimiser holds its last rate: restart
+        group["lr"] = group.get("initial_lr", group["lr"])
+    cosine = lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total - warm), eta_min=0.0)
+    if warm == 0:
+        scheduler = cosine
+    else:
+        linear = lr_scheduler.LinearLR(optimiser, start_factor=1 / (warm + 1), end_factor=1.0,
+                                       total_iters=warm)
+        scheduler = lr_scheduler.SequentialLR(optimiser, [linear, cosine], milestones=[warm])
+    with warnings.catch_warnings():  # a resumed run replays its steps without optimiser steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done):
+            scheduler.step()
+    return scheduler
 
 
-def _loader(tiles, batch_size: int, seed: int):
-    """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it)."""
+def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
+    """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it).
+
+    Cached tiles are read in the main process unless ``hx.settings.n_workers`` asks for workers
+    (each worker would keep its own cache, for one epoch only).
+    """
     from torch.utils.data import DataLoader
 
+    options = loader_options(device)
+    if cache and settings.n_workers is None:
+        options.update(num_workers=0, persistent_workers=False)
     return DataLoader(tiles, batch_size=batch_size, shuffle=True, drop_last=True,
-                      num_workers=settings.n_workers,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), **options)
 
 
 def _as_sections(data: Any) -> list:

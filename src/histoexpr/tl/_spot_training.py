@@ -157,12 +157,13 @@ def _prepare_patches(patches: torch.Tensor, *, augment: bool) -> torch.Tensor:
 
 
 def _read_patches(sdata, tiles_key: str, image_key: str, rows: np.ndarray) -> np.ndarray:
+    from .._devices import resolve_workers
     from .._settings import settings
     from ..pp import TileDataset
 
     dataset = torch.utils.data.Subset(TileDataset(sdata, tiles_key, image_key=image_key),
                                       rows.tolist())
-    loader = DataLoader(dataset, batch_size=64, num_workers=settings.n_workers)
+    loader = DataLoader(dataset, batch_size=64, num_workers=resolve_workers(settings.device))
     chunks = [(batch["image"] * 255).round().to(torch.uint8).numpy()
               for batch in progress(loader, desc="read patches", total=len(loader))]
     return np.concatenate(chunks)

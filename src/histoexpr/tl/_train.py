@@ -1,8 +1,18 @@
 """The one training loop of histoexpr: every model is trained through :func:`train`.
 
 A model module supplies the network, the data loaders and a ``loss`` callable; the loop does the
-rest the same way for all of them: device placement, seeds, AdamW, validation each epoch, early
-stopping on the validation loss with the best weights restored, progress bars and a history.
+rest the same way for all of them: device placement, seeds, AdamW, mixed precision
+(``hx.settings.precision``), validation each epoch, early stopping on the validation loss with
+the best weights restored, progress bars and a history.
+
+Launched by ``torchrun`` on several processes (GPUs, or CPUs with the gloo backend), the loop
+trains one model with :class:`~torch.nn.parallel.DistributedDataParallel`: every global batch
+of the caller's loaders is split among the processes, each process weights its loss by its
+share of the batch, so the averaged gradient is the one a single process computes on the whole
+batch; losses are summed over the processes; only rank 0 shows progress and logs, and
+:func:`histoexpr.io.save_model` writes only on rank 0. A deterministic network (no dropout;
+batch norm computes statistics per process) therefore trains to the weights of a one-process
+run, up to floating-point summation order (``tests/test_train.py`` checks ``rtol=1e-5``).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _distributed
+from .._devices import autocast, backward_and_step, resolve_precision, use_channels_last
 from .._utils import logger, progress, resolve_device, seed_everything
 
 #: a loss callable: (network, batch moved to the device) -> scalar loss tensor
@@ -57,7 +69,8 @@ def train(
     patience
         Stop after this many epochs without a better validation loss; ``None`` never stops early.
     device
-        Torch device; ``None`` uses ``hx.settings.device``.
+        Torch device; ``None`` uses ``hx.settings.device``. Under ``torchrun`` on GPUs, each
+        process uses ``cuda:<LOCAL_RANK>``.
     seed
         Random seed; ``None`` uses ``hx.settings.seed``.
     desc
@@ -72,63 +85,97 @@ def train(
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
     seed_everything(seed)
     device = resolve_device(device)
+    ctx = _distributed.context(device)
+    if ctx is not None:
+        device = _distributed.process_device(device, ctx)
+    precision = resolve_precision(device)
     network.to(device)
+    if use_channels_last(network, device):
+        network.to(memory_format=torch.channels_last)
+    model = network
+    if ctx is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            network, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
+        train_batches = _distributed.ShardedBatches(train_batches, ctx)
+        if val_batches is not None:
+            val_batches = _distributed.ShardedBatches(val_batches, ctx)
     optimiser = torch.optim.AdamW(
         [p for p in network.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
     )
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "best_epoch": 0,
-                               "epochs_run": 0, "device": device}
+                               "epochs_run": 0, "device": device, "precision": precision.name,
+                               "world_size": 1 if ctx is None else ctx.world_size}
     best_loss, best_state, since_best = math.inf, None, 0
     start = time.perf_counter()
-    bar = progress(range(epochs), desc=desc, total=epochs)
+    main = ctx is None or ctx.is_main
+    bar = progress(range(epochs), desc=desc, total=epochs, show=None if main else False)
     for epoch in bar:
         network.train()
-        history["train_loss"].append(_run_epoch(network, train_batches, loss, device, optimiser))
+        history["train_loss"].append(
+            _run_epoch(model, train_batches, loss, device, optimiser, precision, ctx))
         history["epochs_run"] = epoch + 1
         if val_batches is None:
+            bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}")
             continue
         network.eval()
-        with torch.no_grad():
-            val_loss = _run_epoch(network, val_batches, loss, device, None)
+        with torch.no_grad():  # the bare network: no gradients to synchronise
+            val_loss = _run_epoch(network, val_batches, loss, device, None, precision, ctx)
         history["val_loss"].append(val_loss)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
+        bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
         if val_loss < best_loss:
             best_loss, since_best, history["best_epoch"] = val_loss, 0, epoch
             best_state = copy.deepcopy(network.state_dict())
         else:
             since_best += 1
             if patience is not None and since_best >= patience:
-                logger.info("%s: stopped early after epoch %d (best: epoch %d, val loss %.4g)",
-                            desc, epoch + 1, history["best_epoch"] + 1, best_loss)
+                if main:
+                    logger.info("%s: stopped early after epoch %d (best: epoch %d, val loss "
+                                "%.4g)", desc, epoch + 1, history["best_epoch"] + 1, best_loss)
                 break
     if best_state is not None:
         network.load_state_dict(best_state)
     else:
         history["best_epoch"] = history["epochs_run"] - 1
     history["seconds"] = round(time.perf_counter() - start, 3)
+    if use_channels_last(network, device):
+        network.to(memory_format=torch.contiguous_format)
     network.eval()
     return history
 
 
-def _run_epoch(network, batches, loss: LossFunction, device: str, optimiser) -> float:
-    """Mean loss over one pass, weighted by batch size; a training step when ``optimiser``."""
+def _run_epoch(model, batches, loss: LossFunction, device: str, optimiser, precision,
+               ctx) -> float:
+    """Mean loss over one pass, weighted by batch size; a training step when ``optimiser``.
+
+    Under DDP each process's loss is weighted by its share of the global batch (times the number
+    of processes, as DDP averages gradients), and the epoch's sums are added over processes.
+    """
     total, count = 0.0, 0
-    for batch in batches:
+    for step, batch in enumerate(batches):
         batch = to_device(batch, device)
-        value = loss(network, batch)
+        with autocast(precision):
+            value = loss(model, batch)
         if not torch.isfinite(value):
             raise FloatingPointError(
                 f"The training loss became {value.item()}; lower the learning rate (lr) or "
                 "check the inputs for NaN values."
             )
+        size = _batch_size(batch)
+        if ctx is not None:
+            global_size, counts = batches.shares[step]
+            size = size if counts else 0  # a stand-in share: the process only takes the step
         if optimiser is not None:
             optimiser.zero_grad(set_to_none=True)
-            value.backward()
-            optimiser.step()
-        size = _batch_size(batch)
+            weighted = value
+            if ctx is not None:  # DDP averages over processes: weight by the share of the batch
+                weighted = value * (size * ctx.world_size / global_size)
+            backward_and_step(weighted, optimiser, precision)
         total += float(value.detach()) * size
         count += size
+    if ctx is not None:
+        total, count = _distributed.all_sum([total, count], device)
     if count == 0:
         raise ValueError("No batches to train or validate on: the data set is empty.")
     return total / count

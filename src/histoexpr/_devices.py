@@ -1,0 +1,117 @@
+"""How work runs on a device: mixed precision, data-loader options, memory format.
+
+A small internal API shared by the rooms that run networks (``tl`` trains, embeds and
+predicts; ``pp`` builds the datasets). Everything here follows ``hx.settings`` and is chosen so
+that a CPU run with the default settings is exactly what it was before GPUs were considered:
+fp32, tiles read in the main process, the default memory format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._settings import settings
+
+#: most loader workers chosen automatically for one GPU (more rarely helps reading tiles)
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass
+class Precision:
+    """The arithmetic of a run: an autocast type (``None``: fp32) and, for fp16, a grad scaler."""
+
+    name: str
+    device_type: str
+    dtype: torch.dtype | None
+    scaler: Any = None
+
+
+def resolve_precision(device: str, precision: str | None = None) -> Precision:
+    """What ``precision`` (``None``: ``hx.settings.precision``) means on ``device``.
+
+    ``"auto"`` is bf16 autocast on a CUDA device that supports it, fp16 autocast with a gradient
+    scaler on older CUDA devices, and fp32 elsewhere (CPU, MPS).
+    """
+    name = settings.precision if precision is None else precision
+    device_type = torch.device(device).type
+    if name == "auto":
+        if device_type != "cuda":
+            name = "fp32"
+        else:
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif name == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision='bf16' but {device} does not support bfloat16; set "
+                         "hx.settings.precision = 'fp16' (or 'auto', which picks it).")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    scaler = None
+    if name == "fp16":
+        scaler = torch.amp.GradScaler(device_type)
+    return Precision(name=name, device_type=device_type, dtype=dtype, scaler=scaler)
+
+
+@contextlib.contextmanager
+def autocast(precision: Precision | None) -> Iterator[None]:
+    """Autocast to ``precision.dtype`` (nothing for fp32 or ``None``)."""
+    if precision is None or precision.dtype is None:
+        yield
+        return
+    with torch.autocast(precision.device_type, dtype=precision.dtype):
+        yield
+
+
+def backward_and_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer,
+                      precision: Precision | None) -> None:
+    """Back-propagate ``loss`` and step the optimiser (through the grad scaler for fp16)."""
+    scaler = None if precision is None else precision.scaler
+    if scaler is None:
+        loss.backward()
+        optimiser.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+
+
+def resolve_workers(device: str) -> int:
+    """Loader worker processes for ``device``.
+
+    ``hx.settings.n_workers``, or when it is ``None`` (automatic) none on a CPU (reading in the
+    main process keeps CPU runs as they were) and, on a GPU, one fewer than this process's share
+    of the CPUs, at most :data:`MAX_AUTO_WORKERS`.
+    """
+    if settings.n_workers is not None:
+        return settings.n_workers
+    if torch.device(device).type != "cuda":
+        return 0
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = (os.cpu_count() or 1) // max(1, local_processes)
+    return int(min(MAX_AUTO_WORKERS, max(0, share - 1)))
+
+
+def loader_options(device: str, *, reads_images: bool = True) -> dict[str, Any]:
+    """Keyword arguments of a :class:`~torch.utils.data.DataLoader` feeding ``device``.
+
+    Page-locked (pinned) batches when the device is a GPU, so that copies overlap compute; worker
+    processes (:func:`resolve_workers`) only for datasets that read images (arrays already in
+    memory gain nothing from workers).
+    """
+    workers = resolve_workers(device) if reads_images else 0
+    return {"num_workers": workers, "persistent_workers": workers > 0,
+            "pin_memory": torch.device(device).type == "cuda"}
+
+
+def use_channels_last(network: torch.nn.Module, device: str) -> bool:
+    """Whether to run ``network`` in channels-last memory format.
+
+    CNNs on CUDA only (tensor cores read NHWC directly); on a CPU the default layout is kept, so
+    results stay the same.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    return any(isinstance(module, torch.nn.Conv2d) for module in network.modules())

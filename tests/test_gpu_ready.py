@@ -1,0 +1,63 @@
+"""GPU-ready defaults change nothing on a CPU: precision "auto" is fp32 there, no workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import histoexpr as hx
+from histoexpr.tl._train import train
+
+
+@pytest.fixture(scope="module")
+def section():
+    sdata = hx.datasets.synthetic_section(seed=3, size_um=300, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size=32, mpp=0.5, min_tissue=0.5)
+    return sdata
+
+
+def test_embed_on_a_cpu_with_default_settings_is_the_plain_fp32_forward_pass(section):
+    torch.manual_seed(0)
+    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    network.metadata = {"normalisation": {"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]}}
+    assert hx.settings.precision == "auto" and hx.settings.n_workers is None
+    hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_default", batch_size=16)
+    dataset = hx.pp.TileDataset(section, "he_tiles")
+    images = torch.stack([dataset[i]["image"] for i in range(16)])
+    mean = torch.tensor([0.7, 0.5, 0.7]).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        direct = network.eval()((images - mean) / 0.2).numpy()
+    obsm = section.tables["he_tiles_table"].obsm
+    np.testing.assert_array_equal(obsm["X_default"][:16], direct)  # same batch: bit for bit
+    # bf16 forced on the CPU goes through autocast: close, but not the same numbers
+    hx.settings.precision = "bf16"
+    hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_bf16", batch_size=16)
+    assert not np.array_equal(obsm["X_bf16"], obsm["X_default"])
+    np.testing.assert_allclose(obsm["X_bf16"], obsm["X_default"], rtol=0.1, atol=0.05)
+
+
+def test_training_on_a_cpu_with_default_settings_is_fp32():
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, generator=generator), torch.randn(96, generator=generator)
+    batches = [{"x": x[i: i + 16], "y": y[i: i + 16]} for i in range(0, 96, 16)]
+
+    def loss(network, batch):
+        return nn.functional.mse_loss(network(batch["x"]).squeeze(-1), batch["y"])
+
+    def run(precision):
+        hx.settings.precision = precision
+        torch.manual_seed(1)
+        network = nn.Sequential(nn.Linear(3, 32), nn.GELU(), nn.Linear(32, 1))
+        history = train(network, batches, None, loss, epochs=3, lr=0.01, device="cpu", seed=0)
+        return history, [p.detach().clone() for p in network.parameters()]
+
+    default, weights = run("auto")
+    explicit, explicit_weights = run("fp32")
+    assert default["precision"] == "fp32" and default["train_loss"] == explicit["train_loss"]
+    for a, b in zip(weights, explicit_weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    bf16, bf16_weights = run("bf16")
+    assert bf16["precision"] == "bf16" and bf16["train_loss"] != default["train_loss"]
+    np.testing.assert_allclose(bf16["train_loss"], default["train_loss"], rtol=0.05)
