@@ -296,6 +296,7 @@ def test_read_st_refuses_an_unstable_pixel_size(tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # reads the 92 Mpx H&E twice
 def test_read_st_pixel_size_her2st_with_spots_off_the_array(data_dir, tmp_path):
     import shutil
 
