@@ -210,3 +210,15 @@ def test_ssl_encoder_is_pretrained_inside_fit_on_the_training_sections(trio):
                       tiles_key="spot_tiles", seed=0, **PATCH)
     assert model.metadata["encoder_pretraining"]["n_sections"] == 2
     assert held_out(model, trio["c"])["pearson"].mean() > 0.3
+
+
+def test_the_default_grid_is_the_one_documented():
+    from histoexpr.tl._spot_regressor import fit
+
+    doc = " ".join(fit.__doc__.split())
+    for option, values in _spot_auto.AUTO_GRID.items():
+        assert f'"{option}": [' in doc
+        for value in values:
+            text = (f'"{value}"' if isinstance(value, str) else
+                    str([int(v) for v in value]) if isinstance(value, tuple) else str(value))
+            assert text in doc, (option, text)

@@ -11,6 +11,5 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_pretrain": ["pretrain"],
         "_probe": ["probe"],
         "_expression_metrics": ["gene_correlations"],
-        "_spot_auto": ["AUTO_GRID"],
     },
 )

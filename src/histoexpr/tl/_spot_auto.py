@@ -31,7 +31,8 @@ PRETRAIN_OPTIONS = {"method": "simclr", "epochs": 6, "batch_size": 64, "lr": 1e-
 #: on a grid over the tissue with a stride of two tiles
 PRETRAIN_TILE_PX = 48
 
-#: the default candidate grid of ``route="auto"`` (option -> values; first value = start)
+#: the default candidate grid of ``route="auto"`` (option -> values; first value = start);
+#: keep the spot regressor's ``fit`` docstring in step with it
 AUTO_GRID: dict[str, tuple] = {
     "encoder": ("squidpy+handcrafted", "ssl", "random_cnn"),
     "stain": ("none", "macenko"),

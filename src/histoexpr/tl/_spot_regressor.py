@@ -101,7 +101,7 @@ def fit(
       anything else (with a single section: three spatial bands of its spots, each held out in
       turn); the ridge penalty is chosen inside each of those fits as for ``"ridge"``. The
       chosen configuration is then trained on all sections. The grid is ``candidates``
-      (default :data:`histoexpr.tl.AUTO_GRID`), searched one option at a time in its order
+      (the default grid is below), searched one option at a time in its order
       (each option takes its best value with the others fixed at their best so far), so the
       cost is the sum of the numbers of values, not their product; features are computed once
       per section, encoder and stain and shared by the candidates. The model's
@@ -192,7 +192,11 @@ def fit(
     candidates
         Route ``"auto"``: the options to choose from, as ``{option: [values]}`` for any of
         ``"encoder"``, ``"stain"``, ``"standardise_sections"``, ``"context_um"``, ``"target"``
-        and ``"head"``; options left out take the values of :data:`histoexpr.tl.AUTO_GRID`.
+        and ``"head"``; options left out take the values of the default grid:
+        ``{"encoder": ["squidpy+handcrafted", "ssl", "random_cnn"], "stain": ["none",
+        "macenko"], "standardise_sections": [True, False], "context_um": [[300, 600], None],
+        "target": ["log1p", "centred", "standardised", "rank"], "head": ["ridge", "mlp"]}``
+        (searched in this order, starting from the first values).
         One value per option trains that configuration without a search. The MLP head uses
         ``hidden``, ``n_members``, ``epochs`` and ``lr``; the ridge head ``alphas``.
     ssl_encoder
