@@ -125,6 +125,15 @@ def load_cached_features(sections: dict, data_name: str) -> None:
                 continue
             table.obsm[key] = cached["features"]
             table.uns.setdefault("embeddings", {})[key] = record
+        both = "X_squidpy+handcrafted"
+        if both in table.obsm and "X_squidpy" not in table.obsm:  # the peer's columns
+            record = dict(table.uns["embeddings"][both])
+            n = int(record["parts"]["squidpy"])
+            table.obsm["X_squidpy"] = np.asarray(table.obsm[both])[:, :n]
+            table.uns["embeddings"]["X_squidpy"] = {
+                **{k: v for k, v in record.items() if k not in ("parts", "feature_names")},
+                "encoder": "squidpy", "n_features": n,
+                "feature_names": record.get("feature_names", [])[:n]}
 
 
 def save_new_features(sections: dict, data_name: str) -> None:
@@ -159,10 +168,10 @@ def run(args) -> None:
         ssl = encoder_path(args.data, held_out, args.epochs)
         common = {"genes": genes, "tiles_key": TILES, "patch_um": GEOMETRY[args.data]["size_um"],
                   "mpp": GEOMETRY[args.data]["mpp"], "seed": 0}
-        if args.data == "her2st":
-            grid_tiles(train, args.data)
-        auto_options = {"ssl_encoder": str(ssl) if ssl.exists() else None,
-                        "pretrain_tiles_key": "he_tiles"}
+        auto_options = {"ssl_encoder": str(ssl)}
+        if not ssl.exists():  # run `prepare` first; without it the grid has no SSL encoder
+            print(f"no {ssl.name}: leaving the SSL encoder out of the grid", flush=True)
+            auto_options = {"candidates": {"encoder": ["squidpy+handcrafted", "random_cnn"]}}
 
         def score(model, label, seconds, cpu, *, fold=held_out, test=test, genes=genes):
             hx.tl.predict(model, test, tiles_key=TILES, key_added="pred", overwrite=True)
@@ -196,12 +205,12 @@ def run(args) -> None:
                 fixed = {k: [v] for k, v in {**chosen, option: value}.items()}
                 began, cpu = time.perf_counter(), cpu_seconds()
                 variant = hx.tl.fit(train, model="spot_regressor", route="auto", candidates=fixed,
-                                    **auto_options, **common)
+                                    ssl_encoder=auto_options.get("ssl_encoder"), **common)
                 score(variant, f"auto's choice, {option}={value}", time.perf_counter() - began,
                       cpu_seconds() - cpu)
+        out = CACHE / f"results_{args.data}{'_' + '_'.join(args.folds) if args.folds else ''}.json"
+        out.write_text(json.dumps({"rows": rows, "choices": choices}, indent=1, default=str))
     frame = pd.DataFrame(rows)
-    out = CACHE / f"results_{args.data}.json"
-    out.write_text(json.dumps({"rows": rows, "choices": choices}, indent=1, default=str))
     table = frame.pivot_table(index="route", columns="held_out", values="pearson")
     table["mean"] = table.mean(axis=1)
     print(table.round(3).to_markdown())
