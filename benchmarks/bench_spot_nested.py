@@ -196,6 +196,7 @@ def run(args) -> None:
         score(peer, "peer: squidpy + PCA + ridge", time.perf_counter() - began,
               cpu_seconds() - cpu)
 
+        load_cached_features(sections, args.data)  # what parallel runs have cached meanwhile
         began, cpu = time.perf_counter(), cpu_seconds()
         model = hx.tl.fit(train, model="spot_regressor", route="auto", **auto_options, **common)
         score(model, "route='auto' (nested)", time.perf_counter() - began, cpu_seconds() - cpu)
@@ -213,6 +214,7 @@ def run(args) -> None:
             if change.get("encoder") == "ssl" and not ssl.exists():
                 continue
             fixed = {k: [v] for k, v in {**chosen, **change}.items()}
+            load_cached_features(sections, args.data)
             label = ", ".join(f"{k}={v}" for k, v in change.items())
             began, cpu = time.perf_counter(), cpu_seconds()
             variant = hx.tl.fit(train, model="spot_regressor", route="auto", candidates=fixed,
