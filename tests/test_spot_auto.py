@@ -186,14 +186,18 @@ def test_stain_normalised_model_predicts_a_shifted_section_nearly_as_the_origina
 
 
 @bad_input("silently wrong", "`candidates=` with an option `route='auto'` does not choose, or "
-           "with another route", says="ValueError naming the options it chooses / asking for "
-           "route='auto'", fix="name options of `hx.tl.AUTO_GRID`; pass `route='auto'`")
+           "with another route; `route='auto'` with a fixed `context_um=` or `encoder=`",
+           says="ValueError naming the options it chooses / asking for route='auto' / for "
+           "candidates=", fix="give the values to choose from as `candidates=`; pass "
+           "`route='auto'`")
 def test_unknown_candidates_are_refused(trio):
     options = {"model": "spot_regressor", "genes": GENES[:3], "tiles_key": "spot_tiles", **PATCH}
     with pytest.raises(ValueError, match="route='auto' chooses"):
         hx.tl.fit(trio["a"], route="auto", candidates={"arch": ["resnet18"]}, **options)
     with pytest.raises(ValueError, match="choose from"):
         hx.tl.fit(trio["a"], route="auto", candidates={"target": ["zscore"]}, **options)
+    with pytest.raises(ValueError, match="chooses the encoder"):
+        hx.tl.fit(trio["a"], route="auto", context_um=100.0, **options)
     with pytest.raises(ValueError, match="pass route='auto'"):
         hx.tl.fit(trio["a"], route="ridge", candidates={"target": ["rank"]}, **options)
 

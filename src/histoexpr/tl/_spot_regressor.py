@@ -231,6 +231,12 @@ def fit(
 
     if route not in ROUTES:
         raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
+    if route == "auto" and (context_um is not None or standardise_sections
+                            or n_components is not None or features_key is not None
+                            or encoder != "handcrafted"):
+        raise ValueError("route='auto' chooses the encoder, context and scaling itself; give "
+                         "the values to choose from as candidates={'encoder': [...], "
+                         "'context_um': [...], 'standardise_sections': [...]} instead.")
     if candidates is not None and route != "auto":
         raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
                          "candidates to train one route.")
