@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_handcrafted": ["HandcraftedEncoder"],
         "_contrastive": ["ContrastiveLearner"],
         "_mil": ["AttentionMIL", "MeanPoolLinear"],
-        "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN"],
+        "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN", "EncoderHead"],
         "_patch_classifier": ["PatchClassifier", "PatchEnsemble"],
     },
 )

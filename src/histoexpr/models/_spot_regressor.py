@@ -110,3 +110,37 @@ class SpotCNN(Network):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Expression ``(N, n_genes)`` of patches ``(N, C, H, W)`` with values in [0, 1]."""
         return self.head(self.encoder(x))
+
+
+class EncoderHead(Network):
+    """A spot regressor head together with the tile encoder whose features it reads.
+
+    ``hx.tl.fit(..., model="spot_regressor", route="auto")`` returns one when the chosen
+    features come from a network it made (a CNN pretrained on the training sections, or one at
+    random initialisation), so that prediction recomputes exactly those features on new tiles.
+    Prediction embeds the tiles with ``encoder``, adds the context and scaling recorded in the
+    metadata, and applies ``head``.
+
+    Parameters
+    ----------
+    encoder
+        Configuration of the :class:`TileEncoder`.
+    head
+        ``"LinearHead"`` or ``"MLPHead"``.
+    head_config
+        Configuration of the head.
+
+    """
+
+    def __init__(self, *, encoder: dict, head: str, head_config: dict) -> None:
+        heads = {"LinearHead": LinearHead, "MLPHead": MLPHead}
+        if head not in heads:
+            raise ValueError(f"Unknown head {head!r}; choose one of {list(heads)}.")
+        super().__init__(config={"encoder": dict(encoder), "head": head,
+                                 "head_config": dict(head_config)})
+        self.encoder = TileEncoder(**encoder)
+        self.head = heads[head](**head_config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression ``(N, n_genes)`` of features ``(N, n_features)`` (from ``encoder``)."""
+        return self.head(x)

@@ -15,5 +15,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_genes": ["select_genes", "expression_targets"],
         "_transcript_labels": ["transcript_labels"],
         "_gene_pairs": ["rank_gene_pairs"],
+        "_stain": ["stain_reference", "stain_normaliser", "StainNormaliser"],
     },
 )

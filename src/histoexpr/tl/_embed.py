@@ -36,6 +36,7 @@ def embed(
     device: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """Compute features of every tile and store them in the tile table's ``obsm``.
 
@@ -77,6 +78,10 @@ def embed(
         Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name.
     overwrite
         Replace existing features under ``key_added``.
+    transform
+        Applied to every tile ``(C, H, W)`` in [0, 1] before any encoder sees it, e.g. a stain
+        normalisation from :func:`histoexpr.pp.stain_normaliser`; its ``spec`` (if any) is
+        recorded with the features.
 
     Returns
     -------
@@ -92,7 +97,7 @@ def embed(
     require_element(sdata, tiles_key, "shapes")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    dataset = TileDataset(sdata, tiles_key, image_key=image_key)
+    dataset = TileDataset(sdata, tiles_key, image_key=image_key, transform=transform)
     table = sdata.tables[f"{tiles_key}_table"]
     n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
     encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
@@ -117,6 +122,8 @@ def embed(
     record = {"encoder": name, "fingerprint": fingerprint, "image_key": dataset.image_key,
               "mpp": dataset.mpp, "size_px": dataset.size_px,
               "n_off_image": int(off_image.sum())}
+    if transform is not None:
+        record["transform"] = getattr(transform, "spec", type(transform).__name__)
     if len(parts) > 1:
         record["parts"] = {one_name: int(values.shape[1])
                            for (one_name, _), (values, _) in zip(resolved, parts, strict=True)}

@@ -27,6 +27,8 @@ from ..io._image import image_levels
 from ._embed import encoder_fingerprint, image_coverage, image_fingerprint
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 #: how the elements predict writes record their writer (see ``_utils.store_element``)
 STEP = "hx.tl.predict"
 
-ROUTES = ("ridge", "mlp", "cnn")
+ROUTES = ("ridge", "mlp", "cnn", "auto")
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 #: relative pixel-size difference below which two pixel sizes count as the same
 _MPP_TOLERANCE = 0.05
@@ -85,6 +87,10 @@ def fit(
     val_fraction: float = 0.15,
     device: str | None = None,
     seed: int | None = None,
+    candidates: Mapping[str, Sequence[Any]] | None = None,
+    ssl_encoder: str | Path | Network | None = None,
+    pretrain_tiles_key: str | None = None,
+    pretrain_epochs: int | None = None,
 ) -> Network:
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
@@ -104,7 +110,38 @@ def fit(
       correlation over genes;
     - ``"mlp"``: the same features through a small MLP trained with early stopping;
     - ``"cnn"``: a :class:`histoexpr.models.SpotCNN` (``arch``) trained end to end on the patches
-      with flips, rotations and a mild colour jitter.
+      with flips, rotations and a mild colour jitter;
+    - ``"auto"``: the locked protocol. Every option of the head routes (features and encoder,
+      stain normalisation, per-section scaling, context, target transform, ridge or MLP head)
+      is chosen by inner leave-one-section-out on the training sections given here, never on
+      anything else (with a single section: three spatial bands of its spots, each held out in
+      turn); the ridge penalty is chosen inside each of those fits as for ``"ridge"``. The
+      chosen configuration is then trained on all sections. The grid is ``candidates``
+      (the default grid is below), searched one option at a time in its order
+      (each option takes its best value with the others fixed at their best so far), so the
+      cost is the sum of the numbers of values, not their product; features are computed once
+      per section, encoder and stain and shared by the candidates. The model's
+      ``metadata["auto"]`` records the grid, every candidate tried with its inner scores, and
+      the choice.
+
+    Encoders of the head routes and of ``candidates["encoder"]`` beyond those of
+    :func:`histoexpr.tl.embed`: ``"ssl"``, a small CNN (``TileEncoder(arch="small_cnn",
+    width=32, pool_levels=True)``) pretrained by SimCLR on the training sections' unlabelled
+    tiles inside ``fit`` (``pretrain_tiles_key``; or the file ``ssl_encoder``), and
+    ``"random_cnn"``, the same CNN at random initialisation. Both travel inside the returned
+    model (:class:`~histoexpr.models.EncoderHead`).
+
+    Target transforms (``candidates["target"]``), each computed within a training section:
+    ``"log1p"`` (none), ``"centred"`` (each gene's section mean removed: library depth and
+    batch offsets), ``"standardised"`` (and divided by its section standard deviation),
+    ``"rank"`` (normal scores of the ranks). Predictions are put back on the scale of the pooled
+    training spots (correlations within a section are unchanged).
+
+    Stain normalisation (``candidates["stain"]``: ``"none"`` or ``"macenko"``): a Macenko
+    reference is estimated on the training sections' tiles (:func:`histoexpr.pp.stain_reference`,
+    through torchstain) and stored in ``metadata["stain"]``; every section, new ones in
+    ``predict`` too, is mapped onto it with its own stain estimate
+    (:func:`histoexpr.pp.stain_normaliser`) before any encoder sees its tiles.
 
     Parameters
     ----------
@@ -174,12 +211,42 @@ def fit(
         Torch device; ``None`` uses ``hx.settings.device``.
     seed
         Random seed; ``None`` uses ``hx.settings.seed``.
+    candidates
+        Route ``"auto"``: the options to choose from, as ``{option: [values]}`` for any of
+        ``"encoder"``, ``"stain"``, ``"standardise_sections"``, ``"context_um"``, ``"target"``
+        and ``"head"``; options left out take the values of the default grid:
+        ``{"encoder": ["squidpy+handcrafted", "ssl", "random_cnn"], "stain": ["none",
+        "macenko"], "standardise_sections": [True, False], "context_um": [[300, 600], None],
+        "target": ["log1p", "centred", "standardised", "rank"], "head": ["ridge", "mlp"]}``
+        (searched in this order, starting from the first values).
+        One value per option trains that configuration without a search. The MLP head uses
+        ``hidden``, ``n_members``, ``epochs`` and ``lr``; the ridge head ``alphas``.
+    ssl_encoder
+        Encoder ``"ssl"``: a pretrained :class:`~histoexpr.models.TileEncoder` or its model file
+        (from :func:`histoexpr.tl.pretrain` on the training sections' tiles) to use instead of
+        pretraining one inside ``fit``.
+    pretrain_tiles_key
+        Encoder ``"ssl"`` pretrained inside ``fit``: the unlabelled tiles of every training
+        section to pretrain on; ``None`` makes 48 px tiles at ``mpp`` on a grid over the tissue
+        (stride two tiles) in light copies of the sections (nothing is written to them).
+    pretrain_epochs
+        Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
+        lr 1e-3, temperature 0.2, cosine schedule).
 
     Returns
     -------
-    The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`
-    or :class:`~histoexpr.models.SpotCNN`) whose ``metadata`` holds ``genes``, ``route``,
-    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``.
+    The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
+    :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
+    :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
+    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``
+    (route ``"auto"``: also ``head``, ``target``, ``stain`` and the search in ``auto``).
+
+    Examples
+    --------
+    >>> model = hx.tl.fit({"C2": c2, "C3": c3}, model="spot_regressor", route="auto")
+    >>> model.metadata["auto"]["chosen"]
+    {'encoder': 'ssl', 'stain': 'none', 'standardise_sections': True, ...}
+    >>> hx.tl.predict(model, c4)
 
     """
     from ..pp import select_genes
@@ -189,8 +256,17 @@ def fit(
     if route == "cnn" and (context_um is not None or standardise_sections):
         raise ValueError("context_um and standardise_sections apply to the head routes "
                          "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
-    if route != "cnn":
+    if route in ("ridge", "mlp"):
         _refuse_random_encoder(encoder)
+    if route == "auto" and (context_um is not None or standardise_sections
+                            or n_components is not None or features_key is not None
+                            or encoder != "handcrafted"):
+        raise ValueError("route='auto' chooses the encoder, context and scaling itself; give "
+                         "the values to choose from as candidates={'encoder': [...], "
+                         "'context_um': [...], 'standardise_sections': [...]} instead.")
+    if candidates is not None and route != "auto":
+        raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
+                         "candidates to train one route.")
     sections = _as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
@@ -207,7 +283,27 @@ def fit(
                 "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
-    if route == "cnn":
+    network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
+    if route == "auto" or (route in ("ridge", "mlp") and network_encoder):
+        from ._spot_auto import fit_auto
+
+        if route != "auto":  # one configuration, no search
+            candidates = {"encoder": [encoder], "stain": ["none"],
+                          "standardise_sections": [standardise_sections],
+                          "context_um": [context_um], "target": ["log1p"], "head": [route]}
+            if n_components is not None:
+                raise ValueError("n_components applies to named encoders; the CNN encoders "
+                                 "'ssl' and 'random_cnn' are used without PCA.")
+        network, extra = fit_auto(
+            prepared, chosen, candidates=candidates, tiles_key=tiles_key, image_key=image_key,
+            mpp=mpp, ssl_encoder=ssl_encoder, pretrain_tiles_key=pretrain_tiles_key,
+            pretrain_epochs=pretrain_epochs,
+            options={"alphas": alphas, "hidden": hidden, "n_members": n_members,
+                     "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                     "val_fraction": val_fraction, "device": device, "seed": seed})
+        if route != "auto":
+            extra["route"] = route
+    elif route == "cnn":
         from ._spot_training import fit_cnn
 
         at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
@@ -359,12 +455,25 @@ def predict(
     else:
         import torch
 
-        features, _ = section_features(tiles, tiles_key, encoder=metadata["encoder"],
-                                       features_key=metadata["features_key"],
+        encoder, features_key, transform = (metadata["encoder"], metadata["features_key"],
+                                            None)
+        expected = metadata.get("features")
+        if metadata.get("encoder_in_model"):  # a CNN made by fit travels inside the model
+            encoder = model.encoder
+            encoder.metadata = {"normalisation": metadata.get("encoder_normalisation")}
+            model = model.head
+        if metadata.get("stain"):  # the section's own stain, mapped onto the training reference
+            from ..pp import stain_normaliser
+
+            transform = stain_normaliser(tiles, tiles_key, reference=metadata["stain"])
+            features_key = f"{features_key}_{metadata['stain']['method']}_{transform.digest}"
+        features, _ = section_features(tiles, tiles_key, encoder=encoder,
+                                       features_key=features_key,
                                        context_um=metadata.get("context_um") or None,
                                        standardise=metadata.get("standardise_sections", False),
-                                       image_key=image_key, expected=metadata.get("features"),
-                                       batch_size=batch_size, device=device)
+                                       image_key=image_key, expected=expected,
+                                       batch_size=batch_size, device=device,
+                                       transform=transform)
         features = features[on_image]
         expected = model.get_config().get("n_features")
         if expected is not None and features.shape[1] != expected:
@@ -391,7 +500,8 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
                      features_key: str, context_um: float | Sequence[float] | None = None,
                      standardise: bool = False, image_key: str | None = None,
                      expected: dict[str, Any] | None = None, batch_size: int = 64,
-                     device: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                     device: str | None = None,
+                     transform: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Features of every tile of a section, with context and scaling, and how they were made.
 
     Features under ``features_key`` are reused only when their record matches the encoder and
@@ -407,6 +517,8 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
     image_key = str(info["image_key"]) if image_key is None else image_key
     wanted = {"encoder": _encoder_name(encoder), "image_key": image_key,
               "mpp": float(info["mpp"]), "size_px": int(info["size_px"])}
+    if transform is not None:
+        wanted["transform"] = getattr(transform, "spec", type(transform).__name__)
     if expected is not None and expected.get("source") != "user":
         wanted.update(fingerprint=expected.get("fingerprint"))
     else:
@@ -440,7 +552,7 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
             "per tile, made the same way), then predict.")
     if compute:
         embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
-              batch_size=batch_size, device=device, overwrite=True)
+              batch_size=batch_size, device=device, overwrite=True, transform=transform)
         table.uns["embeddings"][features_key]["made_by"] = MADE_BY
     record = table.uns.get("embeddings", {}).get(features_key)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
@@ -468,8 +580,12 @@ def _encoder_name(encoder: Any) -> str:
     """The name :func:`histoexpr.tl.embed` gives an encoder argument (without resolving it)."""
     from pathlib import Path
 
+    import torch
+
     if isinstance(encoder, list | tuple):
         return "+".join(_encoder_name(one) for one in encoder)
+    if isinstance(encoder, torch.nn.Module):  # as hx.tl.embed names a network
+        return type(encoder).__name__.lower()
     spec = str(encoder)
     if spec.split(":")[0] == "squidpy":
         return "squidpy"
@@ -496,7 +612,16 @@ def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[s
                    f"{wanted['mpp']:.4g}")
     if int(record.get("size_px", -1)) != wanted["size_px"]:
         out.append(f"tiles of {record.get('size_px')} px, not {wanted['size_px']}")
+    if _canonical(record.get("transform")) != _canonical(wanted.get("transform")):
+        out.append("tiles transformed otherwise (e.g. another stain normalisation)")
     return out
+
+
+def _canonical(value: Any) -> str:
+    """A record's value as text that survives a round trip through ``uns`` (arrays as lists)."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=lambda a: np.asarray(a).tolist())
 
 
 def _radii(context_um: float | Sequence[float] | None) -> list[float]:

@@ -40,7 +40,7 @@ def squidpy_features(dataset, groups: tuple[str, ...] = SQUIDPY_FEATURES
                           ) from error
     rows, names = [], None
     for index in progress(range(len(dataset)), desc="squidpy features", total=len(dataset)):
-        pixels = _as_uint8(dataset.pixels(index))
+        pixels = _as_uint8(_pixels(dataset, index))
         container = sq.im.ImageContainer(np.moveaxis(pixels, 0, -1), layer="image")
         values: dict[str, float] = {}
         with warnings.catch_warnings():  # squidpy warns about its own docstrings at first use
@@ -50,6 +50,14 @@ def squidpy_features(dataset, groups: tuple[str, ...] = SQUIDPY_FEATURES
         names = names or list(values)
         rows.append([values[name] for name in names])
     return np.asarray(rows, dtype=np.float32), names or []
+
+
+def _pixels(dataset, index: int) -> np.ndarray:
+    """A tile's pixels, through the dataset's transform (e.g. stain normalisation) if any."""
+    if getattr(dataset, "transform", None) is None:
+        return dataset.pixels(index)
+    image = dataset[index]["image"]  # in [0, 1], transformed
+    return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:
