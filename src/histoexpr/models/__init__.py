@@ -12,5 +12,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_mil": ["AttentionMIL", "MeanPoolLinear"],
         "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN"],
         "_patch_classifier": ["PatchClassifier", "PatchEnsemble"],
+        "_cell_classifier": ["CellClassifier"],
     },
 )
