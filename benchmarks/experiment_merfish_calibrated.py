@@ -29,11 +29,13 @@ Usage::
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/experiment_merfish_calibrated.py \\
         [--sizes 16 32 --epochs 8 --max-per-class 1000] [--crossfit] [--seeds 0 1]
+        [--directions top->bottom bottom->top]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -92,7 +94,8 @@ def run(args) -> dict:
     results = {"args": vars(args), "cells": sdata.tables["tx_labels_cells"].obs["class"]
                .value_counts().to_dict(), "runs": {}}
     for seed in args.seeds:
-        for train, test in (("top", "bottom"), ("bottom", "top")):
+        for direction in args.directions:
+            train, test = direction.split("->")
             run_name = f"{train}->{test}, seed {seed}"
             rows, clock, region = {}, Clock(), halves[test]
             with clock("cell_morphology fit+predict"):
@@ -139,6 +142,7 @@ def run(args) -> dict:
             print("time:", clock.parts, flush=True)
             record.update(rows=table.to_dict("index"), time=clock.parts)
             results["runs"][run_name] = record
+            args.out.write_text(json.dumps(results, indent=1, default=str))  # after each run
     return results
 
 
@@ -153,6 +157,8 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=1000)
     parser.add_argument("--crossfit", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--directions", nargs="+", choices=["top->bottom", "bottom->top"],
+                        default=["top->bottom", "bottom->top"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/merfish_calibrated.json"))
     run_and_save(run, parser.parse_args())
