@@ -111,14 +111,16 @@ def run(args) -> dict:
                                   key_added="c", overwrite=True)
                     rows[f"CNN per cell, {'calibrated' if calibrate else 'uncalibrated'}"] = \
                         scores(sdata, "c", region)
-            with clock("combined fit+predict"):
-                combined = hx.tl.fit(sdata, model="cell_morphology", region=halves[train],
-                                     patch_classifier=cnn, seed=seed)
-                hx.tl.predict(combined, sdata, region=region, key_added="k", overwrite=True)
-            rows["combined (stacked on the CNN's validation cells)"] = scores(sdata, "k", region)
             record = {"calibration": cnn.metadata["calibration"],
-                      "report": cnn.metadata["report"], "morphology_C": morphology.metadata["C"],
-                      "stack": combined.metadata["stack"]}
+                      "report": cnn.metadata["report"], "morphology_C": morphology.metadata["C"]}
+            if not args.skip_combined:
+                with clock("combined fit+predict"):
+                    combined = hx.tl.fit(sdata, model="cell_morphology", region=halves[train],
+                                         patch_classifier=cnn, seed=seed)
+                    hx.tl.predict(combined, sdata, region=region, key_added="k", overwrite=True)
+                rows["combined (stacked on the CNN's validation cells)"] = scores(sdata, "k",
+                                                                                  region)
+                record["stack"] = combined.metadata["stack"]
             if args.crossfit:
                 x0, y0, x1, y1 = halves[train]
                 bands = [(x0, y0, x1, (y0 + y1) / 2), (x0, (y0 + y1) / 2, x1, y1)]
@@ -138,7 +140,7 @@ def run(args) -> dict:
             print(table.drop(columns=["cells left out"]).round(3).to_markdown())
             print("cells left out:", rows["cell_morphology (per-cell baseline)"]["cells left out"])
             print("calibration:", {k: v for k, v in cnn.metadata["calibration"].items()
-                                   if k != "prior"}, "stack:", record["stack"])
+                                   if k != "prior"}, "stack:", record.get("stack"))
             print("time:", clock.parts, flush=True)
             record.update(rows=table.to_dict("index"), time=clock.parts)
             results["runs"][run_name] = record
@@ -156,6 +158,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--max-per-class", type=int, default=1000)
     parser.add_argument("--crossfit", action="store_true")
+    parser.add_argument("--skip-combined", action="store_true",
+                        help="only the baseline and the CNN (uncalibrated, calibrated)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--directions", nargs="+", choices=["top->bottom", "bottom->top"],
                         default=["top->bottom", "bottom->top"])

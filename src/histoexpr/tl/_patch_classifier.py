@@ -79,7 +79,9 @@ def fit(
     (``transcript_labels(..., cells=...)``) both are fitted on the cell classes' patches with
     the background class left out, as in per-cell maps. Both are stored in
     ``metadata["calibration"]`` and applied by :func:`predict` unless ``calibrate=False``
-    there. No test data is used: the validation region lies inside the training ``region``.
+    there. For per-cell labels, the validation patches are first averaged over each cell (as
+    ``predict(..., cells=...)`` does), so that the correction is fitted on cells, where it is
+    applied. No test data is used: the validation region lies inside the training ``region``.
 
     Parameters
     ----------
@@ -213,9 +215,15 @@ def fit(
     calibration = None
     if calibrate:
         prior = _class_prior(sdata, labels_key, classes, region)
-        calibration = fit_calibration(np.mean([val_probabilities[i] for i in chosen], axis=0),
-                                      val_targets, classes, prior,
-                                      cells=rule.get("cells") is not None)
+        probabilities, calibration_targets = np.mean(
+            [val_probabilities[i] for i in chosen], axis=0), val_targets
+        per_cell = rule.get("cells") is not None
+        if per_cell:  # as predict(cells=...) does: each cell's mean over its patches
+            probabilities, calibration_targets = _cell_means(
+                sdata, rule, labels_key, np.tile(centres[val_idx], (len(image_keys), 1)),
+                probabilities, val_targets)
+        calibration = fit_calibration(probabilities, calibration_targets, classes, prior,
+                                      cells=per_cell)
     model = PatchEnsemble.of([networks[i] for i in chosen])
     model.metadata = {
         "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
@@ -625,6 +633,31 @@ def fit_calibration(probabilities: np.ndarray, targets: np.ndarray, classes: dic
                 "%.2f, temperature %.2f; weighted validation mean Dice %.3f -> %.3f.", len(t),
                 record["exponent"], record["temperature"], dice[0], dice[best])
     return record
+
+
+def _cell_means(sdata, rule: dict, labels_key: str, centres: np.ndarray,
+                probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The validation patches grouped by the cell their centre lies in: mean probabilities."""
+    from ._dense_map import cells_on_grid
+
+    level = image_levels(sdata, labels_key)[0]
+    ids, _, _ = cells_on_grid(sdata, str(rule["cells"]), level.offset, level.mpp,
+                              level.shape_yx)
+    cols = np.floor((centres[:, 0] - level.offset[0]) / level.mpp).astype(int)
+    rows = np.floor((centres[:, 1] - level.offset[1]) / level.mpp).astype(int)
+    inside = (rows >= 0) & (cols >= 0) & (rows < ids.shape[0]) & (cols < ids.shape[1])
+    cell = np.zeros(len(centres), dtype=np.int64)
+    cell[inside] = ids[rows[inside], cols[inside]]
+    keep = cell > 0
+    unique, inverse = np.unique(cell[keep], return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(unique))[:, None]
+    means = np.column_stack([np.bincount(inverse, weights=channel, minlength=len(unique))
+                             for channel in probabilities[keep].T]) / counts
+    labels = np.zeros(len(unique), dtype=np.int64)
+    labels[inverse] = targets[keep]  # every patch of a cell has the cell's class
+    logger.info("Calibration on the %d validation cells (mean over each cell's %.1f patches on "
+                "average).", len(unique), float(counts.mean()) if len(unique) else 0.0)
+    return means, labels
 
 
 def _val_boxes(val_centres: np.ndarray, usable_centres: np.ndarray, block: float | None,
