@@ -628,9 +628,10 @@ def fit_calibration(probabilities: np.ndarray, targets: np.ndarray, classes: dic
            for temp in _TEMPERATURES]
     record["temperature"] = float(_TEMPERATURES[int(np.argmin(nll))])
     record.update(val_mean_dice_before=dice[0], val_mean_dice_after=dice[best],
-                  n_val_patches=int(len(t)), classes_scored=[names[k] for k in scored])
-    logger.info("Calibration on %d validation patches weighted to the class prior: exponent "
+                  n_val=int(len(t)), classes_scored=[names[k] for k in scored])
+    logger.info("Calibration on %d validation %s weighted to the class prior: exponent "
                 "%.2f, temperature %.2f; weighted validation mean Dice %.3f -> %.3f.", len(t),
+                "samples" if cells else "patches",
                 record["exponent"], record["temperature"], dice[0], dice[best])
     return record
 
