@@ -180,3 +180,33 @@ def test_calibration_undoes_the_balanced_training_prior():
     assert (after == test_y).mean() > (before == test_y).mean() + 0.05
     np.testing.assert_allclose(calibrated(test_p, calibration, names).sum(axis=1), 1, atol=1e-6)
     assert calibrated(test_p, None, names) is test_p
+
+
+def test_stacked_model_uses_only_cells_the_cnn_never_trained_on(sections, tmp_path):
+    """A CNN on per-cell labels is calibrated on its validation cells and stacked with the cell
+    features on the training cells outside its training region; the stacked model beats the
+    intensity baseline on the held-out section and survives a file round trip."""
+    import torch
+
+    torch.set_num_threads(1)
+    train, test = sections
+    cnn = hx.tl.fit(train, model="patch_classifier", patch_size_um=10, mpp=1.0, epochs=2,
+                    width=8, region=(0, 0, 300, 200), seed=0, device="cpu")
+    calibration = cnn.metadata["calibration"]
+    assert calibration["classes_scored"] == ["tissue", *GENES]  # per cell: no background
+    assert 10 < calibration["n_val"] < cnn.metadata["n_val"]  # cells, not patches
+    model = hx.tl.fit(train, model="cell_morphology", patch_classifier=cnn, seed=0)
+    stack = model.metadata["stack"]
+    # cells below y = 200 um were never in a training patch, nor those of the validation stripe
+    centres = train.tables["tx_labels_cells"].obs.assign(
+        y=train.tables["tx_labels_cells"].obsm["spatial"][:, 1])
+    assert stack["n_cells"] >= int(((centres["y"] > 200) & (centres["label"] > 0)).sum())
+    assert stack["n_cells"] < model.metadata["n_train_cells"]
+    hx.tl.predict(model, test, key_added="stacked", device="cpu")
+    truth = test.tables["tx_labels_cells"].obs["label"]
+    ours = hx.tl.evaluate(test, "stacked", "tx_labels").attrs["cells"]["macro_f1"]
+    assert ours > macro_f1(truth, intensity_baseline(train, test)) + 0.1
+    path = hx.io.save_model(model, tmp_path / "stacked.pt")
+    hx.tl.predict(hx.io.load_model(path, device="cpu"), test, key_added="stacked_loaded",
+               device="cpu")
+    assert np.array_equal(test.labels["stacked_loaded"].values, test.labels["stacked"].values)
