@@ -277,3 +277,23 @@ def test_patches_of_several_planes_train_a_model_that_reads_each():
     assert dice["z0_z1"]["mean"] > dice["z0"]["mean"] + 0.1, dice
     with pytest.raises(ValueError, match="channel count"):
         hx.tl.fit(train, image_key=["dapi", "he"], **options)
+
+
+def test_calibrated_map_is_closer_to_the_truth_than_the_uncalibrated_one(trained):
+    """The section's classes are unbalanced, the training patches balanced: the class-prior
+    correction fitted on the validation patches moves the held-out map towards the truth."""
+    train, model = trained
+    calibration = model.metadata["calibration"]
+    prior = calibration["prior"]
+    assert max(prior.values()) > 3 * min(prior.values()), prior  # unbalanced classes
+    assert calibration["val_mean_dice_after"] >= calibration["val_mean_dice_before"]
+    test = labelled_section(1, 400)
+    truth = test.labels["tx_labels"].values[::2, ::2]
+    correct = {}
+    for calibrate in (False, True):
+        key = f"calibrated_{calibrate}"
+        hx.tl.predict(model, test, stride_um=4.0, calibrate=calibrate, device="cpu",
+                      key_added=key)
+        predicted = test.labels[key].values
+        correct[calibrate] = float((predicted == truth)[truth > 0].mean())
+    assert correct[True] > correct[False] + 0.01, (correct, calibration)

@@ -13,5 +13,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_mil": ["AttentionMIL", "MeanPoolLinear"],
         "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN", "EncoderHead"],
         "_patch_classifier": ["PatchClassifier", "PatchEnsemble"],
+        "_cell_classifier": ["CellClassifier"],
     },
 )

@@ -117,3 +117,49 @@ def smooth_over_cells(values: np.ndarray, centroids: np.ndarray, sigma_um: float
     weights.data = np.exp(-0.5 * (distances.data / sigma_um) ** 2)
     weights = weights.tocsr() + diags(np.ones(len(centroids)))  # the cell itself (distance 0)
     return (weights @ values) / np.asarray(weights.sum(axis=1))
+
+
+def cell_features(sdata: SpatialData, cells: str, image_key: str,
+                  bounds: tuple[float, float, float, float], *, mpp: float = 0.5,
+                  sigmas_um: tuple[float, ...] = (0.5, 1.0, 2.0),
+                  context_um: tuple[float, ...] = (10.0, 25.0),
+                  smooth_um: tuple[float, ...] = (15.0, 40.0),
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell intensity, shape and neighbourhood features of the cells in ``bounds``.
+
+    For each channel of ``image_key`` read at ``mpp`` over ``bounds`` (x0, y0, x1, y1 in um):
+    intensity (scaled to 0..1), Otsu foreground, and the gradient magnitude and Laplacian of
+    Gaussian at each of ``sigmas_um``, plus the intensity and foreground averaged over squares
+    of ``context_um`` (nuclei density and brightness around the cell). Each cell gets the mean
+    and standard deviation of every map over its pixels and the log of its area; then the same
+    features averaged over neighbouring cells (Gaussian of each of ``smooth_um``) are appended.
+    Returns ``(features (n, F), names (n,), centroids (n, 2) in um)`` of the cells that cover a
+    pixel of the grid.
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    from ..io._image import read_region, to_unit_float
+
+    pixels = to_unit_float(np.asarray(read_region(sdata, image_key, bounds, mpp=mpp)))
+    maps = []
+    for channel in pixels:
+        smooth = ndimage.gaussian_filter(channel, 1)
+        threshold = threshold_otsu(channel) if np.ptp(channel) > 0 else channel.max() + 1
+        own = [channel, (smooth > threshold).astype(np.float32)]
+        for sigma_um in sigmas_um:
+            own.append(ndimage.gaussian_gradient_magnitude(channel, sigma_um / mpp))
+            own.append(-ndimage.gaussian_laplace(channel, sigma_um / mpp))
+        for size_um in context_um:
+            own += [ndimage.uniform_filter(m, size=max(1, int(size_um / mpp))) for m in own[:2]]
+        maps += own
+    maps = np.stack(maps)
+    ids, names = cell_raster(sdata, cells, (float(bounds[0]), float(bounds[1])), mpp,
+                             maps.shape[1:])
+    mean = cell_means(maps, ids)
+    std = np.sqrt(np.maximum(cell_means(maps**2, ids) - mean**2, 0))
+    area = np.bincount(ids.ravel(), minlength=int(ids.max()) + 1)[1:, None] * mpp**2
+    own = np.column_stack([mean, std, np.log(area)])
+    centroids = cell_centroids(ids, (float(bounds[0]), float(bounds[1])), mpp)
+    smoothed = [smooth_over_cells(own, centroids, float(sigma)) for sigma in smooth_um]
+    return np.column_stack([own, *smoothed]), names, centroids

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 #: model name -> module of histoexpr.tl that trains and applies it
 MODELS: dict[str, str] = {
     "patch_classifier": "._patch_classifier",
+    "cell_morphology": "._cell_morphology",
     "abmil": "._mil",
     "meanpool_ridge": "._ridge",
     "meanpool_logistic": "._logistic",

@@ -32,32 +32,75 @@ STEP = "hx.tl.predict"
 
 #: pixels of the image held at once (a strip of rows of the map, with its margins)
 _STRIP_PIXELS = 8_000_000
+#: cells are placed on a grid this many times finer than the map (as transcript_labels does)
+_CELL_SUBSTEPS = 4
 
 
 def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
                 region: Sequence[float] | None, stride_um: float | None, cells: str | None,
-                smooth_um: float | None, batch_size: int,
+                smooth_um: float | None, calibrate: bool, batch_size: int,
                 device: str | None, key_added: str, overwrite: bool) -> None:
     """See :func:`histoexpr.tl._patch_classifier.predict`."""
-    from spatialdata.models import Image2DModel, Labels2DModel
-
-    from ..io._elements import scale_to_global
-    from ..models import PatchEnsemble
     from ..pp._cells import require_cells
 
-    if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
-        raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
-                        f"a file of one, got {type(model).__name__}.")
-    meta = model.metadata
-    image_key = meta["image_key"] if image_key is None else image_key
-    require_element(sdata, image_key, "images")
+    _check_patch_model(model)
     probabilities_key = f"{key_added}_probabilities"
-    for key in (key_added, probabilities_key):
+    for key in (key_added, probabilities_key, f"{key_added}_cells"):
         check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     if cells is not None:
         require_cells(sdata, cells)
     if smooth_um is not None and not smooth_um > 0:
         raise ValueError(f"smooth_um must be a positive width in um or None, got {smooth_um!r}.")
+    calibration = model.metadata.get("calibration") if calibrate else None
+    probabilities, origin, stride = dense_probabilities(
+        model, sdata, image_key=image_key, region=region, stride_um=stride_um,
+        batch_size=batch_size, device=device)
+    classes = {str(k): int(v) for k, v in model.metadata["classes"].items()}
+    table = None
+    if cells is not None:
+        means, names, centroids, ids = cell_probabilities(sdata, cells, probabilities, origin,
+                                                          stride, classes, smooth_um)
+        means = calibrated(means, calibration, classes)
+        probabilities = cells_to_map(means, ids, classes)
+        table = cell_table(means, names, centroids, classes)
+    else:
+        if smooth_um is not None:
+            from scipy.ndimage import gaussian_filter
+
+            probabilities = gaussian_filter(probabilities, sigma=(
+                0, smooth_um / stride, smooth_um / stride), mode="nearest")
+        probabilities = np.moveaxis(calibrated(np.moveaxis(probabilities, 0, -1), calibration,
+                                               classes), -1, 0)
+    if calibration is not None:
+        logger.info("Calibrated the probabilities: class-prior exponent %.2g, temperature "
+                    "%.2g (fitted on the validation patches; calibrate=False turns it off).",
+                    calibration["exponent"], calibration["temperature"])
+    write_map(sdata, probabilities, classes, origin, stride, key_added=key_added,
+              overwrite=overwrite, table=table)
+
+
+def _check_patch_model(model) -> None:
+    from ..models import PatchEnsemble
+
+    if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
+        raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
+                        f"a file of one, got {type(model).__name__}.")
+
+
+def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
+                        region: Sequence[float] | None, stride_um: float | None,
+                        batch_size: int = 256, device: str | None = None,
+                        ) -> tuple[np.ndarray, tuple[float, float], float]:
+    """The patch classifier's class probabilities ``(K, H, W)`` on a grid over ``region``.
+
+    Returns the probabilities (uncalibrated), the grid's corner (x, y) and its step in um.
+    """
+    from ..models import PatchEnsemble
+
+    _check_patch_model(model)
+    meta = model.metadata
+    image_key = meta["image_key"] if image_key is None else image_key
+    require_element(sdata, image_key, "images")
     level0 = image_levels(sdata, image_key)[0]
     _check_image(level0, model, meta, image_key)
     member_mpp = [float(m) for m in meta.get("member_mpp", [meta["mpp"]] * len(model.members))]
@@ -83,50 +126,152 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                                                step_px, mpp, batch_size=batch_size,
                                                device=resolve_device(device))
     probabilities /= len(member_mpp)
-    classes = {str(k): int(v) for k, v in meta["classes"].items()}
-    if cells is not None:
-        probabilities = per_cell(sdata, cells, probabilities, (x0, y0), stride, classes,
-                                 smooth_um)
-    elif smooth_um is not None:
-        from scipy.ndimage import gaussian_filter
+    return probabilities, (x0, y0), stride
 
-        probabilities = gaussian_filter(probabilities, sigma=(0, smooth_um / stride,
-                                                              smooth_um / stride), mode="nearest")
+
+def calibrated(probabilities: np.ndarray, calibration: dict | None,
+               classes: dict[str, int]) -> np.ndarray:
+    """Probabilities ``(..., K)`` corrected by a fitted calibration (``None``: unchanged).
+
+    ``q_k`` is proportional to ``(p_k * prior_k ** exponent) ** (1 / temperature)``: the
+    class-prior correction of a network trained on class-balanced patches, then temperature
+    scaling; zero probabilities (a cell is not background) stay zero.
+    """
+    if calibration is None:
+        return probabilities
+    prior = np.array([float(calibration["prior"][name]) for name in classes])
+    with np.errstate(divide="ignore"):
+        logits = (np.log(np.clip(probabilities, 0, None))
+                  + float(calibration["exponent"]) * np.log(np.maximum(prior, 1e-12)))
+    logits = logits / float(calibration["temperature"])
+    peak = np.max(np.where(np.isfinite(logits), logits, -np.inf), axis=-1, keepdims=True)
+    weights = np.exp(logits - np.where(np.isfinite(peak), peak, 0))
+    total = weights.sum(axis=-1, keepdims=True)
+    return (weights / np.where(total > 0, total, 1)).astype(probabilities.dtype)
+
+
+def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, int],
+              origin: tuple[float, float], stride: float, *, key_added: str, overwrite: bool,
+              table=None) -> None:
+    """Write a class map, its probabilities and (per cell) the cells' table."""
+    from spatialdata.models import Image2DModel, Labels2DModel
+
+    from ..io._elements import scale_to_global
+
+    probabilities_key = f"{key_added}_probabilities"
     values = np.asarray(list(classes.values()), dtype=np.uint8)
     labels = values[probabilities.argmax(axis=0)]
-    transformation = scale_to_global(stride, x0, y0)
-    image = Image2DModel.parse(probabilities, dims=("c", "y", "x"), c_coords=list(classes),
-                               transformations=transformation)
+    transformation = scale_to_global(stride, *origin)
+    image = Image2DModel.parse(probabilities.astype(np.float32), dims=("c", "y", "x"),
+                               c_coords=list(classes), transformations=transformation)
     label_map = Labels2DModel.parse(labels, dims=("y", "x"), transformations=transformation)
     label_map.attrs["classes"] = classes
-    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    check_key_free(sdata, probabilities_key, overwrite=overwrite, step=STEP)
+    keys = [key_added, probabilities_key] + ([] if table is None else [f"{key_added}_cells"])
+    for key in keys:
+        check_key_free(sdata, key, overwrite=overwrite, step=STEP)
     store_element(sdata, "labels", key_added, label_map, step=STEP)
     store_element(sdata, "images", probabilities_key, image, step=STEP)
-    log_added("labels", key_added, f"{shape[1]}x{shape[0]} at {stride:g} um/px")
+    log_added("labels", key_added, f"{labels.shape[1]}x{labels.shape[0]} at {stride:g} um/px")
     log_added("images", probabilities_key, f"{len(classes)} class probabilities")
+    if table is not None:
+        store_element(sdata, "tables", f"{key_added}_cells", table, step=STEP)
+        log_added("tables", f"{key_added}_cells", f"{table.n_obs} cells, one column per class")
+
+
+def cell_probabilities(sdata: SpatialData, cells: str, probabilities: np.ndarray,
+                       origin: tuple[float, float], step: float, classes: dict[str, int],
+                       smooth_um: float | None):
+    """Each cell's mean of a dense map ``(K, H, W)``, the background class excluded.
+
+    A cell covering pixels of the map takes the mean over them; a cell too small to cover one
+    takes the mean over the pixels its polygon touches on a grid four times finer. Returns
+    ``(means (n, K), names, centroids (n, 2) um, ids)``: ``ids`` is the cell raster of the map
+    (``i`` in the cell ``names[i - 1]``, 0 outside every cell).
+    """
+    from ..pp._cells import cell_centroids, cell_means, smooth_over_cells
+
+    sub = _CELL_SUBSTEPS
+    shape = probabilities.shape[1:]
+    ids, fine_ids, names = cells_on_grid(sdata, cells, origin, step, shape)
+    means = cell_means(probabilities, ids) if ids.max() else np.zeros((0, len(probabilities)))
+    means = np.vstack([means, np.zeros((len(names) - len(means), len(probabilities)))])
+    covered = np.zeros(len(names), dtype=bool)
+    covered[np.unique(ids[ids > 0]) - 1] = True
+    if not covered.all():  # cells between the map's pixel centres: the finer grid
+        missing = np.flatnonzero(~covered) + 1
+        rows, cols = np.nonzero(np.isin(fine_ids, missing))
+        which = np.searchsorted(missing, fine_ids[rows, cols])
+        rows, cols = np.minimum(rows // sub, shape[0] - 1), np.minimum(cols // sub, shape[1] - 1)
+        area = np.bincount(which, minlength=len(missing))
+        means[~covered] = np.column_stack([
+            np.bincount(which, weights=channel[rows, cols], minlength=len(missing))
+            for channel in probabilities]) / np.maximum(area, 1)[:, None]
+        logger.info("%d cells cover no pixel centre of the %g um map; they take the mean over "
+                    "the pixels their polygon touches.", int((~covered).sum()), step)
+    centroids = cell_centroids(fine_ids, origin, step / sub)
+    if smooth_um is not None:
+        means = smooth_over_cells(means, centroids, float(smooth_um))
+    background = list(classes).index("background")
+    means[:, background] = 0
+    means /= np.maximum(means.sum(axis=1, keepdims=True), 1e-12)
+    logger.info("Classified %d cells of %r (mean probability over each cell%s).", len(names),
+                cells, "" if smooth_um is None else f", smoothed over {smooth_um:g} um")
+    return means.astype(np.float32), names, centroids, ids
+
+
+def cells_on_grid(sdata: SpatialData, cells: str, origin: tuple[float, float], step: float,
+                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells on a grid and on one four times finer (as ``transcript_labels`` places them).
+
+    Returns ``(ids, fine_ids, names)``: the cell of each pixel of the grid (sampled from the
+    finer one), of each pixel of the finer grid, and the names of the cells on the finer grid.
+    """
+    from ..pp._cells import cell_raster
+
+    sub = _CELL_SUBSTEPS
+    fine_ids, names = cell_raster(sdata, cells, origin, step / sub,
+                                  (shape[0] * sub, shape[1] * sub))
+    ids = np.zeros(shape, dtype=np.int32)
+    coarse = fine_ids[sub // 2 :: sub, sub // 2 :: sub]
+    ids[: coarse.shape[0], : coarse.shape[1]] = coarse
+    return ids, fine_ids, names
+
+
+def cells_to_map(means: np.ndarray, ids: np.ndarray, classes: dict[str, int]) -> np.ndarray:
+    """A probability map ``(K, H, W)``: each cell's probabilities, background outside."""
+    out = np.zeros((len(classes), *ids.shape), dtype=np.float32)
+    out[list(classes).index("background")] = 1
+    inside = ids > 0
+    out[:, inside] = means[ids[inside] - 1].T
+    return out
+
+
+def cell_table(means: np.ndarray, names: np.ndarray, centroids: np.ndarray,
+               classes: dict[str, int]):
+    """The per-cell predictions as a table: X the probabilities, obs the label and class."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    best = means.argmax(axis=1)
+    values = np.asarray(list(classes.values()))[best]
+    obs = pd.DataFrame({"label": values.astype(np.int64),
+                        "class": pd.Categorical(np.asarray(list(classes))[best],
+                                                categories=list(classes))},
+                       index=pd.Index(np.asarray(names).astype(str), name="cell_id"))
+    table = ad.AnnData(X=means.astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index(list(classes), name="class")),
+                       obsm={"spatial": np.asarray(centroids, dtype=float)})
+    return TableModel.parse(table)
 
 
 def per_cell(sdata: SpatialData, cells: str, probabilities: np.ndarray,
              origin: tuple[float, float], step: float, classes: dict[str, int],
              smooth_um: float | None) -> np.ndarray:
     """A dense probability map ``(K, H, W)`` made per cell: see ``predict(cells=...)``."""
-    from ..pp._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
-
-    ids, names = cell_raster(sdata, cells, origin, step, probabilities.shape[1:])
-    means = cell_means(probabilities, ids)
-    if smooth_um is not None:
-        means = smooth_over_cells(means, cell_centroids(ids, origin, step), float(smooth_um))
-    background = list(classes).index("background")
-    means[:, background] = 0
-    means /= np.maximum(means.sum(axis=1, keepdims=True), 1e-12)
-    out = np.zeros_like(probabilities)
-    out[background] = 1
-    inside = ids > 0
-    out[:, inside] = means[ids[inside] - 1].T
-    logger.info("Classified %d cells of %r (mean probability over each cell%s).", len(names),
-                cells, "" if smooth_um is None else f", smoothed over {smooth_um:g} um")
-    return out
+    means, _, _, ids = cell_probabilities(sdata, cells, probabilities, origin, step, classes,
+                                          smooth_um)
+    return cells_to_map(means, ids, classes)
 
 
 def _check_image(level0, model, meta: dict, image_key: str) -> None:

@@ -1,0 +1,213 @@
+"""The per-cell morphology model, per-cell scores in evaluate and the calibration of patch maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _catalogue import bad_input
+
+import histoexpr as hx
+
+GENES = ("PTPRC", "COL1A1")
+CLASSES = {"background": 1, "tissue": 2, GENES[0]: 3, GENES[1]: 4}
+
+
+@pytest.fixture(scope="module")
+def sections():
+    """Two synthetic sections (train, test) with each cell labelled by its transcripts."""
+    out = []
+    for seed in (0, 1):
+        sdata = hx.datasets.synthetic_section(seed=seed, size_um=300, spots=False)
+        hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=1.0, min_counts=2,
+                                max_per_class=400, seed=seed)
+        out.append(sdata)
+    return out
+
+
+def intensity_baseline(train, test) -> pd.Series:
+    """Logistic regression on each cell's mean DAPI alone: the predicted label of each cell."""
+    from sklearn.linear_model import LogisticRegression
+
+    from histoexpr.pp._cells import cell_means, cell_raster
+
+    def features(sdata):
+        image = hx.io.read_region(sdata, "dapi", (0, 0, 300, 300), mpp=0.5).astype(float)
+        ids, names = cell_raster(sdata, "cells", (0.0, 0.0), 0.5, image.shape[1:])
+        return cell_means(image, ids), names
+
+    x, names = features(train)
+    truth = train.tables["tx_labels_cells"].obs["label"].reindex(names).to_numpy()
+    model = LogisticRegression(class_weight="balanced", max_iter=500).fit(x[truth > 0],
+                                                                          truth[truth > 0])
+    x, names = features(test)
+    return pd.Series(model.predict(x), index=names.astype(str))
+
+
+def macro_f1(truth: pd.Series, pred: pd.Series) -> float:
+    from sklearn.metrics import f1_score
+
+    both = truth.index.intersection(pred.index)
+    truth, pred = truth[both], pred[both]
+    keep = truth > 0
+    return f1_score(truth[keep], pred[keep], average="macro")
+
+
+def test_cell_morphology_beats_a_cell_intensity_baseline_and_round_trips(sections, tmp_path):
+    train, test = sections
+    model = hx.tl.fit(train, model="cell_morphology", seed=0)
+    assert model.metadata["classes"] == CLASSES and model.metadata["cells"] == "cells"
+    hx.tl.predict(model, test, key_added="morphology")
+    scores = hx.tl.evaluate(test, "morphology", "tx_labels")
+    truth = test.tables["tx_labels_cells"].obs["label"]
+    baseline = macro_f1(truth, intensity_baseline(train, test))
+    ours = scores.attrs["cells"]["macro_f1"]
+    cells = test.tables["morphology_cells"]
+    assert macro_f1(truth, cells.obs["label"]) == pytest.approx(ours)
+    assert ours > baseline + 0.1, (ours, baseline)
+    np.testing.assert_allclose(cells.X.sum(axis=1), 1, atol=1e-5)
+    # the same map format as the patch classifier's per-cell maps: background outside cells
+    ids = hx.io.read_region(test, "cells", (0, 0, 300, 300), mpp=1.0)
+    labels = test.labels["morphology"].values
+    assert (labels[ids == 0] == CLASSES["background"]).mean() > 0.95
+    path = hx.io.save_model(model, tmp_path / "cells.pt")
+    hx.tl.predict(hx.io.load_model(path, device="cpu"), test, key_added="loaded")
+    assert np.array_equal(test.labels["loaded"].values, labels)
+
+
+@bad_input("obscure error", "`hx.tl.fit(sdata, model='cell_morphology')` on labels made without "
+           "cells", says="KeyError: no per-cell labels", fix="label the cells with "
+           "`hx.pp.transcript_labels(..., cells=...)`")
+def test_cell_morphology_needs_per_cell_labels(sections):
+    sdata = hx.datasets.synthetic_section(seed=3, size_um=100, spots=False)
+    hx.pp.transcript_labels(sdata, genes=GENES, min_counts=1, min_per_class=1, key_added="win")
+    with pytest.raises(KeyError, match="cells="):
+        hx.tl.fit(sdata, model="cell_morphology", labels_key="win")
+    with pytest.raises(TypeError, match="patch_classifier"):
+        hx.tl.fit(sections[0], model="cell_morphology", patch_classifier="model.pt")
+
+
+def cell_section():
+    """Five square cells on a 10 x 10 um grid with hand-made truth and prediction tables."""
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import Labels2DModel, TableModel
+    from spatialdata.transformations import Scale
+
+    ids = np.zeros((10, 10), dtype=np.int32)
+    for i, (r, c) in enumerate([(0, 0), (0, 5), (5, 0), (5, 5), (8, 8)]):
+        ids[r : r + 2, c : c + 2] = i + 1
+    scale = {"global": Scale([1.0, 1.0], axes=("y", "x"))}
+    sdata = SpatialData(labels={"cells": Labels2DModel.parse(ids, dims=("y", "x"),
+                                                             transformations=scale)})
+
+    def table(labels):
+        names = [str(i) for i in range(1, 6)]
+        centres = np.array([[1, 1], [6, 1], [1, 6], [6, 6], [9, 9]], dtype=float)
+        obs = pd.DataFrame({"label": labels}, index=pd.Index(names))
+        return TableModel.parse(ad.AnnData(obs=obs, obsm={"spatial": centres}))
+
+    # cells 1..5: truth tissue, A, A, B, unassigned; prediction tissue, A, tissue, B, B
+    sdata.tables["truth_cells"] = table([2, 3, 3, 4, 0])
+    sdata.tables["pred_cells"] = table([2, 3, 2, 4, 4])
+    for key, labels in (("truth", [2, 3, 3, 4, 0]), ("pred", [2, 3, 2, 4, 4])):
+        values = np.append(0, labels)[ids]
+        values[ids == 0] = 1
+        element = Labels2DModel.parse(values.astype(np.uint8), dims=("y", "x"),
+                                      transformations=scale)
+        element.attrs["classes"] = {"background": 1, "tissue": 2, "A": 3, "B": 4}
+        sdata.labels[key] = element
+    return sdata
+
+
+def test_cell_scores_count_each_cell_once_and_say_which_were_left_out():
+    sdata = cell_section()
+    scores = hx.tl.evaluate(sdata, "pred", "truth")
+    cells = scores.attrs["cells"]
+    # 4 scored cells (cell 5 is unassigned in the truth): tissue 1/1, A 1/2 (one called tissue)
+    assert cells["scored"] == 4 and cells["total"] == 5
+    assert cells["accuracy"] == pytest.approx(3 / 4)
+    assert scores.loc["A", "cell_recall"] == pytest.approx(0.5)
+    assert scores.loc["tissue", "cell_precision"] == pytest.approx(0.5)
+    f1 = {"tissue": 2 / 3, "A": 2 / 3, "B": 1.0}
+    for name, value in f1.items():
+        assert scores.loc[name, "cell_f1"] == pytest.approx(value)
+    assert cells["macro_f1"] == pytest.approx(np.mean(list(f1.values())))
+    assert np.isnan(scores.loc["background", "cell_f1"])  # no cell is background
+    assert cells["unscored_cells"].to_dict() == {
+        "5": "unassigned in the truth (e.g. both genes, neither enriched)"}
+    # a region holding the first two cells' centroids only
+    region = hx.tl.evaluate(sdata, "pred", "truth", region=(0, 0, 10, 4)).attrs["cells"]
+    assert region["scored"] == 2 and region["unscored"]["centroid outside the region"] == 3
+    # without the tables, cells= scores the maps by each cell's most common value: the same
+    for key in ("truth_cells", "pred_cells"):
+        del sdata.tables[key]
+    assert "cells" not in hx.tl.evaluate(sdata, "pred", "truth").attrs
+    again = hx.tl.evaluate(sdata, "pred", "truth", cells="cells")
+    assert again.attrs["cells"]["accuracy"] == pytest.approx(3 / 4)
+    pd.testing.assert_series_equal(again["cell_f1"], scores["cell_f1"])
+
+
+def test_calibration_undoes_the_balanced_training_prior():
+    """A classifier of balanced classes applied where one class is rare: the correction fitted
+    on weighted validation samples makes its decisions closer to the truth."""
+    from histoexpr.tl._dense_map import calibrated
+    from histoexpr.tl._patch_classifier import fit_calibration
+
+    rng = np.random.default_rng(0)
+    names = {"background": 1, "tissue": 2, "a": 3}
+    prior = np.array([0.75, 0.2, 0.05])
+    means = np.array([0.0, 1.0, 2.0])
+
+    def sample(n, shares):
+        y = rng.choice(3, size=n, p=shares)
+        x = rng.normal(means[y], 0.8)
+        likelihood = np.exp(-0.5 * ((x[:, None] - means) / 0.8) ** 2)
+        return likelihood / likelihood.sum(axis=1, keepdims=True), y  # the balanced posterior
+
+    val_p, val_y = sample(3000, np.full(3, 1 / 3))  # validation patches: balanced
+    calibration = fit_calibration(val_p, val_y, names, dict(zip(names, prior, strict=True)))
+    assert calibration["exponent"] > 0.2  # a correction towards the prior
+    assert calibration["val_mean_dice_after"] > calibration["val_mean_dice_before"]
+    test_p, test_y = sample(20000, prior)  # the section: unbalanced
+
+    def mean_dice(predicted):
+        return np.mean([2 * np.sum((predicted == k) & (test_y == k))
+                        / (np.sum(predicted == k) + np.sum(test_y == k)) for k in range(3)])
+
+    before, after = test_p.argmax(axis=1), calibrated(test_p, calibration, names).argmax(axis=1)
+    assert mean_dice(after) > mean_dice(before) + 0.02, (mean_dice(before), mean_dice(after))
+    assert (after == test_y).mean() > (before == test_y).mean() + 0.05
+    np.testing.assert_allclose(calibrated(test_p, calibration, names).sum(axis=1), 1, atol=1e-6)
+    assert calibrated(test_p, None, names) is test_p
+
+
+@pytest.mark.slow
+def test_stacked_model_uses_only_cells_the_cnn_never_trained_on(sections, tmp_path):
+    """A CNN on per-cell labels is calibrated on its validation cells and stacked with the cell
+    features on the training cells outside its training region; the stacked model beats the
+    intensity baseline on the held-out section and survives a file round trip."""
+    import torch
+
+    torch.set_num_threads(1)
+    train, test = sections
+    cnn = hx.tl.fit(train, model="patch_classifier", patch_size_um=10, mpp=1.0, epochs=2,
+                    width=8, region=(0, 0, 300, 200), seed=0, device="cpu")
+    calibration = cnn.metadata["calibration"]
+    assert calibration["classes_scored"] == ["tissue", *GENES]  # per cell: no background
+    assert 10 < calibration["n_val"] < cnn.metadata["n_val"]  # cells, not patches
+    model = hx.tl.fit(train, model="cell_morphology", patch_classifier=cnn, seed=0)
+    stack = model.metadata["stack"]
+    # cells below y = 200 um were never in a training patch, nor those of the validation stripe
+    centres = train.tables["tx_labels_cells"].obs.assign(
+        y=train.tables["tx_labels_cells"].obsm["spatial"][:, 1])
+    assert stack["n_cells"] >= int(((centres["y"] > 200) & (centres["label"] > 0)).sum())
+    assert stack["n_cells"] < model.metadata["n_train_cells"]
+    hx.tl.predict(model, test, key_added="stacked", device="cpu")
+    truth = test.tables["tx_labels_cells"].obs["label"]
+    ours = hx.tl.evaluate(test, "stacked", "tx_labels").attrs["cells"]["macro_f1"]
+    assert ours > macro_f1(truth, intensity_baseline(train, test)) + 0.05  # 0.48 vs 0.38
+    path = hx.io.save_model(model, tmp_path / "stacked.pt")
+    hx.tl.predict(hx.io.load_model(path, device="cpu"), test, key_added="stacked_loaded",
+               device="cpu")
+    assert np.array_equal(test.labels["stacked_loaded"].values, test.labels["stacked"].values)
