@@ -57,8 +57,8 @@ def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
         What the model learns from: a SpatialData, a list of them, or a cohort, as the model's
         own ``fit`` documents.
     model
-        Which model: ``"patch_classifier"``, ``"abmil"``, ``"meanpool_ridge"`` or
-        ``"spot_regressor"``.
+        Which model: ``"patch_classifier"``, ``"cell_morphology"``, ``"abmil"``,
+        ``"meanpool_ridge"``, ``"meanpool_logistic"`` or ``"spot_regressor"``.
     **kwargs
         Options of the model's ``fit`` (see its documentation).
 
@@ -104,7 +104,7 @@ def predict(model: Network | str | Path, data: Any, **kwargs: Any) -> Any:
 def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
     """Cross-validate a model with folds that never split a group (patient or section).
 
-    Bag models (``"abmil"``, ``"meanpool_ridge"``) hold out whole patients' slides or sections
+    Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole patients' slides or sections
     and return out-of-fold bag predictions; ``"spot_regressor"`` runs the HEST protocol (genes
     chosen on the training sections of each fold) and returns per-gene correlations.
 
@@ -113,7 +113,8 @@ def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
     data
         A cohort or sections by name, as the model's procedure documents.
     model
-        Which model: ``"abmil"``, ``"meanpool_ridge"`` or ``"spot_regressor"``.
+        Which model: ``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"`` or
+        ``"spot_regressor"``.
     **kwargs
         ``groups`` (the group of each slide or section) and the options of the procedure and of
         the model's ``fit``.
