@@ -149,12 +149,15 @@ class SlideStore:
 
     def features(self, tiles_key: str, key: str) -> np.ndarray:
         """Tile features (tiles x features, float32) of one feature set."""
-        records = self.feature_records(tiles_key)
-        if key not in records:
+        import zarr
+
+        folder = self._path / "tiles" / tiles_key / "features" / key
+        array = zarr.open_array(folder, mode="r") if (folder / "zarr.json").is_file() else None
+        if array is None or array.attrs.get("complete") is not True:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} has no features {key!r} "
-                           f"of {tiles_key!r} (it has {sorted(records)}); embed them with "
-                           "hx.tl.embed_cohort.")
-        return np.asarray(self._tiles(tiles_key)[f"features/{key}"][:], dtype=np.float32)
+                           f"of {tiles_key!r} (it has {sorted(self.feature_records(tiles_key))}); "
+                           "embed them with hx.tl.embed_cohort.")
+        return np.asarray(array[:], dtype=np.float32)
 
     def results_keys(self, tiles_key: str) -> list[str]:
         """Keys of the per-tile results (predictions, attention) of a tile set."""
