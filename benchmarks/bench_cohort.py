@@ -26,6 +26,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -179,8 +180,9 @@ def child(manifest: str, mode: str, store_dir: str) -> dict:
     if client is not None:
         peaks = list(client.run(
             lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024).values())
-        client.close()
-        cluster.close()
+        client.close(timeout=120)
+        with contextlib.suppress(TimeoutError):  # workers slow to stop on a loaded machine
+            cluster.close(timeout=120)
     else:
         peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
     return {"wall_s": wall, "cluster_start_s": start_s, "peak_rss_mb": peaks,

@@ -3,6 +3,7 @@ parallel on dask, parameters checked before reuse."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -221,7 +222,8 @@ def test_dask_workers_give_the_serial_features(embedded, slide_folder, tmp_path)
         workers = client.scheduler_info()["workers"]
     finally:  # on a loaded machine the workers take a while to stop
         client.close(timeout=120)
-        cluster.close(timeout=120)
+        with contextlib.suppress(TimeoutError):  # the nannies' kill timing out is no failure
+            cluster.close(timeout=120)
     assert len(workers) == 2
     assert (frame["status"] == "computed").all()
     expected = _features(reference)
