@@ -249,7 +249,8 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
     n_old = reference.store("slide_00").n_tiles("he_tiles")
     assert cohort.store("slide_00").n_tiles("he_tiles") < n_old  # larger tiles: fewer
     # another encoder (here: another key) adds its features to the stored tiles
-    frame = hx.tl.embed_cohort(cohort, **{**OPTIONS, "size": 20}, encoder="small_cnn", seed=3)
+    cnn = {**OPTIONS, "size": 20, "encoder": "small_cnn"}
+    frame = hx.tl.embed_cohort(cohort, **cnn, seed=3)
     assert (frame["status"] == "features").all()
     assert _processed(cohort) == after
     records = cohort.store("slide_01").feature_records("he_tiles")
@@ -257,9 +258,8 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
     # a random encoder is drawn from the seed: the same on every slide and every run
     first = _features(cohort, "X_small_cnn")
     with pytest.raises(ValueError, match="made otherwise"):
-        hx.tl.embed_cohort(cohort, **{**OPTIONS, "size": 20}, encoder="small_cnn", seed=4)
-    hx.tl.embed_cohort(cohort, **{**OPTIONS, "size": 20}, encoder="small_cnn", seed=3,
-                       overwrite=True)
+        hx.tl.embed_cohort(cohort, **cnn, seed=4)
+    hx.tl.embed_cohort(cohort, **cnn, seed=3, overwrite=True)
     for slide_id, values in _features(cohort, "X_small_cnn").items():
         np.testing.assert_allclose(values, first[slide_id], rtol=1e-5, atol=1e-6)
 
