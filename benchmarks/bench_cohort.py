@@ -156,6 +156,19 @@ def make_cohort(folder: Path, n_slides: int, size: int, n_files: int | None = No
     return manifest
 
 
+def _first_rows(manifest: Path, n: int) -> Path:
+    """A manifest of the first ``n`` slides of ``manifest`` (beside it)."""
+    import pandas as pd
+
+    frame = pd.read_csv(manifest)
+    if n > len(frame):
+        raise ValueError(f"{manifest} lists {len(frame)} slides, fewer than {n}; remove its "
+                         "folder to write more.")
+    out = manifest.parent / f"manifest_first{n}.csv"
+    frame.head(n).to_csv(out, index=False)
+    return out
+
+
 def child(manifest: str, mode: str, store_dir: str) -> dict:
     """One run in a fresh process: serial, or on a fresh 2-worker LocalCluster."""
     import histoexpr as hx
@@ -192,7 +205,7 @@ def child(manifest: str, mode: str, store_dir: str) -> dict:
 
 
 def run(manifest: Path, mode: str) -> dict:
-    store_dir = manifest.parent / f"stores_{mode}"
+    store_dir = manifest.parent / f"stores_{manifest.stem}_{mode}"
     shutil.rmtree(store_dir, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--child", str(manifest), "--mode", mode,
@@ -211,6 +224,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=20_000)
     parser.add_argument("--n-small", type=int, default=6)
     parser.add_argument("--small", type=int, default=4_000)
+    parser.add_argument("--with-few", action="store_true",
+                        help="also run the first --n-small large slides (RSS vs number)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--store-dir", help=argparse.SUPPRESS)
@@ -230,25 +245,23 @@ def main() -> None:
     manifests = {}
     for name in ("small", "large"):
         n, size = cohorts[name]
-        folder = DATA / f"{n}x{size}"
+        folder = DATA / f"{size}px"
         t0 = time.perf_counter()
-        manifests[name] = make_cohort(folder, n, size,
-                                      args.n_files if name == "large" else None)
+        full = make_cohort(folder, n, size, args.n_files if name == "large" else None)
+        # a cohort of fewer slides: the first rows of a manifest written earlier
+        manifests[name] = _first_rows(full, n)
         print(f"cohort {name}: {n} slides of {size} px ready in {time.perf_counter() - t0:.0f} s",
               flush=True)
-    # fewer large slides: the first ones of the large cohort
-    import pandas as pd
-
-    few = manifests["large"].parent / f"manifest_first{args.n_small}.csv"
-    pd.read_csv(manifests["large"]).head(args.n_small).to_csv(few, index=False)
-    manifests["large_few"] = few
+    runs = [("small", "dask"), ("large", "dask"), ("large", "serial")]
+    if args.with_few:
+        manifests["large_few"] = _first_rows(manifests["large"], args.n_small)
+        runs.insert(1, ("large_few", "dask"))
     results = {}
-    for name in ("small", "large_few", "large"):
-        for mode in ("dask", "serial") if name == "large" else ("dask",):
-            t0 = time.perf_counter()
-            results[(name, mode)] = run(manifests[name], mode)
-            print(f"{name} {mode}: {json.dumps(results[(name, mode)])} "
-                  f"({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
+    for name, mode in runs:
+        t0 = time.perf_counter()
+        results[(name, mode)] = run(manifests[name], mode)
+        print(f"{name} {mode}: {json.dumps(results[(name, mode)])} "
+              f"({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
 
     header = ("cohort", "slides x px", "mode", "tiles", "wall s", "s/slide (task)",
               "cluster start s", "peak RSS MB per process")
@@ -263,7 +276,7 @@ def main() -> None:
     serial, dask = results[("large", "serial")], results[("large", "dask")]
     print(f"\nwall serial / 2 dask workers (large cohort): {serial['wall_s'] / dask['wall_s']:.2f}")
     small = max(results[("small", "dask")]["peak_rss_mb"])
-    for name in ("large_few", "large"):
+    for name in ("large_few", "large") if args.with_few else ("large",):
         peak = max(results[(name, "dask")]["peak_rss_mb"])
         print(f"peak worker RSS {name} / small: {peak / small:.2f}")
     print(f"load average at the end: {os.getloadavg()}")
