@@ -7,5 +7,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_synthetic": ["synthetic_section"],
         "_cohort": ["synthetic_cohort"],
+        "_slides": ["synthetic_slide_cohort"],
     },
 )

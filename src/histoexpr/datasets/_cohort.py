@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +12,8 @@ from . import _rule
 from ._synthetic import _build_section, _check_positive, _check_size
 
 if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
     from ..io._cohort import Cohort
 
 
@@ -82,12 +85,29 @@ def synthetic_cohort(
     """
     import time
 
-    import anndata as ad
-    import pandas as pd
-
     from ..io._cohort import Cohort
 
     start = time.perf_counter()
+    width_um, height_um = _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
+                                        mixing)
+    if spots and not transcripts:
+        raise ValueError("spots=True needs transcripts=True; pass both, or spots=False.")
+
+    value = resolve_seed(seed)
+    slides, bulk = _draw_cohort(n_slides, value, width_um=width_um, height_um=height_um, mpp=mpp,
+                                max_tumour=max_tumour, tumour_threshold=tumour_threshold,
+                                mixing=mixing, transcripts=transcripts, spots=spots)
+    obs = bulk.obs
+    cohort = Cohort(slides, bulk)
+    n_tumour = int((obs["diagnosis"] == "tumour").sum())
+    logger.info("Built a synthetic cohort of %d slides (%d tumour, %d normal) in %.1f s",
+                n_slides, n_tumour, n_slides - n_tumour, time.perf_counter() - start)
+    return cohort
+
+
+def _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
+                  mixing) -> tuple[float, float]:
+    """The arguments shared by the synthetic cohorts, checked; the slides' width and height."""
     if isinstance(n_slides, bool) or not isinstance(n_slides, int | np.integer) or n_slides < 1:
         raise ValueError(f"n_slides must be a positive integer, got {n_slides!r}.")
     width_um, height_um = _check_size(size_um)
@@ -103,10 +123,16 @@ def synthetic_cohort(
         raise ValueError(f"tumour_threshold must lie in (0, 1], got {tumour_threshold!r}.")
     if not 0 <= mixing <= 1:
         raise ValueError(f"mixing must lie between 0 and 1, got {mixing!r}.")
-    if spots and not transcripts:
-        raise ValueError("spots=True needs transcripts=True; pass both, or spots=False.")
+    return width_um, height_um
 
-    value = resolve_seed(seed)
+
+def _draw_cohort(n_slides: int, value: int, *, width_um: float, height_um: float, mpp: float,
+                 max_tumour: float, tumour_threshold: float, mixing: float, transcripts: bool,
+                 spots: bool, sink: Callable[[str, SpatialData], None] | None = None):
+    """The slides (kept, or handed one by one to ``sink``) and the bulk table of a cohort."""
+    import anndata as ad
+    import pandas as pd
+
     width = max(2, len(str(n_slides - 1)))
     ids = [f"slide_{i:0{width}d}" for i in range(n_slides)]
     slides, rows, fractions = {}, [], []
@@ -126,7 +152,10 @@ def synthetic_cohort(
         rows.append(np.asarray(cells.layers["counts"].sum(axis=0)).ravel())
         share = cells.obs["cell_type"].value_counts(normalize=True)
         fractions.append([float(share.get(t, 0.0)) for t in _rule.CELL_TYPES] + [cells.n_obs])
-        slides[slide_id] = sdata
+        if sink is None:
+            slides[slide_id] = sdata
+        else:
+            sink(slide_id, sdata)
 
     obs = pd.DataFrame(
         fractions, index=pd.Index(ids),
@@ -146,8 +175,4 @@ def synthetic_cohort(
         "diagnosis_rule": "tumour if fraction_tumour >= tumour_threshold else normal",
         "bulk_rule": "sum over the slide's cells of cells_table.layers['counts']",
     }
-    cohort = Cohort(slides, bulk)
-    n_tumour = int((obs["diagnosis"] == "tumour").sum())
-    logger.info("Built a synthetic cohort of %d slides (%d tumour, %d normal) in %.1f s",
-                n_slides, n_tumour, n_slides - n_tumour, time.perf_counter() - start)
-    return cohort
+    return slides, bulk

@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_visium": ["read_visium"],
         "_transcripts": ["read_transcripts", "read_cell_boundaries"],
         "_model_files": ["save_model", "load_model"],
-        "_cohort": ["Cohort"],
+        "_cohort": ["Cohort", "read_cohort"],
+        "_slide_store": ["SlideStore"],
     },
 )

@@ -1,13 +1,26 @@
-"""A cohort of slides: one SpatialData per slide and one table of bulk expression."""
+"""A cohort of slides: one SpatialData per slide and one table of bulk expression.
+
+Slides live in memory (a mapping of SpatialData) or on disk (:func:`read_cohort`: a manifest of
+slide files, each slide opened lazily when asked for, its results in its own store).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger
+from ._slide_store import SlideStore
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
+
+#: manifest columns with a meaning of their own (every other column is a slide label)
+MANIFEST_COLUMNS = ("path", "slide_id", "patient", "mpp")
 
 
 class Cohort(Mapping):
@@ -16,6 +29,13 @@ class Cohort(Mapping):
     A read-only mapping from slide id to :class:`spatialdata.SpatialData`, in the order of
     ``bulk.obs_names``, together with ``bulk``: slides x genes bulk expression whose ``obs`` holds
     the slide-level labels.
+
+    A cohort read from a manifest with :func:`histoexpr.io.read_cohort` lives on disk
+    (``on_disk``): ``cohort[slide_id]`` opens the slide file lazily, with the results kept in its
+    store (:meth:`store`), each time it is asked for, so only the slides in use are in memory.
+    Results are written to the stores by the functions that make them
+    (:func:`histoexpr.tl.embed_cohort`, :func:`histoexpr.tl.predict`); changes made by hand to
+    an opened slide are not saved.
 
     Parameters
     ----------
@@ -63,13 +83,81 @@ class Cohort(Mapping):
                 "The slide ids of `slides` and `bulk.obs_names` must match exactly; "
                 + "; ".join(parts) + ". Subset both to the same ids."
             )
-        self._slides = {i: slides[i] for i in ids}
+        self._slides = slides.subset(ids) if isinstance(slides, _StoredSlides) else \
+            {i: slides[i] for i in ids}
         self._bulk = bulk
 
     @property
-    def slides(self) -> dict[str, SpatialData]:
-        """The sections, keyed by slide id, in the order of ``bulk.obs_names``."""
-        return dict(self._slides)
+    def slides(self) -> Mapping[str, SpatialData]:
+        """The sections, keyed by slide id, in the order of ``bulk.obs_names``.
+
+        A dict for a cohort in memory; for one on disk, a mapping that opens each slide when
+        asked for.
+        """
+        return self._slides if self.on_disk else dict(self._slides)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the slides are files opened lazily, with their results in stores."""
+        return isinstance(self._slides, _StoredSlides)
+
+    @property
+    def store_dir(self) -> Path:
+        """The folder of the slides' stores (a cohort on disk)."""
+        return self._stored().store_dir
+
+    @property
+    def image_key(self) -> str:
+        """Key of the slides' image (a cohort on disk)."""
+        return self._stored().image_key
+
+    def store(self, slide_id: str) -> SlideStore:
+        """The store of one slide's results (a cohort on disk).
+
+        Parameters
+        ----------
+        slide_id
+            The slide.
+
+        Returns
+        -------
+        Its :class:`histoexpr.io.SlideStore`.
+
+        """
+        self._require(slide_id)
+        return self._stored().store(slide_id)
+
+    def path(self, slide_id: str) -> Path:
+        """The file of one slide (a cohort on disk).
+
+        Parameters
+        ----------
+        slide_id
+            The slide.
+
+        Returns
+        -------
+        The slide file's path.
+
+        """
+        self._require(slide_id)
+        return self._stored().paths[slide_id]
+
+    def slide_mpp(self, slide_id: str) -> float | None:
+        """The pixel size given for a slide in the manifest (``None``: read from the file)."""
+        return self._stored().mpps.get(slide_id)
+
+    def _require(self, slide_id: str) -> None:
+        if slide_id not in self._slides:
+            raise KeyError(
+                f"The cohort has no slide {slide_id!r}; its slides are {_preview(self.ids)}."
+            )
+
+    def _stored(self) -> _StoredSlides:
+        if not self.on_disk:
+            raise ValueError("This cohort is in memory; slide files and stores belong to a "
+                             "cohort read from a manifest with hx.io.read_cohort.")
+        return self._slides
 
     @property
     def bulk(self) -> AnnData:
@@ -115,17 +203,211 @@ class Cohort(Mapping):
                 f"Unknown slide ids {_preview(unknown)}; "
                 f"the cohort's slides are {_preview(self.ids)}."
             )
+        if self.on_disk:
+            return Cohort(self._slides.subset(ids), self._bulk[ids].copy())
         return Cohort({i: self._slides[i] for i in ids}, self._bulk[ids].copy())
 
     def __repr__(self) -> str:
         obs = ", ".join(self._bulk.obs.columns) or "none"
+        where = f"\n    stores: {self.store_dir}" if self.on_disk else ""
         return (
             f"Cohort of {len(self)} slides x {self._bulk.n_vars} genes\n"
             f"    slides: {_preview(self.ids)}\n"
-            f"    bulk.obs: {obs}"
+            f"    bulk.obs: {obs}{where}"
         )
 
 
 def _preview(ids: list[str], n: int = 5) -> str:
     shown = ", ".join(repr(i) for i in ids[:n])
     return f"[{shown}, ...] ({len(ids)})" if len(ids) > n else f"[{shown}]"
+
+
+class _StoredSlides(Mapping):
+    """Slide files by id, each opened (image lazily, results from its store) when asked for."""
+
+    def __init__(self, paths: dict[str, Path], store_dir: Path, *, image_key: str,
+                 mpps: dict[str, float]) -> None:
+        self.paths, self.store_dir, self.image_key, self.mpps = paths, store_dir, image_key, mpps
+
+    def store(self, slide_id: str) -> SlideStore:
+        return SlideStore(self.store_dir / f"{slide_id}.zarr")
+
+    def open(self, slide_id: str, *, with_results: bool = True) -> SpatialData:
+        """The slide's image (lazy), with what its store holds when it is complete."""
+        from ._wsi import read_wsi
+
+        sdata = read_wsi(self.paths[slide_id], mpp=self.mpps.get(slide_id),
+                         image_key=self.image_key)
+        store = self.store(slide_id)
+        if with_results and store.complete:
+            store.add_to(sdata)
+        return sdata
+
+    def subset(self, ids: list[str]) -> _StoredSlides:
+        return _StoredSlides({i: self.paths[i] for i in ids}, self.store_dir,
+                             image_key=self.image_key,
+                             mpps={i: self.mpps[i] for i in ids if i in self.mpps})
+
+    def __getitem__(self, slide_id: str) -> SpatialData:
+        if slide_id not in self.paths:
+            raise KeyError(slide_id)
+        return self.open(slide_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, slide_id: object) -> bool:
+        return slide_id in self.paths
+
+
+def read_cohort(
+    manifest: str | Path,
+    *,
+    bulk: AnnData | str | Path | None = None,
+    store_dir: str | Path | None = None,
+    image_key: str = "he",
+) -> Cohort:
+    """Read a cohort of slide files from a manifest; slides are opened lazily, one at a time.
+
+    The manifest is a table (CSV, TSV or parquet) with one row per slide:
+
+    - ``path`` (required): the slide file (SVS, NDPI, pyramidal TIFF / OME-TIFF), absolute or
+      relative to the manifest's folder;
+    - ``slide_id``: the slide's name (defaults to the file name without its extension);
+    - ``patient``: the patient (defaults to the slide id), for cross-validation folds that keep a
+      patient's slides together (``groups="patient"``);
+    - ``mpp``: the pixel size in um/px, where the file's metadata lacks it;
+    - any other column: a slide-level label (diagnosis, stage...), copied to ``bulk.obs``.
+
+    Each slide's results (tissue map, tiles, features, per-tile predictions and attention) go to
+    its own store, ``<store_dir>/<slide_id>.zarr`` (:class:`histoexpr.io.SlideStore`): memory
+    does not grow with the cohort, and a later session that reads the same manifest with the
+    same ``store_dir`` finds them again.
+
+    Parameters
+    ----------
+    manifest
+        The manifest file (``.csv``, ``.tsv``/``.txt`` or ``.parquet``).
+    bulk
+        Bulk expression, slides x genes, whose ``obs_names`` are the slide ids (an AnnData or an
+        ``.h5ad`` file); it must have a row for every slide of the manifest (its other rows are
+        left out). ``None``: the cohort has labels only (0 genes).
+    store_dir
+        Folder of the slides' stores; defaults to ``<manifest folder>/<manifest name>_stores``.
+    image_key
+        Key of the slide image in each slide's SpatialData.
+
+    Returns
+    -------
+    A :class:`histoexpr.io.Cohort` on disk, whose ``bulk.obs`` holds ``patient``, ``path`` and
+    the manifest's labels.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> cohort = hx.io.read_cohort("slides.csv", bulk="bulk.h5ad")  # doctest: +SKIP
+    >>> hx.tl.embed_cohort(cohort, encoder="handcrafted")  # doctest: +SKIP
+
+    """
+    import anndata as ad
+    import pandas as pd
+
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise FileNotFoundError(f"No manifest at {manifest}; give the path of a CSV, TSV or "
+                                "parquet table with a 'path' column (one row per slide).")
+    suffix = manifest.suffix.lower()
+    if suffix == ".csv":
+        frame = pd.read_csv(manifest)
+    elif suffix in (".tsv", ".txt", ".tab"):
+        frame = pd.read_csv(manifest, sep="\t")
+    elif suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(manifest)
+    else:
+        raise ValueError(f"The manifest {manifest.name!r} is not a .csv, .tsv or .parquet "
+                         "file; save it as one of these.")
+    if "path" not in frame.columns:
+        raise ValueError(f"The manifest has no 'path' column (its columns: {list(frame.columns)}"
+                         "); name the column of slide files 'path'.")
+    if len(frame) == 0:
+        raise ValueError(f"The manifest {manifest.name!r} has no rows.")
+    if frame["path"].isna().any():
+        rows = list(np.flatnonzero(frame["path"].isna().to_numpy())[:5])
+        raise ValueError(f"Manifest rows {rows} have no path; fill in every slide's file.")
+    paths = [p if p.is_absolute() else manifest.parent / p
+             for p in (Path(str(v)).expanduser() for v in frame["path"])]
+    if "slide_id" in frame.columns:
+        if frame["slide_id"].isna().any():
+            raise ValueError("Some manifest rows have no slide_id; give every slide one.")
+        ids = [str(v) for v in frame["slide_id"]]
+    else:
+        ids = [p.name.split(".")[0] for p in paths]
+    bad = [i for i in ids if not i or i.startswith(".") or "/" in i or "\\" in i]
+    if bad:
+        raise ValueError(f"Slide ids {bad[:5]} cannot name a store; use ids without '/' that "
+                         "do not start with '.'.")
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicated:
+        raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "
+                         "unique (add a slide_id column).")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} slide files of the manifest do not exist, e.g. "
+                                f"{missing[:3]}; fix their paths (relative paths are read from "
+                                f"{manifest.parent}).")
+    mpps: dict[str, float] = {}
+    if "mpp" in frame.columns:
+        for slide_id, value in zip(ids, frame["mpp"], strict=True):
+            if pd.notna(value):
+                if not float(value) > 0:
+                    raise ValueError(f"The mpp of slide {slide_id!r} is {value!r}; give a "
+                                     "positive pixel size in um/px, or leave it empty.")
+                mpps[slide_id] = float(value)
+    labels = frame.drop(columns=[c for c in ("path", "slide_id", "mpp") if c in frame.columns])
+    labels.index = pd.Index(ids)
+    labels.insert(0, "path", [str(p) for p in paths])
+    if "patient" not in labels.columns:
+        labels["patient"] = ids
+    labels["patient"] = labels["patient"].astype(str)
+
+    if bulk is None:
+        bulk_data = ad.AnnData(X=np.zeros((len(ids), 0), dtype=np.float32),
+                               obs=pd.DataFrame(index=pd.Index(ids)))
+    else:
+        bulk_data = ad.read_h5ad(bulk) if isinstance(bulk, str | Path) else bulk
+        if not isinstance(bulk_data, ad.AnnData):
+            raise TypeError(f"bulk must be an AnnData or an .h5ad file, got "
+                            f"{type(bulk_data).__name__}.")
+        absent = [i for i in ids if i not in set(bulk_data.obs_names)]
+        if absent:
+            raise ValueError(f"{len(absent)} slides of the manifest have no row in bulk (e.g. "
+                             f"{absent[:3]}); bulk.obs_names must be the slide ids. Give every "
+                             "slide its expression, or drop those slides from the manifest.")
+        extra = bulk_data.n_obs - len(ids)
+        if extra:
+            logger.info("Left out %d bulk rows whose slide is not in the manifest.", extra)
+        bulk_data = bulk_data[ids].copy()
+    obs = bulk_data.obs
+    for column in labels.columns:
+        if column in obs.columns:
+            same = obs[column].astype(str).to_numpy() == labels[column].astype(str).to_numpy()
+            if not same.all():
+                raise ValueError(f"Column {column!r} differs between the manifest and bulk.obs "
+                                 "(e.g. slide "
+                                 f"{np.asarray(ids)[~same][0]!r}); keep it in one of them.")
+        else:
+            obs[column] = labels[column].to_numpy()
+    store_dir = manifest.parent / f"{manifest.stem}_stores" if store_dir is None \
+        else Path(store_dir).expanduser()
+    if store_dir.exists() and not store_dir.is_dir():
+        raise NotADirectoryError(f"store_dir {store_dir} is a file; give a folder.")
+    slides = _StoredSlides(dict(zip(ids, paths, strict=True)), store_dir, image_key=image_key,
+                           mpps=mpps)
+    cohort = Cohort(slides, bulk_data)
+    done = sum(cohort.store(i).complete for i in ids)
+    logger.info("Read a cohort of %d slides (%d patients); %d already processed in %s.",
+                len(ids), obs["patient"].nunique(), done, store_dir)
+    return cohort

@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         "_api": ["fit", "predict", "evaluate", "cross_validate"],
         "_embed": ["embed"],
+        "_embed_cohort": ["embed_cohort"],
         "_attention_check": ["attention_check"],
         "_pretrain": ["pretrain"],
         "_probe": ["probe"],

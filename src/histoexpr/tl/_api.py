@@ -104,9 +104,10 @@ def predict(model: Network | str | Path, data: Any, **kwargs: Any) -> Any:
 def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
     """Cross-validate a model with folds that never split a group (patient or section).
 
-    Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole patients' slides or sections
-    and return out-of-fold bag predictions; ``"spot_regressor"`` runs the HEST protocol (genes
-    chosen on the training sections of each fold) and returns per-gene correlations.
+    Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole
+    patients' slides or sections and return out-of-fold bag predictions; ``"spot_regressor"``
+    runs the HEST protocol (genes chosen on the training sections of each fold) and returns
+    per-gene correlations.
 
     Parameters
     ----------

@@ -4,11 +4,15 @@ A *bag* is a set of tiles with one target: a slide of a :class:`~histoexpr.io.Co
 tiles, the slide's bulk expression and labels) or a bag made by :func:`histoexpr.pp.pseudobulk`
 (its tiles, its summed counts). Every slide-level model reads its data through
 :func:`collect_bags`, and writes its predictions back through :func:`write_predictions`.
+
+The slides of a cohort on disk (:func:`histoexpr.io.read_cohort`) are streamed: a bag's features
+are read from its slide's store when the bag is used, and per-tile results are written back to
+the stores, so no step holds every slide's features at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +23,8 @@ from .._utils import log_added, logger
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
+
+    from ..io import SlideStore
 
 #: how expression targets are made from the bulk table
 TARGET_TRANSFORMS = ("log1p_normalised", "log1p", "none")
@@ -33,17 +39,140 @@ class Bags:
     features_key: str
     bulk: AnnData  # bags x genes, obs: section, n_tiles, labels
     rows: list[np.ndarray]  # tile-table rows of each bag
+    stores: Mapping[str, SlideStore] | None = None  # a cohort on disk: each slide's store
 
     def features(self, i: int) -> np.ndarray:
-        section = self.sections[self.bulk.obs["section"].iloc[i]]
-        return tile_features(section, self.tiles_key, self.features_key)[self.rows[i]]
+        name = self.bulk.obs["section"].iloc[i]
+        if self.stores is not None:
+            return self.stores[name].features(self.tiles_key, self.features_key)[self.rows[i]]
+        return tile_features(self.sections[name], self.tiles_key, self.features_key)[self.rows[i]]
 
     def subset(self, mask: np.ndarray) -> Bags:
         index = np.flatnonzero(mask)
         bulk = self.bulk[index].copy()
         kept = set(bulk.obs["section"])
-        return Bags({k: v for k, v in self.sections.items() if k in kept}, self.tiles_key,
-                    self.features_key, bulk, [self.rows[i] for i in index])
+        if self.stores is not None:
+            sections = self.sections.subset([k for k in self.sections if k in kept])
+            stores = {k: v for k, v in self.stores.items() if k in kept}
+        else:
+            sections, stores = {k: v for k, v in self.sections.items() if k in kept}, None
+        return Bags(sections, self.tiles_key, self.features_key, bulk,
+                    [self.rows[i] for i in index], stores)
+
+
+class StoredSections(Mapping):
+    """The slides of a cohort on disk as bags see them.
+
+    Each slide's store, with the slide itself opened (the last one kept) only when something
+    other than its features is asked for.
+    """
+
+    def __init__(self, slides: Mapping, stores: Mapping[str, SlideStore]) -> None:
+        self._slides, self._stores = slides, dict(stores)
+        self._last: tuple[str, Any] | None = None
+
+    def open(self, slide_id: str) -> SpatialData:
+        if self._last is None or self._last[0] != slide_id:
+            self._last = (slide_id, self._slides[slide_id])
+        return self._last[1]
+
+    def forget(self) -> None:
+        """Drop the opened slide (its store changed)."""
+        self._last = None
+
+    def subset(self, ids: list[str]) -> StoredSections:
+        return StoredSections(self._slides, {i: self._stores[i] for i in ids})
+
+    def __getitem__(self, slide_id: str) -> StoredSection:
+        if slide_id not in self._stores:
+            raise KeyError(slide_id)
+        return StoredSection(self, slide_id, self._stores[slide_id])
+
+    def __iter__(self):
+        return iter(self._stores)
+
+    def __len__(self) -> int:
+        return len(self._stores)
+
+
+class StoredSection:
+    """One slide of a cohort on disk.
+
+    Features come from its store; any other attribute (``tables``, ``shapes``, ``images``...)
+    from the slide, opened when first asked for.
+    """
+
+    def __init__(self, sections: StoredSections, slide_id: str, store: SlideStore) -> None:
+        self._sections, self.slide_id, self.store = sections, slide_id, store
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._sections.open(self.slide_id), name)
+
+
+#: bytes of standardised bag features kept in memory while streaming bags from slide stores
+STREAM_CACHE_BYTES = 256 * 2**20
+
+
+class StandardisedFeatures(Sequence):
+    """Every bag's standardised tile features, read from its store when the bag is used.
+
+    The most recently used bags are kept up to ``cache_bytes`` (least recently used dropped
+    first), so a small cohort is read once while a large one streams with bounded memory.
+    """
+
+    def __init__(self, bags: Bags, mean: np.ndarray, std: np.ndarray, *,
+                 cache_bytes: int = STREAM_CACHE_BYTES) -> None:
+        from collections import OrderedDict
+
+        self.bags, self.mean, self.std = bags, mean, std
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self.bags.bulk.n_obs
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i = int(i) % len(self)
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        values = (self.bags.features(i) - self.mean) / self.std
+        if values.nbytes <= self.cache_bytes:
+            self._cache[i] = values
+            self._size += values.nbytes
+            while self._size > self.cache_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self._size -= dropped.nbytes
+        return values
+
+
+def feature_statistics(bags: Bags) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and standard deviation of the tile features over every bag's tiles, and their count.
+
+    Accumulated bag by bag (float64 sums), so that no more than one bag is in memory.
+    """
+    total = squares = None
+    n = 0
+    for i in range(bags.bulk.n_obs):
+        values = bags.features(i).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"The tile features {bags.features_key!r} hold NaN or infinite "
+                             f"values (bag {bags.bulk.obs_names[i]!r}).")
+        if total is None:
+            total, squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+        total += values.sum(axis=0)
+        squares += (values ** 2).sum(axis=0)
+        n += len(values)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
+    return mean, std, n
 
 
 def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
@@ -51,7 +180,10 @@ def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
     """The bags of a Cohort, of one pseudo-bulked section, or of a mapping of them."""
     from ..io import Cohort
 
-    if isinstance(data, Cohort):
+    stores = None
+    if isinstance(data, Cohort) and data.on_disk:
+        sections, bulk, rows, stores = _stored_bags(data, tiles_key)
+    elif isinstance(data, Cohort):
         sections, bulk, rows = _cohort_bags(data, tiles_key)
     else:
         sections = _as_sections(data)
@@ -63,8 +195,47 @@ def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
         bulk, rows = bulk[~empty].copy(), [r for r in rows if len(r)]
     if bulk.n_obs == 0:
         raise ValueError("No bag has tiles; tile the sections with hx.pp.tile first.")
-    features_key = _features_key(sections, tiles_key, features_key)
-    return Bags(sections, tiles_key, features_key, bulk, rows)
+    if stores is not None:
+        features_key = _stored_features_key(stores, tiles_key, features_key)
+    else:
+        features_key = _features_key(sections, tiles_key, features_key)
+    return Bags(sections, tiles_key, features_key, bulk, rows, stores)
+
+
+def _stored_bags(cohort, tiles_key: str):
+    """The slides of a cohort on disk: one bag per slide, sized from its store."""
+    stores = {i: cohort.store(i) for i in cohort.ids}
+    missing = [i for i, store in stores.items() if not store.complete
+               or tiles_key not in store.tiles_keys()]
+    if missing:
+        raise KeyError(f"{len(missing)} slides have no finished store with tiles {tiles_key!r} "
+                       f"(e.g. {missing[:3]}); process them with hx.tl.embed_cohort(cohort, "
+                       "...).")
+    bulk = cohort.bulk.copy()
+    bulk.obs["section"] = bulk.obs_names.to_numpy()
+    rows = [np.arange(stores[i].n_tiles(tiles_key)) for i in bulk.obs_names]
+    return StoredSections(cohort.slides, stores), bulk, rows, stores
+
+
+def _stored_features_key(stores: Mapping, tiles_key: str, features_key: str | None) -> str:
+    records = [store.feature_records(tiles_key) for store in stores.values()]
+    if features_key is None:
+        found = sorted(records[0])
+        if len(found) != 1:
+            raise ValueError(f"Say which tile features to use with features_key= (the stores "
+                             f"hold {found or 'none: run hx.tl.embed_cohort first'}).")
+        features_key = found[0]
+    lacking = [name for name, record in zip(stores, records, strict=True)
+               if features_key not in record]
+    if lacking:
+        raise KeyError(f"{len(lacking)} slides have no features {features_key!r} in their store "
+                       f"(e.g. {lacking[:3]}); embed them with hx.tl.embed_cohort(cohort, "
+                       f"key_added={features_key!r}, ...).")
+    widths = {record[features_key].get("n_features") for record in records}
+    if len(widths) > 1:
+        raise ValueError(f"The slides hold {features_key!r} of different widths {widths}; "
+                         "embed them all with the same encoder.")
+    return features_key
 
 
 def _as_sections(data: Any) -> dict[str, SpatialData]:
@@ -121,6 +292,8 @@ def _pseudobulk_bags(sections: dict[str, SpatialData], tiles_key: str, bags_key:
 
 def tile_features(sdata: SpatialData, tiles_key: str, features_key: str) -> np.ndarray:
     """The features of every tile of a section, as float32."""
+    if isinstance(sdata, StoredSection):  # a slide on disk: read them from its store
+        return sdata.store.features(tiles_key, features_key)
     table = sdata.tables[f"{tiles_key}_table"]
     if features_key not in table.obsm:
         raise KeyError(f"The tile table {tiles_key}_table has no obsm[{features_key!r}]; embed "
@@ -155,8 +328,11 @@ def features_made(bags: Bags) -> dict[str, Any]:
     """
     records = {}
     for name, sdata in bags.sections.items():
-        record = sdata.tables[f"{bags.tiles_key}_table"].uns.get("embeddings", {}).get(
-            bags.features_key, {})
+        if bags.stores is not None:  # a cohort on disk: the record kept in each slide's store
+            record = bags.stores[name].feature_records(bags.tiles_key).get(bags.features_key, {})
+        else:
+            record = sdata.tables[f"{bags.tiles_key}_table"].uns.get("embeddings", {}).get(
+                bags.features_key, {})
         records[name] = {key: (float(record[key]) if key == "mpp" else
                                int(record[key]) if key == "size_px" else str(record[key]))
                          for key in ("encoder", "fingerprint", "mpp", "size_px")
@@ -177,6 +353,9 @@ def features_made(bags: Bags) -> dict[str, Any]:
 
 def encoder_of(bags: Bags) -> str | None:
     """Name of the encoder that made the features (from ``uns['embeddings']``), if recorded."""
+    if bags.stores is not None:
+        store = next(iter(bags.stores.values()))
+        return store.feature_records(bags.tiles_key).get(bags.features_key, {}).get("encoder")
     table = next(iter(bags.sections.values())).tables[f"{bags.tiles_key}_table"]
     return table.uns.get("embeddings", {}).get(bags.features_key, {}).get("encoder")
 
@@ -233,6 +412,21 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
     """Per-tile outputs and section-normalised attention into each section's tile table."""
     import pandas as pd
 
+    if bags.stores is not None:
+        if not overwrite:
+            taken = [name for name in tile_outputs
+                     if key_added in bags.stores[name].results_keys(bags.tiles_key)]
+            if taken:
+                raise KeyError(f"The stores of {taken[:3]} already hold results {key_added!r}; "
+                               "pass overwrite=True or choose another key_added.")
+        for name, outputs in tile_outputs.items():
+            bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
+                                            tile_attention[name], columns=columns,
+                                            branches=branches, overwrite=overwrite)
+        bags.sections.forget()
+        logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
+                    key_added, len(tile_outputs))
+        return
     for name, outputs in tile_outputs.items():
         table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
         keys = (key_added, f"{key_added}_attention")

@@ -15,11 +15,13 @@ import torch
 from .._utils import logger, seed_everything
 from ._bag_data import (
     Bags,
+    StandardisedFeatures,
     bag_table,
     class_targets,
     collect_bags,
     drop_missing,
     encoder_of,
+    feature_statistics,
     features_made,
     regression_targets,
     tile_features,
@@ -231,15 +233,11 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
             raise ValueError(f"Every target needs at least two classes; got {classes}.")
         metadata.update(targets=targets, classes=classes, branches=targets,
                         columns=[f"{t}:{c}" for t in targets for c in classes[t]])
-    features = [bags.features(i) for i in range(bags.bulk.n_obs)]
-    stacked = np.concatenate(features)
-    if not np.isfinite(stacked).all():
-        raise ValueError(f"The tile features {bags.features_key!r} hold NaN or infinite values.")
-    std = stacked.std(axis=0)
-    metadata.update(n_features=int(stacked.shape[1]), feature_mean=stacked.mean(0).tolist(),
-                    feature_std=np.where(std > 1e-6, std, 1.0).tolist())
+    mean, std, n_tiles = feature_statistics(bags)  # bag by bag: never every bag at once
+    metadata.update(n_features=len(mean), feature_mean=mean.astype(np.float32).tolist(),
+                    feature_std=np.where(std > 1e-6, std, 1.0).astype(np.float32).tolist())
     logger.info("Training on %d bags (%d tiles, %d features) for %d outputs.", bags.bulk.n_obs,
-                len(stacked), stacked.shape[1], len(metadata["columns"]))
+                n_tiles, len(mean), len(metadata["columns"]))
     return bags, y, metadata
 
 
@@ -290,6 +288,8 @@ def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
     """Every bag's tile features, standardised as in training."""
     mean = np.asarray(metadata["feature_mean"], dtype=np.float32)
     std = np.asarray(metadata["feature_std"], dtype=np.float32)
+    if bags.stores is not None:  # a cohort on disk: read each bag from its store when used
+        return StandardisedFeatures(bags, mean, std)
     return [(bags.features(i) - mean) / std for i in range(bags.bulk.n_obs)]
 
 

@@ -1,0 +1,165 @@
+"""A synthetic cohort on disk: pyramidal TIFF slides, a manifest and bulk expression."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import logger, resolve_seed
+from ._cohort import _check_cohort, _draw_cohort
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+_TILE = 256  # TIFF tile side (px)
+_MIN_LEVEL_SIDE = 256  # reduced levels are halved down to this side
+_COMPRESSIONS = ("zlib", "jpeg", "none")
+MANIFEST = "manifest.csv"
+BULK = "bulk.h5ad"
+
+
+def synthetic_slide_cohort(
+    path: str | Path,
+    n_slides: int = 12,
+    *,
+    seed: int | None = None,
+    size_um: float | tuple[float, float] = 400.0,
+    mpp: float = 0.5,
+    slides_per_patient: int = 2,
+    max_tumour: float = 0.6,
+    tumour_threshold: float = 0.25,
+    mixing: float = 0.15,
+    compression: str = "zlib",
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic cohort of whole-slide files, its manifest and its bulk expression.
+
+    The slides are those of :func:`~histoexpr.datasets.synthetic_cohort` (same seed, same
+    slides, same rule), each written as a tiled, pyramidal TIFF (RGB H&E, 256 px tiles, levels
+    halved down to about 256 px, the pixel size in the resolution tags) that
+    :func:`histoexpr.io.read_wsi` reads like a scanner's file. Read the result with
+    :func:`histoexpr.io.read_cohort`.
+
+    Parameters
+    ----------
+    path
+        Folder to write into (created if needed).
+    n_slides
+        Number of slides.
+    seed
+        Random seed; ``None`` uses ``histoexpr.settings.seed``.
+    size_um
+        Side of each (square) slide in micrometres, or its ``(width, height)``.
+    mpp
+        Pixel size of the full-resolution level in um/px.
+    slides_per_patient
+        Consecutive slides share a patient, this many per patient (the last may have fewer).
+    max_tumour
+        Largest share of tissue area given to tumour regions.
+    tumour_threshold
+        Tumour-cell fraction from which a slide is diagnosed ``"tumour"``.
+    mixing
+        Share of the cells of a region that are not of the region's dominant type.
+    compression
+        Compression of the TIFF tiles: ``"zlib"`` (lossless), ``"jpeg"`` (as scanners write)
+        or ``"none"``.
+    overwrite
+        Replace the manifest, bulk table and slide files a previous call wrote in ``path``.
+
+    Returns
+    -------
+    The manifest's path, ``<path>/manifest.csv``, with columns ``path`` (``slide_XX.tif``),
+    ``slide_id``, ``patient`` and ``diagnosis``; beside it ``bulk.h5ad``, the slides x genes
+    bulk expression of :func:`~histoexpr.datasets.synthetic_cohort` (``obs``: ``diagnosis``,
+    ``n_cells``, ``fraction_<type>``).
+
+    Notes
+    -----
+    The rule is that of :func:`~histoexpr.datasets.synthetic_cohort`: a slide's bulk expression
+    is exactly the sum of its cells' counts, and its diagnosis is ``"tumour"`` when its
+    tumour-cell fraction is at least ``tumour_threshold``. Slide ``i`` belongs to patient
+    ``i // slides_per_patient``.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> manifest = hx.datasets.synthetic_slide_cohort("cohort", 4, seed=0)  # doctest: +SKIP
+    >>> cohort = hx.io.read_cohort(manifest, bulk=manifest.parent / "bulk.h5ad")  # doctest: +SKIP
+
+    """
+    import time
+
+    import pandas as pd
+
+    start = time.perf_counter()
+    width_um, height_um = _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
+                                        mixing)
+    if isinstance(slides_per_patient, bool) or not isinstance(slides_per_patient, int) \
+            or slides_per_patient < 1:
+        raise ValueError(f"slides_per_patient must be a positive integer, got "
+                         f"{slides_per_patient!r}.")
+    if compression not in _COMPRESSIONS:
+        raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}.")
+    folder = Path(path).expanduser()
+    manifest = folder / MANIFEST
+    if (manifest.exists() or (folder / BULK).exists()) and not overwrite:
+        raise FileExistsError(f"{folder} already holds a manifest or bulk table; pass "
+                              "overwrite=True to replace what synthetic_slide_cohort wrote "
+                              "there, or choose another folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    value = resolve_seed(seed)
+    files: dict[str, str] = {}
+
+    def write(slide_id: str, sdata: SpatialData) -> None:
+        name = f"{slide_id}.tif"
+        image = np.asarray(sdata.images["he"]["scale0"]["image"].values
+                           if hasattr(sdata.images["he"], "children")
+                           else sdata.images["he"].values)
+        write_pyramidal_tiff(folder / name, image, mpp=float(mpp), compression=compression)
+        files[slide_id] = name
+
+    _, bulk = _draw_cohort(n_slides, value, width_um=width_um, height_um=height_um, mpp=mpp,
+                           max_tumour=max_tumour, tumour_threshold=tumour_threshold,
+                           mixing=mixing, transcripts=False, spots=False, sink=write)
+    ids = list(bulk.obs_names)
+    patients = [f"patient_{i // slides_per_patient:0{max(2, len(str(n_slides)))}d}"
+                for i in range(n_slides)]
+    frame = pd.DataFrame({"path": [files[i] for i in ids], "slide_id": ids,
+                          "patient": patients,
+                          "diagnosis": bulk.obs["diagnosis"].astype(str).to_numpy()})
+    bulk.uns["synthetic"].update({"slides_per_patient": slides_per_patient, "mpp": float(mpp),
+                                  "size_um": [width_um, height_um]})
+    bulk.write_h5ad(folder / BULK)
+    frame.to_csv(manifest, index=False)
+    logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
+                n_slides, len(set(patients)), folder, time.perf_counter() - start)
+    return manifest
+
+
+def write_pyramidal_tiff(path: Path, image: np.ndarray, *, mpp: float,
+                         compression: str = "zlib") -> None:
+    """Write a ``(c, y, x)`` uint8 image as a tiled pyramidal TIFF with its pixel size.
+
+    The reduced levels (2x2 means, halved until a side is below 2 x 256 px) are SubIFDs of the
+    full-resolution page, as in OME-TIFF pyramids.
+    """
+    import tifffile
+
+    levels = [np.moveaxis(np.asarray(image, dtype=np.uint8), 0, -1)]
+    while min(levels[-1].shape[:2]) // 2 >= _MIN_LEVEL_SIDE:
+        previous = levels[-1]
+        h, w = (previous.shape[0] // 2) * 2, (previous.shape[1] // 2) * 2
+        reduced = previous[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+        levels.append(np.rint(reduced).astype(np.uint8))
+    options = {"tile": (_TILE, _TILE), "photometric": "rgb",
+               "compression": None if compression == "none" else compression}
+    if compression == "jpeg":
+        options["compressionargs"] = {"level": 90}
+    resolution = (1e4 / mpp, 1e4 / mpp)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(levels[0], subifds=len(levels) - 1, resolution=resolution,
+                  resolutionunit="CENTIMETER", **options)
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, **options)

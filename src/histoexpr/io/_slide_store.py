@@ -1,0 +1,435 @@
+"""One slide's results on disk: a small zarr store of its tissue map, tiles, features and results.
+
+A cohort read with :func:`histoexpr.io.read_cohort` keeps the pixels in the slide files and
+everything computed from them in one store per slide (``<store_dir>/<slide_id>.zarr``), so that
+memory does not grow with the cohort and a later session reopens the results. The layout, plain
+zarr (v3) that any zarr reader opens::
+
+    <slide_id>.zarr/                     attrs["histoexpr"]: format, slide, params, complete
+      labels/<tissue_key>                tissue label map; attrs: mpp, offset
+      tiles/<tiles_key>/boxes            tiles x (x_min, y_min, x_max, y_max), um
+      tiles/<tiles_key>/obs/<column>     the tile table's obs columns
+      tiles/<tiles_key>/features/<key>   tiles x features (float32); attrs: record, complete
+      tiles/<tiles_key>/results/<key>/   per-tile outputs and attention of a slide-level model
+
+Every write goes to a temporary folder beside the store and is moved into place with one
+rename, so a killed run leaves either the old content or the new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._utils import logger
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+FORMAT = "histoexpr-slide-store"
+VERSION = 1
+_PARTIAL = "partial-"
+
+
+class SlideStore:
+    """The results of one slide, in a zarr folder written only by histoexpr.
+
+    Parameters
+    ----------
+    path
+        The store's folder (``<slide_id>.zarr``); it need not exist yet.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> store = cohort.store("slide_00")  # doctest: +SKIP
+    >>> store.features("he_tiles", "X_handcrafted").shape  # doctest: +SKIP
+
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+
+    @property
+    def path(self) -> Path:
+        """The store's folder."""
+        return self._path
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete" if self.exists else "absent"
+        return f"SlideStore({str(self._path)!r}, {state})"
+
+    # ---------------------------------------------------------------------------------- state
+    @property
+    def exists(self) -> bool:
+        """Whether the folder exists (whoever wrote it)."""
+        return self._path.exists()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What histoexpr recorded about the store (empty if it is not a histoexpr store)."""
+        meta = self._path / "zarr.json"
+        if not meta.is_file():
+            return {}
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            return {}
+        info = attrs.get("histoexpr", {})
+        return info if isinstance(info, dict) and info.get("format") == FORMAT else {}
+
+    @property
+    def is_histoexpr(self) -> bool:
+        """Whether histoexpr wrote the store (so that it may replace it)."""
+        return bool(self.info)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the store holds a finished slide (its tissue map, tiles and features)."""
+        return self.info.get("complete") is True
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters that made the tissue map and the tiles."""
+        return self.info.get("params", {})
+
+    def check_ours(self) -> None:
+        """Refuse to touch a folder that histoexpr did not write."""
+        if self.exists and not self.is_histoexpr:
+            raise FileExistsError(
+                f"{self._path} exists but is not a histoexpr slide store; histoexpr never "
+                "replaces what it did not write. Move it away, or give read_cohort another "
+                "store_dir."
+            )
+
+    # ---------------------------------------------------------------------------------- reading
+    def _group(self):
+        import zarr
+
+        if not self.complete:
+            raise FileNotFoundError(
+                f"{self._path} holds no finished slide; compute it first with "
+                "hx.tl.embed_cohort(cohort, ...)."
+            )
+        return zarr.open_group(self._path, mode="r")
+
+    def tiles_keys(self) -> list[str]:
+        """Keys of the tile sets in the store."""
+        group = self._group()
+        return sorted(group["tiles"].group_keys()) if "tiles" in group else []
+
+    def n_tiles(self, tiles_key: str) -> int:
+        """Number of tiles of a tile set."""
+        return int(self._tiles(tiles_key)["boxes"].shape[0])
+
+    def _tiles(self, tiles_key: str):
+        group = self._group()
+        if f"tiles/{tiles_key}" not in group:
+            raise KeyError(f"The store of {self.info.get('slide_id')!r} has no tiles "
+                           f"{tiles_key!r} (it has {self.tiles_keys()}).")
+        return group[f"tiles/{tiles_key}"]
+
+    def feature_records(self, tiles_key: str) -> dict[str, dict]:
+        """Complete feature sets of a tile set: key -> how they were made."""
+        tiles = self._tiles(tiles_key)
+        if "features" not in tiles:
+            return {}
+        out = {}
+        for key, array in tiles["features"].arrays():
+            attrs = dict(array.attrs)
+            if attrs.get("complete") is True:
+                out[key] = attrs.get("record", {})
+        return out
+
+    def features(self, tiles_key: str, key: str) -> np.ndarray:
+        """Tile features (tiles x features, float32) of one feature set."""
+        import zarr
+
+        folder = self._path / "tiles" / tiles_key / "features" / key
+        array = zarr.open_array(folder, mode="r") if (folder / "zarr.json").is_file() else None
+        if array is None or array.attrs.get("complete") is not True:
+            raise KeyError(f"The store of {self.info.get('slide_id')!r} has no features {key!r} "
+                           f"of {tiles_key!r} (it has {sorted(self.feature_records(tiles_key))}); "
+                           "embed them with hx.tl.embed_cohort.")
+        return np.asarray(array[:], dtype=np.float32)
+
+    def results_keys(self, tiles_key: str) -> list[str]:
+        """Keys of the per-tile results (predictions, attention) of a tile set."""
+        tiles = self._tiles(tiles_key)
+        return sorted(tiles["results"].group_keys()) if "results" in tiles else []
+
+    def add_to(self, sdata: SpatialData, *, tiles_key: str | None = None) -> SpatialData:
+        """Add the stored tissue map, tiles and their table (features, results) to a section.
+
+        Parameters
+        ----------
+        sdata
+            The slide, as :func:`histoexpr.io.read_wsi` reads it.
+        tiles_key
+            Only this tile set; ``None`` adds every one.
+
+        Returns
+        -------
+        ``sdata``, with ``labels[<tissue_key>]``, ``shapes[<tiles_key>]`` and
+        ``tables[f"{tiles_key}_table"]`` as :func:`histoexpr.pp.tile` and
+        :func:`histoexpr.tl.embed` made them.
+
+        """
+        import pandas as pd
+        from spatialdata.models import Labels2DModel
+
+        from ._elements import scale_to_global, square_shapes, tile_table
+
+        group = self._group()
+        if "labels" in group:
+            for key, array in group["labels"].arrays():
+                attrs = dict(array.attrs)
+                sdata.labels[key] = Labels2DModel.parse(
+                    np.asarray(array[:]), dims=("y", "x"),
+                    transformations=scale_to_global(attrs["mpp"], *attrs["offset"]))
+        keys = self.tiles_keys() if tiles_key is None else [tiles_key]
+        for key in keys:
+            tiles = self._tiles(key)
+            attrs = dict(tiles.attrs)
+            boxes = np.asarray(tiles["boxes"][:], dtype=float)
+            obs = pd.DataFrame({name: np.asarray(column[:])
+                                for name, column in tiles["obs"].arrays()})
+            obs = obs[[c for c in attrs["obs_columns"] if c in obs.columns]]
+            obs.index = pd.Index(obs["tile_id"].astype(str).to_numpy())
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            table = tile_table(obs, centres, key, attrs["uns"])
+            embeddings = {}
+            for name, record in self.feature_records(key).items():
+                table.obsm[name] = np.asarray(tiles[f"features/{name}"][:], dtype=np.float32)
+                embeddings[name] = record
+            if embeddings:
+                table.uns["embeddings"] = embeddings
+            for name in self.results_keys(key):
+                result = tiles[f"results/{name}"]
+                meta = dict(result.attrs)
+                table.obsm[name] = pd.DataFrame(np.asarray(result["outputs"][:]),
+                                                index=table.obs_names, columns=meta["columns"])
+                attention = np.asarray(result["attention"][:])
+                table.obsm[f"{name}_attention"] = pd.DataFrame(
+                    attention, index=table.obs_names, columns=meta["branches"])
+                table.obs[f"{name}_attention"] = attention.mean(axis=1)
+            sdata.shapes[key] = square_shapes(boxes, obs["tile_id"].to_numpy())
+            sdata.tables[f"{key}_table"] = table
+        return sdata
+
+    # ---------------------------------------------------------------------------------- writing
+    def write_slide(self, sdata: SpatialData, *, tissue_key: str, tiles_key: str,
+                    slide: dict[str, Any], params: dict[str, Any],
+                    feature_keys: list[str] = ()) -> None:
+        """Write a processed slide as a new store, replacing (atomically) an older one.
+
+        Parameters
+        ----------
+        sdata
+            The slide with its tissue map, tiles and embedded tile table.
+        tissue_key
+            Key of the tissue map in ``sdata.labels``.
+        tiles_key
+            Key of the tiles in ``sdata.shapes``.
+        slide
+            What identifies the slide (id, path, file size and time).
+        params
+            The parameters that made the tissue map and the tiles.
+        feature_keys
+            Keys of the tile table's ``obsm`` to store as features.
+
+        Returns
+        -------
+        Nothing; the store is complete once this returns.
+
+        """
+        import zarr
+
+        from ._image import image_levels
+
+        self.check_ours()
+        partial = self._partial_path("slide")
+        try:
+            root = zarr.open_group(partial, mode="w")
+            level = image_levels(sdata, tissue_key)[0]
+            tissue = np.asarray(level.data.values).squeeze()
+            array = root.create_array(f"labels/{tissue_key}", data=tissue)
+            array.attrs.update({"mpp": float(level.mpp),
+                                "offset": [float(v) for v in level.offset]})
+            table = sdata.tables[f"{tiles_key}_table"]
+            shapes = sdata.shapes[tiles_key]
+            tiles = root.create_group(f"tiles/{tiles_key}")
+            order = shapes.index.get_indexer(table.obs["tile_id"].to_numpy())
+            tiles.create_array("boxes", data=np.asarray(shapes.geometry.bounds, float)[order])
+            columns = [c for c in table.obs.columns if c != "region"]
+            for column in columns:
+                values = table.obs[column].to_numpy()
+                if values.dtype.kind not in "biuf":
+                    raise TypeError(f"The tile table column {column!r} is not numeric; slide "
+                                    "stores hold numeric tile annotations only.")
+                tiles.create_array(f"obs/{column}", data=values)
+            tiles.attrs.update({"uns": _jsonable(dict(table.uns.get("tiles", {}))),
+                                "obs_columns": columns})
+            for key in feature_keys:
+                record = _jsonable(dict(table.uns.get("embeddings", {}).get(key, {})))
+                _write_features(tiles, f"features/{key}",
+                                np.asarray(table.obsm[key], dtype=np.float32), record)
+            root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION, **_jsonable(slide),
+                                       "params": _jsonable(params), "complete": True}
+            self._move_into_place(partial, self._path)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def write_features(self, tiles_key: str, key: str, values: np.ndarray,
+                       record: dict[str, Any]) -> None:
+        """Add (or replace) one feature set, atomically.
+
+        Parameters
+        ----------
+        tiles_key
+            The tile set.
+        key
+            Key of the features.
+        values
+            Tiles x features.
+        record
+            How they were made (encoder, parameters).
+
+        Returns
+        -------
+        Nothing.
+
+        """
+        import zarr
+
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape[0] != self.n_tiles(tiles_key):
+            raise ValueError(f"{values.shape[0]} rows of features for {self.n_tiles(tiles_key)} "
+                             "tiles.")
+        partial = self._partial_path(key)
+        try:
+            group = zarr.open_group(partial, mode="w")
+            _write_features(group, "x", values, _jsonable(record))
+            target = self._path / "tiles" / tiles_key / "features" / key
+            _ensure_group(target.parent)
+            self._move_into_place(partial / "x", target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def write_results(self, tiles_key: str, key: str, outputs: np.ndarray,
+                      attention: np.ndarray, *, columns: list[str], branches: list[str],
+                      overwrite: bool = False) -> None:
+        """Write per-tile outputs and attention of a slide-level model, atomically.
+
+        Parameters
+        ----------
+        tiles_key
+            The tile set.
+        key
+            Key of the results (the model's ``key_added``).
+        outputs
+            Tiles x outputs.
+        attention
+            Tiles x attention branches.
+        columns
+            Names of the outputs.
+        branches
+            Names of the attention branches.
+        overwrite
+            Replace results already stored under ``key``.
+
+        Returns
+        -------
+        Nothing.
+
+        """
+        import zarr
+
+        n = self.n_tiles(tiles_key)
+        if len(outputs) != n or len(attention) != n:
+            raise ValueError(f"Per-tile results of {len(outputs)} tiles for {n} tiles.")
+        target = self._path / "tiles" / tiles_key / "results" / key
+        if target.exists() and not overwrite:
+            raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds results "
+                           f"{key!r}; pass overwrite=True or choose another key_added.")
+        partial = self._partial_path(key)
+        try:
+            group = zarr.open_group(partial, mode="w")
+            result = group.create_group("x")
+            result.create_array("outputs", data=np.asarray(outputs, dtype=np.float32))
+            result.create_array("attention", data=np.asarray(attention, dtype=np.float32))
+            result.attrs.update({"columns": [str(c) for c in columns],
+                                 "branches": [str(b) for b in branches], "complete": True})
+            _ensure_group(target.parent)
+            self._move_into_place(partial / "x", target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def remove_partials(self) -> int:
+        """Remove temporary folders that an interrupted write of this store left behind."""
+        removed = 0
+        for path in self._path.parent.glob(f".{self._path.name}.*{_PARTIAL}*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        if removed:
+            logger.info("Removed %d unfinished write(s) of %s.", removed, self._path.name)
+        return removed
+
+    def _partial_path(self, what: str) -> Path:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
+        return self._path.parent / f".{self._path.name}.{safe}.{_PARTIAL}{uuid.uuid4().hex[:12]}"
+
+    def _move_into_place(self, source: Path, target: Path) -> None:
+        """Rename ``source`` to ``target``; an older ``target`` is moved aside first."""
+        old = None
+        if target.exists():
+            old = self._partial_path("old")
+            os.replace(target, old)
+        try:
+            os.replace(source, target)
+        except BaseException:
+            if old is not None and not target.exists():
+                os.replace(old, target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
+    array = group.create_array(key, data=values,
+                               chunks=(max(1, min(len(values), 4096)), values.shape[1] or 1))
+    array.attrs.update({"record": record, "complete": True})
+
+
+def _ensure_group(path: Path) -> None:
+    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing."""
+    import zarr
+
+    parts = []
+    while not (path / "zarr.json").is_file():
+        parts.append(path)
+        path = path.parent
+    for folder in reversed(parts):
+        zarr.open_group(folder, mode="a")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays, tuples and paths converted)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
