@@ -34,7 +34,7 @@ def read_section(name: str):
     sdata = hx.io.read_st(her2st / "counts" / f"{name}.tsv.gz",
                           her2st / "spots" / f"{name}_selection.tsv",
                           next((her2st / "images").glob(f"{name}_*.jpg")))
-    hx.pp.tile(sdata, "he", size_um=200, mpp=2.0, centers="spots", min_tissue=0.0)
+    hx.pp.tile(sdata, "he", size_um=200, mpp=2.0, centres="spots", min_tissue=0.0)
     return sdata
 
 
@@ -56,7 +56,7 @@ def cached_features(name: str, sdata) -> dict[str, np.ndarray]:
         return {k: stored[k][order] for k in ("handcrafted", "cnn")}
     DATA.mkdir(parents=True, exist_ok=True)
     hx.tl.embed(sdata, "he_tiles", encoder="handcrafted", key_added="X_handcrafted")
-    hx.pp.tile(sdata, "he", size=192, mpp=1.0, centers="spots", min_tissue=0.0,
+    hx.pp.tile(sdata, "he", size_px=192, mpp=1.0, centres="spots", min_tissue=0.0,
                key_added="he_cnn_tiles")
     torch.manual_seed(0)
     network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=32, pool_levels=True)

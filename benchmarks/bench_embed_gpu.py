@@ -34,7 +34,7 @@ import histoexpr as hx
 def section(size_um: float, tile_px: int, stride_px: int):
     sdata = hx.datasets.synthetic_section(seed=0, size_um=size_um, transcripts=False,
                                           spots=False)
-    hx.pp.tile(sdata, "he", size=tile_px, mpp=0.5, stride=stride_px, min_tissue=0.0)
+    hx.pp.tile(sdata, "he", size_px=tile_px, mpp=0.5, stride_px=stride_px, min_tissue=0.0)
     return sdata
 
 

@@ -27,7 +27,7 @@ def embedding(size_um: float, encoder: str, batch_size: int, device: str) -> dic
     from histoexpr.tl._embed import resolve_encoder
 
     sdata = hx.datasets.synthetic_section(seed=0, size_um=size_um)
-    hx.pp.tile(sdata, "he", size=224, mpp=0.5, min_tissue=0.0)
+    hx.pp.tile(sdata, "he", size_px=224, mpp=0.5, min_tissue=0.0)
     dataset = hx.pp.TileDataset(sdata, "he_tiles")
     n_tiles = len(dataset)
     hx.tl.embed(sdata, "he_tiles", encoder=encoder, key_added="warm", batch_size=batch_size,

@@ -45,7 +45,7 @@ def speed(args) -> None:
     hx.settings.progress_bar = False
     sdata = hx.datasets.synthetic_section(seed=0, size_um=args.size_um, transcripts=False,
                                           spots=False)
-    hx.pp.tile(sdata, "he", size=args.tile_px, mpp=0.5, min_tissue=0.5)  # the image's um/px
+    hx.pp.tile(sdata, "he", size_px=args.tile_px, mpp=0.5, min_tissue=0.5)  # the image's um/px
     n_tiles = sdata.tables["he_tiles_table"].n_obs
     steps = n_tiles // args.batch_size
     print(f"{n_tiles} tiles of {args.tile_px} px, batch {args.batch_size}, {steps} steps/epoch, "
@@ -183,12 +183,12 @@ def _read_section(name: str, args):
                           folder / "spots" / f"{name}_selection.tsv",
                           next((folder / "images").glob(f"{name}_*.jpg")))
     hx.pp.detect_tissue(sdata, "he")
-    hx.pp.tile(sdata, "he", size=args.tile_px, mpp=args.mpp, min_tissue=0.5,
-               stride=args.tile_px * args.stride)
-    hx.pp.tile(sdata, "he", size=args.spot_px, mpp=args.mpp, centers="spots",
+    hx.pp.tile(sdata, "he", size_px=args.tile_px, mpp=args.mpp, min_tissue=0.5,
+               stride_px=args.tile_px * args.stride)
+    hx.pp.tile(sdata, "he", size_px=args.spot_px, mpp=args.mpp, centres="spots",
                key_added="he_spot_tiles")
-    hx.pp.tile(sdata, "he", size=round(args.spot_px * args.mpp / COARSE_MPP), mpp=COARSE_MPP,
-               centers="spots", key_added="he_spot_tiles_coarse")
+    hx.pp.tile(sdata, "he", size_px=round(args.spot_px * args.mpp / COARSE_MPP), mpp=COARSE_MPP,
+               centres="spots", key_added="he_spot_tiles_coarse")
     return sdata
 
 

@@ -64,7 +64,7 @@ def read_sections(name: str) -> dict:
     geometry = GEOMETRY[name]
     for sdata in sections.values():
         hx.pp.tile(sdata, "he", size_um=geometry["size_um"], mpp=geometry["mpp"],
-                   centers="spots", min_tissue=0, key_added=TILES)
+                   centres="spots", min_tissue=0, key_added=TILES)
     return sections
 
 
@@ -74,8 +74,8 @@ def grid_tiles(sections: dict, data_name: str) -> None:
     px = GEOMETRY[data_name]["grid_px"]
     for sdata in sections.values():
         if "he_tiles" not in sdata.shapes:
-            hx.pp.tile(sdata, "he", size=px, mpp=GEOMETRY[data_name]["mpp"], min_tissue=0.5,
-                       stride=2 * px)
+            hx.pp.tile(sdata, "he", size_px=px, mpp=GEOMETRY[data_name]["mpp"], min_tissue=0.5,
+                       stride_px=2 * px)
 
 
 def encoder_path(data_name: str, held_out: str, epochs: int) -> Path:

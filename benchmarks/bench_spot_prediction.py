@@ -76,7 +76,7 @@ def spot_tiles_with_features(sections: dict, data_name: str) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     for name, sdata in sections.items():
         mpp = hx.io.get_pixel_size(sdata, "he")
-        hx.pp.tile(sdata, "he", size_um=PATCH_UM[data_name](mpp), centers="spots", min_tissue=0,
+        hx.pp.tile(sdata, "he", size_um=PATCH_UM[data_name](mpp), centres="spots", min_tissue=0,
                    key_added="spot_tiles")
         table = sdata.tables["spot_tiles_table"]
         path = CACHE / f"{data_name}_{name}.npz"

@@ -69,8 +69,8 @@ def pretraining_tiles(sdata, bounds, args, key: str) -> None:
     sdata.labels[f"{key}_mask"] = Labels2DModel.parse(
         np.ones(shape, dtype=np.uint8), dims=("y", "x"),
         transformations=scale_to_global(MASK_STEP, x0, y0))
-    hx.pp.tile(sdata, "dapi", size=args.tile_px, mpp=args.tile_mpp,
-               stride=args.stride_um / args.tile_mpp, tissue_key=f"{key}_mask",
+    hx.pp.tile(sdata, "dapi", size_px=args.tile_px, mpp=args.tile_mpp,
+               stride_um=args.stride_um, tissue_key=f"{key}_mask",
                min_tissue=0.999, key_added=key, overwrite=True)
 
 
@@ -106,7 +106,7 @@ def cell_embeddings(sdata, bounds, encoder, args, key: str) -> tuple[np.ndarray,
                               geometry=[Point(x, y) for x, y in centroids],
                               index=pd.Index(names))
     sdata.shapes[f"{key}_centres"] = ShapesModel.parse(points)
-    hx.pp.tile(sdata, "dapi", size=args.tile_px, mpp=args.tile_mpp, centers=f"{key}_centres",
+    hx.pp.tile(sdata, "dapi", size_px=args.tile_px, mpp=args.tile_mpp, centres=f"{key}_centres",
                min_tissue=0.0, key_added=key, overwrite=True)
     table = sdata.tables[f"{key}_table"]
     assert table.n_obs == len(names), "every cell must keep its tile"

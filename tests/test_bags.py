@@ -13,7 +13,7 @@ import histoexpr as hx
 @pytest.fixture(scope="module")
 def section():
     sdata = hx.datasets.synthetic_section(seed=3, size_um=500, transcripts=True, spots=True)
-    hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centers="spots", min_tissue=0.0)
+    hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centres="spots", min_tissue=0.0)
     return sdata
 
 
@@ -54,8 +54,8 @@ def test_pseudobulk_errors(section):
         hx.pp.pseudobulk(section, "he_tiles", size_um=300, stride_um=400, key_added="x")
     with pytest.raises(ValueError, match="min_spots"):
         hx.pp.pseudobulk(section, "he_tiles", size_um=50, min_spots=50, key_added="y")
-    hx.pp.tile(section, "he", size=50, mpp=2.0, key_added="grid_tiles", overwrite=True)
-    with pytest.raises(ValueError, match="centers='spots'"):
+    hx.pp.tile(section, "he", size_px=50, mpp=2.0, key_added="grid_tiles", overwrite=True)
+    with pytest.raises(ValueError, match="centres='spots'"):
         hx.pp.pseudobulk(section, "grid_tiles", key_added="z")
 
 

@@ -96,7 +96,7 @@ def test_manifest_to_stores(embedded, slide_folder):
     assert "he_tissue" in sdata.labels and table.uns["tiles"]["mpp"] == pytest.approx(2.0)
     # the features are those hx.tl.embed computes on the slide in memory
     fresh = hx.io.read_wsi(cohort.path("slide_03"))
-    hx.pp.tile(fresh, "he", size=16, mpp=2.0)
+    hx.pp.tile(fresh, "he", size_px=16, mpp=2.0)
     hx.tl.embed(fresh, "he_tiles", encoder="handcrafted")
     np.testing.assert_allclose(fresh.tables["he_tiles_table"].obsm["X_handcrafted"],
                                table.obsm["X_handcrafted"], rtol=1e-5, atol=1e-6)

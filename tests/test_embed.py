@@ -14,7 +14,7 @@ from histoexpr.tl._embed import encode
 @pytest.fixture(scope="module")
 def section():
     sdata = hx.datasets.synthetic_section(seed=1, size_um=600, transcripts=False, spots=False)
-    hx.pp.tile(sdata, "he", size=48, mpp=0.5, min_tissue=0.8)  # 24 um tiles
+    hx.pp.tile(sdata, "he", size_px=48, mpp=0.5, min_tissue=0.8)  # 24 um tiles
     return sdata
 
 

@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def section():
     sdata = hx.datasets.synthetic_section(seed=2, size_um=300, transcripts=False, spots=False)
-    hx.pp.tile(sdata, "he", size=28, mpp=0.5, min_tissue=0.5)  # 14 um tiles of 28 px
+    hx.pp.tile(sdata, "he", size_px=28, mpp=0.5, min_tissue=0.5)  # 14 um tiles of 28 px
     return sdata
 
 

@@ -14,7 +14,7 @@ from histoexpr.tl._train import train
 @pytest.fixture(scope="module")
 def section():
     sdata = hx.datasets.synthetic_section(seed=3, size_um=300, transcripts=False, spots=False)
-    hx.pp.tile(sdata, "he", size=32, mpp=0.5, min_tissue=0.5)
+    hx.pp.tile(sdata, "he", size_px=32, mpp=0.5, min_tissue=0.5)
     return sdata
 
 

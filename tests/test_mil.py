@@ -23,7 +23,7 @@ FAST = {"epochs": 40, "val_fraction": 0, "seed": 0, "batch_size": 2}
 def cohort():
     cohort = hx.datasets.synthetic_cohort(20, seed=0, size_um=300)
     for sdata in cohort.values():
-        hx.pp.tile(sdata, "he", size=32, mpp=2.0, min_tissue=0.5)
+        hx.pp.tile(sdata, "he", size_px=32, mpp=2.0, min_tissue=0.5)
         hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
     cohort.bulk.obs["patient"] = [f"p{i // 2}" for i in range(20)]  # two slides per patient
     return cohort
@@ -35,7 +35,7 @@ def sections():
     for seed in range(3):
         sdata = hx.datasets.synthetic_section(seed=seed, size_um=600, transcripts=True,
                                               spots=True)
-        hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centers="spots", min_tissue=0.0)
+        hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centres="spots", min_tissue=0.0)
         hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
         hx.pp.pseudobulk(sdata, "he_tiles", size_um=300, stride_um=100, min_spots=3)
         sections[f"s{seed}"] = sdata

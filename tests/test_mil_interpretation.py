@@ -27,7 +27,7 @@ def sections():
     for seed in range(3):
         sdata = hx.datasets.synthetic_section(seed=seed, size_um=600, transcripts=True,
                                               spots=True)
-        hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centers="spots", min_tissue=0.0)
+        hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centres="spots", min_tissue=0.0)
         hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
         hx.pp.pseudobulk(sdata, "he_tiles", size_um=300, stride_um=100, min_spots=3)
         hx.pp.pseudobulk(sdata, "he_tiles", size_um=300, min_spots=1, key_added="blocks")

@@ -22,7 +22,7 @@ import histoexpr as hx
 def tiled():
     sdata = make_disk_section()
     hx.pp.detect_tissue(sdata, "he", mpp=2.0)
-    hx.pp.tile(sdata, "he", size=40, mpp=0.5, min_tissue=0.1)
+    hx.pp.tile(sdata, "he", size_px=40, mpp=0.5, min_tissue=0.1)
     return sdata
 
 

@@ -27,7 +27,7 @@ def baseline_section():
     """The disk section, tiled, with three spots of known expression."""
     sdata = make_disk_section()
     hx.pp.detect_tissue(sdata, "he", mpp=2.0)
-    hx.pp.tile(sdata, "he", size=40, mpp=0.5, min_tissue=0.1)
+    hx.pp.tile(sdata, "he", size_px=40, mpp=0.5, min_tissue=0.1)
     centres = [(50.0, 100.0), (100.0, 100.0), (150.0, 100.0)]
     sdata.shapes["spots"] = ShapesModel.parse(gpd.GeoDataFrame(
         {"radius": [15.0] * 3}, geometry=[Point(x, y) for x, y in centres], index=[0, 1, 2]))
@@ -151,7 +151,7 @@ def test_top_tiles_image(tmp_path):
     """Attention and expression set by hand, so the picture depends on no training run."""
     cohort = hx.datasets.synthetic_cohort(4, seed=0, size_um=200)
     for sdata in cohort.values():
-        hx.pp.tile(sdata, "he", size=16, mpp=2.0, min_tissue=0.5)
+        hx.pp.tile(sdata, "he", size_px=16, mpp=2.0, min_tissue=0.5)
         hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
     model = hx.tl.fit(cohort, model="abmil", genes=["EPCAM"], epochs=1, val_fraction=0,
                       seed=0, device="cpu")

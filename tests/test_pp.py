@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import pickle
 
@@ -209,7 +210,7 @@ def expected_fractions(mask: np.ndarray, size_px: int, stride_px: int) -> np.nda
 
 def test_tile_grid_matches_disk_geometry(disk_section):
     mask = add_exact_tissue(disk_section)
-    hx.pp.tile(disk_section, size=20, min_tissue=0.5)
+    hx.pp.tile(disk_section, size_px=20, min_tissue=0.5)
     shapes, table = tiles_frame(disk_section)
     obs = table.obs
     size_um = 20 * MPP
@@ -241,21 +242,40 @@ def test_tile_grid_matches_disk_geometry(disk_section):
 def test_tile_fraction_threshold_and_overlap(disk_section):
     mask = add_exact_tissue(disk_section)
     # a stride of half a tile: (400 - 20) / 10 + 1 = 39 tiles a side
-    hx.pp.tile(disk_section, size=20, stride=10, min_tissue=0.0, key_added="all")
+    hx.pp.tile(disk_section, size_px=20, stride_px=10, min_tissue=0.0, key_added="all")
     assert len(disk_section.shapes["all"]) == 39 * 39
     assert disk_section.tables["all_table"].uns["tiles"]["stride_um"] == 5.0
-    hx.pp.tile(disk_section, size=20, stride=10, min_tissue=1.0, key_added="full")
+    hx.pp.tile(disk_section, size_px=20, stride_px=10, min_tissue=1.0, key_added="full")
     expected = expected_fractions(mask, 20, 10)
     assert len(disk_section.shapes["full"]) == (expected == 1).sum()
     # size_um with stride in um: the same tiles
-    hx.pp.tile(disk_section, size_um=10.0, stride=5.0, min_tissue=1.0, key_added="full_um")
+    hx.pp.tile(disk_section, size_um=10.0, stride_um=5.0, min_tissue=1.0, key_added="full_um")
     np.testing.assert_allclose(disk_section.tables["full_um_table"].obsm["spatial"],
                                disk_section.tables["full_table"].obsm["spatial"])
 
 
+def test_tile_old_names_still_work_with_a_future_warning(disk_section):
+    add_exact_tissue(disk_section)
+    hx.pp.tile(disk_section, size_px=20, stride_px=10, min_tissue=1.0, key_added="new")
+    with pytest.warns(FutureWarning, match="'size' is deprecated.*use 'size_px'"):
+        hx.pp.tile(disk_section, size=20, stride=10, min_tissue=1.0, key_added="old")
+    np.testing.assert_array_equal(disk_section.tables["old_table"].obsm["spatial"],
+                                  disk_section.tables["new_table"].obsm["spatial"])
+    # the old stride was in the unit of the size: um with size_um
+    with pytest.warns(FutureWarning, match="use 'stride_um'"):
+        hx.pp.tile(disk_section, size_um=10.0, stride=5.0, min_tissue=1.0, key_added="old_um")
+    np.testing.assert_allclose(disk_section.tables["old_um_table"].obsm["spatial"],
+                               disk_section.tables["new_table"].obsm["spatial"])
+    with pytest.raises(TypeError, match="got both 'size'.*and 'size_px'"):
+        hx.pp.tile(disk_section, size=20, size_px=20, key_added="both")
+    with pytest.raises(ValueError, match="not both"):
+        hx.pp.tile(disk_section, size_px=20, stride_px=10, stride_um=5.0, key_added="both")
+    assert "centers" not in inspect.signature(hx.pp.tile).parameters
+
+
 def test_tile_size_um_is_size_times_mpp(disk_section):
     add_exact_tissue(disk_section)
-    hx.pp.tile(disk_section, size=16, mpp=2.0, key_added="px")
+    hx.pp.tile(disk_section, size_px=16, mpp=2.0, key_added="px")
     hx.pp.tile(disk_section, size_um=32.0, mpp=2.0, key_added="um")
     a, b = disk_section.tables["px_table"], disk_section.tables["um_table"]
     assert a.uns["tiles"] == {**b.uns["tiles"]}
@@ -273,7 +293,7 @@ def test_tile_size_um_is_size_times_mpp(disk_section):
 
 def test_tile_detects_tissue_when_no_map_exists(disk_section, caplog):
     with caplog.at_level(logging.INFO, logger="histoexpr"):
-        hx.pp.tile(disk_section, size=40, min_tissue=0.9)
+        hx.pp.tile(disk_section, size_px=40, min_tissue=0.9)
     assert "detecting tissue" in caplog.text
     assert "he_tissue" in disk_section.labels
     assert "Dropped" in caplog.text and "Adding `sdata.shapes['he_tiles']`" in caplog.text
@@ -287,7 +307,7 @@ def test_tile_at_coarser_mpp_reads_pyramid_level():
     add_exact_tissue(sdata)
     levels = hx.io.image_levels(sdata, "he")
     assert [level.mpp for level in levels] == [0.5, 1.0, 2.0]
-    hx.pp.tile(sdata, size=10, mpp=2.0, min_tissue=0.0)
+    hx.pp.tile(sdata, size_px=10, mpp=2.0, min_tissue=0.0)
     table = sdata.tables["he_tiles_table"]
     assert len(table) == 10 * 10  # 200 um / 20 um
     dataset = hx.pp.TileDataset(sdata, "he_tiles")
@@ -322,7 +342,7 @@ def test_tile_centred_on_spots(disk_section, in_pixels):
     add_exact_tissue(disk_section)
     xy = np.array([[100.0, 100.0], [60.0, 90.0], [150.0, 120.0], [10.0, 10.0], [190.0, 100.0]])
     add_spots(disk_section, xy, in_pixels=in_pixels)
-    hx.pp.tile(disk_section, size=20, centers="spots", min_tissue=0.5)
+    hx.pp.tile(disk_section, size_px=20, centres="spots", min_tissue=0.5)
     shapes, table = tiles_frame(disk_section)
     # spots 3 (a corner) and 4 (at x = 190 um, outside the disk of radius 70) are dropped
     assert list(table.obs["spot_id"]) == ["spot0", "spot1", "spot2"]
@@ -332,7 +352,7 @@ def test_tile_centred_on_spots(disk_section, in_pixels):
     assert "grid_row" not in table.obs
     assert table.uns["tiles"]["stride_um"] is None
     # a spot tile over the image's edge: read padded, at full size
-    hx.pp.tile(disk_section, size=20, centers="spots", min_tissue=0.0, key_added="edge")
+    hx.pp.tile(disk_section, size_px=20, centres="spots", min_tissue=0.0, key_added="edge")
     item = hx.pp.TileDataset(disk_section, "edge")[3]
     assert item["image"].shape == (3, 20, 20)
 
@@ -349,29 +369,29 @@ def test_tile_errors(disk_section):
     with pytest.raises(KeyError, match="sdata.labels has no element 'nope'"):
         hx.pp.tile(disk_section, tissue_key="nope")
     with pytest.raises(KeyError, match="sdata.shapes has no element 'nope'"):
-        hx.pp.tile(disk_section, centers="nope")
+        hx.pp.tile(disk_section, centres="nope")
     with pytest.raises(ValueError, match="not both"):
-        hx.pp.tile(disk_section, size=20, size_um=10)
+        hx.pp.tile(disk_section, size_px=20, size_um=10)
     with pytest.raises(ValueError, match="larger than the image"):
-        hx.pp.tile(disk_section, size=500)
-    with pytest.raises(ValueError, match="size must be a positive"):
-        hx.pp.tile(disk_section, size=0)
+        hx.pp.tile(disk_section, size_px=500)
+    with pytest.raises(ValueError, match=r"size_px must be an integer in \[1, inf\]"):
+        hx.pp.tile(disk_section, size_px=0)
     with pytest.raises(ValueError, match="less than one pixel"):
         hx.pp.tile(disk_section, size_um=0.1)
-    with pytest.raises(ValueError, match="stride must be positive"):
-        hx.pp.tile(disk_section, size=20, stride=0)
+    with pytest.raises(ValueError, match="stride_px must be a positive"):
+        hx.pp.tile(disk_section, size_px=20, stride_px=0)
     with pytest.raises(ValueError, match="min_tissue must be a fraction"):
         hx.pp.tile(disk_section, min_tissue=1.5)
     # tiles of 180 um: none is half on tissue; the message gives the best fraction
     with pytest.raises(ValueError, match=r"the best tile has 0\.4\d\d"):
-        hx.pp.tile(disk_section, size=360, min_tissue=0.5)
+        hx.pp.tile(disk_section, size_px=360, min_tissue=0.5)
     add_spots(disk_section, np.array([[100.0, 100.0]]))
-    with pytest.raises(ValueError, match="leave stride=None"):
-        hx.pp.tile(disk_section, centers="spots", stride=10)
-    hx.pp.tile(disk_section, size=40)
+    with pytest.raises(ValueError, match="with centres, leave stride_px=None"):
+        hx.pp.tile(disk_section, centres="spots", stride_px=10)
+    hx.pp.tile(disk_section, size_px=40)
     with pytest.raises(KeyError, match="overwrite=True"):
-        hx.pp.tile(disk_section, size=40)
-    hx.pp.tile(disk_section, size=80, overwrite=True)
+        hx.pp.tile(disk_section, size_px=40)
+    hx.pp.tile(disk_section, size_px=80, overwrite=True)
     assert disk_section.tables["he_tiles_table"].uns["tiles"]["size_px"] == 80
 
 
@@ -383,7 +403,7 @@ def test_tile_errors(disk_section):
 @pytest.fixture
 def tiled(disk_section):
     add_exact_tissue(disk_section)
-    hx.pp.tile(disk_section, size=32, mpp=1.0, min_tissue=0.2)
+    hx.pp.tile(disk_section, size_px=32, mpp=1.0, min_tissue=0.2)
     table = disk_section.tables["he_tiles_table"]
     table.obs["label"] = np.where(table.obs["tissue_fraction"] == 1, "core", "edge")
     table.obs["is_full"] = table.obs["tissue_fraction"] == 1
@@ -416,7 +436,7 @@ def test_tile_dataset_items_equal_read_region(tiled):
 
 def test_tile_dataset_scales_uint16_and_applies_transform():
     sdata = fluorescence_section(np.uint16)
-    hx.pp.tile(sdata, "dapi", size=20, min_tissue=0.5)
+    hx.pp.tile(sdata, "dapi", size_px=20, min_tissue=0.5)
     dataset = hx.pp.TileDataset(sdata, "dapi_tiles", transform=lambda image: image * 2)
     table = sdata.tables["dapi_tiles_table"]
     x, y = table.obsm["spatial"][0]
@@ -510,7 +530,7 @@ def test_real_slide_tissue_and_tiles(data_dir):
     width = mask.shape[1]
     assert mask[:, : width // 5].mean() < 0.05 and mask[:, -width // 5:].mean() < 0.05
     assert mask[-12:-2, width // 3: width // 2].all()  # (the last row is half outside)
-    hx.pp.tile(sdata, key, size=128, mpp=1.0, min_tissue=0.5)
+    hx.pp.tile(sdata, key, size_px=128, mpp=1.0, min_tissue=0.5)
     table = sdata.tables[f"{key}_tiles_table"]
     # the tiles hold about as much area as the tissue (half-covered tiles at its edge in or out)
     tissue_um2 = mask.mean() * np.prod(hx.io.image_levels(sdata, key)[0].shape_yx) * 0.499**2

@@ -15,9 +15,9 @@ TINY = {"encoder": "small_cnn", "batch_size": 32, "projection_dim": 32}
 
 def _section(seed: int):
     sdata = hx.datasets.synthetic_section(seed=seed, size_um=450, transcripts=False, spots=False)
-    hx.pp.tile(sdata, "he", size=32, mpp=1.0, min_tissue=0.8)  # 32 um tiles
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.8)  # 32 um tiles
     # overlapping tiles for the probe: four times as many, so its score varies less
-    hx.pp.tile(sdata, "he", size=32, mpp=1.0, min_tissue=0.8, stride=16, key_added="probe_tiles")
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.8, stride_px=16, key_added="probe_tiles")
     return sdata
 
 
@@ -76,7 +76,7 @@ def test_pretrained_features_beat_random_init_on_held_out_sections(sections, tmp
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_encoder(sections, tmp_path, monkeypatch):
     section = sections[0]
-    hx.pp.tile(section, "he", size=16, mpp=2.0, min_tissue=0.8, key_added="small_tiles")
+    hx.pp.tile(section, "he", size_px=16, mpp=2.0, min_tissue=0.8, key_added="small_tiles")
     options = {**TINY, "method": "moco", "queue_size": 64, "epochs": 2, "seed": 3}
     whole = hx.tl.pretrain(section, "small_tiles", **options)
     steps_per_epoch = len(section.tables["small_tiles_table"]) // TINY["batch_size"]

@@ -156,7 +156,7 @@ def test_read_region_returns_the_pixels_or_says_why_not(x0, y0, width, height):
 @given(size_um=st.integers(10, 120).map(float), stride=st.floats(0.5, 1.0))
 def test_tiles_are_squares_of_the_asked_size_centred_on_the_image(size_um, stride):
     sdata = make_disk_section()
-    hx.pp.tile(sdata, "he", size_um=size_um, stride=stride * size_um, min_tissue=0.0)
+    hx.pp.tile(sdata, "he", size_um=size_um, stride_um=stride * size_um, min_tissue=0.0)
     boxes = sdata.shapes["he_tiles"].geometry.bounds.to_numpy()
     np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], size_um)
     np.testing.assert_allclose(boxes[:, 3] - boxes[:, 1], size_um)

@@ -132,7 +132,7 @@ def test_refit_at_another_pixel_size_remakes_its_own_tiles(caplog):
            fix="pass another tiles_key (the message suggests one)")
 def test_users_tiles_made_otherwise_are_refused_and_kept():
     section = make_section()
-    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centers="spots", min_tissue=0,
+    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
                key_added="spot_tiles")
     before = snapshot(section)
     with pytest.raises(ValueError, match=r"not made for this fit \(at 1 um/px, not 2 um/px\)"):
@@ -153,7 +153,7 @@ def test_features_of_another_encoder_under_the_key_are_refused(tmp_path):
     path = tmp_path / "encoder.pt"
     torch.manual_seed(0)
     hx.io.save_model(hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8), path)
-    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centers="spots", min_tissue=0,
+    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
                key_added="spot_tiles")
     hx.tl.embed(section, "spot_tiles", encoder=str(path))
     torch.manual_seed(1)
@@ -201,7 +201,7 @@ def test_random_weight_encoder_is_refused():
 
 def bagged(seed: int, *, mpp: float) -> SpatialData:
     section = make_section(seed)
-    hx.pp.tile(section, "he", size_um=16, mpp=mpp, centers="spots", min_tissue=0,
+    hx.pp.tile(section, "he", size_um=16, mpp=mpp, centres="spots", min_tissue=0,
                key_added="he_tiles")
     hx.tl.embed(section, "he_tiles")
     hx.pp.pseudobulk(section, "he_tiles", size_um=48, stride_um=32, min_spots=3)
@@ -237,7 +237,7 @@ def trained():
 
 def spot_prediction(model, section, key="pred"):
     if "spot_tiles" not in section.shapes:
-        hx.pp.tile(section, "he", size_um=16, mpp=1.0, centers="spots", min_tissue=0,
+        hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
                    key_added="spot_tiles")
     return hx.tl.predict(model, section, tiles_key="spot_tiles", key_added=key, overwrite=True)
 
@@ -280,7 +280,7 @@ def test_tiles_off_the_image_are_counted_and_left_out(trained, caplog):
     section = make_section(2)
     spots = section.shapes["spots"]
     spots.loc[spots.index[:3], "geometry"] = [spots.geometry.iloc[0].__class__(-50.0, -50.0)] * 3
-    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centers="spots", min_tissue=0,
+    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
                key_added="spot_tiles")
     with caplog.at_level(logging.WARNING, logger="histoexpr"):
         hx.tl.embed(section, "spot_tiles")

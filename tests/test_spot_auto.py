@@ -26,7 +26,7 @@ def trio():
                                                     spot_diameter_um=35)
                 for seed, name in enumerate("abc")}
     for sdata in sections.values():
-        hx.pp.tile(sdata, "he", size_um=40, mpp=1.0, centers="spots", min_tissue=0,
+        hx.pp.tile(sdata, "he", size_um=40, mpp=1.0, centres="spots", min_tissue=0,
                    key_added="spot_tiles")
     return sections
 
@@ -207,7 +207,7 @@ def test_ssl_encoder_is_pretrained_inside_fit_on_the_training_sections(trio):
     train = {n: trio[n] for n in "ab"}
     for sdata in train.values():
         if "grid16" not in sdata.shapes:
-            hx.pp.tile(sdata, "he", size=16, mpp=1.0, stride=16, min_tissue=0.5,
+            hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, stride_px=16, min_tissue=0.5,
                        key_added="grid16")
     model = hx.tl.fit(train, model="spot_regressor", route="ridge", encoder="ssl",
                       pretrain_tiles_key="grid16", pretrain_epochs=1, genes=GENES,

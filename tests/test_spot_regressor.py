@@ -32,7 +32,7 @@ def synthetic_trio():
 
 def spot_tiles(sdata, key: str = "spot_tiles"):
     if key not in sdata.shapes:
-        hx.pp.tile(sdata, "he", size_um=PATCH["patch_um"], mpp=PATCH["mpp"], centers="spots",
+        hx.pp.tile(sdata, "he", size_um=PATCH["patch_um"], mpp=PATCH["mpp"], centres="spots",
                    min_tissue=0, key_added=key)
     return key
 

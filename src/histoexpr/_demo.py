@@ -211,7 +211,7 @@ def _tile(sdata) -> None:
 
     hx.pp.detect_tissue(sdata, "he")
     hx.pp.tile(sdata, "he", size_um=32.0, mpp=1.0)
-    hx.pp.tile(sdata, "he", size_um=55.0, mpp=1.0, centers="spots", min_tissue=0.0,
+    hx.pp.tile(sdata, "he", size_um=55.0, mpp=1.0, centres="spots", min_tissue=0.0,
                key_added="spot_tiles")
 
 

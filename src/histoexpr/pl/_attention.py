@@ -42,7 +42,7 @@ def attention(
 ) -> Axes:
     """Draw a model's attention (or its per-tile predicted expression) over the tissue.
 
-    Where the tiles sit on measured spots (``hx.pp.tile(..., centers="spots")`` with the spot
+    Where the tiles sit on measured spots (``hx.pp.tile(..., centres="spots")`` with the spot
     table ``table_key``), the drawn map is checked against the truth: the Spearman correlation
     over the section's tiles with the measured (log1p-normalised) expression of ``gene`` (or,
     for the shared attention without ``gene``, its mean over the predicted genes). A map below

@@ -43,7 +43,7 @@ def pseudobulk(
     Parameters
     ----------
     sdata
-        The section, with spot-centred tiles (``hx.pp.tile(sdata, centers="spots")``) and the
+        The section, with spot-centred tiles (``hx.pp.tile(sdata, centres="spots")``) and the
         spot expression table.
     tiles_key
         Key of the spot-centred tiles; their table ``f"{tiles_key}_table"`` must have
@@ -76,7 +76,7 @@ def pseudobulk(
 
     Examples
     --------
-    >>> hx.pp.tile(sdata, "he", size_um=200, mpp=2.0, centers="spots")
+    >>> hx.pp.tile(sdata, "he", size_um=200, mpp=2.0, centres="spots")
     >>> hx.pp.pseudobulk(sdata, "he_tiles", size_um=1000, stride_um=400)
     >>> sdata.tables["bags_table"]
 
@@ -89,7 +89,7 @@ def pseudobulk(
     tiles = sdata.tables[f"{tiles_key}_table"]
     if "spot_id" not in tiles.obs.columns:
         raise ValueError(f"The tiles {tiles_key!r} are not centred on spots (no obs['spot_id']); "
-                         "make them with hx.pp.tile(sdata, centers='spots').")
+                         "make them with hx.pp.tile(sdata, centres='spots').")
     if not size_um > 0:
         raise ValueError(f"size_um must be positive, got {size_um!r}.")
     stride_um = float(size_um) if stride_um is None else float(stride_um)

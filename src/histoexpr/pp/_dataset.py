@@ -48,7 +48,7 @@ class TileDataset(Dataset):
 
     Examples
     --------
-    >>> hx.pp.tile(sdata, "he", size=224)
+    >>> hx.pp.tile(sdata, "he", size_px=224)
     >>> dataset = hx.pp.TileDataset(sdata, "he_tiles", obs_keys=["tissue_fraction"])
     >>> loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=2)
     >>> batch = next(iter(loader))

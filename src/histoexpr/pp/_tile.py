@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._validate import check_fraction, check_int, check_positive, renamed_parameters
+
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -29,28 +31,35 @@ DEFAULT_SIZE = 224
 _FRACTION_PIXELS_PER_TILE = 64
 
 
+def _stride_name(kwargs) -> str:
+    """The new name of the old ``stride``: it was in the unit of the tile size."""
+    return "stride_um" if kwargs.get("size_um") is not None else "stride_px"
+
+
+@renamed_parameters(size="size_px", stride=_stride_name, centers="centres")
 def tile(
     sdata: SpatialData,
     image_key: str = "he",
     *,
-    size: int | None = None,
+    size_px: int | None = None,
     mpp: float | None = None,
     size_um: float | None = None,
-    stride: float | None = None,
+    stride_px: float | None = None,
+    stride_um: float | None = None,
     min_tissue: float = 0.5,
     tissue_key: str | None = None,
-    centers: str | None = None,
+    centres: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
 ) -> None:
     """Cut an image into square tiles, on a grid over the tissue or centred on spots.
 
-    A tile is ``size`` pixels wide at ``mpp`` um/px, so it covers ``size * mpp`` um; give
-    ``size_um`` instead of ``size`` to fix its width in micrometres. Grid tiles lie wholly inside
-    the image, from its top-left corner every ``stride``. A tile is kept when the fraction of its
-    area covered by tissue is at least ``min_tissue``; the tissue is read from the label map
-    ``tissue_key``. When no tissue map exists, one is detected first with
-    :func:`histoexpr.pp.detect_tissue` (default options) and added as
+    A tile is ``size_px`` pixels wide at ``mpp`` um/px, so it covers ``size_px * mpp`` um; give
+    ``size_um`` instead of ``size_px`` to fix its width in micrometres. Grid tiles lie wholly
+    inside the image, from its top-left corner every ``stride_um`` (or ``stride_px``). A tile is
+    kept when the fraction of its area covered by tissue is at least ``min_tissue``; the tissue
+    is read from the label map ``tissue_key``. When no tissue map exists, one is detected first
+    with :func:`histoexpr.pp.detect_tissue` (default options) and added as
     ``sdata.labels[f"{image_key}_tissue"]``. Pixels are not read here: the tiles are geometry,
     read later by :class:`histoexpr.pp.TileDataset`.
 
@@ -60,28 +69,33 @@ def tile(
         The section.
     image_key
         Key of the image in ``sdata.images``.
-    size
-        Tile width and height in pixels at ``mpp``; 224 unless ``size_um`` is given.
+    size_px
+        Tile width and height in pixels at ``mpp``; 224 unless ``size_um`` is given. (Was
+        ``size``, still accepted with a ``FutureWarning``.)
     mpp
         Pixel size of the tiles in um/px; defaults to the image's full resolution. Tiles at a
         coarser pixel size are read from the matching pyramid level.
     size_um
-        Tile width in micrometres, instead of ``size``; the tile then has
+        Tile width in micrometres, instead of ``size_px``; the tile then has
         ``round(size_um / mpp)`` pixels (and its pixel size is adjusted so that they cover
         exactly ``size_um``).
-    stride
-        Distance between neighbouring grid tiles, in the unit of the size (pixels at ``mpp``
-        with ``size``, um with ``size_um``); defaults to the size (tiles touch, no overlap).
-        Not used with ``centers``.
+    stride_px
+        Distance between neighbouring grid tiles in pixels at the tiles' ``mpp``; give it or
+        ``stride_um``, not both. Both default to the tile size (tiles touch, no overlap). Not
+        used with ``centres``. (The old ``stride``, in the unit of the size, is still accepted
+        with a ``FutureWarning``.)
+    stride_um
+        Distance between neighbouring grid tiles in micrometres.
     min_tissue
-        Smallest fraction (0 to 1) of a tile's area covered by tissue for it to be kept;
+        Smallest fraction, in ``[0, 1]``, of a tile's area covered by tissue for it to be kept;
         ``0`` keeps every tile.
     tissue_key
         Key of the tissue label map in ``sdata.labels`` (0 is background); defaults to
         ``f"{image_key}_tissue"``, detected first if it does not exist.
-    centers
+    centres
         Key of shapes in ``sdata.shapes`` (e.g. ``"spots"``): one tile is centred on each shape's
-        centre instead of a grid. The table's ``obs["spot_id"]`` holds the shape's index.
+        centre instead of a grid. The table's ``obs["spot_id"]`` holds the shape's index. (Was
+        ``centers``, still accepted with a ``FutureWarning``.)
     key_added
         Key of the tiles in ``sdata.shapes``; defaults to ``f"{image_key}_tiles"``. Their table
         is ``f"{key_added}_table"``.
@@ -95,37 +109,49 @@ def tile(
     Nothing; adds ``sdata.shapes[key_added]``, the tiles as square polygons in micrometres,
     and ``sdata.tables[f"{key_added}_table"]`` annotating them: ``obs["tile_id"]`` (the shapes'
     index), ``obs["tissue_fraction"]``, ``obs["grid_row"]`` and ``obs["grid_col"]`` (grid tiles)
-    or ``obs["spot_id"]`` (with ``centers``), ``obsm["spatial"]`` (tile centres in um) and
+    or ``obs["spot_id"]`` (with ``centres``), ``obsm["spatial"]`` (tile centres in um) and
     ``uns["tiles"]`` with ``image_key``, ``size_px``, ``mpp``, ``size_um``, ``stride_um``
-    (``None`` with ``centers``), ``centres`` (the ``centers`` key, ``None`` for a grid) and
+    (``None`` with ``centres``), ``centres`` (the ``centres`` key, ``None`` for a grid) and
     ``min_tissue``: how the tiles were made, checked before they are reused.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> sdata = hx.datasets.synthetic_section(seed=0)
+    >>> hx.pp.tile(sdata, "he", size_um=100, mpp=1.0, stride_um=50)
+    >>> hx.pp.tile(sdata, "he", size_um=55, mpp=1.0, centres="spots", min_tissue=0,
+    ...            key_added="spot_tiles")
     """
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
     table_key = f"{key_added}_table"
     for key in (key_added, table_key):
         check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
-    if not 0 <= min_tissue <= 1:
-        raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
-    if centers is not None:
-        require_element(sdata, centers, "shapes")
-        if stride is not None:
-            raise ValueError("stride is for grid tiles; with centers, leave stride=None.")
+    min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
+    if stride_px is not None and stride_um is not None:
+        raise ValueError("Give the stride either in pixels (stride_px) or in um (stride_um), "
+                         "not both.")
+    if centres is not None:
+        require_element(sdata, centres, "shapes")
+        if stride_px is not None or stride_um is not None:
+            raise ValueError("A stride is for grid tiles; with centres, leave stride_px=None "
+                             "and stride_um=None.")
     if tissue_key is not None:
         require_element(sdata, tissue_key, "labels")
 
     level0 = image_levels(sdata, image_key)[0]
-    size_px, tile_mpp, size_um, stride_um = _tile_geometry(level0.mpp, size, mpp, size_um, stride)
+    size_px, tile_mpp, size_um, stride_um = _tile_geometry(level0.mpp, size_px, mpp, size_um,
+                                                           stride_px, stride_um)
     if tile_mpp < level0.mpp * (1 - 1e-6):
         logger.warning("Tiles at %g um/px are finer than the image (%g um/px): they will be "
                        "upsampled when read.", tile_mpp, level0.mpp)
 
-    if centers is None:
-        centres, rows, cols = _grid_centres(level0, size_um, stride_um, size_px, tile_mpp)
+    if centres is None:
+        points, rows, cols = _grid_centres(level0, size_um, stride_um, size_px, tile_mpp)
     else:
-        centres, spot_ids = _shape_centres(sdata, centers)
+        points, spot_ids = _shape_centres(sdata, centres)
     half = size_um / 2
-    boxes = np.column_stack([centres - half, centres + half])  # x_min, y_min, x_max, y_max
+    boxes = np.column_stack([points - half, points + half])  # x_min, y_min, x_max, y_max
 
     if tissue_key is None:
         tissue_key = f"{image_key}_tissue"
@@ -153,15 +179,15 @@ def tile(
     tile_ids = np.arange(n_tiles)
     obs = pd.DataFrame({"tile_id": tile_ids, "tissue_fraction": fractions[keep]},
                        index=pd.Index(tile_ids.astype(str)))
-    if centers is None:
+    if centres is None:
         obs["grid_row"], obs["grid_col"] = rows[keep], cols[keep]
     else:
         obs["spot_id"] = np.asarray(spot_ids)[keep]
     uns = {"image_key": image_key, "size_px": size_px, "mpp": tile_mpp, "size_um": size_um,
-           "stride_um": stride_um if centers is None else None, "centres": centers,
+           "stride_um": stride_um if centres is None else None, "centres": centres,
            "min_tissue": float(min_tissue)}
     shapes = square_shapes(boxes[keep], tile_ids)
-    table = tile_table(obs, centres[keep], key_added, uns)
+    table = tile_table(obs, points[keep], key_added, uns)
 
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)
@@ -171,36 +197,31 @@ def tile(
     log_added("tables", table_key)
 
 
-def _tile_geometry(image_mpp: float, size: int | None, mpp: float | None,
-                   size_um: float | None, stride: float | None):
+def _tile_geometry(image_mpp: float, size_px: int | None, mpp: float | None,
+                   size_um: float | None, stride_px: float | None, stride_um: float | None):
     """Tile side in pixels, pixel size, side in um and stride in um, checked."""
-    tile_mpp = image_mpp if mpp is None else float(mpp)
-    if not tile_mpp > 0:
-        raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
-    if size is not None and size_um is not None:
-        raise ValueError("Give the tile size either in pixels (size) or in um (size_um), not both.")
+    tile_mpp = image_mpp if mpp is None else check_positive("mpp", mpp, unit="um/px")
+    if size_px is not None and size_um is not None:
+        raise ValueError("Give the tile size either in pixels (size_px) or in um (size_um), "
+                         "not both.")
     if size_um is None:
-        size_px = DEFAULT_SIZE if size is None else size
-        if isinstance(size_px, bool) or not isinstance(size_px, int | np.integer) or size_px < 1:
-            raise ValueError(f"size must be a positive number of pixels, got {size!r}.")
-        size_px = int(size_px)
+        size_px = DEFAULT_SIZE if size_px is None else check_int("size_px", size_px, minimum=1)
         size_um = size_px * tile_mpp
-        stride_unit = tile_mpp
     else:
-        if not size_um > 0:
-            raise ValueError(f"size_um must be positive, got {size_um!r}.")
+        size_um = check_positive("size_um", size_um, unit="um")
         size_px = round(size_um / tile_mpp)
         if size_px < 1:
             raise ValueError(
                 f"size_um={size_um:g} is less than one pixel of {tile_mpp:g} um; give a larger "
                 "size_um or a finer mpp."
             )
-        size_um = float(size_um)
         tile_mpp = size_um / size_px
-        stride_unit = 1.0
-    stride_um = size_um if stride is None else float(stride) * stride_unit
-    if not stride_um > 0:
-        raise ValueError(f"stride must be positive, got {stride!r}.")
+    if stride_px is not None:
+        stride_um = check_positive("stride_px", stride_px, unit="pixels") * tile_mpp
+    elif stride_um is not None:
+        stride_um = check_positive("stride_um", stride_um, unit="um")
+    else:
+        stride_um = size_um
     return size_px, tile_mpp, size_um, stride_um
 
 

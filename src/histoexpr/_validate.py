@@ -1,0 +1,145 @@
+"""One set of argument checks and the one deprecation shim for renamed keywords.
+
+Every public function checks its options through these functions, so that a bad value gets
+the same kind of message everywhere: the parameter's name, the value given, what is allowed
+and how to fix it. Errors are raised before anything is written.
+
+The conventions these names follow are in ``docs/design.md`` ("Conventions").
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar, get_args
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [
+    "check_choice",
+    "check_fraction",
+    "check_int",
+    "check_positive",
+    "renamed_parameters",
+]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_fraction(name: str, value: Any, *,
+                   closed: Literal["neither", "left", "right", "both"] = "neither") -> float:
+    """Return ``value`` as a float after checking it is a fraction in the stated interval.
+
+    ``closed="neither"`` allows ``(0, 1)``, ``"left"`` ``[0, 1)``, ``"right"`` ``(0, 1]`` and
+    ``"both"`` ``[0, 1]``.
+    """
+    if closed not in ("neither", "left", "right", "both"):
+        raise ValueError(f"closed must be 'neither', 'left', 'right' or 'both', got {closed!r}.")
+    low_in = closed in ("left", "both")
+    high_in = closed in ("right", "both")
+    interval = f"{'[' if low_in else '('}0, 1{']' if high_in else ')'}"
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r} "
+                        f"({type(value).__name__}); pass e.g. {name}=0.5.")
+    number = float(value)
+    ok = (math.isfinite(number) and (number >= 0 if low_in else number > 0)
+          and (number <= 1 if high_in else number < 1))
+    if not ok:
+        raise ValueError(f"{name} must be a fraction in {interval}, got {value!r}; "
+                         f"pass a value in {interval}, e.g. {name}=0.5.")
+    return number
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False,
+                   unit: str = "") -> float:
+    """Return ``value`` as a float after checking it is finite and positive (or zero).
+
+    ``unit`` (e.g. ``"um"``) is named in the message.
+    """
+    what = "a non-negative" if allow_zero else "a positive"
+    unit_text = f" in {unit}" if unit else ""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be {what} number{unit_text}, got {value!r} "
+                        f"({type(value).__name__}).")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {what} number{unit_text} ({name} {bound}), "
+                         f"got {value!r}; pass a finite value {bound}.")
+    return number
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Return ``value`` as an int after checking it is an integer in ``[minimum, maximum]``.
+
+    Booleans and floats (even whole ones) are refused: a count is an ``int``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); "
+                        f"pass e.g. {name}={minimum if minimum is not None else 1}.")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        low = "-inf" if minimum is None else str(minimum)
+        high = "inf" if maximum is None else str(maximum)
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}; "
+                         f"pass a value in that range.")
+    return number
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any] | Any) -> Any:
+    """Return ``value`` after checking it is one of ``choices``.
+
+    ``choices`` is an iterable or a ``typing.Literal`` type (the one in the signature), so the
+    allowed values are written once.
+    """
+    allowed = get_args(choices) or tuple(choices)
+    if value not in allowed:
+        listed = ", ".join(repr(c) for c in allowed)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}. "
+                         f"Pass one of these, e.g. {name}={allowed[0]!r}.")
+    return value
+
+
+def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> Callable[[F], F]:
+    """Accept old keyword names for a while, with a ``FutureWarning`` naming the new one.
+
+    ``renamed_parameters(centers="centres")`` lets ``f(centers=...)`` still work; the old name
+    is not in the signature that ``help()`` shows. The new name may depend on the other
+    arguments: give a function of the keyword arguments that returns the new name. Passing
+    both the old and the new name is an error.
+    """
+
+    def decorate(function: F) -> F:
+        parameters = inspect.signature(function).parameters
+        for old, new in renames.items():
+            if old in parameters:
+                raise TypeError(f"{function.__qualname__} still has the old parameter {old!r}.")
+            if isinstance(new, str) and new not in parameters:
+                raise TypeError(f"{function.__qualname__} has no parameter {new!r}.")
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                new_name = new if isinstance(new, str) else new(kwargs)
+                if new_name in kwargs:
+                    raise TypeError(f"{function.__name__}() got both {old!r} (deprecated) and "
+                                    f"{new_name!r}; pass only {new_name!r}.")
+                warnings.warn(f"{function.__name__}(): {old!r} is deprecated and will be "
+                              f"removed; use {new_name!r} instead.", FutureWarning,
+                              stacklevel=2)
+                kwargs[new_name] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        wrapper.__renamed_parameters__ = dict(renames)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
