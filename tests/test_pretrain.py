@@ -17,7 +17,8 @@ def _section(seed: int):
     sdata = hx.datasets.synthetic_section(seed=seed, size_um=450, transcripts=False, spots=False)
     hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.8)  # 32 um tiles
     # overlapping tiles for the probe: four times as many, so its score varies less
-    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.8, stride_px=16, key_added="probe_tiles")
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.8, stride_px=16,
+               key_added="probe_tiles")
     return sdata
 
 

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validate import check_fraction, check_int, check_positive, renamed_parameters
-
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -16,6 +14,7 @@ from .._utils import (
     require_element,
     store_element,
 )
+from .._validate import check_fraction, check_int, check_positive, renamed_parameters
 from ..io._elements import square_shapes, tile_table
 from ..io._image import COORDINATE_SYSTEM, image_levels, read_region
 
