@@ -82,7 +82,7 @@ class Clock:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     sdata = read_section()
-    hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=2.0, patch_stride_um=2.0,
+    hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=2.0, stride_um=2.0,
                             max_per_class=args.max_per_class, seed=0)
     labels = sdata.labels["tx_labels"].values
     height_um, width_um = labels.shape[0] * 2.0, labels.shape[1] * 2.0

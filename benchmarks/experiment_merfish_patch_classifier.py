@@ -274,7 +274,7 @@ def run(args) -> dict:
     print("Gene pairs (best first):\n", pairs.head(5).round(3).to_markdown(index=False))
     cells = "cells" if args.labels == "cells" else None
     hx.pp.transcript_labels(sdata, genes=GENES, cells=cells, grid_um=args.grid,
-                            patch_stride_um=args.stride, max_per_class=args.max_per_class,
+                            stride_um=args.stride, max_per_class=args.max_per_class,
                             seed=0)
     labels = sdata.labels["tx_labels"].values
     rule = sdata.tables["tx_labels_patches"].uns["transcript_labels"]

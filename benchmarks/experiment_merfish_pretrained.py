@@ -51,7 +51,7 @@ def section_and_halves(args):
     """The section with cell labels, the two halves (bounds in um) and the label grid (um)."""
     sdata = base.read_section()
     hx.pp.transcript_labels(sdata, genes=base.GENES, cells="cells", grid_um=2.0,
-                            patch_stride_um=2.0, max_per_class=2000, seed=0)
+                            stride_um=2.0, max_per_class=2000, seed=0)
     labels = sdata.labels["tx_labels"].values
     grid_um = sdata.tables["tx_labels_patches"].uns["transcript_labels"]["grid_um"]
     height_um, width_um = labels.shape[0] * grid_um, labels.shape[1] * grid_um

@@ -139,11 +139,11 @@ def test_attention_mil_from_stores_and_attention_maps(embedded, one_thread):
     sdata = cohort["slide_01"]
     attention = sdata.tables["he_tiles_table"].obs["cv_abmil_attention"].to_numpy()
     np.testing.assert_allclose(attention.sum(), 1, rtol=1e-5)
-    ax = hx.pl.attention(sdata, key="cv_abmil", max_side=100)
+    ax = hx.pl.attention(sdata, pred_key="cv_abmil", max_side=100)
     shown = ax.images[0].get_array()
     # the thumbnail comes from a low level, not the full-resolution slide
     assert max(shown.shape[:2]) <= 160 < hx.io.image_levels(sdata, "he")[0].shape_yx[0]
-    fig = hx.pl.top_tiles(cohort, result, gene="EPCAM", key="cv_abmil", n_bins=2, n_tiles=2)
+    fig = hx.pl.top_tiles(cohort, result, gene="EPCAM", pred_key="cv_abmil", n_bins=2, n_tiles=2)
     tile = fig.axes[0].images[0].get_array()
     assert tile.shape[:2] == (16, 16)  # a tile read at its own 2 um/px
 

@@ -185,7 +185,7 @@ def test_attention_plot_follows_the_values(sections):
     sdata = sections["s2"]
     tiles = sdata.tables["he_tiles_table"]
     tiles.obs["fixed_attention"] = np.linspace(0, 1, tiles.n_obs)
-    ax = hx.pl.attention(sdata, "he_tiles", key="fixed")
+    ax = hx.pl.attention(sdata, "he_tiles", pred_key="fixed")
     collection = ax.collections[0]
     shapes_order = tiles.obs.set_index("tile_id")["fixed_attention"].reindex(
         sdata.shapes["he_tiles"].index)
@@ -201,7 +201,7 @@ def test_top_tiles_show_the_most_attended_tiles(sections):
     network = hx.tl.fit({k: sections[k] for k in ("s0", "s1")}, model="abmil", genes=GENES,
                         **{**FAST, "batch_size": 8, "epochs": 10})
     predicted = hx.tl.predict(network, held_out, key_added="top", overwrite=True)
-    fig = hx.pl.top_tiles(held_out, predicted, gene="EPCAM", key="top", n_bins=2, n_tiles=3)
+    fig = hx.pl.top_tiles(held_out, predicted, gene="EPCAM", pred_key="top", n_bins=2, n_tiles=3)
     axes = np.array(fig.axes).reshape(2, 3)
     assert all(len(ax.images) == 1 for ax in axes.ravel())
     # the first tile of each row is the one with the highest within-bag attention of its bin

@@ -138,10 +138,10 @@ def test_attention_plot_warns_on_a_map_that_does_not_track(sections, caplog):
                                                       index=tiles.obs_names)
         tiles.obs[f"{key}_attention"] = values
     with caplog.at_level(logging.WARNING, logger="histoexpr"):
-        ax = hx.pl.attention(sdata, "he_tiles", key="good", gene="EPCAM", show="attention")
+        ax = hx.pl.attention(sdata, "he_tiles", pred_key="good", gene="EPCAM", show="attention")
         assert "does not track" not in caplog.text and "Spearman 1.00" in ax.get_title()
-        ax = hx.pl.attention(sdata, "he_tiles", key="bad", gene="EPCAM", show="attention")
+        ax = hx.pl.attention(sdata, "he_tiles", pred_key="bad", gene="EPCAM", show="attention")
     assert "does not track expression" in caplog.text and "-1.00" in ax.get_title()
     with pytest.raises(ValueError, match="show must be"):
-        hx.pl.attention(sdata, "he_tiles", key="good", show="nope")
+        hx.pl.attention(sdata, "he_tiles", pred_key="good", show="nope")
     plt.close("all")

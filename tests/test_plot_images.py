@@ -116,7 +116,7 @@ def test_attention_image(tmp_path, baseline_section):
     x = table.obsm["spatial"][:, 0]
     table.obs["abmil_attention"] = (x - x.min()) / (x.max() - x.min())  # rising left to right
     ax = baseline_axes()
-    hx.pl.attention(baseline_section, "he_tiles", key="abmil", ax=ax)
+    hx.pl.attention(baseline_section, "he_tiles", pred_key="abmil", ax=ax)
     check_same_image(ax, "attention", tmp_path)
 
 

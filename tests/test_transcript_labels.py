@@ -34,7 +34,7 @@ def test_the_rule_on_a_hand_made_section():
               + [(30.5, 10.5, "A")] * 3 + [(30.5, 10.5, "B")] * 3)  # mixed: unassigned
     sdata = hand_made(points)
     hx.pp.transcript_labels(sdata, genes=("A", "B"), grid_um=1.0, window_um=5.0, min_counts=3,
-                            enrichment=2.0, min_tissue_fraction=0.5, min_per_class=1)
+                            enrichment=2.0, min_tissue=0.5, min_per_class=1)
     assert label_at(sdata, 10.5, 30.5) == 3  # gene A
     assert label_at(sdata, 30.5, 30.5) == 4  # gene B
     assert label_at(sdata, 30.5, 10.5) == 0  # both genes, neither enriched
@@ -96,7 +96,7 @@ def test_per_cell_labels_on_hand_made_polygons():
                                                        flip_y=True)
     assert sdata.shapes["cells"].geometry["b"].bounds == (32, 2, 38, 8)
     hx.pp.transcript_labels(sdata, genes=("A", "B"), cells="cells", grid_um=1.0,
-                            window_um=5.0, min_counts=3, min_tissue_fraction=0.5,
+                            window_um=5.0, min_counts=3, min_tissue=0.5,
                             min_per_class=1)
     cells = sdata.tables["tx_labels_cells"].obs
     assert cells["label"].to_dict() == {"a": 3, "b": 4, "c": 2, "d": 0}
@@ -145,7 +145,7 @@ def test_bad_input_is_explained(section):
 
 
 def test_gene_pairs_prefer_markers_of_different_cell_types(section):
-    pairs = hx.pp.rank_gene_pairs(section, n_candidates=12, min_count=50)
+    pairs = hx.pp.rank_gene_pairs(section, n_candidates=12, min_counts=50)
     assert list(pairs.columns) == ["gene_a", "gene_b", "count_a", "count_b", "clustering_a",
                                    "clustering_b", "correlation", "overlap", "score"]
     assert pairs["score"].is_monotonic_decreasing

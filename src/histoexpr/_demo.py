@@ -250,7 +250,7 @@ def _attention_mil(seed: int, scale: DemoSize, report: _Report) -> dict[str, Any
                                      genes=list(result.var_names))
     first = str(result.obs["section"].iloc[0])
     report.figure("attention.png", lambda: hx.pl.attention(cohort[first], "he_tiles",
-                                                           key="abmil"))
+                                                           pred_key="abmil"))
     return {"pearson_per_gene": scores["pearson"].round(3).to_dict(),
             "mean_pearson": float(scores["pearson"].mean()), "slides": len(cohort)}
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger, progress, resolve_seed
+from .._validate import check_fraction, check_int
 from . import _rule
 from ._synthetic import _build_section, _check_positive, _check_size
 
@@ -108,8 +109,7 @@ def synthetic_cohort(
 def _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
                   mixing) -> tuple[float, float]:
     """The arguments shared by the synthetic cohorts, checked; the slides' width and height."""
-    if isinstance(n_slides, bool) or not isinstance(n_slides, int | np.integer) or n_slides < 1:
-        raise ValueError(f"n_slides must be a positive integer, got {n_slides!r}.")
+    check_int("n_slides", n_slides, minimum=1)
     width_um, height_um = _check_size(size_um)
     _check_positive("mpp", mpp)
     if min(width_um, height_um) / mpp < 32:
@@ -117,12 +117,9 @@ def _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
             f"Slides would be smaller than 32 pixels (size_um={size_um!r}, mpp={mpp}). "
             "Increase size_um or decrease mpp."
         )
-    if not 0 <= max_tumour < 1:
-        raise ValueError(f"max_tumour must lie in [0, 1), got {max_tumour!r}.")
-    if not 0 < tumour_threshold <= 1:
-        raise ValueError(f"tumour_threshold must lie in (0, 1], got {tumour_threshold!r}.")
-    if not 0 <= mixing <= 1:
-        raise ValueError(f"mixing must lie between 0 and 1, got {mixing!r}.")
+    check_fraction("max_tumour", max_tumour, closed="left")
+    check_fraction("tumour_threshold", tumour_threshold, closed="right")
+    check_fraction("mixing", mixing, closed="both")
     return width_um, height_um
 
 

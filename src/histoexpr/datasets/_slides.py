@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger, resolve_seed
+from .._validate import check_choice, check_int
 from ._cohort import _check_cohort, _draw_cohort
 
 if TYPE_CHECKING:
@@ -96,12 +97,8 @@ def synthetic_slide_cohort(
     start = time.perf_counter()
     width_um, height_um = _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
                                         mixing)
-    if isinstance(slides_per_patient, bool) or not isinstance(slides_per_patient, int) \
-            or slides_per_patient < 1:
-        raise ValueError(f"slides_per_patient must be a positive integer, got "
-                         f"{slides_per_patient!r}.")
-    if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be one of {_COMPRESSIONS}, got {compression!r}.")
+    check_int("slides_per_patient", slides_per_patient, minimum=1)
+    check_choice("compression", compression, _COMPRESSIONS)
     folder = Path(path).expanduser()
     manifest = folder / MANIFEST
     if (manifest.exists() or (folder / BULK).exists()) and not overwrite:

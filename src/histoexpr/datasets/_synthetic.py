@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger, resolve_seed
+from .._validate import check_fraction, check_positive
 from . import _rule
 
 if TYPE_CHECKING:
@@ -162,8 +163,7 @@ def synthetic_section(
             "Increase size_um or decrease mpp."
         )
     props = _check_proportions(proportions)
-    if not 0 <= mixing <= 1:
-        raise ValueError(f"mixing must lie between 0 and 1, got {mixing!r}.")
+    check_fraction("mixing", mixing, closed="both")
     _check_positive("region_scale_um", region_scale_um)
     if spots and not transcripts:
         raise ValueError(
@@ -202,8 +202,9 @@ def synthetic_section(
 
 
 def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    check_positive(name, value)
 
 
 def _check_size(size_um) -> tuple[float, float]:

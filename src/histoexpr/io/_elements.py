@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger
+from .._validate import check_positive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,10 +43,11 @@ def existing_file(path: str | Path, what: str, hint: str = "") -> Path:
 
 def check_mpp(mpp: float, what: str = "mpp") -> float:
     """Return ``mpp`` as a positive, finite float, or raise a clear error."""
-    value = float(mpp)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive number of micrometres per pixel, got {mpp!r}.")
-    return value
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        value = mpp  # check_positive names the parameter and the type
+    return check_positive(what, value, unit="um/px")
 
 
 def scale_to_global(mpp: float, offset_x: float = 0.0, offset_y: float = 0.0) -> dict:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._validate import check_choice, check_positive
+
 if TYPE_CHECKING:
     import xarray as xr
     from spatialdata import SpatialData
@@ -209,8 +211,7 @@ def check_on_image(level: ImageLevel, bounds: tuple[float, float, float, float],
     """Apply :func:`read_region`'s ``outside`` rule to ``bounds``; returns the fraction on it."""
     import warnings
 
-    if outside not in ("warn", "fill", "raise"):
-        raise ValueError(f"outside must be 'warn', 'fill' or 'raise', got {outside!r}.")
+    check_choice("outside", outside, ("warn", "fill", "raise"))
     x_min, y_min, x_max, y_max = (float(b) for b in bounds)
     if not all(np.isfinite([x_min, y_min, x_max, y_max])):
         raise ValueError(f"bounds must be finite numbers (um), got {bounds}.")
@@ -245,9 +246,7 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     if not (x_max > x_min and y_max > y_min):
         raise ValueError(
             f"bounds must be (x_min, y_min, x_max, y_max) with max > min, got {bounds}.")
-    target_mpp = levels[0].mpp if mpp is None else float(mpp)
-    if target_mpp <= 0:
-        raise ValueError(f"mpp must be positive, got {mpp}.")
+    target_mpp = levels[0].mpp if mpp is None else check_positive("mpp", mpp, unit="um/px")
     out_h = max(1, round((y_max - y_min) / target_mpp))
     out_w = max(1, round((x_max - x_min) / target_mpp))
     level = choose_level(levels, target_mpp)

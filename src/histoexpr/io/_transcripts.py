@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._utils import log_added, logger
+from .._validate import check_choice
 from ._elements import (
     channel_names,
     check_mpp,
@@ -96,8 +97,7 @@ def read_transcripts(
     from spatialdata.models import Labels2DModel, PointsModel
     from spatialdata.transformations import Identity
 
-    if outside not in ("error", "drop", "keep"):
-        raise ValueError(f"outside must be 'error', 'drop' or 'keep', got {outside!r}.")
+    check_choice("outside", outside, ("error", "drop", "keep"))
     pixel_size = check_mpp(pixel_size, "pixel_size")
     image_mpp = pixel_size if image_mpp is None else check_mpp(image_mpp, "image_mpp")
     frame = _read_table(table)

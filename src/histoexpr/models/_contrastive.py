@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import check_fraction, check_positive
 from ._base import Network
 from ._encoders import TileEncoder
 
@@ -87,12 +88,10 @@ class ContrastiveLearner(Network):
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown contrastive method {method!r}; choose one of {METHODS}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
+        check_positive("temperature", temperature)
         if method == "moco" and queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}.")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        check_fraction("momentum", momentum, closed="left")
         super().__init__(config={
             "encoder": dict(encoder), "method": method, "projection_dim": projection_dim,
             "hidden_dim": hidden_dim, "temperature": temperature, "queue_size": queue_size,

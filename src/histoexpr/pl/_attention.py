@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import logger, require_element
+from .._validate import check_choice, renamed_parameters
 from ._docs import shared_docs
 from ._spatial import _draw_shapes, draw_image
 
@@ -24,11 +25,12 @@ if TYPE_CHECKING:
 
 
 @shared_docs
+@renamed_parameters(key="pred_key")
 def attention(
     sdata: SpatialData,
     tiles_key: str = "he_tiles",
     *,
-    key: str = "abmil",
+    pred_key: str = "abmil",
     gene: str | None = None,
     show: str | None = None,
     table_key: str = "table",
@@ -55,8 +57,9 @@ def attention(
         The section, with per-tile results of :func:`histoexpr.tl.predict` in its tile table.
     tiles_key
         Key of the tiles.
-    key
-        The ``key_added`` of the prediction.
+    pred_key
+        The ``key_added`` of the prediction. (Was ``key``, still accepted with a
+        ``FutureWarning``.)
     gene
         ``None`` draws the attention (the mean over branches); a gene draws its per-tile
         predicted expression (or, with ``show``, its attention branch or contributions).
@@ -83,6 +86,7 @@ def attention(
 
     require_element(sdata, tiles_key, "shapes")
     table = sdata.tables[f"{tiles_key}_table"]
+    key = pred_key
     column = f"{key}_attention"
     if column not in table.obs.columns:
         raise KeyError(f"The tile table has no per-tile results {key!r}; run "
@@ -159,12 +163,13 @@ def _tracking(sdata, table, key: str, gene: str | None, values: np.ndarray,
 
 
 @shared_docs
+@renamed_parameters(key="pred_key")
 def top_tiles(
     data: Any,
     predictions: AnnData,
     *,
     gene: str,
-    key: str = "abmil",
+    pred_key: str = "abmil",
     n_bins: int = 3,
     n_tiles: int = 5,
     by: str = "measured",
@@ -185,8 +190,9 @@ def top_tiles(
         :func:`histoexpr.tl.cross_validate`).
     gene
         The gene whose expression defines the bins.
-    key
-        The ``key_added`` of the per-tile results.
+    pred_key
+        The ``key_added`` of the per-tile results. (Was ``key``, still accepted with a
+        ``FutureWarning``.)
     n_bins
         Number of expression bins (rows).
     n_tiles
@@ -206,8 +212,7 @@ def top_tiles(
 
     if gene not in predictions.var_names:
         raise KeyError(f"{gene!r} is not among the predicted genes.")
-    if by not in ("measured", "predicted"):
-        raise ValueError(f"by must be 'measured' or 'predicted', got {by!r}.")
+    check_choice("by", by, ("measured", "predicted"))
     if by == "measured" and "measured" not in predictions.layers:
         raise KeyError("The predictions hold no measured values; pass by='predicted'.")
     info = next(v for v in predictions.uns.values() if isinstance(v, dict) and "tiles_key" in v)
@@ -226,7 +231,7 @@ def top_tiles(
         for name, section in zip(predictions.obs_names[bins == b],
                                  predictions.obs["section"][bins == b], strict=True):
             table = bags.sections[section].tables[f"{bags.tiles_key}_table"]
-            branch = table.obsm[f"{key}_attention"]
+            branch = table.obsm[f"{pred_key}_attention"]
             weights = branch[gene if gene in branch.columns else branch.columns[0]].to_numpy()
             rows = rows_of[name]
             within = weights[rows] / weights[rows].sum()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import require_element
+from .._validate import check_fraction
 from ..io._image import image_levels, read_region
 from ._docs import shared_docs
 from ._spatial import draw_image
@@ -70,8 +71,7 @@ def labels(
     keys = [truth_key] if pred_key is None else [truth_key, pred_key]
     for key in keys:
         require_element(sdata, key, "labels")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must lie between 0 and 1, got {alpha!r}.")
+    check_fraction("alpha", alpha, closed="both")
     axes = _axes(ax, len(keys))
     classes = _classes(sdata, keys, classes)
     colours = {value: _PALETTE[i % len(_PALETTE)] for i, value in enumerate(classes.values())}

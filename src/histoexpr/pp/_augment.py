@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_positive
+
 STAINS = ("he", "fluorescence")
 
 # optical density of one unit of haematoxylin, eosin and DAB in (r, g, b) (skimage's rgb_from_hed,
@@ -60,8 +62,7 @@ def augmentations(
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got "
                          f"{crop_scale}.")
-    if strength < 0:
-        raise ValueError(f"strength must be non-negative, got {strength}.")
+    check_positive("strength", strength, allow_zero=True)
     s = float(strength)
     geometry = [
         {"name": "RandomResizedCrop", "size": [size_px, size_px], "scale": list(crop_scale)},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import check_key_free, log_added, logger, require_element, store_element
+from .._validate import check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -90,8 +91,7 @@ def pseudobulk(
     if "spot_id" not in tiles.obs.columns:
         raise ValueError(f"The tiles {tiles_key!r} are not centred on spots (no obs['spot_id']); "
                          "make them with hx.pp.tile(sdata, centres='spots').")
-    if not size_um > 0:
-        raise ValueError(f"size_um must be positive, got {size_um!r}.")
+    check_positive("size_um", size_um, unit="um")
     stride_um = float(size_um) if stride_um is None else float(stride_um)
     if not 0 < stride_um <= size_um:
         raise ValueError(f"stride_um must lie in (0, size_um={size_um:g}], got {stride_um!r}.")

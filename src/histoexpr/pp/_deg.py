@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger
+from .._validate import check_choice, check_positive
 from ._panels import resolve_genes
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ def deg_labels(
         two_classes = lower == upper
         codes = np.where(values <= low, 0, np.where(values > high, 2, 1))
     elif method == "fold_change":
-        if log2_threshold < 0:
-            raise ValueError(f"log2_threshold must be >= 0, got {log2_threshold}.")
+        check_positive("log2_threshold", log2_threshold, allow_zero=True)
         mask = _reference_mask(bulk, reference)
         log2fc = np.log2((values + pseudocount) / (values[mask].mean(axis=0) + pseudocount))
         two_classes = log2_threshold == 0
@@ -104,7 +104,7 @@ def deg_labels(
         if two_classes:
             codes = np.where(log2fc > 0, 2, 0)
     else:
-        raise ValueError(f"method must be 'quantile' or 'fold_change', got {method!r}.")
+        check_choice("method", method, ("quantile", "fold_change"))
     categories = ["down", "up"] if two_classes else list(DEG_LABELS)
     for j, column in enumerate(columns):
         labels = np.asarray(DEG_LABELS, dtype=object)[codes[:, j]]

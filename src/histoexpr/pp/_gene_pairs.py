@@ -8,18 +8,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger, require_element
+from .._validate import check_positive, renamed_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
 
+@renamed_parameters(min_count="min_counts")
 def rank_gene_pairs(
     sdata: SpatialData,
     points_key: str = "transcripts",
     *,
     n_candidates: int = 20,
-    min_count: int = 100,
+    min_counts: int = 100,
     bin_um: float = 10.0,
     smooth_um: float = 20.0,
 ) -> pd.DataFrame:
@@ -27,7 +29,7 @@ def rank_gene_pairs(
 
     A good pair for :func:`histoexpr.pp.transcript_labels` has two abundant genes, each clustered
     in its own places (a pattern the image can show), and the two rarely in the same place. The
-    ``n_candidates`` most abundant genes with at least ``min_count`` transcripts are binned on a
+    ``n_candidates`` most abundant genes with at least ``min_counts`` transcripts are binned on a
     grid of ``bin_um``, over the bins that hold any transcript (the tissue). For each gene:
 
     - ``clustering``: the variance-to-mean ratio of its bin counts, minus 1 (0 for transcripts
@@ -51,8 +53,9 @@ def rank_gene_pairs(
         Key of the transcripts in ``sdata.points`` (column ``gene``, ``x``, ``y`` in um).
     n_candidates
         How many of the most abundant genes are paired.
-    min_count
-        Genes with fewer transcripts are not candidates.
+    min_counts
+        Genes with fewer transcripts are not candidates. (Was ``min_count``, still accepted
+        with a ``FutureWarning``.)
     bin_um
         Side of the bins, in um.
     smooth_um
@@ -77,16 +80,15 @@ def rank_gene_pairs(
     require_element(sdata, points_key, "points")
     if n_candidates < 2:
         raise ValueError(f"n_candidates must be at least 2, got {n_candidates!r}.")
-    if not (bin_um > 0 and smooth_um >= 0):
-        raise ValueError(f"bin_um must be positive and smooth_um non-negative, got {bin_um!r} "
-                         f"and {smooth_um!r}.")
+    check_positive("bin_um", bin_um, unit="um")
+    check_positive("smooth_um", smooth_um, allow_zero=True, unit="um")
     points = _points_frame(sdata, points_key)
     totals = points["gene"].value_counts()
-    candidates = totals[totals >= min_count].index[:n_candidates].tolist()
+    candidates = totals[totals >= min_counts].index[:n_candidates].tolist()
     if len(candidates) < 2:
         raise ValueError(
-            f"Fewer than two genes have at least min_count={min_count} transcripts (the most "
-            f"abundant: {totals.head(3).to_dict()}); lower min_count."
+            f"Fewer than two genes have at least min_counts={min_counts} transcripts (the most "
+            f"abundant: {totals.head(3).to_dict()}); lower min_counts."
         )
     logger.info("Ranking %d pairs of the %d most abundant genes.",
                 len(candidates) * (len(candidates) - 1) // 2, len(candidates))

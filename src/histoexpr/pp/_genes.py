@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
 from .._utils import logger
+from .._validate import check_choice, renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 #: how :func:`select_genes` ranks genes
-FLAVORS = ("top_expressed", "pearson_residuals", "seurat_v3", "seurat", "cell_ranger")
+Flavor = Literal["top_expressed", "pearson_residuals", "seurat_v3", "seurat", "cell_ranger"]
+FLAVORS = get_args(Flavor)
 #: counts per spot after normalisation (scanpy's ``normalize_total`` ``target_sum``)
 TARGET_SUM = 1e4
 
 
+@renamed_parameters(adatas="data")
 def select_genes(
-    adatas: AnnData | Sequence[AnnData],
+    data: AnnData | Sequence[AnnData],
     *,
     n_top: int = 50,
-    flavor: str = "top_expressed",
+    flavor: Flavor = "top_expressed",
     genes: str | Sequence[str] | None = None,
 ) -> list[str]:
     """Choose the genes a model predicts, from the raw counts of the training sections.
@@ -37,7 +40,7 @@ def select_genes(
 
     Parameters
     ----------
-    adatas
+    data
         One spot table or several (spots x genes, raw counts in ``layers["counts"]`` or ``X``).
     n_top
         Number of genes to choose (ignored with ``genes``).
@@ -53,7 +56,7 @@ def select_genes(
     The gene names, best ranked first (or in the order given).
 
     """
-    tables = _as_list(adatas)
+    tables = _as_list(data)
     shared = shared_genes(tables)
     if genes is not None:
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
@@ -66,8 +69,7 @@ def select_genes(
         if len(set(genes)) != len(genes):
             raise ValueError("genes= lists some genes more than once; pass each gene once.")
         return genes
-    if flavor not in FLAVORS:
-        raise ValueError(f"Unknown flavor {flavor!r}; choose one of {FLAVORS}.")
+    check_choice("flavor", flavor, Flavor)
     if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
         raise ValueError(f"n_top must be a positive number of genes, got {n_top!r}.")
     if n_top > len(shared):

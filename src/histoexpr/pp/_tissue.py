@@ -15,6 +15,7 @@ from .._utils import (
     require_element,
     store_element,
 )
+from .._validate import check_choice, check_positive
 from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
@@ -103,12 +104,9 @@ def detect_tissue(
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tissue" if key_added is None else key_added
     check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
-    if not mpp > 0:
-        raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
-    if min_area_um2 < 0:
-        raise ValueError(f"min_area_um2 must be >= 0, got {min_area_um2!r}.")
+    check_choice("kind", kind, _KINDS)
+    check_positive("mpp", mpp, unit="um/px")
+    check_positive("min_area_um2", min_area_um2, allow_zero=True, unit="um2")
 
     level0 = image_levels(sdata, image_key)[0]
     work_mpp = float(mpp)

@@ -22,6 +22,7 @@ from .._utils import (
     seed_everything,
     store_element,
 )
+from .._validate import check_choice, check_fraction, check_positive, renamed_parameters
 from ..io._elements import scale_to_global
 from ..io._image import image_levels, read_region
 
@@ -41,7 +42,11 @@ _FOREGROUND_SUBSTEPS = 2
 # cells are rasterised at this fraction of the grid step to find the cell of each transcript
 _CELL_SUBSTEPS = 4
 
+#: the tissue tests of :func:`transcript_labels`
+TissueTest = Literal["image", "transcripts"]
 
+
+@renamed_parameters(min_tissue_fraction="min_tissue", patch_stride_um="stride_um")
 def transcript_labels(
     sdata: SpatialData,
     points_key: str = "transcripts",
@@ -52,11 +57,11 @@ def transcript_labels(
     window_um: float = 10.0,
     min_counts: int = 3,
     enrichment: float = 2.0,
-    tissue: Literal["image", "transcripts"] = "image",
-    min_tissue_fraction: float = 0.15,
+    tissue: TissueTest = "image",
+    min_tissue: float = 0.15,
     min_total: int = 5,
     cells: str | None = None,
-    patch_stride_um: float = 4.0,
+    stride_um: float = 4.0,
     max_per_class: int | None = None,
     min_per_class: int = 20,
     seed: int | None = None,
@@ -79,7 +84,7 @@ def transcript_labels(
     The tissue test (``tissue``): ``"image"`` thresholds the image (Otsu's threshold on the
     smoothed intensity of a one-channel fluorescence image, where nuclei are bright; on the colour
     saturation of an RGB H&E image, where tissue is stained; nuclei of a label map) at half
-    the grid step, and requires that at least ``min_tissue_fraction`` of the window be
+    the grid step, and requires that at least ``min_tissue`` of the window be
     foreground; ``"transcripts"`` requires ``n_all >= min_total``. On a DAPI image, "tissue" is
     therefore "nuclei without either gene" and background "no nuclei", as in the paper.
 
@@ -90,7 +95,7 @@ def transcript_labels(
     space between cells of a tissue is neither a cell nor empty). The label map takes each
     cell's label on the cells' pixels; the cells and their counts are also written as a table.
 
-    Patch centres are then taken every ``patch_stride_um`` on the grid, where the label is not 0;
+    Patch centres are then taken every ``stride_um`` on the grid, where the label is not 0;
     ``max_per_class`` caps each class by a random subsample (balancing; the numbers dropped are
     logged).
 
@@ -116,16 +121,18 @@ def transcript_labels(
         How many times more transcripts of one gene than of the other a positive place needs.
     tissue
         The tissue test: ``"image"`` or ``"transcripts"`` (see above).
-    min_tissue_fraction
-        With ``tissue="image"``: the foreground fraction of the window that makes it tissue.
+    min_tissue
+        With ``tissue="image"``: the foreground fraction, in ``[0, 1]``, of the window that
+        makes it tissue. (Was ``min_tissue_fraction``, still accepted with a ``FutureWarning``.)
     min_total
         With ``tissue="transcripts"``: the transcripts of all genes that make a window tissue.
     cells
         Key of cell polygons in ``sdata.shapes`` (:func:`histoexpr.io.read_cell_boundaries`) or
         of a cell (or nucleus) label image in ``sdata.labels``: label each cell by the
         transcripts inside it (see above). ``None`` labels places by windows.
-    patch_stride_um
+    stride_um
         Distance between neighbouring patch centres, in um (a multiple of ``grid_um`` is exact).
+        (Was ``patch_stride_um``, still accepted with a ``FutureWarning``.)
     max_per_class
         Keep at most this many patch centres per class (a random subsample); ``None`` keeps all.
     min_per_class
@@ -167,7 +174,8 @@ def transcript_labels(
     for key in (key_added, table_key):
         check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     gene_a, gene_b = _check_genes(genes)
-    _check_rule(grid_um, window_um, min_counts, enrichment, tissue, patch_stride_um)
+    _check_rule(grid_um, window_um, min_counts, enrichment, tissue, stride_um)
+    min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
 
     level0 = image_levels(sdata, image_key)[0]
     grid = _Grid.over(level0, grid_um)
@@ -177,7 +185,7 @@ def transcript_labels(
     all_counts = grid.counts(points)
     if tissue == "image":
         fraction = _window_mean(_foreground_fraction(sdata, image_key, grid), window)
-        is_tissue = fraction >= min_tissue_fraction
+        is_tissue = fraction >= min_tissue
     else:
         is_tissue = _window_sum(all_counts, window) >= min_total
     classes = {"background": 1, "tissue": 2, gene_a: 3, gene_b: 4}
@@ -194,14 +202,14 @@ def transcript_labels(
         labels = np.where(is_tissue, UNASSIGNED, CLASS_VALUES["background"]).astype(np.uint8)
         in_cell = cell_grid > 0
         labels[in_cell] = np.append(0, cell_table.obs["label"].to_numpy())[cell_grid[in_cell]]
-    rows, cols = _patch_cells(labels, grid_um, patch_stride_um)
+    rows, cols = _patch_cells(labels, grid_um, stride_um)
     rows, cols = _balance(labels, rows, cols, classes, max_per_class, min_per_class, seed)
     rule = {"classes": classes, "genes": [gene_a, gene_b], "image_key": image_key,
             "labels_key": key_added, "points_key": points_key, "grid_um": float(grid_um),
             "window_um": window * float(grid_um), "min_counts": int(min_counts),
             "enrichment": float(enrichment), "tissue": tissue,
-            "min_tissue_fraction": float(min_tissue_fraction), "min_total": int(min_total),
-            "cells": cells, "patch_stride_um": float(patch_stride_um)}
+            "min_tissue": float(min_tissue), "min_total": int(min_total),
+            "cells": cells, "stride_um": float(stride_um)}
     table = _patch_table(grid, labels, rows, cols, {"n_a": n_a, "n_b": n_b, "n_all": n_all},
                          classes, rule)
     element = Labels2DModel.parse(labels, dims=("y", "x"),
@@ -277,17 +285,15 @@ def _check_genes(genes: Sequence[str]) -> tuple[str, str]:
     return str(genes[0]), str(genes[1])
 
 
-def _check_rule(grid_um, window_um, min_counts, enrichment, tissue, patch_stride_um) -> None:
+def _check_rule(grid_um, window_um, min_counts, enrichment, tissue, stride_um) -> None:
     for name, value in (("grid_um", grid_um), ("window_um", window_um),
-                        ("patch_stride_um", patch_stride_um)):
-        if not value > 0:
-            raise ValueError(f"{name} must be a positive length in um, got {value!r}.")
+                        ("stride_um", stride_um)):
+        check_positive(name, value, unit="um")
     if min_counts < 1:
         raise ValueError(f"min_counts must be at least 1, got {min_counts!r}.")
     if enrichment < 1:
         raise ValueError(f"enrichment must be at least 1 (a ratio of counts), got {enrichment!r}.")
-    if tissue not in ("image", "transcripts"):
-        raise ValueError(f"tissue must be 'image' or 'transcripts', got {tissue!r}.")
+    check_choice("tissue", tissue, TissueTest)
 
 
 def _points_frame(sdata: SpatialData, points_key: str) -> pd.DataFrame:
