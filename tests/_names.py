@@ -96,8 +96,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tl[patch_classifier].fit", "patch_size_um"): "tl rename pending: -> size_um",
     ("tl.probe", "n_splits"): "tl rename pending: -> n_folds",
     ("tl[cell_morphology].fit", "folds"): "tl rename pending: -> n_folds",
-    ("pl.gene_metrics", "top"): "pl rename pending (pl/_prediction.py is being edited by "
-                                "another change): -> n_top",
     ("io.read_transcripts", "pixel_size"): "um per unit of the table's x/y, not an image's "
                                            "pixel size; rename to a clearer name is pending",
     ("io.read_cell_boundaries", "pixel_size"): "as io.read_transcripts",

@@ -120,7 +120,7 @@ def test_evaluate_refuses_predictions_of_unmeasured_genes():
 
 def test_gene_metric_bars_and_slide_scatter_draw_the_values():
     frame = pd.DataFrame({"pearson": [0.2, 0.8, np.nan, 0.5]}, index=["A", "B", "C", "D"])
-    ax = hx.pl.gene_metrics(frame, top=2)
+    ax = hx.pl.gene_metrics(frame, n_top=2)
     heights = [patch.get_height() for patch in ax.patches]
     assert heights == pytest.approx([0.8, 0.5])  # best first, NaN dropped, top 2
     assert [t.get_text() for t in ax.get_xticklabels()] == ["B", "D"]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import require_element
+from .._validate import renamed_parameters
 from ._docs import shared_docs
 from ._spatial import _draw_shapes, draw_image
 
@@ -81,12 +82,13 @@ def prediction(
     return figure
 
 
+@renamed_parameters(top="n_top")
 @shared_docs
 def gene_metrics(
     metrics: pd.DataFrame,
     *,
     metric: str = "pearson",
-    top: int | None = 30,
+    n_top: int | None = 30,
     ax: Axes | None = None,
     save: str | Path | None = None,
 ) -> Axes:
@@ -100,9 +102,9 @@ def gene_metrics(
         are then averaged per gene).
     metric
         Column to draw.
-    top
-        Draw only the best ``top`` genes; ``None`` draws all. The mean over all genes is drawn
-        as a dashed line.
+    n_top
+        Draw only the best ``n_top`` genes; ``None`` draws all. The mean over all genes is drawn
+        as a dashed line. (Was ``top``, still accepted with a ``FutureWarning``.)
 
     Returns
     -------
@@ -116,7 +118,7 @@ def gene_metrics(
                        f"{list(metrics.columns)}.")
     values = (metrics.groupby("gene")[metric].mean() if "gene" in metrics.columns
               else metrics[metric]).dropna().sort_values(ascending=False)
-    shown = values if top is None else values.iloc[:top]
+    shown = values if n_top is None else values.iloc[:n_top]
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(shown) + 1), 3.5))
     ax.bar(np.arange(len(shown)), shown.to_numpy(), color="#4c72b0")
