@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 _TILE = 256  # TIFF tile side (px)
 _MIN_LEVEL_SIDE = 256  # reduced levels are halved down to this side
-_COMPRESSIONS = ("zlib", "jpeg", "none")
+Compression = Literal["zlib", "jpeg", "none"]
+_COMPRESSIONS = get_args(Compression)
 MANIFEST = "manifest.csv"
 BULK = "bulk.h5ad"
 
@@ -32,7 +33,7 @@ def synthetic_slide_cohort(
     max_tumour: float = 0.6,
     tumour_threshold: float = 0.25,
     mixing: float = 0.15,
-    compression: str = "zlib",
+    compression: Compression = "zlib",
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic cohort of whole-slide files, its manifest and its bulk expression.
@@ -136,7 +137,7 @@ def synthetic_slide_cohort(
 
 
 def write_pyramidal_tiff(path: Path, image: np.ndarray, *, mpp: float,
-                         compression: str = "zlib") -> None:
+                         compression: Compression = "zlib") -> None:
     """Write a ``(c, y, x)`` uint8 image as a tiled pyramidal TIFF with its pixel size.
 
     The reduced levels (2x2 means, halved until a side is below 2 x 256 px) are SubIFDs of the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,8 @@ from .._validate import check_fraction, check_positive
 from ._base import Network
 from ._encoders import TileEncoder
 
-METHODS = ("simclr", "moco")
+Method = Literal["simclr", "moco"]
+METHODS = get_args(Method)
 
 
 class ProjectionHead(nn.Sequential):
@@ -79,7 +80,7 @@ class ContrastiveLearner(Network):
         self,
         *,
         encoder: dict[str, Any],
-        method: str = "simclr",
+        method: Method = "simclr",
         projection_dim: int = 64,
         hidden_dim: int | None = None,
         temperature: float = 0.2,

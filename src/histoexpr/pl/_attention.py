@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ def attention(
     *,
     pred_key: str = "abmil",
     gene: str | None = None,
-    show: str | None = None,
+    show: Literal["attention", "contribution", "prediction"] | None = None,
     table_key: str = "table",
     min_spearman: float = MIN_TRACKING_SPEARMAN,
     cmap: str = "magma",
@@ -172,7 +172,7 @@ def top_tiles(
     pred_key: str = "abmil",
     n_bins: int = 3,
     n_tiles: int = 5,
-    by: str = "measured",
+    by: Literal["measured", "predicted"] = "measured",
     save: str | Path | None = None,
 ) -> Figure:
     """The tiles with the highest attention in bags of low, middle and high expression.

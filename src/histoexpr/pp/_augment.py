@@ -7,14 +7,15 @@ rebuilt from it exactly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from .._validate import check_positive
 
-STAINS = ("he", "fluorescence")
+Stain = Literal["he", "fluorescence"]
+STAINS = get_args(Stain)
 
 # optical density of one unit of haematoxylin, eosin and DAB in (r, g, b) (skimage's rgb_from_hed,
 # Ruifrok & Johnston 2001)
@@ -22,7 +23,7 @@ _RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 
 
 def augmentations(
-    stain: str = "he",
+    stain: Stain = "he",
     *,
     size_px: int,
     crop_scale: tuple[float, float] = (0.4, 1.0),

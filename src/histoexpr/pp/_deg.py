@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -22,7 +22,7 @@ def deg_labels(
     bulk: AnnData,
     genes: str | Sequence[str] | None = None,
     *,
-    method: str = "quantile",
+    method: Literal["quantile", "fold_change"] = "quantile",
     lower: float = 0.25,
     upper: float = 0.75,
     reference: str | Sequence[str] | None = None,

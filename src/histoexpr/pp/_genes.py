@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from .._utils import logger
-from .._validate import check_choice, renamed_parameters
+from .._validate import check_choice, check_int, renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -70,8 +70,7 @@ def select_genes(
             raise ValueError("genes= lists some genes more than once; pass each gene once.")
         return genes
     check_choice("flavor", flavor, Flavor)
-    if isinstance(n_top, bool) or not isinstance(n_top, int | np.integer) or n_top < 1:
-        raise ValueError(f"n_top must be a positive number of genes, got {n_top!r}.")
+    n_top = check_int("n_top", n_top, minimum=1)
     if n_top > len(shared):
         raise ValueError(f"n_top={n_top} but the sections share only {len(shared)} genes.")
     pooled = _pooled_counts(tables, shared)

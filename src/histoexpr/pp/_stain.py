@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -24,14 +24,15 @@ if TYPE_CHECKING:
 #: transmitted light intensity and the optical density below which a pixel is background
 #: (torchstain's defaults)
 _IO, _BETA, _ALPHA = 240, 0.15, 1
-STAIN_METHODS = ("macenko",)
+StainMethod = Literal["macenko"]
+STAIN_METHODS = get_args(StainMethod)
 
 
 def stain_reference(
     data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     tiles_key: str = "he_tiles",
     *,
-    method: str = "macenko",
+    method: StainMethod = "macenko",
     n_tiles: int = 64,
     seed: int = 0,
 ) -> dict[str, Any]:
