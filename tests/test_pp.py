@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
 from conftest import make_disk_section
 
 import histoexpr as hx
@@ -266,11 +267,21 @@ def test_tile_old_names_still_work_with_a_future_warning(disk_section):
         hx.pp.tile(disk_section, size_um=10.0, stride=5.0, min_tissue=1.0, key_added="old_um")
     np.testing.assert_allclose(disk_section.tables["old_um_table"].obsm["spatial"],
                                disk_section.tables["new_table"].obsm["spatial"])
-    with pytest.raises(TypeError, match="got both 'size'.*and 'size_px'"):
-        hx.pp.tile(disk_section, size=20, size_px=20, key_added="both")
-    with pytest.raises(ValueError, match="not both"):
-        hx.pp.tile(disk_section, size_px=20, stride_px=10, stride_um=5.0, key_added="both")
     assert "centers" not in inspect.signature(hx.pp.tile).parameters
+
+
+@bad_input("obscure error", "a renamed option given twice, under its old and its new name "
+           "(`hx.pp.tile(sdata, size=20, size_px=32)`), or a stride in pixels and in um",
+           says="TypeError: got both 'size' (deprecated) and 'size_px'; pass only 'size_px' "
+                "(before anything is written)",
+           fix="pass only the new name (docs/design.md, Names)")
+def test_tile_refuses_an_option_given_twice(disk_section):
+    add_exact_tissue(disk_section)
+    with pytest.raises(TypeError, match="got both 'size'.*and 'size_px'; pass only 'size_px'"):
+        hx.pp.tile(disk_section, size=20, size_px=32, key_added="both")
+    with pytest.raises(ValueError, match="either in pixels .stride_px. or in um .stride_um."):
+        hx.pp.tile(disk_section, size_px=20, stride_px=10, stride_um=5.0, key_added="both")
+    assert "both" not in disk_section.shapes and "both_table" not in disk_section.tables
 
 
 def test_tile_size_um_is_size_times_mpp(disk_section):
