@@ -29,6 +29,21 @@ def label_at(sdata, x: float, y: float, key: str = "tx_labels") -> int:
     return int(read_region(sdata, key, (x - 0.5, y - 0.5, x + 0.5, y + 0.5), mpp=1.0)[0, 0])
 
 
+def test_old_option_names_still_work_with_a_future_warning():
+    points = [(10.5, 30.5, "A")] * 4 + [(30.5, 30.5, "B")] * 4
+    options = {"genes": ("A", "B"), "grid_um": 1.0, "window_um": 5.0, "min_per_class": 1}
+    new, old = hand_made(points), hand_made(points)
+    hx.pp.transcript_labels(new, min_tissue=0.5, stride_um=2.0, **options)
+    with pytest.warns(FutureWarning, match="'min_tissue_fraction' is deprecated.*'min_tissue'"):
+        hx.pp.transcript_labels(old, min_tissue_fraction=0.5, patch_stride_um=2.0, **options)
+    np.testing.assert_array_equal(old.labels["tx_labels"].values, new.labels["tx_labels"].values)
+    a, b = old.tables["tx_labels_patches"], new.tables["tx_labels_patches"]
+    np.testing.assert_array_equal(a.obsm["spatial"], b.obsm["spatial"])
+    # a fraction outside [0, 1] is refused before anything is written
+    with pytest.raises(ValueError, match=r"min_tissue must be a fraction in \[0, 1\]"):
+        hx.pp.transcript_labels(new, min_tissue=50, overwrite=True, **options)
+
+
 def test_the_rule_on_a_hand_made_section():
     points = ([(10.5, 30.5, "A")] * 4 + [(30.5, 30.5, "B")] * 4  # pure A, pure B
               + [(30.5, 10.5, "A")] * 3 + [(30.5, 10.5, "B")] * 3)  # mixed: unassigned
