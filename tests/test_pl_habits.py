@@ -204,3 +204,29 @@ def test_prediction_of_a_table_on_its_own_draws_maps_over_its_image(predicted):
     bar = [a for a in pred_ax.artists if isinstance(a, AnchoredSizeBar)][0]
     assert bar.txt_label.get_text() == "50 um"
     plt.close("all")
+
+
+def test_per_cell_predictions_carry_the_layout_and_draw_where_the_cells_are():
+    import squidpy as sq
+
+    from histoexpr.models import PatchClassifier, PatchEnsemble
+
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = PatchEnsemble.of([PatchClassifier(in_channels=1, n_classes=3, patch_px=16, width=4,
+                                              depth=2)]).eval()
+    model.metadata = {"model": "patch_classifier", "mpp": 0.5, "grid_um": 1.0,
+                      "image_key": "dapi", "classes": {"background": 1, "a": 2, "b": 3}}
+    hx.tl.predict(model, sdata, device="cpu", cells="cells", key_added="per_cell")
+    table = sdata.tables["per_cell_cells"]
+    library_id, record = _record(table)
+    assert library_id == "dapi"
+    assert record["images"]["hires"].shape == (200, 200, 3)  # 100 um at 0.5 um/px, grey as RGB
+    scale = record["scalefactors"]["tissue_hires_scalef"]
+    assert scale == pytest.approx(2.0)
+    assert 1 < record["scalefactors"]["spot_diameter_fullres"] < 20  # cells, in um
+    sq.pl.spatial_scatter(table, color="a")
+    centres = _patch_centres(plt.gcf().axes[0].collections[0])
+    np.testing.assert_allclose(centres, np.asarray(table.obsm["spatial"]) * scale, atol=0.5)
+    plt.close("all")

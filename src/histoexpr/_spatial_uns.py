@@ -25,13 +25,14 @@ MAX_SIDE = 2000
 
 
 def add_spatial_uns(table: AnnData, sdata: SpatialData, image_key: str | None, *,
-                    spot_diameter_um: float, library_id: str | None = None,
+                    spot_diameter_um: float | None = None, library_id: str | None = None,
                     max_side: int = MAX_SIDE) -> AnnData:
     """Give ``table`` the ``uns["spatial"]`` record of scanpy's Visium tables, in place.
 
     The image is a downsampled RGB copy (``uint8``, long side ``<= max_side`` pixels) of
     ``sdata.images[image_key]``; ``library_id`` defaults to ``image_key``. Nothing is added when
-    ``image_key`` is ``None`` or not an image of ``sdata``. Returns ``table``.
+    ``image_key`` is ``None`` or not an image of ``sdata``. ``spot_diameter_um=None`` (e.g.
+    cells) takes 0.8 times the median distance between neighbouring rows. Returns ``table``.
     """
     from .io import image_levels, read_region
 
@@ -46,6 +47,8 @@ def add_spatial_uns(table: AnnData, sdata: SpatialData, image_key: str | None, *
     mpp = max(level0.mpp, max(x1, y1) / max_side)
     pixels = read_region(sdata, image_key, (0.0, 0.0, x1, y1), mpp=mpp, outside="fill")
     library_id = str(image_key if library_id is None else library_id)
+    if spot_diameter_um is None:
+        spot_diameter_um = _spacing(np.asarray(table.obsm["spatial"], dtype=float)) * 0.8
     table.uns["spatial"] = {library_id: {
         "images": {"hires": rgb_uint8(pixels)},
         "scalefactors": {"tissue_hires_scalef": float(1 / mpp),
@@ -55,6 +58,15 @@ def add_spatial_uns(table: AnnData, sdata: SpatialData, image_key: str | None, *
                      "units": "obsm['spatial'] in um; full resolution = 1 um"},
     }}
     return table
+
+
+def _spacing(centres: np.ndarray) -> float:
+    """Median distance from each point to its nearest neighbour (10 um for fewer than two)."""
+    from scipy.spatial import cKDTree
+
+    if len(centres) < 2:
+        return 10.0
+    return float(np.median(cKDTree(centres[:, :2]).query(centres[:, :2], k=2)[0][:, 1]))
 
 
 def rgb_uint8(pixels: np.ndarray) -> np.ndarray:
