@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from _catalogue import bad_input
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 import histoexpr as hx
@@ -148,8 +149,16 @@ def test_spots_region_crops_image_spots_and_axes(predicted):
     half = TILE_UM / 2
     touching = (x + half >= 50) & (x - half <= 200) & (y + half >= 60) & (y - half <= 160)
     assert len(ax.collections[0].get_paths()) == int(touching.sum())
-    with pytest.raises(ValueError, match="x_min < x_max"):
-        hx.pl.spots(predicted, "spots", region=(200, 0, 50, 100))
+    plt.close("all")
+
+
+@bad_input("obscure error", "`hx.pl.spots(..., region=(x_max, y_min, x_min, y_max))` (corners "
+           "swapped or not four numbers)", says="ValueError: region must be (x_min, y_min, "
+           "x_max, y_max) in um with x_min < x_max", fix="give the crop's corners in that order")
+def test_a_bad_region_is_named(predicted):
+    for region in [(200, 0, 50, 100), (0, 0, 100), "all"]:
+        with pytest.raises(ValueError, match="x_min < x_max"):
+            hx.pl.spots(predicted, "spots", region=region)
     plt.close("all")
 
 
