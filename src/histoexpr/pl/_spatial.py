@@ -139,6 +139,18 @@ def spots(
     -------
     The axes drawn into.
 
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> sdata = hx.datasets.synthetic_section(size_um=300)
+    >>> ax = hx.pl.spots(sdata, "spots", color="EPCAM", region=(0, 0, 150, 150))
+    >>> ax.collections[0].colorbar.ax.get_ylabel()
+    'EPCAM (counts)'
+
+    A prediction table of :func:`histoexpr.tl.predict` draws on its own, over its stored image
+    (``hx.pl.spots(sdata.tables["spot_tiles_expression"], color="EPCAM")``), as it does with
+    ``sc.pl.spatial`` and ``sq.pl.spatial_scatter``.
+
     """
     from anndata import AnnData
 

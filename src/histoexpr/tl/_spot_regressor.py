@@ -403,7 +403,9 @@ def predict(
     The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
     log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
     for spot-centred tiles), tile centres in um in ``obsm["spatial"]``, annotating the tile
-    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``).
+    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``), and scanpy's
+    ``uns["spatial"]`` (a copy of the image, at most 2000 px long, and its scale factors to um):
+    ``sc.pl.spatial``, ``sq.pl.spatial_scatter`` and ``hx.pl.spots`` draw it over the tissue.
 
     """
     from ..pp import tile
