@@ -239,3 +239,17 @@ def test_per_cell_predictions_carry_the_layout_and_draw_where_the_cells_are():
     centres = _patch_centres(plt.gcf().axes[0].collections[0])
     np.testing.assert_allclose(centres, np.asarray(table.obsm["spatial"]) * scale, atol=0.5)
     plt.close("all")
+
+
+def test_spots_takes_a_table_without_an_image(predicted):
+    table = predicted.tables["table"]  # spots: obsm["spatial"] in um, no uns["spatial"]
+    ax = hx.pl.spots(table, color="EPCAM")
+    assert not ax.images
+    circles = ax.collections[0]
+    np.testing.assert_allclose(_patch_centres(circles), np.asarray(table.obsm["spatial"]),
+                               atol=1e-6)
+    # circles a little smaller than the spacing (40 um pitch): they do not overlap
+    widths = np.array([np.ptp(path.vertices[:, 0]) for path in circles.get_paths()])
+    assert 20 < widths.min() and widths.max() < 40
+    assert _colourbar_label(circles) == "EPCAM (counts)"
+    plt.close("all")
