@@ -9,10 +9,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._spatial_uns import spatial_record
 from .._utils import require_element
 from .._validate import renamed_parameters
 from ._docs import shared_docs
-from ._spatial import _draw_shapes, draw_image
+from ._spatial import (
+    _draw_shapes,
+    draw_image,
+    draw_table_image,
+    table_shapes,
+    value_label,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -30,6 +37,10 @@ def prediction(
     genes: str | Sequence[str] | None = None,
     image_key: str | None = "he",
     cmap: str = "viridis",
+    shared_scale: bool = True,
+    scale_bar: bool = True,
+    scale_bar_um: float | None = None,
+    library_id: str | None = None,
     max_side: int = 800,
     panel_size: float = 3.5,
     save: str | Path | None = None,
@@ -38,26 +49,46 @@ def prediction(
 
     On a section (SpatialData): for each gene, the predicted map (tiles of the prediction table
     ``pred_key``, e.g. from a spot regressor) next to the measured map (spots of the table
-    ``truth_key``, log1p-normalised counts), over the image. On slide-level AnnData (e.g.
-    predicted bulk expression from a MIL model): one scatter of predicted against measured
-    values per gene, with its Pearson correlation.
+    ``truth_key``, log1p-normalised counts), over the image. The same maps are drawn from a
+    prediction table on its own (an AnnData with ``uns["spatial"]``, as
+    :func:`histoexpr.tl.predict` writes it): over its stored image, with the measurements from
+    an AnnData of spots (``obsm["spatial"]`` in um) or a layer of the table. On slide-level
+    AnnData without ``uns["spatial"]`` (e.g. predicted bulk expression from a MIL model): one
+    scatter of predicted against measured values per gene, with its Pearson correlation.
+
+    The maps of a gene share one colour scale (``shared_scale``), their colourbars name the
+    values (``"EPCAM (log1p)"``), and each map has a scale bar in um.
 
     Parameters
     ----------
     data
-        A section holding both tables, or an AnnData of predictions (slides x genes).
+        A section holding both tables, or an AnnData of predictions (tiles or slides x genes).
     pred_key
         Section: key of the prediction table. AnnData: ``"X"`` or a layer of ``data`` holding
         the predictions.
     truth_key
         Section: key of the spot table (raw counts). AnnData: a layer of ``data`` holding the
-        measurements, or an AnnData of measurements (rows matched by ``obs_names``).
+        measurements, or an AnnData of measurements (rows matched by ``obs_names`` for the
+        scatters; for the maps a spot table of raw counts with ``obsm["spatial"]`` in um, drawn
+        log1p-normalised at its own positions).
     genes
         Genes to show (a single name is one gene); defaults to the first four predicted genes.
     image_key
         Section: image drawn under the maps; ``None`` draws the maps alone.
     cmap
         Colormap of the maps.
+    shared_scale
+        Maps: one colour scale for the predicted and the measured map of each gene (limits
+        from the smallest and largest of both), so that equal colours mean equal values;
+        ``False`` scales each map to its own values.
+    scale_bar
+        Maps: draw a scale bar in um in the lower right corner of each map.
+    scale_bar_um
+        Length of the scale bar in um; ``None`` chooses a round length near a fifth of the
+        map's width.
+    library_id
+        Prediction table: which library of ``uns["spatial"]`` to draw (the only one by
+        default).
     max_side
         Section: longest side of the image drawn, in pixels.
     panel_size
@@ -65,16 +96,36 @@ def prediction(
 
     Returns
     -------
-    The figure (one row per gene on a section, one panel per gene on AnnData).
+    The figure (one row per gene for maps, one panel per gene for scatters).
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> train, test = (hx.datasets.synthetic_section(seed=seed, size_um=300, spot_pitch_um=40,
+    ...                                               spot_diameter_um=35) for seed in (0, 1))
+    >>> model = hx.tl.fit({"train": train}, model="spot_regressor", genes=["EPCAM"],
+    ...                   patch_um=40, mpp=1.0, route="ridge")
+    >>> table = hx.tl.predict(model, test)
+    >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", "table",
+    ...                           genes="EPCAM", scale_bar_um=50)
+    >>> figure = hx.pl.prediction(table, "X", test.tables["table"], genes="EPCAM")
 
     """
     from spatialdata import SpatialData
 
     if isinstance(genes, str):
         genes = [genes]  # one gene, not its letters
+    if scale_bar_um is not None and not scale_bar_um > 0:
+        raise ValueError(f"scale_bar_um must be a positive length in um or None, got "
+                         f"{scale_bar_um!r}.")
+    style = {"cmap": cmap, "shared_scale": shared_scale,
+             "scale_bar_um": scale_bar_um if scale_bar else 0.0, "panel_size": panel_size}
     if isinstance(data, SpatialData):
-        figure = _maps(data, pred_key, truth_key, genes=genes, image_key=image_key, cmap=cmap,
-                       max_side=max_side, panel_size=panel_size)
+        figure = _maps(data, pred_key, truth_key, genes=genes, image_key=image_key,
+                       max_side=max_side, **style)
+    elif spatial_record(data, library_id) is not None and "spatial" in data.obsm:
+        figure = _table_maps(data, pred_key, truth_key, genes=genes, library_id=library_id,
+                             **style)
     else:
         figure = _scatters(data, pred_key, truth_key, genes=genes, panel_size=panel_size)
     if save is not None:
@@ -134,9 +185,7 @@ def gene_metrics(
 
 
 def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_side,
-          panel_size) -> Figure:
-    import matplotlib.pyplot as plt
-
+          panel_size, shared_scale, scale_bar_um) -> Figure:
     from ..pp._genes import expression_targets
 
     require_element(sdata, pred_key, "tables")
@@ -148,27 +197,123 @@ def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_s
         raise KeyError(f"Genes {missing} are not both predicted ({pred_key!r}) and measured "
                        f"({truth_key!r}).")
     measured = expression_targets(truth, genes)
-    figure, axes = plt.subplots(len(genes), 2, squeeze=False,
-                                figsize=(2 * panel_size + 1, panel_size * len(genes)))
     pred_shapes = _annotated_shapes(sdata, pred)
     truth_shapes = _annotated_shapes(sdata, truth)
+
+    def background(ax):
+        if image_key is not None:
+            draw_image(ax, sdata, image_key, max_side=max_side)
+
+    panels = []
     for row, gene in enumerate(genes):
         predicted = np.asarray(pred[:, gene].X).ravel()
-        for ax, (shapes, table, values, what) in zip(axes[row], (
-                (pred_shapes, pred, predicted, "predicted"),
-                (truth_shapes, truth, measured[:, row], "measured")), strict=True):
-            if image_key is not None:
-                draw_image(ax, sdata, image_key, max_side=max_side)
-            _draw_shapes(ax, shapes, _by_instance(table, values, shapes), cmap=cmap, alpha=0.9,
-                         label="log1p expression", outline="black")
+        panels.append((gene, (
+            (pred_shapes, _by_instance(pred, predicted, pred_shapes),
+             value_label(pred, gene, None)),
+            (truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
+             f"{gene} (log1p)"))))
+    return _draw_panels(panels, background, cmap=cmap, panel_size=panel_size,
+                        shared_scale=shared_scale, scale_bar_um=scale_bar_um)
+
+
+def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, panel_size,
+                shared_scale, scale_bar_um) -> Figure:
+    """Maps of a prediction table on its own, over the image of its ``uns["spatial"]``."""
+    from anndata import AnnData
+
+    from ..pp._genes import expression_targets
+
+    record = spatial_record(pred, library_id)
+    predicted = _values(pred, pred_key)
+    if isinstance(truth_key, AnnData):
+        truth = truth_key
+        if "spatial" not in truth.obsm:
+            raise KeyError("The measured AnnData has no obsm['spatial'] (spot centres in um) "
+                           "to draw it at; pass a spot table of histoexpr or scanpy.")
+        shared = [g for g in predicted.columns if g in truth.var_names]
+    else:
+        truth = None
+        measured = _values(pred, truth_key)
+        shared = list(predicted.columns)
+    genes = shared[:4] if genes is None else list(genes)
+    missing = [g for g in genes if g not in shared]
+    if missing:
+        raise KeyError(f"Genes {missing} are not both predicted and measured.")
+    pred_shapes = table_shapes(pred, record)
+    if truth is not None:
+        truth_shapes = table_shapes(truth, spatial_record(truth))
+        measured = pd.DataFrame(expression_targets(truth, genes), columns=genes,
+                                index=truth_shapes.index)
+        measured_label = "log1p"
+    else:
+        truth_shapes = pred_shapes
+        measured.index = pred_shapes.index
+        measured_label = truth_key
+    unit = value_label(pred, genes[0], None if pred_key == "X" else pred_key)
+    unit = unit[len(genes[0]):].strip() if unit != genes[0] else ""
+    panels = [(gene, (
+        (pred_shapes, pd.Series(predicted[gene].to_numpy(float), index=pred_shapes.index),
+         f"{gene} {unit}".strip()),
+        (truth_shapes, measured[gene], f"{gene} ({measured_label})")))
+        for gene in genes]
+    return _draw_panels(panels, lambda ax: draw_table_image(ax, record[1]), cmap=cmap,
+                        panel_size=panel_size, shared_scale=shared_scale,
+                        scale_bar_um=scale_bar_um)
+
+
+def _draw_panels(panels, background, *, cmap, panel_size, shared_scale,
+                 scale_bar_um) -> Figure:
+    """One row per gene: its predicted and measured maps, on one colour scale if shared."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(panels), 2, squeeze=False,
+                                figsize=(2 * panel_size + 1, panel_size * len(panels)))
+    for row, (gene, maps) in enumerate(panels):
+        limits = (None, None)
+        if shared_scale:
+            both = np.concatenate([values.to_numpy(float) for _, values, _ in maps])
+            both = both[np.isfinite(both)]
+            if both.size:
+                limits = (float(both.min()), float(both.max()))
+        for ax, (shapes, values, label), what in zip(axes[row], maps, ("predicted", "measured"),
+                                                     strict=True):
+            background(ax)
+            _draw_shapes(ax, shapes, values, cmap=cmap, alpha=0.9, label=label,
+                         outline="black", vmin=limits[0], vmax=limits[1])
             ax.set_aspect("equal")
             if not ax.yaxis_inverted():
                 ax.invert_yaxis()
             ax.set_title(f"{gene}: {what}", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
+            if scale_bar_um != 0.0:
+                add_scale_bar(ax, scale_bar_um)
     figure.tight_layout()
     return figure
+
+
+def add_scale_bar(ax: Axes, length_um: float | None = None):
+    """A scale bar of ``length_um`` (a round length near a fifth of the width when ``None``).
+
+    The axes must be in um (as every histoexpr map is). Returns the ``AnchoredSizeBar``.
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    if length_um is None:
+        x0, x1 = ax.get_xlim()
+        length_um = round_length(abs(x1 - x0) / 5)
+    bar = AnchoredSizeBar(ax.transData, length_um, f"{length_um:g} um", "lower right",
+                          pad=0.3, borderpad=0.3, sep=3, frameon=True, size_vertical=0,
+                          color="black", fontproperties={"size": 7})
+    bar.patch.set_alpha(0.7)
+    ax.add_artist(bar)
+    return bar
+
+
+def round_length(target: float) -> float:
+    """The largest of 1, 2 or 5 times a power of ten not above ``target`` (> 0)."""
+    power = 10 ** np.floor(np.log10(target))
+    return float(max(step * power for step in (1, 2, 5) if step * power <= target))
 
 
 def _annotated_shapes(sdata, table):

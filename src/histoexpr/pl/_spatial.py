@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from .._spatial_uns import spatial_record
 from .._utils import require_element
 from ..io._image import image_levels, read_region
 from ._docs import shared_docs
@@ -20,12 +22,14 @@ if TYPE_CHECKING:
 
 @shared_docs
 def tiles(
-    sdata: SpatialData,
+    sdata: SpatialData | AnnData,
     tiles_key: str = "he_tiles",
     *,
     color: str | None = None,
     layer: str | None = None,
     image_key: str | None = None,
+    region: Sequence[float] | None = None,
+    library_id: str | None = None,
     cmap: str = "viridis",
     alpha: float = 0.5,
     max_side: int = 1000,
@@ -38,15 +42,22 @@ def tiles(
     Parameters
     ----------
     sdata
-        The section.
+        The section, or a table of tiles with ``obsm["spatial"]`` in um (e.g. a prediction
+        table of :func:`histoexpr.tl.predict`), drawn as squares of ``uns["tiles"]["size_um"]``
+        over the image of its ``uns["spatial"]`` (see :func:`spots`).
     tiles_key
-        Key of the tile shapes (made by :func:`histoexpr.pp.tile`).
+        Key of the tile shapes (made by :func:`histoexpr.pp.tile`); unused for a table.
     color
         A column of the tile table's ``obs`` or one of its ``var_names``; ``None`` draws outlines.
     layer
         Layer of the table to read ``var_names`` from (``X`` when ``None``).
     image_key
         Image under the tiles; defaults to the image they were cut from.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um (the section's coordinates, as everywhere in
+        histoexpr) to show; the axes are limited to it. ``None`` shows everything.
+    library_id
+        For a table: which library of ``uns["spatial"]`` to draw (the only one by default).
     cmap
         Colormap for numeric values.
     alpha
@@ -57,22 +68,31 @@ def tiles(
     The axes drawn into.
 
     """
+    from anndata import AnnData
+
+    region = check_region(region)
+    if isinstance(sdata, AnnData):
+        return _draw_table(sdata, color=color, layer=layer, library_id=library_id,
+                           region=region, cmap=cmap, alpha=alpha, title=title, ax=ax, save=save)
     require_element(sdata, tiles_key, "shapes")
     table = _annotating_table(sdata, tiles_key)
     if image_key is None and table is not None:
         image_key = table.uns.get("tiles", {}).get("image_key")
     return _draw(sdata, tiles_key, table, color=color, layer=layer, image_key=image_key,
-                 cmap=cmap, alpha=alpha, max_side=max_side, title=title, ax=ax, save=save)
+                 region=region, cmap=cmap, alpha=alpha, max_side=max_side, title=title, ax=ax,
+                 save=save)
 
 
 @shared_docs
 def spots(
-    sdata: SpatialData,
+    sdata: SpatialData | AnnData,
     spots_key: str = "spots",
     *,
     color: str | None = None,
     layer: str | None = None,
     image_key: str | None = "he",
+    region: Sequence[float] | None = None,
+    library_id: str | None = None,
     cmap: str = "viridis",
     alpha: float = 0.8,
     max_side: int = 1000,
@@ -82,19 +102,34 @@ def spots(
 ) -> Axes:
     """Draw capture spots over the image, coloured by expression or any spot annotation.
 
+    The colourbar names what it shows: the ``obs`` column, or the gene and its values
+    (``"EPCAM (counts)"`` for ``layer="counts"``, ``"EPCAM (log1p)"`` for a prediction table or
+    a table that ``sc.pp.log1p`` marked).
+
     Parameters
     ----------
     sdata
-        The section.
+        The section, or an AnnData with ``obsm["spatial"]`` in um: a prediction table of
+        :func:`histoexpr.tl.predict` (drawn as its tiles) or any table with scanpy's
+        ``uns["spatial"]`` record, whose image (``images["hires"]``) is drawn under the spots,
+        circles ``scalefactors["spot_diameter_fullres"]`` um wide.
     spots_key
-        Key of the spot circles.
+        Key of the spot circles; unused for a table.
     color
         A gene (``var_names`` of the spot table) or a column of its ``obs``; ``None`` draws
         outlines.
     layer
         Layer of the table to read genes from (``X`` when ``None``).
     image_key
-        Image under the spots; ``None`` draws the spots alone.
+        Image under the spots; ``None`` draws the spots alone. Unused for a table (its
+        ``uns["spatial"]`` image is drawn).
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um (the section's coordinates, as ``region=`` of
+        :func:`histoexpr.pl.labels` and :func:`histoexpr.tl.predict`) to show: the image is read
+        for that crop only, spots outside it are left out and the axes are limited to it.
+        ``None`` shows everything.
+    library_id
+        For a table: which library of ``uns["spatial"]`` to draw (the only one by default).
     cmap
         Colormap for numeric values.
     alpha
@@ -104,15 +139,34 @@ def spots(
     -------
     The axes drawn into.
 
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> sdata = hx.datasets.synthetic_section(size_um=300)
+    >>> ax = hx.pl.spots(sdata, "spots", color="EPCAM", region=(0, 0, 150, 150))
+    >>> ax.collections[0].colorbar.ax.get_ylabel()
+    'EPCAM (counts)'
+
+    A prediction table of :func:`histoexpr.tl.predict` draws on its own, over its stored image
+    (``hx.pl.spots(sdata.tables["spot_tiles_expression"], color="EPCAM")``), as it does with
+    ``sc.pl.spatial`` and ``sq.pl.spatial_scatter``.
+
     """
+    from anndata import AnnData
+
+    region = check_region(region)
+    if isinstance(sdata, AnnData):
+        return _draw_table(sdata, color=color, layer=layer, library_id=library_id,
+                           region=region, cmap=cmap, alpha=alpha, title=title, ax=ax, save=save)
     require_element(sdata, spots_key, "shapes")
     table = _annotating_table(sdata, spots_key)
     return _draw(sdata, spots_key, table, color=color, layer=layer, image_key=image_key,
-                 cmap=cmap, alpha=alpha, max_side=max_side, title=title, ax=ax, save=save)
+                 region=region, cmap=cmap, alpha=alpha, max_side=max_side, title=title, ax=ax,
+                 save=save)
 
 
-def _draw(sdata, shapes_key, table, *, color, layer, image_key, cmap, alpha, max_side, title,
-          ax, save) -> Axes:
+def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, alpha, max_side,
+          title, ax, save) -> Axes:
     import matplotlib.pyplot as plt
 
     check_max_side(max_side)
@@ -120,32 +174,166 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, cmap, alpha, max
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False
     if image_key is not None:
-        dark_background = draw_image(ax, sdata, image_key, max_side=max_side).ndim == 2
+        dark_background = draw_image(ax, sdata, image_key, max_side=max_side,
+                                     region=region).ndim == 2
     shapes = sdata.shapes[shapes_key]
+    if region is not None:
+        shapes = shapes.cx[region[0]:region[2], region[1]:region[3]]
     values = None if color is None else _shape_values(shapes, table, color, layer, shapes_key)
-    _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha, label=color,
+    _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha,
+                 label=None if color is None else value_label(table, color, layer),
                  outline="white" if dark_background else "black")
+    _finish(ax, region, title if title is not None else (color or shapes_key), save)
+    return ax
+
+
+def _finish(ax: Axes, region, title: str, save) -> None:
     ax.set_aspect("equal")
+    if region is not None:
+        ax.set_xlim(region[0], region[2])
+        ax.set_ylim(region[3], region[1])
     if not ax.yaxis_inverted():  # image convention: y grows downwards
         ax.invert_yaxis()
     ax.set_xlabel("x (um)")
     ax.set_ylabel("y (um)")
-    ax.set_title(title if title is not None else (color or shapes_key))
+    ax.set_title(title)
     if save is not None:
         ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+
+
+def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha, title, ax,
+                save) -> Axes:
+    """A table drawn on its own: its rows at ``obsm["spatial"]`` over its ``uns["spatial"]``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    record = spatial_record(table, library_id)
+    if record is not None:
+        draw_table_image(ax, record[1])
+    shapes = table_shapes(table, record)
+    keep = np.ones(len(shapes), dtype=bool)
+    if region is not None:
+        keep = shapes.intersects(_box(region)).to_numpy()
+    shapes = shapes[keep]
+    values = None
+    if color is not None:
+        values = pd.Series(_column(table, color, layer)[keep], index=shapes.index)
+    _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha,
+                 label=None if color is None else value_label(table, color, layer),
+                 outline="black")
+    _finish(ax, region, title if title is not None else (color or "table"), save)
     return ax
 
 
-def draw_image(ax: Axes, sdata: SpatialData, image_key: str, *, max_side: int = 1000) -> np.ndarray:
+def draw_table_image(ax: Axes, record: dict) -> np.ndarray:
+    """Show the ``"hires"`` image of a ``uns["spatial"]`` record in micrometres."""
+    image = np.asarray(record["images"]["hires"])
+    scale = float(record["scalefactors"]["tissue_hires_scalef"])  # image pixels per um
+    height, width = image.shape[:2]
+    ax.imshow(image, extent=(0, width / scale, height / scale, 0),
+              cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")
+    return image
+
+
+def table_shapes(table: AnnData, record: tuple[str, dict] | None):
+    """Circles (or the squares of tiles) at a table's ``obsm["spatial"]`` (um), in row order."""
+    import geopandas as gpd
+    from shapely import box, points
+
+    if "spatial" not in table.obsm:
+        raise KeyError("The table has no obsm['spatial'] (centres in um) to draw; pass the "
+                       "section (SpatialData) instead, or a table made by histoexpr.")
+    centres = np.asarray(table.obsm["spatial"], dtype=float)[:, :2]
+    index = pd.RangeIndex(len(centres))
+    tiles = table.uns.get("tiles") if hasattr(table.uns, "get") else None
+    if tiles and "size_um" in tiles:
+        half = float(tiles["size_um"]) / 2
+        return gpd.GeoDataFrame(geometry=box(centres[:, 0] - half, centres[:, 1] - half,
+                                             centres[:, 0] + half, centres[:, 1] + half),
+                                index=index)
+    if record is not None and "spot_diameter_fullres" in record[1]["scalefactors"]:
+        radius = float(record[1]["scalefactors"]["spot_diameter_fullres"]) / 2
+    else:  # no record: spots a little smaller than their spacing
+        from scipy.spatial import cKDTree
+
+        distance = cKDTree(centres).query(centres, k=2)[0][:, 1] if len(centres) > 1 else [10.0]
+        radius = 0.4 * float(np.median(distance))
+    return gpd.GeoDataFrame({"radius": np.full(len(centres), radius)},
+                            geometry=points(centres), index=index)
+
+
+def _box(region):
+    from shapely import box
+
+    return box(*region)
+
+
+def check_region(region: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """``region`` as four floats ``(x_min, y_min, x_max, y_max)``, or a clear error."""
+    if region is None:
+        return None
+    try:
+        values = tuple(float(v) for v in region)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not (values[0] < values[2] and values[1] < values[3]):
+        raise ValueError(f"region must be (x_min, y_min, x_max, y_max) in um with x_min < x_max "
+                         f"and y_min < y_max, e.g. (0, 0, 500, 500); got {region!r}.")
+    return values  # type: ignore[return-value]
+
+
+def value_label(table: AnnData | None, color: str, layer: str | None) -> str:
+    """What a colourbar shows: an obs column's name, or a gene and its kind of values."""
+    if table is None or color in table.obs.columns or color not in table.var_names:
+        return color
+    kind = values_kind(table, layer)
+    return color if kind is None else f"{color} ({kind})"
+
+
+def values_kind(table: AnnData, layer: str | None) -> str | None:
+    """``"log1p"``, ``"counts"``, a layer's name, or ``None`` when the table does not say."""
+    if layer is not None:
+        return layer
+    record = table.uns.get("prediction") if hasattr(table.uns, "get") else None
+    if isinstance(record, dict) and "log1p" in str(record.get("values", "")):
+        return "log1p"
+    if "log1p" in table.uns:
+        return "log1p"
+    counts = table.layers["counts"] if "counts" in table.layers else None
+    if counts is not None and counts.shape == table.X.shape:
+        same = (counts != table.X)
+        same = same.nnz == 0 if hasattr(same, "nnz") else not np.asarray(same).any()
+        if same:
+            return "counts"
+    return None
+
+
+def _column(table: AnnData, color: str, layer: str | None) -> np.ndarray:
+    if color in table.obs.columns:
+        return table.obs[color].to_numpy()
+    if color in table.var_names:
+        column = table[:, color].layers[layer] if layer is not None else table[:, color].X
+        dense = column.toarray() if hasattr(column, "toarray") else np.asarray(column)
+        return dense.ravel()
+    raise KeyError(f"{color!r} is neither a column of the table's obs nor one of its "
+                   f"{table.n_vars} genes. obs columns: {list(table.obs.columns)}.")
+
+
+def draw_image(ax: Axes, sdata: SpatialData, image_key: str, *, max_side: int = 1000,
+               region: Sequence[float] | None = None) -> np.ndarray:
     """Show an image in micrometre coordinates, read at a level near ``max_side`` pixels.
 
-    Returns what was shown: ``(H, W)`` for one channel (drawn in grey), else ``(H, W, 3)``.
+    ``region`` (``(x_min, y_min, x_max, y_max)`` in um) reads only that crop. Returns what was
+    shown: ``(H, W)`` for one channel (drawn in grey), else ``(H, W, 3)``.
     """
     check_max_side(max_side)
     level0 = image_levels(sdata, image_key)[0]
     height, width = level0.shape_yx
     x0, y0 = level0.offset
     x1, y1 = x0 + width * level0.mpp, y0 + height * level0.mpp
+    if region is not None:
+        x0, y0, x1, y1 = (float(v) for v in region)
     mpp = max(level0.mpp, max(x1 - x0, y1 - y0) / max_side)
     shown = _displayable(read_region(sdata, image_key, (x0, y0, x1, y1), mpp=mpp, outside="fill"))
     ax.imshow(shown, extent=(x0, x1, y1, y0), cmap="gray" if shown.ndim == 2 else None,
@@ -205,7 +393,8 @@ def _shape_values(shapes, table, color: str, layer: str | None, shapes_key: str)
 
 
 def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha: float,
-                 label: str | None, outline: str) -> None:
+                 label: str | None, outline: str, vmin: float | None = None,
+                 vmax: float | None = None) -> None:
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle, Polygon
 
@@ -223,6 +412,8 @@ def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha
     else:
         collection = PatchCollection(patches, cmap=cmap, alpha=alpha, edgecolor="none")
         collection.set_array(values.to_numpy(dtype=float))
+        if vmin is not None or vmax is not None:
+            collection.set_clim(vmin, vmax)
         ax.add_collection(collection)
         ax.figure.colorbar(collection, ax=ax, shrink=0.7, label=label)
     ax.autoscale_view()

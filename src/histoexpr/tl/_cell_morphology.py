@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._spatial_uns import add_spatial_uns
 from .._utils import check_key_free, logger, require_element, resolve_seed
 
 if TYPE_CHECKING:
@@ -294,6 +295,7 @@ def predict(
     on_grid = np.array([full[lookup[str(n)]] if str(n) in lookup else uniform
                         for n in grid_names], dtype=np.float32).reshape(-1, len(classes))
     table = cell_table(full, names, centroids, classes)
+    add_spatial_uns(table, sdata, image_key)
     write_map(sdata, cells_to_map(on_grid, ids, classes), classes, origin, stride,
               key_added=key_added, overwrite=overwrite, table=table)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._devices import autocast, resolve_precision
+from .._spatial_uns import add_spatial_uns
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -63,6 +64,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
         means = calibrated(means, calibration, classes)
         probabilities = cells_to_map(means, ids, classes)
         table = cell_table(means, names, centroids, classes)
+        add_spatial_uns(table, sdata, image_key or model.metadata["image_key"])
     else:
         if smooth_um is not None:
             from scipy.ndimage import gaussian_filter

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._spatial_uns import add_spatial_uns
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -402,7 +403,9 @@ def predict(
     The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
     log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
     for spot-centred tiles), tile centres in um in ``obsm["spatial"]``, annotating the tile
-    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``).
+    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``), and scanpy's
+    ``uns["spatial"]`` (a copy of the image, at most 2000 px long, and its scale factors to um):
+    ``sc.pl.spatial``, ``sq.pl.spatial_scatter`` and ``hx.pl.spots`` draw it over the tissue.
 
     """
     from ..pp import tile
@@ -490,6 +493,7 @@ def predict(
     table = _prediction_table(tile_table[on_image], values, metadata["genes"], tiles_key,
                               image={"key": image_key,
                                      "fingerprint": image_fingerprint(sdata, image_key)})
+    add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
