@@ -122,18 +122,27 @@ def _to_micrometres(sdata: SpatialData, pixels_to_um: np.ndarray) -> None:
 
 def _rename_points(sdata: SpatialData, old: str, gene_column: str) -> None:
     """Store the points ``old`` as ``"transcripts"`` with a categorical ``gene`` column."""
+    import copy
+
+    import pandas as pd
     from spatialdata.models import PointsModel
 
     if old not in sdata.points:
         return
     points = sdata.points[old]
+    attrs = copy.deepcopy(dict(points.attrs))
     if gene_column != "gene":
-        points = points.rename(columns={gene_column: "gene"})
-    points["gene"] = points["gene"].astype(str).astype("category")
-    points.attrs.setdefault(PointsModel.ATTRS_KEY, {})
-    points.attrs[PointsModel.ATTRS_KEY][PointsModel.FEATURE_KEY] = "gene"
+        points = points.drop(columns=["gene"], errors="ignore").rename(
+            columns={gene_column: "gene"})
+    if not isinstance(points["gene"].dtype, pd.CategoricalDtype):
+        points["gene"] = points["gene"].astype(str).astype("category")
+    points["gene"] = points["gene"].cat.as_known()
+    points.attrs.update(attrs)
+    points.attrs.setdefault(PointsModel.ATTRS_KEY, {})[PointsModel.FEATURE_KEY] = "gene"
     if old != "transcripts":
         del sdata.points[old]
+    else:
+        del sdata.points["transcripts"]
     sdata.points["transcripts"] = points
 
 
@@ -441,5 +450,8 @@ def read_cosmx(
         sdata.points["transcripts"] = PointsModel.parse(
             merged, coordinates={"x": "x", "y": "y"}, feature_key="gene",
             transformations={COORDINATE_SYSTEM: Identity()})
+    if "table" in sdata.tables and "global" in sdata.tables["table"].obsm:
+        table = sdata.tables["table"]
+        table.obsm["spatial"] = np.asarray(table.obsm["global"], dtype=np.float64) * mpp
     _log_result(sdata, "CosMx", None)
     return sdata
