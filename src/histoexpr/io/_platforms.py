@@ -386,7 +386,7 @@ def read_cosmx(
     per field of view, FOV); histoexpr then puts ``"global"`` in micrometres by composing the
     reader's FOV-to-slide pixel transformations with ``Scale(mpp)``, and gathers the transcripts
     of all FOVs into ``sdata.points["transcripts"]`` (x, y in um, column ``gene`` from
-    ``target``, and the ``fov`` column). The images (``"<fov>_image"``), label images
+    ``target``, and the columns ``fov`` and ``cell_ID``). The images (``"<fov>_image"``), label images
     (``"<fov>_labels"``) and the cell table (``"table"``) keep spatialdata-io's names.
 
     Parameters
@@ -437,12 +437,15 @@ def read_cosmx(
     _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
     fov_points = [k for k in sdata.points.keys() if k.endswith("_points")]
     if fov_points:
-        import dask.dataframe as dd
+        import pandas as pd
         from spatialdata.models import PointsModel
         from spatialdata.transformations import Identity
 
-        frames = [sdata.points[k][["x", "y", "target", "fov"]] for k in fov_points]
-        merged = dd.concat(frames).compute().reset_index(drop=True)
+        frames = [sdata.points[k][["x", "y", "target", "fov", "cell_ID"]].compute()
+                  for k in fov_points]
+        for frame in frames:  # categories differ between FOVs
+            frame["cell_ID"] = frame["cell_ID"].astype(np.int64)
+        merged = pd.concat(frames).reset_index(drop=True)
         for key in fov_points:
             del sdata.points[key]
         merged = merged.rename(columns={"target": "gene"})
