@@ -231,3 +231,226 @@ def test_read_cosmx_fovs_in_micrometres(tmp_path):
     table = sdata.tables["table"]
     assert table.n_obs == 6
     np.testing.assert_allclose(table.obsm["spatial"], table.obsm["global"] * 0.12)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@bad_input("obscure error", "`hx.io.read_xenium` on a MERSCOPE (or any non-Xenium) folder",
+           says="FileNotFoundError naming the missing Xenium files and the platform the folder "
+                "looks like; nothing is written",
+           fix="call the reader of that platform (here hx.io.read_merscope)")
+def test_read_xenium_on_a_merscope_folder_names_the_right_reader(tmp_path):
+    folder = tmp_path / "region_0"
+    write_merscope(folder)
+    before = _listing(folder)
+    with pytest.raises(FileNotFoundError, match=r"experiment\.xenium.*read_merscope"):
+        hx.io.read_xenium(folder)
+    assert _listing(folder) == before
+
+
+@bad_input("obscure error", "a MERSCOPE folder without `detected_transcripts.csv` (or another "
+           "file the reader needs)",
+           says="FileNotFoundError naming every missing file, before spatialdata-io runs",
+           fix="pass the complete region folder, or turn the part off (transcripts=False, "
+               "cells=False, image=False)")
+def test_read_merscope_missing_file_is_named(tmp_path):
+    folder = tmp_path / "region_0"
+    write_merscope(folder)
+    (folder / "detected_transcripts.csv").unlink()
+    (folder / "cell_metadata.csv").unlink()
+    before = _listing(folder)
+    with pytest.raises(FileNotFoundError,
+                       match=r"detected_transcripts\.csv.*cell_metadata\.csv.*turn off"):
+        hx.io.read_merscope(folder)
+    assert _listing(folder) == before
+    sdata = hx.io.read_merscope(folder, transcripts=False, cells=False)
+    assert "transcripts" not in sdata.points and "dapi" in sdata.images
+
+
+@bad_input("obscure error", "`hx.io.read_merscope(..., z_layer=...)` of a plane without images",
+           says="FileNotFoundError naming the z planes the folder has",
+           fix="pass one of the z_layer values named, or image=False")
+def test_read_merscope_missing_z_layer(tmp_path):
+    folder = tmp_path / "region_0"
+    write_merscope(folder)
+    with pytest.raises(FileNotFoundError, match=r"z_layer=0.*mosaic_DAPI_z3\.tif"):
+        hx.io.read_merscope(folder, z_layer=0)
+
+
+@bad_input("obscure error", "`hx.io.read_cosmx` on a folder without a CosMx counts file, or on "
+           "a file",
+           says="FileNotFoundError / NotADirectoryError saying what a CosMx export holds",
+           fix="pass the CosMx flat-file export folder (or dataset_id= where it holds several)")
+def test_read_cosmx_not_a_cosmx_folder(tmp_path):
+    write_xenium(tmp_path / "outs")
+    with pytest.raises(FileNotFoundError, match=r"0 CosMx counts files.*read_xenium"):
+        hx.io.read_cosmx(tmp_path / "outs")
+    with pytest.raises(NotADirectoryError, match="not a CosMx output folder"):
+        hx.io.read_cosmx(tmp_path / "outs" / "experiment.xenium")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hx.io.read_cosmx(tmp_path / "nowhere")
+
+
+@bad_input("obscure error", "a CosMx export without its `CellLabels/` folder",
+           says="FileNotFoundError naming 'CellLabels'", fix="copy the folder from the export")
+def test_read_cosmx_missing_labels(tmp_path):
+    write_cosmx(tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "CellLabels")
+    with pytest.raises(FileNotFoundError, match="CellLabels"):
+        hx.io.read_cosmx(tmp_path / "run")
+
+
+@bad_input("obscure error", "a Xenium `experiment.xenium` without `pixel_size`",
+           says="ValueError naming the file and the missing pixel size",
+           fix="copy experiment.xenium again from the run's output")
+def test_read_xenium_without_pixel_size(tmp_path):
+    write_xenium(tmp_path / "outs")
+    (tmp_path / "outs" / "experiment.xenium").write_text(json.dumps(
+        {"analysis_sw_version": "xenium-1.0.2"}))
+    with pytest.raises(ValueError, match="pixel_size"):
+        hx.io.read_xenium(tmp_path / "outs")
+
+
+# ----------------------------------------------------------------------------- flip_y, labels
+
+
+def test_read_transcripts_flip_y_matches_the_upright_table():
+    table = pd.DataFrame({"x": [1.0, 4.0, 7.5], "y": [2.0, 6.0, 0.5], "gene": ["A", "B", "A"]})
+    upright = hx.io.read_transcripts(table, offset=(0.5, 0.25)).points["transcripts"].compute()
+    negated = table.assign(y=-table["y"])
+    flipped = hx.io.read_transcripts(negated, offset=(0.5, 0.25), flip_y=True)
+    np.testing.assert_allclose(flipped.points["transcripts"].compute()[["x", "y"]],
+                               upright[["x", "y"]])
+    np.testing.assert_allclose(upright["y"], [1.75, 5.75, 0.25])
+
+
+def test_float_label_image_holding_integers_is_converted(caplog):
+    labels = np.zeros((20, 20), np.float32)
+    labels[2:6, 2:6] = 1.0
+    labels[10:15, 10:15] = 2.0
+    table = pd.DataFrame({"x": [3.0, 12.0], "y": [3.0, 12.0], "gene": ["A", "B"]})
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        sdata = hx.io.read_transcripts(table, labels=labels)
+    assert "float32 with integer values" in caplog.text
+    nuclei = sdata.labels["nuclei"]
+    assert nuclei.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(nuclei), labels.astype(np.uint8))
+
+
+@bad_input("silently wrong", "a float label image with non-integer values (e.g. a probability "
+           "map) passed as labels",
+           says="ValueError: not a label image, with the first non-integer value and its pixel",
+           fix="pass the segmentation's label image (integer object ids, 0 for none)")
+def test_float_label_image_with_fractions_is_refused():
+    labels = np.zeros((20, 20), np.float32)
+    labels[2:6, 2:6] = 0.7
+    table = pd.DataFrame({"x": [3.0], "y": [3.0], "gene": ["A"]})
+    with pytest.raises(ValueError, match=r"non-integer values \(e\.g\. 0\.7.*not a label image"):
+        hx.io.read_transcripts(table, labels=labels)
+
+
+def test_float_label_map_in_sdata_labels_cells(caplog):
+    """A float label map stored in ``sdata.labels`` (made elsewhere) still names cells 1, 2."""
+    from spatialdata.models import Labels2DModel
+
+    from histoexpr.pp._cells import cell_raster
+
+    labels = np.zeros((20, 20), np.float64)
+    labels[2:6, 2:6] = 1.0
+    labels[10:15, 10:15] = 2.0
+    table = pd.DataFrame({"x": [3.0], "y": [3.0], "gene": ["A"]})
+    sdata = hx.io.read_transcripts(table, image=np.zeros((20, 20), np.uint8))
+    sdata.labels["cells"] = Labels2DModel.parse(labels, dims=("y", "x"),
+                                                transformations=hx.io.read_transcripts(
+                                                    table, labels=labels.astype(np.uint8)
+                                                ).labels["nuclei"].attrs["transform"])
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        ids, names = cell_raster(sdata, "cells", (0.0, 0.0), 1.0, (20, 20))
+    assert list(names) == ["1", "2"]  # not "1.0", "2.0"
+    assert "converted to uint8" in caplog.text
+    assert ids[3, 3] == 1 and ids[12, 12] == 2 and ids[0, 0] == 0
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def _merfish_as_merscope(source: Path, root: Path) -> int:
+    """Lay the MERFISH crop out as a MERSCOPE region folder; return the number of cells.
+
+    The crop's images become ``images/mosaic_<stain>_z0.tif``; the transform is built from the
+    crop's origin and pixel size (README); the cell polygons (y stored negated) become
+    ``cell_boundaries.parquet``; each cell's counts are its transcripts inside its polygon.
+    """
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for stain, name in (("DAPI", "dapi"), ("PolyT", "polyT")):
+        with Image.open(source / "images" / f"mini_dataset_{name}_z0.jpg") as image:
+            tifffile.imwrite(root / "images" / f"mosaic_{stain}_z0.tif",
+                             np.asarray(image.convert("L")))
+    ox, oy = MERFISH_ORIGIN
+    matrix = np.array([[1 / MERFISH_MPP, 0, -ox / MERFISH_MPP],
+                       [0, 1 / MERFISH_MPP, -oy / MERFISH_MPP], [0, 0, 1]])
+    np.savetxt(root / "images" / "micron_to_mosaic_pixel_transform.csv", matrix)
+    with gzip.open(source / "vizgen_transcripts.csv.gz") as stream:
+        transcripts = pd.read_csv(stream)
+    transcripts.to_csv(root / "detected_transcripts.csv")
+    vertices = pd.read_csv(source / "cell_boundaries" / "z0_polygons.gz")
+    polygons, ids = [], []
+    for cell, group in vertices.groupby("poly_ID", sort=True):
+        if len(group) >= 3:
+            polygon = Polygon(np.column_stack([group["x"], -group["y"]])).buffer(0)
+            if polygon.geom_type == "Polygon" and polygon.area > 0:
+                polygons.append(MultiPolygon([polygon]))
+                ids.append(str(cell))
+    _write_boundaries(root / "cell_boundaries.parquet", ids, polygons)
+    cells = gpd.GeoDataFrame({"cell": ids}, geometry=[p.geoms[0] for p in polygons])
+    points = gpd.GeoDataFrame(transcripts[["gene"]], geometry=gpd.points_from_xy(
+        transcripts["global_x"], transcripts["global_y"]))
+    inside = gpd.sjoin(points, cells, predicate="within")
+    counts = pd.crosstab(inside["cell"], inside["gene"]).reindex(ids, fill_value=0)
+    counts.index.name = "cell"
+    counts.to_csv(root / "cell_by_gene.csv")
+    centroids = cells.geometry.centroid
+    pd.DataFrame({"EntityID": ids, "fov": 0, "center_x": centroids.x, "center_y": centroids.y}
+                 ).set_index("EntityID").to_csv(root / "cell_metadata.csv")
+    return len(ids)
+
+
+@realdata
+@pytest.mark.slow
+def test_read_merscope_on_the_merfish_crop(data_dir, tmp_path):
+    """The Vizgen MERFISH crop, laid out as MERSCOPE writes it, reads aligned with its image."""
+    source = data_dir / "merfish_mouse_brain"
+    n_cells = _merfish_as_merscope(source, tmp_path / "region_0")
+    sdata = hx.io.read_merscope(tmp_path / "region_0", z_layer=0)
+
+    assert hx.io.get_pixel_size(sdata, "dapi") == pytest.approx(MERFISH_MPP)
+    assert hx.io.image_levels(sdata, "dapi")[0].offset == pytest.approx(MERFISH_ORIGIN)
+    assert sdata.images["dapi"]["scale0"]["image"].shape == (2, 4143, 4603)
+    points = sdata.points["transcripts"].compute()
+    assert len(points) == 80343 and points["gene"].nunique() == 559
+    # the same transcripts read with read_transcripts (offset, image mpp) land on the same pixels
+    reference = hx.io.read_transcripts(
+        source / "vizgen_transcripts.csv.gz", x="global_x", y="global_y",
+        offset=MERFISH_ORIGIN, image=source / "images" / "mini_dataset_dapi_z0.jpg",
+        image_mpp=MERFISH_MPP, outside="keep").points["transcripts"].compute()
+    np.testing.assert_allclose(points["x"] - MERFISH_ORIGIN[0], reference["x"], atol=1e-6)
+    np.testing.assert_allclose(points["y"] - MERFISH_ORIGIN[1], reference["y"], atol=1e-6)
+    # cells: one row per polygon, and the polygons sit on the nuclei (DAPI brighter inside)
+    table = sdata.tables["table"]
+    assert table.n_obs == n_cells > 100
+    (shapes,) = sdata.shapes.values()
+    assert len(shapes) == n_cells
+    from histoexpr.pp._cells import cell_raster
+
+    (shapes_key,) = sdata.shapes.keys()
+    x0, y0 = MERFISH_ORIGIN
+    bounds = (x0, y0, x0 + 4603 * MERFISH_MPP, y0 + 4143 * MERFISH_MPP)
+    dapi = hx.io.read_region(sdata, "dapi", bounds, mpp=1.0)[0].astype(np.float32)
+    ids, _ = cell_raster(sdata, shapes_key, (x0, y0), 1.0, dapi.shape)
+    inside, outside = dapi[ids > 0].mean(), dapi[ids == 0].mean()
+    assert inside > 1.5 * outside, (inside, outside)
+    # transcripts crowd on the cells: the share inside them is well above their share of area
+    assert table.X.sum() / len(points) > 1.5 * (ids > 0).mean()

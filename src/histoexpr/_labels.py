@@ -37,9 +37,9 @@ def integer_labels(array: np.ndarray, what: str = "label image") -> np.ndarray:
         where = tuple(int(i) for i in np.argwhere(fractional)[0])
         raise ValueError(
             f"The {what} ({array.dtype}) holds {int(fractional.sum())} non-integer values (e.g. "
-            f"{float(array[where])!r} at {where}): it is not a label image (a probability or "
-            "intensity map?). Pass the segmentation's label image, whose pixels hold integer "
-            "object ids (0: none).")
+            f"{float(array[where]):.6g} at (row, col) {where}): it is not a label image (a "
+            "probability or intensity map?). Pass the segmentation's label image, whose pixels "
+            "hold integer object ids (0: none).")
     if array.size and array.min() < 0:
         raise ValueError(f"The {what} ({array.dtype}) holds negative values; label ids are "
                          "non-negative integers (0: none). Pass the segmentation's label image.")

@@ -386,8 +386,10 @@ def read_cosmx(
     per field of view, FOV); histoexpr then puts ``"global"`` in micrometres by composing the
     reader's FOV-to-slide pixel transformations with ``Scale(mpp)``, and gathers the transcripts
     of all FOVs into ``sdata.points["transcripts"]`` (x, y in um, column ``gene`` from
-    ``target``, and the columns ``fov`` and ``cell_ID``). The images (``"<fov>_image"``), label images
-    (``"<fov>_labels"``) and the cell table (``"table"``) keep spatialdata-io's names.
+    ``target``, and the columns ``fov`` and ``cell_ID``). The images (``"<fov>_image"``),
+    label images (``"<fov>_labels"``) and the cell table (``"table"``, ``obsm["spatial"]`` in
+    um) keep spatialdata-io's names; its other coordinate systems (one per FOV, in pixels) are
+    kept as they are.
 
     Parameters
     ----------

@@ -220,7 +220,7 @@ def _labels_array(labels) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"labels must be a 2-D label image (y, x), got shape {array.shape}. "
                          "Pass one plane of the segmentation.")
-    return integer_labels(array, "label image (labels=)")
+    return integer_labels(array, "label image passed as labels=")
 
 
 def read_cell_boundaries(
