@@ -329,6 +329,11 @@ def read_merscope(
     if vpt_outputs is not None:
         vpt = _folder(vpt_outputs, "Vizgen post-processing tool")
         _require(vpt, ["cell_by_gene.csv", "cell_metadata.csv"], "VPT", "hx.io.read_merscope")
+        boundaries = ("cellpose_micron_space.parquet", "watershed_micron_space.parquet")
+        if cells and not any((vpt / name).exists() for name in boundaries):
+            raise FileNotFoundError(
+                f"The VPT folder {str(vpt)!r} has no cell boundaries ({' or '.join(boundaries)}). "
+                "Pass the folder the post-processing tool wrote, or cells=False.")
     z_layer = int(z_layer)
     if image:
         stains = sorted(p.name for p in (folder / "images").glob(f"mosaic_*_z{z_layer}.tif"))
