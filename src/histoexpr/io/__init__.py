@@ -9,6 +9,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_wsi": ["read_wsi"],
         "_st": ["read_st"],
         "_visium": ["read_visium"],
+        "_platforms": ["read_xenium", "read_cosmx", "read_merscope"],
         "_transcripts": ["read_transcripts", "read_cell_boundaries"],
         "_model_files": ["save_model", "load_model"],
         "_cohort": ["Cohort", "read_cohort"],

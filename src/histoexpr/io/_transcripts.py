@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._labels import integer_labels
 from .._utils import log_added, logger
 from .._validate import check_choice
 from ._elements import (
@@ -34,6 +35,7 @@ def read_transcripts(
     gene: str = "gene",
     pixel_size: float = 1.0,
     offset: tuple[float, float] = (0.0, 0.0),
+    flip_y: bool = False,
     image: np.ndarray | str | Path | None = None,
     image_mpp: float | None = None,
     image_key: str = "dapi",
@@ -46,9 +48,11 @@ def read_transcripts(
     The coordinates of the table are mapped to the ``"global"`` system (um) by::
 
         x_um = (table[x] - offset[0]) * pixel_size
-        y_um = (table[y] - offset[1]) * pixel_size
+        y_um = (s * table[y] - offset[1]) * pixel_size
 
-    so ``pixel_size`` is the number of um per table unit (``1.0`` for tables in um such as
+    with ``s = -1`` when ``flip_y`` (tables whose y axis points up, or that store y negated,
+    such as the Vizgen cell boundaries of the MERFISH example data) and ``s = 1`` otherwise.
+    So ``pixel_size`` is the number of um per table unit (``1.0`` for tables in um such as
     MERFISH ``global_x``; the camera's um/px for tables in pixels such as ISS), and ``offset``
     holds the table coordinates of the top-left corner of the image's pixel ``(0, 0)`` (MERFISH:
     the mosaic's origin in um; ``(0, 0)`` for tables in the image's pixels). The image and the
@@ -69,7 +73,10 @@ def read_transcripts(
     pixel_size
         Micrometres per table unit.
     offset
-        ``(x, y)`` table coordinates of the image's top-left corner.
+        ``(x, y)`` table coordinates (after the sign flip) of the image's top-left corner.
+    flip_y
+        Negate the y column first (y stored upwards or negated), as
+        :func:`read_cell_boundaries` does; the image's rows still run downwards.
     image
         An optional image (path to a JPEG/PNG/TIFF, or an array ``(y, x)``, ``(y, x, c)`` or
         ``(c, y, x)``) of the same area, e.g. DAPI.
@@ -80,7 +87,9 @@ def read_transcripts(
         Key of the image in ``sdata.images``.
     labels
         An optional label image (e.g. segmented nuclei) on the same pixel grid as ``image``: an
-        integer array ``(y, x)``, a scipy sparse ``.npz`` file, or an image file.
+        integer array ``(y, x)``, a scipy sparse ``.npz`` file, or an image file. A float
+        label image is accepted when it holds integers (converted, with a log line); one with
+        non-integer values is refused.
     labels_key
         Key of the label image in ``sdata.labels``.
     outside
@@ -121,7 +130,8 @@ def read_transcripts(
         raise ValueError("No transcript of the table has finite coordinates and a gene. Check "
                          "the columns named by x=, y= and gene=.")
     xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
-    ys = (frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
+    sign = -1.0 if flip_y else 1.0
+    ys = (sign * frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
 
     images, label_elements = {}, {}
     extent_px = None
@@ -207,9 +217,10 @@ def _labels_array(labels) -> np.ndarray:
             array = read_plain_image(path, "labels")[0]
     else:
         array = np.asarray(labels)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels must be a 2-D integer array, got {array.dtype} {array.shape}.")
-    return array
+    if array.ndim != 2:
+        raise ValueError(f"labels must be a 2-D label image (y, x), got shape {array.shape}. "
+                         "Pass one plane of the segmentation.")
+    return integer_labels(array, "label image passed as labels=")
 
 
 def read_cell_boundaries(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._labels import integer_labels
 from .._utils import logger
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def _label_raster(sdata, cells: str, origin, step: float, shape):
     bounds = (origin[0], origin[1], origin[0] + width * step, origin[1] + height * step)
     values = np.asarray(read_region(sdata, cells, bounds, mpp=step,
                                     outside="fill"))[:height, :width]
+    values = integer_labels(values, f"label image sdata.labels[{cells!r}]")
     padded = np.zeros(shape, dtype=values.dtype)
     padded[: values.shape[0], : values.shape[1]] = values
     unique, inverse = np.unique(padded, return_inverse=True)

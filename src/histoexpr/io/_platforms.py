@@ -1,0 +1,467 @@
+"""Imaging-based platforms (Xenium, CosMx, MERSCOPE) read through spatialdata-io, in micrometres.
+
+spatialdata-io's readers build each platform's elements; histoexpr then brings them to its own
+conventions (see ``docs/design.md``):
+
+- the ``"global"`` coordinate system is in micrometres: every element's transformation to
+  ``"global"`` is composed with the platform's pixel size (spatialdata-io's ``"global"`` is in
+  pixels of the morphology image), so that :func:`histoexpr.io.get_pixel_size` gives the image's
+  um/px and transcripts, cells and images sit on one another;
+- the transcripts are the points ``"transcripts"`` with a ``gene`` column, in um (what
+  :func:`histoexpr.pp.transcript_labels` reads by default);
+- the nuclear-stain image is ``sdata.images[image_key]`` (``"dapi"`` by default), DAPI first.
+
+The folder is checked before spatialdata-io is called, so a folder that is not the platform's
+output, or misses a file the reader needs, gives an error that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._utils import log_added, logger
+from ._elements import COORDINATE_SYSTEM, check_mpp
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: CosMx SMI camera pixel size (um/px) given in NanoString's documentation (0.12028 um/px).
+COSMX_MPP = 0.12028
+
+_MARKERS = {
+    "Xenium": ("experiment.xenium", "hx.io.read_xenium"),
+    "MERSCOPE": ("images/micron_to_mosaic_pixel_transform.csv", "hx.io.read_merscope"),
+    "CosMx": ("*_exprMat_file.csv", "hx.io.read_cosmx"),
+}
+
+
+def _folder(path: str | Path, platform: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"The {platform} output folder {str(folder)!r} does not exist. "
+                                "Check the path.")
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"{str(folder)!r} is a file, not a {platform} output folder. Pass the folder that "
+            "holds the instrument's output files.")
+    return folder
+
+
+def _looks_like(folder: Path) -> str:
+    """`` (it looks like a <platform> output: use <reader>)`` or an empty string."""
+    for name, (pattern, reader) in _MARKERS.items():
+        if any(folder.glob(pattern)):
+            return f" It looks like a {name} output: read it with {reader}."
+    return ""
+
+
+def _require(folder: Path, names: list[str], platform: str, reader: str) -> None:
+    """Raise one error naming every missing file (and the platform the folder looks like)."""
+    missing = [n for n in names if not (folder / n).exists()]
+    if not missing:
+        return
+    other = _looks_like(folder)
+    if other and reader in other:
+        other = ""
+    raise FileNotFoundError(
+        f"{str(folder)!r} is not a complete {platform} output folder: it has no "
+        f"{', '.join(repr(n) for n in missing)}.{other} Pass the {platform} output folder "
+        f"itself (the one holding {', '.join(repr(n) for n in names[:3])}), or turn off the "
+        "parts you do not have (see the reader's options).")
+
+
+def _affine_xy(transformation) -> np.ndarray:
+    return np.asarray(transformation.to_affine_matrix(input_axes=("x", "y"),
+                                                      output_axes=("x", "y")), dtype=np.float64)
+
+
+def _simple(matrix: np.ndarray):
+    """The transformation of a 3x3 (x, y) matrix: Identity, scale then translation, or Affine."""
+    from spatialdata.transformations import Affine, Identity, Scale, Sequence, Translation
+
+    if np.allclose(matrix, np.eye(3), rtol=0, atol=1e-9):
+        return Identity()
+    if abs(matrix[0, 1]) < 1e-12 and abs(matrix[1, 0]) < 1e-12:
+        steps = [Scale([matrix[0, 0], matrix[1, 1]], axes=("x", "y"))]
+        if matrix[0, 2] or matrix[1, 2]:
+            steps.append(Translation([matrix[0, 2], matrix[1, 2]], axes=("x", "y")))
+        return steps[0] if len(steps) == 1 else Sequence(steps)
+    return Affine(matrix, input_axes=("x", "y"), output_axes=("x", "y"))
+
+
+def _to_micrometres(sdata: SpatialData, pixels_to_um: np.ndarray) -> None:
+    """Compose every element's ``"global"`` transformation with ``pixels_to_um``, in place.
+
+    Points end in um with an identity to ``"global"`` (their coordinates are rewritten when the
+    composition is not already the identity), so that the readers downstream read um directly.
+    """
+    import spatialdata as sd
+    from spatialdata.transformations import Identity, get_transformation, set_transformation
+
+    # spatialdata-io may hand one transformation dict to several elements (MERSCOPE does):
+    # read every old transformation first, then give each element a dict of its own.
+    olds = {(kind, key): get_transformation(element, get_all=True)
+            for kind in ("images", "labels", "shapes", "points")
+            for key, element in getattr(sdata, kind).items()}
+    for (kind, key), old in olds.items():
+        elements = getattr(sdata, kind)
+        element = elements[key]
+        transformation = _simple(pixels_to_um @ _affine_xy(old[COORDINATE_SYSTEM]))
+        if kind == "points" and not isinstance(transformation, Identity):
+            set_transformation(element, {**old, COORDINATE_SYSTEM: transformation}, set_all=True)
+            element = sd.transform(element, to_coordinate_system=COORDINATE_SYSTEM)
+            old = get_transformation(element, get_all=True)
+            transformation = Identity()
+        set_transformation(element, {**old, COORDINATE_SYSTEM: transformation}, set_all=True)
+        elements[key] = element
+
+
+def _rename_points(sdata: SpatialData, old: str, gene_column: str) -> None:
+    """Store the points ``old`` as ``"transcripts"`` with a categorical ``gene`` column."""
+    import copy
+
+    import pandas as pd
+    from spatialdata.models import PointsModel
+
+    if old not in sdata.points:
+        return
+    points = sdata.points[old]
+    attrs = copy.deepcopy(dict(points.attrs))
+    if gene_column != "gene":
+        points = points.drop(columns=["gene"], errors="ignore").rename(
+            columns={gene_column: "gene"})
+    if not isinstance(points["gene"].dtype, pd.CategoricalDtype):
+        points["gene"] = points["gene"].astype(str).astype("category")
+    points["gene"] = points["gene"].cat.as_known()
+    points.attrs.update(attrs)
+    points.attrs.setdefault(PointsModel.ATTRS_KEY, {})[PointsModel.FEATURE_KEY] = "gene"
+    if old != "transcripts":
+        del sdata.points[old]
+    else:
+        del sdata.points["transcripts"]
+    sdata.points["transcripts"] = points
+
+
+def _dapi_first(image, image_key: str):
+    """The image with its channels ordered DAPI first, then by name (deterministic)."""
+    import xarray as xr
+
+    channels = [str(c) for c in image["scale0"]["image"].coords["c"].values] \
+        if isinstance(image, xr.DataTree) else [str(c) for c in image.coords["c"].values]
+    order = sorted(channels, key=lambda c: (c.lower() != "dapi", c))
+    if order == channels:
+        return image
+    if isinstance(image, xr.DataTree):
+        return xr.DataTree.from_dict({name: image[name].to_dataset().sel(c=order)
+                                      for name in image.children})
+    return image.sel(c=order)
+
+
+def _rename_image(sdata: SpatialData, old: str, image_key: str) -> None:
+    if old not in sdata.images:
+        return
+    image = _dapi_first(sdata.images[old], image_key)
+    del sdata.images[old]
+    sdata.images[image_key] = image
+
+
+def _log_result(sdata: SpatialData, platform: str, image_key: str | None) -> None:
+    from ._image import get_pixel_size
+
+    if image_key is not None and image_key in sdata.images:
+        log_added("images", image_key, f"{get_pixel_size(sdata, image_key):.4g} um/px")
+    if "transcripts" in sdata.points:
+        log_added("points", "transcripts", "x, y in um, column 'gene'")
+    for key, table in sdata.tables.items():
+        log_added("tables", key, f"{table.n_obs} cells x {table.n_vars} genes")
+    logger.info("Read a %s output; 'global' is in micrometres.", platform)
+
+
+def read_xenium(
+    path: str | Path,
+    *,
+    cells: bool = True,
+    transcripts: bool = True,
+    image: bool = True,
+    image_key: str = "dapi",
+) -> SpatialData:
+    """Read a 10x Genomics Xenium output folder (``outs/``) through spatialdata-io.
+
+    :func:`spatialdata_io.xenium` reads the files; histoexpr then puts ``"global"`` in
+    micrometres (the pixel size is ``pixel_size`` of ``experiment.xenium``), stores the
+    transcripts as ``sdata.points["transcripts"]`` (column ``gene``, from ``feature_name``) and
+    the morphology (focus) image as ``sdata.images[image_key]``, DAPI first. The cell table
+    (``"table"``), the cell and nucleus polygons and label images keep spatialdata-io's names.
+
+    Parameters
+    ----------
+    path
+        The Xenium output folder: it holds ``experiment.xenium``, ``cells.zarr.zip``,
+        ``transcripts.parquet``, ``cell_feature_matrix.h5``, ``cells.parquet``,
+        ``cell_boundaries.parquet``, ``nucleus_boundaries.parquet`` and the morphology image
+        (``morphology_focus.ome.tif``, or the folder ``morphology_focus/`` from XOA 2.0).
+    cells
+        Read the cell table, the cell and nucleus boundaries and their label images.
+    transcripts
+        Read the transcripts.
+    image
+        Read the morphology focus image.
+    image_key
+        Key of the morphology image in ``sdata.images``.
+
+    Returns
+    -------
+    A SpatialData in histoexpr's conventions: ``"global"`` in um, the image with a
+    ``Scale(mpp)`` transformation, ``points["transcripts"]`` in um.
+
+    Examples
+    --------
+    >>> sdata = hx.io.read_xenium("Xenium_run/outs")
+    >>> hx.io.get_pixel_size(sdata, "dapi")
+    0.2125
+
+    """
+    from spatialdata_io import xenium
+
+    folder = _folder(path, "Xenium")
+    needed = ["experiment.xenium", "cells.zarr.zip"]
+    if transcripts:
+        needed.append("transcripts.parquet")
+    if cells:
+        needed += ["cell_feature_matrix.h5", "cells.parquet", "cell_boundaries.parquet",
+                   "nucleus_boundaries.parquet"]
+    _require(folder, needed, "Xenium", "hx.io.read_xenium")
+    if image and not ((folder / "morphology_focus.ome.tif").exists()
+                      or (folder / "morphology_focus").is_dir()):
+        raise FileNotFoundError(
+            f"The Xenium folder {str(folder)!r} has no morphology image (neither "
+            "'morphology_focus.ome.tif' nor the folder 'morphology_focus/'). Copy it from the "
+            "run's output, or pass image=False to read the rest.")
+    mpp = _xenium_pixel_size(folder / "experiment.xenium")
+    sdata = xenium(
+        folder, cells_boundaries=cells, nucleus_boundaries=cells, cells_labels=cells,
+        nucleus_labels=cells, cells_table=cells, transcripts=transcripts, morphology_mip=False,
+        morphology_focus=image, aligned_images=False,
+    )
+    _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
+    _rename_points(sdata, "transcripts", "feature_name")
+    _rename_image(sdata, "morphology_focus", image_key)
+    _log_result(sdata, "Xenium", image_key)
+    return sdata
+
+
+def _xenium_pixel_size(specs_path: Path) -> float:
+    try:
+        specs = json.loads(specs_path.read_text())
+        return check_mpp(specs["pixel_size"], "pixel_size")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(specs_path)!r} is not a readable JSON file ({error}). Copy it "
+                         "again from the run's output.") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{str(specs_path)!r} gives no valid 'pixel_size' (um/px) ({error}). "
+                         "Copy it again from the run's output folder.") from error
+
+
+def read_merscope(
+    path: str | Path,
+    *,
+    z_layer: int = 3,
+    vpt_outputs: str | Path | None = None,
+    cells: bool = True,
+    transcripts: bool = True,
+    image: bool = True,
+    image_key: str = "dapi",
+) -> SpatialData:
+    """Read a Vizgen MERSCOPE region folder through spatialdata-io.
+
+    :func:`spatialdata_io.merscope` reads the files; histoexpr then puts ``"global"`` in
+    micrometres using ``images/micron_to_mosaic_pixel_transform.csv`` (its inverse maps mosaic
+    pixels to um, so the mosaic gets ``Scale(mpp)`` and a translation to the mosaic's corner,
+    and the transcripts and cell polygons keep their ``global_x``/``global_y`` in um), stores the
+    transcripts as ``sdata.points["transcripts"]`` and the mosaic of ``z_layer`` as
+    ``sdata.images[image_key]`` with one channel per stain (``mosaic_<stain>_z<z>.tif``), DAPI
+    first. The cell table (``"table"``) and polygons keep spatialdata-io's names.
+
+    Parameters
+    ----------
+    path
+        The region folder: it holds ``detected_transcripts.csv``, ``cell_by_gene.csv``,
+        ``cell_metadata.csv``, ``cell_boundaries.parquet`` and ``images/`` (with
+        ``micron_to_mosaic_pixel_transform.csv`` and the ``mosaic_*_z*.tif`` images).
+    z_layer
+        The z plane of the mosaic images to read.
+    vpt_outputs
+        A folder of the Vizgen post-processing tool's outputs (re-segmented cells) to read the
+        cells from instead of ``path``.
+    cells
+        Read the cell table and the cell polygons.
+    transcripts
+        Read the transcripts.
+    image
+        Read the mosaic images of ``z_layer``.
+    image_key
+        Key of the mosaic in ``sdata.images``.
+
+    Returns
+    -------
+    A SpatialData in histoexpr's conventions: ``"global"`` in um, the image with a
+    ``Scale(mpp)`` transformation and its corner's offset, ``points["transcripts"]`` in um.
+
+    Examples
+    --------
+    >>> sdata = hx.io.read_merscope("region_0", z_layer=3)
+    >>> hx.pp.transcript_labels(sdata, genes=("Slc17a7", "Gfap"))
+
+    """
+    from spatialdata_io import merscope
+
+    folder = _folder(path, "MERSCOPE")
+    needed = ["images/micron_to_mosaic_pixel_transform.csv"]
+    if transcripts:
+        needed.append("detected_transcripts.csv")
+    if cells and vpt_outputs is None:
+        needed += ["cell_by_gene.csv", "cell_metadata.csv", "cell_boundaries.parquet"]
+    _require(folder, needed, "MERSCOPE", "hx.io.read_merscope")
+    if vpt_outputs is not None:
+        vpt = _folder(vpt_outputs, "Vizgen post-processing tool")
+        _require(vpt, ["cell_by_gene.csv", "cell_metadata.csv"], "VPT", "hx.io.read_merscope")
+        boundaries = ("cellpose_micron_space.parquet", "watershed_micron_space.parquet")
+        if cells and not any((vpt / name).exists() for name in boundaries):
+            raise FileNotFoundError(
+                f"The VPT folder {str(vpt)!r} has no cell boundaries ({' or '.join(boundaries)}). "
+                "Pass the folder the post-processing tool wrote, or cells=False.")
+    z_layer = int(z_layer)
+    if image:
+        stains = sorted(p.name for p in (folder / "images").glob(f"mosaic_*_z{z_layer}.tif"))
+        if not stains:
+            present = sorted(p.name for p in (folder / "images").glob("mosaic_*_z*.tif"))
+            raise FileNotFoundError(
+                f"The MERSCOPE folder {str(folder)!r} has no mosaic image of z_layer={z_layer} "
+                f"(images/mosaic_<stain>_z{z_layer}.tif; it has {present or 'none'}). Pass the "
+                "z_layer of an image it has, or image=False.")
+    matrix = _merscope_transform(folder / "images" / "micron_to_mosaic_pixel_transform.csv")
+    sdata = merscope(
+        folder, vpt_outputs=vpt_outputs, z_layers=z_layer if image else None,
+        transcripts=transcripts, cells_boundaries=cells, cells_table=cells,
+        mosaic_images=image, backend="dask_image",
+    )
+    _to_micrometres(sdata, np.linalg.inv(matrix))
+    for key in [k for k in sdata.points.keys() if k.endswith("_transcripts")]:
+        _rename_points(sdata, key, "gene")
+    for key in [k for k in sdata.images.keys() if k.endswith(f"_z{z_layer}")]:
+        _rename_image(sdata, key, image_key)
+    _log_result(sdata, "MERSCOPE", image_key)
+    return sdata
+
+
+def _merscope_transform(path: Path) -> np.ndarray:
+    """The 3x3 micron-to-mosaic-pixel matrix, checked to scale both axes alike."""
+    try:
+        matrix = np.loadtxt(path, ndmin=2)
+    except ValueError as error:
+        raise ValueError(f"{str(path)!r} is not a 3x3 table of numbers ({error}). Copy it again "
+                         "from the MERSCOPE output.") from error
+    if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
+        raise ValueError(f"{str(path)!r} holds a {matrix.shape} matrix; expected the 3x3 "
+                         "micron-to-mosaic-pixel transform. Copy it again from the MERSCOPE "
+                         "output.")
+    sx, sy = matrix[0, 0], matrix[1, 1]
+    if sx <= 0 or sy <= 0 or abs(matrix[0, 1]) > 1e-9 or abs(matrix[1, 0]) > 1e-9 \
+            or abs(sx - sy) > 1e-3 * max(sx, sy):
+        raise ValueError(f"{str(path)!r} does not map micrometres to square, axis-aligned "
+                         f"mosaic pixels (matrix {matrix.tolist()}). Check the file; histoexpr "
+                         "reads only axis-aligned mosaics.")
+    return matrix
+
+
+def read_cosmx(
+    path: str | Path,
+    *,
+    mpp: float = COSMX_MPP,
+    dataset_id: str | None = None,
+    transcripts: bool = True,
+) -> SpatialData:
+    """Read a NanoString CosMx SMI flat-file export through spatialdata-io.
+
+    :func:`spatialdata_io.cosmx` reads the files (one image, label image and set of transcripts
+    per field of view, FOV); histoexpr then puts ``"global"`` in micrometres by composing the
+    reader's FOV-to-slide pixel transformations with ``Scale(mpp)``, and gathers the transcripts
+    of all FOVs into ``sdata.points["transcripts"]`` (x, y in um, column ``gene`` from
+    ``target``, and the columns ``fov`` and ``cell_ID``). The images (``"<fov>_image"``),
+    label images (``"<fov>_labels"``) and the cell table (``"table"``, ``obsm["spatial"]`` in
+    um) keep spatialdata-io's names; its other coordinate systems (one per FOV, in pixels) are
+    kept as they are.
+
+    Parameters
+    ----------
+    path
+        The export folder: ``<id>_exprMat_file.csv``, ``<id>_metadata_file.csv``,
+        ``<id>_fov_positions_file.csv``, ``<id>_tx_file.csv`` and the folders ``CellComposite/``
+        and ``CellLabels/`` (images ``*_F<fov>.<tif|jpg|png>``).
+    mpp
+        Pixel size of the CosMx camera in um/px (the files do not state it; 0.12028 for the
+        CosMx SMI).
+    dataset_id
+        The ``<id>`` prefix of the files; found from the counts file when there is one.
+    transcripts
+        Read the transcripts.
+
+    Returns
+    -------
+    A SpatialData in histoexpr's conventions: ``"global"`` in um, ``points["transcripts"]``.
+
+    Examples
+    --------
+    >>> sdata = hx.io.read_cosmx("Lung5_Rep1", mpp=0.12028)
+    >>> sorted(sdata.images)[:2]
+    ['1_image', '2_image']
+
+    """
+    from spatialdata_io import cosmx
+
+    mpp = check_mpp(mpp)
+    folder = _folder(path, "CosMx")
+    counts = sorted(folder.glob("*_exprMat_file.csv"))
+    if dataset_id is None:
+        if len(counts) != 1:
+            other = _looks_like(folder) if not counts else ""
+            raise FileNotFoundError(
+                f"{str(folder)!r} holds {len(counts)} CosMx counts files (*_exprMat_file.csv)."
+                f"{other} " + ("Pass the CosMx export folder." if not counts else
+                               "Pass dataset_id= to choose one of "
+                               f"{[c.name[: -len('_exprMat_file.csv')] for c in counts]}."))
+        dataset_id = counts[0].name[: -len("_exprMat_file.csv")]
+    needed = [f"{dataset_id}_exprMat_file.csv", f"{dataset_id}_metadata_file.csv",
+              f"{dataset_id}_fov_positions_file.csv", "CellComposite", "CellLabels"]
+    if transcripts:
+        needed.append(f"{dataset_id}_tx_file.csv")
+    _require(folder, needed, "CosMx", "hx.io.read_cosmx")
+    sdata = cosmx(folder, dataset_id=dataset_id, transcripts=transcripts)
+    _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
+    fov_points = [k for k in sdata.points.keys() if k.endswith("_points")]
+    if fov_points:
+        import pandas as pd
+        from spatialdata.models import PointsModel
+        from spatialdata.transformations import Identity
+
+        frames = [sdata.points[k][["x", "y", "target", "fov", "cell_ID"]].compute()
+                  for k in fov_points]
+        for frame in frames:  # categories differ between FOVs
+            frame["cell_ID"] = frame["cell_ID"].astype(np.int64)
+        merged = pd.concat(frames).reset_index(drop=True)
+        for key in fov_points:
+            del sdata.points[key]
+        merged = merged.rename(columns={"target": "gene"})
+        merged["gene"] = merged["gene"].astype(str).astype("category")
+        sdata.points["transcripts"] = PointsModel.parse(
+            merged, coordinates={"x": "x", "y": "y"}, feature_key="gene",
+            transformations={COORDINATE_SYSTEM: Identity()})
+    if "table" in sdata.tables and "global" in sdata.tables["table"].obsm:
+        table = sdata.tables["table"]
+        table.obsm["spatial"] = np.asarray(table.obsm["global"], dtype=np.float64) * mpp
+    _log_result(sdata, "CosMx", None)
+    return sdata
