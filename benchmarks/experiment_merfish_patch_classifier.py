@@ -56,7 +56,7 @@ import histoexpr as hx
 from histoexpr.io._elements import image_element, read_plain_image
 from histoexpr.io._image import image_levels, read_region
 from histoexpr.pp._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
-from histoexpr.tl._dense_map import per_cell
+from histoexpr.tl._patch._dense_map import per_cell
 
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -8,7 +8,7 @@ import torch
 
 import histoexpr as hx
 from histoexpr.models import PatchClassifier, PatchEnsemble
-from histoexpr.tl._patch_classifier import _patch_dataset
+from histoexpr.tl._patch._patch_data import _patch_dataset
 
 GENES = ("PTPRC", "COL1A1")  # lymphocyte and stroma markers of the synthetic rule
 CLASSES = {"background": 1, "tissue": 2, GENES[0]: 3, GENES[1]: 4}

@@ -184,7 +184,7 @@ def _by_instance(table, values: np.ndarray, shapes) -> pd.Series:
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
     import matplotlib.pyplot as plt
 
-    from ..tl._expression_metrics import column_pearson
+    from ..tl._metrics._expression_metrics import column_pearson
 
     predicted = _values(adata, pred_key)
     if isinstance(truth_key, str):

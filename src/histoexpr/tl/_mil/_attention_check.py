@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import require_element
+from ..._utils import require_element
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,9 +56,9 @@ def attention_check(
     """
     import pandas as pd
 
-    from ..pp._genes import expression_targets
-    from ..pp._panels import resolve_genes
-    from ._expression_metrics import column_spearman
+    from ...pp._genes import expression_targets
+    from ...pp._panels import resolve_genes
+    from .._metrics._expression_metrics import column_spearman
 
     if not isinstance(sections, Mapping):
         sections = {"section": sections}

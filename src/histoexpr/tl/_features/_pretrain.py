@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._devices import (
+from ..._devices import (
     Precision,
     autocast,
     backward_and_step,
     loader_options,
     resolve_precision,
 )
-from .._settings import settings
-from .._utils import logger, progress, resolve_device, resolve_seed, seed_everything
-from ._train import to_device
+from ..._settings import settings
+from ..._utils import logger, progress, resolve_device, resolve_seed, seed_everything
+from .._train import to_device
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ..models import TileEncoder
+    from ...models import TileEncoder
 
 CHECKPOINT_FORMAT = "histoexpr-pretrain-checkpoint"
 CHECKPOINT_NAME = "pretrain_checkpoint.pt"
@@ -150,9 +150,9 @@ def pretrain(
     """
     from torch.utils.data import ConcatDataset
 
-    from ..models import ContrastiveLearner
-    from ..pp import CachedDataset, TileDataset
-    from ..pp._augment import augmentations, stain_of
+    from ...models import ContrastiveLearner
+    from ...pp import CachedDataset, TileDataset
+    from ...pp._augment import augmentations, stain_of
 
     sections = _as_sections(data)
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
@@ -302,7 +302,7 @@ def _as_sections(data: Any) -> list:
 
 def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:
     """Tile size, um/px and channel names, which every section must share."""
-    from ..io._image import image_levels
+    from ...io._image import image_levels
 
     geometries = []
     for sdata, dataset in zip(sections, datasets, strict=True):
@@ -320,8 +320,8 @@ def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:
 
 
 def _starting_encoder(encoder: Any, channels: list[str]):
-    from ..io import load_model
-    from ..models import TileEncoder
+    from ...io import load_model
+    from ...models import TileEncoder
 
     if isinstance(encoder, str) and not encoder.endswith(".pt"):
         return TileEncoder(arch=encoder, in_channels=len(channels))

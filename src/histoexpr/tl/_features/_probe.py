@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._utils import logger, resolve_seed
+from ..._utils import logger, resolve_seed
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -236,7 +236,7 @@ def _score_classes(x, targets, train, test, alphas) -> list[dict[str, Any]]:
 def _score_continuous(x, targets, train, test, alphas) -> list[dict[str, Any]]:
     from sklearn.linear_model import RidgeCV
 
-    from ._expression_metrics import column_pearson
+    from .._metrics._expression_metrics import column_pearson
 
     y = targets.to_numpy(dtype=np.float64)
     model = RidgeCV(alphas=list(alphas), alpha_per_target=True).fit(x[train], y[train])

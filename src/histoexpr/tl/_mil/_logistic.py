@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import logger
-from ._mil import predict, standardised_features, training_data
+from ..._utils import logger
+from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._bag_targets import standardised_features, training_data
 
 if TYPE_CHECKING:
-    from ..models import Network
+    from ...models import Network
 
 __all__ = ["fit", "predict"]
 
@@ -84,8 +85,8 @@ def fit(
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
-    from .._utils import seed_everything
-    from ..models import MeanPoolLinear
+    from ..._utils import seed_everything
+    from ...models import MeanPoolLinear
 
     if task != "classification":
         raise ValueError(f"meanpool_logistic classifies (task='classification'), got task="

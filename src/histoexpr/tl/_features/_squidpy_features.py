@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .._utils import progress
+from ..._utils import progress
 
 SQUIDPY_FEATURES = ("summary", "histogram", "texture")
 

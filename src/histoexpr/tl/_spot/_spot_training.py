@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._utils import logger, progress, resolve_seed, seed_everything
-from ._expression_metrics import column_pearson
+from ..._utils import logger, progress, resolve_seed, seed_everything
+from .._metrics._expression_metrics import column_pearson
 
 
 def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
@@ -21,7 +21,7 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     5 random folds of the spots. The fitted steps are folded into one
     :class:`~histoexpr.models.LinearHead`.
     """
-    from ..models import LinearHead
+    from ...models import LinearHead
 
     alphas = np.asarray(sorted(float(a) for a in alphas))
     if alphas.size == 0 or (alphas <= 0).any():
@@ -61,7 +61,7 @@ def fit_mlp(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, hi
     Member ``i`` is trained alone with seed ``seed + i`` (its own initialisation and
     validation split); the returned :class:`~histoexpr.models.MLPHead` averages them.
     """
-    from ..models import MLPHead
+    from ...models import MLPHead
 
     x, y = np.vstack(features).astype(np.float32), np.vstack(targets).astype(np.float32)
     ensemble = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden,
@@ -93,7 +93,7 @@ def fit_cnn(sections: Sequence[Any], *, tiles_key: str, image_key: str, n_genes:
     The patches are read once (uint8, in memory: about ``3 * size_px**2`` bytes a spot) and
     augmented on the fly.
     """
-    from ..models import SpotCNN
+    from ...models import SpotCNN
 
     patches = np.concatenate([_read_patches(s.sdata, tiles_key, image_key, s.tile_rows)
                               for s in sections])
@@ -109,7 +109,7 @@ def _train_regressor(network, last_layer, x: np.ndarray, y: np.ndarray, *, epoch
                      lr: float, batch_size: int, val_fraction: float, device: str | None,
                      seed: int | None, desc: str, augment: bool) -> dict[str, Any]:
     """Mean squared error of per-gene standardised targets, early stopping on a random split."""
-    from ._train import train
+    from .._train import train
 
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}.")
@@ -141,7 +141,7 @@ def _train_regressor(network, last_layer, x: np.ndarray, y: np.ndarray, *, epoch
 
 def _prepare_patches(patches: torch.Tensor, *, augment: bool) -> torch.Tensor:
     """uint8 patches to normalised floats; random dihedral turns and colour jitter if asked."""
-    from ._spot_regressor import CNN_NORMALISATION
+    from ._spot_inputs import CNN_NORMALISATION
 
     x = patches.float() / 255
     if augment:
@@ -157,9 +157,9 @@ def _prepare_patches(patches: torch.Tensor, *, augment: bool) -> torch.Tensor:
 
 
 def _read_patches(sdata, tiles_key: str, image_key: str, rows: np.ndarray) -> np.ndarray:
-    from .._devices import resolve_workers
-    from .._settings import settings
-    from ..pp import TileDataset
+    from ..._devices import resolve_workers
+    from ..._settings import settings
+    from ...pp import TileDataset
 
     dataset = torch.utils.data.Subset(TileDataset(sdata, tiles_key, image_key=image_key),
                                       rows.tolist())

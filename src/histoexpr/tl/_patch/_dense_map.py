@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .._devices import autocast, resolve_precision
-from .._utils import (
+from ..._devices import autocast, resolve_precision
+from ..._utils import (
     check_key_free,
     check_key_writable,
     log_added,
@@ -19,13 +19,13 @@ from .._utils import (
     resolve_device,
     store_element,
 )
-from ..io._image import image_levels, read_region, to_unit_float
-from ._segmentation_metrics import _bounds
+from ...io._image import image_levels, read_region, to_unit_float
+from .._metrics._segmentation_metrics import _bounds
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ..models import PatchEnsemble
+    from ...models import PatchEnsemble
 
 #: how the elements this step writes record their writer (see ``_utils.store_element``)
 STEP = "hx.tl.predict"
@@ -40,8 +40,8 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                 region: Sequence[float] | None, stride_um: float | None, cells: str | None,
                 smooth_um: float | None, calibrate: bool, batch_size: int,
                 device: str | None, key_added: str, overwrite: bool) -> None:
-    """See :func:`histoexpr.tl._patch_classifier.predict`."""
-    from ..pp._cells import require_cells
+    """See :func:`histoexpr.tl._patch._patch_classifier.predict`."""
+    from ...pp._cells import require_cells
 
     _check_patch_model(model)
     probabilities_key = f"{key_added}_probabilities"
@@ -80,7 +80,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
 
 
 def _check_patch_model(model) -> None:
-    from ..models import PatchEnsemble
+    from ...models import PatchEnsemble
 
     if not isinstance(model, PatchEnsemble) or model.metadata.get("model") != "patch_classifier":
         raise TypeError("predict needs a model from hx.tl.fit(..., model='patch_classifier') or "
@@ -95,7 +95,7 @@ def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: 
 
     Returns the probabilities (uncalibrated), the grid's corner (x, y) and its step in um.
     """
-    from ..models import PatchEnsemble
+    from ...models import PatchEnsemble
 
     _check_patch_model(model)
     meta = model.metadata
@@ -156,7 +156,7 @@ def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, 
     """Write a class map, its probabilities and (per cell) the cells' table."""
     from spatialdata.models import Image2DModel, Labels2DModel
 
-    from ..io._elements import scale_to_global
+    from ...io._elements import scale_to_global
 
     probabilities_key = f"{key_added}_probabilities"
     values = np.asarray(list(classes.values()), dtype=np.uint8)
@@ -188,7 +188,7 @@ def cell_probabilities(sdata: SpatialData, cells: str, probabilities: np.ndarray
     ``(means (n, K), names, centroids (n, 2) um, ids)``: ``ids`` is the cell raster of the map
     (``i`` in the cell ``names[i - 1]``, 0 outside every cell).
     """
-    from ..pp._cells import cell_centroids, cell_means, smooth_over_cells
+    from ...pp._cells import cell_centroids, cell_means, smooth_over_cells
 
     sub = _CELL_SUBSTEPS
     shape = probabilities.shape[1:]
@@ -226,7 +226,7 @@ def cells_on_grid(sdata: SpatialData, cells: str, origin: tuple[float, float], s
     Returns ``(ids, fine_ids, names)``: the cell of each pixel of the grid (sampled from the
     finer one), of each pixel of the finer grid, and the names of the cells on the finer grid.
     """
-    from ..pp._cells import cell_raster
+    from ...pp._cells import cell_raster
 
     sub = _CELL_SUBSTEPS
     fine_ids, names = cell_raster(sdata, cells, origin, step / sub,

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._mil import predict, standardised_features, training_data
+from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._bag_targets import standardised_features, training_data
 
 if TYPE_CHECKING:
-    from ..models import Network
+    from ...models import Network
 
 __all__ = ["fit", "predict"]
 
@@ -61,7 +62,7 @@ def fit(
     import torch
     from sklearn.linear_model import RidgeCV
 
-    from ..models import MeanPoolLinear
+    from ...models import MeanPoolLinear
 
     bags, y, metadata = training_data(data, genes=genes, target=None, task="regression",
                                       tiles_key=tiles_key, features_key=features_key,

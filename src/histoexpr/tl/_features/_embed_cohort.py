@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._settings import settings
-from .._utils import logger, progress, resolve_device, resolve_seed
+from ..._settings import settings
+from ..._utils import logger, progress, resolve_device, resolve_seed
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..io import Cohort
-    from ..models import Network
+    from ...io import Cohort
+    from ...models import Network
 
 #: what a slide's task did
 STATUSES = ("computed", "features", "skipped")
@@ -133,7 +133,7 @@ def embed_cohort(
     """
     import pandas as pd
 
-    from ..io import Cohort
+    from ...io import Cohort
 
     if not isinstance(cohort, Cohort) or not cohort.on_disk:
         raise TypeError("embed_cohort needs a cohort on disk: read it from a manifest with "
@@ -260,7 +260,7 @@ def _run_dask(tasks: list[dict], encoders: list, *, client: Any):
     """Map the slides over the client's workers; yield their summaries as they finish."""
     from distributed import as_completed
 
-    from ..models import Network
+    from ...models import Network
 
     # networks travel once to every worker, not once per slide
     shared = [client.scatter(one, broadcast=True, hash=False) if isinstance(one, Network)
@@ -291,9 +291,9 @@ def _run_slide(task: dict, encoders: list) -> dict:
     """One slide: tissue, tiles and features (or only features), written to its store."""
     import socket
 
-    from .._utils import seed_everything
-    from ..io import SlideStore, read_wsi
-    from ..pp import detect_tissue, tile
+    from ..._utils import seed_everything
+    from ...io import SlideStore, read_wsi
+    from ...pp import detect_tissue, tile
     from ._embed import embed
 
     start = time.perf_counter()
@@ -334,7 +334,7 @@ def _run_slide(task: dict, encoders: list) -> dict:
 
 def _encoder_name(encoder: Any) -> str:
     """The short name :func:`histoexpr.tl.embed` gives an encoder (features ``X_<name>``)."""
-    from ..models import Network
+    from ...models import Network
 
     if isinstance(encoder, Network):
         return type(encoder).__name__.lower()
@@ -350,7 +350,7 @@ def _encoder_name(encoder: Any) -> str:
 
 def _encoder_description(encoder: Any) -> Any:
     """What identifies an encoder's weights: its name, its file's hash or its weights' hash."""
-    from ..models import Network
+    from ...models import Network
 
     if isinstance(encoder, Network):
         digest = hashlib.sha256()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import logger
+from ..._utils import logger
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from anndata import AnnData
+
+#: the slide-level models of this room, by name (as in histoexpr.tl._api.MODELS) -> their module
+BAG_MODELS: dict[str, str] = {
+    "abmil": "._abmil",
+    "meanpool_ridge": "._ridge",
+    "meanpool_logistic": "._logistic",
+}
 
 
 def cross_validate_bags(
@@ -66,21 +76,20 @@ def cross_validate_bags(
     import anndata as ad
     import pandas as pd
 
-    from ._api import fit, predict
-
+    module = _bag_model(model)
     names, group_of = _section_groups(data, groups)
     folds = _folds(names, group_of, n_folds)
     results, scores, checks = [], [], []
     for fold, held_out in enumerate(folds):
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
-        network = fit(train, model=model, **fit_kwargs)
-        predicted = predict(network, test, key_added=key_added, overwrite=True)
+        network = module.fit(train, **fit_kwargs)
+        predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
         results.append(predicted)
         if network.metadata.get("task") == "classification":
-            from ._class_metrics import class_scores
+            from .._metrics._class_metrics import class_scores
 
             frame = class_scores(predicted, network.metadata)
             if len(frame):
@@ -90,7 +99,7 @@ def cross_validate_bags(
             if check is not None:
                 checks.append(check.assign(fold=fold))
         if "measured" in predicted.layers and predicted.n_obs >= 3:
-            from ._expression_metrics import gene_correlations
+            from .._metrics._expression_metrics import gene_correlations
 
             frame = gene_correlations(np.asarray(predicted.X), predicted.layers["measured"],
                                       genes=list(predicted.var_names))
@@ -115,7 +124,7 @@ def cross_validate_bags(
 
 def _check(test: Any, network, key: str, *, strict: bool):
     """The attention check of the held-out sections, where their tiles sit on measured spots."""
-    from ..io import Cohort
+    from ...io import Cohort
     from ._attention_check import attention_check, has_spot_truth
 
     tiles_key = network.metadata["tiles_key"]
@@ -136,7 +145,7 @@ def _check(test: Any, network, key: str, *, strict: bool):
 
 
 def _section_groups(data: Any, groups) -> tuple[list[str], dict[str, str]]:
-    from ..io import Cohort
+    from ...io import Cohort
 
     names = list(data.ids) if isinstance(data, Cohort) else list(data)
     if isinstance(groups, str):
@@ -176,6 +185,14 @@ def _folds(names: list[str], group_of: dict[str, str], n_folds: int | None) -> l
 
 
 def _subset(data: Any, names: list[str]) -> Any:
-    from ..io import Cohort
+    from ...io import Cohort
 
     return data.subset(names) if isinstance(data, Cohort) else {n: data[n] for n in names}
+
+
+def _bag_model(name: str) -> ModuleType:
+    """The module that trains and applies the slide-level model ``name`` (its fit and predict)."""
+    if name not in BAG_MODELS:
+        raise ValueError(f"Unknown slide-level model {name!r}; cross_validate_bags trains: "
+                         f"{', '.join(repr(m) for m in BAG_MODELS)}.")
+    return importlib.import_module(BAG_MODELS[name], package=__package__)

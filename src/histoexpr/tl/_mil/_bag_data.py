@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import log_added, logger
+from ..._utils import log_added, logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-    from ..io import SlideStore
+    from ...io import SlideStore
 
 #: how expression targets are made from the bulk table
 TARGET_TRANSFORMS = ("log1p_normalised", "log1p", "none")
@@ -178,7 +178,7 @@ def feature_statistics(bags: Bags) -> tuple[np.ndarray, np.ndarray, int]:
 def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
                  bags_key: str = "bags") -> Bags:
     """The bags of a Cohort, of one pseudo-bulked section, or of a mapping of them."""
-    from ..io import Cohort
+    from ...io import Cohort
 
     stores = None
     if isinstance(data, Cohort) and data.on_disk:
@@ -362,8 +362,8 @@ def encoder_of(bags: Bags) -> str | None:
 
 def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
     """Targets (bags x genes) from the bulk table, and the gene names."""
-    from ..pp._genes import expression_targets
-    from ..pp._panels import resolve_genes
+    from ...pp._genes import expression_targets
+    from ...pp._panels import resolve_genes
 
     if transform not in TARGET_TRANSFORMS:
         raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "

@@ -12,30 +12,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._utils import logger, seed_everything
+from ..._utils import seed_everything
 from ._bag_data import (
-    Bags,
-    StandardisedFeatures,
     bag_table,
-    class_targets,
     collect_bags,
-    drop_missing,
-    encoder_of,
-    feature_statistics,
-    features_made,
-    regression_targets,
-    tile_features,
     write_predictions,
 )
+from ._bag_outputs import (
+    _add_classes,
+    _check_features,
+    _class_slices,
+    _has_genes,
+    _measured,
+    _readable,
+    _score_section,
+    _softmax,
+    _weights,
+    write_contributions,
+)
+from ._bag_targets import rule_labels, standardised_features, training_data
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models import Network
-
-TASKS = ("regression", "classification")
-#: where classification labels come from: the bulk table's obs, or the training bags' median
-LABELS = ("obs", "median")
+    from ...models import Network
 
 
 def fit(
@@ -143,8 +143,8 @@ def fit(
     ``history``.
 
     """
-    from ..models import AttentionMIL
-    from ._train import train
+    from ...models import AttentionMIL
+    from .._train import train
 
     bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
                                       tiles_key=tiles_key, features_key=features_key,
@@ -182,115 +182,6 @@ def fit(
                     n_val_bags=int(n_val))
     network.metadata = metadata
     return network.cpu()
-
-
-def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: str,
-                  features_key: str | None, bags_key: str, target_transform: str,
-                  labels: str = "obs") -> tuple[Bags, np.ndarray, dict]:
-    """Bags with their targets (standardised for regression, codes for classes) and metadata."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-    if labels not in LABELS:
-        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}.")
-    if labels == "median" and (task != "classification" or target is not None):
-        raise ValueError("labels='median' makes classification labels from genes=; use it "
-                         "with task='classification' and without target=.")
-    bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
-    metadata: dict[str, Any] = {"task": task, "tiles_key": tiles_key, "bags_key": bags_key,
-                                "features_key": bags.features_key, "encoder": encoder_of(bags),
-                                "features_made": features_made(bags)}
-    if task == "regression":
-        if target is not None:
-            raise ValueError("target= names label columns for classification; for regression "
-                             "give genes=.")
-        y, names = regression_targets(bags, genes, target_transform)
-        bags, y = drop_missing(bags, y, ~np.isfinite(y).all(axis=1), "expression")
-        mean, std = y.mean(axis=0), y.std(axis=0)
-        std = np.where(std > 1e-6, std, 1.0)
-        y = (y - mean) / std
-        metadata.update(genes=names, columns=names, branches=names,
-                        target_transform=target_transform, target_mean=mean.tolist(),
-                        target_std=std.tolist())
-    elif labels == "median":
-        rule = median_rule(bags, genes, target_transform)
-        bags, y, classes = _apply_rule(bags, rule, target_transform)
-        targets = list(rule)
-        metadata.update(targets=targets, classes=classes, branches=targets, label_rule=rule,
-                        target_transform=target_transform,
-                        columns=[f"{t}:{c}" for t in targets for c in classes[t]])
-    else:
-        if target is None:
-            if genes is None:
-                raise ValueError("Classification needs target= (label columns of the bulk "
-                                 "obs) or genes= (to learn their deg_<gene> labels).")
-            from ..pp._panels import resolve_genes
-
-            target = [f"deg_{g}" for g in resolve_genes(genes, bags.bulk.var_names)]
-        targets = [target] if isinstance(target, str) else list(target)
-        y, classes = class_targets(bags, targets)
-        bags, y = drop_missing(bags, y, (y < 0).any(axis=1), "label")
-        if min(len(c) for c in classes.values()) < 2:
-            raise ValueError(f"Every target needs at least two classes; got {classes}.")
-        metadata.update(targets=targets, classes=classes, branches=targets,
-                        columns=[f"{t}:{c}" for t in targets for c in classes[t]])
-    mean, std, n_tiles = feature_statistics(bags)  # bag by bag: never every bag at once
-    metadata.update(n_features=len(mean), feature_mean=mean.astype(np.float32).tolist(),
-                    feature_std=np.where(std > 1e-6, std, 1.0).astype(np.float32).tolist())
-    logger.info("Training on %d bags (%d tiles, %d features) for %d outputs.", bags.bulk.n_obs,
-                n_tiles, len(mean), len(metadata["columns"]))
-    return bags, y, metadata
-
-
-def median_rule(bags: Bags, genes: Any, transform: str) -> dict[str, dict]:
-    """Label rules split at the median of ``bags``: one per gene, or per named marker set."""
-    from collections.abc import Mapping
-
-    if genes is None:
-        raise ValueError("labels='median' needs genes=: genes to label, or a mapping from a "
-                         "label name to marker genes.")
-    sets = ({str(k): list(v) for k, v in genes.items()} if isinstance(genes, Mapping) else None)
-    if sets is None:
-        _, names = regression_targets(bags, genes, transform)
-        sets = {f"deg_{g}": [g] for g in names}
-    rule = {}
-    for name, members in sets.items():
-        values, members = regression_targets(bags, members, transform)
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        std = np.where(std > 1e-6, std, 1.0)
-        score = ((values - mean) / std).mean(axis=1)
-        rule[name] = {"genes": members, "mean": mean.tolist(), "std": std.tolist(),
-                      "threshold": float(np.median(score))}
-    return rule
-
-
-def rule_labels(bags: Bags, rule: dict[str, dict], transform: str) -> dict[str, np.ndarray]:
-    """``"down"`` / ``"up"`` of every bag under the stored rules (thresholds from training)."""
-    out = {}
-    for name, r in rule.items():
-        values, _ = regression_targets(bags, r["genes"], transform)
-        score = ((values - np.asarray(r["mean"])) / np.asarray(r["std"])).mean(axis=1)
-        out[name] = np.where(score > r["threshold"], "up", "down").astype(object)
-    return out
-
-
-def _apply_rule(bags: Bags, rule: dict[str, dict], transform: str):
-    codes = rule_labels(bags, rule, transform)
-    y = np.column_stack([(codes[name] == "up").astype(np.int64) for name in rule])
-    classes = {name: ["down", "up"] for name in rule}
-    for name, column in zip(rule, y.T, strict=True):
-        if column.min() == column.max():
-            raise ValueError(f"Every training bag has the same {name!r} label; give more "
-                             "bags or other genes.")
-    return bags, y, classes
-
-
-def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
-    """Every bag's tile features, standardised as in training."""
-    mean = np.asarray(metadata["feature_mean"], dtype=np.float32)
-    std = np.asarray(metadata["feature_std"], dtype=np.float32)
-    if bags.stores is not None:  # a cohort on disk: read each bag from its store when used
-        return StandardisedFeatures(bags, mean, std)
-    return [(bags.features(i) - mean) / std for i in range(bags.bulk.n_obs)]
 
 
 class _BagDataset(torch.utils.data.Dataset):
@@ -338,15 +229,6 @@ def _classification_loss(metadata: dict):
                    for j, s in enumerate(slices))
 
     return loss
-
-
-def _class_slices(metadata: dict) -> list[slice]:
-    slices, start = [], 0
-    for target in metadata["targets"]:
-        size = len(metadata["classes"][target])
-        slices.append(slice(start, start + size))
-        start += size
-    return slices
 
 
 def predict(
@@ -444,97 +326,3 @@ def predict(
                              "tiles_key": tiles_key, "bags_key": bags_key,
                              "task": meta["task"]}
     return result
-
-
-def _has_genes(bags: Bags, rule: dict) -> bool:
-    return all(set(r["genes"]) <= set(bags.bulk.var_names) for r in rule.values())
-
-
-def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, columns: list[str],
-                        key_added: str) -> None:
-    """Per-tile contributions into ``obsm[f"{key_added}_contribution"]`` of each tile table."""
-    import pandas as pd
-
-    for name, values in contributions.items():
-        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
-        table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
-                                                               columns=columns)
-
-
-def _check_features(model, bags: Bags) -> None:
-    meta = model.metadata
-    width = tile_features(next(iter(bags.sections.values())), bags.tiles_key,
-                          bags.features_key).shape[1]
-    if width != meta["n_features"]:
-        raise ValueError(f"The model was trained on {meta['n_features']} features per tile "
-                         f"({meta['features_key']!r}, encoder {meta['encoder']!r}) but "
-                         f"{bags.features_key!r} has {width}; embed with the same encoder.")
-    encoder = encoder_of(bags)
-    if meta.get("encoder") and encoder and encoder != meta["encoder"]:
-        raise ValueError(f"The model was trained on features of encoder {meta['encoder']!r}, "
-                         f"but {bags.features_key!r} comes from {encoder!r}.")
-    trained, now = meta.get("features_made") or {}, features_made(bags)
-    differ = [key for key in set(trained) & set(now)
-              if (not np.isclose(now[key], trained[key], rtol=0.05) if key == "mpp"
-                  else now[key] != trained[key])]
-    if differ:
-        raise ValueError(
-            f"The tile features {bags.features_key!r} were made otherwise than the model's "
-            f"training features ({', '.join(f'{k} {now[k]!r}, not {trained[k]!r}' for k in differ)}"
-            "): embed these tiles with the training encoder on tiles of the training pixel size "
-            "(hx.tl.embed, under another key_added) and pass that features_key.")
-
-
-def _score_section(model, sdata, bags: Bags) -> tuple[np.ndarray, np.ndarray]:
-    """Attention scores and raw outputs of every tile of a section (standardised features)."""
-    meta = model.metadata
-    features = tile_features(sdata, bags.tiles_key, bags.features_key)
-    features = (features - np.asarray(meta["feature_mean"], dtype=np.float32)) / np.asarray(
-        meta["feature_std"], dtype=np.float32)
-    device = next(model.parameters()).device
-    model.eval()
-    scores, outputs = [], []
-    with torch.inference_mode():
-        for start in range(0, len(features), 8192):
-            chunk = torch.from_numpy(features[start: start + 8192]).to(device).unsqueeze(0)
-            s, o = model.score_tiles(chunk)
-            scores.append(s[0].float().cpu().numpy())
-            outputs.append(o[0].float().cpu().numpy())
-    return np.concatenate(scores).astype(np.float64), np.concatenate(outputs).astype(np.float64)
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    weights = np.exp(scores - scores.max(axis=0))
-    return weights / weights.sum(axis=0)
-
-
-def _weights(scores: np.ndarray, n_outputs: int) -> np.ndarray:
-    """A bag's attention (softmax over its tiles) repeated for each output of its branch."""
-    return np.repeat(_softmax(scores), n_outputs // scores.shape[1], axis=1)
-
-
-def _readable(outputs: np.ndarray, meta: dict) -> np.ndarray:
-    """Expression in target units, or class probabilities, from raw network outputs."""
-    if meta["task"] == "regression":
-        return outputs * np.asarray(meta["target_std"]) + np.asarray(meta["target_mean"])
-    probabilities = np.empty_like(outputs)
-    for s in _class_slices(meta):
-        probabilities[:, s] = _softmax(outputs[:, s].T).T
-    return probabilities
-
-
-def _measured(bags: Bags, meta: dict) -> np.ndarray | None:
-    if meta["task"] != "regression" or not set(meta["genes"]) <= set(bags.bulk.var_names):
-        return None
-    values, _ = regression_targets(bags, meta["genes"], meta["target_transform"])
-    return values
-
-
-def _add_classes(result, meta: dict) -> None:
-    import pandas as pd
-
-    for target, s in zip(meta["targets"], _class_slices(meta), strict=True):
-        classes = meta["classes"][target]
-        best = np.asarray(result.X)[:, s].argmax(axis=1)
-        result.obs[f"{target}_pred"] = pd.Categorical(np.asarray(classes, dtype=object)[best],
-                                                      categories=classes)

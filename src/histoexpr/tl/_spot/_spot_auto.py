@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import logger
-from ._expression_metrics import column_pearson
+from ..._utils import logger
+from .._metrics._expression_metrics import column_pearson
 
 #: the encoder the "ssl" and "random_cnn" candidates use (bench_pretrain.py's her2st recipe)
 CNN_CONFIG = {"arch": "small_cnn", "in_channels": 3, "width": 32, "pool_levels": True}
@@ -55,8 +55,8 @@ def pretrain_encoder(sections: Sequence[Any], tiles_key: str, *, epochs: int | N
     """SimCLR-pretrain the candidate CNN on the unlabelled tiles ``tiles_key`` of ``sections``."""
     import torch
 
-    from ..models import TileEncoder
-    from ._pretrain import pretrain
+    from ...models import TileEncoder
+    from .._features._pretrain import pretrain
 
     torch.manual_seed(0 if seed is None else seed)
     start = TileEncoder(**CNN_CONFIG)
@@ -118,7 +118,7 @@ class _Features:
             return self.networks[name]
         import torch
 
-        from ..models import TileEncoder
+        from ...models import TileEncoder
 
         began = time.perf_counter()
         if name == "random_cnn":
@@ -136,8 +136,8 @@ class _Features:
         return network
 
     def _load(self, encoder):
-        from ..io import load_model
-        from ..models import TileEncoder
+        from ...io import load_model
+        from ...models import TileEncoder
 
         network = encoder if isinstance(encoder, TileEncoder) else load_model(encoder,
                                                                                device="cpu")
@@ -154,7 +154,7 @@ class _Features:
         """Sections holding unlabelled grid tiles: the user's, or light copies with new ones."""
         from spatialdata import SpatialData
 
-        from ..pp import tile
+        from ...pp import tile
 
         key = self.pretrain_tiles_key
         if key is not None:
@@ -174,14 +174,14 @@ class _Features:
 
     def stain_reference(self) -> dict:
         if self.reference is None:
-            from ..pp import stain_reference
+            from ...pp import stain_reference
 
             self.reference = stain_reference([p.sdata for p in self.prepared], self.tiles_key)
         return self.reference
 
     def normaliser(self, section):
         if section.name not in self.normalisers:
-            from ..pp import stain_normaliser
+            from ...pp import stain_normaliser
 
             self.normalisers[section.name] = stain_normaliser(
                 section.sdata, self.tiles_key, reference=self.stain_reference())
@@ -201,7 +201,7 @@ class _Features:
         return self.all_tiles(section, candidate)[section.tile_rows]
 
     def all_tiles(self, section, candidate: Mapping[str, Any]) -> np.ndarray:
-        from ._spot_regressor import section_features
+        from ._spot_features import section_features
 
         name = candidate["encoder"]
         key, transform = self.key(name), None
@@ -359,7 +359,7 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
                 "stain": features.stain_reference() if chosen["stain"] != "none" else None,
                 **extra}
     if name in NETWORK_ENCODERS:
-        from ..models import EncoderHead
+        from ...models import EncoderHead
 
         encoder = features.network(name)
         network = EncoderHead(encoder=encoder.get_config(), head=type(head).__name__,
@@ -402,7 +402,7 @@ def _fold_target_transform(head, how: str, mean: np.ndarray, scale: np.ndarray) 
     """
     import torch
 
-    from ..models import LinearHead
+    from ...models import LinearHead
 
     if how == "log1p":
         return

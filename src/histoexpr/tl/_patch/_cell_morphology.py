@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import check_key_free, logger, require_element, resolve_seed
+from ..._utils import check_key_free, logger, require_element, resolve_seed
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ..models import CellClassifier, PatchEnsemble
+    from ...models import CellClassifier, PatchEnsemble
 
 MODEL_NAME = "cell_morphology"
 
@@ -114,7 +114,7 @@ def fit(
     import torch
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from ..models import CellClassifier
+    from ...models import CellClassifier
 
     rule = _labelling_rule(sdata, labels_key)
     cells = _cells_key(sdata, rule, cells)
@@ -246,8 +246,8 @@ def predict(
     """
     import torch
 
-    from ..models import CellClassifier
-    from ..pp._cells import require_cells
+    from ...models import CellClassifier
+    from ...pp._cells import require_cells
     from ._dense_map import cell_table, cells_on_grid, cells_to_map, write_map
 
     if not isinstance(model, CellClassifier) or model.metadata.get("model") != MODEL_NAME:
@@ -312,7 +312,7 @@ def _labelling_rule(sdata, labels_key: str) -> dict:
 
 
 def _cells_key(sdata, rule: dict, cells: str | None) -> str:
-    from ..pp._cells import require_cells
+    from ...pp._cells import require_cells
 
     cells = rule.get("cells") if cells is None else cells
     if cells is None:
@@ -323,7 +323,7 @@ def _cells_key(sdata, rule: dict, cells: str | None) -> str:
 
 
 def _patch_models(patch_classifier) -> list:
-    from ..models import PatchEnsemble
+    from ...models import PatchEnsemble
 
     if patch_classifier is None:
         return []
@@ -340,7 +340,7 @@ def _patch_models(patch_classifier) -> list:
 
 
 def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
-    from ..io._image import image_levels
+    from ...io._image import image_levels
 
     if region is not None:
         box = tuple(float(v) for v in region)
@@ -354,7 +354,7 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
 
 
 def _features(sdata, cells, image_key, bounds, mpp, smooth_um):
-    from ..pp._cells import cell_features
+    from ...pp._cells import cell_features
 
     return cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
                          smooth_um=tuple(float(s) for s in smooth_um))

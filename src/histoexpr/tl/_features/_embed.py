@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._devices import autocast, loader_options, resolve_precision, use_channels_last
-from .._utils import log_added, logger, progress, require_element, resolve_device
-from ..io._image import image_levels
+from ..._devices import autocast, loader_options, resolve_precision, use_channels_last
+from ..._utils import log_added, logger, progress, require_element, resolve_device
+from ...io._image import image_levels
+from ...io._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ..models import Network
+    from ...models import Network
 
 #: normalisation of learned encoders whose metadata has none (tiles are in [0, 1])
 DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
@@ -92,7 +93,7 @@ def embed(
     how many (their number is recorded as ``n_off_image``). Tiles partly off the image are read
     with black outside it (a warning names how many).
     """
-    from ..pp import TileDataset
+    from ...pp import TileDataset
 
     require_element(sdata, tiles_key, "shapes")
     if batch_size < 1:
@@ -134,44 +135,6 @@ def embed(
                                                          "n_features": int(features.shape[1])}
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
-
-
-def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,
-                   size_um: float) -> np.ndarray:
-    """Fraction (0 to 1) of each square tile's area that lies on the image's pixels.
-
-    Computed from the image's bounds at full resolution; ``centres`` are tile centres in um.
-    """
-    level = image_levels(sdata, image_key)[0]
-    (ox, oy), (height, width) = level.offset, level.shape_yx
-    half = float(size_um) / 2
-    centres = np.asarray(centres, dtype=float).reshape(-1, 2)
-    x, y = centres[:, 0], centres[:, 1]
-    across = np.minimum(x + half, ox + width * level.mpp) - np.maximum(x - half, ox)
-    down = np.minimum(y + half, oy + height * level.mpp) - np.maximum(y - half, oy)
-    return np.clip(across, 0, None) * np.clip(down, 0, None) / (2 * half) ** 2
-
-
-def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
-    """A short digest that tells one image from another, cheaply.
-
-    It covers the image's shape, pixel size and offset, and a 6 x 6 grid of pixels sampled from
-    its coarsest level (reading a few chunks, never the whole image).
-    """
-    import hashlib
-
-    levels = image_levels(sdata, image_key)
-    coarse = levels[-1]
-    height, width = coarse.shape_yx
-    rows = np.unique(np.linspace(0, height - 1, 6).round().astype(int))
-    cols = np.unique(np.linspace(0, width - 1, 6).round().astype(int))
-    samples = np.asarray(coarse.data.isel(y=rows, x=cols).values)
-    digest = hashlib.sha256()
-    for level in levels:
-        digest.update(repr((level.shape_yx, round(level.mpp, 9),
-                            tuple(round(v, 6) for v in level.offset))).encode())
-    digest.update(np.ascontiguousarray(samples).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _report_off_image(coverage: np.ndarray, tiles_key: str, image_key: str) -> np.ndarray:
@@ -271,7 +234,7 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: s
     """
     from torch.utils.data import DataLoader
 
-    from ..models import HandcraftedEncoder
+    from ...models import HandcraftedEncoder
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         **loader_options(device))
@@ -300,9 +263,9 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
                     checkpoint: str | Path | None = None
                     ) -> tuple[torch.nn.Module, str, dict | None]:
     """The network, its short name and its input normalisation for an ``encoder`` argument."""
-    from ..io import load_model
-    from ..models import HandcraftedEncoder, Network, TileEncoder
-    from ..models._encoders import ARCHITECTURES
+    from ...io import load_model
+    from ...models import HandcraftedEncoder, Network, TileEncoder
+    from ...models._encoders import ARCHITECTURES
 
     if isinstance(encoder, Network):
         network, name = encoder, type(encoder).__name__.lower()
@@ -321,7 +284,7 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
             _warn_random_weights(encoder)
         return _timm_encoder(encoder.removeprefix("timm:"), in_channels, checkpoint)
     elif isinstance(encoder, str) and encoder.startswith("hf:"):
-        from ..models import HuggingFaceEncoder
+        from ...models import HuggingFaceEncoder
 
         if checkpoint is not None:
             raise ValueError(f"encoder={encoder!r} loads its weights from its folder; drop "
@@ -354,8 +317,8 @@ def _warn_random_weights(encoder: str) -> None:
 
 def _load_checkpoint(network: Network, path: Path) -> Network:
     """Weights for a freshly built encoder: a histoexpr model file or a plain state dict."""
-    from .._torch_files import load_weights_only
-    from ..io import load_model
+    from ..._torch_files import load_weights_only
+    from ...io import load_model
 
     payload = load_weights_only(path, what="checkpoint")
     if isinstance(payload, dict) and payload.get("format") == "histoexpr-model":
@@ -389,7 +352,7 @@ def _timm_encoder(name: str, in_channels: int, checkpoint: str | Path | None):
         ) from error
     network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
     if checkpoint is not None:
-        from .._torch_files import load_weights_only
+        from ..._torch_files import load_weights_only
 
         state = load_weights_only(Path(checkpoint), what="checkpoint")
         missing, unexpected = network.load_state_dict(state, strict=False)
