@@ -29,7 +29,7 @@ def intensity_baseline(train, test) -> pd.Series:
     """Logistic regression on each cell's mean DAPI alone: the predicted label of each cell."""
     from sklearn.linear_model import LogisticRegression
 
-    from histoexpr.pp._cells import cell_means, cell_raster
+    from histoexpr._cells import cell_means, cell_raster
 
     def features(sdata):
         image = hx.io.read_region(sdata, "dapi", (0, 0, 300, 300), mpp=0.5).astype(float)

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._utils import log_added, logger
-from ._elements import (
+from .._elements import (
     channel_names,
     check_mpp,
     existing_file,
@@ -18,6 +17,7 @@ from ._elements import (
     read_text_table,
     to_cyx,
 )
+from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -138,7 +138,7 @@ def read_transcripts(
             raise ValueError(f"The labels ({label_array.shape}) and the image ({extent_px}) "
                              "differ in shape; pass labels on the image's pixel grid.")
         extent_px = extent_px or label_array.shape
-        from ._elements import scale_to_global
+        from .._elements import scale_to_global
 
         label_elements[labels_key] = Labels2DModel.parse(
             label_array, dims=("y", "x"), transformations=scale_to_global(image_mpp),

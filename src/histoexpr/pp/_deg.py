@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._panels import resolve_genes
 from .._utils import logger
-from ._panels import resolve_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData

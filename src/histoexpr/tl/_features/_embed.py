@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from ..._devices import autocast, loader_options, resolve_precision, use_channels_last
+from ..._image import image_levels
+from ..._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
 from ..._utils import log_added, logger, progress, require_element, resolve_device
-from ...io._image import image_levels
-from ...io._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:

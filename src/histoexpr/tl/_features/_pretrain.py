@@ -302,7 +302,7 @@ def _as_sections(data: Any) -> list:
 
 def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:
     """Tile size, um/px and channel names, which every section must share."""
-    from ...io._image import image_levels
+    from ..._image import image_levels
 
     geometries = []
     for sdata, dataset in zip(sections, datasets, strict=True):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..._stats import column_pearson, column_spearman
 from ..._utils import logger
 
 if TYPE_CHECKING:
@@ -22,27 +23,6 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 METRICS = ("pearson", "spearman")
-
-
-def column_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column of ``a`` with the same column of ``b`` (NaN if flat)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    norm = np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (a * b).sum(axis=0) / norm
-    # a column constant up to rounding has no correlation
-    flat = (np.ptp(a, axis=0) <= 1e-12) | (np.ptp(b, axis=0) <= 1e-12)
-    return np.where(flat, np.nan, np.clip(r, -1, 1))
-
-
-def column_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column pair (Pearson of average ranks)."""
-    from scipy.stats import rankdata
-
-    return column_pearson(rankdata(a, axis=0), rankdata(b, axis=0))
 
 
 def gene_correlations(
@@ -141,7 +121,7 @@ def evaluate_expression(
     The per-gene frame of :func:`gene_correlations` (``frame.mean()`` averages over genes).
 
     """
-    from ...pp._genes import expression_targets, library_sizes
+    from ..._expression import expression_targets, library_sizes
 
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
         if key not in sdata.tables:
@@ -212,7 +192,7 @@ def _regress_out(values: np.ndarray, covariate: np.ndarray) -> np.ndarray:
 
 def _check_same_section(sdata, pred, pred_key: str) -> None:
     """Refuse a prediction made on another section than ``sdata`` (its image or its tiles)."""
-    from ...io._image_facts import image_fingerprint
+    from ..._image_facts import image_fingerprint
 
     image = pred.uns.get("prediction", {}).get("image")
     if image is not None and image.get("key") in sdata.images:

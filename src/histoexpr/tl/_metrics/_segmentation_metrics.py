@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..._image import image_levels, read_region
 from ..._utils import logger, require_element
-from ...io._image import image_levels, read_region
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,11 +165,11 @@ def _majority_per_cell(sdata, key: str, cells: str, region, ignore: int):
     """Each cell's most common value of a map, on a grid of half the map's pixel size."""
     import pandas as pd
 
-    from ...pp._cells import cell_centroids, cell_raster
+    from ..._cells import cell_centroids, cell_raster
 
     level = image_levels(sdata, key)[0]
     step = level.mpp / 2
-    box = _bounds(level) if region is None else tuple(float(v) for v in region)
+    box = level.bounds if region is None else tuple(float(v) for v in region)
     values = np.asarray(read_region(sdata, key, box, mpp=step)).astype(np.int64)
     ids, names = cell_raster(sdata, cells, box[:2], step, values.shape)
     labelled = (ids > 0) & (values != ignore)
@@ -222,7 +222,7 @@ def _add_cell_scores(table, classes: dict[str, int], frame, reason) -> None:
 
 def _read_pair(sdata, pred_key: str, truth_key: str, region) -> tuple[np.ndarray, np.ndarray]:
     """Both maps on the grid of the coarser one, over ``region`` or their overlap."""
-    bounds = [_bounds(image_levels(sdata, key)[0]) for key in (pred_key, truth_key)]
+    bounds = [image_levels(sdata, key)[0].bounds for key in (pred_key, truth_key)]
     overlap = (max(bounds[0][0], bounds[1][0]), max(bounds[0][1], bounds[1][1]),
                min(bounds[0][2], bounds[1][2]), min(bounds[0][3], bounds[1][3]))
     box = overlap if region is None else tuple(float(v) for v in region)
@@ -232,11 +232,6 @@ def _read_pair(sdata, pred_key: str, truth_key: str, region) -> tuple[np.ndarray
     mpp = max(image_levels(sdata, key)[0].mpp for key in (pred_key, truth_key))
     return (read_region(sdata, pred_key, box, mpp=mpp, outside="fill"),
             read_region(sdata, truth_key, box, mpp=mpp, outside="fill"))
-
-
-def _bounds(level) -> tuple[float, float, float, float]:
-    (x0, y0), (h, w) = level.offset, level.shape_yx
-    return x0, y0, x0 + w * level.mpp, y0 + h * level.mpp
 
 
 def _classes(sdata, pred_key: str, truth_key: str, classes, truth: np.ndarray,

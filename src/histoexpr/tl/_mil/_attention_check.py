@@ -56,8 +56,8 @@ def attention_check(
     """
     import pandas as pd
 
-    from ...pp._genes import expression_targets
-    from ...pp._panels import resolve_genes
+    from ..._expression import expression_targets
+    from ..._panels import resolve_genes
     from .._metrics._expression_metrics import column_spearman
 
     if not isinstance(sections, Mapping):

@@ -362,8 +362,8 @@ def encoder_of(bags: Bags) -> str | None:
 
 def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
     """Targets (bags x genes) from the bulk table, and the gene names."""
-    from ...pp._genes import expression_targets
-    from ...pp._panels import resolve_genes
+    from ..._expression import expression_targets
+    from ..._panels import resolve_genes
 
     if transform not in TARGET_TRANSFORMS:
         raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "

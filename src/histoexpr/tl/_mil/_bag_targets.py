@@ -67,7 +67,7 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
             if genes is None:
                 raise ValueError("Classification needs target= (label columns of the bulk "
                                  "obs) or genes= (to learn their deg_<gene> labels).")
-            from ...pp._panels import resolve_genes
+            from ..._panels import resolve_genes
 
             target = [f"deg_{g}" for g in resolve_genes(genes, bags.bulk.var_names)]
         targets = [target] if isinstance(target, str) else list(target)

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._image import image_levels
 from ..._utils import logger
-from ...io._image import image_levels
 
 if TYPE_CHECKING:
 
@@ -21,11 +21,10 @@ _TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 41))
 
 def _class_prior(sdata, labels_key: str, classes: dict[str, int], region) -> dict[str, float]:
     """Share of each class among the labelled pixels of the label map inside ``region``."""
-    from ...io._image import read_region
+    from ..._image import read_region
 
     level = image_levels(sdata, labels_key)[0]
-    (x0, y0), (h, w) = level.offset, level.shape_yx
-    box = (x0, y0, x0 + w * level.mpp, y0 + h * level.mpp) if region is None else region
+    box = level.bounds if region is None else region
     values = np.asarray(read_region(sdata, labels_key, tuple(float(v) for v in box),
                                     mpp=level.mpp))
     counts = np.array([np.sum(values == v) for v in classes.values()], dtype=float)

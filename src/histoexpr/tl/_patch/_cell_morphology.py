@@ -1,7 +1,7 @@
 """The per-cell morphology classifier: intensity, shape and neighbourhood features of each cell.
 
 ``hx.tl.fit(sdata, model="cell_morphology")`` describes every cell of the training region by its
-image features (:func:`histoexpr.pp._cells.cell_features`) and fits a regularised multinomial
+image features (:func:`histoexpr._cells.cell_features`) and fits a regularised multinomial
 logistic regression on the cells' transcript-defined classes (``transcript_labels(...,
 cells=...)``). Given trained patch classifiers, it also stacks their per-cell probabilities,
 fitted only on training cells those classifiers never trained on. ``hx.tl.predict`` writes the
@@ -246,8 +246,8 @@ def predict(
     """
     import torch
 
+    from ..._cells import require_cells
     from ...models import CellClassifier
-    from ...pp._cells import require_cells
     from ._dense_map import cell_table, cells_on_grid, cells_to_map, write_map
 
     if not isinstance(model, CellClassifier) or model.metadata.get("model") != MODEL_NAME:
@@ -312,7 +312,7 @@ def _labelling_rule(sdata, labels_key: str) -> dict:
 
 
 def _cells_key(sdata, rule: dict, cells: str | None) -> str:
-    from ...pp._cells import require_cells
+    from ..._cells import require_cells
 
     cells = rule.get("cells") if cells is None else cells
     if cells is None:
@@ -340,7 +340,7 @@ def _patch_models(patch_classifier) -> list:
 
 
 def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
-    from ...io._image import image_levels
+    from ..._image import image_levels
 
     if region is not None:
         box = tuple(float(v) for v in region)
@@ -348,13 +348,11 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
             raise ValueError(f"region must be (x_min, y_min, x_max, y_max) with max > min, got "
                              f"{region!r}.")
         return box
-    level = image_levels(sdata, image_key)[0]
-    (x0, y0), (h, w) = level.offset, level.shape_yx
-    return (float(x0), float(y0), float(x0 + w * level.mpp), float(y0 + h * level.mpp))
+    return image_levels(sdata, image_key)[0].bounds
 
 
 def _features(sdata, cells, image_key, bounds, mpp, smooth_um):
-    from ...pp._cells import cell_features
+    from ..._cells import cell_features
 
     return cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
                          smooth_um=tuple(float(s) for s in smooth_um))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..._devices import autocast, resolve_precision
+from ..._image import image_levels, read_region, to_unit_float
 from ..._utils import (
     check_key_free,
     check_key_writable,
@@ -19,8 +20,6 @@ from ..._utils import (
     resolve_device,
     store_element,
 )
-from ...io._image import image_levels, read_region, to_unit_float
-from .._metrics._segmentation_metrics import _bounds
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -41,7 +40,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                 smooth_um: float | None, calibrate: bool, batch_size: int,
                 device: str | None, key_added: str, overwrite: bool) -> None:
     """See :func:`histoexpr.tl._patch._patch_classifier.predict`."""
-    from ...pp._cells import require_cells
+    from ..._cells import require_cells
 
     _check_patch_model(model)
     probabilities_key = f"{key_added}_probabilities"
@@ -156,7 +155,7 @@ def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, 
     """Write a class map, its probabilities and (per cell) the cells' table."""
     from spatialdata.models import Image2DModel, Labels2DModel
 
-    from ...io._elements import scale_to_global
+    from ..._elements import scale_to_global
 
     probabilities_key = f"{key_added}_probabilities"
     values = np.asarray(list(classes.values()), dtype=np.uint8)
@@ -188,7 +187,7 @@ def cell_probabilities(sdata: SpatialData, cells: str, probabilities: np.ndarray
     ``(means (n, K), names, centroids (n, 2) um, ids)``: ``ids`` is the cell raster of the map
     (``i`` in the cell ``names[i - 1]``, 0 outside every cell).
     """
-    from ...pp._cells import cell_centroids, cell_means, smooth_over_cells
+    from ..._cells import cell_centroids, cell_means, smooth_over_cells
 
     sub = _CELL_SUBSTEPS
     shape = probabilities.shape[1:]
@@ -226,7 +225,7 @@ def cells_on_grid(sdata: SpatialData, cells: str, origin: tuple[float, float], s
     Returns ``(ids, fine_ids, names)``: the cell of each pixel of the grid (sampled from the
     finer one), of each pixel of the finer grid, and the names of the cells on the finer grid.
     """
-    from ...pp._cells import cell_raster
+    from ..._cells import cell_raster
 
     sub = _CELL_SUBSTEPS
     fine_ids, names = cell_raster(sdata, cells, origin, step / sub,
@@ -288,7 +287,7 @@ def _check_image(level0, model, meta: dict, image_key: str) -> None:
 
 def _region(level0, region) -> tuple[float, float, float, float]:
     if region is None:
-        return _bounds(level0)
+        return level0.bounds
     box = tuple(float(v) for v in region)
     if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
         raise ValueError(f"region must be (x_min, y_min, x_max, y_max) with max > min, got "

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ..._image import image_levels
 from ..._utils import logger, resolve_seed
-from ...io._image import image_levels
 from ._calibration import _choose, _class_prior, _report, fit_calibration
 from ._dense_map import predict_map
 from ._patch_data import (

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..._devices import loader_options
+from ..._image import image_levels
 from ..._utils import logger, require_element, resolve_device, seed_everything
-from ...io._image import image_levels
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -157,7 +157,7 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     import pandas as pd
     from spatialdata import SpatialData
 
-    from ...io._elements import square_shapes, tile_table
+    from ..._elements import square_shapes, tile_table
     from ...pp import TileDataset
 
     size_um = size_px * mpp

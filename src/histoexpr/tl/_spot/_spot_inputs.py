@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ..._image import image_levels
 from ..._utils import (
     logger,
     require_element,
 )
-from ...io._image import image_levels
 
 #: how the elements predict writes record their writer (see ``_utils.store_element``)
 STEP = "hx.tl.predict"
@@ -132,8 +132,8 @@ def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None
 def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
                      table_key: str, tiles_key: str, patch_um: float, mpp: float) -> _Section:
     """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
+    from ..._expression import expression_targets, library_sizes
     from ...pp import tile
-    from ...pp._genes import expression_targets, library_sizes
 
     overwrite = False
     if tiles_key in sdata.shapes:
@@ -221,9 +221,9 @@ def _image_channels(sections: Mapping[str, Any], image_key: str) -> int:
 
 def _inside_image(sdata, image_key: str, centres: np.ndarray) -> np.ndarray:
     level = image_levels(sdata, image_key)[0]
-    (ox, oy), (height, width) = level.offset, level.shape_yx
+    x_min, y_min, x_max, y_max = level.bounds
     x, y = centres[:, 0], centres[:, 1]
-    return (x >= ox) & (y >= oy) & (x < ox + width * level.mpp) & (y < oy + height * level.mpp)
+    return (x >= x_min) & (y >= y_min) & (x < x_max) & (y < y_max)
 
 
 def _check_image_mpp(sdata, image_key: str, mpp: float) -> None:

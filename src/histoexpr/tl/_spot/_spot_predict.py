@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._image import image_levels
 from ..._utils import (
     check_key_free,
     check_key_writable,
@@ -19,7 +20,6 @@ from ..._utils import (
     resolve_device,
     store_element,
 )
-from ...io._image import image_levels
 from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
 from ._spot_features import section_features
 from ._spot_inputs import MADE_BY, STEP, _check_image_mpp, _tiles_at

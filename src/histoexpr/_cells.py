@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger
+from ._utils import logger
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -80,7 +80,7 @@ def _polygon_raster(sdata, cells: str, origin, step: float, shape):
 
 
 def _label_raster(sdata, cells: str, origin, step: float, shape):
-    from ..io._image import read_region
+    from ._image import read_region
 
     height, width = shape
     bounds = (origin[0], origin[1], origin[0] + width * step, origin[1] + height * step)
@@ -139,7 +139,7 @@ def cell_features(sdata: SpatialData, cells: str, image_key: str,
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    from ..io._image import read_region, to_unit_float
+    from ._image import read_region, to_unit_float
 
     pixels = to_unit_float(np.asarray(read_region(sdata, image_key, bounds, mpp=mpp)))
     maps = []

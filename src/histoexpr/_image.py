@@ -39,6 +39,12 @@ class ImageLevel:
         """Height and width in pixels."""
         return int(self.data.sizes["y"]), int(self.data.sizes["x"])
 
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(x_min, y_min, x_max, y_max)`` in um: the outer edges of the level's pixels."""
+        (x0, y0), (height, width) = self.offset, self.shape_yx
+        return float(x0), float(y0), float(x0 + width * self.mpp), float(y0 + height * self.mpp)
+
 
 def _scale_and_offset(element) -> tuple[float, tuple[float, float]]:
     """Pixel size and offset of an element's transformation to the micrometre system."""
@@ -193,11 +199,10 @@ def read_region(
 def fraction_on_image(level: ImageLevel, bounds: tuple[float, float, float, float]) -> float:
     """The fraction of the area of ``bounds`` (um) that lies on the image of ``level``."""
     x_min, y_min, x_max, y_max = (float(b) for b in bounds)
-    ox, oy = level.offset
-    height, width = level.shape_yx
+    left, top, right, bottom = level.bounds
     tolerance = 0.5 * level.mpp
-    dx = min(x_max, ox + width * level.mpp + tolerance) - max(x_min, ox - tolerance)
-    dy = min(y_max, oy + height * level.mpp + tolerance) - max(y_min, oy - tolerance)
+    dx = min(x_max, right + tolerance) - max(x_min, left - tolerance)
+    dy = min(y_max, bottom + tolerance) - max(y_min, top - tolerance)
     area = (x_max - x_min) * (y_max - y_min)
     if not area > 0:
         return 0.0

@@ -19,12 +19,12 @@ def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,
     Computed from the image's bounds at full resolution; ``centres`` are tile centres in um.
     """
     level = image_levels(sdata, image_key)[0]
-    (ox, oy), (height, width) = level.offset, level.shape_yx
+    x_min, y_min, x_max, y_max = level.bounds
     half = float(size_um) / 2
     centres = np.asarray(centres, dtype=float).reshape(-1, 2)
     x, y = centres[:, 0], centres[:, 1]
-    across = np.minimum(x + half, ox + width * level.mpp) - np.maximum(x - half, ox)
-    down = np.minimum(y + half, oy + height * level.mpp) - np.maximum(y - half, oy)
+    across = np.minimum(x + half, x_max) - np.maximum(x - half, x_min)
+    down = np.minimum(y + half, y_max) - np.maximum(y - half, y_min)
     return np.clip(across, 0, None) * np.clip(down, 0, None) / (2 * half) ** 2
 
 

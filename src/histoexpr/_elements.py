@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger
+from ._utils import logger
 
 if TYPE_CHECKING:
     import pandas as pd
