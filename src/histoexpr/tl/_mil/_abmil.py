@@ -13,11 +13,7 @@ import numpy as np
 import torch
 
 from ..._utils import seed_everything
-from ._bag_data import (
-    bag_table,
-    collect_bags,
-    write_predictions,
-)
+from ._bag_data import collect_bags
 from ._bag_outputs import (
     _add_classes,
     _check_features,
@@ -28,7 +24,9 @@ from ._bag_outputs import (
     _score_section,
     _softmax,
     _weights,
+    bag_table,
     write_contributions,
+    write_predictions,
 )
 from ._bag_targets import rule_labels, standardised_features, training_data
 

@@ -3,7 +3,7 @@
 A *bag* is a set of tiles with one target: a slide of a :class:`~histoexpr.io.Cohort` (all of its
 tiles, the slide's bulk expression and labels) or a bag made by :func:`histoexpr.pp.pseudobulk`
 (its tiles, its summed counts). Every slide-level model reads its data through
-:func:`collect_bags`, and writes its predictions back through :func:`write_predictions`.
+:func:`collect_bags`; predictions go back through :func:`._bag_outputs.write_predictions`.
 
 The slides of a cohort on disk (:func:`histoexpr.io.read_cohort`) are streamed: a bag's features
 are read from its slide's store when the bag is used, and per-tile results are written back to
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import log_added, logger
+from ..._utils import logger
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -358,100 +358,3 @@ def encoder_of(bags: Bags) -> str | None:
         return store.feature_records(bags.tiles_key).get(bags.features_key, {}).get("encoder")
     table = next(iter(bags.sections.values())).tables[f"{bags.tiles_key}_table"]
     return table.uns.get("embeddings", {}).get(bags.features_key, {}).get("encoder")
-
-
-def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
-    """Targets (bags x genes) from the bulk table, and the gene names."""
-    from ..._expression import expression_targets
-    from ..._panels import resolve_genes
-
-    if transform not in TARGET_TRANSFORMS:
-        raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "
-                         f"{transform!r}.")
-    genes = resolve_genes(genes, bags.bulk.var_names, what="the bulk expression")
-    if transform == "log1p_normalised":
-        return expression_targets(bags.bulk, genes).astype(np.float32), genes
-    values = bags.bulk[:, genes].X
-    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values, dtype=float)
-    values = np.log1p(values) if transform == "log1p" else values
-    return values.astype(np.float32), genes
-
-
-def class_targets(bags: Bags, targets: list[str]) -> tuple[np.ndarray, dict[str, list[str]]]:
-    """Class codes (bags x targets, -1 where missing) of obs columns, and their classes."""
-    import pandas as pd
-
-    missing = [t for t in targets if t not in bags.bulk.obs.columns]
-    if missing:
-        raise KeyError(f"{missing} are not columns of the bulk table's obs (available: "
-                       f"{list(bags.bulk.obs.columns)}); label them first, e.g. with "
-                       "hx.pp.deg_labels.")
-    codes, classes = [], {}
-    for target in targets:
-        column = bags.bulk.obs[target]
-        column = column if isinstance(column.dtype, pd.CategoricalDtype) else \
-            column.astype("category")
-        classes[target] = [str(c) for c in column.cat.categories]
-        codes.append(column.cat.codes.to_numpy())
-    return np.column_stack(codes).astype(np.int64), classes
-
-
-def drop_missing(bags: Bags, values: np.ndarray, missing: np.ndarray, what: str):
-    """Leave out bags whose target is missing (logged), or refuse if none is left."""
-    if missing.any():
-        logger.warning("Left out %d of %d bags with a missing (NaN) %s: %s", int(missing.sum()),
-                       len(missing), what, list(bags.bulk.obs_names[missing][:5]))
-    if missing.all():
-        raise ValueError(f"Every bag has a missing {what}.")
-    return bags.subset(~missing), values[~missing]
-
-
-def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
-                      tile_attention: dict[str, np.ndarray], *, columns: list[str],
-                      branches: list[str], key_added: str, overwrite: bool) -> None:
-    """Per-tile outputs and section-normalised attention into each section's tile table."""
-    import pandas as pd
-
-    if bags.stores is not None:
-        if not overwrite:
-            taken = [name for name in tile_outputs
-                     if key_added in bags.stores[name].results_keys(bags.tiles_key)]
-            if taken:
-                raise KeyError(f"The stores of {taken[:3]} already hold results {key_added!r}; "
-                               "pass overwrite=True or choose another key_added.")
-        for name, outputs in tile_outputs.items():
-            bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
-                                            tile_attention[name], columns=columns,
-                                            branches=branches, overwrite=overwrite)
-        bags.sections.forget()
-        logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
-                    key_added, len(tile_outputs))
-        return
-    for name, outputs in tile_outputs.items():
-        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
-        keys = (key_added, f"{key_added}_attention")
-        if not overwrite and any(k in table.obsm for k in keys):
-            raise KeyError(f"The tile table of {name!r} already holds obsm[{key_added!r}]; pass "
-                           "overwrite=True or choose another key_added.")
-        attention = tile_attention[name]
-        table.obsm[key_added] = pd.DataFrame(outputs, index=table.obs_names, columns=columns)
-        table.obsm[f"{key_added}_attention"] = pd.DataFrame(attention, index=table.obs_names,
-                                                            columns=branches)
-        table.obs[f"{key_added}_attention"] = attention.mean(axis=1)
-        log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
-                  f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
-
-
-def bag_table(bags: Bags, values: np.ndarray, columns: list[str], *,
-              measured: np.ndarray | None) -> AnnData:
-    """Bags x outputs AnnData with the bags' obs (and the measured values in a layer)."""
-    import anndata as ad
-    import pandas as pd
-
-    obs = bags.bulk.obs.copy()
-    obs["n_tiles"] = [len(r) for r in bags.rows]
-    adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
-                       var=pd.DataFrame(index=pd.Index(columns)))
-    if measured is not None:
-        adata.layers["measured"] = measured.astype(np.float32)
-    return adata

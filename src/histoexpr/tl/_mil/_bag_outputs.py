@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..._utils import log_added, logger
 from ._bag_data import (
     Bags,
     encoder_of,
     features_made,
-    regression_targets,
     tile_features,
 )
+from ._bag_targets import regression_targets
 
 if TYPE_CHECKING:
-
-    pass
+    from anndata import AnnData
 
 
 def _class_slices(metadata: dict) -> list[slice]:
@@ -121,3 +121,54 @@ def _add_classes(result, meta: dict) -> None:
         best = np.asarray(result.X)[:, s].argmax(axis=1)
         result.obs[f"{target}_pred"] = pd.Categorical(np.asarray(classes, dtype=object)[best],
                                                       categories=classes)
+
+
+def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
+                      tile_attention: dict[str, np.ndarray], *, columns: list[str],
+                      branches: list[str], key_added: str, overwrite: bool) -> None:
+    """Per-tile outputs and section-normalised attention into each section's tile table."""
+    import pandas as pd
+
+    if bags.stores is not None:
+        if not overwrite:
+            taken = [name for name in tile_outputs
+                     if key_added in bags.stores[name].results_keys(bags.tiles_key)]
+            if taken:
+                raise KeyError(f"The stores of {taken[:3]} already hold results {key_added!r}; "
+                               "pass overwrite=True or choose another key_added.")
+        for name, outputs in tile_outputs.items():
+            bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
+                                            tile_attention[name], columns=columns,
+                                            branches=branches, overwrite=overwrite)
+        bags.sections.forget()
+        logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
+                    key_added, len(tile_outputs))
+        return
+    for name, outputs in tile_outputs.items():
+        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
+        keys = (key_added, f"{key_added}_attention")
+        if not overwrite and any(k in table.obsm for k in keys):
+            raise KeyError(f"The tile table of {name!r} already holds obsm[{key_added!r}]; pass "
+                           "overwrite=True or choose another key_added.")
+        attention = tile_attention[name]
+        table.obsm[key_added] = pd.DataFrame(outputs, index=table.obs_names, columns=columns)
+        table.obsm[f"{key_added}_attention"] = pd.DataFrame(attention, index=table.obs_names,
+                                                            columns=branches)
+        table.obs[f"{key_added}_attention"] = attention.mean(axis=1)
+        log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
+                  f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
+
+
+def bag_table(bags: Bags, values: np.ndarray, columns: list[str], *,
+              measured: np.ndarray | None) -> AnnData:
+    """Bags x outputs AnnData with the bags' obs (and the measured values in a layer)."""
+    import anndata as ad
+    import pandas as pd
+
+    obs = bags.bulk.obs.copy()
+    obs["n_tiles"] = [len(r) for r in bags.rows]
+    adata = ad.AnnData(X=values.astype(np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index(columns)))
+    if measured is not None:
+        adata.layers["measured"] = measured.astype(np.float32)
+    return adata

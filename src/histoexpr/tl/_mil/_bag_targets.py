@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..._utils import logger
 from ._bag_data import (
+    TARGET_TRANSFORMS,
     Bags,
     StandardisedFeatures,
-    class_targets,
     collect_bags,
-    drop_missing,
     encoder_of,
     feature_statistics,
     features_made,
-    regression_targets,
 )
-
-if TYPE_CHECKING:
-
-    pass
 
 TASKS = ("regression", "classification")
 #: where classification labels come from: the bulk table's obs, or the training bags' median
@@ -135,3 +129,49 @@ def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
     if bags.stores is not None:  # a cohort on disk: read each bag from its store when used
         return StandardisedFeatures(bags, mean, std)
     return [(bags.features(i) - mean) / std for i in range(bags.bulk.n_obs)]
+
+
+def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
+    """Targets (bags x genes) from the bulk table, and the gene names."""
+    from ..._expression import expression_targets
+    from ..._panels import resolve_genes
+
+    if transform not in TARGET_TRANSFORMS:
+        raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "
+                         f"{transform!r}.")
+    genes = resolve_genes(genes, bags.bulk.var_names, what="the bulk expression")
+    if transform == "log1p_normalised":
+        return expression_targets(bags.bulk, genes).astype(np.float32), genes
+    values = bags.bulk[:, genes].X
+    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values, dtype=float)
+    values = np.log1p(values) if transform == "log1p" else values
+    return values.astype(np.float32), genes
+
+
+def class_targets(bags: Bags, targets: list[str]) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Class codes (bags x targets, -1 where missing) of obs columns, and their classes."""
+    import pandas as pd
+
+    missing = [t for t in targets if t not in bags.bulk.obs.columns]
+    if missing:
+        raise KeyError(f"{missing} are not columns of the bulk table's obs (available: "
+                       f"{list(bags.bulk.obs.columns)}); label them first, e.g. with "
+                       "hx.pp.deg_labels.")
+    codes, classes = [], {}
+    for target in targets:
+        column = bags.bulk.obs[target]
+        column = column if isinstance(column.dtype, pd.CategoricalDtype) else \
+            column.astype("category")
+        classes[target] = [str(c) for c in column.cat.categories]
+        codes.append(column.cat.codes.to_numpy())
+    return np.column_stack(codes).astype(np.int64), classes
+
+
+def drop_missing(bags: Bags, values: np.ndarray, missing: np.ndarray, what: str):
+    """Leave out bags whose target is missing (logged), or refuse if none is left."""
+    if missing.any():
+        logger.warning("Left out %d of %d bags with a missing (NaN) %s: %s", int(missing.sum()),
+                       len(missing), what, list(bags.bulk.obs_names[missing][:5]))
+    if missing.all():
+        raise ValueError(f"Every bag has a missing {what}.")
+    return bags.subset(~missing), values[~missing]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..._image import image_levels
 from ..._utils import logger
-
-if TYPE_CHECKING:
-
-    pass
 
 #: exponents of the class-prior correction tried (0: none, 1: the full Bayes correction)
 _PRIOR_EXPONENTS = np.round(np.arange(0.0, 1.501, 0.05), 2)
