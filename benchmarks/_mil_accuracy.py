@@ -113,7 +113,7 @@ def with_features(sections: dict, name: str) -> dict:
 
 
 def bag_pearson(predicted) -> float:
-    from histoexpr.tl._expression_metrics import column_pearson
+    from histoexpr.tl._metrics._expression_metrics import column_pearson
 
     return float(np.nanmean(column_pearson(np.asarray(predicted.X),
                                            predicted.layers["measured"])))
@@ -245,7 +245,7 @@ def run_fold(held: str, out: Path, only_classification: bool = False) -> dict:
 def _classification(result: dict, sections: dict, train: dict, test: dict, held: str) -> None:
     # 5. classification: drivers up / down and the tumour score, split at the training median
     labels = {**{f"deg_{g}": [g] for g in DRIVERS}, "tumour": TUMOUR}
-    from histoexpr.tl._class_metrics import class_scores
+    from histoexpr.tl._metrics._class_metrics import class_scores
 
     for model, options in (("abmil", ABMIL), ("meanpool_logistic", {})):
         start = time.process_time()

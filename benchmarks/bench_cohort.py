@@ -185,7 +185,7 @@ def child(manifest: str, mode: str, store_dir: str) -> dict:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                memory_limit="6GiB", dashboard_address=None)
         client = Client(cluster)
-        client.run(lambda: __import__("histoexpr.tl._embed_cohort"))  # import before timing
+        client.run(lambda: __import__("histoexpr.tl._features._embed_cohort"))  # import first
         start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     frame = hx.tl.embed_cohort(cohort, client=client, **OPTIONS)

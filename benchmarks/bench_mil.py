@@ -24,7 +24,7 @@ import histoexpr as hx
 
 
 def embedding(size_um: float, encoder: str, batch_size: int, device: str) -> dict:
-    from histoexpr.tl._embed import resolve_encoder
+    from histoexpr.tl._features._embed import resolve_encoder
 
     sdata = hx.datasets.synthetic_section(seed=0, size_um=size_um)
     hx.pp.tile(sdata, "he", size_px=224, mpp=0.5, min_tissue=0.0)

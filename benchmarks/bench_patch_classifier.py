@@ -35,7 +35,7 @@ SLIDE = Path(__file__).resolve().parent / "_data" / "synthetic_40000.tif"
 
 
 def training(args) -> dict:
-    from histoexpr.tl._patch_classifier import _augmentation
+    from histoexpr.tl._patch._patch_data import _augmentation
 
     sdata = hx.datasets.synthetic_section(seed=0, size_um=args.section_um, spots=False)
     hx.pp.transcript_labels(sdata, genes=("PTPRC", "COL1A1"), seed=0)

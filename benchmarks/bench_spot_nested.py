@@ -86,7 +86,7 @@ def prepare(args) -> None:
     import torch
 
     import histoexpr as hx
-    from histoexpr.tl._spot_auto import pretrain_encoder
+    from histoexpr.tl._spot._spot_auto import pretrain_encoder
 
     hx.settings.progress_bar = False
     torch.set_num_threads(1)

@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 
 import histoexpr as hx
-from histoexpr.io._elements import scale_to_global
+from histoexpr._cells import cell_centroids, cell_raster, smooth_over_cells
+from histoexpr._elements import scale_to_global
 from histoexpr.models import TileEncoder
-from histoexpr.pp._cells import cell_centroids, cell_raster, smooth_over_cells
 
 SMOOTH_UM = (15.0, 40.0)  # as the baseline's neighbourhood features
 MASK_STEP = 2.0  # um/px of the mask that restricts the pretraining grid to one half

@@ -29,7 +29,7 @@ def intensity_baseline(train, test) -> pd.Series:
     """Logistic regression on each cell's mean DAPI alone: the predicted label of each cell."""
     from sklearn.linear_model import LogisticRegression
 
-    from histoexpr.pp._cells import cell_means, cell_raster
+    from histoexpr._cells import cell_means, cell_raster
 
     def features(sdata):
         image = hx.io.read_region(sdata, "dapi", (0, 0, 300, 300), mpp=0.5).astype(float)
@@ -151,8 +151,8 @@ def test_cell_scores_count_each_cell_once_and_say_which_were_left_out():
 def test_calibration_undoes_the_balanced_training_prior():
     """A classifier of balanced classes applied where one class is rare: the correction fitted
     on weighted validation samples makes its decisions closer to the truth."""
-    from histoexpr.tl._dense_map import calibrated
-    from histoexpr.tl._patch_classifier import fit_calibration
+    from histoexpr.tl._patch._calibration import fit_calibration
+    from histoexpr.tl._patch._dense_map import calibrated
 
     rng = np.random.default_rng(0)
     names = {"background": 1, "tissue": 2, "a": 3}

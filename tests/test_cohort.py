@@ -16,7 +16,7 @@ import torch
 from _catalogue import bad_input
 
 import histoexpr as hx
-from histoexpr.tl._expression_metrics import column_pearson
+from histoexpr.tl._metrics._expression_metrics import column_pearson
 
 GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1"]
 OPTIONS = {"encoder": "handcrafted", "size": 16, "mpp": 2.0}
@@ -163,7 +163,7 @@ def _tile_count_baseline(cohort, result) -> np.ndarray:
 
 def test_killed_run_resumes_without_redoing_finished_slides(embedded, slide_folder, tmp_path,
                                                             monkeypatch):
-    import histoexpr.tl._embed_cohort as module
+    import histoexpr.tl._features._embed_cohort as module
 
     reference, _ = embedded
     cohort = hx.io.read_cohort(slide_folder, bulk=slide_folder.parent / "bulk.h5ad",

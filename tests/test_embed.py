@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import histoexpr as hx
-from histoexpr.tl._embed import encode
+from histoexpr.tl._features._embed import encode
 
 
 @pytest.fixture(scope="module")

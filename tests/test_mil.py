@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import histoexpr as hx
-from histoexpr.tl._expression_metrics import column_pearson
+from histoexpr.tl._metrics._expression_metrics import column_pearson
 
 GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1"]
 FAST = {"epochs": 40, "val_fraction": 0, "seed": 0, "batch_size": 2}

@@ -352,9 +352,8 @@ def test_float_label_image_with_fractions_is_refused():
 
 def test_float_label_map_in_sdata_labels_cells(caplog):
     """A float label map stored in ``sdata.labels`` (made elsewhere) still names cells 1, 2."""
+    from histoexpr._cells import cell_raster
     from spatialdata.models import Labels2DModel
-
-    from histoexpr.pp._cells import cell_raster
 
     labels = np.zeros((20, 20), np.float64)
     labels[2:6, 2:6] = 1.0
@@ -443,7 +442,7 @@ def test_read_merscope_on_the_merfish_crop(data_dir, tmp_path):
     assert table.n_obs == n_cells > 100
     (shapes,) = sdata.shapes.values()
     assert len(shapes) == n_cells
-    from histoexpr.pp._cells import cell_raster
+    from histoexpr._cells import cell_raster
 
     (shapes_key,) = sdata.shapes.keys()
     x0, y0 = MERFISH_ORIGIN

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import histoexpr as hx
-from histoexpr.tl import _pretrain
+from histoexpr.tl._features import _pretrain
 
 TINY = {"encoder": "small_cnn", "batch_size": 32, "projection_dim": 32}
 

@@ -551,7 +551,7 @@ def test_read_region_partly_outside_warns_and_pads():
 def _with_pixels(pixels: np.ndarray, mpp: float = 0.5):
     from spatialdata import SpatialData
 
-    from histoexpr.io._elements import image_element
+    from histoexpr._elements import image_element
 
     return SpatialData(images={"he": image_element(pixels, mpp=mpp)})
 

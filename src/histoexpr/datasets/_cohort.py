@@ -15,7 +15,7 @@ from ._synthetic import _build_section, _check_positive, _check_size
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-    from ..io._cohort import Cohort
+    from ..io import Cohort
 
 
 def synthetic_cohort(
@@ -86,7 +86,7 @@ def synthetic_cohort(
     """
     import time
 
-    from ..io._cohort import Cohort
+    from ..io import Cohort
 
     start = time.perf_counter()
     width_um, height_um = _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,

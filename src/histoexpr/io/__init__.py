@@ -5,7 +5,7 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
-        "_image": ["get_pixel_size", "image_levels", "read_region"],
+        "_region": ["get_pixel_size", "image_levels", "read_region"],
         "_wsi": ["read_wsi"],
         "_st": ["read_st"],
         "_visium": ["read_visium"],

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._elements import COORDINATE_SYSTEM, check_mpp
 from .._utils import log_added, logger
-from ._elements import COORDINATE_SYSTEM, check_mpp
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -170,7 +170,7 @@ def _rename_image(sdata: SpatialData, old: str, image_key: str) -> None:
 
 
 def _log_result(sdata: SpatialData, platform: str, image_key: str | None) -> None:
-    from ._image import get_pixel_size
+    from .._image import get_pixel_size
 
     if image_key is not None and image_key in sdata.images:
         log_added("images", image_key, f"{get_pixel_size(sdata, image_key):.4g} um/px")

@@ -184,7 +184,7 @@ class SlideStore:
         import pandas as pd
         from spatialdata.models import Labels2DModel
 
-        from ._elements import scale_to_global, square_shapes, tile_table
+        from .._elements import scale_to_global, square_shapes, tile_table
 
         group = self._group()
         if "labels" in group:
@@ -251,7 +251,7 @@ class SlideStore:
         """
         import zarr
 
-        from ._image import image_levels
+        from .._image import image_levels
 
         self.check_ours()
         partial = self._partial_path("slide")

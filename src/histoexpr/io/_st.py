@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import log_added, logger
-from ._elements import (
+from .._elements import (
     check_mpp,
     existing_file,
     image_element,
@@ -19,6 +18,7 @@ from ._elements import (
     spot_elements,
     unique_names,
 )
+from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     import pandas as pd

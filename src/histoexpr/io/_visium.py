@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import log_added, logger
-from ._elements import (
+from .._elements import (
     check_mpp,
     existing_file,
     image_element_from_levels,
@@ -18,6 +17,7 @@ from ._elements import (
     read_text_table,
     spot_elements,
 )
+from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._elements import channel_names, check_mpp, existing_file, image_element_from_levels
 from .._utils import log_added, logger
-from ._elements import channel_names, check_mpp, existing_file, image_element_from_levels
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -208,7 +208,7 @@ def top_tiles(
     import matplotlib.pyplot as plt
 
     from ..pp import TileDataset
-    from ..tl._bag_data import collect_bags
+    from ..tl._mil._bag_data import collect_bags
 
     if gene not in predictions.var_names:
         raise KeyError(f"{gene!r} is not among the predicted genes.")

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._image import image_levels, read_region
 from .._utils import require_element
 from .._validate import check_fraction
-from ..io._image import image_levels, read_region
 from ._docs import shared_docs
 from ._spatial import draw_image
 
@@ -76,7 +76,7 @@ def labels(
     classes = _classes(sdata, keys, classes)
     colours = {value: _PALETTE[i % len(_PALETTE)] for i, value in enumerate(classes.values())}
     image_key = _image_under(sdata, truth_key, image_key)
-    box = _extent(image_levels(sdata, truth_key)[0]) if region is None else tuple(region)
+    box = image_levels(sdata, truth_key)[0].bounds if region is None else tuple(region)
     for axis, key in zip(axes, keys, strict=True):
         if image_key is not None:
             draw_image(axis, sdata, image_key, max_side=max_side)
@@ -127,11 +127,6 @@ def _image_under(sdata, truth_key: str, image_key: str | None) -> str | None:
     return next(iter(sdata.images.keys()), None)
 
 
-def _extent(level) -> tuple[float, float, float, float]:
-    (x0, y0), (h, w) = level.offset, level.shape_yx
-    return x0, y0, x0 + w * level.mpp, y0 + h * level.mpp
-
-
 def _draw_map(axis, sdata, key: str, colours: dict[int, str], alpha: float,
               max_side: int) -> None:
     """The map as colours (clear where unlabelled or of no listed class)."""
@@ -141,7 +136,7 @@ def _draw_map(axis, sdata, key: str, colours: dict[int, str], alpha: float,
 
     check_max_side(max_side)
     level = image_levels(sdata, key)[0]
-    box = _extent(level)
+    box = level.bounds
     mpp = max(level.mpp, max(box[2] - box[0], box[3] - box[1]) / max_side)
     values = read_region(sdata, key, box, mpp=mpp, outside="fill")
     rgba = np.zeros(values.shape + (4,), dtype=np.float32)

@@ -32,7 +32,7 @@ def read_section(path: str) -> list[LayerData]:
     """Read the layers of a SpatialData store (as written by ``sdata.write``), in micrometres."""
     import spatialdata as sd
 
-    from ._napari import section_layers
+    from ._napari_layers import section_layers
 
     sdata = sd.read_zarr(path)
     return [layer.as_layer_data_tuple() for layer in section_layers(sdata)]
@@ -94,7 +94,7 @@ class ColorWidget(Container):
             self._show_limits(layer)
 
     def _on_color(self, _value=None) -> None:
-        from ._napari import color_layer
+        from ._napari_layers import color_layer
 
         layer = self._current()
         if self._syncing or layer is None or self.color.value is None:

@@ -186,7 +186,7 @@ def gene_metrics(
 
 def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_side,
           panel_size, shared_scale, scale_bar_um) -> Figure:
-    from ..pp._genes import expression_targets
+    from .._expression import expression_targets
 
     require_element(sdata, pred_key, "tables")
     require_element(sdata, truth_key, "tables")
@@ -331,7 +331,7 @@ def _by_instance(table, values: np.ndarray, shapes) -> pd.Series:
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
     import matplotlib.pyplot as plt
 
-    from ..tl._expression_metrics import column_pearson
+    from .._stats import column_pearson
 
     predicted = _values(adata, pred_key)
     if isinstance(truth_key, str):

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._image import image_levels, read_region
 from .._spatial_uns import spatial_record
 from .._utils import require_element
-from ..io._image import image_levels, read_region
 from ._docs import shared_docs
 
 if TYPE_CHECKING:

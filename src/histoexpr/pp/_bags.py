@@ -168,7 +168,7 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
     import pandas as pd
     from spatialdata.models import TableModel
 
-    from ..io._elements import square_shapes
+    from .._elements import square_shapes
 
     n_bags = summed.shape[0]
     ids = np.arange(n_bags)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._elements import square_shapes, tile_table
+from .._image import COORDINATE_SYSTEM, image_levels, read_region
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -15,8 +17,6 @@ from .._utils import (
     store_element,
 )
 from .._validate import check_fraction, check_int, check_positive, renamed_parameters
-from ..io._elements import square_shapes, tile_table
-from ..io._image import COORDINATE_SYSTEM, image_levels, read_region
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

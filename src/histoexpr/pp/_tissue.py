@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._elements import scale_to_global
+from .._image import image_levels, read_region
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -16,8 +18,6 @@ from .._utils import (
     store_element,
 )
 from .._validate import check_choice, check_positive
-from ..io._elements import scale_to_global
-from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

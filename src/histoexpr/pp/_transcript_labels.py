@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._elements import scale_to_global
+from .._image import image_levels, read_region
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -23,8 +25,6 @@ from .._utils import (
     store_element,
 )
 from .._validate import check_choice, check_fraction, check_positive, renamed_parameters
-from ..io._elements import scale_to_global
-from ..io._image import image_levels, read_region
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -429,7 +429,7 @@ def _cell_labels(sdata: SpatialData, cells: str, grid: _Grid, points: pd.DataFra
     import pandas as pd
     from spatialdata.models import TableModel
 
-    from ._cells import cell_centroids, cell_raster
+    from .._cells import cell_centroids, cell_raster
 
     sub = _CELL_SUBSTEPS
     fine_step = grid.step / sub

@@ -1,4 +1,10 @@
-"""Training and applying models: ``fit``, ``predict``, ``evaluate`` (one entry point each)."""
+"""Training and applying models: ``fit``, ``predict``, ``evaluate`` (one entry point each).
+
+The code is grouped by job (see ``docs/design.md``): ``_features`` (embeddings, pretraining,
+probes), ``_patch`` (patch classifier, dense and per-cell maps), ``_spot`` (spot regressor and
+its HEST protocol), ``_mil`` (slide-level bag models), ``_metrics`` (scores; imports nothing
+else from ``tl``), ``_train`` (the one training loop) and ``_api`` (the entry points).
+"""
 
 import lazy_loader as _lazy
 
@@ -6,11 +12,11 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
         "_api": ["fit", "predict", "evaluate", "cross_validate"],
-        "_embed": ["embed"],
-        "_embed_cohort": ["embed_cohort"],
-        "_attention_check": ["attention_check"],
-        "_pretrain": ["pretrain"],
-        "_probe": ["probe"],
-        "_expression_metrics": ["gene_correlations"],
+        "_features._embed": ["embed"],
+        "_features._embed_cohort": ["embed_cohort"],
+        "_mil._attention_check": ["attention_check"],
+        "_features._pretrain": ["pretrain"],
+        "_features._probe": ["probe"],
+        "_metrics._expression_metrics": ["gene_correlations"],
     },
 )

@@ -1,6 +1,7 @@
 """The entry points ``fit``, ``predict`` and ``evaluate``, shared by every model.
 
-Each model lives in its own module of :mod:`histoexpr.tl` that defines ``fit(data, **options)``
+Each model lives in its own module of a job room of :mod:`histoexpr.tl` (``tl/_patch``,
+``tl/_spot``, ``tl/_mil``) that defines ``fit(data, **options)``
 returning a trained :class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the
 model) and ``predict(model, data, **options)``. The entry points look the module up here, so
 adding a model is one line in :data:`MODELS`.
@@ -18,26 +19,26 @@ if TYPE_CHECKING:
 
 #: model name -> module of histoexpr.tl that trains and applies it
 MODELS: dict[str, str] = {
-    "patch_classifier": "._patch_classifier",
-    "cell_morphology": "._cell_morphology",
-    "abmil": "._mil",
-    "meanpool_ridge": "._ridge",
-    "meanpool_logistic": "._logistic",
-    "spot_regressor": "._spot_regressor",
+    "patch_classifier": "._patch._patch_classifier",
+    "cell_morphology": "._patch._cell_morphology",
+    "abmil": "._mil._abmil",
+    "meanpool_ridge": "._mil._ridge",
+    "meanpool_logistic": "._mil._logistic",
+    "spot_regressor": "._spot._spot_regressor",
 }
 
 #: model name -> (module, function) that cross-validates it
 CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
-    "abmil": ("._cross_validate", "cross_validate_bags"),
-    "meanpool_ridge": ("._cross_validate", "cross_validate_bags"),
-    "meanpool_logistic": ("._cross_validate", "cross_validate_bags"),
-    "spot_regressor": ("._expression_metrics", "cross_validate_spots"),
+    "abmil": ("._mil._cross_validate", "cross_validate_bags"),
+    "meanpool_ridge": ("._mil._cross_validate", "cross_validate_bags"),
+    "meanpool_logistic": ("._mil._cross_validate", "cross_validate_bags"),
+    "spot_regressor": ("._spot._cross_validate", "cross_validate_spots"),
 }
 
 #: kind of the prediction element -> (module, function) that scores it
 EVALUATORS: dict[str, tuple[str, str]] = {
-    "labels": ("._segmentation_metrics", "label_metrics"),
-    "tables": ("._expression_metrics", "evaluate_expression"),
+    "labels": ("._metrics._segmentation_metrics", "label_metrics"),
+    "tables": ("._metrics._expression_metrics", "evaluate_expression"),
 }
 
 

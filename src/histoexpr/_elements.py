@@ -1,0 +1,353 @@
+"""Building blocks shared by the readers: files, images in micrometres, spots and their table.
+
+Every reader builds its elements here, through the spatialdata models' ``parse``, so that all
+of them keep the same conventions (see ``docs/design.md``): images carry a
+``Scale(mpp)`` transformation to ``"global"`` (micrometres), spots are circles in micrometres
+and the spot table holds raw counts in ``X`` and ``layers["counts"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._utils import logger
+from ._validate import check_positive
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+    from anndata import AnnData
+    from geopandas import GeoDataFrame
+
+COORDINATE_SYSTEM = "global"
+#: readers build pyramid levels until the coarsest side is at most this many pixels
+PYRAMID_MIN_SIDE = 2048
+CHUNK_PX = 1024
+RGB_CHANNELS = ("r", "g", "b")
+
+
+def existing_file(path: str | Path, what: str, hint: str = "") -> Path:
+    """``path`` as a Path, or a clear ``FileNotFoundError`` that names what was expected."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The {what} file {str(path)!r} does not exist. Check the path"
+            + (f"; {hint}" if hint else ".")
+        )
+    return path
+
+
+def check_mpp(mpp: float, what: str = "mpp") -> float:
+    """Return ``mpp`` as a positive, finite float, or raise a clear error."""
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        value = mpp  # check_positive names the parameter and the type
+    return check_positive(what, value, unit="um/px")
+
+
+def scale_to_global(mpp: float, offset_x: float = 0.0, offset_y: float = 0.0) -> dict:
+    """The transformation to ``"global"`` of a raster at ``mpp`` um/px with its corner at an offset.
+
+    ``{"global": Scale([mpp, mpp])}``, followed by a translation by the offset (um) if not zero.
+    """
+    from spatialdata import transformations
+
+    scale = transformations.Scale([mpp, mpp], axes=("y", "x"))
+    if offset_x == 0 and offset_y == 0:
+        return {COORDINATE_SYSTEM: scale}
+    shift = transformations.Translation([offset_x, offset_y], axes=("x", "y"))
+    return {COORDINATE_SYSTEM: transformations.Sequence([scale, shift])}
+
+
+def channel_names(n_channels: int, single_name: str = "c0") -> list[str]:
+    """``r, g, b`` for RGB, ``single_name`` for one channel, ``c0, c1, ...`` otherwise."""
+    if n_channels == 3:
+        return list(RGB_CHANNELS)
+    if n_channels == 4:
+        return [*RGB_CHANNELS, "a"]
+    if n_channels == 1:
+        return [single_name]
+    return [f"c{i}" for i in range(n_channels)]
+
+
+def to_cyx(array: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """Return a ``(y, x)``, ``(y, x, c)`` or ``(c, y, x)`` array as ``(c, y, x)``.
+
+    ``layout`` (``"yxc"`` or ``"cyx"``) says which a 3-D array is, where the source knows it
+    (PIL always gives ``(y, x, c)``); otherwise it is guessed from the axis sizes, and an array
+    whose first and last axes could both be the channels (e.g. ``(3, 4, 3)``) is refused.
+    """
+    if array.ndim == 2:
+        return array[np.newaxis]
+    if array.ndim == 3:
+        first, last = array.shape[0], array.shape[-1]
+        if layout is None:
+            if last <= 4 < first:
+                layout = "yxc"
+            elif first <= 4 < last:
+                layout = "cyx"
+            elif last <= 4 and first <= 4:
+                raise ValueError(
+                    f"The image of shape {array.shape} is too small to tell its channel axis: "
+                    "pass it as (channels, height, width), or a larger image."
+                )
+        if layout == "yxc" and last <= 4:
+            return np.moveaxis(array, -1, 0)
+        if layout == "cyx" and first <= 4:
+            return array
+    raise ValueError(
+        f"Expected an image of shape (y, x), (y, x, c) or (c, y, x) with at most 4 channels, "
+        f"got shape {array.shape}. Pass a 2-D grey or a 3-D RGB array."
+    )
+
+
+def read_plain_image(path: str | Path, what: str = "image") -> np.ndarray:
+    """Read a JPEG/PNG/TIFF image completely into memory as ``(c, y, x)``.
+
+    Used for the images that come beside spatial transcriptomics data (at most ~100 Mpx);
+    whole-slide images go through :func:`histoexpr.io.read_wsi`, which reads lazily.
+    """
+    path = existing_file(path, what)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".tif", ".tiff"}:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise ValueError("it holds no image (an empty or truncated file)")
+                axes = tif.series[0].axes
+                array = tif.series[0].asarray()
+            squeezed = "".join(a for a, n in zip(axes, array.shape, strict=True)
+                               if n > 1 or a in "YX")
+            array = array.reshape([n for a, n in zip(axes, array.shape, strict=True)
+                                   if n > 1 or a in "YX"])
+            layout = {"YXS": "yxc", "YXC": "yxc", "SYX": "cyx", "CYX": "cyx"}.get(squeezed)
+        else:
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
+            with Image.open(path) as image:
+                array = np.asarray(image)
+            layout = "yxc"
+    except (OSError, ValueError, IndexError, EOFError) as error:
+        raise ValueError(
+            f"Could not read the {what} {str(path)!r} ({error}). "
+            "Pass a JPEG, PNG or TIFF image (a complete, not truncated, file)."
+        ) from error
+    return to_cyx(array, layout)
+
+
+def read_text_table(path: str | Path, what: str, **options):
+    """``pandas.read_csv`` of ``path``, with errors that name the file and what to do.
+
+    A truncated ``.gz``, a text file named ``.gz``, an empty file or one that is not a table
+    raise a ``ValueError`` naming ``path`` (pandas, gzip and zlib name none of them).
+    """
+    import gzip
+    import zlib
+
+    import pandas as pd
+
+    path = Path(path)
+    options.setdefault("float_precision", "round_trip")  # the numbers as written, to the last bit
+    try:
+        return pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError as error:
+        raise ValueError(f"The {what} file {str(path)!r} is empty. Pass the complete file "
+                         "(was it cut short while copying?).") from error
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        problem = ("is not gzip-compressed although its name ends in .gz"
+                   if isinstance(error, gzip.BadGzipFile) else "is truncated or corrupt")
+        raise ValueError(f"The {what} file {str(path)!r} {problem} ({error}). Copy or download "
+                         "it again, or name it after what it holds (e.g. drop '.gz' from a plain "
+                         "text file).") from error
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"The {what} file {str(path)!r} is not a readable text table "
+                         f"({error}). Pass a tab- or comma-separated table.") from error
+
+
+def numeric_table(frame, what: str):
+    """``frame`` as float64, or a ``ValueError`` naming the columns that hold text."""
+    import pandas as pd
+
+    if not len(frame.columns):
+        raise ValueError(f"The {what} hold no columns. Pass the complete table.")
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        column = frame[bad[0]]
+        values = pd.to_numeric(column, errors="coerce")
+        row = column.index[values.isna() & column.notna()]
+        example = ""
+        if len(row):
+            first = row[0].item() if hasattr(row[0], "item") else row[0]
+            example = f" (e.g. {column.loc[row[0]]!r} in row {first!r})"
+        raise ValueError(
+            f"The {what} hold text in {len(bad)} column(s): {[str(c) for c in bad[:5]]}"
+            f"{example}. Counts must be numbers: fix or remove those entries.")
+    return frame.astype(np.float64)
+
+
+def unique_names(names, what: str) -> list[str]:
+    """``names`` made unique (``IGKC``, ``IGKC.1``...), with a warning naming the duplicates."""
+    import pandas as pd
+
+    index = pd.Index([str(n) for n in names])
+    if index.is_unique:
+        return list(index)
+    duplicated = sorted(set(index[index.duplicated()]))
+    from anndata.utils import make_index_unique
+
+    counts = index.value_counts()
+    result = list(make_index_unique(index.copy(), join="."))
+    shown = ", ".join(f"{n} ({counts[n]}x)" for n in duplicated[:10])
+    renamed = ", ".join(f"{old} -> {new}" for old, new in zip(index, result, strict=True)
+                        if old != new)
+    logger.warning(
+        "The %s hold %d duplicated name(s): %s%s. The repeats were renamed to make them unique "
+        "(%s); sum or drop them before reading if they are one feature.",
+        what, len(duplicated), shown, ", ..." if len(duplicated) > 10 else "",
+        renamed if len(renamed) < 300 else renamed[:300] + ", ...")
+    return result
+
+
+def pyramid_factors(height: int, width: int, min_side: int = PYRAMID_MIN_SIDE) -> list[int]:
+    """Factors of 2 that bring the longest side of an image down to at most ``min_side``."""
+    factors = []
+    side = max(height, width)
+    while side > min_side:
+        factors.append(2)
+        side //= 2
+    return factors
+
+
+def image_element(data, *, mpp: float, channels: Sequence[str] | None = None) -> xr.DataTree:
+    """Build a multiscale image element (``scale0``, ``scale1``...) with ``Scale(mpp)``.
+
+    ``data`` is a ``(c, y, x)`` numpy or dask array; levels are halved until the longest side is
+    at most :data:`PYRAMID_MIN_SIDE` pixels (a single ``scale0`` for small images).
+    """
+    from spatialdata.models import Image2DModel
+
+    height, width = data.shape[1:]
+    chunks = (data.shape[0], min(CHUNK_PX, height), min(CHUNK_PX, width))
+    return Image2DModel.parse(
+        data, dims=("c", "y", "x"),
+        c_coords=list(channels) if channels is not None else channel_names(data.shape[0]),
+        scale_factors=pyramid_factors(height, width),
+        transformations=scale_to_global(mpp), chunks=chunks,
+    )
+
+
+def image_element_from_levels(levels: Sequence, *, mpp: float,
+                              channels: Sequence[str]) -> xr.DataTree:
+    """Build a multiscale image element from ready-made ``(c, y, x)`` levels, finest first.
+
+    Used where the file already holds a pyramid (whole-slide images, Visium hires/lowres): no
+    pixel is read or resampled. Each level gets the scale to ``scale0`` that spatialdata derives
+    from the shapes, composed with ``Scale(mpp)`` to global.
+    """
+    import xarray as xr
+    from spatialdata.models import Image2DModel
+    from spatialdata.models._utils import TRANSFORM_KEY
+    from spatialdata.transformations import set_transformation
+    from spatialdata.transformations._utils import compute_coordinates
+
+    nodes = {}
+    for i, level in enumerate(levels):
+        array = Image2DModel.parse(level, dims=("c", "y", "x"), c_coords=list(channels))
+        array.attrs.pop(TRANSFORM_KEY, None)
+        nodes[f"scale{i}"] = xr.Dataset({"image": array})
+    tree = xr.DataTree.from_dict(nodes)
+    set_transformation(tree, scale_to_global(mpp), set_all=True)
+    tree = compute_coordinates(tree)
+    Image2DModel.validate(tree)
+    return tree
+
+
+def check_counts(matrix, what: str):
+    """Raw counts as float32 CSR; NaN or negative values raise a clear error."""
+    from scipy import sparse
+
+    csr = sparse.csr_matrix(matrix, dtype=np.float32)
+    values = csr.data
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(
+            f"The {what} hold {int((~np.isfinite(values)).sum())} NaN or infinite values; raw "
+            "counts must be finite. Fill or remove them (e.g. df.fillna(0)) before reading."
+        )
+    if values.size and (values < 0).any():
+        raise ValueError(
+            f"The {what} hold {int((values < 0).sum())} negative values; expected raw counts "
+            "(non-negative integers). Pass the raw, not the normalised or scaled, counts."
+        )
+    if values.size and not np.allclose(values, np.round(values)):
+        logger.warning("The %s are not all integers; are they raw counts?", what)
+    csr.eliminate_zeros()
+    return csr
+
+
+def spot_elements(
+    centres_um: np.ndarray, counts, *, obs: pd.DataFrame, var: pd.DataFrame,
+    radius_um: float, shapes_key: str = "spots",
+) -> tuple[GeoDataFrame, AnnData]:
+    """Build the circles ``shapes_key`` and their table (raw counts, centres in um).
+
+    ``obs`` is indexed by the spot names (``obs_names``); its rows, those of ``counts`` and of
+    ``centres_um`` are the same spots in the same order.
+    """
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    centres_um = np.asarray(centres_um, dtype=np.float64)
+    spot_id = np.arange(len(obs))
+    shapes = ShapesModel.parse(
+        centres_um, geometry=0, radius=np.full(len(obs), radius_um / 1.0),
+        index=pd.Index(spot_id, name="spot_id"),
+        transformations={COORDINATE_SYSTEM: Identity()},
+    )
+    obs = obs.copy()
+    obs.index = obs.index.astype(str)
+    obs["spot_id"] = spot_id
+    obs["region"] = pd.Categorical([shapes_key] * len(obs))
+    x = check_counts(counts, "counts")
+    if not var.index.is_unique:
+        var = var.copy()
+        var.index = unique_names(var.index, "gene names of the counts")
+    adata = ad.AnnData(X=x, obs=obs, var=var)
+    adata.layers["counts"] = x.copy()
+    adata.obsm["spatial"] = centres_um
+    table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
+    return shapes, table
+
+
+def square_shapes(boxes: np.ndarray, tile_ids: np.ndarray):
+    """Square polygons (um, identity to ``"global"``) indexed by tile id."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    geometry = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
+    frame = gpd.GeoDataFrame(geometry=geometry, index=tile_ids)
+    return ShapesModel.parse(frame, transformations={COORDINATE_SYSTEM: Identity()})
+
+
+def tile_table(obs, centres: np.ndarray, region: str, uns: dict):
+    """The AnnData annotating the tiles."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    obs = obs.copy()
+    obs["region"] = pd.Categorical([region] * len(obs))
+    table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
+                       uns={"tiles": uns})
+    return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")

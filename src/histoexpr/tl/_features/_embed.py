@@ -1,0 +1,374 @@
+"""Tile embeddings: features of every tile, streamed through the tile dataset."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..._devices import autocast, loader_options, resolve_precision, use_channels_last
+from ..._image import image_levels
+from ..._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
+from ..._utils import log_added, logger, progress, require_element, resolve_device
+from ._squidpy_features import parse_squidpy_encoder, squidpy_features
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ...models import Network
+
+#: normalisation of learned encoders whose metadata has none (tiles are in [0, 1])
+DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
+IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def embed(
+    sdata: SpatialData,
+    tiles_key: str = "he_tiles",
+    *,
+    encoder: str | Path | Network | Sequence[str | Path | Network] = "handcrafted",
+    checkpoint: str | Path | None = None,
+    image_key: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """Compute features of every tile and store them in the tile table's ``obsm``.
+
+    Tiles are read lazily through :class:`histoexpr.pp.TileDataset` in batches, so memory does
+    not grow with the slide.
+
+    Parameters
+    ----------
+    sdata
+        The section, tiled by :func:`histoexpr.pp.tile`.
+    tiles_key
+        Key of the tiles; features go to the table ``f"{tiles_key}_table"``.
+    encoder
+        ``"handcrafted"`` (colour, stain and texture statistics), an architecture of
+        :class:`histoexpr.models.TileEncoder` (``"small_cnn"``, ``"resnet18"``...; random
+        initialisation unless ``checkpoint`` is given), ``"squidpy"`` (squidpy's summary,
+        histogram and texture features, the classic baseline; ``"squidpy:summary+histogram"``
+        picks groups), ``"timm:<model name>"`` (needs the optional ``timm`` extra; weights from
+        ``checkpoint``), ``"hf:<folder>"`` (a Hugging Face transformers vision model saved in a
+        local folder, e.g. Phikon or Phikon-v2, with its own normalisation and input size: see
+        :class:`histoexpr.models.HuggingFaceEncoder`, which also offers other poolings), a
+        histoexpr model file (``.pt``, e.g. from :func:`histoexpr.tl.pretrain`), or a network
+        object. An architecture or ``timm:`` name without ``checkpoint`` has **random
+        weights**: a :class:`UserWarning` says so. Nothing is ever downloaded. A list of these
+        concatenates their features (e.g. ``["squidpy", "handcrafted"]``, named
+        ``"squidpy+handcrafted"``).
+    checkpoint
+        Local weights for an architecture name: a histoexpr model file or a state dict saved
+        with :func:`torch.save` (read with ``weights_only=True``). Not with a list of encoders.
+    image_key
+        Image to read the tiles from; defaults to the one they were cut from.
+    batch_size
+        Tiles per forward pass. The default suits a CPU; on a GPU larger batches keep it busy
+        (e.g. 256 for a ResNet-50 or a ViT-L/16 on 224 px tiles in bf16, well within 40 GB);
+        lower it if the GPU runs out of memory.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name.
+    overwrite
+        Replace existing features under ``key_added``.
+    transform
+        Applied to every tile ``(C, H, W)`` in [0, 1] before any encoder sees it, e.g. a stain
+        normalisation from :func:`histoexpr.pp.stain_normaliser`; its ``spec`` (if any) is
+        recorded with the features.
+
+    Returns
+    -------
+    Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
+    ``uns["embeddings"][key_added]`` (what computed them: the encoder's name and
+    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles) to the tile table. Tiles
+    that lie wholly off the image have no pixels: their features are NaN, and a warning names
+    how many (their number is recorded as ``n_off_image``). Tiles partly off the image are read
+    with black outside it (a warning names how many).
+    """
+    from ...pp import TileDataset
+
+    require_element(sdata, tiles_key, "shapes")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    dataset = TileDataset(sdata, tiles_key, image_key=image_key, transform=transform)
+    table = sdata.tables[f"{tiles_key}_table"]
+    n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    if not encoders:
+        raise ValueError("encoder is an empty list; give at least one encoder.")
+    if len(encoders) > 1 and checkpoint is not None:
+        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
+                         "encoders; give each pretrained encoder as a model file (.pt).")
+    resolved = [_resolve(one, n_channels=n_channels, checkpoint=checkpoint) for one in encoders]
+    name = "+".join(one_name for one_name, _ in resolved)
+    key_added = f"X_{name}" if key_added is None else key_added
+    if key_added in table.obsm and not overwrite:
+        raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
+                       "overwrite=True to replace it, or choose another key_added.")
+    fingerprint = encoder_fingerprint(encoders, checkpoint=checkpoint)
+    coverage = image_coverage(sdata, dataset.image_key, np.asarray(table.obsm["spatial"]),
+                              dataset.size_um)
+    off_image = _report_off_image(coverage, tiles_key, dataset.image_key)
+    parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute in resolved]
+    features = np.hstack([values for values, _ in parts])
+    features[off_image] = np.nan
+    record = {"encoder": name, "fingerprint": fingerprint, "image_key": dataset.image_key,
+              "mpp": dataset.mpp, "size_px": dataset.size_px,
+              "n_off_image": int(off_image.sum())}
+    if transform is not None:
+        record["transform"] = getattr(transform, "spec", type(transform).__name__)
+    if len(parts) > 1:
+        record["parts"] = {one_name: int(values.shape[1])
+                           for (one_name, _), (values, _) in zip(resolved, parts, strict=True)}
+    if all(names for _, names in parts):
+        record["feature_names"] = [n for _, names in parts for n in names]
+    table.obsm[key_added] = features
+    table.uns.setdefault("embeddings", {})[key_added] = {**record,
+                                                         "n_features": int(features.shape[1])}
+    log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
+              f"features of {features.shape[0]} tiles")
+
+
+def _report_off_image(coverage: np.ndarray, tiles_key: str, image_key: str) -> np.ndarray:
+    """Warn how many tiles lie wholly or partly off the image; the mask of the wholly-off ones."""
+    off = coverage <= 1e-9
+    partly = ~off & (coverage < 1 - 1e-6)
+    if off.all():
+        raise ValueError(f"All {off.size} tiles {tiles_key!r} lie off the image {image_key!r}: "
+                         "they were made on another image or in other coordinates. Tile this "
+                         "image (hx.pp.tile) or give the image the tiles were made on.")
+    if off.any():
+        logger.warning("%d of %d tiles %r lie wholly off the image %r: they have no pixels, so "
+                       "their features are NaN (left out by hx.tl.fit and hx.tl.predict). Drop "
+                       "those tiles, or check the spots' coordinates.", int(off.sum()), off.size,
+                       tiles_key, image_key)
+    if partly.any():
+        logger.warning("%d of %d tiles %r lie partly off the image %r: the part outside the "
+                       "image is read as black.", int(partly.sum()), off.size, tiles_key,
+                       image_key)
+    return off
+
+
+def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -> str:
+    """What identifies an encoder's weights: its spec, or a digest of its file or weights.
+
+    Names (``"handcrafted"``, ``"squidpy:..."``, architectures) stand for themselves; a model
+    file or checkpoint adds the SHA-256 of its bytes and a network object that of its weights,
+    so that features made by other weights under the same name are told apart.
+    """
+    import hashlib
+
+    if isinstance(encoder, list | tuple):
+        return "+".join(encoder_fingerprint(one) for one in encoder) + (
+            "" if checkpoint is None else f"@{_file_digest(Path(checkpoint))}")
+    if isinstance(encoder, torch.nn.Module):
+        digest = hashlib.sha256()
+        for key, value in sorted(encoder.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return f"{type(encoder).__name__.lower()}:weights:{digest.hexdigest()[:16]}"
+    if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        path = Path(encoder)
+        return f"{path.stem}:file:{_file_digest(path)}" if path.is_file() else str(encoder)
+    spec = str(encoder)
+    return spec if checkpoint is None else f"{spec}@{_file_digest(Path(checkpoint))}"
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    if not path.is_file():
+        return f"missing:{path}"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _resolve(encoder: str | Path | Network, *, n_channels: int,
+             checkpoint: str | Path | None) -> tuple[str, Callable]:
+    """One encoder's name and the function computing its features (and their names, if any)."""
+    if isinstance(encoder, str) and encoder.split(":")[0] == "squidpy":
+        groups = parse_squidpy_encoder(encoder)
+        return "squidpy", lambda dataset, **_: squidpy_features(dataset, groups)
+    network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
+                                                   checkpoint=checkpoint)
+
+    def compute(dataset, *, batch_size: int, device: str | None):
+        _warn_on_other_scale(network, name, dataset.mpp)
+        return encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
+                      normalisation=normalisation, desc=f"embed ({name})"), None
+
+    return name, compute
+
+
+def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -> None:
+    """Warn when tiles are at another um/px than the one the encoder was trained at.
+
+    The tile size may differ (learned encoders pool over the whole tile, so an encoder trained
+    on small tiles describes a larger tile by the mean of its local features); the pixel size
+    sets the scale of the structures the features describe.
+    """
+    trained_mpp = (getattr(network, "metadata", None) or {}).get("mpp")
+    if trained_mpp is not None and not np.isclose(trained_mpp, tile_mpp, rtol=0.05):
+        logger.warning(f"Encoder {name!r} was trained on tiles at {trained_mpp:g} um/px but these "
+                       f"tiles are at {tile_mpp:g} um/px, so its features describe structures at "
+                       f"another scale; tile at mpp={trained_mpp:g} to match (any tile size).")
+
+
+def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
+           normalisation: dict[str, Any] | None, desc: str = "embed") -> np.ndarray:
+    """Features of every item of a tile dataset, in order, as a float32 array.
+
+    Runs in ``hx.settings.precision`` (bf16 autocast on a GPU by default, fp32 on a CPU), with
+    pinned batches, loader workers (``hx.settings.n_workers``) and channels-last CNNs on a GPU.
+    """
+    from torch.utils.data import DataLoader
+
+    from ...models import HandcraftedEncoder
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        **loader_options(device))
+    network = network.to(device).eval()
+    channels_last = use_channels_last(network, device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    # hand-crafted statistics stay in fp32: mixed precision is for learned networks
+    precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
+    mean, std = _normalisation_tensors(normalisation, device)
+    chunks = []
+    with torch.inference_mode(), autocast(precision):
+        for batch in progress(loader, desc=desc, total=len(loader)):
+            images = batch["image"].to(device, non_blocking=True)
+            if mean is not None:
+                images = (images - mean) / std
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            chunks.append(network(images).float().cpu().numpy())
+    if channels_last:
+        network.to(memory_format=torch.contiguous_format)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
+                    checkpoint: str | Path | None = None
+                    ) -> tuple[torch.nn.Module, str, dict | None]:
+    """The network, its short name and its input normalisation for an ``encoder`` argument."""
+    from ...io import load_model
+    from ...models import HandcraftedEncoder, Network, TileEncoder
+    from ...models._encoders import ARCHITECTURES
+
+    if isinstance(encoder, Network):
+        network, name = encoder, type(encoder).__name__.lower()
+    elif isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        network, name = load_model(encoder, device="cpu"), Path(encoder).stem
+    elif encoder == "handcrafted":
+        return HandcraftedEncoder(in_channels=in_channels), "handcrafted", None
+    elif encoder in ARCHITECTURES:
+        network, name = TileEncoder(arch=encoder, in_channels=in_channels), encoder
+        if checkpoint is not None:
+            network = _load_checkpoint(network, Path(checkpoint))
+        else:
+            _warn_random_weights(encoder)
+    elif isinstance(encoder, str) and encoder.startswith("timm:"):
+        if checkpoint is None:
+            _warn_random_weights(encoder)
+        return _timm_encoder(encoder.removeprefix("timm:"), in_channels, checkpoint)
+    elif isinstance(encoder, str) and encoder.startswith("hf:"):
+        from ...models import HuggingFaceEncoder
+
+        if checkpoint is not None:
+            raise ValueError(f"encoder={encoder!r} loads its weights from its folder; drop "
+                             "checkpoint= (or put the weights in the folder).")
+        folder = encoder.removeprefix("hf:")
+        network, name = HuggingFaceEncoder(path=folder), f"hf_{Path(folder).name}"
+    else:
+        raise ValueError(
+            f"Unknown encoder {encoder!r}: use 'handcrafted', one of {ARCHITECTURES}, "
+            "'timm:<name>', 'hf:<folder>', a histoexpr model file (.pt) or a histoexpr network."
+        )
+    expected = getattr(network, "in_channels", in_channels)
+    if expected != in_channels:
+        raise ValueError(
+            f"The encoder expects {expected}-channel tiles but the image has {in_channels} "
+            "channel(s). Use an encoder trained on this kind of image (H&E: 3, nuclei stain: 1)."
+        )
+    if isinstance(network, HandcraftedEncoder):
+        return network, name, None
+    metadata = getattr(network, "metadata", {}) or {}
+    return network, name, metadata.get("normalisation", DEFAULT_NORMALISATION)
+
+
+def _warn_random_weights(encoder: str) -> None:
+    warnings.warn(f"encoder={encoder!r} without checkpoint= has RANDOM weights: its features "
+                  "describe nothing learned. Pass checkpoint= (local weights), a model file "
+                  "(.pt) from hx.tl.pretrain, or 'hf:<folder>' of a foundation model.",
+                  UserWarning, stacklevel=4)
+
+
+def _load_checkpoint(network: Network, path: Path) -> Network:
+    """Weights for a freshly built encoder: a histoexpr model file or a plain state dict."""
+    from ..._torch_files import load_weights_only
+    from ...io import load_model
+
+    payload = load_weights_only(path, what="checkpoint")
+    if isinstance(payload, dict) and payload.get("format") == "histoexpr-model":
+        loaded = load_model(path, device="cpu")
+        if loaded.get_config() != network.get_config():
+            raise ValueError(f"{path} holds a {loaded.get_config()} network, not the requested "
+                             f"{network.get_config()}; pass the file itself as encoder=.")
+        return loaded
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    for target in (network, network.body):  # whole encoder, or the bare MONAI/CNN body
+        try:
+            target.load_state_dict(state)
+            return network
+        except (RuntimeError, TypeError):
+            continue
+    raise ValueError(
+        f"The weights in {path} do not fit a {network.get_config()} encoder (different layer "
+        "names or shapes). Check the architecture (encoder=) and in_channels."
+    )
+
+
+def _timm_encoder(name: str, in_channels: int, checkpoint: str | Path | None):
+    """A timm model as a feature extractor; timm is an optional extra."""
+    try:
+        import timm
+    except Exception as error:  # ImportError, or timm's own imports failing (torchvision)
+        raise ImportError(
+            f"encoder='timm:{name}' needs timm, which could not be imported ({error}). Install "
+            "the optional extra: pip install 'histoexpr[timm]' (with a torchvision that matches "
+            "your torch)."
+        ) from error
+    network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    if checkpoint is not None:
+        from ..._torch_files import load_weights_only
+
+        state = load_weights_only(Path(checkpoint), what="checkpoint")
+        missing, unexpected = network.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"{checkpoint} lacks {len(missing)} weights of timm model {name!r} "
+                             f"(e.g. {missing[:3]}); is it the right checkpoint?")
+    config = timm.data.resolve_data_config({}, model=network)
+    normalisation = {"mean": list(config["mean"]), "std": list(config["std"])} \
+        if in_channels == 3 else DEFAULT_NORMALISATION
+    network.in_channels = in_channels
+    return network, name.replace("/", "_"), normalisation
+
+
+def _normalisation_tensors(normalisation: dict[str, Any] | None, device: str):
+    if normalisation is None:
+        return None, None
+    mean = torch.as_tensor(normalisation["mean"], dtype=torch.float32, device=device)
+    std = torch.as_tensor(normalisation["std"], dtype=torch.float32, device=device)
+    return mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)

@@ -1,0 +1,382 @@
+"""The per-slide pipeline of a cohort on disk: tissue -> tiles -> features, resumable and parallel.
+
+Each slide is one task: open the slide file lazily, detect its tissue, tile it, embed the tiles
+and write everything to the slide's store in one atomic step (:class:`histoexpr.io.SlideStore`).
+Tasks run one after the other, or on the workers of a ``dask.distributed`` Client (``client.map``
+over slides; dask schedules them, histoexpr has no scheduler of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..._settings import settings
+from ..._utils import logger, progress, resolve_device, resolve_seed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ...io import Cohort
+    from ...models import Network
+
+#: what a slide's task did
+STATUSES = ("computed", "features", "skipped")
+
+
+def embed_cohort(
+    cohort: Cohort,
+    *,
+    encoder: str | Path | Network | Sequence[str | Path | Network] = "handcrafted",
+    checkpoint: str | Path | None = None,
+    size: int | None = None,
+    mpp: float | None = None,
+    size_um: float | None = None,
+    stride: float | None = None,
+    min_tissue: float = 0.5,
+    tissue_mpp: float = 8.0,
+    tissue_kind: Literal["auto", "brightfield", "fluorescence"] = "auto",
+    min_area_um2: float = 5_000.0,
+    batch_size: int = 64,
+    device: str | None = None,
+    seed: int | None = None,
+    client: Any = None,
+    tiles_key: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Detect tissue, tile and embed every slide of a cohort on disk, one slide at a time.
+
+    For each slide: :func:`histoexpr.pp.detect_tissue`, :func:`histoexpr.pp.tile` and
+    :func:`histoexpr.tl.embed`, on the slide file read lazily, then the tissue map, the tiles
+    and their features are written to the slide's store in one atomic step. So:
+
+    - **resumable**: a slide whose store is complete, made with the same parameters (recorded
+      in the store and checked), is skipped; a store that holds the tiles but not these
+      features only gets the features; a run killed mid-cohort loses at most the slides in
+      flight (their temporary folders are cleaned up by the next run);
+    - **bounded memory**: a task holds one slide's tissue map, tile geometry and features, and
+      reads the tiles in batches;
+    - **parallel** with a ``dask.distributed`` ``client``: slides are mapped over its workers
+      (``client.map``), each worker running as many slides at once as it has threads. Give
+      workers one thread each (``LocalCluster(n_workers=4, threads_per_worker=1)``) to bound
+      the memory per worker to one slide.
+
+    Parameters
+    ----------
+    cohort
+        A cohort on disk, from :func:`histoexpr.io.read_cohort`.
+    encoder
+        The tile encoder, as for :func:`histoexpr.tl.embed` (``"handcrafted"``, an architecture
+        name, a model file, a network, ``"timm:<name>"`` or a list of them). An architecture
+        without ``checkpoint`` has random weights, drawn from ``seed`` so every slide (and every
+        run) gets the same ones.
+    checkpoint
+        Local weights for an architecture name (as for :func:`histoexpr.tl.embed`).
+    size
+        Tile width in pixels at ``mpp`` (as for :func:`histoexpr.pp.tile`; 224 unless
+        ``size_um``).
+    mpp
+        Pixel size of the tiles in um/px; defaults to the slide's full resolution.
+    size_um
+        Tile width in micrometres, instead of ``size``.
+    stride
+        Distance between grid tiles, in the unit of the size; defaults to the size.
+    min_tissue
+        Smallest share of a tile on tissue for it to be kept.
+    tissue_mpp
+        Pixel size at which tissue is detected (:func:`histoexpr.pp.detect_tissue`'s ``mpp``).
+    tissue_kind
+        ``"auto"``, ``"brightfield"`` or ``"fluorescence"`` (as for ``detect_tissue``).
+    min_area_um2
+        Pieces of tissue smaller than this are debris.
+    batch_size
+        Tiles per forward pass.
+    device
+        Torch device of the encoder; ``None`` uses ``hx.settings.device`` (on each worker).
+    seed
+        Seed of a randomly initialised encoder; ``None`` uses ``hx.settings.seed``.
+    client
+        A ``dask.distributed.Client`` (a ``LocalCluster``, or any cluster, e.g. through
+        dask-jobqueue) to run the slides on; ``None`` runs them here, one after the other.
+    tiles_key
+        Key of the tiles; defaults to ``f"{cohort.image_key}_tiles"``.
+    key_added
+        Key of the features; defaults to ``f"X_{name}"`` with the encoder's name.
+    overwrite
+        Recompute slides (or features) whose store was made with other parameters. Without
+        it, such a difference is an error, raised before anything is computed.
+
+    Returns
+    -------
+    One row per slide (index: slide id) with ``status`` (``"computed"``: tissue, tiles and
+    features; ``"features"``: features added to stored tiles; ``"skipped"``: already done),
+    ``n_tiles``, ``seconds`` (the slide's wall time) and ``worker``. The results are in the
+    stores: open a slide with ``cohort[slide_id]``, or train on the cohort with
+    :func:`histoexpr.tl.fit` / :func:`histoexpr.tl.cross_validate`.
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> cohort = hx.io.read_cohort("slides.csv", bulk="bulk.h5ad")  # doctest: +SKIP
+    >>> hx.tl.embed_cohort(cohort, encoder="handcrafted", size_um=64, mpp=2.0)  # doctest: +SKIP
+
+    On a cluster (here a local one), slides run on the workers::
+
+        from dask.distributed import Client, LocalCluster
+        client = Client(LocalCluster(n_workers=4, threads_per_worker=1))
+        hx.tl.embed_cohort(cohort, encoder="handcrafted", client=client)
+
+    """
+    import pandas as pd
+
+    from ...io import Cohort
+
+    if not isinstance(cohort, Cohort) or not cohort.on_disk:
+        raise TypeError("embed_cohort needs a cohort on disk: read it from a manifest with "
+                        "hx.io.read_cohort(manifest, ...). For slides in memory, run "
+                        "hx.pp.tile and hx.tl.embed on each.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if not 0 <= min_tissue <= 1:
+        raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
+    if not tissue_mpp > 0:
+        raise ValueError(f"tissue_mpp must be a positive pixel size in um/px, got "
+                         f"{tissue_mpp!r}.")
+    if tissue_kind not in ("auto", "brightfield", "fluorescence"):
+        raise ValueError(f"tissue_kind must be 'auto', 'brightfield' or 'fluorescence', got "
+                         f"{tissue_kind!r}.")
+    if size is not None and size_um is not None:
+        raise ValueError("Give the tile size either in pixels (size) or in um (size_um), not both.")
+    for name, value in (("size_um", size_um), ("mpp", mpp), ("stride", stride)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}.")
+    if client is not None and not hasattr(client, "map"):
+        raise TypeError(f"client must be a dask.distributed Client, got "
+                        f"{type(client).__name__}.")
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    if not encoders:
+        raise ValueError("encoder is an empty list; give at least one encoder.")
+    image_key = cohort.image_key
+    tiles_key = f"{image_key}_tiles" if tiles_key is None else tiles_key
+    name = "+".join(_encoder_name(one) for one in encoders)
+    key_added = f"X_{name}" if key_added is None else key_added
+    tissue_key = f"{image_key}_tissue"
+    seed = resolve_seed(seed)
+    tile_params = {
+        "image_key": image_key, "tissue_key": tissue_key, "tiles_key": tiles_key,
+        "tissue": {"mpp": float(tissue_mpp), "kind": tissue_kind,
+                   "min_area_um2": float(min_area_um2)},
+        "tiles": {"size": size, "mpp": mpp, "size_um": size_um, "stride": stride,
+                  "min_tissue": float(min_tissue)},
+    }
+    feature_params = {"encoder": [_encoder_description(one) for one in encoders],
+                      "checkpoint": None if checkpoint is None else _fingerprint(checkpoint),
+                      "seed": seed, "key": key_added}
+
+    # decide every slide's work before computing anything, so a conflict stops the run at once
+    tasks, statuses = [], {}
+    for slide_id in cohort.ids:
+        store = cohort.store(slide_id)
+        store.check_ours()
+        path = cohort.path(slide_id)
+        params = {**tile_params, "slide_mpp": cohort.slide_mpp(slide_id),
+                  "slide_bytes": path.stat().st_size}
+        status = _plan(slide_id, store, params, feature_params, tiles_key, key_added, overwrite)
+        statuses[slide_id] = status
+        if status != "skipped":
+            tasks.append({"slide_id": slide_id, "path": str(path), "store": str(store.path),
+                          "mpp": cohort.slide_mpp(slide_id), "status": status,
+                          "params": params, "feature_params": feature_params,
+                          "tile_options": {"size": size, "mpp": mpp, "size_um": size_um,
+                                           "stride": stride, "min_tissue": min_tissue},
+                          "batch_size": batch_size, "device": device, "checkpoint": checkpoint})
+    n_skip = sum(s == "skipped" for s in statuses.values())
+    logger.info("embed_cohort: %d slides to process, %d already done (%s, features %r).",
+                len(tasks), n_skip, cohort.store_dir, key_added)
+    rows = {i: {"status": "skipped", "n_tiles": cohort.store(i).n_tiles(tiles_key),
+                "seconds": 0.0, "worker": None}
+            for i, s in statuses.items() if s == "skipped"}
+    if tasks:
+        runner = _run_serial if client is None else _run_dask
+        for summary in runner(tasks, encoders, client=client):
+            rows[summary.pop("slide_id")] = summary
+    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
+    frame.index.name = "slide_id"
+    return frame
+
+
+def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: str,
+          key: str, overwrite: bool) -> str:
+    """``"computed"``, ``"features"`` or ``"skipped"``; raises on a conflict without overwrite."""
+    if not store.exists:
+        return "computed"
+    if not store.complete:
+        logger.info("The store of %s is unfinished (an interrupted run?); computing it anew.",
+                    slide_id)
+        return "computed"
+    stored = store.params
+    if stored != _plain(params):
+        if not overwrite:
+            changed = sorted(k for k in set(stored) | set(params)
+                             if stored.get(k) != _plain(params).get(k))
+            raise ValueError(
+                f"The store of {slide_id!r} ({store.path}) was made with other parameters "
+                f"({', '.join(changed)}: stored {[stored.get(k) for k in changed]}, now "
+                f"{[_plain(params).get(k) for k in changed]}). Pass overwrite=True to recompute "
+                "it, or read the cohort with another store_dir."
+            )
+        return "computed"
+    if tiles_key not in store.tiles_keys():
+        return "computed" if overwrite else _conflict(slide_id, store, f"no tiles {tiles_key!r}")
+    record = store.feature_records(tiles_key).get(key)
+    if record is None:
+        return "features"
+    if record.get("params") != _plain(feature_params):
+        if not overwrite:
+            raise ValueError(
+                f"The features {key!r} of {slide_id!r} were made otherwise (stored "
+                f"{record.get('params')}, now {_plain(feature_params)}). Pass overwrite=True to "
+                "recompute them, or another key_added."
+            )
+        return "features"
+    return "skipped"
+
+
+def _conflict(slide_id: str, store, what: str) -> str:
+    raise ValueError(f"The store of {slide_id!r} ({store.path}) has {what}; pass overwrite=True "
+                     "to recompute the slide.")
+
+
+def _run_serial(tasks: list[dict], encoders: list, *, client: Any):
+    for task in progress(tasks, desc="slides", total=len(tasks)):
+        yield _run_slide(task, encoders)
+
+
+def _run_dask(tasks: list[dict], encoders: list, *, client: Any):
+    """Map the slides over the client's workers; yield their summaries as they finish."""
+    from distributed import as_completed
+
+    from ...models import Network
+
+    # networks travel once to every worker, not once per slide
+    shared = [client.scatter(one, broadcast=True, hash=False) if isinstance(one, Network)
+              else one for one in encoders]
+    show = settings.progress_bar
+    futures = client.map(_run_slide_quietly, tasks, encoders=shared, pure=False,
+                         key=[f"embed_cohort-{t['slide_id']}-{time.time_ns()}" for t in tasks])
+    try:
+        for future in progress(as_completed(futures), desc="slides", total=len(futures),
+                               show=show):
+            yield future.result()
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _run_slide_quietly(task: dict, encoders: list) -> dict:
+    """On a dask worker: one slide, without progress bars (they would go to the worker's log)."""
+    saved = settings.progress_bar
+    settings.progress_bar = False
+    try:
+        return _run_slide(task, encoders)
+    finally:
+        settings.progress_bar = saved
+
+
+def _run_slide(task: dict, encoders: list) -> dict:
+    """One slide: tissue, tiles and features (or only features), written to its store."""
+    import socket
+
+    from ..._utils import seed_everything
+    from ...io import SlideStore, read_wsi
+    from ...pp import detect_tissue, tile
+    from ._embed import embed
+
+    start = time.perf_counter()
+    slide_id, params = task["slide_id"], task["params"]
+    store = SlideStore(task["store"])
+    store.remove_partials()
+    image_key, tiles_key = params["image_key"], params["tiles_key"]
+    key = task["feature_params"]["key"]
+    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=image_key)
+    if task["status"] == "computed":
+        tissue = params["tissue"]
+        detect_tissue(sdata, image_key, mpp=tissue["mpp"], kind=tissue["kind"],
+                      min_area_um2=tissue["min_area_um2"], key_added=params["tissue_key"])
+        tile(sdata, image_key, tissue_key=params["tissue_key"], key_added=tiles_key,
+             **task["tile_options"])
+    else:
+        store.add_to(sdata, tiles_key=tiles_key)
+    seed_everything(task["feature_params"]["seed"])  # the same random encoder on every slide
+    encoder = encoders if len(encoders) > 1 else encoders[0]
+    embed(sdata, tiles_key, encoder=encoder, checkpoint=task["checkpoint"],
+          batch_size=task["batch_size"], device=resolve_device(task["device"]), key_added=key,
+          overwrite=True)
+    table = sdata.tables[f"{tiles_key}_table"]
+    record = {**table.uns["embeddings"][key], "params": task["feature_params"],
+              "created": time.time()}
+    table.uns["embeddings"][key] = record
+    if task["status"] == "computed":
+        slide = {"slide_id": slide_id, "slide_path": task["path"], "processed": time.time()}
+        store.write_slide(sdata, tissue_key=params["tissue_key"], tiles_key=tiles_key,
+                          slide=slide, params=params, feature_keys=[key])
+    else:
+        store.write_features(tiles_key, key, table.obsm[key], record)
+    seconds = time.perf_counter() - start
+    logger.info("%s: %s, %d tiles in %.1f s", slide_id, task["status"], table.n_obs, seconds)
+    return {"slide_id": slide_id, "status": task["status"], "n_tiles": int(table.n_obs),
+            "seconds": seconds, "worker": socket.gethostname()}
+
+
+def _encoder_name(encoder: Any) -> str:
+    """The short name :func:`histoexpr.tl.embed` gives an encoder (features ``X_<name>``)."""
+    from ...models import Network
+
+    if isinstance(encoder, Network):
+        return type(encoder).__name__.lower()
+    if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        return Path(encoder).stem
+    if isinstance(encoder, str) and encoder.startswith("timm:"):
+        return encoder.removeprefix("timm:").replace("/", "_")
+    if isinstance(encoder, str):
+        return encoder.split(":")[0]
+    raise TypeError(f"encoder must be a name, a model file or a network, got "
+                    f"{type(encoder).__name__}.")
+
+
+def _encoder_description(encoder: Any) -> Any:
+    """What identifies an encoder's weights: its name, its file's hash or its weights' hash."""
+    from ...models import Network
+
+    if isinstance(encoder, Network):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return {"network": type(encoder).__name__, "sha256": digest.hexdigest()}
+    if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+        return _fingerprint(encoder)
+    return str(encoder)
+
+
+def _fingerprint(path: str | Path) -> dict:
+    """A weights file: its name and the hash of its content."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights file at {path}.")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+def _plain(value: Any) -> Any:
+    """As stored (JSON round trip), so that recorded and current parameters compare equal."""
+    import json
+
+    return json.loads(json.dumps(value))

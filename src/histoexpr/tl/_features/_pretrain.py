@@ -1,0 +1,425 @@
+"""Self-supervised pretraining of tile encoders on unlabelled tiles: SimCLR and MoCo-v2.
+
+A contrastive loss has no validation set to stop on, so this module runs its own short epoch
+loop (with the helpers of :mod:`histoexpr.tl._train`) instead of :func:`~._train.train`: it
+adds what that loop lacks, a checkpoint after every epoch and resuming from it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..._devices import (
+    Precision,
+    autocast,
+    backward_and_step,
+    loader_options,
+    resolve_precision,
+)
+from ..._settings import settings
+from ..._utils import logger, progress, resolve_device, resolve_seed, seed_everything
+from .._train import to_device
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ...models import TileEncoder
+
+CHECKPOINT_FORMAT = "histoexpr-pretrain-checkpoint"
+CHECKPOINT_NAME = "pretrain_checkpoint.pt"
+SCHEDULES = ("cosine", "constant")
+_NORMALISATION_SAMPLE = 256  # tiles read to estimate the per-channel mean and spread
+
+
+def pretrain(
+    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
+    tiles_key: str = "he_tiles",
+    *,
+    method: str = "simclr",
+    encoder: str | Path | TileEncoder = "small_cnn",
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    schedule: str = "cosine",
+    warmup: float = 0.1,
+    weight_decay: float = 1e-4,
+    temperature: float = 0.2,
+    queue_size: int = 4096,
+    momentum: float = 0.99,
+    projection_dim: int = 64,
+    augment: str | torch.nn.Module | None = None,
+    image_key: str | None = None,
+    cache: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    seed: int | None = None,
+) -> TileEncoder:
+    """Pretrain a tile encoder by contrastive self-supervised learning on unlabelled tiles.
+
+    Two random views of every tile (:func:`histoexpr.pp.augmentations`, suited to the stain) are
+    made on the device, and the encoder learns to tell the views of one tile apart from those
+    of other tiles: SimCLR (NT-Xent over the batch) or MoCo-v2 (momentum encoder and a queue of
+    negatives, which suits the small batches of a CPU). Tiles are streamed from one or many
+    sections through :class:`histoexpr.pp.TileDataset`.
+
+    With ``checkpoint_dir``, the run is saved after every epoch; ``resume=True`` continues from
+    the last saved epoch (a run stopped mid-epoch loses only that epoch) and gives the same
+    result as an uninterrupted run.
+
+    Parameters
+    ----------
+    data
+        A section, a list of sections, or a mapping of them (a :class:`histoexpr.io.Cohort`),
+        each tiled by :func:`histoexpr.pp.tile` under ``tiles_key`` with the same tile size, um/px
+        and channels.
+    tiles_key
+        Key of the tiles in every section.
+    method
+        ``"simclr"`` or ``"moco"``.
+    encoder
+        An architecture of :class:`histoexpr.models.TileEncoder` (``"small_cnn"``,
+        ``"resnet18"``...; built for the image's channels), a :class:`~histoexpr.models.TileEncoder`
+        to start from, or a histoexpr model file holding one.
+    epochs
+        Passes over all tiles (counting the epochs of a resumed run).
+    batch_size
+        Tiles per step; the last incomplete batch of an epoch is skipped.
+    lr
+        Peak learning rate of AdamW.
+    schedule
+        ``"cosine"``: the learning rate rises linearly over the first ``warmup`` share of the
+        steps, then decays to zero along a half cosine by the last step; ``"constant"``: ``lr``
+        throughout.
+    warmup
+        Share of all steps spent warming up (``"cosine"``), in [0, 1).
+    weight_decay
+        Weight decay of AdamW.
+    temperature
+        Temperature of the contrastive softmax.
+    queue_size
+        Negatives kept by MoCo (at least ``batch_size``); unused by SimCLR.
+    momentum
+        Momentum of MoCo's key encoder; unused by SimCLR.
+    projection_dim
+        Size of the projection head's output.
+    augment
+        ``None`` chooses the augmentations from the image's channels (3: ``"he"``, otherwise
+        ``"fluorescence"``); a stain name; or a module from :func:`histoexpr.pp.augmentations`.
+    image_key
+        Image to read the tiles from; defaults to the one they were cut from.
+    cache
+        Keep every tile in memory (float16) after its first read, so that later epochs read no
+        image (about ``6 * size_px**2`` bytes per tile for RGB); ``False`` reads them every epoch.
+        With ``hx.settings.n_workers > 0`` each loader worker keeps its own copy for one epoch
+        only, so pass ``False`` there.
+    checkpoint_dir
+        Folder for the checkpoint written after every epoch (``pretrain_checkpoint.pt``);
+        ``None`` writes none.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir`` (start afresh where there is none).
+    overwrite
+        Start afresh even though ``checkpoint_dir`` holds a checkpoint, replacing it.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed; ``None`` uses ``hx.settings.seed``.
+
+    Returns
+    -------
+    The pretrained :class:`~histoexpr.models.TileEncoder` in evaluation mode. Its ``metadata``
+    holds ``mpp``, ``size_px``, ``channels``, ``stain``, ``normalisation``, ``augmentations``
+    (the pipeline's spec), ``method`` and ``pretraining`` (options, loss per epoch, seconds);
+    save it with :func:`histoexpr.io.save_model` and use it with :func:`histoexpr.tl.embed`.
+
+    Notes
+    -----
+    The encoders end in a global average, so the tiles they describe may be larger than those
+    they were pretrained on, as long as the pixel size is the same. On her2st, pretraining on
+    48 um tiles at 1 um/px and describing each spot by a 192 um tile at 1 um/px beat both the
+    same setting at 3 um/px and squidpy's features (``benchmarks/README.md``).
+
+    """
+    from torch.utils.data import ConcatDataset
+
+    from ...models import ContrastiveLearner
+    from ...pp import CachedDataset, TileDataset
+    from ...pp._augment import augmentations, stain_of
+
+    sections = _as_sections(data)
+    datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
+    geometry = _common_geometry(sections, datasets)
+    tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
+    _check_options(len(tiles), method, epochs, batch_size, queue_size, schedule, warmup)
+    seed = resolve_seed(seed)
+    seed_everything(seed)
+    start = _starting_encoder(encoder, geometry["channels"])
+    learner = ContrastiveLearner(
+        encoder=start.get_config(), method=method, projection_dim=projection_dim,
+        temperature=temperature, queue_size=queue_size, momentum=momentum)
+    for part in (learner.encoder, getattr(learner, "key_encoder", None)):
+        if part is not None:
+            part.load_state_dict(start.state_dict())
+    stain = augment if isinstance(augment, str) else stain_of(len(geometry["channels"]))
+    if augment is None or isinstance(augment, str):
+        views = augmentations(stain, size_px=geometry["size_px"])
+    else:
+        views = augment
+    device = resolve_device(device)
+    precision = resolve_precision(device)
+    learner.to(device)
+    views.to(device)
+    optimiser = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad],
+                                  lr=lr, weight_decay=weight_decay)
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    state = _restore_or_start(path, learner, optimiser, resume=resume, overwrite=overwrite)
+    if state["normalisation"] is None:
+        state["normalisation"] = _estimate_normalisation(tiles, seed)
+    mean, std = (torch.as_tensor(state["normalisation"][k], device=device).reshape(1, -1, 1, 1)
+                 for k in ("mean", "std"))
+
+    steps_per_epoch = len(tiles) // batch_size
+    scheduler = _scheduler(optimiser, epochs * steps_per_epoch, schedule, warmup,
+                           done=state["epoch"] * steps_per_epoch)
+    for epoch in progress(range(state["epoch"], epochs), desc=f"pretrain ({method})",
+                          total=max(0, epochs - state["epoch"])):
+        began = time.perf_counter()
+        loader = _loader(tiles, batch_size, seed + epoch, device, cache)
+        learner.train()
+        losses = []
+        for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
+            images = to_device(batch, device)["image"]
+            pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
+            losses.append(_step(learner, optimiser, *pairs.chunk(2), precision))
+            if scheduler is not None:
+                scheduler.step()
+        state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + time.perf_counter() - began
+        state["loss"].append(float(np.mean(losses)))
+        logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
+                    state["loss"][-1])
+        if path is not None:
+            _save_checkpoint(path, learner, optimiser, state)
+
+    network = learner.encoder.eval()
+    network.metadata = {
+        **{key: geometry[key] for key in ("mpp", "size_px", "size_um", "channels")},
+        "stain": stain,
+        "normalisation": state["normalisation"],
+        "augmentations": getattr(views, "spec", [{"name": type(views).__name__}]),
+        "method": method,
+        "pretraining": {
+            "tiles_key": tiles_key, "n_sections": len(sections), "n_tiles": len(tiles),
+            "epochs": state["epoch"], "batch_size": batch_size, "lr": lr,
+            "schedule": schedule, "warmup": warmup if schedule == "cosine" else None,
+            "weight_decay": weight_decay, "temperature": temperature,
+            "queue_size": queue_size if method == "moco" else None,
+            "momentum": momentum if method == "moco" else None,
+            "projection_dim": projection_dim, "seed": seed, "loss": state["loss"],
+            "seconds": round(state["seconds"], 3),
+        },
+    }
+    return network
+
+
+def _step(learner, optimiser, view_a: torch.Tensor, view_b: torch.Tensor,
+          precision: Precision | None = None) -> float:
+    """One optimisation step on a batch of view pairs; returns the loss."""
+    with autocast(precision):
+        loss = learner(view_a, view_b)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"The contrastive loss became {loss.item()}; lower lr or raise "
+                                 "the temperature.")
+    optimiser.zero_grad(set_to_none=True)
+    backward_and_step(loss, optimiser, precision)
+    return float(loss.detach())
+
+
+def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int = 0):
+    """The learning-rate schedule from :mod:`torch.optim.lr_scheduler`, ``done`` steps in.
+
+    ``"cosine"``: the share of the peak rate rises linearly as ``(step + 1) / (warm + 1)`` over
+    the ``warm = int(warmup * total)`` first steps (:class:`~torch.optim.lr_scheduler.LinearLR`),
+    then follows a half cosine to zero by the last step
+    (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`). ``"constant"``: no schedule.
+    """
+    import warnings
+
+    from torch.optim import lr_scheduler
+
+    if schedule == "constant":
+        return None
+    warm = int(warmup * total)
+    for group in optimiser.param_groups:  # a restored optimiser holds its last rate: restart
+        group["lr"] = group.get("initial_lr", group["lr"])
+    cosine = lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total - warm), eta_min=0.0)
+    if warm == 0:
+        scheduler = cosine
+    else:
+        linear = lr_scheduler.LinearLR(optimiser, start_factor=1 / (warm + 1), end_factor=1.0,
+                                       total_iters=warm)
+        scheduler = lr_scheduler.SequentialLR(optimiser, [linear, cosine], milestones=[warm])
+    with warnings.catch_warnings():  # a resumed run replays its steps without optimiser steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done):
+            scheduler.step()
+    return scheduler
+
+
+def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
+    """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it).
+
+    Cached tiles are read in the main process unless ``hx.settings.n_workers`` asks for workers
+    (each worker would keep its own cache, for one epoch only).
+    """
+    from torch.utils.data import DataLoader
+
+    options = loader_options(device)
+    if cache and settings.n_workers is None:
+        options.update(num_workers=0, persistent_workers=False)
+    return DataLoader(tiles, batch_size=batch_size, shuffle=True, drop_last=True,
+                      generator=torch.Generator().manual_seed(seed), **options)
+
+
+def _as_sections(data: Any) -> list:
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return [data]
+    sections = list(data.values()) if isinstance(data, Mapping) else list(data)
+    if not sections or not all(isinstance(s, SpatialData) for s in sections):
+        raise TypeError("data must be a SpatialData, a non-empty list of them, or a mapping of "
+                        "them (a Cohort).")
+    return sections
+
+
+def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:
+    """Tile size, um/px and channel names, which every section must share."""
+    from ..._image import image_levels
+
+    geometries = []
+    for sdata, dataset in zip(sections, datasets, strict=True):
+        channels = image_levels(sdata, dataset.image_key)[0].data.coords["c"].values
+        geometries.append({"mpp": dataset.mpp, "size_px": dataset.size_px,
+                           "size_um": dataset.size_um, "channels": [str(c) for c in channels]})
+    for i, other in enumerate(geometries[1:], start=1):
+        differing = [k for k in ("mpp", "size_px") if not np.isclose(other[k], geometries[0][k])]
+        if differing or len(other["channels"]) != len(geometries[0]["channels"]):
+            raise ValueError(
+                f"Section {i} has tiles of another kind than section 0 ({other} vs "
+                f"{geometries[0]}); tile every section with the same size and mpp, from images "
+                "with the same channels.")
+    return geometries[0]
+
+
+def _starting_encoder(encoder: Any, channels: list[str]):
+    from ...io import load_model
+    from ...models import TileEncoder
+
+    if isinstance(encoder, str) and not encoder.endswith(".pt"):
+        return TileEncoder(arch=encoder, in_channels=len(channels))
+    network = load_model(encoder, device="cpu") if isinstance(encoder, (str, Path)) else encoder
+    if not isinstance(network, TileEncoder):
+        raise TypeError(f"encoder must be a TileEncoder architecture name, a TileEncoder or its "
+                        f"model file, got {type(network).__name__}.")
+    if network.in_channels != len(channels):
+        raise ValueError(
+            f"The encoder takes {network.in_channels}-channel tiles, but the image has "
+            f"{len(channels)} channel(s) {channels}. Pass encoder='small_cnn' (or another "
+            "architecture) to build one for this image, or tile an image with "
+            f"{network.in_channels} channels.")
+    return network
+
+
+def _check_options(n_tiles: int, method: str, epochs: int, batch_size: int,
+                   queue_size: int, schedule: str, warmup: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup is a share of the steps, in [0, 1); got {warmup}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 (contrastive pairs need negatives), "
+                         f"got {batch_size}.")
+    if n_tiles < batch_size:
+        raise ValueError(
+            f"Only {n_tiles} tiles for a batch of {batch_size}: lower batch_size, cut smaller "
+            "tiles (hx.pp.tile) or add sections.")
+    if method == "moco" and queue_size < batch_size:
+        raise ValueError(f"queue_size ({queue_size}) must be at least batch_size ({batch_size}).")
+
+
+def _estimate_normalisation(tiles, seed: int) -> dict[str, list[float]]:
+    """Per-channel mean and standard deviation of the pixels of a random sample of tiles."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(tiles), size=min(len(tiles), _NORMALISATION_SAMPLE), replace=False)
+    images = torch.stack([tiles[int(i)]["image"] for i in picked])
+    mean = images.mean(dim=(0, 2, 3))
+    std = images.std(dim=(0, 2, 3)).clamp(min=0.02)
+    return {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
+
+
+def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any]) -> None:
+    """Write the checkpoint whole or not at all (a run killed while writing keeps the last one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT, "learner_config": learner.get_config(),
+        "learner": learner.state_dict(), "optimiser": optimiser.state_dict(),
+        "state": state, "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
+                      overwrite: bool) -> dict[str, Any]:
+    fresh = {"epoch": 0, "loss": [], "seconds": 0.0, "normalisation": None}
+    if path is None:
+        if resume:
+            raise ValueError("resume=True needs the checkpoint_dir of the run to continue.")
+        return fresh
+    if not path.exists():
+        if resume:
+            logger.info("No checkpoint in %s yet: pretraining starts afresh.", path.parent)
+        return fresh
+    if not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} holds a pretraining checkpoint. Pass resume=True to continue it, "
+                "overwrite=True to start afresh, or another checkpoint_dir.")
+        return fresh
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a histoexpr pretraining checkpoint.")
+    saved, wanted = payload["learner_config"], learner.get_config()
+    if saved["method"] != wanted["method"]:
+        raise ValueError(
+            f"The checkpoint in {path.parent} is from method={saved['method']!r}, but this run "
+            f"asks for method={wanted['method']!r}. Pass method={saved['method']!r} to continue "
+            "it, or another checkpoint_dir.")
+    if saved["encoder"] != wanted["encoder"]:
+        raise ValueError(
+            f"The checkpoint in {path.parent} trains a {saved['encoder']} encoder, but this run "
+            f"builds a {wanted['encoder']} one. Pass the same encoder to continue it, or "
+            "another checkpoint_dir.")
+    differing = {k: (saved[k], wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
+    if differing:
+        raise ValueError(f"The checkpoint in {path.parent} was made with other options "
+                         f"(saved, asked): {differing}. Pass the same ones to continue it.")
+    learner.load_state_dict(payload["learner"])
+    optimiser.load_state_dict(payload["optimiser"])
+    torch.set_rng_state(payload["rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    logger.info("Resuming pretraining from epoch %d (%s).", payload["state"]["epoch"], path)
+    return payload["state"]

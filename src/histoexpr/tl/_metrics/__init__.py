@@ -1,0 +1,1 @@
+"""Scores of segmentations, expression and classes; imports nothing else from histoexpr.tl."""

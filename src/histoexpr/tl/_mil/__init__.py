@@ -1,0 +1,1 @@
+"""Slide-level bag models: bags, ABMIL, mean-pool ridge and logistic, CV, attention check."""

@@ -1,0 +1,326 @@
+"""Attention MIL on tile features (Graziani et al. 2022; HistCode): ``model="abmil"``.
+
+Train with ``hx.tl.fit(bags_or_cohort, model="abmil", ...)``; apply with ``hx.tl.predict``. The
+bags are the slides of a :class:`~histoexpr.io.Cohort` or the pseudo-bulk bags of
+:func:`histoexpr.pp.pseudobulk`; tiles must be embedded first (:func:`histoexpr.tl.embed`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..._utils import seed_everything
+from ._bag_data import collect_bags
+from ._bag_outputs import (
+    _add_classes,
+    _check_features,
+    _class_slices,
+    _has_genes,
+    _measured,
+    _readable,
+    _score_section,
+    _softmax,
+    _weights,
+    bag_table,
+    write_contributions,
+    write_predictions,
+)
+from ._bag_targets import rule_labels, standardised_features, training_data
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ...models import Network
+
+
+def fit(
+    data: Any,
+    *,
+    genes: Any = None,
+    target: str | list[str] | None = None,
+    task: str = "regression",
+    labels: str = "obs",
+    tiles_key: str = "he_tiles",
+    features_key: str | None = None,
+    bags_key: str = "bags",
+    target_transform: str = "log1p_normalised",
+    per_gene: bool = False,
+    hidden: int = 128,
+    attention_hidden: int = 64,
+    dropout: float = 0.1,
+    max_tiles: int | None = 512,
+    batch_size: int = 4,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    patience: int | None = 10,
+    val_fraction: float = 0.2,
+    seed: int | None = None,
+    device: str | None = None,
+) -> Network:
+    """Train a gated attention MIL network on bags of tile features.
+
+    Regression learns the bags' expression of ``genes`` (MSE on per-gene standardised
+    ``log1p`` values); classification learns one or more label columns of the bulk table
+    (cross-entropy summed over them), e.g. a diagnosis or the up / down labels of
+    :func:`histoexpr.pp.deg_labels`. The slide (bag) output is the attention-weighted average of
+    the per-tile outputs. Bags with a missing target are left out (logged).
+
+    Classification labels can also be made from the bags' expression as HistCode labels driver
+    genes (``labels="median"``): a bag is ``"up"`` where its log1p-normalised expression of a
+    gene (or the mean standardised expression of a set of marker genes, e.g. a tumour score) is
+    above the median over the *training* bags, ``"down"`` otherwise. The thresholds are kept in
+    the model, so :func:`histoexpr.tl.predict` labels held-out bags with the training
+    thresholds (nothing is chosen on the bags it scores).
+
+    Parameters
+    ----------
+    data
+        A :class:`~histoexpr.io.Cohort` (one bag per slide, targets from ``cohort.bulk``), a
+        SpatialData with pseudo-bulk bags (:func:`histoexpr.pp.pseudobulk`) or a mapping of such
+        sections by name.
+    genes
+        Genes to predict: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
+        every gene of the bulk table. For classification with ``target=None``, the labels
+        ``deg_<gene>`` of these genes; with ``labels="median"`` also a mapping from a label
+        name to marker genes (``{"tumour": ["ERBB2", "KRT19", ...]}``) whose mean standardised
+        expression is split.
+    target
+        Classification: the column(s) of the bulk table's ``obs`` to learn.
+    task
+        ``"regression"`` or ``"classification"``.
+    labels
+        Classification: ``"obs"`` learns label columns of the bulk table (``target``, or the
+        ``deg_<gene>`` columns of :func:`histoexpr.pp.deg_labels`); ``"median"`` makes
+        ``"down"`` / ``"up"`` labels ``deg_<gene>`` (or the mapping's names) from the bags'
+        expression, split at the training bags' median.
+    tiles_key
+        Key of the tiles (their table holds the features).
+    features_key
+        Key of the tile features in the tile table's ``obsm``; ``None`` takes the only one there.
+    bags_key
+        Key of the pseudo-bulk bags (ignored for a Cohort).
+    target_transform
+        ``"log1p_normalised"`` (raw counts scaled to 10,000 per bag over all genes, then
+        ``log1p``), ``"log1p"`` (values already normalised, e.g. TPM) or ``"none"``.
+    per_gene
+        One independent network per gene (or per label column) instead of one for the panel.
+    hidden
+        Width of the tile MLP.
+    attention_hidden
+        Width of the attention branch.
+    dropout
+        Dropout after the tile MLP.
+    max_tiles
+        Training bags with more tiles are subsampled to this many, anew each epoch; ``None``
+        keeps every tile.
+    batch_size
+        Bags per step (padded to the largest, padding masked out of the attention).
+    epochs
+        Maximum number of epochs.
+    lr
+        Learning rate of AdamW.
+    weight_decay
+        Weight decay of AdamW.
+    patience
+        Early stopping: epochs without a better validation loss.
+    val_fraction
+        Share of the bags held out for early stopping (0 trains ``epochs`` without it).
+    seed
+        Random seed; ``None`` uses ``hx.settings.seed``.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+
+    Returns
+    -------
+    The trained :class:`histoexpr.models.AttentionMIL`; its ``metadata`` records the genes (or
+    the classes of each target), the features and their standardisation and the training
+    ``history``.
+
+    """
+    from ...models import AttentionMIL
+    from .._train import train
+
+    bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
+                                      tiles_key=tiles_key, features_key=features_key,
+                                      bags_key=bags_key, target_transform=target_transform,
+                                      labels=labels)
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be positive or None, got {max_tiles}.")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}.")
+    rng = seed_everything(seed)
+    features = standardised_features(bags, metadata)
+    n_outputs = len(metadata["columns"])
+    n_branches = len(metadata["branches"]) if per_gene else 1
+    if per_gene and task == "classification" and len({len(c) for c in
+                                                       metadata["classes"].values()}) > 1:
+        raise ValueError("per_gene=True needs the same number of classes in every target; "
+                         "train the targets separately.")
+    metadata["branches"] = metadata["branches"] if per_gene else ["attention"]
+    network = AttentionMIL(in_features=features[0].shape[1], n_outputs=n_outputs, hidden=hidden,
+                           attention_hidden=attention_hidden, dropout=dropout,
+                           n_branches=n_branches)
+    order = rng.permutation(len(features))
+    n_val = int(round(val_fraction * len(features)))
+    if val_fraction > 0 and (n_val < 1 or len(features) - n_val < 1):
+        raise ValueError(f"{len(features)} bags are too few to hold out val_fraction="
+                         f"{val_fraction} for early stopping; pass val_fraction=0.")
+    val, train_ids = order[:n_val], order[n_val:]
+    loader = _loader(features, y, train_ids, batch_size, max_tiles, shuffle=True)
+    val_loader = _loader(features, y, val, batch_size, None, shuffle=False) if n_val else None
+    loss = _regression_loss if task == "regression" else _classification_loss(metadata)
+    history = train(network, loader, val_loader, loss, epochs=epochs, lr=lr,
+                    weight_decay=weight_decay, patience=patience if n_val else None,
+                    device=device, seed=seed, desc="abmil")
+    metadata.update(model="abmil", history=history, n_train_bags=int(len(train_ids)),
+                    n_val_bags=int(n_val))
+    network.metadata = metadata
+    return network.cpu()
+
+
+class _BagDataset(torch.utils.data.Dataset):
+    def __init__(self, features, targets, ids, max_tiles):
+        self.features, self.targets, self.ids, self.max_tiles = features, targets, ids, max_tiles
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(self.features[self.ids[i]])
+        if self.max_tiles is not None and len(x) > self.max_tiles:
+            x = x[torch.randperm(len(x))[: self.max_tiles]]
+        return {"features": x, "target": torch.as_tensor(self.targets[self.ids[i]])}
+
+
+def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    n = max(len(item["features"]) for item in items)
+    features = torch.zeros(len(items), n, items[0]["features"].shape[1])
+    mask = torch.zeros(len(items), n, dtype=torch.bool)
+    for i, item in enumerate(items):
+        features[i, : len(item["features"])] = item["features"]
+        mask[i, : len(item["features"])] = True
+    return {"features": features, "mask": mask,
+            "target": torch.stack([item["target"] for item in items])}
+
+
+def _loader(features, targets, ids, batch_size, max_tiles, *, shuffle):
+    return torch.utils.data.DataLoader(_BagDataset(features, targets, ids, max_tiles),
+                                       batch_size=batch_size, shuffle=shuffle,
+                                       collate_fn=_collate)
+
+
+def _regression_loss(network, batch) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(network(batch["features"], batch["mask"]),
+                                        batch["target"])
+
+
+def _classification_loss(metadata: dict):
+    slices = _class_slices(metadata)
+
+    def loss(network, batch) -> torch.Tensor:
+        logits = network(batch["features"], batch["mask"])
+        return sum(torch.nn.functional.cross_entropy(logits[:, s], batch["target"][:, j])
+                   for j, s in enumerate(slices))
+
+    return loss
+
+
+def predict(
+    model: Network,
+    data: Any,
+    *,
+    tiles_key: str | None = None,
+    features_key: str | None = None,
+    bags_key: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> AnnData:
+    """Predict every bag (slide) and every tile with a slide-level model.
+
+    Parameters
+    ----------
+    model
+        A network from ``hx.tl.fit(..., model="abmil")`` (or ``"meanpool_ridge"``).
+    data
+        A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for ``fit``).
+    tiles_key
+        Key of the tiles; defaults to the one the model was trained on.
+    features_key
+        Key of the tile features; defaults to the one the model was trained on. They must come
+        from the same encoder.
+    bags_key
+        Key of the pseudo-bulk bags; defaults to the one the model was trained on.
+    key_added
+        Where per-tile results go in each tile table; defaults to the model's name.
+    overwrite
+        Replace existing per-tile results under ``key_added``.
+
+    Returns
+    -------
+    Bags x outputs AnnData: predicted expression in ``X`` (in the units of the targets, e.g.
+    log1p-normalised) with the measured values in ``layers["measured"]`` where the data hold them,
+    or class probabilities (columns ``"<target>:<class>"``) with the predicted class in
+    ``obs["<target>_pred"]``. ``obs`` keeps the bags' own columns (``section``, labels) and
+    ``n_tiles``. Each tile table gets ``obsm[key_added]`` (per-tile predicted expression or class
+    probabilities), ``obsm[f"{key_added}_attention"]`` (attention of every branch, normalised to
+    sum to 1 over the section, so within a bag it ranks tiles as the bag's own attention does),
+    ``obs[f"{key_added}_attention"]`` (its mean over branches) and
+    ``obsm[f"{key_added}_contribution"]``, the contribution map: a tile's contribution to its
+    bag's prediction is its attention within the bag times its own output (expression, or class
+    logits for classification), and these sum to the bag's prediction (to its logits). The map
+    holds them in units of an even share, multiplied by the bag's number of tiles (with uniform
+    attention a tile's value is its own output; a bag's prediction is the *mean* of its tiles'
+    values), so tiles of bags of different sizes compare. A tile in several overlapping bags
+    gets the mean of its values; where bags do not overlap (the slides of a Cohort, pseudo-bulk
+    bags with ``stride_um == size_um``) the identity is exact. With labels
+    made by ``labels="median"``, ``obs`` also holds the held-out bags' labels under the
+    training thresholds.
+
+    """
+    meta = model.metadata
+    tiles_key = meta["tiles_key"] if tiles_key is None else tiles_key
+    features_key = meta["features_key"] if features_key is None else features_key
+    bags_key = meta["bags_key"] if bags_key is None else bags_key
+    key_added = meta["model"] if key_added is None else key_added
+    bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
+    _check_features(model, bags)
+    tile_outputs, tile_attention, bag_outputs = {}, {}, np.zeros((bags.bulk.n_obs,
+                                                                  len(meta["columns"])))
+    contributions = {}
+    sections = bags.bulk.obs["section"].to_numpy()
+    for name, sdata in bags.sections.items():
+        scores, outputs = _score_section(model, sdata, bags)
+        # expression units for regression; class logits (before the softmax) for classes
+        units = _readable(outputs, meta) if meta["task"] == "regression" else outputs
+        shares, n_bags = np.zeros_like(units), np.zeros(len(units))
+        for i in np.flatnonzero(sections == name):
+            rows = bags.rows[i]
+            share = _weights(scores[rows], units.shape[1]) * units[rows]  # sums to the bag
+            bag_outputs[i] = share.sum(axis=0)
+            shares[rows] += share * len(rows)  # in units of an even share
+            n_bags[rows] += 1
+        with np.errstate(invalid="ignore"):
+            contributions[name] = shares / n_bags[:, None]  # NaN for tiles of no bag
+        tile_outputs[name] = _readable(outputs, meta)
+        tile_attention[name] = _softmax(scores)
+    write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
+                      branches=meta["branches"], key_added=key_added, overwrite=overwrite)
+    write_contributions(bags, contributions, columns=meta["columns"], key_added=key_added)
+    values = bag_outputs if meta["task"] == "regression" else _readable(bag_outputs, meta)
+    result = bag_table(bags, values, meta["columns"], measured=_measured(bags, meta))
+    if meta["task"] == "classification":
+        _add_classes(result, meta)
+        if "label_rule" in meta and _has_genes(bags, meta["label_rule"]):
+            import pandas as pd
+
+            for target, truth in rule_labels(bags, meta["label_rule"],
+                                             meta["target_transform"]).items():
+                result.obs[target] = pd.Categorical(truth, categories=["down", "up"])
+    result.uns[key_added] = {"model": meta["model"], "features_key": features_key,
+                             "tiles_key": tiles_key, "bags_key": bags_key,
+                             "task": meta["task"]}
+    return result

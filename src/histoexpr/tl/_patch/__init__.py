@@ -1,0 +1,1 @@
+"""The patch classifier: fit and predict, dense class maps, per-cell maps, cell morphology."""

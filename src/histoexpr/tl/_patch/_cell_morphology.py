@@ -1,0 +1,382 @@
+"""The per-cell morphology classifier: intensity, shape and neighbourhood features of each cell.
+
+``hx.tl.fit(sdata, model="cell_morphology")`` describes every cell of the training region by its
+image features (:func:`histoexpr._cells.cell_features`) and fits a regularised multinomial
+logistic regression on the cells' transcript-defined classes (``transcript_labels(...,
+cells=...)``). Given trained patch classifiers, it also stacks their per-cell probabilities,
+fitted only on training cells those classifiers never trained on. ``hx.tl.predict`` writes the
+same per-cell map as the patch classifier's ``predict(cells=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..._spatial_uns import add_spatial_uns
+from ..._utils import check_key_free, logger, require_element, resolve_seed
+from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ...models import CellClassifier, PatchEnsemble
+
+MODEL_NAME = "cell_morphology"
+
+
+def fit(
+    sdata: SpatialData,
+    *,
+    labels_key: str = "tx_labels",
+    cells: str | None = None,
+    image_key: str | None = None,
+    region: Sequence[float] | None = None,
+    feature_mpp: float = 0.5,
+    smooth_um: Sequence[float] = (15.0, 40.0),
+    Cs: int = 8,
+    folds: int = 5,
+    patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    seed: int | None = None,
+) -> CellClassifier:
+    """Train a logistic regression on per-cell image features (and, optionally, CNN outputs).
+
+    Every cell of ``region`` is described by the mean and spread over its pixels of the
+    image's intensity, Otsu foreground, gradient magnitude and Laplacian of Gaussian (at 0.5, 1
+    and 2 um), the nuclei density and brightness around it (10 and 25 um), the log of its area,
+    and all of these averaged over neighbouring cells (Gaussians of ``smooth_um``). A
+    multinomial logistic regression (features standardised, classes balanced) is fitted on the
+    cells labelled tissue, gene A or gene B, its inverse regularisation ``C`` chosen among
+    ``Cs`` values by stratified ``folds``-fold cross-validation over the training cells.
+
+    **Stacking with patch classifiers.** A CNN's probabilities on the cells it trained on are
+    over-confident, so they must not teach the combination. With ``patch_classifier``, each
+    training cell is used for the combination only where some patch classifier never trained
+    on it: cells in a classifier's validation region (``metadata["val_regions"]``) or outside
+    its training ``region`` (e.g. classifiers trained on two halves of the training region
+    cross-fit every cell). For those cells, a second logistic regression (``C`` by
+    cross-validation) is fitted on the first one's out-of-fold log-probabilities beside the mean
+    of the unseen classifiers' calibrated per-cell log-probabilities. At prediction, every
+    classifier's probabilities are averaged (in log space).
+
+    Parameters
+    ----------
+    sdata
+        The section, with the image, the cells and the labels of
+        ``hx.pp.transcript_labels(..., cells=...)``.
+    labels_key
+        Key of those labels; the cells' classes are read from
+        ``sdata.tables[f"{labels_key}_cells"]``.
+    cells
+        Key of the cell polygons or cell label image; defaults to the one the labels were made
+        with.
+    image_key
+        Image to describe the cells on; defaults to the one the labels were made on.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um: train on the cells of this part of the section;
+        ``None`` uses the whole image.
+    feature_mpp
+        Pixel size (um/px) at which the features are measured.
+    smooth_um
+        Widths (sigma, um) of the Gaussians over neighbouring cells' features.
+    Cs
+        Number of values of ``C`` (log-spaced from 1e-4 to 1e4) tried by cross-validation.
+    folds
+        Folds of the cross-validation.
+    patch_classifier
+        Trained patch classifier(s) (``hx.tl.fit(..., model="patch_classifier")``, on cell
+        labels) to stack; ``None`` fits the morphology model alone.
+    batch_size
+        Patches per forward pass of the patch classifiers.
+    device
+        Torch device of the patch classifiers; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed of the folds; ``None`` uses ``hx.settings.seed``.
+
+    Returns
+    -------
+    A :class:`~histoexpr.models.CellClassifier` whose ``metadata`` holds ``model``, ``classes``
+    (``{name: label value}``, background included), ``cell_classes``, ``genes``, ``cells``,
+    ``image_key``, ``labels_key``, ``grid_um``, the feature options, ``C``, ``n_train_cells``,
+    ``region`` and, when stacked, ``patch_models`` (each classifier's metadata) and ``stack``
+    (``C``, cells used).
+
+    Examples
+    --------
+    >>> top, bottom = (0, 0, 500, 225), (0, 225, 500, 450)
+    >>> model = hx.tl.fit(sdata, model="cell_morphology", region=top)
+    >>> hx.tl.predict(model, sdata, region=bottom, key_added="pred_morphology")
+    >>> hx.tl.evaluate(sdata, "pred_morphology", "tx_labels", region=bottom)
+
+    """
+    import torch
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from ...models import CellClassifier
+
+    rule = _labelling_rule(sdata, labels_key)
+    cells = _cells_key(sdata, rule, cells)
+    image_key = str(rule["image_key"] if image_key is None else image_key)
+    require_element(sdata, image_key, "images")
+    patch_models = _patch_models(patch_classifier)
+    if not feature_mpp > 0:
+        raise ValueError(f"feature_mpp must be a positive pixel size in um/px, got "
+                         f"{feature_mpp!r}.")
+    seed = resolve_seed(seed)
+    classes = {str(k): int(v) for k, v in rule["classes"].items()}
+    cell_classes = [name for name in classes if name != "background"]
+    bounds = _bounds(sdata, image_key, region)
+    features, names, centroids = _features(sdata, cells, image_key, bounds, feature_mpp,
+                                           smooth_um)
+    truth = sdata.tables[f"{labels_key}_cells"].obs["label"].reindex(names.astype(str))
+    truth = truth.fillna(0).to_numpy().astype(int)
+    values = np.array([classes[name] for name in cell_classes])
+    keep = np.isin(truth, values)
+    counts = {name: int((truth[keep] == classes[name]).sum()) for name in cell_classes}
+    if min(counts.values()) < folds:
+        raise ValueError(f"Too few training cells of some class for {folds}-fold "
+                         f"cross-validation ({counts}); widen region or lower folds.")
+    x = features[keep]
+    y = np.array([list(values).index(v) for v in truth[keep]], dtype=int)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    first, scaler = _logistic(x, y, Cs, splitter)
+    network = CellClassifier(n_features=x.shape[1], n_classes=len(cell_classes),
+                             patch_models=[m.get_config()["members"] for m in patch_models])
+    with torch.no_grad():
+        network.mean.copy_(torch.as_tensor(scaler.mean_, dtype=torch.float32))
+        network.scale.copy_(torch.as_tensor(scaler.scale_, dtype=torch.float32))
+        network.weight.copy_(torch.as_tensor(first.coef_.T, dtype=torch.float32))
+        network.bias.copy_(torch.as_tensor(first.intercept_, dtype=torch.float32))
+    metadata: dict[str, Any] = {
+        "model": MODEL_NAME, "classes": classes, "cell_classes": cell_classes,
+        "genes": list(rule["genes"]), "cells": cells, "image_key": image_key,
+        "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
+        "feature_mpp": float(feature_mpp), "smooth_um": [float(s) for s in smooth_um],
+        "C": float(first.C_[0]), "n_train_cells": int(keep.sum()), "train_counts": counts,
+        "region": None if region is None else [float(v) for v in region], "seed": seed,
+    }
+    if patch_models:
+        out_of_fold = cross_val_predict(
+            _pipeline(float(first.C_[0])), x, y, cv=splitter, method="predict_proba")
+        cnn, used = _unseen_patch_log_probabilities(sdata, patch_models, cells, names[keep],
+                                                    centroids[keep], bounds, classes,
+                                                    batch_size=batch_size, device=device)
+        stack_counts = np.bincount(y[used], minlength=len(cell_classes))
+        if stack_counts.min() < 2:
+            raise ValueError(
+                f"Only {dict(zip(cell_classes, stack_counts.tolist(), strict=True))} training "
+                "cells per class lie where no patch classifier trained (their validation "
+                "regions, or outside their training region): too few to fit the combination. "
+                "Train patch classifiers on parts of the training region (cross-fitting) or "
+                "with a larger val_fraction.")
+        stacked_x = np.column_stack([np.log(np.clip(out_of_fold[used], 1e-6, 1)), cnn[used]])
+        inner = StratifiedKFold(int(min(folds, stack_counts.min())), shuffle=True,
+                                random_state=seed)
+        second, _ = _logistic(stacked_x, y[used], Cs, inner, scale=False)
+        with torch.no_grad():
+            network.stack_weight.copy_(torch.as_tensor(second.coef_.T, dtype=torch.float32))
+            network.stack_bias.copy_(torch.as_tensor(second.intercept_, dtype=torch.float32))
+        metadata.update(patch_models=[dict(m.metadata) for m in patch_models], stack={
+            "C": float(second.C_[0]), "n_cells": int(used.sum()),
+            "counts": dict(zip(cell_classes, stack_counts.tolist(), strict=True))})
+    network.metadata = metadata
+    logger.info("Cell morphology model: %d training cells %s, C %.3g%s.", int(keep.sum()),
+                counts, metadata["C"], "" if not patch_models else
+                f"; stacked with {len(patch_models)} patch classifier(s) on "
+                f"{metadata['stack']['n_cells']} unseen cells (C {metadata['stack']['C']:.3g})")
+    return network.eval()
+
+
+def predict(
+    model: CellClassifier,
+    sdata: SpatialData,
+    *,
+    region: Sequence[float] | None = None,
+    cells: str | None = None,
+    image_key: str | None = None,
+    stride_um: float | None = None,
+    calibrate: bool = True,
+    batch_size: int = 256,
+    device: str | None = None,
+    key_added: str = "pred_labels",
+    overwrite: bool = False,
+) -> None:
+    """Classify every cell of a section (or a region of it): a per-cell class map.
+
+    Parameters
+    ----------
+    model
+        A model from ``hx.tl.fit(..., model="cell_morphology")`` or a file of one.
+    sdata
+        The section, with the image and the cells.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image.
+    cells
+        Key of the cell polygons or label image; defaults to the one the model trained on.
+    image_key
+        Image to describe the cells on; defaults to the one the model trained on.
+    stride_um
+        Pixel size of the map in um; defaults to the training labels' grid.
+    calibrate
+        Apply the stacked patch classifiers' calibration (see
+        ``hx.tl.fit(..., model="patch_classifier")``), as in training.
+    batch_size
+        Patches per forward pass of the stacked patch classifiers.
+    device
+        Torch device of the patch classifiers; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key of the map in ``sdata.labels``; probabilities go to
+        ``sdata.images[f"{key_added}_probabilities"]`` and the cells to
+        ``sdata.tables[f"{key_added}_cells"]``.
+    overwrite
+        Replace existing elements of those names.
+
+    Returns
+    -------
+    Nothing; adds the label map (each cell's most probable class, background outside the
+    cells), its probabilities and the cells' table (``X``: probabilities, ``obs["label"]``,
+    ``obs["class"]``), as ``hx.tl.predict`` of a patch classifier with ``cells=`` does.
+
+    Examples
+    --------
+    >>> hx.tl.predict(model, sdata, region=(0, 225, 500, 450), key_added="pred_morphology")
+
+    """
+    import torch
+
+    from ..._cells import require_cells
+    from ...models import CellClassifier
+    from ._dense_map import cell_table, cells_on_grid, cells_to_map, write_map
+
+    if not isinstance(model, CellClassifier) or model.metadata.get("model") != MODEL_NAME:
+        raise TypeError("predict needs a model from hx.tl.fit(..., model='cell_morphology') or "
+                        f"a file of one, got {type(model).__name__}.")
+    meta = model.metadata
+    cells = meta["cells"] if cells is None else cells
+    image_key = meta["image_key"] if image_key is None else image_key
+    require_cells(sdata, cells)
+    require_element(sdata, image_key, "images")
+    if not overwrite:
+        for key in (key_added, f"{key_added}_probabilities", f"{key_added}_cells"):
+            check_key_free(sdata, key, overwrite=False)
+    stride = float(meta["grid_um"] if stride_um is None else stride_um)
+    if not stride > 0:
+        raise ValueError(f"stride_um must be a positive length in um, got {stride_um!r}.")
+    bounds = _bounds(sdata, image_key, region)
+    features, names, centroids = _features(sdata, cells, image_key, bounds,
+                                           meta["feature_mpp"], meta["smooth_um"])
+    classes = {str(k): int(v) for k, v in meta["classes"].items()}
+    x = torch.as_tensor(features, dtype=torch.float32)
+    patch_log = None
+    if len(model.patch_models):
+        logs = [_patch_log_probabilities(sdata, patch, meta["patch_models"][i], cells, names,
+                                         bounds, classes, calibrate=calibrate,
+                                         batch_size=batch_size, device=device)
+                for i, patch in enumerate(model.patch_models)]
+        patch_log = np.nanmean(logs, axis=0)
+        missing = np.isnan(patch_log).any(axis=1)
+        patch_log[missing] = np.log(1 / len(meta["cell_classes"]))
+        patch_log = torch.as_tensor(patch_log, dtype=torch.float32)
+    with torch.no_grad():
+        cell_probabilities = model.cpu()(x, patch_log).numpy()
+    full = np.zeros((len(names), len(classes)), dtype=np.float32)
+    for j, name in enumerate(meta["cell_classes"]):
+        full[:, list(classes).index(name)] = cell_probabilities[:, j]
+    origin = (bounds[0], bounds[1])
+    shape = (max(1, int((bounds[3] - bounds[1]) / stride + 1e-6)),
+             max(1, int((bounds[2] - bounds[0]) / stride + 1e-6)))
+    ids, _, grid_names = cells_on_grid(sdata, cells, origin, stride, shape)
+    lookup = {str(name): i for i, name in enumerate(names)}
+    uniform = np.array([0.0 if n == "background" else 1 / len(meta["cell_classes"])
+                        for n in classes], dtype=np.float32)
+    on_grid = np.array([full[lookup[str(n)]] if str(n) in lookup else uniform
+                        for n in grid_names], dtype=np.float32).reshape(-1, len(classes))
+    table = cell_table(full, names, centroids, classes)
+    add_spatial_uns(table, sdata, image_key)
+    write_map(sdata, cells_to_map(on_grid, ids, classes), classes, origin, stride,
+              key_added=key_added, overwrite=overwrite, table=table)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _labelling_rule(sdata, labels_key: str) -> dict:
+    table_key = f"{labels_key}_cells"
+    patches = f"{labels_key}_patches"
+    if patches not in sdata.tables or "transcript_labels" not in sdata.tables[patches].uns \
+            or table_key not in sdata.tables:
+        raise KeyError(f"No per-cell labels {table_key!r}; label the cells with "
+                       "hx.pp.transcript_labels(..., cells=..., key_added=labels_key).")
+    return sdata.tables[patches].uns["transcript_labels"]
+
+
+def _cells_key(sdata, rule: dict, cells: str | None) -> str:
+    from ..._cells import require_cells
+
+    cells = rule.get("cells") if cells is None else cells
+    if cells is None:
+        raise ValueError("The labels were not made per cell; pass cells= or label the cells with "
+                         "hx.pp.transcript_labels(..., cells=...).")
+    require_cells(sdata, str(cells))
+    return str(cells)
+
+
+def _patch_models(patch_classifier) -> list:
+    from ...models import PatchEnsemble
+
+    if patch_classifier is None:
+        return []
+    models = [patch_classifier] if isinstance(patch_classifier, PatchEnsemble) else list(
+        patch_classifier)
+    for m in models:
+        if not isinstance(m, PatchEnsemble) or m.metadata.get("model") != "patch_classifier":
+            raise TypeError("patch_classifier takes models from hx.tl.fit(..., "
+                            f"model='patch_classifier'), got {type(m).__name__}.")
+        if "val_regions" not in m.metadata:
+            raise ValueError("A patch classifier has no metadata['val_regions'] (it was trained "
+                             "by an older histoexpr); train it again to stack it.")
+    return models
+
+
+def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
+    from ..._image import image_levels
+
+    if region is not None:
+        box = tuple(float(v) for v in region)
+        if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"region must be (x_min, y_min, x_max, y_max) with max > min, got "
+                             f"{region!r}.")
+        return box
+    return image_levels(sdata, image_key)[0].bounds
+
+
+def _features(sdata, cells, image_key, bounds, mpp, smooth_um):
+    from ..._cells import cell_features
+
+    return cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
+                         smooth_um=tuple(float(s) for s in smooth_um))
+
+
+def _pipeline(C: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(
+        C=C, max_iter=3000, class_weight="balanced"))
+
+
+def _logistic(x, y, Cs: int, splitter, *, scale: bool = True):
+    """Standardisation and a logistic regression with C by cross-validation."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler(with_mean=scale, with_std=scale).fit(x)
+    folds = list(splitter.split(x, y))
+    model = LogisticRegressionCV(Cs=Cs, cv=folds, max_iter=3000, class_weight="balanced")
+    model.fit(scaler.transform(x), y)
+    return model, scaler

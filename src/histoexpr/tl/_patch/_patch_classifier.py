@@ -1,0 +1,344 @@
+"""The patch classifier: CNNs learn transcript-defined classes from the image alone.
+
+``hx.tl.fit(sdata, model="patch_classifier", ...)`` trains one
+:class:`~histoexpr.models.PatchClassifier` per patch size on the patches chosen by
+:func:`histoexpr.pp.transcript_labels`, validates them on a spatially disjoint part of the
+section, and returns them as a :class:`~histoexpr.models.PatchEnsemble` (all sizes, or the best
+one). ``hx.tl.predict(model, sdata)`` slides it over a section (see ``_dense_map.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from ..._image import image_levels
+from ..._utils import logger, resolve_seed
+from ._calibration import _choose, _class_prior, _report, fit_calibration
+from ._dense_map import predict_map
+from ._patch_data import (
+    _block_split,
+    _cell_means,
+    _check_split,
+    _class_indices,
+    _image_keys,
+    _inside,
+    _labelling_rule,
+    _patch_dataset,
+    _patch_scales,
+    _probabilities,
+    _stripe_split,
+    _train_one,
+    _val_boxes,
+)
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ...models import PatchEnsemble
+
+MODEL_NAME = "patch_classifier"
+
+
+def fit(
+    sdata: SpatialData,
+    *,
+    labels_key: str = "tx_labels",
+    image_key: str | Sequence[str] | None = None,
+    patch_size_um: float | Sequence[float] = (16.0, 32.0),
+    mpp: float | Sequence[float] | None = None,
+    region: Sequence[float] | None = None,
+    val_fraction: float = 0.2,
+    val_block_um: float | None = None,
+    combine: Literal["auto", "ensemble", "best"] = "auto",
+    width: int = 16,
+    dropout: float = 0.2,
+    augment: bool = True,
+    cache: bool = True,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    patience: int | None = 4,
+    calibrate: bool = True,
+    device: str | None = None,
+    seed: int | None = None,
+) -> PatchEnsemble:
+    """Train CNN patch classifiers of one or several patch sizes on transcript-defined classes.
+
+    The patches are the centres that :func:`histoexpr.pp.transcript_labels` wrote to
+    ``sdata.tables[f"{labels_key}_patches"]``, read lazily from the image through
+    :class:`histoexpr.pp.TileDataset` at ``mpp``. Validation uses a spatially disjoint part of
+    the section: a stripe along its longer side (or random square blocks of ``val_block_um``)
+    holding ``val_fraction`` of the patches, and training patches whose largest window reaches
+    into it are dropped (neighbouring patches overlap, so a random split would leak).
+    Classes are balanced by weighting the cross-entropy by inverse class frequency; training
+    patches are augmented on the fly with kornia (flips, 90-degree rotations, brightness,
+    contrast and gamma jitter). Each size is trained by :func:`histoexpr.tl._train.train` (AdamW,
+    early stopping on the validation loss, best weights restored).
+
+    **Calibration.** Trained on class-balanced patches, the network behaves as if every class
+    were equally common, so a rare class is over-called and a common one swallowed. With
+    ``calibrate=True`` two numbers are fitted on the validation patches, weighted so that their
+    classes take the shares the classes have in the label map of the training region (the
+    class prior ``pi``): the exponent ``g`` of the prior correction ``p_k * pi_k ** g`` (a
+    grid of 0 to 1.5, the one with the best weighted mean Dice; 0 is no correction, 1 the full
+    Bayes correction) and then a temperature ``T`` (the one with the lowest weighted negative
+    log-likelihood of ``(p_k * pi_k ** g) ** (1 / T)``, renormalised). For per-cell labels
+    (``transcript_labels(..., cells=...)``) both are fitted on the cell classes' patches with
+    the background class left out, as in per-cell maps. Both are stored in
+    ``metadata["calibration"]`` and applied by :func:`predict` unless ``calibrate=False``
+    there. For per-cell labels, the validation patches are first averaged over each cell (as
+    ``predict(..., cells=...)`` does), so that the correction is fitted on cells, where it is
+    applied. No test data is used: the validation region lies inside the training ``region``.
+
+    Parameters
+    ----------
+    sdata
+        The section with the image, the label map and its patch table.
+    labels_key
+        Key of the label map written by :func:`histoexpr.pp.transcript_labels`.
+    image_key
+        Image to learn from; defaults to the one the labels were made on. Several images of the
+        section on the same coordinates and with the same channels (e.g. focal planes) pool
+        their patches: every patch centre is read from each image, for training and for
+        validation.
+    patch_size_um
+        Side of the patches in um; several sizes train one classifier each.
+    mpp
+        Pixel size at which patches are read, in um/px; defaults to the image's own pixel size
+        or 0.5 um/px, whichever is coarser. Patch sides are rounded to an even number of pixels.
+        One value per patch size makes a multi-scale model: e.g. ``patch_size_um=(12, 64)``
+        with ``mpp=(0.25, 1.0)`` sees a nucleus in detail and the tissue around it coarsely.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um: only patches whose largest window lies inside it
+        are used (train on one part of a section, test on another).
+    val_fraction
+        Share of the patches used for validation.
+    val_block_um
+        ``None`` validates on a stripe along the longer side of the training area (at a random
+        end, holding ``val_fraction`` of the patches); a side in um validates on random square
+        blocks of that side instead.
+    combine
+        What to return: ``"ensemble"`` (every size, probabilities averaged), ``"best"`` (the size
+        with the best validation mean Dice) or ``"auto"`` (the ensemble if it validates at least
+        as well as the best size, else that size).
+    width
+        Channels of the first convolution block of each classifier.
+    dropout
+        Dropout before each classifier's last layer.
+    augment
+        Augment the training patches.
+    cache
+        Keep each patch in memory after its first read (2 bytes per pixel and channel), so
+        that later epochs do not read the image again; ``False`` reads every patch every epoch.
+    epochs
+        Maximum number of epochs per patch size.
+    batch_size
+        Patches per batch.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay of AdamW.
+    patience
+        Epochs without a better validation loss before stopping; ``None`` never stops early.
+    calibrate
+        Fit the class-prior correction and temperature on the validation patches (see above);
+        ``False`` stores none, so that :func:`predict` gives the network's own probabilities.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed (split, initialisation, batches, augmentation); ``None`` uses
+        ``hx.settings.seed``.
+
+    Returns
+    -------
+    A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
+    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (of its members),
+    ``image_key`` (the first image, the default of :func:`predict`), ``image_keys``,
+    ``grid_um`` (the label map's pixel size, the default stride of
+    :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
+    the ensemble: patches, epochs, validation loss, accuracy and Dice per class), the split
+    (``val_regions``: boxes ``[x0, y0, x1, y1]`` in um holding the validation patches, never
+    trained on) and ``calibration`` (``prior``, ``exponent``, ``temperature`` and the weighted
+    validation mean Dice before and after; ``None`` with ``calibrate=False``).
+
+    Examples
+    --------
+    >>> model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(16, 32), mpp=1.0,
+    ...                   region=(0, 0, 500, 225))
+    >>> model.metadata["calibration"]["exponent"]
+
+    """
+    from torch.utils.data import ConcatDataset
+
+    from ...models import PatchEnsemble
+    from ...pp import CachedDataset
+
+    rule = _labelling_rule(sdata, labels_key)
+    image_keys = _image_keys(sdata, rule["image_key"] if image_key is None else image_key)
+    level0 = image_levels(sdata, image_keys[0])[0]
+    scales = _patch_scales(patch_size_um, mpp, level0)  # (pixels, um/px) of each size
+    largest_um = max(px * px_mpp for px, px_mpp in scales)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie between 0 and 1, got {val_fraction!r}.")
+    if combine not in ("auto", "ensemble", "best"):
+        raise ValueError(f"combine must be 'auto', 'ensemble' or 'best', got {combine!r}.")
+
+    table = sdata.tables[f"{labels_key}_patches"]
+    classes = {str(k): int(v) for k, v in rule["classes"].items()}
+    targets = _class_indices(table.obs["label"].to_numpy(), classes)
+    centres = np.asarray(table.obsm["spatial"], dtype=float)
+    inside = _inside(centres, largest_um / 2, region, level0)
+    seed = resolve_seed(seed)
+    if val_block_um is None:
+        train_idx, val_idx = _stripe_split(centres, inside, val_fraction, largest_um / 2, seed)
+    else:
+        train_idx, val_idx = _block_split(centres, inside, float(val_block_um), val_fraction,
+                                          largest_um / 2, seed)
+    _check_split(targets, train_idx, val_idx, classes)
+
+    networks, histories, reports, val_probabilities = [], {}, [], []
+    val_targets = np.tile(targets[val_idx], len(image_keys))  # the order of the ConcatDataset
+    for size_px, read_mpp in scales:
+        size_um = size_px * read_mpp
+        datasets = [ConcatDataset([_patch_dataset(sdata, key, centres[idx], targets[idx],
+                                                  size_px, read_mpp) for key in image_keys])
+                    for idx in (train_idx, val_idx)]
+        datasets = [CachedDataset(d) for d in datasets] if cache else datasets
+        network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
+                                      width=width, dropout=dropout, augment=augment,
+                                      epochs=epochs, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, patience=patience,
+                                      device=device, seed=seed, desc=f"{size_um:g} um patches")
+        probabilities = _probabilities(network, datasets[1], batch_size, device)
+        val_probabilities.append(probabilities)
+        networks.append(network)
+        histories[f"{size_um:g}"] = history
+        reports.append(_report(f"{size_um:g} um", probabilities, val_targets, classes,
+                               size_um=size_um, patch_px=size_px, history=history))
+    if len(networks) > 1:
+        reports.append(_report("ensemble", np.mean(val_probabilities, axis=0), val_targets,
+                               classes, size_um=None, patch_px=None, history=None))
+    chosen = _choose(reports, combine)
+    calibration = None
+    if calibrate:
+        prior = _class_prior(sdata, labels_key, classes, region)
+        probabilities, calibration_targets = np.mean(
+            [val_probabilities[i] for i in chosen], axis=0), val_targets
+        per_cell = rule.get("cells") is not None
+        if per_cell:  # as predict(cells=...) does: each cell's mean over its patches
+            probabilities, calibration_targets = _cell_means(
+                sdata, rule, labels_key, np.tile(centres[val_idx], (len(image_keys), 1)),
+                probabilities, val_targets)
+        calibration = fit_calibration(probabilities, calibration_targets, classes, prior,
+                                      cells=per_cell)
+    model = PatchEnsemble.of([networks[i] for i in chosen])
+    model.metadata = {
+        "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
+        "mpp": min(scales[i][1] for i in chosen), "member_mpp": [scales[i][1] for i in chosen],
+        "image_mpp": level0.mpp, "patch_size_um": [scales[i][0] * scales[i][1] for i in chosen],
+        "image_key": image_keys[0], "image_keys": image_keys, "labels_key": labels_key,
+        "grid_um": float(rule["grid_um"]),
+        "in_channels": model.in_channels, "history": histories, "report": reports,
+        "combine": combine, "seed": seed, "region": None if region is None else
+        [float(v) for v in region], "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+        "val_block_um": val_block_um, "calibration": calibration,
+        "val_regions": _val_boxes(centres[val_idx], centres[inside], val_block_um,
+                                  float(rule["grid_um"])),
+    }
+    logger.info("Validation mean Dice per patch size: %s; kept %s.", ", ".join(
+        f"{r['name']} {r['mean_dice']:.3f}" for r in reports),
+        [f"{scales[i][0] * scales[i][1]:g} um" for i in chosen])
+    return model
+
+
+def predict(
+    model: PatchEnsemble,
+    sdata: SpatialData,
+    *,
+    image_key: str | None = None,
+    region: Sequence[float] | None = None,
+    stride_um: float | None = None,
+    cells: str | None = None,
+    smooth_um: float | None = None,
+    batch_size: int = 256,
+    calibrate: bool = True,
+    device: str | None = None,
+    key_added: str = "pred_labels",
+    overwrite: bool = False,
+) -> None:
+    """Slide a trained patch classifier over a section: a dense map of class probabilities.
+
+    A patch of each member's size is centred on every cell of a grid of ``stride_um`` over
+    ``region`` and classified; the image is read in strips of rows at the model's pixel size
+    (an image of another pixel size is rescaled as it is read, and this is logged), and patches
+    are classified in batches, so memory grows with the width of the section, not its area.
+
+    Parameters
+    ----------
+    model
+        A model returned by ``hx.tl.fit(..., model="patch_classifier")`` or loaded from a file.
+    sdata
+        The section.
+    image_key
+        Image to classify; defaults to the one the model was trained on. It must have the
+        channels the model was trained on.
+    region
+        ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image.
+    stride_um
+        Grid step of the map (its pixel size) in um; defaults to the training labels' grid. It is
+        rounded to a whole number of the model's pixels.
+    cells
+        Key of cell polygons (``sdata.shapes``) or a cell label image (``sdata.labels``): make
+        the map per cell, for labels made with ``transcript_labels(..., cells=...)``. Each
+        cell's probabilities are the mean of the dense map over its pixels, the background
+        class excluded (a cell is not background), and places outside every cell are
+        background. ``None`` keeps the dense map.
+    smooth_um
+        Smooth the probabilities over space with a Gaussian of this width (sigma, um), for
+        labels that are themselves smooth (windowed counts) or tissue-scale structures; with
+        ``cells``, each cell's probabilities are averaged with its neighbours', weighted by a
+        Gaussian of the distance between centroids. ``None`` does not smooth.
+    calibrate
+        Apply the calibration fitted by :func:`fit` (``metadata["calibration"]``: class-prior
+        correction and temperature), after the per-cell mean and the smoothing; ``False`` maps
+        the network's own probabilities. A model without a calibration is not changed.
+    batch_size
+        Patches per forward pass.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key of the predicted label map in ``sdata.labels``; the probabilities go to
+        ``sdata.images[f"{key_added}_probabilities"]``.
+    overwrite
+        Replace existing elements of those names that an earlier ``predict`` wrote (never an
+        element of another origin).
+
+    Returns
+    -------
+    Nothing; adds ``sdata.labels[key_added]`` (the most probable class's label value, 0 outside
+    ``region``, ``attrs["classes"]``) and ``sdata.images[f"{key_added}_probabilities"]``
+    (float32, one channel per class, named after it), both with pixel size ``stride_um``; with
+    ``cells``, also ``sdata.tables[f"{key_added}_cells"]``: one row per cell (index: the cell's
+    id; cells too small to cover a pixel centre of the map included), ``X`` the probabilities
+    (one column per class), ``obs["label"]``, ``obs["class"]`` and ``obsm["spatial"]`` (the
+    centroid in um). :func:`histoexpr.tl.evaluate` scores that table per cell.
+
+    Examples
+    --------
+    >>> hx.tl.predict(model, sdata, region=(0, 225, 500, 450), cells="cells",
+    ...               key_added="pred_cells")
+    >>> hx.tl.evaluate(sdata, "pred_cells", "tx_labels", region=(0, 225, 500, 450))
+
+    """
+    return predict_map(model, sdata, image_key=image_key, region=region, stride_um=stride_um,
+                       cells=cells, smooth_um=smooth_um, calibrate=calibrate,
+                       batch_size=batch_size,
+                       device=device, key_added=key_added, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------
+# patches and the split

@@ -1,0 +1,1 @@
+"""The spot regressor: routes, fit and predict, automatic route choice, the HEST protocol."""

@@ -1,0 +1,141 @@
+"""The HEST protocol of the spot regressor: train on all groups but one, score the held-out one.
+
+Moved out of :mod:`histoexpr.tl._metrics._expression_metrics` so that the metrics import nothing
+that trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..._utils import logger
+from .._metrics._expression_metrics import evaluate_expression
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from spatialdata import SpatialData
+
+
+def cross_validate_spots(
+    sections: Mapping[str, SpatialData],
+    *,
+    model: str = "spot_regressor",
+    groups: Mapping[str, str] | None = None,
+    n_genes: int = 50,
+    gene_flavor: str = "pearson_residuals",
+    table_key: str = "table",
+    **fit_kwargs: Any,
+) -> pd.DataFrame:
+    """Run the HEST protocol in one call: train on all groups but one, score the held-out one.
+
+    For each fold the genes are chosen on the training sections only (``n_genes`` by
+    ``gene_flavor``; HEST uses highly variable genes), a spot regressor is trained with
+    ``fit_kwargs`` and applied to the spot-centred tiles of each held-out section, and every gene
+    is scored by :func:`evaluate_expression`.
+
+    Parameters
+    ----------
+    sections
+        Sections by name, each with an image, spots and a spot table of raw counts.
+    model
+        ``"spot_regressor"``, the only model this protocol trains.
+    groups
+        The group (patient) of each section: folds hold out a whole group. ``None`` holds out one
+        section at a time.
+    n_genes
+        Genes per fold.
+    gene_flavor
+        Ranking of the genes, as :func:`histoexpr.pp.select_genes` takes it.
+    table_key
+        Key of the spot tables.
+    **fit_kwargs
+        Options of ``hx.tl.fit(..., model="spot_regressor")`` (route, encoder, patch_um...).
+
+    Returns
+    -------
+    One row per held-out section and gene: columns ``fold``, ``section``, ``gene``, ``pearson``,
+    ``spearman``, ``pearson_libreg``, ``spearman_libreg``. The HEST score of a fold is
+    ``frame.groupby("fold")["pearson"].mean()``.
+
+    """
+    import pandas as pd
+
+    from ._spot_regressor import fit, predict
+
+    if model != "spot_regressor":
+        raise ValueError(f"The HEST protocol trains spot regressors, not {model!r}.")
+    groups = {name: name for name in sections} if groups is None else dict(groups)
+    missing = [name for name in sections if name not in groups]
+    if missing:
+        raise KeyError(f"groups names no group for the sections {missing}.")
+    if len(set(groups.values())) < 2:
+        raise ValueError("Cross-validation needs at least two groups (patients or sections).")
+    tiles_key = fit_kwargs.get("tiles_key", "spot_tiles")
+    # the user's sections are never written to: tiles, features and predictions go into light
+    # copies (shared images and shapes, copied tables) that live only for this call
+    work = {name: _working_copy(section) for name, section in sections.items()}
+    frames = []
+    for fold in dict.fromkeys(groups[name] for name in sections):
+        train = {n: s for n, s in work.items() if groups[n] != fold}
+        model = fit(train, genes=n_genes, gene_flavor=gene_flavor, table_key=table_key,
+                    **fit_kwargs)
+        for name in (n for n in sections if groups[n] == fold):
+            section = work[name]
+            _spot_tiles(section, model, tiles_key, fit_kwargs.get("spots_key", "spots"),
+                        name=name)
+            key = _free_key(section, "cv_expression")
+            predict(model, section, tiles_key=tiles_key, key_added=key)
+            scores = evaluate_expression(section, key, table_key)
+            del section.tables[key]  # the copy's own table, written just above
+            frames.append(scores.reset_index().assign(fold=fold, section=name))
+            logger.info("Held-out %r: mean Pearson %.3f over %d genes.", name,
+                        scores["pearson"].mean(), len(scores))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["fold", "section", "gene", *[c for c in frame.columns
+                                               if c not in ("fold", "section", "gene")]]]
+
+
+def _working_copy(sdata):
+    """A SpatialData sharing ``sdata``'s images, labels, points and shapes, with copied tables.
+
+    Elements added to or removed from the copy, and anything written into its tables, leave
+    ``sdata`` as it was.
+    """
+    from spatialdata import SpatialData
+
+    return SpatialData(images=dict(sdata.images), labels=dict(sdata.labels),
+                       points=dict(sdata.points), shapes=dict(sdata.shapes),
+                       tables={key: table.copy() for key, table in sdata.tables.items()})
+
+
+def _free_key(sdata, key: str) -> str:
+    from ..._utils import element_kind
+
+    while element_kind(sdata, key) is not None:
+        key = f"_{key}"
+    return key
+
+
+def _spot_tiles(sdata, model, tiles_key: str, spots_key: str, *, name: str) -> None:
+    """Spot-centred tiles of a held-out section as the model wants them (made or checked)."""
+    from ...pp import tile
+    from ._spot_inputs import MADE_BY, tile_differences
+
+    meta = model.metadata
+    geometry = {"image_key": meta["image_key"], "patch_um": meta["patch_um"], "mpp": meta["mpp"]}
+    overwrite = False
+    if tiles_key in sdata.shapes:
+        differences = tile_differences(sdata, tiles_key, centres=spots_key, **geometry)
+        if not differences:
+            return
+        table = sdata.tables.get(f"{tiles_key}_table")
+        if table is None or table.uns.get("tiles", {}).get("made_by") != MADE_BY:
+            raise ValueError(
+                f"The tiles {tiles_key!r} of the held-out section {name!r} were not made for "
+                f"this model ({'; '.join(differences)}); pass another tiles_key to make "
+                "matching ones.")
+        overwrite = True
+    tile(sdata, meta["image_key"], size_um=meta["patch_um"], mpp=meta["mpp"],
+         centers=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)
+    sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY

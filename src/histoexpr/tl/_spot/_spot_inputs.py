@@ -1,0 +1,271 @@
+"""The spot regressor's inputs: constants, training sections, checks of tiles and encoders."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..._image import image_levels
+from ..._utils import (
+    logger,
+    require_element,
+)
+
+#: how the elements predict writes record their writer (see ``_utils.store_element``)
+STEP = "hx.tl.predict"
+
+ROUTES = ("ridge", "mlp", "cnn", "auto")
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+#: relative pixel-size difference below which two pixel sizes count as the same
+_MPP_TOLERANCE = 0.05
+#: relative difference of tile widths below which tiles fit a model's patch width
+_SIZE_TOLERANCE = 0.05
+#: normalisation of patches fed to the CNN route (tiles are in [0, 1])
+CNN_NORMALISATION = {"mean": 0.5, "std": 0.25}
+#: recorded on the tiles and features the spot regressor makes itself; only those it remakes
+MADE_BY = "spot_regressor"
+
+
+@dataclass
+class _Section:
+    """What one training section contributes: its features or patches and their targets."""
+
+    name: str
+    sdata: Any
+    tile_rows: np.ndarray  # rows of the spot-tile table that have a spot with counts
+    targets: np.ndarray  # (n, genes) log1p-normalised expression
+    centres: np.ndarray  # (n, 2) um
+
+
+def _encoder_name(encoder: Any) -> str:
+    """The name :func:`histoexpr.tl.embed` gives an encoder argument (without resolving it)."""
+    from pathlib import Path
+
+    import torch
+
+    if isinstance(encoder, list | tuple):
+        return "+".join(_encoder_name(one) for one in encoder)
+    if isinstance(encoder, torch.nn.Module):  # as hx.tl.embed names a network
+        return type(encoder).__name__.lower()
+    spec = str(encoder)
+    if spec.split(":")[0] == "squidpy":
+        return "squidpy"
+    if spec.endswith(".pt"):
+        return Path(spec).stem
+    if spec.startswith("timm:"):
+        return spec.removeprefix("timm:").replace("/", "_")
+    return spec
+
+
+def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """How a record of tiles' features differs from the wanted one, in words."""
+    out = []
+    if "fingerprint" in record and wanted.get("fingerprint") is not None:
+        if str(record["fingerprint"]) != str(wanted["fingerprint"]):
+            out.append(f"encoder {record['fingerprint']!r}, not {wanted['fingerprint']!r}")
+    elif str(record.get("encoder")) != wanted["encoder"]:
+        out.append(f"encoder {record.get('encoder')!r}, not {wanted['encoder']!r}")
+    if str(record.get("image_key")) != wanted["image_key"]:
+        out.append(f"image {record.get('image_key')!r}, not {wanted['image_key']!r}")
+    if abs(float(record.get("mpp", np.nan)) - wanted["mpp"]) > _MPP_TOLERANCE * wanted["mpp"] \
+            or not np.isfinite(float(record.get("mpp", np.nan))):
+        out.append(f"tiles at {float(record.get('mpp', np.nan)):.4g} um/px, not "
+                   f"{wanted['mpp']:.4g}")
+    if int(record.get("size_px", -1)) != wanted["size_px"]:
+        out.append(f"tiles of {record.get('size_px')} px, not {wanted['size_px']}")
+    if _canonical(record.get("transform")) != _canonical(wanted.get("transform")):
+        out.append("tiles transformed otherwise (e.g. another stain normalisation)")
+    return out
+
+
+def _canonical(value: Any) -> str:
+    """A record's value as text that survives a round trip through ``uns`` (arrays as lists)."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=lambda a: np.asarray(a).tolist())
+
+
+def _as_sections(data) -> dict[str, Any]:
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return {"section_0": data}
+    if isinstance(data, Mapping):
+        sections = {str(k): v for k, v in data.items()}
+    else:
+        sections = {f"section_{i}": s for i, s in enumerate(data)}
+    if not sections:
+        raise ValueError("No section given: pass a SpatialData, a list or a dict of them.")
+    for name, section in sections.items():
+        if not isinstance(section, SpatialData):
+            raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a SpatialData.")
+    return sections
+
+
+def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
+    for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):
+        if key not in getattr(sdata, kind):
+            raise KeyError(f"Section {name!r} has no sdata.{kind}[{key!r}]: a spot regressor "
+                           "learns from an image, its spots and their counts.")
+    table = sdata.tables[table_key]
+    if "spot_id" not in table.obs:
+        raise KeyError(f"sdata.tables[{table_key!r}] of section {name!r} has no obs['spot_id'] "
+                       f"matching the index of sdata.shapes[{spots_key!r}].")
+    return table
+
+
+def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None) -> float:
+    if mpp is not None:
+        if not mpp > 0:
+            raise ValueError(f"mpp must be a positive pixel size in um/px, got {mpp!r}.")
+        return float(mpp)
+    sizes = [image_levels(s, image_key)[0].mpp for s in sections.values()]
+    if max(sizes) / min(sizes) > 1 + _MPP_TOLERANCE:
+        logger.info("The sections' images have %s um/px; patches are read at the coarsest, "
+                    "%.4g um/px (pass mpp= to choose).", [round(v, 4) for v in sizes], max(sizes))
+    return float(max(sizes))
+
+
+def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
+                     table_key: str, tiles_key: str, patch_um: float, mpp: float) -> _Section:
+    """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
+    from ..._expression import expression_targets, library_sizes
+    from ...pp import tile
+
+    overwrite = False
+    if tiles_key in sdata.shapes:
+        differences = tile_differences(sdata, tiles_key, image_key=image_key, patch_um=patch_um,
+                                       mpp=mpp, centres=spots_key)
+        table = sdata.tables.get(f"{tiles_key}_table")
+        made_by = None if table is None else table.uns.get("tiles", {}).get("made_by")
+        if differences and made_by != MADE_BY:
+            raise ValueError(
+                f"The tiles sdata.shapes[{tiles_key!r}] of section {name!r} were not made for "
+                f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
+                f"alike and remakes only its own. Pass another tiles_key (e.g. "
+                f"tiles_key='{tiles_key}_{patch_um:g}um_{mpp:g}mpp') to make matching tiles.")
+        if differences:
+            logger.info("Section %r: remaking the tiles %r that an earlier fit made otherwise "
+                        "(%s).", name, tiles_key, "; ".join(differences))
+        overwrite = bool(differences)
+    if overwrite or tiles_key not in sdata.shapes:
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centers=spots_key, min_tissue=0,
+             key_added=tiles_key, overwrite=overwrite)
+        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
+    tile_table = sdata.tables[f"{tiles_key}_table"]
+    counts_table = sdata.tables[table_key]
+    row_of_spot = {sid: i for i, sid in enumerate(counts_table.obs["spot_id"].to_numpy())}
+    spot_rows = np.array([row_of_spot.get(s, -1) for s in tile_table.obs["spot_id"]])
+    on_image = _inside_image(sdata, image_key, tile_table.obsm["spatial"])
+    library = library_sizes(counts_table)
+    has_counts = (spot_rows >= 0) & (library[np.maximum(spot_rows, 0)] > 0)
+    keep = on_image & has_counts
+    for mask, why in ((~on_image, "centres off the image"),
+                      (on_image & ~has_counts, "no counts")):
+        if mask.any():
+            logger.info("Section %r: dropped %d of %d spots with %s.", name, int(mask.sum()),
+                        len(mask), why)
+    if keep.sum() < 2:
+        raise ValueError(f"Section {name!r} has fewer than 2 spots on the image with counts.")
+    targets = expression_targets(counts_table[spot_rows[keep]], genes)
+    return _Section(name, sdata, np.flatnonzero(keep), targets,
+                    np.asarray(tile_table.obsm["spatial"])[keep])
+
+
+def tile_differences(sdata, tiles_key: str, *, image_key: str, patch_um: float, mpp: float,
+                     centres: str | None = None) -> list[str]:
+    """How the tiles under ``tiles_key`` differ from the ones asked for, in words (none: [])."""
+    table = sdata.tables.get(f"{tiles_key}_table")
+    if table is None or "tiles" not in table.uns:
+        return [f"no table {tiles_key + '_table'!r} records how they were made"]
+    info = table.uns["tiles"]
+    out = []
+    if abs(float(info["size_um"]) - patch_um) > _SIZE_TOLERANCE * patch_um:
+        out.append(f"{float(info['size_um']):g} um wide, not {patch_um:g} um")
+    if abs(float(info["mpp"]) - mpp) > _MPP_TOLERANCE * mpp:
+        out.append(f"at {float(info['mpp']):.4g} um/px, not {mpp:.4g} um/px")
+    if str(info.get("image_key", image_key)) != image_key:
+        out.append(f"cut from {info['image_key']!r}, not {image_key!r}")
+    if centres is not None:
+        if "spot_id" not in table.obs:
+            out.append("on a grid, not centred on spots")
+        elif info.get("centres") is not None and str(info["centres"]) != centres:
+            out.append(f"centred on {info['centres']!r}, not {centres!r}")
+    return out
+
+
+def _refuse_random_encoder(encoder: Any) -> None:
+    """Head routes need an encoder with fixed weights: prediction must make the same features."""
+    from ...models._encoders import ARCHITECTURES
+
+    for one in encoder if isinstance(encoder, list | tuple) else [encoder]:
+        if isinstance(one, str) and (one in ARCHITECTURES or one.startswith("timm:")):
+            raise ValueError(
+                f"encoder={one!r} has random weights (no pretrained weights are loaded), "
+                "different at every call, so prediction could not make the features the "
+                "regressor was trained on. Give a model file of a trained encoder (e.g. from "
+                "hx.tl.pretrain, saved with hx.io.save_model), 'handcrafted' or 'squidpy'.")
+
+
+def _image_channels(sections: Mapping[str, Any], image_key: str) -> int:
+    channels = {name: int(image_levels(s, image_key)[0].data.sizes["c"])
+                for name, s in sections.items()}
+    if len(set(channels.values())) > 1:
+        raise ValueError(f"The sections' images {image_key!r} have different numbers of "
+                         f"channels ({channels}); train on images of one kind (e.g. all RGB).")
+    return next(iter(channels.values()))
+
+
+def _inside_image(sdata, image_key: str, centres: np.ndarray) -> np.ndarray:
+    level = image_levels(sdata, image_key)[0]
+    x_min, y_min, x_max, y_max = level.bounds
+    x, y = centres[:, 0], centres[:, 1]
+    return (x >= x_min) & (y >= y_min) & (x < x_max) & (y < y_max)
+
+
+def _check_image_mpp(sdata, image_key: str, mpp: float) -> None:
+    image_mpp = image_levels(sdata, image_key)[0].mpp
+    if image_mpp > mpp * (1 + _MPP_TOLERANCE):
+        logger.warning("The model was trained on patches at %.4g um/px but %r has only %.4g "
+                       "um/px: patches are upsampled, predictions may degrade.", mpp, image_key,
+                       image_mpp)
+    elif abs(image_mpp - mpp) > _MPP_TOLERANCE * mpp:
+        logger.info("The model was trained at %.4g um/px; %r (%.4g um/px) is read at the "
+                    "model's pixel size.", mpp, image_key, image_mpp)
+
+
+def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float,
+              image_key: str | None = None):
+    """Return the section, or a light copy whose tiles are read at the model's pixel size."""
+    from spatialdata import SpatialData
+
+    table_key = f"{tiles_key}_table"
+    require_element(sdata, table_key, "tables")
+    info = sdata.tables[table_key].uns.get("tiles")
+    if info is None:
+        raise ValueError(f"sdata.tables[{table_key!r}] does not record how the tiles were made "
+                         "(no uns['tiles']); make tiles with hx.pp.tile or pass another "
+                         "tiles_key.")
+    if image_key is not None and str(info.get("image_key", image_key)) != image_key:
+        logger.info("The tiles %r were cut from %r; reading them from %r.", tiles_key,
+                    info["image_key"], image_key)
+    if abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um:
+        raise ValueError(
+            f"The tiles {tiles_key!r} are {info['size_um']:g} um wide but the model was trained "
+            f"on {patch_um:g} um patches; make tiles of that width (hx.pp.tile(..., "
+            f"size_um={patch_um:g})) or leave tiles_key to a new key."
+        )
+    if abs(info["mpp"] - mpp) <= _MPP_TOLERANCE * mpp:
+        return sdata
+    logger.info("The tiles %r are at %.4g um/px; reading them at the model's %.4g um/px.",
+                tiles_key, info["mpp"], mpp)
+    table = sdata.tables[table_key].copy()
+    table.uns["tiles"] = {**info, "mpp": float(patch_um / round(patch_um / mpp)),
+                          "size_px": round(patch_um / mpp)}
+    for key in [k for k in table.obsm if k != "spatial"]:
+        del table.obsm[key]  # features computed at another pixel size
+    return SpatialData(images=dict(sdata.images), shapes={tiles_key: sdata.shapes[tiles_key]},
+                       tables={table_key: table})

@@ -1,0 +1,231 @@
+"""Prediction of the spot regressor on every tile of a section (``hx.tl.predict``).
+
+The model is one trained by ``hx.tl.fit(..., model="spot_regressor")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..._image import image_levels
+from ..._spatial_uns import add_spatial_uns
+from ..._utils import (
+    check_key_free,
+    check_key_writable,
+    log_added,
+    logger,
+    require_element,
+    resolve_device,
+    store_element,
+)
+from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
+from ._spot_features import section_features
+from ._spot_inputs import MADE_BY, STEP, _check_image_mpp, _tiles_at
+
+if TYPE_CHECKING:
+
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from ...models import Network
+
+
+def predict(
+    model: Network,
+    sdata: SpatialData,
+    *,
+    tiles_key: str | None = None,
+    image_key: str | None = None,
+    stride_um: float | None = None,
+    min_tissue: float = 0.5,
+    batch_size: int = 64,
+    device: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+) -> AnnData:
+    """Predict expression on every tile of a section, with or without spots.
+
+    Tiles of the model's ``patch_um`` and pixel size are used: those under ``tiles_key`` if they
+    exist (their width must match the model's; if their pixel size differs they are read at the
+    model's, with a log line), else a grid over the tissue is made there with ``stride_um``
+    (finer than the spot spacing if asked: tiles then overlap). If the image's own pixel size is
+    coarser than the model's, tiles are upsampled (logged).
+
+    Parameters
+    ----------
+    model
+        A spot regressor from ``hx.tl.fit(..., model="spot_regressor")`` or a model file.
+    sdata
+        The section: an H&E image is enough.
+    tiles_key
+        Key of the tiles to predict on; defaults to ``f"{image_key}_expr_tiles"``, made as a grid
+        if absent.
+    image_key
+        Key of the image; defaults to the key the model was trained with.
+    stride_um
+        Distance between grid tiles in um when tiles are made; defaults to the patch width.
+    min_tissue
+        Smallest tissue fraction of a grid tile when tiles are made.
+    batch_size
+        Tiles per forward pass.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    key_added
+        Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
+    overwrite
+        Replace an existing table ``key_added`` that an earlier ``predict`` wrote (never an
+        element of another origin).
+
+    Returns
+    -------
+    The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
+    log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
+    for spot-centred tiles), tile centres in um in ``obsm["spatial"]``, annotating the tile
+    shapes (``region`` = ``tiles_key``, ``instance_key="tile_id"``), and scanpy's
+    ``uns["spatial"]`` (a copy of the image, at most 2000 px long, and its scale factors to um):
+    ``sc.pl.spatial``, ``sq.pl.spatial_scatter`` and ``hx.pl.spots`` draw it over the tissue.
+
+    """
+    from ...pp import tile
+
+    metadata = getattr(model, "metadata", {}) or {}
+    if metadata.get("model") != "spot_regressor":
+        raise ValueError("This network is not a spot regressor; train one with "
+                         "hx.tl.fit(..., model='spot_regressor').")
+    image_key = metadata["image_key"] if image_key is None else image_key
+    require_element(sdata, image_key, "images")
+    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    key_added = f"{tiles_key}_expression" if key_added is None else key_added
+    check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
+    patch_um, mpp = metadata["patch_um"], metadata["mpp"]
+    # everything that can be refused is checked before anything is written
+    _check_channels(sdata, image_key, model)
+    _check_image_mpp(sdata, image_key, mpp)
+    if metadata["route"] != "cnn":
+        _check_encoder_unchanged(metadata)
+    if tiles_key in sdata.shapes and stride_um is not None:
+        raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
+                         "new tiles_key to make grid tiles at that stride.")
+    if tiles_key not in sdata.shapes:
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp,
+             stride=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
+             key_added=tiles_key)
+        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
+    tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp, image_key=image_key)
+    tile_table = tiles.tables[f"{tiles_key}_table"]
+    coverage = image_coverage(tiles, image_key, np.asarray(tile_table.obsm["spatial"]),
+                              tile_table.uns["tiles"]["size_um"])
+    on_image = coverage > 1e-9
+    if not on_image.any():
+        raise ValueError(f"All {on_image.size} tiles {tiles_key!r} lie off the image "
+                         f"{image_key!r}; tile this image or give the image they were made on.")
+    if metadata["route"] == "cnn":
+        from torch.utils.data import Subset
+
+        from ...pp import TileDataset
+        from .._features._embed import encode
+
+        if not on_image.all():
+            logger.warning("%d of %d tiles %r lie wholly off the image %r: they have no pixels "
+                           "and are left out of the predictions.", int((~on_image).sum()),
+                           on_image.size, tiles_key, image_key)
+        dataset = Subset(TileDataset(tiles, tiles_key, image_key=image_key),
+                         np.flatnonzero(on_image).tolist())
+        values = encode(model, dataset, batch_size=batch_size, device=resolve_device(device),
+                        normalisation=metadata.get("normalisation"), desc="predict expression")
+    else:
+        import torch
+
+        encoder, features_key, transform = (metadata["encoder"], metadata["features_key"],
+                                            None)
+        expected = metadata.get("features")
+        if metadata.get("encoder_in_model"):  # a CNN made by fit travels inside the model
+            encoder = model.encoder
+            encoder.metadata = {"normalisation": metadata.get("encoder_normalisation")}
+            model = model.head
+        if metadata.get("stain"):  # the section's own stain, mapped onto the training reference
+            from ...pp import stain_normaliser
+
+            transform = stain_normaliser(tiles, tiles_key, reference=metadata["stain"])
+            features_key = f"{features_key}_{metadata['stain']['method']}_{transform.digest}"
+        features, _ = section_features(tiles, tiles_key, encoder=encoder,
+                                       features_key=features_key,
+                                       context_um=metadata.get("context_um") or None,
+                                       standardise=metadata.get("standardise_sections", False),
+                                       image_key=image_key, expected=expected,
+                                       batch_size=batch_size, device=device,
+                                       transform=transform)
+        features = features[on_image]
+        expected = model.get_config().get("n_features")
+        if expected is not None and features.shape[1] != expected:
+            raise ValueError(f"The tiles' features have {features.shape[1]} values but the model "
+                             f"takes {expected}: they were made by another encoder or from an "
+                             "image of another kind. Predict on an image like the training ones.")
+        if not on_image.all():
+            logger.warning("%d of %d tiles %r lie wholly off the image %r: they are left out of "
+                           "the predictions.", int((~on_image).sum()), on_image.size, tiles_key,
+                           image_key)
+        model = model.to("cpu").eval()
+        with torch.inference_mode():
+            values = model(torch.from_numpy(features)).numpy()
+    table = _prediction_table(tile_table[on_image], values, metadata["genes"], tiles_key,
+                              image={"key": image_key,
+                                     "fingerprint": image_fingerprint(sdata, image_key)})
+    add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
+    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
+    store_element(sdata, "tables", key_added, table, step=STEP)
+    log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
+    return sdata.tables[key_added]
+
+
+def _check_channels(sdata, image_key: str, model) -> None:
+    """Refuse an image whose number of channels differs from the training images'."""
+    metadata = model.metadata
+    expected = metadata.get("in_channels")
+    if expected is None and metadata.get("route") == "cnn":
+        expected = model.get_config().get("in_channels")
+    if expected is None:
+        return
+    channels = int(image_levels(sdata, image_key)[0].data.sizes["c"])
+    if channels != int(expected):
+        hint = (" (an alpha channel? keep the first three: RGB)" if channels == 4 and expected == 3
+                else "")
+        raise ValueError(
+            f"The model was trained on {expected}-channel images (3: RGB H&E) but "
+            f"sdata.images[{image_key!r}] has {channels} channel(s){hint}. Predict on an image "
+            "of the kind the model was trained on (image_key=), or train a model on this kind.")
+
+
+def _check_encoder_unchanged(metadata: Mapping[str, Any]) -> None:
+    """Refuse when the encoder's weights (a model file) differ from those used in training."""
+    record = metadata.get("features") or {}
+    if "fingerprint" not in record:
+        return
+    now = encoder_fingerprint(metadata["encoder"])
+    if now != record["fingerprint"]:
+        raise ValueError(
+            f"The encoder {metadata['encoder']!r} is not the one the model was trained with "
+            f"(its fingerprint is {now!r}, training used {record['fingerprint']!r}): the file "
+            "changed or is another one. Give the training encoder's file at that path, or "
+            "retrain the model with this encoder.")
+
+
+def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_key: str, *,
+                      image: dict[str, str] | None = None):
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel
+
+    obs = tile_table.obs.copy()
+    obs["region"] = pd.Categorical([tiles_key] * len(obs))
+    table = ad.AnnData(X=np.asarray(values, dtype=np.float32), obs=obs,
+                       var=pd.DataFrame(index=pd.Index(genes)),
+                       obsm={"spatial": np.asarray(tile_table.obsm["spatial"], dtype=float)},
+                       uns={"tiles": dict(tile_table.uns["tiles"]),
+                            "prediction": {"tiles_key": tiles_key,
+                                           "values": "log1p-normalised expression",
+                                           **({} if image is None else {"image": image})}})
+    return TableModel.parse(table, region=tiles_key, region_key="region", instance_key="tile_id")

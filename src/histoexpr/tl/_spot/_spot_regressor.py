@@ -1,0 +1,331 @@
+"""Spot-level expression from H&E: ``hx.tl.fit(..., model="spot_regressor")`` and its ``predict``.
+
+Three routes share one entry point. ``"ridge"`` and ``"mlp"`` are heads on frozen tile
+embeddings (:func:`histoexpr.tl.embed`); ``"cnn"`` fine-tunes a convolutional network end to end
+on spot-centred patches. All predict log1p-normalised expression (counts scaled to 10,000 per
+spot). Prediction writes a table of expression per tile that scanpy and squidpy take as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..._utils import (
+    logger,
+)
+from ._spot_features import _radii, section_features
+from ._spot_inputs import (
+    CNN_NORMALISATION,
+    DEFAULT_ALPHAS,
+    ROUTES,
+    _as_sections,
+    _image_channels,
+    _prepare_section,
+    _refuse_random_encoder,
+    _require_spot_inputs,
+    _tiles_at,
+    _training_mpp,
+)
+from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spatialdata import SpatialData
+
+    from ...models import Network
+
+
+def fit(
+    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
+    *,
+    genes: int | Sequence[str] = 50,
+    gene_flavor: str = "top_expressed",
+    route: str = "ridge",
+    encoder: str | Sequence[str] = "handcrafted",
+    features_key: str | None = None,
+    image_key: str = "he",
+    spots_key: str = "spots",
+    table_key: str = "table",
+    tiles_key: str = "spot_tiles",
+    patch_um: float = 112.0,
+    mpp: float | None = None,
+    context_um: float | Sequence[float] | None = None,
+    standardise_sections: bool = False,
+    n_components: int | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    arch: str = "small_cnn",
+    hidden: int = 256,
+    n_members: int = 1,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    val_fraction: float = 0.15,
+    device: str | None = None,
+    seed: int | None = None,
+    candidates: Mapping[str, Sequence[Any]] | None = None,
+    ssl_encoder: str | Path | Network | None = None,
+    pretrain_tiles_key: str | None = None,
+    pretrain_epochs: int | None = None,
+) -> Network:
+    """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
+
+    Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
+    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
+    ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
+    spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
+    fit made otherwise are remade (logged), any others are refused with the difference. Spots
+    whose centre lies off the image or that have no counts are dropped (logged). Sections with
+    different gene sets are reduced to their shared genes (logged).
+
+    Routes:
+
+    - ``"ridge"``: tile embeddings (``hx.tl.embed`` with ``encoder``), standardised, optionally
+      reduced by PCA, then ridge regression whose ``alpha`` is chosen by inner cross-validation
+      (leave one section out when there are several sections, else 5 folds) on the mean Pearson
+      correlation over genes;
+    - ``"mlp"``: the same features through a small MLP trained with early stopping;
+    - ``"cnn"``: a :class:`histoexpr.models.SpotCNN` (``arch``) trained end to end on the patches
+      with flips, rotations and a mild colour jitter;
+    - ``"auto"``: the locked protocol. Every option of the head routes (features and encoder,
+      stain normalisation, per-section scaling, context, target transform, ridge or MLP head)
+      is chosen by inner leave-one-section-out on the training sections given here, never on
+      anything else (with a single section: three spatial bands of its spots, each held out in
+      turn); the ridge penalty is chosen inside each of those fits as for ``"ridge"``. The
+      chosen configuration is then trained on all sections. The grid is ``candidates``
+      (the default grid is below), searched one option at a time in its order
+      (each option takes its best value with the others fixed at their best so far), so the
+      cost is the sum of the numbers of values, not their product; features are computed once
+      per section, encoder and stain and shared by the candidates. The model's
+      ``metadata["auto"]`` records the grid, every candidate tried with its inner scores, and
+      the choice.
+
+    Encoders of the head routes and of ``candidates["encoder"]`` beyond those of
+    :func:`histoexpr.tl.embed`: ``"ssl"``, a small CNN (``TileEncoder(arch="small_cnn",
+    width=32, pool_levels=True)``) pretrained by SimCLR on the training sections' unlabelled
+    tiles inside ``fit`` (``pretrain_tiles_key``; or the file ``ssl_encoder``), and
+    ``"random_cnn"``, the same CNN at random initialisation. Both travel inside the returned
+    model (:class:`~histoexpr.models.EncoderHead`).
+
+    Target transforms (``candidates["target"]``), each computed within a training section:
+    ``"log1p"`` (none), ``"centred"`` (each gene's section mean removed: library depth and
+    batch offsets), ``"standardised"`` (and divided by its section standard deviation),
+    ``"rank"`` (normal scores of the ranks). Predictions are put back on the scale of the pooled
+    training spots (correlations within a section are unchanged).
+
+    Stain normalisation (``candidates["stain"]``: ``"none"`` or ``"macenko"``): a Macenko
+    reference is estimated on the training sections' tiles (:func:`histoexpr.pp.stain_reference`,
+    through torchstain) and stored in ``metadata["stain"]``; every section, new ones in
+    ``predict`` too, is mapped onto it with its own stain estimate
+    (:func:`histoexpr.pp.stain_normaliser`) before any encoder sees its tiles.
+
+    Parameters
+    ----------
+    data
+        A section (SpatialData), a list of them, or a mapping from section names to them.
+    genes
+        The genes to predict: a number of genes chosen by :func:`histoexpr.pp.select_genes`
+        with ``gene_flavor`` on all training sections, or a list of gene names (a single name
+        is one gene).
+    gene_flavor
+        Ranking used when ``genes`` is a number (``"top_expressed"``, ``"pearson_residuals"``...).
+    route
+        ``"ridge"``, ``"mlp"`` or ``"cnn"``.
+    encoder
+        Frozen encoder of the head routes, as :func:`histoexpr.tl.embed` takes it
+        (``"handcrafted"``, ``"squidpy"``, an architecture, a model file, or a list of them
+        whose features are concatenated). Prediction recomputes the same features on new tiles,
+        so the encoder must have fixed weights: architecture names without weights (random)
+        are refused. The encoder's fingerprint (a digest of a model file) is recorded.
+    features_key
+        Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``
+        (names of a list joined by ``"+"``). Features already there are reused when their
+        record (``uns["embeddings"]``, written by :func:`histoexpr.tl.embed`) shows the same
+        encoder, image and tiles; features an earlier fit made otherwise are remade, others
+        are refused. Features without a record are your own and are used as they are
+        (prediction then needs the same kind of features under that key).
+    image_key
+        Key of the H&E image.
+    spots_key
+        Key of the spot shapes.
+    table_key
+        Key of the spot table (raw counts in ``layers["counts"]`` or ``X``; ``obs["spot_id"]``
+        matching the spot shapes' index).
+    tiles_key
+        Key of the spot-centred tiles (made if absent).
+    patch_um
+        Width of the patch around each spot in um (HEST: 112 um).
+    mpp
+        Pixel size of the patches in um/px; defaults to the image's full resolution.
+    context_um
+        Head routes: neighbourhood context. Also use the mean features of the tiles whose
+        centres lie within this distance (um); several distances add one mean each (rings of
+        context, e.g. ``(300, 600)``). ``None`` uses the tile alone.
+    standardise_sections
+        Head routes: standardise features within each section (removes differences of stain and
+        scanner between sections; prediction does the same on the new section).
+    n_components
+        Ridge route: reduce the standardised features to this many principal components first.
+    alphas
+        Ridge route: the penalties tried by inner cross-validation.
+    arch
+        CNN route: encoder architecture of :class:`histoexpr.models.SpotCNN`.
+    hidden
+        MLP route: width of the hidden layer.
+    n_members
+        MLP route: number of MLPs trained with successive seeds whose predictions are averaged
+        (on her2st an ensemble of 3 gained about 0.02 mean Pearson over a single one).
+    epochs
+        MLP and CNN routes: maximum epochs (early stopping on a validation split).
+    lr
+        MLP and CNN routes: learning rate.
+    batch_size
+        MLP and CNN routes: spots per batch (also tiles per batch when embedding).
+    val_fraction
+        MLP and CNN routes: share of spots held out for early stopping.
+    device
+        Torch device; ``None`` uses ``hx.settings.device``.
+    seed
+        Random seed; ``None`` uses ``hx.settings.seed``.
+    candidates
+        Route ``"auto"``: the options to choose from, as ``{option: [values]}`` for any of
+        ``"encoder"``, ``"stain"``, ``"standardise_sections"``, ``"context_um"``, ``"target"``
+        and ``"head"``; options left out take the values of the default grid:
+        ``{"encoder": ["squidpy+handcrafted", "ssl", "random_cnn"], "stain": ["none",
+        "macenko"], "standardise_sections": [True, False], "context_um": [[300, 600], None],
+        "target": ["log1p", "centred", "standardised", "rank"], "head": ["ridge", "mlp"]}``
+        (searched in this order, starting from the first values).
+        One value per option trains that configuration without a search. The MLP head uses
+        ``hidden``, ``n_members``, ``epochs`` and ``lr``; the ridge head ``alphas``.
+    ssl_encoder
+        Encoder ``"ssl"``: a pretrained :class:`~histoexpr.models.TileEncoder` or its model file
+        (from :func:`histoexpr.tl.pretrain` on the training sections' tiles) to use instead of
+        pretraining one inside ``fit``.
+    pretrain_tiles_key
+        Encoder ``"ssl"`` pretrained inside ``fit``: the unlabelled tiles of every training
+        section to pretrain on; ``None`` makes 48 px tiles at ``mpp`` on a grid over the tissue
+        (stride two tiles) in light copies of the sections (nothing is written to them).
+    pretrain_epochs
+        Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
+        lr 1e-3, temperature 0.2, cosine schedule).
+
+    Returns
+    -------
+    The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
+    :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
+    :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
+    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``
+    (route ``"auto"``: also ``head``, ``target``, ``stain`` and the search in ``auto``).
+
+    Examples
+    --------
+    >>> model = hx.tl.fit({"C2": c2, "C3": c3}, model="spot_regressor", route="auto")
+    >>> model.metadata["auto"]["chosen"]
+    {'encoder': 'ssl', 'stain': 'none', 'standardise_sections': True, ...}
+    >>> hx.tl.predict(model, c4)
+
+    """
+    from ...pp import select_genes
+
+    if route not in ROUTES:
+        raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
+    if route == "cnn" and (context_um is not None or standardise_sections):
+        raise ValueError("context_um and standardise_sections apply to the head routes "
+                         "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
+    if route in ("ridge", "mlp"):
+        _refuse_random_encoder(encoder)
+    if route == "auto" and (context_um is not None or standardise_sections
+                            or n_components is not None or features_key is not None
+                            or encoder != "handcrafted"):
+        raise ValueError("route='auto' chooses the encoder, context and scaling itself; give "
+                         "the values to choose from as candidates={'encoder': [...], "
+                         "'context_um': [...], 'standardise_sections': [...]} instead.")
+    if candidates is not None and route != "auto":
+        raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
+                         "candidates to train one route.")
+    sections = _as_sections(data)
+    tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
+              for name, s in sections.items()]
+    in_channels = _image_channels(sections, image_key)
+    if isinstance(genes, int | np.integer) and not isinstance(genes, bool):
+        chosen = select_genes(tables, n_top=int(genes), flavor=gene_flavor)
+    else:
+        chosen = select_genes(tables, genes=genes)
+    mpp = _training_mpp(sections, image_key, mpp)
+    prepared = [_prepare_section(name, s, chosen, image_key=image_key, spots_key=spots_key,
+                                 table_key=table_key, tiles_key=tiles_key, patch_um=patch_um,
+                                 mpp=mpp) for name, s in sections.items()]
+    metadata = {"model": "spot_regressor", "route": route, "genes": chosen,
+                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
+                "in_channels": in_channels,
+                "trained_on": {p.name: len(p.targets) for p in prepared}}
+    network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
+    if route == "auto" or (route in ("ridge", "mlp") and network_encoder):
+        from ._spot_auto import fit_auto
+
+        if route != "auto":  # one configuration, no search
+            candidates = {"encoder": [encoder], "stain": ["none"],
+                          "standardise_sections": [standardise_sections],
+                          "context_um": [context_um], "target": ["log1p"], "head": [route]}
+            if n_components is not None:
+                raise ValueError("n_components applies to named encoders; the CNN encoders "
+                                 "'ssl' and 'random_cnn' are used without PCA.")
+        network, extra = fit_auto(
+            prepared, chosen, candidates=candidates, tiles_key=tiles_key, image_key=image_key,
+            mpp=mpp, ssl_encoder=ssl_encoder, pretrain_tiles_key=pretrain_tiles_key,
+            pretrain_epochs=pretrain_epochs,
+            options={"alphas": alphas, "hidden": hidden, "n_members": n_members,
+                     "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                     "val_fraction": val_fraction, "device": device, "seed": seed})
+        if route != "auto":
+            extra["route"] = route
+    elif route == "cnn":
+        from ._spot_training import fit_cnn
+
+        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
+                  for p in prepared]
+        network, extra = fit_cnn(at_mpp, tiles_key=tiles_key, image_key=image_key,
+                                 n_genes=len(chosen), arch=arch, epochs=epochs, lr=lr,
+                                 batch_size=batch_size, val_fraction=val_fraction,
+                                 device=device, seed=seed)
+        extra["normalisation"] = CNN_NORMALISATION
+    else:
+        encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
+        if features_key is None:
+            features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
+        features, records = [], []
+        for p in prepared:
+            values, record = section_features(
+                p.sdata, tiles_key, encoder=encoder, features_key=features_key,
+                context_um=context_um, standardise=standardise_sections, image_key=image_key,
+                batch_size=max(batch_size, 64), device=device)
+            features.append(values[p.tile_rows])
+            records.append(record)
+        if any(r != records[0] for r in records[1:]):
+            raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
+                             f"differently ({records}); give every section the same kind of "
+                             "features, or pass another features_key to compute them anew.")
+        targets = [p.targets for p in prepared]
+        metadata.update({"encoder": encoder, "features_key": features_key,
+                         "features": records[0], "context_um": _radii(context_um),
+                         "standardise_sections": standardise_sections})
+        if route == "ridge":
+            from ._spot_training import fit_ridge
+
+            network, extra = fit_ridge(features, targets, alphas=alphas,
+                                       n_components=n_components)
+        else:
+            from ._spot_training import fit_mlp
+
+            network, extra = fit_mlp(features, targets, hidden=hidden, n_members=n_members,
+                                     epochs=epochs, lr=lr, batch_size=batch_size,
+                                     val_fraction=val_fraction, device=device, seed=seed)
+    metadata.update(extra)
+    network.metadata = metadata
+    logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
+                route, len(chosen), sum(len(p.targets) for p in prepared), len(prepared))
+    return network

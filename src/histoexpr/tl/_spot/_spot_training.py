@@ -1,0 +1,226 @@
+"""Fitting the three routes of the spot regressor (ridge, MLP head, end-to-end CNN)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..._utils import logger, progress, resolve_seed, seed_everything
+from .._metrics._expression_metrics import column_pearson
+
+
+def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
+              alphas: Sequence[float], n_components: int | None):
+    """Standardise, optionally PCA, ridge; alpha by inner CV on the mean Pearson over genes.
+
+    The inner folds leave one section out when there are several sections, else they are
+    5 random folds of the spots. The fitted steps are folded into one
+    :class:`~histoexpr.models.LinearHead`.
+    """
+    from ...models import LinearHead
+
+    alphas = np.asarray(sorted(float(a) for a in alphas))
+    if alphas.size == 0 or (alphas <= 0).any():
+        raise ValueError(f"alphas must be positive penalties, got {list(alphas)}.")
+    x, y = np.vstack(features).astype(np.float64), np.vstack(targets).astype(np.float64)
+    groups = np.repeat(np.arange(len(features)), [len(f) for f in features])
+    if n_components is not None and not 1 <= n_components <= min(x.shape):
+        raise ValueError(f"n_components must lie between 1 and {min(x.shape)}, got "
+                         f"{n_components}.")
+    scores = np.zeros(len(alphas))
+    splits = list(_inner_splits(groups))
+    for train, test in splits:
+        transform, _ = _standardise_and_project(x[train], n_components)
+        predictions = _ridge_path(transform(x[train]), y[train], transform(x[test]), alphas)
+        scores += [np.nanmean(column_pearson(p, y[test])) for p in predictions]
+    scores /= len(splits)
+    best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(alphas) // 2
+    alpha = float(alphas[best])
+    if best in (0, len(alphas) - 1):
+        logger.info("The chosen ridge alpha %g lies at the end of the alphas tried; consider "
+                    "a wider range.", alpha)
+    weight, bias = _fold_ridge(x, y, alpha, n_components)
+    network = LinearHead(n_features=x.shape[1], n_genes=y.shape[1])
+    network.weight.copy_(torch.from_numpy(weight).float())
+    network.bias.copy_(torch.from_numpy(bias).float())
+    logger.info("Ridge alpha %g chosen by %d inner folds (mean Pearson %.3f).", alpha,
+                len(splits), scores[best])
+    return network, {"alpha": alpha, "n_components": n_components,
+                     "history": {"alphas": alphas.tolist(), "inner_pearson": scores.tolist()}}
+
+
+def fit_mlp(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *, hidden: int,
+            n_members: int, epochs: int, lr: float, batch_size: int, val_fraction: float,
+            device: str | None, seed: int | None):
+    """Train ``n_members`` small MLPs on standardised features with the one training loop.
+
+    Member ``i`` is trained alone with seed ``seed + i`` (its own initialisation and
+    validation split); the returned :class:`~histoexpr.models.MLPHead` averages them.
+    """
+    from ...models import MLPHead
+
+    x, y = np.vstack(features).astype(np.float32), np.vstack(targets).astype(np.float32)
+    ensemble = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden,
+                       n_members=n_members)
+    scale = x.std(axis=0)
+    ensemble.mean.copy_(torch.from_numpy(x.mean(axis=0)))
+    ensemble.scale.copy_(torch.from_numpy(np.where(scale > 0, scale, 1)))
+    histories = {}
+    for index, member in enumerate(ensemble.members):
+        member_seed = resolve_seed(seed) + index
+        seed_everything(member_seed)  # the member's initial weights follow its seed
+        single = MLPHead(n_features=x.shape[1], n_genes=y.shape[1], hidden=hidden)
+        single.mean.copy_(ensemble.mean)
+        single.scale.copy_(ensemble.scale)
+        histories[f"seed {member_seed}"] = _train_regressor(
+            single, single.members[0][-1], x, y, epochs=epochs, lr=lr, batch_size=batch_size,
+            val_fraction=val_fraction, device=device, seed=member_seed,
+            desc=f"spot regressor (mlp {index + 1}/{n_members})", augment=False)
+        member.load_state_dict(single.members[0].state_dict())
+    history = next(iter(histories.values())) if n_members == 1 else histories
+    return ensemble.eval(), {"history": history, "hidden": hidden, "n_members": n_members}
+
+
+def fit_cnn(sections: Sequence[Any], *, tiles_key: str, image_key: str, n_genes: int,
+            arch: str, epochs: int, lr: float, batch_size: int, val_fraction: float,
+            device: str | None, seed: int | None):
+    """Train a :class:`~histoexpr.models.SpotCNN` end to end on the spot patches.
+
+    The patches are read once (uint8, in memory: about ``3 * size_px**2`` bytes a spot) and
+    augmented on the fly.
+    """
+    from ...models import SpotCNN
+
+    patches = np.concatenate([_read_patches(s.sdata, tiles_key, image_key, s.tile_rows)
+                              for s in sections])
+    y = np.vstack([s.targets for s in sections]).astype(np.float32)
+    network = SpotCNN(n_genes=n_genes, arch=arch, in_channels=patches.shape[1])
+    history = _train_regressor(network, network.head[-1], patches, y, epochs=epochs, lr=lr,
+                               batch_size=batch_size, val_fraction=val_fraction, device=device,
+                               seed=seed, desc=f"spot regressor (cnn, {arch})", augment=True)
+    return network, {"history": history, "arch": arch, "size_px": int(patches.shape[-1])}
+
+
+def _train_regressor(network, last_layer, x: np.ndarray, y: np.ndarray, *, epochs: int,
+                     lr: float, batch_size: int, val_fraction: float, device: str | None,
+                     seed: int | None, desc: str, augment: bool) -> dict[str, Any]:
+    """Mean squared error of per-gene standardised targets, early stopping on a random split."""
+    from .._train import train
+
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}.")
+    rng = np.random.default_rng(resolve_seed(seed))
+    order = rng.permutation(len(y))
+    n_val = max(1, round(val_fraction * len(y)))
+    if len(y) - n_val < 2:
+        raise ValueError(f"Only {len(y)} spots: too few to train and validate a network.")
+    val, fit = order[:n_val], order[n_val:]
+    mean, scale = y[fit].mean(axis=0), y[fit].std(axis=0)
+    scale = torch.from_numpy(np.where(scale > 0, scale, 1).astype(np.float32))
+    with torch.no_grad():
+        last_layer.bias.copy_(torch.from_numpy(mean))
+
+    def loss(net, batch):
+        inputs = batch["x"]
+        if inputs.dtype == torch.uint8:
+            inputs = _prepare_patches(inputs, augment=augment and net.training)
+        error = (net(inputs) - batch["y"]) / scale.to(inputs.device)
+        return error.pow(2).mean()
+
+    generator = torch.Generator().manual_seed(resolve_seed(seed))
+    loader = DataLoader(_Arrays(x[fit], y[fit]), batch_size=batch_size, shuffle=True,
+                        generator=generator, drop_last=len(fit) > batch_size)
+    val_loader = DataLoader(_Arrays(x[val], y[val]), batch_size=batch_size * 2)
+    return train(network, loader, val_loader, loss, epochs=epochs, lr=lr, weight_decay=1e-3,
+                 patience=max(3, epochs // 4), device=device, seed=seed, desc=desc)
+
+
+def _prepare_patches(patches: torch.Tensor, *, augment: bool) -> torch.Tensor:
+    """uint8 patches to normalised floats; random dihedral turns and colour jitter if asked."""
+    from ._spot_inputs import CNN_NORMALISATION
+
+    x = patches.float() / 255
+    if augment:
+        n = len(x)
+        k = int(torch.randint(4, (1,)))
+        x = torch.rot90(x, k, dims=(2, 3))
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        gain = 1 + 0.1 * (torch.rand(n, x.shape[1], 1, 1, device=x.device) - 0.5)
+        shift = 0.05 * (torch.rand(n, 1, 1, 1, device=x.device) - 0.5)
+        x = (x * gain + shift).clamp(0, 1)
+    return (x - CNN_NORMALISATION["mean"]) / CNN_NORMALISATION["std"]
+
+
+def _read_patches(sdata, tiles_key: str, image_key: str, rows: np.ndarray) -> np.ndarray:
+    from ..._devices import resolve_workers
+    from ..._settings import settings
+    from ...pp import TileDataset
+
+    dataset = torch.utils.data.Subset(TileDataset(sdata, tiles_key, image_key=image_key),
+                                      rows.tolist())
+    loader = DataLoader(dataset, batch_size=64, num_workers=resolve_workers(settings.device))
+    chunks = [(batch["image"] * 255).round().to(torch.uint8).numpy()
+              for batch in progress(loader, desc="read patches", total=len(loader))]
+    return np.concatenate(chunks)
+
+
+class _Arrays(Dataset):
+    """Paired inputs and targets as dict items ``{"x", "y"}`` for the training loop."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[index], "y": self.y[index]}
+
+
+def _inner_splits(groups: np.ndarray):
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+    if len(np.unique(groups)) >= 2:
+        yield from LeaveOneGroupOut().split(groups, groups=groups)
+    else:
+        yield from KFold(n_splits=min(5, len(groups)), shuffle=True,
+                         random_state=0).split(groups)
+
+
+def _standardise_and_project(x: np.ndarray, n_components: int | None):
+    """Mean, scale and projection (identity without PCA) fitted on ``x``, and their function.
+
+    Constant features keep a scale of 1 (they stay at zero after centring).
+    """
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1)
+    projection = np.eye(x.shape[1])
+    if n_components is not None:
+        projection = np.linalg.svd((x - mean) / scale, full_matrices=False)[2][:n_components].T
+    return lambda data: ((data - mean) / scale) @ projection, (mean, scale, projection)
+
+
+def _ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, alphas: np.ndarray):
+    """Predictions on ``x_new`` of ridge fits with intercept for every alpha (one SVD)."""
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    uty = u.T @ (y - y_mean)
+    projected = (x_new - x_mean) @ vt.T
+    return [projected @ ((s / (s**2 + alpha))[:, None] * uty) + y_mean for alpha in alphas]
+
+
+def _fold_ridge(x: np.ndarray, y: np.ndarray, alpha: float, n_components: int | None):
+    """Weight and bias of standardise -> (PCA) -> ridge as one affine map of the raw features."""
+    transform, (mean, scale, projection) = _standardise_and_project(x, n_components)
+    t = transform(x)
+    t_mean, y_mean = t.mean(axis=0), y.mean(axis=0)
+    u, s, vt = np.linalg.svd(t - t_mean, full_matrices=False)
+    coef = vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ (y - y_mean)))
+    weight = (projection @ coef) / scale[:, None]
+    bias = y_mean - t_mean @ coef - mean @ weight
+    return weight, bias
