@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._validate import check_choice, check_positive
+from ._validate import check_choice, check_positive
 
 if TYPE_CHECKING:
     import xarray as xr
