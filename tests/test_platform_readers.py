@@ -352,8 +352,9 @@ def test_float_label_image_with_fractions_is_refused():
 
 def test_float_label_map_in_sdata_labels_cells(caplog):
     """A float label map stored in ``sdata.labels`` (made elsewhere) still names cells 1, 2."""
-    from histoexpr._cells import cell_raster
     from spatialdata.models import Labels2DModel
+
+    from histoexpr._cells import cell_raster
 
     labels = np.zeros((20, 20), np.float64)
     labels[2:6, 2:6] = 1.0

@@ -221,7 +221,7 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
     """Maps of a prediction table on its own, over the image of its ``uns["spatial"]``."""
     from anndata import AnnData
 
-    from ..pp._genes import expression_targets
+    from .._expression import expression_targets
 
     record = spatial_record(pred, library_id)
     predicted = _values(pred, pred_key)
