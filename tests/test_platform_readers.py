@@ -166,6 +166,10 @@ def _value_at(sdata, key: str, x: float, y: float):
                              outside="fill")
 
 
+def _channels(sdata, key: str) -> list[str]:
+    return [str(c) for c in hx.io.image_levels(sdata, key)[0].data.coords["c"].values]
+
+
 def _listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
@@ -180,8 +184,10 @@ def test_read_merscope_mpp_alignment_and_cells(tmp_path):
 
     assert hx.io.get_pixel_size(sdata, "dapi") == pytest.approx(0.5)
     assert hx.io.image_levels(sdata, "dapi")[0].offset == pytest.approx((100.0, 200.0))
-    channels = list(sdata.images["dapi"]["scale0"]["image"].coords["c"].values)
-    assert channels == ["DAPI", "PolyT"]  # DAPI first, whatever order the files are found in
+    # the nuclear stain alone under "dapi", the other stains under "stains"
+    assert _channels(sdata, "dapi") == ["DAPI"]
+    assert _channels(sdata, "stains") == ["PolyT"]
+    assert _value_at(sdata, "stains", *um[0])[0].max() == 500
     points = sdata.points["transcripts"].compute()
     assert sdata.points["transcripts"].attrs["spatialdata_attrs"]["feature_key"] == "gene"
     np.testing.assert_allclose(points[["x", "y"]].to_numpy(), um)  # global_x/y kept, in um
@@ -428,7 +434,8 @@ def test_read_merscope_on_the_merfish_crop(data_dir, tmp_path):
 
     assert hx.io.get_pixel_size(sdata, "dapi") == pytest.approx(MERFISH_MPP)
     assert hx.io.image_levels(sdata, "dapi")[0].offset == pytest.approx(MERFISH_ORIGIN)
-    assert sdata.images["dapi"]["scale0"]["image"].shape == (2, 4143, 4603)
+    assert sdata.images["dapi"]["scale0"]["image"].shape == (1, 4143, 4603)  # DAPI alone
+    assert _channels(sdata, "stains") == ["PolyT"]
     points = sdata.points["transcripts"].compute()
     assert len(points) == 80343 and points["gene"].nunique() == 559
     # the same transcripts read with read_transcripts (offset, image mpp) land on the same pixels

@@ -9,7 +9,11 @@ conventions (see ``docs/design.md``):
   um/px and transcripts, cells and images sit on one another;
 - the transcripts are the points ``"transcripts"`` with a ``gene`` column, in um (what
   :func:`histoexpr.pp.transcript_labels` reads by default);
-- the nuclear-stain image is ``sdata.images[image_key]`` (``"dapi"`` by default), DAPI first.
+- the nuclear stain alone is ``sdata.images[image_key]`` (``"dapi"`` by default), the other
+  stains ``sdata.images[stains_key]`` (``"stains"``), so that the steps that expect one nuclear
+  channel see one (they would average the stains otherwise);
+- Xenium's post-Xenium H&E image, aligned onto the transcripts by its alignment CSV, is
+  ``sdata.images["he"]`` with its own pixel size.
 
 The folder is checked before spatialdata-io is called, so a folder that is not the platform's
 output, or misses a file the reader needs, gives an error that names the file and the fix.
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .._elements import COORDINATE_SYSTEM, check_mpp
 from .._utils import log_added, logger
+from ._platform_images import he_files, read_he, split_stains
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -146,29 +151,6 @@ def _rename_points(sdata: SpatialData, old: str, gene_column: str) -> None:
     sdata.points["transcripts"] = points
 
 
-def _dapi_first(image, image_key: str):
-    """The image with its channels ordered DAPI first, then by name (deterministic)."""
-    import xarray as xr
-
-    channels = [str(c) for c in image["scale0"]["image"].coords["c"].values] \
-        if isinstance(image, xr.DataTree) else [str(c) for c in image.coords["c"].values]
-    order = sorted(channels, key=lambda c: (c.lower() != "dapi", c))
-    if order == channels:
-        return image
-    if isinstance(image, xr.DataTree):
-        return xr.DataTree.from_dict({name: image[name].to_dataset().sel(c=order)
-                                      for name in image.children})
-    return image.sel(c=order)
-
-
-def _rename_image(sdata: SpatialData, old: str, image_key: str) -> None:
-    if old not in sdata.images:
-        return
-    image = _dapi_first(sdata.images[old], image_key)
-    del sdata.images[old]
-    sdata.images[image_key] = image
-
-
 def _log_result(sdata: SpatialData, platform: str, image_key: str | None) -> None:
     from .._image import get_pixel_size
 
@@ -188,14 +170,31 @@ def read_xenium(
     transcripts: bool = True,
     image: bool = True,
     image_key: str = "dapi",
+    stains_key: str | None = "stains",
+    nuclear_stain: str = "DAPI",
+    he_image: str | Path | Literal["auto"] | None = "auto",
+    he_alignment: str | Path | Literal["auto"] | None = "auto",
+    he_key: str = "he",
 ) -> SpatialData:
     """Read a 10x Genomics Xenium output folder (``outs/``) through spatialdata-io.
 
     :func:`spatialdata_io.xenium` reads the files; histoexpr then puts ``"global"`` in
     micrometres (the pixel size is ``pixel_size`` of ``experiment.xenium``), stores the
-    transcripts as ``sdata.points["transcripts"]`` (column ``gene``, from ``feature_name``) and
-    the morphology (focus) image as ``sdata.images[image_key]``, DAPI first. The cell table
-    (``"table"``), the cell and nucleus polygons and label images keep spatialdata-io's names.
+    transcripts as ``sdata.points["transcripts"]`` (column ``gene``, from ``feature_name``), the
+    DAPI channel of the morphology focus image alone as ``sdata.images[image_key]`` and its other
+    stains (XOA 2 and later: boundary, interior RNA and protein) as ``sdata.images[stains_key]``.
+    The cell table (``"table"``), the cell and nucleus polygons and label images keep
+    spatialdata-io's names.
+
+    The post-Xenium H&E image (``*he_image.ome.tif``, found in the folder by default) is read by
+    :func:`spatialdata_io.xenium_aligned_image` with its alignment CSV (``*he_imagealignment.csv``,
+    exported from Xenium Explorer: a 3x3 matrix from H&E pixels to morphology pixels) and stored
+    as ``sdata.images[he_key]`` with its own pixel size (``Scale(mpp)`` and a translation, in um),
+    so that transcripts and cells drawn on it land on their pixels. An alignment that rotates the
+    image is resampled lazily onto an axis-aligned grid at the H&E's own pixel size. An H&E
+    image without an alignment file is refused (an unaligned H&E would sit silently off the
+    transcripts) unless ``he_alignment=None`` says that it is already registered pixel for pixel
+    onto the morphology image.
 
     Parameters
     ----------
@@ -211,11 +210,26 @@ def read_xenium(
     image
         Read the morphology focus image.
     image_key
-        Key of the morphology image in ``sdata.images``.
+        Key of the nuclear stain (one channel) in ``sdata.images``.
+    stains_key
+        Key of the other stains of the morphology image in ``sdata.images`` (only written when
+        there are other stains); ``None`` does not keep them.
+    nuclear_stain
+        Name of the nuclear stain's channel (case-insensitive); a one-channel image (XOA 1) is
+        the nuclear stain whatever its name.
+    he_image
+        The H&E image: ``"auto"`` reads the folder's ``*he_image.ome.tif`` if it has one, a path
+        reads that OME-TIFF (relative paths may be relative to ``path``), ``None`` reads none.
+    he_alignment
+        The H&E's alignment CSV: ``"auto"`` takes ``<image name>alignment.csv`` next to the
+        image (10x's name, e.g. ``he_imagealignment.csv``), a path reads that CSV, ``None`` means
+        that the image is already registered pixel for pixel onto the morphology image.
+    he_key
+        Key of the H&E image in ``sdata.images``.
 
     Returns
     -------
-    A SpatialData in histoexpr's conventions: ``"global"`` in um, the image with a
+    A SpatialData in histoexpr's conventions: ``"global"`` in um, the images with a
     ``Scale(mpp)`` transformation, ``points["transcripts"]`` in um.
 
     Examples
@@ -223,9 +237,14 @@ def read_xenium(
     >>> sdata = hx.io.read_xenium("Xenium_run/outs")
     >>> hx.io.get_pixel_size(sdata, "dapi")
     0.2125
+    >>> sdata = hx.io.read_xenium("outs", he_image="he.ome.tif", he_alignment="he_alignment.csv")
+    >>> hx.io.read_region(sdata, "he", (100.0, 100.0, 200.0, 200.0), mpp=0.5).shape
+    (3, 200, 200)
 
     """
     from spatialdata_io import xenium
+
+    from .._image import get_pixel_size
 
     folder = _folder(path, "Xenium")
     needed = ["experiment.xenium", "cells.zarr.zip"]
@@ -242,6 +261,8 @@ def read_xenium(
             "'morphology_focus.ome.tif' nor the folder 'morphology_focus/'). Copy it from the "
             "run's output, or pass image=False to read the rest.")
     mpp = _xenium_pixel_size(folder / "experiment.xenium")
+    he = he_files(folder, he_image, he_alignment)
+    he_element = read_he(*he, mpp) if he is not None else None
     sdata = xenium(
         folder, cells_boundaries=cells, nucleus_boundaries=cells, cells_labels=cells,
         nucleus_labels=cells, cells_table=cells, transcripts=transcripts, morphology_mip=False,
@@ -249,7 +270,11 @@ def read_xenium(
     )
     _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
     _rename_points(sdata, "transcripts", "feature_name")
-    _rename_image(sdata, "morphology_focus", image_key)
+    split_stains(sdata, "morphology_focus", image_key, stains_key, nuclear_stain, "Xenium")
+    if he_element is not None:
+        sdata.images[he_key] = he_element
+        log_added("images", he_key, f"H&E {he[0].name}, {get_pixel_size(sdata, he_key):.4g} um/px"
+                  + ("" if he[1] is None else f", aligned by {he[1].name}"))
     _log_result(sdata, "Xenium", image_key)
     return sdata
 
@@ -275,6 +300,8 @@ def read_merscope(
     transcripts: bool = True,
     image: bool = True,
     image_key: str = "dapi",
+    stains_key: str | None = "stains",
+    nuclear_stain: str = "DAPI",
 ) -> SpatialData:
     """Read a Vizgen MERSCOPE region folder through spatialdata-io.
 
@@ -282,9 +309,10 @@ def read_merscope(
     micrometres using ``images/micron_to_mosaic_pixel_transform.csv`` (its inverse maps mosaic
     pixels to um, so the mosaic gets ``Scale(mpp)`` and a translation to the mosaic's corner,
     and the transcripts and cell polygons keep their ``global_x``/``global_y`` in um), stores the
-    transcripts as ``sdata.points["transcripts"]`` and the mosaic of ``z_layer`` as
-    ``sdata.images[image_key]`` with one channel per stain (``mosaic_<stain>_z<z>.tif``), DAPI
-    first. The cell table (``"table"``) and polygons keep spatialdata-io's names.
+    transcripts as ``sdata.points["transcripts"]``, the DAPI mosaic of ``z_layer``
+    (``mosaic_DAPI_z<z>.tif``) alone as ``sdata.images[image_key]`` and the other stains'
+    mosaics (``mosaic_<stain>_z<z>.tif``, one channel each) as ``sdata.images[stains_key]``.
+    The cell table (``"table"``) and polygons keep spatialdata-io's names.
 
     Parameters
     ----------
@@ -304,7 +332,12 @@ def read_merscope(
     image
         Read the mosaic images of ``z_layer``.
     image_key
-        Key of the mosaic in ``sdata.images``.
+        Key of the nuclear stain's mosaic (one channel) in ``sdata.images``.
+    stains_key
+        Key of the other stains' mosaics in ``sdata.images`` (only written when there are other
+        stains); ``None`` does not keep them.
+    nuclear_stain
+        The nuclear stain (case-insensitive), as named in ``mosaic_<stain>_z<z>.tif``.
 
     Returns
     -------
@@ -353,7 +386,7 @@ def read_merscope(
     for key in [k for k in sdata.points.keys() if k.endswith("_transcripts")]:
         _rename_points(sdata, key, "gene")
     for key in [k for k in sdata.images.keys() if k.endswith(f"_z{z_layer}")]:
-        _rename_image(sdata, key, image_key)
+        split_stains(sdata, key, image_key, stains_key, nuclear_stain, "MERSCOPE")
     _log_result(sdata, "MERSCOPE", image_key)
     return sdata
 
