@@ -86,41 +86,74 @@ def _write_10x_h5(path: Path, matrix, barcodes, genes) -> None:
         features["_all_tag_keys"] = np.array([b"genome"])
 
 
-def write_xenium(root: Path, *, mpp: float = 0.2125, size=(40, 56)):
-    """A Xenium (XOA 1.0) output folder: 2 cells (labels and polygons), 3 transcripts."""
-    import zarr
+XENIUM_STAINS = ["DAPI", "ATP1A1/CD45/E-Cadherin", "18S", "AlphaSMA/Vimentin"]
 
+
+def write_xenium(root: Path, *, mpp: float = 0.2125, size=(40, 56), version: str = "1.0.2"):
+    """A Xenium output folder: 2 cells (labels and polygons), 3 transcripts.
+
+    ``version="1.0.2"`` writes XOA 1's layout (``morphology_focus.ome.tif``, DAPI only);
+    ``"2.0.0"`` writes XOA 2's: ``morphology_focus/morphology_focus_000<i>.ome.tif`` (4 stains),
+    ``cell_id`` as (prefix, suffix) pairs and ``polygon_sets`` in ``cells.zarr.zip``, and
+    ``label_id`` in the boundary files. (XOA 2's OME-XML links the four files into one image;
+    here the first file holds the four planes, the others are placeholders, which reads the same
+    through spatialdata-io.)
+    """
+    import zarr
+    from spatialdata_io.readers.xenium import cell_id_str_from_prefix_suffix_uint32
+
+    xoa2 = version.startswith("2")
     root.mkdir(parents=True)
     (root / "experiment.xenium").write_text(json.dumps(
-        {"pixel_size": mpp, "analysis_sw_version": "xenium-1.0.2"}))
+        {"pixel_size": mpp, "analysis_sw_version": f"xenium-{version}"}))
     labels = np.zeros(size, np.uint32)
     labels[5:15, 10:20] = 1
     labels[20:30, 30:45] = 2
+    ids = ["a", "b"]
     store = zarr.storage.ZipStore(root / "cells.zarr.zip", mode="w")
     group = zarr.open_group(store, mode="w")
     group.create_array("masks/0", data=labels)
     group.create_array("masks/1", data=labels)
+    if xoa2:
+        pairs = np.array([[1, 1], [2, 1]], np.uint32)
+        ids = list(cell_id_str_from_prefix_suffix_uint32(pairs[:, 0], pairs[:, 1]))
+        group.create_array("cell_id", data=pairs)
+        summary = group.create_array("cell_summary", data=np.ones((2, 8)))
+        summary.attrs["column_names"] = [
+            "cell_centroid_x", "cell_centroid_y", "cell_area", "nucleus_centroid_x",
+            "nucleus_centroid_y", "nucleus_area", "z_level", "nucleus_count"]
+        for mask in (0, 1):
+            group.create_array(f"polygon_sets/{mask}/cell_index", data=np.array([0, 1], np.int32))
     store.close()
     dapi = np.zeros(size, np.uint16)
     dapi[labels > 0] = 800
-    tifffile.imwrite(root / "morphology_focus.ome.tif", dapi)
+    if xoa2:
+        (root / "morphology_focus").mkdir()
+        stains = np.stack([dapi, dapi // 2 + 7, np.full(size, 3, np.uint16),
+                           np.full(size, 5, np.uint16)])
+        tifffile.imwrite(root / "morphology_focus" / "morphology_focus_0000.ome.tif", stains)
+        for i in (1, 2, 3):
+            tifffile.imwrite(root / "morphology_focus" / f"morphology_focus_000{i}.ome.tif",
+                             stains[i])
+    else:
+        tifffile.imwrite(root / "morphology_focus.ome.tif", dapi)
     pixels = np.array([[15, 10], [37, 25], [50, 35]], float)
     um = pixels * mpp
-    pd.DataFrame({"transcript_id": [1, 2, 3], "cell_id": ["a", "b", "UNASSIGNED"],
+    pd.DataFrame({"transcript_id": [1, 2, 3], "cell_id": [*ids, "UNASSIGNED"],
                   "overlaps_nucleus": [1, 1, 0], "feature_name": ["Gfap", "Slc17a7", "Gfap"],
                   "x_location": um[:, 0], "y_location": um[:, 1], "z_location": 1.0,
                   "qv": 40.0}).to_parquet(root / "transcripts.parquet")
-    ids = ["a", "b"]
     centres = np.array([[15.0, 10.0], [37.5, 25.0]]) * mpp
     pd.DataFrame({"cell_id": ids, "x_centroid": centres[:, 0], "y_centroid": centres[:, 1],
                   "transcript_counts": [1, 1], "cell_area": [100 * mpp**2, 150 * mpp**2],
                   "nucleus_area": [50 * mpp**2, 60 * mpp**2]}).to_parquet(root / "cells.parquet")
     for name, boxes in (("cell_boundaries.parquet", [(10, 5, 20, 15), (30, 20, 45, 30)]),
                         ("nucleus_boundaries.parquet", [(12, 7, 18, 13), (33, 22, 42, 28)])):
-        rows = [{"cell_id": cell, "vertex_x": vx * mpp, "vertex_y": vy * mpp}
-                for cell, (x0, y0, x1, y1) in zip(ids, boxes, strict=True)
+        rows = [{"cell_id": cell, "vertex_x": vx * mpp, "vertex_y": vy * mpp, "label_id": n}
+                for n, (cell, (x0, y0, x1, y1)) in enumerate(zip(ids, boxes, strict=True), 1)
                 for vx, vy in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
-        pd.DataFrame(rows).to_parquet(root / name)
+        frame = pd.DataFrame(rows)
+        (frame if xoa2 else frame.drop(columns="label_id")).to_parquet(root / name)
     _write_10x_h5(root / "cell_feature_matrix.h5", [[1, 0], [0, 1]], ids, ["Gfap", "Slc17a7"])
     return pixels
 
@@ -207,6 +240,7 @@ def test_read_xenium_mpp_and_transcripts_on_their_cells(tmp_path):
 
     assert hx.io.get_pixel_size(sdata, "dapi") == pytest.approx(0.2125)
     assert hx.io.get_pixel_size(sdata, "cell_labels") == pytest.approx(0.2125)
+    assert _channels(sdata, "dapi") == ["0"] and "stains" not in sdata.images  # XOA 1: DAPI only
     points = sdata.points["transcripts"].compute()
     np.testing.assert_allclose(points[["x", "y"]].to_numpy(), pixels * 0.2125)
     assert list(points["gene"]) == ["Gfap", "Slc17a7", "Gfap"]
@@ -215,6 +249,93 @@ def test_read_xenium_mpp_and_transcripts_on_their_cells(tmp_path):
     assert sdata.tables["table"].n_obs == 2
     centroid = sdata.shapes["cell_boundaries"].centroid
     np.testing.assert_allclose([centroid.x.iloc[0], centroid.y.iloc[0]], [15 * 0.2125, 10 * 0.2125])
+
+
+def write_he(root: Path, matrix, *, feature=(slice(12, 20), slice(20, 28)), name="he_image",
+             alignment=True):
+    """A 60 x 80 px RGB H&E (OME-TIFF) with one red square, and its alignment CSV (``matrix``).
+
+    The alignment maps H&E pixels (x = column, y = row) to morphology pixels, as Xenium
+    Explorer exports it.
+    """
+    he = np.full((60, 80, 3), 30, np.uint8)
+    he[feature] = (220, 10, 10)
+    tifffile.imwrite(root / f"{name}.ome.tif", he, photometric="rgb")
+    if alignment:
+        pd.DataFrame(np.asarray(matrix, float)).to_csv(root / f"{name}alignment.csv",
+                                                       header=False, index=False)
+
+
+def test_read_xenium_he_lands_on_the_transcripts(tmp_path):
+    """H&E pixel (col, row) -> morphology pixel 0.5 * (col, row) + (3, 2); the first transcript
+    (morphology pixel (15, 10)) sits on H&E pixel (24, 16), inside the red square."""
+    write_xenium(tmp_path / "outs", mpp=0.2125)
+    write_he(tmp_path / "outs", [[0.5, 0, 3], [0, 0.5, 2], [0, 0, 1]])
+    before = _listing(tmp_path / "outs")
+    sdata = hx.io.read_xenium(tmp_path / "outs")  # found in the folder with its alignment
+
+    assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(0.5 * 0.2125)
+    assert hx.io.image_levels(sdata, "he")[0].offset == pytest.approx((3 * 0.2125, 2 * 0.2125))
+    assert _channels(sdata, "he") == ["r", "g", "b"]
+    points = sdata.points["transcripts"].compute()[["x", "y"]].to_numpy()
+    on, off = _value_at(sdata, "he", *points[0]), _value_at(sdata, "he", *points[1])
+    assert tuple(on[:, 0, 0]) == (220, 10, 10) and tuple(off[:, 0, 0]) == (30, 30, 30)
+    # the red square's corners, in um, are where the alignment puts them
+    x0, y0, x1, y1 = (3 + 0.5 * 20) * 0.2125, (2 + 0.5 * 12) * 0.2125, \
+        (3 + 0.5 * 28) * 0.2125, (2 + 0.5 * 20) * 0.2125
+    region = hx.io.read_region(sdata, "he", (x0, y0, x1, y1), mpp=0.5 * 0.2125)
+    assert region.shape == (3, 8, 8) and (region[0] == 220).all()
+    assert _listing(tmp_path / "outs") == before
+    assert "he" not in hx.io.read_xenium(tmp_path / "outs", he_image=None).images
+
+
+def test_read_xenium_rotated_he_is_resampled_onto_the_transcripts(tmp_path, caplog):
+    """A 90-degree alignment: H&E (col, row) -> morphology (40 - 0.5 row, 0.5 col); the first
+    transcript (morphology (15, 10)) sits on H&E (col 20, row 50)."""
+    write_xenium(tmp_path / "outs", mpp=0.2125)
+    write_he(tmp_path / "outs", [[0, -0.5, 40], [0.5, 0, 0], [0, 0, 1]],
+             feature=(slice(46, 55), slice(16, 25)), name="post_xenium")
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        sdata = hx.io.read_xenium(tmp_path / "outs", he_image="post_xenium.ome.tif")
+    assert "resampling" in caplog.text
+    assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(0.5 * 0.2125)
+    points = sdata.points["transcripts"].compute()[["x", "y"]].to_numpy()
+    assert _value_at(sdata, "he", *points[0])[0, 0, 0] > 200  # red, on the square
+    assert _value_at(sdata, "he", *points[1])[0, 0, 0] < 50
+
+
+def test_read_xenium_xoa2_dapi_alone_and_stains_apart(tmp_path):
+    """XOA 2's morphology_focus/ folder (4 stains) and polygon_sets: the nuclear stain alone
+    under "dapi" (what the one-channel steps read), the three others under "stains"."""
+    pixels = write_xenium(tmp_path / "outs", mpp=0.2125, version="2.0.0")
+    sdata = hx.io.read_xenium(tmp_path / "outs")
+
+    assert _channels(sdata, "dapi") == ["DAPI"]
+    assert _channels(sdata, "stains") == XENIUM_STAINS[1:]
+    x, y = pixels[0] * 0.2125
+    assert _value_at(sdata, "dapi", x, y).shape[0] == 1
+    assert _value_at(sdata, "dapi", x, y).max() == 800
+    assert list(_value_at(sdata, "stains", x, y)[:, 0, 0]) == [407, 3, 5]
+    assert hx.io.get_pixel_size(sdata, "stains") == pytest.approx(0.2125)
+    table = sdata.tables["table"]
+    assert list(table.obs_names) == ["aaaaaaab-1", "aaaaaaac-1"]
+    on = [int(_value_at(sdata, "cell_labels", *p * 0.2125).max()) for p in pixels]
+    assert on == [1, 2, 0]
+    assert list(sdata.shapes["cell_boundaries"].index) == ["aaaaaaab-1", "aaaaaaac-1"]
+    only = hx.io.read_xenium(tmp_path / "outs", stains_key=None)
+    assert "stains" not in only.images and _channels(only, "dapi") == ["DAPI"]
+
+
+def test_merscope_dapi_is_one_fluorescence_channel(tmp_path):
+    """The steps reading "dapi" (transcript_labels' tissue test, tiles, augmentations) get one
+    fluorescence channel, not the stains averaged (nor 3 stains taken for an RGB H&E)."""
+    from histoexpr.pp._augment import stain_of
+
+    write_merscope(tmp_path / "region_0")
+    sdata = hx.io.read_merscope(tmp_path / "region_0", z_layer=3)
+    region = hx.io.read_region(sdata, "dapi", hx.io.image_levels(sdata, "dapi")[0].bounds,
+                               mpp=0.5)
+    assert region.shape == (1, 48, 64) and stain_of(region.shape[0]) == "fluorescence"
 
 
 def test_read_cosmx_fovs_in_micrometres(tmp_path):
