@@ -439,6 +439,68 @@ def test_read_xenium_without_pixel_size(tmp_path):
         hx.io.read_xenium(tmp_path / "outs")
 
 
+@bad_input("silently wrong", "a Xenium folder with a post-Xenium H&E (`*he_image.ome.tif`) but "
+           "no alignment CSV next to it",
+           says="FileNotFoundError naming the alignment file expected, before anything is read "
+                "(an H&E placed without its alignment would sit off the transcripts)",
+           fix="pass he_alignment= the CSV exported from Xenium Explorer, he_alignment=None if "
+               "the image is already registered onto the morphology image, or he_image=None")
+def test_read_xenium_he_without_alignment_is_refused(tmp_path):
+    write_xenium(tmp_path / "outs")
+    write_he(tmp_path / "outs", None, alignment=False)
+    before = _listing(tmp_path / "outs")
+    with pytest.raises(FileNotFoundError,
+                       match=r"he_imagealignment\.csv.*he_alignment=None.*he_image=None"):
+        hx.io.read_xenium(tmp_path / "outs")
+    assert _listing(tmp_path / "outs") == before
+    with pytest.raises(FileNotFoundError, match="alignment file .*nowhere.csv.* does not exist"):
+        hx.io.read_xenium(tmp_path / "outs", he_alignment="nowhere.csv")
+    registered = hx.io.read_xenium(tmp_path / "outs", he_alignment=None)  # said to be aligned
+    assert hx.io.get_pixel_size(registered, "he") == pytest.approx(0.2125)
+
+
+@bad_input("obscure error", "an H&E alignment CSV that is not a 3x3 affine matrix (2x3, text, "
+           "last row not 0,0,1)",
+           says="ValueError naming the file and what it holds, before spatialdata-io runs",
+           fix="export the image alignment again from Xenium Explorer, or pass he_image=None")
+@pytest.mark.parametrize(("content", "says"), [
+    ("0.5,0,3\n0,0.5,2\n", r"2x3 table, not the 3x3"),
+    ("scale,0.5\nshift,3\nnone,1\n", "not a table of numbers"),
+    ("0.5,0,3\n0,0.5,2\n1,1,1\n", r"not an invertible affine matrix \(last row 0, 0, 1\)"),
+])
+def test_read_xenium_bad_he_alignment(tmp_path, content, says):
+    write_xenium(tmp_path / "outs")
+    write_he(tmp_path / "outs", None, alignment=False)
+    (tmp_path / "outs" / "he_imagealignment.csv").write_text(content)
+    before = _listing(tmp_path / "outs")
+    with pytest.raises(ValueError, match=says + ".*Xenium Explorer"):
+        hx.io.read_xenium(tmp_path / "outs")
+    assert _listing(tmp_path / "outs") == before
+
+
+@bad_input("obscure error", "an H&E image that is not RGB (e.g. a one-channel TIFF) passed as "
+           "`he_image`",
+           says="ValueError naming the image's shape and the RGB layouts expected (spatialdata-io "
+                "would fail on a bare assert)",
+           fix="pass the post-Xenium H&E OME-TIFF, or he_image=None")
+def test_read_xenium_he_not_rgb(tmp_path):
+    write_xenium(tmp_path / "outs")
+    tifffile.imwrite(tmp_path / "outs" / "grey.ome.tif", np.zeros((60, 80), np.uint8))
+    with pytest.raises(ValueError, match=r"shape \(60, 80\); expected an RGB image"):
+        hx.io.read_xenium(tmp_path / "outs", he_image=tmp_path / "outs" / "grey.ome.tif",
+                          he_alignment=None)
+
+
+@bad_input("obscure error", "`nuclear_stain=` naming no channel of a multi-stain Xenium or "
+           "MERSCOPE image",
+           says="ValueError listing the channels the image has",
+           fix="pass nuclear_stain= the name of the nuclear stain among them")
+def test_nuclear_stain_not_found_names_the_channels(tmp_path):
+    write_merscope(tmp_path / "region_0")
+    with pytest.raises(ValueError, match=r"no channel named 'Hoechst'.*\['DAPI', 'PolyT'\]"):
+        hx.io.read_merscope(tmp_path / "region_0", nuclear_stain="Hoechst")
+
+
 # ----------------------------------------------------------------------------- flip_y, labels
 
 
