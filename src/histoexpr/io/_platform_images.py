@@ -48,11 +48,12 @@ def _select(image, channels: list[str]):
 
 
 def split_stains(sdata: SpatialData, old: str, image_key: str, stains_key: str | None,
-                 nuclear_stain: str, platform: str) -> None:
+                 nuclear_stain: str, platform: str, *, sort: bool = False) -> None:
     """Store the ``nuclear_stain`` channel of ``sdata.images[old]`` as ``image_key``, alone.
 
     The other channels go to ``stains_key`` (dropped when it is ``None``). A one-channel image is
     the nuclear stain whatever its channel's name (Xenium's XOA 1 focus image is DAPI only).
+    ``sort`` orders the other stains by name (MERSCOPE's mosaics come in directory order).
     """
     if old not in sdata.images:
         return
@@ -63,9 +64,11 @@ def split_stains(sdata: SpatialData, old: str, image_key: str, stains_key: str |
         nuclear = channels
     if not nuclear:
         raise ValueError(
-            f"The {platform} image has no channel named {nuclear_stain!r} (it has {channels}). "
-            "Pass nuclear_stain= one of these (the nuclear stain).")
+            f"The {platform} image has no channel named {nuclear_stain!r} (it has "
+            f"{sorted(channels)}). Pass nuclear_stain= one of these (the nuclear stain).")
     others = [c for c in channels if c not in nuclear[:1]]
+    if sort:
+        others.sort()
     del sdata.images[old]
     sdata.images[image_key] = _select(image, nuclear[:1]) if others else image
     if others and stains_key is not None:

@@ -386,7 +386,8 @@ def read_merscope(
     for key in [k for k in sdata.points.keys() if k.endswith("_transcripts")]:
         _rename_points(sdata, key, "gene")
     for key in [k for k in sdata.images.keys() if k.endswith(f"_z{z_layer}")]:
-        split_stains(sdata, key, image_key, stains_key, nuclear_stain, "MERSCOPE")
+        split_stains(sdata, key, image_key, stains_key, nuclear_stain, "MERSCOPE",
+                     sort=True)
     _log_result(sdata, "MERSCOPE", image_key)
     return sdata
 
