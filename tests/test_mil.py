@@ -151,12 +151,12 @@ def test_attention_check_scores_held_out_tiles(sections):
                                        **{**FAST, "batch_size": 8})
     assert set(result.obs["section"]) == set(sections)
     assert result.uns["scores"].groupby("fold")["pearson"].mean().min() > 0.4
-    check = hx.tl.attention_check(sections, key="cv")
+    check = hx.tl.attention_check(sections, pred_key="cv")
     assert len(check) == 3 * len(GENES)
     # per-tile predictions of a bag-level model find the expression of single spots
     assert check["tile_spearman"].mean() > 0.4
     with pytest.raises(KeyError, match="predict"):
-        hx.tl.attention_check(sections, key="absent")
+        hx.tl.attention_check(sections, pred_key="absent")
 
 
 def test_bad_input_is_refused_or_logged(cohort, caplog):

@@ -75,7 +75,7 @@ def fit(
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
-    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
+    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centres=spots_key)``, kept under
     ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
     spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
     fit made otherwise are remade (logged), any others are refused with the difference. Spots
