@@ -25,6 +25,7 @@ from ..._devices import (
 )
 from ..._settings import settings
 from ..._utils import logger, progress, resolve_device, resolve_seed, seed_everything
+from .._sections import as_sections
 from .._train import to_device
 
 if TYPE_CHECKING:
@@ -150,11 +151,11 @@ def pretrain(
     """
     from torch.utils.data import ConcatDataset
 
+    from ..._image_facts import stain_of
     from ...models import ContrastiveLearner
-    from ...pp import CachedDataset, TileDataset
-    from ...pp._augment import augmentations, stain_of
+    from ...pp import CachedDataset, TileDataset, augmentations
 
-    sections = _as_sections(data)
+    sections = list(as_sections(data).values())
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
     geometry = _common_geometry(sections, datasets)
     tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
@@ -286,18 +287,6 @@ def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
         options.update(num_workers=0, persistent_workers=False)
     return DataLoader(tiles, batch_size=batch_size, shuffle=True, drop_last=True,
                       generator=torch.Generator().manual_seed(seed), **options)
-
-
-def _as_sections(data: Any) -> list:
-    from spatialdata import SpatialData
-
-    if isinstance(data, SpatialData):
-        return [data]
-    sections = list(data.values()) if isinstance(data, Mapping) else list(data)
-    if not sections or not all(isinstance(s, SpatialData) for s in sections):
-        raise TypeError("data must be a SpatialData, a non-empty list of them, or a mapping of "
-                        "them (a Cohort).")
-    return sections
 
 
 def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:

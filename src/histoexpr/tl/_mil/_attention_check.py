@@ -9,6 +9,7 @@ import numpy as np
 
 from ..._utils import require_element
 from ..._validate import renamed_parameters
+from .._sections import as_sections
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,7 +67,7 @@ def attention_check(
     from .._metrics._expression_metrics import column_spearman
 
     key = pred_key
-    sections = data if isinstance(data, Mapping) else {"section": data}
+    sections = as_sections(data)
     rows = []
     for name, sdata in sections.items():
         require_element(sdata, table_key, "tables")

@@ -17,12 +17,12 @@ import numpy as np
 from ..._utils import (
     logger,
 )
+from .._sections import as_sections
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
     DEFAULT_ALPHAS,
     ROUTES,
-    _as_sections,
     _image_channels,
     _prepare_section,
     _refuse_random_encoder,
@@ -247,7 +247,7 @@ def fit(
     if candidates is not None and route != "auto":
         raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
                          "candidates to train one route.")
-    sections = _as_sections(data)
+    sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
     in_channels = _image_channels(sections, image_key)
