@@ -17,7 +17,7 @@ def test_one_naming_rule_for_sections_without_names():
 
 
 def test_other_inputs_are_refused_naming_what_is_accepted():
-    with pytest.raises(ValueError, match="No section given"):
+    with pytest.raises(TypeError, match="No section given.*a SpatialData"):
         as_sections([])
     with pytest.raises(TypeError, match="Section 'section_1' is a str.*a SpatialData, a "
                                         "non-empty list"):

@@ -17,8 +17,8 @@ def as_sections(data: Any) -> dict[str, SpatialData]:
 
     The one naming rule: a mapping keeps its keys (as strings); sections given without names
     (one SpatialData, or a list or tuple of them) are named by position, ``"section_0"``,
-    ``"section_1"``, ... Raises a ``ValueError`` for no section and a ``TypeError`` naming the
-    accepted inputs for anything else.
+    ``"section_1"``, ... Raises a ``TypeError`` naming the accepted inputs for no section and for
+    anything else.
     """
     from spatialdata import SpatialData
 
@@ -31,7 +31,7 @@ def as_sections(data: Any) -> dict[str, SpatialData]:
     else:
         raise TypeError(f"Expected {ACCEPTED}; got a {type(data).__name__}.")
     if not sections:
-        raise ValueError(f"No section given: pass {ACCEPTED}.")
+        raise TypeError(f"No section given: pass {ACCEPTED}.")
     for name, section in sections.items():
         if not isinstance(section, SpatialData):
             raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a "
