@@ -264,10 +264,6 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
         np.testing.assert_allclose(values, first[slide_id], rtol=1e-5, atol=1e-6)
 
 
-@bad_input("data lost",
-           "`read_cohort(..., store_dir=D)` where D/<slide_id>.zarr is a user's folder",
-           says="refuses: not a histoexpr slide store", fix="move it away or choose another "
-           "store_dir")
 def test_stores_recorded_with_the_old_tile_names_are_still_recognised(embedded, slide_folder,
                                                                        tmp_path):
     """Stores written before size/stride became size_px/stride_px are reused, not recomputed."""
@@ -295,6 +291,10 @@ def test_stores_recorded_with_the_old_tile_names_are_still_recognised(embedded, 
     assert (frame["status"] == "skipped").all()
 
 
+@bad_input("data lost",
+           "`read_cohort(..., store_dir=D)` where D/<slide_id>.zarr is a user's folder",
+           says="refuses: not a histoexpr slide store", fix="move it away or choose another "
+           "store_dir")
 def test_a_foreign_folder_in_the_store_dir_is_never_replaced(slide_folder, tmp_path):
     foreign = tmp_path / "stores" / "slide_00.zarr"
     foreign.mkdir(parents=True)
