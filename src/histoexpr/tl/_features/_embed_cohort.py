@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..._settings import settings
 from ..._utils import logger, progress, resolve_device, resolve_seed
-from ..._validate import renamed_parameters
+from ..._validate import renamed_parameters, stride_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,12 +28,7 @@ if TYPE_CHECKING:
 STATUSES = ("computed", "features", "skipped")
 
 
-def _stride_name(kwargs) -> str:
-    """The new name of the old ``stride``: it was in the unit of the tile size (as hx.pp.tile)."""
-    return "stride_um" if kwargs.get("size_um") is not None else "stride_px"
-
-
-@renamed_parameters(size="size_px", stride=_stride_name)
+@renamed_parameters(size="size_px", stride=stride_name)
 def embed_cohort(
     cohort: Cohort,
     *,
