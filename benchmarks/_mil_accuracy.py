@@ -130,7 +130,7 @@ def inner_loso(sections: dict, names: list[str], fit) -> float:
 
 
 def map_scores(sections: dict, held: str, key: str) -> dict:
-    check = hx.tl.attention_check({held: sections[held]}, key=key, tiles_key="he_tiles")
+    check = hx.tl.attention_check({held: sections[held]}, pred_key=key, tiles_key="he_tiles")
     return {c: float(check[c].mean()) for c in ("tile_spearman", "attention_spearman",
                                                  "contribution_spearman")}
 

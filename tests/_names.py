@@ -87,14 +87,9 @@ FORBIDDEN: dict[str, str] = {s: c["name"] for c in CONVENTIONS for s in c["synon
 #: (function, parameter) -> why it keeps a forbidden name for now. The tl entries are renamed by
 #: the helper that follows the tl/ regrouping (issue 13); remove an entry with its rename.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("tl.attention_check", "sections"): "tl rename pending: -> data",
-    ("tl.attention_check", "key"): "tl rename pending: -> pred_key",
     ("tl[spot_regressor].cross_validate_spots", "sections"): "tl rename pending: -> data",
-    ("tl.embed_cohort", "size"): "tl rename pending: -> size_px",
-    ("tl.embed_cohort", "stride"): "tl rename pending: -> stride_px / stride_um (as hx.pp.tile)",
     ("tl[spot_regressor].fit", "patch_um"): "tl rename pending: -> size_um",
     ("tl[patch_classifier].fit", "patch_size_um"): "tl rename pending: -> size_um",
-    ("tl.probe", "n_splits"): "tl rename pending: -> n_folds",
     ("tl[cell_morphology].fit", "folds"): "tl rename pending: -> n_folds",
     ("io.read_transcripts", "pixel_size"): "um per unit of the table's x/y, not an image's "
                                            "pixel size; rename to a clearer name is pending",

@@ -19,7 +19,7 @@ import histoexpr as hx
 from histoexpr.tl._metrics._expression_metrics import column_pearson
 
 GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1"]
-OPTIONS = {"encoder": "handcrafted", "size": 16, "mpp": 2.0}
+OPTIONS = {"encoder": "handcrafted", "size_px": 16, "mpp": 2.0}
 N_SLIDES = 12
 
 
@@ -239,17 +239,17 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
         ["slide_00", "slide_01"])
     before = _processed(cohort)
     with pytest.raises(ValueError, match="other parameters.*overwrite=True"):
-        hx.tl.embed_cohort(cohort, **{**OPTIONS, "size": 20})
+        hx.tl.embed_cohort(cohort, **{**OPTIONS, "size_px": 20})
     assert _processed(cohort) == before  # nothing was touched
-    frame = hx.tl.embed_cohort(cohort, **{**OPTIONS, "size": 20}, overwrite=True)
+    frame = hx.tl.embed_cohort(cohort, **{**OPTIONS, "size_px": 20}, overwrite=True)
     assert (frame["status"] == "computed").all()
     after = _processed(cohort)
     assert all(after[i] > before[i] for i in cohort.ids)
-    assert cohort.store("slide_00").params["tiles"]["size"] == 20
+    assert cohort.store("slide_00").params["tiles"]["size_px"] == 20
     n_old = reference.store("slide_00").n_tiles("he_tiles")
     assert cohort.store("slide_00").n_tiles("he_tiles") < n_old  # larger tiles: fewer
     # another encoder (here: another key) adds its features to the stored tiles
-    cnn = {**OPTIONS, "size": 20, "encoder": "small_cnn"}
+    cnn = {**OPTIONS, "size_px": 20, "encoder": "small_cnn"}
     frame = hx.tl.embed_cohort(cohort, **cnn, seed=3)
     assert (frame["status"] == "features").all()
     assert _processed(cohort) == after
@@ -262,6 +262,33 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
     hx.tl.embed_cohort(cohort, **cnn, seed=3, overwrite=True)
     for slide_id, values in _features(cohort, "X_small_cnn").items():
         np.testing.assert_allclose(values, first[slide_id], rtol=1e-5, atol=1e-6)
+
+
+def test_stores_recorded_with_the_old_tile_names_are_still_recognised(embedded, slide_folder,
+                                                                       tmp_path):
+    """Stores written before size/stride became size_px/stride_px are reused, not recomputed."""
+    import warnings
+
+    reference, _ = embedded
+    shutil.copytree(reference.store("slide_00").path, tmp_path / "stores" / "slide_00.zarr")
+    meta = tmp_path / "stores" / "slide_00.zarr" / "zarr.json"
+    content = json.loads(meta.read_text())
+    tiles = content["attributes"]["histoexpr"]["params"]["tiles"]
+    assert tiles["size_px"] == 16 and tiles["stride_px"] is None
+    content["attributes"]["histoexpr"]["params"]["tiles"] = {
+        "size": 16, "mpp": 2.0, "size_um": None, "stride": None, "min_tissue": 0.5}
+    meta.write_text(json.dumps(content))
+    cohort = hx.io.read_cohort(slide_folder, store_dir=tmp_path / "stores").subset(["slide_00"])
+    before = _processed(cohort)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # today's names warn nothing
+        frame = hx.tl.embed_cohort(cohort, **OPTIONS)
+    assert (frame["status"] == "skipped").all()
+    assert _processed(cohort) == before
+    # the old keywords still work, with a FutureWarning naming the new ones
+    with pytest.warns(FutureWarning, match="'size' is deprecated.*use 'size_px'"):
+        frame = hx.tl.embed_cohort(cohort, encoder="handcrafted", size=16, mpp=2.0)
+    assert (frame["status"] == "skipped").all()
 
 
 @bad_input("data lost",

@@ -151,12 +151,12 @@ def test_attention_check_scores_held_out_tiles(sections):
                                        **{**FAST, "batch_size": 8})
     assert set(result.obs["section"]) == set(sections)
     assert result.uns["scores"].groupby("fold")["pearson"].mean().min() > 0.4
-    check = hx.tl.attention_check(sections, key="cv")
+    check = hx.tl.attention_check(sections, pred_key="cv")
     assert len(check) == 3 * len(GENES)
     # per-tile predictions of a bag-level model find the expression of single spots
     assert check["tile_spearman"].mean() > 0.4
     with pytest.raises(KeyError, match="predict"):
-        hx.tl.attention_check(sections, key="absent")
+        hx.tl.attention_check(sections, pred_key="absent")
 
 
 def test_bad_input_is_refused_or_logged(cohort, caplog):
@@ -208,3 +208,17 @@ def test_top_tiles_show_the_most_attended_tiles(sections):
     titles = np.array([[float(ax.get_title()) for ax in row] for row in axes])
     assert (np.diff(titles, axis=1) <= 1e-9).all()
     plt.close("all")
+
+
+def test_bag_tiles_lists_the_tiles_of_every_bag(sections):
+    members = hx.tl.bag_tiles({"s2": sections["s2"]})
+    bags = sections["s2"].tables["bags_table"] if "bags_table" in sections["s2"].tables else None
+    assert list(members.columns) == ["bag", "section", "tile"]
+    assert (members["section"] == "s2").all()
+    n_tiles = sections["s2"].tables["he_tiles_table"].n_obs
+    assert members["tile"].between(0, n_tiles - 1).all()
+    assert not members.duplicated().any()
+    if bags is not None:
+        assert set(members["bag"]) <= {f"s2/{name}" for name in bags.obs_names}
+    # one section without a name is section_0, as for every tl step
+    assert (hx.tl.bag_tiles(sections["s2"])["section"] == "section_0").all()

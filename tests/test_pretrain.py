@@ -82,18 +82,20 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_encoder(sections, tmp_path, 
     whole = hx.tl.pretrain(section, "small_tiles", **options)
     steps_per_epoch = len(section.tables["small_tiles_table"]) // TINY["batch_size"]
 
-    real_step, calls = _pretrain._step, []
+    from histoexpr.models import ContrastiveLearner
 
-    def step_then_die(*args):
+    real_forward, calls = ContrastiveLearner.forward, []
+
+    def step_then_die(*args):  # the contrastive loss of one training step
         calls.append(1)
         if len(calls) > steps_per_epoch + 1:  # one step into the second epoch
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_forward(*args)
 
-    monkeypatch.setattr(_pretrain, "_step", step_then_die)
+    monkeypatch.setattr(ContrastiveLearner, "forward", step_then_die)
     with pytest.raises(KeyboardInterrupt):
         hx.tl.pretrain(section, "small_tiles", checkpoint_dir=tmp_path, **options)
-    monkeypatch.setattr(_pretrain, "_step", real_step)
+    monkeypatch.setattr(ContrastiveLearner, "forward", real_forward)
     saved = torch.load(tmp_path / _pretrain.CHECKPOINT_NAME, weights_only=True)
     assert saved["state"]["epoch"] == 1
 

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
+def stain_of(n_channels: int) -> str:
+    """The augmentation family of an image: ``"he"`` for 3 channels (RGB), else fluorescence."""
+    return "he" if n_channels == 3 else "fluorescence"
+
+
 def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,
                    size_um: float) -> np.ndarray:
     """Fraction (0 to 1) of each square tile's area that lies on the image's pixels.

@@ -107,6 +107,14 @@ def check_choice(name: str, value: Any, choices: Iterable[Any] | Any) -> Any:
     return value
 
 
+def stride_name(kwargs: Mapping[str, Any]) -> str:
+    """The new name of a tiling step's old ``stride`` (it was in the unit of the tile size).
+
+    For :func:`renamed_parameters`: ``stride_um`` when ``size_um`` is given, else ``stride_px``.
+    """
+    return "stride_um" if kwargs.get("size_um") is not None else "stride_px"
+
+
 def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> Callable[[F], F]:
     """Accept old keyword names for a while, with a ``FutureWarning`` naming the new one.
 

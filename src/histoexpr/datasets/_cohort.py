@@ -10,7 +10,7 @@ import numpy as np
 from .._utils import logger, progress, resolve_seed
 from .._validate import check_fraction, check_int
 from . import _rule
-from ._synthetic import _build_section, _check_positive, _check_size
+from ._synthetic import _build_section, _check_size
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -110,13 +110,7 @@ def _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
                   mixing) -> tuple[float, float]:
     """The arguments shared by the synthetic cohorts, checked; the slides' width and height."""
     check_int("n_slides", n_slides, minimum=1)
-    width_um, height_um = _check_size(size_um)
-    _check_positive("mpp", mpp)
-    if min(width_um, height_um) / mpp < 32:
-        raise ValueError(
-            f"Slides would be smaller than 32 pixels (size_um={size_um!r}, mpp={mpp}). "
-            "Increase size_um or decrease mpp."
-        )
+    width_um, height_um = _check_size(size_um, mpp, what="Slides")
     check_fraction("max_tumour", max_tumour, closed="left")
     check_fraction("tumour_threshold", tumour_threshold, closed="right")
     check_fraction("mixing", mixing, closed="both")

@@ -163,13 +163,7 @@ def synthetic_section(
     import time
 
     start = time.perf_counter()
-    width_um, height_um = _check_size(size_um)
-    _check_positive("mpp", mpp)
-    if min(width_um, height_um) / mpp < 32:
-        raise ValueError(
-            f"The section would be smaller than 32 pixels (size_um={size_um!r}, mpp={mpp}). "
-            "Increase size_um or decrease mpp."
-        )
+    width_um, height_um = _check_size(size_um, mpp, what="The section")
     props = _check_proportions(proportions)
     check_fraction("mixing", mixing, closed="both")
     _check_positive("region_scale_um", region_scale_um)
@@ -215,7 +209,8 @@ def _check_positive(name: str, value: float) -> None:
     check_positive(name, value)
 
 
-def _check_size(size_um) -> tuple[float, float]:
+def _check_size(size_um, mpp: float, *, what: str) -> tuple[float, float]:
+    """Width and height in um of ``size_um``; ``what`` (e.g. "Slides") is at least 32 pixels."""
     if isinstance(size_um, int | float | np.number) and not isinstance(size_um, bool):
         pair = (size_um, size_um)
     elif isinstance(size_um, tuple | list) and len(size_um) == 2:
@@ -227,6 +222,12 @@ def _check_size(size_um) -> tuple[float, float]:
         )
     for v in pair:
         _check_positive("size_um", v)
+    _check_positive("mpp", mpp)
+    if min(pair) / mpp < 32:
+        raise ValueError(
+            f"{what} would be smaller than 32 pixels (size_um={size_um!r}, mpp={mpp}). "
+            "Increase size_um or decrease mpp."
+        )
     return float(pair[0]), float(pair[1])
 
 

@@ -36,6 +36,9 @@ class TileEncoder(Network):
     torch.Size([2, 128])
     """
 
+    #: the names ``arch`` accepts
+    ARCHITECTURES = ARCHITECTURES
+
     def __init__(self, *, arch: str = "small_cnn", in_channels: int = 3, width: int = 16,
                  pool_levels: bool = False) -> None:
         if arch not in ARCHITECTURES:

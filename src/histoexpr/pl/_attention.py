@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -208,7 +209,7 @@ def top_tiles(
     import matplotlib.pyplot as plt
 
     from ..pp import TileDataset
-    from ..tl._mil._bag_data import collect_bags
+    from ..tl import bag_tiles
 
     if gene not in predictions.var_names:
         raise KeyError(f"{gene!r} is not among the predicted genes.")
@@ -216,9 +217,16 @@ def top_tiles(
     if by == "measured" and "measured" not in predictions.layers:
         raise KeyError("The predictions hold no measured values; pass by='predicted'.")
     info = next(v for v in predictions.uns.values() if isinstance(v, dict) and "tiles_key" in v)
-    bags = collect_bags(data, tiles_key=info["tiles_key"], features_key=info["features_key"],
+    tiles_key = info["tiles_key"]
+    members = bag_tiles(data, tiles_key=tiles_key, features_key=info["features_key"],
                         bags_key=info["bags_key"])
-    rows_of = dict(zip(bags.bulk.obs_names, bags.rows, strict=True))
+    rows_of = {bag: group["tile"].to_numpy() for bag, group in members.groupby("bag", sort=False)}
+    if isinstance(data, Mapping):
+        sections = data
+    elif isinstance(data, list | tuple):  # tl names sections given without names by position
+        sections = {f"section_{i}": one for i, one in enumerate(data)}
+    else:
+        sections = {name: data for name in members["section"].unique()}
     column = predictions[:, gene].layers["measured"] if by == "measured" else \
         predictions[:, gene].X
     values = np.asarray(column).ravel()
@@ -230,7 +238,7 @@ def top_tiles(
         candidates = []  # (attention within the bag, section, tile row)
         for name, section in zip(predictions.obs_names[bins == b],
                                  predictions.obs["section"][bins == b], strict=True):
-            table = bags.sections[section].tables[f"{bags.tiles_key}_table"]
+            table = sections[section].tables[f"{tiles_key}_table"]
             branch = table.obsm[f"{pred_key}_attention"]
             weights = branch[gene if gene in branch.columns else branch.columns[0]].to_numpy()
             rows = rows_of[name]
@@ -251,7 +259,7 @@ def top_tiles(
                 continue
             weight, section, row = candidates[j]
             if section not in datasets:
-                datasets[section] = TileDataset(bags.sections[section], bags.tiles_key)
+                datasets[section] = TileDataset(sections[section], tiles_key)
             image = datasets[section][int(row)]["image"].numpy()
             ax.imshow(np.moveaxis(image[:3], 0, -1) if image.shape[0] >= 3 else image[0],
                       cmap=None if image.shape[0] >= 3 else "gray")

@@ -40,8 +40,8 @@ def augmentations(
     Parameters
     ----------
     stain
-        ``"he"`` (RGB brightfield) or ``"fluorescence"``; :func:`stain_of` chooses from the
-        image's channels.
+        ``"he"`` (RGB brightfield) or ``"fluorescence"`` (any number of channels; histoexpr's
+        own steps choose from the image's channels: 3 is H&E).
     size_px
         Side of the tiles, in pixels (the crops are resized back to it).
     crop_scale
@@ -85,11 +85,6 @@ def augmentations(
             {"name": "RandomGaussianNoise", "std": 0.02 * s, "p": 0.3},
         ]
     return build_augmentations([*geometry, *colour, blur])
-
-
-def stain_of(n_channels: int) -> str:
-    """Return the augmentation family for an image with ``n_channels`` channels (3: H&E)."""
-    return "he" if n_channels == 3 else "fluorescence"
 
 
 def build_augmentations(spec: list[dict[str, Any]]) -> nn.Module:

@@ -16,7 +16,13 @@ from .._utils import (
     require_element,
     store_element,
 )
-from .._validate import check_fraction, check_int, check_positive, renamed_parameters
+from .._validate import (
+    check_fraction,
+    check_int,
+    check_positive,
+    renamed_parameters,
+    stride_name,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -30,12 +36,8 @@ DEFAULT_SIZE = 224
 _FRACTION_PIXELS_PER_TILE = 64
 
 
-def _stride_name(kwargs) -> str:
-    """The new name of the old ``stride``: it was in the unit of the tile size."""
-    return "stride_um" if kwargs.get("size_um") is not None else "stride_px"
 
-
-@renamed_parameters(size="size_px", stride=_stride_name, centers="centres")
+@renamed_parameters(size="size_px", stride=stride_name, centers="centres")
 def tile(
     sdata: SpatialData,
     image_key: str = "he",

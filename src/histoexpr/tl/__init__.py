@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_features._embed": ["embed"],
         "_features._embed_cohort": ["embed_cohort"],
         "_mil._attention_check": ["attention_check"],
+        "_mil._bag_data": ["bag_tiles"],
         "_features._pretrain": ["pretrain"],
         "_features._probe": ["probe"],
         "_metrics._expression_metrics": ["gene_correlations"],

@@ -47,6 +47,11 @@ def train(
     device: str | None = None,
     seed: int | None = None,
     desc: str = "training",
+    optimiser: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    first_epoch: int = 0,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    reseed: bool = True,
 ) -> dict[str, Any]:
     """Train ``network`` in place and return its history.
 
@@ -75,6 +80,20 @@ def train(
         Random seed; ``None`` uses ``hx.settings.seed``.
     desc
         Label of the progress bar.
+    optimiser
+        The optimiser of ``network``'s parameters (e.g. one restored from a checkpoint);
+        ``None`` makes AdamW with ``lr`` and ``weight_decay``.
+    scheduler
+        A :mod:`torch.optim.lr_scheduler` scheduler of ``optimiser``, stepped after every
+        training batch; ``None`` keeps the rate.
+    first_epoch
+        Epochs already run (a resumed run): the loop runs epochs ``first_epoch`` to
+        ``epochs - 1``.
+    on_epoch
+        Called as ``on_epoch(epoch, history)`` after every epoch (e.g. to write a checkpoint).
+    reseed
+        Seed the random generators from ``seed`` first; ``False`` keeps their state (the caller
+        seeded them, or restored them from a checkpoint).
 
     Returns
     -------
@@ -83,7 +102,8 @@ def train(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}.")
-    seed_everything(seed)
+    if reseed:
+        seed_everything(seed)
     device = resolve_device(device)
     ctx = _distributed.context(device)
     if ctx is not None:
@@ -101,29 +121,36 @@ def train(
         train_batches = _distributed.ShardedBatches(train_batches, ctx)
         if val_batches is not None:
             val_batches = _distributed.ShardedBatches(val_batches, ctx)
-    optimiser = torch.optim.AdamW(
-        [p for p in network.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
-    )
+    if optimiser is None:
+        optimiser = torch.optim.AdamW(
+            [p for p in network.parameters() if p.requires_grad], lr=lr,
+            weight_decay=weight_decay)
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "best_epoch": 0,
-                               "epochs_run": 0, "device": device, "precision": precision.name,
+                               "epochs_run": first_epoch, "device": device,
+                               "precision": precision.name,
                                "world_size": 1 if ctx is None else ctx.world_size}
     best_loss, best_state, since_best = math.inf, None, 0
     start = time.perf_counter()
     main = ctx is None or ctx.is_main
-    bar = progress(range(epochs), desc=desc, total=epochs, show=None if main else False)
+    bar = progress(range(first_epoch, epochs), desc=desc, total=max(0, epochs - first_epoch),
+                   show=None if main else False)
     for epoch in bar:
         network.train()
         history["train_loss"].append(
-            _run_epoch(model, train_batches, loss, device, optimiser, precision, ctx))
+            _run_epoch(model, train_batches, loss, device, optimiser, precision, ctx, scheduler))
         history["epochs_run"] = epoch + 1
         if val_batches is None:
             bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}")
+            if on_epoch is not None:
+                on_epoch(epoch, history)
             continue
         network.eval()
         with torch.no_grad():  # the bare network: no gradients to synchronise
             val_loss = _run_epoch(network, val_batches, loss, device, None, precision, ctx)
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
+        if on_epoch is not None:
+            on_epoch(epoch, history)
         if val_loss < best_loss:
             best_loss, since_best, history["best_epoch"] = val_loss, 0, epoch
             best_state = copy.deepcopy(network.state_dict())
@@ -146,7 +173,7 @@ def train(
 
 
 def _run_epoch(model, batches, loss: LossFunction, device: str, optimiser, precision,
-               ctx) -> float:
+               ctx, scheduler=None) -> float:
     """Mean loss over one pass, weighted by batch size; a training step when ``optimiser``.
 
     Under DDP each process's loss is weighted by its share of the global batch (times the number
@@ -172,6 +199,8 @@ def _run_epoch(model, batches, loss: LossFunction, device: str, optimiser, preci
             if ctx is not None:  # DDP averages over processes: weight by the share of the batch
                 weighted = value * (size * ctx.world_size / global_size)
             backward_and_step(weighted, optimiser, precision)
+            if scheduler is not None:
+                scheduler.step()
         total += float(value.detach()) * size
         count += size
     if ctx is not None:

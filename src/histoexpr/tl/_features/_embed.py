@@ -265,7 +265,6 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
     """The network, its short name and its input normalisation for an ``encoder`` argument."""
     from ...io import load_model
     from ...models import HandcraftedEncoder, Network, TileEncoder
-    from ...models._encoders import ARCHITECTURES
 
     if isinstance(encoder, Network):
         network, name = encoder, type(encoder).__name__.lower()
@@ -273,7 +272,7 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
         network, name = load_model(encoder, device="cpu"), Path(encoder).stem
     elif encoder == "handcrafted":
         return HandcraftedEncoder(in_channels=in_channels), "handcrafted", None
-    elif encoder in ARCHITECTURES:
+    elif encoder in TileEncoder.ARCHITECTURES:
         network, name = TileEncoder(arch=encoder, in_channels=in_channels), encoder
         if checkpoint is not None:
             network = _load_checkpoint(network, Path(checkpoint))
@@ -293,7 +292,8 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
         network, name = HuggingFaceEncoder(path=folder), f"hf_{Path(folder).name}"
     else:
         raise ValueError(
-            f"Unknown encoder {encoder!r}: use 'handcrafted', one of {ARCHITECTURES}, "
+            f"Unknown encoder {encoder!r}: use 'handcrafted', one of "
+            f"{TileEncoder.ARCHITECTURES}, "
             "'timm:<name>', 'hf:<folder>', a histoexpr model file (.pt) or a histoexpr network."
         )
     expected = getattr(network, "in_channels", in_channels)

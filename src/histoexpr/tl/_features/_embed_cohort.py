@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..._settings import settings
 from ..._utils import logger, progress, resolve_device, resolve_seed
+from ..._validate import renamed_parameters, stride_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,15 +28,17 @@ if TYPE_CHECKING:
 STATUSES = ("computed", "features", "skipped")
 
 
+@renamed_parameters(size="size_px", stride=stride_name)
 def embed_cohort(
     cohort: Cohort,
     *,
     encoder: str | Path | Network | Sequence[str | Path | Network] = "handcrafted",
     checkpoint: str | Path | None = None,
-    size: int | None = None,
+    size_px: int | None = None,
     mpp: float | None = None,
     size_um: float | None = None,
-    stride: float | None = None,
+    stride_px: float | None = None,
+    stride_um: float | None = None,
     min_tissue: float = 0.5,
     tissue_mpp: float = 8.0,
     tissue_kind: Literal["auto", "brightfield", "fluorescence"] = "auto",
@@ -76,15 +79,19 @@ def embed_cohort(
         run) gets the same ones.
     checkpoint
         Local weights for an architecture name (as for :func:`histoexpr.tl.embed`).
-    size
+    size_px
         Tile width in pixels at ``mpp`` (as for :func:`histoexpr.pp.tile`; 224 unless
-        ``size_um``).
+        ``size_um``). (Was ``size``, still accepted with a ``FutureWarning``.)
     mpp
         Pixel size of the tiles in um/px; defaults to the slide's full resolution.
     size_um
-        Tile width in micrometres, instead of ``size``.
-    stride
-        Distance between grid tiles, in the unit of the size; defaults to the size.
+        Tile width in micrometres, instead of ``size_px``.
+    stride_px
+        Distance between grid tiles in pixels at ``mpp``; give it or ``stride_um``, not both.
+        Both default to the tile size. (The old ``stride``, in the unit of the size, is still
+        accepted with a ``FutureWarning``.)
+    stride_um
+        Distance between grid tiles in micrometres.
     min_tissue
         Smallest share of a tile on tissue for it to be kept.
     tissue_mpp
@@ -149,9 +156,14 @@ def embed_cohort(
     if tissue_kind not in ("auto", "brightfield", "fluorescence"):
         raise ValueError(f"tissue_kind must be 'auto', 'brightfield' or 'fluorescence', got "
                          f"{tissue_kind!r}.")
-    if size is not None and size_um is not None:
-        raise ValueError("Give the tile size either in pixels (size) or in um (size_um), not both.")
-    for name, value in (("size_um", size_um), ("mpp", mpp), ("stride", stride)):
+    if size_px is not None and size_um is not None:
+        raise ValueError("Give the tile size either in pixels (size_px) or in um (size_um), not "
+                         "both.")
+    if stride_px is not None and stride_um is not None:
+        raise ValueError("Give the stride either in pixels (stride_px) or in um (stride_um), not "
+                         "both.")
+    for name, value in (("size_um", size_um), ("mpp", mpp), ("stride_px", stride_px),
+                        ("stride_um", stride_um)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}.")
     if client is not None and not hasattr(client, "map"):
@@ -170,8 +182,7 @@ def embed_cohort(
         "image_key": image_key, "tissue_key": tissue_key, "tiles_key": tiles_key,
         "tissue": {"mpp": float(tissue_mpp), "kind": tissue_kind,
                    "min_area_um2": float(min_area_um2)},
-        "tiles": {"size": size, "mpp": mpp, "size_um": size_um, "stride": stride,
-                  "min_tissue": float(min_tissue)},
+        "tiles": _tile_record(size_px, mpp, size_um, stride_px, stride_um, min_tissue),
     }
     feature_params = {"encoder": [_encoder_description(one) for one in encoders],
                       "checkpoint": None if checkpoint is None else _fingerprint(checkpoint),
@@ -191,8 +202,9 @@ def embed_cohort(
             tasks.append({"slide_id": slide_id, "path": str(path), "store": str(store.path),
                           "mpp": cohort.slide_mpp(slide_id), "status": status,
                           "params": params, "feature_params": feature_params,
-                          "tile_options": {"size": size, "mpp": mpp, "size_um": size_um,
-                                           "stride": stride, "min_tissue": min_tissue},
+                          "tile_options": {"size_px": size_px, "mpp": mpp,
+                                           "size_um": size_um, "stride_px": stride_px,
+                                           "stride_um": stride_um, "min_tissue": min_tissue},
                           "batch_size": batch_size, "device": device, "checkpoint": checkpoint})
     n_skip = sum(s == "skipped" for s in statuses.values())
     logger.info("embed_cohort: %d slides to process, %d already done (%s, features %r).",
@@ -209,6 +221,35 @@ def embed_cohort(
     return frame
 
 
+def _tile_record(size_px, mpp, size_um, stride_px, stride_um, min_tissue) -> dict:
+    """The tile options as a store records them (``stride_um`` only where given)."""
+    record = {"size_px": size_px, "mpp": mpp, "size_um": size_um, "stride_px": stride_px,
+              "min_tissue": float(min_tissue)}
+    if stride_um is not None:
+        record["stride_um"] = stride_um
+    return record
+
+
+def _as_current(params: dict) -> dict:
+    """A store's recorded parameters with the tile options under today's names.
+
+    Stores written before the renames recorded ``size`` and ``stride`` (the stride in the unit
+    of the size): read as ``size_px`` and ``stride_px`` or ``stride_um``, so those stores are
+    still recognised (and skipped when made the same way).
+    """
+    tiles = params.get("tiles")
+    if not isinstance(tiles, dict) or ("size" not in tiles and "stride" not in tiles):
+        return params
+    tiles = dict(tiles)
+    size_px, stride = tiles.pop("size", None), tiles.pop("stride", None)
+    new = {"size_px": size_px, "mpp": tiles.get("mpp"), "size_um": tiles.get("size_um"),
+           "stride_px": None if tiles.get("size_um") is not None else stride}
+    new.update({k: v for k, v in tiles.items() if k not in new})
+    if stride is not None and tiles.get("size_um") is not None:
+        new["stride_um"] = stride
+    return {**params, "tiles": new}
+
+
 def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: str,
           key: str, overwrite: bool) -> str:
     """``"computed"``, ``"features"`` or ``"skipped"``; raises on a conflict without overwrite."""
@@ -218,7 +259,7 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
         logger.info("The store of %s is unfinished (an interrupted run?); computing it anew.",
                     slide_id)
         return "computed"
-    stored = store.params
+    stored = _as_current(store.params)
     if stored != _plain(params):
         if not overwrite:
             changed = sorted(k for k in set(stored) | set(params)

@@ -1,8 +1,8 @@
 """Self-supervised pretraining of tile encoders on unlabelled tiles: SimCLR and MoCo-v2.
 
-A contrastive loss has no validation set to stop on, so this module runs its own short epoch
-loop (with the helpers of :mod:`histoexpr.tl._train`) instead of :func:`~._train.train`: it
-adds what that loop lacks, a checkpoint after every epoch and resuming from it.
+Trained by the one training loop, :func:`histoexpr.tl._train.train`, without a validation set (a
+contrastive loss has none to stop on), with a :mod:`torch.optim.lr_scheduler` schedule stepped
+every batch, a checkpoint after every epoch and resuming from it.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import numpy as np
 import torch
 
 from ..._devices import (
-    Precision,
-    autocast,
-    backward_and_step,
     loader_options,
-    resolve_precision,
 )
 from ..._settings import settings
-from ..._utils import logger, progress, resolve_device, resolve_seed, seed_everything
-from .._train import to_device
+from ..._utils import logger, resolve_device, resolve_seed, seed_everything
+from .._sections import as_sections
+from .._train import train
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -150,11 +147,11 @@ def pretrain(
     """
     from torch.utils.data import ConcatDataset
 
+    from ..._image_facts import stain_of
     from ...models import ContrastiveLearner
-    from ...pp import CachedDataset, TileDataset
-    from ...pp._augment import augmentations, stain_of
+    from ...pp import CachedDataset, TileDataset, augmentations
 
-    sections = _as_sections(data)
+    sections = list(as_sections(data).values())
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
     geometry = _common_geometry(sections, datasets)
     tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
@@ -174,7 +171,6 @@ def pretrain(
     else:
         views = augment
     device = resolve_device(device)
-    precision = resolve_precision(device)
     learner.to(device)
     views.to(device)
     optimiser = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad],
@@ -189,24 +185,29 @@ def pretrain(
     steps_per_epoch = len(tiles) // batch_size
     scheduler = _scheduler(optimiser, epochs * steps_per_epoch, schedule, warmup,
                            done=state["epoch"] * steps_per_epoch)
-    for epoch in progress(range(state["epoch"], epochs), desc=f"pretrain ({method})",
-                          total=max(0, epochs - state["epoch"])):
-        began = time.perf_counter()
-        loader = _loader(tiles, batch_size, seed + epoch, device, cache)
-        learner.train()
-        losses = []
-        for batch in progress(loader, desc=f"epoch {epoch + 1}", total=len(loader)):
-            images = to_device(batch, device)["image"]
-            pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
-            losses.append(_step(learner, optimiser, *pairs.chunk(2), precision))
-            if scheduler is not None:
-                scheduler.step()
-        state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + time.perf_counter() - began
-        state["loss"].append(float(np.mean(losses)))
+
+    def contrastive_loss(network, batch: dict[str, Any]) -> torch.Tensor:
+        images = batch["image"]
+        pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
+        return network(*pairs.chunk(2))
+
+    clock = [time.perf_counter()]
+
+    def after_epoch(epoch: int, history: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + now - clock[0]
+        state["loss"].append(history["train_loss"][-1])
         logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
                     state["loss"][-1])
         if path is not None:
             _save_checkpoint(path, learner, optimiser, state)
+        clock[0] = time.perf_counter()
+
+    # the generators were seeded above (or restored from the checkpoint): train keeps them
+    train(learner, _EpochBatches(tiles, batch_size, seed, state["epoch"], device, cache), None,
+          contrastive_loss, epochs=epochs, patience=None, device=device, seed=seed,
+          desc=f"pretrain ({method})", optimiser=optimiser, scheduler=scheduler,
+          first_epoch=state["epoch"], on_epoch=after_epoch, reseed=False)
 
     network = learner.encoder.eval()
     network.metadata = {
@@ -227,19 +228,6 @@ def pretrain(
         },
     }
     return network
-
-
-def _step(learner, optimiser, view_a: torch.Tensor, view_b: torch.Tensor,
-          precision: Precision | None = None) -> float:
-    """One optimisation step on a batch of view pairs; returns the loss."""
-    with autocast(precision):
-        loss = learner(view_a, view_b)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"The contrastive loss became {loss.item()}; lower lr or raise "
-                                 "the temperature.")
-    optimiser.zero_grad(set_to_none=True)
-    backward_and_step(loss, optimiser, precision)
-    return float(loss.detach())
 
 
 def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int = 0):
@@ -273,6 +261,25 @@ def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int
     return scheduler
 
 
+class _EpochBatches:
+    """Re-iterable batches: each pass is the next epoch's loader, in the order of its seed."""
+
+    def __init__(self, tiles, batch_size: int, seed: int, first_epoch: int, device: str,
+                 cache: bool) -> None:
+        self.tiles, self.batch_size, self.seed, self.device, self.cache = (
+            tiles, batch_size, seed, device, cache)
+        self.epoch = first_epoch
+
+    def __len__(self) -> int:
+        return len(self.tiles) // self.batch_size
+
+    def __iter__(self):
+        loader = _loader(self.tiles, self.batch_size, self.seed + self.epoch, self.device,
+                         self.cache)
+        self.epoch += 1
+        return iter(loader)
+
+
 def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
     """Shuffled batches in an order fixed by the epoch's seed (a resumed run repeats it).
 
@@ -286,18 +293,6 @@ def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
         options.update(num_workers=0, persistent_workers=False)
     return DataLoader(tiles, batch_size=batch_size, shuffle=True, drop_last=True,
                       generator=torch.Generator().manual_seed(seed), **options)
-
-
-def _as_sections(data: Any) -> list:
-    from spatialdata import SpatialData
-
-    if isinstance(data, SpatialData):
-        return [data]
-    sections = list(data.values()) if isinstance(data, Mapping) else list(data)
-    if not sections or not all(isinstance(s, SpatialData) for s in sections):
-        raise TypeError("data must be a SpatialData, a non-empty list of them, or a mapping of "
-                        "them (a Cohort).")
-    return sections
 
 
 def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..._utils import logger, resolve_seed
+from ..._validate import renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -20,6 +21,7 @@ DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
 _MAX_CLASSES = 50  # an integer target with more distinct values is treated as continuous
 
 
+@renamed_parameters(n_splits="n_folds")
 def probe(
     data: np.ndarray | pd.DataFrame | AnnData | SpatialData,
     target: Any,
@@ -29,7 +31,7 @@ def probe(
     table_key: str | None = None,
     kind: str = "auto",
     standardise: str = "training",
-    n_splits: int = 5,
+    n_folds: int = 5,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     seed: int | None = None,
 ) -> pd.DataFrame:
@@ -41,7 +43,7 @@ def probe(
     ridge regression with a penalty per target chosen by inner (efficient leave-one-out)
     cross-validation, scored by the Pearson correlation of prediction and truth per target.
     With ``groups`` (e.g. the section of each tile), no group is split between training and
-    testing: each group is held out in turn (at most ``n_splits`` folds of whole groups).
+    testing: each group is held out in turn (at most ``n_folds`` folds of whole groups).
 
     Parameters
     ----------
@@ -68,8 +70,8 @@ def probe(
         fold; ``"group"``: by those of each group, the held-out one included (it removes
         differences of stain and scanner between sections; it uses the held-out features but not
         their target).
-    n_splits
-        Number of folds.
+    n_folds
+        Number of folds. (Was ``n_splits``, still accepted with a ``FutureWarning``.)
     alphas
         Ridge penalties searched by the inner cross-validation (regression).
     seed
@@ -106,7 +108,7 @@ def probe(
         kind = "classification" if _looks_categorical(targets) else "regression"
     if standardise == "group":
         features = _standardise_within(features, group_labels)
-    folds = _folds(len(features), group_labels, n_splits, resolve_seed(seed))
+    folds = _folds(len(features), group_labels, n_folds, resolve_seed(seed))
     score = _score_classes if kind == "classification" else _score_continuous
     rows = []
     for name, (train, test) in folds:

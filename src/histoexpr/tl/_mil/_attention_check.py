@@ -8,16 +8,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._utils import require_element
+from ..._validate import renamed_parameters
+from .._sections import as_sections
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
 
+@renamed_parameters(sections="data", key="pred_key")
 def attention_check(
-    sections: SpatialData | Mapping[str, SpatialData],
+    data: SpatialData | Mapping[str, SpatialData],
     *,
-    key: str = "abmil",
+    pred_key: str = "abmil",
     tiles_key: str = "he_tiles",
     table_key: str = "table",
     genes: Any = None,
@@ -35,11 +38,14 @@ def attention_check(
 
     Parameters
     ----------
-    sections
+    data
         A section or a mapping of sections by name, with spot-centred tiles carrying per-tile
-        results under ``key`` and the spot table.
-    key
-        The ``key_added`` of the prediction (``obsm[key]`` and ``obsm[f"{key}_attention"]``).
+        results under ``pred_key`` and the spot table. (Was ``sections``, still accepted with a
+        ``FutureWarning``.)
+    pred_key
+        The ``key_added`` of the prediction (``obsm[pred_key]`` and
+        ``obsm[f"{pred_key}_attention"]``). (Was ``key``, still accepted with a
+        ``FutureWarning``.)
     tiles_key
         Key of the spot-centred tiles.
     table_key
@@ -60,8 +66,8 @@ def attention_check(
     from ..._panels import resolve_genes
     from .._metrics._expression_metrics import column_spearman
 
-    if not isinstance(sections, Mapping):
-        sections = {"section": sections}
+    key = pred_key
+    sections = as_sections(data)
     rows = []
     for name, sdata in sections.items():
         require_element(sdata, table_key, "tables")
@@ -71,7 +77,7 @@ def attention_check(
                            f"hx.tl.predict(model, ..., key_added={key!r}) first.")
         if "spot_id" not in tiles.obs.columns:
             raise ValueError(f"The tiles of {name!r} are not centred on spots; the check needs "
-                             "hx.pp.tile(sdata, centers='spots').")
+                             "hx.pp.tile(sdata, centres='spots').")
         predicted, attention = tiles.obsm[key], tiles.obsm[f"{key}_attention"]
         names = resolve_genes(genes, list(predicted.columns), what="the per-tile predictions")
         spots = sdata.tables[table_key]

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._utils import logger
+from .._sections import as_sections
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -175,6 +177,56 @@ def feature_statistics(bags: Bags) -> tuple[np.ndarray, np.ndarray, int]:
     return mean, std, n
 
 
+def bag_tiles(
+    data: Any,
+    *,
+    tiles_key: str = "he_tiles",
+    features_key: str | None = None,
+    bags_key: str = "bags",
+) -> pd.DataFrame:
+    """The tiles of every bag a slide-level model sees: which section, which tile rows.
+
+    A bag is a slide of a cohort or a pseudo-bulk bag of a section (``bags_key``), as
+    :func:`histoexpr.tl.fit` with ``model="abmil"`` (or another bag model) gathers them. Bags
+    without tissue tiles are left out, as in training.
+
+    Parameters
+    ----------
+    data
+        A :class:`histoexpr.io.Cohort`, a section with pseudo-bulk bags, or a mapping (or list)
+        of such sections.
+    tiles_key
+        Key of the tiles.
+    features_key
+        Key of the tile features; ``None`` takes the only one (needed for a cohort on disk).
+    bags_key
+        Key of the pseudo-bulk bags of a section.
+
+    Returns
+    -------
+    One row per tile of a bag (a tile of overlapping bags appears once per bag): ``bag`` (the
+    bag's name, the ``obs_names`` of the predicted table), ``section`` (the section's name, as
+    :func:`histoexpr.tl.predict` writes it) and ``tile`` (the row in the tile table
+    ``f"{tiles_key}_table"``).
+
+    Examples
+    --------
+    >>> import histoexpr as hx
+    >>> cohort = hx.datasets.synthetic_cohort(2, seed=0)  # doctest: +SKIP
+    >>> hx.tl.bag_tiles(cohort).groupby("bag").size()  # doctest: +SKIP
+
+    """
+    import pandas as pd
+
+    bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
+    sections = bags.bulk.obs["section"].astype(str).to_numpy()
+    return pd.DataFrame({
+        "bag": np.repeat(bags.bulk.obs_names.to_numpy(), [len(r) for r in bags.rows]),
+        "section": np.repeat(sections, [len(r) for r in bags.rows]),
+        "tile": np.concatenate(bags.rows).astype(int) if bags.rows else np.zeros(0, int),
+    })
+
+
 def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
                  bags_key: str = "bags") -> Bags:
     """The bags of a Cohort, of one pseudo-bulked section, or of a mapping of them."""
@@ -186,7 +238,7 @@ def collect_bags(data: Any, *, tiles_key: str, features_key: str | None,
     elif isinstance(data, Cohort):
         sections, bulk, rows = _cohort_bags(data, tiles_key)
     else:
-        sections = _as_sections(data)
+        sections = as_sections(data)
         sections, bulk, rows = _pseudobulk_bags(sections, tiles_key, bags_key)
     empty = np.array([len(r) == 0 for r in rows])
     if empty.any():
@@ -236,18 +288,6 @@ def _stored_features_key(stores: Mapping, tiles_key: str, features_key: str | No
         raise ValueError(f"The slides hold {features_key!r} of different widths {widths}; "
                          "embed them all with the same encoder.")
     return features_key
-
-
-def _as_sections(data: Any) -> dict[str, SpatialData]:
-    from spatialdata import SpatialData
-
-    if isinstance(data, SpatialData):
-        return {"section": data}
-    if isinstance(data, Mapping) and data and all(isinstance(v, SpatialData)
-                                                  for v in data.values()):
-        return {str(k): v for k, v in data.items()}
-    raise TypeError(f"Expected a Cohort, a SpatialData with pseudo-bulk bags or a mapping of "
-                    f"them by name, got {type(data).__name__}.")
 
 
 def _cohort_bags(cohort, tiles_key: str):

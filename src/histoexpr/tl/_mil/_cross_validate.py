@@ -136,7 +136,7 @@ def _check(test: Any, network, key: str, *, strict: bool):
                              "tiles and their spot table; pass check_attention=None.")
         return None
     try:
-        return attention_check(sections, key=key, tiles_key=tiles_key)
+        return attention_check(sections, pred_key=key, tiles_key=tiles_key)
     except (KeyError, ValueError) as error:  # e.g. genes the spot table does not measure
         if strict:
             raise

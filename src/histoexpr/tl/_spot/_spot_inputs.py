@@ -88,23 +88,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=lambda a: np.asarray(a).tolist())
 
 
-def _as_sections(data) -> dict[str, Any]:
-    from spatialdata import SpatialData
-
-    if isinstance(data, SpatialData):
-        return {"section_0": data}
-    if isinstance(data, Mapping):
-        sections = {str(k): v for k, v in data.items()}
-    else:
-        sections = {f"section_{i}": s for i, s in enumerate(data)}
-    if not sections:
-        raise ValueError("No section given: pass a SpatialData, a list or a dict of them.")
-    for name, section in sections.items():
-        if not isinstance(section, SpatialData):
-            raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a SpatialData.")
-    return sections
-
-
 def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
     for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):
         if key not in getattr(sdata, kind):
@@ -152,7 +135,7 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
                         "(%s).", name, tiles_key, "; ".join(differences))
         overwrite = bool(differences)
     if overwrite or tiles_key not in sdata.shapes:
-        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centers=spots_key, min_tissue=0,
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centres=spots_key, min_tissue=0,
              key_added=tiles_key, overwrite=overwrite)
         sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
     tile_table = sdata.tables[f"{tiles_key}_table"]
@@ -199,10 +182,10 @@ def tile_differences(sdata, tiles_key: str, *, image_key: str, patch_um: float, 
 
 def _refuse_random_encoder(encoder: Any) -> None:
     """Head routes need an encoder with fixed weights: prediction must make the same features."""
-    from ...models._encoders import ARCHITECTURES
+    from ...models import TileEncoder
 
     for one in encoder if isinstance(encoder, list | tuple) else [encoder]:
-        if isinstance(one, str) and (one in ARCHITECTURES or one.startswith("timm:")):
+        if isinstance(one, str) and (one in TileEncoder.ARCHITECTURES or one.startswith("timm:")):
             raise ValueError(
                 f"encoder={one!r} has random weights (no pretrained weights are loaded), "
                 "different at every call, so prediction could not make the features the "

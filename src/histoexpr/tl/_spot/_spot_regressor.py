@@ -17,12 +17,12 @@ import numpy as np
 from ..._utils import (
     logger,
 )
+from .._sections import as_sections
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
     DEFAULT_ALPHAS,
     ROUTES,
-    _as_sections,
     _image_channels,
     _prepare_section,
     _refuse_random_encoder,
@@ -75,7 +75,7 @@ def fit(
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
-    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
+    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centres=spots_key)``, kept under
     ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
     spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
     fit made otherwise are remade (logged), any others are refused with the difference. Spots
@@ -247,7 +247,7 @@ def fit(
     if candidates is not None and route != "auto":
         raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
                          "candidates to train one route.")
-    sections = _as_sections(data)
+    sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
     in_channels = _image_channels(sections, image_key)

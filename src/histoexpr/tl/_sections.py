@@ -1,0 +1,39 @@
+"""The sections a tl step was given, by name: one rule for every model and for pretraining."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+ACCEPTED = ("a SpatialData, a non-empty list of them, or a mapping of them by name (e.g. a "
+            "dict or an hx.io.Cohort)")
+
+
+def as_sections(data: Any) -> dict[str, SpatialData]:
+    """``data`` as a dict of sections by name.
+
+    The one naming rule: a mapping keeps its keys (as strings); sections given without names
+    (one SpatialData, or a list or tuple of them) are named by position, ``"section_0"``,
+    ``"section_1"``, ... Raises a ``TypeError`` naming the accepted inputs for no section and for
+    anything else.
+    """
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return {"section_0": data}
+    if isinstance(data, Mapping):
+        sections = {str(k): v for k, v in data.items()}
+    elif isinstance(data, list | tuple):
+        sections = {f"section_{i}": s for i, s in enumerate(data)}
+    else:
+        raise TypeError(f"Expected {ACCEPTED}; got a {type(data).__name__}.")
+    if not sections:
+        raise TypeError(f"No section given: pass {ACCEPTED}.")
+    for name, section in sections.items():
+        if not isinstance(section, SpatialData):
+            raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a "
+                            f"SpatialData; pass {ACCEPTED}.")
+    return sections
