@@ -191,7 +191,7 @@ def test_stacked_model_uses_only_cells_the_cnn_never_trained_on(sections, tmp_pa
 
     torch.set_num_threads(1)
     train, test = sections
-    cnn = hx.tl.fit(train, model="patch_classifier", patch_size_um=10, mpp=1.0, epochs=2,
+    cnn = hx.tl.fit(train, model="patch_classifier", size_um=10, mpp=1.0, epochs=2,
                     width=8, region=(0, 0, 300, 200), seed=0, device="cpu")
     calibration = cnn.metadata["calibration"]
     assert calibration["classes_scored"] == ["tissue", *GENES]  # per cell: no background

@@ -34,7 +34,7 @@ def trained():
     torch.set_num_threads(1)
     hx.settings.progress_bar = False
     sdata = labelled_section(0, 400)
-    model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(10, 20), mpp=0.5,
+    model = hx.tl.fit(sdata, model="patch_classifier", size_um=(10, 20), mpp=0.5,
                       epochs=10, width=8, lr=3e-3, seed=0, device="cpu")
     return sdata, model
 
@@ -189,7 +189,7 @@ def test_model_file_round_trip_and_bad_input(trained, tmp_path):
     with pytest.raises(KeyError, match="overwrite=True"):
         hx.tl.predict(model, sdata, region=region, key_added="before")
     with pytest.raises(ValueError, match="larger than the image"):
-        hx.tl.fit(sdata, model="patch_classifier", patch_size_um=1000)
+        hx.tl.fit(sdata, model="patch_classifier", size_um=1000)
     with pytest.raises(KeyError, match="transcript_labels"):
         hx.tl.fit(sdata, model="patch_classifier", labels_key="cells")
 
@@ -263,7 +263,7 @@ def test_patches_of_several_planes_train_a_model_that_reads_each():
     test = labelled_section(1, 400)
     for sdata in (train, test):
         add_defocused_plane(sdata)
-    options = {"model": "patch_classifier", "patch_size_um": 10, "mpp": 0.5, "epochs": 6,
+    options = {"model": "patch_classifier", "size_um": 10, "mpp": 0.5, "epochs": 6,
                "width": 8, "lr": 3e-3, "seed": 0, "device": "cpu"}
     models = {"z0": hx.tl.fit(train, **options),
               "z0_z1": hx.tl.fit(train, image_key=["dapi", "dapi_z1"], **options)}
