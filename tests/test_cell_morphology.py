@@ -57,7 +57,8 @@ def test_cell_morphology_beats_a_cell_intensity_baseline_and_round_trips(section
     train, test = sections
     model = hx.tl.fit(train, model="cell_morphology", seed=0)
     assert model.metadata["classes"] == CLASSES and model.metadata["cells"] == "cells"
-    hx.tl.predict(model, test, key_added="morphology")
+    written = hx.tl.predict(model, test, key_added="morphology")
+    assert written is test.tables["morphology_cells"]  # predict returns what it wrote
     scores = hx.tl.evaluate(test, "morphology", "tx_labels")
     truth = test.tables["tx_labels_cells"].obs["label"]
     baseline = macro_f1(truth, intensity_baseline(train, test))

@@ -74,7 +74,8 @@ def test_beats_an_intensity_baseline_on_a_held_out_section(trained):
     assert {"10 um", "20 um", "ensemble"} <= set(report)
     assert all(0 <= r["mean_dice"] <= 1 for r in report.values())
     test = labelled_section(1, 400)
-    hx.tl.predict(model, test, stride_um=4.0, device="cpu")
+    written = hx.tl.predict(model, test, stride_um=4.0, device="cpu")
+    assert written is test.labels["pred_labels"]  # predict returns what it wrote
     assert test.labels["pred_labels"].shape == (100, 100)
     probabilities = test.images["pred_labels_probabilities"]
     assert list(probabilities.coords["c"].values) == list(CLASSES)
@@ -115,8 +116,9 @@ def test_per_cell_maps_beat_a_per_cell_baseline_on_a_held_out_section(trained):
     for sdata in (train, test):
         hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=1.0, min_counts=2,
                                 key_added="cell_labels", overwrite=True)
-    hx.tl.predict(model, test, stride_um=2.0, cells="cells", smooth_um=10.0, device="cpu",
-                  key_added="pred_cells")
+    cells = hx.tl.predict(model, test, stride_um=2.0, cells="cells", smooth_um=10.0,
+                          device="cpu", key_added="pred_cells")
+    assert cells is test.tables["pred_cells_cells"]
     add_labels(test, "baseline_cells", cell_intensity_baseline(train, test, "cell_labels"), 1.0)
     cnn, baseline = (hx.tl.evaluate(test, key, "cell_labels")["dice"]
                      for key in ("pred_cells", "baseline_cells"))

@@ -243,7 +243,7 @@ def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
     Returns
     -------
     Expression: one row per gene (``pearson``, ``spearman``...); label maps: Dice, IoU,
-    precision and recall of each class and their mean (:func:`label_metrics`).
+    precision and recall of each class and their mean.
     """
     from .._utils import element_kind
 
