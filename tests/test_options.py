@@ -66,7 +66,7 @@ def test_shared_training_options_are_defined_once():
 def test_help_of_fit_shows_every_option_of_every_model():
     text = _help(hx.tl.fit)
     for name, cls in OPTIONS.items():
-        assert cls.__name__ in text and f"model={name!r}" in text
+        assert cls.__name__ in text and f'model="{name}"' in text
         for field in dataclasses.fields(cls):
             assert f"    {field.name} : " in text, (name, field.name)
 

@@ -173,8 +173,7 @@ def cross_validate(data: Any, *, model: str | ModelOptions, groups: Any = None,
     """Cross-validate a model with folds that never split a group (patient or section).
 
     Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole
-    patients' slides or sections and return out-of-fold bag predictions
-    (:func:`histoexpr.tl._mil._cross_validate.cross_validate_bags`); ``"spot_regressor"``
+    patients' slides or sections and return out-of-fold bag predictions; ``"spot_regressor"``
     runs the HEST protocol (genes chosen on the training sections of each fold) and returns
     per-gene correlations. Every fold trains with the same options, checked before the first
     fold.
@@ -317,7 +316,7 @@ def _fit_options_doc() -> str:
               "with their defaults."]
     for name, cls in OPTIONS.items():
         docs = _parameters_section(cls.__doc__ or "")
-        lines = [f"**model={name!r}** (:class:`~histoexpr.tl.{cls.__name__}`)", ""]
+        lines = [f'**model="{name}"** (:class:`~histoexpr.tl.{cls.__name__}`)', ""]
         for field in dataclasses.fields(cls):
             lines.append(_entry(field.name, str(field.type), repr(field.default),
                                 docs.get(field.name, "")))
@@ -386,7 +385,7 @@ def _fill(function: Any, placeholder: str, text: str, indent: str = "    ") -> N
 
 
 _fill(fit, "MODEL_LIST", "One of:\n\n" + "\n".join(
-    f"- ``{n!r}``: :class:`~histoexpr.tl.{c.__name__}`" for n, c in OPTIONS.items()),
+    f'- ``"{n}"``: :class:`~histoexpr.tl.{c.__name__}`' for n, c in OPTIONS.items()),
     indent="        ")
 _fill(fit, "FIT_OPTIONS", _fit_options_doc())
 _fill(predict, "PREDICT_OPTIONS", _predict_options_doc())
