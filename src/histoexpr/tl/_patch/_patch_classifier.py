@@ -86,9 +86,9 @@ def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) ->
     Returns
     -------
     A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
-    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (of its members),
-    ``image_key`` (the first image, the default of :func:`predict`), ``image_keys``,
-    ``grid_um`` (the label map's pixel size, the default stride of
+    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (the option ``size_um``
+    of its members), ``image_key`` (the first image, the default of :func:`predict`),
+    ``image_keys``, ``grid_um`` (the label map's pixel size, the default stride of
     :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
     the ensemble: patches, epochs, validation loss, accuracy and Dice per class), the split
     (``val_regions``: boxes ``[x0, y0, x1, y1]`` in um holding the validation patches, never
@@ -97,7 +97,7 @@ def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) ->
 
     Examples
     --------
-    >>> model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(16, 32), mpp=1.0,
+    >>> model = hx.tl.fit(sdata, model="patch_classifier", size_um=(16, 32), mpp=1.0,
     ...                   region=(0, 0, 500, 225))
     >>> model.metadata["calibration"]["exponent"]
 

@@ -45,7 +45,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
-    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centers=spots_key)``, kept under
+    ``size_um`` is centred on every spot (``hx.pp.tile(..., centres=spots_key)``, kept under
     ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
     spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
     fit made otherwise are remade (logged), any others are refused with the difference. Spots
@@ -107,8 +107,9 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
     :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
-    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``
-    (route ``"auto"``: also ``head``, ``target``, ``stain`` and the search in ``auto``).
+    ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
+    options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
+    ``stain`` and the search in ``auto``).
 
     Examples
     --------
@@ -164,7 +165,7 @@ def _fit(
         raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
     if route == "cnn" and (context_um is not None or standardise_sections):
         raise ValueError("context_um and standardise_sections apply to the head routes "
-                         "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
+                         "('ridge', 'mlp'); for the CNN route give a larger size_um.")
     if route in ("ridge", "mlp"):
         _refuse_random_encoder(encoder)
     if route == "auto" and (context_um is not None or standardise_sections
