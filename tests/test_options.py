@@ -96,6 +96,11 @@ def test_unknown_option_names_the_model_and_its_options():
         hx.tl.SpotRegressorOptions(route="forest")
     with pytest.raises(ValueError, match=r"val_fraction must be a fraction in \[0, 1\)"):
         hx.tl.ABMILOptions(val_fraction=1.0)
+    with pytest.raises(ValueError, match="cannot train without a validation split"):
+        hx.tl.PatchClassifierOptions(val_fraction=0)
+    with pytest.raises(ValueError, match="'mlp' route cannot train without a validation split"):
+        hx.tl.SpotRegressorOptions(route="mlp", val_fraction=0)
+    assert hx.tl.SpotRegressorOptions(route="ridge", val_fraction=0).val_fraction == 0
     with pytest.raises(ValueError, match="n_folds"):
         hx.tl.CellMorphologyOptions(n_folds=1)
 

@@ -257,6 +257,13 @@ class PatchClassifierOptions(TrainingOptions):
 
     model: ClassVar[str] = "patch_classifier"
 
+    def _check(self) -> None:
+        super()._check()
+        if self.val_fraction == 0:
+            raise ValueError("val_fraction=0: the patch classifier cannot train without a "
+                             "validation split (it stops early, chooses the sizes and calibrates "
+                             "on it); pass a value in (0, 1), e.g. val_fraction=0.2.")
+
     labels_key: str = "tx_labels"
     image_key: str | Sequence[str] | None = None
     size_um: float | Sequence[float] = (16.0, 32.0)
@@ -574,6 +581,13 @@ class SpotRegressorOptions(TrainingOptions):
     """
 
     model: ClassVar[str] = "spot_regressor"
+
+    def _check(self) -> None:
+        super()._check()
+        if self.val_fraction == 0 and self.route in ("mlp", "cnn"):
+            raise ValueError(f"val_fraction=0: the {self.route!r} route cannot train without a "
+                             "validation split (it stops early on it); pass a value in (0, 1), "
+                             "e.g. val_fraction=0.15.")
 
     genes: int | Sequence[str] = 50
     gene_flavor: str = "top_expressed"
