@@ -145,5 +145,5 @@ def _spot_tiles(sdata, model, tiles_key: str, spots_key: str, *, name: str) -> N
                 "matching ones.")
         overwrite = True
     tile(sdata, meta["image_key"], size_um=meta["patch_um"], mpp=meta["mpp"],
-         centers=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)
+         centres=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)
     sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY

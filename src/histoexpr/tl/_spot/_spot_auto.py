@@ -167,8 +167,8 @@ class _Features:
         for p in self.prepared:  # never written into the user's sections
             light = SpatialData(images={self.image_key: p.sdata.images[self.image_key]},
                                 labels=dict(p.sdata.labels))
-            tile(light, self.image_key, size=PRETRAIN_TILE_PX, mpp=self.mpp, min_tissue=0.5,
-                 stride=2 * PRETRAIN_TILE_PX, key_added=self._pretrain_key)
+            tile(light, self.image_key, size_px=PRETRAIN_TILE_PX, mpp=self.mpp, min_tissue=0.5,
+                 stride_px=2 * PRETRAIN_TILE_PX, key_added=self._pretrain_key)
             copies.append(light)
         return copies
 

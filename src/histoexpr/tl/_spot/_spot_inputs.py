@@ -152,7 +152,7 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
                         "(%s).", name, tiles_key, "; ".join(differences))
         overwrite = bool(differences)
     if overwrite or tiles_key not in sdata.shapes:
-        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centers=spots_key, min_tissue=0,
+        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centres=spots_key, min_tissue=0,
              key_added=tiles_key, overwrite=overwrite)
         sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
     tile_table = sdata.tables[f"{tiles_key}_table"]

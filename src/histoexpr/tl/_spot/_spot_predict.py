@@ -111,7 +111,7 @@ def predict(
                          "new tiles_key to make grid tiles at that stride.")
     if tiles_key not in sdata.shapes:
         tile(sdata, image_key, size_um=patch_um, mpp=mpp,
-             stride=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
+             stride_um=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
              key_added=tiles_key)
         sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
     tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp, image_key=image_key)
