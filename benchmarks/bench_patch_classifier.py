@@ -41,7 +41,7 @@ def training(args) -> dict:
     hx.pp.transcript_labels(sdata, genes=("PTPRC", "COL1A1"), seed=0)
     results = {}
     for cache in (False, True):
-        model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=args.patch_um,
+        model = hx.tl.fit(sdata, model="patch_classifier", size_um=args.patch_um,
                           mpp=args.mpp, epochs=args.epochs, patience=None, cache=cache,
                           batch_size=args.batch_size, seed=0, device="cpu")
         history = model.metadata["history"][f"{args.patch_um:g}"]

@@ -166,7 +166,7 @@ def run(args) -> None:
         train = {n: s for n, s in sections.items() if n != held_out}
         genes = select_genes([s.tables["table"] for s in train.values()], n_top=args.genes)
         ssl = encoder_path(args.data, held_out, args.epochs)
-        common = {"genes": genes, "tiles_key": TILES, "patch_um": GEOMETRY[args.data]["size_um"],
+        common = {"genes": genes, "tiles_key": TILES, "size_um": GEOMETRY[args.data]["size_um"],
                   "mpp": GEOMETRY[args.data]["mpp"], "seed": 0}
         # the benchmark's grid: the default one without stain normalisation (squidpy's features
         # of stain-normalised tiles cost ~100 CPU s per section and fold on this machine);

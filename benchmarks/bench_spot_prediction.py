@@ -115,7 +115,7 @@ def accuracy(data_name: str, routes: list[str], n_genes: int) -> list[dict]:
             options = dict(ROUTES[route])
             start = time.perf_counter()
             model = hx.tl.fit(train, model="spot_regressor", genes=union, tiles_key="spot_tiles",
-                              patch_um=patch_um[held_out], **options)
+                              size_um=patch_um[held_out], **options)
             seconds = time.perf_counter() - start
             hx.tl.predict(model, test, tiles_key="spot_tiles", key_added="pred", overwrite=True)
             scores = hx.tl.evaluate(test, "pred", "table")
@@ -137,7 +137,7 @@ import json, resource, time
 import histoexpr as hx
 hx.settings.progress_bar = False
 train = hx.datasets.synthetic_section(seed=0, size_um={n_train})
-model = hx.tl.fit(train, model="spot_regressor", genes=20, patch_um=112, mpp=0.5)
+model = hx.tl.fit(train, model="spot_regressor", genes=20, size_um=112, mpp=0.5)
 sdata = hx.io.read_wsi({str(slide)!r})
 hx.pp.tile(sdata, "he", size_um=112, mpp=0.5, min_tissue=0, key_added="grid")
 start = time.perf_counter()

@@ -88,7 +88,7 @@ def run(args) -> dict:
     height_um, width_um = labels.shape[0] * 2.0, labels.shape[1] * 2.0
     middle = labels.shape[0] // 2 * 2.0
     halves = {"top": (0.0, 0.0, width_um, middle), "bottom": (0.0, middle, width_um, height_um)}
-    options = dict(model="patch_classifier", patch_size_um=args.sizes, mpp=args.mpp,
+    options = dict(model="patch_classifier", size_um=args.sizes, mpp=args.mpp,
                    epochs=args.epochs, patience=args.patience, val_fraction=args.val_fraction,
                    width=args.width, combine="ensemble")
     results = {"args": vars(args), "cells": sdata.tables["tx_labels_cells"].obs["class"]

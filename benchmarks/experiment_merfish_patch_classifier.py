@@ -310,7 +310,7 @@ def run(args) -> dict:
         timing["baseline_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         mpp = args.mpp[0] if len(args.mpp) == 1 else args.mpp
-        model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=args.sizes, mpp=mpp,
+        model = hx.tl.fit(sdata, model="patch_classifier", size_um=args.sizes, mpp=mpp,
                           region=halves[train], epochs=args.epochs, patience=args.patience,
                           val_fraction=args.val_fraction, image_key=inputs,
                           combine="ensemble", seed=args.seed, width=args.width)

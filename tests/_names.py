@@ -87,10 +87,6 @@ FORBIDDEN: dict[str, str] = {s: c["name"] for c in CONVENTIONS for s in c["synon
 #: (function, parameter) -> why it keeps a forbidden name for now. The tl entries are renamed by
 #: the helper that follows the tl/ regrouping (issue 13); remove an entry with its rename.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("tl[spot_regressor].cross_validate_spots", "sections"): "tl rename pending: -> data",
-    ("tl[spot_regressor].fit", "patch_um"): "tl rename pending: -> size_um",
-    ("tl[patch_classifier].fit", "patch_size_um"): "tl rename pending: -> size_um",
-    ("tl[cell_morphology].fit", "folds"): "tl rename pending: -> n_folds",
     ("io.read_transcripts", "pixel_size"): "um per unit of the table's x/y, not an image's "
                                            "pixel size; rename to a clearer name is pending",
     ("io.read_cell_boundaries", "pixel_size"): "as io.read_transcripts",
@@ -98,12 +94,14 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 
 def _module_functions() -> Iterator[tuple[str, Any]]:
-    """(name, object) of the model modules' fit/predict, the cross-validators and evaluators."""
+    """(name, object) of every model's options (its fit), its predict, the cross-validators and
+    evaluators."""
     api = importlib.import_module("histoexpr.tl._api")
+    options = importlib.import_module("histoexpr.tl._options")
     for name, module in api.MODELS.items():
         loaded = importlib.import_module(module, "histoexpr.tl")
-        for function in ("fit", "predict"):
-            yield f"tl[{name}].{function}", getattr(loaded, function)
+        yield f"tl[{name}].fit", options.OPTIONS[name]  # its fields are fit's options
+        yield f"tl[{name}].predict", loaded.predict
     for table in (getattr(api, "CROSS_VALIDATORS", {}), getattr(api, "EVALUATORS", {})):
         for name, (module, function) in table.items():
             yield f"tl[{name}].{function}", getattr(importlib.import_module(module,

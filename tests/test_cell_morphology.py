@@ -57,7 +57,8 @@ def test_cell_morphology_beats_a_cell_intensity_baseline_and_round_trips(section
     train, test = sections
     model = hx.tl.fit(train, model="cell_morphology", seed=0)
     assert model.metadata["classes"] == CLASSES and model.metadata["cells"] == "cells"
-    hx.tl.predict(model, test, key_added="morphology")
+    written = hx.tl.predict(model, test, key_added="morphology")
+    assert written is test.tables["morphology_cells"]  # predict returns what it wrote
     scores = hx.tl.evaluate(test, "morphology", "tx_labels")
     truth = test.tables["tx_labels_cells"].obs["label"]
     baseline = macro_f1(truth, intensity_baseline(train, test))
@@ -191,7 +192,7 @@ def test_stacked_model_uses_only_cells_the_cnn_never_trained_on(sections, tmp_pa
 
     torch.set_num_threads(1)
     train, test = sections
-    cnn = hx.tl.fit(train, model="patch_classifier", patch_size_um=10, mpp=1.0, epochs=2,
+    cnn = hx.tl.fit(train, model="patch_classifier", size_um=10, mpp=1.0, epochs=2,
                     width=8, region=(0, 0, 300, 200), seed=0, device="cpu")
     calibration = cnn.metadata["calibration"]
     assert calibration["classes_scored"] == ["tissue", *GENES]  # per cell: no background

@@ -65,7 +65,7 @@ def model_file(tmp_path_factory):
     """A spot regressor (ridge on hand-crafted features) trained on one synthetic section."""
     train = hx.datasets.synthetic_section(seed=0, size_um=400, spot_pitch_um=40,
                                           spot_diameter_um=35)
-    model = hx.tl.fit(train, model="spot_regressor", genes=GENES, patch_um=40.0, mpp=1.0)
+    model = hx.tl.fit(train, model="spot_regressor", genes=GENES, size_um=40.0, mpp=1.0)
     return hx.io.save_model(model, tmp_path_factory.mktemp("model") / "spots.pt")
 
 

@@ -34,7 +34,7 @@ def trained():
     torch.set_num_threads(1)
     hx.settings.progress_bar = False
     sdata = labelled_section(0, 400)
-    model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(10, 20), mpp=0.5,
+    model = hx.tl.fit(sdata, model="patch_classifier", size_um=(10, 20), mpp=0.5,
                       epochs=10, width=8, lr=3e-3, seed=0, device="cpu")
     return sdata, model
 
@@ -74,7 +74,8 @@ def test_beats_an_intensity_baseline_on_a_held_out_section(trained):
     assert {"10 um", "20 um", "ensemble"} <= set(report)
     assert all(0 <= r["mean_dice"] <= 1 for r in report.values())
     test = labelled_section(1, 400)
-    hx.tl.predict(model, test, stride_um=4.0, device="cpu")
+    written = hx.tl.predict(model, test, stride_um=4.0, device="cpu")
+    assert written is test.labels["pred_labels"]  # predict returns what it wrote
     assert test.labels["pred_labels"].shape == (100, 100)
     probabilities = test.images["pred_labels_probabilities"]
     assert list(probabilities.coords["c"].values) == list(CLASSES)
@@ -115,8 +116,9 @@ def test_per_cell_maps_beat_a_per_cell_baseline_on_a_held_out_section(trained):
     for sdata in (train, test):
         hx.pp.transcript_labels(sdata, genes=GENES, cells="cells", grid_um=1.0, min_counts=2,
                                 key_added="cell_labels", overwrite=True)
-    hx.tl.predict(model, test, stride_um=2.0, cells="cells", smooth_um=10.0, device="cpu",
-                  key_added="pred_cells")
+    cells = hx.tl.predict(model, test, stride_um=2.0, cells="cells", smooth_um=10.0,
+                          device="cpu", key_added="pred_cells")
+    assert cells is test.tables["pred_cells_cells"]
     add_labels(test, "baseline_cells", cell_intensity_baseline(train, test, "cell_labels"), 1.0)
     cnn, baseline = (hx.tl.evaluate(test, key, "cell_labels")["dice"]
                      for key in ("pred_cells", "baseline_cells"))
@@ -189,7 +191,7 @@ def test_model_file_round_trip_and_bad_input(trained, tmp_path):
     with pytest.raises(KeyError, match="overwrite=True"):
         hx.tl.predict(model, sdata, region=region, key_added="before")
     with pytest.raises(ValueError, match="larger than the image"):
-        hx.tl.fit(sdata, model="patch_classifier", patch_size_um=1000)
+        hx.tl.fit(sdata, model="patch_classifier", size_um=1000)
     with pytest.raises(KeyError, match="transcript_labels"):
         hx.tl.fit(sdata, model="patch_classifier", labels_key="cells")
 
@@ -263,7 +265,7 @@ def test_patches_of_several_planes_train_a_model_that_reads_each():
     test = labelled_section(1, 400)
     for sdata in (train, test):
         add_defocused_plane(sdata)
-    options = {"model": "patch_classifier", "patch_size_um": 10, "mpp": 0.5, "epochs": 6,
+    options = {"model": "patch_classifier", "size_um": 10, "mpp": 0.5, "epochs": 6,
                "width": 8, "lr": 3e-3, "seed": 0, "device": "cpu"}
     models = {"z0": hx.tl.fit(train, **options),
               "z0_z1": hx.tl.fit(train, image_key=["dapi", "dapi_z1"], **options)}

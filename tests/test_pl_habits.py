@@ -30,7 +30,7 @@ def predicted():
         hx.pp.tile(sdata, "he", size_um=TILE_UM, mpp=1.0, centers="spots", min_tissue=0,
                    key_added="spot_tiles")
     model = hx.tl.fit({"a": sections[0]}, model="spot_regressor", genes=GENES,
-                      patch_um=TILE_UM, mpp=1.0, route="ridge")
+                      size_um=TILE_UM, mpp=1.0, route="ridge")
     hx.tl.predict(model, sections[1], tiles_key="spot_tiles", key_added="pred")
     yield sections[1]
     plt.close("all")

@@ -108,7 +108,7 @@ def test_predict_overwrite_replaces_its_own_store(tmp_path):
 
     train = hx.datasets.synthetic_section(seed=0, size_um=240, spot_pitch_um=40,
                                           spot_diameter_um=35)
-    model = hx.tl.fit(train, model="spot_regressor", genes=["EPCAM", "PTPRC"], patch_um=40.0,
+    model = hx.tl.fit(train, model="spot_regressor", genes=["EPCAM", "PTPRC"], size_um=40.0,
                       mpp=1.0)
     model_path = hx.io.save_model(model, tmp_path / "m.pt")
     slide = tmp_path / "slide.tif"

@@ -24,7 +24,7 @@ import histoexpr as hx
 from histoexpr._elements import spot_elements
 
 GENES = ["ERBB2", "KRT8", "COL1A1", "PTPRC"]
-PATCH = {"patch_um": 16.0, "mpp": 1.0}
+PATCH = {"size_um": 16.0, "mpp": 1.0}
 
 
 def make_section(seed: int = 0, *, size_px: int = 160, channels: int = 3,
@@ -112,14 +112,14 @@ def test_refit_at_another_pixel_size_remakes_its_own_tiles(caplog):
     section = make_section()
     first = hx.tl.fit(section, model="spot_regressor", genes=GENES, **PATCH)
     with caplog.at_level(logging.INFO, logger="histoexpr"):
-        second = hx.tl.fit(section, model="spot_regressor", genes=GENES, patch_um=16.0, mpp=2.0)
+        second = hx.tl.fit(section, model="spot_regressor", genes=GENES, size_um=16.0, mpp=2.0)
     assert "remaking the tiles" in caplog.text
     table = section.tables["spot_tiles_table"]
     assert table.uns["tiles"]["mpp"] == pytest.approx(2.0)
     assert table.uns["embeddings"]["X_handcrafted"]["mpp"] == pytest.approx(2.0)
     assert second.metadata["features"]["mpp"] == pytest.approx(2.0)
     # the second model is the one a first fit at 2 um/px makes, not a copy of the 1 um/px one
-    fresh = hx.tl.fit(make_section(), model="spot_regressor", genes=GENES, patch_um=16.0,
+    fresh = hx.tl.fit(make_section(), model="spot_regressor", genes=GENES, size_um=16.0,
                       mpp=2.0)
     np.testing.assert_allclose(weights(second), weights(fresh), rtol=1e-5, atol=1e-6)
     assert not np.allclose(weights(second), weights(first))
@@ -136,9 +136,9 @@ def test_users_tiles_made_otherwise_are_refused_and_kept():
                key_added="spot_tiles")
     before = snapshot(section)
     with pytest.raises(ValueError, match=r"not made for this fit \(at 1 um/px, not 2 um/px\)"):
-        hx.tl.fit(section, model="spot_regressor", genes=GENES, patch_um=16.0, mpp=2.0)
+        hx.tl.fit(section, model="spot_regressor", genes=GENES, size_um=16.0, mpp=2.0)
     assert_same(before, snapshot(section))
-    model = hx.tl.fit(section, model="spot_regressor", genes=GENES, patch_um=16.0, mpp=2.0,
+    model = hx.tl.fit(section, model="spot_regressor", genes=GENES, size_um=16.0, mpp=2.0,
                       tiles_key="spot_tiles_2mpp")
     assert model.metadata["features"]["mpp"] == pytest.approx(2.0)
 

@@ -12,7 +12,7 @@ from spatialdata import SpatialData
 import histoexpr as hx
 from histoexpr.tl._spot import _spot_auto
 
-PATCH = {"patch_um": 40.0, "mpp": 1.0}
+PATCH = {"size_um": 40.0, "mpp": 1.0}
 GENES = ["EPCAM", "KRT8", "COL1A1", "DCN", "PTPRC", "CD3E", "CDH1", "PIGR", "MKI67"]
 #: a small grid: cheap features, every kind of option
 GRID = {"encoder": ["handcrafted"], "stain": ["none"], "standardise_sections": [True, False],
@@ -217,9 +217,7 @@ def test_ssl_encoder_is_pretrained_inside_fit_on_the_training_sections(trio):
 
 
 def test_the_default_grid_is_the_one_documented():
-    from histoexpr.tl._spot._spot_regressor import fit
-
-    doc = " ".join(fit.__doc__.split())
+    doc = " ".join(hx.tl.SpotRegressorOptions.__doc__.split())
     for option, values in _spot_auto.AUTO_GRID.items():
         assert f'"{option}": [' in doc
         for value in values:

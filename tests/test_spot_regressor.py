@@ -17,7 +17,7 @@ from spatialdata.models import ShapesModel
 
 import histoexpr as hx
 
-PATCH = {"patch_um": 40.0, "mpp": 1.0}
+PATCH = {"size_um": 40.0, "mpp": 1.0}
 #: markers of the four cell types and a proliferation gene (designed to follow morphology)
 GENES = ["EPCAM", "KRT8", "COL1A1", "DCN", "PTPRC", "CD3E", "CDH1", "PIGR", "MKI67"]
 
@@ -32,7 +32,7 @@ def synthetic_trio():
 
 def spot_tiles(sdata, key: str = "spot_tiles"):
     if key not in sdata.shapes:
-        hx.pp.tile(sdata, "he", size_um=PATCH["patch_um"], mpp=PATCH["mpp"], centres="spots",
+        hx.pp.tile(sdata, "he", size_um=PATCH["size_um"], mpp=PATCH["mpp"], centres="spots",
                    min_tissue=0, key_added=key)
     return key
 
@@ -207,14 +207,14 @@ def test_empty_tissue_and_wrong_inputs_are_refused(synthetic_trio):
         hx.tl.predict(model, empty)
     with pytest.raises(KeyError, match="spots and their counts"):
         hx.tl.fit(empty, model="spot_regressor", genes=3)
-    with pytest.raises(ValueError, match="Unknown route"):
+    with pytest.raises(ValueError, match="route must be one of"):
         hx.tl.fit(synthetic_trio["a"], model="spot_regressor", route="forest")
 
 
 def test_cross_validate_runs_the_hest_protocol(synthetic_trio):
     frame = hx.tl.cross_validate(synthetic_trio, model="spot_regressor",
                                  groups={"a": "p1", "b": "p1", "c": "p2"},
-                                 n_genes=8, gene_flavor="pearson_residuals", patch_um=40,
+                                 n_genes=8, gene_flavor="pearson_residuals", size_um=40,
                                  mpp=1.0)
     assert set(frame["fold"]) == {"p1", "p2"}
     assert set(frame["section"]) == {"a", "b", "c"}

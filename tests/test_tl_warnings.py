@@ -25,7 +25,7 @@ def test_spot_regressor_fit_and_predict_warn_nothing(pair):
         warnings.simplefilter("error", FutureWarning)
         # fit tiles the spots itself (hx.pp.tile(centres=...)), predict makes grid tiles
         model = hx.tl.fit(pair["a"], model="spot_regressor", route="ridge", genes=GENES,
-                          patch_um=40.0, mpp=1.0, seed=0)
+                          size_um=40.0, mpp=1.0, seed=0)
         hx.tl.predict(model, pair["b"], key_added="pred", stride_um=40.0)
     table = pair["b"].tables["pred"]
     assert table.n_obs > 0 and np.isfinite(np.asarray(table.X)).all()
@@ -52,7 +52,7 @@ def test_spot_auto_pretraining_tiles_warn_nothing(pair, monkeypatch):
         warnings.simplefilter("error", FutureWarning)
         # the ssl encoder is pretrained on grid tiles that fit makes (hx.pp.tile(size_px=...))
         model = hx.tl.fit(pair["a"], model="spot_regressor", route="ridge", encoder="ssl",
-                          genes=GENES[:2], patch_um=40.0, mpp=1.0, seed=0,
+                          genes=GENES[:2], size_um=40.0, mpp=1.0, seed=0,
                           tiles_key="ssl_tiles")
     assert made and made[0] > 0
     assert model.metadata["route"] == "ridge"

@@ -33,6 +33,13 @@ def _tables() -> tuple[dict[str, str], dict[str, tuple[str, str]], dict[str, tup
     return _api.MODELS, _api.CROSS_VALIDATORS, _api.EVALUATORS
 
 
+def _options_class(model: str) -> str:
+    """The public name of the model's options class (``hx.tl.<Name>Options``)."""
+    from histoexpr.tl import _options
+
+    return f"histoexpr.tl.{_options.OPTIONS[model].__name__}"
+
+
 def _qualified(module: str, function: str) -> str:
     """Full dotted name of ``function`` in a module given relative to ``histoexpr.tl``."""
     full_module = importlib.import_module(module, package="histoexpr.tl").__name__
@@ -84,7 +91,9 @@ class ModelsDirective(SphinxDirective):
             if model in cross_validators:
                 calls.append(f'``hx.tl.cross_validate(data, model="{model}", ...)``')
             lines.extend(["Called through " + ", ".join(calls) + ".", ""])
-            document("Training options, of hx.tl.fit", fit)
+            document("Training, by hx.tl.fit", fit)
+            lines.extend([".. rubric:: Training options, of hx.tl.fit", "",
+                          f".. autoclass:: {_options_class(model)}", "   :no-index:", ""])
             document("Prediction options, of hx.tl.predict", _qualified(module, "predict"))
             if model in cross_validators:
                 document("Cross-validation options, of hx.tl.cross_validate",

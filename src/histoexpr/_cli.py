@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import shutil
 import sys
 import warnings
@@ -104,7 +103,6 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     Returns what was run: the model, the image key and the elements the prediction added.
     """
     import histoexpr as hx
-    from histoexpr.tl._api import MODELS, _model_module
 
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
@@ -118,10 +116,12 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     hx.settings.verbosity = 2
     model = hx.io.load_model(model_path, device=device)
     name = (model.metadata or {}).get("model")
-    if name not in MODELS:
+    try:
+        accepted = hx.tl.predict_options(str(name))
+    except ValueError as error:
         raise CannotPredictError(
-            f"{model_path} holds a {name!r} model, which this histoexpr cannot apply (it applies "
-            f"{', '.join(MODELS)}). It may come from another version of histoexpr.")
+            f"{model_path} holds a {name!r} model, which this histoexpr cannot apply ({error}) "
+            "It may come from another version of histoexpr.") from error
     if not image_path.exists():
         raise FileNotFoundError(f"No image at {image_path}.")
     image_key = image_key or model.metadata.get("image_key") or "he"
@@ -130,7 +130,6 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     before = set(_element_names(sdata))
     options = {"image_key": image_key, "batch_size": batch_size, "device": device,
                "overwrite": overwrite}
-    accepted = inspect.signature(_model_module(name).predict).parameters
     try:
         hx.tl.predict(model, sdata, **{k: v for k, v in options.items() if k in accepted})
     except (KeyError, ValueError, TypeError) as error:

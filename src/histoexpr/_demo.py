@@ -222,7 +222,7 @@ def _transcript_morphology(train, test, scale: DemoSize, report: _Report) -> dic
     for sdata in (train, test):
         hx.pp.transcript_labels(sdata, genes=LABEL_GENES, max_per_class=400)
     model = report.step("fit_patch_classifier", hx.tl.fit, train, model="patch_classifier",
-                        patch_size_um=(10.0, 20.0), mpp=0.5, epochs=scale.epochs, width=8)
+                        size_um=(10.0, 20.0), mpp=0.5, epochs=scale.epochs, width=8)
     report.step("predict_labels", hx.tl.predict, model, test, stride_um=4.0)
     dice = hx.tl.evaluate(test, "pred_labels", "tx_labels")
     report.figure("labels.png", lambda: hx.pl.labels(test, "tx_labels", "pred_labels"))
@@ -280,7 +280,7 @@ def _spot_expression(train, test, report: _Report) -> dict[str, Any]:
 
     model = report.step("fit_spot_regressor", hx.tl.fit, train, model="spot_regressor",
                         genes=list(PANEL), route="ridge", tiles_key="spot_tiles",
-                        patch_um=55.0, mpp=1.0)  # the pixel size the spot tiles were cut at
+                        size_um=55.0, mpp=1.0)  # the pixel size the spot tiles were cut at
     hx.tl.predict(model, test, tiles_key="spot_tiles", key_added="predicted_expression")
     scores = hx.tl.evaluate(test, "predicted_expression", "table")
     report.figure("prediction.png", lambda: hx.pl.prediction(test, "predicted_expression",

@@ -104,7 +104,7 @@ def prediction(
     >>> train, test = (hx.datasets.synthetic_section(seed=seed, size_um=300, spot_pitch_um=40,
     ...                                               spot_diameter_um=35) for seed in (0, 1))
     >>> model = hx.tl.fit({"train": train}, model="spot_regressor", genes=["EPCAM"],
-    ...                   patch_um=40, mpp=1.0, route="ridge")
+    ...                   size_um=40, mpp=1.0, route="ridge")
     >>> table = hx.tl.predict(model, test)
     >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", "table",
     ...                           genes="EPCAM", scale_bar_um=50)

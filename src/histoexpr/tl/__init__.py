@@ -11,7 +11,10 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
-        "_api": ["fit", "predict", "evaluate", "cross_validate"],
+        "_api": ["fit", "predict", "evaluate", "cross_validate", "predict_options"],
+        "_options": ["ABMILOptions", "CellMorphologyOptions", "MeanPoolLogisticOptions",
+                     "MeanPoolRidgeOptions", "PatchClassifierOptions", "SpotRegressorOptions",
+                     "TrainingOptions"],
         "_features._embed": ["embed"],
         "_features._embed_cohort": ["embed_cohort"],
         "_mil._attention_check": ["attention_check"],

@@ -1,7 +1,8 @@
 """The entry points ``fit``, ``predict`` and ``evaluate``, shared by every model.
 
 Each model lives in its own module of a job room of :mod:`histoexpr.tl` (``tl/_patch``,
-``tl/_spot``, ``tl/_mil``) that defines ``fit(data, **options)``
+``tl/_spot``, ``tl/_mil``) that defines ``fit(data, *, options)`` (its options class is in
+:mod:`histoexpr.tl._options`)
 returning a trained :class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the
 model) and ``predict(model, data, **options)``. The entry points look the module up here, so
 adding a model is one line in :data:`MODELS`.
@@ -10,11 +11,17 @@ adding a model is one line in :data:`MODELS`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._options import OPTIONS, ModelOptions, options_for
+
 if TYPE_CHECKING:
+    import pandas as pd
+    from spatialdata import SpatialData
+
     from ..models import Network
 
 #: model name -> module of histoexpr.tl that trains and applies it
@@ -35,6 +42,12 @@ CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
     "spot_regressor": ("._spot._cross_validate", "cross_validate_spots"),
 }
 
+#: kind of the prediction element -> the options of evaluate that its evaluator takes
+EVALUATOR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "labels": ("classes", "region", "ignore", "cells"),
+    "tables": ("genes",),
+}
+
 #: kind of the prediction element -> (module, function) that scores it
 EVALUATORS: dict[str, tuple[str, str]] = {
     "labels": ("._metrics._segmentation_metrics", "label_metrics"),
@@ -49,8 +62,36 @@ def _model_module(name: str) -> ModuleType:
     return importlib.import_module(MODELS[name], package=__package__)
 
 
-def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
+def predict_options(model: str) -> tuple[str, ...]:
+    """The names of the options that ``hx.tl.predict`` takes for a model of this name.
+
+    Parameters
+    ----------
+    model
+        A model name, as ``network.metadata["model"]`` holds it (e.g. ``"spot_regressor"``).
+
+    Returns
+    -------
+    The option names, in the order of the model's ``predict`` (``key_added`` and
+    ``overwrite`` included); :func:`predict` documents each.
+
+    Examples
+    --------
+    >>> "stride_um" in hx.tl.predict_options("spot_regressor")
+    True
+    """
+    if model not in MODELS:
+        known = ", ".join(repr(m) for m in MODELS)
+        raise ValueError(f"Unknown model {model!r}; histoexpr applies: {known}.")
+    return tuple(name for name, _, _ in _function_source(MODELS[model], "predict")[1])
+
+
+def fit(data: Any, *, model: str | ModelOptions, **options: Any) -> Network:
     """Train a model; one entry point for every model histoexpr has.
+
+    ``hx.tl.fit(data, model="spot_regressor", route="mlp")`` and
+    ``hx.tl.fit(data, model=hx.tl.SpotRegressorOptions(route="mlp"))`` train the same model.
+    The options of every model are listed below (Notes), each model's in its options class.
 
     Parameters
     ----------
@@ -58,22 +99,35 @@ def fit(data: Any, *, model: str, **kwargs: Any) -> Network:
         What the model learns from: a SpatialData, a list of them, or a cohort, as the model's
         own ``fit`` documents.
     model
-        Which model: ``"patch_classifier"``, ``"cell_morphology"``, ``"abmil"``,
-        ``"meanpool_ridge"``, ``"meanpool_logistic"`` or ``"spot_regressor"``.
-    **kwargs
-        Options of the model's ``fit`` (see its documentation).
+        Which model: its name (its options take their defaults, then ``options``) or its
+        options object. MODEL_LIST
+    **options
+        Options of the model, by name (see Notes); with an options object, they replace its
+        fields. An unknown option is an error naming the model's options.
 
     Returns
     -------
     The trained network; ``network.metadata`` holds what it was trained on (classes or genes,
-    um/px, normalisation) and its training ``history``. Save it with
+    um/px, normalisation), its ``options`` and its training ``history``. Save it with
     :func:`histoexpr.io.save_model`.
+
+    Examples
+    --------
+    >>> options = hx.tl.SpotRegressorOptions(route="mlp", n_members=3)
+    >>> model = hx.tl.fit(sections, model=options)
+    >>> same = hx.tl.fit(sections, model="spot_regressor", route="mlp", n_members=3)
+
+    Notes
+    -----
+    FIT_OPTIONS
     """
-    return _model_module(model).fit(data, **kwargs)
+    chosen = options_for(model, **options)
+    return _model_module(chosen.model).fit(data, options=chosen)
 
 
-def predict(model: Network | str | Path, data: Any, **kwargs: Any) -> Any:
-    """Apply a trained model; the model's own ``predict`` says what it writes and returns.
+def predict(model: Network | str | Path, data: Any, *, key_added: str | None = None,
+            overwrite: bool = False, **options: Any) -> Any:
+    """Apply a trained model: write its predictions into ``data`` and return what it wrote.
 
     Parameters
     ----------
@@ -82,33 +136,47 @@ def predict(model: Network | str | Path, data: Any, **kwargs: Any) -> Any:
         :func:`histoexpr.io.save_model` (read with :func:`histoexpr.io.load_model`).
     data
         What to predict on (a SpatialData, a list of them, or a cohort).
-    **kwargs
-        Options of the model's ``predict`` (see its documentation).
+    key_added
+        Where the predictions go; ``None`` uses the model's default (see Notes).
+    overwrite
+        Replace elements of that name that an earlier ``predict`` wrote (never an element of
+        another origin).
+    **options
+        Options of the model's ``predict`` (see Notes).
 
     Returns
     -------
-    What the model's ``predict`` returns (predictions are also written into ``data``).
+    What it wrote: a table of predictions (spot regressor, bag models, per-cell maps) or a
+    label map (dense class maps).
+
+    Notes
+    -----
+    PREDICT_OPTIONS
     """
     if isinstance(model, str | Path):
         from ..io import load_model
 
-        model = load_model(model, device=kwargs.get("device"))
+        model = load_model(model, device=options.get("device"))
     name = (getattr(model, "metadata", None) or {}).get("model")
     if name is None:
         raise ValueError(
             "This network has no metadata['model']: it was not trained by hx.tl.fit. Train it "
             "with hx.tl.fit, or load a file written by hx.io.save_model."
         )
-    return _model_module(name).predict(model, data, **kwargs)
+    if key_added is not None:
+        options["key_added"] = key_added
+    return _model_module(name).predict(model, data, overwrite=overwrite, **options)
 
 
-def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
+def cross_validate(data: Any, *, model: str | ModelOptions, groups: Any = None,
+                   **options: Any) -> Any:
     """Cross-validate a model with folds that never split a group (patient or section).
 
     Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole
     patients' slides or sections and return out-of-fold bag predictions; ``"spot_regressor"``
     runs the HEST protocol (genes chosen on the training sections of each fold) and returns
-    per-gene correlations.
+    per-gene correlations. Every fold trains with the same options, checked before the first
+    fold.
 
     Parameters
     ----------
@@ -116,45 +184,69 @@ def cross_validate(data: Any, *, model: str, **kwargs: Any) -> Any:
         A cohort or sections by name, as the model's procedure documents.
     model
         Which model: ``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"`` or
-        ``"spot_regressor"``.
-    **kwargs
-        ``groups`` (the group of each slide or section) and the options of the procedure and of
-        the model's ``fit``.
+        ``"spot_regressor"``, or its options object (as for :func:`fit`).
+    groups
+        The group (patient) of each section: folds hold out a whole group; ``None`` holds out
+        one section at a time. Bag models also take a column of ``cohort.bulk.obs``.
+    **options
+        Options of the procedure (below) and of the model (as for :func:`fit`).
 
     Returns
     -------
     Bag models: an AnnData of out-of-fold predictions with ``uns["scores"]``; spot regressors:
     a DataFrame with one row per held-out section and gene.
+
+    Notes
+    -----
+    CV_OPTIONS
     """
-    if model not in CROSS_VALIDATORS:
-        raise ValueError(f"No cross-validation for model {model!r}; histoexpr cross-validates "
+    name = model.model if isinstance(model, ModelOptions) else model
+    if name not in CROSS_VALIDATORS:
+        raise ValueError(f"No cross-validation for model {name!r}; histoexpr cross-validates "
                          f"{', '.join(repr(m) for m in CROSS_VALIDATORS)}.")
-    module, function = CROSS_VALIDATORS[model]
+    module, function = CROSS_VALIDATORS[name]
     return getattr(importlib.import_module(module, package=__package__), function)(
-        data, model=model, **kwargs)
+        data, model=model, groups=groups, **options)
 
 
-def evaluate(data: Any, pred_key: str, truth_key: str, **kwargs: Any) -> Any:
+def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
+             genes: str | Sequence[str] | None = None, classes: Mapping[str, int] | None = None,
+             region: Sequence[float] | None = None, ignore: int = 0,
+             cells: str | None = None) -> pd.DataFrame:
     """Score predictions against the truth, choosing the metrics by what is predicted.
 
     Parameters
     ----------
-    data
+    sdata
         The SpatialData holding both the predictions and the truth.
     pred_key
         Key of the predictions: a label map (class maps, scored by Dice, IoU...) or a table
         (expression, scored by correlations).
     truth_key
-        Key of the ground truth of the same kind.
-    **kwargs
-        Options of the evaluator (see its documentation).
+        Key of the ground truth of the same kind (for expression, the spot table).
+    genes
+        Expression: the genes to score (one name or several); ``None`` scores every gene the
+        prediction and the truth share.
+    classes
+        Label maps: ``{class name: label value}`` to score; ``None`` takes the prediction's
+        ``attrs["classes"]``.
+    region
+        Label maps: ``(x_min, y_min, x_max, y_max)`` in um to score; ``None`` where both maps
+        overlap.
+    ignore
+        Label maps: the label value left out of the scores (unassigned truth, places not
+        predicted).
+    cells
+        Label maps: key of the cells, to score one vote per cell instead of per pixel.
 
     Returns
     -------
-    The evaluator's metrics, as a DataFrame.
+    Expression: one row per gene (``pearson``, ``spearman``...); label maps: Dice, IoU,
+    precision and recall of each class and their mean.
     """
     from .._utils import element_kind
 
+    data = sdata
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
         if element_kind(data, key) is None:
             available = ", ".join(repr(k) for k in data.tables.keys()) or "none"
@@ -167,5 +259,135 @@ def evaluate(data: Any, pred_key: str, truth_key: str, **kwargs: Any) -> Any:
         raise ValueError(f"Predictions stored as {kind} cannot be evaluated; histoexpr scores "
                          f"{', '.join(EVALUATORS) or 'nothing yet'}.")
     module, function = EVALUATORS[kind]
-    return getattr(importlib.import_module(module, package=__package__), function)(
-        data, pred_key, truth_key, **kwargs)
+    evaluator = getattr(importlib.import_module(module, package=__package__), function)
+    given = {"genes": genes, "classes": classes, "region": region, "cells": cells}
+    accepted = EVALUATOR_OPTIONS[kind]
+    wrong = [name for name, value in given.items() if value is not None and name not in accepted]
+    if wrong:
+        raise TypeError(f"{', '.join(wrong)} do(es) not apply to predictions stored as {kind}; "
+                        f"they take {', '.join(accepted)}.")
+    options = {name: value for name, value in given.items() if name in accepted}
+    if kind == "labels":
+        options["ignore"] = ignore
+    return evaluator(data, pred_key, truth_key, **options)
+
+
+# --- the docstrings of fit, predict and cross_validate list every option of every model ---------
+# They are written at import from the options classes (fit) and from the Parameters sections of
+# the model modules' predict and of the cross-validation procedures, read from their source so
+# that reading the help does not import torch.
+
+_PROCEDURE_OPTIONS = ("model", "groups", "data", "sections")
+_PREDICT_SHOWN_ELSEWHERE = ("model", "data", "sdata", "key_added", "overwrite")
+
+
+def _parameters_section(doc: str) -> dict[str, str]:
+    """``{name: its documentation}`` of a numpydoc ``Parameters`` section."""
+    import inspect
+
+    doc = inspect.cleandoc(doc)
+    if "Parameters\n----------\n" not in doc:
+        return {}
+    section = doc.split("Parameters\n----------\n", 1)[1]
+    entries: dict[str, list[str]] = {}
+    name = None
+    for line in section.splitlines():
+        if line and not line.startswith(" "):
+            if line.endswith("-" * len(line)) or line in ("Returns", "Examples", "Notes"):
+                break
+            name = line.split(" : ")[0].strip()
+            entries[name] = []
+        elif name is not None:
+            entries[name].append(line.strip())
+    return {k: " ".join(" ".join(v).split()) for k, v in entries.items()}
+
+
+def _entry(name: str, annotation: str, default: str | None, text: str) -> str:
+    import textwrap
+
+    head = f"{name} : {annotation}" + ("" if default is None else f" = {default}")
+    return head + "\n" + textwrap.indent(textwrap.fill(text, 84), "    ")
+
+
+def _fit_options_doc() -> str:
+    import dataclasses
+
+    blocks = ["Options of each model: the fields of its options class (``hx.tl.<Class>``), "
+              "with their defaults."]
+    for name, cls in OPTIONS.items():
+        docs = _parameters_section(cls.__doc__ or "")
+        lines = [f'**model="{name}"** (:class:`~histoexpr.tl.{cls.__name__}`)', ""]
+        for field in dataclasses.fields(cls):
+            lines.append(_entry(field.name, str(field.type), repr(field.default),
+                                docs.get(field.name, "")))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _function_source(module: str, function: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """The docstring and ``(name, annotation, default)`` of keyword options of a function."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module, package=__package__)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function),
+                None)
+    if node is None:  # imported from a sibling module: read it there
+        source = next(n for n in tree.body if isinstance(n, ast.ImportFrom)
+                      and any(a.name == function for a in n.names))
+        parent = module.rsplit(".", 1)[0] if source.level == 1 else module
+        return _function_source(f"{parent}.{source.module}", function)
+    args = node.args
+    options = [(a.arg, ast.unparse(a.annotation) if a.annotation else "Any",
+                ast.unparse(d) if d is not None else None)
+               for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
+    return ast.get_docstring(node) or "", options
+
+
+def _predict_options_doc() -> str:
+    blocks = ["Options of each model's ``predict``:"]
+    for name, module in MODELS.items():
+        doc, options = _function_source(module, "predict")
+        docs = _parameters_section(doc)
+        key_added = next((d for n, _, d in options if n == "key_added"), None)
+        lines = [f"**{name}** (``key_added`` defaults to {key_added})", ""]
+        lines += [_entry(n, a, d, docs.get(n, "")) for n, a, d in options
+                  if n not in _PREDICT_SHOWN_ELSEWHERE]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _cv_options_doc() -> str:
+    blocks = ["Options of each procedure (besides the model's options):"]
+    for (module, function), models in _grouped(CROSS_VALIDATORS).items():
+        doc, options = _function_source(module, function)
+        docs = _parameters_section(doc)
+        lines = [f"**{', '.join(models)}**", ""]
+        lines += [_entry(n, a, d, docs.get(n, "")) for n, a, d in options
+                  if n not in _PROCEDURE_OPTIONS]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _grouped(table: dict[str, tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, where in table.items():
+        groups.setdefault(where, []).append(name)
+    return groups
+
+
+def _fill(function: Any, placeholder: str, text: str, indent: str = "    ") -> None:
+    import textwrap
+
+    function.__doc__ = function.__doc__.replace(
+        placeholder, textwrap.indent(text, indent).lstrip())
+
+
+_fill(fit, "MODEL_LIST", "One of:\n\n" + "\n".join(
+    f'- ``"{n}"``: :class:`~histoexpr.tl.{c.__name__}`' for n, c in OPTIONS.items()),
+    indent="        ")
+_fill(fit, "FIT_OPTIONS", _fit_options_doc())
+_fill(predict, "PREDICT_OPTIONS", _predict_options_doc())
+_fill(cross_validate, "CV_OPTIONS", _cv_options_doc())
+

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..._utils import seed_everything
+from .._options import ABMILOptions
 from ._bag_data import collect_bags
 from ._bag_outputs import (
     _add_classes,
@@ -36,31 +37,7 @@ if TYPE_CHECKING:
     from ...models import Network
 
 
-def fit(
-    data: Any,
-    *,
-    genes: Any = None,
-    target: str | list[str] | None = None,
-    task: str = "regression",
-    labels: str = "obs",
-    tiles_key: str = "he_tiles",
-    features_key: str | None = None,
-    bags_key: str = "bags",
-    target_transform: str = "log1p_normalised",
-    per_gene: bool = False,
-    hidden: int = 128,
-    attention_hidden: int = 64,
-    dropout: float = 0.1,
-    max_tiles: int | None = 512,
-    batch_size: int = 4,
-    epochs: int = 100,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    patience: int | None = 10,
-    val_fraction: float = 0.2,
-    seed: int | None = None,
-    device: str | None = None,
-) -> Network:
+def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
     """Train a gated attention MIL network on bags of tile features.
 
     Regression learns the bags' expression of ``genes`` (MSE on per-gene standardised
@@ -82,57 +59,10 @@ def fit(
         A :class:`~histoexpr.io.Cohort` (one bag per slide, targets from ``cohort.bulk``), a
         SpatialData with pseudo-bulk bags (:func:`histoexpr.pp.pseudobulk`) or a mapping of such
         sections by name.
-    genes
-        Genes to predict: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
-        every gene of the bulk table. For classification with ``target=None``, the labels
-        ``deg_<gene>`` of these genes; with ``labels="median"`` also a mapping from a label
-        name to marker genes (``{"tumour": ["ERBB2", "KRT19", ...]}``) whose mean standardised
-        expression is split.
-    target
-        Classification: the column(s) of the bulk table's ``obs`` to learn.
-    task
-        ``"regression"`` or ``"classification"``.
-    labels
-        Classification: ``"obs"`` learns label columns of the bulk table (``target``, or the
-        ``deg_<gene>`` columns of :func:`histoexpr.pp.deg_labels`); ``"median"`` makes
-        ``"down"`` / ``"up"`` labels ``deg_<gene>`` (or the mapping's names) from the bags'
-        expression, split at the training bags' median.
-    tiles_key
-        Key of the tiles (their table holds the features).
-    features_key
-        Key of the tile features in the tile table's ``obsm``; ``None`` takes the only one there.
-    bags_key
-        Key of the pseudo-bulk bags (ignored for a Cohort).
-    target_transform
-        ``"log1p_normalised"`` (raw counts scaled to 10,000 per bag over all genes, then
-        ``log1p``), ``"log1p"`` (values already normalised, e.g. TPM) or ``"none"``.
-    per_gene
-        One independent network per gene (or per label column) instead of one for the panel.
-    hidden
-        Width of the tile MLP.
-    attention_hidden
-        Width of the attention branch.
-    dropout
-        Dropout after the tile MLP.
-    max_tiles
-        Training bags with more tiles are subsampled to this many, anew each epoch; ``None``
-        keeps every tile.
-    batch_size
-        Bags per step (padded to the largest, padding masked out of the attention).
-    epochs
-        Maximum number of epochs.
-    lr
-        Learning rate of AdamW.
-    weight_decay
-        Weight decay of AdamW.
-    patience
-        Early stopping: epochs without a better validation loss.
-    val_fraction
-        Share of the bags held out for early stopping (0 trains ``epochs`` without it).
-    seed
-        Random seed; ``None`` uses ``hx.settings.seed``.
-    device
-        Torch device; ``None`` uses ``hx.settings.device``.
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.ABMILOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
@@ -141,6 +71,38 @@ def fit(
     ``history``.
 
     """
+    options = ABMILOptions() if options is None else options
+    network = _fit(data, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    data: Any,
+    *,
+    genes: Any,
+    target: str | list[str] | None,
+    task: str,
+    labels: str,
+    tiles_key: str,
+    features_key: str | None,
+    bags_key: str,
+    target_transform: str,
+    per_gene: bool,
+    hidden: int,
+    attention_hidden: int,
+    dropout: float,
+    max_tiles: int | None,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    patience: int | None,
+    val_fraction: float,
+    seed: int | None,
+    device: str | None,
+) -> Network:
+    """Train with the options of :class:`~histoexpr.tl.ABMILOptions` by name."""
     from ...models import AttentionMIL
     from .._train import train
 

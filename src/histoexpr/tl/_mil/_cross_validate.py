@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from .._options import ModelOptions
+
 #: the slide-level models of this room, by name (as in histoexpr.tl._api.MODELS) -> their module
 BAG_MODELS: dict[str, str] = {
     "abmil": "._abmil",
@@ -26,7 +28,7 @@ BAG_MODELS: dict[str, str] = {
 def cross_validate_bags(
     data: Any,
     *,
-    model: str = "abmil",
+    model: str | ModelOptions = "abmil",
     groups: str | Mapping[str, str] | None = None,
     n_folds: int | None = None,
     key_added: str = "cv",
@@ -46,7 +48,8 @@ def cross_validate_bags(
     data
         A Cohort (one bag per slide) or a mapping of pseudo-bulked sections by name.
     model
-        A slide-level model: ``"abmil"`` or ``"meanpool_ridge"``.
+        A slide-level model: ``"abmil"``, ``"meanpool_ridge"`` or ``"meanpool_logistic"``, or
+        its options (e.g. :class:`~histoexpr.tl.ABMILOptions`).
     groups
         The patient of each section: a column of ``cohort.bulk.obs`` (Cohort), a mapping from
         section (slide) name to patient, or ``None`` for one group per section.
@@ -76,14 +79,17 @@ def cross_validate_bags(
     import anndata as ad
     import pandas as pd
 
-    module = _bag_model(model)
+    from .._options import options_for
+
+    options = options_for(model, **fit_kwargs)  # checked once, before the first fold
+    module = _bag_model(options.model)
     names, group_of = _section_groups(data, groups)
     folds = _folds(names, group_of, n_folds)
     results, scores, checks = [], [], []
     for fold, held_out in enumerate(folds):
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
-        network = module.fit(train, **fit_kwargs)
+        network = module.fit(train, options=options)
         predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._utils import logger
+from .._options import MeanPoolLogisticOptions
 from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
 from ._bag_targets import standardised_features, training_data
 
@@ -23,20 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["fit", "predict"]
 
 
-def fit(
-    data: Any,
-    *,
-    genes: Any = None,
-    target: str | list[str] | None = None,
-    task: str = "classification",
-    labels: str = "obs",
-    tiles_key: str = "he_tiles",
-    features_key: str | None = None,
-    bags_key: str = "bags",
-    target_transform: str = "log1p_normalised",
-    Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
-    seed: int | None = None,
-) -> Network:
+def fit(data: Any, *, options: MeanPoolLogisticOptions | None = None) -> Network:
     """Fit logistic regression of the bags' labels on their mean tile features.
 
     Features are standardised over the training tiles. The inverse penalty ``C`` is chosen
@@ -48,27 +36,10 @@ def fit(
     data
         A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for
         ``model="abmil"``).
-    genes
-        As for ``model="abmil"``: genes whose ``deg_<gene>`` labels to learn, or with
-        ``labels="median"`` genes (or named marker sets) to label at the training median.
-    target
-        Label column(s) of the bulk table's ``obs``.
-    task
-        Must be ``"classification"`` (the regression baseline is ``"meanpool_ridge"``).
-    labels
-        ``"obs"`` or ``"median"``, as for ``model="abmil"``.
-    tiles_key
-        Key of the tiles.
-    features_key
-        Key of the tile features; ``None`` takes the only one there.
-    bags_key
-        Key of the pseudo-bulk bags (ignored for a Cohort).
-    target_transform
-        Expression transform of ``labels="median"``.
-    Cs
-        Inverse penalties to choose from.
-    seed
-        Random seed of the inner folds; ``None`` uses ``hx.settings.seed``.
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolLogisticOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
@@ -81,6 +52,27 @@ def fit(
     ...                      genes=["ERBB2"], labels="median")
 
     """
+    options = MeanPoolLogisticOptions() if options is None else options
+    network = _fit(data, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    data: Any,
+    *,
+    genes: Any,
+    target: str | list[str] | None,
+    task: str,
+    labels: str,
+    tiles_key: str,
+    features_key: str | None,
+    bags_key: str,
+    target_transform: str,
+    Cs: Sequence[float],
+    seed: int | None,
+) -> Network:
+    """Train with the options of :class:`~histoexpr.tl.MeanPoolLogisticOptions` by name."""
     import torch
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._options import MeanPoolRidgeOptions
 from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
 from ._bag_targets import standardised_features, training_data
 
@@ -21,16 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["fit", "predict"]
 
 
-def fit(
-    data: Any,
-    *,
-    genes: Any = None,
-    tiles_key: str = "he_tiles",
-    features_key: str | None = None,
-    bags_key: str = "bags",
-    target_transform: str = "log1p_normalised",
-    alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0),
-) -> Network:
+def fit(data: Any, *, options: MeanPoolRidgeOptions | None = None) -> Network:
     """Fit ridge regression of the bags' expression on their mean tile features.
 
     Features are standardised over the training tiles; the penalty is chosen among ``alphas`` by
@@ -41,24 +33,33 @@ def fit(
     data
         A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for
         ``model="abmil"``).
-    genes
-        Genes to predict: a list, a panel name or ``None`` for all.
-    tiles_key
-        Key of the tiles.
-    features_key
-        Key of the tile features; ``None`` takes the only one there.
-    bags_key
-        Key of the pseudo-bulk bags (ignored for a Cohort).
-    target_transform
-        As for ``model="abmil"``: ``"log1p_normalised"``, ``"log1p"`` or ``"none"``.
-    alphas
-        Ridge penalties to choose from.
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolRidgeOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
     A :class:`histoexpr.models.MeanPoolLinear` holding the ridge weights.
 
     """
+    options = MeanPoolRidgeOptions() if options is None else options
+    network = _fit(data, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    data: Any,
+    *,
+    genes: Any,
+    tiles_key: str,
+    features_key: str | None,
+    bags_key: str,
+    target_transform: str,
+    alphas: Sequence[float],
+) -> Network:
+    """Train with the options of :class:`~histoexpr.tl.MeanPoolRidgeOptions` by name."""
     import torch
     from sklearn.linear_model import RidgeCV
 

@@ -17,9 +17,11 @@ import numpy as np
 
 from ..._spatial_uns import add_spatial_uns
 from ..._utils import check_key_free, logger, require_element, resolve_seed
+from .._options import CellMorphologyOptions
 from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
 
 if TYPE_CHECKING:
+    from anndata import AnnData
     from spatialdata import SpatialData
 
     from ...models import CellClassifier, PatchEnsemble
@@ -27,22 +29,7 @@ if TYPE_CHECKING:
 MODEL_NAME = "cell_morphology"
 
 
-def fit(
-    sdata: SpatialData,
-    *,
-    labels_key: str = "tx_labels",
-    cells: str | None = None,
-    image_key: str | None = None,
-    region: Sequence[float] | None = None,
-    feature_mpp: float = 0.5,
-    smooth_um: Sequence[float] = (15.0, 40.0),
-    Cs: int = 8,
-    folds: int = 5,
-    patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    seed: int | None = None,
-) -> CellClassifier:
+def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> CellClassifier:
     """Train a logistic regression on per-cell image features (and, optionally, CNN outputs).
 
     Every cell of ``region`` is described by the mean and spread over its pixels of the
@@ -68,34 +55,10 @@ def fit(
     sdata
         The section, with the image, the cells and the labels of
         ``hx.pp.transcript_labels(..., cells=...)``.
-    labels_key
-        Key of those labels; the cells' classes are read from
-        ``sdata.tables[f"{labels_key}_cells"]``.
-    cells
-        Key of the cell polygons or cell label image; defaults to the one the labels were made
-        with.
-    image_key
-        Image to describe the cells on; defaults to the one the labels were made on.
-    region
-        ``(x_min, y_min, x_max, y_max)`` in um: train on the cells of this part of the section;
-        ``None`` uses the whole image.
-    feature_mpp
-        Pixel size (um/px) at which the features are measured.
-    smooth_um
-        Widths (sigma, um) of the Gaussians over neighbouring cells' features.
-    Cs
-        Number of values of ``C`` (log-spaced from 1e-4 to 1e4) tried by cross-validation.
-    folds
-        Folds of the cross-validation.
-    patch_classifier
-        Trained patch classifier(s) (``hx.tl.fit(..., model="patch_classifier")``, on cell
-        labels) to stack; ``None`` fits the morphology model alone.
-    batch_size
-        Patches per forward pass of the patch classifiers.
-    device
-        Torch device of the patch classifiers; ``None`` uses ``hx.settings.device``.
-    seed
-        Random seed of the folds; ``None`` uses ``hx.settings.seed``.
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.CellMorphologyOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
@@ -113,6 +76,30 @@ def fit(
     >>> hx.tl.evaluate(sdata, "pred_morphology", "tx_labels", region=bottom)
 
     """
+    options = CellMorphologyOptions() if options is None else options
+    network = _fit(sdata, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    sdata: SpatialData,
+    *,
+    labels_key: str,
+    cells: str | None,
+    image_key: str | None,
+    region: Sequence[float] | None,
+    feature_mpp: float,
+    smooth_um: Sequence[float],
+    Cs: int,
+    n_folds: int,
+    patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None,
+    batch_size: int,
+    device: str | None,
+    seed: int | None,
+) -> CellClassifier:
+    """Train with the options of :class:`~histoexpr.tl.CellMorphologyOptions` by name."""
+    folds = n_folds  # the name inside this module
     import torch
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -204,7 +191,7 @@ def predict(
     device: str | None = None,
     key_added: str = "pred_labels",
     overwrite: bool = False,
-) -> None:
+) -> AnnData:
     """Classify every cell of a section (or a region of it): a per-cell class map.
 
     Parameters
@@ -237,9 +224,10 @@ def predict(
 
     Returns
     -------
-    Nothing; adds the label map (each cell's most probable class, background outside the
-    cells), its probabilities and the cells' table (``X``: probabilities, ``obs["label"]``,
-    ``obs["class"]``), as ``hx.tl.predict`` of a patch classifier with ``cells=`` does.
+    The cells' table it wrote (``sdata.tables[f"{key_added}_cells"]``); it adds the label map
+    (each cell's most probable class, background outside the cells), its probabilities and
+    the cells' table (``X``: probabilities, ``obs["label"]``, ``obs["class"]``), as
+    ``hx.tl.predict`` of a patch classifier with ``cells=`` does.
 
     Examples
     --------
@@ -299,6 +287,7 @@ def predict(
     add_spatial_uns(table, sdata, image_key)
     write_map(sdata, cells_to_map(on_grid, ids, classes), classes, origin, stride,
               key_added=key_added, overwrite=overwrite, table=table)
+    return sdata.tables[f"{key_added}_cells"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..._image import image_levels
 from ..._utils import logger, resolve_seed
+from .._options import PatchClassifierOptions
 from ._calibration import _choose, _class_prior, _report, fit_calibration
 from ._dense_map import predict_map
 from ._patch_data import (
@@ -35,37 +36,16 @@ from ._patch_data import (
 )
 
 if TYPE_CHECKING:
+    from anndata import AnnData
     from spatialdata import SpatialData
+    from xarray import DataArray
 
     from ...models import PatchEnsemble
 
 MODEL_NAME = "patch_classifier"
 
 
-def fit(
-    sdata: SpatialData,
-    *,
-    labels_key: str = "tx_labels",
-    image_key: str | Sequence[str] | None = None,
-    patch_size_um: float | Sequence[float] = (16.0, 32.0),
-    mpp: float | Sequence[float] | None = None,
-    region: Sequence[float] | None = None,
-    val_fraction: float = 0.2,
-    val_block_um: float | None = None,
-    combine: Literal["auto", "ensemble", "best"] = "auto",
-    width: int = 16,
-    dropout: float = 0.2,
-    augment: bool = True,
-    cache: bool = True,
-    epochs: int = 20,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    patience: int | None = 4,
-    calibrate: bool = True,
-    device: str | None = None,
-    seed: int | None = None,
-) -> PatchEnsemble:
+def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) -> PatchEnsemble:
     """Train CNN patch classifiers of one or several patch sizes on transcript-defined classes.
 
     The patches are the centres that :func:`histoexpr.pp.transcript_labels` wrote to
@@ -98,67 +78,17 @@ def fit(
     ----------
     sdata
         The section with the image, the label map and its patch table.
-    labels_key
-        Key of the label map written by :func:`histoexpr.pp.transcript_labels`.
-    image_key
-        Image to learn from; defaults to the one the labels were made on. Several images of the
-        section on the same coordinates and with the same channels (e.g. focal planes) pool
-        their patches: every patch centre is read from each image, for training and for
-        validation.
-    patch_size_um
-        Side of the patches in um; several sizes train one classifier each.
-    mpp
-        Pixel size at which patches are read, in um/px; defaults to the image's own pixel size
-        or 0.5 um/px, whichever is coarser. Patch sides are rounded to an even number of pixels.
-        One value per patch size makes a multi-scale model: e.g. ``patch_size_um=(12, 64)``
-        with ``mpp=(0.25, 1.0)`` sees a nucleus in detail and the tissue around it coarsely.
-    region
-        ``(x_min, y_min, x_max, y_max)`` in um: only patches whose largest window lies inside it
-        are used (train on one part of a section, test on another).
-    val_fraction
-        Share of the patches used for validation.
-    val_block_um
-        ``None`` validates on a stripe along the longer side of the training area (at a random
-        end, holding ``val_fraction`` of the patches); a side in um validates on random square
-        blocks of that side instead.
-    combine
-        What to return: ``"ensemble"`` (every size, probabilities averaged), ``"best"`` (the size
-        with the best validation mean Dice) or ``"auto"`` (the ensemble if it validates at least
-        as well as the best size, else that size).
-    width
-        Channels of the first convolution block of each classifier.
-    dropout
-        Dropout before each classifier's last layer.
-    augment
-        Augment the training patches.
-    cache
-        Keep each patch in memory after its first read (2 bytes per pixel and channel), so
-        that later epochs do not read the image again; ``False`` reads every patch every epoch.
-    epochs
-        Maximum number of epochs per patch size.
-    batch_size
-        Patches per batch.
-    lr
-        Learning rate.
-    weight_decay
-        Weight decay of AdamW.
-    patience
-        Epochs without a better validation loss before stopping; ``None`` never stops early.
-    calibrate
-        Fit the class-prior correction and temperature on the validation patches (see above);
-        ``False`` stores none, so that :func:`predict` gives the network's own probabilities.
-    device
-        Torch device; ``None`` uses ``hx.settings.device``.
-    seed
-        Random seed (split, initialisation, batches, augmentation); ``None`` uses
-        ``hx.settings.seed``.
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.PatchClassifierOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
     A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
-    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (of its members),
-    ``image_key`` (the first image, the default of :func:`predict`), ``image_keys``,
-    ``grid_um`` (the label map's pixel size, the default stride of
+    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (the option ``size_um``
+    of its members), ``image_key`` (the first image, the default of :func:`predict`),
+    ``image_keys``, ``grid_um`` (the label map's pixel size, the default stride of
     :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
     the ensemble: patches, epochs, validation loss, accuracy and Dice per class), the split
     (``val_regions``: boxes ``[x0, y0, x1, y1]`` in um holding the validation patches, never
@@ -167,11 +97,43 @@ def fit(
 
     Examples
     --------
-    >>> model = hx.tl.fit(sdata, model="patch_classifier", patch_size_um=(16, 32), mpp=1.0,
+    >>> model = hx.tl.fit(sdata, model="patch_classifier", size_um=(16, 32), mpp=1.0,
     ...                   region=(0, 0, 500, 225))
     >>> model.metadata["calibration"]["exponent"]
 
     """
+    options = PatchClassifierOptions() if options is None else options
+    network = _fit(sdata, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    sdata: SpatialData,
+    *,
+    labels_key: str,
+    image_key: str | Sequence[str] | None,
+    size_um: float | Sequence[float],
+    mpp: float | Sequence[float] | None,
+    region: Sequence[float] | None,
+    val_fraction: float,
+    val_block_um: float | None,
+    combine: Literal["auto", "ensemble", "best"],
+    width: int,
+    dropout: float,
+    augment: bool,
+    cache: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int | None,
+    calibrate: bool,
+    device: str | None,
+    seed: int | None,
+) -> PatchEnsemble:
+    """Train with the options of :class:`~histoexpr.tl.PatchClassifierOptions` by name."""
+    patch_size_um = size_um  # the name inside this module
     from torch.utils.data import ConcatDataset
 
     from ...models import PatchEnsemble
@@ -269,7 +231,7 @@ def predict(
     device: str | None = None,
     key_added: str = "pred_labels",
     overwrite: bool = False,
-) -> None:
+) -> AnnData | DataArray:
     """Slide a trained patch classifier over a section: a dense map of class probabilities.
 
     A patch of each member's size is centred on every cell of a grid of ``stride_um`` over
@@ -319,7 +281,8 @@ def predict(
 
     Returns
     -------
-    Nothing; adds ``sdata.labels[key_added]`` (the most probable class's label value, 0 outside
+    What it wrote: the per-cell table with ``cells``, else the label map. It adds
+    ``sdata.labels[key_added]`` (the most probable class's label value, 0 outside
     ``region``, ``attrs["classes"]``) and ``sdata.images[f"{key_added}_probabilities"]``
     (float32, one channel per class, named after it), both with pixel size ``stride_um``; with
     ``cells``, also ``sdata.tables[f"{key_added}_cells"]``: one row per cell (index: the cell's
@@ -334,10 +297,10 @@ def predict(
     >>> hx.tl.evaluate(sdata, "pred_cells", "tx_labels", region=(0, 225, 500, 450))
 
     """
-    return predict_map(model, sdata, image_key=image_key, region=region, stride_um=stride_um,
-                       cells=cells, smooth_um=smooth_um, calibrate=calibrate,
-                       batch_size=batch_size,
-                       device=device, key_added=key_added, overwrite=overwrite)
+    predict_map(model, sdata, image_key=image_key, region=region, stride_um=stride_um,
+                cells=cells, smooth_um=smooth_um, calibrate=calibrate, batch_size=batch_size,
+                device=device, key_added=key_added, overwrite=overwrite)
+    return sdata.tables[f"{key_added}_cells"] if cells is not None else sdata.labels[key_added]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,17 +10,21 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._utils import logger
+from ..._validate import renamed_parameters
 from .._metrics._expression_metrics import evaluate_expression
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
+    from .._options import SpotRegressorOptions
 
+
+@renamed_parameters(sections="data")
 def cross_validate_spots(
-    sections: Mapping[str, SpatialData],
+    data: Mapping[str, SpatialData],
     *,
-    model: str = "spot_regressor",
+    model: str | SpotRegressorOptions = "spot_regressor",
     groups: Mapping[str, str] | None = None,
     n_genes: int = 50,
     gene_flavor: str = "pearson_residuals",
@@ -36,10 +40,11 @@ def cross_validate_spots(
 
     Parameters
     ----------
-    sections
+    data
         Sections by name, each with an image, spots and a spot table of raw counts.
     model
-        ``"spot_regressor"``, the only model this protocol trains.
+        ``"spot_regressor"``, the only model this protocol trains, or its options
+        (:class:`~histoexpr.tl.SpotRegressorOptions`).
     groups
         The group (patient) of each section: folds hold out a whole group. ``None`` holds out one
         section at a time.
@@ -50,7 +55,7 @@ def cross_validate_spots(
     table_key
         Key of the spot tables.
     **fit_kwargs
-        Options of ``hx.tl.fit(..., model="spot_regressor")`` (route, encoder, patch_um...).
+        Options of ``hx.tl.fit(..., model="spot_regressor")`` (route, encoder, size_um...).
 
     Returns
     -------
@@ -61,29 +66,32 @@ def cross_validate_spots(
     """
     import pandas as pd
 
+    from .._options import options_for
     from ._spot_regressor import fit, predict
 
-    if model != "spot_regressor":
-        raise ValueError(f"The HEST protocol trains spot regressors, not {model!r}.")
+    sections = data
+    name = getattr(model, "model", model)
+    if name != "spot_regressor":
+        raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
+    options = options_for(model, genes=n_genes, gene_flavor=gene_flavor, table_key=table_key,
+                          **fit_kwargs)  # checked once, before the first fold
     groups = {name: name for name in sections} if groups is None else dict(groups)
     missing = [name for name in sections if name not in groups]
     if missing:
         raise KeyError(f"groups names no group for the sections {missing}.")
     if len(set(groups.values())) < 2:
         raise ValueError("Cross-validation needs at least two groups (patients or sections).")
-    tiles_key = fit_kwargs.get("tiles_key", "spot_tiles")
+    tiles_key = options.tiles_key
     # the user's sections are never written to: tiles, features and predictions go into light
     # copies (shared images and shapes, copied tables) that live only for this call
     work = {name: _working_copy(section) for name, section in sections.items()}
     frames = []
     for fold in dict.fromkeys(groups[name] for name in sections):
         train = {n: s for n, s in work.items() if groups[n] != fold}
-        model = fit(train, genes=n_genes, gene_flavor=gene_flavor, table_key=table_key,
-                    **fit_kwargs)
+        model = fit(train, options=options)
         for name in (n for n in sections if groups[n] == fold):
             section = work[name]
-            _spot_tiles(section, model, tiles_key, fit_kwargs.get("spots_key", "spots"),
-                        name=name)
+            _spot_tiles(section, model, tiles_key, options.spots_key, name=name)
             key = _free_key(section, "cv_expression")
             predict(model, section, tiles_key=tiles_key, key_added=key)
             scores = evaluate_expression(section, key, table_key)

@@ -17,11 +17,11 @@ import numpy as np
 from ..._utils import (
     logger,
 )
+from .._options import SpotRegressorOptions
 from .._sections import as_sections
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
-    DEFAULT_ALPHAS,
     ROUTES,
     _image_channels,
     _prepare_section,
@@ -40,42 +40,12 @@ if TYPE_CHECKING:
     from ...models import Network
 
 
-def fit(
-    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
-    *,
-    genes: int | Sequence[str] = 50,
-    gene_flavor: str = "top_expressed",
-    route: str = "ridge",
-    encoder: str | Sequence[str] = "handcrafted",
-    features_key: str | None = None,
-    image_key: str = "he",
-    spots_key: str = "spots",
-    table_key: str = "table",
-    tiles_key: str = "spot_tiles",
-    patch_um: float = 112.0,
-    mpp: float | None = None,
-    context_um: float | Sequence[float] | None = None,
-    standardise_sections: bool = False,
-    n_components: int | None = None,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    arch: str = "small_cnn",
-    hidden: int = 256,
-    n_members: int = 1,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 32,
-    val_fraction: float = 0.15,
-    device: str | None = None,
-    seed: int | None = None,
-    candidates: Mapping[str, Sequence[Any]] | None = None,
-    ssl_encoder: str | Path | Network | None = None,
-    pretrain_tiles_key: str | None = None,
-    pretrain_epochs: int | None = None,
-) -> Network:
+def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *,
+        options: SpotRegressorOptions | None = None) -> Network:
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
-    ``patch_um`` is centred on every spot (``hx.pp.tile(..., centres=spots_key)``, kept under
+    ``size_um`` is centred on every spot (``hx.pp.tile(..., centres=spots_key)``, kept under
     ``tiles_key``). Existing tiles there are reused only when they were made alike (same image,
     spots, width and pixel size, as their table's ``uns["tiles"]`` records); tiles an earlier
     fit made otherwise are remade (logged), any others are refused with the difference. Spots
@@ -127,99 +97,19 @@ def fit(
     ----------
     data
         A section (SpatialData), a list of them, or a mapping from section names to them.
-    genes
-        The genes to predict: a number of genes chosen by :func:`histoexpr.pp.select_genes`
-        with ``gene_flavor`` on all training sections, or a list of gene names (a single name
-        is one gene).
-    gene_flavor
-        Ranking used when ``genes`` is a number (``"top_expressed"``, ``"pearson_residuals"``...).
-    route
-        ``"ridge"``, ``"mlp"`` or ``"cnn"``.
-    encoder
-        Frozen encoder of the head routes, as :func:`histoexpr.tl.embed` takes it
-        (``"handcrafted"``, ``"squidpy"``, an architecture, a model file, or a list of them
-        whose features are concatenated). Prediction recomputes the same features on new tiles,
-        so the encoder must have fixed weights: architecture names without weights (random)
-        are refused. The encoder's fingerprint (a digest of a model file) is recorded.
-    features_key
-        Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``
-        (names of a list joined by ``"+"``). Features already there are reused when their
-        record (``uns["embeddings"]``, written by :func:`histoexpr.tl.embed`) shows the same
-        encoder, image and tiles; features an earlier fit made otherwise are remade, others
-        are refused. Features without a record are your own and are used as they are
-        (prediction then needs the same kind of features under that key).
-    image_key
-        Key of the H&E image.
-    spots_key
-        Key of the spot shapes.
-    table_key
-        Key of the spot table (raw counts in ``layers["counts"]`` or ``X``; ``obs["spot_id"]``
-        matching the spot shapes' index).
-    tiles_key
-        Key of the spot-centred tiles (made if absent).
-    patch_um
-        Width of the patch around each spot in um (HEST: 112 um).
-    mpp
-        Pixel size of the patches in um/px; defaults to the image's full resolution.
-    context_um
-        Head routes: neighbourhood context. Also use the mean features of the tiles whose
-        centres lie within this distance (um); several distances add one mean each (rings of
-        context, e.g. ``(300, 600)``). ``None`` uses the tile alone.
-    standardise_sections
-        Head routes: standardise features within each section (removes differences of stain and
-        scanner between sections; prediction does the same on the new section).
-    n_components
-        Ridge route: reduce the standardised features to this many principal components first.
-    alphas
-        Ridge route: the penalties tried by inner cross-validation.
-    arch
-        CNN route: encoder architecture of :class:`histoexpr.models.SpotCNN`.
-    hidden
-        MLP route: width of the hidden layer.
-    n_members
-        MLP route: number of MLPs trained with successive seeds whose predictions are averaged
-        (on her2st an ensemble of 3 gained about 0.02 mean Pearson over a single one).
-    epochs
-        MLP and CNN routes: maximum epochs (early stopping on a validation split).
-    lr
-        MLP and CNN routes: learning rate.
-    batch_size
-        MLP and CNN routes: spots per batch (also tiles per batch when embedding).
-    val_fraction
-        MLP and CNN routes: share of spots held out for early stopping.
-    device
-        Torch device; ``None`` uses ``hx.settings.device``.
-    seed
-        Random seed; ``None`` uses ``hx.settings.seed``.
-    candidates
-        Route ``"auto"``: the options to choose from, as ``{option: [values]}`` for any of
-        ``"encoder"``, ``"stain"``, ``"standardise_sections"``, ``"context_um"``, ``"target"``
-        and ``"head"``; options left out take the values of the default grid:
-        ``{"encoder": ["squidpy+handcrafted", "ssl", "random_cnn"], "stain": ["none",
-        "macenko"], "standardise_sections": [True, False], "context_um": [[300, 600], None],
-        "target": ["log1p", "centred", "standardised", "rank"], "head": ["ridge", "mlp"]}``
-        (searched in this order, starting from the first values).
-        One value per option trains that configuration without a search. The MLP head uses
-        ``hidden``, ``n_members``, ``epochs`` and ``lr``; the ridge head ``alphas``.
-    ssl_encoder
-        Encoder ``"ssl"``: a pretrained :class:`~histoexpr.models.TileEncoder` or its model file
-        (from :func:`histoexpr.tl.pretrain` on the training sections' tiles) to use instead of
-        pretraining one inside ``fit``.
-    pretrain_tiles_key
-        Encoder ``"ssl"`` pretrained inside ``fit``: the unlabelled tiles of every training
-        section to pretrain on; ``None`` makes 48 px tiles at ``mpp`` on a grid over the tissue
-        (stride two tiles) in light copies of the sections (nothing is written to them).
-    pretrain_epochs
-        Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
-        lr 1e-3, temperature 0.2, cosine schedule).
+    options
+        The model's options, each documented in :class:`~histoexpr.tl.SpotRegressorOptions`;
+        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
+        them from keywords.
 
     Returns
     -------
     The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
     :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
-    ``patch_um``, ``mpp``, the encoder and feature options, and the training ``history``
-    (route ``"auto"``: also ``head``, ``target``, ``stain`` and the search in ``auto``).
+    ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
+    options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
+    ``stain`` and the search in ``auto``).
 
     Examples
     --------
@@ -229,13 +119,53 @@ def fit(
     >>> hx.tl.predict(model, c4)
 
     """
+    options = SpotRegressorOptions() if options is None else options
+    network = _fit(data, **options.kwargs())
+    network.metadata["options"] = options.record()
+    return network
+
+
+def _fit(
+    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
+    *,
+    genes: int | Sequence[str],
+    gene_flavor: str,
+    route: str,
+    encoder: str | Sequence[str],
+    features_key: str | None,
+    image_key: str,
+    spots_key: str,
+    table_key: str,
+    tiles_key: str,
+    size_um: float,
+    mpp: float | None,
+    context_um: float | Sequence[float] | None,
+    standardise_sections: bool,
+    n_components: int | None,
+    alphas: Sequence[float],
+    arch: str,
+    hidden: int,
+    n_members: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    val_fraction: float,
+    device: str | None,
+    seed: int | None,
+    candidates: Mapping[str, Sequence[Any]] | None,
+    ssl_encoder: str | Path | Network | None,
+    pretrain_tiles_key: str | None,
+    pretrain_epochs: int | None,
+) -> Network:
+    """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
+    patch_um = size_um  # the name inside this module
     from ...pp import select_genes
 
     if route not in ROUTES:
         raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
     if route == "cnn" and (context_um is not None or standardise_sections):
         raise ValueError("context_um and standardise_sections apply to the head routes "
-                         "('ridge', 'mlp'); for the CNN route give a larger patch_um.")
+                         "('ridge', 'mlp'); for the CNN route give a larger size_um.")
     if route in ("ridge", "mlp"):
         _refuse_random_encoder(encoder)
     if route == "auto" and (context_um is not None or standardise_sections
