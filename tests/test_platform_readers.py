@@ -329,7 +329,7 @@ def test_read_xenium_xoa2_dapi_alone_and_stains_apart(tmp_path):
 def test_merscope_dapi_is_one_fluorescence_channel(tmp_path):
     """The steps reading "dapi" (transcript_labels' tissue test, tiles, augmentations) get one
     fluorescence channel, not the stains averaged (nor 3 stains taken for an RGB H&E)."""
-    from histoexpr.pp._augment import stain_of
+    from histoexpr._image_facts import stain_of
 
     write_merscope(tmp_path / "region_0")
     sdata = hx.io.read_merscope(tmp_path / "region_0", z_layer=3)
