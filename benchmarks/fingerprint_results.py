@@ -2,8 +2,8 @@
 
 Run it on two commits and compare the JSON files: a refactoring that changes no result gives
 identical fingerprints (sums, spreads and first values of each prediction). It uses the option
-spellings of before the session-5 renames (``patch_size_um=``, ``patch_um=``, ``size=``), which still work
-with a FutureWarning, so the same script runs on old and new commits::
+spellings of before the session-5 renames (``patch_size_um=``, ``patch_um=``, ``size=``), which
+still work with a FutureWarning, so the same script runs on old and new commits::
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/fingerprint_results.py before.json
     python benchmarks/fingerprint_results.py --compare before.json after.json
