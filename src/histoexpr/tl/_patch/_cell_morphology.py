@@ -38,7 +38,7 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
     and all of these averaged over neighbouring cells (Gaussians of ``smooth_um``). A
     multinomial logistic regression (features standardised, classes balanced) is fitted on the
     cells labelled tissue, gene A or gene B, its inverse regularisation ``C`` chosen among
-    ``Cs`` values by stratified ``folds``-fold cross-validation over the training cells.
+    ``Cs`` values by stratified ``n_folds``-fold cross-validation over the training cells.
 
     **Stacking with patch classifiers.** A CNN's probabilities on the cells it trained on are
     over-confident, so they must not teach the combination. With ``patch_classifier``, each
@@ -99,7 +99,6 @@ def _fit(
     seed: int | None,
 ) -> CellClassifier:
     """Train with the options of :class:`~histoexpr.tl.CellMorphologyOptions` by name."""
-    folds = n_folds  # the name inside this module
     import torch
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -124,12 +123,12 @@ def _fit(
     values = np.array([classes[name] for name in cell_classes])
     keep = np.isin(truth, values)
     counts = {name: int((truth[keep] == classes[name]).sum()) for name in cell_classes}
-    if min(counts.values()) < folds:
-        raise ValueError(f"Too few training cells of some class for {folds}-fold "
-                         f"cross-validation ({counts}); widen region or lower folds.")
+    if min(counts.values()) < n_folds:
+        raise ValueError(f"Too few training cells of some class for {n_folds}-fold "
+                         f"cross-validation ({counts}); widen region or lower n_folds.")
     x = features[keep]
     y = np.array([list(values).index(v) for v in truth[keep]], dtype=int)
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     first, scaler = _logistic(x, y, Cs, splitter)
     network = CellClassifier(n_features=x.shape[1], n_classes=len(cell_classes),
                              patch_models=[m.get_config()["members"] for m in patch_models])
@@ -161,7 +160,7 @@ def _fit(
                 "Train patch classifiers on parts of the training region (cross-fitting) or "
                 "with a larger val_fraction.")
         stacked_x = np.column_stack([np.log(np.clip(out_of_fold[used], 1e-6, 1)), cnn[used]])
-        inner = StratifiedKFold(int(min(folds, stack_counts.min())), shuffle=True,
+        inner = StratifiedKFold(int(min(n_folds, stack_counts.min())), shuffle=True,
                                 random_state=seed)
         second, _ = _logistic(stacked_x, y[used], Cs, inner, scale=False)
         with torch.no_grad():

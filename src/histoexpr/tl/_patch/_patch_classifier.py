@@ -133,7 +133,6 @@ def _fit(
     seed: int | None,
 ) -> PatchEnsemble:
     """Train with the options of :class:`~histoexpr.tl.PatchClassifierOptions` by name."""
-    patch_size_um = size_um  # the name inside this module
     from torch.utils.data import ConcatDataset
 
     from ...models import PatchEnsemble
@@ -142,7 +141,7 @@ def _fit(
     rule = _labelling_rule(sdata, labels_key)
     image_keys = _image_keys(sdata, rule["image_key"] if image_key is None else image_key)
     level0 = image_levels(sdata, image_keys[0])[0]
-    scales = _patch_scales(patch_size_um, mpp, level0)  # (pixels, um/px) of each size
+    scales = _patch_scales(size_um, mpp, level0)  # (pixels, um/px) of each size
     largest_um = max(px * px_mpp for px, px_mpp in scales)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie between 0 and 1, got {val_fraction!r}.")
