@@ -212,3 +212,65 @@ def test_stacked_model_uses_only_cells_the_cnn_never_trained_on(sections, tmp_pa
     hx.tl.predict(hx.io.load_model(path, device="cpu"), test, key_added="stacked_loaded",
                device="cpu")
     assert np.array_equal(test.labels["stacked_loaded"].values, test.labels["stacked"].values)
+
+
+def add_class_stain(sdata, seed: int) -> None:
+    """A second stain ("PolyT" of ``sdata.images["stains"]``) that carries each cell's class: a
+    class-dependent brightness (plus per-cell and pixel noise), strong in a ring around the
+    cell and weak inside it, as poly-T marks cytoplasm around a nucleus."""
+    from skimage.segmentation import expand_labels
+
+    from histoexpr._cells import cell_raster
+    from histoexpr._elements import image_element
+
+    rng = np.random.default_rng(seed)
+    ids, names = cell_raster(sdata, "cells", (0.0, 0.0), 0.5, (600, 600))
+    truth = sdata.tables["tx_labels_cells"].obs["label"].reindex(names.astype(str))
+    truth = truth.fillna(0).to_numpy().astype(int)
+    level = {CLASSES["tissue"]: 0.3, CLASSES[GENES[0]]: 0.55, CLASSES[GENES[1]]: 0.8}
+    value = np.array([level.get(t, rng.choice(list(level.values()))) for t in truth])
+    value = np.append(0.05, value + rng.normal(0, 0.06, len(value)))
+    ring = expand_labels(ids, distance=4)
+    pixels = np.where(ids > 0, 0.3 * value[ids], value[ring])
+    pixels = np.clip(pixels + rng.normal(0, 0.05, pixels.shape), 0, 1)
+    sdata.images["stains"] = image_element((255 * pixels)[None].astype(np.uint8), mpp=0.5,
+                                           channels=["PolyT"])
+
+
+def test_a_second_stain_that_carries_the_class_improves_held_out_cells(sections, tmp_path):
+    train, test = sections
+    for seed, sdata in enumerate(sections):
+        add_class_stain(sdata, seed)
+    nuclear = hx.tl.fit(train, model="cell_morphology", seed=0)
+    assert nuclear.metadata["stains"] is None  # the default is the nuclear image alone
+    both = hx.tl.fit(train, model="cell_morphology", stains_key="stains", stains=["PolyT"],
+                     seed=0)
+    assert both.metadata["stains"] == ["PolyT"] and both.n_features > nuclear.n_features
+    scores = {}
+    for key, model in (("nuclear", nuclear), ("both", both)):
+        hx.tl.predict(model, test, key_added=key)
+        scores[key] = hx.tl.evaluate(test, key, "tx_labels").attrs["cells"]
+    assert scores["both"]["accuracy"] > scores["nuclear"]["accuracy"] + 0.1, scores
+    assert scores["both"]["macro_f1"] > scores["nuclear"]["macro_f1"] + 0.1, scores
+    path = hx.io.save_model(both, tmp_path / "stains.pt")
+    hx.tl.predict(hx.io.load_model(path, device="cpu"), test, key_added="both_loaded")
+    assert np.array_equal(test.labels["both_loaded"].values, test.labels["both"].values)
+
+
+@bad_input("obscure error", "`hx.tl.fit(sdata, model='cell_morphology', stains_key=...)` with a "
+           "stain channel the image lacks", says="ValueError: names the channels it has",
+           fix="pass `stains=` some of those names, or `stains=None` for all")
+def test_cell_morphology_names_the_stain_channels_it_has(sections):
+    train = sections[0]
+    if "stains" not in train.images:
+        add_class_stain(train, 0)
+    with pytest.raises(ValueError, match=r"channels are \['PolyT'\].*stains="):
+        hx.tl.fit(train, model="cell_morphology", stains_key="stains", stains=["polyT"])
+    with pytest.raises(KeyError, match="stains_key=None"):
+        hx.tl.fit(train, model="cell_morphology", stains_key="other_stains")
+    with pytest.raises(ValueError, match="stains_key"):
+        hx.tl.CellMorphologyOptions(stains=["PolyT"])
+    with pytest.raises(TypeError, match="list of channel names"):
+        hx.tl.CellMorphologyOptions(stains_key="stains", stains="PolyT")
+    with pytest.raises(ValueError, match="ring_um"):
+        hx.tl.CellMorphologyOptions(ring_um=0)

@@ -308,6 +308,14 @@ class CellMorphologyOptions(CommonOptions):
         Pixel size (um/px) at which the features are measured.
     smooth_um
         Widths (sigma, um) of the Gaussians over neighbouring cells' features.
+    stains_key
+        Image of other stains (e.g. poly-T, ``sdata.images["stains"]`` of
+        ``hx.io.read_merscope``) whose per-cell intensity inside each cell and in a ring around
+        it are added to the features; ``None`` (default) uses ``image_key`` alone.
+    stains
+        Channel names of ``stains_key`` to use (e.g. ``["PolyT"]``); ``None`` uses all.
+    ring_um
+        Width (um) of the ring around each cell in which the stains are also measured.
     Cs
         Number of values of ``C`` (log-spaced from 1e-4 to 1e4) tried by cross-validation.
     n_folds
@@ -331,12 +339,27 @@ class CellMorphologyOptions(CommonOptions):
     region: Sequence[float] | None = None
     feature_mpp: float = 0.5
     smooth_um: Sequence[float] = (15.0, 40.0)
+    stains_key: str | None = None
+    stains: Sequence[str] | None = None
+    ring_um: float = 2.0
     Cs: int = 8
     n_folds: int = 5
     patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None = None
     batch_size: int = 256
     device: str | None = None
     seed: int | None = None
+
+    def _check(self) -> None:
+        super()._check()
+        check_positive("ring_um", self.ring_um, unit="um")
+        if self.stains is not None and (
+                isinstance(self.stains, str) or not isinstance(self.stains, Sequence)
+                or not all(isinstance(s, str) for s in self.stains) or not self.stains):
+            raise TypeError(f"stains must be a list of channel names of stains_key (e.g. "
+                            f"['PolyT']) or None, got {self.stains!r}.")
+        if self.stains is not None and self.stains_key is None:
+            raise ValueError("stains names channels of stains_key, which is None; pass "
+                             "stains_key= the image that holds them (e.g. 'stains').")
 
 
 @_documented

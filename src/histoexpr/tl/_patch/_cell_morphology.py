@@ -19,6 +19,7 @@ from ..._spatial_uns import add_spatial_uns
 from ..._utils import check_key_free, logger, require_element, resolve_seed
 from .._options import CellMorphologyOptions
 from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
+from ._stain_features import stain_channels, stain_features
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,6 +40,13 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
     multinomial logistic regression (features standardised, classes balanced) is fitted on the
     cells labelled tissue, gene A or gene B, its inverse regularisation ``C`` chosen among
     ``Cs`` values by stratified ``n_folds``-fold cross-validation over the training cells.
+
+    **Other stains.** With ``stains_key`` (e.g. the poly-T image of a MERSCOPE section,
+    ``sdata.images["stains"]`` of :func:`histoexpr.io.read_merscope`), each chosen channel
+    (``stains``; all by default) adds the mean and spread of its intensity inside each cell and
+    in a ring of ``ring_um`` around it (pixels of no cell, each given to the nearest cell), the
+    ratio of the two, the ring's relative area, and these averaged over neighbouring cells. The
+    default (``stains_key=None``) uses the nuclear image alone.
 
     **Stacking with patch classifiers.** A CNN's probabilities on the cells it trained on are
     over-confident, so they must not teach the combination. With ``patch_classifier``, each
@@ -64,7 +72,8 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
     -------
     A :class:`~histoexpr.models.CellClassifier` whose ``metadata`` holds ``model``, ``classes``
     (``{name: label value}``, background included), ``cell_classes``, ``genes``, ``cells``,
-    ``image_key``, ``labels_key``, ``grid_um``, the feature options, ``C``, ``n_train_cells``,
+    ``image_key``, ``labels_key``, ``grid_um``, the feature options (``stains``: the stain
+    channels used, ``None`` without ``stains_key``), ``C``, ``n_train_cells``,
     ``region`` and, when stacked, ``patch_models`` (each classifier's metadata) and ``stack``
     (``C``, cells used).
 
@@ -74,6 +83,8 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
     >>> model = hx.tl.fit(sdata, model="cell_morphology", region=top)
     >>> hx.tl.predict(model, sdata, region=bottom, key_added="pred_morphology")
     >>> hx.tl.evaluate(sdata, "pred_morphology", "tx_labels", region=bottom)
+    >>> with_polyt = hx.tl.fit(sdata, model="cell_morphology", region=top,
+    ...                        stains_key="stains", stains=["PolyT"])
 
     """
     options = CellMorphologyOptions() if options is None else options
@@ -91,6 +102,9 @@ def _fit(
     region: Sequence[float] | None,
     feature_mpp: float,
     smooth_um: Sequence[float],
+    stains_key: str | None,
+    stains: Sequence[str] | None,
+    ring_um: float,
     Cs: int,
     n_folds: int,
     patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None,
@@ -112,12 +126,13 @@ def _fit(
     if not feature_mpp > 0:
         raise ValueError(f"feature_mpp must be a positive pixel size in um/px, got "
                          f"{feature_mpp!r}.")
+    channels = None if stains_key is None else stain_channels(sdata, stains_key, stains)
     seed = resolve_seed(seed)
     classes = {str(k): int(v) for k, v in rule["classes"].items()}
     cell_classes = [name for name in classes if name != "background"]
     bounds = _bounds(sdata, image_key, region)
     features, names, centroids = _features(sdata, cells, image_key, bounds, feature_mpp,
-                                           smooth_um)
+                                           smooth_um, stains_key, channels, ring_um)
     truth = sdata.tables[f"{labels_key}_cells"].obs["label"].reindex(names.astype(str))
     truth = truth.fillna(0).to_numpy().astype(int)
     values = np.array([classes[name] for name in cell_classes])
@@ -142,6 +157,7 @@ def _fit(
         "genes": list(rule["genes"]), "cells": cells, "image_key": image_key,
         "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
         "feature_mpp": float(feature_mpp), "smooth_um": [float(s) for s in smooth_um],
+        "stains_key": stains_key, "stains": channels, "ring_um": float(ring_um),
         "C": float(first.C_[0]), "n_train_cells": int(keep.sum()), "train_counts": counts,
         "region": None if region is None else [float(v) for v in region], "seed": seed,
     }
@@ -247,6 +263,9 @@ def predict(
     image_key = meta["image_key"] if image_key is None else image_key
     require_cells(sdata, cells)
     require_element(sdata, image_key, "images")
+    stains_key = meta.get("stains_key")
+    if stains_key is not None:
+        stain_channels(sdata, stains_key, meta["stains"])
     if not overwrite:
         for key in (key_added, f"{key_added}_probabilities", f"{key_added}_cells"):
             check_key_free(sdata, key, overwrite=False)
@@ -255,7 +274,8 @@ def predict(
         raise ValueError(f"stride_um must be a positive length in um, got {stride_um!r}.")
     bounds = _bounds(sdata, image_key, region)
     features, names, centroids = _features(sdata, cells, image_key, bounds,
-                                           meta["feature_mpp"], meta["smooth_um"])
+                                           meta["feature_mpp"], meta["smooth_um"], stains_key,
+                                           meta.get("stains"), meta.get("ring_um", 2.0))
     classes = {str(k): int(v) for k, v in meta["classes"].items()}
     x = torch.as_tensor(features, dtype=torch.float32)
     patch_log = None
@@ -342,11 +362,18 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
     return image_levels(sdata, image_key)[0].bounds
 
 
-def _features(sdata, cells, image_key, bounds, mpp, smooth_um):
+def _features(sdata, cells, image_key, bounds, mpp, smooth_um, stains_key=None, stains=None,
+              ring_um=2.0):
     from ..._cells import cell_features
 
-    return cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
-                         smooth_um=tuple(float(s) for s in smooth_um))
+    smooth = tuple(float(s) for s in smooth_um)
+    features, names, centroids = cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
+                                               smooth_um=smooth)
+    if stains_key is not None:
+        extra = stain_features(sdata, cells, stains_key, stains, bounds, mpp=float(mpp),
+                               ring_um=float(ring_um), smooth_um=smooth, names=names)
+        features = np.column_stack([features, extra])
+    return features, names, centroids
 
 
 def _pipeline(C: float):
