@@ -25,6 +25,12 @@ def sections():
     return out
 
 
+@pytest.fixture(scope="module")
+def nuclear_model(sections):
+    """The cell-morphology model on the nuclear image alone (the default), trained once."""
+    return hx.tl.fit(sections[0], model="cell_morphology", seed=0)
+
+
 def intensity_baseline(train, test) -> pd.Series:
     """Logistic regression on each cell's mean DAPI alone: the predicted label of each cell."""
     from sklearn.linear_model import LogisticRegression
@@ -53,9 +59,10 @@ def macro_f1(truth: pd.Series, pred: pd.Series) -> float:
     return f1_score(truth[keep], pred[keep], average="macro")
 
 
-def test_cell_morphology_beats_a_cell_intensity_baseline_and_round_trips(sections, tmp_path):
+def test_cell_morphology_beats_a_cell_intensity_baseline_and_round_trips(sections, tmp_path,
+                                                                         nuclear_model):
     train, test = sections
-    model = hx.tl.fit(train, model="cell_morphology", seed=0)
+    model = nuclear_model
     assert model.metadata["classes"] == CLASSES and model.metadata["cells"] == "cells"
     written = hx.tl.predict(model, test, key_added="morphology")
     assert written is test.tables["morphology_cells"]  # predict returns what it wrote
@@ -237,11 +244,15 @@ def add_class_stain(sdata, seed: int) -> None:
                                            channels=["PolyT"])
 
 
-def test_a_second_stain_that_carries_the_class_improves_held_out_cells(sections, tmp_path):
+def test_a_second_stain_that_carries_the_class_improves_held_out_cells(sections, tmp_path,
+                                                                       nuclear_model):
+    """Held-out cell accuracy and macro-F1 rise by more than 0.1 with the second stain (about
+    0.60 -> 0.95 and 0.49 -> 0.91 here); the default model has no stain features."""
     train, test = sections
     for seed, sdata in enumerate(sections):
-        add_class_stain(sdata, seed)
-    nuclear = hx.tl.fit(train, model="cell_morphology", seed=0)
+        if "stains" not in sdata.images:
+            add_class_stain(sdata, seed)
+    nuclear = nuclear_model
     assert nuclear.metadata["stains"] is None  # the default is the nuclear image alone
     both = hx.tl.fit(train, model="cell_morphology", stains_key="stains", stains=["PolyT"],
                      seed=0)
