@@ -44,7 +44,10 @@ def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
     ``log1p`` values); classification learns one or more label columns of the bulk table
     (cross-entropy summed over them), e.g. a diagnosis or the up / down labels of
     :func:`histoexpr.pp.deg_labels`. The slide (bag) output is the attention-weighted average of
-    the per-tile outputs. Bags with a missing target are left out (logged).
+    the per-tile outputs. Bags with a missing target are left out (logged). With
+    ``attention_entropy > 0`` the training loss also penalises uneven attention (its entropy
+    below ``log n``), so the attention departs from an even share only where that lowers the
+    task loss, and the contribution map keeps the ranking of the tiles' own outputs.
 
     Classification labels can also be made from the bags' expression as HistCode labels driver
     genes (``labels="median"``): a bag is ``"up"`` where its log1p-normalised expression of a
