@@ -62,7 +62,7 @@ def cached_features(name: str, sdata) -> dict[str, np.ndarray]:
     network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=32, pool_levels=True)
     hx.tl.embed(sdata, "he_cnn_tiles", encoder=network, key_added="X_cnn")
     cnn_table = sdata.tables["he_cnn_tiles_table"]
-    rows = pd.Index(cnn_table.obs["spot_id"]).get_indexer(spots)
+    rows = pd.Index(cnn_table.obs["spot_id"].to_numpy().astype(str)).get_indexer(spots)
     assert (rows >= 0).all()
     features = {"handcrafted": np.asarray(sdata.tables["he_tiles_table"].obsm["X_handcrafted"]),
                 "cnn": np.asarray(cnn_table.obsm["X_cnn"])[rows]}
@@ -101,6 +101,12 @@ ABMIL = {"epochs": 30, "patience": 5, "val_fraction": 0.2, "batch_size": 8, "see
 #: leave-one-section-out, which the 2-core machine could not afford in this run)
 VARIANTS = {"per_gene": {"per_gene": True, "hidden": 16}, "shared": {"hidden": 128}}
 INNER = False
+#: ``attention_entropy`` values (ABMILOptions) tried for each variant, fixed before the run; the
+#: value is chosen per fold by inner leave-one-section-out on the two training sections: the
+#: highest inner contribution-map Spearman among the values whose inner bag Pearson is within
+#: ``ENTROPY_SLACK`` of the best inner bag Pearson (the held-out section is never looked at)
+ENTROPY = (0.0, 1.0, 10.0)
+ENTROPY_SLACK = 0.02
 
 
 def with_features(sections: dict, name: str) -> dict:
@@ -127,6 +133,30 @@ def inner_loso(sections: dict, names: list[str], fit) -> float:
         scores.append(bag_pearson(hx.tl.predict(network, {held: sections[held]},
                                                 key_added="inner", overwrite=True)))
     return float(np.mean(scores))
+
+
+def choose_entropy(sections: dict, names: list[str], fit) -> tuple[float, dict]:
+    """``attention_entropy`` by inner leave-one-section-out on the training sections ``names``.
+
+    ``fit(data, value)`` trains on ``data``; every value is scored on each inner held-out
+    training section by bag Pearson and by the contribution map's Spearman with the spots under
+    its tiles (the attention check); the rule is :data:`ENTROPY`'s comment.
+    """
+    inner = {}
+    for value in ENTROPY:
+        pearson, contribution = [], []
+        for held in names:
+            network = fit({n: sections[n] for n in names if n != held}, value)
+            predicted = hx.tl.predict(network, {held: sections[held]}, key_added="inner",
+                                      overwrite=True)
+            pearson.append(bag_pearson(predicted))
+            contribution.append(map_scores(sections, held, "inner")["contribution_spearman"])
+        inner[value] = {"pearson": float(np.mean(pearson)),
+                        "contribution_spearman": float(np.mean(contribution))}
+    best = max(v["pearson"] for v in inner.values())
+    allowed = [value for value in ENTROPY if inner[value]["pearson"] >= best - ENTROPY_SLACK]
+    chosen = max(allowed, key=lambda value: inner[value]["contribution_spearman"])
+    return chosen, {str(k): v for k, v in inner.items()}
 
 
 def map_scores(sections: dict, held: str, key: str) -> dict:
@@ -208,24 +238,43 @@ def run_fold(held: str, out: Path, only_classification: bool = False) -> dict:
     with_features(sections, features)
     print(held, "ridge", result["meanpool_ridge"], flush=True)
 
-    # 3. abmil variants: each scored on the held-out section, one chosen by inner LOSO
+    # 3. abmil variants: each scored on the held-out section, one chosen by inner LOSO; each
+    # variant's attention_entropy chosen by inner LOSO (choose_entropy); the variant without the
+    # penalty (attention_entropy=0, the earlier run's route) is scored beside it
     predictions = {}
     for variant, options in VARIANTS.items():
+        start = time.process_time()
+        entropy, entropy_inner = choose_entropy(sections, train_names, lambda d, e, o=options:
+                                                hx.tl.fit(d, model="abmil", genes=genes,
+                                                          features_key="X_use", **ABMIL, **o,
+                                                          attention_entropy=e))
+        entropy_s = time.process_time() - start
+        print(held, variant, "attention_entropy", entropy_inner, "->", entropy, flush=True)
+        options = {**options, "attention_entropy": entropy}
         start = time.process_time()
         inner_score = inner_loso(sections, train_names, lambda d, o=options: hx.tl.fit(
             d, model="abmil", genes=genes, features_key="X_use", **ABMIL, **o)) \
             if INNER else float("nan")
         inner_s = time.process_time() - start
-        start = time.process_time()
-        network = hx.tl.fit(train, model="abmil", genes=genes, features_key="X_use", **ABMIL,
-                            **options)
-        predictions[variant] = hx.tl.predict(network, test, key_added=f"abmil_{variant}")
-        result[f"abmil_{variant}"] = {
-            "inner_pearson": inner_score, "inner_cpu_s": inner_s,
-            "pearson": bag_pearson(predictions[variant]),
-            **map_scores(sections, held, f"abmil_{variant}"),
-            "cpu_s": time.process_time() - start}
-        print(held, variant, result[f"abmil_{variant}"], flush=True)
+        for suffix, values in (("", options), ("_plain", {**options, "attention_entropy": 0.0})):
+            if suffix and entropy == 0.0:
+                result[f"abmil_{variant}_plain"] = {**result[f"abmil_{variant}"], "cpu_s": 0.0,
+                                                    "same_as_nested": True}
+                continue
+            start = time.process_time()
+            network = hx.tl.fit(train, model="abmil", genes=genes, features_key="X_use",
+                                **ABMIL, **values)
+            predicted = hx.tl.predict(network, test, key_added=f"abmil_{variant}{suffix}")
+            if not suffix:
+                predictions[variant] = predicted
+            result[f"abmil_{variant}{suffix}"] = {
+                "inner_pearson": inner_score, "inner_cpu_s": inner_s,
+                "attention_entropy": values["attention_entropy"],
+                "entropy_inner": entropy_inner, "entropy_cpu_s": entropy_s,
+                "pearson": bag_pearson(predicted),
+                **map_scores(sections, held, f"abmil_{variant}{suffix}"),
+                "cpu_s": time.process_time() - start}
+            print(held, variant + suffix, result[f"abmil_{variant}{suffix}"], flush=True)
     chosen = max(VARIANTS, key=lambda v: result[f"abmil_{v}"]["inner_pearson"]) if INNER \
         else "per_gene"
     result["abmil_nested"] = {**result[f"abmil_{chosen}"], "variant": chosen}
@@ -278,22 +327,46 @@ def table(results: list[dict]) -> str:
     for name in FEATURES:
         row(f"  ridge, {name} (not a choice, for information)", lambda r, n=name: r[f"ridge_{n}"])
     for v in VARIANTS:
-        row(f"abmil {v}", lambda r, v=v: r[f"abmil_{v}"]["pearson"],
-            lambda r, v=v: r[f"abmil_{v}"]["cpu_s"])
+        row(f"abmil {v} (attention_entropy by inner LOSO)",
+            lambda r, v=v: r[f"abmil_{v}"]["pearson"],
+            lambda r, v=v: r[f"abmil_{v}"]["cpu_s"] + r[f"abmil_{v}"].get("entropy_cpu_s", 0))
+        if f"abmil_{v}_plain" in results[0]:
+            row(f"  abmil {v}, attention_entropy=0 (the earlier route, for information)",
+                lambda r, v=v: r[f"abmil_{v}_plain"]["pearson"],
+                lambda r, v=v: r[f"abmil_{v}_plain"]["cpu_s"])
     row("abmil nested (per-gene, fixed before the run; or by inner LOSO with --inner)",
         lambda r: r["abmil_nested"]["pearson"],
-        lambda r: r["abmil_nested"]["cpu_s"] + sum(r[f"abmil_{v}"]["inner_cpu_s"]
-                                                    for v in VARIANTS))
+        lambda r: r["abmil_nested"]["cpu_s"] + r["abmil_nested"].get("entropy_cpu_s", 0)
+        + sum(r[f"abmil_{v}"]["inner_cpu_s"] for v in VARIANTS))
     row("ensemble: (abmil nested + ridge) / 2", lambda r: r["ensemble"]["pearson"])
     lines.append("")
     lines.append("| map (held-out tiles, mean Spearman over genes) | "
                  + " | ".join(r["held_out"] for r in results) + " | mean |")
     lines.append("|---" * (len(results) + 2) + "|")
-    for route in ["meanpool_ridge", *[f"abmil_{v}" for v in VARIANTS]]:
+    routes = [f"abmil_{v}{s}" for v in VARIANTS for s in ("", "_plain")]
+    for route in ["meanpool_ridge", *[r for r in routes if r in results[0]]]:
         for column in ("tile_spearman", "attention_spearman", "contribution_spearman"):
             values = [r[route][column] for r in results]
+            if np.isnan(values).all():  # the mean-pool ridge has no attention
+                continue
             lines.append(f"| {route} {column} | " + " | ".join(f"{v:.3f}" for v in values)
                          + f" | **{np.nanmean(values):.3f}** |")
+    if "attention_entropy" in results[0]["abmil_per_gene"]:
+        lines.append("")
+        lines.append("| attention_entropy chosen (inner LOSO: value -> inner bag Pearson / "
+                     "inner contribution Spearman) | " + " | ".join(r["held_out"] for r in results)
+                     + " |")
+        lines.append("|---" * (len(results) + 1) + "|")
+        for v in VARIANTS:
+            cells = []
+            for r in results:
+                inner = r[f"abmil_{v}"]["entropy_inner"]
+                cells.append(f"**{r[f'abmil_{v}']['attention_entropy']:g}** (" + ", ".join(
+                    f"{k}: {x['pearson']:.3f} / {x['contribution_spearman']:.3f}"
+                    for k, x in inner.items()) + ")")
+            lines.append(f"| abmil {v} | " + " | ".join(cells) + " |")
+    if "cls_abmil" not in results[0]:
+        return "\n".join(lines)
     lines.append("")
     lines.append("| classification (held-out bags) | model | AUC | balanced accuracy | "
                  "contribution Spearman | CPU s (3 folds) |")

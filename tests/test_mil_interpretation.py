@@ -145,3 +145,29 @@ def test_attention_plot_warns_on_a_map_that_does_not_track(sections, caplog):
     with pytest.raises(ValueError, match="show must be"):
         hx.pl.attention(sdata, "he_tiles", pred_key="good", show="nope")
     plt.close("all")
+
+
+def test_attention_entropy_keeps_the_contribution_map_on_the_expression(sections):
+    # on pseudo-bulk bags the bag's expression is the mean of its spots: with the entropy
+    # penalty the per-gene attention stops piling onto a few tiles, so the contribution map
+    # (attention x tile output) follows the spots under the tiles better, and the held-out bags
+    # are predicted as well as without it
+    train = {k: sections[k] for k in ("s0", "s1")}
+    held_out = {"s2": sections["s2"]}
+    options = {**FAST, "epochs": 30, "per_gene": True, "hidden": 16}
+    pearson, contribution = {}, {}
+    for weight in (0.0, 1.0):
+        network = hx.tl.fit(train, model="abmil", genes=GENES, attention_entropy=weight,
+                            **options)
+        assert network.metadata["options"]["attention_entropy"] == weight
+        key = f"entropy_{weight:g}"
+        predicted = hx.tl.predict(network, held_out, key_added=key)
+        measured = predicted.layers["measured"]
+        pearson[weight] = np.mean([np.corrcoef(predicted.X[:, j], measured[:, j])[0, 1]
+                                   for j in range(len(GENES))])
+        check = hx.tl.attention_check(held_out, pred_key=key)
+        contribution[weight] = check["contribution_spearman"].mean()
+    assert contribution[1.0] > contribution[0.0] + 0.05, contribution
+    assert pearson[1.0] > 0.7 and pearson[1.0] > pearson[0.0] - 0.05, pearson
+    with pytest.raises(ValueError, match="attention_entropy must be a non-negative number"):
+        hx.tl.ABMILOptions(attention_entropy=-1.0)

@@ -110,6 +110,7 @@ CHECKS: dict[str, Any] = {
     "size_um": lambda name, value: [check_positive(name, v, unit="um") for v in
                                     (value if isinstance(value, Sequence) else [value])],
     "dropout": lambda name, value: check_fraction(name, value, closed="left"),
+    "attention_entropy": lambda name, value: check_positive(name, value, allow_zero=True),
     "width": _int_at_least(1),
     "hidden": _int_at_least(1),
     "attention_hidden": _int_at_least(1),
@@ -401,6 +402,16 @@ class ABMILOptions(TrainingOptions):
         Width of the attention branch.
     dropout
         Dropout after the tile MLP.
+    attention_entropy
+        Weight of an attention-entropy penalty added to the training loss (0 turns it off):
+        ``attention_entropy * (1 - H(a) / log n)``, averaged over the training bags and the
+        attention branches, where ``H(a)`` is the entropy of a bag's attention over its ``n``
+        tiles (0 for even attention, 1 for all of it on one tile). It keeps the attention from
+        collapsing onto a few tiles unless that lowers the task loss by more than the penalty,
+        so the contribution map (attention times tile output) keeps the ranking of the tiles'
+        own outputs where the bags carry no evidence for a sharper attention (e.g. pseudo-bulk
+        bags, whose expression is the mean of their spots). Early stopping scores the task
+        loss alone.
     max_tiles
         Training bags with more tiles are subsampled to this many, anew each epoch; ``None``
         keeps every tile.
@@ -426,6 +437,7 @@ class ABMILOptions(TrainingOptions):
     hidden: int = 128
     attention_hidden: int = 64
     dropout: float = 0.1
+    attention_entropy: float = 0.0
     max_tiles: int | None = 512
     batch_size: int = 4
     epochs: int = 100

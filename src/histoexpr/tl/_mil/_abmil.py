@@ -44,7 +44,10 @@ def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
     ``log1p`` values); classification learns one or more label columns of the bulk table
     (cross-entropy summed over them), e.g. a diagnosis or the up / down labels of
     :func:`histoexpr.pp.deg_labels`. The slide (bag) output is the attention-weighted average of
-    the per-tile outputs. Bags with a missing target are left out (logged).
+    the per-tile outputs. Bags with a missing target are left out (logged). With
+    ``attention_entropy > 0`` the training loss also penalises uneven attention (its entropy
+    below ``log n``), so the attention departs from an even share only where that lowers the
+    task loss, and the contribution map keeps the ranking of the tiles' own outputs.
 
     Classification labels can also be made from the bags' expression as HistCode labels driver
     genes (``labels="median"``): a bag is ``"up"`` where its log1p-normalised expression of a
@@ -92,6 +95,7 @@ def _fit(
     hidden: int,
     attention_hidden: int,
     dropout: float,
+    attention_entropy: float,
     max_tiles: int | None,
     batch_size: int,
     epochs: int,
@@ -134,7 +138,8 @@ def _fit(
     val, train_ids = order[:n_val], order[n_val:]
     loader = _loader(features, y, train_ids, batch_size, max_tiles, shuffle=True)
     val_loader = _loader(features, y, val, batch_size, None, shuffle=False) if n_val else None
-    loss = _regression_loss if task == "regression" else _classification_loss(metadata)
+    task_loss = _regression_loss if task == "regression" else _classification_loss(metadata)
+    loss = _with_entropy(task_loss, attention_entropy)
     history = train(network, loader, val_loader, loss, epochs=epochs, lr=lr,
                     weight_decay=weight_decay, patience=patience if n_val else None,
                     device=device, seed=seed, desc="abmil")
@@ -175,18 +180,48 @@ def _loader(features, targets, ids, batch_size, max_tiles, *, shuffle):
                                        collate_fn=_collate)
 
 
-def _regression_loss(network, batch) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(network(batch["features"], batch["mask"]),
-                                        batch["target"])
+def _regression_loss(network, batch, outputs) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(outputs, batch["target"])
 
 
 def _classification_loss(metadata: dict):
     slices = _class_slices(metadata)
 
-    def loss(network, batch) -> torch.Tensor:
-        logits = network(batch["features"], batch["mask"])
+    def loss(network, batch, logits) -> torch.Tensor:
         return sum(torch.nn.functional.cross_entropy(logits[:, s], batch["target"][:, j])
                    for j, s in enumerate(slices))
+
+    return loss
+
+
+def attention_flatness(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - H(a) / log n``, averaged over bags and branches: 0 for even attention, 1 for one tile.
+
+    ``attention`` is ``(bags, tiles, branches)`` (0 on padding), ``mask`` ``(bags, tiles)``; bags
+    of a single tile (whose attention cannot be anything but even) count as 0.
+    """
+    n = mask.sum(dim=1, keepdim=True).to(attention.dtype)  # (bags, 1)
+    # a log a with its limit 0 on padding (and a finite gradient there: no log 0)
+    terms = attention * torch.log(attention.clamp_min(torch.finfo(attention.dtype).tiny))
+    entropy = -terms.masked_fill(~mask.bool().unsqueeze(-1), 0.0).sum(dim=1)  # (bags, branches)
+    log_n = torch.log(n)
+    flatness = torch.where(n > 1, 1 - entropy / log_n.clamp_min(1e-12), torch.zeros_like(entropy))
+    return flatness.mean()
+
+
+def _with_entropy(task_loss, weight: float):
+    """The task loss, plus ``weight`` times the attention's flatness penalty while training.
+
+    Validation (early stopping) scores the task loss alone, so the penalty shapes the attention
+    without moving the stopping epoch's yardstick.
+    """
+
+    def loss(network, batch) -> torch.Tensor:
+        outputs, attention, _ = network(batch["features"], batch["mask"], return_att=True)
+        value = task_loss(network, batch, outputs)
+        if weight and network.training:
+            value = value + weight * attention_flatness(attention, batch["mask"])
+        return value
 
     return loss
 
