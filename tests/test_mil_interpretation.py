@@ -123,7 +123,8 @@ def test_median_labels_need_classification(sections):
 
 @bad_input("silently wrong", "`hx.pl.attention` of a map that does not follow the expression "
            "under the tiles", says="warning: This map does not track expression (Spearman ...)",
-           fix="draw show='contribution' or train per_gene=True; check hx.tl.attention_check")
+           fix="draw show='contribution' of a model trained with attention_entropy (e.g. 10) or "
+               "per_gene=True; check hx.tl.attention_check")
 def test_attention_plot_warns_on_a_map_that_does_not_track(sections, caplog):
     sdata = sections["s2"]
     tiles = sdata.tables["he_tiles_table"]

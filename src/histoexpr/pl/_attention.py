@@ -100,7 +100,9 @@ def attention(
             logger.warning("This map does not track expression: its Spearman correlation with "
                            "the measured expression under the tiles is %.3f (below %.2f). "
                            "Attention says what the model weighs, not where expression is; "
-                           "draw show='contribution' or a per-gene model (per_gene=True).",
+                           "draw show='contribution' of a model trained with an attention-entropy "
+                           "penalty (e.g. attention_entropy=10), or a per-gene model "
+                           "(per_gene=True).",
                            rho, min_spearman)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
