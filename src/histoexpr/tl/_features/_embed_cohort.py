@@ -43,7 +43,7 @@ def embed_cohort(
     tissue_mpp: float = 8.0,
     tissue_kind: Literal["auto", "brightfield", "fluorescence"] = "auto",
     min_area_um2: float = 5_000.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | None = None,
     seed: int | None = None,
     client: Any = None,
@@ -101,7 +101,8 @@ def embed_cohort(
     min_area_um2
         Pieces of tissue smaller than this are debris.
     batch_size
-        Tiles per forward pass.
+        Tiles per forward pass; ``None`` chooses, on each worker's device, as
+        :func:`histoexpr.tl.embed` does (64 on a CPU; from the free memory on a CUDA GPU).
     device
         Torch device of the encoder; ``None`` uses ``hx.settings.device`` (on each worker).
     seed
@@ -146,8 +147,8 @@ def embed_cohort(
         raise TypeError("embed_cohort needs a cohort on disk: read it from a manifest with "
                         "hx.io.read_cohort(manifest, ...). For slides in memory, run "
                         "hx.pp.tile and hx.tl.embed on each.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None to choose), got {batch_size}.")
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
     if not tissue_mpp > 0:
