@@ -62,7 +62,9 @@ def embed_cohort(
       features only gets the features; a run killed mid-cohort loses at most the slides in
       flight (their temporary folders are cleaned up by the next run);
     - **bounded memory**: a task holds one slide's tissue map, tile geometry and features, and
-      reads the tiles in batches;
+      reads the tiles in batches (through a cache of decoded chunks of at most 128 MiB, emptied
+      after every slide), so that a worker's memory does not grow with the number or the size
+      of the slides (``benchmarks/README.md``);
     - **parallel** with a ``dask.distributed`` ``client``: slides are mapped over its workers
       (``client.map``), each worker running as many slides at once as it has threads. Give
       workers one thread each (``LocalCluster(n_workers=4, threads_per_worker=1)``) to bound
@@ -330,7 +332,24 @@ def _run_slide_quietly(task: dict, encoders: list) -> dict:
 
 
 def _run_slide(task: dict, encoders: list) -> dict:
-    """One slide: tissue, tiles and features (or only features), written to its store."""
+    """One slide: tissue, tiles and features (or only features), written to its store.
+
+    The process-wide cache of decoded image chunks (``histoexpr._image.CHUNKS``, at most 128 MiB)
+    is emptied after the slide: its chunks are keyed by the slide's dask arrays, which no later
+    slide reads. Kept, they filled the budget over ~10 slides (~12 MB a slide), so that a
+    worker's memory grew with the number of slides it had run until the budget was reached. (A
+    worker running several slides at once on several threads then reads the other slides'
+    chunks again: give workers one thread each, as the docs say.)
+    """
+    from ..._image import CHUNKS
+
+    try:
+        return _process_slide(task, encoders)
+    finally:
+        CHUNKS.clear()
+
+
+def _process_slide(task: dict, encoders: list) -> dict:
     import socket
 
     from ..._utils import seed_everything
