@@ -339,7 +339,8 @@ def _run_slide(task: dict, encoders: list) -> dict:
     slide reads. Kept, they filled the budget over ~10 slides (~12 MB a slide), so that a
     worker's memory grew with the number of slides it had run until the budget was reached. (A
     worker running several slides at once on several threads then reads the other slides'
-    chunks again: give workers one thread each, as the docs say.)
+    chunks again: give workers one thread each, as the docs say.) Then the memory the slide
+    freed is handed back to the operating system (:func:`_trim_memory`).
     """
     from ..._image import CHUNKS
 
@@ -347,6 +348,27 @@ def _run_slide(task: dict, encoders: list) -> dict:
         return _process_slide(task, encoders)
     finally:
         CHUNKS.clear()
+        _trim_memory()
+
+
+def _trim_memory() -> None:
+    """Return freed heap memory to the operating system (glibc's ``malloc_trim``).
+
+    A slide's arrays are freed when it is done, but glibc keeps the freed pages in its heaps,
+    and they fragment: without trimming, a process's resident memory rose by ~3 MB a slide (in
+    steps) although nothing was kept; with it, by ~0.3 MB. This is the remedy dask's
+    documentation gives for worker memory "not released back to the OS". Elsewhere than Linux
+    with glibc, nothing is done.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        pass
 
 
 def _process_slide(task: dict, encoders: list) -> dict:
