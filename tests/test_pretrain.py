@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _catalogue import bad_input
 
 import histoexpr as hx
 from histoexpr.tl._features import _pretrain
@@ -259,6 +260,20 @@ def test_small_cnn_can_pool_every_block():
     assert "pool_levels" not in last_only.get_config()
     with pytest.raises(ValueError, match="pool_levels"):
         hx.models.TileEncoder(arch="resnet10", pool_levels=True)
+
+
+@bad_input("obscure error", "a pretraining batch_size that the processes of a torchrun launch "
+           "cannot split evenly", says="names the number of processes and a batch_size that "
+           "works, before anything is written", fix="pass a multiple of the number of processes")
+def test_the_global_batch_must_split_evenly_among_processes(sections, tmp_path, monkeypatch):
+    from histoexpr import _distributed
+
+    three = _distributed.Context(rank=0, world_size=3, local_rank=0)  # as under torchrun
+    monkeypatch.setattr(_distributed, "context", lambda device=None: three)
+    with pytest.raises(ValueError, match=r"multiple of 3: pass batch_size=30"):
+        hx.tl.pretrain(sections, "he_tiles", epochs=1, checkpoint_dir=tmp_path / "run",
+                       **{**TINY, "batch_size": 32})
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
