@@ -17,10 +17,12 @@ the wall time of ``embed_cohort`` (cluster start excluded, reported apart), the 
 process or of each worker (``ru_maxrss``), and the time per slide. Every process runs numpy and
 torch on one thread (``OMP_NUM_THREADS=1``).
 
-Run from the repository root::
+on four cohorts (``--n-few`` = 2 and ``--n-small`` / ``--n-large`` = 24 slides, of 4,000 and
+of 20,000 px), so that the peak RSS per worker can be compared in the number and in the size of
+the slides. Run from the repository root::
 
     nice -n 10 .venv/bin/python benchmarks/bench_cohort.py                  # 24 x 20k px
-    .venv/bin/python benchmarks/bench_cohort.py --n-large 4 --large 8000    # a quick look
+    .venv/bin/python benchmarks/bench_cohort.py --n-large 4 --n-small 4 --large 8000  # quick
 """
 
 from __future__ import annotations
@@ -222,10 +224,15 @@ def main() -> None:
     parser.add_argument("--n-files", type=int, default=None,
                         help="distinct large slide files (default: one per slide)")
     parser.add_argument("--large", type=int, default=20_000)
-    parser.add_argument("--n-small", type=int, default=6)
+    parser.add_argument("--n-small", type=int, default=24,
+                        help="slides of the small cohort (default: as many as --n-large)")
+    parser.add_argument("--n-small-files", type=int, default=None,
+                        help="distinct small slide files (default: one per slide)")
     parser.add_argument("--small", type=int, default=4_000)
-    parser.add_argument("--with-few", action="store_true",
-                        help="also run the first --n-small large slides (RSS vs number)")
+    parser.add_argument("--n-few", type=int, default=2,
+                        help="slides of the 'few' cohorts (the first rows of each manifest)")
+    parser.add_argument("--no-serial", action="store_true",
+                        help="skip the serial run of the large cohort")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--store-dir", help=argparse.SUPPRESS)
@@ -237,31 +244,31 @@ def main() -> None:
         print(json.dumps(child(args.child, args.mode, args.store_dir)))
         return
 
-    cohorts = {
-        "small": (args.n_small, args.small),
-        "large_few": (args.n_small, args.large),
-        "large": (args.n_large, args.large),
-    }
-    manifests = {}
+    sizes = {"small": args.small, "large": args.large}
+    counts = {"small": args.n_small, "large": args.n_large}
+    files = {"small": args.n_small_files, "large": args.n_files}
+    manifests, cohorts = {}, {}
     for name in ("small", "large"):
-        n, size = cohorts[name]
-        folder = DATA / f"{size}px"
+        folder = DATA / f"{sizes[name]}px"
         t0 = time.perf_counter()
-        full = make_cohort(folder, n, size, args.n_files if name == "large" else None)
+        full = make_cohort(folder, counts[name], sizes[name], files[name])
         # a cohort of fewer slides: the first rows of a manifest written earlier
-        manifests[name] = _first_rows(full, n)
-        print(f"cohort {name}: {n} slides of {size} px ready in {time.perf_counter() - t0:.0f} s",
-              flush=True)
-    runs = [("small", "dask"), ("large", "dask"), ("large", "serial")]
-    if args.with_few:
-        manifests["large_few"] = _first_rows(manifests["large"], args.n_small)
-        runs.insert(1, ("large_few", "dask"))
+        manifests[name] = _first_rows(full, counts[name])
+        manifests[f"{name}_few"] = _first_rows(full, args.n_few)
+        cohorts[name] = (counts[name], sizes[name])
+        cohorts[f"{name}_few"] = (args.n_few, sizes[name])
+        print(f"cohort {name}: {counts[name]} slides of {sizes[name]} px ready in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    runs = [("small_few", "dask"), ("small", "dask"), ("large_few", "dask"), ("large", "dask")]
+    if not args.no_serial:
+        runs.append(("large", "serial"))
     results = {}
     for name, mode in runs:
         t0 = time.perf_counter()
         results[(name, mode)] = run(manifests[name], mode)
         print(f"{name} {mode}: {json.dumps(results[(name, mode)])} "
-              f"({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
+              f"({time.perf_counter() - t0:.0f} s with start-up; load {os.getloadavg()})",
+              flush=True)
 
     header = ("cohort", "slides x px", "mode", "tiles", "wall s", "s/slide (task)",
               "cluster start s", "peak RSS MB per process")
@@ -273,12 +280,18 @@ def main() -> None:
                f"{r['s_per_slide']:.1f}", f"{r['cluster_start_s']:.0f}",
                ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"]))
         print("| " + " | ".join(row) + " |")
-    serial, dask = results[("large", "serial")], results[("large", "dask")]
-    print(f"\nwall serial / 2 dask workers (large cohort): {serial['wall_s'] / dask['wall_s']:.2f}")
-    small = max(results[("small", "dask")]["peak_rss_mb"])
-    for name in ("large_few", "large") if args.with_few else ("large",):
-        peak = max(results[(name, "dask")]["peak_rss_mb"])
-        print(f"peak worker RSS {name} / small: {peak / small:.2f}")
+    if ("large", "serial") in results:
+        serial, dask = results[("large", "serial")], results[("large", "dask")]
+        print(f"\nwall serial / 2 dask workers (large cohort): "
+              f"{serial['wall_s'] / dask['wall_s']:.2f}")
+
+    def peak(name: str) -> float:
+        return max(results[(name, "dask")]["peak_rss_mb"])
+
+    print(f"peak worker RSS, many / few slides: small {peak('small') / peak('small_few'):.2f}, "
+          f"large {peak('large') / peak('large_few'):.2f}")
+    print(f"peak worker RSS, large / small slides: few {peak('large_few') / peak('small_few'):.2f}"
+          f", many {peak('large') / peak('small'):.2f}")
     print(f"load average at the end: {os.getloadavg()}")
 
 

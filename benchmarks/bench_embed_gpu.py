@@ -15,7 +15,9 @@ folder and read back through ``encoder="hf:<folder>"``), each in fp32 and bf16.
     python benchmarks/bench_embed_gpu.py --small         # on a CPU: 112 px tiles, a ViT-S-sized
                                                          # ViT/16, ~50 tiles, fp32 only
 
-Prints one line per (encoder, precision) and a Markdown table at the end.
+Prints one line per (encoder, precision) and a Markdown table at the end, with the batch size
+``hx.tl.embed(batch_size=None)`` would choose there (from the GPU's free memory and a probe
+batch on CUDA; 64 elsewhere).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def main() -> None:
     parser.add_argument("--precisions", default=None, help="e.g. fp32,bf16")
     args = parser.parse_args()
     started, cpu_started = time.perf_counter(), time.process_time()
-    from histoexpr._devices import resolve_workers
+    from histoexpr._devices import auto_batch_size, resolve_precision, resolve_workers
 
     device = args.device or hx.settings.device
     hx.settings.progress_bar = False
@@ -134,13 +136,18 @@ def main() -> None:
                 bare = bare_tiles_per_s(encoder, tile_px, batch_size, n_batches, device,
                                         precision)
                 piped = embed_tiles_per_s(sdata, encoder, batch_size, device, precision)
-                rows.append((name, precision, piped, bare, piped / bare))
+                # what embed(batch_size=None) would choose here (64 off CUDA)
+                chosen = auto_batch_size(encoder.to(device).eval(), (3, tile_px, tile_px),
+                                         device, resolve_precision(device, precision))
+                rows.append((name, precision, piped, bare, piped / bare, chosen))
                 print(f"{name} {precision}: embed {piped:.1f} tiles/s, bare forward "
-                      f"{bare:.1f} tiles/s, ratio {piped / bare:.2f}", flush=True)
-    print("\n| encoder | precision | embed tiles/s | bare forward tiles/s | ratio |")
-    print("|---|---|---|---|---|")
-    for name, precision, piped, bare, ratio in rows:
-        print(f"| {name} | {precision} | {piped:.1f} | {bare:.1f} | {ratio:.2f} |")
+                      f"{bare:.1f} tiles/s, ratio {piped / bare:.2f}; batch_size=None "
+                      f"chooses {chosen}", flush=True)
+    print("\n| encoder | precision | embed tiles/s | bare forward tiles/s | ratio | "
+          "batch_size=None chooses |")
+    print("|---|---|---|---|---|---|")
+    for name, precision, piped, bare, ratio, chosen in rows:
+        print(f"| {name} | {precision} | {piped:.1f} | {bare:.1f} | {ratio:.2f} | {chosen} |")
     print(f"\nwhole run: {time.perf_counter() - started:.0f} s wall, "
           f"{time.process_time() - cpu_started:.0f} s CPU (this process)")
 

@@ -1,8 +1,12 @@
-"""One process of the two-process DDP test (tests/test_train.py); run by torchrun.
+"""One process of the two-process DDP tests (tests/test_train.py, tests/test_pretrain.py); run
+by torchrun.
 
-Trains a small deterministic network with histoexpr's training loop and, on rank 0 only, writes
-its weights and history; every rank also asks hx.io.save_model to write its own file, which only
-rank 0 may do.
+``_ddp_worker.py OUT``: trains a small deterministic network with histoexpr's training loop and,
+on rank 0 only, writes its weights and history; every rank also asks hx.io.save_model to write
+its own file, which only rank 0 may do.
+
+``_ddp_worker.py OUT pretrain``: pretrains a small encoder with hx.tl.pretrain by SimCLR and by
+MoCo (deterministic views, no batch-normalisation statistics) and, on rank 0, writes both.
 """
 
 from __future__ import annotations
@@ -63,5 +67,61 @@ def run(out: Path) -> None:
     dist.destroy_process_group()
 
 
+class DeterministicViews(torch.nn.Module):
+    """Two views without randomness (the second mirrored and dimmed), so that views do not
+    depend on which process draws them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x) // 2
+        return torch.cat([x[:n], 0.8 * x[n:].flip(-1) + 0.1])
+
+
+def without_batch_statistics() -> None:
+    """Build networks without batch normalisation, in float64: on CPUs batch statistics are
+    per process (SyncBatchNorm needs GPUs), and in float32 the different order of the sums of
+    one and two processes grows over AdamW's steps (sign-like first steps) to ~3e-4."""
+    torch.nn.BatchNorm1d = torch.nn.Identity
+    torch.nn.BatchNorm2d = torch.nn.Identity
+    torch.set_default_dtype(torch.float64)
+
+
+def pretrain_sections():
+    import histoexpr as hx
+
+    sdata = hx.datasets.synthetic_section(seed=5, size_um=400, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size_px=16, mpp=2.0, min_tissue=0.5)  # 32 um tiles
+    return [sdata]
+
+
+def pretrain_both(sections) -> dict:
+    """SimCLR and MoCo encoders, their loss per epoch and number of processes."""
+    import histoexpr as hx
+
+    results = {}
+    for method in ("simclr", "moco"):
+        encoder = hx.tl.pretrain(
+            sections, "he_tiles", method=method, encoder="small_cnn", epochs=2, batch_size=8,
+            lr=3e-3, schedule="cosine", warmup=0.2, projection_dim=16, queue_size=24,
+            augment=DeterministicViews(), device="cpu", seed=0)
+        results[method] = {"state": encoder.state_dict(),
+                           "loss": encoder.metadata["pretraining"]["loss"],
+                           "processes": encoder.metadata["pretraining"]["processes"]}
+    return results
+
+
+def run_pretrain(out: Path) -> None:
+    import histoexpr as hx
+
+    hx.settings.progress_bar = False
+    without_batch_statistics()
+    results = pretrain_both(pretrain_sections())
+    if dist.get_rank() == 0:
+        torch.save(results, out / "pretrain_ddp.pt")
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    run(Path(sys.argv[1]))
+    if sys.argv[2:] == ["pretrain"]:
+        run_pretrain(Path(sys.argv[1]))
+    else:
+        run(Path(sys.argv[1]))

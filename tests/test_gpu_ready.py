@@ -61,3 +61,46 @@ def test_training_on_a_cpu_with_default_settings_is_fp32():
     bf16, bf16_weights = run("bf16")
     assert bf16["precision"] == "bf16" and bf16["train_loss"] != default["train_loss"]
     np.testing.assert_allclose(bf16["train_loss"], default["train_loss"], rtol=0.05)
+
+
+def test_batch_size_none_is_64_tiles_on_a_cpu_and_changes_no_feature(section, monkeypatch):
+    from histoexpr import _devices
+    from histoexpr.tl._features import _embed
+
+    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    network.metadata = {"normalisation": {"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]}}
+    chosen = []
+
+    def spy(*args, **kwargs):
+        chosen.append((args[1], args[2], _devices.auto_batch_size(*args, **kwargs)))
+        return chosen[-1][-1]
+
+    monkeypatch.setattr(_embed, "auto_batch_size", spy)
+    hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_auto", device="cpu")
+    hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_64", device="cpu",
+                batch_size=64)
+    assert chosen == [((3, 32, 32), "cpu", 64)]  # called once: only for batch_size=None
+    obsm = section.tables["he_tiles_table"].obsm
+    np.testing.assert_array_equal(obsm["X_auto"], obsm["X_64"])
+
+
+def test_batch_size_none_on_a_cuda_gpu_takes_half_its_free_memory(monkeypatch):
+    """The CUDA branch with the memory faked: free memory / (bytes a tile takes), halved."""
+    from histoexpr import _devices
+
+    def probe(network, tile_shape, device, precision):
+        assert device == "cuda:0" and tile_shape == (3, 224, 224)
+        return 30e6  # 30 MB per tile, as measured by the probe batch on a GPU
+
+    monkeypatch.setattr(_devices, "_cuda_bytes_per_tile", probe)
+    for free, expected in ((4e9, 64), (1e9, 16), (40e9, 512), (50e6, 1)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 80e9))
+        network = nn.Identity()
+        assert _devices.auto_batch_size(network, (3, 224, 224), "cuda:0") == expected
+    # the rule itself: a multiple of 8 from 8 up, at least 1, at most 512
+    assert _devices.batch_size_for_memory(1e9, 7e6) == 64  # 71 fit in half: 64
+    assert _devices.batch_size_for_memory(1e9, 80e6) == 6
+    assert _devices.batch_size_for_memory(1e9, 5e9) == 1  # not even one fits: one at a time
+    assert _devices.batch_size_for_memory(1e12, 1e3) == _devices.MAX_AUTO_BATCH_SIZE == 512
+    # a CPU or MPS device never looks at GPU memory
+    assert _devices.auto_batch_size(nn.Identity(), (3, 224, 224), "cpu") == 64

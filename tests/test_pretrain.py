@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _catalogue import bad_input
 
 import histoexpr as hx
 from histoexpr.tl._features import _pretrain
@@ -259,3 +260,65 @@ def test_small_cnn_can_pool_every_block():
     assert "pool_levels" not in last_only.get_config()
     with pytest.raises(ValueError, match="pool_levels"):
         hx.models.TileEncoder(arch="resnet10", pool_levels=True)
+
+
+@bad_input("obscure error", "a pretraining batch_size that the processes of a torchrun launch "
+           "cannot split evenly", says="names the number of processes and a batch_size that "
+           "works, before anything is written", fix="pass a multiple of the number of processes")
+def test_the_global_batch_must_split_evenly_among_processes(sections, tmp_path, monkeypatch):
+    from histoexpr import _distributed
+
+    three = _distributed.Context(rank=0, world_size=3, local_rank=0)  # as under torchrun
+    monkeypatch.setattr(_distributed, "context", lambda device=None: three)
+    with pytest.raises(ValueError, match=r"multiple of 3: pass batch_size=30"):
+        hx.tl.pretrain(sections, "he_tiles", epochs=1, checkpoint_dir=tmp_path / "run",
+                       **{**TINY, "batch_size": 32})
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_the_same_encoder_as_one(tmp_path, monkeypatch):
+    """hx.tl.pretrain on two CPU processes (gloo, torchrun) matches one process on SimCLR and MoCo.
+
+    Each process takes half of every batch; the contrastive loss gathers the other process's
+    projections (SimCLR's negatives, MoCo's keys), so the loss and the averaged gradients are
+    those of one process on the whole batch. Views are deterministic and batch normalisation is
+    left out (its statistics are per process on CPUs). In float64, so that the order of sums
+    does not matter: the weights after 2 epochs of AdamW agree to rtol 1e-7 (in float32 they
+    differ by up to ~3e-4 relative, the rounding grown by AdamW's sign-like first steps).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _ddp_worker
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+         "--nproc_per_node=2", str(Path(_ddp_worker.__file__)), str(tmp_path), "pretrain"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = torch.load(tmp_path / "pretrain_ddp.pt", weights_only=True)
+
+    monkeypatch.setattr(torch.nn, "BatchNorm1d", torch.nn.Identity)
+    monkeypatch.setattr(torch.nn, "BatchNorm2d", torch.nn.Identity)
+    monkeypatch.setattr(hx.settings, "progress_bar", False)
+    try:
+        torch.set_default_dtype(torch.float64)  # as in the worker
+        single = _ddp_worker.pretrain_both(_ddp_worker.pretrain_sections())
+        start = hx.models.TileEncoder(arch="small_cnn", in_channels=3).state_dict()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert single["simclr"]["loss"][-1] < single["simclr"]["loss"][0]
+    for method in ("simclr", "moco"):
+        assert ddp[method]["processes"] == 2 and single[method]["processes"] == 1
+        # the loss per epoch is that of the whole batches (without gathering, each process
+        # would score its views against half the negatives: a lower loss)
+        np.testing.assert_allclose(ddp[method]["loss"], single[method]["loss"], rtol=1e-7)
+        for name, value in single[method]["state"].items():
+            torch.testing.assert_close(ddp[method]["state"][name], value, rtol=1e-7, atol=1e-9)
+        name = "body.0.weight"  # training moved the weights
+        assert (single[method]["state"][name] - start[name]).abs().max() > 1e-3

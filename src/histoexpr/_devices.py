@@ -115,3 +115,70 @@ def use_channels_last(network: torch.nn.Module, device: str) -> bool:
     if torch.device(device).type != "cuda":
         return False
     return any(isinstance(module, torch.nn.Conv2d) for module in network.modules())
+
+
+#: tiles per forward pass when ``batch_size=None`` and the device is not a CUDA GPU
+DEFAULT_BATCH_SIZE = 64
+#: largest batch chosen from a GPU's memory (larger batches no longer speed up inference, and
+#: every pinned batch in flight takes host memory too)
+MAX_AUTO_BATCH_SIZE = 512
+#: share of the GPU's free memory a chosen batch may take (the rest: the allocator's caching,
+#: other processes, fragmentation)
+AUTO_MEMORY_SHARE = 0.5
+#: tiles of the probe batch that measures the memory a tile takes
+PROBE_TILES = 8
+
+
+def batch_size_for_memory(free_bytes: float, bytes_per_tile: float) -> int:
+    """The rule of ``batch_size=None`` on a GPU, given free memory and the memory of one tile.
+
+    ``AUTO_MEMORY_SHARE`` (half) of the free memory divided by the bytes one tile takes in a
+    forward pass, rounded down to a multiple of 8 (at least 1; from 8 up) and at most
+    ``MAX_AUTO_BATCH_SIZE`` (512).
+
+    Examples
+    --------
+    >>> batch_size_for_memory(80e9, 40e6)  # 80 GB free, 40 MB a tile: capped
+    512
+    >>> batch_size_for_memory(2e9, 40e6)
+    24
+    """
+    fits = int(AUTO_MEMORY_SHARE * free_bytes // max(1.0, bytes_per_tile))
+    if fits >= 8:
+        fits -= fits % 8
+    return int(min(MAX_AUTO_BATCH_SIZE, max(1, fits)))
+
+
+def auto_batch_size(network: torch.nn.Module, tile_shape: tuple[int, ...], device: str,
+                    precision: Precision | None = None) -> int:
+    """Tiles per forward pass of ``network`` (already on ``device``) for ``batch_size=None``.
+
+    Not a CUDA GPU: :data:`DEFAULT_BATCH_SIZE` (64). A CUDA GPU: one probe batch of
+    :data:`PROBE_TILES` zero tiles of ``tile_shape`` runs through the network (inference mode,
+    in ``precision``) to measure the peak memory a tile takes (activations and input), and
+    :func:`batch_size_for_memory` divides half the GPU's free memory
+    (:func:`torch.cuda.mem_get_info`) by it, capped at 512.
+    """
+    if torch.device(device).type != "cuda":
+        return DEFAULT_BATCH_SIZE
+    per_tile = _cuda_bytes_per_tile(network, tile_shape, device, precision)
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return batch_size_for_memory(free, per_tile)
+
+
+def _cuda_bytes_per_tile(network: torch.nn.Module, tile_shape: tuple[int, ...], device: str,
+                         precision: Precision | None) -> float:
+    """Peak memory of one tile's forward pass, measured on a probe batch."""
+    cuda = torch.device(device)
+    torch.cuda.synchronize(cuda)
+    base = torch.cuda.memory_allocated(cuda)
+    torch.cuda.reset_peak_memory_stats(cuda)
+    probe = torch.zeros((PROBE_TILES, *tile_shape), device=cuda)
+    if use_channels_last(network, device) and probe.ndim == 4:
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(precision):
+        network(probe)
+    torch.cuda.synchronize(cuda)
+    peak = torch.cuda.max_memory_allocated(cuda)
+    del probe
+    return max(1.0, (peak - base) / PROBE_TILES)

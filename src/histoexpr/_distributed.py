@@ -96,45 +96,59 @@ class _RankSlices:
 class ShardedBatches:
     """The share of this process of every global batch of a DataLoader (or a list of batches).
 
-    Once iteration has begun, ``shares[i]`` is ``(size of the global batch, whether the share
-    counts)`` for the ``i``-th share yielded, so that each process can weight its loss by its
-    share of the global batch (and by zero for a stand-in share).
+    ``batches`` is a DataLoader (its batch sampler is split: each process reads only its own
+    items), an object whose ``next_loader()`` returns the DataLoader of the next pass (a new
+    loader every epoch, split the same way), or any other re-iterable of batches (each
+    process builds every batch and keeps its share). Once iteration has begun, ``shares[i]``
+    is ``(size of the global batch, whether the share counts)`` for the ``i``-th share yielded,
+    so that each process can weight its loss by its share of the global batch (and by zero for
+    a stand-in share).
     """
 
     def __init__(self, batches: Iterable[dict[str, Any]], ctx: Context) -> None:
         from torch.utils.data import DataLoader
 
-        self.ctx, self._slices = ctx, None
+        self.ctx, self.batches, self._slices = ctx, batches, None
+        self.loader: Iterable = batches
         if isinstance(batches, DataLoader):
-            if batches.batch_sampler is None:
-                raise ValueError("Distributed training needs DataLoaders with batch_size set "
-                                 "(they are split into one share per process).")
-            self._slices = _RankSlices(batches.batch_sampler, ctx)
-            # the caller's generator, drawn from as by its own loader (a seed per epoch before
-            # the sampler's order), so that process 0 draws the batches of a one-process run
-            self.loader: Iterable = DataLoader(
-                batches.dataset, batch_sampler=self._slices, collate_fn=batches.collate_fn,
-                num_workers=batches.num_workers, pin_memory=batches.pin_memory,
-                persistent_workers=batches.persistent_workers, generator=batches.generator)
-        else:
-            self.loader = batches
+            self.loader, self._slices = _split_loader(batches, ctx)
         self.shares: list[tuple[int, bool]] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self._slices is not None:
-            iterator = iter(self.loader)
+        loader, slices = self.loader, self._slices
+        if hasattr(self.batches, "next_loader"):
+            loader, slices = _split_loader(self.batches.next_loader(), self.ctx)
+        if slices is not None:
+            iterator = iter(loader)
             first = next(iterator, None)  # the sampler has now received the epoch's batches
-            self.shares = self._slices.shares
+            self.shares = slices.shares
             if first is not None:
                 yield first
                 yield from iterator
             return
         self.shares = []
-        for batch in self.loader:  # batches built in memory: every process slices each one
+        for batch in loader:  # batches built in memory: every process slices each one
             size = _size(batch)
             self.shares.append((size, size > self.ctx.rank))
             yield _slice(batch, self.ctx.rank if size > self.ctx.rank else 0,
                          self.ctx.world_size, size)
+
+
+def _split_loader(batches, ctx: Context):
+    """A DataLoader over this process's share of each global batch of ``batches``."""
+    from torch.utils.data import DataLoader
+
+    if batches.batch_sampler is None:
+        raise ValueError("Distributed training needs DataLoaders with batch_size set "
+                         "(they are split into one share per process).")
+    slices = _RankSlices(batches.batch_sampler, ctx)
+    # the caller's generator, drawn from as by its own loader (a seed per epoch before the
+    # sampler's order), so that process 0 draws the batches of a one-process run
+    loader = DataLoader(
+        batches.dataset, batch_sampler=slices, collate_fn=batches.collate_fn,
+        num_workers=batches.num_workers, pin_memory=batches.pin_memory,
+        persistent_workers=batches.persistent_workers, generator=batches.generator)
+    return loader, slices
 
 
 def _size(batch: dict[str, Any]) -> int:

@@ -57,6 +57,16 @@ class ContrastiveLearner(Network):
 
     The trained encoder is ``learner.encoder`` (a :class:`TileEncoder`).
 
+    Under :class:`~torch.nn.parallel.DistributedDataParallel` (``torchrun``, one share of every
+    batch per process), a training learner gathers the other processes' projections
+    (:func:`torch.distributed.nn.functional.all_gather`, which passes gradients back to their
+    process): SimCLR compares each of its views with all ``2N`` views of the global batch, and
+    MoCo enqueues the keys of the global batch. The loss then equals that of one process on
+    the whole batch, and so do the gradients; without gathering, each process would see only
+    its own share of negatives, and the result would change with the number of processes.
+    Batch normalisation still computes its statistics per process (on GPUs, ``hx.tl.pretrain``
+    makes it :class:`~torch.nn.SyncBatchNorm`).
+
     Parameters
     ----------
     encoder
@@ -118,7 +128,7 @@ class ContrastiveLearner(Network):
             raise ValueError("A contrastive batch needs at least 2 tiles.")
         if self.method == "simclr":
             projections = self.head(self.encoder(torch.cat([view_a, view_b])))
-            return nt_xent(projections, self.temperature)
+            return nt_xent(projections, self.temperature, gather=self.training)
         return self._moco_loss(view_a, view_b)
 
     def _moco_loss(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -134,7 +144,7 @@ class ContrastiveLearner(Network):
         logits = torch.cat([positive, negative], dim=1) / self.temperature
         loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
         if self.training:
-            self._enqueue(k)
+            self._enqueue(_gather_no_grad(k))
         return loss
 
     @torch.no_grad()
@@ -154,14 +164,62 @@ class ContrastiveLearner(Network):
         self.queue_next.copy_((self.queue_next + len(keys)) % size)
 
 
-def nt_xent(projections: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(projections: torch.Tensor, temperature: float, *, gather: bool = False
+            ) -> torch.Tensor:
     """SimCLR's normalised temperature-scaled cross entropy over ``2N`` projections.
 
     Rows ``i`` and ``i + N`` are the two views of one tile; every other row is a negative.
+    With ``gather`` in a process group of several processes, the rows are this process's share
+    of the global batch: each is compared with the views of every process (gathered with their
+    gradients), and the loss is the mean over this process's rows; averaged over processes
+    (as DDP averages gradients), it is the loss of the global batch on one process.
     """
     z = F.normalize(projections, dim=1)
     n = len(z) // 2
-    similarity = z @ z.T / temperature
-    similarity.fill_diagonal_(float("-inf"))
-    partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    world = _world_size() if gather else 1
+    if world == 1:
+        similarity = z @ z.T / temperature
+        similarity.fill_diagonal_(float("-inf"))
+        partners = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return F.cross_entropy(similarity, partners)
+    import warnings
+
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private module (torch 2.13)
+        warnings.simplefilter("ignore", FutureWarning)
+        shares = all_gather(z)  # every process's (2n, d), in rank order; gradients flow back
+    if any(len(share) != len(z) for share in shares):
+        raise ValueError("Every process must hold the same number of views to gather them.")
+    # all first views, then all second views: the layout of one process's global batch
+    everyone = torch.cat([share[:n] for share in shares] + [share[n:] for share in shares])
+    total = n * world
+    start = dist.get_rank() * n
+    own = torch.cat([torch.arange(start, start + n), torch.arange(total + start, total + start + n)]
+                    ).to(z.device)
+    similarity = z @ everyone.T / temperature
+    similarity[torch.arange(2 * n, device=z.device), own] = float("-inf")
+    partners = torch.cat([own[n:], own[:n]])
     return F.cross_entropy(similarity, partners)
+
+
+def _world_size() -> int:
+    """Processes in the default process group (1 without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+@torch.no_grad()
+def _gather_no_grad(keys: torch.Tensor) -> torch.Tensor:
+    """The keys of every process, in rank order (this process's only, without a group)."""
+    if _world_size() == 1:
+        return keys
+    import torch.distributed as dist
+
+    shares = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
+    dist.all_gather(shares, keys.contiguous())
+    return torch.cat(shares)

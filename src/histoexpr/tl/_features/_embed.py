@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._devices import autocast, loader_options, resolve_precision, use_channels_last
+from ..._devices import (
+    auto_batch_size,
+    autocast,
+    loader_options,
+    resolve_precision,
+    use_channels_last,
+)
 from ..._image import image_levels
 from ..._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
 from ..._utils import log_added, logger, progress, require_element, resolve_device
@@ -33,7 +39,7 @@ def embed(
     encoder: str | Path | Network | Sequence[str | Path | Network] = "handcrafted",
     checkpoint: str | Path | None = None,
     image_key: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
@@ -70,9 +76,11 @@ def embed(
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
     batch_size
-        Tiles per forward pass. The default suits a CPU; on a GPU larger batches keep it busy
-        (e.g. 256 for a ResNet-50 or a ViT-L/16 on 224 px tiles in bf16, well within 40 GB);
-        lower it if the GPU runs out of memory.
+        Tiles per forward pass; ``None`` chooses: 64 on a CPU (or MPS); on a CUDA GPU, half
+        the GPU's free memory divided by the memory one tile takes in a forward pass of this
+        encoder (measured on a probe batch of 8 tiles), a multiple of 8, at most 512 (the
+        choice is logged; see the GPU page of the documentation). The batch size does not
+        change the features (up to float rounding on a GPU).
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     key_added
@@ -96,8 +104,8 @@ def embed(
     from ...pp import TileDataset
 
     require_element(sdata, tiles_key, "shapes")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (or None to choose), got {batch_size}.")
     dataset = TileDataset(sdata, tiles_key, image_key=image_key, transform=transform)
     table = sdata.tables[f"{tiles_key}_table"]
     n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
@@ -203,7 +211,7 @@ def _resolve(encoder: str | Path | Network, *, n_channels: int,
     network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
                                                    checkpoint=checkpoint)
 
-    def compute(dataset, *, batch_size: int, device: str | None):
+    def compute(dataset, *, batch_size: int | None, device: str | None):
         _warn_on_other_scale(network, name, dataset.mpp)
         return encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
                       normalisation=normalisation, desc=f"embed ({name})"), None
@@ -225,25 +233,31 @@ def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -
                        f"another scale; tile at mpp={trained_mpp:g} to match (any tile size).")
 
 
-def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: str,
+def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, device: str,
            normalisation: dict[str, Any] | None, desc: str = "embed") -> np.ndarray:
     """Features of every item of a tile dataset, in order, as a float32 array.
 
     Runs in ``hx.settings.precision`` (bf16 autocast on a GPU by default, fp32 on a CPU), with
     pinned batches, loader workers (``hx.settings.n_workers``) and channels-last CNNs on a GPU.
+    ``batch_size=None`` chooses it (``histoexpr._devices.auto_batch_size``).
     """
     from torch.utils.data import DataLoader
 
     from ...models import HandcraftedEncoder
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        **loader_options(device))
     network = network.to(device).eval()
     channels_last = use_channels_last(network, device)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     # hand-crafted statistics stay in fp32: mixed precision is for learned networks
     precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
+    if batch_size is None:
+        batch_size = auto_batch_size(network, _tile_shape(dataset), device, precision)
+        if torch.device(device).type == "cuda":
+            logger.info("%s: %d tiles per batch, chosen from the free memory of %s", desc,
+                        batch_size, device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        **loader_options(device))
     mean, std = _normalisation_tensors(normalisation, device)
     chunks = []
     with torch.inference_mode(), autocast(precision):
@@ -257,6 +271,11 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int, device: s
     if channels_last:
         network.to(memory_format=torch.contiguous_format)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _tile_shape(dataset: Any) -> tuple[int, ...]:
+    """The shape of one tile as the encoder receives it (the first item is read)."""
+    return tuple(dataset[0]["image"].shape) if len(dataset) else (3, 224, 224)
 
 
 def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ... import _distributed
 from ..._devices import (
     loader_options,
 )
@@ -72,6 +73,12 @@ def pretrain(
     the last saved epoch (a run stopped mid-epoch loses only that epoch) and gives the same
     result as an uninterrupted run.
 
+    Launched by ``torchrun`` on several processes (GPUs, or CPUs on the gloo backend), the
+    encoder is trained with :class:`~torch.nn.parallel.DistributedDataParallel` by the same
+    training loop as supervised models: each process reads its share of every batch of
+    ``batch_size`` tiles, and the contrastive loss gathers the projections of all processes
+    (see Notes), so that two processes train the model that one trains on the same batches.
+
     Parameters
     ----------
     data
@@ -89,7 +96,8 @@ def pretrain(
     epochs
         Passes over all tiles (counting the epochs of a resumed run).
     batch_size
-        Tiles per step; the last incomplete batch of an epoch is skipped.
+        Tiles per step; the last incomplete batch of an epoch is skipped. Under ``torchrun``,
+        the global batch: split among the processes, so a multiple of their number.
     lr
         Peak learning rate of AdamW.
     schedule
@@ -119,8 +127,8 @@ def pretrain(
         With ``hx.settings.n_workers > 0`` each loader worker keeps its own copy for one epoch
         only, so pass ``False`` there.
     checkpoint_dir
-        Folder for the checkpoint written after every epoch (``pretrain_checkpoint.pt``);
-        ``None`` writes none.
+        Folder for the checkpoint written after every epoch (``pretrain_checkpoint.pt``; by
+        the first process only under ``torchrun``); ``None`` writes none.
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (start afresh where there is none).
     overwrite
@@ -144,6 +152,20 @@ def pretrain(
     48 um tiles at 1 um/px and describing each spot by a 192 um tile at 1 um/px beat both the
     same setting at 3 um/px and squidpy's features (``benchmarks/README.md``).
 
+    Several processes (``torchrun --nproc_per_node=4 script.py``, the script calling
+    ``hx.tl.pretrain``): a contrastive loss depends on the whole batch, since the other tiles
+    of the batch are the negatives. Each process therefore gathers the projections of every
+    process (:func:`torch.distributed.nn.functional.all_gather`, which keeps the gradients),
+    as SimCLR implementations do: SimCLR compares its views with all ``2 * batch_size`` views,
+    MoCo enqueues the keys of the whole batch. With deterministic views and without batch
+    normalisation statistics, two gloo processes give the weights of one process to float
+    rounding (``tests/test_pretrain.py`` asserts ``rtol=1e-4``). Two things still differ from
+    one process: the random views are drawn by each process from its own random stream
+    (``seed`` plus the process's rank), and on CPUs batch normalisation computes statistics
+    over the process's share of the batch; on GPUs the learner's batch normalisation layers
+    become :class:`torch.nn.SyncBatchNorm`, whose statistics cover the global batch (the
+    returned encoder has plain batch normalisation again).
+
     """
     from torch.utils.data import ConcatDataset
 
@@ -156,6 +178,15 @@ def pretrain(
     geometry = _common_geometry(sections, datasets)
     tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
     _check_options(len(tiles), method, epochs, batch_size, queue_size, schedule, warmup)
+    device = resolve_device(device)
+    ctx = _distributed.context(device)  # a torchrun process group, if any
+    world = 1 if ctx is None else ctx.world_size
+    if batch_size % world:
+        raise ValueError(
+            f"batch_size ({batch_size}) is split among {world} processes, so it must be a "
+            f"multiple of {world}: pass batch_size={batch_size - batch_size % world or world}.")
+    if ctx is not None:
+        device = _distributed.process_device(device, ctx)
     seed = resolve_seed(seed)
     seed_everything(seed)
     start = _starting_encoder(encoder, geometry["channels"])
@@ -170,9 +201,11 @@ def pretrain(
         views = augmentations(stain, size_px=geometry["size_px"])
     else:
         views = augment
-    device = resolve_device(device)
     learner.to(device)
     views.to(device)
+    if ctx is not None and torch.device(device).type == "cuda":
+        # batch statistics over the global batch, as SimCLR's global batch normalisation
+        learner = torch.nn.SyncBatchNorm.convert_sync_batchnorm(learner)
     optimiser = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad],
                                   lr=lr, weight_decay=weight_decay)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -181,6 +214,8 @@ def pretrain(
         state["normalisation"] = _estimate_normalisation(tiles, seed)
     mean, std = (torch.as_tensor(state["normalisation"][k], device=device).reshape(1, -1, 1, 1)
                  for k in ("mean", "std"))
+    if ctx is not None and ctx.rank > 0:  # views of this process's tiles: its own random stream
+        torch.manual_seed(seed + 1_000_003 * ctx.rank + state["epoch"])
 
     steps_per_epoch = len(tiles) // batch_size
     scheduler = _scheduler(optimiser, epochs * steps_per_epoch, schedule, warmup,
@@ -197,9 +232,10 @@ def pretrain(
         now = time.perf_counter()
         state["epoch"], state["seconds"] = epoch + 1, state["seconds"] + now - clock[0]
         state["loss"].append(history["train_loss"][-1])
-        logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
-                    state["loss"][-1])
-        if path is not None:
+        if ctx is None or ctx.is_main:
+            logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
+                        state["loss"][-1])
+        if path is not None and (ctx is None or ctx.is_main):
             _save_checkpoint(path, learner, optimiser, state)
         clock[0] = time.perf_counter()
 
@@ -210,6 +246,10 @@ def pretrain(
           first_epoch=state["epoch"], on_epoch=after_epoch, reseed=False)
 
     network = learner.encoder.eval()
+    if ctx is not None and torch.device(device).type == "cuda":  # plain batch normalisation
+        plain = type(network)(**network.get_config())
+        plain.load_state_dict(network.state_dict())
+        network = plain.to(device).eval()
     network.metadata = {
         **{key: geometry[key] for key in ("mpp", "size_px", "size_um", "channels")},
         "stain": stain,
@@ -224,6 +264,7 @@ def pretrain(
             "queue_size": queue_size if method == "moco" else None,
             "momentum": momentum if method == "moco" else None,
             "projection_dim": projection_dim, "seed": seed, "loss": state["loss"],
+            "processes": world,
             "seconds": round(state["seconds"], 3),
         },
     }
@@ -273,11 +314,19 @@ class _EpochBatches:
     def __len__(self) -> int:
         return len(self.tiles) // self.batch_size
 
-    def __iter__(self):
+    def next_loader(self):
+        """The next epoch's DataLoader.
+
+        Under DDP the training loop splits it among the processes, so that each process reads
+        only its share of every batch.
+        """
         loader = _loader(self.tiles, self.batch_size, self.seed + self.epoch, self.device,
                          self.cache)
         self.epoch += 1
-        return iter(loader)
+        return loader
+
+    def __iter__(self):
+        return iter(self.next_loader())
 
 
 def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
