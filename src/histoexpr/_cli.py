@@ -80,7 +80,8 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--model", "-m", type=Path, required=True, metavar="M",
                          help="model file written by hx.io.save_model")
     predict.add_argument("--image", "-i", type=Path, required=True, metavar="SLIDE",
-                         help="whole-slide image (SVS, NDPI, TIFF...) or a SpatialData .zarr store")
+                         help="whole-slide image (SVS, NDPI, TIFF...; a JPEG/PNG with --mpp) or a "
+                              "SpatialData .zarr store")
     predict.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.zarr",
                          help="SpatialData store to write")
     predict.add_argument("--image-key", default=None,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._image import image_levels, read_region
 from .._spatial_uns import spatial_record
-from .._utils import require_element
+from .._utils import logger, require_element
 from ._docs import shared_docs
 
 if TYPE_CHECKING:
@@ -226,10 +226,22 @@ def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha
     return ax
 
 
-def draw_table_image(ax: Axes, record: dict) -> np.ndarray:
-    """Show the ``"hires"`` image of a ``uns["spatial"]`` record in micrometres."""
-    image = np.asarray(record["images"]["hires"])
-    scale = float(record["scalefactors"]["tissue_hires_scalef"])  # image pixels per um
+def draw_table_image(ax: Axes, record: dict) -> np.ndarray | None:
+    """Show the image of a ``uns["spatial"]`` record in the units of ``obsm["spatial"]`` (um).
+
+    The ``"hires"`` image, else the ``"lowres"`` one (with its own scale factor), as scanpy's
+    ``sc.pl.spatial`` takes them; a record with neither draws no image (logged).
+    """
+    images = record.get("images", {})
+    scalefactors = record.get("scalefactors", {})
+    name = next((n for n in ("hires", "lowres") if n in images
+                 and f"tissue_{n}_scalef" in scalefactors), None)
+    if name is None:
+        logger.info("The table's uns['spatial'] record has no 'hires' or 'lowres' image with its "
+                    "scale factor; drawing the spots without an image.")
+        return None
+    image = np.asarray(images[name])
+    scale = float(scalefactors[f"tissue_{name}_scalef"])  # image pixels per unit of obsm
     height, width = image.shape[:2]
     ax.imshow(image, extent=(0, width / scale, height / scale, 0),
               cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")

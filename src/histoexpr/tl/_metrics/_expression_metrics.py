@@ -296,7 +296,11 @@ def _match_spots(pred, truth, centres: tuple[np.ndarray, str | None]) -> tuple[n
     if len(spot_rows) < truth.n_obs:
         logger.info("%d of %d spots have no predicted tile and are left out.",
                     truth.n_obs - len(spot_rows), truth.n_obs)
+    if truth.n_obs < 3:
+        raise ValueError(f"The truth table holds {truth.n_obs} spot(s); a correlation needs at "
+                         "least 3. Evaluate on a section (or several) with more spots.")
     if len(spot_rows) < 3:
-        raise ValueError("Fewer than 3 spots have a predicted tile: predict on tiles that cover "
-                         "the spots (e.g. tiles centred on them).")
+        raise ValueError(f"Only {len(spot_rows)} of the {truth.n_obs} spots have a predicted "
+                         "tile (a correlation needs at least 3): predict on tiles that cover the "
+                         "spots (e.g. tiles centred on them).")
     return np.asarray(spot_rows), np.asarray(tile_rows)

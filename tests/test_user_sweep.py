@@ -1,0 +1,228 @@
+"""What a new user's first files do: images saved in other colour modes, plain JPEG/PNG slides,
+scanpy tables, tiny sections (the sweep of every real data set with the public API).
+
+Each test asserts the right result (the pixels are the colours seen, the levels are computed
+once, the message names the problem and its fix), not only that something ran.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from _catalogue import bad_input
+
+import histoexpr as hx
+
+
+def _he_pixels(seed: int = 0, shape=(60, 80)) -> np.ndarray:
+    """A small (y, x, 3) uint8 'H&E': pink tissue with purple dots on white."""
+    rng = np.random.default_rng(seed)
+    image = np.full((*shape, 3), 245, dtype=np.uint8)
+    image[10:50, 15:70] = (230, 150, 200)
+    dots = rng.random(shape) < 0.05
+    image[dots] = (80, 40, 140)
+    return image
+
+
+def _read(path, **options):
+    """The pixels ``(c, y, x)`` of ``path`` as read_transcripts reads an image beside a table."""
+    table = pd.DataFrame({"x": [1.0, 5.0], "y": [2.0, 3.0], "gene": ["A", "B"]})
+    sdata = hx.io.read_transcripts(table, image=path, image_key="he", **options)
+    return np.asarray(sdata.images["he"]["scale0"]["image"].values), sdata
+
+
+@bad_input("silently wrong", "an H&E saved as a palette PNG (PIL mode 'P')",
+           says="log: converted from PIL mode P; the pixels are its colours (before: the palette "
+                "indices, read as one grey channel)",
+           fix="nothing: it is read as RGB")
+def test_palette_png_is_read_as_its_colours(tmp_path, caplog):
+    from PIL import Image
+
+    rgb = _he_pixels()
+    path = tmp_path / "he.png"
+    Image.fromarray(rgb).quantize(colors=16).save(path)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        pixels, _ = _read(path)
+    assert pixels.shape == (3, *rgb.shape[:2])
+    np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), expected)
+    assert "mode P" in caplog.text
+
+
+@bad_input("silently wrong", "an H&E saved as a CMYK JPEG",
+           says="log: converted from PIL mode CMYK to RGB (before: C, M, Y, K read as r, g, b, a)",
+           fix="nothing: it is read as RGB")
+def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "he.jpg"
+    Image.fromarray(_he_pixels()).convert("CMYK").save(path, quality=95)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    pixels, sdata = _read(path)
+    assert list(sdata.images["he"]["scale0"]["image"].c.values) == ["r", "g", "b"]
+    np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), expected)
+
+
+@bad_input("silently wrong", "an H&E PNG with an alpha channel (RGBA) given to read_st or "
+           "read_transcripts (read_visium already dropped it)",
+           says="log: dropped the alpha channel (a warning with the share of pixels that are not "
+                "opaque); the image has 3 channels like any H&E (before: 4, so its tiles had an "
+                "extra channel and a model trained on RGB refused them)",
+           fix="flatten the image onto its background first if transparent pixels hide colour")
+@pytest.mark.parametrize("opaque", [True, False])
+def test_alpha_channel_is_dropped(tmp_path, caplog, opaque):
+    from PIL import Image
+
+    rgb = _he_pixels()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    if not opaque:
+        alpha[:6] = 0
+    path = tmp_path / "he.png"
+    Image.fromarray(np.dstack([rgb, alpha])).save(path)
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        pixels, _ = _read(path)
+    np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), rgb)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    if opaque:
+        assert not warnings and "every pixel opaque" in caplog.text
+    else:
+        assert len(warnings) == 1 and "10.0% of its pixels are not opaque" in caplog.text
+
+
+def test_grey_alpha_png_and_rgba_tiff_lose_only_the_alpha(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    rgb = _he_pixels()
+    grey = rgb[..., 0]
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), mode="LA").save(tmp_path / "g.png")
+    pixels, _ = _read(tmp_path / "g.png")
+    np.testing.assert_array_equal(pixels, grey[None])
+    rgba = np.dstack([rgb, np.full_like(grey, 255)])
+    tifffile.imwrite(tmp_path / "he.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgba, -1, 0), photometric="rgb",
+                     planarconfig="separate", extrasamples=["unassalpha"])
+    for name in ("he.tif", "planar.tif"):
+        pixels, _ = _read(tmp_path / name)
+        np.testing.assert_array_equal(np.moveaxis(pixels, 0, -1), rgb)
+
+
+def test_palette_label_png_keeps_its_label_values(tmp_path):
+    from PIL import Image
+
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:15, 5:20], labels[20:30, 25:45] = 1, 2
+    image = Image.fromarray(labels, mode="L").convert("P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    image.save(tmp_path / "labels.png")
+    table = pd.DataFrame({"x": [1.0], "y": [2.0], "gene": ["A"]})
+    sdata = hx.io.read_transcripts(table, labels=tmp_path / "labels.png")
+    np.testing.assert_array_equal(np.asarray(sdata.labels["nuclei"].values), labels)
+
+
+@bad_input("silently wrong", "a TIFF image stored as a palette or CMYK (photometric PALETTE or "
+           "SEPARATED)",
+           says="ValueError: ... stores its pixels as PALETTE (not grey or RGB), which histoexpr "
+                "does not convert. Save it as an RGB or grey image first",
+           fix="convert it to RGB, e.g. PIL.Image.open(path).convert('RGB').save('he.png')")
+@pytest.mark.parametrize("mode", ["P", "CMYK"])
+def test_palette_or_cmyk_tiff_is_refused(tmp_path, mode):
+    from PIL import Image
+
+    path = tmp_path / "he.tif"
+    Image.fromarray(_he_pixels()).convert(mode).save(path)
+    with pytest.raises(ValueError, match=r"stores its pixels as (PALETTE|SEPARATED).*"
+                                         r"convert\('RGB'\)"):
+        _read(path)
+
+
+@bad_input("obscure error", "`hx.io.read_wsi('he.jpg')`: a plain JPEG/PNG H&E with no "
+           "transcripts (the error sent the user to read_transcripts(image=...), which needs a "
+           "transcript table)",
+           says="ValueError: 'he.jpg' is a JPEG image, which does not state its pixel size. "
+                "Pass it: read_wsi(path, mpp=0.5)",
+           fix="pass mpp=; read_wsi then reads the image whole, with its pyramid")
+def test_read_wsi_reads_a_plain_jpeg_or_png_with_mpp(tmp_path):
+    from PIL import Image
+
+    rgb = _he_pixels(shape=(90, 120))
+    Image.fromarray(rgb).save(tmp_path / "he.png")
+    Image.fromarray(rgb).save(tmp_path / "he.jpg", quality=95)
+    with pytest.raises(ValueError, match=r"'he.jpg' is a JPEG image.*read_wsi\(path, mpp=0.5\)"):
+        hx.io.read_wsi(tmp_path / "he.jpg")
+    sdata = hx.io.read_wsi(str(tmp_path / "he.png"), mpp=2.0)
+    assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(2.0)
+    region = hx.io.read_region(sdata, "he", (30.0, 20.0, 60.0, 40.0))  # um at 2 um/px
+    np.testing.assert_array_equal(np.moveaxis(region, 0, -1), rgb[10:20, 15:30])
+
+
+def test_coarse_levels_of_an_in_memory_image_are_computed_once():
+    import dask.array as da
+    from spatialdata.models import Image2DModel
+
+    from histoexpr._elements import image_element
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (3, 2300, 2100), dtype=np.uint8)
+    element = image_element(pixels, mpp=0.5)
+    assert list(element) == ["scale0", "scale1"]
+    level = element["scale1"]["image"].data
+    assert isinstance(level, da.Array)
+    # materialised: one task per chunk, no reduction of scale0 left to redo at every read
+    assert len(level.__dask_graph__()) == level.npartitions
+    lazy = Image2DModel.parse(pixels, dims=("c", "y", "x"), scale_factors=[2],
+                              chunks=(3, 1024, 1024))["scale1"]["image"].values
+    np.testing.assert_array_equal(level.compute(), lazy)
+
+
+@bad_input("obscure error", "a scanpy AnnData whose uns['spatial'] holds only the 'lowres' "
+           "image, drawn with `hx.pl.spots(adata, color=...)`",
+           says="(before: KeyError: 'hires') the lowres image is drawn with its own scale factor",
+           fix="nothing")
+def test_spots_of_a_table_with_only_a_lowres_image(tmp_path):
+    import anndata as ad
+
+    lowres = np.zeros((50, 40, 3), np.uint8)
+    adata = ad.AnnData(np.ones((3, 2), np.float32))
+    adata.var_names = ["A", "B"]
+    adata.obsm["spatial"] = np.array([[100.0, 100.0], [200.0, 300.0], [350.0, 450.0]])
+    adata.uns["spatial"] = {"lib": {"images": {"lowres": lowres},
+                                    "scalefactors": {"tissue_lowres_scalef": 0.1,
+                                                     "spot_diameter_fullres": 40.0}}}
+    ax = hx.pl.spots(adata, color="A")
+    [image] = ax.get_images()
+    assert image.get_extent() == pytest.approx((0, 400, 500, 0))  # 40 x 50 px / 0.1
+
+
+@bad_input("obscure error", "`hx.tl.evaluate` on a section with only 2 spots",
+           says="ValueError: The truth table holds 2 spot(s); a correlation needs at least 3 "
+                "(before: 'Fewer than 3 spots have a predicted tile: predict on tiles that cover "
+                "the spots', though every spot had one)",
+           fix="evaluate on a section (or several) with more spots")
+def test_evaluate_on_a_two_spot_section_says_why():
+    from anndata import AnnData
+
+    from histoexpr.tl._metrics._expression_metrics import _match_spots
+
+    truth = AnnData(np.ones((2, 1), np.float32))
+    pred = AnnData(np.ones((2, 1), np.float32))
+    pred.obsm["spatial"] = np.array([[0.0, 0.0], [10.0, 0.0]])
+    with pytest.raises(ValueError, match=r"holds 2 spot\(s\); a correlation needs at least 3"):
+        _match_spots(pred, truth, (np.array([[0.0, 0.0], [10.0, 0.0]]), None))
+
+
+def test_ridge_on_too_few_spots_to_score_says_so(caplog):
+    import warnings
+
+    from histoexpr.tl._spot._spot_training import fit_ridge
+
+    rng = np.random.default_rng(0)
+    features, targets = [rng.normal(size=(3, 4))], [rng.normal(size=(3, 2))]
+    with caplog.at_level(logging.WARNING, logger="histoexpr"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _, record = fit_ridge(features, targets, alphas=(0.1, 1.0, 10.0), n_components=None)
+    assert record["alpha"] == 1.0
+    assert "No inner fold could score the ridge penalties (3 spots" in caplog.text
