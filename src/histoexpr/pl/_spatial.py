@@ -170,6 +170,10 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
     import matplotlib.pyplot as plt
 
     check_max_side(max_side)
+    if image_key is not None and image_key not in sdata.images and image_key not in sdata.labels:
+        raise KeyError(f"sdata has no image {image_key!r} (images: {sorted(sdata.images)}). Pass "
+                       f"image_key= with one of them, or image_key=None to draw "
+                       f"{shapes_key!r} alone.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False

@@ -140,6 +140,16 @@ def evaluate_expression(
     if not names:
         raise ValueError(f"No predicted gene is measured in sdata.tables[{truth_key!r}].")
     spot_rows, tile_rows = _match_spots(pred, truth, _spot_centres(sdata, truth, truth_key))
+    library = np.asarray(library_sizes(truth[spot_rows]), dtype=np.float64).ravel()
+    counted = library > 0
+    if not counted.all():  # no counts: no normalised expression to score (fit drops them too)
+        logger.info("%d of %d spots have no counts in %r and are left out.",
+                    int((~counted).sum()), len(counted), truth_key)
+        spot_rows, tile_rows = spot_rows[counted], tile_rows[counted]
+        if len(spot_rows) < 3:
+            raise ValueError(f"Only {len(spot_rows)} spots with counts have a predicted tile (a "
+                             "correlation needs at least 3). Evaluate on a section with more "
+                             "spots.")
     measured = truth[spot_rows]
     predicted = pred[tile_rows][:, names].X
     return gene_correlations(np.asarray(predicted), expression_targets(measured, names),
