@@ -303,3 +303,27 @@ def test_evaluate_leaves_out_spots_without_counts(two_sections, caplog):
     expected = hx.tl.evaluate(test, "spot_tiles_expression", "table")
     pd.testing.assert_frame_equal(scores, expected)
     assert np.isfinite(scores["pearson"]).all()
+
+
+@bad_input("silently wrong", "a pyramidal RGB + alpha TIFF slide (e.g. `vips tiffsave` of an "
+           "image with transparency) given to `hx.io.read_wsi`",
+           says="log: dropped the alpha channel (before: a 4th channel 'a', so tiles had 4 "
+                "channels and a model trained on RGB refused them)",
+           fix="nothing: it is read as RGB")
+def test_read_wsi_drops_the_alpha_of_an_rgba_slide(tmp_path):
+    import tifffile
+
+    rgb = _he_pixels(shape=(256, 320))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    path = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(path) as writer:
+        options = dict(tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+        writer.write(rgba, subifds=1, resolution=(1e4, 1e4), resolutionunit="CENTIMETER",
+                     **options)
+        writer.write(rgba[::2, ::2], subfiletype=1, **options)
+    sdata = hx.io.read_wsi(path)
+    tree = sdata.images["he"]
+    assert list(tree["scale0"]["image"].c.values) == ["r", "g", "b"]
+    assert [tree[k]["image"].shape[0] for k in tree] == [3, 3]
+    np.testing.assert_array_equal(np.moveaxis(tree["scale0"]["image"].values, 0, -1), rgb)
+    assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(1.0)

@@ -91,6 +91,12 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     mpp = check_mpp(mpp)
 
     levels = [_level_array(series, i) for i in range(len(series.levels))]
+    page = series.levels[0].keyframe
+    if (getattr(page.photometric, "name", "") == "RGB" and levels[0].shape[0] == 4
+            and len(getattr(page, "extrasamples", ()) or ()) == 1):
+        # RGB + alpha: the alpha is no stain; dropped (lazily) so the slide is RGB like others
+        logger.info("Dropped the alpha channel of %s (RGB + alpha).", path.name)
+        levels = [level[:3] for level in levels]
     n_channels = levels[0].shape[0]
     single = "dapi" if image_key == "dapi" else "c0"
     element = image_element_from_levels(levels, mpp=mpp,
