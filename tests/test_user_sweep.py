@@ -327,3 +327,19 @@ def test_read_wsi_drops_the_alpha_of_an_rgba_slide(tmp_path):
     assert [tree[k]["image"].shape[0] for k in tree] == [3, 3]
     np.testing.assert_array_equal(np.moveaxis(tree["scale0"]["image"].values, 0, -1), rgb)
     assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(1.0)
+
+
+@bad_input("obscure error", "`hx.io.read_visium` given a file or the spatial/ folder of a Space "
+           "Ranger output instead of the output folder",
+           says="FileNotFoundError: '.../outs/spatial' has no 'spatial/' folder; pass the Space "
+                "Ranger output folder (e.g. '.../outs', which holds the spatial/ folder)",
+           fix="pass the folder named in the message")
+def test_read_visium_names_the_folder_to_pass(tmp_path):
+    outs = tmp_path / "outs"
+    (outs / "spatial").mkdir(parents=True)
+    (outs / "filtered_feature_bc_matrix.h5").write_bytes(b"")
+    (outs / "spatial" / "tissue_positions.csv").write_text("barcode\n")
+    for given in (outs / "spatial", outs / "filtered_feature_bc_matrix.h5",
+                  outs / "spatial" / "tissue_positions.csv"):
+        with pytest.raises(FileNotFoundError, match=rf"e\.g\. '{outs}', which holds the spatial/"):
+            hx.io.read_visium(given)

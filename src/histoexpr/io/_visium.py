@@ -77,9 +77,12 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
     path = existing_file(path, "Visium folder")
     spatial = path / "spatial"
     if not spatial.is_dir():
+        inside = next((folder for folder in (path.parent, path.parent.parent)
+                       if (folder / "spatial").is_dir()), None)
+        hint = f" (e.g. {str(inside)!r}, which holds the spatial/ folder)" if inside else ""
         raise FileNotFoundError(
-            f"{str(path)!r} has no 'spatial/' folder; pass the Space Ranger output folder (the "
-            "one holding spatial/ and filtered_feature_bc_matrix.h5 or its folder)."
+            f"{str(path)!r} has no 'spatial/' folder; pass the Space Ranger output folder{hint}, "
+            "the one holding spatial/ and filtered_feature_bc_matrix.h5 or its folder."
         )
     scalefactors = json.loads(existing_file(
         spatial / "scalefactors_json.json", "scale factors",
