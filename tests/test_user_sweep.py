@@ -343,3 +343,37 @@ def test_read_visium_names_the_folder_to_pass(tmp_path):
                   outs / "spatial" / "tissue_positions.csv"):
         with pytest.raises(FileNotFoundError, match=rf"e\.g\. '{outs}', which holds the spatial/"):
             hx.io.read_visium(given)
+
+
+@bad_input("obscure error", "`histoexpr predict --image he.png` (a plain PNG/JPEG H&E) without "
+           "--mpp",
+           says="error: ... 'he.png' is a PNG image, which does not state its pixel size ... On "
+                "the command line: --mpp 0.5 (before: 'not a slide histoexpr can read', even "
+                "with --mpp)",
+           fix="pass --mpp")
+def test_cli_predicts_on_a_png_with_mpp(tmp_path, capsys):
+    import spatialdata as sd
+    from PIL import Image
+
+    from histoexpr._cli import EXIT_BAD_INPUT, main
+
+    genes = ["EPCAM", "COL1A1"]
+    train = hx.datasets.synthetic_section(seed=0, size_um=300, spot_pitch_um=40,
+                                          spot_diameter_um=35)
+    model = hx.io.save_model(hx.tl.fit(train, model="spot_regressor", genes=genes, size_um=40.0,
+                                       mpp=1.0), tmp_path / "spots.pt")
+    section = hx.datasets.synthetic_section(seed=1, size_um=300)
+    png = tmp_path / "he.png"
+    Image.fromarray(np.moveaxis(np.asarray(section.images["he"].values), 0, -1)).save(png)
+    out = tmp_path / "pred.zarr"
+    assert main(["predict", "-m", str(model), "-i", str(png), "-o", str(out)]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "is a PNG image, which does not state its pixel size" in error
+    assert "On the command line: --mpp 0.5" in error
+    assert not out.exists()
+    assert main(["predict", "-m", str(model), "-i", str(png), "-o", str(out), "--mpp",
+                 "0.5"]) == 0
+    written = sd.read_zarr(out).tables["he_expr_tiles_expression"]
+    expected = hx.tl.predict(hx.io.load_model(model), hx.io.read_wsi(png, mpp=0.5))
+    np.testing.assert_allclose(np.asarray(written.X), np.asarray(expected.X), rtol=1e-5,
+                               atol=1e-6)

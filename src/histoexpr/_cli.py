@@ -208,7 +208,9 @@ def _read_slide(path: Path, *, image_key: str, mpp: float | None):
     try:
         return hx.io.read_wsi(path, mpp=mpp, image_key=image_key)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read {path} as a slide: {error}") from error
+        hint = (" On the command line: --mpp 0.5 (um per pixel of the image)."
+                if mpp is None and "mpp=" in str(error) else "")
+        raise ValueError(f"Cannot read {path} as a slide: {error}{hint}") from error
 
 
 def _tile_as_trained(sdata, metadata: dict, image_key: str) -> None:
