@@ -377,3 +377,23 @@ def test_cli_predicts_on_a_png_with_mpp(tmp_path, capsys):
     expected = hx.tl.predict(hx.io.load_model(model), hx.io.read_wsi(png, mpp=0.5))
     np.testing.assert_allclose(np.asarray(written.X), np.asarray(expected.X), rtol=1e-5,
                                atol=1e-6)
+
+
+@bad_input("silently wrong", "an H&E saved as a float TIFF with values 0..255 (floats are read "
+           "as intensities 0..1, so its tiles were 255 times brighter than other images')",
+           says="warning: ... holds floating-point pixels from 0 to 255, but histoexpr reads "
+                "float pixels as intensities from 0 to 1 ...",
+           fix="save it as 8- or 16-bit integers, or scaled to 0..1")
+def test_float_image_outside_0_1_is_named(tmp_path, caplog):
+    import tifffile
+
+    rgb = _he_pixels()
+    tifffile.imwrite(tmp_path / "scaled.tif", rgb.astype(np.float32) / 255)
+    tifffile.imwrite(tmp_path / "raw.tif", rgb.astype(np.float32))
+    with caplog.at_level(logging.WARNING, logger="histoexpr"):
+        pixels, _ = _read(tmp_path / "scaled.tif")
+    assert not caplog.records
+    np.testing.assert_allclose(np.moveaxis(pixels, 0, -1), rgb / 255, atol=1e-6)
+    with caplog.at_level(logging.WARNING, logger="histoexpr"):
+        _read(tmp_path / "raw.tif")
+    assert "holds floating-point pixels from 40 to 245" in caplog.text

@@ -173,6 +173,14 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
             f"The {what} {str(path)!r} stores its pixels as {unsupported} (not grey or RGB), "
             "which histoexpr does not convert. Save it as an RGB or grey image first, e.g. "
             "PIL.Image.open(path).convert('RGB').save('he.png').")
+    if colours and array.dtype.kind == "f" and array.size:
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if low < 0 or high > 1:
+            logger.warning(
+                "The %s %s holds floating-point pixels from %.4g to %.4g, but histoexpr reads "
+                "float pixels as intensities from 0 to 1 (integers are scaled by their type's "
+                "maximum), so its tiles would not look like other images' to a model. Save it "
+                "as 8- or 16-bit integers (or scaled to 0..1).", what, path.name, low, high)
     return to_cyx(array, layout)
 
 
