@@ -397,3 +397,28 @@ def test_float_image_outside_0_1_is_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="histoexpr"):
         _read(tmp_path / "raw.tif")
     assert "holds floating-point pixels from 40 to 245" in caplog.text
+
+
+@pytest.mark.realdata
+@bad_input("obscure error", "legacy-ST counts or spot file saved comma-separated (.csv), or the "
+           "two swapped, given to `hx.io.read_st`",
+           says="(before: 'no spots named like 12x7 ... first rows: [<the whole first line>]') "
+                "read as the tab-separated files are; swapped: 'is a spot file (it has pixel_x "
+                "and pixel_y), not counts: pass it as spots='",
+           fix="nothing for .csv; pass the files in the order counts, spots, image")
+def test_read_st_takes_comma_separated_files(data_dir, tmp_path):
+    root = data_dir / "mob_st"
+    counts, spots, image = (root / "MOB1.tsv.gz", root / "alignment_table_MOB1.tsv",
+                            root / "MOB1.jpg")
+    pd.read_csv(counts, sep="\t", index_col=0).to_csv(tmp_path / "counts.csv")
+    pd.read_csv(spots, sep="\t").to_csv(tmp_path / "spots.csv", index=False)
+    expected = hx.io.read_st(counts, spots, image)
+    got = hx.io.read_st(tmp_path / "counts.csv", str(tmp_path / "spots.csv"), str(image))
+    want, have = expected.tables["table"], got.tables["table"]
+    assert list(have.obs_names) == list(want.obs_names)
+    assert list(have.var_names) == list(want.var_names)
+    assert (have.X != want.X).nnz == 0
+    np.testing.assert_array_equal(have.obsm["spatial"], want.obsm["spatial"])
+    with pytest.raises(ValueError, match=r"is a spot file \(it has pixel_x and pixel_y\), not "
+                                         r"counts: pass it as spots="):
+        hx.io.read_st(spots, counts, image)
