@@ -195,6 +195,7 @@ def test_spots_of_a_table_with_only_a_lowres_image(tmp_path):
     ax = hx.pl.spots(adata, color="A")
     [image] = ax.get_images()
     assert image.get_extent() == pytest.approx((0, 400, 500, 0))  # 40 x 50 px / 0.1
+    assert ax.get_xlabel() == "x (full-resolution px)"  # scanpy's obsm["spatial"]: not um
 
 
 @bad_input("obscure error", "`hx.tl.evaluate` on a section with only 2 spots",

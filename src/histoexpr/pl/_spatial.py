@@ -191,15 +191,15 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
     return ax
 
 
-def _finish(ax: Axes, region, title: str, save) -> None:
+def _finish(ax: Axes, region, title: str, save, unit: str = "um") -> None:
     ax.set_aspect("equal")
     if region is not None:
         ax.set_xlim(region[0], region[2])
         ax.set_ylim(region[3], region[1])
     if not ax.yaxis_inverted():  # image convention: y grows downwards
         ax.invert_yaxis()
-    ax.set_xlabel("x (um)")
-    ax.set_ylabel("y (um)")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
     ax.set_title(title)
     if save is not None:
         ax.figure.savefig(save, dpi=150, bbox_inches="tight")
@@ -226,7 +226,10 @@ def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha
     _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha,
                  label=None if color is None else value_label(table, color, layer),
                  outline="black")
-    _finish(ax, region, title if title is not None else (color or "table"), save)
+    # scanpy's and squidpy's own tables hold full-resolution pixels in obsm["spatial"]
+    source = record[1].get("metadata", {}).get("source") if record is not None else "histoexpr"
+    _finish(ax, region, title if title is not None else (color or "table"), save,
+            unit="um" if source == "histoexpr" else "full-resolution px")
     return ax
 
 
