@@ -423,3 +423,26 @@ def test_read_st_takes_comma_separated_files(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"is a spot file \(it has pixel_x and pixel_y\), not "
                                          r"counts: pass it as spots="):
         hx.io.read_st(spots, counts, image)
+
+
+@bad_input("silently wrong", "a JPEG whose EXIF orientation tag says 'turned' (viewers show it "
+           "rotated; histoexpr reads the stored pixels)",
+           says="warning: ... carries EXIF orientation 6: image viewers show it turned or "
+                "mirrored, but it is read as stored",
+           fix="save it upright first (PIL.ImageOps.exif_transpose) if the spots sit off the "
+               "tissue")
+def test_exif_orientation_is_named(tmp_path, caplog):
+    from PIL import Image
+
+    rgb = _he_pixels()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(rgb).save(tmp_path / "upright.jpg", quality=95)
+    with caplog.at_level(logging.WARNING, logger="histoexpr"):
+        upright, _ = _read(tmp_path / "upright.jpg")
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="histoexpr"):
+        turned, _ = _read(tmp_path / "turned.jpg")
+    assert "carries EXIF orientation 6" in caplog.text
+    np.testing.assert_array_equal(turned, upright)  # the stored pixels, not turned

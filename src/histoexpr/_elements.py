@@ -155,6 +155,14 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
             Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
             with Image.open(path) as image:
                 mode = image.mode
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation; 1 is upright
+                if orientation not in (1, None):
+                    logger.warning(
+                        "%s carries EXIF orientation %s: image viewers show it turned or "
+                        "mirrored, but it is read as stored (coordinates of spots or "
+                        "transcripts usually refer to the stored pixels). If they sit off the "
+                        "tissue, save it upright first: PIL.ImageOps.exif_transpose(image).",
+                        path.name, orientation)
                 if colours and mode in _PIL_CONVERT:
                     logger.info("Converted %s from PIL mode %s to %s (its stored values are not "
                                 "the colours).", path.name, mode, _PIL_CONVERT[mode])
