@@ -171,9 +171,9 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
 
     check_max_side(max_side)
     if image_key is not None and image_key not in sdata.images and image_key not in sdata.labels:
+        choice = "image_key= with one of them, or " if len(sdata.images) else ""
         raise KeyError(f"sdata has no image {image_key!r} (images: {sorted(sdata.images)}). Pass "
-                       f"image_key= with one of them, or image_key=None to draw "
-                       f"{shapes_key!r} alone.")
+                       f"{choice}image_key=None to draw {shapes_key!r} alone.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False
