@@ -37,8 +37,8 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     scale (``scale0``, ``scale1``, ...) of a dask-backed image, and no pixel is decoded until a
     region is read (e.g. with :func:`histoexpr.io.read_region`). A plain JPEG or PNG image (an
     H&E photographed or exported without a pyramid) is read whole into memory instead, with
-    its pyramid made as :func:`read_st` makes it; such files do not state their pixel size, so
-    ``mpp`` must be given.
+    its pyramid made as :func:`histoexpr.io.read_st` makes it; such files do not state their
+    pixel size, so ``mpp`` must be given.
 
     Parameters
     ----------
