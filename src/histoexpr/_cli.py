@@ -80,7 +80,8 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--model", "-m", type=Path, required=True, metavar="M",
                          help="model file written by hx.io.save_model")
     predict.add_argument("--image", "-i", type=Path, required=True, metavar="SLIDE",
-                         help="whole-slide image (SVS, NDPI, TIFF...) or a SpatialData .zarr store")
+                         help="whole-slide image (SVS, NDPI, TIFF...; a JPEG/PNG with --mpp) or a "
+                              "SpatialData .zarr store")
     predict.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.zarr",
                          help="SpatialData store to write")
     predict.add_argument("--image-key", default=None,
@@ -207,7 +208,9 @@ def _read_slide(path: Path, *, image_key: str, mpp: float | None):
     try:
         return hx.io.read_wsi(path, mpp=mpp, image_key=image_key)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Cannot read {path} as a slide: {error}") from error
+        hint = (" On the command line: --mpp 0.5 (um per pixel of the image)."
+                if mpp is None and "mpp=" in str(error) else "")
+        raise ValueError(f"Cannot read {path} as a slide: {error}{hint}") from error
 
 
 def _tile_as_trained(sdata, metadata: dict, image_key: str) -> None:

@@ -106,14 +106,26 @@ def to_cyx(array: np.ndarray, layout: str | None = None) -> np.ndarray:
     )
 
 
-def read_plain_image(path: str | Path, what: str = "image") -> np.ndarray:
+#: PIL modes whose values are not intensities of the colours seen: converted to these modes
+_PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB",
+                "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA", "La": "LA", "1": "L"}
+
+
+def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = True) -> np.ndarray:
     """Read a JPEG/PNG/TIFF image completely into memory as ``(c, y, x)``.
 
     Used for the images that come beside spatial transcriptomics data (at most ~100 Mpx);
     whole-slide images go through :func:`histoexpr.io.read_wsi`, which reads lazily.
+
+    With ``colours`` (an image, not a label map) the pixels are the colours seen: a palette
+    image (PNG ``P``) is expanded to its colours, CMYK or YCbCr to RGB, and an alpha channel
+    (RGBA, grey + alpha) is dropped, with a log line (a warning where some pixels are not
+    opaque), so that an H&E saved with transparency has the 3 channels of any other H&E.
+    ``colours=False`` keeps the stored values (a label map saved as a palette PNG).
     """
     path = existing_file(path, what)
     suffix = path.suffix.lower()
+    unsupported = None
     try:
         if suffix in {".tif", ".tiff"}:
             import tifffile
@@ -123,24 +135,76 @@ def read_plain_image(path: str | Path, what: str = "image") -> np.ndarray:
                     raise ValueError("it holds no image (an empty or truncated file)")
                 axes = tif.series[0].axes
                 array = tif.series[0].asarray()
+                page = tif.pages[0]
+                photometric = getattr(page.photometric, "name", str(page.photometric))
+                extra = len(getattr(page, "extrasamples", ()) or ())
+            if colours and photometric not in {"MINISBLACK", "RGB"}:
+                unsupported = photometric
             squeezed = "".join(a for a, n in zip(axes, array.shape, strict=True)
                                if n > 1 or a in "YX")
             array = array.reshape([n for a, n in zip(axes, array.shape, strict=True)
                                    if n > 1 or a in "YX"])
             layout = {"YXS": "yxc", "YXC": "yxc", "SYX": "cyx", "CYX": "cyx"}.get(squeezed)
+            if colours and extra == 1 and squeezed in {"YXS", "SYX"}:
+                samples = array if squeezed == "YXS" else np.moveaxis(array, 0, -1)
+                if samples.shape[-1] in (2, 4):  # grey or RGB + one extra sample: its alpha
+                    array, layout = _drop_alpha(samples, path.name), "yxc"
         else:
             from PIL import Image
 
             Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
             with Image.open(path) as image:
+                mode = image.mode
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation; 1 is upright
+                if orientation not in (1, None):
+                    logger.warning(
+                        "%s carries EXIF orientation %s: image viewers show it turned or "
+                        "mirrored, but it is read as stored (coordinates of spots or "
+                        "transcripts usually refer to the stored pixels). If they sit off the "
+                        "tissue, save it upright first: PIL.ImageOps.exif_transpose(image).",
+                        path.name, orientation)
+                if colours and mode in _PIL_CONVERT:
+                    logger.info("Converted %s from PIL mode %s to %s (its stored values are not "
+                                "the colours).", path.name, mode, _PIL_CONVERT[mode])
+                    image = image.convert(_PIL_CONVERT[mode])
                 array = np.asarray(image)
             layout = "yxc"
+            if colours and array.ndim == 3 and array.shape[-1] in (2, 4):
+                array = _drop_alpha(array, path.name)
     except (OSError, ValueError, IndexError, EOFError) as error:
         raise ValueError(
             f"Could not read the {what} {str(path)!r} ({error}). "
             "Pass a JPEG, PNG or TIFF image (a complete, not truncated, file)."
         ) from error
+    if unsupported is not None:
+        raise ValueError(
+            f"The {what} {str(path)!r} stores its pixels as {unsupported} (not grey or RGB), "
+            "which histoexpr does not convert. Save it as an RGB or grey image first, e.g. "
+            "PIL.Image.open(path).convert('RGB').save('he.png').")
+    if colours and array.dtype.kind == "f" and array.size:
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if low < 0 or high > 1:
+            logger.warning(
+                "The %s %s holds floating-point pixels from %.4g to %.4g, but histoexpr reads "
+                "float pixels as intensities from 0 to 1 (integers are scaled by their type's "
+                "maximum), so its tiles would not look like other images' to a model. Save it "
+                "as 8- or 16-bit integers (or scaled to 0..1).", what, path.name, low, high)
     return to_cyx(array, layout)
+
+
+def _drop_alpha(array: np.ndarray, name: str) -> np.ndarray:
+    """``(y, x, c)`` with grey + alpha or RGBA -> grey or RGB, saying whether it was opaque."""
+    alpha = array[..., -1]
+    opaque = np.iinfo(array.dtype).max if array.dtype.kind in "ui" else 1.0
+    transparent = float(np.mean(alpha < opaque))
+    if transparent:
+        logger.warning("Dropped the alpha channel of %s: %.1f%% of its pixels are not opaque, "
+                       "and keep the colour stored under them. Flatten the image onto its "
+                       "background first if that colour is not the background.", name,
+                       100 * transparent)
+    else:
+        logger.info("Dropped the alpha channel of %s (every pixel opaque).", name)
+    return array[..., :-1]
 
 
 def read_text_table(path: str | Path, what: str, **options):
@@ -236,12 +300,25 @@ def image_element(data, *, mpp: float, channels: Sequence[str] | None = None) ->
 
     height, width = data.shape[1:]
     chunks = (data.shape[0], min(CHUNK_PX, height), min(CHUNK_PX, width))
-    return Image2DModel.parse(
+    element = Image2DModel.parse(
         data, dims=("c", "y", "x"),
         c_coords=list(channels) if channels is not None else channel_names(data.shape[0]),
         scale_factors=pyramid_factors(height, width),
         transformations=scale_to_global(mpp), chunks=chunks,
     )
+    if isinstance(data, np.ndarray) and len(element) > 1:
+        # The coarser levels are lazy reductions of the whole in-memory image: left lazy, every
+        # read of one (tissue detection, fingerprints, plots) would redo them (about 10 s for a
+        # her2st image). They cost a third of the image's memory: compute them once, here.
+        import dask
+        import dask.array as da
+
+        names = [name for name in element if name != "scale0"]
+        levels = dask.compute(*(element[name]["image"].data for name in names))
+        for name, level in zip(names, levels, strict=True):
+            node = element[name]["image"]
+            node.data = da.from_array(level, chunks=node.data.chunksize)
+    return element
 
 
 def image_element_from_levels(levels: Sequence, *, mpp: float,

@@ -130,11 +130,25 @@ def read_st(
                        tables={"table": adata})
 
 
+def _separator(path: Path) -> str:
+    """Tab (the ST pipeline's), or comma where the first line has commas and no tab."""
+    import gzip
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", errors="replace") as handle:
+            first = handle.readline()
+    except (OSError, EOFError):
+        return "\t"  # read_text_table names the problem
+    return "," if "\t" not in first and "," in first else "\t"
+
+
 def _read_counts(path: Path) -> pd.DataFrame:
     """Read the counts as spots x genes, spots named ``"{x}x{y}"``."""
-    table = read_text_table(path, "counts", sep="\t", index_col=0)
+    sep = _separator(path)
+    table = read_text_table(path, "counts", sep=sep, index_col=0)
     # pandas renames repeated column names ('IGKC', 'IGKC.1') without a word: take them as written
-    header = read_text_table(path, "counts", sep="\t", header=None, nrows=1, dtype=str)
+    header = read_text_table(path, "counts", sep=sep, header=None, nrows=1, dtype=str)
     if header.shape[1] == table.shape[1] + 1:
         table.columns = [str(c) for c in header.iloc[0, 1:]]
     rows = table.index.astype(str).str.match(_SPOT_NAME).mean() if len(table) else 0.0
@@ -143,10 +157,14 @@ def _read_counts(path: Path) -> pd.DataFrame:
         logger.info("The counts in %s have spots as columns; transposing them.", path.name)
         table = table.T
     elif rows < 0.5:
+        if {"pixel_x", "pixel_y"} <= {str(c) for c in table.columns} | {table.index.name}:
+            raise ValueError(f"{path.name!r} is a spot file (it has pixel_x and pixel_y), not "
+                             "counts: pass it as spots= and the counts table as counts=.")
         raise ValueError(
             f"The counts table {path.name!r} has no spots named like '12x7' ('{{x}}x{{y}}' array "
-            f"coordinates) in its rows or columns (first rows: {list(table.index[:3])}). Pass the "
-            "ST counts table (spots x genes, tab-separated)."
+            f"coordinates) in its rows or columns (first rows: "
+            f"{[str(i)[:40] for i in table.index[:3]]}). Pass the ST counts table (spots x genes, "
+            "tab- or comma-separated)."
         )
     table.index = table.index.astype(str)
     if not table.columns.is_unique:
@@ -163,13 +181,14 @@ def _read_counts(path: Path) -> pd.DataFrame:
 
 def _read_spot_file(path: Path) -> pd.DataFrame:
     """Read the spot file, indexed by ``"{x}x{y}"``."""
-    positions = read_text_table(path, "spot", sep="\t")
+    positions = read_text_table(path, "spot", sep=_separator(path))
     missing = [c for c in _SPOT_COLUMNS if c not in positions.columns]
     if missing:
         raise ValueError(
             f"The spot file {path.name!r} lacks the column(s) {missing} (it has "
-            f"{list(positions.columns)}). Pass a tab-separated spot file with the columns "
-            "x, y, pixel_x, pixel_y (as written by the ST spot detector or STUtility)."
+            f"{[str(c)[:40] for c in positions.columns[:12]]}). Pass a tab- or comma-separated "
+            "spot file with the columns x, y, pixel_x, pixel_y (as written by the ST spot "
+            "detector or STUtility)."
         )
     numeric_table(positions[list(_SPOT_COLUMNS)],
                   f"columns x, y, pixel_x, pixel_y of {path.name!r}")

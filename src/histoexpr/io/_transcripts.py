@@ -214,7 +214,7 @@ def _labels_array(labels) -> np.ndarray:
 
             array = sparse.load_npz(path).toarray()
         else:
-            array = read_plain_image(path, "labels")[0]
+            array = read_plain_image(path, "labels", colours=False)[0]
     else:
         array = np.asarray(labels)
     if array.ndim != 2:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._elements import (
+    channel_names,
     check_mpp,
     existing_file,
     image_element_from_levels,
@@ -76,9 +77,12 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
     path = existing_file(path, "Visium folder")
     spatial = path / "spatial"
     if not spatial.is_dir():
+        inside = next((folder for folder in (path.parent, path.parent.parent)
+                       if (folder / "spatial").is_dir()), None)
+        hint = f" (e.g. {str(inside)!r}, which holds the spatial/ folder)" if inside else ""
         raise FileNotFoundError(
-            f"{str(path)!r} has no 'spatial/' folder; pass the Space Ranger output folder (the "
-            "one holding spatial/ and filtered_feature_bc_matrix.h5 or its folder)."
+            f"{str(path)!r} has no 'spatial/' folder; pass the Space Ranger output folder{hint}, "
+            "the one holding spatial/ and filtered_feature_bc_matrix.h5 or its folder."
         )
     scalefactors = json.loads(existing_file(
         spatial / "scalefactors_json.json", "scale factors",
@@ -100,10 +104,7 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
         file = spatial / name
         if not file.exists():
             continue
-        image = read_plain_image(file, "Visium image")
-        if image.shape[0] == 4:
-            logger.info("Dropped the alpha channel of %s.", name)
-            image = image[:3]
+        image = read_plain_image(file, "Visium image")  # RGB or grey: an alpha channel dropped
         if image.min() == image.max():
             logger.warning("Ignoring %s: it is blank (every pixel %s), a placeholder.", name,
                            image.min())
@@ -114,7 +115,7 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
 
         element = image_element_from_levels(
             [da.from_array(image, chunks=(image.shape[0], 1024, 1024)) for image, _ in levels],
-            mpp=levels[0][1], channels=["r", "g", "b"][: levels[0][0].shape[0]])
+            mpp=levels[0][1], channels=channel_names(levels[0][0].shape[0]))
         images[image_key] = element
         log_added("images", image_key, f"{len(levels)} level(s), {levels[0][1]:.4g} um/px")
     else:

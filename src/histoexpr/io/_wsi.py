@@ -6,7 +6,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._elements import channel_names, check_mpp, existing_file, image_element_from_levels
+from .._elements import (
+    channel_names,
+    check_mpp,
+    existing_file,
+    image_element,
+    image_element_from_levels,
+    read_plain_image,
+)
 from .._utils import log_added, logger
 
 if TYPE_CHECKING:
@@ -28,16 +35,19 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     SVS (Aperio), NDPI (Hamamatsu) and generic tiled, pyramidal TIFF / OME-TIFF files are read
     through :mod:`tifffile`'s zarr interface: every pyramid level stored in the file becomes one
     scale (``scale0``, ``scale1``, ...) of a dask-backed image, and no pixel is decoded until a
-    region is read (e.g. with :func:`histoexpr.io.read_region`).
+    region is read (e.g. with :func:`histoexpr.io.read_region`). A plain JPEG or PNG image (an
+    H&E photographed or exported without a pyramid) is read whole into memory instead, with
+    its pyramid made as :func:`histoexpr.io.read_st` makes it; such files do not state their
+    pixel size, so ``mpp`` must be given.
 
     Parameters
     ----------
     path
-        The slide file.
+        The slide file (or a plain JPEG/PNG image).
     mpp
         Pixel size of the full-resolution level in um/px. Read from the file's metadata when
         ``None`` (SVS ``MPP =``, OME ``PhysicalSizeX``, TIFF ``XResolution``/``ResolutionUnit``);
-        a value given here overrides the metadata.
+        a value given here overrides the metadata. Required for a JPEG or PNG image.
     image_key
         Key of the image in ``sdata.images``.
 
@@ -51,14 +61,16 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     from spatialdata import SpatialData
 
     path = existing_file(path, "slide")
+    if path.is_file() and _plain_image_format(path) is not None:
+        return _read_plain_slide(path, mpp=mpp, image_key=image_key)
     try:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, ValueError, OSError) as error:
         raise ValueError(
             f"{str(path)!r} is not a slide histoexpr can read ({error}). read_wsi reads TIFF-based "
-            "slides: SVS, NDPI, tiled/pyramidal TIFF and OME-TIFF. Convert other formats (e.g. "
-            "MRXS, CZI) to pyramidal OME-TIFF first (e.g. with bfconvert or vips tiffsave), or "
-            "read plain JPEG/PNG images with read_transcripts(image=...) or read_st."
+            "slides (SVS, NDPI, tiled/pyramidal TIFF and OME-TIFF) and plain JPEG/PNG images. "
+            "Convert other formats (e.g. MRXS, CZI) to pyramidal OME-TIFF first (e.g. with "
+            "bfconvert or vips tiffsave)."
         ) from error
     if hasattr(tif.filehandle, "set_lock"):
         tif.filehandle.set_lock(True)  # dask reads tiles from several threads
@@ -79,6 +91,12 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     mpp = check_mpp(mpp)
 
     levels = [_level_array(series, i) for i in range(len(series.levels))]
+    page = series.levels[0].keyframe
+    if (getattr(page.photometric, "name", "") == "RGB" and levels[0].shape[0] == 4
+            and len(getattr(page, "extrasamples", ()) or ()) == 1):
+        # RGB + alpha: the alpha is no stain; dropped (lazily) so the slide is RGB like others
+        logger.info("Dropped the alpha channel of %s (RGB + alpha).", path.name)
+        levels = [level[:3] for level in levels]
     n_channels = levels[0].shape[0]
     single = "dapi" if image_key == "dapi" else "c0"
     element = image_element_from_levels(levels, mpp=mpp,
@@ -87,6 +105,36 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     logger.info("Read %s: %d level(s) (%s px), %.4g um/px (from %s)", path.name, len(levels),
                 shapes, mpp, source)
     log_added("images", image_key, f"{len(levels)} levels, {mpp:.4g} um/px")
+    return SpatialData(images={image_key: element})
+
+
+def _plain_image_format(path: Path) -> str | None:
+    """``"JPEG"`` or ``"PNG"`` where the file is one (by its first bytes), else ``None``."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    return None
+
+
+def _read_plain_slide(path: Path, *, mpp: float | None, image_key: str) -> SpatialData:
+    """A JPEG or PNG image, read whole, as the one multiscale image of a SpatialData."""
+    from spatialdata import SpatialData
+
+    kind = _plain_image_format(path)
+    if mpp is None:
+        raise ValueError(
+            f"{path.name!r} is a {kind} image, which does not state its pixel size. Pass it: "
+            "read_wsi(path, mpp=0.5) for an image at 0.5 um/px (about 20x).")
+    mpp = check_mpp(mpp)
+    pixels = read_plain_image(path, "slide")
+    single = "dapi" if image_key == "dapi" else "c0"
+    element = image_element(pixels, mpp=mpp, channels=channel_names(pixels.shape[0], single))
+    logger.info("Read %s (%s, %dx%d px, read whole into memory), %.4g um/px (from mpp=)",
+                path.name, kind, pixels.shape[2], pixels.shape[1], mpp)
+    log_added("images", image_key, f"{pixels.shape[2]}x{pixels.shape[1]} px, {mpp:.4g} um/px")
     return SpatialData(images={image_key: element})
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._image import image_levels, read_region
 from .._spatial_uns import spatial_record
-from .._utils import require_element
+from .._utils import logger, require_element
 from ._docs import shared_docs
 
 if TYPE_CHECKING:
@@ -170,6 +170,10 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
     import matplotlib.pyplot as plt
 
     check_max_side(max_side)
+    if image_key is not None and image_key not in sdata.images and image_key not in sdata.labels:
+        choice = "image_key= with one of them, or " if len(sdata.images) else ""
+        raise KeyError(f"sdata has no image {image_key!r} (images: {sorted(sdata.images)}). Pass "
+                       f"{choice}image_key=None to draw {shapes_key!r} alone.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False
@@ -187,15 +191,15 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
     return ax
 
 
-def _finish(ax: Axes, region, title: str, save) -> None:
+def _finish(ax: Axes, region, title: str, save, unit: str = "um") -> None:
     ax.set_aspect("equal")
     if region is not None:
         ax.set_xlim(region[0], region[2])
         ax.set_ylim(region[3], region[1])
     if not ax.yaxis_inverted():  # image convention: y grows downwards
         ax.invert_yaxis()
-    ax.set_xlabel("x (um)")
-    ax.set_ylabel("y (um)")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
     ax.set_title(title)
     if save is not None:
         ax.figure.savefig(save, dpi=150, bbox_inches="tight")
@@ -222,14 +226,29 @@ def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha
     _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha,
                  label=None if color is None else value_label(table, color, layer),
                  outline="black")
-    _finish(ax, region, title if title is not None else (color or "table"), save)
+    # scanpy's and squidpy's own tables hold full-resolution pixels in obsm["spatial"]
+    source = record[1].get("metadata", {}).get("source") if record is not None else "histoexpr"
+    _finish(ax, region, title if title is not None else (color or "table"), save,
+            unit="um" if source == "histoexpr" else "full-resolution px")
     return ax
 
 
-def draw_table_image(ax: Axes, record: dict) -> np.ndarray:
-    """Show the ``"hires"`` image of a ``uns["spatial"]`` record in micrometres."""
-    image = np.asarray(record["images"]["hires"])
-    scale = float(record["scalefactors"]["tissue_hires_scalef"])  # image pixels per um
+def draw_table_image(ax: Axes, record: dict) -> np.ndarray | None:
+    """Show the image of a ``uns["spatial"]`` record in the units of ``obsm["spatial"]`` (um).
+
+    The ``"hires"`` image, else the ``"lowres"`` one (with its own scale factor), as scanpy's
+    ``sc.pl.spatial`` takes them; a record with neither draws no image (logged).
+    """
+    images = record.get("images", {})
+    scalefactors = record.get("scalefactors", {})
+    name = next((n for n in ("hires", "lowres") if n in images
+                 and f"tissue_{n}_scalef" in scalefactors), None)
+    if name is None:
+        logger.info("The table's uns['spatial'] record has no 'hires' or 'lowres' image with its "
+                    "scale factor; drawing the spots without an image.")
+        return None
+    image = np.asarray(images[name])
+    scale = float(scalefactors[f"tissue_{name}_scalef"])  # image pixels per unit of obsm
     height, width = image.shape[:2]
     ax.imshow(image, extent=(0, width / scale, height / scale, 0),
               cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")

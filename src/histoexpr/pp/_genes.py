@@ -104,9 +104,16 @@ def shared_genes(tables: Sequence[AnnData]) -> list[str]:
 
 
 def _as_list(adatas) -> list:
+    if hasattr(adatas, "tables") and hasattr(adatas, "images"):  # a SpatialData
+        adatas = [adatas]
     tables = [adatas] if hasattr(adatas, "var_names") else list(adatas)
     if not tables:
         raise ValueError("No spot table given.")
+    wrong = [type(t).__name__ for t in tables if not hasattr(t, "var_names")]
+    if wrong:
+        raise TypeError(
+            f"select_genes takes spot tables (AnnData), got {wrong[0]}. Pass the section's spot "
+            "table, e.g. hx.pp.select_genes(sdata.tables['table'], n_top=50), or a list of them.")
     return tables
 
 
@@ -138,8 +145,14 @@ def _scanpy_hvg(pooled: AnnData, *, n_top: int, flavor: str, n_sections: int) ->
             inplace=False)
         score = frame["residual_variances"].to_numpy()
     elif flavor == "seurat_v3":
-        frame = sc.pp.highly_variable_genes(pooled, flavor="seurat_v3", n_top_genes=n_top,
-                                            batch_key=batch_key, inplace=False)
+        try:
+            frame = sc.pp.highly_variable_genes(pooled, flavor="seurat_v3", n_top_genes=n_top,
+                                                batch_key=batch_key, inplace=False)
+        except ImportError as error:  # scanpy needs scikit-misc (skmisc) for this flavour
+            raise ImportError(
+                f"flavor='seurat_v3' needs the package scikit-misc ({error}). Install it (pip "
+                "install scikit-misc), or choose flavor='pearson_residuals' or "
+                "'top_expressed'.") from error
         score = frame["variances_norm"].to_numpy()
     else:
         logged = pooled.copy()

@@ -140,6 +140,16 @@ def evaluate_expression(
     if not names:
         raise ValueError(f"No predicted gene is measured in sdata.tables[{truth_key!r}].")
     spot_rows, tile_rows = _match_spots(pred, truth, _spot_centres(sdata, truth, truth_key))
+    library = np.asarray(library_sizes(truth[spot_rows]), dtype=np.float64).ravel()
+    counted = library > 0
+    if not counted.all():  # no counts: no normalised expression to score (fit drops them too)
+        logger.info("%d of %d spots have no counts in %r and are left out.",
+                    int((~counted).sum()), len(counted), truth_key)
+        spot_rows, tile_rows = spot_rows[counted], tile_rows[counted]
+        if len(spot_rows) < 3:
+            raise ValueError(f"Only {len(spot_rows)} spots with counts have a predicted tile (a "
+                             "correlation needs at least 3). Evaluate on a section with more "
+                             "spots.")
     measured = truth[spot_rows]
     predicted = pred[tile_rows][:, names].X
     return gene_correlations(np.asarray(predicted), expression_targets(measured, names),
@@ -296,7 +306,11 @@ def _match_spots(pred, truth, centres: tuple[np.ndarray, str | None]) -> tuple[n
     if len(spot_rows) < truth.n_obs:
         logger.info("%d of %d spots have no predicted tile and are left out.",
                     truth.n_obs - len(spot_rows), truth.n_obs)
+    if truth.n_obs < 3:
+        raise ValueError(f"The truth table holds {truth.n_obs} spot(s); a correlation needs at "
+                         "least 3. Evaluate on a section (or several) with more spots.")
     if len(spot_rows) < 3:
-        raise ValueError("Fewer than 3 spots have a predicted tile: predict on tiles that cover "
-                         "the spots (e.g. tiles centred on them).")
+        raise ValueError(f"Only {len(spot_rows)} of the {truth.n_obs} spots have a predicted "
+                         "tile (a correlation needs at least 3): predict on tiles that cover the "
+                         "spots (e.g. tiles centred on them).")
     return np.asarray(spot_rows), np.asarray(tile_rows)

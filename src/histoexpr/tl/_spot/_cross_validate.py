@@ -6,6 +6,7 @@ that trains.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,8 @@ def cross_validate_spots(
         The group (patient) of each section: folds hold out a whole group. ``None`` holds out one
         section at a time.
     n_genes
-        Genes per fold.
+        Genes per fold, chosen on its training sections. To score a fixed list of genes chosen
+        beforehand instead, pass ``genes=[...]`` (a number there is refused: it is ``n_genes``).
     gene_flavor
         Ranking of the genes, as :func:`histoexpr.pp.select_genes` takes it.
     table_key
@@ -73,7 +75,14 @@ def cross_validate_spots(
     name = getattr(model, "model", model)
     if name != "spot_regressor":
         raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
-    options = options_for(model, genes=n_genes, gene_flavor=gene_flavor, table_key=table_key,
+    fixed = "genes" in fit_kwargs
+    genes = fit_kwargs.pop("genes") if fixed else n_genes
+    if fixed and isinstance(genes, numbers.Number):
+        raise TypeError(
+            f"cross_validate chooses the genes inside each fold: pass their number as "
+            f"n_genes={genes!r} (ranked by gene_flavor=), not genes=. genes= takes a fixed list "
+            "of gene names chosen beforehand.")
+    options = options_for(model, genes=genes, gene_flavor=gene_flavor, table_key=table_key,
                           **fit_kwargs)  # checked once, before the first fold
     groups = {name: name for name in sections} if groups is None else dict(groups)
     missing = [name for name in sections if name not in groups]

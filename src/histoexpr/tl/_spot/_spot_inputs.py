@@ -89,10 +89,13 @@ def _canonical(value: Any) -> str:
 
 
 def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
+    options = {"images": "image_key", "shapes": "spots_key", "tables": "table_key"}
     for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):
         if key not in getattr(sdata, kind):
-            raise KeyError(f"Section {name!r} has no sdata.{kind}[{key!r}]: a spot regressor "
-                           "learns from an image, its spots and their counts.")
+            raise KeyError(f"Section {name!r} has no sdata.{kind}[{key!r}] (it has "
+                           f"{sorted(getattr(sdata, kind))}): a spot regressor learns from an "
+                           f"image, its spots and their counts. Pass {options[kind]}= to name "
+                           "the one to use.")
     table = sdata.tables[table_key]
     if "spot_id" not in table.obs:
         raise KeyError(f"sdata.tables[{table_key!r}] of section {name!r} has no obs['spot_id'] "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,10 +37,16 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     for train, test in splits:
         transform, _ = _standardise_and_project(x[train], n_components)
         predictions = _ridge_path(transform(x[train]), y[train], transform(x[test]), alphas)
-        scores += [np.nanmean(column_pearson(p, y[test])) for p in predictions]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a fold too small to score: NaN
+            scores += [np.nanmean(column_pearson(p, y[test])) for p in predictions]
     scores /= len(splits)
     best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(alphas) // 2
     alpha = float(alphas[best])
+    if not np.isfinite(scores).any():
+        logger.warning("No inner fold could score the ridge penalties (%d spots: too few, or "
+                       "flat expression); alpha %g, the middle of alphas, was used. Train on more "
+                       "spots, or pass alphas=[...] with the one penalty to use.", len(x), alpha)
     if best in (0, len(alphas) - 1):
         logger.info("The chosen ridge alpha %g lies at the end of the alphas tried; consider "
                     "a wider range.", alpha)
