@@ -63,8 +63,9 @@ def embed_cohort(
       flight (their temporary folders are cleaned up by the next run);
     - **bounded memory**: a task holds one slide's tissue map, tile geometry and features, and
       reads the tiles in batches (through a cache of decoded chunks of at most 128 MiB, emptied
-      after every slide), so that a worker's memory does not grow with the number or the size
-      of the slides (``benchmarks/README.md``);
+      after every slide), so that a worker's memory stays close to flat in the number and the
+      size of the slides (``benchmarks/README.md``: 24 slides of 20,000 px, 1.14x the peak of
+      one);
     - **parallel** with a ``dask.distributed`` ``client``: slides are mapped over its workers
       (``client.map``), each worker running as many slides at once as it has threads. Give
       workers one thread each (``LocalCluster(n_workers=4, threads_per_worker=1)``) to bound
