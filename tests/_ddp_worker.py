@@ -7,6 +7,10 @@ its own file, which only rank 0 may do.
 
 ``_ddp_worker.py OUT pretrain``: pretrains a small encoder with hx.tl.pretrain by SimCLR and by
 MoCo (deterministic views, no batch-normalisation statistics) and, on rank 0, writes both.
+
+``_ddp_worker.py OUT mil SLIDES STORES``: cross-validates attention MIL on a cohort whose stores
+are already embedded (tests/test_cohort.py); the out-of-fold per-tile results go into the
+stores, which rank 0 alone may write; rank 0 writes the bag predictions.
 """
 
 from __future__ import annotations
@@ -120,8 +124,26 @@ def run_pretrain(out: Path) -> None:
     dist.destroy_process_group()
 
 
+MIL_OPTIONS = {"genes": ["EPCAM", "KRT8"], "groups": "patient", "n_folds": 3, "epochs": 4,
+               "hidden": 16, "val_fraction": 0, "seed": 0, "batch_size": 4, "device": "cpu"}
+
+
+def run_mil(out: Path, slides: Path, stores: Path) -> None:
+    import histoexpr as hx
+
+    hx.settings.progress_bar = False
+    torch.set_num_threads(1)
+    cohort = hx.io.read_cohort(slides, bulk=slides.parent / "bulk.h5ad", store_dir=stores)
+    result = hx.tl.cross_validate(cohort, model="abmil", key_added="cv_ddp", **MIL_OPTIONS)
+    if dist.get_rank() == 0:
+        torch.save({"X": torch.as_tensor(result.X)}, out / "mil_ddp.pt")
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    if sys.argv[2:] == ["pretrain"]:
+    if sys.argv[2:3] == ["mil"]:
+        run_mil(Path(sys.argv[1]), Path(sys.argv[3]), Path(sys.argv[4]))
+    elif sys.argv[2:] == ["pretrain"]:
         run_pretrain(Path(sys.argv[1]))
     else:
         run(Path(sys.argv[1]))

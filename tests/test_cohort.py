@@ -357,3 +357,41 @@ def test_embed_cohort_needs_a_cohort_on_disk():
     cohort = hx.datasets.synthetic_cohort(2, seed=0, size_um=100)
     with pytest.raises(TypeError, match="read_cohort"):
         hx.tl.embed_cohort(cohort)
+
+
+@pytest.mark.slow
+def test_two_processes_cross_validate_from_the_stores_as_one(embedded, slide_folder, tmp_path,
+                                                             one_thread):
+    """Attention MIL under torchrun (two gloo processes) on a cohort on disk: the processes
+    share each batch, rank 0 alone writes the out-of-fold results into the stores (both writing
+    would race: the second finds the first's results and refuses), and the predictions are those
+    of one process to float32 summation order."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _ddp_worker
+
+    cohort, _ = embedded
+    stores = tmp_path / "stores"
+    shutil.copytree(cohort.store_dir, stores)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+         "--nproc_per_node=2", str(Path(_ddp_worker.__file__)), str(tmp_path), "mil",
+         str(slide_folder), str(stores)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = torch.load(tmp_path / "mil_ddp.pt", weights_only=True)["X"].numpy()
+    single = hx.tl.cross_validate(cohort, model="abmil", key_added="cv_single",
+                                  **_ddp_worker.MIL_OPTIONS)
+    np.testing.assert_allclose(ddp, single.X, rtol=1e-3, atol=1e-4)
+    again = hx.io.read_cohort(slide_folder, bulk=slide_folder.parent / "bulk.h5ad",
+                              store_dir=stores)
+    for slide_id in cohort.ids:
+        assert "cv_ddp" in again.store(slide_id).results_keys("he_tiles")
+    written = again["slide_00"].tables["he_tiles_table"].obsm["cv_ddp"].to_numpy()
+    expected = cohort["slide_00"].tables["he_tiles_table"].obsm["cv_single"].to_numpy()
+    np.testing.assert_allclose(written, expected, rtol=1e-3, atol=1e-4)

@@ -59,6 +59,14 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def barrier() -> None:
+    """Wait until every process of the group is here (nothing without a group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def process_device(device: str, ctx: Context) -> str:
     """The device of this process: ``cuda:<local rank>`` for a CUDA run, otherwise ``device``."""
     if torch.device(device).type == "cuda":

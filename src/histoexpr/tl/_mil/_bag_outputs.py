@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ... import _distributed
 from ..._utils import log_added, logger
 from ._bag_data import (
     Bags,
@@ -130,16 +131,22 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
     import pandas as pd
 
     if bags.stores is not None:
+        # under torchrun every process predicts the same values: rank 0 alone writes the stores,
+        # after every process has checked them and before any reads them again
+        _distributed.context()
         if not overwrite:
             taken = [name for name in tile_outputs
                      if key_added in bags.stores[name].results_keys(bags.tiles_key)]
             if taken:
                 raise KeyError(f"The stores of {taken[:3]} already hold results {key_added!r}; "
                                "pass overwrite=True or choose another key_added.")
-        for name, outputs in tile_outputs.items():
-            bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
-                                            tile_attention[name], columns=columns,
-                                            branches=branches, overwrite=overwrite)
+        _distributed.barrier()
+        if _distributed.is_main_process():
+            for name, outputs in tile_outputs.items():
+                bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
+                                                tile_attention[name], columns=columns,
+                                                branches=branches, overwrite=overwrite)
+        _distributed.barrier()
         bags.sections.forget()
         logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
                     key_added, len(tile_outputs))
