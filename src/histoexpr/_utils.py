@@ -156,6 +156,28 @@ def check_key_free(sdata: SpatialData, key: str, *, overwrite: bool,
         del getattr(sdata, kind)[key]
 
 
+def discard_element(sdata: SpatialData, key: str) -> None:
+    """Remove the element ``key`` that the running call itself has just stored, and its record.
+
+    For a call that refuses after one of its steps stored an element (e.g. ``hx.pp.tile``
+    detecting the tissue map and then finding no tile on tissue): the refused call leaves
+    ``sdata`` as it found it. Only for an element stored in this same call.
+    """
+    kind = element_kind(sdata, key)
+    if kind is None:
+        return
+    del getattr(sdata, kind)[key]
+    mine = dict(sdata.attrs.get(WRITER_KEY) or {})
+    written = dict(mine.get("written") or {})
+    if written.pop(key, None) is not None:
+        mine["written"] = written
+        if written or set(mine) != {"written"}:
+            sdata.attrs[WRITER_KEY] = mine
+        else:
+            del sdata.attrs[WRITER_KEY]
+    logger.info("Removed `sdata.%s[%r]`, written by this refused call.", kind, key)
+
+
 def _free_name(sdata: SpatialData, key: str) -> str:
     for i in range(2, 1000):
         name = f"{key}_{i}"

@@ -11,6 +11,7 @@ from .._image import COORDINATE_SYSTEM, image_levels, read_region
 from .._utils import (
     check_key_free,
     check_key_writable,
+    discard_element,
     log_added,
     logger,
     require_element,
@@ -154,6 +155,7 @@ def tile(
     half = size_um / 2
     boxes = np.column_stack([points - half, points + half])  # x_min, y_min, x_max, y_max
 
+    detected = False
     if tissue_key is None:
         tissue_key = f"{image_key}_tissue"
         if tissue_key not in sdata.labels:
@@ -161,15 +163,20 @@ def tile(
 
             logger.info("No tissue map %r: detecting tissue with hx.pp.detect_tissue.", tissue_key)
             detect_tissue(sdata, image_key, key_added=tissue_key)
-    fractions = _tissue_fractions(sdata, tissue_key, boxes, size_um=size_um)
-
-    keep = fractions >= min_tissue
-    if not keep.any():
-        raise ValueError(
-            f"No tile of {size_um:g} um has at least min_tissue={min_tissue:g} of its area on "
-            f"tissue ({tissue_key!r}); the best tile has {fractions.max():.3f}. Lower min_tissue "
-            "or use smaller tiles."
-        )
+            detected = True
+    try:
+        fractions = _tissue_fractions(sdata, tissue_key, boxes, size_um=size_um)
+        keep = fractions >= min_tissue
+        if not keep.any():
+            raise ValueError(
+                f"No tile of {size_um:g} um has at least min_tissue={min_tissue:g} of its area "
+                f"on tissue ({tissue_key!r}); the best tile has {fractions.max():.3f}. Lower "
+                "min_tissue or use smaller tiles."
+            )
+    except BaseException:
+        if detected:  # the refused call leaves nothing behind: not the tissue map it detected
+            discard_element(sdata, tissue_key)
+        raise
     if (~keep).any():
         logger.info("Dropped %d of %d tiles with less than min_tissue=%g of tissue.",
                     int((~keep).sum()), keep.size, min_tissue)
