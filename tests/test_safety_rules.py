@@ -50,3 +50,42 @@ def test_tile_refusal_leaves_no_tissue_map():
     # the same image with small enough tiles: the map is detected and kept with the tiles
     hx.pp.tile(sdata, "he", size_px=40)
     assert "he_tissue" in sdata.labels and len(sdata.shapes["he_tiles"]) >= 1
+
+
+# --- 2. features of random-weight encoders record the weights drawn -----------------------------
+
+@pytest.fixture(scope="module")
+def small_section():
+    sdata = hx.datasets.synthetic_section(seed=1, size_um=300, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.5)
+    return sdata
+
+
+@bad_input("silently wrong", "features of an architecture at random weights (no checkpoint) "
+                             "drawn with another seed, reused as if the same",
+           says="the features' fingerprint holds a digest of the weights drawn "
+                "(`small_cnn:random:<digest>`): another draw differs, so the features are "
+                "remade or refused as for any other encoder",
+           fix="embed every section with the same seed, or give checkpoint= (fixed weights)")
+@pytest.mark.filterwarnings("ignore:encoder='small_cnn' without checkpoint")
+def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
+    import torch
+
+    from histoexpr.tl._spot._spot_inputs import _differences
+
+    table = small_section.tables["he_tiles_table"]
+    for key, seed in (("X_a", 0), ("X_b", 1), ("X_c", 0)):
+        torch.manual_seed(seed)
+        hx.tl.embed(small_section, encoder="small_cnn", key_added=key)
+    records = table.uns["embeddings"]
+    a, b, c = (records[k]["fingerprint"] for k in ("X_a", "X_b", "X_c"))
+    assert a.startswith("small_cnn:random:") and a != b and a == c
+    assert not np.allclose(table.obsm["X_a"], table.obsm["X_b"])
+    np.testing.assert_array_equal(table.obsm["X_a"], table.obsm["X_c"])
+    # the reuse check of the spot regressor (as any other) now tells the two draws apart
+    differences = _differences(records["X_a"], {**records["X_b"], "mpp": 1.0})
+    assert len(differences) == 1 and a in differences[0] and b in differences[0]
+    assert _differences(records["X_a"], {**records["X_c"], "mpp": 1.0}) == []
+    # fixed encoders keep their fingerprints as before
+    hx.tl.embed(small_section, encoder="handcrafted", key_added="X_h")
+    assert records["X_h"]["fingerprint"] == "handcrafted"

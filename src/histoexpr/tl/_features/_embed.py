@@ -96,7 +96,10 @@ def embed(
     -------
     Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
     ``uns["embeddings"][key_added]`` (what computed them: the encoder's name and
-    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles) to the tile table. Tiles
+    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles) to the tile table. The
+    fingerprint of an architecture at random weights (no ``checkpoint``) holds a digest of the
+    weights drawn (``"<name>:random:<digest>"``), so features of two random draws (another seed)
+    are never taken for the same. Tiles
     that lie wholly off the image have no pixels: their features are NaN, and a warning names
     how many (their number is recorded as ``n_off_image``). Tiles partly off the image are read
     with black outside it (a warning names how many).
@@ -116,16 +119,22 @@ def embed(
         raise ValueError("checkpoint applies to a single architecture name, not to a list of "
                          "encoders; give each pretrained encoder as a model file (.pt).")
     resolved = [_resolve(one, n_channels=n_channels, checkpoint=checkpoint) for one in encoders]
-    name = "+".join(one_name for one_name, _ in resolved)
+    name = "+".join(one_name for one_name, _, _ in resolved)
     key_added = f"X_{name}" if key_added is None else key_added
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
     fingerprint = encoder_fingerprint(encoders, checkpoint=checkpoint)
+    if checkpoint is None and any(_has_random_weights(one) for one in encoders):
+        # random weights differ with the seed: their digest tells such features apart
+        fingerprint = "+".join(
+            f"{one}:random:{_weights_digest(network)}" if _has_random_weights(one)
+            else encoder_fingerprint(one)
+            for one, (_, _, network) in zip(encoders, resolved, strict=True))
     coverage = image_coverage(sdata, dataset.image_key, np.asarray(table.obsm["spatial"]),
                               dataset.size_um)
     off_image = _report_off_image(coverage, tiles_key, dataset.image_key)
-    parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute in resolved]
+    parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute, _ in resolved]
     features = np.hstack([values for values, _ in parts])
     features[off_image] = np.nan
     record = {"encoder": name, "fingerprint": fingerprint, "image_key": dataset.image_key,
@@ -135,7 +144,8 @@ def embed(
         record["transform"] = getattr(transform, "spec", type(transform).__name__)
     if len(parts) > 1:
         record["parts"] = {one_name: int(values.shape[1])
-                           for (one_name, _), (values, _) in zip(resolved, parts, strict=True)}
+                           for (one_name, _, _), (values, _) in zip(resolved, parts,
+                                                                    strict=True)}
     if all(names for _, names in parts):
         record["feature_names"] = [n for _, names in parts for n in names]
     table.obsm[key_added] = features
@@ -172,22 +182,35 @@ def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -
     file or checkpoint adds the SHA-256 of its bytes and a network object that of its weights,
     so that features made by other weights under the same name are told apart.
     """
-    import hashlib
-
     if isinstance(encoder, list | tuple):
         return "+".join(encoder_fingerprint(one) for one in encoder) + (
             "" if checkpoint is None else f"@{_file_digest(Path(checkpoint))}")
     if isinstance(encoder, torch.nn.Module):
-        digest = hashlib.sha256()
-        for key, value in sorted(encoder.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return f"{type(encoder).__name__.lower()}:weights:{digest.hexdigest()[:16]}"
+        return f"{type(encoder).__name__.lower()}:weights:{_weights_digest(encoder)}"
     if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
         path = Path(encoder)
         return f"{path.stem}:file:{_file_digest(path)}" if path.is_file() else str(encoder)
     spec = str(encoder)
     return spec if checkpoint is None else f"{spec}@{_file_digest(Path(checkpoint))}"
+
+
+def _weights_digest(network: torch.nn.Module) -> str:
+    """The SHA-256 (16 hex digits) of a network's weights, in the order of their names."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(network.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _has_random_weights(encoder: Any) -> bool:
+    """Whether an ``encoder`` argument without ``checkpoint`` is a network at random init."""
+    from ...models import TileEncoder
+
+    return isinstance(encoder, str) and (encoder in TileEncoder.ARCHITECTURES
+                                         or encoder.startswith("timm:"))
 
 
 def _file_digest(path: Path) -> str:
@@ -203,11 +226,14 @@ def _file_digest(path: Path) -> str:
 
 
 def _resolve(encoder: str | Path | Network, *, n_channels: int,
-             checkpoint: str | Path | None) -> tuple[str, Callable]:
-    """One encoder's name and the function computing its features (and their names, if any)."""
+             checkpoint: str | Path | None) -> tuple[str, Callable, torch.nn.Module | None]:
+    """One encoder's name, its features' function (features, names if any) and network.
+
+    The network is ``None`` for squidpy features.
+    """
     if isinstance(encoder, str) and encoder.split(":")[0] == "squidpy":
         groups = parse_squidpy_encoder(encoder)
-        return "squidpy", lambda dataset, **_: squidpy_features(dataset, groups)
+        return "squidpy", lambda dataset, **_: squidpy_features(dataset, groups), None
     network, name, normalisation = resolve_encoder(encoder, in_channels=n_channels,
                                                    checkpoint=checkpoint)
 
@@ -216,7 +242,7 @@ def _resolve(encoder: str | Path | Network, *, n_channels: int,
         return encode(network, dataset, batch_size=batch_size, device=resolve_device(device),
                       normalisation=normalisation, desc=f"embed ({name})"), None
 
-    return name, compute
+    return name, compute, network
 
 
 def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -> None:
