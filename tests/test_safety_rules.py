@@ -89,3 +89,32 @@ def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
     # fixed encoders keep their fingerprints as before
     hx.tl.embed(small_section, encoder="handcrafted", key_added="X_h")
     assert records["X_h"]["fingerprint"] == "handcrafted"
+
+
+# --- 3. a user's copy of histoexpr's element, under another name, is the user's -----------------
+
+@bad_input("data lost", "`sdata.shapes['mine'] = sdata.shapes['he_tiles'].copy()` (a copy of "
+                        "histoexpr's element under the user's name), then `hx.pp.tile(..., "
+                        "key_added='mine', overwrite=True)`",
+           says="KeyError: sdata.shapes['mine'] ... was not written by histoexpr ... not "
+                "replaced, even with overwrite=True (the writer record names the key it was "
+                "written under; a copy under another key is the user's)",
+           fix="choose another key_added")
+def test_a_users_copy_under_another_key_is_not_replaced():
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=200, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.5)
+    sdata.shapes["mine"] = sdata.shapes["he_tiles"].copy()
+    sdata.tables["mine_table"] = sdata.tables["he_tiles_table"].copy()
+    shapes, table = sdata.shapes["mine"].copy(), sdata.tables["mine_table"].copy()
+    with pytest.raises(KeyError, match=r"sdata.shapes\['mine'\].*not written by histoexpr.*"
+                                       r"Choose another key_added"):
+        hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, key_added="mine", overwrite=True)
+    assert sdata.shapes["mine"].geometry.equals(shapes.geometry)
+    assert sdata.tables["mine_table"].obs.equals(table.obs)
+    with pytest.raises(KeyError, match="not written by histoexpr"):  # the table alone as well
+        del sdata.shapes["mine"]
+        hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, key_added="mine", overwrite=True)
+    assert sdata.tables["mine_table"].obs.equals(table.obs)
+    # histoexpr's own element under its own key is still replaced by the same step
+    hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, overwrite=True)
+    assert sdata.tables["he_tiles_table"].uns["tiles"]["size_px"] == 16

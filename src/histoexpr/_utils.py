@@ -69,7 +69,9 @@ def writer_of(sdata: SpatialData, key: str) -> str | None:
     An element records its writer in its own ``attrs`` (``uns`` for tables) and in
     ``sdata.attrs["histoexpr"]["written"]`` (which, unlike the attrs of images, labels and points,
     is kept in a .zarr store), with the kind and shape it had, so that an element the user put
-    under that name later is not taken for histoexpr's.
+    under that name later is not taken for histoexpr's. The element's own record names the
+    key it was written under: a copy of it that the user stores under another name (e.g.
+    ``sdata["mine"] = sdata["he_tiles"].copy()``) is the user's.
     """
     kind = element_kind(sdata, key)
     if kind is None:
@@ -77,6 +79,8 @@ def writer_of(sdata: SpatialData, key: str) -> str | None:
     element = getattr(sdata, kind)[key]
     record = _own_record(element)
     if record is not None:
+        if "key" in record and str(record["key"]) != key:
+            return None  # a copy, put under another name by the user: the user's element
         return str(record["step"])
     attrs = getattr(sdata, "attrs", None) or {}
     written = (attrs.get(WRITER_KEY) or {}).get("written") or {}
@@ -95,7 +99,7 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
     """
     from anndata import AnnData
 
-    record = {"step": step}
+    record = {"step": step, "key": key}
     if isinstance(element, AnnData):
         element.uns[WRITER_KEY] = record
     else:
