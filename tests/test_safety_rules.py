@@ -118,3 +118,39 @@ def test_a_users_copy_under_another_key_is_not_replaced():
     # histoexpr's own element under its own key is still replaced by the same step
     hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, overwrite=True)
     assert sdata.tables["he_tiles_table"].uns["tiles"]["size_px"] == 16
+
+
+# --- 4. save= into a folder that does not exist: a clear error before drawing -------------------
+
+@bad_input("obscure error", "`hx.pl.<function>(..., save='results/figure.png')` when the folder "
+                            "`results` does not exist",
+           says="FileNotFoundError: Cannot save the figure to ...: the folder ... does not exist "
+                "(it is not created for you), raised before anything is drawn (was matplotlib's "
+                "own FileNotFoundError after drawing)",
+           fix="create the folder first, or give save= a path in an existing folder")
+def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path):
+    import inspect
+
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=200, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.5)
+    metrics = pd.DataFrame({"pearson": [0.5, 0.2]}, index=["GENE1", "GENE2"])
+    missing = tmp_path / "results" / "figures"
+    plt.close("all")
+    for name, call in (("tiles", lambda path: hx.pl.tiles(sdata, "he_tiles", save=path)),
+                       ("gene_metrics", lambda path: hx.pl.gene_metrics(metrics, save=path))):
+        with pytest.raises(FileNotFoundError, match=r"folder .*results/figures' does not exist"
+                                                    r".*Create it first"):
+            call(missing / f"{name}.png")
+        assert plt.get_fignums() == []  # nothing was drawn
+        assert not (tmp_path / "results").exists()  # and no folder made
+        ax = call(tmp_path / f"{name}.png")  # an existing folder: saved as before
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+        plt.close(ax.figure)
+    # every plotting function with save= checks it first
+    for name in hx.pl.__all__:
+        function = getattr(hx.pl, name)
+        if callable(function) and "save" in inspect.signature(function).parameters:
+            assert "check_save(save)" in inspect.getsource(function), name

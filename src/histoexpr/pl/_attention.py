@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._utils import logger, require_element
 from .._validate import check_choice, renamed_parameters
-from ._docs import shared_docs
+from ._docs import check_save, shared_docs
 from ._spatial import _draw_shapes, draw_image
 
 #: below this Spearman correlation with the measured expression under the tiles,
@@ -83,6 +83,7 @@ def attention(
     The axes drawn into.
 
     """
+    check_save(save)
     import matplotlib.pyplot as plt
 
     require_element(sdata, tiles_key, "shapes")
@@ -208,6 +209,7 @@ def top_tiles(
     The figure.
 
     """
+    check_save(save)
     import matplotlib.pyplot as plt
 
     from ..pp import TileDataset

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._docs import shared_docs
+from ._docs import check_save, shared_docs
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,6 +44,7 @@ def history(
     The axes drawn into.
 
     """
+    check_save(save)
     import matplotlib.pyplot as plt
 
     records = _histories_of(model_or_history)

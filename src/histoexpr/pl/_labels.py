@@ -11,7 +11,7 @@ import numpy as np
 from .._image import image_levels, read_region
 from .._utils import require_element
 from .._validate import check_fraction
-from ._docs import shared_docs
+from ._docs import check_save, shared_docs
 from ._spatial import draw_image
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def labels(
     The axes drawn into: one per map.
 
     """
+    check_save(save)
     from matplotlib.patches import Patch
 
     keys = [truth_key] if pred_key is None else [truth_key, pred_key]

@@ -12,7 +12,7 @@ import pandas as pd
 from .._spatial_uns import spatial_record
 from .._utils import require_element
 from .._validate import renamed_parameters
-from ._docs import shared_docs
+from ._docs import check_save, shared_docs
 from ._spatial import (
     _draw_shapes,
     draw_image,
@@ -111,6 +111,7 @@ def prediction(
     >>> figure = hx.pl.prediction(table, "X", test.tables["table"], genes="EPCAM")
 
     """
+    check_save(save)
     from spatialdata import SpatialData
 
     if isinstance(genes, str):
@@ -162,6 +163,7 @@ def gene_metrics(
     The axes drawn into.
 
     """
+    check_save(save)
     import matplotlib.pyplot as plt
 
     if metric not in metrics.columns:

@@ -12,7 +12,7 @@ import pandas as pd
 from .._image import image_levels, read_region
 from .._spatial_uns import spatial_record
 from .._utils import logger, require_element
-from ._docs import shared_docs
+from ._docs import check_save, shared_docs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -68,6 +68,7 @@ def tiles(
     The axes drawn into.
 
     """
+    check_save(save)
     from anndata import AnnData
 
     region = check_region(region)
@@ -152,6 +153,7 @@ def spots(
     ``sc.pl.spatial`` and ``sq.pl.spatial_scatter``.
 
     """
+    check_save(save)
     from anndata import AnnData
 
     region = check_region(region)
