@@ -154,3 +154,26 @@ def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path):
         function = getattr(hx.pl, name)
         if callable(function) and "save" in inspect.signature(function).parameters:
             assert "check_save(save)" in inspect.getsource(function), name
+
+
+# --- 5. hx.tl.embed(overwrite=True) replaces only features it wrote ---------------------------
+
+@bad_input("data lost", "`hx.tl.embed(..., key_added=K, overwrite=True)` where `obsm[K]` of the "
+                        "tile table holds the user's own matrix (e.g. features of their own "
+                        "pipeline)",
+           says="KeyError: obsm[K] of the tile table was not written by hx.tl.embed ... does "
+                "not replace it, even with overwrite=True",
+           fix="choose another key_added")
+def test_embed_overwrite_never_replaces_the_users_own_matrix(small_section):
+    table = small_section.tables["he_tiles_table"]
+    mine = np.random.default_rng(0).normal(size=(table.n_obs, 5))
+    table.obsm["X_mine"] = mine.copy()
+    with pytest.raises(KeyError, match="not written by hx.tl.embed"):
+        hx.tl.embed(small_section, encoder="handcrafted", key_added="X_mine", overwrite=True)
+    assert table.obsm["X_mine"].tobytes() == mine.tobytes()
+    assert "X_mine" not in table.uns.get("embeddings", {})
+    # histoexpr's own features are replaced by the same step with overwrite=True
+    hx.tl.embed(small_section, encoder="handcrafted", key_added="X_ours")
+    first = table.obsm["X_ours"].copy()
+    hx.tl.embed(small_section, encoder="handcrafted", key_added="X_ours", overwrite=True)
+    np.testing.assert_array_equal(table.obsm["X_ours"], first)

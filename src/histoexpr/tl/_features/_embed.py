@@ -86,7 +86,9 @@ def embed(
     key_added
         Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name.
     overwrite
-        Replace existing features under ``key_added``.
+        Replace features under ``key_added`` that ``hx.tl.embed`` wrote before (recorded in
+        ``uns["embeddings"]``); a matrix put there otherwise (e.g. the user's own) is never
+        replaced.
     transform
         Applied to every tile ``(C, H, W)`` in [0, 1] before any encoder sees it, e.g. a stain
         normalisation from :func:`histoexpr.pp.stain_normaliser`; its ``spec`` (if any) is
@@ -124,6 +126,11 @@ def embed(
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
+    if key_added in table.obsm and key_added not in table.uns.get("embeddings", {}):
+        # overwrite=True replaces only features hx.tl.embed wrote (they have a record)
+        raise KeyError(f"obsm[{key_added!r}] of the tile table was not written by hx.tl.embed "
+                       "(uns['embeddings'] has no record of it), so histoexpr does not replace "
+                       "it, even with overwrite=True; choose another key_added.")
     fingerprint = encoder_fingerprint(encoders, checkpoint=checkpoint)
     if checkpoint is None and any(_has_random_weights(one) for one in encoders):
         # random weights differ with the seed: their digest tells such features apart
