@@ -167,7 +167,11 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
                     logger.info("Converted %s from PIL mode %s to %s (its stored values are not "
                                 "the colours).", path.name, mode, _PIL_CONVERT[mode])
                     image = image.convert(_PIL_CONVERT[mode])
-                array = np.asarray(image)
+                array = None
+                if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                    array = _decode_jpeg(path, image.size[::-1])
+                if array is None:
+                    array = np.asarray(image)
             layout = "yxc"
             if colours and array.ndim == 3 and array.shape[-1] in (2, 4):
                 array = _drop_alpha(array, path.name)
@@ -190,6 +194,20 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
                 "maximum), so its tiles would not look like other images' to a model. Save it "
                 "as 8- or 16-bit integers (or scaled to 0..1).", what, path.name, low, high)
     return to_cyx(array, layout)
+
+
+def _decode_jpeg(path: Path, shape_yx: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG's pixels decoded by imagecodecs, or ``None`` where it cannot (PIL then does).
+
+    libjpeg-turbo, as PIL's: the same pixels, in half the time.
+    """
+    try:
+        import imagecodecs
+
+        array = imagecodecs.jpeg8_decode(path.read_bytes())
+    except Exception:  # noqa: BLE001 - any failure falls back to PIL, which names the problem
+        return None
+    return array if array.shape[:2] == tuple(shape_yx) else None
 
 
 def _drop_alpha(array: np.ndarray, name: str) -> np.ndarray:
@@ -242,7 +260,9 @@ def numeric_table(frame, what: str):
 
     if not len(frame.columns):
         raise ValueError(f"The {what} hold no columns. Pass the complete table.")
-    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    # by the dtypes, not column by column: a counts table has ~20k columns
+    bad = [c for c, dtype in zip(frame.columns, frame.dtypes, strict=True)
+           if not pd.api.types.is_numeric_dtype(dtype)]
     if bad:
         column = frame[bad[0]]
         values = pd.to_numeric(column, errors="coerce")
@@ -301,7 +321,8 @@ def image_element(data, *, mpp: float, channels: Sequence[str] | None = None) ->
     height, width = data.shape[1:]
     chunks = (data.shape[0], min(CHUNK_PX, height), min(CHUNK_PX, width))
     element = Image2DModel.parse(
-        data, dims=("c", "y", "x"),
+        dask_view(data, chunks) if isinstance(data, np.ndarray) else data,
+        dims=("c", "y", "x"),
         c_coords=list(channels) if channels is not None else channel_names(data.shape[0]),
         scale_factors=pyramid_factors(height, width),
         transformations=scale_to_global(mpp), chunks=chunks,
@@ -309,16 +330,60 @@ def image_element(data, *, mpp: float, channels: Sequence[str] | None = None) ->
     if isinstance(data, np.ndarray) and len(element) > 1:
         # The coarser levels are lazy reductions of the whole in-memory image: left lazy, every
         # read of one (tissue detection, fingerprints, plots) would redo them (about 10 s for a
-        # her2st image). They cost a third of the image's memory: compute them once, here.
+        # her2st image). They cost a third of the image's memory: compute them once, here, in
+        # integers for 8- and 16-bit images (0.3 s instead of 6 s for a her2st image).
         import dask
-        import dask.array as da
 
         names = [name for name in element if name != "scale0"]
-        levels = dask.compute(*(element[name]["image"].data for name in names))
+        if data.dtype.kind == "u" and data.dtype.itemsize <= 2:
+            levels, level = [], data
+            for _ in names:
+                level = halve(level)
+                levels.append(level)
+        else:
+            levels = dask.compute(*(element[name]["image"].data for name in names))
         for name, level in zip(names, levels, strict=True):
             node = element[name]["image"]
-            node.data = da.from_array(level, chunks=node.data.chunksize)
+            node.data = dask_view(level, node.data.chunksize)
     return element
+
+
+def dask_view(array: np.ndarray, chunks: tuple[int, ...]):
+    """A dask array whose chunks are views of ``array``, which the caller hands over.
+
+    ``dask.array.from_array`` copies the whole array (and hashes it to name it): for the
+    images a reader has just decoded, which nothing else holds, that is 0.8 s and a second
+    copy in memory for nothing.
+    """
+    import uuid
+    from itertools import product
+
+    import dask.array as da
+    from dask.array.core import normalize_chunks, slices_from_chunks
+
+    chunks = normalize_chunks(chunks, array.shape, dtype=array.dtype)
+    name = f"array-{uuid.uuid4().hex}"
+    keys = product([name], *(range(len(sizes)) for sizes in chunks))
+    graph = dict(zip(keys, (array[part] for part in slices_from_chunks(chunks)), strict=True))
+    return da.Array(graph, name, chunks, dtype=array.dtype, meta=array[(slice(0, 0),) * array.ndim])
+
+
+def halve(level: np.ndarray) -> np.ndarray:
+    """The next pyramid level of an 8- or 16-bit ``(c, y, x)`` image, as spatialdata builds it.
+
+    The same pixels as ``xarray``'s ``coarsen(boundary="trim", side="right").mean()`` cast back
+    to the image's type (spatialdata's default pyramid): the first row or column of an odd side
+    is dropped, and the mean of each 2 x 2 block is truncated. Summed in integers, without the
+    float64 copy of the image.
+    """
+    _, height, width = level.shape
+    part = level[:, height % 2:, width % 2:]
+    total = part[:, 0::2, 0::2].astype(np.uint16 if level.itemsize == 1 else np.uint32)
+    total += part[:, 1::2, 0::2]
+    total += part[:, 0::2, 1::2]
+    total += part[:, 1::2, 1::2]
+    total >>= 2
+    return total.astype(level.dtype)
 
 
 def image_element_from_levels(levels: Sequence, *, mpp: float,

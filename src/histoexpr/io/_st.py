@@ -143,14 +143,24 @@ def _separator(path: Path) -> str:
     return "," if "\t" not in first and "," in first else "\t"
 
 
+def _header(path: Path, sep: str) -> list[str]:
+    """The names in the first line of a table, as written (quotes as pandas reads them)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", errors="replace", newline="") as handle:
+        return next(csv.reader([handle.readline().rstrip("\r\n")], delimiter=sep), [])
+
+
 def _read_counts(path: Path) -> pd.DataFrame:
     """Read the counts as spots x genes, spots named ``"{x}x{y}"``."""
     sep = _separator(path)
-    table = read_text_table(path, "counts", sep=sep, index_col=0)
+    table = read_text_table(path, "counts", sep=sep, index_col=0, low_memory=False)
     # pandas renames repeated column names ('IGKC', 'IGKC.1') without a word: take them as written
-    header = read_text_table(path, "counts", sep=sep, header=None, nrows=1, dtype=str)
-    if header.shape[1] == table.shape[1] + 1:
-        table.columns = [str(c) for c in header.iloc[0, 1:]]
+    header = _header(path, sep)
+    if len(header) == table.shape[1] + 1:
+        table.columns = header[1:]
     rows = table.index.astype(str).str.match(_SPOT_NAME).mean() if len(table) else 0.0
     cols = table.columns.astype(str).str.match(_SPOT_NAME).mean() if table.shape[1] else 0.0
     if rows < 0.5 <= cols:
