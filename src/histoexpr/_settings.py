@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 _LOGGER_NAME = "histoexpr"
@@ -41,6 +42,10 @@ class Settings:
         on a CUDA GPU that supports it, fp16 autocast with a gradient scaler on older GPUs, and
         fp32 on a CPU or MPS (so CPU results do not change); ``"fp32"``, ``"bf16"`` or ``"fp16"``
         force one.
+    datasets_dir
+        Folder of the public data sets of :mod:`histoexpr.datasets` (``her2st/``, ``mob_st/``...):
+        read from there, and downloaded into it where missing. ``None`` (default) is the
+        environment variable ``HISTOEXPR_DATA_DIR``, else ``~/.cache/histoexpr/data``.
     """
 
     def __init__(self) -> None:
@@ -50,6 +55,7 @@ class Settings:
         self._verbosity = 2
         self._n_workers: int | None = None
         self._precision = "auto"
+        self._datasets_dir: Path | None = None
         self._apply_verbosity()
 
     # device ------------------------------------------------------------------------------
@@ -150,6 +156,19 @@ class Settings:
                              f"fp16 on a GPU, fp32 on a CPU), got {value!r}.")
         self._precision = value
 
+    # data sets ---------------------------------------------------------------------------
+    @property
+    def datasets_dir(self) -> Path | None:
+        """Folder of the public data sets; ``None``: ``$HISTOEXPR_DATA_DIR`` or the cache."""
+        return self._datasets_dir
+
+    @datasets_dir.setter
+    def datasets_dir(self, value: str | os.PathLike | None) -> None:
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise ValueError(f"settings.datasets_dir must be a folder (a str or Path) or None, "
+                             f"got {value!r}.")
+        self._datasets_dir = None if value is None else Path(value).expanduser()
+
     def _apply_verbosity(self) -> None:
         logger = logging.getLogger(_LOGGER_NAME)
         logger.setLevel(_VERBOSITY_LEVELS[self._verbosity])
@@ -167,6 +186,7 @@ class Settings:
             "verbosity": self.verbosity,
             "n_workers": "None (automatic)" if self.n_workers is None else self.n_workers,
             "precision": self.precision,
+            "datasets_dir": self.datasets_dir,
         }
         inner = ", ".join(f"{k}={v}" for k, v in fields.items())
         return f"Settings({inner})"

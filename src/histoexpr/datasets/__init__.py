@@ -1,4 +1,4 @@
-"""Data sets: the synthetic sections and cohorts that are histoexpr's embedded default."""
+"""Data sets: synthetic sections and cohorts, and small real public data sets (downloaded)."""
 
 import lazy_loader as _lazy
 
@@ -8,5 +8,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_synthetic": ["synthetic_section"],
         "_cohort": ["synthetic_cohort"],
         "_slides": ["synthetic_slide_cohort"],
+        "_public": ["her2st", "mob_st", "merfish_mouse_brain", "iss_mouse_ca1", "example_slide"],
+        "_registry": ["data_dir", "fetch"],
     },
 )
