@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.histoexpr-installed
+# hx.datasets (the tutorials, the tests) read the public data sets from ../shared/data where it
+# exists; elsewhere they download them once into ~/.cache/histoexpr/data
+SHARED_DATA := $(abspath ../shared/data)
+export HISTOEXPR_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA))
 # napari's tests need a display: use a virtual one where xvfb-run exists
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 

@@ -272,12 +272,12 @@ def test_tutorial_pages_link_the_api_pages(fast_html):
         assert not missing, f"{page.name} does not link the API pages of {missing}"
 
 
-@pytest.mark.realdata  # the tutorials read ../shared/data
+@pytest.mark.realdata  # the tutorials read ../shared/data (hx.datasets, offline)
 @pytest.mark.slow
 def test_docs_build_without_warnings(tmp_path, data_dir):
     """The build of ``make docs``, executing every tutorial; each shows its figures."""
     pytest.importorskip("myst_nb", reason="the docs extra is not installed")
-    html = build(tmp_path, execute=True, env={"HISTOEXPR_SHARED_DATA": str(data_dir)})
+    html = build(tmp_path, execute=True, env={"HISTOEXPR_DATA_DIR": str(data_dir)})
     tutorial = (html / "tutorials" / "01_read_tile_plot.html").read_text()
     assert "spots x" in tutorial  # an executed cell's output
     for path in sorted(TUTORIALS.glob("*.ipynb")):
