@@ -48,6 +48,13 @@ def test_help_runs_as_a_module():
     assert "--out" in result.stdout
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"histoexpr {hx.__version__}"
+
+
 def test_unknown_command_fails():
     result = subprocess.run([sys.executable, "-m", "histoexpr", "frobnicate"],
                             capture_output=True, text=True)

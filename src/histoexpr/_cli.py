@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Link what tissue looks like to what it expresses.",
         epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"histoexpr {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"histoexpr {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _add_predict_parser(commands) -> None:
