@@ -1,4 +1,4 @@
-"""Reading: slides, spatial transcriptomics, transcripts, image regions and model files."""
+"""Reading: slides, spatial transcriptomics, transcripts, image regions, model and feature files."""
 
 import lazy_loader as _lazy
 
@@ -14,5 +14,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_model_files": ["save_model", "load_model"],
         "_cohort": ["Cohort", "read_cohort"],
         "_slide_store": ["SlideStore"],
+        "_interop": ["read_trident_h5", "write_trident_h5", "read_hest"],
     },
 )

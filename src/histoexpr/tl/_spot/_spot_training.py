@@ -18,10 +18,13 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
               alphas: Sequence[float], n_components: int | None):
     """Standardise, optionally PCA, ridge; alpha by inner CV on the mean Pearson over genes.
 
-    The inner folds leave one section out when there are several sections, else they are
-    5 random folds of the spots. The fitted steps are folded into one
-    :class:`~histoexpr.models.LinearHead`.
+    scikit-learn's ``StandardScaler``, ``PCA`` and ``Ridge`` in a pipeline, its ``alpha`` chosen
+    by ``GridSearchCV`` whose inner folds leave one section out when there are several sections,
+    else are 5 random folds of the spots (every step fitted inside the folds). The fitted steps
+    are folded into one :class:`~histoexpr.models.LinearHead`.
     """
+    from sklearn.model_selection import GridSearchCV
+
     from ...models import LinearHead
 
     alphas = np.asarray(sorted(float(a) for a in alphas))
@@ -32,16 +35,13 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     if n_components is not None and not 1 <= n_components <= min(x.shape):
         raise ValueError(f"n_components must lie between 1 and {min(x.shape)}, got "
                          f"{n_components}.")
-    scores = np.zeros(len(alphas))
     splits = list(_inner_splits(groups))
-    for train, test in splits:
-        transform, _ = _standardise_and_project(x[train], n_components)
-        predictions = _ridge_path(transform(x[train]), y[train], transform(x[test]), alphas)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a fold too small to score: NaN
-            scores += [np.nanmean(column_pearson(p, y[test])) for p in predictions]
-    scores /= len(splits)
-    best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(alphas) // 2
+    search = GridSearchCV(_ridge_pipeline(n_components), {"ridge__alpha": alphas.tolist()},
+                          scoring=_mean_pearson, cv=splits, refit=False, error_score=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # non-finite fold scores: handled below
+        scores = search.fit(x, y).cv_results_["mean_test_score"]
+    best = _first_best(scores) if np.isfinite(scores).any() else len(alphas) // 2
     alpha = float(alphas[best])
     if not np.isfinite(scores).any():
         logger.warning("No inner fold could score the ridge penalties (%d spots: too few, or "
@@ -50,7 +50,7 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     if best in (0, len(alphas) - 1):
         logger.info("The chosen ridge alpha %g lies at the end of the alphas tried; consider "
                     "a wider range.", alpha)
-    weight, bias = _fold_ridge(x, y, alpha, n_components)
+    weight, bias = _affine(_ridge_pipeline(n_components).set_params(ridge__alpha=alpha).fit(x, y))
     network = LinearHead(n_features=x.shape[1], n_genes=y.shape[1])
     network.weight.copy_(torch.from_numpy(weight).float())
     network.bias.copy_(torch.from_numpy(bias).float())
@@ -199,35 +199,44 @@ def _inner_splits(groups: np.ndarray):
                          random_state=0).split(groups)
 
 
-def _standardise_and_project(x: np.ndarray, n_components: int | None):
-    """Mean, scale and projection (identity without PCA) fitted on ``x``, and their function.
+def _first_best(scores: np.ndarray, tolerance: float = 1e-9) -> int:
+    """Index of the first score within ``tolerance`` of the best (NaN scores never win).
 
-    Constant features keep a scale of 1 (they stay at zero after centring).
+    Scores equal but for rounding are ties (a fold of two spots scores exactly +-1, so several
+    penalties often score the same): the smallest penalty among them is taken, whatever the
+    last bits of the arithmetic say.
     """
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale = np.where(scale > 0, scale, 1)
-    projection = np.eye(x.shape[1])
+    finite = np.isfinite(scores)
+    return int(np.flatnonzero(finite & (scores >= np.nanmax(scores) - tolerance))[0])
+
+
+def _ridge_pipeline(n_components: int | None):
+    """Standardise (constant features keep a scale of 1) -> PCA (optional) -> ridge."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [("scale", StandardScaler())]
     if n_components is not None:
-        projection = np.linalg.svd((x - mean) / scale, full_matrices=False)[2][:n_components].T
-    return lambda data: ((data - mean) / scale) @ projection, (mean, scale, projection)
+        steps.append(("pca", PCA(n_components=n_components, svd_solver="full")))
+    return Pipeline([*steps, ("ridge", Ridge())])
 
 
-def _ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, alphas: np.ndarray):
-    """Predictions on ``x_new`` of ridge fits with intercept for every alpha (one SVD)."""
-    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
-    uty = u.T @ (y - y_mean)
-    projected = (x_new - x_mean) @ vt.T
-    return [projected @ ((s / (s**2 + alpha))[:, None] * uty) + y_mean for alpha in alphas]
+def _mean_pearson(estimator, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean Pearson over genes of the predictions on ``x`` (NaN for a fold too small)."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(column_pearson(estimator.predict(x), y)))
 
 
-def _fold_ridge(x: np.ndarray, y: np.ndarray, alpha: float, n_components: int | None):
-    """Weight and bias of standardise -> (PCA) -> ridge as one affine map of the raw features."""
-    transform, (mean, scale, projection) = _standardise_and_project(x, n_components)
-    t = transform(x)
-    t_mean, y_mean = t.mean(axis=0), y.mean(axis=0)
-    u, s, vt = np.linalg.svd(t - t_mean, full_matrices=False)
-    coef = vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ (y - y_mean)))
-    weight = (projection @ coef) / scale[:, None]
-    bias = y_mean - t_mean @ coef - mean @ weight
-    return weight, bias
+def _affine(pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """Weight ``(features, genes)`` and bias of a fitted pipeline as one map of raw features."""
+    scaler, ridge = pipeline.named_steps["scale"], pipeline.named_steps["ridge"]
+    coef, intercept = ridge.coef_.T, ridge.intercept_  # (components, genes), (genes,)
+    if "pca" in pipeline.named_steps:
+        pca = pipeline.named_steps["pca"]
+        intercept = intercept - pca.mean_ @ pca.components_.T @ coef
+        coef = pca.components_.T @ coef
+    weight = coef / scaler.scale_[:, None]
+    return weight, intercept - scaler.mean_ @ weight

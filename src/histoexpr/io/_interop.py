@@ -1,0 +1,371 @@
+"""Other tools' files: TRIDENT/CLAM per-slide feature files (.h5) and HEST-1k samples."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._elements import check_mpp, existing_file, spot_elements, square_shapes, tile_table
+from .._utils import log_added, logger
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+#: root attribute that marks the .h5 files :func:`write_trident_h5` wrote
+WRITTEN_BY = "histoexpr.io.write_trident_h5"
+_MAGNIFICATION_UM = 10.0  # um/px x magnification, the convention of TRIDENT and CLAM (20x: 0.5)
+
+
+def read_trident_h5(
+    path: str | Path,
+    *,
+    mpp: float | None = None,
+    patch_size_level0: int | None = None,
+    image_key: str = "he",
+    key_added: str = "tiles",
+    features_key: str | None = None,
+) -> SpatialData:
+    """Read a TRIDENT or CLAM per-slide feature file as tiles with their features.
+
+    The file (TRIDENT's ``features_<encoder>/<slide>.h5``, CLAM's ``h5_files/<slide>.h5``)
+    holds the datasets ``features`` (tiles x features) and ``coords`` (tiles x 2: the top-left
+    corner ``x, y`` of each patch in level-0 pixels of the slide). TRIDENT stores the patch's
+    footprint in level-0 pixels as the attribute ``patch_size_level0`` of ``coords`` (CLAM's
+    patch files as ``patch_size`` at ``patch_level`` with its ``downsample``); the magnification
+    attributes give the pixel size by the usual convention (10 um/px divided by the
+    magnification: 0.5 um/px at 20x) where ``mpp`` is not given.
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file.
+    mpp
+        Pixel size of the slide's level 0 in um/px; from ``level0_magnification`` when ``None``.
+    patch_size_level0
+        Patch side in level-0 pixels, for files that do not record it (CLAM's feature files).
+    image_key
+        The image (in the SpatialData the tiles will join) that the tiles refer to, recorded in
+        ``uns["tiles"]``.
+    key_added
+        Key of the tiles in ``sdata.shapes``; their table is ``f"{key_added}_table"``.
+    features_key
+        Key of the features in the table's ``obsm``; defaults to ``f"X_{encoder}"`` with the
+        encoder's name found in the file's attributes, else ``"X_features"``.
+
+    Returns
+    -------
+    A SpatialData with the square tiles ``key_added`` (micrometres, as :func:`histoexpr.pp.tile`
+    makes them) and their table, whose ``obsm[features_key]`` holds the features and
+    ``uns["embeddings"][features_key]`` where they come from. Add both to the slide's
+    SpatialData (``sdata.shapes[k] = tiles.shapes[k]``...) to use them with ``hx.tl``.
+    """
+    import h5py
+    from spatialdata import SpatialData
+
+    path = existing_file(path, "feature file")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [name for name in ("features", "coords") if name not in handle]
+            if missing:
+                raise ValueError(
+                    f"{path.name} has no dataset {missing} (it has "
+                    f"{sorted(handle)}). Pass a TRIDENT or CLAM feature file "
+                    "(datasets 'features' and 'coords')."
+                )
+            features = np.asarray(handle["features"], dtype=np.float32)
+            coords = np.asarray(handle["coords"], dtype=np.float64)
+            attrs = {**_attrs(handle), **_attrs(handle["features"]), **_attrs(handle["coords"])}
+    except OSError as error:
+        raise ValueError(
+            f"{path} is not a readable HDF5 file ({error}). Pass a TRIDENT or CLAM feature file."
+        ) from error
+    if features.ndim == 3 and features.shape[0] == 1:  # some writers keep a batch axis
+        features, coords = features[0], coords.reshape(-1, 2)
+    if features.ndim != 2 or coords.shape != (len(features), 2):
+        raise ValueError(
+            f"{path.name}: features of shape {features.shape} and coords of shape "
+            f"{coords.shape}; expected (tiles, features) and (tiles, 2)."
+        )
+    mpp = _level0_mpp(mpp, attrs, path.name)
+    side_px = _patch_side(patch_size_level0, attrs, path.name)
+    size_um = side_px * mpp
+    patch_px = int(attrs.get("patch_size", side_px))
+    encoder = str(
+        attrs.get("encoder") or attrs.get("model_name") or attrs.get("name_encoder") or "features"
+    )
+    features_key = features_key or f"X_{encoder}"
+    corners = coords * mpp
+    boxes = np.column_stack([corners, corners + size_um])
+    tile_ids = np.arange(len(features))
+    import pandas as pd
+
+    obs = pd.DataFrame({"tile_id": tile_ids}, index=pd.Index(tile_ids.astype(str)))
+    uns = {
+        "image_key": image_key,
+        "size_px": patch_px,
+        "mpp": size_um / patch_px,
+        "size_um": size_um,
+        "stride_um": None,
+        "centres": None,
+        "min_tissue": None,
+        "source": str(path),
+    }
+    table = tile_table(obs, corners + size_um / 2, key_added, uns)
+    table.obsm[features_key] = features
+    table.uns["embeddings"] = {
+        features_key: {
+            "encoder": encoder,
+            "fingerprint": f"{encoder}:file:{path.name}",
+            "image_key": image_key,
+            "mpp": size_um / patch_px,
+            "size_px": patch_px,
+            "n_off_image": 0,
+            "n_features": int(features.shape[1]),
+            "source": str(path),
+        }
+    }
+    log_added("shapes", key_added, f"{len(features)} tiles of {size_um:.4g} um from {path.name}")
+    log_added(
+        "tables", f"{key_added}_table", f"obsm[{features_key!r}]: {features.shape[1]} features"
+    )
+    return SpatialData(
+        shapes={key_added: square_shapes(boxes, tile_ids)}, tables={f"{key_added}_table": table}
+    )
+
+
+def write_trident_h5(
+    sdata: SpatialData,
+    path: str | Path,
+    *,
+    tiles_key: str = "he_tiles",
+    features_key: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a tile table's features as a TRIDENT/CLAM per-slide feature file (.h5).
+
+    ``features`` (tiles x features, float32) and ``coords`` (tiles x 2, int64: the top-left
+    corner of each tile in level-0 pixels of its image), with TRIDENT's attributes on
+    ``coords`` (``patch_size``, ``patch_size_level0``, ``patch_level`` 0,
+    ``level0_magnification`` and ``target_magnification`` by the 10 um/px convention, ``mpp``
+    and ``name``), so that TRIDENT's and CLAM's slide-level models read it.
+
+    Parameters
+    ----------
+    sdata
+        The slide, with the tiles ``tiles_key`` (from :func:`histoexpr.pp.tile`) and their image.
+    path
+        The ``.h5`` file to write.
+    tiles_key
+        Key of the tiles; their table is ``f"{tiles_key}_table"``.
+    features_key
+        Key of the features in the table's ``obsm``; may be left out where there is one.
+    overwrite
+        Replace ``path`` if it is a file this function wrote (a file of any other origin is
+        never replaced). The new file is written beside it and moved into its place at the end.
+
+    Returns
+    -------
+    The path written.
+    """
+    import h5py
+
+    from ._region import get_pixel_size
+
+    table_key = f"{tiles_key}_table"
+    if table_key not in sdata.tables or "tiles" not in sdata.tables[table_key].uns:
+        raise KeyError(
+            f"No tile table {table_key!r} (tables: {sorted(sdata.tables)}). Tile the "
+            "slide with hx.pp.tile and embed the tiles with hx.tl.embed first."
+        )
+    table = sdata.tables[table_key]
+    keys = [k for k in table.obsm if k != "spatial"]
+    if features_key is None:
+        if len(keys) != 1:
+            raise ValueError(
+                f"{table_key} holds {len(keys)} feature matrices ({keys}); pass "
+                "features_key= (or embed the tiles with hx.tl.embed first)."
+            )
+        features_key = keys[0]
+    if features_key not in table.obsm:
+        raise KeyError(f"{table_key} has no obsm[{features_key!r}] (it has {keys}).")
+    path = Path(path)
+    _check_writable(path, overwrite)
+    info = table.uns["tiles"]
+    level0_mpp = get_pixel_size(sdata, info["image_key"])
+    corners = np.asarray(table.obsm["spatial"], dtype=float) - info["size_um"] / 2
+    coords = np.rint(corners / level0_mpp).astype(np.int64)
+    record = table.uns.get("embeddings", {}).get(features_key, {})
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with h5py.File(partial, "w") as handle:
+            handle.attrs["written_by"] = WRITTEN_BY
+            handle.create_dataset("features", data=np.asarray(table.obsm[features_key], np.float32))
+            handle["features"].attrs["encoder"] = str(record.get("encoder", features_key))
+            dataset = handle.create_dataset("coords", data=coords)
+            for name, value in {
+                "patch_size": int(info["size_px"]),
+                "patch_size_level0": int(round(info["size_um"] / level0_mpp)),
+                "patch_level": 0,
+                "mpp": float(level0_mpp),
+                "name": path.stem,
+                "level0_magnification": _MAGNIFICATION_UM / level0_mpp,
+                "target_magnification": _MAGNIFICATION_UM / float(info["mpp"]),
+            }.items():
+                dataset.attrs[name] = value
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info(
+        "Wrote %d tiles x %d features of %s to %s",
+        len(coords),
+        table.obsm[features_key].shape[1],
+        table_key,
+        path,
+    )
+    return path
+
+
+def read_hest(
+    root: str | Path, sample_id: str, *, mpp: float | None = None, image_key: str = "he"
+) -> SpatialData:
+    """Read one sample of HEST-1k: its whole-slide image, spots and expression.
+
+    The layout of the HEST-1k download: ``st/<id>.h5ad`` (spots x genes, raw counts, spot
+    centres in ``obsm["spatial"]`` in pixels of the full-resolution image),
+    ``wsis/<id>.tif`` (pyramidal TIFF, read lazily) and ``metadata/<id>.json``
+    (``pixel_size_um_estimated`` or ``pixel_size_um_embedded``, ``spot_diameter`` in um).
+
+    Parameters
+    ----------
+    root
+        The folder holding ``st/``, ``wsis/`` and ``metadata/``.
+    sample_id
+        The sample, e.g. ``"TENX95"``.
+    mpp
+        Pixel size of the image in um/px; defaults to the metadata's ``pixel_size_um_estimated``
+        (else ``pixel_size_um_embedded``).
+    image_key
+        Key of the image in ``sdata.images``.
+
+    Returns
+    -------
+    A SpatialData with the image ``image_key``, the circles ``"spots"`` (radius
+    ``spot_diameter / 2``) and the table ``"table"`` (raw counts, the h5ad's ``obs``; centres in
+    um in ``obsm["spatial"]``), as :func:`histoexpr.io.read_visium` gives them.
+    """
+    import anndata as ad
+
+    from ._wsi import read_wsi
+
+    root = Path(root)
+    meta_path = existing_file(root / "metadata" / f"{sample_id}.json", "HEST metadata")
+    st_path = existing_file(root / "st" / f"{sample_id}.h5ad", "HEST expression")
+    wsi_path = existing_file(root / "wsis" / f"{sample_id}.tif", "HEST image")
+    meta = json.loads(meta_path.read_text())
+    if mpp is None:
+        mpp = next(
+            (
+                meta[k]
+                for k in ("pixel_size_um_estimated", "pixel_size_um_embedded")
+                if meta.get(k) is not None
+            ),
+            None,
+        )
+        if mpp is None:
+            raise ValueError(
+                f"{meta_path.name} has no pixel_size_um_estimated or "
+                "pixel_size_um_embedded; pass mpp= (um per pixel of the image)."
+            )
+    mpp = check_mpp(float(mpp))
+    diameter = meta.get("spot_diameter")
+    if diameter is None:
+        raise ValueError(
+            f"{meta_path.name} has no spot_diameter (um); HEST samples of spot "
+            "technologies record it. For Xenium samples read the transcripts."
+        )
+    adata = ad.read_h5ad(st_path)
+    if "spatial" not in adata.obsm:
+        raise ValueError(f"{st_path.name} has no obsm['spatial'] (spot centres in pixels).")
+    sdata = read_wsi(wsi_path, mpp=mpp, image_key=image_key)
+    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * mpp
+    shapes, table = spot_elements(
+        centres, adata.X, obs=adata.obs, var=adata.var, radius_um=float(diameter) / 2
+    )
+    table.uns["hest"] = {k: v for k, v in meta.items() if isinstance(v, str | int | float)}
+    sdata.shapes["spots"] = shapes
+    sdata.tables["table"] = table
+    log_added("shapes", "spots", f"{len(shapes)} spots")
+    log_added("tables", "table", f"{table.n_obs} spots x {table.n_vars} genes")
+    return sdata
+
+
+def _attrs(node) -> dict:
+    return {
+        key: value.item() if isinstance(value, np.generic) else value
+        for key, value in node.attrs.items()
+    }
+
+
+def _level0_mpp(mpp: float | None, attrs: dict, name: str) -> float:
+    if mpp is not None:
+        return check_mpp(mpp)
+    for key in ("mpp", "level0_mpp"):
+        if attrs.get(key):
+            return check_mpp(float(attrs[key]))
+    magnification = attrs.get("level0_magnification")
+    if magnification and float(magnification) > 0:
+        value = _MAGNIFICATION_UM / float(magnification)
+        logger.info(
+            "Pixel size of %s taken as %.4g um/px from level0_magnification %g (10 um/px "
+            "/ magnification); pass mpp= for the slide's own.",
+            name,
+            value,
+            float(magnification),
+        )
+        return value
+    raise ValueError(
+        f"{name} records neither mpp nor level0_magnification: pass mpp= (um per "
+        "level-0 pixel of the slide, e.g. 0.25 at 40x)."
+    )
+
+
+def _patch_side(patch_size_level0: int | None, attrs: dict, name: str) -> float:
+    if patch_size_level0 is not None:
+        return float(patch_size_level0)
+    if attrs.get("patch_size_level0"):
+        return float(attrs["patch_size_level0"])
+    if attrs.get("patch_size"):  # CLAM: patch_size at patch_level, whose downsample is given
+        downsample = np.atleast_1d(attrs.get("downsample", 1.0)).astype(float)
+        return float(attrs["patch_size"]) * float(downsample[0])
+    raise ValueError(
+        f"{name} records no patch size (patch_size_level0 or patch_size): pass "
+        "patch_size_level0= (the patch side in level-0 pixels)."
+    )
+
+
+def _check_writable(path: Path, overwrite: bool) -> None:
+    import h5py
+
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"The folder {path.parent} does not exist; create it first.")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} exists; pass overwrite=True to replace it (only a file "
+            "write_trident_h5 wrote is replaced) or choose another path."
+        )
+    try:
+        with h5py.File(path, "r") as handle:
+            ours = handle.attrs.get("written_by") == WRITTEN_BY
+    except OSError:
+        ours = False
+    if path.is_symlink() or not ours:
+        raise FileExistsError(
+            f"{path} exists and was not written by write_trident_h5, so it is "
+            "not replaced (nothing was changed). Choose another path."
+        )

@@ -1,0 +1,75 @@
+"""The spot regressor's ridge route (scikit-learn) gives the numbers of the closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+from histoexpr.tl._metrics._expression_metrics import column_pearson
+from histoexpr.tl._spot._spot_training import fit_ridge
+
+
+def _closed_form(features, targets, alphas, n_components):
+    """Standardise, PCA by SVD, ridge by SVD, alpha by inner CV: written out in numpy."""
+    x, y = np.vstack(features), np.vstack(targets)
+    groups = np.repeat(np.arange(len(features)), [len(f) for f in features])
+
+    def prepare(train):
+        mean, scale = train.mean(axis=0), train.std(axis=0)
+        scale = np.where(scale > 0, scale, 1)
+        projection = np.eye(train.shape[1])
+        if n_components is not None:
+            projection = np.linalg.svd((train - mean) / scale, full_matrices=False)[2]
+            projection = projection[:n_components].T
+        return mean, scale, projection
+
+    def ridge(t, y_train, alpha):
+        t_mean, y_mean = t.mean(axis=0), y_train.mean(axis=0)
+        u, s, vt = np.linalg.svd(t - t_mean, full_matrices=False)
+        coef = vt.T @ ((s / (s**2 + alpha))[:, None] * (u.T @ (y_train - y_mean)))
+        return coef, y_mean - t_mean @ coef
+
+    if len(features) > 1:
+        splits = LeaveOneGroupOut().split(groups, groups=groups)
+    else:
+        splits = KFold(5, shuffle=True, random_state=0).split(groups)
+    scores = np.zeros(len(alphas))
+    for train, test in splits:
+        mean, scale, projection = prepare(x[train])
+        t_train = ((x[train] - mean) / scale) @ projection
+        t_test = ((x[test] - mean) / scale) @ projection
+        for i, alpha in enumerate(alphas):
+            coef, bias = ridge(t_train, y[train], alpha)
+            scores[i] += np.nanmean(column_pearson(t_test @ coef + bias, y[test]))
+    alpha = alphas[int(np.flatnonzero(scores >= scores.max() - 1e-9)[0])]
+    mean, scale, projection = prepare(x)
+    coef, bias = ridge(((x - mean) / scale) @ projection, y, alpha)
+    weight = (projection @ coef) / scale[:, None]
+    return alpha, weight, bias - mean @ weight
+
+
+@pytest.mark.parametrize(("n_sections", "n_components"), [(3, None), (3, 5), (1, None), (1, 4)])
+def test_ridge_route_matches_the_closed_form(n_sections, n_components):
+    rng = np.random.default_rng(n_sections + (n_components or 0))
+    features, targets = [], []
+    for _ in range(n_sections):
+        x = rng.normal(size=(60, 12)) * rng.uniform(0.5, 3, 12) + rng.normal(size=12)
+        x[:, 3] = 2.0  # a constant feature
+        y = x[:, :4] @ rng.normal(size=(4, 3)) + rng.normal(scale=2.0, size=(60, 3))
+        features.append(x)
+        targets.append(y)
+    alphas = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    network, extra = fit_ridge(features, targets, alphas=alphas, n_components=n_components)
+    alpha, weight, bias = _closed_form(features, targets, alphas, n_components)
+    assert extra["alpha"] == alpha
+    np.testing.assert_allclose(network.weight.detach().numpy(), weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(network.bias.detach().numpy(), bias, rtol=1e-5, atol=1e-5)
+
+
+def test_ties_up_to_rounding_take_the_smallest_penalty():
+    from histoexpr.tl._spot._spot_training import _first_best
+
+    scores = np.array([-0.07, 0.2 - 5e-17, 0.2, 0.2 - 5e-17, 0.07, np.nan])
+    assert _first_best(scores) == 1
+    assert _first_best(np.array([np.nan, 0.1, 0.3])) == 2
