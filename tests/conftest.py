@@ -11,7 +11,8 @@ import pytest
 import histoexpr as hx
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA") or os.environ.get("HISTOEXPR_DATA_DIR")
+            or REPO.parent / "shared" / "data")
 
 
 def pytest_configure(config):
