@@ -119,6 +119,8 @@ def test_every_registered_file_matches_the_shared_folder(data_dir, monkeypatch):
 @realdata
 def test_real_data_sets_read_offline(data_dir, monkeypatch):
     monkeypatch.setattr(hx.settings, "_datasets_dir", data_dir)
+    her2st = hx.datasets.her2st("C4", download=False)
+    assert her2st.tables["table"].n_obs == 184 and "he" in her2st.images
     mob = hx.datasets.mob_st(2, download=False)
     assert mob.tables["table"].var_names[0].startswith("ENSMUSG")
     iss = hx.datasets.iss_mouse_ca1(download=False)
