@@ -12,7 +12,7 @@ export HISTOEXPR_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA))
 # napari's tests need a display: use a virtual one where xvfb-run exists
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 
-.PHONY: demo test docs docs-fast benchmarks clean
+.PHONY: demo test wheel-smoke docs docs-fast benchmarks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile
+
+# the pip route: build the wheel, install it into a fresh virtual environment, smoke-test it
+wheel-smoke:
+	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
 docs: $(STAMP)
 	rm -rf docs/generated
