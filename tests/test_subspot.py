@@ -127,10 +127,10 @@ def test_subspot_map_beats_the_spot_prediction_copied_down(sections):
 
 
 @bad_input("silently wrong", "`subspot_um=` that does not cut `size_um` into a whole grid, or "
-           "with a non-additive route (`'mlp'`, `'cnn'`, `'auto'`) or `context_um`",
+           "with a non-additive route (`'mlp'`, `'cnn'`, `'auto'`)",
            says="ValueError before anything is written: the sizes that fit, or that the "
-                "sub-spot head is an additive ridge without context",
-           fix="give `size_um` divided by a whole number; `route='ridge'`, `context_um=None`")
+                "sub-spot head is an additive ridge",
+           fix="give `size_um` divided by a whole number; `route='ridge'`")
 @pytest.mark.parametrize("options, message", [
     ({"subspot_um": 50.0}, "whole number"),
     ({"subspot_um": 40.0, "route": "mlp"}, "route='ridge'"),

@@ -181,7 +181,7 @@ def _fit(
     if subspot_um is not None:
         from ._subspot import check_subspot_options
 
-        check_subspot_options(route, encoder, context_um, patch_um, subspot_um)
+        check_subspot_options(route, encoder, patch_um, subspot_um)
     sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
@@ -204,7 +204,8 @@ def _fit(
 
         network, extra = fit_subspot(prepared, subspot_um=subspot_um, patch_um=patch_um, mpp=mpp,
                                      image_key=image_key, encoder=encoder,
-                                     standardise=standardise_sections, alphas=alphas,
+                                     standardise=standardise_sections, context_um=context_um,
+                                     alphas=alphas,
                                      n_components=n_components, batch_size=batch_size,
                                      device=device)
     elif route == "auto" or (route in ("ridge", "mlp") and network_encoder):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..._utils import logger
-from ._spot_features import section_features
+from ._spot_features import _radii, section_features
 
 #: relative mismatch allowed between ``size_um`` and ``k * subspot_um``
 _GRID_TOLERANCE = 0.05
@@ -38,8 +38,7 @@ def subspot_grid(size_um: float, subspot_um: float) -> int:
     return k
 
 
-def check_subspot_options(route: str, encoder: Any, context_um: Any, size_um: float,
-                          subspot_um: float) -> None:
+def check_subspot_options(route: str, encoder: Any, size_um: float, subspot_um: float) -> None:
     """Refuse, before anything is written, options the sub-spot head does not take."""
     subspot_grid(size_um, subspot_um)
     if route != "ridge":
@@ -49,9 +48,6 @@ def check_subspot_options(route: str, encoder: Any, context_um: Any, size_um: fl
         raise ValueError(f"subspot_um takes a named encoder or a model file; encoder={encoder!r}"
                          " is trained inside fit. Pretrain it with hx.tl.pretrain, save it with "
                          "hx.io.save_model and pass the file.")
-    if context_um is not None:
-        raise ValueError("context_um does not apply with subspot_um: sub-tiles are predicted "
-                         "from their own pixels. Leave context_um=None.")
 
 
 def subtile_centres(centres: np.ndarray, size_um: float, k: int) -> np.ndarray:
@@ -89,6 +85,7 @@ def _subtile_section(sdata, centres: np.ndarray, *, image_key: str, subspot_um: 
 
 def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, mpp: float,
                 image_key: str, encoder: str | Sequence[str], standardise: bool,
+                context_um: float | Sequence[float] | None,
                 alphas: Sequence[float], n_components: int | None, batch_size: int,
                 device: str | None) -> tuple[Any, dict[str, Any]]:
     """Ridge on the mean features of each spot's sub-tiles, as a head for single sub-tiles.
@@ -111,6 +108,7 @@ def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, 
                                  image_key=image_key, subspot_um=subspot_um, mpp=mpp)
         values, record = section_features(light, SUBTILES, encoder=encoder,
                                           features_key=features_key, standardise=standardise,
+                                          context_um=context_um,
                                           image_key=image_key, batch_size=max(batch_size, 64),
                                           device=device)
         values = values.reshape(len(p.centres), k * k, -1)
@@ -126,7 +124,8 @@ def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, 
     logger.info("Sub-spot head: each spot of %g um is the mean of %d x %d sub-tiles of %g um.",
                 patch_um, k, k, subspot_um)
     extra.update({"patch_um": float(subspot_um), "encoder": encoder,
-                  "features_key": features_key, "features": records[0], "context_um": [],
+                  "features_key": features_key, "features": records[0],
+                  "context_um": _radii(context_um),
                   "standardise_sections": standardise,
                   "subspot": {"spot_um": float(patch_um), "subspot_um": float(subspot_um),
                               "grid": k, "additive": "mean of the sub-tiles' predictions "
