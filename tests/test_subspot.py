@@ -134,7 +134,6 @@ def test_subspot_map_beats_the_spot_prediction_copied_down(sections):
 @pytest.mark.parametrize("options, message", [
     ({"subspot_um": 50.0}, "whole number"),
     ({"subspot_um": 40.0, "route": "mlp"}, "route='ridge'"),
-    ({"subspot_um": 40.0, "context_um": 300.0}, "context_um"),
 ])
 def test_subspot_refuses_options_it_cannot_honour_before_writing(sections, options, message):
     sdata = sections["a"]
