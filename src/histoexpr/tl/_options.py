@@ -120,6 +120,7 @@ CHECKS: dict[str, Any] = {
     "val_block_um": lambda name, value: check_positive(name, value, unit="um"),
     "pretrain_epochs": _int_at_least(1),
     "n_components": _int_at_least(1),
+    "subspot_um": lambda name, value: check_positive(name, value, unit="um"),
 }
 
 
@@ -613,6 +614,15 @@ class SpotRegressorOptions(TrainingOptions):
     pretrain_epochs
         Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
         lr 1e-3, temperature 0.2, cosine schedule).
+    subspot_um
+        Ridge route: predict below the spot. Each spot tile of ``size_um`` is cut into a grid
+        of sub-tiles of this width (``size_um`` must be a whole multiple, at least 2 x 2); the
+        model is additive, a spot's prediction being the mean of its sub-tiles' predictions
+        (ridge on the sub-tiles' mean features), and is applied to single sub-tiles:
+        ``hx.tl.predict`` then maps expression at ``subspot_um`` (``metadata["patch_um"]``),
+        on a grid finer than the spots or on any tiles of that width. With ``context_um``, each
+        sub-tile also takes the mean features of the sub-tiles around it (predict on tiles that
+        cover the tissue at that spacing). ``None``: one tile a spot.
     """
 
     model: ClassVar[str] = "spot_regressor"
@@ -654,6 +664,7 @@ class SpotRegressorOptions(TrainingOptions):
     ssl_encoder: str | Path | Network | None = None
     pretrain_tiles_key: str | None = None
     pretrain_epochs: int | None = None
+    subspot_um: float | None = None
 
 
 #: model name -> its options class

@@ -156,6 +156,7 @@ def _fit(
     ssl_encoder: str | Path | Network | None,
     pretrain_tiles_key: str | None,
     pretrain_epochs: int | None,
+    subspot_um: float | None = None,
 ) -> Network:
     """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
     patch_um = size_um  # the name inside this module
@@ -177,6 +178,10 @@ def _fit(
     if candidates is not None and route != "auto":
         raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
                          "candidates to train one route.")
+    if subspot_um is not None:
+        from ._subspot import check_subspot_options
+
+        check_subspot_options(route, encoder, patch_um, subspot_um)
     sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
@@ -194,7 +199,16 @@ def _fit(
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
-    if route == "auto" or (route in ("ridge", "mlp") and network_encoder):
+    if subspot_um is not None:
+        from ._subspot import fit_subspot
+
+        network, extra = fit_subspot(prepared, subspot_um=subspot_um, patch_um=patch_um, mpp=mpp,
+                                     image_key=image_key, encoder=encoder,
+                                     standardise=standardise_sections, context_um=context_um,
+                                     alphas=alphas,
+                                     n_components=n_components, batch_size=batch_size,
+                                     device=device)
+    elif route == "auto" or (route in ("ridge", "mlp") and network_encoder):
         from ._spot_auto import fit_auto
 
         if route != "auto":  # one configuration, no search
