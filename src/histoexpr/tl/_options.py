@@ -613,6 +613,14 @@ class SpotRegressorOptions(TrainingOptions):
     pretrain_epochs
         Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
         lr 1e-3, temperature 0.2, cosine schedule).
+    calibrate
+        Head routes: calibrate the model on inner folds of the training sections (leave one
+        section out; three spatial bands with one section), so that its predictions carry a
+        domain-shift guard, conformal prediction intervals and each gene's inner Pearson (see
+        :func:`histoexpr.tl.predict` and the page "What a prediction means"). It trains the
+        head once more per training section (ridge: seconds; MLP: that many MLP trainings);
+        ``route="auto"`` reuses the fits of its search, so it costs almost nothing there.
+        ``False`` skips it; the predictions then state the guard and intervals as unavailable.
     """
 
     model: ClassVar[str] = "spot_regressor"
@@ -654,6 +662,7 @@ class SpotRegressorOptions(TrainingOptions):
     ssl_encoder: str | Path | Network | None = None
     pretrain_tiles_key: str | None = None
     pretrain_epochs: int | None = None
+    calibrate: bool = True
 
 
 #: model name -> its options class

@@ -156,6 +156,7 @@ def _fit(
     ssl_encoder: str | Path | Network | None,
     pretrain_tiles_key: str | None,
     pretrain_epochs: int | None,
+    calibrate: bool,
 ) -> Network:
     """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
     patch_um = size_um  # the name inside this module
@@ -210,7 +211,8 @@ def _fit(
             pretrain_epochs=pretrain_epochs,
             options={"alphas": alphas, "hidden": hidden, "n_members": n_members,
                      "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                     "val_fraction": val_fraction, "device": device, "seed": seed})
+                     "val_fraction": val_fraction, "device": device, "seed": seed,
+                     "calibrate": calibrate})
         if route != "auto":
             extra["route"] = route
     elif route == "cnn":
@@ -223,6 +225,9 @@ def _fit(
                                  batch_size=batch_size, val_fraction=val_fraction,
                                  device=device, seed=seed)
         extra["normalisation"] = CNN_NORMALISATION
+        extra["calibration"] = {"available": False, "reason": "the 'cnn' route keeps no "
+                                "calibration (guard, intervals, inner scores); train a head "
+                                "route ('ridge', 'mlp' or 'auto') to have one"}
     else:
         encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
         if features_key is None:
@@ -243,17 +248,22 @@ def _fit(
         metadata.update({"encoder": encoder, "features_key": features_key,
                          "features": records[0], "context_um": _radii(context_um),
                          "standardise_sections": standardise_sections})
-        if route == "ridge":
-            from ._spot_training import fit_ridge
+        from ._spot_training import fit_mlp, fit_ridge
 
-            network, extra = fit_ridge(features, targets, alphas=alphas,
-                                       n_components=n_components)
-        else:
-            from ._spot_training import fit_mlp
+        def train(x, y):
+            if route == "ridge":
+                return fit_ridge(x, y, alphas=alphas, n_components=n_components)
+            return fit_mlp(x, y, hidden=hidden, n_members=n_members, epochs=epochs, lr=lr,
+                           batch_size=batch_size, val_fraction=val_fraction, device=device,
+                           seed=seed)
 
-            network, extra = fit_mlp(features, targets, hidden=hidden, n_members=n_members,
-                                     epochs=epochs, lr=lr, batch_size=batch_size,
-                                     val_fraction=val_fraction, device=device, seed=seed)
+        network, extra = train(features, targets)
+        if calibrate:
+            from ._calibration import calibrate as calibrate_model
+            from ._calibration import network_refit
+
+            extra["calibration"] = calibrate_model(
+                prepared, features, network_refit(lambda x, y: train(x, y)[0]))
     metadata.update(extra)
     network.metadata = metadata
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
