@@ -230,3 +230,26 @@ def test_conformal_quantile_rank_and_coverage():
     half = _conformal.conformal_quantile(np.abs(rng.normal(size=(2000, 3))), 0.9)
     new = np.abs(rng.normal(size=(20000, 3)))
     assert np.abs((new <= half).mean(axis=0) - 0.9).max() < 0.02
+
+
+def test_prediction_maps_draw_the_interval_width(model, sections):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = sections["d"]
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_drawn")
+    figure = hx.pl.prediction(held, "pred_drawn", "table", genes=["EPCAM", "KRT8"],
+                              interval=True, image_key=None)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles.count("EPCAM: interval width") == 1 and len(titles) == 6
+    width = table.layers["upper"][:, 0] - table.layers["lower"][:, 0]
+    drawn = [c for ax in figure.axes if ax.get_title() == "EPCAM: interval width"
+             for c in ax.collections if c.get_array() is not None]
+    np.testing.assert_allclose(np.sort(np.asarray(drawn[0].get_array(), float)),
+                               np.sort(width), rtol=1e-5)
+    plt.close(figure)
+    del table.layers["lower"]
+    with pytest.raises(KeyError, match="no layers \\['lower'\\]"):
+        hx.pl.prediction(held, "pred_drawn", "table", genes="EPCAM", interval=True)
