@@ -16,7 +16,9 @@ then predicted:
   held-out her2st sections (negatives) from the other tissues (positives). The guard's
   thresholds (99th percentile, half the tiles) were fixed before this was run.
 
-Reported with the CPU seconds of fit with and without the calibration, on the same features.
+Baseline for the intervals, same run: the same conformal procedure around an image-blind
+predictor (each gene's mean over the training spots). Reported with the CPU seconds of fit with
+and without the calibration, on the same features.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
 """
@@ -111,9 +113,37 @@ def coverage_rows(model, sdata, name: str) -> dict:
                                                  round(float(per_gene.max()), 3)]
         row[f"width_{level:g}"] = round(float((table.layers["upper"]
                                                - table.layers["lower"]).mean()), 3)
+    row.update(baseline(model, sdata, truth))
     row["spread_of_truth"] = round(float(truth.std(axis=0).mean()), 3)
     row["n_spots"] = int(len(truth))
     return row
+
+
+def baseline(model, held, truth: np.ndarray) -> dict:
+    """The same conformal procedure around an image-blind predictor: the training spots' mean.
+
+    Inner folds: each training section predicted by the other sections' mean expression; the
+    held-out section by all training sections' mean.
+    """
+    from histoexpr._expression import expression_targets
+    from histoexpr.tl._spot._conformal import conformal_quantile
+
+    genes = list(model.metadata["genes"])
+    targets = {name: expression_targets(TRAIN[name].tables["table"], genes)
+               for name in model.metadata["trained_on"]}
+    residuals = []
+    for name, y in targets.items():
+        rest = np.vstack([t for n, t in targets.items() if n != name])
+        residuals.append(np.abs(y - rest.mean(axis=0)))
+    half = conformal_quantile(np.vstack(residuals), 0.9)
+    centre = np.vstack(list(targets.values())).mean(axis=0)
+    inside = (truth >= centre - half) & (truth <= centre + half)
+    return {"baseline_coverage_0.9": round(float(inside.mean()), 3),
+            "baseline_width_0.9": round(float(2 * half.mean()), 3)}
+
+
+#: the sections of the data set being run, by name (the baseline reads their spots)
+TRAIN: dict = {}
 
 
 def fit_both(train: dict, size_um: float, mpp):
@@ -144,6 +174,8 @@ def run(data_names: list[str], guard: bool) -> None:
     slide_rows = []
     for data_name in data_names:
         sections = read_sections(data_name)
+        TRAIN.clear()
+        TRAIN.update(sections)
         geometry = GEOMETRY[data_name]
         for sdata in sections.values():  # features are computed once, on the first fit
             hx.pp.tile(sdata, "he", size_um=geometry["size_um"], mpp=geometry["mpp"],
