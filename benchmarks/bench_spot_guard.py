@@ -21,6 +21,7 @@ predictor (each gene's mean over the training spots). Reported with the CPU seco
 and without the calibration, on the same features.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --scaled
 """
 
 from __future__ import annotations
@@ -223,7 +224,12 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["her2st", "mob_st"],
                         choices=["her2st", "mob_st"])
     parser.add_argument("--no-guard", action="store_true", help="intervals only")
+    parser.add_argument("--scaled", action="store_true",
+                        help="features scaled within each section, with context rings "
+                             "(standardise_sections=True, context_um=(300, 600))")
     args = parser.parse_args()
+    if args.scaled:
+        OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
     began = cpu()
     run(args.data, guard=not args.no_guard)
     print(f"total CPU s: {cpu() - began:.0f}")

@@ -253,3 +253,41 @@ def test_prediction_maps_draw_the_interval_width(model, sections):
     del table.layers["lower"]
     with pytest.raises(KeyError, match="no layers \\['lower'\\]"):
         hx.pl.prediction(held, "pred_drawn", "table", genes="EPCAM", interval=True)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_her2st_guard_and_intervals_on_a_held_out_section(data_dir):
+    """Trained on her2st C2 and C3: C4 is covered near 90 % and passes; other tissues warn."""
+    from histoexpr._expression import expression_targets
+
+    root = data_dir / "her2st"
+    images = {p.name.split("_")[0]: p for p in (root / "images").glob("*.jpg")}
+    her2st = {s: hx.io.read_st(root / "counts" / f"{s}.tsv.gz",
+                               root / "spots" / f"{s}_selection.tsv", images[s])
+              for s in ("C2", "C3", "C4")}
+    geometry = {"size_um": 112.0, "mpp": 1.0}
+    model = hx.tl.fit({s: her2st[s] for s in ("C2", "C3")}, model="spot_regressor",
+                      route="ridge", genes=50, **geometry)
+    held = her2st["C4"]
+    hx.pp.tile(held, "he", centres="spots", min_tissue=0, key_added="spot_tiles", **geometry)
+    table = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred")
+    counts = held.tables["table"]
+    index = {s: i for i, s in enumerate(counts.obs["spot_id"])}
+    table = table[[s in index for s in table.obs["spot_id"]]]
+    truth = expression_targets(counts[[index[s] for s in table.obs["spot_id"]]],
+                               list(table.var_names))
+    coverage = ((truth >= table.layers["lower"]) & (truth <= table.layers["upper"])).mean()
+    assert 0.85 <= coverage <= 0.95, coverage
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        grid_table = hx.tl.predict(model, held, key_added="grid_pred")
+    assert grid_table.uns["prediction"]["guard"]["fraction_out_of_range"] < 0.5
+    mob = hx.io.read_st(data_dir / "mob_st" / "MOB1.tsv.gz",
+                        data_dir / "mob_st" / "alignment_table_MOB1.tsv",
+                        data_dir / "mob_st" / "MOB1.jpg")
+    svs = hx.io.read_wsi(data_dir / "wsi" / "CMU-1-Small-Region.svs")
+    for name, other in (("MOB1", mob), ("CMU-1", svs)):
+        with pytest.warns(UserWarning, match=f"Slide '{name}'"):
+            result = hx.tl.predict(model, other, key_added="grid_pred", name=name)
+        assert result.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.9

@@ -109,7 +109,10 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
     ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
     options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
-    ``stain`` and the search in ``auto``).
+    ``stain`` and the search in ``auto``), and, for the head routes with ``calibrate=True``,
+    ``calibration``: each gene's inner Pearson, the conformal interval half-widths and the
+    domain-shift guard, from inner folds of the training sections (see
+    :class:`~histoexpr.tl.SpotRegressorOptions` and the page "What a prediction means").
 
     Examples
     --------
