@@ -133,7 +133,9 @@ def test_intervals_cover_held_out_spots_near_their_level(model, sections):
     assert width_50 < (upper - lower).mean()
 
 
-def test_the_prediction_states_units_genes_training_and_tiles(model, sections):
+def test_the_prediction_states_units_genes_training_and_tiles(model, sections, tmp_path):
+    import anndata as ad
+
     table = hx.tl.predict(
         model, sections["d"], tiles_key=grid(sections["d"]), key_added="pred_record"
     )
@@ -144,6 +146,13 @@ def test_the_prediction_states_units_genes_training_and_tiles(model, sections):
     assert record["tile_size_um"] == 40.0 and record["mpp"] == 1.0
     assert record["encoder"] == "handcrafted" and record["encoder_fingerprint"]
     assert "inner_pearson" in table.var
+    np.testing.assert_allclose(table.var["interval_half_width"],
+                               model.metadata["calibration"]["intervals"]["half_width"]["0.9"],
+                               rtol=1e-6)
+    table.write_zarr(tmp_path / "prediction.zarr")  # the record is plain enough to store
+    back = ad.read_zarr(tmp_path / "prediction.zarr")
+    assert back.uns["prediction"]["guard"]["warns"] == record["guard"]["warns"]
+    assert back.uns["prediction"]["units"] == record["units"]
     np.testing.assert_allclose(
         table.var["inner_pearson"], model.metadata["calibration"]["inner_pearson"]
     )

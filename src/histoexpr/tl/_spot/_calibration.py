@@ -79,7 +79,6 @@ def annotate(table, metadata: Mapping[str, Any], features: np.ndarray | None, *,
     calibration = metadata.get("calibration") or {}
     record = dict(table.uns["prediction"])
     record.update(contract(metadata))
-    genes = list(table.var_names)
     if calibration.get("available"):
         table.var["inner_pearson"] = np.asarray(calibration["inner_pearson"], dtype=float)
     if calibration.get("available") and features is not None:
@@ -100,11 +99,12 @@ def annotate(table, metadata: Mapping[str, Any], features: np.ndarray | None, *,
         values = np.asarray(table.X, dtype=np.float32)
         table.layers[LOWER] = values - half
         table.layers[UPPER] = values + half
+        table.var["interval_half_width"] = half.astype(float)
         record["intervals"] = {
             "available": True, "level": float(level), "layers": [LOWER, UPPER],
             "method": calibration["intervals"]["method"],
             "folds": calibration["folds"],
-            "half_width": dict(zip(genes, half.astype(float).tolist(), strict=True)),
+            "half_width": "var['interval_half_width']",
             "n_calibration_spots": int(calibration["intervals"]["n_calibration_spots"])}
         record["guard"] = summary
     else:

@@ -106,8 +106,9 @@ def predict(
     gene's inner Pearson in ``var["inner_pearson"]``. ``uns["prediction"]`` states the units
     and normalisation of ``X``, the genes' scores, the training sections, the tile size and
     pixel size, the encoder and its fingerprint, the guard's summary of the slide and the
-    intervals' level and half-widths (``"available": False`` and why, for a model without a
-    calibration). The page "What a prediction means" says what these mean and do not mean.
+    intervals' level (each gene's half-width in ``var["interval_half_width"]``;
+    ``"available": False`` and why, for a model without a calibration). The page "What a
+    prediction means" says what these mean and do not mean.
 
     """
     from ...pp import tile
