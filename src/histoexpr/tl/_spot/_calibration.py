@@ -42,12 +42,15 @@ def folds_of(prepared) -> tuple[str, list[tuple[list, list]]]:
 
 
 def calibrate(prepared, features: Sequence[np.ndarray], refit: Callable | None, *,
+              guard_features: Sequence[np.ndarray],
               inner: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """The model's calibration: inner Pearson per gene, interval half-widths, the guard.
 
     ``features`` are the head's inputs of each section's spots; ``refit(x, y)`` trains the
     model's head the same way on parts of them and returns a function from features to
-    log1p-normalised predictions. ``inner`` (held-out predicted and measured values of each
+    log1p-normalised predictions. ``guard_features`` are the encoder's own features of the
+    same spots (before per-section scaling and context, which would hide a slide's shift).
+    ``inner`` (held-out predicted and measured values of each
     inner fold, in the order of :func:`folds_of`) reuses fits already made, e.g. by
     ``route="auto"``'s search.
     """
@@ -65,7 +68,7 @@ def calibrate(prepared, features: Sequence[np.ndarray], refit: Callable | None, 
               "reused_inner_fits": reused,
               "inner_pearson": _conformal.gene_scores(inner),
               "intervals": _conformal.fit_intervals(inner),
-              "guard": _guard.fit_guard(features, folds)}
+              "guard": _guard.fit_guard(guard_features, folds)}
     record["cpu_seconds"] = round(time.process_time() - began, 2)
     logger.info("Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
                 len(folds), scheme, record["cpu_seconds"],

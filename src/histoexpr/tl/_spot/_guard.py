@@ -1,7 +1,8 @@
 """The spot regressor's domain-shift guard: how far a tile's features lie from the training tiles.
 
-The guard is fitted on the features the regressor's head reads (after context and per-section
-scaling). They are standardised with the training tiles' mean and scale and projected on their
+The guard is fitted on the encoder's features of the tiles, before the per-section scaling and
+the context that the head may add (per-section scaling would hide a slide's shift). They are
+standardised with the training tiles' mean and scale and projected on their
 leading principal components; a tile's score combines its Mahalanobis distance along those
 components (Hotelling's T^2) with its squared distance off them (the residual, scaled by its
 training mean), ``sqrt((T^2 + Q / mean Q) / (k + 1))``.
@@ -85,7 +86,7 @@ def fit_guard(features: Sequence[np.ndarray], folds: Sequence[tuple[list, list]]
     scores = scores[np.isfinite(scores)]
     params = fit_distance(np.vstack(features))
     return {"method": "pca_mahalanobis_residual",
-            "features": "the head's input features (context and per-section scaling included)",
+            "features": "the encoder's tile features, before per-section scaling and context",
             **{key: np.asarray(value).tolist() if not np.isscalar(value) else float(value)
                for key, value in params.items()},
             "calibration": np.percentile(scores, LEVELS).tolist(),

@@ -364,6 +364,8 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
 
         extra["calibration"] = calibrate(
             prepared, x, network_refit(lambda xs, ys: _log1p_head(xs, ys, chosen, options)[0]),
+            guard_features=[features.of(p, {**chosen, "context_um": None,
+                                            "standardise_sections": False}) for p in prepared],
             inner=kept.get(repr(sorted(chosen.items()))) or None)
     name = chosen["encoder"]
     metadata = {"route": "auto", "head": chosen["head"], "target": chosen["target"],

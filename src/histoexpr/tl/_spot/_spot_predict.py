@@ -147,7 +147,7 @@ def predict(
     if not on_image.any():
         raise ValueError(f"All {on_image.size} tiles {tiles_key!r} lie off the image "
                          f"{image_key!r}; tile this image or give the image they were made on.")
-    features = None
+    unscaled = None  # the encoder's features of the tiles, for the guard
     if metadata["route"] == "cnn":
         from torch.utils.data import Subset
 
@@ -177,14 +177,12 @@ def predict(
 
             transform = stain_normaliser(tiles, tiles_key, reference=metadata["stain"])
             features_key = f"{features_key}_{metadata['stain']['method']}_{transform.digest}"
-        features, _ = section_features(tiles, tiles_key, encoder=encoder,
-                                       features_key=features_key,
-                                       context_um=metadata.get("context_um") or None,
-                                       standardise=metadata.get("standardise_sections", False),
-                                       image_key=image_key, expected=expected,
-                                       batch_size=batch_size, device=device,
-                                       transform=transform)
-        features = features[on_image]
+        features, unscaled = (section_features(
+            tiles, tiles_key, encoder=encoder, features_key=features_key,
+            context_um=metadata.get("context_um") or None if head_input else None,
+            standardise=metadata.get("standardise_sections", False) and head_input,
+            image_key=image_key, expected=expected, batch_size=batch_size, device=device,
+            transform=transform)[0][on_image] for head_input in (True, False))
         expected = model.get_config().get("n_features")
         if expected is not None and features.shape[1] != expected:
             raise ValueError(f"The tiles' features have {features.shape[1]} values but the model "
@@ -201,7 +199,7 @@ def predict(
                               image={"key": image_key,
                                      "fingerprint": image_fingerprint(sdata, image_key)})
     add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
-    annotate(table, metadata, features, level=level, name=_slide_name(sdata, image_key, name))
+    annotate(table, metadata, unscaled, level=level, name=_slide_name(sdata, image_key, name))
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")

@@ -235,7 +235,7 @@ def _fit(
         encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
         if features_key is None:
             features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
-        features, records = [], []
+        features, records, unscaled = [], [], []
         for p in prepared:
             values, record = section_features(
                 p.sdata, tiles_key, encoder=encoder, features_key=features_key,
@@ -243,6 +243,11 @@ def _fit(
                 batch_size=max(batch_size, 64), device=device)
             features.append(values[p.tile_rows])
             records.append(record)
+            if calibrate:  # the guard's features: the encoder's own, read back from obsm
+                unscaled.append(section_features(
+                    p.sdata, tiles_key, encoder=encoder, features_key=features_key,
+                    image_key=image_key, batch_size=max(batch_size, 64),
+                    device=device)[0][p.tile_rows])
         if any(r != records[0] for r in records[1:]):
             raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
                              f"differently ({records}); give every section the same kind of "
@@ -266,7 +271,8 @@ def _fit(
             from ._calibration import network_refit
 
             extra["calibration"] = calibrate_model(
-                prepared, features, network_refit(lambda x, y: train(x, y)[0]))
+                prepared, features, network_refit(lambda x, y: train(x, y)[0]),
+                guard_features=unscaled)
     metadata.update(extra)
     network.metadata = metadata
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
