@@ -300,3 +300,17 @@ def test_her2st_guard_and_intervals_on_a_held_out_section(data_dir):
         with pytest.warns(UserWarning, match=f"Slide '{name}'"):
             result = hx.tl.predict(model, other, key_added="grid_pred", name=name)
         assert result.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.9
+
+
+def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections):
+    # per-section scaling makes any slide's features look like the training's on average; the
+    # guard reads the encoder's features before it
+    model = hx.tl.fit({n: sections[n] for n in "abc"}, model="spot_regressor", route="ridge",
+                      genes=GENES[:3], standardise_sections=True, context_um=80.0, **PATCH)
+    other = recoloured(sections["d"])
+    with pytest.warns(UserWarning, match="out of the training data"):
+        table = hx.tl.predict(model, other, tiles_key=grid(other), key_added="pred_scaled")
+    assert table.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.5
+    same = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]),
+                         key_added="pred_scaled")
+    assert not same.uns["prediction"]["guard"]["warns"]
