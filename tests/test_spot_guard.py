@@ -314,3 +314,18 @@ def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections
     same = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]),
                          key_added="pred_scaled")
     assert not same.uns["prediction"]["guard"]["warns"]
+
+
+def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
+    from types import SimpleNamespace
+
+    from histoexpr.tl._spot import _calibration
+
+    rng = np.random.default_rng(0)
+    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(2, 3)).astype(np.float32),
+                                centres=rng.normal(size=(2, 2))) for n in "ab"]
+    features = [rng.normal(size=(2, 5)).astype(np.float32) for _ in prepared]
+    refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
+                                                                         n_genes=3))
+    record = _calibration.calibrate(prepared, features, refit, guard_features=features)
+    assert record["available"] is False and "at least 3 training tiles" in record["reason"]

@@ -62,13 +62,18 @@ def calibrate(prepared, features: Sequence[np.ndarray], refit: Callable | None, 
         return {"available": False, "reason": str(error)}
     targets = [p.targets for p in prepared]
     reused = inner is not None
-    if inner is None:
-        inner = _conformal.inner_predictions(features, targets, folds, refit)
+    try:
+        if inner is None:
+            inner = _conformal.inner_predictions(features, targets, folds, refit)
+        guard = _guard.fit_guard(guard_features, folds)
+    except ValueError as error:  # an inner fold too small to train or to fit the guard on
+        logger.warning("No calibration (guard, intervals, inner scores): %s", error)
+        return {"available": False, "reason": f"inner folds too small: {error}"}
     record = {"available": True, "folds": scheme, "n_folds": len(folds),
               "reused_inner_fits": reused,
               "inner_pearson": _conformal.gene_scores(inner),
               "intervals": _conformal.fit_intervals(inner),
-              "guard": _guard.fit_guard(guard_features, folds)}
+              "guard": guard}
     record["cpu_seconds"] = round(time.process_time() - began, 2)
     logger.info("Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
                 len(folds), scheme, record["cpu_seconds"],
