@@ -46,17 +46,9 @@ OPTIONS = {"route": "ridge", "encoder": "handcrafted", "genes": 50,
 
 
 def read_sections(name: str) -> dict:
-    import histoexpr as hx
+    from bench_spot_prediction import read_sections as read  # the same sections, read alike
 
-    if name == "her2st":
-        root = DATA / "her2st"
-        images = {p.name.split("_")[0]: p for p in (root / "images").glob("*.jpg")}
-        return {s: hx.io.read_st(root / "counts" / f"{s}.tsv.gz",
-                                 root / "spots" / f"{s}_selection.tsv", images[s])
-                for s in ("C2", "C3", "C4")}
-    root = DATA / "mob_st"
-    return {f"MOB{i}": hx.io.read_st(root / f"MOB{i}.tsv.gz", root / f"alignment_table_MOB{i}.tsv",
-                                     root / f"MOB{i}.jpg") for i in range(1, 5)}
+    return read(name)
 
 
 def other_tissues() -> dict:
