@@ -38,6 +38,7 @@ def prediction(
     image_key: str | None = "he",
     cmap: str = "viridis",
     shared_scale: bool = True,
+    interval: bool = False,
     scale_bar: bool = True,
     scale_bar_um: float | None = None,
     library_id: str | None = None,
@@ -81,6 +82,11 @@ def prediction(
         Maps: one colour scale for the predicted and the measured map of each gene (limits
         from the smallest and largest of both), so that equal colours mean equal values;
         ``False`` scales each map to its own values.
+    interval
+        Maps: add a third map per gene, the width of the prediction interval
+        (``layers["upper"] - layers["lower"]`` of the prediction table, as
+        :func:`histoexpr.tl.predict` writes them for a calibrated spot regressor; its level is
+        in ``uns["prediction"]["intervals"]``), on its own colour scale.
     scale_bar
         Maps: draw a scale bar in um in the lower right corner of each map.
     scale_bar_um
@@ -119,7 +125,7 @@ def prediction(
     if scale_bar_um is not None and not scale_bar_um > 0:
         raise ValueError(f"scale_bar_um must be a positive length in um or None, got "
                          f"{scale_bar_um!r}.")
-    style = {"cmap": cmap, "shared_scale": shared_scale,
+    style = {"cmap": cmap, "shared_scale": shared_scale, "interval": interval,
              "scale_bar_um": scale_bar_um if scale_bar else 0.0, "panel_size": panel_size}
     if isinstance(data, SpatialData):
         figure = _maps(data, pred_key, truth_key, genes=genes, image_key=image_key,
@@ -128,6 +134,9 @@ def prediction(
         figure = _table_maps(data, pred_key, truth_key, genes=genes, library_id=library_id,
                              **style)
     else:
+        if interval:
+            raise ValueError("interval=True draws maps; this AnnData has no uns['spatial'] "
+                             "to draw them on (pass a section or a prediction table of tiles).")
         figure = _scatters(data, pred_key, truth_key, genes=genes, panel_size=panel_size)
     if save is not None:
         figure.savefig(save, dpi=150, bbox_inches="tight")
@@ -187,12 +196,13 @@ def gene_metrics(
 
 
 def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_side,
-          panel_size, shared_scale, scale_bar_um) -> Figure:
+          panel_size, shared_scale, interval, scale_bar_um) -> Figure:
     from .._expression import expression_targets
 
     require_element(sdata, pred_key, "tables")
     require_element(sdata, truth_key, "tables")
     pred, truth = sdata.tables[pred_key], sdata.tables[truth_key]
+    widths = _interval_widths(pred, pred_key) if interval else None
     genes = list(pred.var_names[:4]) if genes is None else list(genes)
     missing = [g for g in genes if g not in pred.var_names or g not in truth.var_names]
     if missing:
@@ -209,17 +219,20 @@ def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_s
     panels = []
     for row, gene in enumerate(genes):
         predicted = np.asarray(pred[:, gene].X).ravel()
-        panels.append((gene, (
-            (pred_shapes, _by_instance(pred, predicted, pred_shapes),
-             value_label(pred, gene, None)),
-            (truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
-             f"{gene} (log1p)"))))
+        maps = ((pred_shapes, _by_instance(pred, predicted, pred_shapes),
+                 value_label(pred, gene, None)),
+                (truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
+                 f"{gene} (log1p)"))
+        if widths is not None:
+            maps += ((pred_shapes, _by_instance(pred, widths[gene].to_numpy(), pred_shapes),
+                      f"{gene} interval width"),)
+        panels.append((gene, maps))
     return _draw_panels(panels, background, cmap=cmap, panel_size=panel_size,
                         shared_scale=shared_scale, scale_bar_um=scale_bar_um)
 
 
 def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, panel_size,
-                shared_scale, scale_bar_um) -> Figure:
+                shared_scale, interval, scale_bar_um) -> Figure:
     """Maps of a prediction table on its own, over the image of its ``uns["spatial"]``."""
     from anndata import AnnData
 
@@ -253,10 +266,14 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
         measured_label = truth_key
     unit = value_label(pred, genes[0], None if pred_key == "X" else pred_key)
     unit = unit[len(genes[0]):].strip() if unit != genes[0] else ""
+    widths = _interval_widths(pred, pred_key) if interval else None
     panels = [(gene, (
         (pred_shapes, pd.Series(predicted[gene].to_numpy(float), index=pred_shapes.index),
          f"{gene} {unit}".strip()),
-        (truth_shapes, measured[gene], f"{gene} ({measured_label})")))
+        (truth_shapes, measured[gene], f"{gene} ({measured_label})"))
+        + (() if widths is None else (
+            (pred_shapes, pd.Series(widths[gene].to_numpy(float), index=pred_shapes.index),
+             f"{gene} interval width"),)))
         for gene in genes]
     return _draw_panels(panels, lambda ax: draw_table_image(ax, record[1]), cmap=cmap,
                         panel_size=panel_size, shared_scale=shared_scale,
@@ -268,20 +285,23 @@ def _draw_panels(panels, background, *, cmap, panel_size, shared_scale,
     """One row per gene: its predicted and measured maps, on one colour scale if shared."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(panels), 2, squeeze=False,
-                                figsize=(2 * panel_size + 1, panel_size * len(panels)))
+    columns = max(len(maps) for _, maps in panels)
+    figure, axes = plt.subplots(len(panels), columns, squeeze=False,
+                                figsize=(columns * panel_size + 1, panel_size * len(panels)))
     for row, (gene, maps) in enumerate(panels):
         limits = (None, None)
-        if shared_scale:
-            both = np.concatenate([values.to_numpy(float) for _, values, _ in maps])
+        if shared_scale:  # the predicted and measured maps (an interval width has its own)
+            both = np.concatenate([values.to_numpy(float) for _, values, _ in maps[:2]])
             both = both[np.isfinite(both)]
             if both.size:
                 limits = (float(both.min()), float(both.max()))
-        for ax, (shapes, values, label), what in zip(axes[row], maps, ("predicted", "measured"),
-                                                     strict=True):
+        for column, ((shapes, values, label), what) in enumerate(zip(
+                maps, ("predicted", "measured", "interval width"), strict=False)):
+            ax = axes[row][column]
             background(ax)
+            low, high = limits if column < 2 else (None, None)
             _draw_shapes(ax, shapes, values, cmap=cmap, alpha=0.9, label=label,
-                         outline="black", vmin=limits[0], vmax=limits[1])
+                         outline="black", vmin=low, vmax=high)
             ax.set_aspect("equal")
             if not ax.yaxis_inverted():
                 ax.invert_yaxis()
@@ -328,6 +348,16 @@ def _annotated_shapes(sdata, table):
 def _by_instance(table, values: np.ndarray, shapes) -> pd.Series:
     instance_key = table.uns["spatialdata_attrs"]["instance_key"]
     return pd.Series(values, index=table.obs[instance_key].to_numpy()).reindex(shapes.index)
+
+
+def _interval_widths(pred, pred_key: str) -> pd.DataFrame:
+    """Width of each tile's prediction interval per gene (``upper - lower``)."""
+    missing = [layer for layer in ("lower", "upper") if layer not in pred.layers]
+    if missing:
+        raise KeyError(f"The prediction table {pred_key!r} has no layers {missing}: no "
+                       "prediction intervals to draw. Predict with a model calibrated in fit "
+                       "(hx.tl.fit(..., calibrate=True), a head route), or pass interval=False.")
+    return _values(pred, "upper") - _values(pred, "lower")
 
 
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:

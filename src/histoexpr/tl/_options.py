@@ -623,6 +623,14 @@ class SpotRegressorOptions(TrainingOptions):
         on a grid finer than the spots or on any tiles of that width. With ``context_um``, each
         sub-tile also takes the mean features of the sub-tiles around it (predict on tiles that
         cover the tissue at that spacing). ``None``: one tile a spot.
+    calibrate
+        Head routes: calibrate the model on inner folds of the training sections (leave one
+        section out; three spatial bands with one section), so that its predictions carry a
+        domain-shift guard, conformal prediction intervals and each gene's inner Pearson (see
+        :func:`histoexpr.tl.predict` and the page "What a prediction means"). It trains the
+        head once more per training section (ridge: seconds; MLP: that many MLP trainings);
+        ``route="auto"`` reuses the fits of its search, so it costs almost nothing there.
+        ``False`` skips it; the predictions then state the guard and intervals as unavailable.
     """
 
     model: ClassVar[str] = "spot_regressor"
@@ -665,6 +673,7 @@ class SpotRegressorOptions(TrainingOptions):
     pretrain_tiles_key: str | None = None
     pretrain_epochs: int | None = None
     subspot_um: float | None = None
+    calibrate: bool = True
 
 
 #: model name -> its options class

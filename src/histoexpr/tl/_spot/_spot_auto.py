@@ -291,8 +291,12 @@ def inner_folds(prepared) -> tuple[str, list]:
     return "three spatial bands of one section", folds
 
 
-def evaluate_candidate(candidate, features: _Features, folds, options) -> dict[str, Any]:
-    """Mean Pearson over genes on each inner test part; the candidate's score is their mean."""
+def evaluate_candidate(candidate, features: _Features, folds, options, *,
+                       keep: list | None = None) -> dict[str, Any]:
+    """Mean Pearson over genes on each inner test part; the candidate's score is their mean.
+
+    ``keep`` receives each fold's held-out (predicted, measured) values, log1p-normalised.
+    """
     scores = {}
     for name, train, (test, test_rows) in folds:
         x = [features.of(section, candidate)[rows] for section, rows in train]
@@ -300,6 +304,9 @@ def evaluate_candidate(candidate, features: _Features, folds, options) -> dict[s
         network, _ = _fit_head(x, y, candidate, options)
         predicted = _apply(network, features.of(test, candidate)[test_rows])
         scores[name] = float(np.nanmean(column_pearson(predicted, test.targets[test_rows])))
+        if keep is not None:
+            keep.append((_on_log1p_scale(predicted, candidate["target"], y),
+                         test.targets[test_rows]))
     values = [v for v in scores.values() if np.isfinite(v)]
     return {"folds": scores, "mean": float(np.mean(values)) if values else float("nan")}
 
@@ -345,13 +352,21 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
                          pretrain_epochs=pretrain_epochs, batch_size=options["batch_size"],
                          device=options["device"], seed=options["seed"])
     scheme, folds = inner_folds(prepared)
-    chosen, results = search(grid, lambda c: evaluate_candidate(c, features, folds, options))
+    kept: dict[str, list] = {}  # held-out predictions of every candidate, for the calibration
+    chosen, results = search(grid, lambda c: evaluate_candidate(
+        c, features, folds, options, keep=kept.setdefault(repr(sorted(c.items())), [])))
     searched = time.perf_counter() - began
     x = [features.of(p, chosen) for p in prepared]
     y = [p.targets for p in prepared]
-    head, extra = _fit_head(x, y, chosen, options)
-    pooled = np.vstack(y).astype(np.float64)
-    _fold_target_transform(head, chosen["target"], pooled.mean(axis=0), pooled.std(axis=0))
+    head, extra = _log1p_head(x, y, chosen, options)
+    if options.get("calibrate", True):
+        from ._calibration import calibrate, network_refit
+
+        extra["calibration"] = calibrate(
+            prepared, x, network_refit(lambda xs, ys: _log1p_head(xs, ys, chosen, options)[0]),
+            guard_features=[features.of(p, {**chosen, "context_um": None,
+                                            "standardise_sections": False}) for p in prepared],
+            inner=kept.get(repr(sorted(chosen.items()))) or None)
     name = chosen["encoder"]
     metadata = {"route": "auto", "head": chosen["head"], "target": chosen["target"],
                 "features_key": features.key(name), "context_um": chosen["context_um"] or [],
@@ -390,6 +405,24 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
     logger.info("route='auto' chose %s (%s, %.0f s).", _describe(chosen), scheme,
                 time.perf_counter() - began)
     return network, metadata
+
+
+def _log1p_head(x: list[np.ndarray], y: list[np.ndarray], candidate, options):
+    """A head of ``candidate`` trained on ``x``, ``y``, predicting log1p-normalised values."""
+    head, extra = _fit_head(x, y, candidate, options)
+    pooled = np.vstack(y).astype(np.float64)
+    _fold_target_transform(head, candidate["target"], pooled.mean(axis=0), pooled.std(axis=0))
+    return head, extra
+
+
+def _on_log1p_scale(predicted: np.ndarray, how: str, y: list[np.ndarray]) -> np.ndarray:
+    """Predictions of a head trained on ``how`` targets, on the pooled training spots' scale."""
+    if how == "log1p":
+        return predicted
+    pooled = np.vstack(y).astype(np.float64)
+    mean, scale = pooled.mean(axis=0), pooled.std(axis=0)
+    scale = np.where(scale > 0, scale, 1) if how in ("standardised", "rank") else 1.0
+    return (predicted * scale + mean).astype(np.float32)
 
 
 def _fold_target_transform(head, how: str, mean: np.ndarray, scale: np.ndarray) -> None:

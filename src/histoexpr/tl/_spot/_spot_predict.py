@@ -22,6 +22,8 @@ from ..._utils import (
     store_element,
 )
 from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
+from ._calibration import annotate
+from ._conformal import half_width
 from ._spot_features import section_features
 from ._spot_inputs import MADE_BY, STEP, _check_image_mpp, _tiles_at
 
@@ -43,6 +45,8 @@ def predict(
     min_tissue: float = 0.5,
     batch_size: int = 64,
     device: str | None = None,
+    level: float = 0.9,
+    name: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
 ) -> AnnData:
@@ -73,6 +77,12 @@ def predict(
         Tiles per forward pass.
     device
         Torch device; ``None`` uses ``hx.settings.device``.
+    level
+        Level of the prediction intervals (``layers["lower"]``, ``layers["upper"]``): one of
+        the levels the model keeps, 0.5, 0.8, 0.9 or 0.95.
+    name
+        The slide's name in the guard's warning; ``None`` uses the file the section was read
+        from, or the image key.
     key_added
         Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
     overwrite
@@ -88,6 +98,18 @@ def predict(
     ``uns["spatial"]`` (a copy of the image, at most 2000 px long, and its scale factors to um):
     ``sc.pl.spatial``, ``sq.pl.spatial_scatter`` and ``hx.pl.spots`` draw it over the tissue.
 
+    A model calibrated in ``fit`` (head routes, ``calibrate=True``, the default) also gives:
+    the domain-shift guard of each tile in ``obs`` (``guard_score``; ``guard_percentile``, its
+    percentile among held-out training tiles; ``out_of_range``, above the 99th), a
+    ``UserWarning`` naming the slide when more than half its tiles are out of range; split-
+    conformal intervals at ``level`` in ``layers["lower"]`` and ``layers["upper"]``; each
+    gene's inner Pearson in ``var["inner_pearson"]``. ``uns["prediction"]`` states the units
+    and normalisation of ``X``, the genes' scores, the training sections, the tile size and
+    pixel size, the encoder and its fingerprint, the guard's summary of the slide and the
+    intervals' level (each gene's half-width in ``var["interval_half_width"]``;
+    ``"available": False`` and why, for a model without a calibration). The page "What a
+    prediction means" says what these mean and do not mean.
+
     """
     from ...pp import tile
 
@@ -100,6 +122,9 @@ def predict(
     tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
     check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
+    calibration = metadata.get("calibration") or {}
+    if calibration.get("available"):
+        half_width(calibration["intervals"], level)  # a level the model keeps, or refused
     patch_um, mpp = metadata["patch_um"], metadata["mpp"]
     # everything that can be refused is checked before anything is written
     _check_channels(sdata, image_key, model)
@@ -122,6 +147,7 @@ def predict(
     if not on_image.any():
         raise ValueError(f"All {on_image.size} tiles {tiles_key!r} lie off the image "
                          f"{image_key!r}; tile this image or give the image they were made on.")
+    unscaled = None  # the encoder's features of the tiles, for the guard
     if metadata["route"] == "cnn":
         from torch.utils.data import Subset
 
@@ -151,14 +177,12 @@ def predict(
 
             transform = stain_normaliser(tiles, tiles_key, reference=metadata["stain"])
             features_key = f"{features_key}_{metadata['stain']['method']}_{transform.digest}"
-        features, _ = section_features(tiles, tiles_key, encoder=encoder,
-                                       features_key=features_key,
-                                       context_um=metadata.get("context_um") or None,
-                                       standardise=metadata.get("standardise_sections", False),
-                                       image_key=image_key, expected=expected,
-                                       batch_size=batch_size, device=device,
-                                       transform=transform)
-        features = features[on_image]
+        features, unscaled = (section_features(
+            tiles, tiles_key, encoder=encoder, features_key=features_key,
+            context_um=metadata.get("context_um") or None if head_input else None,
+            standardise=metadata.get("standardise_sections", False) and head_input,
+            image_key=image_key, expected=expected, batch_size=batch_size, device=device,
+            transform=transform)[0][on_image] for head_input in (True, False))
         expected = model.get_config().get("n_features")
         if expected is not None and features.shape[1] != expected:
             raise ValueError(f"The tiles' features have {features.shape[1]} values but the model "
@@ -175,10 +199,18 @@ def predict(
                               image={"key": image_key,
                                      "fingerprint": image_fingerprint(sdata, image_key)})
     add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
+    annotate(table, metadata, unscaled, level=level, name=_slide_name(sdata, image_key, name))
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
     return sdata.tables[key_added]
+
+
+def _slide_name(sdata, image_key: str, name: str | None) -> str:
+    if name is not None:
+        return repr(str(name))
+    path = getattr(sdata, "path", None)
+    return repr(str(path)) if path is not None else f"(image {image_key!r})"
 
 
 def _check_channels(sdata, image_key: str, model) -> None:

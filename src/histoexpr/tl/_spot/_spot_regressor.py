@@ -109,7 +109,10 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
     ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
     options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
-    ``stain`` and the search in ``auto``).
+    ``stain`` and the search in ``auto``), and, for the head routes with ``calibrate=True``,
+    ``calibration``: each gene's inner Pearson, the conformal interval half-widths and the
+    domain-shift guard, from inner folds of the training sections (see
+    :class:`~histoexpr.tl.SpotRegressorOptions` and the page "What a prediction means").
 
     Examples
     --------
@@ -156,6 +159,7 @@ def _fit(
     ssl_encoder: str | Path | Network | None,
     pretrain_tiles_key: str | None,
     pretrain_epochs: int | None,
+    calibrate: bool,
     subspot_um: float | None = None,
 ) -> Network:
     """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
@@ -224,7 +228,8 @@ def _fit(
             pretrain_epochs=pretrain_epochs,
             options={"alphas": alphas, "hidden": hidden, "n_members": n_members,
                      "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                     "val_fraction": val_fraction, "device": device, "seed": seed})
+                     "val_fraction": val_fraction, "device": device, "seed": seed,
+                     "calibrate": calibrate})
         if route != "auto":
             extra["route"] = route
     elif route == "cnn":
@@ -237,11 +242,14 @@ def _fit(
                                  batch_size=batch_size, val_fraction=val_fraction,
                                  device=device, seed=seed)
         extra["normalisation"] = CNN_NORMALISATION
+        extra["calibration"] = {"available": False, "reason": "the 'cnn' route keeps no "
+                                "calibration (guard, intervals, inner scores); train a head "
+                                "route ('ridge', 'mlp' or 'auto') to have one"}
     else:
         encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
         if features_key is None:
             features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
-        features, records = [], []
+        features, records, unscaled = [], [], []
         for p in prepared:
             values, record = section_features(
                 p.sdata, tiles_key, encoder=encoder, features_key=features_key,
@@ -249,6 +257,11 @@ def _fit(
                 batch_size=max(batch_size, 64), device=device)
             features.append(values[p.tile_rows])
             records.append(record)
+            if calibrate:  # the guard's features: the encoder's own, read back from obsm
+                unscaled.append(section_features(
+                    p.sdata, tiles_key, encoder=encoder, features_key=features_key,
+                    image_key=image_key, batch_size=max(batch_size, 64),
+                    device=device)[0][p.tile_rows])
         if any(r != records[0] for r in records[1:]):
             raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
                              f"differently ({records}); give every section the same kind of "
@@ -257,17 +270,23 @@ def _fit(
         metadata.update({"encoder": encoder, "features_key": features_key,
                          "features": records[0], "context_um": _radii(context_um),
                          "standardise_sections": standardise_sections})
-        if route == "ridge":
-            from ._spot_training import fit_ridge
+        from ._spot_training import fit_mlp, fit_ridge
 
-            network, extra = fit_ridge(features, targets, alphas=alphas,
-                                       n_components=n_components)
-        else:
-            from ._spot_training import fit_mlp
+        def train(x, y):
+            if route == "ridge":
+                return fit_ridge(x, y, alphas=alphas, n_components=n_components)
+            return fit_mlp(x, y, hidden=hidden, n_members=n_members, epochs=epochs, lr=lr,
+                           batch_size=batch_size, val_fraction=val_fraction, device=device,
+                           seed=seed)
 
-            network, extra = fit_mlp(features, targets, hidden=hidden, n_members=n_members,
-                                     epochs=epochs, lr=lr, batch_size=batch_size,
-                                     val_fraction=val_fraction, device=device, seed=seed)
+        network, extra = train(features, targets)
+        if calibrate:
+            from ._calibration import calibrate as calibrate_model
+            from ._calibration import network_refit
+
+            extra["calibration"] = calibrate_model(
+                prepared, features, network_refit(lambda x, y: train(x, y)[0]),
+                guard_features=unscaled)
     metadata.update(extra)
     network.metadata = metadata
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",

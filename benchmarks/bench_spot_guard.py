@@ -1,0 +1,231 @@
+"""The spot regressor's domain-shift guard and conformal intervals, measured nested.
+
+Outer loop: leave one section out (her2st C2, C3, C4; the four MOB sections). In each outer fold
+a ridge spot regressor (hand-crafted features, 50 most expressed genes of the training sections)
+is trained on the other sections with ``calibrate=True``: its guard and its interval half-widths
+come from inner leave-one-section-out on those training sections alone. The held-out section is
+then predicted:
+
+- intervals: on its spot-centred tiles; the 90 % interval's coverage of the measured
+  log1p-normalised expression (share of spots x genes inside), its mean width, and the coverage
+  of the 80 % and 95 % intervals too;
+- guard (her2st folds only): on a grid over the held-out section's tissue (what a user with the
+  H&E alone gets), and on a grid over every other tissue at hand (the four MOB sections, the
+  Aperio SVS, the squidpy crop of the 10x adult mouse brain, scanpy's Visium fixture image).
+  A slide's score is the share of its tiles out of range; the AUROC of that score separates the
+  held-out her2st sections (negatives) from the other tissues (positives). The guard's
+  thresholds (99th percentile, half the tiles) were fixed before this was run.
+
+Baseline for the intervals, same run: the same conformal procedure around an image-blind
+predictor (each gene's mean over the training spots). Reported with the CPU seconds of fit with
+and without the calibration, on the same features.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --scaled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA", REPO.parent / "shared" / "data"))
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+TILES = "spot_tiles"
+#: spot tiles: 112 um at 1 um/px on her2st; one 200 um pitch at the image's pixel size on MOB
+GEOMETRY = {"her2st": {"size_um": 112.0, "mpp": 1.0}, "mob_st": {"size_um": 200.0, "mpp": None}}
+OPTIONS = {"route": "ridge", "encoder": "handcrafted", "genes": 50,
+           "gene_flavor": "top_expressed", "tiles_key": TILES}
+
+
+def read_sections(name: str) -> dict:
+    from bench_spot_prediction import read_sections as read  # the same sections, read alike
+
+    return read(name)
+
+
+def other_tissues() -> dict:
+    """Slides of other tissues, stains or scanners, as SpatialData with an image 'he'."""
+    import anndata as ad
+    from PIL import Image
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    import histoexpr as hx
+
+    slides = {name: sdata for name, sdata in read_sections("mob_st").items()}
+    for sdata in slides.values():
+        for key in [k for k in sdata.tables]:  # H&E only, as a user would predict on
+            del sdata.tables[key]
+    slides["CMU-1-Small-Region.svs"] = hx.io.read_wsi(DATA / "wsi" / "CMU-1-Small-Region.svs")
+    squidpy = DATA / "visium" / "squidpy"
+    adata = ad.read_h5ad(squidpy / "test_data.h5ad")
+    factors = next(iter(adata.uns["spatial"].values()))["scalefactors"]
+    mpp = 55.0 / float(factors["spot_diameter_fullres"])  # the crop is at full resolution
+    pixels = np.asarray(Image.open(squidpy / "test_img.jpg").convert("RGB")).transpose(2, 0, 1)
+    slides["squidpy mouse brain crop"] = SpatialData(images={"he": Image2DModel.parse(
+        pixels, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+        transformations={"global": Scale([mpp, mpp], axes=("y", "x"))})})
+    visium = hx.io.read_visium(DATA / "visium" / "scanpy_visium_1.0.0")
+    image_key = next(iter(visium.images))
+    slides["scanpy Visium fixture"] = SpatialData(images={"he": visium.images[image_key]})
+    return slides
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def coverage_rows(model, sdata, name: str) -> dict:
+    """Coverage and width of the intervals on the held-out section's spots."""
+    import histoexpr as hx
+    from histoexpr._expression import expression_targets
+
+    row = {"held_out": name}
+    counts = sdata.tables["table"]
+    index = {s: i for i, s in enumerate(counts.obs["spot_id"])}
+    for level in (0.8, 0.9, 0.95):
+        table = hx.tl.predict(model, sdata, tiles_key=TILES, key_added="bench_pred",
+                              overwrite=True, level=level)
+        keep = [s in index for s in table.obs["spot_id"]]
+        table = table[keep]
+        truth = expression_targets(counts[[index[s] for s in table.obs["spot_id"]]],
+                                   list(table.var_names))
+        inside = (truth >= table.layers["lower"]) & (truth <= table.layers["upper"])
+        row[f"coverage_{level:g}"] = round(float(inside.mean()), 3)
+        per_gene = inside.mean(axis=0)
+        row[f"gene_coverage_{level:g}_range"] = [round(float(per_gene.min()), 3),
+                                                 round(float(per_gene.max()), 3)]
+        row[f"width_{level:g}"] = round(float((table.layers["upper"]
+                                               - table.layers["lower"]).mean()), 3)
+    row.update(baseline(model, sdata, truth))
+    row["spread_of_truth"] = round(float(truth.std(axis=0).mean()), 3)
+    row["n_spots"] = int(len(truth))
+    return row
+
+
+def baseline(model, held, truth: np.ndarray) -> dict:
+    """The same conformal procedure around an image-blind predictor: the training spots' mean.
+
+    Inner folds: each training section predicted by the other sections' mean expression; the
+    held-out section by all training sections' mean.
+    """
+    from histoexpr._expression import expression_targets
+    from histoexpr.tl._spot._conformal import conformal_quantile
+
+    genes = list(model.metadata["genes"])
+    targets = {name: expression_targets(TRAIN[name].tables["table"], genes)
+               for name in model.metadata["trained_on"]}
+    residuals = []
+    for name, y in targets.items():
+        rest = np.vstack([t for n, t in targets.items() if n != name])
+        residuals.append(np.abs(y - rest.mean(axis=0)))
+    half = conformal_quantile(np.vstack(residuals), 0.9)
+    centre = np.vstack(list(targets.values())).mean(axis=0)
+    inside = (truth >= centre - half) & (truth <= centre + half)
+    return {"baseline_coverage_0.9": round(float(inside.mean()), 3),
+            "baseline_width_0.9": round(float(2 * half.mean()), 3)}
+
+
+#: the sections of the data set being run, by name (the baseline reads their spots)
+TRAIN: dict = {}
+
+
+def fit_both(train: dict, size_um: float, mpp):
+    """The model with calibration, and the CPU seconds of fit with and without it."""
+    import histoexpr as hx
+
+    began = cpu()
+    plain = hx.tl.fit(train, model="spot_regressor", size_um=size_um, mpp=mpp, calibrate=False,
+                      **OPTIONS)
+    without = cpu() - began
+    began = cpu()
+    model = hx.tl.fit(train, model="spot_regressor", size_um=size_um, mpp=mpp, **OPTIONS)
+    with_calibration = cpu() - began
+    del plain
+    return model, round(without, 2), round(with_calibration, 2)
+
+
+def auroc(negatives: list[float], positives: list[float]) -> float:
+    pairs = [(p > n) + 0.5 * (p == n) for p in positives for n in negatives]
+    return float(np.mean(pairs))
+
+
+def run(data_names: list[str], guard: bool) -> None:
+    import histoexpr as hx
+
+    hx.settings.progress_bar = False
+    others = other_tissues() if guard else {}
+    slide_rows = []
+    for data_name in data_names:
+        sections = read_sections(data_name)
+        TRAIN.clear()
+        TRAIN.update(sections)
+        geometry = GEOMETRY[data_name]
+        for sdata in sections.values():  # features are computed once, on the first fit
+            hx.pp.tile(sdata, "he", size_um=geometry["size_um"], mpp=geometry["mpp"],
+                       centres="spots", min_tissue=0, key_added=TILES)
+        for held_out, test in sections.items():
+            train = {n: s for n, s in sections.items() if n != held_out}
+            model, without, with_calibration = fit_both(train, geometry["size_um"],
+                                                        geometry["mpp"])
+            row = {"data": data_name, **coverage_rows(model, test, held_out),
+                   "fit_cpu_s": without, "fit_calibrated_cpu_s": with_calibration,
+                   "calibration_cpu_s": model.metadata["calibration"]["cpu_seconds"],
+                   "mean_inner_pearson": round(float(np.nanmean(
+                       model.metadata["calibration"]["inner_pearson"])), 3)}
+            print(json.dumps(row), flush=True)
+            if not (guard and data_name == "her2st"):
+                continue
+            slides = {held_out: (test, "her2st (held out)"),
+                      **{n: (s, "other tissue") for n, s in others.items()}}
+            for name, (sdata, kind) in slides.items():
+                began = cpu()
+                table = hx.tl.predict(model, sdata, key_added="bench_grid", overwrite=True,
+                                      tiles_key="bench_grid_tiles", name=name)
+                summary = table.uns["prediction"]["guard"]
+                slide = {"fold": held_out, "slide": name, "kind": kind,
+                         "n_tiles": summary["n_tiles"],
+                         "fraction_out": round(summary["fraction_out_of_range"], 3),
+                         "median_percentile": round(summary["median_percentile"], 1),
+                         "warns": summary["warns"], "predict_cpu_s": round(cpu() - began, 1)}
+                print(json.dumps(slide), flush=True)
+                slide_rows.append(slide)
+    if slide_rows:
+        for score in ("fraction_out", "median_percentile"):
+            negatives = [r[score] for r in slide_rows if r["kind"] != "other tissue"]
+            positives = [r[score] for r in slide_rows if r["kind"] == "other tissue"]
+            print(f"AUROC of the slide's {score}: {auroc(negatives, positives):.3f} "
+                  f"({len(negatives)} held-out her2st, {len(positives)} other-tissue slides)")
+        held = [r for r in slide_rows if r["kind"] != "other tissue"]
+        other = [r for r in slide_rows if r["kind"] == "other tissue"]
+        print(f"warned: {sum(r['warns'] for r in held)}/{len(held)} held-out her2st, "
+              f"{sum(r['warns'] for r in other)}/{len(other)} other-tissue slides")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", default=["her2st", "mob_st"],
+                        choices=["her2st", "mob_st"])
+    parser.add_argument("--no-guard", action="store_true", help="intervals only")
+    parser.add_argument("--scaled", action="store_true",
+                        help="features scaled within each section, with context rings "
+                             "(standardise_sections=True, context_um=(300, 600))")
+    args = parser.parse_args()
+    if args.scaled:
+        OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
+    began = cpu()
+    run(args.data, guard=not args.no_guard)
+    print(f"total CPU s: {cpu() - began:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""The spot regressor's calibration: domain-shift guard, conformal intervals, output record."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from _catalogue import bad_input
+from spatialdata import SpatialData
+from spatialdata.models import Image2DModel
+
+import histoexpr as hx
+
+PATCH = {"size_um": 40.0, "mpp": 1.0}
+GENES = ["EPCAM", "KRT8", "COL1A1", "DCN", "PTPRC", "CD3E", "CDH1", "PIGR", "MKI67"]
+
+
+@pytest.fixture(scope="module")
+def sections():
+    """Four small sections of one kind: three to train, d held out."""
+    hx.settings.progress_bar = False
+    return {
+        name: hx.datasets.synthetic_section(
+            seed=seed, size_um=400, spot_pitch_um=40, spot_diameter_um=35
+        )
+        for seed, name in enumerate("abcd")
+    }
+
+
+@pytest.fixture(scope="module")
+def model(sections):
+    return hx.tl.fit(
+        {n: sections[n] for n in "abc"}, model="spot_regressor", route="ridge", genes=GENES, **PATCH
+    )
+
+
+def spot_tiles(sdata, key: str = "spot_tiles") -> str:
+    if key not in sdata.shapes:
+        hx.pp.tile(
+            sdata,
+            "he",
+            size_um=PATCH["size_um"],
+            mpp=PATCH["mpp"],
+            centres="spots",
+            min_tissue=0,
+            key_added=key,
+        )
+    return key
+
+
+def grid(sdata, key: str = "grid") -> str:
+    if key not in sdata.shapes:
+        hx.pp.tile(
+            sdata, "he", size_um=PATCH["size_um"], mpp=PATCH["mpp"], min_tissue=0.5, key_added=key
+        )
+    return key
+
+
+def recoloured(sdata) -> SpatialData:
+    """The section's image with its colours turned (a stain and tissue unlike the training)."""
+    image = sdata.images["he"]
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    data = np.asarray(level.values)
+    other = np.stack([255 - data[2], data[0] // 2, 255 - data[1]]).astype(np.uint8)
+    parsed = Image2DModel.parse(
+        other,
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b"],
+        transformations=dict(level.attrs["transform"]),
+    )
+    return SpatialData(images={"he": parsed}, labels=dict(sdata.labels))
+
+
+def test_calibration_is_kept_in_the_model_and_its_file(model, tmp_path):
+    calibration = model.metadata["calibration"]
+    assert calibration["available"] and calibration["n_folds"] == 3
+    assert calibration["folds"] == "leave-one-section-out"
+    assert len(calibration["inner_pearson"]) == len(GENES)
+    # designed genes follow the morphology: they are learnt in the inner folds
+    assert np.nanmean(calibration["inner_pearson"]) > 0.3
+    half = np.asarray(calibration["intervals"]["half_width"]["0.9"])
+    assert half.shape == (len(GENES),) and (half > 0).all()
+    assert (np.asarray(calibration["intervals"]["half_width"]["0.95"]) >= half).all()
+    path = hx.io.save_model(model, tmp_path / "model.pt")
+    loaded = hx.io.load_model(path)
+    assert loaded.metadata["calibration"] == calibration
+
+
+def test_an_unseen_section_of_the_training_kind_does_not_warn(model, sections):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        table = hx.tl.predict(
+            model, sections["d"], tiles_key=grid(sections["d"]), key_added="pred_d"
+        )
+    guard = table.uns["prediction"]["guard"]
+    assert guard["available"] and not guard["warns"]
+    assert guard["fraction_out_of_range"] < 0.2
+    assert 20 < guard["median_percentile"] < 80
+    assert {"guard_score", "guard_percentile", "out_of_range"} <= set(table.obs.columns)
+    assert table.obs["out_of_range"].mean() == pytest.approx(guard["fraction_out_of_range"])
+
+
+def test_a_slide_unlike_the_training_warns_by_name(model, sections):
+    other = recoloured(sections["d"])
+    with pytest.warns(UserWarning, match="Slide 'recoloured'.*out of the training data"):
+        table = hx.tl.predict(
+            model, other, tiles_key=grid(other), key_added="pred", name="recoloured"
+        )
+    guard = table.uns["prediction"]["guard"]
+    assert guard["warns"] and guard["fraction_out_of_range"] > 0.5
+    assert guard["median_percentile"] > 99
+
+
+def test_intervals_cover_held_out_spots_near_their_level(model, sections):
+    held = sections["d"]
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_spots")
+    lower, upper = table.layers["lower"], table.layers["upper"]
+    assert (upper > lower).all()
+    np.testing.assert_allclose((upper + lower) / 2, table.X, atol=1e-5)
+    counts = held.tables["table"]
+    row = {s: i for i, s in enumerate(counts.obs["spot_id"])}
+    rows = [row[s] for s in table.obs["spot_id"]]
+    from histoexpr._expression import expression_targets
+
+    truth = expression_targets(counts[rows], list(table.var_names))
+    coverage = ((truth >= lower) & (truth <= upper)).mean()
+    assert 0.8 <= coverage <= 0.98, coverage
+    record = table.uns["prediction"]["intervals"]
+    assert record["level"] == 0.9 and record["layers"] == ["lower", "upper"]
+    narrow = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_50", level=0.5)
+    width_50 = (narrow.layers["upper"] - narrow.layers["lower"]).mean()
+    assert width_50 < (upper - lower).mean()
+
+
+def test_the_prediction_states_units_genes_training_and_tiles(model, sections, tmp_path):
+    import anndata as ad
+
+    table = hx.tl.predict(
+        model, sections["d"], tiles_key=grid(sections["d"]), key_added="pred_record"
+    )
+    record = table.uns["prediction"]
+    assert "log1p" in record["units"] and record["target_sum"] == 10000.0
+    assert record["trained_on"] == model.metadata["trained_on"]
+    assert set(record["trained_on"]) == {"a", "b", "c"}
+    assert record["tile_size_um"] == 40.0 and record["mpp"] == 1.0
+    assert record["encoder"] == "handcrafted" and record["encoder_fingerprint"]
+    assert "inner_pearson" in table.var
+    np.testing.assert_allclose(table.var["interval_half_width"],
+                               model.metadata["calibration"]["intervals"]["half_width"]["0.9"],
+                               rtol=1e-6)
+    table.write_zarr(tmp_path / "prediction.zarr")  # the record is plain enough to store
+    back = ad.read_zarr(tmp_path / "prediction.zarr")
+    assert back.uns["prediction"]["guard"]["warns"] == record["guard"]["warns"]
+    assert back.uns["prediction"]["units"] == record["units"]
+    np.testing.assert_allclose(
+        table.var["inner_pearson"], model.metadata["calibration"]["inner_pearson"]
+    )
+
+
+def test_a_model_without_calibration_predicts_and_says_so(sections):
+    model = hx.tl.fit(
+        {n: sections[n] for n in "ab"},
+        model="spot_regressor",
+        route="ridge",
+        genes=GENES[:3],
+        calibrate=False,
+        **PATCH,
+    )
+    assert "calibration" not in model.metadata  # as in a model file of an earlier version
+    table = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]), key_added="pred_old")
+    record = table.uns["prediction"]
+    assert record["guard"]["available"] is False and "calibrate" in record["guard"]["reason"]
+    assert record["intervals"]["available"] is False
+    assert "lower" not in table.layers and "guard_score" not in table.obs
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(spot_regressor, sdata, level=0.85)`: a level "
+    "the model keeps no conformal interval at",
+    says="ValueError naming the levels the model keeps (0.5, 0.8, 0.9, 0.95), before "
+    "anything is written",
+    fix="pass one of those levels",
+)
+def test_an_interval_level_the_model_lacks_is_refused_before_writing(model, sections):
+    held = sections["d"]
+    before = set(held.tables)
+    with pytest.raises(ValueError, match=r"levels \[0.5, 0.8, 0.9, 0.95\]"):
+        hx.tl.predict(model, held, key_added="pred_level", level=0.85, tiles_key=grid(held))
+    assert set(held.tables) == before
+
+
+def test_auto_reuses_the_fits_of_its_search(sections):
+    model = hx.tl.fit(
+        {n: sections[n] for n in "ab"},
+        model="spot_regressor",
+        route="auto",
+        genes=GENES[:4],
+        candidates={
+            "encoder": ["handcrafted"],
+            "stain": ["none"],
+            "standardise_sections": [False],
+            "context_um": [None],
+            "target": ["log1p", "centred"],
+            "head": ["ridge"],
+        },
+        **PATCH,
+    )
+    calibration = model.metadata["calibration"]
+    assert calibration["available"] and calibration["reused_inner_fits"]
+    assert calibration["n_folds"] == 2
+
+
+def test_guard_percentiles_of_held_out_training_tiles_are_uniform():
+    from histoexpr.tl._spot import _guard
+
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(300, 12)) + shift for shift in (0.0, 0.2, -0.2)]
+    folds = [
+        ([(j, np.arange(300)) for j in range(3) if j != i], [(i, np.arange(300))]) for i in range(3)
+    ]
+    guard = _guard.fit_guard(features, folds)
+    same = _guard.score_tiles(guard, rng.normal(size=(500, 12)) + 0.1)
+    assert 35 < np.median(same["guard_percentile"]) < 65
+    assert same["out_of_range"].mean() < 0.05
+    far = _guard.score_tiles(guard, rng.normal(size=(500, 12)) * 2 + 3)
+    assert far["out_of_range"].mean() > 0.9
+
+
+def test_conformal_quantile_rank_and_coverage():
+    from histoexpr.tl._spot import _conformal
+
+    residuals = np.arange(1, 10, dtype=float)[:, None]  # n = 9: rank ceil(10 * 0.9) = 9
+    assert _conformal.conformal_quantile(residuals, 0.9)[0] == 9
+    assert _conformal.conformal_quantile(residuals, 0.5)[0] == 5
+    assert np.isinf(_conformal.conformal_quantile(residuals[:5], 0.9)[0])  # rank 6 > n
+    rng = np.random.default_rng(1)
+    half = _conformal.conformal_quantile(np.abs(rng.normal(size=(2000, 3))), 0.9)
+    new = np.abs(rng.normal(size=(20000, 3)))
+    assert np.abs((new <= half).mean(axis=0) - 0.9).max() < 0.02
+
+
+def test_prediction_maps_draw_the_interval_width(model, sections):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = sections["d"]
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_drawn")
+    figure = hx.pl.prediction(held, "pred_drawn", "table", genes=["EPCAM", "KRT8"],
+                              interval=True, image_key=None)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles.count("EPCAM: interval width") == 1 and len(titles) == 6
+    width = table.layers["upper"][:, 0] - table.layers["lower"][:, 0]
+    drawn = [c for ax in figure.axes if ax.get_title() == "EPCAM: interval width"
+             for c in ax.collections if c.get_array() is not None]
+    np.testing.assert_allclose(np.sort(np.asarray(drawn[0].get_array(), float)),
+                               np.sort(width), rtol=1e-5)
+    plt.close(figure)
+    del table.layers["lower"]
+    with pytest.raises(KeyError, match="no layers \\['lower'\\]"):
+        hx.pl.prediction(held, "pred_drawn", "table", genes="EPCAM", interval=True)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_her2st_guard_and_intervals_on_a_held_out_section(data_dir):
+    """Trained on her2st C2 and C3: C4 is covered near 90 % and passes; other tissues warn."""
+    from histoexpr._expression import expression_targets
+
+    root = data_dir / "her2st"
+    images = {p.name.split("_")[0]: p for p in (root / "images").glob("*.jpg")}
+    her2st = {s: hx.io.read_st(root / "counts" / f"{s}.tsv.gz",
+                               root / "spots" / f"{s}_selection.tsv", images[s])
+              for s in ("C2", "C3", "C4")}
+    geometry = {"size_um": 112.0, "mpp": 1.0}
+    model = hx.tl.fit({s: her2st[s] for s in ("C2", "C3")}, model="spot_regressor",
+                      route="ridge", genes=50, **geometry)
+    held = her2st["C4"]
+    hx.pp.tile(held, "he", centres="spots", min_tissue=0, key_added="spot_tiles", **geometry)
+    table = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred")
+    counts = held.tables["table"]
+    index = {s: i for i, s in enumerate(counts.obs["spot_id"])}
+    table = table[[s in index for s in table.obs["spot_id"]]]
+    truth = expression_targets(counts[[index[s] for s in table.obs["spot_id"]]],
+                               list(table.var_names))
+    coverage = ((truth >= table.layers["lower"]) & (truth <= table.layers["upper"])).mean()
+    assert 0.85 <= coverage <= 0.95, coverage
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        grid_table = hx.tl.predict(model, held, key_added="grid_pred")
+    assert grid_table.uns["prediction"]["guard"]["fraction_out_of_range"] < 0.5
+    mob = hx.io.read_st(data_dir / "mob_st" / "MOB1.tsv.gz",
+                        data_dir / "mob_st" / "alignment_table_MOB1.tsv",
+                        data_dir / "mob_st" / "MOB1.jpg")
+    svs = hx.io.read_wsi(data_dir / "wsi" / "CMU-1-Small-Region.svs")
+    for name, other in (("MOB1", mob), ("CMU-1", svs)):
+        with pytest.warns(UserWarning, match=f"Slide '{name}'"):
+            result = hx.tl.predict(model, other, key_added="grid_pred", name=name)
+        assert result.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.9
+
+
+def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections):
+    # per-section scaling makes any slide's features look like the training's on average; the
+    # guard reads the encoder's features before it
+    model = hx.tl.fit({n: sections[n] for n in "abc"}, model="spot_regressor", route="ridge",
+                      genes=GENES[:3], standardise_sections=True, context_um=80.0, **PATCH)
+    other = recoloured(sections["d"])
+    with pytest.warns(UserWarning, match="out of the training data"):
+        table = hx.tl.predict(model, other, tiles_key=grid(other), key_added="pred_scaled")
+    assert table.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.5
+    same = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]),
+                         key_added="pred_scaled")
+    assert not same.uns["prediction"]["guard"]["warns"]
+
+
+def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
+    from types import SimpleNamespace
+
+    from histoexpr.tl._spot import _calibration
+
+    rng = np.random.default_rng(0)
+    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(2, 3)).astype(np.float32),
+                                centres=rng.normal(size=(2, 2))) for n in "ab"]
+    features = [rng.normal(size=(2, 5)).astype(np.float32) for _ in prepared]
+    refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
+                                                                         n_genes=3))
+    record = _calibration.calibrate(prepared, features, refit, guard_features=features)
+    assert record["available"] is False and "at least 3 training tiles" in record["reason"]
