@@ -224,3 +224,92 @@ def test_the_default_grid_is_the_one_documented():
             text = (f'"{value}"' if isinstance(value, str) else
                     str([int(v) for v in value]) if isinstance(value, tuple) else str(value))
             assert text in doc, (option, text)
+
+
+def without_features(sdata) -> SpatialData:
+    """A light copy of a section whose tile table holds no features (they are made anew)."""
+    tables = {key: table.copy() for key, table in sdata.tables.items()}
+    tiles = tables["spot_tiles_table"]
+    for key in [k for k in tiles.obsm if k != "spatial"]:
+        del tiles.obsm[key]
+    tiles.uns.pop("embeddings", None)
+    return SpatialData(images=dict(sdata.images), labels=dict(sdata.labels),
+                       shapes=dict(sdata.shapes), tables=tables)
+
+
+def squidpy_reference(image, groups=("summary", "histogram", "texture")):
+    """squidpy's own features of one tile, through its ImageContainer (the recipe's source)."""
+    import warnings
+
+    import squidpy as sq
+
+    container = sq.im.ImageContainer(image, layer="image")
+    values = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        for group in groups:
+            values.update(getattr(container, f"features_{group}")("image"))
+    return values
+
+
+@pytest.mark.slow
+def test_cached_features_choose_and_predict_as_computing_them_every_time(trio, monkeypatch):
+    """Features are made once per section, encoder, stain, context and scaling, and squidpy's
+    features are computed from one normalised co-occurrence matrix: the search chooses the same
+    and the model predicts the same as computing every candidate's features anew for every
+    inner fold with squidpy's own ImageContainer."""
+    pytest.importorskip("squidpy")
+    from histoexpr.tl._features import _squidpy_features
+    from histoexpr.tl._spot import _spot_features
+
+    grid = {**GRID, "encoder": ["handcrafted", "squidpy+handcrafted"], "target": ["log1p", "rank"]}
+    options = {"model": "spot_regressor", "route": "auto", "genes": GENES, "candidates": grid,
+               "tiles_key": "spot_tiles", "seed": 0, **PATCH}
+    made = []
+    compute = _spot_features.section_features
+
+    def counted(sdata, tiles_key, **kwargs):
+        made.append(kwargs["features_key"])
+        return compute(sdata, tiles_key, **kwargs)
+
+    monkeypatch.setattr(_spot_features, "section_features", counted)
+    cached = hx.tl.fit({n: without_features(trio[n]) for n in "ab"}, **options)
+    n_cached = len(made)
+    made.clear()
+    monkeypatch.setattr(_spot_auto._Features, "all_tiles", _spot_auto._Features._compute)
+    monkeypatch.setattr(_squidpy_features, "squidpy_tile_features", squidpy_reference)
+    uncached = hx.tl.fit({n: without_features(trio[n]) for n in "ab"}, **options)
+
+    auto, again = cached.metadata["auto"], uncached.metadata["auto"]
+    assert auto["chosen"] == again["chosen"]
+    assert "squidpy+handcrafted" in {e["candidate"]["encoder"] for e in auto["search"]}
+    assert [e["candidate"] for e in auto["search"]] == [e["candidate"] for e in again["search"]]
+    np.testing.assert_allclose([e["mean"] for e in auto["search"]],
+                               [e["mean"] for e in again["search"]], rtol=1e-6, atol=1e-7)
+    # once per section and distinct (encoder, stain, context, scaling) with the cache; per
+    # section, fold and candidate without it
+    distinct = {(e["candidate"]["encoder"], repr(e["candidate"]["context_um"]),
+                 e["candidate"]["standardise_sections"]) for e in auto["search"]}
+    assert n_cached == 2 * len(distinct)
+    assert len(made) > 2 * n_cached
+    section = without_features(trio["c"])
+    first = np.asarray(hx.tl.predict(cached, section, tiles_key="spot_tiles", key_added="p").X)
+    second = np.asarray(hx.tl.predict(uncached, without_features(trio["c"]),
+                                      tiles_key="spot_tiles", key_added="p").X)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-5)
+
+
+def test_squidpy_features_equal_squidpys_own(trio):
+    pytest.importorskip("squidpy")
+    from histoexpr.tl._features._squidpy_features import squidpy_tile_features
+
+    rng = np.random.default_rng(0)
+    tiles = [np.moveaxis(hx.pp.TileDataset(trio["a"], "spot_tiles").pixels(i), 0, -1)
+             for i in (0, 5)]
+    tiles += [np.full((20, 20, 3), 7, np.uint8),  # flat: correlation 1 by definition
+              rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)]
+    for image in tiles:
+        expected, got = squidpy_reference(image), squidpy_tile_features(image)
+        assert list(got) == list(expected)
+        np.testing.assert_allclose([got[k] for k in expected], list(expected.values()),
+                                   rtol=1e-12, atol=1e-12)

@@ -54,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             run_demo(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
+        elif args.command == "predict" and args.manifest is not None:
+            run_predict_cohort(args.model, args.manifest, store_dir=args.store_dir,
+                               batch_size=args.batch_size, device=args.device,
+                               overwrite=args.overwrite, workers=args.workers)
         elif args.command == "predict":
+            if args.out is None:
+                parser.error("predict --image needs --out OUT.zarr")
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
                         mpp=args.mpp, batch_size=args.batch_size, device=args.device,
                         overwrite=args.overwrite)
@@ -77,20 +83,34 @@ def _version() -> str:
 def _add_predict_parser(commands) -> None:
     predict = commands.add_parser(
         "predict",
-        help="apply a trained model file to a slide and write the predictions as a .zarr store",
+        help="apply a trained model file to a slide (or a manifest of slides) and write the "
+             "predictions",
         description="Read a slide (a whole-slide image, or a SpatialData .zarr store), tile it as "
         "the model was trained (its pixel size and tile size) where the model needs tiles, run "
         "the model in batches and write the slide with its predictions to OUT.zarr. Open the "
-        "result with spatialdata.read_zarr, hx.pl.napari or napari (histoexpr's reader).",
+        "result with spatialdata.read_zarr, hx.pl.napari or napari (histoexpr's reader). With "
+        "--manifest (a spot regressor): every slide of the manifest is tiled on its tissue and "
+        "predicted into its own store (hx.io.read_cohort's stores); a rerun skips the slides "
+        "already predicted by the same model from the same file.",
         epilog=EXIT_CODES,
     )
     predict.add_argument("--model", "-m", type=Path, required=True, metavar="M",
                          help="model file written by hx.io.save_model")
-    predict.add_argument("--image", "-i", type=Path, required=True, metavar="SLIDE",
-                         help="whole-slide image (SVS, NDPI, TIFF...; a JPEG/PNG with --mpp) or a "
-                              "SpatialData .zarr store")
-    predict.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.zarr",
-                         help="SpatialData store to write")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", "-i", type=Path, metavar="SLIDE",
+                        help="whole-slide image (SVS, NDPI, TIFF...; a JPEG/PNG with --mpp) or a "
+                             "SpatialData .zarr store")
+    source.add_argument("--manifest", type=Path, metavar="SLIDES.csv",
+                        help="manifest of slide files (CSV, TSV or parquet with a 'path' column, "
+                             "as hx.io.read_cohort reads it)")
+    predict.add_argument("--out", "-o", type=Path, default=None, metavar="OUT.zarr",
+                         help="--image: SpatialData store to write")
+    predict.add_argument("--store-dir", type=Path, default=None, metavar="DIR",
+                         help="--manifest: folder of the slides' stores (default: "
+                              "<manifest folder>/<manifest name>_stores)")
+    predict.add_argument("--workers", type=int, default=0, metavar="N",
+                         help="--manifest: predict on N local dask worker processes (default: "
+                              "none, one slide after the other here)")
     predict.add_argument("--image-key", default=None,
                          help="name of the image; defaults to the one the model was trained on")
     predict.add_argument("--mpp", type=float, default=None,
@@ -154,6 +174,43 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         sdata.write(out)
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
     return {"model": name, "image_key": image_key, "added": added}
+
+
+def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | None = None,
+                       batch_size: int = 64, device: str | None = None,
+                       overwrite: bool = False, workers: int = 0):
+    """Predict every slide of a manifest into its store with a spot regressor's model file.
+
+    Returns the per-slide summary of ``hx.tl.predict`` (status, tiles, seconds, worker).
+    """
+    import histoexpr as hx
+
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 (here) or a number of processes, got {workers}.")
+    hx.settings.verbosity = 2
+    model = hx.io.load_model(model_path, device=device)
+    name = (model.metadata or {}).get("model")
+    if name != "spot_regressor":
+        raise CannotPredictError(
+            f"{model_path} holds a {name!r} model; a manifest of H&E slides is predicted by a "
+            "spot regressor (hx.tl.fit(..., model='spot_regressor')). Give such a model file, or "
+            "predict each slide with --image.")
+    cohort = hx.io.read_cohort(manifest, store_dir=store_dir,
+                               image_key=model.metadata.get("image_key") or "he")
+    options = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
+    if not workers:
+        frame = hx.tl.predict(model, cohort, **options)
+    else:
+        from dask.distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            frame = hx.tl.predict(model, cohort, client=client, **options)
+    counts = frame["status"].value_counts().to_dict()
+    logger.info("Predicted %d slides of %s into %s (%s).", len(frame), manifest,
+                cohort.store_dir, ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(frame.to_string())
+    return frame
 
 
 #: ``sdata.attrs`` key (kept in the store's root attributes) and value by which

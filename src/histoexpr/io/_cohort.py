@@ -241,6 +241,8 @@ class _StoredSlides(Mapping):
         store = self.store(slide_id)
         if with_results and store.complete:
             store.add_to(sdata)
+        if with_results:
+            store.add_predictions_to(sdata)
         return sdata
 
     def subset(self, ids: list[str]) -> _StoredSlides:
@@ -282,10 +284,10 @@ def read_cohort(
     - ``mpp``: the pixel size in um/px, where the file's metadata lacks it;
     - any other column: a slide-level label (diagnosis, stage...), copied to ``bulk.obs``.
 
-    Each slide's results (tissue map, tiles, features, per-tile predictions and attention) go to
-    its own store, ``<store_dir>/<slide_id>.zarr`` (:class:`histoexpr.io.SlideStore`): memory
-    does not grow with the cohort, and a later session that reads the same manifest with the
-    same ``store_dir`` finds them again.
+    Each slide's results (tissue map, tiles, features, per-tile predictions and attention,
+    tables of predicted expression) go to its own store, ``<store_dir>/<slide_id>.zarr``
+    (:class:`histoexpr.io.SlideStore`): memory does not grow with the cohort, and a later
+    session that reads the same manifest with the same ``store_dir`` finds them again.
 
     Parameters
     ----------

@@ -11,6 +11,9 @@ zarr (v3) that any zarr reader opens::
       tiles/<tiles_key>/obs/<column>     the tile table's obs columns
       tiles/<tiles_key>/features/<key>   tiles x features (float32); attrs: record, complete
       tiles/<tiles_key>/results/<key>/   per-tile outputs and attention of a slide-level model
+      predictions/<key>/                 a table of per-tile predictions (an AnnData, as
+                                         anndata writes it); attrs: record (model, slide,
+                                         options), complete
 
 Every write goes to a temporary folder beside the store and is moved into place with one
 rename, so a killed run leaves either the old content or the new one, never half of it.
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +39,10 @@ if TYPE_CHECKING:
 FORMAT = "histoexpr-slide-store"
 VERSION = 1
 _PARTIAL = "partial-"
+#: the folder of a store's tables of per-tile predictions
+PREDICTIONS = "predictions"
+#: the attribute of a prediction table's group holding how it was made
+_PREDICTION_RECORD = "histoexpr_prediction"
 
 
 class SlideStore:
@@ -282,6 +290,8 @@ class SlideStore:
                                 np.asarray(table.obsm[key], dtype=np.float32), record)
             root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION, **_jsonable(slide),
                                        "params": _jsonable(params), "complete": True}
+            if (self._path / PREDICTIONS).is_dir():  # tables of predictions stay with the slide
+                shutil.copytree(self._path / PREDICTIONS, partial / PREDICTIONS)
             self._move_into_place(partial, self._path)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -370,6 +380,129 @@ class SlideStore:
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------- predictions
+    def prediction_records(self) -> dict[str, dict[str, Any]]:
+        """Finished tables of per-tile predictions: key -> how each was made.
+
+        Returns
+        -------
+        The record of every complete prediction table (model, slide file, options), by key.
+
+        """
+        import zarr
+
+        folder = self._path / PREDICTIONS
+        if not self.is_histoexpr or not folder.is_dir():
+            return {}
+        out = {}
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            try:
+                record = dict(zarr.open_group(sub, mode="r").attrs).get(_PREDICTION_RECORD)
+            except Exception:  # noqa: BLE001 (a folder that is no zarr group holds no table)
+                continue
+            if isinstance(record, dict) and record.get("complete") is True:
+                out[sub.name] = {k: v for k, v in record.items() if k != "complete"}
+        return out
+
+    def prediction(self, key: str):
+        """One table of per-tile predictions, as ``hx.tl.predict`` made it (an AnnData).
+
+        Parameters
+        ----------
+        key
+            Its key (the ``key_added`` of the prediction).
+
+        Returns
+        -------
+        The AnnData: tiles x genes, ``obsm["spatial"]`` and ``uns["spatial"]`` for scanpy.
+
+        """
+        import anndata as ad
+
+        records = self.prediction_records()
+        if key not in records:
+            raise KeyError(f"The store {self._path.name} holds no predictions {key!r} (it holds "
+                           f"{sorted(records)}); predict them with hx.tl.predict(model, cohort).")
+        return ad.read_zarr(self._path / PREDICTIONS / key)
+
+    def write_prediction(self, key: str, table, *, record: dict[str, Any],
+                         slide: dict[str, Any], overwrite: bool = False) -> None:
+        """Write a table of per-tile predictions with how it was made, atomically.
+
+        Parameters
+        ----------
+        key
+            Its key.
+        table
+            The AnnData that ``hx.tl.predict`` returned for the slide.
+        record
+            How it was made (model fingerprint, slide file, options), checked before reuse.
+        slide
+            What identifies the slide (id, path), recorded in a store made here.
+        overwrite
+            Replace a table already stored under ``key``.
+
+        Returns
+        -------
+        Nothing.
+
+        """
+        import zarr
+
+        self.check_ours()
+        target = self._path / PREDICTIONS / key
+        if target.exists() and not overwrite:
+            raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds "
+                           f"predictions {key!r}; pass overwrite=True or choose another "
+                           "key_added.")
+        partial = self._partial_path(f"prediction-{key}")
+        try:
+            import anndata as ad
+
+            with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+                # the store's own zarr format; anndata consolidates the table's metadata, which
+                # zarr 3 warns is not part of its specification (it reads it all the same)
+                warnings.filterwarnings("ignore", message="Consolidated metadata",
+                                        category=UserWarning)
+                table.write_zarr(partial / "x")
+            zarr.open_group(partial / "x", mode="a").attrs[_PREDICTION_RECORD] = {
+                **_jsonable(record), "complete": True}
+            if not self.is_histoexpr:  # a slide predicted before (or without) embed_cohort
+                root = zarr.open_group(self._path, mode="a")
+                root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION,
+                                           **_jsonable(slide), "complete": False}
+            _ensure_group(target.parent)
+            self._move_into_place(partial / "x", target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def add_predictions_to(self, sdata: SpatialData) -> SpatialData:
+        """Add every stored table of predictions (and its tiles, where absent) to a section.
+
+        Parameters
+        ----------
+        sdata
+            The slide, as :func:`histoexpr.io.read_wsi` reads it (or with :meth:`add_to`'s
+            elements).
+
+        Returns
+        -------
+        ``sdata`` with ``tables[<key>]`` and the tile squares ``shapes[<tiles_key>]``.
+
+        """
+        from .._elements import square_shapes
+
+        for key, record in self.prediction_records().items():
+            table = self.prediction(key)
+            tiles_key = str(record.get("tiles_key"))
+            if tiles_key not in sdata.shapes:
+                centres = np.asarray(table.obsm["spatial"], dtype=float)
+                half = float(table.uns["tiles"]["size_um"]) / 2
+                boxes = np.hstack([centres - half, centres + half])
+                sdata.shapes[tiles_key] = square_shapes(boxes, table.obs["tile_id"].to_numpy())
+            sdata.tables[key] = table
+        return sdata
 
     def remove_partials(self) -> int:
         """Remove temporary folders that an interrupted write of this store left behind."""

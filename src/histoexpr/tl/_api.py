@@ -34,6 +34,11 @@ MODELS: dict[str, str] = {
     "spot_regressor": "._spot._spot_regressor",
 }
 
+#: models whose predict takes a cohort (slide-level bag models, and the spot regressor, which
+#: predicts each slide of a cohort on disk into its store)
+COHORT_MODELS: tuple[str, ...] = ("abmil", "meanpool_ridge", "meanpool_logistic",
+                                  "spot_regressor")
+
 #: model name -> (module, function) that cross-validates it
 CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
     "abmil": ("._mil._cross_validate", "cross_validate_bags"),
@@ -163,6 +168,13 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
             "This network has no metadata['model']: it was not trained by hx.tl.fit. Train it "
             "with hx.tl.fit, or load a file written by hx.io.save_model."
         )
+    from ..io import Cohort
+
+    if isinstance(data, Cohort) and name in MODELS and name not in COHORT_MODELS:
+        raise ValueError(
+            f"A {name!r} model does not predict over a cohort; the models that do are "
+            f"{list(COHORT_MODELS)}. Predict each slide with hx.tl.predict(model, "
+            "cohort[slide_id]), or use one of those models.")
     if key_added is not None:
         options["key_added"] = key_added
     return _model_module(name).predict(model, data, overwrite=overwrite, **options)

@@ -217,8 +217,7 @@ def embed_cohort(
                 "seconds": 0.0, "worker": None}
             for i, s in statuses.items() if s == "skipped"}
     if tasks:
-        runner = _run_serial if client is None else _run_dask
-        for summary in runner(tasks, encoders, client=client):
+        for summary in run_slides(tasks, _run_slide, client=client, encoders=encoders):
             rows[summary.pop("slide_id")] = summary
     frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
     frame.index.name = "slide_id"
@@ -296,23 +295,36 @@ def _conflict(slide_id: str, store, what: str) -> str:
                      "to recompute the slide.")
 
 
-def _run_serial(tasks: list[dict], encoders: list, *, client: Any):
-    for task in progress(tasks, desc="slides", total=len(tasks)):
-        yield _run_slide(task, encoders)
+def run_slides(tasks: list[dict], work, *, client: Any, **shared: Any):
+    """Run ``work(task, **shared)`` for every slide's task; yield their summaries as they finish.
 
-
-def _run_dask(tasks: list[dict], encoders: list, *, client: Any):
-    """Map the slides over the client's workers; yield their summaries as they finish."""
+    The one runner of the per-slide pipelines of a cohort on disk (:func:`embed_cohort`, and
+    the spot regressor's ``predict`` over a cohort): here, one slide after the other, or mapped
+    over the workers of a ``dask.distributed`` ``client`` (``client.map``; dask schedules them).
+    ``work`` is a module-level function (dask pickles it) that writes one slide's results to its
+    store and returns a summary dict holding ``slide_id``.
+    """
+    if client is None:
+        for task in progress(tasks, desc="slides", total=len(tasks)):
+            yield work(task, **shared)
+        return
     from distributed import as_completed
 
     from ...models import Network
 
-    # networks travel once to every worker, not once per slide
-    shared = [client.scatter(one, broadcast=True, hash=False) if isinstance(one, Network)
-              else one for one in encoders]
+    def scattered(value):  # networks travel once to every worker, not once per slide
+        if isinstance(value, Network):
+            return client.scatter(value, broadcast=True, hash=False)
+        if isinstance(value, list):
+            return [scattered(one) for one in value]
+        return value
+
+    shared = {name: scattered(value) for name, value in shared.items()}
     show = settings.progress_bar
-    futures = client.map(_run_slide_quietly, tasks, encoders=shared, pure=False,
-                         key=[f"embed_cohort-{t['slide_id']}-{time.time_ns()}" for t in tasks])
+    name = getattr(work, "__name__", "slide").strip("_")
+    futures = client.map(_quietly, tasks, work=work, pure=False,
+                         key=[f"{name}-{t['slide_id']}-{time.time_ns()}" for t in tasks],
+                         **shared)
     try:
         for future in progress(as_completed(futures), desc="slides", total=len(futures),
                                show=show):
@@ -322,12 +334,20 @@ def _run_dask(tasks: list[dict], encoders: list, *, client: Any):
         raise
 
 
-def _run_slide_quietly(task: dict, encoders: list) -> dict:
-    """On a dask worker: one slide, without progress bars (they would go to the worker's log)."""
+def _quietly(task: dict, work, **shared: Any) -> dict:
+    """On a dask worker: one slide, without progress bars (they would go to the worker's log).
+
+    The slide's own lazy arrays (its image read from the file) are computed in the worker's
+    thread: inside a task, dask would otherwise hand them to the cluster's scheduler, which
+    cannot ship an open slide file.
+    """
+    import dask
+
     saved = settings.progress_bar
     settings.progress_bar = False
     try:
-        return _run_slide(task, encoders)
+        with dask.config.set(scheduler="synchronous"):
+            return work(task, **shared)
     finally:
         settings.progress_bar = saved
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from ..._utils import progress
@@ -26,30 +24,102 @@ def squidpy_features(dataset, groups: tuple[str, ...] = SQUIDPY_FEATURES
                      ) -> tuple[np.ndarray, list[str]]:
     """Compute squidpy's features of every tile of a :class:`histoexpr.pp.TileDataset`.
 
-    Each tile is read at the dataset's resolution and handed to
+    Each tile is read at the dataset's resolution and described by the features of
     :class:`squidpy.im.ImageContainer`'s ``features_<group>`` methods with their defaults
-    (the features of ``squidpy.im.calculate_image_features``). Texture (grey-level
+    (the features of ``squidpy.im.calculate_image_features``), by name and value. They are
+    computed here with squidpy's own recipe (:func:`squidpy_tile_features`) rather than through
+    an ``ImageContainer`` per tile: the texture properties of a grey-level co-occurrence matrix
+    are all read from one normalised matrix (``skimage.feature.graycoprops`` normalises it
+    again for each property), several times faster, equal to squidpy's values to rounding
+    (``tests/test_embed.py`` checks them against squidpy's). Texture (grey-level
     co-occurrence) needs 8-bit pixels: other dtypes are rescaled to 0-255 per tile.
 
     Returns the features (tiles x features, float32) and their names.
     """
-    try:
-        import squidpy as sq
-    except ImportError as error:
-        raise ImportError("encoder='squidpy' needs squidpy: pip install 'histoexpr[squidpy]'."
-                          ) from error
     rows, names = [], None
     for index in progress(range(len(dataset)), desc="squidpy features", total=len(dataset)):
         pixels = _as_uint8(_pixels(dataset, index))
-        container = sq.im.ImageContainer(np.moveaxis(pixels, 0, -1), layer="image")
-        values: dict[str, float] = {}
-        with warnings.catch_warnings():  # squidpy warns about its own docstrings at first use
-            warnings.simplefilter("ignore", SyntaxWarning)
-            for group in groups:
-                values.update(getattr(container, f"features_{group}")("image"))
+        values = squidpy_tile_features(np.moveaxis(pixels, 0, -1), groups)
         names = names or list(values)
         rows.append([values[name] for name in names])
     return np.asarray(rows, dtype=np.float32), names or []
+
+
+#: squidpy's defaults: summary quantiles, histogram bins, texture properties, distances, angles
+_QUANTILES = (0.9, 0.5, 0.1)
+_BINS = 10
+_PROPS = ("contrast", "dissimilarity", "homogeneity", "correlation", "ASM")
+_DISTANCES = (1,)
+_ANGLES = (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+
+
+def squidpy_tile_features(image: np.ndarray, groups: tuple[str, ...] = SQUIDPY_FEATURES
+                          ) -> dict[str, float]:
+    """Squidpy's ``features_summary``, ``features_histogram``, ``features_texture`` of one tile.
+
+    ``image`` is ``(y, x, channels)`` uint8. Names and order are squidpy's
+    (``"summary_ch-0_quantile-0.9"``, ``"texture_ch-2_ASM_dist-1_angle-2.36"``...).
+    """
+    from skimage.feature import graycomatrix
+
+    channels = range(image.shape[-1])
+    features: dict[str, float] = {}
+    for group in groups:
+        if group == "summary":
+            for c in channels:
+                values = image[..., c]
+                for q in _QUANTILES:
+                    features[f"summary_ch-{c}_quantile-{q}"] = np.quantile(values, q)
+                features[f"summary_ch-{c}_mean"] = np.mean(values)
+                features[f"summary_ch-{c}_std"] = np.std(values)
+        elif group == "histogram":
+            v_range = np.min(image), np.max(image)
+            for c in channels:
+                counts, _ = np.histogram(image[..., c], bins=_BINS, range=v_range)
+                for i, count in enumerate(counts):
+                    features[f"histogram_ch-{c}_bin-{i}"] = count
+        else:
+            for c in channels:
+                matrix = graycomatrix(image[..., c], distances=_DISTANCES, angles=_ANGLES,
+                                      levels=256)
+                for prop, values in _glcm_properties(matrix).items():
+                    for d_idx, dist in enumerate(_DISTANCES):
+                        for a_idx, angle in enumerate(_ANGLES):
+                            features[f"texture_ch-{c}_{prop}_dist-{dist}_angle-{angle:.2f}"] = (
+                                values[d_idx, a_idx])
+    return features
+
+
+def _glcm_properties(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """``skimage.feature.graycoprops`` of every property in ``_PROPS``, from one normalisation.
+
+    ``matrix`` is ``(levels, levels, distances, angles)``; each result ``(distances, angles)``.
+    The formulas are graycoprops' (correlation 1 where either standard deviation is below
+    1e-15).
+    """
+    levels, _, n_dist, n_angle = matrix.shape
+    p = matrix.astype(np.float64)
+    sums = p.sum(axis=(0, 1), keepdims=True)
+    sums[sums == 0] = 1
+    p /= sums
+    flat = p.reshape(levels * levels, n_dist * n_angle)
+    i, j = np.indices((levels, levels)).reshape(2, -1)
+    difference = (i - j).astype(np.float64)
+    grey = np.arange(levels, dtype=np.float64)
+    p_i, p_j = p.sum(axis=1).reshape(levels, -1), p.sum(axis=0).reshape(levels, -1)
+    diff_i, diff_j = grey[:, None] - grey @ p_i, grey[:, None] - grey @ p_j
+    std_i = np.sqrt((p_i * diff_i**2).sum(axis=0))
+    std_j = np.sqrt((p_j * diff_j**2).sum(axis=0))
+    cov = np.einsum("ik,ik->k", np.einsum("ijk,jk->ik", p.reshape(levels, levels, -1), diff_j),
+                    diff_i)
+    flat_std = (std_i < 1e-15) | (std_j < 1e-15)
+    correlation = np.where(flat_std, 1.0, cov / np.where(flat_std, 1.0, std_i * std_j))
+    shape = (n_dist, n_angle)
+    return {"contrast": (difference**2 @ flat).reshape(shape),
+            "dissimilarity": (np.abs(difference) @ flat).reshape(shape),
+            "homogeneity": ((1.0 / (1.0 + difference**2)) @ flat).reshape(shape),
+            "correlation": correlation.reshape(shape),
+            "ASM": np.einsum("ij,ij->j", flat, flat).reshape(shape)}
 
 
 def _pixels(dataset, index: int) -> np.ndarray:

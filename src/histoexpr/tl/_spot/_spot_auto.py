@@ -111,6 +111,10 @@ class _Features:
         self.reference: dict | None = None
         self.normalisers: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
+        self.digests: dict[str, str] = {}
+        #: every tile's features by (section, encoder, stain, context, scaling): made once, read
+        #: by every candidate and inner fold that asks for them
+        self.cache: dict[tuple, np.ndarray] = {}
 
     def network(self, name: str):
         """The CNN of a network encoder candidate: pretrained (SSL) or at random init."""
@@ -194,13 +198,25 @@ class _Features:
         """The obsm key of an encoder's features (a hash of its weights for networks)."""
         if name not in NETWORK_ENCODERS:
             return f"X_{name}"
-        return f"X_{name}_{weights_digest(self.network(name))}"
+        if name not in self.digests:
+            self.digests[name] = weights_digest(self.network(name))
+        return f"X_{name}_{self.digests[name]}"
 
     def of(self, section, candidate: Mapping[str, Any]) -> np.ndarray:
         """A candidate's features of the labelled spots of one section."""
         return self.all_tiles(section, candidate)[section.tile_rows]
 
     def all_tiles(self, section, candidate: Mapping[str, Any]) -> np.ndarray:
+        """Every tile's features under a candidate, computed on the first call only."""
+        context = candidate["context_um"]
+        cached = (section.name, candidate["encoder"], candidate["stain"],
+                  None if context is None else tuple(context),
+                  bool(candidate["standardise_sections"]))
+        if cached not in self.cache:
+            self.cache[cached] = self._compute(section, candidate)
+        return self.cache[cached]
+
+    def _compute(self, section, candidate: Mapping[str, Any]) -> np.ndarray:
         from ._spot_features import section_features
 
         name = candidate["encoder"]

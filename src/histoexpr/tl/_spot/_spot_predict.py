@@ -29,6 +29,7 @@ from ._spot_inputs import MADE_BY, STEP, _check_image_mpp, _tiles_at
 
 if TYPE_CHECKING:
 
+    import pandas as pd
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -49,8 +50,9 @@ def predict(
     name: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
-) -> AnnData:
-    """Predict expression on every tile of a section, with or without spots.
+    client: Any = None,
+) -> AnnData | pd.DataFrame:
+    """Predict expression on every tile of a section, with or without spots, or of a cohort.
 
     Tiles of the model's ``patch_um`` and pixel size are used: those under ``tiles_key`` if they
     exist (their width must match the model's; if their pixel size differs they are read at the
@@ -63,7 +65,14 @@ def predict(
     model
         A spot regressor from ``hx.tl.fit(..., model="spot_regressor")`` or a model file.
     sdata
-        The section: an H&E image is enough.
+        The section: an H&E image is enough. Or a cohort of slide files on disk
+        (:func:`histoexpr.io.read_cohort`): each slide is opened lazily, tiled on its tissue
+        and predicted as one section would be, and its table written to the slide's store
+        (``cohort.store(slide_id).prediction(key_added)``; ``cohort[slide_id].tables``). The
+        run resumes: a slide whose store holds that table, made by the same model from the same
+        slide file (path, size, modification time) with the same options, is skipped; one made
+        otherwise is an error unless ``overwrite=True``. Every slide's file, store and keys are
+        checked before the first slide is predicted.
     tiles_key
         Key of the tiles to predict on; defaults to ``f"{image_key}_expr_tiles"``, made as a grid
         if absent.
@@ -88,9 +97,15 @@ def predict(
     overwrite
         Replace an existing table ``key_added`` that an earlier ``predict`` wrote (never an
         element of another origin).
+    client
+        A cohort: a ``dask.distributed.Client`` to predict the slides on its workers
+        (``client.map``); ``None`` predicts them here, one after the other.
 
     Returns
     -------
+    A cohort: one row per slide (index: slide id) with ``status`` (``"computed"`` or
+    ``"skipped"``), ``n_tiles``, ``seconds`` and ``worker``; the tables are in the stores.
+    A section:
     The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
     log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
     for spot-centred tiles), tile centres in um in ``obsm["spatial"]``, annotating the tile
@@ -111,8 +126,19 @@ def predict(
     prediction means" says what these mean and do not mean.
 
     """
+    from ...io import Cohort
     from ...pp import tile
 
+    if isinstance(sdata, Cohort):
+        from ._spot_cohort import predict_cohort
+
+        return predict_cohort(model, sdata, tiles_key=tiles_key, image_key=image_key,
+                              stride_um=stride_um, min_tissue=min_tissue, batch_size=batch_size,
+                              device=device, key_added=key_added, overwrite=overwrite,
+                              client=client)
+    if client is not None:
+        raise ValueError("client= runs the slides of a cohort on dask workers; a single "
+                         "section is predicted here: drop client=.")
     metadata = getattr(model, "metadata", {}) or {}
     if metadata.get("model") != "spot_regressor":
         raise ValueError("This network is not a spot regressor; train one with "

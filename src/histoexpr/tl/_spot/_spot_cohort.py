@@ -1,0 +1,232 @@
+"""The spot regressor over a cohort of H&E-only slides on disk: one table of predictions per slide.
+
+Each slide is one task of the cohort's per-slide runner (:func:`histoexpr.tl._features.
+_embed_cohort.run_slides`: one slide after the other, or on the workers of a dask client): open
+the slide file lazily, run the single-slide :func:`~histoexpr.tl._spot._spot_predict.predict`
+on it (tissue detection, a grid of tiles at the model's size and pixel size, features, the
+model, and whatever that function adds to its table), and write the table to the slide's store
+(:meth:`histoexpr.io.SlideStore.write_prediction`, atomically) with how it was made. A slide
+whose store holds that table, made by the same model from the same slide file with the same
+options, is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..._utils import logger
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ...io import Cohort
+    from ...models import Network
+
+
+def predict_cohort(
+    model: Network,
+    cohort: Cohort,
+    *,
+    tiles_key: str | None,
+    image_key: str | None,
+    stride_um: float | None,
+    min_tissue: float,
+    batch_size: int,
+    device: str | None,
+    key_added: str | None,
+    overwrite: bool,
+    client: Any,
+) -> pd.DataFrame:
+    """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
+    import pandas as pd
+
+    from ...io import Cohort
+    from .._features._embed_cohort import run_slides
+
+    if not isinstance(cohort, Cohort) or not cohort.on_disk:
+        raise TypeError(
+            "Predicting a cohort needs a cohort on disk, whose slides have stores: "
+            "read it from a manifest with hx.io.read_cohort(manifest). For slides "
+            "in memory, call hx.tl.predict(model, sdata) on each."
+        )
+    metadata = getattr(model, "metadata", None) or {}
+    if metadata.get("model") != "spot_regressor":
+        raise ValueError(
+            f"This is a {metadata.get('model')!r} model, not a spot regressor; "
+            "train one with hx.tl.fit(..., model='spot_regressor')."
+        )
+    if client is not None and not hasattr(client, "map"):
+        raise TypeError(f"client must be a dask.distributed Client, got {type(client).__name__}.")
+    image_key = cohort.image_key if image_key is None else image_key
+    if image_key != cohort.image_key:
+        raise ValueError(
+            f"The cohort's slides are read as sdata.images[{cohort.image_key!r}], "
+            f"not {image_key!r}; leave image_key=None (or read the cohort with "
+            f"hx.io.read_cohort(..., image_key={image_key!r}))."
+        )
+    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    key_added = f"{tiles_key}_expression" if key_added is None else key_added
+    if key_added in (tiles_key, f"{tiles_key}_table"):
+        raise ValueError(
+            f"key_added={key_added!r} names the tiles {tiles_key!r} (or their "
+            "table); give the predictions another key_added."
+        )
+    missing = [str(cohort.path(i)) for i in cohort.ids if not cohort.path(i).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} slide files of the cohort no longer exist, e.g. "
+            f"{missing[:3]}; restore them, or predict on the others with "
+            "hx.tl.predict(model, cohort.subset([...]))."
+        )
+    options = {
+        "image_key": image_key,
+        "tiles_key": tiles_key,
+        "stride_um": stride_um,
+        "min_tissue": float(min_tissue),
+        "key_added": key_added,
+    }
+    fingerprint = model_fingerprint(model)
+    tasks, rows = [], {}
+    for slide_id in cohort.ids:  # every slide's work is decided before anything is computed
+        store, path = cohort.store(slide_id), cohort.path(slide_id)
+        store.check_ours()
+        record = {
+            "model": fingerprint,
+            "slide": slide_file(path),
+            "slide_mpp": cohort.slide_mpp(slide_id),
+            **options,
+        }
+        if _planned(slide_id, store, record, tiles_key, key_added, overwrite) == "skipped":
+            rows[slide_id] = {
+                "status": "skipped",
+                "n_tiles": int(store.prediction(key_added).n_obs),
+                "seconds": 0.0,
+                "worker": None,
+            }
+            continue
+        tasks.append(
+            {
+                "slide_id": slide_id,
+                "path": str(path),
+                "store": str(store.path),
+                "mpp": cohort.slide_mpp(slide_id),
+                "record": record,
+                "options": {
+                    "tiles_key": tiles_key,
+                    "image_key": image_key,
+                    "stride_um": stride_um,
+                    "min_tissue": min_tissue,
+                    "batch_size": batch_size,
+                    "device": device,
+                    "key_added": key_added,
+                },
+            }
+        )
+    logger.info(
+        "predict: %d slides to predict, %d already done (%s, predictions %r).",
+        len(tasks),
+        len(rows),
+        cohort.store_dir,
+        key_added,
+    )
+    for summary in run_slides(tasks, _predict_slide, client=client, model=model):
+        rows[summary.pop("slide_id")] = summary
+    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
+    frame.index.name = "slide_id"
+    return frame
+
+
+def _planned(
+    slide_id: str, store, record: dict, tiles_key: str, key_added: str, overwrite: bool
+) -> str:
+    """``"computed"`` or ``"skipped"``; a clash or a table made otherwise raises, unless asked."""
+    if store.complete and tiles_key in store.tiles_keys():
+        raise ValueError(
+            f"The store of {slide_id!r} ({store.path}) holds tiles {tiles_key!r} "
+            "of hx.tl.embed_cohort, and the prediction would make its own under "
+            "that key; pass another tiles_key (e.g. the default, None)."
+        )
+    stored = store.prediction_records().get(key_added)
+    if stored is None:
+        return "computed"
+    now = _plain(record)
+    if stored == now:
+        return "skipped"
+    if not overwrite:
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        raise ValueError(
+            f"The store of {slide_id!r} ({store.path}) holds predictions {key_added!r} made "
+            f"otherwise ({', '.join(changed)} differ: another model, a changed slide file or "
+            "other options). Pass overwrite=True to predict them anew, or another key_added to "
+            "keep both."
+        )
+    return "computed"
+
+
+def _predict_slide(task: dict, model: Network) -> dict:
+    """One slide: open it, predict with the single-slide ``predict``, store the table."""
+    import socket
+
+    from ..._image import CHUNKS
+    from ...io import SlideStore, read_wsi
+    from .._features._embed_cohort import _trim_memory
+    from . import _spot_predict
+
+    start = time.perf_counter()
+    store = SlideStore(task["store"])
+    store.remove_partials()
+    options = task["options"]
+    try:
+        sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options["image_key"])
+        table = _spot_predict.predict(model, sdata, **options)
+        store.write_prediction(
+            options["key_added"],
+            table,
+            record=task["record"],
+            slide={"slide_id": task["slide_id"], "slide_path": task["path"]},
+            overwrite=True,
+        )
+    finally:
+        CHUNKS.clear()
+        _trim_memory()
+    seconds = time.perf_counter() - start
+    logger.info("%s: predicted %d tiles in %.1f s", task["slide_id"], table.n_obs, seconds)
+    return {
+        "slide_id": task["slide_id"],
+        "status": "computed",
+        "n_tiles": int(table.n_obs),
+        "seconds": seconds,
+        "worker": socket.gethostname(),
+    }
+
+
+def model_fingerprint(model: Network) -> str:
+    """A digest of a model's weights and metadata: another model never passes for it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(
+        json.dumps(getattr(model, "metadata", None) or {}, sort_keys=True, default=str).encode()
+    )
+    return digest.hexdigest()
+
+
+def slide_file(path: str | Path) -> dict[str, Any]:
+    """What identifies a slide file's content cheaply: its path, size and modification time."""
+    path = Path(path)
+    stat = path.stat()
+    return {
+        "path": str(path.resolve()),
+        "bytes": int(stat.st_size),
+        "modified_ns": int(stat.st_mtime_ns),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """As stored (JSON round trip), so that recorded and current records compare equal."""
+    return json.loads(json.dumps(value))

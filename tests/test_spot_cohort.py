@@ -1,0 +1,264 @@
+"""The spot regressor over a cohort of H&E-only slides on disk: per-slide tables in the slides'
+stores, equal to the single-slide prediction, resumable, checked before anything is written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pytest
+from _catalogue import bad_input
+
+import histoexpr as hx
+from histoexpr._cli import EXIT_BAD_INPUT, EXIT_CANNOT_PREDICT, main
+
+GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC"]
+KEY = "he_expr_tiles_expression"
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Three small pyramidal TIFF slides (H&E only) and their manifest."""
+    hx.settings.progress_bar = False
+    folder = tmp_path_factory.mktemp("spot_slides")
+    return hx.datasets.synthetic_slide_cohort(folder, 3, seed=0, size_um=300, mpp=1.0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A spot regressor (ridge on hand-crafted features of 40 um tiles) and its model file."""
+    train = {
+        name: hx.datasets.synthetic_section(
+            seed=seed, size_um=400, spot_pitch_um=40, spot_diameter_um=35, mpp=1.0
+        )
+        for seed, name in enumerate("ab")
+    }
+    network = hx.tl.fit(train, model="spot_regressor", genes=GENES, size_um=40.0, mpp=1.0)
+    path = hx.io.save_model(network, tmp_path_factory.mktemp("spot_model") / "spots.pt")
+    return network, path
+
+
+def cohort_at(slides, store_dir):
+    return hx.io.read_cohort(slides, store_dir=store_dir)
+
+
+def single_slide(network, cohort, slide_id):
+    return hx.tl.predict(network, hx.io.read_wsi(cohort.path(slide_id), image_key="he"))
+
+
+def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
+    slides, model, tmp_path
+):
+    import scanpy as sc
+
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores")
+    first = hx.tl.predict(network, cohort)
+    assert list(first.index) == cohort.ids and (first["status"] == "computed").all()
+    for slide_id in cohort.ids:
+        stored = cohort.store(slide_id).prediction(KEY)
+        expected = single_slide(network, cohort, slide_id)
+        assert list(stored.var_names) == GENES
+        np.testing.assert_array_equal(np.asarray(stored.X), np.asarray(expected.X))
+        np.testing.assert_array_equal(stored.obsm["spatial"], expected.obsm["spatial"])
+        assert first.loc[slide_id, "n_tiles"] == stored.n_obs > 10
+        # the slide opened from the cohort carries its table and tiles, and scanpy takes it
+        opened = cohort[slide_id]
+        assert opened.tables[KEY].n_obs == stored.n_obs
+        assert len(opened.shapes["he_expr_tiles"]) == stored.n_obs
+        sc.pp.pca(stored, n_comps=2)
+        sc.pl.spatial(stored, color=GENES[0], show=False)
+    written = {
+        i: os.stat(cohort.store(i).path / "predictions" / KEY).st_mtime_ns for i in cohort.ids
+    }
+
+    # a second run (a new session reading the same manifest) skips every finished slide
+    again = hx.tl.predict(network, cohort_at(slides, tmp_path / "stores"))
+    assert (again["status"] == "skipped").all()
+    assert again["n_tiles"].tolist() == first["n_tiles"].tolist()
+    assert written == {
+        i: os.stat(cohort.store(i).path / "predictions" / KEY).st_mtime_ns for i in cohort.ids
+    }
+
+    # a run killed after the first slide: the next run predicts only the others
+    shutil.rmtree(cohort.store("slide_02").path)
+    resumed = hx.tl.predict(network, cohort)
+    assert resumed["status"].tolist() == ["skipped", "skipped", "computed"]
+
+
+def test_predictions_survive_a_later_embed_cohort(slides, model, tmp_path):
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores").subset(["slide_00"])
+    hx.tl.predict(network, cohort)
+    before = np.asarray(cohort.store("slide_00").prediction(KEY).X)
+    hx.tl.embed_cohort(cohort, encoder="handcrafted", size_px=16, mpp=2.0)
+    store = cohort.store("slide_00")
+    assert store.complete and "X_handcrafted" in store.feature_records("he_tiles")
+    np.testing.assert_array_equal(np.asarray(store.prediction(KEY).X), before)
+    assert hx.tl.predict(network, cohort)["status"].tolist() == ["skipped"]
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(model, cohort)` again after the model (or a slide "
+    "file, or an option) changed, into the stores of an earlier run",
+    says="ValueError naming what differs (model, slide file, options), before any slide "
+    "is predicted; the stored tables are kept",
+    fix="pass overwrite=True to predict them anew, or another key_added to keep both",
+)
+def test_a_changed_model_is_not_mistaken_for_the_stored_one(slides, model, tmp_path):
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores").subset(["slide_00", "slide_01"])
+    hx.tl.predict(network, cohort)
+    before = np.asarray(cohort.store("slide_00").prediction(KEY).X)
+    changed = hx.io.load_model(model[1], device="cpu")
+    with __import__("torch").no_grad():
+        changed.bias.add_(1.0)
+    with pytest.raises(ValueError, match="made otherwise.*model.*overwrite=True"):
+        hx.tl.predict(changed, cohort)
+    np.testing.assert_array_equal(np.asarray(cohort.store("slide_00").prediction(KEY).X), before)
+    frame = hx.tl.predict(changed, cohort, overwrite=True)
+    assert (frame["status"] == "computed").all()
+    np.testing.assert_allclose(
+        np.asarray(cohort.store("slide_00").prediction(KEY).X), before + 1.0, rtol=1e-5, atol=1e-5
+    )
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(model, cohort)` after some slide files of the manifest were moved or deleted",
+    says="FileNotFoundError naming the missing files, before any slide is predicted",
+    fix="restore them, or predict on `cohort.subset([...])` of the others",
+)
+def test_missing_slide_files_are_named_before_anything_is_written(slides, model, tmp_path):
+    network, _ = model
+    copies = tmp_path / "slides"
+    shutil.copytree(slides.parent, copies)
+    cohort = cohort_at(copies / slides.name, tmp_path / "stores")
+    cohort.path("slide_01").unlink()
+    with pytest.raises(FileNotFoundError, match="no longer exist.*slide_01"):
+        hx.tl.predict(network, cohort)
+    assert not (tmp_path / "stores").exists() or not any((tmp_path / "stores").iterdir())
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(model, cohort)` with a model that does not predict "
+    "over a cohort (e.g. a patch classifier), or a cohort in memory",
+    says="ValueError naming the models that predict over a cohort / TypeError asking "
+    "for a cohort read from a manifest; nothing is written",
+    fix="predict each slide with `hx.tl.predict(model, cohort[slide_id])`, or read the "
+    "cohort with `hx.io.read_cohort`",
+)
+def test_wrong_model_kind_or_cohort_in_memory_is_refused(slides, model, tmp_path):
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores")
+    other = hx.models.LinearHead(n_features=3, n_genes=2)
+    other.metadata = {"model": "patch_classifier"}
+    with pytest.raises(ValueError, match="does not predict over a cohort.*spot_regressor"):
+        hx.tl.predict(other, cohort)
+    with pytest.raises(TypeError, match="read_cohort"):
+        hx.tl.predict(network, hx.datasets.synthetic_cohort(2, seed=0, size_um=100))
+    with pytest.raises(ValueError, match="client= runs the slides of a cohort"):
+        hx.tl.predict(network, cohort["slide_00"], client=object())
+    assert not (tmp_path / "stores").exists()
+
+
+@bad_input(
+    "data lost",
+    "`hx.tl.predict(model, cohort, tiles_key=...)` naming the tiles "
+    "`hx.tl.embed_cohort` stored for a slide, or `key_added=` naming the tiles",
+    says="ValueError naming the clash, before any slide is predicted; the stores are kept",
+    fix="pass another tiles_key (the default makes its own) or key_added",
+)
+def test_key_clashes_are_refused_before_anything_is_written(slides, model, tmp_path):
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores").subset(["slide_00", "slide_01"])
+    hx.tl.embed_cohort(cohort.subset(["slide_01"]), encoder="handcrafted", size_px=16, mpp=2.0)
+    with pytest.raises(ValueError, match="holds tiles 'he_tiles'.*another tiles_key"):
+        hx.tl.predict(network, cohort, tiles_key="he_tiles")
+    with pytest.raises(ValueError, match="names the tiles"):
+        hx.tl.predict(network, cohort, key_added="he_expr_tiles")
+    assert not cohort.store("slide_00").exists
+    assert cohort.store("slide_01").prediction_records() == {}
+    assert cohort.store("slide_01").complete
+
+
+def test_the_command_line_predicts_a_manifest(slides, model, tmp_path, capsys):
+    network, path = model
+    stores = tmp_path / "stores"
+    assert (
+        main(["predict", "-m", str(path), "--manifest", str(slides), "--store-dir", str(stores)])
+        == 0
+    )
+    cohort = cohort_at(slides, stores)
+    expected = single_slide(network, cohort, "slide_01")
+    np.testing.assert_allclose(
+        np.asarray(cohort.store("slide_01").prediction(KEY).X),
+        np.asarray(expected.X),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    capsys.readouterr()
+    assert (
+        main(["predict", "-m", str(path), "--manifest", str(slides), "--store-dir", str(stores)])
+        == 0
+    )
+    assert capsys.readouterr().out.count("skipped") == 3
+
+
+@bad_input(
+    "obscure error",
+    "`histoexpr predict --manifest SLIDES.csv` with a model file that "
+    "is not a spot regressor, or a manifest naming missing slide files",
+    says="exit 3: names the model's kind and the kind that predicts a manifest / "
+    "exit 2: names the missing files; no store is written",
+    fix="give a spot regressor's model file (or predict each slide with --image); fix the paths",
+)
+def test_the_command_line_refuses_a_manifest_it_cannot_predict(slides, model, tmp_path, capsys):
+    other = hx.models.LinearHead(n_features=3, n_genes=2)
+    other.metadata = {"model": "patch_classifier"}
+    path = hx.io.save_model(other, tmp_path / "classifier.pt")
+    stores = tmp_path / "stores"
+    code = main(["predict", "-m", str(path), "--manifest", str(slides), "--store-dir", str(stores)])
+    assert code == EXIT_CANNOT_PREDICT
+    assert "'patch_classifier' model" in capsys.readouterr().err
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text("path\nnowhere/slide.tif\n")
+    code = main(
+        ["predict", "-m", str(model[1]), "--manifest", str(manifest), "--store-dir", str(stores)]
+    )
+    assert code == EXIT_BAD_INPUT
+    assert "do not exist" in capsys.readouterr().err
+    assert not stores.exists()
+
+
+@pytest.mark.slow
+def test_dask_workers_predict_what_one_process_predicts(slides, model, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    network, _ = model
+    serial = cohort_at(slides, tmp_path / "serial")
+    hx.tl.predict(network, serial)
+    cohort = cohort_at(slides, tmp_path / "dask")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+    try:
+        frame = hx.tl.predict(network, cohort, client=client)
+    finally:  # on a loaded machine the workers take a while to stop
+        client.close(timeout=120)
+        with contextlib.suppress(TimeoutError):
+            cluster.close(timeout=120)
+    assert (frame["status"] == "computed").all()
+    for slide_id in cohort.ids:
+        np.testing.assert_array_equal(
+            np.asarray(cohort.store(slide_id).prediction(KEY).X),
+            np.asarray(serial.store(slide_id).prediction(KEY).X),
+        )
