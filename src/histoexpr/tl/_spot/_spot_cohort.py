@@ -40,6 +40,7 @@ def predict_cohort(
     key_added: str | None,
     overwrite: bool,
     client: Any,
+    level: float = 0.9,
 ) -> pd.DataFrame:
     """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
     import pandas as pd
@@ -88,6 +89,7 @@ def predict_cohort(
         "stride_um": stride_um,
         "min_tissue": float(min_tissue),
         "key_added": key_added,
+        "level": float(level),
     }
     fingerprint = model_fingerprint(model)
     tasks, rows = [], {}
@@ -123,6 +125,8 @@ def predict_cohort(
                     "batch_size": batch_size,
                     "device": device,
                     "key_added": key_added,
+                    "level": level,
+                    "name": slide_id,
                 },
             }
         )

@@ -135,7 +135,7 @@ def predict(
         return predict_cohort(model, sdata, tiles_key=tiles_key, image_key=image_key,
                               stride_um=stride_um, min_tissue=min_tissue, batch_size=batch_size,
                               device=device, key_added=key_added, overwrite=overwrite,
-                              client=client)
+                              client=client, level=level)
     if client is not None:
         raise ValueError("client= runs the slides of a cohort on dask workers; a single "
                          "section is predicted here: drop client=.")
