@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..._settings import settings
-from ..._utils import logger, progress, resolve_device, resolve_seed
+from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
 from ..._validate import renamed_parameters, stride_name
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ STATUSES = ("computed", "features", "skipped")
 
 
 @renamed_parameters(size="size_px", stride=stride_name)
+@logged_step("embedding the slides of a cohort")
 def embed_cohort(
     cohort: Cohort,
     *,
@@ -298,7 +299,9 @@ def _conflict(slide_id: str, store, what: str) -> str:
 
 def _run_serial(tasks: list[dict], encoders: list, *, client: Any):
     for task in progress(tasks, desc="slides", total=len(tasks)):
-        yield _run_slide(task, encoders)
+        with each_item():  # each slide's steps log at debug level; the bar shows the slides
+            summary = _run_slide(task, encoders)
+        yield summary
 
 
 def _run_dask(tasks: list[dict], encoders: list, *, client: Any):
