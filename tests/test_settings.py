@@ -143,22 +143,22 @@ def test_a_step_logs_its_time_once_and_items_log_at_debug(log_lines):
     def inner():
         logger.info("inner detail")
 
-    @logged_step(lambda n: f"outer step of {n} items")
+    @logged_step(lambda n: f"outer step of {n} slides")
     def outer(n):
         for i in range(n):
             with each_item():
-                logger.info("item %d", i)
+                logger.info("slide %d", i)
                 inner()
         logger.info("outer summary")
         return n
 
     hx.settings.verbosity = "info"
     assert outer(3) == 3
-    assert log_lines.get() == ["outer step of 3 items", "outer summary", "    finished (0:00:00)"]
+    assert log_lines.get() == ["outer step of 3 slides", "outer summary", "    finished (0:00:00)"]
     hx.settings.verbosity = "debug"
     before = len(log_lines.get())
     outer(1)
-    assert log_lines.get()[before:] == ["outer step of 1 items", "item 0", "inner step",
+    assert log_lines.get()[before:] == ["outer step of 1 slides", "slide 0", "inner step",
                                         "inner detail", "    finished (0:00:00)",
                                         "outer summary", "    finished (0:00:00)"]
     inner()  # called on its own, the inner step logs at info
