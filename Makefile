@@ -1,4 +1,5 @@
-# One-command set-up: `make demo` runs the demo, `make test` runs the tests.
+# One-command set-up: `make demo` runs the demo, `make test` runs the tests, `make docs` builds
+# and checks the documentation.
 # Each target creates the virtual environment it needs. torch==2.13.0 is installed first
 # and every later install is held by constraints.txt, so no CUDA build of torch is pulled.
 PYTHON ?= python3
@@ -31,14 +32,21 @@ test: $(STAMP)
 wheel-smoke:
 	PYTHON=$(PYTHON) .ci/wheel_smoke.sh
 
+# the documentation, every tutorial executed (outputs cached in docs/_build/.jupyter_cache, so a
+# rebuild re-runs only the notebooks that changed), then read as a user reads it
+# (tests/check_docs.py: API pages, links, example figures, every tutorial's figures). No
+# MPLBACKEND: the notebooks' kernel must use its inline backend to record the figures.
 docs: $(STAMP)
 	rm -rf docs/generated
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	env -u MPLBACKEND PYDEVD_DISABLE_FILE_VALIDATION=1 \
+		$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/python tests/check_docs.py docs/_build/html --executed
 
-# the API pages without executing the tutorials (their figures are left out)
+# the API pages without executing the tutorials (their figures are left out), checked the same way
 docs-fast: $(STAMP)
 	rm -rf docs/generated
-	$(BIN)/sphinx-build -W --keep-going -b html -D nb_execution_mode=off docs docs/_build/html
+	$(BIN)/sphinx-build -W --keep-going -b html -D nb_execution_mode=off docs docs/_build/html-fast
+	$(BIN)/python tests/check_docs.py docs/_build/html-fast
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_wsi_memory.py

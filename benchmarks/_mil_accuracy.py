@@ -42,7 +42,7 @@ def cached_features(name: str, sdata) -> dict[str, np.ndarray]:
     """Tile features of a section (cached, keyed by spot): hand-crafted and a random CNN.
 
     ``handcrafted``: colour, stain and texture of the 200 um tiles at 2 um/px (23 features);
-    ``cnn``: the small CNN of tutorial 05 at random initialisation (seed 0, width 32, pooled
+    ``cnn``: the small CNN of tutorial 04 at random initialisation (seed 0, width 32, pooled
     levels), 192 um spot tiles at 1 um/px; chosen by nobody, so no choice to nest.
     """
     import torch
@@ -96,7 +96,7 @@ DRIVERS = ["ERBB2", "GRB7", "CCND1"]  # HER2 amplicon and a breast-cancer driver
 TUMOUR = ["ERBB2", "GRB7", "KRT19", "KRT18", "KRT8", "EPCAM", "CDH1"]  # epithelial / tumour
 ABMIL = {"epochs": 30, "patience": 5, "val_fraction": 0.2, "batch_size": 8, "seed": 0}
 #: abmil variants, all scored; ``per_gene`` (one model per gene, as the paper trains them) is the
-#: route fixed before the run, ``shared`` is the single-attention network of tutorial 04 (no
+#: route fixed before the run, ``shared`` is the single-attention network of tutorial 03 (no
 #: variant is chosen by looking at the held-out section; with --inner they are chosen by inner
 #: leave-one-section-out, which the 2-core machine could not afford in this run)
 VARIANTS = {"per_gene": {"per_gene": True, "hidden": 16}, "shared": {"hidden": 128}}

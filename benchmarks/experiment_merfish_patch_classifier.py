@@ -9,7 +9,7 @@ cell and no nuclei; the tissue between cells is not scored). For each direction 
 test bottom, train bottom -> test top) the script reports, from one run, the Dice per class on
 the held-out half of
 
-- the baseline of the issue: logistic regression on per-cell DAPI intensity and texture
+- the per-cell baseline: logistic regression on per-cell DAPI intensity and texture
   features plus the same features smoothed over neighbouring cells (Gaussian, 15 and 40 um);
 - the CNN patch classifier of each patch size and their ensemble (``hx.tl.fit`` /
   ``hx.tl.predict``): dense (no cells at prediction), per cell (mean probability over each cell,
@@ -29,7 +29,7 @@ drawn as a mask), ``--planes z0 z1`` adds the second focal plane. The CNN then t
 patches of every plane (``hx.tl.fit(..., image_key=[...])``) and its maps are averaged over the
 planes; a second baseline row runs the baseline on the same input (the features of every
 channel side by side; one training row per cell and plane, the probabilities averaged over the
-planes), beside the issue's DAPI z0 one.
+planes), beside the DAPI z0 one.
 
 Usage::
 

@@ -2,7 +2,7 @@
 
 Run it on two commits and compare the JSON files: a refactoring that changes no result gives
 identical fingerprints (sums, spreads and first values of each prediction). It uses the option
-spellings of before the session-5 renames (``patch_size_um=``, ``patch_um=``, ``size=``), which
+spellings of before the 0.1.0.dev6 renames (``patch_size_um=``, ``patch_um=``, ``size=``), which
 still work with a FutureWarning, so the same script runs on old and new commits::
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/fingerprint_results.py before.json

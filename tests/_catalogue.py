@@ -19,6 +19,7 @@ line, or "refuses"); ``fix`` is what the user does about it.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,28 +67,68 @@ def collect() -> list[Row]:
     return rows
 
 
+#: the sections of the page, by what the user meets: an error, a warning, or nothing to do
+SECTIONS = (
+    ("errors", "histoexpr stops and says why",
+     "Nothing was written or changed: fix the input as the message says and run the call again."),
+    ("warnings", "histoexpr goes on and warns",
+     "The result is there, but check it: the message says what may be off and how to avoid it."),
+    ("handled", "histoexpr handles it for you",
+     "Inputs that used to go wrong and are now read or used as they should be; at most a log "
+     "line (`hx.settings.verbosity = \"info\"`) says what was done."),
+)
+
+
+def section_of(row: Row) -> str:
+    """The page section of a row: ``"handled"`` when there is nothing to do, else by message."""
+    says = without_history(row.says).lower()
+    if row.fix.lower().startswith("nothing"):
+        return "handled"
+    if says.startswith(("warning", "userwarning", "futurewarning", "warns")):
+        return "warnings"
+    return "errors"
+
+
+def without_history(text: str) -> str:
+    """``text`` without its ``(before: ...)`` notes (what histoexpr did before it was fixed)."""
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if depth == 0 and text.startswith("(before:", i):
+            depth, i = 1, i + len("(before:")
+            continue
+        if depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+        else:
+            out.append(text[i])
+        i += 1
+    return re.sub(r" ([,.;])(?!\.)", r"\1", " ".join("".join(out).split()))
+
+
 def render(rows: list[Row]) -> str:
-    """The catalogue page for ``rows``."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+    """The catalogue page for ``rows``: for each message, when it comes and what to do."""
+    def one_line(text: str) -> str:
+        return " ".join(text.split())
 
     lines = [
-        "# Bad inputs: what histoexpr says",
+        "# If you see this message",
         "",
-        "Every input below was tried by a test (named in the last column); the table is written",
-        "from those tests (`python tests/_catalogue.py --write`), and the test suite fails when",
-        "they differ, so it cannot drift. *Data lost* and *silently wrong* name what histoexpr did",
-        "before it was fixed; today each is refused or reported as the table says.",
-        "",
+        "What histoexpr says when an input cannot work as given, and what to do about it. Search",
+        "this page for the words of your message (the `...` in a message stand for your own",
+        "names and numbers).",
     ]
-    counts = {kind: sum(r.kind == kind for r in rows) for kind in KINDS}
-    lines.append(", ".join(f"{kind}: {n}" for kind, n in counts.items())
-                 + f"; {len(rows)} inputs in all.")
-    for kind in KINDS:
-        lines += ["", f"## {kind.capitalize()}", "",
-                  "| input | what histoexpr says | what to do | test |", "|---|---|---|---|"]
-        lines += [f"| {cell(r.given)} | {cell(r.says)} | {cell(r.fix)} | `{r.test}` |"
-                  for r in rows if r.kind == kind]
+    for key, title, intro in SECTIONS:
+        chosen = sorted((r for r in rows if section_of(r) == key),
+                        key=lambda r: without_history(r.says).lower())
+        lines += ["", f"## {title}", "", intro]
+        for row in chosen:
+            says = without_history(row.says) or row.says
+            lines += ["", f"> {one_line(says)}", "",
+                      f"- **When:** {one_line(row.given)}",
+                      f"- **Do this:** {one_line(row.fix)}"]
+    lines += ["", "---", "",
+              f"Each of these {len(rows)} inputs is tried by a test of the suite, and this page "
+              "is written from those tests (`python tests/_catalogue.py --write`), so it cannot "
+              "drift from what histoexpr does."]
     return "\n".join(lines) + "\n"
 
 

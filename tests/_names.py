@@ -84,8 +84,7 @@ CONVENTIONS: list[dict[str, Any]] = [
 #: forbidden synonym -> the name to use instead
 FORBIDDEN: dict[str, str] = {s: c["name"] for c in CONVENTIONS for s in c["synonyms"]}
 
-#: (function, parameter) -> why it keeps a forbidden name for now. The tl entries are renamed by
-#: the helper that follows the tl/ regrouping (issue 13); remove an entry with its rename.
+#: (function, parameter) -> why it keeps a forbidden name for now; remove an entry with its rename.
 ALLOWED: dict[tuple[str, str], str] = {
     ("io.read_transcripts", "pixel_size"): "um per unit of the table's x/y, not an image's "
                                            "pixel size; rename to a clearer name is pending",

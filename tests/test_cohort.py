@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 
 import matplotlib
@@ -395,3 +396,33 @@ def test_two_processes_cross_validate_from_the_stores_as_one(embedded, slide_fol
     written = again["slide_00"].tables["he_tiles_table"].obsm["cv_ddp"].to_numpy()
     expected = cohort["slide_00"].tables["he_tiles_table"].obsm["cv_single"].to_numpy()
     np.testing.assert_allclose(written, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_twelve_slide_cohort_logs_its_steps_not_each_slide(slide_folder, tmp_path):
+    """At the default level (info) a cohort logs a line per step and fold, its time, and no
+    per-slide chatter, which is logged at debug level."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("histoexpr").addHandler(handler)
+    try:
+        hx.settings.verbosity = "debug"  # everything, each record with its level
+        cohort = hx.io.read_cohort(slide_folder, bulk=slide_folder.parent / "bulk.h5ad",
+                                   store_dir=tmp_path / "stores")
+        hx.tl.embed_cohort(cohort, **OPTIONS)
+        hx.tl.cross_validate(cohort, model="meanpool_ridge", genes=GENES[:2], groups="patient",
+                             n_folds=3)
+    finally:
+        logging.getLogger("histoexpr").removeHandler(handler)
+    info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+    debug = [r.getMessage() for r in records if r.levelno < logging.INFO]
+    assert len(info) <= 10, info
+    assert sum(line.startswith("    finished (") for line in info) == 2
+    assert [line.split(" (")[0] for line in info if line.startswith("Fold")] == [
+        "Fold 1/3", "Fold 2/3", "Fold 3/3"]
+    assert not any(re.search(r"\bslide_\d+\b", line) for line in info)
+    assert sum(line.startswith("slide_") for line in debug) == N_SLIDES  # one per slide
+    assert len(debug) > 5 * N_SLIDES  # the steps of every slide, at debug level

@@ -187,8 +187,8 @@ def private_cross_room_imports() -> list[tuple[str, str]]:
     return found
 
 
-#: private cross-room imports not yet replaced by a small internal or public API (issue 13, item
-#: 2). This list may only shrink: a new entry fails the test below, and so does a stale one.
+#: private cross-room imports not yet replaced by a small internal or public API. This list
+#: may only shrink: a new entry fails the test below, and so does a stale one.
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
 
 

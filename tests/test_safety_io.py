@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silently wrong (issue 12, io/pp/CLI half): bad input, refits, overwrites.
+"""Nothing lost, nothing silently wrong in io, pp and the CLI: bad input, refits, overwrites.
 
 Each test is one bad input of the catalogue (``docs/bad_inputs.md``); the data-loss tests check
 that the user's files and elements are still there, byte for byte.

@@ -1,4 +1,4 @@
-"""Safety rules, closing gaps left by earlier sessions: a refused call writes nothing, reused
+"""Safety rules: a refused call writes nothing, reused
 features say exactly how they were made, a user's copy of an element is the user's, and a
 ``save=`` into a missing folder fails before drawing.
 

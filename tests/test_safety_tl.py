@@ -101,7 +101,7 @@ def weights(model) -> np.ndarray:
     return np.concatenate([v.detach().numpy().ravel() for v in model.state_dict().values()])
 
 
-# --- reused tiles and features record how they were made (issue 12, item 3) -------------------
+# --- reused tiles and features record how they were made -------------------------------------
 
 @bad_input("silently wrong", "a second `hx.tl.fit(..., model='spot_regressor')` with another "
            "`mpp` on the same sections",
@@ -227,7 +227,7 @@ def test_bag_model_refuses_features_made_at_another_pixel_size():
         hx.tl.fit(mixed, model="meanpool_ridge", genes=GENES[:2])
 
 
-# --- evaluate pairs by identity (item 6) -------------------------------------------------------
+# --- evaluate pairs by identity -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def trained():
@@ -270,7 +270,7 @@ def test_evaluate_pairs_spots_by_place_not_by_id_alone(trained):
         hx.tl.evaluate(c, "pred", "table")
 
 
-# --- tiles off the image (item 7) --------------------------------------------------------------
+# --- tiles off the image --------------------------------------------------------------------
 
 @bad_input("silently wrong", "spot tiles lying wholly off the image, embedded or predicted",
            says="warns: 'N of M tiles lie wholly off the image: they have no pixels, so their "
@@ -420,7 +420,7 @@ def test_docstrings_name_the_models_not_missing_attributes():
             assert hasattr(hx.tl, attribute), (name, attribute)
 
 
-# --- cross-validation leaves the user's sections alone (issue 13, item 4) ----------------------
+# --- cross-validation leaves the user's sections alone ----------------------------------------
 
 @bad_input("data lost", "`hx.tl.cross_validate(sections, model='spot_regressor')` where a "
            "section holds a table of the user's named `cv_expression`",

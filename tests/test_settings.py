@@ -100,3 +100,83 @@ def test_gpu_defaults_keep_cpu_runs_as_they_were():
     hx.settings.n_workers = 3
     assert loader_options("cpu")["num_workers"] == 3
     assert loader_options("cpu", reads_images=False)["num_workers"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# logging as scanpy does it: named levels, timed steps, per-item chatter at debug
+
+
+@pytest.fixture
+def log_lines():
+    """The lines the ``histoexpr`` logger emits (a list, appended to as they come)."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("histoexpr")
+    logger.addHandler(handler)
+    lines = type("Lines", (), {"get": lambda self: stream.getvalue().splitlines()})()
+    yield lines
+    logger.removeHandler(handler)
+
+
+def test_verbosity_takes_scanpy_names_and_numbers():
+    for name, number, level in [("error", 0, logging.ERROR), ("warning", 1, logging.WARNING),
+                                ("info", 2, logging.INFO), ("debug", 3, logging.DEBUG)]:
+        hx.settings.verbosity = name
+        assert hx.settings.verbosity == number and hx.settings.verbosity.name == name
+        assert logging.getLogger("histoexpr").level == level
+        hx.settings.verbosity = number
+        assert hx.settings.verbosity.name == name
+    hx.settings.verbosity = "DEBUG"  # any case
+    assert hx.settings.verbosity == 3
+    with pytest.raises(ValueError, match="'error' \\(0\\), 'warning' \\(1\\), 'info' \\(2\\)"):
+        hx.settings.verbosity = "loud"
+    assert hx.settings.verbosity == 3  # a rejected value leaves the old one
+    assert "verbosity=debug" in repr(hx.settings)
+
+
+def test_a_step_logs_its_time_once_and_items_log_at_debug(log_lines):
+    from histoexpr._utils import each_item, logged_step, logger
+
+    @logged_step("inner step")
+    def inner():
+        logger.info("inner detail")
+
+    @logged_step(lambda n: f"outer step of {n} slides")
+    def outer(n):
+        for i in range(n):
+            with each_item():
+                logger.info("slide %d", i)
+                inner()
+        logger.info("outer summary")
+        return n
+
+    hx.settings.verbosity = "info"
+    assert outer(3) == 3
+    assert log_lines.get() == ["outer step of 3 slides", "outer summary", "    finished (0:00:00)"]
+    hx.settings.verbosity = "debug"
+    before = len(log_lines.get())
+    outer(1)
+    assert log_lines.get()[before:] == ["outer step of 1 slides", "slide 0", "inner step",
+                                        "inner detail", "    finished (0:00:00)",
+                                        "outer summary", "    finished (0:00:00)"]
+    inner()  # called on its own, the inner step logs at info
+    hx.settings.verbosity = "info"
+    before = len(log_lines.get())
+    inner()
+    assert log_lines.get()[before:] == ["inner step", "inner detail", "    finished (0:00:00)"]
+
+
+def test_outer_bars_stay_and_inner_bars_go():
+    from histoexpr._utils import progress
+
+    hx.settings.progress_bar = True
+    outer = progress(range(2), desc="slides")
+    inner = progress(range(3), desc="batches")
+    assert outer.leave and not inner.leave
+    inner.close()
+    outer.close()
+    assert progress(range(1), desc="again").leave
+    hx.settings.progress_bar = False
+    assert progress(range(1), desc="hidden").disable

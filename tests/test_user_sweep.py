@@ -1,5 +1,5 @@
 """What a new user's first files do: images saved in other colour modes, plain JPEG/PNG slides,
-scanpy tables, tiny sections (the sweep of every real data set with the public API).
+scanpy tables, tiny sections (every real data set read and analysed with the public API).
 
 Each test asserts the right result (the pixels are the colours seen, the levels are computed
 once, the message names the problem and its fix), not only that something ran.

@@ -23,6 +23,7 @@ from typing import Any
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
@@ -110,6 +111,11 @@ class ModelsDirective(SphinxDirective):
         container.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source="histoexpr-models"),
                                  container)
+        # the functions live in private modules: show them by name, as hx.tl.fit calls them,
+        # not by their module path (which changes when a model moves)
+        for prefix in list(container.findall(addnodes.desc_addname)):
+            if prefix.astext().startswith("histoexpr.tl._"):
+                prefix.parent.remove(prefix)
         return container.children
 
 

@@ -10,10 +10,28 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from enum import IntEnum
 from typing import Any
 
 _LOGGER_NAME = "histoexpr"
-_VERBOSITY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+class Verbosity(IntEnum):
+    """The levels of ``hx.settings.verbosity``, by name or number (as scanpy's).
+
+    ``error`` (0) shows errors only, ``warning`` (1) warnings too, ``info`` (2, the default)
+    one line per step with its time ("finished (0:00:02)"), ``debug`` (3) also what happens
+    inside loops over slides, folds and steps within steps.
+    """
+
+    error = 0
+    warning = 1
+    info = 2
+    debug = 3
+
+
+_VERBOSITY_LEVELS = {Verbosity.error: logging.ERROR, Verbosity.warning: logging.WARNING,
+                     Verbosity.info: logging.INFO, Verbosity.debug: logging.DEBUG}
 _DEVICE_KINDS = ("cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -31,7 +49,10 @@ class Settings:
     progress_bar
         Whether long loops show a tqdm progress bar.
     verbosity
-        0 errors, 1 warnings, 2 info (default), 3 debug: the level of the ``histoexpr`` logger.
+        How much histoexpr logs, by name or number: ``"error"`` (0), ``"warning"`` (1),
+        ``"info"`` (2, default: each step and its time) or ``"debug"`` (3: also each slide of a
+        cohort, each fold of a cross-validation and the steps inside a step). Read back as an
+        integer enum with a ``name`` (``hx.settings.verbosity >= 2`` works).
     n_workers
         Worker processes for reading tiles (``0`` reads them in the main process). ``None``
         (default) chooses: ``0`` on a CPU, and on a GPU one fewer than the CPUs (shared among
@@ -52,7 +73,7 @@ class Settings:
         self._device: str | None = None
         self._seed = 0
         self._progress_bar = True
-        self._verbosity = 2
+        self._verbosity = Verbosity.info
         self._n_workers: int | None = None
         self._precision = "auto"
         self._datasets_dir: Path | None = None
@@ -94,18 +115,13 @@ class Settings:
 
     # verbosity ---------------------------------------------------------------------------
     @property
-    def verbosity(self) -> int:
-        """0 errors, 1 warnings, 2 info, 3 debug."""
+    def verbosity(self) -> Verbosity:
+        """``Verbosity.error`` (0), ``warning`` (1), ``info`` (2) or ``debug`` (3)."""
         return self._verbosity
 
     @verbosity.setter
-    def verbosity(self, value: int) -> None:
-        if isinstance(value, bool) or value not in _VERBOSITY_LEVELS:
-            raise ValueError(
-                f"settings.verbosity must be one of {sorted(_VERBOSITY_LEVELS)} "
-                f"(0 errors ... 3 debug), got {value!r}."
-            )
-        self._verbosity = value
+    def verbosity(self, value: int | str | Verbosity) -> None:
+        self._verbosity = _validate_verbosity(value)
         self._apply_verbosity()
 
     # workers -----------------------------------------------------------------------------
@@ -183,7 +199,7 @@ class Settings:
             "device": self._device if self._device is not None else f"None (-> {self.device})",
             "seed": self.seed,
             "progress_bar": self.progress_bar,
-            "verbosity": self.verbosity,
+            "verbosity": self.verbosity.name,
             "n_workers": "None (automatic)" if self.n_workers is None else self.n_workers,
             "precision": self.precision,
             "datasets_dir": self.datasets_dir,
@@ -194,6 +210,18 @@ class Settings:
 
 def _option_names() -> list[str]:
     return [name for name, value in vars(Settings).items() if isinstance(value, property)]
+
+
+def _validate_verbosity(value: int | str | Verbosity) -> Verbosity:
+    names = ", ".join(f"{v.name!r} ({v.value})" for v in Verbosity)
+    if isinstance(value, str):
+        try:
+            return Verbosity[value.strip().lower()]
+        except KeyError:
+            raise ValueError(f"settings.verbosity must be one of {names}, got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in set(Verbosity):
+        raise ValueError(f"settings.verbosity must be one of {names}, got {value!r}.")
+    return Verbosity(value)
 
 
 def _best_device() -> str:

@@ -82,6 +82,25 @@ def attention(
     -------
     The axes drawn into.
 
+    Examples
+    --------
+    An attention MIL model trained on the bags of one synthetic section, its per-tile predicted
+    EPCAM on another section (checked against the spots under the tiles):
+
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> sections = {f"s{seed}": hx.datasets.synthetic_section(seed=seed, size_um=400)
+        ...             for seed in (0, 1)}
+        >>> for sdata in sections.values():
+        ...     hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centres="spots", min_tissue=0.0)
+        ...     hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
+        ...     hx.pp.pseudobulk(sdata, "he_tiles", size_um=200, stride_um=100, min_spots=3)
+        >>> model = hx.tl.fit({"s0": sections["s0"]}, model="abmil", genes=["EPCAM", "PTPRC"],
+        ...                   epochs=20, val_fraction=0, batch_size=2, seed=0)
+        >>> predicted = hx.tl.predict(model, {"s1": sections["s1"]})
+        >>> ax = hx.pl.attention(sections["s1"], "he_tiles", gene="EPCAM", show="prediction")
+
     """
     check_save(save)
     import matplotlib.pyplot as plt
@@ -207,6 +226,25 @@ def top_tiles(
     Returns
     -------
     The figure.
+
+    Examples
+    --------
+    The most attended tiles of held-out bags of low and high EPCAM:
+
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> sections = {f"s{seed}": hx.datasets.synthetic_section(seed=seed, size_um=400)
+        ...             for seed in (0, 1)}
+        >>> for sdata in sections.values():
+        ...     hx.pp.tile(sdata, "he", size_um=100, mpp=2.0, centres="spots", min_tissue=0.0)
+        ...     hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
+        ...     hx.pp.pseudobulk(sdata, "he_tiles", size_um=200, stride_um=100, min_spots=3)
+        >>> model = hx.tl.fit({"s0": sections["s0"]}, model="abmil", genes=["EPCAM", "PTPRC"],
+        ...                   epochs=20, val_fraction=0, batch_size=2, seed=0)
+        >>> predicted = hx.tl.predict(model, {"s1": sections["s1"]})
+        >>> figure = hx.pl.top_tiles({"s1": sections["s1"]}, predicted, gene="EPCAM",
+        ...                          n_bins=2, n_tiles=3)
 
     """
     check_save(save)

@@ -43,6 +43,19 @@ def history(
     -------
     The axes drawn into.
 
+    Examples
+    --------
+    A training record (``model.metadata["history"]`` of a model trained by gradient descent;
+    here written by hand) that stopped early, the best epoch marked:
+
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> record = {"train_loss": [1.0, 0.7, 0.5, 0.4, 0.35, 0.3],
+        ...           "val_loss": [1.1, 0.8, 0.65, 0.6, 0.62, 0.66],
+        ...           "best_epoch": 3, "epochs_run": 6}
+        >>> ax = hx.pl.history(record)
+
     """
     check_save(save)
     import matplotlib.pyplot as plt

@@ -65,6 +65,17 @@ def labels(
     -------
     The axes drawn into: one per map.
 
+    Examples
+    --------
+    Classes of a synthetic section labelled by its PTPRC and COL1A1 transcripts, over its DAPI:
+
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> sdata = hx.datasets.synthetic_section(size_um=300, spots=False)
+        >>> hx.pp.transcript_labels(sdata, genes=["PTPRC", "COL1A1"])
+        >>> axes = hx.pl.labels(sdata, "tx_labels")
+
     """
     check_save(save)
     from matplotlib.patches import Patch

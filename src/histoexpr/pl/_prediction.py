@@ -106,15 +106,17 @@ def prediction(
 
     Examples
     --------
-    >>> import histoexpr as hx
-    >>> train, test = (hx.datasets.synthetic_section(seed=seed, size_um=300, spot_pitch_um=40,
-    ...                                               spot_diameter_um=35) for seed in (0, 1))
-    >>> model = hx.tl.fit({"train": train}, model="spot_regressor", genes=["EPCAM"],
-    ...                   size_um=40, mpp=1.0, route="ridge")
-    >>> table = hx.tl.predict(model, test)
-    >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", "table",
-    ...                           genes="EPCAM", scale_bar_um=50)
-    >>> figure = hx.pl.prediction(table, "X", test.tables["table"], genes="EPCAM")
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> train, test = (hx.datasets.synthetic_section(seed=seed, size_um=300, spot_pitch_um=40,
+        ...                                               spot_diameter_um=35) for seed in (0, 1))
+        >>> model = hx.tl.fit({"train": train}, model="spot_regressor", genes=["EPCAM"],
+        ...                   size_um=40, mpp=1.0, route="ridge")
+        >>> table = hx.tl.predict(model, test)
+        >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", "table",
+        ...                           genes="EPCAM", scale_bar_um=50)
+        >>> figure = hx.pl.prediction(table, "X", test.tables["table"], genes="EPCAM")
 
     """
     check_save(save)
@@ -170,6 +172,19 @@ def gene_metrics(
     Returns
     -------
     The axes drawn into.
+
+    Examples
+    --------
+    Per-gene Pearson correlations (here written by hand; usually the frame of
+    :func:`histoexpr.tl.evaluate` or :func:`histoexpr.tl.cross_validate`):
+
+    .. plot::
+
+        >>> import pandas as pd
+        >>> import histoexpr as hx
+        >>> metrics = pd.DataFrame({"pearson": [0.62, 0.48, 0.35, 0.12]},
+        ...                        index=["EPCAM", "KRT8", "CDH1", "PTPRC"])
+        >>> ax = hx.pl.gene_metrics(metrics)
 
     """
     check_save(save)

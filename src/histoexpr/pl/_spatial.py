@@ -67,6 +67,18 @@ def tiles(
     -------
     The axes drawn into.
 
+    Examples
+    --------
+    Tiles of 50 um over a synthetic section, coloured by the share of tissue under each:
+
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> sdata = hx.datasets.synthetic_section(size_um=300)
+        >>> hx.pp.detect_tissue(sdata, "he")
+        >>> hx.pp.tile(sdata, "he", size_um=50, mpp=1.0)
+        >>> ax = hx.pl.tiles(sdata, "he_tiles", color="tissue_fraction")
+
     """
     check_save(save)
     from anndata import AnnData
@@ -142,11 +154,13 @@ def spots(
 
     Examples
     --------
-    >>> import histoexpr as hx
-    >>> sdata = hx.datasets.synthetic_section(size_um=300)
-    >>> ax = hx.pl.spots(sdata, "spots", color="EPCAM", region=(0, 0, 150, 150))
-    >>> ax.collections[0].colorbar.ax.get_ylabel()
-    'EPCAM (counts)'
+    .. plot::
+
+        >>> import histoexpr as hx
+        >>> sdata = hx.datasets.synthetic_section(size_um=300)
+        >>> ax = hx.pl.spots(sdata, "spots", color="EPCAM", region=(0, 0, 150, 150))
+        >>> ax.collections[0].colorbar.ax.get_ylabel()
+        'EPCAM (counts)'
 
     A prediction table of :func:`histoexpr.tl.predict` draws on its own, over its stored image
     (``hx.pl.spots(sdata.tables["spot_tiles_expression"], color="EPCAM")``), as it does with

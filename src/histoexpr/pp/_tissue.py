@@ -13,6 +13,7 @@ from .._utils import (
     check_key_free,
     check_key_writable,
     log_added,
+    logged_step,
     logger,
     require_element,
     store_element,
@@ -40,6 +41,7 @@ _FLUORESCENCE_SMOOTHING_UM = 4.0
 _FLUORESCENCE_CLOSING_UM = 24.0
 
 
+@logged_step("detecting tissue")
 def detect_tissue(
     sdata: SpatialData,
     image_key: str = "he",

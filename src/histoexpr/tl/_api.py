@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .._utils import logged_step
 from ._options import OPTIONS, ModelOptions, options_for
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ EVALUATORS: dict[str, tuple[str, str]] = {
 }
 
 
+def _model_name(model: str | ModelOptions) -> str:
+    """A model's name, given by name or by its options object (for the log)."""
+    return repr(model) if isinstance(model, str) else repr(getattr(model, "model", model))
+
+
 def _model_module(name: str) -> ModuleType:
     if name not in MODELS:
         known = ", ".join(repr(m) for m in MODELS) or "none yet"
@@ -91,6 +97,7 @@ def predict_options(model: str) -> tuple[str, ...]:
     return tuple(name for name, _, _ in _function_source(MODELS[model], "predict")[1])
 
 
+@logged_step(lambda data, *, model, **options: f"training {_model_name(model)}")
 def fit(data: Any, *, model: str | ModelOptions, **options: Any) -> Network:
     """Train a model; one entry point for every model histoexpr has.
 
@@ -130,6 +137,7 @@ def fit(data: Any, *, model: str | ModelOptions, **options: Any) -> Network:
     return _model_module(chosen.model).fit(data, options=chosen)
 
 
+@logged_step("predicting")
 def predict(model: Network | str | Path, data: Any, *, key_added: str | None = None,
             overwrite: bool = False, **options: Any) -> Any:
     """Apply a trained model: write its predictions into ``data`` and return what it wrote.
@@ -180,6 +188,7 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
     return _model_module(name).predict(model, data, overwrite=overwrite, **options)
 
 
+@logged_step(lambda data, *, model, **options: f"cross-validating {_model_name(model)}")
 def cross_validate(data: Any, *, model: str | ModelOptions, groups: Any = None,
                    **options: Any) -> Any:
     """Cross-validate a model with folds that never split a group (patient or section).

@@ -19,7 +19,7 @@ from ..._devices import (
 )
 from ..._image import image_levels
 from ..._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
-from ..._utils import log_added, logger, progress, require_element, resolve_device
+from ..._utils import log_added, logged_step, logger, progress, require_element, resolve_device
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
 IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+@logged_step("embedding tiles")
 def embed(
     sdata: SpatialData,
     tiles_key: str = "he_tiles",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..._settings import settings
-from ..._utils import logger, progress, resolve_device, resolve_seed
+from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
 from ..._validate import renamed_parameters, stride_name
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ STATUSES = ("computed", "features", "skipped")
 
 
 @renamed_parameters(size="size_px", stride=stride_name)
+@logged_step("embedding the slides of a cohort")
 def embed_cohort(
     cohort: Cohort,
     *,
@@ -306,7 +307,9 @@ def run_slides(tasks: list[dict], work, *, client: Any, **shared: Any):
     """
     if client is None:
         for task in progress(tasks, desc="slides", total=len(tasks)):
-            yield work(task, **shared)
+            with each_item():  # each slide's steps log at debug level; the bar shows the slides
+                summary = work(task, **shared)
+            yield summary
         return
     from distributed import as_completed
 

@@ -21,7 +21,7 @@ from ..._devices import (
     loader_options,
 )
 from ..._settings import settings
-from ..._utils import logger, resolve_device, resolve_seed, seed_everything
+from ..._utils import logged_step, logger, resolve_device, resolve_seed, seed_everything
 from .._sections import as_sections
 from .._train import train
 
@@ -36,6 +36,7 @@ SCHEDULES = ("cosine", "constant")
 _NORMALISATION_SAMPLE = 256  # tiles read to estimate the per-channel mean and spread
 
 
+@logged_step("pretraining a tile encoder")
 def pretrain(
     data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     tiles_key: str = "he_tiles",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._utils import each_item, logger, progress
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -86,11 +86,14 @@ def cross_validate_bags(
     names, group_of = _section_groups(data, groups)
     folds = _folds(names, group_of, n_folds)
     results, scores, checks = [], [], []
-    for fold, held_out in enumerate(folds):
+    bar = progress(folds, desc="folds", total=len(folds))
+    for fold, held_out in enumerate(bar):
+        bar.set_description(f"fold {fold + 1}/{len(folds)}")
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
-        network = module.fit(train, options=options)
-        predicted = module.predict(network, test, key_added=key_added, overwrite=True)
+        with each_item():  # what fit and predict log of each fold is debug
+            network = module.fit(train, options=options)
+            predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
         results.append(predicted)
@@ -110,8 +113,8 @@ def cross_validate_bags(
             frame = gene_correlations(np.asarray(predicted.X), predicted.layers["measured"],
                                       genes=list(predicted.var_names))
             scores.append(frame.reset_index().assign(fold=fold))
-            logger.info("Fold %d (held out %s): mean bag-level Pearson %.3f over %d genes.",
-                        fold, sorted({group_of[s] for s in held_out}),
+            logger.info("Fold %d/%d (held out %s): mean bag-level Pearson %.3f over %d genes.",
+                        fold + 1, len(folds), sorted({group_of[s] for s in held_out}),
                         frame["pearson"].mean(), len(frame))
     result = ad.concat(results, merge="same", uns_merge="first")
     result.obs["fold"] = result.obs["fold"].astype(int)

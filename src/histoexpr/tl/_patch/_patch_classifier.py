@@ -56,7 +56,7 @@ def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) ->
     into it are dropped (neighbouring patches overlap, so a random split would leak).
     Classes are balanced by weighting the cross-entropy by inverse class frequency; training
     patches are augmented on the fly with kornia (flips, 90-degree rotations, brightness,
-    contrast and gamma jitter). Each size is trained by :func:`histoexpr.tl._train.train` (AdamW,
+    contrast and gamma jitter). Each size is trained by histoexpr's one training loop (AdamW,
     early stopping on the validation loss, best weights restored).
 
     **Calibration.** Trained on class-balanced patches, the network behaves as if every class

@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..._utils import logger
+from ..._utils import each_item, logger, progress
 from ..._validate import renamed_parameters
 from .._metrics._expression_metrics import evaluate_expression
 
@@ -95,19 +95,24 @@ def cross_validate_spots(
     # copies (shared images and shapes, copied tables) that live only for this call
     work = {name: _working_copy(section) for name, section in sections.items()}
     frames = []
-    for fold in dict.fromkeys(groups[name] for name in sections):
+    folds = list(dict.fromkeys(groups[name] for name in sections))
+    bar = progress(folds, desc="folds", total=len(folds))
+    for number, fold in enumerate(bar, start=1):
+        bar.set_description(f"fold {number}/{len(folds)}")
         train = {n: s for n, s in work.items() if groups[n] != fold}
-        model = fit(train, options=options)
+        with each_item():  # what fit and predict log of each fold is debug
+            model = fit(train, options=options)
         for name in (n for n in sections if groups[n] == fold):
             section = work[name]
-            _spot_tiles(section, model, tiles_key, options.spots_key, name=name)
-            key = _free_key(section, "cv_expression")
-            predict(model, section, tiles_key=tiles_key, key_added=key)
-            scores = evaluate_expression(section, key, table_key)
+            with each_item():
+                _spot_tiles(section, model, tiles_key, options.spots_key, name=name)
+                key = _free_key(section, "cv_expression")
+                predict(model, section, tiles_key=tiles_key, key_added=key)
+                scores = evaluate_expression(section, key, table_key)
             del section.tables[key]  # the copy's own table, written just above
             frames.append(scores.reset_index().assign(fold=fold, section=name))
-            logger.info("Held-out %r: mean Pearson %.3f over %d genes.", name,
-                        scores["pearson"].mean(), len(scores))
+            logger.info("Fold %d/%d, held-out %r: mean Pearson %.3f over %d genes.", number,
+                        len(folds), name, scores["pearson"].mean(), len(scores))
     frame = pd.concat(frames, ignore_index=True)
     return frame[["fold", "section", "gene", *[c for c in frame.columns
                                                if c not in ("fold", "section", "gene")]]]
