@@ -8,5 +8,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_synthetic": ["synthetic_section"],
         "_cohort": ["synthetic_cohort"],
         "_slides": ["synthetic_slide_cohort"],
+        "_artefacts": ["synthetic_artefact_slide"],
     },
 )
