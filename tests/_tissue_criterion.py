@@ -65,12 +65,18 @@ def array_positions(spot_file: str | Path, image_shape_yx: tuple[int, int]) -> p
 
 
 def on_tissue(mask: np.ndarray, mask_mpp: float, positions: pd.DataFrame,
-              image_mpp: float, offset_um: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """For each position, whether most of its spot disc lies on the tissue map ``mask``
-    (pixel size ``mask_mpp`` um, top-left corner at ``offset_um``)."""
+              image_mpp: float, offset_um: tuple[float, float] = (0.0, 0.0),
+              rule: str = "disc") -> np.ndarray:
+    """For each position, whether most of its spot disc (``rule="disc"``), or its centre
+    (``rule="centre"``), lies on the tissue map ``mask`` (pixel size ``mask_mpp`` um, top-left
+    corner at ``offset_um``)."""
     mask = np.asarray(mask) > 0
     xs_um = positions["pixel_x"].to_numpy(dtype=float) * image_mpp - offset_um[0]
     ys_um = positions["pixel_y"].to_numpy(dtype=float) * image_mpp - offset_um[1]
+    if rule == "centre":
+        rows = np.clip((ys_um / mask_mpp).astype(int), 0, mask.shape[0] - 1)
+        cols = np.clip((xs_um / mask_mpp).astype(int), 0, mask.shape[1] - 1)
+        return mask[rows, cols]
     r = int(np.ceil(SPOT_RADIUS_UM / mask_mpp)) + 1
     result = np.zeros(len(positions), dtype=bool)
     for i, (cx, cy) in enumerate(zip(xs_um, ys_um, strict=True)):
@@ -89,9 +95,9 @@ def on_tissue(mask: np.ndarray, mask_mpp: float, positions: pd.DataFrame,
 
 
 def agreement(mask: np.ndarray, mask_mpp: float, positions: pd.DataFrame, image_mpp: float,
-              offset_um: tuple[float, float] = (0.0, 0.0)) -> Agreement:
+              offset_um: tuple[float, float] = (0.0, 0.0), rule: str = "disc") -> Agreement:
     """Sensitivity and specificity of a tissue map against the authors' selection."""
-    hit = on_tissue(mask, mask_mpp, positions, image_mpp, offset_um)
+    hit = on_tissue(mask, mask_mpp, positions, image_mpp, offset_um, rule)
     selected = positions["selected"].to_numpy(dtype=bool)
     names = positions.index.to_numpy()
     return Agreement(sensitivity=float(hit[selected].mean()),
@@ -101,7 +107,7 @@ def agreement(mask: np.ndarray, mask_mpp: float, positions: pd.DataFrame, image_
 
 
 def section_agreement(sdata, positions: pd.DataFrame, image_key: str = "he",
-                      tissue_key: str | None = None) -> Agreement:
+                      tissue_key: str | None = None, rule: str = "disc") -> Agreement:
     """:func:`agreement` of the tissue map ``tissue_key`` stored in ``sdata``."""
     import histoexpr as hx
 
@@ -110,4 +116,4 @@ def section_agreement(sdata, positions: pd.DataFrame, image_key: str = "he",
     level = hx.io.image_levels(sdata, tissue_key)[0]
     offset = (level.offset[0] - image.offset[0], level.offset[1] - image.offset[1])
     return agreement(np.asarray(sdata.labels[tissue_key]), level.mpp, positions, image.mpp,
-                     offset)
+                     offset, rule)
