@@ -50,8 +50,8 @@ _GREY_DEGREES = 4.0
 _GREY_PIECE_DEGREES = 8.0
 # Tissue has structure (cells, fibres, lumens): its unsmoothed OD varies from pixel to pixel (by
 # 15-50 % of its local mean on the sections seen); a piece less than this share as textured as
-# the piece that holds the most stain is a blur, a smear or a halo (3-12 %).
-_MIN_RELATIVE_TEXTURE = 0.25
+# the piece that holds the most stain is a blur, a smear or a halo (they reach 10-25 %).
+_MIN_RELATIVE_TEXTURE = 1 / 3
 # Lines thinner than this (bubble edges, pen strokes, fibres on the glass) are opened away.
 _OPENING_UM = 8.0
 # Both kinds are read slightly smoothed (a Gaussian of this sigma), against noise and JPEG blocks.
