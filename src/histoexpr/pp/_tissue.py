@@ -299,6 +299,12 @@ def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
     return _open(mask, max(1, round(_OPENING_UM / mpp)))
 
 
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
+
+
 def _li(values: np.ndarray) -> float:
     from skimage.filters import threshold_li
 
@@ -421,6 +427,12 @@ def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
     raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
     mask = _drop_unstained_pieces(mask, od, od_rgb, raw_od)
     return _open(mask, max(1, round(_OPENING_UM / mpp)))
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
 
 
 def _li(values: np.ndarray) -> float:
