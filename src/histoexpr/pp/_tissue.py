@@ -83,12 +83,16 @@ def detect_tissue(
     colour is the median of the brightest 5 % of the image) is averaged over the channels and
     thresholded at Li's minimum cross-entropy threshold of the OD histogram, kept between 0.03
     (the glass's own noise stays out) and 0.1 (pale tissue stays in on an image filled with
-    tissue). A faint eosin halo smeared on the glass beside the section absorbs little (OD
+    tissue; the glass is taken as white where even the brightest pixels are below half of full
+    scale). A faint eosin halo smeared on the glass beside the section absorbs little (OD
     0.03-0.05) and stays out. On a colour image, what absorbs unlike H&E is left out: ink that
-    absorbs red or blue more than green (blue, green pens), grey absorbers (black ink, dust,
-    out-of-focus debris: pieces, or dense pixels, whose OD colour lies within 4 degrees of
-    grey; H&E lies 8-20 degrees away). Lines and specks narrower than about 2 x 8 um (bubble
-    edges, pen strokes, fibres) are opened away. On a fluorescence image, tissue is where the
+    absorbs red or blue more than green (blue, green pens), and grey absorbers (black ink, dust,
+    debris, fiducial marks, bubble rims: dense pixels whose OD colour lies within 4 degrees of
+    grey, pieces whose summed OD lies within 8 degrees; tissue pieces lie 11-27 degrees away).
+    Pieces less than a third as textured (the local spread of OD over its mean) as the piece
+    holding the most stain are blurs or smears (out-of-focus bands, smudges) and are left out.
+    Lines and specks narrower than about 2 x 8 um (bubble edges, pen strokes, fibres) are opened
+    away. On a fluorescence image, tissue is where the
     intensity (the mean of the channels, slightly smoothed) is above half-way
     between the dark background (whose upper edge is found by the triangle method) and the
     median intensity of what is not background, and the mask is closed over 24 um so that sparse
