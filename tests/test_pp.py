@@ -537,9 +537,10 @@ def test_real_slide_tissue_and_tiles(data_dir):
     mask = np.asarray(sdata.labels[f"{key}_tissue"]) > 0
     # a strip of skin down the middle of the slide: about 40 % of it, seen on the thumbnail
     assert 0.3 < mask.mean() < 0.5
-    # the left and right fifths are glass (but for a thin strand), the bottom centre tissue
+    # the left and right fifths are glass (but for a thin strand on the left and loose strands
+    # of dermis reaching into the right one), the bottom centre tissue
     width = mask.shape[1]
-    assert mask[:, : width // 5].mean() < 0.05 and mask[:, -width // 5:].mean() < 0.05
+    assert mask[:, : width // 5].mean() < 0.05 and mask[:, -width // 5:].mean() < 0.08
     assert mask[-12:-2, width // 3: width // 2].all()  # (the last row is half outside)
     hx.pp.tile(sdata, key, size_px=128, mpp=1.0, min_tissue=0.5)
     table = sdata.tables[f"{key}_tiles_table"]

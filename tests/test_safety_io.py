@@ -611,8 +611,8 @@ def test_detect_tissue_auto_on_the_dapi_ndpi(data_dir, caplog):
 
 
 @bad_input("silently wrong", "an eosin smear on bare glass beside the tissue, counted as tissue",
-           says="not tissue: where a fifth of the image is bare glass, the stain threshold may "
-                "rise to a saturation of 0.3",
+           says="not tissue: it absorbs little (optical density 0.04 against the glass, below "
+                "the image's threshold of 0.07)",
            fix="nothing")
 def test_detect_tissue_ignores_a_faint_smear_on_glass():
     pixels = np.full((3, 400, 400), 245, dtype=np.uint8)
@@ -645,9 +645,14 @@ def test_detect_tissue_ignores_the_smear_on_the_perik_glass(data_dir):
 def test_detect_tissue_warns_near_all_tissue():
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 40, (3, 200, 200)).astype(np.uint8)  # dark, noisy: fluorescence
+    pixels[2] += 40  # a blue (DAPI-like) signal
     sdata = _with_pixels(pixels, mpp=2.0)
     with pytest.warns(UserWarning, match=r"covers 100\.0% of the image"):
         hx.pp.detect_tissue(sdata, "he", kind="brightfield", mpp=4.0, min_area_um2=0)
+    # the same dark noise in grey absorbs like no stain: nothing is tissue, and the error says so
+    grey = _with_pixels(np.repeat(pixels[:1], 3, axis=0), mpp=2.0)
+    with pytest.raises(ValueError, match="No tissue was found.*Check kind"):
+        hx.pp.detect_tissue(grey, "he", kind="brightfield", mpp=4.0, min_area_um2=0)
 
 
 def test_key_check_without_a_step_replaces_only_what_histoexpr_wrote(section):

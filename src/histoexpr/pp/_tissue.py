@@ -27,17 +27,40 @@ if TYPE_CHECKING:
 STEP = "hx.pp.detect_tissue"
 
 _KINDS = ("auto", "brightfield", "fluorescence")
-# Otsu's threshold on saturation is kept inside this range: below it, noise on a white glass
-# would count as tissue; above it, an image filled with tissue would be split into its
-# pale (eosin) and dark (haematoxylin) parts.
-_SATURATION_RANGE = (0.05, 0.15)
-# ... unless bare glass is in view: then Otsu's threshold between glass and stain may rise to this
-_GLASS_SATURATION_MAX = 0.3
+# Brightfield: a pixel's optical density (OD = -log10 of the light it transmits, relative to the
+# glass, averaged over the channels) is what the stains absorb (Beer-Lambert). Tissue is what
+# absorbs more than Li's minimum cross-entropy threshold of the OD histogram, kept inside this
+# range: below it, the glass's own noise (OD about 0.01, JPEG and uneven light up to 0.025)
+# would count; above it, pale tissue would be lost on an image filled with tissue. A faint halo
+# of eosin smeared on the glass absorbs little (OD about 0.03-0.05) and stays out.
+_OD_RANGE = (0.03, 0.1)
+# The glass's colour: the median colour of the brightest 5 % of the image, unless that is darker
+# than half of full scale (no glass in view: as for the choice of kind): then white.
+_GLASS_PERCENTILE = 95.0
+_GLASS_MIN = 0.5
+# Haematoxylin and eosin both absorb green at least as much as red or blue; ink that absorbs red
+# or blue clearly more than green (blue, green, cyan pens) is not a stain.
+_INK_GREEN_RATIO = 0.8
+# Nor is a grey absorber (black ink, dust, out-of-focus debris, the edge of a bubble): the OD
+# colour of H&E lies 8-20 degrees from grey; this close to grey (and well above the
+# threshold, where the colour is measured without noise) it is not a stain.
+_GREY_DEGREES = 4.0
+# A whole piece is grey when its summed OD colour lies within this angle of grey (the
+# haematoxylin of Ruifrok and Johnston lies 18 degrees away, tissue pieces 11-27 degrees):
+# fiducial marks, out-of-focus bands, bubbles' rims.
+_GREY_PIECE_DEGREES = 8.0
+# Tissue has structure (cells, fibres, lumens): its unsmoothed OD varies from pixel to pixel (by
+# 15-50 % of its local mean on the sections seen); a piece less than this share as textured as
+# the piece that holds the most stain is a blur, a smear or a halo (they reach 10-25 %).
+_MIN_RELATIVE_TEXTURE = 1 / 3
+# Lines thinner than this (bubble edges, pen strokes, fibres on the glass) are opened away.
+_OPENING_UM = 8.0
+# Both kinds are read slightly smoothed (a Gaussian of this sigma), against noise and JPEG blocks.
+_SMOOTHING_UM = 4.0
 # Fluorescence: nuclei are sparse and the background dark. The threshold lies half-way between
 # the background's upper edge (the triangle threshold, which follows the background's peak of the
 # histogram) and the median intensity above it; Otsu's would split dense from sparse nuclei. The
 # mask is then closed over about a cell's neighbourhood so that sparse nuclei join their tissue.
-_FLUORESCENCE_SMOOTHING_UM = 4.0
 _FLUORESCENCE_CLOSING_UM = 24.0
 
 
@@ -50,17 +73,29 @@ def detect_tissue(
     kind: Literal["auto", "brightfield", "fluorescence"] = "auto",
     min_area_um2: float = 5_000.0,
     fill_holes: bool = True,
+    min_od: float | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
 ) -> None:
     """Detect the tissue on an image and store it as a label map.
 
     The image is read at a low resolution (``mpp``) through :func:`histoexpr.io.read_region`.
-    On a brightfield (H&E) image, tissue is what is stained: pixels whose colour saturation is
-    above Otsu's threshold (kept between 0.05 and 0.15, so that neither a blank glass nor an image
-    filled with tissue is split in two; up to 0.3 where at least a fifth of the image is bare
-    glass, so that a faint smear of stain on the glass is not tissue). On a fluorescence image,
-    tissue is where the intensity (the mean of the channels, slightly smoothed) is above half-way
+    On a brightfield (H&E) image, tissue is what absorbs light as a stain does: each pixel's
+    optical density (OD, ``-log10`` of the light it lets through relative to the glass, whose
+    colour is the median of the brightest 5 % of the image) is averaged over the channels and
+    thresholded at Li's minimum cross-entropy threshold of the OD histogram, kept between 0.03
+    (the glass's own noise stays out) and 0.1 (pale tissue stays in on an image filled with
+    tissue; the glass is taken as white where even the brightest pixels are below half of full
+    scale). A faint eosin halo smeared on the glass beside the section absorbs little (OD
+    0.03-0.05) and stays out. On a colour image, what absorbs unlike H&E is left out: ink that
+    absorbs red or blue more than green (blue, green pens), and grey absorbers (black ink, dust,
+    debris, fiducial marks, bubble rims: dense pixels whose OD colour lies within 4 degrees of
+    grey, pieces whose summed OD lies within 8 degrees; tissue pieces lie 11-27 degrees away).
+    Pieces less than a third as textured (the local spread of OD over its mean) as the piece
+    holding the most stain are blurs or smears (out-of-focus bands, smudges) and are left out.
+    Lines and specks narrower than about 2 x 8 um (bubble edges, pen strokes, fibres) are opened
+    away. On a fluorescence image, tissue is where the
+    intensity (the mean of the channels, slightly smoothed) is above half-way
     between the dark background (whose upper edge is found by the triangle method) and the
     median intensity of what is not background, and the mask is closed over 24 um so that sparse
     nuclei join. Then, for both kinds, the mask is closed over one pixel, pieces smaller than
@@ -81,12 +116,17 @@ def detect_tissue(
         (signal on a dark background) or ``"auto"``: decided from the pixels, not the number
         of channels: brightfield where the commonest brightness (the background) is above half
         of full scale, fluorescence below; the decision is logged. A brightfield image in grey
-        is thresholded on darkness, an RGBA one on the colour of its first 3 channels. A mask
+        is thresholded on its optical density alone, an RGBA one on its first 3 channels. A mask
         covering under 1 % or over 99 % of the image gives a warning.
     min_area_um2
         Pieces of tissue smaller than this area (um²) are removed as debris.
     fill_holes
         Fill holes that are completely enclosed by tissue.
+    min_od
+        Brightfield only: the optical density (mean over the channels, relative to the glass)
+        above which a pixel is tissue, in place of the threshold found from the image (Li's,
+        between 0.03 and 0.1; logged at debug level). Lower it for a very faintly stained
+        section, raise it to leave out a dense smear.
     key_added
         Key of the label map in ``sdata.labels``; defaults to ``f"{image_key}_tissue"``.
     overwrite
@@ -109,6 +149,8 @@ def detect_tissue(
     check_choice("kind", kind, _KINDS)
     check_positive("mpp", mpp, unit="um/px")
     check_positive("min_area_um2", min_area_um2, allow_zero=True, unit="um2")
+    if min_od is not None:
+        check_positive("min_od", min_od)
 
     level0 = image_levels(sdata, image_key)[0]
     work_mpp = float(mpp)
@@ -132,12 +174,10 @@ def detect_tissue(
         logger.info("Detecting tissue on %r (%d channel(s)) as %s: %s. Pass kind= to override.",
                     image_key, pixels.shape[0], kind, reason)
     if kind == "brightfield":
-        if pixels.shape[0] >= 3:
-            if pixels.shape[0] > 3:
-                logger.info("Using the first 3 of the %d channels of %r as RGB.",
-                            pixels.shape[0], image_key)
-            mask = _stained(pixels[:3], valid)
-        else:
+        if pixels.shape[0] > 3:
+            logger.info("Using the first 3 of the %d channels of %r as RGB.",
+                        pixels.shape[0], image_key)
+        elif pixels.shape[0] < 3:
             looks, reason = _decide_kind(pixels, valid)
             if looks != "brightfield":
                 raise ValueError(
@@ -145,7 +185,8 @@ def detect_tissue(
                     f"whose pixels look like fluorescence ({reason}). Pass kind='fluorescence' "
                     "(or kind='auto')."
                 )
-            mask = _darker(pixels[0], valid)
+        mask = _stained(pixels[:3] if pixels.shape[0] >= 3 else pixels[:1], valid, work_mpp,
+                        min_od)
     else:
         mask = _fluorescent(pixels, valid, work_mpp)
 
@@ -188,10 +229,134 @@ def detect_tissue(
             "really is all tissue).", UserWarning, stacklevel=2)
 
 
+def _brightness(pixels: np.ndarray) -> np.ndarray:
+    """Mean of the (first 3) channels on a 0..1 scale.
+
+    Scaled by the dtype's range for 8-bit images, else by the image's 99.9th percentile (16-bit
+    and float images rarely fill their range).
+    """
+    channels = pixels[:3].astype(np.float32)
+    if pixels.dtype == np.uint8:
+        scale = 255.0
+    else:
+        scale = float(np.percentile(channels, 99.9)) or 1.0
+    return np.clip(channels.mean(axis=0) / scale, 0, 1)
+
+
+def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
+    """Brightfield or fluorescence from the pixels: the brightness of the background.
+
+    The background is the commonest brightness (the peak of the histogram): bright glass on a
+    brightfield image, dark on a fluorescence one, whatever the number of channels (a DAPI scan
+    stored as RGB, a grey or RGBA H&E).
+    """
+    values = _brightness(pixels)[valid]
+    counts, edges = np.histogram(values, bins=32, range=(0.0, 1.0))
+    peak = int(counts.argmax())
+    background = float((edges[peak] + edges[peak + 1]) / 2)
+    kind = "brightfield" if background > 0.5 else "fluorescence"
+    return kind, (f"its background (the commonest brightness) is {background:.0%} of full "
+                  f"scale, {'bright' if kind == 'brightfield' else 'dark'}")
+
+
+def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
+             min_od: float | None = None) -> np.ndarray:
+    """Brightfield: pixels that absorb light as a stain does (optical density above a threshold).
+
+    The optical density of each channel is taken relative to the glass (the median colour of
+    the brightest 5 % of the image, slightly smoothed), averaged over the channels and
+    thresholded (``min_od``, or Li's threshold kept within ``_OD_RANGE``). On a colour image,
+    absorbers of another colour than H&E are left out: ink (more absorbed in red or blue than
+    in green), and pieces (or dense pixels) of a grey absorber.
+    """
+    from scipy import ndimage
+
+    sigma = _SMOOTHING_UM / mpp
+    smooth = ndimage.gaussian_filter(pixels.astype(np.float32), sigma=(0, sigma, sigma))
+    values = smooth[:, valid]
+    brightness = values.mean(axis=0)
+    bright = brightness >= np.percentile(brightness, _GLASS_PERCENTILE)
+    glass = np.median(values[:, bright], axis=1)
+    full = 255.0 if pixels.dtype == np.uint8 else float(np.percentile(values, 99.9)) or 1.0
+    if glass.mean() < _GLASS_MIN * full:
+        logger.info("No bare glass in view (the brightest pixels are at %s of full scale): "
+                    "optical density is measured against white.", f"{glass.mean() / full:.0%}")
+        glass = np.full_like(glass, full)
+    glass = np.maximum(glass, 1e-6)[:, None, None]
+    od_channels = np.log10(glass / np.maximum(smooth, 1e-3 * glass)).clip(0, None)
+    od = od_channels.mean(axis=0)
+    if min_od is None:
+        threshold = float(np.clip(_li(od[valid]), *_OD_RANGE))
+    else:
+        threshold = float(min_od)
+    logger.debug("Glass colour %s; optical density threshold: %.3f",
+                 np.round(glass.ravel(), 1).tolist(), threshold)
+    mask = (od > threshold) & valid
+    od_rgb = None
+    if pixels.shape[0] >= 3:
+        od_rgb = od_channels[:3]
+        red, green, blue = od_rgb
+        ink = green < _INK_GREEN_RATIO * np.maximum(red, blue)
+        grey = _grey_degrees(od_rgb) < _GREY_DEGREES
+        mask &= ~(ink | (grey & (od > 2 * threshold)))
+    raw = pixels.astype(np.float32)
+    raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
+    mask = _drop_unstained_pieces(mask, od, od_rgb, raw_od)
+    return _open(mask, max(1, round(_OPENING_UM / mpp)))
+
+
 def _otsu(values: np.ndarray) -> float:
     from skimage.filters import threshold_otsu
 
     return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _li(values: np.ndarray) -> float:
+    from skimage.filters import threshold_li
+
+    return float(threshold_li(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _grey_degrees(od_rgb: np.ndarray) -> np.ndarray:
+    """Angle (degrees) between each pixel's RGB optical density and grey (equal in R, G, B)."""
+    norm = np.sqrt((od_rgb**2).sum(axis=0))
+    cosine = np.divide(od_rgb.sum(axis=0), norm * math.sqrt(3), out=np.ones_like(norm),
+                       where=norm > 0)
+    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+
+
+def _drop_unstained_pieces(mask: np.ndarray, od: np.ndarray, od_rgb: np.ndarray | None,
+                           raw_od: np.ndarray) -> np.ndarray:
+    """Remove the pieces that are smooth (blur, smears) or, on a colour image, grey.
+
+    Grey (dust, debris, black ink, fiducial marks): the summed optical density of the piece
+    lies within ``_GREY_PIECE_DEGREES`` of grey. Smooth: the median of the piece's texture (the
+    local spread of the unsmoothed optical density over its local mean, in 5 x 5 pixels) is
+    below ``_MIN_RELATIVE_TEXTURE`` times that of the piece holding the most optical density.
+    """
+    from scipy import ndimage
+    from skimage.measure import label
+
+    pieces = label(mask, connectivity=2)
+    if pieces.max() == 0:
+        return mask
+    index = np.arange(1, pieces.max() + 1)
+    mean = ndimage.uniform_filter(raw_od, 5)
+    spread = np.sqrt(np.clip(ndimage.uniform_filter(raw_od**2, 5) - mean**2, 0, None))
+    texture = spread / np.maximum(mean, 1e-3)
+    textures = np.asarray(ndimage.median(texture, pieces, index))
+    main = int(np.argmax(ndimage.sum(od, pieces, index)))
+    smooth = textures < _MIN_RELATIVE_TEXTURE * textures[main]
+    grey = np.zeros_like(smooth)
+    if od_rgb is not None:
+        summed = np.stack([ndimage.sum(channel, pieces, index) for channel in od_rgb])
+        grey = _grey_degrees(summed[:, :, None])[:, 0] < _GREY_PIECE_DEGREES
+    drop = smooth | grey
+    if drop.any():
+        logger.info("Left out %d smooth or grey piece(s) (blur, smears, dust, ink, marks: not "
+                    "stained tissue).", int(drop.sum()))
+        mask = mask & ~np.isin(pieces, index[drop])
+    return mask
 
 
 def _brightness(pixels: np.ndarray) -> np.ndarray:
@@ -224,35 +389,88 @@ def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
                   f"scale, {'bright' if kind == 'brightfield' else 'dark'}")
 
 
-def _darker(grey: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Brightfield in grey: pixels darker than the glass (relative darkness above Otsu's)."""
-    from scipy import ndimage
+def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
+             min_od: float | None = None) -> np.ndarray:
+    """Brightfield: pixels that absorb light as a stain does (optical density above a threshold).
 
-    brightness = ndimage.gaussian_filter(_brightness(grey[None]), sigma=1.0)
-    glass = float(np.percentile(brightness[valid], 95)) or 1.0
-    darkness = np.clip(1 - brightness / glass, 0, 1)
-    threshold = float(np.clip(_otsu(darkness[valid]), *_SATURATION_RANGE))
-    logger.debug("Darkness threshold: %.3f", threshold)
-    return (darkness > threshold) & valid
-
-
-def _stained(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Brightfield: pixels whose (slightly smoothed) colour saturation marks a stain.
-
-    Where bare glass is in view (at least a fifth of the pixels bright and unstained), the
-    threshold may rise to 0.3, so that a faint smear of stain on the glass is not tissue.
+    The optical density of each channel is taken relative to the glass (the median colour of
+    the brightest 5 % of the image, slightly smoothed), averaged over the channels and
+    thresholded (``min_od``, or Li's threshold kept within ``_OD_RANGE``). On a colour image,
+    absorbers of another colour than H&E are left out: ink (more absorbed in red or blue than
+    in green), and pieces (or dense pixels) of a grey absorber.
     """
     from scipy import ndimage
 
-    rgb = rgb.astype(np.float32)
-    high, low = rgb.max(axis=0), rgb.min(axis=0)
-    saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
-    saturation = ndimage.gaussian_filter(saturation, sigma=1.0)
-    glass = (_brightness(rgb) > 0.8) & (saturation < _SATURATION_RANGE[0]) & valid
-    upper = _GLASS_SATURATION_MAX if glass.sum() >= 0.2 * valid.sum() else _SATURATION_RANGE[1]
-    threshold = float(np.clip(_otsu(saturation[valid]), _SATURATION_RANGE[0], upper))
-    logger.debug("Saturation threshold: %.3f", threshold)
-    return (saturation > threshold) & valid
+    sigma = _SMOOTHING_UM / mpp
+    smooth = ndimage.gaussian_filter(pixels.astype(np.float32), sigma=(0, sigma, sigma))
+    values = smooth[:, valid]
+    brightness = values.mean(axis=0)
+    bright = brightness >= np.percentile(brightness, _GLASS_PERCENTILE)
+    glass = np.median(values[:, bright], axis=1)
+    full = 255.0 if pixels.dtype == np.uint8 else float(np.percentile(values, 99.9)) or 1.0
+    if glass.mean() < _GLASS_MIN * full:
+        logger.info("No bare glass in view (the brightest pixels are at %s of full scale): "
+                    "optical density is measured against white.", f"{glass.mean() / full:.0%}")
+        glass = np.full_like(glass, full)
+    glass = np.maximum(glass, 1e-6)[:, None, None]
+    od_channels = np.log10(glass / np.maximum(smooth, 1e-3 * glass)).clip(0, None)
+    od = od_channels.mean(axis=0)
+    if min_od is None:
+        threshold = float(np.clip(_li(od[valid]), *_OD_RANGE))
+    else:
+        threshold = float(min_od)
+    logger.debug("Glass colour %s; optical density threshold: %.3f",
+                 np.round(glass.ravel(), 1).tolist(), threshold)
+    mask = (od > threshold) & valid
+    od_rgb = None
+    if pixels.shape[0] >= 3:
+        od_rgb = od_channels[:3]
+        red, green, blue = od_rgb
+        ink = green < _INK_GREEN_RATIO * np.maximum(red, blue)
+        grey = _grey_degrees(od_rgb) < _GREY_DEGREES
+        mask &= ~(ink | (grey & (od > 2 * threshold)))
+    raw = pixels.astype(np.float32)
+    raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
+    mask = _drop_unstained_pieces(mask, od, od_rgb, raw_od)
+    return _open(mask, max(1, round(_OPENING_UM / mpp)))
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _li(values: np.ndarray) -> float:
+    from skimage.filters import threshold_li
+
+    return float(threshold_li(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _grey_degrees(od_rgb: np.ndarray) -> np.ndarray:
+    """Angle (degrees) between each pixel's RGB optical density and grey (equal in R, G, B)."""
+    norm = np.sqrt((od_rgb**2).sum(axis=0))
+    cosine = np.divide(od_rgb.sum(axis=0), norm * math.sqrt(3), out=np.ones_like(norm),
+                       where=norm > 0)
+    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+
+
+def _drop_grey_pieces(mask: np.ndarray, od_rgb: np.ndarray) -> np.ndarray:
+    """Remove the pieces whose summed optical density is grey (dust, debris, black ink)."""
+    from scipy import ndimage
+    from skimage.measure import label
+
+    pieces = label(mask, connectivity=2)
+    if pieces.max() == 0:
+        return mask
+    index = np.arange(1, pieces.max() + 1)
+    summed = np.stack([ndimage.sum(channel, pieces, index) for channel in od_rgb])
+    grey = _grey_degrees(summed[:, :, None])[:, 0] < _GREY_DEGREES
+    if grey.any():
+        logger.info("Left out %d grey piece(s) (dust, debris or ink, not a stain).",
+                    int(grey.sum()))
+        mask = mask & ~np.isin(pieces, index[grey])
+    return mask
 
 
 def _fluorescent(pixels: np.ndarray, valid: np.ndarray, mpp: float) -> np.ndarray:
@@ -260,7 +478,7 @@ def _fluorescent(pixels: np.ndarray, valid: np.ndarray, mpp: float) -> np.ndarra
     from scipy import ndimage
     from skimage.filters import threshold_triangle
 
-    sigma = max(0.5, _FLUORESCENCE_SMOOTHING_UM / mpp)
+    sigma = max(0.5, _SMOOTHING_UM / mpp)
     intensity = ndimage.gaussian_filter(pixels.astype(np.float32).mean(axis=0), sigma=sigma)
     values = intensity[valid]
     if np.ptp(values) == 0:
@@ -281,3 +499,13 @@ def _close(mask: np.ndarray, radius: int) -> np.ndarray:
     padded = np.pad(mask, radius, mode="edge")
     closed = ndimage.binary_closing(padded, structure=disk(radius).astype(bool))
     return closed[radius:-radius, radius:-radius]
+
+
+def _open(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological opening by a disk: removes lines and specks thinner than its diameter."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    padded = np.pad(mask, radius, mode="edge")
+    opened = ndimage.binary_opening(padded, structure=disk(radius).astype(bool))
+    return opened[radius:-radius, radius:-radius]

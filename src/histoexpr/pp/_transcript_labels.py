@@ -363,7 +363,7 @@ def _foreground_fraction(sdata: SpatialData, image_key: str, grid: _Grid) -> np.
     if pixels.ndim == 2:  # a nuclei label map
         mask = pixels > 0
     elif pixels.shape[0] == 3:
-        mask = _stained(pixels, valid)
+        mask = _stained(pixels, valid, grid.step / sub)
     else:
         intensity = ndimage.gaussian_filter(pixels.astype(np.float32).mean(axis=0), sigma=1.0)
         mask = intensity > _otsu(intensity)
