@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._utils import logger
+from .._validate import check_store_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -55,6 +56,21 @@ class SlideStore:
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
+
+    def _node(self, tiles_key: str, kind: str | None = None, key: str | None = None) -> Path:
+        """The folder of a tile set (or of its features / results ``key``), inside the store.
+
+        Every key that becomes part of a path goes through :func:`check_store_name` here,
+        before anything is read or written: a key can never name a place outside the store.
+        """
+        check_store_name("tiles_key", tiles_key, what="tile set in a slide store")
+        path = self._path / "tiles" / tiles_key
+        if kind is None:
+            return path
+        what = "features" if kind == "features" else "results"
+        check_store_name("key_added" if kind == "results" else "key", key,
+                         what=f"set of {what} in a slide store")
+        return path / kind / key
 
     @property
     def path(self) -> Path:
@@ -129,6 +145,7 @@ class SlideStore:
         return int(self._tiles(tiles_key)["boxes"].shape[0])
 
     def _tiles(self, tiles_key: str):
+        self._node(tiles_key)
         group = self._group()
         if f"tiles/{tiles_key}" not in group:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} has no tiles "
@@ -151,7 +168,7 @@ class SlideStore:
         """Tile features (tiles x features, float32) of one feature set."""
         import zarr
 
-        folder = self._path / "tiles" / tiles_key / "features" / key
+        folder = self._node(tiles_key, "features", key)
         array = zarr.open_array(folder, mode="r") if (folder / "zarr.json").is_file() else None
         if array is None or array.attrs.get("complete") is not True:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} has no features {key!r} "
@@ -253,6 +270,10 @@ class SlideStore:
 
         from .._image import image_levels
 
+        check_store_name("tissue_key", tissue_key, what="tissue map in a slide store")
+        for key in feature_keys:
+            self._node(tiles_key, "features", key)
+        self._node(tiles_key)
         self.check_ours()
         partial = self._partial_path("slide")
         try:
@@ -308,6 +329,7 @@ class SlideStore:
         """
         import zarr
 
+        target = self._node(tiles_key, "features", key)
         values = np.asarray(values, dtype=np.float32)
         if values.shape[0] != self.n_tiles(tiles_key):
             raise ValueError(f"{values.shape[0]} rows of features for {self.n_tiles(tiles_key)} "
@@ -316,8 +338,7 @@ class SlideStore:
         try:
             group = zarr.open_group(partial, mode="w")
             _write_features(group, "x", values, _jsonable(record))
-            target = self._path / "tiles" / tiles_key / "features" / key
-            _ensure_group(target.parent)
+            _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -351,10 +372,10 @@ class SlideStore:
         """
         import zarr
 
+        target = self._node(tiles_key, "results", key)
         n = self.n_tiles(tiles_key)
         if len(outputs) != n or len(attention) != n:
             raise ValueError(f"Per-tile results of {len(outputs)} tiles for {n} tiles.")
-        target = self._path / "tiles" / tiles_key / "results" / key
         if target.exists() and not overwrite:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds results "
                            f"{key!r}; pass overwrite=True or choose another key_added.")
@@ -366,7 +387,7 @@ class SlideStore:
             result.create_array("attention", data=np.asarray(attention, dtype=np.float32))
             result.attrs.update({"columns": [str(c) for c in columns],
                                  "branches": [str(b) for b in branches], "complete": True})
-            _ensure_group(target.parent)
+            _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -408,12 +429,17 @@ def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
     array.attrs.update({"record": record, "complete": True})
 
 
-def _ensure_group(path: Path) -> None:
-    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing."""
+def _ensure_group(path: Path, store: Path) -> None:
+    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing.
+
+    ``path`` lies inside the store ``store`` (whose root group exists): the walk up stops there.
+    """
     import zarr
 
+    if store not in path.parents and path != store:
+        raise ValueError(f"{path} is not inside the slide store {store}.")
     parts = []
-    while not (path / "zarr.json").is_file():
+    while path != store and not (path / "zarr.json").is_file():
         parts.append(path)
         path = path.parent
     for folder in reversed(parts):
