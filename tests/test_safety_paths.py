@@ -181,3 +181,82 @@ def test_slide_ids_with_separators_are_refused(cohort, tmp_path):
             hx.io.read_cohort(manifest, store_dir=tmp_path / "stores")
     assert not (tmp_path / "stores").exists()
     assert not (tmp_path / "escape.zarr").exists()
+
+
+# --------------------------------------------------------------------------- write, then swap
+def _half_written(real):
+    """A writer that writes part of its output, then fails (a full disk, a kill)."""
+
+    def write(obj, target, *args, **kwargs):
+        Path(target).write_bytes(b"PK\x03\x04 half a file")
+        raise OSError(28, "No space left on device")
+
+    return write
+
+
+@bad_input("data lost", "`hx.io.save_model(model, path, overwrite=True)` failing midway (a full "
+           "disk, a kill): it wrote in place, leaving a truncated file and no model",
+           says="the old file stays whole: the new one is written beside it and renamed into "
+           "place only when complete",
+           fix="free space and save again")
+def test_save_model_failing_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    old_model = hx.models.TileEncoder(arch="small_cnn", in_channels=3)
+    path = hx.io.save_model(old_model, tmp_path / "model.pt")
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", _half_written(torch.save))
+    new_model = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    with pytest.raises(OSError, match="No space left"):
+        hx.io.save_model(new_model, path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no partial file left
+    monkeypatch.undo()
+    hx.io.save_model(new_model, path, overwrite=True)
+    assert hx.io.load_model(path, device="cpu").get_config()["width"] == 8
+
+
+@pytest.fixture(scope="module")
+def spot_model(tmp_path_factory):
+    """A small spot regressor model file and a slide (a plain TIFF at 0.5 um/px)."""
+    import tifffile
+
+    folder = tmp_path_factory.mktemp("spot")
+    train = hx.datasets.synthetic_section(seed=0, size_um=200, spot_pitch_um=40,
+                                          spot_diameter_um=35)
+    model = hx.tl.fit(train, model="spot_regressor", genes=["EPCAM", "COL1A1"], size_um=40.0,
+                      mpp=1.0)
+    section = hx.datasets.synthetic_section(seed=1, size_um=200)
+    slide = folder / "slide.tif"
+    tifffile.imwrite(slide, np.moveaxis(section.images["he"].values, 0, -1))
+    return hx.io.save_model(model, folder / "spots.pt"), slide
+
+
+@bad_input("data lost", "`histoexpr predict --overwrite` killed or failing while it writes: the "
+           "old store was deleted before the new one was written, so both were lost",
+           says="the old store stays whole: the new one is written beside it and swapped in at "
+           "the end",
+           fix="run it again")
+def test_cli_predict_overwrite_failing_midway_keeps_the_old_store(spot_model, tmp_path,
+                                                                   monkeypatch):
+    import spatialdata as sd
+
+    from histoexpr._cli import main
+
+    model, slide = spot_model
+    out = tmp_path / "pred.zarr"
+    args = ["predict", "-m", str(model), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
+    assert main(args) == 0
+    before = _tree_digest(out)
+
+    def fail_midway(self, file_path, *a, **k):
+        Path(file_path).mkdir()
+        (Path(file_path) / "zarr.json").write_text("{")  # half a store, then killed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sd.SpatialData, "write", fail_midway)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--overwrite"])
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.zarr"]  # nothing left beside
+    monkeypatch.undo()
+    assert main([*args, "--overwrite"]) == 0
+    assert "he_expr_tiles_expression" in sd.read_zarr(out).tables

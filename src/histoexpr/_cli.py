@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import warnings
 from pathlib import Path
 
 from ._demo import SIZES, run_demo
-from ._utils import logger
+from ._utils import logger, written_beside
 
 #: exit code for bad input: a missing or unreadable file, an existing output, a bad option
 EXIT_BAD_INPUT = 2
@@ -139,12 +138,15 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     added = sorted(set(_element_names(sdata)) - before)
     attrs = dict(sdata.attrs.get(STORE_MARKER) or {})
     sdata.attrs[STORE_MARKER] = {**attrs, "written_by": WRITTEN_BY, "model": name}
-    if out.exists():
-        check_own_store(out)  # again: nothing may have taken its place meanwhile
-        shutil.rmtree(out)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
-        sdata.write(out)
+    # the new store is written beside OUT and swapped in at the end: a failure or a kill while
+    # writing leaves the old store as it was
+    with written_beside(out) as temporary:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding",
+                                    category=UserWarning)
+            sdata.write(temporary)
+        if out.exists() or out.is_symlink():
+            check_own_store(out)  # again: nothing may have taken its place meanwhile
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
     return {"model": name, "image_key": image_key, "added": added}
 

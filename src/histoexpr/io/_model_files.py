@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import logger, resolve_device
+from .._utils import logger, resolve_device, written_beside
 
 if TYPE_CHECKING:
     from ..models import Network
@@ -34,7 +34,9 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     path
         File to write, conventionally ending in ``.pt``.
     overwrite
-        Replace an existing file.
+        Replace an existing file. The new file is written beside it and renamed into place
+        when complete, so a failed or interrupted write (a full disk, a kill) leaves the old
+        file intact.
 
     Returns
     -------
@@ -68,8 +70,8 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
         "metadata": model.metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    with written_beside(path) as temporary:
+        torch.save(payload, temporary)
     logger.info("Saved %s to %s", type(model).__name__, path)
     return path
 

@@ -19,15 +19,14 @@ rename, so a killed run leaves either the old content or the new one, never half
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import logger
+from .._utils import PARTIAL as _PARTIAL
+from .._utils import logger, partial_path, swap_into_place
 from .._validate import check_store_name
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 FORMAT = "histoexpr-slide-store"
 VERSION = 1
-_PARTIAL = "partial-"
 
 
 class SlideStore:
@@ -404,23 +402,11 @@ class SlideStore:
 
     def _partial_path(self, what: str) -> Path:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
-        return self._path.parent / f".{self._path.name}.{safe}.{_PARTIAL}{uuid.uuid4().hex[:12]}"
+        return partial_path(self._path, what)
 
     def _move_into_place(self, source: Path, target: Path) -> None:
         """Rename ``source`` to ``target``; an older ``target`` is moved aside first."""
-        old = None
-        if target.exists():
-            old = self._partial_path("old")
-            os.replace(target, old)
-        try:
-            os.replace(source, target)
-        except BaseException:
-            if old is not None and not target.exists():
-                os.replace(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(source, target, aside=self._partial_path("old"))
 
 
 def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
