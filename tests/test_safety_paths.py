@@ -8,6 +8,7 @@ a folder it names; a write that replaces a file writes beside it and swaps at th
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,138 @@ def test_cli_predict_overwrite_failing_midway_keeps_the_old_store(spot_model, tm
     monkeypatch.undo()
     assert main([*args, "--overwrite"]) == 0
     assert "he_expr_tiles_expression" in sd.read_zarr(out).tables
+
+
+# ------------------------------------------------------------------ loading never runs code
+class _Pickled:
+    """An object a weights-only reader refuses (a pickle of a class, not plain values)."""
+
+
+def _model_file(path: Path, name: str, config: dict, metadata: dict | None = None) -> Path:
+    """A histoexpr model file written by hand (as anyone could write one)."""
+    torch.save({"format": "histoexpr-model", "format_version": 1, "histoexpr_version": "0",
+                "class": name, "config": config, "metadata": metadata or {},
+                "state_dict": {}}, path)
+    return path
+
+
+def _custom_code_folder(folder: Path, model_type: str) -> Path:
+    """A transformers folder whose config points at its own code, which would leave a marker."""
+    import json
+
+    folder.mkdir()
+    marker = folder.parent / "code_ran"
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": model_type, "hidden_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 32, "image_size": 28, "patch_size": 7,
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}))
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig, PreTrainedModel\n"
+        f"class EvilConfig(PretrainedConfig):\n    model_type = {model_type!r}\n"
+        "class EvilModel(PreTrainedModel):\n    config_class = EvilConfig\n")
+    return marker
+
+
+@pytest.mark.slow  # imports transformers (tens of seconds here)
+@bad_input("data lost", "a model file (or `encoder=\"hf:<folder>\"`) naming a transformers folder "
+           "whose config.json points at its own code (`auto_map`): transformers asked \"run the "
+           "custom code? [y/N]\" on stdin, and y ran it",
+           says="ValueError: ... exists only as Python code in the folder (config.json's "
+           "auto_map: ...); histoexpr never runs code from a model folder",
+           fix="a model transformers has built in, or build the network yourself")
+def test_a_model_folder_with_its_own_code_is_refused_never_run(tmp_path, monkeypatch):
+    import io
+
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\ny\ny\n"))  # a question would be answered
+    marker = _custom_code_folder(tmp_path / "evil_model", "evilnet")
+    message = ("exists only as Python code in the folder \\(config.json's auto_map: .*\\); "
+               "histoexpr never runs code from a model folder")
+    with pytest.raises(ValueError, match=message):
+        hx.models.HuggingFaceEncoder(path=str(tmp_path / "evil_model"))
+    model = _model_file(tmp_path / "model.pt", "HuggingFaceEncoder",
+                        {"path": str(tmp_path / "evil_model"), "pooling": "cls"})
+    with pytest.raises(ValueError, match=message):
+        hx.io.load_model(model, device="cpu")
+    assert not marker.exists()
+    assert sys.stdin.read() == "y\ny\ny\n"  # nothing was asked
+
+
+@pytest.mark.slow
+def test_a_known_architecture_with_an_auto_map_is_built_without_its_code(tmp_path, monkeypatch):
+    import io
+
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    marker = _custom_code_folder(tmp_path / "vit_with_code", "vit")
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        encoder = hx.models.HuggingFaceEncoder(path=str(tmp_path / "vit_with_code"))
+    assert type(encoder.model).__name__ == "ViTModel" and not marker.exists()
+
+
+@pytest.mark.slow
+@bad_input("obscure error", "a transformers folder whose `pytorch_model.bin` holds pickled Python "
+           "objects: torch's advice \"weights_only=False will likely succeed\" reached the user",
+           says="ValueError: The weights in FOLDER cannot be loaded: a weights file holds Python "
+           "objects other than tensors, and is refused for safety",
+           fix="save the model with safetensors")
+def test_pickled_weights_in_a_model_folder_never_pass_on_torch_advice(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "vit"
+    transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, image_size=28, patch_size=7).save_pretrained(
+        folder)
+    torch.save({"embeddings.cls_token": _Pickled()}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="cannot be loaded: a weights file holds Python objects "
+                       "other than tensors, and is refused for safety") as caught:
+        hx.models.HuggingFaceEncoder(path=str(folder))
+    assert "weights_only=False" not in str(caught.value)
+    assert caught.value.__suppress_context__ and caught.value.__cause__ is None
+
+
+@bad_input("silently wrong", "a model file naming its transformers folder or encoder file by a "
+           "relative path: it was resolved against whatever the current folder was",
+           says="ValueError: MODEL names the transformers folder 'tiny' by a relative path ... "
+           "Pass root=",
+           fix="`hx.io.load_model(path, root=...)` (CLI: `--root DIR`)")
+def test_relative_paths_in_a_model_file_are_resolved_only_where_the_user_says(tmp_path,
+                                                                              monkeypatch):
+    model = _model_file(tmp_path / "model.pt", "HuggingFaceEncoder",
+                        {"path": "tiny", "pooling": "cls"})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder of that name in the current folder is not used
+    with pytest.raises(ValueError, match="names the transformers folder 'tiny' by a relative "
+                       "path.*Pass root="):
+        hx.io.load_model(model, device="cpu")
+    # the same for a spot regressor's encoder, "hf:<folder>" or a model file
+    for encoder, what in (("hf:models/phikon", "transformers folder"),
+                          ("encoders/enc.pt", "encoder model file")):
+        other = _model_file(tmp_path / "other.pt", "HandcraftedEncoder", {"in_channels": 3},
+                            {"encoder": encoder, "features": {"fingerprint": encoder}})
+        with pytest.raises(ValueError, match=f"names the {what} '{encoder.removeprefix('hf:')}' "
+                           "by a relative path"):
+            hx.io.load_model(other, device="cpu")
+        loaded = hx.io.load_model(other, device="cpu", root=tmp_path / "project")
+        expected = str(tmp_path / "project" / encoder.removeprefix("hf:"))
+        assert loaded.metadata["encoder"] in (f"hf:{expected}", expected)
+        assert loaded.metadata["features"]["fingerprint"] == loaded.metadata["encoder"]
+
+
+@bad_input("obscure error", "`hx.tl.pretrain(..., resume=True)` on a checkpoint holding pickled "
+           "Python objects: torch's \"weights_only=False will likely succeed\" reached the user",
+           says="ValueError: ... is not a plain weights file ... refused for safety",
+           fix="start afresh (overwrite=True) or use the run's own checkpoint")
+def test_pretrain_resume_never_passes_on_torch_advice(tmp_path):
+    from histoexpr.tl._features._pretrain import CHECKPOINT_NAME
+
+    sdata = hx.datasets.synthetic_section(seed=0, size_um=120, transcripts=False, spots=False)
+    hx.pp.tile(sdata, "he", size_px=16, mpp=2.0, min_tissue=0.5)
+    torch.save({"format": "histoexpr-pretraining-checkpoint", "x": _Pickled()},
+               tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="is not a plain weights file.*refused for safety") \
+            as caught:
+        hx.tl.pretrain(sdata, "he_tiles", checkpoint_dir=tmp_path, resume=True, epochs=1,
+                       encoder="small_cnn", batch_size=8)
+    assert "weights_only=False" not in str(caught.value)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
                         mpp=args.mpp, batch_size=args.batch_size, device=args.device,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, root=args.root)
     except CannotPredictError as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
@@ -90,6 +90,10 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64,
                          help="tiles per forward pass (default: %(default)s)")
     predict.add_argument("--device", default=None, help="torch device (default: the best found)")
+    predict.add_argument("--root", type=Path, default=None, metavar="DIR",
+                         help="folder that relative paths written inside the model file (its "
+                              "encoder's folder or file) are relative to; without it they are "
+                              "refused")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace OUT.zarr if it exists, and this model's predictions if "
                               "the input store already holds them")
@@ -97,7 +101,7 @@ def _add_predict_parser(commands) -> None:
 
 def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str | None = None,
                 mpp: float | None = None, batch_size: int = 64, device: str | None = None,
-                overwrite: bool = False) -> dict:
+                overwrite: bool = False, root: Path | None = None) -> dict:
     """Apply a model file to a slide and write the slide with its predictions to ``out``.
 
     Returns what was run: the model, the image key and the elements the prediction added.
@@ -114,7 +118,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")
     hx.settings.verbosity = 2
-    model = hx.io.load_model(model_path, device=device)
+    model = hx.io.load_model(model_path, device=device, root=root)
     name = (model.metadata or {}).get("model")
     try:
         accepted = hx.tl.predict_options(str(name))
