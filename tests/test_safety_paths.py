@@ -396,3 +396,44 @@ def test_pretrain_resume_never_passes_on_torch_advice(tmp_path):
         hx.tl.pretrain(sdata, "he_tiles", checkpoint_dir=tmp_path, resume=True, epochs=1,
                        encoder="small_cnn", batch_size=8)
     assert "weights_only=False" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------- no display, numpy
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the check is for Linux")
+@bad_input("data lost", "`hx.pl.napari(sdata)` on a machine without a display (a remote Jupyter "
+           "kernel): Qt aborted the Python process, and its unsaved work with it",
+           says="RuntimeError: hx.pl.napari needs a display, and this machine has none ... "
+           "xvfb-run",
+           fix="run under `xvfb-run -a`, or save the section and open it elsewhere")
+def test_napari_without_a_display_raises_instead_of_aborting(monkeypatch):
+    import types
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    made = []
+    fake = types.ModuleType("napari")
+    fake.Viewer = lambda *a, **k: made.append(1)  # would abort the process for real
+    monkeypatch.setitem(sys.modules, "napari", fake)
+    sdata = hx.datasets.synthetic_section(seed=0, size_um=100, transcripts=False, spots=False)
+    with pytest.raises(RuntimeError, match="hx.pl.napari needs a display, and this machine has "
+                       "none.*xvfb-run -a"):
+        hx.pl.napari(sdata)
+    assert made == []
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # draws without a display
+    from histoexpr.pl._napari import check_display
+
+    check_display()
+
+
+@bad_input("obscure error", "`hx.pp.tile(numpy_array)` (an image array instead of a section): "
+           "AttributeError: 'numpy.ndarray' object has no attribute 'images'",
+           says="TypeError: sdata must be a SpatialData (a section or slide), got a ndarray. "
+           "For an image array, wrap it first: hx.io.read_wsi(path)",
+           fix="`hx.io.read_wsi(path)`, or wrap the array in a SpatialData")
+def test_tile_of_a_numpy_array_names_what_to_pass():
+    image = np.zeros((3, 64, 64), dtype=np.uint8)
+    with pytest.raises(TypeError, match="sdata must be a SpatialData \\(a section or slide\\), "
+                       "got a ndarray. For an image array, wrap it first: hx.io.read_wsi"):
+        hx.pp.tile(image, size_px=16)
+    with pytest.raises(TypeError, match="got a str. Read the file first: hx.io.read_wsi"):
+        hx.pp.detect_tissue("slide.svs")

@@ -31,11 +31,33 @@ def element_kind(sdata: SpatialData, key: str) -> str | None:
 
 
 def require_element(sdata: SpatialData, key: str, kind: str) -> None:
-    """Raise a clear ``KeyError`` when ``sdata.<kind>[key]`` does not exist."""
+    """Raise a clear ``KeyError`` when ``sdata.<kind>[key]`` does not exist.
+
+    Something that is not a SpatialData (a numpy array, a path, an AnnData) is a
+    ``TypeError`` naming what to pass instead.
+    """
+    require_spatialdata(sdata)
     container = getattr(sdata, kind)
     if key not in container:
         available = ", ".join(repr(k) for k in container.keys()) or "none"
         raise KeyError(f"sdata.{kind} has no element {key!r}; available: {available}.")
+
+
+def require_spatialdata(sdata: object, name: str = "sdata") -> None:
+    """Raise a ``TypeError`` naming what to pass when ``sdata`` is not a SpatialData."""
+    from spatialdata import SpatialData
+
+    if isinstance(sdata, SpatialData):
+        return
+    kind = type(sdata).__name__
+    hint = ""
+    if kind == "ndarray":
+        hint = (" For an image array, wrap it first: hx.io.read_wsi(path) reads a slide file, "
+                "or make one with spatialdata.SpatialData(images={'he': "
+                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'))}).")
+    elif isinstance(sdata, str) or kind.endswith("Path"):
+        hint = " Read the file first: hx.io.read_wsi(path) or spatialdata.read_zarr(path)."
+    raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
 
 
 #: where histoexpr records which step wrote an element: ``attrs``/``uns`` key and sdata.attrs key
