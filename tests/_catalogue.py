@@ -19,9 +19,10 @@ line, or "refuses"); ``fix`` is what the user does about it.
 exception or warning class (``"ValueError: the counts file '...' is empty"``), the decorated test
 runs with :func:`pytest.raises` and :func:`pytest.warns` recorded, and fails unless one error or
 warning it caught is of that class (or a subclass) and its message holds the parts of ``says``
-between ``...`` in order (whitespace-insensitive; a ``(before: ...)`` note at the end and further
-``;``-separated answers are not part of the message). A row may instead give ``match=``, a regular
-expression the caught message must match and ``says`` too. Rows whose ``says`` is a description
+between ``...`` in order (case- and whitespace-insensitive; a ``(before: ...)`` note or one after
+a dash `` — `` at the end, and further ``; OtherError: ...`` answers, are not part of it). A
+row may instead give ``match=``, a regular expression the caught message must match and ``says``
+too. Rows whose ``says`` is a description
 ("refuses: ...", "log: ...") are checked by their test's own assertions only.
 """
 
@@ -68,11 +69,11 @@ def declared(says: str, match: str | None = None) -> tuple[str, re.Pattern] | No
     name, text = found.groups()
     if match is not None:
         return name, re.compile(match, re.S)
-    text = re.split(r"\s*\(before:", text)[0]  # a note on the old behaviour
+    text = re.split(r"\s*\(before:|\s+\u2014\s", text)[0]  # a note: (before: ...), or after a dash
     text = re.split(r";\s*[A-Z][A-Za-z]*(?:Error|Warning):", text)[0]  # a second answer
     parts = [" ".join(part.split()) for part in text.split("...")]
     pattern = ".*?".join(re.escape(part) for part in parts if part)
-    return name, re.compile(pattern, re.S)
+    return name, re.compile(pattern, re.S | re.I)
 
 
 def _message(caught: BaseException | Warning) -> str:
