@@ -437,3 +437,32 @@ def test_tile_of_a_numpy_array_names_what_to_pass():
         hx.pp.tile(image, size_px=16)
     with pytest.raises(TypeError, match="got a str. Read the file first: hx.io.read_wsi"):
         hx.pp.detect_tissue("slide.svs")
+
+
+@bad_input("data lost", "`histoexpr demo --overwrite` killed or failing midway: the old report "
+           "was deleted before the new one was written",
+           says="the old report stays whole: the new one is written beside it and swapped in "
+           "when complete",
+           fix="run it again")
+def test_demo_overwrite_failing_midway_keeps_the_old_report(tmp_path, monkeypatch):
+    from histoexpr import _demo
+    from histoexpr._cli import main
+
+    def tiny_jobs(report, scale, seed):
+        report.figure("tiles.png", lambda: __import__("matplotlib.pyplot").pyplot.figure())
+
+    monkeypatch.setattr(_demo, "_run_jobs", tiny_jobs)
+    monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
+    out = tmp_path / "histoexpr-demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    before = _tree_digest(out)
+
+    def killed(report, scale, seed):
+        tiny_jobs(report, scale, seed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_demo, "_run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--out", str(out), "--overwrite"])
+    assert _tree_digest(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["histoexpr-demo"]
