@@ -466,3 +466,27 @@ def test_demo_overwrite_failing_midway_keeps_the_old_report(tmp_path, monkeypatc
         main(["demo", "--out", str(out), "--overwrite"])
     assert _tree_digest(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["histoexpr-demo"]
+
+
+@bad_input("data lost", "`hx.datasets.synthetic_slide_cohort(folder, overwrite=True)` failing "
+           "midway: each slide file was rewritten in place, so a failure left a cut-short slide",
+           says="the old files stay whole: each is written beside it and renamed into place "
+           "when complete",
+           fix="run it again")
+def test_synthetic_slide_cohort_failing_midway_keeps_the_old_files(tmp_path, monkeypatch):
+    from histoexpr.datasets import _slides
+
+    hx.datasets.synthetic_slide_cohort(tmp_path, 2, seed=0, size_um=100, mpp=1.0)
+    before = _tree_digest(tmp_path)
+    real = _slides.write_pyramidal_tiff
+
+    def cut_short(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_slides, "write_pyramidal_tiff", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        hx.datasets.synthetic_slide_cohort(tmp_path, 2, seed=1, size_um=100, mpp=1.0,
+                                           overwrite=True)
+    assert _tree_digest(tmp_path) == before

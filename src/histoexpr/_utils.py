@@ -259,12 +259,16 @@ PARTIAL = "partial-"
 
 
 def partial_path(target: str | Path, what: str = "new") -> Path:
-    """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic)."""
+    """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic).
+
+    It ends in ``target``'s suffix, for writers that choose the format by it.
+    """
     import uuid
 
     target = Path(target)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
-    return target.parent / f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
+    return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
+                            f"{target.suffix}")
 
 
 def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) -> None:
