@@ -201,7 +201,9 @@ def render(rows: list[Row]) -> str:
         "Every input below was tried by a test (named in the last column); the table is written",
         "from those tests (`python tests/_catalogue.py --write`), and the test suite fails when",
         "they differ, so it cannot drift. *Data lost* and *silently wrong* name what histoexpr did",
-        "before it was fixed; today each is refused or reported as the table says.",
+        "before it was fixed; today each is refused or reported as the table says. Where the",
+        "second column quotes an error or a warning (`ValueError: ...`), the test also checks",
+        "that text against the message actually raised (the parts between `...`, in order).",
         "",
     ]
     counts = {kind: sum(r.kind == kind for r in rows) for kind in KINDS}

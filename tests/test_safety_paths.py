@@ -490,3 +490,18 @@ def test_synthetic_slide_cohort_failing_midway_keeps_the_old_files(tmp_path, mon
         hx.datasets.synthetic_slide_cohort(tmp_path, 2, seed=1, size_um=100, mpp=1.0,
                                            overwrite=True)
     assert _tree_digest(tmp_path) == before
+
+
+def test_cli_predict_takes_the_root_of_relative_paths_in_a_model_file(tmp_path, capsys):
+    from histoexpr._cli import EXIT_BAD_INPUT, main
+
+    model = _model_file(tmp_path / "model.pt", "HuggingFaceEncoder",
+                        {"path": "models/phikon", "pooling": "cls"})
+    args = ["predict", "-m", str(model), "-i", str(tmp_path / "slide.tif"),
+            "-o", str(tmp_path / "out.zarr")]
+    assert main(args) == EXIT_BAD_INPUT
+    assert "by a relative path" in capsys.readouterr().err
+    # with --root the folder is looked for there (and is missing: named)
+    assert main([*args, "--root", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert str(tmp_path / "models" / "phikon") in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
