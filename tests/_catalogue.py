@@ -14,11 +14,23 @@ Usage in a test module::
 
 ``kind`` is one of :data:`KINDS`; ``says`` is what histoexpr answers (an error, a warning, a log
 line, or "refuses"); ``fix`` is what the user does about it.
+
+**The text of ``says`` is checked against what is actually raised.** Where ``says`` starts with an
+exception or warning class (``"ValueError: the counts file '...' is empty"``), the decorated test
+runs with :func:`pytest.raises` and :func:`pytest.warns` recorded, and fails unless one error or
+warning it caught is of that class (or a subclass) and its message holds the parts of ``says``
+between ``...`` in order (case- and whitespace-insensitive; a ``(before: ...)`` note or one after
+a dash `` — `` at the end, and further ``; OtherError: ...`` answers, are not part of it). A
+row may instead give ``match=``, a regular expression the caught message must match and ``says``
+too. Rows whose ``says`` is a description
+("refuses: ...", "log: ...") are checked by their test's own assertions only.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -36,15 +48,125 @@ class Row:
     says: str
     fix: str
     test: str
+    match: str | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Whether the message ``says`` quotes is checked against the one raised."""
+        return declared(self.says, self.match) is not None
 
 
-def bad_input(kind: str, given: str, *, says: str, fix: str):
-    """Mark a test as the check of one bad input (a no-op at run time; read statically)."""
+#: ``says`` that quotes an error or a warning: its class, then its message
+DECLARED = re.compile(r"^`?([A-Z][A-Za-z]*(?:Error|Exception|Warning|Interrupt))`?:\s*(.*)$",
+                      re.S)
+
+
+def declared(says: str, match: str | None = None) -> tuple[str, re.Pattern] | None:
+    """The class and the message pattern that ``says`` (or ``match``) declares, if any."""
+    found = DECLARED.match(says.strip())
+    if found is None:
+        return None
+    name, text = found.groups()
+    if match is not None:
+        return name, re.compile(match, re.S)
+    text = re.split(r"\s*\(before:|\s+\u2014\s", text)[0]  # a note: (before: ...), or after a dash
+    text = re.split(r";\s*[A-Z][A-Za-z]*(?:Error|Warning):", text)[0]  # a second answer
+    parts = [" ".join(part.split()) for part in text.split("...")]
+    pattern = ".*?".join(re.escape(part) for part in parts if part)
+    return name, re.compile(pattern, re.S | re.I)
+
+
+def _message(caught: BaseException | Warning) -> str:
+    if isinstance(caught, KeyError) and caught.args:
+        return " ".join(str(caught.args[0]).split())
+    return " ".join(str(caught).split())
+
+
+def check_says(says: str, caught: list, *, match: str | None = None, test: str = "") -> None:
+    """Fail unless one of ``caught`` (errors, warnings) is what ``says`` declares."""
+    spec = declared(says, match)
+    if spec is None:
+        return
+    name, pattern = spec
+    of_class = [c for c in caught if name in {k.__name__ for k in type(c).__mro__}]
+    if not any(pattern.search(_message(c)) for c in of_class):
+        shown = "; ".join(f"{type(c).__name__}: {_message(c)[:300]}" for c in caught) or "nothing"
+        raise AssertionError(
+            f"The catalogue row of {test} says {says!r}, but the test caught {shown}. Make "
+            "`says` quote the message (parts between '...'), or give match=.")
+
+
+@contextlib.contextmanager
+def recording() -> list:
+    """Record what ``pytest.raises`` and ``pytest.warns`` catch inside the block."""
+    import pytest
+
+    caught: list = []
+    real_raises, real_warns = pytest.raises, pytest.warns
+
+    class Recorder:
+        def __init__(self, context, warns: bool) -> None:
+            self.context, self.warns = context, warns
+
+        def __enter__(self):
+            return self.context.__enter__()
+
+        def __exit__(self, *exc):
+            result = self.context.__exit__(*exc)
+            if self.warns:
+                caught.extend(w.message for w in self.context)
+            elif exc[1] is not None:
+                caught.append(exc[1])
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self.context, name)
+
+    def raises(*args, **kwargs):
+        out = real_raises(*args, **kwargs)
+        if len(args) > 1:  # pytest.raises(E, function, ...): an ExceptionInfo
+            caught.append(out.value)
+            return out
+        return Recorder(out, warns=False)
+
+    def warns(*args, **kwargs):
+        out = real_warns(*args, **kwargs)
+        if len(args) > 1:
+            return out
+        return Recorder(out, warns=True)
+
+    pytest.raises, pytest.warns = raises, warns
+    try:
+        yield caught
+    finally:
+        pytest.raises, pytest.warns = real_raises, real_warns
+
+
+def bad_input(kind: str, given: str, *, says: str, fix: str, match: str | None = None):
+    """Mark a test as the check of one bad input; the error or warning ``says`` quotes is checked.
+
+    The row is read statically (:func:`collect`). At run time, where ``says`` quotes an error or
+    a warning (``"ValueError: ..."``), the test also fails unless it caught one whose message
+    is the one quoted (see the module's docstring); ``match`` gives the pattern instead.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if match is not None and declared(says, match) is not None \
+            and not declared(says, match)[1].search(" ".join(says.split())):
+        raise ValueError(f"says={says!r} does not match its own match={match!r}")
 
     def mark(test):
-        return test
+        if declared(says, match) is None:
+            return test
+
+        @functools.wraps(test)
+        def checked(*args, **kwargs):
+            with recording() as caught:
+                result = test(*args, **kwargs)
+            check_says(says, caught, match=match, test=test.__name__)
+            return result
+
+        return checked
 
     return mark
 
@@ -54,16 +176,17 @@ def collect() -> list[Row]:
     rows = []
     for path in sorted(TESTS.glob("test_*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef):
-                continue
+        tests = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+        tests += [method for node in tree.body if isinstance(node, ast.ClassDef)
+                  for method in node.body if isinstance(method, ast.FunctionDef)]
+        for node in tests:  # test functions, not functions defined inside them
             for decorator in node.decorator_list:
                 if (isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Name)
                         and decorator.func.id == "bad_input"):
                     kind, given = (ast.literal_eval(a) for a in decorator.args)
                     keywords = {k.arg: ast.literal_eval(k.value) for k in decorator.keywords}
                     rows.append(Row(kind, given, keywords["says"], keywords["fix"],
-                                    f"{path.name}::{node.name}"))
+                                    f"{path.name}::{node.name}", keywords.get("match")))
     return rows
 
 
@@ -114,7 +237,8 @@ def render(rows: list[Row]) -> str:
         "",
         "What histoexpr says when an input cannot work as given, and what to do about it. Search",
         "this page for the words of your message (the `...` in a message stand for your own",
-        "names and numbers).",
+        "names and numbers). Where a message below quotes an error or a warning, the test that",
+        "tries the input also checks it against the message actually raised.",
     ]
     for key, title, intro in SECTIONS:
         chosen = sorted((r for r in rows if section_of(r) == key),

@@ -269,7 +269,9 @@ def test_a_second_stain_that_carries_the_class_improves_held_out_cells(sections,
 
 
 @bad_input("obscure error", "`hx.tl.fit(sdata, model='cell_morphology', stains_key=...)` with a "
-           "stain channel the image lacks", says="ValueError: names the channels it has",
+           "stain channel the image lacks", says="ValueError: Stain channel(s) ['polyT'] not "
+           "in sdata.images['stains'], whose channels are ['PolyT']; pass stains= some of those "
+           "names",
            fix="pass `stains=` some of those names, or `stains=None` for all")
 def test_cell_morphology_names_the_stain_channels_it_has(sections):
     train = sections[0]

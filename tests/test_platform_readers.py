@@ -529,7 +529,8 @@ def test_float_label_image_holding_integers_is_converted(caplog):
 
 @bad_input("silently wrong", "a float label image with non-integer values (e.g. a probability "
            "map) passed as labels",
-           says="ValueError: not a label image, with the first non-integer value and its pixel",
+           says="ValueError: The label image passed as labels= (float32) holds 16 non-integer "
+                "values (e.g. 0.7 at (row, col) (2, 2)): it is not a label image",
            fix="pass the segmentation's label image (integer object ids, 0 for none)")
 def test_float_label_image_with_fractions_is_refused():
     labels = np.zeros((20, 20), np.float32)

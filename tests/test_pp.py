@@ -272,8 +272,8 @@ def test_tile_old_names_still_work_with_a_future_warning(disk_section):
 
 @bad_input("obscure error", "a renamed option given twice, under its old and its new name "
            "(`hx.pp.tile(sdata, size=20, size_px=32)`), or a stride in pixels and in um",
-           says="TypeError: got both 'size' (deprecated) and 'size_px'; pass only 'size_px' "
-                "(before anything is written)",
+           says="TypeError: ... got both 'size' (deprecated) and 'size_px'; pass only 'size_px' "
+                "— before anything is written",
            fix="pass only the new name (docs/design.md, Names)")
 def test_tile_refuses_an_option_given_twice(disk_section):
     add_exact_tissue(disk_section)

@@ -36,8 +36,9 @@ def _glass_with_a_speck():
 # --- 1. a refused hx.pp.tile leaves no tissue map behind ----------------------------------------
 
 @bad_input("data lost", "`hx.pp.tile` on an image with (almost) no tissue and no tissue map",
-           says="ValueError: no tile has min_tissue of its area on tissue; the tissue map it "
-                "detected on the way is removed again, so sdata is as before",
+           says="ValueError: No tile of ... has at least min_tissue=0.5 of its area on tissue "
+                "... Lower min_tissue or use smaller tiles — the tissue map it detected on the "
+                "way is removed again, so sdata is as before",
            fix="lower min_tissue or use smaller tiles")
 @pytest.mark.filterwarnings("ignore:The tissue detected")
 def test_tile_refusal_leaves_no_tissue_map():
@@ -96,9 +97,10 @@ def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
 @bad_input("data lost", "`sdata.shapes['mine'] = sdata.shapes['he_tiles'].copy()` (a copy of "
                         "histoexpr's element under the user's name), then `hx.pp.tile(..., "
                         "key_added='mine', overwrite=True)`",
-           says="KeyError: sdata.shapes['mine'] ... was not written by histoexpr ... not "
-                "replaced, even with overwrite=True (the writer record names the key it was "
-                "written under; a copy under another key is the user's)",
+           says="KeyError: sdata.shapes['mine'] already exists and it was not written by "
+                "histoexpr ... it is not replaced, even with overwrite=True — the writer "
+                "record names the key it was written under; a copy under another key is the "
+                "user's",
            fix="choose another key_added")
 def test_a_users_copy_under_another_key_is_not_replaced():
     sdata = hx.datasets.synthetic_section(seed=2, size_um=200, transcripts=False, spots=False)
@@ -125,8 +127,8 @@ def test_a_users_copy_under_another_key_is_not_replaced():
 @bad_input("obscure error", "`hx.pl.<function>(..., save='results/figure.png')` when the folder "
                             "`results` does not exist",
            says="FileNotFoundError: Cannot save the figure to ...: the folder ... does not exist "
-                "(it is not created for you), raised before anything is drawn (was matplotlib's "
-                "own FileNotFoundError after drawing)",
+                "(it is not created for you) — raised before anything is drawn (was "
+                "matplotlib's own FileNotFoundError after drawing)",
            fix="create the folder first, or give save= a path in an existing folder")
 def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path):
     import inspect
@@ -161,8 +163,8 @@ def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path):
 @bad_input("data lost", "`hx.tl.embed(..., key_added=K, overwrite=True)` where `obsm[K]` of the "
                         "tile table holds the user's own matrix (e.g. features of their own "
                         "pipeline)",
-           says="KeyError: obsm[K] of the tile table was not written by hx.tl.embed ... does "
-                "not replace it, even with overwrite=True",
+           says="KeyError: obsm[...] of the tile table was not written by hx.tl.embed ... "
+                "does not replace it, even with overwrite=True",
            fix="choose another key_added")
 def test_embed_overwrite_never_replaces_the_users_own_matrix(small_section):
     table = small_section.tables["he_tiles_table"]

@@ -326,7 +326,7 @@ def test_predict_takes_a_model_file(trained, tmp_path):
 @bad_input("obscure error", "`hx.tl.evaluate(sdata, 'pred', 'truth')` with a key that does not "
            "exist",
            says="KeyError: truth_key='truth' is not an element of the SpatialData; its tables "
-                "are 'table', ...",
+                "are 'table' and its label maps 'he_tissue'. Pass one of them",
            fix="pass one of the keys named")
 def test_evaluate_names_a_missing_key_and_the_available_ones():
     section = make_section()

@@ -125,7 +125,7 @@ def test_palette_label_png_keeps_its_label_values(tmp_path):
 
 @bad_input("silently wrong", "a TIFF image stored as a palette or CMYK (photometric PALETTE or "
            "SEPARATED)",
-           says="ValueError: ... stores its pixels as PALETTE (not grey or RGB), which histoexpr "
+           says="ValueError: ... stores its pixels as ... (not grey or RGB), which histoexpr "
                 "does not convert. Save it as an RGB or grey image first",
            fix="convert it to RGB, e.g. PIL.Image.open(path).convert('RGB').save('he.png')")
 @pytest.mark.parametrize("mode", ["P", "CMYK"])
@@ -259,8 +259,8 @@ def test_cross_validate_names_n_genes_and_takes_a_gene_list(two_sections):
 
 @bad_input("obscure error", "`hx.tl.fit(sections, model='spot_regressor')` or `hx.pl.spots` on "
            "sections whose image is not called 'he' (e.g. read with image_key='img')",
-           says="KeyError: ... has no sdata.images['he'] (it has ['img']) ... Pass image_key= "
-                "(pl.spots: or image_key=None to draw the spots alone)",
+           says="KeyError: ... has no sdata.images['he'] (it has ['dapi', 'img']) ... Pass "
+                "image_key= — pl.spots also offers image_key=None to draw the spots alone",
            fix="pass image_key='img'")
 def test_other_image_key_is_named_with_the_option(two_sections):
     section = two_sections["a"]

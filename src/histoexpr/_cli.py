@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import warnings
 from pathlib import Path
 
 from ._demo import SIZES, run_demo
-from ._utils import logger
+from ._utils import logger, written_beside
 
 #: exit code for bad input: a missing or unreadable file, an existing output, a bad option
 EXIT_BAD_INPUT = 2
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("predict --image needs --out OUT.zarr")
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
                         mpp=args.mpp, batch_size=args.batch_size, device=args.device,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, root=args.root)
     except CannotPredictError as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
@@ -118,6 +117,10 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64,
                          help="tiles per forward pass (default: %(default)s)")
     predict.add_argument("--device", default=None, help="torch device (default: the best found)")
+    predict.add_argument("--root", type=Path, default=None, metavar="DIR",
+                         help="folder that relative paths written inside the model file (its "
+                              "encoder's folder or file) are relative to; without it they are "
+                              "refused")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace OUT.zarr if it exists, and this model's predictions if "
                               "the input store already holds them")
@@ -125,7 +128,7 @@ def _add_predict_parser(commands) -> None:
 
 def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str | None = None,
                 mpp: float | None = None, batch_size: int = 64, device: str | None = None,
-                overwrite: bool = False) -> dict:
+                overwrite: bool = False, root: Path | None = None) -> dict:
     """Apply a model file to a slide and write the slide with its predictions to ``out``.
 
     Returns what was run: the model, the image key and the elements the prediction added.
@@ -142,7 +145,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")
     hx.settings.verbosity = 2
-    model = hx.io.load_model(model_path, device=device)
+    model = hx.io.load_model(model_path, device=device, root=root)
     name = (model.metadata or {}).get("model")
     try:
         accepted = hx.tl.predict_options(str(name))
@@ -166,12 +169,15 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     added = sorted(set(_element_names(sdata)) - before)
     attrs = dict(sdata.attrs.get(STORE_MARKER) or {})
     sdata.attrs[STORE_MARKER] = {**attrs, "written_by": WRITTEN_BY, "model": name}
-    if out.exists():
-        check_own_store(out)  # again: nothing may have taken its place meanwhile
-        shutil.rmtree(out)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
-        sdata.write(out)
+    # the new store is written beside OUT and swapped in at the end: a failure or a kill while
+    # writing leaves the old store as it was
+    with written_beside(out) as temporary:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding",
+                                    category=UserWarning)
+            sdata.write(temporary)
+        if out.exists() or out.is_symlink():
+            check_own_store(out)  # again: nothing may have taken its place meanwhile
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
     return {"model": name, "image_key": image_key, "added": added}
 

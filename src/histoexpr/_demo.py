@@ -9,7 +9,6 @@ first section with everything added as ``section.zarr``.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import warnings
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._utils import written_beside
 
 #: the two genes whose transcripts label the patches (lymphocyte and stroma markers)
 LABEL_GENES = ("PTPRC", "COL1A1")
@@ -56,16 +57,24 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
 
     if size not in SIZES:
         raise ValueError(f"Unknown demo size {size!r}; choose one of {sorted(SIZES)}.")
+    out = Path(out)
     prepare_report_folder(out, overwrite=overwrite)
-    report = _Report(out)
-    scale = SIZES[size]
-    saved = hx.settings.verbosity, hx.settings.progress_bar
-    hx.settings.verbosity, hx.settings.progress_bar = 1, False  # one line per step instead
-    try:
-        _run_jobs(report, scale, seed)
-    finally:
-        hx.settings.verbosity, hx.settings.progress_bar = saved
-    report.write(seed=seed, size=size)
+    # the report is written beside OUT and swapped in when complete: a failed or killed run
+    # leaves an older report as it was
+    with written_beside(out) as folder:
+        folder.mkdir()
+        _write_marker(folder, [])
+        report = _Report(folder)
+        scale = SIZES[size]
+        saved = hx.settings.verbosity, hx.settings.progress_bar
+        hx.settings.verbosity, hx.settings.progress_bar = 1, False  # one line per step instead
+        try:
+            _run_jobs(report, scale, seed)
+        finally:
+            hx.settings.verbosity, hx.settings.progress_bar = saved
+        report.write(seed=seed, size=size)
+        if out.exists() or out.is_symlink():
+            _check_own_report(out)  # again: nothing of the user's may have arrived meanwhile
     print(f"histoexpr demo: report written to {out}", file=sys.stderr)
     return report.metrics
 
@@ -77,18 +86,16 @@ REPORT_MARKER = ".histoexpr-demo.json"
 def prepare_report_folder(out: Path, *, overwrite: bool) -> None:
     """Create the report folder ``out``, replacing it only if it is a report the demo wrote.
 
-    ``--overwrite`` deletes ``out`` only when it holds :data:`REPORT_MARKER` and nothing but the
+    ``--overwrite`` replaces ``out`` only when it holds :data:`REPORT_MARKER` and nothing but the
     files that marker lists (those the demo wrote); a folder or file of the user's is refused
-    with the reason, before anything is deleted or written.
+    with the reason, before anything is deleted or written. Nothing is deleted here: the new
+    report replaces the old one only when it is complete (:func:`run_demo`).
     """
     out = Path(out)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose --out.")
         _check_own_report(out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    _write_marker(out, [])
 
 
 def _check_own_report(out: Path) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 _LOGGER_NAME = "histoexpr"

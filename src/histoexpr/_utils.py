@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -95,11 +97,33 @@ def element_kind(sdata: SpatialData, key: str) -> str | None:
 
 
 def require_element(sdata: SpatialData, key: str, kind: str) -> None:
-    """Raise a clear ``KeyError`` when ``sdata.<kind>[key]`` does not exist."""
+    """Raise a clear ``KeyError`` when ``sdata.<kind>[key]`` does not exist.
+
+    Something that is not a SpatialData (a numpy array, a path, an AnnData) is a
+    ``TypeError`` naming what to pass instead.
+    """
+    require_spatialdata(sdata)
     container = getattr(sdata, kind)
     if key not in container:
         available = ", ".join(repr(k) for k in container.keys()) or "none"
         raise KeyError(f"sdata.{kind} has no element {key!r}; available: {available}.")
+
+
+def require_spatialdata(sdata: object, name: str = "sdata") -> None:
+    """Raise a ``TypeError`` naming what to pass when ``sdata`` is not a SpatialData."""
+    from spatialdata import SpatialData
+
+    if isinstance(sdata, SpatialData):
+        return
+    kind = type(sdata).__name__
+    hint = ""
+    if kind == "ndarray":
+        hint = (" For an image array, wrap it first: hx.io.read_wsi(path) reads a slide file, "
+                "or make one with spatialdata.SpatialData(images={'he': "
+                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'))}).")
+    elif isinstance(sdata, str) or kind.endswith("Path"):
+        hint = " Read the file first: hx.io.read_wsi(path) or spatialdata.read_zarr(path)."
+    raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
 
 
 #: where histoexpr records which step wrote an element: ``attrs``/``uns`` key and sdata.attrs key
@@ -319,3 +343,70 @@ def seed_everything(seed: int | None) -> np.random.Generator:
 def resolve_device(device: str | None) -> str:
     """``device`` itself, or ``settings.device`` (cuda -> mps -> cpu) when it is ``None``."""
     return settings.device if device is None else device
+
+
+#: the name part of a temporary file or folder written beside what it will replace
+PARTIAL = "partial-"
+
+
+def partial_path(target: str | Path, what: str = "new") -> Path:
+    """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic).
+
+    It ends in ``target``'s suffix, for writers that choose the format by it.
+    """
+    import uuid
+
+    target = Path(target)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
+    return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
+                            f"{target.suffix}")
+
+
+def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) -> None:
+    """Rename ``source`` to ``target``; an older ``target`` is moved aside first, then deleted.
+
+    A file is replaced by one ``os.replace``. A folder (which ``os.replace`` cannot replace
+    when it holds anything) is moved aside to ``aside``, the new one renamed into place and the
+    old one deleted; if the second rename fails, the old one is put back. Either way, a run
+    killed at any moment leaves the old content or the new one under ``target``.
+    """
+    import os
+    import shutil
+
+    source, target = Path(source), Path(target)
+    if not target.is_dir() or target.is_symlink():
+        os.replace(source, target)
+        return
+    old = partial_path(target, "old") if aside is None else aside
+    os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        if not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def written_beside(target: str | Path) -> Iterator[Path]:
+    """Write what replaces ``target`` beside it, and swap it in only when the write succeeded.
+
+    Every write of histoexpr that replaces a file or folder goes through this: the ``with``
+    block writes to the path it is given (a hidden name in ``target``'s folder); when the block
+    ends without an error, that path replaces ``target`` (:func:`swap_into_place`). An error or
+    a kill inside the block leaves ``target`` as it was, and the partial write is removed.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(target)
+    try:
+        yield temporary
+        swap_into_place(temporary, target)
+    finally:
+        if temporary.is_dir() and not temporary.is_symlink():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists() or temporary.is_symlink():
+            temporary.unlink()

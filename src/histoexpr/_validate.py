@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "check_choice",
+    "check_store_name",
     "check_fraction",
     "check_int",
     "check_positive",
@@ -151,3 +152,66 @@ def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> C
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+#: characters no store name may hold: path separators, and those Windows file names refuse
+_NOT_IN_NAMES = set('/\\<>:"|?*')
+#: names a store, zarr or the operating system keeps for itself
+_RESERVED_NAMES = {"zarr.json", "con", "prn", "aux", "nul",
+                   *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
+
+
+def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
+    r"""Return ``value`` after checking it can name one folder inside a store, and nothing else.
+
+    The one rule for every name that becomes part of a path (a key of features or results
+    written into slide stores, a tile set's key, a slide id that names its store): a non-empty
+    string of at most 255 bytes, one path component (no ``/`` or ``\``, not ``.`` or
+    ``..``, so never absolute and never outside the store), no control characters nor
+    ``<>:"|?*``, not starting with ``.`` (temporary and hidden files) or ``__`` (zarr's
+    own), no space at either end nor a final ``.``, and none of the reserved names
+    (``zarr.json``; ``CON``, ``NUL``, ``COM1``... on Windows). Checked before anything is
+    written; the error names the value and what to pass instead.
+    """
+    fix = (f"use letters, digits and '_', '-', '.' or '+' (e.g. {name}="
+           f"{_suggest_name(value)!r})")
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string naming a {what}, got {value!r} "
+                        f"({type(value).__name__}); {fix}.")
+    problem = None
+    if not value:
+        problem = "is empty"
+    elif value in (".", ".."):
+        problem = "would name the folder itself or the one above it"
+    elif "/" in value or "\\" in value:
+        problem = "holds a path separator ('/' or '\\'): it would be a path, not one name"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = "holds a control character"
+    elif _NOT_IN_NAMES & set(value):
+        held = "".join(sorted(_NOT_IN_NAMES & set(value)))
+        problem = f"holds {held!r}, not allowed in file names"
+    elif value.startswith("."):
+        problem = "starts with '.' (hidden and temporary files start so)"
+    elif value.startswith("__"):
+        problem = "starts with '__' (kept for zarr's own use)"
+    elif value != value.strip() or value.endswith("."):
+        problem = "starts or ends with a space, or ends with '.'"
+    elif value.split(".")[0].lower() in _RESERVED_NAMES or value.lower() in _RESERVED_NAMES:
+        problem = "is a name reserved by zarr or the operating system"
+    elif len(value.encode("utf-8")) > 255:
+        problem = "is longer than a file name may be (255 bytes)"
+    if problem is not None:
+        raise ValueError(f"{name}={value!r} cannot name a {what}: it {problem}. It becomes a "
+                         f"folder name on disk, so it must be one plain name; {fix}. Nothing "
+                         "was written.")
+    return value
+
+
+def _suggest_name(value: Any) -> str:
+    """A name close to ``value`` that :func:`check_store_name` accepts."""
+    text = "".join(c if c.isalnum() or c in "_-.+" else "_" for c in str(value))
+    text = text.strip("._ ") or "X_features"
+    if text.split(".")[0].lower() in _RESERVED_NAMES:
+        text = f"my_{text}"
+    return text[:64]
+

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._utils import logger, resolve_seed
+from .._utils import logger, resolve_seed, written_beside
 from .._validate import check_choice, check_int
 from ._cohort import _check_cohort, _draw_cohort
 
@@ -115,7 +115,8 @@ def synthetic_slide_cohort(
         image = np.asarray(sdata.images["he"]["scale0"]["image"].values
                            if hasattr(sdata.images["he"], "children")
                            else sdata.images["he"].values)
-        write_pyramidal_tiff(folder / name, image, mpp=float(mpp), compression=compression)
+        with written_beside(folder / name) as partial:  # an older file stays until replaced
+            write_pyramidal_tiff(partial, image, mpp=float(mpp), compression=compression)
         files[slide_id] = name
 
     _, bulk = _draw_cohort(n_slides, value, width_um=width_um, height_um=height_um, mpp=mpp,
@@ -129,8 +130,10 @@ def synthetic_slide_cohort(
                           "diagnosis": bulk.obs["diagnosis"].astype(str).to_numpy()})
     bulk.uns["synthetic"].update({"slides_per_patient": slides_per_patient, "mpp": float(mpp),
                                   "size_um": [width_um, height_um]})
-    bulk.write_h5ad(folder / BULK)
-    frame.to_csv(manifest, index=False)
+    with written_beside(folder / BULK) as partial:
+        bulk.write_h5ad(partial)
+    with written_beside(manifest) as partial:
+        frame.to_csv(partial, index=False)
     logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
                 n_slides, len(set(patients)), folder, time.perf_counter() - start)
     return manifest

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._utils import logger
+from .._validate import check_store_name
 from ._slide_store import SlideStore
 
 if TYPE_CHECKING:
@@ -227,9 +228,12 @@ class _StoredSlides(Mapping):
 
     def __init__(self, paths: dict[str, Path], store_dir: Path, *, image_key: str,
                  mpps: dict[str, float]) -> None:
+        for slide_id in paths:  # each id names its store: <store_dir>/<slide_id>.zarr
+            check_store_name("slide_id", slide_id, what="slide's store")
         self.paths, self.store_dir, self.image_key, self.mpps = paths, store_dir, image_key, mpps
 
     def store(self, slide_id: str) -> SlideStore:
+        check_store_name("slide_id", slide_id, what="slide's store")
         return SlideStore(self.store_dir / f"{slide_id}.zarr")
 
     def open(self, slide_id: str, *, with_results: bool = True) -> SpatialData:
@@ -347,10 +351,8 @@ def read_cohort(
         ids = [str(v) for v in frame["slide_id"]]
     else:
         ids = [p.name.split(".")[0] for p in paths]
-    bad = [i for i in ids if not i or i.startswith(".") or "/" in i or "\\" in i]
-    if bad:
-        raise ValueError(f"Slide ids {bad[:5]} cannot name a store; use ids without '/' that "
-                         "do not start with '.'.")
+    for slide_id in ids:  # each names its store, <store_dir>/<slide_id>.zarr
+        check_store_name("slide_id", slide_id, what="slide's store (a manifest row's slide_id)")
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     if duplicated:
         raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "

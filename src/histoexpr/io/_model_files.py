@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._utils import logger, resolve_device
+from .._utils import logger, resolve_device, written_beside
 
 if TYPE_CHECKING:
     from ..models import Network
@@ -34,7 +34,9 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     path
         File to write, conventionally ending in ``.pt``.
     overwrite
-        Replace an existing file.
+        Replace an existing file. The new file is written beside it and renamed into place
+        when complete, so a failed or interrupted write (a full disk, a kill) leaves the old
+        file intact.
 
     Returns
     -------
@@ -68,14 +70,25 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
         "metadata": model.metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    with written_beside(path) as temporary:
+        torch.save(payload, temporary)
     logger.info("Saved %s to %s", type(model).__name__, path)
     return path
 
 
-def load_model(path: str | Path, *, device: str | None = None) -> Network:
+def load_model(path: str | Path, *, device: str | None = None,
+               root: str | Path | None = None) -> Network:
     """Load a network saved by :func:`save_model`, safely.
+
+    Loading never runs code: the file is read with ``weights_only=True``, the network is one
+    of histoexpr's own classes, and a transformers folder it names is read with
+    ``trust_remote_code=False`` and ``local_files_only=True``.
+
+    Paths written inside a model file (the folder of a
+    :class:`~histoexpr.models.HuggingFaceEncoder`, a spot regressor's encoder ``"hf:<folder>"``
+    or encoder model file) are resolved only where you say: an absolute path is used as
+    written; a relative one is resolved against ``root``, never against the current folder,
+    and without ``root`` it is an error that names the path.
 
     Parameters
     ----------
@@ -83,6 +96,9 @@ def load_model(path: str | Path, *, device: str | None = None) -> Network:
         The model file.
     device
         Where to put the network; ``None`` uses ``hx.settings.device``.
+    root
+        The folder that relative paths inside the model file are relative to (e.g. the one
+        the model was trained in). ``None``: relative paths are refused.
 
     Returns
     -------
@@ -117,10 +133,49 @@ def load_model(path: str | Path, *, device: str | None = None) -> Network:
             f"{path} holds a {name!r} network, which this histoexpr does not have "
             f"(known: {', '.join(models.__all__)}). It may come from a newer or older version."
         )
-    network = getattr(models, name)(**payload["config"])
+    config, metadata = _resolve_recorded_paths(path, name, payload["config"],
+                                               payload["metadata"], root=root)
+    network = getattr(models, name)(**config)
     network.load_state_dict(payload["state_dict"])
-    network.metadata = payload["metadata"]
+    network.metadata = metadata
     return network.to(resolve_device(device)).eval()
+
+
+def _resolve_recorded_paths(path: Path, name: str, config: Any, metadata: Any, *,
+                            root: str | Path | None) -> tuple[Any, Any]:
+    """The file's configuration and metadata with the paths they name resolved (see load_model).
+
+    The paths: a HuggingFaceEncoder's ``config["path"]``; ``metadata["encoder"]`` when it is
+    ``"hf:<folder>"`` or a model file (``.pt``).
+    """
+
+    def resolve(recorded: str, what: str) -> str:
+        if Path(recorded).is_absolute():
+            return recorded
+        if root is None:
+            raise ValueError(
+                f"{path} names the {what} {recorded!r} by a relative path, and histoexpr "
+                "resolves paths written inside a model file only where you say (never against "
+                "the current folder). Pass root= (the folder it is relative to), e.g. "
+                f"hx.io.load_model({str(path)!r}, root='.'), or save the model with an "
+                "absolute path.")
+        return str(Path(root).expanduser().absolute() / recorded)
+
+    if name == "HuggingFaceEncoder" and isinstance(config, dict) \
+            and isinstance(config.get("path"), str):
+        config = {**config, "path": resolve(config["path"], "transformers folder")}
+    encoder = metadata.get("encoder") if isinstance(metadata, dict) else None
+    if isinstance(encoder, str) and (encoder.startswith("hf:") or encoder.endswith(".pt")):
+        hf = encoder.startswith("hf:")
+        spec = encoder.removeprefix("hf:")
+        resolved = resolve(spec, "transformers folder" if hf else "encoder model file")
+        if resolved != spec:
+            new = f"hf:{resolved}" if hf else resolved
+            metadata = {**metadata, "encoder": new}
+            features = metadata.get("features")
+            if isinstance(features, dict) and features.get("fingerprint") == encoder:
+                metadata["features"] = {**features, "fingerprint": new}
+    return config, metadata
 
 
 def _check_plain(value: Any, what: str) -> None:

@@ -22,23 +22,22 @@ rename, so a killed run leaves either the old content or the new one, never half
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import logger
+from .._utils import PARTIAL as _PARTIAL
+from .._utils import logger, partial_path, swap_into_place
+from .._validate import check_store_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 FORMAT = "histoexpr-slide-store"
 VERSION = 1
-_PARTIAL = "partial-"
 #: the folder of a store's tables of per-tile predictions
 PREDICTIONS = "predictions"
 #: the attribute of a prediction table's group holding how it was made
@@ -63,6 +62,21 @@ class SlideStore:
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
+
+    def _node(self, tiles_key: str, kind: str | None = None, key: str | None = None) -> Path:
+        """The folder of a tile set (or of its features / results ``key``), inside the store.
+
+        Every key that becomes part of a path goes through :func:`check_store_name` here,
+        before anything is read or written: a key can never name a place outside the store.
+        """
+        check_store_name("tiles_key", tiles_key, what="tile set in a slide store")
+        path = self._path / "tiles" / tiles_key
+        if kind is None:
+            return path
+        what = "features" if kind == "features" else "results"
+        check_store_name("key_added" if kind == "results" else "key", key,
+                         what=f"set of {what} in a slide store")
+        return path / kind / key
 
     @property
     def path(self) -> Path:
@@ -137,6 +151,7 @@ class SlideStore:
         return int(self._tiles(tiles_key)["boxes"].shape[0])
 
     def _tiles(self, tiles_key: str):
+        self._node(tiles_key)
         group = self._group()
         if f"tiles/{tiles_key}" not in group:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} has no tiles "
@@ -159,7 +174,7 @@ class SlideStore:
         """Tile features (tiles x features, float32) of one feature set."""
         import zarr
 
-        folder = self._path / "tiles" / tiles_key / "features" / key
+        folder = self._node(tiles_key, "features", key)
         array = zarr.open_array(folder, mode="r") if (folder / "zarr.json").is_file() else None
         if array is None or array.attrs.get("complete") is not True:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} has no features {key!r} "
@@ -261,6 +276,10 @@ class SlideStore:
 
         from .._image import image_levels
 
+        check_store_name("tissue_key", tissue_key, what="tissue map in a slide store")
+        for key in feature_keys:
+            self._node(tiles_key, "features", key)
+        self._node(tiles_key)
         self.check_ours()
         partial = self._partial_path("slide")
         try:
@@ -318,6 +337,7 @@ class SlideStore:
         """
         import zarr
 
+        target = self._node(tiles_key, "features", key)
         values = np.asarray(values, dtype=np.float32)
         if values.shape[0] != self.n_tiles(tiles_key):
             raise ValueError(f"{values.shape[0]} rows of features for {self.n_tiles(tiles_key)} "
@@ -326,8 +346,7 @@ class SlideStore:
         try:
             group = zarr.open_group(partial, mode="w")
             _write_features(group, "x", values, _jsonable(record))
-            target = self._path / "tiles" / tiles_key / "features" / key
-            _ensure_group(target.parent)
+            _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -361,10 +380,10 @@ class SlideStore:
         """
         import zarr
 
+        target = self._node(tiles_key, "results", key)
         n = self.n_tiles(tiles_key)
         if len(outputs) != n or len(attention) != n:
             raise ValueError(f"Per-tile results of {len(outputs)} tiles for {n} tiles.")
-        target = self._path / "tiles" / tiles_key / "results" / key
         if target.exists() and not overwrite:
             raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds results "
                            f"{key!r}; pass overwrite=True or choose another key_added.")
@@ -376,7 +395,7 @@ class SlideStore:
             result.create_array("attention", data=np.asarray(attention, dtype=np.float32))
             result.attrs.update({"columns": [str(c) for c in columns],
                                  "branches": [str(b) for b in branches], "complete": True})
-            _ensure_group(target.parent)
+            _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -516,23 +535,11 @@ class SlideStore:
 
     def _partial_path(self, what: str) -> Path:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
-        return self._path.parent / f".{self._path.name}.{safe}.{_PARTIAL}{uuid.uuid4().hex[:12]}"
+        return partial_path(self._path, what)
 
     def _move_into_place(self, source: Path, target: Path) -> None:
         """Rename ``source`` to ``target``; an older ``target`` is moved aside first."""
-        old = None
-        if target.exists():
-            old = self._partial_path("old")
-            os.replace(target, old)
-        try:
-            os.replace(source, target)
-        except BaseException:
-            if old is not None and not target.exists():
-                os.replace(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(source, target, aside=self._partial_path("old"))
 
 
 def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
@@ -541,12 +548,17 @@ def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
     array.attrs.update({"record": record, "complete": True})
 
 
-def _ensure_group(path: Path) -> None:
-    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing."""
+def _ensure_group(path: Path, store: Path) -> None:
+    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing.
+
+    ``path`` lies inside the store ``store`` (whose root group exists): the walk up stops there.
+    """
     import zarr
 
+    if store not in path.parents and path != store:
+        raise ValueError(f"{path} is not inside the slide store {store}.")
     parts = []
-    while not (path / "zarr.json").is_file():
+    while path != store and not (path / "zarr.json").is_file():
         parts.append(path)
         path = path.parent
     for folder in reversed(parts):

@@ -9,6 +9,7 @@ Nothing is downloaded: the folder must be on disk.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -64,17 +65,29 @@ class HuggingFaceEncoder(Network):
         super().__init__(config={"path": str(path), "pooling": pooling})
         from transformers import AutoConfig, AutoModel
 
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        _refuse_custom_code(folder)
+        # never code from the folder, never the network, never a question on stdin
+        safe = {"trust_remote_code": False, "local_files_only": True}
+        try:
+            config = AutoConfig.from_pretrained(folder, **safe)
+        except (ValueError, OSError, KeyError) as error:
+            raise ValueError(f"{folder}/config.json cannot be read as a transformers model "
+                             f"configuration ({_without_advice(error)}). Give the folder that "
+                             "save_pretrained wrote.") from None
         self.has_weights = any((folder / name).is_file() for name in _WEIGHT_FILES)
         if self.has_weights:
-            self.model = AutoModel.from_pretrained(folder, config=config, local_files_only=True)
+            try:
+                self.model = AutoModel.from_pretrained(folder, config=config, **safe)
+            except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as error:
+                raise ValueError(f"The weights in {folder} cannot be loaded: "
+                                 f"{_without_advice(error)}") from None
         else:
             warnings.warn(
                 f"{folder} holds no weights ({', '.join(_WEIGHT_FILES[::2])}): the "
                 f"{config.model_type} encoder has RANDOM weights, so its features describe "
                 "nothing learned. Put the model's weights in the folder.", UserWarning,
                 stacklevel=2)
-            self.model = AutoModel.from_config(config)
+            self.model = AutoModel.from_config(config, trust_remote_code=False)
         if not hasattr(config, "hidden_size"):
             raise ValueError(f"{folder} holds a {config.model_type} model, not a vision "
                              "transformer with a hidden size (ViT, DINOv2...).")
@@ -130,6 +143,43 @@ class HuggingFaceEncoder(Network):
             x = x[..., max(top, 0): max(top, 0) + self.crop[0],
                   max(left, 0): max(left, 0) + self.crop[1]]
         return x
+
+
+def _refuse_custom_code(folder: Path) -> None:
+    """Refuse a folder whose model exists only as code in the folder (``auto_map``).
+
+    Loading never runs code from a model folder (``trust_remote_code=False`` everywhere): a
+    model that transformers does not know, and whose ``config.json`` points at Python files
+    of its own, cannot be built, and is refused here with the reason (never a question).
+    """
+    from transformers import CONFIG_MAPPING
+
+    try:
+        spec = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder}/config.json is not readable JSON ({error}); give the folder "
+                         "that save_pretrained wrote.") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{folder}/config.json does not hold a model configuration.")
+    model_type = spec.get("model_type")
+    if spec.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{folder} holds a model ({model_type!r}) that exists only as Python code in the "
+            f"folder (config.json's auto_map: {sorted(spec['auto_map'])}); histoexpr never runs "
+            "code from a model folder, so it cannot build it. Use a model that transformers "
+            "has built in (ViT, DINOv2...), e.g. its weights converted to that architecture, "
+            "or build the network yourself and pass it as encoder=.")
+
+
+def _without_advice(error: BaseException) -> str:
+    """An error's message without torch's advice to load with ``weights_only=False``."""
+    message = str(error)
+    if "weights_only" in message or "Unpickl" in message or "pickle" in message.lower():
+        return ("a weights file holds Python objects other than tensors, and is refused for "
+                "safety: histoexpr loads weights only (weights_only=True), so that loading "
+                "never runs code from a file. Save the model with safetensors "
+                "(save_pretrained(..., safe_serialization=True)).")
+    return message
 
 
 def _processing(folder: Path, config: Any) -> dict[str, Any]:

@@ -73,6 +73,8 @@ def napari(
     The napari viewer; its layers are named after the elements.
 
     """
+    if viewer is None:
+        check_display()
     import napari as _napari
 
     if viewer is None:
@@ -98,4 +100,32 @@ def _dock_widgets(viewer: Viewer, sdata: SpatialData) -> None:
     viewer.window.add_dock_widget(SdataWidget(viewer, EventedList([sdata])), name="SpatialData",
                                   area="left")
     viewer.window.add_dock_widget(ColorWidget(viewer), name="histoexpr colours", area="right")
+
+
+#: Qt platforms that draw without a display
+_HEADLESS_QT = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+
+
+def check_display() -> None:
+    """Raise a clear error where a napari window cannot open (Linux without a display).
+
+    Without a display, Qt aborts the whole Python process when a viewer is made (a remote
+    Jupyter kernel dies with its unsaved work), so this is checked first: ``DISPLAY`` or
+    ``WAYLAND_DISPLAY`` must be set, or ``QT_QPA_PLATFORM`` name a platform that needs none.
+    """
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0].strip().lower()
+    if platform in _HEADLESS_QT or os.environ.get("DISPLAY") or \
+            os.environ.get("WAYLAND_DISPLAY"):
+        return
+    raise RuntimeError(
+        "hx.pl.napari needs a display, and this machine has none (neither DISPLAY nor "
+        "WAYLAND_DISPLAY is set): opening a viewer would abort the Python process. Run under a "
+        "virtual display (xvfb-run -a python script.py), or save the section "
+        "(sdata.write('section.zarr')) and open it in napari on a machine with a screen; "
+        "hx.pl.spatial draws without one.")
 

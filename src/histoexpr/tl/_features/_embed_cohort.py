@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..._settings import settings
 from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
-from ..._validate import renamed_parameters, stride_name
+from ..._validate import check_store_name, renamed_parameters, stride_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,6 +182,10 @@ def embed_cohort(
     name = "+".join(_encoder_name(one) for one in encoders)
     key_added = f"X_{name}" if key_added is None else key_added
     tissue_key = f"{image_key}_tissue"
+    # every key becomes a folder in each slide's store: checked before anything is done
+    check_store_name("tiles_key", tiles_key, what="tile set in a slide store")
+    check_store_name("key_added", key_added, what="set of features in a slide store")
+    check_store_name("image_key", tissue_key, what="tissue map in a slide store")
     seed = resolve_seed(seed)
     tile_params = {
         "image_key": image_key, "tissue_key": tissue_key, "tiles_key": tiles_key,

@@ -7,7 +7,6 @@ every batch, a checkpoint after every epoch and resuming from it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,14 @@ from ..._devices import (
     loader_options,
 )
 from ..._settings import settings
-from ..._utils import logged_step, logger, resolve_device, resolve_seed, seed_everything
+from ..._utils import (
+    logged_step,
+    logger,
+    resolve_device,
+    resolve_seed,
+    seed_everything,
+    written_beside,
+)
 from .._sections import as_sections
 from .._train import train
 
@@ -421,9 +427,8 @@ def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any]) -> N
         "state": state, "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with written_beside(path) as partial:
+        torch.save(payload, partial)
 
 
 def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
@@ -443,7 +448,10 @@ def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
                 f"{path} holds a pretraining checkpoint. Pass resume=True to continue it, "
                 "overwrite=True to start afresh, or another checkpoint_dir.")
         return fresh
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    from ..._torch_files import load_weights_only
+
+    # torch's own errors (with their advice to load with weights_only=False) never reach users
+    payload = load_weights_only(path, what="pretraining checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a histoexpr pretraining checkpoint.")
     saved, wanted = payload["learner_config"], learner.get_config()

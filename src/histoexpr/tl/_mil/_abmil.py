@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..._utils import seed_everything
+from ..._validate import check_store_name
 from .._options import ABMILOptions
 from ._bag_data import collect_bags
 from ._bag_outputs import (
@@ -284,6 +285,8 @@ def predict(
     bags_key = meta["bags_key"] if bags_key is None else bags_key
     key_added = meta["model"] if key_added is None else key_added
     bags = collect_bags(data, tiles_key=tiles_key, features_key=features_key, bags_key=bags_key)
+    if bags.stores is not None:  # the results become a folder in every slide's store
+        check_store_name("key_added", key_added, what="set of results in a slide store")
     _check_features(model, bags)
     tile_outputs, tile_attention, bag_outputs = {}, {}, np.zeros((bags.bulk.n_obs,
                                                                   len(meta["columns"])))

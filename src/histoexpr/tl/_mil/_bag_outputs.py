@@ -9,6 +9,7 @@ import torch
 
 from ... import _distributed
 from ..._utils import log_added, logger
+from ..._validate import check_store_name
 from ._bag_data import (
     Bags,
     encoder_of,
@@ -131,6 +132,7 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
     import pandas as pd
 
     if bags.stores is not None:
+        check_store_name("key_added", key_added, what="set of results in a slide store")
         # under torchrun every process predicts the same values: rank 0 alone writes the stores,
         # after every process has checked them and before any reads them again
         _distributed.context()
