@@ -51,6 +51,8 @@ def test_device_refuses_missing_accelerator():
         ("n_workers", "auto", None),
         ("precision", "float16", "bf16"),
         ("precision", None, "fp32"),
+        ("max_memory", "lots", 2**30),
+        ("max_memory", -5, None),
     ],
 )
 def test_values_are_validated_on_assignment(name, bad, good):
@@ -83,7 +85,8 @@ def test_seed_everything_uses_the_settings_seed():
 
 def test_repr_names_every_option():
     text = repr(hx.settings)
-    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers", "precision"):
+    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers", "precision",
+                 "max_memory"):
         assert name in text
 
 
@@ -100,3 +103,10 @@ def test_gpu_defaults_keep_cpu_runs_as_they_were():
     hx.settings.n_workers = 3
     assert loader_options("cpu")["num_workers"] == 3
     assert loader_options("cpu", reads_images=False)["num_workers"] == 0
+
+
+def test_max_memory_reads_units():
+    hx.settings.max_memory = "16 GiB"
+    assert hx.settings.max_memory == 16 * 2**30
+    hx.settings.max_memory = "8GB"
+    assert hx.settings.max_memory == 8 * 10**9
