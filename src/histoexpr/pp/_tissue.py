@@ -119,6 +119,7 @@ def detect_tissue(
     height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
     out_h = max(1, math.ceil(height_um / work_mpp - 1e-6))
     out_w = max(1, math.ceil(width_um / work_mpp - 1e-6))
+    _check_work_size(level0, (out_h, out_w), work_mpp)
     ox, oy = level0.offset
     pixels = read_region(sdata, image_key, (ox, oy, ox + out_w * work_mpp, oy + out_h * work_mpp),
                          mpp=work_mpp, fill=0, outside="fill")
@@ -184,6 +185,33 @@ def detect_tissue(
             "which is rarely right: check the map (hx.pl.labels) and pass kind='brightfield' or "
             "kind='fluorescence' if the kind is wrong (or tiles with min_tissue=0 if the image "
             "really is all tissue).", UserWarning, stacklevel=2)
+
+
+#: the fewest pixels across an image at the working pixel size (fewer cannot tell tissue)
+_MIN_WORK_SIDE_PX = 4
+#: bytes per pixel of the working grid: the pixels read, float32 copies, masks and labels
+_WORK_BYTES_PER_PX = 48
+
+
+def _check_work_size(level0, shape: tuple[int, int], work_mpp: float) -> None:
+    """Refuse a working grid too coarse to see tissue, or too large for the memory.
+
+    The image itself is read in blocks when it is large (an image without a pyramid: see
+    ``histoexpr._image.read_levels``), so only the working grid counts here.
+    """
+    from .._memory import check_memory
+
+    height, width = level0.shape_yx
+    if min(shape) < _MIN_WORK_SIDE_PX:
+        finest = min(height, width) * level0.mpp / _MIN_WORK_SIDE_PX
+        raise ValueError(
+            f"mpp={work_mpp:g} um/px would see the whole image ({width} x {height} px at "
+            f"{level0.mpp:g} um/px) as {shape[1]} x {shape[0]} pixels: tissue cannot be told "
+            f"from glass. Pass a finer mpp, at most {finest:.3g} (e.g. the default 8).")
+    channels = int(np.prod(level0.data.shape[:-2]))
+    check_memory(shape[0] * shape[1] * (_WORK_BYTES_PER_PX + channels * 4),
+                 f"detect_tissue at mpp={work_mpp:g} um/px ({shape[1]:,} x {shape[0]:,} px)",
+                 "Pass a coarser mpp= (e.g. the default 8 um/px).")
 
 
 def _otsu(values: np.ndarray) -> float:
