@@ -336,3 +336,72 @@ def test_a_model_file_asking_for_absurd_weights_is_refused_unbuilt(tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"asks for 100,000,100,000 weights"):
         hx.io.load_model(path, device="cpu")
+
+
+# --- scale stated, never assumed ----------------------------------------------------------------
+
+def _tiff(path, pixels, **options):
+    import tifffile
+
+    tifffile.imwrite(path, pixels, tile=(64, 64), **options)
+    return path
+
+
+@bad_input("silently wrong", "12-bit data in a 16-bit TIFF, or float TIFFs (0..255, "
+           "-0.5..0.5), read through `hx.io.read_wsi` (features on another scale, no word)",
+           says="warning: `... holds 16-bit pixels that reach only 4095 of 65535 ...` / `... "
+                "holds floating-point pixels from ... but histoexpr reads float pixels as "
+                "intensities from 0 to 1 ...`, as read_st says",
+           fix="rescale to the full range (or 0..1), or save as 8-bit")
+@pytest.mark.parametrize(("dtype", "high", "said"), [
+    ("uint16", 4095, "reach only 40"),
+    ("float32", 255.0, "floating-point pixels from"),
+    ("float32", -0.5, "floating-point pixels from -0.5"),
+])
+def test_read_wsi_warns_of_pixels_off_the_scale(tmp_path, caplog, dtype, high, said):
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((128, 128, 3)) * abs(high)).astype(dtype)
+    if high < 0:
+        pixels = pixels + np.float32(high)
+    path = _tiff(tmp_path / "slide.tif", pixels, photometric="rgb", resolution=(2.0, 2.0),
+                 resolutionunit="MICROMETER")
+    with caplog.at_level("WARNING", logger="histoexpr"):
+        hx.io.read_wsi(path)
+    assert said in caplog.text
+    caplog.clear()
+    fine = _tiff(tmp_path / "fine.tif", (pixels.astype(float) * 0 + 40000).astype("uint16")
+                 if dtype == "uint16" else np.clip(pixels, 0, 1).astype(dtype),
+                 photometric="rgb", resolution=(2.0, 2.0), resolutionunit="MICROMETER")
+    with caplog.at_level("WARNING", logger="histoexpr"):
+        hx.io.read_wsi(fine)
+    assert "pixels" not in caplog.text
+
+
+@bad_input("silently wrong", "a slide whose only scale is a 600 dpi resolution tag (read as 42 "
+           "um/px)",
+           says="ValueError: `The pixel size of 'slide.tif' is not in its metadata (... its "
+                "resolution tag: 600 dpi (42.33 um/px)). Pass it: read_wsi(path, mpp=0.5) ...`",
+           fix="pass mpp= (a scanner's 50,800 dpi tag, 0.5 um/px, is still read)")
+def test_read_wsi_does_not_take_a_print_resolution_for_a_pixel_size(tmp_path):
+    pixels = np.full((128, 128, 3), 200, np.uint8)
+    path = _tiff(tmp_path / "slide.tif", pixels, photometric="rgb", resolution=(600, 600),
+                 resolutionunit="INCH")
+    with pytest.raises(ValueError, match=r"600 dpi \(42\.33 um/px\)\)\. Pass it"):
+        hx.io.read_wsi(path)
+    assert hx.io.get_pixel_size(hx.io.read_wsi(path, mpp=0.5), "he") == 0.5
+    scanner = _tiff(tmp_path / "scanner.tif", pixels, photometric="rgb",
+                    resolution=(50800, 50800), resolutionunit="INCH")
+    assert hx.io.get_pixel_size(hx.io.read_wsi(scanner), "he") == pytest.approx(0.5)
+
+
+@bad_input("silently wrong", "a slide with non-square pixels (x 0.5, y 1.0 um/px in its "
+           "resolution tags; read as square)",
+           says="ValueError: `The slide's pixels are not square (TIFF XResolution/YResolution: "
+                "x 0.5, y 1 um/px) ... Resample it to square pixels first`",
+           fix="resample to square pixels, or pass mpp= if the tags are wrong")
+def test_read_wsi_refuses_non_square_pixels(tmp_path):
+    pixels = np.full((128, 128, 3), 200, np.uint8)
+    path = _tiff(tmp_path / "slide.tif", pixels, photometric="rgb", resolution=(2.0, 1.0),
+                 resolutionunit="MICROMETER")
+    with pytest.raises(ValueError, match="pixels are not square"):
+        hx.io.read_wsi(path)
