@@ -71,6 +71,20 @@ def test_manifest_ids_stay_as_written(tmp_path):
     assert cohort.store("001").path.name == "001.zarr"
 
 
+@bad_input("silently wrong", "a manifest naming the same slide file twice under two slide ids",
+           says="ValueError: `The manifest names the same slide file more than once (... as "
+                "['a', 'b'])`",
+           fix="keep one row per slide file")
+def test_manifest_naming_a_file_twice(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    frame["path"] = [frame["path"][0], "./" + frame["path"][0]]
+    frame["slide_id"] = ["a", "b"]
+    frame.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"same slide file more than once.*\['a', 'b'\]"):
+        _read(manifest, tmp_path)
+
+
 @bad_input("obscure error", "an empty manifest file (0 bytes)",
            says="ValueError: `The manifest 'slides.csv' is empty; write a header line ...`",
            fix="write a header with a 'path' column and one row per slide")
@@ -436,3 +450,58 @@ def test_plots_of_all_nan_values_are_refused(disk_section):
     table.obs["score"] = np.arange(table.n_obs, dtype=float)
     ax = hx.pl.tiles(disk_section, "he_tiles", color="score")
     plt.close(ax.figure)
+
+
+@bad_input("obscure error", "`hx.pp.tile(sdata, centres='spots')` where some spots are empty or "
+           "NaN geometries (NaN tiles)",
+           says="ValueError: `2 of the ... shapes of sdata.shapes['spots'] have no centre (empty "
+                "or NaN geometry, e.g. [...]); drop them first`, before anything is written",
+           fix="drop the empty geometries")
+def test_tiles_on_shapes_without_a_centre_are_refused(disk_section):
+    import geopandas as gpd
+    from shapely.geometry import Point, Polygon
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    frame = gpd.GeoDataFrame(
+        {"radius": [5.0, 5.0, 5.0]},
+        geometry=[Point(50, 50), Point(float("nan"), float("nan")), Point(100, 100)])
+    disk_section.shapes["spots"] = ShapesModel.parse(frame, transformations={"global": Identity()})
+    empty = gpd.GeoDataFrame(geometry=[Polygon([(0, 0), (10, 0), (10, 10)]), Polygon()])
+    disk_section.shapes["cells"] = ShapesModel.parse(empty, transformations={"global": Identity()})
+    hx.pp.detect_tissue(disk_section)
+    for key in ("spots", "cells"):
+        with pytest.raises(ValueError, match="have no centre"):
+            hx.pp.tile(disk_section, centres=key, size_px=16)
+    assert "he_tiles" not in disk_section.shapes
+
+
+@bad_input("obscure error", "`histoexpr predict -o missing_folder/out.zarr` (or `--batch-size 0`, "
+           "`--device gpu`, `--mpp -1`): the error came after the slide was read and predicted",
+           says="exit 2 before the model is loaded: `The folder of the output, ..., does not "
+                "exist` / `--batch-size must be at least 1` / `settings.device='gpu' is not a "
+                "device` / `--mpp must be a positive pixel size`",
+           fix="create the folder or fix the option")
+@pytest.mark.parametrize(("extra", "said"), [
+    (["-o", "{tmp}/missing/out.zarr"], "does not exist"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--device", "gpu"], "is not a device"),
+    (["--mpp", "-1"], "--mpp must be a positive"),
+])
+def test_cli_arguments_are_checked_before_the_work(tmp_path, monkeypatch, capsys, extra, said):
+    from histoexpr._cli import EXIT_BAD_INPUT, main
+
+    model, image = tmp_path / "m.pt", tmp_path / "slide.tif"
+    model.write_bytes(b"x")
+    image.write_bytes(b"x")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(hx.io, "load_model", never)
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    out = [] if "-o" in extra else ["-o", str(tmp_path / "out.zarr")]
+    code = main(["predict", "-m", str(model), "-i", str(image), *out, *extra])
+    assert code == EXIT_BAD_INPUT
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()

@@ -359,6 +359,13 @@ def read_cohort(
     if duplicated:
         raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "
                          "unique (add a slide_id column).")
+    resolved = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if twice:
+        named = [i for i, p in zip(ids, resolved, strict=True) if str(p) == twice[0]]
+        raise ValueError(f"The manifest names the same slide file more than once ({twice[0]} "
+                         f"as {named}): it would count twice, and cross-validation could train "
+                         "on the copy of a slide it scores. Keep one row per slide file.")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} slide files of the manifest do not exist, e.g. "

@@ -276,6 +276,12 @@ def _shape_centres(sdata: SpatialData, shapes_key: str):
     )
     centroids = shapes.geometry.centroid
     xy = np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy(), np.ones(len(shapes))])
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of the {len(shapes)} shapes of sdata.shapes[{shapes_key!r}] have no "
+            f"centre (empty or NaN geometry, e.g. {list(shapes.index[bad][:3])}); drop them "
+            "first, e.g. shapes[~shapes.geometry.is_empty & shapes.geometry.is_valid].")
     return (xy @ matrix.T)[:, :2], shapes.index.to_numpy()
 
 
