@@ -125,8 +125,12 @@ def embed_cohort(
     Returns
     -------
     One row per slide (index: slide id) with ``status`` (``"computed"``: tissue, tiles and
-    features; ``"features"``: features added to stored tiles; ``"skipped"``: already done),
-    ``n_tiles``, ``seconds`` (the slide's wall time) and ``worker``. The results are in the
+    features; ``"features"``: features added to stored tiles; ``"skipped"``: already done;
+    ``"failed"``: the slide could not be processed and the others went on), ``n_tiles``,
+    ``seconds`` (the slide's wall time), ``worker`` and ``error`` (why a slide failed: a
+    warning lists them, and the next run tries them again). A slide file that is not the one
+    its store was made from (by content, not size) is refused without ``overwrite``. The
+    results are in the
     stores: open a slide with ``cohort[slide_id]``, or train on the cohort with
     :func:`histoexpr.tl.fit` / :func:`histoexpr.tl.cross_validate`.
 

@@ -74,10 +74,10 @@ def cross_validate_spots(
     from .._options import options_for
     from ._spot_regressor import fit, predict
 
-    sections = as_sections(data)
     name = getattr(model, "model", model)
     if name != "spot_regressor":
         raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
+    sections = as_sections(data)
     fixed = "genes" in fit_kwargs
     genes = fit_kwargs.pop("genes") if fixed else n_genes
     if fixed and isinstance(genes, numbers.Number):
