@@ -44,11 +44,13 @@ def data_dir() -> Path:
 def _quiet_settings():
     """Tests run without progress bars and restore the settings they change."""
     saved = (hx.settings._device, hx.settings.seed, hx.settings.progress_bar,
-             hx.settings.verbosity, hx.settings.n_workers, hx.settings.precision)
+             hx.settings.verbosity, hx.settings.n_workers, hx.settings.precision,
+             hx.settings.max_memory)
     hx.settings.progress_bar = False
     yield
     (hx.settings._device, hx.settings.seed, hx.settings.progress_bar,
-     hx.settings.verbosity, hx.settings.n_workers, hx.settings.precision) = saved
+     hx.settings.verbosity, hx.settings.n_workers, hx.settings.precision,
+     hx.settings.max_memory) = saved
     hx.settings.verbosity = saved[3]
 
 

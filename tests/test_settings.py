@@ -51,6 +51,8 @@ def test_device_refuses_missing_accelerator():
         ("n_workers", "auto", None),
         ("precision", "float16", "bf16"),
         ("precision", None, "fp32"),
+        ("max_memory", "lots", 2**30),
+        ("max_memory", -5, None),
     ],
 )
 def test_values_are_validated_on_assignment(name, bad, good):
@@ -83,7 +85,8 @@ def test_seed_everything_uses_the_settings_seed():
 
 def test_repr_names_every_option():
     text = repr(hx.settings)
-    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers", "precision"):
+    for name in ("device", "seed", "progress_bar", "verbosity", "n_workers", "precision",
+                 "max_memory"):
         assert name in text
 
 
@@ -180,3 +183,8 @@ def test_outer_bars_stay_and_inner_bars_go():
     assert progress(range(1), desc="again").leave
     hx.settings.progress_bar = False
     assert progress(range(1), desc="hidden").disable
+def test_max_memory_reads_units():
+    hx.settings.max_memory = "16 GiB"
+    assert hx.settings.max_memory == 16 * 2**30
+    hx.settings.max_memory = "8GB"
+    assert hx.settings.max_memory == 8 * 10**9

@@ -135,6 +135,8 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     """
     import histoexpr as hx
 
+    _check_before_work(model_path, image_path, out, mpp=mpp, batch_size=batch_size,
+                       device=device)
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
     if out.exists() or out.is_symlink():
@@ -217,6 +219,33 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
                 cohort.store_dir, ", ".join(f"{n} {s}" for s, n in counts.items()))
     print(frame.to_string())
     return frame
+def _check_before_work(model_path: Path, image_path: Path, out: Path, *, mpp: float | None,
+                       batch_size: int, device: str | None) -> None:
+    """Every argument of ``histoexpr predict`` checked before the model is loaded or run.
+
+    So that a wrong option or an output folder that cannot be written stops the command at
+    once, not after the slide has been read, tiled and predicted.
+    """
+    import os
+
+    from ._settings import _validate_device
+
+    for path, what in ((model_path, "model file"), (image_path, "image")):
+        if not path.exists():
+            raise FileNotFoundError(f"No {what} at {path}; check the path.")
+    if mpp is not None and not (mpp > 0 and mpp < float("inf")):
+        raise ValueError(f"--mpp must be a positive pixel size in um, got {mpp}; e.g. --mpp 0.5.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+    if device is not None:
+        _validate_device(device)
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"The folder of the output, {parent}, does not exist; create it "
+                                "first or choose another -o.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"The folder of the output, {parent}, cannot be written to; choose "
+                         "another -o.")
 
 
 #: ``sdata.attrs`` key (kept in the store's root attributes) and value by which

@@ -185,15 +185,42 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
             f"The {what} {str(path)!r} stores its pixels as {unsupported} (not grey or RGB), "
             "which histoexpr does not convert. Save it as an RGB or grey image first, e.g. "
             "PIL.Image.open(path).convert('RGB').save('he.png').")
-    if colours and array.dtype.kind == "f" and array.size:
-        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    if colours:
+        check_pixel_scale(array, what, path.name)
+    return to_cyx(array, layout)
+
+
+def check_pixel_scale(pixels: np.ndarray, what: str, name: str) -> None:
+    """Warn where pixels are not on the scale histoexpr reads them on (the one rule for images).
+
+    The rule: integer pixels are intensities scaled by their type's maximum (255, 65535), float
+    pixels are intensities from 0 to 1. Float pixels outside 0..1 (0..255, -0.5..0.5) and
+    16-bit pixels that use 12 bits or fewer (a camera's 12-bit data, at most 4095 of 65535) break
+    it: their tiles would not look like other images' to a model. ``pixels`` is the image or a
+    sample of it.
+    """
+    pixels = np.asarray(pixels)
+    if not pixels.size:
+        return
+    if pixels.dtype.kind == "f":
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
         if low < 0 or high > 1:
             logger.warning(
                 "The %s %s holds floating-point pixels from %.4g to %.4g, but histoexpr reads "
                 "float pixels as intensities from 0 to 1 (integers are scaled by their type's "
                 "maximum), so its tiles would not look like other images' to a model. Save it "
-                "as 8- or 16-bit integers (or scaled to 0..1).", what, path.name, low, high)
-    return to_cyx(array, layout)
+                "as 8- or 16-bit integers (or scaled to 0..1).", what, name, low, high)
+    elif pixels.dtype.itemsize >= 2 and pixels.dtype.kind == "u":
+        high = int(pixels.max())
+        full = int(np.iinfo(pixels.dtype).max)
+        if 0 < high < 2**12:
+            logger.warning(
+                "The %s %s holds %d-bit pixels that reach only %d of %d (%d-bit data, e.g. a "
+                "12-bit camera's), but histoexpr scales integer pixels by their type's maximum, "
+                "so its tiles would be %d times darker than other images' to a model. Rescale "
+                "it to the full range (e.g. pixels * 16 for 12-bit data) or save it as 8-bit.",
+                what, name, 8 * pixels.dtype.itemsize, high, full,
+                max(1, high.bit_length()), full // (2 ** max(1, high.bit_length()) - 1))
 
 
 def _decode_jpeg(path: Path, shape_yx: tuple[int, int]) -> np.ndarray | None:

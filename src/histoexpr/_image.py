@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._memory import available_memory, check_memory
 from ._validate import check_choice, check_positive
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 COORDINATE_SYSTEM = "global"
 _ISOTROPY_TOLERANCE = 1e-3
+#: a region whose pixels at the level read (and their resampling) exceed this is read in blocks
+STREAM_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,26 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     out_h = max(1, round((y_max - y_min) / target_mpp))
     out_w = max(1, round((x_max - x_min) / target_mpp))
     level = choose_level(levels, target_mpp)
+    pixel_bytes = level.data.dtype.itemsize * int(np.prod(level.data.shape[:-2]))
+    check_memory(out_h * out_w * pixel_bytes,
+                 f"Reading a region of {out_w:,} x {out_h:,} px at {target_mpp:g} um/px",
+                 "Pass a coarser mpp= or a smaller box (read it in pieces).")
+    # the level's pixels under the box, as float32 while resampling (~3 copies): read in blocks
+    # of output pixels where they would exceed the streaming budget (an image without pyramid)
+    factor = target_mpp / level.mpp
+    level_bytes = (out_h * factor) * (out_w * factor) * (pixel_bytes + 3 * 4 * pixel_bytes)
+    budget = min(STREAM_BYTES, available_memory() // 4)
+    box = (x_min, y_min, x_max, y_max)
+    if factor > 1.5 and level_bytes > budget and max(out_h, out_w) > 1:
+        return _read_in_blocks(level, box, (out_h, out_w), fill,
+                               level_bytes / (out_h * out_w), budget)
+    return _read_box(level, box, (out_h, out_w), fill)
 
+
+def _read_box(level: ImageLevel, box: tuple[float, float, float, float],
+              out_shape: tuple[int, int], fill: float) -> np.ndarray:
+    """The pixels of ``level`` under ``box`` (um), resampled to ``out_shape``."""
+    x_min, y_min, x_max, y_max = box
     # the window in the level's pixel grid (fractional), then the integer pixels that cover it
     ox, oy = level.offset
     c0, c1 = (x_min - ox) / level.mpp, (x_max - ox) / level.mpp
@@ -264,9 +286,39 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     ic1, ir1 = int(np.ceil(c1 - 1e-6)), int(np.ceil(r1 - 1e-6))
     height, width = level.shape_yx
     crop = _read_padded(level.data, ir0, ir1, ic0, ic1, height, width, fill)
-    if crop.shape[-2:] == (out_h, out_w):
+    if crop.shape[-2:] == tuple(out_shape):
         return crop
-    return _resample(crop, (r0 - ir0, c0 - ic0, r1 - ir0, c1 - ic0), (out_h, out_w))
+    return _resample(crop, (r0 - ir0, c0 - ic0, r1 - ir0, c1 - ic0), tuple(out_shape))
+
+
+def _read_in_blocks(level: ImageLevel, box: tuple[float, float, float, float],
+                    out_shape: tuple[int, int], fill: float, bytes_per_pixel: float,
+                    budget: float) -> np.ndarray:
+    """:func:`_read_box` one block of output pixels at a time, each within ``budget`` bytes.
+
+    Blocks are whole output pixels on the region's own grid, each read with a margin of 2
+    output pixels (within the region) that the anti-aliasing filter sees as the whole region's
+    read would, then cut off; memory stays at the result plus one block, whatever the level's
+    size (an image without a pyramid read at a coarse pixel size).
+    """
+    margin = 2
+    out_h, out_w = out_shape
+    x_min, y_min, x_max, y_max = box
+    step_x, step_y = (x_max - x_min) / out_w, (y_max - y_min) / out_h
+    side = max(1, int((budget / bytes_per_pixel) ** 0.5) - 2 * margin)
+    rows = min(out_h, side)
+    cols = min(out_w, max(1, int(budget / bytes_per_pixel / (side + 2 * margin)) - 2 * margin))
+    out = np.empty(level.data.shape[:-2] + (out_h, out_w), dtype=level.data.dtype)
+    for r in range(0, out_h, rows):
+        for c in range(0, out_w, cols):
+            r1, c1 = min(out_h, r + rows), min(out_w, c + cols)
+            rm0, cm0 = max(0, r - margin), max(0, c - margin)
+            rm1, cm1 = min(out_h, r1 + margin), min(out_w, c1 + margin)
+            sub = (x_min + cm0 * step_x, y_min + rm0 * step_y, x_min + cm1 * step_x,
+                   y_min + rm1 * step_y)
+            block = _read_box(level, sub, (rm1 - rm0, cm1 - cm0), fill)
+            out[..., r:r1, c:c1] = block[..., r - rm0 : r1 - rm0, c - cm0 : c1 - cm0]
+    return out
 
 
 def _read_padded(data, r0: int, r1: int, c0: int, c1: int, height: int, width: int,

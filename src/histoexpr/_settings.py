@@ -67,6 +67,11 @@ class Settings:
         Folder of the public data sets of :mod:`histoexpr.datasets` (``her2st/``, ``mob_st/``...):
         read from there, and downloaded into it where missing. ``None`` (default) is the
         environment variable ``HISTOEXPR_DATA_DIR``, else ``~/.cache/histoexpr/data``.
+    max_memory
+        The most memory (bytes) one step may allocate: steps whose memory grows with an argument
+        (a pixel size, a stride, a window, a network's size) estimate it first and refuse,
+        naming the estimate and the fix, above it. ``None`` (default) is the memory the machine
+        has available at the time; a number of bytes or a text such as ``"16 GiB"`` sets it.
     """
 
     def __init__(self) -> None:
@@ -77,6 +82,7 @@ class Settings:
         self._n_workers: int | None = None
         self._precision = "auto"
         self._datasets_dir: Path | None = None
+        self._max_memory: int | None = None
         self._apply_verbosity()
 
     # device ------------------------------------------------------------------------------
@@ -184,6 +190,15 @@ class Settings:
             raise ValueError(f"settings.datasets_dir must be a folder (a str or Path) or None, "
                              f"got {value!r}.")
         self._datasets_dir = None if value is None else Path(value).expanduser()
+    # memory ------------------------------------------------------------------------------
+    @property
+    def max_memory(self) -> int | None:
+        """The most bytes one step may allocate; ``None``: what is available at the time."""
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value: int | float | str | None) -> None:
+        self._max_memory = None if value is None else _parse_bytes(value)
 
     def _apply_verbosity(self) -> None:
         logger = logging.getLogger(_LOGGER_NAME)
@@ -203,9 +218,34 @@ class Settings:
             "n_workers": "None (automatic)" if self.n_workers is None else self.n_workers,
             "precision": self.precision,
             "datasets_dir": self.datasets_dir,
+            "max_memory": "None (available)" if self.max_memory is None else self.max_memory,
         }
         inner = ", ".join(f"{k}={v}" for k, v in fields.items())
         return f"Settings({inner})"
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _parse_bytes(value: int | float | str) -> int:
+    """A number of bytes from ``8e9``, ``"8 GB"`` or ``"16GiB"``."""
+    import re
+
+    number: float | None = None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+        if match and match.group(2).lower() in _BYTE_UNITS:
+            try:
+                number = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+            except ValueError:
+                number = None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    if number is None or not number >= 1 or number == float("inf"):
+        raise ValueError(f"settings.max_memory must be a positive number of bytes or a text such "
+                         f"as '16 GiB' (or None: the memory available), got {value!r}.")
+    return int(number)
 
 
 def _option_names() -> list[str]:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: manifest columns with a meaning of their own (every other column is a slide label)
 MANIFEST_COLUMNS = ("path", "slide_id", "patient", "mpp")
+#: manifest columns of names, read as text whatever they look like ("001" stays "001")
+_ID_COLUMNS = ("path", "slide_id", "patient")
 
 
 class Cohort(Mapping):
@@ -326,10 +328,14 @@ def read_cohort(
         raise FileNotFoundError(f"No manifest at {manifest}; give the path of a CSV, TSV or "
                                 "parquet table with a 'path' column (one row per slide).")
     suffix = manifest.suffix.lower()
-    if suffix == ".csv":
-        frame = pd.read_csv(manifest)
-    elif suffix in (".tsv", ".txt", ".tab"):
-        frame = pd.read_csv(manifest, sep="\t")
+    if suffix in (".csv", ".tsv", ".txt", ".tab"):
+        # identifiers stay as written ("001" is not 1): the id columns are read as text
+        try:
+            frame = pd.read_csv(manifest, sep="," if suffix == ".csv" else "\t",
+                                dtype={column: str for column in _ID_COLUMNS})
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"The manifest {manifest.name!r} is empty; write a header line "
+                             "with a 'path' column and one row per slide.") from None
     elif suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(manifest)
     else:
@@ -357,6 +363,13 @@ def read_cohort(
     if duplicated:
         raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "
                          "unique (add a slide_id column).")
+    resolved = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if twice:
+        named = [i for i, p in zip(ids, resolved, strict=True) if str(p) == twice[0]]
+        raise ValueError(f"The manifest names the same slide file more than once ({twice[0]} "
+                         f"as {named}): it would count twice, and cross-validation could train "
+                         "on the copy of a slide it scores. Keep one row per slide file.")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} slide files of the manifest do not exist, e.g. "

@@ -8,6 +8,7 @@ loading a file never runs code from it. The network is rebuilt from histoexpr's 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +136,7 @@ def load_model(path: str | Path, *, device: str | None = None,
         )
     config, metadata = _resolve_recorded_paths(path, name, payload["config"],
                                                payload["metadata"], root=root)
+    _check_config_size(getattr(models, name), config, payload.get("state_dict"), path)
     network = getattr(models, name)(**config)
     network.load_state_dict(payload["state_dict"])
     network.metadata = metadata
@@ -197,3 +199,41 @@ def _check_plain(value: Any, what: str) -> None:
             f"{what} holds a {type(value).__name__} ({value!r:.60}), which a safe model file "
             "cannot store. Convert it to plain values (e.g. array.tolist(), str(path))."
         )
+
+
+def _check_config_size(cls: type, config: Any, state_dict: Any, path: Path) -> None:
+    """Refuse a file whose configuration asks for other weights than it holds, before building.
+
+    The network is first built on torch's ``"meta"`` device (shapes only, no memory), so a
+    configuration that asks for 10^11 weights is refused by its count, not by allocating them.
+    A network that cannot be built there (one that reads files as it is built) is checked by
+    :meth:`torch.nn.Module.load_state_dict` after it is built.
+    """
+    import torch
+
+    from .._memory import check_memory, format_bytes
+
+    if not isinstance(config, dict) or not isinstance(state_dict, dict):
+        raise ValueError(f"{path} is damaged: its configuration or its weights are missing.")
+    stored = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    try:
+        with torch.device("meta"):
+            skeleton = cls(**config)
+        wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()
+                  if isinstance(v, torch.Tensor)}
+    except TypeError as error:
+        raise ValueError(f"{path} holds a configuration {cls.__name__} does not take ({error}); "
+                         "the file is damaged or from another version.") from error
+    except Exception:  # noqa: BLE001 - built for real below, then checked by load_state_dict
+        return
+    n_wanted = sum(math.prod(shape) for shape in wanted.values())
+    n_stored = sum(math.prod(shape) for shape in stored.values())
+    if wanted != stored:
+        differ = sorted(k for k in set(wanted) | set(stored) if wanted.get(k) != stored.get(k))
+        raise ValueError(
+            f"{path} is damaged or altered: its configuration asks for {n_wanted:,} weights "
+            f"({format_bytes(4 * n_wanted)} as float32) but it holds {n_stored:,}, in other "
+            f"shapes (e.g. {differ[0]!r}: configured {wanted.get(differ[0])}, stored "
+            f"{stored.get(differ[0])}). Not built; save the model again with hx.io.save_model.")
+    check_memory(4 * n_wanted, f"Loading the {cls.__name__} of {path}",
+                 "Load it on a machine with more memory (or raise hx.settings.max_memory).")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .._elements import (
     channel_names,
     check_mpp,
+    check_pixel_scale,
     existing_file,
     image_element,
     image_element_from_levels,
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 #: pixel sizes above this (um/px) in generic TIFF resolution tags are placeholders (72 dpi...)
 _PLACEHOLDER_MPP = 50.0
+#: resolution tags in inches state a microscope's pixel size only up to this (2540 dpi and more)
+_INCH_MAX_MPP = 10.0
+#: pixels whose x and y sizes differ by more than this share are not square
+_SQUARE_TOLERANCE = 1e-3
 #: levels stored in thin strips (NDPI: 8 rows) are regrouped into chunks of at least this height
 _MIN_CHUNK_ROWS = 256
 _THIN_STRIP_ROWS = 64
@@ -46,8 +51,13 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
         The slide file (or a plain JPEG/PNG image).
     mpp
         Pixel size of the full-resolution level in um/px. Read from the file's metadata when
-        ``None`` (SVS ``MPP =``, OME ``PhysicalSizeX``, TIFF ``XResolution``/``ResolutionUnit``);
-        a value given here overrides the metadata. Required for a JPEG or PNG image.
+        ``None`` (SVS ``MPP =``, OME ``PhysicalSizeX``, TIFF ``XResolution``/``ResolutionUnit``;
+        resolution tags in inches only where they state a microscope's scale, 2540 dpi or
+        more: 72 or 600 dpi is a print resolution, and mpp must then be given); a value given
+        here overrides the metadata. Pixels whose x and y sizes differ in the metadata are
+        refused. Required for a JPEG or PNG image. Pixels off histoexpr's scale (float pixels
+        outside 0..1, 16-bit pixels using 12 bits or fewer) are warned of, as
+        :func:`histoexpr.io.read_st` does.
     image_key
         Key of the image in ``sdata.images``.
 
@@ -77,12 +87,17 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     _check_complete(tif, path)
     series = tif.series[0]
     if mpp is None:
-        mpp = _mpp_from_metadata(tif)
+        try:
+            mpp = _mpp_from_metadata(tif)
+        except ValueError:
+            tif.close()
+            raise
         if mpp is None:
             tif.close()
             raise ValueError(
                 f"The pixel size of {path.name!r} is not in its metadata (no SVS 'MPP =', OME "
-                "PhysicalSizeX or TIFF resolution tags). Pass it: read_wsi(path, mpp=0.5) for a "
+                "PhysicalSizeX or microscope-scale TIFF resolution tags"
+                f"{_resolution_note(tif.pages[0])}). Pass it: read_wsi(path, mpp=0.5) for a "
                 "slide at 0.5 um/px (about 20x)."
             )
         source = "metadata"
@@ -97,6 +112,8 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
         # RGB + alpha: the alpha is no stain; dropped (lazily) so the slide is RGB like others
         logger.info("Dropped the alpha channel of %s (RGB + alpha).", path.name)
         levels = [level[:3] for level in levels]
+    if levels[0].dtype != "uint8":  # 8-bit pixels are on the scale: opening reads no tile
+        check_pixel_scale(_sample(levels[-1]), "slide", path.name)
     n_channels = levels[0].shape[0]
     single = "dapi" if image_key == "dapi" else "c0"
     element = image_element_from_levels(levels, mpp=mpp,
@@ -202,25 +219,69 @@ def _ome_physical_size(xml: str) -> float | None:
             if factor is None:
                 logger.warning("Unknown OME PhysicalSizeXUnit %r; ignoring the pixel size.", unit)
                 return None
-            return float(element.get("PhysicalSizeX")) * factor
+            x_mpp = float(element.get("PhysicalSizeX")) * factor
+            y_factor = _UNIT_TO_UM.get(element.get("PhysicalSizeYUnit", "µm"))
+            if element.get("PhysicalSizeY") and y_factor is not None:
+                _check_square(x_mpp, float(element.get("PhysicalSizeY")) * y_factor,
+                              "OME PhysicalSizeX/PhysicalSizeY")
+            return x_mpp
     return None
 
 
 def _tiff_resolution_mpp(page) -> float | None:
-    """Pixel size from ``XResolution``/``ResolutionUnit`` (None if absent or a placeholder)."""
+    """Pixel size from ``XResolution``/``ResolutionUnit`` (None if absent or a placeholder).
+
+    Tags in inches are a print or scan resolution (72, 300, 600 dpi: 353 to 42 um/px) unless
+    they state a microscope's scale (at most :data:`_INCH_MAX_MPP`, i.e. 2540 dpi or more); the
+    others are not taken as a pixel size. Pixels whose x and y sizes differ are refused.
+    """
     import tifffile
 
     if "XResolution" not in page.tags or page.resolutionunit == tifffile.RESUNIT.NONE:
         return None
+    px_per_um_x, px_per_um_y = page.get_resolution(tifffile.RESUNIT.MICROMETER)[:2]
+    if not px_per_um_x or px_per_um_x <= 0:
+        return None
+    value = 1.0 / px_per_um_x
+    inch = page.resolutionunit == tifffile.RESUNIT.INCH
+    if value > _PLACEHOLDER_MPP or (inch and value > _INCH_MAX_MPP):
+        logger.info("Ignoring the TIFF resolution tags (%s looks like a default or a print "
+                    "resolution, not a microscope's pixel size).", _resolution_note(page)[2:])
+        return None
+    if px_per_um_y and px_per_um_y > 0:
+        _check_square(value, 1.0 / px_per_um_y, "TIFF XResolution/YResolution")
+    return value
+
+
+def _resolution_note(page) -> str:
+    """``", its resolution tag: 600 dpi (42.33 um/px)"`` where the page has one, else ``""``."""
+    import tifffile
+
+    if "XResolution" not in page.tags or page.resolutionunit == tifffile.RESUNIT.NONE:
+        return ""
     px_per_um = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
     if not px_per_um or px_per_um <= 0:
-        return None
-    value = 1.0 / px_per_um
-    if value > _PLACEHOLDER_MPP:
-        logger.info("Ignoring the TIFF resolution tags (%.4g um/px looks like a default such as "
-                    "72 dpi, not a microscope's pixel size).", value)
-        return None
-    return value
+        return ""
+    if page.resolutionunit == tifffile.RESUNIT.INCH:
+        return f", its resolution tag: {px_per_um * 25400:.4g} dpi ({1 / px_per_um:.4g} um/px)"
+    return f", its resolution tag: {1 / px_per_um:.4g} um/px"
+
+
+def _check_square(x_mpp: float, y_mpp: float, where: str) -> None:
+    if abs(x_mpp - y_mpp) > _SQUARE_TOLERANCE * max(x_mpp, y_mpp):
+        raise ValueError(
+            f"The slide's pixels are not square ({where}: x {x_mpp:.4g}, y {y_mpp:.4g} um/px); "
+            "histoexpr reads square pixels only. Resample it to square pixels first (e.g. vips "
+            "resize with hscale/vscale), or pass mpp= if these tags are wrong.")
+
+
+def _sample(level, side: int = 1024):
+    """At most ``side`` x ``side`` pixels from the middle of a level (a few chunks read)."""
+    import numpy as np
+
+    _, height, width = level.shape
+    r0, c0 = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return np.asarray(level[:, r0 : r0 + side, c0 : c0 + side].compute(scheduler="synchronous"))
 
 
 def _level_array(series, level: int):

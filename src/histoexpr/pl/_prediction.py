@@ -195,6 +195,10 @@ def gene_metrics(
                        f"{list(metrics.columns)}.")
     values = (metrics.groupby("gene")[metric].mean() if "gene" in metrics.columns
               else metrics[metric]).dropna().sort_values(ascending=False)
+    if values.empty:
+        raise ValueError(f"Every value of {metric!r} in the metrics is NaN ({len(metrics)} rows): "
+                         "the plot would show nothing. Genes constant in the truth or the "
+                         "prediction have no correlation; check the evaluation.")
     shown = values if n_top is None else values.iloc[:n_top]
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(shown) + 1), 3.5))

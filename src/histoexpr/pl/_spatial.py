@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -190,16 +190,17 @@ def _draw(sdata, shapes_key, table, *, color, layer, image_key, region, cmap, al
         choice = "image_key= with one of them, or " if len(sdata.images) else ""
         raise KeyError(f"sdata has no image {image_key!r} (images: {sorted(sdata.images)}). Pass "
                        f"{choice}image_key=None to draw {shapes_key!r} alone.")
+    shapes = sdata.shapes[shapes_key]
+    if region is not None:
+        shapes = shapes.cx[region[0]:region[2], region[1]:region[3]]
+    values = None if color is None else _shape_values(shapes, table, color, layer, shapes_key)
+    check_drawable(values, color)  # before a figure is made
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     dark_background = False
     if image_key is not None:
         dark_background = draw_image(ax, sdata, image_key, max_side=max_side,
                                      region=region).ndim == 2
-    shapes = sdata.shapes[shapes_key]
-    if region is not None:
-        shapes = shapes.cx[region[0]:region[2], region[1]:region[3]]
-    values = None if color is None else _shape_values(shapes, table, color, layer, shapes_key)
     _draw_shapes(ax, shapes, values, cmap=cmap, alpha=alpha,
                  label=None if color is None else value_label(table, color, layer),
                  outline="white" if dark_background else "black")
@@ -226,6 +227,8 @@ def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha
     """A table drawn on its own: its rows at ``obsm["spatial"]`` over its ``uns["spatial"]``."""
     import matplotlib.pyplot as plt
 
+    if color is not None:
+        check_drawable(_column(table, color, layer), color)  # before a figure is made
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
     record = spatial_record(table, library_id)
@@ -427,6 +430,18 @@ def _shape_values(shapes, table, color: str, layer: str | None, shapes_key: str)
     return values.reindex(shapes.index)
 
 
+def check_drawable(values: Any, what: str | None) -> None:
+    """Refuse numeric values to colour by of which none is a finite number (an empty plot)."""
+    if values is None:
+        return
+    array = np.asarray(values)
+    if array.dtype.kind in "biufc" and not np.isfinite(array.astype(float)).any():
+        state = "empty" if array.size == 0 else "all NaN or infinite"
+        raise ValueError(f"The values of {what!r} to colour by are {state} ({array.size} "
+                         "values): the plot would show nothing. Check the column or gene (a "
+                         "prediction that failed, a layer not filled) or draw another.")
+
+
 def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha: float,
                  label: str | None, outline: str, vmin: float | None = None,
                  vmax: float | None = None) -> None:
@@ -445,6 +460,7 @@ def _draw_shapes(ax: Axes, shapes, values: pd.Series | None, *, cmap: str, alpha
     elif isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
         _draw_categories(ax, patches, values.astype("category"), alpha=alpha)
     else:
+        check_drawable(values, label)
         collection = PatchCollection(patches, cmap=cmap, alpha=alpha, edgecolor="none")
         collection.set_array(values.to_numpy(dtype=float))
         if vmin is not None or vmax is not None:

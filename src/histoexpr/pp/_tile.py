@@ -8,6 +8,7 @@ import numpy as np
 
 from .._elements import square_shapes, tile_table
 from .._image import COORDINATE_SYSTEM, image_levels, read_region
+from .._memory import check_memory
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -35,6 +36,9 @@ DEFAULT_SIZE = 224
 # tissue fractions are measured on the tissue map at its own resolution, or at this fraction of
 # the tile side where the map is finer, so that measuring costs little memory
 _FRACTION_PIXELS_PER_TILE = 64
+#: memory of one tile while tiling: centre, box, fraction, polygon, table row (~0.4 kB measured
+#: by tracemalloc, more in the geometry library)
+_BYTES_PER_TILE = 1024
 
 
 
@@ -243,6 +247,11 @@ def _grid_centres(level0, size_um: float, stride_um: float, size_px: int, tile_m
         )
     n_rows = int(np.floor((height_um - size_um) / stride_um + 1e-9)) + 1
     n_cols = int(np.floor((width_um - size_um) / stride_um + 1e-9)) + 1
+    check_memory(float(n_rows) * n_cols * _BYTES_PER_TILE,
+                 f"A grid of {float(n_rows) * n_cols:,.0f} tiles ({n_rows:,} x {n_cols:,}) of "
+                 f"{size_um:g} um every {stride_um:g} um",
+                 f"Pass a larger stride (stride_um=, or stride_px=; the default is the tile size, "
+                 f"{size_px} px) or larger tiles.")
     rows, cols = (a.ravel() for a in np.mgrid[:n_rows, :n_cols])
     ox, oy = level0.offset
     centres = np.column_stack([ox + cols * stride_um, oy + rows * stride_um]) + size_um / 2
@@ -267,6 +276,12 @@ def _shape_centres(sdata: SpatialData, shapes_key: str):
     )
     centroids = shapes.geometry.centroid
     xy = np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy(), np.ones(len(shapes))])
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of the {len(shapes)} shapes of sdata.shapes[{shapes_key!r}] have no "
+            f"centre (empty or NaN geometry, e.g. {list(shapes.index[bad][:3])}); drop them "
+            "first, e.g. shapes[~shapes.geometry.is_empty & shapes.geometry.is_valid].")
     return (xy @ matrix.T)[:, :2], shapes.index.to_numpy()
 
 

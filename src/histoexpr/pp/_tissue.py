@@ -163,6 +163,7 @@ def detect_tissue(
     height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
     out_h = max(1, math.ceil(height_um / work_mpp - 1e-6))
     out_w = max(1, math.ceil(width_um / work_mpp - 1e-6))
+    _check_work_size(level0, (out_h, out_w), work_mpp)
     ox, oy = level0.offset
     pixels = read_region(sdata, image_key, (ox, oy, ox + out_w * work_mpp, oy + out_h * work_mpp),
                          mpp=work_mpp, fill=0, outside="fill")
@@ -305,6 +306,32 @@ def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
     return _open(mask, max(1, round(_OPENING_UM / mpp)))
 
 
+#: the fewest pixels across an image at the working pixel size (fewer cannot tell tissue)
+_MIN_WORK_SIDE_PX = 4
+#: bytes per pixel of the working grid: the pixels read, float32 copies, masks and labels
+_WORK_BYTES_PER_PX = 48
+
+
+def _check_work_size(level0, shape: tuple[int, int], work_mpp: float) -> None:
+    """Refuse a working grid too coarse to see tissue, or too large for the memory.
+
+    The image itself is read in blocks when it is large (an image without a pyramid: see
+    ``histoexpr._image.read_levels``), so only the working grid counts here.
+    """
+    from .._memory import check_memory
+
+    height, width = level0.shape_yx
+    if min(shape) < _MIN_WORK_SIDE_PX:
+        finest = min(height, width) * level0.mpp / _MIN_WORK_SIDE_PX
+        raise ValueError(
+            f"mpp={work_mpp:g} um/px would see the whole image ({width} x {height} px at "
+            f"{level0.mpp:g} um/px) as {shape[1]} x {shape[0]} pixels: tissue cannot be told "
+            f"from glass. Pass a finer mpp, at most {finest:.3g} (e.g. the default 8).")
+    channels = int(np.prod(level0.data.shape[:-2]))
+    check_memory(shape[0] * shape[1] * (_WORK_BYTES_PER_PX + channels * 4),
+                 f"detect_tissue at mpp={work_mpp:g} um/px ({shape[1]:,} x {shape[0]:,} px)",
+                 "Pass a coarser mpp= (e.g. the default 8 um/px).")
+
 def _otsu(values: np.ndarray) -> float:
     from skimage.filters import threshold_otsu
 
@@ -356,120 +383,6 @@ def _drop_unstained_pieces(mask: np.ndarray, od: np.ndarray, od_rgb: np.ndarray 
         logger.info("Left out %d smooth or grey piece(s) (blur, smears, dust, ink, marks: not "
                     "stained tissue).", int(drop.sum()))
         mask = mask & ~np.isin(pieces, index[drop])
-    return mask
-
-
-def _brightness(pixels: np.ndarray) -> np.ndarray:
-    """Mean of the (first 3) channels on a 0..1 scale.
-
-    Scaled by the dtype's range for 8-bit images, else by the image's 99.9th percentile (16-bit
-    and float images rarely fill their range).
-    """
-    channels = pixels[:3].astype(np.float32)
-    if pixels.dtype == np.uint8:
-        scale = 255.0
-    else:
-        scale = float(np.percentile(channels, 99.9)) or 1.0
-    return np.clip(channels.mean(axis=0) / scale, 0, 1)
-
-
-def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
-    """Brightfield or fluorescence from the pixels: the brightness of the background.
-
-    The background is the commonest brightness (the peak of the histogram): bright glass on a
-    brightfield image, dark on a fluorescence one, whatever the number of channels (a DAPI scan
-    stored as RGB, a grey or RGBA H&E).
-    """
-    values = _brightness(pixels)[valid]
-    counts, edges = np.histogram(values, bins=32, range=(0.0, 1.0))
-    peak = int(counts.argmax())
-    background = float((edges[peak] + edges[peak + 1]) / 2)
-    kind = "brightfield" if background > 0.5 else "fluorescence"
-    return kind, (f"its background (the commonest brightness) is {background:.0%} of full "
-                  f"scale, {'bright' if kind == 'brightfield' else 'dark'}")
-
-
-def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
-             min_od: float | None = None) -> np.ndarray:
-    """Brightfield: pixels that absorb light as a stain does (optical density above a threshold).
-
-    The optical density of each channel is taken relative to the glass (the median colour of
-    the brightest 5 % of the image, slightly smoothed), averaged over the channels and
-    thresholded (``min_od``, or Li's threshold kept within ``_OD_RANGE``). On a colour image,
-    absorbers of another colour than H&E are left out: ink (more absorbed in red or blue than
-    in green), and pieces (or dense pixels) of a grey absorber.
-    """
-    from scipy import ndimage
-
-    sigma = _SMOOTHING_UM / mpp
-    smooth = ndimage.gaussian_filter(pixels.astype(np.float32), sigma=(0, sigma, sigma))
-    values = smooth[:, valid]
-    brightness = values.mean(axis=0)
-    bright = brightness >= np.percentile(brightness, _GLASS_PERCENTILE)
-    glass = np.median(values[:, bright], axis=1)
-    full = 255.0 if pixels.dtype == np.uint8 else float(np.percentile(values, 99.9)) or 1.0
-    if glass.mean() < _GLASS_MIN * full:
-        logger.info("No bare glass in view (the brightest pixels are at %s of full scale): "
-                    "optical density is measured against white.", f"{glass.mean() / full:.0%}")
-        glass = np.full_like(glass, full)
-    glass = np.maximum(glass, 1e-6)[:, None, None]
-    od_channels = np.log10(glass / np.maximum(smooth, 1e-3 * glass)).clip(0, None)
-    od = od_channels.mean(axis=0)
-    if min_od is None:
-        threshold = float(np.clip(_li(od[valid]), *_OD_RANGE))
-    else:
-        threshold = float(min_od)
-    logger.debug("Glass colour %s; optical density threshold: %.3f",
-                 np.round(glass.ravel(), 1).tolist(), threshold)
-    mask = (od > threshold) & valid
-    od_rgb = None
-    if pixels.shape[0] >= 3:
-        od_rgb = od_channels[:3]
-        red, green, blue = od_rgb
-        ink = green < _INK_GREEN_RATIO * np.maximum(red, blue)
-        grey = _grey_degrees(od_rgb) < _GREY_DEGREES
-        mask &= ~(ink | (grey & (od > 2 * threshold)))
-    raw = pixels.astype(np.float32)
-    raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
-    mask = _drop_unstained_pieces(mask, od, od_rgb, raw_od)
-    return _open(mask, max(1, round(_OPENING_UM / mpp)))
-
-
-def _otsu(values: np.ndarray) -> float:
-    from skimage.filters import threshold_otsu
-
-    return float(threshold_otsu(values)) if np.ptp(values) > 0 else float(values.max())
-
-
-def _li(values: np.ndarray) -> float:
-    from skimage.filters import threshold_li
-
-    return float(threshold_li(values)) if np.ptp(values) > 0 else float(values.max())
-
-
-def _grey_degrees(od_rgb: np.ndarray) -> np.ndarray:
-    """Angle (degrees) between each pixel's RGB optical density and grey (equal in R, G, B)."""
-    norm = np.sqrt((od_rgb**2).sum(axis=0))
-    cosine = np.divide(od_rgb.sum(axis=0), norm * math.sqrt(3), out=np.ones_like(norm),
-                       where=norm > 0)
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
-
-
-def _drop_grey_pieces(mask: np.ndarray, od_rgb: np.ndarray) -> np.ndarray:
-    """Remove the pieces whose summed optical density is grey (dust, debris, black ink)."""
-    from scipy import ndimage
-    from skimage.measure import label
-
-    pieces = label(mask, connectivity=2)
-    if pieces.max() == 0:
-        return mask
-    index = np.arange(1, pieces.max() + 1)
-    summed = np.stack([ndimage.sum(channel, pieces, index) for channel in od_rgb])
-    grey = _grey_degrees(summed[:, :, None])[:, 0] < _GREY_DEGREES
-    if grey.any():
-        logger.info("Left out %d grey piece(s) (dust, debris or ink, not a stain).",
-                    int(grey.sum()))
-        mask = mask & ~np.isin(pieces, index[grey])
     return mask
 
 

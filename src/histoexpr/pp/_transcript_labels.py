@@ -15,6 +15,7 @@ import numpy as np
 
 from .._elements import scale_to_global
 from .._image import image_levels, read_region
+from .._memory import check_memory
 from .._utils import (
     check_key_free,
     check_key_writable,
@@ -179,9 +180,13 @@ def transcript_labels(
 
     level0 = image_levels(sdata, image_key)[0]
     grid = _Grid.over(level0, grid_um)
+    check_memory(float(grid.shape[0]) * grid.shape[1] * _BYTES_PER_CELL,
+                 f"transcript_labels on a grid of {grid.shape[1]:,} x {grid.shape[0]:,} cells of "
+                 f"{grid_um:g} um", "Pass a larger grid_um.")
     points = _points_frame(sdata, points_key)
     _check_points(points, grid, gene_a, gene_b, points_key)
     window = _odd_cells(window_um, grid_um)
+    _check_work(grid, window, window_um)
     all_counts = grid.counts(points)
     if tissue == "image":
         fraction = _window_mean(_foreground_fraction(sdata, image_key, grid), window)
@@ -333,6 +338,20 @@ def _check_points(points: pd.DataFrame, grid: _Grid, gene_a: str, gene_b: str,
     if outside.any():
         logger.info("Ignored %d of %d transcripts outside the image.", int(outside.sum()),
                     len(points))
+
+
+#: memory of one grid cell: counts of each gene, of all genes, windows and labels (int64)
+_BYTES_PER_CELL = 96
+
+
+def _check_work(grid: _Grid, window: int, window_um: float) -> None:
+    """Refuse a window wider than twice the section: every place would count the same."""
+    widest = 2 * max(grid.shape)
+    if window > widest:
+        raise ValueError(
+            f"window_um={window_um:g} is wider than twice the section ({widest * grid.step:g} "
+            "um): every place would count the same transcripts (and the filter would run over "
+            f"{window:,} cells). Pass a window_um of a few cells (the default is 10 um).")
 
 
 def _odd_cells(length_um: float, step: float) -> int:

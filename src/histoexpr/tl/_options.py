@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import numbers
 import textwrap
 import warnings
@@ -121,7 +122,36 @@ CHECKS: dict[str, Any] = {
     "pretrain_epochs": _int_at_least(1),
     "n_components": _int_at_least(1),
     "subspot_um": lambda name, value: check_positive(name, value, unit="um"),
+    "alphas": lambda name, value: _each_positive(name, value),
+    "Cs": lambda name, value: _each_positive(name, value),
 }
+
+
+def _each_positive(name: str, value: Any) -> None:
+    """A penalty grid: one positive number, or a non-empty list of them."""
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not values:
+        raise ValueError(f"{name} is empty; give at least one value, e.g. {name}=[1.0].")
+    for one in values:
+        check_positive(name, one)
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """Where ``value`` (a number, or numbers nested in lists and mappings) is NaN or infinite."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | Path):
+        return None
+    if isinstance(value, numbers.Real):
+        return None if math.isfinite(float(value)) else f"{path}={value!r}"
+    if hasattr(value, "ndim") and hasattr(value, "tolist") and getattr(value, "dtype", None) \
+            is not None and value.dtype.kind in "fc":  # a numpy array of numbers
+        return _non_finite(value.tolist(), path)
+    if isinstance(value, Mapping):
+        return next((found for key, item in value.items()
+                     if (found := _non_finite(item, f"{path}[{key!r}]"))), None)
+    if isinstance(value, Sequence):
+        return next((found for i, item in enumerate(value)
+                     if (found := _non_finite(item, f"{path}[{i}]"))), None)
+    return None
 
 
 def _choices(cls: type) -> dict[str, Any]:
@@ -143,7 +173,17 @@ class ModelOptions:
         self._check()
 
     def _check(self) -> None:
-        """Range checks of the options, one per option name (:data:`CHECKS`)."""
+        """Range checks of the options, one per option name (:data:`CHECKS`).
+
+        First, for every option: a number that is NaN or infinite, alone or inside a list or a
+        mapping (``alphas=[nan]``, ``candidates={"lr": [inf]}``), is refused, whatever the option.
+        """
+        for f in dataclasses.fields(self):
+            found = _non_finite(getattr(self, f.name), f.name)
+            if found is not None:
+                raise ValueError(f"{type(self).__name__}: {found} is not a finite number; "
+                                 f"every number of an option must be finite. Pass a finite "
+                                 f"value for {f.name} (or leave its default).")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in CHECKS and value is not None:

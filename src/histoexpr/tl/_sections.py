@@ -37,3 +37,26 @@ def as_sections(data: Any) -> dict[str, SpatialData]:
             raise TypeError(f"Section {name!r} is a {type(section).__name__}, not a "
                             f"SpatialData; pass {ACCEPTED}.")
     return sections
+
+
+def check_no_copies(sections: Mapping[str, Any], group_of: Mapping[str, str]) -> None:
+    """Refuse the same image under two names in different groups of a cross-validation.
+
+    A fold would then train on the copy of a section it scores. Images are compared by their
+    fingerprints (:func:`histoexpr._image_facts.image_fingerprint`: shape, pixel size, offset and
+    sampled pixels; a few chunks read per image). ``sections`` maps names to SpatialData (a
+    cohort opens each slide lazily).
+    """
+    from .._image_facts import image_fingerprint
+
+    seen: dict[str, str] = {}
+    for name, sdata in sections.items():
+        for key in sdata.images:
+            fingerprint = image_fingerprint(sdata, key)
+            other = seen.setdefault(fingerprint, name)
+            if other != name and group_of[other] != group_of[name]:
+                raise ValueError(
+                    f"Sections {other!r} and {name!r} hold the same image ({key!r}, fingerprint "
+                    f"{fingerprint}) in different groups ({group_of[other]!r}, "
+                    f"{group_of[name]!r}): a fold would train on the copy of a section it scores. "
+                    "Drop one copy, or give both the same group (groups=).")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..._memory import file_fingerprint
 from ..._settings import settings
 from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
 from ..._validate import check_store_name, renamed_parameters, stride_name
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ...models import Network
 
 #: what a slide's task did
-STATUSES = ("computed", "features", "skipped")
+STATUSES = ("computed", "features", "skipped", "failed")
 
 
 @renamed_parameters(size="size_px", stride=stride_name)
@@ -125,8 +126,12 @@ def embed_cohort(
     Returns
     -------
     One row per slide (index: slide id) with ``status`` (``"computed"``: tissue, tiles and
-    features; ``"features"``: features added to stored tiles; ``"skipped"``: already done),
-    ``n_tiles``, ``seconds`` (the slide's wall time) and ``worker``. The results are in the
+    features; ``"features"``: features added to stored tiles; ``"skipped"``: already done;
+    ``"failed"``: the slide could not be processed and the others went on), ``n_tiles``,
+    ``seconds`` (the slide's wall time), ``worker`` and ``error`` (why a slide failed: a
+    warning lists them, and the next run tries them again). A slide file that is not the one
+    its store was made from (by content, not size) is refused without ``overwrite``. The
+    results are in the
     stores: open a slide with ``cohort[slide_id]``, or train on the cohort with
     :func:`histoexpr.tl.fit` / :func:`histoexpr.tl.cross_validate`.
 
@@ -197,6 +202,8 @@ def embed_cohort(
                       "checkpoint": None if checkpoint is None else _fingerprint(checkpoint),
                       "seed": seed, "key": key_added}
 
+    if mpp is None and size_um is None:
+        _check_one_pixel_size(cohort, size_px)
     # decide every slide's work before computing anything, so a conflict stops the run at once
     tasks, statuses = [], {}
     for slide_id in cohort.ids:
@@ -204,7 +211,7 @@ def embed_cohort(
         store.check_ours()
         path = cohort.path(slide_id)
         params = {**tile_params, "slide_mpp": cohort.slide_mpp(slide_id),
-                  "slide_bytes": path.stat().st_size}
+                  "slide_content": file_fingerprint(path)}
         status = _plan(slide_id, store, params, feature_params, tiles_key, key_added, overwrite)
         statuses[slide_id] = status
         if status != "skipped":
@@ -219,14 +226,62 @@ def embed_cohort(
     logger.info("embed_cohort: %d slides to process, %d already done (%s, features %r).",
                 len(tasks), n_skip, cohort.store_dir, key_added)
     rows = {i: {"status": "skipped", "n_tiles": cohort.store(i).n_tiles(tiles_key),
-                "seconds": 0.0, "worker": None}
+                "seconds": 0.0, "worker": None, "error": None}
             for i, s in statuses.items() if s == "skipped"}
     if tasks:
         for summary in run_slides(tasks, _run_slide, client=client, encoders=encoders):
             rows[summary.pop("slide_id")] = summary
     frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
     frame.index.name = "slide_id"
+    if "error" not in frame.columns:
+        frame["error"] = None
+    _report_failures(frame, len(tasks))
     return frame
+
+
+def _report_failures(frame: pd.DataFrame, n_tried: int) -> None:
+    """Warn of the slides that failed (each one's error), or raise when every one did."""
+    import warnings
+
+    failed = frame[frame["status"] == "failed"]
+    if failed.empty:
+        return
+    listed = "; ".join(f"{i}: {e}" for i, e in failed["error"].head(5).items())
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    if len(failed) == n_tried and n_tried > 1:
+        raise RuntimeError(f"Every slide embed_cohort tried failed ({len(failed)}): {listed}"
+                           f"{more}. The cause is likely common to all: fix it and run again.")
+    warnings.warn(f"embed_cohort: {len(failed)} of {len(frame)} slides failed and were left "
+                  f"out (status 'failed', their error in the 'error' column): {listed}{more}. "
+                  "Fix or replace those slide files and run embed_cohort again: the slides "
+                  "done are skipped, the failed ones tried again.", UserWarning, stacklevel=3)
+
+
+def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
+    """Refuse tiles of one size in pixels on slides of different pixel sizes (no ``mpp``)."""
+    from ..._image import get_pixel_size
+    from ...io import read_wsi
+
+    sizes: dict[float, list[str]] = {}
+    for slide_id in cohort.ids:
+        try:
+            sdata = read_wsi(cohort.path(slide_id), mpp=cohort.slide_mpp(slide_id),
+                             image_key=cohort.image_key)
+        except Exception:  # noqa: BLE001 - the slide's own task records why it cannot be read
+            continue
+        value = round(get_pixel_size(sdata, cohort.image_key), 4)
+        close = next((known for known in sizes if abs(known - value) <= 0.01 * known), value)
+        sizes.setdefault(close, []).append(slide_id)
+    if len(sizes) > 1:
+        side = 224 if size_px is None else size_px
+        found = ", ".join(f"{mpp:g} um/px ({len(ids)} slides, e.g. {ids[0]!r})"
+                          for mpp, ids in sorted(sizes.items()))
+        widths = sorted(side * mpp for mpp in sizes)
+        raise ValueError(
+            f"The slides have different pixel sizes ({found}): tiles of {side} px at each "
+            f"slide's own resolution would cover {widths[0]:g} um on some and {widths[-1]:g} um "
+            "on others under one features key. Pass mpp= (every tile resampled to that pixel "
+            f"size, e.g. mpp={max(sizes):g}) or size_um= with mpp=.")
 
 
 def _tile_record(size_px, mpp, size_um, stride_px, stride_um, min_tissue) -> dict:
@@ -268,6 +323,17 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
                     slide_id)
         return "computed"
     stored = _as_current(store.params)
+    if stored.get("slide_content") != _plain(params["slide_content"]):
+        if not overwrite:
+            was = ("records only the file's size, which cannot tell one slide from another of "
+                   "the same size" if "slide_content" not in stored else
+                   f"was made from other content ({stored['slide_content']})")
+            raise ValueError(
+                f"The slide file of {slide_id!r} is not the one its store ({store.path}) was "
+                f"made from, as far as histoexpr can tell: the store {was}; the file now is "
+                f"{params['slide_content']}. Its stored results would not be this slide's: pass "
+                "overwrite=True to recompute it, or read the cohort with another store_dir.")
+        return "computed"
     if stored != _plain(params):
         if not overwrite:
             changed = sorted(k for k in set(stored) | set(params)
@@ -370,10 +436,19 @@ def _run_slide(task: dict, encoders: list) -> dict:
     chunks again: give workers one thread each, as the docs say.) Then the memory the slide
     freed is handed back to the operating system (:func:`_trim_memory`).
     """
+    import socket
+
     from ..._image import CHUNKS
 
+    start = time.perf_counter()
     try:
         return _process_slide(task, encoders)
+    except Exception as error:  # noqa: BLE001 - one bad slide does not stop the cohort
+        reason = f"{type(error).__name__}: {error}"
+        logger.error("%s failed (%s); going on with the other slides.", task["slide_id"], reason)
+        return {"slide_id": task["slide_id"], "status": "failed", "n_tiles": 0,
+                "seconds": time.perf_counter() - start, "worker": socket.gethostname(),
+                "error": reason}
     finally:
         CHUNKS.clear()
         _trim_memory()
@@ -440,7 +515,7 @@ def _process_slide(task: dict, encoders: list) -> dict:
     seconds = time.perf_counter() - start
     logger.info("%s: %s, %d tiles in %.1f s", slide_id, task["status"], table.n_obs, seconds)
     return {"slide_id": slide_id, "status": task["status"], "n_tiles": int(table.n_obs),
-            "seconds": seconds, "worker": socket.gethostname()}
+            "seconds": seconds, "worker": socket.gethostname(), "error": None}
 
 
 def _encoder_name(encoder: Any) -> str:

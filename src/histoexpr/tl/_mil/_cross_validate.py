@@ -79,11 +79,16 @@ def cross_validate_bags(
     import anndata as ad
     import pandas as pd
 
+    from ...io import Cohort
     from .._options import options_for
+    from .._sections import as_sections, check_no_copies
 
     options = options_for(model, **fit_kwargs)  # checked once, before the first fold
     module = _bag_model(options.model)
+    if not isinstance(data, Cohort):
+        data = as_sections(data)
     names, group_of = _section_groups(data, groups)
+    check_no_copies(data, group_of)
     folds = _folds(names, group_of, n_folds)
     results, scores, checks = [], [], []
     bar = progress(folds, desc="folds", total=len(folds))

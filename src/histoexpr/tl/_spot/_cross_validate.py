@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..._utils import each_item, logger, progress
 from ..._validate import renamed_parameters
 from .._metrics._expression_metrics import evaluate_expression
+from .._sections import as_sections, check_no_copies
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +43,9 @@ def cross_validate_spots(
     Parameters
     ----------
     data
-        Sections by name, each with an image, spots and a spot table of raw counts.
+        Sections by name (a mapping) or a list of them (named ``section_0``, ...), each with an
+        image, spots and a spot table of raw counts. The same image under two names in different
+        groups is refused: a fold would train on the copy of a section it scores.
     model
         ``"spot_regressor"``, the only model this protocol trains, or its options
         (:class:`~histoexpr.tl.SpotRegressorOptions`).
@@ -71,10 +74,10 @@ def cross_validate_spots(
     from .._options import options_for
     from ._spot_regressor import fit, predict
 
-    sections = data
     name = getattr(model, "model", model)
     if name != "spot_regressor":
         raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
+    sections = as_sections(data)
     fixed = "genes" in fit_kwargs
     genes = fit_kwargs.pop("genes") if fixed else n_genes
     if fixed and isinstance(genes, numbers.Number):
@@ -90,6 +93,7 @@ def cross_validate_spots(
         raise KeyError(f"groups names no group for the sections {missing}.")
     if len(set(groups.values())) < 2:
         raise ValueError("Cross-validation needs at least two groups (patients or sections).")
+    check_no_copies(sections, groups)
     tiles_key = options.tiles_key
     # the user's sections are never written to: tiles, features and predictions go into light
     # copies (shared images and shapes, copied tables) that live only for this call
