@@ -71,15 +71,19 @@ def declared(says: str, match: str | None = None) -> tuple[str, re.Pattern] | No
         return name, re.compile(match, re.S)
     text = re.split(r"\s*\(before:|\s+\u2014\s", text)[0]  # a note: (before: ...), or after a dash
     text = re.split(r";\s*[A-Z][A-Za-z]*(?:Error|Warning):", text)[0]  # a second answer
+    quoted = re.match(r"`([^`]+)`", text)  # `the message`, then words about it
+    if quoted:
+        text = quoted.group(1)
+    # backticks are markdown quoting (left out of both sides); "\u2026" is "..."
+    text = text.replace("`", "").replace("\u2026", "...")
     parts = [" ".join(part.split()) for part in text.split("...")]
     pattern = ".*?".join(re.escape(part) for part in parts if part)
     return name, re.compile(pattern, re.S | re.I)
 
 
 def _message(caught: BaseException | Warning) -> str:
-    if isinstance(caught, KeyError) and caught.args:
-        return " ".join(str(caught.args[0]).split())
-    return " ".join(str(caught).split())
+    text = str(caught.args[0]) if isinstance(caught, KeyError) and caught.args else str(caught)
+    return " ".join(text.replace("`", "").split())
 
 
 def check_says(says: str, caught: list, *, match: str | None = None, test: str = "") -> None:

@@ -74,7 +74,7 @@ def test_missing_file_offline_names_file_folder_and_url(local_dir):
 
 
 def test_unknown_section_is_refused(local_dir):
-    with pytest.raises(ValueError, match=r"section='C9'.*\['C2', 'C3', 'C4'\]"):
+    with pytest.raises(ValueError, match=r"section_id='C9'.*\['C2', 'C3', 'C4'\]"):
         hx.datasets.her2st("C9")
 
 

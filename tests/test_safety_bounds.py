@@ -454,7 +454,7 @@ def test_plots_of_all_nan_values_are_refused(disk_section):
 
 @bad_input("obscure error", "`hx.pp.tile(sdata, centres='spots')` where some spots are empty or "
            "NaN geometries (NaN tiles)",
-           says="ValueError: `2 of the ... shapes of sdata.shapes['spots'] have no centre (empty "
+           says="ValueError: `... of the ... shapes of sdata.shapes['spots'] have no centre (empty "
                 "or NaN geometry, e.g. [...]); drop them first`, before anything is written",
            fix="drop the empty geometries")
 def test_tiles_on_shapes_without_a_centre_are_refused(disk_section):

@@ -77,7 +77,7 @@ def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
         i: os.stat(cohort.store(i).path / "predictions" / KEY).st_mtime_ns for i in cohort.ids
     }
 
-    # a second run (a new session reading the same manifest) skips every finished slide
+    # a second run (a new Python process reading the same manifest) skips every finished slide
     again = hx.tl.predict(network, cohort_at(slides, tmp_path / "stores"))
     assert (again["status"] == "skipped").all()
     assert again["n_tiles"].tolist() == first["n_tiles"].tolist()

@@ -29,7 +29,7 @@ def _choice(value, choices, what: str):
     return value
 
 
-def her2st(section: Literal["C2", "C3", "C4"] = "C2", *, download: bool = True) -> SpatialData:
+def her2st(section_id: Literal["C2", "C3", "C4"] = "C2", *, download: bool = True) -> SpatialData:
     """One section of the HER2-positive breast cancer data set (legacy ST, 100 um spots).
 
     Patient C of Andersson et al. (2021, *Nat Commun*), from the public repository
@@ -38,7 +38,7 @@ def her2st(section: Literal["C2", "C3", "C4"] = "C2", *, download: bool = True) 
 
     Parameters
     ----------
-    section
+    section_id
         ``"C2"``, ``"C3"`` or ``"C4"``.
     download
         Download the files that are missing from the data folder
@@ -53,7 +53,7 @@ def her2st(section: Literal["C2", "C3", "C4"] = "C2", *, download: bool = True) 
     """
     from ..io import read_st
 
-    section = _choice(section, _HER2ST_IMAGES, "section")
+    section = _choice(section_id, _HER2ST_IMAGES, "section_id")
     files = [
         f"her2st/counts/{section}.tsv.gz",
         f"her2st/spots/{section}_selection.tsv",
@@ -62,7 +62,7 @@ def her2st(section: Literal["C2", "C3", "C4"] = "C2", *, download: bool = True) 
     return read_st(*(fetch(name, download=download) for name in files))
 
 
-def mob_st(section: Literal[1, 2, 3, 4] = 1, *, download: bool = True) -> SpatialData:
+def mob_st(section_id: Literal[1, 2, 3, 4] = 1, *, download: bool = True) -> SpatialData:
     """One section of the mouse olfactory bulb (legacy ST, 2k array) of the STUtility package.
 
     A low-resolution H&E (1,905 px square), counts of 1,000 genes (Ensembl ids), the alignment
@@ -71,7 +71,7 @@ def mob_st(section: Literal[1, 2, 3, 4] = 1, *, download: bool = True) -> Spatia
 
     Parameters
     ----------
-    section
+    section_id
         1, 2, 3 or 4.
     download
         Download missing files (see :func:`her2st`); ``False`` raises for a missing one.
@@ -83,7 +83,7 @@ def mob_st(section: Literal[1, 2, 3, 4] = 1, *, download: bool = True) -> Spatia
     """
     from ..io import read_st
 
-    section = _choice(section, (1, 2, 3, 4), "section")
+    section = _choice(section_id, (1, 2, 3, 4), "section_id")
     files = [
         f"mob_st/MOB{section}.tsv.gz",
         f"mob_st/alignment_table_MOB{section}.tsv",

@@ -293,7 +293,7 @@ def read_cohort(
     Each slide's results (tissue map, tiles, features, per-tile predictions and attention,
     tables of predicted expression) go to its own store, ``<store_dir>/<slide_id>.zarr``
     (:class:`histoexpr.io.SlideStore`): memory does not grow with the cohort, and a later
-    session that reads the same manifest with the same ``store_dir`` finds them again.
+    Python process that reads the same manifest with the same ``store_dir`` finds them again.
 
     Parameters
     ----------

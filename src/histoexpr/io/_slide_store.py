@@ -491,7 +491,7 @@ class SlideStore:
                 root = zarr.open_group(self._path, mode="a")
                 root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION,
                                            **_jsonable(slide), "complete": False}
-            _ensure_group(target.parent)
+            _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
             shutil.rmtree(partial, ignore_errors=True)

@@ -233,7 +233,8 @@ def _mean_pearson(estimator, x: np.ndarray, y: np.ndarray) -> float:
 def _affine(pipeline) -> tuple[np.ndarray, np.ndarray]:
     """Weight ``(features, genes)`` and bias of a fitted pipeline as one map of raw features."""
     scaler, ridge = pipeline.named_steps["scale"], pipeline.named_steps["ridge"]
-    coef, intercept = ridge.coef_.T, ridge.intercept_  # (components, genes), (genes,)
+    # (components, genes), (genes,); one gene's ridge keeps 1-d coefficients
+    coef, intercept = np.atleast_2d(ridge.coef_).T, np.atleast_1d(ridge.intercept_)
     if "pca" in pipeline.named_steps:
         pca = pipeline.named_steps["pca"]
         intercept = intercept - pca.mean_ @ pca.components_.T @ coef
