@@ -497,6 +497,7 @@ def test_cli_predict_takes_the_root_of_relative_paths_in_a_model_file(tmp_path, 
 
     model = _model_file(tmp_path / "model.pt", "HuggingFaceEncoder",
                         {"path": "models/phikon", "pooling": "cls"})
+    (tmp_path / "slide.tif").write_bytes(b"")  # present: the command gets to the model file
     args = ["predict", "-m", str(model), "-i", str(tmp_path / "slide.tif"),
             "-o", str(tmp_path / "out.zarr")]
     assert main(args) == EXIT_BAD_INPUT

@@ -185,9 +185,10 @@ def test_a_model_without_calibration_predicts_and_says_so(sections):
 )
 def test_an_interval_level_the_model_lacks_is_refused_before_writing(model, sections):
     held = sections["d"]
+    tiles_key = grid(held)  # the tiles are the user's input, made before the call
     before = set(held.tables)
     with pytest.raises(ValueError, match=r"levels \[0.5, 0.8, 0.9, 0.95\]"):
-        hx.tl.predict(model, held, key_added="pred_level", level=0.85, tiles_key=grid(held))
+        hx.tl.predict(model, held, key_added="pred_level", level=0.85, tiles_key=tiles_key)
     assert set(held.tables) == before
 
 

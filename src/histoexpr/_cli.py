@@ -135,14 +135,14 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     """
     import histoexpr as hx
 
-    _check_before_work(model_path, image_path, out, mpp=mpp, batch_size=batch_size,
-                       device=device)
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
-    if out.exists() or out.is_symlink():
+    if out.exists() or out.is_symlink():  # what is there is the user's until shown otherwise
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
         check_own_store(out)
+    _check_before_work(model_path, image_path, out, mpp=mpp, batch_size=batch_size,
+                       device=device)
     if out.resolve() == image_path.resolve():
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")

@@ -48,15 +48,17 @@ def check_no_copies(sections: Mapping[str, Any], group_of: Mapping[str, str]) ->
     cohort opens each slide lazily).
     """
     from .._image_facts import image_fingerprint
+    from .._utils import each_item
 
     seen: dict[str, str] = {}
-    for name, sdata in sections.items():
-        for key in sdata.images:
-            fingerprint = image_fingerprint(sdata, key)
-            other = seen.setdefault(fingerprint, name)
-            if other != name and group_of[other] != group_of[name]:
-                raise ValueError(
-                    f"Sections {other!r} and {name!r} hold the same image ({key!r}, fingerprint "
-                    f"{fingerprint}) in different groups ({group_of[other]!r}, "
-                    f"{group_of[name]!r}): a fold would train on the copy of a section it scores. "
-                    "Drop one copy, or give both the same group (groups=).")
+    with each_item():  # opening each slide of a cohort is per-slide chatter (debug)
+        for name, sdata in sections.items():
+            for key in sdata.images:
+                fingerprint = image_fingerprint(sdata, key)
+                other = seen.setdefault(fingerprint, name)
+                if other != name and group_of[other] != group_of[name]:
+                    raise ValueError(
+                        f"Sections {other!r} and {name!r} hold the same image ({key!r}, "
+                        f"fingerprint {fingerprint}) in different groups ({group_of[other]!r}, "
+                        f"{group_of[name]!r}): a fold would train on the copy of a section it "
+                        "scores. Drop one copy, or give both the same group (groups=).")

@@ -265,8 +265,9 @@ def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
     sizes: dict[float, list[str]] = {}
     for slide_id in cohort.ids:
         try:
-            sdata = read_wsi(cohort.path(slide_id), mpp=cohort.slide_mpp(slide_id),
-                             image_key=cohort.image_key)
+            with each_item():  # one slide's reading is debug chatter
+                sdata = read_wsi(cohort.path(slide_id), mpp=cohort.slide_mpp(slide_id),
+                                 image_key=cohort.image_key)
         except Exception:  # noqa: BLE001 - the slide's own task records why it cannot be read
             continue
         value = round(get_pixel_size(sdata, cohort.image_key), 4)
