@@ -16,12 +16,24 @@ then predicted:
   held-out her2st sections (negatives) from the other tissues (positives). The guard's
   thresholds (99th percentile, half the tiles) were fixed before this was run.
 
+Which interval method a model uses (``histoexpr.tl._spot._conformal.METHODS``: ``pooled``,
+``section_weighted``, ``offset``, ``mondrian``, ``spread``) is chosen by ``--select`` from the
+training sections alone, before any outer number is looked at. Criterion, per outer fold of both
+data sets and both configurations (plain and ``--scaled``): the inner held-out predictions of
+the training sections (the calibration's own leave-one-section-out), each inner section's
+coverage of the 90 % interval when the *other* training sections calibrate it. Rule: the method
+whose worst distance ``|coverage - 0.9|`` over all those inner sections is smallest; a method
+within 0.005 of the best loses to a simpler one (earlier in ``METHODS``). The outer sections are
+not predicted in ``--select``. The plain run then reports the chosen method's outer coverage
+and, for the record only, every candidate's.
+
 Baseline for the intervals, same run: the same conformal procedure around an image-blind
 predictor (each gene's mean over the training spots). Reported with the CPU seconds of fit with
 and without the calibration, on the same features.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --scaled
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --select
 """
 
 from __future__ import annotations
@@ -41,8 +53,13 @@ if not DATA.exists():
 TILES = "spot_tiles"
 #: spot tiles: 112 um at 1 um/px on her2st; one 200 um pitch at the image's pixel size on MOB
 GEOMETRY = {"her2st": {"size_um": 112.0, "mpp": 1.0}, "mob_st": {"size_um": 200.0, "mpp": None}}
-OPTIONS = {"route": "ridge", "encoder": "handcrafted", "genes": 50,
-           "gene_flavor": "top_expressed", "tiles_key": TILES}
+OPTIONS = {
+    "route": "ridge",
+    "encoder": "handcrafted",
+    "genes": 50,
+    "gene_flavor": "top_expressed",
+    "tiles_key": TILES,
+}
 
 
 def read_sections(name: str) -> dict:
@@ -71,9 +88,16 @@ def other_tissues() -> dict:
     factors = next(iter(adata.uns["spatial"].values()))["scalefactors"]
     mpp = 55.0 / float(factors["spot_diameter_fullres"])  # the crop is at full resolution
     pixels = np.asarray(Image.open(squidpy / "test_img.jpg").convert("RGB")).transpose(2, 0, 1)
-    slides["squidpy mouse brain crop"] = SpatialData(images={"he": Image2DModel.parse(
-        pixels, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
-        transformations={"global": Scale([mpp, mpp], axes=("y", "x"))})})
+    slides["squidpy mouse brain crop"] = SpatialData(
+        images={
+            "he": Image2DModel.parse(
+                pixels,
+                dims=("c", "y", "x"),
+                c_coords=["r", "g", "b"],
+                transformations={"global": Scale([mpp, mpp], axes=("y", "x"))},
+            )
+        }
+    )
     visium = hx.io.read_visium(DATA / "visium" / "scanpy_visium_1.0.0")
     image_key = next(iter(visium.images))
     slides["scanpy Visium fixture"] = SpatialData(images={"he": visium.images[image_key]})
@@ -93,20 +117,28 @@ def coverage_rows(model, sdata, name: str) -> dict:
     counts = sdata.tables["table"]
     index = {s: i for i, s in enumerate(counts.obs["spot_id"])}
     for level in (0.8, 0.9, 0.95):
-        table = hx.tl.predict(model, sdata, tiles_key=TILES, key_added="bench_pred",
-                              overwrite=True, level=level)
+        table = hx.tl.predict(
+            model, sdata, tiles_key=TILES, key_added="bench_pred", overwrite=True, level=level
+        )
         keep = [s in index for s in table.obs["spot_id"]]
         table = table[keep]
-        truth = expression_targets(counts[[index[s] for s in table.obs["spot_id"]]],
-                                   list(table.var_names))
+        truth = expression_targets(
+            counts[[index[s] for s in table.obs["spot_id"]]], list(table.var_names)
+        )
         inside = (truth >= table.layers["lower"]) & (truth <= table.layers["upper"])
         row[f"coverage_{level:g}"] = round(float(inside.mean()), 3)
         per_gene = inside.mean(axis=0)
-        row[f"gene_coverage_{level:g}_range"] = [round(float(per_gene.min()), 3),
-                                                 round(float(per_gene.max()), 3)]
-        row[f"width_{level:g}"] = round(float((table.layers["upper"]
-                                               - table.layers["lower"]).mean()), 3)
+        row[f"gene_coverage_{level:g}_range"] = [
+            round(float(per_gene.min()), 3),
+            round(float(per_gene.max()), 3),
+        ]
+        row[f"width_{level:g}"] = round(
+            float((table.layers["upper"] - table.layers["lower"]).mean()), 3
+        )
+        if level == 0.9:
+            predicted = np.asarray(table.X, dtype=np.float64)
     row.update(baseline(model, sdata, truth))
+    row["candidates_0.9 (coverage, width)"] = outer_candidates(list(CAPTURED), predicted, truth)
     row["spread_of_truth"] = round(float(truth.std(axis=0).mean()), 3)
     row["n_spots"] = int(len(truth))
     return row
@@ -116,23 +148,90 @@ def baseline(model, held, truth: np.ndarray) -> dict:
     """The same conformal procedure around an image-blind predictor: the training spots' mean.
 
     Inner folds: each training section predicted by the other sections' mean expression; the
-    held-out section by all training sections' mean.
+    held-out section by all training sections' mean. The model's interval method.
     """
     from histoexpr._expression import expression_targets
-    from histoexpr.tl._spot._conformal import conformal_quantile
+    from histoexpr.tl._spot import _conformal
 
     genes = list(model.metadata["genes"])
-    targets = {name: expression_targets(TRAIN[name].tables["table"], genes)
-               for name in model.metadata["trained_on"]}
-    residuals = []
+    targets = {
+        name: expression_targets(TRAIN[name].tables["table"], genes)
+        for name in model.metadata["trained_on"]
+    }
+    pairs = []
     for name, y in targets.items():
         rest = np.vstack([t for n, t in targets.items() if n != name])
-        residuals.append(np.abs(y - rest.mean(axis=0)))
-    half = conformal_quantile(np.vstack(residuals), 0.9)
-    centre = np.vstack(list(targets.values())).mean(axis=0)
-    inside = (truth >= centre - half) & (truth <= centre + half)
-    return {"baseline_coverage_0.9": round(float(inside.mean()), 3),
-            "baseline_width_0.9": round(float(2 * half.mean()), 3)}
+        pairs.append((np.broadcast_to(rest.mean(axis=0), y.shape), y))
+    intervals = _conformal.fit_intervals(
+        pairs, model.metadata["calibration"]["intervals"].get("kind", "pooled")
+    )
+    centre = np.broadcast_to(np.vstack(list(targets.values())).mean(axis=0), truth.shape)
+    lower, upper = _conformal.bounds(intervals, centre, 0.9)
+    inside = (truth >= lower) & (truth <= upper)
+    return {
+        "baseline_coverage_0.9": round(float(inside.mean()), 3),
+        "baseline_width_0.9": round(float((upper - lower).mean()), 3),
+    }
+
+
+#: the inner held-out (predicted, measured) pairs of the last calibrated fit
+CAPTURED: list = []
+
+
+def capture_inner_pairs() -> None:
+    """Keep the pairs the calibration fits its intervals on (for the inner criterion)."""
+    from histoexpr.tl._spot import _conformal
+
+    fit = _conformal.fit_intervals
+
+    def capturing(pairs, method=None):
+        CAPTURED[:] = [(np.asarray(p, np.float64), np.asarray(m, np.float64)) for p, m in pairs]
+        return fit(pairs, method)
+
+    _conformal.fit_intervals = capturing
+
+
+def inner_row(pairs: list) -> dict:
+    """Each method's coverage of every inner held-out training section, and its mean width."""
+    from histoexpr.tl._spot import _conformal
+
+    row = {}
+    for method in _conformal.METHODS:
+        widths = []
+        for k, (predicted, _) in enumerate(pairs):
+            rest = [pair for j, pair in enumerate(pairs) if j != k]
+            lower, upper = _conformal.bounds(_conformal._fit(rest, method), predicted, 0.9)
+            widths.append(float((upper - lower).mean()))
+        row[method] = [round(c, 3) for c in _conformal.section_coverage(pairs, method)]
+        row[f"{method}_width"] = round(float(np.mean(widths)), 3)
+    return row
+
+
+def select(rows: list[dict]) -> str:
+    """The rule, fixed before any outer number: smallest worst |inner coverage - 0.9|."""
+    from histoexpr.tl._spot._conformal import METHODS
+
+    worst = {m: max(abs(c - 0.9) for r in rows for c in r[m]) for m in METHODS}
+    print(
+        "worst |inner coverage - 0.9| per method:",
+        json.dumps({m: round(v, 3) for m, v in worst.items()}),
+    )
+    best = min(worst.values())
+    return next(m for m in METHODS if worst[m] <= best + 0.005)
+
+
+def outer_candidates(pairs: list, predicted: np.ndarray, truth: np.ndarray) -> dict:
+    """Every method's outer coverage and width at 0.9 (reported after the choice, not used)."""
+    from histoexpr.tl._spot import _conformal
+
+    out = {}
+    for method in _conformal.METHODS:
+        lower, upper = _conformal.bounds(_conformal._fit(pairs, method), predicted, 0.9)
+        out[method] = [
+            round(float(((truth >= lower) & (truth <= upper)).mean()), 3),
+            round(float((upper - lower).mean()), 3),
+        ]
+    return out
 
 
 #: the sections of the data set being run, by name (the baseline reads their spots)
@@ -144,8 +243,9 @@ def fit_both(train: dict, size_um: float, mpp):
     import histoexpr as hx
 
     began = cpu()
-    plain = hx.tl.fit(train, model="spot_regressor", size_um=size_um, mpp=mpp, calibrate=False,
-                      **OPTIONS)
+    plain = hx.tl.fit(
+        train, model="spot_regressor", size_um=size_um, mpp=mpp, calibrate=False, **OPTIONS
+    )
     without = cpu() - began
     began = cpu()
     model = hx.tl.fit(train, model="spot_regressor", size_um=size_um, mpp=mpp, **OPTIONS)
@@ -159,10 +259,56 @@ def auroc(negatives: list[float], positives: list[float]) -> float:
     return float(np.mean(pairs))
 
 
-def run(data_names: list[str], guard: bool) -> None:
+def run_select(data_names: list[str]) -> None:
+    """The inner criterion of every method, on the training sections of every outer fold."""
     import histoexpr as hx
 
     hx.settings.progress_bar = False
+    rows = []
+    for data_name in data_names:
+        sections = read_sections(data_name)
+        geometry = GEOMETRY[data_name]
+        for sdata in sections.values():
+            hx.pp.tile(
+                sdata,
+                "he",
+                size_um=geometry["size_um"],
+                mpp=geometry["mpp"],
+                centres="spots",
+                min_tissue=0,
+                key_added=TILES,
+            )
+        for scaled in (False, True):
+            options = dict(OPTIONS)
+            if scaled:
+                options.update(standardise_sections=True, context_um=(300.0, 600.0))
+            for held_out in sections:
+                train = {n: s for n, s in sections.items() if n != held_out}
+                hx.tl.fit(
+                    train,
+                    model="spot_regressor",
+                    size_um=geometry["size_um"],
+                    mpp=geometry["mpp"],
+                    **options,
+                )
+                row = {
+                    "data": data_name,
+                    "scaled": scaled,
+                    "outer_fold": held_out,
+                    "inner_sections": list(train),
+                    **inner_row(list(CAPTURED)),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print("chosen method:", select(rows))
+
+
+def run(data_names: list[str], guard: bool) -> None:
+    import histoexpr as hx
+    from histoexpr.tl._spot import _conformal
+
+    hx.settings.progress_bar = False
+    print("interval method:", _conformal.METHOD, flush=True)
     others = other_tissues() if guard else {}
     slide_rows = []
     for data_name in data_names:
@@ -171,59 +317,101 @@ def run(data_names: list[str], guard: bool) -> None:
         TRAIN.update(sections)
         geometry = GEOMETRY[data_name]
         for sdata in sections.values():  # features are computed once, on the first fit
-            hx.pp.tile(sdata, "he", size_um=geometry["size_um"], mpp=geometry["mpp"],
-                       centres="spots", min_tissue=0, key_added=TILES)
+            hx.pp.tile(
+                sdata,
+                "he",
+                size_um=geometry["size_um"],
+                mpp=geometry["mpp"],
+                centres="spots",
+                min_tissue=0,
+                key_added=TILES,
+            )
         for held_out, test in sections.items():
             train = {n: s for n, s in sections.items() if n != held_out}
-            model, without, with_calibration = fit_both(train, geometry["size_um"],
-                                                        geometry["mpp"])
-            row = {"data": data_name, **coverage_rows(model, test, held_out),
-                   "fit_cpu_s": without, "fit_calibrated_cpu_s": with_calibration,
-                   "calibration_cpu_s": model.metadata["calibration"]["cpu_seconds"],
-                   "mean_inner_pearson": round(float(np.nanmean(
-                       model.metadata["calibration"]["inner_pearson"])), 3)}
+            model, without, with_calibration = fit_both(train, geometry["size_um"], geometry["mpp"])
+            row = {
+                "data": data_name,
+                **coverage_rows(model, test, held_out),
+                "fit_cpu_s": without,
+                "fit_calibrated_cpu_s": with_calibration,
+                "calibration_cpu_s": model.metadata["calibration"]["cpu_seconds"],
+                "mean_inner_pearson": round(
+                    float(np.nanmean(model.metadata["calibration"]["inner_pearson"])), 3
+                ),
+            }
             print(json.dumps(row), flush=True)
             if not (guard and data_name == "her2st"):
                 continue
-            slides = {held_out: (test, "her2st (held out)"),
-                      **{n: (s, "other tissue") for n, s in others.items()}}
+            slides = {
+                held_out: (test, "her2st (held out)"),
+                **{n: (s, "other tissue") for n, s in others.items()},
+            }
             for name, (sdata, kind) in slides.items():
                 began = cpu()
-                table = hx.tl.predict(model, sdata, key_added="bench_grid", overwrite=True,
-                                      tiles_key="bench_grid_tiles", name=name)
+                table = hx.tl.predict(
+                    model,
+                    sdata,
+                    key_added="bench_grid",
+                    overwrite=True,
+                    tiles_key="bench_grid_tiles",
+                    name=name,
+                )
                 summary = table.uns["prediction"]["guard"]
-                slide = {"fold": held_out, "slide": name, "kind": kind,
-                         "n_tiles": summary["n_tiles"],
-                         "fraction_out": round(summary["fraction_out_of_range"], 3),
-                         "median_percentile": round(summary["median_percentile"], 1),
-                         "warns": summary["warns"], "predict_cpu_s": round(cpu() - began, 1)}
+                slide = {
+                    "fold": held_out,
+                    "slide": name,
+                    "kind": kind,
+                    "n_tiles": summary["n_tiles"],
+                    "fraction_out": round(summary["fraction_out_of_range"], 3),
+                    "median_percentile": round(summary["median_percentile"], 1),
+                    "warns": summary["warns"],
+                    "predict_cpu_s": round(cpu() - began, 1),
+                }
                 print(json.dumps(slide), flush=True)
                 slide_rows.append(slide)
     if slide_rows:
         for score in ("fraction_out", "median_percentile"):
             negatives = [r[score] for r in slide_rows if r["kind"] != "other tissue"]
             positives = [r[score] for r in slide_rows if r["kind"] == "other tissue"]
-            print(f"AUROC of the slide's {score}: {auroc(negatives, positives):.3f} "
-                  f"({len(negatives)} held-out her2st, {len(positives)} other-tissue slides)")
+            print(
+                f"AUROC of the slide's {score}: {auroc(negatives, positives):.3f} "
+                f"({len(negatives)} held-out her2st, {len(positives)} other-tissue slides)"
+            )
         held = [r for r in slide_rows if r["kind"] != "other tissue"]
         other = [r for r in slide_rows if r["kind"] == "other tissue"]
-        print(f"warned: {sum(r['warns'] for r in held)}/{len(held)} held-out her2st, "
-              f"{sum(r['warns'] for r in other)}/{len(other)} other-tissue slides")
+        print(
+            f"warned: {sum(r['warns'] for r in held)}/{len(held)} held-out her2st, "
+            f"{sum(r['warns'] for r in other)}/{len(other)} other-tissue slides"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="+", default=["her2st", "mob_st"],
-                        choices=["her2st", "mob_st"])
+    parser.add_argument(
+        "--data", nargs="+", default=["her2st", "mob_st"], choices=["her2st", "mob_st"]
+    )
     parser.add_argument("--no-guard", action="store_true", help="intervals only")
-    parser.add_argument("--scaled", action="store_true",
-                        help="features scaled within each section, with context rings "
-                             "(standardise_sections=True, context_um=(300, 600))")
+    parser.add_argument(
+        "--scaled",
+        action="store_true",
+        help="features scaled within each section, with context rings "
+        "(standardise_sections=True, context_um=(300, 600))",
+    )
+    parser.add_argument(
+        "--select",
+        action="store_true",
+        help="the inner criterion of every interval method and the choice; "
+        "no outer section is predicted",
+    )
     args = parser.parse_args()
     if args.scaled:
         OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
+    capture_inner_pairs()
     began = cpu()
-    run(args.data, guard=not args.no_guard)
+    if args.select:
+        run_select(args.data)
+    else:
+        run(args.data, guard=not args.no_guard)
     print(f"total CPU s: {cpu() - began:.0f}")
 
 

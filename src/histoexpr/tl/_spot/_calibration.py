@@ -25,8 +25,10 @@ from ..._utils import logger
 from . import _conformal, _guard
 
 #: what ``X`` of a prediction holds
-UNITS = (f"log1p of counts normalised to {TARGET_SUM:g} per spot (scanpy's normalize_total "
-         f"with target_sum={TARGET_SUM:g}, then log1p), natural log")
+UNITS = (
+    f"log1p of counts normalised to {TARGET_SUM:g} per spot (scanpy's normalize_total "
+    f"with target_sum={TARGET_SUM:g}, then log1p), natural log"
+)
 #: the layers of interval bounds a prediction carries
 LOWER, UPPER = "lower", "upper"
 
@@ -37,13 +39,20 @@ def folds_of(prepared) -> tuple[str, list[tuple[list, list]]]:
 
     scheme, folds = inner_folds(prepared)
     index = {id(p): i for i, p in enumerate(prepared)}
-    return scheme, [([(index[id(s)], rows) for s, rows in train],
-                     [(index[id(test[0])], test[1])]) for _, train, test in folds]
+    return scheme, [
+        ([(index[id(s)], rows) for s, rows in train], [(index[id(test[0])], test[1])])
+        for _, train, test in folds
+    ]
 
 
-def calibrate(prepared, features: Sequence[np.ndarray], refit: Callable | None, *,
-              guard_features: Sequence[np.ndarray],
-              inner: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+def calibrate(
+    prepared,
+    features: Sequence[np.ndarray],
+    refit: Callable | None,
+    *,
+    guard_features: Sequence[np.ndarray],
+    inner: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
     """The model's calibration: inner Pearson per gene, interval half-widths, the guard.
 
     ``features`` are the head's inputs of each section's spots; ``refit(x, y)`` trains the
@@ -69,20 +78,29 @@ def calibrate(prepared, features: Sequence[np.ndarray], refit: Callable | None, 
     except ValueError as error:  # an inner fold too small to train or to fit the guard on
         logger.warning("No calibration (guard, intervals, inner scores): %s", error)
         return {"available": False, "reason": f"inner folds too small: {error}"}
-    record = {"available": True, "folds": scheme, "n_folds": len(folds),
-              "reused_inner_fits": reused,
-              "inner_pearson": _conformal.gene_scores(inner),
-              "intervals": _conformal.fit_intervals(inner),
-              "guard": guard}
+    record = {
+        "available": True,
+        "folds": scheme,
+        "n_folds": len(folds),
+        "reused_inner_fits": reused,
+        "inner_pearson": _conformal.gene_scores(inner),
+        "intervals": _conformal.fit_intervals(inner),
+        "guard": guard,
+    }
     record["cpu_seconds"] = round(time.process_time() - began, 2)
-    logger.info("Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
-                len(folds), scheme, record["cpu_seconds"],
-                ", reusing the search's fits" if reused else "")
+    logger.info(
+        "Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
+        len(folds),
+        scheme,
+        record["cpu_seconds"],
+        ", reusing the search's fits" if reused else "",
+    )
     return record
 
 
-def annotate(table, metadata: Mapping[str, Any], features: np.ndarray | None, *,
-             level: float, name: str) -> None:
+def annotate(
+    table, metadata: Mapping[str, Any], features: np.ndarray | None, *, level: float, name: str
+) -> None:
     """Add guard scores, interval layers and the prediction's record to a prediction table."""
     calibration = metadata.get("calibration") or {}
     record = dict(table.uns["prediction"])
@@ -95,30 +113,38 @@ def annotate(table, metadata: Mapping[str, Any], features: np.ndarray | None, *,
             table.obs[column] = values
         summary = _guard.summarise(calibration["guard"], tiles)
         if summary["warns"]:
-            message = (f"Slide {name}: {summary['fraction_out_of_range']:.0%} of its "
-                       f"{summary['n_tiles']} tiles lie out of the training data's range "
-                       f"(guard percentile > {summary['out_of_range_percentile']:g}; median "
-                       f"{summary['median_percentile']:.0f}). Its predictions are "
-                       "extrapolations: the tissue, stain or scanner differs from the training "
-                       "sections. See obs['out_of_range'] and uns['prediction']['guard'].")
+            message = (
+                f"Slide {name}: {summary['fraction_out_of_range']:.0%} of its "
+                f"{summary['n_tiles']} tiles lie out of the training data's range "
+                f"(guard percentile > {summary['out_of_range_percentile']:g}; median "
+                f"{summary['median_percentile']:.0f}). Its predictions are "
+                "extrapolations: the tissue, stain or scanner differs from the training "
+                "sections. See obs['out_of_range'] and uns['prediction']['guard']."
+            )
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
-        half = _conformal.half_width(calibration["intervals"], level)
-        values = np.asarray(table.X, dtype=np.float32)
-        table.layers[LOWER] = values - half
-        table.layers[UPPER] = values + half
-        table.var["interval_half_width"] = half.astype(float)
+        lower, upper = _conformal.bounds(calibration["intervals"], table.X, level)
+        table.layers[LOWER] = lower
+        table.layers[UPPER] = upper
+        table.var["interval_half_width"] = ((upper - lower) / 2).mean(axis=0).astype(float)
         record["intervals"] = {
-            "available": True, "level": float(level), "layers": [LOWER, UPPER],
+            "available": True,
+            "level": float(level),
+            "layers": [LOWER, UPPER],
             "method": calibration["intervals"]["method"],
+            "kind": calibration["intervals"].get("kind", "pooled"),
             "folds": calibration["folds"],
-            "half_width": "var['interval_half_width']",
-            "n_calibration_spots": int(calibration["intervals"]["n_calibration_spots"])}
+            "half_width": "var['interval_half_width'] (each gene's mean over the tiles)",
+            "n_calibration_spots": int(calibration["intervals"]["n_calibration_spots"]),
+        }
         record["guard"] = summary
     else:
-        why = (calibration.get("reason") or "the model has no calibration (trained with "
-               "calibrate=False, by an older histoexpr, or by the 'cnn' route); retrain it "
-               "with a head route to have one")
+        why = (
+            calibration.get("reason")
+            or "the model has no calibration (trained with "
+            "calibrate=False, by an older histoexpr, or by the 'cnn' route); retrain it "
+            "with a head route to have one"
+        )
         record["guard"] = {"available": False, "reason": why}
         record["intervals"] = {"available": False, "reason": why}
     table.uns["prediction"] = record
@@ -134,13 +160,19 @@ def contract(metadata: Mapping[str, Any]) -> dict[str, Any]:
         "units": UNITS,
         "target_sum": float(TARGET_SUM),
         "target_transform": target,
-        "scale": ("as measured (log1p-normalised) in the training spots" if target == "log1p"
-                  else f"trained on {target!r} targets (per section), put back on the scale "
-                       "of the pooled training spots: compare values within a slide"),
+        "scale": (
+            "as measured (log1p-normalised) in the training spots"
+            if target == "log1p"
+            else f"trained on {target!r} targets (per section), put back on the scale "
+            "of the pooled training spots: compare values within a slide"
+        ),
         "n_genes": len(metadata["genes"]),
-        "gene_scores": ("var['inner_pearson']: each gene's mean Pearson on held-out training "
-                        f"sections ({calibration.get('folds', 'inner folds')})"
-                        if calibration.get("available") else "not available"),
+        "gene_scores": (
+            "var['inner_pearson']: each gene's mean Pearson on held-out training "
+            f"sections ({calibration.get('folds', 'inner folds')})"
+            if calibration.get("available")
+            else "not available"
+        ),
         "trained_on": dict(metadata.get("trained_on", {})),
         "route": metadata.get("route"),
         "tile_size_um": float(metadata["patch_um"]),

@@ -1,18 +1,43 @@
 """Split-conformal prediction intervals of the spot regressor, calibrated section by section.
 
 Each training section is predicted by a regressor trained the same way on the other sections
-(leave one section out; three spatial bands of spots with one section). The absolute residuals
-``|measured - predicted|`` of all those held-out spots give, per gene, the conformal quantile
-at level ``ceil((n + 1) * level) / n`` of the ``n`` residuals; the interval of a new tile is
-its prediction plus or minus that quantile. Its coverage holds for a new section that is as
-exchangeable with the training sections as they are with each other; a slide unlike them (see
-the guard) can be covered less.
+(leave one section out; three spatial bands of spots with one section). The residuals
+``measured - predicted`` of those held-out spots calibrate, per gene, the interval of a new tile
+around its prediction. Several ways of turning them into intervals are kept here
+(:data:`METHODS`); the one a model uses (:data:`METHOD`) was chosen by an inner criterion alone
+(``benchmarks/bench_spot_guard.py --select``: each inner held-out training section's coverage
+when the others calibrate it, worst distance to the level), never by the outer sections:
+
+``pooled``
+    the conformal quantile of all held-out absolute residuals, at rank
+    ``ceil((n + 1) * level)`` of ``n``; one half-width per gene.
+``section_weighted``
+    the same quantile with every calibration section weighted alike (a large section no longer
+    dominates), level corrected as ``level * (1 + 1 / n)``.
+``offset``
+    residual = section offset (its mean residual) + within-section error; the quantile of
+    ``|offset_k + error_i|`` over every section's offset and every centred residual of any
+    section (their convolution, sections weighted alike): a new section draws its own offset.
+``mondrian``
+    Mondrian conformal by prediction level: per gene, the calibration predictions' tertiles
+    split the spots into three bins, each with its own conformal quantile; a new tile takes its
+    bin's.
+``spread``
+    normalised conformal on what a new slide shows: per gene, the residuals are divided by the
+    section's spread of *predictions* (standard deviation over its tiles, relative to the
+    calibration sections' mean spread, clipped to [1/2, 2]); a new slide's half-width is the
+    quantile times its own relative spread.
+
+Coverage holds for a new section that is as exchangeable with the training sections as they are
+with each other; a slide unlike them (see the guard) can be covered less. A model file written
+before the methods were kept holds ``half_width`` alone: read as ``pooled``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,17 +46,39 @@ from .._metrics._expression_metrics import column_pearson
 
 #: interval levels a model keeps (``hx.tl.predict(..., level=)`` chooses one)
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+#: the ways of calibrating intervals, simplest first (see the module's text)
+METHODS = ("pooled", "section_weighted", "offset", "mondrian", "spread")
+#: the method a model is calibrated with, chosen by the inner criterion
+METHOD = "pooled"
+#: the relative spread of a slide's predictions is clipped to this range (``spread``)
+SPREAD_CLIP = (0.5, 2.0)
+#: a slide with fewer tiles has no spread of its own (relative spread 1)
+MIN_SPREAD_TILES = 10
+DESCRIPTIONS = {
+    "pooled": "split-conformal, absolute residuals of held-out training sections",
+    "section_weighted": "split-conformal, absolute residuals of held-out training sections "
+    "weighted alike per section",
+    "offset": "split-conformal, section offsets convolved with within-section residuals of "
+    "held-out training sections",
+    "mondrian": "Mondrian split-conformal by prediction level (per-gene tertiles), absolute "
+    "residuals of held-out training sections",
+    "spread": "normalised split-conformal, absolute residuals of held-out training sections "
+    "over each section's relative spread of predictions",
+}
 
 
-def inner_predictions(features: Sequence[np.ndarray], targets: Sequence[np.ndarray],
-                      folds: Sequence[tuple[list, list]],
-                      refit: Callable[[list, list], Callable[[np.ndarray], np.ndarray]]
-                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+def inner_predictions(
+    features: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    folds: Sequence[tuple[list, list]],
+    refit: Callable[[list, list], Callable[[np.ndarray], np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(predicted, measured) of each fold's held-out spots by a regressor fitted on the rest."""
     out = []
     for train, test in folds:
-        apply = refit([features[i][rows] for i, rows in train],
-                      [targets[i][rows] for i, rows in train])
+        apply = refit(
+            [features[i][rows] for i, rows in train], [targets[i][rows] for i, rows in train]
+        )
         predicted = np.vstack([apply(features[i][rows]) for i, rows in test])
         out.append((predicted, np.vstack([targets[i][rows] for i, rows in test])))
     return out
@@ -47,13 +94,153 @@ def conformal_quantile(residuals: np.ndarray, level: float) -> np.ndarray:
     return residuals[rank - 1]
 
 
-def fit_intervals(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """Per-gene half-widths at every level of :data:`LEVELS`, from the held-out residuals."""
-    residuals = np.vstack([np.abs(measured - predicted) for predicted, measured in pairs])
-    return {"method": "split-conformal, absolute residuals of held-out training sections",
-            "n_calibration_spots": len(residuals),
-            "half_width": {f"{level:g}": conformal_quantile(residuals, level).tolist()
-                           for level in LEVELS}}
+def weighted_quantile(
+    values: np.ndarray, weights: np.ndarray, level: float, n: int | None = None
+) -> np.ndarray:
+    """Per column: the smallest value whose weighted share at or below it reaches ``level``.
+
+    ``level`` is corrected for the ``n`` spots (default: the rows) as ``level * (1 + 1 / n)``
+    (inf beyond 1).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    level = level * (1 + 1 / (len(values) if n is None else n))
+    if level > 1:
+        return np.full(values.shape[1], np.inf)
+    order = np.argsort(values, axis=0)
+    cumulative = np.cumsum(np.asarray(weights, dtype=np.float64)[order], axis=0)
+    cumulative /= cumulative[-1]
+    index = np.minimum((cumulative < level - 1e-12).sum(axis=0), len(values) - 1)
+    return np.take_along_axis(values, order, axis=0)[index, np.arange(values.shape[1])]
+
+
+def _section_weights(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([np.full(len(p), 1.0 / len(p)) for p, _ in pairs])
+
+
+def _spreads(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Each section's per-gene standard deviation of predictions (sections x genes)."""
+    return np.vstack([np.asarray(p, dtype=np.float64).std(axis=0) for p, _ in pairs])
+
+
+def relative_spread(reference: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """A slide's per-gene spread of predictions over the calibration's mean, clipped."""
+    predicted = np.asarray(predicted, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if len(predicted) < MIN_SPREAD_TILES:
+        return np.ones(predicted.shape[1])
+    ratio = np.divide(
+        predicted.std(axis=0), reference, out=np.ones_like(reference), where=reference > 1e-12
+    )
+    return np.clip(ratio, *SPREAD_CLIP)
+
+
+def _fit(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str) -> dict[str, Any]:
+    """The method's per-gene parameters at every level of :data:`LEVELS`."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown interval method {method!r}; use one of {METHODS}.")
+    signed = np.vstack([np.asarray(m, np.float64) - p for p, m in pairs])
+    residuals = np.abs(signed)
+    params: dict[str, Any] = {"kind": method}
+    if method == "pooled":
+        quantile = partial(conformal_quantile, residuals)
+    elif method == "section_weighted":
+        weights = _section_weights(pairs)
+        quantile = partial(weighted_quantile, residuals, weights)
+    elif method == "offset":
+        offsets = [
+            np.asarray(m, np.float64).mean(axis=0) - np.asarray(p).mean(axis=0) for p, m in pairs
+        ]
+        centred = np.vstack(
+            [np.asarray(m, np.float64) - p - b for (p, m), b in zip(pairs, offsets, strict=True)]
+        )
+        weights = np.tile(_section_weights(pairs), len(offsets))
+        mixed = np.abs(np.vstack([centred + b for b in offsets]))
+        quantile = partial(weighted_quantile, mixed, weights, n=len(centred))
+    elif method == "mondrian":
+        predicted = np.vstack([p for p, _ in pairs]).astype(np.float64)
+        edges = np.quantile(predicted, [1 / 3, 2 / 3], axis=0)  # 2 x genes
+        bins = _bins(edges, predicted)
+        params["edges"] = edges.T.tolist()
+        params["bin_half_width"] = {
+            f"{level:g}": np.stack(
+                [_bin_quantile(residuals, bins == b, level) for b in range(3)], axis=1
+            ).tolist()
+            for level in LEVELS
+        }
+        quantile = partial(conformal_quantile, residuals)
+    else:  # spread
+        spreads = _spreads(pairs)
+        reference = spreads.mean(axis=0)
+        scale = np.vstack(
+            [np.broadcast_to(relative_spread(reference, p), p.shape) for p, _ in pairs]
+        )
+        params["reference_spread"] = reference.tolist()
+        quantile = partial(conformal_quantile, residuals / scale)
+    params["half_width"] = {f"{level:g}": quantile(level).tolist() for level in LEVELS}
+    return params
+
+
+def _bins(edges: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Bin 0, 1 or 2 of each prediction by the per-gene edges (2 x genes)."""
+    return (predicted > edges[0]).astype(int) + (predicted > edges[1]).astype(int)
+
+
+def _bin_quantile(residuals: np.ndarray, members: np.ndarray, level: float) -> np.ndarray:
+    out = np.empty(residuals.shape[1])
+    for gene in range(residuals.shape[1]):
+        out[gene] = conformal_quantile(residuals[members[:, gene], gene][:, None], level)[0]
+    return out
+
+
+def bounds(
+    intervals: Mapping[str, Any], predicted: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of a slide's predictions (tiles x genes) at ``level``."""
+    predicted = np.asarray(predicted, dtype=np.float32)
+    half = np.broadcast_to(half_width(intervals, level), predicted.shape)
+    kind = intervals.get("kind", "pooled")
+    key = f"{float(level):g}"
+    if kind == "mondrian":
+        table = np.asarray(intervals["bin_half_width"][key], dtype=np.float32)  # genes x 3
+        bins = _bins(np.asarray(intervals["edges"], dtype=np.float64).T, predicted)
+        half = np.take_along_axis(table.T, bins, axis=0) if len(predicted) else half
+    elif kind == "spread":
+        scale = relative_spread(np.asarray(intervals["reference_spread"]), predicted)
+        half = half * scale.astype(np.float32)
+    return predicted - half, predicted + half
+
+
+def section_coverage(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str, level: float = 0.9
+) -> list[float]:
+    """Each held-out part's coverage when the other parts calibrate ``method`` (inner check)."""
+    out = []
+    for k, (predicted, measured) in enumerate(pairs):
+        rest = [pair for j, pair in enumerate(pairs) if j != k]
+        if not rest:
+            return []
+        lower, upper = bounds(_fit(rest, method), predicted, level)
+        out.append(float(((measured >= lower) & (measured <= upper)).mean()))
+    return out
+
+
+def fit_intervals(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str | None = None
+) -> dict[str, Any]:
+    """The interval calibration a model keeps, from the held-out residuals of the inner folds.
+
+    Besides the method's parameters it keeps each inner held-out part's coverage of the 90 %
+    interval when the other parts calibrate it (empty with a single part).
+    """
+    method = METHOD if method is None else method
+    params = _fit(pairs, method)
+    return {
+        "method": DESCRIPTIONS[method],
+        **params,
+        "n_calibration_spots": int(sum(len(p) for p, _ in pairs)),
+        "n_calibration_parts": len(pairs),
+        "inner_coverage_0.9": [round(c, 4) for c in section_coverage(pairs, method)],
+    }
 
 
 def gene_scores(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
@@ -67,10 +254,16 @@ def gene_scores(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
 
 
 def half_width(intervals: Mapping[str, Any], level: float) -> np.ndarray:
-    """The per-gene half-width at ``level``, refused with the levels kept if it is not one."""
+    """The per-gene half-width at ``level``, refused with the levels kept if it is not one.
+
+    For ``mondrian`` and ``spread`` it is the pooled quantile (of absolute residuals, or of
+    residuals over the relative spread): a slide's own half-widths come from :func:`bounds`.
+    """
     kept = intervals["half_width"]
     key = f"{float(level):g}"
     if key not in kept:
-        raise ValueError(f"level={level!r}: the model keeps prediction intervals at levels "
-                         f"{sorted(float(k) for k in kept)}; pass one of them.")
+        raise ValueError(
+            f"level={level!r}: the model keeps prediction intervals at levels "
+            f"{sorted(float(k) for k in kept)}; pass one of them."
+        )
     return np.asarray(kept[key], dtype=np.float32)
