@@ -146,9 +146,9 @@ def test_the_prediction_states_units_genes_training_and_tiles(model, sections, t
     assert record["tile_size_um"] == 40.0 and record["mpp"] == 1.0
     assert record["encoder"] == "handcrafted" and record["encoder_fingerprint"]
     assert "inner_pearson" in table.var
-    np.testing.assert_allclose(table.var["interval_half_width"],
-                               model.metadata["calibration"]["intervals"]["half_width"]["0.9"],
-                               rtol=1e-6)
+    half = (table.layers["upper"] - table.layers["lower"]) / 2
+    np.testing.assert_allclose(table.var["interval_half_width"], half.mean(axis=0), rtol=1e-5)
+    assert record["intervals"]["kind"] == model.metadata["calibration"]["intervals"]["kind"]
     table.write_zarr(tmp_path / "prediction.zarr")  # the record is plain enough to store
     back = ad.read_zarr(tmp_path / "prediction.zarr")
     assert back.uns["prediction"]["guard"]["warns"] == record["guard"]["warns"]
@@ -240,6 +240,92 @@ def test_conformal_quantile_rank_and_coverage():
     half = _conformal.conformal_quantile(np.abs(rng.normal(size=(2000, 3))), 0.9)
     new = np.abs(rng.normal(size=(20000, 3)))
     assert np.abs((new <= half).mean(axis=0) - 0.9).max() < 0.02
+
+
+def _section(rng, n, *, offset=0.0, noise=0.5, signal=1.0, genes=3):
+    """One synthetic section's (predicted, measured): a known offset and spread of residuals."""
+    predicted = signal * rng.normal(size=(n, genes))
+    return predicted, predicted + offset + noise * rng.normal(size=(n, genes))
+
+
+def _coverage(intervals, pair, level=0.9):
+    from histoexpr.tl._spot import _conformal
+
+    lower, upper = _conformal.bounds(intervals, pair[0], level)
+    return float(((pair[1] >= lower) & (pair[1] <= upper)).mean())
+
+
+def test_section_weighted_intervals_cover_new_sections_with_their_own_offset():
+    """One large section without offset and seven small ones with offsets: the pooled quantile
+    follows the large one and under-covers a new section (offset drawn like the sections');
+    weighting the sections alike, or convolving their offsets, covers it near 90 %."""
+    from histoexpr.tl._spot import _conformal
+
+    rng = np.random.default_rng(3)
+    offsets = [0.0, 0.8, -0.8, 0.6, -0.6, 0.4, -0.4, 0.0]
+    pairs = [_section(rng, 3000 if k == 0 else 80, offset=b) for k, b in enumerate(offsets)]
+    new = [_section(rng, 400, offset=b) for b in offsets]  # a new section of each kind
+    covered = {
+        method: np.mean([_coverage(_conformal.fit_intervals(pairs, method), p) for p in new])
+        for method in ("pooled", "section_weighted", "offset")
+    }
+    assert covered["pooled"] < 0.85, covered
+    assert 0.87 <= covered["section_weighted"] <= 0.95, covered
+    assert 0.87 <= covered["offset"] <= 0.95, covered
+
+
+def test_spread_normalised_intervals_follow_a_new_sections_spread():
+    """Sections whose residuals and predictions spread alike (a wider range of expression):
+    the pooled half-width under-covers the widest new section and over-covers the narrowest;
+    scaled by the new slide's own spread of predictions, both land near 90 %."""
+    from histoexpr.tl._spot import _conformal
+
+    rng = np.random.default_rng(4)
+    pairs = [_section(rng, 500, noise=0.5 * s, signal=s) for s in (0.7, 0.85, 1.0, 1.15, 1.3)]
+    wide = _section(rng, 2000, noise=0.75, signal=1.5)
+    narrow = _section(rng, 2000, noise=0.3, signal=0.6)
+    pooled = _conformal.fit_intervals(pairs, "pooled")
+    spread = _conformal.fit_intervals(pairs, "spread")
+    assert _coverage(pooled, wide) < 0.85 and _coverage(pooled, narrow) > 0.95
+    assert 0.86 <= _coverage(spread, wide) <= 0.94
+    assert 0.86 <= _coverage(spread, narrow) <= 0.94
+    # every inner section is covered near 90 % by the others, as the model records it
+    assert np.all(np.abs(np.asarray(spread["inner_coverage_0.9"]) - 0.9) < 0.04)
+
+
+def test_mondrian_intervals_follow_the_prediction_level():
+    """Residuals that grow with the predicted level: one quantile per tertile covers the low
+    and the high predictions alike; the pooled one over-covers low and under-covers high."""
+    from histoexpr.tl._spot import _conformal
+
+    rng = np.random.default_rng(5)
+
+    def section(n):
+        predicted = rng.uniform(0, 3, size=(n, 2))
+        return predicted, predicted + (0.1 + 0.4 * predicted) * rng.normal(size=(n, 2))
+
+    pairs = [section(600) for _ in range(3)]
+    new = section(6000)
+    high = new[0] > 2
+    for method, worst in (("pooled", 0.06), ("mondrian", 0.02)):
+        lower, upper = _conformal.bounds(_conformal.fit_intervals(pairs, method), new[0], 0.9)
+        inside = (new[1] >= lower) & (new[1] <= upper)
+        gap = abs(inside[high].mean() - 0.9)
+        assert (gap > worst) if method == "pooled" else (gap < worst), (method, gap)
+
+
+def test_interval_records_of_older_model_files_read_as_pooled():
+    """A model file written before the methods were kept holds half-widths alone."""
+    from histoexpr.tl._spot import _conformal
+
+    old = {"method": "split-conformal, absolute residuals of held-out training sections",
+           "n_calibration_spots": 10, "half_width": {"0.9": [0.5, 1.0]}}
+    predicted = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    lower, upper = _conformal.bounds(old, predicted, 0.9)
+    np.testing.assert_allclose(lower, predicted - [0.5, 1.0])
+    np.testing.assert_allclose(upper, predicted + [0.5, 1.0])
+    with pytest.raises(ValueError, match="levels"):
+        _conformal.bounds(old, predicted, 0.8)
 
 
 def test_prediction_maps_draw_the_interval_width(model, sections):

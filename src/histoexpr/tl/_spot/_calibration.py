@@ -136,6 +136,9 @@ def annotate(
             "folds": calibration["folds"],
             "half_width": "var['interval_half_width'] (each gene's mean over the tiles)",
             "n_calibration_spots": int(calibration["intervals"]["n_calibration_spots"]),
+            # each inner held-out training section's coverage of the 90 % interval when the
+            # others calibrate it: how far one section's coverage strays (absent: older file)
+            "inner_coverage_0.9": list(calibration["intervals"].get("inner_coverage_0.9", [])),
         }
         record["guard"] = summary
     else:
