@@ -314,12 +314,27 @@ def test_mondrian_intervals_follow_the_prediction_level():
         assert (gap > worst) if method == "pooled" else (gap < worst), (method, gap)
 
 
+def test_the_model_keeps_the_chosen_method_and_its_inner_coverage(model, sections):
+    """The pooled quantile, chosen on the training sections alone (benchmarks/README.md)."""
+    from histoexpr.tl._spot import _conformal
+
+    intervals = model.metadata["calibration"]["intervals"]
+    assert _conformal.METHOD == "pooled" and intervals["kind"] == "pooled"
+    inner = intervals["inner_coverage_0.9"]
+    assert len(inner) == 3 and all(0.5 < c <= 1.0 for c in inner)
+    table = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]), key_added="p_kind")
+    assert table.uns["prediction"]["intervals"]["inner_coverage_0.9"] == inner
+
+
 def test_interval_records_of_older_model_files_read_as_pooled():
     """A model file written before the methods were kept holds half-widths alone."""
     from histoexpr.tl._spot import _conformal
 
-    old = {"method": "split-conformal, absolute residuals of held-out training sections",
-           "n_calibration_spots": 10, "half_width": {"0.9": [0.5, 1.0]}}
+    old = {
+        "method": "split-conformal, absolute residuals of held-out training sections",
+        "n_calibration_spots": 10,
+        "half_width": {"0.9": [0.5, 1.0]},
+    }
     predicted = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
     lower, upper = _conformal.bounds(old, predicted, 0.9)
     np.testing.assert_allclose(lower, predicted - [0.5, 1.0])
