@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._utils import logger
-from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 from ._bag_targets import standardised_features, training_data
 from ._options import MeanPoolLogisticOptions
 

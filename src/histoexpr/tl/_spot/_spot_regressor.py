@@ -29,10 +29,9 @@ from ._spot_inputs import (
     _tiles_at,
     _training_mpp,
 )
-from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 
 if TYPE_CHECKING:
-
     from spatialdata import SpatialData
 
     from ...models import Network
@@ -122,9 +121,8 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     """
     from ...pp import select_genes
 
-    if options.route in ("ridge", "mlp"):
-        _refuse_random_encoder(options.encoder)  # imports the encoders: checked here, not in
-        # the options class (SpotRegressorOptions checks every rule between options)
+    if options.route in ("ridge", "mlp"):  # needs the encoders (torch): checked here, while
+        _refuse_random_encoder(options.encoder)  # the options class checks the other rules
     patch_um = options.size_um  # the name inside this module
     sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, options.image_key, options.spots_key,
