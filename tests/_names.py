@@ -96,7 +96,7 @@ def _module_functions() -> Iterator[tuple[str, Any]]:
     """(name, object) of every model's options (its fit), its predict, the cross-validators and
     evaluators."""
     api = importlib.import_module("histoexpr.tl._api")
-    options = importlib.import_module("histoexpr.tl._options")
+    options = importlib.import_module("histoexpr.tl._models")
     for name, module in api.MODELS.items():
         loaded = importlib.import_module(module, "histoexpr.tl")
         yield f"tl[{name}].fit", options.OPTIONS[name]  # its fields are fit's options

@@ -17,8 +17,13 @@ import pytest
 import torch
 
 import histoexpr as hx
-from histoexpr.tl._api import MODELS, predict_options
-from histoexpr.tl._options import OPTIONS, RENAMED, SHARED_DOCS, TrainingOptions, options_for
+from histoexpr.tl._api import predict_options
+from histoexpr.tl._models import MODELS, OPTIONS
+from histoexpr.tl._models import options_of as options_for
+from histoexpr.tl._options import SHARED_DOCS, TrainingOptions
+
+#: model name -> {old option name: new name}, from each options class's ``renamed``
+RENAMED = {name: dict(cls.renamed) for name, cls in OPTIONS.items() if cls.renamed}
 
 GENES = ["EPCAM", "KRT8", "PTPRC"]
 

@@ -29,8 +29,7 @@ def model_objects():
     """Every model's options class and its module's ``fit`` and ``predict`` (through MODELS)."""
     import importlib
 
-    from histoexpr.tl._api import MODELS
-    from histoexpr.tl._options import OPTIONS
+    from histoexpr.tl._models import MODELS, OPTIONS
 
     for name, module in MODELS.items():
         loaded = importlib.import_module(module, "histoexpr.tl")

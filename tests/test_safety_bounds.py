@@ -46,7 +46,7 @@ def _read(manifest, folder):
            says="ValueError at options construction: `alphas[0]=nan is not a finite number`",
            fix="pass finite values (or leave the default)")
 def test_hyper_parameters_must_be_finite_numbers(model, options):
-    from histoexpr.tl._options import options_for
+    from histoexpr.tl._models import options_of as options_for
 
     with pytest.raises(ValueError, match="finite|positive"):
         options_for(model, **options)

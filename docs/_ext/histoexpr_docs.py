@@ -36,9 +36,9 @@ def _tables() -> tuple[dict[str, str], dict[str, tuple[str, str]], dict[str, tup
 
 def _options_class(model: str) -> str:
     """The public name of the model's options class (``hx.tl.<Name>Options``)."""
-    from histoexpr.tl import _options
+    from histoexpr.tl import _models
 
-    return f"histoexpr.tl.{_options.OPTIONS[model].__name__}"
+    return f"histoexpr.tl.{_models.OPTIONS[model].__name__}"
 
 
 def _qualified(module: str, function: str) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "check_fraction",
     "check_int",
     "check_positive",
+    "apply_renames",
     "renamed_parameters",
 ]
 
@@ -116,6 +117,28 @@ def stride_name(kwargs: Mapping[str, Any]) -> str:
     return "stride_um" if kwargs.get("size_um") is not None else "stride_px"
 
 
+def apply_renames(renames: Mapping[str, str | Callable[[Mapping[str, Any]], str]],
+                  kwargs: Mapping[str, Any], *, owner: str, stacklevel: int = 3) -> dict[str, Any]:
+    """``kwargs`` with old names replaced by new ones, each with a ``FutureWarning``.
+
+    The one rename mechanism: :func:`renamed_parameters` (functions) and the options classes
+    (their ``renamed``, applied by ``hx.tl.fit``) both use it. A new name may be a function of
+    the keyword arguments. Passing both the old and the new name is an error.
+    """
+    kwargs = dict(kwargs)
+    for old, new in renames.items():
+        if old not in kwargs:
+            continue
+        new_name = new if isinstance(new, str) else new(kwargs)
+        if new_name in kwargs:
+            raise TypeError(f"{owner} got both {old!r} (deprecated) and {new_name!r}; pass "
+                            f"only {new_name!r}.")
+        warnings.warn(f"{owner}: {old!r} is deprecated and will be removed; use {new_name!r} "
+                      "instead.", FutureWarning, stacklevel=stacklevel)
+        kwargs[new_name] = kwargs.pop(old)
+    return kwargs
+
+
 def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> Callable[[F], F]:
     """Accept old keyword names for a while, with a ``FutureWarning`` naming the new one.
 
@@ -135,17 +158,7 @@ def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> C
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in renames.items():
-                if old not in kwargs:
-                    continue
-                new_name = new if isinstance(new, str) else new(kwargs)
-                if new_name in kwargs:
-                    raise TypeError(f"{function.__name__}() got both {old!r} (deprecated) and "
-                                    f"{new_name!r}; pass only {new_name!r}.")
-                warnings.warn(f"{function.__name__}(): {old!r} is deprecated and will be "
-                              f"removed; use {new_name!r} instead.", FutureWarning,
-                              stacklevel=2)
-                kwargs[new_name] = kwargs.pop(old)
+            kwargs = apply_renames(renames, kwargs, owner=f"{function.__name__}()")
             return function(*args, **kwargs)
 
         wrapper.__renamed_parameters__ = dict(renames)  # type: ignore[attr-defined]

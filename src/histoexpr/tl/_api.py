@@ -1,11 +1,11 @@
 """The entry points ``fit``, ``predict`` and ``evaluate``, shared by every model.
 
 Each model lives in its own module of a job room of :mod:`histoexpr.tl` (``tl/_patch``,
-``tl/_spot``, ``tl/_mil``) that defines ``fit(data, *, options)`` (its options class is in
-:mod:`histoexpr.tl._options`)
-returning a trained :class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the
-model) and ``predict(model, data, **options)``. The entry points look the module up here, so
-adding a model is one line in :data:`MODELS`.
+``tl/_spot``, ``tl/_mil``) that defines ``fit(data, options)`` returning a trained
+:class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the model) and
+``predict(model, data, **options)``; its options class lives in the room's ``_options.py``. The
+entry points look both up in the model table (:mod:`histoexpr.tl._models`), which is also where
+a model is added (one entry).
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._utils import logged_step
-from ._options import OPTIONS, ModelOptions, options_for
+from ._models import (
+    COHORT_MODELS,
+    CROSS_VALIDATORS,
+    MODEL_TABLE,
+    MODELS,
+    OPTIONS,
+    ModelSpec,
+    options_of,
+    spec_of,
+)
+from ._options import ModelOptions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,28 +35,8 @@ if TYPE_CHECKING:
 
     from ..models import Network
 
-#: model name -> module of histoexpr.tl that trains and applies it
-MODELS: dict[str, str] = {
-    "patch_classifier": "._patch._patch_classifier",
-    "cell_morphology": "._patch._cell_morphology",
-    "abmil": "._mil._abmil",
-    "meanpool_ridge": "._mil._ridge",
-    "meanpool_logistic": "._mil._logistic",
-    "spot_regressor": "._spot._spot_regressor",
-}
-
-#: models whose predict takes a cohort (slide-level bag models, and the spot regressor, which
-#: predicts each slide of a cohort on disk into its store)
-COHORT_MODELS: tuple[str, ...] = ("abmil", "meanpool_ridge", "meanpool_logistic",
-                                  "spot_regressor")
-
-#: model name -> (module, function) that cross-validates it
-CROSS_VALIDATORS: dict[str, tuple[str, str]] = {
-    "abmil": ("._mil._cross_validate", "cross_validate_bags"),
-    "meanpool_ridge": ("._mil._cross_validate", "cross_validate_bags"),
-    "meanpool_logistic": ("._mil._cross_validate", "cross_validate_bags"),
-    "spot_regressor": ("._spot._cross_validate", "cross_validate_spots"),
-}
+__all__ = ["COHORT_MODELS", "CROSS_VALIDATORS", "MODELS", "OPTIONS", "cross_validate",
+           "evaluate", "fit", "predict", "predict_options", "register_model", "write_help"]
 
 #: kind of the prediction element -> the options of evaluate that its evaluator takes
 EVALUATOR_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -67,10 +57,7 @@ def _model_name(model: str | ModelOptions) -> str:
 
 
 def _model_module(name: str) -> ModuleType:
-    if name not in MODELS:
-        known = ", ".join(repr(m) for m in MODELS) or "none yet"
-        raise ValueError(f"Unknown model {name!r}; histoexpr trains: {known}.")
-    return importlib.import_module(MODELS[name], package=__package__)
+    return spec_of(name).load()
 
 
 def predict_options(model: str) -> tuple[str, ...]:
@@ -133,8 +120,10 @@ def fit(data: Any, *, model: str | ModelOptions, **options: Any) -> Network:
     -----
     FIT_OPTIONS
     """
-    chosen = options_for(model, **options)
-    return _model_module(chosen.model).fit(data, options=chosen)
+    chosen = options_of(model, **options)
+    network = spec_of(chosen).load().fit(data, chosen)
+    network.metadata["options"] = chosen.record()
+    return network
 
 
 @logged_step("predicting")
@@ -221,13 +210,13 @@ def cross_validate(data: Any, *, model: str | ModelOptions, groups: Any = None,
     -----
     CV_OPTIONS
     """
-    name = model.model if isinstance(model, ModelOptions) else model
-    if name not in CROSS_VALIDATORS:
-        raise ValueError(f"No cross-validation for model {name!r}; histoexpr cross-validates "
-                         f"{', '.join(repr(m) for m in CROSS_VALIDATORS)}.")
-    module, function = CROSS_VALIDATORS[name]
-    return getattr(importlib.import_module(module, package=__package__), function)(
-        data, model=model, groups=groups, **options)
+    spec = spec_of(model)
+    if spec.cross_validator is None:
+        raise ValueError(f"No cross-validation for model {spec.name!r}; histoexpr "
+                         f"cross-validates {', '.join(repr(m) for m in CROSS_VALIDATORS)}.")
+    base = model if isinstance(model, ModelOptions) else spec.options()
+    return spec.load_cross_validator()(data, model=base, module=spec.load(), groups=groups,
+                                       **options)
 
 
 def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
@@ -298,7 +287,7 @@ def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
 # the model modules' predict and of the cross-validation procedures, read from their source so
 # that reading the help does not import torch.
 
-_PROCEDURE_OPTIONS = ("model", "groups", "data", "sections")
+_PROCEDURE_OPTIONS = ("model", "module", "groups", "data", "sections")
 _PREDICT_SHOWN_ELSEWHERE = ("model", "data", "sdata", "key_added", "overwrite")
 
 
@@ -350,8 +339,8 @@ def _function_source(module: str, function: str) -> tuple[str, list[tuple[str, s
     import ast
     import importlib.util
 
-    spec = importlib.util.find_spec(module, package=__package__)
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found = importlib.util.find_spec(module, package=__package__)
+    tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
     node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function),
                 None)
     if node is None:  # imported from a sibling module: read it there
@@ -398,6 +387,9 @@ def _grouped(table: dict[str, tuple[str, str]]) -> dict[tuple[str, str], list[st
     return groups
 
 
+_TEMPLATES = {function: function.__doc__ for function in (fit, predict, cross_validate)}
+
+
 def _fill(function: Any, placeholder: str, text: str, indent: str = "    ") -> None:
     import textwrap
 
@@ -405,10 +397,28 @@ def _fill(function: Any, placeholder: str, text: str, indent: str = "    ") -> N
         placeholder, textwrap.indent(text, indent).lstrip())
 
 
-_fill(fit, "MODEL_LIST", "One of:\n\n" + "\n".join(
-    f'- ``"{n}"``: :class:`~histoexpr.tl.{c.__name__}`' for n, c in OPTIONS.items()),
-    indent="        ")
-_fill(fit, "FIT_OPTIONS", _fit_options_doc())
-_fill(predict, "PREDICT_OPTIONS", _predict_options_doc())
-_fill(cross_validate, "CV_OPTIONS", _cv_options_doc())
+def write_help() -> None:
+    """Write the model lists and options of every model of the table into the help."""
+    for function, template in _TEMPLATES.items():
+        function.__doc__ = template
+    _fill(fit, "MODEL_LIST", "One of:\n\n" + "\n".join(
+        f'- ``"{n}"``: :class:`~histoexpr.tl.{c.__name__}`' for n, c in OPTIONS.items()),
+        indent="        ")
+    _fill(fit, "FIT_OPTIONS", _fit_options_doc())
+    _fill(predict, "PREDICT_OPTIONS", _predict_options_doc())
+    _fill(cross_validate, "CV_OPTIONS", _cv_options_doc())
 
+
+def register_model(spec: ModelSpec) -> None:
+    """Add a model to the table (:mod:`histoexpr.tl._models`) and to the help of the entry points.
+
+    The models of histoexpr are the entries written in ``MODEL_TABLE``; this adds one at run
+    time (a model defined outside the package, or in a test). A name already taken is refused.
+    """
+    if spec.name in MODEL_TABLE:
+        raise ValueError(f"Model {spec.name!r} exists already; give the new model another name.")
+    MODEL_TABLE[spec.name] = spec
+    write_help()
+
+
+write_help()

@@ -14,7 +14,6 @@ import torch
 
 from ..._utils import seed_everything
 from ..._validate import check_store_name
-from .._options import ABMILOptions
 from ._bag_data import collect_bags
 from ._bag_outputs import (
     _add_classes,
@@ -31,6 +30,7 @@ from ._bag_outputs import (
     write_predictions,
 )
 from ._bag_targets import rule_labels, standardised_features, training_data
+from ._options import ABMILOptions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ...models import Network
 
 
-def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
+def fit(data: Any, options: ABMILOptions) -> Network:
     """Train a gated attention MIL network on bags of tile features.
 
     Regression learns the bags' expression of ``genes`` (MSE on per-gene standardised
@@ -64,9 +64,9 @@ def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
         SpatialData with pseudo-bulk bags (:func:`histoexpr.pp.pseudobulk`) or a mapping of such
         sections by name.
     options
-        The model's options, each documented in :class:`~histoexpr.tl.ABMILOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.ABMILOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
@@ -75,75 +75,43 @@ def fit(data: Any, *, options: ABMILOptions | None = None) -> Network:
     ``history``.
 
     """
-    options = ABMILOptions() if options is None else options
-    network = _fit(data, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    data: Any,
-    *,
-    genes: Any,
-    target: str | list[str] | None,
-    task: str,
-    labels: str,
-    tiles_key: str,
-    features_key: str | None,
-    bags_key: str,
-    target_transform: str,
-    per_gene: bool,
-    hidden: int,
-    attention_hidden: int,
-    dropout: float,
-    attention_entropy: float,
-    max_tiles: int | None,
-    batch_size: int,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    patience: int | None,
-    val_fraction: float,
-    seed: int | None,
-    device: str | None,
-) -> Network:
-    """Train with the options of :class:`~histoexpr.tl.ABMILOptions` by name."""
     from ...models import AttentionMIL
     from .._train import train
 
-    bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
-                                      tiles_key=tiles_key, features_key=features_key,
-                                      bags_key=bags_key, target_transform=target_transform,
-                                      labels=labels)
-    if max_tiles is not None and max_tiles < 1:
-        raise ValueError(f"max_tiles must be positive or None, got {max_tiles}.")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}.")
-    rng = seed_everything(seed)
+    bags, y, metadata = training_data(
+        data, genes=options.genes, target=options.target, task=options.task,
+        tiles_key=options.tiles_key, features_key=options.features_key,
+        bags_key=options.bags_key, target_transform=options.target_transform,
+        labels=options.labels)
+    rng = seed_everything(options.seed)
     features = standardised_features(bags, metadata)
     n_outputs = len(metadata["columns"])
-    n_branches = len(metadata["branches"]) if per_gene else 1
-    if per_gene and task == "classification" and len({len(c) for c in
+    n_branches = len(metadata["branches"]) if options.per_gene else 1
+    if options.per_gene and options.task == "classification" and len({len(c) for c in
                                                        metadata["classes"].values()}) > 1:
         raise ValueError("per_gene=True needs the same number of classes in every target; "
                          "train the targets separately.")
-    metadata["branches"] = metadata["branches"] if per_gene else ["attention"]
-    network = AttentionMIL(in_features=features[0].shape[1], n_outputs=n_outputs, hidden=hidden,
-                           attention_hidden=attention_hidden, dropout=dropout,
+    metadata["branches"] = metadata["branches"] if options.per_gene else ["attention"]
+    network = AttentionMIL(in_features=features[0].shape[1], n_outputs=n_outputs,
+                           hidden=options.hidden, attention_hidden=options.attention_hidden,
+                           dropout=options.dropout,
                            n_branches=n_branches)
     order = rng.permutation(len(features))
-    n_val = int(round(val_fraction * len(features)))
-    if val_fraction > 0 and (n_val < 1 or len(features) - n_val < 1):
+    n_val = int(round(options.val_fraction * len(features)))
+    if options.val_fraction > 0 and (n_val < 1 or len(features) - n_val < 1):
         raise ValueError(f"{len(features)} bags are too few to hold out val_fraction="
-                         f"{val_fraction} for early stopping; pass val_fraction=0.")
+                         f"{options.val_fraction} for early stopping; pass val_fraction=0.")
     val, train_ids = order[:n_val], order[n_val:]
-    loader = _loader(features, y, train_ids, batch_size, max_tiles, shuffle=True)
+    batch_size = options.batch_size
+    loader = _loader(features, y, train_ids, batch_size, options.max_tiles, shuffle=True)
     val_loader = _loader(features, y, val, batch_size, None, shuffle=False) if n_val else None
-    task_loss = _regression_loss if task == "regression" else _classification_loss(metadata)
-    loss = _with_entropy(task_loss, attention_entropy)
-    history = train(network, loader, val_loader, loss, epochs=epochs, lr=lr,
-                    weight_decay=weight_decay, patience=patience if n_val else None,
-                    device=device, seed=seed, desc="abmil")
+    task_loss = (_regression_loss if options.task == "regression"
+                 else _classification_loss(metadata))
+    loss = _with_entropy(task_loss, options.attention_entropy)
+    history = train(network, loader, val_loader, loss, epochs=options.epochs, lr=options.lr,
+                    weight_decay=options.weight_decay,
+                    patience=options.patience if n_val else None, device=options.device,
+                    seed=options.seed, desc="abmil")
     metadata.update(model="abmil", history=history, n_train_bags=int(len(train_ids)),
                     n_val_bags=int(n_val))
     network.metadata = metadata

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ...io import SlideStore
 
 #: how expression targets are made from the bulk table
-TARGET_TRANSFORMS = ("log1p_normalised", "log1p", "none")
 
 
 @dataclass

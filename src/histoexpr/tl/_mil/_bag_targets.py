@@ -8,7 +8,6 @@ import numpy as np
 
 from ..._utils import logger
 from ._bag_data import (
-    TARGET_TRANSFORMS,
     Bags,
     StandardisedFeatures,
     collect_bags,
@@ -16,10 +15,7 @@ from ._bag_data import (
     feature_statistics,
     features_made,
 )
-
-TASKS = ("regression", "classification")
-#: where classification labels come from: the bulk table's obs, or the training bags' median
-LABELS = ("obs", "median")
+from ._options import LABELS, TARGET_TRANSFORMS, TASKS
 
 
 def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: str,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,18 +16,11 @@ if TYPE_CHECKING:
 
     from .._options import ModelOptions
 
-#: the slide-level models of this room, by name (as in histoexpr.tl._api.MODELS) -> their module
-BAG_MODELS: dict[str, str] = {
-    "abmil": "._abmil",
-    "meanpool_ridge": "._ridge",
-    "meanpool_logistic": "._logistic",
-}
-
-
 def cross_validate_bags(
     data: Any,
     *,
-    model: str | ModelOptions = "abmil",
+    model: ModelOptions,
+    module: ModuleType,
     groups: str | Mapping[str, str] | None = None,
     n_folds: int | None = None,
     key_added: str = "cv",
@@ -39,17 +31,20 @@ def cross_validate_bags(
 
     Folds are made of sections (slides), never of bags: a section's bags, and all sections of a
     patient, are always on the same side. Each fold's model is fitted on the other folds with
-    ``hx.tl.fit(train, model=model, **fit_kwargs)`` and applied to the held-out sections with
-    ``hx.tl.predict``, which also writes the out-of-fold per-tile predictions and attention into
-    their tile tables (under ``key_added``).
+    ``module.fit`` (as ``hx.tl.fit(train, model=model, **fit_kwargs)``) and applied to the
+    held-out sections with ``hx.tl.predict``, which also writes the out-of-fold per-tile
+    predictions and attention into their tile tables (under ``key_added``).
 
     Parameters
     ----------
     data
         A Cohort (one bag per slide) or a mapping of pseudo-bulked sections by name.
     model
-        A slide-level model: ``"abmil"``, ``"meanpool_ridge"`` or ``"meanpool_logistic"``, or
-        its options (e.g. :class:`~histoexpr.tl.ABMILOptions`).
+        The options of a slide-level model (e.g. :class:`~histoexpr.tl.ABMILOptions`); the
+        ``fit_kwargs`` replace its fields.
+    module
+        The model's module: its ``fit(data, options)`` trains each fold's model and its
+        ``predict`` applies it (``hx.tl.cross_validate`` passes the one of the model table).
     groups
         The patient of each section: a column of ``cohort.bulk.obs`` (Cohort), a mapping from
         section (slide) name to patient, or ``None`` for one group per section.
@@ -84,7 +79,6 @@ def cross_validate_bags(
     from .._sections import as_sections, check_no_copies
 
     options = options_for(model, **fit_kwargs)  # checked once, before the first fold
-    module = _bag_model(options.model)
     if not isinstance(data, Cohort):
         data = as_sections(data)
     names, group_of = _section_groups(data, groups)
@@ -97,7 +91,7 @@ def cross_validate_bags(
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
         with each_item():  # what fit and predict log of each fold is debug
-            network = module.fit(train, options=options)
+            network = module.fit(train, options)
             predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
@@ -132,7 +126,7 @@ def cross_validate_bags(
                     "under them): per-tile predictions %.3f, attention %.3f, contributions %.3f.",
                     *check[["tile_spearman", "attention_spearman",
                             "contribution_spearman"]].mean())
-    result.uns["cv"] = {"model": model, "n_folds": len(folds)}
+    result.uns["cv"] = {"model": options.model, "n_folds": len(folds)}
     return result
 
 
@@ -203,10 +197,3 @@ def _subset(data: Any, names: list[str]) -> Any:
 
     return data.subset(names) if isinstance(data, Cohort) else {n: data[n] for n in names}
 
-
-def _bag_model(name: str) -> ModuleType:
-    """The module that trains and applies the slide-level model ``name`` (its fit and predict)."""
-    if name not in BAG_MODELS:
-        raise ValueError(f"Unknown slide-level model {name!r}; cross_validate_bags trains: "
-                         f"{', '.join(repr(m) for m in BAG_MODELS)}.")
-    return importlib.import_module(BAG_MODELS[name], package=__package__)

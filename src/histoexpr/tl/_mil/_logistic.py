@@ -8,15 +8,14 @@ per-tile class probabilities and (uniform) attention like the attention MIL does
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..._utils import logger
-from .._options import MeanPoolLogisticOptions
-from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 from ._bag_targets import standardised_features, training_data
+from ._options import MeanPoolLogisticOptions
 
 if TYPE_CHECKING:
     from ...models import Network
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["fit", "predict"]
 
 
-def fit(data: Any, *, options: MeanPoolLogisticOptions | None = None) -> Network:
+def fit(data: Any, options: MeanPoolLogisticOptions) -> Network:
     """Fit logistic regression of the bags' labels on their mean tile features.
 
     Features are standardised over the training tiles. The inverse penalty ``C`` is chosen
@@ -37,9 +36,9 @@ def fit(data: Any, *, options: MeanPoolLogisticOptions | None = None) -> Network
         A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for
         ``model="abmil"``).
     options
-        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolLogisticOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolLogisticOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
@@ -52,27 +51,6 @@ def fit(data: Any, *, options: MeanPoolLogisticOptions | None = None) -> Network
     ...                      genes=["ERBB2"], labels="median")
 
     """
-    options = MeanPoolLogisticOptions() if options is None else options
-    network = _fit(data, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    data: Any,
-    *,
-    genes: Any,
-    target: str | list[str] | None,
-    task: str,
-    labels: str,
-    tiles_key: str,
-    features_key: str | None,
-    bags_key: str,
-    target_transform: str,
-    Cs: Sequence[float],
-    seed: int | None,
-) -> Network:
-    """Train with the options of :class:`~histoexpr.tl.MeanPoolLogisticOptions` by name."""
     import torch
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
@@ -80,14 +58,12 @@ def _fit(
     from ..._utils import seed_everything
     from ...models import MeanPoolLinear
 
-    if task != "classification":
-        raise ValueError(f"meanpool_logistic classifies (task='classification'), got task="
-                         f"{task!r}; the regression baseline is model='meanpool_ridge'.")
-    seed_everything(seed)
-    bags, y, metadata = training_data(data, genes=genes, target=target, task=task,
-                                      tiles_key=tiles_key, features_key=features_key,
-                                      bags_key=bags_key, target_transform=target_transform,
-                                      labels=labels)
+    seed_everything(options.seed)
+    bags, y, metadata = training_data(
+        data, genes=options.genes, target=options.target, task=options.task,
+        tiles_key=options.tiles_key, features_key=options.features_key,
+        bags_key=options.bags_key, target_transform=options.target_transform,
+        labels=options.labels)
     pooled = np.stack([f.mean(axis=0) for f in standardised_features(bags, metadata)])
     sections = bags.bulk.obs["section"].to_numpy()
     network = MeanPoolLinear(in_features=pooled.shape[1], n_outputs=len(metadata["columns"]))
@@ -108,7 +84,7 @@ def _fit(
                                          random_state=0).split(pooled, labels_j))
         with warnings.catch_warnings():  # scikit-learn's notices of future defaults
             warnings.simplefilter("ignore", FutureWarning)
-            model = LogisticRegressionCV(Cs=list(Cs), cv=folds, scoring="neg_log_loss",
+            model = LogisticRegressionCV(Cs=list(options.Cs), cv=folds, scoring="neg_log_loss",
                                          max_iter=2000).fit(pooled, labels_j)
         present = model.classes_
         if n_classes == 2:  # one decision function: logits (0, w.x + b)

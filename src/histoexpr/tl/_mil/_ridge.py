@@ -7,14 +7,13 @@ MIL does, so both are compared with the same code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._options import MeanPoolRidgeOptions
-from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 from ._bag_targets import standardised_features, training_data
+from ._options import MeanPoolRidgeOptions
 
 if TYPE_CHECKING:
     from ...models import Network
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["fit", "predict"]
 
 
-def fit(data: Any, *, options: MeanPoolRidgeOptions | None = None) -> Network:
+def fit(data: Any, options: MeanPoolRidgeOptions) -> Network:
     """Fit ridge regression of the bags' expression on their mean tile features.
 
     Features are standardised over the training tiles; the penalty is chosen among ``alphas`` by
@@ -34,42 +33,26 @@ def fit(data: Any, *, options: MeanPoolRidgeOptions | None = None) -> Network:
         A Cohort, a SpatialData with pseudo-bulk bags, or a mapping of them (as for
         ``model="abmil"``).
     options
-        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolRidgeOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.MeanPoolRidgeOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
     A :class:`histoexpr.models.MeanPoolLinear` holding the ridge weights.
 
     """
-    options = MeanPoolRidgeOptions() if options is None else options
-    network = _fit(data, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    data: Any,
-    *,
-    genes: Any,
-    tiles_key: str,
-    features_key: str | None,
-    bags_key: str,
-    target_transform: str,
-    alphas: Sequence[float],
-) -> Network:
-    """Train with the options of :class:`~histoexpr.tl.MeanPoolRidgeOptions` by name."""
     import torch
     from sklearn.linear_model import RidgeCV
 
     from ...models import MeanPoolLinear
 
-    bags, y, metadata = training_data(data, genes=genes, target=None, task="regression",
-                                      tiles_key=tiles_key, features_key=features_key,
-                                      bags_key=bags_key, target_transform=target_transform)
+    bags, y, metadata = training_data(
+        data, genes=options.genes, target=None, task="regression", tiles_key=options.tiles_key,
+        features_key=options.features_key, bags_key=options.bags_key,
+        target_transform=options.target_transform)
     pooled = np.stack([f.mean(axis=0) for f in standardised_features(bags, metadata)])
-    ridge = RidgeCV(alphas=list(alphas)).fit(pooled, y)
+    ridge = RidgeCV(alphas=list(options.alphas)).fit(pooled, y)
     network = MeanPoolLinear(in_features=pooled.shape[1], n_outputs=y.shape[1])
     with torch.no_grad():
         network.linear.weight.copy_(torch.as_tensor(ridge.coef_, dtype=torch.float32))

@@ -17,20 +17,20 @@ import numpy as np
 
 from ..._spatial_uns import add_spatial_uns
 from ..._utils import check_key_free, logger, require_element, resolve_seed
-from .._options import CellMorphologyOptions
 from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
+from ._options import CellMorphologyOptions
 from ._stain_features import stain_channels, stain_features
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-    from ...models import CellClassifier, PatchEnsemble
+    from ...models import CellClassifier
 
 MODEL_NAME = "cell_morphology"
 
 
-def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> CellClassifier:
+def fit(sdata: SpatialData, options: CellMorphologyOptions) -> CellClassifier:
     """Train a logistic regression on per-cell image features (and, optionally, CNN outputs).
 
     Every cell of ``region`` is described by the mean and spread over its pixels of the
@@ -64,9 +64,9 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
         The section, with the image, the cells and the labels of
         ``hx.pp.transcript_labels(..., cells=...)``.
     options
-        The model's options, each documented in :class:`~histoexpr.tl.CellMorphologyOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.CellMorphologyOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
@@ -87,64 +87,37 @@ def fit(sdata: SpatialData, *, options: CellMorphologyOptions | None = None) -> 
     ...                        stains_key="stains", stains=["PolyT"])
 
     """
-    options = CellMorphologyOptions() if options is None else options
-    network = _fit(sdata, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    sdata: SpatialData,
-    *,
-    labels_key: str,
-    cells: str | None,
-    image_key: str | None,
-    region: Sequence[float] | None,
-    feature_mpp: float,
-    smooth_um: Sequence[float],
-    stains_key: str | None,
-    stains: Sequence[str] | None,
-    ring_um: float,
-    Cs: int,
-    n_folds: int,
-    patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None,
-    batch_size: int,
-    device: str | None,
-    seed: int | None,
-) -> CellClassifier:
-    """Train with the options of :class:`~histoexpr.tl.CellMorphologyOptions` by name."""
     import torch
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from ...models import CellClassifier
 
-    rule = _labelling_rule(sdata, labels_key)
-    cells = _cells_key(sdata, rule, cells)
-    image_key = str(rule["image_key"] if image_key is None else image_key)
+    rule = _labelling_rule(sdata, options.labels_key)
+    cells = _cells_key(sdata, rule, options.cells)
+    image_key = str(rule["image_key"] if options.image_key is None else options.image_key)
     require_element(sdata, image_key, "images")
-    patch_models = _patch_models(patch_classifier)
-    if not feature_mpp > 0:
-        raise ValueError(f"feature_mpp must be a positive pixel size in um/px, got "
-                         f"{feature_mpp!r}.")
-    channels = None if stains_key is None else stain_channels(sdata, stains_key, stains)
-    seed = resolve_seed(seed)
+    patch_models = _patch_models(options.patch_classifier)
+    channels = (None if options.stains_key is None
+                else stain_channels(sdata, options.stains_key, options.stains))
+    seed = resolve_seed(options.seed)
     classes = {str(k): int(v) for k, v in rule["classes"].items()}
     cell_classes = [name for name in classes if name != "background"]
-    bounds = _bounds(sdata, image_key, region)
-    features, names, centroids = _features(sdata, cells, image_key, bounds, feature_mpp,
-                                           smooth_um, stains_key, channels, ring_um)
-    truth = sdata.tables[f"{labels_key}_cells"].obs["label"].reindex(names.astype(str))
+    bounds = _bounds(sdata, image_key, options.region)
+    features, names, centroids = _features(sdata, cells, image_key, bounds, options.feature_mpp,
+                                           options.smooth_um, options.stains_key, channels,
+                                           options.ring_um)
+    truth = sdata.tables[f"{options.labels_key}_cells"].obs["label"].reindex(names.astype(str))
     truth = truth.fillna(0).to_numpy().astype(int)
     values = np.array([classes[name] for name in cell_classes])
     keep = np.isin(truth, values)
     counts = {name: int((truth[keep] == classes[name]).sum()) for name in cell_classes}
-    if min(counts.values()) < n_folds:
-        raise ValueError(f"Too few training cells of some class for {n_folds}-fold "
+    if min(counts.values()) < options.n_folds:
+        raise ValueError(f"Too few training cells of some class for {options.n_folds}-fold "
                          f"cross-validation ({counts}); widen region or lower n_folds.")
     x = features[keep]
     y = np.array([list(values).index(v) for v in truth[keep]], dtype=int)
-    splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-    first, scaler = _logistic(x, y, Cs, splitter)
+    splitter = StratifiedKFold(options.n_folds, shuffle=True, random_state=seed)
+    first, scaler = _logistic(x, y, options.Cs, splitter)
     network = CellClassifier(n_features=x.shape[1], n_classes=len(cell_classes),
                              patch_models=[m.get_config()["members"] for m in patch_models])
     with torch.no_grad():
@@ -155,18 +128,21 @@ def _fit(
     metadata: dict[str, Any] = {
         "model": MODEL_NAME, "classes": classes, "cell_classes": cell_classes,
         "genes": list(rule["genes"]), "cells": cells, "image_key": image_key,
-        "labels_key": labels_key, "grid_um": float(rule["grid_um"]),
-        "feature_mpp": float(feature_mpp), "smooth_um": [float(s) for s in smooth_um],
-        "stains_key": stains_key, "stains": channels, "ring_um": float(ring_um),
+        "labels_key": options.labels_key, "grid_um": float(rule["grid_um"]),
+        "feature_mpp": float(options.feature_mpp),
+        "smooth_um": [float(s) for s in options.smooth_um],
+        "stains_key": options.stains_key, "stains": channels, "ring_um": float(options.ring_um),
         "C": float(first.C_[0]), "n_train_cells": int(keep.sum()), "train_counts": counts,
-        "region": None if region is None else [float(v) for v in region], "seed": seed,
+        "region": None if options.region is None else [float(v) for v in options.region],
+        "seed": seed,
     }
     if patch_models:
         out_of_fold = cross_val_predict(
             _pipeline(float(first.C_[0])), x, y, cv=splitter, method="predict_proba")
         cnn, used = _unseen_patch_log_probabilities(sdata, patch_models, cells, names[keep],
                                                     centroids[keep], bounds, classes,
-                                                    batch_size=batch_size, device=device)
+                                                    batch_size=options.batch_size,
+                                                    device=options.device)
         stack_counts = np.bincount(y[used], minlength=len(cell_classes))
         if stack_counts.min() < 2:
             raise ValueError(
@@ -176,9 +152,9 @@ def _fit(
                 "Train patch classifiers on parts of the training region (cross-fitting) or "
                 "with a larger val_fraction.")
         stacked_x = np.column_stack([np.log(np.clip(out_of_fold[used], 1e-6, 1)), cnn[used]])
-        inner = StratifiedKFold(int(min(n_folds, stack_counts.min())), shuffle=True,
+        inner = StratifiedKFold(int(min(options.n_folds, stack_counts.min())), shuffle=True,
                                 random_state=seed)
-        second, _ = _logistic(stacked_x, y[used], Cs, inner, scale=False)
+        second, _ = _logistic(stacked_x, y[used], options.Cs, inner, scale=False)
         with torch.no_grad():
             network.stack_weight.copy_(torch.as_tensor(second.coef_.T, dtype=torch.float32))
             network.stack_bias.copy_(torch.as_tensor(second.intercept_, dtype=torch.float32))

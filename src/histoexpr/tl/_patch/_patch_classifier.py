@@ -10,15 +10,15 @@ one). ``hx.tl.predict(model, sdata)`` slides it over a section (see ``_dense_map
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..._image import image_levels
 from ..._utils import logger, resolve_seed
-from .._options import PatchClassifierOptions
 from ._calibration import _choose, _class_prior, _report, fit_calibration
 from ._dense_map import predict_map
+from ._options import PatchClassifierOptions
 from ._patch_data import (
     _block_split,
     _cell_means,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 MODEL_NAME = "patch_classifier"
 
 
-def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) -> PatchEnsemble:
+def fit(sdata: SpatialData, options: PatchClassifierOptions) -> PatchEnsemble:
     """Train CNN patch classifiers of one or several patch sizes on transcript-defined classes.
 
     The patches are the centres that :func:`histoexpr.pp.transcript_labels` wrote to
@@ -79,9 +79,9 @@ def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) ->
     sdata
         The section with the image, the label map and its patch table.
     options
-        The model's options, each documented in :class:`~histoexpr.tl.PatchClassifierOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.PatchClassifierOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
@@ -102,63 +102,30 @@ def fit(sdata: SpatialData, *, options: PatchClassifierOptions | None = None) ->
     >>> model.metadata["calibration"]["exponent"]
 
     """
-    options = PatchClassifierOptions() if options is None else options
-    network = _fit(sdata, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    sdata: SpatialData,
-    *,
-    labels_key: str,
-    image_key: str | Sequence[str] | None,
-    size_um: float | Sequence[float],
-    mpp: float | Sequence[float] | None,
-    region: Sequence[float] | None,
-    val_fraction: float,
-    val_block_um: float | None,
-    combine: Literal["auto", "ensemble", "best"],
-    width: int,
-    dropout: float,
-    augment: bool,
-    cache: bool,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    patience: int | None,
-    calibrate: bool,
-    device: str | None,
-    seed: int | None,
-) -> PatchEnsemble:
-    """Train with the options of :class:`~histoexpr.tl.PatchClassifierOptions` by name."""
     from torch.utils.data import ConcatDataset
 
     from ...models import PatchEnsemble
     from ...pp import CachedDataset
 
-    rule = _labelling_rule(sdata, labels_key)
-    image_keys = _image_keys(sdata, rule["image_key"] if image_key is None else image_key)
+    rule = _labelling_rule(sdata, options.labels_key)
+    image_keys = _image_keys(sdata, rule["image_key"] if options.image_key is None
+                             else options.image_key)
     level0 = image_levels(sdata, image_keys[0])[0]
-    scales = _patch_scales(size_um, mpp, level0)  # (pixels, um/px) of each size
+    scales = _patch_scales(options.size_um, options.mpp, level0)  # (pixels, um/px) of each size
     largest_um = max(px * px_mpp for px, px_mpp in scales)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie between 0 and 1, got {val_fraction!r}.")
-    if combine not in ("auto", "ensemble", "best"):
-        raise ValueError(f"combine must be 'auto', 'ensemble' or 'best', got {combine!r}.")
 
-    table = sdata.tables[f"{labels_key}_patches"]
+    table = sdata.tables[f"{options.labels_key}_patches"]
     classes = {str(k): int(v) for k, v in rule["classes"].items()}
     targets = _class_indices(table.obs["label"].to_numpy(), classes)
     centres = np.asarray(table.obsm["spatial"], dtype=float)
-    inside = _inside(centres, largest_um / 2, region, level0)
-    seed = resolve_seed(seed)
-    if val_block_um is None:
-        train_idx, val_idx = _stripe_split(centres, inside, val_fraction, largest_um / 2, seed)
+    inside = _inside(centres, largest_um / 2, options.region, level0)
+    seed = resolve_seed(options.seed)
+    if options.val_block_um is None:
+        train_idx, val_idx = _stripe_split(centres, inside, options.val_fraction,
+                                           largest_um / 2, seed)
     else:
-        train_idx, val_idx = _block_split(centres, inside, float(val_block_um), val_fraction,
-                                          largest_um / 2, seed)
+        train_idx, val_idx = _block_split(centres, inside, float(options.val_block_um),
+                                          options.val_fraction, largest_um / 2, seed)
     _check_split(targets, train_idx, val_idx, classes)
 
     networks, histories, reports, val_probabilities = [], {}, [], []
@@ -168,13 +135,15 @@ def _fit(
         datasets = [ConcatDataset([_patch_dataset(sdata, key, centres[idx], targets[idx],
                                                   size_px, read_mpp) for key in image_keys])
                     for idx in (train_idx, val_idx)]
-        datasets = [CachedDataset(d) for d in datasets] if cache else datasets
+        datasets = [CachedDataset(d) for d in datasets] if options.cache else datasets
         network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
-                                      width=width, dropout=dropout, augment=augment,
-                                      epochs=epochs, batch_size=batch_size, lr=lr,
-                                      weight_decay=weight_decay, patience=patience,
-                                      device=device, seed=seed, desc=f"{size_um:g} um patches")
-        probabilities = _probabilities(network, datasets[1], batch_size, device)
+                                      width=options.width, dropout=options.dropout,
+                                      augment=options.augment, epochs=options.epochs,
+                                      batch_size=options.batch_size, lr=options.lr,
+                                      weight_decay=options.weight_decay,
+                                      patience=options.patience, device=options.device,
+                                      seed=seed, desc=f"{size_um:g} um patches")
+        probabilities = _probabilities(network, datasets[1], options.batch_size, options.device)
         val_probabilities.append(probabilities)
         networks.append(network)
         histories[f"{size_um:g}"] = history
@@ -183,16 +152,16 @@ def _fit(
     if len(networks) > 1:
         reports.append(_report("ensemble", np.mean(val_probabilities, axis=0), val_targets,
                                classes, size_um=None, patch_px=None, history=None))
-    chosen = _choose(reports, combine)
+    chosen = _choose(reports, options.combine)
     calibration = None
-    if calibrate:
-        prior = _class_prior(sdata, labels_key, classes, region)
+    if options.calibrate:
+        prior = _class_prior(sdata, options.labels_key, classes, options.region)
         probabilities, calibration_targets = np.mean(
             [val_probabilities[i] for i in chosen], axis=0), val_targets
         per_cell = rule.get("cells") is not None
         if per_cell:  # as predict(cells=...) does: each cell's mean over its patches
             probabilities, calibration_targets = _cell_means(
-                sdata, rule, labels_key, np.tile(centres[val_idx], (len(image_keys), 1)),
+                sdata, rule, options.labels_key, np.tile(centres[val_idx], (len(image_keys), 1)),
                 probabilities, val_targets)
         calibration = fit_calibration(probabilities, calibration_targets, classes, prior,
                                       cells=per_cell)
@@ -201,13 +170,14 @@ def _fit(
         "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
         "mpp": min(scales[i][1] for i in chosen), "member_mpp": [scales[i][1] for i in chosen],
         "image_mpp": level0.mpp, "patch_size_um": [scales[i][0] * scales[i][1] for i in chosen],
-        "image_key": image_keys[0], "image_keys": image_keys, "labels_key": labels_key,
+        "image_key": image_keys[0], "image_keys": image_keys, "labels_key": options.labels_key,
         "grid_um": float(rule["grid_um"]),
         "in_channels": model.in_channels, "history": histories, "report": reports,
-        "combine": combine, "seed": seed, "region": None if region is None else
-        [float(v) for v in region], "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-        "val_block_um": val_block_um, "calibration": calibration,
-        "val_regions": _val_boxes(centres[val_idx], centres[inside], val_block_um,
+        "combine": options.combine, "seed": seed,
+        "region": None if options.region is None else [float(v) for v in options.region],
+        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+        "val_block_um": options.val_block_um, "calibration": calibration,
+        "val_regions": _val_boxes(centres[val_idx], centres[inside], options.val_block_um,
                                   float(rule["grid_um"])),
     }
     logger.info("Validation mean Dice per patch size: %s; kept %s.", ", ".join(

@@ -16,10 +16,12 @@ from .._metrics._expression_metrics import evaluate_expression
 from .._sections import as_sections, check_no_copies
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import pandas as pd
     from spatialdata import SpatialData
 
-    from .._options import SpotRegressorOptions
+    from ._options import SpotRegressorOptions
 
 
 @renamed_parameters(sections="data")
@@ -27,6 +29,7 @@ def cross_validate_spots(
     data: Mapping[str, SpatialData],
     *,
     model: str | SpotRegressorOptions = "spot_regressor",
+    module: ModuleType | None = None,
     groups: Mapping[str, str] | None = None,
     n_genes: int = 50,
     gene_flavor: str = "pearson_residuals",
@@ -49,6 +52,9 @@ def cross_validate_spots(
     model
         ``"spot_regressor"``, the only model this protocol trains, or its options
         (:class:`~histoexpr.tl.SpotRegressorOptions`).
+    module
+        The model's module (its ``fit(data, options)`` and ``predict``); ``None``: the spot
+        regressor's (``hx.tl.cross_validate`` passes the one of the model table).
     groups
         The group (patient) of each section: folds hold out a whole group. ``None`` holds out one
         section at a time.
@@ -72,8 +78,10 @@ def cross_validate_spots(
     import pandas as pd
 
     from .._options import options_for
-    from ._spot_regressor import fit, predict
+    from ._options import SpotRegressorOptions
 
+    if module is None:
+        from . import _spot_regressor as module
     name = getattr(model, "model", model)
     if name != "spot_regressor":
         raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
@@ -85,6 +93,7 @@ def cross_validate_spots(
             f"cross_validate chooses the genes inside each fold: pass their number as "
             f"n_genes={genes!r} (ranked by gene_flavor=), not genes=. genes= takes a fixed list "
             "of gene names chosen beforehand.")
+    model = SpotRegressorOptions() if isinstance(model, str) else model
     options = options_for(model, genes=genes, gene_flavor=gene_flavor, table_key=table_key,
                           **fit_kwargs)  # checked once, before the first fold
     groups = {name: name for name in sections} if groups is None else dict(groups)
@@ -105,13 +114,13 @@ def cross_validate_spots(
         bar.set_description(f"fold {number}/{len(folds)}")
         train = {n: s for n, s in work.items() if groups[n] != fold}
         with each_item():  # what fit and predict log of each fold is debug
-            model = fit(train, options=options)
+            model = module.fit(train, options)
         for name in (n for n in sections if groups[n] == fold):
             section = work[name]
             with each_item():
                 _spot_tiles(section, model, tiles_key, options.spots_key, name=name)
                 key = _free_key(section, "cv_expression")
-                predict(model, section, tiles_key=tiles_key, key_added=key)
+                module.predict(model, section, tiles_key=tiles_key, key_added=key)
                 scores = evaluate_expression(section, key, table_key)
             del section.tables[key]  # the copy's own table, written just above
             frames.append(scores.reset_index().assign(fold=fold, section=name))

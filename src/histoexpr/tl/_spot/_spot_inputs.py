@@ -17,7 +17,6 @@ from ..._utils import (
 #: how the elements predict writes record their writer (see ``_utils.store_element``)
 STEP = "hx.tl.predict"
 
-ROUTES = ("ridge", "mlp", "cnn", "auto")
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 #: relative pixel-size difference below which two pixel sizes count as the same
 _MPP_TOLERANCE = 0.05

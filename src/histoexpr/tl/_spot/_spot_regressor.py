@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..._utils import (
     logger,
 )
-from .._options import SpotRegressorOptions
 from .._sections import as_sections
+from ._options import SpotRegressorOptions
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
-    ROUTES,
     _image_channels,
     _prepare_section,
     _refuse_random_encoder,
@@ -30,18 +29,16 @@ from ._spot_inputs import (
     _tiles_at,
     _training_mpp,
 )
-from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._api.MODELS)
+from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from spatialdata import SpatialData
 
     from ...models import Network
 
 
-def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *,
-        options: SpotRegressorOptions | None = None) -> Network:
+def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
+        options: SpotRegressorOptions) -> Network:
     """Train a spot regressor: log1p-normalised expression of genes from the H&E around a spot.
 
     Each section needs an image, spots (``spots_key``) and their counts (``table_key``). A tile of
@@ -98,9 +95,9 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     data
         A section (SpatialData), a list of them, or a mapping from section names to them.
     options
-        The model's options, each documented in :class:`~histoexpr.tl.SpotRegressorOptions`;
-        ``None`` uses the defaults. ``hx.tl.fit(data, model=..., **options)`` builds
-        them from keywords.
+        The model's options, each documented in :class:`~histoexpr.tl.SpotRegressorOptions`.
+        ``hx.tl.fit(data, model=..., **options)`` builds them from keywords and
+        records them in ``metadata["options"]``.
 
     Returns
     -------
@@ -122,173 +119,130 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     >>> hx.tl.predict(model, c4)
 
     """
-    options = SpotRegressorOptions() if options is None else options
-    network = _fit(data, **options.kwargs())
-    network.metadata["options"] = options.record()
-    return network
-
-
-def _fit(
-    data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
-    *,
-    genes: int | Sequence[str],
-    gene_flavor: str,
-    route: str,
-    encoder: str | Sequence[str],
-    features_key: str | None,
-    image_key: str,
-    spots_key: str,
-    table_key: str,
-    tiles_key: str,
-    size_um: float,
-    mpp: float | None,
-    context_um: float | Sequence[float] | None,
-    standardise_sections: bool,
-    n_components: int | None,
-    alphas: Sequence[float],
-    arch: str,
-    hidden: int,
-    n_members: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    val_fraction: float,
-    device: str | None,
-    seed: int | None,
-    candidates: Mapping[str, Sequence[Any]] | None,
-    ssl_encoder: str | Path | Network | None,
-    pretrain_tiles_key: str | None,
-    pretrain_epochs: int | None,
-    calibrate: bool,
-    subspot_um: float | None = None,
-) -> Network:
-    """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
-    patch_um = size_um  # the name inside this module
     from ...pp import select_genes
 
-    if route not in ROUTES:
-        raise ValueError(f"Unknown route {route!r}; choose one of {ROUTES}.")
-    if route == "cnn" and (context_um is not None or standardise_sections):
-        raise ValueError("context_um and standardise_sections apply to the head routes "
-                         "('ridge', 'mlp'); for the CNN route give a larger size_um.")
-    if route in ("ridge", "mlp"):
-        _refuse_random_encoder(encoder)
-    if route == "auto" and (context_um is not None or standardise_sections
-                            or n_components is not None or features_key is not None
-                            or encoder != "handcrafted"):
-        raise ValueError("route='auto' chooses the encoder, context and scaling itself; give "
-                         "the values to choose from as candidates={'encoder': [...], "
-                         "'context_um': [...], 'standardise_sections': [...]} instead.")
-    if candidates is not None and route != "auto":
-        raise ValueError("candidates are the grid of route='auto'; pass route='auto', or drop "
-                         "candidates to train one route.")
-    if subspot_um is not None:
-        from ._subspot import check_subspot_options
-
-        check_subspot_options(route, encoder, patch_um, subspot_um)
+    if options.route in ("ridge", "mlp"):  # needs the encoders (torch): checked here, while
+        _refuse_random_encoder(options.encoder)  # the options class checks the other rules
+    patch_um = options.size_um  # the name inside this module
     sections = as_sections(data)
-    tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
-              for name, s in sections.items()]
-    in_channels = _image_channels(sections, image_key)
-    if isinstance(genes, int | np.integer) and not isinstance(genes, bool):
-        chosen = select_genes(tables, n_top=int(genes), flavor=gene_flavor)
+    tables = [_require_spot_inputs(s, name, options.image_key, options.spots_key,
+                                   options.table_key) for name, s in sections.items()]
+    in_channels = _image_channels(sections, options.image_key)
+    if isinstance(options.genes, int | np.integer) and not isinstance(options.genes, bool):
+        chosen = select_genes(tables, n_top=int(options.genes), flavor=options.gene_flavor)
     else:
-        chosen = select_genes(tables, genes=genes)
-    mpp = _training_mpp(sections, image_key, mpp)
-    prepared = [_prepare_section(name, s, chosen, image_key=image_key, spots_key=spots_key,
-                                 table_key=table_key, tiles_key=tiles_key, patch_um=patch_um,
-                                 mpp=mpp) for name, s in sections.items()]
-    metadata = {"model": "spot_regressor", "route": route, "genes": chosen,
-                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
+        chosen = select_genes(tables, genes=options.genes)
+    mpp = _training_mpp(sections, options.image_key, options.mpp)
+    prepared = [_prepare_section(name, s, chosen, image_key=options.image_key,
+                                 spots_key=options.spots_key, table_key=options.table_key,
+                                 tiles_key=options.tiles_key, patch_um=patch_um, mpp=mpp)
+                for name, s in sections.items()]
+    metadata = {"model": "spot_regressor", "route": options.route, "genes": chosen,
+                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": options.image_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
+    encoder = options.encoder
     network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
-    if subspot_um is not None:
+    if options.subspot_um is not None:
         from ._subspot import fit_subspot
 
-        network, extra = fit_subspot(prepared, subspot_um=subspot_um, patch_um=patch_um, mpp=mpp,
-                                     image_key=image_key, encoder=encoder,
-                                     standardise=standardise_sections, context_um=context_um,
-                                     alphas=alphas,
-                                     n_components=n_components, batch_size=batch_size,
-                                     device=device)
-    elif route == "auto" or (route in ("ridge", "mlp") and network_encoder):
+        network, extra = fit_subspot(
+            prepared, subspot_um=options.subspot_um, patch_um=patch_um, mpp=mpp,
+            image_key=options.image_key, encoder=encoder,
+            standardise=options.standardise_sections, context_um=options.context_um,
+            alphas=options.alphas, n_components=options.n_components,
+            batch_size=options.batch_size, device=options.device)
+    elif options.route == "auto" or (options.route in ("ridge", "mlp") and network_encoder):
         from ._spot_auto import fit_auto
 
-        if route != "auto":  # one configuration, no search
+        candidates = options.candidates
+        if options.route != "auto":  # one configuration, no search
             candidates = {"encoder": [encoder], "stain": ["none"],
-                          "standardise_sections": [standardise_sections],
-                          "context_um": [context_um], "target": ["log1p"], "head": [route]}
-            if n_components is not None:
-                raise ValueError("n_components applies to named encoders; the CNN encoders "
-                                 "'ssl' and 'random_cnn' are used without PCA.")
+                          "standardise_sections": [options.standardise_sections],
+                          "context_um": [options.context_um], "target": ["log1p"],
+                          "head": [options.route]}
         network, extra = fit_auto(
-            prepared, chosen, candidates=candidates, tiles_key=tiles_key, image_key=image_key,
-            mpp=mpp, ssl_encoder=ssl_encoder, pretrain_tiles_key=pretrain_tiles_key,
-            pretrain_epochs=pretrain_epochs,
-            options={"alphas": alphas, "hidden": hidden, "n_members": n_members,
-                     "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                     "val_fraction": val_fraction, "device": device, "seed": seed,
-                     "calibrate": calibrate})
-        if route != "auto":
-            extra["route"] = route
-    elif route == "cnn":
+            prepared, chosen, candidates=candidates, tiles_key=options.tiles_key,
+            image_key=options.image_key, mpp=mpp, ssl_encoder=options.ssl_encoder,
+            pretrain_tiles_key=options.pretrain_tiles_key,
+            pretrain_epochs=options.pretrain_epochs,
+            options={"alphas": options.alphas, "hidden": options.hidden,
+                     "n_members": options.n_members, "epochs": options.epochs,
+                     "lr": options.lr, "batch_size": options.batch_size,
+                     "val_fraction": options.val_fraction, "device": options.device,
+                     "seed": options.seed, "calibrate": options.calibrate})
+        if options.route != "auto":
+            extra["route"] = options.route
+    elif options.route == "cnn":
         from ._spot_training import fit_cnn
 
-        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
-                  for p in prepared]
-        network, extra = fit_cnn(at_mpp, tiles_key=tiles_key, image_key=image_key,
-                                 n_genes=len(chosen), arch=arch, epochs=epochs, lr=lr,
-                                 batch_size=batch_size, val_fraction=val_fraction,
-                                 device=device, seed=seed)
+        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, options.tiles_key, patch_um=patch_um,
+                                             mpp=mpp)) for p in prepared]
+        network, extra = fit_cnn(at_mpp, tiles_key=options.tiles_key,
+                                 image_key=options.image_key, n_genes=len(chosen),
+                                 arch=options.arch, epochs=options.epochs, lr=options.lr,
+                                 batch_size=options.batch_size,
+                                 val_fraction=options.val_fraction, device=options.device,
+                                 seed=options.seed)
         extra["normalisation"] = CNN_NORMALISATION
         extra["calibration"] = {"available": False, "reason": "the 'cnn' route keeps no "
                                 "calibration (guard, intervals, inner scores); train a head "
                                 "route ('ridge', 'mlp' or 'auto') to have one"}
     else:
-        encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
-        if features_key is None:
-            features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
-        features, records, unscaled = [], [], []
-        for p in prepared:
-            values, record = section_features(
-                p.sdata, tiles_key, encoder=encoder, features_key=features_key,
-                context_um=context_um, standardise=standardise_sections, image_key=image_key,
-                batch_size=max(batch_size, 64), device=device)
-            features.append(values[p.tile_rows])
-            records.append(record)
-            if calibrate:  # the guard's features: the encoder's own, read back from obsm
-                unscaled.append(section_features(
-                    p.sdata, tiles_key, encoder=encoder, features_key=features_key,
-                    image_key=image_key, batch_size=max(batch_size, 64),
-                    device=device)[0][p.tile_rows])
-        if any(r != records[0] for r in records[1:]):
-            raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
-                             f"differently ({records}); give every section the same kind of "
-                             "features, or pass another features_key to compute them anew.")
-        targets = [p.targets for p in prepared]
-        metadata.update({"encoder": encoder, "features_key": features_key,
-                         "features": records[0], "context_um": _radii(context_um),
-                         "standardise_sections": standardise_sections})
-        from ._spot_training import fit_mlp, fit_ridge
-
-        def train(x, y):
-            if route == "ridge":
-                return fit_ridge(x, y, alphas=alphas, n_components=n_components)
-            return fit_mlp(x, y, hidden=hidden, n_members=n_members, epochs=epochs, lr=lr,
-                           batch_size=batch_size, val_fraction=val_fraction, device=device,
-                           seed=seed)
-
-        network, extra = train(features, targets)
-        if calibrate:
-            from ._calibration import calibrate as calibrate_model
-            from ._calibration import network_refit
-
-            extra["calibration"] = calibrate_model(
-                prepared, features, network_refit(lambda x, y: train(x, y)[0]),
-                guard_features=unscaled)
+        network, extra = _fit_head(prepared, options, metadata)
     metadata.update(extra)
     network.metadata = metadata
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
-                route, len(chosen), sum(len(p.targets) for p in prepared), len(prepared))
+                options.route, len(chosen), sum(len(p.targets) for p in prepared), len(prepared))
     return network
+
+
+def _fit_head(prepared, options: SpotRegressorOptions, metadata: dict) -> tuple[Network, dict]:
+    """Routes ``"ridge"`` and ``"mlp"`` on the features of a named encoder (or a model file)."""
+    from ._spot_training import fit_mlp, fit_ridge
+
+    encoder = options.encoder
+    encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
+    features_key = options.features_key
+    if features_key is None:
+        features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
+    features, records, unscaled = [], [], []
+    for p in prepared:
+        values, record = section_features(
+            p.sdata, options.tiles_key, encoder=encoder, features_key=features_key,
+            context_um=options.context_um, standardise=options.standardise_sections,
+            image_key=options.image_key, batch_size=max(options.batch_size, 64),
+            device=options.device)
+        features.append(values[p.tile_rows])
+        records.append(record)
+        if options.calibrate:  # the guard's features: the encoder's own, read back from obsm
+            unscaled.append(section_features(
+                p.sdata, options.tiles_key, encoder=encoder, features_key=features_key,
+                image_key=options.image_key, batch_size=max(options.batch_size, 64),
+                device=options.device)[0][p.tile_rows])
+    if any(r != records[0] for r in records[1:]):
+        raise ValueError(f"The sections' features under obsm[{features_key!r}] were made "
+                         f"differently ({records}); give every section the same kind of "
+                         "features, or pass another features_key to compute them anew.")
+    targets = [p.targets for p in prepared]
+    metadata.update({"encoder": encoder, "features_key": features_key,
+                     "features": records[0], "context_um": _radii(options.context_um),
+                     "standardise_sections": options.standardise_sections})
+
+    def train(x, y):
+        if options.route == "ridge":
+            return fit_ridge(x, y, alphas=options.alphas, n_components=options.n_components)
+        return fit_mlp(x, y, hidden=options.hidden, n_members=options.n_members,
+                       epochs=options.epochs, lr=options.lr, batch_size=options.batch_size,
+                       val_fraction=options.val_fraction, device=options.device,
+                       seed=options.seed)
+
+    network, extra = train(features, targets)
+    if options.calibrate:
+        from ._calibration import calibrate as calibrate_model
+        from ._calibration import network_refit
+
+        extra["calibration"] = calibrate_model(
+            prepared, features, network_refit(lambda x, y: train(x, y)[0]),
+            guard_features=unscaled)
+    return network, extra
