@@ -91,7 +91,7 @@ class ABMILOptions(TrainingOptions):
     hidden: int = 128
     attention_hidden: int = 64
     dropout: float = 0.1
-    attention_entropy: float = 0.0
+    attention_entropy: float = 10.0
     max_tiles: int | None = 512
     batch_size: int = 4
     epochs: int = 100
