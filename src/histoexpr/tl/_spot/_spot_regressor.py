@@ -107,7 +107,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData], *
     The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
     :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
-    ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
+    ``size_um``, ``mpp``, ``options``, the encoder and feature
     options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
     ``stain`` and the search in ``auto``), and, for the head routes with ``calibrate=True``,
     ``calibration``: each gene's inner Pearson, the conformal interval half-widths and the
@@ -163,7 +163,6 @@ def _fit(
     subspot_um: float | None = None,
 ) -> Network:
     """Train with the options of :class:`~histoexpr.tl.SpotRegressorOptions` by name."""
-    patch_um = size_um  # the name inside this module
     from ...pp import select_genes
 
     if route not in ROUTES:
@@ -185,7 +184,7 @@ def _fit(
     if subspot_um is not None:
         from ._subspot import check_subspot_options
 
-        check_subspot_options(route, encoder, patch_um, subspot_um)
+        check_subspot_options(route, encoder, size_um, subspot_um)
     sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, image_key, spots_key, table_key)
               for name, s in sections.items()]
@@ -196,17 +195,17 @@ def _fit(
         chosen = select_genes(tables, genes=genes)
     mpp = _training_mpp(sections, image_key, mpp)
     prepared = [_prepare_section(name, s, chosen, image_key=image_key, spots_key=spots_key,
-                                 table_key=table_key, tiles_key=tiles_key, patch_um=patch_um,
+                                 table_key=table_key, tiles_key=tiles_key, size_um=size_um,
                                  mpp=mpp) for name, s in sections.items()]
     metadata = {"model": "spot_regressor", "route": route, "genes": chosen,
-                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": image_key,
+                "size_um": float(size_um), "mpp": float(mpp), "image_key": image_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
     if subspot_um is not None:
         from ._subspot import fit_subspot
 
-        network, extra = fit_subspot(prepared, subspot_um=subspot_um, patch_um=patch_um, mpp=mpp,
+        network, extra = fit_subspot(prepared, subspot_um=subspot_um, size_um=size_um, mpp=mpp,
                                      image_key=image_key, encoder=encoder,
                                      standardise=standardise_sections, context_um=context_um,
                                      alphas=alphas,
@@ -235,7 +234,7 @@ def _fit(
     elif route == "cnn":
         from ._spot_training import fit_cnn
 
-        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, patch_um=patch_um, mpp=mpp))
+        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, tiles_key, size_um=size_um, mpp=mpp))
                   for p in prepared]
         network, extra = fit_cnn(at_mpp, tiles_key=tiles_key, image_key=image_key,
                                  n_genes=len(chosen), arch=arch, epochs=epochs, lr=lr,
