@@ -143,12 +143,11 @@ def _fingerprint(element) -> list:
     return sorted(str(c) for c in getattr(element, "columns", []))
 
 
-def _own_record(element) -> dict | None:
+def _own_record(element) -> WriterRecord | None:
     from anndata import AnnData
 
     holder = element.uns if isinstance(element, AnnData) else getattr(element, "attrs", {})
-    record = holder.get(WRITER_KEY) if hasattr(holder, "get") else None
-    return record if isinstance(record, dict) and "step" in record else None
+    return WriterRecord.from_uns(holder.get(WRITER_KEY) if hasattr(holder, "get") else None)
 
 
 def writer_of(sdata: SpatialData, key: str) -> str | None:
@@ -167,9 +166,9 @@ def writer_of(sdata: SpatialData, key: str) -> str | None:
     element = getattr(sdata, kind)[key]
     record = _own_record(element)
     if record is not None:
-        if "key" in record and str(record["key"]) != key:
+        if record.key is not None and record.key != key:
             return None  # a copy, put under another name by the user: the user's element
-        return str(record["step"])
+        return record.step
     attrs = getattr(sdata, "attrs", None) or {}
     written = (attrs.get(WRITER_KEY) or {}).get("written") or {}
     record = written.get(key)
