@@ -72,7 +72,7 @@ def small_section():
 def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
     import torch
 
-    from histoexpr.tl._spot._spot_inputs import _differences
+    from histoexpr._core.records import EmbeddingRecord
 
     table = small_section.tables["he_tiles_table"]
     for key, seed in (("X_a", 0), ("X_b", 1), ("X_c", 0)):
@@ -84,9 +84,11 @@ def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
     assert not np.allclose(table.obsm["X_a"], table.obsm["X_b"])
     np.testing.assert_array_equal(table.obsm["X_a"], table.obsm["X_c"])
     # the reuse check of the spot regressor (as any other) now tells the two draws apart
-    differences = _differences(records["X_a"], {**records["X_b"], "mpp": 1.0})
+    x_a, x_b, x_c = (EmbeddingRecord.from_uns(records[k]) for k in ("X_a", "X_b", "X_c"))
+    differences = x_a.differences(x_b)
     assert len(differences) == 1 and a in differences[0] and b in differences[0]
-    assert _differences(records["X_a"], {**records["X_c"], "mpp": 1.0}) == []
+    assert differences[0].startswith("fingerprint:")
+    assert x_a.differences(x_c) == []
     # fixed encoders keep their fingerprints as before
     hx.tl.embed(small_section, encoder="handcrafted", key_added="X_h")
     assert records["X_h"]["fingerprint"] == "handcrafted"

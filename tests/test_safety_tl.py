@@ -127,15 +127,15 @@ def test_refit_at_another_pixel_size_remakes_its_own_tiles(caplog):
 
 @bad_input("silently wrong", "`hx.tl.fit(..., model='spot_regressor', mpp=2)` where the user "
            "tiled the spots at 1 um/px under `tiles_key`",
-           says="refuses: the tiles were not made for this fit (at 1 um/px, not 2 um/px), and "
-                "histoexpr reuses only tiles made alike",
+           says="refuses: the tiles were not made for this fit (mpp: at 1 um/px, not 2 um/px), "
+                "and histoexpr reuses only tiles made alike",
            fix="pass another tiles_key (the message suggests one)")
 def test_users_tiles_made_otherwise_are_refused_and_kept():
     section = make_section()
     hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
                key_added="spot_tiles")
     before = snapshot(section)
-    with pytest.raises(ValueError, match=r"not made for this fit \(at 1 um/px, not 2 um/px\)"):
+    with pytest.raises(ValueError, match=r"not made for this fit \(mpp: at 1 um/px, not 2 um/px\)"):
         hx.tl.fit(section, model="spot_regressor", genes=GENES, size_um=16.0, mpp=2.0)
     assert_same(before, snapshot(section))
     model = hx.tl.fit(section, model="spot_regressor", genes=GENES, size_um=16.0, mpp=2.0,
@@ -145,8 +145,8 @@ def test_users_tiles_made_otherwise_are_refused_and_kept():
 
 @bad_input("silently wrong", "features under the spot regressor's `features_key` made by "
            "`hx.tl.embed` with another encoder file of the same name",
-           says="refuses: obsm[...] was made otherwise (encoder '<digest>', not '<digest>'), so "
-                "it is not reused",
+           says="refuses: obsm[...] was made otherwise (fingerprint: '<digest>', not "
+                "'<digest>'), so it is not reused",
            fix="pass another features_key (or tiles_key) to compute matching features")
 def test_features_of_another_encoder_under_the_key_are_refused(tmp_path):
     section = make_section()

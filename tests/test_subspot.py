@@ -88,7 +88,7 @@ def test_subspot_map_beats_the_spot_prediction_copied_down(sections):
     options = {"genes": GENES, "size_um": SPOT, "mpp": 1.0, "table_key": "spots_counts"}
     coarse_model = hx.tl.fit(train, model="spot_regressor", **options)
     fine_model = hx.tl.fit(train, model="spot_regressor", subspot_um=SUB, **options)
-    assert fine_model.metadata["patch_um"] == SUB
+    assert fine_model.metadata["size_um"] == SUB
     assert fine_model.metadata["subspot"]["grid"] == 3
 
     fine_xy = np.column_stack([held.shapes["fine"].geometry.x, held.shapes["fine"].geometry.y])

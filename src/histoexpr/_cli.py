@@ -316,13 +316,14 @@ def _tile_as_trained(sdata, metadata: dict, image_key: str) -> None:
     """Cut the tiles a model names in its metadata, at its pixel and tile size, if absent."""
     import histoexpr as hx
 
+    from ._core.records import ModelMetadata
+
     tiles_key = metadata.get("tiles_key")
-    size_um = next((metadata[k] for k in ("tile_um", "patch_um", "size_um") if k in metadata),
-                   None)
-    if tiles_key is None or tiles_key in sdata.shapes or size_um is None or "mpp" not in metadata:
+    record = ModelMetadata.from_uns(metadata)  # a file's metadata, as load_model reads it
+    if (tiles_key is None or tiles_key in sdata.shapes or not isinstance(record.size_um, float)
+            or record.mpp is None):
         return
-    hx.pp.tile(sdata, image_key, size_um=float(size_um), mpp=float(metadata["mpp"]),
-               key_added=tiles_key)
+    hx.pp.tile(sdata, image_key, size_um=record.size_um, mpp=record.mpp, key_added=tiles_key)
 
 
 def _element_names(sdata) -> list[str]:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from geopandas import GeoDataFrame
 
+    from ._core.records import TileRecord
+
 COORDINATE_SYSTEM = "global"
 #: readers build pyramid levels until the coarsest side is at most this many pixels
 PYRAMID_MIN_SIDE = 2048
@@ -509,8 +511,8 @@ def square_shapes(boxes: np.ndarray, tile_ids: np.ndarray):
     return ShapesModel.parse(frame, transformations={COORDINATE_SYSTEM: Identity()})
 
 
-def tile_table(obs, centres: np.ndarray, region: str, uns: dict):
-    """The AnnData annotating the tiles."""
+def tile_table(obs, centres: np.ndarray, region: str, record: TileRecord):
+    """The AnnData annotating the tiles, with ``uns["tiles"]`` from their record."""
     import anndata as ad
     import pandas as pd
     from spatialdata.models import TableModel
@@ -518,5 +520,5 @@ def tile_table(obs, centres: np.ndarray, region: str, uns: dict):
     obs = obs.copy()
     obs["region"] = pd.Categorical([region] * len(obs))
     table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
-                       uns={"tiles": uns})
+                       uns={"tiles": record.to_uns()})
     return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")

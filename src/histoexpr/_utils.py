@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ._core.records import WRITER_KEY, WriterRecord
 from ._settings import settings
 
 if TYPE_CHECKING:
@@ -126,9 +127,6 @@ def require_spatialdata(sdata: object, name: str = "sdata") -> None:
     raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
 
 
-#: where histoexpr records which step wrote an element: ``attrs``/``uns`` key and sdata.attrs key
-WRITER_KEY = "histoexpr"
-
 
 def _fingerprint(element) -> list:
     """What identifies an element's content cheaply: its shape (rasters), rows (shapes, tables)."""
@@ -145,12 +143,11 @@ def _fingerprint(element) -> list:
     return sorted(str(c) for c in getattr(element, "columns", []))
 
 
-def _own_record(element) -> dict | None:
+def _own_record(element) -> WriterRecord | None:
     from anndata import AnnData
 
     holder = element.uns if isinstance(element, AnnData) else getattr(element, "attrs", {})
-    record = holder.get(WRITER_KEY) if hasattr(holder, "get") else None
-    return record if isinstance(record, dict) and "step" in record else None
+    return WriterRecord.from_uns(holder.get(WRITER_KEY) if hasattr(holder, "get") else None)
 
 
 def writer_of(sdata: SpatialData, key: str) -> str | None:
@@ -169,9 +166,9 @@ def writer_of(sdata: SpatialData, key: str) -> str | None:
     element = getattr(sdata, kind)[key]
     record = _own_record(element)
     if record is not None:
-        if "key" in record and str(record["key"]) != key:
+        if record.key is not None and record.key != key:
             return None  # a copy, put under another name by the user: the user's element
-        return str(record["step"])
+        return record.step
     attrs = getattr(sdata, "attrs", None) or {}
     written = (attrs.get(WRITER_KEY) or {}).get("written") or {}
     record = written.get(key)
@@ -185,11 +182,13 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
     """Put ``element`` at ``sdata.<kind>[key]``, recording that histoexpr's ``step`` wrote it.
 
     The record lets a later ``overwrite=True`` of the same step replace it (and nothing else):
-    see :func:`check_key_free`. Call ``check_key_free`` first.
+    see :func:`check_key_free`. Call ``check_key_free`` first. Inside
+    ``_core.records.made_within(name)`` the record also says ``within=name``.
     """
     from anndata import AnnData
 
-    record = {"step": step, "key": key}
+    writer = WriterRecord.now(step, key)
+    record = writer.to_uns()
     if isinstance(element, AnnData):
         element.uns[WRITER_KEY] = record
     else:
@@ -199,6 +198,8 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
     mine = dict(attrs.get(WRITER_KEY) or {})
     written = dict(mine.get("written") or {})
     written[key] = {"kind": kind, "step": step, "fingerprint": _fingerprint(element)}
+    if writer.within is not None:
+        written[key]["within"] = writer.within
     mine["written"] = written
     attrs[WRITER_KEY] = mine
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from .._elements import check_mpp, existing_file, spot_elements, square_shapes, tile_table
 from .._utils import log_added, logger
 
@@ -104,29 +105,17 @@ def read_trident_h5(
     import pandas as pd
 
     obs = pd.DataFrame({"tile_id": tile_ids}, index=pd.Index(tile_ids.astype(str)))
-    uns = {
-        "image_key": image_key,
-        "size_px": patch_px,
-        "mpp": size_um / patch_px,
-        "size_um": size_um,
-        "stride_um": None,
-        "centres": None,
-        "min_tissue": None,
-        "source": str(path),
-    }
-    table = tile_table(obs, corners + size_um / 2, key_added, uns)
+    record = TileRecord(image_key=image_key, size_px=patch_px, mpp=size_um / patch_px,
+                        size_um=size_um, source=str(path))
+    table = tile_table(obs, corners + size_um / 2, key_added, record)
     table.obsm[features_key] = features
     table.uns["embeddings"] = {
-        features_key: {
-            "encoder": encoder,
-            "fingerprint": f"{encoder}:file:{path.name}",
-            "image_key": image_key,
-            "mpp": size_um / patch_px,
-            "size_px": patch_px,
-            "n_off_image": 0,
-            "n_features": int(features.shape[1]),
-            "source": str(path),
-        }
+        features_key: EmbeddingRecord(
+            encoder=encoder, fingerprint=f"{encoder}:file:{path.name}", image_key=image_key,
+            mpp=size_um / patch_px, size_px=patch_px, n_off_image=0,
+            n_features=int(features.shape[1]), source=str(path),
+            writer=WriterRecord.now("hx.io.read_trident_h5", features_key),
+        ).to_uns()
     }
     log_added("shapes", key_added, f"{len(features)} tiles of {size_um:.4g} um from {path.name}")
     log_added(

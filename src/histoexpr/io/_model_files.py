@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._core.records import migrate_model_metadata
 from .._utils import logger, resolve_device, written_beside
 
 if TYPE_CHECKING:
@@ -103,7 +104,9 @@ def load_model(path: str | Path, *, device: str | None = None,
 
     Returns
     -------
-    The network in evaluation mode, with its ``metadata`` restored.
+    The network in evaluation mode, with its ``metadata`` restored. Metadata written by an
+    earlier version is read in today's names: the tile side, once ``patch_um``, ``tile_um``
+    or ``patch_size_um``, is ``size_um``.
     """
     from .. import models
     from .._torch_files import load_weights_only
@@ -139,7 +142,7 @@ def load_model(path: str | Path, *, device: str | None = None,
     _check_config_size(getattr(models, name), config, payload.get("state_dict"), path)
     network = getattr(models, name)(**config)
     network.load_state_dict(payload["state_dict"])
-    network.metadata = metadata
+    network.metadata = migrate_model_metadata(metadata)
     return network.to(resolve_device(device)).eval()
 
 

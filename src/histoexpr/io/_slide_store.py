@@ -207,6 +207,7 @@ class SlideStore:
         import pandas as pd
         from spatialdata.models import Labels2DModel
 
+        from .._core.records import TileRecord
         from .._elements import scale_to_global, square_shapes, tile_table
 
         group = self._group()
@@ -226,7 +227,7 @@ class SlideStore:
             obs = obs[[c for c in attrs["obs_columns"] if c in obs.columns]]
             obs.index = pd.Index(obs["tile_id"].astype(str).to_numpy())
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-            table = tile_table(obs, centres, key, attrs["uns"])
+            table = tile_table(obs, centres, key, TileRecord.from_uns(attrs["uns"]))
             embeddings = {}
             for name, record in self.feature_records(key).items():
                 table.obsm[name] = np.asarray(tiles[f"features/{name}"][:], dtype=np.float32)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._core.records import TileRecord
 from .._elements import square_shapes, tile_table
 from .._image import COORDINATE_SYSTEM, image_levels, read_region
 from .._memory import check_memory
@@ -195,11 +196,11 @@ def tile(
         obs["grid_row"], obs["grid_col"] = rows[keep], cols[keep]
     else:
         obs["spot_id"] = np.asarray(spot_ids)[keep]
-    uns = {"image_key": image_key, "size_px": size_px, "mpp": tile_mpp, "size_um": size_um,
-           "stride_um": stride_um if centres is None else None, "centres": centres,
-           "min_tissue": float(min_tissue)}
+    record = TileRecord(image_key=image_key, size_px=size_px, mpp=tile_mpp, size_um=size_um,
+                        stride_um=stride_um if centres is None else None, centres=centres,
+                        min_tissue=float(min_tissue))
     shapes = square_shapes(boxes[keep], tile_ids)
-    table = tile_table(obs, points[keep], key_added, uns)
+    table = tile_table(obs, points[keep], key_added, record)
 
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)

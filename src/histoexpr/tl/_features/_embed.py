@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..._core.records import EmbeddingRecord, WriterRecord
 from ..._devices import (
     auto_batch_size,
     autocast,
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 #: normalisation of learned encoders whose metadata has none (tiles are in [0, 1])
 DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
 IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+#: the writer recorded with the features this step makes (``uns["embeddings"][key]``)
+STEP = "hx.tl.embed"
 
 
 @logged_step("embedding tiles")
@@ -99,7 +102,8 @@ def embed(
     -------
     Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
     ``uns["embeddings"][key_added]`` (what computed them: the encoder's name and
-    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles) to the tile table. The
+    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles, and the writer record
+    ``"histoexpr"``: ``{"step": "hx.tl.embed", "key": key_added}``) to the tile table. The
     fingerprint of an architecture at random weights (no ``checkpoint``) holds a digest of the
     weights drawn (``"<name>:random:<digest>"``), so features of two random draws (another seed)
     are never taken for the same. Tiles
@@ -145,20 +149,19 @@ def embed(
     parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute, _ in resolved]
     features = np.hstack([values for values, _ in parts])
     features[off_image] = np.nan
-    record = {"encoder": name, "fingerprint": fingerprint, "image_key": dataset.image_key,
-              "mpp": dataset.mpp, "size_px": dataset.size_px,
-              "n_off_image": int(off_image.sum())}
-    if transform is not None:
-        record["transform"] = getattr(transform, "spec", type(transform).__name__)
-    if len(parts) > 1:
-        record["parts"] = {one_name: int(values.shape[1])
-                           for (one_name, _, _), (values, _) in zip(resolved, parts,
-                                                                    strict=True)}
-    if all(names for _, names in parts):
-        record["feature_names"] = [n for _, names in parts for n in names]
+    record = EmbeddingRecord(
+        encoder=name, fingerprint=fingerprint, image_key=dataset.image_key, mpp=dataset.mpp,
+        size_px=dataset.size_px, n_off_image=int(off_image.sum()),
+        transform=None if transform is None else getattr(transform, "spec",
+                                                         type(transform).__name__),
+        parts=None if len(parts) == 1 else {
+            one_name: int(values.shape[1])
+            for (one_name, _, _), (values, _) in zip(resolved, parts, strict=True)},
+        feature_names=([n for _, names in parts for n in names]
+                       if all(names for _, names in parts) else None),
+        n_features=int(features.shape[1]), writer=WriterRecord.now(STEP, key_added))
     table.obsm[key_added] = features
-    table.uns.setdefault("embeddings", {})[key_added] = {**record,
-                                                         "n_features": int(features.shape[1])}
+    table.uns.setdefault("embeddings", {})[key_added] = record.to_uns()
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
 

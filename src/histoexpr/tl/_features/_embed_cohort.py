@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..._core.records import EmbeddingRecord
 from ..._memory import file_fingerprint
 from ..._settings import settings
 from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
@@ -504,8 +506,8 @@ def _process_slide(task: dict, encoders: list) -> dict:
           batch_size=task["batch_size"], device=resolve_device(task["device"]), key_added=key,
           overwrite=True)
     table = sdata.tables[f"{tiles_key}_table"]
-    record = {**table.uns["embeddings"][key], "params": task["feature_params"],
-              "created": time.time()}
+    record = replace(EmbeddingRecord.from_uns(table.uns["embeddings"][key]),
+                     params=task["feature_params"], created=time.time()).to_uns()
     table.uns["embeddings"][key] = record
     if task["status"] == "computed":
         slide = {"slide_id": slide_id, "slide_path": task["path"], "processed": time.time()}

@@ -94,7 +94,7 @@ def _report(name: str, probabilities: np.ndarray, targets: np.ndarray, classes: 
     eps = 1e-12
     chosen = np.clip(probabilities[np.arange(len(targets)), targets], eps, 1)
     record: dict[str, Any] = {
-        "name": name, "patch_size_um": size_um, "patch_px": patch_px,
+        "name": name, "size_um": size_um, "patch_px": patch_px,
         "epochs_run": None if history is None else int(history["epochs_run"]),
         "best_epoch": None if history is None else int(history["best_epoch"]) + 1,
         "seconds": None if history is None else float(history["seconds"]),

@@ -86,8 +86,8 @@ def fit(sdata: SpatialData, options: PatchClassifierOptions) -> PatchEnsemble:
     Returns
     -------
     A :class:`~histoexpr.models.PatchEnsemble` whose ``metadata`` holds ``model``, ``classes``
-    (``{name: label value}``), ``genes``, ``mpp``, ``patch_size_um`` (the option ``size_um``
-    of its members), ``image_key`` (the first image, the default of :func:`predict`),
+    (``{name: label value}``), ``genes``, ``mpp``, ``size_um`` (the patch side of each
+    member), ``image_key`` (the first image, the default of :func:`predict`),
     ``image_keys``, ``grid_um`` (the label map's pixel size, the default stride of
     :func:`predict`), ``history`` (per patch size), ``report`` (one record per size and one for
     the ensemble: patches, epochs, validation loss, accuracy and Dice per class), the split
@@ -169,7 +169,7 @@ def fit(sdata: SpatialData, options: PatchClassifierOptions) -> PatchEnsemble:
     model.metadata = {
         "model": MODEL_NAME, "classes": classes, "genes": list(rule["genes"]),
         "mpp": min(scales[i][1] for i in chosen), "member_mpp": [scales[i][1] for i in chosen],
-        "image_mpp": level0.mpp, "patch_size_um": [scales[i][0] * scales[i][1] for i in chosen],
+        "image_mpp": level0.mpp, "size_um": [scales[i][0] * scales[i][1] for i in chosen],
         "image_key": image_keys[0], "image_keys": image_keys, "labels_key": options.labels_key,
         "grid_um": float(rule["grid_um"]),
         "in_channels": model.in_channels, "history": histories, "report": reports,

@@ -47,11 +47,11 @@ def _image_keys(sdata: SpatialData, image_key: str | Sequence[str]) -> list[str]
     return keys
 
 
-def _patch_scales(patch_size_um, mpp, level0) -> list[tuple[int, float]]:
+def _patch_scales(size_um, mpp, level0) -> list[tuple[int, float]]:
     """Each patch's side in pixels (even, so that every size shares its centre) and um/px."""
-    sizes = [patch_size_um] if np.isscalar(patch_size_um) else list(patch_size_um)
+    sizes = [size_um] if np.isscalar(size_um) else list(size_um)
     if not sizes or any(not s > 0 for s in sizes):
-        raise ValueError(f"patch_size_um must be positive sizes in um, got {patch_size_um!r}.")
+        raise ValueError(f"size_um must be positive sizes in um, got {size_um!r}.")
     if mpp is None:
         mpps = [max(level0.mpp, DEFAULT_MPP)] * len(sizes)
     elif np.isscalar(mpp):
@@ -67,7 +67,7 @@ def _patch_scales(patch_size_um, mpp, level0) -> list[tuple[int, float]]:
     too_big = [s for s in sizes if s > min(height_um, width_um)]
     if too_big:
         raise ValueError(f"Patches of {too_big} um are larger than the image ({width_um:.1f} x "
-                         f"{height_um:.1f} um); use smaller patch_size_um.")
+                         f"{height_um:.1f} um); use a smaller size_um.")
     scales = {(max(8, 2 * round(s / m / 2)), m) for s, m in zip(sizes, mpps, strict=True)}
     return sorted(scales, key=lambda scale: (scale[0] * scale[1], scale[1]))
 
@@ -87,7 +87,7 @@ def _inside(centres: np.ndarray, half: float, region, level0) -> np.ndarray:
               & (centres[:, 1] - half >= y0) & (centres[:, 1] + half <= y1))
     if not inside.any():
         raise ValueError(f"No patch of the largest size lies wholly inside region={region}; "
-                         "widen the region or use smaller patch_size_um.")
+                         "widen the region or use a smaller size_um.")
     logger.info("Using %d of %d patch centres whose patches lie inside the region.",
                 int(inside.sum()), len(inside))
     return inside
@@ -157,6 +157,7 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     import pandas as pd
     from spatialdata import SpatialData
 
+    from ..._core.records import TileRecord
     from ..._elements import square_shapes, tile_table
     from ...pp import TileDataset
 
@@ -164,11 +165,10 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     ids = np.arange(len(centres))
     boxes = np.column_stack([centres - size_um / 2, centres + size_um / 2])
     obs = pd.DataFrame({"tile_id": ids, "target": targets}, index=pd.Index(ids.astype(str)))
-    uns = {"image_key": image_key, "size_px": size_px, "mpp": mpp, "size_um": size_um,
-           "stride_um": None}
+    record = TileRecord(image_key=image_key, size_px=size_px, mpp=mpp, size_um=size_um)
     patches = SpatialData(images={image_key: sdata.images[image_key]},
                           shapes={"patches": square_shapes(boxes, ids)},
-                          tables={"patches_table": tile_table(obs, centres, "patches", uns)})
+                          tables={"patches_table": tile_table(obs, centres, "patches", record)})
     return TileDataset(patches, "patches", obs_keys=["target"])
 
 

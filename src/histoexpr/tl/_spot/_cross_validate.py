@@ -154,23 +154,24 @@ def _free_key(sdata, key: str) -> str:
 
 def _spot_tiles(sdata, model, tiles_key: str, spots_key: str, *, name: str) -> None:
     """Spot-centred tiles of a held-out section as the model wants them (made or checked)."""
+    from ..._core.records import made_within, within_of
     from ...pp import tile
-    from ._spot_inputs import MADE_BY, tile_differences
+    from ._spot_inputs import WITHIN, tile_differences
 
     meta = model.metadata
-    geometry = {"image_key": meta["image_key"], "patch_um": meta["patch_um"], "mpp": meta["mpp"]}
+    geometry = {"image_key": meta["image_key"], "size_um": meta["size_um"], "mpp": meta["mpp"]}
     overwrite = False
     if tiles_key in sdata.shapes:
         differences = tile_differences(sdata, tiles_key, centres=spots_key, **geometry)
         if not differences:
             return
         table = sdata.tables.get(f"{tiles_key}_table")
-        if table is None or table.uns.get("tiles", {}).get("made_by") != MADE_BY:
+        if table is None or within_of(table.uns) != WITHIN:
             raise ValueError(
                 f"The tiles {tiles_key!r} of the held-out section {name!r} were not made for "
                 f"this model ({'; '.join(differences)}); pass another tiles_key to make "
                 "matching ones.")
         overwrite = True
-    tile(sdata, meta["image_key"], size_um=meta["patch_um"], mpp=meta["mpp"],
-         centres=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)
-    sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
+    with made_within(WITHIN):
+        tile(sdata, meta["image_key"], size_um=meta["size_um"], mpp=meta["mpp"],
+             centres=spots_key, min_tissue=0, key_added=tiles_key, overwrite=overwrite)

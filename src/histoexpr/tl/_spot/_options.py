@@ -111,7 +111,7 @@ class SpotRegressorOptions(TrainingOptions):
         of sub-tiles of this width (``size_um`` must be a whole multiple, at least 2 x 2); the
         model is additive, a spot's prediction being the mean of its sub-tiles' predictions
         (ridge on the sub-tiles' mean features), and is applied to single sub-tiles:
-        ``hx.tl.predict`` then maps expression at ``subspot_um`` (``metadata["patch_um"]``),
+        ``hx.tl.predict`` then maps expression at ``subspot_um`` (``metadata["size_um"]``),
         on a grid finer than the spots or on any tiles of that width. With ``context_um``, each
         sub-tile also takes the mean features of the sub-tiles around it (predict on tiles that
         cover the tissue at that spacing). ``None``: one tile a spot.

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.records import EmbeddingRecord, TileRecord, made_within
 from ..._utils import (
     logger,
 )
 from .._features._embed import encoder_fingerprint
-from ._spot_inputs import MADE_BY, _differences, _encoder_name
+from ._spot_inputs import WITHIN, _encoder_name
 
 if TYPE_CHECKING:
 
@@ -35,17 +36,16 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
 
     table_key = f"{tiles_key}_table"
     table = sdata.tables[table_key]
-    info = table.uns["tiles"]
-    image_key = str(info["image_key"]) if image_key is None else image_key
-    wanted = {"encoder": _encoder_name(encoder), "image_key": image_key,
-              "mpp": float(info["mpp"]), "size_px": int(info["size_px"])}
-    if transform is not None:
-        wanted["transform"] = getattr(transform, "spec", type(transform).__name__)
-    if expected is not None and expected.get("source") != "user":
-        wanted.update(fingerprint=expected.get("fingerprint"))
-    else:
-        wanted.update(fingerprint=encoder_fingerprint(encoder))
+    tiles = TileRecord.from_uns(table.uns["tiles"])
+    image_key = tiles.image_key if image_key is None else image_key
     own = expected is not None and expected.get("source") == "user"
+    wanted = EmbeddingRecord(
+        encoder=_encoder_name(encoder), image_key=image_key, mpp=tiles.mpp,
+        size_px=tiles.size_px,
+        transform=None if transform is None else getattr(transform, "spec",
+                                                         type(transform).__name__),
+        fingerprint=(expected.get("fingerprint") if expected is not None and not own
+                     else encoder_fingerprint(encoder)))
     compute = features_key not in table.obsm
     if not compute:
         record = table.uns.get("embeddings", {}).get(features_key)
@@ -53,12 +53,13 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
             if expected is not None and not own:
                 raise ValueError(
                     f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] has no record of how "
-                    f"it was made, but the model was trained on features of {wanted['encoder']!r}"
+                    f"it was made, but the model was trained on features of {wanted.encoder!r}"
                     f"; histoexpr reuses only features it can check. Pass another tiles_key (the "
                     "features are then computed) or delete those features.")
         else:
-            differences = _differences(record, wanted)
-            if differences and record.get("made_by") != MADE_BY:
+            found = EmbeddingRecord.from_uns(record)
+            differences = found.differences(wanted)
+            if differences and found.within != WITHIN:
                 raise ValueError(
                     f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] was made otherwise "
                     f"({'; '.join(differences)}), so it is not reused. Pass another features_key "
@@ -73,18 +74,20 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
             f"sdata.tables[{table_key!r}] lacks; put the same kind of features there (one row "
             "per tile, made the same way), then predict.")
     if compute:
-        embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
-              batch_size=batch_size, device=device, overwrite=True, transform=transform)
-        table.uns["embeddings"][features_key]["made_by"] = MADE_BY
-    record = table.uns.get("embeddings", {}).get(features_key)
+        with made_within(WITHIN):
+            embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
+                  batch_size=batch_size, device=device, overwrite=True, transform=transform)
+    stored = table.uns.get("embeddings", {}).get(features_key)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
-    if record is None:
+    if stored is None:
         made = {"source": "user", "n_features": int(features.shape[1])}
     else:
-        made = {"encoder": str(record["encoder"]),
-                "fingerprint": str(record.get("fingerprint", wanted["fingerprint"])),
-                "image_key": str(record["image_key"]), "mpp": float(record["mpp"]),
-                "size_px": int(record["size_px"]), "n_features": int(features.shape[1])}
+        record = EmbeddingRecord.from_uns(stored)
+        made = {"encoder": str(record.encoder),
+                "fingerprint": str(record.fingerprint if record.fingerprint is not None
+                                   else wanted.fingerprint),
+                "image_key": str(record.image_key), "mpp": float(record.mpp),
+                "size_px": int(record.size_px), "n_features": int(features.shape[1])}
     valid = np.isfinite(features).all(axis=1)
     if standardise:
         scale = features[valid].std(axis=0)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._core.records import RELATIVE_TOLERANCE, TileRecord, made_within, within_of
 from ..._image import image_levels
 from ..._utils import (
     logger,
@@ -19,13 +20,12 @@ STEP = "hx.tl.predict"
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 #: relative pixel-size difference below which two pixel sizes count as the same
-_MPP_TOLERANCE = 0.05
-#: relative difference of tile widths below which tiles fit a model's patch width
-_SIZE_TOLERANCE = 0.05
+_MPP_TOLERANCE = RELATIVE_TOLERANCE
 #: normalisation of patches fed to the CNN route (tiles are in [0, 1])
 CNN_NORMALISATION = {"mean": 0.5, "std": 0.25}
-#: recorded on the tiles and features the spot regressor makes itself; only those it remakes
-MADE_BY = "spot_regressor"
+#: the writer records of the tiles and features the spot regressor makes for itself say
+#: ``within=WITHIN`` (``_core.records.made_within``); only those it remakes
+WITHIN = "spot_regressor"
 
 
 @dataclass
@@ -59,34 +59,6 @@ def _encoder_name(encoder: Any) -> str:
     return spec
 
 
-def _differences(record: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """How a record of tiles' features differs from the wanted one, in words."""
-    out = []
-    if "fingerprint" in record and wanted.get("fingerprint") is not None:
-        if str(record["fingerprint"]) != str(wanted["fingerprint"]):
-            out.append(f"encoder {record['fingerprint']!r}, not {wanted['fingerprint']!r}")
-    elif str(record.get("encoder")) != wanted["encoder"]:
-        out.append(f"encoder {record.get('encoder')!r}, not {wanted['encoder']!r}")
-    if str(record.get("image_key")) != wanted["image_key"]:
-        out.append(f"image {record.get('image_key')!r}, not {wanted['image_key']!r}")
-    if abs(float(record.get("mpp", np.nan)) - wanted["mpp"]) > _MPP_TOLERANCE * wanted["mpp"] \
-            or not np.isfinite(float(record.get("mpp", np.nan))):
-        out.append(f"tiles at {float(record.get('mpp', np.nan)):.4g} um/px, not "
-                   f"{wanted['mpp']:.4g}")
-    if int(record.get("size_px", -1)) != wanted["size_px"]:
-        out.append(f"tiles of {record.get('size_px')} px, not {wanted['size_px']}")
-    if _canonical(record.get("transform")) != _canonical(wanted.get("transform")):
-        out.append("tiles transformed otherwise (e.g. another stain normalisation)")
-    return out
-
-
-def _canonical(value: Any) -> str:
-    """A record's value as text that survives a round trip through ``uns`` (arrays as lists)."""
-    import json
-
-    return json.dumps(value, sort_keys=True, default=lambda a: np.asarray(a).tolist())
-
-
 def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
     options = {"images": "image_key", "shapes": "spots_key", "tables": "table_key"}
     for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):
@@ -115,31 +87,30 @@ def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None
 
 
 def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
-                     table_key: str, tiles_key: str, patch_um: float, mpp: float) -> _Section:
+                     table_key: str, tiles_key: str, size_um: float, mpp: float) -> _Section:
     """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
     from ..._expression import expression_targets, library_sizes
     from ...pp import tile
 
     overwrite = False
     if tiles_key in sdata.shapes:
-        differences = tile_differences(sdata, tiles_key, image_key=image_key, patch_um=patch_um,
+        differences = tile_differences(sdata, tiles_key, image_key=image_key, size_um=size_um,
                                        mpp=mpp, centres=spots_key)
         table = sdata.tables.get(f"{tiles_key}_table")
-        made_by = None if table is None else table.uns.get("tiles", {}).get("made_by")
-        if differences and made_by != MADE_BY:
+        if differences and (table is None or within_of(table.uns) != WITHIN):
             raise ValueError(
                 f"The tiles sdata.shapes[{tiles_key!r}] of section {name!r} were not made for "
                 f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
                 f"alike and remakes only its own. Pass another tiles_key (e.g. "
-                f"tiles_key='{tiles_key}_{patch_um:g}um_{mpp:g}mpp') to make matching tiles.")
+                f"tiles_key='{tiles_key}_{size_um:g}um_{mpp:g}mpp') to make matching tiles.")
         if differences:
             logger.info("Section %r: remaking the tiles %r that an earlier fit made otherwise "
                         "(%s).", name, tiles_key, "; ".join(differences))
         overwrite = bool(differences)
     if overwrite or tiles_key not in sdata.shapes:
-        tile(sdata, image_key, size_um=patch_um, mpp=mpp, centres=spots_key, min_tissue=0,
-             key_added=tiles_key, overwrite=overwrite)
-        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
+        with made_within(WITHIN):
+            tile(sdata, image_key, size_um=size_um, mpp=mpp, centres=spots_key, min_tissue=0,
+                 key_added=tiles_key, overwrite=overwrite)
     tile_table = sdata.tables[f"{tiles_key}_table"]
     counts_table = sdata.tables[table_key]
     row_of_spot = {sid: i for i, sid in enumerate(counts_table.obs["spot_id"].to_numpy())}
@@ -160,25 +131,19 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
                     np.asarray(tile_table.obsm["spatial"])[keep])
 
 
-def tile_differences(sdata, tiles_key: str, *, image_key: str, patch_um: float, mpp: float,
+def tile_differences(sdata, tiles_key: str, *, image_key: str, size_um: float, mpp: float,
                      centres: str | None = None) -> list[str]:
-    """How the tiles under ``tiles_key`` differ from the ones asked for, in words (none: [])."""
+    """How the tiles under ``tiles_key`` differ from the ones asked for, each naming its field.
+
+    ``[]``: alike (their :class:`~histoexpr._core.records.TileRecord` differs in nothing).
+    """
     table = sdata.tables.get(f"{tiles_key}_table")
     if table is None or "tiles" not in table.uns:
         return [f"no table {tiles_key + '_table'!r} records how they were made"]
-    info = table.uns["tiles"]
-    out = []
-    if abs(float(info["size_um"]) - patch_um) > _SIZE_TOLERANCE * patch_um:
-        out.append(f"{float(info['size_um']):g} um wide, not {patch_um:g} um")
-    if abs(float(info["mpp"]) - mpp) > _MPP_TOLERANCE * mpp:
-        out.append(f"at {float(info['mpp']):.4g} um/px, not {mpp:.4g} um/px")
-    if str(info.get("image_key", image_key)) != image_key:
-        out.append(f"cut from {info['image_key']!r}, not {image_key!r}")
-    if centres is not None:
-        if "spot_id" not in table.obs:
-            out.append("on a grid, not centred on spots")
-        elif info.get("centres") is not None and str(info["centres"]) != centres:
-            out.append(f"centred on {info['centres']!r}, not {centres!r}")
+    wanted = TileRecord(image_key=image_key, size_um=size_um, mpp=mpp, centres=centres)
+    out = TileRecord.from_uns(table.uns["tiles"]).differences(wanted)
+    if centres is not None and "spot_id" not in table.obs:
+        out.append(f"centres: on a grid, not centred on {centres!r}")
     return out
 
 
@@ -222,34 +187,35 @@ def _check_image_mpp(sdata, image_key: str, mpp: float) -> None:
                     "model's pixel size.", mpp, image_key, image_mpp)
 
 
-def _tiles_at(sdata, tiles_key: str, *, patch_um: float, mpp: float,
+def _tiles_at(sdata, tiles_key: str, *, size_um: float, mpp: float,
               image_key: str | None = None):
     """Return the section, or a light copy whose tiles are read at the model's pixel size."""
     from spatialdata import SpatialData
 
     table_key = f"{tiles_key}_table"
     require_element(sdata, table_key, "tables")
-    info = sdata.tables[table_key].uns.get("tiles")
-    if info is None:
+    stored = sdata.tables[table_key].uns.get("tiles")
+    if stored is None:
         raise ValueError(f"sdata.tables[{table_key!r}] does not record how the tiles were made "
                          "(no uns['tiles']); make tiles with hx.pp.tile or pass another "
                          "tiles_key.")
-    if image_key is not None and str(info.get("image_key", image_key)) != image_key:
+    record = TileRecord.from_uns(stored)
+    if image_key is not None and record.differences(TileRecord(image_key=image_key)):
         logger.info("The tiles %r were cut from %r; reading them from %r.", tiles_key,
-                    info["image_key"], image_key)
-    if abs(info["size_um"] - patch_um) > _SIZE_TOLERANCE * patch_um:
+                    record.image_key, image_key)
+    wider = record.differences(TileRecord(size_um=size_um))
+    if wider:
         raise ValueError(
-            f"The tiles {tiles_key!r} are {info['size_um']:g} um wide but the model was trained "
-            f"on {patch_um:g} um patches; make tiles of that width (hx.pp.tile(..., "
-            f"size_um={patch_um:g})) or leave tiles_key to a new key."
+            f"The tiles {tiles_key!r} differ from the model's ({wider[0]}): the model was "
+            f"trained on {size_um:g} um patches; make tiles of that width (hx.pp.tile(..., "
+            f"size_um={size_um:g})) or leave tiles_key to a new key."
         )
-    if abs(info["mpp"] - mpp) <= _MPP_TOLERANCE * mpp:
+    if not record.differences(TileRecord(mpp=mpp)):
         return sdata
     logger.info("The tiles %r are at %.4g um/px; reading them at the model's %.4g um/px.",
-                tiles_key, info["mpp"], mpp)
+                tiles_key, record.mpp, mpp)
     table = sdata.tables[table_key].copy()
-    table.uns["tiles"] = {**info, "mpp": float(patch_um / round(patch_um / mpp)),
-                          "size_px": round(patch_um / mpp)}
+    table.uns["tiles"] = record.read_at(mpp, size_um=size_um).to_uns()
     for key in [k for k in table.obsm if k != "spatial"]:
         del table.obsm[key]  # features computed at another pixel size
     return SpatialData(images=dict(sdata.images), shapes={tiles_key: sdata.shapes[tiles_key]},

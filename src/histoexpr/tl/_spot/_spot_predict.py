@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.records import TileRecord, made_within
 from ..._image import image_levels
 from ..._spatial_uns import add_spatial_uns
 from ..._utils import (
@@ -25,7 +26,7 @@ from .._features._embed import encoder_fingerprint, image_coverage, image_finger
 from ._calibration import annotate
 from ._conformal import half_width
 from ._spot_features import section_features
-from ._spot_inputs import MADE_BY, STEP, _check_image_mpp, _tiles_at
+from ._spot_inputs import STEP, WITHIN, _check_image_mpp, _tiles_at
 
 if TYPE_CHECKING:
 
@@ -54,7 +55,7 @@ def predict(
 ) -> AnnData | pd.DataFrame:
     """Predict expression on every tile of a section, with or without spots, or of a cohort.
 
-    Tiles of the model's ``patch_um`` and pixel size are used: those under ``tiles_key`` if they
+    Tiles of the model's ``size_um`` and pixel size are used: those under ``tiles_key`` if they
     exist (their width must match the model's; if their pixel size differs they are read at the
     model's, with a log line), else a grid over the tissue is made there with ``stride_um``
     (finer than the spot spacing if asked: tiles then overlap). If the image's own pixel size is
@@ -151,7 +152,7 @@ def predict(
     calibration = metadata.get("calibration") or {}
     if calibration.get("available"):
         half_width(calibration["intervals"], level)  # a level the model keeps, or refused
-    patch_um, mpp = metadata["patch_um"], metadata["mpp"]
+    size_um, mpp = metadata["size_um"], metadata["mpp"]
     # everything that can be refused is checked before anything is written
     _check_channels(sdata, image_key, model)
     _check_image_mpp(sdata, image_key, mpp)
@@ -161,11 +162,11 @@ def predict(
         raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
                          "new tiles_key to make grid tiles at that stride.")
     if tiles_key not in sdata.shapes:
-        tile(sdata, image_key, size_um=patch_um, mpp=mpp,
-             stride_um=patch_um if stride_um is None else stride_um, min_tissue=min_tissue,
-             key_added=tiles_key)
-        sdata.tables[f"{tiles_key}_table"].uns["tiles"]["made_by"] = MADE_BY
-    tiles = _tiles_at(sdata, tiles_key, patch_um=patch_um, mpp=mpp, image_key=image_key)
+        with made_within(WITHIN):
+            tile(sdata, image_key, size_um=size_um, mpp=mpp,
+                 stride_um=size_um if stride_um is None else stride_um, min_tissue=min_tissue,
+                 key_added=tiles_key)
+    tiles = _tiles_at(sdata, tiles_key, size_um=size_um, mpp=mpp, image_key=image_key)
     tile_table = tiles.tables[f"{tiles_key}_table"]
     coverage = image_coverage(tiles, image_key, np.asarray(tile_table.obsm["spatial"]),
                               tile_table.uns["tiles"]["size_um"])
@@ -282,7 +283,7 @@ def _prediction_table(tile_table, values: np.ndarray, genes: list[str], tiles_ke
     table = ad.AnnData(X=np.asarray(values, dtype=np.float32), obs=obs,
                        var=pd.DataFrame(index=pd.Index(genes)),
                        obsm={"spatial": np.asarray(tile_table.obsm["spatial"], dtype=float)},
-                       uns={"tiles": dict(tile_table.uns["tiles"]),
+                       uns={"tiles": TileRecord.from_uns(tile_table.uns["tiles"]).to_uns(),
                             "prediction": {"tiles_key": tiles_key,
                                            "values": "log1p-normalised expression",
                                            **({} if image is None else {"image": image})}})

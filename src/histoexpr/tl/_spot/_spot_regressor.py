@@ -104,7 +104,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     The trained network (:class:`~histoexpr.models.LinearHead`, :class:`~histoexpr.models.MLPHead`,
     :class:`~histoexpr.models.SpotCNN`, or for the CNN encoders
     :class:`~histoexpr.models.EncoderHead`) whose ``metadata`` holds ``genes``, ``route``,
-    ``patch_um`` (the option ``size_um``), ``mpp``, ``options``, the encoder and feature
+    ``size_um``, ``mpp``, ``options``, the encoder and feature
     options, and the training ``history`` (route ``"auto"``: also ``head``, ``target``,
     ``stain`` and the search in ``auto``), and, for the head routes with ``calibrate=True``,
     ``calibration``: each gene's inner Pearson, the conformal interval half-widths and the
@@ -123,7 +123,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
 
     if options.route in ("ridge", "mlp"):  # needs the encoders (torch): checked here, while
         _refuse_random_encoder(options.encoder)  # the options class checks the other rules
-    patch_um = options.size_um  # the name inside this module
+    size_um = options.size_um
     sections = as_sections(data)
     tables = [_require_spot_inputs(s, name, options.image_key, options.spots_key,
                                    options.table_key) for name, s in sections.items()]
@@ -135,10 +135,10 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     mpp = _training_mpp(sections, options.image_key, options.mpp)
     prepared = [_prepare_section(name, s, chosen, image_key=options.image_key,
                                  spots_key=options.spots_key, table_key=options.table_key,
-                                 tiles_key=options.tiles_key, patch_um=patch_um, mpp=mpp)
+                                 tiles_key=options.tiles_key, size_um=size_um, mpp=mpp)
                 for name, s in sections.items()]
     metadata = {"model": "spot_regressor", "route": options.route, "genes": chosen,
-                "patch_um": float(patch_um), "mpp": float(mpp), "image_key": options.image_key,
+                "size_um": float(size_um), "mpp": float(mpp), "image_key": options.image_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     encoder = options.encoder
@@ -147,7 +147,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
         from ._subspot import fit_subspot
 
         network, extra = fit_subspot(
-            prepared, subspot_um=options.subspot_um, patch_um=patch_um, mpp=mpp,
+            prepared, subspot_um=options.subspot_um, size_um=size_um, mpp=mpp,
             image_key=options.image_key, encoder=encoder,
             standardise=options.standardise_sections, context_um=options.context_um,
             alphas=options.alphas, n_components=options.n_components,
@@ -176,7 +176,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     elif options.route == "cnn":
         from ._spot_training import fit_cnn
 
-        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, options.tiles_key, patch_um=patch_um,
+        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, options.tiles_key, size_um=size_um,
                                              mpp=mpp)) for p in prepared]
         network, extra = fit_cnn(at_mpp, tiles_key=options.tiles_key,
                                  image_key=options.image_key, n_genes=len(chosen),

@@ -83,7 +83,7 @@ def _subtile_section(sdata, centres: np.ndarray, *, image_key: str, subspot_um: 
     return light
 
 
-def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, mpp: float,
+def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, size_um: float, mpp: float,
                 image_key: str, encoder: str | Sequence[str], standardise: bool,
                 context_um: float | Sequence[float] | None,
                 alphas: Sequence[float], n_components: int | None, batch_size: int,
@@ -93,18 +93,18 @@ def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, 
     ``prepared`` are the spot regressor's training sections (spot centres and targets). The
     sub-tiles live in light copies of the sections: nothing is written to them. Returns the
     network (a :class:`~histoexpr.models.LinearHead` taking one sub-tile's features) and what
-    goes into its metadata (``patch_um`` becomes ``subspot_um``: prediction tiles are
+    goes into its metadata (``size_um`` becomes ``subspot_um``: prediction tiles are
     sub-tiles).
     """
     from ._spot_training import fit_ridge
 
-    k = subspot_grid(patch_um, subspot_um)
+    k = subspot_grid(size_um, subspot_um)
     encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
     name = encoder if isinstance(encoder, str) else "+".join(encoder)
     features_key = f"X_{name}"
     means, records, targets = [], [], []
     for p in prepared:
-        light = _subtile_section(p.sdata, subtile_centres(p.centres, patch_um, k),
+        light = _subtile_section(p.sdata, subtile_centres(p.centres, size_um, k),
                                  image_key=image_key, subspot_um=subspot_um, mpp=mpp)
         values, record = section_features(light, SUBTILES, encoder=encoder,
                                           features_key=features_key, standardise=standardise,
@@ -122,12 +122,12 @@ def fit_subspot(prepared: Sequence[Any], *, subspot_um: float, patch_um: float, 
                          "give sections whose images are of one kind.")
     network, extra = fit_ridge(means, targets, alphas=alphas, n_components=n_components)
     logger.info("Sub-spot head: each spot of %g um is the mean of %d x %d sub-tiles of %g um.",
-                patch_um, k, k, subspot_um)
-    extra.update({"patch_um": float(subspot_um), "encoder": encoder,
+                size_um, k, k, subspot_um)
+    extra.update({"size_um": float(subspot_um), "encoder": encoder,
                   "features_key": features_key, "features": records[0],
                   "context_um": _radii(context_um),
                   "standardise_sections": standardise,
-                  "subspot": {"spot_um": float(patch_um), "subspot_um": float(subspot_um),
+                  "subspot": {"spot_um": float(size_um), "subspot_um": float(subspot_um),
                               "grid": k, "additive": "mean of the sub-tiles' predictions "
                               "(log1p-normalised expression)"}})
     return network, extra
