@@ -35,6 +35,8 @@ HEADS = {"ridge": {"route": "ridge"},
          "ridge, per-section scaling + context": {"route": "ridge", "standardise_sections": True,
                                                   "context_um": (300.0, 600.0)},
          "mlp": {"route": "mlp"}}
+#: the run of benchmarks/README.md (a 2-core machine shared by many jobs): no MLP head
+DEFAULT_HEADS = ["ridge", "ridge, per-section scaling + context"]
 
 
 def main() -> None:
@@ -44,7 +46,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="her2st", choices=["her2st", "mob_st"])
-    parser.add_argument("--flavors", nargs="+", default=["top_expressed", "pearson_residuals"])
+    parser.add_argument("--flavors", nargs="+", default=["top_expressed"])
+    parser.add_argument("--encoders", nargs="+", default=ENCODERS)
+    parser.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, choices=list(HEADS))
     args = parser.parse_args()
     hx.settings.progress_bar = False
     torch.set_num_threads(1)
@@ -63,7 +67,8 @@ def main() -> None:
                             text=True).stdout.strip()
     for flavor in args.flavors:
         cpu, began = time.process_time(), time.perf_counter()
-        result = hx.tl.benchmark(sections, encoders=ENCODERS, heads=HEADS, n_genes=50,
+        heads = {label: HEADS[label] for label in args.heads}
+        result = hx.tl.benchmark(sections, encoders=args.encoders, heads=heads, n_genes=50,
                                  gene_flavor=flavor, size_um=GEOMETRY[args.data]["size_um"],
                                  mpp=GEOMETRY[args.data]["mpp"], tiles_key=TILES, seed=0)
         out = CACHE / f"benchmark_{args.data}_{flavor}"

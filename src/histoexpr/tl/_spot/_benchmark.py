@@ -33,7 +33,7 @@ _CALL_OPTIONS = ("genes", "gene_flavor", "encoder", "features_key", "image_key",
                  "pretrain_tiles_key", "pretrain_epochs", "subspot_um", "calibrate")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkResult:
     """What :func:`histoexpr.tl.benchmark` measured: a summary and the values behind it.
 
@@ -238,7 +238,8 @@ def benchmark(
                 "size_um": float(size_um), "mpp": mpp, "seed": seed,
                 "heads": {h: dict(v) for h, v in head_specs.items()},
                 "encoders": {e: v for e, v in encoder_specs.items()}}
-    return BenchmarkResult(table, section_frame, genes_frame, timing, settings)
+    return BenchmarkResult(table=table, sections=section_frame, genes=genes_frame, timing=timing,
+                           settings=settings)
 
 
 def _check_groups(sections: Mapping[str, Any], groups) -> dict[str, str]:
@@ -402,11 +403,13 @@ def _fold_genes(train: Mapping[str, Any], table_key: str, n_genes: int, flavor: 
 def _fit_and_score(train, held_out, options, genes: list[str], table_key: str
                    ) -> dict[str, tuple]:
     """Train one head on the training sections; each held-out section's scores and pairs."""
-    from .._api import fit, predict
+    from dataclasses import replace
+
     from ._cross_validate import _free_key
+    from ._spot_regressor import fit, predict
 
     with each_item():
-        model = fit(train, model=options, genes=list(genes))
+        model = fit(train, options=replace(options, genes=list(genes)))
     out = {}
     for name, sdata in held_out.items():
         key = _free_key(sdata, "benchmark_expression")
