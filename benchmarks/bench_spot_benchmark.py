@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -71,7 +72,9 @@ def main() -> None:
         result = hx.tl.benchmark(sections, encoders=args.encoders, heads=heads, n_genes=50,
                                  gene_flavor=flavor, size_um=GEOMETRY[args.data]["size_um"],
                                  mpp=GEOMETRY[args.data]["mpp"], tiles_key=TILES, seed=0)
-        out = CACHE / f"benchmark_{args.data}_{flavor}"
+        label = "" if args.heads == DEFAULT_HEADS else "_" + re.sub(
+            r"[^A-Za-z0-9]+", "-", "_".join(args.heads))
+        out = CACHE / f"benchmark_{args.data}_{flavor}{label}"
         out.mkdir(parents=True, exist_ok=True)
         for part in ("table", "sections", "genes", "timing"):
             getattr(result, part).to_csv(out / f"{part}.csv", index=False)
