@@ -92,7 +92,8 @@ def benchmark(
     2. every encoder x head is trained on the training sections by
        ``hx.tl.fit(..., model="spot_regressor", route=<head>)``; the ridge penalty is chosen by
        inner leave-one-section-out on the training sections (5 spot folds with one training
-       section), never on the held-out one;
+       section), never on the held-out one; the MLP head stops early on a random
+       ``val_fraction`` of the training spots;
     3. the model predicts the spot-centred tiles of each held-out section
        (:func:`histoexpr.tl.predict`) and is scored against the measured spots
        (log1p-normalised counts, as :func:`histoexpr.tl.evaluate`).
