@@ -11,5 +11,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_labels": ["labels"],
         "_napari": ["napari"],
         "_history": ["history"],
+        "_benchmark": ["benchmark"],
     },
 )

@@ -24,5 +24,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_features._pretrain": ["pretrain"],
         "_features._probe": ["probe"],
         "_metrics._expression_metrics": ["gene_correlations"],
+        "_spot._benchmark": ["benchmark", "BenchmarkResult"],
     },
 )

@@ -121,6 +121,24 @@ def evaluate_expression(
     The per-gene frame of :func:`gene_correlations` (``frame.mean()`` averages over genes).
 
     """
+    predicted, measured, library, names = expression_pairs(sdata, pred_key, truth_key,
+                                                           genes=genes)
+    return gene_correlations(predicted, measured, genes=names, library_size=library)
+
+
+def expression_pairs(
+    sdata: SpatialData,
+    pred_key: str,
+    truth_key: str = "table",
+    *,
+    genes: str | Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The predicted and measured expression of a section's spots, paired for scoring.
+
+    Pairs and checks as :func:`evaluate_expression` does. Returns the predictions (spots x
+    genes), the log1p-normalised measurements, the spots' library sizes and the gene names;
+    spots without counts are left out.
+    """
     from ..._expression import expression_targets, library_sizes
 
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
@@ -151,9 +169,9 @@ def evaluate_expression(
                              "correlation needs at least 3). Evaluate on a section with more "
                              "spots.")
     measured = truth[spot_rows]
-    predicted = pred[tile_rows][:, names].X
-    return gene_correlations(np.asarray(predicted), expression_targets(measured, names),
-                             genes=names, library_size=library_sizes(measured))
+    predicted = _dense(pred[tile_rows][:, names].X)
+    return (predicted, expression_targets(measured, names),
+            np.asarray(library_sizes(measured), dtype=np.float64).ravel(), list(names))
 
 
 def _aligned(pred, truth, genes):
