@@ -180,7 +180,7 @@ def benchmark(
     """
     import pandas as pd
 
-    from .._options import SpotRegressorOptions
+    from ._options import SpotRegressorOptions
     from ._spot_inputs import _require_spot_inputs, _training_mpp
 
     sections = as_sections(data)
@@ -345,10 +345,11 @@ def _tiled_copies(sections: Mapping[str, Any], common: Mapping[str, Any]) -> dic
     """Light copies of the sections with spot tiles under ``tiles_key`` (made, or reused)."""
     from ...pp import tile
     from ._cross_validate import _working_copy
-    from ._spot_inputs import MADE_BY, tile_differences
+    from ..._core.records import made_within
+    from ._spot_inputs import WITHIN, tile_differences
 
     key = common["tiles_key"]
-    geometry = {"image_key": common["image_key"], "patch_um": common["size_um"],
+    geometry = {"image_key": common["image_key"], "size_um": common["size_um"],
                 "mpp": common["mpp"], "centres": common["spots_key"]}
     for name, sdata in sections.items():
         if key in sdata.shapes:
@@ -360,9 +361,9 @@ def _tiled_copies(sections: Mapping[str, Any], common: Mapping[str, Any]) -> dic
     work = {name: _working_copy(sdata) for name, sdata in sections.items()}
     for sdata in work.values():
         if key not in sdata.shapes:
-            tile(sdata, common["image_key"], size_um=common["size_um"], mpp=common["mpp"],
-                 centres=common["spots_key"], min_tissue=0, key_added=key)
-            sdata.tables[f"{key}_table"].uns["tiles"]["made_by"] = MADE_BY
+            with made_within(WITHIN):  # tiles the spot regressor may remake
+                tile(sdata, common["image_key"], size_um=common["size_um"], mpp=common["mpp"],
+                     centres=common["spots_key"], min_tissue=0, key_added=key)
     return work
 
 
