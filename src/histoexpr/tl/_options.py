@@ -652,7 +652,7 @@ class SpotRegressorOptions(TrainingOptions):
         section to pretrain on; ``None`` makes 48 px tiles at ``mpp`` on a grid over the tissue
         (stride two tiles) in light copies of the sections (nothing is written to them).
     pretrain_epochs
-        Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 2; batch 64,
+        Encoder ``"ssl"`` pretrained inside ``fit``: SimCLR epochs (``None``: 6; batch 64,
         lr 1e-3, temperature 0.2, cosine schedule).
     subspot_um
         Ridge route: predict below the spot. Each spot tile of ``size_um`` is cut into a grid

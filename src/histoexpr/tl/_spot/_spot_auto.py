@@ -24,9 +24,8 @@ from .._metrics._expression_metrics import column_pearson
 
 #: the encoder the "ssl" and "random_cnn" candidates use (bench_pretrain.py's her2st recipe)
 CNN_CONFIG = {"arch": "small_cnn", "in_channels": 3, "width": 32, "pool_levels": True}
-#: SimCLR options of the "ssl" candidate when it is pretrained inside fit (2 epochs since the
-#: default call was brought under 300 CPU s: 6 before; benchmarks/README.md, bench_auto_cost.py)
-PRETRAIN_OPTIONS = {"method": "simclr", "epochs": 2, "batch_size": 64, "lr": 1e-3,
+#: SimCLR options of the "ssl" candidate when it is pretrained inside fit
+PRETRAIN_OPTIONS = {"method": "simclr", "epochs": 6, "batch_size": 64, "lr": 1e-3,
                     "temperature": 0.2}
 #: pretraining tiles made inside fit when none are given: this many pixels at the model's mpp,
 #: on a grid over the tissue with a stride of two tiles
