@@ -13,7 +13,8 @@ checks that two runs chose the same and predict the same (within rounding).
     .venv/bin/python benchmarks/bench_auto_cost.py compare before after
 
 ``--sections C2 C3 --encoders squidpy+handcrafted random_cnn`` runs a smaller search (the rest
-of the grid as by default).
+of the grid as by default); ``--pretrain-epochs 2`` passes ``pretrain_epochs=2`` (the "ssl"
+candidate's SimCLR epochs inside ``fit``; default 6).
 """
 
 from __future__ import annotations
@@ -54,13 +55,21 @@ def read_sections(names=("C2", "C3", "C4")) -> dict:
     }
 
 
-def run(label: str, sections: list[str], encoders: list[str] | None) -> None:
+def run(
+    label: str, sections: list[str], encoders: list[str] | None, pretrain_epochs: int | None
+) -> None:
     import histoexpr as hx
 
     sections = read_sections(sections)
     candidates = None if encoders is None else {"encoder": encoders}
     cpu, wall = cpu_seconds(), time.perf_counter()
-    model = hx.tl.fit(sections, model="spot_regressor", route="auto", candidates=candidates)
+    model = hx.tl.fit(
+        sections,
+        model="spot_regressor",
+        route="auto",
+        candidates=candidates,
+        pretrain_epochs=pretrain_epochs,
+    )
     cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
     predictions = {}
     for name, sdata in sections.items():
@@ -75,6 +84,7 @@ def run(label: str, sections: list[str], encoders: list[str] | None) -> None:
         "commit": commit,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "pretrain_epochs": pretrain_epochs,
         "cpu_seconds": round(cpu, 1),
         "wall_seconds": round(wall, 1),
         "chosen": auto["chosen"],
@@ -129,12 +139,18 @@ def main() -> None:
         default=None,
         help="encoder candidates (default: the default grid's)",
     )
+    one.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="SimCLR epochs of the ssl candidate inside fit (default: fit's, 6)",
+    )
     two = commands.add_parser("compare")
     two.add_argument("first")
     two.add_argument("second")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.label, args.sections, args.encoders)
+        run(args.label, args.sections, args.encoders, args.pretrain_epochs)
     else:
         compare(args.first, args.second)
 

@@ -322,3 +322,41 @@ def test_two_processes_pretrain_the_same_encoder_as_one(tmp_path, monkeypatch):
             torch.testing.assert_close(ddp[method]["state"][name], value, rtol=1e-7, atol=1e-9)
         name = "body.0.weight"  # training moved the weights
         assert (single[method]["state"][name] - start[name]).abs().max() > 1e-3
+
+
+def test_channels_last_training_gives_the_encoder_of_the_usual_layout(sections, monkeypatch):
+    """Pretraining in channels-last layout (faster on CPUs) learns as in the usual layout.
+
+    The layout changes only the order of float32 sums inside the convolutions: one step's loss
+    and gradients agree with the usual layout to float rounding, and so do the losses of whole
+    epochs (AdamW divides by the gradients' running spread, so the weights themselves drift
+    apart by more than rounding over many steps, as with any change of summation order). The
+    returned encoder is in the usual layout.
+    """
+    from histoexpr.models import ContrastiveLearner
+
+    torch.manual_seed(0)
+    config = {"arch": "small_cnn", "in_channels": 3, "width": 8, "pool_levels": True}
+    usual = ContrastiveLearner(encoder=config, projection_dim=16)
+    fast = ContrastiveLearner(encoder=config, projection_dim=16)
+    fast.load_state_dict(usual.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    views = torch.rand(2, 16, 3, 24, 24).unbind()
+    fast_views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    loss_usual, loss_fast = usual(*views), fast(*fast_views)
+    torch.testing.assert_close(loss_fast, loss_usual, rtol=1e-5, atol=1e-6)
+    loss_usual.backward()
+    loss_fast.backward()
+    for (name, a), b in zip(usual.named_parameters(), fast.parameters(), strict=True):
+        scale = float(a.grad.abs().max())  # float32 rounding of sums of many terms
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+
+    section = sections[0]
+    options = {**TINY, "method": "simclr", "epochs": 2, "seed": 5}
+    fast = hx.tl.pretrain(section, "he_tiles", **options)
+    monkeypatch.setattr(_pretrain, "_CHANNELS_LAST", False)
+    usual = hx.tl.pretrain(section, "he_tiles", **options)
+    assert len(fast.metadata["pretraining"]["loss"]) == 2
+    np.testing.assert_allclose(fast.metadata["pretraining"]["loss"],
+                               usual.metadata["pretraining"]["loss"], rtol=1e-4)
+    assert all(value.is_contiguous() for value in fast.state_dict().values())

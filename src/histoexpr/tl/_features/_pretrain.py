@@ -40,6 +40,10 @@ CHECKPOINT_FORMAT = "histoexpr-pretrain-checkpoint"
 CHECKPOINT_NAME = "pretrain_checkpoint.pt"
 SCHEDULES = ("cosine", "constant")
 _NORMALISATION_SAMPLE = 256  # tiles read to estimate the per-channel mean and spread
+#: the learner's weights and the augmented views in channels-last layout while training: oneDNN's
+#: convolutions, batch normalisation and max pooling are ~1.2-1.8x faster on a CPU in that
+#: layout (``benchmarks/README.md``); the sums are the same up to float rounding
+_CHANNELS_LAST = True
 
 
 @logged_step("pretraining a tile encoder")
@@ -209,6 +213,8 @@ def pretrain(
     else:
         views = augment
     learner.to(device)
+    if _CHANNELS_LAST:
+        learner.to(memory_format=torch.channels_last)
     views.to(device)
     if ctx is not None and torch.device(device).type == "cuda":
         # batch statistics over the global batch, as SimCLR's global batch normalisation
@@ -231,6 +237,8 @@ def pretrain(
     def contrastive_loss(network, batch: dict[str, Any]) -> torch.Tensor:
         images = batch["image"]
         pairs = (views(torch.cat([images, images])) - mean) / std  # views drawn independently
+        if _CHANNELS_LAST:
+            pairs = pairs.contiguous(memory_format=torch.channels_last)
         return network(*pairs.chunk(2))
 
     clock = [time.perf_counter()]
@@ -253,6 +261,8 @@ def pretrain(
           first_epoch=state["epoch"], on_epoch=after_epoch, reseed=False)
 
     network = learner.encoder.eval()
+    if _CHANNELS_LAST:  # the encoder is handed back in the usual layout
+        network.to(memory_format=torch.contiguous_format)
     if ctx is not None and torch.device(device).type == "cuda":  # plain batch normalisation
         plain = type(network)(**network.get_config())
         plain.load_state_dict(network.state_dict())
