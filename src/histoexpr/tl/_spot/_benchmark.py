@@ -343,9 +343,9 @@ def _features_key(label: str, encoder: Any, seed: int) -> str | None:
 
 def _tiled_copies(sections: Mapping[str, Any], common: Mapping[str, Any]) -> dict[str, Any]:
     """Light copies of the sections with spot tiles under ``tiles_key`` (made, or reused)."""
+    from ..._core.records import made_within
     from ...pp import tile
     from ._cross_validate import _working_copy
-    from ..._core.records import made_within
     from ._spot_inputs import WITHIN, tile_differences
 
     key = common["tiles_key"]
