@@ -1,5 +1,5 @@
-# One-command set-up: `make demo` runs the demo, `make test` runs the tests, `make docs` builds
-# and checks the documentation.
+# One-command set-up: `make demo` runs the demo, `make test` runs the tests (all of them, as CI
+# does), `make test-fast` the fast tier, `make docs` builds and checks the documentation.
 # Each target creates the virtual environment it needs. torch==2.13.0 is installed first
 # and every later install is held by constraints.txt, so no CUDA build of torch is pulled.
 PYTHON ?= python3
@@ -13,7 +13,7 @@ export HISTOEXPR_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA))
 # napari's tests need a display: use a virtual one where xvfb-run exists
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 
-.PHONY: demo test wheel-smoke docs docs-fast benchmarks clean
+.PHONY: demo test test-fast wheel-smoke docs docs-fast benchmarks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/histoexpr demo --out histoexpr-demo --overwrite
 
+# every test and every docstring example that runs (what CI runs), in two processes; the 15
+# slowest are printed at the end
 test: $(STAMP)
-	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile
+	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+
+# the inner loop, under 3 minutes on 2 cores: all but the tests measured slow (tests/_slow.py)
+# and those reading the real data sets
+test-fast: $(STAMP)
+	$(XVFB) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not realdata" --durations=15
 
 # the pip route: build the wheel, install it into a fresh virtual environment, smoke-test it
 wheel-smoke:

@@ -12,7 +12,7 @@ A baseline test is one short function::
 small and the same on every machine) and compares it with ``tests/_images/<name>.png``; a
 failure names the difference image it wrote. To make or refresh baselines, run the tests with
 ``HISTOEXPR_MAKE_BASELINES=1`` (e.g. ``HISTOEXPR_MAKE_BASELINES=1 .venv/bin/pytest
-tests/test_plot_images.py``), look at the new PNGs, and commit them.
+tests/pl/test_plot_images.py``), look at the new PNGs, and commit them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A test of a bad input registers its row with :func:`bad_input`; the catalogue page
 ``docs/bad_inputs.md`` is written from the registry (``python tests/_catalogue.py --write``) and
-``tests/test_catalogue.py`` fails when the page and the registry differ, so they cannot drift.
+``tests/house/test_catalogue.py`` fails when the page and the registry differ, so they cannot drift.
 
 Usage in a test module::
 
@@ -178,7 +178,7 @@ def bad_input(kind: str, given: str, *, says: str, fix: str, match: str | None =
 def collect() -> list[Row]:
     """Every ``@bad_input(...)`` row of the test modules, read from their source."""
     rows = []
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         tests = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
         tests += [method for node in tree.body if isinstance(node, ast.ClassDef)

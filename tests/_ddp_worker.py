@@ -1,5 +1,5 @@
-"""One process of the two-process DDP tests (tests/test_train.py, tests/test_pretrain.py); run
-by torchrun.
+"""One process of the two-process DDP tests (tests/tl/test_train.py,
+tests/tl/features/test_pretrain.py); run by torchrun.
 
 ``_ddp_worker.py OUT``: trains a small deterministic network with histoexpr's training loop and,
 on rank 0 only, writes its weights and history; every rank also asks hx.io.save_model to write
@@ -9,7 +9,7 @@ its own file, which only rank 0 may do.
 MoCo (deterministic views, no batch-normalisation statistics) and, on rank 0, writes both.
 
 ``_ddp_worker.py OUT mil SLIDES STORES``: cross-validates attention MIL on a cohort whose stores
-are already embedded (tests/test_cohort.py); the out-of-fold per-tile results go into the
+are already embedded (tests/tl/mil/test_mil_cohort.py); the out-of-fold per-tile results go into the
 stores, which rank 0 alone may write; rank 0 writes the bag predictions.
 """
 

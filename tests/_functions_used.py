@@ -4,7 +4,7 @@ Each tutorial ends with a markdown cell (id ``functions-used``) that links every
 ``hx.<room>.<name>`` its code calls to its API page, every ``model="..."`` to that model's
 options and ``hx.settings`` to its page. The cell is written from the notebook's code
 (``python tests/_functions_used.py --write``; code cells are left as they are) and
-``tests/test_docs.py`` fails when a tutorial's cell differs from the one its code gives.
+``tests/house/test_docs.py`` fails when a tutorial's cell differs from the one its code gives.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One name per idea: the conventions table, the forbidden synonyms and the survey.
 
-This is the one place the synonym table lives; the "Names" table of ``docs/design.md`` matches it
-(``tests/test_names.py`` checks both ways). Run it to print the survey of every public parameter
-name, grouped by name, with the functions that use it::
+This is the one place the synonym table lives; the "Names" table of ``docs/design.md`` matches
+it (``tests/house/test_names.py`` checks both ways). Run it to print the survey of every public
+parameter name, grouped by name, with the functions that use it::
 
     PYTHONPATH=src python tests/_names.py
 """

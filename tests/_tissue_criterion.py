@@ -10,7 +10,7 @@ positions whose whole spot disc does not lie inside the image are left out.
 A position counts as *on the tissue* when the majority of its spot disc (100 um across, the
 pixels of the tissue map whose centres fall in it) is tissue. Sensitivity is the fraction of the
 selected spots on the tissue, specificity the fraction of the other positions off it. Used by
-``tests/test_tissue.py`` and ``benchmarks/bench_tissue.py``.
+``tests/pp/test_tissue.py`` and ``benchmarks/bench_tissue.py``.
 """
 
 from __future__ import annotations

@@ -25,7 +25,23 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``realdata`` with a clear reason where the data folder is absent."""
+    """Leave out the docstring examples that cannot run as written (DOCTESTS_KEPT_OUT), mark
+    ``slow`` the tests measured slow (tests/_slow.py), and skip tests marked ``realdata`` with a
+    clear reason where the data folder is absent."""
+    from _pytest.doctest import DoctestItem
+    from _slow import DOCTESTS_KEPT_OUT, SLOW, SLOW_DOCTESTS
+
+    kept_out = [item for item in items
+                if isinstance(item, DoctestItem) and item.name in DOCTESTS_KEPT_OUT]
+    if kept_out:
+        config.hook.pytest_deselected(items=kept_out)
+        items[:] = [item for item in items if item not in kept_out]
+    for item in items:
+        if isinstance(item, DoctestItem):
+            if item.name in SLOW_DOCTESTS:
+                item.add_marker(pytest.mark.slow)
+        elif f"{item.path.name}::{item.originalname}" in SLOW:
+            item.add_marker(pytest.mark.slow)
     if DATA.is_dir():
         return
     skip = pytest.mark.skip(reason=f"real data folder {DATA} is absent (set HISTOEXPR_SHARED_DATA)")
@@ -54,13 +70,30 @@ def _quiet_settings():
     hx.settings.verbosity = saved[3]
 
 
-def make_disk_section(size_px: int = 400, mpp: float = 0.5, radius_frac: float = 0.35,
-                      seed: int = 0, multiscale: bool = False):
-    """An RGB 'H&E' section: a pink disk of tissue with dark dots on a white background.
+def copy_section(sdata):
+    """A deep copy of ``sdata``: its own arrays, tables, shapes, points and attrs."""
+    import copy
 
-    The geometry is exact, so tests can compare tissue masks and tile counts with it: the disk's
-    centre is the image centre and its radius ``radius_frac * size_px`` pixels.
-    """
+    import spatialdata
+
+    out = spatialdata.deepcopy(sdata)
+    out.attrs = copy.deepcopy(dict(sdata.attrs))
+    return out
+
+
+#: sections built once per test run (key: the builder and its arguments); tests get copies
+_BUILT: dict = {}
+
+
+def _built_once(builder, *args, **kwargs):
+    key = (builder.__name__, args, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key not in _BUILT:
+        _BUILT[key] = builder(*args, **kwargs)
+    return _BUILT[key]
+
+
+def _build_disk_section(size_px: int, mpp: float, radius_frac: float, seed: int,
+                        multiscale: bool):
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Scale
@@ -83,7 +116,50 @@ def make_disk_section(size_px: int = 400, mpp: float = 0.5, radius_frac: float =
     return SpatialData(images={"he": element})
 
 
+def make_disk_section(size_px: int = 400, mpp: float = 0.5, radius_frac: float = 0.35,
+                      seed: int = 0, multiscale: bool = False):
+    """An RGB 'H&E' section: a pink disk of tissue with dark dots on a white background.
+
+    The geometry is exact, so tests can compare tissue masks and tile counts with it: the disk's
+    centre is the image centre and its radius ``radius_frac * size_px`` pixels. Built once per
+    test run for each set of arguments; each call returns a deep copy of its own.
+    """
+    return copy_section(_built_once(_build_disk_section, size_px, mpp, radius_frac, seed,
+                                    multiscale))
+
+
+def synthetic_copy(**kwargs):
+    """``hx.datasets.synthetic_section(**kwargs)``, built once per test run: a deep copy each call.
+
+    For tests that need a synthetic section but do not test ``synthetic_section`` itself (its own
+    tests build theirs, to check that a second build gives the same section).
+    """
+    return copy_section(_built_once(hx.datasets.synthetic_section, **kwargs))
+
+
+def synthetic_cohort_copy(n_slides: int, **kwargs):
+    """``hx.datasets.synthetic_cohort(n_slides, **kwargs)``, built once per test run: a copy each
+    call (its sections deep-copied, its bulk table too)."""
+    built = _built_once(hx.datasets.synthetic_cohort, n_slides, **kwargs)
+    return hx.io.Cohort({name: copy_section(sdata) for name, sdata in built.items()},
+                        built.bulk.copy())
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """``synthetic(**kwargs)``: a copy of ``hx.datasets.synthetic_section(**kwargs)``, built once
+    (see synthetic_copy); in session scope, so module-scoped fixtures can use it too."""
+    return synthetic_copy
+
+
 @pytest.fixture
 def disk_section():
     """A 400 x 400 px RGB section at 0.5 um/px with a disk of tissue (see make_disk_section)."""
     return make_disk_section()
+
+
+@pytest.fixture(scope="session")
+def synthetic_cohort():
+    """``synthetic_cohort(n_slides, **kwargs)``: a copy of the once-built
+    ``hx.datasets.synthetic_cohort(n_slides, **kwargs)`` (see synthetic_cohort_copy)."""
+    return synthetic_cohort_copy

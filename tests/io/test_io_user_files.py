@@ -198,114 +198,6 @@ def test_spots_of_a_table_with_only_a_lowres_image(tmp_path):
     assert ax.get_xlabel() == "x (full-resolution px)"  # scanpy's obsm["spatial"]: not um
 
 
-@bad_input("obscure error", "`hx.tl.evaluate` on a section with only 2 spots",
-           says="ValueError: The truth table holds 2 spot(s); a correlation needs at least 3 "
-                "(before: 'Fewer than 3 spots have a predicted tile: predict on tiles that cover "
-                "the spots', though every spot had one)",
-           fix="evaluate on a section (or several) with more spots")
-def test_evaluate_on_a_two_spot_section_says_why():
-    from anndata import AnnData
-
-    from histoexpr.tl._metrics._expression_metrics import _match_spots
-
-    truth = AnnData(np.ones((2, 1), np.float32))
-    pred = AnnData(np.ones((2, 1), np.float32))
-    pred.obsm["spatial"] = np.array([[0.0, 0.0], [10.0, 0.0]])
-    with pytest.raises(ValueError, match=r"holds 2 spot\(s\); a correlation needs at least 3"):
-        _match_spots(pred, truth, (np.array([[0.0, 0.0], [10.0, 0.0]]), None))
-
-
-def test_ridge_on_too_few_spots_to_score_says_so(caplog):
-    import warnings
-
-    from histoexpr.tl._spot._spot_training import fit_ridge
-
-    rng = np.random.default_rng(0)
-    features, targets = [rng.normal(size=(3, 4))], [rng.normal(size=(3, 2))]
-    with caplog.at_level(logging.WARNING, logger="histoexpr"), warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        _, record = fit_ridge(features, targets, alphas=(0.1, 1.0, 10.0), n_components=None)
-    assert record["alpha"] == 1.0
-    assert "No inner fold could score the ridge penalties (3 spots" in caplog.text
-
-
-@pytest.fixture(scope="module")
-def two_sections():
-    sections = {}
-    for seed, name in enumerate("ab"):
-        section = hx.datasets.synthetic_section(seed=seed, size_um=300, spot_pitch_um=40,
-                                                spot_diameter_um=30)
-        section.images["img"] = section.images["he"]  # as read with image_key="img"
-        del section.images["he"]
-        sections[name] = section
-    return sections
-
-
-@bad_input("obscure error", "`hx.tl.cross_validate(sections, model='spot_regressor', genes=5)` "
-           "(the number of genes named as in hx.tl.fit)",
-           says="TypeError: cross_validate chooses the genes inside each fold: pass their number "
-                "as n_genes=5 (before: options_for() got multiple values for keyword argument "
-                "'genes')",
-           fix="pass n_genes=5; genes= takes a fixed list of gene names")
-def test_cross_validate_names_n_genes_and_takes_a_gene_list(two_sections):
-    with pytest.raises(TypeError, match=r"pass their number as n_genes=5"):
-        hx.tl.cross_validate(two_sections, model="spot_regressor", genes=5, image_key="img")
-    genes = list(two_sections["a"].tables["table"].var_names[:2])
-    frame = hx.tl.cross_validate(two_sections, model="spot_regressor", genes=genes,
-                                 image_key="img", size_um=40, mpp=2.0)
-    assert sorted(set(frame["gene"])) == sorted(genes)
-    assert set(frame["section"]) == {"a", "b"}
-
-
-@bad_input("obscure error", "`hx.tl.fit(sections, model='spot_regressor')` or `hx.pl.spots` on "
-           "sections whose image is not called 'he' (e.g. read with image_key='img')",
-           says="KeyError: ... has no sdata.images['he'] (it has ['dapi', 'img']) ... Pass "
-                "image_key= — pl.spots also offers image_key=None to draw the spots alone",
-           fix="pass image_key='img'")
-def test_other_image_key_is_named_with_the_option(two_sections):
-    section = two_sections["a"]
-    with pytest.raises(KeyError, match=r"has no sdata.images\['he'\] \(it has \['dapi', "
-                                       r"'img'\]\).*Pass image_key="):
-        hx.tl.fit(section, model="spot_regressor", genes=2)
-    with pytest.raises(KeyError, match=r"no image 'he' \(images: \['dapi', 'img'\]\). Pass "
-                                       r"image_key="):
-        hx.pl.spots(section, "spots")
-    ax = hx.pl.spots(section, "spots", image_key="img")
-    assert len(ax.get_images()) == 1
-
-
-@bad_input("obscure error", "`hx.tl.evaluate` on a section with a spot that has no counts "
-           "(a Visium or ST spot with total count 0)",
-           says="log: 1 of N spots have no counts and are left out (before: ValueError: "
-                "library_size must be positive)",
-           fix="nothing: the spot has no expression to score")
-def test_evaluate_leaves_out_spots_without_counts(two_sections, caplog):
-    import scipy.sparse as sp
-
-    train, test = two_sections["a"], two_sections["b"]
-    genes = list(train.tables["table"].var_names[:3])
-    model = hx.tl.fit(train, model="spot_regressor", genes=genes, image_key="img", size_um=40,
-                      mpp=2.0)
-    hx.pp.tile(test, "img", size_um=40, mpp=2.0, centres="spots", key_added="spot_tiles",
-               min_tissue=0)
-    hx.tl.predict(model, test, tiles_key="spot_tiles")
-    table = test.tables["table"]
-    zero = np.asarray(table.layers["counts"].sum(axis=1)).ravel() == 0
-    if not zero.any():  # make one spot empty
-        counts = sp.csr_matrix(table.layers["counts"]).tolil()
-        counts[0, :] = 0
-        table.layers["counts"] = counts.tocsr()
-        table.X = table.layers["counts"].copy()
-        zero = np.asarray(table.layers["counts"].sum(axis=1)).ravel() == 0
-    with caplog.at_level(logging.INFO, logger="histoexpr"):
-        scores = hx.tl.evaluate(test, "spot_tiles_expression", "table")
-    assert f"{int(zero.sum())} of {table.n_obs} spots have no counts" in caplog.text
-    test.tables["table"] = table[~zero].copy()
-    expected = hx.tl.evaluate(test, "spot_tiles_expression", "table")
-    pd.testing.assert_frame_equal(scores, expected)
-    assert np.isfinite(scores["pearson"]).all()
-
-
 @bad_input("silently wrong", "a pyramidal RGB + alpha TIFF slide (e.g. `vips tiffsave` of an "
            "image with transparency) given to `hx.io.read_wsi`",
            says="log: dropped the alpha channel (before: a 4th channel 'a', so tiles had 4 "
@@ -352,15 +244,15 @@ def test_read_visium_names_the_folder_to_pass(tmp_path):
                 "the command line: --mpp 0.5 (before: 'not a slide histoexpr can read', even "
                 "with --mpp)",
            fix="pass --mpp")
-def test_cli_predicts_on_a_png_with_mpp(tmp_path, capsys):
+def test_cli_predicts_on_a_png_with_mpp(tmp_path, capsys, synthetic):
     import spatialdata as sd
     from PIL import Image
 
     from histoexpr._cli import EXIT_BAD_INPUT, main
 
     genes = ["EPCAM", "COL1A1"]
-    train = hx.datasets.synthetic_section(seed=0, size_um=300, spot_pitch_um=40,
-                                          spot_diameter_um=35)
+    train = synthetic(seed=0, size_um=300, spot_pitch_um=40,
+                      spot_diameter_um=35)
     model = hx.io.save_model(hx.tl.fit(train, model="spot_regressor", genes=genes, size_um=40.0,
                                        mpp=1.0), tmp_path / "spots.pt")
     section = hx.datasets.synthetic_section(seed=1, size_um=300)
@@ -389,8 +281,8 @@ def test_float_image_outside_0_1_is_named(tmp_path, caplog):
     import tifffile
 
     rgb = _he_pixels()
-    tifffile.imwrite(tmp_path / "scaled.tif", rgb.astype(np.float32) / 255)
-    tifffile.imwrite(tmp_path / "raw.tif", rgb.astype(np.float32))
+    tifffile.imwrite(tmp_path / "scaled.tif", rgb.astype(np.float32) / 255, photometric="rgb")
+    tifffile.imwrite(tmp_path / "raw.tif", rgb.astype(np.float32), photometric="rgb")
     with caplog.at_level(logging.WARNING, logger="histoexpr"):
         pixels, _ = _read(tmp_path / "scaled.tif")
     assert not caplog.records
@@ -447,28 +339,3 @@ def test_exif_orientation_is_named(tmp_path, caplog):
     assert "carries EXIF orientation 6" in caplog.text
     np.testing.assert_array_equal(turned, upright)  # the stored pixels, not turned
 
-
-@bad_input("obscure error", "`hx.pp.select_genes(sdata, n_top=50)` (the SpatialData, as the "
-           "other pp steps take it, instead of its spot table)",
-           says="TypeError: select_genes takes spot tables (AnnData), got SpatialData. Pass the "
-                "section's spot table, e.g. hx.pp.select_genes(sdata.tables['table'], ...) "
-                "(before: KeyError: 'Could not find element with name 0')",
-           fix="pass sdata.tables['table'] (or a list of spot tables)")
-def test_select_genes_names_the_spot_table(two_sections):
-    section = two_sections["a"]
-    with pytest.raises(TypeError, match=r"got SpatialData.*sdata.tables\['table'\]"):
-        hx.pp.select_genes(section, n_top=3)
-    with pytest.raises(TypeError, match=r"got SpatialData"):
-        hx.pp.select_genes(list(two_sections.values()), n_top=3)
-    table = section.tables["table"]
-    assert len(hx.pp.select_genes(table, n_top=3)) == 3
-
-
-def test_seurat_v3_without_scikit_misc_names_the_package(two_sections):
-    import importlib.util
-
-    if importlib.util.find_spec("skmisc") is not None:
-        pytest.skip("scikit-misc is installed: flavor='seurat_v3' works")
-    with pytest.raises(ImportError, match=r"needs the package scikit-misc.*"
-                                          r"flavor='pearson_residuals'"):
-        hx.pp.select_genes(two_sections["a"].tables["table"], n_top=3, flavor="seurat_v3")

@@ -34,7 +34,8 @@ def test_old_option_names_still_work_with_a_future_warning():
     options = {"genes": ("A", "B"), "grid_um": 1.0, "window_um": 5.0, "min_per_class": 1}
     new, old = hand_made(points), hand_made(points)
     hx.pp.transcript_labels(new, min_tissue=0.5, stride_um=2.0, **options)
-    with pytest.warns(FutureWarning, match="'min_tissue_fraction' is deprecated.*'min_tissue'"):
+    with (pytest.warns(FutureWarning, match="'min_tissue_fraction' is deprecated.*'min_tissue'"),
+          pytest.warns(FutureWarning, match="'patch_stride_um' is deprecated.*'stride_um'")):
         hx.pp.transcript_labels(old, min_tissue_fraction=0.5, patch_stride_um=2.0, **options)
     np.testing.assert_array_equal(old.labels["tx_labels"].values, new.labels["tx_labels"].values)
     a, b = old.tables["tx_labels_patches"], new.tables["tx_labels_patches"]

@@ -68,10 +68,10 @@ GENES = ["EPCAM", "COL1A1", "PTPRC"]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model_file(tmp_path_factory, synthetic):
     """A spot regressor (ridge on hand-crafted features) trained on one synthetic section."""
-    train = hx.datasets.synthetic_section(seed=0, size_um=400, spot_pitch_um=40,
-                                          spot_diameter_um=35)
+    train = synthetic(seed=0, size_um=400, spot_pitch_um=40,
+                      spot_diameter_um=35)
     model = hx.tl.fit(train, model="spot_regressor", genes=GENES, size_um=40.0, mpp=1.0)
     return hx.io.save_model(model, tmp_path_factory.mktemp("model") / "spots.pt")
 

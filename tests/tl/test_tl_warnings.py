@@ -13,10 +13,10 @@ GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC"]
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(synthetic):
     hx.settings.progress_bar = False
-    return {name: hx.datasets.synthetic_section(seed=seed, size_um=200, spot_pitch_um=40,
-                                                spot_diameter_um=35)
+    return {name: synthetic(seed=seed, size_um=200, spot_pitch_um=40,
+                            spot_diameter_um=35)
             for seed, name in enumerate("ab")}
 
 

@@ -22,12 +22,12 @@ TILE_UM = 40.0
 
 
 @pytest.fixture(scope="module")
-def predicted():
+def predicted(synthetic):
     """A ridge spot regressor trained on one synthetic section, predicting another."""
-    sections = [hx.datasets.synthetic_section(seed=seed, size_um=SIZE_UM, spot_pitch_um=40,
-                                              spot_diameter_um=35) for seed in (0, 1)]
+    sections = [synthetic(seed=seed, size_um=SIZE_UM, spot_pitch_um=40,
+                          spot_diameter_um=35) for seed in (0, 1)]
     for sdata in sections:
-        hx.pp.tile(sdata, "he", size_um=TILE_UM, mpp=1.0, centers="spots", min_tissue=0,
+        hx.pp.tile(sdata, "he", size_um=TILE_UM, mpp=1.0, centres="spots", min_tissue=0,
                    key_added="spot_tiles")
     model = hx.tl.fit({"a": sections[0]}, model="spot_regressor", genes=GENES,
                       size_um=TILE_UM, mpp=1.0, route="ridge")
@@ -71,6 +71,8 @@ def test_predicted_table_carries_the_visium_layout(predicted):
     assert small["scalefactors"]["tissue_hires_scalef"] == pytest.approx(100 / SIZE_UM)
 
 
+@pytest.mark.filterwarnings(  # the scanpy habit, on purpose: scanpy says to use squidpy
+    "ignore:Use `squidpy.pl.spatial_scatter` instead:FutureWarning")
 def test_scanpy_draws_the_predictions_where_the_tiles_are(predicted):
     import scanpy as sc
 
@@ -215,12 +217,12 @@ def test_prediction_of_a_table_on_its_own_draws_maps_over_its_image(predicted):
     plt.close("all")
 
 
-def test_per_cell_predictions_carry_the_layout_and_draw_where_the_cells_are():
+def test_per_cell_predictions_carry_the_layout_and_draw_where_the_cells_are(synthetic):
     import squidpy as sq
 
     from histoexpr.models import PatchClassifier, PatchEnsemble
 
-    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+    sdata = synthetic(seed=2, size_um=100, transcripts=False, spots=False)
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = PatchEnsemble.of([PatchClassifier(in_channels=1, n_classes=3, patch_px=16, width=4,

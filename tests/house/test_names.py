@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from _names import ALLOWED, CONVENTIONS, FORBIDDEN, parameters, public_callables
 
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
 
 def test_no_public_parameter_uses_a_forbidden_synonym():

@@ -216,13 +216,13 @@ def test_save_model_failing_midway_leaves_the_old_file(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def spot_model(tmp_path_factory):
+def spot_model(tmp_path_factory, synthetic):
     """A small spot regressor model file and a slide (a plain TIFF at 0.5 um/px)."""
     import tifffile
 
     folder = tmp_path_factory.mktemp("spot")
-    train = hx.datasets.synthetic_section(seed=0, size_um=200, spot_pitch_um=40,
-                                          spot_diameter_um=35)
+    train = synthetic(seed=0, size_um=200, spot_pitch_um=40,
+                      spot_diameter_um=35)
     model = hx.tl.fit(train, model="spot_regressor", genes=["EPCAM", "COL1A1"], size_um=40.0,
                       mpp=1.0)
     section = hx.datasets.synthetic_section(seed=1, size_um=200)
@@ -320,6 +320,8 @@ def test_a_model_folder_with_its_own_code_is_refused_never_run(tmp_path, monkeyp
     assert sys.stdin.read() == "y\ny\ny\n"  # nothing was asked
 
 
+@pytest.mark.filterwarnings(  # the folder has no image processor, on purpose
+    "ignore:.* has no preprocessor_config.json:UserWarning")
 @pytest.mark.slow
 def test_a_known_architecture_with_an_auto_map_is_built_without_its_code(tmp_path, monkeypatch):
     import io

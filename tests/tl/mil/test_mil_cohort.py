@@ -256,6 +256,8 @@ def test_each_slide_leaves_no_decoded_chunks_behind(slide_folder, tmp_path, monk
     assert _image.CHUNKS._bytes == 0 and not _image.CHUNKS._blocks  # and left none of them
 
 
+@pytest.mark.filterwarnings(  # a random encoder drawn from the seed, on purpose
+    "ignore:encoder='small_cnn' without checkpoint= has RANDOM weights:UserWarning")
 def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_path):
     reference, _ = embedded
     for slide_id in ("slide_00", "slide_01"):
@@ -354,8 +356,8 @@ def test_bulk_must_cover_the_manifest(slide_folder):
         hx.io.read_cohort(slide_folder, bulk=bulk[:11].copy())
 
 
-def test_embed_cohort_needs_a_cohort_on_disk():
-    cohort = hx.datasets.synthetic_cohort(2, seed=0, size_um=100)
+def test_embed_cohort_needs_a_cohort_on_disk(synthetic_cohort):
+    cohort = synthetic_cohort(2, seed=0, size_um=100)
     with pytest.raises(TypeError, match="read_cohort"):
         hx.tl.embed_cohort(cohort)
 

@@ -127,13 +127,13 @@ def test_code_passes_the_linter():
     pytest.importorskip("ruff", reason="ruff is part of the 'test' extra")
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests",
                              "benchmarks"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_import_contracts_hold():

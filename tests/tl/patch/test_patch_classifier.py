@@ -128,8 +128,8 @@ def test_per_cell_maps_beat_a_per_cell_baseline_on_a_held_out_section(trained):
     assert cnn[GENES[0]] > 0.6, dice
 
 
-def test_dense_map_matches_patch_wise_prediction():
-    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+def test_dense_map_matches_patch_wise_prediction(synthetic):
+    sdata = synthetic(seed=2, size_um=100, transcripts=False, spots=False)
     torch.manual_seed(0)
     members = [PatchClassifier(in_channels=1, n_classes=4, patch_px=px, width=4, depth=2)
                for px in (8, 16)]
@@ -217,8 +217,8 @@ def test_labels_plot_draws_both_maps_in_class_colours(trained):
     assert (truth == 0).any() and overlay[truth == 0][:, 3].max() == 0  # unassigned: clear
 
 
-def test_per_cell_maps_average_the_dense_map_over_each_cell():
-    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=False, spots=False)
+def test_per_cell_maps_average_the_dense_map_over_each_cell(synthetic):
+    sdata = synthetic(seed=2, size_um=100, transcripts=False, spots=False)
     torch.manual_seed(0)
     model = PatchEnsemble.of([PatchClassifier(in_channels=1, n_classes=4, patch_px=16, width=4,
                                               depth=2)]).eval()

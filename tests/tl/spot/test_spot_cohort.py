@@ -51,6 +51,8 @@ def single_slide(network, cohort, slide_id):
     return hx.tl.predict(network, hx.io.read_wsi(cohort.path(slide_id), image_key="he"))
 
 
+@pytest.mark.filterwarnings(  # the scanpy habit, on purpose: scanpy says to use squidpy
+    "ignore:Use `squidpy.pl.spatial_scatter` instead:FutureWarning")
 def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
     slides, model, tmp_path
 ):
@@ -155,7 +157,7 @@ def test_missing_slide_files_are_named_before_anything_is_written(slides, model,
     fix="predict each slide with `hx.tl.predict(model, cohort[slide_id])`, or read the "
     "cohort with `hx.io.read_cohort`",
 )
-def test_wrong_model_kind_or_cohort_in_memory_is_refused(slides, model, tmp_path):
+def test_wrong_model_kind_or_cohort_in_memory_is_refused(slides, model, tmp_path, synthetic_cohort):
     network, _ = model
     cohort = cohort_at(slides, tmp_path / "stores")
     other = hx.models.LinearHead(n_features=3, n_genes=2)
@@ -163,7 +165,7 @@ def test_wrong_model_kind_or_cohort_in_memory_is_refused(slides, model, tmp_path
     with pytest.raises(ValueError, match="does not predict over a cohort.*spot_regressor"):
         hx.tl.predict(other, cohort)
     with pytest.raises(TypeError, match="read_cohort"):
-        hx.tl.predict(network, hx.datasets.synthetic_cohort(2, seed=0, size_um=100))
+        hx.tl.predict(network, synthetic_cohort(2, seed=0, size_um=100))
     with pytest.raises(ValueError, match="client= runs the slides of a cohort"):
         hx.tl.predict(network, cohort["slide_00"], client=object())
     assert not (tmp_path / "stores").exists()

@@ -17,11 +17,11 @@ GENES = ["EPCAM", "KRT8", "COL1A1", "DCN", "PTPRC", "CD3E", "CDH1", "PIGR", "MKI
 
 
 @pytest.fixture(scope="module")
-def sections():
+def sections(synthetic):
     """Four small sections of one kind: three to train, d held out."""
     hx.settings.progress_bar = False
     return {
-        name: hx.datasets.synthetic_section(
+        name: synthetic(
             seed=seed, size_um=400, spot_pitch_um=40, spot_diameter_um=35
         )
         for seed, name in enumerate("abcd")

@@ -101,7 +101,8 @@ def test_timm_is_an_optional_extra(section):
     try:
         import timm  # noqa: F401
     except Exception as error:  # timm imports torchvision, which has no CPU build here
-        with pytest.raises(ImportError, match="optional extra"):
+        with (pytest.raises(ImportError, match="optional extra"),
+              pytest.warns(UserWarning, match="RANDOM weights")):
             hx.tl.embed(section, "he_tiles", encoder="timm:resnet18", key_added="X_timm")
         pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error})")
     hx.tl.embed(section, "he_tiles", encoder="timm:resnet18", key_added="X_timm")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: what is read: the text a user or a contributor meets
 ROOTS = ("README.md", "CHANGELOG.md", "Makefile", "pyproject.toml", ".ci", "docs", "benchmarks",

@@ -104,8 +104,8 @@ def test_random_encoders_of_other_seeds_have_other_fingerprints(small_section):
                 "record names the key it was written under; a copy under another key is the "
                 "user's",
            fix="choose another key_added")
-def test_a_users_copy_under_another_key_is_not_replaced():
-    sdata = hx.datasets.synthetic_section(seed=2, size_um=200, transcripts=False, spots=False)
+def test_a_users_copy_under_another_key_is_not_replaced(synthetic):
+    sdata = synthetic(seed=2, size_um=200, transcripts=False, spots=False)
     hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.5)
     sdata.shapes["mine"] = sdata.shapes["he_tiles"].copy()
     sdata.tables["mine_table"] = sdata.tables["he_tiles_table"].copy()
@@ -132,13 +132,13 @@ def test_a_users_copy_under_another_key_is_not_replaced():
                 "(it is not created for you) — raised before anything is drawn (was "
                 "matplotlib's own FileNotFoundError after drawing)",
            fix="create the folder first, or give save= a path in an existing folder")
-def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path):
+def test_save_into_a_missing_folder_is_named_before_drawing(tmp_path, synthetic):
     import inspect
 
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    sdata = hx.datasets.synthetic_section(seed=2, size_um=200, transcripts=False, spots=False)
+    sdata = synthetic(seed=2, size_um=200, transcripts=False, spots=False)
     hx.pp.tile(sdata, "he", size_px=32, mpp=1.0, min_tissue=0.5)
     metrics = pd.DataFrame({"pearson": [0.5, 0.2]}, index=["GENE1", "GENE2"])
     missing = tmp_path / "results" / "figures"

@@ -258,7 +258,8 @@ def test_tile_fraction_threshold_and_overlap(disk_section):
 def test_tile_old_names_still_work_with_a_future_warning(disk_section):
     add_exact_tissue(disk_section)
     hx.pp.tile(disk_section, size_px=20, stride_px=10, min_tissue=1.0, key_added="new")
-    with pytest.warns(FutureWarning, match="'size' is deprecated.*use 'size_px'"):
+    with (pytest.warns(FutureWarning, match="'size' is deprecated.*use 'size_px'"),
+          pytest.warns(FutureWarning, match="'stride' is deprecated.*use 'stride_px'")):
         hx.pp.tile(disk_section, size=20, stride=10, min_tissue=1.0, key_added="old")
     np.testing.assert_array_equal(disk_section.tables["old_table"].obsm["spatial"],
                                   disk_section.tables["new_table"].obsm["spatial"])

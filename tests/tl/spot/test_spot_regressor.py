@@ -23,10 +23,10 @@ GENES = ["EPCAM", "KRT8", "COL1A1", "DCN", "PTPRC", "CD3E", "CDH1", "PIGR", "MKI
 
 
 @pytest.fixture(scope="module")
-def synthetic_trio():
+def synthetic_trio(synthetic):
     """Three small sections with dense spots (about 100 each): a, b to train, c held out."""
-    return {name: hx.datasets.synthetic_section(seed=seed, size_um=500, spot_pitch_um=40,
-                                                spot_diameter_um=35)
+    return {name: synthetic(seed=seed, size_um=500, spot_pitch_um=40,
+                            spot_diameter_um=35)
             for seed, name in enumerate("abc")}
 
 

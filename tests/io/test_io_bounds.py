@@ -1,9 +1,10 @@
-"""Bounded work, isolated faults, scales stated: bad inputs refused before work is spent.
+"""Bounded work, isolated faults, scales stated in io: bad inputs refused before work is spent.
 
-Each test is the check of one bad input of the catalogue (``docs/bad_inputs.md``): memory and
-time estimated before they are spent, one bad slide not stopping a cohort, slides identified by
-their content, pixel sizes never assumed, the same section not scored by a model trained on its
-copy, identifiers kept as written and hyper-parameters that are not numbers refused.
+Each test is the check of one bad input of the catalogue (``docs/bad_inputs.md``): memory
+estimated before it is spent, one bad slide not stopping a cohort, slides identified by their
+content, pixel sizes never assumed, identifiers kept as written. The same checks of the other
+rooms: tests/pp/test_pp_bounds.py, tests/tl/test_tl_bounds.py, tests/pl/test_pl_bounds.py,
+tests/house/test_cli_bounds.py.
 """
 
 from __future__ import annotations
@@ -30,28 +31,6 @@ def _cohort_files(folder, n=3, compression="none"):
 
 def _read(manifest, folder):
     return hx.io.read_cohort(manifest, store_dir=folder / "stores")
-
-
-# --- hyper-parameters ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("model", "options"), [
-    ("meanpool_ridge", {"alphas": [float("nan")]}),
-    ("spot_regressor", {"alphas": [1.0, float("inf")]}),
-    ("spot_regressor", {"candidates": {"lr": [1e-3, float("nan")]}}),
-    ("abmil", {"dropout": float("nan")}),
-    ("meanpool_logistic", {"Cs": [0.1, -1.0]}),
-])
-@bad_input("silently wrong", "hyper-parameters that are not finite numbers (`alphas=[nan]`, "
-           "`candidates={'lr': [nan]}`, `dropout=nan`) or negative penalties",
-           says="ValueError at options construction: `alphas[0]=nan is not a finite number`",
-           fix="pass finite values (or leave the default)")
-def test_hyper_parameters_must_be_finite_numbers(model, options):
-    from histoexpr.tl._models import options_of as options_for
-
-    with pytest.raises(ValueError, match="finite|positive"):
-        options_for(model, **options)
-    with pytest.raises(ValueError, match="finite|positive"):
-        hx.tl.fit(hx.datasets.synthetic_cohort(2, seed=0, size_um=100), model=model, **options)
 
 
 # --- manifests ----------------------------------------------------------------------------------
@@ -201,92 +180,7 @@ def test_mixed_pixel_sizes_with_size_px_are_refused(tmp_path):
     assert list(frame["status"]) == ["computed", "computed"]
 
 
-# --- the same section twice ---------------------------------------------------------------------
-
-@bad_input("silently wrong", "`hx.tl.cross_validate` given the same section twice under two "
-           "names (a fold trains on the copy of the section it scores: 0.335 instead of 0.182)",
-           says="ValueError: `Sections 'a' and 'a_copy' hold the same image ... in different "
-                "groups`, before any fold is trained",
-           fix="drop one copy, or give both the same group (groups=)")
-def test_cross_validate_refuses_a_section_and_its_copy():
-    from test_safety_tl import PATCH, make_section
-
-    a = make_section(0)
-    copy = make_section(0)
-    sections = {"a": a, "b": make_section(1), "a_copy": copy}
-    with pytest.raises(ValueError, match="hold the same image"):
-        hx.tl.cross_validate(sections, model="spot_regressor", n_genes=3,
-                             gene_flavor="top_expressed", **PATCH)
-    cohort = hx.datasets.synthetic_cohort(3, seed=0, size_um=100)
-    twice = {"x": cohort["slide_00"], "y": cohort["slide_01"], "z": cohort["slide_00"]}
-    with pytest.raises(ValueError, match="hold the same image"):
-        hx.tl.cross_validate(twice, model="meanpool_ridge")
-
-
-@bad_input("obscure error", "`hx.tl.cross_validate([section, section, section], ...)`: a list "
-           "of sections, as `hx.tl.fit` takes (AttributeError: 'list' object has no attribute "
-           "'items')",
-           says="nothing: the sections are named section_0, section_1, ... as fit names them",
-           fix="nothing to do")
-def test_cross_validate_takes_a_list_of_sections():
-    from test_safety_tl import PATCH, make_section
-
-    sections = [make_section(seed) for seed in range(3)]
-    frame = hx.tl.cross_validate(sections, model="spot_regressor",
-                                 genes=["ERBB2", "COL1A1"], **PATCH)
-    assert set(frame["section"]) == {"section_0", "section_1", "section_2"}
-    # the rule is learnt: ERBB2 follows the purple share under a spot on held-out sections
-    assert frame[frame["gene"] == "ERBB2"]["pearson"].mean() > 0.3
-
-
 # --- memory and time bounded before they are spent ----------------------------------------------
-
-@bad_input("obscure error", "`hx.pp.detect_tissue` on a large image without a pyramid (a "
-           "200,000 px slide read whole at full resolution: 27.9 GiB)",
-           says="nothing: the image is read in blocks at the working pixel size, memory stays at "
-                "the result plus one block",
-           fix="nothing to do (hx.settings.max_memory bounds the blocks)")
-def test_detect_tissue_streams_an_image_without_pyramid():
-    import tracemalloc
-
-    from conftest import make_disk_section
-
-    sdata = make_disk_section(2000, mpp=0.25)  # 0.5 x 0.5 mm, 12 MB, one level
-    hx.settings.max_memory = 64 * 2**20
-    tracemalloc.start()
-    try:
-        hx.pp.detect_tissue(sdata, mpp=8.0)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    # whole, the level and its float32 copies for resampling took > 150 MB
-    assert peak < 40 * 2**20, peak / 2**20
-    tissue = np.asarray(sdata.labels["he_tissue"]) > 0
-    assert abs(tissue.mean() - np.pi * 0.35**2) < 0.02  # the disk's area, 38 %
-
-
-def test_block_reads_equal_whole_reads(monkeypatch):
-    from conftest import make_disk_section
-
-    from histoexpr import _image
-
-    sdata = make_disk_section(1000, mpp=0.25)
-    whole = hx.io.read_region(sdata, "he", (0, 0, 250, 250), mpp=8.0)
-    monkeypatch.setattr(_image, "STREAM_BYTES", 8 * 2**20)
-    blocks = hx.io.read_region(sdata, "he", (0, 0, 250, 250), mpp=8.0)
-    assert whole.shape == blocks.shape == (3, 31, 31)
-    assert np.abs(whole.astype(int) - blocks).max() <= 1
-
-
-@bad_input("obscure error", "`hx.pp.detect_tissue(sdata, mpp=1e6)`: the whole image as one "
-           "pixel (read at full resolution first)",
-           says="ValueError: `mpp=1e+06 um/px would see the whole image ... as 1 x 1 pixels: "
-                "tissue cannot be told from glass. Pass a finer mpp, at most ...`",
-           fix="pass a finer mpp (the default is 8)")
-def test_detect_tissue_refuses_a_pixel_size_coarser_than_the_image(disk_section):
-    with pytest.raises(ValueError, match="as 1 x 1 pixels"):
-        hx.pp.detect_tissue(disk_section, mpp=1e6)
-    assert "he_tissue" not in disk_section.labels
 
 
 @bad_input("obscure error", "`hx.io.read_region(sdata, 'he', box, mpp=1e-5)`: a tiny pixel size "
@@ -297,41 +191,6 @@ def test_detect_tissue_refuses_a_pixel_size_coarser_than_the_image(disk_section)
 def test_read_region_estimates_before_allocating(disk_section):
     with pytest.raises(MemoryError, match=r"would allocate 1\.1 PiB.*coarser mpp"):
         hx.io.read_region(disk_section, "he", (0, 0, 200, 200), mpp=1e-5)
-
-
-@bad_input("obscure error", "`hx.pp.tile(sdata, stride_px=0.001)` or a grid of 175 million "
-           "tiles (GiB to TiB allocated)",
-           says="MemoryError: `A grid of 147,456,768,001 tiles (384,001 x 384,001) ... would "
-                "allocate 137.3 TiB ...`, before anything is made",
-           fix="pass a larger stride (the default is the tile size) or larger tiles")
-def test_tile_grid_is_estimated_before_it_is_made(disk_section):
-    hx.pp.detect_tissue(disk_section)
-    before = set(disk_section.shapes) | set(disk_section.tables)
-    with pytest.raises(MemoryError, match=r"A grid of 147,456,768,001 tiles.*larger stride"):
-        hx.pp.tile(disk_section, size_px=16, stride_px=0.001)
-    hx.settings.max_memory = "1 MiB"  # a grid within the limit of the machine, not of the user
-    with pytest.raises(MemoryError, match="hx.settings.max_memory"):
-        hx.pp.tile(disk_section, size_px=16, stride_px=1)
-    assert set(disk_section.shapes) | set(disk_section.tables) == before
-
-
-@bad_input("obscure error", "`hx.pp.transcript_labels(..., window_um=1e7)`: a window far wider "
-           "than the section (hangs in the window filter); or a tiny `grid_um`",
-           says="ValueError: `window_um=1e+07 is wider than twice the section ...`; MemoryError "
-                "naming the grid for a tiny grid_um",
-           fix="pass a window of a few cells (default 10 um), a larger grid_um")
-def test_transcript_labels_bounds_the_window_and_the_grid():
-    points = pd.DataFrame([(10.5, 30.5, "A")] * 4 + [(30.5, 30.5, "B")] * 4,
-                          columns=["x", "y", "gene"])
-    image = np.zeros((40, 40), dtype=np.uint8)
-    image[:20, :20] = 200
-    sdata = hx.io.read_transcripts(points, image=image, image_mpp=1.0)
-    options = {"genes": ("A", "B"), "min_per_class": 1}
-    with pytest.raises(ValueError, match="wider than twice the section"):
-        hx.pp.transcript_labels(sdata, window_um=1e7, grid_um=1.0, **options)
-    with pytest.raises(MemoryError, match="grid_um"):
-        hx.pp.transcript_labels(sdata, grid_um=1e-6, **options)
-    assert "tx_labels" not in sdata.labels
 
 
 @bad_input("obscure error", "a 1.5 kB model file whose configuration asks for 10^11 weights "
@@ -419,89 +278,3 @@ def test_read_wsi_refuses_non_square_pixels(tmp_path):
                  resolutionunit="MICROMETER")
     with pytest.raises(ValueError, match="pixels are not square"):
         hx.io.read_wsi(path)
-
-
-# --- where the text is silent: plots, geometry, CLI ---------------------------------------------
-
-@bad_input("silently wrong", "`hx.pl.tiles(sdata, color=...)` / `hx.pl.gene_metrics` on values "
-           "that are all NaN (an empty figure)",
-           says="ValueError: `The values of 'score' to colour by are all NaN or infinite ...: the "
-                "plot would show nothing`, before a figure is made",
-           fix="check the column (a prediction that failed) or draw another")
-def test_plots_of_all_nan_values_are_refused(disk_section):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hx.pp.detect_tissue(disk_section)
-    hx.pp.tile(disk_section, size_px=32)
-    table = disk_section.tables["he_tiles_table"]
-    table.obs["score"] = np.nan
-    before = plt.get_fignums()
-    with pytest.raises(ValueError, match="all NaN or infinite"):
-        hx.pl.tiles(disk_section, "he_tiles", color="score")
-    with pytest.raises(ValueError, match="all NaN or infinite"):
-        hx.pl.tiles(table, color="score")
-    assert plt.get_fignums() == before
-    metrics = pd.DataFrame({"pearson": [np.nan, np.nan]}, index=pd.Index(["A", "B"], name="gene"))
-    with pytest.raises(ValueError, match="is NaN"):
-        hx.pl.gene_metrics(metrics)
-    table.obs["score"] = np.arange(table.n_obs, dtype=float)
-    ax = hx.pl.tiles(disk_section, "he_tiles", color="score")
-    plt.close(ax.figure)
-
-
-@bad_input("obscure error", "`hx.pp.tile(sdata, centres='spots')` where some spots are empty or "
-           "NaN geometries (NaN tiles)",
-           says="ValueError: `... of the ... shapes of sdata.shapes['spots'] have no centre (empty "
-                "or NaN geometry, e.g. [...]); drop them first`, before anything is written",
-           fix="drop the empty geometries")
-def test_tiles_on_shapes_without_a_centre_are_refused(disk_section):
-    import geopandas as gpd
-    from shapely.geometry import Point, Polygon
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Identity
-
-    frame = gpd.GeoDataFrame(
-        {"radius": [5.0, 5.0, 5.0]},
-        geometry=[Point(50, 50), Point(float("nan"), float("nan")), Point(100, 100)])
-    disk_section.shapes["spots"] = ShapesModel.parse(frame, transformations={"global": Identity()})
-    empty = gpd.GeoDataFrame(geometry=[Polygon([(0, 0), (10, 0), (10, 10)]), Polygon()])
-    disk_section.shapes["cells"] = ShapesModel.parse(empty, transformations={"global": Identity()})
-    hx.pp.detect_tissue(disk_section)
-    for key in ("spots", "cells"):
-        with pytest.raises(ValueError, match="have no centre"):
-            hx.pp.tile(disk_section, centres=key, size_px=16)
-    assert "he_tiles" not in disk_section.shapes
-
-
-@bad_input("obscure error", "`histoexpr predict -o missing_folder/out.zarr` (or `--batch-size 0`, "
-           "`--device gpu`, `--mpp -1`): the error came after the slide was read and predicted",
-           says="exit 2 before the model is loaded: `The folder of the output, ..., does not "
-                "exist` / `--batch-size must be at least 1` / `settings.device='gpu' is not a "
-                "device` / `--mpp must be a positive pixel size`",
-           fix="create the folder or fix the option")
-@pytest.mark.parametrize(("extra", "said"), [
-    (["-o", "{tmp}/missing/out.zarr"], "does not exist"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--device", "gpu"], "is not a device"),
-    (["--mpp", "-1"], "--mpp must be a positive"),
-])
-def test_cli_arguments_are_checked_before_the_work(tmp_path, monkeypatch, capsys, extra, said):
-    from histoexpr._cli import EXIT_BAD_INPUT, main
-
-    model, image = tmp_path / "m.pt", tmp_path / "slide.tif"
-    model.write_bytes(b"x")
-    image.write_bytes(b"x")
-
-    def never(*args, **kwargs):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(hx.io, "load_model", never)
-    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
-    out = [] if "-o" in extra else ["-o", str(tmp_path / "out.zarr")]
-    code = main(["predict", "-m", str(model), "-i", str(image), *out, *extra])
-    assert code == EXIT_BAD_INPUT
-    assert said in capsys.readouterr().err
-    assert not (tmp_path / "missing").exists()
