@@ -61,7 +61,7 @@ def vit_folder(folder: Path, *, small: bool, tile_px: int) -> Path:
 def bare_tiles_per_s(network, tile_px: int, batch_size: int, n_batches: int, device: str,
                      precision: str) -> float:
     """Forward passes on one random batch already on the device."""
-    from histoexpr._devices import autocast, resolve_precision, use_channels_last
+    from histoexpr._core.devices import autocast, resolve_precision, use_channels_last
 
     hx.settings.precision = precision
     network = network.to(device).eval()
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--precisions", default=None, help="e.g. fp32,bf16")
     args = parser.parse_args()
     started, cpu_started = time.perf_counter(), time.process_time()
-    from histoexpr._devices import auto_batch_size, resolve_precision, resolve_workers
+    from histoexpr._core.devices import auto_batch_size, resolve_precision, resolve_workers
 
     device = args.device or hx.settings.device
     hx.settings.progress_bar = False

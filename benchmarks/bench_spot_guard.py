@@ -111,7 +111,7 @@ def cpu() -> float:
 def coverage_rows(model, sdata, name: str) -> dict:
     """Coverage and width of the intervals on the held-out section's spots."""
     import histoexpr as hx
-    from histoexpr._expression import expression_targets
+    from histoexpr._core.expression import expression_targets
 
     row = {"held_out": name}
     pairs = list(CAPTURED)  # the model's inner pairs (the baseline below captures its own)
@@ -151,7 +151,7 @@ def baseline(model, held, truth: np.ndarray) -> dict:
     Inner folds: each training section predicted by the other sections' mean expression; the
     held-out section by all training sections' mean. The model's interval method.
     """
-    from histoexpr._expression import expression_targets
+    from histoexpr._core.expression import expression_targets
     from histoexpr.tl._spot import _conformal
 
     genes = list(model.metadata["genes"])

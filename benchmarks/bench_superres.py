@@ -124,7 +124,7 @@ def ensure_tiles(sdata, key: str, size_um: float, mpp: float | None, centres: st
 
 def run(args) -> list[dict]:
     import histoexpr as hx
-    from histoexpr._expression import expression_targets
+    from histoexpr._core.expression import expression_targets
 
     hx.settings.progress_bar = False
     sections = read_sections(args.data)

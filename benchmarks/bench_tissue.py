@@ -85,7 +85,7 @@ def artefact_slide(label: str) -> dict:
     from spatialdata import SpatialData
 
     import histoexpr as hx
-    from histoexpr._elements import image_element
+    from histoexpr.io._elements import image_element
 
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "artefact_slide.npz"

@@ -53,9 +53,9 @@ import pandas as pd
 import torch
 
 import histoexpr as hx
-from histoexpr._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
-from histoexpr._elements import image_element, read_plain_image
-from histoexpr._image import image_levels, read_region
+from histoexpr._core.cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
+from histoexpr._core.image import image_levels, read_region
+from histoexpr.io._elements import image_element, read_plain_image
 from histoexpr.tl._patch._dense_map import per_cell
 
 DATA = Path(os.environ.get("HISTOEXPR_SHARED_DATA",
@@ -225,7 +225,7 @@ def add_map(sdata, key: str, probabilities: np.ndarray, origin, step: float,
             classes: dict) -> None:
     from spatialdata.models import Labels2DModel
 
-    from histoexpr._elements import scale_to_global
+    from histoexpr._core.elements import scale_to_global
 
     values = np.asarray(list(classes.values()), dtype=np.uint8)[probabilities.argmax(axis=0)]
     element = Labels2DModel.parse(values, dims=("y", "x"),

@@ -39,8 +39,8 @@ import pandas as pd
 import torch
 
 import histoexpr as hx
-from histoexpr._cells import cell_centroids, cell_raster, smooth_over_cells
-from histoexpr._elements import scale_to_global
+from histoexpr._core.cells import cell_centroids, cell_raster, smooth_over_cells
+from histoexpr._core.elements import scale_to_global
 from histoexpr.models import TileEncoder
 
 SMOOTH_UM = (15.0, 40.0)  # as the baseline's neighbourhood features

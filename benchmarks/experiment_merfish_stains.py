@@ -45,7 +45,7 @@ from experiment_merfish_calibrated import Clock, scores
 from experiment_merfish_patch_classifier import DATA, GENES, MPP, read_section, run_and_save
 
 import histoexpr as hx
-from histoexpr._elements import image_element, read_plain_image
+from histoexpr.io._elements import image_element, read_plain_image
 
 #: the candidates, fixed before the run: name -> options of hx.tl.fit(model="cell_morphology")
 ROUTES = {

@@ -7,8 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._core.files import written_beside
+from ._core.logs import logger
 from ._demo import SIZES, run_demo
-from ._utils import logger, written_beside
 
 #: exit code for bad input: a missing or unreadable file, an existing output, a bad option
 EXIT_BAD_INPUT = 2

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._utils import written_beside
+from ._core.files import written_beside
 
 #: the two genes whose transcripts label the patches (lymphocyte and stroma markers)
 LABEL_GENES = ("PTPRC", "COL1A1")

@@ -24,7 +24,7 @@ from histoexpr._core.records import (
     migrate_model_metadata,
     within_of,
 )
-from histoexpr._elements import spot_elements
+from histoexpr.io._elements import spot_elements
 
 GENES = ["A", "B", "C"]
 
@@ -306,7 +306,7 @@ def test_a_store_of_the_earlier_form_still_reads(tmp_path):
 
 
 def test_too_large_patches_are_refused_naming_size_um():
-    from histoexpr._image import image_levels
+    from histoexpr._core.image import image_levels
     from histoexpr.tl._patch._patch_data import _patch_scales
 
     sdata = small_section()

@@ -1,6 +1,6 @@
 """Nothing escapes the store, nothing runs, nothing is half-written.
 
-Keys and slide ids that become folder names follow one rule (``histoexpr._validate.
+Keys and slide ids that become folder names follow one rule (``histoexpr._core.validate.
 check_store_name``), checked before anything is written; loading a model never runs code from
 a folder it names; a write that replaces a file writes beside it and swaps at the end.
 """
@@ -17,7 +17,7 @@ import torch
 from _catalogue import bad_input
 
 import histoexpr as hx
-from histoexpr._validate import check_store_name
+from histoexpr._core.validate import check_store_name
 
 OPTIONS = {"encoder": "handcrafted", "size_px": 16, "mpp": 2.0}
 

@@ -24,7 +24,7 @@ def _glass_with_a_speck():
     from spatialdata import SpatialData
     from spatialdata.models import Image2DModel
 
-    from histoexpr._elements import scale_to_global
+    from histoexpr._core.elements import scale_to_global
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(225, 250, (3, 600, 600)).astype(np.uint8)

@@ -74,7 +74,7 @@ def test_verbosity_sets_the_logger_level():
 def test_seed_everything_uses_the_settings_seed():
     import numpy as np
 
-    from histoexpr._utils import seed_everything
+    from histoexpr._core.seeds import seed_everything
 
     hx.settings.seed = 11
     first = seed_everything(None).random(3)
@@ -91,7 +91,7 @@ def test_repr_names_every_option():
 
 
 def test_gpu_defaults_keep_cpu_runs_as_they_were():
-    from histoexpr._devices import loader_options, resolve_precision
+    from histoexpr._core.devices import loader_options, resolve_precision
 
     assert hx.settings.precision == "auto" and hx.settings.n_workers is None
     cpu = resolve_precision("cpu")
@@ -140,7 +140,7 @@ def test_verbosity_takes_scanpy_names_and_numbers():
 
 
 def test_a_step_logs_its_time_once_and_items_log_at_debug(log_lines):
-    from histoexpr._utils import each_item, logged_step, logger
+    from histoexpr._core.logs import each_item, logged_step, logger
 
     @logged_step("inner step")
     def inner():
@@ -172,7 +172,7 @@ def test_a_step_logs_its_time_once_and_items_log_at_debug(log_lines):
 
 
 def test_outer_bars_stay_and_inner_bars_go():
-    from histoexpr._utils import progress
+    from histoexpr._core.logs import progress
 
     hx.settings.progress_bar = True
     outer = progress(range(2), desc="slides")

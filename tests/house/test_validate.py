@@ -1,4 +1,4 @@
-"""The one set of argument checks and the one rename shim (``histoexpr._validate``)."""
+"""The one set of argument checks and the one rename shim (``histoexpr._core.validate``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from histoexpr._validate import (
+from histoexpr._core.validate import (
     check_choice,
     check_fraction,
     check_int,

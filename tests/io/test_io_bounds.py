@@ -145,7 +145,7 @@ def test_a_slide_replaced_by_one_of_the_same_size_is_not_skipped(tmp_path):
 
 
 def test_file_fingerprint_samples_large_files(tmp_path, monkeypatch):
-    from histoexpr import _memory
+    from histoexpr._core import memory as _memory
 
     monkeypatch.setattr(_memory, "WHOLE_FILE_BYTES", 1024)
     path = tmp_path / "big.bin"

@@ -552,7 +552,7 @@ def test_read_region_partly_outside_warns_and_pads():
 def _with_pixels(pixels: np.ndarray, mpp: float = 0.5):
     from spatialdata import SpatialData
 
-    from histoexpr._elements import image_element
+    from histoexpr.io._elements import image_element
 
     return SpatialData(images={"he": image_element(pixels, mpp=mpp)})
 
@@ -658,7 +658,7 @@ def test_detect_tissue_warns_near_all_tissue():
 
 def test_key_check_without_a_step_replaces_only_what_histoexpr_wrote(section):
     """Older callers of ``check_key_free`` (no ``step=``) keep working, but safely."""
-    from histoexpr._utils import check_key_free, store_element, writer_of
+    from histoexpr._core.ownership import check_key_free, store_element, writer_of
 
     with pytest.raises(KeyError, match="not written by histoexpr"):
         check_key_free(section, "spots", overwrite=True)

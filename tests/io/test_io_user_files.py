@@ -163,7 +163,7 @@ def test_coarse_levels_of_an_in_memory_image_are_computed_once():
     import dask.array as da
     from spatialdata.models import Image2DModel
 
-    from histoexpr._elements import image_element
+    from histoexpr.io._elements import image_element
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (3, 2300, 2100), dtype=np.uint8)

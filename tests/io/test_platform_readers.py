@@ -329,7 +329,7 @@ def test_read_xenium_xoa2_dapi_alone_and_stains_apart(tmp_path):
 def test_merscope_dapi_is_one_fluorescence_channel(tmp_path):
     """The steps reading "dapi" (transcript_labels' tissue test, tiles, augmentations) get one
     fluorescence channel, not the stains averaged (nor 3 stains taken for an RGB H&E)."""
-    from histoexpr._image_facts import stain_of
+    from histoexpr._core.image_facts import stain_of
 
     write_merscope(tmp_path / "region_0")
     sdata = hx.io.read_merscope(tmp_path / "region_0", z_layer=3)
@@ -544,7 +544,7 @@ def test_float_label_map_in_sdata_labels_cells(caplog):
     """A float label map stored in ``sdata.labels`` (made elsewhere) still names cells 1, 2."""
     from spatialdata.models import Labels2DModel
 
-    from histoexpr._cells import cell_raster
+    from histoexpr._core.cells import cell_raster
 
     labels = np.zeros((20, 20), np.float64)
     labels[2:6, 2:6] = 1.0
@@ -634,7 +634,7 @@ def test_read_merscope_on_the_merfish_crop(data_dir, tmp_path):
     assert table.n_obs == n_cells > 100
     (shapes,) = sdata.shapes.values()
     assert len(shapes) == n_cells
-    from histoexpr._cells import cell_raster
+    from histoexpr._core.cells import cell_raster
 
     (shapes_key,) = sdata.shapes.keys()
     x0, y0 = MERFISH_ORIGIN

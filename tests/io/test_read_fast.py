@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import histoexpr as hx
-from histoexpr import _elements
+from histoexpr.io import _elements
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from histoexpr._image import ChunkCache
+from histoexpr._core.image import ChunkCache
 
 
 def test_windows_across_chunks_equal_direct_reads():

@@ -14,7 +14,7 @@ from _catalogue import bad_input
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 import histoexpr as hx
-from histoexpr._spatial_uns import add_spatial_uns
+from histoexpr._core.spatial_uns import add_spatial_uns
 
 GENES = ["EPCAM", "COL1A1"]
 SIZE_UM = 300.0

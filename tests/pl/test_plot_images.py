@@ -100,7 +100,7 @@ def test_a_changed_plot_fails_its_baseline(tmp_path, baseline_section):
 def test_labels_image(tmp_path, baseline_section):
     import matplotlib.pyplot as plt
 
-    from histoexpr._image import image_levels
+    from histoexpr._core.image import image_levels
 
     level = image_levels(baseline_section, "he_tissue")[0]
     truth = np.asarray(level.data)

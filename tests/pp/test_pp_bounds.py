@@ -39,7 +39,7 @@ def test_detect_tissue_streams_an_image_without_pyramid():
 def test_block_reads_equal_whole_reads(monkeypatch):
     from conftest import make_disk_section
 
-    from histoexpr import _image
+    from histoexpr._core import image as _image
 
     sdata = make_disk_section(1000, mpp=0.25)
     whole = hx.io.read_region(sdata, "he", (0, 0, 250, 250), mpp=8.0)

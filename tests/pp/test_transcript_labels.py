@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import histoexpr as hx
-from histoexpr._image import read_region
+from histoexpr._core.image import read_region
 
 GENES = ("PTPRC", "COL1A1")  # lymphocyte and stroma markers of the synthetic rule
 

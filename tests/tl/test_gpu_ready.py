@@ -64,7 +64,7 @@ def test_training_on_a_cpu_with_default_settings_is_fp32():
 
 
 def test_batch_size_none_is_64_tiles_on_a_cpu_and_changes_no_feature(section, monkeypatch):
-    from histoexpr import _devices
+    from histoexpr._core import devices as _devices
     from histoexpr.tl._features import _embed
 
     network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
@@ -86,7 +86,7 @@ def test_batch_size_none_is_64_tiles_on_a_cpu_and_changes_no_feature(section, mo
 
 def test_batch_size_none_on_a_cuda_gpu_takes_half_its_free_memory(monkeypatch):
     """The CUDA branch with the memory faked: free memory / (bytes a tile takes), halved."""
-    from histoexpr import _devices
+    from histoexpr._core import devices as _devices
 
     def probe(network, tile_shape, device, precision):
         assert device == "cuda:0" and tile_shape == (3, 224, 224)

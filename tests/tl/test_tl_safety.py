@@ -21,7 +21,7 @@ from spatialdata.models import Image2DModel, Labels2DModel
 from spatialdata.transformations import Scale
 
 import histoexpr as hx
-from histoexpr._elements import spot_elements
+from histoexpr.io._elements import spot_elements
 
 GENES = ["ERBB2", "KRT8", "COL1A1", "PTPRC"]
 PATCH = {"size_um": 16.0, "mpp": 1.0}

@@ -148,7 +148,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
 
 
 def test_batches_built_in_memory_are_split_among_processes():
-    from histoexpr._distributed import Context, ShardedBatches
+    from histoexpr._core.distributed import Context, ShardedBatches
 
     batches = [{"x": torch.arange(5), "y": torch.arange(5) * 10, "name": "a"},
                {"x": torch.arange(1), "y": torch.zeros(1), "name": "b"}]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._utils import resolve_seed
-from .._validate import check_positive
+from .._core.seeds import resolve_seed
+from .._core.validate import check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger, progress, resolve_seed
-from .._validate import check_fraction, check_int
+from .._core.logs import logger, progress
+from .._core.seeds import resolve_seed
+from .._core.validate import check_fraction, check_int
 from . import _rule
 from ._synthetic import _build_section, _check_size
 

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._utils import logger
+from .._core.logs import logger
 
 #: the public repositories (owner/name) and the commits the files were taken from
 SOURCES = {

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._utils import logger, resolve_seed, written_beside
-from .._validate import check_choice, check_int
+from .._core.files import written_beside
+from .._core.logs import logger
+from .._core.seeds import resolve_seed
+from .._core.validate import check_choice, check_int
 from ._cohort import _check_cohort, _draw_cohort
 
 if TYPE_CHECKING:

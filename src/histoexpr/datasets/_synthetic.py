@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger, resolve_seed
-from .._validate import check_fraction, check_positive
+from .._core.logs import logger
+from .._core.seeds import resolve_seed
+from .._core.validate import check_fraction, check_positive
 from . import _rule
 from ._synthetic_elements import (
     _cell_table,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger
-from .._validate import check_store_name
+from .._core.logs import logger
+from .._core.validate import check_store_name
 from ._slide_store import SlideStore
 
 if TYPE_CHECKING:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._core.elements import square_shapes, tile_table
+from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
-from .._elements import check_mpp, existing_file, spot_elements, square_shapes, tile_table
-from .._utils import log_added, logger
+from ._elements import check_mpp, existing_file, spot_elements
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

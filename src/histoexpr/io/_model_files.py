@@ -12,8 +12,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._core.files import written_beside
+from .._core.logs import logger
 from .._core.records import migrate_model_metadata
-from .._utils import logger, resolve_device, written_beside
+from .._core.seeds import resolve_device
 
 if TYPE_CHECKING:
     from ..models import Network
@@ -48,7 +50,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     import torch
 
     from .. import __version__
-    from .._distributed import is_main_process
+    from .._core.distributed import is_main_process
     from ..models import Network
 
     path = Path(path)
@@ -109,7 +111,7 @@ def load_model(path: str | Path, *, device: str | None = None,
     or ``patch_size_um``, is ``size_um``.
     """
     from .. import models
-    from .._torch_files import load_weights_only
+    from .._core.torch_files import load_weights_only
 
     path = Path(path)
     payload = load_weights_only(path, what="model file")
@@ -214,7 +216,7 @@ def _check_config_size(cls: type, config: Any, state_dict: Any, path: Path) -> N
     """
     import torch
 
-    from .._memory import check_memory, format_bytes
+    from .._core.memory import check_memory, format_bytes
 
     if not isinstance(config, dict) or not isinstance(state_dict, dict):
         raise ValueError(f"{path} is damaged: its configuration or its weights are missing.")

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._elements import CHUNK_PX, COORDINATE_SYSTEM, pyramid_factors
-from .._utils import logger
+from .._core.elements import COORDINATE_SYSTEM
+from .._core.logs import logger
+from ._elements import CHUNK_PX, pyramid_factors
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._elements import COORDINATE_SYSTEM, check_mpp
-from .._utils import log_added, logger
+from .._core.elements import COORDINATE_SYSTEM
+from .._core.logs import log_added, logger
+from ._elements import check_mpp
 from ._platform_images import he_files, read_he, split_stains
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def _rename_points(sdata: SpatialData, old: str, gene_column: str) -> None:
 
 
 def _log_result(sdata: SpatialData, platform: str, image_key: str | None) -> None:
-    from .._image import get_pixel_size
+    from .._core.image import get_pixel_size
 
     if image_key is not None and image_key in sdata.images:
         log_added("images", image_key, f"{get_pixel_size(sdata, image_key):.4g} um/px")
@@ -244,7 +245,7 @@ def read_xenium(
     """
     from spatialdata_io import xenium
 
-    from .._image import get_pixel_size
+    from .._core.image import get_pixel_size
 
     folder = _folder(path, "Xenium")
     needed = ["experiment.xenium", "cells.zarr.zip"]

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._utils import PARTIAL as _PARTIAL
-from .._utils import logger, partial_path, swap_into_place
-from .._validate import check_store_name
+from .._core.files import PARTIAL as _PARTIAL
+from .._core.files import partial_path, swap_into_place
+from .._core.logs import logger
+from .._core.validate import check_store_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -207,8 +208,8 @@ class SlideStore:
         import pandas as pd
         from spatialdata.models import Labels2DModel
 
+        from .._core.elements import scale_to_global, square_shapes, tile_table
         from .._core.records import TileRecord
-        from .._elements import scale_to_global, square_shapes, tile_table
 
         group = self._group()
         if "labels" in group:
@@ -275,7 +276,7 @@ class SlideStore:
         """
         import zarr
 
-        from .._image import image_levels
+        from .._core.image import image_levels
 
         check_store_name("tissue_key", tissue_key, what="tissue map in a slide store")
         for key in feature_keys:
@@ -511,7 +512,7 @@ class SlideStore:
         ``sdata`` with ``tables[<key>]`` and the tile squares ``shapes[<tiles_key>]``.
 
         """
-        from .._elements import square_shapes
+        from .._core.elements import square_shapes
 
         for key, record in self.prediction_records().items():
             table = self.prediction(key)

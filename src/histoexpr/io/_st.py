@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._elements import (
+from .._core.logs import log_added, logger
+from ._elements import (
     check_mpp,
     existing_file,
     image_element,
@@ -18,7 +19,6 @@ from .._elements import (
     spot_elements,
     unique_names,
 )
-from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     import pandas as pd

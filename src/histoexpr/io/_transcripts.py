@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._elements import (
+from .._core.labels import integer_labels
+from .._core.logs import log_added, logger
+from .._core.validate import check_choice
+from ._elements import (
     channel_names,
     check_mpp,
     existing_file,
@@ -17,9 +20,6 @@ from .._elements import (
     read_text_table,
     to_cyx,
 )
-from .._labels import integer_labels
-from .._utils import log_added, logger
-from .._validate import check_choice
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -148,7 +148,7 @@ def read_transcripts(
             raise ValueError(f"The labels ({label_array.shape}) and the image ({extent_px}) "
                              "differ in shape; pass labels on the image's pixel grid.")
         extent_px = extent_px or label_array.shape
-        from .._elements import scale_to_global
+        from .._core.elements import scale_to_global
 
         label_elements[labels_key] = Labels2DModel.parse(
             label_array, dims=("y", "x"), transformations=scale_to_global(image_mpp),

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._elements import (
+from .._core.logs import log_added, logger
+from ._elements import (
     channel_names,
     check_mpp,
     existing_file,
@@ -18,7 +19,6 @@ from .._elements import (
     read_text_table,
     spot_elements,
 )
-from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     import pandas as pd

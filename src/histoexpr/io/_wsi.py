@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._elements import (
+from .._core.logs import log_added, logger
+from ._elements import (
     channel_names,
     check_mpp,
     check_pixel_scale,
@@ -15,7 +16,6 @@ from .._elements import (
     image_element_from_levels,
     read_plain_image,
 )
-from .._utils import log_added, logger
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

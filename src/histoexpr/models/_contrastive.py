@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import check_fraction, check_positive
+from .._core.validate import check_fraction, check_positive
 from ._base import Network
 from ._encoders import TileEncoder
 

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .._utils import logger, require_element
-from .._validate import check_choice, renamed_parameters
+from .._core.logs import logger
+from .._core.ownership import require_element
+from .._core.validate import check_choice, renamed_parameters
 from ._docs import check_save, shared_docs
 from ._spatial import _draw_shapes, draw_image
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._image import image_levels, read_region
-from .._utils import require_element
-from .._validate import check_fraction
+from .._core.image import image_levels, read_region
+from .._core.ownership import require_element
+from .._core.validate import check_fraction
 from ._docs import check_save, shared_docs
 from ._spatial import draw_image
 

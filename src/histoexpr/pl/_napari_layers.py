@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._utils import logger, require_element
+from .._core.logs import logger
+from .._core.ownership import require_element
 from ._spatial import _shape_values
 
 if TYPE_CHECKING:

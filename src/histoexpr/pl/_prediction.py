@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._spatial_uns import spatial_record
-from .._utils import require_element
-from .._validate import renamed_parameters
+from .._core.ownership import require_element
+from .._core.spatial_uns import spatial_record
+from .._core.validate import renamed_parameters
 from ._docs import check_save, shared_docs
 from ._spatial import (
     _draw_shapes,
@@ -216,7 +216,7 @@ def gene_metrics(
 
 def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_side,
           panel_size, shared_scale, interval, scale_bar_um) -> Figure:
-    from .._expression import expression_targets
+    from .._core.expression import expression_targets
 
     require_element(sdata, pred_key, "tables")
     require_element(sdata, truth_key, "tables")
@@ -255,7 +255,7 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
     """Maps of a prediction table on its own, over the image of its ``uns["spatial"]``."""
     from anndata import AnnData
 
-    from .._expression import expression_targets
+    from .._core.expression import expression_targets
 
     record = spatial_record(pred, library_id)
     predicted = _values(pred, pred_key)
@@ -382,7 +382,7 @@ def _interval_widths(pred, pred_key: str) -> pd.DataFrame:
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
     import matplotlib.pyplot as plt
 
-    from .._stats import column_pearson
+    from .._core.stats import column_pearson
 
     predicted = _values(adata, pred_key)
     if isinstance(truth_key, str):

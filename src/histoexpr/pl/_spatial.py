@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._image import image_levels, read_region
-from .._spatial_uns import spatial_record
-from .._utils import logger, require_element
+from .._core.image import image_levels, read_region
+from .._core.logs import logger
+from .._core.ownership import require_element
+from .._core.spatial_uns import spatial_record
 from ._docs import check_save, shared_docs
 
 if TYPE_CHECKING:

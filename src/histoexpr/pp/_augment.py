@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from .._validate import check_positive
+from .._core.validate import check_positive
 
 Stain = Literal["he", "fluorescence"]
 STAINS = get_args(Stain)

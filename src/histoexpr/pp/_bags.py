@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import check_key_free, log_added, logger, require_element, store_element
-from .._validate import check_positive
+from .._core.logs import log_added, logger
+from .._core.ownership import check_key_free, require_element, store_element
+from .._core.validate import check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-#: how the elements this step writes record their writer (see ``_utils.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.pp.pseudobulk"
 
 
@@ -168,7 +169,7 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
     import pandas as pd
     from spatialdata.models import TableModel
 
-    from .._elements import square_shapes
+    from .._core.elements import square_shapes
 
     n_bags = summed.shape[0]
     ids = np.arange(n_bags)

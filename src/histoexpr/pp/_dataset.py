@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._image import image_levels, read_levels, to_unit_float
-from .._utils import require_element
+from .._core.image import image_levels, read_levels, to_unit_float
+from .._core.ownership import require_element
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._panels import resolve_genes
-from .._utils import logger
-from .._validate import check_choice, check_positive
+from .._core.logs import logger
+from .._core.panels import resolve_genes
+from .._core.validate import check_choice, check_positive
 
 if TYPE_CHECKING:
     from anndata import AnnData

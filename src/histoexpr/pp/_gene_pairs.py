@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._utils import logger, require_element
-from .._validate import check_positive, renamed_parameters
+from .._core.logs import logger
+from .._core.ownership import require_element
+from .._core.validate import check_positive, renamed_parameters
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._expression import (  # noqa: F401 (expression_targets is public here)
+from .._core.expression import (  #noqa: F401 (expression_targets is public here)
     TARGET_SUM,
     expression_targets,
     library_sizes,
     log_normalised,
     raw_counts,
 )
-from .._panels import gene_panel  # noqa: F401 (public as hx.pp.gene_panel)
-from .._utils import logger
-from .._validate import check_choice, check_int, renamed_parameters
+from .._core.logs import logger
+from .._core.panels import gene_panel  # noqa: F401 (public as hx.pp.gene_panel)
+from .._core.validate import check_choice, check_int, renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData

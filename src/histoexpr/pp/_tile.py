@@ -6,20 +6,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._core.records import TileRecord
-from .._elements import square_shapes, tile_table
-from .._image import COORDINATE_SYSTEM, image_levels, read_region
-from .._memory import check_memory
-from .._utils import (
+from .._core.elements import square_shapes, tile_table
+from .._core.image import COORDINATE_SYSTEM, image_levels, read_region
+from .._core.logs import log_added, logger
+from .._core.memory import check_memory
+from .._core.ownership import (
     check_key_free,
     check_key_writable,
     discard_element,
-    log_added,
-    logger,
     require_element,
     store_element,
 )
-from .._validate import (
+from .._core.records import TileRecord
+from .._core.validate import (
     check_fraction,
     check_int,
     check_positive,
@@ -30,7 +29,7 @@ from .._validate import (
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-#: how the elements this step writes record their writer (see ``_utils.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.pp.tile"
 
 DEFAULT_SIZE = 224

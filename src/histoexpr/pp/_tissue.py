@@ -7,23 +7,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._elements import scale_to_global
-from .._image import image_levels, read_region
-from .._utils import (
-    check_key_free,
-    check_key_writable,
-    log_added,
-    logged_step,
-    logger,
-    require_element,
-    store_element,
-)
-from .._validate import check_choice, check_positive
+from .._core.elements import scale_to_global
+from .._core.image import image_levels, read_region
+from .._core.logs import log_added, logged_step, logger
+from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from .._core.validate import check_choice, check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-#: how the elements this step writes record their writer (see ``_utils.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.pp.detect_tissue"
 
 _KINDS = ("auto", "brightfield", "fluorescence")
@@ -316,9 +309,9 @@ def _check_work_size(level0, shape: tuple[int, int], work_mpp: float) -> None:
     """Refuse a working grid too coarse to see tissue, or too large for the memory.
 
     The image itself is read in blocks when it is large (an image without a pyramid: see
-    ``histoexpr._image.read_levels``), so only the working grid counts here.
+    ``histoexpr._core.image.read_levels``), so only the working grid counts here.
     """
-    from .._memory import check_memory
+    from .._core.memory import check_memory
 
     height, width = level0.shape_yx
     if min(shape) < _MIN_WORK_SIDE_PX:

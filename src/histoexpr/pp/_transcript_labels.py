@@ -13,25 +13,19 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._elements import scale_to_global
-from .._image import image_levels, read_region
-from .._memory import check_memory
-from .._utils import (
-    check_key_free,
-    check_key_writable,
-    log_added,
-    logger,
-    require_element,
-    seed_everything,
-    store_element,
-)
-from .._validate import check_choice, check_fraction, check_positive, renamed_parameters
+from .._core.elements import scale_to_global
+from .._core.image import image_levels, read_region
+from .._core.logs import log_added, logger
+from .._core.memory import check_memory
+from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from .._core.seeds import seed_everything
+from .._core.validate import check_choice, check_fraction, check_positive, renamed_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
-#: how the elements this step writes record their writer (see ``_utils.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.pp.transcript_labels"
 
 #: label value of grid cells that no rule assigns (ignored by training and evaluation)
@@ -448,7 +442,7 @@ def _cell_labels(sdata: SpatialData, cells: str, grid: _Grid, points: pd.DataFra
     import pandas as pd
     from spatialdata.models import TableModel
 
-    from .._cells import cell_centroids, cell_raster
+    from .._core.cells import cell_centroids, cell_raster
 
     sub = _CELL_SUBSTEPS
     fine_step = grid.step / sub

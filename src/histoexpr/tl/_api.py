@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .._utils import logged_step
+from .._core.logs import logged_step
 from ._models import (
     COHORT_MODELS,
     CROSS_VALIDATORS,
@@ -254,7 +254,7 @@ def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
     Expression: one row per gene (``pearson``, ``spearman``...); label maps: Dice, IoU,
     precision and recall of each class and their mean.
     """
-    from .._utils import element_kind
+    from .._core.ownership import element_kind
 
     data = sdata
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):

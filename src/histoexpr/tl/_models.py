@@ -78,7 +78,7 @@ class ModelSpec:
     cohort: bool = False
 
     def __post_init__(self) -> None:
-        from .._validate import check_choice
+        from .._core.validate import check_choice
 
         check_choice("kind", self.kind, Kind)
         if self.options.model != self.name:

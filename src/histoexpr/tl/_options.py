@@ -24,13 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_origin
 
-from .._validate import (
-    apply_renames,
-    check_choice,
-    check_fraction,
-    check_int,
-    check_positive,
-)
+from .._core.validate import apply_renames, check_choice, check_fraction, check_int, check_positive
 
 __all__ = [
     "CommonOptions",
@@ -239,7 +233,7 @@ def options_for(model: ModelOptions | type[ModelOptions], **overrides: Any) -> M
     A class gives its defaults; an options object is copied with the overrides replaced
     (:func:`dataclasses.replace`). Renamed options (the class's ``renamed``) still work, with a
     ``FutureWarning`` naming the new one (the rename mechanism of every function,
-    :func:`histoexpr._validate.apply_renames`). An unknown option raises a ``TypeError`` naming
+    :func:`histoexpr._core.validate.apply_renames`). An unknown option raises a ``TypeError`` naming
     it, the model and the model's options. Model names are looked up in the model table
     (:func:`histoexpr.tl._models.options_of`).
     """

@@ -43,12 +43,12 @@ def check_no_copies(sections: Mapping[str, Any], group_of: Mapping[str, str]) ->
     """Refuse the same image under two names in different groups of a cross-validation.
 
     A fold would then train on the copy of a section it scores. Images are compared by their
-    fingerprints (:func:`histoexpr._image_facts.image_fingerprint`: shape, pixel size, offset and
-    sampled pixels; a few chunks read per image). ``sections`` maps names to SpatialData (a
+    fingerprints (:func:`histoexpr._core.image_facts.image_fingerprint`: shape, pixel size, offset
+    and sampled pixels; a few chunks read per image). ``sections`` maps names to SpatialData (a
     cohort opens each slide lazily).
     """
-    from .._image_facts import image_fingerprint
-    from .._utils import each_item
+    from .._core.image_facts import image_fingerprint
+    from .._core.logs import each_item
 
     seen: dict[str, str] = {}
     with each_item():  # opening each slide of a cohort is per-slide chatter (debug)

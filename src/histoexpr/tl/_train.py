@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _distributed
-from .._devices import autocast, backward_and_step, resolve_precision, use_channels_last
-from .._utils import logger, progress, resolve_device, seed_everything
+from .._core import distributed as _distributed
+from .._core.devices import autocast, backward_and_step, resolve_precision, use_channels_last
+from .._core.logs import logger, progress
+from .._core.seeds import resolve_device, seed_everything
 
 #: a loss callable: (network, batch moved to the device) -> scalar loss tensor
 LossFunction = Callable[[nn.Module, dict[str, Any]], torch.Tensor]

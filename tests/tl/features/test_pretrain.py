@@ -266,7 +266,7 @@ def test_small_cnn_can_pool_every_block():
            "cannot split evenly", says="names the number of processes and a batch_size that "
            "works, before anything is written", fix="pass a multiple of the number of processes")
 def test_the_global_batch_must_split_evenly_among_processes(sections, tmp_path, monkeypatch):
-    from histoexpr import _distributed
+    from histoexpr._core import distributed as _distributed
 
     three = _distributed.Context(rank=0, world_size=3, local_rank=0)  # as under torchrun
     monkeypatch.setattr(_distributed, "context", lambda device=None: three)

@@ -236,7 +236,7 @@ def test_each_slide_leaves_no_decoded_chunks_behind(slide_folder, tmp_path, monk
     """A worker's memory does not grow with the slides it ran: the process-wide chunk cache is
     emptied after every slide (before, it kept ~12 MB of every finished slide's chunks, up to
     128 MiB; benchmarks/README.md measures the RSS per worker)."""
-    from histoexpr import _image
+    from histoexpr._core import image as _image
     from histoexpr.tl._features import _embed_cohort
 
     cohort = hx.io.read_cohort(slide_folder, store_dir=tmp_path / "stores").subset(

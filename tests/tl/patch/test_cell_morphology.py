@@ -35,7 +35,7 @@ def intensity_baseline(train, test) -> pd.Series:
     """Logistic regression on each cell's mean DAPI alone: the predicted label of each cell."""
     from sklearn.linear_model import LogisticRegression
 
-    from histoexpr._cells import cell_means, cell_raster
+    from histoexpr._core.cells import cell_means, cell_raster
 
     def features(sdata):
         image = hx.io.read_region(sdata, "dapi", (0, 0, 300, 300), mpp=0.5).astype(float)
@@ -227,8 +227,8 @@ def add_class_stain(sdata, seed: int) -> None:
     cell and weak inside it, as poly-T marks cytoplasm around a nucleus."""
     from skimage.segmentation import expand_labels
 
-    from histoexpr._cells import cell_raster
-    from histoexpr._elements import image_element
+    from histoexpr._core.cells import cell_raster
+    from histoexpr.io._elements import image_element
 
     rng = np.random.default_rng(seed)
     ids, names = cell_raster(sdata, "cells", (0.0, 0.0), 0.5, (600, 600))

@@ -93,7 +93,7 @@ def cell_intensity_baseline(train, test, labels_key: str) -> np.ndarray:
     """Logistic regression on each cell's mean and spread of DAPI: a per-cell map of ``test``."""
     from sklearn.linear_model import LogisticRegression
 
-    from histoexpr._cells import cell_means, cell_raster
+    from histoexpr._core.cells import cell_means, cell_raster
 
     def features(sdata):
         image = hx.io.read_region(sdata, "dapi", (0, 0, 400, 400), mpp=1.0).astype(float)
@@ -253,7 +253,7 @@ def add_defocused_plane(sdata) -> None:
     """A second focal plane of the DAPI image: blurred and dimmed, as ``"dapi_z1"``."""
     from scipy.ndimage import gaussian_filter
 
-    from histoexpr._elements import image_element
+    from histoexpr.io._elements import image_element
 
     dapi = hx.io.read_region(sdata, "dapi", (0, 0, 400, 400), mpp=0.5).astype(np.float32)
     plane = gaussian_filter(dapi, sigma=(0, 3, 3)) * 0.5

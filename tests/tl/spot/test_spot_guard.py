@@ -121,7 +121,7 @@ def test_intervals_cover_held_out_spots_near_their_level(model, sections):
     counts = held.tables["table"]
     row = {s: i for i, s in enumerate(counts.obs["spot_id"])}
     rows = [row[s] for s in table.obs["spot_id"]]
-    from histoexpr._expression import expression_targets
+    from histoexpr._core.expression import expression_targets
 
     truth = expression_targets(counts[rows], list(table.var_names))
     coverage = ((truth >= lower) & (truth <= upper)).mean()
@@ -370,7 +370,7 @@ def test_prediction_maps_draw_the_interval_width(model, sections):
 @pytest.mark.slow
 def test_her2st_guard_and_intervals_on_a_held_out_section(data_dir):
     """Trained on her2st C2 and C3: C4 is covered near 90 % and passes; other tissues warn."""
-    from histoexpr._expression import expression_targets
+    from histoexpr._core.expression import expression_targets
 
     root = data_dir / "her2st"
     images = {p.name.split("_")[0]: p for p in (root / "images").glob("*.jpg")}

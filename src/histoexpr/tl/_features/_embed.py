@@ -10,17 +10,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._core.records import EmbeddingRecord, WriterRecord
-from ..._devices import (
+from ..._core.devices import (
     auto_batch_size,
     autocast,
     loader_options,
     resolve_precision,
     use_channels_last,
 )
-from ..._image import image_levels
-from ..._image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
-from ..._utils import log_added, logged_step, logger, progress, require_element, resolve_device
+from ..._core.image import image_levels
+from ..._core.image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
+from ..._core.logs import log_added, logged_step, logger, progress
+from ..._core.ownership import require_element
+from ..._core.records import EmbeddingRecord, WriterRecord
+from ..._core.seeds import resolve_device
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
@@ -276,7 +278,7 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
 
     Runs in ``hx.settings.precision`` (bf16 autocast on a GPU by default, fp32 on a CPU), with
     pinned batches, loader workers (``hx.settings.n_workers``) and channels-last CNNs on a GPU.
-    ``batch_size=None`` chooses it (``histoexpr._devices.auto_batch_size``).
+    ``batch_size=None`` chooses it (``histoexpr._core.devices.auto_batch_size``).
     """
     from torch.utils.data import DataLoader
 
@@ -373,7 +375,7 @@ def _warn_random_weights(encoder: str) -> None:
 
 def _load_checkpoint(network: Network, path: Path) -> Network:
     """Weights for a freshly built encoder: a histoexpr model file or a plain state dict."""
-    from ..._torch_files import load_weights_only
+    from ..._core.torch_files import load_weights_only
     from ...io import load_model
 
     payload = load_weights_only(path, what="checkpoint")
@@ -408,7 +410,7 @@ def _timm_encoder(name: str, in_channels: int, checkpoint: str | Path | None):
         ) from error
     network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
     if checkpoint is not None:
-        from ..._torch_files import load_weights_only
+        from ..._core.torch_files import load_weights_only
 
         state = load_weights_only(Path(checkpoint), what="checkpoint")
         missing, unexpected = network.load_state_dict(state, strict=False)

@@ -15,11 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..._core.logs import each_item, logged_step, logger, progress
+from ..._core.memory import file_fingerprint
 from ..._core.records import EmbeddingRecord
-from ..._memory import file_fingerprint
+from ..._core.seeds import resolve_device, resolve_seed
+from ..._core.validate import check_store_name, renamed_parameters, stride_name
 from ..._settings import settings
-from ..._utils import each_item, logged_step, logger, progress, resolve_device, resolve_seed
-from ..._validate import check_store_name, renamed_parameters, stride_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,7 +262,7 @@ def _report_failures(frame: pd.DataFrame, n_tried: int) -> None:
 
 def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
     """Refuse tiles of one size in pixels on slides of different pixel sizes (no ``mpp``)."""
-    from ..._image import get_pixel_size
+    from ..._core.image import get_pixel_size
     from ...io import read_wsi
 
     sizes: dict[float, list[str]] = {}
@@ -431,8 +432,8 @@ def _quietly(task: dict, work, **shared: Any) -> dict:
 def _run_slide(task: dict, encoders: list) -> dict:
     """One slide: tissue, tiles and features (or only features), written to its store.
 
-    The process-wide cache of decoded image chunks (``histoexpr._image.CHUNKS``, at most 128 MiB)
-    is emptied after the slide: its chunks are keyed by the slide's dask arrays, which no later
+    The process-wide cache of decoded image chunks (``histoexpr._core.image.CHUNKS``, at most 128
+    MiB) is emptied after the slide: its chunks are keyed by the slide's dask arrays, which no later
     slide reads. Kept, they filled the budget over ~10 slides (~12 MB a slide), so that a
     worker's memory grew with the number of slides it had run until the budget was reached. (A
     worker running several slides at once on several threads then reads the other slides'
@@ -441,7 +442,7 @@ def _run_slide(task: dict, encoders: list) -> dict:
     """
     import socket
 
-    from ..._image import CHUNKS
+    from ..._core.image import CHUNKS
 
     start = time.perf_counter()
     try:
@@ -480,7 +481,7 @@ def _trim_memory() -> None:
 def _process_slide(task: dict, encoders: list) -> dict:
     import socket
 
-    from ..._utils import seed_everything
+    from ..._core.seeds import seed_everything
     from ...io import SlideStore, read_wsi
     from ...pp import detect_tissue, tile
     from ._embed import embed

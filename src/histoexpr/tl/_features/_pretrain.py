@@ -15,19 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ... import _distributed
-from ..._devices import (
-    loader_options,
-)
+from ..._core import distributed as _distributed
+from ..._core.devices import loader_options
+from ..._core.files import written_beside
+from ..._core.logs import logged_step, logger
+from ..._core.seeds import resolve_device, resolve_seed, seed_everything
 from ..._settings import settings
-from ..._utils import (
-    logged_step,
-    logger,
-    resolve_device,
-    resolve_seed,
-    seed_everything,
-    written_beside,
-)
 from .._sections import as_sections
 from .._train import train
 
@@ -180,7 +173,7 @@ def pretrain(
     """
     from torch.utils.data import ConcatDataset
 
-    from ..._image_facts import stain_of
+    from ..._core.image_facts import stain_of
     from ...models import ContrastiveLearner
     from ...pp import CachedDataset, TileDataset, augmentations
 
@@ -363,7 +356,7 @@ def _loader(tiles, batch_size: int, seed: int, device: str, cache: bool):
 
 def _common_geometry(sections: list, datasets: list) -> dict[str, Any]:
     """Tile size, um/px and channel names, which every section must share."""
-    from ..._image import image_levels
+    from ..._core.image import image_levels
 
     geometries = []
     for sdata, dataset in zip(sections, datasets, strict=True):
@@ -458,7 +451,7 @@ def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
                 f"{path} holds a pretraining checkpoint. Pass resume=True to continue it, "
                 "overwrite=True to start afresh, or another checkpoint_dir.")
         return fresh
-    from ..._torch_files import load_weights_only
+    from ..._core.torch_files import load_weights_only
 
     # torch's own errors (with their advice to load with weights_only=False) never reach users
     payload = load_weights_only(path, what="pretraining checkpoint")

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..._utils import logger, resolve_seed
-from ..._validate import renamed_parameters
+from ..._core.logs import logger
+from ..._core.seeds import resolve_seed
+from ..._core.validate import renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData

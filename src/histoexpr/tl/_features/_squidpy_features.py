@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._utils import progress
+from ..._core.logs import progress
 
 SQUIDPY_FEATURES = ("summary", "histogram", "texture")
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._stats import column_pearson, column_spearman
-from ..._utils import logger
+from ..._core.logs import logger
+from ..._core.stats import column_pearson, column_spearman
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,7 +139,7 @@ def expression_pairs(
     genes), the log1p-normalised measurements, the spots' library sizes and the gene names;
     spots without counts are left out.
     """
-    from ..._expression import expression_targets, library_sizes
+    from ..._core.expression import expression_targets, library_sizes
 
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
         if key not in sdata.tables:
@@ -220,7 +220,7 @@ def _regress_out(values: np.ndarray, covariate: np.ndarray) -> np.ndarray:
 
 def _check_same_section(sdata, pred, pred_key: str) -> None:
     """Refuse a prediction made on another section than ``sdata`` (its image or its tiles)."""
-    from ..._image_facts import image_fingerprint
+    from ..._core.image_facts import image_fingerprint
 
     image = pred.uns.get("prediction", {}).get("image")
     if image is not None and image.get("key") in sdata.images:

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._image import image_levels, read_region
-from ..._utils import logger, require_element
+from ..._core.image import image_levels, read_region
+from ..._core.logs import logger
+from ..._core.ownership import require_element
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,7 +166,7 @@ def _majority_per_cell(sdata, key: str, cells: str, region, ignore: int):
     """Each cell's most common value of a map, on a grid of half the map's pixel size."""
     import pandas as pd
 
-    from ..._cells import cell_centroids, cell_raster
+    from ..._core.cells import cell_centroids, cell_raster
 
     level = image_levels(sdata, key)[0]
     step = level.mpp / 2

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._utils import seed_everything
-from ..._validate import check_store_name
+from ..._core.seeds import seed_everything
+from ..._core.validate import check_store_name
 from ._bag_data import collect_bags
 from ._bag_outputs import (
     _add_classes,

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import require_element
-from ..._validate import renamed_parameters
+from ..._core.ownership import require_element
+from ..._core.validate import renamed_parameters
 from .._sections import as_sections
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ def attention_check(
     """
     import pandas as pd
 
-    from ..._expression import expression_targets
-    from ..._panels import resolve_genes
+    from ..._core.expression import expression_targets
+    from ..._core.panels import resolve_genes
     from .._metrics._expression_metrics import column_spearman
 
     key = pred_key

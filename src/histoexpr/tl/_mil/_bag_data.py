@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 from .._sections import as_sections
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ... import _distributed
-from ..._utils import log_added, logger
-from ..._validate import check_store_name
+from ..._core import distributed as _distributed
+from ..._core.logs import log_added, logger
+from ..._core.validate import check_store_name
 from ._bag_data import (
     Bags,
     encoder_of,

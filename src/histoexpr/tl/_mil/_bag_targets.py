@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 from ._bag_data import (
     Bags,
     StandardisedFeatures,
@@ -57,7 +57,7 @@ def training_data(data: Any, *, genes: Any, target: Any, task: str, tiles_key: s
             if genes is None:
                 raise ValueError("Classification needs target= (label columns of the bulk "
                                  "obs) or genes= (to learn their deg_<gene> labels).")
-            from ..._panels import resolve_genes
+            from ..._core.panels import resolve_genes
 
             target = [f"deg_{g}" for g in resolve_genes(genes, bags.bulk.var_names)]
         targets = [target] if isinstance(target, str) else list(target)
@@ -129,8 +129,8 @@ def standardised_features(bags: Bags, metadata: dict) -> list[np.ndarray]:
 
 def regression_targets(bags: Bags, genes: Any, transform: str) -> tuple[np.ndarray, list[str]]:
     """Targets (bags x genes) from the bulk table, and the gene names."""
-    from ..._expression import expression_targets
-    from ..._panels import resolve_genes
+    from ..._core.expression import expression_targets
+    from ..._core.panels import resolve_genes
 
     if transform not in TARGET_TRANSFORMS:
         raise ValueError(f"target_transform must be one of {TARGET_TRANSFORMS}, got "

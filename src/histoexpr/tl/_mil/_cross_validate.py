@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import each_item, logger, progress
+from ..._core.logs import each_item, logger, progress
 
 if TYPE_CHECKING:
     from types import ModuleType

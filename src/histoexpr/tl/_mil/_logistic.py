@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 from ._abmil import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 from ._bag_targets import standardised_features, training_data
 from ._options import MeanPoolLogisticOptions
@@ -55,7 +55,7 @@ def fit(data: Any, options: MeanPoolLogisticOptions) -> Network:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
-    from ..._utils import seed_everything
+    from ..._core.seeds import seed_everything
     from ...models import MeanPoolLinear
 
     seed_everything(options.seed)

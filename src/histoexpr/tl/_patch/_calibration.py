@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._image import image_levels
-from ..._utils import logger
+from ..._core.image import image_levels
+from ..._core.logs import logger
 
 #: exponents of the class-prior correction tried (0: none, 1: the full Bayes correction)
 _PRIOR_EXPONENTS = np.round(np.arange(0.0, 1.501, 0.05), 2)
@@ -17,7 +17,7 @@ _TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(5.0), 41))
 
 def _class_prior(sdata, labels_key: str, classes: dict[str, int], region) -> dict[str, float]:
     """Share of each class among the labelled pixels of the label map inside ``region``."""
-    from ..._image import read_region
+    from ..._core.image import read_region
 
     level = image_levels(sdata, labels_key)[0]
     box = level.bounds if region is None else region

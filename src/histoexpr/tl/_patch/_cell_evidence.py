@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 
 
 def _in_boxes(points: np.ndarray, boxes) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The per-cell morphology classifier: intensity, shape and neighbourhood features of each cell.
 
 ``hx.tl.fit(sdata, model="cell_morphology")`` describes every cell of the training region by its
-image features (:func:`histoexpr._cells.cell_features`) and fits a regularised multinomial
+image features (:func:`histoexpr._core.cells.cell_features`) and fits a regularised multinomial
 logistic regression on the cells' transcript-defined classes (``transcript_labels(...,
 cells=...)``). Given trained patch classifiers, it also stacks their per-cell probabilities,
 fitted only on training cells those classifiers never trained on. ``hx.tl.predict`` writes the
@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._spatial_uns import add_spatial_uns
-from ..._utils import check_key_free, logger, require_element, resolve_seed
+from ..._core.logs import logger
+from ..._core.ownership import check_key_free, require_element
+from ..._core.seeds import resolve_seed
+from ..._core.spatial_uns import add_spatial_uns
 from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
 from ._options import CellMorphologyOptions
 from ._stain_features import stain_channels, stain_features
@@ -227,7 +229,7 @@ def predict(
     """
     import torch
 
-    from ..._cells import require_cells
+    from ..._core.cells import require_cells
     from ...models import CellClassifier
     from ._dense_map import cell_table, cells_on_grid, cells_to_map, write_map
 
@@ -299,7 +301,7 @@ def _labelling_rule(sdata, labels_key: str) -> dict:
 
 
 def _cells_key(sdata, rule: dict, cells: str | None) -> str:
-    from ..._cells import require_cells
+    from ..._core.cells import require_cells
 
     cells = rule.get("cells") if cells is None else cells
     if cells is None:
@@ -327,7 +329,7 @@ def _patch_models(patch_classifier) -> list:
 
 
 def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
-    from ..._image import image_levels
+    from ..._core.image import image_levels
 
     if region is not None:
         box = tuple(float(v) for v in region)
@@ -340,7 +342,7 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
 
 def _features(sdata, cells, image_key, bounds, mpp, smooth_um, stains_key=None, stains=None,
               ring_um=2.0):
-    from ..._cells import cell_features
+    from ..._core.cells import cell_features
 
     smooth = tuple(float(s) for s in smooth_um)
     features, names, centroids = cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),

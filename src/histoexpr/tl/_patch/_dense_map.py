@@ -8,26 +8,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..._devices import autocast, resolve_precision
-from ..._image import image_levels, read_region, to_unit_float
-from ..._spatial_uns import add_spatial_uns
-from ..._utils import (
-    check_key_free,
-    check_key_writable,
-    log_added,
-    logger,
-    progress,
-    require_element,
-    resolve_device,
-    store_element,
-)
+from ..._core.devices import autocast, resolve_precision
+from ..._core.image import image_levels, read_region, to_unit_float
+from ..._core.logs import log_added, logger, progress
+from ..._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from ..._core.seeds import resolve_device
+from ..._core.spatial_uns import add_spatial_uns
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ...models import PatchEnsemble
 
-#: how the elements this step writes record their writer (see ``_utils.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.tl.predict"
 
 #: pixels of the image held at once (a strip of rows of the map, with its margins)
@@ -41,7 +34,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                 smooth_um: float | None, calibrate: bool, batch_size: int,
                 device: str | None, key_added: str, overwrite: bool) -> None:
     """See :func:`histoexpr.tl._patch._patch_classifier.predict`."""
-    from ..._cells import require_cells
+    from ..._core.cells import require_cells
 
     _check_patch_model(model)
     probabilities_key = f"{key_added}_probabilities"
@@ -157,7 +150,7 @@ def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, 
     """Write a class map, its probabilities and (per cell) the cells' table."""
     from spatialdata.models import Image2DModel, Labels2DModel
 
-    from ..._elements import scale_to_global
+    from ..._core.elements import scale_to_global
 
     probabilities_key = f"{key_added}_probabilities"
     values = np.asarray(list(classes.values()), dtype=np.uint8)
@@ -189,7 +182,7 @@ def cell_probabilities(sdata: SpatialData, cells: str, probabilities: np.ndarray
     ``(means (n, K), names, centroids (n, 2) um, ids)``: ``ids`` is the cell raster of the map
     (``i`` in the cell ``names[i - 1]``, 0 outside every cell).
     """
-    from ..._cells import cell_centroids, cell_means, smooth_over_cells
+    from ..._core.cells import cell_centroids, cell_means, smooth_over_cells
 
     sub = _CELL_SUBSTEPS
     shape = probabilities.shape[1:]
@@ -227,7 +220,7 @@ def cells_on_grid(sdata: SpatialData, cells: str, origin: tuple[float, float], s
     Returns ``(ids, fine_ids, names)``: the cell of each pixel of the grid (sampled from the
     finer one), of each pixel of the finer grid, and the names of the cells on the finer grid.
     """
-    from ..._cells import cell_raster
+    from ..._core.cells import cell_raster
 
     sub = _CELL_SUBSTEPS
     fine_ids, names = cell_raster(sdata, cells, origin, step / sub,

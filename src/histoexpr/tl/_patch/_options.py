@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
-from ..._validate import check_positive
+from ..._core.validate import check_positive
 from .._options import CommonOptions, TrainingOptions, _documented
 
 if TYPE_CHECKING:

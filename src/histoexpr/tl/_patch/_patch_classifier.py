@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._image import image_levels
-from ..._utils import logger, resolve_seed
+from ..._core.image import image_levels
+from ..._core.logs import logger
+from ..._core.seeds import resolve_seed
 from ._calibration import _choose, _class_prior, _report, fit_calibration
 from ._dense_map import predict_map
 from ._options import PatchClassifierOptions

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._devices import loader_options
-from ..._image import image_levels
-from ..._utils import logger, require_element, resolve_device, seed_everything
+from ..._core.devices import loader_options
+from ..._core.image import image_levels
+from ..._core.logs import logger
+from ..._core.ownership import require_element
+from ..._core.seeds import resolve_device, seed_everything
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -157,8 +159,8 @@ def _patch_dataset(sdata, image_key: str, centres: np.ndarray, targets: np.ndarr
     import pandas as pd
     from spatialdata import SpatialData
 
+    from ..._core.elements import square_shapes, tile_table
     from ..._core.records import TileRecord
-    from ..._elements import square_shapes, tile_table
     from ...pp import TileDataset
 
     size_um = size_px * mpp

@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _channel_names(sdata, stains_key: str) -> list[str]:
-    from ..._image import image_levels
+    from ..._core.image import image_levels
 
     array = image_levels(sdata, stains_key)[0].data
     if "c" in array.coords:
@@ -56,8 +56,8 @@ def stain_features(sdata, cells: str, stains_key: str, channels: Sequence[str],
     """
     from skimage.segmentation import expand_labels
 
-    from ..._cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
-    from ..._image import read_region, to_unit_float
+    from ..._core.cells import cell_centroids, cell_means, cell_raster, smooth_over_cells
+    from ..._core.image import read_region, to_unit_float
 
     available = _channel_names(sdata, stains_key)
     pixels = to_unit_float(np.asarray(read_region(sdata, stains_key, bounds, mpp=mpp)))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._utils import each_item, logger, progress
+from ..._core.logs import each_item, logger, progress
 from .._metrics._expression_metrics import expression_pairs, gene_correlations
 from .._sections import as_sections, check_no_copies
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._expression import TARGET_SUM
-from ..._utils import logger
+from ..._core.expression import TARGET_SUM
+from ..._core.logs import logger
 from . import _conformal, _guard
 
 #: what ``X`` of a prediction holds

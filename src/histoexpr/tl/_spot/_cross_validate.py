@@ -10,8 +10,8 @@ import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..._utils import each_item, logger, progress
-from ..._validate import renamed_parameters
+from ..._core.logs import each_item, logger, progress
+from ..._core.validate import renamed_parameters
 from .._metrics._expression_metrics import evaluate_expression
 from .._sections import as_sections, check_no_copies
 
@@ -145,7 +145,7 @@ def _working_copy(sdata):
 
 
 def _free_key(sdata, key: str) -> str:
-    from ..._utils import element_kind
+    from ..._core.ownership import element_kind
 
     while element_kind(sdata, key) is not None:
         key = f"_{key}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 from .._metrics._expression_metrics import column_pearson
 
 #: the encoder the "ssl" and "random_cnn" candidates use (bench_pretrain.py's her2st recipe)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..._utils import logger
+from ..._core.logs import logger
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,7 +175,7 @@ def _predict_slide(task: dict, model: Network) -> dict:
     """One slide: open it, predict with the single-slide ``predict``, store the table."""
     import socket
 
-    from ..._image import CHUNKS
+    from ..._core.image import CHUNKS
     from ...io import SlideStore, read_wsi
     from .._features._embed_cohort import _trim_memory
     from . import _spot_predict

@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.logs import logger
 from ..._core.records import EmbeddingRecord, TileRecord, made_within
-from ..._utils import (
-    logger,
-)
 from .._features._embed import encoder_fingerprint
 from ._spot_inputs import WITHIN, _encoder_name
 

@@ -8,14 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from ..._core.image import image_levels
+from ..._core.logs import logger
+from ..._core.ownership import require_element
 from ..._core.records import RELATIVE_TOLERANCE, TileRecord, made_within, within_of
-from ..._image import image_levels
-from ..._utils import (
-    logger,
-    require_element,
-)
 
-#: how the elements predict writes record their writer (see ``_utils.store_element``)
+#: how the elements predict writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.tl.predict"
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
@@ -89,7 +87,7 @@ def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None
 def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
                      table_key: str, tiles_key: str, size_um: float, mpp: float) -> _Section:
     """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
-    from ..._expression import expression_targets, library_sizes
+    from ..._core.expression import expression_targets, library_sizes
     from ...pp import tile
 
     overwrite = False

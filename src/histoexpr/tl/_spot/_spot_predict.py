@@ -10,18 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.image import image_levels
+from ..._core.logs import log_added, logger
+from ..._core.ownership import check_key_free, check_key_writable, require_element, store_element
 from ..._core.records import TileRecord, made_within
-from ..._image import image_levels
-from ..._spatial_uns import add_spatial_uns
-from ..._utils import (
-    check_key_free,
-    check_key_writable,
-    log_added,
-    logger,
-    require_element,
-    resolve_device,
-    store_element,
-)
+from ..._core.seeds import resolve_device
+from ..._core.spatial_uns import add_spatial_uns
 from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
 from ._calibration import annotate
 from ._conformal import half_width

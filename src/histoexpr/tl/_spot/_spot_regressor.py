@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._utils import (
-    logger,
-)
+from ..._core.logs import logger
 from .._sections import as_sections
 from ._options import SpotRegressorOptions
 from ._spot_features import _radii, section_features

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..._utils import logger, progress, resolve_seed, seed_everything
+from ..._core.logs import logger, progress
+from ..._core.seeds import resolve_seed, seed_everything
 from .._metrics._expression_metrics import column_pearson
 
 
@@ -164,7 +165,7 @@ def _prepare_patches(patches: torch.Tensor, *, augment: bool) -> torch.Tensor:
 
 
 def _read_patches(sdata, tiles_key: str, image_key: str, rows: np.ndarray) -> np.ndarray:
-    from ..._devices import resolve_workers
+    from ..._core.devices import resolve_workers
     from ..._settings import settings
     from ...pp import TileDataset
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._utils import logger
+from ..._core.logs import logger
 from ._spot_features import _radii, section_features
 
 #: relative mismatch allowed between ``size_um`` and ``k * subspot_um``

@@ -34,7 +34,7 @@ def add_spatial_uns(table: AnnData, sdata: SpatialData, image_key: str | None, *
     ``image_key`` is ``None`` or not an image of ``sdata``. ``spot_diameter_um=None`` (e.g.
     cells) takes 0.8 times the median distance between neighbouring rows. Returns ``table``.
     """
-    from ._image import image_levels, read_region
+    from .image import image_levels, read_region
 
     if image_key is None or image_key not in sdata.images:
         return table

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._settings import settings
+from .._settings import settings
 
 #: most loader workers chosen automatically for one GPU (more rarely helps reading tiles)
 MAX_AUTO_WORKERS = 8

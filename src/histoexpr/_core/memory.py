@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._settings import settings
+from .._settings import settings
 
 #: files up to this size are hashed whole; larger ones by their head, tail and sampled blocks
 WHOLE_FILE_BYTES = 64 * 2**20

@@ -1,90 +1,15 @@
-"""Small helpers shared by every room: logging, key checks, progress bars, seeds."""
+"""Which elements of a SpatialData histoexpr wrote: writer records, key checks, replacing."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ._core.records import WRITER_KEY, WriterRecord
-from ._settings import settings
+from .logs import logger
+from .records import WRITER_KEY, WriterRecord
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-logger = logging.getLogger("histoexpr")
-T = TypeVar("T")
-
-#: how many loops over slides or folds (:func:`each_item`) the running code is inside
-_ITEM_DEPTH: ContextVar[int] = ContextVar("histoexpr_item_depth", default=0)
-#: how many logged steps (:func:`logged_step`) the running code is inside
-_STEP_DEPTH: ContextVar[int] = ContextVar("histoexpr_step_depth", default=0)
-
-
-class _ItemChatter(logging.Filter):
-    """Inside a loop over slides or folds, a step's info lines are debug lines.
-
-    As scanpy's ``deep`` messages: a 12-slide cohort logs its steps, not 9 lines per slide.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and _ITEM_DEPTH.get() > 0:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logger.isEnabledFor(logging.DEBUG)
-        return True
-
-
-logger.addFilter(_ItemChatter())
-
-
-@contextmanager
-def each_item() -> Iterator[None]:
-    """The info lines logged inside (one slide, one fold) become debug lines."""
-    token = _ITEM_DEPTH.set(_ITEM_DEPTH.get() + 1)
-    try:
-        yield
-    finally:
-        _ITEM_DEPTH.reset(token)
-
-
-def elapsed(start: float) -> str:
-    """The time since ``start`` (``time.perf_counter()``) as scanpy writes it: ``0:00:02``."""
-    return str(timedelta(seconds=round(time.perf_counter() - start)))
-
-
-def logged_step(what: str | Callable[..., str]) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Log ``what`` when the decorated step starts and ``finished (0:00:02)`` when it ends.
-
-    ``what`` is a text or a function of the step's arguments that returns one. A step called
-    inside another step logs at debug level, so that a call logs its own step once.
-    """
-    def decorate(function: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(function)
-        def step(*args: Any, **kwargs: Any) -> T:
-            depth = _STEP_DEPTH.get()
-            level = logging.INFO if depth == 0 else logging.DEBUG
-            if logger.isEnabledFor(level):
-                logger.log(level, "%s", what(*args, **kwargs) if callable(what) else what)
-            token = _STEP_DEPTH.set(depth + 1)
-            start = time.perf_counter()
-            try:
-                result = function(*args, **kwargs)
-            finally:
-                _STEP_DEPTH.reset(token)
-            logger.log(level, "    finished (%s)", elapsed(start))
-            return result
-        return step
-    return decorate
 
 _ELEMENT_KINDS = ("images", "labels", "points", "shapes", "tables")
 
@@ -125,7 +50,6 @@ def require_spatialdata(sdata: object, name: str = "sdata") -> None:
     elif isinstance(sdata, str) or kind.endswith("Path"):
         hint = " Read the file first: hx.io.read_wsi(path) or spatialdata.read_zarr(path)."
     raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
-
 
 
 def _fingerprint(element) -> list:
@@ -279,135 +203,3 @@ def _free_name(sdata: SpatialData, key: str) -> str:
         if element_kind(sdata, name) is None:
             return name
     return f"{key}_new"
-
-
-def log_added(kind: str, key: str, what: str = "") -> None:
-    """Log an added element the way squidpy does: ``Adding `sdata.shapes['he_tiles']```."""
-    logger.info("Adding `sdata.%s[%r]`%s", kind, key, f" ({what})" if what else "")
-
-
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
-             show: bool | None = None) -> Iterable[T]:
-    """Wrap ``iterable`` in a tqdm progress bar when ``settings.progress_bar`` (or ``show``).
-
-    The bar itself is returned (not an iterator over it), so that a loop can call its
-    ``set_postfix`` or ``set_description``; a disabled bar accepts those calls and draws
-    nothing. An outer bar (none other open) stays when it is done, as scanpy's do; bars inside
-    it (the batches of one slide, the epochs of one fold) go when they finish. In Jupyter the
-    bars are widgets (``pip install histoexpr[jupyter]`` installs ipywidgets); without
-    ipywidgets they are text bars, without a warning.
-    """
-    tqdm = _tqdm_class()
-    enabled = settings.progress_bar if show is None else show
-    outer = not any(not getattr(bar, "disable", True) for bar in list(tqdm._instances))
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=outer)
-
-
-@functools.cache
-def _tqdm_class():
-    """The notebook bar of tqdm where it can draw (ipywidgets installed), its text bar else."""
-    from tqdm.std import tqdm as text_bar
-
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return text_bar
-    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
-        return text_bar
-    try:
-        import ipywidgets  # noqa: F401
-        from tqdm.notebook import tqdm as notebook_bar
-    except ImportError:
-        return text_bar
-    return notebook_bar
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` itself, or ``settings.seed`` when it is ``None``."""
-    return settings.seed if seed is None else int(seed)
-
-
-def seed_everything(seed: int | None) -> np.random.Generator:
-    """Seed python, numpy and torch (when it is imported) and return a numpy generator."""
-    import sys
-
-    value = resolve_seed(seed)
-    random.seed(value)
-    np.random.seed(value % 2**32)  # noqa: NPY002 (seeds the legacy RNG other libraries use)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(value)
-    return np.random.default_rng(value)
-
-
-def resolve_device(device: str | None) -> str:
-    """``device`` itself, or ``settings.device`` (cuda -> mps -> cpu) when it is ``None``."""
-    return settings.device if device is None else device
-
-
-#: the name part of a temporary file or folder written beside what it will replace
-PARTIAL = "partial-"
-
-
-def partial_path(target: str | Path, what: str = "new") -> Path:
-    """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic).
-
-    It ends in ``target``'s suffix, for writers that choose the format by it.
-    """
-    import uuid
-
-    target = Path(target)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
-    return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
-                            f"{target.suffix}")
-
-
-def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) -> None:
-    """Rename ``source`` to ``target``; an older ``target`` is moved aside first, then deleted.
-
-    A file is replaced by one ``os.replace``. A folder (which ``os.replace`` cannot replace
-    when it holds anything) is moved aside to ``aside``, the new one renamed into place and the
-    old one deleted; if the second rename fails, the old one is put back. Either way, a run
-    killed at any moment leaves the old content or the new one under ``target``.
-    """
-    import os
-    import shutil
-
-    source, target = Path(source), Path(target)
-    if not target.is_dir() or target.is_symlink():
-        os.replace(source, target)
-        return
-    old = partial_path(target, "old") if aside is None else aside
-    os.replace(target, old)
-    try:
-        os.replace(source, target)
-    except BaseException:
-        if not target.exists():
-            os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def written_beside(target: str | Path) -> Iterator[Path]:
-    """Write what replaces ``target`` beside it, and swap it in only when the write succeeded.
-
-    Every write of histoexpr that replaces a file or folder goes through this: the ``with``
-    block writes to the path it is given (a hidden name in ``target``'s folder); when the block
-    ends without an error, that path replaces ``target`` (:func:`swap_into_place`). An error or
-    a kill inside the block leaves ``target`` as it was, and the partial write is removed.
-    """
-    import shutil
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_path(target)
-    try:
-        yield temporary
-        swap_into_place(temporary, target)
-    finally:
-        if temporary.is_dir() and not temporary.is_symlink():
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary.exists() or temporary.is_symlink():
-            temporary.unlink()

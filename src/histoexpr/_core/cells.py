@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._labels import integer_labels
-from ._utils import logger
+from .labels import integer_labels
+from .logs import logger
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -81,7 +81,7 @@ def _polygon_raster(sdata, cells: str, origin, step: float, shape):
 
 
 def _label_raster(sdata, cells: str, origin, step: float, shape):
-    from ._image import read_region
+    from .image import read_region
 
     height, width = shape
     bounds = (origin[0], origin[1], origin[0] + width * step, origin[1] + height * step)
@@ -141,7 +141,7 @@ def cell_features(sdata: SpatialData, cells: str, image_key: str,
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    from ._image import read_region, to_unit_float
+    from .image import read_region, to_unit_float
 
     pixels = to_unit_float(np.asarray(read_region(sdata, image_key, bounds, mpp=mpp)))
     maps = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._utils import logger
+from .logs import logger
 
 
 def integer_labels(array: np.ndarray, what: str = "label image") -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._image import image_levels
+from .image import image_levels
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ._memory import available_memory, check_memory
-from ._validate import check_choice, check_positive
+from .memory import available_memory, check_memory
+from .validate import check_choice, check_positive
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -1,10 +1,4 @@
-"""Building blocks shared by the readers: files, images in micrometres, spots and their table.
-
-Every reader builds its elements here, through the spatialdata models' ``parse``, so that all
-of them keep the same conventions (see ``docs/design.md``): images carry a
-``Scale(mpp)`` transformation to ``"global"`` (micrometres), spots are circles in micrometres
-and the spot table holds raw counts in ``X`` and ``layers["counts"]``.
-"""
+"""Building blocks of the readers: files, images in micrometres, spots and their table."""
 
 from __future__ import annotations
 
@@ -14,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import logger
-from ._validate import check_positive
+from .._core.elements import COORDINATE_SYSTEM, scale_to_global
+from .._core.logs import logger
+from .._core.validate import check_positive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,12 +18,15 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from geopandas import GeoDataFrame
 
-    from ._core.records import TileRecord
 
-COORDINATE_SYSTEM = "global"
+
 #: readers build pyramid levels until the coarsest side is at most this many pixels
 PYRAMID_MIN_SIDE = 2048
+
+
 CHUNK_PX = 1024
+
+
 RGB_CHANNELS = ("r", "g", "b")
 
 
@@ -50,20 +48,6 @@ def check_mpp(mpp: float, what: str = "mpp") -> float:
     except (TypeError, ValueError):
         value = mpp  # check_positive names the parameter and the type
     return check_positive(what, value, unit="um/px")
-
-
-def scale_to_global(mpp: float, offset_x: float = 0.0, offset_y: float = 0.0) -> dict:
-    """The transformation to ``"global"`` of a raster at ``mpp`` um/px with its corner at an offset.
-
-    ``{"global": Scale([mpp, mpp])}``, followed by a translation by the offset (um) if not zero.
-    """
-    from spatialdata import transformations
-
-    scale = transformations.Scale([mpp, mpp], axes=("y", "x"))
-    if offset_x == 0 and offset_y == 0:
-        return {COORDINATE_SYSTEM: scale}
-    shift = transformations.Translation([offset_x, offset_y], axes=("x", "y"))
-    return {COORDINATE_SYSTEM: transformations.Sequence([scale, shift])}
 
 
 def channel_names(n_channels: int, single_name: str = "c0") -> list[str]:
@@ -497,28 +481,3 @@ def spot_elements(
     adata.obsm["spatial"] = centres_um
     table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
     return shapes, table
-
-
-def square_shapes(boxes: np.ndarray, tile_ids: np.ndarray):
-    """Square polygons (um, identity to ``"global"``) indexed by tile id."""
-    import geopandas as gpd
-    import shapely
-    from spatialdata.models import ShapesModel
-    from spatialdata.transformations import Identity
-
-    geometry = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
-    frame = gpd.GeoDataFrame(geometry=geometry, index=tile_ids)
-    return ShapesModel.parse(frame, transformations={COORDINATE_SYSTEM: Identity()})
-
-
-def tile_table(obs, centres: np.ndarray, region: str, record: TileRecord):
-    """The AnnData annotating the tiles, with ``uns["tiles"]`` from their record."""
-    import anndata as ad
-    import pandas as pd
-    from spatialdata.models import TableModel
-
-    obs = obs.copy()
-    obs["region"] = pd.Categorical([region] * len(obs))
-    table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
-                       uns={"tiles": record.to_uns()})
-    return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")

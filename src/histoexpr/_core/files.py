@@ -1,0 +1,73 @@
+"""Writes that replace something: written beside the target, swapped in at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+#: the name part of a temporary file or folder written beside what it will replace
+PARTIAL = "partial-"
+
+
+def partial_path(target: str | Path, what: str = "new") -> Path:
+    """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic).
+
+    It ends in ``target``'s suffix, for writers that choose the format by it.
+    """
+    import uuid
+
+    target = Path(target)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
+    return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
+                            f"{target.suffix}")
+
+
+def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) -> None:
+    """Rename ``source`` to ``target``; an older ``target`` is moved aside first, then deleted.
+
+    A file is replaced by one ``os.replace``. A folder (which ``os.replace`` cannot replace
+    when it holds anything) is moved aside to ``aside``, the new one renamed into place and the
+    old one deleted; if the second rename fails, the old one is put back. Either way, a run
+    killed at any moment leaves the old content or the new one under ``target``.
+    """
+    import os
+    import shutil
+
+    source, target = Path(source), Path(target)
+    if not target.is_dir() or target.is_symlink():
+        os.replace(source, target)
+        return
+    old = partial_path(target, "old") if aside is None else aside
+    os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        if not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def written_beside(target: str | Path) -> Iterator[Path]:
+    """Write what replaces ``target`` beside it, and swap it in only when the write succeeded.
+
+    Every write of histoexpr that replaces a file or folder goes through this: the ``with``
+    block writes to the path it is given (a hidden name in ``target``'s folder); when the block
+    ends without an error, that path replaces ``target`` (:func:`swap_into_place`). An error or
+    a kill inside the block leaves ``target`` as it was, and the partial write is removed.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(target)
+    try:
+        yield temporary
+        swap_into_place(temporary, target)
+    finally:
+        if temporary.is_dir() and not temporary.is_symlink():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists() or temporary.is_symlink():
+            temporary.unlink()
