@@ -89,6 +89,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("io.read_transcripts", "pixel_size"): "um per unit of the table's x/y, not an image's "
                                            "pixel size; rename to a clearer name is pending",
     ("io.read_cell_boundaries", "pixel_size"): "as io.read_transcripts",
+    ("tl.BenchmarkResult", "sections"): "a result's table of scores per held-out section, not "
+                                        "the data a function takes",
 }
 
 

@@ -26,6 +26,8 @@ SLOW: dict[str, float] = {
     # the two slowest of the fast tier in its first timed run (load about 3), moved out for margin
     "test_pretrain.py::test_probe_scores_classes_and_continuous_targets_on_held_out_groups": 9.5,
     "test_spot_auto.py::test_a_cnn_encoder_file_travels_inside_the_model": 12.6,
+    # measured on the whole suite (load about 1, 2 processes)
+    "test_spot_benchmark.py::test_peer_and_heads_are_rows_of_the_same_run": 11.9,
     # measured on the whole suite (load about 15)
     "test_cell_morphology.py::"
     "test_a_second_stain_that_carries_the_class_improves_held_out_cells": 25.0,
@@ -141,6 +143,7 @@ DOCTESTS_KEPT_OUT: dict[str, str] = {
     "histoexpr.pp._stain.stain_reference": "uses sections it does not make",
     "histoexpr.pp._transcript_labels.transcript_labels": "uses a section `sdata` it does not make",
     "histoexpr.tl._api.fit": "uses sections it does not make",
+    "histoexpr.tl._spot._benchmark.benchmark": "uses sections it does not make",
     "histoexpr.tl._api.predict_options": "uses `hx`, which its module does not import",
     "histoexpr.tl._features._embed_cohort.embed_cohort": "all lines marked +SKIP",
     "histoexpr.tl._metrics._segmentation_metrics.label_metrics": "uses a section it does not make",
