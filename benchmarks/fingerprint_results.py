@@ -69,6 +69,7 @@ def fingerprint() -> dict:
         record(out, f"embed.{i}", sdata.tables["he_tiles_table"].obsm["X_handcrafted"])
     cohort.bulk.obs["patient"] = [f"p{i // 2}" for i in range(8)]
     for name, options in (("abmil", {"epochs": 5, "val_fraction": 0, "seed": 0,
+                                     "attention_entropy": 0.0,
                                      "batch_size": 2}), ("meanpool_ridge", {})):
         result = hx.tl.cross_validate(cohort, model=name, genes=["EPCAM", "KRT8"],
                                       groups="patient", n_folds=2, key_added=f"cv_{name}",
