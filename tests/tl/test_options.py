@@ -15,6 +15,7 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
 
 import histoexpr as hx
 from histoexpr.tl._api import predict_options
@@ -60,12 +61,16 @@ def test_every_option_is_documented_typed_and_keyword_only(name):
 def test_shared_training_options_are_defined_once():
     names = {f.name for f in dataclasses.fields(TrainingOptions)}
     assert {"epochs", "batch_size", "lr", "val_fraction", "seed", "device"} <= names
-    for cls in OPTIONS.values():
+    classes = [v for cls in OPTIONS.values() for v in cls._variants()]
+    for cls in classes:
         for field in dataclasses.fields(cls):
             if field.name in SHARED_DOCS and f"\n{field.name}\n" not in (cls.__doc__ or ""):
                 pytest.fail(f"{cls.__name__}.{field.name} is not documented")
-    gradient = [c for c in OPTIONS.values() if issubclass(c, TrainingOptions)]
+    gradient = [c for c in classes if issubclass(c, TrainingOptions)]
     assert {c.model for c in gradient} == {"patch_classifier", "abmil", "spot_regressor"}
+    # the spot regressor's routes trained by gradient descent, and only those
+    assert {c.__name__ for c in gradient if c.model == "spot_regressor"} == {
+        "MLPRouteOptions", "CNNRouteOptions", "AutoRouteOptions"}
 
 
 def test_help_of_fit_shows_every_option_of_every_model():
@@ -105,7 +110,9 @@ def test_unknown_option_names_the_model_and_its_options():
         hx.tl.PatchClassifierOptions(val_fraction=0)
     with pytest.raises(ValueError, match="'mlp' route cannot train without a validation split"):
         hx.tl.SpotRegressorOptions(route="mlp", val_fraction=0)
-    assert hx.tl.SpotRegressorOptions(route="ridge", val_fraction=0).val_fraction == 0
+    with pytest.raises(ValueError, match="val_fraction is an option of routes 'mlp', 'cnn', "
+                                         "'auto'.*route='ridge'.*Drop val_fraction"):
+        hx.tl.SpotRegressorOptions(route="ridge", val_fraction=0)  # the ridge has no split
     with pytest.raises(ValueError, match="n_folds"):
         hx.tl.CellMorphologyOptions(n_folds=1)
 
@@ -134,7 +141,8 @@ def test_options_object_replaces_fields_and_is_stored_in_the_model():
     changed = options_for(base, n_members=2)
     assert (changed.route, changed.n_members, base.n_members) == ("mlp", 2, 3)
     record = changed.record()
-    assert record["n_members"] == 2 and isinstance(record["alphas"], list)
+    assert record["n_members"] == 2 and "alphas" not in record  # the ridge's, not the MLP's
+    assert isinstance(hx.tl.SpotRegressorOptions().record()["alphas"], list)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +174,147 @@ def test_string_and_class_forms_train_the_same_weights(tiny_cohort, tmp_path):
     assert not all(np.array_equal(a.numpy(), b.numpy()) for a, b in
                    zip(with_other_seed.state_dict().values(), by_name.state_dict().values(),
                        strict=True))
+
+
+#: the fields of the spot regressor's one options class before it was split by route
+OLD_SPOT_FIELDS = (
+    "seed", "device", "epochs", "batch_size", "lr", "val_fraction", "genes", "gene_flavor",
+    "route", "encoder", "features_key", "image_key", "spots_key", "table_key", "tiles_key",
+    "size_um", "mpp", "context_um", "standardise_sections", "n_components", "alphas", "arch",
+    "hidden", "n_members", "candidates", "ssl_encoder", "pretrain_tiles_key", "pretrain_epochs",
+    "subspot_um", "calibrate")
+
+SHARED_SPOT = {"seed", "device", "genes", "gene_flavor", "route", "image_key", "spots_key",
+               "table_key", "tiles_key", "size_um", "mpp", "batch_size"}
+ON_FEATURES = {"ssl_encoder", "pretrain_tiles_key", "pretrain_epochs", "calibrate"}
+ON_ENCODER = ON_FEATURES | {"encoder", "features_key", "context_um", "standardise_sections"}
+#: route -> the options its class adds to the shared inputs (those the route reads)
+ROUTE_FIELDS = {
+    "ridge": ON_ENCODER | {"n_components", "alphas", "subspot_um"},
+    "mlp": ON_ENCODER | {"hidden", "n_members", "epochs", "lr", "val_fraction"},
+    "cnn": {"arch", "epochs", "lr", "val_fraction"},
+    "auto": ON_FEATURES | {"candidates", "alphas", "hidden", "n_members", "epochs", "lr",
+                           "val_fraction"},
+}
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_each_spot_route_class_holds_only_its_options_and_none_is_lost():
+    from histoexpr.tl._spot._options import ROUTE_OPTIONS
+
+    assert _names(hx.tl.SpotRegressorOptions) == SHARED_SPOT
+    classes = {"ridge": hx.tl.RidgeRouteOptions, "mlp": hx.tl.MLPRouteOptions,
+               "cnn": hx.tl.CNNRouteOptions, "auto": hx.tl.AutoRouteOptions}
+    assert ROUTE_OPTIONS == classes
+    for route, cls in classes.items():
+        assert _names(cls) == SHARED_SPOT | ROUTE_FIELDS[route], route
+        assert issubclass(cls, hx.tl.SpotRegressorOptions) and cls().route == route
+        doc = inspect.getdoc(cls)
+        for name in _names(cls):  # each option documented in its route's class
+            assert f"\n{name}\n    " in doc, (route, name)
+    assert "\nhidden\n" not in inspect.getdoc(hx.tl.CNNRouteOptions)
+    # nothing lost: every option of the one class of before belongs to a route's class, with
+    # the same default
+    union = set().union(*(_names(c) for c in classes.values()))
+    assert set(OLD_SPOT_FIELDS) == union
+    assert hx.tl.SpotRegressorOptions._all_options() == list(
+        dict.fromkeys([*_names_in_order(hx.tl.SpotRegressorOptions),
+                       *(n for c in classes.values() for n in _names_in_order(c))]))
+    defaults = {"epochs": 30, "lr": 0.001, "val_fraction": 0.15, "batch_size": 32,
+                "hidden": 256, "n_members": 1, "arch": "small_cnn", "calibrate": True,
+                "encoder": "handcrafted", "genes": 50, "size_um": 112.0}
+    for cls in classes.values():
+        for name, value in defaults.items():
+            if name in _names(cls):
+                assert getattr(cls(), name) == value, (cls.__name__, name)
+
+
+def _names_in_order(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@bad_input("silently wrong", "an option of another spot-regressor route (`route='cnn', "
+           "hidden=64`; `route='ridge', epochs=5`): ignored before",
+           says="ValueError at options construction: `hidden is an option of routes 'mlp', "
+                "'auto' of the spot regressor; route='cnn' (CNNRouteOptions) does not read "
+                "it. Drop hidden, or pass route='mlp'.`",
+           fix="drop the option, or pass a route that reads it (the message names them)",
+           match="hidden is an option of routes 'mlp', 'auto'")
+def test_an_option_of_another_route_is_refused_naming_the_routes_that_read_it():
+    with pytest.raises(ValueError, match="hidden is an option of routes 'mlp', 'auto' of the "
+                                         "spot regressor; route='cnn'.*Drop hidden, or pass "
+                                         "route='mlp'"):
+        hx.tl.SpotRegressorOptions(route="cnn", hidden=64)
+    with pytest.raises(ValueError, match="epochs is an option of routes 'mlp', 'cnn', 'auto'.*"
+                                         "route='ridge'"):
+        hx.tl.fit({}, model="spot_regressor", route="ridge", epochs=5)
+    with pytest.raises(ValueError, match="arch is an option of route 'cnn'"):
+        hx.tl.MLPRouteOptions(arch="resnet18")  # the route classes refuse alike
+    with pytest.raises(ValueError, match="candidates is an option of route 'auto'"):
+        dataclasses.replace(hx.tl.RidgeRouteOptions(), candidates={"head": ["mlp"]})
+    with pytest.raises(ValueError, match="MLPRouteOptions is the options of route='mlp', not "
+                                         "route='cnn'"):
+        hx.tl.MLPRouteOptions(route="cnn")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hiden'"):
+        hx.tl.SpotRegressorOptions(route="mlp", hiden=64)  # a name of no route: the usual error
+
+
+def test_the_spot_options_constructor_replace_and_record_work_as_before():
+    options = hx.tl.SpotRegressorOptions(route="mlp", hidden=64, genes=["EPCAM"])
+    assert type(options) is hx.tl.MLPRouteOptions and options.hidden == 64
+    assert isinstance(options, hx.tl.SpotRegressorOptions)
+    assert type(hx.tl.SpotRegressorOptions()) is hx.tl.RidgeRouteOptions  # the default route
+    for route in ("ridge", "mlp", "cnn", "auto"):
+        assert isinstance(hx.tl.SpotRegressorOptions(route=route), hx.tl.SpotRegressorOptions)
+    copied = dataclasses.replace(options, genes=["KRT8", "PTPRC"])  # as hx.tl.benchmark does
+    assert type(copied) is hx.tl.MLPRouteOptions and copied.hidden == 64
+    assert copied.genes == ["KRT8", "PTPRC"]
+    record = options.record()
+    assert record["route"] == "mlp" and record["hidden"] == 64 and "arch" not in record
+    assert hx.tl.SpotRegressorOptions(**record) == options  # a record builds the options again
+    assert options_for("spot_regressor", **record) == options
+    # a new route through options_for keeps the options that route reads
+    cnn = options_for(options, route="cnn", epochs=2)
+    assert type(cnn) is hx.tl.CNNRouteOptions and cnn.genes == ["EPCAM"] and cnn.epochs == 2
+    with pytest.warns(FutureWarning, match="'patch_um' is deprecated"):
+        assert options_for("spot_regressor", route="cnn", patch_um=56.0).size_um == 56.0
+    assert inspect.signature(hx.tl.MLPRouteOptions).parameters["route"].default == "mlp"
+
+
+def test_help_of_fit_lists_every_option_of_every_spot_route():
+    text = _help(hx.tl.fit)
+    for name in OLD_SPOT_FIELDS:
+        assert f"    {name} : " in text, name
+    for cls in ("RidgeRouteOptions", "MLPRouteOptions", "CNNRouteOptions", "AutoRouteOptions"):
+        assert cls in text
+
+
+def test_fit_dispatches_on_the_class_of_the_spot_options(monkeypatch, synthetic):
+    from histoexpr.tl._spot import _spot_regressor
+
+    section = synthetic(seed=0, size_um=300, spot_pitch_um=40, spot_diameter_um=35)
+    called = []
+
+    class Stub:
+        metadata: dict = {}
+
+    def stub(name):
+        def run(*args, **kwargs):
+            called.append(name)
+            return Stub(), {}
+        return run
+
+    for name in ("_fit_head", "_fit_cnn", "_fit_searched", "_fit_subspot"):
+        monkeypatch.setattr(_spot_regressor, name, stub(name))
+    cases = [({"route": "ridge"}, "_fit_head"), ({"route": "mlp"}, "_fit_head"),
+             ({"route": "cnn"}, "_fit_cnn"), ({"route": "auto"}, "_fit_searched"),
+             ({"route": "ridge", "encoder": "random_cnn"}, "_fit_searched"),
+             ({"route": "ridge", "subspot_um": 28.0, "size_um": 56.0}, "_fit_subspot")]
+    for options, expected in cases:
+        options = hx.tl.SpotRegressorOptions(genes=["EPCAM"], mpp=2.0, **{"size_um": 56.0,
+                                                                          **options})
+        _spot_regressor.fit({"a": section}, options)
+        assert called[-1] == expected, options

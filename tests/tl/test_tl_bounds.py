@@ -13,7 +13,7 @@ import histoexpr as hx
 @pytest.mark.parametrize(("model", "options"), [
     ("meanpool_ridge", {"alphas": [float("nan")]}),
     ("spot_regressor", {"alphas": [1.0, float("inf")]}),
-    ("spot_regressor", {"candidates": {"lr": [1e-3, float("nan")]}}),
+    ("spot_regressor", {"route": "auto", "candidates": {"lr": [1e-3, float("nan")]}}),
     ("abmil", {"dropout": float("nan")}),
     ("meanpool_logistic", {"Cs": [0.1, -1.0]}),
 ])

@@ -250,28 +250,29 @@ def test_the_options_base_class_is_not_a_model():
 @bad_input("silently wrong", "spot-regressor options that cannot train together "
            "(`route='cnn'` with `context_um` or `n_components`; `candidates` without "
            "`route='auto'`)",
-           says="ValueError at options construction: `context_um and standardise_sections "
-                "apply to the head routes ('ridge', 'mlp'); for the CNN route give a larger "
-                "size_um.`",
+           says="ValueError at options construction: `context_um is an option of routes "
+                "'ridge', 'mlp' of the spot regressor; route='cnn' (CNNRouteOptions) does not "
+                "read it. Drop context_um, or pass route='ridge'. The CNN route learns from the "
+                "patch alone: give a larger size_um.`",
            fix="the fix the message names (here: drop context_um, or use a head route)",
-           match="context_um and standardise_sections apply to the head routes")
+           match="context_um is an option of routes 'ridge', 'mlp'")
 def test_spot_options_that_cannot_train_together_fail_at_construction():
-    with pytest.raises(ValueError, match="context_um and standardise_sections apply to the "
-                                         "head routes"):
+    with pytest.raises(ValueError, match="context_um is an option of routes 'ridge', 'mlp'.*"
+                                         "give a larger size_um"):
         hx.tl.SpotRegressorOptions(route="cnn", context_um=300, n_components=5)
-    with pytest.raises(ValueError, match="n_components .* applies to route='ridge'.*drop "
+    with pytest.raises(ValueError, match="n_components is an option of route 'ridge'.*Drop "
                                          "n_components"):
         hx.tl.SpotRegressorOptions(route="cnn", n_components=5)
-    with pytest.raises(ValueError, match="candidates are the grid of route='auto'"):
+    with pytest.raises(ValueError, match="candidates is an option of route 'auto'"):
         hx.tl.SpotRegressorOptions(route="ridge", candidates={"head": ["ridge"]})
     with pytest.raises(ValueError, match="route='auto' chooses the encoder"):
         hx.tl.SpotRegressorOptions(route="auto", context_um=300)
     with pytest.raises(ValueError, match="n_components applies to named encoders"):
         hx.tl.SpotRegressorOptions(route="ridge", encoder="ssl", n_components=5)
-    with pytest.raises(ValueError, match="subspot_um trains an additive ridge head"):
+    with pytest.raises(ValueError, match="subspot_um is an option of route 'ridge'"):
         hx.tl.SpotRegressorOptions(route="mlp", subspot_um=56.0)
     with pytest.raises(ValueError, match="meanpool_logistic classifies"):
         hx.tl.MeanPoolLogisticOptions(task="regression")
     base = hx.tl.SpotRegressorOptions(route="cnn")
-    with pytest.raises(ValueError, match="context_um and standardise_sections"):
+    with pytest.raises(ValueError, match="context_um is an option of routes 'ridge', 'mlp'"):
         dataclasses.replace(base, context_um=300)  # a copy is checked too

@@ -325,11 +325,19 @@ def _fit_options_doc() -> str:
     blocks = ["Options of each model: the fields of its options class (``hx.tl.<Class>``), "
               "with their defaults."]
     for name, cls in OPTIONS.items():
-        docs = _parameters_section(cls.__doc__ or "")
         lines = [f'**model="{name}"** (:class:`~histoexpr.tl.{cls.__name__}`)', ""]
-        for field in dataclasses.fields(cls):
-            lines.append(_entry(field.name, str(field.type), repr(field.default),
-                                docs.get(field.name, "")))
+        listed: set[str] = set()
+        for variant in cls._variants():  # a model with one class per route: each route's own
+            docs = _parameters_section(variant.__doc__ or "")
+            fields = [f for f in dataclasses.fields(variant) if f.name not in listed]
+            if variant is not cls:
+                route = variant.__dataclass_fields__["route"].default
+                lines += ["", f'route="{route}" adds (:class:`~histoexpr.tl.{variant.__name__}`):',
+                          ""]
+            for field in fields:
+                listed.add(field.name)
+                lines.append(_entry(field.name, str(field.type), repr(field.default),
+                                    docs.get(field.name, "")))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -179,6 +179,20 @@ class ModelOptions:
         for name, choices in _choices(type(self)).items():
             check_choice(name, getattr(self, name), choices)
 
+    @classmethod
+    def _variants(cls) -> list[type[ModelOptions]]:
+        """The classes of the model's options: itself, or its base and one class per variant."""
+        return [cls]
+
+    @classmethod
+    def _all_options(cls) -> list[str]:
+        """Every option name the model takes (of all its variants' classes)."""
+        return list(dict.fromkeys(f.name for c in cls._variants() for f in dataclasses.fields(c)))
+
+    def _replaced(self, **overrides: Any) -> ModelOptions:
+        """A copy with ``overrides`` set, checked again."""
+        return dataclasses.replace(self, **overrides)
+
     def kwargs(self) -> dict[str, Any]:
         """The options by name (the values themselves, not copies)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -240,11 +254,11 @@ def options_for(model: ModelOptions | type[ModelOptions], **overrides: Any) -> M
     base = model if isinstance(model, ModelOptions) else None
     cls = type(model) if base is not None else model
     overrides = apply_renames(cls.renamed, overrides, owner=cls.__name__, stacklevel=4)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    valid = cls._all_options()
     unknown = [key for key in overrides if key not in valid]
     if unknown:
         close = difflib.get_close_matches(unknown[0], valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise TypeError(f"{unknown[0]!r} is not an option of model {cls.model!r}.{hint} Its "
                         f"options ({cls.__name__}) are: {', '.join(valid)}.")
-    return dataclasses.replace(base, **overrides) if base is not None else cls(**overrides)
+    return base._replaced(**overrides) if base is not None else cls(**overrides)

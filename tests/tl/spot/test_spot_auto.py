@@ -219,7 +219,7 @@ def test_ssl_encoder_is_pretrained_inside_fit_on_the_training_sections(trio):
 
 
 def test_the_default_grid_is_the_one_documented():
-    doc = " ".join(hx.tl.SpotRegressorOptions.__doc__.split())
+    doc = " ".join(hx.tl.AutoRouteOptions.__doc__.split())  # candidates: the auto route's
     for option, values in _spot_auto.AUTO_GRID.items():
         assert f'"{option}": [' in doc
         for value in values:

@@ -16,7 +16,14 @@ import numpy as np
 
 from ..._core.logs import logger
 from .._sections import as_sections
-from ._options import SpotRegressorOptions
+from ._options import (
+    AutoRouteOptions,
+    CNNRouteOptions,
+    RidgeRouteOptions,
+    SpotRegressorOptions,
+    _EncoderRouteOptions,
+    _HeadRouteOptions,
+)
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
@@ -119,7 +126,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     """
     from ...pp import select_genes
 
-    if options.route in ("ridge", "mlp"):  # needs the encoders (torch): checked here, while
+    if isinstance(options, _EncoderRouteOptions):  # the encoders need torch: checked here,
         _refuse_random_encoder(options.encoder)  # the options class checks the other rules
     size_um = options.size_um
     sections = as_sections(data)
@@ -139,55 +146,25 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
                 "size_um": float(size_um), "mpp": float(mpp), "image_key": options.image_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
-    encoder = options.encoder
-    network_encoder = isinstance(encoder, str) and encoder in ("ssl", "random_cnn")
-    if options.subspot_um is not None:
-        from ._subspot import fit_subspot
-
-        network, extra = fit_subspot(
-            prepared, subspot_um=options.subspot_um, size_um=size_um, mpp=mpp,
-            image_key=options.image_key, encoder=encoder,
-            standardise=options.standardise_sections, context_um=options.context_um,
-            alphas=options.alphas, n_components=options.n_components,
-            batch_size=options.batch_size, device=options.device)
-    elif options.route == "auto" or (options.route in ("ridge", "mlp") and network_encoder):
-        from ._spot_auto import fit_auto
-
-        candidates = options.candidates
-        if options.route != "auto":  # one configuration, no search
-            candidates = {"encoder": [encoder], "stain": ["none"],
+    match options:  # the route is the options' class
+        case RidgeRouteOptions(subspot_um=subspot_um) if subspot_um is not None:
+            network, extra = _fit_subspot(prepared, options, mpp)
+        case AutoRouteOptions():
+            network, extra = _fit_searched(prepared, chosen, options, mpp, options.candidates)
+        case _EncoderRouteOptions() if options.network_encoder:  # one configuration, no search
+            candidates = {"encoder": [options.encoder], "stain": ["none"],
                           "standardise_sections": [options.standardise_sections],
                           "context_um": [options.context_um], "target": ["log1p"],
                           "head": [options.route]}
-        network, extra = fit_auto(
-            prepared, chosen, candidates=candidates, tiles_key=options.tiles_key,
-            image_key=options.image_key, mpp=mpp, ssl_encoder=options.ssl_encoder,
-            pretrain_tiles_key=options.pretrain_tiles_key,
-            pretrain_epochs=options.pretrain_epochs,
-            options={"alphas": options.alphas, "hidden": options.hidden,
-                     "n_members": options.n_members, "epochs": options.epochs,
-                     "lr": options.lr, "batch_size": options.batch_size,
-                     "val_fraction": options.val_fraction, "device": options.device,
-                     "seed": options.seed, "calibrate": options.calibrate})
-        if options.route != "auto":
+            network, extra = _fit_searched(prepared, chosen, options, mpp, candidates)
             extra["route"] = options.route
-    elif options.route == "cnn":
-        from ._spot_training import fit_cnn
-
-        at_mpp = [replace(p, sdata=_tiles_at(p.sdata, options.tiles_key, size_um=size_um,
-                                             mpp=mpp)) for p in prepared]
-        network, extra = fit_cnn(at_mpp, tiles_key=options.tiles_key,
-                                 image_key=options.image_key, n_genes=len(chosen),
-                                 arch=options.arch, epochs=options.epochs, lr=options.lr,
-                                 batch_size=options.batch_size,
-                                 val_fraction=options.val_fraction, device=options.device,
-                                 seed=options.seed)
-        extra["normalisation"] = CNN_NORMALISATION
-        extra["calibration"] = {"available": False, "reason": "the 'cnn' route keeps no "
-                                "calibration (guard, intervals, inner scores); train a head "
-                                "route ('ridge', 'mlp' or 'auto') to have one"}
-    else:
-        network, extra = _fit_head(prepared, options, metadata)
+        case CNNRouteOptions():
+            network, extra = _fit_cnn(prepared, chosen, options, mpp)
+        case _EncoderRouteOptions():
+            network, extra = _fit_head(prepared, options, metadata)
+        case _:
+            raise TypeError(f"{type(options).__name__} is no route of the spot regressor; "
+                            "pass hx.tl.SpotRegressorOptions(route=...).")
     metadata.update(extra)
     network.metadata = metadata
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
@@ -195,7 +172,57 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     return network
 
 
-def _fit_head(prepared, options: SpotRegressorOptions, metadata: dict) -> tuple[Network, dict]:
+def _fit_subspot(prepared, options: RidgeRouteOptions, mpp: float) -> tuple[Network, dict]:
+    """Route ``"ridge"`` below the spot (``subspot_um``)."""
+    from ._subspot import fit_subspot
+
+    return fit_subspot(
+        prepared, subspot_um=options.subspot_um, size_um=options.size_um, mpp=mpp,
+        image_key=options.image_key, encoder=options.encoder,
+        standardise=options.standardise_sections, context_um=options.context_um,
+        alphas=options.alphas, n_components=options.n_components,
+        batch_size=options.batch_size, device=options.device)
+
+
+#: the options of the search's heads (each head reads its own; a route passes those it has)
+_SEARCH_OPTIONS = ("alphas", "hidden", "n_members", "epochs", "lr", "batch_size", "val_fraction",
+                   "device", "seed", "calibrate")
+
+
+def _fit_searched(prepared, chosen, options: _HeadRouteOptions, mpp: float,
+                  candidates) -> tuple[Network, dict]:
+    """Route ``"auto"``, and the head routes on a CNN encoder trained inside ``fit``."""
+    from ._spot_auto import fit_auto
+
+    return fit_auto(
+        prepared, chosen, candidates=candidates, tiles_key=options.tiles_key,
+        image_key=options.image_key, mpp=mpp, ssl_encoder=options.ssl_encoder,
+        pretrain_tiles_key=options.pretrain_tiles_key,
+        pretrain_epochs=options.pretrain_epochs,
+        options={name: getattr(options, name) for name in _SEARCH_OPTIONS
+                 if hasattr(options, name)})
+
+
+def _fit_cnn(prepared, chosen, options: CNNRouteOptions, mpp: float) -> tuple[Network, dict]:
+    """Route ``"cnn"``: a SpotCNN trained end to end on the patches."""
+    from ._spot_training import fit_cnn
+
+    at_mpp = [replace(p, sdata=_tiles_at(p.sdata, options.tiles_key, size_um=options.size_um,
+                                         mpp=mpp)) for p in prepared]
+    network, extra = fit_cnn(at_mpp, tiles_key=options.tiles_key, image_key=options.image_key,
+                             n_genes=len(chosen), arch=options.arch, epochs=options.epochs,
+                             lr=options.lr, batch_size=options.batch_size,
+                             val_fraction=options.val_fraction, device=options.device,
+                             seed=options.seed)
+    extra["normalisation"] = CNN_NORMALISATION
+    extra["calibration"] = {"available": False, "reason": "the 'cnn' route keeps no "
+                            "calibration (guard, intervals, inner scores); train a head "
+                            "route ('ridge', 'mlp' or 'auto') to have one"}
+    return network, extra
+
+
+def _fit_head(prepared, options: _EncoderRouteOptions,
+              metadata: dict) -> tuple[Network, dict]:
     """Routes ``"ridge"`` and ``"mlp"`` on the features of a named encoder (or a model file)."""
     from ._spot_training import fit_mlp, fit_ridge
 
@@ -228,7 +255,7 @@ def _fit_head(prepared, options: SpotRegressorOptions, metadata: dict) -> tuple[
                      "standardise_sections": options.standardise_sections})
 
     def train(x, y):
-        if options.route == "ridge":
+        if isinstance(options, RidgeRouteOptions):
             return fit_ridge(x, y, alphas=options.alphas, n_components=options.n_components)
         return fit_mlp(x, y, hidden=options.hidden, n_members=options.n_members,
                        epochs=options.epochs, lr=options.lr, batch_size=options.batch_size,
