@@ -148,7 +148,7 @@ def synthetic_cohort_copy(n_slides: int, **kwargs):
 @pytest.fixture(scope="session")
 def synthetic():
     """``synthetic(**kwargs)``: a copy of ``hx.datasets.synthetic_section(**kwargs)``, built once
-    (see synthetic_copy); in session scope, so module-scoped fixtures can use it too."""
+    (see synthetic_copy); kept for the whole test run, so module-scoped fixtures can use it too."""
     return synthetic_copy
 
 

@@ -47,7 +47,6 @@ ALLOWED = (
     r"scope\s*=\s*[\"']session[\"']",  # pytest fixtures
     r"session[-_]info",  # the session-info package
     r"(?:python|jupyter|ipython|interactive|dask|napari|a later|another|the user's) sessions?\b",
-    r"\bsessions? scope",
 )
 
 
