@@ -163,3 +163,15 @@ def synthetic_cohort():
     """``synthetic_cohort(n_slides, **kwargs)``: a copy of the once-built
     ``hx.datasets.synthetic_cohort(n_slides, **kwargs)`` (see synthetic_cohort_copy)."""
     return synthetic_cohort_copy
+
+
+@pytest.fixture(scope="module")
+def two_sections(synthetic):
+    """Two small synthetic sections whose H&E is under ``"img"`` (as read with image_key="img")."""
+    sections = {}
+    for seed, name in enumerate("ab"):
+        section = synthetic(seed=seed, size_um=300, spot_pitch_um=40, spot_diameter_um=30)
+        section.images["img"] = section.images["he"]
+        del section.images["he"]
+        sections[name] = section
+    return sections

@@ -10,17 +10,6 @@ from _catalogue import bad_input
 import histoexpr as hx
 
 
-@pytest.fixture(scope="module")
-def two_sections(synthetic):
-    sections = {}
-    for seed, name in enumerate("ab"):
-        section = synthetic(seed=seed, size_um=300, spot_pitch_um=40, spot_diameter_um=30)
-        section.images["img"] = section.images["he"]  # as read with image_key="img"
-        del section.images["he"]
-        sections[name] = section
-    return sections
-
-
 @bad_input("obscure error", "`hx.pp.select_genes(sdata, n_top=50)` (the SpatialData, as the "
            "other pp steps take it, instead of its spot table)",
            says="TypeError: select_genes takes spot tables (AnnData), got SpatialData. Pass the "

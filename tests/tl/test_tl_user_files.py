@@ -45,17 +45,6 @@ def test_ridge_on_too_few_spots_to_score_says_so(caplog):
     assert "No inner fold could score the ridge penalties (3 spots" in caplog.text
 
 
-@pytest.fixture(scope="module")
-def two_sections(synthetic):
-    sections = {}
-    for seed, name in enumerate("ab"):
-        section = synthetic(seed=seed, size_um=300, spot_pitch_um=40, spot_diameter_um=30)
-        section.images["img"] = section.images["he"]  # as read with image_key="img"
-        del section.images["he"]
-        sections[name] = section
-    return sections
-
-
 @bad_input("obscure error", "`hx.tl.cross_validate(sections, model='spot_regressor', genes=5)` "
            "(the number of genes named as in hx.tl.fit)",
            says="TypeError: cross_validate chooses the genes inside each fold: pass their number "
