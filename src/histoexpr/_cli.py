@@ -165,10 +165,14 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     options = {"image_key": image_key, "batch_size": batch_size, "device": device,
                "overwrite": overwrite}
     try:
-        hx.tl.predict(model, sdata, **{k: v for k, v in options.items() if k in accepted})
+        result = hx.tl.predict(model, sdata,
+                               **{k: v for k, v in options.items() if k in accepted})
     except (KeyError, ValueError, TypeError) as error:
         raise CannotPredictError(f"the {name} model cannot predict on {image_path}: "
                                  f"{error}") from error
+    guard = _guard_line(result)
+    if guard:
+        logger.info("%s: %s", image_path.name, guard)
     added = sorted(set(_element_names(sdata)) - before)
     attrs = dict(sdata.attrs.get(STORE_MARKER) or {})
     sdata.attrs[STORE_MARKER] = {**attrs, "written_by": WRITTEN_BY, "model": name}
@@ -182,7 +186,19 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         if out.exists() or out.is_symlink():
             check_own_store(out)  # again: nothing may have taken its place meanwhile
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
-    return {"model": name, "image_key": image_key, "added": added}
+    return {"model": name, "image_key": image_key, "added": added, "guard": guard}
+
+
+def _guard_line(result) -> str | None:
+    """The guard's summary of a prediction table in words (``None``: the model has none)."""
+    uns = getattr(result, "uns", None)
+    guard = ((uns or {}).get("prediction") or {}).get("guard") or {}
+    if not guard.get("available"):
+        return None
+    verdict = ("most of it is unlike the training data: the predictions are extrapolations"
+               if guard["warns"] else "within the training data's range")
+    return (f"{guard['fraction_out_of_range']:.0%} of {guard['n_tiles']} tiles out of the "
+            f"training data's range ({verdict}; uns['prediction']['guard'] of the table)")
 
 
 def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | None = None,

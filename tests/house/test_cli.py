@@ -114,6 +114,18 @@ def test_predict_writes_what_the_python_api_predicts(model_file, slide, tmp_path
                  "--mpp", "0.5"]) == EXIT_BAD_INPUT
 
 
+def test_predict_says_how_much_of_the_slide_is_out_of_range(model_file, slide, tmp_path):
+    from histoexpr._cli import run_predict
+
+    out = tmp_path / "pred.zarr"
+    ran = run_predict(model_file, slide, out, mpp=0.5, batch_size=16)
+    guard = sd.read_zarr(out).tables["he_expr_tiles_expression"].uns["prediction"]["guard"]
+    assert guard["available"] and not guard["warns"]  # another section of the same kind
+    assert ran["guard"].startswith(f"{guard['fraction_out_of_range']:.0%} of "
+                                   f"{guard['n_tiles']} tiles out of the training data's range")
+    assert "within the training data's range" in ran["guard"]
+
+
 @pytest.mark.parametrize("case", ["missing model", "foreign model", "unknown kind",
                                   "missing image", "unreadable image", "not zarr", "image key"])
 def test_predict_bad_input_exits_with_a_message(case, model_file, slide, tmp_path, capsys):

@@ -69,6 +69,11 @@ def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
         np.testing.assert_array_equal(np.asarray(stored.X), np.asarray(expected.X))
         np.testing.assert_array_equal(stored.obsm["spatial"], expected.obsm["spatial"])
         assert first.loc[slide_id, "n_tiles"] == stored.n_obs > 10
+        # the slide's guard summary is a row of the frame: the slides to doubt at a glance
+        guard = stored.uns["prediction"]["guard"]
+        assert first.loc[slide_id, "fraction_out_of_range"] == guard["fraction_out_of_range"]
+        assert first.loc[slide_id, "warns"] == guard["warns"]
+        assert guard["fraction_out_of_range"] == stored.obs["out_of_range"].mean()
         # the slide opened from the cohort carries its table and tiles, and scanpy takes it
         opened = cohort[slide_id]
         assert opened.tables[KEY].n_obs == stored.n_obs
@@ -83,6 +88,8 @@ def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
     again = hx.tl.predict(network, cohort_at(slides, tmp_path / "stores"))
     assert (again["status"] == "skipped").all()
     assert again["n_tiles"].tolist() == first["n_tiles"].tolist()
+    columns = ["fraction_out_of_range", "warns"]
+    assert again[columns].equals(first[columns])  # read back from the stores
     assert written == {
         i: os.stat(cohort.store(i).path / "predictions" / KEY).st_mtime_ns for i in cohort.ids
     }

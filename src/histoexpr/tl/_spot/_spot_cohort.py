@@ -103,11 +103,13 @@ def predict_cohort(
             **options,
         }
         if _planned(slide_id, store, record, tiles_key, key_added, overwrite) == "skipped":
+            stored = store.prediction(key_added)
             rows[slide_id] = {
                 "status": "skipped",
-                "n_tiles": int(store.prediction(key_added).n_obs),
+                "n_tiles": int(stored.n_obs),
                 "seconds": 0.0,
                 "worker": None,
+                **guard_columns(stored),
             }
             continue
         tasks.append(
@@ -205,7 +207,21 @@ def _predict_slide(task: dict, model: Network) -> dict:
         "n_tiles": int(table.n_obs),
         "seconds": seconds,
         "worker": socket.gethostname(),
+        **guard_columns(table),
     }
+
+
+def guard_columns(table) -> dict[str, Any]:
+    """The slide's guard summary as columns of the cohort's summary frame.
+
+    ``fraction_out_of_range`` (share of the slide's tiles out of the training data's range) and
+    ``warns`` (whether that share warned); NaN and ``None`` where the model has no guard.
+    """
+    guard = (table.uns.get("prediction") or {}).get("guard") or {}
+    if not guard.get("available"):
+        return {"fraction_out_of_range": float("nan"), "warns": None}
+    return {"fraction_out_of_range": float(guard["fraction_out_of_range"]),
+            "warns": bool(guard["warns"])}
 
 
 def model_fingerprint(model: Network) -> str:

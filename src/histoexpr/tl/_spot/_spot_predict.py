@@ -99,7 +99,9 @@ def predict(
     Returns
     -------
     A cohort: one row per slide (index: slide id) with ``status`` (``"computed"`` or
-    ``"skipped"``), ``n_tiles``, ``seconds`` and ``worker``; the tables are in the stores.
+    ``"skipped"``), ``n_tiles``, ``seconds``, ``worker`` and the slide's guard summary,
+    ``fraction_out_of_range`` and ``warns`` (``uns["prediction"]["guard"]`` of its table: the
+    slides unlike the training data at a glance); the tables are in the stores.
     A section:
     The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
     log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
