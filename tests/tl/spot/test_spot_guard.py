@@ -143,7 +143,7 @@ def test_the_prediction_states_units_genes_training_and_tiles(model, sections, t
     assert "log1p" in record["units"] and record["target_sum"] == 10000.0
     assert record["trained_on"] == model.metadata["trained_on"]
     assert set(record["trained_on"]) == {"a", "b", "c"}
-    assert record["tile_size_um"] == 40.0 and record["mpp"] == 1.0
+    assert record["size_um"] == 40.0 and record["mpp"] == 1.0
     assert record["encoder"] == "handcrafted" and record["encoder_fingerprint"]
     assert "inner_pearson" in table.var
     half = (table.layers["upper"] - table.layers["lower"]) / 2

@@ -178,7 +178,7 @@ def contract(metadata: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "trained_on": dict(metadata.get("trained_on", {})),
         "route": metadata.get("route"),
-        "tile_size_um": float(metadata["size_um"]),
+        "size_um": float(metadata["size_um"]),
         "mpp": float(metadata["mpp"]),
         "encoder": _encoder_label(metadata),
         "encoder_fingerprint": _fingerprint(metadata, features),
