@@ -13,6 +13,12 @@ nearest array position is one not kept (these include tiles on the edge of the t
 ``benchmarks/_data/tissue/`` so that older code reads the same pixels): the IoU of the mask with
 the true tissue and the share of each artefact's pixels inside it.
 
+``mob`` scores the same criterion on the four MOB sections (mouse olfactory bulb, legacy ST,
+low-resolution JPEG H&E; never used to set the method's constants): their alignment tables list
+every array position with the authors' ``selected`` call, so no grid is rebuilt. The spot disc
+of these arrays is not stated with the data, so the centre rule is the primary one there (the
+disc rule with a 55 um spot in brackets).
+
 Run it once per version of histoexpr (``PYTHONPATH`` picks the code), then print the table:
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_tissue.py run --label new
@@ -20,6 +26,7 @@ Run it once per version of histoexpr (``PYTHONPATH`` picks the code), then print
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/old/src nice -n 10 .venv/bin/python \\
         benchmarks/bench_tissue.py run --label old
     .venv/bin/python benchmarks/bench_tissue.py table --labels old new
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_tissue.py mob
 """
 
 from __future__ import annotations
@@ -111,6 +118,39 @@ def artefact_slide(label: str) -> dict:
     return result
 
 
+def mob() -> None:
+    """The spot-selection criterion on the MOB sections (every position listed with its call)."""
+    import _tissue_criterion
+    import pandas as pd
+
+    import histoexpr as hx
+
+    root = DATA / "mob_st"
+    print("| section | um/px | kept / other positions | sensitivity | specificity | (disc rule, "
+          "55 um) | CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for i in range(1, 5):
+        name = f"MOB{i}"
+        alignment = root / f"alignment_table_{name}.tsv"
+        sdata = hx.io.read_st(root / f"{name}.tsv.gz", alignment, root / f"{name}.jpg")
+        level = hx.io.image_levels(sdata, "he")[0]
+        positions = pd.read_csv(alignment, sep="\t")
+        positions.index = positions["x"].astype(str) + "x" + positions["y"].astype(str)
+        positions["selected"] = positions["selected"].astype(bool)
+        start = time.process_time()
+        hx.pp.detect_tissue(sdata, "he")
+        cpu = time.process_time() - start
+        centre = _tissue_criterion.section_agreement(sdata, positions, rule="centre")
+        radius, _tissue_criterion.SPOT_RADIUS_UM = _tissue_criterion.SPOT_RADIUS_UM, 27.5
+        try:
+            disc = _tissue_criterion.section_agreement(sdata, positions)
+        finally:
+            _tissue_criterion.SPOT_RADIUS_UM = radius
+        print(f"| {name} | {level.mpp:.2f} | {centre.n_selected} / {centre.n_other} | "
+              f"{centre.sensitivity:.3f} | {centre.specificity:.3f} | {disc.sensitivity:.3f} / "
+              f"{disc.specificity:.3f} | {cpu:.2f} |", flush=True)
+
+
 def table(labels: list[str]) -> None:
     runs = {label: json.loads((OUT / f"{label}.json").read_text()) for label in labels}
     print("| section | code | sensitivity | specificity | (centre rule) | CPU s | grid tiles "
@@ -134,12 +174,15 @@ def table(labels: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "table"])
+    parser.add_argument("command", choices=["run", "table", "mob"])
     parser.add_argument("--label", default="new")
     parser.add_argument("--labels", nargs="+", default=["old", "new"])
     args = parser.parse_args()
     if args.command == "table":
         table(args.labels)
+        return
+    if args.command == "mob":
+        mob()
         return
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"artefacts": artefact_slide(args.label), "her2st": her2st(args.label)}
