@@ -6,6 +6,8 @@ files), ``differences`` naming the field, and the reuse checks that refuse with 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,6 +163,66 @@ def test_embedding_record_round_trip_old_form_and_differences():
     assert fields == ["fingerprint", "mpp", "size_px", "transform"]
     named = EmbeddingRecord(encoder="squidpy", image_key="he", mpp=1.0, size_px=16)
     assert record.differences(named) == ["encoder: 'handcrafted', not 'squidpy'"]
+
+
+def test_embedding_differences_of_chosen_fields_and_across_sections():
+    stain = {
+        "method": "macenko",
+        "reference": {"stain_matrix": [[0.6, 0.1], [0.7, 0.9], [0.3, 0.4]]},
+        "source": {"stain_matrix": [[0.5, 0.2], [0.8, 0.8], [0.3, 0.5]]},
+    }
+    mine = EmbeddingRecord(
+        encoder="handcrafted",
+        fingerprint="f",
+        image_key="he_a",
+        mpp=1.0,
+        size_px=16,
+        transform=stain,
+        params={"seed": 3, "key": "X"},
+    )
+    other_source = {**stain, "source": {"stain_matrix": [[0.4, 0.2], [0.9, 0.8], [0.2, 0.5]]}}
+    theirs = EmbeddingRecord(
+        encoder="handcrafted",
+        fingerprint="f",
+        image_key="he_b",
+        mpp=1.02,
+        size_px=16,
+        transform=other_source,
+        params={"seed": 4, "key": "X"},
+    )
+    fields = [d.split(":")[0] for d in mine.differences(theirs)]
+    assert fields == ["image_key", "transform"]  # params only when named
+    # another section: its own image and its own stain (mapped onto the same reference) are fine
+    assert mine.differences(theirs, across_sections=True) == []
+    target = {**stain, "reference": {"stain_matrix": [[0.1, 0.1], [0.1, 0.1], [0.1, 0.1]]}}
+    (text,) = mine.differences(replace(theirs, transform=target), across_sections=True)
+    assert text.startswith("transform: macenko (") and text.count("macenko") == 2
+    assert mine.differences(replace(theirs, transform=None), across_sections=True) == [
+        text.split(", not ")[0] + ", not none"
+    ]
+    # only the fields named: e.g. those an older stored record has
+    assert mine.differences(replace(theirs, mpp=2.0, transform=None), fields={"mpp"}) == [
+        "mpp: tiles at 1 um/px, not 2"
+    ]
+    assert mine.differences(replace(theirs, transform=None), fields={"encoder", "size_px"}) == []
+    assert mine.differences(theirs, fields={"params"}) == ["params['seed']: 3, not 4"]
+    with pytest.raises(ValueError, match="not \\['n_features'\\]"):
+        mine.differences(theirs, fields={"n_features"})
+
+
+def test_tile_options_compared_exactly():
+    """Tile options (a slide store's) differ by any field, None included, and by extra keys."""
+    stored = TileRecord(size_px=16, mpp=2.0, min_tissue=0.5, extra={"stride_px": None})
+    assert stored.differences(TileRecord.from_uns(stored.to_uns()), exact=True) == []
+    assert stored.differences(replace(stored, mpp=2.05), exact=True) == ["mpp: 2.0, not 2.05"]
+    assert stored.differences(replace(stored, mpp=2.05)) == []  # made tiles: within 5 %
+    assert stored.differences(replace(stored, size_px=None, size_um=32.0), exact=True) == [
+        "size_px: 16, not None",
+        "size_um: None, not 32.0",
+    ]
+    assert stored.differences(replace(stored, extra={"stride_px": 8}), exact=True) == [
+        "stride_px: None, not 8"
+    ]
 
 
 def test_embed_records_its_writer_and_made_within():

@@ -211,7 +211,7 @@ def bagged(seed: int, *, mpp: float) -> SpatialData:
 @bad_input("silently wrong", "`hx.tl.predict` of a bag model (abmil, meanpool_ridge) on tile "
            "features of the same encoder made at another pixel size",
            says="refuses: the tile features were made otherwise than the model's training "
-                "features (mpp 2.0, not 1.0)",
+                "features (mpp: tiles at 2 um/px, not 1; size_px: tiles of 8 px, not 16)",
            fix="embed the tiles with the training encoder at the training pixel size, under "
                "another key_added, and pass that features_key")
 def test_bag_model_refuses_features_made_at_another_pixel_size():
@@ -219,12 +219,84 @@ def test_bag_model_refuses_features_made_at_another_pixel_size():
     network = hx.tl.fit(train, model="meanpool_ridge", genes=GENES[:2])
     assert network.metadata["features_made"]["mpp"] == pytest.approx(1.0)
     other = {"c": bagged(2, mpp=2.0)}  # same encoder, same key, another pixel size
-    with pytest.raises(ValueError, match="made otherwise than the model's training features"):
+    with pytest.raises(ValueError, match=r"made otherwise than the model's training features "
+                       r"\(mpp: tiles at 2 um/px, not 1; size_px: tiles of 8 px, not 16\)"
+                       r".*pass that features_key"):
         hx.tl.predict(network, other, key_added="pred")
     assert "pred" not in other["c"].tables["he_tiles_table"].obsm
     mixed = {"a": train["a"], "c": other["c"]}
-    with pytest.raises(ValueError, match="were made otherwise than those of 'a'"):
+    with pytest.raises(ValueError, match=r"were made otherwise than those of 'a' \(mpp: tiles "
+                       r"at 2 um/px, not 1; size_px"):
         hx.tl.fit(mixed, model="meanpool_ridge", genes=GENES[:2])
+
+
+def stain_normalised(section: SpatialData, reference: dict, key: str = "X_norm") -> SpatialData:
+    """The section's tiles embedded again, stain-normalised onto ``reference``, under ``key``."""
+    normaliser = hx.pp.stain_normaliser(section, "he_tiles", reference=reference)
+    hx.tl.embed(section, "he_tiles", transform=normaliser, key_added=key)
+    return section
+
+
+@bad_input("silently wrong", "`hx.tl.predict` (or `fit`) of a bag model on tile features made "
+           "with another stain normalisation (or none) than the training features",
+           says="refuses: the tile features were made otherwise than the model's training "
+                "features (transform: macenko (<digest>), not none)",
+           fix="embed the tiles with the training stain normalisation (or none), under another "
+               "key_added, and pass that features_key")
+def test_bag_model_refuses_features_of_another_stain_normalisation():
+    sections = {name: bagged(seed, mpp=1.0) for seed, name in enumerate("abc")}
+    reference = hx.pp.stain_reference([sections["a"], sections["b"]], "he_tiles")
+    for section in sections.values():  # each section mapped from its own stain
+        stain_normalised(section, reference)
+    plain = hx.tl.fit({n: sections[n] for n in "ab"}, model="meanpool_ridge", genes=GENES[:2],
+                      features_key="X_handcrafted")
+    assert plain.metadata["features_made"]["transform"] is None
+    with pytest.raises(ValueError, match=r"training features \(transform: macenko \(\w+\), "
+                       r"not none\).*training stain normalisation"):
+        hx.tl.predict(plain, {"c": sections["c"]}, features_key="X_norm", key_added="pred")
+    assert "pred" not in sections["c"].tables["he_tiles_table"].obsm
+    for name, source in (("a", "X_handcrafted"), ("b", "X_norm")):  # one key, made two ways
+        table = sections[name].tables["he_tiles_table"]
+        table.obsm["X_mixed"] = table.obsm[source].copy()
+        table.uns["embeddings"]["X_mixed"] = dict(table.uns["embeddings"][source])
+    with pytest.raises(ValueError, match=r"of section 'b' were made otherwise than those of "
+                       r"'a' \(transform: macenko \(\w+\), not none\)"):
+        hx.tl.fit({"a": sections["a"], "b": sections["b"]}, model="meanpool_ridge",
+                  genes=GENES[:2], features_key="X_mixed")
+    # sections normalised onto the same reference are alike, whatever their own stains
+    normalised = hx.tl.fit({n: sections[n] for n in "ab"}, model="meanpool_ridge",
+                           genes=GENES[:2], features_key="X_norm")
+    made = normalised.metadata["features_made"]
+    assert made["transform"]["method"] == "macenko" and "source" not in made["transform"]
+    assert made["transform"]["reference"]["stain_matrix"] == np.asarray(
+        reference["stain_matrix"]).tolist()
+    result = hx.tl.predict(normalised, {"c": sections["c"]}, features_key="X_norm",
+                           key_added="pred")
+    assert result.n_obs > 0 and np.isfinite(np.asarray(result.X)).all()
+    assert "pred" in sections["c"].tables["he_tiles_table"].obsm
+
+
+def test_a_bag_model_of_an_earlier_version_still_predicts_without_a_recorded_transform():
+    """A model file whose ``features_made`` was written before the transform was recorded
+    (encoder, fingerprint, mpp and size_px only) predicts on features made with one: a field
+    its record lacks is not held against it; the fields it has still are."""
+    sections = {name: bagged(seed, mpp=1.0) for seed, name in enumerate("abc")}
+    network = hx.tl.fit({n: sections[n] for n in "ab"}, model="meanpool_ridge", genes=GENES[:2])
+    made = network.metadata["features_made"]
+    network.metadata["features_made"] = old = {
+        "encoder": str(made["encoder"]), "fingerprint": str(made["fingerprint"]),
+        "mpp": float(made["mpp"]), "size_px": int(made["size_px"])}
+    reference = hx.pp.stain_reference([sections["a"]], "he_tiles")
+    stain_normalised(sections["c"], reference)
+    expected = hx.tl.predict(network, {"c": sections["c"]}, features_key="X_handcrafted",
+                             key_added="plain")
+    result = hx.tl.predict(network, {"c": sections["c"]}, features_key="X_norm",
+                           key_added="pred")
+    assert result.shape == expected.shape and np.isfinite(np.asarray(result.X)).all()
+    assert not np.allclose(np.asarray(result.X), np.asarray(expected.X))  # other features
+    network.metadata["features_made"] = {**old, "size_px": old["size_px"] * 2}
+    with pytest.raises(ValueError, match=r"\(size_px: tiles of 16 px, not 32\)"):
+        hx.tl.predict(network, {"c": sections["c"]}, features_key="X_norm", key_added="pred2")
 
 
 # --- evaluate pairs by identity -------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
@@ -179,13 +179,19 @@ class TileRecord:
         size_px = round(width / mpp)
         return replace(self, mpp=float(width / size_px), size_px=size_px)
 
-    def differences(self, wanted: TileRecord) -> list[str]:
+    def differences(self, wanted: TileRecord, *, exact: bool = False) -> list[str]:
         """How these tiles differ from ``wanted`` (``[]``: alike), one text per field, naming it.
 
         Only the fields ``wanted`` sets are compared; widths and pixel sizes within 5 % count
         as the same. An image or centres key this record lacks (an older record) is not held
         against it.
+
+        ``exact=True`` compares two records of tile *options* as they were given (e.g. those a
+        slide store was made with and those asked now): every field, ``None`` (the default)
+        included, and the keys of ``extra`` too, without tolerance.
         """
+        if exact:
+            return self._exact_differences(wanted)
         out = []
         if wanted.size_um is not None and not _close(_nan(self.size_um), wanted.size_um):
             out.append(f"size_um: {_fmt(self.size_um)} um wide, not {wanted.size_um:g} um")
@@ -200,6 +206,18 @@ class TileRecord:
         for name in ("stride_um", "min_tissue"):
             mine, theirs = getattr(self, name), getattr(wanted, name)
             if theirs is not None and (mine is None or not math.isclose(mine, theirs)):
+                out.append(f"{name}: {mine!r}, not {theirs!r}")
+        return out
+
+    def _exact_differences(self, wanted: TileRecord) -> list[str]:
+        out = []
+        for name in (f.name for f in fields(self) if f.name != "extra"):
+            mine, theirs = getattr(self, name), getattr(wanted, name)
+            if mine != theirs:
+                out.append(f"{name}: {mine!r}, not {theirs!r}")
+        for name in sorted(set(self.extra) | set(wanted.extra)):
+            mine, theirs = self.extra.get(name), wanted.extra.get(name)
+            if canonical(mine) != canonical(theirs):
                 out.append(f"{name}: {mine!r}, not {theirs!r}")
         return out
 
@@ -315,27 +333,98 @@ class EmbeddingRecord:
             extra={k: v for k, v in value.items() if k not in known},
         )
 
-    def differences(self, wanted: EmbeddingRecord) -> list[str]:
+    def differences(
+        self,
+        wanted: EmbeddingRecord,
+        *,
+        fields: Collection[str] | None = None,
+        across_sections: bool = False,
+    ) -> list[str]:
         """How these features differ from ``wanted`` (``[]``: alike), naming each field.
 
         The encoder is compared by ``fingerprint`` where both have one, else by name; pixel
         sizes within 5 % count as the same; the ``transform`` is always compared (none is one).
+
+        ``fields`` restricts the comparison to those of :data:`COMPARED_FIELDS` (e.g. the
+        fields a stored record has: one it lacks is not held against it); ``"params"``, the
+        parameters a step recorded, is compared only when named here. ``across_sections=True``
+        compares features of different sections (the slides of a cohort, or a model's training
+        sections and a new one): their image keys are not compared, and of a transform only
+        what the sections share (see :func:`shared_transform`).
         """
+        chosen = set(DEFAULT_FIELDS if fields is None else fields)
+        unknown = chosen - set(COMPARED_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"EmbeddingRecord.differences compares {COMPARED_FIELDS}, not {sorted(unknown)}."
+            )
+        if across_sections:
+            chosen.discard("image_key")
         out = []
-        if self.fingerprint is not None and wanted.fingerprint is not None:
+        fingerprints = self.fingerprint is not None and wanted.fingerprint is not None
+        if "fingerprint" in chosen and fingerprints:
             if self.fingerprint != wanted.fingerprint:
                 out.append(f"fingerprint: {self.fingerprint!r}, not {wanted.fingerprint!r}")
-        elif self.encoder != wanted.encoder:
+        elif {"encoder", "fingerprint"} & chosen and self.encoder != wanted.encoder:
             out.append(f"encoder: {self.encoder!r}, not {wanted.encoder!r}")
-        if self.image_key != wanted.image_key:
+        if "image_key" in chosen and self.image_key != wanted.image_key:
             out.append(f"image_key: {self.image_key!r}, not {wanted.image_key!r}")
-        if wanted.mpp is not None and not _close(_nan(self.mpp), wanted.mpp):
+        if "mpp" in chosen and wanted.mpp is not None and not _close(_nan(self.mpp), wanted.mpp):
             out.append(f"mpp: tiles at {_fmt(self.mpp, '.4g')} um/px, not {wanted.mpp:.4g}")
-        if self.size_px != wanted.size_px:
+        if "size_px" in chosen and self.size_px != wanted.size_px:
             out.append(f"size_px: tiles of {self.size_px} px, not {wanted.size_px}")
-        if canonical(self.transform) != canonical(wanted.transform):
-            out.append("transform: tiles transformed otherwise (e.g. another stain normalisation)")
+        if "transform" in chosen:
+            mine, theirs = self.transform, wanted.transform
+            if across_sections:
+                mine, theirs = shared_transform(mine), shared_transform(theirs)
+            if canonical(mine) != canonical(theirs):
+                out.append(
+                    f"transform: {describe_transform(mine)}, not {describe_transform(theirs)}"
+                )
+        if "params" in chosen and canonical(self.params) != canonical(wanted.params):
+            out.extend(_params_differences(self.params, wanted.params))
         return out
+
+
+#: the fields :meth:`EmbeddingRecord.differences` can compare
+COMPARED_FIELDS = ("encoder", "fingerprint", "image_key", "mpp", "size_px", "transform", "params")
+#: those it compares unless told otherwise
+DEFAULT_FIELDS = ("encoder", "fingerprint", "image_key", "mpp", "size_px", "transform")
+
+
+def shared_transform(transform: Any) -> Any:
+    """The part of a tile transform that tiles of different sections made alike share.
+
+    A stain normalisation maps each section's own stain (its spec's ``source``) onto one target
+    (``method`` and ``reference``): sections normalised onto the same target are comparable,
+    whatever their own stains. Any other transform is shared whole.
+    """
+    if isinstance(transform, Mapping) and {"method", "reference", "source"} <= set(transform):
+        return {k: v for k, v in transform.items() if k != "source"}
+    return transform
+
+
+def describe_transform(transform: Any) -> str:
+    """A short text naming a recorded transform: ``none``, or its method and a digest."""
+    import hashlib
+
+    if transform is None:
+        return "none"
+    digest = hashlib.sha1(canonical(transform).encode()).hexdigest()[:10]
+    if isinstance(transform, Mapping) and "method" in transform:
+        return f"{transform['method']} ({digest})"
+    text = canonical(transform)
+    return text if len(text) <= 40 else f"{text[:30]}... ({digest})"
+
+
+def _params_differences(mine: Any, theirs: Any) -> list[str]:
+    if not isinstance(mine, Mapping) or not isinstance(theirs, Mapping):
+        return [f"params: {mine!r}, not {theirs!r}"]
+    return [
+        f"params[{name!r}]: {mine.get(name)!r}, not {theirs.get(name)!r}"
+        for name in sorted(set(mine) | set(theirs))
+        if canonical(mine.get(name)) != canonical(theirs.get(name))
+    ]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from _catalogue import bad_input
 
 import histoexpr as hx
+from histoexpr._core.records import TileRecord
 from histoexpr.tl._metrics._expression_metrics import column_pearson
 
 GENES = ["EPCAM", "KRT8", "COL1A1", "PTPRC", "CD3E", "CDH1"]
@@ -265,8 +266,13 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
     cohort = hx.io.read_cohort(slide_folder, store_dir=tmp_path / "stores").subset(
         ["slide_00", "slide_01"])
     before = _processed(cohort)
-    with pytest.raises(ValueError, match="other parameters.*overwrite=True"):
+    with pytest.raises(ValueError, match=r"other parameters than those asked now \(tile option "
+                       r"size_px: 16, not 20\)\. Pass overwrite=True"):
         hx.tl.embed_cohort(cohort, **{**OPTIONS, "size_px": 20})
+    # tile options are compared as given: no tolerance on the pixel size, None is a value
+    for other in ({"mpp": 2.05}, {"size_px": None, "size_um": 32.0}, {"stride_px": 8}):
+        with pytest.raises(ValueError, match=r"\(tile option (mpp|size_px|stride_px): "):
+            hx.tl.embed_cohort(cohort, **{**OPTIONS, **other})
     assert _processed(cohort) == before  # nothing was touched
     frame = hx.tl.embed_cohort(cohort, **{**OPTIONS, "size_px": 20}, overwrite=True)
     assert (frame["status"] == "computed").all()
@@ -284,7 +290,8 @@ def test_changed_parameters_recompute_never_reuse(embedded, slide_folder, tmp_pa
     assert set(records) == {"X_handcrafted", "X_small_cnn"}
     # a random encoder is drawn from the seed: the same on every slide and every run
     first = _features(cohort, "X_small_cnn")
-    with pytest.raises(ValueError, match="made otherwise"):
+    with pytest.raises(ValueError, match=r"made otherwise than asked now \(params\['seed'\]: "
+                       r"3, not 4\)"):
         hx.tl.embed_cohort(cohort, **cnn, seed=4)
     hx.tl.embed_cohort(cohort, **cnn, seed=3, overwrite=True)
     for slide_id, values in _features(cohort, "X_small_cnn").items():
@@ -302,16 +309,21 @@ def test_stores_recorded_with_the_old_tile_names_are_still_recognised(embedded, 
     content = json.loads(meta.read_text())
     tiles = content["attributes"]["histoexpr"]["params"]["tiles"]
     assert tiles["size_px"] == 16 and tiles["stride_px"] is None
-    content["attributes"]["histoexpr"]["params"]["tiles"] = {
-        "size": 16, "mpp": 2.0, "size_um": None, "stride": None, "min_tissue": 0.5}
-    meta.write_text(json.dumps(content))
+    assert TileRecord.from_uns(tiles).extra == {"stride_px": None}
     cohort = hx.io.read_cohort(slide_folder, store_dir=tmp_path / "stores").subset(["slide_00"])
     before = _processed(cohort)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)  # today's names warn nothing
-        frame = hx.tl.embed_cohort(cohort, **OPTIONS)
-    assert (frame["status"] == "skipped").all()
-    assert _processed(cohort) == before
+    for earlier in (
+        {"size": 16, "mpp": 2.0, "size_um": None, "stride": None, "min_tissue": 0.5},
+        # the form before the options became a tile record: no image_key, centres, stride_um
+        {"size_px": 16, "mpp": 2, "size_um": None, "stride_px": None, "min_tissue": 0.5},
+    ):
+        content["attributes"]["histoexpr"]["params"]["tiles"] = earlier
+        meta.write_text(json.dumps(content))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # today's names warn nothing
+            frame = hx.tl.embed_cohort(cohort, **OPTIONS)
+        assert (frame["status"] == "skipped").all()
+        assert _processed(cohort) == before
     # the old keywords still work, with a FutureWarning naming the new ones
     with pytest.warns(FutureWarning, match="'size' is deprecated.*use 'size_px'"):
         frame = hx.tl.embed_cohort(cohort, encoder="handcrafted", size=16, mpp=2.0)

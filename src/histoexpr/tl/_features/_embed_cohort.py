@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..._core.logs import each_item, logged_step, logger, progress
 from ..._core.memory import file_fingerprint
-from ..._core.records import EmbeddingRecord
+from ..._core.records import EmbeddingRecord, TileRecord
 from ..._core.seeds import resolve_device, resolve_seed
 from ..._core.validate import check_store_name, renamed_parameters, stride_name
 from ..._settings import settings
@@ -289,12 +289,13 @@ def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
 
 
 def _tile_record(size_px, mpp, size_um, stride_px, stride_um, min_tissue) -> dict:
-    """The tile options as a store records them (``stride_um`` only where given)."""
-    record = {"size_px": size_px, "mpp": mpp, "size_um": size_um, "stride_px": stride_px,
-              "min_tissue": float(min_tissue)}
-    if stride_um is not None:
-        record["stride_um"] = stride_um
-    return record
+    """The tile options as a store records them: a :class:`TileRecord` of the options as given.
+
+    ``None`` is an option's default; ``stride_px`` (no field of a record of tiles made) is kept
+    among its extra keys. Compared with ``TileRecord.differences(..., exact=True)``.
+    """
+    return TileRecord(size_px=size_px, mpp=mpp, size_um=size_um, stride_um=stride_um,
+                      min_tissue=float(min_tissue), extra={"stride_px": stride_px}).to_uns()
 
 
 def _as_current(params: dict) -> dict:
@@ -338,15 +339,13 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
                 f"{params['slide_content']}. Its stored results would not be this slide's: pass "
                 "overwrite=True to recompute it, or read the cohort with another store_dir.")
         return "computed"
-    if stored != _plain(params):
+    changed = _changed(stored, _plain(params))
+    if changed:
         if not overwrite:
-            changed = sorted(k for k in set(stored) | set(params)
-                             if stored.get(k) != _plain(params).get(k))
             raise ValueError(
-                f"The store of {slide_id!r} ({store.path}) was made with other parameters "
-                f"({', '.join(changed)}: stored {[stored.get(k) for k in changed]}, now "
-                f"{[_plain(params).get(k) for k in changed]}). Pass overwrite=True to recompute "
-                "it, or read the cohort with another store_dir."
+                f"The store of {slide_id!r} ({store.path}) was made with other parameters than "
+                f"those asked now ({'; '.join(changed)}). Pass overwrite=True to recompute it, "
+                "or read the cohort with another store_dir."
             )
         return "computed"
     if tiles_key not in store.tiles_keys():
@@ -354,15 +353,31 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
     record = store.feature_records(tiles_key).get(key)
     if record is None:
         return "features"
-    if record.get("params") != _plain(feature_params):
+    made = EmbeddingRecord.from_uns(record).differences(
+        EmbeddingRecord(params=_plain(feature_params)), fields={"params"})
+    if made:
         if not overwrite:
             raise ValueError(
-                f"The features {key!r} of {slide_id!r} were made otherwise (stored "
-                f"{record.get('params')}, now {_plain(feature_params)}). Pass overwrite=True to "
-                "recompute them, or another key_added."
+                f"The features {key!r} of {slide_id!r} were made otherwise than asked now "
+                f"({'; '.join(made)}). Pass overwrite=True to recompute them, or another "
+                "key_added."
             )
         return "features"
     return "skipped"
+
+
+def _changed(stored: dict, params: dict) -> list[str]:
+    """How a store's parameters differ from ``params``, one text per parameter, naming it.
+
+    The tile options are compared as tile records (every option, exactly: ``exact=True``); the
+    others (keys, tissue detection, the slide's pixel size) as they are recorded.
+    """
+    changed = [f"{name}: {stored.get(name)!r}, not {params.get(name)!r}"
+               for name in sorted(set(stored) | set(params))
+               if name != "tiles" and stored.get(name) != params.get(name)]
+    tiles = TileRecord.from_uns(stored.get("tiles") or {}).differences(
+        TileRecord.from_uns(params["tiles"]), exact=True)
+    return changed + [f"tile option {difference}" for difference in tiles]
 
 
 def _conflict(slide_id: str, store, what: str) -> str:

@@ -12,6 +12,7 @@ the stores, so no step holds every slide's features at once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._core.logs import logger
+from ..._core.records import EmbeddingRecord, canonical, shared_transform
 from .._sections import as_sections
 
 if TYPE_CHECKING:
@@ -359,41 +361,63 @@ def _features_key(sections: dict, tiles_key: str, features_key: str | None) -> s
     return features_key
 
 
-def features_made(bags: Bags) -> dict[str, Any]:
-    """How the bags' tile features were made (encoder fingerprint, image, pixel size, tile size).
+#: what tells tile features made alike, across sections and with a model's training features
+#: (not the image key: each section has its own image)
+MADE_FIELDS = ("encoder", "fingerprint", "mpp", "size_px", "transform")
 
-    Read from ``uns["embeddings"]`` of every section's tile table; sections whose features were
-    made differently are refused (their features would not be comparable).
+
+def _stored_record(bags: Bags, name: str) -> Mapping[str, Any]:
+    """The record of how a section's features were made (``{}``: none, e.g. the user's own)."""
+    if bags.stores is not None:  # a cohort on disk: the record kept in each slide's store
+        return bags.stores[name].feature_records(bags.tiles_key).get(bags.features_key, {})
+    return bags.sections[name].tables[f"{bags.tiles_key}_table"].uns.get("embeddings", {}).get(
+        bags.features_key, {})
+
+
+def _recorded(stored: Mapping[str, Any]) -> set[str]:
+    """The fields of :data:`MADE_FIELDS` a section's record says (none without a record).
+
+    A record leaves out a transform that was none, so every record says the transform.
     """
-    records = {}
-    for name, sdata in bags.sections.items():
-        if bags.stores is not None:  # a cohort on disk: the record kept in each slide's store
-            record = bags.stores[name].feature_records(bags.tiles_key).get(bags.features_key, {})
-        else:
-            record = sdata.tables[f"{bags.tiles_key}_table"].uns.get("embeddings", {}).get(
-                bags.features_key, {})
-        records[name] = {key: (float(record[key]) if key == "mpp" else
-                               int(record[key]) if key == "size_px" else str(record[key]))
-                         for key in ("encoder", "fingerprint", "mpp", "size_px")
-                         if key in record}
-    first = next(iter(records.values()))
+    return {k for k in MADE_FIELDS if k in stored} | {"transform"} if stored else set()
+
+
+def features_made(bags: Bags) -> dict[str, Any]:
+    """How the bags' tile features were made: encoder, pixel size, tile size, tile transform.
+
+    The encoder by name and fingerprint; the transform of the tiles is e.g. a stain
+    normalisation (its method and target stain). Read from ``uns["embeddings"]`` of every
+    section's tile table (or the record in each slide's store); sections whose features were
+    made differently are refused (their features would not be comparable). Returned as the
+    model's metadata keeps it: the recorded fields of the first section's
+    :class:`~histoexpr._core.records.EmbeddingRecord` (``transform`` always, ``None`` for
+    none; the others only where known).
+    """
+    stored = {name: _stored_record(bags, name) for name in bags.sections}
+    records = {name: EmbeddingRecord.from_uns(value) for name, value in stored.items()}
+    first = next(iter(records))
     for name, record in records.items():
-        shared = set(record) & set(first)
-        differ = [k for k in shared if (not np.isclose(record[k], first[k], rtol=0.05)
-                                        if k == "mpp" else record[k] != first[k])]
+        fields = _recorded(stored[name]) & _recorded(stored[first])
+        differ = record.differences(records[first], fields=fields, across_sections=True)
         if differ:
             raise ValueError(
                 f"The features {bags.features_key!r} of section {name!r} were made otherwise "
-                f"than those of {next(iter(records))!r} ({', '.join(differ)}: "
-                f"{[record[k] for k in differ]} vs {[first[k] for k in differ]}); embed every "
-                "section with the same encoder on tiles of the same pixel size.")
-    return first
+                f"than those of {first!r} ({'; '.join(differ)}); embed every section with the "
+                "same encoder, on tiles of the same pixel size and width, with the same stain "
+                "normalisation (or none).")
+    return made_record(records[first], _recorded(stored[first]))
+
+
+def made_record(record: EmbeddingRecord, fields: set[str]) -> dict[str, Any]:
+    """The ``fields`` of ``record`` as a model's metadata keeps them (plain values only)."""
+    made = {k: v for k, v in record.to_uns().items()
+            if k in fields and k != "transform" and v is not None}
+    if "transform" in fields:  # the part the sections share, as plain values (arrays as lists)
+        made["transform"] = json.loads(canonical(shared_transform(record.transform)))
+    return made
 
 
 def encoder_of(bags: Bags) -> str | None:
     """Name of the encoder that made the features (from ``uns['embeddings']``), if recorded."""
-    if bags.stores is not None:
-        store = next(iter(bags.stores.values()))
-        return store.feature_records(bags.tiles_key).get(bags.features_key, {}).get("encoder")
-    table = next(iter(bags.sections.values())).tables[f"{bags.tiles_key}_table"]
-    return table.uns.get("embeddings", {}).get(bags.features_key, {}).get("encoder")
+    stored = _stored_record(bags, next(iter(bags.sections)))
+    return EmbeddingRecord.from_uns(stored).encoder if stored else None

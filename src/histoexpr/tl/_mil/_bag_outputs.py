@@ -9,8 +9,10 @@ import torch
 
 from ..._core import distributed as _distributed
 from ..._core.logs import log_added, logger
+from ..._core.records import EmbeddingRecord
 from ..._core.validate import check_store_name
 from ._bag_data import (
+    MADE_FIELDS,
     Bags,
     encoder_of,
     features_made,
@@ -58,16 +60,19 @@ def _check_features(model, bags: Bags) -> None:
     if meta.get("encoder") and encoder and encoder != meta["encoder"]:
         raise ValueError(f"The model was trained on features of encoder {meta['encoder']!r}, "
                          f"but {bags.features_key!r} comes from {encoder!r}.")
+    # a field the model's record lacks (a file of an earlier version: e.g. no transform) or the
+    # features' record lacks (the user's own) is not held against them
     trained, now = meta.get("features_made") or {}, features_made(bags)
-    differ = [key for key in set(trained) & set(now)
-              if (not np.isclose(now[key], trained[key], rtol=0.05) if key == "mpp"
-                  else now[key] != trained[key])]
+    fields = set(trained) & set(now) & set(MADE_FIELDS)
+    differ = EmbeddingRecord.from_uns(now).differences(
+        EmbeddingRecord.from_uns(trained), fields=fields, across_sections=True)
     if differ:
         raise ValueError(
             f"The tile features {bags.features_key!r} were made otherwise than the model's "
-            f"training features ({', '.join(f'{k} {now[k]!r}, not {trained[k]!r}' for k in differ)}"
-            "): embed these tiles with the training encoder on tiles of the training pixel size "
-            "(hx.tl.embed, under another key_added) and pass that features_key.")
+            f"training features ({'; '.join(differ)}): embed these tiles as the training tiles "
+            "were (the training encoder, on tiles of the training pixel size and width, with the "
+            "training stain normalisation or none) with hx.tl.embed, under another key_added, "
+            "and pass that features_key.")
 
 
 def _score_section(model, sdata, bags: Bags) -> tuple[np.ndarray, np.ndarray]:
