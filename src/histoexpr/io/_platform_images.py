@@ -157,7 +157,8 @@ def read_he(image_path: Path, alignment_path: Path | None, mpp: float):
     import tifffile
     from spatialdata_io import xenium_aligned_image
 
-    shape = tifffile.TiffFile(image_path).series[0].shape
+    with tifffile.TiffFile(image_path) as tif:  # only its shape: closed at once
+        shape = tif.series[0].shape
     side = [s for s in shape if s > 4]
     if len(side) != 2 or len(shape) - len(side) not in (1, 2) or not any(s in (3, 4)
                                                                          for s in shape):
