@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from ..._core.validate import check_choice
-from .._options import SHARED_DOCS, CommonOptions, TrainingOptions
+from .._options import SHARED_DOCS, CommonOptions, TrainingOptions, _inherited_doc, _own_docs
 
 if TYPE_CHECKING:
     from ...models import Network
@@ -32,22 +32,6 @@ _ALPHAS = (0.1, 0.31622776601683794, 1.0, 3.1622776601683795, 10.0, 31.622776601
            100000.0)
 
 
-def _own_docs(doc: str) -> dict[str, str]:
-    """``{option: its numpydoc lines}`` of the ``Parameters`` section a class itself writes."""
-    doc = inspect.cleandoc(doc or "")
-    if "Parameters\n----------\n" not in doc:
-        return {}
-    entries: dict[str, list[str]] = {}
-    name = None
-    for line in doc.split("Parameters\n----------\n", 1)[1].splitlines():
-        if line and not line.startswith(" "):
-            name = line.strip()
-            entries[name] = []
-        elif name is not None:
-            entries[name].append(line)
-    return {k: "\n".join(v).rstrip() for k, v in entries.items()}
-
-
 def _documented_route(cls: type) -> type:
     """Document every option of ``cls`` with the text of the class that declares it.
 
@@ -59,8 +43,7 @@ def _documented_route(cls: type) -> type:
     summary = own.split("Parameters\n----------\n", 1)[0].rstrip()
     lines = [summary, "", "Parameters", "----------"]
     for f in dataclasses.fields(cls):
-        text = next((c.__dict__["_option_docs"][f.name] for c in cls.__mro__
-                     if f.name in c.__dict__.get("_option_docs", {})), None)
+        text = cls._option_docs.get(f.name, _inherited_doc(cls, f.name))
         if text is None and f.name in SHARED_DOCS:
             text = "    " + SHARED_DOCS[f.name]
         if text is None:
