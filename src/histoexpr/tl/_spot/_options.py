@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from ..._core.validate import check_choice
-from .._options import SHARED_DOCS, CommonOptions, TrainingOptions, _inherited_doc, _own_docs
+from .._options import (
+    SHARED_DOCS,
+    CommonOptions,
+    TrainingOptions,
+    _inherited_doc,
+    _json_safe,
+    _own_docs,
+)
 
 if TYPE_CHECKING:
     from ...models import Network
@@ -164,15 +171,40 @@ class SpotRegressorOptions(CommonOptions):
         return [SpotRegressorOptions, *ROUTE_OPTIONS.values()]
 
     def _replaced(self, **overrides: Any) -> SpotRegressorOptions:
-        """A copy with ``overrides``; a new ``route`` keeps the options that route reads."""
+        """A copy with ``overrides``; a new ``route`` keeps the options that route reads.
+
+        The options of this route that the new one does not read are refused when they differ
+        from their defaults (the user's choices, which the new route would drop silently); at
+        their defaults they are left out.
+        """
         route = overrides.get("route", self.route)
         if route == self.route:
             return dataclasses.replace(self, **overrides)
         target = _route_class(route)
+        reads = {f.name for f in dataclasses.fields(target)}
+        dropped = [f"{f.name}={_shown(getattr(self, f.name))}"
+                   for f in dataclasses.fields(self)
+                   if f.name not in reads and f.name not in overrides
+                   and _json_safe(getattr(self, f.name)) != _json_safe(f.default)]
+        if dropped:
+            raise ValueError(
+                f"Changing route={self.route!r} to route={route!r} would drop "
+                f"{', '.join(dropped)}: options of route={self.route!r} "
+                f"({type(self).__name__}) set to other values than their defaults, which "
+                f"route={route!r} ({target.__name__}) does not read. Drop them (leave them at "
+                f"their defaults), or pass options of route={route!r} "
+                f"(hx.tl.SpotRegressorOptions(route={route!r}, ...)) instead of changing the "
+                f"route.")
         kept = {f.name: getattr(self, f.name) for f in dataclasses.fields(target)
                 if hasattr(self, f.name) and f.name not in overrides}
         kept.pop("route", None)
         return SpotRegressorOptions(**kept, **overrides)
+
+
+def _shown(value: Any) -> str:
+    """An option's value in a message: its record form (a network by its class)."""
+    safe = _json_safe(value)
+    return safe if isinstance(safe, str) and not isinstance(value, str | Path) else repr(safe)
 
 
 @_documented_route
