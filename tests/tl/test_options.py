@@ -73,6 +73,37 @@ def test_shared_training_options_are_defined_once():
         "MLPRouteOptions", "CNNRouteOptions", "AutoRouteOptions"}
 
 
+def _declared(cls) -> set[str]:
+    """The options ``cls`` itself declares (not its ClassVars)."""
+    return {name for name in inspect.get_annotations(cls)
+            if name in getattr(cls, "__dataclass_fields__", {})}
+
+
+def test_a_class_declares_an_option_of_its_bases_again_only_to_change_its_default():
+    from histoexpr.tl._options import ModelOptions
+
+    classes = {c for cls in OPTIONS.values() for variant in cls._variants()
+               for c in variant.__mro__ if isinstance(c, type) and issubclass(c, ModelOptions)}
+    assert any(c.__name__ == "_BagInputs" for c in classes)  # the slide-level models' inputs
+    again = []
+    for cls in classes:
+        for name in _declared(cls) - {"route"}:  # each route's class names its own route
+            base = next((b for b in cls.__mro__[1:] if name in _declared(b)), None)
+            if base is not None and (base.__dataclass_fields__[name].default
+                                     == cls.__dataclass_fields__[name].default):
+                again.append(f"{cls.__name__}.{name} (as in {base.__name__})")
+    assert not again, f"declared again with the same default: {again}"
+    # the inputs of the slide-level models: once, in their shared bases
+    for name in ("genes", "tiles_key", "features_key", "bags_key", "target_transform",
+                 "target", "labels"):
+        owners = [c.__name__ for c in classes if c.model in ("", "abmil", "meanpool_ridge",
+                                                             "meanpool_logistic")
+                  and c.__module__.endswith("_mil._options") and name in _declared(c)]
+        assert len(owners) == 1, (name, owners)
+    assert hx.tl.ABMILOptions().attention_entropy == 10.0
+    assert hx.tl.MeanPoolLogisticOptions().task == "classification"
+
+
 def test_help_of_fit_shows_every_option_of_every_model():
     text = _help(hx.tl.fit)
     for name, cls in OPTIONS.items():

@@ -351,7 +351,6 @@ class MLPRouteOptions(_EncoderRouteOptions, TrainingOptions):
     hidden: int = 256
     n_members: int = 1
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
     def _check(self) -> None:
@@ -387,7 +386,6 @@ class CNNRouteOptions(SpotRegressorOptions, TrainingOptions):
     route: Route = "cnn"
     arch: str = "small_cnn"
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
     def _check(self) -> None:
@@ -441,7 +439,6 @@ class AutoRouteOptions(_HeadRouteOptions, TrainingOptions):
     hidden: int = 256
     n_members: int = 1
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
 
