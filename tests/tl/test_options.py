@@ -73,6 +73,37 @@ def test_shared_training_options_are_defined_once():
         "MLPRouteOptions", "CNNRouteOptions", "AutoRouteOptions"}
 
 
+def _declared(cls) -> set[str]:
+    """The options ``cls`` itself declares (not its ClassVars)."""
+    return {name for name in inspect.get_annotations(cls)
+            if name in getattr(cls, "__dataclass_fields__", {})}
+
+
+def test_a_class_declares_an_option_of_its_bases_again_only_to_change_its_default():
+    from histoexpr.tl._options import ModelOptions
+
+    classes = {c for cls in OPTIONS.values() for variant in cls._variants()
+               for c in variant.__mro__ if isinstance(c, type) and issubclass(c, ModelOptions)}
+    assert any(c.__name__ == "_BagInputs" for c in classes)  # the slide-level models' inputs
+    again = []
+    for cls in classes:
+        for name in _declared(cls) - {"route"}:  # each route's class names its own route
+            base = next((b for b in cls.__mro__[1:] if name in _declared(b)), None)
+            if base is not None and (base.__dataclass_fields__[name].default
+                                     == cls.__dataclass_fields__[name].default):
+                again.append(f"{cls.__name__}.{name} (as in {base.__name__})")
+    assert not again, f"declared again with the same default: {again}"
+    # the inputs of the slide-level models: once, in their shared bases
+    for name in ("genes", "tiles_key", "features_key", "bags_key", "target_transform",
+                 "target", "labels"):
+        owners = [c.__name__ for c in classes if c.model in ("", "abmil", "meanpool_ridge",
+                                                             "meanpool_logistic")
+                  and c.__module__.endswith("_mil._options") and name in _declared(c)]
+        assert len(owners) == 1, (name, owners)
+    assert hx.tl.ABMILOptions().attention_entropy == 10.0
+    assert hx.tl.MeanPoolLogisticOptions().task == "classification"
+
+
 def test_help_of_fit_shows_every_option_of_every_model():
     text = _help(hx.tl.fit)
     for name, cls in OPTIONS.items():
@@ -277,8 +308,10 @@ def test_the_spot_options_constructor_replace_and_record_work_as_before():
     assert hx.tl.SpotRegressorOptions(**record) == options  # a record builds the options again
     assert options_for("spot_regressor", **record) == options
     # a new route through options_for keeps the options that route reads
-    cnn = options_for(options, route="cnn", epochs=2)
-    assert type(cnn) is hx.tl.CNNRouteOptions and cnn.genes == ["EPCAM"] and cnn.epochs == 2
+    mlp = hx.tl.SpotRegressorOptions(route="mlp", epochs=5, genes=["EPCAM"], hidden=256)
+    cnn = options_for(mlp, route="cnn", lr=0.01)  # hidden at its default: left out
+    assert type(cnn) is hx.tl.CNNRouteOptions and cnn.genes == ["EPCAM"]
+    assert (cnn.epochs, cnn.lr) == (5, 0.01)
     with pytest.warns(FutureWarning, match="'patch_um' is deprecated"):
         assert options_for("spot_regressor", route="cnn", patch_um=56.0).size_um == 56.0
     assert inspect.signature(hx.tl.MLPRouteOptions).parameters["route"].default == "mlp"
@@ -318,3 +351,39 @@ def test_fit_dispatches_on_the_class_of_the_spot_options(monkeypatch, synthetic)
                                                                           **options})
         _spot_regressor.fit({"a": section}, options)
         assert called[-1] == expected, options
+
+
+@bad_input("silently wrong", "an options object of one spot-regressor route given another route "
+           "(`hx.tl.fit(data, model=hx.tl.SpotRegressorOptions(route='mlp', hidden=64), "
+           "route='cnn')`): its options the new route does not read were dropped before",
+           says="ValueError at options construction: `Changing route='mlp' to route='cnn' "
+                "would drop hidden=64: options of route='mlp' (MLPRouteOptions) set to other "
+                "values than their defaults, which route='cnn' (CNNRouteOptions) does not read. "
+                "Drop them (leave them at their defaults), or pass options of route='cnn' ...`",
+           fix="leave those options at their defaults, or build the options of the new route",
+           match=r"would drop hidden=64: .* Drop them")
+def test_a_new_route_refuses_to_drop_the_old_routes_options_set_by_the_user():
+    mlp = hx.tl.SpotRegressorOptions(route="mlp", hidden=64, n_members=2, lr=0.01,
+                                     context_um=(300, 600), genes=["EPCAM"])
+    with pytest.raises(ValueError, match=r"Changing route='mlp' to route='cnn' would drop "
+                                         r"context_um=\[300, 600\], hidden=64, n_members=2: "
+                                         r"options of route='mlp' \(MLPRouteOptions\).*"
+                                         r"route='cnn' \(CNNRouteOptions\) does not read\. "
+                                         r"Drop them.*SpotRegressorOptions\(route='cnn'"):
+        hx.tl.fit({}, model=mlp, route="cnn")  # lr is read by the CNN route: kept, not named
+    encoder = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    auto = hx.tl.SpotRegressorOptions(route="auto", ssl_encoder=encoder)
+    with pytest.raises(ValueError, match="would drop ssl_encoder=<TileEncoder>: "):
+        options_for(auto, route="cnn")
+    # the dropped options at their defaults were not chosen: the new route's options
+    defaults = hx.tl.SpotRegressorOptions(route="mlp", hidden=256, context_um=None, lr=0.01,
+                                          genes=["EPCAM"])
+    cnn = options_for(defaults, route="cnn")
+    assert cnn == hx.tl.SpotRegressorOptions(route="cnn", lr=0.01, genes=["EPCAM"])
+    ridge = options_for(hx.tl.SpotRegressorOptions(route="auto", alphas=list(
+        hx.tl.AutoRouteOptions().alphas)), route="ridge")  # a list equal to the default tuple
+    assert type(ridge) is hx.tl.RidgeRouteOptions
+    assert options_for(mlp, route="mlp", hidden=32).hidden == 32  # the same route: a copy
+    with pytest.raises(ValueError, match=r"to route='ridge' would drop lr=0\.01, hidden=64, "
+                                         r"n_members=2: "):
+        options_for(mlp, route="ridge")  # the ridge reads context_um: kept

@@ -50,24 +50,52 @@ SHARED_DOCS: dict[str, str] = {
 
 
 
-def _documented_names(doc: str) -> set[str]:
-    """Option names documented in a numpydoc ``Parameters`` section."""
-    section = doc.split("----------\n", 1)[-1]
-    return {line.strip() for line in section.splitlines()
-            if line.strip() and not line.startswith(" ")}
+def _own_docs(doc: str) -> dict[str, str]:
+    """``{option: its numpydoc lines}`` of the ``Parameters`` section a class itself writes."""
+    doc = inspect.cleandoc(doc or "")
+    if "Parameters\n----------\n" not in doc:
+        return {}
+    entries: dict[str, list[str]] = {}
+    name = None
+    for line in doc.split("Parameters\n----------\n", 1)[1].splitlines():
+        if line and not line.startswith(" "):
+            name = line.strip()
+            entries[name] = []
+        elif name is not None:
+            entries[name].append(line)
+    return {k: "\n".join(v).rstrip() for k, v in entries.items()}
+
+
+def _inherited_doc(cls: type, name: str) -> str | None:
+    """The lines of option ``name`` written by the nearest base of ``cls`` that documents it."""
+    return next((c.__dict__["_option_docs"][name] for c in cls.__mro__[1:]
+                 if name in c.__dict__.get("_option_docs", {})), None)
 
 
 def _documented(cls: type) -> type:
-    """Append the shared documentation of the options ``cls`` has and does not document."""
+    """Document the options ``cls`` has and does not document itself.
+
+    Each class writes the ``Parameters`` of the options it declares (or gives a meaning of its
+    own). An option declared by a base that documents it (e.g. the bag inputs of the slide-level
+    models) takes that base's text, nearest base first, listed before the class's own; the
+    options of :data:`SHARED_DOCS` take their one text, appended.
+    """
     doc = inspect.cleandoc(cls.__doc__ or "")
-    own = _documented_names(doc) if "Parameters" in doc else set()
+    own = _own_docs(doc)
+    cls._option_docs = own
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in own]
-    undocumented = [name for name in missing if name not in SHARED_DOCS]
+    inherited = {name: text for name in missing
+                 if (text := _inherited_doc(cls, name)) is not None}
+    shared = [name for name in missing if name not in inherited]
+    undocumented = [name for name in shared if name not in SHARED_DOCS]
     if undocumented:
         raise TypeError(f"{cls.__name__} does not document {undocumented}.")
-    if "Parameters" not in doc:
+    if "Parameters\n----------" not in doc:
         doc += "\n\nParameters\n----------"
-    for name in missing:
+    head, rest = doc.split("Parameters\n----------", 1)
+    doc = (head + "Parameters\n----------"
+           + "".join(f"\n{name}\n{text}" for name, text in inherited.items()) + rest)
+    for name in shared:
         doc += f"\n{name}\n" + textwrap.indent(textwrap.fill(SHARED_DOCS[name], 88), "    ")
     cls.__doc__ = doc
     return cls

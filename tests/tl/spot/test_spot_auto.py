@@ -118,6 +118,31 @@ def test_a_cnn_encoder_file_travels_inside_the_model(trio, tmp_path):
     np.testing.assert_allclose(trio["c"].tables["pred"].X, values, rtol=1e-4, atol=1e-5)
 
 
+def test_a_head_route_on_a_cnn_encoder_is_searched_with_its_own_options():
+    from dataclasses import fields
+
+    from histoexpr.tl._spot._spot_regressor import _one_configuration
+
+    mlp = hx.tl.SpotRegressorOptions(
+        route="mlp", encoder="random_cnn", hidden=16, n_members=2, epochs=3, lr=0.01,
+        val_fraction=0.3, context_um=60.0, standardise_sections=True, seed=4, batch_size=8,
+        calibrate=False, tiles_key="t", pretrain_epochs=2, genes=GENES)
+    auto = _one_configuration(mlp)
+    assert type(auto) is hx.tl.AutoRouteOptions
+    assert auto.candidates == {"encoder": ["random_cnn"], "stain": ["none"],
+                               "standardise_sections": [True], "context_um": [60.0],
+                               "target": ["log1p"], "head": ["mlp"]}
+    shared = {f.name for f in fields(hx.tl.MLPRouteOptions)} & {
+        f.name for f in fields(hx.tl.AutoRouteOptions)}
+    assert {"hidden", "n_members", "epochs", "lr", "val_fraction", "seed"} <= shared
+    for name in shared - {"route"}:  # every option of the route is carried over
+        assert getattr(auto, name) == getattr(mlp, name), name
+    ridge = _one_configuration(hx.tl.SpotRegressorOptions(route="ridge", encoder="ssl",
+                                                          alphas=[2.0]))
+    assert ridge.alphas == [2.0] and ridge.candidates["head"] == ["ridge"]
+    assert ridge.candidates["context_um"] == [None]
+
+
 def stain_shifted(sdata) -> SpatialData:
     """The section's image with other stain colours (haematoxylin bluer and weaker, eosin
     stronger), made in optical density as a scanner or a staining batch would."""

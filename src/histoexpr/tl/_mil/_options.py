@@ -1,4 +1,9 @@
-"""The options of the slide-level models (``"abmil"`` and the two mean-pool baselines)."""
+"""The options of the slide-level models (``"abmil"`` and the two mean-pool baselines).
+
+The bag inputs they share are declared and documented once, in :class:`_BagInputs` (genes,
+keys, expression transform) and :class:`_LabelledBagInputs` (the classification targets of
+``"abmil"`` and ``"meanpool_logistic"``); each model's class adds only its own options.
+"""
 
 from __future__ import annotations
 
@@ -19,26 +24,14 @@ TARGET_TRANSFORMS: tuple[str, ...] = get_args(TargetTransform)
 
 @_documented
 @dataclass(frozen=True, kw_only=True)
-class ABMILOptions(TrainingOptions):
-    """Options of model ``"abmil"``: a gated attention MIL network on bags of tile features.
+class _BagInputs(ModelOptions):
+    """The inputs every slide-level model reads: the genes, the keys of the bags, the transform.
 
     Parameters
     ----------
     genes
         Genes to predict: a list, a panel name (:func:`histoexpr.pp.gene_panel`) or ``None`` for
-        every gene of the bulk table. For classification with ``target=None``, the labels
-        ``deg_<gene>`` of these genes; with ``labels="median"`` also a mapping from a label
-        name to marker genes (``{"tumour": ["ERBB2", "KRT19", ...]}``) whose mean standardised
-        expression is split.
-    target
-        Classification: the column(s) of the bulk table's ``obs`` to learn.
-    task
-        ``"regression"`` or ``"classification"``.
-    labels
-        Classification: ``"obs"`` learns label columns of the bulk table (``target``, or the
-        ``deg_<gene>`` columns of :func:`histoexpr.pp.deg_labels`); ``"median"`` makes
-        ``"down"`` / ``"up"`` labels ``deg_<gene>`` (or the mapping's names) from the bags"
-        expression, split at the training bags' median.
+        every gene of the bulk table.
     tiles_key
         Key of the tiles (their table holds the features).
     features_key
@@ -46,8 +39,51 @@ class ABMILOptions(TrainingOptions):
     bags_key
         Key of the pseudo-bulk bags (ignored for a Cohort).
     target_transform
-        ``"log1p_normalised"`` (raw counts scaled to 10,000 per bag over all genes, then
-        ``log1p``), ``"log1p"`` (values already normalised, e.g. TPM) or ``"none"``.
+        Transform of the bags' expression: ``"log1p_normalised"`` (raw counts scaled to 10,000
+        per bag over all genes, then ``log1p``), ``"log1p"`` (values already normalised, e.g.
+        TPM) or ``"none"``.
+    """
+
+    genes: Any = None
+    tiles_key: str = "he_tiles"
+    features_key: str | None = None
+    bags_key: str = "bags"
+    target_transform: TargetTransform = "log1p_normalised"
+
+
+@_documented
+@dataclass(frozen=True, kw_only=True)
+class _LabelledBagInputs(_BagInputs):
+    """The bag inputs of the models that also classify: the labels and where they come from.
+
+    Parameters
+    ----------
+    target
+        Classification: the label column(s) of the bulk table's ``obs`` to learn; ``None``
+        learns the labels ``deg_<gene>`` of ``genes``.
+    task
+        ``"regression"`` or ``"classification"``.
+    labels
+        Classification: ``"obs"`` learns label columns of the bulk table (``target``, or the
+        ``deg_<gene>`` columns of :func:`histoexpr.pp.deg_labels`); ``"median"`` makes
+        ``"down"`` / ``"up"`` labels from the bags' expression (after ``target_transform``),
+        split at the training bags' median: ``deg_<gene>`` of each gene, or, with ``genes`` a
+        mapping from a label name to marker genes (``{"tumour": ["ERBB2", "KRT19", ...]}``),
+        one label of each name, splitting its genes' mean standardised expression.
+    """
+
+    target: str | list[str] | None = None
+    task: Task = "regression"
+    labels: Labels = "obs"
+
+
+@_documented
+@dataclass(frozen=True, kw_only=True)
+class ABMILOptions(_LabelledBagInputs, TrainingOptions):
+    """Options of model ``"abmil"``: a gated attention MIL network on bags of tile features.
+
+    Parameters
+    ----------
     per_gene
         One independent network per gene (or per label column) instead of one for the panel.
     hidden
@@ -79,14 +115,6 @@ class ABMILOptions(TrainingOptions):
 
     model: ClassVar[str] = "abmil"
 
-    genes: Any = None
-    target: str | list[str] | None = None
-    task: Task = "regression"
-    labels: Labels = "obs"
-    tiles_key: str = "he_tiles"
-    features_key: str | None = None
-    bags_key: str = "bags"
-    target_transform: TargetTransform = "log1p_normalised"
     per_gene: bool = False
     hidden: int = 128
     attention_hidden: int = 64
@@ -95,69 +123,35 @@ class ABMILOptions(TrainingOptions):
     max_tiles: int | None = 512
     batch_size: int = 4
     epochs: int = 100
-    lr: float = 0.001
     weight_decay: float = 0.0001
     patience: int | None = 10
-    val_fraction: float = 0.2
-    seed: int | None = None
-    device: str | None = None
 
 
 @_documented
 @dataclass(frozen=True, kw_only=True)
-class MeanPoolRidgeOptions(ModelOptions):
+class MeanPoolRidgeOptions(_BagInputs):
     """Options of model ``"meanpool_ridge"``: ridge regression on the bags' mean tile features.
 
     Parameters
     ----------
-    genes
-        Genes to predict: a list, a panel name or ``None`` for all.
-    tiles_key
-        Key of the tiles.
-    features_key
-        Key of the tile features; ``None`` takes the only one there.
-    bags_key
-        Key of the pseudo-bulk bags (ignored for a Cohort).
-    target_transform
-        As for ``model="abmil"``: ``"log1p_normalised"``, ``"log1p"`` or ``"none"``.
     alphas
         Ridge penalties to choose from.
     """
 
     model: ClassVar[str] = "meanpool_ridge"
 
-    genes: Any = None
-    tiles_key: str = "he_tiles"
-    features_key: str | None = None
-    bags_key: str = "bags"
-    target_transform: TargetTransform = "log1p_normalised"
     alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 @_documented
 @dataclass(frozen=True, kw_only=True)
-class MeanPoolLogisticOptions(ModelOptions):
+class MeanPoolLogisticOptions(_LabelledBagInputs):
     """Options of model ``"meanpool_logistic"``: logistic regression on mean tile features.
 
     Parameters
     ----------
-    genes
-        As for ``model="abmil"``: genes whose ``deg_<gene>`` labels to learn, or with
-        ``labels="median"`` genes (or named marker sets) to label at the training median.
-    target
-        Label column(s) of the bulk table's ``obs``.
     task
         Must be ``"classification"`` (the regression baseline is ``"meanpool_ridge"``).
-    labels
-        ``"obs"`` or ``"median"``, as for ``model="abmil"``.
-    tiles_key
-        Key of the tiles.
-    features_key
-        Key of the tile features; ``None`` takes the only one there.
-    bags_key
-        Key of the pseudo-bulk bags (ignored for a Cohort).
-    target_transform
-        Expression transform of ``labels="median"``.
     Cs
         Inverse penalties to choose from.
     seed
@@ -172,13 +166,6 @@ class MeanPoolLogisticOptions(ModelOptions):
             raise ValueError(f"meanpool_logistic classifies (task='classification'), got task="
                              f"{self.task!r}; the regression baseline is model='meanpool_ridge'.")
 
-    genes: Any = None
-    target: str | list[str] | None = None
     task: Task = "classification"
-    labels: Labels = "obs"
-    tiles_key: str = "he_tiles"
-    features_key: str | None = None
-    bags_key: str = "bags"
-    target_transform: TargetTransform = "log1p_normalised"
     Cs: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0)
     seed: int | None = None

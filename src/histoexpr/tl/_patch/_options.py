@@ -90,21 +90,16 @@ class PatchClassifierOptions(TrainingOptions):
     size_um: float | Sequence[float] = (16.0, 32.0)
     mpp: float | Sequence[float] | None = None
     region: Sequence[float] | None = None
-    val_fraction: float = 0.2
     val_block_um: float | None = None
     combine: Combine = "auto"
     width: int = 16
     dropout: float = 0.2
     augment: bool = True
     cache: bool = True
-    epochs: int = 20
-    batch_size: int = 64
     lr: float = 0.002
     weight_decay: float = 0.0001
     patience: int | None = 4
     calibrate: bool = True
-    device: str | None = None
-    seed: int | None = None
 
 
 @_documented
@@ -168,8 +163,6 @@ class CellMorphologyOptions(CommonOptions):
     n_folds: int = 5
     patch_classifier: PatchEnsemble | Sequence[PatchEnsemble] | None = None
     batch_size: int = 256
-    device: str | None = None
-    seed: int | None = None
 
     def _check(self) -> None:
         super()._check()

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from ..._core.validate import check_choice
-from .._options import SHARED_DOCS, CommonOptions, TrainingOptions
+from .._options import (
+    SHARED_DOCS,
+    CommonOptions,
+    TrainingOptions,
+    _inherited_doc,
+    _json_safe,
+    _own_docs,
+)
 
 if TYPE_CHECKING:
     from ...models import Network
@@ -32,22 +39,6 @@ _ALPHAS = (0.1, 0.31622776601683794, 1.0, 3.1622776601683795, 10.0, 31.622776601
            100000.0)
 
 
-def _own_docs(doc: str) -> dict[str, str]:
-    """``{option: its numpydoc lines}`` of the ``Parameters`` section a class itself writes."""
-    doc = inspect.cleandoc(doc or "")
-    if "Parameters\n----------\n" not in doc:
-        return {}
-    entries: dict[str, list[str]] = {}
-    name = None
-    for line in doc.split("Parameters\n----------\n", 1)[1].splitlines():
-        if line and not line.startswith(" "):
-            name = line.strip()
-            entries[name] = []
-        elif name is not None:
-            entries[name].append(line)
-    return {k: "\n".join(v).rstrip() for k, v in entries.items()}
-
-
 def _documented_route(cls: type) -> type:
     """Document every option of ``cls`` with the text of the class that declares it.
 
@@ -59,8 +50,7 @@ def _documented_route(cls: type) -> type:
     summary = own.split("Parameters\n----------\n", 1)[0].rstrip()
     lines = [summary, "", "Parameters", "----------"]
     for f in dataclasses.fields(cls):
-        text = next((c.__dict__["_option_docs"][f.name] for c in cls.__mro__
-                     if f.name in c.__dict__.get("_option_docs", {})), None)
+        text = cls._option_docs.get(f.name, _inherited_doc(cls, f.name))
         if text is None and f.name in SHARED_DOCS:
             text = "    " + SHARED_DOCS[f.name]
         if text is None:
@@ -181,15 +171,40 @@ class SpotRegressorOptions(CommonOptions):
         return [SpotRegressorOptions, *ROUTE_OPTIONS.values()]
 
     def _replaced(self, **overrides: Any) -> SpotRegressorOptions:
-        """A copy with ``overrides``; a new ``route`` keeps the options that route reads."""
+        """A copy with ``overrides``; a new ``route`` keeps the options that route reads.
+
+        The options of this route that the new one does not read are refused when they differ
+        from their defaults (the user's choices, which the new route would drop silently); at
+        their defaults they are left out.
+        """
         route = overrides.get("route", self.route)
         if route == self.route:
             return dataclasses.replace(self, **overrides)
         target = _route_class(route)
+        reads = {f.name for f in dataclasses.fields(target)}
+        dropped = [f"{f.name}={_shown(getattr(self, f.name))}"
+                   for f in dataclasses.fields(self)
+                   if f.name not in reads and f.name not in overrides
+                   and _json_safe(getattr(self, f.name)) != _json_safe(f.default)]
+        if dropped:
+            raise ValueError(
+                f"Changing route={self.route!r} to route={route!r} would drop "
+                f"{', '.join(dropped)}: options of route={self.route!r} "
+                f"({type(self).__name__}) set to other values than their defaults, which "
+                f"route={route!r} ({target.__name__}) does not read. Drop them (leave them at "
+                f"their defaults), or pass options of route={route!r} "
+                f"(hx.tl.SpotRegressorOptions(route={route!r}, ...)) instead of changing the "
+                f"route.")
         kept = {f.name: getattr(self, f.name) for f in dataclasses.fields(target)
                 if hasattr(self, f.name) and f.name not in overrides}
         kept.pop("route", None)
         return SpotRegressorOptions(**kept, **overrides)
+
+
+def _shown(value: Any) -> str:
+    """An option's value in a message: its record form (a network by its class)."""
+    safe = _json_safe(value)
+    return safe if isinstance(safe, str) and not isinstance(value, str | Path) else repr(safe)
 
 
 @_documented_route
@@ -336,7 +351,6 @@ class MLPRouteOptions(_EncoderRouteOptions, TrainingOptions):
     hidden: int = 256
     n_members: int = 1
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
     def _check(self) -> None:
@@ -372,7 +386,6 @@ class CNNRouteOptions(SpotRegressorOptions, TrainingOptions):
     route: Route = "cnn"
     arch: str = "small_cnn"
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
     def _check(self) -> None:
@@ -426,7 +439,6 @@ class AutoRouteOptions(_HeadRouteOptions, TrainingOptions):
     hidden: int = 256
     n_members: int = 1
     epochs: int = 30
-    lr: float = 0.001
     val_fraction: float = 0.15
 
 

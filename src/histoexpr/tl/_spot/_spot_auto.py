@@ -15,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..._core.logs import logger
 from .._metrics._expression_metrics import column_pearson
+
+if TYPE_CHECKING:
+    from ._options import AutoRouteOptions
 
 #: the encoder the "ssl" and "random_cnn" candidates use (bench_pretrain.py's her2st recipe)
 CNN_CONFIG = {"arch": "small_cnn", "in_channels": 3, "width": 32, "pool_levels": True}
@@ -260,16 +263,16 @@ def transform_targets(y: np.ndarray, how: str) -> np.ndarray:
     return ndtri((rankdata(y, axis=0) - 0.5) / len(y))  # normal scores of the ranks
 
 
-def _fit_head(features: list[np.ndarray], targets: list[np.ndarray], candidate, options):
+def _fit_head(features: list[np.ndarray], targets: list[np.ndarray], candidate,
+              options: AutoRouteOptions):
     from ._spot_training import fit_mlp, fit_ridge
 
     y = [transform_targets(t, candidate["target"]).astype(np.float32) for t in targets]
     if candidate["head"] == "ridge":
-        return fit_ridge(features, y, alphas=options["alphas"], n_components=None)
-    return fit_mlp(features, y, hidden=options["hidden"], n_members=options["n_members"],
-                   epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"],
-                   val_fraction=options["val_fraction"], device=options["device"],
-                   seed=options["seed"])
+        return fit_ridge(features, y, alphas=options.alphas, n_components=None)
+    return fit_mlp(features, y, hidden=options.hidden, n_members=options.n_members,
+                   epochs=options.epochs, lr=options.lr, batch_size=options.batch_size,
+                   val_fraction=options.val_fraction, device=options.device, seed=options.seed)
 
 
 def _apply(network, features: np.ndarray) -> np.ndarray:
@@ -307,7 +310,7 @@ def inner_folds(prepared) -> tuple[str, list]:
     return "three spatial bands of one section", folds
 
 
-def evaluate_candidate(candidate, features: _Features, folds, options, *,
+def evaluate_candidate(candidate, features: _Features, folds, options: AutoRouteOptions, *,
                        keep: list | None = None) -> dict[str, Any]:
     """Mean Pearson over genes on each inner test part; the candidate's score is their mean.
 
@@ -354,19 +357,20 @@ def _describe(candidate) -> str:
     return ", ".join(f"{k}={v}" for k, v in candidate.items())
 
 
-def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_key: str,
-             mpp: float, ssl_encoder, pretrain_tiles_key: str | None,
-             pretrain_epochs: int | None, options: dict[str, Any]):
+def fit_auto(prepared, options: AutoRouteOptions, *, mpp: float):
     """Search the grid by inner folds, then train the chosen configuration on every section.
 
+    ``options`` are the route's (:class:`AutoRouteOptions`): ``candidates`` give the grid, the
+    heads read their own options; ``mpp`` is the pixel size the sections were prepared at.
     Returns the network and its metadata (without the fields ``fit`` adds for every route).
     """
     began = time.perf_counter()
-    grid = check_grid(candidates)
-    features = _Features(prepared, tiles_key=tiles_key, image_key=image_key, mpp=mpp,
-                         ssl_encoder=ssl_encoder, pretrain_tiles_key=pretrain_tiles_key,
-                         pretrain_epochs=pretrain_epochs, batch_size=options["batch_size"],
-                         device=options["device"], seed=options["seed"])
+    grid = check_grid(options.candidates)
+    features = _Features(prepared, tiles_key=options.tiles_key, image_key=options.image_key,
+                         mpp=mpp, ssl_encoder=options.ssl_encoder,
+                         pretrain_tiles_key=options.pretrain_tiles_key,
+                         pretrain_epochs=options.pretrain_epochs, batch_size=options.batch_size,
+                         device=options.device, seed=options.seed)
     scheme, folds = inner_folds(prepared)
     kept: dict[str, list] = {}  # held-out predictions of every candidate, for the calibration
     chosen, results = search(grid, lambda c: evaluate_candidate(
@@ -375,7 +379,7 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
     x = [features.of(p, chosen) for p in prepared]
     y = [p.targets for p in prepared]
     head, extra = _log1p_head(x, y, chosen, options)
-    if options.get("calibrate", True):
+    if options.calibrate:
         from ._calibration import calibrate, network_refit
 
         extra["calibration"] = calibrate(
@@ -423,7 +427,8 @@ def fit_auto(prepared, genes: list[str], *, candidates, tiles_key: str, image_ke
     return network, metadata
 
 
-def _log1p_head(x: list[np.ndarray], y: list[np.ndarray], candidate, options):
+def _log1p_head(x: list[np.ndarray], y: list[np.ndarray], candidate,
+                options: AutoRouteOptions):
     """A head of ``candidate`` trained on ``x``, ``y``, predicting log1p-normalised values."""
     head, extra = _fit_head(x, y, candidate, options)
     pooled = np.vstack(y).astype(np.float64)

@@ -9,7 +9,7 @@ spot). Prediction writes a table of expression per tile that scanpy and squidpy 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,6 @@ from ._options import (
     RidgeRouteOptions,
     SpotRegressorOptions,
     _EncoderRouteOptions,
-    _HeadRouteOptions,
 )
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
@@ -150,13 +149,9 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
         case RidgeRouteOptions(subspot_um=subspot_um) if subspot_um is not None:
             network, extra = _fit_subspot(prepared, options, mpp)
         case AutoRouteOptions():
-            network, extra = _fit_searched(prepared, chosen, options, mpp, options.candidates)
+            network, extra = _fit_searched(prepared, options, mpp)
         case _EncoderRouteOptions() if options.network_encoder:  # one configuration, no search
-            candidates = {"encoder": [options.encoder], "stain": ["none"],
-                          "standardise_sections": [options.standardise_sections],
-                          "context_um": [options.context_um], "target": ["log1p"],
-                          "head": [options.route]}
-            network, extra = _fit_searched(prepared, chosen, options, mpp, candidates)
+            network, extra = _fit_searched(prepared, _one_configuration(options), mpp)
             extra["route"] = options.route
         case CNNRouteOptions():
             network, extra = _fit_cnn(prepared, chosen, options, mpp)
@@ -184,23 +179,26 @@ def _fit_subspot(prepared, options: RidgeRouteOptions, mpp: float) -> tuple[Netw
         batch_size=options.batch_size, device=options.device)
 
 
-#: the options of the search's heads (each head reads its own; a route passes those it has)
-_SEARCH_OPTIONS = ("alphas", "hidden", "n_members", "epochs", "lr", "batch_size", "val_fraction",
-                   "device", "seed", "calibrate")
-
-
-def _fit_searched(prepared, chosen, options: _HeadRouteOptions, mpp: float,
-                  candidates) -> tuple[Network, dict]:
+def _fit_searched(prepared, options: AutoRouteOptions, mpp: float) -> tuple[Network, dict]:
     """Route ``"auto"``, and the head routes on a CNN encoder trained inside ``fit``."""
     from ._spot_auto import fit_auto
 
-    return fit_auto(
-        prepared, chosen, candidates=candidates, tiles_key=options.tiles_key,
-        image_key=options.image_key, mpp=mpp, ssl_encoder=options.ssl_encoder,
-        pretrain_tiles_key=options.pretrain_tiles_key,
-        pretrain_epochs=options.pretrain_epochs,
-        options={name: getattr(options, name) for name in _SEARCH_OPTIONS
-                 if hasattr(options, name)})
+    return fit_auto(prepared, options, mpp=mpp)
+
+
+def _one_configuration(options: _EncoderRouteOptions) -> AutoRouteOptions:
+    """A head route on a CNN encoder trained inside ``fit``, as route ``"auto"`` without a search.
+
+    One candidate: the route's encoder, scaling and context, log1p targets, the route's head.
+    The options the route has are carried over; the other head's, unread, keep their defaults.
+    """
+    candidates = {"encoder": [options.encoder], "stain": ["none"],
+                  "standardise_sections": [options.standardise_sections],
+                  "context_um": [options.context_um], "target": ["log1p"],
+                  "head": [options.route]}
+    carried = {f.name: getattr(options, f.name) for f in fields(AutoRouteOptions)
+               if f.name != "route" and hasattr(options, f.name)}
+    return AutoRouteOptions(**carried, candidates=candidates)
 
 
 def _fit_cnn(prepared, chosen, options: CNNRouteOptions, mpp: float) -> tuple[Network, dict]:
