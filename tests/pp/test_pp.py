@@ -138,6 +138,23 @@ def test_detect_tissue_fluorescence_matches_disk(dtype, caplog):
     assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
 
 
+def test_detect_tissue_dim_brightfield_is_not_taken_for_fluorescence(disk_section, caplog):
+    # an under-exposed H&E (glass at ~40 % of full scale, as the squidpy mouse-brain crop): its
+    # background is not bright, but it has no near-black background either: brightfield
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = np.asarray(disk_section.images["he"].data).astype(np.float64)
+    disk_section.images["dim"] = Image2DModel.parse(
+        (rgb * 0.42).astype(np.uint8), dims=("c", "y", "x"),
+        transformations={"global": Scale([MPP, MPP], axes=("y", "x"))})
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        hx.pp.detect_tissue(disk_section, "dim", mpp=2.0)
+    assert "as brightfield" in caplog.text and "near black" in caplog.text
+    mask = np.asarray(disk_section.labels["dim_tissue"]) > 0
+    assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
+
+
 def test_detect_tissue_explicit_kind_and_clean_up(disk_section, caplog):
     # an RGB fluorescence image read as such: the dark glass is background
     from spatialdata.models import Image2DModel

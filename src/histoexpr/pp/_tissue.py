@@ -46,6 +46,12 @@ _GREY_PIECE_DEGREES = 8.0
 # 15-50 % of its local mean on the sections seen); a piece less than this share as textured as
 # the piece that holds the most stain is a blur, a smear or a halo (they reach 10-25 %).
 _MIN_RELATIVE_TEXTURE = 1 / 3
+# A fluorescence image has a dark background: at least this share of its pixels darker than
+# this share of full scale. An image without bright glass and without such a background is a
+# brightfield image, under-exposed or filled with tissue (the squidpy mouse-brain H&E crop: glass
+# at ~40 % of full scale, its darkest pixels at 20-35 %; fluorescence scans: 60-85 % near black).
+_DARK_BRIGHTNESS = 0.15
+_DARK_SHARE = 0.1
 # Lines thinner than this (bubble edges, pen strokes, fibres on the glass) are opened away.
 _OPENING_UM = 8.0
 # Both kinds are read slightly smoothed (a Gaussian of this sigma), against noise and JPEG blocks.
@@ -242,15 +248,23 @@ def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
 
     The background is the commonest brightness (the peak of the histogram): bright glass on a
     brightfield image, dark on a fluorescence one, whatever the number of channels (a DAPI scan
-    stored as RGB, a grey or RGBA H&E).
+    stored as RGB, a grey or RGBA H&E). An image with no bright glass is fluorescence only if
+    it has a dark background too (``_DARK_SHARE`` of its pixels near black); one without (an
+    under-exposed H&E, or a crop filled with tissue) is brightfield.
     """
     values = _brightness(pixels)[valid]
     counts, edges = np.histogram(values, bins=32, range=(0.0, 1.0))
     peak = int(counts.argmax())
     background = float((edges[peak] + edges[peak + 1]) / 2)
-    kind = "brightfield" if background > 0.5 else "fluorescence"
-    return kind, (f"its background (the commonest brightness) is {background:.0%} of full "
-                  f"scale, {'bright' if kind == 'brightfield' else 'dark'}")
+    said = f"its background (the commonest brightness) is {background:.0%} of full scale"
+    if background > 0.5:
+        return "brightfield", f"{said}, bright"
+    dark = float((values < _DARK_BRIGHTNESS).mean()) if values.size else 0.0
+    if dark < _DARK_SHARE:
+        return "brightfield", (f"{said} but only {dark:.0%} of its pixels are near black (below "
+                               f"{_DARK_BRIGHTNESS:.0%}): no dark background, so a brightfield "
+                               "image with dim glass or filled with tissue")
+    return "fluorescence", f"{said}, dark ({dark:.0%} of its pixels near black)"
 
 
 def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
