@@ -114,7 +114,9 @@ def detect_tissue(
         ``"brightfield"`` (H&E and other stains on a white background), ``"fluorescence"``
         (signal on a dark background) or ``"auto"``: decided from the pixels, not the number
         of channels: brightfield where the commonest brightness (the background) is above half
-        of full scale, fluorescence below; the decision is logged. A brightfield image in grey
+        of full scale; below, fluorescence if at least 10 % of the pixels are near black (under
+        15 % of full scale: a dark background), else brightfield (an under-exposed H&E, or one
+        filled with tissue); the decision is logged. A brightfield image in grey
         is thresholded on its optical density alone, an RGBA one on its first 3 channels. A mask
         covering under 1 % or over 99 % of the image gives a warning.
     min_area_um2
