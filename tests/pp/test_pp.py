@@ -155,6 +155,26 @@ def test_detect_tissue_dim_brightfield_is_not_taken_for_fluorescence(disk_sectio
     assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
 
 
+def test_detect_tissue_leaves_out_the_dark_frame_beyond_the_slide(disk_section, caplog):
+    # a scanner's or CytAssist image's dark brown frame around the slide (not grey, so not
+    # taken for ink), 30 px wide: never tissue, even though it absorbs more than any stain
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    rgb = np.array(disk_section.images["he"].data)
+    frame = np.ones(rgb.shape[1:], dtype=bool)
+    frame[30:-30, 30:-30] = False
+    rgb[:, frame] = np.array([26, 17, 14], dtype=rgb.dtype)[:, None]
+    disk_section.images["framed"] = Image2DModel.parse(
+        rgb, dims=("c", "y", "x"), transformations={"global": Scale([MPP, MPP], axes=("y", "x"))})
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        hx.pp.detect_tissue(disk_section, "framed", mpp=2.0)
+    assert "beyond the slide" in caplog.text
+    mask = np.asarray(disk_section.labels["framed_tissue"]) > 0
+    assert iou(mask, true_disk(mask.shape, 2.0)) > 0.9
+    assert not mask[:7].any() and not mask[-7:].any()  # the frame (30 px = 7.5 px at 2 um/px)
+
+
 def test_detect_tissue_explicit_kind_and_clean_up(disk_section, caplog):
     # an RGB fluorescence image read as such: the dark glass is background
     from spatialdata.models import Image2DModel

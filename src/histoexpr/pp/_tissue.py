@@ -52,6 +52,9 @@ _MIN_RELATIVE_TEXTURE = 1 / 3
 # at ~40 % of full scale, its darkest pixels at 20-35 %; fluorescence scans: 60-85 % near black).
 _DARK_BRIGHTNESS = 0.15
 _DARK_SHARE = 0.1
+# Beyond the slide: a scanner's or CytAssist's dark frame passes under a tenth of the glass's light
+# (optical density above 1; H&E tissue at the working resolution passes 20 % or more).
+_FRAME_OD = 1.0
 # Lines thinner than this (bubble edges, pen strokes, fibres on the glass) are opened away.
 _OPENING_UM = 8.0
 # Both kinds are read slightly smoothed (a Gaussian of this sigma), against noise and JPEG blocks.
@@ -93,7 +96,10 @@ def detect_tissue(
     Pieces less than a third as textured (the local spread of OD over its mean) as the piece
     holding the most stain are blurs or smears (out-of-focus bands, smudges) and are left out.
     Lines and specks narrower than about 2 x 8 um (bubble edges, pen strokes, fibres) are opened
-    away. On a fluorescence image, tissue is where the
+    away. Where glass is in view, near-opaque regions (OD above 1, a tenth of the glass's light)
+    that reach the image's edge lie beyond the slide (a scanner's or CytAssist image's dark
+    frame, the slide holder): they and the blur around them are neither tissue nor counted in
+    the threshold. On a fluorescence image, tissue is where the
     intensity (the mean of the channels, slightly smoothed) is above half-way
     between the dark background (whose upper edge is found by the triangle method) and the
     median intensity of what is not background, and the mask is closed over 24 um so that sparse
@@ -288,13 +294,19 @@ def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
     bright = brightness >= np.percentile(brightness, _GLASS_PERCENTILE)
     glass = np.median(values[:, bright], axis=1)
     full = 255.0 if pixels.dtype == np.uint8 else float(np.percentile(values, 99.9)) or 1.0
-    if glass.mean() < _GLASS_MIN * full:
+    has_glass = glass.mean() >= _GLASS_MIN * full
+    if not has_glass:
         logger.info("No bare glass in view (the brightest pixels are at %s of full scale): "
                     "optical density is measured against white.", f"{glass.mean() / full:.0%}")
         glass = np.full_like(glass, full)
     glass = np.maximum(glass, 1e-6)[:, None, None]
     od_channels = np.log10(glass / np.maximum(smooth, 1e-3 * glass)).clip(0, None)
     od = od_channels.mean(axis=0)
+    raw = pixels.astype(np.float32)
+    raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
+    if has_glass:  # beyond the slide, with the blur the smoothing spreads around it: not
+        # tissue, and not counted in the threshold (only where a slide's glass is in view)
+        valid = valid & ~_outside_slide(raw_od, valid, reach=math.ceil(3 * sigma))
     if min_od is None:
         threshold = float(np.clip(_li(od[valid]), *_OD_RANGE))
     else:
@@ -309,8 +321,6 @@ def _stained(pixels: np.ndarray, valid: np.ndarray, mpp: float,
         ink = green < _INK_GREEN_RATIO * np.maximum(red, blue)
         grey = _grey_degrees(od_rgb) < _GREY_DEGREES
         mask &= ~(ink | (grey & (od > 2 * threshold)))
-    raw = pixels.astype(np.float32)
-    raw_od = np.log10(glass / np.maximum(raw, 1e-3 * glass)).clip(0, None).mean(axis=0)
     mask = _drop_unstained_pieces(mask, od, od_rgb, raw_od)
     return _open(mask, max(1, round(_OPENING_UM / mpp)))
 
@@ -351,6 +361,36 @@ def _li(values: np.ndarray) -> float:
     from skimage.filters import threshold_li
 
     return float(threshold_li(values)) if np.ptp(values) > 0 else float(values.max())
+
+
+def _outside_slide(od: np.ndarray, valid: np.ndarray, *, reach: int = 0) -> np.ndarray:
+    """The near-opaque regions that reach the image's edge: what lies beyond the slide.
+
+    A scanner's or a CytAssist image's dark frame, the slide holder, a label's shadow: pixels
+    passing under a tenth of the glass's light (optical density above ``_FRAME_OD``) connected
+    to the edge of the image, grown by ``reach`` pixels (the blur of the smoothing around them).
+    Stained tissue, even dense, lets through more light at the working resolution; dark tissue
+    inside the image is left alone. Called only where glass is in view (an image of dark pixels
+    alone is not a slide in a frame).
+    """
+    from scipy import ndimage
+
+    opaque = (od > _FRAME_OD) & valid
+    if not opaque.any():
+        return opaque
+    pieces, _ = ndimage.label(opaque, structure=np.ones((3, 3), dtype=bool))
+    rows, cols = np.nonzero(valid)
+    bottom, right = rows.max(), cols.max()
+    edge = np.concatenate([pieces[0, : right + 1], pieces[bottom, : right + 1],
+                           pieces[: bottom + 1, 0], pieces[: bottom + 1, right]])
+    touching = np.unique(edge[edge > 0])
+    outside = np.isin(pieces, touching)
+    if outside.any() and reach > 0:
+        outside = ndimage.binary_dilation(outside, iterations=reach) & valid
+    if outside.any():
+        logger.info("Left out %.1f%% of the image: near-opaque regions at its edge (a frame or "
+                    "holder beyond the slide, not tissue).", 100 * outside[valid].mean())
+    return outside
 
 
 def _grey_degrees(od_rgb: np.ndarray) -> np.ndarray:
