@@ -185,7 +185,7 @@ class SpotRegressorOptions(CommonOptions):
         dropped = [f"{f.name}={_shown(getattr(self, f.name))}"
                    for f in dataclasses.fields(self)
                    if f.name not in reads and f.name not in overrides
-                   and _json_safe(getattr(self, f.name)) != _json_safe(f.default)]
+                   and _json_safe(getattr(self, f.name)) != _json_safe(_default(f))]
         if dropped:
             raise ValueError(
                 f"Changing route={self.route!r} to route={route!r} would drop "
@@ -199,6 +199,13 @@ class SpotRegressorOptions(CommonOptions):
                 if hasattr(self, f.name) and f.name not in overrides}
         kept.pop("route", None)
         return SpotRegressorOptions(**kept, **overrides)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value, also where it is made by a factory."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _shown(value: Any) -> str:
