@@ -14,7 +14,8 @@ nearest array position is one not kept (these include tiles on the edge of the t
 the true tissue and the share of each artefact's pixels inside it.
 
 ``mob`` scores the same criterion on the four MOB sections (mouse olfactory bulb, legacy ST,
-low-resolution JPEG H&E; never used to set the method's constants): their alignment tables list
+low-resolution JPEG H&E; looked at while the method was built, but never scored by this
+criterion before, so not a held-out test either): their alignment tables list
 every array position with the authors' ``selected`` call, so no grid is rebuilt. The spot disc
 of these arrays is not stated with the data, so the centre rule is the primary one there (the
 disc rule with a 55 um spot in brackets).
