@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -175,3 +176,22 @@ def two_sections(synthetic):
         del section.images["he"]
         sections[name] = section
     return sections
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder``: its relative path and the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """``histoexpr demo`` cut down to one figure and its summary; returns its jobs function."""
+    from histoexpr import _demo
+
+    def jobs(report, scale, seed):
+        report.figure("tiles.png", lambda: __import__("matplotlib.pyplot").pyplot.figure())
+
+    monkeypatch.setattr(_demo, "_run_jobs", jobs)
+    monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
+    return jobs

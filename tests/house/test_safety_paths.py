@@ -7,7 +7,6 @@ a folder it names; a write that replaces a file writes beside it and swaps at th
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -15,17 +14,12 @@ import numpy as np
 import pytest
 import torch
 from _catalogue import bad_input
+from conftest import tree_digest
 
 import histoexpr as hx
 from histoexpr._core.validate import check_store_name
 
 OPTIONS = {"encoder": "handcrafted", "size_px": 16, "mpp": 2.0}
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder``: its relative path and the SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _victim(folder: Path) -> Path:
@@ -77,13 +71,13 @@ def test_plain_names_pass_the_rule(key):
 def test_embed_cohort_key_cannot_climb_out_of_the_store(cohort):
     cohort, _ = cohort
     victim = _victim(cohort.store_dir)
-    before = _tree_digest(victim)
-    stores = {i: _tree_digest(cohort.store(i).path) for i in cohort.ids}
+    before = tree_digest(victim)
+    stores = {i: tree_digest(cohort.store(i).path) for i in cohort.ids}
     with pytest.raises(ValueError, match="key_added='../../../../victim' cannot name a set of "
                        "features in a slide store: it holds a path separator"):
         hx.tl.embed_cohort(cohort, key_added="../../../../victim", **OPTIONS)
-    assert _tree_digest(victim) == before
-    assert {i: _tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
+    assert tree_digest(victim) == before
+    assert {i: tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
 
 
 @bad_input("obscure error", "`hx.tl.embed_cohort(cohort, key_added=\"/abs/path\")` (an absolute "
@@ -110,13 +104,13 @@ def test_embed_cohort_absolute_key_is_refused_at_once(cohort):
            fix="a plain name, e.g. key_added='abmil_v2'")
 def test_embed_cohort_key_with_a_slash_is_refused_before_any_write(cohort):
     cohort, _ = cohort
-    stores = {i: _tree_digest(cohort.store(i).path) for i in cohort.ids}
+    stores = {i: tree_digest(cohort.store(i).path) for i in cohort.ids}
     for key in ("abmil/v2", "X/a"):
         with pytest.raises(ValueError, match=f"key_added='{key}' cannot name a set of features "
                            "in a slide store: it holds a path separator.*key_added='"
                            f"{key.replace('/', '_')}'"):
             hx.tl.embed_cohort(cohort, key_added=key, **OPTIONS)
-    assert {i: _tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
+    assert {i: tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
     # the stores are still readable
     assert cohort["slide_00"].tables["he_tiles_table"].obsm["X_handcrafted"].shape[0] > 0
     with pytest.raises(ValueError, match="tiles_key='he/tiles' cannot name a tile set"):
@@ -132,18 +126,18 @@ def test_embed_cohort_key_with_a_slash_is_refused_before_any_write(cohort):
 def test_predict_key_cannot_climb_out_of_the_store(cohort):
     cohort, model = cohort
     victim = _victim(cohort.store_dir)
-    before = _tree_digest(victim)
-    stores = {i: _tree_digest(cohort.store(i).path) for i in cohort.ids}
+    before = tree_digest(victim)
+    stores = {i: tree_digest(cohort.store(i).path) for i in cohort.ids}
     for key in ("../../../../victim", "abmil/v2"):
         with pytest.raises(ValueError, match=f"key_added='{key}' cannot name a set of results "
                            "in a slide store: it holds a path separator"):
             hx.tl.predict(model, cohort, key_added=key, overwrite=True)
-    assert _tree_digest(victim) == before
-    assert {i: _tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
+    assert tree_digest(victim) == before
+    assert {i: tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
     # a plain key writes the results into every store
     hx.tl.predict(model, cohort, key_added="abmil_v2", overwrite=True)
     assert all("abmil_v2" in cohort.store(i).results_keys("he_tiles") for i in cohort.ids)
-    assert _tree_digest(victim) == before
+    assert tree_digest(victim) == before
 
 
 @bad_input("data lost", "a slide store read or written with a key holding a path "
@@ -153,7 +147,7 @@ def test_predict_key_cannot_climb_out_of_the_store(cohort):
 def test_slide_store_checks_every_key_it_joins_to_a_path(cohort, tmp_path):
     cohort, _ = cohort
     store = cohort.store("slide_00")
-    before = _tree_digest(store.path)
+    before = tree_digest(store.path)
     with pytest.raises(ValueError, match="key='../../x' cannot name a set of features in a "
                        "slide store"):
         store.features("he_tiles", "../../x")
@@ -163,7 +157,7 @@ def test_slide_store_checks_every_key_it_joins_to_a_path(cohort, tmp_path):
                             columns=["a"], branches=["b"], overwrite=True)
     with pytest.raises(ValueError, match="key='../x' cannot name a set of features"):
         store.write_features("he_tiles", "../x", np.zeros((n, 2)), {})
-    assert _tree_digest(store.path) == before
+    assert tree_digest(store.path) == before
 
 
 @bad_input("data lost", "a manifest whose slide_id holds a path separator or is `..` (the store "
@@ -246,7 +240,7 @@ def test_cli_predict_overwrite_failing_midway_keeps_the_old_store(spot_model, tm
     out = tmp_path / "pred.zarr"
     args = ["predict", "-m", str(model), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
     assert main(args) == 0
-    before = _tree_digest(out)
+    before = tree_digest(out)
 
     def fail_midway(self, file_path, *a, **k):
         Path(file_path).mkdir()
@@ -256,7 +250,7 @@ def test_cli_predict_overwrite_failing_midway_keeps_the_old_store(spot_model, tm
     monkeypatch.setattr(sd.SpatialData, "write", fail_midway)
     with pytest.raises(KeyboardInterrupt):
         main([*args, "--overwrite"])
-    assert _tree_digest(out) == before
+    assert tree_digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.zarr"]  # nothing left beside
     monkeypatch.undo()
     assert main([*args, "--overwrite"]) == 0
@@ -446,27 +440,22 @@ def test_tile_of_a_numpy_array_names_what_to_pass():
            says="the old report stays whole: the new one is written beside it and swapped in "
            "when complete",
            fix="run it again")
-def test_demo_overwrite_failing_midway_keeps_the_old_report(tmp_path, monkeypatch):
+def test_demo_overwrite_failing_midway_keeps_the_old_report(tmp_path, monkeypatch, tiny_demo):
     from histoexpr import _demo
     from histoexpr._cli import main
 
-    def tiny_jobs(report, scale, seed):
-        report.figure("tiles.png", lambda: __import__("matplotlib.pyplot").pyplot.figure())
-
-    monkeypatch.setattr(_demo, "_run_jobs", tiny_jobs)
-    monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
     out = tmp_path / "histoexpr-demo"
     assert main(["demo", "--out", str(out)]) == 0
-    before = _tree_digest(out)
+    before = tree_digest(out)
 
     def killed(report, scale, seed):
-        tiny_jobs(report, scale, seed)
+        tiny_demo(report, scale, seed)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_demo, "_run_jobs", killed)
     with pytest.raises(KeyboardInterrupt):
         main(["demo", "--out", str(out), "--overwrite"])
-    assert _tree_digest(out) == before
+    assert tree_digest(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["histoexpr-demo"]
 
 
@@ -479,7 +468,7 @@ def test_synthetic_slide_cohort_failing_midway_keeps_the_old_files(tmp_path, mon
     from histoexpr.datasets import _slides
 
     hx.datasets.synthetic_slide_cohort(tmp_path, 2, seed=0, size_um=100, mpp=1.0)
-    before = _tree_digest(tmp_path)
+    before = tree_digest(tmp_path)
     real = _slides.write_pyramidal_tiff
 
     def cut_short(path, *args, **kwargs):
@@ -491,7 +480,7 @@ def test_synthetic_slide_cohort_failing_midway_keeps_the_old_files(tmp_path, mon
     with pytest.raises(OSError, match="No space left"):
         hx.datasets.synthetic_slide_cohort(tmp_path, 2, seed=1, size_um=100, mpp=1.0,
                                            overwrite=True)
-    assert _tree_digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_cli_predict_takes_the_root_of_relative_paths_in_a_model_file(tmp_path, capsys):

@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 import spatialdata as sd
 from _catalogue import bad_input
-from conftest import make_disk_section
+from conftest import make_disk_section, tree_digest
 
 import histoexpr as hx
 from histoexpr._cli import EXIT_BAD_INPUT, main
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _user_folder(path: Path) -> dict[str, str]:
@@ -30,7 +24,7 @@ def _user_folder(path: Path) -> dict[str, str]:
     (path / "notes.txt").write_text("three months of annotations\n")
     (path / "sub").mkdir()
     (path / "sub" / "slide.bin").write_bytes(bytes(range(256)) * 4)
-    return _digest(path)
+    return tree_digest(path)
 
 
 # --- 1. the CLI replaces only folders and stores it wrote ---------------------------------------
@@ -45,20 +39,13 @@ def test_demo_overwrite_refuses_a_user_folder(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--overwrite", "--size", "quick"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert str(out) in err and "not written by `histoexpr demo`" in err and "--out" in err
-    assert _digest(out) == before
+    assert tree_digest(out) == before
 
 
 @bad_input("data lost", "`histoexpr demo --overwrite` on a demo report the user added a file to",
            says="refuses: the folder also holds files the demo did not write (named)",
            fix="move those files out of the folder, or choose another --out")
-def test_demo_overwrite_refuses_a_report_holding_user_files(tmp_path, monkeypatch, capsys):
-    from histoexpr import _demo
-
-    def tiny_jobs(report, scale, seed):
-        report.figure("tiles.png", lambda: __import__("matplotlib.pyplot").pyplot.figure())
-
-    monkeypatch.setattr(_demo, "_run_jobs", tiny_jobs)
-    monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
+def test_demo_overwrite_refuses_a_report_holding_user_files(tmp_path, tiny_demo, capsys):
     out = tmp_path / "histoexpr-demo"
     assert main(["demo", "--out", str(out)]) == 0
     assert {"tiles.png", "metrics.json", "summary.md"} <= {p.name for p in out.iterdir()}
@@ -69,10 +56,10 @@ def test_demo_overwrite_refuses_a_report_holding_user_files(tmp_path, monkeypatc
     assert stale.read_bytes() != b"old figure"
     # ... but not once the user keeps a file of theirs in it
     (out / "my_notes.md").write_text("keep me")
-    before = _digest(out)
+    before = tree_digest(out)
     assert main(["demo", "--out", str(out), "--overwrite"]) == EXIT_BAD_INPUT
     assert "my_notes.md" in capsys.readouterr().err
-    assert _digest(out) == before
+    assert tree_digest(out) == before
 
 
 @bad_input("data lost", "`histoexpr predict -o OUT --overwrite` where OUT is a user's folder or "
@@ -86,7 +73,7 @@ def test_predict_overwrite_refuses_what_it_did_not_write(what, tmp_path, capsys)
         before = _user_folder(out)
     elif what == "own store":
         make_disk_section(size_px=40).write(out)
-        before = _digest(out)
+        before = tree_digest(out)
     else:
         out.write_bytes(b"not a store")
         before = {"": hashlib.sha256(out.read_bytes()).hexdigest()}
@@ -98,7 +85,7 @@ def test_predict_overwrite_refuses_what_it_did_not_write(what, tmp_path, capsys)
     if what == "file":
         assert {"": hashlib.sha256(out.read_bytes()).hexdigest()} == before
     else:
-        assert _digest(out) == before
+        assert tree_digest(out) == before
 
 
 @pytest.mark.slow
