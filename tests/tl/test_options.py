@@ -340,11 +340,11 @@ def test_fit_dispatches_on_the_class_of_the_spot_options(monkeypatch, synthetic)
             return Stub(), {}
         return run
 
-    for name in ("_fit_head", "_fit_cnn", "_fit_searched", "_fit_subspot"):
+    for name in ("_fit_head", "_fit_cnn", "fit_auto", "_fit_subspot"):
         monkeypatch.setattr(_spot_regressor, name, stub(name))
     cases = [({"route": "ridge"}, "_fit_head"), ({"route": "mlp"}, "_fit_head"),
-             ({"route": "cnn"}, "_fit_cnn"), ({"route": "auto"}, "_fit_searched"),
-             ({"route": "ridge", "encoder": "random_cnn"}, "_fit_searched"),
+             ({"route": "cnn"}, "_fit_cnn"), ({"route": "auto"}, "fit_auto"),
+             ({"route": "ridge", "encoder": "random_cnn"}, "fit_auto"),
              ({"route": "ridge", "subspot_um": 28.0, "size_um": 56.0}, "_fit_subspot")]
     for options, expected in cases:
         options = hx.tl.SpotRegressorOptions(genes=["EPCAM"], mpp=2.0, **{"size_um": 56.0,

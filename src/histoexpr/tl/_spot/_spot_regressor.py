@@ -23,6 +23,7 @@ from ._options import (
     SpotRegressorOptions,
     _EncoderRouteOptions,
 )
+from ._spot_auto import fit_auto
 from ._spot_features import _radii, section_features
 from ._spot_inputs import (
     CNN_NORMALISATION,
@@ -149,9 +150,9 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
         case RidgeRouteOptions(subspot_um=subspot_um) if subspot_um is not None:
             network, extra = _fit_subspot(prepared, options, mpp)
         case AutoRouteOptions():
-            network, extra = _fit_searched(prepared, options, mpp)
+            network, extra = fit_auto(prepared, options, mpp=mpp)
         case _EncoderRouteOptions() if options.network_encoder:  # one configuration, no search
-            network, extra = _fit_searched(prepared, _one_configuration(options), mpp)
+            network, extra = fit_auto(prepared, _one_configuration(options), mpp=mpp)
             extra["route"] = options.route
         case CNNRouteOptions():
             network, extra = _fit_cnn(prepared, chosen, options, mpp)
@@ -177,13 +178,6 @@ def _fit_subspot(prepared, options: RidgeRouteOptions, mpp: float) -> tuple[Netw
         standardise=options.standardise_sections, context_um=options.context_um,
         alphas=options.alphas, n_components=options.n_components,
         batch_size=options.batch_size, device=options.device)
-
-
-def _fit_searched(prepared, options: AutoRouteOptions, mpp: float) -> tuple[Network, dict]:
-    """Route ``"auto"``, and the head routes on a CNN encoder trained inside ``fit``."""
-    from ._spot_auto import fit_auto
-
-    return fit_auto(prepared, options, mpp=mpp)
 
 
 def _one_configuration(options: _EncoderRouteOptions) -> AutoRouteOptions:
