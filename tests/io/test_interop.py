@@ -98,7 +98,7 @@ def test_clam_file_without_attributes(tmp_path):
 @bad_input(
     "data lost",
     "`hx.io.write_trident_h5(..., overwrite=True)` onto a .h5 file of the user's",
-    says="refuses: the file was not written by write_trident_h5; it is left intact",
+    says="refuses: the file is one hx.io.write_trident_h5 did not write; it is left intact",
     fix="choose another path",
 )
 def test_write_replaces_only_its_own_file(embedded, tmp_path):
@@ -106,7 +106,7 @@ def test_write_replaces_only_its_own_file(embedded, tmp_path):
     mine.write_bytes(b"user data")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         hx.io.write_trident_h5(embedded, mine)
-    with pytest.raises(FileExistsError, match="not written by write_trident_h5"):
+    with pytest.raises(FileExistsError, match="write_trident_h5 did not write"):
         hx.io.write_trident_h5(embedded, mine, overwrite=True)
     assert mine.read_bytes() == b"user data"
     ours = hx.io.write_trident_h5(embedded, tmp_path / "ours.h5")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: the name part of a temporary file or folder written beside what it will replace
@@ -21,6 +21,49 @@ def partial_path(target: str | Path, what: str = "new") -> Path:
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
     return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
                             f"{target.suffix}")
+
+
+def check_replaceable(target: str | Path, *, ours: Callable[[Path], bool], written_by: str,
+                      overwrite: bool = True, option: str = "overwrite=True") -> None:
+    """Refuse, before anything is written, to replace what histoexpr did not write itself.
+
+    Every write of histoexpr that may land on an existing file or folder asks this first.
+    Nothing at ``target``: nothing to check. Something there: it is replaced only when
+    ``overwrite`` is true *and* ``ours(target)`` says it carries the mark of ``written_by``
+    (the step that writes it: a model file's format, a figure's metadata...); otherwise a
+    :class:`FileExistsError` names the path, what is there, and what to do.
+
+    Parameters
+    ----------
+    target
+        The path about to be written.
+    ours
+        Whether what is at ``target`` was written by the same step (never raises: a file it
+        cannot read is not ours).
+    written_by
+        The step, in words, for the messages (``"hx.io.save_model"``).
+    overwrite
+        The caller's ``overwrite`` option (``True`` where replacing its own output is the
+        step's normal behaviour, as for figures).
+    option
+        How the user asks for a replacement, for the message.
+    """
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    kind = "folder" if target.is_dir() else "file"
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists. Pass {option} to replace it (only "
+                              f"if {written_by} wrote it), or choose another path.")
+    try:
+        mine = not target.is_symlink() and bool(ours(target))
+    except Exception:  # noqa: BLE001 - a file that cannot be read is not ours
+        mine = False
+    if not mine:
+        raise FileExistsError(
+            f"{target} is a {kind} that {written_by} did not write (it does not carry its "
+            "mark), so histoexpr will not replace it. Choose another path, or move it away "
+            "yourself if it is no longer needed.")
 
 
 def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) -> None:

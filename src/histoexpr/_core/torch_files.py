@@ -55,3 +55,16 @@ def load_weights_only(path: str | Path, *, what: str = "model file") -> Any:
             AttributeError, IndexError, TypeError):
         # what torch raises on text, empty or truncated files (e.g. ``KeyError: 101``)
         raise ValueError(damaged) from None
+
+
+def holds_format(path: str | Path, file_format: str) -> bool:
+    """Whether ``path`` is a torch file written by histoexpr in ``file_format``.
+
+    Read with ``weights_only=True`` like every torch file; a file that cannot be read that way,
+    or that holds anything but a dictionary with ``"format": file_format``, is not.
+    """
+    try:
+        payload = load_weights_only(path)
+    except (ValueError, FileNotFoundError, OSError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == file_format

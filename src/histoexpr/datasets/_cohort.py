@@ -118,6 +118,12 @@ def _check_cohort(n_slides, size_um, mpp, max_tumour, tumour_threshold,
     return width_um, height_um
 
 
+def slide_ids(n_slides: int) -> list[str]:
+    """The ids of a synthetic cohort's slides, ``slide_00``, ``slide_01``... (sortable)."""
+    width = max(2, len(str(n_slides - 1)))
+    return [f"slide_{i:0{width}d}" for i in range(n_slides)]
+
+
 def _draw_cohort(n_slides: int, value: int, *, width_um: float, height_um: float, mpp: float,
                  max_tumour: float, tumour_threshold: float, mixing: float, transcripts: bool,
                  spots: bool, sink: Callable[[str, SpatialData], None] | None = None):
@@ -125,8 +131,7 @@ def _draw_cohort(n_slides: int, value: int, *, width_um: float, height_um: float
     import anndata as ad
     import pandas as pd
 
-    width = max(2, len(str(n_slides - 1)))
-    ids = [f"slide_{i:0{width}d}" for i in range(n_slides)]
+    ids = slide_ids(n_slides)
     slides, rows, fractions = {}, [], []
     for i, slide_id in enumerate(progress(ids, desc="synthetic slides")):
         rng = np.random.default_rng([value, i])

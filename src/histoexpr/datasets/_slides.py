@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._core.files import written_beside
+from .._core.files import check_replaceable, written_beside
 from .._core.logs import logger
 from .._core.seeds import resolve_seed
 from .._core.validate import check_choice, check_int
-from ._cohort import _check_cohort, _draw_cohort
+from ._cohort import _check_cohort, _draw_cohort, slide_ids
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -22,6 +22,9 @@ Compression = Literal["zlib", "jpeg", "none"]
 _COMPRESSIONS = get_args(Compression)
 MANIFEST = "manifest.csv"
 BULK = "bulk.h5ad"
+#: what the slides, the bulk table and the manifest carry to say this function wrote them
+_WRITTEN_BY = "hx.datasets.synthetic_slide_cohort"
+_SOFTWARE = "histoexpr"
 
 
 def synthetic_slide_cohort(
@@ -71,6 +74,9 @@ def synthetic_slide_cohort(
         or ``"none"``.
     overwrite
         Replace the manifest, bulk table and slide files a previous call wrote in ``path``.
+        Only files this function wrote are replaced (the slides carry ``Software=histoexpr``,
+        the bulk table its record, the manifest's digest is in the bulk table): any other file
+        of those names is refused with an error, before anything is written.
 
     Returns
     -------
@@ -104,10 +110,18 @@ def synthetic_slide_cohort(
     check_choice("compression", compression, _COMPRESSIONS)
     folder = Path(path).expanduser()
     manifest = folder / MANIFEST
-    if (manifest.exists() or (folder / BULK).exists()) and not overwrite:
-        raise FileExistsError(f"{folder} already holds a manifest or bulk table; pass "
-                              "overwrite=True to replace what synthetic_slide_cohort wrote "
-                              "there, or choose another folder.")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder; give path= a folder (new "
+                                 "or existing) to write the cohort into.")
+    # every file this call will write is checked first: only files this function wrote before
+    # are replaced, and only with overwrite=True (nothing is written before all are checked)
+    for slide_id in slide_ids(n_slides):
+        check_replaceable(folder / f"{slide_id}.tif", overwrite=overwrite,
+                          written_by=_WRITTEN_BY, ours=_our_slide)
+    check_replaceable(folder / BULK, overwrite=overwrite, written_by=_WRITTEN_BY,
+                      ours=_our_bulk)
+    check_replaceable(manifest, overwrite=overwrite, written_by=_WRITTEN_BY,
+                      ours=lambda p: _our_manifest(p, folder / BULK))
     folder.mkdir(parents=True, exist_ok=True)
     value = resolve_seed(seed)
     files: dict[str, str] = {}
@@ -130,15 +144,53 @@ def synthetic_slide_cohort(
     frame = pd.DataFrame({"path": [files[i] for i in ids], "slide_id": ids,
                           "patient": patients,
                           "diagnosis": bulk.obs["diagnosis"].astype(str).to_numpy()})
+    text = frame.to_csv(index=False)
     bulk.uns["synthetic"].update({"slides_per_patient": slides_per_patient, "mpp": float(mpp),
-                                  "size_um": [width_um, height_um]})
+                                  "size_um": [width_um, height_um],
+                                  "written_by": _WRITTEN_BY, "manifest_sha256": _digest(text)})
     with written_beside(folder / BULK) as partial:
         bulk.write_h5ad(partial)
     with written_beside(manifest) as partial:
-        frame.to_csv(partial, index=False)
+        partial.write_text(text)
     logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
                 n_slides, len(set(patients)), folder, time.perf_counter() - start)
     return manifest
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _our_slide(path: Path) -> bool:
+    """Whether ``path`` is a slide TIFF written by :func:`write_pyramidal_tiff`."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return tif.pages[0].software == _SOFTWARE
+
+
+def _our_bulk(path: Path) -> bool:
+    """Whether ``path`` is the bulk table written by :func:`synthetic_slide_cohort`."""
+    return _bulk_record(path).get("written_by") == _WRITTEN_BY
+
+
+def _our_manifest(path: Path, bulk: Path) -> bool:
+    """Whether ``path`` is, byte for byte, the manifest that ``bulk``'s call wrote."""
+    recorded = _bulk_record(bulk).get("manifest_sha256") if bulk.is_file() else None
+    return recorded is not None and _digest(path.read_text()) == recorded
+
+
+def _bulk_record(path: Path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        group = handle.get("uns/synthetic")
+        if group is None:
+            return {}
+        return {key: (value[()].decode() if isinstance(value[()], bytes) else value[()])
+                for key, value in group.items() if key in ("written_by", "manifest_sha256")}
 
 
 def write_pyramidal_tiff(path: Path, image: np.ndarray, *, mpp: float,
@@ -163,6 +215,6 @@ def write_pyramidal_tiff(path: Path, image: np.ndarray, *, mpp: float,
     resolution = (1e4 / mpp, 1e4 / mpp)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         tif.write(levels[0], subifds=len(levels) - 1, resolution=resolution,
-                  resolutionunit="CENTIMETER", **options)
+                  resolutionunit="CENTIMETER", software=_SOFTWARE, **options)
         for level in levels[1:]:
             tif.write(level, subfiletype=1, **options)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.elements import square_shapes, tile_table
+from .._core.files import check_replaceable
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from ._elements import check_mpp, existing_file, spot_elements
@@ -338,24 +339,15 @@ def _patch_side(patch_size_level0: int | None, attrs: dict, name: str) -> float:
 
 
 def _check_writable(path: Path, overwrite: bool) -> None:
-    import h5py
-
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder {path.parent} does not exist; create it first.")
-    if not path.exists() and not path.is_symlink():
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{path} exists; pass overwrite=True to replace it (only a file "
-            "write_trident_h5 wrote is replaced) or choose another path."
-        )
-    try:
-        with h5py.File(path, "r") as handle:
-            ours = handle.attrs.get("written_by") == WRITTEN_BY
-    except OSError:
-        ours = False
-    if path.is_symlink() or not ours:
-        raise FileExistsError(
-            f"{path} exists and was not written by write_trident_h5, so it is "
-            "not replaced (nothing was changed). Choose another path."
-        )
+    check_replaceable(path, overwrite=overwrite, written_by="hx.io.write_trident_h5",
+                      ours=_ours)
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file written by :func:`write_trident_h5` (its root mark)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return handle.attrs.get("written_by") == WRITTEN_BY

@@ -12,10 +12,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._core.files import written_beside
+from .._core.files import check_replaceable, written_beside
 from .._core.logs import logger
 from .._core.records import migrate_model_metadata
 from .._core.seeds import resolve_device
+from .._core.torch_files import holds_format
 
 if TYPE_CHECKING:
     from ..models import Network
@@ -38,9 +39,10 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     path
         File to write, conventionally ending in ``.pt``.
     overwrite
-        Replace an existing file. The new file is written beside it and renamed into place
-        when complete, so a failed or interrupted write (a full disk, a kill) leaves the old
-        file intact.
+        Replace an existing model file written by :func:`save_model` (any other file at
+        ``path`` is never replaced: an error says so). The new file is written beside it and
+        renamed into place when complete, so a failed or interrupted write (a full disk, a
+        kill) leaves the old file intact.
 
     Returns
     -------
@@ -59,8 +61,8 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
             f"save_model saves histoexpr networks (histoexpr.models), got {type(model).__name__}. "
             "For another torch module, save its state_dict with torch.save."
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists. Pass overwrite=True to replace it.")
+    check_replaceable(path, overwrite=overwrite, written_by="hx.io.save_model",
+                      ours=lambda p: holds_format(p, FILE_FORMAT))
     _check_plain(model.get_config(), "the network's configuration")
     _check_plain(model.metadata, "model.metadata")
     if not is_main_process():

@@ -12,7 +12,7 @@ import pandas as pd
 from .._core.logs import logger
 from .._core.ownership import require_element
 from .._core.validate import check_choice, renamed_parameters
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 from ._spatial import _draw_shapes, draw_image
 
 #: below this Spearman correlation with the measured expression under the tiles,
@@ -309,8 +309,7 @@ def top_tiles(
             ax.set_title(f"{weight:.2f}", fontsize=7)
     fig.suptitle(f"Top-attention tiles by {by} {gene} (low to high)", fontsize=9)
     fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(fig, save)
     return fig
 
 
@@ -321,5 +320,4 @@ def _finish(ax: Axes, title: str, save: str | Path | None) -> None:
     ax.set_xlabel("x (um)")
     ax.set_ylabel("y (um)")
     ax.set_title(title)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(ax.figure, save)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -93,6 +93,5 @@ def benchmark(
     ax.set_xlabel(f"mean Pearson over genes{' (library size regressed out)' if libreg else ''}")
     ax.legend(frameon=False, fontsize="small", loc="lower right")
     ax.set_title(title if title is not None else "held-out sections (leave one group out)")
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(ax.figure, save)
     return ax

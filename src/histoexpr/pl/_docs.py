@@ -5,15 +5,30 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from .._core.files import check_replaceable, written_beside
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 F = TypeVar("F", bound=Callable)
+
+#: the mark every figure saved by histoexpr carries (PNG ``Software``, PDF/SVG/PS ``Creator``)
+FIGURE_MARK = "histoexpr figure"
+#: the metadata key of each format that can carry the mark; other formats cannot carry it
+_MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "ps": "Creator",
+              "eps": "Creator"}
+_WRITTEN_BY = "histoexpr's plotting functions"
 
 SHARED_PARAMETERS = {
     "max_side": "Longest side of the image drawn, in pixels (a pyramid level close to it is read).",
     "title": "Title of the axes; defaults to what is drawn.",
     "ax": "Axes to draw into; a new figure when ``None``.",
-    "save": "File to save the figure to; its folder must exist (it is not created).",
+    "save": ("File to save the figure to (its format from the suffix, PNG without one); its "
+             "folder must exist (it is not created). A file there is replaced only if it is a "
+             "figure histoexpr saved (PNG, PDF, SVG, PS and EPS carry that mark); any other "
+             "file is refused with an error before anything is drawn."),
 }
 
 
@@ -33,7 +48,11 @@ def shared_docs(function: F) -> F:
 
 
 def check_save(save: str | Path | None) -> None:
-    """Raise a clear error, before anything is drawn, when ``save``'s folder does not exist."""
+    """Raise a clear error, before anything is drawn, when ``save`` cannot be written.
+
+    Its folder must exist, its format must be one matplotlib writes, and a file already there
+    must be a figure histoexpr saved (nothing else is ever replaced).
+    """
     if save is None:
         return
     folder = Path(save).expanduser().absolute().parent
@@ -43,3 +62,57 @@ def check_save(save: str | Path | None) -> None:
             f"Cannot save the figure to {str(save)!r}: the folder {str(folder)!r} {what} (it is "
             "not created for you). Create it first (e.g. Path(folder).mkdir(parents=True)) or "
             "give save= a path in an existing folder.")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if _figure_format(save) not in supported:
+        raise ValueError(
+            f"Cannot save the figure to {str(save)!r}: matplotlib does not write the format "
+            f"{_figure_format(save)!r}. Give save= a file name ending in one of "
+            f"{', '.join('.' + name for name in sorted(supported))}.")
+    check_replaceable(_figure_path(save), written_by=_WRITTEN_BY, ours=_our_figure)
+
+
+def save_figure(figure: Figure, save: str | Path | None) -> None:
+    """Save ``figure`` to ``save`` (checked by :func:`check_save`), marked as histoexpr's.
+
+    Written beside the target and swapped in when complete; the mark (a metadata entry where
+    the format has one) lets a later call replace it, and nothing else.
+    """
+    if save is None:
+        return
+    check_save(save)  # again: a file of the user's may have arrived while drawing
+    target, fmt = _figure_path(save), _figure_format(save)
+    metadata = {_MARK_KEYS[fmt]: FIGURE_MARK} if fmt in _MARK_KEYS else None
+    if fmt in ("ps", "eps"):
+        metadata["Title"] = target.name  # else the temporary file's name
+    with written_beside(target) as partial:
+        figure.savefig(partial, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+
+
+def _figure_format(save: str | Path) -> str:
+    import matplotlib as mpl
+
+    suffix = Path(save).suffix
+    return suffix[1:].lower() if suffix else str(mpl.rcParams["savefig.format"]).lower()
+
+
+def _figure_path(save: str | Path) -> Path:
+    """Where the figure lands: ``save``, with the format's suffix added when it has none."""
+    path = Path(save).expanduser()
+    return path if path.suffix else path.with_name(f"{path.name}.{_figure_format(save)}")
+
+
+def _our_figure(path: Path) -> bool:
+    """Whether the file at ``path`` is a figure histoexpr saved (carries :data:`FIGURE_MARK`)."""
+    fmt = path.suffix[1:].lower()
+    if fmt == "png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get("Software") == FIGURE_MARK
+    signatures = {"pdf": f"/Creator ({FIGURE_MARK})", "svg": f"<dc:title>{FIGURE_MARK}</dc:title>",
+                  "ps": f"%%Creator: {FIGURE_MARK}", "eps": f"%%Creator: {FIGURE_MARK}"}
+    if fmt not in signatures:
+        return False
+    return signatures[fmt].encode() in path.read_bytes()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -75,8 +75,7 @@ def history(
         name = (getattr(model_or_history, "metadata", None) or {}).get("model", "training")
         title = f"{name}: best epoch {best_epochs[0]}" if len(records) == 1 else name
     ax.set_title(title)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(ax.figure, save)
     return ax
 
 

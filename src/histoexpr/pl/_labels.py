@@ -11,7 +11,7 @@ import numpy as np
 from .._core.image import image_levels, read_region
 from .._core.ownership import require_element
 from .._core.validate import check_fraction
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 from ._spatial import draw_image
 
 if TYPE_CHECKING:
@@ -100,8 +100,7 @@ def labels(
         axis.set_title(key)
     handles = [Patch(facecolor=colours[value], label=name) for name, value in classes.items()]
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    if save is not None:
-        axes[0].figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(axes[0].figure, save)
     return axes
 
 

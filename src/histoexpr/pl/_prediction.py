@@ -12,7 +12,7 @@ import pandas as pd
 from .._core.ownership import require_element
 from .._core.spatial_uns import spatial_record
 from .._core.validate import renamed_parameters
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 from ._spatial import (
     _draw_shapes,
     draw_image,
@@ -140,8 +140,7 @@ def prediction(
             raise ValueError("interval=True draws maps; this AnnData has no uns['spatial'] "
                              "to draw them on (pass a section or a prediction table of tiles).")
         figure = _scatters(data, pred_key, truth_key, genes=genes, panel_size=panel_size)
-    if save is not None:
-        figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(figure, save)
     return figure
 
 
@@ -209,8 +208,7 @@ def gene_metrics(
     ax.set_ylabel(metric)
     ax.legend(frameon=False, loc="upper right")
     ax.set_xlim(-0.6, len(shown) - 0.4)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(ax.figure, save)
     return ax
 
 

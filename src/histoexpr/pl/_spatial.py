@@ -13,7 +13,7 @@ from .._core.image import image_levels, read_region
 from .._core.logs import logger
 from .._core.ownership import require_element
 from .._core.spatial_uns import spatial_record
-from ._docs import check_save, shared_docs
+from ._docs import check_save, save_figure, shared_docs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -219,8 +219,7 @@ def _finish(ax: Axes, region, title: str, save, unit: str = "um") -> None:
     ax.set_xlabel(f"x ({unit})")
     ax.set_ylabel(f"y ({unit})")
     ax.set_title(title)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    save_figure(ax.figure, save)
 
 
 def _draw_table(table: AnnData, *, color, layer, library_id, region, cmap, alpha, title, ax,

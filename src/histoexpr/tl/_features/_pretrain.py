@@ -17,9 +17,10 @@ import torch
 
 from ..._core import distributed as _distributed
 from ..._core.devices import loader_options
-from ..._core.files import written_beside
+from ..._core.files import check_replaceable, written_beside
 from ..._core.logs import logged_step, logger
 from ..._core.seeds import resolve_device, resolve_seed, seed_everything
+from ..._core.torch_files import holds_format
 from ..._settings import settings
 from .._sections import as_sections
 from .._train import train
@@ -136,7 +137,8 @@ def pretrain(
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (start afresh where there is none).
     overwrite
-        Start afresh even though ``checkpoint_dir`` holds a checkpoint, replacing it.
+        Start afresh even though ``checkpoint_dir`` holds a checkpoint, replacing it (only a
+        checkpoint written by :func:`pretrain`; any other file there is never replaced).
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     seed
@@ -450,6 +452,8 @@ def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
             raise FileExistsError(
                 f"{path} holds a pretraining checkpoint. Pass resume=True to continue it, "
                 "overwrite=True to start afresh, or another checkpoint_dir.")
+        check_replaceable(path, written_by="hx.tl.pretrain",
+                          ours=lambda p: holds_format(p, CHECKPOINT_FORMAT))
         return fresh
     from ..._core.torch_files import load_weights_only
 
