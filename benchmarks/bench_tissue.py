@@ -28,6 +28,11 @@ Run it once per version of histoexpr (``PYTHONPATH`` picks the code), then print
         benchmarks/bench_tissue.py run --label old
     .venv/bin/python benchmarks/bench_tissue.py table --labels old new
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_tissue.py mob
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_tissue.py stress
+
+``stress`` scores the her2st criterion again after simulated changes of staining and scanning
+(fainter or heavier stain, more haematoxylin or eosin, a yellow lamp, an under-exposed scan,
+blur; ``tests/_tissue_criterion.py``: ``CHANGES``): what another lab or scanner might bring.
 """
 
 from __future__ import annotations
@@ -152,6 +157,48 @@ def mob() -> None:
               f"{disc.specificity:.3f} | {cpu:.2f} |", flush=True)
 
 
+def stress() -> None:
+    """The criterion on her2st after simulated changes of staining and scanning.
+
+    Each change (``tests/_tissue_criterion.py``: ``CHANGES``) is applied to the pixels of the
+    section's pyramid level at about 2.8 um/px, which then stands alone as the image that
+    ``hx.pp.detect_tissue`` reads (with its defaults); the criterion is the same as ``run``'s.
+    """
+    from _tissue_criterion import CHANGES, agreement, array_positions, changed
+    from spatialdata import SpatialData
+
+    import histoexpr as hx
+    from histoexpr.io._elements import image_element
+
+    root = DATA / "her2st"
+    rows = {}
+    for section in SECTIONS:
+        spot_file = root / "spots" / f"{section}_selection.tsv"
+        image = next((root / "images").glob(f"{section}_*.jpg"))
+        sdata = hx.io.read_st(root / "counts" / f"{section}.tsv.gz", spot_file, image)
+        levels = hx.io.image_levels(sdata, "he")
+        positions = array_positions(spot_file, levels[0].shape_yx)
+        index, level = next((i, lv) for i, lv in enumerate(levels) if lv.mpp > 2.5)
+        pixels = np.asarray(sdata.images["he"][f"scale{index}"]["image"].values)
+        for change in CHANGES:
+            alone = SpatialData(images={"he": image_element(changed(pixels, change),
+                                                            mpp=level.mpp)})
+            start = time.process_time()
+            hx.pp.detect_tissue(alone, "he")
+            cpu = time.process_time() - start
+            found = hx.io.image_levels(alone, "he_tissue")[0]
+            result = agreement(np.asarray(alone.labels["he_tissue"]), found.mpp, positions,
+                               levels[0].mpp, found.offset)
+            rows.setdefault(change, {})[section] = (result.sensitivity, result.specificity, cpu)
+            print(section, change, rows[change][section], flush=True)
+    print("| change | " + " | ".join(f"{s} sens. / spec." for s in SECTIONS) + " | CPU s |")
+    print("|---|" + "---|" * (len(SECTIONS) + 1))
+    for change, by_section in rows.items():
+        cells = " | ".join(f"{by_section[s][0]:.3f} / {by_section[s][1]:.3f}" for s in SECTIONS)
+        cpu = max(r[2] for r in by_section.values())
+        print(f"| {change} ({CHANGES[change]}) | {cells} | {cpu:.1f} |")
+
+
 def table(labels: list[str]) -> None:
     runs = {label: json.loads((OUT / f"{label}.json").read_text()) for label in labels}
     print("| section | code | sensitivity | specificity | (centre rule) | CPU s | grid tiles "
@@ -175,7 +222,7 @@ def table(labels: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "table", "mob"])
+    parser.add_argument("command", choices=["run", "table", "mob", "stress"])
     parser.add_argument("--label", default="new")
     parser.add_argument("--labels", nargs="+", default=["old", "new"])
     args = parser.parse_args()
@@ -184,6 +231,9 @@ def main() -> None:
         return
     if args.command == "mob":
         mob()
+        return
+    if args.command == "stress":
+        stress()
         return
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"artefacts": artefact_slide(args.label), "her2st": her2st(args.label)}

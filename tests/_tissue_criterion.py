@@ -117,3 +117,55 @@ def section_agreement(sdata, positions: pd.DataFrame, image_key: str = "he",
     offset = (level.offset[0] - image.offset[0], level.offset[1] - image.offset[1])
     return agreement(np.asarray(sdata.labels[tissue_key]), level.mpp, positions, image.mpp,
                      offset, rule)
+
+
+#: simulated changes of staining and scanning (what another lab, scanner or batch brings), each
+#: applied to every pixel of an RGB uint8 ``(c, y, x)`` image by :func:`changed`
+CHANGES = {
+    "none": "the image as scanned",
+    "stain x0.3": "optical density of every channel times 0.3 (very faint staining)",
+    "stain x0.5": "optical density times 0.5 (faint staining)",
+    "stain x1.5": "optical density times 1.5 (heavy staining)",
+    "stain x2": "optical density times 2",
+    "more haematoxylin": "haematoxylin x1.5, eosin x0.7 (colour deconvolution, Ruifrok-Johnston)",
+    "more eosin": "haematoxylin x0.7, eosin x1.5",
+    "yellow light": "channels times (1, 0.96, 0.82): a warm lamp or aged mounting medium",
+    "dim": "every channel times 0.75 (an under-exposed scan)",
+    "faint, yellow, dim": "stain x0.5, then yellow light, then every channel times 0.8",
+    "blur": "a Gaussian blur of 2 px (out of focus)",
+}
+
+
+def changed(image: np.ndarray, change: str) -> np.ndarray:
+    """``image`` (RGB uint8, ``(c, y, x)``) as another lab or scanner might have made it."""
+    from scipy import ndimage
+    from skimage.color import hed2rgb, rgb2hed
+
+    if change not in CHANGES:
+        raise ValueError(f"Unknown change {change!r}; one of {list(CHANGES)}.")
+    x = np.asarray(image, dtype=np.float32)
+    glass = np.percentile(x.reshape(x.shape[0], -1), 99, axis=1)[:, None, None]
+
+    def stain(k: float) -> np.ndarray:  # Beer-Lambert: optical density scales with the stain
+        return glass * np.clip(x / glass, 1e-3, 1) ** k
+
+    yellow = np.array([1.0, 0.96, 0.82], dtype=np.float32)[:, None, None]
+    if change == "none":
+        y = x
+    elif change.startswith("stain x"):
+        y = stain(float(change.removeprefix("stain x")))
+    elif change in ("more haematoxylin", "more eosin"):
+        h, e = (1.5, 0.7) if change == "more haematoxylin" else (0.7, 1.5)
+        hed = rgb2hed(np.moveaxis(x / 255, 0, -1))
+        hed[..., 0] *= h
+        hed[..., 1] *= e
+        y = np.moveaxis(hed2rgb(hed), -1, 0) * 255
+    elif change == "yellow light":
+        y = x * yellow
+    elif change == "dim":
+        y = x * 0.75
+    elif change == "faint, yellow, dim":
+        y = stain(0.5) * yellow * 0.8
+    else:  # blur
+        y = ndimage.gaussian_filter(x, (0, 2, 2))
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
