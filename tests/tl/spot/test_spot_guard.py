@@ -431,3 +431,116 @@ def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
                                                                          n_genes=3))
     record = _calibration.calibrate(prepared, features, refit, guard_features=features)
     assert record["available"] is False and "at least 3 training tiles" in record["reason"]
+
+
+def elements(sdata) -> dict[str, list[str]]:
+    """The names of a SpatialData's elements, by kind."""
+    kinds = ("images", "labels", "points", "shapes", "tables")
+    return {kind: sorted(getattr(sdata, kind).keys()) for kind in kinds}
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(model, sdata, level=0.9)` with a model that keeps no prediction intervals "
+    "(trained with calibrate=False, or an older file), or `level=1.5`",
+    says="ValueError: level=0.9 asks for prediction intervals, but this model keeps none ... "
+    "Leave level=None (before: accepted, and the table had no intervals)",
+    fix="leave level=None, or retrain with a head route and calibrate=True",
+)
+def test_a_level_is_refused_where_the_model_keeps_no_intervals(sections):
+    from conftest import copy_section
+
+    uncalibrated = hx.tl.fit(
+        {n: sections[n] for n in "ab"},
+        model="spot_regressor",
+        route="ridge",
+        genes=GENES[:3],
+        calibrate=False,
+        **PATCH,
+    )
+    held = copy_section(sections["d"])
+    before = elements(held)
+    with pytest.raises(ValueError, match="keeps none.*Leave level=None"):
+        hx.tl.predict(uncalibrated, held, level=0.9)
+    with pytest.raises(ValueError, match=r"level must be a fraction in \(0, 1\)"):
+        hx.tl.predict(uncalibrated, held, level=1.5)
+    assert elements(held) == before  # no tissue map, no tiles, no table
+    table = hx.tl.predict(uncalibrated, held)  # level=None: no intervals, and said so
+    assert table.uns["prediction"]["intervals"]["available"] is False
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(spot_regressor, sdata, device='gpu')` (or `batch_size=0`, "
+    "`tiles_key='a/b'`, `key_added=''`): refused only after the tissue map and the tiles were "
+    "added to sdata, device='gpu' as torch's RuntimeError",
+    says="ValueError: device='gpu' is not a device: use None (automatic), 'cpu', 'cuda' "
+    "(before: the tissue map and tiles were left in sdata)",
+    fix="pass a device of this machine, a batch size of at least 1, a key of letters, digits, "
+    "'_', '-' or '.'",
+)
+def test_bad_options_are_refused_before_the_tissue_and_tiles_are_made(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    before = elements(held)
+    with pytest.raises(ValueError, match="device='gpu' is not a device"):
+        hx.tl.predict(model, held, device="gpu")
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, inf\]"):
+        hx.tl.predict(model, held, batch_size=0)
+    with pytest.raises(ValueError, match="tiles_key='a/b' cannot name an element.*'a_b'"):
+        hx.tl.predict(model, held, tiles_key="a/b")
+    with pytest.raises(ValueError, match="key_added='' cannot name an element"):
+        hx.tl.predict(model, held, key_added="")
+    assert elements(held) == before
+
+
+def test_an_interrupted_prediction_leaves_the_section_as_it_was(model, sections, monkeypatch):
+    from conftest import copy_section
+
+    from histoexpr.tl._spot import _spot_predict
+
+    held = copy_section(sections["d"])
+    before = elements(held)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_spot_predict, "annotate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hx.tl.predict(model, held)  # after the tissue map and the tiles were made
+    assert elements(held) == before
+    monkeypatch.undo()
+    tiles_key = grid(held)  # tiles that were there before the call stay
+    with monkeypatch.context() as patched:
+        patched.setattr(_spot_predict, "annotate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            hx.tl.predict(model, held, tiles_key=tiles_key)
+    assert tiles_key in held.shapes and f"{tiles_key}_table" in held.tables
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict` on tiles of an image with NaN pixels (a float image with a masked-out "
+    "region)",
+    says="ValueError: The predictions of ... tiles ... are NaN or infinite ... Replace the "
+    "non-finite pixels of the image (before: NaN rows in the table, and in its intervals)",
+    fix="replace the image's NaN pixels (e.g. by the glass colour), or predict on other tiles",
+)
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # NaN pixels, on purpose
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nan_predictions_are_refused(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    tiles_key = grid(held)
+    image = held.images["he"]
+    pixels = np.asarray(image.data).astype(np.float32) / 255
+    pixels[:, 300:500, 300:500] = np.nan  # 100 x 100 um in the middle of the tissue
+    held.images["he"] = Image2DModel.parse(
+        pixels, dims=("c", "y", "x"), transformations=image.attrs["transform"]
+    )
+    before = elements(held)
+    with pytest.raises(ValueError, match="predictions of [0-9]+ of [0-9]+ tiles 'grid' are NaN"):
+        hx.tl.predict(model, held, tiles_key=tiles_key)
+    assert elements(held) == before

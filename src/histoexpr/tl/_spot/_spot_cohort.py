@@ -40,13 +40,20 @@ def predict_cohort(
     key_added: str | None,
     overwrite: bool,
     client: Any,
-    level: float = 0.9,
+    level: float | None = None,
 ) -> pd.DataFrame:
     """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
     import pandas as pd
 
+    from ..._core.validate import (
+        check_element_name,
+        check_fraction,
+        check_positive,
+        check_store_name,
+    )
     from ...io import Cohort
     from .._features._embed_cohort import run_slides
+    from ._spot_predict import check_options
 
     if not isinstance(cohort, Cohort) or not cohort.on_disk:
         raise TypeError(
@@ -69,8 +76,16 @@ def predict_cohort(
             f"not {image_key!r}; leave image_key=None (or read the cohort with "
             f"hx.io.read_cohort(..., image_key={image_key!r}))."
         )
-    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    tiles_key = check_element_name("tiles_key", f"{image_key}_expr_tiles" if tiles_key is None
+                                   else tiles_key)
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
+    check_store_name("key_added", check_element_name("key_added", key_added),
+                     what="table of predictions in each slide's store")
+    # every option is checked here, before the first slide is read
+    resolved_level = check_options(metadata, level=level, batch_size=batch_size, device=device)
+    check_fraction("min_tissue", min_tissue, closed="both")
+    if stride_um is not None:
+        check_positive("stride_um", stride_um, unit="um")
     if key_added in (tiles_key, f"{tiles_key}_table"):
         raise ValueError(
             f"key_added={key_added!r} names the tiles {tiles_key!r} (or their "
@@ -89,7 +104,7 @@ def predict_cohort(
         "stride_um": stride_um,
         "min_tissue": float(min_tissue),
         "key_added": key_added,
-        "level": float(level),
+        "level": float(resolved_level),
     }
     fingerprint = model_fingerprint(model)
     tasks, rows = [], {}
