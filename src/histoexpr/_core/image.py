@@ -108,11 +108,19 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     import xarray as xr
 
     element = _raster_element(sdata, image_key)
+    if isinstance(element, xr.DataArray):
+        arrays = [element]
+    else:
+        arrays = [next(iter(element[name].ds.data_vars.values()))
+                  for name in sorted(element.children, key=_level_number)]
+    if "z" in arrays[0].dims:
+        raise ValueError(
+            f"{image_key!r} is a 3D image (dims {', '.join(map(str, arrays[0].dims))}); histoexpr "
+            "works on 2D sections. Store the plane to use as a 2D image, e.g. "
+            "Image2DModel.parse(image.isel(z=k).data, dims=('c', 'y', 'x')), under another key.")
     mpp, offset = _scale_and_offset(element)
     if isinstance(element, xr.DataArray):
         return [ImageLevel(element, mpp, offset)]
-    arrays = [next(iter(element[name].ds.data_vars.values()))
-              for name in sorted(element.children, key=_level_number)]
     height0 = arrays[0].sizes["y"]
     levels = []
     for array in arrays:
