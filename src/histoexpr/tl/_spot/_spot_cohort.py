@@ -147,6 +147,7 @@ def predict_cohort(
                 },
             }
         )
+    _check_slides_open(tasks, model, image_key)
     logger.info(
         "predict: %d slides to predict, %d already done (%s, predictions %r).",
         len(tasks),
@@ -159,6 +160,35 @@ def predict_cohort(
     frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
     frame.index.name = "slide_id"
     return frame
+
+
+def _check_slides_open(tasks: list[dict], model: Network, image_key: str) -> None:
+    """Open every slide to predict (lazily: its header and metadata) before any is predicted.
+
+    A file that is no slide, a slide without a pixel size (in its metadata or the manifest) or
+    with other channels than the model's would otherwise stop the run after the slides before it
+    were predicted and stored.
+    """
+    from ..._core.logs import each_item
+    from ...io import read_wsi
+    from ._spot_predict import _check_channels
+
+    failed = {}
+    for task in tasks:
+        try:
+            with each_item():  # one slide's reading is debug chatter
+                sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=image_key)
+                _check_channels(sdata, image_key, model)
+        except (ValueError, OSError) as error:
+            failed[task["slide_id"]] = str(error)
+    if failed:
+        listed = "; ".join(f"{i!r}: {e}" for i, e in list(failed.items())[:3])
+        raise ValueError(
+            f"{len(failed)} of the {len(tasks)} slides to predict cannot be predicted "
+            f"({listed}). Fix or replace those files (a pixel size missing from a file goes "
+            "in the manifest's mpp column), or predict the others with "
+            "hx.tl.predict(model, cohort.subset([...])). Nothing was predicted."
+        )
 
 
 def _planned(
