@@ -544,3 +544,40 @@ def test_nan_predictions_are_refused(model, sections):
     with pytest.raises(ValueError, match="predictions of [0-9]+ of [0-9]+ tiles 'grid' are NaN"):
         hx.tl.predict(model, held, tiles_key=tiles_key)
     assert elements(held) == before
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pl.prediction(..., interval=True)` on a table whose layers['upper'] lie below "
+    "layers['lower'] (swapped or overwritten); `genes=[]`; `panel_size=0`; "
+    "`scale_bar_um=inf`",
+    says="ValueError: The prediction table ... has layers['upper'] below layers['lower'] in ... "
+    "values (before: negative widths drawn; max() arg is an empty sequence; matplotlib's "
+    "'box_aspect' and 'fig_aspect' must be positive; a scale bar of inf um drawn)",
+    fix="predict again to have the bounds, or pass interval=False; name genes (or None); a "
+    "positive panel size and scale bar",
+)
+def test_prediction_maps_refuse_what_they_cannot_draw(model, sections):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = sections["d"]
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_checked")
+    measured = held.tables["table"]
+    swapped = table.copy()
+    swapped.layers["lower"], swapped.layers["upper"] = table.layers["upper"], table.layers["lower"]
+    before = plt.get_fignums()
+    with pytest.raises(ValueError, match=r"layers\['upper'\] below layers\['lower'\] in [0-9]+"):
+        hx.pl.prediction(swapped, "X", measured, genes="EPCAM", interval=True)
+    with pytest.raises(ValueError, match="genes is empty"):
+        hx.pl.prediction(held, "pred_checked", "table", genes=[])
+    with pytest.raises(ValueError, match="panel_size must be a positive number"):
+        hx.pl.prediction(held, "pred_checked", "table", genes="EPCAM", panel_size=0)
+    with pytest.raises(ValueError, match="scale_bar_um must be a positive number"):
+        hx.pl.prediction(held, "pred_checked", "table", genes="EPCAM", scale_bar_um=np.inf)
+    assert plt.get_fignums() == before
+    figure = hx.pl.prediction(table, "X", measured, genes="EPCAM", interval=True)
+    assert [ax.get_title() for ax in figure.axes][2] == "EPCAM: interval width"
+    plt.close(figure)
