@@ -114,8 +114,8 @@ def disk_pixels() -> np.ndarray:
     "`hx.pp.detect_tissue` (and `hx.tl.predict`, `hx.pp.tile` that run it) on an all-white, "
     "all-black or constant image (an empty pyramid level, a placeholder)",
     says="ValueError: sdata.images['he'] is blank: every pixel is 255 (as read), so there is "
-    "nothing on it to find ... Check the image (before: 'No tissue was found ... lower min_area_um2 or mpp', "
-    "a fix that cannot help)",
+    "nothing on it to find ... Check the image (before: 'No tissue was found ... lower "
+    "min_area_um2 or mpp', a fix that cannot help)",
     fix="check the image and give the slide's own",
 )
 def test_a_blank_image_is_named_as_blank():
