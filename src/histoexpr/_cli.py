@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except CannotPredictError as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"histoexpr {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -98,6 +98,20 @@ def test_manifest_mpp_that_is_not_a_pixel_size(tmp_path):
     assert _read(manifest, tmp_path).slide_mpp("slide_01") == 1.0
 
 
+@bad_input("obscure error", "a manifest row whose path is a folder (a slide stored as a folder, "
+           "or the manifest's own folder: `.`)",
+           says="ValueError: `1 paths of the manifest are folders, not slide files` (before: "
+                "'1 slide files of the manifest do not exist', for a path that exists)",
+           fix="give each slide's file; convert a slide stored as a folder to OME-TIFF")
+def test_manifest_path_that_is_a_folder(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    frame["path"] = [frame["path"][0], "."]
+    frame.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match="1 paths of the manifest are folders, not slide files"):
+        _read(manifest, tmp_path)
+
+
 @bad_input("obscure error", "an empty manifest file (0 bytes)",
            says="ValueError: `The manifest 'slides.csv' is empty; write a header line ...`",
            fix="write a header with a 'path' column and one row per slide")

@@ -379,6 +379,12 @@ def read_cohort(
         raise ValueError(f"The manifest names the same slide file more than once ({twice[0]} "
                          f"as {named}): it would count twice, and cross-validation could train "
                          "on the copy of a slide it scores. Keep one row per slide file.")
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise ValueError(f"{len(folders)} paths of the manifest are folders, not slide files, "
+                         f"e.g. {folders[:3]}; give each slide's file (a slide stored as a "
+                         "folder: convert it to a pyramidal OME-TIFF first, e.g. with bfconvert "
+                         "or vips tiffsave).")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} slide files of the manifest do not exist, e.g. "

@@ -341,7 +341,7 @@ def test_a_slide_that_cannot_be_opened_stops_the_run_before_any_slide(slides, mo
 @bad_input(
     "silently wrong",
     "`histoexpr predict --manifest SLIDES.csv --mpp 0.5` (or `--out OUT.zarr`): the option "
-    "was ignored",
+    "was ignored; `--store-dir` naming a file: a traceback (NotADirectoryError)",
     says="exit 2: names the option and where its value goes with --manifest (the manifest's "
     "mpp column, each slide's store); nothing is read or written",
     fix="drop the option; give pixel sizes in the manifest's mpp column",
@@ -358,3 +358,7 @@ def test_the_command_line_refuses_options_a_manifest_ignores(slides, model, tmp_
     assert main([*base, "--device", "gpu"]) == EXIT_BAD_INPUT
     assert "--device='gpu' is not a device" in capsys.readouterr().err
     assert not stores.exists() and not (tmp_path / "out.zarr").exists()
+    stores.write_text("a file of the user's")  # --store-dir naming a file: a message, exit 2
+    assert main(base) == EXIT_BAD_INPUT
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert stores.read_text() == "a file of the user's"
