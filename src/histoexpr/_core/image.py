@@ -129,6 +129,26 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     return levels
 
 
+def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
+    """Refuse an image whose transformation to micrometres is the identity (no pixel size).
+
+    SpatialData gives an image parsed without ``transformations=`` the identity: its pixel size
+    would be read as 1 um/px whatever it is. Steps whose results depend on the physical scale (a
+    model trained at a pixel size) call this before any work.
+    """
+    from spatialdata.transformations import Identity, get_transformation
+
+    element = _raster_element(sdata, image_key)
+    transformation = get_transformation(element, get_all=True).get(COORDINATE_SYSTEM)
+    if isinstance(transformation, Identity):
+        raise ValueError(
+            f"sdata.images[{image_key!r}] does not state its pixel size: its transformation to "
+            f"{COORDINATE_SYSTEM!r} is the identity, which would be read as 1 um/px whatever "
+            "the scan's resolution. State it: spatialdata.transformations.set_transformation("
+            f"sdata.images[{image_key!r}], Scale([mpp, mpp], axes=('y', 'x')), 'global'), or "
+            "read the slide with hx.io.read_wsi(path, mpp=...).")
+
+
 def _level_number(name: str) -> int:
     digits = "".join(ch for ch in name if ch.isdigit())
     return int(digits) if digits else 0

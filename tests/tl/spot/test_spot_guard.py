@@ -533,7 +533,7 @@ def test_nan_predictions_are_refused(model, sections):
     from conftest import copy_section
 
     held = copy_section(sections["d"])
-    tiles_key = grid(held)
+    tiles_key = grid(held, "grid_nan")  # tiles without features yet: made from the NaN image
     image = held.images["he"]
     pixels = np.asarray(image.data).astype(np.float32) / 255
     pixels[:, 300:500, 300:500] = np.nan  # 100 x 100 um in the middle of the tissue
@@ -541,7 +541,7 @@ def test_nan_predictions_are_refused(model, sections):
         pixels, dims=("c", "y", "x"), transformations=image.attrs["transform"]
     )
     before = elements(held)
-    with pytest.raises(ValueError, match="predictions of [0-9]+ of [0-9]+ tiles 'grid' are NaN"):
+    with pytest.raises(ValueError, match="predictions of [0-9]+ of [0-9]+ tiles 'grid_nan' are"):
         hx.tl.predict(model, held, tiles_key=tiles_key)
     assert elements(held) == before
 
@@ -581,3 +581,23 @@ def test_prediction_maps_refuse_what_they_cannot_draw(model, sections):
     figure = hx.pl.prediction(table, "X", measured, genes="EPCAM", interval=True)
     assert [ax.get_title() for ax in figure.axes][2] == "EPCAM: interval width"
     plt.close(figure)
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(model, sdata)` on an H&E parsed without a pixel size "
+    "(`Image2DModel.parse(array, dims=...)`: the identity to 'global'), read as 1 um/px",
+    says="ValueError: sdata.images['he'] does not state its pixel size: its transformation to "
+    "'global' is the identity ... State it (before: tiles of the model's size in um cut at 1 "
+    "um/px from a 0.5 um/px scan, predictions on the wrong scale)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_an_image_without_a_pixel_size_is_refused(model, sections):
+    image = sections["d"].images["he"]
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    bare = SpatialData(images={"he": Image2DModel.parse(np.asarray(level.values),
+                                                        dims=("c", "y", "x"))})
+    with pytest.raises(ValueError, match="does not state its pixel size.*Scale\\(\\[mpp, mpp\\]"):
+        hx.tl.predict(model, bare)
+    assert not bare.labels and not bare.shapes and not bare.tables

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._core.image import image_levels
+from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.logs import log_added, logger
 from ..._core.ownership import (
     check_key_free,
@@ -156,6 +156,7 @@ def predict(
     level = check_options(metadata, level=level, batch_size=batch_size, device=device)
     mpp = metadata["mpp"]
     # everything that can be refused is checked before anything is written
+    check_pixel_size_stated(sdata, image_key)
     _check_channels(sdata, image_key, model)
     _check_image_mpp(sdata, image_key, mpp)
     if metadata["route"] != "cnn":
