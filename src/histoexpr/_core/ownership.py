@@ -48,7 +48,9 @@ def require_spatialdata(sdata: object, name: str = "sdata") -> None:
     if kind == "ndarray":
         hint = (" For an image array, wrap it first: hx.io.read_wsi(path) reads a slide file, "
                 "or make one with spatialdata.SpatialData(images={'he': "
-                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'))}).")
+                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'), "
+                "transformations={'global': spatialdata.transformations.Scale([mpp, mpp], "
+                "axes=('y', 'x'))})}), its pixel size in um/px stated.")
     elif isinstance(sdata, str) or kind.endswith("Path"):
         hint = " Read the file first: hx.io.read_wsi(path) or spatialdata.read_zarr(path)."
     raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")

@@ -120,8 +120,13 @@ def prediction(
 
     """
     check_save(save)
+    from anndata import AnnData
     from spatialdata import SpatialData
 
+    if not isinstance(data, SpatialData | AnnData):
+        raise TypeError(f"data must be a SpatialData (a section with its tables) or an AnnData of "
+                        f"predictions, got {type(data).__name__}; pass the section "
+                        "hx.tl.predict wrote into, or the table it returned.")
     if isinstance(genes, str):
         genes = [genes]  # one gene, not its letters
     if genes is not None and not len(genes):

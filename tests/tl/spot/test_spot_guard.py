@@ -550,10 +550,11 @@ def test_nan_predictions_are_refused(model, sections):
     "silently wrong",
     "`hx.pl.prediction(..., interval=True)` on a table whose layers['upper'] lie below "
     "layers['lower'] (swapped or overwritten); `genes=[]`; `panel_size=0`; "
-    "`scale_bar_um=inf`",
+    "`scale_bar_um=inf`; `data=None`",
     says="ValueError: The prediction table ... has layers['upper'] below layers['lower'] in ... "
     "values (before: negative widths drawn; max() arg is an empty sequence; matplotlib's "
-    "'box_aspect' and 'fig_aspect' must be positive; a scale bar of inf um drawn)",
+    "'box_aspect' and 'fig_aspect' must be positive; a scale bar of inf um drawn; "
+    "AttributeError: 'NoneType' object has no attribute 'uns')",
     fix="predict again to have the bounds, or pass interval=False; name genes (or None); a "
     "positive panel size and scale bar",
 )
@@ -573,6 +574,8 @@ def test_prediction_maps_refuse_what_they_cannot_draw(model, sections):
         hx.pl.prediction(swapped, "X", measured, genes="EPCAM", interval=True)
     with pytest.raises(ValueError, match="genes is empty"):
         hx.pl.prediction(held, "pred_checked", "table", genes=[])
+    with pytest.raises(TypeError, match="data must be a SpatialData .* got NoneType"):
+        hx.pl.prediction(None, "pred_checked")
     with pytest.raises(ValueError, match="panel_size must be a positive number"):
         hx.pl.prediction(held, "pred_checked", "table", genes="EPCAM", panel_size=0)
     with pytest.raises(ValueError, match="scale_bar_um must be a positive number"):
