@@ -604,3 +604,31 @@ def test_an_image_without_a_pixel_size_is_refused(model, sections):
     with pytest.raises(ValueError, match="does not state its pixel size.*Scale\\(\\[mpp, mpp\\]"):
         hx.tl.predict(model, bare)
     assert not bare.labels and not bare.shapes and not bare.tables
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict` again after the section's image was replaced or edited under the same key "
+    "(the tiles' cached features were of the old pixels)",
+    says="nothing: the features are remade from the new pixels (logged); before: the old "
+    "features were reused and the predictions were those of the old image",
+    fix="nothing to do",
+)
+def test_features_of_a_replaced_image_are_not_reused(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    tiles_key = grid(held, "grid_replaced")
+    before = hx.tl.predict(model, held, tiles_key=tiles_key, key_added="pred_before")
+    held.images["he"] = recoloured(held).images["he"]
+    # the new pixels are unlike the training's: the guard says so (it saw the old ones before)
+    with pytest.warns(UserWarning, match="out of the training data"):
+        after = hx.tl.predict(model, held, tiles_key=tiles_key, key_added="pred_after")
+    assert not np.allclose(np.asarray(before.X), np.asarray(after.X))
+    source = copy_section(sections["d"])
+    if "he_tissue" not in source.labels:  # the tissue of the original pixels, as held's
+        hx.pp.detect_tissue(source)
+    fresh = recoloured(source)
+    with pytest.warns(UserWarning, match="out of the training data"):
+        expected = hx.tl.predict(model, fresh, tiles_key=grid(fresh, "grid_replaced"))
+    np.testing.assert_allclose(np.asarray(after.X), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
