@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             run_demo(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
         elif args.command == "predict" and args.manifest is not None:
+            _check_manifest_options(args)
             run_predict_cohort(args.model, args.manifest, store_dir=args.store_dir,
                                batch_size=args.batch_size, device=args.device,
-                               overwrite=args.overwrite, workers=args.workers)
+                               overwrite=args.overwrite, workers=args.workers,
+                               image_key=args.image_key, root=args.root)
         elif args.command == "predict":
             if args.out is None:
                 parser.error("predict --image needs --out OUT.zarr")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except CannotPredictError as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"histoexpr {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -201,19 +204,40 @@ def _guard_line(result) -> str | None:
             f"training data's range ({verdict}; uns['prediction']['guard'] of the table)")
 
 
+def _check_manifest_options(args) -> None:
+    """Refuse the options of ``predict --image`` that a manifest would silently ignore."""
+    fixes = {"out": "--out: with --manifest each slide's predictions go to its own store "
+                    "(--store-dir)",
+             "mpp": "--mpp: with --manifest give each slide's pixel size in the manifest's mpp "
+                    "column"}
+    given = [fix for name, fix in fixes.items() if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{'; '.join(given)}. Drop the option{'s' * (len(given) > 1)}.")
+
+
 def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | None = None,
                        batch_size: int = 64, device: str | None = None,
-                       overwrite: bool = False, workers: int = 0):
+                       overwrite: bool = False, workers: int = 0, image_key: str | None = None,
+                       root: Path | None = None):
     """Predict every slide of a manifest into its store with a spot regressor's model file.
 
     Returns the per-slide summary of ``hx.tl.predict`` (status, tiles, seconds, worker).
     """
     import histoexpr as hx
 
+    from ._settings import _validate_device
+
     if workers < 0:
         raise ValueError(f"--workers must be 0 (here) or a number of processes, got {workers}.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+    if device is not None:
+        _validate_device(device, "--device")
+    for path, what in ((model_path, "model file"), (manifest, "manifest")):
+        if not path.exists():
+            raise FileNotFoundError(f"No {what} at {path}; check the path.")
     hx.settings.verbosity = 2
-    model = hx.io.load_model(model_path, device=device)
+    model = hx.io.load_model(model_path, device=device, root=root)
     name = (model.metadata or {}).get("model")
     if name != "spot_regressor":
         raise CannotPredictError(
@@ -221,7 +245,7 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
             "spot regressor (hx.tl.fit(..., model='spot_regressor')). Give such a model file, or "
             "predict each slide with --image.")
     cohort = hx.io.read_cohort(manifest, store_dir=store_dir,
-                               image_key=model.metadata.get("image_key") or "he")
+                               image_key=image_key or model.metadata.get("image_key") or "he")
     options = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
     if not workers:
         frame = hx.tl.predict(model, cohort, **options)

@@ -275,14 +275,15 @@ def _best_device() -> str:
     return "cpu"
 
 
-def _validate_device(value: str) -> str:
+def _validate_device(value: str, name: str = "settings.device") -> str:
+    """``value`` if it names a torch device this machine has; else a ValueError naming ``name``."""
     if not isinstance(value, str):
         raise ValueError(
-            f"settings.device must be a string such as 'cpu' or 'cuda', got {value!r}.")
+            f"{name} must be a string such as 'cpu' or 'cuda', got {value!r}.")
     kind, _, index = value.partition(":")
     if kind not in _DEVICE_KINDS or (index and not index.isdigit()):
         raise ValueError(
-            f"settings.device={value!r} is not a device: use None (automatic), "
+            f"{name}={value!r} is not a device: use None (automatic), "
             f"'cpu', 'cuda', 'cuda:N' or 'mps'."
         )
     if kind != "cpu":
@@ -292,7 +293,7 @@ def _validate_device(value: str) -> str:
         available = backend.is_available()
         if not available:
             raise ValueError(
-                f"settings.device={value!r} but this machine has no {kind} device; "
+                f"{name}={value!r} but this machine has no {kind} device; "
                 "use None to pick the best available one, or 'cpu'."
             )
     return value

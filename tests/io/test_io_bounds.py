@@ -64,6 +64,54 @@ def test_manifest_naming_a_file_twice(tmp_path):
         _read(manifest, tmp_path)
 
 
+@bad_input("data lost", "a manifest whose slide ids differ only in case (`S1` and `s1`)",
+           says="ValueError: `The manifest has slide ids that differ only in case ([['S1', "
+                "'s1']]): their stores would be one folder on a case-insensitive file system` "
+                "(before: accepted; on macOS and Windows one slide's results overwrote the "
+                "other's)",
+           fix="make the slide ids differ in more than case")
+def test_manifest_ids_differing_only_in_case(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    frame["slide_id"] = ["S1", "s1"]
+    frame.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"differ only in case \(\[\['S1', 's1'\]\]\)"):
+        _read(manifest, tmp_path)
+    assert not (tmp_path / "stores").exists()
+
+
+@bad_input("obscure error", "a manifest whose mpp column holds text (`0.5um`) or `inf`",
+           says="ValueError: `The mpp of slide 'slide_00' is '0.5um'; give a positive pixel "
+                "size in um/px (e.g. 0.5)` (before: could not convert string to float: "
+                "'0.5um'; inf accepted)",
+           fix="write the pixel size as a number in um/px, or leave the cell empty")
+def test_manifest_mpp_that_is_not_a_pixel_size(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    for value in ("0.5um", "inf"):
+        frame["mpp"] = [value, "1.0"]
+        frame.to_csv(manifest, index=False)
+        with pytest.raises(ValueError, match=f"The mpp of slide 'slide_00' is '?{value}'?; give"):
+            _read(manifest, tmp_path)
+    frame["mpp"] = ["", "1.0"]
+    frame.to_csv(manifest, index=False)
+    assert _read(manifest, tmp_path).slide_mpp("slide_01") == 1.0
+
+
+@bad_input("obscure error", "a manifest row whose path is a folder (a slide stored as a folder, "
+           "or the manifest's own folder: `.`)",
+           says="ValueError: `1 paths of the manifest are folders, not slide files` (before: "
+                "'1 slide files of the manifest do not exist', for a path that exists)",
+           fix="give each slide's file; convert a slide stored as a folder to OME-TIFF")
+def test_manifest_path_that_is_a_folder(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    frame["path"] = [frame["path"][0], "."]
+    frame.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match="1 paths of the manifest are folders, not slide files"):
+        _read(manifest, tmp_path)
+
+
 @bad_input("obscure error", "an empty manifest file (0 bytes)",
            says="ValueError: `The manifest 'slides.csv' is empty; write a header line ...`",
            fix="write a header with a 'path' column and one row per slide")
@@ -108,7 +156,7 @@ def test_one_bad_slide_does_not_stop_the_cohort(tmp_path):
     with pytest.warns(UserWarning, match="2 of 4 slides failed") as record:
         frame = hx.tl.embed_cohort(cohort, **SLIDE_OPTIONS)
     assert list(frame["status"]) == ["computed", "failed", "failed", "computed"]
-    assert "No tissue" in frame.loc["slide_02", "error"]
+    assert "is blank: every pixel is 250" in frame.loc["slide_02", "error"]
     said = next(str(w.message) for w in record if "slides failed" in str(w.message))
     assert "slide_01" in said and "slide_02" in said and "JPEG" in said
     assert cohort.store("slide_00").complete and not cohort.store("slide_01").complete

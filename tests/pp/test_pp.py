@@ -223,8 +223,8 @@ def test_detect_tissue_errors(disk_section):
         hx.pp.detect_tissue(disk_section, mpp=0)
     with pytest.raises(ValueError, match="Pass kind='fluorescence'"):
         hx.pp.detect_tissue(fluorescence_section(), "dapi", kind="brightfield")
-    blank = make_disk_section(radius_frac=0.0)
-    with pytest.raises(ValueError, match="No tissue was found"):
+    blank = make_disk_section(radius_frac=0.0)  # glass and noise: every pixel 245 at 8 um/px
+    with pytest.raises(ValueError, match="is blank: every pixel is 245"):
         hx.pp.detect_tissue(blank)
     hx.pp.detect_tissue(disk_section)
     with pytest.raises(KeyError, match="overwrite=True"):
@@ -610,3 +610,27 @@ def test_cached_dataset_reads_each_item_once():
     assert reads == [0, 1, 2] and len(cached) == 3
     assert second[0]["image"].dtype == torch.float32 and second[0]["index"] == 2
     torch.testing.assert_close(second[0]["image"], first[2]["image"], atol=1e-3, rtol=0)
+
+
+@bad_input(
+    "obscure error",
+    "`hx.pp.tile` (or `hx.tl.predict`) with a tissue map that holds no tissue (empty, or made "
+    "for another image)",
+    says="ValueError: The tissue map 'he_tissue' has no tissue under any of the ... tiles: it is "
+    "empty, or was made for another image or region (before: 'Lower min_tissue or use smaller "
+    "tiles', which cannot help)",
+    fix="detect the tissue again, or pass min_tissue=0",
+)
+def test_tile_names_an_empty_tissue_map(disk_section):
+    from spatialdata.models import Labels2DModel
+
+    hx.pp.detect_tissue(disk_section)
+    tissue = disk_section.labels["he_tissue"]
+    disk_section.labels["he_tissue"] = Labels2DModel.parse(
+        np.zeros(tissue.shape, np.uint8), dims=("y", "x"), transformations=tissue.attrs["transform"]
+    )
+    with pytest.raises(ValueError, match="no tissue under any of the [0-9]+ tiles.*min_tissue=0"):
+        hx.pp.tile(disk_section, size_px=32)
+    assert "he_tiles" not in disk_section.shapes
+    hx.pp.tile(disk_section, size_px=32, min_tissue=0)
+    assert len(disk_section.shapes["he_tiles"]) > 0

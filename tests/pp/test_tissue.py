@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _catalogue import bad_input
 from _tissue_criterion import CHANGES, agreement, array_positions, changed, section_agreement
 
 import histoexpr as hx
@@ -119,3 +120,122 @@ def test_min_od_overrides_the_threshold(artefact_slide):
     assert 0 < dense.sum() < 0.9 * found.sum()
     with pytest.raises(ValueError, match="min_od must be a positive"):
         hx.pp.detect_tissue(artefact_slide, "he", min_od=0, key_added="none")
+
+
+def with_pixels(pixels: np.ndarray, dims=("c", "y", "x")):
+    """A section whose image 'he' holds ``pixels`` (at 2 um/px)."""
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, Image3DModel
+    from spatialdata.transformations import Scale
+
+    model = Image3DModel if "z" in dims else Image2DModel
+    scale = Scale([2.0] * (len(dims) - 1), axes=tuple(d for d in dims if d != "c"))
+    return SpatialData(images={"he": model.parse(pixels, dims=dims,
+                                                 transformations={"global": scale})})
+
+
+def disk_pixels() -> np.ndarray:
+    from conftest import make_disk_section
+
+    return np.asarray(make_disk_section(200, mpp=2.0).images["he"].data)
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.detect_tissue` (and `hx.tl.predict`, `hx.pp.tile` that run it) on an all-white, "
+    "all-black or constant image (an empty pyramid level, a placeholder)",
+    says="ValueError: sdata.images['he'] is blank: every pixel is 255 (as read), so there is "
+    "nothing on it to find ... Check the image (before: 'No tissue was found ... lower "
+    "min_area_um2 or mpp', a fix that cannot help)",
+    fix="check the image and give the slide's own",
+)
+def test_a_blank_image_is_named_as_blank():
+    for value in (255, 0, 128):
+        sdata = with_pixels(np.full((3, 100, 100), value, dtype=np.uint8))
+        with pytest.raises(ValueError, match=f"is blank: every pixel is {value} "):
+            hx.pp.detect_tissue(sdata)
+        assert not sdata.labels
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.detect_tissue` on a float image with NaN (or infinite) pixels, a part masked out",
+    says="ValueError: sdata.images['he'] holds NaN or infinite pixels ... Replace them by a "
+    "value (before: 'No tissue was found' on the whole image: the NaN spread through the "
+    "threshold)",
+    fix="replace the NaN pixels (e.g. np.nan_to_num with the glass colour) or crop them away",
+)
+def test_nan_pixels_are_refused_not_taken_for_no_tissue():
+    pixels = disk_pixels().astype(np.float32) / 255
+    found = with_pixels(pixels.copy())
+    hx.pp.detect_tissue(found)  # the same image without NaN: its disk is found
+    assert (np.asarray(found.labels["he_tissue"]) > 0).mean() > 0.3
+    pixels[:, :20, :20] = np.nan
+    sdata = with_pixels(pixels)
+    with pytest.raises(ValueError, match="holds NaN or infinite pixels"):
+        hx.pp.detect_tissue(sdata)
+    assert not sdata.labels
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.detect_tissue` on a signed image with negative pixels (an int16 image centred on its "
+    "mean), a boolean or a complex image",
+    says="ValueError: sdata.images['he'] holds negative pixels (down to ...; TypeError: "
+    "sdata.images['he'] holds bool pixels, not intensities (a mask? ...) (before: a tissue map "
+    "of half the image, or 'No tissue was found')",
+    fix="give the image as read from its file (integers from 0, or floats from 0 to 1); store a "
+    "mask as a label map",
+)
+def test_pixels_that_are_not_intensities_are_refused():
+    pixels = disk_pixels()
+    for bad, error, said in (
+        (pixels.astype(np.int16) - int(pixels.mean()), ValueError, "holds negative pixels"),
+        (pixels > 128, TypeError, "holds bool pixels, not intensities \\(a mask"),
+        (pixels.astype(np.complex64), TypeError, "holds complex64 pixels"),
+    ):
+        sdata = with_pixels(bad)
+        with pytest.raises(error, match=said):
+            hx.pp.detect_tissue(sdata)
+        assert not sdata.labels
+
+
+@bad_input(
+    "obscure error",
+    "`hx.pp.detect_tissue` (or `hx.tl.predict`) on a 3D image (dims c, z, y, x), or on an "
+    "image a few pixels across",
+    says="ValueError: 'he' is a 3D image (dims c, z, y, x); histoexpr works on 2D sections "
+    "(before: RuntimeError: sequence argument must have length equal to input rank; a 240 x 1 "
+    "px image asked for a finer mpp than the image has)",
+    fix="store the plane to use as a 2D image; give the section's image",
+)
+def test_a_3d_or_tiny_image_is_refused_with_what_to_give():
+    pixels = disk_pixels()
+    sdata = with_pixels(np.stack([pixels, pixels], axis=1), dims=("c", "z", "y", "x"))
+    with pytest.raises(ValueError, match="is a 3D image.*isel\\(z=k\\)"):
+        hx.pp.detect_tissue(sdata)
+    sdata = with_pixels(pixels[:, :1, :])
+    with pytest.raises(ValueError, match="The image is 200 x 1 px: too small"):
+        hx.pp.detect_tissue(sdata, mpp=2.0)
+    assert not sdata.labels
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.detect_tissue(sdata, min_od=0.05)` on an image detected as fluorescence, or "
+    "`fill_holes='no'`",
+    says="ValueError: min_od=0.05 thresholds the optical density of a brightfield image, but "
+    "'he' is detected as fluorescence (before: min_od ignored; any non-empty string filled "
+    "the holes)",
+    fix="pass kind='brightfield' for a stained image, or drop min_od; fill_holes=True or False",
+)
+def test_options_that_would_be_ignored_are_refused():
+    dark = 255 - disk_pixels()  # a bright disk on a dark background: fluorescence
+    sdata = with_pixels(dark)
+    with pytest.raises(ValueError, match="min_od=0.05 thresholds.*detected as fluorescence"):
+        hx.pp.detect_tissue(sdata, min_od=0.05)
+    with pytest.raises(TypeError, match="fill_holes must be True or False"):
+        hx.pp.detect_tissue(sdata, fill_holes="no")
+    assert not sdata.labels
+    hx.pp.detect_tissue(sdata)
+    assert (np.asarray(sdata.labels["he_tissue"]) > 0).mean() > 0.3

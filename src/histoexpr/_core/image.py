@@ -108,17 +108,45 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     import xarray as xr
 
     element = _raster_element(sdata, image_key)
+    if isinstance(element, xr.DataArray):
+        arrays = [element]
+    else:
+        arrays = [next(iter(element[name].ds.data_vars.values()))
+                  for name in sorted(element.children, key=_level_number)]
+    if "z" in arrays[0].dims:
+        raise ValueError(
+            f"{image_key!r} is a 3D image (dims {', '.join(map(str, arrays[0].dims))}); histoexpr "
+            "works on 2D sections. Store the plane to use as a 2D image, e.g. "
+            "Image2DModel.parse(image.isel(z=k).data, dims=('c', 'y', 'x')), under another key.")
     mpp, offset = _scale_and_offset(element)
     if isinstance(element, xr.DataArray):
         return [ImageLevel(element, mpp, offset)]
-    arrays = [next(iter(element[name].ds.data_vars.values()))
-              for name in sorted(element.children, key=_level_number)]
     height0 = arrays[0].sizes["y"]
     levels = []
     for array in arrays:
         factor = height0 / array.sizes["y"]
         levels.append(ImageLevel(array, mpp * factor, offset))
     return levels
+
+
+def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
+    """Refuse an image whose transformation to micrometres is the identity (no pixel size).
+
+    SpatialData gives an image parsed without ``transformations=`` the identity: its pixel size
+    would be read as 1 um/px whatever it is. Steps whose results depend on the physical scale (a
+    model trained at a pixel size) call this before any work.
+    """
+    from spatialdata.transformations import Identity, get_transformation
+
+    element = _raster_element(sdata, image_key)
+    transformation = get_transformation(element, get_all=True).get(COORDINATE_SYSTEM)
+    if isinstance(transformation, Identity):
+        raise ValueError(
+            f"sdata.images[{image_key!r}] does not state its pixel size: its transformation to "
+            f"{COORDINATE_SYSTEM!r} is the identity, which would be read as 1 um/px whatever "
+            "the scan's resolution. State it: spatialdata.transformations.set_transformation("
+            f"sdata.images[{image_key!r}], Scale([mpp, mpp], axes=('y', 'x')), 'global'), or "
+            "read the slide with hx.io.read_wsi(path, mpp=...).")
 
 
 def _level_number(name: str) -> int:

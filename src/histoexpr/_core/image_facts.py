@@ -55,3 +55,49 @@ def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
     return digest.hexdigest()[:16]
 
 
+
+
+def check_pixel_type(dtype: np.dtype, image_key: str) -> None:
+    """Refuse an image whose pixels are not numbers of intensity (booleans, complex numbers)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif":
+        mask = ""
+        if dtype.kind == "b":
+            mask = " (a mask? store it as a label map, sdata.labels)"
+        raise TypeError(
+            f"sdata.images[{image_key!r}] holds {dtype} pixels, not intensities{mask}. Store "
+            "the image as 8- or 16-bit integers, or as floats from 0 to 1.")
+
+
+def check_pixels(pixels: np.ndarray, image_key: str, valid: np.ndarray | None = None) -> None:
+    """Refuse pixels that are not an image's intensities, before a step works on them.
+
+    ``pixels`` (channels first) are the image or a read of it; ``valid`` marks the pixels that
+    lie on the image (a read's padding is left out). Refused: a boolean or complex type (a mask
+    or a transform stored as an image), NaN or infinite values, negative values, and an image
+    whose every pixel has one value (blank: an empty level, a placeholder, an image read wrong).
+    """
+    where = f"sdata.images[{image_key!r}]"
+    check_pixel_type(pixels.dtype, image_key)
+    values = pixels[:, valid] if valid is not None else pixels.reshape(pixels.shape[0], -1)
+    if not values.size:
+        return
+    if pixels.dtype.kind == "f":
+        bad = ~np.isfinite(values).all(axis=0)
+        if bad.any():
+            raise ValueError(
+                f"{where} holds NaN or infinite pixels ({bad.mean():.1%} of the image as read): "
+                "every step would carry them into its results. Replace them by a value (e.g. "
+                "the glass colour, 1.0 on a 0..1 image: np.nan_to_num) or crop them away.")
+    low, high = values.min(), values.max()
+    if low < 0:
+        raise ValueError(
+            f"{where} holds negative pixels (down to {low:g}), which no intensity is (a signed "
+            "image shifted around 0, a difference of images?). Give the image as read from its "
+            "file: integers from 0, or floats from 0 to 1.")
+    if low == high:
+        raise ValueError(
+            f"{where} is blank: every pixel is {low:g} (as read), so there is nothing on it to "
+            "find: bare glass, an empty pyramid level, a placeholder or a file read wrong. "
+            "Check the image (e.g. hx.pl.spatial(sdata, image_key=...)) and give the slide's "
+            "image.")

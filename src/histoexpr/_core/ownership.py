@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .logs import logger
@@ -46,7 +48,9 @@ def require_spatialdata(sdata: object, name: str = "sdata") -> None:
     if kind == "ndarray":
         hint = (" For an image array, wrap it first: hx.io.read_wsi(path) reads a slide file, "
                 "or make one with spatialdata.SpatialData(images={'he': "
-                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'))}).")
+                "spatialdata.models.Image2DModel.parse(array, dims=('c', 'y', 'x'), "
+                "transformations={'global': spatialdata.transformations.Scale([mpp, mpp], "
+                "axes=('y', 'x'))})}), its pixel size in um/px stated.")
     elif isinstance(sdata, str) or kind.endswith("Path"):
         hint = " Read the file first: hx.io.read_wsi(path) or spatialdata.read_zarr(path)."
     raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
@@ -129,13 +133,18 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
 
 
 def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,
-                       step: str | None = None) -> bool:
+                       step: str | None = None, name: str = "key_added") -> bool:
     """Raise unless ``key`` is free, or ``overwrite`` and it holds what ``step`` wrote before.
 
     Returns whether an element would be replaced. Nothing is deleted (see
-    :func:`check_key_free`): call this before any work, so that a bad key fails at once.
-    ``step=None`` (older callers) accepts an element written by any histoexpr step.
+    :func:`check_key_free`): call this before any work, so that a bad key fails at once; a
+    key SpatialData would refuse as a name fails here too (``name``: the parameter that gave
+    it, for the message). ``step=None`` (older callers) accepts an element written by any
+    histoexpr step.
     """
+    from .validate import check_element_name
+
+    check_element_name(name, key)
     kind = element_kind(sdata, key)
     if kind is None:
         return False
@@ -195,6 +204,24 @@ def discard_element(sdata: SpatialData, key: str) -> None:
         else:
             del sdata.attrs[WRITER_KEY]
     logger.info("Removed `sdata.%s[%r]`, written by this refused call.", kind, key)
+
+
+@contextlib.contextmanager
+def undone_on_error(sdata: SpatialData) -> Iterator[None]:
+    """Elements added inside the block are removed again if the block raises.
+
+    For a step that runs other steps (tissue detection, tiling) before a check that can only be
+    made on their results: a refused (or interrupted) call leaves ``sdata`` as it found it.
+    Elements that existed before the block are never touched.
+    """
+    before = {(kind, key) for kind in _ELEMENT_KINDS for key in getattr(sdata, kind).keys()}
+    try:
+        yield
+    except BaseException:
+        for kind in _ELEMENT_KINDS:
+            for key in [k for k in getattr(sdata, kind).keys() if (kind, k) not in before]:
+                discard_element(sdata, key)
+        raise
 
 
 def _free_name(sdata: SpatialData, key: str) -> str:

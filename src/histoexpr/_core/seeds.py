@@ -27,5 +27,15 @@ def seed_everything(seed: int | None) -> np.random.Generator:
 
 
 def resolve_device(device: str | None) -> str:
-    """``device`` itself, or ``settings.device`` (cuda -> mps -> cpu) when it is ``None``."""
-    return settings.device if device is None else device
+    """``device`` itself, or ``settings.device`` (cuda -> mps -> cpu) when it is ``None``.
+
+    A ``device`` that names no device of this machine (``"gpu"``, ``"cuda"`` without one) is a
+    ``ValueError`` naming the ones to pass, before any work.
+    """
+    from .._settings import _validate_device
+
+    if device is None:
+        return settings.device
+    if type(device).__name__ == "device":  # a torch.device
+        device = str(device)
+    return _validate_device(device, "device")

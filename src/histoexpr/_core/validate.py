@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "check_choice",
+    "check_element_name",
     "check_store_name",
     "check_fraction",
     "check_int",
@@ -217,6 +218,30 @@ def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
         raise ValueError(f"{name}={value!r} cannot name a {what}: it {problem}. It becomes a "
                          f"folder name on disk, so it must be one plain name; {fix}. Nothing "
                          "was written.")
+    return value
+
+
+def check_element_name(name: str, value: Any) -> str:
+    """Return ``value`` after checking it can name an element of a SpatialData.
+
+    SpatialData's own rule (letters, digits, ``_``, ``-`` and ``.``; not empty, not ``.`` or
+    ``..``, not starting with ``__``), checked before any work so that a bad key fails at once
+    with the name of the parameter and a name that would do, not after the results were
+    computed (or with some elements of a step already added).
+    """
+    from spatialdata._core.validation import check_valid_name
+
+    suggestion = (_suggest_name(value).replace("+", "_") if str(value).strip("._ ")
+                  else "my_key")
+    fix = f"use letters, digits and '_', '-' or '.' (e.g. {name}={suggestion!r})"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string naming an element of the SpatialData, got "
+                        f"{value!r} ({type(value).__name__}); {fix}.")
+    try:
+        check_valid_name(value)
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} cannot name an element of a SpatialData ({error}); "
+                         f"{fix}. Nothing was written.") from None
     return value
 
 

@@ -363,6 +363,15 @@ def read_cohort(
     if duplicated:
         raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "
                          "unique (add a slide_id column).")
+    folded: dict[str, list[str]] = {}
+    for slide_id in ids:  # stores S1.zarr and s1.zarr are one folder on macOS and Windows
+        folded.setdefault(slide_id.casefold(), []).append(slide_id)
+    clashes = [names for names in folded.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(f"The manifest has slide ids that differ only in case ({clashes[:3]}): "
+                         "their stores would be one folder on a case-insensitive file system "
+                         "(macOS, Windows), each slide overwriting the other's results. Make "
+                         "them differ in more than case.")
     resolved = [p.resolve() for p in paths]
     twice = sorted({str(p) for p in resolved if resolved.count(p) > 1})
     if twice:
@@ -370,6 +379,12 @@ def read_cohort(
         raise ValueError(f"The manifest names the same slide file more than once ({twice[0]} "
                          f"as {named}): it would count twice, and cross-validation could train "
                          "on the copy of a slide it scores. Keep one row per slide file.")
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise ValueError(f"{len(folders)} paths of the manifest are folders, not slide files, "
+                         f"e.g. {folders[:3]}; give each slide's file (a slide stored as a "
+                         "folder: convert it to a pyramidal OME-TIFF first, e.g. with bfconvert "
+                         "or vips tiffsave).")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} slide files of the manifest do not exist, e.g. "
@@ -379,10 +394,15 @@ def read_cohort(
     if "mpp" in frame.columns:
         for slide_id, value in zip(ids, frame["mpp"], strict=True):
             if pd.notna(value):
-                if not float(value) > 0:
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    number = float("nan")
+                if not (number > 0 and np.isfinite(number)):
                     raise ValueError(f"The mpp of slide {slide_id!r} is {value!r}; give a "
-                                     "positive pixel size in um/px, or leave it empty.")
-                mpps[slide_id] = float(value)
+                                     "positive pixel size in um/px (e.g. 0.5), or leave it "
+                                     "empty to read it from the slide file.")
+                mpps[slide_id] = number
     labels = frame.drop(columns=[c for c in ("path", "slide_id", "mpp") if c in frame.columns])
     labels.index = pd.Index(ids)
     labels.insert(0, "path", [str(p) for p in paths])

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._core.ownership import require_element
 from .._core.spatial_uns import spatial_record
-from .._core.validate import renamed_parameters
+from .._core.validate import check_positive, renamed_parameters
 from ._docs import check_save, save_figure, shared_docs
 from ._spatial import (
     _draw_shapes,
@@ -120,13 +120,21 @@ def prediction(
 
     """
     check_save(save)
+    from anndata import AnnData
     from spatialdata import SpatialData
 
+    if not isinstance(data, SpatialData | AnnData):
+        raise TypeError(f"data must be a SpatialData (a section with its tables) or an AnnData of "
+                        f"predictions, got {type(data).__name__}; pass the section "
+                        "hx.tl.predict wrote into, or the table it returned.")
     if isinstance(genes, str):
         genes = [genes]  # one gene, not its letters
-    if scale_bar_um is not None and not scale_bar_um > 0:
-        raise ValueError(f"scale_bar_um must be a positive length in um or None, got "
-                         f"{scale_bar_um!r}.")
+    if genes is not None and not len(genes):
+        raise ValueError("genes is empty: there would be nothing to draw. Name a gene or more "
+                         "(genes='EPCAM'), or pass None for the first four predicted.")
+    if scale_bar_um is not None:
+        check_positive("scale_bar_um", scale_bar_um, unit="um (or None)")
+    check_positive("panel_size", panel_size, unit="inches")
     style = {"cmap": cmap, "shared_scale": shared_scale, "interval": interval,
              "scale_bar_um": scale_bar_um if scale_bar else 0.0, "panel_size": panel_size}
     if isinstance(data, SpatialData):
@@ -374,7 +382,14 @@ def _interval_widths(pred, pred_key: str) -> pd.DataFrame:
         raise KeyError(f"The prediction table {pred_key!r} has no layers {missing}: no "
                        "prediction intervals to draw. Predict with a model calibrated in fit "
                        "(hx.tl.fit(..., calibrate=True), a head route), or pass interval=False.")
-    return _values(pred, "upper") - _values(pred, "lower")
+    widths = _values(pred, "upper") - _values(pred, "lower")
+    inverted = int((widths.to_numpy() < 0).sum())
+    if inverted:
+        raise ValueError(f"The prediction table {pred_key!r} has layers['upper'] below "
+                         f"layers['lower'] in {inverted} values: they are not the interval "
+                         "bounds hx.tl.predict writes (swapped, or overwritten). Predict again "
+                         "to have them, or pass interval=False.")
+    return widths
 
 
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:

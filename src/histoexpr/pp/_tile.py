@@ -171,6 +171,13 @@ def tile(
     try:
         fractions = _tissue_fractions(sdata, tissue_key, boxes, size_um=size_um)
         keep = fractions >= min_tissue
+        if not keep.any() and not fractions.max() > 0:
+            raise ValueError(
+                f"The tissue map {tissue_key!r} has no tissue under any of the {len(fractions)} "
+                "tiles: it is empty, or was made for another image or region. Detect the "
+                f"tissue again (hx.pp.detect_tissue(sdata, {image_key!r}, key_added="
+                f"{tissue_key!r}, overwrite=True)), or pass min_tissue=0 to tile the whole image."
+            )
         if not keep.any():
             raise ValueError(
                 f"No tile of {size_um:g} um has at least min_tissue={min_tissue:g} of its area "

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._core.elements import scale_to_global
 from .._core.image import image_levels, read_region
+from .._core.image_facts import check_pixel_type, check_pixels
 from .._core.logs import log_added, logged_step, logger
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
 from .._core.validate import check_choice, check_positive
@@ -158,8 +159,11 @@ def detect_tissue(
     check_positive("min_area_um2", min_area_um2, allow_zero=True, unit="um2")
     if min_od is not None:
         check_positive("min_od", min_od)
+    if not isinstance(fill_holes, bool | np.bool_):
+        raise TypeError(f"fill_holes must be True or False, got {fill_holes!r}.")
 
     level0 = image_levels(sdata, image_key)[0]
+    check_pixel_type(level0.data.dtype, image_key)
     work_mpp = float(mpp)
     if work_mpp < level0.mpp:
         logger.info("The image (%g um/px) is coarser than mpp=%g; detecting tissue at %g um/px.",
@@ -176,6 +180,7 @@ def detect_tissue(
                          mpp=work_mpp, fill=0, outside="fill")
     valid = np.zeros((out_h, out_w), dtype=bool)
     valid[: max(1, round(height_um / work_mpp)), : max(1, round(width_um / work_mpp))] = True
+    check_pixels(pixels, image_key, valid)  # NaN, negative, blank: refused, not 0 tissue
 
     if kind == "auto":
         kind, reason = _decide_kind(pixels, valid)
@@ -196,6 +201,11 @@ def detect_tissue(
         mask = _stained(pixels[:3] if pixels.shape[0] >= 3 else pixels[:1], valid, work_mpp,
                         min_od)
     else:
+        if min_od is not None:
+            raise ValueError(
+                f"min_od={min_od:g} thresholds the optical density of a brightfield image, but "
+                f"{image_key!r} is detected as fluorescence. Pass kind='brightfield' if it is a "
+                "stained (H&E) image, or drop min_od.")
         mask = _fluorescent(pixels, valid, work_mpp)
 
     mask = _close(mask, 1) & valid
@@ -214,7 +224,8 @@ def detect_tissue(
         raise ValueError(
             f"No tissue was found on {image_key!r} (kind={kind!r}, {len(small)} piece(s) "
             f"smaller than min_area_um2={min_area_um2:g} removed). Check kind, or lower "
-            "min_area_um2 or mpp."
+            "min_area_um2 or mpp"
+            + ("." if min_od is None else f", or lower min_od (given {min_od:g}).")
         )
     pieces = label(mask, connectivity=2)
     n_pieces = int(pieces.max())
@@ -340,6 +351,11 @@ def _check_work_size(level0, shape: tuple[int, int], work_mpp: float) -> None:
     from .._core.memory import check_memory
 
     height, width = level0.shape_yx
+    if min(height, width) < _MIN_WORK_SIDE_PX:
+        raise ValueError(
+            f"The image is {width} x {height} px: too small to tell tissue from glass (at least "
+            f"{_MIN_WORK_SIDE_PX} px across). Give the section's image, or tiles without a "
+            "tissue map (hx.pp.tile(..., min_tissue=0)).")
     if min(shape) < _MIN_WORK_SIDE_PX:
         finest = min(height, width) * level0.mpp / _MIN_WORK_SIDE_PX
         raise ValueError(

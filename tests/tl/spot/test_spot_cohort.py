@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 from _catalogue import bad_input
+from conftest import tree_digest
 
 import histoexpr as hx
 from histoexpr._cli import EXIT_BAD_INPUT, EXIT_CANNOT_PREDICT, main
@@ -271,3 +272,93 @@ def test_dask_workers_predict_what_one_process_predicts(slides, model, tmp_path)
             np.asarray(cohort.store(slide_id).prediction(KEY).X),
             np.asarray(serial.store(slide_id).prediction(KEY).X),
         )
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(model, cohort, device='gpu')` (or `batch_size=0`, `level=1.5`, "
+    "`key_added=''`, `tiles_key='a/b'`, `stride_um=-1`): refused when the first slide was "
+    "predicted, device='gpu' as torch's RuntimeError",
+    says="ValueError: device='gpu' is not a device: use None (automatic), 'cpu' ... "
+    "(before: torch's RuntimeError, after the first slide was read and tiled)",
+    fix="pass a device of this machine, a batch size of at least 1, a level the model keeps, "
+    "keys of letters, digits, '_', '-' or '.'",
+)
+def test_bad_options_are_refused_before_any_slide_is_read(slides, model, tmp_path, monkeypatch):
+    from histoexpr.io import _wsi
+
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a slide was read")
+
+    monkeypatch.setattr(_wsi, "read_wsi", never)
+    for options, said in (
+        ({"device": "gpu"}, "device='gpu' is not a device"),
+        ({"batch_size": 0}, r"batch_size must be an integer in \[1, inf\]"),
+        ({"level": 1.5}, r"level must be a fraction in \(0, 1\)"),
+        ({"key_added": ""}, "key_added='' cannot name an element"),
+        ({"tiles_key": "a/b"}, "tiles_key='a/b' cannot name an element"),
+        ({"stride_um": -1}, "stride_um must be a positive number"),
+        ({"min_tissue": 2}, r"min_tissue must be a fraction in \[0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            hx.tl.predict(network, cohort, **options)
+    assert not (tmp_path / "stores").exists()
+
+
+@bad_input(
+    "data lost",
+    "`hx.tl.predict(model, cohort)` where one slide file of the manifest is no slide (a "
+    "truncated copy, a text file) or has no pixel size in its metadata nor in the manifest",
+    says="ValueError: 1 of the 3 slides to predict cannot be predicted ('slide_01': ... Fix or "
+    "replace those files ... Nothing was predicted (before: the slides before it were "
+    "predicted and stored, then the run stopped)",
+    fix="fix or replace the file, give its pixel size in the manifest's mpp column, or predict "
+    "the others with `cohort.subset([...])`",
+)
+def test_a_slide_that_cannot_be_opened_stops_the_run_before_any_slide(slides, model, tmp_path):
+    import tifffile
+
+    network, _ = model
+    copies = tmp_path / "slides"
+    shutil.copytree(slides.parent, copies)
+    manifest = copies / slides.name
+    bad = copies / "slide_01.tif"
+    pixels = tifffile.imread(bad)
+    tifffile.imwrite(bad, pixels)  # the same pixels, without a pixel size
+    before = tree_digest(copies)
+    with pytest.raises(ValueError, match="1 of the 3 slides.*'slide_01'.*pixel size.*mpp column"):
+        hx.tl.predict(network, cohort_at(manifest, tmp_path / "stores"))
+    bad.write_text("not a slide")
+    with pytest.raises(ValueError, match="'slide_01'.*is not a slide histoexpr can read"):
+        hx.tl.predict(network, cohort_at(manifest, tmp_path / "stores"))
+    assert not (tmp_path / "stores").exists()
+    assert set(tree_digest(copies)) == set(before)
+
+
+@bad_input(
+    "silently wrong",
+    "`histoexpr predict --manifest SLIDES.csv --mpp 0.5` (or `--out OUT.zarr`): the option "
+    "was ignored; `--store-dir` naming a file: a traceback (NotADirectoryError)",
+    says="exit 2: names the option and where its value goes with --manifest (the manifest's "
+    "mpp column, each slide's store); nothing is read or written",
+    fix="drop the option; give pixel sizes in the manifest's mpp column",
+)
+def test_the_command_line_refuses_options_a_manifest_ignores(slides, model, tmp_path, capsys):
+    _, path = model
+    stores = tmp_path / "stores"
+    base = ["predict", "-m", str(path), "--manifest", str(slides), "--store-dir", str(stores)]
+    assert main([*base, "--mpp", "0.5"]) == EXIT_BAD_INPUT
+    assert "manifest's mpp column" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "out.zarr")]) == EXIT_BAD_INPUT
+    assert "its own store" in capsys.readouterr().err
+    assert main([*base, "--batch-size", "0"]) == EXIT_BAD_INPUT
+    assert main([*base, "--device", "gpu"]) == EXIT_BAD_INPUT
+    assert "--device='gpu' is not a device" in capsys.readouterr().err
+    assert not stores.exists() and not (tmp_path / "out.zarr").exists()
+    stores.write_text("a file of the user's")  # --store-dir naming a file: a message, exit 2
+    assert main(base) == EXIT_BAD_INPUT
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert stores.read_text() == "a file of the user's"

@@ -431,3 +431,204 @@ def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
                                                                          n_genes=3))
     record = _calibration.calibrate(prepared, features, refit, guard_features=features)
     assert record["available"] is False and "at least 3 training tiles" in record["reason"]
+
+
+def elements(sdata) -> dict[str, list[str]]:
+    """The names of a SpatialData's elements, by kind."""
+    kinds = ("images", "labels", "points", "shapes", "tables")
+    return {kind: sorted(getattr(sdata, kind).keys()) for kind in kinds}
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(model, sdata, level=0.9)` with a model that keeps no prediction intervals "
+    "(trained with calibrate=False, or an older file), or `level=1.5`",
+    says="ValueError: level=0.9 asks for prediction intervals, but this model keeps none ... "
+    "Leave level=None (before: accepted, and the table had no intervals)",
+    fix="leave level=None, or retrain with a head route and calibrate=True",
+)
+def test_a_level_is_refused_where_the_model_keeps_no_intervals(sections):
+    from conftest import copy_section
+
+    uncalibrated = hx.tl.fit(
+        {n: sections[n] for n in "ab"},
+        model="spot_regressor",
+        route="ridge",
+        genes=GENES[:3],
+        calibrate=False,
+        **PATCH,
+    )
+    held = copy_section(sections["d"])
+    before = elements(held)
+    with pytest.raises(ValueError, match="keeps none.*Leave level=None"):
+        hx.tl.predict(uncalibrated, held, level=0.9)
+    with pytest.raises(ValueError, match=r"level must be a fraction in \(0, 1\)"):
+        hx.tl.predict(uncalibrated, held, level=1.5)
+    assert elements(held) == before  # no tissue map, no tiles, no table
+    table = hx.tl.predict(uncalibrated, held)  # level=None: no intervals, and said so
+    assert table.uns["prediction"]["intervals"]["available"] is False
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(spot_regressor, sdata, device='gpu')` (or `batch_size=0`, "
+    "`tiles_key='a/b'`, `key_added=''`): refused only after the tissue map and the tiles were "
+    "added to sdata, device='gpu' as torch's RuntimeError",
+    says="ValueError: device='gpu' is not a device: use None (automatic), 'cpu', 'cuda' "
+    "(before: the tissue map and tiles were left in sdata)",
+    fix="pass a device of this machine, a batch size of at least 1, a key of letters, digits, "
+    "'_', '-' or '.'",
+)
+def test_bad_options_are_refused_before_the_tissue_and_tiles_are_made(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    before = elements(held)
+    with pytest.raises(ValueError, match="device='gpu' is not a device"):
+        hx.tl.predict(model, held, device="gpu")
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, inf\]"):
+        hx.tl.predict(model, held, batch_size=0)
+    with pytest.raises(ValueError, match="tiles_key='a/b' cannot name an element.*'a_b'"):
+        hx.tl.predict(model, held, tiles_key="a/b")
+    with pytest.raises(ValueError, match="key_added='' cannot name an element"):
+        hx.tl.predict(model, held, key_added="")
+    assert elements(held) == before
+
+
+def test_an_interrupted_prediction_leaves_the_section_as_it_was(model, sections, monkeypatch):
+    from conftest import copy_section
+
+    from histoexpr.tl._spot import _spot_predict
+
+    held = copy_section(sections["d"])
+    before = elements(held)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_spot_predict, "annotate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        hx.tl.predict(model, held)  # after the tissue map and the tiles were made
+    assert elements(held) == before
+    monkeypatch.undo()
+    tiles_key = grid(held)  # tiles that were there before the call stay
+    with monkeypatch.context() as patched:
+        patched.setattr(_spot_predict, "annotate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            hx.tl.predict(model, held, tiles_key=tiles_key)
+    assert tiles_key in held.shapes and f"{tiles_key}_table" in held.tables
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict` on tiles of an image with NaN pixels (a float image with a masked-out "
+    "region)",
+    says="ValueError: The predictions of ... tiles ... are NaN or infinite ... Replace the "
+    "non-finite pixels of the image (before: NaN rows in the table, and in its intervals)",
+    fix="replace the image's NaN pixels (e.g. by the glass colour), or predict on other tiles",
+)
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # NaN pixels, on purpose
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nan_predictions_are_refused(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    tiles_key = grid(held, "grid_nan")  # tiles without features yet: made from the NaN image
+    image = held.images["he"]
+    pixels = np.asarray(image.data).astype(np.float32) / 255
+    pixels[:, 300:500, 300:500] = np.nan  # 100 x 100 um in the middle of the tissue
+    held.images["he"] = Image2DModel.parse(
+        pixels, dims=("c", "y", "x"), transformations=image.attrs["transform"]
+    )
+    before = elements(held)
+    with pytest.raises(ValueError, match="predictions of [0-9]+ of [0-9]+ tiles 'grid_nan' are"):
+        hx.tl.predict(model, held, tiles_key=tiles_key)
+    assert elements(held) == before
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pl.prediction(..., interval=True)` on a table whose layers['upper'] lie below "
+    "layers['lower'] (swapped or overwritten); `genes=[]`; `panel_size=0`; "
+    "`scale_bar_um=inf`; `data=None`",
+    says="ValueError: The prediction table ... has layers['upper'] below layers['lower'] in ... "
+    "values (before: negative widths drawn; max() arg is an empty sequence; matplotlib's "
+    "'box_aspect' and 'fig_aspect' must be positive; a scale bar of inf um drawn; "
+    "AttributeError: 'NoneType' object has no attribute 'uns')",
+    fix="predict again to have the bounds, or pass interval=False; name genes (or None); a "
+    "positive panel size and scale bar",
+)
+def test_prediction_maps_refuse_what_they_cannot_draw(model, sections):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = sections["d"]
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_checked")
+    measured = held.tables["table"]
+    swapped = table.copy()
+    swapped.layers["lower"], swapped.layers["upper"] = table.layers["upper"], table.layers["lower"]
+    before = plt.get_fignums()
+    with pytest.raises(ValueError, match=r"layers\['upper'\] below layers\['lower'\] in [0-9]+"):
+        hx.pl.prediction(swapped, "X", measured, genes="EPCAM", interval=True)
+    with pytest.raises(ValueError, match="genes is empty"):
+        hx.pl.prediction(held, "pred_checked", "table", genes=[])
+    with pytest.raises(TypeError, match="data must be a SpatialData .* got NoneType"):
+        hx.pl.prediction(None, "pred_checked")
+    with pytest.raises(ValueError, match="panel_size must be a positive number"):
+        hx.pl.prediction(held, "pred_checked", "table", genes="EPCAM", panel_size=0)
+    with pytest.raises(ValueError, match="scale_bar_um must be a positive number"):
+        hx.pl.prediction(held, "pred_checked", "table", genes="EPCAM", scale_bar_um=np.inf)
+    assert plt.get_fignums() == before
+    figure = hx.pl.prediction(table, "X", measured, genes="EPCAM", interval=True)
+    assert [ax.get_title() for ax in figure.axes][2] == "EPCAM: interval width"
+    plt.close(figure)
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(model, sdata)` on an H&E parsed without a pixel size "
+    "(`Image2DModel.parse(array, dims=...)`: the identity to 'global'), read as 1 um/px",
+    says="ValueError: sdata.images['he'] does not state its pixel size: its transformation to "
+    "'global' is the identity ... State it (before: tiles of the model's size in um cut at 1 "
+    "um/px from a 0.5 um/px scan, predictions on the wrong scale)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_an_image_without_a_pixel_size_is_refused(model, sections):
+    image = sections["d"].images["he"]
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    bare = SpatialData(images={"he": Image2DModel.parse(np.asarray(level.values),
+                                                        dims=("c", "y", "x"))})
+    with pytest.raises(ValueError, match="does not state its pixel size.*Scale\\(\\[mpp, mpp\\]"):
+        hx.tl.predict(model, bare)
+    assert not bare.labels and not bare.shapes and not bare.tables
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict` again after the section's image was replaced or edited under the same key "
+    "(the tiles' cached features were of the old pixels)",
+    says="nothing: the features are remade from the new pixels (logged); before: the old "
+    "features were reused and the predictions were those of the old image",
+    fix="nothing to do",
+)
+def test_features_of_a_replaced_image_are_not_reused(model, sections):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    tiles_key = grid(held, "grid_replaced")
+    before = hx.tl.predict(model, held, tiles_key=tiles_key, key_added="pred_before")
+    held.images["he"] = recoloured(held).images["he"]
+    # the new pixels are unlike the training's: the guard says so (it saw the old ones before)
+    with pytest.warns(UserWarning, match="out of the training data"):
+        after = hx.tl.predict(model, held, tiles_key=tiles_key, key_added="pred_after")
+    assert not np.allclose(np.asarray(before.X), np.asarray(after.X))
+    source = copy_section(sections["d"])
+    if "he_tissue" not in source.labels:  # the tissue of the original pixels, as held's
+        hx.pp.detect_tissue(source)
+    fresh = recoloured(source)
+    with pytest.warns(UserWarning, match="out of the training data"):
+        expected = hx.tl.predict(model, fresh, tiles_key=grid(fresh, "grid_replaced"))
+    np.testing.assert_allclose(np.asarray(after.X), np.asarray(expected.X), rtol=1e-5, atol=1e-5)

@@ -203,7 +203,7 @@ def test_empty_tissue_and_wrong_inputs_are_refused(synthetic_trio):
     blank = np.full((3, 200, 200), 245, dtype=np.uint8)
     empty = SpatialData(images={"he": Image2DModel.parse(
         blank, dims=("c", "y", "x"), transformations={"global": Scale([1.0, 1.0], ("y", "x"))})})
-    with pytest.raises(ValueError, match="tissue"):
+    with pytest.raises(ValueError, match="is blank: every pixel is 245"):
         hx.tl.predict(model, empty)
     with pytest.raises(KeyError, match="spots and their counts"):
         hx.tl.fit(empty, model="spot_regressor", genes=3)

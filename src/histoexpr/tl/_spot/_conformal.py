@@ -46,6 +46,8 @@ from .._metrics._expression_metrics import column_pearson
 
 #: interval levels a model keeps (``hx.tl.predict(..., level=)`` chooses one)
 LEVELS = (0.5, 0.8, 0.9, 0.95)
+#: the level of a prediction's intervals when none is asked for
+DEFAULT_LEVEL = 0.9
 #: the ways of calibrating intervals, simplest first (see the module's text)
 METHODS = ("pooled", "section_weighted", "offset", "mondrian", "spread")
 #: the method a model is calibrated with, chosen by the inner criterion

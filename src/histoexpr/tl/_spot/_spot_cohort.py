@@ -40,13 +40,20 @@ def predict_cohort(
     key_added: str | None,
     overwrite: bool,
     client: Any,
-    level: float = 0.9,
+    level: float | None = None,
 ) -> pd.DataFrame:
     """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
     import pandas as pd
 
+    from ..._core.validate import (
+        check_element_name,
+        check_fraction,
+        check_positive,
+        check_store_name,
+    )
     from ...io import Cohort
     from .._features._embed_cohort import run_slides
+    from ._spot_predict import check_options
 
     if not isinstance(cohort, Cohort) or not cohort.on_disk:
         raise TypeError(
@@ -69,8 +76,16 @@ def predict_cohort(
             f"not {image_key!r}; leave image_key=None (or read the cohort with "
             f"hx.io.read_cohort(..., image_key={image_key!r}))."
         )
-    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    tiles_key = check_element_name("tiles_key", f"{image_key}_expr_tiles" if tiles_key is None
+                                   else tiles_key)
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
+    check_store_name("key_added", check_element_name("key_added", key_added),
+                     what="table of predictions in each slide's store")
+    # every option is checked here, before the first slide is read
+    resolved_level = check_options(metadata, level=level, batch_size=batch_size, device=device)
+    check_fraction("min_tissue", min_tissue, closed="both")
+    if stride_um is not None:
+        check_positive("stride_um", stride_um, unit="um")
     if key_added in (tiles_key, f"{tiles_key}_table"):
         raise ValueError(
             f"key_added={key_added!r} names the tiles {tiles_key!r} (or their "
@@ -89,7 +104,7 @@ def predict_cohort(
         "stride_um": stride_um,
         "min_tissue": float(min_tissue),
         "key_added": key_added,
-        "level": float(level),
+        "level": float(resolved_level),
     }
     fingerprint = model_fingerprint(model)
     tasks, rows = [], {}
@@ -132,6 +147,7 @@ def predict_cohort(
                 },
             }
         )
+    _check_slides_open(tasks, model, image_key)
     logger.info(
         "predict: %d slides to predict, %d already done (%s, predictions %r).",
         len(tasks),
@@ -144,6 +160,35 @@ def predict_cohort(
     frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
     frame.index.name = "slide_id"
     return frame
+
+
+def _check_slides_open(tasks: list[dict], model: Network, image_key: str) -> None:
+    """Open every slide to predict (lazily: its header and metadata) before any is predicted.
+
+    A file that is no slide, a slide without a pixel size (in its metadata or the manifest) or
+    with other channels than the model's would otherwise stop the run after the slides before it
+    were predicted and stored.
+    """
+    from ..._core.logs import each_item
+    from ...io import read_wsi
+    from ._spot_predict import _check_channels
+
+    failed = {}
+    for task in tasks:
+        try:
+            with each_item():  # one slide's reading is debug chatter
+                sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=image_key)
+                _check_channels(sdata, image_key, model)
+        except (ValueError, OSError) as error:
+            failed[task["slide_id"]] = str(error)
+    if failed:
+        listed = "; ".join(f"{i!r}: {e}" for i, e in list(failed.items())[:3])
+        raise ValueError(
+            f"{len(failed)} of the {len(tasks)} slides to predict cannot be predicted "
+            f"({listed}). Fix or replace those files (a pixel size missing from a file goes "
+            "in the manifest's mpp column), or predict the others with "
+            "hx.tl.predict(model, cohort.subset([...])). Nothing was predicted."
+        )
 
 
 def _planned(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.image_facts import image_fingerprint
 from ..._core.logs import logger
 from ..._core.records import EmbeddingRecord, TileRecord, made_within
 from .._features._embed import encoder_fingerprint
@@ -45,6 +46,9 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         fingerprint=(expected.get("fingerprint") if expected is not None and not own
                      else encoder_fingerprint(encoder)))
     compute = features_key not in table.obsm
+    # the image's pixels, cheaply: features made from other pixels under the same image key
+    # (an image replaced or edited since) are not reused
+    pixels = image_fingerprint(sdata, image_key)
     if not compute:
         record = table.uns.get("embeddings", {}).get(features_key)
         if record is None:
@@ -57,6 +61,8 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         else:
             found = EmbeddingRecord.from_uns(record)
             differences = found.differences(wanted)
+            if found.extra.get("image_fingerprint") not in (None, pixels):
+                differences = [*differences, f"the pixels of the image {image_key!r} changed"]
             if differences and found.within != WITHIN:
                 raise ValueError(
                     f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] was made otherwise "
@@ -75,6 +81,7 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         with made_within(WITHIN):
             embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
                   batch_size=batch_size, device=device, overwrite=True, transform=transform)
+        table.uns["embeddings"][features_key]["image_fingerprint"] = pixels
     stored = table.uns.get("embeddings", {}).get(features_key)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
     if stored is None:

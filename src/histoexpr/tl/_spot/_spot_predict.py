@@ -10,15 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._core.image import image_levels
+from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.logs import log_added, logger
-from ..._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from ..._core.ownership import (
+    check_key_free,
+    check_key_writable,
+    require_element,
+    store_element,
+    undone_on_error,
+)
 from ..._core.records import TileRecord, made_within
 from ..._core.seeds import resolve_device
 from ..._core.spatial_uns import add_spatial_uns
+from ..._core.validate import check_element_name, check_fraction, check_int
 from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
 from ._calibration import annotate
-from ._conformal import half_width
+from ._conformal import DEFAULT_LEVEL, half_width
 from ._spot_features import section_features
 from ._spot_inputs import STEP, WITHIN, _check_image_mpp, _tiles_at
 
@@ -41,7 +48,7 @@ def predict(
     min_tissue: float = 0.5,
     batch_size: int = 64,
     device: str | None = None,
-    level: float = 0.9,
+    level: float | None = None,
     name: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
@@ -83,7 +90,8 @@ def predict(
         Torch device; ``None`` uses ``hx.settings.device``.
     level
         Level of the prediction intervals (``layers["lower"]``, ``layers["upper"]``): one of
-        the levels the model keeps, 0.5, 0.8, 0.9 or 0.95.
+        the levels the model keeps, 0.5, 0.8, 0.9 or 0.95; ``None``: 0.9 where the model keeps
+        intervals. A level given to a model without intervals (no calibration) is an error.
     name
         The slide's name in the guard's warning; ``None`` uses the file the section was read
         from, or the image key.
@@ -124,7 +132,6 @@ def predict(
 
     """
     from ...io import Cohort
-    from ...pp import tile
 
     if isinstance(sdata, Cohort):
         from ._spot_cohort import predict_cohort
@@ -142,14 +149,14 @@ def predict(
                          "hx.tl.fit(..., model='spot_regressor').")
     image_key = metadata["image_key"] if image_key is None else image_key
     require_element(sdata, image_key, "images")
-    tiles_key = f"{image_key}_expr_tiles" if tiles_key is None else tiles_key
+    tiles_key = check_element_name("tiles_key", f"{image_key}_expr_tiles" if tiles_key is None
+                                   else tiles_key)
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
     check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
-    calibration = metadata.get("calibration") or {}
-    if calibration.get("available"):
-        half_width(calibration["intervals"], level)  # a level the model keeps, or refused
-    size_um, mpp = metadata["size_um"], metadata["mpp"]
+    level = check_options(metadata, level=level, batch_size=batch_size, device=device)
+    mpp = metadata["mpp"]
     # everything that can be refused is checked before anything is written
+    check_pixel_size_stated(sdata, image_key)
     _check_channels(sdata, image_key, model)
     _check_image_mpp(sdata, image_key, mpp)
     if metadata["route"] != "cnn":
@@ -157,6 +164,38 @@ def predict(
     if tiles_key in sdata.shapes and stride_um is not None:
         raise ValueError(f"Tiles {tiles_key!r} exist already, so stride_um cannot apply; pass a "
                          "new tiles_key to make grid tiles at that stride.")
+    with undone_on_error(sdata):  # the tissue map and tiles made here go if a check refuses
+        return _predict(model, sdata, metadata, tiles_key=tiles_key, image_key=image_key,
+                        stride_um=stride_um, min_tissue=min_tissue, batch_size=batch_size,
+                        device=device, level=level, name=name, key_added=key_added,
+                        overwrite=overwrite)
+
+
+def check_options(metadata: Mapping[str, Any], *, level: float | None, batch_size: Any,
+                  device: str | None) -> float:
+    """Refuse a bad level, batch size or device before any work; return the level to use."""
+    check_int("batch_size", batch_size, minimum=1)
+    resolve_device(device)
+    calibration = metadata.get("calibration") or {}
+    if level is None:
+        return DEFAULT_LEVEL
+    level = check_fraction("level", level)
+    if not calibration.get("available"):
+        why = calibration.get("reason") or ("trained with calibrate=False, by an older "
+                                            "histoexpr, or by the 'cnn' route")
+        raise ValueError(
+            f"level={level:g} asks for prediction intervals, but this model keeps none ({why})."
+            " Leave level=None (the prediction then has no intervals), or retrain the model "
+            "with a head route and calibrate=True to have them.")
+    half_width(calibration["intervals"], level)  # a level the model keeps, or refused
+    return level
+
+
+def _predict(model, sdata, metadata, *, tiles_key, image_key, stride_um, min_tissue, batch_size,
+             device, level, name, key_added, overwrite):
+    from ...pp import tile
+
+    size_um, mpp = metadata["size_um"], metadata["mpp"]
     if tiles_key not in sdata.shapes:
         with made_within(WITHIN):
             tile(sdata, image_key, size_um=size_um, mpp=mpp,
@@ -218,6 +257,7 @@ def predict(
         model = model.to("cpu").eval()
         with torch.inference_mode():
             values = model(torch.from_numpy(features)).numpy()
+    _check_finite(values, tiles_key, image_key)
     table = _prediction_table(tile_table[on_image], values, metadata["genes"], tiles_key,
                               image={"key": image_key,
                                      "fingerprint": image_fingerprint(sdata, image_key)})
@@ -227,6 +267,17 @@ def predict(
     store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
     return sdata.tables[key_added]
+
+
+def _check_finite(values: np.ndarray, tiles_key: str, image_key: str) -> None:
+    """Refuse predictions that are NaN or infinite: they would pass for numbers downstream."""
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"The predictions of {int(bad.sum())} of {bad.size} tiles {tiles_key!r} are NaN or "
+            f"infinite: their pixels (or features) are not finite numbers, e.g. NaN pixels in "
+            f"the image {image_key!r}. Replace the non-finite pixels of the image (or predict "
+            "on tiles away from them); nothing was written.")
 
 
 def _slide_name(sdata, image_key: str, name: str | None) -> str:
