@@ -409,6 +409,7 @@ def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections
     # guard reads the encoder's features before it
     model = hx.tl.fit({n: sections[n] for n in "abc"}, model="spot_regressor", route="ridge",
                       genes=GENES[:3], standardise_sections=True, context_um=80.0, **PATCH)
+    grid(sections["d"])  # its tissue map, which the recoloured copy reuses (colours turned)
     other = recoloured(sections["d"])
     with pytest.warns(UserWarning, match="out of the training data"):
         table = hx.tl.predict(model, other, tiles_key=grid(other), key_added="pred_scaled")
