@@ -104,6 +104,61 @@ def other_tissues() -> dict:
     return slides
 
 
+#: with --changes: the her2st folds predict their held-out section as scanned and after each of
+#: these simulated changes of staining and scanning (``tests/_tissue_criterion.py``)
+CHANGES_RUN: list[str] = []
+
+
+def changed_sections(sdata, name: str) -> dict:
+    """The section's H&E alone, once per change of :data:`CHANGES_RUN` (full resolution)."""
+    import sys
+
+    from spatialdata import SpatialData
+
+    import histoexpr as hx
+    from histoexpr.io._elements import image_element
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _tissue_criterion import changed
+
+    level = hx.io.image_levels(sdata, "he")[0]
+    pixels = np.asarray(sdata.images["he"]["scale0"]["image"].values)
+    return {f"{name}, {change}": (SpatialData(images={"he": image_element(
+        changed(pixels, change), mpp=level.mpp)}), f"her2st (held out), {change}")
+        for change in CHANGES_RUN}
+
+
+def prediction_change(table, reference) -> dict:
+    """How far a changed section's predictions moved from those of the section as scanned.
+
+    On the grid tiles both have: the mean absolute change (log1p units), the same relative to
+    the 90 % intervals' half-width and to the spread (SD over tiles) of the predictions as
+    scanned, and the mean over genes of the Pearson correlation of the two maps.
+    """
+    import pandas as pd
+
+    if reference is None:
+        return {}
+
+    def frame(t):
+        return pd.DataFrame(np.asarray(t.X, dtype=float), columns=t.var_names,
+                            index=[tuple(np.round(xy, 1)) for xy in t.obsm["spatial"]])
+
+    now, before = frame(table), frame(reference)
+    common = now.index.intersection(before.index)
+    now, before = now.loc[common], before.loc[common]
+    half = np.asarray(reference.layers["upper"] - reference.layers["lower"], dtype=float) / 2
+    change = (now - before).abs()
+    spread = before.std(axis=0).replace(0, np.nan)
+    pearson = [np.corrcoef(now[g], before[g])[0, 1] for g in before.columns
+               if before[g].std() > 0 and now[g].std() > 0]
+    return {"tiles_in_common": len(common),
+            "mean_abs_change": round(float(change.to_numpy().mean()), 3),
+            "change_in_half_widths": round(float(change.to_numpy().mean() / half.mean()), 3),
+            "change_in_sd": round(float(np.nanmean(change.mean() / spread)), 3),
+            "map_pearson": round(float(np.mean(pearson)), 3)}
+
+
 def cpu() -> float:
     return time.process_time()
 
@@ -310,7 +365,7 @@ def run(data_names: list[str], guard: bool) -> None:
 
     hx.settings.progress_bar = False
     print("interval method:", _conformal.METHOD, flush=True)
-    others = other_tissues() if guard else {}
+    others = other_tissues() if guard and not CHANGES_RUN else {}
     slide_rows = []
     for data_name in data_names:
         sections = read_sections(data_name)
@@ -347,6 +402,9 @@ def run(data_names: list[str], guard: bool) -> None:
                 held_out: (test, "her2st (held out)"),
                 **{n: (s, "other tissue") for n, s in others.items()},
             }
+            if CHANGES_RUN:
+                slides = {held_out: slides[held_out], **changed_sections(test, held_out)}
+            reference = None
             for name, (sdata, kind) in slides.items():
                 began = cpu()
                 table = hx.tl.predict(
@@ -368,9 +426,13 @@ def run(data_names: list[str], guard: bool) -> None:
                     "warns": summary["warns"],
                     "predict_cpu_s": round(cpu() - began, 1),
                 }
+                if CHANGES_RUN:
+                    slide.update(prediction_change(table, reference))
+                    if reference is None:
+                        reference = table
                 print(json.dumps(slide), flush=True)
                 slide_rows.append(slide)
-    if slide_rows:
+    if slide_rows and not CHANGES_RUN:
         for score in ("fraction_out", "median_percentile"):
             negatives = [r[score] for r in slide_rows if r["kind"] != "other tissue"]
             positives = [r[score] for r in slide_rows if r["kind"] == "other tissue"]
@@ -404,7 +466,16 @@ def main() -> None:
         help="the inner criterion of every interval method and the choice; "
         "no outer section is predicted",
     )
+    parser.add_argument(
+        "--changes",
+        nargs="+",
+        default=[],
+        help="her2st only: the guard on each held-out section after these simulated changes "
+        "of staining and scanning (names of CHANGES in tests/_tissue_criterion.py), instead "
+        "of the other tissues",
+    )
     args = parser.parse_args()
+    CHANGES_RUN[:] = args.changes
     if args.scaled:
         OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
     capture_inner_pairs()

@@ -411,9 +411,11 @@ def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections
                       genes=GENES[:3], standardise_sections=True, context_um=80.0, **PATCH)
     grid(sections["d"])  # its tissue map, which the recoloured copy reuses (colours turned)
     other = recoloured(sections["d"])
-    with pytest.warns(UserWarning, match="out of the training data"):
+    with pytest.warns(UserWarning, match="out of the training data") as caught:
         table = hx.tl.predict(model, other, tiles_key=grid(other), key_added="pred_scaled")
     assert table.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.5
+    # the warning says what per-section scaling absorbs (a global change of stain or exposure)
+    assert any("scales features within each section" in str(w.message) for w in caught)
     same = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]),
                          key_added="pred_scaled")
     assert not same.uns["prediction"]["guard"]["warns"]

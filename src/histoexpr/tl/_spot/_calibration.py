@@ -121,6 +121,14 @@ def annotate(
                 "extrapolations: the tissue, stain or scanner differs from the training "
                 "sections. See obs['out_of_range'] and uns['prediction']['guard']."
             )
+            if metadata.get("standardise_sections"):
+                message += (
+                    " This model scales features within each section, which absorbs a global "
+                    "change of stain strength, colour or exposure: if the slide is the same "
+                    "tissue from another lab or scanner, its predictions may hold (the guard "
+                    "reads the features before that scaling, so that another tissue is not "
+                    "hidden); another tissue warns alike."
+                )
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
         lower, upper = _conformal.bounds(calibration["intervals"], table.X, level)
