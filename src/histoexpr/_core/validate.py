@@ -229,8 +229,6 @@ def check_element_name(name: str, value: Any) -> str:
     with the name of the parameter and a name that would do, not after the results were
     computed (or with some elements of a step already added).
     """
-    from spatialdata._core.validation import check_valid_name
-
     suggestion = (_suggest_name(value).replace("+", "_") if str(value).strip("._ ")
                   else "my_key")
     fix = f"use letters, digits and '_', '-' or '.' (e.g. {name}={suggestion!r})"
@@ -238,11 +236,30 @@ def check_element_name(name: str, value: Any) -> str:
         raise TypeError(f"{name} must be a string naming an element of the SpatialData, got "
                         f"{value!r} ({type(value).__name__}); {fix}.")
     try:
-        check_valid_name(value)
+        _spatialdata_name_rule()(value)
     except ValueError as error:
         raise ValueError(f"{name}={value!r} cannot name an element of a SpatialData ({error}); "
                          f"{fix}. Nothing was written.") from None
     return value
+
+
+def _spatialdata_name_rule() -> Callable[[str], None]:
+    """SpatialData's own check of element names.
+
+    Where the installed spatialdata does not expose it under that (internal) name, its rule as
+    of spatialdata 0.7.
+    """
+    try:
+        from spatialdata._core.validation import check_valid_name
+    except ImportError:
+        def check_valid_name(value: str) -> None:
+            import re
+
+            if not value or value in (".", "..") or value.startswith("__"):
+                raise ValueError("a name must not be empty, '.' or '..', nor start with '__'")
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+                raise ValueError("a name may hold only letters, digits, '_', '-' and '.'")
+    return check_valid_name
 
 
 def _suggest_name(value: Any) -> str:
