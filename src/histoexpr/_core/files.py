@@ -48,6 +48,9 @@ def check_replaceable(target: str | Path, *, ours: Callable[[Path], bool], writt
     option
         How the user asks for a replacement, for the message.
     """
+    from .validate import check_bool
+
+    check_bool(option.split("=")[0], overwrite)
     target = Path(target)
     if not (target.exists() or target.is_symlink()):
         return

@@ -142,8 +142,9 @@ def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,
     it, for the message). ``step=None`` (older callers) accepts an element written by any
     histoexpr step.
     """
-    from .validate import check_element_name
+    from .validate import check_bool, check_element_name
 
+    check_bool("overwrite", overwrite)
     check_element_name(name, key)
     kind = element_kind(sdata, key)
     if kind is None:

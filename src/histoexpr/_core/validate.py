@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, get_args
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_element_name",
     "check_store_name",
@@ -219,6 +220,21 @@ def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
                          f"folder name on disk, so it must be one plain name; {fix}. Nothing "
                          "was written.")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` after checking it is ``True`` or ``False`` (numpy's bools too).
+
+    A string is refused: ``overwrite="no"`` or ``"False"`` (from a configuration file or a
+    command line) is true in Python and would replace what it was meant to keep.
+    """
+    import numpy as np
+
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                    f"pass {name}=True or {name}=False (a string such as 'no' or 'False' is "
+                    "true in Python). Nothing was done.")
 
 
 def check_element_name(name: str, value: Any) -> str:

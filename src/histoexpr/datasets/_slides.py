@@ -10,7 +10,7 @@ import numpy as np
 from .._core.files import check_replaceable, written_beside
 from .._core.logs import logger
 from .._core.seeds import resolve_seed
-from .._core.validate import check_choice, check_int
+from .._core.validate import check_bool, check_choice, check_int
 from ._cohort import _check_cohort, _draw_cohort, slide_ids
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def synthetic_slide_cohort(
     >>> cohort = hx.io.read_cohort(manifest, bulk=manifest.parent / "bulk.h5ad")  # doctest: +SKIP
 
     """
+    check_bool("overwrite", overwrite)
     import time
 
     import pandas as pd

@@ -13,6 +13,7 @@ from .._core.elements import square_shapes, tile_table
 from .._core.files import check_replaceable
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
+from .._core.validate import check_bool
 from ._elements import check_mpp, existing_file, spot_elements
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def write_trident_h5(
     -------
     The path written.
     """
+    check_bool("overwrite", overwrite)
     import h5py
 
     from ._region import get_pixel_size

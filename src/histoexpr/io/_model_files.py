@@ -17,6 +17,7 @@ from .._core.logs import logger
 from .._core.records import migrate_model_metadata
 from .._core.seeds import resolve_device
 from .._core.torch_files import holds_format
+from .._core.validate import check_bool
 
 if TYPE_CHECKING:
     from ..models import Network
@@ -49,6 +50,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     The path written. In a distributed run (``torchrun``), only rank 0 writes; the other
     processes return the same path without writing.
     """
+    check_bool("overwrite", overwrite)
     import torch
 
     from .. import __version__

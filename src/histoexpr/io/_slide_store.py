@@ -32,7 +32,7 @@ import numpy as np
 from .._core.files import PARTIAL as _PARTIAL
 from .._core.files import partial_path, swap_into_place
 from .._core.logs import logger
-from .._core.validate import check_store_name
+from .._core.validate import check_bool, check_store_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -380,6 +380,7 @@ class SlideStore:
         Nothing.
 
         """
+        check_bool("overwrite", overwrite)
         import zarr
 
         target = self._node(tiles_key, "results", key)
@@ -469,6 +470,7 @@ class SlideStore:
         Nothing.
 
         """
+        check_bool("overwrite", overwrite)
         import zarr
 
         self.check_ours()

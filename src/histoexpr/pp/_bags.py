@@ -12,7 +12,7 @@ import numpy as np
 
 from .._core.logs import log_added, logger
 from .._core.ownership import check_key_free, require_element, store_element
-from .._core.validate import check_positive
+from .._core.validate import check_bool, check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -83,6 +83,7 @@ def pseudobulk(
     >>> sdata.tables["bags_table"]
 
     """
+    check_bool("overwrite", overwrite)
     from scipy import sparse
 
     require_element(sdata, tiles_key, "shapes")

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._core.logs import logger
 from .._core.panels import resolve_genes
-from .._core.validate import check_choice, check_positive
+from .._core.validate import check_bool, check_choice, check_positive
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -76,6 +76,7 @@ def deg_labels(
     Train a classifier on them with ``hx.tl.fit(..., task="classification", genes=...)``.
 
     """
+    check_bool("overwrite", overwrite)
     import pandas as pd
 
     genes = resolve_genes(genes, bulk.var_names, what="bulk.var_names")

@@ -19,6 +19,7 @@ from .._core.ownership import (
 )
 from .._core.records import TileRecord
 from .._core.validate import (
+    check_bool,
     check_fraction,
     check_int,
     check_positive,
@@ -128,6 +129,7 @@ def tile(
     >>> hx.pp.tile(sdata, "he", size_um=55, mpp=1.0, centres="spots", min_tissue=0,
     ...            key_added="spot_tiles")
     """
+    check_bool("overwrite", overwrite)
     require_element(sdata, image_key, "images")
     key_added = f"{image_key}_tiles" if key_added is None else key_added
     table_key = f"{key_added}_table"

@@ -12,7 +12,7 @@ from .._core.image import image_levels, read_region
 from .._core.image_facts import check_pixel_type, check_pixels
 from .._core.logs import log_added, logged_step, logger
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
-from .._core.validate import check_choice, check_positive
+from .._core.validate import check_bool, check_choice, check_positive
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -147,6 +147,7 @@ def detect_tissue(
     1, ..., n on the n connected pieces of tissue, with a scale (and translation) to the
     ``"global"`` coordinate system in micrometres, aligned with the image.
     """
+    check_bool("overwrite", overwrite)
     from scipy import ndimage
     from skimage.measure import label
     from spatialdata.models import Labels2DModel

@@ -19,7 +19,13 @@ from .._core.logs import log_added, logger
 from .._core.memory import check_memory
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
 from .._core.seeds import seed_everything
-from .._core.validate import check_choice, check_fraction, check_positive, renamed_parameters
+from .._core.validate import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_positive,
+    renamed_parameters,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -160,6 +166,7 @@ def transcript_labels(
     >>> sdata.tables["tx_labels_patches"].obs["class"].value_counts()
 
     """
+    check_bool("overwrite", overwrite)
     from spatialdata.models import Labels2DModel
 
     require_element(sdata, points_key, "points")

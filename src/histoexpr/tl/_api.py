@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .._core.logs import logged_step
+from .._core.validate import check_bool
 from ._models import (
     COHORT_MODELS,
     CROSS_VALIDATORS,
@@ -155,6 +156,7 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
     -----
     PREDICT_OPTIONS
     """
+    check_bool("overwrite", overwrite)
     if isinstance(model, str | Path):
         from ..io import load_model
 

@@ -23,6 +23,7 @@ from ..._core.logs import log_added, logged_step, logger, progress
 from ..._core.ownership import require_element
 from ..._core.records import EmbeddingRecord, WriterRecord
 from ..._core.seeds import resolve_device
+from ..._core.validate import check_bool
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ def embed(
     how many (their number is recorded as ``n_off_image``). Tiles partly off the image are read
     with black outside it (a warning names how many).
     """
+    check_bool("overwrite", overwrite)
     from ...pp import TileDataset
 
     require_element(sdata, tiles_key, "shapes")

@@ -19,7 +19,7 @@ from ..._core.logs import each_item, logged_step, logger, progress
 from ..._core.memory import file_fingerprint
 from ..._core.records import EmbeddingRecord, TileRecord
 from ..._core.seeds import resolve_device, resolve_seed
-from ..._core.validate import check_store_name, renamed_parameters, stride_name
+from ..._core.validate import check_bool, check_store_name, renamed_parameters, stride_name
 from ..._settings import settings
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ def embed_cohort(
         hx.tl.embed_cohort(cohort, encoder="handcrafted", client=client)
 
     """
+    check_bool("overwrite", overwrite)
     import pandas as pd
 
     from ...io import Cohort

@@ -21,6 +21,7 @@ from ..._core.files import check_replaceable, written_beside
 from ..._core.logs import logged_step, logger
 from ..._core.seeds import resolve_device, resolve_seed, seed_everything
 from ..._core.torch_files import holds_format
+from ..._core.validate import check_bool
 from ..._settings import settings
 from .._sections import as_sections
 from .._train import train
@@ -173,6 +174,7 @@ def pretrain(
     returned encoder has plain batch normalisation again).
 
     """
+    check_bool("overwrite", overwrite)
     from torch.utils.data import ConcatDataset
 
     from ..._core.image_facts import stain_of
