@@ -55,8 +55,6 @@ def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
     return digest.hexdigest()[:16]
 
 
-
-
 def check_pixel_type(dtype: np.dtype, image_key: str) -> None:
     """Refuse an image whose pixels are not numbers of intensity (booleans, complex numbers)."""
     dtype = np.dtype(dtype)

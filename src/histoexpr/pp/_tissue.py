@@ -160,8 +160,7 @@ def detect_tissue(
     check_positive("min_area_um2", min_area_um2, allow_zero=True, unit="um2")
     if min_od is not None:
         check_positive("min_od", min_od)
-    if not isinstance(fill_holes, bool | np.bool_):
-        raise TypeError(f"fill_holes must be True or False, got {fill_holes!r}.")
+    check_bool("fill_holes", fill_holes)
 
     level0 = image_levels(sdata, image_key)[0]
     check_pixel_type(level0.data.dtype, image_key)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._core.image import check_pixel_size_stated, image_levels
+from ..._core.image_facts import image_coverage, image_fingerprint
 from ..._core.logs import log_added, logger
 from ..._core.ownership import (
     check_key_free,
@@ -23,7 +24,7 @@ from ..._core.records import TileRecord, made_within
 from ..._core.seeds import resolve_device
 from ..._core.spatial_uns import add_spatial_uns
 from ..._core.validate import check_element_name, check_fraction, check_int
-from .._features._embed import encoder_fingerprint, image_coverage, image_fingerprint
+from .._features._embed import encoder_fingerprint
 from ._calibration import annotate
 from ._conformal import DEFAULT_LEVEL, half_width
 from ._spot_features import section_features
