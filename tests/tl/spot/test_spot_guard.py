@@ -35,6 +35,19 @@ def model(sections):
     )
 
 
+@pytest.fixture(scope="module")
+def uncalibrated(sections):
+    """A ridge model trained with calibrate=False (as a model file of an earlier version)."""
+    return hx.tl.fit(
+        {n: sections[n] for n in "ab"},
+        model="spot_regressor",
+        route="ridge",
+        genes=GENES[:3],
+        calibrate=False,
+        **PATCH,
+    )
+
+
 def spot_tiles(sdata, key: str = "spot_tiles") -> str:
     if key not in sdata.shapes:
         hx.pp.tile(
@@ -158,15 +171,8 @@ def test_the_prediction_states_units_genes_training_and_tiles(model, sections, t
     )
 
 
-def test_a_model_without_calibration_predicts_and_says_so(sections):
-    model = hx.tl.fit(
-        {n: sections[n] for n in "ab"},
-        model="spot_regressor",
-        route="ridge",
-        genes=GENES[:3],
-        calibrate=False,
-        **PATCH,
-    )
+def test_a_model_without_calibration_predicts_and_says_so(sections, uncalibrated):
+    model = uncalibrated
     assert "calibration" not in model.metadata  # as in a model file of an earlier version
     table = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]), key_added="pred_old")
     record = table.uns["prediction"]
@@ -450,17 +456,9 @@ def elements(sdata) -> dict[str, list[str]]:
     "Leave level=None (before: accepted, and the table had no intervals)",
     fix="leave level=None, or retrain with a head route and calibrate=True",
 )
-def test_a_level_is_refused_where_the_model_keeps_no_intervals(sections):
+def test_a_level_is_refused_where_the_model_keeps_no_intervals(sections, uncalibrated):
     from conftest import copy_section
 
-    uncalibrated = hx.tl.fit(
-        {n: sections[n] for n in "ab"},
-        model="spot_regressor",
-        route="ridge",
-        genes=GENES[:3],
-        calibrate=False,
-        **PATCH,
-    )
     held = copy_section(sections["d"])
     before = elements(held)
     with pytest.raises(ValueError, match="keeps none.*Leave level=None"):
