@@ -18,19 +18,42 @@ def section():
     return sdata
 
 
-def test_embed_on_a_cpu_with_default_settings_is_the_plain_fp32_forward_pass(section):
+def _with_batch_statistics(network: nn.Module) -> nn.Module:
+    """Running statistics and affine parameters far from their initial values."""
+    generator = torch.Generator().manual_seed(5)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(0.5 + 2 * torch.rand(n, generator=generator))
+            module.weight.data.copy_(0.5 + torch.rand(n, generator=generator))
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return network
+
+
+def test_embed_on_a_cpu_with_default_settings_is_the_fp32_forward_pass(section):
+    """fp32, and the network's eval-mode output to float32 rounding (batch norm folded)."""
     torch.manual_seed(0)
-    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    network = _with_batch_statistics(hx.models.TileEncoder(arch="small_cnn", in_channels=3,
+                                                           width=8))
     network.metadata = {"normalisation": {"mean": [0.7, 0.5, 0.7], "std": [0.2, 0.2, 0.2]}}
+    before = {k: v.clone() for k, v in network.state_dict().items()}
     assert hx.settings.precision == "auto" and hx.settings.n_workers is None
     hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_default", batch_size=16)
+    # the caller's network is left as it was: training mode, weights, usual layout
+    assert network.training
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    first = network.body[0].weight
+    assert first.is_contiguous() and not first.is_contiguous(memory_format=torch.channels_last)
     dataset = hx.pp.TileDataset(section, "he_tiles")
     images = torch.stack([dataset[i]["image"] for i in range(16)])
     mean = torch.tensor([0.7, 0.5, 0.7]).reshape(1, 3, 1, 1)
     with torch.no_grad():
         direct = network.eval()((images - mean) / 0.2).numpy()
     obsm = section.tables["he_tiles_table"].obsm
-    np.testing.assert_array_equal(obsm["X_default"][:16], direct)  # same batch: bit for bit
+    scale = np.abs(direct).max()
+    np.testing.assert_allclose(obsm["X_default"][:16], direct, rtol=0, atol=1e-5 * scale)
     # bf16 forced on the CPU goes through autocast: close, but not the same numbers
     hx.settings.precision = "bf16"
     hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_bf16", batch_size=16)
@@ -104,3 +127,26 @@ def test_batch_size_none_on_a_cuda_gpu_takes_half_its_free_memory(monkeypatch):
     assert _devices.batch_size_for_memory(1e12, 1e3) == _devices.MAX_AUTO_BATCH_SIZE == 512
     # a CPU or MPS device never looks at GPU memory
     assert _devices.auto_batch_size(nn.Identity(), (3, 224, 224), "cpu") == 64
+
+
+def test_inference_network_folds_batch_norm_and_leaves_the_callers_network_alone():
+    from histoexpr._core.devices import inference_network
+
+    torch.manual_seed(0)
+    network = _with_batch_statistics(hx.models.TileEncoder(arch="small_cnn", in_channels=3,
+                                                           width=8, pool_levels=True))
+    tiles = torch.rand(6, 3, 40, 40)
+    with torch.no_grad():
+        expected = network.eval()(tiles)
+    network.train()
+    fast, channels_last = inference_network(network, "cpu")
+    assert channels_last and fast is not network and network.training and not fast.training
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    with torch.inference_mode():
+        got = fast(tiles.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    # without batch norm to fold: the network itself, not a copy (a large model is not doubled)
+    plain = nn.Sequential(nn.Linear(4, 3))
+    same, channels_last = inference_network(plain, "cpu")
+    assert same is plain and not channels_last and not plain.training

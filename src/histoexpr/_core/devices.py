@@ -2,8 +2,11 @@
 
 A small internal API shared by the rooms that run networks (``tl`` trains, embeds and
 predicts; ``pp`` builds the datasets). Everything here follows ``hx.settings`` and is chosen so
-that a CPU run with the default settings is exactly what it was before GPUs were considered:
-fp32, tiles read in the main process, the default memory format.
+that a CPU run with the default settings is what it was before GPUs were considered: fp32,
+tiles read in the main process. Inference (:func:`inference_network`) folds batch
+normalisation into the convolutions before it and runs CNNs in channels-last layout on every
+device: the features equal those of the network as it is to float32 rounding, about twice as
+fast on a CPU.
 """
 
 from __future__ import annotations
@@ -115,6 +118,53 @@ def use_channels_last(network: torch.nn.Module, device: str) -> bool:
     if torch.device(device).type != "cuda":
         return False
     return any(isinstance(module, torch.nn.Conv2d) for module in network.modules())
+
+
+def inference_network(network: torch.nn.Module, device: str) -> tuple[torch.nn.Module, bool]:
+    """``network`` on ``device`` ready for inference, and whether it runs channels-last.
+
+    A CNN with batch normalisation (a ``Conv2d`` directly followed by a ``BatchNorm2d`` inside
+    an ``nn.Sequential``, as in ``TileEncoder(arch="small_cnn")``) is copied, each such pair
+    becomes one convolution (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the running
+    statistics and affine parameters folded into the weights and bias) and the copy runs in
+    channels-last layout on every device: its outputs equal the network's in eval mode to
+    float32 rounding, about twice as fast on a CPU. The caller's network is then not changed.
+    Any other network is moved to ``device`` and put in eval mode as it is (channels-last on a
+    GPU only, :func:`use_channels_last`), without a copy (a foundation model is not duplicated
+    in memory); the caller restores its layout after.
+    """
+    if not _conv_bn_pairs(network):
+        network = network.to(device).eval()
+        channels_last = use_channels_last(network, device)
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        return network, channels_last
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    copied = copy.deepcopy(network).eval()
+    for sequence, first, second in _conv_bn_pairs(copied):
+        sequence._modules[first] = fuse_conv_bn_eval(sequence._modules[first],
+                                                     sequence._modules[second])
+        sequence._modules[second] = torch.nn.Identity()
+    return copied.to(device).to(memory_format=torch.channels_last), True
+
+
+def _conv_bn_pairs(network: torch.nn.Module) -> list[tuple[torch.nn.Sequential, str, str]]:
+    """(sequence, convolution's name, batch normalisation's name) of every foldable pair."""
+    pairs = []
+    for module in network.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, norm = module._modules[first], module._modules[second]
+            if (isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d)
+                    and norm.track_running_stats and norm.running_mean is not None
+                    and norm.num_features == conv.out_channels):
+                pairs.append((module, first, second))
+    return pairs
 
 
 #: tiles per forward pass when ``batch_size=None`` and the device is not a CUDA GPU

@@ -13,9 +13,9 @@ import torch
 from ..._core.devices import (
     auto_batch_size,
     autocast,
+    inference_network,
     loader_options,
     resolve_precision,
-    use_channels_last,
 )
 from ..._core.image import image_levels
 from ..._core.image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
@@ -279,17 +279,16 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
     """Features of every item of a tile dataset, in order, as a float32 array.
 
     Runs in ``hx.settings.precision`` (bf16 autocast on a GPU by default, fp32 on a CPU), with
-    pinned batches, loader workers (``hx.settings.n_workers``) and channels-last CNNs on a GPU.
+    pinned batches and loader workers (``hx.settings.n_workers``) on a GPU, on a copy of the
+    network with batch normalisation folded into its convolutions and CNNs in channels-last
+    layout (:func:`histoexpr._core.devices.inference_network`; equal to float32 rounding).
     ``batch_size=None`` chooses it (``histoexpr._core.devices.auto_batch_size``).
     """
     from torch.utils.data import DataLoader
 
     from ...models import HandcraftedEncoder
 
-    network = network.to(device).eval()
-    channels_last = use_channels_last(network, device)
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    network, channels_last = inference_network(network, device)
     # hand-crafted statistics stay in fp32: mixed precision is for learned networks
     precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
     if batch_size is None:
@@ -309,7 +308,7 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             chunks.append(network(images).float().cpu().numpy())
-    if channels_last:
+    if channels_last:  # the caller's network when it was not copied; harmless on a copy
         network.to(memory_format=torch.contiguous_format)
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
