@@ -633,3 +633,34 @@ def test_features_of_a_replaced_image_are_not_reused(model, sections):
     with pytest.warns(UserWarning, match="out of the training data"):
         expected = hx.tl.predict(model, fresh, tiles_key=grid(fresh, "grid_replaced"))
     np.testing.assert_allclose(np.asarray(after.X), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
+
+
+def test_too_few_calibration_spots_for_a_level_warn_at_fit_and_at_predict(model, sections):
+    """A split-conformal interval at 0.95 needs 19 residuals: with 12 it is infinite, said so."""
+    import copy
+    from types import SimpleNamespace
+
+    from histoexpr.tl._spot import _calibration
+
+    rng = np.random.default_rng(0)
+    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(6, 3)).astype(np.float32),
+                                centres=rng.normal(size=(6, 2))) for n in "ab"]
+    features = [rng.normal(size=(6, 5)).astype(np.float32) for _ in prepared]
+    refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
+                                                                         n_genes=3))
+    with pytest.warns(UserWarning, match=r"levels 0\.95 \(needs 19\) are infinite.*12 held-out"):
+        record = _calibration.calibrate(prepared, features, refit, guard_features=features)
+    half = record["intervals"]["half_width"]
+    assert np.isinf(half["0.95"]).all() and np.isfinite(half["0.9"]).all()
+
+    few = copy.deepcopy(model)  # as a model calibrated on too few spots for its 90 % interval
+    intervals = few.metadata["calibration"]["intervals"]
+    intervals["half_width"]["0.9"] = [float("inf")] * len(intervals["half_width"]["0.9"])
+    held = sections["d"]
+    with pytest.warns(UserWarning, match=r"Slide 'd'.*0\.9 \(needs 9\) are infinite"):
+        table = hx.tl.predict(few, held, tiles_key=spot_tiles(held), key_added="few", name="d")
+    assert np.isinf(table.layers["upper"]).all()
+    with warnings.catch_warnings(record=True) as caught:  # as calibrated: finite, not said
+        warnings.simplefilter("always")
+        hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="calibrated", name="d")
+    assert not [w for w in caught if "infinite" in str(w.message)]

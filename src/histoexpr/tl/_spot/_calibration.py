@@ -87,6 +87,11 @@ def calibrate(
         "intervals": _conformal.fit_intervals(inner),
         "guard": guard,
     }
+    unbounded = _conformal.unbounded_levels(record["intervals"])
+    if unbounded:
+        message = _conformal.unbounded_message(record["intervals"], unbounded)
+        warnings.warn(message, UserWarning, stacklevel=4)
+        logger.warning(message)
     record["cpu_seconds"] = round(time.process_time() - began, 2)
     logger.info(
         "Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
@@ -129,6 +134,11 @@ def annotate(
                     "reads the features before that scaling, so that another tissue is not "
                     "hidden); another tissue warns alike."
                 )
+            warnings.warn(message, UserWarning, stacklevel=4)
+            logger.warning(message)
+        if float(level) in _conformal.unbounded_levels(calibration["intervals"]):
+            message = f"Slide {name}: " + _conformal.unbounded_message(
+                calibration["intervals"], [float(level)])
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
         lower, upper = _conformal.bounds(calibration["intervals"], table.X, level)

@@ -269,3 +269,30 @@ def half_width(intervals: Mapping[str, Any], level: float) -> np.ndarray:
             f"{sorted(float(k) for k in kept)}; pass one of them."
         )
     return np.asarray(kept[key], dtype=np.float32)
+
+
+def unbounded_levels(intervals: Mapping[str, Any]) -> list[float]:
+    """The kept levels whose interval is infinite for some gene (too few calibration spots)."""
+    return sorted(
+        float(key) for key, values in intervals.get("half_width", {}).items()
+        if not np.all(np.isfinite(np.asarray(values, dtype=np.float64)))
+    )
+
+
+def spots_needed(level: float) -> int:
+    """Calibration residuals a finite split-conformal interval at ``level`` needs."""
+    return math.ceil(level / (1 - level) - 1e-9)
+
+
+def unbounded_message(intervals: Mapping[str, Any], levels: Sequence[float]) -> str:
+    """Why intervals at ``levels`` are infinite, and what to do."""
+    n = intervals.get("n_calibration_spots", "too few")
+    named = ", ".join(f"{level:g} (needs {spots_needed(level)})" for level in levels)
+    bounded = [float(k) for k in intervals.get("half_width", {}) if float(k) not in levels]
+    hint = (f"; intervals at levels {sorted(bounded)} are finite" if bounded else "")
+    return (
+        f"Prediction intervals at levels {named} are infinite: the model was calibrated on "
+        f"{n} held-out training spots, fewer than a split-conformal interval at that level "
+        f"needs{hint}. Train on more spots or sections for finite intervals at every level."
+    )
+
