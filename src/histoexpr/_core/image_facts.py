@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +54,23 @@ def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
                             tuple(round(v, 6) for v in level.offset))).encode())
     digest.update(np.ascontiguousarray(samples).tobytes())
     return digest.hexdigest()[:16]
+
+
+def check_same_pixels(sdata: SpatialData, record: Mapping[str, Any], *, what: str,
+                      fix: str) -> None:
+    """Refuse something made from an image whose pixels have changed since.
+
+    ``record`` is how it was made (e.g. ``uns["embeddings"][key]``), with the ``image_key`` and
+    ``image_fingerprint`` (:func:`image_fingerprint`) of then; records without them (made by
+    an older histoexpr, or the user's own) and images no longer in ``sdata`` are not checked.
+    """
+    recorded, key = record.get("image_fingerprint"), record.get("image_key")
+    if recorded is None or key is None or key not in sdata.images:
+        return
+    if image_fingerprint(sdata, str(key)) != recorded:
+        raise ValueError(
+            f"{what} were made from other pixels than sdata.images[{key!r}] holds now (the "
+            f"image was replaced or edited since), so they are not used. {fix}")
 
 
 def check_pixel_type(dtype: np.dtype, image_key: str) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from _catalogue import bad_input
+
 import histoexpr as hx
 from histoexpr.tl._metrics._expression_metrics import column_pearson
 
@@ -222,3 +224,35 @@ def test_bag_tiles_lists_the_tiles_of_every_bag(sections):
         assert set(members["bag"]) <= {f"s2/{name}" for name in bags.obs_names}
     # one section without a name is section_0, as for every tl step
     assert (hx.tl.bag_tiles(sections["s2"])["section"] == "section_0").all()
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.fit(cohort, model='abmil')` on tile features of an image replaced or edited since "
+    "`hx.tl.embed` made them",
+    says="ValueError: Section ... the tile features ... were made from other pixels than "
+    "sdata.images['he'] holds now ... so they are not used",
+    fix="embed the tiles again with `overwrite=True`",
+)
+def test_features_of_an_image_replaced_since_are_refused_before_training():
+    """embed records the image's fingerprint; MIL refuses features of pixels since replaced."""
+    from spatialdata.models import Image2DModel
+
+    cohort = hx.datasets.synthetic_cohort(4, seed=1, size_um=200)
+    for sdata in cohort.values():
+        hx.pp.tile(sdata, "he", size_px=32, mpp=2.0, min_tissue=0.5)
+        hx.tl.embed(sdata, "he_tiles", encoder="handcrafted")
+    first = next(iter(cohort.values()))
+    record = first.tables["he_tiles_table"].uns["embeddings"]["X_handcrafted"]
+    assert len(record["image_fingerprint"]) == 16
+    image = first.images["he"]
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    data = np.asarray(level.values)
+    first.images["he"] = Image2DModel.parse(  # the same slide, its pixels edited since
+        (255 - data).astype(data.dtype), dims=("c", "y", "x"),
+        c_coords=list(level.coords["c"].values), transformations=dict(level.attrs["transform"]))
+    with pytest.raises(ValueError, match=r"made from other pixels.*overwrite=True"):
+        hx.tl.fit(cohort, model="abmil", genes=GENES[:2], **{**FAST, "epochs": 1})
+    hx.tl.embed(first, "he_tiles", encoder="handcrafted", overwrite=True)  # the fix it names
+    model = hx.tl.fit(cohort, model="abmil", genes=GENES[:2], **{**FAST, "epochs": 1})
+    assert model is not None

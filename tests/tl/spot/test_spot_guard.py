@@ -635,6 +635,13 @@ def test_features_of_a_replaced_image_are_not_reused(model, sections):
     np.testing.assert_allclose(np.asarray(after.X), np.asarray(expected.X), rtol=1e-5, atol=1e-5)
 
 
+@bad_input(
+    "silently wrong",
+    "a spot regressor calibrated on fewer held-out spots than an interval level needs (19 at "
+    "0.95), or `hx.tl.predict(..., level=)` at such a level",
+    says="UserWarning: Prediction intervals at levels ... are infinite",
+    fix="train on more spots or sections, or use a level the warning says is finite",
+)
 def test_too_few_calibration_spots_for_a_level_warn_at_fit_and_at_predict(model, sections):
     """A split-conformal interval at 0.95 needs 19 residuals: with 12 it is infinite, said so."""
     import copy

@@ -18,7 +18,7 @@ from ..._core.devices import (
     resolve_precision,
 )
 from ..._core.image import image_levels
-from ..._core.image_facts import image_coverage, image_fingerprint  # noqa: F401 (used here and re-exported)
+from ..._core.image_facts import image_coverage, image_fingerprint
 from ..._core.logs import log_added, logged_step, logger, progress
 from ..._core.ownership import require_element
 from ..._core.records import EmbeddingRecord, WriterRecord
@@ -105,7 +105,9 @@ def embed(
     -------
     Nothing; adds ``obsm[key_added]`` (tiles x features, float32) and
     ``uns["embeddings"][key_added]`` (what computed them: the encoder's name and
-    ``fingerprint``, the image, ``mpp`` and ``size_px`` of the tiles, and the writer record
+    ``fingerprint``, the image and its ``image_fingerprint`` (a digest of its shape, pixel size
+    and sampled pixels: features of an image replaced since are not reused), ``mpp`` and
+    ``size_px`` of the tiles, and the writer record
     ``"histoexpr"``: ``{"step": "hx.tl.embed", "key": key_added}``) to the tile table. The
     fingerprint of an architecture at random weights (no ``checkpoint``) holds a digest of the
     weights drawn (``"<name>:random:<digest>"``), so features of two random draws (another seed)
@@ -150,6 +152,7 @@ def embed(
     coverage = image_coverage(sdata, dataset.image_key, np.asarray(table.obsm["spatial"]),
                               dataset.size_um)
     off_image = _report_off_image(coverage, tiles_key, dataset.image_key)
+    pixels = image_fingerprint(sdata, dataset.image_key)
     parts = [compute(dataset, batch_size=batch_size, device=device) for _, compute, _ in resolved]
     features = np.hstack([values for values, _ in parts])
     features[off_image] = np.nan
@@ -164,8 +167,11 @@ def embed(
         feature_names=([n for _, names in parts for n in names]
                        if all(names for _, names in parts) else None),
         n_features=int(features.shape[1]), writer=WriterRecord.now(STEP, key_added))
+    stored = record.to_uns()
+    # the pixels they were made from: features of an image replaced since are not reused
+    stored["image_fingerprint"] = pixels
     table.obsm[key_added] = features
-    table.uns.setdefault("embeddings", {})[key_added] = record.to_uns()
+    table.uns.setdefault("embeddings", {})[key_added] = stored
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
 

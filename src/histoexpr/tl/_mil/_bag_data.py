@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.image_facts import check_same_pixels
 from ..._core.logs import logger
 from ..._core.records import EmbeddingRecord, canonical, shared_transform
 from .._sections import as_sections
@@ -394,6 +395,14 @@ def features_made(bags: Bags) -> dict[str, Any]:
     none; the others only where known).
     """
     stored = {name: _stored_record(bags, name) for name in bags.sections}
+    if bags.stores is None:  # sections in memory: their images may have changed since
+        for name, record in stored.items():
+            check_same_pixels(
+                bags.sections[name], record,
+                what=f"Section {name!r}: the tile features obsm[{bags.features_key!r}] of "
+                     f"{bags.tiles_key}_table",
+                fix=f"Embed its tiles again: hx.tl.embed(sdata, {bags.tiles_key!r}, "
+                    f"encoder=..., key_added={bags.features_key!r}, overwrite=True).")
     records = {name: EmbeddingRecord.from_uns(value) for name, value in stored.items()}
     first = next(iter(records))
     for name, record in records.items():

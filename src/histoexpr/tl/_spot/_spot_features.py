@@ -81,7 +81,6 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         with made_within(WITHIN):
             embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
                   batch_size=batch_size, device=device, overwrite=True, transform=transform)
-        table.uns["embeddings"][features_key]["image_fingerprint"] = pixels
     stored = table.uns.get("embeddings", {}).get(features_key)
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
     if stored is None:
