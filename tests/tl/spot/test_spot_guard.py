@@ -427,18 +427,23 @@ def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections
     assert not same.uns["prediction"]["guard"]["warns"]
 
 
-def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
+def _calibrate_random_sections(n_spots: int, **kwargs) -> dict:
+    """The calibration of a linear head on two random sections of ``n_spots`` spots each."""
     from types import SimpleNamespace
 
     from histoexpr.tl._spot import _calibration
 
     rng = np.random.default_rng(0)
-    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(2, 3)).astype(np.float32),
-                                centres=rng.normal(size=(2, 2))) for n in "ab"]
-    features = [rng.normal(size=(2, 5)).astype(np.float32) for _ in prepared]
+    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(n_spots, 3)).astype(np.float32),
+                                centres=rng.normal(size=(n_spots, 2))) for n in "ab"]
+    features = [rng.normal(size=(n_spots, 5)).astype(np.float32) for _ in prepared]
     refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
                                                                          n_genes=3))
-    record = _calibration.calibrate(prepared, features, refit, guard_features=features)
+    return _calibration.calibrate(prepared, features, refit, guard_features=features)
+
+
+def test_inner_folds_too_small_leave_the_model_uncalibrated_with_the_reason():
+    record = _calibrate_random_sections(2)
     assert record["available"] is False and "at least 3 training tiles" in record["reason"]
 
 
@@ -645,18 +650,9 @@ def test_features_of_a_replaced_image_are_not_reused(model, sections):
 def test_too_few_calibration_spots_for_a_level_warn_at_fit_and_at_predict(model, sections):
     """A split-conformal interval at 0.95 needs 19 residuals: with 12 it is infinite, said so."""
     import copy
-    from types import SimpleNamespace
 
-    from histoexpr.tl._spot import _calibration
-
-    rng = np.random.default_rng(0)
-    prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(6, 3)).astype(np.float32),
-                                centres=rng.normal(size=(6, 2))) for n in "ab"]
-    features = [rng.normal(size=(6, 5)).astype(np.float32) for _ in prepared]
-    refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
-                                                                         n_genes=3))
     with pytest.warns(UserWarning, match=r"levels 0\.95 \(needs 19\) are infinite.*12 held-out"):
-        record = _calibration.calibrate(prepared, features, refit, guard_features=features)
+        record = _calibrate_random_sections(6)
     half = record["intervals"]["half_width"]
     assert np.isinf(half["0.95"]).all() and np.isfinite(half["0.9"]).all()
 
