@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-
 from _catalogue import bad_input
 
 import histoexpr as hx

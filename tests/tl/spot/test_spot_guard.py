@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -647,14 +648,22 @@ def test_features_of_a_replaced_image_are_not_reused(model, sections):
     says="UserWarning: Prediction intervals at levels ... are infinite",
     fix="train on more spots or sections, or use a level the warning says is finite",
 )
-def test_too_few_calibration_spots_for_a_level_warn_at_fit_and_at_predict(model, sections):
+def test_too_few_calibration_spots_for_a_level_warn_at_fit_and_at_predict(model, sections,
+                                                                          caplog):
     """A split-conformal interval at 0.95 needs 19 residuals: with 12 it is infinite, said so."""
     import copy
 
-    with pytest.warns(UserWarning, match=r"levels 0\.95 \(needs 19\) are infinite.*12 held-out"):
+    # the default level (0.9) infinite: a warning at fit
+    with pytest.warns(UserWarning, match=r"levels 0\.9 \(needs 9\), 0\.95 \(needs 19\) are "
+                                         r"infinite.*8 held-out"):
+        record = _calibrate_random_sections(4)
+    assert np.isinf(record["intervals"]["half_width"]["0.9"]).all()
+    # only 0.95 infinite: logged at fit (predict warns if it is asked for)
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
         record = _calibrate_random_sections(6)
     half = record["intervals"]["half_width"]
     assert np.isinf(half["0.95"]).all() and np.isfinite(half["0.9"]).all()
+    assert "levels 0.95 (needs 19) are infinite" in caplog.text
 
     few = copy.deepcopy(model)  # as a model calibrated on too few spots for its 90 % interval
     intervals = few.metadata["calibration"]["intervals"]

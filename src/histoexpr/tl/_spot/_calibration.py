@@ -88,10 +88,12 @@ def calibrate(
         "guard": guard,
     }
     unbounded = _conformal.unbounded_levels(record["intervals"])
-    if unbounded:
+    if _conformal.DEFAULT_LEVEL in unbounded:  # predictions' intervals are infinite by default
         message = _conformal.unbounded_message(record["intervals"], unbounded)
         warnings.warn(message, UserWarning, stacklevel=4)
         logger.warning(message)
+    elif unbounded:  # only levels asked for explicitly; predict warns if one is
+        logger.info(_conformal.unbounded_message(record["intervals"], unbounded))
     record["cpu_seconds"] = round(time.process_time() - began, 2)
     logger.info(
         "Calibrated the spot regressor on %d inner folds (%s; %.1f CPU s%s).",
