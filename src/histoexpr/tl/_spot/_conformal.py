@@ -295,4 +295,3 @@ def unbounded_message(intervals: Mapping[str, Any], levels: Sequence[float]) -> 
         f"{n} held-out training spots, fewer than a split-conformal interval at that level "
         f"needs{hint}. Train on more spots or sections for finite intervals at every level."
     )
-
