@@ -634,3 +634,30 @@ def test_tile_names_an_empty_tissue_map(disk_section):
     assert "he_tiles" not in disk_section.shapes
     hx.pp.tile(disk_section, size_px=32, min_tissue=0)
     assert len(disk_section.shapes["he_tiles"]) > 0
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.tile(sdata, 'he', mpp=0.5, size_um=...)` on an image parsed without a pixel size "
+    "(the identity to 'global')",
+    says="ValueError: sdata.images['he'] does not state its pixel size ... State it (before: "
+    "read as 1 um/px, tiles of the wrong physical size)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_a_physical_tile_size_on_an_image_without_a_pixel_size_is_refused():
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+
+    image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
+                                          spots=False).images["he"]
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    bare = SpatialData(images={"he": Image2DModel.parse(np.asarray(level.values),
+                                                        dims=("c", "y", "x"))})
+    for options in ({"mpp": 0.5}, {"size_um": 20.0}, {"size_px": 16, "stride_um": 10.0}):
+        with pytest.raises(ValueError, match=r"does not state its pixel size.*Scale\(\[mpp, mpp\]"):
+            hx.pp.tile(bare, "he", min_tissue=0, **options)
+    assert not bare.shapes and not bare.tables and not bare.labels
+    hx.pp.tile(bare, "he", size_px=16, min_tissue=0)  # in pixels, as before
+    height, width = level.shape[-2:]
+    assert len(bare.shapes["he_tiles"]) == (height // 16) * (width // 16)

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.elements import square_shapes, tile_table
-from .._core.image import COORDINATE_SYSTEM, image_levels, read_region
+from .._core.image import (
+    COORDINATE_SYSTEM,
+    check_pixel_size_stated,
+    image_levels,
+    read_region,
+)
 from .._core.logs import log_added, logger
 from .._core.memory import check_memory
 from .._core.ownership import (
@@ -81,7 +86,10 @@ def tile(
         ``size``, still accepted with a ``FutureWarning``.)
     mpp
         Pixel size of the tiles in um/px; defaults to the image's full resolution. Tiles at a
-        coarser pixel size are read from the matching pyramid level.
+        coarser pixel size are read from the matching pyramid level. ``mpp``, ``size_um`` and
+        ``stride_um`` need an image that states its pixel size (a transformation to
+        micrometres other than the identity): one that does not is refused, never read as
+        1 um/px.
     size_um
         Tile width in micrometres, instead of ``size_px``; the tile then has
         ``round(size_um / mpp)`` pixels (and its pixel size is adjusted so that they cover
@@ -136,6 +144,9 @@ def tile(
     for key in (key_added, table_key):
         check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
     min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
+    if mpp is not None or size_um is not None or stride_um is not None:
+        # a physical size asked of an image that does not state its own: refused, not 1 um/px
+        check_pixel_size_stated(sdata, image_key)
     if stride_px is not None and stride_um is not None:
         raise ValueError("Give the stride either in pixels (stride_px) or in um (stride_um), "
                          "not both.")
