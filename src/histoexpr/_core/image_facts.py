@@ -56,18 +56,24 @@ def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_same_pixels(sdata: SpatialData, record: Mapping[str, Any], *, what: str,
-                      fix: str) -> None:
-    """Refuse something made from an image whose pixels have changed since.
+def pixels_changed(sdata: SpatialData, record: Mapping[str, Any]) -> bool:
+    """Whether the image something was made from holds other pixels now.
 
     ``record`` is how it was made (e.g. ``uns["embeddings"][key]``), with the ``image_key`` and
     ``image_fingerprint`` (:func:`image_fingerprint`) of then; records without them (made by
-    an older histoexpr, or the user's own) and images no longer in ``sdata`` are not checked.
+    an older histoexpr, or the user's own) and images no longer in ``sdata`` count as unchanged.
     """
     recorded, key = record.get("image_fingerprint"), record.get("image_key")
     if recorded is None or key is None or key not in sdata.images:
-        return
-    if image_fingerprint(sdata, str(key)) != recorded:
+        return False
+    return image_fingerprint(sdata, str(key)) != recorded
+
+
+def check_same_pixels(sdata: SpatialData, record: Mapping[str, Any], *, what: str,
+                      fix: str) -> None:
+    """Refuse something made from an image whose pixels have changed (:func:`pixels_changed`)."""
+    if pixels_changed(sdata, record):
+        key = record.get("image_key")
         raise ValueError(
             f"{what} were made from other pixels than sdata.images[{key!r}] holds now (the "
             f"image was replaced or edited since), so they are not used. {fix}")

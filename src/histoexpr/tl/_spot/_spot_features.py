@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._core.image_facts import image_fingerprint
+from ..._core.image_facts import pixels_changed
 from ..._core.logs import logger
 from ..._core.records import EmbeddingRecord, TileRecord, made_within
 from .._features._embed import encoder_fingerprint
@@ -46,9 +46,6 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         fingerprint=(expected.get("fingerprint") if expected is not None and not own
                      else encoder_fingerprint(encoder)))
     compute = features_key not in table.obsm
-    # the image's pixels, cheaply: features made from other pixels under the same image key
-    # (an image replaced or edited since) are not reused
-    pixels = image_fingerprint(sdata, image_key)
     if not compute:
         record = table.uns.get("embeddings", {}).get(features_key)
         if record is None:
@@ -61,7 +58,9 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         else:
             found = EmbeddingRecord.from_uns(record)
             differences = found.differences(wanted)
-            if found.extra.get("image_fingerprint") not in (None, pixels):
+            # features made from other pixels under the same image key (an image replaced or
+            # edited since) are not reused
+            if pixels_changed(sdata, record):
                 differences = [*differences, f"the pixels of the image {image_key!r} changed"]
             if differences and found.within != WITHIN:
                 raise ValueError(
