@@ -237,6 +237,8 @@ def test_features_of_an_image_replaced_since_are_refused_before_training():
     """embed records the image's fingerprint; MIL refuses features of pixels since replaced."""
     from spatialdata.models import Image2DModel
 
+    from histoexpr._core.image_facts import image_fingerprint
+
     cohort = hx.datasets.synthetic_cohort(4, seed=1, size_um=200)
     for sdata in cohort.values():
         hx.pp.tile(sdata, "he", size_px=32, mpp=2.0, min_tissue=0.5)
@@ -253,5 +255,8 @@ def test_features_of_an_image_replaced_since_are_refused_before_training():
     with pytest.raises(ValueError, match=r"made from other pixels.*overwrite=True"):
         hx.tl.fit(cohort, model="abmil", genes=GENES[:2], **{**FAST, "epochs": 1})
     hx.tl.embed(first, "he_tiles", encoder="handcrafted", overwrite=True)  # the fix it names
+    remade = first.tables["he_tiles_table"].uns["embeddings"]["X_handcrafted"]
+    assert remade["image_fingerprint"] == image_fingerprint(first, "he")
+    assert remade["image_fingerprint"] != record["image_fingerprint"]
     model = hx.tl.fit(cohort, model="abmil", genes=GENES[:2], **{**FAST, "epochs": 1})
-    assert model is not None
+    assert model.metadata["features_made"]["encoder"] == "handcrafted"
