@@ -117,6 +117,18 @@ def _build_disk_section(size_px: int, mpp: float, radius_frac: float, seed: int,
     return SpatialData(images={"he": element})
 
 
+def without_pixel_size(image):
+    """The full-resolution pixels of an image element, parsed without a pixel size.
+
+    SpatialData gives them the identity to ``"global"``, which histoexpr must not read as
+    1 um/px without a word.
+    """
+    from spatialdata.models import Image2DModel
+
+    level = image["scale0"]["image"] if hasattr(image, "children") else image
+    return Image2DModel.parse(np.asarray(level.values), dims=("c", "y", "x"))
+
+
 def make_disk_section(size_px: int = 400, mpp: float = 0.5, radius_frac: float = 0.35,
                       seed: int = 0, multiscale: bool = False):
     """An RGB 'H&E' section: a pink disk of tissue with dark dots on a white background.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _catalogue import bad_input
-from conftest import make_disk_section
+from conftest import make_disk_section, without_pixel_size
 
 import histoexpr as hx
 
@@ -647,17 +647,43 @@ def test_tile_names_an_empty_tissue_map(disk_section):
 )
 def test_a_physical_tile_size_on_an_image_without_a_pixel_size_is_refused():
     from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel
 
     image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
                                           spots=False).images["he"]
     level = image["scale0"]["image"] if hasattr(image, "children") else image
-    bare = SpatialData(images={"he": Image2DModel.parse(np.asarray(level.values),
-                                                        dims=("c", "y", "x"))})
+    bare = SpatialData(images={"he": without_pixel_size(image)})
     for options in ({"mpp": 0.5}, {"size_um": 20.0}, {"size_px": 16, "stride_um": 10.0}):
         with pytest.raises(ValueError, match=r"does not state its pixel size.*Scale\(\[mpp, mpp\]"):
             hx.pp.tile(bare, "he", min_tissue=0, **options)
     assert not bare.shapes and not bare.tables and not bare.labels
-    hx.pp.tile(bare, "he", size_px=16, min_tissue=0)  # in pixels, as before
+    # in pixels, as before; the tissue detection inside says that it reads the image as 1 um/px
+    with pytest.warns(UserWarning, match=r"does not state its pixel size.*detect_tissue reads it "
+                                         r"as 1 um/px: mpp=8, min_area_um2=5000"):
+        hx.pp.tile(bare, "he", size_px=16, min_tissue=0)
     height, width = level.shape[-2:]
     assert len(bare.shapes["he_tiles"]) == (height // 16) * (width // 16)
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.detect_tissue(sdata, 'he')` on an image parsed without a pixel size (the identity "
+    "to 'global')",
+    says="UserWarning: sdata.images['he'] does not state its pixel size ... detect_tissue reads "
+    "it as 1 um/px (before: mpp=8 and min_area_um2 silently taken in pixels)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_tissue_detection_on_an_image_without_a_pixel_size_says_it_reads_pixels():
+    from spatialdata import SpatialData
+    from spatialdata.transformations import Scale, set_transformation
+
+    image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
+                                          spots=False).images["he"]
+    bare = SpatialData(images={"he": without_pixel_size(image)})
+    with pytest.warns(UserWarning, match=r"does not state its pixel size.*reads it as 1 um/px: "
+                                         r"mpp=4, min_area_um2=100"):
+        hx.pp.detect_tissue(bare, "he", mpp=4, min_area_um2=100)
+    assert "he_tissue" in bare.labels  # detected all the same, in pixels
+    # stated, the same image is detected without a warning (warnings are errors here)
+    set_transformation(bare.images["he"], Scale([0.5, 0.5], axes=("y", "x")), "global")
+    hx.pp.detect_tissue(bare, "he", mpp=4, min_area_um2=100, key_added="stated")

@@ -129,24 +129,36 @@ def image_levels(sdata: SpatialData, image_key: str) -> list[ImageLevel]:
     return levels
 
 
-def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
-    """Refuse an image whose transformation to micrometres is the identity (no pixel size).
+def pixel_size_stated(sdata: SpatialData, image_key: str) -> bool:
+    """Whether an image (or label map) states its pixel size.
 
-    SpatialData gives an image parsed without ``transformations=`` the identity: its pixel size
-    would be read as 1 um/px whatever it is. Steps whose results depend on the physical scale (a
-    model trained at a pixel size) call this before any work.
+    SpatialData gives an element parsed without ``transformations=`` the identity to
+    ``"global"``: its pixel size would be read as 1 um/px whatever the scan's resolution.
     """
     from spatialdata.transformations import Identity, get_transformation
 
     element = _raster_element(sdata, image_key)
     transformation = get_transformation(element, get_all=True).get(COORDINATE_SYSTEM)
-    if isinstance(transformation, Identity):
-        raise ValueError(
-            f"sdata.images[{image_key!r}] does not state its pixel size: its transformation to "
+    return not isinstance(transformation, Identity)
+
+
+def unstated_pixel_size_message(image_key: str) -> str:
+    """What is wrong with an image that does not state its pixel size, and how to state it."""
+    return (f"sdata.images[{image_key!r}] does not state its pixel size: its transformation to "
             f"{COORDINATE_SYSTEM!r} is the identity, which would be read as 1 um/px whatever "
             "the scan's resolution. State it: spatialdata.transformations.set_transformation("
             f"sdata.images[{image_key!r}], Scale([mpp, mpp], axes=('y', 'x')), 'global'), or "
-            "read the slide with hx.io.read_wsi(path, mpp=...).")
+            "read the slide with hx.io.read_wsi(path, mpp=...)")
+
+
+def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
+    """Refuse an image that does not state its pixel size (:func:`pixel_size_stated`).
+
+    Steps whose results depend on the physical scale (a model trained at a pixel size, tiles of
+    a size in micrometres) call this before any work.
+    """
+    if not pixel_size_stated(sdata, image_key):
+        raise ValueError(unstated_pixel_size_message(image_key) + ".")
 
 
 def _level_number(name: str) -> int:

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._core.elements import scale_to_global
-from .._core.image import image_levels, read_region
+from .._core.image import (
+    image_levels,
+    pixel_size_stated,
+    read_region,
+    unstated_pixel_size_message,
+)
 from .._core.image_facts import check_pixel_type, check_pixels
 from .._core.logs import log_added, logged_step, logger
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
@@ -108,6 +113,10 @@ def detect_tissue(
     ``min_area_um2`` are removed (and counted in the log) and, with ``fill_holes``, holes
     enclosed by tissue are filled.
 
+    Every length and area above is physical: on an image that does not state its pixel size
+    (its transformation to ``"global"`` is the identity) they would be read in pixels, as if the
+    image were at 1 um/px. Such an image gets a warning that names how to state its size.
+
     Parameters
     ----------
     sdata
@@ -164,6 +173,13 @@ def detect_tissue(
 
     level0 = image_levels(sdata, image_key)[0]
     check_pixel_type(level0.data.dtype, image_key)
+    if not pixel_size_stated(sdata, image_key):
+        import warnings
+
+        warnings.warn(
+            f"{unstated_pixel_size_message(image_key)}. detect_tissue reads it as 1 um/px: "
+            f"mpp={mpp:g}, min_area_um2={min_area_um2:g} and its other lengths are taken in "
+            "pixels.", UserWarning, stacklevel=2)
     work_mpp = float(mpp)
     if work_mpp < level0.mpp:
         logger.info("The image (%g um/px) is coarser than mpp=%g; detecting tissue at %g um/px.",

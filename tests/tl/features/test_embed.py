@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
+from conftest import without_pixel_size
 from sklearn.linear_model import LogisticRegression
 
 import histoexpr as hx
@@ -158,3 +160,28 @@ def test_an_encoder_trained_at_another_pixel_size_is_warned_about(section, caplo
     with caplog.at_level("WARNING", logger="histoexpr"):
         hx.tl.embed(section, "he_tiles", encoder=network, key_added="X_same_scale")
     assert "um/px" not in caplog.text
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.embed(sdata, tiles_key, encoder=pretrained)` with an encoder trained at a pixel size, "
+    "on tiles cut in pixels from an image parsed without a pixel size (the identity to 'global')",
+    says="ValueError: sdata.images['he'] does not state its pixel size ... State it (before: a "
+    "warning that the tiles were at 1 um/px, and features made all the same)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_a_pretrained_encoder_on_an_image_without_a_pixel_size_is_refused(section):
+    from spatialdata import SpatialData
+
+    bare = SpatialData(images={"he": without_pixel_size(section.images["he"])})
+    with pytest.warns(UserWarning, match="does not state its pixel size"):  # tissue detection
+        hx.pp.tile(bare, "he", size_px=32, min_tissue=0)
+    network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+    network.metadata = {"mpp": 0.5}  # as hx.tl.pretrain records it
+    with pytest.raises(ValueError, match=r"'he'\] does not state its pixel size"):
+        hx.tl.embed(bare, "he_tiles", encoder=network, key_added="X_pretrained")
+    assert "X_pretrained" not in bare.tables["he_tiles_table"].obsm
+    # an encoder of no pixel size (hand-crafted features) describes pixels, as before
+    hx.tl.embed(bare, "he_tiles", encoder="handcrafted")
+    assert np.isfinite(bare.tables["he_tiles_table"].obsm["X_handcrafted"]).all()

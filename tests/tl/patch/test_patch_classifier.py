@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
+from conftest import without_pixel_size
 
 import histoexpr as hx
 from histoexpr.models import PatchClassifier, PatchEnsemble
@@ -194,6 +196,32 @@ def test_model_file_round_trip_and_bad_input(trained, tmp_path):
         hx.tl.fit(sdata, model="patch_classifier", size_um=1000)
     with pytest.raises(KeyError, match="transcript_labels"):
         hx.tl.fit(sdata, model="patch_classifier", labels_key="cells")
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(patch_model, sdata)` or `hx.tl.fit(sdata, model='patch_classifier')` on an "
+    "image parsed without a pixel size (the identity to 'global')",
+    says="ValueError: sdata.images['bare'] does not state its pixel size ... State it (before: "
+    "read as 1 um/px, patches of the wrong physical size)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the slide with "
+    "hx.io.read_wsi(path, mpp=...)",
+)
+def test_patches_of_an_image_without_a_pixel_size_are_refused(trained):
+    sdata, model = trained
+    region = (0.0, 0.0, 60.0, 40.0)
+    # the same pixels without a stated pixel size: patches of a size in um are refused, not
+    # read as 1 um/px, before anything is written
+    sdata.images["bare"] = without_pixel_size(sdata.images[model.metadata["image_key"]])
+    try:
+        elements = set(sdata.labels) | set(sdata.tables)
+        with pytest.raises(ValueError, match=r"'bare'\] does not state its pixel size"):
+            hx.tl.predict(model, sdata, image_key="bare", region=region, key_added="bare_pred")
+        with pytest.raises(ValueError, match=r"'bare'\] does not state its pixel size"):
+            hx.tl.fit(sdata, model="patch_classifier", image_key="bare", size_um=10, mpp=0.5)
+        assert set(sdata.labels) | set(sdata.tables) == elements
+    finally:
+        del sdata.images["bare"]
 
 
 def test_labels_plot_draws_both_maps_in_class_colours(trained):

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from _catalogue import bad_input
+from conftest import without_pixel_size
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel
 
@@ -604,10 +605,7 @@ def test_prediction_maps_refuse_what_they_cannot_draw(model, sections):
     "hx.io.read_wsi(path, mpp=...)",
 )
 def test_an_image_without_a_pixel_size_is_refused(model, sections):
-    image = sections["d"].images["he"]
-    level = image["scale0"]["image"] if hasattr(image, "children") else image
-    bare = SpatialData(images={"he": Image2DModel.parse(np.asarray(level.values),
-                                                        dims=("c", "y", "x"))})
+    bare = SpatialData(images={"he": without_pixel_size(sections["d"].images["he"])})
     with pytest.raises(ValueError, match="does not state its pixel size.*Scale\\(\\[mpp, mpp\\]"):
         hx.tl.predict(model, bare)
     assert not bare.labels and not bare.shapes and not bare.tables

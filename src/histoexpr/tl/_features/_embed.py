@@ -17,7 +17,7 @@ from ..._core.devices import (
     loader_options,
     resolve_precision,
 )
-from ..._core.image import image_levels
+from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.image_facts import image_coverage, image_fingerprint
 from ..._core.logs import log_added, logged_step, logger, progress
 from ..._core.ownership import require_element
@@ -132,6 +132,9 @@ def embed(
         raise ValueError("checkpoint applies to a single architecture name, not to a list of "
                          "encoders; give each pretrained encoder as a model file (.pt).")
     resolved = [_resolve(one, n_channels=n_channels, checkpoint=checkpoint) for one in encoders]
+    if any(_trained_mpp(network) is not None for _, _, network in resolved):
+        # an encoder trained at a pixel size describes structures of a physical size
+        check_pixel_size_stated(sdata, dataset.image_key)
     name = "+".join(one_name for one_name, _, _ in resolved)
     key_added = f"X_{name}" if key_added is None else key_added
     if key_added in table.obsm and not overwrite:
@@ -273,11 +276,16 @@ def _warn_on_other_scale(network: torch.nn.Module, name: str, tile_mpp: float) -
     on small tiles describes a larger tile by the mean of its local features); the pixel size
     sets the scale of the structures the features describe.
     """
-    trained_mpp = (getattr(network, "metadata", None) or {}).get("mpp")
+    trained_mpp = _trained_mpp(network)
     if trained_mpp is not None and not np.isclose(trained_mpp, tile_mpp, rtol=0.05):
         logger.warning(f"Encoder {name!r} was trained on tiles at {trained_mpp:g} um/px but these "
                        f"tiles are at {tile_mpp:g} um/px, so its features describe structures at "
                        f"another scale; tile at mpp={trained_mpp:g} to match (any tile size).")
+
+
+def _trained_mpp(network: torch.nn.Module | None) -> float | None:
+    """The um/px an encoder was trained at (its ``metadata["mpp"]``), if it records one."""
+    return (getattr(network, "metadata", None) or {}).get("mpp")
 
 
 def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, device: str,

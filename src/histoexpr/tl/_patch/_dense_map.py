@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..._core.devices import autocast, resolve_precision
-from ..._core.image import image_levels, read_region, to_unit_float
+from ..._core.image import check_pixel_size_stated, image_levels, read_region, to_unit_float
 from ..._core.logs import log_added, logger, progress
 from ..._core.ownership import check_key_free, check_key_writable, require_element, store_element
 from ..._core.seeds import resolve_device
@@ -95,6 +95,7 @@ def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: 
     meta = model.metadata
     image_key = meta["image_key"] if image_key is None else image_key
     require_element(sdata, image_key, "images")
+    check_pixel_size_stated(sdata, image_key)  # patches are read at the model's um/px
     level0 = image_levels(sdata, image_key)[0]
     _check_image(level0, model, meta, image_key)
     member_mpp = [float(m) for m in meta.get("member_mpp", [meta["mpp"]] * len(model.members))]

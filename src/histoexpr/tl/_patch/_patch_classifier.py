@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..._core.image import image_levels
+from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.logs import logger
 from ..._core.seeds import resolve_seed
 from ._calibration import _choose, _class_prior, _report, fit_calibration
@@ -111,6 +111,8 @@ def fit(sdata: SpatialData, options: PatchClassifierOptions) -> PatchEnsemble:
     rule = _labelling_rule(sdata, options.labels_key)
     image_keys = _image_keys(sdata, rule["image_key"] if options.image_key is None
                              else options.image_key)
+    for key in image_keys:  # patches of a size in um: the image must state its pixel size
+        check_pixel_size_stated(sdata, key)
     level0 = image_levels(sdata, image_keys[0])[0]
     scales = _patch_scales(options.size_um, options.mpp, level0)  # (pixels, um/px) of each size
     largest_um = max(px * px_mpp for px, px_mpp in scales)
