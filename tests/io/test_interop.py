@@ -162,3 +162,18 @@ def test_read_hest_sample(tmp_path):
     assert patch[1].mean() < 150
     with pytest.raises(FileNotFoundError, match="HEST metadata"):
         hx.io.read_hest(tmp_path, "TENX99")
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.io.read_hest(root, sample_id)` with a sample id that is a path ('../other/TENX00')",
+    says="ValueError: sample_id='../other/TENX00' cannot name a HEST sample's files: it holds a "
+    "path separator (before: joined to root's folders as a path, reaching outside them)",
+    fix="pass the sample's id alone (the stem of its files in root's st/, wsis/, metadata/)",
+)
+def test_a_hest_sample_id_that_is_a_path_is_refused(tmp_path):
+    _hest_sample(tmp_path)
+    for sample_id in ("../other/TENX00", "..", "/tmp/TENX00", ""):
+        with pytest.raises(ValueError, match="sample_id=.* cannot name a HEST sample's files"):
+            hx.io.read_hest(tmp_path, sample_id)
+    assert hx.io.read_hest(tmp_path, "TENX00").tables["table"].n_obs == 3

@@ -13,7 +13,7 @@ from .._core.elements import square_shapes, tile_table
 from .._core.files import check_replaceable
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
-from .._core.validate import check_bool
+from .._core.validate import check_bool, check_store_name
 from ._elements import check_mpp, existing_file, spot_elements
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def read_hest(
     root
         The folder holding ``st/``, ``wsis/`` and ``metadata/``.
     sample_id
-        The sample, e.g. ``"TENX95"``.
+        The sample, e.g. ``"TENX95"``: the stem of its files, one plain name (a path is refused).
     mpp
         Pixel size of the image in um/px; defaults to the metadata's ``pixel_size_um_estimated``
         (else ``pixel_size_um_embedded``).
@@ -254,6 +254,7 @@ def read_hest(
 
     from ._wsi import read_wsi
 
+    check_store_name("sample_id", sample_id, what="HEST sample's files")  # one name, in root
     root = Path(root)
     meta_path = existing_file(root / "metadata" / f"{sample_id}.json", "HEST metadata")
     st_path = existing_file(root / "st" / f"{sample_id}.h5ad", "HEST expression")
