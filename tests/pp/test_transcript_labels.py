@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _catalogue import bad_input
+from conftest import without_pixel_size
 
 import histoexpr as hx
 from histoexpr._core.image import read_region
@@ -158,6 +160,27 @@ def test_bad_input_is_explained(section):
     far.points["transcripts"]["x"] = far.points["transcripts"]["x"] + 1000
     with pytest.raises(ValueError, match="pixel_size and offset"):
         hx.pp.transcript_labels(far, genes=("A", "B"))
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.transcript_labels(sdata, image_key=...)` on an image parsed without a pixel size "
+    "(the identity to 'global'), the transcripts in um",
+    says="ValueError: sdata.images['dapi_bare'] does not state its pixel size ... State it "
+    "(before: transcripts in um placed on pixels as if the image were at 1 um/px)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the data with the "
+    "platform's reader (hx.io.read_transcripts(..., image_mpp=...))",
+)
+def test_transcripts_on_an_image_without_a_pixel_size_are_refused(section):
+    section.images["dapi_bare"] = without_pixel_size(section.images["dapi"])
+    try:
+        with pytest.raises(ValueError, match=r"'dapi_bare'\] does not state its pixel size"):
+            hx.pp.transcript_labels(section, image_key="dapi_bare", genes=GENES,
+                                    key_added="bare_labels")
+        assert "bare_labels" not in section.labels
+        assert "bare_labels_patches" not in section.tables
+    finally:
+        del section.images["dapi_bare"]
 
 
 def test_gene_pairs_prefer_markers_of_different_cell_types(section):

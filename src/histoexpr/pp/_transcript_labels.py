@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._core.elements import scale_to_global
-from .._core.image import image_levels, read_region
+from .._core.image import check_pixel_size_stated, image_levels, read_region
 from .._core.logs import log_added, logger
 from .._core.memory import check_memory
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
@@ -179,6 +179,8 @@ def transcript_labels(
     _check_rule(grid_um, window_um, min_counts, enrichment, tissue, stride_um)
     min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
 
+    # transcripts are placed on the image by their coordinates in um: its pixel size must be known
+    check_pixel_size_stated(sdata, image_key)
     level0 = image_levels(sdata, image_key)[0]
     grid = _Grid.over(level0, grid_um)
     check_memory(float(grid.shape[0]) * grid.shape[1] * _BYTES_PER_CELL,
