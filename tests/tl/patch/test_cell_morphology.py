@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _catalogue import bad_input
+from conftest import without_pixel_size
 
 import histoexpr as hx
 
@@ -287,3 +288,23 @@ def test_cell_morphology_names_the_stain_channels_it_has(sections):
         hx.tl.CellMorphologyOptions(stains_key="stains", stains="PolyT")
     with pytest.raises(ValueError, match="ring_um"):
         hx.tl.CellMorphologyOptions(ring_um=0)
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(cell_model, sdata, image_key=...)` on an image parsed without a pixel size "
+    "(the identity to 'global')",
+    says="ValueError: sdata.images['dapi_bare'] does not state its pixel size ... State it "
+    "(before: per-cell features read as if the image were at 1 um/px)",
+    fix="set a Scale([mpp, mpp]) transformation to 'global', or read the data with the "
+    "platform's reader",
+)
+def test_cells_on_an_image_without_a_pixel_size_are_refused(sections, nuclear_model):
+    test = sections[1]
+    test.images["dapi_bare"] = without_pixel_size(test.images["dapi"])
+    try:
+        with pytest.raises(ValueError, match=r"'dapi_bare'\] does not state its pixel size"):
+            hx.tl.predict(nuclear_model, test, image_key="dapi_bare", key_added="bare_cells")
+        assert not any(key.startswith("bare_cells") for key in [*test.labels, *test.tables])
+    finally:
+        del test.images["dapi_bare"]

@@ -343,7 +343,10 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
 def _features(sdata, cells, image_key, bounds, mpp, smooth_um, stains_key=None, stains=None,
               ring_um=2.0):
     from ..._core.cells import cell_features
+    from ..._core.image import check_pixel_size_stated
 
+    for key in (image_key,) if stains_key is None else (image_key, stains_key):
+        check_pixel_size_stated(sdata, key)  # features at a pixel size in um, cells in um
     smooth = tuple(float(s) for s in smooth_um)
     features, names, centroids = cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
                                                smooth_um=smooth)
