@@ -34,6 +34,10 @@ and without the calibration, on the same features.
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --scaled
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --select
+
+``--stain macenko`` fits the same model with Macenko stain normalisation (a candidate of
+``route="auto"``, so fitted as ``route="auto"`` with that single candidate); ``--stain none``
+is the baseline on that same path.
 """
 
 from __future__ import annotations
@@ -474,10 +478,28 @@ def main() -> None:
         "of staining and scanning (names of CHANGES in tests/_tissue_criterion.py), instead "
         "of the other tissues",
     )
+    parser.add_argument(
+        "--stain",
+        default=None,
+        choices=["none", "macenko"],
+        help="the same model with this stain normalisation, fitted as route='auto' with this "
+        "single candidate (stain normalisation is one of its candidates); 'none' gives the "
+        "baseline of that same path",
+    )
     args = parser.parse_args()
     CHANGES_RUN[:] = args.changes
     if args.scaled:
         OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
+    if args.stain is not None:
+        OPTIONS["candidates"] = {
+            "encoder": [OPTIONS.pop("encoder")],
+            "stain": [args.stain],
+            "standardise_sections": [OPTIONS.pop("standardise_sections", False)],
+            "context_um": [OPTIONS.pop("context_um", None)],
+            "target": ["log1p"],
+            "head": [OPTIONS.pop("route")],
+        }
+        OPTIONS["route"] = "auto"
     capture_inner_pairs()
     began = cpu()
     if args.select:

@@ -142,13 +142,16 @@ def pixel_size_stated(sdata: SpatialData, image_key: str) -> bool:
     return not isinstance(transformation, Identity)
 
 
-def unstated_pixel_size_message(image_key: str) -> str:
+def unstated_pixel_size_message(sdata: SpatialData, image_key: str) -> str:
     """What is wrong with an image that does not state its pixel size, and how to state it."""
-    return (f"sdata.images[{image_key!r}] does not state its pixel size: its transformation to "
+    kind = "images" if image_key in sdata.images else "labels"
+    element = f"sdata.{kind}[{image_key!r}]"
+    reader = ("read the slide with hx.io.read_wsi(path, mpp=...)" if kind == "images"
+              else "parse it with transformations={'global': Scale(...)}")
+    return (f"{element} does not state its pixel size: its transformation to "
             f"{COORDINATE_SYSTEM!r} is the identity, which would be read as 1 um/px whatever "
             "the scan's resolution. State it: spatialdata.transformations.set_transformation("
-            f"sdata.images[{image_key!r}], Scale([mpp, mpp], axes=('y', 'x')), 'global'), or "
-            "read the slide with hx.io.read_wsi(path, mpp=...)")
+            f"{element}, Scale([mpp, mpp], axes=('y', 'x')), 'global'), or {reader}")
 
 
 def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
@@ -158,7 +161,7 @@ def check_pixel_size_stated(sdata: SpatialData, image_key: str) -> None:
     a size in micrometres) call this before any work.
     """
     if not pixel_size_stated(sdata, image_key):
-        raise ValueError(unstated_pixel_size_message(image_key) + ".")
+        raise ValueError(unstated_pixel_size_message(sdata, image_key) + ".")
 
 
 def _level_number(name: str) -> int:

@@ -177,7 +177,7 @@ def detect_tissue(
         import warnings
 
         warnings.warn(
-            f"{unstated_pixel_size_message(image_key)}. detect_tissue reads it as 1 um/px: "
+            f"{unstated_pixel_size_message(sdata, image_key)}. detect_tissue reads it as 1 um/px: "
             f"mpp={mpp:g}, min_area_um2={min_area_um2:g} and its other lengths are taken in "
             "pixels.", UserWarning, stacklevel=2)
     work_mpp = float(mpp)
