@@ -43,6 +43,7 @@ is the baseline on that same path.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -113,8 +114,12 @@ def other_tissues() -> dict:
 CHANGES_RUN: list[str] = []
 
 
-def changed_sections(sdata, name: str) -> dict:
-    """The section's H&E alone, once per change of :data:`CHANGES_RUN` (full resolution)."""
+def changed_sections(sdata, name: str):
+    """The section's H&E alone, once per change of :data:`CHANGES_RUN` (full resolution).
+
+    Made one at a time as they are iterated (``(name, (section, kind))``), so that only one
+    changed copy of the full-resolution image is held at once.
+    """
     import sys
 
     from spatialdata import SpatialData
@@ -127,9 +132,9 @@ def changed_sections(sdata, name: str) -> dict:
 
     level = hx.io.image_levels(sdata, "he")[0]
     pixels = np.asarray(sdata.images["he"]["scale0"]["image"].values)
-    return {f"{name}, {change}": (SpatialData(images={"he": image_element(
-        changed(pixels, change), mpp=level.mpp)}), f"her2st (held out), {change}")
-        for change in CHANGES_RUN}
+    for change in CHANGES_RUN:
+        yield f"{name}, {change}", (SpatialData(images={"he": image_element(
+            changed(pixels, change), mpp=level.mpp)}), f"her2st (held out), {change}")
 
 
 def prediction_change(table, reference) -> dict:
@@ -406,10 +411,12 @@ def run(data_names: list[str], guard: bool) -> None:
                 held_out: (test, "her2st (held out)"),
                 **{n: (s, "other tissue") for n, s in others.items()},
             }
+            items = slides.items()
             if CHANGES_RUN:
-                slides = {held_out: slides[held_out], **changed_sections(test, held_out)}
+                items = itertools.chain([(held_out, slides[held_out])],
+                                        changed_sections(test, held_out))
             reference = None
-            for name, (sdata, kind) in slides.items():
+            for name, (sdata, kind) in items:
                 began = cpu()
                 table = hx.tl.predict(
                     model,
