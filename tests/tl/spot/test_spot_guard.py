@@ -117,14 +117,17 @@ def test_an_unseen_section_of_the_training_kind_does_not_warn(model, sections):
 
 
 def test_a_slide_unlike_the_training_warns_by_name(model, sections):
+    grid(sections["d"])  # its tissue map, which the recoloured copy reuses (colours turned)
     other = recoloured(sections["d"])
-    with pytest.warns(UserWarning, match="Slide 'recoloured'.*out of the training data"):
+    with pytest.warns(UserWarning, match="Slide 'recoloured'.*out of the training data") as caught:
         table = hx.tl.predict(
             model, other, tiles_key=grid(other), key_added="pred", name="recoloured"
         )
     guard = table.uns["prediction"]["guard"]
     assert guard["warns"] and guard["fraction_out_of_range"] > 0.5
     assert guard["median_percentile"] > 99
+    # a model of H&E without stain normalisation names the model that absorbs such changes
+    assert any("candidates={'stain': ['macenko']}" in str(w.message) for w in caught)
 
 
 def test_intervals_cover_held_out_spots_near_their_level(model, sections):
@@ -424,6 +427,7 @@ def test_features_scaled_within_each_section_do_not_hide_another_tissue(sections
     assert table.uns["prediction"]["guard"]["fraction_out_of_range"] > 0.5
     # the warning says what per-section scaling absorbs (a global change of stain or exposure)
     assert any("scales features within each section" in str(w.message) for w in caught)
+    assert not any("'macenko'" in str(w.message) for w in caught)  # one note, the one that fits
     same = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]),
                          key_added="pred_scaled")
     assert not same.uns["prediction"]["guard"]["warns"]

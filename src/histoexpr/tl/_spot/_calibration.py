@@ -136,6 +136,15 @@ def annotate(
                     "reads the features before that scaling, so that another tissue is not "
                     "hidden); another tissue warns alike."
                 )
+            elif metadata.get("in_channels") == 3 and not metadata.get("stain"):
+                message += (
+                    " If it is the same tissue from another lab or scanner, a model with stain "
+                    "normalisation (hx.tl.fit(..., route='auto', candidates={'stain': "
+                    "['macenko']})) maps each slide's colours onto the training stain: under "
+                    "simulated changes of stain and light its predictions moved by at most a "
+                    "quarter of an interval's half-width, and its guard still warned on other "
+                    "tissue (benchmarks/README.md)."
+                )
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
         if float(level) in _conformal.unbounded_levels(calibration["intervals"]):
