@@ -141,9 +141,9 @@ def annotate(
                     " If it is the same tissue from another lab or scanner, a model with stain "
                     "normalisation (hx.tl.fit(..., route='auto', candidates={'stain': "
                     "['macenko']})) maps each slide's colours onto the training stain: under "
-                    "simulated changes of stain and light its predictions moved by at most a "
-                    "quarter of an interval's half-width, and its guard still warned on other "
-                    "tissue (benchmarks/README.md)."
+                    "each simulated change of stain strength, colour or exposure alone its "
+                    "predictions moved by at most a quarter of an interval's half-width, and "
+                    "its guard still warned on other tissue (benchmarks/README.md)."
                 )
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
