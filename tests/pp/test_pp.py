@@ -646,12 +646,7 @@ def test_tile_names_an_empty_tissue_map(disk_section):
     "hx.io.read_wsi(path, mpp=...)",
 )
 def test_a_physical_tile_size_on_an_image_without_a_pixel_size_is_refused():
-    from spatialdata import SpatialData
-
-    image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
-                                          spots=False).images["he"]
-    level = image["scale0"]["image"] if hasattr(image, "children") else image
-    bare = SpatialData(images={"he": without_pixel_size(image)})
+    bare = _section_without_pixel_size()
     for options in ({"mpp": 0.5}, {"size_um": 20.0}, {"size_px": 16, "stride_um": 10.0}):
         with pytest.raises(ValueError, match=r"does not state its pixel size.*Scale\(\[mpp, mpp\]"):
             hx.pp.tile(bare, "he", min_tissue=0, **options)
@@ -660,8 +655,17 @@ def test_a_physical_tile_size_on_an_image_without_a_pixel_size_is_refused():
     with pytest.warns(UserWarning, match=r"does not state its pixel size.*detect_tissue reads it "
                                          r"as 1 um/px: mpp=8, min_area_um2=5000"):
         hx.pp.tile(bare, "he", size_px=16, min_tissue=0)
-    height, width = level.shape[-2:]
+    height, width = bare.images["he"].shape[-2:]
     assert len(bare.shapes["he_tiles"]) == (height // 16) * (width // 16)
+
+
+def _section_without_pixel_size():
+    """A synthetic H&E section (0.5 um/px) whose image was parsed without a pixel size."""
+    from spatialdata import SpatialData
+
+    image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
+                                          spots=False).images["he"]
+    return SpatialData(images={"he": without_pixel_size(image)})
 
 
 @bad_input(
@@ -674,16 +678,16 @@ def test_a_physical_tile_size_on_an_image_without_a_pixel_size_is_refused():
     "hx.io.read_wsi(path, mpp=...)",
 )
 def test_tissue_detection_on_an_image_without_a_pixel_size_says_it_reads_pixels():
-    from spatialdata import SpatialData
     from spatialdata.transformations import Scale, set_transformation
 
-    image = hx.datasets.synthetic_section(seed=0, size_um=200, transcripts=False,
-                                          spots=False).images["he"]
-    bare = SpatialData(images={"he": without_pixel_size(image)})
+    bare = _section_without_pixel_size()
     with pytest.warns(UserWarning, match=r"does not state its pixel size.*reads it as 1 um/px: "
                                          r"mpp=4, min_area_um2=100"):
         hx.pp.detect_tissue(bare, "he", mpp=4, min_area_um2=100)
-    assert "he_tissue" in bare.labels  # detected all the same, in pixels
-    # stated, the same image is detected without a warning (warnings are errors here)
-    set_transformation(bare.images["he"], Scale([0.5, 0.5], axes=("y", "x")), "global")
+    unstated = np.asarray(bare.labels["he_tissue"].values)
+    assert 0 < (unstated > 0).mean() < 1
+    # what the warning says: the same map as the same pixels stated at 1 um/px, without a
+    # warning then (warnings are errors here)
+    set_transformation(bare.images["he"], Scale([1.0, 1.0], axes=("y", "x")), "global")
     hx.pp.detect_tissue(bare, "he", mpp=4, min_area_um2=100, key_added="stated")
+    np.testing.assert_array_equal(unstated, np.asarray(bare.labels["stated"].values))
