@@ -169,12 +169,11 @@ def embed(
             for (one_name, _, _), (values, _) in zip(resolved, parts, strict=True)},
         feature_names=([n for _, names in parts for n in names]
                        if all(names for _, names in parts) else None),
-        n_features=int(features.shape[1]), writer=WriterRecord.now(STEP, key_added))
-    stored = record.to_uns()
-    # the pixels they were made from: features of an image replaced since are not reused
-    stored["image_fingerprint"] = pixels
+        n_features=int(features.shape[1]), writer=WriterRecord.now(STEP, key_added),
+        # the pixels they were made from: features of an image replaced since are not reused
+        extra={"image_fingerprint": pixels})
     table.obsm[key_added] = features
-    table.uns.setdefault("embeddings", {})[key_added] = stored
+    table.uns.setdefault("embeddings", {})[key_added] = record.to_uns()
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
 
