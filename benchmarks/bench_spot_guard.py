@@ -175,10 +175,11 @@ def cpu() -> float:
 def coverage_rows(model, sdata, name: str) -> dict:
     """Coverage and width of the intervals on the held-out section's spots."""
     import histoexpr as hx
-    from histoexpr._core.expression import expression_targets
+    from histoexpr._core.expression import expression_targets, library_sizes
 
     row = {"held_out": name}
     pairs = list(CAPTURED)  # the model's inner pairs (the baseline below captures its own)
+    libraries = list(CAPTURED_LIBRARIES)
     counts = sdata.tables["table"]
     index = {s: i for i, s in enumerate(counts.obs["spot_id"])}
     for level in (0.8, 0.9, 0.95):
@@ -202,36 +203,39 @@ def coverage_rows(model, sdata, name: str) -> dict:
         )
         if level == 0.9:
             predicted = np.asarray(table.X, dtype=np.float64)
-    row.update(baseline(model, sdata, truth))
-    row["candidates_0.9 (coverage, width)"] = outer_candidates(pairs, predicted, truth)
+            library = library_sizes(counts[[index[s] for s in table.obs["spot_id"]]])
+    row.update(baseline(model, sdata, truth, library))
+    row["candidates_0.9 (coverage, width)"] = outer_candidates(pairs, libraries, predicted,
+                                                               truth, library)
     row["spread_of_truth"] = round(float(truth.std(axis=0).mean()), 3)
     row["n_spots"] = int(len(truth))
     return row
 
 
-def baseline(model, held, truth: np.ndarray) -> dict:
+def baseline(model, held, truth: np.ndarray, library: np.ndarray) -> dict:
     """The same conformal procedure around an image-blind predictor: the training spots' mean.
 
     Inner folds: each training section predicted by the other sections' mean expression; the
-    held-out section by all training sections' mean. The model's interval method.
+    held-out section by all training sections' mean. The model's interval method (at each
+    held-out spot's own library size, as the model's intervals are).
     """
-    from histoexpr._core.expression import expression_targets
+    from histoexpr._core.expression import expression_targets, library_sizes
     from histoexpr.tl._spot import _conformal
 
     genes = list(model.metadata["genes"])
-    targets = {
-        name: expression_targets(TRAIN[name].tables["table"], genes)
-        for name in model.metadata["trained_on"]
-    }
+    tables = {name: TRAIN[name].tables["table"] for name in model.metadata["trained_on"]}
+    kept = {name: library_sizes(t) > 0 for name, t in tables.items()}
+    targets = {name: expression_targets(t[kept[name]], genes) for name, t in tables.items()}
+    libraries = [library_sizes(t)[kept[name]] for name, t in tables.items()]
     pairs = []
     for name, y in targets.items():
         rest = np.vstack([t for n, t in targets.items() if n != name])
         pairs.append((np.broadcast_to(rest.mean(axis=0), y.shape), y))
     intervals = _conformal.fit_intervals(
-        pairs, model.metadata["calibration"]["intervals"].get("kind", "pooled")
+        pairs, model.metadata["calibration"]["intervals"].get("kind", "pooled"), libraries
     )
     centre = np.broadcast_to(np.vstack(list(targets.values())).mean(axis=0), truth.shape)
-    lower, upper = _conformal.bounds(intervals, centre, 0.9)
+    lower, upper = _conformal.bounds(intervals, centre, 0.9, library)
     inside = (truth >= lower) & (truth <= upper)
     return {
         "baseline_coverage_0.9": round(float(inside.mean()), 3),
@@ -239,8 +243,10 @@ def baseline(model, held, truth: np.ndarray) -> dict:
     }
 
 
-#: the inner held-out (predicted, measured) pairs of the last calibrated fit
+#: the inner held-out (predicted, measured) pairs of the last calibrated fit, and the library
+#: sizes of their spots
 CAPTURED: list = []
+CAPTURED_LIBRARIES: list = []
 
 
 def capture_inner_pairs() -> None:
@@ -249,15 +255,20 @@ def capture_inner_pairs() -> None:
 
     fit = _conformal.fit_intervals
 
-    def capturing(pairs, method=None):
+    def capturing(pairs, method=None, libraries=None):
         CAPTURED[:] = [(np.asarray(p, np.float64), np.asarray(m, np.float64)) for p, m in pairs]
-        return fit(pairs, method)
+        CAPTURED_LIBRARIES[:] = [np.asarray(v, np.float64) for v in libraries or []]
+        return fit(pairs, method, libraries)
 
     _conformal.fit_intervals = capturing
 
 
-def inner_row(pairs: list) -> dict:
-    """Each method's coverage of every inner held-out training section, and its mean width."""
+def inner_row(pairs: list, libraries: list) -> dict:
+    """Each method's coverage of every inner held-out training section, and its mean width.
+
+    Each inner section's intervals are asked at its own spots' library sizes (only the
+    ``depth`` method uses them).
+    """
     from histoexpr.tl._spot import _conformal
 
     row = {}
@@ -265,9 +276,12 @@ def inner_row(pairs: list) -> dict:
         widths = []
         for k, (predicted, _) in enumerate(pairs):
             rest = [pair for j, pair in enumerate(pairs) if j != k]
-            lower, upper = _conformal.bounds(_conformal._fit(rest, method), predicted, 0.9)
+            others = [v for j, v in enumerate(libraries) if j != k]
+            lower, upper = _conformal.bounds(_conformal._fit(rest, method, others), predicted,
+                                             0.9, libraries[k])
             widths.append(float((upper - lower).mean()))
-        row[method] = [round(c, 3) for c in _conformal.section_coverage(pairs, method)]
+        row[method] = [round(c, 3) for c in _conformal.section_coverage(pairs, method,
+                                                                         libraries=libraries)]
         row[f"{method}_width"] = round(float(np.mean(widths)), 3)
     return row
 
@@ -285,13 +299,15 @@ def select(rows: list[dict]) -> str:
     return next(m for m in METHODS if worst[m] <= best + 0.005)
 
 
-def outer_candidates(pairs: list, predicted: np.ndarray, truth: np.ndarray) -> dict:
+def outer_candidates(pairs: list, libraries: list, predicted: np.ndarray, truth: np.ndarray,
+                     library: np.ndarray) -> dict:
     """Every method's outer coverage and width at 0.9 (reported after the choice, not used)."""
     from histoexpr.tl._spot import _conformal
 
     out = {}
     for method in _conformal.METHODS:
-        lower, upper = _conformal.bounds(_conformal._fit(pairs, method), predicted, 0.9)
+        lower, upper = _conformal.bounds(_conformal._fit(pairs, method, libraries), predicted,
+                                         0.9, library)
         out[method] = [
             round(float(((truth >= lower) & (truth <= upper)).mean()), 3),
             round(float((upper - lower).mean()), 3),
@@ -361,7 +377,7 @@ def run_select(data_names: list[str]) -> None:
                     "scaled": scaled,
                     "outer_fold": held_out,
                     "inner_sections": list(train),
-                    **inner_row(list(CAPTURED)),
+                    **inner_row(list(CAPTURED), list(CAPTURED_LIBRARIES)),
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -441,7 +441,8 @@ def _calibrate_random_sections(n_spots: int, **kwargs) -> dict:
 
     rng = np.random.default_rng(0)
     prepared = [SimpleNamespace(name=n, targets=rng.normal(size=(n_spots, 3)).astype(np.float32),
-                                centres=rng.normal(size=(n_spots, 2))) for n in "ab"]
+                                centres=rng.normal(size=(n_spots, 2)),
+                                library=rng.uniform(1e3, 1e4, size=n_spots)) for n in "ab"]
     features = [rng.normal(size=(n_spots, 5)).astype(np.float32) for _ in prepared]
     refit = _calibration.network_refit(lambda x, y: hx.models.LinearHead(n_features=5,
                                                                          n_genes=3))

@@ -84,7 +84,9 @@ def calibrate(
         "n_folds": len(folds),
         "reused_inner_fits": reused,
         "inner_pearson": _conformal.gene_scores(inner),
-        "intervals": _conformal.fit_intervals(inner),
+        "intervals": _conformal.fit_intervals(
+            inner, libraries=[np.concatenate([prepared[i].library[rows] for i, rows in test])
+                              for _, test in folds]),
         "guard": guard,
     }
     unbounded = _conformal.unbounded_levels(record["intervals"])
@@ -106,9 +108,14 @@ def calibrate(
 
 
 def annotate(
-    table, metadata: Mapping[str, Any], features: np.ndarray | None, *, level: float, name: str
+    table, metadata: Mapping[str, Any], features: np.ndarray | None, *, level: float, name: str,
+    library_size: np.ndarray | None = None,
 ) -> None:
-    """Add guard scores, interval layers and the prediction's record to a prediction table."""
+    """Add guard scores, interval layers and the prediction's record to a prediction table.
+
+    ``library_size``: each tile's library size for depth-aware intervals (NaN or ``None``: the
+    calibration's reference).
+    """
     calibration = metadata.get("calibration") or {}
     record = dict(table.uns["prediction"])
     record.update(contract(metadata))
@@ -152,7 +159,11 @@ def annotate(
                 calibration["intervals"], [float(level)])
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
-        lower, upper = _conformal.bounds(calibration["intervals"], table.X, level)
+        intervals = calibration["intervals"]
+        depth = _depth_record(table, intervals, library_size)
+        lower, upper = _conformal.bounds(
+            intervals, table.X, level,
+            table.obs["interval_library_size"].to_numpy() if depth else None)
         table.layers[LOWER] = lower
         table.layers[UPPER] = upper
         table.var["interval_half_width"] = ((upper - lower) / 2).mean(axis=0).astype(float)
@@ -168,6 +179,7 @@ def annotate(
             # each inner held-out training section's coverage of the 90 % interval when the
             # others calibrate it: how far one section's coverage strays (absent: older file)
             "inner_coverage_0.9": list(calibration["intervals"].get("inner_coverage_0.9", [])),
+            **depth,
         }
         record["guard"] = summary
     else:
@@ -180,6 +192,30 @@ def annotate(
         record["guard"] = {"available": False, "reason": why}
         record["intervals"] = {"available": False, "reason": why}
     table.uns["prediction"] = record
+
+
+def _depth_record(table, intervals: Mapping[str, Any],
+                  library_size: np.ndarray | None) -> dict[str, Any]:
+    """Depth-aware intervals: each tile's library size in ``obs``, and what was used.
+
+    Empty for intervals of another method (their width does not depend on depth).
+    """
+    if intervals.get("kind") != "depth":
+        return {}
+    reference = float(intervals["reference_library_size"])
+    values = np.full(table.n_obs, np.nan) if library_size is None else np.asarray(
+        library_size, dtype=np.float64)
+    own = np.isfinite(values) & (values > 0)
+    table.obs["interval_library_size"] = np.where(own, values, reference)
+    return {
+        "library_size": (
+            f"obs['interval_library_size']: {int(own.sum())} of {table.n_obs} tiles at their "
+            f"spot's or the given library size, the others at the reference, {reference:.0f} "
+            "UMIs per spot"
+        ),
+        "reference_library_size": reference,
+        "depth_slope": float(intervals["depth_slope"]),
+    }
 
 
 def contract(metadata: Mapping[str, Any]) -> dict[str, Any]:

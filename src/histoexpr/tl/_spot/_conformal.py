@@ -27,6 +27,15 @@ when the others calibrate it, worst distance to the level), never by the outer s
     section's spread of *predictions* (standard deviation over its tiles, relative to the
     calibration sections' mean spread, clipped to [1/2, 2]); a new slide's half-width is the
     quantile times its own relative spread.
+``depth``
+    normalised conformal on the spot's sequencing depth: a spot measured with fewer UMIs
+    (library size ``L``, counts over all genes) is noisier. The calibration fits one slope
+    ``b`` of ``log |residual|`` on ``log L`` (least squares within each gene, clipped to
+    [-1, 0]: more UMIs never widen an interval); per gene, the residuals divided by
+    ``(L / L_ref) ** b`` (``L_ref`` the geometric mean of the calibration spots' library sizes)
+    give the quantile, and a tile's half-width is that quantile times ``(L / L_ref) ** b`` for
+    the library size its interval is asked at (``L_ref`` where none is given: an H&E-only
+    slide).
 
 Coverage holds for a new section that is as exchangeable with the training sections as they are
 with each other; a slide unlike them (see the guard) can be covered less. A model file written
@@ -49,7 +58,7 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 #: the level of a prediction's intervals when none is asked for
 DEFAULT_LEVEL = 0.9
 #: the ways of calibrating intervals, simplest first (see the module's text)
-METHODS = ("pooled", "section_weighted", "offset", "mondrian", "spread")
+METHODS = ("pooled", "section_weighted", "offset", "mondrian", "spread", "depth")
 #: the method a model is calibrated with, chosen by the inner criterion
 METHOD = "pooled"
 #: the relative spread of a slide's predictions is clipped to this range (``spread``)
@@ -66,7 +75,11 @@ DESCRIPTIONS = {
     "residuals of held-out training sections",
     "spread": "normalised split-conformal, absolute residuals of held-out training sections "
     "over each section's relative spread of predictions",
+    "depth": "normalised split-conformal, absolute residuals of held-out training sections "
+    "over a power of each spot's library size relative to the calibration's",
 }
+#: the range of the fitted slope of log |residual| on log library size (``depth``)
+DEPTH_SLOPE_CLIP = (-1.0, 0.0)
 
 
 def inner_predictions(
@@ -136,10 +149,52 @@ def relative_spread(reference: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return np.clip(ratio, *SPREAD_CLIP)
 
 
-def _fit(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str) -> dict[str, Any]:
-    """The method's per-gene parameters at every level of :data:`LEVELS`."""
+def depth_slope(residuals: np.ndarray, library: np.ndarray) -> float:
+    """The slope of ``log |residual|`` on ``log library size``, within genes, clipped.
+
+    Least squares over every (spot, gene) with a non-zero residual, each gene's own mean
+    removed from both sides; 0 where the library sizes do not vary.
+    """
+    magnitude = np.abs(np.asarray(residuals, dtype=np.float64))
+    used = magnitude > 0
+    log_library = np.broadcast_to(np.log(np.asarray(library, np.float64))[:, None],
+                                  magnitude.shape)
+    slope_num = slope_den = 0.0
+    for gene in range(magnitude.shape[1]):
+        rows = used[:, gene]
+        if rows.sum() < 2:
+            continue
+        x = log_library[rows, gene] - log_library[rows, gene].mean()
+        y = np.log(magnitude[rows, gene])
+        slope_num += float(x @ (y - y.mean()))
+        slope_den += float(x @ x)
+    if slope_den <= 1e-12:
+        return 0.0
+    return float(np.clip(slope_num / slope_den, *DEPTH_SLOPE_CLIP))
+
+
+def depth_scale(intervals: Mapping[str, Any], library_size: Any, n: int) -> np.ndarray:
+    """Each of ``n`` tiles' factor ``(L / L_ref) ** b`` (``depth``); 1 where ``L`` is None/NaN."""
+    if library_size is None:
+        return np.ones((n, 1))
+    library = np.broadcast_to(np.asarray(library_size, dtype=np.float64), (n,))
+    ratio = library / float(intervals["reference_library_size"])
+    known = np.isfinite(ratio) & (ratio > 0)  # NaN: the reference
+    return np.where(known, np.where(known, ratio, 1.0) ** float(intervals["depth_slope"]),
+                    1.0)[:, None]
+
+
+def _fit(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str,
+         libraries: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+    """The method's per-gene parameters at every level of :data:`LEVELS`.
+
+    ``libraries``: each pair's spots' library sizes (``depth`` needs them).
+    """
     if method not in METHODS:
         raise ValueError(f"Unknown interval method {method!r}; use one of {METHODS}.")
+    if method == "depth" and libraries is None:
+        raise ValueError("The 'depth' interval method needs the calibration spots' library "
+                         "sizes.")
     signed = np.vstack([np.asarray(m, np.float64) - p for p, m in pairs])
     residuals = np.abs(signed)
     params: dict[str, Any] = {"kind": method}
@@ -170,6 +225,15 @@ def _fit(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str) -> dict[st
             for level in LEVELS
         }
         quantile = partial(conformal_quantile, residuals)
+    elif method == "depth":
+        library = np.concatenate([np.asarray(v, dtype=np.float64) for v in libraries])
+        if len(library) != len(residuals) or not np.all(library > 0):
+            raise ValueError("The 'depth' interval method needs one positive library size per "
+                             "calibration spot.")
+        params["depth_slope"] = depth_slope(signed, library)
+        params["reference_library_size"] = float(np.exp(np.log(library).mean()))
+        scale = depth_scale(params, library, len(library))
+        quantile = partial(conformal_quantile, residuals / scale)
     else:  # spread
         spreads = _spreads(pairs)
         reference = spreads.mean(axis=0)
@@ -195,9 +259,13 @@ def _bin_quantile(residuals: np.ndarray, members: np.ndarray, level: float) -> n
 
 
 def bounds(
-    intervals: Mapping[str, Any], predicted: np.ndarray, level: float
+    intervals: Mapping[str, Any], predicted: np.ndarray, level: float, library_size: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of a slide's predictions (tiles x genes) at ``level``."""
+    """Lower and upper bounds of a slide's predictions (tiles x genes) at ``level``.
+
+    ``library_size`` (``depth`` only; one number, or one per tile): the library size a tile's
+    measurement is asked about; ``None``: the calibration's reference.
+    """
     predicted = np.asarray(predicted, dtype=np.float32)
     half = np.broadcast_to(half_width(intervals, level), predicted.shape)
     kind = intervals.get("kind", "pooled")
@@ -209,39 +277,52 @@ def bounds(
     elif kind == "spread":
         scale = relative_spread(np.asarray(intervals["reference_spread"]), predicted)
         half = half * scale.astype(np.float32)
+    elif kind == "depth":
+        half = half * depth_scale(intervals, library_size, len(predicted)).astype(np.float32)
     return predicted - half, predicted + half
 
 
 def section_coverage(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str, level: float = 0.9
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str, level: float = 0.9,
+    libraries: Sequence[np.ndarray] | None = None,
 ) -> list[float]:
-    """Each held-out part's coverage when the other parts calibrate ``method`` (inner check)."""
+    """Each held-out part's coverage when the other parts calibrate ``method`` (inner check).
+
+    With ``libraries``, each part's intervals are asked at its own spots' library sizes.
+    """
     out = []
     for k, (predicted, measured) in enumerate(pairs):
         rest = [pair for j, pair in enumerate(pairs) if j != k]
         if not rest:
             return []
-        lower, upper = bounds(_fit(rest, method), predicted, level)
+        others = None if libraries is None else [v for j, v in enumerate(libraries) if j != k]
+        lower, upper = bounds(_fit(rest, method, others), predicted, level,
+                              None if libraries is None else libraries[k])
         out.append(float(((measured >= lower) & (measured <= upper)).mean()))
     return out
 
 
 def fit_intervals(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str | None = None
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str | None = None,
+    libraries: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The interval calibration a model keeps, from the held-out residuals of the inner folds.
 
-    Besides the method's parameters it keeps each inner held-out part's coverage of the 90 %
-    interval when the other parts calibrate it (empty with a single part).
+    ``libraries``: each pair's spots' library sizes (the ``depth`` method needs them). Besides
+    the method's parameters it keeps each inner held-out part's coverage of the 90 % interval
+    when the other parts calibrate it, at its own spots' library sizes (empty with a single
+    part).
     """
     method = METHOD if method is None else method
-    params = _fit(pairs, method)
+    params = _fit(pairs, method, libraries)
     return {
         "method": DESCRIPTIONS[method],
         **params,
         "n_calibration_spots": int(sum(len(p) for p, _ in pairs)),
         "n_calibration_parts": len(pairs),
-        "inner_coverage_0.9": [round(c, 4) for c in section_coverage(pairs, method)],
+        "inner_coverage_0.9": [
+            round(c, 4) for c in section_coverage(pairs, method, libraries=libraries)
+        ],
     }
 
 
@@ -258,8 +339,9 @@ def gene_scores(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
 def half_width(intervals: Mapping[str, Any], level: float) -> np.ndarray:
     """The per-gene half-width at ``level``, refused with the levels kept if it is not one.
 
-    For ``mondrian`` and ``spread`` it is the pooled quantile (of absolute residuals, or of
-    residuals over the relative spread): a slide's own half-widths come from :func:`bounds`.
+    For ``mondrian``, ``spread`` and ``depth`` it is the pooled quantile (of absolute
+    residuals, of residuals over the relative spread, or at the reference library size): a
+    slide's own half-widths come from :func:`bounds`.
     """
     kept = intervals["half_width"]
     key = f"{float(level):g}"

@@ -41,6 +41,7 @@ def predict_cohort(
     overwrite: bool,
     client: Any,
     level: float | None = None,
+    library_size: Any = "auto",
 ) -> pd.DataFrame:
     """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
     import pandas as pd
@@ -82,7 +83,8 @@ def predict_cohort(
     check_store_name("key_added", check_element_name("key_added", key_added),
                      what="table of predictions in each slide's store")
     # every option is checked here, before the first slide is read
-    resolved_level = check_options(metadata, level=level, batch_size=batch_size, device=device)
+    resolved_level = check_options(metadata, level=level, batch_size=batch_size, device=device,
+                                   library_size=library_size)
     check_fraction("min_tissue", min_tissue, closed="both")
     if stride_um is not None:
         check_positive("stride_um", stride_um, unit="um")
@@ -106,6 +108,9 @@ def predict_cohort(
         "key_added": key_added,
         "level": float(resolved_level),
     }
+    if not (isinstance(library_size, str) and library_size == "auto"):  # the default: unrecorded,
+        # so that predictions stored before the option existed are still found alike
+        options["library_size"] = None if library_size is None else float(library_size)
     fingerprint = model_fingerprint(model)
     tasks, rows = [], {}
     for slide_id in cohort.ids:  # every slide's work is decided before anything is computed
@@ -143,6 +148,7 @@ def predict_cohort(
                     "device": device,
                     "key_added": key_added,
                     "level": level,
+                    "library_size": library_size,
                     "name": slide_id,
                 },
             }

@@ -35,6 +35,7 @@ class _Section:
     tile_rows: np.ndarray  # rows of the spot-tile table that have a spot with counts
     targets: np.ndarray  # (n, genes) log1p-normalised expression
     centres: np.ndarray  # (n, 2) um
+    library: np.ndarray  # (n,) each spot's counts over all genes (its library size)
 
 
 def _encoder_name(encoder: Any) -> str:
@@ -126,7 +127,8 @@ def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spot
         raise ValueError(f"Section {name!r} has fewer than 2 spots on the image with counts.")
     targets = expression_targets(counts_table[spot_rows[keep]], genes)
     return _Section(name, sdata, np.flatnonzero(keep), targets,
-                    np.asarray(tile_table.obsm["spatial"])[keep])
+                    np.asarray(tile_table.obsm["spatial"])[keep],
+                    library[spot_rows[keep]])
 
 
 def tile_differences(sdata, tiles_key: str, *, image_key: str, size_um: float, mpp: float,

@@ -6,7 +6,7 @@ The model is one trained by ``hx.tl.fit(..., model="spot_regressor")``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..._core.ownership import (
 from ..._core.records import TileRecord, made_within
 from ..._core.seeds import resolve_device
 from ..._core.spatial_uns import add_spatial_uns
-from ..._core.validate import check_element_name, check_fraction, check_int
+from ..._core.validate import check_element_name, check_fraction, check_int, check_positive
 from .._features._embed import encoder_fingerprint
 from ._calibration import annotate
 from ._conformal import DEFAULT_LEVEL, half_width
@@ -50,6 +50,7 @@ def predict(
     batch_size: int = 64,
     device: str | None = None,
     level: float | None = None,
+    library_size: float | Literal["auto"] | None = "auto",
     name: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
@@ -93,6 +94,18 @@ def predict(
         Level of the prediction intervals (``layers["lower"]``, ``layers["upper"]``): one of
         the levels the model keeps, 0.5, 0.8, 0.9 or 0.95; ``None``: 0.9 where the model keeps
         intervals. A level given to a model without intervals (no calibration) is an error.
+    library_size
+        The sequencing depth the intervals speak of, for a model whose intervals depend on it
+        (``uns["prediction"]["intervals"]["kind"] == "depth"``: a spot measured with fewer
+        UMIs is noisier, so its interval is wider). A spot's library size is its counts over
+        all genes. ``"auto"``: a tile centred on a spot of the section's counts table (the
+        table the model was trained with, e.g. ``"table"``) takes that spot's library size,
+        so its interval is about the value measured there; every other tile (grid tiles, an
+        H&E-only slide) takes the reference, the geometric mean of the calibration spots'
+        library sizes. A number: that library size (UMIs per spot) for every tile, e.g. the
+        depth of the assay to compare with. ``None``: the reference for every tile. Each
+        tile's library size is in ``obs["interval_library_size"]``. A number given to a model
+        whose intervals do not depend on depth is an error.
     name
         The slide's name in the guard's warning; ``None`` uses the file the section was read
         from, or the image key.
@@ -140,7 +153,7 @@ def predict(
         return predict_cohort(model, sdata, tiles_key=tiles_key, image_key=image_key,
                               stride_um=stride_um, min_tissue=min_tissue, batch_size=batch_size,
                               device=device, key_added=key_added, overwrite=overwrite,
-                              client=client, level=level)
+                              client=client, level=level, library_size=library_size)
     if client is not None:
         raise ValueError("client= runs the slides of a cohort on dask workers; a single "
                          "section is predicted here: drop client=.")
@@ -154,7 +167,8 @@ def predict(
                                    else tiles_key)
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
     check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
-    level = check_options(metadata, level=level, batch_size=batch_size, device=device)
+    level = check_options(metadata, level=level, batch_size=batch_size, device=device,
+                          library_size=library_size)
     mpp = metadata["mpp"]
     # everything that can be refused is checked before anything is written
     check_pixel_size_stated(sdata, image_key)
@@ -168,16 +182,20 @@ def predict(
     with undone_on_error(sdata):  # the tissue map and tiles made here go if a check refuses
         return _predict(model, sdata, metadata, tiles_key=tiles_key, image_key=image_key,
                         stride_um=stride_um, min_tissue=min_tissue, batch_size=batch_size,
-                        device=device, level=level, name=name, key_added=key_added,
-                        overwrite=overwrite)
+                        device=device, level=level, library_size=library_size, name=name,
+                        key_added=key_added, overwrite=overwrite)
 
 
 def check_options(metadata: Mapping[str, Any], *, level: float | None, batch_size: Any,
-                  device: str | None) -> float:
-    """Refuse a bad level, batch size or device before any work; return the level to use."""
+                  device: str | None, library_size: Any = "auto") -> float:
+    """Refuse a bad level, batch size, device or library size before any work.
+
+    Returns the level to use.
+    """
     check_int("batch_size", batch_size, minimum=1)
     resolve_device(device)
     calibration = metadata.get("calibration") or {}
+    check_library_size(calibration, library_size)
     if level is None:
         return DEFAULT_LEVEL
     level = check_fraction("level", level)
@@ -192,8 +210,54 @@ def check_options(metadata: Mapping[str, Any], *, level: float | None, batch_siz
     return level
 
 
+def check_library_size(calibration: Mapping[str, Any], library_size: Any) -> None:
+    """``"auto"``, ``None`` or a positive number; a number only for depth-aware intervals."""
+    if library_size is None or (isinstance(library_size, str) and library_size == "auto"):
+        return
+    if isinstance(library_size, str | bool) or not isinstance(library_size, int | float
+                                                               | np.number):
+        raise ValueError(
+            f"library_size={library_size!r}: pass a number of UMIs per spot (e.g. 5000), "
+            "'auto' (each spot's own where the section has counts, else the calibration's "
+            "reference) or None (the reference).")
+    check_positive("library_size", library_size, unit="UMIs per spot")
+    kind = (calibration.get("intervals") or {}).get("kind", "pooled")
+    if not calibration.get("available") or kind != "depth":
+        raise ValueError(
+            f"library_size={library_size:g} asks for intervals at a sequencing depth, but this "
+            "model's intervals do not depend on depth ("
+            + (f"interval method {kind!r}" if calibration.get("available") else
+               "it keeps no intervals")
+            + "). Leave library_size='auto', or retrain the model with this histoexpr to have "
+            "depth-aware intervals.")
+
+
+def tile_library_sizes(sdata, table, metadata: Mapping[str, Any],
+                       library_size: Any) -> np.ndarray | None:
+    """The library size each tile's interval is asked at; ``None``: the reference for all.
+
+    ``"auto"``: the spot's own for a tile centred on a spot of the counts table the model was
+    trained with (``metadata["table_key"]``, ``"table"`` for older models), NaN (the reference)
+    for every other tile.
+    """
+    from ..._core.expression import library_sizes
+
+    if library_size is None:
+        return None
+    if not isinstance(library_size, str):
+        return np.full(table.n_obs, float(library_size))
+    counts = sdata.tables.get(metadata.get("table_key", "table"))
+    if counts is None or "spot_id" not in table.obs or "spot_id" not in counts.obs:
+        return None
+    own = dict(zip(counts.obs["spot_id"].to_numpy(), library_sizes(counts), strict=True))
+    values = np.array([own.get(spot, np.nan) for spot in table.obs["spot_id"].to_numpy()],
+                      dtype=np.float64)
+    values[~(values > 0)] = np.nan  # a spot without counts: the reference
+    return None if np.isnan(values).all() else values
+
+
 def _predict(model, sdata, metadata, *, tiles_key, image_key, stride_um, min_tissue, batch_size,
-             device, level, name, key_added, overwrite):
+             device, level, library_size, name, key_added, overwrite):
     from ...pp import tile
 
     size_um, mpp = metadata["size_um"], metadata["mpp"]
@@ -263,7 +327,8 @@ def _predict(model, sdata, metadata, *, tiles_key, image_key, stride_um, min_tis
                               image={"key": image_key,
                                      "fingerprint": image_fingerprint(sdata, image_key)})
     add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
-    annotate(table, metadata, unscaled, level=level, name=_slide_name(sdata, image_key, name))
+    annotate(table, metadata, unscaled, level=level, name=_slide_name(sdata, image_key, name),
+             library_size=tile_library_sizes(sdata, table, metadata, library_size))
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     store_element(sdata, "tables", key_added, table, step=STEP)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")

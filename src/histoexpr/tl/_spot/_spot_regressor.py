@@ -144,6 +144,7 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
                 for name, s in sections.items()]
     metadata = {"model": "spot_regressor", "route": options.route, "genes": chosen,
                 "size_um": float(size_um), "mpp": float(mpp), "image_key": options.image_key,
+                "table_key": options.table_key,
                 "in_channels": in_channels,
                 "trained_on": {p.name: len(p.targets) for p in prepared}}
     match options:  # the route is the options' class
