@@ -60,7 +60,7 @@ DEFAULT_LEVEL = 0.9
 #: the ways of calibrating intervals, simplest first (see the module's text)
 METHODS = ("pooled", "section_weighted", "offset", "mondrian", "spread", "depth")
 #: the method a model is calibrated with, chosen by the inner criterion
-METHOD = "pooled"
+METHOD = "depth"
 #: the relative spread of a slide's predictions is clipped to this range (``spread``)
 SPREAD_CLIP = (0.5, 2.0)
 #: a slide with fewer tiles has no spread of its own (relative spread 1)
