@@ -320,9 +320,17 @@ TRAIN: dict = {}
 
 
 def fit_both(train: dict, size_um: float, mpp):
-    """The model with calibration, and the CPU seconds of fit with and without it."""
+    """The model with calibration, and the CPU seconds of fit with and without it.
+
+    ``route="auto"`` (``--route auto``) is fitted once: its calibration reuses the held-out
+    predictions of its own search, so a fit without it would cost as much again for nothing.
+    """
     import histoexpr as hx
 
+    if OPTIONS["route"] == "auto" and "candidates" not in OPTIONS:
+        began = cpu()
+        model = hx.tl.fit(train, model="spot_regressor", size_um=size_um, mpp=mpp, **OPTIONS)
+        return model, None, round(cpu() - began, 2)
     began = cpu()
     plain = hx.tl.fit(
         train, model="spot_regressor", size_um=size_um, mpp=mpp, calibrate=False, **OPTIONS
@@ -419,8 +427,12 @@ def run(data_names: list[str], guard: bool) -> None:
                 "mean_inner_pearson": round(
                     float(np.nanmean(model.metadata["calibration"]["inner_pearson"])), 3
                 ),
+                "interval_depth_slope": model.metadata["calibration"]["intervals"].get(
+                    "depth_slope"),
             }
-            print(json.dumps(row), flush=True)
+            if "auto" in model.metadata:
+                row["chosen"] = model.metadata["auto"]["chosen"]
+            print(json.dumps(row, default=str), flush=True)
             if not (guard and data_name == "her2st"):
                 continue
             slides = {
@@ -509,8 +521,19 @@ def main() -> None:
         "single candidate (stain normalisation is one of its candidates); 'none' gives the "
         "baseline of that same path",
     )
+    parser.add_argument(
+        "--route",
+        default="ridge",
+        choices=["ridge", "auto"],
+        help="'auto': route='auto' with its default grid (encoder, stain, scaling, context, "
+        "target and head chosen by inner folds of the training sections) instead of ridge on "
+        "hand-crafted features",
+    )
     args = parser.parse_args()
     CHANGES_RUN[:] = args.changes
+    if args.route == "auto":
+        OPTIONS["route"] = "auto"
+        del OPTIONS["encoder"]
     if args.scaled:
         OPTIONS.update(standardise_sections=True, context_um=(300.0, 600.0))
     if args.stain is not None:

@@ -101,6 +101,26 @@ def test_cohort_predictions_are_the_single_slide_ones_and_a_rerun_skips_them(
     assert resumed["status"].tolist() == ["skipped", "skipped", "computed"]
 
 
+def test_cohort_intervals_at_a_given_library_size_are_recorded_and_checked_on_resume(
+    slides, model, tmp_path
+):
+    """H&E-only slides: intervals at the calibration's reference depth by default, or at the
+    library size asked for; a later run asking another depth does not take the stored tables
+    for its own."""
+    network, _ = model
+    reference = network.metadata["calibration"]["intervals"]["reference_library_size"]
+    cohort = cohort_at(slides, tmp_path / "stores")
+    hx.tl.predict(network, cohort.subset(["slide_00"]), library_size=2 * reference)
+    stored = cohort.store("slide_00").prediction(KEY)
+    assert (stored.obs["interval_library_size"] == 2 * reference).all()
+    by_default = single_slide(network, cohort, "slide_00")
+    assert (by_default.obs["interval_library_size"] == reference).all()
+    assert ((stored.layers["upper"] - stored.layers["lower"])
+            < (by_default.layers["upper"] - by_default.layers["lower"])).all()
+    with pytest.raises(ValueError, match="library_size differ"):
+        hx.tl.predict(network, cohort.subset(["slide_00"]))
+
+
 def test_predictions_survive_a_later_embed_cohort(slides, model, tmp_path):
     network, _ = model
     cohort = cohort_at(slides, tmp_path / "stores").subset(["slide_00"])
@@ -302,6 +322,8 @@ def test_bad_options_are_refused_before_any_slide_is_read(slides, model, tmp_pat
         ({"tiles_key": "a/b"}, "tiles_key='a/b' cannot name an element"),
         ({"stride_um": -1}, "stride_um must be a positive number"),
         ({"min_tissue": 2}, r"min_tissue must be a fraction in \[0, 1\]"),
+        ({"library_size": "spots"}, "library_size='spots': pass a number of UMIs per spot"),
+        ({"library_size": -1}, "library_size must be a positive number"),
     ):
         with pytest.raises(ValueError, match=said):
             hx.tl.predict(network, cohort, **options)

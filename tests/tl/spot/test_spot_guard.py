@@ -325,12 +325,140 @@ def test_mondrian_intervals_follow_the_prediction_level():
         assert (gap > worst) if method == "pooled" else (gap < worst), (method, gap)
 
 
+def _deep_section(rng, n, depths, genes=3):
+    """(predicted, measured) of a section whose spots have library sizes in ``depths``: the
+    residuals' spread falls as one over the square root of the library size (counting noise)."""
+    library = rng.uniform(*depths, size=n)
+    predicted = rng.normal(size=(n, genes))
+    noise = 0.5 * np.sqrt(3000 / library)[:, None]
+    return (predicted, predicted + noise * rng.normal(size=(n, genes))), library
+
+
+def test_depth_intervals_follow_a_spots_library_size():
+    """Training sections of shallow to deep spots: the pooled half-width under-covers a new
+    section sequenced shallower and over-covers a deeper one; scaled by each spot's library
+    size (the fitted power near -1/2), both land near 90 %, and the deep one is narrower."""
+    from histoexpr.tl._spot import _conformal
+
+    rng = np.random.default_rng(6)
+    made = [_deep_section(rng, 600, d) for d in ((1000, 3000), (2000, 6000), (3000, 9000))]
+    pairs, libraries = [m[0] for m in made], [m[1] for m in made]
+    (shallow, shallow_library), (deep, deep_library) = (
+        _deep_section(rng, 4000, (600, 1200)), _deep_section(rng, 4000, (8000, 12000)))
+    pooled = _conformal.fit_intervals(pairs, "pooled", libraries)
+    depth = _conformal.fit_intervals(pairs, "depth", libraries)
+    assert -0.6 < depth["depth_slope"] < -0.4, depth["depth_slope"]
+    assert 2000 < depth["reference_library_size"] < 5000
+
+    def covered(intervals, pair, library):
+        lower, upper = _conformal.bounds(intervals, pair[0], 0.9, library)
+        return float(((pair[1] >= lower) & (pair[1] <= upper)).mean()), float(
+            (upper - lower).mean())
+
+    assert covered(pooled, shallow, shallow_library)[0] < 0.85
+    assert covered(pooled, deep, deep_library)[0] > 0.95
+    (shallow_cov, shallow_width), (deep_cov, deep_width) = (
+        covered(depth, shallow, shallow_library), covered(depth, deep, deep_library))
+    assert 0.86 <= shallow_cov <= 0.94 and 0.86 <= deep_cov <= 0.94, (shallow_cov, deep_cov)
+    assert deep_width < shallow_width / 2
+    # asked at no library size: the reference's half-width, the pooled quantile of the scaled
+    lower, upper = _conformal.bounds(depth, deep[0], 0.9)
+    np.testing.assert_allclose((upper - lower)[0] / 2, depth["half_width"]["0.9"], rtol=1e-6)
+    # the inner check asks each training section at its own spots' library sizes
+    assert all(0.85 <= c <= 0.95 for c in depth["inner_coverage_0.9"])
+
+
+def test_depth_slope_never_widens_intervals_with_more_umis():
+    """Residuals that grow with the library size (not counting noise): the slope is clipped
+    to 0, the pooled quantile; library sizes all alike: 0 too."""
+    from histoexpr.tl._spot import _conformal
+
+    rng = np.random.default_rng(7)
+    library = rng.uniform(1000, 9000, size=2000)
+    residuals = (library / 3000)[:, None] * rng.normal(size=(2000, 2))
+    assert _conformal.depth_slope(residuals, library) == 0.0
+    assert _conformal.depth_slope(residuals, np.full(2000, 5000.0)) == 0.0
+    falling = (library / 3000)[:, None] ** -2 * rng.normal(size=(2000, 2))
+    assert _conformal.depth_slope(falling, library) == -1.0  # at most as one over the size
+
+
+def test_a_spots_interval_speaks_of_its_own_library_size(model, sections):
+    """Spot tiles of a section with counts: each interval at its spot's library size; grid
+    tiles (or library_size=None): at the reference; a number: at that depth. Each tile's half-
+    width is the kept quantile times (L / L_ref) ** slope, and the record says which."""
+    from histoexpr._core.expression import library_sizes
+
+    held = sections["d"]
+    intervals = model.metadata["calibration"]["intervals"]
+    quantile = np.asarray(intervals["half_width"]["0.9"])
+    reference, slope = intervals["reference_library_size"], intervals["depth_slope"]
+    assert slope < 0  # the synthetic counts are Poisson: shallower spots are noisier
+
+    def half_widths(table):
+        return (table.layers["upper"] - table.layers["lower"]) / 2
+
+    table = hx.tl.predict(model, held, tiles_key=spot_tiles(held), key_added="pred_depth")
+    counts = held.tables["table"]
+    own = dict(zip(counts.obs["spot_id"], library_sizes(counts), strict=True))
+    library = np.array([own[s] for s in table.obs["spot_id"]])
+    np.testing.assert_allclose(table.obs["interval_library_size"], library)
+    np.testing.assert_allclose(half_widths(table),
+                               quantile[None, :] * (library / reference)[:, None] ** slope,
+                               rtol=1e-5)
+    record = table.uns["prediction"]["intervals"]
+    assert record["kind"] == "depth" and record["reference_library_size"] == reference
+    assert f"{table.n_obs} of {table.n_obs} tiles at their spot's" in record["library_size"]
+    at_reference = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_ref",
+                                 library_size=None)
+    np.testing.assert_allclose(half_widths(at_reference),
+                               np.broadcast_to(quantile, at_reference.shape), rtol=1e-5)
+    deep = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_deep",
+                         library_size=4 * reference)
+    assert (deep.obs["interval_library_size"] == 4 * reference).all()
+    assert (half_widths(deep) < half_widths(at_reference)).all()
+    on_grid = hx.tl.predict(model, held, tiles_key=grid(held), key_added="pred_grid_depth")
+    assert (on_grid.obs["interval_library_size"] == reference).all()
+    assert "0 of" in on_grid.uns["prediction"]["intervals"]["library_size"]
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.tl.predict(spot_regressor, sdata, library_size='spots')` (or `-1`, `nan`, `True`), or "
+    "`library_size=5000` with a model whose intervals do not depend on depth",
+    says="ValueError: library_size=5000 asks for intervals at a sequencing depth, but this "
+    "model's intervals do not depend on depth ... Leave library_size='auto'",
+    fix="pass a number of UMIs per spot, 'auto' or None; a number only with a model calibrated "
+    "by this histoexpr",
+)
+def test_a_bad_library_size_is_refused_before_writing(model, sections, uncalibrated):
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    before = elements(held)
+    for bad in ("spots", True, [5000]):
+        with pytest.raises(ValueError, match=r"pass a number of UMIs per spot .*'auto'"):
+            hx.tl.predict(model, held, library_size=bad)
+    for bad in (-1, 0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="library_size must be a positive number"):
+            hx.tl.predict(model, held, library_size=bad)
+    with pytest.raises(ValueError, match="keeps no intervals"):
+        hx.tl.predict(uncalibrated, held, library_size=5000)
+    assert elements(held) == before
+    import copy
+
+    pooled = copy.deepcopy(model)
+    pooled.metadata["calibration"]["intervals"]["kind"] = "pooled"
+    with pytest.raises(ValueError, match="do not depend on depth"):
+        hx.tl.predict(pooled, held, library_size=5000)
+    assert elements(held) == before
+
+
 def test_the_model_keeps_the_chosen_method_and_its_inner_coverage(model, sections):
-    """The pooled quantile, chosen on the training sections alone (benchmarks/README.md)."""
+    """The depth-aware method, chosen on the training sections alone (benchmarks/README.md)."""
     from histoexpr.tl._spot import _conformal
 
     intervals = model.metadata["calibration"]["intervals"]
-    assert _conformal.METHOD == "pooled" and intervals["kind"] == "pooled"
+    assert _conformal.METHOD == "depth" and intervals["kind"] == "depth"
     inner = intervals["inner_coverage_0.9"]
     assert len(inner) == 3 and all(0.5 < c <= 1.0 for c in inner)
     table = hx.tl.predict(model, sections["d"], tiles_key=grid(sections["d"]), key_added="p_kind")
