@@ -207,6 +207,8 @@ def coverage_rows(model, sdata, name: str) -> dict:
     row.update(baseline(model, sdata, truth, library))
     row["candidates_0.9 (coverage, width)"] = outer_candidates(pairs, libraries, predicted,
                                                                truth, library)
+    row["coverage_0.9_by_library_quartile"] = by_library_quartile(
+        pairs, libraries, predicted, truth, library)
     row["spread_of_truth"] = round(float(truth.std(axis=0).mean()), 3)
     row["n_spots"] = int(len(truth))
     return row
@@ -312,6 +314,22 @@ def outer_candidates(pairs: list, libraries: list, predicted: np.ndarray, truth:
             round(float(((truth >= lower) & (truth <= upper)).mean()), 3),
             round(float((upper - lower).mean()), 3),
         ]
+    return out
+
+
+def by_library_quartile(pairs: list, libraries: list, predicted: np.ndarray, truth: np.ndarray,
+                        library: np.ndarray) -> dict:
+    """Coverage at 0.9 in each quarter of the held-out spots by library size, shallowest first:
+    the model's method and the pooled quantile (one width for every spot)."""
+    from histoexpr.tl._spot import _conformal
+
+    quarter = np.searchsorted(np.quantile(library, [0.25, 0.5, 0.75]), library, side="right")
+    out = {}
+    for method in dict.fromkeys([_conformal.METHOD, "pooled"]):
+        lower, upper = _conformal.bounds(_conformal._fit(pairs, method, libraries), predicted,
+                                         0.9, library)
+        inside = (truth >= lower) & (truth <= upper)
+        out[method] = [round(float(inside[quarter == q].mean()), 3) for q in range(4)]
     return out
 
 

@@ -136,11 +136,12 @@ def predict(
     the domain-shift guard of each tile in ``obs`` (``guard_score``; ``guard_percentile``, its
     percentile among held-out training tiles; ``out_of_range``, above the 99th), a
     ``UserWarning`` naming the slide when more than half its tiles are out of range; split-
-    conformal intervals at ``level`` in ``layers["lower"]`` and ``layers["upper"]``; each
-    gene's inner Pearson in ``var["inner_pearson"]``. ``uns["prediction"]`` states the units
-    and normalisation of ``X``, the genes' scores, the training sections, the tile size and
-    pixel size, the encoder and its fingerprint, the guard's summary of the slide and the
-    intervals' level (each gene's half-width in ``var["interval_half_width"]``;
+    conformal intervals at ``level`` in ``layers["lower"]`` and ``layers["upper"]``, at the
+    library size of ``obs["interval_library_size"]`` (see ``library_size``); each gene's inner
+    Pearson in ``var["inner_pearson"]``. ``uns["prediction"]`` states the units and
+    normalisation of ``X``, the genes' scores, the training sections, the tile size and pixel
+    size, the encoder and its fingerprint, the guard's summary of the slide and the intervals'
+    level and library sizes (each gene's mean half-width in ``var["interval_half_width"]``;
     ``"available": False`` and why, for a model without a calibration). The page "What a
     prediction means" says what these mean and do not mean.
 
