@@ -17,15 +17,15 @@ then predicted:
   thresholds (99th percentile, half the tiles) were fixed before this was run.
 
 Which interval method a model uses (``histoexpr.tl._spot._conformal.METHODS``: ``pooled``,
-``section_weighted``, ``offset``, ``mondrian``, ``spread``) is chosen by ``--select`` from the
-training sections alone, before any outer number is looked at. Criterion, per outer fold of both
-data sets and both configurations (plain and ``--scaled``): the inner held-out predictions of
-the training sections (the calibration's own leave-one-section-out), each inner section's
+``section_weighted``, ``offset``, ``mondrian``, ``spread``, ``depth``) is chosen by ``--select``
+from the training sections alone, before any outer number is looked at. Criterion, per outer fold
+of both data sets and both configurations (plain and ``--scaled``): the inner held-out predictions
+of the training sections (the calibration's own leave-one-section-out), each inner section's
 coverage of the 90 % interval when the *other* training sections calibrate it. Rule: the method
 whose worst distance ``|coverage - 0.9|`` over all those inner sections is smallest; a method
 within 0.005 of the best loses to a simpler one (earlier in ``METHODS``). The outer sections are
-not predicted in ``--select``. The plain run then reports the chosen method's outer coverage
-and, for the record only, every candidate's.
+not predicted in ``--select``. The plain run then reports the chosen method's outer coverage and,
+for the record only, every candidate's.
 
 Baseline for the intervals, same run: the same conformal procedure around an image-blind
 predictor (each gene's mean over the training spots). Reported with the CPU seconds of fit with
@@ -34,6 +34,14 @@ and without the calibration, on the same features.
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --scaled
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --select
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_spot_guard.py --no-guard \
+        --route auto
+
+Each held-out spot's interval is asked at its own library size (``hx.tl.predict``'s default
+``library_size="auto"`` on spot tiles of a section with counts), and so is each inner held-out
+training section's in ``--select``; the ``depth`` method uses it, the others ignore it.
+``--route auto`` fits ``route="auto"`` with its default grid once per outer fold (its
+calibration reuses the held-out predictions of its own search).
 
 ``--stain macenko`` fits the same model with Macenko stain normalisation (a candidate of
 ``route="auto"``, so fitted as ``route="auto"`` with that single candidate); ``--stain none``
