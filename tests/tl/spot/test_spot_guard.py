@@ -421,6 +421,23 @@ def test_a_spots_interval_speaks_of_its_own_library_size(model, sections):
     assert "0 of" in on_grid.uns["prediction"]["intervals"]["library_size"]
 
 
+def test_a_table_without_raw_counts_gives_intervals_at_the_reference(model, sections):
+    """Spot tiles of a section whose table holds log-normalised values (no depth to read):
+    intervals at the reference library size, not an error."""
+    from conftest import copy_section
+
+    held = copy_section(sections["d"])
+    spot_tiles(held)
+    table = held.tables["table"]
+    if "counts" in table.layers:
+        del table.layers["counts"]
+    table.X = np.log1p(np.asarray(table.X.todense() if hasattr(table.X, "todense")
+                                  else table.X, dtype=np.float32))
+    result = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_lognorm")
+    reference = model.metadata["calibration"]["intervals"]["reference_library_size"]
+    assert (result.obs["interval_library_size"] == reference).all()
+
+
 @bad_input(
     "silently wrong",
     "`hx.tl.predict(spot_regressor, sdata, library_size='spots')` (or `-1`, `nan`, `True`), or "

@@ -239,18 +239,26 @@ def tile_library_sizes(sdata, table, metadata: Mapping[str, Any],
 
     ``"auto"``: the spot's own for a tile centred on a spot of the counts table the model was
     trained with (``metadata["table_key"]``, ``"table"`` for older models), NaN (the reference)
-    for every other tile.
+    for every other tile; the reference for all where that table holds no raw counts (logged).
     """
     from ..._core.expression import library_sizes
 
-    if library_size is None:
+    intervals = (metadata.get("calibration") or {}).get("intervals") or {}
+    if library_size is None or intervals.get("kind") != "depth":
         return None
     if not isinstance(library_size, str):
         return np.full(table.n_obs, float(library_size))
-    counts = sdata.tables.get(metadata.get("table_key", "table"))
+    key = metadata.get("table_key", "table")
+    counts = sdata.tables.get(key)
     if counts is None or "spot_id" not in table.obs or "spot_id" not in counts.obs:
         return None
-    own = dict(zip(counts.obs["spot_id"].to_numpy(), library_sizes(counts), strict=True))
+    try:
+        sizes = library_sizes(counts)
+    except ValueError as error:  # e.g. log-normalised values: no depth to read
+        logger.info("Intervals at the reference library size: the table %r gives no spot's "
+                    "depth (%s).", key, error)
+        return None
+    own = dict(zip(counts.obs["spot_id"].to_numpy(), sizes, strict=True))
     values = np.array([own.get(spot, np.nan) for spot in table.obs["spot_id"].to_numpy()],
                       dtype=np.float64)
     values[~(values > 0)] = np.nan  # a spot without counts: the reference
