@@ -402,8 +402,9 @@ def test_a_spots_interval_speaks_of_its_own_library_size(model, sections):
     own = dict(zip(counts.obs["spot_id"], library_sizes(counts), strict=True))
     library = np.array([own[s] for s in table.obs["spot_id"]])
     np.testing.assert_allclose(table.obs["interval_library_size"], library)
+    capped = np.minimum(library, intervals["deepest_library_size"])  # never extrapolated deeper
     np.testing.assert_allclose(half_widths(table),
-                               quantile[None, :] * (library / reference)[:, None] ** slope,
+                               quantile[None, :] * (capped / reference)[:, None] ** slope,
                                rtol=1e-5)
     record = table.uns["prediction"]["intervals"]
     assert record["kind"] == "depth" and record["reference_library_size"] == reference
@@ -413,9 +414,13 @@ def test_a_spots_interval_speaks_of_its_own_library_size(model, sections):
     np.testing.assert_allclose(half_widths(at_reference),
                                np.broadcast_to(quantile, at_reference.shape), rtol=1e-5)
     deep = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_deep",
-                         library_size=4 * reference)
-    assert (deep.obs["interval_library_size"] == 4 * reference).all()
+                         library_size=intervals["deepest_library_size"])
+    assert (deep.obs["interval_library_size"] == intervals["deepest_library_size"]).all()
     assert (half_widths(deep) < half_widths(at_reference)).all()
+    # far deeper than any calibration spot (another platform): no narrower than the deepest
+    deeper = hx.tl.predict(model, held, tiles_key="spot_tiles", key_added="pred_deeper",
+                           library_size=100 * intervals["deepest_library_size"])
+    np.testing.assert_allclose(half_widths(deeper), half_widths(deep), rtol=1e-6)
     on_grid = hx.tl.predict(model, held, tiles_key=grid(held), key_added="pred_grid_depth")
     assert (on_grid.obs["interval_library_size"] == reference).all()
     assert "0 of" in on_grid.uns["prediction"]["intervals"]["library_size"]

@@ -35,7 +35,9 @@ when the others calibrate it, worst distance to the level), never by the outer s
     ``(L / L_ref) ** b`` (``L_ref`` the geometric mean of the calibration spots' library sizes)
     give the quantile, and a tile's half-width is that quantile times ``(L / L_ref) ** b`` for
     the library size its interval is asked at (``L_ref`` where none is given: an H&E-only
-    slide).
+    slide). ``L`` above the deepest calibration spot's is taken as that: the fitted relation is
+    not extrapolated to narrower intervals than any depth it has seen (another platform may be
+    sequenced far deeper, and the model's own error does not shrink with depth).
 
 Coverage holds for a new section that is as exchangeable with the training sections as they are
 with each other; a slide unlike them (see the guard) can be covered less. A model file written
@@ -174,10 +176,14 @@ def depth_slope(residuals: np.ndarray, library: np.ndarray) -> float:
 
 
 def depth_scale(intervals: Mapping[str, Any], library_size: Any, n: int) -> np.ndarray:
-    """Each of ``n`` tiles' factor ``(L / L_ref) ** b`` (``depth``); 1 where ``L`` is None/NaN."""
+    """Each of ``n`` tiles' factor ``(L / L_ref) ** b`` (``depth``); 1 where ``L`` is None/NaN.
+
+    ``L`` is capped at the deepest calibration spot's library size.
+    """
     if library_size is None:
         return np.ones((n, 1))
     library = np.broadcast_to(np.asarray(library_size, dtype=np.float64), (n,))
+    library = np.minimum(library, float(intervals["deepest_library_size"]))
     ratio = library / float(intervals["reference_library_size"])
     known = np.isfinite(ratio) & (ratio > 0)  # NaN: the reference
     return np.where(known, np.where(known, ratio, 1.0) ** float(intervals["depth_slope"]),
@@ -232,6 +238,7 @@ def _fit(pairs: Sequence[tuple[np.ndarray, np.ndarray]], method: str,
                              "calibration spot.")
         params["depth_slope"] = depth_slope(signed, library)
         params["reference_library_size"] = float(np.exp(np.log(library).mean()))
+        params["deepest_library_size"] = float(library.max())
         scale = depth_scale(params, library, len(library))
         quantile = partial(conformal_quantile, residuals / scale)
     else:  # spread
