@@ -103,8 +103,9 @@ def predict(
         so its interval is about the value measured there; every other tile (grid tiles, an
         H&E-only slide) takes the reference, the geometric mean of the calibration spots'
         library sizes. A number: that library size (UMIs per spot) for every tile, e.g. the
-        depth of the assay to compare with. ``None``: the reference for every tile. Each
-        tile's library size is in ``obs["interval_library_size"]``. A number given to a model
+        depth of the assay to compare with. ``None``: the reference for every tile. A library
+        size above the deepest calibration spot's gets that spot's width (never narrower).
+        Each tile's library size is in ``obs["interval_library_size"]``. A number given to a model
         whose intervals do not depend on depth is an error.
     name
         The slide's name in the guard's warning; ``None`` uses the file the section was read
