@@ -160,10 +160,8 @@ def annotate(
             warnings.warn(message, UserWarning, stacklevel=4)
             logger.warning(message)
         intervals = calibration["intervals"]
-        depth = _depth_record(table, intervals, library_size)
-        lower, upper = _conformal.bounds(
-            intervals, table.X, level,
-            table.obs["interval_library_size"].to_numpy() if depth else None)
+        depth, library = _depth_record(table, intervals, library_size)
+        lower, upper = _conformal.bounds(intervals, table.X, level, library)
         table.layers[LOWER] = lower
         table.layers[UPPER] = upper
         table.var["interval_half_width"] = ((upper - lower) / 2).mean(axis=0).astype(float)
@@ -195,18 +193,20 @@ def annotate(
 
 
 def _depth_record(table, intervals: Mapping[str, Any],
-                  library_size: np.ndarray | None) -> dict[str, Any]:
-    """Depth-aware intervals: each tile's library size in ``obs``, and what was used.
+                  library_size: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Depth-aware intervals: the record of what was used, and each tile's library size.
 
-    Empty for intervals of another method (their width does not depend on depth).
+    The library sizes also go to ``obs["interval_library_size"]``. ``({}, None)`` for intervals
+    of another method (their width does not depend on depth).
     """
     if intervals.get("kind") != "depth":
-        return {}
+        return {}, None
     reference = float(intervals["reference_library_size"])
     values = np.full(table.n_obs, np.nan) if library_size is None else np.asarray(
         library_size, dtype=np.float64)
     own = np.isfinite(values) & (values > 0)
-    table.obs["interval_library_size"] = np.where(own, values, reference)
+    library = np.where(own, values, reference)
+    table.obs["interval_library_size"] = library
     return {
         "library_size": (
             f"obs['interval_library_size']: {int(own.sum())} of {table.n_obs} tiles at their "
@@ -215,7 +215,7 @@ def _depth_record(table, intervals: Mapping[str, Any],
         ),
         "reference_library_size": reference,
         "depth_slope": float(intervals["depth_slope"]),
-    }
+    }, library
 
 
 def contract(metadata: Mapping[str, Any]) -> dict[str, Any]:
