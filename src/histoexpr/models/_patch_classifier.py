@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._base import Network
+from ._encoders import conv_block
 
 
 class PatchClassifier(Network):
@@ -69,8 +70,7 @@ class PatchClassifier(Network):
         blocks, channels = [], in_channels
         for i in range(depth):
             out = width * 2**i
-            blocks += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            blocks += conv_block(channels, out)
             channels = out
         self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, n_classes))
