@@ -150,3 +150,61 @@ def test_inference_network_folds_batch_norm_and_leaves_the_callers_network_alone
     plain = nn.Sequential(nn.Linear(4, 3))
     same, channels_last = inference_network(plain, "cpu")
     assert same is plain and not channels_last and not plain.training
+
+
+def _minor_page_faults(allocations: int) -> int:
+    """Minor page faults of allocating, writing and freeing 64 MiB ``allocations`` times."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(allocations):
+        block = torch.empty(16 * 2**20)  # 64 MiB of float32: above glibc's mmap threshold
+        block.fill_(1.0)
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_large_blocks_are_reused_while_a_cpu_trains_and_malloc_is_set_back_after():
+    from histoexpr._core import devices as _devices
+
+    if _devices._glibc() is None:
+        pytest.skip("the C library here is not glibc: reused_host_memory changes nothing")
+    outside = _minor_page_faults(8)
+    with _devices.reused_host_memory("cpu"):
+        with _devices.reused_host_memory("cpu"):  # nested: applied once
+            assert _devices._HEAP["depth"] == 2
+        inside = _minor_page_faults(8)
+    assert _devices._HEAP["depth"] == 0
+    import resource
+
+    pages = 64 * 2**20 // resource.getpagesize()
+    # outside, each 64 MiB block is mapped and faulted in afresh; inside, the heap grows once
+    assert outside > 0.9 * 8 * pages
+    assert inside < 1.5 * pages
+    with _devices.reused_host_memory("cuda:0"):  # another device: nothing is changed
+        assert _devices._HEAP["depth"] == 0
+
+
+def test_reused_host_memory_changes_no_number_of_a_training_run(monkeypatch):
+    from histoexpr._core import devices as _devices
+
+    generator = torch.Generator().manual_seed(0)
+    tiles = torch.rand(64, 3, 48, 48, generator=generator)
+    targets = torch.randn(64, generator=generator)
+    batches = [{"x": tiles[i: i + 32], "y": targets[i: i + 32]} for i in (0, 32)]
+
+    def loss(network, batch):
+        return nn.functional.mse_loss(network(batch["x"]).mean(dim=1), batch["y"])
+
+    def run():
+        torch.manual_seed(1)
+        network = hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8)
+        history = train(network, batches, None, loss, epochs=2, lr=0.01, device="cpu", seed=0)
+        return history["train_loss"], [p.detach().clone() for p in network.parameters()]
+
+    reused, reused_weights = run()
+    monkeypatch.setattr(_devices, "_glibc", lambda: None)  # malloc as it is
+    plain, plain_weights = run()
+    assert reused == plain
+    for a, b in zip(reused_weights, plain_weights, strict=True):
+        assert torch.equal(a, b)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,85 @@ def autocast(precision: Precision | None) -> Iterator[None]:
         return
     with torch.autocast(precision.device_type, dtype=precision.dtype):
         yield
+
+
+#: while a CPU trains or embeds, glibc's malloc serves blocks up to this size from its heap
+HEAP_BLOCK_BYTES = 2**30
+#: glibc's M_MMAP_THRESHOLD grows by itself up to this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+_GLIBC_MAX_DYNAMIC_THRESHOLD = 32 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP = {"depth": 0, "libc": None}
+_HEAP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def reused_host_memory(device: str) -> Iterator[None]:
+    """Keep large freed blocks in the process's heap while a CPU trains or embeds.
+
+    glibc's ``malloc`` maps every block above 32 MiB afresh from the kernel and unmaps it when
+    it is freed, so a network whose activations are that large (the small CNN's first block on
+    a batch of 128 views of 48 px is 38 MiB) has the kernel fault in and zero its pages again at
+    every step: on that SimCLR step, about 18,000 page faults and 0.04 CPU s of system time, a
+    tenth of the step. Inside this context, blocks up to :data:`HEAP_BLOCK_BYTES` come from the
+    heap and stay there for reuse (glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``); on
+    leaving the outermost one, they are set to where glibc's own adjustment takes them in a
+    process that has freed such blocks (32 MiB and 64 MiB: setting them stops that adjustment,
+    and leaving them at their starting 128 KiB would map every block above it afresh) and the
+    freed memory is returned to the system (``malloc_trim``). The numbers computed do not
+    change, only where their memory comes from. Nothing is changed on other devices or on other
+    C libraries (macOS, Windows, musl).
+    """
+    if torch.device(device).type != "cpu" or not _enter_heap():
+        yield
+        return
+    try:
+        yield
+    finally:
+        _leave_heap()
+
+
+def _glibc():
+    """The C library's ``mallopt`` and ``malloc_trim`` where it is glibc, else ``None``."""
+    if _HEAP["libc"] is None:
+        _HEAP["libc"] = False
+        try:
+            import ctypes
+            import platform
+
+            if platform.libc_ver()[0] == "glibc":
+                libc = ctypes.CDLL("libc.so.6")
+                _HEAP["libc"] = libc if hasattr(libc, "mallopt") else False
+        except (OSError, AttributeError):  # pragma: no cover - no glibc here
+            pass
+    return _HEAP["libc"] or None
+
+
+def _enter_heap() -> bool:
+    libc = _glibc()
+    if libc is None:
+        return False
+    with _HEAP_LOCK:
+        if _HEAP["depth"] == 0:
+            if not (libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_BLOCK_BYTES)):
+                _restore_glibc(libc)  # refused (an older glibc): leave malloc as it was
+                return False
+        _HEAP["depth"] += 1
+    return True
+
+
+def _leave_heap() -> None:
+    libc = _glibc()
+    with _HEAP_LOCK:
+        _HEAP["depth"] -= 1
+        if _HEAP["depth"] == 0:
+            _restore_glibc(libc)
+
+
+def _restore_glibc(libc) -> None:
+    libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_DYNAMIC_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MAX_DYNAMIC_THRESHOLD)
+    libc.malloc_trim(0)
 
 
 def backward_and_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer,

@@ -309,11 +309,12 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     # of output pixels where they would exceed the streaming budget (an image without pyramid)
     factor = target_mpp / level.mpp
     level_bytes = (out_h * factor) * (out_w * factor) * (pixel_bytes + 3 * 4 * pixel_bytes)
-    budget = min(STREAM_BYTES, available_memory() // 4)
     box = (x_min, y_min, x_max, y_max)
-    if factor > 1.5 and level_bytes > budget and max(out_h, out_w) > 1:
-        return _read_in_blocks(level, box, (out_h, out_w), fill,
-                               level_bytes / (out_h * out_w), budget)
+    if factor > 1.5 and max(out_h, out_w) > 1:  # the memory available: asked only here
+        budget = min(STREAM_BYTES, available_memory() // 4)
+        if level_bytes > budget:
+            return _read_in_blocks(level, box, (out_h, out_w), fill,
+                                   level_bytes / (out_h * out_w), budget)
     return _read_box(level, box, (out_h, out_w), fill)
 
 

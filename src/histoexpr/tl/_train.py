@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from .._core import distributed as _distributed
-from .._core.devices import autocast, backward_and_step, resolve_precision, use_channels_last
+from .._core.devices import (
+    autocast,
+    backward_and_step,
+    resolve_precision,
+    reused_host_memory,
+    use_channels_last,
+)
 from .._core.logs import logger, progress
 from .._core.seeds import resolve_device, seed_everything
 
@@ -135,33 +141,35 @@ def train(
     main = ctx is None or ctx.is_main
     bar = progress(range(first_epoch, epochs), desc=desc, total=max(0, epochs - first_epoch),
                    show=None if main else False)
-    for epoch in bar:
-        network.train()
-        history["train_loss"].append(
-            _run_epoch(model, train_batches, loss, device, optimiser, precision, ctx, scheduler))
-        history["epochs_run"] = epoch + 1
-        if val_batches is None:
-            bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}")
+    with reused_host_memory(device):  # large activations: no page faults at every step
+        for epoch in bar:
+            network.train()
+            history["train_loss"].append(
+                _run_epoch(model, train_batches, loss, device, optimiser, precision, ctx,
+                           scheduler))
+            history["epochs_run"] = epoch + 1
+            if val_batches is None:
+                bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}")
+                if on_epoch is not None:
+                    on_epoch(epoch, history)
+                continue
+            network.eval()
+            with torch.no_grad():  # the bare network: no gradients to synchronise
+                val_loss = _run_epoch(network, val_batches, loss, device, None, precision, ctx)
+            history["val_loss"].append(val_loss)
+            bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
             if on_epoch is not None:
                 on_epoch(epoch, history)
-            continue
-        network.eval()
-        with torch.no_grad():  # the bare network: no gradients to synchronise
-            val_loss = _run_epoch(network, val_batches, loss, device, None, precision, ctx)
-        history["val_loss"].append(val_loss)
-        bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
-        if on_epoch is not None:
-            on_epoch(epoch, history)
-        if val_loss < best_loss:
-            best_loss, since_best, history["best_epoch"] = val_loss, 0, epoch
-            best_state = copy.deepcopy(network.state_dict())
-        else:
-            since_best += 1
-            if patience is not None and since_best >= patience:
-                if main:
-                    logger.info("%s: stopped early after epoch %d (best: epoch %d, val loss "
-                                "%.4g)", desc, epoch + 1, history["best_epoch"] + 1, best_loss)
-                break
+            if val_loss < best_loss:
+                best_loss, since_best, history["best_epoch"] = val_loss, 0, epoch
+                best_state = copy.deepcopy(network.state_dict())
+            else:
+                since_best += 1
+                if patience is not None and since_best >= patience:
+                    if main:
+                        logger.info("%s: stopped early after epoch %d (best: epoch %d, val loss "
+                                    "%.4g)", desc, epoch + 1, history["best_epoch"] + 1, best_loss)
+                    break
     if best_state is not None:
         network.load_state_dict(best_state)
     else:

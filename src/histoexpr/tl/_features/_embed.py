@@ -16,6 +16,7 @@ from ..._core.devices import (
     inference_network,
     loader_options,
     resolve_precision,
+    reused_host_memory,
 )
 from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.image_facts import image_coverage, image_fingerprint
@@ -313,7 +314,7 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
                         **loader_options(device))
     mean, std = _normalisation_tensors(normalisation, device)
     chunks = []
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), autocast(precision), reused_host_memory(device):
         for batch in progress(loader, desc=desc, total=len(loader)):
             images = batch["image"].to(device, non_blocking=True)
             if mean is not None:
