@@ -37,3 +37,59 @@ def test_chunks_too_big_for_the_budget_are_read_directly():
     cache = ChunkCache(max_bytes=1000)
     np.testing.assert_array_equal(cache.read(da.from_array(data), 5, 9, 5, 9), data[:, 5:9, 5:9])
     assert not cache._blocks
+
+
+def _levels(seed: int = 0, mpp: float = 0.5):
+    import xarray as xr
+
+    from histoexpr._core.image import ImageLevel
+
+    data = np.random.default_rng(seed).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+    array = xr.DataArray(da.from_array(data, chunks=(3, 64, 64)), dims=("c", "y", "x"))
+    return [ImageLevel(array, mpp, (0.0, 0.0))], data
+
+
+def test_regions_read_again_come_from_memory_only_inside_kept(monkeypatch):
+    from histoexpr._core import image as image_module
+    from histoexpr._core.image import REGIONS, read_levels
+
+    levels, _ = _levels()
+    other, _ = _levels(seed=1)
+    reads = []
+    original = image_module._read_box
+    monkeypatch.setattr(image_module, "_read_box",
+                        lambda *a, **k: reads.append(a[1]) or original(*a, **k))
+    box = (10.0, 12.0, 40.0, 42.0)
+    outside = [read_levels(levels, box, mpp=0.55) for _ in range(2)]
+    assert len(reads) == 2  # off by default: every read reads
+    with REGIONS.kept():
+        first = read_levels(levels, box, mpp=0.55)
+        again = read_levels(levels, box, mpp=0.55)
+        assert len(reads) == 3  # the second came from memory
+        np.testing.assert_array_equal(first, outside[0])
+        np.testing.assert_array_equal(again, outside[0])
+        again[:] = 0  # a copy: what is kept does not change
+        np.testing.assert_array_equal(read_levels(levels, box, mpp=0.55), outside[0])
+        # another image, box, pixel size or fill is read, never taken for the kept one
+        read_levels(other, box, mpp=0.55)
+        read_levels(levels, (10.0, 12.0, 40.0, 43.0), mpp=0.55)
+        read_levels(levels, box, mpp=0.6)
+        read_levels(levels, box, mpp=0.55, fill=255)
+        assert len(reads) == 7
+        different = read_levels(other, box, mpp=0.55)
+        assert not np.array_equal(different, first)
+    assert REGIONS.key(levels[0], box, (60, 60), 0) is None  # off again, emptied
+    assert not REGIONS._regions and REGIONS._bytes == 0
+    read_levels(levels, box, mpp=0.55)
+    assert len(reads) == 8
+
+
+def test_kept_regions_stay_within_their_budget():
+    from histoexpr._core.image import REGIONS, read_levels
+
+    levels, _ = _levels()
+    with REGIONS.kept(max_bytes=8 * 3 * 20 * 20):  # room for 8 regions of 20 x 20 px
+        for i in range(30):
+            read_levels(levels, (float(i), 0.0, i + 10.0, 10.0), mpp=0.5)
+            assert REGIONS._bytes <= 8 * 3 * 20 * 20
+        assert len(REGIONS._regions) == 8

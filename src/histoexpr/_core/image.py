@@ -11,8 +11,10 @@ below accepts the key of an image or of a label map.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -310,12 +312,20 @@ def read_levels(levels: list[ImageLevel], bounds: tuple[float, float, float, flo
     factor = target_mpp / level.mpp
     level_bytes = (out_h * factor) * (out_w * factor) * (pixel_bytes + 3 * 4 * pixel_bytes)
     box = (x_min, y_min, x_max, y_max)
+    key = REGIONS.key(level, box, (out_h, out_w), fill)
+    if key is not None and (kept := REGIONS.get(key)) is not None:
+        return kept
+    pixels = None
     if factor > 1.5 and max(out_h, out_w) > 1:  # the memory available: asked only here
         budget = min(STREAM_BYTES, available_memory() // 4)
         if level_bytes > budget:
-            return _read_in_blocks(level, box, (out_h, out_w), fill,
-                                   level_bytes / (out_h * out_w), budget)
-    return _read_box(level, box, (out_h, out_w), fill)
+            pixels = _read_in_blocks(level, box, (out_h, out_w), fill,
+                                     level_bytes / (out_h * out_w), budget)
+    if pixels is None:
+        pixels = _read_box(level, box, (out_h, out_w), fill)
+    if key is not None:
+        REGIONS.put(key, pixels, level.data.data)
+    return pixels
 
 
 def _read_box(level: ImageLevel, box: tuple[float, float, float, float],
@@ -471,6 +481,77 @@ class ChunkCache:
 
 #: the cache every region read goes through (one per process)
 CHUNKS = ChunkCache()
+
+
+class RegionCache:
+    """Regions read while a step re-reads them, kept within a memory budget (LRU).
+
+    Off until :meth:`kept` opens it: a search that describes the same tiles with several
+    encoders and stains reads each tile once instead of once per encoder. A region is known by
+    the level's array (a dask array by its name, which follows its content and graph; an
+    in-memory array by its identity, kept alive while it is cached), the level's pixel size and
+    offset, the box, the output shape and the fill, so another image, level, box or pixel size
+    is never taken for it. Every hit is a copy: a caller may change what it gets.
+    """
+
+    def __init__(self) -> None:
+        self._regions: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._arrays: dict[int, object] = {}
+        self._bytes, self._budget, self._depth = 0, 0, 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def kept(self, max_bytes: int = 256 * 2**20) -> Iterator[None]:
+        """Inside, regions read again come from memory (up to ``max_bytes``); dropped after."""
+        with self._lock:
+            self._depth += 1
+            self._budget = max(self._budget, int(max_bytes))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._regions.clear()
+                    self._arrays.clear()
+                    self._bytes, self._budget = 0, 0
+
+    def key(self, level: ImageLevel, box: tuple, shape: tuple[int, int],
+            fill: float) -> tuple | None:
+        """What identifies a read of ``level`` (``None`` while the cache is off)."""
+        if not self._depth:
+            return None
+        array = level.data.data
+        name = getattr(array, "name", None)
+        source = ("dask", name) if isinstance(name, str) else ("array", id(array))
+        return (*source, float(level.mpp), tuple(map(float, level.offset)),
+                tuple(map(float, box)), tuple(shape), float(fill))
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            pixels = self._regions.get(key)
+            if pixels is None:
+                return None
+            self._regions.move_to_end(key)
+            return pixels.copy()
+
+    def put(self, key: tuple, pixels: np.ndarray, array: object) -> None:
+        if pixels.nbytes > self._budget // 8:
+            return
+        with self._lock:
+            if not self._depth or key in self._regions:
+                return
+            if key[0] == "array":
+                self._arrays[key[1]] = array  # its identity stays its own while cached
+            self._regions[key] = pixels.copy()
+            self._bytes += pixels.nbytes
+            while self._bytes > self._budget and self._regions:
+                _, evicted = self._regions.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+
+#: the regions a step keeps while it re-reads them (off unless ``REGIONS.kept()`` is open)
+REGIONS = RegionCache()
 
 
 def _resample(crop: np.ndarray, box: tuple[float, float, float, float],

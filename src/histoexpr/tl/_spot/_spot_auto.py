@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._core.image import REGIONS
 from ..._core.logs import logger
 from .._metrics._expression_metrics import column_pearson
 
@@ -363,7 +364,14 @@ def fit_auto(prepared, options: AutoRouteOptions, *, mpp: float):
     ``options`` are the route's (:class:`AutoRouteOptions`): ``candidates`` give the grid, the
     heads read their own options; ``mpp`` is the pixel size the sections were prepared at.
     Returns the network and its metadata (without the fields ``fit`` adds for every route).
+    Every encoder and stain of the search describes the same spot tiles: each is read from the
+    image once (:data:`histoexpr._core.image.REGIONS`, dropped at the end).
     """
+    with REGIONS.kept():
+        return _search_and_fit(prepared, options, mpp=mpp)
+
+
+def _search_and_fit(prepared, options: AutoRouteOptions, *, mpp: float):
     began = time.perf_counter()
     grid = check_grid(options.candidates)
     features = _Features(prepared, tiles_key=options.tiles_key, image_key=options.image_key,
