@@ -20,6 +20,9 @@ WHOLE_FILE_BYTES = 64 * 2**20
 _HEAD_BYTES = 4 * 2**20
 _BLOCK_BYTES = 256 * 2**10
 _N_BLOCKS = 64
+#: without ``hx.settings.max_memory``, requests below this are not checked against the memory
+#: available now (read tile by tile, the system's answer cost more than the reads)
+UNCHECKED_BYTES = 2**20
 
 
 def format_bytes(n: float) -> str:
@@ -59,6 +62,8 @@ def check_memory(n_bytes: float, what: str, fix: str) -> None:
     fix
         What to do instead, named in the error.
     """
+    if settings.max_memory is None and n_bytes < UNCHECKED_BYTES:
+        return  # a tile's worth: asking the system would cost more than the allocation
     limit = available_memory()
     if n_bytes > limit:
         source = ("hx.settings.max_memory" if settings.max_memory is not None

@@ -160,7 +160,7 @@ def test_genes_absent_and_different_gene_sets(synthetic_trio, caplog):
     with pytest.raises(KeyError, match="not measured in every section"):
         hx.tl.fit([a, b], model="spot_regressor", genes=["EPCAM", "NOT_A_GENE"], **PATCH)
     fewer = SpatialData(images={"he": b.images["he"]}, shapes={"spots": b.shapes["spots"]},
-                        labels={"he_tissue": b.labels["he_tissue"]},
+                        labels=dict(b.labels),  # the tissue map, where an earlier fit made it
                         tables={"table": b.tables["table"][:, 6:].copy()})
     with caplog.at_level(logging.INFO, logger="histoexpr"):
         model = hx.tl.fit([a, fewer], model="spot_regressor", genes=5, **PATCH)
@@ -173,7 +173,7 @@ def test_spots_off_the_image_are_dropped_with_a_count(synthetic_trio, caplog):
     spots = a.shapes["spots"].copy()
     spots.loc[spots.index[0], "geometry"] = spots.geometry.iloc[0].__class__(-300.0, -300.0)
     moved = SpatialData(images={"he": a.images["he"]}, shapes={"spots": ShapesModel.parse(spots)},
-                        labels={"he_tissue": a.labels["he_tissue"]},
+                        labels=dict(a.labels),  # the tissue map, where an earlier fit made it
                         tables={"table": a.tables["table"]})
     with caplog.at_level(logging.INFO, logger="histoexpr"):
         model = hx.tl.fit(moved, model="spot_regressor", genes=GENES[:3], **PATCH)

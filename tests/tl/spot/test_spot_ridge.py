@@ -73,3 +73,31 @@ def test_ties_up_to_rounding_take_the_smallest_penalty():
     scores = np.array([-0.07, 0.2 - 5e-17, 0.2, 0.2 - 5e-17, 0.07, np.nan])
     assert _first_best(scores) == 1
     assert _first_best(np.array([np.nan, 0.1, 0.3])) == 2
+
+
+@pytest.mark.parametrize(("n_features", "n_components", "n_groups"),
+                         [(300, None, 2), (60, None, 3), (80, 10, 2), (40, None, 1)])
+def test_ridge_penalties_score_as_scikit_learns_grid_search_bit_for_bit(n_features, n_components,
+                                                                       n_groups):
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV
+
+    from histoexpr.tl._spot import _spot_training as training
+    from histoexpr.tl._spot._options import RidgeRouteOptions
+
+    rng = np.random.default_rng(n_features)
+    x = rng.normal(size=(120, n_features)) * rng.uniform(0.1, 10, n_features)
+    y = x[:, :8] @ rng.normal(size=(8, 12)) * 0.05 + rng.normal(size=(120, 12))
+    y[:, 0] = 1.0  # a flat gene: NaN Pearson, left out of the mean as before
+    groups = np.arange(120) % n_groups
+    splits = list(training._inner_splits(groups))
+    alphas = np.asarray(sorted(RidgeRouteOptions().alphas))
+    search = GridSearchCV(training._ridge_pipeline(n_components),
+                          {"ridge__alpha": alphas.tolist()}, scoring=training._mean_pearson,
+                          cv=splits, refit=False, error_score=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = search.fit(x, y).cv_results_["mean_test_score"]
+    scores = training._grid_scores(x, y, alphas, n_components, splits)
+    assert np.array_equal(scores, expected)

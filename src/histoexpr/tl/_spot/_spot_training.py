@@ -20,12 +20,10 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
     """Standardise, optionally PCA, ridge; alpha by inner CV on the mean Pearson over genes.
 
     scikit-learn's ``StandardScaler``, ``PCA`` and ``Ridge`` in a pipeline, its ``alpha`` chosen
-    by ``GridSearchCV`` whose inner folds leave one section out when there are several sections,
-    else are 5 random folds of the spots (every step fitted inside the folds). The fitted steps
-    are folded into one :class:`~histoexpr.models.LinearHead`.
+    by inner folds that leave one section out when there are several sections, else are 5
+    random folds of the spots (every step fitted inside the folds: :func:`_grid_scores`). The
+    fitted steps are folded into one :class:`~histoexpr.models.LinearHead`.
     """
-    from sklearn.model_selection import GridSearchCV
-
     from ...models import LinearHead
 
     alphas = np.asarray(sorted(float(a) for a in alphas))
@@ -37,11 +35,7 @@ def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
         raise ValueError(f"n_components must lie between 1 and {min(x.shape)}, got "
                          f"{n_components}.")
     splits = list(_inner_splits(groups))
-    search = GridSearchCV(_ridge_pipeline(n_components), {"ridge__alpha": alphas.tolist()},
-                          scoring=_mean_pearson, cv=splits, refit=False, error_score=np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # non-finite fold scores: handled below
-        scores = search.fit(x, y).cv_results_["mean_test_score"]
+    scores = _grid_scores(x, y, alphas, n_components, splits)
     best = _first_best(scores) if np.isfinite(scores).any() else len(alphas) // 2
     alpha = float(alphas[best])
     if not np.isfinite(scores).any():
@@ -188,6 +182,40 @@ class _Arrays(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"x": self.x[index], "y": self.y[index]}
+
+
+def _grid_scores(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, n_components: int | None,
+                 splits: list) -> np.ndarray:
+    """Mean inner Pearson of every ``alpha``: the pipeline's steps on each split, as a grid search.
+
+    What ``GridSearchCV(_ridge_pipeline(...), {"ridge__alpha": alphas}, scoring=_mean_pearson,
+    error_score=nan)`` computes, to the last bit, with each split's scaling (and PCA) fitted once
+    for all penalties instead of once per penalty. A penalty whose fit fails on a split scores
+    NaN there; when every fit fails, the last error is raised.
+    """
+    from sklearn.base import clone
+
+    template = _ridge_pipeline(n_components)
+    scores = np.full((len(alphas), len(splits)), np.nan)
+    error, fitted = None, 0
+    for j, (train, test) in enumerate(splits):
+        x_fit, x_test = x[train], x[test]
+        for _, step in template.steps[:-1]:  # as Pipeline.fit and .predict run them
+            step = clone(step)
+            x_fit = step.fit_transform(x_fit, y[train])
+            x_test = step.transform(x_test)
+        for i, alpha in enumerate(alphas):
+            ridge = clone(template.steps[-1][1]).set_params(alpha=float(alpha))
+            try:
+                ridge.fit(x_fit, y[train])
+            except Exception as failure:  # noqa: BLE001 - GridSearchCV's error_score=nan
+                error = failure
+                continue
+            fitted += 1
+            scores[i, j] = _mean_pearson(ridge, x_test, y[test])
+    if not fitted and error is not None:
+        raise error
+    return np.average(scores, axis=1)
 
 
 def _inner_splits(groups: np.ndarray):
