@@ -10,6 +10,7 @@ tissue or one dominant stain from getting their own, unstable, colours.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -179,12 +180,17 @@ def _mosaic(sdata, tiles_key: str, n_tiles: int, seed: int) -> np.ndarray:
     return np.concatenate(pixels)
 
 
+@functools.lru_cache(maxsize=1)
+def _stained_levels() -> np.ndarray:
+    """Whether each 8-bit value's optical density reaches torchstain's threshold ``_BETA``."""
+    return -np.log((np.arange(256).astype(float) + 1) / _IO) >= _BETA
+
+
 def _macenko(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stain matrix (3 x 2) and 99th-percentile concentrations of RGB pixels, by torchstain."""
     from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 
-    density = -np.log((pixels.astype(float) + 1) / _IO)
-    if (~np.any(density < _BETA, axis=1)).sum() < 100:
+    if _stained_levels()[pixels].all(axis=1).sum() < 100:
         raise ValueError("Too few stained pixels to estimate the stain (the tiles are mostly "
                          "background); tile the tissue (min_tissue=) or read more tiles.")
     normaliser = NumpyMacenkoNormalizer()

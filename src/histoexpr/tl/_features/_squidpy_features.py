@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..._core.logs import progress
@@ -68,8 +70,9 @@ def squidpy_tile_features(image: np.ndarray, groups: tuple[str, ...] = SQUIDPY_F
         if group == "summary":
             for c in channels:
                 values = image[..., c]
-                for q in _QUANTILES:
-                    features[f"summary_ch-{c}_quantile-{q}"] = np.quantile(values, q)
+                # one call for every quantile: the same values as one call each, one sort
+                for q, value in zip(_QUANTILES, np.quantile(values, _QUANTILES), strict=True):
+                    features[f"summary_ch-{c}_quantile-{q}"] = value
                 features[f"summary_ch-{c}_mean"] = np.mean(values)
                 features[f"summary_ch-{c}_std"] = np.std(values)
         elif group == "histogram":
@@ -103,9 +106,7 @@ def _glcm_properties(matrix: np.ndarray) -> dict[str, np.ndarray]:
     sums[sums == 0] = 1
     p /= sums
     flat = p.reshape(levels * levels, n_dist * n_angle)
-    i, j = np.indices((levels, levels)).reshape(2, -1)
-    difference = (i - j).astype(np.float64)
-    grey = np.arange(levels, dtype=np.float64)
+    grey, squared, absolute, homogeneity = _grey_level_weights(levels)
     p_i, p_j = p.sum(axis=1).reshape(levels, -1), p.sum(axis=0).reshape(levels, -1)
     diff_i, diff_j = grey[:, None] - grey @ p_i, grey[:, None] - grey @ p_j
     std_i = np.sqrt((p_i * diff_i**2).sum(axis=0))
@@ -115,11 +116,23 @@ def _glcm_properties(matrix: np.ndarray) -> dict[str, np.ndarray]:
     flat_std = (std_i < 1e-15) | (std_j < 1e-15)
     correlation = np.where(flat_std, 1.0, cov / np.where(flat_std, 1.0, std_i * std_j))
     shape = (n_dist, n_angle)
-    return {"contrast": (difference**2 @ flat).reshape(shape),
-            "dissimilarity": (np.abs(difference) @ flat).reshape(shape),
-            "homogeneity": ((1.0 / (1.0 + difference**2)) @ flat).reshape(shape),
+    return {"contrast": (squared @ flat).reshape(shape),
+            "dissimilarity": (absolute @ flat).reshape(shape),
+            "homogeneity": (homogeneity @ flat).reshape(shape),
             "correlation": correlation.reshape(shape),
             "ASM": np.einsum("ij,ij->j", flat, flat).reshape(shape)}
+
+
+@functools.lru_cache(maxsize=4)
+def _grey_level_weights(levels: int) -> tuple[np.ndarray, ...]:
+    """Grey levels and the weights of contrast, dissimilarity and homogeneity (read-only)."""
+    i, j = np.indices((levels, levels)).reshape(2, -1)
+    difference = (i - j).astype(np.float64)
+    weights = (np.arange(levels, dtype=np.float64), difference**2, np.abs(difference),
+               1.0 / (1.0 + difference**2))
+    for array in weights:
+        array.flags.writeable = False
+    return weights
 
 
 def _pixels(dataset, index: int) -> np.ndarray:
