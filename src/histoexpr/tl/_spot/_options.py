@@ -225,9 +225,9 @@ class _HeadRouteOptions(SpotRegressorOptions):
         Encoder ``"ssl"``: a pretrained :class:`~histoexpr.models.TileEncoder` or its model file
         (from :func:`histoexpr.tl.pretrain` on the training sections' tiles) to use instead of
         pretraining one inside ``fit``. On a CPU that pretraining is most of the cost of
-        ``route="auto"`` (on her2st C2-C4 with the default grid, 270-300 of 356-406 CPU s,
-        ``benchmarks/README.md``): pretrain once and pass the file to every ``fit`` that
-        searches the same sections.
+        ``route="auto"`` (on her2st C2-C4 with the default grid, 240-245 of 307-313 CPU s on a
+        2-core CPU, ``benchmarks/README.md``): pretrain once and pass the file to every
+        ``fit`` that searches the same sections.
     pretrain_tiles_key
         Encoder ``"ssl"`` pretrained inside ``fit``: the unlabelled tiles of every training
         section to pretrain on; ``None`` makes 48 px tiles at ``mpp`` on a grid over the tissue
