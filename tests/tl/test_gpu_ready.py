@@ -169,18 +169,19 @@ def test_large_blocks_are_reused_while_a_cpu_trains_and_malloc_is_set_back_after
 
     if _devices._glibc() is None:
         pytest.skip("the C library here is not glibc: reused_host_memory changes nothing")
-    outside = _minor_page_faults(8)
+    outside = _minor_page_faults(16)
     with _devices.reused_host_memory("cpu"):
         with _devices.reused_host_memory("cpu"):  # nested: applied once
             assert _devices._HEAP["depth"] == 2
-        inside = _minor_page_faults(8)
+        inside = _minor_page_faults(16)
     assert _devices._HEAP["depth"] == 0
     import resource
 
     pages = 64 * 2**20 // resource.getpagesize()
-    # outside, each 64 MiB block is mapped and faulted in afresh; inside, the heap grows once
-    assert outside > 0.9 * 8 * pages
-    assert inside < 1.5 * pages
+    # outside, each 64 MiB block is mapped and faulted in afresh; inside, the heap grows a
+    # few times at most (how often depends on what the process freed before), then is reused
+    assert outside > 0.9 * 16 * pages
+    assert inside < 4 * pages
     with _devices.reused_host_memory("cuda:0"):  # another device: nothing is changed
         assert _devices._HEAP["depth"] == 0
 
