@@ -128,7 +128,7 @@ def _enter_heap() -> bool:
         if _HEAP["depth"] == 0:
             if not (libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
                     and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_BLOCK_BYTES)):
-                _restore_glibc(libc)  # refused (an older glibc): leave malloc as it was
+                _restore_glibc(libc)  # refused (an older glibc): set back as on leaving
                 return False
         _HEAP["depth"] += 1
     return True
