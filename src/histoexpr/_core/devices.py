@@ -70,6 +70,7 @@ def autocast(precision: Precision | None) -> Iterator[None]:
 
 
 #: while a CPU trains or embeds, glibc's malloc serves blocks up to this size from its heap
+#: and keeps up to this much free at its top (mallopt takes a C int: at most 2**31 - 1)
 HEAP_BLOCK_BYTES = 2**30
 #: glibc's M_MMAP_THRESHOLD grows by itself up to this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 _GLIBC_MAX_DYNAMIC_THRESHOLD = 32 * 2**20
@@ -127,7 +128,7 @@ def _enter_heap() -> bool:
     with _HEAP_LOCK:
         if _HEAP["depth"] == 0:
             if not (libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_BLOCK_BYTES)):
+                    and libc.mallopt(_M_TRIM_THRESHOLD, HEAP_BLOCK_BYTES)):
                 _restore_glibc(libc)  # refused (an older glibc): set back as on leaving
                 return False
         _HEAP["depth"] += 1
