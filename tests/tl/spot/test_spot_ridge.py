@@ -101,3 +101,27 @@ def test_ridge_penalties_score_as_scikit_learns_grid_search_bit_for_bit(n_featur
         expected = search.fit(x, y).cv_results_["mean_test_score"]
     scores = training._grid_scores(x, y, alphas, n_components, splits)
     assert np.array_equal(scores, expected)
+
+
+def test_a_split_too_small_for_the_pca_scores_nan_there_as_in_the_grid_search():
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV
+
+    from histoexpr.tl._spot import _spot_training as training
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(70, 30)), rng.normal(size=(70, 5))
+    groups = np.repeat([0, 1], [15, 55])  # training on section 0 alone: 15 spots < 20
+    splits = list(training._inner_splits(groups))
+    alphas = np.asarray([1.0, 10.0])
+    search = GridSearchCV(training._ridge_pipeline(20), {"ridge__alpha": alphas.tolist()},
+                          scoring=training._mean_pearson, cv=splits, refit=False,
+                          error_score=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = search.fit(x, y).cv_results_["mean_test_score"]
+    scores = training._grid_scores(x, y, alphas, 20, splits)
+    assert np.isnan(scores).all() and np.isnan(expected).all()
+    with pytest.raises(ValueError):  # no split can fit: the error, as before
+        training._grid_scores(x[:15], y[:15], alphas, 20, [(np.arange(10), np.arange(10, 15))])

@@ -190,8 +190,9 @@ def _grid_scores(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, n_components:
 
     What ``GridSearchCV(_ridge_pipeline(...), {"ridge__alpha": alphas}, scoring=_mean_pearson,
     error_score=nan)`` computes, to the last bit, with each split's scaling (and PCA) fitted once
-    for all penalties instead of once per penalty. A penalty whose fit fails on a split scores
-    NaN there; when every fit fails, the last error is raised.
+    for all penalties instead of once per penalty. A fit that fails on a split (its scaling or
+    PCA, e.g. fewer training spots than ``n_components``, or one penalty's ridge) scores NaN
+    there; when every fit fails, the last error is raised.
     """
     from sklearn.base import clone
 
@@ -200,10 +201,14 @@ def _grid_scores(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, n_components:
     error, fitted = None, 0
     for j, (train, test) in enumerate(splits):
         x_fit, x_test = x[train], x[test]
-        for _, step in template.steps[:-1]:  # as Pipeline.fit and .predict run them
-            step = clone(step)
-            x_fit = step.fit_transform(x_fit, y[train])
-            x_test = step.transform(x_test)
+        try:
+            for _, step in template.steps[:-1]:  # as Pipeline.fit and .predict run them
+                step = clone(step)
+                x_fit = step.fit_transform(x_fit, y[train])
+                x_test = step.transform(x_test)
+        except Exception as failure:  # noqa: BLE001 - GridSearchCV's error_score=nan
+            error = failure
+            continue
         for i, alpha in enumerate(alphas):
             ridge = clone(template.steps[-1][1]).set_params(alpha=float(alpha))
             try:
