@@ -593,23 +593,43 @@ def test_real_slide_tissue_and_tiles(data_dir):
         assert image.mean() < 0.85 and image.std() > 0.05
 
 
+class _Counting(torch.utils.data.Dataset):
+    """``n`` items whose reads are listed in ``reads``."""
+
+    def __init__(self, n: int, reads: list) -> None:
+        self.n, self.reads = n, reads
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return {"image": torch.full((1, 2, 2), index / 7), "index": index}
+
+
 def test_cached_dataset_reads_each_item_once():
     reads = []
-
-    class Counting(torch.utils.data.Dataset):
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, index):
-            reads.append(index)
-            return {"image": torch.full((1, 2, 2), index / 3), "index": index}
-
-    cached = hx.pp.CachedDataset(Counting())
+    cached = hx.pp.CachedDataset(_Counting(3, reads))
     first = [cached[i] for i in range(3)]
     second = [cached[i] for i in (2, 1, 0, 2)]
     assert reads == [0, 1, 2] and len(cached) == 3
     assert second[0]["image"].dtype == torch.float32 and second[0]["index"] == 2
     torch.testing.assert_close(second[0]["image"], first[2]["image"], atol=1e-3, rtol=0)
+
+
+def test_cached_dataset_fill_reads_the_missing_items_in_order_once():
+    reads = []
+    cached = hx.pp.CachedDataset(_Counting(5, reads))
+    lazily = [cached[i] for i in (3, 1)]
+    cached.fill()
+    cached.fill()  # nothing left to read
+    assert reads == [3, 1, 0, 2, 4]
+    again = [cached[i] for i in range(5)]
+    assert reads == [3, 1, 0, 2, 4]
+    assert torch.equal(again[3]["image"], lazily[0]["image"])
+    assert [item["index"] for item in again] == list(range(5))
+    assert all(torch.equal(item["image"], torch.full((1, 2, 2), i / 7).half().float())
+               for i, item in enumerate(again))
 
 
 @bad_input(

@@ -158,10 +158,31 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index not in self.items:
-            item = self.dataset[index]
-            self.items[index] = dict(item, image=item["image"].half())
+            self._keep(index)
         item = self.items[index]
         return dict(item, image=item["image"].float())
+
+    def fill(self, *, desc: str = "reading tiles") -> None:
+        """Read every item not kept yet, in the dataset's order.
+
+        A shuffled first epoch reads the tiles in random order, so a slide's decoded image chunks
+        are evicted and decoded again many times; read in order, neighbouring tiles share them
+        (about 3x less CPU on her2st sections). The items are the same either way.
+
+        Parameters
+        ----------
+        desc
+            Label of the progress bar.
+        """
+        from .._core.logs import progress
+
+        missing = [i for i in range(len(self.dataset)) if i not in self.items]
+        for index in progress(missing, desc=desc):
+            self._keep(index)
+
+    def _keep(self, index: int) -> None:
+        item = self.dataset[index]
+        self.items[index] = dict(item, image=item["image"].half())
 
 
 def _column(series) -> np.ndarray:

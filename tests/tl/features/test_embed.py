@@ -130,6 +130,29 @@ def test_squidpy_features_are_the_peer_baseline(section):
         hx.tl.embed(section, "he_tiles", encoder="squidpy:colour", key_added="X_bad")
 
 
+def test_texture_properties_are_skimages_from_one_normalisation():
+    """The GLCM properties of every angle at once: skimage's graycoprops values.
+
+    The row sums (the marginal over j) come from a transposed copy summed over its leading axis,
+    which adds in the order of j as ``p.sum(axis=1)`` does: the same bits, not only close.
+    """
+    from skimage.feature import graycomatrix, graycoprops
+
+    from histoexpr.tl._features._squidpy_features import _ANGLES, _glcm_properties
+
+    rng = np.random.default_rng(4)
+    for spread in (0, 3, 40):  # a flat tile too (correlation 1)
+        image = rng.normal(rng.uniform(60, 200), spread, (40, 40)).clip(0, 255).astype(np.uint8)
+        matrix = graycomatrix(image, distances=(1,), angles=_ANGLES, levels=256)
+        ours = _glcm_properties(matrix)
+        for prop, values in ours.items():
+            np.testing.assert_allclose(values, graycoprops(matrix, prop), rtol=1e-10, atol=1e-12)
+        p = matrix.astype(np.float64)
+        p /= p.sum(axis=(0, 1), keepdims=True)
+        fast = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).sum(axis=0)
+        assert np.array_equal(fast, p.sum(axis=1))
+
+
 def test_a_list_of_encoders_concatenates_their_features(section):
     pytest.importorskip("squidpy")
     hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_alone")

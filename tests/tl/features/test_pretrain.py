@@ -365,3 +365,34 @@ def test_channels_last_training_gives_the_encoder_of_the_usual_layout(sections, 
     np.testing.assert_allclose(fast.metadata["pretraining"]["loss"],
                                usual.metadata["pretraining"]["loss"], rtol=1e-4)
     assert all(value.is_contiguous() for value in fast.state_dict().values())
+
+
+def test_tiles_read_in_order_before_training_give_the_same_encoder(sections, monkeypatch):
+    """Pretraining reads its cached tiles once, in order, before the first epoch.
+
+    The tiles kept are the same as when the shuffled first epoch reads them, so the encoder is
+    the same to the last bit; every tile is read exactly once.
+    """
+    from histoexpr.pp import TileDataset
+
+    reads = []
+    read = TileDataset.__getitem__
+
+    def counted(self, index):
+        reads.append(index)
+        return read(self, index)
+
+    monkeypatch.setattr(TileDataset, "__getitem__", counted)
+    options = {**TINY, "method": "simclr", "epochs": 2, "seed": 3}
+    section = sections[0]
+    n_tiles = len(section.shapes["he_tiles"])
+    filled = hx.tl.pretrain(section, "he_tiles", **options)
+    assert reads == list(range(n_tiles))
+    reads.clear()
+    monkeypatch.setattr(hx.pp.CachedDataset, "fill", lambda self, **kwargs: None)
+    lazily = hx.tl.pretrain(section, "he_tiles", **options)
+    assert len(set(reads)) == len(reads) and reads != list(range(n_tiles))  # shuffled
+    for (name, a), b in zip(filled.state_dict().items(), lazily.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert filled.metadata["normalisation"] == lazily.metadata["normalisation"]

@@ -128,8 +128,9 @@ def pretrain(
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
     cache
-        Keep every tile in memory (float16) after its first read, so that later epochs read no
-        image (about ``6 * size_px**2`` bytes per tile for RGB); ``False`` reads them every epoch.
+        Keep every tile in memory (float16), so that later epochs read no image (about
+        ``6 * size_px**2`` bytes per tile for RGB); the tiles are then read once before the first
+        epoch, in their order on the slide. ``False`` reads them every epoch.
         With ``hx.settings.n_workers > 0`` each loader worker keeps its own copy for one epoch
         only, so pass ``False`` there.
     checkpoint_dir
@@ -184,7 +185,8 @@ def pretrain(
     sections = list(as_sections(data).values())
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
     geometry = _common_geometry(sections, datasets)
-    tiles = ConcatDataset([CachedDataset(d) for d in datasets] if cache else datasets)
+    kept = [CachedDataset(d) for d in datasets] if cache else []
+    tiles = ConcatDataset(kept or datasets)
     _check_options(len(tiles), method, epochs, batch_size, queue_size, schedule, warmup)
     device = resolve_device(device)
     ctx = _distributed.context(device)  # a torchrun process group, if any
@@ -220,6 +222,9 @@ def pretrain(
                                   lr=lr, weight_decay=weight_decay)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     state = _restore_or_start(path, learner, optimiser, resume=resume, overwrite=overwrite)
+    if ctx is None and not settings.n_workers:  # read here, not by loader workers
+        for cached in kept:  # in the tiles' order (a shuffled first epoch decodes chunks again)
+            cached.fill(desc="reading pretraining tiles")
     if state["normalisation"] is None:
         state["normalisation"] = _estimate_normalisation(tiles, seed)
     mean, std = (torch.as_tensor(state["normalisation"][k], device=device).reshape(1, -1, 1, 1)

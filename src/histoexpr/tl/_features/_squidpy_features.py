@@ -102,12 +102,16 @@ def _glcm_properties(matrix: np.ndarray) -> dict[str, np.ndarray]:
     """
     levels, _, n_dist, n_angle = matrix.shape
     p = matrix.astype(np.float64)
-    sums = p.sum(axis=(0, 1), keepdims=True)
+    # counts: their sum is exact in any order, and summing the leading axis first is fast
+    sums = p.sum(axis=0).sum(axis=0, keepdims=True)[None]
     sums[sums == 0] = 1
     p /= sums
     flat = p.reshape(levels * levels, n_dist * n_angle)
     grey, squared, absolute, homogeneity = _grey_level_weights(levels)
-    p_i, p_j = p.sum(axis=1).reshape(levels, -1), p.sum(axis=0).reshape(levels, -1)
+    # each row's sum over j, added in the order of j as p.sum(axis=1) does, but over whole rows
+    # of a transposed copy (numpy's inner loop would otherwise run over the few angles only)
+    p_i = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).sum(axis=0).reshape(levels, -1)
+    p_j = p.sum(axis=0).reshape(levels, -1)
     diff_i, diff_j = grey[:, None] - grey @ p_i, grey[:, None] - grey @ p_j
     std_i = np.sqrt((p_i * diff_i**2).sum(axis=0))
     std_j = np.sqrt((p_j * diff_j**2).sum(axis=0))
