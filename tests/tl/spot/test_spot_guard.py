@@ -116,13 +116,17 @@ def test_an_unseen_section_of_the_training_kind_does_not_warn(model, sections):
     assert table.obs["out_of_range"].mean() == pytest.approx(guard["fraction_out_of_range"])
 
 
-def test_a_slide_unlike_the_training_warns_by_name(model, sections):
+def test_a_slide_unlike_the_training_warns_by_name(model, sections, caplog):
     grid(sections["d"])  # its tissue map, which the recoloured copy reuses (colours turned)
     other = recoloured(sections["d"])
-    with pytest.warns(UserWarning, match="Slide 'recoloured'.*out of the training data") as caught:
+    with (pytest.warns(UserWarning, match="Slide 'recoloured'.*out of the training data") as caught,
+          caplog.at_level(logging.INFO, logger="histoexpr")):
         table = hx.tl.predict(
             model, other, tiles_key=grid(other), key_added="pred", name="recoloured"
         )
+    # said once: as a warning, not again in the log (both would print in a notebook)
+    assert sum("out of the training data" in str(w.message) for w in caught) == 1
+    assert "out of the training data" not in caplog.text
     guard = table.uns["prediction"]["guard"]
     assert guard["warns"] and guard["fraction_out_of_range"] > 0.5
     assert guard["median_percentile"] > 99

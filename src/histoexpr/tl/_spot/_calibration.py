@@ -93,7 +93,6 @@ def calibrate(
     if _conformal.DEFAULT_LEVEL in unbounded:  # predictions' intervals are infinite by default
         message = _conformal.unbounded_message(record["intervals"], unbounded)
         warnings.warn(message, UserWarning, stacklevel=4)
-        logger.warning(message)
     elif unbounded:  # only levels asked for explicitly; predict warns if one is
         logger.info(_conformal.unbounded_message(record["intervals"], unbounded))
     record["cpu_seconds"] = round(time.process_time() - began, 2)
@@ -150,15 +149,14 @@ def annotate(
                     "['macenko']})) maps each slide's colours onto the training stain: under "
                     "each simulated change of stain strength, colour or exposure alone its "
                     "predictions moved by at most a quarter of an interval's half-width, and "
-                    "its guard still warned on other tissue (benchmarks/README.md)."
+                    "its guard still warned on other tissue (the documentation's page 'What a "
+                    "prediction means')."
                 )
             warnings.warn(message, UserWarning, stacklevel=4)
-            logger.warning(message)
         if float(level) in _conformal.unbounded_levels(calibration["intervals"]):
             message = f"Slide {name}: " + _conformal.unbounded_message(
                 calibration["intervals"], [float(level)])
             warnings.warn(message, UserWarning, stacklevel=4)
-            logger.warning(message)
         intervals = calibration["intervals"]
         depth, library = _depth_record(table, intervals, library_size)
         lower, upper = _conformal.bounds(intervals, table.X, level, library)
