@@ -327,3 +327,32 @@ def test_calibrated_map_is_closer_to_the_truth_than_the_uncalibrated_one(trained
         predicted = test.labels[key].values
         correct[calibrate] = float((predicted == truth)[truth > 0].mean())
     assert correct[True] > correct[False] + 0.01, (correct, calibration)
+
+
+def test_patches_read_in_order_before_training_give_the_same_model(monkeypatch):
+    """With the cache on, the patches are read once, in order, before the first epoch.
+
+    The patches kept are those the shuffled first epoch would read, so the model is the same
+    to the last bit.
+    """
+    sdata = labelled_section(2, 200)
+    options = {"model": "patch_classifier", "size_um": 10, "mpp": 0.5, "epochs": 2,
+               "width": 8, "lr": 3e-3, "seed": 0, "device": "cpu"}
+    filled = []
+    fill = hx.pp.CachedDataset.fill
+
+    def counted(self, **kwargs):
+        filled.append(len(self))
+        return fill(self, **kwargs)
+
+    monkeypatch.setattr(hx.pp.CachedDataset, "fill", counted)
+    in_order = hx.tl.fit(sdata, **options)
+    assert len(filled) == 2  # the training and the validation patches
+    monkeypatch.setattr(hx.pp.CachedDataset, "fill", lambda self, **kwargs: None)
+    lazily = hx.tl.fit(sdata, **options)
+    for (name, a), b in zip(in_order.state_dict().items(), lazily.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    timeless = [[{k: v for k, v in r.items() if k != "seconds"} for r in m.metadata["report"]]
+                for m in (in_order, lazily)]
+    assert timeless[0] == timeless[1]

@@ -59,7 +59,8 @@ class PatchClassifierOptions(TrainingOptions):
         Augment the training patches.
     cache
         Keep each patch in memory after its first read (2 bytes per pixel and channel), so
-        that later epochs do not read the image again; ``False`` reads every patch every epoch.
+        that later epochs do not read the image again (read in order before the first epoch
+        when no loader workers read them); ``False`` reads every patch every epoch.
     epochs
         Maximum number of epochs per patch size.
     batch_size

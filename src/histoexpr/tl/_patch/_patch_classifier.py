@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..._core.devices import resolve_workers
 from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.logs import logger
-from ..._core.seeds import resolve_seed
+from ..._core.seeds import resolve_device, resolve_seed
 from ._calibration import _choose, _class_prior, _report, fit_calibration
 from ._dense_map import predict_map
 from ._options import PatchClassifierOptions
@@ -138,7 +139,11 @@ def fit(sdata: SpatialData, options: PatchClassifierOptions) -> PatchEnsemble:
         datasets = [ConcatDataset([_patch_dataset(sdata, key, centres[idx], targets[idx],
                                                   size_px, read_mpp) for key in image_keys])
                     for idx in (train_idx, val_idx)]
-        datasets = [CachedDataset(d) for d in datasets] if options.cache else datasets
+        if options.cache:
+            datasets = [CachedDataset(d) for d in datasets]
+            if not resolve_workers(resolve_device(options.device)):  # read in this process
+                for cached in datasets:  # in order: a shuffled epoch decodes chunks again
+                    cached.fill(desc=f"reading {size_um:g} um patches")
         network, history = _train_one(datasets, targets[train_idx], len(classes), size_px,
                                       width=options.width, dropout=options.dropout,
                                       augment=options.augment, epochs=options.epochs,
