@@ -26,9 +26,9 @@ def test_budget_bounds_memory_and_evicts_oldest_chunks():
     for r in range(0, 200, 50):
         for c in range(0, 200, 50):
             cache.read(array, r, r + 10, c, c + 10)
-            assert cache._bytes <= cache.max_bytes
-    assert len(cache._blocks) == 4
-    assert (array.name, 3, 3) in cache._blocks and (array.name, 0, 0) not in cache._blocks
+            assert cache.store.nbytes <= cache.max_bytes
+    assert len(cache.store) == 4
+    assert (array.name, 3, 3) in cache.store and (array.name, 0, 0) not in cache.store
     np.testing.assert_array_equal(cache.read(array, 0, 60, 0, 60), data[:60, :60])
 
 
@@ -36,7 +36,7 @@ def test_chunks_too_big_for_the_budget_are_read_directly():
     data = np.ones((3, 100, 100), dtype=np.uint8)
     cache = ChunkCache(max_bytes=1000)
     np.testing.assert_array_equal(cache.read(da.from_array(data), 5, 9, 5, 9), data[:, 5:9, 5:9])
-    assert not cache._blocks
+    assert not len(cache.store)
 
 
 def _levels(seed: int = 0, mpp: float = 0.5):
@@ -79,7 +79,7 @@ def test_regions_read_again_come_from_memory_only_inside_kept(monkeypatch):
         different = read_levels(other, box, mpp=0.55)
         assert not np.array_equal(different, first)
     assert REGIONS.key(levels[0], box, (60, 60), 0) is None  # off again, emptied
-    assert not REGIONS._regions and REGIONS._bytes == 0
+    assert not len(REGIONS.store) and REGIONS.store.nbytes == 0
     read_levels(levels, box, mpp=0.55)
     assert len(reads) == 8
 
@@ -91,5 +91,22 @@ def test_kept_regions_stay_within_their_budget():
     with REGIONS.kept(max_bytes=8 * 3 * 20 * 20):  # room for 8 regions of 20 x 20 px
         for i in range(30):
             read_levels(levels, (float(i), 0.0, i + 10.0, 10.0), mpp=0.5)
-            assert REGIONS._bytes <= 8 * 3 * 20 * 20
-        assert len(REGIONS._regions) == 8
+            assert REGIONS.store.nbytes <= 8 * 3 * 20 * 20
+        assert len(REGIONS.store) == 8
+
+
+def test_the_store_counts_a_replaced_array_once_and_can_keep_the_new_ones():
+    from histoexpr._core.image import ArrayLRU
+
+    store = ArrayLRU(max_bytes=300)
+    store.put({("a",): np.zeros(100, np.uint8)})
+    store.put({("a",): np.zeros(100, np.uint8)})  # the same key again (two readers raced)
+    assert store.nbytes == 100 and len(store) == 1
+    store.put({("b",): np.zeros(100, np.uint8), ("c",): np.zeros(100, np.uint8)})
+    assert store.get(("a",)) is not None  # now the most recently used
+    store.put({("d",): np.zeros(100, np.uint8)})  # over budget: the oldest (b) goes
+    assert ("b",) not in store and ("a",) in store and store.nbytes == 300
+    store.put({("e",): np.zeros(200, np.uint8), ("f",): np.zeros(200, np.uint8)}, keep_new=True)
+    assert {("e",), ("f",)} == set(store._arrays) and store.nbytes == 400  # both kept
+    store.clear()
+    assert not len(store) and store.nbytes == 0

@@ -387,6 +387,61 @@ def _read_padded(data, r0: int, r1: int, c0: int, c1: int, height: int, width: i
     return out
 
 
+class ArrayLRU:
+    """Arrays under keys within a byte budget, the least recently used out first (thread-safe).
+
+    The store behind :class:`ChunkCache` and :class:`RegionCache`.
+
+    Parameters
+    ----------
+    max_bytes
+        The budget; :meth:`put` evicts the oldest arrays while the total is above it.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._arrays: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._arrays
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        """The array under ``key`` (now the most recently used), or ``None``."""
+        with self._lock:
+            array = self._arrays.get(key)
+            if array is not None:
+                self._arrays.move_to_end(key)
+            return array
+
+    def put(self, arrays: dict[tuple, np.ndarray], *, keep_new: bool = False) -> None:
+        """Store ``arrays``, then evict the oldest while over budget.
+
+        ``keep_new``: never evict the arrays just stored (a read that needs them all).
+        """
+        with self._lock:
+            for key, array in arrays.items():
+                replaced = self._arrays.pop(key, None)
+                if replaced is not None:
+                    self.nbytes -= replaced.nbytes
+                self._arrays[key] = array
+                self.nbytes += array.nbytes
+            floor = len(arrays) if keep_new else 0
+            while self.nbytes > self.max_bytes and len(self._arrays) > floor:
+                _, evicted = self._arrays.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        """Forget every array."""
+        with self._lock:
+            self._arrays.clear()
+            self.nbytes = 0
+
+
 class ChunkCache:
     """Decoded chunks of lazy images, kept within a memory budget (least recently used out).
 
@@ -402,10 +457,11 @@ class ChunkCache:
     """
 
     def __init__(self, max_bytes: int = 128 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._blocks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self.store = ArrayLRU(max_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.store.max_bytes
 
     def read(self, array, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Pixels ``[..., r0:r1, c0:c1]`` of a dask array (all leading axes)."""
@@ -434,12 +490,10 @@ class ChunkCache:
                    ) -> dict[tuple[int, int], np.ndarray]:
         """The decoded blocks at ``indices``; the missing ones read together in one slice."""
         found: dict[tuple[int, int], np.ndarray] = {}
-        with self._lock:
-            for index in indices:
-                key = (array.name, *index)
-                if key in self._blocks:
-                    self._blocks.move_to_end(key)
-                    found[index] = self._blocks[key]
+        for index in indices:
+            block = self.store.get((array.name, *index))
+            if block is not None:
+                found[index] = block
         missing = [index for index in indices if index not in found]
         if missing:
             found.update(self._read_blocks(array, missing))
@@ -463,20 +517,13 @@ class ChunkCache:
             blocks[bi, bj] = np.ascontiguousarray(window[
                 ..., row_edges[bi] - row_edges[bi0] : row_edges[bi + 1] - row_edges[bi0],
                 col_edges[bj] - col_edges[bj0] : col_edges[bj + 1] - col_edges[bj0]])
-        with self._lock:
-            for (bi, bj), block in blocks.items():
-                self._blocks[(array.name, bi, bj)] = block
-                self._bytes += block.nbytes
-            while self._bytes > self.max_bytes and len(self._blocks) > len(blocks):
-                _, evicted = self._blocks.popitem(last=False)
-                self._bytes -= evicted.nbytes
+        self.store.put({(array.name, bi, bj): block for (bi, bj), block in blocks.items()},
+                       keep_new=True)
         return blocks
 
     def clear(self) -> None:
         """Forget every cached chunk."""
-        with self._lock:
-            self._blocks.clear()
-            self._bytes = 0
+        self.store.clear()
 
 
 #: the cache every region read goes through (one per process)
@@ -495,9 +542,9 @@ class RegionCache:
     """
 
     def __init__(self) -> None:
-        self._regions: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.store = ArrayLRU(0)
         self._arrays: dict[int, object] = {}
-        self._bytes, self._budget, self._depth = 0, 0, 0
+        self._depth = 0
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -505,16 +552,16 @@ class RegionCache:
         """Inside, regions read again come from memory (up to ``max_bytes``); dropped after."""
         with self._lock:
             self._depth += 1
-            self._budget = max(self._budget, int(max_bytes))
+            self.store.max_bytes = max(self.store.max_bytes, int(max_bytes))
         try:
             yield
         finally:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    self._regions.clear()
+                    self.store.clear()
+                    self.store.max_bytes = 0
                     self._arrays.clear()
-                    self._bytes, self._budget = 0, 0
 
     def key(self, level: ImageLevel, box: tuple, shape: tuple[int, int],
             fill: float) -> tuple | None:
@@ -528,26 +575,17 @@ class RegionCache:
                 tuple(map(float, box)), tuple(shape), float(fill))
 
     def get(self, key: tuple) -> np.ndarray | None:
-        with self._lock:
-            pixels = self._regions.get(key)
-            if pixels is None:
-                return None
-            self._regions.move_to_end(key)
-            return pixels.copy()
+        pixels = self.store.get(key)
+        return None if pixels is None else pixels.copy()
 
     def put(self, key: tuple, pixels: np.ndarray, array: object) -> None:
-        if pixels.nbytes > self._budget // 8:
-            return
         with self._lock:
-            if not self._depth or key in self._regions:
+            if (not self._depth or key in self.store
+                    or pixels.nbytes > self.store.max_bytes // 8):
                 return
             if key[0] == "array":
                 self._arrays[key[1]] = array  # its identity stays its own while cached
-            self._regions[key] = pixels.copy()
-            self._bytes += pixels.nbytes
-            while self._bytes > self._budget and self._regions:
-                _, evicted = self._regions.popitem(last=False)
-                self._bytes -= evicted.nbytes
+            self.store.put({key: pixels.copy()})
 
 
 #: the regions a step keeps while it re-reads them (off unless ``REGIONS.kept()`` is open)

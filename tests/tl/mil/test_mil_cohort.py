@@ -247,14 +247,14 @@ def test_each_slide_leaves_no_decoded_chunks_behind(slide_folder, tmp_path, monk
 
     def spy(task, encoders):
         result = process(task, encoders)
-        held.append(_image.CHUNKS._bytes)  # the chunks this slide left in the cache
+        held.append(_image.CHUNKS.store.nbytes)  # the chunks this slide left in the cache
         return result
 
     monkeypatch.setattr(_embed_cohort, "_process_slide", spy)
     frame = hx.tl.embed_cohort(cohort, **OPTIONS)
     assert list(frame["status"]) == ["computed"] * 3
     assert len(held) == 3 and min(held) > 0  # every slide read its pixels through the cache
-    assert _image.CHUNKS._bytes == 0 and not _image.CHUNKS._blocks  # and left none of them
+    assert _image.CHUNKS.store.nbytes == 0 and not len(_image.CHUNKS.store)  # and left none of them
 
 
 @pytest.mark.filterwarnings(  # a random encoder drawn from the seed, on purpose
