@@ -225,7 +225,7 @@ class _HeadRouteOptions(SpotRegressorOptions):
         Encoder ``"ssl"``: a pretrained :class:`~histoexpr.models.TileEncoder` or its model file
         (from :func:`histoexpr.tl.pretrain` on the training sections' tiles) to use instead of
         pretraining one inside ``fit``. On a CPU that pretraining is most of the cost of
-        ``route="auto"`` (on her2st C2-C4 with the default grid, 215-227 of 272-281 CPU s on a
+        ``route="auto"`` (on her2st C2-C4 with the default grid, 212-227 of 270-281 CPU s on a
         2-core CPU, ``benchmarks/README.md``): pretrain once and pass the file to every
         ``fit`` that searches the same sections.
     pretrain_tiles_key
