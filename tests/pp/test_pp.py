@@ -634,6 +634,31 @@ def test_cached_dataset_fill_reads_the_missing_items_in_order_once():
 
 @bad_input(
     "obscure error",
+    "`hx.pp.CachedDataset` (the `cache=True` of `hx.tl.pretrain` and the patch classifier) over "
+    "more tiles than the memory holds (the process swapped or was killed mid-epoch)",
+    says="MemoryError: `Keeping 1000 tiles of shape (1, 2, 2) in memory (float16) would allocate "
+    "507.8 KiB, more than the 100.0 KiB allowed (hx.settings.max_memory). Pass cache=False, "
+    "...`, after one item is read, before the others",
+    fix="pass cache=False (the tiles are read again every epoch) or train on fewer tiles",
+)
+def test_cached_dataset_estimates_its_memory_before_keeping_the_tiles():
+    reads = []
+    cached = hx.pp.CachedDataset(_Counting(1000, reads))
+    hx.settings.max_memory = 100 * 1024  # 1000 items of 8 + 512 bytes do not fit
+    with pytest.raises(MemoryError, match=r"Keeping 1000 tiles .* 507\.8 KiB.*cache=False"):
+        cached.fill()
+    assert reads == [0]  # the first item told the size; no other was read
+    with pytest.raises(MemoryError, match="Keeping 999 tiles"):  # read lazily: the same check
+        cached[5]
+    assert reads == [0, 5]
+    hx.settings.max_memory = 2**20
+    cached.fill()  # fits now; what was kept is not read again
+    assert reads == [0, 5, *(i for i in range(1, 1000) if i != 5)]
+    assert [cached[i]["index"] for i in (0, 5, 999)] == [0, 5, 999]
+
+
+@bad_input(
+    "obscure error",
     "`hx.pp.tile` (or `hx.tl.predict`) with a tissue map that holds no tissue (empty, or made "
     "for another image)",
     says="ValueError: The tissue map 'he_tissue' has no tissue under any of the ... tiles: it is "

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 _TILE_KEYS = ("image_key", "size_px", "mpp", "size_um")
 _ITEM_KEYS = ("image", "index")
+#: what a kept item costs beyond its tensors' bytes (the dict, the tensor objects)
+_ITEM_OVERHEAD_BYTES = 512
 
 
 class TileDataset(Dataset):
@@ -142,6 +144,9 @@ class CachedDataset(Dataset):
     Training reads every tile once per epoch; wrapping the dataset makes the later epochs read no
     image. Images are kept as float16 (half the memory of float32) and handed out as float32.
     Meant for the tiles of a training run, not a whole slide: memory grows with the tiles read.
+    Before the first item is kept, the memory of keeping them all is estimated from that item
+    and refused, with a :class:`MemoryError` naming the fix, when it exceeds the limit
+    (``hx.settings.max_memory``, by default the memory available now).
 
     Parameters
     ----------
@@ -152,13 +157,17 @@ class CachedDataset(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset, self.items = dataset, {}
+        self._checked = False
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index not in self.items:
-            self._keep(index)
+            if self._checked:
+                self._keep(index)
+            else:  # keeps it, then checks the memory of keeping the rest
+                self._check_memory(index, len(self.dataset) - len(self.items))
         item = self.items[index]
         return dict(item, image=item["image"].float())
 
@@ -177,12 +186,30 @@ class CachedDataset(Dataset):
         from .._core.logs import progress
 
         missing = [i for i in range(len(self.dataset)) if i not in self.items]
+        if missing:
+            self._check_memory(missing[0], len(missing))
         for index in progress(missing, desc=desc):
-            self._keep(index)
+            if index not in self.items:
+                self._keep(index)
 
     def _keep(self, index: int) -> None:
         item = self.dataset[index]
         self.items[index] = dict(item, image=item["image"].half())
+
+    def _check_memory(self, index: int, n_items: int) -> None:
+        """Keep item ``index``, then refuse if ``n_items`` such items exceed the memory limit."""
+        from .._core.memory import check_memory
+
+        self._keep(index)
+        item = self.items[index]
+        item_bytes = _ITEM_OVERHEAD_BYTES + sum(
+            value.nbytes for value in item.values() if isinstance(value, torch.Tensor))
+        check_memory(
+            float(n_items) * item_bytes,
+            f"Keeping {n_items} tiles of shape {tuple(item['image'].shape)} in memory (float16)",
+            "Pass cache=False, which reads the tiles again every epoch instead of keeping "
+            "them, or train on fewer tiles (a larger tile stride, fewer sections).")
+        self._checked = True
 
 
 def _column(series) -> np.ndarray:

@@ -396,3 +396,36 @@ def test_tiles_read_in_order_before_training_give_the_same_encoder(sections, mon
                             strict=True):
         assert torch.equal(a, b), name
     assert filled.metadata["normalisation"] == lazily.metadata["normalisation"]
+
+
+def test_pretraining_cache_is_estimated_before_tiles_are_kept_or_a_checkpoint_written(
+        sections, tmp_path):
+    """``cache=True`` keeps every tile: more than the memory allows is refused before training."""
+    section = sections[0]
+    n_tiles = len(section.shapes["he_tiles"])
+    size_px = section.tables["he_tiles_table"].uns["tiles"]["size_px"]
+    needed = n_tiles * 3 * size_px**2 * 2
+    hx.settings.max_memory = needed // 2  # a tile read fits, all the tiles kept do not
+    with pytest.raises(MemoryError, match=rf"Keeping {n_tiles} tiles .*cache=False"):
+        hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, epochs=1, **TINY)
+    assert list(tmp_path.iterdir()) == []
+    encoder = hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, epochs=1,
+                             cache=False, **TINY)  # the fix the error names
+    assert encoder.metadata["pretraining"]["n_tiles"] == n_tiles
+    assert [p.name for p in tmp_path.iterdir()] == ["pretrain_checkpoint.pt"]
+
+
+def test_resuming_a_finished_pretraining_reads_no_tile(sections, tmp_path, monkeypatch):
+    from histoexpr.pp import TileDataset
+
+    section = sections[0]
+    first = hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, epochs=1, **TINY)
+    reads = []
+    read = TileDataset.__getitem__
+    monkeypatch.setattr(TileDataset, "__getitem__",
+                        lambda self, index: reads.append(index) or read(self, index))
+    again = hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, epochs=1, resume=True,
+                           **TINY)
+    assert reads == []  # every epoch was done: nothing to read for
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

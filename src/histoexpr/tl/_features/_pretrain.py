@@ -130,7 +130,9 @@ def pretrain(
     cache
         Keep every tile in memory (float16), so that later epochs read no image (about
         ``6 * size_px**2`` bytes per tile for RGB); the tiles are then read once before the first
-        epoch, in their order on the slide. ``False`` reads them every epoch.
+        epoch, in their order on the slide. ``False`` reads them every epoch. Their memory is
+        estimated first: a :class:`MemoryError` before any tile is kept when it exceeds
+        ``hx.settings.max_memory`` (by default the memory available now).
         With ``hx.settings.n_workers > 0`` each loader worker keeps its own copy for one epoch
         only, so pass ``False`` there.
     checkpoint_dir
@@ -185,8 +187,7 @@ def pretrain(
     sections = list(as_sections(data).values())
     datasets = [TileDataset(sdata, tiles_key, image_key=image_key) for sdata in sections]
     geometry = _common_geometry(sections, datasets)
-    kept = [CachedDataset(d) for d in datasets] if cache else []
-    tiles = ConcatDataset(kept or datasets)
+    tiles = CachedDataset(ConcatDataset(datasets)) if cache else ConcatDataset(datasets)
     _check_options(len(tiles), method, epochs, batch_size, queue_size, schedule, warmup)
     device = resolve_device(device)
     ctx = _distributed.context(device)  # a torchrun process group, if any
@@ -222,9 +223,10 @@ def pretrain(
                                   lr=lr, weight_decay=weight_decay)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     state = _restore_or_start(path, learner, optimiser, resume=resume, overwrite=overwrite)
-    if ctx is None and not settings.n_workers:  # read here, not by loader workers
-        for cached in kept:  # in the tiles' order (a shuffled first epoch decodes chunks again)
-            cached.fill(desc="reading pretraining tiles")
+    if cache and ctx is None and not settings.n_workers and state["epoch"] < epochs:
+        # read here, not by loader workers, in the tiles' order (a shuffled first epoch decodes
+        # the slides' chunks again and again); the memory of keeping them is checked first
+        tiles.fill(desc="reading pretraining tiles")
     if state["normalisation"] is None:
         state["normalisation"] = _estimate_normalisation(tiles, seed)
     mean, std = (torch.as_tensor(state["normalisation"][k], device=device).reshape(1, -1, 1, 1)

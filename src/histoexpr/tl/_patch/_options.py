@@ -60,7 +60,9 @@ class PatchClassifierOptions(TrainingOptions):
     cache
         Keep each patch in memory after its first read (2 bytes per pixel and channel), so
         that later epochs do not read the image again (read in order before the first epoch
-        when no loader workers read them); ``False`` reads every patch every epoch.
+        when no loader workers read them); ``False`` reads every patch every epoch. Their
+        memory is estimated first: a :class:`MemoryError` before any patch is kept when it
+        exceeds ``hx.settings.max_memory`` (by default the memory available now).
     epochs
         Maximum number of epochs per patch size.
     batch_size
