@@ -288,6 +288,34 @@ def add_defocused_plane(sdata) -> None:
     sdata.images["dapi_z1"] = image_element(plane.astype(np.uint8), mpp=0.5, channels=["dapi"])
 
 
+@bad_input(
+    "obscure error",
+    "`hx.tl.predict(patch_model, sdata, stride_um=...)` with a stride of one pixel over a whole "
+    "slide (a map of GiB allocated, the process killed after hours of reading)",
+    says="MemoryError: `A map of 800 x 800 grid cells (0.5 um apart over 400 x 400 um, 4 "
+    "classes) would allocate ... Pass a larger stride_um (the model's grid is ... um) or a "
+    "smaller region=...`, before any patch is read",
+    fix="pass a larger stride_um or a smaller region",
+)
+def test_dense_map_memory_is_estimated_before_any_patch_is_read(trained, monkeypatch):
+    from histoexpr.io import read_region
+
+    sdata, model = trained
+    reads = []
+    monkeypatch.setattr("histoexpr.tl._patch._dense_map.read_region",
+                        lambda *args, **kwargs: reads.append(args) or read_region(*args, **kwargs))
+    elements = set(sdata.labels) | set(sdata.tables) | set(sdata.images)
+    hx.settings.max_memory = "4 MiB"
+    with pytest.raises(MemoryError, match=r"A map of 800 x 800 grid cells \(0\.5 um apart "
+                                          r"over 400 x 400 um, 4 classes\).*larger stride_um"):
+        hx.tl.predict(model, sdata, stride_um=0.5, key_added="fine", device="cpu")
+    with pytest.raises(MemoryError, match="with the cells on a grid 4 times finer"):
+        hx.tl.predict(model, sdata, stride_um=0.5, cells="cells", key_added="fine", device="cpu")
+    assert reads == [] and set(sdata.labels) | set(sdata.tables) | set(sdata.images) == elements
+    hx.tl.predict(model, sdata, stride_um=4.0, key_added="coarse", device="cpu")  # the fix
+    assert reads and sdata.labels["coarse"].shape == (100, 100)
+
+
 def test_patches_of_several_planes_train_a_model_that_reads_each():
     train = labelled_section(0, 400)
     test = labelled_section(1, 400)

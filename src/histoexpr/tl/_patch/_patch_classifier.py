@@ -229,7 +229,9 @@ def predict(
         ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image.
     stride_um
         Grid step of the map (its pixel size) in um; defaults to the training labels' grid. It is
-        rounded to a whole number of the model's pixels.
+        rounded to a whole number of the model's pixels. The map's memory is estimated before
+        any patch is read: a :class:`MemoryError` names a larger stride or a smaller ``region``
+        when it exceeds ``hx.settings.max_memory`` (by default the memory available now).
     cells
         Key of cell polygons (``sdata.shapes``) or a cell label image (``sdata.labels``): make
         the map per cell, for labels made with ``transcript_labels(..., cells=...)``. Each
