@@ -117,3 +117,57 @@ def test_tiles_on_shapes_without_a_centre_are_refused(disk_section):
         with pytest.raises(ValueError, match="have no centre"):
             hx.pp.tile(disk_section, centres=key, size_px=16)
     assert "he_tiles" not in disk_section.shapes
+
+
+def _count_table(n_spots: int, n_genes: int, seed: int = 0):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(0.3, 2.0, size=n_genes) * rng.uniform(0.5, 2.0, size=(n_spots, 1))
+    counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
+    return ad.AnnData(counts, var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+
+
+def test_log_normalised_means_are_those_of_the_dense_array(monkeypatch):
+    from histoexpr._core import expression
+
+    table = _count_table(300, 120)
+    dense = expression.log_normalised(table).mean(axis=0)
+    for block_bytes in (64 * 2**20, 8 * 120 * 7, 1):  # one block, blocks of 7 rows, row by row
+        monkeypatch.setattr(expression, "_BLOCK_BYTES", block_bytes)
+        assert np.array_equal(expression.log_normalised_means(table), dense)
+    table.X = table.X.toarray()  # counts held dense: the same numbers
+    assert np.array_equal(expression.log_normalised_means(table), dense)
+
+
+@bad_input("obscure error", "`hx.pp.select_genes(tables, n_top=50)` (the default gene choice of "
+           "`hx.tl.fit(..., model='spot_regressor')`) on sections measuring every gene: all "
+           "genes of all spots log-normalised as one dense float64 array (88 GB for 30 Visium "
+           "sections of 36,601 genes)",
+           says="nothing for the default flavour (the spots are log-normalised in blocks, the "
+                "genes ranked the same); MemoryError: `The log-normalised expression of 3,000 "
+                "spots x 2,000 genes as one dense array would allocate ... Ask for fewer "
+                "genes ...` for flavours that need the array",
+           fix="nothing for flavor='top_expressed'; fewer genes or sections for the others")
+def test_gene_choice_memory_does_not_grow_with_the_genes_of_every_spot(monkeypatch):
+    from histoexpr._core import expression
+
+    tables = [_count_table(1500, 2000, seed) for seed in (1, 2)]  # dense: 3,000 x 2,000 x 20 B
+    free = hx.pp.select_genes(tables, n_top=20)
+    import tracemalloc
+
+    hx.settings.max_memory = "16 MiB"  # less than the dense array (114 MiB)
+    monkeypatch.setattr(expression, "_BLOCK_BYTES", 2**20)
+    tracemalloc.start()
+    try:
+        assert hx.pp.select_genes(tables, n_top=20) == free
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 60 * 2**20  # the pooled sparse counts and one block (143 MiB when dense)
+    with pytest.raises(MemoryError, match=r"3,000 spots x 2,000 genes as one dense array.*"
+                                          r"fewer genes"):
+        hx.pp.select_genes(tables, n_top=20, flavor="cell_ranger")
+    targets = hx.pp.expression_targets(tables[0], free[:5])  # a few genes: within the limit
+    assert targets.shape == (1500, 5)

@@ -46,12 +46,59 @@ def expression_targets(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
 
 
 def log_normalised(adata: AnnData, *, columns: np.ndarray | None = None) -> np.ndarray:
-    """``log1p`` of counts scaled to :data:`TARGET_SUM` per spot (a dense float32 array)."""
+    """``log1p`` of counts scaled to :data:`TARGET_SUM` per spot (a dense float32 array).
+
+    Its memory (the dense array and its float64 intermediate) is estimated first.
+    """
+    from .memory import check_memory
+
     counts = raw_counts(adata)
-    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-    scale = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
+    scale = _scales(counts)
     if columns is not None:
         counts = counts[:, columns]
+    n_spots, n_genes = counts.shape
+    check_memory(
+        float(n_spots) * n_genes * _DENSE_BYTES,
+        f"The log-normalised expression of {n_spots:,} spots x {n_genes:,} genes as one dense "
+        "array",
+        "Ask for fewer genes (genes=[...] or a smaller n_top) or fewer sections at once; "
+        "hx.pp.select_genes ranks every gene without this array with flavor='top_expressed' "
+        "(the default).")
+    return _log_rows(counts, scale)
+
+
+def log_normalised_means(adata: AnnData) -> np.ndarray:
+    """Each gene's mean over the spots of :func:`log_normalised`, without its dense array.
+
+    The rows are log-normalised in blocks of about 64 MiB and added one after another, in the
+    order numpy's ``mean(axis=0)`` adds them, so the means are the same float32 numbers as
+    ``log_normalised(adata).mean(axis=0)`` while the memory does not grow with the spots.
+    """
+    counts = raw_counts(adata)
+    scale = _scales(counts)
+    n_spots, n_genes = counts.shape
+    rows = max(1, _BLOCK_BYTES // (8 * max(1, n_genes)))
+    total = np.zeros(n_genes, dtype=np.float32)
+    for start in range(0, n_spots, rows):
+        block = _log_rows(counts[start : start + rows], scale[start : start + rows])
+        total = np.add.reduce(np.vstack([total[None], block]), axis=0)  # row after row
+    return np.true_divide(total, n_spots)
+
+
+#: bytes per value of :func:`log_normalised`: the dense counts and their product (float64),
+#: the float32 result
+_DENSE_BYTES = 8 + 8 + 4
+#: rows of :func:`log_normalised_means` log-normalised at once, in bytes of float64 values
+_BLOCK_BYTES = 64 * 2**20
+
+
+def _scales(counts) -> np.ndarray:
+    """The factor of each spot that scales its counts to :data:`TARGET_SUM` (0 if empty)."""
+    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    return np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
+
+
+def _log_rows(counts, scale: np.ndarray) -> np.ndarray:
     dense = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
     return np.log1p(dense * scale[:, None]).astype(np.float32)
 

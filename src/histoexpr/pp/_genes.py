@@ -12,6 +12,7 @@ from .._core.expression import (  #noqa: F401 (expression_targets is public here
     expression_targets,
     library_sizes,
     log_normalised,
+    log_normalised_means,
     raw_counts,
 )
 from .._core.logs import logger
@@ -43,6 +44,10 @@ def select_genes(
     ``"seurat_v3"`` is scanpy's variance-stabilised ranking of the counts; ``"seurat"`` and
     ``"cell_ranger"`` rank the log-normalised data by dispersion (they favour low-count noise
     genes on small sections).
+
+    ``"top_expressed"`` log-normalises the spots in blocks, so its memory does not grow with the
+    number of spots times genes; ``"seurat"`` and ``"cell_ranger"`` need every spot and gene as
+    one dense array, whose memory is estimated first (a :class:`MemoryError` names the fix).
 
     Parameters
     ----------
@@ -81,7 +86,7 @@ def select_genes(
         raise ValueError(f"n_top={n_top} but the sections share only {len(shared)} genes.")
     pooled = _pooled_counts(tables, shared)
     if flavor == "top_expressed":
-        mean = np.asarray(log_normalised(pooled).mean(axis=0)).ravel()
+        mean = log_normalised_means(pooled)
         order = np.argsort(-mean, kind="stable")[:n_top]
         return [shared[i] for i in order]
     return _scanpy_hvg(pooled, n_top=int(n_top), flavor=flavor, n_sections=len(tables))
