@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _catalogue import bad_input
 from shapely.geometry import Point
 from spatialdata import SpatialData
 from spatialdata.models import ShapesModel, TableModel
@@ -136,3 +137,27 @@ def test_gene_metric_bars_and_slide_scatter_draw_the_values():
     np.testing.assert_allclose(y, 0.5 * x)  # rows matched by name, not by position
     assert "r = 1.00" in ax.get_title()
     plt.close("all")
+
+
+@bad_input("obscure error", "`hx.tl.gene_correlations(pred, truth)` on two whole AnnData tables "
+           "(100,000 spots x 36,601 genes: both made dense float64, ranked and centred, "
+           "about 350 GB)",
+           says="MemoryError: `Scoring 4,000 rows x 500 genes (both sides as float64, their "
+                "ranks and centred copies) would allocate ... Score fewer genes at once "
+                "(genes=[...]) or fewer rows.`, before either side is copied",
+           fix="pass genes=[...] (the genes predicted) or fewer rows")
+def test_scoring_memory_is_estimated_before_the_tables_are_made_dense():
+    rng = np.random.default_rng(0)
+    names = pd.Index([f"g{i}" for i in range(500)])
+    rows = pd.Index([str(i) for i in range(4000)])
+    truth = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (4000, 500)).astype(np.float32)),
+                       obs=pd.DataFrame(index=rows), var=pd.DataFrame(index=names))
+    pred = truth.copy()
+    pred.X = truth.X + sp.csr_matrix(rng.normal(0, 1, (4000, 500)).astype(np.float32))
+    hx.settings.max_memory = "64 MiB"  # 4,000 x 500 x 96 B = 183 MiB
+    with pytest.raises(MemoryError, match=r"Scoring 4,000 rows x 500 genes.*fewer genes"):
+        hx.tl.gene_correlations(pred, truth)
+    with pytest.raises(MemoryError, match=r"Scoring 4,000 rows x 500 genes"):  # arrays too
+        hx.tl.gene_correlations(pred.X.toarray(), truth.X.toarray())
+    scored = hx.tl.gene_correlations(pred, truth, genes=list(names[:50]))  # the fix
+    assert len(scored) == 50 and (scored["pearson"] > 0.5).all()
