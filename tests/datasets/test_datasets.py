@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _catalogue import bad_input
 
 import histoexpr as hx
 
@@ -270,3 +271,38 @@ def test_cohort_class(cohort):
     # bulk rows in another order: the slides follow the bulk's order
     reordered = Cohort(slides, bulk[::-1].copy())
     assert reordered.ids == list(bulk.obs_names[::-1])
+
+
+@bad_input("obscure error", "`hx.datasets.synthetic_section(size_um=20000, mpp=0.25)` or "
+           "`hx.datasets.synthetic_artefact_slide(tissue_um=..., mpp=...)` larger than the "
+           "memory: hundreds of bytes a pixel allocated",
+           says="MemoryError: `A synthetic section of 400 x 400 um at 0.5 um/px (800 x 800 px, "
+                "about 96 bytes a pixel) would allocate ... Pass a smaller size_um or a coarser "
+                "mpp ...`, before anything is drawn",
+           fix="a smaller size_um (tissue_um) or a coarser mpp")
+def test_synthetic_data_are_estimated_before_they_are_drawn(monkeypatch):
+    import tracemalloc
+
+    from histoexpr.datasets import _synthetic_tissue
+
+    hx.settings.max_memory = "8 MiB"
+    with monkeypatch.context() as patched:
+        patched.setattr(_synthetic_tissue, "_smooth_field", lambda *a: pytest.fail("drawn"))
+        with pytest.raises(MemoryError, match=r"A synthetic section of 400 x 400 um at 0\.5 "
+                                              r"um/px \(800 x 800 px.*smaller size_um or a "
+                                              r"coarser mpp"):
+            hx.datasets.synthetic_section(seed=0, size_um=400, mpp=0.5)
+        with pytest.raises(MemoryError, match=r"A synthetic artefact slide of 800 x 600 um at 2 "
+                                              r"um/px \(400 x 300 px.*tissue_um=400\).*smaller "
+                                              r"tissue_um"):
+            hx.datasets.synthetic_artefact_slide(seed=0, tissue_um=400, mpp=2.0)
+    # the fix, a smaller section, fits; and the estimate bounds what the build takes (measured
+    # after a first, tiny build: the first one also imports and caches)
+    hx.datasets.synthetic_section(seed=0, size_um=64, mpp=2.0, spots=False)
+    tracemalloc.start()
+    try:
+        hx.datasets.synthetic_section(seed=0, size_um=200, mpp=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= _synthetic_tissue.section_bytes((200, 200), 1.0) <= 8 * 2**20

@@ -326,3 +326,69 @@ def test_read_wsi_refuses_non_square_pixels(tmp_path):
                  resolutionunit="MICROMETER")
     with pytest.raises(ValueError, match="pixels are not square"):
         hx.io.read_wsi(path)
+
+
+@bad_input("obscure error", "`hx.io.read_wsi('he.png', mpp=...)` (or `read_transcripts(..., "
+           "image='he.tif')`) on a plain image larger than the memory: decoded whole",
+           says="MemoryError: `Reading the slide he.png whole (300 x 200 px, 3 channel(s) of "
+                "uint8) would allocate ... Convert it to a pyramidal (OME-)TIFF ... read it with "
+                "hx.io.read_wsi(path, mpp=...), which reads it lazily`, from the file's header, "
+                "before any pixel is decoded",
+           fix="convert the image to a pyramidal (OME-)TIFF and read it with hx.io.read_wsi")
+def test_plain_images_are_estimated_from_their_header(tmp_path, monkeypatch):
+    import tifffile
+    from PIL import Image, ImageFile
+
+    pixels = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    png, tif = tmp_path / "he.png", tmp_path / "he.tif"
+    Image.fromarray(pixels).save(png)
+    tifffile.imwrite(tif, pixels, photometric="rgb")
+    written = {path: path.read_bytes() for path in (png, tif)}
+    hx.settings.max_memory = "200 KiB"  # the image is 176 KiB; 234 (TIFF), 410 (PNG) with copies
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixels decoded before the estimate")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageFile.ImageFile, "load", no_decoding)
+        patched.setattr(tifffile.TiffPageSeries, "asarray", no_decoding)
+        with pytest.raises(MemoryError, match=r"Reading the slide he\.png whole \(300 x 200 px, 3 "
+                                              r"channel\(s\) of uint8\).*hx\.io\.read_wsi"):
+            hx.io.read_wsi(png, mpp=1.0)
+        points = pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "gene": ["A", "B"]})
+        with pytest.raises(MemoryError, match=r"Reading the image he\.tif whole \(300 x 200 px"):
+            hx.io.read_transcripts(points, image=tif)
+    assert {path: path.read_bytes() for path in (png, tif)} == written
+    # the fix: a tiled, pyramidal TIFF, which read_wsi reads lazily under the same limit
+    pyramid = tmp_path / "he.ome.tif"
+    with tifffile.TiffWriter(pyramid) as writer:
+        writer.write(pixels, photometric="rgb", tile=(64, 64), subifds=1)
+        writer.write(pixels[::2, ::2], photometric="rgb", tile=(64, 64), subfiletype=1)
+    sdata = hx.io.read_wsi(pyramid, mpp=1.0)
+    assert np.array_equal(hx.io.read_region(sdata, "he", (0, 0, 50, 40), mpp=1.0),
+                          np.moveaxis(pixels[:40, :50], -1, 0))
+
+
+@bad_input("obscure error", "`hx.io.read_transcripts(..., labels='nuclei.npz')`: a sparse label "
+           "image whose dense array exceeds the memory",
+           says="MemoryError: `The labels nuclei.npz as a dense 400 x 500 px array of int32 (and "
+                "the sorted copy that counts them) would allocate 1.5 MiB ...`, from the npz's "
+                "shape, before it is made dense",
+           fix="crop the labels (and the image) to the region needed, or leave labels= out")
+def test_sparse_labels_are_estimated_before_they_are_made_dense(tmp_path):
+    import scipy.sparse as sp
+
+    labels = np.zeros((500, 400), dtype=np.int32)
+    labels[10:20, 10:20] = 1
+    path = tmp_path / "nuclei.npz"
+    sp.save_npz(path, sp.csr_matrix(labels))
+    written = path.read_bytes()
+    points = pd.DataFrame({"x": [11.0, 15.0], "y": [11.0, 15.0], "gene": ["A", "B"]})
+    hx.settings.max_memory = "1 MiB"
+    with pytest.raises(MemoryError, match=r"The labels nuclei\.npz as a dense 400 x 500 px array "
+                                          r"of int32.*would allocate 1\.5 MiB.*leave labels= out"):
+        hx.io.read_transcripts(points, labels=path)
+    assert path.read_bytes() == written
+    hx.settings.max_memory = "4 MiB"
+    sdata = hx.io.read_transcripts(points, labels=path)
+    assert np.asarray(sdata.labels["nuclei"]).shape == (500, 400)

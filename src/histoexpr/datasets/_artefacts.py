@@ -21,6 +21,8 @@ ARTEFACT_CODES = {name: i + 1 for i, name in enumerate(ARTEFACTS)}
 _INKS = (np.array([0.9, 0.6, 0.15]), np.array([0.8, 0.25, 0.55]), np.array([0.9, 0.9, 0.9]))
 _EOSIN = np.array([0.2159, 0.8012, 0.5581])  # the synthetic section's eosin
 _GLASS_OD = 0.03  # the synthetic section's glass
+#: memory of drawing the slide per pixel of glass (measured with tracemalloc: 154-158 B/px)
+_BYTES_PER_GLASS_PX = 170
 
 
 def synthetic_artefact_slide(
@@ -53,6 +55,11 @@ def synthetic_artefact_slide(
     artefacts
         Which artefacts to draw, of ``"halo"``, ``"pen"``, ``"bubble"``, ``"dust"``.
 
+    The glass has 3 times the section's pixels and its drawing takes about 170 bytes a pixel
+    (optical densities and coordinates in float64): ``3 x (tissue_um / mpp)**2 x 170`` bytes
+    are estimated before anything is drawn, and refused with a :class:`MemoryError` when they
+    exceed the limit.
+
     Returns
     -------
     A :class:`spatialdata.SpatialData` with ``images["he"]`` (RGB uint8), ``labels["tissue"]``
@@ -78,6 +85,7 @@ def synthetic_artefact_slide(
     unknown = [a for a in artefacts if a not in ARTEFACTS]
     if unknown:
         raise ValueError(f"Unknown artefact(s) {unknown}: choose among {list(ARTEFACTS)}.")
+    _check_slide_memory(tissue_um, mpp)
     rng = np.random.default_rng(resolve_seed(seed))
     section = synthetic_section(seed=int(rng.integers(2**31)), size_um=tissue_um, mpp=mpp,
                                 transcripts=False, spots=False, multiscale=False)
@@ -127,3 +135,18 @@ def synthetic_artefact_slide(
     return SpatialData(images={"he": _image(np.moveaxis(rgb, -1, 0), ["r", "g", "b"], mpp, [])},
                        labels={"tissue": _labels(tissue.astype(np.uint8), mpp, []),
                                "artefacts": _labels(codes, mpp, [])})
+
+
+def _check_slide_memory(tissue_um: float, mpp: float) -> None:
+    """Refuse, before the section is built, a slide whose drawing would exceed the memory limit."""
+    from .._core.memory import check_memory
+    from ._synthetic_tissue import section_bytes
+
+    side = max(1, round(tissue_um / mpp))
+    height, width = int(round(1.5 * side)), 2 * side
+    check_memory(
+        max(float(height) * width * _BYTES_PER_GLASS_PX, section_bytes((side, side), mpp)),
+        f"A synthetic artefact slide of {width * mpp:g} x {height * mpp:g} um at {mpp:g} um/px "
+        f"({width:,} x {height:,} px, about {_BYTES_PER_GLASS_PX} bytes a pixel; "
+        f"tissue_um={tissue_um:g})",
+        "Pass a smaller tissue_um or a coarser mpp (the memory falls with the square of both).")

@@ -65,7 +65,9 @@ def synthetic_section(
     size_um
         Side of the (square) section in micrometres, or its ``(width, height)``.
     mpp
-        Pixel size of the images and label maps in um/px.
+        Pixel size of the images and label maps in um/px. The build peaks at about
+        ``(size_um / mpp)**2 x 96`` bytes plus 40 a um^2 (cells, transcripts), estimated before
+        anything is drawn and refused with a :class:`MemoryError` above the limit.
     proportions
         Share of the tissue area covered by regions of each cell type, as a mapping from type to a
         non-negative weight (normalised to sum to 1; missing types get 0). Defaults to

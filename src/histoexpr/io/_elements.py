@@ -92,6 +92,9 @@ def to_cyx(array: np.ndarray, layout: str | None = None) -> np.ndarray:
     )
 
 
+#: memory of the coarser pyramid levels that readers build from a whole image, as its share
+_PYRAMID_SHARE = 1 / 3
+
 #: PIL modes whose values are not intensities of the colours seen: converted to these modes
 _PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB",
                 "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA", "La": "LA", "1": "L"}
@@ -108,6 +111,11 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
     (RGBA, grey + alpha) is dropped, with a log line (a warning where some pixels are not
     opaque), so that an H&E saved with transparency has the 3 channels of any other H&E.
     ``colours=False`` keeps the stored values (a label map saved as a palette PNG).
+
+    The memory of the read is estimated from the file's header before any pixel is decoded
+    (``height x width x channels x bytes per value``, twice through PIL, which decodes into an
+    image of its own before the array, plus a third for the pyramid levels the readers build)
+    and refused with a :class:`MemoryError` when it exceeds the limit.
     """
     path = existing_file(path, what)
     suffix = path.suffix.lower()
@@ -120,6 +128,8 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
                 if not tif.series:
                     raise ValueError("it holds no image (an empty or truncated file)")
                 axes = tif.series[0].axes
+                _check_whole_read(path, what, tif.series[0].shape, axes,
+                                  np.dtype(tif.series[0].dtype), copies=1, colours=colours)
                 array = tif.series[0].asarray()
                 page = tif.pages[0]
                 photometric = getattr(page.photometric, "name", str(page.photometric))
@@ -141,6 +151,10 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
             Image.MAX_IMAGE_PIXELS = None  # ST images are ~100 Mpx; they are trusted local files
             with Image.open(path) as image:
                 mode = image.mode
+                bands, dtype = _decoded_values(
+                    _PIL_CONVERT.get(mode, mode) if colours else mode, image)
+                _check_whole_read(path, what, (image.size[1], image.size[0], bands), "YXS",
+                                  dtype, copies=2, colours=colours)
                 orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation; 1 is upright
                 if orientation not in (1, None):
                     logger.warning(
@@ -174,6 +188,36 @@ def read_plain_image(path: str | Path, what: str = "image", *, colours: bool = T
     if colours:
         check_pixel_scale(array, what, path.name)
     return to_cyx(array, layout)
+
+
+def _decoded_values(mode: str, image) -> tuple[int, np.dtype]:
+    """Bands and value type of a PIL image decoded in ``mode``, from its header alone."""
+    from PIL import ImageMode
+
+    try:
+        decoded = ImageMode.getmode(mode)
+        return len(decoded.bands), np.dtype(decoded.typestr)
+    except (KeyError, TypeError, ValueError):  # a mode numpy has no type for: one byte a band
+        return len(image.getbands()), np.dtype(np.uint8)
+
+
+def _check_whole_read(path: Path, what: str, shape: Sequence[int], axes: str, dtype: np.dtype,
+                      *, copies: int, colours: bool) -> None:
+    """Refuse, from the file's header, a whole read of an image larger than the memory limit."""
+    from .._core.memory import check_memory
+
+    sizes = dict(zip(axes, (int(n) for n in shape), strict=False))
+    height, width = sizes.get("Y", 1), sizes.get("X", 1)
+    values = float(np.prod([int(n) for n in shape], dtype=float))
+    channels = round(values / max(height * width, 1))
+    check_memory(
+        values * dtype.itemsize * (copies + _PYRAMID_SHARE),
+        f"Reading the {what} {path.name} whole ({width:,} x {height:,} px, {channels} "
+        f"channel(s) of {dtype.name})",
+        ("Convert it to a pyramidal (OME-)TIFF (e.g. `vips tiffsave in.png out.ome.tif --tile "
+         "--pyramid`, or tifffile with subifds) and read it with hx.io.read_wsi(path, mpp=...), "
+         "which reads it lazily, tile by tile." if colours else
+         f"Crop the {what} (and the image with them) to the region you need, or leave them out."))
 
 
 def check_pixel_scale(pixels: np.ndarray, what: str, name: str) -> None:

@@ -79,7 +79,8 @@ def read_transcripts(
         :func:`read_cell_boundaries` does; the image's rows still run downwards.
     image
         An optional image (path to a JPEG/PNG/TIFF, or an array ``(y, x)``, ``(y, x, c)`` or
-        ``(c, y, x)``) of the same area, e.g. DAPI.
+        ``(c, y, x)``) of the same area, e.g. DAPI. A file is read whole: its memory is
+        estimated from its header first (as :func:`histoexpr.io.read_wsi` does for JPEG/PNG).
     image_mpp
         Pixel size of ``image`` and ``labels`` in um/px; defaults to ``pixel_size`` (a table in
         the image's pixels).
@@ -89,7 +90,8 @@ def read_transcripts(
         An optional label image (e.g. segmented nuclei) on the same pixel grid as ``image``: an
         integer array ``(y, x)``, a scipy sparse ``.npz`` file, or an image file. A float
         label image is accepted when it holds integers (converted, with a log line); one with
-        non-integer values is refused.
+        non-integer values is refused. A file is made dense: its memory (about twice ``height x
+        width x`` the bytes of its values) is estimated from its shape first.
     labels_key
         Key of the label image in ``sdata.labels``.
     outside
@@ -212,6 +214,7 @@ def _labels_array(labels) -> np.ndarray:
         if path.suffix == ".npz":
             from scipy import sparse
 
+            _check_dense_labels(path)
             array = sparse.load_npz(path).toarray()
         else:
             array = read_plain_image(path, "labels", colours=False)[0]
@@ -221,6 +224,38 @@ def _labels_array(labels) -> np.ndarray:
         raise ValueError(f"labels must be a 2-D label image (y, x), got shape {array.shape}. "
                          "Pass one plane of the segmentation.")
     return integer_labels(array, "label image passed as labels=")
+
+
+def _check_dense_labels(path: Path) -> None:
+    """Refuse, from the npz's shape and dtype (no value read), labels too large to densify.
+
+    The dense array, the sorted copy that counts the labels, and for float ids their integer
+    copy and masks. A file that is no sparse npz is left to scipy, which says so.
+    """
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    from .._core.memory import check_memory
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            shape = tuple(int(n) for n in npz["shape"])
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+            version = npy.read_magic(member)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            dtype = np.dtype(read(member)[2])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return
+    if len(shape) != 2:
+        return  # refused with its shape after reading
+    per_value = 2 * dtype.itemsize + (dtype.itemsize + 2 if dtype.kind == "f" else 0)
+    check_memory(
+        float(shape[0]) * shape[1] * per_value,
+        f"The labels {path.name} as a dense {shape[1]:,} x {shape[0]:,} px array of "
+        f"{dtype.name} (and the sorted copy that counts them)",
+        "Crop the labels (and the image with them) to the region you need, or leave labels= "
+        "out.")
 
 
 def read_cell_boundaries(

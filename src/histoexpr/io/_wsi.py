@@ -42,8 +42,10 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     scale (``scale0``, ``scale1``, ...) of a dask-backed image, and no pixel is decoded until a
     region is read (e.g. with :func:`histoexpr.io.read_region`). A plain JPEG or PNG image (an
     H&E photographed or exported without a pyramid) is read whole into memory instead, with
-    its pyramid made as :func:`histoexpr.io.read_st` makes it; such files do not state their
-    pixel size, so ``mpp`` must be given.
+    its pyramid made as :func:`histoexpr.io.read_st` makes it (its memory, about ``2.3 x height
+    x width x channels`` bytes for 8-bit pixels, is estimated from the file's header first and
+    refused with a :class:`MemoryError` when it exceeds the limit); such files do not state
+    their pixel size, so ``mpp`` must be given.
 
     Parameters
     ----------
