@@ -208,3 +208,35 @@ def test_a_pretrained_encoder_on_an_image_without_a_pixel_size_is_refused(sectio
     # an encoder of no pixel size (hand-crafted features) describes pixels, as before
     hx.tl.embed(bare, "he_tiles", encoder="handcrafted")
     assert np.isfinite(bare.tables["he_tiles_table"].obsm["X_handcrafted"]).all()
+
+
+@bad_input("obscure error", "`hx.tl.embed` (or `hx.tl.predict` of a spot regressor) of more "
+           "tiles x features than the memory holds: the features of every tile kept until the end",
+           says="MemoryError: `embed (handcrafted): the features of ... tiles x 23 dimensions "
+                "(float32, the batches and their concatenation) would allocate ... Make fewer "
+                "tiles (a larger stride ...`, before any tile is read (after the first batch "
+                "for a network that does not state its out_features)",
+           fix="a larger tile stride (fewer tiles), or an encoder with fewer features")
+def test_features_are_estimated_before_the_tiles_are_read(section, monkeypatch):
+    table = section.tables["he_tiles_table"]
+    n_tiles, before = table.n_obs, (set(table.obsm), dict(table.uns.get("embeddings", {})))
+    read = []
+    real = hx.pp.TileDataset.__getitem__
+    monkeypatch.setattr(hx.pp.TileDataset, "__getitem__",
+                        lambda self, index: read.append(index) or real(self, index))
+    hx.settings.max_memory = n_tiles * 23 * 8 - 1  # one byte short of the features
+    with pytest.raises(MemoryError, match=rf"embed \(handcrafted\): the features of {n_tiles:,} "
+                                          r"tiles x 23 dimensions.*larger stride"):
+        hx.tl.embed(section, "he_tiles", encoder="handcrafted", key_added="X_big")
+    assert read == []
+    assert (set(table.obsm), dict(table.uns.get("embeddings", {}))) == before
+    # a network that does not state its output size: refused after its first batch
+    dataset = hx.pp.TileDataset(section, "he_tiles")
+    flat = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten())  # 3 x 6 x 6 = 108
+    with pytest.raises(MemoryError, match=rf"the features of {n_tiles:,} tiles x 108 dim"):
+        encode(flat, dataset, batch_size=4, device="cpu", normalisation=None)
+    assert len(read) == 4
+    # the fix: fewer tiles (a larger stride) fit the same limit
+    fewer = torch.utils.data.Subset(dataset, range(0, n_tiles, 2))
+    assert encode(hx.models.HandcraftedEncoder(in_channels=3), fewer, batch_size=8,
+                  device="cpu", normalisation=None).shape == (len(fewer), 23)

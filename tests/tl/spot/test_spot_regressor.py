@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from _catalogue import bad_input
 from spatialdata import SpatialData
 from spatialdata.models import ShapesModel
 
@@ -224,3 +225,25 @@ def test_cross_validate_runs_the_hest_protocol(synthetic_trio):
     with pytest.raises(ValueError, match="at least two groups"):
         hx.tl.cross_validate(synthetic_trio, model="spot_regressor",
                              groups=dict.fromkeys("abc", "p"))
+
+
+@bad_input("obscure error", "`hx.tl.fit(sections, model='spot_regressor', route='cnn')` on more "
+           "spots x patch pixels than the memory holds: every spot's patch read into memory",
+           says="MemoryError: `The patches of ... spots (3 x 40 x 40 px, uint8, 3 copies while "
+                "they are read, pooled and split) of 1 section(s) for route='cnn' would allocate "
+                "... Train route='ridge' or route='mlp' ...`, before any patch is read",
+           fix="route='ridge' or 'mlp' (embeddings read in batches), fewer sections, or smaller "
+               "patches (size_um, mpp)")
+def test_cnn_patches_are_estimated_before_they_are_read(synthetic, monkeypatch):
+    from histoexpr.tl._spot import _spot_training
+
+    section = synthetic(seed=7, size_um=300, spot_pitch_um=40, spot_diameter_um=35)
+    n_spots = section.tables["table"].n_obs
+    monkeypatch.setattr(_spot_training, "_read_patches", lambda *a, **k: pytest.fail("read"))
+    hx.settings.max_memory = 3 * 40 * 40 * 3 * n_spots // 2  # half the patches' estimate
+    with pytest.raises(MemoryError, match=r"The patches of [\d,]+ spots \(3 x 40 x 40 px, uint8"
+                                          r".*1 section\(s\) for route='cnn'.*route='ridge'"):
+        hx.tl.fit(section, model="spot_regressor", genes=GENES, route="cnn", epochs=1, **PATCH)
+    # the fix: route="ridge" reads the patches in batches, as tile embeddings
+    model = hx.tl.fit(section, model="spot_regressor", genes=GENES, route="ridge", **PATCH)
+    assert model.metadata["route"] == "ridge"

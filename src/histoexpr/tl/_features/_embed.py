@@ -37,6 +37,8 @@ DEFAULT_NORMALISATION = {"mean": 0.5, "std": 0.25}
 IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 #: the writer recorded with the features this step makes (``uns["embeddings"][key]``)
 STEP = "hx.tl.embed"
+#: bytes a feature of a tile takes while encoding: float32 in its batch, then concatenated
+_FEATURE_BYTES = 8
 
 
 @logged_step("embedding tiles")
@@ -56,7 +58,9 @@ def embed(
     """Compute features of every tile and store them in the tile table's ``obsm``.
 
     Tiles are read lazily through :class:`histoexpr.pp.TileDataset` in batches, so memory does
-    not grow with the slide.
+    not grow with the slide's pixels; the features' memory (``n_tiles x dim x 8`` bytes) is
+    estimated before the tiles are read (after the first batch for encoders that do not state
+    their output size) and refused with a :class:`MemoryError` when it exceeds the limit.
 
     Parameters
     ----------
@@ -297,11 +301,19 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
     network with batch normalisation folded into its convolutions and CNNs in channels-last
     layout (:func:`histoexpr._core.devices.inference_network`; equal to float32 rounding).
     ``batch_size=None`` chooses it (``histoexpr._core.devices.auto_batch_size``).
+
+    The memory of the features (the batches' and their concatenation, ``n_tiles x dim x 8``
+    bytes) is estimated before any tile is read where the network states its output size
+    (``out_features``), else after the first batch, before the others.
     """
     from torch.utils.data import DataLoader
 
     from ...models import HandcraftedEncoder
 
+    n_tiles = len(dataset)
+    stated = _stated_dim(network)
+    if stated is not None:
+        _check_feature_memory(n_tiles, stated, desc)
     network, channels_last = inference_network(network, device)
     # hand-crafted statistics stay in fp32: mixed precision is for learned networks
     precision = None if isinstance(network, HandcraftedEncoder) else resolve_precision(device)
@@ -322,9 +334,29 @@ def encode(network: torch.nn.Module, dataset: Any, *, batch_size: int | None, de
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             chunks.append(network(images).float().cpu().numpy())
+            if len(chunks) == 1 and stated is None:  # the output size is known now
+                _check_feature_memory(n_tiles, int(np.prod(chunks[0].shape[1:])), desc)
     if channels_last:  # the caller's network when it was not copied; harmless on a copy
         network.to(memory_format=torch.contiguous_format)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _stated_dim(network: torch.nn.Module) -> int | None:
+    """The number of features a network says it gives per tile (``out_features``), if it does."""
+    dim = getattr(network, "out_features", None)
+    return int(dim) if isinstance(dim, int | np.integer) and not isinstance(dim, bool) else None
+
+
+def _check_feature_memory(n_tiles: int, dim: int, desc: str) -> None:
+    """Refuse features of ``n_tiles`` x ``dim`` that would exceed the memory limit."""
+    from ..._core.memory import check_memory
+
+    check_memory(
+        float(n_tiles) * dim * _FEATURE_BYTES,
+        f"{desc}: the features of {n_tiles:,} tiles x {dim:,} dimensions (float32, the batches "
+        "and their concatenation)",
+        "Make fewer tiles (a larger stride: hx.pp.tile(..., stride_um=...), or a higher "
+        "min_tissue), or use an encoder with fewer features.")
 
 
 def _tile_shape(dataset: Any) -> tuple[int, ...]:

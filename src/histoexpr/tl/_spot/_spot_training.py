@@ -14,6 +14,9 @@ from ..._core.logs import logger, progress
 from ..._core.seeds import resolve_seed, seed_everything
 from .._metrics._expression_metrics import column_pearson
 
+#: copies of the spot patches that route "cnn" holds at once (chunks, pooled, training subset)
+_PATCH_COPIES = 3
+
 
 def fit_ridge(features: Sequence[np.ndarray], targets: Sequence[np.ndarray], *,
               alphas: Sequence[float], n_components: int | None):
@@ -92,11 +95,13 @@ def fit_cnn(sections: Sequence[Any], *, tiles_key: str, image_key: str, n_genes:
             device: str | None, seed: int | None):
     """Train a :class:`~histoexpr.models.SpotCNN` end to end on the spot patches.
 
-    The patches are read once (uint8, in memory: about ``3 * size_px**2`` bytes a spot) and
-    augmented on the fly.
+    The patches are read once (uint8, in memory) and augmented on the fly. Their memory, about
+    three copies of them (the read chunks, the pooled array, the training subset), ``n_spots x
+    channels x size_px**2 x 3`` bytes, is estimated before any patch is read.
     """
     from ...models import SpotCNN
 
+    _check_patch_memory(sections, tiles_key=tiles_key, image_key=image_key)
     patches = np.concatenate([_read_patches(s.sdata, tiles_key, image_key, s.tile_rows)
                               for s in sections])
     y = np.vstack([s.targets for s in sections]).astype(np.float32)
@@ -105,6 +110,27 @@ def fit_cnn(sections: Sequence[Any], *, tiles_key: str, image_key: str, n_genes:
                                batch_size=batch_size, val_fraction=val_fraction, device=device,
                                seed=seed, desc=f"spot regressor (cnn, {arch})", augment=True)
     return network, {"history": history, "arch": arch, "size_px": int(patches.shape[-1])}
+
+
+def _check_patch_memory(sections: Sequence[Any], *, tiles_key: str, image_key: str) -> None:
+    """Refuse, before any patch is read, patches of every spot that would exceed the memory."""
+    from ..._core.image import image_levels
+    from ..._core.memory import check_memory
+
+    n_spots = sum(len(s.tile_rows) for s in sections)
+    if not n_spots:
+        return
+    size_px = max(int(s.sdata.tables[f"{tiles_key}_table"].uns["tiles"]["size_px"])
+                  for s in sections)
+    channels = max(int(image_levels(s.sdata, image_key)[0].data.sizes["c"]) for s in sections)
+    check_memory(
+        float(n_spots) * channels * size_px**2 * _PATCH_COPIES,
+        f"The patches of {n_spots:,} spots ({channels} x {size_px} x {size_px} px, uint8, "
+        f"{_PATCH_COPIES} copies while they are read, pooled and split) of {len(sections)} "
+        "section(s) for route='cnn'",
+        "Train route='ridge' or route='mlp', which read the patches in batches (as tile "
+        "embeddings), or train on fewer sections, or on smaller patches (a smaller size_um or a "
+        "coarser mpp).")
 
 
 def _train_regressor(network, last_layer, x: np.ndarray, y: np.ndarray, *, epochs: int,
