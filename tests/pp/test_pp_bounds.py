@@ -171,3 +171,100 @@ def test_gene_choice_memory_does_not_grow_with_the_genes_of_every_spot(monkeypat
         hx.pp.select_genes(tables, n_top=20, flavor="cell_ranger")
     targets = hx.pp.expression_targets(tables[0], free[:5])  # a few genes: within the limit
     assert targets.shape == (1500, 5)
+
+
+def _element_keys(sdata) -> set:
+    return {(kind, key) for kind in ("images", "labels", "points", "shapes", "tables")
+            for key in getattr(sdata, kind)}
+
+
+def _scattered_transcripts(n: int, extent_um: float, genes: str = "ABCD", seed: int = 0):
+    """``n`` transcripts of ``genes`` spread over a square of ``extent_um`` (corners included)."""
+    rng = np.random.default_rng(seed)
+    points = pd.DataFrame({"x": rng.uniform(0, extent_um, n), "y": rng.uniform(0, extent_um, n),
+                           "gene": rng.choice(list(genes), n)})
+    points.loc[0, ["x", "y"]] = 0.0
+    points.loc[1, ["x", "y"]] = extent_um
+    return points
+
+
+@bad_input("obscure error", "`hx.pp.rank_gene_pairs(sdata, bin_um=...)` with tiny bins or many "
+           "`n_candidates` (two float64 grids per candidate gene over the whole section: GiB "
+           "for 1 um bins of a 2 cm section)",
+           says="MemoryError: `rank_gene_pairs on a grid of 15,001 x 15,001 bins of 0.02 um for "
+                "4 candidate genes would allocate ... Pass a larger bin_um or fewer "
+                "n_candidates.`, before any grid is made",
+           fix="pass a larger bin_um (the default is 10 um) or fewer n_candidates")
+def test_gene_pair_grids_are_estimated_before_they_are_made():
+    sdata = hx.io.read_transcripts(_scattered_transcripts(3000, 300.0))
+    before = _element_keys(sdata)
+    hx.settings.max_memory = "8 MiB"  # the transcripts (0.4 MiB) fit, fine grids do not
+    with pytest.raises(MemoryError, match=r"rank_gene_pairs on a grid of 15,001 x 15,001 bins "
+                                          r"of 0\.02 um for 4 candidate genes would allocate "
+                                          r"22\.0 GiB.*larger bin_um or fewer n_candidates"):
+        hx.pp.rank_gene_pairs(sdata, min_counts=1, bin_um=0.02)
+    # 301 x 301 bins of 1 um: 105 B a bin for 4 genes (9.1 MiB) but 73 B for 2 (6.3 MiB)
+    with pytest.raises(MemoryError, match=r"301 x 301 bins of 1 um for 4 candidate genes"):
+        hx.pp.rank_gene_pairs(sdata, min_counts=1, bin_um=1.0)
+    assert _element_keys(sdata) == before
+    assert len(hx.pp.rank_gene_pairs(sdata, min_counts=1, bin_um=1.0, n_candidates=2)) == 1
+    assert len(hx.pp.rank_gene_pairs(sdata, min_counts=1)) == 6  # the default 10 um bins
+
+
+@bad_input("obscure error", "`hx.pp.transcript_labels` or `hx.pp.rank_gene_pairs` on the points "
+           "of a whole large section (every transcript held in pandas, ~136 B each: 13 GiB for "
+           "100 million transcripts)",
+           says="MemoryError: `The 20,008 transcripts of sdata.points['transcripts'] held in "
+                "memory (x, y and gene, ~136 B each) would allocate 2.6 MiB, more than ... Crop "
+                "the points first (e.g. with spatialdata's bounding_box_query) or keep fewer "
+                "genes ...`, before anything is computed or written",
+           fix="crop the points (spatialdata's `bounding_box_query`) or keep fewer genes")
+def test_transcripts_are_estimated_before_they_are_held():
+    from spatialdata import bounding_box_query
+
+    clusters = pd.DataFrame([(10.5, 30.5, "A")] * 4 + [(30.5, 30.5, "B")] * 4,
+                            columns=["x", "y", "gene"])
+    points = pd.concat([clusters, _scattered_transcripts(20000, 39.9, genes="CDE")],
+                       ignore_index=True)
+    image = np.zeros((40, 40), dtype=np.uint8)
+    image[:20, :20] = 200
+    sdata = hx.io.read_transcripts(points, image=image, image_mpp=1.0)
+    before = _element_keys(sdata)
+    hx.settings.max_memory = "2 MiB"
+    options = {"genes": ("A", "B"), "min_per_class": 1}
+    message = (r"The 20,008 transcripts of sdata.points\['transcripts'\] held in memory \(x, y "
+               r"and gene, ~136 B each\) would allocate 2\.6 MiB.*bounding_box_query")
+    with pytest.raises(MemoryError, match=message):
+        hx.pp.transcript_labels(sdata, **options)
+    with pytest.raises(MemoryError, match=message):
+        hx.pp.rank_gene_pairs(sdata, min_counts=1)
+    assert _element_keys(sdata) == before
+    # the fix: the points of the part to label (y 25..40 um: 7,500 transcripts, 1 MiB)
+    sdata.points["transcripts"] = bounding_box_query(
+        sdata.points["transcripts"], axes=("x", "y"), min_coordinate=[0, 25],
+        max_coordinate=[40, 40], target_coordinate_system="global")
+    hx.pp.transcript_labels(sdata, **options)
+    classes = set(sdata.tables["tx_labels_patches"].obs["class"].astype(str))
+    assert classes == {"background", "tissue", "A", "B"}
+
+
+@bad_input("obscure error", "`hx.pp.transcript_labels(..., cells=...)` with a fine `grid_um`: "
+           "the cells rasterised 4 times finer than the grid (16 pixels of ~44 B per grid "
+           "cell of a label image)",
+           says="MemoryError: `transcript_labels on a grid of 200 x 200 cells of 0.5 um, with "
+                "the cells of 'cells' on a grid 4 times finer would allocate ... Pass a larger "
+                "grid_um.`, before the transcripts are read",
+           fix="pass a larger grid_um (the default is 2 um)")
+def test_transcript_labels_estimates_the_cell_raster():
+    sdata = hx.datasets.synthetic_section(seed=0, size_um=100, spots=False)
+    before = _element_keys(sdata)
+    hx.settings.max_memory = "8 MiB"  # the grid alone (3.7 MiB) fits, with the cells (31 MiB) not
+    options = {"genes": ("PTPRC", "COL1A1"), "cells": "cells", "min_counts": 1,
+               "min_per_class": 1}
+    with pytest.raises(MemoryError, match=r"grid of 200 x 200 cells of 0\.5 um, with the cells "
+                                          r"of 'cells' on a grid 4 times finer would allocate "
+                                          r"30\.5 MiB.*larger grid_um"):
+        hx.pp.transcript_labels(sdata, grid_um=0.5, **options)
+    assert _element_keys(sdata) == before
+    hx.pp.transcript_labels(sdata, grid_um=2.0, **options)  # the fix: 50 x 50 cells, 1.9 MiB
+    assert len(sdata.tables["tx_labels_cells"]) > 10

@@ -8,12 +8,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.logs import logger
+from .._core.memory import check_memory
 from .._core.ownership import require_element
 from .._core.validate import check_positive, renamed_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
+
+#: memory of one bin for each candidate gene: its counts and smoothed density (float64)
+_BYTES_PER_BIN_PER_GENE = 16
+#: and of one bin besides: the tissue mask, the smoothing's float64 work and a pair's
+#: comparison (the two densities over the tissue, masks and the median's copy)
+_BYTES_PER_BIN = 41
 
 
 @renamed_parameters(min_count="min_counts")
@@ -51,14 +58,18 @@ def rank_gene_pairs(
     sdata
         The section.
     points_key
-        Key of the transcripts in ``sdata.points`` (column ``gene``, ``x``, ``y`` in um).
+        Key of the transcripts in ``sdata.points`` (column ``gene``, ``x``, ``y`` in um). Every
+        transcript is held in memory; that memory is estimated first (about 136 B each): a
+        MemoryError names the number of transcripts and asks to crop the points.
     n_candidates
-        How many of the most abundant genes are paired.
+        How many of the most abundant genes are paired. Each holds two float64 grids of
+        ``bin_um``; their memory is estimated first: a MemoryError names the bins and the
+        genes.
     min_counts
         Genes with fewer transcripts are not candidates. (Was ``min_count``, still accepted
         with a ``FutureWarning``.)
     bin_um
-        Side of the bins, in um.
+        Side of the bins, in um; the grids' memory is estimated first (see ``n_candidates``).
     smooth_um
         Width (sigma) of the smoothing of the densities compared between genes, in um.
 
@@ -93,6 +104,16 @@ def rank_gene_pairs(
         )
     logger.info("Ranking %d pairs of the %d most abundant genes.",
                 len(candidates) * (len(candidates) - 1) // 2, len(candidates))
+    # the grids' size from the extent alone (the same arithmetic as rows and cols below; NaN
+    # coordinates leave the estimate NaN, not refused, as before), before any grid is made
+    n_rows = np.floor((points["y"].max() - points["y"].min()) / bin_um) + 1
+    n_cols = np.floor((points["x"].max() - points["x"].min()) / bin_um) + 1
+    per_bin = _BYTES_PER_BIN + _BYTES_PER_BIN_PER_GENE * len(candidates)
+    check_memory(
+        float(n_rows) * float(n_cols) * per_bin,
+        f"rank_gene_pairs on a grid of {n_cols:,.0f} x {n_rows:,.0f} bins of {bin_um:g} um for "
+        f"{len(candidates)} candidate genes",
+        "Pass a larger bin_um or fewer n_candidates.")
     cols = np.floor((points["x"] - points["x"].min()) / bin_um).astype(int).to_numpy()
     rows = np.floor((points["y"] - points["y"].min()) / bin_um).astype(int).to_numpy()
     shape = (rows.max() + 1, cols.max() + 1)

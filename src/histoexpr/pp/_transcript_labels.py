@@ -105,7 +105,9 @@ def transcript_labels(
     sdata
         The section, with transcripts and an image aligned in micrometres.
     points_key
-        Key of the transcripts in ``sdata.points`` (column ``gene``).
+        Key of the transcripts in ``sdata.points`` (column ``gene``). Every transcript is held
+        in memory; that memory is estimated first (about 136 B each): a MemoryError names the
+        number of transcripts and asks to crop the points.
     image_key
         Key of the image in ``sdata.images``: one-channel fluorescence (DAPI) or RGB H&E; or of a
         nuclei label map in ``sdata.labels`` (foreground: label > 0) where there is no image. It
@@ -130,7 +132,9 @@ def transcript_labels(
     cells
         Key of cell polygons in ``sdata.shapes`` (:func:`histoexpr.io.read_cell_boundaries`) or
         of a cell (or nucleus) label image in ``sdata.labels``: label each cell by the
-        transcripts inside it (see above). ``None`` labels places by windows.
+        transcripts inside it (see above). ``None`` labels places by windows. The cells are
+        rasterised on a grid 4 times finer than ``grid_um``; its memory is estimated with the
+        grid's first: a MemoryError names the grid and asks for a larger grid_um.
     stride_um
         Distance between neighbouring patch centres, in um (a multiple of ``grid_um`` is exact).
         (Was ``patch_stride_um``, still accepted with a ``FutureWarning``.)
@@ -183,9 +187,17 @@ def transcript_labels(
     check_pixel_size_stated(sdata, image_key)
     level0 = image_levels(sdata, image_key)[0]
     grid = _Grid.over(level0, grid_um)
-    check_memory(float(grid.shape[0]) * grid.shape[1] * _BYTES_PER_CELL,
+    per_cell = _BYTES_PER_CELL
+    if cells is not None:  # the cells rasterised on a grid _CELL_SUBSTEPS times finer
+        from .._core.cells import raster_bytes_per_px
+
+        per_cell += _CELL_SUBSTEPS**2 * raster_bytes_per_px(sdata, cells)
+    check_memory(float(grid.shape[0]) * grid.shape[1] * per_cell,
                  f"transcript_labels on a grid of {grid.shape[1]:,} x {grid.shape[0]:,} cells of "
-                 f"{grid_um:g} um", "Pass a larger grid_um.")
+                 f"{grid_um:g} um" + ("" if cells is None else
+                                      f", with the cells of {cells!r} on a grid "
+                                      f"{_CELL_SUBSTEPS} times finer"),
+                 "Pass a larger grid_um.")
     points = _points_frame(sdata, points_key)
     _check_points(points, grid, gene_a, gene_b, points_key)
     window = _odd_cells(window_um, grid_um)
@@ -304,14 +316,33 @@ def _check_rule(grid_um, window_um, min_counts, enrichment, tissue, stride_um) -
     check_choice("tissue", tissue, TissueTest)
 
 
+#: memory of one transcript held in pandas: measured 131 B at the peak of the frame's making
+#: (x, y and the gene's reference, the index, and the transformation's float64 columns in and
+#: out); the frame kept (78 B) and the callers' per-transcript arrays (grid rows and columns,
+#: masks: ~50 B) stay below it
+_BYTES_PER_TRANSCRIPT = 136
+
+
 def _points_frame(sdata: SpatialData, points_key: str) -> pd.DataFrame:
-    """The transcripts' x, y (um, ``"global"``) and gene as a pandas frame."""
+    """The transcripts' x, y (um, ``"global"``) and gene as a pandas frame.
+
+    Its memory (:data:`_BYTES_PER_TRANSCRIPT` per transcript) is estimated first, from the
+    number of points alone: dask knows it from the parquet files' metadata or the in-memory
+    frame, else counts it in one pass that holds one partition at a time. Only then is every
+    transcript computed.
+    """
     from spatialdata.transformations import get_transformation
 
     points = sdata.points[points_key]
     if "gene" not in points.columns:
         raise KeyError(f"sdata.points[{points_key!r}] has no 'gene' column; read the transcripts "
                        "with hx.io.read_transcripts.")
+    n_points = len(points)
+    check_memory(float(n_points) * _BYTES_PER_TRANSCRIPT,
+                 f"The {n_points:,} transcripts of sdata.points[{points_key!r}] held in memory "
+                 f"(x, y and gene, ~{_BYTES_PER_TRANSCRIPT} B each)",
+                 "Crop the points first (e.g. with spatialdata's bounding_box_query) or keep "
+                 "fewer genes (points[points['gene'].isin(genes)]).")
     frame = points[["x", "y", "gene"]].compute()
     matrix = get_transformation(points, "global").to_affine_matrix(
         input_axes=("x", "y"), output_axes=("x", "y"))

@@ -308,3 +308,54 @@ def test_cells_on_an_image_without_a_pixel_size_are_refused(sections, nuclear_mo
         assert not any(key.startswith("bare_cells") for key in [*test.labels, *test.tables])
     finally:
         del test.images["dapi_bare"]
+
+
+def _element_keys(sdata) -> set:
+    return {(kind, key) for kind in ("images", "labels", "points", "shapes", "tables")
+            for key in getattr(sdata, kind)}
+
+
+@bad_input(
+    "obscure error",
+    "`hx.tl.fit(sdata, model='cell_morphology')` or `hx.tl.predict` with it on a whole large "
+    "section (`region=None`): ~180 B per pixel at `feature_mpp=0.5` (67 GiB for a 1 x 1 cm "
+    "section), the process killed mid-way",
+    says="MemoryError: `Cell features over 600 x 600 px (300 x 300 um at 0.5 um/px; 1 "
+         "channel(s) of 'dapi', ~180 B/px) would allocate 61.8 MiB, more than ... Pass "
+         "region=(x_min, y_min, x_max, y_max) to train on part of the section, or a coarser "
+         "feature_mpp (now 0.5 um/px).`, before any pixel is read",
+    fix="pass `region=(x_min, y_min, x_max, y_max)` (to fit, or a coarser `feature_mpp`); a "
+        "larger `stride_um` where predict names the map",
+)
+def test_cell_features_memory_is_estimated_before_any_pixel_is_read(sections, nuclear_model,
+                                                                    monkeypatch):
+    from histoexpr._core import cells as _cells
+
+    train, test = sections
+    calls = []
+    real = _cells.cell_features
+    monkeypatch.setattr(_cells, "cell_features",
+                        lambda *args, **kwargs: calls.append(args) or real(*args, **kwargs))
+    before = [_element_keys(train), _element_keys(test)]
+    hx.settings.max_memory = "24 MiB"
+    whole = (r"Cell features over 600 x 600 px \(300 x 300 um at 0\.5 um/px; 1 channel\(s\) of "
+             r"'dapi', ~180 B/px\) would allocate 61\.8 MiB")
+    with pytest.raises(MemoryError, match=whole + r".*coarser feature_mpp \(now 0\.5 um/px\)"):
+        hx.tl.fit(train, model="cell_morphology", seed=0)
+    with pytest.raises(MemoryError, match=whole + r".*region=\(x_min, y_min, x_max, y_max\) to "
+                                                  r"map part of the section"):
+        hx.tl.predict(nuclear_model, test, key_added="whole")
+    corner = (0, 0, 150, 150)  # features of 300 x 300 px: 15.4 MiB
+    with pytest.raises(MemoryError, match=r"A map of 1,500 x 1,500 grid cells \(0\.1 um apart "
+                                          r"over 150 x 150 um.*larger stride_um"):
+        hx.tl.predict(nuclear_model, test, region=corner, stride_um=0.1, key_added="whole")
+    assert calls == [] and [_element_keys(train), _element_keys(test)] == before
+    # the fixes: a coarser feature_mpp to fit (15.4 MiB), a region to map (a quarter)
+    coarse = hx.tl.fit(train, model="cell_morphology", feature_mpp=1.0, n_folds=2, seed=0)
+    assert coarse.metadata["feature_mpp"] == 1.0
+    try:
+        hx.tl.predict(nuclear_model, test, region=corner, key_added="corner")  # map: 16.1 MiB
+        assert test.labels["corner"].shape == (150, 150) and len(calls) == 2
+    finally:
+        for kind, key in _element_keys(test) - before[1]:
+            del getattr(test, kind)[key]

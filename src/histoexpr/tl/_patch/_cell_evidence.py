@@ -61,7 +61,7 @@ def _patch_log_probabilities(sdata, model, meta, cells, names, box, classes, *, 
     model.metadata = dict(meta)
     probabilities, origin, stride = dense_probabilities(
         model, sdata, image_key=None, region=box, stride_um=None, batch_size=batch_size,
-        device=device, cells=True)
+        device=device, cells=cells)
     means, found, _, _ = cell_probabilities(sdata, cells, probabilities, origin, stride, classes,
                                             None)
     means = calibrated(means, meta.get("calibration") if calibrate else None, classes)

@@ -50,6 +50,11 @@ def fit(sdata: SpatialData, options: CellMorphologyOptions) -> CellClassifier:
     ratio of the two, the ring's relative area, and these averaged over neighbouring cells. The
     default (``stains_key=None``) uses the nuclear image alone.
 
+    **Memory.** The feature maps of ``region`` (the whole image by default) at ``feature_mpp``
+    take about 180 B per pixel of a one-channel image (100 more per further channel): their
+    memory is estimated first, and a MemoryError names the pixels and asks for a smaller
+    ``region`` or a coarser ``feature_mpp`` before anything is read.
+
     **Stacking with patch classifiers.** A CNN's probabilities on the cells it trained on are
     over-confident, so they must not teach the combination. With ``patch_classifier``, each
     training cell is used for the combination only where some patch classifier never trained
@@ -105,6 +110,10 @@ def fit(sdata: SpatialData, options: CellMorphologyOptions) -> CellClassifier:
     classes = {str(k): int(v) for k, v in rule["classes"].items()}
     cell_classes = [name for name in classes if name != "background"]
     bounds = _bounds(sdata, image_key, options.region)
+    _check_feature_memory(  # before any pixel is read
+        sdata, image_key, bounds, float(options.feature_mpp), options.stains_key, channels,
+        fix="Pass region=(x_min, y_min, x_max, y_max) to train on part of the section, or a "
+            f"coarser feature_mpp (now {float(options.feature_mpp):g} um/px).")
     features, names, centroids = _features(sdata, cells, image_key, bounds, options.feature_mpp,
                                            options.smooth_um, options.stains_key, channels,
                                            options.ring_um)
@@ -194,13 +203,16 @@ def predict(
     sdata
         The section, with the image and the cells.
     region
-        ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image.
+        ``(x_min, y_min, x_max, y_max)`` in um to map; defaults to the whole image. Its memory
+        is estimated first (about 180 B per pixel at the model's ``feature_mpp``, one channel):
+        a MemoryError names the pixels and asks for a smaller region.
     cells
         Key of the cell polygons or label image; defaults to the one the model trained on.
     image_key
         Image to describe the cells on; defaults to the one the model trained on.
     stride_um
-        Pixel size of the map in um; defaults to the training labels' grid.
+        Pixel size of the map in um; defaults to the training labels' grid. The map's memory
+        is estimated first: a MemoryError names its grid cells and asks for a larger stride_um.
     calibrate
         Apply the stacked patch classifiers' calibration (see
         ``hx.tl.fit(..., model="patch_classifier")``), as in training.
@@ -231,7 +243,7 @@ def predict(
 
     from ..._core.cells import require_cells
     from ...models import CellClassifier
-    from ._dense_map import cell_table, cells_on_grid, cells_to_map, write_map
+    from ._dense_map import cell_table, cells_on_grid, cells_to_map, check_map_memory, write_map
 
     if not isinstance(model, CellClassifier) or model.metadata.get("model") != MODEL_NAME:
         raise TypeError("predict needs a model from hx.tl.fit(..., model='cell_morphology') or "
@@ -251,10 +263,21 @@ def predict(
     if not stride > 0:
         raise ValueError(f"stride_um must be a positive length in um, got {stride_um!r}.")
     bounds = _bounds(sdata, image_key, region)
+    classes = {str(k): int(v) for k, v in meta["classes"].items()}
+    # memory, before any pixel is read: the features, then the map (they are not held at once)
+    _check_feature_memory(
+        sdata, image_key, bounds, float(meta["feature_mpp"]), stains_key, meta.get("stains"),
+        fix="Pass region=(x_min, y_min, x_max, y_max) to map part of the section at a time (the "
+            f"model measures its features at {float(meta['feature_mpp']):g} um/px, its "
+            "feature_mpp).")
+    origin = (bounds[0], bounds[1])
+    shape = (max(1, int((bounds[3] - bounds[1]) / stride + 1e-6)),
+             max(1, int((bounds[2] - bounds[0]) / stride + 1e-6)))
+    check_map_memory(sdata, shape, bounds, stride, n_classes=len(classes), cells=cells,
+                     grid_um=float(meta["grid_um"]))  # the map and the cells on a finer grid
     features, names, centroids = _features(sdata, cells, image_key, bounds,
                                            meta["feature_mpp"], meta["smooth_um"], stains_key,
                                            meta.get("stains"), meta.get("ring_um", 2.0))
-    classes = {str(k): int(v) for k, v in meta["classes"].items()}
     x = torch.as_tensor(features, dtype=torch.float32)
     patch_log = None
     if len(model.patch_models):
@@ -271,9 +294,6 @@ def predict(
     full = np.zeros((len(names), len(classes)), dtype=np.float32)
     for j, name in enumerate(meta["cell_classes"]):
         full[:, list(classes).index(name)] = cell_probabilities[:, j]
-    origin = (bounds[0], bounds[1])
-    shape = (max(1, int((bounds[3] - bounds[1]) / stride + 1e-6)),
-             max(1, int((bounds[2] - bounds[0]) / stride + 1e-6)))
     ids, _, grid_names = cells_on_grid(sdata, cells, origin, stride, shape)
     lookup = {str(name): i for i, name in enumerate(names)}
     uniform = np.array([0.0 if n == "background" else 1 / len(meta["cell_classes"])
@@ -342,11 +362,9 @@ def _bounds(sdata, image_key: str, region) -> tuple[float, float, float, float]:
 
 def _features(sdata, cells, image_key, bounds, mpp, smooth_um, stains_key=None, stains=None,
               ring_um=2.0):
+    """Each cell's features over ``bounds`` (their memory checked by _check_feature_memory)."""
     from ..._core.cells import cell_features
-    from ..._core.image import check_pixel_size_stated
 
-    for key in (image_key,) if stains_key is None else (image_key, stains_key):
-        check_pixel_size_stated(sdata, key)  # features at a pixel size in um, cells in um
     smooth = tuple(float(s) for s in smooth_um)
     features, names, centroids = cell_features(sdata, cells, image_key, bounds, mpp=float(mpp),
                                                smooth_um=smooth)
@@ -355,6 +373,39 @@ def _features(sdata, cells, image_key, bounds, mpp, smooth_um, stains_key=None, 
                                ring_um=float(ring_um), smooth_um=smooth, names=names)
         features = np.column_stack([features, extra])
     return features, names, centroids
+
+
+def _check_feature_memory(sdata, image_key: str, bounds, mpp: float, stains_key, stains,
+                          fix: str) -> None:
+    """Refuse, before any pixel is read, features whose maps would exceed the memory limit.
+
+    The pixels are those :func:`~histoexpr._core.image.read_region` makes of ``bounds`` at
+    ``mpp``; each holds :func:`~histoexpr._core.cells.cell_features_bytes_per_px` bytes (180
+    for one channel) or, while the stain features are computed (after the nuclear ones are
+    freed), :func:`stain_features_bytes_per_px`: the larger of the two. Images that do not
+    state their pixel size are refused first (features are measured in um, cells placed in um).
+    """
+    from ..._core.cells import cell_features_bytes_per_px
+    from ..._core.image import check_pixel_size_stated, image_levels
+    from ..._core.memory import check_memory
+    from ._stain_features import stain_features_bytes_per_px
+
+    for key in (image_key,) if stains_key is None else (image_key, stains_key):
+        check_pixel_size_stated(sdata, key)  # features at a pixel size in um, cells in um
+    x0, y0, x1, y1 = (float(b) for b in bounds)
+    height, width = max(1, round((y1 - y0) / mpp)), max(1, round((x1 - x0) / mpp))
+    level = image_levels(sdata, image_key)[0].data
+    n_channels = int(np.prod(level.shape[:-2]))
+    per_px = cell_features_bytes_per_px(n_channels)
+    stains_part = ""
+    if stains_key is not None:
+        per_px = max(per_px, stain_features_bytes_per_px(sdata, stains_key, stains))
+        stains_part = f" and {len(stains)} of {stains_key!r}"
+    check_memory(
+        float(height) * width * per_px,
+        f"Cell features over {width:,} x {height:,} px ({x1 - x0:g} x {y1 - y0:g} um at "
+        f"{mpp:g} um/px; {n_channels} channel(s) of {image_key!r}{stains_part}, ~{per_px} B/px)",
+        fix)
 
 
 def _pipeline(C: float):

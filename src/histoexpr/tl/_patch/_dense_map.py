@@ -30,8 +30,6 @@ _CELL_SUBSTEPS = 4
 #: bytes per map cell and class: the map, its share summed over members, a smoothed or
 #: calibrated copy (float32 each)
 _MAP_BYTES_PER_CLASS = 3 * 4
-#: bytes per map cell for the cells' rasters on the finer grid (ids and their copies, int64)
-_CELL_RASTER_BYTES = _CELL_SUBSTEPS**2 * 8 * 2
 
 
 def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
@@ -52,7 +50,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     calibration = model.metadata.get("calibration") if calibrate else None
     probabilities, origin, stride = dense_probabilities(
         model, sdata, image_key=image_key, region=region, stride_um=stride_um,
-        batch_size=batch_size, device=device, cells=cells is not None)
+        batch_size=batch_size, device=device, cells=cells)
     classes = {str(k): int(v) for k, v in model.metadata["classes"].items()}
     table = None
     if cells is not None:
@@ -89,15 +87,14 @@ def _check_patch_model(model) -> None:
 def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | None,
                         region: Sequence[float] | None, stride_um: float | None,
                         batch_size: int = 256, device: str | None = None,
-                        cells: bool = False,
+                        cells: str | None = None,
                         ) -> tuple[np.ndarray, tuple[float, float], float]:
     """The patch classifier's class probabilities ``(K, H, W)`` on a grid over ``region``.
 
     Returns the probabilities (uncalibrated), the grid's corner (x, y) and its step in um. The
-    memory of the map (and, with ``cells``, of the cells' rasters) is estimated before any
-    patch is read.
+    memory of the map (and, with ``cells``, of the cells' raster on the finer grid) is
+    estimated before any patch is read.
     """
-    from ..._core.memory import check_memory
     from ...models import PatchEnsemble
 
     _check_patch_model(model)
@@ -116,14 +113,8 @@ def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: 
                     requested, stride, coarsest)
     x0, y0, x1, y1 = _region(level0, region)
     shape = (max(1, int((y1 - y0) / stride + 1e-6)), max(1, int((x1 - x0) / stride + 1e-6)))
-    per_cell = model.n_classes * _MAP_BYTES_PER_CLASS + (_CELL_RASTER_BYTES if cells else 0)
-    check_memory(
-        float(shape[0]) * shape[1] * per_cell,
-        f"A map of {shape[0]:,} x {shape[1]:,} grid cells ({stride:g} um apart over "
-        f"{x1 - x0:g} x {y1 - y0:g} um, {model.n_classes} classes"
-        f"{f', with the cells on a grid {_CELL_SUBSTEPS} times finer' if cells else ''})",
-        f"Pass a larger stride_um (the model's grid is {float(meta['grid_um']):g} um) or a "
-        "smaller region=(x_min, y_min, x_max, y_max).")
+    check_map_memory(sdata, shape, (x0, y0, x1, y1), stride, n_classes=model.n_classes,
+                     cells=cells, grid_um=float(meta["grid_um"]))
 
     probabilities = np.zeros((model.n_classes, *shape), dtype=np.float32)
     for mpp in sorted(set(member_mpp)):  # members of one pixel size share their reads
@@ -139,6 +130,31 @@ def dense_probabilities(model: PatchEnsemble, sdata: SpatialData, *, image_key: 
                                                device=resolve_device(device))
     probabilities /= len(member_mpp)
     return probabilities, (x0, y0), stride
+
+
+def check_map_memory(sdata: SpatialData, shape: tuple[int, int],
+                     bounds: tuple[float, float, float, float], stride: float, *,
+                     n_classes: int, cells: str | None, grid_um: float) -> None:
+    """Refuse, before any pixel is read, a class map (and cell raster) beyond the memory limit.
+
+    The map holds :data:`_MAP_BYTES_PER_CLASS` bytes per grid cell and class; with ``cells``,
+    the cells are rasterised on a grid :data:`_CELL_SUBSTEPS` times finer
+    (:func:`~histoexpr._core.cells.raster_bytes_per_px` per pixel of it).
+    """
+    from ..._core.cells import raster_bytes_per_px
+    from ..._core.memory import check_memory
+
+    per_cell = n_classes * _MAP_BYTES_PER_CLASS
+    if cells is not None:
+        per_cell += _CELL_SUBSTEPS**2 * raster_bytes_per_px(sdata, cells)
+    x0, y0, x1, y1 = bounds
+    check_memory(
+        float(shape[0]) * shape[1] * per_cell,
+        f"A map of {shape[1]:,} x {shape[0]:,} grid cells ({stride:g} um apart over "
+        f"{x1 - x0:g} x {y1 - y0:g} um, {n_classes} classes"
+        f"{'' if cells is None else f', with the cells on a grid {_CELL_SUBSTEPS} times finer'})",
+        f"Pass a larger stride_um (the model's grid is {grid_um:g} um) or a smaller "
+        "region=(x_min, y_min, x_max, y_max).")
 
 
 def calibrated(probabilities: np.ndarray, calibration: dict | None,

@@ -44,6 +44,20 @@ def stain_channels(sdata, stains_key: str, stains: Sequence[str] | None) -> list
     return [str(s) for s in stains]
 
 
+def stain_features_bytes_per_px(sdata, stains_key: str, channels: Sequence[str]) -> int:
+    """Bytes per pixel that :func:`stain_features` holds at its peak, for memory estimates.
+
+    The image read (every channel, as float32, beside its pixels as stored), then per chosen
+    channel its intensity and square (float32); the cells' int32 ids and ring, and the work of
+    ``expand_labels`` (the distance transform's int32 indices and float64 distances): ~64 B.
+    """
+    from ..._core.image import image_levels
+
+    itemsize = image_levels(sdata, stains_key)[0].data.dtype.itemsize
+    n_available = len(_channel_names(sdata, stains_key))
+    return n_available * (4 + itemsize) + 8 * len(channels) + 64
+
+
 def stain_features(sdata, cells: str, stains_key: str, channels: Sequence[str],
                    bounds: tuple[float, float, float, float], *, mpp: float, ring_um: float,
                    smooth_um: Sequence[float], names: np.ndarray) -> np.ndarray:
@@ -52,7 +66,9 @@ def stain_features(sdata, cells: str, stains_key: str, channels: Sequence[str],
     Per channel: intensity (0..1) mean and standard deviation inside the cell and in the ring
     of ``ring_um`` around it (pixels of no cell within ``ring_um`` of it, each given to the
     nearest cell), and the ratio of the ring's mean to the cell's; plus the ring's area
-    relative to the cell's. Then the same averaged over neighbouring cells.
+    relative to the cell's. Then the same averaged over neighbouring cells. It holds about
+    :func:`stain_features_bytes_per_px` bytes per pixel of ``bounds`` at ``mpp``: callers
+    estimate that memory before calling it.
     """
     from skimage.segmentation import expand_labels
 
