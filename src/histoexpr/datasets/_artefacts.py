@@ -44,6 +44,10 @@ def synthetic_artefact_slide(
     - ``"bubble"``: the rims (6 um wide, grey) of two air bubbles, 300 and 160 um across;
     - ``"dust"``: 40 grey specks, 6-20 um across.
 
+    The glass has 3 times the section's pixels and drawing it takes about 170 bytes a pixel,
+    ``3 x (tissue_um / mpp)**2 x 170`` bytes in all; that is estimated before anything is drawn
+    and refused with a :class:`MemoryError` when it exceeds the limit.
+
     Parameters
     ----------
     seed
@@ -54,11 +58,6 @@ def synthetic_artefact_slide(
         Pixel size in um/px.
     artefacts
         Which artefacts to draw, of ``"halo"``, ``"pen"``, ``"bubble"``, ``"dust"``.
-
-    The glass has 3 times the section's pixels and its drawing takes about 170 bytes a pixel
-    (optical densities and coordinates in float64): ``3 x (tissue_um / mpp)**2 x 170`` bytes
-    are estimated before anything is drawn, and refused with a :class:`MemoryError` when they
-    exceed the limit.
 
     Returns
     -------

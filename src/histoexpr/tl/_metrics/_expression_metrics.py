@@ -41,7 +41,10 @@ def gene_correlations(
 
     Works on plain arrays (spots or slides x genes, same order) or on AnnData, whose ``X`` values
     are compared as they are (give both on the same scale, e.g. log1p-normalised): rows are
-    matched by ``obs_names`` and genes by ``var_names`` (their intersection, logged).
+    matched by ``obs_names`` and genes by ``var_names`` (their intersection, logged). The
+    scoring's memory (about 100 bytes per row and gene) is estimated before either side is
+    copied; a :class:`MemoryError` asks for fewer genes or rows when it exceeds
+    ``hx.settings.max_memory`` (by default the memory available now).
 
     Parameters
     ----------
@@ -55,10 +58,6 @@ def gene_correlations(
     library_size
         Total counts of each row: adds ``pearson_libreg`` and ``spearman_libreg``, the
         correlations after regressing ``log(library_size)`` out of both sides.
-
-    The scoring's memory (about 100 bytes per row and gene) is estimated before either side is
-    copied: a :class:`MemoryError` asks for fewer genes or rows when it exceeds
-    ``hx.settings.max_memory`` (by default the memory available now).
 
     Returns
     -------
