@@ -306,3 +306,21 @@ def test_synthetic_data_are_estimated_before_they_are_drawn(monkeypatch):
     finally:
         tracemalloc.stop()
     assert peak <= _synthetic_tissue.section_bytes((200, 200), 1.0) <= 8 * 2**20
+
+
+@bad_input("obscure error", "`hx.datasets.synthetic_section(size_um=64)` with spots (the "
+           "default) on a section smaller than the spots' pitch: no spot lies on the tissue",
+           says="ValueError: No spot of the 55 um spots 100 um apart lies on the tissue of this "
+                "64 x 64 um section. Pass a larger size_um (a few spot_pitch_um), a smaller "
+                "spot_pitch_um, or spots=False. (before: IndexError: single positional indexer "
+                "is out-of-bounds, from inside spatialdata)",
+           fix="a larger size_um, a smaller spot_pitch_um, or spots=False")
+def test_a_section_without_room_for_a_spot_says_so():
+    with pytest.raises(ValueError, match=r"No spot of the 55 um spots 100 um apart lies on the "
+                                         r"tissue of this 64 x 64 um section.*spots=False"):
+        hx.datasets.synthetic_section(seed=0, size_um=64, mpp=2.0)
+    small = hx.datasets.synthetic_section(seed=0, size_um=64, mpp=2.0, spot_pitch_um=20,
+                                          spot_diameter_um=10)  # the fix: a smaller pitch
+    assert small.tables["table"].n_obs > 0
+    assert "spots" not in hx.datasets.synthetic_section(seed=0, size_um=64, mpp=2.0,
+                                                        spots=False).shapes

@@ -62,6 +62,11 @@ def _spots(points, cells, regions, mpp, width_um, height_um, diameter, pitch):
     keep = regions[pr, pc] > 0
     centres, array_row, array_col = centres[keep], array_row[keep], array_col[keep]
     n_spots, n_genes = len(centres), len(_rule.GENES)
+    if n_spots == 0:
+        raise ValueError(
+            f"No spot of the {diameter:g} um spots {pitch:g} um apart lies on the tissue of "
+            f"this {width_um:g} x {height_um:g} um section. Pass a larger size_um (a few "
+            "spot_pitch_um), a smaller spot_pitch_um, or spots=False.")
 
     def assign(xy):
         if n_spots == 0 or len(xy) == 0:
