@@ -38,3 +38,33 @@ def test_plots_of_all_nan_values_are_refused(disk_section):
     table.obs["score"] = np.arange(table.n_obs, dtype=float)
     ax = hx.pl.tiles(disk_section, "he_tiles", color="score")
     plt.close(ax.figure)
+
+
+@bad_input("obscure error", "`hx.pl.labels(sdata, 'cells')` on a segmentation (one label value "
+           "per cell) that records no classes: its whole full-resolution level read into memory "
+           "to list the values, then a legend of thousands of 'classes'",
+           says="ValueError: sdata.labels['cells'] holds 1,600 label values and records no "
+                "classes: a segmentation (one value per cell), not a class map. Pass "
+                "classes={name: value} ...",
+           fix="pass classes={name: value}, or draw a class map")
+def test_labels_plot_lists_values_lazily_and_refuses_a_segmentation():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import dask.array as da
+    import matplotlib.pyplot as plt
+    from spatialdata import SpatialData
+    from spatialdata.models import Labels2DModel
+
+    cells = np.arange(1, 1601, dtype=np.int32).reshape(40, 40).repeat(5, 0).repeat(5, 1)
+    regions = (np.arange(200)[None, :] // 70).repeat(200, 0).astype(np.int32)  # values 0, 1, 2
+    sdata = SpatialData(labels={
+        "cells": Labels2DModel.parse(da.from_array(cells, chunks=50), dims=("y", "x")),
+        "regions": Labels2DModel.parse(da.from_array(regions, chunks=50), dims=("y", "x"))})
+    with pytest.raises(ValueError, match=r"holds 1,600 label values and records no classes: "
+                                         r"a segmentation.*classes=\{name: value\}"):
+        hx.pl.labels(sdata, "cells")
+    axes = hx.pl.labels(sdata, "regions")  # a class map: its values found chunk by chunk
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["class 1", "class 2"]
+    plt.close("all")

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from spatialdata import SpatialData
 
+#: label values drawn as classes of a map that records none; more are a segmentation
+_MAX_CLASSES = 256
 _PALETTE = ("#9e9e9e", "#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b",
             "#e377c2", "#17becf", "#bcbd22")
 
@@ -123,8 +125,17 @@ def _classes(sdata, keys: list[str], classes) -> dict[str, int]:
         recorded = sdata.labels[key].attrs.get("classes")
         if recorded:
             return {str(k): int(v) for k, v in recorded.items()}
-    values = np.unique(np.asarray(sdata.labels[keys[0]].data))
-    return {f"class {v}": int(v) for v in values if v != 0}
+    import dask.array as da
+
+    data = image_levels(sdata, keys[0])[0].data.data  # lazy: counted chunk by chunk
+    values = da.unique(data).compute() if isinstance(data, da.Array) else np.unique(data)
+    values = [int(v) for v in values if v != 0]
+    if len(values) > _MAX_CLASSES:
+        raise ValueError(
+            f"sdata.labels[{keys[0]!r}] holds {len(values):,} label values and records no "
+            "classes: a segmentation (one value per cell), not a class map. Pass "
+            "classes={name: value} for the values to draw, or draw a class map.")
+    return {f"class {v}": v for v in values}
 
 
 def _image_under(sdata, truth_key: str, image_key: str | None) -> str | None:
