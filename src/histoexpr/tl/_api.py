@@ -249,7 +249,10 @@ def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
         Label maps: the label value left out of the scores (unassigned truth, places not
         predicted).
     cells
-        Label maps: key of the cells, to score one vote per cell instead of per pixel.
+        Label maps: key of the cells, to score one vote per cell instead of per pixel. Where
+        the maps have no per-cell table, each cell's most common value is read at half the
+        map's pixel size; that memory is estimated first (a :class:`MemoryError` names
+        ``region``).
 
     Returns
     -------

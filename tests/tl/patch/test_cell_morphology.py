@@ -157,6 +157,25 @@ def test_cell_scores_count_each_cell_once_and_say_which_were_left_out():
     pd.testing.assert_series_equal(again["cell_f1"], scores["cell_f1"])
 
 
+@bad_input("obscure error", "`hx.tl.evaluate(sdata, pred, truth, cells=...)` of whole-slide "
+           "maps without per-cell tables: both maps and the cells' raster at half the map's "
+           "pixel size (four times its pixels) held at once",
+           says="MemoryError: `Scoring the cells of 'cells' on sdata.labels['pred'] at 0.5 um/px "
+                "(half the map's pixel size: 20 x 20 px) would allocate ... Pass region=...`, "
+                "before the map is read again",
+           fix="pass region=(x_min, y_min, x_max, y_max) to score part of the section at a time")
+def test_cell_scores_from_the_maps_are_estimated_before_they_are_made():
+    sdata = cell_section()
+    for key in ("truth_cells", "pred_cells"):
+        del sdata.tables[key]
+    hx.settings.max_memory = "16 KiB"  # the maps (100 B each) fit; the cells' votes do not
+    with pytest.raises(MemoryError, match=r"Scoring the cells of 'cells' on sdata.labels\['pred'\] "
+                                          r"at 0\.5 um/px .*20 x 20 px.*Pass region="):
+        hx.tl.evaluate(sdata, "pred", "truth", cells="cells")
+    part = hx.tl.evaluate(sdata, "pred", "truth", cells="cells", region=(0, 0, 7, 7))
+    assert part.attrs["cells"]["scored"] == 4  # the fix: the four cells of that region
+
+
 def test_calibration_undoes_the_balanced_training_prior():
     """A classifier of balanced classes applied where one class is rare: the correction fitted
     on weighted validation samples makes its decisions closer to the truth."""

@@ -162,15 +162,28 @@ def _cell_labels(sdata, pred_key: str, truth_key: str, region, cells: str | None
     return frame, reason
 
 
+#: bytes per pixel of the per-cell vote besides the cells' raster: the map's values and
+#: the votes' index (int64), the mask
+_VOTE_BYTES_PER_PX = 8 + 8 + 1
+
+
 def _majority_per_cell(sdata, key: str, cells: str, region, ignore: int):
     """Each cell's most common value of a map, on a grid of half the map's pixel size."""
     import pandas as pd
 
-    from ..._core.cells import cell_centroids, cell_raster
+    from ..._core.cells import cell_centroids, cell_raster, raster_bytes_per_px
+    from ..._core.memory import check_memory
 
     level = image_levels(sdata, key)[0]
     step = level.mpp / 2
     box = level.bounds if region is None else tuple(float(v) for v in region)
+    height, width = (max(1, round((box[3] - box[1]) / step)),
+                     max(1, round((box[2] - box[0]) / step)))
+    check_memory(  # the map's values and the cells' ids on the finer grid, their votes' index
+        float(height) * width * (_VOTE_BYTES_PER_PX + raster_bytes_per_px(sdata, cells)),
+        f"Scoring the cells of {cells!r} on sdata.labels[{key!r}] at {step:g} um/px (half the "
+        f"map's pixel size: {width:,} x {height:,} px)",
+        "Pass region=(x_min, y_min, x_max, y_max) to score part of the section at a time.")
     values = np.asarray(read_region(sdata, key, box, mpp=step)).astype(np.int64)
     ids, names = cell_raster(sdata, cells, box[:2], step, values.shape)
     labelled = (ids > 0) & (values != ignore)
