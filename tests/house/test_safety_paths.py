@@ -160,6 +160,44 @@ def test_slide_store_checks_every_key_it_joins_to_a_path(cohort, tmp_path):
     assert tree_digest(store.path) == before
 
 
+@bad_input("data lost", "`SlideStore.write_prediction(\"../../victim\", table, overwrite=True)` "
+           "or `SlideStore.prediction(\"../x\")` (the store's public methods, called without "
+           "hx.tl.predict's check of the key): the user's folder beside the store replaced",
+           says="ValueError: key='../../victim' cannot name a table of predictions in a slide "
+                "store ... (before: the folder written outside the store, a user's folder "
+                "deleted with overwrite=True); a folder of predictions without histoexpr's record "
+                "is not replaced by overwrite=True (FileExistsError)",
+           fix="a plain name; move the foreign folder away")
+def test_slide_store_checks_prediction_keys_and_replaces_only_its_own(cohort, tmp_path):
+    import anndata as ad
+
+    cohort, _ = cohort
+    store = cohort.store("slide_01")
+    victim = _victim(store.path.parent)
+    before, victim_before = tree_digest(store.path), tree_digest(victim)
+    table = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"key='../../victim' cannot name a table of "
+                                         r"predictions in a slide store"):
+        store.write_prediction("../../victim", table, record={}, slide={}, overwrite=True)
+    with pytest.raises(ValueError, match=r"key='../x' cannot name a table of predictions"):
+        store.prediction("../x")
+    assert tree_digest(store.path) == before and tree_digest(victim) == victim_before
+    import shutil
+
+    folder = store.path / "predictions"
+    made = not folder.exists()
+    foreign = folder / "mine"  # a folder histoexpr did not write
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("kept")
+    try:
+        with pytest.raises(FileExistsError, match=r"not a table of predictions written by "
+                                                  r"histoexpr.*overwrite=True does not replace"):
+            store.write_prediction("mine", table, record={}, slide={}, overwrite=True)
+        assert (foreign / "notes.txt").read_text() == "kept"
+    finally:  # the module's other tests see the store as it was
+        shutil.rmtree(folder if made else foreign)
+
+
 @bad_input("data lost", "a manifest whose slide_id holds a path separator or is `..` (the store "
            "`<store_dir>/<slide_id>.zarr` lands elsewhere)",
            says="ValueError: slide_id='../escape' cannot name a slide's store (a manifest row's "
@@ -497,3 +535,45 @@ def test_cli_predict_takes_the_root_of_relative_paths_in_a_model_file(tmp_path, 
     assert main([*args, "--root", str(tmp_path)]) == EXIT_BAD_INPUT
     assert str(tmp_path / "models" / "phikon") in capsys.readouterr().err
     assert not (tmp_path / "out.zarr").exists()
+
+
+_KILLED_SWAP = """
+import os, sys
+import numpy as np
+import histoexpr as hx
+
+store = hx.io.SlideStore(sys.argv[1])
+real = os.replace
+
+def replace(source, target):
+    if str(target).endswith(os.path.join("features", "X_handcrafted")):
+        os._exit(3)  # the old features are aside, the new ones not yet in place
+    real(source, target)
+
+os.replace = replace
+n = store.n_tiles("he_tiles")
+store.write_features("he_tiles", "X_handcrafted", np.ones((n, 23), np.float32), {"redo": 1})
+"""
+
+
+@bad_input("data lost", "a write into a slide store killed between moving the old features "
+           "aside and renaming the new ones into place (the next run's clean-up deleted the "
+           "old ones: neither old nor new left)",
+           says="nothing: the next run puts the old features back (a warning says so) before it "
+                "removes what the interrupted write left",
+           fix="nothing to do")
+def test_a_swap_killed_midway_is_undone_before_the_clean_up(cohort, tmp_path):
+    import subprocess
+
+    cohort, _ = cohort
+    store = cohort.store("slide_00")
+    before = store.features("he_tiles", "X_handcrafted").copy()
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_SWAP)
+    done = subprocess.run([sys.executable, str(script), str(store.path)], check=False)
+    assert done.returncode == 3
+    target = store.path / "tiles" / "he_tiles" / "features" / "X_handcrafted"
+    assert not target.exists()  # killed with the old features aside
+    assert store.remove_partials() >= 1
+    np.testing.assert_array_equal(store.features("he_tiles", "X_handcrafted"), before)
+    assert not list(store.path.parent.glob(f".{store.path.name}.*partial-*"))

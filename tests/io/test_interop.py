@@ -177,3 +177,24 @@ def test_a_hest_sample_id_that_is_a_path_is_refused(tmp_path):
         with pytest.raises(ValueError, match="sample_id=.* cannot name a HEST sample's files"):
             hx.io.read_hest(tmp_path, sample_id)
     assert hx.io.read_hest(tmp_path, "TENX00").tables["table"].n_obs == 3
+
+
+@bad_input("data lost", "`hx.io.write_trident_h5(sdata, 'slide.h5')` beside a file of the user's "
+           "named `.slide.h5.partial` (or two writers of the same file at once)",
+           says="nothing: the file is written under a name of its own beside the target and "
+                "swapped in at the end (before: a fixed temporary name, truncated and then "
+                "deleted)",
+           fix="nothing to do")
+def test_trident_writes_beside_under_a_name_of_its_own(embedded, tmp_path, monkeypatch):
+    mine = tmp_path / ".slide.h5.partial"
+    mine.write_bytes(b"the user's own file")
+    path = hx.io.write_trident_h5(embedded, tmp_path / "slide.h5")
+    assert mine.read_bytes() == b"the user's own file"
+    written = path.read_bytes()
+    # a write failing midway leaves the file as it was, and nothing of its own beside it
+    monkeypatch.setattr(h5py.Group, "create_dataset",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        hx.io.write_trident_h5(embedded, path, overwrite=True)
+    assert path.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".slide.h5.partial", "slide.h5"]

@@ -419,6 +419,18 @@ def test_read_cosmx_not_a_cosmx_folder(tmp_path):
         hx.io.read_cosmx(tmp_path / "nowhere")
 
 
+@bad_input("silently wrong", "`hx.io.read_cosmx(folder, dataset_id=\"../other/run\")` (a "
+           "dataset_id holding a path): the files of another folder read as this one's",
+           says="ValueError: dataset_id='../other/run' cannot name a CosMx data set (the prefix "
+                "of its files) ...",
+           fix="the prefix of the export's files (e.g. dataset_id='Lung5_Rep1')")
+def test_read_cosmx_dataset_id_names_files_in_the_folder_only(tmp_path):
+    write_cosmx(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"dataset_id='../other/run' cannot name a CosMx data "
+                                         r"set \(the prefix of its files\)"):
+        hx.io.read_cosmx(tmp_path / "run", dataset_id="../other/run", mpp=0.12)
+
+
 @bad_input("obscure error", "a CosMx export without its `CellLabels/` folder",
            says="FileNotFoundError naming 'CellLabels'", fix="copy the folder from the export")
 def test_read_cosmx_missing_labels(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 #: the name part of a temporary file or folder written beside what it will replace
@@ -74,8 +74,11 @@ def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) ->
 
     A file is replaced by one ``os.replace``. A folder (which ``os.replace`` cannot replace
     when it holds anything) is moved aside to ``aside``, the new one renamed into place and the
-    old one deleted; if the second rename fails, the old one is put back. Either way, a run
-    killed at any moment leaves the old content or the new one under ``target``.
+    old one deleted; if the second rename fails, the old one is put back. A note beside the
+    aside folder (``<aside>.target``, written before the first rename) names ``target``, so
+    that a run killed between the two renames, which leaves ``target`` missing and the old
+    content aside, is undone by :func:`restore_swaps` before the partial writes are cleaned
+    up: the old content or the new one is under ``target`` again.
     """
     import os
     import shutil
@@ -85,6 +88,8 @@ def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) ->
         os.replace(source, target)
         return
     old = partial_path(target, "old") if aside is None else aside
+    note = _swap_note(old)
+    note.write_text(str(target.absolute()), encoding="utf-8")
     os.replace(target, old)
     try:
         os.replace(source, target)
@@ -92,7 +97,43 @@ def swap_into_place(source: Path, target: Path, *, aside: Path | None = None) ->
         if not target.exists():
             os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            note.unlink(missing_ok=True)
+
+
+def restore_swaps(paths: Iterable[Path], *, inside: Path) -> int:
+    """Put back what a swap killed between its two renames left aside; return how many.
+
+    ``paths`` are leftovers of partial writes (hidden names beside their targets); among them,
+    each note of :func:`swap_into_place` names a target under ``inside``: where that target is
+    missing and the old content still lies aside, the old content is renamed back into place.
+    The notes are then removed; everything else is left to the caller.
+    """
+    import os
+
+    inside = Path(inside).absolute()
+    restored = 0
+    for note in [Path(p) for p in paths if str(p).endswith(_NOTE_SUFFIX)]:
+        old = note.with_name(note.name[: -len(_NOTE_SUFFIX)])
+        try:
+            target = Path(note.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if inside in target.parents and old.is_dir() and not (
+                target.exists() or target.is_symlink()):
+            os.replace(old, target)
+            restored += 1
+        note.unlink(missing_ok=True)
+    return restored
+
+
+_NOTE_SUFFIX = ".target"
+
+
+def _swap_note(aside: Path) -> Path:
+    return aside.with_name(aside.name + _NOTE_SUFFIX)
 
 
 @contextlib.contextmanager

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._core.elements import square_shapes, tile_table
-from .._core.files import check_replaceable
+from .._core.files import check_replaceable, written_beside
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from .._core.validate import check_bool, check_store_name
@@ -192,8 +191,7 @@ def write_trident_h5(
     corners = np.asarray(table.obsm["spatial"], dtype=float) - info["size_um"] / 2
     coords = np.rint(corners / level0_mpp).astype(np.int64)
     record = table.uns.get("embeddings", {}).get(features_key, {})
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with written_beside(path) as partial:  # a unique name beside it, swapped in at the end
         with h5py.File(partial, "w") as handle:
             handle.attrs["written_by"] = WRITTEN_BY
             handle.create_dataset("features", data=np.asarray(table.obsm[features_key], np.float32))
@@ -209,9 +207,6 @@ def write_trident_h5(
                 "target_magnification": _MAGNIFICATION_UM / float(info["mpp"]),
             }.items():
                 dataset.attrs[name] = value
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     logger.info(
         "Wrote %d tiles x %d features of %s to %s",
         len(coords),

@@ -29,6 +29,7 @@ import numpy as np
 
 from .._core.elements import COORDINATE_SYSTEM
 from .._core.logs import log_added, logger
+from .._core.validate import check_store_name
 from ._elements import check_mpp
 from ._platform_images import he_files, read_he, split_stains
 
@@ -470,6 +471,8 @@ def read_cosmx(
                                "Pass dataset_id= to choose one of "
                                f"{[c.name[: -len('_exprMat_file.csv')] for c in counts]}."))
         dataset_id = counts[0].name[: -len("_exprMat_file.csv")]
+    else:  # the prefix of the files read: never a path out of the folder
+        check_store_name("dataset_id", dataset_id, what="CosMx data set (the prefix of its files)")
     needed = [f"{dataset_id}_exprMat_file.csv", f"{dataset_id}_metadata_file.csv",
               f"{dataset_id}_fov_positions_file.csv", "CellComposite", "CellLabels"]
     if transcripts:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._core.files import PARTIAL as _PARTIAL
-from .._core.files import partial_path, swap_into_place
+from .._core.files import partial_path, restore_swaps, swap_into_place
 from .._core.logs import logger
 from .._core.validate import check_bool, check_store_name
 
@@ -78,6 +78,11 @@ class SlideStore:
         check_store_name("key_added" if kind == "results" else "key", key,
                          what=f"set of {what} in a slide store")
         return path / kind / key
+
+    def _prediction_path(self, key: str) -> Path:
+        """The folder of the predictions ``key``, its key checked as :meth:`_node` checks keys."""
+        check_store_name("key", key, what="table of predictions in a slide store")
+        return self._path / PREDICTIONS / key
 
     @property
     def path(self) -> Path:
@@ -442,6 +447,7 @@ class SlideStore:
         """
         import anndata as ad
 
+        self._prediction_path(key)  # the key is checked before any path is made of it
         records = self.prediction_records()
         if key not in records:
             raise KeyError(f"The store {self._path.name} holds no predictions {key!r} (it holds "
@@ -473,12 +479,18 @@ class SlideStore:
         check_bool("overwrite", overwrite)
         import zarr
 
+        target = self._prediction_path(key)
         self.check_ours()
-        target = self._path / PREDICTIONS / key
-        if target.exists() and not overwrite:
-            raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds "
-                           f"predictions {key!r}; pass overwrite=True or choose another "
-                           "key_added.")
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds "
+                               f"predictions {key!r}; pass overwrite=True or choose another "
+                               "key_added.")
+            if key not in self.prediction_records():
+                raise FileExistsError(
+                    f"{target} is not a table of predictions written by histoexpr (it has no "
+                    "record of how it was made), so overwrite=True does not replace it. Move "
+                    "it away, or choose another key_added.")
         partial = self._partial_path(f"prediction-{key}")
         try:
             import anndata as ad
@@ -528,10 +540,23 @@ class SlideStore:
         return sdata
 
     def remove_partials(self) -> int:
-        """Remove temporary folders that an interrupted write of this store left behind."""
+        """Remove temporary folders that an interrupted write of this store left behind.
+
+        A replacement killed between moving the old content aside and renaming the new one
+        into place is undone first (:func:`~histoexpr._core.files.restore_swaps`): the old
+        content goes back, and only then are the leftovers removed.
+        """
+        leftovers = sorted(self._path.parent.glob(f".{self._path.name}.*{_PARTIAL}*"))
+        restored = restore_swaps(leftovers, inside=self._path)
+        if restored:
+            logger.warning("Put back %d folder(s) of %s that an interrupted write had moved "
+                           "aside.", restored, self._path.name)
         removed = 0
         for path in self._path.parent.glob(f".{self._path.name}.*{_PARTIAL}*"):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
         if removed:
             logger.info("Removed %d unfinished write(s) of %s.", removed, self._path.name)
