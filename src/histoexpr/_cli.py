@@ -298,12 +298,23 @@ _STORE_ENTRIES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata", "images", "la
                   "shapes", "tables"}
 
 
+_ZARR_METADATA = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
+
+
+def _is_zarr_node(path: Path) -> bool:
+    """Whether ``path`` is a folder holding zarr's metadata (a group or an array)."""
+    return (path.is_dir() and not path.is_symlink()
+            and any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")))
+
+
 def check_own_store(out: Path) -> None:
     """Raise unless ``out`` is a SpatialData store that ``histoexpr predict`` wrote.
 
     Such a store carries ``{"histoexpr": {"written_by": "histoexpr predict"}}`` in its root
-    attributes and holds nothing but the groups of a SpatialData store; anything else (a folder
-    or file of the user's, their own .zarr store) is refused before anything is deleted.
+    attributes and holds nothing but the groups of a SpatialData store, and in each of them
+    nothing but zarr groups and arrays (its elements); anything else (a folder or file of the
+    user's, their own .zarr store, a file put inside the store) is refused before anything is
+    deleted.
     """
     import json
 
@@ -324,6 +335,11 @@ def check_own_store(out: Path) -> None:
         raise FileExistsError(f"{refuse} (its root attributes lack the histoexpr predict "
                               f"marker). {fix}")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _STORE_ENTRIES)
+    for kind in sorted(_STORE_ENTRIES & {"images", "labels", "points", "shapes", "tables"}):
+        folder = out / kind  # each element: a zarr group or array, nothing else beside them
+        if folder.is_dir() and not folder.is_symlink():
+            foreign += [f"{kind}/{p.name}" for p in sorted(folder.iterdir())
+                        if p.name not in _ZARR_METADATA and not _is_zarr_node(p)]
     if foreign:
         raise FileExistsError(f"{refuse} alone: it also holds {', '.join(foreign[:5])}, which a "
                               f"SpatialData store does not. {fix}")

@@ -104,9 +104,16 @@ def test_predict_overwrite_replaces_its_own_store(tmp_path):
     args = ["predict", "-m", str(model_path), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
     assert main(args) == 0
     assert sd.read_zarr(out).attrs["histoexpr"]["written_by"] == "histoexpr predict"
-    (out / "tables" / "marker_of_the_old_run").mkdir()
+    marker = out / "tables" / "marker_of_the_old_run"  # a zarr group of the old run
+    marker.mkdir()
+    (marker / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     assert main([*args, "--overwrite"]) == 0
-    assert not (out / "tables" / "marker_of_the_old_run").exists()
+    assert not marker.exists()
+    # a file of the user's put inside the store: the store is no longer histoexpr's alone
+    notes = out / "tables" / "notes.txt"
+    notes.write_text("mine")
+    assert main([*args, "--overwrite"]) == EXIT_BAD_INPUT
+    assert notes.read_text() == "mine"
 
 
 # --- 2. overwrite=True replaces only what the same step wrote -----------------------------------
