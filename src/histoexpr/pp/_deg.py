@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: the label categories, in order
 DEG_LABELS = ("down", "unchanged", "up")
+#: where ``bulk.uns`` records the columns each ``key_added`` of :func:`deg` wrote
+_RECORD = "deg"
 
 
 def deg_labels(
@@ -67,12 +69,14 @@ def deg_labels(
     key_added
         Prefix of the columns added to ``bulk.obs``.
     overwrite
-        Replace existing columns.
+        Replace existing columns, only those this step wrote before under ``key_added`` (as
+        recorded in ``bulk.uns["deg"]``); a column of the user's is never replaced.
 
     Returns
     -------
     Nothing; adds one categorical column ``f"{key_added}_{gene}"`` per gene to ``bulk.obs``
-    (categories ``"down"``, ``"unchanged"``, ``"up"``, or ``"down"``, ``"up"`` for two classes).
+    (categories ``"down"``, ``"unchanged"``, ``"up"``, or ``"down"``, ``"up"`` for two classes)
+    and records them in ``bulk.uns["deg"][key_added]``.
     Train a classifier on them with ``hx.tl.fit(..., task="classification", genes=...)``.
 
     """
@@ -85,6 +89,13 @@ def deg_labels(
     if existing and not overwrite:
         raise KeyError(f"bulk.obs already has {existing[:3]}...; pass overwrite=True or choose "
                        "another key_added.")
+    own = set((bulk.uns.get(_RECORD, {}).get(key_added) or {}).get("columns") or [])
+    foreign = [c for c in existing if c not in own]
+    if foreign:
+        raise KeyError(
+            f"bulk.obs already has {foreign[:3]}, which hx.pp.deg did not write (no record in "
+            f"bulk.uns[{_RECORD!r}][{key_added!r}]), so overwrite=True does not replace them. "
+            "Choose another key_added, or rename those columns.")
     values = _expression(bulk, genes, layer)
     if not np.isfinite(values).all():
         raise ValueError("The expression holds NaN or infinite values; fill or drop those "
@@ -110,6 +121,11 @@ def deg_labels(
     for j, column in enumerate(columns):
         labels = np.asarray(DEG_LABELS, dtype=object)[codes[:, j]]
         bulk.obs[column] = pd.Categorical(labels, categories=categories)
+    records = dict(bulk.uns.get(_RECORD, {}))
+    previous = (records.get(key_added) or {}).get("columns") or []
+    records[key_added] = {"step": "hx.pp.deg", "method": method,
+                          "columns": sorted(set(previous) | set(columns))}
+    bulk.uns[_RECORD] = records
     counts = {label: int((codes == code).sum()) for code, label in enumerate(DEG_LABELS)
               if label in categories}
     logger.info("Adding %d columns `bulk.obs['%s_<gene>']` (%s labels over %d samples x %d "

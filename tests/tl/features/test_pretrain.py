@@ -429,3 +429,77 @@ def test_resuming_a_finished_pretraining_reads_no_tile(sections, tmp_path, monke
     assert reads == []  # every epoch was done: nothing to read for
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+@bad_input("silently wrong", "`hx.tl.pretrain(..., checkpoint_dir=d, resume=True)` on a "
+           "checkpoint made on other tiles (another um/px, tile size or tiles), lr or seed: it "
+           "was resumed, its metadata claimed the new options and its normalisation came from "
+           "the old tiles",
+           says="ValueError: The checkpoint in ... was made by another run than the one asked "
+           "now (... lr: saved 0.001, asked 0.5; ... seed: saved 0, asked 7; ... tiles_key: "
+           "saved 't_a', asked 't_b'); only epochs may differ. Pass the same options (and "
+           "tiles) to continue it, or overwrite=True (or another checkpoint_dir) to start afresh",
+           fix="pass the options and tiles of the run to continue; `overwrite=True` or another "
+           "`checkpoint_dir` to start afresh")
+def test_resuming_another_run_is_refused_naming_each_option(sections, tmp_path):
+    section, other = sections
+    for sdata in sections:
+        hx.pp.tile(sdata, "he", size_px=16, mpp=1.0, min_tissue=0.8, key_added="t_a")
+    hx.pp.tile(section, "he", size_px=16, mpp=2.0, min_tissue=0.8, key_added="t_b")
+    options = {**TINY, "epochs": 1, "lr": 1e-3, "seed": 0}
+    first = hx.tl.pretrain(section, "t_a", checkpoint_dir=tmp_path, **options)
+    checkpoint = tmp_path / _pretrain.CHECKPOINT_NAME
+    before = checkpoint.read_bytes()
+
+    with pytest.raises(ValueError, match="made by another run") as caught:
+        hx.tl.pretrain(section, "t_b", checkpoint_dir=tmp_path, resume=True,
+                       **{**options, "lr": 0.5, "seed": 7})
+    n_a, n_b = (len(section.tables[f"{key}_table"]) for key in ("t_a", "t_b"))
+    for part in ("tiles_key: saved 't_a', asked 't_b'", "mpp: saved 1.0, asked 2.0",
+                 "size_um: saved 16.0, asked 32.0", "lr: saved 0.001, asked 0.5",
+                 "seed: saved 0, asked 7", f"n_tiles: saved {n_a}, asked {n_b}",
+                 "tiles_digest: saved", "overwrite=True"):
+        assert part in str(caught.value), part
+    assert "size_px" not in str(caught.value)  # 16 px both times: only what differs is named
+    # each option alone, and the same geometry cut from another section's tiles
+    for name, value in (("lr", 0.5), ("seed", 7), ("batch_size", 16), ("weight_decay", 0.0),
+                        ("temperature", 0.5), ("warmup", 0.2), ("cache", False),
+                        ("augment", hx.pp.augmentations("he", size_px=16, strength=0.3))):
+        with pytest.raises(ValueError, match=rf"\({'augmentations' if name == 'augment' else name}"
+                           r": saved .*, asked .*\); only epochs"):
+            hx.tl.pretrain(section, "t_a", checkpoint_dir=tmp_path, resume=True,
+                           **{**options, name: value})
+    with pytest.raises(ValueError, match=r"tiles_digest: saved '\w+', asked '\w+'\); only"):
+        hx.tl.pretrain(other, "t_a", checkpoint_dir=tmp_path, resume=True, **options)
+    assert checkpoint.read_bytes() == before  # nothing trained, nothing written
+    assert [p.name for p in tmp_path.iterdir()] == [_pretrain.CHECKPOINT_NAME]
+
+    # the same options resume (to more epochs: the point of resuming)
+    resumed = hx.tl.pretrain(section, "t_a", checkpoint_dir=tmp_path, resume=True,
+                             **{**options, "epochs": 2})
+    pretraining = resumed.metadata["pretraining"]
+    assert pretraining["epochs"] == 2 and pretraining["tiles_key"] == "t_a"
+    assert pretraining["loss"][0] == first.metadata["pretraining"]["loss"][0]
+    assert resumed.metadata["normalisation"] == first.metadata["normalisation"]
+
+
+@bad_input("silently wrong", "`hx.tl.pretrain(..., resume=True)` on a checkpoint written before "
+           "checkpoints recorded their run: its tiles and options cannot be checked",
+           says="ValueError: The checkpoint ... does not record the options and tiles it was "
+           "made with ... Pass overwrite=True (or another checkpoint_dir) to start afresh",
+           fix="`overwrite=True` or another `checkpoint_dir`")
+def test_a_checkpoint_without_its_run_is_not_resumed(sections, tmp_path):
+    section = sections[0]
+    options = {**TINY, "epochs": 1, "seed": 0}
+    hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, **options)
+    checkpoint = tmp_path / _pretrain.CHECKPOINT_NAME
+    payload = torch.load(checkpoint, weights_only=True)
+    assert payload["run"]["tiles_key"] == "he_tiles" and payload["run"]["lr"] == 1e-3
+    del payload["run"]  # as an earlier histoexpr wrote it
+    torch.save(payload, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="does not record the options and tiles"):
+        hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, resume=True, **options)
+    assert checkpoint.read_bytes() == before
+    hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, overwrite=True, **options)
+    assert "run" in torch.load(checkpoint, weights_only=True)

@@ -151,12 +151,16 @@ def embed(
                        "(uns['embeddings'] has no record of it), so histoexpr does not replace "
                        "it, even with overwrite=True; choose another key_added.")
     fingerprint = encoder_fingerprint(encoders, checkpoint=checkpoint)
-    if checkpoint is None and any(_has_random_weights(one) for one in encoders):
-        # random weights differ with the seed: their digest tells such features apart
+    random = [checkpoint is None and (_has_random_weights(one) or (
+        isinstance(one, str) and one.startswith("hf:")
+        and getattr(network, "has_weights", True) is False))
+        for one, (_, _, network) in zip(encoders, resolved, strict=True)]
+    if any(random):
+        # random weights (an architecture name without checkpoint, an hf: folder without
+        # weights) differ with the seed: their digest tells such features apart
         fingerprint = "+".join(
-            f"{one}:random:{_weights_digest(network)}" if _has_random_weights(one)
-            else encoder_fingerprint(one)
-            for one, (_, _, network) in zip(encoders, resolved, strict=True))
+            f"{one}:random:{_weights_digest(network)}" if drawn else encoder_fingerprint(one)
+            for one, (_, _, network), drawn in zip(encoders, resolved, random, strict=True))
     coverage = image_coverage(sdata, dataset.image_key, np.asarray(table.obsm["spatial"]),
                               dataset.size_um)
     off_image = _report_off_image(coverage, tiles_key, dataset.image_key)
@@ -208,7 +212,10 @@ def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -
 
     Names (``"handcrafted"``, ``"squidpy:..."``, architectures) stand for themselves; a model
     file or checkpoint adds the SHA-256 of its bytes and a network object that of its weights,
-    so that features made by other weights under the same name are told apart.
+    so that features made by other weights under the same name are told apart. An
+    ``"hf:<folder>"`` is identified by its content, not its path
+    (``"hf_<name>:folder:<digest>"``, :func:`hf_folder_fingerprint`): new weights saved into the
+    same folder make another fingerprint, and the folder may move.
     """
     if isinstance(encoder, list | tuple):
         return "+".join(encoder_fingerprint(one) for one in encoder) + (
@@ -219,7 +226,39 @@ def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -
         path = Path(encoder)
         return f"{path.stem}:file:{_file_digest(path)}" if path.is_file() else str(encoder)
     spec = str(encoder)
+    if spec.startswith("hf:") and checkpoint is None:
+        folder = Path(spec.removeprefix("hf:"))
+        return (f"hf_{folder.name}:folder:{hf_folder_fingerprint(folder)}"
+                if (folder / "config.json").is_file() else spec)
     return spec if checkpoint is None else f"{spec}@{_file_digest(Path(checkpoint))}"
+
+
+#: the files of a transformers folder that make its features: the model's configuration, the
+#: image processor's (normalisation, input size), the weights and the index of sharded weights
+_HF_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "*.bin", "*.index.json")
+
+
+def hf_folder_fingerprint(folder: str | Path) -> str:
+    """A digest (16 hex digits) of what a transformers folder holds, not of where it lies.
+
+    Each of its files that make the features (``config.json``, ``preprocessor_config.json``,
+    every ``*.safetensors`` and ``*.bin`` weights file and the ``*.index.json`` of sharded
+    weights) is fingerprinted by :func:`histoexpr._core.memory.file_fingerprint` (whole up to
+    64 MiB, sampled beyond: a GiB of weights costs ~24 MiB read), and their names, sizes and
+    digests are combined, in the order of their names, into one digest.
+    """
+    import hashlib
+
+    from ..._core.memory import file_fingerprint
+
+    folder = Path(folder)
+    files = sorted({path for pattern in _HF_FILES for path in folder.glob(pattern)
+                    if path.is_file()}, key=lambda path: path.name)
+    digest = hashlib.blake2b(digest_size=8)
+    for path in files:
+        facts = file_fingerprint(path)
+        digest.update(f"{path.name}\0{facts['bytes']}\0{facts['blake2b']}\0".encode())
+    return digest.hexdigest()
 
 
 def _weights_digest(network: torch.nn.Module) -> str:

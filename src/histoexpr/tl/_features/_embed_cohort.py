@@ -84,7 +84,9 @@ def embed_cohort(
         The tile encoder, as for :func:`histoexpr.tl.embed` (``"handcrafted"``, an architecture
         name, a model file, a network, ``"timm:<name>"`` or a list of them). An architecture
         without ``checkpoint`` has random weights, drawn from ``seed`` so every slide (and every
-        run) gets the same ones.
+        run) gets the same ones. An ``"hf:<folder>"`` is recorded by a digest of its files
+        (configuration and weights), so features made before new weights were saved into the
+        folder are not reused: refused without ``overwrite``, recomputed with it.
     checkpoint
         Local weights for an architecture name (as for :func:`histoexpr.tl.embed`).
     size_px
@@ -555,7 +557,11 @@ def _encoder_name(encoder: Any) -> str:
 
 
 def _encoder_description(encoder: Any) -> Any:
-    """What identifies an encoder's weights: its name, its file's hash or its weights' hash."""
+    """What identifies an encoder's weights: its name, its file's hash or its weights' hash.
+
+    An ``"hf:<folder>"`` is identified by a digest of its files
+    (:func:`histoexpr.tl._features._embed.hf_folder_fingerprint`).
+    """
     from ...models import Network
 
     if isinstance(encoder, Network):
@@ -566,6 +572,14 @@ def _encoder_description(encoder: Any) -> Any:
         return {"network": type(encoder).__name__, "sha256": digest.hexdigest()}
     if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
         return _fingerprint(encoder)
+    if isinstance(encoder, str) and encoder.startswith("hf:"):
+        # by its content (config, processor and weights files), not its path: new weights
+        # saved into the same folder are another encoder
+        from ._embed import hf_folder_fingerprint
+
+        folder = Path(encoder.removeprefix("hf:"))
+        if (folder / "config.json").is_file():
+            return {"hf_folder": folder.name, "content": hf_folder_fingerprint(folder)}
     return str(encoder)
 
 

@@ -140,6 +140,12 @@ def pretrain(
         the first process only under ``torchrun``); ``None`` writes none.
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (start afresh where there is none).
+        The checkpoint records what defines the run: the tiles (key, um/px, size, channels,
+        number, and a digest of their centres and image), the starting encoder, the
+        augmentations, ``cache``, ``seed`` and every training option but ``epochs``. A resume
+        asking for others is refused with a :class:`ValueError` naming each (saved and asked),
+        before anything is trained or written; so is a checkpoint of an earlier histoexpr,
+        which lacks that record.
     overwrite
         Start afresh even though ``checkpoint_dir`` holds a checkpoint, replacing it (only a
         checkpoint written by :func:`pretrain`; any other file there is never replaced).
@@ -222,7 +228,15 @@ def pretrain(
     optimiser = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad],
                                   lr=lr, weight_decay=weight_decay)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    state = _restore_or_start(path, learner, optimiser, resume=resume, overwrite=overwrite)
+    # what defines the run, recorded in its checkpoint and checked before it is resumed
+    run = None if path is None else _run_record(
+        encoder=encoder, method=method, tiles_key=tiles_key, sections=sections,
+        datasets=datasets, geometry=geometry, n_tiles=len(tiles), batch_size=batch_size, lr=lr,
+        schedule=schedule, warmup=warmup, weight_decay=weight_decay, temperature=temperature,
+        queue_size=queue_size, momentum=momentum, projection_dim=projection_dim, seed=seed,
+        augmentations=getattr(views, "spec", [{"name": type(views).__name__}]), cache=cache)
+    state = _restore_or_start(path, learner, optimiser, resume=resume, overwrite=overwrite,
+                              run=run)
     if cache and ctx is None and not settings.n_workers and state["epoch"] < epochs:
         # read here, not by loader workers, in the tiles' order (a shuffled first epoch decodes
         # the slides' chunks again and again); the memory of keeping them is checked first
@@ -255,7 +269,7 @@ def pretrain(
             logger.info("pretrain (%s): epoch %d/%d, loss %.4f", method, epoch + 1, epochs,
                         state["loss"][-1])
         if path is not None and (ctx is None or ctx.is_main):
-            _save_checkpoint(path, learner, optimiser, state)
+            _save_checkpoint(path, learner, optimiser, state, run)
         clock[0] = time.perf_counter()
 
     # the generators were seeded above (or restored from the checkpoint): train keeps them
@@ -432,11 +446,87 @@ def _estimate_normalisation(tiles, seed: int) -> dict[str, list[float]]:
     return {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
 
 
-def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any]) -> None:
-    """Write the checkpoint whole or not at all (a run killed while writing keeps the last one)."""
+def _run_record(*, encoder: Any, method: str, tiles_key: str, sections: list, datasets: list,
+                geometry: dict[str, Any], n_tiles: int, batch_size: int, lr: float,
+                schedule: str, warmup: float, weight_decay: float, temperature: float,
+                queue_size: int, momentum: float, projection_dim: int, seed: int,
+                augmentations: Any, cache: bool) -> dict[str, Any]:
+    """The options that define a pretraining run, as its checkpoint records them (plain values).
+
+    A resumed run must ask for the same ones (:func:`_check_run`); only ``epochs`` may differ
+    (resuming to more epochs is the point). The tiles are identified by their key, geometry and
+    number, and a digest of every section's tile centres, image key and image
+    (:func:`_tiles_digest`); the starting encoder by its name, or the digest of its file or
+    weights (:func:`histoexpr.tl._features._embed.encoder_fingerprint`). Options a method or a
+    schedule does not use (MoCo's queue and momentum under SimCLR, the warmup of a constant
+    schedule) are recorded as ``None``. ``cache`` is recorded because cached tiles are kept in
+    float16, which rounds their pixels.
+    """
+    import json
+
+    from ._embed import encoder_fingerprint
+
+    record = {
+        "method": method, "encoder": encoder_fingerprint(encoder),
+        "tiles_key": tiles_key, "n_sections": len(sections), "n_tiles": int(n_tiles),
+        "tiles_digest": _tiles_digest(sections, datasets, tiles_key),
+        **{key: geometry[key] for key in ("mpp", "size_px", "size_um", "channels")},
+        "batch_size": batch_size, "lr": lr, "schedule": schedule,
+        "warmup": warmup if schedule == "cosine" else None, "weight_decay": weight_decay,
+        "temperature": temperature, "queue_size": queue_size if method == "moco" else None,
+        "momentum": momentum if method == "moco" else None, "projection_dim": projection_dim,
+        "seed": seed, "augmentations": augmentations, "cache": bool(cache),
+    }
+    return json.loads(json.dumps(record, default=str))  # as stored, so that equal compares equal
+
+
+def _tiles_digest(sections: list, datasets: list, tiles_key: str) -> str:
+    """A digest (16 hex digits) of which tiles a run reads, in their order, without reading any.
+
+    Per section: the image key, its :func:`histoexpr._core.image_facts.image_fingerprint` (shape,
+    pixel size, offset and sampled pixels) and the tile centres (``obsm["spatial"]``).
+    """
+    import hashlib
+
+    from ..._core.image_facts import image_fingerprint
+
+    digest = hashlib.sha256()
+    for sdata, dataset in zip(sections, datasets, strict=True):
+        centres = np.ascontiguousarray(sdata.tables[f"{tiles_key}_table"].obsm["spatial"],
+                                       dtype=np.float64)
+        digest.update(f"{dataset.image_key}\0{image_fingerprint(sdata, dataset.image_key)}\0"
+                      f"{centres.shape}\0".encode())
+        digest.update(centres.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_run(path: Path, saved: Any, run: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint made by another run, naming each option that differs."""
+    again = ("Pass the same options (and tiles) to continue it, or overwrite=True (or another "
+             "checkpoint_dir) to start afresh.")
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"The checkpoint {path} does not record the options and tiles it was made with "
+            "(written by an earlier histoexpr), so histoexpr cannot check that this run "
+            "continues it and does not resume it. Pass overwrite=True (or another "
+            "checkpoint_dir) to start afresh.")
+    differing = [f"{key}: saved {saved.get(key)!r}, asked {run.get(key)!r}"
+                 for key in sorted(set(saved) | set(run)) if saved.get(key) != run.get(key)]
+    if differing:
+        raise ValueError(
+            f"The checkpoint in {path.parent} was made by another run than the one asked now "
+            f"({'; '.join(differing)}); only epochs may differ. {again}")
+
+
+def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any],
+                     run: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint whole or not at all (a run killed while writing keeps the last one).
+
+    ``run`` (:func:`_run_record`) is what made it, checked before it is resumed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format": CHECKPOINT_FORMAT, "learner_config": learner.get_config(),
+        "format": CHECKPOINT_FORMAT, "learner_config": learner.get_config(), "run": run,
         "learner": learner.state_dict(), "optimiser": optimiser.state_dict(),
         "state": state, "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -446,7 +536,13 @@ def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any]) -> N
 
 
 def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
-                      overwrite: bool) -> dict[str, Any]:
+                      overwrite: bool, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The state to start from: afresh, or the checkpoint's (after checking it is this run's).
+
+    A checkpoint is resumed only when it was made by the same ``run`` (:func:`_check_run`,
+    before anything is loaded, trained or written); one without that record (an earlier
+    histoexpr's) is refused.
+    """
     fresh = {"epoch": 0, "loss": [], "seconds": 0.0, "normalisation": None}
     if path is None:
         if resume:
@@ -481,6 +577,7 @@ def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
             f"The checkpoint in {path.parent} trains a {saved['encoder']} encoder, but this run "
             f"builds a {wanted['encoder']} one. Pass the same encoder to continue it, or "
             "another checkpoint_dir.")
+    _check_run(path, payload.get("run"), run)
     differing = {k: (saved[k], wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
     if differing:
         raise ValueError(f"The checkpoint in {path.parent} was made with other options "

@@ -1,7 +1,19 @@
-"""What the bag models check and write when they predict: section scores, contributions, classes."""
+"""What the bag models check and write when they predict: section scores, contributions, classes.
+
+Ownership of what predict writes into the tile tables: each entry (the ``obs`` column and the
+``obsm`` keys named after ``key_added``) is recorded in the table's
+``uns["bag_outputs"][key_added]``, with the writer record ``"histoexpr"`` (``{"step":
+"hx.tl.predict", "key": key_added}``, and ``within`` when written on behalf of another step,
+e.g. ``hx.tl.cross_validate``), as :func:`histoexpr.tl.embed` records its features in
+``uns["embeddings"]``. Before anything is written every entry is checked in every section: an
+entry that exists is replaced only with ``overwrite=True`` and only when this record says the
+same step wrote it under the same key; anything else (the user's own columns, embed's features,
+another key's outputs) is refused, naming it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,7 +21,7 @@ import torch
 
 from ..._core import distributed as _distributed
 from ..._core.logs import log_added, logger
-from ..._core.records import EmbeddingRecord
+from ..._core.records import WRITER_KEY, EmbeddingRecord, WriterRecord, current_within
 from ..._core.validate import check_store_name
 from ._bag_data import (
     MADE_FIELDS,
@@ -22,6 +34,142 @@ from ._bag_targets import regression_targets
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+
+#: the step whose outputs these are (the writer recorded with them)
+STEP = "hx.tl.predict"
+#: ``uns[RECORD][key_added]`` of a tile table: what predict wrote under ``key_added``
+RECORD = "bag_outputs"
+
+
+def output_entries(key_added: str) -> dict[str, list[str]]:
+    """The ``obs`` columns and ``obsm`` keys of a tile table that predict writes under a key."""
+    return {"obs": [f"{key_added}_attention"],
+            "obsm": [key_added, f"{key_added}_attention", f"{key_added}_contribution"]}
+
+
+def _record(table, key_added: str) -> Mapping | None:
+    records = table.uns.get(RECORD)
+    record = records.get(key_added) if isinstance(records, Mapping) else None
+    return record if isinstance(record, Mapping) else None
+
+
+def _same_writer(record: Mapping | None, key_added: str) -> bool:
+    """Whether ``record`` says this same step (on behalf of the same caller) wrote the key."""
+    writer = WriterRecord.from_uns(record.get(WRITER_KEY)) if record is not None else None
+    return (writer is not None and writer.step == STEP and writer.key == key_added
+            and writer.within == current_within())
+
+
+def _names(record: Mapping, kind: str) -> list[str]:
+    """The entries of ``kind`` a record lists (a list, or an array once read from a file)."""
+    value = record.get(kind)
+    return [] if value is None else [str(v) for v in np.atleast_1d(np.asarray(value, dtype=object))]
+
+
+def _owned(table, key_added: str, kind: str, name: str) -> bool:
+    record = _record(table, key_added)
+    return _same_writer(record, key_added) and name in _names(record, kind)
+
+
+def _writer_of(table, kind: str, name: str) -> str:
+    """Who wrote the entry, in words, for a refusal."""
+    if kind == "obsm":
+        embedding = table.uns.get("embeddings")
+        if isinstance(embedding, Mapping) and name in embedding:
+            writer = EmbeddingRecord.from_uns(embedding[name]).writer
+            return f"written by {writer.step if writer is not None else 'hx.tl.embed'}"
+    records = table.uns.get(RECORD)
+    for record in (records.values() if isinstance(records, Mapping) else ()):
+        if isinstance(record, Mapping) and name in _names(record, kind):
+            return _describe(record)
+    return "not written by histoexpr"
+
+
+def _describe(record: Mapping | None) -> str:
+    """The writer a record of outputs names, in words."""
+    writer = WriterRecord.from_uns(record.get(WRITER_KEY)) if record is not None else None
+    if writer is None:
+        return "not written by histoexpr"
+    within = f" within {writer.within}" if writer.within else ""
+    return f"written by {writer.step}{within} under key_added={writer.key!r}"
+
+
+def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[str]]:
+    """Entries under ``key_added`` that exist: those this step may replace, those it may not."""
+    own, foreign = [], []
+    records = table.uns.get(RECORD)
+    if records is not None and not isinstance(records, Mapping):
+        foreign.append(f"uns[{RECORD!r}] (not written by histoexpr)")
+    elif records is not None and key_added in records:
+        label = f"uns[{RECORD!r}][{key_added!r}]"
+        record = _record(table, key_added)
+        if _same_writer(record, key_added):
+            own.append(label)
+        else:
+            foreign.append(f"{label} ({_describe(record)})")
+    for kind, names in output_entries(key_added).items():
+        for name in names:
+            if name not in getattr(table, kind):
+                continue
+            if _owned(table, key_added, kind, name):
+                own.append(f"{kind}[{name!r}]")
+            else:
+                foreign.append(f"{kind}[{name!r}] ({_writer_of(table, kind, name)})")
+    return (own if not overwrite else []), foreign
+
+
+def _free_key(tables: Mapping, key_added: str) -> str:
+    for i in range(2, 1000):
+        key = f"{key_added}_{i}"
+        entries = output_entries(key)
+        if all(n not in getattr(t, kind) for t in tables.values()
+               for kind, names in entries.items() for n in names) and not any(
+                _record(t, key) is not None for t in tables.values()):
+            return key
+    return f"{key_added}_new"
+
+
+def check_outputs_writable(tables: Mapping, key_added: str, *, overwrite: bool,
+                           step: str = STEP) -> None:
+    """Raise a ``KeyError`` naming every entry under ``key_added`` this call may not write.
+
+    ``tables``: the tile table of each section, by name. An existing entry is replaced only with
+    ``overwrite=True`` and only when the table's record says the same step (on behalf of the same
+    caller, see ``_core.records.made_within``) wrote it under the same key; entries of the
+    user's, of :func:`histoexpr.tl.embed` or of another key are never replaced. Call this before
+    writing anything, so that a refused call leaves every section as it was.
+    """
+    own, foreign = {}, []
+    for name, table in tables.items():
+        mine, theirs = _taken(table, key_added, overwrite=overwrite)
+        if mine:
+            own[name] = mine
+        foreign += [f"{name!r}: {entry}" for entry in theirs]
+    if foreign:
+        shown = "; ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
+                                           else "")
+        raise KeyError(
+            f"The tile tables already hold entries that {step} would write under "
+            f"key_added={key_added!r} and that {step} did not write there: {shown}. They are "
+            f"never replaced, even with overwrite=True (which replaces only what {step} wrote "
+            f"under the same key); choose another key_added, e.g. "
+            f"{_free_key(tables, key_added)!r}.")
+    if own:
+        names = list(own)
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more"
+                                                         if len(names) > 5 else "")
+        raise KeyError(
+            f"The tile tables of {shown} already hold the outputs {step} wrote under "
+            f"key_added={key_added!r} ({', '.join(own[names[0]])}). Pass overwrite=True to "
+            "replace them, or choose another key_added.")
+
+
+def _record_outputs(table, key_added: str) -> None:
+    records = dict(table.uns.get(RECORD) or {})
+    records[key_added] = {WRITER_KEY: WriterRecord.now(STEP, key_added).to_uns(),
+                          **output_entries(key_added)}
+    table.uns[RECORD] = records
 
 
 def _class_slices(metadata: dict) -> list[slice]:
@@ -39,11 +187,20 @@ def _has_genes(bags: Bags, rule: dict) -> bool:
 
 def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, columns: list[str],
                         key_added: str) -> None:
-    """Per-tile contributions into ``obsm[f"{key_added}_contribution"]`` of each tile table."""
+    """Per-tile contributions into ``obsm[f"{key_added}_contribution"]`` of each tile table.
+
+    After :func:`write_predictions`, which checked and recorded the entry in every section.
+    """
     import pandas as pd
 
+    entry = f"{key_added}_contribution"
     for name, values in contributions.items():
         table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
+        # (a slide of a cohort on disk is opened afresh from its store: its table is a view)
+        if bags.stores is None and entry in table.obsm and not _owned(table, key_added, "obsm",
+                                                                     entry):
+            raise KeyError(f"obsm[{entry!r}] of the tile table of {name!r} was not written by "
+                           f"{STEP} under key_added={key_added!r}; choose another key_added.")
         table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
                                                                columns=columns)
 
@@ -141,6 +298,17 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
         # under torchrun every process predicts the same values: rank 0 alone writes the stores,
         # after every process has checked them and before any reads them again
         _distributed.context()
+        # the results come back as obsm entries of the opened slide's tile table: never over
+        # its features
+        names = set(output_entries(key_added)["obsm"])
+        shadowed = sorted({(name, key) for name in tile_outputs
+                           for key in bags.stores[name].feature_records(bags.tiles_key)
+                           if key in names})
+        if shadowed:
+            raise KeyError(f"key_added={key_added!r} would put results over the tile features "
+                           f"{shadowed[0][1]!r} of the store of {shadowed[0][0]!r} (written by "
+                           "hx.tl.embed); they are never replaced, even with overwrite=True; "
+                           "choose another key_added.")
         if not overwrite:
             taken = [name for name in tile_outputs
                      if key_added in bags.stores[name].results_keys(bags.tiles_key)]
@@ -158,17 +326,23 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
         logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
                     key_added, len(tile_outputs))
         return
+    tables = {name: bags.sections[name].tables[f"{bags.tiles_key}_table"]
+              for name in tile_outputs}
+    # every entry of every section is checked before any is written
+    check_outputs_writable(tables, key_added, overwrite=overwrite)
     for name, outputs in tile_outputs.items():
-        table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
-        keys = (key_added, f"{key_added}_attention")
-        if not overwrite and any(k in table.obsm for k in keys):
-            raise KeyError(f"The tile table of {name!r} already holds obsm[{key_added!r}]; pass "
-                           "overwrite=True or choose another key_added.")
+        table = tables[name]
+        replaced = [n for kind, names in output_entries(key_added).items() for n in names
+                    if n in getattr(table, kind)]
+        if replaced:
+            logger.info("Overwriting %s of the tile table of %r (written by %s)", replaced, name,
+                        STEP)
         attention = tile_attention[name]
         table.obsm[key_added] = pd.DataFrame(outputs, index=table.obs_names, columns=columns)
         table.obsm[f"{key_added}_attention"] = pd.DataFrame(attention, index=table.obs_names,
                                                             columns=branches)
         table.obs[f"{key_added}_attention"] = attention.mean(axis=1)
+        _record_outputs(table, key_added)
         log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
                   f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
 

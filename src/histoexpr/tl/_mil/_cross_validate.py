@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._core.logs import each_item, logger, progress
+from ..._core.records import made_within
+
+#: what the per-tile results cross-validation writes record as the step they were made within
+WITHIN = "hx.tl.cross_validate"
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -35,6 +39,16 @@ def cross_validate_bags(
     held-out sections with ``hx.tl.predict``, which also writes the out-of-fold per-tile
     predictions and attention into their tile tables (under ``key_added``).
 
+    Those per-tile results are recorded as written by ``hx.tl.predict`` within
+    ``hx.tl.cross_validate`` (``uns["bag_outputs"][key_added]`` of each tile table). Before the
+    first fold, every section's tile table is checked: an entry under ``key_added`` that an
+    earlier cross-validation recorded is replaced (a rerun under the same key), anything else
+    there (the user's own columns, features of :func:`histoexpr.tl.embed`, the outputs of a
+    plain :func:`histoexpr.tl.predict`) is never replaced: the call stops with a ``KeyError``
+    naming it, before any training and with nothing written. On a cohort on disk the results go
+    into each slide's store (its ``results``, replacing an earlier set under ``key_added``),
+    never over the store's tile features.
+
     Parameters
     ----------
     data
@@ -52,7 +66,8 @@ def cross_validate_bags(
         Number of folds (groups are spread over them, scikit-learn's ``GroupKFold``); ``None``
         holds out one group at a time.
     key_added
-        Key of the per-tile results written into the held-out tile tables.
+        Key of the per-tile results written into the held-out tile tables; refused where the
+        tile tables hold entries under it that cross-validation did not write (see above).
     check_attention
         Run :func:`histoexpr.tl.attention_check` on every held-out section (regression):
         ``None`` does so wherever the sections have spot-centred tiles and their spot table
@@ -84,6 +99,7 @@ def cross_validate_bags(
     names, group_of = _section_groups(data, groups)
     check_no_copies(data, group_of)
     folds = _folds(names, group_of, n_folds)
+    _check_outputs_free(data, names, getattr(options, "tiles_key", None), key_added)
     results, scores, checks = [], [], []
     bar = progress(folds, desc="folds", total=len(folds))
     for fold, held_out in enumerate(bar):
@@ -92,7 +108,8 @@ def cross_validate_bags(
         test = _subset(data, held_out)
         with each_item():  # what fit and predict log of each fold is debug
             network = module.fit(train, options)
-            predicted = module.predict(network, test, key_added=key_added, overwrite=True)
+            with made_within(WITHIN):  # replaces only what cross-validation wrote before
+                predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
         results.append(predicted)
@@ -128,6 +145,26 @@ def cross_validate_bags(
                             "contribution_spearman"]].mean())
     result.uns["cv"] = {"model": options.model, "n_folds": len(folds)}
     return result
+
+
+def _check_outputs_free(data: Any, names: list[str], tiles_key: str | None,
+                        key_added: str) -> None:
+    """Refuse, before any fold, entries under ``key_added`` that cross-validation did not write.
+
+    A cohort on disk keeps its results in the slides' stores (checked by ``hx.tl.predict``).
+    """
+    from ...io import Cohort
+    from ._bag_outputs import check_outputs_writable
+
+    if tiles_key is None or (isinstance(data, Cohort) and data.on_disk):
+        return
+    tables = {}
+    for name in names:
+        table = data[name].tables.get(f"{tiles_key}_table")
+        if table is not None:  # a section without one is refused by fit, naming it
+            tables[name] = table
+    with made_within(WITHIN):
+        check_outputs_writable(tables, key_added, overwrite=True, step=WITHIN)
 
 
 def _check(test: Any, network, key: str, *, strict: bool):
