@@ -142,8 +142,8 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
     key_added
         Where the predictions go; ``None`` uses the model's default (see Notes).
     overwrite
-        Replace elements of that name that an earlier ``predict`` wrote (never an element of
-        another origin).
+        Replace elements (and, for slide-level models, tile-table entries) of that name that
+        an earlier ``predict`` wrote (never one of another origin).
     **options
         Options of the model's ``predict`` (see Notes).
 

@@ -223,7 +223,10 @@ def predict(
     key_added
         Where per-tile results go in each tile table; defaults to the model's name.
     overwrite
-        Replace existing per-tile results under ``key_added``.
+        Replace existing per-tile results under ``key_added``, only those an earlier
+        ``hx.tl.predict`` recorded as its own (``uns["bag_outputs"][key_added]`` of the tile
+        tables); a column or matrix of the user's, or features of ``hx.tl.embed``, is never
+        replaced.
 
     Returns
     -------
