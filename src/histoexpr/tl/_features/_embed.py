@@ -226,11 +226,18 @@ def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -
         path = Path(encoder)
         return f"{path.stem}:file:{_file_digest(path)}" if path.is_file() else str(encoder)
     spec = str(encoder)
-    if spec.startswith("hf:") and checkpoint is None:
-        folder = Path(spec.removeprefix("hf:"))
-        return (f"hf_{folder.name}:folder:{hf_folder_fingerprint(folder)}"
-                if (folder / "config.json").is_file() else spec)
+    folder = hf_folder(spec)
+    if folder is not None and checkpoint is None:
+        return f"hf_{folder.name}:folder:{hf_folder_fingerprint(folder)}"
     return spec if checkpoint is None else f"{spec}@{_file_digest(Path(checkpoint))}"
+
+
+def hf_folder(encoder: Any) -> Path | None:
+    """The local transformers folder an ``"hf:<folder>"`` encoder names (``None``: no such)."""
+    if not (isinstance(encoder, str) and encoder.startswith("hf:")):
+        return None
+    folder = Path(encoder.removeprefix("hf:"))
+    return folder if (folder / "config.json").is_file() else None
 
 
 #: the files of a transformers folder that make its features: the model's configuration, the

@@ -572,14 +572,11 @@ def _encoder_description(encoder: Any) -> Any:
         return {"network": type(encoder).__name__, "sha256": digest.hexdigest()}
     if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
         return _fingerprint(encoder)
-    if isinstance(encoder, str) and encoder.startswith("hf:"):
-        # by its content (config, processor and weights files), not its path: new weights
-        # saved into the same folder are another encoder
-        from ._embed import hf_folder_fingerprint
+    from ._embed import hf_folder, hf_folder_fingerprint
 
-        folder = Path(encoder.removeprefix("hf:"))
-        if (folder / "config.json").is_file():
-            return {"hf_folder": folder.name, "content": hf_folder_fingerprint(folder)}
+    folder = hf_folder(encoder)
+    if folder is not None:  # by its content, not its path: new weights are another encoder
+        return {"hf_folder": folder.name, "content": hf_folder_fingerprint(folder)}
     return str(encoder)
 
 

@@ -193,14 +193,8 @@ def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, col
     """
     import pandas as pd
 
-    entry = f"{key_added}_contribution"
     for name, values in contributions.items():
         table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
-        # (a slide of a cohort on disk is opened afresh from its store: its table is a view)
-        if bags.stores is None and entry in table.obsm and not _owned(table, key_added, "obsm",
-                                                                     entry):
-            raise KeyError(f"obsm[{entry!r}] of the tile table of {name!r} was not written by "
-                           f"{STEP} under key_added={key_added!r}; choose another key_added.")
         table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
                                                                columns=columns)
 
