@@ -17,6 +17,8 @@ from _catalogue import bad_input
 from conftest import tree_digest
 
 import histoexpr as hx
+from histoexpr._core.records import WriterRecord
+from histoexpr._core.records import made_within as hx_within
 from histoexpr._core.validate import check_store_name
 
 OPTIONS = {"encoder": "handcrafted", "size_px": 16, "mpp": 2.0}
@@ -140,6 +142,79 @@ def test_predict_key_cannot_climb_out_of_the_store(cohort):
     assert tree_digest(victim) == before
 
 
+@bad_input("data lost", "`hx.tl.cross_validate(cohort, key_added=\"abmil_run\")` on a cohort on "
+           "disk whose stores hold `hx.tl.predict`'s results under that key (replaced by the "
+           "out-of-fold results, after the first fold's training)",
+           says="KeyError: The store of 'slide_00' holds results 'abmil_run' written by "
+           "hx.tl.predict; hx.tl.predict within hx.tl.cross_validate replaces only the results "
+           "it wrote itself, even with overwrite=True",
+           fix="another key_added for the cross-validation")
+def test_cross_validation_on_disk_leaves_predict_results_alone(cohort):
+    cohort, model = cohort
+    hx.tl.predict(model, cohort, key_added="abmil_run")
+    stores = {i: tree_digest(cohort.store(i).path) for i in cohort.ids}
+    with pytest.raises(KeyError, match="holds results 'abmil_run' written by hx.tl.predict; "
+                       "hx.tl.predict within hx.tl.cross_validate replaces only the results it "
+                       "wrote itself"):
+        hx.tl.cross_validate(cohort, model="abmil", genes=["EPCAM"], n_folds=2, epochs=1,
+                             val_fraction=0, hidden=8, seed=0, key_added="abmil_run")
+    assert {i: tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
+    # its own results a rerun replaces; predict's own results predict replaces
+    for _ in range(2):
+        hx.tl.cross_validate(cohort, model="abmil", genes=["EPCAM"], n_folds=2, epochs=1,
+                             val_fraction=0, hidden=8, seed=0, key_added="cv_run")
+    writer = cohort.store("slide_00").results_writer("he_tiles", "cv_run")
+    assert writer == WriterRecord("hx.tl.predict", "cv_run", "hx.tl.cross_validate")
+    hx.tl.predict(model, cohort, key_added="abmil_run", overwrite=True)
+    # but not the cross-validation's, and nothing is written before that is known
+    stores = {i: tree_digest(cohort.store(i).path) for i in cohort.ids}
+    with pytest.raises(KeyError, match="holds results 'cv_run' written by hx.tl.predict within "
+                       "hx.tl.cross_validate; hx.tl.predict replaces only"):
+        hx.tl.predict(model, cohort, key_added="cv_run", overwrite=True)
+    assert {i: tree_digest(cohort.store(i).path) for i in cohort.ids} == stores
+
+
+@bad_input("data lost", "`hx.tl.predict(model, cohort, key_added=k, overwrite=True)` where a "
+           "slide store holds results under `k` with no record of their writer (an earlier "
+           "version)",
+           says="KeyError: The store of 'slide_00' holds results 'old_run' with no record of the "
+           "step that wrote them (an earlier version)",
+           fix="another key_added")
+def test_results_without_a_writer_record_are_never_replaced(cohort):
+    import zarr
+
+    cohort, model = cohort
+    hx.tl.predict(model, cohort, key_added="old_run")
+    path = cohort.store("slide_00").path / "tiles" / "he_tiles" / "results" / "old_run"
+    group = zarr.open_group(path, mode="r+")
+    attrs = dict(group.attrs)
+    del attrs["writer"]
+    group.attrs.clear()
+    group.attrs.update(attrs)  # as an earlier version wrote them
+    before = tree_digest(cohort.store("slide_00").path)
+    with pytest.raises(KeyError, match="holds results 'old_run' with no record of the step that "
+                       "wrote them"):
+        hx.tl.predict(model, cohort, key_added="old_run", overwrite=True)
+    assert tree_digest(cohort.store("slide_00").path) == before
+
+
+def test_results_read_back_from_a_store_keep_their_writer(cohort):
+    cohort, model = cohort
+    hx.tl.predict(model, cohort, key_added="reread")
+    sections = {i: cohort[i] for i in cohort.ids}
+    record = sections["slide_00"].tables["he_tiles_table"].uns["bag_outputs"]["reread"]
+    assert record["histoexpr"] == {"step": "hx.tl.predict", "key": "reread"}
+    # so the sections in memory may be predicted again under that key, by predict alone
+    first = sections["slide_00"].tables["he_tiles_table"].obsm["reread"].copy()
+    memory = hx.io.Cohort(sections, cohort.bulk)
+    hx.tl.predict(model, memory, key_added="reread", overwrite=True)
+    np.testing.assert_allclose(
+        sections["slide_00"].tables["he_tiles_table"].obsm["reread"], first, rtol=1e-4,
+        atol=1e-5)
+    with pytest.raises(KeyError, match="did not write there"), hx_within("hx.tl.cross_validate"):
+        hx.tl.predict(model, memory, key_added="reread", overwrite=True)
+
+
 @bad_input("data lost", "a slide store read or written with a key holding a path "
            "(`SlideStore.features(\"he_tiles\", \"../../x\")`, `write_results(..., key=\"/x\")`)",
            says="ValueError: key='../../x' cannot name a set of features in a slide store",
@@ -154,7 +229,8 @@ def test_slide_store_checks_every_key_it_joins_to_a_path(cohort, tmp_path):
     n = store.n_tiles("he_tiles")
     with pytest.raises(ValueError, match="key_added='/x' cannot name a set of results"):
         store.write_results("he_tiles", "/x", np.zeros((n, 1)), np.zeros((n, 1)),
-                            columns=["a"], branches=["b"], overwrite=True)
+                            columns=["a"], branches=["b"],
+                            writer=WriterRecord.now("hx.tl.predict", "/x"), overwrite=True)
     with pytest.raises(ValueError, match="key='../x' cannot name a set of features"):
         store.write_features("he_tiles", "../x", np.zeros((n, 2)), {})
     assert tree_digest(store.path) == before

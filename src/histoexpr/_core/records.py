@@ -89,6 +89,22 @@ class WriterRecord:
         )
 
 
+#: ``uns[BAG_OUTPUTS][key]`` of a tile table: the per-tile outputs a slide-level model's predict
+#: wrote under ``key`` (its writer record and the entries it lists)
+BAG_OUTPUTS = "bag_outputs"
+
+
+def bag_output_entries(key: str) -> dict[str, list[str]]:
+    """The ``obs`` columns and ``obsm`` keys of a tile table that bag models' predict writes."""
+    return {"obs": [f"{key}_attention"],
+            "obsm": [key, f"{key}_attention", f"{key}_contribution"]}
+
+
+def bag_outputs_record(writer: WriterRecord, key: str) -> dict[str, Any]:
+    """The ``uns[BAG_OUTPUTS][key]`` entry saying ``writer`` wrote the outputs under ``key``."""
+    return {WRITER_KEY: writer.to_uns(), **bag_output_entries(key)}
+
+
 def within_of(uns: Mapping[str, Any]) -> str | None:
     """On whose behalf the table with this ``uns`` was written (``None``: on no one's).
 

@@ -10,7 +10,8 @@ zarr (v3) that any zarr reader opens::
       tiles/<tiles_key>/boxes            tiles x (x_min, y_min, x_max, y_max), um
       tiles/<tiles_key>/obs/<column>     the tile table's obs columns
       tiles/<tiles_key>/features/<key>   tiles x features (float32); attrs: record, complete
-      tiles/<tiles_key>/results/<key>/   per-tile outputs and attention of a slide-level model
+      tiles/<tiles_key>/results/<key>/   per-tile outputs and attention of a slide-level model;
+                                         attrs: columns, branches, writer (step, key, within)
       predictions/<key>/                 a table of per-tile predictions (an AnnData, as
                                          anndata writes it); attrs: record (model, slide,
                                          options), complete
@@ -36,6 +37,8 @@ from .._core.validate import check_bool, check_store_name
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+
+    from .._core.records import WriterRecord
 
 FORMAT = "histoexpr-slide-store"
 VERSION = 1
@@ -193,6 +196,72 @@ class SlideStore:
         tiles = self._tiles(tiles_key)
         return sorted(tiles["results"].group_keys()) if "results" in tiles else []
 
+    def results_writer(self, tiles_key: str, key: str) -> WriterRecord | None:
+        """Which step wrote the results ``key`` (``None``: no record, e.g. an earlier version).
+
+        Parameters
+        ----------
+        tiles_key
+            The tile set.
+        key
+            Key of the results.
+
+        Returns
+        -------
+        The writer record stored with the results, or ``None``.
+
+        """
+        from .._core.records import WriterRecord
+
+        tiles = self._tiles(tiles_key)
+        if f"results/{key}" not in tiles:
+            return None
+        return WriterRecord.from_uns(dict(tiles[f"results/{key}"].attrs).get("writer"))
+
+    def check_results_writable(self, tiles_key: str, key: str, *, writer: WriterRecord,
+                               overwrite: bool = False) -> None:
+        """Raise a ``KeyError`` where ``writer`` may not write the results ``key``.
+
+        Results already stored under ``key`` are replaced only with ``overwrite=True`` and only
+        where their record says the same ``writer`` (step, key and the step it was made within)
+        wrote them: results of another step, or of an earlier version with no record, never.
+
+        Parameters
+        ----------
+        tiles_key
+            The tile set.
+        key
+            Key of the results.
+        writer
+            The step that would write them.
+        overwrite
+            Whether that step replaces results it wrote before.
+
+        Returns
+        -------
+        Nothing.
+
+        """
+        check_bool("overwrite", overwrite)
+        if key not in self.results_keys(tiles_key):
+            return
+        slide = self.info.get("slide_id")
+        if not overwrite:
+            raise KeyError(f"The store of {slide!r} already holds results {key!r}; pass "
+                           "overwrite=True or choose another key_added.")
+        theirs = self.results_writer(tiles_key, key)
+        if theirs == writer:
+            return
+        if theirs is None:
+            who = "with no record of the step that wrote them (an earlier version)"
+        else:
+            who = f"written by {theirs.step}" + (f" within {theirs.within}" if theirs.within
+                                                 else "")
+        mine = writer.step + (f" within {writer.within}" if writer.within else "")
+        raise KeyError(f"The store of {slide!r} holds results {key!r} {who}; {mine} replaces "
+                       "only the results it wrote itself, even with overwrite=True. Choose "
+                       "another key_added.")
+
     def add_to(self, sdata: SpatialData, *, tiles_key: str | None = None) -> SpatialData:
         """Add the stored tissue map, tiles and their table (features, results) to a section.
 
@@ -214,7 +283,7 @@ class SlideStore:
         from spatialdata.models import Labels2DModel
 
         from .._core.elements import scale_to_global, square_shapes, tile_table
-        from .._core.records import TileRecord
+        from .._core.records import BAG_OUTPUTS, TileRecord, bag_outputs_record
 
         group = self._group()
         if "labels" in group:
@@ -249,6 +318,9 @@ class SlideStore:
                 table.obsm[f"{name}_attention"] = pd.DataFrame(
                     attention, index=table.obs_names, columns=meta["branches"])
                 table.obs[f"{name}_attention"] = attention.mean(axis=1)
+                writer = self.results_writer(key, name)
+                if writer is not None:  # so that the step that wrote them may replace them
+                    table.uns.setdefault(BAG_OUTPUTS, {})[name] = bag_outputs_record(writer, name)
             sdata.shapes[key] = square_shapes(boxes, obs["tile_id"].to_numpy())
             sdata.tables[f"{key}_table"] = table
         return sdata
@@ -360,7 +432,7 @@ class SlideStore:
 
     def write_results(self, tiles_key: str, key: str, outputs: np.ndarray,
                       attention: np.ndarray, *, columns: list[str], branches: list[str],
-                      overwrite: bool = False) -> None:
+                      writer: WriterRecord, overwrite: bool = False) -> None:
         """Write per-tile outputs and attention of a slide-level model, atomically.
 
         Parameters
@@ -377,8 +449,11 @@ class SlideStore:
             Names of the outputs.
         branches
             Names of the attention branches.
+        writer
+            The step writing them (recorded with them).
         overwrite
-            Replace results already stored under ``key``.
+            Replace results already stored under ``key``, only where the same ``writer`` (step,
+            key and the step it was made within) wrote them.
 
         Returns
         -------
@@ -392,9 +467,7 @@ class SlideStore:
         n = self.n_tiles(tiles_key)
         if len(outputs) != n or len(attention) != n:
             raise ValueError(f"Per-tile results of {len(outputs)} tiles for {n} tiles.")
-        if target.exists() and not overwrite:
-            raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds results "
-                           f"{key!r}; pass overwrite=True or choose another key_added.")
+        self.check_results_writable(tiles_key, key, writer=writer, overwrite=overwrite)
         partial = self._partial_path(key)
         try:
             group = zarr.open_group(partial, mode="w")
@@ -402,7 +475,8 @@ class SlideStore:
             result.create_array("outputs", data=np.asarray(outputs, dtype=np.float32))
             result.create_array("attention", data=np.asarray(attention, dtype=np.float32))
             result.attrs.update({"columns": [str(c) for c in columns],
-                                 "branches": [str(b) for b in branches], "complete": True})
+                                 "branches": [str(b) for b in branches],
+                                 "writer": writer.to_uns(), "complete": True})
             _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:

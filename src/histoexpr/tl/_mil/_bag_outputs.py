@@ -21,7 +21,15 @@ import torch
 
 from ..._core import distributed as _distributed
 from ..._core.logs import log_added, logger
-from ..._core.records import WRITER_KEY, EmbeddingRecord, WriterRecord, current_within
+from ..._core.records import (
+    BAG_OUTPUTS,
+    WRITER_KEY,
+    EmbeddingRecord,
+    WriterRecord,
+    bag_output_entries,
+    bag_outputs_record,
+    current_within,
+)
 from ..._core.validate import check_store_name
 from ._bag_data import (
     MADE_FIELDS,
@@ -38,18 +46,8 @@ if TYPE_CHECKING:
 
 #: the step whose outputs these are (the writer recorded with them)
 STEP = "hx.tl.predict"
-#: ``uns[RECORD][key_added]`` of a tile table: what predict wrote under ``key_added``
-RECORD = "bag_outputs"
-
-
-def output_entries(key_added: str) -> dict[str, list[str]]:
-    """The ``obs`` columns and ``obsm`` keys of a tile table that predict writes under a key."""
-    return {"obs": [f"{key_added}_attention"],
-            "obsm": [key_added, f"{key_added}_attention", f"{key_added}_contribution"]}
-
-
 def _record(table, key_added: str) -> Mapping | None:
-    records = table.uns.get(RECORD)
+    records = table.uns.get(BAG_OUTPUTS)
     record = records.get(key_added) if isinstance(records, Mapping) else None
     return record if isinstance(record, Mapping) else None
 
@@ -79,7 +77,7 @@ def _writer_of(table, kind: str, name: str) -> str:
         if isinstance(embedding, Mapping) and name in embedding:
             writer = EmbeddingRecord.from_uns(embedding[name]).writer
             return f"written by {writer.step if writer is not None else 'hx.tl.embed'}"
-    records = table.uns.get(RECORD)
+    records = table.uns.get(BAG_OUTPUTS)
     for record in (records.values() if isinstance(records, Mapping) else ()):
         if isinstance(record, Mapping) and name in _names(record, kind):
             return _describe(record)
@@ -98,17 +96,17 @@ def _describe(record: Mapping | None) -> str:
 def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[str]]:
     """Entries under ``key_added`` that exist: those this step may replace, those it may not."""
     own, foreign = [], []
-    records = table.uns.get(RECORD)
+    records = table.uns.get(BAG_OUTPUTS)
     if records is not None and not isinstance(records, Mapping):
-        foreign.append(f"uns[{RECORD!r}] (not written by histoexpr)")
+        foreign.append(f"uns[{BAG_OUTPUTS!r}] (not written by histoexpr)")
     elif records is not None and key_added in records:
-        label = f"uns[{RECORD!r}][{key_added!r}]"
+        label = f"uns[{BAG_OUTPUTS!r}][{key_added!r}]"
         record = _record(table, key_added)
         if _same_writer(record, key_added):
             own.append(label)
         else:
             foreign.append(f"{label} ({_describe(record)})")
-    for kind, names in output_entries(key_added).items():
+    for kind, names in bag_output_entries(key_added).items():
         for name in names:
             if name not in getattr(table, kind):
                 continue
@@ -122,7 +120,7 @@ def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[s
 def _free_key(tables: Mapping, key_added: str) -> str:
     for i in range(2, 1000):
         key = f"{key_added}_{i}"
-        entries = output_entries(key)
+        entries = bag_output_entries(key)
         if all(n not in getattr(t, kind) for t in tables.values()
                for kind, names in entries.items() for n in names) and not any(
                 _record(t, key) is not None for t in tables.values()):
@@ -165,11 +163,23 @@ def check_outputs_writable(tables: Mapping, key_added: str, *, overwrite: bool,
             "replace them, or choose another key_added.")
 
 
+def check_results_writable(stores: Mapping, names: list[str], tiles_key: str, key_added: str,
+                           *, overwrite: bool) -> None:
+    """Raise a ``KeyError`` before any store is written where one may not take the results.
+
+    The slide-store counterpart of :func:`check_outputs_writable` (see
+    :meth:`histoexpr.io.SlideStore.check_results_writable`).
+    """
+    writer = WriterRecord.now(STEP, key_added)
+    for name in names:
+        stores[name].check_results_writable(tiles_key, key_added, writer=writer,
+                                            overwrite=overwrite)
+
+
 def _record_outputs(table, key_added: str) -> None:
-    records = dict(table.uns.get(RECORD) or {})
-    records[key_added] = {WRITER_KEY: WriterRecord.now(STEP, key_added).to_uns(),
-                          **output_entries(key_added)}
-    table.uns[RECORD] = records
+    records = dict(table.uns.get(BAG_OUTPUTS) or {})
+    records[key_added] = bag_outputs_record(WriterRecord.now(STEP, key_added), key_added)
+    table.uns[BAG_OUTPUTS] = records
 
 
 def _class_slices(metadata: dict) -> list[slice]:
@@ -294,7 +304,7 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
         _distributed.context()
         # the results come back as obsm entries of the opened slide's tile table: never over
         # its features
-        names = set(output_entries(key_added)["obsm"])
+        names = set(bag_output_entries(key_added)["obsm"])
         shadowed = sorted({(name, key) for name in tile_outputs
                            for key in bags.stores[name].feature_records(bags.tiles_key)
                            if key in names})
@@ -303,18 +313,16 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
                            f"{shadowed[0][1]!r} of the store of {shadowed[0][0]!r} (written by "
                            "hx.tl.embed); they are never replaced, even with overwrite=True; "
                            "choose another key_added.")
-        if not overwrite:
-            taken = [name for name in tile_outputs
-                     if key_added in bags.stores[name].results_keys(bags.tiles_key)]
-            if taken:
-                raise KeyError(f"The stores of {taken[:3]} already hold results {key_added!r}; "
-                               "pass overwrite=True or choose another key_added.")
+        check_results_writable(bags.stores, list(tile_outputs), bags.tiles_key, key_added,
+                               overwrite=overwrite)
         _distributed.barrier()
         if _distributed.is_main_process():
             for name, outputs in tile_outputs.items():
                 bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
                                                 tile_attention[name], columns=columns,
-                                                branches=branches, overwrite=overwrite)
+                                                branches=branches,
+                                                writer=WriterRecord.now(STEP, key_added),
+                                                overwrite=overwrite)
         _distributed.barrier()
         bags.sections.forget()
         logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
@@ -326,7 +334,7 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
     check_outputs_writable(tables, key_added, overwrite=overwrite)
     for name, outputs in tile_outputs.items():
         table = tables[name]
-        replaced = [n for kind, names in output_entries(key_added).items() for n in names
+        replaced = [n for kind, names in bag_output_entries(key_added).items() for n in names
                     if n in getattr(table, kind)]
         if replaced:
             logger.info("Overwriting %s of the tile table of %r (written by %s)", replaced, name,

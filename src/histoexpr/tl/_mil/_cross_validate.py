@@ -46,8 +46,9 @@ def cross_validate_bags(
     there (the user's own columns, features of :func:`histoexpr.tl.embed`, the outputs of a
     plain :func:`histoexpr.tl.predict`) is never replaced: the call stops with a ``KeyError``
     naming it, before any training and with nothing written. On a cohort on disk the results go
-    into each slide's store (its ``results``, replacing an earlier set under ``key_added``),
-    never over the store's tile features.
+    into each slide's store (its ``results``, replacing an earlier cross-validation's set under
+    ``key_added``), never over the store's tile features; results there under ``key_added`` of
+    anything but an earlier cross-validation are refused before the first fold the same way.
 
     Parameters
     ----------
@@ -151,12 +152,18 @@ def _check_outputs_free(data: Any, names: list[str], tiles_key: str | None,
                         key_added: str) -> None:
     """Refuse, before any fold, entries under ``key_added`` that cross-validation did not write.
 
-    A cohort on disk keeps its results in the slides' stores (checked by ``hx.tl.predict``).
+    A cohort on disk keeps its results in the slides' stores: their results under
+    ``key_added`` are checked the same way.
     """
     from ...io import Cohort
-    from ._bag_outputs import check_outputs_writable
+    from ._bag_outputs import check_outputs_writable, check_results_writable
 
-    if tiles_key is None or (isinstance(data, Cohort) and data.on_disk):
+    if tiles_key is None:
+        return
+    if isinstance(data, Cohort) and data.on_disk:
+        stores = {name: data.store(name) for name in names}
+        with made_within(WITHIN):
+            check_results_writable(stores, names, tiles_key, key_added, overwrite=True)
         return
     tables = {}
     for name in names:
