@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._core.files import written_beside
+from ._core.files import restore_swap_of, written_beside
 from ._core.logs import logger
 from ._demo import SIZES, run_demo
 
@@ -141,6 +141,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
 
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
+    restore_swap_of(out)  # an earlier run killed midway put back first
     if out.exists() or out.is_symlink():  # what is there is the user's until shown otherwise
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._core.files import written_beside
+from ._core.files import restore_swap_of, written_beside
 
 #: the two genes whose transcripts label the patches (lymphocyte and stroma markers)
 LABEL_GENES = ("PTPRC", "COL1A1")
@@ -92,6 +92,7 @@ def prepare_report_folder(out: Path, *, overwrite: bool) -> None:
     report replaces the old one only when it is complete (:func:`run_demo`).
     """
     out = Path(out)
+    restore_swap_of(out)  # an earlier run killed midway put back first
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose --out.")

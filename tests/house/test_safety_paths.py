@@ -371,6 +371,53 @@ def test_cli_predict_overwrite_failing_midway_keeps_the_old_store(spot_model, tm
     assert "he_expr_tiles_expression" in sd.read_zarr(out).tables
 
 
+_KILLED_CLI_SWAP = """
+import os, sys
+from pathlib import Path
+from histoexpr._cli import main
+
+out = Path(sys.argv[1]).absolute()
+real = os.replace
+
+def replace(source, target):
+    if Path(target).absolute() == out and ".new." in Path(source).name:
+        os._exit(3)  # the old store is aside, the new one not yet in place
+    real(source, target)
+
+os.replace = replace
+main(sys.argv[2:])
+"""
+
+
+@bad_input("data lost", "`histoexpr predict --overwrite` killed between moving the old store "
+           "aside and renaming the new one into place: the old store stayed hidden beside an "
+           "empty name, and the next run wrote a new store there as if none had existed",
+           says="nothing: the next write to that path puts the old store back first (a warning "
+           "says so), then checks and writes as usual",
+           fix="nothing to do")
+def test_a_cli_store_swap_killed_midway_is_put_back_by_the_next_write(spot_model, tmp_path):
+    import subprocess
+
+    from histoexpr._cli import main
+
+    model, slide = spot_model
+    out = tmp_path / "pred.zarr"
+    args = ["predict", "-m", str(model), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
+    assert main(args) == 0
+    before = tree_digest(out)
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_CLI_SWAP)
+    done = subprocess.run([sys.executable, str(script), str(out), *args, "--overwrite"],
+                          check=False)
+    assert done.returncode == 3
+    assert not out.exists()  # killed with the old store aside
+    # the next call without --overwrite finds the old store back in place and refuses
+    assert main(args) != 0
+    assert tree_digest(out) == before
+    assert not list(tmp_path.glob(".pred.zarr.old.*"))
+    assert main([*args, "--overwrite"]) == 0
+
+
 # ------------------------------------------------------------------ loading never runs code
 class _Pickled:
     """An object a weights-only reader refuses (a pickle of a class, not plain values)."""

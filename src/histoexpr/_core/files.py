@@ -52,6 +52,7 @@ def check_replaceable(target: str | Path, *, ours: Callable[[Path], bool], writt
 
     check_bool(option.split("=")[0], overwrite)
     target = Path(target)
+    restore_swap_of(target)
     if not (target.exists() or target.is_symlink()):
         return
     kind = "folder" if target.is_dir() else "file"
@@ -132,6 +133,29 @@ def restore_swaps(paths: Iterable[Path], *, inside: Path) -> int:
 _NOTE_SUFFIX = ".target"
 
 
+def restore_swap_of(target: str | Path) -> bool:
+    """Put ``target`` back where a swap into it was killed between its two renames.
+
+    Such a kill leaves ``target`` missing, its old content aside under a hidden name beside it
+    and the swap's note naming ``target`` (:func:`swap_into_place`). Every write that may
+    replace ``target`` calls this first (:func:`check_replaceable`, :func:`written_beside`), so
+    the old content is under ``target`` again before anything is checked or written, wherever
+    ``target`` lies. Returns whether something was put back.
+    """
+    import glob
+
+    target = Path(target)
+    if target.exists() or target.is_symlink() or not target.parent.is_dir():
+        return False
+    notes = target.parent.glob(f".{glob.escape(target.name)}.old.{PARTIAL}*{_NOTE_SUFFIX}")
+    restored = restore_swaps(sorted(notes), inside=target.parent) > 0
+    if restored:
+        from .logs import logger
+
+        logger.warning("Put back %s, which an interrupted write had moved aside.", target)
+    return restored
+
+
 def _swap_note(aside: Path) -> Path:
     return aside.with_name(aside.name + _NOTE_SUFFIX)
 
@@ -149,6 +173,7 @@ def written_beside(target: str | Path) -> Iterator[Path]:
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_swap_of(target)
     temporary = partial_path(target)
     try:
         yield temporary
