@@ -82,7 +82,12 @@ def file_fingerprint(path: str | Path) -> dict:
     the same size (or re-scanned) is told apart without reading it all.
     """
     path = Path(path)
-    size = path.stat().st_size
+    stat = path.stat()
+    size = stat.st_size
+    # a file unchanged on disk since it was last hashed here is not read again
+    key = (str(path.resolve()), size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    if key in _FINGERPRINTS:
+        return dict(_FINGERPRINTS[key])
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(size).encode())
     with path.open("rb") as handle:
@@ -99,4 +104,12 @@ def file_fingerprint(path: str | Path) -> dict:
                 digest.update(handle.read(_HEAD_BYTES if offset in (0, size - _HEAD_BYTES)
                                           else _BLOCK_BYTES))
             how = "sampled"
-    return {"bytes": size, "blake2b": digest.hexdigest(), "hashed": how}
+    result = {"bytes": size, "blake2b": digest.hexdigest(), "hashed": how}
+    if len(_FINGERPRINTS) > 4096:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[key] = result
+    return dict(result)
+
+
+#: fingerprints of the files hashed in this process, by path and what ``stat`` says of them
+_FINGERPRINTS: dict[tuple, dict] = {}

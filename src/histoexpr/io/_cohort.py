@@ -245,6 +245,8 @@ class _StoredSlides(Mapping):
         sdata = read_wsi(self.paths[slide_id], mpp=self.mpps.get(slide_id),
                          image_key=self.image_key)
         store = self.store(slide_id)
+        if with_results:  # never the results of another file than this one
+            store.check_slide(self.paths[slide_id])
         if with_results and store.complete:
             store.add_to(sdata)
         if with_results:

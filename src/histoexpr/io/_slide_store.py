@@ -325,6 +325,54 @@ class SlideStore:
             sdata.tables[f"{key}_table"] = table
         return sdata
 
+    def check_slide(self, path: str | Path, *, predictions: bool = True) -> None:
+        """Raise a ``ValueError`` where what the store holds was made from another slide file.
+
+        The tiles and features (:func:`histoexpr.tl.embed_cohort`) and each table of
+        predictions (:func:`histoexpr.tl.predict` on a cohort) record the content of the slide
+        file they were made from (its size and a digest, :func:`histoexpr._core.memory.
+        file_fingerprint`); a file replaced since (re-scanned, another slide copied over it) no
+        longer matches, and what the store holds is not that slide's. Records of an earlier
+        version, which lack the digest, cannot be checked and are refused the same way.
+
+        Parameters
+        ----------
+        path
+            The slide file as it is now.
+        predictions
+            Check the tables of predictions too (not only the tiles and features).
+
+        Returns
+        -------
+        Nothing.
+
+        """
+        from .._core.memory import file_fingerprint
+
+        made = []
+        if self.complete:
+            made.append(("tiles and features", self.params.get("slide_content"),
+                         "hx.tl.embed_cohort(cohort, ..., overwrite=True)"))
+        if predictions:
+            for key, record in self.prediction_records().items():
+                slide = record.get("slide")
+                made.append((f"predictions {key!r}",
+                             slide.get("content") if isinstance(slide, dict) else None,
+                             "hx.tl.predict(model, cohort, overwrite=True)"))
+        if not made:
+            return
+        now = _jsonable(file_fingerprint(path))
+        for what, content, fix in made:
+            if content == now:
+                continue
+            was = ("does not record the content of its slide file (an earlier version)"
+                   if content is None else f"was made from other content ({content})")
+            raise ValueError(
+                f"The slide file {path} is not the one the {what} of its store ({self._path}) "
+                f"were made from: the store {was}; the file now is {now}. They would not be "
+                f"this slide's. Compute them anew with {fix}, or read the cohort with another "
+                "store_dir.")
+
     # ---------------------------------------------------------------------------------- writing
     def write_slide(self, sdata: SpatialData, *, tissue_key: str, tiles_key: str,
                     slide: dict[str, Any], params: dict[str, Any],

@@ -442,3 +442,34 @@ def test_a_twelve_slide_cohort_logs_its_steps_not_each_slide(slide_folder, tmp_p
     assert not any(re.search(r"\bslide_\d+\b", line) for line in info)
     assert sum(line.startswith("slide_") for line in debug) == N_SLIDES  # one per slide
     assert len(debug) > 5 * N_SLIDES  # the steps of every slide, at debug level
+
+
+@bad_input("silently wrong", "a slide file of a cohort on disk replaced after `hx.tl.embed_cohort` "
+           "(re-scanned, or another slide copied over it): `cohort[slide_id]` and "
+           "`hx.tl.fit(cohort, ...)` used the store's tiles and features of the old file",
+           says="ValueError: The slide file ... is not the one the tiles and features of its "
+           "store ... were made from",
+           fix="`hx.tl.embed_cohort(cohort, ..., overwrite=True)`, or another `store_dir`")
+def test_a_replaced_slide_file_is_never_paired_with_its_old_store(slide_folder, tmp_path):
+    folder = tmp_path / "slides"
+    shutil.copytree(slide_folder.parent, folder)
+    manifest, bulk = folder / slide_folder.name, folder / "bulk.h5ad"
+    cohort = hx.io.read_cohort(manifest, bulk=bulk, store_dir=tmp_path / "stores")
+    cohort = cohort.subset(cohort.ids[:4])
+    hx.tl.embed_cohort(cohort, **OPTIONS)
+    old = cohort.store("slide_00").features("he_tiles", "X_handcrafted")
+    shutil.copyfile(cohort.path("slide_01"), cohort.path("slide_00"))
+    with pytest.raises(ValueError, match="is not the one the tiles and features of its store .* "
+                       "were made from.*hx.tl.embed_cohort\\(cohort, ..., overwrite=True\\)"):
+        cohort["slide_00"]
+    with pytest.raises(ValueError, match="is not the one the tiles and features"):
+        hx.tl.fit(cohort, model="meanpool_ridge", genes=GENES[:2])
+    assert np.array_equal(cohort.store("slide_00").features("he_tiles", "X_handcrafted"), old)
+    # recomputed, the store is the new file's: its features are slide_01's
+    frame = hx.tl.embed_cohort(cohort, overwrite=True, **OPTIONS)
+    assert frame.loc["slide_00", "status"] == "computed"
+    assert (frame.drop(index="slide_00")["status"] == "skipped").all()
+    np.testing.assert_array_equal(cohort.store("slide_00").features("he_tiles", "X_handcrafted"),
+                                  cohort.store("slide_01").features("he_tiles", "X_handcrafted"))
+    assert cohort["slide_00"].tables["he_tiles_table"].n_obs == \
+        cohort.store("slide_01").n_tiles("he_tiles")

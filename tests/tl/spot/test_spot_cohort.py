@@ -160,6 +160,33 @@ def test_a_changed_model_is_not_mistaken_for_the_stored_one(slides, model, tmp_p
 
 
 @bad_input(
+    "silently wrong",
+    "a slide file replaced after `hx.tl.predict(model, cohort)` (another slide copied over it): "
+    "`cohort[slide_id]` attached the old file's predictions to the new image",
+    says="ValueError: The slide file ... is not the one the predictions ... of its store ... "
+    "were made from",
+    fix="`hx.tl.predict(model, cohort, overwrite=True)`, or another `store_dir`",
+)
+def test_predictions_of_a_replaced_slide_file_are_not_attached_to_it(slides, model, tmp_path):
+    network, _ = model
+    copies = tmp_path / "slides"
+    shutil.copytree(slides.parent, copies)
+    cohort = cohort_at(copies / slides.name, tmp_path / "stores").subset(["slide_00", "slide_01"])
+    hx.tl.predict(network, cohort)
+    shutil.copyfile(cohort.path("slide_01"), cohort.path("slide_00"))
+    os.utime(cohort.path("slide_00"), ns=(0, 0))  # whatever the file's dates say
+    with pytest.raises(ValueError, match=f"is not the one the predictions '{KEY}' of its store "
+                       ".*hx.tl.predict\\(model, cohort, overwrite=True\\)"):
+        cohort["slide_00"]
+    with pytest.raises(ValueError, match="made otherwise.*slide"):
+        hx.tl.predict(network, cohort)
+    frame = hx.tl.predict(network, cohort, overwrite=True)
+    assert list(frame["status"]) == ["computed", "skipped"]
+    np.testing.assert_array_equal(np.asarray(cohort["slide_00"].tables[KEY].X),
+                                  np.asarray(cohort.store("slide_01").prediction(KEY).X))
+
+
+@bad_input(
     "obscure error",
     "`hx.tl.predict(model, cohort)` after some slide files of the manifest were moved or deleted",
     says="FileNotFoundError naming the missing files, before any slide is predicted",

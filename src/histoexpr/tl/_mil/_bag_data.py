@@ -265,6 +265,8 @@ def _stored_bags(cohort, tiles_key: str):
         raise KeyError(f"{len(missing)} slides have no finished store with tiles {tiles_key!r} "
                        f"(e.g. {missing[:3]}); process them with hx.tl.embed_cohort(cohort, "
                        "...).")
+    for i, store in stores.items():  # features of another file than the slide's are refused
+        store.check_slide(cohort.path(i), predictions=False)
     bulk = cohort.bulk.copy()
     bulk.obs["section"] = bulk.obs_names.to_numpy()
     rows = [np.arange(stores[i].n_tiles(tiles_key)) for i in bulk.obs_names]

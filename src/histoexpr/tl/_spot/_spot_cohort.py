@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..._core.logs import logger
+from ..._core.memory import file_fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -288,14 +289,9 @@ def model_fingerprint(model: Network) -> str:
 
 
 def slide_file(path: str | Path) -> dict[str, Any]:
-    """What identifies a slide file's content cheaply: its path, size and modification time."""
+    """What identifies a slide file: its path and its content (size and digest)."""
     path = Path(path)
-    stat = path.stat()
-    return {
-        "path": str(path.resolve()),
-        "bytes": int(stat.st_size),
-        "modified_ns": int(stat.st_mtime_ns),
-    }
+    return {"path": str(path.resolve()), "content": file_fingerprint(path)}
 
 
 def _plain(value: Any) -> Any:
