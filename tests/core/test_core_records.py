@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import spatialdata as sd
+from _catalogue import bad_input
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, Labels2DModel
 from spatialdata.transformations import Scale
@@ -375,3 +376,47 @@ def test_too_large_patches_are_refused_naming_size_um():
     with pytest.raises(ValueError, match=r"use a smaller size_um") as error:
         _patch_scales(500.0, 1.0, image_levels(sdata, "he")[0])
     assert "patch_size_um" not in str(error.value)
+
+
+def _painted(tree, box_um, base_mpp):
+    """The same pyramid with a box (um) painted white on every level (a pen mark wiped off)."""
+    import dask.array as da
+    import xarray as xr
+
+    nodes = {}
+    for name in tree.children:
+        ds = tree[name].to_dataset()
+        array = ds["image"]
+        mpp = base_mpp * 2 ** int(name.removeprefix("scale"))
+        values = np.asarray(array.values).copy()
+        values[:, int(box_um[1] / mpp):int(box_um[3] / mpp),
+               int(box_um[0] / mpp):int(box_um[2] / mpp)] = 255
+        nodes[name] = ds.assign(image=array.copy(data=da.from_array(values,
+                                                                    chunks=array.data.chunks)))
+    new = xr.DataTree.from_dict(nodes)
+    new.attrs.update(tree.attrs)
+    return new
+
+
+@bad_input("silently wrong", "part of a section's image edited after its tile features were "
+           "made (a 160 um box painted over on every level: the image's fingerprint sampled 36 "
+           "pixels and missed it): `hx.tl.fit(model='spot_regressor')` reused the old features",
+           says="nothing: the features are made again from the pixels as they are now",
+           fix="nothing to do")
+def test_a_local_edit_of_the_image_is_seen_by_its_fingerprint():
+    from histoexpr._core.image_facts import image_fingerprint
+
+    section = hx.datasets.synthetic_section(seed=0, size_um=1000)
+    fit = {"model": "spot_regressor", "genes": ["EPCAM", "PTPRC"], "size_um": 55, "mpp": 1.0,
+           "route": "ridge", "encoder": "handcrafted"}
+    hx.tl.fit({"a": section}, **fit)
+    key = next(k for k in section.tables if "X_handcrafted" in section.tables[k].obsm)
+    old = section.tables[key].obsm["X_handcrafted"].copy()
+    before = image_fingerprint(section, "he")
+    section.images["he"] = _painted(section.images["he"], (220, 220, 380, 380), 0.5)
+    assert image_fingerprint(section, "he") != before
+    hx.tl.fit({"a": section}, **fit)
+    now = section.tables[key].obsm["X_handcrafted"]
+    hx.tl.embed(section, key.removesuffix("_table"), encoder="handcrafted", key_added="X_fresh")
+    np.testing.assert_allclose(now, section.tables[key].obsm["X_fresh"], rtol=1e-6, atol=1e-6)
+    assert 0 < (~np.isclose(old, now).all(axis=1)).sum() < len(old) / 4

@@ -34,24 +34,37 @@ def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,
     return np.clip(across, 0, None) * np.clip(down, 0, None) / (2 * half) ** 2
 
 
+#: an image's coarsest level up to this many pixels is hashed whole by :func:`image_fingerprint`
+FINGERPRINT_WHOLE_PX = 4_000_000
+#: a larger coarsest level (a slide stored without a pyramid) is sampled on a grid this wide
+_FINGERPRINT_GRID = 16
+
+
 def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
     """A short digest that tells one image from another, cheaply.
 
-    It covers the image's shape, pixel size and offset, and a 6 x 6 grid of pixels sampled from
-    its coarsest level (reading a few chunks, never the whole image).
+    It covers the image's shape, pixel size and offset of every level, and the pixels of its
+    coarsest level: all of them where that level has at most :data:`FINGERPRINT_WHOLE_PX`
+    pixels (a slide's pyramid, an image of a few megapixels: an edit of a few cells' width
+    changes the digest), else a 16 x 16 grid of them (a large image stored without a pyramid:
+    a few hundred chunks read, never the whole image).
     """
     import hashlib
 
     levels = image_levels(sdata, image_key)
     coarse = levels[-1]
     height, width = coarse.shape_yx
-    rows = np.unique(np.linspace(0, height - 1, 6).round().astype(int))
-    cols = np.unique(np.linspace(0, width - 1, 6).round().astype(int))
-    samples = np.asarray(coarse.data.isel(y=rows, x=cols).values)
+    if height * width <= FINGERPRINT_WHOLE_PX:
+        samples = np.asarray(coarse.data.values)
+    else:
+        rows = np.unique(np.linspace(0, height - 1, _FINGERPRINT_GRID).round().astype(int))
+        cols = np.unique(np.linspace(0, width - 1, _FINGERPRINT_GRID).round().astype(int))
+        samples = np.asarray(coarse.data.isel(y=rows, x=cols).values)
     digest = hashlib.sha256()
     for level in levels:
         digest.update(repr((level.shape_yx, round(level.mpp, 9),
                             tuple(round(v, 6) for v in level.offset))).encode())
+    digest.update(repr((samples.dtype.str, samples.shape)).encode())
     digest.update(np.ascontiguousarray(samples).tobytes())
     return digest.hexdigest()[:16]
 
