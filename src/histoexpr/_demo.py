@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ._core.files import restore_swap_of, written_beside
+from ._core.files import (
+    changed_in_folder,
+    folder_listing,
+    restore_swap_of,
+    written_beside,
+)
 
 #: the two genes whose transcripts label the patches (lymphocyte and stroma markers)
 LABEL_GENES = ("PTPRC", "COL1A1")
@@ -73,6 +78,7 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
         finally:
             hx.settings.verbosity, hx.settings.progress_bar = saved
         report.write(seed=seed, size=size)
+        _write_marker(folder, report.written, listing=True)  # every file, as written
         if out.exists() or out.is_symlink():
             _check_own_report(out)  # again: nothing of the user's may have arrived meanwhile
     print(f"histoexpr demo: report written to {out}", file=sys.stderr)
@@ -87,9 +93,11 @@ def prepare_report_folder(out: Path, *, overwrite: bool) -> None:
     """Create the report folder ``out``, replacing it only if it is a report the demo wrote.
 
     ``--overwrite`` replaces ``out`` only when it holds :data:`REPORT_MARKER` and nothing but the
-    files that marker lists (those the demo wrote); a folder or file of the user's is refused
-    with the reason, before anything is deleted or written. Nothing is deleted here: the new
-    report replaces the old one only when it is complete (:func:`run_demo`).
+    files that marker lists, as the demo wrote them (every file of the folder, in every
+    subfolder, with its size and time); a folder or file of the user's, or one added or changed
+    inside the report since, is refused with the reason, before anything is deleted or
+    written. Nothing is deleted here: the new report replaces the old one only when it is
+    complete (:func:`run_demo`).
     """
     out = Path(out)
     restore_swap_of(out)  # an earlier run killed midway put back first
@@ -110,29 +118,35 @@ def _check_own_report(out: Path) -> None:
     marker = out / REPORT_MARKER
     try:
         record = json.loads(marker.read_text())
-        written = set(record["files"]) if record.get("written_by") == "histoexpr demo" else None
+        listing = record["listing"] if record.get("written_by") == "histoexpr demo" else None
+        if not isinstance(listing, dict):
+            listing = None
     except (OSError, ValueError, KeyError, TypeError):
-        written = None
-    if written is None:
+        listing = None
+    if listing is None:
         raise FileExistsError(
-            f"{out} exists and was not written by `histoexpr demo` (it has no {REPORT_MARKER}); "
+            f"{out} exists and was not written by `histoexpr demo` (it has no {REPORT_MARKER} "
+            "listing what the demo wrote: another folder, or a report of an earlier version); "
             "--overwrite only replaces a report folder the demo wrote, so nothing was deleted. "
             "Choose another --out, or move or delete the folder yourself.")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in written | {REPORT_MARKER})
+    foreign = changed_in_folder(out, listing, leave_out=[REPORT_MARKER])
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FileExistsError(
             f"{out} is a demo report, but also holds {len(foreign)} file(s) the demo did not "
-            f"write ({shown}); --overwrite would delete them, so nothing was deleted. Move them "
-            "out of the folder, or choose another --out.")
+            f"write or that changed since ({shown}); --overwrite would delete them, so nothing "
+            "was deleted. Move them out of the folder, or choose another --out.")
 
 
-def _write_marker(out: Path, files: list[str]) -> None:
+def _write_marker(out: Path, files: list[str], *, listing: bool = False) -> None:
+    """The report's marker: the files the demo writes, and once done every file, as written."""
     from . import __version__
 
-    (out / REPORT_MARKER).write_text(json.dumps(
-        {"written_by": "histoexpr demo", "version": __version__, "files": sorted(set(files))},
-        indent=1))
+    record: dict[str, Any] = {"written_by": "histoexpr demo", "version": __version__,
+                              "files": sorted(set(files))}
+    if listing:
+        record["listing"] = folder_listing(out, leave_out=[REPORT_MARKER])
+    (out / REPORT_MARKER).write_text(json.dumps(record, indent=1))
 
 
 def _run_jobs(report: _Report, scale: DemoSize, seed: int) -> None:

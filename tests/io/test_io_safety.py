@@ -50,15 +50,50 @@ def test_demo_overwrite_refuses_a_report_holding_user_files(tmp_path, tiny_demo,
     assert main(["demo", "--out", str(out)]) == 0
     assert {"tiles.png", "metrics.json", "summary.md"} <= {p.name for p in out.iterdir()}
     # the Makefile's `make demo` runs `--overwrite` on the demo's own folder: it is replaced
-    stale = out / "tiles.png"
-    stale.write_bytes(b"old figure")
+    figure = out / "tiles.png"
+    first = figure.stat().st_ino
     assert main(["demo", "--out", str(out), "--overwrite"]) == 0
-    assert stale.read_bytes() != b"old figure"
-    # ... but not once the user keeps a file of theirs in it
+    assert figure.stat().st_ino != first  # a new file in its place
+    # ... but not once the user keeps a file of theirs in it, or edited one of the demo's
     (out / "my_notes.md").write_text("keep me")
     before = tree_digest(out)
     assert main(["demo", "--out", str(out), "--overwrite"]) == EXIT_BAD_INPUT
     assert "my_notes.md" in capsys.readouterr().err
+    assert tree_digest(out) == before
+    (out / "my_notes.md").unlink()
+    (out / "summary.md").write_text("# my own notes on the demo\n")
+    before = tree_digest(out)
+    assert main(["demo", "--out", str(out), "--overwrite"]) == EXIT_BAD_INPUT
+    assert "summary.md" in capsys.readouterr().err
+    assert tree_digest(out) == before
+
+
+@bad_input("data lost", "`histoexpr demo --overwrite` on a demo report where the user added an "
+           "element inside the report's `section.zarr` (only the folder's top level was "
+           "compared with what the demo wrote)",
+           says="refuses: the folder also holds files the demo did not write or that changed "
+           "since (named, e.g. section.zarr/shapes/my_annotations/...)",
+           fix="move those files out of the folder, or choose another --out")
+def test_demo_overwrite_refuses_a_report_with_a_file_added_deep_inside(tmp_path, monkeypatch,
+                                                                        capsys):
+    from histoexpr import _demo
+
+    def jobs(report, scale, seed):
+        store = report.record("section.zarr")
+        (store / "shapes" / "spots").mkdir(parents=True)
+        (store / "shapes" / "spots" / "zarr.json").write_text("{}")
+
+    monkeypatch.setattr(_demo, "_run_jobs", jobs)
+    monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
+    out = tmp_path / "histoexpr-demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--overwrite"]) == 0  # its own report: replaced
+    mine = out / "section.zarr" / "shapes" / "my_annotations"
+    mine.mkdir()
+    (mine / "zarr.json").write_text('{"mine": true}')
+    before = tree_digest(out)
+    assert main(["demo", "--out", str(out), "--overwrite"]) == EXIT_BAD_INPUT
+    assert "section.zarr/shapes/my_annotations/zarr.json" in capsys.readouterr().err
     assert tree_digest(out) == before
 
 

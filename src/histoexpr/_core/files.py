@@ -183,3 +183,35 @@ def written_beside(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary.exists() or temporary.is_symlink():
             temporary.unlink()
+
+
+def folder_listing(folder: str | Path, *, leave_out: Iterable[str] = ()) -> dict[str, list[int]]:
+    """Every file under ``folder``: its path relative to it -> ``[size, modification time]``.
+
+    What a step that writes a whole folder records of it when done, so that a later
+    replacement can tell whether anything in it was added or changed since
+    (:func:`changed_in_folder`). ``leave_out``: relative paths not listed (the record itself).
+    """
+    folder = Path(folder)
+    skip = set(leave_out)
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if name in skip or path.is_dir() and not path.is_symlink():
+            continue
+        stat = path.lstat()
+        out[name] = [int(stat.st_size), int(stat.st_mtime_ns)]
+    return out
+
+
+def changed_in_folder(folder: str | Path, listing: dict, *,
+                      leave_out: Iterable[str] = ()) -> list[str]:
+    """The files under ``folder`` that ``listing`` does not hold as they are now.
+
+    Those added since :func:`folder_listing` made ``listing``, or changed in size or time.
+    Files of the listing that are gone are not counted (nothing of them is left to lose).
+    """
+    now = folder_listing(folder, leave_out=leave_out)
+    return sorted(name for name, facts in now.items()
+                  if [int(v) for v in (listing.get(name) or [])] != facts)
+
