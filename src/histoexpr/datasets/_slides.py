@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -22,6 +23,8 @@ Compression = Literal["zlib", "jpeg", "none"]
 _COMPRESSIONS = get_args(Compression)
 MANIFEST = "manifest.csv"
 BULK = "bulk.h5ad"
+#: what a call wrote in its folder, each file with its size and time, written last
+RECORD = ".synthetic_cohort.json"
 #: what the slides, the bulk table and the manifest carry to say this function wrote them
 _WRITTEN_BY = "hx.datasets.synthetic_slide_cohort"
 _SOFTWARE = "histoexpr"
@@ -74,9 +77,12 @@ def synthetic_slide_cohort(
         or ``"none"``.
     overwrite
         Replace the manifest, bulk table and slide files a previous call wrote in ``path``.
-        Only files this function wrote are replaced (the slides carry ``Software=histoexpr``,
-        the bulk table its record, the manifest's digest is in the bulk table): any other file
-        of those names is refused with an error, before anything is written.
+        Only files this function wrote, as it wrote them, are replaced: each carries its mark
+        (the slides ``Software=histoexpr``, the bulk table its record, the manifest's digest is
+        in the bulk table) and is listed, with its size and time, in ``path``'s
+        ``.synthetic_cohort.json``, which the call writes last. Any other file of those names,
+        or one changed since (a bulk table the user annotated and saved), is refused with an
+        error, before anything is written.
 
     Returns
     -------
@@ -116,13 +122,20 @@ def synthetic_slide_cohort(
                                  "or existing) to write the cohort into.")
     # every file this call will write is checked first: only files this function wrote before
     # are replaced, and only with overwrite=True (nothing is written before all are checked)
+    listed = _written_record(folder / RECORD) if folder.is_dir() else {}
+
+    def as_written(mark):  # carries the mark, and is as the last call left it
+        return lambda p: mark(p) and listed.get(p.name) == _facts(p)
+
     for slide_id in slide_ids(n_slides):
         check_replaceable(folder / f"{slide_id}.tif", overwrite=overwrite,
-                          written_by=_WRITTEN_BY, ours=_our_slide)
+                          written_by=_WRITTEN_BY, ours=as_written(_our_slide))
     check_replaceable(folder / BULK, overwrite=overwrite, written_by=_WRITTEN_BY,
-                      ours=_our_bulk)
+                      ours=as_written(_our_bulk))
     check_replaceable(manifest, overwrite=overwrite, written_by=_WRITTEN_BY,
-                      ours=lambda p: _our_manifest(p, folder / BULK))
+                      ours=as_written(lambda p: _our_manifest(p, folder / BULK)))
+    check_replaceable(folder / RECORD, overwrite=overwrite, written_by=_WRITTEN_BY,
+                      ours=lambda p: bool(_written_record(p)))
     folder.mkdir(parents=True, exist_ok=True)
     value = resolve_seed(seed)
     files: dict[str, str] = {}
@@ -153,9 +166,33 @@ def synthetic_slide_cohort(
         bulk.write_h5ad(partial)
     with written_beside(manifest) as partial:
         partial.write_text(text)
+    names = [*files.values(), BULK, MANIFEST]
+    listed = {name: _facts(folder / name) for name in names}
+    for name in sorted(set(listed) - set(names)):  # earlier files of this call's, listed still
+        listed.pop(name)
+    with written_beside(folder / RECORD) as partial:
+        partial.write_text(json.dumps({"written_by": _WRITTEN_BY, "files": listed}, indent=1))
     logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
                 n_slides, len(set(patients)), folder, time.perf_counter() - start)
     return manifest
+
+
+def _facts(path: Path) -> list[int]:
+    """What tells a file as written from the same file changed since: its size and time."""
+    stat = path.stat()
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
+def _written_record(path: Path) -> dict[str, list[int]]:
+    """The files the last call wrote in a folder, as it wrote them (empty: none recorded)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("written_by") != _WRITTEN_BY \
+            or not isinstance(record.get("files"), dict):
+        return {}
+    return {str(k): [int(x) for x in v] for k, v in record["files"].items()}
 
 
 def _digest(text: str) -> str:
