@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._core.files import restore_swap_of, written_beside
 from ._core.logs import logger
+from ._core.validate import check_bool, check_element_name
 from ._demo import SIZES, run_demo
 
 #: exit code for bad input: a missing or unreadable file, an existing output, a bad option
@@ -55,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             run_demo(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
         elif args.command == "predict" and args.manifest is not None:
-            _check_manifest_options(args)
+            _check_source_options(args)
             run_predict_cohort(args.model, args.manifest, store_dir=args.store_dir,
                                batch_size=args.batch_size, device=args.device,
-                               overwrite=args.overwrite, workers=args.workers,
+                               overwrite=args.overwrite, workers=args.workers or 0,
                                image_key=args.image_key, root=args.root)
         elif args.command == "predict":
+            _check_source_options(args)
             if args.out is None:
                 parser.error("predict --image needs --out OUT.zarr")
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
@@ -111,7 +113,7 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--store-dir", type=Path, default=None, metavar="DIR",
                          help="--manifest: folder of the slides' stores (default: "
                               "<manifest folder>/<manifest name>_stores)")
-    predict.add_argument("--workers", type=int, default=0, metavar="N",
+    predict.add_argument("--workers", type=int, default=None, metavar="N",
                          help="--manifest: predict on N local dask worker processes (default: "
                               "none, one slide after the other here)")
     predict.add_argument("--image-key", default=None,
@@ -139,6 +141,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     """
     import histoexpr as hx
 
+    overwrite = check_bool("overwrite", overwrite)
     if out.suffix != ".zarr":
         raise ValueError(f"The output {out} must be a .zarr store (a name ending in .zarr).")
     restore_swap_of(out)  # an earlier run killed midway put back first
@@ -147,7 +150,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it or choose -o.")
         check_own_store(out)
     _check_before_work(model_path, image_path, out, mpp=mpp, batch_size=batch_size,
-                       device=device)
+                       device=device, image_key=image_key)
     if out.resolve() == image_path.resolve():
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")
@@ -205,13 +208,28 @@ def _guard_line(result) -> str | None:
             f"training data's range ({verdict}; uns['prediction']['guard'] of the table)")
 
 
-def _check_manifest_options(args) -> None:
-    """Refuse the options of ``predict --image`` that a manifest would silently ignore."""
-    fixes = {"out": "--out: with --manifest each slide's predictions go to its own store "
-                    "(--store-dir)",
-             "mpp": "--mpp: with --manifest give each slide's pixel size in the manifest's mpp "
-                    "column"}
-    given = [fix for name, fix in fixes.items() if getattr(args, name) is not None]
+#: the options of one source (``--image`` or ``--manifest``) that the other would silently
+#: ignore, each with where its value goes instead
+_SOURCE_OPTIONS = {
+    "manifest": {"out": "--out: with --manifest each slide's predictions go to its own store "
+                        "(--store-dir)",
+                 "mpp": "--mpp: with --manifest give each slide's pixel size in the manifest's "
+                        "mpp column"},
+    "image": {"store_dir": "--store-dir: with --image the slide and its predictions are "
+                           "written to --out OUT.zarr (--store-dir is for --manifest)",
+              "workers": "--workers: with --image the slide is predicted here, in this process "
+                         "(--workers is for --manifest)"},
+}
+
+
+def _check_source_options(args) -> None:
+    """Refuse the options of ``predict --image`` given with ``--manifest``, and the reverse.
+
+    Each would be silently ignored by the other source.
+    """
+    source = "manifest" if args.manifest is not None else "image"
+    given = [fix for name, fix in _SOURCE_OPTIONS[source].items()
+             if getattr(args, name) is not None]
     if given:
         raise ValueError(f"{'; '.join(given)}. Drop the option{'s' * (len(given) > 1)}.")
 
@@ -228,8 +246,11 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
 
     from ._settings import _validate_device
 
+    overwrite = check_bool("overwrite", overwrite)
     if workers < 0:
         raise ValueError(f"--workers must be 0 (here) or a number of processes, got {workers}.")
+    if image_key is not None:  # before the model is loaded
+        check_element_name("--image-key", image_key)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if device is not None:
@@ -261,8 +282,11 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
                 cohort.store_dir, ", ".join(f"{n} {s}" for s, n in counts.items()))
     print(frame.to_string())
     return frame
+
+
 def _check_before_work(model_path: Path, image_path: Path, out: Path, *, mpp: float | None,
-                       batch_size: int, device: str | None) -> None:
+                       batch_size: int, device: str | None, image_key: str | None = None
+                       ) -> None:
     """Every argument of ``histoexpr predict`` checked before the model is loaded or run.
 
     So that a wrong option or an output folder that cannot be written stops the command at
@@ -281,6 +305,8 @@ def _check_before_work(model_path: Path, image_path: Path, out: Path, *, mpp: fl
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if device is not None:
         _validate_device(device)
+    if image_key is not None:
+        check_element_name("--image-key", image_key)
     parent = out.absolute().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"The folder of the output, {parent}, does not exist; create it "

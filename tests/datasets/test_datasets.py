@@ -210,6 +210,21 @@ def test_bad_arguments():
         hx.datasets.synthetic_cohort(0)
 
 
+@bad_input("silently wrong", "`hx.datasets.synthetic_section(transcripts='False')` (or "
+           "`spots='no'`, `multiscale='False'`: a string, true in Python)",
+           says="TypeError: transcripts must be True or False, got 'False' (str) (before: the "
+                "transcripts were drawn)",
+           fix="pass True or False")
+def test_flags_must_be_bools():
+    for flag in ("transcripts", "spots", "multiscale"):
+        with pytest.raises(TypeError, match=rf"{flag} must be True or False, got 'False' "
+                                            r"\(str\)"):
+            hx.datasets.synthetic_section(size_um=100, **{flag: "False"})
+    sdata = hx.datasets.synthetic_section(seed=2, size_um=100, transcripts=np.bool_(False),
+                                          spots=False, multiscale=False)
+    assert "transcripts" not in sdata.points
+
+
 def test_proportions_argument():
     sdata = hx.datasets.synthetic_section(seed=2, size_um=300, transcripts=False, spots=False,
                                           proportions={"stroma": 1.0})

@@ -7,6 +7,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from _catalogue import bad_input
 
 import histoexpr as hx
 from histoexpr.datasets import _registry
@@ -76,6 +77,22 @@ def test_missing_file_offline_names_file_folder_and_url(local_dir):
 def test_unknown_section_is_refused(local_dir):
     with pytest.raises(ValueError, match=r"section_id='C9'.*\['C2', 'C3', 'C4'\]"):
         hx.datasets.her2st("C9")
+
+
+@bad_input("obscure error", "`hx.datasets.fetch('unknown')` (a name that is not a registered "
+           "file)",
+           says="KeyError: 'unknown' is not a registered data file. The known data sets are "
+                "['her2st', ... (before: a bare KeyError: 'unknown')",
+           fix="pass one of the registered names (close ones are suggested)")
+def test_unknown_data_file_names_the_data_sets(local_dir):
+    with pytest.raises(KeyError, match=r"'unknown' is not a registered data file\. The known "
+                                       r"data sets are \['her2st', .*'mob_st'"):
+        hx.datasets.fetch("unknown")
+    with pytest.raises(KeyError, match=r"Did you mean 'her2st/counts/C2\.tsv\.gz'"):
+        hx.datasets.fetch("her2st/counts/C2.tsv")
+    with pytest.raises(TypeError, match="download must be True or False, got 'no'"):
+        hx.datasets.fetch("her2st/counts/C2.tsv.gz", download="no")
+    assert not local_dir.exists()  # nothing written
 
 
 def test_download_checks_the_checksum_and_gzips(fake_source, local_dir):

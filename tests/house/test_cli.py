@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import spatialdata as sd
 import tifffile
-from conftest import make_disk_section
+from _catalogue import bad_input
+from conftest import make_disk_section, tree_digest
 
 import histoexpr as hx
 from histoexpr._cli import EXIT_BAD_INPUT, EXIT_CANNOT_PREDICT, main
@@ -157,6 +158,67 @@ def test_predict_bad_input_exits_with_a_message(case, model_file, slide, tmp_pat
     assert code == expected[0]
     assert expected[1] in capsys.readouterr().err
     assert not out.exists()
+
+
+@bad_input("silently wrong", "`histoexpr predict --image SLIDE --workers 8` (or `--store-dir "
+           "DIR`): options of --manifest, silently ignored with --image",
+           says="exit 2: --workers: with --image the slide is predicted here, in this process "
+                "(--workers is for --manifest) ... Drop the option; nothing is read or written",
+           fix="drop the option (or predict a manifest of slides with --manifest)")
+def test_predict_image_refuses_the_options_of_a_manifest(model_file, slide, tmp_path, capsys,
+                                                         monkeypatch):
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(hx.io, "load_model", not_loaded)
+    out, stores = tmp_path / "out.zarr", tmp_path / "stores"
+    base = ["predict", "-m", str(model_file), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
+    before = tree_digest(tmp_path)
+    assert main([*base, "--workers", "8"]) == EXIT_BAD_INPUT
+    assert "--workers: with --image the slide is predicted here" in capsys.readouterr().err
+    assert main([*base, "--store-dir", str(stores)]) == EXIT_BAD_INPUT
+    assert "--store-dir: with --image the slide and its predictions are written to --out" in \
+        capsys.readouterr().err
+    assert main([*base, "--store-dir", str(stores), "--workers", "2"]) == EXIT_BAD_INPUT
+    assert "Drop the options." in capsys.readouterr().err
+    assert tree_digest(tmp_path) == before and not out.exists() and not stores.exists()
+
+
+@bad_input("obscure error", "`histoexpr predict --image-key a/b` (a key that cannot name an "
+           "element of a SpatialData)",
+           says="exit 2: --image-key='a/b' cannot name an element of a SpatialData, before the "
+                "model is loaded (before: spatialdata's ValidationError advising sanitize_table, "
+                "after the model was loaded)",
+           fix="a key of letters, digits, '_', '-' or '.'")
+def test_predict_image_key_is_checked_before_the_model_is_loaded(model_file, slide, tmp_path,
+                                                                 capsys, monkeypatch):
+    def not_loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(hx.io, "load_model", not_loaded)
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"path\n{slide}\n")
+    before = tree_digest(tmp_path)
+    for source in (["-i", str(slide), "-o", str(tmp_path / "out.zarr"), "--mpp", "0.5"],
+                   ["--manifest", str(manifest)]):
+        for key in ("a/b", ""):
+            assert main(["predict", "-m", str(model_file), *source, "--image-key", key]) == \
+                EXIT_BAD_INPUT
+            assert f"--image-key={key!r} cannot name an element of a SpatialData" in \
+                capsys.readouterr().err
+    assert tree_digest(tmp_path) == before
+
+
+def test_predict_names_a_manifest_it_cannot_read(model_file, tmp_path, capsys):
+    manifest = tmp_path / "broken.csv"
+    manifest.write_text('path,slide_id\n"slide_00.tif,a\n')
+    before = tree_digest(tmp_path)
+    assert main(["predict", "-m", str(model_file), "--manifest", str(manifest)]) == \
+        EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert f"The manifest {str(manifest)!r} cannot be read as a comma-separated (CSV) table" in \
+        error
+    assert tree_digest(tmp_path) == before
 
 
 def test_tiles_are_cut_as_the_model_was_trained():

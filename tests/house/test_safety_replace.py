@@ -172,3 +172,147 @@ def test_an_unknown_figure_format_is_refused_before_drawing(tmp_path, history_mo
         hx.pl.history(history_model, save=tmp_path / "figure.xyz")
     assert plt.get_fignums() == []
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------- elements of a SpatialData
+
+
+def _user_mask(sdata, key: str):
+    """The user's hand-corrected copy of a label map (no record of its own), stored under key."""
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import get_transformation
+
+    old = sdata.labels[key]
+    edited = np.asarray(old.values).copy()
+    edited[:3, :] = 0
+    mine = Labels2DModel.parse(edited, dims=("y", "x"),
+                               transformations=get_transformation(old, get_all=True))
+    del sdata.labels[key]
+    sdata.labels[key] = mine
+    return mine
+
+
+@bad_input("data lost", "`hx.pp.detect_tissue(sdata, 'he', overwrite=True)` where the user "
+           "stored their own corrected mask (of the same shape) under `he_tissue`: the record of "
+           "the earlier detection, a shape alone, took it for the step's own and replaced it",
+           says="KeyError: sdata.labels['he_tissue'] already exists and it was not written by "
+                "histoexpr, not by hx.pp.detect_tissue: it is not replaced, even with "
+                "overwrite=True",
+           fix="choose another key_added, or delete the mask yourself")
+def test_a_mask_of_the_same_shape_is_not_taken_for_the_steps_own(synthetic):
+    from histoexpr._core.ownership import writer_of
+
+    sdata = synthetic(seed=0, size_um=300, transcripts=False, spots=False)
+    hx.pp.detect_tissue(sdata, "he")
+    assert writer_of(sdata, "he_tissue") == "hx.pp.detect_tissue"
+    mine = _user_mask(sdata, "he_tissue")
+    values = np.asarray(mine.values).copy()
+    assert writer_of(sdata, "he_tissue") is None
+    with pytest.raises(KeyError, match="it was not written by histoexpr, not by "
+                       "hx.pp.detect_tissue"):
+        hx.pp.detect_tissue(sdata, "he", overwrite=True)
+    assert sdata.labels["he_tissue"] is mine
+    np.testing.assert_array_equal(np.asarray(sdata.labels["he_tissue"].values), values)
+
+
+@bad_input("data lost", "`hx.pp.detect_tissue(sdata, 'he', overwrite=True)` on a section saved "
+           "by an earlier version, whose record of the mask is its shape alone",
+           says="KeyError: sdata.labels['he_tissue'] already exists, and the record an earlier "
+                "version of histoexpr made of it (written by hx.pp.detect_tissue) cannot tell it "
+                "from an element put under that name since: it is not replaced, even with "
+                "overwrite=True. If it is the one hx.pp.detect_tissue wrote, delete it first",
+           fix="delete the mask first if it is the detected one, or choose another key_added")
+def test_a_record_of_an_earlier_version_replaces_nothing(synthetic):
+    from histoexpr._core.records import WRITER_KEY
+
+    sdata = synthetic(seed=0, size_um=300, transcripts=False, spots=False)
+    hx.pp.detect_tissue(sdata, "he")
+    mask = sdata.labels["he_tissue"]
+    del mask.attrs[WRITER_KEY]  # as read back from a store: the element's own record is lost
+    written = sdata.attrs[WRITER_KEY]["written"]["he_tissue"]
+    written["fingerprint"] = [int(n) for n in mask.shape]  # the earlier version's record
+    with pytest.raises(KeyError, match="the record an earlier version of histoexpr made of it"):
+        hx.pp.detect_tissue(sdata, "he", overwrite=True)
+    assert sdata.labels["he_tissue"] is mask
+
+
+@pytest.fixture(scope="module")
+def spot_fit(synthetic):
+    """A section with the spot tiles and features of a fit, and the spot regressor."""
+    sdata = synthetic(seed=0, size_um=400, spot_pitch_um=40, spot_diameter_um=35, mpp=1.0)
+    model = hx.tl.fit(sdata, model="spot_regressor", genes=["EPCAM", "COL1A1"], size_um=40.0,
+                      mpp=1.0, encoder="handcrafted", seed=0)
+    return sdata, model
+
+
+@bad_input("data lost", "`hx.tl.fit(sdata, model='spot_regressor', size_um=...)` of another tile "
+           "size after the user annotated the fit's tile table (an `obs` column, an `obsm` "
+           "matrix, features of `hx.tl.embed`): the fit remade the tiles and the whole table "
+           "with them",
+           says="ValueError: The tiles 'spot_tiles' of section 'section_0' were made by an "
+                "earlier fit otherwise (size_um: 40 um wide, not 30 um), but their table "
+                "'spot_tiles_table' now holds entries that fit did not write: "
+                "obs['my_annotation'], obsm['my_features']. Remaking the tiles would delete "
+                "them, so they are kept: pass another tiles_key",
+           fix="pass another tiles_key, or move the entries to a table of your own first")
+def test_a_fit_remakes_only_a_tile_table_holding_nothing_else(spot_fit):
+    sdata, _ = spot_fit
+    table = sdata.tables["spot_tiles_table"]
+    table.obs["my_annotation"] = "reviewed"
+    table.obsm["my_features"] = np.ones((table.n_obs, 3))
+    tiles = sdata.shapes["spot_tiles"].geometry.to_wkb().tolist()
+    try:
+        with pytest.raises(ValueError, match=r"now holds entries that fit did not write: "
+                           r"obs\['my_annotation'\], obsm\['my_features'\]"):
+            hx.tl.fit(sdata, model="spot_regressor", genes=["EPCAM", "COL1A1"], size_um=30.0,
+                      mpp=1.0, encoder="handcrafted", seed=0)
+        assert sdata.tables["spot_tiles_table"] is table
+        assert "my_annotation" in table.obs and "my_features" in table.obsm
+        assert sdata.shapes["spot_tiles"].geometry.to_wkb().tolist() == tiles
+    finally:
+        del table.obs["my_annotation"], table.obsm["my_features"]
+
+
+def _foreign_predictions(sdata, key: str, **record) -> None:
+    """A per-cell table under ``key``, as another model's predict (or an earlier one) wrote it."""
+    import anndata as ad
+
+    from histoexpr._core.ownership import store_element
+
+    table = ad.AnnData(np.full((3, 2), 0.5, dtype=np.float32))
+    store_element(sdata, "tables", key, table, step="hx.tl.predict", **record)
+
+
+@bad_input("data lost", "`hx.tl.predict(spot_model, sdata, key_added='pred_cells', "
+           "overwrite=True)` where `pred_cells` is the per-cell table of a cell-morphology map "
+           "(`key_added='pred'`): every model's predict was one step, so it was replaced",
+           says="KeyError: sdata.tables['pred_cells'] already exists and it was written by "
+                "hx.tl.predict (a cell_morphology model, key_added='pred'), not by hx.tl.predict "
+                "(a spot_regressor model, key_added='pred_cells'): it is not replaced, even with "
+                "overwrite=True",
+           fix="choose another key_added")
+def test_predict_replaces_only_what_the_same_kind_of_model_wrote(spot_fit):
+    sdata, model = spot_fit
+    _foreign_predictions(sdata, "pred_cells", model="cell_morphology", group="pred")
+    _foreign_predictions(sdata, "old_cells")  # an earlier version's: no kind recorded
+    theirs = sdata.tables["pred_cells"]
+    before = {kind: sorted(getattr(sdata, kind)) for kind in ("labels", "shapes", "tables")}
+    try:
+        with pytest.raises(KeyError, match=r"written by hx.tl.predict \(a cell_morphology "
+                           r"model, key_added='pred'\), not by hx.tl.predict \(a spot_regressor"):
+            hx.tl.predict(model, sdata, key_added="pred_cells", overwrite=True)
+        with pytest.raises(KeyError, match="an earlier version of histoexpr, which did not "
+                           "record the kind of model"):
+            hx.tl.predict(model, sdata, key_added="old_cells", overwrite=True)
+        assert sdata.tables["pred_cells"] is theirs
+        assert {kind: sorted(getattr(sdata, kind))
+                for kind in ("labels", "shapes", "tables")} == before
+        # its own table is replaced
+        first = hx.tl.predict(model, sdata, tiles_key="spot_tiles", key_added="spot_pred")
+        again = hx.tl.predict(model, sdata, tiles_key="spot_tiles", key_added="spot_pred",
+                              overwrite=True)
+        assert again is not first and sdata.tables["spot_pred"] is again
+    finally:
+        for key in ("pred_cells", "old_cells", "spot_pred"):
+            if key in sdata.tables:
+                del sdata.tables[key]

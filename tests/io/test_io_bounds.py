@@ -122,6 +122,65 @@ def test_empty_manifest_file(tmp_path):
         hx.io.read_cohort(manifest)
 
 
+@bad_input("obscure error", "`hx.io.read_cohort(manifest, bulk=...)` with a bulk file that is "
+           "missing or not an .h5ad (a CSV), or a bulk AnnData with a slide id twice",
+           says="ValueError: bulk='.../manifest.csv' cannot be read as an .h5ad file (OSError: "
+                "...). Give the AnnData's .h5ad file (before: h5py's FileNotFoundError or "
+                "OSError; pandas' InvalidIndexError for repeated ids)",
+           fix="give the .h5ad file of the bulk expression, one row per slide")
+def test_read_cohort_bulk_errors_name_the_argument(tmp_path):
+    import anndata as ad
+    from conftest import tree_digest
+
+    manifest = _cohort_files(tmp_path, 2)
+    bulk = ad.read_h5ad(tmp_path / "bulk.h5ad")
+    before = tree_digest(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"The bulk expression \(bulk=\) file "
+                                                r"'.*bluk\.h5ad' does not exist"):
+        hx.io.read_cohort(manifest, bulk=tmp_path / "bluk.h5ad")
+    with pytest.raises(ValueError, match=r"bulk='.*manifest\.csv' cannot be read as an \.h5ad "
+                                         r"file \(OSError: .*\)\. Give the AnnData's \.h5ad"):
+        hx.io.read_cohort(manifest, bulk=manifest)
+    with pytest.raises(IsADirectoryError, match="bulk=.* is a folder"):
+        hx.io.read_cohort(manifest, bulk=tmp_path)
+    with warnings.catch_warnings():  # anndata warns of the repeated name
+        warnings.simplefilter("ignore", UserWarning)
+        twice = ad.concat([bulk, bulk[:1]])
+    with pytest.raises(ValueError, match=r"bulk has 1 slide id\(s\) more than once in its "
+                                         r"obs_names \(\['slide_00'\]\)"):
+        hx.io.read_cohort(manifest, bulk=twice)
+    assert tree_digest(tmp_path) == before
+    assert hx.io.read_cohort(manifest, bulk=tmp_path / "bulk.h5ad").bulk.n_obs == 2
+
+
+@bad_input("obscure error", "a manifest that is a malformed CSV (an unclosed quote) or a "
+           "`.parquet` file that is not parquet (also through `histoexpr predict --manifest`)",
+           says="ValueError: The manifest '.../broken.csv' cannot be read as a comma-separated "
+                "(CSV) table (ParserError: ...) (before: pandas' ParserError or pyarrow's "
+                "ArrowInvalid, naming no file)",
+           fix="save the manifest again as a table with a 'path' column")
+def test_read_cohort_unreadable_manifest_names_the_file(tmp_path):
+    from conftest import tree_digest
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text('path,slide_id\n"slide_00.tif,a\n')
+    not_parquet = tmp_path / "slides.parquet"
+    not_parquet.write_text("path\nslide_00.tif\n")
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("path\tsite\nslide_00.tif\tN\xeemes\n".encode("latin-1"))
+    before = tree_digest(tmp_path)
+    with pytest.raises(ValueError, match=r"The manifest '.*broken\.csv' cannot be read as a "
+                                         r"comma-separated \(CSV\) table \(ParserError: "):
+        hx.io.read_cohort(broken)
+    with pytest.raises(ValueError, match=r"The manifest '.*slides\.parquet' is not a readable "
+                                         r"parquet file \(ArrowInvalid: "):
+        hx.io.read_cohort(not_parquet)
+    with pytest.raises(ValueError, match=r"'.*latin\.tsv' cannot be read as a tab-separated "
+                                         r"\(TSV\) table \(UnicodeDecodeError"):
+        hx.io.read_cohort(latin)
+    assert tree_digest(tmp_path) == before
+
+
 # --- one bad slide ------------------------------------------------------------------------------
 
 def _corrupt_first_tile(path):
@@ -392,3 +451,53 @@ def test_sparse_labels_are_estimated_before_they_are_made_dense(tmp_path):
     hx.settings.max_memory = "4 MiB"
     sdata = hx.io.read_transcripts(points, labels=path)
     assert np.asarray(sdata.labels["nuclei"]).shape == (500, 400)
+
+
+@bad_input("obscure error", "`hx.io.read_transcripts('transcripts.csv.gz')` or "
+           "`hx.io.read_cell_boundaries(...)` of a table larger than the memory (read whole by "
+           "pandas: about 3-6 times its text)",
+           says="MemoryError: `Reading the transcript table tx.csv.gz (... of text, about ... "
+                "rows) would allocate ... Read the columns and rows you need yourself and pass "
+                "the DataFrame (e.g. pandas.read_csv(path, usecols=['x', 'y', 'gene']) ...`, "
+                "from the file's size and first MiB, before the table is read",
+           fix="read the columns (usecols=) or rows you need with pandas and pass the DataFrame")
+def test_transcript_tables_are_estimated_before_they_are_read(tmp_path, monkeypatch):
+    import re
+
+    from histoexpr.io import _transcripts
+
+    rng = np.random.default_rng(0)
+    n = 60_000  # 1.2 MB of text: more than the head read to estimate it
+    frame = pd.DataFrame({"x": rng.uniform(0, 500, n).round(3),
+                          "y": rng.uniform(0, 500, n).round(3),
+                          "gene": rng.choice([f"G{i}" for i in range(50)], n)})
+    plain, packed, cells = tmp_path / "tx.csv", tmp_path / "tx.csv.gz", tmp_path / "cells.csv.gz"
+    frame.to_csv(plain, index=False)
+    frame.to_csv(packed, index=False)
+    frame.assign(poly_ID=np.arange(n) // 20).drop(columns="gene").to_csv(cells, index=False)
+    expected = hx.io.read_transcripts(frame).points["transcripts"].compute()
+    boundaries = hx.io.read_cell_boundaries(frame.assign(poly_ID=np.arange(n) // 20))
+
+    def not_read(*args, **kwargs):
+        raise AssertionError("the table was read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_transcripts, "read_text_table", not_read)
+        hx.settings.max_memory = "2 MiB"  # 60,000 rows of 24 B as pandas holds them, times 6
+        for path in (plain, packed):
+            with pytest.raises(MemoryError, match=rf"Reading the transcript table {path.name} "
+                               r"\(.* of text, about [\d,]+ rows\) would allocate .*"
+                               r"usecols=\['x', 'y', 'gene'\]") as refused:
+                hx.io.read_transcripts(path)
+            rows = int(re.search(r"about ([\d,]+) rows", str(refused.value))[1].replace(",", ""))
+            assert abs(rows - n) < 0.05 * n  # the gzip's text extrapolated from its head
+        with pytest.raises(MemoryError, match=r"Reading the boundary table cells\.csv\.gz .*"
+                                              r"usecols=\['x', 'y', 'poly_ID'\]"):
+            hx.io.read_cell_boundaries(cells)
+    hx.settings.max_memory = None
+    for path in (plain, packed):  # within the memory: read as before
+        points = hx.io.read_transcripts(path).points["transcripts"].compute()
+        pd.testing.assert_frame_equal(points, expected)
+    read = hx.io.read_cell_boundaries(cells)
+    assert read.index.equals(boundaries.index)
+    assert read.geometry.geom_equals_exact(boundaries.geometry, 0).all()

@@ -238,6 +238,34 @@ def test_read_visium_names_the_folder_to_pass(tmp_path):
             hx.io.read_visium(given)
 
 
+@pytest.mark.realdata
+@bad_input("silently wrong", "`hx.io.read_visium('runA', counts_file='../runB/"
+           "filtered_feature_bc_matrix.h5')` (a path out of the run's folder): another run's "
+           "counts read as this run's",
+           says="ValueError: counts_file='../runB/filtered_feature_bc_matrix.h5' cannot name a "
+                "counts file inside the Visium folder ... it holds a path separator",
+           fix="the name of the counts file inside the run's folder (e.g. "
+               "counts_file='raw_feature_bc_matrix.h5')")
+def test_read_visium_counts_file_is_a_name_in_the_run_folder(data_dir, tmp_path):
+    import shutil
+
+    from conftest import tree_digest
+
+    for run in ("runA", "runB"):
+        shutil.copytree(data_dir / "visium" / "scanpy_visium_1.0.0", tmp_path / run)
+    (tmp_path / "runA" / "filtered_feature_bc_matrix.h5").rename(
+        tmp_path / "runA" / "counts.h5")  # runA's counts under another name
+    before = tree_digest(tmp_path)
+    for given in ("../runB/filtered_feature_bc_matrix.h5", str(tmp_path / "runB" / "x.h5"),
+                  "..", ""):
+        with pytest.raises(ValueError, match=r"counts_file=.* cannot name a counts file inside "
+                                             r"the Visium folder"):
+            hx.io.read_visium(tmp_path / "runA", counts_file=given)
+    assert tree_digest(tmp_path) == before
+    sdata = hx.io.read_visium(tmp_path / "runA", counts_file="counts.h5")  # a name: read
+    assert sdata.tables["table"].shape == (100, 100)
+
+
 @bad_input("obscure error", "`histoexpr predict --image he.png` (a plain PNG/JPEG H&E) without "
            "--mpp",
            says="error: ... 'he.png' is a PNG image, which does not state its pixel size ... On "
@@ -339,3 +367,37 @@ def test_exif_orientation_is_named(tmp_path, caplog):
     assert "carries EXIF orientation 6" in caplog.text
     np.testing.assert_array_equal(turned, upright)  # the stored pixels, not turned
 
+
+
+@bad_input("obscure error", "`encoder='hf:<folder>'` whose preprocessor_config.json is not JSON "
+           "(cut short, or another file saved under its name) or holds values of the wrong kind",
+           says="ValueError: .../preprocessor_config.json is not readable JSON (JSONDecodeError: "
+                "...) ... Copy the model's preprocessor_config.json again (before: json's "
+                "JSONDecodeError, naming no file)",
+           fix="copy the file again from the model, or delete it (ImageNet's mean and std)")
+def test_a_malformed_preprocessor_config_names_the_file(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from conftest import tree_digest
+
+    from histoexpr.models._foundation import _processing
+
+    config = SimpleNamespace(image_size=28)
+    path = tmp_path / "preprocessor_config.json"
+    good = {"image_mean": [0.7, 0.5, 0.65], "image_std": [0.15, 0.2, 0.25],
+            "size": {"height": 28, "width": 28}}
+    path.write_text(json.dumps(good))
+    assert _processing(tmp_path, config)["normalisation"]["mean"] == [0.7, 0.5, 0.65]
+    for content, says in (
+            ('{"image_mean": [0.7, 0.5', r"is not readable JSON \(JSONDecodeError"),
+            ("[1, 2, 3]", r"holds a list, not an image processor configuration"),
+            (json.dumps({**good, "image_mean": "0.7"}), "is not an image processor "
+                                                        "configuration histoexpr can read"),
+            (json.dumps({**good, "size": "large"}), "is not an image processor configuration")):
+        path.write_text(content)
+        before = tree_digest(tmp_path)
+        with pytest.raises(ValueError, match=rf"preprocessor_config\.json {says}.*Copy the "
+                                             r"model's preprocessor_config\.json again"):
+            _processing(tmp_path, config)
+        assert tree_digest(tmp_path) == before

@@ -471,6 +471,40 @@ def test_read_xenium_he_without_alignment_is_refused(tmp_path):
     assert hx.io.get_pixel_size(registered, "he") == pytest.approx(0.2125)
 
 
+@bad_input("silently wrong", "`hx.io.read_xenium(folder, he_image='he_image.ome.tif')` run from "
+           "a working folder that holds a file of that name (another sample's H&E)",
+           says="nothing: a relative path is read from the Xenium folder only (before: the "
+                "working folder's file was read first, and another sample's H&E placed on this "
+                "one); a name only in the working folder: FileNotFoundError ... a relative path "
+                "is read from the Xenium folder, not the working folder",
+           fix="nothing; give an absolute path for an H&E outside the Xenium folder")
+def test_read_xenium_relative_he_image_is_read_from_the_xenium_folder(tmp_path, monkeypatch):
+    sample = tmp_path / "sampleA"
+    write_xenium(sample, mpp=0.2125)
+    write_he(sample, [[0.5, 0, 3], [0, 0.5, 2], [0, 0, 1]])
+    workdir = tmp_path / "workdir"  # the working folder: another sample's H&E, same names
+    workdir.mkdir()
+    write_he(workdir, [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]], feature=(slice(40, 50),
+                                                                         slice(60, 70)))
+    write_he(workdir, [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]], name="elsewhere")
+    monkeypatch.chdir(workdir)
+    before = _listing(tmp_path)
+    sdata = hx.io.read_xenium(sample, he_image="he_image.ome.tif",
+                              he_alignment="he_imagealignment.csv")
+    assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(0.5 * 0.2125)  # sample A's
+    assert hx.io.image_levels(sdata, "he")[0].offset == pytest.approx((3 * 0.2125, 2 * 0.2125))
+    with pytest.raises(FileNotFoundError, match=r"sampleA/elsewhere\.ome\.tif' does not exist\. "
+                                                r"Check the path \(a relative path is read from "
+                                                r"the Xenium folder, not the working folder"):
+        hx.io.read_xenium(sample, he_image="elsewhere.ome.tif")
+    with pytest.raises(FileNotFoundError, match=r"sampleA/elsewherealignment\.csv' does not "
+                                                r"exist.*read from the Xenium folder"):
+        hx.io.read_xenium(sample, he_alignment="elsewherealignment.csv")
+    assert _listing(tmp_path) == before
+    placed = hx.io.read_xenium(sample, he_image=workdir / "elsewhere.ome.tif")  # absolute: read
+    assert hx.io.get_pixel_size(placed, "he") == pytest.approx(0.2125)
+
+
 @bad_input("obscure error", "an H&E alignment CSV that is not a 3x3 affine matrix (2x3, text, "
            "last row not 0,0,1)",
            says="ValueError naming the file and what it holds, before spatialdata-io runs",

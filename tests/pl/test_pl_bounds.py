@@ -68,3 +68,33 @@ def test_labels_plot_lists_values_lazily_and_refuses_a_segmentation():
     legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert legend == ["class 1", "class 2"]
     plt.close("all")
+
+
+@bad_input("obscure error", "`hx.pl.tiles(sdata)` / `hx.pl.spots` of hundreds of thousands of "
+           "tiles or spots (one matplotlib patch each, 3-4 kB: GiB for a million)",
+           says="MemoryError: `Drawing 10,000 shapes of 'he_tiles' (one matplotlib patch each) "
+                "would allocate ... Pass region=(x_min, y_min, x_max, y_max) in um to draw part "
+                "of the section, or draw fewer shapes ...`, before a figure is made",
+           fix="pass region= to draw part of the section, or draw fewer (larger) tiles")
+def test_drawing_many_shapes_is_estimated_before_the_figure(disk_section):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hx.pp.tile(disk_section, size_px=4, min_tissue=0)  # 100 x 100 tiles of 2 um
+    table = disk_section.tables["he_tiles_table"]
+    before = plt.get_fignums()
+    hx.settings.max_memory = "16 MiB"  # 10,000 patches of 4 kB and 5 vertices each: 40.2 MiB
+    with pytest.raises(MemoryError, match=r"Drawing 10,000 shapes of 'he_tiles' \(one "
+                                          r"matplotlib patch each\) would allocate 40\.2 MiB.*"
+                                          r"region=\(x_min, y_min, x_max, y_max\)"):
+        hx.pl.tiles(disk_section, "he_tiles", color="tissue_fraction")
+    with pytest.raises(MemoryError, match=r"Drawing 10,000 shapes of the table"):
+        hx.pl.tiles(table, color="tissue_fraction")
+    assert plt.get_fignums() == before  # no figure made
+    region = (0, 0, 50, 50)  # a quarter of the section's side: within the limit
+    ax = hx.pl.tiles(disk_section, "he_tiles", color="tissue_fraction", region=region)
+    drawn = ax.collections[-1]
+    assert len(drawn.get_paths()) == len(disk_section.shapes["he_tiles"].cx[0:50, 0:50]) > 600
+    plt.close(ax.figure)

@@ -60,6 +60,78 @@ def test_pseudobulk_errors(section):
         hx.pp.pseudobulk(section, "grid_tiles", key_added="z")
 
 
+def _bags_state(sdata, key):
+    """What a pseudobulk call left under ``key``: the squares and the table, by value."""
+    table = sdata.tables[f"{key}_table"]
+    return (sdata.shapes[key].geometry.to_wkb().tolist(), table.obs_names.tolist(),
+            np.asarray(table.X.toarray()).tolist())
+
+
+@bad_input("data lost", "`hx.pp.pseudobulk(..., overwrite=True)` that then fails on its data "
+           "(e.g. `min_spots` larger than any window holds): the bags of the earlier call were "
+           "deleted before the windows were computed",
+           says="ValueError: No window of 300 um holds min_spots=10000 tiles ... (before: the "
+                "old bags deleted first)",
+           fix="use larger bags or a smaller min_spots; the earlier bags are kept")
+def test_a_failing_pseudobulk_rerun_keeps_the_earlier_bags(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=300, key_added="kept", overwrite=True)
+    before = _bags_state(section, "kept")
+    with pytest.raises(ValueError, match="No window of 300 um holds min_spots=10000 tiles"):
+        hx.pp.pseudobulk(section, "he_tiles", size_um=300, min_spots=10_000, key_added="kept",
+                         overwrite=True)
+    assert _bags_state(section, "kept") == before
+    # a valid rerun still replaces them
+    hx.pp.pseudobulk(section, "he_tiles", size_um=200, min_spots=1, key_added="kept",
+                     overwrite=True)
+    assert section.tables["kept_table"].uns["bags"]["size_um"] == 200
+
+
+@bad_input("data lost", "`hx.pp.pseudobulk(..., key_added='mixed', overwrite=True)` where "
+           "`shapes['mixed']` is an earlier call's but `tables['mixed_table']` is the user's: "
+           "the squares were deleted, then the call refused",
+           says="KeyError: sdata.tables['mixed_table'] already exists and it was not written by "
+                "histoexpr, not by hx.pp.pseudobulk: it is not replaced, even with "
+                "overwrite=True ... (before: shapes['mixed'] deleted first)",
+           fix="choose another key_added")
+def test_pseudobulk_checks_every_key_before_replacing_any(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=300, key_added="mixed", overwrite=True)
+    squares = section.shapes["mixed"].geometry.to_wkb().tolist()
+    del section.tables["mixed_table"]
+    mine = ad.AnnData(np.zeros((3, 2), dtype=np.float32))
+    section.tables["mixed_table"] = mine  # the user's own table, under the table's name
+    try:
+        with pytest.raises(KeyError, match=r"sdata.tables\['mixed_table'\] already exists and "
+                           "it was not written by histoexpr"):
+            hx.pp.pseudobulk(section, "he_tiles", size_um=300, key_added="mixed",
+                             overwrite=True)
+        assert section.shapes["mixed"].geometry.to_wkb().tolist() == squares
+        assert section.tables["mixed_table"] is mine
+    finally:
+        del section.tables["mixed_table"], section.shapes["mixed"]
+
+
+@bad_input("data lost", "`hx.pp.pseudobulk(..., overwrite=True)` where the user put an edited "
+           "copy of the bags' table (e.g. some bags dropped) back under its name: the copy "
+           "carried the step's record, so it was taken for the step's own and replaced",
+           says="KeyError: sdata.tables['edited_table'] already exists and it was not written "
+                "by histoexpr, not by hx.pp.pseudobulk",
+           fix="choose another key_added, or delete the edited table yourself")
+def test_an_edited_copy_under_the_same_key_is_the_users(section):
+    hx.pp.pseudobulk(section, "he_tiles", size_um=200, min_spots=1, key_added="edited",
+                     overwrite=True)
+    edited = section.tables["edited_table"][:2].copy()  # carries the step's record in uns
+    del section.tables["edited_table"]
+    section.tables["edited_table"] = edited
+    try:
+        with pytest.raises(KeyError, match="it was not written by histoexpr, not by "
+                           "hx.pp.pseudobulk"):
+            hx.pp.pseudobulk(section, "he_tiles", size_um=200, min_spots=1, key_added="edited",
+                             overwrite=True)
+        assert section.tables["edited_table"] is edited and edited.n_obs == 2
+    finally:
+        del section.tables["edited_table"], section.shapes["edited"]
+
+
 def bulk_of(values, genes=("A", "B")):
     return ad.AnnData(np.asarray(values, dtype=np.float32),
                       obs=pd.DataFrame(index=[f"s{i}" for i in range(len(values))]),
@@ -133,3 +205,28 @@ def test_the_paper_panel_and_any_list():
     bulk = bulk_of(np.ones((3, 21)), genes=panel)
     hx.pp.deg_labels(bulk, "graziani2022", lower=0.5, upper=0.5)
     assert all(f"deg_{g}" in bulk.obs for g in panel)
+
+
+@bad_input("data lost", "`hx.pp.deg_labels(bulk, genes, key_added='a/b')`: the columns "
+           "'a/b_<gene>' and uns['deg']['a/b'] were written, and an h5ad written then read "
+           "back nested them (the record lost)",
+           says="ValueError: `key_added='a/b' cannot name a set of labels in bulk.obs and "
+                "bulk.uns: it holds a path separator`",
+           fix="use one plain name (letters, digits, '_', '-', '.', '+')")
+def test_deg_labels_key_must_be_one_plain_name():
+    bulk = bulk_of([[1, 2], [3, 4], [5, 6]])
+    with pytest.raises(ValueError, match="key_added='a/b' cannot name a set of labels in "
+                                         "bulk.obs and bulk.uns: it holds a path separator"):
+        hx.pp.deg_labels(bulk, "A", key_added="a/b")
+    assert list(bulk.obs.columns) == [] and "deg" not in bulk.uns
+
+
+@bad_input("obscure error", "`hx.pp.deg_labels` on a bulk with no samples (numpy's "
+           "IndexError from the quantiles)",
+           says="ValueError: `The bulk has no samples (0 rows): there is nothing to label`",
+           fix="give the samples x genes expression")
+def test_deg_labels_refuses_an_empty_bulk():
+    empty = bulk_of(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"The bulk has no samples \(0 rows\)"):
+        hx.pp.deg_labels(empty, None)
+    assert list(empty.obs.columns) == [] and "deg" not in empty.uns

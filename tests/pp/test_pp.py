@@ -736,3 +736,40 @@ def test_tissue_detection_on_an_image_without_a_pixel_size_says_it_reads_pixels(
     set_transformation(bare.images["he"], Scale([1.0, 1.0], axes=("y", "x")), "global")
     hx.pp.detect_tissue(bare, "he", mpp=4, min_area_um2=100, key_added="stated")
     np.testing.assert_array_equal(unstated, np.asarray(bare.labels["stated"].values))
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.tile` after the image was replaced (another scan or section under the same key) "
+    "while the tissue map detected on the old image stays under `f'{image_key}_tissue'`",
+    says="ValueError: The tissue map 'he_tissue' was detected on other pixels than "
+    "sdata.images['he'] holds now ... Detect the tissue again (hx.pp.detect_tissue(sdata, 'he', "
+    "key_added='he_tissue', overwrite=True)), or pass tissue_key= of a map made from this image "
+    "(before: the old image's tissue tiled, silently)",
+    fix="detect the tissue again with overwrite=True, or pass tissue_key= of a map made from "
+    "this image",
+)
+def test_tile_refuses_a_tissue_map_detected_on_other_pixels(disk_section):
+    from histoexpr._core.image_facts import image_fingerprint
+
+    hx.pp.detect_tissue(disk_section, min_area_um2=100.0)
+    assert disk_section.labels["he_tissue"].attrs["tissue"] == {
+        "image_key": "he", "image_fingerprint": image_fingerprint(disk_section, "he"),
+        "mpp": 8.0, "kind": "brightfield", "min_area_um2": 100.0, "fill_holes": True,
+        "min_od": None}
+    hx.pp.tile(disk_section, size_px=20)  # the map of this image's pixels: used
+    tiles = disk_section.tables["he_tiles_table"].obsm["spatial"].copy()
+    disk_section.images["he"] = make_disk_section(radius_frac=0.25).images["he"]  # replaced
+    with pytest.raises(ValueError, match=r"The tissue map 'he_tissue' was detected on other "
+                       r"pixels than sdata.images\['he'\] holds now.*hx\.pp\.detect_tissue\("
+                       r"sdata, 'he', key_added='he_tissue', overwrite=True\)"):
+        hx.pp.tile(disk_section, size_px=20, overwrite=True)
+    np.testing.assert_array_equal(disk_section.tables["he_tiles_table"].obsm["spatial"], tiles)
+    hx.pp.detect_tissue(disk_section, overwrite=True)  # the new image's tissue: a smaller disk
+    hx.pp.tile(disk_section, size_px=20, overwrite=True)
+    assert 0 < disk_section.tables["he_tiles_table"].n_obs < len(tiles)
+    # a map of the user's own (no record of how it was made) is used as it is
+    mask = add_exact_tissue(disk_section, "mine")
+    hx.pp.tile(disk_section, size_px=20, tissue_key="mine", key_added="mine_tiles")
+    assert disk_section.tables["mine_tiles_table"].n_obs == (
+        expected_fractions(mask, 20, 20) >= 0.5).sum()

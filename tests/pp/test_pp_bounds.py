@@ -268,3 +268,62 @@ def test_transcript_labels_estimates_the_cell_raster():
     assert _element_keys(sdata) == before
     hx.pp.transcript_labels(sdata, grid_um=2.0, **options)  # the fix: 50 x 50 cells, 1.9 MiB
     assert len(sdata.tables["tx_labels_cells"]) > 10
+
+
+@bad_input("obscure error", "`hx.pp.stain_reference(sections)` on many sections (torchstain holds "
+           "float64 optical densities for every pooled pixel: 1.6 GiB for 8 sections of 64 "
+           "tiles of 224 px)",
+           says="MemoryError: `Estimating the stain of ... pixels (... section(s), up to "
+                "n_tiles=... tiles each) would allocate ... Pass a smaller n_tiles= ... or fewer "
+                "sections.`, before any tile is read",
+           fix="pass a smaller n_tiles= (tiles read per section) or fewer sections")
+def test_stain_reference_is_estimated_before_a_tile_is_read(synthetic, monkeypatch):
+    from histoexpr.pp import _dataset
+
+    section = synthetic(seed=0, size_um=300)
+    hx.pp.tile(section, "he", size_px=32, mpp=1.0, min_tissue=0.3)
+    reference = hx.pp.stain_reference([section, section], n_tiles=16)
+    reads = []
+    read = _dataset.TileDataset.__getitem__
+    monkeypatch.setattr(_dataset.TileDataset, "__getitem__",
+                        lambda self, index: reads.append(index) or read(self, index))
+    hx.settings.max_memory = "2 MiB"  # 2 x 16 tiles of 32 x 32 px at 96 B a pixel: 3 MiB
+    with pytest.raises(MemoryError, match=r"Estimating the stain of 32,768 pixels \(2 section"
+                                          r"\(s\), up to n_tiles=16 tiles each\) would allocate "
+                                          r"3\.0 MiB.*smaller n_tiles="):
+        hx.pp.stain_reference([section, section], n_tiles=16)
+    assert reads == []  # refused before any tile was read
+    smaller = hx.pp.stain_reference([section, section], n_tiles=4)  # 0.8 MiB: within the limit
+    assert len(reads) == 8 and smaller["method"] == "macenko"
+    hx.settings.max_memory = None
+    assert hx.pp.stain_reference([section, section], n_tiles=16) == reference  # unchanged
+
+
+@bad_input("obscure error", "`hx.pp.tile` over a fine tissue map (a mask at full resolution: its "
+           "summed-area table and sums took 25 bytes a pixel, estimated as 1)",
+           says="MemoryError: `Measuring the tissue under the tiles on 'mask' (1,200 x 1,200 px "
+                "at 0.166667 um/px) would allocate ... Detect the tissue at a coarser pixel size "
+                "...`, before anything is written",
+           fix="detect the tissue at a coarser mpp (the default 8 um/px), pass a coarser "
+               "tissue_key=, or use larger tiles")
+def test_tile_estimates_the_tissue_measure_before_reading_the_map(disk_section):
+    from spatialdata.models import Labels2DModel
+    from spatialdata.transformations import Scale
+
+    # a mask of 1,200 px at 1/6 um/px over the 200 um section: 60 x 60 px under a 10 um tile
+    mask = (np.random.default_rng(0).random((1200, 1200)) < 0.6).astype(np.uint8)
+    disk_section.labels["mask"] = Labels2DModel.parse(
+        mask, dims=("y", "x"), transformations={"global": Scale([1 / 6, 1 / 6], axes=("y", "x"))})
+    before = _element_keys(disk_section)
+    hx.settings.max_memory = "4 MiB"  # the map read (1.4 MiB) fits; with its table, 13.7 MiB
+    with pytest.raises(MemoryError, match=r"Measuring the tissue under the tiles on 'mask' "
+                                          r"\(1,200 x 1,200 px at 0\.166667 um/px\) would "
+                                          r"allocate 13\.7 MiB.*coarser pixel size"):
+        hx.pp.tile(disk_section, size_px=20, tissue_key="mask", min_tissue=0)
+    assert _element_keys(disk_section) == before
+    hx.settings.max_memory = None
+    hx.pp.tile(disk_section, size_px=20, tissue_key="mask", min_tissue=0)
+    obs = disk_section.tables["he_tiles_table"].obs
+    exact = mask.reshape(20, 60, 20, 60).mean(axis=(1, 3))  # each tile's share of tissue
+    np.testing.assert_allclose(obs["tissue_fraction"],
+                               np.round(exact[obs["grid_row"], obs["grid_col"]], 6), atol=1e-12)

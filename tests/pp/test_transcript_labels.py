@@ -244,3 +244,18 @@ def test_iss_labels_from_a_nuclei_label_image(data_dir):
         at = labels[(chosen["y"] // 20).astype(int), (chosen["x"] // 20).astype(int)]
         assert (at == value).mean() > 0.5, gene
     assert (labels == 2).any() and (labels == 1).any()
+
+
+@bad_input("silently wrong", "`hx.pp.transcript_labels(..., max_per_class=0)` (a patch table of "
+           "no rows despite min_per_class=20), `-5` or `2.5` (numpy errors)",
+           says="ValueError: `max_per_class must be an integer in [20, inf], got 0`",
+           fix="pass a cap of at least min_per_class, or None")
+def test_max_per_class_is_at_least_min_per_class(section):
+    before = {f"{kind}/{key}" for kind, key, _ in section.gen_elements()}
+    for value, error in ((0, ValueError), (-5, ValueError), (5, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="max_per_class must be an integer"):
+            hx.pp.transcript_labels(section, genes=GENES, max_per_class=value,
+                                    key_added="capped")
+    with pytest.raises(TypeError, match="min_per_class must be an integer"):
+        hx.pp.transcript_labels(section, genes=GENES, min_per_class=2.5, key_added="capped")
+    assert {f"{kind}/{key}" for kind, key, _ in section.gen_elements()} == before

@@ -387,3 +387,45 @@ def test_a_new_route_refuses_to_drop_the_old_routes_options_set_by_the_user():
     with pytest.raises(ValueError, match=r"to route='ridge' would drop lr=0\.01, hidden=64, "
                                          r"n_members=2: "):
         options_for(mlp, route="ridge")  # the ridge reads context_um: kept
+
+
+@bad_input("silently wrong", "a boolean option given as a string (`hx.tl.fit(..., "
+           "calibrate='no')`, `standardise_sections='False'`, `augment='no'`, "
+           "`per_gene='yes'`): a non-empty string is true, so 'no' calibrated",
+           says="TypeError at options construction: `calibrate must be True or False, got "
+                "'no' (str)`",
+           fix="pass True or False")
+@pytest.mark.parametrize(("model", "option", "value"), [
+    ("spot_regressor", "calibrate", "no"),
+    ("spot_regressor", "standardise_sections", "False"),
+    ("patch_classifier", "augment", "no"),
+    ("patch_classifier", "cache", 0),
+    ("abmil", "per_gene", "yes"),
+])
+def test_a_boolean_option_refuses_anything_but_true_or_false(model, option, value, synthetic):
+    with pytest.raises(TypeError, match=f"{option} must be True or False, got {value!r}"):
+        options_for(model, **{option: value})
+    if model == "spot_regressor":  # refused by fit before a section is touched
+        section = synthetic(size_um=400, seed=0)
+        before = {f"{kind}/{key}" for kind, key, _ in section.gen_elements()}
+        with pytest.raises(TypeError, match=f"{option} must be True or False"):
+            hx.tl.fit(section, model=model, genes=GENES, **{option: value})
+        assert {f"{kind}/{key}" for kind, key, _ in section.gen_elements()} == before
+    options_for(model, **{option: np.bool_(False)})  # numpy's booleans are booleans
+
+
+def test_every_option_annotated_bool_is_checked_also_in_a_new_options_class():
+    from histoexpr.tl._options import ModelOptions, _bool_options
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class NewOptions(ModelOptions):
+        flag: bool = False
+        maybe: bool | None = None
+        count: int = 1
+
+    assert _bool_options(NewOptions) == ["flag", "maybe"]
+    assert NewOptions(maybe=None).maybe is None
+    with pytest.raises(TypeError, match="maybe must be True or False"):
+        NewOptions(maybe="False")
+    with pytest.raises(TypeError, match="flag must be True or False"):
+        NewOptions(flag=1)

@@ -512,3 +512,101 @@ def test_cross_validate_leaves_the_users_sections_unchanged():
         assert_same(before[name], snapshot(section))
     assert sections["c"].tables["cv_expression"] is mine
     np.testing.assert_array_equal(mine.X, np.arange(12).reshape(3, 4))
+
+
+# --- fit checks every option before it tiles a section ----------------------------------------
+
+def _element_keys(sdata) -> set[str]:
+    return {f"{kind}/{key}" for kind, key, _ in sdata.gen_elements()}
+
+
+@bad_input("data lost", "`hx.tl.fit(..., model='spot_regressor')` with `encoder='nope'`, "
+           "`device='gpu'`, `genes=[]` or `genes=0`: the tissue map and spot tiles were added "
+           "to every section before the option was refused",
+           says="ValueError: `Unknown encoder 'nope'` / `device='gpu' is not a device` / "
+                "`genes is empty` / `genes must be an integer in [1, inf]`, before a section "
+                "is tiled",
+           fix="fix the option as the message says",
+           match=r"Unknown encoder 'nope'|device='gpu' is not a device|genes is empty|"
+                 r"genes must be an integer in \[1, inf\]|tiles_key='my tiles' cannot name")
+@pytest.mark.parametrize(("bad", "said"), [
+    ({"encoder": "nope"}, "Unknown encoder 'nope'"),
+    ({"device": "gpu"}, "device='gpu' is not a device"),
+    ({"genes": []}, "genes is empty"),
+    ({"genes": 0}, r"genes must be an integer in \[1, inf\]"),
+    ({"tiles_key": "my tiles"}, "tiles_key='my tiles' cannot name an element"),
+])
+def test_fit_refuses_a_bad_option_before_it_tiles_a_section(bad, said):
+    sections = {"a": make_section(0), "b": make_section(1)}
+    before = {name: _element_keys(s) for name, s in sections.items()}
+    with pytest.raises(ValueError, match=said):
+        hx.tl.fit(sections, model="spot_regressor", **{"genes": GENES, **PATCH, **bad})
+    assert {name: _element_keys(s) for name, s in sections.items()} == before
+
+
+@bad_input("data lost", "`hx.tl.fit(..., model='spot_regressor', encoder='missing.pt')` (an "
+           "encoder file that is not there): the sections were tiled before it was refused",
+           says="FileNotFoundError: `No model file at ...missing.pt`, before a section is tiled",
+           fix="give the path of the encoder's model file")
+def test_fit_refuses_a_missing_encoder_file_before_it_tiles_a_section(tmp_path):
+    sections = {"a": make_section(0), "b": make_section(1)}
+    before = {name: _element_keys(s) for name, s in sections.items()}
+    with pytest.raises(FileNotFoundError, match="No model file at .*missing.pt"):
+        hx.tl.fit(sections, model="spot_regressor", genes=GENES,
+                  encoder=str(tmp_path / "missing.pt"), **PATCH)
+    assert {name: _element_keys(s) for name, s in sections.items()} == before
+
+
+@bad_input("data lost", "`hx.tl.fit(..., features_key='a/b')` or `hx.tl.embed(..., "
+           "key_added='x/y')` (a key with '/' in obsm: the section's own `sdata.write` failed "
+           "later, or nested it)",
+           says="ValueError: `features_key='a/b' cannot name a set of features in the tile "
+                "table's obsm: it holds a path separator`",
+           fix="use one plain name (letters, digits, '_', '-', '.', '+')")
+def test_a_features_key_must_be_one_plain_name():
+    section = make_section()
+    before = snapshot(section)
+    with pytest.raises(ValueError, match="features_key='a/b' cannot name a set of features in "
+                                         "the tile table's obsm: it holds a path separator"):
+        hx.tl.fit(section, model="spot_regressor", genes=GENES, features_key="a/b", **PATCH)
+    assert_same(before, snapshot(section))
+    hx.pp.tile(section, "he", size_um=16, mpp=1.0, centres="spots", min_tissue=0,
+               key_added="spot_tiles")
+    table = section.tables["spot_tiles_table"]
+    with pytest.raises(ValueError, match="key_added='x/y' cannot name"):
+        hx.tl.embed(section, "spot_tiles", key_added="x/y")
+    assert list(table.obsm) == ["spatial"] and "embeddings" not in table.uns
+
+
+def test_the_default_features_key_of_a_model_file_is_one_plain_name(tmp_path):
+    from histoexpr.tl._spot._spot_regressor import default_features_key
+
+    path = tmp_path / "my encoder.pt"
+    torch.manual_seed(0)
+    hx.io.save_model(hx.models.TileEncoder(arch="small_cnn", in_channels=3, width=8), path)
+    section = make_section()
+    model = hx.tl.fit(section, model="spot_regressor", genes=GENES, encoder=str(path), **PATCH)
+    # before, the whole path: obsm['X_/tmp/.../my encoder.pt'], which sdata.write cannot save
+    assert model.metadata["features_key"] == "X_my encoder"
+    assert "X_my encoder" in section.tables["spot_tiles_table"].obsm
+    assert default_features_key("squidpy:texture") == "X_squidpy_texture"
+    assert default_features_key(["squidpy", "handcrafted"]) == "X_squidpy+handcrafted"
+    assert default_features_key("hf:/models/phikon/") == "X_hf_phikon"
+
+
+@bad_input("obscure error", "`hx.tl.evaluate(None, ...)` or `hx.tl.evaluate(sdata, ..., "
+           "genes=5)` (AttributeError deep inside; 'int' object is not iterable)",
+           says="TypeError: `sdata must be a SpatialData` / `genes must be gene names, got 5`",
+           fix="pass the SpatialData, and gene names (a name or a list)",
+           match="sdata must be a SpatialData|genes must be gene names")
+def test_evaluate_names_a_wrong_sdata_or_genes(trained):
+    section = make_section(2)
+    spot_prediction(trained, section)
+    with pytest.raises(TypeError, match="sdata must be a SpatialData .* got a NoneType"):
+        hx.tl.evaluate(None, "pred", "table")
+    for genes in (5, ["ERBB2", 5]):
+        with pytest.raises(TypeError, match="genes must be gene names"):
+            hx.tl.evaluate(section, "pred", "table", genes=genes)
+    with pytest.raises(ValueError, match="genes is empty"):
+        hx.tl.evaluate(section, "pred", "table", genes=[])
+    assert list(hx.tl.evaluate(section, "pred", "table", genes="ERBB2").index) == ["ERBB2"]

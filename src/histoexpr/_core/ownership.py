@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .logs import logger
 from .records import WRITER_KEY, WriterRecord
@@ -56,26 +58,184 @@ def require_spatialdata(sdata: object, name: str = "sdata") -> None:
     raise TypeError(f"{name} must be a SpatialData (a section or slide), got a {kind}.{hint}")
 
 
-def _fingerprint(element) -> list:
-    """What identifies an element's content cheaply: its shape (rasters), rows (shapes, tables)."""
+#: the kinds of element whose own ``attrs`` a .zarr store does not keep: only their writer's
+#: record in ``sdata.attrs`` (with a digest of their content) can say histoexpr wrote them
+_ATTRS_LOST_ON_WRITE = ("images", "labels", "points")
+#: rasters of up to this many values are digested whole; larger ones by a few windows
+_WHOLE_RASTER = 1 << 22
+#: side (px) of each window, and windows per side of the grid of windows, of a large raster
+_WINDOW_PX, _WINDOWS_PER_SIDE = 32, 3
+#: rows of a table, shapes or points digested (spread evenly over them)
+_SAMPLED_ROWS = 1000
+#: the form of a fingerprint (an earlier version recorded a list: a shape or a row count)
+_FINGERPRINT_FORM = "v2"
+
+
+def _fingerprint(element) -> str:
+    """A digest of an element's content, cheap on large elements.
+
+    A raster: its shape, type and values (whole up to :data:`_WHOLE_RASTER` values, else a grid
+    of small windows of the full-resolution level and, for a multiscale image, its coarsest
+    level). A table: its size and (a sample of) its row and column names; shapes: their number,
+    (a sample of) their index and coordinates; points: their columns and first rows. What a step
+    adds to an element later (a column, a matrix of features) is not part of it.
+    """
+    import hashlib
+
     from anndata import AnnData
 
+    digest = hashlib.sha1()
+
+    def add(*parts) -> None:
+        for part in parts:
+            digest.update(part if isinstance(part, bytes) else str(part).encode())
+            digest.update(b"\0")
+
     if isinstance(element, AnnData):
-        return [int(element.n_obs), int(element.n_vars)]
-    if hasattr(element, "children") and "scale0" in getattr(element, "children", {}):
-        return [int(n) for n in next(iter(element["scale0"].data_vars.values())).shape]
-    if hasattr(element, "geometry"):
-        return [len(element)]
-    if hasattr(element, "dims") and hasattr(element, "shape"):
-        return [int(n) for n in element.shape]
-    return sorted(str(c) for c in getattr(element, "columns", []))
+        add("table", element.n_obs, element.n_vars)
+        add(*_sampled(element.obs_names.to_numpy()), "|", *_sampled(element.var_names.to_numpy()))
+    elif _raster_levels(element):
+        levels = _raster_levels(element)
+        add("raster", tuple(int(n) for n in levels[0].shape), levels[0].dtype)
+        _add_raster(add, levels[0])
+        if len(levels) > 1 and levels[-1].size <= _WHOLE_RASTER:
+            add(np.ascontiguousarray(np.asarray(levels[-1])).tobytes())
+    elif hasattr(element, "geometry"):
+        import shapely
+
+        rows = _rows(len(element))
+        add("shapes", len(element), *(str(v) for v in element.index.to_numpy()[rows]))
+        coordinates = shapely.get_coordinates(np.asarray(element.geometry.to_numpy())[rows])
+        add(np.ascontiguousarray(coordinates, dtype=np.float64).tobytes())
+        if "radius" in element.columns:
+            add(np.ascontiguousarray(element["radius"].to_numpy()[rows], dtype=np.float64)
+                .tobytes())
+    else:
+        columns = [str(c) for c in getattr(element, "columns", [])]
+        add("points", *columns)
+        try:  # the first rows (one partition of a dask frame is read)
+            import pandas as pd
+
+            head = element.head(100) if not hasattr(element, "npartitions") else element.head(
+                100, npartitions=1)
+            add(pd.util.hash_pandas_object(head, index=False).to_numpy().tobytes())
+        except Exception:  # noqa: BLE001 (a frame that cannot be read: its columns alone)
+            pass
+    return f"{_FINGERPRINT_FORM}:{digest.hexdigest()}"
+
+
+def _rows(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, max(n - 1, 0), min(n, _SAMPLED_ROWS)).astype(np.int64))
+
+
+def _sampled(values: np.ndarray) -> list[str]:
+    return [str(v) for v in np.asarray(values)[_rows(len(values))]] if len(values) else []
+
+
+def _raster_levels(element) -> list:
+    """The arrays of a raster element, full resolution first (``[]``: not a raster)."""
+    children = getattr(element, "children", None)
+    if children is not None and "scale0" in children:
+        levels = []
+        for name in sorted(children, key=lambda n: int(n[5:]) if n[5:].isdigit() else 0):
+            variables = list(element[name].data_vars.values())
+            if variables:
+                levels.append(variables[0].data)
+        return levels
+    if hasattr(element, "dims") and hasattr(element, "shape") and hasattr(element, "data"):
+        return [element.data]
+    return []
+
+
+def _add_raster(add, array) -> None:
+    """Digest a raster's values: whole when small, else a grid of windows (a few chunks read)."""
+    if array.size <= _WHOLE_RASTER or array.ndim < 2:
+        add(np.ascontiguousarray(np.asarray(array)).tobytes())
+        return
+    height, width = int(array.shape[-2]), int(array.shape[-1])
+    half = _WINDOW_PX // 2
+    for i in range(_WINDOWS_PER_SIDE):
+        y0 = min(max(int((i + 0.5) * height / _WINDOWS_PER_SIDE) - half, 0),
+                 max(height - _WINDOW_PX, 0))
+        for j in range(_WINDOWS_PER_SIDE):
+            x0 = min(max(int((j + 0.5) * width / _WINDOWS_PER_SIDE) - half, 0),
+                     max(width - _WINDOW_PX, 0))
+            window = array[..., y0 : y0 + _WINDOW_PX, x0 : x0 + _WINDOW_PX]
+            add(np.ascontiguousarray(np.asarray(window)).tobytes())
 
 
 def _own_record(element) -> WriterRecord | None:
+    raw = _own_raw(element)
+    return None if raw is None else WriterRecord.from_uns(raw)
+
+
+def _own_raw(element) -> dict | None:
+    """The writer record an element carries itself (its ``attrs``, a table's ``uns``), as stored."""
     from anndata import AnnData
 
     holder = element.uns if isinstance(element, AnnData) else getattr(element, "attrs", {})
-    return WriterRecord.from_uns(holder.get(WRITER_KEY) if hasattr(holder, "get") else None)
+    value = holder.get(WRITER_KEY) if hasattr(holder, "get") else None
+    return dict(value) if isinstance(value, Mapping) and "step" in value else None
+
+
+def _written(sdata: SpatialData, key: str, kind: str) -> dict | None:
+    """The record of ``key`` in ``sdata.attrs["histoexpr"]["written"]``, if it is of this kind."""
+    attrs = getattr(sdata, "attrs", None) or {}
+    mine = attrs.get(WRITER_KEY)
+    written = mine.get("written") if isinstance(mine, Mapping) else None
+    record = written.get(key) if isinstance(written, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) and record.get("kind") == kind else None
+
+
+def _writer_record(sdata: SpatialData, key: str) -> dict | None:
+    """What histoexpr recorded about the element ``key`` it wrote, or ``None`` (not its own).
+
+    A dict with ``step`` and, where recorded, ``key``, ``within``, ``model`` (the kind of
+    model a prediction came from) and ``group`` (the ``key_added`` of the call that wrote it).
+    """
+    kind = element_kind(sdata, key)
+    if kind is None:
+        return None
+    element = getattr(sdata, kind)[key]
+    written = _written(sdata, key, kind)
+    content = written.get("fingerprint") if written is not None else None
+    own = _own_raw(element)
+    if own is not None:
+        if own.get("key") is not None and str(own["key"]) != key:
+            return None  # a copy, put under another name by the user: the user's element
+        if isinstance(content, str) and content != _fingerprint(element):
+            return None  # another element, put under the key of the one histoexpr wrote
+        extra = {k: written[k] for k in ("model", "group") if written is not None and k in written
+                 and written.get("step") == own.get("step")}
+        return {**extra, **own}
+    if kind not in _ATTRS_LOST_ON_WRITE or not isinstance(content, str):
+        return None
+    return written if content == _fingerprint(element) else None
+
+
+def _unconfirmed_step(sdata: SpatialData, key: str) -> str | None:
+    """The step an earlier version recorded for ``key`` where that record cannot be confirmed.
+
+    Its fingerprint (a shape or a row count) cannot tell the element histoexpr wrote from
+    another put under that key since; ``None`` where there is no such record.
+    """
+    kind = element_kind(sdata, key)
+    written = None if kind is None else _written(sdata, key, kind)
+    if written is None or isinstance(written.get("fingerprint"), str):
+        return None
+    if _own_raw(getattr(sdata, kind)[key]) is not None:
+        return None
+    return str(written.get("step"))
+
+
+def _describe(step: str | None, model: str | None = None, group: str | None = None) -> str:
+    """A writer in words: ``hx.tl.predict (a spot_regressor model, key_added='pred')``."""
+    if step is None:
+        return "a histoexpr step"
+    details = [f"a {model} model"] if model is not None else []
+    if group is not None:
+        details.append(f"key_added={group!r}")
+    return step + (f" ({', '.join(details)})" if details else "")
 
 
 def writer_of(sdata: SpatialData, key: str) -> str | None:
@@ -83,40 +243,37 @@ def writer_of(sdata: SpatialData, key: str) -> str | None:
 
     An element records its writer in its own ``attrs`` (``uns`` for tables) and in
     ``sdata.attrs["histoexpr"]["written"]`` (which, unlike the attrs of images, labels and points,
-    is kept in a .zarr store), with the kind and shape it had, so that an element the user put
-    under that name later is not taken for histoexpr's. The element's own record names the
-    key it was written under: a copy of it that the user stores under another name (e.g.
-    ``sdata["mine"] = sdata["he_tiles"].copy()``) is the user's.
+    is kept in a .zarr store), with its kind and a digest of its content (see
+    :func:`_fingerprint`), so that an element put under that name later is not taken for
+    histoexpr's: not one of another content (the record outlives ``del``), nor, for images,
+    labels and points read from a store, one of the same shape. The element's own record names
+    the key it was written under: a copy of it that the user stores under another name (e.g.
+    ``sdata["mine"] = sdata["he_tiles"].copy()``) is the user's. Only images, labels and points
+    are taken for histoexpr's on the record in ``sdata.attrs`` alone (their own is lost on
+    write); a table or shapes without a record of their own are not histoexpr's.
     """
-    kind = element_kind(sdata, key)
-    if kind is None:
-        return None
-    element = getattr(sdata, kind)[key]
-    record = _own_record(element)
-    if record is not None:
-        if record.key is not None and record.key != key:
-            return None  # a copy, put under another name by the user: the user's element
-        return record.step
-    attrs = getattr(sdata, "attrs", None) or {}
-    written = (attrs.get(WRITER_KEY) or {}).get("written") or {}
-    record = written.get(key)
-    if (isinstance(record, dict) and record.get("kind") == kind
-            and list(record.get("fingerprint", [])) == _fingerprint(element)):
-        return str(record.get("step"))
-    return None
+    record = _writer_record(sdata, key)
+    return None if record is None else str(record["step"])
 
 
-def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str) -> None:
+def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str,
+                  model: str | None = None, group: str | None = None) -> None:
     """Put ``element`` at ``sdata.<kind>[key]``, recording that histoexpr's ``step`` wrote it.
 
     The record lets a later ``overwrite=True`` of the same step replace it (and nothing else):
-    see :func:`check_key_free`. Call ``check_key_free`` first. Inside
-    ``_core.records.made_within(name)`` the record also says ``within=name``.
+    see :func:`check_keys_writable` and :func:`replace_elements` (which calls this). Inside
+    ``_core.records.made_within(name)`` the record also says ``within=name``. ``model`` (the
+    kind of model, for ``hx.tl.predict``) and ``group`` (the ``key_added`` of the call, which
+    may write several elements) are recorded too where given: only a call of the same kind of
+    model and the same ``key_added`` replaces them.
     """
     from anndata import AnnData
 
     writer = WriterRecord.now(step, key)
     record = writer.to_uns()
+    details = {name: value for name, value in (("model", model), ("group", group))
+               if value is not None}
+    record.update(details)
     if isinstance(element, AnnData):
         element.uns[WRITER_KEY] = record
     else:
@@ -125,7 +282,7 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
     attrs = sdata.attrs
     mine = dict(attrs.get(WRITER_KEY) or {})
     written = dict(mine.get("written") or {})
-    written[key] = {"kind": kind, "step": step, "fingerprint": _fingerprint(element)}
+    written[key] = {"kind": kind, "step": step, "fingerprint": _fingerprint(element), **details}
     if writer.within is not None:
         written[key]["within"] = writer.within
     mine["written"] = written
@@ -133,14 +290,18 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
 
 
 def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,
-                       step: str | None = None, name: str = "key_added") -> bool:
+                       step: str | None = None, name: str = "key_added",
+                       model: str | None = None, group: str | None = None) -> bool:
     """Raise unless ``key`` is free, or ``overwrite`` and it holds what ``step`` wrote before.
 
-    Returns whether an element would be replaced. Nothing is deleted (see
-    :func:`check_key_free`): call this before any work, so that a bad key fails at once; a
-    key SpatialData would refuse as a name fails here too (``name``: the parameter that gave
-    it, for the message). ``step=None`` (older callers) accepts an element written by any
-    histoexpr step.
+    Returns whether an element would be replaced. Nothing is deleted: call this (or
+    :func:`check_keys_writable`) before any work, so that a bad key fails at once, and
+    :func:`replace_elements` at the end. A key SpatialData would refuse as a name fails here too
+    (``name``: the parameter that gave it, for the message). ``step=None`` (older callers)
+    accepts an element written by any histoexpr step. With ``model`` (the kind of model of a
+    prediction) and ``group`` (the call's ``key_added``), only an element recorded with the
+    same ones is replaced; one an earlier version recorded without them is refused, naming the
+    fix.
     """
     from .validate import check_bool, check_element_name
 
@@ -149,34 +310,102 @@ def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,
     kind = element_kind(sdata, key)
     if kind is None:
         return False
-    writer = writer_of(sdata, key)
-    same = writer is not None and (step is None or writer == step)
-    if not same:
-        origin = (f"it was written by {writer}" if writer is not None
-                  else "it was not written by histoexpr")
-        doer = step or "a histoexpr step"
+    record = _writer_record(sdata, key)
+    other = f"Choose another key_added, e.g. {_free_name(sdata, key)!r}."
+    if record is None:
+        earlier = _unconfirmed_step(sdata, key)
+        if earlier is not None:
+            raise KeyError(
+                f"sdata.{kind}[{key!r}] already exists, and the record an earlier version of "
+                f"histoexpr made of it (written by {earlier}) cannot tell it from an element put "
+                f"under that name since: it is not replaced, even with overwrite=True. If it is "
+                f"the one {earlier} wrote, delete it first (del sdata.{kind}[{key!r}]); else "
+                f"{other[0].lower()}{other[1:]}")
         raise KeyError(
-            f"sdata.{kind}[{key!r}] already exists and {origin}, not by {doer}: it is not "
-            f"replaced, even with overwrite=True (which only replaces what the same step "
-            f"wrote). Choose another key_added, e.g. {_free_name(sdata, key)!r}."
-        )
+            f"sdata.{kind}[{key!r}] already exists and it was not written by histoexpr, not by "
+            f"{_describe(step, model, group)}: it is not replaced, even with overwrite=True "
+            f"(which only replaces what the same step wrote). {other}")
+    theirs = str(record["step"])
+    if step is not None and theirs != step:
+        raise KeyError(
+            f"sdata.{kind}[{key!r}] already exists and it was written by {theirs}, not by "
+            f"{step}: it is not replaced, even with overwrite=True (which only replaces what the "
+            f"same step wrote). {other}")
+    their_model, their_group = record.get("model"), record.get("group")
+    if step is not None and model is not None and their_model is None:
+        raise KeyError(
+            f"sdata.{kind}[{key!r}] already exists and it was written by {theirs} of an earlier "
+            f"version of histoexpr, which did not record the kind of model: it may be the output "
+            f"of another kind of model than this {model}, so it is not replaced, even with "
+            f"overwrite=True. If it is this model's output, delete it first (del "
+            f"sdata.{kind}[{key!r}]); else {other[0].lower()}{other[1:]}")
+    if step is not None and ((model is not None and their_model != model)
+                             or (group is not None and their_group is not None
+                                 and their_group != group)):
+        raise KeyError(
+            f"sdata.{kind}[{key!r}] already exists and it was written by "
+            f"{_describe(theirs, their_model, their_group)}, not by "
+            f"{_describe(step, model, group)}: it is not replaced, even with overwrite=True "
+            f"(which only replaces what the same step wrote, for the same kind of model and "
+            f"key_added). {other}")
     if not overwrite:
         raise KeyError(
-            f"sdata.{kind}[{key!r}] already exists (written by {writer}). Pass overwrite=True "
-            "to replace it, or choose another key_added."
+            f"sdata.{kind}[{key!r}] already exists (written by "
+            f"{_describe(theirs, their_model, their_group)}). Pass overwrite=True to replace it, "
+            "or choose another key_added."
         )
     return True
 
 
+def check_keys_writable(sdata: SpatialData, keys, *, overwrite: bool, step: str,
+                        model: str | None = None, group: str | None = None,
+                        name: str = "key_added") -> list[str]:
+    """Check every key a call will write (see :func:`check_key_writable`); delete nothing.
+
+    Call it first, whatever ``overwrite`` is, before any work; raises at the first key that may
+    not be written. Returns the keys that hold an element the call would replace.
+    """
+    replaced = []
+    for key in dict.fromkeys(keys):
+        if check_key_writable(sdata, key, overwrite=overwrite, step=step, name=name,
+                              model=model, group=group):
+            replaced.append(key)
+    return replaced
+
+
+def replace_elements(sdata: SpatialData, elements, *, overwrite: bool, step: str,
+                     model: str | None = None, group: str | None = None) -> None:
+    """Store the elements a call made, replacing (only) what the same step wrote before.
+
+    ``elements``: ``(kind, key, element)`` triples, made in full before this is called. Every
+    key is checked again (:func:`check_keys_writable`) before anything is deleted or stored, so
+    that a refused call leaves ``sdata`` as it was; then each existing element is deleted and the
+    new one stored (:func:`store_element`). Call :func:`check_keys_writable` at the start of the
+    call too, so that a bad key fails before any work.
+    """
+    elements = list(elements)
+    replaced = set(check_keys_writable(sdata, [key for _, key, _ in elements],
+                                       overwrite=overwrite, step=step, model=model, group=group))
+    for kind, key, element in elements:
+        if key in replaced:
+            old = element_kind(sdata, key)
+            logger.info("Overwriting `sdata.%s[%r]` (written by %s)", old, key,
+                        writer_of(sdata, key))
+            del getattr(sdata, old)[key]
+        store_element(sdata, kind, key, element, step=step, model=model, group=group)
+
+
 def check_key_free(sdata: SpatialData, key: str, *, overwrite: bool,
                    step: str | None = None) -> None:
-    """Make ``key`` free for ``step``'s new element, or raise a clear ``KeyError``.
+    """Check ``key`` and, where ``overwrite`` allows it, delete what ``step`` wrote there at once.
 
-    Element names are unique across all kinds in a SpatialData, so any kind is checked. An
-    existing element is deleted only when ``overwrite=True`` and it was written by the same
-    ``step`` (see :func:`store_element`); an element of the user's, of a reader or of another
-    step is never replaced: the error suggests another key. ``step=None`` (older callers)
-    replaces only an element that some histoexpr step wrote.
+    The earlier form of :func:`check_keys_writable` and :func:`replace_elements`, kept for the
+    steps that still call it: it deletes as it checks, so a call that refuses (or fails) after
+    it leaves the old element deleted. New code checks every key first with
+    :func:`check_keys_writable` and replaces at the end with :func:`replace_elements`.
+    An element of the user's, of a reader or of another step is never deleted: the error
+    suggests another key. ``step=None`` (older callers) replaces only an element that some
+    histoexpr step wrote.
     """
     if check_key_writable(sdata, key, overwrite=overwrite, step=step):
         kind = element_kind(sdata, key)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._core.logs import logger
+from .._core.validate import check_bool
 
 #: the public repositories (owner/name) and the commits the files were taken from
 SOURCES = {
@@ -91,7 +92,11 @@ def fetch(name: str, *, download: bool = True) -> Path:
     -------
     The path of the checked file.
     """
-    entry = registry()[name]
+    download = check_bool("download", download)
+    files = registry()
+    if name not in files:
+        raise KeyError(_unknown(name, files))
+    entry = files[name]
     folder = data_dir()
     path = folder / name
     where = (
@@ -112,6 +117,25 @@ def fetch(name: str, *, download: bool = True) -> Path:
             f"it again, or replace it with the file from {entry.url}."
         )
     return path
+
+
+def _unknown(name, files: dict[str, DataFile]) -> str:
+    """The message for a name that is not a registered file: the data sets and close names."""
+    import difflib
+
+    sets = sorted({key.split("/")[0] for key in files})
+    close = difflib.get_close_matches(str(name), list(files), n=3, cutoff=0.5)
+    in_set = [key for key in files if key.split("/")[0] == str(name).split("/")[0]]
+    if close:
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?"
+    elif in_set:
+        hint = f" The files of {str(name).split('/')[0]!r} include {in_set[:3]}."
+    else:
+        hint = ""
+    return (f"{name!r} is not a registered data file. The known data sets are {sets}; their "
+            f"files are named '<data set>/<path>' (e.g. {next(iter(files))!r}).{hint} Pass "
+            "one of the registered names, or read a data set with its own function (e.g. "
+            "hx.datasets.her2st).")
 
 
 def _sha256(path: Path, plain: bool) -> str:

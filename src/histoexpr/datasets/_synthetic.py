@@ -13,7 +13,7 @@ import numpy as np
 
 from .._core.logs import logger
 from .._core.seeds import resolve_seed
-from .._core.validate import check_fraction, check_positive
+from .._core.validate import check_bool, check_fraction, check_positive
 from . import _rule
 from ._synthetic_elements import (
     _cell_table,
@@ -166,6 +166,9 @@ def synthetic_section(
     import time
 
     start = time.perf_counter()
+    transcripts, spots = check_bool("transcripts", transcripts), check_bool("spots", spots)
+    if multiscale is not None:
+        multiscale = check_bool("multiscale", multiscale)
     width_um, height_um = _check_size(size_um, mpp, what="The section")
     props = _check_proportions(proportions)
     check_fraction("mixing", mixing, closed="both")

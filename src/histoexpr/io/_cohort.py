@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.logs import logger
-from .._core.validate import check_store_name
+from .._core.validate import check_element_name, check_store_name
 from ._slide_store import SlideStore
 
 if TYPE_CHECKING:
@@ -325,24 +325,12 @@ def read_cohort(
     import anndata as ad
     import pandas as pd
 
+    check_element_name("image_key", image_key)  # before any slide is opened
     manifest = Path(manifest).expanduser()
     if not manifest.is_file():
         raise FileNotFoundError(f"No manifest at {manifest}; give the path of a CSV, TSV or "
                                 "parquet table with a 'path' column (one row per slide).")
-    suffix = manifest.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt", ".tab"):
-        # identifiers stay as written ("001" is not 1): the id columns are read as text
-        try:
-            frame = pd.read_csv(manifest, sep="," if suffix == ".csv" else "\t",
-                                dtype={column: str for column in _ID_COLUMNS})
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"The manifest {manifest.name!r} is empty; write a header line "
-                             "with a 'path' column and one row per slide.") from None
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(manifest)
-    else:
-        raise ValueError(f"The manifest {manifest.name!r} is not a .csv, .tsv or .parquet "
-                         "file; save it as one of these.")
+    frame = _read_manifest(manifest)
     if "path" not in frame.columns:
         raise ValueError(f"The manifest has no 'path' column (its columns: {list(frame.columns)}"
                          "); name the column of slide files 'path'.")
@@ -416,10 +404,16 @@ def read_cohort(
         bulk_data = ad.AnnData(X=np.zeros((len(ids), 0), dtype=np.float32),
                                obs=pd.DataFrame(index=pd.Index(ids)))
     else:
-        bulk_data = ad.read_h5ad(bulk) if isinstance(bulk, str | Path) else bulk
+        bulk_data = _read_bulk(bulk) if isinstance(bulk, str | Path) else bulk
         if not isinstance(bulk_data, ad.AnnData):
             raise TypeError(f"bulk must be an AnnData or an .h5ad file, got "
                             f"{type(bulk_data).__name__}.")
+        if not bulk_data.obs_names.is_unique:
+            repeated = sorted(set(bulk_data.obs_names[bulk_data.obs_names.duplicated()]))
+            raise ValueError(f"bulk has {len(repeated)} slide id(s) more than once in its "
+                             f"obs_names ({_preview([str(i) for i in repeated])}); each slide "
+                             "must be one row. Keep one row per slide (e.g. "
+                             "bulk[~bulk.obs_names.duplicated()]) and read again.")
         absent = [i for i in ids if i not in set(bulk_data.obs_names)]
         if absent:
             raise ValueError(f"{len(absent)} slides of the manifest have no row in bulk (e.g. "
@@ -450,3 +444,60 @@ def read_cohort(
     logger.info("Read a cohort of %d slides (%d patients); %d already processed in %s.",
                 len(ids), obs["patient"].nunique(), done, store_dir)
     return cohort
+
+
+def _read_manifest(manifest: Path):
+    """The manifest's table, or a ``ValueError`` naming the file and the format expected."""
+    import pandas as pd
+
+    suffix = manifest.suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt", ".tab"):
+        kind = "comma-separated (CSV)" if suffix == ".csv" else "tab-separated (TSV)"
+        # identifiers stay as written ("001" is not 1): the id columns are read as text
+        try:
+            return pd.read_csv(manifest, sep="," if suffix == ".csv" else "\t",
+                               dtype={column: str for column in _ID_COLUMNS})
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"The manifest {manifest.name!r} is empty; write a header line "
+                             "with a 'path' column and one row per slide.") from None
+        except (ValueError, OSError) as error:  # ParserError, UnicodeDecodeError: ValueErrors
+            raise ValueError(
+                f"The manifest {str(manifest)!r} cannot be read as a {kind} table "
+                f"({type(error).__name__}: {' '.join(str(error).split())}). Check it (an "
+                "unclosed quote, a line with more cells than the header, another text encoding "
+                "than UTF-8) and save it again as a table with a header line holding a 'path' "
+                "column and one row per slide.") from None
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(manifest)
+        except (ValueError, OSError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(
+                f"The manifest {str(manifest)!r} is not a readable parquet file "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:200]}). Write it "
+                "again with pandas' DataFrame.to_parquet, or save it as a .csv table with a "
+                "'path' column (one row per slide).") from None
+    raise ValueError(f"The manifest {manifest.name!r} is not a .csv, .tsv or .parquet "
+                     "file; save it as one of these.")
+
+
+def _read_bulk(bulk: str | Path):
+    """The AnnData of an ``.h5ad`` file given as ``bulk=``, or an error naming the file."""
+    import anndata as ad
+
+    from ._elements import existing_file
+
+    path = existing_file(bulk, "bulk expression (bulk=)",
+                         "give the .h5ad file of the slides' bulk expression (slides x genes), "
+                         "or an AnnData")
+    if not path.is_file():
+        raise IsADirectoryError(f"bulk={str(path)!r} is a folder; give the .h5ad file of the "
+                                "slides' bulk expression (slides x genes), or an AnnData.")
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"bulk={str(path)!r} cannot be read as an .h5ad file ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}). Give the AnnData's .h5ad file (written by "
+            "adata.write_h5ad: slides x genes, obs_names the slide ids), or the AnnData "
+            "itself; a table of expression (CSV) can be read with anndata.read_csv first.") \
+            from None

@@ -12,7 +12,12 @@ from .._core.elements import square_shapes, tile_table
 from .._core.files import check_replaceable, written_beside
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
-from .._core.validate import check_bool, check_store_name
+from .._core.validate import (
+    check_bool,
+    check_element_name,
+    check_positive,
+    check_store_name,
+)
 from ._elements import check_mpp, existing_file, spot_elements
 
 if TYPE_CHECKING:
@@ -57,7 +62,8 @@ def read_trident_h5(
         Key of the tiles in ``sdata.shapes``; their table is ``f"{key_added}_table"``.
     features_key
         Key of the features in the table's ``obsm``; defaults to ``f"X_{encoder}"`` with the
-        encoder's name found in the file's attributes, else ``"X_features"``.
+        encoder's name found in the file's attributes (any character other than a letter, a
+        digit, ``_``, ``-`` or ``.`` made ``_``), else ``"X_features"``.
 
     Returns
     -------
@@ -69,6 +75,14 @@ def read_trident_h5(
     import h5py
     from spatialdata import SpatialData
 
+    if mpp is not None:
+        mpp = check_positive("mpp", mpp, unit="um/px")
+    if patch_size_level0 is not None:
+        patch_size_level0 = check_positive("patch_size_level0", patch_size_level0, unit="px")
+    for name, key in (("image_key", image_key), ("key_added", key_added)):
+        check_element_name(name, key)
+    if features_key is not None:  # an obsm key: written as a folder of the table's store
+        check_element_name("features_key", features_key)
     path = existing_file(path, "feature file")
     try:
         with h5py.File(path, "r") as handle:
@@ -100,7 +114,10 @@ def read_trident_h5(
     encoder = str(
         attrs.get("encoder") or attrs.get("model_name") or attrs.get("name_encoder") or "features"
     )
-    features_key = features_key or f"X_{encoder}"
+    if features_key is None:  # the file's encoder name may hold '/' ('MahmoodLab/UNI')
+        import re
+
+        features_key = "X_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", encoder)
     corners = coords * mpp
     boxes = np.column_stack([corners, corners + size_um])
     tile_ids = np.arange(len(features))
@@ -250,6 +267,9 @@ def read_hest(
     from ._wsi import read_wsi
 
     check_store_name("sample_id", sample_id, what="HEST sample's files")  # one name, in root
+    check_element_name("image_key", image_key)
+    if mpp is not None:
+        mpp = check_positive("mpp", mpp, unit="um/px")
     root = Path(root)
     meta_path = existing_file(root / "metadata" / f"{sample_id}.json", "HEST metadata")
     st_path = existing_file(root / "st" / f"{sample_id}.h5ad", "HEST expression")

@@ -77,8 +77,13 @@ def split_stains(sdata: SpatialData, old: str, image_key: str, stains_key: str |
 
 
 def _resolve(path: str | Path, folder: Path) -> Path:
+    """``path`` where absolute, else ``folder / path``: never the working folder's file.
+
+    A relative name is the sample's own file; read from the working folder, a file of the same
+    name there (another sample's H&E) would be placed on this sample without a word.
+    """
     path = Path(path).expanduser()
-    return path if path.is_absolute() or path.exists() else folder / path
+    return path if path.is_absolute() else folder / path
 
 
 def he_files(folder: Path, he_image, he_alignment) -> tuple[Path, Path | None] | None:
@@ -86,6 +91,7 @@ def he_files(folder: Path, he_image, he_alignment) -> tuple[Path, Path | None] |
 
     ``he_image="auto"`` takes the one ``*he_image.ome.tif`` of the folder (none: no H&E);
     ``he_alignment="auto"`` takes the CSV named like the image, ``*he_imagealignment.csv``.
+    A relative path is read from ``folder`` only, never from the working folder.
     """
     if he_image is None:
         return None
@@ -102,8 +108,10 @@ def he_files(folder: Path, he_image, he_alignment) -> tuple[Path, Path | None] |
         image = _resolve(he_image, folder)
         if not image.is_file():
             raise FileNotFoundError(
-                f"The H&E image {str(image)!r} does not exist. Check the path, or pass "
-                "he_image=None to read the Xenium output without it.")
+                f"The H&E image {str(image)!r} does not exist. Check the path (a relative path "
+                "is read from the Xenium folder, not the working folder: pass an absolute path "
+                "for a file elsewhere), or pass he_image=None to read the Xenium output without "
+                "it.")
     if he_alignment is None:
         return image, None
     if isinstance(he_alignment, str) and he_alignment == "auto":
@@ -121,7 +129,8 @@ def he_files(folder: Path, he_image, he_alignment) -> tuple[Path, Path | None] |
         if not alignment.is_file():
             raise FileNotFoundError(
                 f"The H&E alignment file {str(alignment)!r} does not exist. Check the path (the "
-                "3x3 CSV exported from Xenium Explorer), or pass he_image=None.")
+                "3x3 CSV exported from Xenium Explorer; a relative path is read from the Xenium "
+                "folder, not the working folder), or pass he_image=None.")
     read_alignment(alignment)
     return image, alignment
 

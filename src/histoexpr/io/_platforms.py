@@ -29,7 +29,13 @@ import numpy as np
 
 from .._core.elements import COORDINATE_SYSTEM
 from .._core.logs import log_added, logger
-from .._core.validate import check_store_name
+from .._core.validate import (
+    check_bool,
+    check_element_name,
+    check_int,
+    check_positive,
+    check_store_name,
+)
 from ._elements import check_mpp
 from ._platform_images import he_files, read_he, split_stains
 
@@ -56,6 +62,24 @@ def _folder(path: str | Path, platform: str) -> Path:
             f"{str(folder)!r} is a file, not a {platform} output folder. Pass the folder that "
             "holds the instrument's output files.")
     return folder
+
+
+def _check_keys(**keys: str | None) -> None:
+    """Check each key names an element (``None``: not kept), and that no two are the same.
+
+    Two equal keys would store one image over the other without a word (the H&E over the
+    nuclear stain, the other stains over it).
+    """
+    for name, key in keys.items():
+        if key is not None:
+            check_element_name(name, key)
+    given = [(name, key) for name, key in keys.items() if key is not None]
+    for i, (name, key) in enumerate(given):
+        for other, other_key in given[i + 1:]:
+            if key == other_key:
+                raise ValueError(f"{name} and {other} are both {key!r}: one image would be "
+                                 f"stored over the other. Give them different keys (e.g. "
+                                 f"{other}={key + '_2'!r}). Nothing was read.")
 
 
 def _looks_like(folder: Path) -> str:
@@ -221,11 +245,14 @@ def read_xenium(
         the nuclear stain whatever its name.
     he_image
         The H&E image: ``"auto"`` reads the folder's ``*he_image.ome.tif`` if it has one, a path
-        reads that OME-TIFF (relative paths may be relative to ``path``), ``None`` reads none.
+        reads that OME-TIFF, ``None`` reads none. A relative path is read from ``path`` (the
+        Xenium folder), never from the working folder: give an absolute path for a file
+        elsewhere.
     he_alignment
         The H&E's alignment CSV: ``"auto"`` takes ``<image name>alignment.csv`` next to the
-        image (10x's name, e.g. ``he_imagealignment.csv``), a path reads that CSV, ``None`` means
-        that the image is already registered pixel for pixel onto the morphology image.
+        image (10x's name, e.g. ``he_imagealignment.csv``), a path reads that CSV (a relative
+        path from ``path``, as for ``he_image``), ``None`` means that the image is already
+        registered pixel for pixel onto the morphology image.
     he_key
         Key of the H&E image in ``sdata.images``.
 
@@ -248,6 +275,9 @@ def read_xenium(
 
     from .._core.image import get_pixel_size
 
+    cells, transcripts = check_bool("cells", cells), check_bool("transcripts", transcripts)
+    image = check_bool("image", image)
+    _check_keys(image_key=image_key, stains_key=stains_key, he_key=he_key)
     folder = _folder(path, "Xenium")
     needed = ["experiment.xenium", "cells.zarr.zip"]
     if transcripts:
@@ -354,6 +384,10 @@ def read_merscope(
     """
     from spatialdata_io import merscope
 
+    cells, transcripts = check_bool("cells", cells), check_bool("transcripts", transcripts)
+    image = check_bool("image", image)
+    z_layer = check_int("z_layer", z_layer, minimum=0)
+    _check_keys(image_key=image_key, stains_key=stains_key)
     folder = _folder(path, "MERSCOPE")
     needed = ["images/micron_to_mosaic_pixel_transform.csv"]
     if transcripts:
@@ -369,7 +403,6 @@ def read_merscope(
             raise FileNotFoundError(
                 f"The VPT folder {str(vpt)!r} has no cell boundaries ({' or '.join(boundaries)}). "
                 "Pass the folder the post-processing tool wrote, or cells=False.")
-    z_layer = int(z_layer)
     if image:
         stains = sorted(p.name for p in (folder / "images").glob(f"mosaic_*_z{z_layer}.tif"))
         if not stains:
@@ -459,7 +492,8 @@ def read_cosmx(
     """
     from spatialdata_io import cosmx
 
-    mpp = check_mpp(mpp)
+    mpp = check_positive("mpp", mpp, unit="um/px")
+    transcripts = check_bool("transcripts", transcripts)
     folder = _folder(path, "CosMx")
     counts = sorted(folder.glob("*_exprMat_file.csv"))
     if dataset_id is None:

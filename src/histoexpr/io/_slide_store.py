@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +33,25 @@ from .._core.files import PARTIAL as _PARTIAL
 from .._core.files import partial_path, restore_swaps, swap_into_place
 from .._core.logs import logger
 from .._core.validate import check_bool, check_store_name
+from ._store_parts import (
+    FORMAT,
+    PREDICTIONS,
+    VERSION,
+    _check_keys_free,
+    _ensure_group,
+    _jsonable,
+    _write_features,
+    store_add_predictions_to,
+    store_prediction,
+    store_prediction_records,
+    store_write_prediction,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from .._core.records import WriterRecord
 
-FORMAT = "histoexpr-slide-store"
-VERSION = 1
-#: the folder of a store's tables of per-tile predictions
-PREDICTIONS = "predictions"
-#: the attribute of a prediction table's group holding how it was made
-_PREDICTION_RECORD = "histoexpr_prediction"
 
 
 class SlideStore:
@@ -276,7 +282,8 @@ class SlideStore:
         -------
         ``sdata``, with ``labels[<tissue_key>]``, ``shapes[<tiles_key>]`` and
         ``tables[f"{tiles_key}_table"]`` as :func:`histoexpr.pp.tile` and
-        :func:`histoexpr.tl.embed` made them.
+        :func:`histoexpr.tl.embed` made them. An element ``sdata`` holds under one of those
+        names is never replaced: a ``KeyError`` names it before anything is added.
 
         """
         import pandas as pd
@@ -286,13 +293,19 @@ class SlideStore:
         from .._core.records import BAG_OUTPUTS, TileRecord, bag_outputs_record
 
         group = self._group()
-        if "labels" in group:
-            for key, array in group["labels"].arrays():
-                attrs = dict(array.attrs)
-                sdata.labels[key] = Labels2DModel.parse(
-                    np.asarray(array[:]), dims=("y", "x"),
-                    transformations=scale_to_global(attrs["mpp"], *attrs["offset"]))
+        label_keys = sorted(group["labels"].array_keys()) if "labels" in group else []
         keys = self.tiles_keys() if tiles_key is None else [tiles_key]
+        _check_keys_free(sdata, [("labels", key) for key in label_keys]
+                         + [(kind, name) for key in keys
+                            for kind, name in (("shapes", key), ("tables", f"{key}_table"))],
+                         self._path.name, "add_to")
+        added = []  # every element is read before any is added to sdata
+        for key in label_keys:
+            array = group["labels"][key]
+            attrs = dict(array.attrs)
+            added.append(("labels", key, Labels2DModel.parse(
+                np.asarray(array[:]), dims=("y", "x"),
+                transformations=scale_to_global(attrs["mpp"], *attrs["offset"]))))
         for key in keys:
             tiles = self._tiles(key)
             attrs = dict(tiles.attrs)
@@ -321,8 +334,10 @@ class SlideStore:
                 writer = self.results_writer(key, name)
                 if writer is not None:  # so that the step that wrote them may replace them
                     table.uns.setdefault(BAG_OUTPUTS, {})[name] = bag_outputs_record(writer, name)
-            sdata.shapes[key] = square_shapes(boxes, obs["tile_id"].to_numpy())
-            sdata.tables[f"{key}_table"] = table
+            added.append(("shapes", key, square_shapes(boxes, obs["tile_id"].to_numpy())))
+            added.append(("tables", f"{key}_table", table))
+        for kind, key, element in added:
+            getattr(sdata, kind)[key] = element
         return sdata
 
     def check_slide(self, path: str | Path, *, predictions: bool = True) -> None:
@@ -539,20 +554,7 @@ class SlideStore:
         The record of every complete prediction table (model, slide file, options), by key.
 
         """
-        import zarr
-
-        folder = self._path / PREDICTIONS
-        if not self.is_histoexpr or not folder.is_dir():
-            return {}
-        out = {}
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            try:
-                record = dict(zarr.open_group(sub, mode="r").attrs).get(_PREDICTION_RECORD)
-            except Exception:  # noqa: BLE001 (a folder that is no zarr group holds no table)
-                continue
-            if isinstance(record, dict) and record.get("complete") is True:
-                out[sub.name] = {k: v for k, v in record.items() if k != "complete"}
-        return out
+        return store_prediction_records(self)
 
     def prediction(self, key: str):
         """One table of per-tile predictions, as ``hx.tl.predict`` made it (an AnnData).
@@ -567,14 +569,7 @@ class SlideStore:
         The AnnData: tiles x genes, ``obsm["spatial"]`` and ``uns["spatial"]`` for scanpy.
 
         """
-        import anndata as ad
-
-        self._prediction_path(key)  # the key is checked before any path is made of it
-        records = self.prediction_records()
-        if key not in records:
-            raise KeyError(f"The store {self._path.name} holds no predictions {key!r} (it holds "
-                           f"{sorted(records)}); predict them with hx.tl.predict(model, cohort).")
-        return ad.read_zarr(self._path / PREDICTIONS / key)
+        return store_prediction(self, key)
 
     def write_prediction(self, key: str, table, *, record: dict[str, Any],
                          slide: dict[str, Any], overwrite: bool = False) -> None:
@@ -598,41 +593,8 @@ class SlideStore:
         Nothing.
 
         """
-        check_bool("overwrite", overwrite)
-        import zarr
-
-        target = self._prediction_path(key)
-        self.check_ours()
-        if target.exists() or target.is_symlink():
-            if not overwrite:
-                raise KeyError(f"The store of {self.info.get('slide_id')!r} already holds "
-                               f"predictions {key!r}; pass overwrite=True or choose another "
-                               "key_added.")
-            if key not in self.prediction_records():
-                raise FileExistsError(
-                    f"{target} is not a table of predictions written by histoexpr (it has no "
-                    "record of how it was made), so overwrite=True does not replace it. Move "
-                    "it away, or choose another key_added.")
-        partial = self._partial_path(f"prediction-{key}")
-        try:
-            import anndata as ad
-
-            with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
-                # the store's own zarr format; anndata consolidates the table's metadata, which
-                # zarr 3 warns is not part of its specification (it reads it all the same)
-                warnings.filterwarnings("ignore", message="Consolidated metadata",
-                                        category=UserWarning)
-                table.write_zarr(partial / "x")
-            zarr.open_group(partial / "x", mode="a").attrs[_PREDICTION_RECORD] = {
-                **_jsonable(record), "complete": True}
-            if not self.is_histoexpr:  # a slide predicted before (or without) embed_cohort
-                root = zarr.open_group(self._path, mode="a")
-                root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION,
-                                           **_jsonable(slide), "complete": False}
-            _ensure_group(target.parent, self._path)
-            self._move_into_place(partial / "x", target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+        store_write_prediction(self, key, table, record=record, slide=slide,
+                               overwrite=overwrite)
 
     def add_predictions_to(self, sdata: SpatialData) -> SpatialData:
         """Add every stored table of predictions (and its tiles, where absent) to a section.
@@ -645,21 +607,12 @@ class SlideStore:
 
         Returns
         -------
-        ``sdata`` with ``tables[<key>]`` and the tile squares ``shapes[<tiles_key>]``.
+        ``sdata`` with ``tables[<key>]`` and the tile squares ``shapes[<tiles_key>]``. An
+        element ``sdata`` holds under the name of a table is never replaced (tile squares
+        already there are kept): a ``KeyError`` names it before anything is added.
 
         """
-        from .._core.elements import square_shapes
-
-        for key, record in self.prediction_records().items():
-            table = self.prediction(key)
-            tiles_key = str(record.get("tiles_key"))
-            if tiles_key not in sdata.shapes:
-                centres = np.asarray(table.obsm["spatial"], dtype=float)
-                half = float(table.uns["tiles"]["size_um"]) / 2
-                boxes = np.hstack([centres - half, centres + half])
-                sdata.shapes[tiles_key] = square_shapes(boxes, table.obs["tile_id"].to_numpy())
-            sdata.tables[key] = table
-        return sdata
+        return store_add_predictions_to(self, sdata)
 
     def remove_partials(self) -> int:
         """Remove temporary folders that an interrupted write of this store left behind.
@@ -691,41 +644,3 @@ class SlideStore:
     def _move_into_place(self, source: Path, target: Path) -> None:
         """Rename ``source`` to ``target``; an older ``target`` is moved aside first."""
         swap_into_place(source, target, aside=self._partial_path("old"))
-
-
-def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
-    array = group.create_array(key, data=values,
-                               chunks=(max(1, min(len(values), 4096)), values.shape[1] or 1))
-    array.attrs.update({"record": record, "complete": True})
-
-
-def _ensure_group(path: Path, store: Path) -> None:
-    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing.
-
-    ``path`` lies inside the store ``store`` (whose root group exists): the walk up stops there.
-    """
-    import zarr
-
-    if store not in path.parents and path != store:
-        raise ValueError(f"{path} is not inside the slide store {store}.")
-    parts = []
-    while path != store and not (path / "zarr.json").is_file():
-        parts.append(path)
-        path = path.parent
-    for folder in reversed(parts):
-        zarr.open_group(folder, mode="a")
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays, tuples and paths converted)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value

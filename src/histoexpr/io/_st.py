@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.logs import log_added, logger
+from .._core.validate import check_bool, check_element_name, check_positive
 from ._elements import (
     check_mpp,
     existing_file,
@@ -87,11 +88,15 @@ def read_st(
     """
     from spatialdata import SpatialData
 
+    if mpp is not None:
+        mpp = check_positive("mpp", mpp, unit="um/px")
+    spot_diameter_um = check_positive("spot_diameter_um", spot_diameter_um, unit="um")
+    spot_pitch_um = check_positive("spot_pitch_um", spot_pitch_um, unit="um")
+    selected_only = check_bool("selected_only", selected_only)
+    check_element_name("image_key", image_key)
     counts_path = existing_file(counts, "counts")
     spots_path = existing_file(spots, "spot")
     image_path = existing_file(image, "image")
-    spot_diameter_um = check_mpp(spot_diameter_um, "spot_diameter_um")
-    spot_pitch_um = check_mpp(spot_pitch_um, "spot_pitch_um")
 
     table = _read_counts(counts_path)
     positions = _read_spot_file(spots_path)

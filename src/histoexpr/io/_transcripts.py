@@ -63,7 +63,10 @@ def read_transcripts(
     ----------
     table
         The transcripts: a DataFrame or a csv path (``.csv``/``.csv.gz``; tab-separated for
-        ``.tsv``), one row per decoded transcript.
+        ``.tsv``), one row per decoded transcript. A file is read whole: its memory (up to 6
+        times the table as pandas holds it, measured) is estimated from the file's size and
+        its first MiB before it is read, and a table larger than the memory limit is refused
+        with a ``MemoryError`` that says how to read part of it.
     x
         Column of the x coordinate (image columns).
     y
@@ -111,7 +114,10 @@ def read_transcripts(
     check_choice("outside", outside, ("error", "drop", "keep"))
     pixel_size = check_mpp(pixel_size, "pixel_size")
     image_mpp = pixel_size if image_mpp is None else check_mpp(image_mpp, "image_mpp")
-    frame = _read_table(table)
+    frame = _read_table(
+        table, "transcript table",
+        "Read the columns and rows you need yourself and pass the DataFrame (e.g. "
+        f"pandas.read_csv(path, usecols=[{x!r}, {y!r}, {gene!r}]), or one field of view).")
     missing = [c for c in (x, y, gene) if c not in frame.columns]
     if missing:
         raise KeyError(
@@ -190,16 +196,92 @@ def read_transcripts(
     return SpatialData(images=images, labels=label_elements, points={"transcripts": element})
 
 
-def _read_table(table) -> pd.DataFrame:
+#: text read from the head of a table file to estimate the memory of the whole table
+_SAMPLE_BYTES = 2**20
+#: the table's memory (as pandas holds it) times this is the peak of the reader: the parser's
+#: buffers, the table, its copy without the rows left out, the coordinates, the cell ids as text
+#: and the points or polygons made of them (measured by tracemalloc on tables of 1-2 million
+#: rows, plain and gzip: 4.3-5.6 for read_transcripts, 3.3-5.9 for read_cell_boundaries)
+_PEAK_PER_TABLE_BYTE = 6.0
+
+
+def _read_table(table, what: str = "transcript table", fix: str = "") -> pd.DataFrame:
     import pandas as pd
 
     if isinstance(table, pd.DataFrame):
         return table
     if isinstance(table, str | Path):
-        path = existing_file(table, "transcript table")
+        path = existing_file(table, what)
         sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
-        return read_text_table(path, "transcript table", sep=sep)
+        _check_table_memory(path, sep, what, fix)
+        return read_text_table(path, what, sep=sep)
     raise TypeError(f"table must be a pandas DataFrame or a csv path, got {type(table).__name__}.")
+
+
+def _check_table_memory(path: Path, sep: str, what: str, fix: str) -> None:
+    """Refuse, from the file's size and its first MiB, a table too large for the memory limit.
+
+    The head of the text (decompressed, for a ``.gz``) is parsed as the whole will be; its
+    memory per byte of text (numbers as 8 bytes, a text value as its pointer, each distinct text
+    once), times the bytes of text in the file (for a ``.gz``, its size times the head's
+    expansion), times ``_PEAK_PER_TABLE_BYTE``, is the estimate. A file that cannot be read or
+    parsed is left to :func:`read_text_table`, which names the problem.
+    """
+    import io
+    import sys
+    import zlib
+
+    import pandas as pd
+
+    from .._core.memory import check_memory, format_bytes
+
+    size = path.stat().st_size
+    if path.suffix in (".bz2", ".xz", ".zip", ".zst", ".tar"):
+        return  # compressions other than gzip: not estimated
+    try:
+        head, text_bytes = _table_head(path, size)
+        if len(head) < text_bytes:  # the head's last line is cut: leave it out
+            head = head[: head.rfind(b"\n") + 1]
+        sample = pd.read_csv(io.BytesIO(head), sep=sep) if head else None
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError,
+            pd.errors.ParserError, pd.errors.EmptyDataError):
+        return
+    if sample is None or not len(sample):
+        return
+    n_bytes = float(sample.memory_usage(index=True, deep=False).sum())
+    for name, dtype in sample.dtypes.items():
+        if dtype == np.dtype(object):  # text: each distinct value once (pandas shares them)
+            n_bytes += sum(sys.getsizeof(v) for v in pd.unique(sample[name]))
+    estimate = n_bytes / len(head) * text_bytes * _PEAK_PER_TABLE_BYTE
+    check_memory(estimate, f"Reading the {what} {path.name} ({format_bytes(text_bytes)} of "
+                 f"text, about {len(sample) / len(head) * text_bytes:,.0f} rows)", fix)
+
+
+def _table_head(path: Path, size: int) -> tuple[bytes, float]:
+    """The first ``_SAMPLE_BYTES`` of a table's text, and the bytes of text of the whole file.
+
+    A ``.gz`` is decompressed only as far as the head: the whole's text is its size times the
+    head's expansion (or the exact size, when the head is the whole file).
+    """
+    import zlib
+
+    with path.open("rb") as handle:
+        if path.suffix != ".gz":
+            return handle.read(_SAMPLE_BYTES), float(size)
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip header
+        head, read = b"", 0
+        while len(head) < _SAMPLE_BYTES and not inflate.eof:
+            block = handle.read(64 * 2**10)
+            if not block:
+                break
+            read += len(block)
+            head += inflate.decompress(block, _SAMPLE_BYTES - len(head))
+            read -= len(inflate.unconsumed_tail) + len(inflate.unused_data)
+            if inflate.unconsumed_tail:
+                break  # the head is full
+    if inflate.eof and read >= size:
+        return head, float(len(head))
+    return head, len(head) * size / max(read, 1)
 
 
 def _image_array(image) -> np.ndarray:
@@ -280,7 +362,8 @@ def read_cell_boundaries(
     ----------
     table
         The vertices: a DataFrame or a csv path (``.csv``/``.csv.gz``/``.gz``), one row per
-        vertex, in the polygon's order.
+        vertex, in the polygon's order. A file's memory is estimated before it is read, as
+        :func:`read_transcripts` does.
     x
         Column of the x coordinate.
     y
@@ -313,7 +396,11 @@ def read_cell_boundaries(
     from spatialdata.transformations import Identity
 
     pixel_size = check_mpp(pixel_size, "pixel_size")
-    frame = _read_table(table)
+    frame = _read_table(
+        table, "boundary table",
+        "Read the columns and rows you need yourself and pass the DataFrame (e.g. "
+        f"pandas.read_csv(path, usecols=[{x!r}, {y!r}, {cell!r}]), or the cells of one field of "
+        "view).")
     missing = [c for c in (x, y, cell) if c not in frame.columns]
     if missing:
         raise KeyError(f"The boundary table has no column(s) {missing} (it has "

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.logs import log_added, logger
+from .._core.validate import check_element_name, check_positive, check_store_name
 from ._elements import (
     channel_names,
     check_mpp,
@@ -56,8 +57,10 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
     path
         The Space Ranger output folder (holding ``spatial/`` and the counts).
     counts_file
-        Name of the counts inside ``path``; by default ``*filtered_feature_bc_matrix.h5``, else
-        the folder ``filtered_feature_bc_matrix/``.
+        Name of the counts file (or Matrix Market folder) inside ``path``, one plain name (a
+        path such as ``"../other_run/filtered_feature_bc_matrix.h5"`` is refused: the counts
+        are this run's); by default ``*filtered_feature_bc_matrix.h5``, else the folder
+        ``filtered_feature_bc_matrix/``.
     spot_diameter_um
         Diameter of a Visium spot in um (55 um).
     image_key
@@ -74,6 +77,13 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
     import pandas as pd
     from spatialdata import SpatialData
 
+    if counts_file is not None:  # a file of this run's folder: never a path out of it
+        counts_file = str(counts_file) if isinstance(counts_file, Path) else counts_file
+        check_store_name("counts_file", counts_file,
+                         what="counts file inside the Visium folder (e.g. "
+                              "'raw_feature_bc_matrix.h5')")
+    spot_diameter_um = check_positive("spot_diameter_um", spot_diameter_um, unit="um")
+    check_element_name("image_key", image_key)
     path = existing_file(path, "Visium folder")
     spatial = path / "spatial"
     if not spatial.is_dir():
@@ -87,7 +97,6 @@ def read_visium(path: str | Path, *, counts_file: str | None = None,
     scalefactors = json.loads(existing_file(
         spatial / "scalefactors_json.json", "scale factors",
         "a Visium output needs spatial/scalefactors_json.json").read_text())
-    spot_diameter_um = check_mpp(spot_diameter_um, "spot_diameter_um")
     mpp_full = check_mpp(spot_diameter_um / float(scalefactors["spot_diameter_fullres"]), "mpp")
 
     adata, pixels = _read_counts_and_positions(path, counts_file)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._core.logs import log_added, logger
+from .._core.validate import check_element_name, check_positive
 from ._elements import (
     channel_names,
     check_mpp,
@@ -72,6 +73,9 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     import tifffile
     from spatialdata import SpatialData
 
+    check_element_name("image_key", image_key)
+    if mpp is not None:  # a number: a string ('0.5', from a table or a command line) is refused
+        mpp = check_positive("mpp", mpp, unit="um/px")
     path = existing_file(path, "slide")
     if path.is_file() and _plain_image_format(path) is not None:
         return _read_plain_slide(path, mpp=mpp, image_key=image_key)

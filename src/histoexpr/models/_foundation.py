@@ -194,7 +194,27 @@ def _processing(folder: Path, config: Any) -> dict[str, Any]:
                       stacklevel=3)
         return {"normalisation": dict(_IMAGENET), "resize": None, "crop": None,
                 "mode": "bilinear", "size_px": image_size}
-    spec = json.loads(path.read_text())
+    fix = ("Copy the model's preprocessor_config.json again (as save_pretrained of its image "
+           "processor writes it), or delete it to use ImageNet's mean and std.")
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        raise ValueError(f"{path} is not readable JSON ({type(error).__name__}: {error}). "
+                         f"{fix}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} holds a {type(spec).__name__}, not an image processor "
+                         f"configuration (a JSON object). {fix}")
+    try:
+        return _processing_of(spec, image_size)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"{path} is not an image processor configuration histoexpr can read "
+                         f"({type(error).__name__}: {error}): it needs image_mean and image_std "
+                         "as lists of numbers, and size and crop_size as a number or "
+                         f"{{'height', 'width'}} or {{'shortest_edge'}}. {fix}") from None
+
+
+def _processing_of(spec: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The processing of a ``preprocessor_config.json`` read as ``spec``."""
     if spec.get("do_normalize", True):
         normalisation = {"mean": [float(v) for v in spec.get("image_mean", _IMAGENET["mean"])],
                          "std": [float(v) for v in spec.get("image_std", _IMAGENET["std"])]}

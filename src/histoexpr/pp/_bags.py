@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.logs import log_added, logger
-from .._core.ownership import check_key_free, require_element, store_element
+from .._core.ownership import check_keys_writable, replace_elements, require_element
 from .._core.validate import check_bool, check_positive
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ def pseudobulk(
     if min_spots < 1:
         raise ValueError(f"min_spots must be at least 1, got {min_spots!r}.")
     shapes_key, table_out = key_added, f"{key_added}_table"
-    for key in (shapes_key, table_out):
-        check_key_free(sdata, key, overwrite=overwrite, step=STEP)
+    # both keys are checked before any work; what an earlier call wrote is replaced at the end
+    check_keys_writable(sdata, (shapes_key, table_out), overwrite=overwrite, step=STEP)
 
     counts = _spot_counts_of_tiles(sdata.tables[table_key], tiles, layer, table_key)
     membership, origins = _windows(np.asarray(tiles.obsm["spatial"], dtype=float),
@@ -110,7 +110,7 @@ def pseudobulk(
     boxes = np.column_stack([origins, origins + size_um])
     _store(sdata, shapes_key, table_out, summed, membership, boxes, spots_table=sdata.tables[
         table_key], uns={"tiles_key": tiles_key, "size_um": float(size_um),
-                         "stride_um": stride_um, "spots_table": table_key})
+                         "stride_um": stride_um, "spots_table": table_key}, overwrite=overwrite)
 
 
 def _spot_counts_of_tiles(spots, tiles, layer: str | None, table_key: str):
@@ -165,7 +165,7 @@ def _windows(centres: np.ndarray, size_um: float, stride_um: float, min_spots: i
 
 
 def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np.ndarray, *,
-           spots_table, uns: dict) -> None:
+           spots_table, uns: dict, overwrite: bool) -> None:
     import anndata as ad
     import pandas as pd
     from spatialdata.models import TableModel
@@ -181,10 +181,10 @@ def _store(sdata, shapes_key: str, table_key: str, summed, membership, boxes: np
                        obsm={"spatial": (boxes[:, :2] + boxes[:, 2:]) / 2, "tiles": membership},
                        uns={"bags": uns})
     table.layers["counts"] = summed.copy()
-    store_element(sdata, "shapes", shapes_key, square_shapes(boxes, ids), step=STEP)
-    store_element(sdata, "tables", table_key,
-                  TableModel.parse(table, region=shapes_key, region_key="region",
-                                   instance_key="bag_id"), step=STEP)
+    parsed = TableModel.parse(table, region=shapes_key, region_key="region",
+                              instance_key="bag_id")
+    replace_elements(sdata, [("shapes", shapes_key, square_shapes(boxes, ids)),
+                             ("tables", table_key, parsed)], overwrite=overwrite, step=STEP)
     log_added("shapes", shapes_key, f"{n_bags} bags of {uns['size_um']:g} um")
     log_added("tables", table_key, f"{n_bags} bags x {summed.shape[1]} genes, "
               f"{float(table.obs['n_spots'].mean()):.1f} spots per bag")

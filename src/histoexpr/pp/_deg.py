@@ -9,7 +9,7 @@ import numpy as np
 
 from .._core.logs import logger
 from .._core.panels import resolve_genes
-from .._core.validate import check_bool, check_choice, check_positive
+from .._core.validate import check_bool, check_choice, check_positive, check_store_name
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -67,7 +67,8 @@ def deg_labels(
     layer
         Layer holding the expression; ``X`` when ``None``.
     key_added
-        Prefix of the columns added to ``bulk.obs``.
+        Prefix of the columns added to ``bulk.obs``; one plain name (no ``/``), as it names
+        them in the file when the bulk is saved.
     overwrite
         Replace existing columns, only those this step wrote before under ``key_added`` (as
         recorded in ``bulk.uns["deg"]``); a column of the user's is never replaced.
@@ -83,6 +84,12 @@ def deg_labels(
     check_bool("overwrite", overwrite)
     import pandas as pd
 
+    # the columns f"{key_added}_{gene}" and the record uns["deg"][key_added] become names in
+    # the file when the bulk is saved (h5ad, zarr)
+    check_store_name("key_added", key_added, what="set of labels in bulk.obs and bulk.uns")
+    if bulk.n_obs == 0:
+        raise ValueError("The bulk has no samples (0 rows): there is nothing to label. Give "
+                         "the samples x genes expression (e.g. cohort.bulk).")
     genes = resolve_genes(genes, bulk.var_names, what="bulk.var_names")
     columns = [f"{key_added}_{gene}" for gene in genes]
     existing = [c for c in columns if c in bulk.obs.columns]

@@ -106,7 +106,9 @@ def tile(
         ``0`` keeps every tile.
     tissue_key
         Key of the tissue label map in ``sdata.labels`` (0 is background); defaults to
-        ``f"{image_key}_tissue"``, detected first if it does not exist.
+        ``f"{image_key}_tissue"``, detected first if it does not exist. A map that
+        :func:`histoexpr.pp.detect_tissue` made is refused once its image holds other pixels
+        (replaced or edited since); a map of the user's own is used as it is.
     centres
         Key of shapes in ``sdata.shapes`` (e.g. ``"spots"``): one tile is centred on each shape's
         centre instead of a grid. The table's ``obs["spot_id"]`` holds the shape's index. (Was
@@ -181,6 +183,8 @@ def tile(
             logger.info("No tissue map %r: detecting tissue with hx.pp.detect_tissue.", tissue_key)
             detect_tissue(sdata, image_key, key_added=tissue_key)
             detected = True
+    if not detected:
+        _check_tissue_map(sdata, tissue_key)
     try:
         fractions = _tissue_fractions(sdata, tissue_key, boxes, size_um=size_um)
         keep = fractions >= min_tissue
@@ -305,6 +309,30 @@ def _shape_centres(sdata: SpatialData, shapes_key: str):
     return (xy @ matrix.T)[:, :2], shapes.index.to_numpy()
 
 
+def _check_tissue_map(sdata: SpatialData, tissue_key: str) -> None:
+    """Refuse a tissue map that detect_tissue made from other pixels than its image holds now.
+
+    A map records the image it was detected on and that image's fingerprint
+    (``attrs["tissue"]``, :func:`histoexpr.pp.detect_tissue`); a map without the record (the
+    user's own mask, or one made by an earlier version) is used as it is.
+    """
+    from collections.abc import Mapping
+
+    from .._core.image_facts import pixels_changed
+    from ._tissue import RECORD_KEY
+
+    record = getattr(sdata.labels[tissue_key], "attrs", {}).get(RECORD_KEY)
+    if not isinstance(record, Mapping) or not pixels_changed(sdata, record):
+        return
+    made_from = record.get("image_key")
+    raise ValueError(
+        f"The tissue map {tissue_key!r} was detected on other pixels than "
+        f"sdata.images[{made_from!r}] holds now (the image was replaced or edited since): its "
+        "tissue is not this image's. Detect the tissue again (hx.pp.detect_tissue(sdata, "
+        f"{made_from!r}, key_added={tissue_key!r}, overwrite=True)), or pass tissue_key= of a "
+        "map made from this image.")
+
+
 def _tissue_fractions(sdata: SpatialData, tissue_key: str, boxes: np.ndarray, *,
                      size_um: float | None = None) -> np.ndarray:
     """Fraction of each box's area that lies on tissue (label > 0) of a label map.
@@ -333,12 +361,25 @@ def _tissue_fractions(sdata: SpatialData, tissue_key: str, boxes: np.ndarray, *,
         read_mpp = max(read_mpp, size_um / _FRACTION_PIXELS_PER_TILE)
     height_um, width_um = (n * level0.mpp for n in level0.shape_yx)
     ox, oy = level0.offset
+    # the map as read, whether each pixel is tissue, and their summed-area table (float64)
+    out_h, out_w = (max(1, round(n / read_mpp)) for n in (height_um, width_um))
+    check_memory(float(out_h) * out_w * (level0.data.dtype.itemsize + 1 + 8),
+                 f"Measuring the tissue under the tiles on {tissue_key!r} ({out_w:,} x "
+                 f"{out_h:,} px at {read_mpp:g} um/px)",
+                 "Detect the tissue at a coarser pixel size (hx.pp.detect_tissue(sdata, "
+                 "image_key, mpp=8, overwrite=True)) or pass a tissue_key= of a coarser map, "
+                 "or use larger tiles.")
     tissue = read_region(sdata, tissue_key, (ox, oy, ox + width_um, oy + height_um),
                          mpp=read_mpp, outside="fill") > 0
     h, w = tissue.shape
-    # summed-area table; its bilinear interpolation is the exact area of a fractional box
+    # summed-area table; its bilinear interpolation is the exact area of a fractional box.
+    # Built row by row (each row the one above plus its own running sum: integers, exact in
+    # float64), so that no int64 copy of the whole map is made
     table = np.zeros((h + 1, w + 1))
-    table[1:, 1:] = tissue.cumsum(0).cumsum(1)
+    running = np.empty(w)
+    for row in range(h):
+        np.cumsum(tissue[row], dtype=np.float64, out=running)
+        np.add(table[row, 1:], running, out=table[row + 1, 1:])
     boxes = np.asarray(boxes, dtype=float)
     cols = np.clip((boxes[:, [0, 2]] - ox) * (w / width_um), 0, w)
     rows = np.clip((boxes[:, [1, 3]] - oy) * (h / height_um), 0, h)

@@ -14,7 +14,7 @@ from .._core.image import (
     read_region,
     unstated_pixel_size_message,
 )
-from .._core.image_facts import check_pixel_type, check_pixels
+from .._core.image_facts import check_pixel_type, check_pixels, image_fingerprint
 from .._core.logs import log_added, logged_step, logger
 from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
 from .._core.validate import check_bool, check_choice, check_positive
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
 STEP = "hx.pp.detect_tissue"
+#: key of the map's ``attrs`` that records how it was made (the image, its fingerprint, options)
+RECORD_KEY = "tissue"
 
 _KINDS = ("auto", "brightfield", "fluorescence")
 # Brightfield: a pixel's optical density (OD = -log10 of the light it transmits, relative to the
@@ -154,7 +156,11 @@ def detect_tissue(
     -------
     Nothing; adds ``sdata.labels[key_added]``, a label map with 0 on the background and
     1, ..., n on the n connected pieces of tissue, with a scale (and translation) to the
-    ``"global"`` coordinate system in micrometres, aligned with the image.
+    ``"global"`` coordinate system in micrometres, aligned with the image. Its
+    ``attrs["tissue"]`` records how it was made: ``image_key``, ``image_fingerprint`` (the
+    image's shape, pixel size and a sample of its pixels), ``mpp`` (the working pixel size),
+    ``kind`` (as decided), ``min_area_um2``, ``fill_holes`` and ``min_od``;
+    :func:`histoexpr.pp.tile` refuses the map once the image holds other pixels.
     """
     check_bool("overwrite", overwrite)
     from scipy import ndimage
@@ -191,6 +197,9 @@ def detect_tissue(
     out_h = max(1, math.ceil(height_um / work_mpp - 1e-6))
     out_w = max(1, math.ceil(width_um / work_mpp - 1e-6))
     _check_work_size(level0, (out_h, out_w), work_mpp)
+    # recorded with the map; taken before the pixels are read, so that the chunks it reads are
+    # not held on top of them (an image without pyramid: one chunk of the whole)
+    fingerprint = image_fingerprint(sdata, image_key)
     ox, oy = level0.offset
     pixels = read_region(sdata, image_key, (ox, oy, ox + out_w * work_mpp, oy + out_h * work_mpp),
                          mpp=work_mpp, fill=0, outside="fill")
@@ -249,6 +258,11 @@ def detect_tissue(
 
     element = Labels2DModel.parse(pieces.astype(dtype), dims=("y", "x"),
                                   transformations=scale_to_global(work_mpp, ox, oy))
+    # how the map was made, checked before it is reused (hx.pp.tile: the image's pixels)
+    element.attrs[RECORD_KEY] = {
+        "image_key": image_key, "image_fingerprint": fingerprint,
+        "mpp": work_mpp, "kind": kind, "min_area_um2": float(min_area_um2),
+        "fill_holes": bool(fill_holes), "min_od": None if min_od is None else float(min_od)}
     check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
     store_element(sdata, "labels", key_added, element, step=STEP)
     fraction = mask[valid].mean()

@@ -23,6 +23,7 @@ from .._core.validate import (
     check_bool,
     check_choice,
     check_fraction,
+    check_int,
     check_positive,
     renamed_parameters,
 )
@@ -139,7 +140,8 @@ def transcript_labels(
         Distance between neighbouring patch centres, in um (a multiple of ``grid_um`` is exact).
         (Was ``patch_stride_um``, still accepted with a ``FutureWarning``.)
     max_per_class
-        Keep at most this many patch centres per class (a random subsample); ``None`` keeps all.
+        Keep at most this many patch centres per class (a random subsample), at least
+        ``min_per_class`` (and 1); ``None`` keeps all.
     min_per_class
         Fewest patch centres a class may have; fewer raise an error that names the class.
     seed
@@ -182,6 +184,10 @@ def transcript_labels(
     gene_a, gene_b = _check_genes(genes)
     _check_rule(grid_um, window_um, min_counts, enrichment, tissue, stride_um)
     min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
+    min_per_class = check_int("min_per_class", min_per_class, minimum=0)
+    if max_per_class is not None:  # a cap below the floor would leave too few of every class
+        max_per_class = check_int("max_per_class", max_per_class,
+                                  minimum=max(1, min_per_class))
 
     # transcripts are placed on the image by their coordinates in um: its pixel size must be known
     check_pixel_size_stated(sdata, image_key)

@@ -259,8 +259,9 @@ def evaluate(sdata: SpatialData, pred_key: str, truth_key: str, *,
     Expression: one row per gene (``pearson``, ``spearman``...); label maps: Dice, IoU,
     precision and recall of each class and their mean.
     """
-    from .._core.ownership import element_kind
+    from .._core.ownership import element_kind, require_spatialdata
 
+    require_spatialdata(sdata)
     data = sdata
     for key, what in ((pred_key, "pred_key"), (truth_key, "truth_key")):
         if element_kind(data, key) is None:

@@ -22,9 +22,16 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from .._core.validate import apply_renames, check_choice, check_fraction, check_int, check_positive
+from .._core.validate import (
+    apply_renames,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_positive,
+)
 
 __all__ = [
     "CommonOptions",
@@ -161,6 +168,28 @@ def _non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def _bool_options(cls: type) -> list[str]:
+    """The options annotated ``bool`` (or ``bool | None``), from the class's annotations.
+
+    Each is checked by :func:`histoexpr._core.validate.check_bool`: a string such as ``"no"``
+    or ``"False"`` (from a configuration file or a command line) is true in Python and would
+    turn on what it was meant to turn off. Read from the annotations, so that a new ``bool``
+    option is checked without being listed anywhere.
+    """
+    found = []
+    for f in dataclasses.fields(cls):
+        hint = f.type
+        if isinstance(hint, str):
+            parts = {part.strip() for part in hint.replace("Optional[", "").rstrip("]")
+                     .split("|")}
+        else:
+            parts = {getattr(arg, "__name__", str(arg)) for arg in (get_args(hint) or (hint,))}
+            parts = {"None" if part == "NoneType" else part for part in parts}
+        if "bool" in parts and parts <= {"bool", "None"}:
+            found.append(f.name)
+    return found
+
+
 def _choices(cls: type) -> dict[str, Any]:
     """Option name -> its ``Literal`` type, for the options annotated with one.
 
@@ -193,6 +222,7 @@ class ModelOptions:
 
         First, for every option: a number that is NaN or infinite, alone or inside a list or a
         mapping (``alphas=[nan]``, ``candidates={"lr": [inf]}``), is refused, whatever the option.
+        Then every option annotated ``bool`` must be ``True`` or ``False`` (:func:`_bool_options`).
         """
         for f in dataclasses.fields(self):
             found = _non_finite(getattr(self, f.name), f.name)
@@ -200,6 +230,9 @@ class ModelOptions:
                 raise ValueError(f"{type(self).__name__}: {found} is not a finite number; "
                                  f"every number of an option must be finite. Pass a finite "
                                  f"value for {f.name} (or leave its default).")
+        for name in _bool_options(type(self)):
+            if getattr(self, name) is not None:
+                check_bool(name, getattr(self, name))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in CHECKS and value is not None:

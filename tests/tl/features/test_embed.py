@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _catalogue import bad_input
-from conftest import without_pixel_size
+from conftest import tree_digest, without_pixel_size
 from sklearn.linear_model import LogisticRegression
 
 import histoexpr as hx
@@ -240,3 +240,61 @@ def test_features_are_estimated_before_the_tiles_are_read(section, monkeypatch):
     fewer = torch.utils.data.Subset(dataset, range(0, n_tiles, 2))
     assert encode(hx.models.HandcraftedEncoder(in_channels=3), fewer, batch_size=8,
                   device="cpu", normalisation=None).shape == (len(fewer), 23)
+
+
+# --- embed_cohort checks its options before any slide ------------------------------------------
+
+@pytest.fixture(scope="module")
+def slide_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slides")
+    hx.datasets.synthetic_slide_cohort(folder, 2, seed=0, size_um=200, mpp=1.0)
+    return folder / "manifest.csv"
+
+
+@bad_input("obscure error", "`hx.tl.embed_cohort(cohort, size_px=-1)` (or `encoder='nope'`, "
+           "`min_area_um2=nan`, `size_um=inf`) on a cohort of one slide: each slide's task "
+           "failed on its own, and with one slide only a warning and status 'failed' came back",
+           says="ValueError: `size_px must be an integer in [1, inf], got -1` / `Unknown "
+                "encoder 'nope'` / `min_area_um2 must be a non-negative number` / `size_um "
+                "must be a positive number`, before any slide is opened",
+           fix="fix the option as the message says",
+           match=r"size_px must be an integer in \[1, inf\], got -1|Unknown encoder 'nope'|"
+                 r"min_area_um2 must be a non-negative number|size_um must be a positive number")
+@pytest.mark.parametrize(("bad", "said"), [
+    ({"size_px": -1}, r"size_px must be an integer in \[1, inf\], got -1"),
+    ({"encoder": "nope"}, "Unknown encoder 'nope'"),
+    ({"min_area_um2": float("nan")}, "min_area_um2 must be a non-negative number"),
+    ({"size_um": float("inf")}, "size_um must be a positive number"),
+])
+def test_embed_cohort_checks_every_option_before_any_slide(bad, said, slide_files, tmp_path,
+                                                           monkeypatch):
+    from histoexpr.tl._features import _embed_cohort
+
+    def never(*args, **kwargs):
+        raise AssertionError("a slide was processed before the options were checked")
+
+    monkeypatch.setattr(_embed_cohort, "_process_slide", never)
+    store_dir = tmp_path / "stores"
+    cohort = hx.io.read_cohort(slide_files, store_dir=store_dir).subset(["slide_00"])
+    before = tree_digest(store_dir) if store_dir.exists() else None
+    with pytest.raises(ValueError, match=said):
+        hx.tl.embed_cohort(cohort, **bad)
+    assert (tree_digest(store_dir) if store_dir.exists() else None) == before
+
+
+@bad_input("silently wrong", "`hx.tl.embed_cohort` on a cohort of one slide whose slide fails "
+           "(only a warning came back, and a frame with status 'failed')",
+           says="RuntimeError: `Every slide embed_cohort tried failed (1)`",
+           fix="fix the slide file (or the options) and run again")
+def test_embed_cohort_raises_when_its_only_slide_fails(slide_files, tmp_path, monkeypatch):
+    from histoexpr.tl._features import _embed_cohort
+
+    def broken(task, encoders):
+        raise OSError("cannot read the slide")
+
+    monkeypatch.setattr(_embed_cohort, "_process_slide", broken)
+    cohort = hx.io.read_cohort(slide_files, store_dir=tmp_path / "stores")
+    with pytest.raises(RuntimeError, match=r"Every slide embed_cohort tried failed \(1\): "
+                                           "slide_00: OSError: cannot read the slide"):
+        hx.tl.embed_cohort(cohort.subset(["slide_00"]), size_um=32, mpp=2.0)
+    assert not cohort.store("slide_00").complete

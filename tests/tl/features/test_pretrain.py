@@ -503,3 +503,64 @@ def test_a_checkpoint_without_its_run_is_not_resumed(sections, tmp_path):
     assert checkpoint.read_bytes() == before
     hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, overwrite=True, **options)
     assert "run" in torch.load(checkpoint, weights_only=True)
+
+
+@bad_input("obscure error", "`hx.tl.pretrain(..., checkpoint_dir='notes.txt')`, an existing "
+           "file: an epoch was trained, then pathlib failed to make the folder",
+           says="NotADirectoryError: `checkpoint_dir=... is a file, not a folder`, before any "
+                "training",
+           fix="pass a folder (made if absent), or None")
+def test_pretrain_refuses_a_checkpoint_dir_that_is_a_file(sections, tmp_path, monkeypatch):
+    from histoexpr.tl._features import _pretrain as module
+
+    def never(*args, **kwargs):
+        raise AssertionError("training began before checkpoint_dir was checked")
+
+    monkeypatch.setattr(module, "train", never)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for folder in (notes, notes / "run"):
+        with pytest.raises(NotADirectoryError, match="is a file, not a folder|lies under the "
+                                                     "file"):
+            hx.tl.pretrain(sections[0], epochs=1, checkpoint_dir=folder, **TINY)
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@bad_input("silently wrong", "`hx.tl.pretrain(..., cache='no')` or `resume='False'` (a string, "
+           "true in Python)",
+           says="TypeError: `cache must be True or False, got 'no'`",
+           fix="pass True or False")
+def test_pretrain_refuses_a_string_for_a_boolean(sections, tmp_path, monkeypatch):
+    from histoexpr.tl._features import _pretrain as module
+
+    monkeypatch.setattr(module, "train", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(TypeError, match="cache must be True or False, got 'no'"):
+        hx.tl.pretrain(sections[0], epochs=1, cache="no", **TINY)
+    with pytest.raises(TypeError, match="resume must be True or False, got 'False'"):
+        hx.tl.pretrain(sections[0], epochs=1, resume="False", checkpoint_dir=tmp_path, **TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+@bad_input("obscure error", "`hx.tl.probe` where every observation has a NaN feature or target, "
+           "or with `n_folds=1` (sklearn's n_splits errors)",
+           says="ValueError: `probe: 20 of 20 observations have missing (NaN) or infinite "
+                "features or a missing target and are left out, leaving 0` / `n_folds must be "
+                "an integer in [2, inf]`",
+           fix="fill or drop the missing values, or pass n_folds >= 2",
+           match=r"20 of 20 observations have missing \(NaN\) or infinite features or a "
+                 r"missing target and are left out, leaving 0|n_folds must be an integer in "
+                 r"\[2, inf\]")
+def test_probe_names_too_few_observations_and_too_few_folds():
+    x = np.random.default_rng(0).random((20, 5))
+    with pytest.raises(ValueError, match=r"20 of 20 observations .* leaving 0"):
+        hx.tl.probe(x, np.full(20, np.nan))
+    with pytest.raises(ValueError, match=r"20 of 20 observations .* leaving 0"):
+        hx.tl.probe(np.full((20, 5), np.nan), np.arange(20.0))
+    with pytest.raises(ValueError, match=r"n_folds must be an integer in \[2, inf\], got 1"):
+        hx.tl.probe(x, np.arange(20.0), n_folds=1)
+    target = np.arange(20.0)
+    target[3:] = np.nan
+    with pytest.raises(ValueError, match=r"leaving 3, too few to hold out 5 folds.*n_folds=3"):
+        hx.tl.probe(x, target)
+    assert len(hx.tl.probe(x, target, n_folds=3)) == 3

@@ -378,3 +378,46 @@ def test_cell_features_memory_is_estimated_before_any_pixel_is_read(sections, nu
     finally:
         for kind, key in _element_keys(test) - before[1]:
             del getattr(test, kind)[key]
+
+
+@bad_input(
+    "data lost",
+    "`hx.tl.predict(cell_model, sdata, key_added='morph', overwrite=True)` where "
+    "`images['morph_probabilities']` is the user's (their own image under that name): the label "
+    "map `morph` of the earlier call was deleted, then the call refused",
+    says="KeyError: sdata.images['morph_probabilities'] already exists and it was not written "
+         "by histoexpr, not by hx.tl.predict (a cell_morphology model, key_added='morph'): it "
+         "is not replaced, even with overwrite=True ... (before: labels['morph'] deleted first)",
+    fix="choose another key_added; every key is checked before the map is made, and nothing "
+        "is replaced until it is",
+)
+def test_a_refused_map_rerun_replaces_nothing(sections, nuclear_model):
+    from spatialdata.models import Image2DModel
+
+    test = sections[1]
+    corner = (0, 0, 80, 80)
+    hx.tl.predict(nuclear_model, test, region=corner, key_added="morph")
+    try:
+        label_map, cells = test.labels["morph"], test.tables["morph_cells"]
+        del test.images["morph_probabilities"]
+        mine = Image2DModel.parse(np.zeros((1, 10, 10), np.float32), dims=("c", "y", "x"))
+        test.images["morph_probabilities"] = mine
+        before = _element_keys(test)
+        with pytest.raises(KeyError, match=r"'morph_probabilities'\] already exists and it was "
+                           "not written by histoexpr"):
+            hx.tl.predict(nuclear_model, test, region=corner, key_added="morph",
+                          overwrite=True)
+        assert _element_keys(test) == before
+        assert test.labels["morph"] is label_map and test.tables["morph_cells"] is cells
+        assert test.images["morph_probabilities"] is mine
+        # without the user's image, the call's own map is replaced as a whole
+        del test.images["morph_probabilities"]
+        with pytest.raises(KeyError, match="Pass overwrite=True"):
+            hx.tl.predict(nuclear_model, test, region=corner, key_added="morph")
+        hx.tl.predict(nuclear_model, test, region=corner, key_added="morph", overwrite=True)
+        assert test.labels["morph"] is not label_map and "morph_probabilities" in test.images
+    finally:
+        for kind, key in (("labels", "morph"), ("images", "morph_probabilities"),
+                          ("tables", "morph_cells")):
+            if key in getattr(test, kind):
+                del getattr(test, kind)[key]

@@ -246,6 +246,34 @@ def test_key_clashes_are_refused_before_anything_is_written(slides, model, tmp_p
     assert cohort.store("slide_01").complete
 
 
+@bad_input(
+    "data lost",
+    "`hx.tl.predict(model, cohort, key_added='run2')` where the store of a later slide holds "
+    "something that is not a table of predictions (no record) at `predictions/run2`: the "
+    "slides before it were predicted and stored, then the run stopped",
+    says="FileExistsError: The stores of 1 slide(s) hold something at predictions/run2 that is "
+         "not a table of predictions written by histoexpr (it has no record of how it was made) "
+         "... so it is not replaced, even with overwrite=True. Move it away, or choose another "
+         "key_added. Nothing was predicted.",
+    fix="move the folder away, or choose another key_added",
+)
+def test_a_foreign_prediction_target_stops_the_run_before_any_slide(slides, model, tmp_path):
+    network, _ = model
+    cohort = cohort_at(slides, tmp_path / "stores").subset(["slide_00", "slide_01"])
+    hx.tl.embed_cohort(cohort, encoder="handcrafted", size_px=16, mpp=2.0)  # histoexpr's stores
+    theirs = cohort.store("slide_01").path / "predictions" / "run2"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    before = tree_digest(tmp_path / "stores")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"predictions/run2 that is not a table of "
+                           r"predictions written by histoexpr .*'slide_01'.*Nothing was "
+                           "predicted"):
+            hx.tl.predict(network, cohort, key_added="run2", overwrite=overwrite)
+        assert tree_digest(tmp_path / "stores") == before
+    assert cohort.store("slide_00").prediction_records() == {}
+
+
 def test_the_command_line_predicts_a_manifest(slides, model, tmp_path, capsys):
     network, path = model
     stores = tmp_path / "stores"

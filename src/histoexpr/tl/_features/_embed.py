@@ -22,9 +22,9 @@ from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.image_facts import image_coverage, image_fingerprint
 from ..._core.logs import log_added, logged_step, logger, progress
 from ..._core.ownership import require_element
-from ..._core.records import EmbeddingRecord, WriterRecord
+from ..._core.records import EmbeddingRecord, WriterRecord, current_within
 from ..._core.seeds import resolve_device
-from ..._core.validate import check_bool
+from ..._core.validate import check_bool, check_store_name
 from ._squidpy_features import parse_squidpy_encoder, squidpy_features
 
 if TYPE_CHECKING:
@@ -96,7 +96,9 @@ def embed(
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     key_added
-        Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name.
+        Key in ``obsm``; defaults to ``f"X_{name}"`` with the encoder's name. It becomes a
+        folder name when the section is saved, so it must be one plain name (no ``/``; letters,
+        digits and ``_``, ``-``, ``.``, ``+``): checked before any work.
     overwrite
         Replace features under ``key_added`` that ``hx.tl.embed`` wrote before (recorded in
         ``uns["embeddings"]``); a matrix put there otherwise (e.g. the user's own) is never
@@ -124,6 +126,8 @@ def embed(
     check_bool("overwrite", overwrite)
     from ...pp import TileDataset
 
+    if key_added is not None:
+        _check_features_key(key_added)
     require_element(sdata, tiles_key, "shapes")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1 (or None to choose), got {batch_size}.")
@@ -141,7 +145,7 @@ def embed(
         # an encoder trained at a pixel size describes structures of a physical size
         check_pixel_size_stated(sdata, dataset.image_key)
     name = "+".join(one_name for one_name, _, _ in resolved)
-    key_added = f"X_{name}" if key_added is None else key_added
+    key_added = _check_features_key(f"X_{name}") if key_added is None else key_added
     if key_added in table.obsm and not overwrite:
         raise KeyError(f"obsm[{key_added!r}] of the tile table already exists; pass "
                        "overwrite=True to replace it, or choose another key_added.")
@@ -185,6 +189,68 @@ def embed(
     table.uns.setdefault("embeddings", {})[key_added] = record.to_uns()
     log_added("tables", f"{tiles_key}_table", f"obsm[{key_added!r}]: {features.shape[1]} "
               f"features of {features.shape[0]} tiles")
+
+
+def _check_features_key(key: Any) -> str:
+    """``key`` after checking it can name the features in ``obsm`` (a folder once saved).
+
+    Keys chosen by another histoexpr step for the features it makes for itself (inside
+    :func:`histoexpr._core.records.made_within`, e.g. the spot regressor's) are that step's to
+    check: models trained by an earlier version keep the keys they recorded.
+    """
+    if current_within() is None:
+        check_store_name("key_added", key, what="set of features in the tile table's obsm")
+    return key
+
+
+def check_encoder(encoder: Any, *, checkpoint: str | Path | None = None,
+                  in_channels: int | None = None) -> None:
+    """Refuse an ``encoder`` (and ``checkpoint``) that :func:`embed` could not use, before work.
+
+    For the steps that embed later, after other work (the spot regressor's ``fit``, which tiles
+    the sections first; :func:`histoexpr.tl.embed_cohort`, which plans every slide first). With
+    ``in_channels`` (the image's channels), each encoder is resolved as :func:`embed` resolves
+    it: a model file is loaded, a checkpoint's weights fitted, the channels compared. Without,
+    the channels are not known yet: names are checked, model files loaded, a ``squidpy``
+    spec parsed; an ``"hf:<folder>"`` or ``"timm:<name>"`` is left to :func:`embed`.
+    """
+    from ...models import Network, TileEncoder
+
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    if not encoders:
+        raise ValueError("encoder is an empty list; give at least one encoder.")
+    if len(encoders) > 1 and checkpoint is not None:
+        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
+                         "encoders; give each pretrained encoder as a model file (.pt).")
+    for one in encoders:
+        if isinstance(one, str) and one.split(":")[0] == "squidpy":
+            parse_squidpy_encoder(one)
+        elif in_channels is not None:
+            with warnings.catch_warnings():  # random weights: embed itself warns of them
+                warnings.simplefilter("ignore", UserWarning)
+                resolve_encoder(one, in_channels=in_channels, checkpoint=checkpoint)
+        elif _is_model_file(one):
+            from ...io import load_model
+
+            load_model(one, device="cpu")  # missing, unreadable or no model file: said here
+        elif not (isinstance(one, Network) or one == "handcrafted"
+                  or one in TileEncoder.ARCHITECTURES
+                  or (isinstance(one, str) and one.startswith(("timm:", "hf:")))):
+            raise _unknown_encoder(one)
+
+
+def _is_model_file(encoder: Any) -> bool:
+    """Whether an ``encoder`` argument names a histoexpr model file."""
+    return isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt"))
+
+
+def _unknown_encoder(encoder: Any) -> ValueError:
+    from ...models import TileEncoder
+
+    return ValueError(
+        f"Unknown encoder {encoder!r}: use 'handcrafted', one of {TileEncoder.ARCHITECTURES}, "
+        "'squidpy', 'timm:<name>', 'hf:<folder>', a histoexpr model file (.pt) or a histoexpr "
+        "network.")
 
 
 def _report_off_image(coverage: np.ndarray, tiles_key: str, image_key: str) -> np.ndarray:
@@ -419,7 +485,7 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
 
     if isinstance(encoder, Network):
         network, name = encoder, type(encoder).__name__.lower()
-    elif isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
+    elif _is_model_file(encoder):
         network, name = load_model(encoder, device="cpu"), Path(encoder).stem
     elif encoder == "handcrafted":
         return HandcraftedEncoder(in_channels=in_channels), "handcrafted", None
@@ -442,11 +508,7 @@ def resolve_encoder(encoder: str | Path | Network, *, in_channels: int,
         folder = encoder.removeprefix("hf:")
         network, name = HuggingFaceEncoder(path=folder), f"hf_{Path(folder).name}"
     else:
-        raise ValueError(
-            f"Unknown encoder {encoder!r}: use 'handcrafted', one of "
-            f"{TileEncoder.ARCHITECTURES}, "
-            "'timm:<name>', 'hf:<folder>', a histoexpr model file (.pt) or a histoexpr network."
-        )
+        raise _unknown_encoder(encoder)
     expected = getattr(network, "in_channels", in_channels)
     if expected != in_channels:
         raise ValueError(

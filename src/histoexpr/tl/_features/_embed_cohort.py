@@ -19,7 +19,16 @@ from ..._core.logs import each_item, logged_step, logger, progress
 from ..._core.memory import file_fingerprint
 from ..._core.records import EmbeddingRecord, TileRecord
 from ..._core.seeds import resolve_device, resolve_seed
-from ..._core.validate import check_bool, check_store_name, renamed_parameters, stride_name
+from ..._core.validate import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_positive,
+    check_store_name,
+    renamed_parameters,
+    stride_name,
+)
 from ..._settings import settings
 
 if TYPE_CHECKING:
@@ -162,32 +171,37 @@ def embed_cohort(
         raise TypeError("embed_cohort needs a cohort on disk: read it from a manifest with "
                         "hx.io.read_cohort(manifest, ...). For slides in memory, run "
                         "hx.pp.tile and hx.tl.embed on each.")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (or None to choose), got {batch_size}.")
-    if not 0 <= min_tissue <= 1:
-        raise ValueError(f"min_tissue must be a fraction between 0 and 1, got {min_tissue!r}.")
-    if not tissue_mpp > 0:
-        raise ValueError(f"tissue_mpp must be a positive pixel size in um/px, got "
-                         f"{tissue_mpp!r}.")
-    if tissue_kind not in ("auto", "brightfield", "fluorescence"):
-        raise ValueError(f"tissue_kind must be 'auto', 'brightfield' or 'fluorescence', got "
-                         f"{tissue_kind!r}.")
+    # every option is checked here, before any slide is planned or opened: a bad one would
+    # otherwise fail in each slide's task, one after the other
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
+    min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
+    check_positive("tissue_mpp", tissue_mpp, unit="um/px")
+    check_choice("tissue_kind", tissue_kind, ("auto", "brightfield", "fluorescence"))
+    check_positive("min_area_um2", min_area_um2, allow_zero=True, unit="um2")
     if size_px is not None and size_um is not None:
         raise ValueError("Give the tile size either in pixels (size_px) or in um (size_um), not "
                          "both.")
     if stride_px is not None and stride_um is not None:
         raise ValueError("Give the stride either in pixels (stride_px) or in um (stride_um), not "
                          "both.")
-    for name, value in (("size_um", size_um), ("mpp", mpp), ("stride_px", stride_px),
-                        ("stride_um", stride_um)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}.")
+    if size_px is not None:
+        check_int("size_px", size_px, minimum=1)
+    for name, value, unit in (("size_um", size_um, "um"), ("mpp", mpp, "um/px"),
+                              ("stride_px", stride_px, "pixels"), ("stride_um", stride_um, "um")):
+        if value is not None:
+            check_positive(name, value, unit=unit)
+    if seed is not None:
+        check_int("seed", seed)
     if client is not None and not hasattr(client, "map"):
         raise TypeError(f"client must be a dask.distributed Client, got "
                         f"{type(client).__name__}.")
+    if client is None:  # on dask workers, each worker's own devices decide
+        resolve_device(device)
+    from ._embed import check_encoder
+
     encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
-    if not encoders:
-        raise ValueError("encoder is an empty list; give at least one encoder.")
+    check_encoder(encoders, checkpoint=checkpoint)  # a model file is loaded once here
     image_key = cohort.image_key
     tiles_key = f"{image_key}_tiles" if tiles_key is None else tiles_key
     name = "+".join(_encoder_name(one) for one in encoders)
@@ -246,7 +260,11 @@ def embed_cohort(
 
 
 def _report_failures(frame: pd.DataFrame, n_tried: int) -> None:
-    """Warn of the slides that failed (each one's error), or raise when every one did."""
+    """Warn of the slides that failed (each one's error), or raise when every one did.
+
+    Raised when every slide tried failed, unless that was one slide of a cohort whose other
+    slides are done (a bad slide file, retried by a later run, is warned of).
+    """
     import warnings
 
     failed = frame[frame["status"] == "failed"]
@@ -254,9 +272,12 @@ def _report_failures(frame: pd.DataFrame, n_tried: int) -> None:
         return
     listed = "; ".join(f"{i}: {e}" for i, e in failed["error"].head(5).items())
     more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
-    if len(failed) == n_tried and n_tried > 1:
+    if len(failed) == n_tried and (n_tried > 1 or len(failed) == len(frame)):
+        # several slides, every one failed: likely one cause; the only slide(s): no result
+        cause = ("The cause is likely common to all: fix it and run again." if n_tried > 1
+                 else "Fix the slide file (or the options) and run again.")
         raise RuntimeError(f"Every slide embed_cohort tried failed ({len(failed)}): {listed}"
-                           f"{more}. The cause is likely common to all: fix it and run again.")
+                           f"{more}. {cause}")
     warnings.warn(f"embed_cohort: {len(failed)} of {len(frame)} slides failed and were left "
                   f"out (status 'failed', their error in the 'error' column): {listed}{more}. "
                   "Fix or replace those slide files and run embed_cohort again: the slides "

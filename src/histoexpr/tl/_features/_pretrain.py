@@ -184,6 +184,10 @@ def pretrain(
 
     """
     check_bool("overwrite", overwrite)
+    check_bool("cache", cache)
+    check_bool("resume", resume)
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(checkpoint_dir)
     from torch.utils.data import ConcatDataset
 
     from ..._core.image_facts import stain_of
@@ -304,6 +308,33 @@ def pretrain(
         },
     }
     return network
+
+
+def _check_checkpoint_dir(checkpoint_dir: Any) -> None:
+    """Refuse, before any training, a ``checkpoint_dir`` that is not a folder and cannot be one.
+
+    It is a folder, or it can be made: the nearest part of it that exists is a folder this
+    process may write in. Nothing is made here (the first checkpoint makes the folder).
+    """
+    import os
+
+    if not isinstance(checkpoint_dir, str | Path):
+        raise TypeError(f"checkpoint_dir must be a folder (a str or Path), got "
+                        f"{checkpoint_dir!r} ({type(checkpoint_dir).__name__}); pass a folder, "
+                        "or None to write no checkpoint.")
+    folder = Path(checkpoint_dir).expanduser()
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise NotADirectoryError(
+            f"checkpoint_dir={str(checkpoint_dir)!r} {what}, not a folder: the checkpoint "
+            f"({CHECKPOINT_NAME}) is written into a folder. Pass a folder (it is made if "
+            "absent), or None to write no checkpoint. Nothing was trained or written.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"checkpoint_dir={str(checkpoint_dir)!r} cannot be written: this process may not "
+            f"write in {existing}. Pass a folder you may write in, or None to write no "
+            "checkpoint. Nothing was trained or written.")
 
 
 def _scheduler(optimiser, total: int, schedule: str, warmup: float, *, done: int = 0):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..._core.logs import logger
 from ..._core.seeds import resolve_seed
-from ..._core.validate import renamed_parameters
+from ..._core.validate import check_int, renamed_parameters
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -85,6 +85,7 @@ def probe(
     ``balanced_accuracy`` or ``pearson`` (with the chosen ``alpha``).
 
     """
+    n_folds = check_int("n_folds", n_folds, minimum=2)
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
     if standardise not in STANDARDISE:
@@ -103,6 +104,7 @@ def probe(
     if not keep.all():
         logger.info("probe: left out %d of %d observations with missing features or target.",
                     int((~keep).sum()), len(keep))
+    _check_enough_rows(int(keep.sum()), len(keep), n_folds, grouped=group_labels is not None)
     features, targets = features[keep], targets[keep]
     group_labels = None if group_labels is None else np.asarray(group_labels)[keep]
     if kind == "auto":
@@ -117,6 +119,20 @@ def probe(
         rows += [{"fold": name, "n_train": len(train), "n_test": len(test), **row}
                  for row in score(x, targets, train, test, alphas)]
     return pd.DataFrame(rows)
+
+
+def _check_enough_rows(n_kept: int, n: int, n_folds: int, *, grouped: bool) -> None:
+    """Refuse too few observations with finite features and a target for the folds."""
+    needed = 2 if grouped else n_folds
+    if n_kept >= needed:
+        return
+    why = (f"{n - n_kept} of {n} observations have missing (NaN) or infinite features or a "
+           "missing target and are left out" if n_kept < n else f"there are {n} observations")
+    fix = ("give more observations" if grouped or n_kept < 2 else
+           f"give more observations or fewer folds (n_folds={n_kept})")
+    raise ValueError(f"probe: {why}, leaving {n_kept}, too few to hold out "
+                     f"{'two groups' if grouped else f'{n_folds} folds'}. Fill or drop the "
+                     f"missing values, or {fix}.")
 
 
 def _table(data: Any, table_key: str | None):

@@ -9,8 +9,8 @@ regressing the log library size out of both the prediction and the measurement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -154,8 +154,7 @@ def expression_pairs(
             available = ", ".join(repr(k) for k in sdata.tables.keys()) or "none"
             raise KeyError(f"{what}={key!r} is not a table of the SpatialData; its tables are "
                            f"{available}.")
-    if isinstance(genes, str):
-        genes = [genes]  # one gene, not its letters
+    genes = _gene_list(genes)
     pred, truth = sdata.tables[pred_key], sdata.tables[truth_key]
     _check_same_section(sdata, pred, pred_key)
     names = [g for g in (pred.var_names if genes is None else genes) if g in truth.var_names]
@@ -180,6 +179,26 @@ def expression_pairs(
     predicted = _dense(pred[tile_rows][:, names].X)
     return (predicted, expression_targets(measured, names),
             np.asarray(library_sizes(measured), dtype=np.float64).ravel(), list(names))
+
+
+def _gene_list(genes: Any) -> list[str] | None:
+    """``genes`` as a list of names: ``None`` (all), one name, or a non-empty list of names."""
+    how = "pass a gene name, a list of gene names (e.g. genes=['EPCAM']), or None for all"
+    if genes is None:
+        return None
+    if isinstance(genes, str):
+        return [genes]  # one gene, not its letters
+    if isinstance(genes, Mapping) or not isinstance(genes, Iterable):
+        raise TypeError(f"genes must be gene names, got {genes!r} ({type(genes).__name__}); "
+                        f"{how}.")
+    listed = list(genes)
+    odd = [g for g in listed if not isinstance(g, str)]
+    if odd:
+        raise TypeError(f"genes must be gene names (strings), but holds {odd[0]!r} "
+                        f"({type(odd[0]).__name__}); {how}.")
+    if not listed:
+        raise ValueError(f"genes is empty; {how}.")
+    return listed
 
 
 def _aligned(pred, truth, genes):

@@ -4,11 +4,12 @@ Ownership of what predict writes into the tile tables: each entry (the ``obs`` c
 ``obsm`` keys named after ``key_added``) is recorded in the table's
 ``uns["bag_outputs"][key_added]``, with the writer record ``"histoexpr"`` (``{"step":
 "hx.tl.predict", "key": key_added}``, and ``within`` when written on behalf of another step,
-e.g. ``hx.tl.cross_validate``), as :func:`histoexpr.tl.embed` records its features in
-``uns["embeddings"]``. Before anything is written every entry is checked in every section: an
-entry that exists is replaced only with ``overwrite=True`` and only when this record says the
-same step wrote it under the same key; anything else (the user's own columns, embed's features,
-another key's outputs) is refused, naming it.
+e.g. ``hx.tl.cross_validate``), and ``"model"``, the kind of bag model, where the caller names
+it), as :func:`histoexpr.tl.embed` records its features in ``uns["embeddings"]``. Before
+anything is written every entry is checked in every section: an entry that exists is replaced
+only with ``overwrite=True`` and only when this record says the same step (for the same kind of
+model, where both name one) wrote it under the same key; anything else (the user's own
+columns, embed's features, another key's outputs) is refused, naming it.
 """
 
 from __future__ import annotations
@@ -52,11 +53,18 @@ def _record(table, key_added: str) -> Mapping | None:
     return record if isinstance(record, Mapping) else None
 
 
-def _same_writer(record: Mapping | None, key_added: str) -> bool:
-    """Whether ``record`` says this same step (on behalf of the same caller) wrote the key."""
+def _same_writer(record: Mapping | None, key_added: str, model: str | None = None) -> bool:
+    """Whether ``record`` says this same step (on behalf of the same caller) wrote the key.
+
+    With ``model`` (the kind of bag model), a record naming another kind is not the same
+    writer; a record naming none (an earlier version's, or one read back from a slide store,
+    whose results record no kind) is, as every writer of these entries is a bag model.
+    """
     writer = WriterRecord.from_uns(record.get(WRITER_KEY)) if record is not None else None
+    theirs = record.get("model") if record is not None else None
     return (writer is not None and writer.step == STEP and writer.key == key_added
-            and writer.within == current_within())
+            and writer.within == current_within()
+            and (model is None or theirs is None or str(theirs) == model))
 
 
 def _names(record: Mapping, kind: str) -> list[str]:
@@ -65,9 +73,9 @@ def _names(record: Mapping, kind: str) -> list[str]:
     return [] if value is None else [str(v) for v in np.atleast_1d(np.asarray(value, dtype=object))]
 
 
-def _owned(table, key_added: str, kind: str, name: str) -> bool:
+def _owned(table, key_added: str, kind: str, name: str, model: str | None = None) -> bool:
     record = _record(table, key_added)
-    return _same_writer(record, key_added) and name in _names(record, kind)
+    return _same_writer(record, key_added, model) and name in _names(record, kind)
 
 
 def _writer_of(table, kind: str, name: str) -> str:
@@ -90,10 +98,12 @@ def _describe(record: Mapping | None) -> str:
     if writer is None:
         return "not written by histoexpr"
     within = f" within {writer.within}" if writer.within else ""
-    return f"written by {writer.step}{within} under key_added={writer.key!r}"
+    model = f" of a {record['model']} model" if record.get("model") is not None else ""
+    return f"written by {writer.step}{model}{within} under key_added={writer.key!r}"
 
 
-def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[str]]:
+def _taken(table, key_added: str, *, overwrite: bool,
+           model: str | None = None) -> tuple[list[str], list[str]]:
     """Entries under ``key_added`` that exist: those this step may replace, those it may not."""
     own, foreign = [], []
     records = table.uns.get(BAG_OUTPUTS)
@@ -102,7 +112,7 @@ def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[s
     elif records is not None and key_added in records:
         label = f"uns[{BAG_OUTPUTS!r}][{key_added!r}]"
         record = _record(table, key_added)
-        if _same_writer(record, key_added):
+        if _same_writer(record, key_added, model):
             own.append(label)
         else:
             foreign.append(f"{label} ({_describe(record)})")
@@ -110,7 +120,7 @@ def _taken(table, key_added: str, *, overwrite: bool) -> tuple[list[str], list[s
         for name in names:
             if name not in getattr(table, kind):
                 continue
-            if _owned(table, key_added, kind, name):
+            if _owned(table, key_added, kind, name, model):
                 own.append(f"{kind}[{name!r}]")
             else:
                 foreign.append(f"{kind}[{name!r}] ({_writer_of(table, kind, name)})")
@@ -129,18 +139,20 @@ def _free_key(tables: Mapping, key_added: str) -> str:
 
 
 def check_outputs_writable(tables: Mapping, key_added: str, *, overwrite: bool,
-                           step: str = STEP) -> None:
+                           step: str = STEP, model: str | None = None) -> None:
     """Raise a ``KeyError`` naming every entry under ``key_added`` this call may not write.
 
     ``tables``: the tile table of each section, by name. An existing entry is replaced only with
     ``overwrite=True`` and only when the table's record says the same step (on behalf of the same
     caller, see ``_core.records.made_within``) wrote it under the same key; entries of the
-    user's, of :func:`histoexpr.tl.embed` or of another key are never replaced. Call this before
-    writing anything, so that a refused call leaves every section as it was.
+    user's, of :func:`histoexpr.tl.embed` or of another key are never replaced. With ``model``
+    (the kind of bag model, its ``metadata["model"]``), neither are those a record says another
+    kind of model wrote. Call this before writing anything, so that a refused call leaves every
+    section as it was.
     """
     own, foreign = {}, []
     for name, table in tables.items():
-        mine, theirs = _taken(table, key_added, overwrite=overwrite)
+        mine, theirs = _taken(table, key_added, overwrite=overwrite, model=model)
         if mine:
             own[name] = mine
         foreign += [f"{name!r}: {entry}" for entry in theirs]
@@ -176,9 +188,11 @@ def check_results_writable(stores: Mapping, names: list[str], tiles_key: str, ke
                                             overwrite=overwrite)
 
 
-def _record_outputs(table, key_added: str) -> None:
+def _record_outputs(table, key_added: str, model: str | None = None) -> None:
     records = dict(table.uns.get(BAG_OUTPUTS) or {})
     records[key_added] = bag_outputs_record(WriterRecord.now(STEP, key_added), key_added)
+    if model is not None:  # the kind of bag model: another kind does not replace them
+        records[key_added]["model"] = model
     table.uns[BAG_OUTPUTS] = records
 
 
@@ -293,8 +307,14 @@ def _add_classes(result, meta: dict) -> None:
 
 def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
                       tile_attention: dict[str, np.ndarray], *, columns: list[str],
-                      branches: list[str], key_added: str, overwrite: bool) -> None:
-    """Per-tile outputs and section-normalised attention into each section's tile table."""
+                      branches: list[str], key_added: str, overwrite: bool,
+                      model: str | None = None) -> None:
+    """Per-tile outputs and section-normalised attention into each section's tile table.
+
+    ``model``: the kind of bag model (its ``metadata["model"]``), recorded with the outputs in
+    memory so that another kind of model does not replace them (see
+    :func:`check_outputs_writable`).
+    """
     import pandas as pd
 
     if bags.stores is not None:
@@ -331,7 +351,7 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
     tables = {name: bags.sections[name].tables[f"{bags.tiles_key}_table"]
               for name in tile_outputs}
     # every entry of every section is checked before any is written
-    check_outputs_writable(tables, key_added, overwrite=overwrite)
+    check_outputs_writable(tables, key_added, overwrite=overwrite, model=model)
     for name, outputs in tile_outputs.items():
         table = tables[name]
         replaced = [n for kind, names in bag_output_entries(key_added).items() for n in names
@@ -344,7 +364,7 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
         table.obsm[f"{key_added}_attention"] = pd.DataFrame(attention, index=table.obs_names,
                                                             columns=branches)
         table.obs[f"{key_added}_attention"] = attention.mean(axis=1)
-        _record_outputs(table, key_added)
+        _record_outputs(table, key_added, model)
         log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
                   f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
 

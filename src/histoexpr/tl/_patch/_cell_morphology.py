@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..._core.logs import logger
-from ..._core.ownership import check_key_free, require_element
+from ..._core.ownership import require_element
 from ..._core.seeds import resolve_seed
 from ..._core.spatial_uns import add_spatial_uns
 from ._cell_evidence import _patch_log_probabilities, _unseen_patch_log_probabilities
@@ -225,7 +225,10 @@ def predict(
         ``sdata.images[f"{key_added}_probabilities"]`` and the cells to
         ``sdata.tables[f"{key_added}_cells"]``.
     overwrite
-        Replace existing elements of those names.
+        Replace existing elements of those names, only those an earlier ``hx.tl.predict`` of a
+        cell-morphology model wrote under this ``key_added`` (never an element of the user's, of
+        another step or of another kind of model); the new map is made before anything is
+        replaced, so a refused call leaves the old one.
 
     Returns
     -------
@@ -243,7 +246,14 @@ def predict(
 
     from ..._core.cells import require_cells
     from ...models import CellClassifier
-    from ._dense_map import cell_table, cells_on_grid, cells_to_map, check_map_memory, write_map
+    from ._dense_map import (
+        cell_table,
+        cells_on_grid,
+        cells_to_map,
+        check_map_keys,
+        check_map_memory,
+        write_map,
+    )
 
     if not isinstance(model, CellClassifier) or model.metadata.get("model") != MODEL_NAME:
         raise TypeError("predict needs a model from hx.tl.fit(..., model='cell_morphology') or "
@@ -256,9 +266,8 @@ def predict(
     stains_key = meta.get("stains_key")
     if stains_key is not None:
         stain_channels(sdata, stains_key, meta["stains"])
-    if not overwrite:
-        for key in (key_added, f"{key_added}_probabilities", f"{key_added}_cells"):
-            check_key_free(sdata, key, overwrite=False)
+    # every key, whatever overwrite is: nothing is replaced before the map is made
+    check_map_keys(sdata, key_added, overwrite=overwrite, model=MODEL_NAME)
     stride = float(meta["grid_um"] if stride_um is None else stride_um)
     if not stride > 0:
         raise ValueError(f"stride_um must be a positive length in um, got {stride_um!r}.")
@@ -303,7 +312,7 @@ def predict(
     table = cell_table(full, names, centroids, classes)
     add_spatial_uns(table, sdata, image_key)
     write_map(sdata, cells_to_map(on_grid, ids, classes), classes, origin, stride,
-              key_added=key_added, overwrite=overwrite, table=table)
+              key_added=key_added, overwrite=overwrite, table=table, model=MODEL_NAME)
     return sdata.tables[f"{key_added}_cells"]
 
 

@@ -11,7 +11,7 @@ import torch
 from ..._core.devices import autocast, resolve_precision
 from ..._core.image import check_pixel_size_stated, image_levels, read_region, to_unit_float
 from ..._core.logs import log_added, logger, progress
-from ..._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from ..._core.ownership import check_keys_writable, replace_elements, require_element
 from ..._core.seeds import resolve_device
 from ..._core.spatial_uns import add_spatial_uns
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
     from ...models import PatchEnsemble
 
-#: how the elements this step writes record their writer (see ``_core.ownership.store_element``)
+#: how the elements this step writes record their writer (see ``_core.ownership.store_element``),
+#: with the kind of model (its ``metadata["model"]``) and the call's ``key_added``: only a call of
+#: the same kind of model and key_added replaces them
 STEP = "hx.tl.predict"
 
 #: pixels of the image held at once (a strip of rows of the map, with its margins)
@@ -40,9 +42,7 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
     from ..._core.cells import require_cells
 
     _check_patch_model(model)
-    probabilities_key = f"{key_added}_probabilities"
-    for key in (key_added, probabilities_key, f"{key_added}_cells"):
-        check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
+    check_map_keys(sdata, key_added, overwrite=overwrite, model=model.metadata["model"])
     if cells is not None:
         require_cells(sdata, cells)
     if smooth_um is not None and not smooth_um > 0:
@@ -73,7 +73,23 @@ def predict_map(model: PatchEnsemble, sdata: SpatialData, *, image_key: str | No
                     "%.2g (fitted on the validation patches; calibrate=False turns it off).",
                     calibration["exponent"], calibration["temperature"])
     write_map(sdata, probabilities, classes, origin, stride, key_added=key_added,
-              overwrite=overwrite, table=table)
+              overwrite=overwrite, table=table, model=model.metadata["model"])
+
+
+def map_keys(key_added: str) -> tuple[str, str, str]:
+    """The elements a dense map writes: the label map, its probabilities, the cells' table."""
+    return key_added, f"{key_added}_probabilities", f"{key_added}_cells"
+
+
+def check_map_keys(sdata: SpatialData, key_added: str, *, overwrite: bool, model: str) -> None:
+    """Refuse, before any work, a key of the map that the call may not write (or replace).
+
+    Every key is checked, whatever ``overwrite`` is: an existing element is replaced only with
+    ``overwrite=True`` and only where the same kind of ``model`` wrote it under this
+    ``key_added`` (see :func:`histoexpr._core.ownership.check_key_writable`).
+    """
+    check_keys_writable(sdata, map_keys(key_added), overwrite=overwrite, step=STEP, model=model,
+                        group=key_added)
 
 
 def _check_patch_model(model) -> None:
@@ -180,8 +196,12 @@ def calibrated(probabilities: np.ndarray, calibration: dict | None,
 
 def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, int],
               origin: tuple[float, float], stride: float, *, key_added: str, overwrite: bool,
-              table=None) -> None:
-    """Write a class map, its probabilities and (per cell) the cells' table."""
+              model: str, table=None) -> None:
+    """Write a class map, its probabilities and (per cell) the cells' table.
+
+    Every element is made first; then all keys are checked again and the elements an earlier
+    call of the same kind of ``model`` wrote under ``key_added`` are replaced together.
+    """
     from spatialdata.models import Image2DModel, Labels2DModel
 
     from ..._core.elements import scale_to_global
@@ -194,15 +214,14 @@ def write_map(sdata: SpatialData, probabilities: np.ndarray, classes: dict[str, 
                                c_coords=list(classes), transformations=transformation)
     label_map = Labels2DModel.parse(labels, dims=("y", "x"), transformations=transformation)
     label_map.attrs["classes"] = classes
-    keys = [key_added, probabilities_key] + ([] if table is None else [f"{key_added}_cells"])
-    for key in keys:
-        check_key_free(sdata, key, overwrite=overwrite, step=STEP)
-    store_element(sdata, "labels", key_added, label_map, step=STEP)
-    store_element(sdata, "images", probabilities_key, image, step=STEP)
+    elements = [("labels", key_added, label_map), ("images", probabilities_key, image)]
+    if table is not None:
+        elements.append(("tables", f"{key_added}_cells", table))
+    replace_elements(sdata, elements, overwrite=overwrite, step=STEP, model=model,
+                     group=key_added)
     log_added("labels", key_added, f"{labels.shape[1]}x{labels.shape[0]} at {stride:g} um/px")
     log_added("images", probabilities_key, f"{len(classes)} class probabilities")
     if table is not None:
-        store_element(sdata, "tables", f"{key_added}_cells", table, step=STEP)
         log_added("tables", f"{key_added}_cells", f"{table.n_obs} cells, one column per class")
 
 

@@ -255,8 +255,9 @@ def predict(
         Key of the predicted label map in ``sdata.labels``; the probabilities go to
         ``sdata.images[f"{key_added}_probabilities"]``.
     overwrite
-        Replace existing elements of those names that an earlier ``predict`` wrote (never an
-        element of another origin).
+        Replace existing elements of those names that an earlier ``predict`` of a patch
+        classifier wrote under this ``key_added`` (never an element of another origin, nor one of
+        another kind of model); the new map is made before anything is replaced.
 
     Returns
     -------

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-from ..._core.validate import check_choice
+from ..._core.validate import (
+    check_choice,
+    check_element_name,
+    check_int,
+    check_store_name,
+)
 from .._options import (
     SHARED_DOCS,
     CommonOptions,
@@ -159,6 +165,9 @@ class SpotRegressorOptions(CommonOptions):
         if type(self) is SpotRegressorOptions:
             raise TypeError("SpotRegressorOptions is the base of the routes' options; build "
                             "it as SpotRegressorOptions(route=...).")
+        _check_genes(self.genes)
+        # the tiles fit makes are elements of the user's sections (and their table's name)
+        check_element_name("tiles_key", self.tiles_key)
         if self.route != type(self).__dataclass_fields__["route"].default:
             own = type(self).__dataclass_fields__["route"].default
             raise ValueError(f"{type(self).__name__} is the options of route={own!r}, not "
@@ -199,6 +208,30 @@ class SpotRegressorOptions(CommonOptions):
                 if hasattr(self, f.name) and f.name not in overrides}
         kept.pop("route", None)
         return SpotRegressorOptions(**kept, **overrides)
+
+
+def _check_genes(genes: Any) -> None:
+    """``genes``: a number of genes to choose (at least 1), one gene name, or a non-empty list."""
+    if isinstance(genes, numbers.Integral) and not isinstance(genes, bool):
+        check_int("genes", genes, minimum=1)
+        return
+    how = ("pass a list of gene names (e.g. genes=['EPCAM', 'PTPRC']) or a number of genes to "
+           "choose (e.g. genes=50)")
+    if isinstance(genes, str):
+        if not genes:
+            raise ValueError(f"genes is an empty string; {how}.")
+        return
+    try:
+        listed = list(genes)
+    except TypeError:
+        raise TypeError(f"genes must be gene names or a number of genes, got {genes!r} "
+                        f"({type(genes).__name__}); {how}.") from None
+    if not listed:
+        raise ValueError(f"genes is empty: there is nothing to predict; {how}.")
+    odd = [g for g in listed if not isinstance(g, str)]
+    if odd:
+        raise TypeError(f"genes must be gene names (strings), but holds {odd[0]!r} "
+                        f"({type(odd[0]).__name__}); {how}.")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -266,8 +299,10 @@ class _EncoderRouteOptions(_HeadRouteOptions):
         are refused. The encoder's fingerprint (a digest of a model file) is recorded.
     features_key
         Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``
-        (names of a list joined by ``"+"``). Features already there are reused when their
-        record (``uns["embeddings"]``, written by :func:`histoexpr.tl.embed`) shows the same
+        (names of a list joined by ``"+"``, a model file by its stem, ``:`` replaced by
+        ``_``). One plain name (no ``/``): it becomes a folder when a section is saved.
+        Features already there are reused when their record (``uns["embeddings"]``, written by
+        :func:`histoexpr.tl.embed`) shows the same
         encoder, image and tiles; features an earlier fit made otherwise are remade, others
         are refused. Features without a record are your own and are used as they are
         (prediction then needs the same kind of features under that key).
@@ -284,6 +319,12 @@ class _EncoderRouteOptions(_HeadRouteOptions):
     features_key: str | None = None
     context_um: float | Sequence[float] | None = None
     standardise_sections: bool = False
+
+    def _check(self) -> None:
+        super()._check()
+        if self.features_key is not None:  # an obsm key: a folder name when a section is saved
+            check_store_name("features_key", self.features_key,
+                             what="set of features in the tile table's obsm")
 
     @property
     def network_encoder(self) -> bool:

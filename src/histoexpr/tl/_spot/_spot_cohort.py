@@ -113,10 +113,12 @@ def predict_cohort(
         # so that predictions stored before the option existed are still found alike
         options["library_size"] = None if library_size is None else float(library_size)
     fingerprint = model_fingerprint(model)
+    for slide_id in cohort.ids:  # no slide is predicted where one store would refuse its table
+        cohort.store(slide_id).check_ours()
+    _check_targets_ours(cohort, key_added)
     tasks, rows = [], {}
     for slide_id in cohort.ids:  # every slide's work is decided before anything is computed
         store, path = cohort.store(slide_id), cohort.path(slide_id)
-        store.check_ours()
         record = {
             "model": fingerprint,
             "slide": slide_file(path),
@@ -195,6 +197,32 @@ def _check_slides_open(tasks: list[dict], model: Network, image_key: str) -> Non
             f"({listed}). Fix or replace those files (a pixel size missing from a file goes "
             "in the manifest's mpp column), or predict the others with "
             "hx.tl.predict(model, cohort.subset([...])). Nothing was predicted."
+        )
+
+
+def _check_targets_ours(cohort: Cohort, key_added: str) -> None:
+    """Refuse, before any slide is predicted, a target that is not histoexpr's predictions.
+
+    That is: ``predictions/<key_added>`` of any store, where it is not a table of predictions
+    histoexpr wrote (it has no record of how it was made).
+    :meth:`~histoexpr.io.SlideStore.write_prediction` never replaces such a folder, even with
+    ``overwrite=True``: found only there, it would stop the run after the slides before it were
+    stored.
+    """
+    foreign = []
+    for slide_id in cohort.ids:
+        store = cohort.store(slide_id)
+        target = store._prediction_path(key_added)
+        if (target.exists() or target.is_symlink()) and key_added not in store.prediction_records():
+            foreign.append((slide_id, target))
+    if foreign:
+        listed = "; ".join(f"{slide_id!r}: {target}" for slide_id, target in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise FileExistsError(
+            f"The stores of {len(foreign)} slide(s) hold something at predictions/{key_added} "
+            f"that is not a table of predictions written by histoexpr (it has no record of how "
+            f"it was made) ({listed}{more}), so it is not replaced, even with overwrite=True. "
+            "Move it away, or choose another key_added. Nothing was predicted."
         )
 
 

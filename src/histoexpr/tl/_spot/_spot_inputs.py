@@ -11,10 +11,21 @@ import numpy as np
 from ..._core.image import image_levels
 from ..._core.logs import logger
 from ..._core.ownership import require_element
-from ..._core.records import RELATIVE_TOLERANCE, TileRecord, made_within, within_of
+from ..._core.records import (
+    RELATIVE_TOLERANCE,
+    WRITER_KEY,
+    EmbeddingRecord,
+    TileRecord,
+    made_within,
+    within_of,
+)
 
-#: how the elements predict writes record their writer (see ``_core.ownership.store_element``)
+#: how the elements predict writes record their writer (see ``_core.ownership.store_element``),
+#: with the kind of model (``MODEL``) and the call's ``key_added``: only a spot regressor's predict
+#: under the same key_added replaces them
 STEP = "hx.tl.predict"
+#: the kind of model, as its ``metadata["model"]`` names it
+MODEL = "spot_regressor"
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 #: relative pixel-size difference below which two pixel sizes count as the same
@@ -85,28 +96,97 @@ def _training_mpp(sections: Mapping[str, Any], image_key: str, mpp: float | None
     return float(max(sizes))
 
 
+def check_section_tiles(name: str, sdata, *, image_key: str, spots_key: str, tiles_key: str,
+                        size_um: float, mpp: float) -> bool:
+    """Whether the section's tiles ``tiles_key`` are to be (re)made for a fit; refuse otherwise.
+
+    ``False``: they exist and are alike, and are reused. ``True``: there are none, or they were
+    made otherwise by an earlier fit (within the spot regressor) and their table holds nothing
+    but what that fit wrote. Tiles made otherwise by anyone else, or whose table holds entries
+    of the user's or of another step (an annotation, features of ``hx.tl.embed``), are refused
+    with a ``ValueError`` naming them, before anything is written. Check every section with this
+    before any is tiled, so that a refused fit leaves every section as it was.
+    """
+    if tiles_key not in sdata.shapes:
+        return True
+    differences = tile_differences(sdata, tiles_key, image_key=image_key, size_um=size_um,
+                                   mpp=mpp, centres=spots_key)
+    if not differences:
+        return False
+    table = sdata.tables.get(f"{tiles_key}_table")
+    other_key = f"tiles_key='{tiles_key}_{size_um:g}um_{mpp:g}mpp'"
+    if table is None or within_of(table.uns) != WITHIN:
+        raise ValueError(
+            f"The tiles sdata.shapes[{tiles_key!r}] of section {name!r} were not made for "
+            f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
+            f"alike and remakes only its own. Pass another tiles_key (e.g. "
+            f"{other_key}) to make matching tiles.")
+    foreign = foreign_tile_entries(sdata, tiles_key)
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
+                                          else "")
+        raise ValueError(
+            f"The tiles {tiles_key!r} of section {name!r} were made by an earlier fit otherwise "
+            f"({'; '.join(differences)}), but their table {tiles_key + '_table'!r} now holds "
+            f"entries that fit did not write: {shown}. Remaking the tiles would delete them, so "
+            f"they are kept: pass another tiles_key (e.g. {other_key}), or move those entries "
+            "to a table of your own first.")
+    return True
+
+
+#: the ``obs`` columns ``hx.pp.tile`` writes into a tile table
+_TILE_COLUMNS = frozenset({"tile_id", "tissue_fraction", "grid_row", "grid_col", "spot_id",
+                           "region"})
+#: the ``uns`` entries of a tile table that its tiling and the spot regressor's features make
+_TILE_UNS = frozenset({"tiles", "spatialdata_attrs", WRITER_KEY, "embeddings"})
+
+
+def foreign_tile_entries(sdata, tiles_key: str) -> list[str]:
+    """Entries of the tiles and their table that the spot regressor did not write for itself.
+
+    Everything but the columns, centres and records ``hx.pp.tile`` writes and the features
+    embedded within the spot regressor (their record says ``within="spot_regressor"``): the
+    user's columns and matrices, features of ``hx.tl.embed``, another step's outputs.
+    """
+    table = sdata.tables[f"{tiles_key}_table"]
+    embeddings = table.uns.get("embeddings")
+    embeddings = embeddings if isinstance(embeddings, Mapping) else {}
+
+    def own_features(key: str) -> bool:
+        record = embeddings.get(key)
+        return (isinstance(record, Mapping)
+                and EmbeddingRecord.from_uns(record).within == WITHIN)
+
+    out = [f"obs[{c!r}]" for c in table.obs.columns if c not in _TILE_COLUMNS]
+    out += [f"obsm[{k!r}]" for k in table.obsm.keys() if k != "spatial" and not own_features(k)]
+    out += [f"uns[{k!r}]" for k in table.uns.keys() if k not in _TILE_UNS]
+    out += [f"uns['embeddings'][{k!r}]" for k in embeddings
+            if not own_features(k) and k not in table.obsm]
+    if table.n_vars:
+        out.append(f"X ({table.n_vars} columns)")
+    for part in ("layers", "obsp", "varm", "varp"):
+        out += [f"{part}[{k!r}]" for k in getattr(table, part).keys()]
+    shapes = sdata.shapes[tiles_key]
+    out += [f"the column {c!r} of sdata.shapes[{tiles_key!r}]" for c in shapes.columns
+            if c != shapes.geometry.name]
+    return out
+
+
 def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,
                      table_key: str, tiles_key: str, size_um: float, mpp: float) -> _Section:
     """Spot tiles of one section, joined with the log1p-normalised expression of their spot."""
     from ..._core.expression import expression_targets, library_sizes
     from ...pp import tile
 
-    overwrite = False
-    if tiles_key in sdata.shapes:
+    remake = check_section_tiles(name, sdata, image_key=image_key, spots_key=spots_key,
+                                 tiles_key=tiles_key, size_um=size_um, mpp=mpp)
+    overwrite = remake and tiles_key in sdata.shapes
+    if overwrite:
         differences = tile_differences(sdata, tiles_key, image_key=image_key, size_um=size_um,
                                        mpp=mpp, centres=spots_key)
-        table = sdata.tables.get(f"{tiles_key}_table")
-        if differences and (table is None or within_of(table.uns) != WITHIN):
-            raise ValueError(
-                f"The tiles sdata.shapes[{tiles_key!r}] of section {name!r} were not made for "
-                f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
-                f"alike and remakes only its own. Pass another tiles_key (e.g. "
-                f"tiles_key='{tiles_key}_{size_um:g}um_{mpp:g}mpp') to make matching tiles.")
-        if differences:
-            logger.info("Section %r: remaking the tiles %r that an earlier fit made otherwise "
-                        "(%s).", name, tiles_key, "; ".join(differences))
-        overwrite = bool(differences)
-    if overwrite or tiles_key not in sdata.shapes:
+        logger.info("Section %r: remaking the tiles %r that an earlier fit made otherwise "
+                    "(%s).", name, tiles_key, "; ".join(differences))
+    if remake:
         with made_within(WITHIN):
             tile(sdata, image_key, size_um=size_um, mpp=mpp, centres=spots_key, min_tissue=0,
                  key_added=tiles_key, overwrite=overwrite)

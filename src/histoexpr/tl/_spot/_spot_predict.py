@@ -14,10 +14,9 @@ from ..._core.image import check_pixel_size_stated, image_levels
 from ..._core.image_facts import image_coverage, image_fingerprint
 from ..._core.logs import log_added, logger
 from ..._core.ownership import (
-    check_key_free,
     check_key_writable,
+    replace_elements,
     require_element,
-    store_element,
     undone_on_error,
 )
 from ..._core.records import TileRecord, made_within
@@ -28,7 +27,7 @@ from .._features._embed import encoder_fingerprint
 from ._calibration import annotate
 from ._conformal import DEFAULT_LEVEL, half_width
 from ._spot_features import section_features
-from ._spot_inputs import STEP, WITHIN, _check_image_mpp, _tiles_at
+from ._spot_inputs import MODEL, STEP, WITHIN, _check_image_mpp, _tiles_at
 
 if TYPE_CHECKING:
 
@@ -113,8 +112,9 @@ def predict(
     key_added
         Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
     overwrite
-        Replace an existing table ``key_added`` that an earlier ``predict`` wrote (never an
-        element of another origin).
+        Replace an existing table ``key_added`` that an earlier ``predict`` of a spot regressor
+        wrote under that key (never an element of another origin, nor the output of another
+        kind of model); the new table is made before the old one is replaced.
     client
         A cohort: a ``dask.distributed.Client`` to predict the slides on its workers
         (``client.map``); ``None`` predicts them here, one after the other.
@@ -168,7 +168,8 @@ def predict(
     tiles_key = check_element_name("tiles_key", f"{image_key}_expr_tiles" if tiles_key is None
                                    else tiles_key)
     key_added = f"{tiles_key}_expression" if key_added is None else key_added
-    check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP)
+    check_key_writable(sdata, key_added, overwrite=overwrite, step=STEP, model=MODEL,
+                       group=key_added)
     level = check_options(metadata, level=level, batch_size=batch_size, device=device,
                           library_size=library_size)
     mpp = metadata["mpp"]
@@ -339,8 +340,8 @@ def _predict(model, sdata, metadata, *, tiles_key, image_key, stride_um, min_tis
     add_spatial_uns(table, sdata, image_key, spot_diameter_um=tile_table.uns["tiles"]["size_um"])
     annotate(table, metadata, unscaled, level=level, name=_slide_name(sdata, image_key, name),
              library_size=tile_library_sizes(sdata, table, metadata, library_size))
-    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    store_element(sdata, "tables", key_added, table, step=STEP)
+    replace_elements(sdata, [("tables", key_added, table)], overwrite=overwrite, step=STEP,
+                     model=MODEL, group=key_added)
     log_added("tables", key_added, f"{values.shape[0]} tiles x {values.shape[1]} genes")
     return sdata.tables[key_added]
 

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..._core.logs import logger
+from ..._core.seeds import resolve_device
+from ..._core.validate import _NOT_IN_NAMES, check_store_name
+from .._features._embed import check_encoder
 from .._sections import as_sections
 from ._options import (
     AutoRouteOptions,
@@ -133,6 +136,12 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     tables = [_require_spot_inputs(s, name, options.image_key, options.spots_key,
                                    options.table_key) for name, s in sections.items()]
     in_channels = _image_channels(sections, options.image_key)
+    # everything that can be refused is checked before a section is tiled (as in predict)
+    resolve_device(options.device)
+    if isinstance(options, _EncoderRouteOptions) and not options.network_encoder:
+        check_encoder(options.encoder, in_channels=in_channels)
+        if options.features_key is None:
+            default_features_key(_encoder_argument(options.encoder))
     if isinstance(options.genes, int | np.integer) and not isinstance(options.genes, bool):
         chosen = select_genes(tables, n_top=int(options.genes), flavor=options.gene_flavor)
     else:
@@ -167,6 +176,33 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     logger.info("Trained a %s spot regressor of %d genes on %d spots of %d section(s).",
                 options.route, len(chosen), sum(len(p.targets) for p in prepared), len(prepared))
     return network
+
+
+def _encoder_argument(encoder: str | Sequence[str]) -> str | list[str]:
+    """The head routes' encoder as :func:`histoexpr.tl.embed` gets it: a name or a list."""
+    return str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
+
+
+def default_features_key(encoder: str | Sequence[str]) -> str:
+    """The obsm key of a head route's features when ``features_key`` is not given.
+
+    ``f"X_{encoder}"`` (names of a list joined by ``"+"``), as one plain name: a model file is
+    named by its stem and an ``"hf:<folder>"`` by the folder's name (as :func:`histoexpr.tl.embed`
+    names them), and a character no folder name may hold (``:`` of ``"squidpy:texture"``) is
+    replaced by ``_``: the key becomes a folder when the section is saved.
+    """
+    from pathlib import Path
+
+    def plain(one: str) -> str:
+        if one.endswith(".pt"):
+            one = Path(one).stem
+        elif one.startswith("hf:"):
+            one = f"hf_{Path(one.removeprefix('hf:')).name}"
+        return "".join("_" if c in _NOT_IN_NAMES or ord(c) < 32 else c for c in one)
+
+    key = "X_" + "+".join(plain(one) for one in ([encoder] if isinstance(encoder, str)
+                                                   else encoder))
+    return check_store_name("features_key", key, what="set of features in the tile table's obsm")
 
 
 def _fit_subspot(prepared, options: RidgeRouteOptions, mpp: float) -> tuple[Network, dict]:
@@ -219,11 +255,10 @@ def _fit_head(prepared, options: _EncoderRouteOptions,
     """Routes ``"ridge"`` and ``"mlp"`` on the features of a named encoder (or a model file)."""
     from ._spot_training import fit_mlp, fit_ridge
 
-    encoder = options.encoder
-    encoder = str(encoder) if isinstance(encoder, str) else [str(e) for e in encoder]
+    encoder = _encoder_argument(options.encoder)
     features_key = options.features_key
     if features_key is None:
-        features_key = f"X_{encoder if isinstance(encoder, str) else '+'.join(encoder)}"
+        features_key = default_features_key(encoder)
     features, records, unscaled = [], [], []
     for p in prepared:
         values, record = section_features(

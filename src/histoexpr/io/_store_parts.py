@@ -1,0 +1,179 @@
+"""Parts of a slide store (:class:`histoexpr.io.SlideStore`).
+
+Its tables of predictions, and the helpers its writes share.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._core.validate import check_bool
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+    from ._slide_store import SlideStore
+
+FORMAT = "histoexpr-slide-store"
+VERSION = 1
+#: the folder of a store's tables of per-tile predictions
+PREDICTIONS = "predictions"
+#: the attribute of a prediction table's group holding how it was made
+_PREDICTION_RECORD = "histoexpr_prediction"
+
+
+def store_prediction_records(store: SlideStore) -> dict[str, dict[str, Any]]:
+    """The body of :meth:`SlideStore.prediction_records`."""
+    import zarr
+
+    folder = store._path / PREDICTIONS
+    if not store.is_histoexpr or not folder.is_dir():
+        return {}
+    out = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            record = dict(zarr.open_group(sub, mode="r").attrs).get(_PREDICTION_RECORD)
+        except Exception:  # noqa: BLE001 (a folder that is no zarr group holds no table)
+            continue
+        if isinstance(record, dict) and record.get("complete") is True:
+            out[sub.name] = {k: v for k, v in record.items() if k != "complete"}
+    return out
+
+
+def store_prediction(store: SlideStore, key: str):
+    """The body of :meth:`SlideStore.prediction`."""
+    import anndata as ad
+
+    store._prediction_path(key)  # the key is checked before any path is made of it
+    records = store.prediction_records()
+    if key not in records:
+        raise KeyError(f"The store {store._path.name} holds no predictions {key!r} (it holds "
+                       f"{sorted(records)}); predict them with hx.tl.predict(model, cohort).")
+    return ad.read_zarr(store._path / PREDICTIONS / key)
+
+
+def store_write_prediction(store: SlideStore, key: str, table, *, record: dict[str, Any],
+                     slide: dict[str, Any], overwrite: bool = False) -> None:
+    """The body of :meth:`SlideStore.write_prediction`."""
+    check_bool("overwrite", overwrite)
+    import zarr
+
+    target = store._prediction_path(key)
+    store.check_ours()
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise KeyError(f"The store of {store.info.get('slide_id')!r} already holds "
+                           f"predictions {key!r}; pass overwrite=True or choose another "
+                           "key_added.")
+        if key not in store.prediction_records():
+            raise FileExistsError(
+                f"{target} is not a table of predictions written by histoexpr (it has no "
+                "record of how it was made), so overwrite=True does not replace it. Move "
+                "it away, or choose another key_added.")
+    partial = store._partial_path(f"prediction-{key}")
+    try:
+        import anndata as ad
+
+        with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+            # the store's own zarr format; anndata consolidates the table's metadata, which
+            # zarr 3 warns is not part of its specification (it reads it all the same)
+            warnings.filterwarnings("ignore", message="Consolidated metadata",
+                                    category=UserWarning)
+            table.write_zarr(partial / "x")
+        zarr.open_group(partial / "x", mode="a").attrs[_PREDICTION_RECORD] = {
+            **_jsonable(record), "complete": True}
+        if not store.is_histoexpr:  # a slide predicted before (or without) embed_cohort
+            root = zarr.open_group(store._path, mode="a")
+            root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION,
+                                       **_jsonable(slide), "complete": False}
+        _ensure_group(target.parent, store._path)
+        store._move_into_place(partial / "x", target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def store_add_predictions_to(store: SlideStore, sdata: SpatialData) -> SpatialData:
+    """The body of :meth:`SlideStore.add_predictions_to`."""
+    from .._core.elements import square_shapes
+
+    records = store.prediction_records()
+    wanted = [("tables", key) for key in records]
+    tiles_keys = {str(record.get("tiles_key")) for record in records.values()}
+    wanted += [("shapes", key) for key in sorted(tiles_keys) if key not in sdata.shapes]
+    _check_keys_free(sdata, wanted, store._path.name, "add_predictions_to")
+    added = []  # every table is read before any is added to sdata
+    new_tiles = set()
+    for key, record in records.items():
+        table = store.prediction(key)
+        tiles_key = str(record.get("tiles_key"))
+        if tiles_key not in sdata.shapes and tiles_key not in new_tiles:
+            centres = np.asarray(table.obsm["spatial"], dtype=float)
+            half = float(table.uns["tiles"]["size_um"]) / 2
+            boxes = np.hstack([centres - half, centres + half])
+            added.append(("shapes", tiles_key,
+                          square_shapes(boxes, table.obs["tile_id"].to_numpy())))
+            new_tiles.add(tiles_key)
+        added.append(("tables", key, table))
+    for kind, key, element in added:
+        getattr(sdata, kind)[key] = element
+    return sdata
+
+
+def _check_keys_free(sdata: SpatialData, wanted: list[tuple[str, str]], store: str,
+                     method: str) -> None:
+    """Refuse, before anything is added, a name ``sdata`` already uses for an element."""
+    from .._core.ownership import element_kind
+
+    taken = [(element_kind(sdata, key), key) for _, key in wanted
+             if element_kind(sdata, key) is not None]
+    if taken:
+        listed = ", ".join(f"sdata.{kind}[{key!r}]" for kind, key in taken)
+        verb = "exists" if len(taken) == 1 else "exist"
+        raise KeyError(
+            f"{listed} already {verb}: SlideStore.{method} would put the elements of the store "
+            f"{store} under those names, and it never replaces an element of the section. Add "
+            "them to the slide as read afresh (hx.io.read_wsi(path), or cohort[slide_id]), or "
+            "rename or delete those elements first. Nothing was added.")
+
+
+def _write_features(group, key: str, values: np.ndarray, record: dict) -> None:
+    array = group.create_array(key, data=values,
+                               chunks=(max(1, min(len(values), 4096)), values.shape[1] or 1))
+    array.attrs.update({"record": record, "complete": True})
+
+
+def _ensure_group(path: Path, store: Path) -> None:
+    """Make the zarr groups on the way to ``path`` (zarr.json files) where missing.
+
+    ``path`` lies inside the store ``store`` (whose root group exists): the walk up stops there.
+    """
+    import zarr
+
+    if store not in path.parents and path != store:
+        raise ValueError(f"{path} is not inside the slide store {store}.")
+    parts = []
+    while path != store and not (path / "zarr.json").is_file():
+        parts.append(path)
+        path = path.parent
+    for folder in reversed(parts):
+        zarr.open_group(folder, mode="a")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays, tuples and paths converted)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
