@@ -316,3 +316,47 @@ def test_predict_replaces_only_what_the_same_kind_of_model_wrote(spot_fit):
         for key in ("pred_cells", "old_cells", "spot_pred"):
             if key in sdata.tables:
                 del sdata.tables[key]
+
+
+@bad_input("data lost", "`hx.tl.fit({'a': s1, 'b': s2}, model='spot_regressor')` where only the "
+           "second section holds tiles of the user's under the regressor's tiles key: the first "
+           "section was tiled before the second was refused",
+           says="ValueError: The tiles sdata.shapes['spot_tiles'] of section 'b' were not made "
+           "for this fit (size_um: 50 um wide, not 112 um; ...",
+           fix="another `tiles_key`, or move the user's tiles")
+def test_a_refused_fit_tiles_no_section():
+    first = hx.datasets.synthetic_section(seed=0, size_um=300)
+    second = hx.datasets.synthetic_section(seed=1, size_um=300)
+    hx.pp.tile(second, "he", size_um=50, mpp=1.0, centres="spots", min_tissue=0,
+               key_added="spot_tiles")
+    before = (sorted(first.shapes), sorted(first.tables), sorted(first.labels))
+    with pytest.raises(ValueError, match="The tiles sdata.shapes\\['spot_tiles'\\] of section "
+                       "'b' were not made for this fit"):
+        hx.tl.fit({"a": first, "b": second}, model="spot_regressor", genes=["EPCAM"],
+                  encoder="handcrafted", seed=0)
+    assert (sorted(first.shapes), sorted(first.tables), sorted(first.labels)) == before
+
+
+@bad_input("data lost", "`hx.pp.tile(sdata, overwrite=True)` again on tiles whose table holds "
+           "the features of `hx.tl.embed` and the user's own columns: the whole table was "
+           "replaced, those entries lost",
+           says="KeyError: The tile table 'he_tiles_table' holds entries hx.pp.tile did not "
+           "write: obs['my_annotation'], obsm['my_features'], obsm['X_handcrafted']",
+           fix="another `key_added`, or move those entries to a table of your own first")
+def test_retiling_keeps_a_tile_table_holding_other_entries():
+    section = hx.datasets.synthetic_section(seed=0, size_um=300)
+    hx.pp.tile(section, "he", size_um=100, mpp=2.0)
+    table = section.tables["he_tiles_table"]
+    table.obs["my_annotation"] = "reviewed"
+    table.obsm["my_features"] = np.ones((table.n_obs, 3))
+    hx.tl.embed(section, "he_tiles", encoder="handcrafted")
+    kept = table.obsm["X_handcrafted"].copy()
+    with pytest.raises(KeyError, match=r"holds entries hx.pp.tile did not write: "
+                       r"obs\['my_annotation'\], obsm\['my_features'\], obsm\['X_handcrafted'\]"):
+        hx.pp.tile(section, "he", size_um=50, mpp=2.0, overwrite=True)
+    assert section.tables["he_tiles_table"] is table
+    np.testing.assert_array_equal(table.obsm["X_handcrafted"], kept)
+    # tiles of its own alone are remade
+    hx.pp.tile(section, "he", size_um=100, mpp=2.0, key_added="plain")
+    hx.pp.tile(section, "he", size_um=50, mpp=2.0, key_added="plain", overwrite=True)
+    assert section.tables["plain_table"].uns["tiles"]["size_um"] == pytest.approx(50)

@@ -686,16 +686,25 @@ def test_detect_tissue_warns_near_all_tissue():
 
 
 def test_key_check_without_a_step_replaces_only_what_histoexpr_wrote(section):
-    """Older callers of ``check_key_free`` (no ``step=``) keep working, but safely."""
-    from histoexpr._core.ownership import check_key_free, store_element, writer_of
+    """A key check without ``step=`` accepts only what some histoexpr step wrote; it deletes
+    nothing, and the replacement at the end replaces only that."""
+    from histoexpr._core.ownership import (
+        check_key_writable,
+        replace_elements,
+        store_element,
+        writer_of,
+    )
 
     with pytest.raises(KeyError, match="not written by histoexpr"):
-        check_key_free(section, "spots", overwrite=True)
+        check_key_writable(section, "spots", overwrite=True)
     assert "spots" in section.shapes
     store_element(section, "shapes", "mine", section.shapes["spots"].copy(), step="hx.tl.demo")
     assert writer_of(section, "mine") == "hx.tl.demo"
     assert writer_of(section, "spots") is None  # the copy's record is not the original's
     with pytest.raises(KeyError, match=r"Pass overwrite=True"):
-        check_key_free(section, "mine", overwrite=False)
-    check_key_free(section, "mine", overwrite=True)
-    assert "mine" not in section.shapes
+        check_key_writable(section, "mine", overwrite=False)
+    assert check_key_writable(section, "mine", overwrite=True) is True
+    assert "mine" in section.shapes  # checking deletes nothing
+    new = section.shapes["spots"].iloc[:1].copy()
+    replace_elements(section, [("shapes", "mine", new)], overwrite=True, step="hx.tl.demo")
+    assert len(section.shapes["mine"]) == 1 and writer_of(section, "mine") == "hx.tl.demo"

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .records import WRITER_KEY
+
 if TYPE_CHECKING:
 
     from .records import TileRecord
@@ -51,3 +53,49 @@ def tile_table(obs, centres: np.ndarray, region: str, record: TileRecord):
     table = ad.AnnData(obs=obs, obsm={"spatial": np.asarray(centres, dtype=float)},
                        uns={"tiles": record.to_uns()})
     return TableModel.parse(table, region=region, region_key="region", instance_key="tile_id")
+
+
+#: the ``obs`` columns ``hx.pp.tile`` writes into a tile table
+TILE_COLUMNS = frozenset({"tile_id", "tissue_fraction", "grid_row", "grid_col", "spot_id",
+                          "region"})
+#: the ``uns`` entries of a tile table that its tiling (and features' records) make
+_TILE_UNS = frozenset({"tiles", "spatialdata_attrs", WRITER_KEY, "embeddings"})
+
+
+def foreign_tile_entries(sdata, tiles_key: str, *, own_within: str | None = None) -> list[str]:
+    """Entries of tiles and their table that remaking the tiles would lose, in words.
+
+    Everything but the columns, centres and records ``hx.pp.tile`` writes and, with
+    ``own_within``, the features embedded on behalf of that step (their record's ``within``):
+    the user's columns and matrices, features of ``hx.tl.embed``, another step's outputs.
+    """
+    from collections.abc import Mapping
+
+    from .records import EmbeddingRecord
+
+    table = sdata.tables.get(f"{tiles_key}_table")
+    if table is None:
+        return []
+    embeddings = table.uns.get("embeddings")
+    embeddings = embeddings if isinstance(embeddings, Mapping) else {}
+
+    def own_features(key: str) -> bool:
+        record = embeddings.get(key)
+        return (own_within is not None and isinstance(record, Mapping)
+                and EmbeddingRecord.from_uns(record).within == own_within)
+
+    out = [f"obs[{c!r}]" for c in table.obs.columns if c not in TILE_COLUMNS]
+    out += [f"obsm[{k!r}]" for k in table.obsm.keys() if k != "spatial" and not own_features(k)]
+    out += [f"uns[{k!r}]" for k in table.uns.keys() if k not in _TILE_UNS]
+    out += [f"uns['embeddings'][{k!r}]" for k in embeddings
+            if not own_features(k) and k not in table.obsm]
+    if table.n_vars:
+        out.append(f"X ({table.n_vars} columns)")
+    for part in ("layers", "obsp", "varm", "varp"):
+        out += [f"{part}[{k!r}]" for k in getattr(table, part).keys()]
+    if tiles_key in sdata.shapes:
+        shapes = sdata.shapes[tiles_key]
+        out += [f"the column {c!r} of sdata.shapes[{tiles_key!r}]" for c in shapes.columns
+                if c != shapes.geometry.name]
+    return out
+

@@ -395,25 +395,6 @@ def replace_elements(sdata: SpatialData, elements, *, overwrite: bool, step: str
         store_element(sdata, kind, key, element, step=step, model=model, group=group)
 
 
-def check_key_free(sdata: SpatialData, key: str, *, overwrite: bool,
-                   step: str | None = None) -> None:
-    """Check ``key`` and, where ``overwrite`` allows it, delete what ``step`` wrote there at once.
-
-    The earlier form of :func:`check_keys_writable` and :func:`replace_elements`, kept for the
-    steps that still call it: it deletes as it checks, so a call that refuses (or fails) after
-    it leaves the old element deleted. New code checks every key first with
-    :func:`check_keys_writable` and replaces at the end with :func:`replace_elements`.
-    An element of the user's, of a reader or of another step is never deleted: the error
-    suggests another key. ``step=None`` (older callers) replaces only an element that some
-    histoexpr step wrote.
-    """
-    if check_key_writable(sdata, key, overwrite=overwrite, step=step):
-        kind = element_kind(sdata, key)
-        logger.info("Overwriting `sdata.%s[%r]` (written by %s)", kind, key,
-                    writer_of(sdata, key))
-        del getattr(sdata, kind)[key]
-
-
 def discard_element(sdata: SpatialData, key: str) -> None:
     """Remove the element ``key`` that the running call itself has just stored, and its record.
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._core.elements import square_shapes, tile_table
+from .._core.elements import foreign_tile_entries, square_shapes, tile_table
 from .._core.image import (
     COORDINATE_SYSTEM,
     check_pixel_size_stated,
@@ -16,13 +16,12 @@ from .._core.image import (
 from .._core.logs import log_added, logger
 from .._core.memory import check_memory
 from .._core.ownership import (
-    check_key_free,
     check_key_writable,
     discard_element,
+    replace_elements,
     require_element,
-    store_element,
 )
-from .._core.records import TileRecord
+from .._core.records import TileRecord, current_within
 from .._core.validate import (
     check_bool,
     check_fraction,
@@ -119,7 +118,9 @@ def tile(
     overwrite
         Replace existing elements named ``key_added`` and ``f"{key_added}_table"`` that an
         earlier ``tile`` wrote; an element of another origin is never replaced (an error
-        suggests another key).
+        suggests another key), nor a tile table holding entries ``tile`` did not write (the
+        features of :func:`histoexpr.tl.embed`, the user's columns), which remaking the tiles
+        would delete.
 
     Returns
     -------
@@ -145,6 +146,16 @@ def tile(
     table_key = f"{key_added}_table"
     for key in (key_added, table_key):
         check_key_writable(sdata, key, overwrite=overwrite, step=STEP)
+    if overwrite and table_key in sdata.tables:  # the table goes with the tiles it describes
+        foreign = foreign_tile_entries(sdata, key_added, own_within=current_within())
+        if foreign:
+            shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more"
+                                              if len(foreign) > 6 else "")
+            raise KeyError(
+                f"The tile table {table_key!r} holds entries hx.pp.tile did not write: {shown}. "
+                "Remaking the tiles would delete them (they describe the old tiles), so "
+                "overwrite=True does not: choose another key_added, or move those entries to a "
+                "table of your own first. Nothing was written.")
     min_tissue = check_fraction("min_tissue", min_tissue, closed="both")
     if mpp is not None or size_um is not None or stride_um is not None:
         # a physical size asked of an image that does not state its own: refused, not 1 um/px
@@ -225,10 +236,8 @@ def tile(
     shapes = square_shapes(boxes[keep], tile_ids)
     table = tile_table(obs, points[keep], key_added, record)
 
-    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)
-    store_element(sdata, "shapes", key_added, shapes, step=STEP)
-    store_element(sdata, "tables", table_key, table, step=STEP)
+    replace_elements(sdata, [("shapes", key_added, shapes), ("tables", table_key, table)],
+                     overwrite=overwrite, step=STEP)
     log_added("shapes", key_added, f"{n_tiles} tiles of {size_px} px at {tile_mpp:g} um/px")
     log_added("tables", table_key)
 

@@ -16,7 +16,7 @@ from .._core.image import (
 )
 from .._core.image_facts import check_pixel_type, check_pixels, image_fingerprint
 from .._core.logs import log_added, logged_step, logger
-from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from .._core.ownership import check_key_writable, replace_elements, require_element
 from .._core.validate import check_bool, check_choice, check_positive
 
 if TYPE_CHECKING:
@@ -263,8 +263,7 @@ def detect_tissue(
         "image_key": image_key, "image_fingerprint": fingerprint,
         "mpp": work_mpp, "kind": kind, "min_area_um2": float(min_area_um2),
         "fill_holes": bool(fill_holes), "min_od": None if min_od is None else float(min_od)}
-    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    store_element(sdata, "labels", key_added, element, step=STEP)
+    replace_elements(sdata, [("labels", key_added, element)], overwrite=overwrite, step=STEP)
     fraction = mask[valid].mean()
     log_added("labels", key_added, f"{n_pieces} piece(s) of tissue covering {fraction:.1%} of "
               f"the image, at {work_mpp:g} um/px, detected as {kind}")

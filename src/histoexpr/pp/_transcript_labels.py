@@ -17,7 +17,7 @@ from .._core.elements import scale_to_global
 from .._core.image import check_pixel_size_stated, image_levels, read_region
 from .._core.logs import log_added, logger
 from .._core.memory import check_memory
-from .._core.ownership import check_key_free, check_key_writable, require_element, store_element
+from .._core.ownership import check_key_writable, replace_elements, require_element
 from .._core.seeds import seed_everything
 from .._core.validate import (
     check_bool,
@@ -243,13 +243,11 @@ def transcript_labels(
     element.attrs["classes"] = classes
     if cells is not None:
         check_key_writable(sdata, f"{key_added}_cells", overwrite=overwrite, step=STEP)
-    check_key_free(sdata, key_added, overwrite=overwrite, step=STEP)
-    check_key_free(sdata, table_key, overwrite=overwrite, step=STEP)
-    store_element(sdata, "labels", key_added, element, step=STEP)
-    store_element(sdata, "tables", table_key, table, step=STEP)
+    elements = [("labels", key_added, element), ("tables", table_key, table)]
     if cells is not None:
-        check_key_free(sdata, f"{key_added}_cells", overwrite=overwrite, step=STEP)
-        store_element(sdata, "tables", f"{key_added}_cells", cell_table, step=STEP)
+        elements.append(("tables", f"{key_added}_cells", cell_table))
+    replace_elements(sdata, elements, overwrite=overwrite, step=STEP)  # all checked, then stored
+    if cells is not None:
         log_added("tables", f"{key_added}_cells", ", ".join(
             f"{name} {int((cell_table.obs['label'] == value).sum())}"
             for name, value in {**classes, "unassigned": UNASSIGNED}.items() if value != 1))

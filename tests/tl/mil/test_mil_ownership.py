@@ -119,7 +119,7 @@ def test_predicting_twice_with_overwrite_replaces_the_first(made):
     # another key's outputs are not this key's: predicting under "mil_attention" would write
     # obsm["mil_attention"], which "mil" wrote
     with pytest.raises(KeyError, match=r"obsm\['mil_attention'\] \(written by hx.tl.predict "
-                                       "under key_added='mil'\\)"):
+                                       "of a meanpool_ridge model under key_added='mil'\\)"):
         hx.tl.predict(other, fresh, key_added="mil_attention", overwrite=True)
 
 
@@ -164,6 +164,7 @@ def test_cross_validate_leaves_users_entries_intact(made):
     with pytest.raises(KeyError, match="within hx.tl.cross_validate"):
         hx.tl.predict(made[1], clean, key_added="cv", overwrite=True)
     hx.tl.predict(made[1], clean, key_added="plain")
-    with pytest.raises(KeyError, match=r"written by hx.tl.predict under key_added='plain'"):
+    with pytest.raises(KeyError, match=r"written by hx.tl.predict of a meanpool_ridge model "
+                       r"under key_added='plain'"):
         hx.tl.cross_validate(clean, model="meanpool_ridge", genes=GENES, key_added="plain",
                              check_attention=False)

@@ -279,7 +279,8 @@ def predict(
         tile_outputs[name] = _readable(outputs, meta)
         tile_attention[name] = _softmax(scores)
     write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
-                      branches=meta["branches"], key_added=key_added, overwrite=overwrite)
+                      branches=meta["branches"], key_added=key_added, overwrite=overwrite,
+                      model=meta.get("model"))
     write_contributions(bags, contributions, columns=meta["columns"], key_added=key_added)
     values = bag_outputs if meta["task"] == "regression" else _readable(bag_outputs, meta)
     result = bag_table(bags, values, meta["columns"], measured=_measured(bags, meta))

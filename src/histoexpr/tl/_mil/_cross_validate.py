@@ -100,7 +100,8 @@ def cross_validate_bags(
     names, group_of = _section_groups(data, groups)
     check_no_copies(data, group_of)
     folds = _folds(names, group_of, n_folds)
-    _check_outputs_free(data, names, getattr(options, "tiles_key", None), key_added)
+    _check_outputs_free(data, names, getattr(options, "tiles_key", None), key_added,
+                        model=options.model)
     results, scores, checks = [], [], []
     bar = progress(folds, desc="folds", total=len(folds))
     for fold, held_out in enumerate(bar):
@@ -149,7 +150,7 @@ def cross_validate_bags(
 
 
 def _check_outputs_free(data: Any, names: list[str], tiles_key: str | None,
-                        key_added: str) -> None:
+                        key_added: str, *, model: str | None = None) -> None:
     """Refuse, before any fold, entries under ``key_added`` that cross-validation did not write.
 
     A cohort on disk keeps its results in the slides' stores: their results under
@@ -171,7 +172,7 @@ def _check_outputs_free(data: Any, names: list[str], tiles_key: str | None,
         if table is not None:  # a section without one is refused by fit, naming it
             tables[name] = table
     with made_within(WITHIN):
-        check_outputs_writable(tables, key_added, overwrite=True, step=WITHIN)
+        check_outputs_writable(tables, key_added, overwrite=True, step=WITHIN, model=model)
 
 
 def _check(test: Any, network, key: str, *, strict: bool):

@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from ..._core.elements import foreign_tile_entries
 from ..._core.image import image_levels
 from ..._core.logs import logger
 from ..._core.ownership import require_element
 from ..._core.records import (
     RELATIVE_TOLERANCE,
-    WRITER_KEY,
-    EmbeddingRecord,
     TileRecord,
     made_within,
     within_of,
@@ -121,7 +120,7 @@ def check_section_tiles(name: str, sdata, *, image_key: str, spots_key: str, til
             f"this fit ({'; '.join(differences)}), and histoexpr reuses only tiles made "
             f"alike and remakes only its own. Pass another tiles_key (e.g. "
             f"{other_key}) to make matching tiles.")
-    foreign = foreign_tile_entries(sdata, tiles_key)
+    foreign = foreign_tile_entries(sdata, tiles_key, own_within=WITHIN)
     if foreign:
         shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
                                           else "")
@@ -132,44 +131,6 @@ def check_section_tiles(name: str, sdata, *, image_key: str, spots_key: str, til
             f"they are kept: pass another tiles_key (e.g. {other_key}), or move those entries "
             "to a table of your own first.")
     return True
-
-
-#: the ``obs`` columns ``hx.pp.tile`` writes into a tile table
-_TILE_COLUMNS = frozenset({"tile_id", "tissue_fraction", "grid_row", "grid_col", "spot_id",
-                           "region"})
-#: the ``uns`` entries of a tile table that its tiling and the spot regressor's features make
-_TILE_UNS = frozenset({"tiles", "spatialdata_attrs", WRITER_KEY, "embeddings"})
-
-
-def foreign_tile_entries(sdata, tiles_key: str) -> list[str]:
-    """Entries of the tiles and their table that the spot regressor did not write for itself.
-
-    Everything but the columns, centres and records ``hx.pp.tile`` writes and the features
-    embedded within the spot regressor (their record says ``within="spot_regressor"``): the
-    user's columns and matrices, features of ``hx.tl.embed``, another step's outputs.
-    """
-    table = sdata.tables[f"{tiles_key}_table"]
-    embeddings = table.uns.get("embeddings")
-    embeddings = embeddings if isinstance(embeddings, Mapping) else {}
-
-    def own_features(key: str) -> bool:
-        record = embeddings.get(key)
-        return (isinstance(record, Mapping)
-                and EmbeddingRecord.from_uns(record).within == WITHIN)
-
-    out = [f"obs[{c!r}]" for c in table.obs.columns if c not in _TILE_COLUMNS]
-    out += [f"obsm[{k!r}]" for k in table.obsm.keys() if k != "spatial" and not own_features(k)]
-    out += [f"uns[{k!r}]" for k in table.uns.keys() if k not in _TILE_UNS]
-    out += [f"uns['embeddings'][{k!r}]" for k in embeddings
-            if not own_features(k) and k not in table.obsm]
-    if table.n_vars:
-        out.append(f"X ({table.n_vars} columns)")
-    for part in ("layers", "obsp", "varm", "varp"):
-        out += [f"{part}[{k!r}]" for k in getattr(table, part).keys()]
-    shapes = sdata.shapes[tiles_key]
-    out += [f"the column {c!r} of sdata.shapes[{tiles_key!r}]" for c in shapes.columns
-            if c != shapes.geometry.name]
-    return out
 
 
 def _prepare_section(name: str, sdata, genes: list[str], *, image_key: str, spots_key: str,

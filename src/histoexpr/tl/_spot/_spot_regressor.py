@@ -36,6 +36,7 @@ from ._spot_inputs import (
     _require_spot_inputs,
     _tiles_at,
     _training_mpp,
+    check_section_tiles,
 )
 from ._spot_predict import predict  # noqa: F401 (the model's predict, found through tl._models.MODEL_TABLE)
 
@@ -147,6 +148,9 @@ def fit(data: SpatialData | Sequence[SpatialData] | Mapping[str, SpatialData],
     else:
         chosen = select_genes(tables, genes=options.genes)
     mpp = _training_mpp(sections, options.image_key, options.mpp)
+    for name, s in sections.items():  # every section's tiles checked before any is tiled
+        check_section_tiles(name, s, image_key=options.image_key, spots_key=options.spots_key,
+                            tiles_key=options.tiles_key, size_um=size_um, mpp=mpp)
     prepared = [_prepare_section(name, s, chosen, image_key=options.image_key,
                                  spots_key=options.spots_key, table_key=options.table_key,
                                  tiles_key=options.tiles_key, size_um=size_um, mpp=mpp)
