@@ -83,6 +83,13 @@ def logged_step(what: str | Callable[..., str]) -> Callable[[Callable[..., T]], 
     return decorate
 
 
+def shown(items: Iterable[str], n: int = 6, *, sep: str = ", ") -> str:
+    """The first ``n`` items joined for a message, and how many more there are."""
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return sep.join(items[:n]) + more
+
+
 def log_added(kind: str, key: str, what: str = "") -> None:
     """Log an added element the way squidpy does: ``Adding `sdata.shapes['he_tiles']```."""
     logger.info("Adding `sdata.%s[%r]`%s", kind, key, f" ({what})" if what else "")

@@ -13,7 +13,7 @@ from .._core.image import (
     image_levels,
     read_region,
 )
-from .._core.logs import log_added, logger
+from .._core.logs import log_added, logger, shown
 from .._core.memory import check_memory
 from .._core.ownership import (
     check_key_writable,
@@ -149,10 +149,9 @@ def tile(
     if overwrite and table_key in sdata.tables:  # the table goes with the tiles it describes
         foreign = foreign_tile_entries(sdata, key_added, own_within=current_within())
         if foreign:
-            shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more"
-                                              if len(foreign) > 6 else "")
             raise KeyError(
-                f"The tile table {table_key!r} holds entries hx.pp.tile did not write: {shown}. "
+                f"The tile table {table_key!r} holds entries hx.pp.tile did not write: "
+                f"{shown(foreign)}. "
                 "Remaking the tiles would delete them (they describe the old tiles), so "
                 "overwrite=True does not: choose another key_added, or move those entries to a "
                 "table of your own first. Nothing was written.")

@@ -134,12 +134,7 @@ def embed(
     dataset = TileDataset(sdata, tiles_key, image_key=image_key, transform=transform)
     table = sdata.tables[f"{tiles_key}_table"]
     n_channels = int(image_levels(sdata, dataset.image_key)[0].data.sizes["c"])
-    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
-    if not encoders:
-        raise ValueError("encoder is an empty list; give at least one encoder.")
-    if len(encoders) > 1 and checkpoint is not None:
-        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
-                         "encoders; give each pretrained encoder as a model file (.pt).")
+    encoders = _encoder_list(encoder, checkpoint)
     resolved = [_resolve(one, n_channels=n_channels, checkpoint=checkpoint) for one in encoders]
     if any(_trained_mpp(network) is not None for _, _, network in resolved):
         # an encoder trained at a pixel size describes structures of a physical size
@@ -216,12 +211,7 @@ def check_encoder(encoder: Any, *, checkpoint: str | Path | None = None,
     """
     from ...models import Network, TileEncoder
 
-    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
-    if not encoders:
-        raise ValueError("encoder is an empty list; give at least one encoder.")
-    if len(encoders) > 1 and checkpoint is not None:
-        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
-                         "encoders; give each pretrained encoder as a model file (.pt).")
+    encoders = _encoder_list(encoder, checkpoint)
     for one in encoders:
         if isinstance(one, str) and one.split(":")[0] == "squidpy":
             parse_squidpy_encoder(one)
@@ -585,3 +575,15 @@ def _normalisation_tensors(normalisation: dict[str, Any] | None, device: str):
     mean = torch.as_tensor(normalisation["mean"], dtype=torch.float32, device=device)
     std = torch.as_tensor(normalisation["std"], dtype=torch.float32, device=device)
     return mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+
+
+def _encoder_list(encoder, checkpoint) -> list:
+    """The encoders asked for, as a list; refuses an empty list, a checkpoint for several."""
+    encoders = list(encoder) if isinstance(encoder, list | tuple) else [encoder]
+    if not encoders:
+        raise ValueError("encoder is an empty list; give at least one encoder.")
+    if len(encoders) > 1 and checkpoint is not None:
+        raise ValueError("checkpoint applies to a single architecture name, not to a list of "
+                         "encoders; give each pretrained encoder as a model file (.pt).")
+    return encoders
+

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..._core import distributed as _distributed
-from ..._core.logs import log_added, logger
+from ..._core.logs import log_added, logger, shown
 from ..._core.records import (
     BAG_OUTPUTS,
     WRITER_KEY,
@@ -157,20 +157,18 @@ def check_outputs_writable(tables: Mapping, key_added: str, *, overwrite: bool,
             own[name] = mine
         foreign += [f"{name!r}: {entry}" for entry in theirs]
     if foreign:
-        shown = "; ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
-                                           else "")
+        listed = shown(foreign, sep="; ")
         raise KeyError(
             f"The tile tables already hold entries that {step} would write under "
-            f"key_added={key_added!r} and that {step} did not write there: {shown}. They are "
+            f"key_added={key_added!r} and that {step} did not write there: {listed}. They are "
             f"never replaced, even with overwrite=True (which replaces only what {step} wrote "
             f"under the same key); choose another key_added, e.g. "
             f"{_free_key(tables, key_added)!r}.")
     if own:
         names = list(own)
-        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more"
-                                                         if len(names) > 5 else "")
+        listed = shown([repr(n) for n in names], 5)
         raise KeyError(
-            f"The tile tables of {shown} already hold the outputs {step} wrote under "
+            f"The tile tables of {listed} already hold the outputs {step} wrote under "
             f"key_added={key_added!r} ({', '.join(own[names[0]])}). Pass overwrite=True to "
             "replace them, or choose another key_added.")
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..._core.logs import logger
+from ..._core.logs import logger, shown
 from ..._core.memory import file_fingerprint
 
 if TYPE_CHECKING:
@@ -216,12 +216,11 @@ def _check_targets_ours(cohort: Cohort, key_added: str) -> None:
         if (target.exists() or target.is_symlink()) and key_added not in store.prediction_records():
             foreign.append((slide_id, target))
     if foreign:
-        listed = "; ".join(f"{slide_id!r}: {target}" for slide_id, target in foreign[:3])
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        listed = shown([f"{slide_id!r}: {target}" for slide_id, target in foreign], 3, sep="; ")
         raise FileExistsError(
             f"The stores of {len(foreign)} slide(s) hold something at predictions/{key_added} "
             f"that is not a table of predictions written by histoexpr (it has no record of how "
-            f"it was made) ({listed}{more}), so it is not replaced, even with overwrite=True. "
+            f"it was made) ({listed}), so it is not replaced, even with overwrite=True. "
             "Move it away, or choose another key_added. Nothing was predicted."
         )
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..._core.elements import foreign_tile_entries
 from ..._core.image import image_levels
-from ..._core.logs import logger
+from ..._core.logs import logger, shown
 from ..._core.ownership import require_element
 from ..._core.records import (
     RELATIVE_TOLERANCE,
@@ -122,12 +122,11 @@ def check_section_tiles(name: str, sdata, *, image_key: str, spots_key: str, til
             f"{other_key}) to make matching tiles.")
     foreign = foreign_tile_entries(sdata, tiles_key, own_within=WITHIN)
     if foreign:
-        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
-                                          else "")
+        listed = shown(foreign)
         raise ValueError(
             f"The tiles {tiles_key!r} of section {name!r} were made by an earlier fit otherwise "
             f"({'; '.join(differences)}), but their table {tiles_key + '_table'!r} now holds "
-            f"entries that fit did not write: {shown}. Remaking the tiles would delete them, so "
+            f"entries that fit did not write: {listed}. Remaking the tiles would delete them, so "
             f"they are kept: pass another tiles_key (e.g. {other_key}), or move those entries "
             "to a table of your own first.")
     return True
