@@ -7,8 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._core.files import restore_swap_of, written_beside
-from ._core.logs import logger
+from ._core.files import changed_in_folder, folder_listing, restore_swap_of, written_beside
+from ._core.logs import logger, shown
 from ._core.validate import check_bool, check_element_name
 from ._demo import SIZES, run_demo
 
@@ -190,6 +190,7 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
             warnings.filterwarnings("ignore", message="zarr v3 autosharding",
                                     category=UserWarning)
             sdata.write(temporary)
+        _record_listing(temporary, out)
         if out.exists() or out.is_symlink():
             check_own_store(out)  # again: nothing may have taken its place meanwhile
     logger.info("Predictions of the %s model written to %s: %s", name, out, added)
@@ -338,10 +339,10 @@ def check_own_store(out: Path) -> None:
     """Raise unless ``out`` is a SpatialData store that ``histoexpr predict`` wrote.
 
     Such a store carries ``{"histoexpr": {"written_by": "histoexpr predict"}}`` in its root
-    attributes and holds nothing but the groups of a SpatialData store, and in each of them
-    nothing but zarr groups and arrays (its elements); anything else (a folder or file of the
-    user's, their own .zarr store, a file put inside the store) is refused before anything is
-    deleted.
+    attributes, written for this path, with the list of every file it wrote (size and time),
+    and holds nothing else: anything else (a folder or file of the user's, their own .zarr
+    store, a copy of a prediction store written elsewhere, an element or file added inside) is
+    refused before anything is deleted.
     """
     import json
 
@@ -361,6 +362,15 @@ def check_own_store(out: Path) -> None:
     if not isinstance(marker, dict) or marker.get("written_by") != WRITTEN_BY:
         raise FileExistsError(f"{refuse} (its root attributes lack the histoexpr predict "
                               f"marker). {fix}")
+    listing = marker.get("listing")
+    if not isinstance(listing, dict) or marker.get("path") != str(out.absolute()):
+        raise FileExistsError(
+            f"{refuse} at this path (its marker does not list the files written here: a copy "
+            f"of another store, or a store of an earlier version). {fix}")
+    changed = changed_in_folder(out, listing, leave_out=["zarr.json"])
+    if changed:
+        raise FileExistsError(f"{refuse} alone: files were added or changed in it since "
+                              f"({shown(changed, 5)}). {fix}")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _STORE_ENTRIES)
     for kind in sorted(_STORE_ENTRIES & {"images", "labels", "points", "shapes", "tables"}):
         folder = out / kind  # each element: a zarr group or array, nothing else beside them
@@ -370,6 +380,22 @@ def check_own_store(out: Path) -> None:
     if foreign:
         raise FileExistsError(f"{refuse} alone: it also holds {', '.join(foreign[:5])}, which a "
                               f"SpatialData store does not. {fix}")
+
+
+def _record_listing(store: Path, out: Path) -> None:
+    """Record in the written store's marker the path it is written for and every file in it.
+
+    So that ``--overwrite`` replaces it only as written, at that path: not a copy the user
+    wrote elsewhere from it (the marker travels with its attributes), nor one with an element
+    or file added since (:func:`check_own_store`).
+    """
+    import zarr
+
+    group = zarr.open_group(store, mode="a")
+    marker = dict(group.attrs.get(STORE_MARKER) or {})
+    marker.update(path=str(out.absolute()),
+                  listing=folder_listing(store, leave_out=["zarr.json"]))
+    group.attrs[STORE_MARKER] = marker
 
 
 def _read_slide(path: Path, *, image_key: str, mpp: float | None):

@@ -123,6 +123,12 @@ def test_predict_overwrite_refuses_what_it_did_not_write(what, tmp_path, capsys)
         assert tree_digest(out) == before
 
 
+@bad_input("data lost", "`histoexpr predict -o OUT --overwrite` where the user had added an "
+           "element to OUT with spatialdata (`write_element`), or OUT is a copy the user wrote "
+           "elsewhere from a prediction store (its marker travels in the attributes)",
+           says="refuses: OUT is not a store written by `histoexpr predict` alone / at this "
+           "path; nothing is deleted",
+           fix="choose another -o")
 @pytest.mark.slow
 def test_predict_overwrite_replaces_its_own_store(tmp_path):
     """The positive side: a store ``histoexpr predict`` wrote is marked and may be replaced."""
@@ -139,16 +145,34 @@ def test_predict_overwrite_replaces_its_own_store(tmp_path):
     args = ["predict", "-m", str(model_path), "-i", str(slide), "-o", str(out), "--mpp", "0.5"]
     assert main(args) == 0
     assert sd.read_zarr(out).attrs["histoexpr"]["written_by"] == "histoexpr predict"
-    marker = out / "tables" / "marker_of_the_old_run"  # a zarr group of the old run
-    marker.mkdir()
-    (marker / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    first = (out / "zarr.json").stat().st_ino
     assert main([*args, "--overwrite"]) == 0
-    assert not marker.exists()
+    assert (out / "zarr.json").stat().st_ino != first  # a new store in its place
     # a file of the user's put inside the store: the store is no longer histoexpr's alone
     notes = out / "tables" / "notes.txt"
     notes.write_text("mine")
     assert main([*args, "--overwrite"]) == EXIT_BAD_INPUT
     assert notes.read_text() == "mine"
+    notes.unlink()
+    # an element the user added with spatialdata: refused, and kept
+    import geopandas as gpd
+    from shapely.geometry import Point
+    from spatialdata.models import ShapesModel
+
+    store = sd.read_zarr(out)
+    store.shapes["my_annotations"] = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=[Point(1, 1)], data={"radius": [3.0]}))
+    store.write_element("my_annotations")
+    before = tree_digest(out)
+    assert main([*args, "--overwrite"]) == EXIT_BAD_INPUT
+    assert tree_digest(out) == before
+    # a copy the user wrote elsewhere from a prediction store carries its marker: not ours there
+    copy = tmp_path / "copy.zarr"
+    sd.read_zarr(out).write(copy)
+    before = tree_digest(copy)
+    args_copy = [*args[:-4], "-o", str(copy), "--mpp", "0.5"]
+    assert main([*args_copy, "--overwrite"]) == EXIT_BAD_INPUT
+    assert tree_digest(copy) == before
 
 
 # --- 2. overwrite=True replaces only what the same step wrote -----------------------------------
