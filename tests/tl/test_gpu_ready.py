@@ -178,9 +178,10 @@ def test_large_blocks_are_reused_while_a_cpu_trains_and_malloc_is_set_back_after
     import resource
 
     pages = 64 * 2**20 // resource.getpagesize()
-    # outside, each 64 MiB block is mapped and faulted in afresh; inside, the heap grows a
-    # few times at most (how often depends on what the process freed before), then is reused
-    assert outside > 0.9 * 16 * pages
+    # outside, each 64 MiB block is mapped and faulted in afresh (fewer faults where the kernel
+    # backs part of a block with huge pages); inside, the heap grows a few times at most (how
+    # often depends on what the process freed before), then is reused
+    assert outside > 8 * pages
     assert inside < 4 * pages
     with _devices.reused_host_memory("cuda:0"):  # another device: nothing is changed
         assert _devices._HEAP["depth"] == 0
