@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._core.files import check_replaceable, written_beside
+from .._core.files import check_replaceable, file_facts, written_beside
 from .._core.logs import logger
 from .._core.seeds import resolve_seed
 from .._core.validate import check_bool, check_choice, check_int
@@ -125,7 +125,7 @@ def synthetic_slide_cohort(
     listed = _written_record(folder / RECORD) if folder.is_dir() else {}
 
     def as_written(mark):  # carries the mark, and is as the last call left it
-        return lambda p: mark(p) and listed.get(p.name) == _facts(p)
+        return lambda p: mark(p) and listed.get(p.name) == file_facts(p)
 
     for slide_id in slide_ids(n_slides):
         check_replaceable(folder / f"{slide_id}.tif", overwrite=overwrite,
@@ -166,21 +166,12 @@ def synthetic_slide_cohort(
         bulk.write_h5ad(partial)
     with written_beside(manifest) as partial:
         partial.write_text(text)
-    names = [*files.values(), BULK, MANIFEST]
-    listed = {name: _facts(folder / name) for name in names}
-    for name in sorted(set(listed) - set(names)):  # earlier files of this call's, listed still
-        listed.pop(name)
+    written = {name: file_facts(folder / name) for name in [*files.values(), BULK, MANIFEST]}
     with written_beside(folder / RECORD) as partial:
-        partial.write_text(json.dumps({"written_by": _WRITTEN_BY, "files": listed}, indent=1))
+        partial.write_text(json.dumps({"written_by": _WRITTEN_BY, "files": written}, indent=1))
     logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
                 n_slides, len(set(patients)), folder, time.perf_counter() - start)
     return manifest
-
-
-def _facts(path: Path) -> list[int]:
-    """What tells a file as written from the same file changed since: its size and time."""
-    stat = path.stat()
-    return [int(stat.st_size), int(stat.st_mtime_ns)]
 
 
 def _written_record(path: Path) -> dict[str, list[int]]:
