@@ -773,3 +773,40 @@ def test_tile_refuses_a_tissue_map_detected_on_other_pixels(disk_section):
     hx.pp.tile(disk_section, size_px=20, tissue_key="mine", key_added="mine_tiles")
     assert disk_section.tables["mine_tiles_table"].n_obs == (
         expected_fractions(mask, 20, 20) >= 0.5).sum()
+
+
+@bad_input(
+    "silently wrong",
+    "`hx.pp.tile` on a section read back from .zarr after its image was replaced, the tissue map "
+    "detected on the old image still under `f'{image_key}_tissue'` (the map's own record is "
+    "lost on write)",
+    says="ValueError: The tissue map 'he_tissue' was detected on other pixels than "
+    "sdata.images['he'] holds now ... (before: the old image's tissue tiled, silently)",
+    fix="detect the tissue again with overwrite=True, or pass tissue_key= of a map made from "
+    "this image",
+)
+def test_a_tissue_map_read_back_from_zarr_keeps_its_record(disk_section, tmp_path):
+    from spatialdata import read_zarr
+
+    from histoexpr._core.ownership import element_record
+
+    hx.pp.detect_tissue(disk_section, min_area_um2=100.0)
+    made = dict(disk_section.labels["he_tissue"].attrs["tissue"])
+    disk_section.write(tmp_path / "section.zarr")
+    back = read_zarr(tmp_path / "section.zarr")
+    assert "tissue" not in back.labels["he_tissue"].attrs  # spatialdata keeps no label attrs
+    assert element_record(back, "he_tissue", "tissue") == made  # the copy kept in sdata.attrs
+    hx.pp.tile(back, size_px=20)  # the map of this image's pixels: used
+    tiles = back.tables["he_tiles_table"].obsm["spatial"].copy()
+    back.images["he"] = make_disk_section(radius_frac=0.25).images["he"]  # replaced
+    with pytest.raises(ValueError, match=r"The tissue map 'he_tissue' was detected on other "
+                       r"pixels than sdata.images\['he'\] holds now"):
+        hx.pp.tile(back, size_px=20, overwrite=True)
+    np.testing.assert_array_equal(back.tables["he_tiles_table"].obsm["spatial"], tiles)
+    # a map of the user's own put under that key since has no record: used as it is
+    user = make_disk_section(radius_frac=0.25)
+    hx.pp.detect_tissue(user, min_area_um2=100.0, key_added="theirs")
+    del back.labels["he_tissue"]
+    back.labels["he_tissue"] = user.labels["theirs"].copy()
+    back.labels["he_tissue"].attrs.clear()
+    assert element_record(back, "he_tissue", "tissue") is None

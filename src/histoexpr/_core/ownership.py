@@ -283,10 +283,51 @@ def store_element(sdata: SpatialData, kind: str, key: str, element, *, step: str
     mine = dict(attrs.get(WRITER_KEY) or {})
     written = dict(mine.get("written") or {})
     written[key] = {"kind": kind, "step": step, "fingerprint": _fingerprint(element), **details}
+    if kind in _ATTRS_LOST_ON_WRITE and (kept := _records_in_attrs(element)):
+        written[key]["attrs"] = kept
     if writer.within is not None:
         written[key]["within"] = writer.within
     mine["written"] = written
     attrs[WRITER_KEY] = mine
+
+
+def _records_in_attrs(element) -> dict:
+    """The records histoexpr put in an element's ``attrs`` (plain mappings), bar its writer's."""
+    import json
+
+    kept = {}
+    for name, value in getattr(element, "attrs", {}).items():
+        if name in (WRITER_KEY, "transform") or not isinstance(value, Mapping):
+            continue
+        try:
+            kept[name] = json.loads(json.dumps(dict(value)))
+        except (TypeError, ValueError):
+            continue  # not a record a .zarr store could keep
+    return kept
+
+
+def element_record(sdata: SpatialData, key: str, name: str) -> dict | None:
+    """The record ``name`` a histoexpr step put in the ``attrs`` of element ``key``, or ``None``.
+
+    An image, label map or points element read from a .zarr store has lost its ``attrs``; its
+    records are then taken from the copy :func:`store_element` kept in ``sdata.attrs``, only
+    while the element still holds the content they were made with (its digest): an element
+    put under that key since has no record.
+    """
+    kind = element_kind(sdata, key)
+    if kind is None:
+        return None
+    element = getattr(sdata, kind)[key]
+    own = getattr(element, "attrs", {}).get(name)
+    if isinstance(own, Mapping):
+        return dict(own)
+    written = _written(sdata, key, kind)
+    if kind not in _ATTRS_LOST_ON_WRITE or written is None:
+        return None
+    kept = (written.get("attrs") or {}).get(name)
+    if not isinstance(kept, Mapping) or written.get("fingerprint") != _fingerprint(element):
+        return None
+    return dict(kept)
 
 
 def check_key_writable(sdata: SpatialData, key: str, *, overwrite: bool,

@@ -321,16 +321,16 @@ def _check_tissue_map(sdata: SpatialData, tissue_key: str) -> None:
     """Refuse a tissue map that detect_tissue made from other pixels than its image holds now.
 
     A map records the image it was detected on and that image's fingerprint
-    (``attrs["tissue"]``, :func:`histoexpr.pp.detect_tissue`); a map without the record (the
+    (``attrs["tissue"]``, :func:`histoexpr.pp.detect_tissue`; read back from a .zarr store, the
+    copy kept in ``sdata.attrs`` while the map is unchanged); a map without the record (the
     user's own mask, or one made by an earlier version) is used as it is.
     """
-    from collections.abc import Mapping
-
     from .._core.image_facts import pixels_changed
+    from .._core.ownership import element_record
     from ._tissue import RECORD_KEY
 
-    record = getattr(sdata.labels[tissue_key], "attrs", {}).get(RECORD_KEY)
-    if not isinstance(record, Mapping) or not pixels_changed(sdata, record):
+    record = element_record(sdata, tissue_key, RECORD_KEY)
+    if record is None or not pixels_changed(sdata, record):
         return
     made_from = record.get("image_key")
     raise ValueError(
