@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.histoexpr-installed
+# the index torch is installed from; empty: pip's own. On Linux, PyPI's torch is the CUDA build:
+# `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU-only one
+TORCH_INDEX ?=
 # hx.datasets (the tutorials, the tests) read the public data sets from ../shared/data where it
 # exists; elsewhere they download them once into ~/.cache/histoexpr/data
 SHARED_DATA := $(abspath ../shared/data)
@@ -18,7 +21,7 @@ XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -c constraints.txt -e ".[test,docs]"
 	touch $(STAMP)
 

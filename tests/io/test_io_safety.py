@@ -271,7 +271,8 @@ def test_overwrite_replaces_what_the_same_step_wrote_also_after_a_round_trip(sec
 
 @bad_input("silently wrong", "`hx.settings.progressbar = False` (a typo of progress_bar)",
            says="AttributeError: hx.settings has no option 'progressbar' ... Did you mean "
-                "'progress_bar'? The options are: device, seed, progress_bar, verbosity, n_workers",
+                "'progress_bar'? The options are: device, seed, progress_bar, verbosity, "
+                "n_workers, precision, datasets_dir, max_memory",
            fix="use one of the options named")
 def test_unknown_setting_is_refused():
     with pytest.raises(AttributeError, match="Did you mean 'progress_bar'") as caught:

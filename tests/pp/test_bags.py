@@ -180,14 +180,15 @@ def test_deg_labels_errors():
 
 @bad_input("data lost", "`hx.pp.deg_labels(bulk, genes, overwrite=True)` where `bulk.obs` "
            "holds a column of the user's named `deg_<gene>` (their own labels)",
-           says="KeyError: bulk.obs already has ['deg_A'], which hx.pp.deg did not write (no "
-                "record in bulk.uns['deg']['deg']), so overwrite=True does not replace them ... "
+           says="KeyError: bulk.obs already has ['deg_A'], which hx.pp.deg_labels did not write "
+                "(no record in bulk.uns['deg']['deg']), so overwrite=True does not replace them "
+                "... "
                 "(before: replaced)",
            fix="choose another key_added, or rename the columns")
 def test_deg_labels_replace_only_their_own_columns():
     bulk = bulk_of([[1, 2], [3, 4], [5, 6]])
     bulk.obs["deg_A"] = ["mine", "mine", "mine"]  # the user's own labels
-    with pytest.raises(KeyError, match=r"already has \['deg_A'\], which hx.pp.deg did not "
+    with pytest.raises(KeyError, match=r"already has \['deg_A'\], which hx.pp.deg_labels did not "
                                        r"write.*overwrite=True does not replace them"):
         hx.pp.deg_labels(bulk, ["A", "B"], overwrite=True)
     assert bulk.obs["deg_A"].tolist() == ["mine"] * 3 and "deg_B" not in bulk.obs

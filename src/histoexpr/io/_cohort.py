@@ -147,7 +147,18 @@ class Cohort(Mapping):
         return self._stored().paths[slide_id]
 
     def slide_mpp(self, slide_id: str) -> float | None:
-        """The pixel size given for a slide in the manifest (``None``: read from the file)."""
+        """The pixel size given for a slide in the manifest.
+
+        Parameters
+        ----------
+        slide_id
+            The slide.
+
+        Returns
+        -------
+        Its pixel size in um/px, or ``None`` where the manifest gives none (read from the file).
+
+        """
         return self._stored().mpps.get(slide_id)
 
     def _require(self, slide_id: str) -> None:

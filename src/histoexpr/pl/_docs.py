@@ -33,17 +33,26 @@ SHARED_PARAMETERS = {
 
 
 def shared_docs(function: F) -> F:
-    """Append the shared parameters ``function`` takes to its docstring's ``Parameters``.
+    """Add the shared parameters ``function`` takes to its docstring's ``Parameters``.
 
-    Only parameters the function does not describe itself are added.
+    Only parameters the function does not describe itself are added, each where the signature
+    has it (after the entry of the parameter before it).
     """
     doc = function.__doc__ or ""
-    names = [name for name in SHARED_PARAMETERS
-             if name in inspect.signature(function).parameters and f"\n    {name}\n" not in doc]
-    entries = "".join(f"    {name}\n        {SHARED_PARAMETERS[name]}\n" for name in names)
-    marker = "\n\n    Returns\n"
-    if entries and marker in doc:
-        function.__doc__ = doc.replace(marker, "\n" + entries.rstrip("\n") + marker, 1)
+    lines = doc.split("\n")
+    parameters = list(inspect.signature(function).parameters)
+    for position, name in enumerate(parameters):
+        if name not in SHARED_PARAMETERS or f"    {name}" in lines:
+            continue
+        entry = [f"    {name}", f"        {SHARED_PARAMETERS[name]}"]
+        before = [p for p in parameters[:position] if f"    {p}" in lines]
+        if not before:
+            continue
+        at = lines.index(f"    {before[-1]}") + 1
+        while at < len(lines) and lines[at].startswith("        "):
+            at += 1  # past the description of the parameter before
+        lines[at:at] = entry
+    function.__doc__ = "\n".join(lines)
     return function
 
 

@@ -112,7 +112,18 @@ class TileDataset(Dataset):
         self._levels = image_levels(sdata, self.image_key)
 
     def pixels(self, index: int) -> np.ndarray:
-        """The raw pixels ``(C, H, W)`` of tile ``index``, in the image's dtype."""
+        """The raw pixels of one tile.
+
+        Parameters
+        ----------
+        index
+            The tile's position in the dataset.
+
+        Returns
+        -------
+        Its pixels ``(C, H, W)``, in the image's dtype.
+
+        """
         # chunks are computed with dask's synchronous scheduler (see ChunkCache): a thread pool
         # brings only overhead to small reads, and would hang in forked DataLoader workers
         return read_levels(self._levels, tuple(self._bounds[index]), mpp=self.mpp)

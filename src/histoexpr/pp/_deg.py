@@ -100,8 +100,8 @@ def deg_labels(
     foreign = [c for c in existing if c not in own]
     if foreign:
         raise KeyError(
-            f"bulk.obs already has {foreign[:3]}, which hx.pp.deg did not write (no record in "
-            f"bulk.uns[{_RECORD!r}][{key_added!r}]), so overwrite=True does not replace them. "
+            f"bulk.obs already has {foreign[:3]}, which hx.pp.deg_labels did not write (no record "
+            f"in bulk.uns[{_RECORD!r}][{key_added!r}]), so overwrite=True does not replace them. "
             "Choose another key_added, or rename those columns.")
     values = _expression(bulk, genes, layer)
     if not np.isfinite(values).all():

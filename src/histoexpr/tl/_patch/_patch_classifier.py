@@ -243,12 +243,12 @@ def predict(
         labels that are themselves smooth (windowed counts) or tissue-scale structures; with
         ``cells``, each cell's probabilities are averaged with its neighbours', weighted by a
         Gaussian of the distance between centroids. ``None`` does not smooth.
+    batch_size
+        Patches per forward pass.
     calibrate
         Apply the calibration fitted by :func:`fit` (``metadata["calibration"]``: class-prior
         correction and temperature), after the per-cell mean and the smoothing; ``False`` maps
         the network's own probabilities. A model without a calibration is not changed.
-    batch_size
-        Patches per forward pass.
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     key_added

@@ -73,9 +73,9 @@ def predict(
         and predicted as one section would be, and its table written to the slide's store
         (``cohort.store(slide_id).prediction(key_added)``; ``cohort[slide_id].tables``). The
         run resumes: a slide whose store holds that table, made by the same model from the same
-        slide file (path, size, modification time) with the same options, is skipped; one made
-        otherwise is an error unless ``overwrite=True``. Every slide's file, store and keys are
-        checked before the first slide is predicted.
+        slide file (its path and content: size and digest) with the same options, is skipped;
+        one made otherwise is an error unless ``overwrite=True``. Every slide's file, store and
+        keys are checked before the first slide is predicted.
     tiles_key
         Key of the tiles to predict on; defaults to ``f"{image_key}_expr_tiles"``, made as a grid
         if absent.
