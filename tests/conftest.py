@@ -207,3 +207,19 @@ def tiny_demo(monkeypatch):
     monkeypatch.setattr(_demo, "_run_jobs", jobs)
     monkeypatch.setattr(_demo, "_summary", lambda metrics, figures: "# a tiny demo\n")
     return jobs
+
+
+def dense_calls(monkeypatch) -> list[tuple[int, int]]:
+    """The shapes of every CSR matrix densified from here on (a spy on ``toarray``)."""
+    import scipy.sparse
+
+    calls: list[tuple[int, int]] = []
+    toarray = scipy.sparse.csr_matrix.toarray
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.shape)
+        return toarray(self, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.sparse.csr_matrix, "toarray", spy)
+    return calls
+

@@ -21,6 +21,9 @@ from ._spatial import (
     value_label,
 )
 
+#: values of a block of rows read at a time to check interval bounds (dense layers)
+_BLOCK_VALUES = 2**22
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
@@ -227,13 +230,16 @@ def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_s
     require_element(sdata, pred_key, "tables")
     require_element(sdata, truth_key, "tables")
     pred, truth = sdata.tables[pred_key], sdata.tables[truth_key]
-    widths = _interval_widths(pred, pred_key) if interval else None
+    if interval:
+        _check_intervals(pred, pred_key)
     genes = list(pred.var_names[:4]) if genes is None else list(genes)
     missing = [g for g in genes if g not in pred.var_names or g not in truth.var_names]
     if missing:
         raise KeyError(f"Genes {missing} are not both predicted ({pred_key!r}) and measured "
                        f"({truth_key!r}).")
     measured = expression_targets(truth, genes)
+    predicted = _values(pred, "X", genes)  # the genes' columns only
+    widths = _interval_widths(pred, genes) if interval else None
     pred_shapes = _annotated_shapes(sdata, pred)
     truth_shapes = _annotated_shapes(sdata, truth)
 
@@ -243,8 +249,7 @@ def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_s
 
     panels = []
     for row, gene in enumerate(genes):
-        predicted = np.asarray(pred[:, gene].X).ravel()
-        maps = ((pred_shapes, _by_instance(pred, predicted, pred_shapes),
+        maps = ((pred_shapes, _by_instance(pred, predicted[gene].to_numpy(), pred_shapes),
                  value_label(pred, gene, None)),
                 (truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
                  f"{gene} (log1p)"))
@@ -264,21 +269,24 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
     from .._core.expression import expression_targets
 
     record = spatial_record(pred, library_id)
-    predicted = _values(pred, pred_key)
+    _layer(pred, pred_key)
     if isinstance(truth_key, AnnData):
         truth = truth_key
         if "spatial" not in truth.obsm:
             raise KeyError("The measured AnnData has no obsm['spatial'] (spot centres in um) "
                            "to draw it at; pass a spot table of histoexpr or scanpy.")
-        shared = [g for g in predicted.columns if g in truth.var_names]
+        shared = [g for g in pred.var_names if g in truth.var_names]
     else:
         truth = None
-        measured = _values(pred, truth_key)
-        shared = list(predicted.columns)
+        _layer(pred, truth_key)
+        shared = list(pred.var_names)
     genes = shared[:4] if genes is None else list(genes)
     missing = [g for g in genes if g not in shared]
     if missing:
         raise KeyError(f"Genes {missing} are not both predicted and measured.")
+    if interval:
+        _check_intervals(pred, pred_key)
+    predicted = _values(pred, pred_key, genes)  # the genes' columns only
     pred_shapes = table_shapes(pred, record)
     if truth is not None:
         truth_shapes = table_shapes(truth, spatial_record(truth))
@@ -287,11 +295,12 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
         measured_label = "log1p"
     else:
         truth_shapes = pred_shapes
+        measured = _values(pred, truth_key, genes)
         measured.index = pred_shapes.index
         measured_label = truth_key
     unit = value_label(pred, genes[0], None if pred_key == "X" else pred_key)
     unit = unit[len(genes[0]):].strip() if unit != genes[0] else ""
-    widths = _interval_widths(pred, pred_key) if interval else None
+    widths = _interval_widths(pred, genes) if interval else None
     panels = [(gene, (
         (pred_shapes, pd.Series(predicted[gene].to_numpy(float), index=pred_shapes.index),
          f"{gene} {unit}".strip()),
@@ -375,21 +384,41 @@ def _by_instance(table, values: np.ndarray, shapes) -> pd.Series:
     return pd.Series(values, index=table.obs[instance_key].to_numpy()).reindex(shapes.index)
 
 
-def _interval_widths(pred, pred_key: str) -> pd.DataFrame:
-    """Width of each tile's prediction interval per gene (``upper - lower``)."""
+def _check_intervals(pred, pred_key: str) -> None:
+    """Refuse a prediction table without interval bounds, or with ``upper`` below ``lower``.
+
+    Every gene's bounds are checked, a block of rows at a time (sparse layers as they are), so
+    no dense copy of the whole layers is made.
+    """
     missing = [layer for layer in ("lower", "upper") if layer not in pred.layers]
     if missing:
         raise KeyError(f"The prediction table {pred_key!r} has no layers {missing}: no "
                        "prediction intervals to draw. Predict with a model calibrated in fit "
                        "(hx.tl.fit(..., calibrate=True), a head route), or pass interval=False.")
-    widths = _values(pred, "upper") - _values(pred, "lower")
-    inverted = int((widths.to_numpy() < 0).sum())
+    inverted = _count_below(pred.layers["upper"], pred.layers["lower"])
     if inverted:
         raise ValueError(f"The prediction table {pred_key!r} has layers['upper'] below "
                          f"layers['lower'] in {inverted} values: they are not the interval "
                          "bounds hx.tl.predict writes (swapped, or overwritten). Predict again "
                          "to have them, or pass interval=False.")
-    return widths
+
+
+def _count_below(upper, lower) -> int:
+    """How many values of ``upper - lower`` are negative, without densifying both whole."""
+    from scipy import sparse
+
+    if sparse.issparse(upper) and sparse.issparse(lower):
+        return int(np.count_nonzero(sparse.csr_matrix(upper - lower).data < 0))
+    n_rows, n_columns = upper.shape
+    step = max(1, _BLOCK_VALUES // max(n_columns, 1))
+    return sum(int(np.count_nonzero(_dense(upper[start:start + step])
+                                    - _dense(lower[start:start + step]) < 0))
+               for start in range(0, n_rows, step))
+
+
+def _interval_widths(pred, genes: Sequence[str]) -> pd.DataFrame:
+    """Width of each tile's prediction interval (``upper - lower``) for ``genes``."""
+    return _values(pred, "upper", genes) - _values(pred, "lower", genes)
 
 
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
@@ -397,20 +426,24 @@ def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
 
     from .._core.stats import column_pearson
 
-    predicted = _values(adata, pred_key)
+    _layer(adata, pred_key)
+    truth, rows = adata, None
     if isinstance(truth_key, str):
-        measured = _values(adata, truth_key)
+        _layer(adata, truth_key)
     else:
-        rows = adata.obs_names.intersection(truth_key.obs_names, sort=False)
+        truth, truth_key = truth_key, "X"
+        rows = adata.obs_names.intersection(truth.obs_names, sort=False)
         if not len(rows):
             raise ValueError("The predictions and the measurements share no obs_names.")
-        predicted = predicted.loc[rows]
-        measured = _values(truth_key, "X").loc[rows]
-    shared = [g for g in predicted.columns if g in measured.columns]
+    shared = [g for g in adata.var_names if g in truth.var_names]
     genes = shared[:4] if genes is None else list(genes)
     missing = [g for g in genes if g not in shared]
     if missing:
         raise KeyError(f"Genes {missing} are not both predicted and measured.")
+    predicted = _values(adata, pred_key, genes)  # the genes' columns only
+    measured = _values(truth, truth_key, genes)
+    if rows is not None:
+        predicted, measured = predicted.loc[rows], measured.loc[rows]
     figure, axes = plt.subplots(1, len(genes), figsize=(panel_size * len(genes), panel_size),
                                 squeeze=False)
     for ax, gene in zip(axes[0], genes, strict=True):
@@ -426,10 +459,28 @@ def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
     return figure
 
 
-def _values(adata, key: str) -> pd.DataFrame:
+def _layer(adata, key: str):
+    """``adata.X`` (``key="X"``) or the layer ``key``, as stored (sparse stays sparse)."""
     if key != "X" and key not in adata.layers:
         raise KeyError(f"{key!r} is neither 'X' nor a layer of the AnnData (layers: "
                        f"{list(adata.layers)}).")
-    values = adata.X if key == "X" else adata.layers[key]
-    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
-    return pd.DataFrame(values, index=adata.obs_names, columns=adata.var_names)
+    return adata.X if key == "X" else adata.layers[key]
+
+
+def _values(adata, key: str, genes: Sequence[str]) -> pd.DataFrame:
+    """The values of ``genes`` in ``X`` or a layer, one column each.
+
+    The genes' columns are taken first and only they are made dense: a sparse layer of many
+    genes is never densified whole to draw a few.
+    """
+    values = _layer(adata, key)
+    names = list(dict.fromkeys(genes))  # a gene named twice is one column
+    columns = adata.var_names.get_indexer(names)
+    chosen = np.unique(columns)  # increasing, as backed (h5py) arrays need them
+    dense = _dense(values[:, chosen])[:, np.searchsorted(chosen, columns)]
+    return pd.DataFrame(dense, index=adata.obs_names, columns=names)
+
+
+def _dense(values) -> np.ndarray:
+    """``values`` (a slice of ``X`` or a layer: dense, sparse or lazy) as a numpy array."""
+    return values.toarray() if hasattr(values, "toarray") else np.asarray(values)

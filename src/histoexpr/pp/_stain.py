@@ -127,6 +127,7 @@ def stain_normaliser(
     values in [0, 1]; give it as ``transform=`` to :func:`histoexpr.tl.embed` or
     :class:`histoexpr.pp.TileDataset`.
     """
+    _check_stain(reference, "reference")  # before any tile is read
     source = stain_reference(sdata, tiles_key, method=reference.get("method", "macenko"),
                              n_tiles=n_tiles, seed=seed)
     return StainNormaliser(reference=reference, source=source)
@@ -144,6 +145,8 @@ class StainNormaliser:
     """
 
     def __init__(self, *, reference: Mapping[str, Any], source: Mapping[str, Any]) -> None:
+        _check_stain(reference, "reference")
+        _check_stain(source, "source")
         ref_matrix = np.asarray(reference["stain_matrix"], dtype=np.float64)
         src_matrix = np.asarray(source["stain_matrix"], dtype=np.float64)
         ratio = (np.asarray(reference["max_concentrations"], dtype=np.float64)
@@ -172,6 +175,46 @@ class StainNormaliser:
 
     def __repr__(self) -> str:
         return f"StainNormaliser(method={self.spec['method']!r}, digest={self.digest!r})"
+
+
+def _check_stain(stain: Any, name: str) -> None:
+    """Refuse a stain that is not one :func:`stain_reference` makes, naming what is wrong.
+
+    A stain is a mapping with ``"stain_matrix"`` (3 x 2 finite numbers) and
+    ``"max_concentrations"`` (2 finite positive numbers), and optionally ``"method"`` (one of
+    :data:`STAIN_METHODS`). Nothing is changed in ``stain``.
+    """
+    what = (f"{name} must be a stain from hx.pp.stain_reference: a dict with 'stain_matrix' "
+            "(3 x 2 numbers: the RGB optical density of haematoxylin and eosin) and "
+            "'max_concentrations' (2 positive numbers)")
+    fix = ("Make one with hx.pp.stain_reference(sections, tiles_key) (or pass a spot "
+           "regressor's metadata['stain']).")
+    if not isinstance(stain, Mapping):
+        raise TypeError(f"{what}; got {type(stain).__name__} {_shown(stain)}. {fix}")
+    missing = [k for k in ("stain_matrix", "max_concentrations") if k not in stain]
+    if missing:
+        raise ValueError(f"{what}; it has no {' or '.join(repr(k) for k in missing)} (keys: "
+                         f"{sorted(map(str, stain))}). {fix}")
+    if stain.get("method", "macenko") not in STAIN_METHODS:
+        raise ValueError(f"{what}; its 'method' is {stain['method']!r}, not one of "
+                         f"{STAIN_METHODS}. {fix}")
+    for key, shape in (("stain_matrix", (3, 2)), ("max_concentrations", (2,))):
+        try:
+            values = np.asarray(stain[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is None or values.shape != shape or not np.isfinite(values).all() or (
+                key == "max_concentrations" and not (values > 0).all()):
+            raise ValueError(f"{what}; its {key!r} is {_shown(stain[key])}, not "
+                             f"{' x '.join(map(str, shape))} finite "
+                             f"{'positive ' if key == 'max_concentrations' else ''}numbers. "
+                             f"{fix}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_mosaic_memory(datasets, n_tiles: int) -> None:

@@ -20,6 +20,10 @@ KINDS = ("auto", "classification", "regression")
 STANDARDISE = ("training", "group")
 DEFAULT_ALPHAS = tuple(np.logspace(-1, 5, 13))
 _MAX_CLASSES = 50  # an integer target with more distinct values is treated as continuous
+#: memory of one feature value while probing: its float64 value and the copies a fold makes
+#: (standardised features, training rows, the models' own); 4 to 5 copies measured by
+#: tracemalloc, so 6 float64 values
+_BYTES_PER_VALUE = 48
 
 
 @renamed_parameters(n_splits="n_folds")
@@ -94,18 +98,19 @@ def probe(
         raise ValueError("standardise='group' standardises within each group: pass groups= "
                          "(e.g. the section of each observation).")
     table = _table(data, table_key)
-    features = _features(data if table is None else table, features_key)
-    targets = _targets(target, table, len(features))
+    features = _features(data if table is None else table, features_key)  # sparse stays sparse
+    n_rows = features.shape[0]
+    targets = _targets(target, table, n_rows)
     group_labels = _column(groups, table, "groups") if groups is not None else None
-    if group_labels is not None and len(group_labels) != len(features):
-        raise ValueError(f"groups has {len(group_labels)} entries for {len(features)} "
+    if group_labels is not None and len(group_labels) != n_rows:
+        raise ValueError(f"groups has {len(group_labels)} entries for {n_rows} "
                          "observations.")
-    keep = np.isfinite(features).all(axis=1) & targets.notna().all(axis=1).to_numpy()
+    keep = _finite_rows(features) & targets.notna().all(axis=1).to_numpy()
     if not keep.all():
         logger.info("probe: left out %d of %d observations with missing features or target.",
                     int((~keep).sum()), len(keep))
     _check_enough_rows(int(keep.sum()), len(keep), n_folds, grouped=group_labels is not None)
-    features, targets = features[keep], targets[keep]
+    features, targets = _dense_rows(features, keep), targets[keep]
     group_labels = None if group_labels is None else np.asarray(group_labels)[keep]
     if kind == "auto":
         kind = "classification" if _looks_categorical(targets) else "regression"
@@ -152,20 +157,66 @@ def _is_anndata(data: Any) -> bool:
     return isinstance(data, AnnData)
 
 
-def _features(data: Any, features_key: str | None) -> np.ndarray:
+def _features(data: Any, features_key: str | None) -> Any:
+    """The features as float64: a numpy array, or a sparse matrix left sparse (CSR).
+
+    The memory of probing them densely is estimated here, before a sparse matrix is densified
+    (:func:`_dense_rows`) or any fold is made.
+    """
+    from scipy import sparse
+
     if _is_anndata(data):
         if features_key is None:
-            source = data.X
+            data = data.X
         elif features_key in data.obsm:
-            source = data.obsm[features_key]
+            data = data.obsm[features_key]
         else:
             raise KeyError(f"obsm has no {features_key!r}; available: {list(data.obsm)}.")
-        data = source.toarray() if hasattr(source, "toarray") else source
-    features = np.asarray(data, dtype=np.float64)
-    if features.ndim != 2:
+    shape = data.shape if sparse.issparse(data) else np.shape(data)
+    if len(shape) != 2:
         raise ValueError(f"features must be 2-d (observations x features), got shape "
-                         f"{features.shape}.")
-    return features
+                         f"{shape}.")
+    _check_probe_memory(*shape)  # before any copy is made
+    if sparse.issparse(data):
+        return sparse.csr_matrix(data, dtype=np.float64)
+    return np.asarray(data, dtype=np.float64)
+
+
+def _check_probe_memory(n_rows: int, n_features: int) -> None:
+    """Refuse features whose dense probe would exceed the memory limit, before any is made."""
+    from ..._core.memory import check_memory
+
+    check_memory(
+        float(n_rows) * n_features * _BYTES_PER_VALUE,
+        f"Probing {n_rows:,} observations x {n_features:,} features (dense float64 features "
+        "and their standardised copies per fold)",
+        "Probe fewer features (e.g. a PCA of them, or a subset of columns) or a sample of the "
+        "observations.")
+
+
+def _finite_rows(features: Any) -> np.ndarray:
+    """Whether each row's features are all finite (a sparse matrix's stored values only)."""
+    from scipy import sparse
+
+    if not sparse.issparse(features):
+        return np.isfinite(features).all(axis=1)
+    coo = features.tocoo()
+    keep = np.ones(features.shape[0], dtype=bool)
+    keep[coo.row[~np.isfinite(coo.data)]] = False
+    return keep
+
+
+def _dense_rows(features: Any, keep: np.ndarray) -> np.ndarray:
+    """The rows ``keep`` as one dense float64 array.
+
+    A sparse matrix is densified once, after its rows are dropped: standardising centres the
+    features, so from here on they are dense.
+    """
+    from scipy import sparse
+
+    if not sparse.issparse(features):
+        return features[keep]
+    return (features if keep.all() else features[keep]).toarray()
 
 
 def _column(values: Any, table: Any, what: str) -> np.ndarray:

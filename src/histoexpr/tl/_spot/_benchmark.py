@@ -118,8 +118,9 @@ def benchmark(
       sequencing depth) lowers it however well the pattern within each section is predicted.
       The two answer different questions (within a section: where is the gene high; across
       sections: which section and spot), so neither replaces the other.
-    - ``*_libreg``: the same after regressing the log library size out of prediction and
-      measurement (depth is not what a model should be credited for).
+    - ``pearson_libreg_per_section``, ``pearson_libreg_pooled``: the same after regressing the
+      log library size out of prediction and measurement (depth is not what a model should be
+      credited for).
     - ``features_cpu_s``, ``features_wall_s``: the encoder's features of all sections (the
       peer's squidpy features are shared with encoder ``"squidpy"`` when both are asked);
       ``fit_cpu_s``, ``fit_wall_s``: training and predicting, summed over the folds.
@@ -185,8 +186,7 @@ def benchmark(
 
     sections = as_sections(data)
     group_of = _check_groups(sections, groups)
-    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1:
-        raise ValueError(f"n_genes must be a positive number of genes, got {n_genes!r}.")
+    peer = _check_options(n_genes=n_genes, peer=peer, size_um=size_um, mpp=mpp, seed=seed)
     encoder_specs = _check_encoders(encoders)
     head_specs = _check_heads(heads)
     configs = [(e, h, False) for e in encoder_specs for h in head_specs]
@@ -204,14 +204,17 @@ def benchmark(
         encoder=encoder_specs[e], features_key=_features_key(e, encoder_specs[e], seed),
         **common, **head_specs[h]) for e, h, _ in configs}
     check_no_copies(sections, group_of)
+    folds = list(dict.fromkeys(group_of[name] for name in sections))
+    fold_genes = {fold: _fold_genes({n: s for n, s in sections.items() if group_of[n] != fold},
+                                    table_key, n_genes, gene_flavor)  # checks gene_flavor
+                  for fold in folds}  # from the tables alone, before any tile is made
     work = _tiled_copies(sections, common)
     timing = _features(work, encoder_specs, common)
-    folds = list(dict.fromkeys(group_of[name] for name in sections))
     per_gene, pooled, spent = [], {}, {}
     for number, fold in enumerate(progress(folds, desc="folds", total=len(folds)), start=1):
         train = {n: s for n, s in work.items() if group_of[n] != fold}
         held_out = [n for n in sections if group_of[n] == fold]
-        genes = _fold_genes(train, table_key, n_genes, gene_flavor)
+        genes = fold_genes[fold]
         for (encoder, head), option in options.items():
             began, cpu = time.perf_counter(), time.process_time()
             scored = _fit_and_score(train, {n: work[n] for n in held_out}, option, genes,
@@ -241,6 +244,21 @@ def benchmark(
                 "encoders": {e: v for e, v in encoder_specs.items()}}
     return BenchmarkResult(table=table, sections=section_frame, genes=genes_frame, timing=timing,
                            settings=settings)
+
+
+def _check_options(*, n_genes, peer, size_um, mpp, seed) -> bool:
+    """Check the call's own numbers and flags before any work; ``peer`` as a bool.
+
+    ``gene_flavor`` is checked by choosing every fold's genes, also before any work.
+    """
+    from ..._core.validate import check_bool, check_int, check_positive
+
+    check_int("n_genes", n_genes, minimum=1)
+    check_positive("size_um", size_um, unit="um")
+    if mpp is not None:
+        check_positive("mpp", mpp, unit="um/px (or None)")
+    check_int("seed", seed)
+    return check_bool("peer", peer)
 
 
 def _check_groups(sections: Mapping[str, Any], groups) -> dict[str, str]:
