@@ -17,13 +17,17 @@ zarr (v3) that any zarr reader opens::
                                          options), complete
 
 Every write goes to a temporary folder beside the store and is moved into place with one
-rename, so a killed run leaves either the old content or the new one, never half of it.
+rename, so a killed run leaves either the old content or the new one, never half of it. A
+rewrite of the whole store (:meth:`SlideStore.write_slide`) keeps its tables of predictions and
+never loses what another step wrote there (results, other tile sets): it refuses first
+(:meth:`SlideStore.check_rewritable`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +45,9 @@ from ._store_parts import (
     _ensure_group,
     _jsonable,
     _write_features,
+    describe_item,
     store_add_predictions_to,
+    store_items,
     store_prediction,
     store_prediction_records,
     store_write_prediction,
@@ -389,10 +395,62 @@ class SlideStore:
                 "store_dir.")
 
     # ---------------------------------------------------------------------------------- writing
+    def check_rewritable(self, *, tissue_key: str, tiles_key: str,
+                         feature_keys: Sequence[str] = (),
+                         drop_features: Sequence[str] = ()) -> list[str]:
+        """Raise a ``ValueError`` where rewriting the store would lose what another step wrote.
+
+        A rewrite (:meth:`write_slide`) writes the tissue map ``tissue_key``, the tiles
+        ``tiles_key`` and their features ``feature_keys`` anew and keeps the tables of
+        predictions. Everything else the store holds would be lost: other tile sets and tissue
+        maps, the results of the slide-level models (``hx.tl.fit``, ``predict``,
+        ``cross_validate``), other features, whatever a user put there. Only the features
+        ``drop_features`` of ``tiles_key`` may go (they were made from the tiles replaced);
+        anything else is refused, naming it.
+
+        Parameters
+        ----------
+        tissue_key
+            The tissue map written anew.
+        tiles_key
+            The tile set written anew.
+        feature_keys
+            Its features written anew.
+        drop_features
+            Other features of ``tiles_key`` that may be dropped with the old tiles.
+
+        Returns
+        -------
+        The keys of ``drop_features`` the store holds (those the rewrite drops).
+
+        """
+        items = store_items(self._path)
+        tiles = f"tiles/{tiles_key}"
+        own = {f"labels/{tissue_key}", tiles,
+               *(f"{tiles}/features/{key}" for key in [*feature_keys, *drop_features])}
+        lost = [item for item in items if item not in own]
+        if lost:
+            slide = self.info.get("slide_id") or self._path.stem
+            listed = "; ".join(describe_item(self._path, item) for item in lost)
+            raise ValueError(
+                f"Recomputing the store of {slide!r} ({self._path}) would lose what it holds "
+                f"beside the tissue map {tissue_key!r}, the tiles {tiles_key!r} and their "
+                f"features: {listed}. overwrite=True replaces only what hx.tl.embed_cohort "
+                "wrote there itself, never what another step or you wrote; nothing was written. "
+                "To keep them, read the cohort with another store_dir (hx.io.read_cohort(..., "
+                "store_dir=...)) and compute the slides there; if they may go, remove them from "
+                f"the store first (e.g. {self._path / lost[0]}).")
+        return [key for key in drop_features if f"{tiles}/features/{key}" in items
+                and key not in feature_keys]
+
     def write_slide(self, sdata: SpatialData, *, tissue_key: str, tiles_key: str,
                     slide: dict[str, Any], params: dict[str, Any],
-                    feature_keys: list[str] = ()) -> None:
+                    feature_keys: Sequence[str] = (), drop_features: Sequence[str] = ()) -> None:
         """Write a processed slide as a new store, replacing (atomically) an older one.
+
+        An older store is replaced only where that loses nothing but what is written anew
+        (and ``drop_features``): :meth:`check_rewritable` refuses otherwise, before anything
+        is written. Its tables of predictions are kept.
 
         Parameters
         ----------
@@ -408,6 +466,9 @@ class SlideStore:
             The parameters that made the tissue map and the tiles.
         feature_keys
             Keys of the tile table's ``obsm`` to store as features.
+        drop_features
+            Keys of other features of ``tiles_key`` in the older store that may go with its
+            tiles (made by the same step from the tiles replaced).
 
         Returns
         -------
@@ -419,10 +480,16 @@ class SlideStore:
         from .._core.image import image_levels
 
         check_store_name("tissue_key", tissue_key, what="tissue map in a slide store")
-        for key in feature_keys:
+        for key in [*feature_keys, *drop_features]:
             self._node(tiles_key, "features", key)
         self._node(tiles_key)
         self.check_ours()
+        dropped = self.check_rewritable(tissue_key=tissue_key, tiles_key=tiles_key,
+                                        feature_keys=feature_keys, drop_features=drop_features)
+        if dropped:
+            logger.warning("%s: the features %s of %r were made from the tiles now replaced and "
+                           "go with them; embed them again with hx.tl.embed_cohort if needed.",
+                           self._path.name, dropped, tiles_key)
         partial = self._partial_path("slide")
         try:
             root = zarr.open_group(partial, mode="w")

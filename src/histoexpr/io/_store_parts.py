@@ -1,10 +1,12 @@
 """Parts of a slide store (:class:`histoexpr.io.SlideStore`).
 
-Its tables of predictions, and the helpers its writes share.
+Its tables of predictions, what a rewrite of the whole store would lose, and the helpers its
+writes share.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -122,6 +124,71 @@ def store_add_predictions_to(store: SlideStore, sdata: SpatialData) -> SpatialDa
     for kind, key, element in added:
         getattr(sdata, kind)[key] = element
     return sdata
+
+
+def store_items(path: Path) -> list[str]:
+    """Everything a store holds that a rewrite of it could lose, as paths inside the store.
+
+    ``labels/<key>``, ``tiles/<tiles_key>`` (its boxes and obs), ``tiles/<tiles_key>/features/
+    <key>`` and ``tiles/<tiles_key>/results/<key>``, and whatever else lies in the store's
+    folders (a file of the user's, say) by its own path. The tables of predictions are left
+    out: a rewrite keeps them. The folders are read as they are, finished or not.
+    """
+    if not path.is_dir():
+        return []
+    items = []
+    for entry in _entries(path, keep={"predictions"}):
+        if entry.name not in ("labels", "tiles") or not entry.is_dir():
+            items.append(entry.name)
+            continue
+        for sub in _entries(entry):
+            items.append(f"{entry.name}/{sub.name}")
+            if entry.name == "tiles" and sub.is_dir():
+                items += _tile_set_items(sub)
+    return items
+
+
+def _tile_set_items(folder: Path) -> list[str]:
+    """The items of :func:`store_items` inside a tile set (but the tile set itself)."""
+    items = []
+    for part in _entries(folder, keep={"boxes", "obs"}):
+        if part.name in ("features", "results") and part.is_dir():
+            items += [f"tiles/{folder.name}/{part.name}/{one.name}" for one in _entries(part)]
+        else:
+            items.append(f"tiles/{folder.name}/{part.name}")
+    return items
+
+
+def _entries(folder: Path, keep: set[str] = frozenset()) -> list[Path]:
+    """A folder's entries but its ``zarr.json`` (and the names in ``keep``), by name."""
+    return sorted(p for p in folder.iterdir() if p.name != "zarr.json" and p.name not in keep)
+
+
+def describe_item(store: Path, item: str) -> str:
+    """An item of :func:`store_items` in words, naming its key (and the step that wrote it)."""
+    parts = item.split("/")
+    if parts[0] == "labels" and len(parts) == 2:
+        return f"the tissue map {parts[1]!r}"
+    if parts[0] != "tiles" or len(parts) not in (2, 4) or parts[2:3] not in (
+            [], ["features"], ["results"]):
+        return f"{item!r}"
+    if len(parts) == 2:
+        return f"the tiles {parts[1]!r}"
+    said = f"the {parts[2]} {parts[3]!r} of the tiles {parts[1]!r}"
+    writer = _attributes(store / item).get("writer")
+    if isinstance(writer, dict) and writer.get("step"):
+        said += f" (written by {writer['step']}" + (
+            f" within {writer['within']})" if writer.get("within") else ")")
+    return said
+
+
+def _attributes(folder: Path) -> dict[str, Any]:
+    """The attributes of a zarr group or array, read from its ``zarr.json`` (``{}``: none)."""
+    try:
+        attrs = json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def _check_keys_free(sdata: SpatialData, wanted: list[tuple[str, str]], store: str,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..._core.logs import each_item, logged_step, logger, progress
 from ..._core.memory import file_fingerprint
-from ..._core.records import EmbeddingRecord, TileRecord
+from ..._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from ..._core.seeds import resolve_device, resolve_seed
 from ..._core.validate import (
     check_bool,
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 #: what a slide's task did
 STATUSES = ("computed", "features", "skipped", "failed")
+#: the parameters embed_cohort records with the features it makes (their record's ``params``)
+FEATURE_PARAMS = ("encoder", "checkpoint", "seed", "key")
 
 
 @renamed_parameters(size="size_px", stride=stride_name)
@@ -135,7 +137,13 @@ def embed_cohort(
         Key of the features; defaults to ``f"X_{name}"`` with the encoder's name.
     overwrite
         Recompute slides (or features) whose store was made with other parameters. Without
-        it, such a difference is an error, raised before anything is computed.
+        it, such a difference is an error, raised before anything is computed. It replaces
+        only what embed_cohort wrote: a store to recompute (its tissue map and tiles anew)
+        that holds what another step or the user wrote there (results of
+        :func:`histoexpr.tl.fit`, ``predict`` or ``cross_validate``, another tile set,
+        features embed_cohort did not make) is refused, naming them, before any slide is
+        written. Features of other keys that embed_cohort made from the old tiles go with
+        them (a warning names them); tables of predictions are kept.
 
     Returns
     -------
@@ -218,6 +226,7 @@ def embed_cohort(
                    "min_area_um2": float(min_area_um2)},
         "tiles": _tile_record(size_px, mpp, size_um, stride_px, stride_um, min_tissue),
     }
+    # its keys are FEATURE_PARAMS: how a store tells the features embed_cohort made
     feature_params = {"encoder": [_encoder_description(one) for one in encoders],
                       "checkpoint": None if checkpoint is None else _fingerprint(checkpoint),
                       "seed": seed, "key": key_added}
@@ -234,6 +243,8 @@ def embed_cohort(
                   "slide_content": file_fingerprint(path)}
         status = _plan(slide_id, store, params, feature_params, tiles_key, key_added, overwrite)
         statuses[slide_id] = status
+        if status == "computed":  # a rewrite never loses what another step (or the user) wrote
+            _drops(store, tissue_key, tiles_key, key_added)  # refused here, before any write
         if status != "skipped":
             tasks.append({"slide_id": slide_id, "path": str(path), "store": str(store.path),
                           "mpp": cohort.slide_mpp(slide_id), "status": status,
@@ -369,8 +380,7 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
             raise ValueError(
                 f"The store of {slide_id!r} ({store.path}) was made with other parameters than "
                 f"those asked now ({'; '.join(changed)}). Pass overwrite=True to recompute it, "
-                "or read the cohort with another store_dir."
-            )
+                "or read the cohort with another store_dir.")
         return "computed"
     if tiles_key not in store.tiles_keys():
         return "computed" if overwrite else _conflict(slide_id, store, f"no tiles {tiles_key!r}")
@@ -384,10 +394,31 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
             raise ValueError(
                 f"The features {key!r} of {slide_id!r} were made otherwise than asked now "
                 f"({'; '.join(made)}). Pass overwrite=True to recompute them, or another "
-                "key_added."
-            )
+                "key_added.")
         return "features"
     return "skipped"
+
+
+def _drops(store, tissue_key: str, tiles_key: str, key_added: str) -> list[str]:
+    """Check that recomputing a slide's store loses nothing but embed_cohort's own.
+
+    The tissue map, the tiles ``tiles_key`` and the features ``key_added`` are written anew.
+    Features of other keys of ``tiles_key`` no longer fit the new tiles: they may go where
+    their record shows embed_cohort made them (its parameters under their own key, written by
+    ``hx.tl.embed``, or with no writer by an earlier version). Anything else the store holds
+    (other tile sets, results of other steps, features of unknown origin) makes
+    :meth:`~histoexpr.io.SlideStore.check_rewritable` raise, naming it. Returns the keys of
+    the features the rewrite drops.
+    """
+    from ._embed import STEP
+
+    stored = (store.feature_records(tiles_key)
+              if store.complete and tiles_key in store.tiles_keys() else {})
+    drop = [key for key, record in stored.items() if isinstance(made := record.get("params"), dict)
+            and made.get("key") == key and set(made) == set(FEATURE_PARAMS)
+            and EmbeddingRecord.from_uns(record).writer in (None, WriterRecord(STEP, key))]
+    return store.check_rewritable(tissue_key=tissue_key, tiles_key=tiles_key,
+                                  feature_keys=[key_added], drop_features=drop)
 
 
 def _changed(stored: dict, params: dict) -> list[str]:
@@ -552,7 +583,8 @@ def _process_slide(task: dict, encoders: list) -> dict:
     if task["status"] == "computed":
         slide = {"slide_id": slide_id, "slide_path": task["path"], "processed": time.time()}
         store.write_slide(sdata, tissue_key=params["tissue_key"], tiles_key=tiles_key,
-                          slide=slide, params=params, feature_keys=[key])
+                          slide=slide, params=params, feature_keys=[key],
+                          drop_features=_drops(store, params["tissue_key"], tiles_key, key))
     else:
         store.write_features(tiles_key, key, table.obsm[key], record)
     seconds = time.perf_counter() - start
