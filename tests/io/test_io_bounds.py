@@ -501,3 +501,15 @@ def test_transcript_tables_are_estimated_before_they_are_read(tmp_path, monkeypa
     read = hx.io.read_cell_boundaries(cells)
     assert read.index.equals(boundaries.index)
     assert read.geometry.geom_equals_exact(boundaries.geometry, 0).all()
+
+
+def test_read_wsi_records_the_file_each_image_came_from(tmp_path):
+    from histoexpr._core.image_facts import source_of
+
+    _blank_slide(tmp_path / "slide.tif")
+    sdata = hx.io.read_wsi(tmp_path / "slide.tif")
+    assert source_of(sdata, "he") == str(tmp_path / "slide.tif")
+    # another image under that key is not the file's: no name for it
+    sdata.images["he"] = hx.io.read_wsi(tmp_path / "slide.tif", image_key="x").images["x"]
+    assert source_of(sdata, "he") is None
+    assert source_of(hx.io.read_wsi(tmp_path / "slide.tif"), "other") is None  # no such image

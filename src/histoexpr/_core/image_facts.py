@@ -136,3 +136,33 @@ def check_pixels(pixels: np.ndarray, image_key: str, valid: np.ndarray | None = 
             "find: bare glass, an empty pyramid level, a placeholder or a file read wrong. "
             "Check the image (e.g. hx.pl.spatial(sdata, image_key=...)) and give the slide's "
             "image.")
+
+
+#: where a reader records the file each image was read from: ``sdata.attrs[_SOURCE_KEY]``
+_SOURCE_KEY = "histoexpr_sources"
+
+
+def _pixels_identity(sdata: SpatialData, image_key: str) -> str:
+    """The name of the lazy array behind an image's finest level (another array: another name)."""
+    data = image_levels(sdata, image_key)[0].data
+    return str(getattr(getattr(data, "data", None), "name", None) or id(data))
+
+
+def record_source(sdata: SpatialData, image_key: str, path: Any) -> None:
+    """Record that ``sdata.images[image_key]`` was read from the file ``path``."""
+    sources = dict(sdata.attrs.get(_SOURCE_KEY) or {})
+    sources[image_key] = {"path": str(path), "pixels": _pixels_identity(sdata, image_key)}
+    sdata.attrs[_SOURCE_KEY] = sources
+
+
+def source_of(sdata: SpatialData, image_key: str) -> str | None:
+    """The file ``sdata.images[image_key]`` was read from, while it holds those pixels.
+
+    ``None`` where no reader recorded one, or the image was replaced (or written and read back)
+    since: its lazy array is another.
+    """
+    record = (getattr(sdata, "attrs", None) or {}).get(_SOURCE_KEY, {}).get(image_key)
+    if not isinstance(record, Mapping) or image_key not in sdata.images:
+        return None
+    same = record.get("pixels") == _pixels_identity(sdata, image_key)
+    return str(record["path"]) if same else None

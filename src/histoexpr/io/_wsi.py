@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._core.image_facts import record_source
 from .._core.logs import log_added, logger
 from .._core.validate import check_element_name, check_positive
 from ._elements import (
@@ -128,7 +129,9 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     logger.info("Read %s: %d level(s) (%s px), %.4g um/px (from %s)", path.name, len(levels),
                 shapes, mpp, source)
     log_added("images", image_key, f"{len(levels)} levels, {mpp:.4g} um/px")
-    return SpatialData(images={image_key: element})
+    sdata = SpatialData(images={image_key: element})
+    record_source(sdata, image_key, path)  # warnings about the slide name its file
+    return sdata
 
 
 def _plain_image_format(path: Path) -> str | None:
@@ -158,7 +161,9 @@ def _read_plain_slide(path: Path, *, mpp: float | None, image_key: str) -> Spati
     logger.info("Read %s (%s, %dx%d px, read whole into memory), %.4g um/px (from mpp=)",
                 path.name, kind, pixels.shape[2], pixels.shape[1], mpp)
     log_added("images", image_key, f"{pixels.shape[2]}x{pixels.shape[1]} px, {mpp:.4g} um/px")
-    return SpatialData(images={image_key: element})
+    sdata = SpatialData(images={image_key: element})
+    record_source(sdata, image_key, path)
+    return sdata
 
 
 def _check_complete(tif, path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..._core.image import check_pixel_size_stated, image_levels
-from ..._core.image_facts import image_coverage, image_fingerprint
+from ..._core.image_facts import image_coverage, image_fingerprint, source_of
 from ..._core.logs import log_added, logger
 from ..._core.ownership import (
     check_key_writable,
@@ -108,7 +108,8 @@ def predict(
         whose intervals do not depend on depth is an error.
     name
         The slide's name in the guard's warning; ``None`` uses the file the section was read
-        from, or the image key.
+        from (a .zarr store, or the slide file :func:`histoexpr.io.read_wsi` read, while the
+        image holds its pixels), or the image key.
     key_added
         Key of the table of predictions; defaults to ``f"{tiles_key}_expression"``.
     overwrite
@@ -360,7 +361,7 @@ def _check_finite(values: np.ndarray, tiles_key: str, image_key: str) -> None:
 def _slide_name(sdata, image_key: str, name: str | None) -> str:
     if name is not None:
         return repr(str(name))
-    path = getattr(sdata, "path", None)
+    path = getattr(sdata, "path", None) or source_of(sdata, image_key)
     return repr(str(path)) if path is not None else f"(image {image_key!r})"
 
 
