@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._core.files import changed_in_folder, folder_listing, restore_swap_of, written_beside
 from ._core.logs import logger, shown
+from ._core.torch_files import untrained_message
 from ._core.validate import check_bool, check_element_name
 from ._demo import SIZES, run_demo
 
@@ -157,6 +158,8 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
     hx.settings.verbosity = 2
     model = hx.io.load_model(model_path, device=device, root=root)
     name = (model.metadata or {}).get("model")
+    if name is None:
+        raise CannotPredictError(untrained_message(model, str(model_path)))
     try:
         accepted = hx.tl.predict_options(str(name))
     except ValueError as error:
@@ -262,6 +265,8 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
     hx.settings.verbosity = 2
     model = hx.io.load_model(model_path, device=device, root=root)
     name = (model.metadata or {}).get("model")
+    if name is None:
+        raise CannotPredictError(untrained_message(model, str(model_path)))
     if name != "spot_regressor":
         raise CannotPredictError(
             f"{model_path} holds a {name!r} model; a manifest of H&E slides is predicted by a "

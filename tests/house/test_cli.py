@@ -160,6 +160,31 @@ def test_predict_bad_input_exits_with_a_message(case, model_file, slide, tmp_pat
     assert not out.exists()
 
 
+@bad_input("obscure error", "`histoexpr predict -m encoder.pt` (or `hx.tl.predict`) with a tile "
+           "encoder saved by `hx.io.save_model` (from `hx.tl.pretrain`) in place of a trained "
+           "model",
+           says="exit 3: encoder.pt holds a TileEncoder without metadata['model']: a network, "
+                "not a model trained by hx.tl.fit ... give it as encoder= to hx.tl.embed, "
+                "hx.tl.embed_cohort or hx.tl.fit (before: 'holds a None model ... may come from "
+                "another version of histoexpr')",
+           fix="predict with a model trained by hx.tl.fit; give the encoder as encoder=")
+def test_an_encoder_file_given_as_the_model_is_named_as_one(slide, tmp_path, capsys):
+    encoder = hx.io.save_model(TileEncoder(arch="small_cnn", in_channels=3, width=8),
+                               tmp_path / "encoder.pt")
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"path\n{slide}\n")
+    said = (f"{encoder} holds a TileEncoder without metadata['model']: a network, not a model "
+            "trained by hx.tl.fit")
+    for source in (["--image", str(slide), "-o", str(tmp_path / "out.zarr")],
+                   ["--manifest", str(manifest), "--store-dir", str(tmp_path / "stores")]):
+        assert main(["predict", "-m", str(encoder), *source]) == EXIT_CANNOT_PREDICT
+        err = capsys.readouterr().err
+        assert said in err and "give it as encoder= to hx.tl.embed" in err
+    with pytest.raises(ValueError, match="give it as encoder= to hx.tl.embed"):
+        hx.tl.predict(encoder, hx.datasets.synthetic_section(seed=0, size_um=200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.pt", "slides.csv"]
+
+
 @bad_input("silently wrong", "`histoexpr predict --image SLIDE --workers 8` (or `--store-dir "
            "DIR`): options of --manifest, silently ignored with --image",
            says="exit 2: --workers: with --image the slide is predicted here, in this process "

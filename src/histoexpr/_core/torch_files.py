@@ -68,3 +68,17 @@ def holds_format(path: str | Path, file_format: str) -> bool:
     except (ValueError, FileNotFoundError, OSError):
         return False
     return isinstance(payload, dict) and payload.get("format") == file_format
+
+
+def untrained_message(network: Any, where: str) -> str:
+    """Why ``network`` (no ``metadata["model"]``) cannot predict, and what to give instead.
+
+    ``where``: what held it (``"This network"``, ``"model.pt"``).
+    """
+    kind = type(network).__name__
+    said = (f"{where} holds a {kind} without metadata['model']: a network, not a model trained "
+            "by hx.tl.fit, so it predicts nothing.")
+    if kind.endswith("Encoder"):
+        said += (" A tile encoder (from hx.tl.pretrain or hx.models) makes features: give it "
+                 "as encoder= to hx.tl.embed, hx.tl.embed_cohort or hx.tl.fit.")
+    return said + " Predict with a model trained by hx.tl.fit (saved with hx.io.save_model)."

@@ -157,16 +157,16 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
     PREDICT_OPTIONS
     """
     check_bool("overwrite", overwrite)
+    source = str(model) if isinstance(model, str | Path) else "This network"
     if isinstance(model, str | Path):
         from ..io import load_model
 
         model = load_model(model, device=options.get("device"))
     name = (getattr(model, "metadata", None) or {}).get("model")
     if name is None:
-        raise ValueError(
-            "This network has no metadata['model']: it was not trained by hx.tl.fit. Train it "
-            "with hx.tl.fit, or load a file written by hx.io.save_model."
-        )
+        from .._core.torch_files import untrained_message
+
+        raise ValueError(untrained_message(model, source))
     from ..io import Cohort
 
     if isinstance(data, Cohort) and name in MODELS and name not in COHORT_MODELS:
