@@ -452,8 +452,9 @@ def read_cohort(
                            mpps=mpps)
     cohort = Cohort(slides, bulk_data)
     done = sum(cohort.store(i).complete for i in ids)
-    logger.info("Read a cohort of %d slides (%d patients); %d already processed in %s.",
-                len(ids), obs["patient"].nunique(), done, store_dir)
+    logger.info("Read a cohort of %d slides (%d patients); %d with tiles and features "
+                "(hx.tl.embed_cohort) in %s.", len(ids), obs["patient"].nunique(), done,
+                store_dir)
     return cohort
 
 
