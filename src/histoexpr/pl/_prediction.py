@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 def prediction(
     data: SpatialData | AnnData,
     pred_key: str,
-    truth_key: str | AnnData = "table",
+    truth_key: str | AnnData | None = "table",
     *,
     genes: str | Sequence[str] | None = None,
     image_key: str | None = "he",
@@ -60,6 +60,10 @@ def prediction(
     AnnData without ``uns["spatial"]`` (e.g. predicted bulk expression from a MIL model): one
     scatter of predicted against measured values per gene, with its Pearson correlation.
 
+    A slide without measurements (H&E only) is drawn with ``truth_key=None``: the predicted
+    maps alone (and the interval widths with ``interval=True``), from a section or a prediction
+    table. The scatters compare with measurements, so they refuse ``truth_key=None``.
+
     The maps of a gene share one colour scale (``shared_scale``), their colourbars name the
     values (``"EPCAM (log1p)"``), and each map has a scale bar in um.
 
@@ -71,10 +75,12 @@ def prediction(
         Section: key of the prediction table. AnnData: ``"X"`` or a layer of ``data`` holding
         the predictions.
     truth_key
-        Section: key of the spot table (raw counts). AnnData: a layer of ``data`` holding the
-        measurements, or an AnnData of measurements (rows matched by ``obs_names`` for the
+        Section: key of the spot table (raw counts); a section without it is a ``KeyError``
+        that names what to pass (the default is not guessed). AnnData: a layer of ``data`` holding
+        the measurements, or an AnnData of measurements (rows matched by ``obs_names`` for the
         scatters; for the maps a spot table of raw counts with ``obsm["spatial"]`` in um, drawn
-        log1p-normalised at its own positions).
+        log1p-normalised at its own positions). ``None``: no measurements (an H&E-only slide);
+        the maps show the predictions alone, without a measured map.
     genes
         Genes to show (a single name is one gene); defaults to the first four predicted genes.
     image_key
@@ -84,9 +90,11 @@ def prediction(
     shared_scale
         Maps: one colour scale for the predicted and the measured map of each gene (limits
         from the smallest and largest of both), so that equal colours mean equal values;
-        ``False`` scales each map to its own values.
+        ``False`` scales each map to its own values. Without measurements
+        (``truth_key=None``) the predicted map has its own scale either way.
     interval
-        Maps: add a third map per gene, the width of the prediction interval
+        Maps: add a map per gene (the third, or the second with ``truth_key=None``), the width
+        of the prediction interval
         (``layers["upper"] - layers["lower"]`` of the prediction table, as
         :func:`histoexpr.tl.predict` writes them for a calibrated spot regressor; its level is
         in ``uns["prediction"]["intervals"]``), on its own colour scale.
@@ -120,6 +128,8 @@ def prediction(
         >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", "table",
         ...                           genes="EPCAM", scale_bar_um=50)
         >>> figure = hx.pl.prediction(table, "X", test.tables["table"], genes="EPCAM")
+        >>> del test.tables["table"]  # as an H&E-only slide: no measured table
+        >>> figure = hx.pl.prediction(test, "he_expr_tiles_expression", None, genes="EPCAM")
 
     """
     check_save(save)
@@ -150,6 +160,11 @@ def prediction(
         if interval:
             raise ValueError("interval=True draws maps; this AnnData has no uns['spatial'] "
                              "to draw them on (pass a section or a prediction table of tiles).")
+        if truth_key is None:
+            raise ValueError("truth_key=None draws the predictions alone, as maps; this AnnData "
+                             "has no uns['spatial'] to draw them on, and its scatters need the "
+                             "measurements. Pass a layer or an AnnData of measurements, or a "
+                             "section or a prediction table of tiles.")
         figure = _scatters(data, pred_key, truth_key, genes=genes, panel_size=panel_size)
     save_figure(figure, save)
     return figure
@@ -223,25 +238,35 @@ def gene_metrics(
     return ax
 
 
-def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_side,
+def _maps(sdata, pred_key: str, truth_key: str | None, *, genes, image_key, cmap, max_side,
           panel_size, shared_scale, interval, scale_bar_um) -> Figure:
     from .._core.expression import expression_targets
 
     require_element(sdata, pred_key, "tables")
-    require_element(sdata, truth_key, "tables")
-    pred, truth = sdata.tables[pred_key], sdata.tables[truth_key]
+    if truth_key is not None and truth_key not in sdata.tables:
+        available = ", ".join(repr(key) for key in sdata.tables.keys()) or "none"
+        raise KeyError(f"sdata.tables has no element {truth_key!r} (truth_key, the table of "
+                       f"measured expression); available: {available}. For a slide without "
+                       "measurements (H&E only), pass truth_key=None to draw the predictions "
+                       "alone; to compare, pass the key of the measured spot table.")
+    pred = sdata.tables[pred_key]
+    truth = None if truth_key is None else sdata.tables[truth_key]
     if interval:
         _check_intervals(pred, pred_key)
     genes = list(pred.var_names[:4]) if genes is None else list(genes)
-    missing = [g for g in genes if g not in pred.var_names or g not in truth.var_names]
+    missing = [g for g in genes if g not in pred.var_names
+               or (truth is not None and g not in truth.var_names)]
+    if missing and truth is None:
+        raise KeyError(f"Genes {missing} are not predicted ({pred_key!r}).")
     if missing:
         raise KeyError(f"Genes {missing} are not both predicted ({pred_key!r}) and measured "
                        f"({truth_key!r}).")
-    measured = expression_targets(truth, genes)
     predicted = _values(pred, "X", genes)  # the genes' columns only
     widths = _interval_widths(pred, genes) if interval else None
     pred_shapes = _annotated_shapes(sdata, pred)
-    truth_shapes = _annotated_shapes(sdata, truth)
+    if truth is not None:
+        measured = expression_targets(truth, genes)
+        truth_shapes = _annotated_shapes(sdata, truth)
 
     def background(ax):
         if image_key is not None:
@@ -250,12 +275,13 @@ def _maps(sdata, pred_key: str, truth_key: str, *, genes, image_key, cmap, max_s
     panels = []
     for row, gene in enumerate(genes):
         maps = ((pred_shapes, _by_instance(pred, predicted[gene].to_numpy(), pred_shapes),
-                 value_label(pred, gene, None)),
-                (truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
-                 f"{gene} (log1p)"))
+                 value_label(pred, gene, None), "predicted"),)
+        if truth is not None:
+            maps += ((truth_shapes, _by_instance(truth, measured[:, row], truth_shapes),
+                      f"{gene} (log1p)", "measured"),)
         if widths is not None:
             maps += ((pred_shapes, _by_instance(pred, widths[gene].to_numpy(), pred_shapes),
-                      f"{gene} interval width"),)
+                      f"{gene} interval width", "interval width"),)
         panels.append((gene, maps))
     return _draw_panels(panels, background, cmap=cmap, panel_size=panel_size,
                         shared_scale=shared_scale, scale_bar_um=scale_bar_um)
@@ -278,12 +304,18 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
         shared = [g for g in pred.var_names if g in truth.var_names]
     else:
         truth = None
-        _layer(pred, truth_key)
+        if truth_key is not None and truth_key != "X" and truth_key not in pred.layers:
+            raise KeyError(f"truth_key {truth_key!r} is neither 'X' nor a layer of the "
+                           f"prediction table (layers: {list(pred.layers)}). Pass the measured "
+                           "spot table (an AnnData) or a layer of measurements; for a slide "
+                           "without measurements (H&E only), pass truth_key=None to draw the "
+                           "predictions alone.")
         shared = list(pred.var_names)
     genes = shared[:4] if genes is None else list(genes)
     missing = [g for g in genes if g not in shared]
     if missing:
-        raise KeyError(f"Genes {missing} are not both predicted and measured.")
+        raise KeyError(f"Genes {missing} are not "
+                       + ("predicted." if truth_key is None else "both predicted and measured."))
     if interval:
         _check_intervals(pred, pred_key)
     predicted = _values(pred, pred_key, genes)  # the genes' columns only
@@ -293,7 +325,7 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
         measured = pd.DataFrame(expression_targets(truth, genes), columns=genes,
                                 index=truth_shapes.index)
         measured_label = "log1p"
-    else:
+    elif truth_key is not None:
         truth_shapes = pred_shapes
         measured = _values(pred, truth_key, genes)
         measured.index = pred_shapes.index
@@ -303,11 +335,12 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
     widths = _interval_widths(pred, genes) if interval else None
     panels = [(gene, (
         (pred_shapes, pd.Series(predicted[gene].to_numpy(float), index=pred_shapes.index),
-         f"{gene} {unit}".strip()),
-        (truth_shapes, measured[gene], f"{gene} ({measured_label})"))
+         f"{gene} {unit}".strip(), "predicted"),)
+        + (() if truth_key is None else (
+            (truth_shapes, measured[gene], f"{gene} ({measured_label})", "measured"),))
         + (() if widths is None else (
             (pred_shapes, pd.Series(widths[gene].to_numpy(float), index=pred_shapes.index),
-             f"{gene} interval width"),)))
+             f"{gene} interval width", "interval width"),)))
         for gene in genes]
     return _draw_panels(panels, lambda ax: draw_table_image(ax, record[1]), cmap=cmap,
                         panel_size=panel_size, shared_scale=shared_scale,
@@ -316,7 +349,11 @@ def _table_maps(pred, pred_key: str, truth_key, *, genes, library_id, cmap, pane
 
 def _draw_panels(panels, background, *, cmap, panel_size, shared_scale,
                  scale_bar_um) -> Figure:
-    """One row per gene: its predicted and measured maps, on one colour scale if shared."""
+    """One row per gene: its maps, the predicted and measured on one colour scale if shared.
+
+    Each map is ``(shapes, values, colourbar label, what)``, ``what`` one of ``"predicted"``,
+    ``"measured"`` or ``"interval width"`` (its title; a width has its own colour scale).
+    """
     import matplotlib.pyplot as plt
 
     columns = max(len(maps) for _, maps in panels)
@@ -325,15 +362,15 @@ def _draw_panels(panels, background, *, cmap, panel_size, shared_scale,
     for row, (gene, maps) in enumerate(panels):
         limits = (None, None)
         if shared_scale:  # the predicted and measured maps (an interval width has its own)
-            both = np.concatenate([values.to_numpy(float) for _, values, _ in maps[:2]])
+            both = np.concatenate([values.to_numpy(float) for _, values, _, what in maps
+                                   if what != "interval width"])
             both = both[np.isfinite(both)]
             if both.size:
                 limits = (float(both.min()), float(both.max()))
-        for column, ((shapes, values, label), what) in enumerate(zip(
-                maps, ("predicted", "measured", "interval width"), strict=False)):
+        for column, (shapes, values, label, what) in enumerate(maps):
             ax = axes[row][column]
             background(ax)
-            low, high = limits if column < 2 else (None, None)
+            low, high = limits if what != "interval width" else (None, None)
             _draw_shapes(ax, shapes, values, cmap=cmap, alpha=0.9, label=label,
                          outline="black", vmin=low, vmax=high)
             ax.set_aspect("equal")
