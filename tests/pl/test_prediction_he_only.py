@@ -114,3 +114,20 @@ def test_genes_not_predicted_are_named(he_only):
         hx.pl.prediction(section, "pred", None, genes=["EPCAM", "CD3E"])
     with pytest.raises(KeyError, match=r"\['CD3E'\] are not predicted"):
         hx.pl.prediction(table, "X", None, genes="CD3E")
+
+
+def test_one_width_for_every_tile_is_drawn_as_one(he_only):
+    # an H&E-only slide's intervals are as wide on every tile: the float32 bounds' rounding
+    # (about 1e-7 of the values) must not be drawn as a map of differences
+    _, table = he_only
+    table = table.copy()
+    table.X = np.asarray(table.X, dtype=np.float32).copy()
+    table.X[:, :] = np.linspace(0.1, 7.3, table.n_obs, dtype=np.float32)[:, None]
+    half = np.float32(1.24145)
+    table.layers["lower"] = table.X - half
+    table.layers["upper"] = table.X + half
+    widths = table.layers["upper"] - table.layers["lower"]
+    assert np.ptp(widths) > 0  # the rounding is there
+    drawn = panels(hx.pl.prediction(table, "X", None, genes=["EPCAM"], interval=True))
+    shown, _ = drawn["EPCAM: interval width"]
+    assert np.ptp(shown) == 0 and shown[0] == pytest.approx(2 * 1.24145, rel=1e-6)

@@ -454,8 +454,17 @@ def _count_below(upper, lower) -> int:
 
 
 def _interval_widths(pred, genes: Sequence[str]) -> pd.DataFrame:
-    """Width of each tile's prediction interval (``upper - lower``) for ``genes``."""
-    return _values(pred, "upper", genes) - _values(pred, "lower", genes)
+    """Width of each tile's prediction interval (``upper - lower``) for ``genes``.
+
+    A gene whose widths differ only by the rounding of float32 bounds (one width for every
+    tile, as on an H&E-only slide) gets that one width: rounding noise is not drawn as a map.
+    """
+    widths = _values(pred, "upper", genes) - _values(pred, "lower", genes)
+    spread = widths.max() - widths.min()
+    flat = spread <= 1e-5 * widths.abs().max() + 1e-6
+    for gene in widths.columns[flat.to_numpy()]:
+        widths[gene] = float(widths[gene].mean())
+    return widths
 
 
 def _scatters(adata, pred_key: str, truth_key, *, genes, panel_size) -> Figure:
