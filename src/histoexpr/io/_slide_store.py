@@ -14,7 +14,8 @@ zarr (v3) that any zarr reader opens::
                                          attrs: columns, branches, writer (step, key, within)
       predictions/<key>/                 a table of per-tile predictions (an AnnData, as
                                          anndata writes it); attrs: record (model, slide,
-                                         options), complete
+                                         options), complete, files (every file written,
+                                         its size and time)
 
 Every write goes to a temporary folder beside the store and is moved into place with one
 rename, so a killed run leaves either the old content or the new one, never half of it. A
@@ -47,6 +48,7 @@ from ._store_parts import (
     _write_features,
     describe_item,
     store_add_predictions_to,
+    store_check_prediction_replaceable,
     store_items,
     store_prediction,
     store_prediction_records,
@@ -148,7 +150,7 @@ class SlideStore:
             raise FileExistsError(
                 f"{self._path} exists but is not a histoexpr slide store; histoexpr never "
                 "replaces what it did not write. Move it away, or give read_cohort another "
-                "store_dir."
+                "store_dir (--store-dir on the command line)."
             )
 
     # ---------------------------------------------------------------------------------- reading
@@ -653,7 +655,8 @@ class SlideStore:
         slide
             What identifies the slide (id, path), recorded in a store made here.
         overwrite
-            Replace a table already stored under ``key``.
+            Replace a table already stored under ``key``, only as histoexpr wrote it
+            (:meth:`check_prediction_replaceable`).
 
         Returns
         -------
@@ -662,6 +665,27 @@ class SlideStore:
         """
         store_write_prediction(self, key, table, record=record, slide=slide,
                                overwrite=overwrite)
+
+    def check_prediction_replaceable(self, key: str) -> None:
+        """Raise a ``ValueError`` where replacing the predictions ``key`` would delete a file.
+
+        A table of predictions records every file it was written with (size and time);
+        ``overwrite=True`` replaces it only where it holds nothing else and nothing changed
+        since: a file added inside it (notes of the user's), or one changed, is named and
+        nothing is deleted. A table of an earlier version, which has no such list, is replaced
+        only where every file in it is a part of a zarr table (metadata or chunks).
+
+        Parameters
+        ----------
+        key
+            Its key.
+
+        Returns
+        -------
+        Nothing; also where the store holds no table ``key``.
+
+        """
+        store_check_prediction_replaceable(self, key)
 
     def add_predictions_to(self, sdata: SpatialData) -> SpatialData:
         """Add every stored table of predictions (and its tiles, where absent) to a section.

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._core.files import changed_in_folder, folder_listing
+from .._core.logs import shown
 from .._core.validate import check_bool
 
 if TYPE_CHECKING:
@@ -27,6 +29,10 @@ VERSION = 1
 PREDICTIONS = "predictions"
 #: the attribute of a prediction table's group holding how it was made
 _PREDICTION_RECORD = "histoexpr_prediction"
+#: the attribute of a prediction table's group listing every file written in it (size, time)
+_PREDICTION_FILES = "histoexpr_prediction_files"
+#: the names of zarr's metadata files (v3, and v2 for tables of older zarr)
+_ZARR_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
 
 def store_prediction_records(store: SlideStore) -> dict[str, dict[str, Any]]:
@@ -77,6 +83,7 @@ def store_write_prediction(store: SlideStore, key: str, table, *, record: dict[s
                 f"{target} is not a table of predictions written by histoexpr (it has no "
                 "record of how it was made), so overwrite=True does not replace it. Move "
                 "it away, or choose another key_added.")
+        store_check_prediction_replaceable(store, key)
     partial = store._partial_path(f"prediction-{key}")
     try:
         import anndata as ad
@@ -87,16 +94,99 @@ def store_write_prediction(store: SlideStore, key: str, table, *, record: dict[s
             warnings.filterwarnings("ignore", message="Consolidated metadata",
                                     category=UserWarning)
             table.write_zarr(partial / "x")
-        zarr.open_group(partial / "x", mode="a").attrs[_PREDICTION_RECORD] = {
-            **_jsonable(record), "complete": True}
+        # every file written, so that a later overwrite=True replaces the table only as
+        # written: never with a file of the user's added inside it since
+        listing = folder_listing(partial / "x", leave_out=["zarr.json"])
+        zarr.open_group(partial / "x", mode="a").attrs.update({
+            _PREDICTION_RECORD: {**_jsonable(record), "complete": True},
+            _PREDICTION_FILES: listing})
         if not store.is_histoexpr:  # a slide predicted before (or without) embed_cohort
             root = zarr.open_group(store._path, mode="a")
             root.attrs["histoexpr"] = {"format": FORMAT, "version": VERSION,
                                        **_jsonable(slide), "complete": False}
         _ensure_group(target.parent, store._path)
+        if target.exists() or target.is_symlink():  # again: nothing may have been added since
+            store_check_prediction_replaceable(store, key)
         store._move_into_place(partial / "x", target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def store_check_prediction_replaceable(store: SlideStore, key: str) -> None:
+    """The body of :meth:`SlideStore.check_prediction_replaceable`."""
+    target = store._prediction_path(key)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_symlink() or not target.is_dir():
+        found, how = [target.name], "it is a link or a file, not the folder histoexpr wrote"
+    else:
+        listing = _attributes(target).get(_PREDICTION_FILES)
+        if isinstance(listing, dict):
+            found = changed_in_folder(target, listing, leave_out=["zarr.json"])
+            added = sum(name not in listing for name in found)
+            how = ("added since hx.tl.predict wrote the table" if added == len(found) else
+                   "changed since hx.tl.predict wrote the table" if not added else
+                   "added or changed since hx.tl.predict wrote the table")
+        else:  # a table of an earlier version, which kept no list of its files: every file
+            # must be a part of the zarr table it wrote (anything else is someone else's)
+            found = _not_zarr_parts(target)
+            how = ("not part of the zarr table hx.tl.predict writes (the table was written by "
+                   "an earlier version, which kept no list of its files)")
+    if found:
+        slide = store.info.get("slide_id") or store._path.stem
+        raise ValueError(
+            f"The predictions {key!r} in the store of {slide!r} ({target}) hold files that "
+            f"histoexpr did not write there: {shown(found, 5)} ({how}). overwrite=True "
+            "(--overwrite on the command line) replaces only what hx.tl.predict wrote, never a "
+            f"file of yours, so nothing was deleted. Move those files out of {target} (or move "
+            "the whole folder away, to keep the table as it is) and run again; or keep it and "
+            "predict into another key_added, or another store_dir (--store-dir on the command "
+            "line).")
+
+
+def _not_zarr_parts(folder: Path) -> list[str]:
+    """The files and links under ``folder`` that are no part of a zarr hierarchy, by path.
+
+    A part is a metadata file (``zarr.json``; ``.zarray``, ``.zattrs``... of zarr v2) or a
+    chunk of an array: under the array's folder, ``c/<i>/<j>...`` (the default chunk keys of
+    zarr v3) or ``<i>.<j>...`` / ``<i>/<j>...`` (those of zarr v2), each index a whole number.
+    Folders are not listed; a folder holding none of these is empty.
+    """
+    out = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not (path.name in _ZARR_METADATA or _is_chunk(folder, path)):
+            out.append(name)
+    return out
+
+
+def _is_chunk(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is a chunk of an array whose folder lies inside ``folder``."""
+    parts = path.relative_to(folder).parts
+    for n in range(len(parts) - 1, 0, -1):  # the nearest folder above with zarr metadata
+        array = folder.joinpath(*parts[:n])
+        if (array / "zarr.json").is_file() or (array / ".zarray").is_file():
+            break
+    else:
+        return False
+    if (array / "zarr.json").is_file() and _node_type(array) != "array":
+        return False
+    keys = list(parts[n:])
+    if keys[0] == "c":  # zarr v3's default keys (a 0-d array's one chunk is "c" alone)
+        keys = keys[1:]
+    elif len(keys) == 1:  # zarr v2's: "0.1"
+        keys = keys[0].split(".")
+    return all(key.isdigit() for key in keys)
+
+
+def _node_type(folder: Path) -> str | None:
+    """``"array"`` or ``"group"``: the node type its ``zarr.json`` gives (``None``: unread)."""
+    try:
+        return json.loads((folder / "zarr.json").read_text()).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def store_add_predictions_to(store: SlideStore, sdata: SpatialData) -> SpatialData:

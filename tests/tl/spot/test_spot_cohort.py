@@ -254,7 +254,7 @@ def test_key_clashes_are_refused_before_anything_is_written(slides, model, tmp_p
     says="FileExistsError: The stores of 1 slide(s) hold something at predictions/run2 that is "
          "not a table of predictions written by histoexpr (it has no record of how it was made) "
          "... so it is not replaced, even with overwrite=True. Move it away, or choose another "
-         "key_added. Nothing was predicted.",
+         "key_added (on the command line: another --store-dir). Nothing was predicted.",
     fix="move the folder away, or choose another key_added",
 )
 def test_a_foreign_prediction_target_stops_the_run_before_any_slide(slides, model, tmp_path):

@@ -221,7 +221,8 @@ def _check_targets_ours(cohort: Cohort, key_added: str) -> None:
             f"The stores of {len(foreign)} slide(s) hold something at predictions/{key_added} "
             f"that is not a table of predictions written by histoexpr (it has no record of how "
             f"it was made) ({listed}), so it is not replaced, even with overwrite=True. "
-            "Move it away, or choose another key_added. Nothing was predicted."
+            "Move it away, or choose another key_added (on the command line: another "
+            "--store-dir). Nothing was predicted."
         )
 
 
@@ -246,9 +247,13 @@ def _planned(
         raise ValueError(
             f"The store of {slide_id!r} ({store.path}) holds predictions {key_added!r} made "
             f"otherwise ({', '.join(changed)} differ: another model, a changed slide file or "
-            "other options). Pass overwrite=True to predict them anew, or another key_added to "
-            "keep both."
+            "other options). Pass overwrite=True (--overwrite on the command line) to predict "
+            "them anew, or, to keep both, another key_added (or another store_dir: --store-dir "
+            "on the command line)."
         )
+    # overwrite=True replaces the table only as histoexpr wrote it: a file added inside it is
+    # refused here, before any slide is predicted
+    store.check_prediction_replaceable(key_added)
     return "computed"
 
 
