@@ -280,8 +280,9 @@ def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | No
     else:
         from dask.distributed import Client, LocalCluster
 
+        # any free port for the scheduler's HTTP server: another cluster on 8787 stops nothing
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
             frame = hx.tl.predict(model, cohort, client=client, **options)
     counts = frame["status"].value_counts().to_dict()
     logger.info("Predicted %d slides of %s into %s (%s).", len(frame), manifest,

@@ -98,7 +98,7 @@ def test_empty_data_is_a_clear_error():
 def test_entry_points_reject_unknown_models():
     with pytest.raises(ValueError, match="Unknown model 'magic'"):
         hx.tl.fit(None, model="magic")
-    with pytest.raises(ValueError, match="not trained by hx.tl.fit"):
+    with pytest.raises(ValueError, match="not a model trained by hx.tl.fit"):
         hx.tl.predict(hx.models.TileEncoder(), None)
 
 

@@ -217,7 +217,7 @@ def test_dask_workers_give_the_serial_features(embedded, slide_folder, tmp_path)
                                store_dir=tmp_path / "stores").subset(["slide_00", "slide_01",
                                                                       "slide_02", "slide_03"])
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     client = Client(cluster)
     try:
         frame = hx.tl.embed_cohort(cohort, client=client, **OPTIONS)

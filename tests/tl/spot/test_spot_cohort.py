@@ -332,7 +332,7 @@ def test_dask_workers_predict_what_one_process_predicts(slides, model, tmp_path)
     hx.tl.predict(network, serial)
     cohort = cohort_at(slides, tmp_path / "dask")
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = Client(cluster)
     try:
