@@ -9,6 +9,7 @@ tests/house/test_cli_bounds.py.
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 
@@ -64,20 +65,54 @@ def test_manifest_naming_a_file_twice(tmp_path):
         _read(manifest, tmp_path)
 
 
-@bad_input("data lost", "a manifest whose slide ids differ only in case (`S1` and `s1`)",
-           says="ValueError: `The manifest has slide ids that differ only in case ([['S1', "
-                "'s1']]): their stores would be one folder on a case-insensitive file system` "
-                "(before: accepted; on macOS and Windows one slide's results overwrote the "
-                "other's)",
-           fix="make the slide ids differ in more than case")
+@bad_input("data lost", "a manifest whose slide ids differ only in case (`S1` and `s1`) or "
+           "in how a letter is encoded (`café` as one character or as `e` + accent)",
+           says="ValueError: `The manifest has slide ids that differ only in case or in how "
+                "their letters are encoded ([['S1', 's1']]): their stores would be one folder "
+                "on a case-insensitive or normalising file system` (before: accepted; on macOS "
+                "and Windows one slide's results overwrote the other's)",
+           fix="make the slide ids differ in more than case or encoding")
 def test_manifest_ids_differing_only_in_case(tmp_path):
     manifest = _cohort_files(tmp_path, 2)
     frame = pd.read_csv(manifest)
-    frame["slide_id"] = ["S1", "s1"]
-    frame.to_csv(manifest, index=False)
-    with pytest.raises(ValueError, match=r"differ only in case \(\[\['S1', 's1'\]\]\)"):
-        _read(manifest, tmp_path)
+    for ids in (["S1", "s1"], ["caf\u00e9", "cafe\u0301"]):
+        frame["slide_id"] = ids
+        frame.to_csv(manifest, index=False)
+        with pytest.raises(ValueError, match=r"differ only in case or in how their letters are "
+                           r"encoded \(\[\[" + re.escape(repr(ids)[1:-1]) + r"\]\]\)"):
+            _read(manifest, tmp_path)
     assert not (tmp_path / "stores").exists()
+
+
+@bad_input("obscure error", "slide ids of the manifest that are too long to name a store "
+           "beside its temporary names (e.g. 250 bytes)",
+           says="ValueError: slide_id='sss...' cannot name a slide's store ... it is longer "
+                "than 150 bytes (before: accepted, then each slide failed with 'File name too "
+                "long' after it was tiled and embedded)",
+           fix="use shorter slide ids (a slide_id column)")
+def test_manifest_ids_too_long_for_a_store(tmp_path):
+    manifest = _cohort_files(tmp_path, 2)
+    frame = pd.read_csv(manifest)
+    frame["slide_id"] = ["s" * 250, "t"]
+    frame.to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match="it is longer than 150 bytes"):
+        _read(manifest, tmp_path)
+    frame["slide_id"] = ["s" * 150, "t"]  # the longest: its store and temporary names fit
+    frame.to_csv(manifest, index=False)
+    cohort = _read(manifest, tmp_path)
+    from histoexpr._core.files import partial_path
+
+    name = partial_path(cohort.store("s" * 150).path, "prediction-" + "k" * 150).name
+    assert len(name.encode()) <= 255
+
+
+def test_relative_manifest_and_store_dir_are_read_as_absolute(tmp_path, monkeypatch):
+    manifest = _cohort_files(tmp_path, 2)
+    monkeypatch.chdir(tmp_path)
+    cohort = hx.io.read_cohort(manifest.name, store_dir="stores")
+    monkeypatch.chdir(tmp_path.parent)  # a dask worker in another folder: the same files
+    assert cohort.path("slide_00") == tmp_path / "slide_00.tif"
+    assert cohort.store("slide_00").path == tmp_path / "stores" / "slide_00.zarr"
 
 
 @bad_input("obscure error", "a manifest whose mpp column holds text (`0.5um`) or `inf`",

@@ -13,12 +13,13 @@ PARTIAL = "partial-"
 def partial_path(target: str | Path, what: str = "new") -> Path:
     """A fresh hidden name beside ``target`` (same folder, so the final rename is atomic).
 
-    It ends in ``target``'s suffix, for writers that choose the format by it.
+    It ends in ``target``'s suffix, for writers that choose the format by it. ``what`` (a
+    label) is cut to 40 characters: the name adds at most 80 bytes to ``target``'s.
     """
     import uuid
 
     target = Path(target)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)[:40]
     return target.parent / (f".{target.name}.{safe}.{PARTIAL}{uuid.uuid4().hex[:12]}"
                             f"{target.suffix}")
 

@@ -176,15 +176,21 @@ _RESERVED_NAMES = {"zarr.json", "con", "prn", "aux", "nul",
                    *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
 
 
+#: the longest name (UTF-8 bytes) that may become part of a path: ``<name>.zarr`` and the
+#: temporary names beside it (:func:`histoexpr._core.files.partial_path`) fit in 255 bytes
+MAX_NAME_BYTES = 150
+
+
 def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
     r"""Return ``value`` after checking it can name one folder inside a store, and nothing else.
 
     The one rule for every name that becomes part of a path (a key of features or results
     written into slide stores, a tile set's key, a slide id that names its store): a non-empty
-    string of at most 255 bytes, one path component (no ``/`` or ``\``, not ``.`` or
-    ``..``, so never absolute and never outside the store), no control characters nor
-    ``<>:"|?*``, not starting with ``.`` (temporary and hidden files) or ``__`` (zarr's
-    own), no space at either end nor a final ``.``, and none of the reserved names
+    string of at most :data:`MAX_NAME_BYTES` bytes (its folder ``<name>.zarr`` and the
+    temporary names beside it must fit a file name's 255), one path component (no ``/`` or
+    ``\``, not ``.`` or ``..``, so never absolute and never outside the store), no control
+    characters nor ``<>:"|?*``, not starting with ``.`` (temporary and hidden files) or
+    ``__`` (zarr's own), no space at either end nor a final ``.``, and none of the reserved names
     (``zarr.json``; ``CON``, ``NUL``, ``COM1``... on Windows). Checked before anything is
     written; the error names the value and what to pass instead.
     """
@@ -213,8 +219,10 @@ def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
         problem = "starts or ends with a space, or ends with '.'"
     elif value.split(".")[0].lower() in _RESERVED_NAMES or value.lower() in _RESERVED_NAMES:
         problem = "is a name reserved by zarr or the operating system"
-    elif len(value.encode("utf-8")) > 255:
-        problem = "is longer than a file name may be (255 bytes)"
+    elif len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        problem = (f"is longer than {MAX_NAME_BYTES} bytes (its folder's name and the "
+                   "temporary names written beside it add up to 80 bytes, and a file name "
+                   "holds 255)")
     if problem is not None:
         raise ValueError(f"{name}={value!r} cannot name a {what}: it {problem}. It becomes a "
                          f"folder name on disk, so it must be one plain name; {fix}. Nothing "

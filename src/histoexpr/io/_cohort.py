@@ -6,6 +6,7 @@ slide files, each slide opened lazily when asked for, its results in its own sto
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -337,7 +338,8 @@ def read_cohort(
     import pandas as pd
 
     check_element_name("image_key", image_key)  # before any slide is opened
-    manifest = Path(manifest).expanduser()
+    # absolute from here on: a dask worker started in another folder finds the same files
+    manifest = Path(manifest).expanduser().absolute()
     if not manifest.is_file():
         raise FileNotFoundError(f"No manifest at {manifest}; give the path of a CSV, TSV or "
                                 "parquet table with a 'path' column (one row per slide).")
@@ -365,14 +367,17 @@ def read_cohort(
         raise ValueError(f"The manifest has duplicated slide ids {duplicated[:5]}; make them "
                          "unique (add a slide_id column).")
     folded: dict[str, list[str]] = {}
-    for slide_id in ids:  # stores S1.zarr and s1.zarr are one folder on macOS and Windows
-        folded.setdefault(slide_id.casefold(), []).append(slide_id)
+    for slide_id in ids:  # stores S1.zarr and s1.zarr are one folder on macOS and Windows,
+        # and so are café written with one character or two (é, e + accent) on macOS
+        folded.setdefault(unicodedata.normalize("NFC", slide_id).casefold(), []).append(
+            slide_id)
     clashes = [names for names in folded.values() if len(names) > 1]
     if clashes:
-        raise ValueError(f"The manifest has slide ids that differ only in case ({clashes[:3]}): "
-                         "their stores would be one folder on a case-insensitive file system "
-                         "(macOS, Windows), each slide overwriting the other's results. Make "
-                         "them differ in more than case.")
+        raise ValueError(f"The manifest has slide ids that differ only in case or in how their "
+                         f"letters are encoded ({clashes[:3]}): their stores would be one "
+                         "folder on a case-insensitive or normalising file system (macOS, "
+                         "Windows), each slide overwriting the other's results. Make them "
+                         "differ in more than that.")
     resolved = [p.resolve() for p in paths]
     twice = sorted({str(p) for p in resolved if resolved.count(p) > 1})
     if twice:
@@ -445,7 +450,7 @@ def read_cohort(
         else:
             obs[column] = labels[column].to_numpy()
     store_dir = manifest.parent / f"{manifest.stem}_stores" if store_dir is None \
-        else Path(store_dir).expanduser()
+        else Path(store_dir).expanduser().absolute()
     if store_dir.exists() and not store_dir.is_dir():
         raise NotADirectoryError(f"store_dir {store_dir} is a file; give a folder.")
     slides = _StoredSlides(dict(zip(ids, paths, strict=True)), store_dir, image_key=image_key,
