@@ -26,8 +26,11 @@ from ._bag_outputs import (
     _softmax,
     _weights,
     bag_table,
+    check_stores_writable,
+    finish_store_results,
     write_contributions,
     write_predictions,
+    write_store_results,
 )
 from ._bag_targets import rule_labels, standardised_features, training_data
 from ._options import ABMILOptions
@@ -249,6 +252,15 @@ def predict(
     made by ``labels="median"``, ``obs`` also holds the held-out bags' labels under the
     training thresholds.
 
+    For a cohort on disk (:func:`histoexpr.io.read_cohort`) each slide's per-tile outputs and
+    attention go to its store as soon as the slide is scored (so memory does not grow with the
+    cohort), and come back with the slide (``cohort[slide_id]``) as ``obsm[key_added]``,
+    ``obsm`` / ``obs[f"{key_added}_attention"]``. The stores keep no contribution map: there is
+    no ``obsm[f"{key_added}_contribution"]`` for such a cohort. For regression it is the tile's
+    output (``obsm[key_added]``) times its attention in the output's branch times the slide's
+    number of tiles (up to the float32 rounding of the stored values); for classification it
+    needs the class logits, which are not stored: predict on the slides in memory for it.
+
     """
     meta = model.metadata
     tiles_key = meta["tiles_key"] if tiles_key is None else tiles_key
@@ -259,29 +271,31 @@ def predict(
     if bags.stores is not None:  # the results become a folder in every slide's store
         check_store_name("key_added", key_added, what="set of results in a slide store")
     _check_features(model, bags)
-    tile_outputs, tile_attention, bag_outputs = {}, {}, np.zeros((bags.bulk.n_obs,
-                                                                  len(meta["columns"])))
-    contributions = {}
+    on_disk = bags.stores is not None
+    if on_disk:  # every store is checked before the first slide is written
+        check_stores_writable(bags, list(bags.sections), key_added, overwrite=overwrite)
+    tile_outputs, tile_attention, contributions = {}, {}, {}
+    bag_outputs = np.zeros((bags.bulk.n_obs, len(meta["columns"])))
     sections = bags.bulk.obs["section"].to_numpy()
     for name, sdata in bags.sections.items():
         scores, outputs = _score_section(model, sdata, bags)
-        # expression units for regression; class logits (before the softmax) for classes
-        units = _readable(outputs, meta) if meta["task"] == "regression" else outputs
-        shares, n_bags = np.zeros_like(units), np.zeros(len(units))
-        for i in np.flatnonzero(sections == name):
-            rows = bags.rows[i]
-            share = _weights(scores[rows], units.shape[1]) * units[rows]  # sums to the bag
-            bag_outputs[i] = share.sum(axis=0)
-            shares[rows] += share * len(rows)  # in units of an even share
-            n_bags[rows] += 1
-        with np.errstate(invalid="ignore"):
-            contributions[name] = shares / n_bags[:, None]  # NaN for tiles of no bag
+        contribution = _contributions(scores, outputs, bags, np.flatnonzero(sections == name),
+                                      bag_outputs, meta)
+        if on_disk:  # written now: a cohort's per-tile results are never all held at once
+            write_store_results(bags, name, _readable(outputs, meta), _softmax(scores),
+                                columns=meta["columns"], branches=meta["branches"],
+                                key_added=key_added, overwrite=overwrite)
+            continue
+        contributions[name] = contribution
         tile_outputs[name] = _readable(outputs, meta)
         tile_attention[name] = _softmax(scores)
-    write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
-                      branches=meta["branches"], key_added=key_added, overwrite=overwrite,
-                      model=meta.get("model"))
-    write_contributions(bags, contributions, columns=meta["columns"], key_added=key_added)
+    if on_disk:
+        finish_store_results(bags, key_added, len(bags.sections))
+    else:
+        write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
+                          branches=meta["branches"], key_added=key_added, overwrite=overwrite,
+                          model=meta.get("model"))
+        write_contributions(bags, contributions, columns=meta["columns"], key_added=key_added)
     values = bag_outputs if meta["task"] == "regression" else _readable(bag_outputs, meta)
     result = bag_table(bags, values, meta["columns"], measured=_measured(bags, meta))
     if meta["task"] == "classification":
@@ -296,3 +310,25 @@ def predict(
                              "tiles_key": tiles_key, "bags_key": bags_key,
                              "task": meta["task"]}
     return result
+
+
+def _contributions(scores: np.ndarray, outputs: np.ndarray, bags, indices: np.ndarray,
+                   bag_outputs: np.ndarray, meta: dict) -> np.ndarray:
+    """The contribution map of one section; its bags' outputs go into ``bag_outputs``.
+
+    ``indices``: the section's bags (rows of ``bags.bulk``). A tile's contribution to a bag is
+    its attention within the bag times its own output (expression units for regression, class
+    logits for classification), so that a bag's contributions sum to its output; the map holds
+    them in units of an even share (times the bag's number of tiles), averaged over the bags of
+    a tile (NaN for a tile of no bag).
+    """
+    units = _readable(outputs, meta) if meta["task"] == "regression" else outputs
+    shares, n_bags = np.zeros_like(units), np.zeros(len(units))
+    for i in indices:
+        rows = bags.rows[i]
+        share = _weights(scores[rows], units.shape[1]) * units[rows]  # sums to the bag
+        bag_outputs[i] = share.sum(axis=0)
+        shares[rows] += share * len(rows)  # in units of an even share
+        n_bags[rows] += 1
+    with np.errstate(invalid="ignore"):
+        return shares / n_bags[:, None]  # NaN for tiles of no bag

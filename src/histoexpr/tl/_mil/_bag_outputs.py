@@ -212,9 +212,13 @@ def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, col
     """Per-tile contributions into ``obsm[f"{key_added}_contribution"]`` of each tile table.
 
     After :func:`write_predictions`, which checked and recorded the entry in every section.
+    Sections in memory only: a cohort on disk keeps per-tile outputs and attention in its slide
+    stores, which hold no contribution map, so nothing is done (no slide is opened).
     """
     import pandas as pd
 
+    if bags.stores is not None:
+        return
     for name, values in contributions.items():
         table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
         table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
@@ -309,42 +313,20 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
                       model: str | None = None) -> None:
     """Per-tile outputs and section-normalised attention into each section's tile table.
 
-    ``model``: the kind of bag model (its ``metadata["model"]``), recorded with the outputs in
-    memory so that another kind of model does not replace them (see
-    :func:`check_outputs_writable`).
+    For a cohort on disk, into each slide's store instead (every store checked first, see
+    :func:`check_stores_writable`); :func:`histoexpr.tl.predict` writes each slide there as soon
+    as it is scored, so as not to hold every slide's results. ``model``: the kind of bag model
+    (its ``metadata["model"]``), recorded with the outputs in memory so that another kind of
+    model does not replace them (see :func:`check_outputs_writable`).
     """
     import pandas as pd
 
     if bags.stores is not None:
-        check_store_name("key_added", key_added, what="set of results in a slide store")
-        # under torchrun every process predicts the same values: rank 0 alone writes the stores,
-        # after every process has checked them and before any reads them again
-        _distributed.context()
-        # the results come back as obsm entries of the opened slide's tile table: never over
-        # its features
-        names = set(bag_output_entries(key_added)["obsm"])
-        shadowed = sorted({(name, key) for name in tile_outputs
-                           for key in bags.stores[name].feature_records(bags.tiles_key)
-                           if key in names})
-        if shadowed:
-            raise KeyError(f"key_added={key_added!r} would put results over the tile features "
-                           f"{shadowed[0][1]!r} of the store of {shadowed[0][0]!r} (written by "
-                           "hx.tl.embed); they are never replaced, even with overwrite=True; "
-                           "choose another key_added.")
-        check_results_writable(bags.stores, list(tile_outputs), bags.tiles_key, key_added,
-                               overwrite=overwrite)
-        _distributed.barrier()
-        if _distributed.is_main_process():
-            for name, outputs in tile_outputs.items():
-                bags.stores[name].write_results(bags.tiles_key, key_added, outputs,
-                                                tile_attention[name], columns=columns,
-                                                branches=branches,
-                                                writer=WriterRecord.now(STEP, key_added),
-                                                overwrite=overwrite)
-        _distributed.barrier()
-        bags.sections.forget()
-        logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
-                    key_added, len(tile_outputs))
+        check_stores_writable(bags, list(tile_outputs), key_added, overwrite=overwrite)
+        for name, outputs in tile_outputs.items():
+            write_store_results(bags, name, outputs, tile_attention[name], columns=columns,
+                                branches=branches, key_added=key_added, overwrite=overwrite)
+        finish_store_results(bags, key_added, len(tile_outputs))
         return
     tables = {name: bags.sections[name].tables[f"{bags.tiles_key}_table"]
               for name in tile_outputs}
@@ -365,6 +347,56 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
         _record_outputs(table, key_added, model)
         log_added("tables", f"{bags.tiles_key}_table", f"{name}: obsm[{key_added!r}] per-tile "
                   f"outputs, obsm/obs[{key_added + '_attention'!r}] attention")
+
+
+def check_stores_writable(bags: Bags, names: list[str], key_added: str, *,
+                          overwrite: bool) -> None:
+    """Refuse, before the first slide store is written, where any may not take the results.
+
+    For a cohort on disk (``bags.stores``): ``key_added`` must name a set of results in a slide
+    store, must not name the stored tile features of any slide (the results come back as
+    ``obsm`` entries of the opened slide's tile table: never over its features), and every
+    store of ``names`` must accept results under it (:func:`check_results_writable`). Under
+    torchrun every process predicts the same values: each checks the stores, rank 0 alone then
+    writes them (:func:`write_store_results`) and :func:`finish_store_results` waits for it
+    before any process reads them again.
+    """
+    check_store_name("key_added", key_added, what="set of results in a slide store")
+    _distributed.context()
+    entries = set(bag_output_entries(key_added)["obsm"])
+    shadowed = sorted({(name, key) for name in names
+                       for key in bags.stores[name].feature_records(bags.tiles_key)
+                       if key in entries})
+    if shadowed:
+        raise KeyError(f"key_added={key_added!r} would put results over the tile features "
+                       f"{shadowed[0][1]!r} of the store of {shadowed[0][0]!r} (written by "
+                       "hx.tl.embed); they are never replaced, even with overwrite=True; "
+                       "choose another key_added.")
+    check_results_writable(bags.stores, names, bags.tiles_key, key_added, overwrite=overwrite)
+    _distributed.barrier()
+
+
+def write_store_results(bags: Bags, name: str, outputs: np.ndarray, attention: np.ndarray, *,
+                        columns: list[str], branches: list[str], key_added: str,
+                        overwrite: bool) -> None:
+    """One slide's per-tile outputs and attention into its store (rank 0 alone writes).
+
+    After :func:`check_stores_writable` checked every store, so that a slide is written as soon
+    as it is scored and no more than one slide's per-tile results are held at once.
+    """
+    if _distributed.is_main_process():
+        bags.stores[name].write_results(bags.tiles_key, key_added, outputs, attention,
+                                        columns=columns, branches=branches,
+                                        writer=WriterRecord.now(STEP, key_added),
+                                        overwrite=overwrite)
+
+
+def finish_store_results(bags: Bags, key_added: str, n_slides: int) -> None:
+    """After the last slide's results: wait for rank 0's writes, drop the stale opened slide."""
+    _distributed.barrier()
+    bags.sections.forget()
+    logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
+                key_added, n_slides)
 
 
 def bag_table(bags: Bags, values: np.ndarray, columns: list[str], *,
