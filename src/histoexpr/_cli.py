@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from ._core.files import changed_in_folder, folder_listing, restore_swap_of, written_beside
-from ._core.logs import logger, shown
+from ._core.logs import SlidesFailedError, logger, shown
 from ._core.torch_files import untrained_message
 from ._core.validate import check_bool, check_element_name
 from ._demo import SIZES, run_demo
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
                         mpp=args.mpp, batch_size=args.batch_size, device=args.device,
                         overwrite=args.overwrite, root=args.root)
-    except CannotPredictError as error:
+    except (CannotPredictError, SlidesFailedError) as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
     except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,

@@ -12,6 +12,7 @@ fast on a CPU.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from .._settings import settings
+from .logs import logger
 
 #: most loader workers chosen automatically for one GPU (more rarely helps reading tiles)
 MAX_AUTO_WORKERS = 8
@@ -167,15 +169,24 @@ def resolve_workers(device: str) -> int:
 
     ``hx.settings.n_workers``, or when it is ``None`` (automatic) none on a CPU (reading in the
     main process keeps CPU runs as they were) and, on a GPU, one fewer than this process's share
-    of the CPUs, at most :data:`MAX_AUTO_WORKERS`.
+    of the CPUs, at most :data:`MAX_AUTO_WORKERS`. None at all in a daemonic process (a dask
+    worker, a worker of a ``multiprocessing`` pool): it may not start processes of its own, so
+    a DataLoader with workers would fail there ("daemonic processes are not allowed to have
+    children"); the tiles are read in the process itself.
     """
     if settings.n_workers is not None:
-        return settings.n_workers
-    if torch.device(device).type != "cuda":
+        workers = settings.n_workers
+    elif torch.device(device).type != "cuda":
+        workers = 0
+    else:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        share = (os.cpu_count() or 1) // max(1, local_processes)
+        workers = int(min(MAX_AUTO_WORKERS, max(0, share - 1)))
+    if workers and multiprocessing.current_process().daemon:
+        logger.debug("Reading tiles in this process, not in %d loader workers: it is a daemonic "
+                     "process (a dask worker?), which cannot start processes.", workers)
         return 0
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    share = (os.cpu_count() or 1) // max(1, local_processes)
-    return int(min(MAX_AUTO_WORKERS, max(0, share - 1)))
+    return workers
 
 
 def loader_options(device: str, *, reads_images: bool = True) -> dict[str, Any]:

@@ -1,21 +1,35 @@
-"""Training on several processes with torch's DistributedDataParallel (launched by torchrun).
+"""Work on several processes: training under torchrun, the slides of a cohort on dask workers.
 
+**Training** with torch's DistributedDataParallel (launched by torchrun).
 The training loop (:func:`histoexpr.tl._train.train`) asks :func:`context` whether it runs in
 a process group: one already initialised by the caller, or the environment that ``torchrun``
 sets (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...), from which the group is
 initialised here (``nccl`` on GPUs, ``gloo`` on CPUs). Each global batch of the loaders the
 caller built is split among the processes (process ``r`` of ``W`` takes items ``r, r + W...``),
 so that ``batch_size`` keeps its meaning: the global batch, the same one a single process uses.
+
+**The slides of a cohort on disk** (:func:`run_slides`, the one runner of the per-slide
+pipelines: ``hx.tl.embed_cohort`` and the spot regressor's ``predict`` over a cohort): one after
+the other here, or mapped over the workers of a ``dask.distributed`` Client, with the calling
+process's settings (:data:`SHIPPED_SETTINGS`) applied on the workers for each slide.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .._settings import settings
+from .logs import SlidesFailedError, each_item, progress
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -180,3 +194,156 @@ def all_sum(values: list[float], device: str) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+# --- the slides of a cohort, here or on dask workers ----------------------------------------
+
+#: the options of ``hx.settings`` a dask worker takes from the caller for each slide (device,
+#: loader workers, memory and folders are the worker machine's own)
+SHIPPED_SETTINGS = ("precision", "verbosity", "seed")
+
+
+def check_client(client: Any) -> None:
+    """Refuse a ``client`` that is not a ``dask.distributed.Client`` (``None`` passes).
+
+    Called before anything is planned or written: an executor of ``concurrent.futures`` (it
+    has a ``map`` too) would otherwise fail inside the run, obscurely.
+    """
+    if client is None:
+        return
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - dask[distributed] is a dependency
+        Client = None  # noqa: N806 - the class, when it can be imported
+    if Client is None or not isinstance(client, Client):
+        raise TypeError(
+            f"client must be a dask.distributed Client, got {type(client).__name__}. Pass "
+            "client=Client(LocalCluster(n_workers=4, threads_per_worker=1)) (from "
+            "dask.distributed import Client, LocalCluster), a Client of any other cluster, or "
+            "client=None to run the slides here, one after the other.")
+
+
+def run_slides(tasks: list[dict], work: Callable[..., dict], *, client: Any,
+               **shared: Any) -> Iterator[dict]:
+    """Run ``work(task, **shared)`` for every slide's task; yield their summaries as they finish.
+
+    Here (``client=None``), one slide after the other, each under dask's threaded scheduler:
+    with a ``dask.distributed`` Client open in the process (then dask's default), the slide's
+    lazy image would be sent to that cluster, which cannot ship an open slide file. With a
+    ``client``, mapped over its workers (``client.map``; dask schedules them), each slide with the
+    caller's :data:`SHIPPED_SETTINGS` (:func:`_on_worker`). Either way a slide's info lines
+    are debug lines (:func:`~histoexpr._core.logs.each_item`): the bar shows the slides. ``work``
+    is a module-level function (dask pickles it) that writes one slide's results to its store
+    and returns a summary dict holding ``slide_id``.
+    """
+    import dask
+
+    if client is None:
+        for task in progress(tasks, desc="slides", total=len(tasks)):
+            with each_item(), dask.config.set(scheduler="threads"):
+                summary = work(task, **shared)
+            yield summary
+        return
+    from distributed import as_completed
+
+    def scattered(value):  # networks travel once to every worker, not once per slide
+        if isinstance(value, torch.nn.Module):
+            return client.scatter(value, broadcast=True, hash=False)
+        if isinstance(value, list):
+            return [scattered(one) for one in value]
+        return value
+
+    shared = {name: scattered(value) for name, value in shared.items()}
+    snapshot = {name: getattr(settings, name) for name in SHIPPED_SETTINGS}
+    name = getattr(work, "__name__", "slide").strip("_")
+    futures = client.map(_on_worker, tasks, work=work, shipped=snapshot, pure=False,
+                         key=[f"{name}-{t['slide_id']}-{time.time_ns()}" for t in tasks],
+                         **shared)
+    try:
+        for future in progress(as_completed(futures), desc="slides", total=len(futures),
+                               show=settings.progress_bar):
+            yield future.result()
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _on_worker(task: dict, work: Callable[..., dict], shipped: dict[str, Any],
+               **shared: Any) -> dict:
+    """On a dask worker: one slide, with the caller's settings, without progress bars.
+
+    ``shipped`` (the caller's :data:`SHIPPED_SETTINGS`) are set for the slide and the
+    worker's own put back after it; progress bars would go to the worker's log, so they are
+    off. The slide's info lines are debug lines, as in a run here. Its own lazy arrays (its
+    image read from the file) are computed in the worker's thread: inside a task, dask would
+    otherwise hand them to the cluster's scheduler, which cannot ship an open slide file.
+    """
+    import dask
+
+    with _settings_applied({**shipped, "progress_bar": False}), each_item(), \
+            dask.config.set(scheduler="synchronous"):
+        return work(task, **shared)
+
+
+@contextlib.contextmanager
+def _settings_applied(values: dict[str, Any]) -> Iterator[None]:
+    """``hx.settings`` set to ``values`` inside, and put back as they were after."""
+    saved = {name: getattr(settings, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(settings, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(settings, name, value)
+
+
+def close_slide_files(sdata: Any) -> None:
+    """Close the slide files that the lazily read images of ``sdata`` hold open.
+
+    :func:`histoexpr.io.read_wsi` reads a slide through tifffile's zarr store, whose file stays
+    open while the image is read; a slide's task closes it when the slide is done (or has
+    failed), not the garbage collector some time later (a ``ResourceWarning``).
+    """
+    import zarr
+
+    for element in getattr(sdata, "images", {}).values():
+        arrays = ([element[name]["image"].data for name in element.keys()]
+                  if hasattr(element, "keys") else [element.data])
+        for array in arrays:
+            if not hasattr(array, "__dask_graph__"):
+                continue
+            for value in dict(array.__dask_graph__()).values():
+                store = value.store_path.store if isinstance(value, zarr.Array) else None
+                for series in getattr(store, "_data", None) or ():  # tifffile's series
+                    with contextlib.suppress(Exception):
+                        series.parent.close()
+
+
+def report_failures(frame: pd.DataFrame, n_tried: int, step: str, *,
+                    stacklevel: int = 2) -> None:
+    """Warn of the slides that failed (each one's error), or raise when every one did.
+
+    ``frame`` is a cohort runner's summary (``status`` and ``error`` columns); ``step`` names
+    the call in the messages. Raised when every slide tried failed, unless that was one slide of
+    a cohort whose other slides are done (a bad slide file, retried by a later run, is warned
+    of).
+    """
+    import warnings
+
+    failed = frame[frame["status"] == "failed"]
+    if failed.empty:
+        return
+    listed = "; ".join(f"{i}: {e}" for i, e in failed["error"].head(5).items())
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    if len(failed) == n_tried and (n_tried > 1 or len(failed) == len(frame)):
+        # several slides, every one failed: likely one cause; the only slide(s): no result
+        cause = ("The cause is likely common to all: fix it and run again." if n_tried > 1
+                 else "Fix the slide file (or the options) and run again.")
+        raise SlidesFailedError(f"Every slide {step} tried failed ({len(failed)}): {listed}"
+                           f"{more}. {cause}")
+    warnings.warn(f"{step}: {len(failed)} of {len(frame)} slides failed and were left "
+                  f"out (status 'failed', their error in the 'error' column): {listed}{more}. "
+                  f"Fix or replace those slide files and run {step} again: the slides "
+                  "done are skipped, the failed ones tried again.", UserWarning,
+                  stacklevel=stacklevel + 1)

@@ -54,12 +54,15 @@ def image_fingerprint(sdata: SpatialData, image_key: str) -> str:
     levels = image_levels(sdata, image_key)
     coarse = levels[-1]
     height, width = coarse.shape_yx
+    # read here, as every pixel read of histoexpr: never by a dask.distributed Client's cluster,
+    # which cannot ship the open slide file
     if height * width <= FINGERPRINT_WHOLE_PX:
-        samples = np.asarray(coarse.data.values)
+        samples = np.asarray(coarse.data.compute(scheduler="synchronous").values)
     else:
         rows = np.unique(np.linspace(0, height - 1, _FINGERPRINT_GRID).round().astype(int))
         cols = np.unique(np.linspace(0, width - 1, _FINGERPRINT_GRID).round().astype(int))
-        samples = np.asarray(coarse.data.isel(y=rows, x=cols).values)
+        samples = np.asarray(
+            coarse.data.isel(y=rows, x=cols).compute(scheduler="synchronous").values)
     digest = hashlib.sha256()
     for level in levels:
         digest.update(repr((level.shape_yx, round(level.mpp, 9),

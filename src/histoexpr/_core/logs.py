@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -62,7 +64,9 @@ def logged_step(what: str | Callable[..., str]) -> Callable[[Callable[..., T]], 
     """Log ``what`` when the decorated step starts and ``finished (0:00:02)`` when it ends.
 
     ``what`` is a text or a function of the step's arguments that returns one. A step called
-    inside another step logs at debug level, so that a call logs its own step once.
+    inside another step logs at debug level, so that a call logs its own step once. The step
+    computes its lazy arrays here (:func:`computed_here`), even with a dask.distributed Client
+    open in the process.
     """
     def decorate(function: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(function)
@@ -74,13 +78,34 @@ def logged_step(what: str | Callable[..., str]) -> Callable[[Callable[..., T]], 
             token = _STEP_DEPTH.set(depth + 1)
             start = time.perf_counter()
             try:
-                result = function(*args, **kwargs)
+                with computed_here():
+                    result = function(*args, **kwargs)
             finally:
                 _STEP_DEPTH.reset(token)
             logger.log(level, "    finished (%s)", elapsed(start))
             return result
         return step
     return decorate
+
+
+class SlidesFailedError(RuntimeError):
+    """Every slide a cohort step tried failed (each one's error is in the message)."""
+
+
+def computed_here() -> contextlib.AbstractContextManager:
+    """Dask's threaded scheduler inside, where a dask.distributed Client is the default.
+
+    A Client opened in the process becomes dask's scheduler for every ``compute``; a slide's
+    lazy image (an open file) cannot be shipped to its cluster, so a step on one slide would
+    fail. The cohort functions map slides over a Client only when given one (``client=``).
+    """
+    if "distributed" not in sys.modules:  # no Client can be open
+        return contextlib.nullcontext()
+    import dask
+
+    if dask.config.get("scheduler", None) != "dask.distributed":
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="threads")
 
 
 def shown(items: Iterable[str], n: int = 6, *, sep: str = ", ") -> str:

@@ -3,7 +3,8 @@
 Each slide is one task: open the slide file lazily, detect its tissue, tile it, embed the tiles
 and write everything to the slide's store in one atomic step (:class:`histoexpr.io.SlideStore`).
 Tasks run one after the other, or on the workers of a ``dask.distributed`` Client (``client.map``
-over slides; dask schedules them, histoexpr has no scheduler of its own).
+over slides; dask schedules them, histoexpr has no scheduler of its own): the runner is
+:func:`histoexpr._core.distributed.run_slides`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..._core.logs import each_item, logged_step, logger, progress
+from ..._core.distributed import check_client, close_slide_files, report_failures, run_slides
+from ..._core.logs import each_item, logged_step, logger
 from ..._core.memory import file_fingerprint
 from ..._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from ..._core.seeds import resolve_device, resolve_seed
@@ -29,7 +31,6 @@ from ..._core.validate import (
     renamed_parameters,
     stride_name,
 )
-from ..._settings import settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,9 +202,7 @@ def embed_cohort(
             check_positive(name, value, unit=unit)
     if seed is not None:
         check_int("seed", seed)
-    if client is not None and not hasattr(client, "map"):
-        raise TypeError(f"client must be a dask.distributed Client, got "
-                        f"{type(client).__name__}.")
+    check_client(client)
     if client is None:  # on dask workers, each worker's own devices decide
         resolve_device(device)
     from ._embed import check_encoder
@@ -266,33 +265,8 @@ def embed_cohort(
     frame.index.name = "slide_id"
     if "error" not in frame.columns:
         frame["error"] = None
-    _report_failures(frame, len(tasks))
+    report_failures(frame, len(tasks), "embed_cohort", stacklevel=4)
     return frame
-
-
-def _report_failures(frame: pd.DataFrame, n_tried: int) -> None:
-    """Warn of the slides that failed (each one's error), or raise when every one did.
-
-    Raised when every slide tried failed, unless that was one slide of a cohort whose other
-    slides are done (a bad slide file, retried by a later run, is warned of).
-    """
-    import warnings
-
-    failed = frame[frame["status"] == "failed"]
-    if failed.empty:
-        return
-    listed = "; ".join(f"{i}: {e}" for i, e in failed["error"].head(5).items())
-    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
-    if len(failed) == n_tried and (n_tried > 1 or len(failed) == len(frame)):
-        # several slides, every one failed: likely one cause; the only slide(s): no result
-        cause = ("The cause is likely common to all: fix it and run again." if n_tried > 1
-                 else "Fix the slide file (or the options) and run again.")
-        raise RuntimeError(f"Every slide embed_cohort tried failed ({len(failed)}): {listed}"
-                           f"{more}. {cause}")
-    warnings.warn(f"embed_cohort: {len(failed)} of {len(frame)} slides failed and were left "
-                  f"out (status 'failed', their error in the 'error' column): {listed}{more}. "
-                  "Fix or replace those slide files and run embed_cohort again: the slides "
-                  "done are skipped, the failed ones tried again.", UserWarning, stacklevel=3)
 
 
 def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
@@ -309,6 +283,7 @@ def _check_one_pixel_size(cohort: Cohort, size_px: int | None) -> None:
         except Exception:  # noqa: BLE001 - the slide's own task records why it cannot be read
             continue
         value = round(get_pixel_size(sdata, cohort.image_key), 4)
+        close_slide_files(sdata)
         close = next((known for known in sizes if abs(known - value) <= 0.01 * known), value)
         sizes.setdefault(close, []).append(slide_id)
     if len(sizes) > 1:
@@ -440,65 +415,6 @@ def _conflict(slide_id: str, store, what: str) -> str:
                      "to recompute the slide.")
 
 
-def run_slides(tasks: list[dict], work, *, client: Any, **shared: Any):
-    """Run ``work(task, **shared)`` for every slide's task; yield their summaries as they finish.
-
-    The one runner of the per-slide pipelines of a cohort on disk (:func:`embed_cohort`, and
-    the spot regressor's ``predict`` over a cohort): here, one slide after the other, or mapped
-    over the workers of a ``dask.distributed`` ``client`` (``client.map``; dask schedules them).
-    ``work`` is a module-level function (dask pickles it) that writes one slide's results to its
-    store and returns a summary dict holding ``slide_id``.
-    """
-    if client is None:
-        for task in progress(tasks, desc="slides", total=len(tasks)):
-            with each_item():  # each slide's steps log at debug level; the bar shows the slides
-                summary = work(task, **shared)
-            yield summary
-        return
-    from distributed import as_completed
-
-    from ...models import Network
-
-    def scattered(value):  # networks travel once to every worker, not once per slide
-        if isinstance(value, Network):
-            return client.scatter(value, broadcast=True, hash=False)
-        if isinstance(value, list):
-            return [scattered(one) for one in value]
-        return value
-
-    shared = {name: scattered(value) for name, value in shared.items()}
-    show = settings.progress_bar
-    name = getattr(work, "__name__", "slide").strip("_")
-    futures = client.map(_quietly, tasks, work=work, pure=False,
-                         key=[f"{name}-{t['slide_id']}-{time.time_ns()}" for t in tasks],
-                         **shared)
-    try:
-        for future in progress(as_completed(futures), desc="slides", total=len(futures),
-                               show=show):
-            yield future.result()
-    except BaseException:
-        client.cancel(futures)
-        raise
-
-
-def _quietly(task: dict, work, **shared: Any) -> dict:
-    """On a dask worker: one slide, without progress bars (they would go to the worker's log).
-
-    The slide's own lazy arrays (its image read from the file) are computed in the worker's
-    thread: inside a task, dask would otherwise hand them to the cluster's scheduler, which
-    cannot ship an open slide file.
-    """
-    import dask
-
-    saved = settings.progress_bar
-    settings.progress_bar = False
-    try:
-        with dask.config.set(scheduler="synchronous"):
-            return work(task, **shared)
-    finally:
-        settings.progress_bar = saved
-
-
 def _run_slide(task: dict, encoders: list) -> dict:
     """One slide: tissue, tiles and features (or only features), written to its store.
 
@@ -551,18 +467,33 @@ def _trim_memory() -> None:
 def _process_slide(task: dict, encoders: list) -> dict:
     import socket
 
-    from ..._core.seeds import seed_everything
     from ...io import SlideStore, read_wsi
+
+    start = time.perf_counter()
+    store = SlideStore(task["store"])
+    store.remove_partials()
+    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=task["params"]["image_key"])
+    try:  # the slide file is closed when the slide is done, or has failed
+        n_tiles = _embed_and_write(sdata, task, encoders, store)
+    finally:
+        close_slide_files(sdata)
+    seconds = time.perf_counter() - start
+    logger.info("%s: %s, %d tiles in %.1f s", task["slide_id"], task["status"], n_tiles, seconds)
+    return {"slide_id": task["slide_id"], "status": task["status"], "n_tiles": n_tiles,
+            "seconds": seconds, "worker": socket.gethostname(), "error": None}
+
+
+def _embed_and_write(sdata, task: dict, encoders: list, store) -> int:
+    """A slide's tissue and tiles (or its stored tiles) and features, written to its store.
+
+    Returns the number of tiles.
+    """
+    from ..._core.seeds import seed_everything
     from ...pp import detect_tissue, tile
     from ._embed import embed
 
-    start = time.perf_counter()
-    slide_id, params = task["slide_id"], task["params"]
-    store = SlideStore(task["store"])
-    store.remove_partials()
+    params, key = task["params"], task["feature_params"]["key"]
     image_key, tiles_key = params["image_key"], params["tiles_key"]
-    key = task["feature_params"]["key"]
-    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=image_key)
     if task["status"] == "computed":
         tissue = params["tissue"]
         detect_tissue(sdata, image_key, mpp=tissue["mpp"], kind=tissue["kind"],
@@ -581,16 +512,14 @@ def _process_slide(task: dict, encoders: list) -> dict:
                      params=task["feature_params"], created=time.time()).to_uns()
     table.uns["embeddings"][key] = record
     if task["status"] == "computed":
-        slide = {"slide_id": slide_id, "slide_path": task["path"], "processed": time.time()}
+        slide = {"slide_id": task["slide_id"], "slide_path": task["path"],
+                 "processed": time.time()}
         store.write_slide(sdata, tissue_key=params["tissue_key"], tiles_key=tiles_key,
                           slide=slide, params=params, feature_keys=[key],
                           drop_features=_drops(store, params["tissue_key"], tiles_key, key))
     else:
         store.write_features(tiles_key, key, table.obsm[key], record)
-    seconds = time.perf_counter() - start
-    logger.info("%s: %s, %d tiles in %.1f s", slide_id, task["status"], table.n_obs, seconds)
-    return {"slide_id": slide_id, "status": task["status"], "n_tiles": int(table.n_obs),
-            "seconds": seconds, "worker": socket.gethostname(), "error": None}
+    return int(table.n_obs)
 
 
 def _encoder_name(encoder: Any) -> str:

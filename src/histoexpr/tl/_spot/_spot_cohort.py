@@ -1,13 +1,15 @@
 """The spot regressor over a cohort of H&E-only slides on disk: one table of predictions per slide.
 
-Each slide is one task of the cohort's per-slide runner (:func:`histoexpr.tl._features.
-_embed_cohort.run_slides`: one slide after the other, or on the workers of a dask client): open
-the slide file lazily, run the single-slide :func:`~histoexpr.tl._spot._spot_predict.predict`
-on it (tissue detection, a grid of tiles at the model's size and pixel size, features, the
-model, and whatever that function adds to its table), and write the table to the slide's store
+Each slide is one task of the cohort's per-slide runner (:func:`histoexpr._core.distributed.
+run_slides`: one slide after the other, or on the workers of a dask client): open the slide
+file lazily, run the single-slide :func:`~histoexpr.tl._spot._spot_predict.predict` on it
+(tissue detection, a grid of tiles at the model's size and pixel size, features, the model, and
+whatever that function adds to its table), and write the table to the slide's store
 (:meth:`histoexpr.io.SlideStore.write_prediction`, atomically) with how it was made. A slide
 whose store holds that table, made by the same model from the same slide file with the same
-options, is skipped.
+options, is skipped. A slide that fails (its pixel data cannot be decoded, say) is reported
+``"failed"``, with its error, as :func:`histoexpr.tl.embed_cohort` does: the others go on,
+nothing of it is stored, and the next run tries it again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..._core.distributed import check_client, close_slide_files, report_failures, run_slides
 from ..._core.logs import logger, shown
 from ..._core.memory import file_fingerprint
 
@@ -54,7 +57,6 @@ def predict_cohort(
         check_store_name,
     )
     from ...io import Cohort
-    from .._features._embed_cohort import run_slides
     from ._spot_predict import check_options
 
     if not isinstance(cohort, Cohort) or not cohort.on_disk:
@@ -69,8 +71,7 @@ def predict_cohort(
             f"This is a {metadata.get('model')!r} model, not a spot regressor; "
             "train one with hx.tl.fit(..., model='spot_regressor')."
         )
-    if client is not None and not hasattr(client, "map"):
-        raise TypeError(f"client must be a dask.distributed Client, got {type(client).__name__}.")
+    check_client(client)
     image_key = cohort.image_key if image_key is None else image_key
     if image_key != cohort.image_key:
         raise ValueError(
@@ -133,6 +134,7 @@ def predict_cohort(
                 "seconds": 0.0,
                 "worker": None,
                 **guard_columns(stored),
+                "error": None,
             }
             continue
         tasks.append(
@@ -168,6 +170,7 @@ def predict_cohort(
         rows[summary.pop("slide_id")] = summary
     frame = pd.DataFrame.from_dict(rows, orient="index").reindex(cohort.ids)
     frame.index.name = "slide_id"
+    report_failures(frame, len(tasks), "predict", stacklevel=5)
     return frame
 
 
@@ -184,12 +187,15 @@ def _check_slides_open(tasks: list[dict], model: Network, image_key: str) -> Non
 
     failed = {}
     for task in tasks:
+        sdata = None
         try:
             with each_item():  # one slide's reading is debug chatter
                 sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=image_key)
                 _check_channels(sdata, image_key, model)
         except (ValueError, OSError) as error:
             failed[task["slide_id"]] = str(error)
+        finally:
+            close_slide_files(sdata)
     if failed:
         listed = "; ".join(f"{i!r}: {e}" for i, e in list(failed.items())[:3])
         raise ValueError(
@@ -258,28 +264,25 @@ def _planned(
 
 
 def _predict_slide(task: dict, model: Network) -> dict:
-    """One slide: open it, predict with the single-slide ``predict``, store the table."""
+    """One slide: open it, predict with the single-slide ``predict``, store the table.
+
+    A slide that fails is reported ``"failed"`` with its error (the others go on): its table
+    is written atomically, so nothing of it is stored.
+    """
     import socket
 
     from ..._core.image import CHUNKS
-    from ...io import SlideStore, read_wsi
     from .._features._embed_cohort import _trim_memory
-    from . import _spot_predict
 
     start = time.perf_counter()
-    store = SlideStore(task["store"])
-    store.remove_partials()
-    options = task["options"]
     try:
-        sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options["image_key"])
-        table = _spot_predict.predict(model, sdata, **options)
-        store.write_prediction(
-            options["key_added"],
-            table,
-            record=task["record"],
-            slide={"slide_id": task["slide_id"], "slide_path": task["path"]},
-            overwrite=True,
-        )
+        table = _predict_and_write(task, model)
+    except Exception as error:  # noqa: BLE001 - one bad slide does not stop the cohort
+        reason = f"{type(error).__name__}: {error}"
+        logger.error("%s failed (%s); going on with the other slides.", task["slide_id"], reason)
+        return {"slide_id": task["slide_id"], "status": "failed", "n_tiles": 0,
+                "seconds": time.perf_counter() - start, "worker": socket.gethostname(),
+                "fraction_out_of_range": float("nan"), "warns": None, "error": reason}
     finally:
         CHUNKS.clear()
         _trim_memory()
@@ -292,7 +295,31 @@ def _predict_slide(task: dict, model: Network) -> dict:
         "seconds": seconds,
         "worker": socket.gethostname(),
         **guard_columns(table),
+        "error": None,
     }
+
+
+def _predict_and_write(task: dict, model: Network):
+    """The slide's table of predictions, written to its store; the slide file closed after."""
+    from ...io import SlideStore, read_wsi
+    from . import _spot_predict
+
+    store = SlideStore(task["store"])
+    store.remove_partials()
+    options = task["options"]
+    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options["image_key"])
+    try:
+        table = _spot_predict.predict(model, sdata, **options)
+        store.write_prediction(
+            options["key_added"],
+            table,
+            record=task["record"],
+            slide={"slide_id": task["slide_id"], "slide_path": task["path"]},
+            overwrite=True,
+        )
+    finally:
+        close_slide_files(sdata)
+    return table
 
 
 def guard_columns(table) -> dict[str, Any]:

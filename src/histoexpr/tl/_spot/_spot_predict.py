@@ -122,10 +122,12 @@ def predict(
 
     Returns
     -------
-    A cohort: one row per slide (index: slide id) with ``status`` (``"computed"`` or
-    ``"skipped"``), ``n_tiles``, ``seconds``, ``worker`` and the slide's guard summary,
-    ``fraction_out_of_range`` and ``warns`` (``uns["prediction"]["guard"]`` of its table: the
-    slides unlike the training data at a glance); the tables are in the stores.
+    A cohort: one row per slide (index: slide id) with ``status`` (``"computed"``,
+    ``"skipped"`` or ``"failed"``: a slide that could not be predicted is warned of and the
+    others go on; a rerun tries it again), ``n_tiles``, ``seconds``, ``worker``, the slide's
+    guard summary, ``fraction_out_of_range`` and ``warns`` (``uns["prediction"]["guard"]`` of
+    its table: the slides unlike the training data at a glance), and ``error`` (why a slide
+    failed); the tables are in the stores. Every slide failing is an error.
     A section:
     The table of predictions (also added as ``sdata.tables[key_added]``): tiles x genes,
     log1p-normalised expression in ``X``, the tile table's ``obs`` (``tile_id``, and ``spot_id``
