@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._settings import settings
-from .logs import SlidesFailedError, each_item, progress
+from .logs import SlidesFailedError, computed_here, each_item, progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -227,20 +227,19 @@ def run_slides(tasks: list[dict], work: Callable[..., dict], *, client: Any,
                **shared: Any) -> Iterator[dict]:
     """Run ``work(task, **shared)`` for every slide's task; yield their summaries as they finish.
 
-    Here (``client=None``), one slide after the other, each under dask's threaded scheduler:
-    with a ``dask.distributed`` Client open in the process (then dask's default), the slide's
-    lazy image would be sent to that cluster, which cannot ship an open slide file. With a
+    Here (``client=None``), one slide after the other, each computed here
+    (:func:`~histoexpr._core.logs.computed_here`: with a ``dask.distributed`` Client open in
+    the process, the slide's lazy image would be sent to that cluster, which cannot ship an
+    open slide file). With a
     ``client``, mapped over its workers (``client.map``; dask schedules them), each slide with the
     caller's :data:`SHIPPED_SETTINGS` (:func:`_on_worker`). Either way a slide's info lines
     are debug lines (:func:`~histoexpr._core.logs.each_item`): the bar shows the slides. ``work``
     is a module-level function (dask pickles it) that writes one slide's results to its store
     and returns a summary dict holding ``slide_id``.
     """
-    import dask
-
     if client is None:
         for task in progress(tasks, desc="slides", total=len(tasks)):
-            with each_item(), dask.config.set(scheduler="threads"):
+            with each_item(), computed_here():
                 summary = work(task, **shared)
             yield summary
         return
