@@ -545,6 +545,10 @@ def test_read_wsi_records_the_file_each_image_came_from(tmp_path):
     sdata = hx.io.read_wsi(tmp_path / "slide.tif")
     assert source_of(sdata, "he") == str(tmp_path / "slide.tif")
     # another image under that key is not the file's: no name for it
-    sdata.images["he"] = hx.io.read_wsi(tmp_path / "slide.tif", image_key="x").images["x"]
+    _blank_slide(tmp_path / "other.tif")
+    sdata.images["he"] = hx.io.read_wsi(tmp_path / "other.tif", image_key="x").images["x"]
     assert source_of(sdata, "he") is None
+    # the same file read again holds the same pixels: the same lazy array, the same file
+    sdata.images["he"] = hx.io.read_wsi(tmp_path / "slide.tif", image_key="x").images["x"]
+    assert source_of(sdata, "he") == str(tmp_path / "slide.tif")
     assert source_of(hx.io.read_wsi(tmp_path / "slide.tif"), "other") is None  # no such image

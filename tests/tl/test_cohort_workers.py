@@ -108,6 +108,17 @@ def test_an_open_client_leaves_the_runs_without_client_as_they_were(slides, mode
     hx.pp.detect_tissue(slide, "he")
     table = hx.tl.predict(model, slide, key_added=KEY)
     np.testing.assert_array_equal(np.asarray(table.X), predictions["slide_00"])
+    # spatialdata writes the lazily read slide with the cluster as dask's default: the workers
+    # open the slide file themselves; the pixels written are the file's
+    import spatialdata
+
+    slide.write(tmp_path / "slide_00.zarr")
+    written = spatialdata.read_zarr(tmp_path / "slide_00.zarr")
+    levels = hx.io.image_levels(slide, "he")
+    assert len(hx.io.image_levels(written, "he")) == len(levels)
+    for ours, theirs in zip(levels, hx.io.image_levels(written, "he"), strict=True):
+        np.testing.assert_array_equal(np.asarray(theirs.data.data.compute(scheduler="synchronous")),
+                                      np.asarray(ours.data.data.compute(scheduler="synchronous")))
 
 
 @pytest.mark.slow

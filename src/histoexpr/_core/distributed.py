@@ -298,25 +298,18 @@ def _settings_applied(values: dict[str, Any]) -> Iterator[None]:
 
 
 def close_slide_files(sdata: Any) -> None:
-    """Close the slide files that the lazily read images of ``sdata`` hold open.
+    """Close the slide files that the lazily read images of ``sdata`` hold open in this process.
 
-    :func:`histoexpr.io.read_wsi` reads a slide through tifffile's zarr store, whose file stays
-    open while the image is read; a slide's task closes it when the slide is done (or has
-    failed), not the garbage collector some time later (a ``ResourceWarning``).
+    :func:`histoexpr.io.read_wsi` reads a slide's tiles from its file, opened once per process
+    (:mod:`histoexpr._core.slide_files`); a slide's task closes it when the slide is done (or
+    has failed), not the garbage collector some time later (a ``ResourceWarning``). A later
+    read opens the file again.
     """
-    import zarr
+    from .image_facts import recorded_sources
+    from .slide_files import close_slide_file
 
-    for element in getattr(sdata, "images", {}).values():
-        arrays = ([element[name]["image"].data for name in element.keys()]
-                  if hasattr(element, "keys") else [element.data])
-        for array in arrays:
-            if not hasattr(array, "__dask_graph__"):
-                continue
-            for value in dict(array.__dask_graph__()).values():
-                store = value.store_path.store if isinstance(value, zarr.Array) else None
-                for series in getattr(store, "_data", None) or ():  # tifffile's series
-                    with contextlib.suppress(Exception):
-                        series.parent.close()
+    for path in recorded_sources(sdata):
+        close_slide_file(path)
 
 
 def report_failures(frame: pd.DataFrame, n_tried: int, step: str, *,

@@ -158,6 +158,13 @@ def record_source(sdata: SpatialData, image_key: str, path: Any) -> None:
     sdata.attrs[_SOURCE_KEY] = sources
 
 
+def recorded_sources(sdata: SpatialData) -> list[str]:
+    """Every file a reader recorded for ``sdata``'s images (replaced images' files included)."""
+    records = (getattr(sdata, "attrs", None) or {}).get(_SOURCE_KEY) or {}
+    return sorted({str(r["path"]) for r in records.values()
+                   if isinstance(r, Mapping) and r.get("path")})
+
+
 def source_of(sdata: SpatialData, image_key: str) -> str | None:
     """The file ``sdata.images[image_key]`` was read from, while it holds those pixels.
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .._core.image_facts import record_source
 from .._core.logs import log_added, logger
+from .._core.slide_files import TiffLevel, close_slide_file
 from .._core.validate import check_element_name, check_positive
 from ._elements import (
     channel_names,
@@ -42,7 +43,11 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     SVS (Aperio), NDPI (Hamamatsu) and generic tiled, pyramidal TIFF / OME-TIFF files are read
     through :mod:`tifffile`'s zarr interface: every pyramid level stored in the file becomes one
     scale (``scale0``, ``scale1``, ...) of a dask-backed image, and no pixel is decoded until a
-    region is read (e.g. with :func:`histoexpr.io.read_region`). A plain JPEG or PNG image (an
+    region is read (e.g. with :func:`histoexpr.io.read_region`). The lazy image holds the
+    file's path, size and modification time, not an open file: each process (a dask worker
+    included) opens the file on its first read, so the slide can be computed on a
+    ``distributed`` cluster and written with ``sdata.write`` while one is open; a file changed
+    since it was read is refused (read it again). A plain JPEG or PNG image (an
     H&E photographed or exported without a pyramid) is read whole into memory instead, with
     its pyramid made as :func:`histoexpr.io.read_st` makes it (its memory, about ``2.3 x height
     x width x channels`` bytes for 8-bit pixels, is estimated from the file's header first and
@@ -112,7 +117,12 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
         source = "mpp="
     mpp = check_mpp(mpp)
 
-    levels = [_level_array(series, i) for i in range(len(series.levels))]
+    try:
+        levels = [_level_array(tif, path, i) for i in range(len(series.levels))]
+    except Exception:
+        close_slide_file(TiffLevel.path_of(path))
+        tif.close()
+        raise
     page = series.levels[0].keyframe
     if (getattr(page.photometric, "name", "") == "RGB" and levels[0].shape[0] == 4
             and len(getattr(page, "extrasamples", ()) or ()) == 1):
@@ -295,14 +305,10 @@ def _sample(level, side: int = 1024):
     return np.asarray(level[:, r0 : r0 + side, c0 : c0 + side].compute(scheduler="synchronous"))
 
 
-def _level_array(series, level: int):
-    """One pyramid level as a lazy ``(c, y, x)`` dask array on tifffile's zarr store."""
-    import dask.array as da
-    import zarr
-
-    store = series.aszarr(level=level)
-    array = da.from_zarr(zarr.open(store, mode="r"))
-    axes = series.levels[level].axes
+def _level_array(tif, path: Path, level: int):
+    """One pyramid level as a lazy ``(c, y, x)`` dask array, read tile by tile (reopenable)."""
+    array = TiffLevel(tif, path, series=0, level=level).as_dask()
+    axes = tif.series[0].levels[level].axes
     # drop singleton axes other than Y, X and the channels (T, Z, Q, I...)
     index = []
     kept = []
