@@ -95,9 +95,10 @@ class SlidesFailedError(RuntimeError):
 def computed_here() -> contextlib.AbstractContextManager:
     """Dask's threaded scheduler inside, where a dask.distributed Client is the default.
 
-    A Client opened in the process becomes dask's scheduler for every ``compute``; a slide's
-    lazy image (an open file) cannot be shipped to its cluster, so a step on one slide would
-    fail. The cohort functions map slides over a Client only when given one (``client=``).
+    A Client opened in the process becomes dask's scheduler for every ``compute``; a step on
+    one slide would then send each tile's read to the cluster and its pixels back (workers on
+    other machines may not even reach the file). Steps compute here instead; the cohort
+    functions map whole slides over a Client only when given one (``client=``).
     """
     if "distributed" not in sys.modules:  # no Client can be open
         return contextlib.nullcontext()
