@@ -53,16 +53,43 @@ def cohort(tmp_path_factory):
 # ------------------------------------------------------------------------------------ keys
 @pytest.mark.parametrize("key", ["../../../../victim", "/tmp/elsewhere", "abmil/v2", "X/a",
                                  "..", "", "a\\b", ".hidden", "zarr.json", "__x", "tab\tkey",
-                                 "NUL", "x" * 300, "a:b", " padded"])
+                                 "NUL", "x" * 300, "a:b", " padded",
+                                 # names that read as another name, or as a path
+                                 "a\u0085b", "x\u202eftp.exe", "X\u200b", "a\u2028b",
+                                 "..\u2215etc", "a\u2044b", "a\uff0fb", "COM\u00b9",
+                                 "lpt\u00b3.txt", "\ufeffkey", "\u0301", "a\u2066b",
+                                 "a\ue000b", "cafe\u0301"])
 def test_one_rule_for_names_on_disk(key):
     with pytest.raises((ValueError, TypeError), match="cannot name a .*Nothing was written"):
         check_store_name("key_added", key)
 
 
 @pytest.mark.parametrize("key", ["X_handcrafted", "X_handcrafted+resnet18", "abmil_v2",
-                                 "slide 01", "TCGA-AB-1234.01"])
+                                 "slide 01", "TCGA-AB-1234.01", "caf\u00e9", "\u5207\u7247_1",
+                                 "\u00c5ngstr\u00f6m"])
 def test_plain_names_pass_the_rule(key):
     assert check_store_name("key_added", key) == key
+
+
+@bad_input("silently wrong", "a manifest whose slide id holds an invisible or look-alike "
+           "character (a zero-width space, a right-to-left override, a fraction slash '⁄')",
+           says="ValueError: `slide_id='S\\u200b1' cannot name a slide's store ... it holds "
+                "U+200B: a control, invisible or unassigned character`",
+           fix="the id as it reads, e.g. slide_id='S1'")
+def test_a_slide_id_that_reads_as_another_is_refused(tmp_path):
+    import pandas as pd
+
+    manifest = hx.datasets.synthetic_slide_cohort(tmp_path / "c", 1, seed=0, size_um=160,
+                                                  mpp=1.0)
+    frame = pd.read_csv(manifest)
+    for slide_id, suggested in (("S\u200b1", "S1"), ("S\u202e1", "S1"), ("S\u20441", "S_1")):
+        frame["slide_id"] = [slide_id]
+        frame.to_csv(manifest, index=False)
+        with pytest.raises(ValueError, match=r"cannot name a slide's store .*Nothing was "
+                                             r"written") as refused:
+            hx.io.read_cohort(manifest, store_dir=tmp_path / "stores")
+        assert f"slide_id={suggested!r}" in str(refused.value)  # what it reads as
+    assert not (tmp_path / "stores").exists()
 
 
 @bad_input("data lost", "`hx.tl.embed_cohort(cohort, key_added=\"../../../../victim\")` (a key "

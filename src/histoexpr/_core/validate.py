@@ -13,6 +13,7 @@ import functools
 import inspect
 import math
 import numbers
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar, get_args
@@ -173,7 +174,12 @@ def renamed_parameters(**renames: str | Callable[[Mapping[str, Any]], str]) -> C
 _NOT_IN_NAMES = set('/\\<>:"|?*')
 #: names a store, zarr or the operating system keeps for itself
 _RESERVED_NAMES = {"zarr.json", "con", "prn", "aux", "nul",
-                   *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))}
+                   *(f"{d}{i}" for d in ("com", "lpt") for i in (*range(1, 10), "¹", "²", "³"))}
+#: characters drawn like a path separator (a name holding one reads as a path)
+_SLASH_LOOKALIKES = set("\u2044\u2215\u29f8\u29f9\uff0f\uff3c\u2216")
+#: Unicode categories a name may not hold: controls, invisible formatting (bidi overrides,
+#: zero-width characters, BOM), private use, unassigned, surrogates, line/paragraph separators
+_UNSEEN_CATEGORIES = {"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"}
 
 
 #: the longest name (UTF-8 bytes) that may become part of a path: ``<name>.zarr`` and the
@@ -206,8 +212,15 @@ def check_store_name(name: str, value: Any, *, what: str = "key") -> str:
         problem = "would name the folder itself or the one above it"
     elif "/" in value or "\\" in value:
         problem = "holds a path separator ('/' or '\\'): it would be a path, not one name"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
-        problem = "holds a control character"
+    elif unseen := [c for c in value if unicodedata.category(c) in _UNSEEN_CATEGORIES]:
+        problem = (f"holds {', '.join(f'U+{ord(c):04X}' for c in unseen[:3])}: a control, "
+                   "invisible or unassigned character (a name that reads as another)")
+    elif _SLASH_LOOKALIKES & set(value):
+        problem = "holds a character drawn like a path separator ('/' or '\\')"
+    elif unicodedata.category(value[0]).startswith("M") or value != unicodedata.normalize(
+            "NFC", value):
+        problem = ("is not in Unicode's composed form (NFC), or starts with a combining mark: "
+                   "the same name could be written two ways, as two folders")
     elif _NOT_IN_NAMES & set(value):
         held = "".join(sorted(_NOT_IN_NAMES & set(value)))
         problem = f"holds {held!r}, not allowed in file names"
@@ -288,7 +301,9 @@ def _spatialdata_name_rule() -> Callable[[str], None]:
 
 def _suggest_name(value: Any) -> str:
     """A name close to ``value`` that :func:`check_store_name` accepts."""
-    text = "".join(c if c.isalnum() or c in "_-.+" else "_" for c in str(value))
+    text = "".join(c if c.isalnum() or c in "_-.+" else "_"
+                   for c in unicodedata.normalize("NFC", str(value))
+                   if unicodedata.category(c) not in _UNSEEN_CATEGORIES)
     text = text.strip("._ ") or "X_features"
     if text.split(".")[0].lower() in _RESERVED_NAMES:
         text = f"my_{text}"
