@@ -139,13 +139,20 @@ def make_cohort(folder: Path, n_slides: int, size: int, n_files: int | None = No
     With ``n_files < n_slides``, only ``n_files`` distinct files are written and the manifest
     lists them in turn under ``n_slides`` slide ids (each row is processed as its own slide).
     """
+    import json
+
     import pandas as pd
 
     manifest = folder / "manifest.csv"
-    if manifest.exists():
-        return manifest
-    pieces = _pieces()
     n_files = n_slides if n_files is None else min(n_files, n_slides)
+    made = {"n_slides": n_slides, "size": size, "n_files": n_files}
+    record = folder / "cohort.json"  # how the slides were made: reused only when the same
+    if manifest.exists() and record.exists() and json.loads(record.read_text()) == made:
+        return manifest
+    if manifest.exists():
+        raise SystemExit(f"{folder} holds a cohort made otherwise (or by an older script): "
+                         f"remove it to make one of {made}.")
+    pieces = _pieces()
     for i in range(n_files):
         path = folder / f"file_{i:02d}.tif"
         t0 = time.perf_counter()
@@ -155,6 +162,7 @@ def make_cohort(folder: Path, n_slides: int, size: int, n_files: int | None = No
     rows = [{"path": f"file_{i % n_files:02d}.tif", "slide_id": f"slide_{i:02d}",
              "patient": f"p{i // 2}"} for i in range(n_slides)]
     pd.DataFrame(rows).to_csv(manifest, index=False)
+    record.write_text(json.dumps(made))
     return manifest
 
 
