@@ -99,7 +99,9 @@ def other_tissues() -> dict:
     squidpy = DATA / "visium" / "squidpy"
     adata = ad.read_h5ad(squidpy / "test_data.h5ad")
     factors = next(iter(adata.uns["spatial"].values()))["scalefactors"]
-    mpp = 55.0 / float(factors["spot_diameter_fullres"])  # the crop is at full resolution
+    # the crop is at full resolution; spot_diameter_fullres is the pixels of a 65 um spot (10x's
+    # definition): neighbouring spots, 137 px apart, are then 99.6 um apart (100 um by design)
+    mpp = 65.0 / float(factors["spot_diameter_fullres"])
     pixels = np.asarray(Image.open(squidpy / "test_img.jpg").convert("RGB")).transpose(2, 0, 1)
     slides["squidpy mouse brain crop"] = SpatialData(
         images={

@@ -261,6 +261,13 @@ def test_read_st_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- Visium
+def _visium_grid_mpp(array_col, array_row, pixels) -> float:
+    """um/px by Visium's design: one array_col step is 50 um (neighbours in a row, 100 um)."""
+    design = np.column_stack([array_col, array_row, np.ones(len(array_col))])
+    coef = np.linalg.lstsq(design, np.asarray(pixels, dtype=float), rcond=None)[0]
+    return 50 / float(np.linalg.norm(coef[0]))
+
+
 @realdata
 def test_read_visium_spaceranger_1(data_dir, caplog):
     root = data_dir / "visium" / "scanpy_visium_1.0.0"
@@ -271,13 +278,15 @@ def test_read_visium_spaceranger_1(data_dir, caplog):
     assert table.X.dtype == np.float32 and (table.X != table.layers["counts"]).nnz == 0
     assert "blank" in caplog.text  # the hires image of this fixture is a placeholder
     factors = json.loads((root / "spatial" / "scalefactors_json.json").read_text())
-    mpp_full = 55 / factors["spot_diameter_fullres"]  # a spot is 55 um wide
-    assert mpp_full == pytest.approx(0.615, abs=0.001)
+    every = pd.read_csv(root / "spatial" / "tissue_positions_list.csv", header=None, index_col=0)
+    mpp_full = _visium_grid_mpp(every[3], every[2], every[[5, 4]])
+    assert mpp_full == pytest.approx(0.7268, abs=0.0005)
+    # spot_diameter_fullres is the pixels of a 65 um spot (10x's definition), not of 55 um
+    assert 65 / factors["spot_diameter_fullres"] == pytest.approx(mpp_full, rel=0.001)
     levels = hx.io.image_levels(sdata, "he")
     assert len(levels) == 1  # lowres only
     assert levels[0].mpp == pytest.approx(mpp_full / factors["tissue_lowres_scalef"])
-    positions = pd.read_csv(root / "spatial" / "tissue_positions_list.csv", header=None,
-                            index_col=0).loc[table.obs_names]
+    positions = every.loc[table.obs_names]
     np.testing.assert_allclose(table.obsm["spatial"], positions[[5, 4]].to_numpy() * mpp_full)
     np.testing.assert_array_equal(table.obs["array_row"], positions[2])
     np.testing.assert_allclose(sdata.shapes["spots"]["radius"], 27.5)
@@ -294,10 +303,14 @@ def test_read_visium_spaceranger_3_mtx(data_dir):
     assert table.shape == (2898, 19465)
     assert np.array_equal(table.X.data, np.round(table.X.data))  # raw counts
     factors = json.loads((root / "spatial" / "scalefactors_json.json").read_text())
-    mpp_full = 55 / factors["spot_diameter_fullres"]
+    every = pd.read_csv(root / "spatial" / "tissue_positions.csv", index_col=0)
+    mpp_full = _visium_grid_mpp(every["array_col"], every["array_row"],
+                                every[["pxl_col_in_fullres", "pxl_row_in_fullres"]])
+    assert mpp_full == pytest.approx(4.6776, abs=0.0005)
+    # a CytAssist run: spot_diameter_fullres spans 70 um (65 um in other runs, never 55 um)
+    assert 70 / factors["spot_diameter_fullres"] == pytest.approx(mpp_full, rel=0.001)
     assert hx.io.get_pixel_size(sdata, "he") == pytest.approx(mpp_full / 0.2)
-    positions = pd.read_csv(root / "spatial" / "tissue_positions.csv",
-                            index_col=0).loc[table.obs_names]
+    positions = every.loc[table.obs_names]
     assert (positions["in_tissue"] == 1).all()
     np.testing.assert_allclose(
         table.obsm["spatial"],

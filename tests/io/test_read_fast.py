@@ -66,7 +66,7 @@ def test_st_counts_as_written(tmp_path):
     path = tmp_path / "counts.tsv.gz"
     frame.to_csv(path, sep="\t", float_format="%.17g")
     table = _read_counts(path)
-    assert table.columns[:3].tolist() == ["A", "IGKC", "IGKC.1"]
+    assert table.columns[:3].tolist() == ["A", "IGKC", "IGKC-1"]
     assert table.columns[3] == "B C"
     assert table.dtypes.unique().tolist() == [np.float64]
     np.testing.assert_array_equal(table.to_numpy(), values)

@@ -335,7 +335,11 @@ def numeric_table(frame, what: str):
 
 
 def unique_names(names, what: str) -> list[str]:
-    """``names`` made unique (``IGKC``, ``IGKC.1``...), with a warning naming the duplicates."""
+    """``names`` made unique as scanpy does (``IGKC``, ``IGKC-1``...), with one warning.
+
+    The convention of ``AnnData.var_names_make_unique`` (what scanpy and spatialdata-io give
+    for 10x files), for every reader; the warning names how many names repeat, and which.
+    """
     import pandas as pd
 
     index = pd.Index([str(n) for n in names])
@@ -345,7 +349,7 @@ def unique_names(names, what: str) -> list[str]:
     from anndata.utils import make_index_unique
 
     counts = index.value_counts()
-    result = list(make_index_unique(index.copy(), join="."))
+    result = list(make_index_unique(index.copy(), join="-"))
     shown = ", ".join(f"{n} ({counts[n]}x)" for n in duplicated[:10])
     renamed = ", ".join(f"{old} -> {new}" for old, new in zip(index, result, strict=True)
                         if old != new)
@@ -493,12 +497,13 @@ def check_counts(matrix, what: str):
 
 def spot_elements(
     centres_um: np.ndarray, counts, *, obs: pd.DataFrame, var: pd.DataFrame,
-    radius_um: float, shapes_key: str = "spots",
+    radius_um: float, shapes_key: str = "spots", corners_um: np.ndarray | None = None,
 ) -> tuple[GeoDataFrame, AnnData]:
     """Build the circles ``shapes_key`` and their table (raw counts, centres in um).
 
     ``obs`` is indexed by the spot names (``obs_names``); its rows, those of ``counts`` and of
-    ``centres_um`` are the same spots in the same order.
+    ``centres_um`` are the same spots in the same order. ``corners_um`` (``(n, k, 2)``, e.g.
+    the 4 corners of square bins) makes the shapes these polygons instead of circles.
     """
     import anndata as ad
     import pandas as pd
@@ -507,11 +512,19 @@ def spot_elements(
 
     centres_um = np.asarray(centres_um, dtype=np.float64)
     spot_id = np.arange(len(obs))
-    shapes = ShapesModel.parse(
-        centres_um, geometry=0, radius=np.full(len(obs), radius_um / 1.0),
-        index=pd.Index(spot_id, name="spot_id"),
-        transformations={COORDINATE_SYSTEM: Identity()},
-    )
+    index = pd.Index(spot_id, name="spot_id")
+    if corners_um is None:
+        shapes = ShapesModel.parse(
+            centres_um, geometry=0, radius=np.full(len(obs), radius_um / 1.0), index=index,
+            transformations={COORDINATE_SYSTEM: Identity()},
+        )
+    else:
+        import geopandas as gpd
+        import shapely
+
+        polygons = shapely.polygons(np.asarray(corners_um, dtype=np.float64))
+        shapes = ShapesModel.parse(gpd.GeoDataFrame(geometry=polygons, index=index),
+                                   transformations={COORDINATE_SYSTEM: Identity()})
     obs = obs.copy()
     obs.index = obs.index.astype(str)
     obs["spot_id"] = spot_id
