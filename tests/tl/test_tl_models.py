@@ -135,8 +135,8 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     import histoexpr_toy_model as module
 
-    spec = _models.ModelSpec("toy", module.ToyOptions, "histoexpr_toy_model", "other",
-                             "histoexpr_toy_model:cross_validate_toy")
+    spec = _models.ModelSpec("toy", module.ToyOptions, "histoexpr_toy_model", kind="other",
+                             cross_validator="histoexpr_toy_model:cross_validate_toy")
     _api.register_model(spec)  # the one entry
     yield module
     del _models.MODEL_TABLE["toy"]
@@ -173,25 +173,33 @@ def test_a_model_added_with_one_entry_is_in_the_help(toy):
     assert "    shift : float = 0.0" in fit_help and "Added to the learnt number." in fit_help
     assert "**toy**" in _help(hx.tl.predict) and "    toy_scale : float = 1.0" in _help(
         hx.tl.predict)
-    assert "    toy_folds : int = 2" in _help(hx.tl.cross_validate)
+    cv_help = _help(hx.tl.cross_validate)
+    assert "    toy_folds : int = 2" in cv_help
+    listed = cv_help.split("The models cross-validated:")[1].split("groups")[0]
+    assert all(f'"{name}"' in listed for name in _models.CROSS_VALIDATORS)  # toy's too
+    assert '"toy"' in listed
     assert "toy_scale" in hx.tl.predict_options("toy")
 
 
 def test_a_taken_name_is_refused(toy):
-    spec = _models.ModelSpec("toy", toy.ToyOptions, "histoexpr_toy_model", "other")
+    spec = _models.ModelSpec("toy", toy.ToyOptions, "histoexpr_toy_model")
     with pytest.raises(ValueError, match="Model 'toy' exists already"):
         _api.register_model(spec)
     with pytest.raises(ValueError, match="trains model 'toy'; set ToyOptions.model = 'other'"):
-        _models.ModelSpec("other", toy.ToyOptions, "histoexpr_toy_model", "other")
+        _models.ModelSpec("other", toy.ToyOptions, "histoexpr_toy_model")
 
 
 def test_the_registries_are_views_of_the_one_table():
     table = _models.MODEL_TABLE
     assert list(_models.MODELS) == list(table) == list(_models.OPTIONS)
-    assert set(_models.BAG_MODELS) == {"abmil", "meanpool_ridge", "meanpool_logistic"}
-    assert set(_models.COHORT_MODELS) == {"abmil", "meanpool_ridge", "meanpool_logistic",
-                                          "spot_regressor"}
-    assert set(_models.CROSS_VALIDATORS) == set(_models.COHORT_MODELS)
+    assert {name: _models.MODELS[name] for name in table} == {
+        name: spec.module for name, spec in table.items()}
+    assert list(_models.BAG_MODELS) == [n for n, s in table.items() if s.kind == "bag"]
+    assert list(_models.COHORT_MODELS) == [n for n, s in table.items() if s.cohort]
+    assert dict(_models.CROSS_VALIDATORS) == {
+        n: tuple(s.cross_validator.split(":")) for n, s in table.items() if s.cross_validator}
+    assert _models.BAG_MODELS and _models.COHORT_MODELS and _models.CROSS_VALIDATORS
+    assert set(_models.OWN_MODELS) == set(table)  # nothing registered from outside here
     for name, spec in table.items():
         assert spec.options.model == name
         assert spec.options.__module__.rsplit(".", 1)[0] == spec.module.rsplit(".", 1)[0], (

@@ -12,8 +12,10 @@ import lazy_loader as _lazy
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
     submod_attrs={
-        "_api": ["fit", "predict", "evaluate", "cross_validate", "predict_options"],
-        "_options": ["TrainingOptions"],
+        "_api": ["fit", "predict", "evaluate", "cross_validate", "predict_options",
+                 "register_model"],
+        "_models": ["ModelSpec"],
+        "_options": ["ModelOptions", "TrainingOptions"],
         "_mil._options": ["ABMILOptions", "MeanPoolLogisticOptions", "MeanPoolRidgeOptions"],
         "_patch._options": ["CellMorphologyOptions", "PatchClassifierOptions"],
         "_spot._options": [

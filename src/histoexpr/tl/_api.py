@@ -5,7 +5,8 @@ Each model lives in its own module of a job room of :mod:`histoexpr.tl` (``tl/_p
 :class:`histoexpr.models.Network` (whose ``metadata["model"]`` names the model) and
 ``predict(model, data, **options)``; its options class lives in the room's ``_options.py``. The
 entry points look both up in the model table (:mod:`histoexpr.tl._models`), which is also where
-a model is added (one entry).
+a model is added (one entry), or, for a model written outside histoexpr, :func:`register_model`
+at run time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._models import (
     MODEL_TABLE,
     MODELS,
     OPTIONS,
+    OWN_MODELS,
     ModelSpec,
     options_of,
     spec_of,
@@ -122,7 +124,17 @@ def fit(data: Any, *, model: str | ModelOptions, **options: Any) -> Network:
     FIT_OPTIONS
     """
     chosen = options_of(model, **options)
-    network = spec_of(chosen).load().fit(data, chosen)
+    spec = spec_of(chosen)
+    network = spec.load().fit(data, chosen)
+    metadata = getattr(network, "metadata", None)
+    trained = metadata.get("model") if isinstance(metadata, dict) else None
+    if trained != spec.name:
+        said = (f"metadata['model'] = {trained!r}" if isinstance(metadata, dict)
+                else f"no metadata dict ({type(network).__name__})")
+        raise ValueError(
+            f"{spec.module}.fit returned a network with {said}, not {spec.name!r}: "
+            "hx.tl.predict finds a network's model by that name. Fix that fit to return a "
+            f"histoexpr.models.Network with network.metadata['model'] = {spec.name!r}.")
     network.metadata["options"] = chosen.record()
     return network
 
@@ -169,11 +181,24 @@ def predict(model: Network | str | Path, data: Any, *, key_added: str | None = N
         raise ValueError(untrained_message(model, source))
     from ..io import Cohort
 
-    if isinstance(data, Cohort) and name in MODELS and name not in COHORT_MODELS:
+    spec = spec_of(name) if isinstance(name, str) and name in MODELS else None
+    if isinstance(data, Cohort) and spec is not None and not spec.cohort:
+        if spec.kind == "spot":  # slide by slide, with the model's one-section predict
+            import inspect
+
+            from ._spot._spot_cohort import predict_cohort
+
+            taken = [n for n in inspect.signature(predict_cohort).parameters if n != "module"]
+            unknown = [n for n in options if n not in taken]
+            if unknown:
+                raise TypeError(f"{', '.join(unknown)}: not an option of predicting a cohort "
+                                f"slide by slide; it takes {', '.join(taken[2:])}.")
+            return predict_cohort(model, data, module=spec.load(), key_added=key_added,
+                                  overwrite=overwrite, **options)
         raise ValueError(
             f"A {name!r} model does not predict over a cohort; the models that do are "
-            f"{list(COHORT_MODELS)}. Predict each slide with hx.tl.predict(model, "
-            "cohort[slide_id]), or use one of those models.")
+            f"{list(COHORT_MODELS)} and those of kind 'spot'. Predict each slide with "
+            "hx.tl.predict(model, cohort[slide_id]), or use one of those models.")
     if key_added is not None:
         options["key_added"] = key_added
     return _model_module(name).predict(model, data, overwrite=overwrite, **options)
@@ -184,29 +209,30 @@ def cross_validate(data: Any, *, model: str | ModelOptions, groups: Any = None,
                    **options: Any) -> Any:
     """Cross-validate a model with folds that never split a group (patient or section).
 
-    Bag models (``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"``) hold out whole
-    patients' slides or sections and return out-of-fold bag predictions; ``"spot_regressor"``
-    runs the HEST protocol (genes chosen on the training sections of each fold) and returns
-    per-gene correlations. Every fold trains with the same options, checked before the first
-    fold.
+    Each model is cross-validated by the procedure its entry in the model table names (Notes
+    lists the procedures and their models): the bag procedure holds out whole patients'
+    slides or sections and returns out-of-fold bag predictions; the HEST protocol of the spot
+    models chooses the genes on the training sections of each fold and returns per-gene
+    correlations. Every fold trains with the same options, checked before the first fold.
 
     Parameters
     ----------
     data
         A cohort or sections by name, as the model's procedure documents.
     model
-        Which model: ``"abmil"``, ``"meanpool_ridge"``, ``"meanpool_logistic"`` or
-        ``"spot_regressor"``, or its options object (as for :func:`fit`).
+        Which model: its name or its options object (as for :func:`fit`).
+        CV_MODEL_LIST
     groups
         The group (patient) of each section: folds hold out a whole group; ``None`` holds out
         one section at a time. Bag models also take a column of ``cohort.bulk.obs``.
     **options
-        Options of the procedure (below) and of the model (as for :func:`fit`).
+        Options of the procedure (Notes) and of the model (as for :func:`fit`).
 
     Returns
     -------
-    Bag models: an AnnData of out-of-fold predictions with ``uns["scores"]``; spot regressors:
-    a DataFrame with one row per held-out section and gene.
+    What the model's procedure returns: the bag procedure an AnnData of out-of-fold
+    predictions with ``uns["scores"]``, the HEST protocol a DataFrame with one row per
+    held-out section and gene.
 
     Notes
     -----
@@ -331,15 +357,14 @@ def _fit_options_doc() -> str:
     blocks = ["Options of each model: the fields of its options class (``hx.tl.<Class>``), "
               "with their defaults."]
     for name, cls in OPTIONS.items():
-        lines = [f'**model="{name}"** (:class:`~histoexpr.tl.{cls.__name__}`)', ""]
+        lines = [f'**model="{name}"** (:class:`{_class_name(cls)}`)', ""]
         listed: set[str] = set()
         for variant in cls._variants():  # a model with one class per route: each route's own
             docs = _parameters_section(variant.__doc__ or "")
             fields = [f for f in dataclasses.fields(variant) if f.name not in listed]
             if variant is not cls:
                 route = variant.__dataclass_fields__["route"].default
-                lines += ["", f'route="{route}" adds (:class:`~histoexpr.tl.{variant.__name__}`):',
-                          ""]
+                lines += ["", f'route="{route}" adds (:class:`{_class_name(variant)}`):', ""]
             for field in fields:
                 listed.add(field.name)
                 lines.append(_entry(field.name, str(field.type), repr(field.default),
@@ -348,8 +373,31 @@ def _fit_options_doc() -> str:
     return "\n\n".join(blocks)
 
 
+def _class_name(cls: type) -> str:
+    """The cross-reference of an options class: ``hx.tl``'s name, or its own module's."""
+    if cls.__module__.split(".")[0] == "histoexpr":
+        return f"~histoexpr.tl.{cls.__name__}"
+    return f"~{cls.__module__}.{cls.__qualname__}"
+
+
 def _function_source(module: str, function: str) -> tuple[str, list[tuple[str, str, str]]]:
-    """The docstring and ``(name, annotation, default)`` of keyword options of a function."""
+    """The docstring and ``(name, annotation, default)`` of keyword options of a function.
+
+    Read from the module's source, so that histoexpr's own help imports no torch; where the
+    source does not say (a module without a file such as ``__main__``, a function assigned
+    rather than defined, a re-export the source does not resolve), from the function itself,
+    imported (:func:`inspect.signature`).
+    """
+    try:
+        return _source_options(module, function)
+    except (ImportError, ValueError, OSError, SyntaxError, LookupError, AttributeError,
+            TypeError, StopIteration):
+        if module.split(".")[0] == "histoexpr":
+            raise  # histoexpr's own help is read from source, never by importing torch
+        return _inspected_options(module, function)
+
+
+def _source_options(module: str, function: str, depth: int = 0):
     import ast
     import importlib.util
 
@@ -357,16 +405,35 @@ def _function_source(module: str, function: str) -> tuple[str, list[tuple[str, s
     tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
     node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function),
                 None)
-    if node is None:  # imported from a sibling module: read it there
-        source = next(n for n in tree.body if isinstance(n, ast.ImportFrom)
-                      and any(a.name == function for a in n.names))
-        parent = module.rsplit(".", 1)[0] if source.level == 1 else module
-        return _function_source(f"{parent}.{source.module}", function)
+    if node is None:  # imported from another module: read it there
+        source = next(n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+                      and any(a.name == function and a.asname in (None, function)
+                              for a in n.names))
+        package = module if found.submodule_search_locations is not None else \
+            module.rpartition(".")[0]
+        if depth > 8:
+            raise LookupError(f"{module}.{function} is re-exported too many times.")
+        name = importlib.util.resolve_name("." * source.level + source.module, package)
+        return _source_options(name, function, depth + 1)
     args = node.args
     options = [(a.arg, ast.unparse(a.annotation) if a.annotation else "Any",
                 ast.unparse(d) if d is not None else None)
                for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
     return ast.get_docstring(node) or "", options
+
+
+def _inspected_options(module: str, function: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """:func:`_function_source` of a function of a module outside histoexpr, imported."""
+    import inspect
+
+    target = getattr(importlib.import_module(module), function)
+    parameters = inspect.signature(target).parameters.values()
+    options = [(p.name, "Any" if p.annotation is p.empty else
+                p.annotation if isinstance(p.annotation, str) else
+                inspect.formatannotation(p.annotation),
+                None if p.default is p.empty else repr(p.default))
+               for p in parameters if p.kind is p.KEYWORD_ONLY]
+    return inspect.getdoc(target) or "", options
 
 
 def _predict_options_doc() -> str:
@@ -413,26 +480,90 @@ def _fill(function: Any, placeholder: str, text: str, indent: str = "    ") -> N
 
 def write_help() -> None:
     """Write the model lists and options of every model of the table into the help."""
+    import textwrap
+
     for function, template in _TEMPLATES.items():
         function.__doc__ = template
     _fill(fit, "MODEL_LIST", "One of:\n\n" + "\n".join(
-        f'- ``"{n}"``: :class:`~histoexpr.tl.{c.__name__}`' for n, c in OPTIONS.items()),
+        f'- ``"{n}"``: :class:`{_class_name(c)}`' for n, c in OPTIONS.items()),
         indent="        ")
+    _fill(cross_validate, "CV_MODEL_LIST", textwrap.fill("The models cross-validated: " + ", ".join(
+        f'``"{n}"``' for n in CROSS_VALIDATORS) + ".", 84), indent="        ")
     _fill(fit, "FIT_OPTIONS", _fit_options_doc())
     _fill(predict, "PREDICT_OPTIONS", _predict_options_doc())
     _fill(cross_validate, "CV_OPTIONS", _cv_options_doc())
 
 
-def register_model(spec: ModelSpec) -> None:
-    """Add a model to the table (:mod:`histoexpr.tl._models`) and to the help of the entry points.
+def register_model(spec: ModelSpec, *, overwrite: bool = False) -> None:
+    """Add a model written outside histoexpr: ``hx.tl.fit``, ``predict``, ``cross_validate``.
 
-    The models of histoexpr are the entries written in ``MODEL_TABLE``; this adds one at run
-    time (a model defined outside the package, or in a test). A name already taken is refused.
+    The model is one module (``fit(data, options)`` returning a
+    :class:`~histoexpr.models.Network` whose ``metadata["model"]`` is the model's name, and
+    ``predict(model, data, *, key_added=..., overwrite=False, ...)``), one options class (a
+    frozen ``kw_only`` dataclass subclassing :class:`ModelOptions`, each option documented in
+    the ``Parameters`` section of its docstring, choices as a ``Literal``) and this one entry.
+    The entry points then train, apply and cross-validate it, and their help lists its options.
+
+    Everything is checked before the model is added: the module is imported and must have
+    ``fit`` and ``predict``, the cross-validation procedure (if named) must exist, and the
+    options must be documented. A registration that fails leaves the table as it was.
+
+    Parameters
+    ----------
+    spec
+        The model: ``ModelSpec(name, OptionsClass, "package.module", kind=..., ...)``.
+    overwrite
+        Replace a model registered earlier under the same name (a notebook cell run again, a
+        module edited and reloaded); histoexpr's own models are never replaced.
+
+    Examples
+    --------
+    >>> hx.tl.register_model(hx.tl.ModelSpec("my_model", MyOptions, "mypackage.my_model",
+    ...                                      kind="spot"))
+    >>> network = hx.tl.fit(sections, model="my_model", alpha=2.0)
     """
-    if spec.name in MODEL_TABLE:
-        raise ValueError(f"Model {spec.name!r} exists already; give the new model another name.")
-    MODEL_TABLE[spec.name] = spec
-    write_help()
+    check_bool("overwrite", overwrite)
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"register_model takes a hx.tl.ModelSpec(name, OptionsClass, "
+                        f"'package.module', kind=...), got {type(spec).__name__}.")
+    if spec.name in OWN_MODELS:
+        raise ValueError(f"Model {spec.name!r} is one of histoexpr's own models and is never "
+                         "replaced; give the new model another name.")
+    if spec.name in MODEL_TABLE and not overwrite:
+        raise ValueError(f"Model {spec.name!r} exists already; give the new model another name, "
+                         "or pass overwrite=True to replace the one registered earlier.")
+    before = MODEL_TABLE.get(spec.name)
+    try:
+        _check_spec(spec)
+        MODEL_TABLE[spec.name] = spec
+        write_help()
+    except BaseException:
+        if before is None:
+            MODEL_TABLE.pop(spec.name, None)
+        else:
+            MODEL_TABLE[spec.name] = before
+        write_help()
+        raise
+
+
+def _check_spec(spec: ModelSpec) -> None:
+    """Import a model's module and procedure, and document its options (:func:`register_model`)."""
+    from ._options import _documented
+
+    module = spec.load()
+    lacking = [name for name in ("fit", "predict") if not callable(getattr(module, name, None))]
+    if lacking:
+        raise TypeError(f"Module {spec.module!r} of model {spec.name!r} has no function "
+                        f"{' or '.join(lacking)}: it needs fit(data, options) and "
+                        "predict(model, data, *, key_added=..., overwrite=False, ...).")
+    if spec.cross_validator is not None:
+        where, function = spec.cross_validator.split(":")
+        if not callable(getattr(importlib.import_module(where), function, None)):
+            raise TypeError(f"Module {where!r} has no function {function!r}: the "
+                            f"cross_validator of model {spec.name!r}.")
+    for variant in spec.options._variants():
+        if "_option_docs" not in variant.__dict__:  # histoexpr's own decorator, applied here
+            _documented(variant)
 
 
 write_help()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,43 +48,68 @@ Kind = Literal["patch", "cell", "bag", "spot", "other"]
 class ModelSpec:
     """One model: its name, options class, module and how it is cross-validated.
 
+    ``hx.tl.register_model(ModelSpec("my_model", MyOptions, "mypackage.my_model", kind="spot"))``
+    adds a model written outside histoexpr.
+
     Parameters
     ----------
     name
         The model's name (``hx.tl.fit(..., model=name)``, ``metadata["model"]``).
     options
-        Its options class; ``options.model`` must be ``name``.
+        Its options class (a frozen dataclass subclassing :class:`ModelOptions`);
+        ``options.model`` must be ``name``.
     module
         Full name of the module whose ``fit(data, options)`` trains the model and whose
-        ``predict`` applies it.
+        ``predict`` applies it (``"__main__"`` for a model written in a script or notebook).
     kind
         What it predicts from what: ``"patch"`` (class maps from image patches), ``"cell"``
         (a class per cell), ``"bag"`` (slide-level models on bags of tile features; the bag
-        cross-validation trains them), ``"spot"`` (spot expression) or ``"other"`` (e.g. a
-        model registered from outside histoexpr).
+        cross-validation trains them), ``"spot"`` (spot expression from tiles centred on the
+        spots: the HEST protocol cross-validates it and ``hx.tl.predict`` runs it over a cohort
+        on disk slide by slide, with its module's one-section ``predict``) or ``"other"``.
     cross_validator
         ``"module:function"`` of its cross-validation procedure, called as
         ``function(data, model=options, module=model_module, groups=..., **options)``;
         ``None``: ``hx.tl.cross_validate`` refuses the model.
     cohort
-        Whether its ``predict`` takes a :class:`~histoexpr.io.Cohort`.
+        Whether its ``predict`` takes a :class:`~histoexpr.io.Cohort` itself.
     """
 
     name: str
     options: type[ModelOptions]
     module: str
-    kind: Kind
+    _: KW_ONLY
+    kind: Kind = "other"
     cross_validator: str | None = None
     cohort: bool = False
 
     def __post_init__(self) -> None:
-        from .._core.validate import check_choice
+        from .._core.validate import check_bool, check_choice
 
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"ModelSpec: name must be a non-empty string, got {self.name!r}.")
+        if not (isinstance(self.options, type) and issubclass(self.options, ModelOptions)):
+            raise TypeError(f"ModelSpec {self.name!r}: options must be an options class (a "
+                            "frozen dataclass subclassing histoexpr.tl.ModelOptions), got "
+                            f"{self.options!r}.")
+        for what in ("module", *(("cross_validator",) if self.cross_validator else ())):
+            value = getattr(self, what)
+            if not isinstance(value, str) or not value or (what == "cross_validator") != (
+                    value.count(":") == 1):
+                form = "'package.module:function'" if what == "cross_validator" else \
+                    "'package.module'"
+                raise TypeError(f"ModelSpec {self.name!r}: {what} must be a string {form}, "
+                                f"got {value!r}.")
         check_choice("kind", self.kind, Kind)
+        check_bool("cohort", self.cohort)
         if self.options.model != self.name:
             raise ValueError(f"ModelSpec {self.name!r}: its options class "
                              f"{self.options.__name__} trains model {self.options.model!r}; "
                              f"set {self.options.__name__}.model = {self.name!r}.")
+        if self.cross_validator == _SPOT_CV and self.kind != "spot":
+            raise ValueError(f"ModelSpec {self.name!r}: the HEST protocol ({_SPOT_CV}) "
+                             f"cross-validates spot models, not kind={self.kind!r}; pass "
+                             "kind='spot' if the model predicts spot expression from tiles.")
 
     def load(self) -> ModuleType:
         """The model's module (its ``fit`` and ``predict``), imported on first use."""
@@ -96,23 +121,55 @@ class ModelSpec:
         return getattr(importlib.import_module(module), function)
 
 
+def _keyword_spec(init: Callable[..., None]) -> Callable[..., None]:
+    """``ModelSpec``'s ``__init__``, still taking ``kind`` and the rest by position.
+
+    ``kind`` (and after it ``cross_validator``, ``cohort``) were positional before they were
+    keyword-only; by position they still work, with a ``FutureWarning``.
+    """
+    import functools
+
+    @functools.wraps(init)
+    def __init__(self, name: str, options: type[ModelOptions], module: str, *by_position: Any,
+                 **keywords: Any) -> None:
+        if by_position:
+            import warnings
+
+            names = ("kind", "cross_validator", "cohort")[:len(by_position)]
+            if len(by_position) > 3 or set(names) & set(keywords):
+                raise TypeError(f"ModelSpec takes name, options and module by position and "
+                                f"kind, cross_validator, cohort by keyword; got {by_position!r}.")
+            warnings.warn(f"ModelSpec({name!r}, ...): pass {', '.join(names)} by keyword "
+                          f"({names[0]}=...); by position is deprecated.", FutureWarning,
+                          stacklevel=2)
+            keywords.update(zip(names, by_position, strict=True))
+        init(self, name, options, module, **keywords)
+
+    return __init__
+
+
+ModelSpec.__init__ = _keyword_spec(ModelSpec.__init__)
+
 _BAG_CV = "histoexpr.tl._mil._cross_validate:cross_validate_bags"
 _SPOT_CV = "histoexpr.tl._spot._cross_validate:cross_validate_spots"
 
 #: every model histoexpr trains, by name
 MODEL_TABLE: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("patch_classifier", PatchClassifierOptions,
-              "histoexpr.tl._patch._patch_classifier", "patch"),
+              "histoexpr.tl._patch._patch_classifier", kind="patch"),
     ModelSpec("cell_morphology", CellMorphologyOptions,
-              "histoexpr.tl._patch._cell_morphology", "cell"),
-    ModelSpec("abmil", ABMILOptions, "histoexpr.tl._mil._abmil", "bag", _BAG_CV, cohort=True),
-    ModelSpec("meanpool_ridge", MeanPoolRidgeOptions, "histoexpr.tl._mil._ridge", "bag",
-              _BAG_CV, cohort=True),
-    ModelSpec("meanpool_logistic", MeanPoolLogisticOptions, "histoexpr.tl._mil._logistic", "bag",
-              _BAG_CV, cohort=True),
+              "histoexpr.tl._patch._cell_morphology", kind="cell"),
+    ModelSpec("abmil", ABMILOptions, "histoexpr.tl._mil._abmil", kind="bag",
+              cross_validator=_BAG_CV, cohort=True),
+    ModelSpec("meanpool_ridge", MeanPoolRidgeOptions, "histoexpr.tl._mil._ridge", kind="bag",
+              cross_validator=_BAG_CV, cohort=True),
+    ModelSpec("meanpool_logistic", MeanPoolLogisticOptions, "histoexpr.tl._mil._logistic",
+              kind="bag", cross_validator=_BAG_CV, cohort=True),
     ModelSpec("spot_regressor", SpotRegressorOptions, "histoexpr.tl._spot._spot_regressor",
-              "spot", _SPOT_CV, cohort=True),
+              kind="spot", cross_validator=_SPOT_CV, cohort=True),
 )}
+#: the models of histoexpr itself: :func:`histoexpr.tl.register_model` never replaces them
+OWN_MODELS: frozenset[str] = frozenset(MODEL_TABLE)
 
 
 class _View(Mapping):

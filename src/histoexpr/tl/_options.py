@@ -19,10 +19,12 @@ import math
 import numbers
 import sys
 import textwrap
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 from .._core.validate import (
     apply_renames,
@@ -89,14 +91,16 @@ def _documented(cls: type) -> type:
     """
     doc = inspect.cleandoc(cls.__doc__ or "")
     own = _own_docs(doc)
-    cls._option_docs = own
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in own]
     inherited = {name: text for name in missing
                  if (text := _inherited_doc(cls, name)) is not None}
     shared = [name for name in missing if name not in inherited]
     undocumented = [name for name in shared if name not in SHARED_DOCS]
     if undocumented:
-        raise TypeError(f"{cls.__name__} does not document {undocumented}.")
+        raise TypeError(f"{cls.__name__} does not document {undocumented}: write one entry per "
+                        "option in the Parameters section of its docstring (the option's name "
+                        "on a line, its meaning indented below).")
+    cls._option_docs = own  # set once documented: a class refused here is documented again
     if "Parameters\n----------" not in doc:
         doc += "\n\nParameters\n----------"
     head, rest = doc.split("Parameters\n----------", 1)
@@ -112,7 +116,8 @@ def _int_at_least(minimum: int) -> Any:
     return lambda name, value: check_int(name, value, minimum=minimum)
 
 
-#: option name -> its range check (applied to a value that is not None), one per name
+#: option name -> its range check (applied to a value that is not None), one per name; applied
+#: to the options a class of histoexpr declares (:func:`_is_histoexpr_option`)
 CHECKS: dict[str, Any] = {
     "seed": lambda name, value: check_int(name, value),
     "epochs": _int_at_least(1),
@@ -190,24 +195,102 @@ def _bool_options(cls: type) -> list[str]:
     return found
 
 
-def _choices(cls: type) -> dict[str, Any]:
-    """Option name -> its ``Literal`` type, for the options annotated with one.
+def _hints(cls: type) -> dict[str, Any]:
+    """Option name -> its annotation, evaluated (``Literal[...]``, ``float``, ``int | None``...).
 
-    The annotations are strings (``from __future__ import annotations``); a name of the class's
-    module that holds a ``Literal`` (e.g. ``route: Route``) is that option's one list of choices.
+    The annotations are strings (``from __future__ import annotations``): they are evaluated in
+    the module of the class that declares them (:func:`typing.get_type_hints`), or, where one of
+    them names what only a type checker imports, one by one; an option whose annotation cannot
+    be evaluated is left out.
     """
-    names = vars(sys.modules[cls.__module__])
+    if cls in _HINTS:
+        return _HINTS[cls]
+    try:
+        hints = get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - a name imported for type checkers only: one by one
+        hints = {}
+        for owner in reversed(cls.__mro__):
+            names = vars(sys.modules.get(owner.__module__, typing))
+            for name, hint in owner.__dict__.get("__annotations__", {}).items():
+                try:
+                    hints[name] = eval(hint, dict(names)) if isinstance(hint, str) else hint
+                except Exception:  # noqa: BLE001, S307 - an annotation, not user input
+                    hints.pop(name, None)
+    _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name in hints}
+    return _HINTS[cls]
+
+
+#: class -> its evaluated annotations (:func:`_hints`), computed once per class
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _choices(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
+    """Option name -> (its choices, whether ``None`` is allowed), for ``Literal`` options.
+
+    Every ``Literal`` counts, however written: a name of the module holding one (``route:
+    Route``), inline (``centre: Literal["mean", "median"]``, ``typing.Literal[...]``), or with
+    ``None`` (``Literal[...] | None``). A union with other types (``float | Literal["auto"]``)
+    is not a list of choices.
+    """
     found = {}
-    for f in dataclasses.fields(cls):
-        hint = names.get(f.type) if isinstance(f.type, str) else f.type
-        if get_origin(hint) is Literal:
-            found[f.name] = hint
+    for name, hint in _hints(cls).items():
+        parts = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+        optional = type(None) in parts
+        literals = [p for p in parts if p is not type(None)]
+        if literals and all(get_origin(p) is Literal for p in literals):
+            found[name] = (tuple(v for p in literals for v in get_args(p)), optional)
     return found
+
+
+def _is_histoexpr_option(cls: type, name: str) -> bool:
+    """Whether a class of histoexpr in ``cls``'s bases declares option ``name``.
+
+    The range checks of :data:`CHECKS` give a name histoexpr's meaning (``width``: a number of
+    units); an option a class outside histoexpr declares itself means what that class says, and
+    is checked by its own annotation (:func:`_check_annotation`).
+    """
+    return any(name in c.__dict__.get("__annotations__", {}) for c in cls.__mro__
+               if c.__module__.split(".")[0] == "histoexpr")
+
+
+def _check_annotation(name: str, value: Any, hint: Any) -> None:
+    """Refuse a value whose type is not the option's plain annotation (int, float, str, bool).
+
+    For the options a class outside histoexpr declares. ``None`` passes where the annotation
+    allows it; other annotations (sequences, mappings, classes) are the class's to check.
+    """
+    parts = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None and type(None) in parts:
+        return
+    plain = [p for p in parts if p is not type(None)]
+    if not plain or not all(p in (int, float, str, bool) for p in plain):
+        return
+    if bool in plain and isinstance(value, bool):
+        return
+    if int in plain and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return
+    if float in plain and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return
+    if str in plain and isinstance(value, str):
+        return
+    wanted = " or ".join(p.__name__ for p in plain) + (" or None" if len(plain) < len(parts)
+                                                          else "")
+    raise TypeError(f"{name} must be {wanted} (its annotation), got {value!r} "
+                    f"({type(value).__name__}); pass a value of that type.")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelOptions:
-    """Base of every model's options: :meth:`record` and the checks of ``__post_init__``."""
+    """Base of every model's options: :meth:`record` and the checks of ``__post_init__``.
+
+    A model's options are a frozen ``kw_only`` dataclass subclassing this class (or
+    :class:`TrainingOptions`), with ``model: ClassVar[str] = "<name>"`` and each option
+    documented in the ``Parameters`` section of its docstring; it is added with
+    :func:`histoexpr.tl.register_model`. Every ``Literal`` option is checked against its
+    choices; an option a class outside histoexpr declares, annotated ``int``, ``float``,
+    ``str`` or ``bool``, against its type (histoexpr's own options keep their range checks).
+    Rules between options go in ``_check`` (call ``super()._check()`` first).
+    """
 
     #: the model these options train (``hx.tl.fit(..., model=...)``); ``""`` for the bases
     model: ClassVar[str] = ""
@@ -218,11 +301,14 @@ class ModelOptions:
         self._check()
 
     def _check(self) -> None:
-        """Range checks of the options, one per option name (:data:`CHECKS`).
+        """Checks of the options: histoexpr's range checks (:data:`CHECKS`) and the annotations.
 
         First, for every option: a number that is NaN or infinite, alone or inside a list or a
         mapping (``alphas=[nan]``, ``candidates={"lr": [inf]}``), is refused, whatever the option.
-        Then every option annotated ``bool`` must be ``True`` or ``False`` (:func:`_bool_options`).
+        Then every option annotated ``bool`` must be ``True`` or ``False`` (:func:`_bool_options`),
+        an option histoexpr declares passes its range check and one a class outside histoexpr
+        declares its plain annotation (:func:`_is_histoexpr_option`), and every ``Literal``
+        option is one of its choices (:func:`_choices`).
         """
         for f in dataclasses.fields(self):
             found = _non_finite(getattr(self, f.name), f.name)
@@ -233,12 +319,17 @@ class ModelOptions:
         for name in _bool_options(type(self)):
             if getattr(self, name) is not None:
                 check_bool(name, getattr(self, name))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in CHECKS and value is not None:
+            if not _is_histoexpr_option(type(self), f.name):
+                if f.name in hints:
+                    _check_annotation(f.name, value, hints[f.name])
+            elif f.name in CHECKS and value is not None:
                 CHECKS[f.name](f.name, value)
-        for name, choices in _choices(type(self)).items():
-            check_choice(name, getattr(self, name), choices)
+        for name, (choices, optional) in _choices(type(self)).items():
+            if not (optional and getattr(self, name) is None):
+                check_choice(name, getattr(self, name), choices)
 
     @classmethod
     def _variants(cls) -> list[type[ModelOptions]]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._core.logs import each_item, logger, progress
-from ..._core.validate import renamed_parameters
+from ..._core.validate import check_int, renamed_parameters
 from .._metrics._expression_metrics import evaluate_expression
 from .._sections import as_sections, check_no_copies
 
@@ -39,9 +39,19 @@ def cross_validate_spots(
     """Run the HEST protocol in one call: train on all groups but one, score the held-out one.
 
     For each fold the genes are chosen on the training sections only (``n_genes`` by
-    ``gene_flavor``; HEST uses highly variable genes), a spot regressor is trained with
+    ``gene_flavor``; HEST uses highly variable genes), a spot model is trained with
     ``fit_kwargs`` and applied to the spot-centred tiles of each held-out section, and every gene
     is scored by :func:`evaluate_expression`.
+
+    Any model of kind ``"spot"`` runs it where it provides what the protocol uses: options
+    ``genes`` (the protocol passes each fold's genes), its module's ``predict(model, sdata, *,
+    tiles_key=..., key_added=...)`` writing a table with a row per tile (``obs["spot_id"]`` of
+    the tile table), and ``metadata["image_key"]``, ``["size_um"]`` and ``["mpp"]`` of the
+    trained network (the held-out sections are tiled on their spots alike). Where its options
+    take ``gene_flavor`` (the spot regressor), its ``fit`` chooses the genes of the fold from
+    ``genes=n_genes``; else they are chosen here (:func:`histoexpr.pp.select_genes`) and passed
+    as a list. ``table_key``, ``tiles_key`` and ``spots_key`` are passed or read where its options
+    have them (else ``"table"``, ``"spot_tiles"``, ``"spots"``).
 
     Parameters
     ----------
@@ -50,8 +60,8 @@ def cross_validate_spots(
         image, spots and a spot table of raw counts. The same image under two names in different
         groups is refused: a fold would train on the copy of a section it scores.
     model
-        ``"spot_regressor"``, the only model this protocol trains, or its options
-        (:class:`~histoexpr.tl.SpotRegressorOptions`).
+        ``"spot_regressor"`` or the options of a spot model
+        (:class:`~histoexpr.tl.SpotRegressorOptions`, or another model's with ``module``).
     module
         The model's module (its ``fit(data, options)`` and ``predict``); ``None``: the spot
         regressor's (``hx.tl.cross_validate`` passes the one of the model table).
@@ -66,7 +76,7 @@ def cross_validate_spots(
     table_key
         Key of the spot tables.
     **fit_kwargs
-        Options of ``hx.tl.fit(..., model="spot_regressor")`` (route, encoder, size_um...).
+        Options of the model, as ``hx.tl.fit`` takes them (route, encoder, size_um...).
 
     Returns
     -------
@@ -78,13 +88,9 @@ def cross_validate_spots(
     import pandas as pd
 
     from .._options import options_for
-    from ._options import SpotRegressorOptions
 
-    if module is None:
-        from . import _spot_regressor as module
-    name = getattr(model, "model", model)
-    if name != "spot_regressor":
-        raise ValueError(f"The HEST protocol trains spot regressors, not {name!r}.")
+    model, module = _spot_model(model, module)
+    taken = type(model)._all_options()
     sections = as_sections(data)
     fixed = "genes" in fit_kwargs
     genes = fit_kwargs.pop("genes") if fixed else n_genes
@@ -93,8 +99,16 @@ def cross_validate_spots(
             f"cross_validate chooses the genes inside each fold: pass their number as "
             f"n_genes={genes!r} (ranked by gene_flavor=), not genes=. genes= takes a fixed list "
             "of gene names chosen beforehand.")
-    model = SpotRegressorOptions() if isinstance(model, str) else model
-    options = options_for(model, genes=genes, gene_flavor=gene_flavor, table_key=table_key,
+    if table_key != "table" and "table_key" not in taken:
+        raise ValueError(f"table_key={table_key!r}: model {model.model!r} has no option "
+                         "table_key to train on that table; name the spot counts 'table' or "
+                         "give its options a table_key.")
+    own = {"gene_flavor": gene_flavor, "table_key": table_key}
+    chooses = "gene_flavor" in taken  # its fit chooses the genes from their number
+    if not (chooses or fixed):
+        check_int("n_genes", n_genes, minimum=1)
+    options = options_for(model, **({"genes": genes} if chooses or fixed else {}),
+                          **{k: v for k, v in own.items() if k in taken},
                           **fit_kwargs)  # checked once, before the first fold
     groups = {name: name for name in sections} if groups is None else dict(groups)
     missing = [name for name in sections if name not in groups]
@@ -103,7 +117,8 @@ def cross_validate_spots(
     if len(set(groups.values())) < 2:
         raise ValueError("Cross-validation needs at least two groups (patients or sections).")
     check_no_copies(sections, groups)
-    tiles_key = options.tiles_key
+    tiles_key = getattr(options, "tiles_key", None) or "spot_tiles"
+    spots_key = getattr(options, "spots_key", None) or "spots"
     # the user's sections are never written to: tiles, features and predictions go into light
     # copies (shared images and shapes, copied tables) that live only for this call
     work = {name: _working_copy(section) for name, section in sections.items()}
@@ -114,11 +129,14 @@ def cross_validate_spots(
         bar.set_description(f"fold {number}/{len(folds)}")
         train = {n: s for n, s in work.items() if groups[n] != fold}
         with each_item():  # what fit and predict log of each fold is debug
-            model = module.fit(train, options)
+            chosen = options if chooses or fixed else options_for(
+                options, genes=_fold_genes(train, table_key, n_genes, gene_flavor))
+            model = module.fit(train, chosen)
+        _check_trained(model, module)
         for name in (n for n in sections if groups[n] == fold):
             section = work[name]
             with each_item():
-                _spot_tiles(section, model, tiles_key, options.spots_key, name=name)
+                _spot_tiles(section, model, tiles_key, spots_key, name=name)
                 key = _free_key(section, "cv_expression")
                 module.predict(model, section, tiles_key=tiles_key, key_added=key)
                 scores = evaluate_expression(section, key, table_key)
@@ -129,6 +147,67 @@ def cross_validate_spots(
     frame = pd.concat(frames, ignore_index=True)
     return frame[["fold", "section", "gene", *[c for c in frame.columns
                                                if c not in ("fold", "section", "gene")]]]
+
+
+def _spot_model(model: Any, module: ModuleType | None) -> tuple[Any, ModuleType]:
+    """The options and module of the model to cross-validate, checked for what the protocol uses.
+
+    By name only the spot regressor (its module is the default); another spot model comes with
+    its options object and its module, as ``hx.tl.cross_validate`` passes them.
+    """
+    import inspect
+
+    from .._options import ModelOptions
+    from ._options import SpotRegressorOptions
+
+    if module is None:
+        if isinstance(model, str) and model == "spot_regressor":
+            model = SpotRegressorOptions()
+        if not isinstance(model, SpotRegressorOptions):
+            raise ValueError(
+                f"Without module=, the HEST protocol trains spot regressors, not "
+                f"{getattr(model, 'model', model)!r}. Cross-validate another spot model with "
+                "hx.tl.cross_validate(data, model=...), which passes its options and module.")
+        from . import _spot_regressor as module
+        return model, module
+    if not isinstance(model, ModelOptions):
+        raise TypeError(f"model must be the options of the model of module {module.__name__!r}"
+                        f" (hx.tl.cross_validate passes them), got {model!r}.")
+    if "genes" not in type(model)._all_options():
+        raise ValueError(
+            f"Model {model.model!r} cannot run the HEST protocol: its options "
+            f"({type(model).__name__}) have no genes, through which each fold's genes, chosen "
+            "on its training sections, are passed. Add an option genes (a list of gene names).")
+    predict = getattr(module, "predict", None)
+    parameters = inspect.signature(predict).parameters if callable(predict) else {}
+    lacking = [n for n in ("tiles_key", "key_added") if n not in parameters]
+    if lacking and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(
+            f"Model {model.model!r} cannot run the HEST protocol: {module.__name__}.predict "
+            f"takes no {' or '.join(lacking)}; the protocol predicts the spot-centred tiles it "
+            "makes on each held-out section (tiles_key=) into a table (key_added=).")
+    return model, module
+
+
+def _check_trained(network: Any, module: ModuleType) -> None:
+    """Refuse a trained spot model whose metadata does not say how its tiles were cut."""
+    metadata = getattr(network, "metadata", None) or {}
+    lacking = [key for key in ("image_key", "size_um", "mpp") if key not in metadata]
+    if lacking:
+        raise ValueError(
+            f"{module.__name__}.fit returned a network without metadata {lacking}: the HEST "
+            "protocol tiles each held-out section on its spots as the model's training tiles "
+            "were cut (the image, tile width in um and pixel size in um/px). Record them in "
+            "network.metadata.")
+
+
+def _fold_genes(train: Mapping[str, Any], table_key: str, n_genes: int,
+                gene_flavor: str) -> list[str]:
+    """The genes of a fold, chosen on its training sections (for a model that takes a list)."""
+    from ...pp import select_genes
+
+    return select_genes([s.tables[table_key] for s in train.values()], n_top=n_genes,
+                        flavor=gene_flavor)
 
 
 def _working_copy(sdata):

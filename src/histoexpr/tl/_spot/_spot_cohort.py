@@ -1,10 +1,11 @@
-"""The spot regressor over a cohort of H&E-only slides on disk: one table of predictions per slide.
+"""A spot model over a cohort of H&E-only slides on disk: one table of predictions per slide.
 
 Each slide is one task of the cohort's per-slide runner (:func:`histoexpr._core.distributed.
 run_slides`: one slide after the other, or on the workers of a dask client): open the slide
 file lazily, run the single-slide :func:`~histoexpr.tl._spot._spot_predict.predict` on it
 (tissue detection, a grid of tiles at the model's size and pixel size, features, the model, and
-whatever that function adds to its table), and write the table to the slide's store
+whatever that function adds to its table; for another model of kind ``"spot"``, its module's
+one-section ``predict``), and write the table to the slide's store
 (:meth:`histoexpr.io.SlideStore.write_prediction`, atomically) with how it was made. A slide
 whose store holds that table, made by the same model from the same slide file with the same
 options, is skipped. A slide that fails (its pixel data cannot be decoded, say) is reported
@@ -25,6 +26,8 @@ from ..._core.logs import logger, shown
 from ..._core.memory import file_fingerprint
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import pandas as pd
 
     from ...io import Cohort
@@ -35,19 +38,26 @@ def predict_cohort(
     model: Network,
     cohort: Cohort,
     *,
-    tiles_key: str | None,
-    image_key: str | None,
-    stride_um: float | None,
-    min_tissue: float,
-    batch_size: int,
-    device: str | None,
-    key_added: str | None,
-    overwrite: bool,
-    client: Any,
+    tiles_key: str | None = None,
+    image_key: str | None = None,
+    stride_um: float | None = None,
+    min_tissue: float = 0.5,
+    batch_size: int = 64,
+    device: str | None = None,
+    key_added: str | None = None,
+    overwrite: bool = False,
+    client: Any = None,
     level: float | None = None,
     library_size: Any = "auto",
+    module: ModuleType | None = None,
 ) -> pd.DataFrame:
-    """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring."""
+    """Predict every slide of a cohort on disk into its store; see ``predict``'s docstring.
+
+    Each slide is predicted by ``module.predict(model, sdata, *, tiles_key=..., key_added=...,
+    ...)``, the one-section ``predict`` of the model's module (``None``: the spot regressor's),
+    which returns the slide's table of predictions (an AnnData). The runner's other options
+    go to it where it takes them; one it does not take must keep its default.
+    """
     import pandas as pd
 
     from ..._core.validate import (
@@ -66,11 +76,18 @@ def predict_cohort(
             "in memory, call hx.tl.predict(model, sdata) on each."
         )
     metadata = getattr(model, "metadata", None) or {}
-    if metadata.get("model") != "spot_regressor":
+    if module is None and metadata.get("model") != "spot_regressor":
         raise ValueError(
-            f"This is a {metadata.get('model')!r} model, not a spot regressor; "
-            "train one with hx.tl.fit(..., model='spot_regressor')."
+            f"This is a {metadata.get('model')!r} model, not a spot regressor, and no module= "
+            "names the one-section predict to run on each slide. Predict it with "
+            "hx.tl.predict(model, cohort) (a model of kind 'spot' is run slide by slide with "
+            "its module's predict), or train one with hx.tl.fit(..., model='spot_regressor')."
         )
+    passed = _slide_options(
+        module,
+        {"stride_um": stride_um, "min_tissue": min_tissue, "batch_size": batch_size,
+         "device": device, "level": level, "library_size": library_size},
+    )
     check_client(client)
     image_key = cohort.image_key if image_key is None else image_key
     if image_key != cohort.image_key:
@@ -143,18 +160,24 @@ def predict_cohort(
                 "path": str(path),
                 "store": str(store.path),
                 "mpp": cohort.slide_mpp(slide_id),
+                "image_key": image_key,
                 "record": record,
+                "module": None if module is None else module.__name__,
                 "options": {
-                    "tiles_key": tiles_key,
-                    "image_key": image_key,
-                    "stride_um": stride_um,
-                    "min_tissue": min_tissue,
-                    "batch_size": batch_size,
-                    "device": device,
-                    "key_added": key_added,
-                    "level": level,
-                    "library_size": library_size,
-                    "name": slide_id,
+                    name: value
+                    for name, value in {
+                        "tiles_key": tiles_key,
+                        "image_key": image_key,
+                        "stride_um": stride_um,
+                        "min_tissue": min_tissue,
+                        "batch_size": batch_size,
+                        "device": device,
+                        "key_added": key_added,
+                        "level": level,
+                        "library_size": library_size,
+                        "name": slide_id,
+                    }.items()
+                    if name in passed
                 },
             }
         )
@@ -172,6 +195,47 @@ def predict_cohort(
     frame.index.name = "slide_id"
     report_failures(frame, len(tasks), "predict", stacklevel=5)
     return frame
+
+
+#: the options of the spot regressor's one-section predict the runner passes on, and their
+#: defaults: another model's predict need not take those left at their default
+_RUNNER_DEFAULTS = {"stride_um": None, "min_tissue": 0.5, "batch_size": 64, "device": None,
+                    "level": None, "library_size": "auto"}
+
+
+def _slide_options(module: ModuleType | None, given: dict[str, Any]) -> set[str]:
+    """The names of the options the runner passes to ``module.predict`` for each slide.
+
+    All of them for the spot regressor (``module=None``) and for a ``predict`` taking
+    ``**kwargs``; else those its signature names. It must take ``tiles_key`` and ``key_added``
+    (the runner makes the slide's tiles and stores the table under that key), and an option set
+    away from its default that it does not take is refused, before any slide is read.
+    """
+    import inspect
+
+    everything = {"tiles_key", "image_key", "key_added", "name", *_RUNNER_DEFAULTS}
+    if module is None:
+        return everything
+    function = getattr(module, "predict", None)
+    if not callable(function):
+        raise TypeError(f"Module {module.__name__!r} has no predict(model, sdata, *, "
+                        "tiles_key=..., key_added=...) to run on each slide of the cohort.")
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return everything
+    taken = everything & set(parameters)
+    lacking = [name for name in ("tiles_key", "key_added") if name not in taken]
+    if lacking:
+        raise TypeError(
+            f"{module.__name__}.predict takes no {' or '.join(lacking)}: predicting a cohort "
+            "slide by slide needs a one-section predict(model, sdata, *, tiles_key=..., "
+            "key_added=...) that returns the slide's table of predictions.")
+    refused = [f"{name}={value!r}" for name, value in given.items()
+               if name not in taken and value != _RUNNER_DEFAULTS[name]]
+    if refused:
+        raise TypeError(f"{module.__name__}.predict takes no {', '.join(refused)}; leave "
+                        f"{'them' if len(refused) > 1 else 'it'} at the default.")
+    return taken
 
 
 def _check_slides_open(tasks: list[dict], model: Network, image_key: str) -> None:
@@ -301,15 +365,25 @@ def _predict_slide(task: dict, model: Network) -> dict:
 
 def _predict_and_write(task: dict, model: Network):
     """The slide's table of predictions, written to its store; the slide file closed after."""
+    import importlib
+
+    from anndata import AnnData
+
     from ...io import SlideStore, read_wsi
     from . import _spot_predict
 
     store = SlideStore(task["store"])
     store.remove_partials()
     options = task["options"]
-    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options["image_key"])
+    module = _spot_predict if task.get("module") is None else importlib.import_module(
+        task["module"])
+    sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options.get(
+        "image_key", task["image_key"]))
     try:
-        table = _spot_predict.predict(model, sdata, **options)
+        table = module.predict(model, sdata, **options)
+        if not isinstance(table, AnnData):
+            raise TypeError(f"{module.__name__}.predict returned a {type(table).__name__}, not "
+                            "the slide's table of predictions (an AnnData).")
         store.write_prediction(
             options["key_added"],
             table,
