@@ -38,6 +38,14 @@ from .._core.validate import (
 )
 from ._elements import check_mpp
 from ._platform_images import he_files, read_he, split_stains
+from ._platform_tables import (
+    COSMX_TABLES,
+    controls_apart,
+    cosmx_ids,
+    cosmx_table,
+    cosmx_tables,
+    drop_control_points,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -48,7 +56,7 @@ COSMX_MPP = 0.12028
 _MARKERS = {
     "Xenium": ("experiment.xenium", "hx.io.read_xenium"),
     "MERSCOPE": ("images/micron_to_mosaic_pixel_transform.csv", "hx.io.read_merscope"),
-    "CosMx": ("*_exprMat_file.csv", "hx.io.read_cosmx"),
+    "CosMx": ("*_exprMat_file.csv*", "hx.io.read_cosmx"),
 }
 
 
@@ -201,6 +209,8 @@ def read_xenium(
     he_image: str | Path | Literal["auto"] | None = "auto",
     he_alignment: str | Path | Literal["auto"] | None = "auto",
     he_key: str = "he",
+    keep_controls: bool = False,
+    min_qv: float | None = 20.0,
 ) -> SpatialData:
     """Read a 10x Genomics Xenium output folder (``outs/``) through spatialdata-io.
 
@@ -255,6 +265,15 @@ def read_xenium(
         registered pixel for pixel onto the morphology image.
     he_key
         Key of the H&E image in ``sdata.images``.
+    keep_controls
+        Keep the transcripts of the control probes and codewords (``NegControlProbe_*``,
+        ``NegControlCodeword_*``, ``UnassignedCodeword_*``, ``DeprecatedCodeword_*``,
+        ``Intergenic_Region_*``, ``BLANK_*``) among the points; by default they are dropped (a
+        log line says how many), as 10x's cell counts leave them out. The cell table holds the
+        gene expression features only either way (spatialdata-io's ``gex_only``).
+    min_qv
+        Drop the transcripts whose quality value ``qv`` is below this (20 by default: 10x
+        counts only transcripts of ``qv >= 20``); ``None`` keeps them all.
 
     Returns
     -------
@@ -276,9 +295,13 @@ def read_xenium(
     from .._core.image import get_pixel_size
 
     cells, transcripts = check_bool("cells", cells), check_bool("transcripts", transcripts)
-    image = check_bool("image", image)
+    image, keep_controls = check_bool("image", image), check_bool("keep_controls", keep_controls)
+    if min_qv is not None:
+        min_qv = check_positive("min_qv", min_qv, allow_zero=True)
     _check_keys(image_key=image_key, stains_key=stains_key, he_key=he_key)
     folder = _folder(path, "Xenium")
+    if transcripts and not (folder / "transcripts.parquet").exists():
+        _no_xenium_parquet(folder)
     needed = ["experiment.xenium", "cells.zarr.zip"]
     if transcripts:
         needed.append("transcripts.parquet")
@@ -302,6 +325,7 @@ def read_xenium(
     )
     _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
     _rename_points(sdata, "transcripts", "feature_name")
+    drop_control_points(sdata, "Xenium", keep_controls=keep_controls, min_qv=min_qv)
     split_stains(sdata, "morphology_focus", image_key, stains_key, nuclear_stain, "Xenium")
     if he_element is not None:
         sdata.images[he_key] = he_element
@@ -309,6 +333,18 @@ def read_xenium(
                   + ("" if he[1] is None else f", aligned by {he[1].name}"))
     _log_result(sdata, "Xenium", image_key)
     return sdata
+
+
+def _no_xenium_parquet(folder: Path) -> None:
+    """Refuse a Xenium folder whose transcripts are only a csv (GEO), naming the reader to use."""
+    text = next((p.name for p in (folder / "transcripts.csv.gz", folder / "transcripts.csv")
+                 if p.exists()), None)
+    if text is not None:
+        raise FileNotFoundError(
+            f"The Xenium folder {str(folder)!r} holds {text} but no 'transcripts.parquet' (as "
+            "GEO bundles do), which spatialdata-io reads. Read the transcripts with "
+            f"hx.io.read_transcripts({text!r}, x='x_location', y='y_location', "
+            "gene='feature_name') and the rest with hx.io.read_xenium(..., transcripts=False).")
 
 
 def _xenium_pixel_size(specs_path: Path) -> float:
@@ -334,6 +370,7 @@ def read_merscope(
     image_key: str = "dapi",
     stains_key: str | None = "stains",
     nuclear_stain: str = "DAPI",
+    keep_controls: bool = False,
 ) -> SpatialData:
     """Read a Vizgen MERSCOPE region folder through spatialdata-io.
 
@@ -370,6 +407,10 @@ def read_merscope(
         stains); ``None`` does not keep them.
     nuclear_stain
         The nuclear stain (case-insensitive), as named in ``mosaic_<stain>_z<z>.tif``.
+    keep_controls
+        Keep the transcripts of the blank barcodes (``Blank-*``) among the points; by default
+        they are dropped (a log line says how many). The cell table holds the genes only
+        either way, the blanks' counts in ``obsm["blank"]`` (spatialdata-io's rule).
 
     Returns
     -------
@@ -385,7 +426,7 @@ def read_merscope(
     from spatialdata_io import merscope
 
     cells, transcripts = check_bool("cells", cells), check_bool("transcripts", transcripts)
-    image = check_bool("image", image)
+    image, keep_controls = check_bool("image", image), check_bool("keep_controls", keep_controls)
     z_layer = check_int("z_layer", z_layer, minimum=0)
     _check_keys(image_key=image_key, stains_key=stains_key)
     folder = _folder(path, "MERSCOPE")
@@ -419,7 +460,11 @@ def read_merscope(
     )
     _to_micrometres(sdata, np.linalg.inv(matrix))
     for key in [k for k in sdata.points.keys() if k.endswith("_transcripts")]:
-        _rename_points(sdata, key, "gene")
+        if key != "transcripts":
+            sdata.points["transcripts"] = sdata.points[key]
+            del sdata.points[key]
+        drop_control_points(sdata, "MERSCOPE", keep_controls=keep_controls)
+        _rename_points(sdata, "transcripts", "gene")
     for key in [k for k in sdata.images.keys() if k.endswith(f"_z{z_layer}")]:
         split_stains(sdata, key, image_key, stains_key, nuclear_stain, "MERSCOPE",
                      sort=True)
@@ -453,6 +498,7 @@ def read_cosmx(
     mpp: float = COSMX_MPP,
     dataset_id: str | None = None,
     transcripts: bool = True,
+    keep_controls: bool = False,
 ) -> SpatialData:
     """Read a NanoString CosMx SMI flat-file export through spatialdata-io.
 
@@ -465,12 +511,19 @@ def read_cosmx(
     um) keep spatialdata-io's names; its other coordinate systems (one per FOV, in pixels) are
     kept as they are.
 
+    AtoMx exports (1.3 and later) are read as they come: their gzipped tables are decompressed
+    into a temporary folder (in :func:`tempfile.gettempdir`, so it needs their decompressed
+    size on disk) that is removed once they are read, and a metadata column that differs from
+    another only in case (AtoMx's ``cell_id``, ``"c_1_1_1"``, beside ``cell_ID``) is renamed
+    ``<name>_atomx`` (logged), since spatialdata refuses such names.
+
     Parameters
     ----------
     path
         The export folder: ``<id>_exprMat_file.csv``, ``<id>_metadata_file.csv``,
-        ``<id>_fov_positions_file.csv``, ``<id>_tx_file.csv`` and the folders ``CellComposite/``
-        and ``CellLabels/`` (images ``*_F<fov>.<tif|jpg|png>``).
+        ``<id>_fov_positions_file.csv``, ``<id>_tx_file.csv`` (each may be gzipped,
+        ``.csv.gz``) and the folders ``CellComposite/`` and ``CellLabels/`` (images
+        ``*_F<fov>.<tif|jpg|png>``).
     mpp
         Pixel size of the CosMx camera in um/px (the files do not state it; 0.12028 for the
         CosMx SMI).
@@ -478,6 +531,11 @@ def read_cosmx(
         The ``<id>`` prefix of the files; found from the counts file when there is one.
     transcripts
         Read the transcripts.
+    keep_controls
+        Keep the control probes (``NegPrb*``, ``Negative*``, ``SystemControl*``,
+        ``FalseCode*``) among the genes of the table's ``X`` and the points. By default their
+        counts move to the table's ``obsm["controls"]`` (a DataFrame, cells x probes) and their
+        transcripts are dropped, each with a log line.
 
     Returns
     -------
@@ -494,25 +552,25 @@ def read_cosmx(
 
     mpp = check_positive("mpp", mpp, unit="um/px")
     transcripts = check_bool("transcripts", transcripts)
+    keep_controls = check_bool("keep_controls", keep_controls)
     folder = _folder(path, "CosMx")
-    counts = sorted(folder.glob("*_exprMat_file.csv"))
     if dataset_id is None:
-        if len(counts) != 1:
-            other = _looks_like(folder) if not counts else ""
+        ids = cosmx_ids(folder)
+        if len(ids) != 1:
+            other = _looks_like(folder) if not ids else ""
             raise FileNotFoundError(
-                f"{str(folder)!r} holds {len(counts)} CosMx counts files (*_exprMat_file.csv)."
-                f"{other} " + ("Pass the CosMx export folder." if not counts else
-                               "Pass dataset_id= to choose one of "
-                               f"{[c.name[: -len('_exprMat_file.csv')] for c in counts]}."))
-        dataset_id = counts[0].name[: -len("_exprMat_file.csv")]
+                f"{str(folder)!r} holds {len(ids)} CosMx counts files (*_exprMat_file.csv or "
+                f".csv.gz).{other} " + ("Pass the CosMx export folder." if not ids else
+                                        f"Pass dataset_id= to choose one of {ids}."))
+        dataset_id = ids[0]
     else:  # the prefix of the files read: never a path out of the folder
         check_store_name("dataset_id", dataset_id, what="CosMx data set (the prefix of its files)")
-    needed = [f"{dataset_id}_exprMat_file.csv", f"{dataset_id}_metadata_file.csv",
-              f"{dataset_id}_fov_positions_file.csv", "CellComposite", "CellLabels"]
-    if transcripts:
-        needed.append(f"{dataset_id}_tx_file.csv")
-    _require(folder, needed, "CosMx", "hx.io.read_cosmx")
-    sdata = cosmx(folder, dataset_id=dataset_id, transcripts=transcripts)
+    names = [n for n in COSMX_TABLES if transcripts or n != "tx_file"]
+    tables = [getattr(cosmx_table(folder, dataset_id, n), "name", f"{dataset_id}_{n}.csv")
+              for n in names]  # the .csv (or .csv.gz) there, else the .csv named as missing
+    _require(folder, [*tables, "CellComposite", "CellLabels"], "CosMx", "hx.io.read_cosmx")
+    with cosmx_tables(folder, dataset_id, names) as readable_id:
+        sdata = cosmx(folder, dataset_id=readable_id, transcripts=transcripts)
     _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
     fov_points = [k for k in sdata.points.keys() if k.endswith("_points")]
     if fov_points:
@@ -532,8 +590,12 @@ def read_cosmx(
         sdata.points["transcripts"] = PointsModel.parse(
             merged, coordinates={"x": "x", "y": "y"}, feature_key="gene",
             transformations={COORDINATE_SYSTEM: Identity()})
+    if not keep_controls:
+        drop_control_points(sdata, "CosMx", keep_controls=False)
     if "table" in sdata.tables and "global" in sdata.tables["table"].obsm:
         table = sdata.tables["table"]
         table.obsm["spatial"] = np.asarray(table.obsm["global"], dtype=np.float64) * mpp
+        if not keep_controls:
+            sdata.tables["table"] = controls_apart(table, "CosMx")
     _log_result(sdata, "CosMx", None)
     return sdata

@@ -20,12 +20,15 @@ from ._elements import (
     spot_elements,
     unique_names,
 )
+from ._transcripts import text_format
 
 if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
-_SPOT_NAME = re.compile(r"^\d+x\d+$")
+#: a spot's name: ``"12x7"``; ``"X12x7"`` as R writes it as a column name; ``"5.003x2.987"``
+#: (aligned array coordinates, as in the Stahl et al. 2016 tables)
+_SPOT_NAME = re.compile(r"^X?\d+(\.\d+)?x\d+(\.\d+)?$")
 _SPOT_COLUMNS = ("x", "y", "pixel_x", "pixel_y")
 
 
@@ -135,19 +138,6 @@ def read_st(
                        tables={"table": adata})
 
 
-def _separator(path: Path) -> str:
-    """Tab (the ST pipeline's), or comma where the first line has commas and no tab."""
-    import gzip
-
-    try:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", errors="replace") as handle:
-            first = handle.readline()
-    except (OSError, EOFError):
-        return "\t"  # read_text_table names the problem
-    return "," if "\t" not in first and "," in first else "\t"
-
-
 def _header(path: Path, sep: str) -> list[str]:
     """The names in the first line of a table, as written (quotes as pandas reads them)."""
     import csv
@@ -160,17 +150,20 @@ def _header(path: Path, sep: str) -> list[str]:
 
 def _read_counts(path: Path) -> pd.DataFrame:
     """Read the counts as spots x genes, spots named ``"{x}x{y}"``."""
-    sep = _separator(path)
-    table = read_text_table(path, "counts", sep=sep, index_col=0, low_memory=False)
+    options = text_format(path, default="\t")
+    table = read_text_table(path, "counts", index_col=0, low_memory=False, **options)
     # pandas renames repeated column names ('IGKC', 'IGKC.1') without a word: take them as written
-    header = _header(path, sep)
+    header = _header(path, options["sep"])
     if len(header) == table.shape[1] + 1:
         table.columns = header[1:]
+    table = _without_empty_columns(table, path.name)
     rows = table.index.astype(str).str.match(_SPOT_NAME).mean() if len(table) else 0.0
     cols = table.columns.astype(str).str.match(_SPOT_NAME).mean() if table.shape[1] else 0.0
     if rows < 0.5 <= cols:
         logger.info("The counts in %s have spots as columns; transposing them.", path.name)
         table = table.T
+    if rows >= 0.5 or cols >= 0.5:
+        table.index = _spot_names(table.index, path.name)
     elif rows < 0.5:
         if {"pixel_x", "pixel_y"} <= {str(c) for c in table.columns} | {table.index.name}:
             raise ValueError(f"{path.name!r} is a spot file (it has pixel_x and pixel_y), not "
@@ -194,9 +187,45 @@ def _read_counts(path: Path) -> pd.DataFrame:
     return numeric_table(table, f"counts of {path.name!r}")
 
 
+def _without_empty_columns(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``table`` without its unnamed columns that hold no value (a separator ending each line)."""
+    unnamed = table.columns.astype(str).str.fullmatch(r"(Unnamed: \d+)?")
+    empty = unnamed & table.isna().all(axis=0).to_numpy()
+    if empty.any():
+        logger.info("Dropped %d empty, unnamed column(s) of %s (a separator at the end of each "
+                    "line).", int(empty.sum()), name)
+        table = table.loc[:, ~empty]
+    return table
+
+
+def _spot_names(names: pd.Index, name: str) -> pd.Index:
+    """The spots' names as ``"{x}x{y}"`` array coordinates: R's ``X`` dropped, decimals rounded.
+
+    Decimal names (``"5.003x2.987"``: array coordinates after alignment) are rounded to the
+    nearest array spot, which the spot file's ``x``, ``y`` name; a log line says so.
+    """
+    import pandas as pd
+
+    text = names.astype(str)
+    parts = text.str.extract(r"^X?(\d+(?:\.\d+)?)x(\d+(?:\.\d+)?)$")
+    spot = parts[0].notna().to_numpy()
+    x = pd.to_numeric(parts[0]).to_numpy()
+    y = pd.to_numeric(parts[1]).to_numpy()
+    decimal = spot & ((x % 1 != 0) | (y % 1 != 0))
+    out = text.to_numpy(dtype=object).copy()
+    out[spot] = [f"{a:.0f}x{b:.0f}" for a, b in zip(np.rint(x[spot]), np.rint(y[spot]),
+                                                     strict=True)]
+    if decimal.any():
+        first = int(np.flatnonzero(decimal)[0])
+        logger.info("The spots of %s are named by decimal array coordinates (e.g. %r); matched "
+                    "to the spot file's x, y by rounding them (%r).", name, text[first],
+                    out[first])
+    return pd.Index(out, dtype=str)
+
+
 def _read_spot_file(path: Path) -> pd.DataFrame:
     """Read the spot file, indexed by ``"{x}x{y}"``."""
-    positions = read_text_table(path, "spot", sep=_separator(path))
+    positions = read_text_table(path, "spot", **text_format(path, default="\t"))
     missing = [c for c in _SPOT_COLUMNS if c not in positions.columns]
     if missing:
         raise ValueError(

@@ -62,11 +62,17 @@ def read_transcripts(
     Parameters
     ----------
     table
-        The transcripts: a DataFrame or a csv path (``.csv``/``.csv.gz``; tab-separated for
-        ``.tsv``), one row per decoded transcript. A file is read whole: its memory (up to 6
-        times the table as pandas holds it, measured) is estimated from the file's size and
-        its first MiB before it is read, and a table larger than the memory limit is refused
-        with a ``MemoryError`` that says how to read part of it.
+        The transcripts, one row per decoded transcript: a DataFrame, a parquet file (e.g.
+        Xenium's ``transcripts.parquet``: ``x="x_location", y="y_location",
+        gene="feature_name"``) or a text table (``.csv``, ``.tsv``, ``.txt``, gzipped or not),
+        whose separator (tab, comma or semicolon, with decimal commas) is read from its header
+        line, whatever its name. A file is read whole: its memory (up to 6 times the table as
+        pandas holds it, measured) is estimated first (from a text file's size and its first
+        MiB; from a parquet file's row count and first rows), and a table larger than the memory
+        limit is refused with a ``MemoryError`` that says how to read part of it. Gene names
+        stored as bytes are decoded. The rows are kept as they are: control probes and
+        low-quality decodings stay (the platform readers, e.g. :func:`histoexpr.io.read_xenium`,
+        drop them).
     x
         Column of the x coordinate (image columns).
     y
@@ -114,10 +120,7 @@ def read_transcripts(
     check_choice("outside", outside, ("error", "drop", "keep"))
     pixel_size = check_mpp(pixel_size, "pixel_size")
     image_mpp = pixel_size if image_mpp is None else check_mpp(image_mpp, "image_mpp")
-    frame = _read_table(
-        table, "transcript table",
-        "Read the columns and rows you need yourself and pass the DataFrame (e.g. "
-        f"pandas.read_csv(path, usecols=[{x!r}, {y!r}, {gene!r}]), or one field of view).")
+    frame = _read_table(table, "transcript table", (x, y, gene), "one field of view")
     missing = [c for c in (x, y, gene) if c not in frame.columns]
     if missing:
         raise KeyError(
@@ -187,7 +190,7 @@ def read_transcripts(
         points = points.drop(columns=["gene"], errors="ignore").rename(columns={gene: "gene"})
     points.insert(0, "x", xs[keep])
     points.insert(1, "y", ys[keep])
-    points["gene"] = points["gene"].astype(str).astype("category")
+    points["gene"] = _as_text(points["gene"]).astype("category")
     points = points.reset_index(drop=True)
     element = PointsModel.parse(points, coordinates={"x": "x", "y": "y"}, feature_key="gene",
                                 transformations={"global": Identity()})
@@ -205,30 +208,91 @@ _SAMPLE_BYTES = 2**20
 _PEAK_PER_TABLE_BYTE = 6.0
 
 
-def _read_table(table, what: str = "transcript table", fix: str = "") -> pd.DataFrame:
+def _read_table(table, what: str, columns: tuple[str, ...], rows: str) -> pd.DataFrame:
+    """The table: a DataFrame as given, or a file (parquet, or text of any separator) read whole.
+
+    Its memory is estimated first (:func:`_check_table_memory`, :func:`_check_parquet_memory`);
+    ``columns`` and ``rows`` name, in the error, what to read instead.
+    """
     import pandas as pd
 
     if isinstance(table, pd.DataFrame):
         return table
-    if isinstance(table, str | Path):
-        path = existing_file(table, what)
-        sep = "\t" if ".tsv" in path.suffixes or ".txt" in path.suffixes else ","
-        _check_table_memory(path, sep, what, fix)
-        return read_text_table(path, what, sep=sep)
-    raise TypeError(f"table must be a pandas DataFrame or a csv path, got {type(table).__name__}.")
+    if not isinstance(table, str | Path):
+        raise TypeError(f"table must be a pandas DataFrame or the path of a csv, tsv or parquet "
+                        f"file, got {type(table).__name__}.")
+    path = existing_file(table, what)
+    reader = "read_parquet(path, columns=" if is_parquet(path) else "read_csv(path, usecols="
+    fix = (f"Read the columns and rows you need yourself and pass the DataFrame (e.g. "
+           f"pandas.{reader}{list(columns)!r}), or {rows}).")
+    if is_parquet(path):
+        _check_parquet_memory(path, what, fix)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"The {what} file {str(path)!r} is not a readable parquet file "
+                             f"({error}). Copy it again from the instrument's output.") from error
+    options = text_format(path)
+    _check_table_memory(path, options, what, fix)
+    return read_text_table(path, what, **options)
 
 
-def _check_table_memory(path: Path, sep: str, what: str, fix: str) -> None:
+def is_parquet(path: Path) -> bool:
+    """Whether ``path`` is a parquet file (by its first bytes, whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def text_format(path: Path, default: str = ",") -> dict[str, str]:
+    """``sep`` (and ``decimal``) of a text table, from its first two lines, not its name.
+
+    The header's tab, else the more frequent of ``;`` and ``,``, else ``default``; ``;`` with
+    numbers written ``1,5`` on the next line gives ``decimal=","`` (a European spreadsheet).
+    """
+    import gzip
+    import re
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", errors="replace") as handle:
+            header, line = handle.readline(), handle.readline()
+    except (OSError, EOFError, UnicodeDecodeError):
+        return {"sep": default}  # read_text_table names the problem
+    if "\t" in header:
+        return {"sep": "\t"}
+    if header.count(";") > header.count(","):
+        if re.search(r"(^|;)\s*-?\d+,\d+\s*(;|$)", line):
+            return {"sep": ";", "decimal": ","}
+        return {"sep": ";"}
+    return {"sep": "," if "," in header else default}
+
+
+def _frame_bytes(sample: pd.DataFrame) -> float:
+    """Bytes of ``sample`` as pandas holds it: numbers as 8 bytes, each distinct text once."""
+    import sys
+
+    import pandas as pd
+
+    n_bytes = float(sample.memory_usage(index=True, deep=False).sum())
+    for name, dtype in sample.dtypes.items():
+        if dtype == np.dtype(object):  # text: each distinct value once (pandas shares them)
+            n_bytes += sum(sys.getsizeof(v) for v in pd.unique(sample[name]))
+    return n_bytes
+
+
+def _check_table_memory(path: Path, options: dict, what: str, fix: str) -> None:
     """Refuse, from the file's size and its first MiB, a table too large for the memory limit.
 
     The head of the text (decompressed, for a ``.gz``) is parsed as the whole will be; its
-    memory per byte of text (numbers as 8 bytes, a text value as its pointer, each distinct text
-    once), times the bytes of text in the file (for a ``.gz``, its size times the head's
-    expansion), times ``_PEAK_PER_TABLE_BYTE``, is the estimate. A file that cannot be read or
-    parsed is left to :func:`read_text_table`, which names the problem.
+    memory per byte of text (:func:`_frame_bytes`), times the bytes of text in the file (for a
+    ``.gz``, its size times the head's expansion), times ``_PEAK_PER_TABLE_BYTE``, is the
+    estimate. A file that cannot be read or parsed is left to :func:`read_text_table`, which
+    names the problem.
     """
     import io
-    import sys
     import zlib
 
     import pandas as pd
@@ -242,19 +306,48 @@ def _check_table_memory(path: Path, sep: str, what: str, fix: str) -> None:
         head, text_bytes = _table_head(path, size)
         if len(head) < text_bytes:  # the head's last line is cut: leave it out
             head = head[: head.rfind(b"\n") + 1]
-        sample = pd.read_csv(io.BytesIO(head), sep=sep) if head else None
+        sample = pd.read_csv(io.BytesIO(head), **options) if head else None
     except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError,
             pd.errors.ParserError, pd.errors.EmptyDataError):
         return
     if sample is None or not len(sample):
         return
-    n_bytes = float(sample.memory_usage(index=True, deep=False).sum())
-    for name, dtype in sample.dtypes.items():
-        if dtype == np.dtype(object):  # text: each distinct value once (pandas shares them)
-            n_bytes += sum(sys.getsizeof(v) for v in pd.unique(sample[name]))
-    estimate = n_bytes / len(head) * text_bytes * _PEAK_PER_TABLE_BYTE
+    estimate = _frame_bytes(sample) / len(head) * text_bytes * _PEAK_PER_TABLE_BYTE
     check_memory(estimate, f"Reading the {what} {path.name} ({format_bytes(text_bytes)} of "
                  f"text, about {len(sample) / len(head) * text_bytes:,.0f} rows)", fix)
+
+
+def _check_parquet_memory(path: Path, what: str, fix: str) -> None:
+    """Refuse a parquet table too large for the memory limit, from its rows and first rows.
+
+    The first (at most) 10,000 rows are read as pandas will hold them; their memory per row
+    times the file's rows (its footer says how many), times ``_PEAK_PER_TABLE_BYTE``, is the
+    estimate. A file that cannot be read is left to pandas, whose error is passed on.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .._core.memory import check_memory
+
+    try:
+        with pq.ParquetFile(path) as parquet:
+            n_rows = parquet.metadata.num_rows
+            batch = next(parquet.iter_batches(batch_size=10_000), None)
+            sample = None if batch is None else batch.to_pandas()
+    except (OSError, ValueError, pa.ArrowException):
+        return
+    if sample is None or not len(sample):
+        return
+    estimate = _frame_bytes(sample) / len(sample) * n_rows * _PEAK_PER_TABLE_BYTE
+    check_memory(estimate, f"Reading the {what} {path.name} ({n_rows:,} rows)", fix)
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """``values`` as text; bytes (older Xenium parquet files) decoded as UTF-8."""
+    first = values.dropna().iloc[:1]
+    if len(first) and isinstance(first.iloc[0], bytes):
+        values = values.str.decode("utf-8")
+    return values.astype(str)
 
 
 def _table_head(path: Path, size: int) -> tuple[bytes, float]:
@@ -358,12 +451,21 @@ def read_cell_boundaries(
     that store y negated, such as the Vizgen cell boundaries of the MERFISH example data) and
     ``s = 1`` otherwise. Polygons with fewer than 3 vertices are dropped, and their number logged.
 
+    A cell whose vertex list returns to its first vertex before its end holds several rings
+    (the nuclei of a multinucleate cell in Xenium's ``nucleus_boundaries``, one ring per z plane
+    in other exports): each ring is a polygon of the cell's MultiPolygon, never one polygon
+    joining them. Polygons that are still invalid (a ring that crosses itself, as some Vizgen
+    cells do, or rings of one cell that overlap) are repaired with :func:`shapely.make_valid`
+    (``method="structure"``: the area they enclose is kept, the crossing rings become a
+    MultiPolygon), and a warning says how many; cells whose repair leaves no area are dropped.
+
     Parameters
     ----------
     table
-        The vertices: a DataFrame or a csv path (``.csv``/``.csv.gz``/``.gz``), one row per
-        vertex, in the polygon's order. A file's memory is estimated before it is read, as
-        :func:`read_transcripts` does.
+        The vertices, one row per vertex in the polygon's order: a DataFrame, a parquet file
+        (e.g. Xenium's ``cell_boundaries.parquet``: ``x="vertex_x", y="vertex_y",
+        cell="cell_id"``) or a text table (``.csv``, ``.gz``...; the separator read from its
+        header), read as :func:`read_transcripts` reads its table.
     x
         Column of the x coordinate.
     y
@@ -396,11 +498,7 @@ def read_cell_boundaries(
     from spatialdata.transformations import Identity
 
     pixel_size = check_mpp(pixel_size, "pixel_size")
-    frame = _read_table(
-        table, "boundary table",
-        "Read the columns and rows you need yourself and pass the DataFrame (e.g. "
-        f"pandas.read_csv(path, usecols=[{x!r}, {y!r}, {cell!r}]), or the cells of one field of "
-        "view).")
+    frame = _read_table(table, "boundary table", (x, y, cell), "the cells of one field of view")
     missing = [c for c in (x, y, cell) if c not in frame.columns]
     if missing:
         raise KeyError(f"The boundary table has no column(s) {missing} (it has "
@@ -408,15 +506,63 @@ def read_cell_boundaries(
     sign = -1.0 if flip_y else 1.0
     xs = (frame[x].to_numpy(dtype=np.float64) - float(offset[0])) * pixel_size
     ys = (sign * frame[y].to_numpy(dtype=np.float64) - float(offset[1])) * pixel_size
-    ids = frame[cell].astype(str).to_numpy()
+    ids = _as_text(frame[cell]).to_numpy()
     order = np.argsort(ids, kind="stable")
     names, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
     keep = counts >= 3
     if not keep.all():
         logger.info("Dropped %d of %d cells with fewer than 3 boundary vertices.",
                     int((~keep).sum()), len(keep))
-    polygons = [Polygon(np.column_stack([xs[order[s : s + n]], ys[order[s : s + n]]]))
-                for s, n in zip(starts[keep], counts[keep], strict=True)]
+    vertices = np.column_stack([xs[order], ys[order]])
+    several = _several_rings(vertices, starts, counts)
+    polygons = [_rings_polygon(vertices[s : s + n]) if many else Polygon(vertices[s : s + n])
+                for s, n, many in zip(starts[keep], counts[keep], several[keep], strict=True)]
     shapes = gpd.GeoDataFrame(geometry=polygons, index=pd.Index(names[keep], name="cell_id"))
-    logger.info("Read %d cell polygons.", len(polygons))
+    shapes = _repaired(shapes)
+    logger.info("Read %d cell polygons%s.", len(shapes),
+                f" ({int(several[keep].sum())} of several rings)" if several[keep].any() else "")
     return ShapesModel.parse(shapes, transformations={"global": Identity()})
+
+
+def _several_rings(vertices: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Whether each cell's vertex list returns to its first vertex before its last vertex."""
+    first = np.repeat(starts, counts)
+    position = np.arange(len(vertices)) - first
+    back = (position >= 3) & (vertices == vertices[first]).all(axis=1)
+    early = back & (position < np.repeat(counts, counts) - 1)
+    cell = np.repeat(np.arange(len(counts)), counts)
+    return np.bincount(cell[early], minlength=len(counts)) > 0
+
+
+def _rings_polygon(vertices: np.ndarray):
+    """The MultiPolygon of the rings of one cell: a ring ends where it returns to its start."""
+    from shapely import MultiPolygon, Polygon
+
+    rings, start = [], 0
+    for end in range(len(vertices)):
+        if end - start >= 3 and (vertices[end] == vertices[start]).all():
+            rings.append(vertices[start : end + 1])
+            start = end + 1
+    if len(vertices) - start >= 3:  # an open ring at the end
+        rings.append(vertices[start:])
+    return MultiPolygon([Polygon(ring) for ring in rings])
+
+
+def _repaired(shapes: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``shapes`` with its invalid polygons made valid (their area kept), and a warning."""
+    import shapely
+
+    invalid = ~shapes.geometry.is_valid.to_numpy()
+    if not invalid.any():
+        return shapes
+    fixed = shapely.make_valid(shapes.geometry.to_numpy()[invalid], method="structure",
+                               keep_collapsed=False)
+    shapes = shapes.copy()
+    shapes.loc[invalid, "geometry"] = fixed
+    empty = shapes.geometry.is_empty.to_numpy()
+    logger.warning(
+        "%d of %d cell polygons were invalid (a ring crossing itself, or overlapping rings of "
+        "one cell); repaired with shapely.make_valid(method='structure'), which keeps the area "
+        "they enclose%s.", int(invalid.sum()), len(shapes),
+        f", and {int(empty.sum())} left without area were dropped" if empty.any() else "")
+    return shapes[~empty]

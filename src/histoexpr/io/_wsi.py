@@ -72,8 +72,11 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
 
     Returns
     -------
-    A SpatialData with the image ``image_key`` (channels ``r, g, b`` for RGB slides), with a
-    ``Scale(mpp)`` transformation to the ``"global"`` coordinate system in micrometres.
+    A SpatialData with the image ``image_key``, with a ``Scale(mpp)`` transformation to the
+    ``"global"`` coordinate system in micrometres. Its channels are ``r, g, b`` for pixels
+    stored as RGB (or YCbCr) only; other channels are named as the OME-XML names them (e.g.
+    ``DAPI, CD3, CD8``: a fluorescence image of three stains is no H&E), else ``c0, c1, ...``,
+    and one channel without a name ``"dapi"`` under the key ``"dapi"`` (``"c0"`` otherwise).
 
     """
     import tifffile
@@ -131,10 +134,8 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
         levels = [level[:3] for level in levels]
     if levels[0].dtype != "uint8":  # 8-bit pixels are on the scale: opening reads no tile
         check_pixel_scale(_sample(levels[-1]), "slide", path.name)
-    n_channels = levels[0].shape[0]
-    single = "dapi" if image_key == "dapi" else "c0"
-    element = image_element_from_levels(levels, mpp=mpp,
-                                        channels=channel_names(n_channels, single))
+    channels = _slide_channels(tif, page, levels[0].shape[0], image_key)
+    element = image_element_from_levels(levels, mpp=mpp, channels=channels)
     shapes = ", ".join(f"{level.shape[2]}x{level.shape[1]}" for level in levels)
     logger.info("Read %s: %d level(s) (%s px), %.4g um/px (from %s)", path.name, len(levels),
                 shapes, mpp, source)
@@ -142,6 +143,37 @@ def read_wsi(path: str | Path, *, mpp: float | None = None, image_key: str = "he
     sdata = SpatialData(images={image_key: element})
     record_source(sdata, image_key, path)  # warnings about the slide name its file
     return sdata
+
+
+def _slide_channels(tif, page, n_channels: int, image_key: str) -> list[str]:
+    """The channels' names: ``r, g, b`` for RGB pixels, else the OME-XML's, else ``c0, c1...``.
+
+    Only pixels stored as RGB (or YCbCr, as Aperio's JPEG tiles) are named ``r, g, b``: a
+    fluorescence image of three stains is no H&E. One channel is ``"dapi"`` under the key
+    ``"dapi"``, as :func:`histoexpr.io.read_transcripts` names it.
+    """
+    if getattr(page.photometric, "name", "") in ("RGB", "YCBCR") and n_channels in (3, 4):
+        return channel_names(n_channels)
+    names = _ome_channel_names(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else []
+    if len(names) == n_channels and len(set(names)) == n_channels and all(names):
+        return names
+    if n_channels == 1:
+        return ["dapi" if image_key == "dapi" else "c0"]
+    return [f"c{i}" for i in range(n_channels)]
+
+
+def _ome_channel_names(xml: str) -> list[str]:
+    """The ``Name`` of each ``Channel`` of the first ``Pixels`` element (empty where unnamed)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return []
+    return [str(c.get("Name") or "").strip() for c in pixels if c.tag.endswith("Channel")]
 
 
 def _plain_image_format(path: Path) -> str | None:
