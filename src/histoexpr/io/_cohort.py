@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._core.files import restore_swap_of
 from .._core.logs import logger
 from .._core.validate import check_element_name, check_store_name
 from ._slide_store import SlideStore
@@ -232,6 +233,14 @@ class Cohort(Mapping):
         )
 
 
+def _run_name(run: str | None) -> str:
+    """A run of a slide-level model in words: its step and the start of its identity."""
+    if run is None:
+        return "no record of the model (an earlier version)"
+    step, _, identity = str(run).rpartition(":")
+    return f"{step or 'model'} {identity[:12]}"
+
+
 def _preview(ids: list[str], n: int = 5) -> str:
     shown = ", ".join(repr(i) for i in ids[:n])
     return f"[{shown}, ...] ({len(ids)})" if len(ids) > n else f"[{shown}]"
@@ -248,7 +257,9 @@ class _StoredSlides(Mapping):
 
     def store(self, slide_id: str) -> SlideStore:
         check_store_name("slide_id", slide_id, what="slide's store")
-        return SlideStore(self.store_dir / f"{slide_id}.zarr")
+        path = self.store_dir / f"{slide_id}.zarr"
+        restore_swap_of(path)  # a rewrite killed between its two renames: the old store back
+        return SlideStore(path)
 
     def open(self, slide_id: str, *, with_results: bool = True) -> SpatialData:
         """The slide's image (lazy), with what its store holds when it is complete."""
@@ -260,10 +271,60 @@ class _StoredSlides(Mapping):
         if with_results:  # never the results of another file than this one
             store.check_slide(self.paths[slide_id])
         if with_results and store.complete:
+            self._check_one_model(store)
             store.add_to(sdata)
         if with_results:
             store.add_predictions_to(sdata)
         return sdata
+
+    def _check_one_model(self, store: SlideStore) -> None:
+        """Refuse per-tile results of one key that different models made across the slides.
+
+        Each slide's results of a slide-level model record the model (its fingerprint) and the
+        run that made them (:meth:`SlideStore.results_model`): a run of ``hx.tl.predict`` on
+        part of the cohort, or one interrupted midway, leaves results of two models under one
+        key, which would pass for one set of results. ``store`` is the slide's store opened.
+        """
+        for tiles_key in store.tiles_keys():
+            for key in store.results_keys(tiles_key):
+                runs: dict[str | None, list[str]] = {}
+                for slide_id in self.paths:
+                    made = self._results_model(slide_id, tiles_key, key)
+                    if made is not None:
+                        runs.setdefault(made.get("run"), []).append(slide_id)
+                if len(runs) > 1:
+                    listed = "; ".join(f"{_run_name(run)}: {_preview(ids, 4)}"
+                                       for run, ids in runs.items())
+                    raise ValueError(
+                        f"The per-tile results {key!r} (tiles {tiles_key!r}) of the slides "
+                        f"come from {len(runs)} different models or runs ({listed}): one "
+                        "hx.tl.predict(..., overwrite=True) was interrupted, or ran on part of "
+                        "the slides only. They would pass for the results of one model, so the "
+                        f"slide was not opened. Predict every slide with one model, "
+                        f"hx.tl.predict(model, cohort, key_added={key!r}, overwrite=True) (run "
+                        "again, an interrupted run finishes; a cross-validation: run it again), "
+                        "or put the other model's results under another key_added.")
+
+    def _results_model(self, slide_id: str, tiles_key: str, key: str) -> dict | None:
+        """:meth:`SlideStore.results_model`, read again only when the results' record changed.
+
+        Opening every slide of a cohort compares each with all the others: the records read
+        are kept with the size, modification time and inode of the file holding them, so a
+        cohort of ``n`` slides costs ``n`` reads and ``n * n`` file stats, not ``n * n`` reads.
+        """
+        store = self.store(slide_id)
+        record = store._node(tiles_key, "results", key) / "zarr.json"
+        try:
+            stat = record.stat()
+        except OSError:
+            return None  # no results of that key in this slide's store
+        facts = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        kept = self.__dict__.setdefault("_models_read", {})
+        found = kept.get((slide_id, tiles_key, key))
+        if found is None or found[0] != facts:
+            found = kept[(slide_id, tiles_key, key)] = (facts, store.results_model(tiles_key,
+                                                                                   key))
+        return found[1]
 
     def subset(self, ids: list[str]) -> _StoredSlides:
         return _StoredSlides({i: self.paths[i] for i in ids}, self.store_dir,

@@ -11,7 +11,8 @@ zarr (v3) that any zarr reader opens::
       tiles/<tiles_key>/obs/<column>     the tile table's obs columns
       tiles/<tiles_key>/features/<key>   tiles x features (float32); attrs: record, complete
       tiles/<tiles_key>/results/<key>/   per-tile outputs and attention of a slide-level model;
-                                         attrs: columns, branches, writer (step, key, within)
+                                         attrs: columns, branches, writer (step, key, within),
+                                         model (fingerprint, run)
       predictions/<key>/                 a table of per-tile predictions (an AnnData, as
                                          anndata writes it); attrs: record (model, slide,
                                          options), complete, files (every file written,
@@ -21,7 +22,10 @@ Every write goes to a temporary folder beside the store and is moved into place 
 rename, so a killed run leaves either the old content or the new one, never half of it. A
 rewrite of the whole store (:meth:`SlideStore.write_slide`) keeps its tables of predictions and
 never loses what another step wrote there (results, other tile sets): it refuses first
-(:meth:`SlideStore.check_rewritable`).
+(:meth:`SlideStore.check_rewritable`). Every node replaced (features, results, the whole store)
+must be the zarr node histoexpr writes at its place of this layout and hold nothing else: a
+folder or a file of the user's in the store is named, never deleted (:meth:`SlideStore.
+check_node`, asked while planning and again at the swap).
 """
 
 from __future__ import annotations
@@ -36,23 +40,28 @@ import numpy as np
 
 from .._core.files import PARTIAL as _PARTIAL
 from .._core.files import partial_path, restore_swaps, swap_into_place
-from .._core.logs import logger
+from .._core.logs import logger, shown
 from .._core.validate import check_bool, check_store_name
 from ._store_parts import (
     FORMAT,
     PREDICTIONS,
     VERSION,
+    _attributes,
     _check_keys_free,
     _ensure_group,
     _jsonable,
     _write_features,
     describe_item,
     store_add_predictions_to,
+    store_check_node,
     store_check_prediction_replaceable,
+    store_foreign_parts,
     store_items,
     store_prediction,
     store_prediction_records,
+    store_results_model,
     store_write_prediction,
+    zarr_children,
 )
 
 if TYPE_CHECKING:
@@ -167,7 +176,7 @@ class SlideStore:
     def tiles_keys(self) -> list[str]:
         """Keys of the tile sets in the store."""
         group = self._group()
-        return sorted(group["tiles"].group_keys()) if "tiles" in group else []
+        return zarr_children(self._path / "tiles", "group") if "tiles" in group else []
 
     def n_tiles(self, tiles_key: str) -> int:
         """Number of tiles of a tile set."""
@@ -183,12 +192,10 @@ class SlideStore:
 
     def feature_records(self, tiles_key: str) -> dict[str, dict]:
         """Complete feature sets of a tile set: key -> how they were made."""
-        tiles = self._tiles(tiles_key)
-        if "features" not in tiles:
-            return {}
+        self._tiles(tiles_key)
         out = {}
-        for key, array in tiles["features"].arrays():
-            attrs = dict(array.attrs)
+        for key in zarr_children(self._node(tiles_key) / "features", "array"):
+            attrs = _attributes(self._node(tiles_key, "features", key))
             if attrs.get("complete") is True:
                 out[key] = attrs.get("record", {})
         return out
@@ -207,8 +214,8 @@ class SlideStore:
 
     def results_keys(self, tiles_key: str) -> list[str]:
         """Keys of the per-tile results (predictions, attention) of a tile set."""
-        tiles = self._tiles(tiles_key)
-        return sorted(tiles["results"].group_keys()) if "results" in tiles else []
+        self._tiles(tiles_key)
+        return zarr_children(self._node(tiles_key) / "results", "group")
 
     def results_writer(self, tiles_key: str, key: str) -> WriterRecord | None:
         """Which step wrote the results ``key`` (``None``: no record, e.g. an earlier version).
@@ -257,6 +264,8 @@ class SlideStore:
 
         """
         check_bool("overwrite", overwrite)
+        self.check_node(self._node(tiles_key, "results", key), what=f"The results {key!r}",
+                        fix="Move them out of the store, or choose another key_added.")
         if key not in self.results_keys(tiles_key):
             return
         slide = self.info.get("slide_id")
@@ -275,6 +284,48 @@ class SlideStore:
         raise KeyError(f"The store of {slide!r} holds results {key!r} {who}; {mine} replaces "
                        "only the results it wrote itself, even with overwrite=True. Choose "
                        "another key_added.")
+
+    def results_model(self, tiles_key: str, key: str) -> dict[str, Any] | None:
+        """Which model made the results ``key``, and in which run.
+
+        Parameters
+        ----------
+        tiles_key
+            The tile set.
+        key
+            Key of the results.
+
+        Returns
+        -------
+        ``{"fingerprint": ..., "run": ...}`` as :meth:`write_results` recorded it; ``{}``
+        for results with no such record (an earlier version's); ``None`` where the store holds
+        no results ``key``.
+
+        """
+        return store_results_model(self._node(tiles_key, "results", key))
+
+    def check_node(self, node: Path, *, what: str, fix: str) -> None:
+        """Refuse to replace a node of the store unless histoexpr wrote all of it.
+
+        The one check of every write that replaces a node (features, results, the whole
+        store's content): the node must be the zarr node histoexpr writes there and hold
+        nothing else; otherwise a ``FileExistsError`` names the files found and says ``fix``.
+
+        Parameters
+        ----------
+        node
+            The node's folder, inside the store.
+        what
+            The node in words, for the message (``"The features 'X_uni'"``).
+        fix
+            What to do about it, for the message.
+
+        Returns
+        -------
+        Nothing; also where nothing is there.
+
+        """
+        store_check_node(self, node.relative_to(self._path).as_posix(), what=what, fix=fix)
 
     def add_to(self, sdata: SpatialData, *, tiles_key: str | None = None) -> SpatialData:
         """Add the stored tissue map, tiles and their table (features, results) to a section.
@@ -301,7 +352,7 @@ class SlideStore:
         from .._core.records import BAG_OUTPUTS, TileRecord, bag_outputs_record
 
         group = self._group()
-        label_keys = sorted(group["labels"].array_keys()) if "labels" in group else []
+        label_keys = zarr_children(self._path / "labels", "array")
         keys = self.tiles_keys() if tiles_key is None else [tiles_key]
         _check_keys_free(sdata, [("labels", key) for key in label_keys]
                          + [(kind, name) for key in keys
@@ -318,8 +369,8 @@ class SlideStore:
             tiles = self._tiles(key)
             attrs = dict(tiles.attrs)
             boxes = np.asarray(tiles["boxes"][:], dtype=float)
-            obs = pd.DataFrame({name: np.asarray(column[:])
-                                for name, column in tiles["obs"].arrays()})
+            obs = pd.DataFrame({name: np.asarray(tiles["obs"][name][:]) for name in
+                                zarr_children(self._node(key) / "obs", "array")})
             obs = obs[[c for c in attrs["obs_columns"] if c in obs.columns]]
             obs.index = pd.Index(obs["tile_id"].astype(str).to_numpy())
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -431,9 +482,12 @@ class SlideStore:
         own = {f"labels/{tissue_key}", tiles,
                *(f"{tiles}/features/{key}" for key in [*feature_keys, *drop_features])}
         lost = [item for item in items if item not in own]
-        if lost:
+        strays = [part for part in store_foreign_parts(self._path)  # files of the user's
+                  if not any(part == item or part.startswith(f"{item}/") for item in lost)]
+        if lost or strays:
             slide = self.info.get("slide_id") or self._path.stem
-            listed = "; ".join(describe_item(self._path, item) for item in lost)
+            listed = "; ".join([describe_item(self._path, item) for item in lost] + (
+                [f"files histoexpr did not write ({shown(strays, 5)})"] if strays else []))
             raise ValueError(
                 f"Recomputing the store of {slide!r} ({self._path}) would lose what it holds "
                 f"beside the tissue map {tissue_key!r}, the tiles {tiles_key!r} and their "
@@ -441,7 +495,7 @@ class SlideStore:
                 "wrote there itself, never what another step or you wrote; nothing was written. "
                 "To keep them, read the cohort with another store_dir (hx.io.read_cohort(..., "
                 "store_dir=...)) and compute the slides there; if they may go, remove them from "
-                f"the store first (e.g. {self._path / lost[0]}).")
+                f"the store first (e.g. {self._path / (lost or strays)[0]}).")
         return [key for key in drop_features if f"{tiles}/features/{key}" in items
                 and key not in feature_keys]
 
@@ -522,6 +576,8 @@ class SlideStore:
                                        "params": _jsonable(params), "complete": True}
             if (self._path / PREDICTIONS).is_dir():  # tables of predictions stay with the slide
                 shutil.copytree(self._path / PREDICTIONS, partial / PREDICTIONS)
+            self.check_rewritable(tissue_key=tissue_key, tiles_key=tiles_key,  # again, now
+                                  feature_keys=feature_keys, drop_features=drop_features)
             self._move_into_place(partial, self._path)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -553,6 +609,8 @@ class SlideStore:
         if values.shape[0] != self.n_tiles(tiles_key):
             raise ValueError(f"{values.shape[0]} rows of features for {self.n_tiles(tiles_key)} "
                              "tiles.")
+        self.check_node(target, what=f"The features {key!r}",
+                        fix="Move them out of the store, or choose another key_added.")
         partial = self._partial_path(key)
         try:
             group = zarr.open_group(partial, mode="w")
@@ -564,7 +622,8 @@ class SlideStore:
 
     def write_results(self, tiles_key: str, key: str, outputs: np.ndarray,
                       attention: np.ndarray, *, columns: list[str], branches: list[str],
-                      writer: WriterRecord, overwrite: bool = False) -> None:
+                      writer: WriterRecord, overwrite: bool = False,
+                      model: dict[str, Any] | None = None) -> None:
         """Write per-tile outputs and attention of a slide-level model, atomically.
 
         Parameters
@@ -586,6 +645,10 @@ class SlideStore:
         overwrite
             Replace results already stored under ``key``, only where the same ``writer`` (step,
             key and the step it was made within) wrote them.
+        model
+            Which model made them (its ``fingerprint``) and in which ``run`` (the model's
+            fingerprint, or one cross-validation's): results of one key from different runs
+            are refused where a cohort reads them (:meth:`results_model`).
 
         Returns
         -------
@@ -608,7 +671,8 @@ class SlideStore:
             result.create_array("attention", data=np.asarray(attention, dtype=np.float32))
             result.attrs.update({"columns": [str(c) for c in columns],
                                  "branches": [str(b) for b in branches],
-                                 "writer": writer.to_uns(), "complete": True})
+                                 "writer": writer.to_uns(), "complete": True,
+                                 **({"model": _jsonable(model)} if model else {})})
             _ensure_group(target.parent, self._path)
             self._move_into_place(partial / "x", target)
         finally:
@@ -733,5 +797,13 @@ class SlideStore:
         return partial_path(self._path, what)
 
     def _move_into_place(self, source: Path, target: Path) -> None:
-        """Rename ``source`` to ``target``; an older ``target`` is moved aside first."""
+        """Rename ``source`` to ``target``; an older ``target`` is moved aside first.
+
+        The last guard of every replacement in the store, at write time: an older ``target``
+        must be all histoexpr's (:meth:`check_node`; a table of predictions is checked against
+        its own list of files before, :meth:`check_prediction_replaceable`).
+        """
+        if target.relative_to(self._path).parts[:1] != (PREDICTIONS,):
+            self.check_node(target, what="What this write replaces", fix="Move those files out "
+                            "of the store (or the store away), and run again.")
         swap_into_place(source, target, aside=self._partial_path("old"))

@@ -150,15 +150,29 @@ def _not_zarr_parts(folder: Path) -> list[str]:
     A part is a metadata file (``zarr.json``; ``.zarray``, ``.zattrs``... of zarr v2) or a
     chunk of an array: under the array's folder, ``c/<i>/<j>...`` (the default chunk keys of
     zarr v3) or ``<i>.<j>...`` / ``<i>/<j>...`` (those of zarr v2), each index a whole number.
-    Folders are not listed; a folder holding none of these is empty.
+    Folders are not listed, but for an empty one (``name/``): zarr makes none.
     """
     out = []
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                out.append(f"{name}/")
             continue
         if path.is_symlink() or not (path.name in _ZARR_METADATA or _is_chunk(folder, path)):
             out.append(name)
+    return out
+
+
+def _everything(folder: Path) -> list[str]:
+    """Every file and link under ``folder`` (and every empty folder, as ``name/``), by path."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink() or not path.is_dir():
+            out.append(name)
+        elif not any(path.iterdir()):
+            out.append(f"{name}/")
     return out
 
 
@@ -187,6 +201,125 @@ def _node_type(folder: Path) -> str | None:
         return json.loads((folder / "zarr.json").read_text()).get("node_type")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+#: the attribute each kind of node of a store's layout carries where histoexpr wrote it
+_NODE_ATTRIBUTE = {"tissue": "mpp", "tile set": "obs_columns", "features": "record",
+                   "results": "columns"}
+
+
+def _layout(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """What histoexpr writes at ``parts`` (a path inside a store): ``(node type, kind)``.
+
+    ``None`` where it writes nothing (the tables of predictions, checked on their own, aside).
+    """
+    n, head = len(parts), parts[0] if parts else ""
+    if n == 0:
+        return "group", "store"
+    if head == "labels" and n <= 2:
+        return ("group", "labels") if n == 1 else ("array", "tissue")
+    if head != "tiles" or n == 1:
+        return ("group", "tiles") if parts == ("tiles",) else None
+    if n == 2:
+        return "group", "tile set"
+    sub = parts[2]
+    if n == 3:
+        kinds = {"boxes": "array", "obs": "group", "features": "group", "results": "group"}
+        return (kinds[sub], f"{sub} of a tile set") if sub in kinds else None
+    if n == 4 and sub in ("obs", "features", "results"):
+        return ("group", "results") if sub == "results" else (
+            "array", "obs column" if sub == "obs" else "features")
+    if n == 5 and sub == "results" and parts[4] in ("outputs", "attention"):
+        return "array", parts[4]
+    return None
+
+
+def _written_here(store: Path, parts: tuple[str, ...]) -> bool:
+    """Whether the folder at ``parts`` is the zarr node histoexpr writes there (type, record)."""
+    layout = _layout(parts)
+    meta = store.joinpath(*parts) / "zarr.json"
+    if layout is None or not meta.is_file() or _node_type(meta.parent) != layout[0]:
+        return False
+    attrs, kind = _attributes(meta.parent), layout[1]
+    if kind == "store":
+        return isinstance(attrs.get("histoexpr"), dict)
+    if kind == "obs column":  # one of the columns its tile set lists
+        return parts[3] in (_attributes(store.joinpath(*parts[:2])).get("obs_columns") or [])
+    return kind not in _NODE_ATTRIBUTE or _NODE_ATTRIBUTE[kind] in attrs
+
+
+def store_foreign_parts(store: Path, node: str = "") -> list[str]:
+    """What lies at or under ``node`` of a store that histoexpr did not write, by path in it.
+
+    The layout of the store (module :mod:`histoexpr.io._slide_store`) says which zarr node
+    histoexpr writes where, of which type and with which record: a folder that is not such a
+    node (a folder of the user's, with or without a ``zarr.json``) is listed by every file in
+    it (or as ``name/`` when empty); inside a node of the layout, every file that is not part
+    of it (metadata, chunks of an array; :func:`_not_zarr_parts`) and every entry that is no
+    node of the layout is listed. The tables of predictions are left out (they record their
+    own files: :func:`store_check_prediction_replaceable`). Nothing there: ``[]``.
+    """
+    parts = tuple(Path(node).parts) if node else ()
+    start = store.joinpath(*parts)
+    if not (start.exists() or start.is_symlink()):
+        return []
+    out: list[str] = []
+    pending = [parts]
+    while pending:
+        here = pending.pop()
+        folder = store.joinpath(*here)
+        name = "/".join(here)
+        inside = f"{name}/" if name else ""
+        if folder.is_symlink() or not folder.is_dir():
+            out.append(name)
+        elif not _written_here(store, here):
+            out += [inside + one for one in _everything(folder)] or [inside]
+        elif _layout(here)[0] == "array":  # its zarr.json, its chunks c/<i>/<j>...: no more
+            out += [inside + one for one in _everything(folder) if not (
+                one == "zarr.json" or one.split("/")[0] == "c" and all(
+                    key.isdigit() for key in one.split("/")[1:]))]
+        else:
+            pending += [(*here, entry.name) for entry in _entries(folder)
+                        if here or entry.name != PREDICTIONS]
+    return sorted(out)
+
+
+def store_check_node(store: SlideStore, node: str, *, what: str, fix: str) -> None:
+    """Refuse to replace the node ``node`` of a store unless histoexpr wrote all of it.
+
+    Every write that replaces (or removes) a node of a slide store asks this first, while
+    planning and again just before its swap: the node must be the zarr node histoexpr writes
+    there and hold nothing else (:func:`store_foreign_parts`). Otherwise a ``FileExistsError``
+    names the files and says ``fix``; nothing is written.
+    """
+    found = store_foreign_parts(store._path, node)
+    if found:
+        slide = store.info.get("slide_id") or store._path.stem
+        raise FileExistsError(
+            f"{what} in the store of {slide!r} ({store._path / node}) holds what histoexpr did "
+            f"not write there: {shown(found, 5)}. histoexpr replaces only the zarr nodes it "
+            f"wrote itself, never a file or folder of yours, so nothing was written or "
+            f"deleted. {fix}")
+
+
+def zarr_children(folder: Path, node_type: str) -> list[str]:
+    """The names of the zarr arrays (or groups) right inside ``folder``, by their zarr.json.
+
+    Read from the folders themselves, not through zarr, which warns of every folder that is no
+    zarr node (a folder of the user's): those are left out, as are links.
+    """
+    if not folder.is_dir():
+        return []
+    return sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and not sub.is_symlink()
+                  and _node_type(sub) == node_type)
+
+
+def store_results_model(folder: Path) -> dict[str, Any] | None:
+    """The body of :meth:`SlideStore.results_model`: read from the results' ``zarr.json``."""
+    if not (folder / "zarr.json").is_file():
+        return None
+    model = _attributes(folder).get("model")
+    return model if isinstance(model, dict) else {}
 
 
 def store_add_predictions_to(store: SlideStore, sdata: SpatialData) -> SpatialData:

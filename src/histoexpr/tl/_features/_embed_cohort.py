@@ -244,6 +244,8 @@ def embed_cohort(
         statuses[slide_id] = status
         if status == "computed":  # a rewrite never loses what another step (or the user) wrote
             _drops(store, tissue_key, tiles_key, key_added)  # refused here, before any write
+        elif status == "features":  # the features node is made or replaced: histoexpr's only
+            _check_features_node(slide_id, store, tiles_key, key_added)
         if status != "skipped":
             tasks.append({"slide_id": slide_id, "path": str(path), "store": str(store.path),
                           "mpp": cohort.slide_mpp(slide_id), "status": status,
@@ -372,6 +374,27 @@ def _plan(slide_id: str, store, params: dict, feature_params: dict, tiles_key: s
                 "key_added.")
         return "features"
     return "skipped"
+
+
+def _check_features_node(slide_id: str, store, tiles_key: str, key: str) -> None:
+    """Refuse, while planning, features ``key`` that would land on what is not embed_cohort's.
+
+    The opened slide's tile table gets the results of a slide-level model under ``key`` and
+    ``f"{key}_attention"`` (``obsm``): features under one of those names would be hidden by
+    them, or hide them. And the folder of the features must be one histoexpr wrote and hold
+    nothing else (:meth:`~histoexpr.io.SlideStore.check_node`): never a folder of the user's.
+    """
+    taken = [name for name in store.results_keys(tiles_key) if key in (name, f"{name}_attention")]
+    if taken:
+        writer = store.results_writer(tiles_key, taken[0])
+        raise KeyError(
+            f"The store of {slide_id!r} ({store.path}) holds the per-tile results {taken[0]!r} "
+            f"of a slide-level model (written by {writer.step if writer else 'hx.tl.predict'}): "
+            f"features under key_added={key!r} would share the opened slide's tile table entry "
+            f"obsm[{key!r}] with them. Nothing was written; choose another key_added.")
+    store.check_node(store.path / "tiles" / tiles_key / "features" / key,
+                     what=f"The features {key!r}",
+                     fix="Move them out of the store, or choose another key_added.")
 
 
 def _drops(store, tissue_key: str, tiles_key: str, key_added: str) -> list[str]:

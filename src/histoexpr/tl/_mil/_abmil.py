@@ -28,6 +28,7 @@ from ._bag_outputs import (
     bag_table,
     check_stores_writable,
     finish_store_results,
+    model_identity,
     write_contributions,
     write_predictions,
     write_store_results,
@@ -272,8 +273,10 @@ def predict(
         check_store_name("key_added", key_added, what="set of results in a slide store")
     _check_features(model, bags)
     on_disk = bags.stores is not None
+    made = None
     if on_disk:  # every store is checked before the first slide is written
         check_stores_writable(bags, list(bags.sections), key_added, overwrite=overwrite)
+        made = model_identity(model)  # recorded with each slide's results
     tile_outputs, tile_attention, contributions = {}, {}, {}
     bag_outputs = np.zeros((bags.bulk.n_obs, len(meta["columns"])))
     sections = bags.bulk.obs["section"].to_numpy()
@@ -284,13 +287,13 @@ def predict(
         if on_disk:  # written now: a cohort's per-tile results are never all held at once
             write_store_results(bags, name, _readable(outputs, meta), _softmax(scores),
                                 columns=meta["columns"], branches=meta["branches"],
-                                key_added=key_added, overwrite=overwrite)
+                                key_added=key_added, overwrite=overwrite, model=made)
             continue
         contributions[name] = contribution
         tile_outputs[name] = _readable(outputs, meta)
         tile_attention[name] = _softmax(scores)
     if on_disk:
-        finish_store_results(bags, key_added, len(bags.sections))
+        finish_store_results(bags, key_added, len(bags.sections), made)
     else:
         write_predictions(bags, tile_outputs, tile_attention, columns=meta["columns"],
                           branches=meta["branches"], key_added=key_added, overwrite=overwrite,

@@ -14,8 +14,12 @@ columns, embed's features, another key's outputs) is refused, naming it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import contextlib
+import contextvars
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +51,45 @@ if TYPE_CHECKING:
 
 #: the step whose outputs these are (the writer recorded with them)
 STEP = "hx.tl.predict"
+#: the run the per-tile results written now belong to, where a step predicts with several
+#: models on purpose (one per fold of hx.tl.cross_validate); ``None``: the model's own run
+_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("histoexpr_mil_run",
+                                                                 default=None)
+
+
+@contextlib.contextmanager
+def results_run(run: str) -> Iterator[None]:
+    """Record the per-tile results written inside the block as parts of the one run ``run``.
+
+    :func:`histoexpr.tl.cross_validate` predicts each fold's held-out slides with that fold's
+    model: its results are one set all the same, and are recorded as made in one run.
+    """
+    token = _RUN.set(run)
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+def model_identity(model) -> dict[str, Any]:
+    """What the per-tile results of ``model`` record of it in a slide store.
+
+    ``fingerprint``: a digest of the model's weights and metadata (another model never passes
+    for it); ``run``: the run they belong to, the model's own (``"hx.tl.predict:<digest>"``,
+    the same for every call with the same model, so that a rerun finishes an interrupted one)
+    or the one :func:`results_run` names. Results of one key from different runs are refused
+    where the cohort's slides are opened (``cohort[slide_id]``).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(getattr(model, "metadata", None) or {}, sort_keys=True,
+                             default=str).encode())
+    fingerprint = digest.hexdigest()
+    return {"fingerprint": fingerprint, "run": _RUN.get() or f"{STEP}:{fingerprint}"}
+
+
 def _record(table, key_added: str) -> Mapping | None:
     records = table.uns.get(BAG_OUTPUTS)
     record = records.get(key_added) if isinstance(records, Mapping) else None
@@ -378,25 +421,47 @@ def check_stores_writable(bags: Bags, names: list[str], key_added: str, *,
 
 def write_store_results(bags: Bags, name: str, outputs: np.ndarray, attention: np.ndarray, *,
                         columns: list[str], branches: list[str], key_added: str,
-                        overwrite: bool) -> None:
+                        overwrite: bool, model: dict[str, Any] | None = None) -> None:
     """One slide's per-tile outputs and attention into its store (rank 0 alone writes).
 
     After :func:`check_stores_writable` checked every store, so that a slide is written as soon
-    as it is scored and no more than one slide's per-tile results are held at once.
+    as it is scored and no more than one slide's per-tile results are held at once. ``model``:
+    the model's identity (:func:`model_identity`), recorded with them.
     """
     if _distributed.is_main_process():
         bags.stores[name].write_results(bags.tiles_key, key_added, outputs, attention,
                                         columns=columns, branches=branches,
                                         writer=WriterRecord.now(STEP, key_added),
-                                        overwrite=overwrite)
+                                        overwrite=overwrite, model=model)
 
 
-def finish_store_results(bags: Bags, key_added: str, n_slides: int) -> None:
-    """After the last slide's results: wait for rank 0's writes, drop the stale opened slide."""
+def finish_store_results(bags: Bags, key_added: str, n_slides: int,
+                         model: dict[str, Any] | None = None) -> None:
+    """After the last slide's results: wait for rank 0's writes, drop the stale opened slide.
+
+    Other stores of the same folder (slides this call was not given, e.g. the rest of a
+    cohort predicted on ``cohort.subset(...)``) that hold results ``key_added`` of another
+    model (or run) are named in a warning: opening those slides together refuses the mixture.
+    """
+    from ...io import SlideStore
+
     _distributed.barrier()
     bags.sections.forget()
     logger.info("Adding per-tile outputs and attention %r to the stores of %d slides",
                 key_added, n_slides)
+    if model is None or _RUN.get() is not None or not bags.stores:  # a run of several calls
+        return
+    folder = next(iter(bags.stores.values())).path.parent
+    mine = {store.path.name for store in bags.stores.values()}
+    others = [path.name.removesuffix(".zarr") for path in sorted(folder.glob("*.zarr"))
+              if path.name not in mine and (made := SlideStore(path).results_model(
+                  bags.tiles_key, key_added)) is not None and made.get("run") != model["run"]]
+    if others:
+        logger.warning(
+            "Other slides' stores in %s hold per-tile results %r of another model or run (%s): "
+            "a cohort holding them and these slides refuses to open them (one key, two "
+            "models). Predict them with the same model (overwrite=True), or use another "
+            "key_added.", folder, key_added, shown([repr(o) for o in others], 5))
 
 
 def bag_table(bags: Bags, values: np.ndarray, columns: list[str], *,

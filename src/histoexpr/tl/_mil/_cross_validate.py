@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,7 @@ def cross_validate_bags(
     from ...io import Cohort
     from .._options import options_for
     from .._sections import as_sections, check_no_copies
+    from ._bag_outputs import results_run
 
     options = options_for(model, **fit_kwargs)  # checked once, before the first fold
     if not isinstance(data, Cohort):
@@ -104,13 +106,14 @@ def cross_validate_bags(
                         model=options.model)
     results, scores, checks = [], [], []
     bar = progress(folds, desc="folds", total=len(folds))
+    run = f"{WITHIN}:{uuid.uuid4().hex}"  # every fold's per-tile results: one set, one run
     for fold, held_out in enumerate(bar):
         bar.set_description(f"fold {fold + 1}/{len(folds)}")
         train = _subset(data, [n for n in names if n not in held_out])
         test = _subset(data, held_out)
         with each_item():  # what fit and predict log of each fold is debug
             network = module.fit(train, options)
-            with made_within(WITHIN):  # replaces only what cross-validation wrote before
+            with made_within(WITHIN), results_run(run):  # replaces only what it wrote before
                 predicted = module.predict(network, test, key_added=key_added, overwrite=True)
         predicted.obs["fold"] = fold
         predicted.obs["group"] = [group_of[s] for s in predicted.obs["section"]]
