@@ -503,8 +503,6 @@ def test_sparse_labels_are_estimated_before_they_are_made_dense(tmp_path):
                 "from the file's size and first MiB, before the table is read",
            fix="read the columns (usecols=) or rows you need with pandas and pass the DataFrame")
 def test_transcript_tables_are_estimated_before_they_are_read(tmp_path, monkeypatch):
-    import re
-
     from histoexpr.io import _transcripts
 
     rng = np.random.default_rng(0)
