@@ -298,3 +298,41 @@ def test_embed_cohort_raises_when_its_only_slide_fails(slide_files, tmp_path, mo
                                            "slide_00: OSError: cannot read the slide"):
         hx.tl.embed_cohort(cohort.subset(["slide_00"]), size_um=32, mpp=2.0)
     assert not cohort.store("slide_00").complete
+
+
+class _PooledColour(hx.models.Network):
+    """An outside encoder with no weights: its output depends on its configuration alone."""
+
+    def __init__(self, *, pool: str = "mean", in_channels: int = 3) -> None:
+        super().__init__(config={"pool": pool, "in_channels": in_channels})
+        self.pool, self.in_channels, self.out_features = pool, in_channels, in_channels
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)) if self.pool == "mean" else x.amax(dim=(2, 3))
+
+
+@bad_input("silently wrong", "`hx.tl.embed_cohort(cohort, encoder=net)` again with a network "
+           "object configured otherwise (same class, same weights: e.g. another pooling)",
+           says="ValueError: `The features 'X_pooled' of ... were made otherwise than asked "
+                "now (params['encoder']: ...)` (before: 'skipped', the old features kept, even "
+                "with overwrite=True)",
+           fix="overwrite=True recomputes them, or another key_added")
+def test_a_network_configured_otherwise_is_another_encoder(slide_files, section, tmp_path):
+    from histoexpr.tl._features._embed import encoder_fingerprint
+
+    cohort = hx.io.read_cohort(slide_files, store_dir=tmp_path / "stores")
+    options = {"size_um": 40, "mpp": 1.0, "key_added": "X_pooled"}
+    hx.tl.embed_cohort(cohort, encoder=_PooledColour(pool="mean"), **options)
+    mean = cohort.store("slide_00").features("he_tiles", "X_pooled")
+    with pytest.raises(ValueError, match=r"'X_pooled' of .* were made otherwise than asked now"):
+        hx.tl.embed_cohort(cohort, encoder=_PooledColour(pool="max"), **options)
+    frame = hx.tl.embed_cohort(cohort, encoder=_PooledColour(pool="max"), overwrite=True,
+                               **options)
+    assert (frame["status"] == "features").all()  # the tiles kept, the features made again
+    highest = cohort.store("slide_00").features("he_tiles", "X_pooled")
+    assert (highest > mean + 1e-6).any(axis=1).all()  # every tile's maxima above its means
+    # one section: the records tell the two apart
+    assert (encoder_fingerprint(_PooledColour(pool="mean"))
+            != encoder_fingerprint(_PooledColour(pool="max")))
+    assert (encoder_fingerprint(_PooledColour(pool="max"))
+            == encoder_fingerprint(_PooledColour(pool="max")))

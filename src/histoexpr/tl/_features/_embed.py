@@ -267,8 +267,9 @@ def encoder_fingerprint(encoder: Any, *, checkpoint: str | Path | None = None) -
     """What identifies an encoder's weights: its spec, or a digest of its file or weights.
 
     Names (``"handcrafted"``, ``"squidpy:..."``, architectures) stand for themselves; a model
-    file or checkpoint adds the SHA-256 of its bytes and a network object that of its weights,
-    so that features made by other weights under the same name are told apart. An
+    file or checkpoint adds the SHA-256 of its bytes and a network object that of its class,
+    configuration and weights (:func:`network_digest`), so that features made by other weights
+    or options under the same name are told apart. An
     ``"hf:<folder>"`` is identified by its content, not its path
     (``"hf_<name>:folder:<digest>"``, :func:`hf_folder_fingerprint`): new weights saved into the
     same folder make another fingerprint, and the folder may move.
@@ -325,14 +326,30 @@ def hf_folder_fingerprint(folder: str | Path) -> str:
 
 
 def _weights_digest(network: torch.nn.Module) -> str:
-    """The SHA-256 (16 hex digits) of a network's weights, in the order of their names."""
+    """:func:`network_digest`, its first 16 hex digits."""
+    return network_digest(network)[:16]
+
+
+def network_digest(network: torch.nn.Module) -> str:
+    """The SHA-256 of what makes a network's outputs: its class, configuration and weights.
+
+    The class by module and name (two classes of one name are two networks), the
+    configuration a :class:`histoexpr.models.Network` is built with (``get_config()``: options
+    such as a pooling that no weight shows) and every tensor of its ``state_dict`` in the order
+    of their names.
+    """
     import hashlib
+    import json
 
     digest = hashlib.sha256()
+    kind = type(network)
+    digest.update(f"{kind.__module__}.{kind.__qualname__}".encode())
+    config = network.get_config() if callable(getattr(network, "get_config", None)) else {}
+    digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
     for key, value in sorted(network.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _has_random_weights(encoder: Any) -> bool:

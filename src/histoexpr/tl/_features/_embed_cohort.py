@@ -569,12 +569,10 @@ def _encoder_description(encoder: Any) -> Any:
     """
     from ...models import Network
 
-    if isinstance(encoder, Network):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(encoder.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return {"network": type(encoder).__name__, "sha256": digest.hexdigest()}
+    if isinstance(encoder, Network):  # its class, configuration and weights
+        from ._embed import network_digest
+
+        return {"network": type(encoder).__name__, "sha256": network_digest(encoder)}
     if isinstance(encoder, Path) or (isinstance(encoder, str) and encoder.endswith(".pt")):
         return _fingerprint(encoder)
     from ._embed import hf_folder, hf_folder_fingerprint
