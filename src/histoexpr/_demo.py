@@ -22,6 +22,7 @@ import numpy as np
 from ._core.files import (
     changed_in_folder,
     folder_listing,
+    location,
     restore_swap_of,
     written_beside,
 )
@@ -78,7 +79,7 @@ def run_demo(out: Path, *, seed: int = 0, size: str = "default", overwrite: bool
         finally:
             hx.settings.verbosity, hx.settings.progress_bar = saved
         report.write(seed=seed, size=size)
-        _write_marker(folder, report.written, listing=True)  # every file, as written
+        _write_marker(folder, report.written, listing=out)  # every file and folder, as written
         if out.exists() or out.is_symlink():
             _check_own_report(out)  # again: nothing of the user's may have arrived meanwhile
     print(f"histoexpr demo: report written to {out}", file=sys.stderr)
@@ -92,10 +93,12 @@ REPORT_MARKER = ".histoexpr-demo.json"
 def prepare_report_folder(out: Path, *, overwrite: bool) -> None:
     """Create the report folder ``out``, replacing it only if it is a report the demo wrote.
 
-    ``--overwrite`` replaces ``out`` only when it holds :data:`REPORT_MARKER` and nothing but the
-    files that marker lists, as the demo wrote them (every file of the folder, in every
-    subfolder, with its size and time); a folder or file of the user's, or one added or changed
-    inside the report since, is refused with the reason, before anything is deleted or
+    ``--overwrite`` replaces ``out`` only when it holds :data:`REPORT_MARKER`, the marker names
+    ``out`` itself (the path the demo wrote it at: a copy of a report elsewhere, or a report
+    moved, is not replaced) and the folder holds nothing but the files and folders that marker
+    lists, as the demo wrote them (every file of the folder, in every subfolder, with its size
+    and time); a folder or file of the user's, or one added or changed inside the report
+    since (an empty folder too), is refused with the reason, before anything is deleted or
     written. Nothing is deleted here: the new report replaces the old one only when it is
     complete (:func:`run_demo`).
     """
@@ -129,22 +132,34 @@ def _check_own_report(out: Path) -> None:
             "listing what the demo wrote: another folder, or a report of an earlier version); "
             "--overwrite only replaces a report folder the demo wrote, so nothing was deleted. "
             "Choose another --out, or move or delete the folder yourself.")
+    if record.get("path") != location(out):
+        raise FileExistsError(
+            f"{out} is a demo report, but the demo wrote it at {record.get('path')!r}, not "
+            "here (it is a copy of a report, or a report moved here, or one of an earlier "
+            "version); --overwrite replaces only the report it wrote at that path, so nothing "
+            "was deleted. Choose another --out, or move or delete the folder yourself.")
     foreign = changed_in_folder(out, listing, leave_out=[REPORT_MARKER])
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FileExistsError(
-            f"{out} is a demo report, but also holds {len(foreign)} file(s) the demo did not "
-            f"write or that changed since ({shown}); --overwrite would delete them, so nothing "
+            f"{out} is a demo report, but also holds {len(foreign)} file(s) or folder(s) the "
+            f"demo did not write or that changed since ({shown}); --overwrite would delete "
+            "them, so nothing "
             "was deleted. Move them out of the folder, or choose another --out.")
 
 
-def _write_marker(out: Path, files: list[str], *, listing: bool = False) -> None:
-    """The report's marker: the files the demo writes, and once done every file, as written."""
+def _write_marker(out: Path, files: list[str], *, listing: Path | None = None) -> None:
+    """The report's marker: the files the demo writes, and once done every file, as written.
+
+    ``listing``: the path the report is written for (it is written beside it, in ``out``),
+    recorded with the listing of every file and folder.
+    """
     from . import __version__
 
     record: dict[str, Any] = {"written_by": "histoexpr demo", "version": __version__,
                               "files": sorted(set(files))}
-    if listing:
+    if listing is not None:
+        record["path"] = location(listing)
         record["listing"] = folder_listing(out, leave_out=[REPORT_MARKER])
     (out / REPORT_MARKER).write_text(json.dumps(record, indent=1))
 

@@ -16,7 +16,7 @@ import histoexpr as hx
            "user had annotated the cohort's `bulk.h5ad` and saved it (or copied it into "
            "another cohort's folder): its mark travelled with it, so it was replaced",
            says="FileExistsError: .../bulk.h5ad is a file that hx.datasets."
-           "synthetic_slide_cohort did not write (it does not carry its mark)",
+           "synthetic_slide_cohort wrote, but it changed since histoexpr wrote it",
            fix="choose another folder, or move the file away yourself")
 def test_a_bulk_table_saved_again_by_the_user_is_not_replaced(tmp_path):
     folder = tmp_path / "cohort"

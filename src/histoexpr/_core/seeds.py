@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import numbers
 import random
 
 import numpy as np
 
 from .._settings import settings
 
+#: the largest seed every generator takes (torch's; numpy's and python's take any)
+MAX_SEED = 2**64 - 1
+
 
 def resolve_seed(seed: int | None) -> int:
-    """``seed`` itself, or ``settings.seed`` when it is ``None``."""
-    return settings.seed if seed is None else int(seed)
+    """``seed`` itself, or ``settings.seed`` when it is ``None``.
+
+    A seed is an integer in ``[0, 2**64 - 1]``: a float (even a whole one, which a seed such
+    as ``1.5`` would be silently truncated from), a string, a boolean or a negative number is
+    a ``TypeError`` or ``ValueError`` naming ``seed``, raised before anything is made or
+    written.
+    """
+    if seed is None:
+        return settings.seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer (or None for hx.settings.seed), got {seed!r} "
+                        f"({type(seed).__name__}); pass e.g. seed=0.")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (or None for "
+                         f"hx.settings.seed), got {seed!r}; pass e.g. seed=0.")
+    return int(seed)
 
 
 def seed_everything(seed: int | None) -> np.random.Generator:

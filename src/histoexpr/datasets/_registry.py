@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,42 +149,49 @@ def _sha256(path: Path, plain: bool) -> str:
 
 
 def _download(entry: DataFile, path: Path, where: str) -> None:
-    """Download ``entry`` to ``path``: into a temporary file beside it, checked, then moved."""
+    """Download ``entry`` to ``path``: into a temporary file beside it, checked, then moved.
+
+    The temporary file names this machine and process
+    (:func:`~histoexpr._core.files.partial_path`); what a killed download left there is removed
+    by the next one (:func:`~histoexpr._core.files.written_beside`). Something other than a
+    file at ``path`` (a folder, a link) is never replaced.
+    """
     import gzip
     import urllib.error
     import urllib.request
 
+    from .._core.files import written_beside
+
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(
+            f"The data file {entry.name} should be at {path}, but something that is not a "
+            f"file is there (a folder or a link); it is left alone. Move it away, or {where}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as error:
         raise FileNotFoundError(
             f"The data file {entry.name} is missing and cannot be downloaded "
             f"into {path.parent} ({error}). {where}"
         ) from error
-    os.close(handle)
-    partial = Path(partial)
     logger.info("Downloading %s from %s", entry.name, entry.url)
     try:
-        with urllib.request.urlopen(entry.url, timeout=60) as response:  # noqa: S310
-            if entry.gzip:
-                with gzip.open(partial, "wb") as out:
-                    shutil.copyfileobj(response, out, _CHUNK)
-            else:
-                with open(partial, "wb") as out:
-                    shutil.copyfileobj(response, out, _CHUNK)
-        digest = _sha256(partial, entry.gzip)
-        if digest != entry.sha256:
-            raise ValueError(
-                f"The download of {entry.name} from {entry.url} has the sha256 "
-                f"{digest}, not the registered {entry.sha256}; nothing was kept. "
-                f"{where}"
-            )
-        os.replace(partial, path)
+        with written_beside(path) as partial:
+            with urllib.request.urlopen(entry.url, timeout=60) as response:  # noqa: S310
+                if entry.gzip:
+                    with gzip.open(partial, "wb") as out:
+                        shutil.copyfileobj(response, out, _CHUNK)
+                else:
+                    with open(partial, "wb") as out:
+                        shutil.copyfileobj(response, out, _CHUNK)
+            digest = _sha256(partial, entry.gzip)
+            if digest != entry.sha256:
+                raise ValueError(
+                    f"The download of {entry.name} from {entry.url} has the sha256 "
+                    f"{digest}, not the registered {entry.sha256}; nothing was kept. "
+                    f"{where}"
+                )
     except (OSError, urllib.error.URLError) as error:
         raise FileNotFoundError(
             f"The data file {entry.name} is missing and its download from "
             f"{entry.url} failed ({error}). {where}"
         ) from error
-    finally:
-        partial.unlink(missing_ok=True)

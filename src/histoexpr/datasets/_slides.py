@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from .._core.files import check_replaceable, file_facts, written_beside
+from .._core.files import (
+    Found,
+    check_replaceable,
+    content_digest,
+    file_digest,
+    seal_of,
+    written_beside,
+)
 from .._core.logs import logger
 from .._core.seeds import resolve_seed
 from .._core.validate import check_bool, check_choice, check_int
@@ -23,7 +31,7 @@ Compression = Literal["zlib", "jpeg", "none"]
 _COMPRESSIONS = get_args(Compression)
 MANIFEST = "manifest.csv"
 BULK = "bulk.h5ad"
-#: what a call wrote in its folder, each file with its size and time, written last
+#: what a call wrote in its folder, each file with its seal (digest and path), written last
 RECORD = ".synthetic_cohort.json"
 #: what the slides, the bulk table and the manifest carry to say this function wrote them
 _WRITTEN_BY = "hx.datasets.synthetic_slide_cohort"
@@ -77,12 +85,14 @@ def synthetic_slide_cohort(
         or ``"none"``.
     overwrite
         Replace the manifest, bulk table and slide files a previous call wrote in ``path``.
-        Only files this function wrote, as it wrote them, are replaced: each carries its mark
-        (the slides ``Software=histoexpr``, the bulk table its record, the manifest's digest is
-        in the bulk table) and is listed, with its size and time, in ``path``'s
-        ``.synthetic_cohort.json``, which the call writes last. Any other file of those names,
-        or one changed since (a bulk table the user annotated and saved), is refused with an
-        error, before anything is written.
+        Only files this function wrote there, as it wrote them, are replaced: the slides and
+        the bulk table carry its mark (``Software=histoexpr``, the bulk table's record) and
+        every file is listed, with the digest of its bytes and of its path, in ``path``'s
+        ``.synthetic_cohort.json``. Any other file of those names, or one changed, copied or
+        moved there since (a bulk table the user annotated and saved), is refused with an
+        error, before anything is written. The new files are all written beside the old ones
+        and renamed into place together at the end: an interrupted call leaves the old cohort
+        whole (and a later call removes what it left).
 
     Returns
     -------
@@ -115,6 +125,7 @@ def synthetic_slide_cohort(
                                         mixing)
     check_int("slides_per_patient", slides_per_patient, minimum=1)
     check_choice("compression", compression, _COMPRESSIONS)
+    value = resolve_seed(seed)
     folder = Path(path).expanduser()
     manifest = folder / MANIFEST
     if folder.exists() and not folder.is_dir():
@@ -124,8 +135,8 @@ def synthetic_slide_cohort(
     # are replaced, and only with overwrite=True (nothing is written before all are checked)
     listed = _written_record(folder / RECORD) if folder.is_dir() else {}
 
-    def as_written(mark):  # carries the mark, and is as the last call left it
-        return lambda p: mark(p) and listed.get(p.name) == file_facts(p)
+    def as_written(mark):  # carries the mark, and is as the last call left it, at this path
+        return lambda p: Found(listed.get(p.name), file_digest(p)) if mark(p) else None
 
     for slide_id in slide_ids(n_slides):
         check_replaceable(folder / f"{slide_id}.tif", overwrite=overwrite,
@@ -133,49 +144,62 @@ def synthetic_slide_cohort(
     check_replaceable(folder / BULK, overwrite=overwrite, written_by=_WRITTEN_BY,
                       ours=as_written(_our_bulk))
     check_replaceable(manifest, overwrite=overwrite, written_by=_WRITTEN_BY,
-                      ours=as_written(lambda p: _our_manifest(p, folder / BULK)))
+                      ours=as_written(lambda p: p.name in listed))  # a CSV carries no mark
     check_replaceable(folder / RECORD, overwrite=overwrite, written_by=_WRITTEN_BY,
-                      ours=lambda p: bool(_written_record(p)))
+                      ours=_record_found)
     folder.mkdir(parents=True, exist_ok=True)
-    value = resolve_seed(seed)
     files: dict[str, str] = {}
+    with contextlib.ExitStack() as new:  # every file beside its place; all swapped at the end
+        partials: dict[str, Path] = {}
 
-    def write(slide_id: str, sdata: SpatialData) -> None:
-        name = f"{slide_id}.tif"
-        image = np.asarray(sdata.images["he"]["scale0"]["image"].values
-                           if hasattr(sdata.images["he"], "children")
-                           else sdata.images["he"].values)
-        with written_beside(folder / name) as partial:  # an older file stays until replaced
-            write_pyramidal_tiff(partial, image, mpp=float(mpp), compression=compression)
-        files[slide_id] = name
+        def beside(name: str) -> Path:
+            partials[name] = new.enter_context(written_beside(folder / name))
+            return partials[name]
 
-    _, bulk = _draw_cohort(n_slides, value, width_um=width_um, height_um=height_um, mpp=mpp,
-                           max_tumour=max_tumour, tumour_threshold=tumour_threshold,
-                           mixing=mixing, transcripts=False, spots=False, sink=write)
-    ids = list(bulk.obs_names)
-    patients = [f"patient_{i // slides_per_patient:0{max(2, len(str(n_slides)))}d}"
-                for i in range(n_slides)]
-    frame = pd.DataFrame({"path": [files[i] for i in ids], "slide_id": ids,
-                          "patient": patients,
-                          "diagnosis": bulk.obs["diagnosis"].astype(str).to_numpy()})
-    text = frame.to_csv(index=False)
-    bulk.uns["synthetic"].update({"slides_per_patient": slides_per_patient, "mpp": float(mpp),
-                                  "size_um": [width_um, height_um],
-                                  "written_by": _WRITTEN_BY, "manifest_sha256": _digest(text)})
-    with written_beside(folder / BULK) as partial:
-        bulk.write_h5ad(partial)
-    with written_beside(manifest) as partial:
-        partial.write_text(text)
-    written = {name: file_facts(folder / name) for name in [*files.values(), BULK, MANIFEST]}
-    with written_beside(folder / RECORD) as partial:
-        partial.write_text(json.dumps({"written_by": _WRITTEN_BY, "files": written}, indent=1))
+        def write(slide_id: str, sdata: SpatialData) -> None:
+            name = f"{slide_id}.tif"
+            image = np.asarray(sdata.images["he"]["scale0"]["image"].values
+                               if hasattr(sdata.images["he"], "children")
+                               else sdata.images["he"].values)
+            write_pyramidal_tiff(beside(name), image, mpp=float(mpp), compression=compression)
+            files[slide_id] = name
+
+        _, bulk = _draw_cohort(n_slides, value, width_um=width_um, height_um=height_um,
+                               mpp=mpp, max_tumour=max_tumour,
+                               tumour_threshold=tumour_threshold, mixing=mixing,
+                               transcripts=False, spots=False, sink=write)
+        ids = list(bulk.obs_names)
+        patients = [f"patient_{i // slides_per_patient:0{max(2, len(str(n_slides)))}d}"
+                    for i in range(n_slides)]
+        frame = pd.DataFrame({"path": [files[i] for i in ids], "slide_id": ids,
+                              "patient": patients,
+                              "diagnosis": bulk.obs["diagnosis"].astype(str).to_numpy()})
+        text = frame.to_csv(index=False)
+        bulk.uns["synthetic"].update({"slides_per_patient": slides_per_patient,
+                                      "mpp": float(mpp), "size_um": [width_um, height_um],
+                                      "written_by": _WRITTEN_BY,
+                                      "manifest_sha256": _digest(text)})
+        bulk.write_h5ad(beside(BULK))
+        beside(MANIFEST).write_text(text)
+        written = {name: seal_of(file_digest(partial), folder / name)
+                   for name, partial in partials.items()}
+        # while the files are swapped in, the record holds each as it was and as it will be:
+        # a run killed among the renames leaves files that a later call still replaces
+        _write_record(folder, {**listed, **{name: [seal, *listed.get(name, [])]
+                                            for name, seal in written.items()}})
+    kept = {name: seals for name, seals in listed.items()
+            if name not in written and (folder / name).is_file()}
+    _write_record(folder, {**kept, **{name: [seal] for name, seal in written.items()}})
     logger.info("Wrote a synthetic cohort of %d slides (%d patients) to %s in %.1f s",
                 n_slides, len(set(patients)), folder, time.perf_counter() - start)
     return manifest
 
 
-def _written_record(path: Path) -> dict[str, list[int]]:
-    """The files the last call wrote in a folder, as it wrote them (empty: none recorded)."""
+def _written_record(path: Path) -> dict[str, list[str]]:
+    """The files the last call wrote in a folder: each name with its seals (empty: none).
+
+    A record of an earlier version (sizes and times, no digests) lists each file with none.
+    """
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -183,7 +207,25 @@ def _written_record(path: Path) -> dict[str, list[int]]:
     if not isinstance(record, dict) or record.get("written_by") != _WRITTEN_BY \
             or not isinstance(record.get("files"), dict):
         return {}
-    return {str(k): [int(x) for x in v] for k, v in record["files"].items()}
+    return {str(k): [s for s in (v if isinstance(v, list) else [v]) if isinstance(s, str)]
+            for k, v in record["files"].items()}
+
+
+def _record_found(path: Path) -> Found | None:
+    """What the folder's record says of itself: its seal, the digest of the rest."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or record.get("written_by") != _WRITTEN_BY:
+        return None
+    seal = record.pop("seal", None)
+    return Found(seal if isinstance(seal, str) else None, content_digest(record))
+
+
+def _write_record(folder: Path, files: dict[str, list[str]]) -> None:
+    """Write the folder's record (sealed) of the files the call wrote and their seals."""
+    record = {"written_by": _WRITTEN_BY, "files": files}
+    record["seal"] = seal_of(content_digest(record), folder / RECORD)
+    with written_beside(folder / RECORD) as partial:
+        partial.write_text(json.dumps(record, indent=1))
 
 
 def _digest(text: str) -> str:
@@ -203,12 +245,6 @@ def _our_slide(path: Path) -> bool:
 def _our_bulk(path: Path) -> bool:
     """Whether ``path`` is the bulk table written by :func:`synthetic_slide_cohort`."""
     return _bulk_record(path).get("written_by") == _WRITTEN_BY
-
-
-def _our_manifest(path: Path, bulk: Path) -> bool:
-    """Whether ``path`` is, byte for byte, the manifest that ``bulk``'s call wrote."""
-    recorded = _bulk_record(bulk).get("manifest_sha256") if bulk.is_file() else None
-    return recorded is not None and _digest(path.read_text()) == recorded
 
 
 def _bulk_record(path: Path) -> dict:

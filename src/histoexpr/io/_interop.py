@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._core.elements import square_shapes, tile_table
-from .._core.files import check_replaceable, written_beside
+from .._core.files import Found, check_replaceable, content_digest, seal_of, written_beside
 from .._core.logs import log_added, logger
 from .._core.records import EmbeddingRecord, TileRecord, WriterRecord
 from .._core.validate import (
@@ -172,8 +172,11 @@ def write_trident_h5(
     features_key
         Key of the features in the table's ``obsm``; may be left out where there is one.
     overwrite
-        Replace ``path`` if it is a file this function wrote (a file of any other origin is
-        never replaced). The new file is written beside it and moved into its place at the end.
+        Replace ``path`` if it is a file this function wrote there, unchanged since (its root
+        attribute ``histoexpr_seal`` records the digest of its datasets and attributes, and
+        of its path). A file of any other origin, or one the user added a dataset or an
+        attribute to, changed, copied or moved there since, is never replaced. The new file is
+        written beside it and moved into its place at the end.
 
     Returns
     -------
@@ -224,6 +227,8 @@ def write_trident_h5(
                 "target_magnification": _MAGNIFICATION_UM / float(info["mpp"]),
             }.items():
                 dataset.attrs[name] = value
+        with h5py.File(partial, "r+") as handle:  # its seal: the digest of all it holds
+            handle.attrs[_SEAL] = seal_of(_h5_digest(handle), path)
     logger.info(
         "Wrote %d tiles x %d features of %s to %s",
         len(coords),
@@ -252,7 +257,7 @@ def read_hest(
         The sample, e.g. ``"TENX95"``: the stem of its files, one plain name (a path is refused).
     mpp
         Pixel size of the image in um/px; defaults to the metadata's ``pixel_size_um_estimated``
-        (else ``pixel_size_um_embedded``).
+        (else ``pixel_size_um_embedded``; a missing or NaN value is skipped).
     image_key
         Key of the image in ``sdata.images``.
 
@@ -260,7 +265,9 @@ def read_hest(
     -------
     A SpatialData with the image ``image_key``, the circles ``"spots"`` (radius
     ``spot_diameter / 2``) and the table ``"table"`` (raw counts, the h5ad's ``obs``; centres in
-    um in ``obsm["spatial"]``), as :func:`histoexpr.io.read_visium` gives them.
+    um in ``obsm["spatial"]``), as :func:`histoexpr.io.read_visium` gives them. The h5ad's own
+    ``obs`` columns ``region`` and ``spot_id``, if any, are kept as ``region_hest`` and
+    ``spot_id_hest`` (the table's ``region`` and ``spot_id`` link it to the circles).
     """
     import anndata as ad
 
@@ -276,24 +283,19 @@ def read_hest(
     wsi_path = existing_file(root / "wsis" / f"{sample_id}.tif", "HEST image")
     meta = json.loads(meta_path.read_text())
     if mpp is None:
-        mpp = next(
-            (
-                meta[k]
-                for k in ("pixel_size_um_estimated", "pixel_size_um_embedded")
-                if meta.get(k) is not None
-            ),
-            None,
-        )
+        mpp = next((_finite(meta.get(k)) for k in ("pixel_size_um_estimated",
+                                                   "pixel_size_um_embedded")
+                    if _finite(meta.get(k)) is not None), None)
         if mpp is None:
             raise ValueError(
                 f"{meta_path.name} has no pixel_size_um_estimated or "
-                "pixel_size_um_embedded; pass mpp= (um per pixel of the image)."
+                "pixel_size_um_embedded (or only NaN); pass mpp= (um per pixel of the image)."
             )
     mpp = check_mpp(float(mpp))
-    diameter = meta.get("spot_diameter")
+    diameter = _finite(meta.get("spot_diameter"))
     if diameter is None:
         raise ValueError(
-            f"{meta_path.name} has no spot_diameter (um); HEST samples of spot "
+            f"{meta_path.name} has no spot_diameter (um; missing or NaN); HEST samples of spot "
             "technologies record it. For Xenium samples read the transcripts."
         )
     adata = ad.read_h5ad(st_path)
@@ -302,7 +304,8 @@ def read_hest(
     sdata = read_wsi(wsi_path, mpp=mpp, image_key=image_key)
     centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] * mpp
     shapes, table = spot_elements(
-        centres, adata.X, obs=adata.obs, var=adata.var, radius_um=float(diameter) / 2
+        centres, adata.X, obs=_obs_kept(adata.obs, st_path.name), var=adata.var,
+        radius_um=diameter / 2,
     )
     table.uns["hest"] = {k: v for k, v in meta.items() if isinstance(v, str | int | float)}
     sdata.shapes["spots"] = shapes
@@ -312,9 +315,35 @@ def read_hest(
     return sdata
 
 
+def _finite(value) -> float | None:
+    """``value`` as a float, or ``None`` where it is missing, not a number, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _obs_kept(obs, name: str):
+    """``obs`` with its columns ``region`` and ``spot_id`` renamed ``*_hest`` (logged).
+
+    The table's ``region`` and ``spot_id`` link each row to its circle; the h5ad's own columns
+    of those names are kept under new names rather than written over.
+    """
+    taken = [c for c in ("region", "spot_id") if c in obs.columns]
+    if not taken:
+        return obs
+    renamed = {c: f"{c}_hest" for c in taken}
+    logger.info("Renamed the obs column(s) %s of %s to %s: the table's own %s link its rows to "
+                "the circles 'spots'.", taken, name, list(renamed.values()), taken)
+    return obs.rename(columns=renamed)
+
+
 def _attrs(node) -> dict:
+    """The attributes of an HDF5 node; numbers and one-element arrays as Python scalars."""
     return {
-        key: value.item() if isinstance(value, np.generic) else value
+        key: value.item() if isinstance(value, np.generic)
+        or (isinstance(value, np.ndarray) and value.size == 1) else value
         for key, value in node.attrs.items()
     }
 
@@ -363,9 +392,40 @@ def _check_writable(path: Path, overwrite: bool) -> None:
                       ours=_ours)
 
 
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is an HDF5 file written by :func:`write_trident_h5` (its root mark)."""
+def _ours(path: Path) -> Found | None:
+    """What an HDF5 file written by :func:`write_trident_h5` says of itself (its root mark)."""
     import h5py
 
     with h5py.File(path, "r") as handle:
-        return handle.attrs.get("written_by") == WRITTEN_BY
+        if handle.attrs.get("written_by") != WRITTEN_BY:
+            return None
+        seal = handle.attrs.get(_SEAL)
+        return Found(seal if isinstance(seal, str) else None, _h5_digest(handle))
+
+
+#: the root attribute holding the seal of a file of :func:`write_trident_h5`
+_SEAL = "histoexpr_seal"
+
+
+def _h5_digest(handle) -> str:
+    """The digest of every group, dataset and attribute of an open HDF5 file, its seal aside."""
+    import h5py
+
+    def attributes(node) -> dict:
+        return {key: node.attrs[key] for key in node.attrs if not (node.name == "/"
+                                                                    and key == _SEAL)}
+
+    content = {"/": attributes(handle)}
+
+    def visit(name: str, link) -> None:
+        if not isinstance(link, h5py.HardLink):  # a link the user added is a change too
+            content[name] = {"link": repr(getattr(link, "path", None)),
+                             "file": repr(getattr(link, "filename", None))}
+            return
+        node = handle[name]
+        is_data = isinstance(node, h5py.Dataset)
+        content[name] = {"attrs": attributes(node), "kind": type(node).__name__,
+                         "data": node[()] if is_data else None}
+
+    handle.visititems_links(visit)
+    return content_digest(content)

@@ -12,11 +12,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._core.files import check_replaceable, written_beside
+from .._core.files import check_replaceable, content_digest, payload_found, seal_of, written_beside
 from .._core.logs import logger
 from .._core.records import migrate_model_metadata
 from .._core.seeds import resolve_device
-from .._core.torch_files import holds_format
 from .._core.validate import check_bool
 
 if TYPE_CHECKING:
@@ -40,10 +39,11 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
     path
         File to write, conventionally ending in ``.pt``.
     overwrite
-        Replace an existing model file written by :func:`save_model` (any other file at
-        ``path`` is never replaced: an error says so). The new file is written beside it and
-        renamed into place when complete, so a failed or interrupted write (a full disk, a
-        kill) leaves the old file intact.
+        Replace an existing model file written by :func:`save_model` at ``path`` and unchanged
+        since (each file records the digest of its contents and path); any other file, or a
+        model file edited, copied or moved there since, is never replaced: an error says so.
+        The new file is written beside it and renamed into place when complete, so a failed or
+        interrupted write (a full disk, a kill) leaves the old file intact.
 
     Returns
     -------
@@ -64,7 +64,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
             "For another torch module, save its state_dict with torch.save."
         )
     check_replaceable(path, overwrite=overwrite, written_by="hx.io.save_model",
-                      ours=lambda p: holds_format(p, FILE_FORMAT))
+                      ours=lambda p: payload_found(p, FILE_FORMAT))
     _check_plain(model.get_config(), "the network's configuration")
     _check_plain(model.metadata, "model.metadata")
     if not is_main_process():
@@ -78,6 +78,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
         "metadata": model.metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    payload["seal"] = seal_of(content_digest(payload), path)
     with written_beside(path) as temporary:
         torch.save(payload, temporary)
     logger.info("Saved %s to %s", type(model).__name__, path)

@@ -7,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .._core.files import check_replaceable, written_beside
+from .._core.files import (
+    BLANK_SEAL,
+    Found,
+    bytes_found,
+    check_replaceable,
+    seal_bytes,
+    written_beside,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,8 +34,10 @@ SHARED_PARAMETERS = {
     "ax": "Axes to draw into; a new figure when ``None``.",
     "save": ("File to save the figure to (its format from the suffix, PNG without one); its "
              "folder must exist (it is not created). A file there is replaced only if it is a "
-             "figure histoexpr saved (PNG, PDF, SVG, PS and EPS carry that mark); any other "
-             "file is refused with an error before anything is drawn."),
+             "figure histoexpr saved there (PNG, PDF, SVG, PS and EPS carry that mark and a "
+             "digest of the figure), unchanged since; any other file, or a figure edited, "
+             "copied or moved there since, is refused with an error before anything is "
+             "drawn."),
 }
 
 
@@ -60,7 +69,7 @@ def check_save(save: str | Path | None) -> None:
     """Raise a clear error, before anything is drawn, when ``save`` cannot be written.
 
     Its folder must exist, its format must be one matplotlib writes, and a file already there
-    must be a figure histoexpr saved (nothing else is ever replaced).
+    must be a figure histoexpr saved there, unchanged since (nothing else is ever replaced).
     """
     if save is None:
         return
@@ -86,17 +95,21 @@ def save_figure(figure: Figure, save: str | Path | None) -> None:
     """Save ``figure`` to ``save`` (checked by :func:`check_save`), marked as histoexpr's.
 
     Written beside the target and swapped in when complete; the mark (a metadata entry where
-    the format has one) lets a later call replace it, and nothing else.
+    the format has one) and the seal in it (the digest of the figure's bytes and of its path,
+    :func:`~histoexpr._core.files.seal_bytes`) let a later call replace it while it is as
+    saved, and nothing else.
     """
     if save is None:
         return
     check_save(save)  # again: a file of the user's may have arrived while drawing
     target, fmt = _figure_path(save), _figure_format(save)
-    metadata = {_MARK_KEYS[fmt]: FIGURE_MARK} if fmt in _MARK_KEYS else None
+    metadata = {_MARK_KEYS[fmt]: f"{FIGURE_MARK} {BLANK_SEAL}"} if fmt in _MARK_KEYS else None
     if fmt in ("ps", "eps"):
         metadata["Title"] = target.name  # else the temporary file's name
     with written_beside(target) as partial:
         figure.savefig(partial, format=fmt, dpi=150, bbox_inches="tight", metadata=metadata)
+        if metadata is not None:
+            seal_bytes(partial, target, fix=_png_crc if fmt == "png" else None)
 
 
 def _figure_format(save: str | Path) -> str:
@@ -112,16 +125,37 @@ def _figure_path(save: str | Path) -> Path:
     return path if path.suffix else path.with_name(f"{path.name}.{_figure_format(save)}")
 
 
-def _our_figure(path: Path) -> bool:
-    """Whether the file at ``path`` is a figure histoexpr saved (carries :data:`FIGURE_MARK`)."""
+def _our_figure(path: Path) -> Found | None:
+    """What a figure histoexpr saved says of itself (:class:`~histoexpr._core.files.Found`).
+
+    ``None`` where the file at ``path`` does not carry :data:`FIGURE_MARK`.
+    """
     fmt = path.suffix[1:].lower()
     if fmt == "png":
         from PIL import Image
 
         with Image.open(path) as image:
-            return getattr(image, "text", {}).get("Software") == FIGURE_MARK
-    signatures = {"pdf": f"/Creator ({FIGURE_MARK})", "svg": f"<dc:title>{FIGURE_MARK}</dc:title>",
+            software = str(getattr(image, "text", {}).get("Software", ""))
+        if software.split(" ")[0:2] != FIGURE_MARK.split(" "):
+            return None
+        return bytes_found(path, fix=_png_crc)
+    signatures = {"pdf": f"/Creator ({FIGURE_MARK}", "svg": f"<dc:title>{FIGURE_MARK}",
                   "ps": f"%%Creator: {FIGURE_MARK}", "eps": f"%%Creator: {FIGURE_MARK}"}
-    if fmt not in signatures:
-        return False
-    return signatures[fmt].encode() in path.read_bytes()
+    if fmt not in signatures or signatures[fmt].encode() not in path.read_bytes():
+        return None
+    return bytes_found(path)
+
+
+def _png_crc(data: bytearray, at: int) -> None:
+    """Mend the CRC of the PNG chunk holding offset ``at`` (its text was changed in place)."""
+    import struct
+    import zlib
+
+    start = 8  # past the signature: chunks of length, type, data, CRC
+    while start + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[start:start + 4])
+        end = start + 8 + length
+        if start + 8 <= at < end:
+            data[end:end + 4] = struct.pack(">I", zlib.crc32(data[start + 4:end]) & 0xFFFFFFFF)
+            return
+        start = end + 4

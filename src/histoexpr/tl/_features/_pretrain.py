@@ -17,10 +17,17 @@ import torch
 
 from ..._core import distributed as _distributed
 from ..._core.devices import loader_options
-from ..._core.files import check_replaceable, written_beside
+from ..._core.files import (
+    Found,
+    check_replaceable,
+    content_digest,
+    left_here,
+    payload_found,
+    seal_of,
+    written_beside,
+)
 from ..._core.logs import logged_step, logger
 from ..._core.seeds import resolve_device, resolve_seed, seed_everything
-from ..._core.torch_files import holds_format
 from ..._core.validate import check_bool
 from ..._settings import settings
 from .._sections import as_sections
@@ -148,7 +155,9 @@ def pretrain(
         which lacks that record.
     overwrite
         Start afresh even though ``checkpoint_dir`` holds a checkpoint, replacing it (only a
-        checkpoint written by :func:`pretrain`; any other file there is never replaced).
+        checkpoint written there by :func:`pretrain` and unchanged since: each records the
+        digest of its contents and path; any other file there, a link, or a checkpoint
+        changed, copied or moved there since is never replaced, nor resumed).
     device
         Torch device; ``None`` uses ``hx.settings.device``.
     seed
@@ -555,6 +564,9 @@ def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any],
 
     ``run`` (:func:`_run_record`) is what made it, checked before it is resumed.
     """
+    if not left_here(path):  # as the last epoch left it, or checked
+        check_replaceable(path, written_by="hx.tl.pretrain",
+                          ours=lambda p: payload_found(p, CHECKPOINT_FORMAT))
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT, "learner_config": learner.get_config(), "run": run,
@@ -562,6 +574,7 @@ def _save_checkpoint(path: Path, learner, optimiser, state: dict[str, Any],
         "state": state, "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+    payload["seal"] = seal_of(content_digest(payload), path)
     with written_beside(path) as partial:
         torch.save(payload, partial)
 
@@ -589,14 +602,18 @@ def _restore_or_start(path: Path | None, learner, optimiser, *, resume: bool,
                 f"{path} holds a pretraining checkpoint. Pass resume=True to continue it, "
                 "overwrite=True to start afresh, or another checkpoint_dir.")
         check_replaceable(path, written_by="hx.tl.pretrain",
-                          ours=lambda p: holds_format(p, CHECKPOINT_FORMAT))
+                          ours=lambda p: payload_found(p, CHECKPOINT_FORMAT))
         return fresh
     from ..._core.torch_files import load_weights_only
 
+    if path.is_symlink():  # resumed, it would be replaced by a file after the first epoch
+        check_replaceable(path, written_by="hx.tl.pretrain", ours=lambda p: None)
     # torch's own errors (with their advice to load with weights_only=False) never reach users
     payload = load_weights_only(path, what="pretraining checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a histoexpr pretraining checkpoint.")
+    found = Found(payload.pop("seal", None), content_digest(payload))
+    check_replaceable(path, written_by="hx.tl.pretrain", ours=lambda p: found)  # as written
     saved, wanted = payload["learner_config"], learner.get_config()
     if saved["method"] != wanted["method"]:
         raise ValueError(
