@@ -145,6 +145,7 @@ DOCTESTS_KEPT_OUT: dict[str, str] = {
     "histoexpr.tl._api.fit": "uses sections it does not make",
     "histoexpr.tl._spot._benchmark.benchmark": "uses sections it does not make",
     "histoexpr.tl._api.predict_options": "uses `hx`, which its module does not import",
+    "histoexpr.tl._api.register_model": "registers a user's package it does not make",
     "histoexpr.tl._features._embed_cohort.embed_cohort": "all lines marked +SKIP",
     "histoexpr.tl._metrics._segmentation_metrics.label_metrics": "uses a section it does not make",
     "histoexpr.tl._mil._bag_data.bag_tiles": "all lines marked +SKIP",
