@@ -55,7 +55,7 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
 
     from .. import __version__
     from .._core.distributed import is_main_process
-    from ..models import Network
+    from ..models import Network, network_class
 
     path = Path(path)
     if not isinstance(model, Network):
@@ -63,6 +63,18 @@ def save_model(model: Network, path: str | Path, *, overwrite: bool = False) -> 
             f"save_model saves histoexpr networks (histoexpr.models), got {type(model).__name__}. "
             "For another torch module, save its state_dict with torch.save."
         )
+    kind = type(model)
+    if network_class(kind.__name__) is not kind:  # load_model would not rebuild it as itself
+        other = network_class(kind.__name__)
+        clash = (f", and a file naming {kind.__name__!r} is rebuilt as {other.__module__}."
+                 f"{other.__qualname__}" if other is not None else "")
+        raise TypeError(
+            f"save_model saves networks that load_model can rebuild: histoexpr's own classes and "
+            f"those registered with hx.models.register_network. {kind.__module__}."
+            f"{kind.__qualname__} is neither{clash}. "
+            + ("Give your class another name, then register it" if other is not None else
+               "Register it") + " (hx.models.register_network(YourClass)) before saving, and "
+            "again in the Python process that loads the file. Nothing was written.")
     check_replaceable(path, overwrite=overwrite, written_by="hx.io.save_model",
                       ours=lambda p: payload_found(p, FILE_FORMAT))
     _check_plain(model.get_config(), "the network's configuration")
@@ -139,15 +151,17 @@ def load_model(path: str | Path, *, device: str | None = None,
             f"histoexpr {written_by} and retrain, or install that version to use it."
         )
     name = payload["class"]
-    if name not in models.__all__:
+    cls = models.network_class(name)
+    if cls is None:
         raise ValueError(
-            f"{path} holds a {name!r} network, which this histoexpr does not have "
-            f"(known: {', '.join(models.__all__)}). It may come from a newer or older version."
-        )
+            f"{path} holds a {name!r} network, which this histoexpr does not have (known: "
+            f"{', '.join(models._registry.network_classes())}). It may come from a newer or "
+            "older version, or be a class of your own: register it first "
+            f"(hx.models.register_network({name})), from your own code.")
     config, metadata = _resolve_recorded_paths(path, name, payload["config"],
                                                payload["metadata"], root=root)
-    _check_config_size(getattr(models, name), config, payload.get("state_dict"), path)
-    network = getattr(models, name)(**config)
+    _check_config_size(cls, config, payload.get("state_dict"), path)
+    network = _build(cls, config)
     network.load_state_dict(payload["state_dict"])
     network.metadata = migrate_model_metadata(metadata)
     return network.to(resolve_device(device)).eval()
@@ -211,6 +225,13 @@ def _check_plain(value: Any, what: str) -> None:
         )
 
 
+def _build(cls: type, config: dict) -> Network:
+    """The network ``cls`` built from its configuration (the bare base class takes it whole)."""
+    from ..models import Network
+
+    return cls(config=config) if cls is Network else cls(**config)
+
+
 def _check_config_size(cls: type, config: Any, state_dict: Any, path: Path) -> None:
     """Refuse a file whose configuration asks for other weights than it holds, before building.
 
@@ -228,7 +249,7 @@ def _check_config_size(cls: type, config: Any, state_dict: Any, path: Path) -> N
     stored = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     try:
         with torch.device("meta"):
-            skeleton = cls(**config)
+            skeleton = _build(cls, config)
         wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()
                   if isinstance(v, torch.Tensor)}
     except TypeError as error:

@@ -1,4 +1,8 @@
-"""Networks. Every class listed here can be rebuilt from a model file by its name."""
+"""Networks.
+
+Every class listed here, and every class registered with :func:`register_network`, can be
+rebuilt from a model file by its name.
+"""
 
 import lazy_loader as _lazy
 
@@ -14,5 +18,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         "_spot_regressor": ["LinearHead", "MLPHead", "SpotCNN", "EncoderHead"],
         "_patch_classifier": ["PatchClassifier", "PatchEnsemble"],
         "_cell_classifier": ["CellClassifier"],
+        "_registry": ["register_network", "network_class"],
     },
 )
