@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,9 +14,80 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 
-def stain_of(n_channels: int) -> str:
-    """The augmentation family of an image: ``"he"`` for 3 channels (RGB), else fluorescence."""
-    return "he" if n_channels == 3 else "fluorescence"
+#: the channel names of a colour (RGB) image, as histoexpr's readers give them (any case)
+RGB_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
+#: names that say nothing of a channel's stain: none, ``c0``, ``0``, ``Channel 0``, ``C:0``; and
+#: the names of a brightfield scan's planes (``Brightfield``, ``BF``, ``Transmitted light``),
+#: which say nothing of their colour either
+_UNNAMED = re.compile(r"(?:c|ch|channel)?[\s:_-]*\d+(?:[:_]\d+)*|bf|.*bright[\s_-]*field.*"
+                      r"|.*transmitted.*", re.IGNORECASE)
+
+
+def image_channels(sdata: SpatialData, image_key: str) -> list[str]:
+    """The names of an image's channels (its ``c`` coordinate), as strings."""
+    data = image_levels(sdata, image_key)[0].data
+    return [str(c) for c in data.coords["c"].values] if "c" in data.coords else []
+
+
+def channel_kind(channels: Sequence[str]) -> str | None:
+    """What an image's channel names say it is: ``"brightfield"``, ``"fluorescence"`` or ``None``.
+
+    Parameters
+    ----------
+    channels
+        The names of the image's channels, in order.
+
+    Returns
+    -------
+    ``"brightfield"`` where the names are exactly ``r, g, b`` (or ``red, green, blue``, any
+    case): the colour channels of an H&E or other stain on white; ``"fluorescence"`` where the
+    channels name stains (e.g. ``DAPI, CD3, CD8``), whatever their number; ``None`` where the
+    names say nothing (no names, numbers such as ``c0, c1``, ``0, 1``, ``Channel 0``, or a
+    brightfield scan's ``Brightfield`` planes).
+    """
+    names = [str(c).strip() for c in channels]
+    if not names or all(not name or _UNNAMED.fullmatch(name) for name in names):
+        return None
+    if tuple(name.lower() for name in names) in RGB_NAMES:
+        return "brightfield"
+    return "fluorescence"
+
+
+def is_brightfield(channels: Sequence[str] | int) -> bool:
+    """Whether an image is a brightfield (H&E) RGB image: the one rule of histoexpr's steps.
+
+    Parameters
+    ----------
+    channels
+        The names of the image's channels, or only their number.
+
+    Returns
+    -------
+    ``True`` where the names are ``r, g, b`` (:func:`channel_kind`); ``False`` where they name
+    stains: a fluorescence image of three stains (``DAPI, CD3, CD8``) is no H&E. Where the
+    names say nothing (or only a number is given), 3 channels are taken for RGB, as before
+    channels were named.
+    """
+    if isinstance(channels, int | np.integer):
+        return int(channels) == 3
+    kind = channel_kind(channels)
+    return kind == "brightfield" if kind is not None else len(channels) == 3
+
+
+def stain_of(channels: Sequence[str] | int) -> str:
+    """The augmentation family of an image: ``"he"`` for RGB, else ``"fluorescence"``.
+
+    Parameters
+    ----------
+    channels
+        The image's channel names (or their number, where no names are known): RGB as
+        :func:`is_brightfield` decides.
+
+    Returns
+    -------
+    ``"he"`` or ``"fluorescence"``.
+    """
+    return "he" if is_brightfield(channels) else "fluorescence"
 
 
 def image_coverage(sdata: SpatialData, image_key: str, centres: np.ndarray,

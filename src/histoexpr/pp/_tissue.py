@@ -14,7 +14,13 @@ from .._core.image import (
     read_region,
     unstated_pixel_size_message,
 )
-from .._core.image_facts import check_pixel_type, check_pixels, image_fingerprint
+from .._core.image_facts import (
+    channel_kind,
+    check_pixel_type,
+    check_pixels,
+    image_channels,
+    image_fingerprint,
+)
 from .._core.logs import log_added, logged_step, logger
 from .._core.ownership import check_key_writable, replace_elements, require_element
 from .._core.validate import check_bool, check_choice, check_positive
@@ -130,13 +136,15 @@ def detect_tissue(
         the image is coarser.
     kind
         ``"brightfield"`` (H&E and other stains on a white background), ``"fluorescence"``
-        (signal on a dark background) or ``"auto"``: decided from the pixels, not the number
-        of channels: brightfield where the commonest brightness (the background) is above half
-        of full scale; below, fluorescence if at least 10 % of the pixels are near black (under
-        15 % of full scale: a dark background), else brightfield (an under-exposed H&E, or one
-        filled with tissue); the decision is logged. A brightfield image in grey
-        is thresholded on its optical density alone, an RGBA one on its first 3 channels. A mask
-        covering under 1 % or over 99 % of the image gives a warning.
+        (signal on a dark background) or ``"auto"``: fluorescence where the channels are named
+        after stains (e.g. ``DAPI, CD3, CD8``, as :func:`histoexpr.io.read_wsi` names them from
+        an OME-TIFF); else (channels ``r, g, b``, or unnamed: ``c0, c1...``) decided from the
+        pixels, not the number of channels: brightfield where the commonest brightness (the
+        background) is above half of full scale; below, fluorescence if at least 10 % of the
+        pixels are near black (under 15 % of full scale: a dark background), else brightfield
+        (an under-exposed H&E, or one filled with tissue); the decision is logged. A brightfield
+        image in grey is thresholded on its optical density alone, an RGBA one on its first 3
+        channels. A mask covering under 1 % or over 99 % of the image gives a warning.
     min_area_um2
         Pieces of tissue smaller than this area (um²) are removed as debris.
     fill_holes
@@ -208,7 +216,7 @@ def detect_tissue(
     check_pixels(pixels, image_key, valid)  # NaN, negative, blank: refused, not 0 tissue
 
     if kind == "auto":
-        kind, reason = _decide_kind(pixels, valid)
+        kind, reason = _decide_kind(pixels, valid, image_channels(sdata, image_key))
         logger.info("Detecting tissue on %r (%d channel(s)) as %s: %s. Pass kind= to override.",
                     image_key, pixels.shape[0], kind, reason)
     if kind == "brightfield":
@@ -291,8 +299,13 @@ def _brightness(pixels: np.ndarray) -> np.ndarray:
     return np.clip(channels.mean(axis=0) / scale, 0, 1)
 
 
-def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
-    """Brightfield or fluorescence from the pixels: the brightness of the background.
+def _decide_kind(pixels: np.ndarray, valid: np.ndarray,
+                 channels: list[str] | None = None) -> tuple[str, str]:
+    """Brightfield or fluorescence: from the channels' names where they name stains, else pixels.
+
+    Channels named after stains (``DAPI, CD3, CD8``: :func:`histoexpr._core.image_facts.
+    channel_kind`) are fluorescence, whatever the pixels; ``r, g, b`` and unnamed channels are
+    decided from the brightness of the background.
 
     The background is the commonest brightness (the peak of the histogram): bright glass on a
     brightfield image, dark on a fluorescence one, whatever the number of channels (a DAPI scan
@@ -300,6 +313,8 @@ def _decide_kind(pixels: np.ndarray, valid: np.ndarray) -> tuple[str, str]:
     it has a dark background too (``_DARK_SHARE`` of its pixels near black); one without (an
     under-exposed H&E, or a crop filled with tissue) is brightfield.
     """
+    if channels and channel_kind(channels) == "fluorescence":
+        return "fluorescence", f"its channels are named after stains ({', '.join(channels)})"
     values = _brightness(pixels)[valid]
     counts, edges = np.histogram(values, bins=32, range=(0.0, 1.0))
     peak = int(counts.argmax())

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._core.elements import scale_to_global
 from .._core.image import check_pixel_size_stated, image_levels, read_region
+from .._core.image_facts import image_channels, is_brightfield
 from .._core.logs import log_added, logger
 from .._core.memory import check_memory
 from .._core.ownership import check_key_writable, replace_elements, require_element
@@ -84,8 +85,9 @@ def transcript_labels(
     5. **background** (label 1) everywhere else.
 
     The tissue test (``tissue``): ``"image"`` thresholds the image (Otsu's threshold on the
-    smoothed intensity of a one-channel fluorescence image, where nuclei are bright; on the colour
-    saturation of an RGB H&E image, where tissue is stained; nuclei of a label map) at half
+    smoothed intensity of a fluorescence image, where nuclei are bright: one channel, or the mean
+    of named stains such as ``DAPI, CD3, CD8``; on the optical density of an RGB H&E image, channels
+    ``r, g, b`` or 3 unnamed ones, where tissue is stained; nuclei of a label map) at half
     the grid step, and requires that at least ``min_tissue`` of the window be
     foreground; ``"transcripts"`` requires ``n_all >= min_total``. On a DAPI image, "tissue" is
     therefore "nuclei without either gene" and background "no nuclei", as in the paper.
@@ -409,7 +411,11 @@ def _window_sum(counts: np.ndarray, window: int) -> np.ndarray:
 
 
 def _foreground_fraction(sdata: SpatialData, image_key: str, grid: _Grid) -> np.ndarray:
-    """Share of each grid cell that is foreground: bright nuclei, or stain on an RGB image."""
+    """Share of each grid cell that is foreground: bright nuclei, or stain on an RGB image.
+
+    An image is RGB by its channel names (:func:`histoexpr._core.image_facts.is_brightfield`):
+    three fluorescence stains (``DAPI, CD3, CD8``) are thresholded as fluorescence.
+    """
     from scipy import ndimage
 
     from ._tissue import _otsu, _stained
@@ -419,7 +425,7 @@ def _foreground_fraction(sdata: SpatialData, image_key: str, grid: _Grid) -> np.
     valid = np.ones(pixels.shape[-2:], dtype=bool)
     if pixels.ndim == 2:  # a nuclei label map
         mask = pixels > 0
-    elif pixels.shape[0] == 3:
+    elif is_brightfield(image_channels(sdata, image_key)):
         mask = _stained(pixels, valid, grid.step / sub)
     else:
         intensity = ndimage.gaussian_filter(pixels.astype(np.float32).mean(axis=0), sigma=1.0)

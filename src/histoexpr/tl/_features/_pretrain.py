@@ -130,8 +130,10 @@ def pretrain(
     projection_dim
         Size of the projection head's output.
     augment
-        ``None`` chooses the augmentations from the image's channels (3: ``"he"``, otherwise
-        ``"fluorescence"``); a stain name; or a module from :func:`histoexpr.pp.augmentations`.
+        ``None`` chooses the augmentations from the image's channels (``r, g, b``, or 3
+        channels without names: ``"he"``; named stains such as ``DAPI, CD3, CD8``, or another
+        number: ``"fluorescence"``); a stain name; or a module from
+        :func:`histoexpr.pp.augmentations`.
     image_key
         Image to read the tiles from; defaults to the one they were cut from.
     cache
@@ -226,7 +228,7 @@ def pretrain(
     for part in (learner.encoder, getattr(learner, "key_encoder", None)):
         if part is not None:
             part.load_state_dict(start.state_dict())
-    stain = augment if isinstance(augment, str) else stain_of(len(geometry["channels"]))
+    stain = augment if isinstance(augment, str) else stain_of(geometry["channels"])
     if augment is None or isinstance(augment, str):
         views = augmentations(stain, size_px=geometry["size_px"])
     else:

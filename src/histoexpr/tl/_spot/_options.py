@@ -296,7 +296,10 @@ class _EncoderRouteOptions(_HeadRouteOptions):
         (``"handcrafted"``, ``"squidpy"``, an architecture, a model file, or a list of them
         whose features are concatenated). Prediction recomputes the same features on new tiles,
         so the encoder must have fixed weights: architecture names without weights (random)
-        are refused. The encoder's fingerprint (a digest of a model file) is recorded.
+        are refused. The encoder's fingerprint (a digest of a model file) is recorded. Not a
+        network object: save a network of your own with :func:`histoexpr.io.save_model` (its
+        class registered with :func:`histoexpr.models.register_network`) and pass the file,
+        or embed the tiles with it yourself and pass ``features_key``.
     features_key
         Key of the embeddings in the tile table's ``obsm``; defaults to ``f"X_{encoder}"``
         (names of a list joined by ``"+"``, a model file by its stem, ``:`` replaced by
@@ -305,7 +308,11 @@ class _EncoderRouteOptions(_HeadRouteOptions):
         :func:`histoexpr.tl.embed`) shows the same
         encoder, image and tiles; features an earlier fit made otherwise are remade, others
         are refused. Features without a record are your own and are used as they are
-        (prediction then needs the same kind of features under that key).
+        (prediction then needs the same kind of features under that key), and so are features
+        that :func:`histoexpr.tl.embed` made with a network object of yours
+        (``hx.tl.embed(sdata, tiles_key, encoder=net, key_added=...)``) on these tiles, when
+        ``encoder`` is left at ``"handcrafted"``: prediction then needs features of the same
+        network (the same fingerprint) under that key.
     context_um
         Head routes: neighbourhood context. Also use the mean features of the tiles whose
         centres lie within this distance (um); several distances add one mean each (rings of
@@ -322,6 +329,7 @@ class _EncoderRouteOptions(_HeadRouteOptions):
 
     def _check(self) -> None:
         super()._check()
+        object.__setattr__(self, "encoder", _checked_encoder(self.encoder))
         if self.features_key is not None:  # an obsm key: a folder name when a section is saved
             check_store_name("features_key", self.features_key,
                              what="set of features in the tile table's obsm")
@@ -330,6 +338,44 @@ class _EncoderRouteOptions(_HeadRouteOptions):
     def network_encoder(self) -> bool:
         """Whether the encoder is a CNN trained inside ``fit`` (``"ssl"``, ``"random_cnn"``)."""
         return isinstance(self.encoder, str) and self.encoder in ("ssl", "random_cnn")
+
+
+def _checked_encoder(encoder: Any) -> str | tuple[str, ...]:
+    """The head routes' ``encoder``: a name or file, or a list of them (paths as strings).
+
+    Anything else is refused before any work; a network object with how to use an encoder of
+    one's own (the model must make the same features again on new slides, from a name or file).
+    """
+    import os
+
+    many = isinstance(encoder, list | tuple)
+    given = list(encoder) if many else [encoder]
+    for one in given:
+        if isinstance(one, str) and one or isinstance(one, os.PathLike):
+            continue
+        if isinstance(one, str):
+            raise ValueError("encoder='' names no encoder; pass a name or a model file, e.g. "
+                             "encoder='handcrafted'.")
+        if hasattr(one, "forward") and hasattr(one, "parameters"):  # a torch network
+            name = type(one).__name__
+            raise TypeError(
+                f"encoder= of the spot regressor takes an encoder's name or model file (or a "
+                f"list of them), not a network object ({name}): prediction makes the same "
+                f"features again on new slides, from a name or a file. To use a network of "
+                f"your own, save it with hx.io.save_model(net, 'my_encoder.pt') (its class "
+                f"registered with hx.models.register_network({name})) and pass "
+                f"encoder='my_encoder.pt'; or embed each section's tiles yourself, "
+                f"hx.tl.embed(sdata, tiles_key, encoder=net, key_added='X_mine'), and pass "
+                f"features_key='X_mine' (prediction then needs the same features under that "
+                f"key: embed the new slide's tiles alike and pass tiles_key=).")
+        raise TypeError(f"encoder= takes an encoder's name ('handcrafted', 'squidpy', ...), a "
+                        f"model file (.pt) or a list of them, got {one!r} "
+                        f"({type(one).__name__}).")
+    if not given:
+        raise ValueError("encoder=[] names no encoder; pass a name or a model file (or a list "
+                         "of them), e.g. encoder='handcrafted'.")
+    checked = [os.fspath(one) if isinstance(one, os.PathLike) else one for one in given]
+    return type(encoder)(checked) if many else checked[0]
 
 
 def _check_validation_split(options: TrainingOptions) -> None:

@@ -11,7 +11,7 @@ from ..._core.image_facts import pixels_changed
 from ..._core.logs import logger
 from ..._core.records import EmbeddingRecord, TileRecord, made_within
 from .._features._embed import encoder_fingerprint
-from ._spot_inputs import WITHIN, _encoder_name
+from ._spot_inputs import WITHIN, _encoder_name, missing_features_message, own_network_features
 
 if TYPE_CHECKING:
 
@@ -28,7 +28,9 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
 
     Features under ``features_key`` are reused only when their record matches the encoder and
     the tiles (or ``expected``, the record of a model's training features); features this
-    regressor made otherwise are remade, any others refused. Tiles wholly off the image have NaN
+    regressor made otherwise are remade, any others refused, but those :func:`histoexpr.tl.embed`
+    made with a network object of the user's (see :func:`own_network_features`), which are the
+    user's own as features without a record are. Tiles wholly off the image have NaN
     features and take no part in context means or scaling.
     """
     from .._features._embed import embed
@@ -43,8 +45,9 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
         size_px=tiles.size_px,
         transform=None if transform is None else getattr(transform, "spec",
                                                          type(transform).__name__),
-        fingerprint=(expected.get("fingerprint") if expected is not None and not own
-                     else encoder_fingerprint(encoder)))
+        fingerprint=(expected.get("fingerprint") if expected is not None
+                     and (not own or "fingerprint" in expected) else encoder_fingerprint(encoder)))
+    user = None  # the record of the user's own features (of a network of theirs), if so
     compute = features_key not in table.obsm
     if not compute:
         record = table.uns.get("embeddings", {}).get(features_key)
@@ -62,20 +65,25 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
             # edited since) are not reused
             if pixels_changed(sdata, record):
                 differences = [*differences, f"the pixels of the image {image_key!r} changed"]
+            if (differences and found.within != WITHIN and expected is None
+                    and own_network_features(found, differences, encoder=encoder,
+                                             features_key=features_key, table_key=table_key)):
+                differences, user = [], found
             if differences and found.within != WITHIN:
+                by = (f" They were made by encoder {found.encoder!r}: to use them, pass the "
+                      "encoder they were made with as encoder=." if expected is None and any(
+                          d.startswith(("encoder:", "fingerprint:")) for d in differences)
+                      else "")
                 raise ValueError(
                     f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] was made otherwise "
                     f"({'; '.join(differences)}), so it is not reused. Pass another features_key "
-                    "(or another tiles_key) to compute matching features.")
+                    f"(or another tiles_key) to compute matching features.{by}")
             if differences:
                 logger.info("Remaking obsm[%r] of %r, made by an earlier spot regressor "
                             "otherwise (%s).", features_key, table_key, "; ".join(differences))
                 compute = True
     elif own:
-        raise ValueError(
-            f"The model was trained on features of your own under obsm[{features_key!r}], which "
-            f"sdata.tables[{table_key!r}] lacks; put the same kind of features there (one row "
-            "per tile, made the same way), then predict.")
+        raise ValueError(missing_features_message(expected, features_key, table_key))
     if compute:
         with made_within(WITHIN):
             embed(sdata, tiles_key, encoder=encoder, image_key=image_key, key_added=features_key,
@@ -84,6 +92,12 @@ def section_features(sdata: SpatialData, tiles_key: str, *, encoder: str | Seque
     features = np.asarray(table.obsm[features_key], dtype=np.float32)
     if stored is None:
         made = {"source": "user", "n_features": int(features.shape[1])}
+    elif user is not None:  # of a network of the user's: its record, kept for predict
+        record = EmbeddingRecord.from_uns(stored)
+        made = {"source": "user", "encoder": str(record.encoder),
+                "fingerprint": str(record.fingerprint), "image_key": str(record.image_key),
+                "mpp": float(record.mpp), "size_px": int(record.size_px),
+                "n_features": int(features.shape[1])}
     else:
         record = EmbeddingRecord.from_uns(stored)
         made = {"encoder": str(record.encoder),

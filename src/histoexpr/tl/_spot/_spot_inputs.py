@@ -68,6 +68,57 @@ def _encoder_name(encoder: Any) -> str:
     return spec
 
 
+def is_network_fingerprint(fingerprint: Any) -> bool:
+    """Whether an encoder fingerprint is a network object's (``"<class>:weights:<digest>"``).
+
+    Features of a network given to :func:`histoexpr.tl.embed` as an object: no name or file
+    makes them again, so the spot regressor takes them as the user's own.
+    """
+    return isinstance(fingerprint, str) and ":weights:" in fingerprint
+
+
+def own_network_features(found, differences: list[str], *, encoder: Any, features_key: str,
+                         table_key: str) -> bool:
+    """Whether a fit takes the features under ``features_key`` as the user's own, as they are.
+
+    ``found`` (an :class:`~histoexpr._core.records.EmbeddingRecord` made outside the spot
+    regressor) differs from the features asked for in ``differences``. They are taken when
+    :func:`histoexpr.tl.embed` made them with a network object (no name or file makes them
+    again) on these tiles (they differ in nothing but the encoder) and ``encoder`` is left at
+    ``"handcrafted"``; another ``encoder`` asked for other features, and is refused here.
+    """
+    if not is_network_fingerprint(found.fingerprint) or any(
+            not d.startswith(("encoder:", "fingerprint:")) for d in differences):
+        return False
+    if encoder == "handcrafted":
+        logger.info("Training on obsm[%r] of %r as they are: features of your own network "
+                    "%r (fingerprint %r); prediction needs features of the same network under "
+                    "that key.", features_key, table_key, found.encoder, found.fingerprint)
+        return True
+    raise ValueError(
+        f"obsm[{features_key!r}] of sdata.tables[{table_key!r}] holds features that "
+        f"hx.tl.embed made with a network object of yours ({found.encoder!r}, fingerprint "
+        f"{found.fingerprint!r}), not with encoder={encoder!r}, so they are not used. To train "
+        "on them as they are, leave encoder at its default ('handcrafted'); to train on "
+        f"features of {encoder!r}, pass another features_key.")
+
+
+def missing_features_message(expected: Mapping[str, Any], features_key: str,
+                             table_key: str) -> str:
+    """What predict says when a model trained on the user's own features finds none."""
+    if not is_network_fingerprint(expected.get("fingerprint")):
+        return (f"The model was trained on features of your own under obsm[{features_key!r}], "
+                f"which sdata.tables[{table_key!r}] lacks; put the same kind of features there "
+                "(one row per tile, made the same way), then predict.")
+    tiles_key = table_key.removesuffix("_table")
+    return (f"The model was trained on features of your own network {expected.get('encoder')!r} "
+            f"(fingerprint {expected['fingerprint']!r}) under obsm[{features_key!r}], which "
+            f"sdata.tables[{table_key!r}] lacks: histoexpr cannot make them itself. Embed the "
+            f"tiles with the same network, hx.tl.embed(sdata, {tiles_key!r}, encoder=net, "
+            f"key_added={features_key!r}) (tiles of {expected.get('size_px')} px at "
+            f"{expected.get('mpp')} um/px), then predict with tiles_key={tiles_key!r}.")
+
+
 def _require_spot_inputs(sdata, name: str, image_key: str, spots_key: str, table_key: str):
     options = {"images": "image_key", "shapes": "spots_key", "tables": "table_key"}
     for key, kind in ((image_key, "images"), (spots_key, "shapes"), (table_key, "tables")):

@@ -388,8 +388,8 @@ def _check_channels(sdata, image_key: str, model) -> None:
 def _check_encoder_unchanged(metadata: Mapping[str, Any]) -> None:
     """Refuse when the encoder's weights (a model file) differ from those used in training."""
     record = metadata.get("features") or {}
-    if "fingerprint" not in record:
-        return
+    if "fingerprint" not in record or record.get("source") == "user":
+        return  # the user's own features: their record is compared with the training one
     now = encoder_fingerprint(metadata["encoder"])
     if now != record["fingerprint"]:
         raise ValueError(

@@ -282,6 +282,8 @@ def _fit_head(prepared, options: _EncoderRouteOptions,
                          f"differently ({records}); give every section the same kind of "
                          "features, or pass another features_key to compute them anew.")
     targets = [p.targets for p in prepared]
+    if "fingerprint" in records[0] and records[0].get("source") == "user":
+        encoder = records[0]["encoder"]  # a network of the user's made them (as recorded)
     metadata.update({"encoder": encoder, "features_key": features_key,
                      "features": records[0], "context_um": _radii(options.context_um),
                      "standardise_sections": options.standardise_sections})
