@@ -23,7 +23,13 @@ import pytest
 import tifffile
 from _catalogue import bad_input
 from test_interop import _hest_sample
-from test_platform_readers import _listing, write_cosmx, write_merscope, write_xenium
+from test_platform_readers import (
+    XENIUM_STAINS,
+    _listing,
+    write_cosmx,
+    write_merscope,
+    write_xenium,
+)
 
 import histoexpr as hx
 
@@ -173,6 +179,102 @@ def test_read_merscope_drops_blank_barcodes(tmp_path, caplog):
                                                                   "Blank-1"]
 
 
+def _merscope_as_saved_elsewhere(folder) -> None:
+    """The transform saved with commas (a spreadsheet) and the transcripts gzipped (GEO)."""
+    transform = folder / "images" / "micron_to_mosaic_pixel_transform.csv"
+    np.savetxt(transform, np.loadtxt(transform), delimiter=",")
+    plain = folder / "detected_transcripts.csv"
+    with open(plain, "rb") as source, gzip.open(f"{plain}.gz", "wb") as target:
+        shutil.copyfileobj(source, target)
+    plain.unlink()
+
+
+@bad_input("obscure error", "`hx.io.read_merscope` of a region whose "
+           "`micron_to_mosaic_pixel_transform.csv` is separated by commas (saved from a "
+           "spreadsheet) or whose transcripts are gzipped (`detected_transcripts.csv.gz`)",
+           says="reads them (before: ValueError: is not a 3x3 table of numbers; "
+                "FileNotFoundError: has no 'detected_transcripts.csv')",
+           fix="nothing: both are read as they come")
+def test_read_merscope_comma_transform_and_gzipped_transcripts(tmp_path):
+    write_merscope(tmp_path / "plain" / "region_0")
+    shutil.copytree(tmp_path / "plain", tmp_path / "saved")
+    _merscope_as_saved_elsewhere(tmp_path / "saved" / "region_0")
+    before = _listing(tmp_path / "saved")
+    plain = hx.io.read_merscope(tmp_path / "plain" / "region_0")
+    saved = hx.io.read_merscope(tmp_path / "saved" / "region_0")
+
+    assert _listing(tmp_path / "saved") == before  # nothing written into the output
+    for key in ("dapi", "stains"):
+        assert hx.io.image_levels(saved, key)[0].offset == pytest.approx((100.0, 200.0))
+        assert hx.io.get_pixel_size(saved, key) == pytest.approx(0.5)
+        np.testing.assert_array_equal(saved.images[key]["scale0"]["image"].values,
+                                      plain.images[key]["scale0"]["image"].values)
+    points = saved.points["transcripts"].compute()
+    expected = plain.points["transcripts"].compute()
+    np.testing.assert_allclose(points[["x", "y"]], expected[["x", "y"]])
+    assert list(points["gene"]) == list(expected["gene"]) == ["Gfap", "Slc17a7", "Gfap"]
+    assert list(saved.shapes) == ["saved_region_0_polygons"]  # spatialdata-io's names kept
+    (shapes,) = saved.shapes.values()
+    (expected_shapes,) = plain.shapes.values()
+    np.testing.assert_allclose(shapes.centroid.x, expected_shapes.centroid.x)
+    np.testing.assert_allclose(shapes.centroid.y, expected_shapes.centroid.y)
+    assert saved.tables["table"].n_obs == 2
+
+
+@bad_input("obscure error", "`hx.io.read_merscope(path)` of an output that kept only some z "
+           "planes (e.g. only `mosaic_*_z0.tif`), without `z_layer=`",
+           says="log: `Reading the mosaics of z plane 0 (the middle one of the planes [0])` "
+                "(before: FileNotFoundError: no mosaic image of z_layer=3)",
+           fix="nothing; z_layer= reads another plane (one the folder lacks is refused, naming "
+               "the planes it has)")
+def test_read_merscope_reads_the_middle_plane_it_has(tmp_path, caplog):
+    folder = tmp_path / "region_0"
+    write_merscope(folder)
+    for z in (1, 5):  # planes z1, z3, z5, each its own DAPI value
+        for stain in ("DAPI", "PolyT"):
+            shutil.copy(folder / "images" / f"mosaic_{stain}_z3.tif",
+                        folder / "images" / f"mosaic_{stain}_z{z}.tif")
+        tifffile.imwrite(folder / "images" / f"mosaic_DAPI_z{z}.tif",
+                         np.full((48, 64), 10 * z, np.uint16))
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        sdata = hx.io.read_merscope(folder, cells=False, transcripts=False)
+    assert "z plane 3 (the middle one of the planes [1, 3, 5])" in caplog.text
+    assert sdata.images["dapi"]["scale0"]["image"].values.max() == 1000  # z3's square
+    first = hx.io.read_merscope(folder, cells=False, transcripts=False, z_layer=1)
+    assert np.unique(first.images["dapi"]["scale0"]["image"].values).tolist() == [10]
+    with pytest.raises(FileNotFoundError, match=r"z_layer=2.*z plane\(s\) \[1, 3, 5\]"):
+        hx.io.read_merscope(folder, cells=False, transcripts=False, z_layer=2)
+    for path in (folder / "images").glob("mosaic_*_z[35].tif"):
+        path.unlink()
+    only = hx.io.read_merscope(folder, cells=False, transcripts=False)
+    assert np.unique(only.images["dapi"]["scale0"]["image"].values).tolist() == [10]
+
+
+@bad_input("silently wrong", "`hx.io.read_merscope` of cell polygons that are invalid (a ring "
+           "that crosses itself), which spatialdata-io leaves out",
+           says="log (warning): `1 of the 2 cell polygons of cell_boundaries.parquet were left "
+                "out by spatialdata-io as invalid ... cells 2` (before: left out without a word)",
+           fix="repair the file's polygons (shapely.make_valid) to keep them")
+def test_read_merscope_counts_the_polygons_left_out(tmp_path, caplog):
+    from shapely import MultiPolygon, Polygon
+    from test_platform_readers import _write_boundaries
+
+    folder = tmp_path / "region_0"
+    _, um = write_merscope(folder)
+    (x0, y0), (x1, y1) = um[:2]
+    square = Polygon([(x0 - 2, y0 - 2), (x0 + 2, y0 - 2), (x0 + 2, y0 + 2), (x0 - 2, y0 + 2)])
+    bowtie = Polygon([(x1 - 2, y1 - 2), (x1 + 2, y1 + 2), (x1 + 2, y1 - 2), (x1 - 2, y1 + 2)])
+    assert not bowtie.is_valid
+    _write_boundaries(folder / "cell_boundaries.parquet", [1, 2],
+                      [MultiPolygon([square]), MultiPolygon([bowtie])])
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        sdata = hx.io.read_merscope(folder)
+    (shapes,) = sdata.shapes.values()
+    assert list(shapes.index) == ["1"] and sdata.tables["table"].n_obs == 2
+    assert ("1 of the 2 cell polygons of cell_boundaries.parquet were left out by spatialdata-io "
+            "as invalid (a ring that crosses itself): cells 2.") in caplog.text
+
+
 @bad_input("obscure error", "`hx.io.read_xenium` of a Xenium GEO bundle whose transcripts are "
            "only `transcripts.csv.gz`",
            says="FileNotFoundError: `... holds transcripts.csv.gz but no 'transcripts.parquet' "
@@ -191,6 +293,59 @@ def test_read_xenium_geo_bundle_names_read_transcripts(tmp_path):
     sdata = hx.io.read_transcripts(tmp_path / "outs" / "transcripts.csv.gz", x="x_location",
                                    y="y_location", gene="feature_name")
     assert list(sdata.points["transcripts"].compute()["gene"]) == ["Gfap", "Slc17a7", "Gfap"]
+
+
+def _focus_files_apart(folder, *, named: bool, pyramid: bool, shapes=None) -> None:
+    """Rewrite XOA 2's morphology_focus/ as files that each describe their own channel only."""
+    focus = folder / "morphology_focus"
+    with tifffile.TiffFile(focus / "morphology_focus_0000.ome.tif") as tif:
+        stains = tif.series[0].asarray()
+    for i, plane in enumerate(stains):
+        if shapes is not None:
+            plane = np.resize(plane, shapes[i])
+        metadata = {"axes": "YX", "PhysicalSizeX": 0.2125, "PhysicalSizeY": 0.2125}
+        if named:
+            metadata["Channel"] = {"Name": XENIUM_STAINS[i]}
+        with tifffile.TiffWriter(focus / f"morphology_focus_{i:04}.ome.tif", ome=True) as tif:
+            tif.write(plane, metadata=metadata, subifds=1 if pyramid else 0)
+            if pyramid:
+                tif.write(plane[::2, ::2], subfiletype=1)
+
+
+@bad_input("obscure error", "`hx.io.read_xenium` of an XOA 2 `morphology_focus/` folder whose 4 "
+           "files (`morphology_focus_0000.ome.tif` to `_0003`) each describe only their own "
+           "channel (rewritten or converted one by one, not XOA's multi-file OME-TIFF)",
+           says="reads them as the 4 channels of one image, named from each file's OME-XML (else "
+                "as 10x names the stains), DAPI apart (before: ValueError: The number of channel "
+                "names `4` does not match the length of dimension 'c' with length 1)",
+           fix="nothing (files of different shapes: ValueError naming each file's shape)")
+@pytest.mark.parametrize(("named", "pyramid"), [(True, False), (False, True)])
+def test_read_xenium_xoa2_focus_files_one_channel_each(tmp_path, caplog, named, pyramid):
+    from test_platform_readers import _channels, _value_at
+
+    pixels = write_xenium(tmp_path / "outs", mpp=0.2125, version="2.0.0")
+    _focus_files_apart(tmp_path / "outs", named=named, pyramid=pyramid)
+    with caplog.at_level(logging.INFO, logger="histoexpr"):
+        sdata = hx.io.read_xenium(tmp_path / "outs", cells=False)
+    assert "Read the 4 channels of the morphology focus image from their own files" in caplog.text
+    assert _channels(sdata, "dapi") == ["DAPI"]
+    assert _channels(sdata, "stains") == XENIUM_STAINS[1:]
+    x, y = pixels[0] * 0.2125
+    assert _value_at(sdata, "dapi", x, y).max() == 800
+    assert list(_value_at(sdata, "stains", x, y)[:, 0, 0]) == [407, 3, 5]
+    assert hx.io.get_pixel_size(sdata, "stains") == pytest.approx(0.2125)
+    assert len(hx.io.image_levels(sdata, "dapi")) == (2 if pyramid else 1)
+    coarse = hx.io.read_region(sdata, "dapi", (0, 0, 56 * 0.2125, 40 * 0.2125), mpp=0.425)
+    assert coarse.shape == (1, 20, 28) and coarse.max() == 800
+
+
+def test_read_xenium_focus_files_of_different_shapes_are_named(tmp_path):
+    write_xenium(tmp_path / "outs", version="2.0.0")
+    _focus_files_apart(tmp_path / "outs", named=True, pyramid=False,
+                       shapes=[(40, 56), (40, 56), (40, 56), (20, 56)])
+    with pytest.raises(ValueError, match=r"differ in shape.*morphology_focus_0003\.ome\.tif: "
+                       r"\(1, 20, 56\).*image=False"):
+        hx.io.read_xenium(tmp_path / "outs", cells=False)
 
 
 # ----------------------------------------------------------------------------- slides

@@ -1,5 +1,10 @@
 """The images of the imaging platforms: the nuclear stain apart, and Xenium's aligned H&E.
 
+- :func:`focus_files_apart` and :func:`read_focus_files` read Xenium's ``morphology_focus/``
+  (XOA 2 and 3: one file per channel) where spatialdata-io cannot: files that each hold their own
+  channel only, not one multi-file OME-TIFF described by the first file.
+- :func:`mosaic_layer` and :func:`read_mosaics` read MERSCOPE's mosaics of one z plane
+  (``images/mosaic_<stain>_z<z>.tif``) tile by tile, as one image of one channel per stain.
 - :func:`split_stains` stores the nuclear stain (DAPI) alone under the image key, so that the
   steps that expect one nuclear channel (the tissue test of
   :func:`histoexpr.pp.transcript_labels`, tiling, the fluorescence augmentations) see one
@@ -29,6 +34,10 @@ if TYPE_CHECKING:
 #: the names 10x gives the post-Xenium H&E image and its alignment (spatialdata-io's rule)
 HE_SUFFIX = "he_image.ome.tif"
 ALIGNMENT_SUFFIX = "alignment.csv"
+#: XOA 2 and 3's morphology focus files, one channel each, and the stains of the 4 channels of
+#: the multimodal cell segmentation kit, in the files' order (10x's and spatialdata-io's names)
+FOCUS_DIR, FOCUS_FILE = "morphology_focus", "morphology_focus_{:04}.ome.tif"
+FOCUS_CHANNELS = ("DAPI", "ATP1A1/CD45/E-Cadherin", "18S", "AlphaSMA/Vimentin")
 
 
 def _channels(image) -> list[str]:
@@ -74,6 +83,136 @@ def split_stains(sdata: SpatialData, old: str, image_key: str, stains_key: str |
     sdata.images[image_key] = _select(image, nuclear[:1]) if others else image
     if others and stains_key is not None:
         sdata.images[stains_key] = _select(image, others)
+
+
+def _series_channels(path: Path) -> int:
+    """The number of channels of the first series of a TIFF file (1 for a plain 2-D image)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return int(series.shape[series.axes.index("C")]) if "C" in series.axes else 1
+
+
+def focus_files_apart(folder: Path) -> list[Path] | None:
+    """The files of ``morphology_focus/`` that histoexpr reads one by one, else ``None``.
+
+    XOA 2 and 3 write the channels (DAPI, boundary, interior RNA and protein stains) as one
+    multi-file OME-TIFF, ``morphology_focus_0000.ome.tif`` to ``_0003``, whose first file
+    describes all of them: spatialdata-io reads it through that file. Files that each describe
+    only their own channel (rewritten or converted one by one) would leave it one channel for
+    four names; they are returned here, in their order, to be read by :func:`read_focus_files`.
+    """
+    focus = folder / FOCUS_DIR
+    files = [focus / FOCUS_FILE.format(i) for i in range(100)]
+    files = files[: next((i for i, f in enumerate(files) if not f.is_file()), len(files))]
+    if len(files) < 2 or _series_channels(files[0]) == len(files):
+        return None
+    return files
+
+
+def read_focus_files(files: list[Path]):
+    """The channels of ``morphology_focus/``, one per file, as one lazy image (pixels to global).
+
+    Each file's pyramid levels are read tile by tile (as :func:`histoexpr.io.read_wsi` reads a
+    slide); a channel is named as its file's OME-XML names it, else as 10x names the kit's
+    stains (:data:`FOCUS_CHANNELS`). ``"global"`` is the image's pixels, as spatialdata-io gives
+    it (the reader then scales it to micrometres).
+    """
+    import dask.array as da
+    import tifffile
+
+    from ._elements import image_element, image_element_from_levels
+    from ._wsi import _level_array, _ome_channel_names
+
+    per_file, names = [], []
+    for i, path in enumerate(files):
+        tif = tifffile.TiffFile(path)
+        if hasattr(tif.filehandle, "set_lock"):
+            tif.filehandle.set_lock(True)  # dask reads tiles from several threads
+        # parsed while open: _level_array reads through a copy already open, if any
+        said = _ome_channel_names(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else []
+        levels = [_level_array(tif, path, k) for k in range(len(tif.series[0].levels))]
+        names.append(said[i] if len(said) == len(files) else said[0] if len(said) == 1 else "")
+        per_file.append(levels)
+    shapes = [tuple(levels[0].shape) for levels in per_file]
+    if any(shape != (1, *shapes[0][1:]) for shape in shapes):
+        listed = ", ".join(f"{p.name}: {s}" for p, s in zip(files, shapes, strict=True))
+        raise ValueError(
+            "The files of the Xenium morphology focus folder differ in shape or hold more than "
+            f"one channel each ({listed}), "
+            "so they cannot be read as the channels of one image. Copy the folder again from "
+            "the run's output, or pass image=False.")
+    if not all(names) or len(set(names)) < len(names):
+        names = [*FOCUS_CHANNELS, *(f"c{i}" for i in range(4, len(files)))][: len(files)]
+    depth = min(len(levels) for levels in per_file)
+    while depth > 1 and len({tuple(levels[depth - 1].shape) for levels in per_file}) > 1:
+        depth -= 1
+    stacked = [da.concatenate([levels[k] for levels in per_file]) for k in range(depth)]
+    logger.info("Read the %d channels of the morphology focus image from their own files (%s).",
+                len(files), ", ".join(names))
+    if depth == 1:  # no pyramid in the files: halved lazily, as spatialdata-io would
+        return image_element(stacked[0], mpp=1.0, channels=names)
+    return image_element_from_levels(stacked, mpp=1.0, channels=names)
+
+
+def mosaic_layer(images: Path, z_layer: int | None) -> tuple[int, list[str]]:
+    """The z plane of MERSCOPE mosaics to read, and its stains (sorted).
+
+    ``z_layer``, or where it is ``None`` the middle one of the planes ``images`` holds (z3 of
+    a full output's z0 to z6; z0 of an output that kept only z0). A plane the folder does not
+    have is refused, naming those it has.
+    """
+    import re
+
+    planes: dict[int, list[str]] = {}
+    for path in images.glob("mosaic_*_z*.tif"):
+        found = re.fullmatch(r"mosaic_(.+)_z(\d+)\.tif", path.name)
+        if found:
+            planes.setdefault(int(found[2]), []).append(found[1])
+    layers = sorted(planes)
+    if z_layer is None and layers:
+        z_layer = layers[(len(layers) - 1) // 2]
+        logger.info("Reading the mosaics of z plane %d (the middle one of the planes %s); pass "
+                    "z_layer= to read another.", z_layer, layers)
+    if z_layer not in planes:
+        present = sorted(p.name for p in images.glob("mosaic_*_z*.tif"))
+        asked = "" if z_layer is None else f" of z_layer={z_layer}"
+        raise FileNotFoundError(
+            f"The MERSCOPE folder {str(images.parent)!r} has no mosaic image{asked} "
+            f"(images/mosaic_<stain>_z<z>.tif; it has the z plane(s) {layers or 'none'}: "
+            f"{present or 'no mosaic'}). Pass the z_layer of an image it has, or image=False.")
+    return z_layer, sorted(planes[z_layer])
+
+
+def read_mosaics(images: Path, stains: list[str], z_layer: int):
+    """The mosaics of ``stains`` at ``z_layer`` as one lazy image, read tile by tile.
+
+    One channel per stain, named after it; ``"global"`` is the mosaic's pixels (the reader
+    then maps it to micrometres by the region's transform).
+    """
+    import dask.array as da
+    import tifffile
+
+    from ._elements import image_element
+    from ._wsi import _level_array
+
+    planes = []
+    for stain in stains:
+        path = images / f"mosaic_{stain}_z{z_layer}.tif"
+        tif = tifffile.TiffFile(path)
+        if hasattr(tif.filehandle, "set_lock"):
+            tif.filehandle.set_lock(True)  # dask reads tiles from several threads
+        _ = tif.series[0].levels  # parsed while open: a copy already open is used instead
+        planes.append(_level_array(tif, path, 0))
+    shapes = [tuple(plane.shape) for plane in planes]
+    if any(shape != (1, *shapes[0][1:]) for shape in shapes):
+        listed = ", ".join(f"{s}: {shape}" for s, shape in zip(stains, shapes, strict=True))
+        raise ValueError(
+            f"The MERSCOPE mosaics of z plane {z_layer} differ in shape or hold more than one "
+            f"channel each ({listed}). Copy them again from the MERSCOPE output, or pass "
+            "image=False.")
+    return image_element(da.concatenate(planes), mpp=1.0, channels=stains)
 
 
 def _resolve(path: str | Path, folder: Path) -> Path:

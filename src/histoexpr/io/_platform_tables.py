@@ -6,6 +6,11 @@
   (``"c_1_1_1"``), names that spatialdata refuses as case variants of one another. Such tables
   are decompressed (and their header renamed) into a temporary folder that histoexpr removes
   once they are read.
+- :func:`merscope_points` reads MERSCOPE's transcripts (``detected_transcripts.csv``, or the
+  gzipped ``.csv.gz`` that spatialdata-io does not look for), :func:`merscope_cells_folder`
+  hands spatialdata-io a region folder whose transform it can read (it reads only a
+  whitespace-separated one), and :func:`log_dropped_polygons` says how many cell polygons
+  spatialdata-io left out (it drops invalid ones without a word).
 - :func:`drop_control_points` drops the control probes and codewords (and, for Xenium, the
   transcripts below a quality value) from the points, and :func:`controls_apart` moves the
   control probes out of a cell table's ``X``, each with one log line that says how to keep them.
@@ -236,3 +241,90 @@ def _copy_table(source: Path, target: Path, renames: dict[str, str]) -> None:
             first = text.getvalue().encode("utf-8")
         out.write(first)
         shutil.copyfileobj(handle, out, 2**20)
+
+
+#: MERSCOPE's transcripts: ``detected_transcripts.csv``, or gzipped (as GEO uploads hold it)
+MERSCOPE_TRANSCRIPTS = ("detected_transcripts.csv", "detected_transcripts.csv.gz")
+#: the files of a region folder that spatialdata-io reads for the cells (whole, at once)
+_MERSCOPE_CELL_FILES = ("cell_by_gene.csv", "cell_metadata.csv", "cell_boundaries.parquet")
+
+
+def merscope_points(path: Path):
+    """The transcripts of a MERSCOPE region, lazily: points at ``global_x, global_y`` (um).
+
+    As spatialdata-io reads ``detected_transcripts.csv`` (its ``z`` is ``global_z``), and a
+    gzipped ``.csv.gz`` alike (read whole per partition: gzip cannot be split).
+    """
+    import dask.dataframe as dd
+    from spatialdata.models import PointsModel
+    from spatialdata.transformations import Identity
+
+    from .._core.elements import COORDINATE_SYSTEM
+
+    frame = dd.read_csv(path, **({"blocksize": None} if path.suffix == ".gz" else {}))
+    missing = [c for c in ("global_x", "global_y", "gene") if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"The MERSCOPE transcripts {str(path)!r} have no column {', '.join(missing)} (it "
+            f"has {list(frame.columns)[:12]}). Copy the file again from the MERSCOPE output, or "
+            "pass transcripts=False.")
+    coordinates = {"x": "global_x", "y": "global_y"}
+    if "global_z" in frame.columns:
+        coordinates["z"] = "global_z"
+    return PointsModel.parse(frame, coordinates=coordinates, feature_key="gene",
+                             transformations={COORDINATE_SYSTEM: Identity()})
+
+
+@contextlib.contextmanager
+def merscope_cells_folder(folder: Path, transform: Path, matrix) -> Iterator[Path]:
+    """The region folder to give :func:`spatialdata_io.merscope` for the cells.
+
+    ``folder`` itself where its ``transform`` is separated by whitespace (as Vizgen writes it:
+    spatialdata-io reads no other). Otherwise a temporary stand-in of the same name holding
+    ``matrix`` written with spaces and the cell files (linked, else copied), which
+    spatialdata-io reads whole at once; it is removed on leaving.
+    """
+    import re
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    if not re.search(r"[,;]", transform.read_text(errors="replace")):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="histoexpr-merscope-") as temporary:
+        stand_in = Path(temporary) / folder.name
+        (stand_in / "images").mkdir(parents=True)
+        np.savetxt(stand_in / "images" / transform.name, matrix, fmt="%.17g")
+        for name in _MERSCOPE_CELL_FILES:
+            if (folder / name).exists():
+                try:
+                    (stand_in / name).symlink_to((folder / name).resolve())
+                except OSError:
+                    shutil.copyfile(folder / name, stand_in / name)
+        yield stand_in
+
+
+def log_dropped_polygons(shapes, boundaries: Path) -> None:
+    """Warn of the cells of ``boundaries`` (z plane 0) that have no polygon among ``shapes``.
+
+    spatialdata-io leaves out the invalid polygons (a ring that crosses itself) without a word:
+    their cells stay in the table, without a shape. Only two columns of the file are read.
+    """
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(boundaries, columns=["EntityID", "ZIndex"])
+    except (OSError, ValueError, KeyError) as error:  # another layout: nothing to compare
+        logger.debug("Cell polygons of %s not counted (%s).", boundaries.name, error)
+        return
+    cells = frame.loc[frame["ZIndex"] == 0, "EntityID"].astype(str).unique()
+    missing = sorted(set(cells) - set(shapes.index.astype(str)))
+    if missing:
+        logger.warning(
+            "%d of the %d cell polygons of %s were left out by spatialdata-io as invalid (a "
+            "ring that crosses itself): cells %s. Their cells stay in the table, without a "
+            "polygon; to keep them, repair the file's polygons (shapely.make_valid) and store "
+            "them in sdata.shapes.", len(missing), len(cells), boundaries.name,
+            ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))

@@ -37,14 +37,26 @@ from .._core.validate import (
     check_store_name,
 )
 from ._elements import check_mpp
-from ._platform_images import he_files, read_he, split_stains
+from ._platform_images import (
+    focus_files_apart,
+    he_files,
+    mosaic_layer,
+    read_focus_files,
+    read_he,
+    read_mosaics,
+    split_stains,
+)
 from ._platform_tables import (
     COSMX_TABLES,
+    MERSCOPE_TRANSCRIPTS,
     controls_apart,
     cosmx_ids,
     cosmx_table,
     cosmx_tables,
     drop_control_points,
+    log_dropped_polygons,
+    merscope_cells_folder,
+    merscope_points,
 )
 
 if TYPE_CHECKING:
@@ -318,11 +330,17 @@ def read_xenium(
     mpp = _xenium_pixel_size(folder / "experiment.xenium")
     he = he_files(folder, he_image, he_alignment)
     he_element = read_he(*he, mpp) if he is not None else None
+    # one file per channel, each describing only its own: read here (spatialdata-io reads the
+    # multi-file OME-TIFF XOA writes through its first file)
+    focus_files = focus_files_apart(folder) if image else None
+    focus = read_focus_files(focus_files) if focus_files else None
     sdata = xenium(
         folder, cells_boundaries=cells, nucleus_boundaries=cells, cells_labels=cells,
         nucleus_labels=cells, cells_table=cells, transcripts=transcripts, morphology_mip=False,
-        morphology_focus=image, aligned_images=False,
+        morphology_focus=image and focus is None, aligned_images=False,
     )
+    if focus is not None:
+        sdata.images["morphology_focus"] = focus
     _to_micrometres(sdata, np.diag([mpp, mpp, 1.0]))
     _rename_points(sdata, "transcripts", "feature_name")
     drop_control_points(sdata, "Xenium", keep_controls=keep_controls, min_qv=min_qv)
@@ -362,7 +380,7 @@ def _xenium_pixel_size(specs_path: Path) -> float:
 def read_merscope(
     path: str | Path,
     *,
-    z_layer: int = 3,
+    z_layer: int | None = None,
     vpt_outputs: str | Path | None = None,
     cells: bool = True,
     transcripts: bool = True,
@@ -372,25 +390,34 @@ def read_merscope(
     nuclear_stain: str = "DAPI",
     keep_controls: bool = False,
 ) -> SpatialData:
-    """Read a Vizgen MERSCOPE region folder through spatialdata-io.
+    """Read a Vizgen MERSCOPE region folder (the cells through spatialdata-io).
 
-    :func:`spatialdata_io.merscope` reads the files; histoexpr then puts ``"global"`` in
-    micrometres using ``images/micron_to_mosaic_pixel_transform.csv`` (its inverse maps mosaic
-    pixels to um, so the mosaic gets ``Scale(mpp)`` and a translation to the mosaic's corner,
-    and the transcripts and cell polygons keep their ``global_x``/``global_y`` in um), stores the
-    transcripts as ``sdata.points["transcripts"]``, the DAPI mosaic of ``z_layer``
-    (``mosaic_DAPI_z<z>.tif``) alone as ``sdata.images[image_key]`` and the other stains'
-    mosaics (``mosaic_<stain>_z<z>.tif``, one channel each) as ``sdata.images[stains_key]``.
-    The cell table (``"table"``) and polygons keep spatialdata-io's names.
+    :func:`spatialdata_io.merscope` reads the cell table and polygons; histoexpr reads the
+    mosaics (tile by tile) and the transcripts itself, puts ``"global"`` in micrometres using
+    ``images/micron_to_mosaic_pixel_transform.csv`` (its inverse maps mosaic pixels to um, so
+    the mosaic gets ``Scale(mpp)`` and a translation to the mosaic's corner, and the transcripts
+    and cell polygons keep their ``global_x``/``global_y`` in um), stores the transcripts as
+    ``sdata.points["transcripts"]``, the DAPI mosaic of ``z_layer`` (``mosaic_DAPI_z<z>.tif``)
+    alone as ``sdata.images[image_key]`` and the other stains' mosaics
+    (``mosaic_<stain>_z<z>.tif``, one channel each) as ``sdata.images[stains_key]``. The cell
+    table (``"table"``) and polygons keep spatialdata-io's names; the polygons spatialdata-io
+    leaves out as invalid (a ring that crosses itself) are counted in a warning.
+
+    The transform may be separated by spaces (as Vizgen writes it), tabs or commas (as a
+    spreadsheet saves it); the transcripts may be gzipped (``detected_transcripts.csv.gz``).
 
     Parameters
     ----------
     path
-        The region folder: it holds ``detected_transcripts.csv``, ``cell_by_gene.csv``,
-        ``cell_metadata.csv``, ``cell_boundaries.parquet`` and ``images/`` (with
-        ``micron_to_mosaic_pixel_transform.csv`` and the ``mosaic_*_z*.tif`` images).
+        The region folder: it holds ``detected_transcripts.csv`` (or ``.csv.gz``),
+        ``cell_by_gene.csv``, ``cell_metadata.csv``, ``cell_boundaries.parquet`` and
+        ``images/`` (with ``micron_to_mosaic_pixel_transform.csv`` and the ``mosaic_*_z*.tif``
+        images).
     z_layer
-        The z plane of the mosaic images to read.
+        The z plane of the mosaic images to read. ``None`` reads the middle one of the planes
+        the folder has (z3 of a full output's z0 to z6, as before this default; z0 of an output
+        that kept only z0), logged; a plane the folder does not have is refused, naming those
+        it has.
     vpt_outputs
         A folder of the Vizgen post-processing tool's outputs (re-segmented cells) to read the
         cells from instead of ``path``.
@@ -423,16 +450,20 @@ def read_merscope(
     >>> hx.pp.transcript_labels(sdata, genes=("Slc17a7", "Gfap"))
 
     """
-    from spatialdata_io import merscope
+    from spatialdata import SpatialData
 
     cells, transcripts = check_bool("cells", cells), check_bool("transcripts", transcripts)
     image, keep_controls = check_bool("image", image), check_bool("keep_controls", keep_controls)
-    z_layer = check_int("z_layer", z_layer, minimum=0)
+    if z_layer is not None:
+        z_layer = check_int("z_layer", z_layer, minimum=0)
     _check_keys(image_key=image_key, stains_key=stains_key)
     folder = _folder(path, "MERSCOPE")
-    needed = ["images/micron_to_mosaic_pixel_transform.csv"]
+    transform = "images/micron_to_mosaic_pixel_transform.csv"
+    needed = [transform]
+    points_file = next((n for n in MERSCOPE_TRANSCRIPTS if (folder / n).is_file()),
+                       MERSCOPE_TRANSCRIPTS[0])
     if transcripts:
-        needed.append("detected_transcripts.csv")
+        needed.append(points_file)
     if cells and vpt_outputs is None:
         needed += ["cell_by_gene.csv", "cell_metadata.csv", "cell_boundaries.parquet"]
     _require(folder, needed, "MERSCOPE", "hx.io.read_merscope")
@@ -445,37 +476,55 @@ def read_merscope(
                 f"The VPT folder {str(vpt)!r} has no cell boundaries ({' or '.join(boundaries)}). "
                 "Pass the folder the post-processing tool wrote, or cells=False.")
     if image:
-        stains = sorted(p.name for p in (folder / "images").glob(f"mosaic_*_z{z_layer}.tif"))
-        if not stains:
-            present = sorted(p.name for p in (folder / "images").glob("mosaic_*_z*.tif"))
-            raise FileNotFoundError(
-                f"The MERSCOPE folder {str(folder)!r} has no mosaic image of z_layer={z_layer} "
-                f"(images/mosaic_<stain>_z{z_layer}.tif; it has {present or 'none'}). Pass the "
-                "z_layer of an image it has, or image=False.")
-    matrix = _merscope_transform(folder / "images" / "micron_to_mosaic_pixel_transform.csv")
-    sdata = merscope(
-        folder, vpt_outputs=vpt_outputs, z_layers=z_layer if image else None,
-        transcripts=transcripts, cells_boundaries=cells, cells_table=cells,
-        mosaic_images=image, backend="dask_image",
-    )
+        z_layer, stains = mosaic_layer(folder / "images", z_layer)
+    matrix = _merscope_transform(folder / transform)
+    sdata = SpatialData()
+    if cells:
+        from spatialdata_io import merscope
+
+        with merscope_cells_folder(folder, folder / transform, matrix) as readable:
+            sdata = merscope(
+                readable, vpt_outputs=vpt_outputs, z_layers=None, transcripts=False,
+                cells_boundaries=True, cells_table=True, mosaic_images=False,
+                slide_name=folder.parent.name, region_name=folder.name)
+        if len(sdata.shapes) == 1:
+            log_dropped_polygons(next(iter(sdata.shapes.values())),
+                                 _merscope_boundaries(folder, vpt_outputs))
+    mosaic = f"{folder.parent.name}_{folder.name}_z{z_layer}"
+    if image:  # before the transformation to um: in mosaic pixels, as spatialdata-io's
+        sdata.images[mosaic] = read_mosaics(folder / "images", stains, z_layer)
     _to_micrometres(sdata, np.linalg.inv(matrix))
-    for key in [k for k in sdata.points.keys() if k.endswith("_transcripts")]:
-        if key != "transcripts":
-            sdata.points["transcripts"] = sdata.points[key]
-            del sdata.points[key]
+    if transcripts:  # in um already (global_x, global_y)
+        sdata.points["transcripts"] = merscope_points(folder / points_file)
         drop_control_points(sdata, "MERSCOPE", keep_controls=keep_controls)
         _rename_points(sdata, "transcripts", "gene")
-    for key in [k for k in sdata.images.keys() if k.endswith(f"_z{z_layer}")]:
-        split_stains(sdata, key, image_key, stains_key, nuclear_stain, "MERSCOPE",
-                     sort=True)
+    if image:
+        split_stains(sdata, mosaic, image_key, stains_key, nuclear_stain, "MERSCOPE", sort=True)
     _log_result(sdata, "MERSCOPE", image_key)
     return sdata
 
 
+def _merscope_boundaries(folder: Path, vpt_outputs: str | Path | None) -> Path:
+    """The cell boundaries spatialdata-io reads: the VPT folder's, else the region's."""
+    if vpt_outputs is None:
+        return folder / "cell_boundaries.parquet"
+    vpt = Path(vpt_outputs)
+    return next((vpt / n for n in ("cellpose_micron_space.parquet",
+                                   "watershed_micron_space.parquet") if (vpt / n).exists()),
+                vpt / "cellpose_micron_space.parquet")
+
+
 def _merscope_transform(path: Path) -> np.ndarray:
-    """The 3x3 micron-to-mosaic-pixel matrix, checked to scale both axes alike."""
+    """The 3x3 micron-to-mosaic-pixel matrix, checked to scale both axes alike.
+
+    Its numbers may be separated by spaces or tabs (Vizgen's file), commas or semicolons.
+    """
+    import re
+
     try:
-        matrix = np.loadtxt(path, ndmin=2)
+        rows = [re.split(r"[\s,;]+", line.strip()) for line in
+                path.read_text(errors="replace").splitlines() if line.strip()]
+        matrix = np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
     except ValueError as error:
         raise ValueError(f"{str(path)!r} is not a 3x3 table of numbers ({error}). Copy it again "
                          "from the MERSCOPE output.") from error
