@@ -7,9 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._cli_cohort import CannotPredictError, load_model_file, run_predict_cohort
 from ._core.files import changed_in_folder, folder_listing, restore_swap_of, written_beside
 from ._core.logs import SlidesFailedError, logger, shown
-from ._core.torch_files import untrained_message
 from ._core.validate import check_bool, check_element_name
 from ._demo import SIZES, run_demo
 
@@ -20,10 +20,6 @@ EXIT_CANNOT_PREDICT = 3
 EXIT_CODES = (f"exit codes: 0 success, {EXIT_BAD_INPUT} bad input (missing or unreadable file, "
               f"existing output, bad option), {EXIT_CANNOT_PREDICT} a model this histoexpr "
               "cannot apply")
-
-
-class CannotPredictError(Exception):
-    """The model cannot be applied: its kind is unknown, or its predict refused the data."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             run_predict_cohort(args.model, args.manifest, store_dir=args.store_dir,
                                batch_size=args.batch_size, device=args.device,
                                overwrite=args.overwrite, workers=args.workers or 0,
-                               image_key=args.image_key, root=args.root)
+                               image_key=args.image_key, root=args.root, imports=args.imports)
         elif args.command == "predict":
             _check_source_options(args)
             if args.out is None:
                 parser.error("predict --image needs --out OUT.zarr")
             run_predict(args.model, args.image, args.out, image_key=args.image_key,
                         mpp=args.mpp, batch_size=args.batch_size, device=args.device,
-                        overwrite=args.overwrite, root=args.root)
+                        overwrite=args.overwrite, root=args.root, imports=args.imports)
     except (CannotPredictError, SlidesFailedError) as error:
         print(f"histoexpr {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CANNOT_PREDICT
@@ -95,9 +91,13 @@ def _add_predict_parser(commands) -> None:
         "the model was trained (its pixel size and tile size) where the model needs tiles, run "
         "the model in batches and write the slide with its predictions to OUT.zarr. Open the "
         "result with spatialdata.read_zarr, hx.pl.napari or napari (histoexpr's reader). With "
-        "--manifest (a spot regressor): every slide of the manifest is tiled on its tissue and "
-        "predicted into its own store (hx.io.read_cohort's stores); a rerun skips the slides "
-        "already predicted by the same model from the same file.",
+        "--manifest (a model that predicts a cohort: a spot regressor, a bag model such as "
+        "abmil, or a model of your own registered with cohort=True or kind='spot'): every "
+        "slide of the manifest is predicted into its own store (hx.io.read_cohort's stores), "
+        "tiled on its tissue (and, for a bag model, embedded as in training) where its store "
+        "lacks them; a spot regressor's rerun skips the slides already predicted by the same "
+        "model from the same file. A model written outside histoexpr needs --import of the "
+        "module that registers it.",
         epilog=EXIT_CODES,
     )
     predict.add_argument("--model", "-m", type=Path, required=True, metavar="M",
@@ -124,6 +124,13 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64,
                          help="tiles per forward pass (default: %(default)s)")
     predict.add_argument("--device", default=None, help="torch device (default: the best found)")
+    predict.add_argument("--import", dest="imports", action="append", default=[],
+                         metavar="MODULE",
+                         help="import this module of yours (by name: installed, or its folder "
+                              "on PYTHONPATH) before the model file is loaded: the code that "
+                              "registers a model from outside histoexpr (hx.tl.register_model) "
+                              "and its network class (hx.models.register_network) when "
+                              "imported; repeat for several")
     predict.add_argument("--root", type=Path, default=None, metavar="DIR",
                          help="folder that relative paths written inside the model file (its "
                               "encoder's folder or file) are relative to; without it they are "
@@ -135,10 +142,12 @@ def _add_predict_parser(commands) -> None:
 
 def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str | None = None,
                 mpp: float | None = None, batch_size: int = 64, device: str | None = None,
-                overwrite: bool = False, root: Path | None = None) -> dict:
+                overwrite: bool = False, root: Path | None = None,
+                imports: list[str] | tuple[str, ...] = ()) -> dict:
     """Apply a model file to a slide and write the slide with its predictions to ``out``.
 
-    Returns what was run: the model, the image key and the elements the prediction added.
+    The modules ``imports`` (``--import``) are imported first, by name. Returns what was run:
+    the model, the image key and the elements the prediction added.
     """
     import histoexpr as hx
 
@@ -156,16 +165,8 @@ def run_predict(model_path: Path, image_path: Path, out: Path, *, image_key: str
         raise ValueError(f"The output {out} is the input store, which is read lazily while the "
                          "output is written; choose another -o.")
     hx.settings.verbosity = 2
-    model = hx.io.load_model(model_path, device=device, root=root)
-    name = (model.metadata or {}).get("model")
-    if name is None:
-        raise CannotPredictError(untrained_message(model, str(model_path)))
-    try:
-        accepted = hx.tl.predict_options(str(name))
-    except ValueError as error:
-        raise CannotPredictError(
-            f"{model_path} holds a {name!r} model, which this histoexpr cannot apply ({error}) "
-            "It may come from another version of histoexpr.") from error
+    model, name = load_model_file(model_path, device=device, root=root, imports=imports)
+    accepted = hx.tl.predict_options(name)
     if not image_path.exists():
         raise FileNotFoundError(f"No image at {image_path}.")
     image_key = image_key or model.metadata.get("image_key") or "he"
@@ -236,59 +237,6 @@ def _check_source_options(args) -> None:
              if getattr(args, name) is not None]
     if given:
         raise ValueError(f"{'; '.join(given)}. Drop the option{'s' * (len(given) > 1)}.")
-
-
-def run_predict_cohort(model_path: Path, manifest: Path, *, store_dir: Path | None = None,
-                       batch_size: int = 64, device: str | None = None,
-                       overwrite: bool = False, workers: int = 0, image_key: str | None = None,
-                       root: Path | None = None):
-    """Predict every slide of a manifest into its store with a spot regressor's model file.
-
-    Returns the per-slide summary of ``hx.tl.predict`` (status, tiles, seconds, worker).
-    """
-    import histoexpr as hx
-
-    from ._settings import _validate_device
-
-    overwrite = check_bool("overwrite", overwrite)
-    if workers < 0:
-        raise ValueError(f"--workers must be 0 (here) or a number of processes, got {workers}.")
-    if image_key is not None:  # before the model is loaded
-        check_element_name("--image-key", image_key)
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
-    if device is not None:
-        _validate_device(device, "--device")
-    for path, what in ((model_path, "model file"), (manifest, "manifest")):
-        if not path.exists():
-            raise FileNotFoundError(f"No {what} at {path}; check the path.")
-    hx.settings.verbosity = 2
-    model = hx.io.load_model(model_path, device=device, root=root)
-    name = (model.metadata or {}).get("model")
-    if name is None:
-        raise CannotPredictError(untrained_message(model, str(model_path)))
-    if name != "spot_regressor":
-        raise CannotPredictError(
-            f"{model_path} holds a {name!r} model; a manifest of H&E slides is predicted by a "
-            "spot regressor (hx.tl.fit(..., model='spot_regressor')). Give such a model file, or "
-            "predict each slide with --image.")
-    cohort = hx.io.read_cohort(manifest, store_dir=store_dir,
-                               image_key=image_key or model.metadata.get("image_key") or "he")
-    options = {"batch_size": batch_size, "device": device, "overwrite": overwrite}
-    if not workers:
-        frame = hx.tl.predict(model, cohort, **options)
-    else:
-        from dask.distributed import Client, LocalCluster
-
-        # any free port for the scheduler's HTTP server: another cluster on 8787 stops nothing
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
-            frame = hx.tl.predict(model, cohort, client=client, **options)
-    counts = frame["status"].value_counts().to_dict()
-    logger.info("Predicted %d slides of %s into %s (%s).", len(frame), manifest,
-                cohort.store_dir, ", ".join(f"{n} {s}" for s, n in counts.items()))
-    print(frame.to_string())
-    return frame
 
 
 def _check_before_work(model_path: Path, image_path: Path, out: Path, *, mpp: float | None,

@@ -322,7 +322,7 @@ class _EncoderRouteOptions(_HeadRouteOptions):
         scanner between sections; prediction does the same on the new section).
     """
 
-    encoder: str | Sequence[str] = "handcrafted"
+    encoder: str | Path | Sequence[str | Path] = "handcrafted"
     features_key: str | None = None
     context_um: float | Sequence[float] | None = None
     standardise_sections: bool = False
@@ -340,7 +340,7 @@ class _EncoderRouteOptions(_HeadRouteOptions):
         return isinstance(self.encoder, str) and self.encoder in ("ssl", "random_cnn")
 
 
-def _checked_encoder(encoder: Any) -> str | tuple[str, ...]:
+def _checked_encoder(encoder: Any) -> str | list[str] | tuple[str, ...]:
     """The head routes' ``encoder``: a name or file, or a list of them (paths as strings).
 
     Anything else is refused before any work; a network object with how to use an encoder of
