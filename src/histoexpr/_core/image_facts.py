@@ -43,13 +43,17 @@ def channel_kind(channels: Sequence[str]) -> str | None:
     case): the colour channels of an H&E or other stain on white; ``"fluorescence"`` where the
     channels name stains (e.g. ``DAPI, CD3, CD8``), whatever their number; ``None`` where the
     names say nothing (no names, numbers such as ``c0, c1``, ``0, 1``, ``Channel 0``, or a
-    brightfield scan's ``Brightfield`` planes).
+    brightfield scan's ``Brightfield`` planes, or ``r, g, b, a``: colours with an alpha
+    channel, left to the rule by count or to the pixels).
     """
     names = [str(c).strip() for c in channels]
     if not names or all(not name or _UNNAMED.fullmatch(name) for name in names):
         return None
-    if tuple(name.lower() for name in names) in RGB_NAMES:
+    lowered = tuple(name.lower() for name in names)
+    if lowered in RGB_NAMES:
         return "brightfield"
+    if lowered[:3] in RGB_NAMES and lowered[3:] in (("a",), ("alpha",)):
+        return None  # RGB + alpha: colours, but what they show is for the pixels to say
     return "fluorescence"
 
 
