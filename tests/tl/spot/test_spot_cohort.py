@@ -299,11 +299,11 @@ def test_the_command_line_predicts_a_manifest(slides, model, tmp_path, capsys):
 
 @bad_input(
     "obscure error",
-    "`histoexpr predict --manifest SLIDES.csv` with a model file that "
-    "is not a spot regressor, or a manifest naming missing slide files",
-    says="exit 3: names the model's kind and the kind that predicts a manifest / "
+    "`histoexpr predict --manifest SLIDES.csv` with a model file of a model that "
+    "does not predict a cohort, or a manifest naming missing slide files",
+    says="exit 3: names the model and the models that predict a manifest / "
     "exit 2: names the missing files; no store is written",
-    fix="give a spot regressor's model file (or predict each slide with --image); fix the paths",
+    fix="give a model that predicts a cohort (or predict each slide with --image); fix the paths",
 )
 def test_the_command_line_refuses_a_manifest_it_cannot_predict(slides, model, tmp_path, capsys):
     other = hx.models.LinearHead(n_features=3, n_genes=2)
