@@ -82,3 +82,22 @@ def untrained_message(network: Any, where: str) -> str:
         said += (" A tile encoder (from hx.tl.pretrain or hx.models) makes features: give it "
                  "as encoder= to hx.tl.embed, hx.tl.embed_cohort or hx.tl.fit.")
     return said + " Predict with a model trained by hx.tl.fit (saved with hx.io.save_model)."
+
+
+def model_fingerprint(model: Any) -> str:
+    """A digest (SHA-256) of a trained model's weights and metadata: no other model's.
+
+    What results written by a model into slide stores record of it (the spot regressor's
+    tables, a slide-level model's per-tile results), so that a rerun with the same model
+    finishes an interrupted run and results of another model are told apart.
+    """
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(getattr(model, "metadata", None) or {}, sort_keys=True,
+                             default=str).encode())
+    return digest.hexdigest()

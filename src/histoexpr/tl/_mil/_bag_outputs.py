@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -80,13 +78,9 @@ def model_identity(model) -> dict[str, Any]:
     or the one :func:`results_run` names. Results of one key from different runs are refused
     where the cohort's slides are opened (``cohort[slide_id]``).
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps(getattr(model, "metadata", None) or {}, sort_keys=True,
-                             default=str).encode())
-    fingerprint = digest.hexdigest()
+    from ..._core.torch_files import model_fingerprint
+
+    fingerprint = model_fingerprint(model)
     return {"fingerprint": fingerprint, "run": _RUN.get() or f"{STEP}:{fingerprint}"}
 
 

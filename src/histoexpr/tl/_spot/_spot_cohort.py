@@ -15,7 +15,6 @@ nothing of it is stored, and the next run tries it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..._core.distributed import check_client, close_slide_files, report_failures, run_slides
 from ..._core.logs import logger, shown
 from ..._core.memory import file_fingerprint
+from ..._core.torch_files import model_fingerprint
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -407,18 +407,6 @@ def guard_columns(table) -> dict[str, Any]:
         return {"fraction_out_of_range": float("nan"), "warns": None}
     return {"fraction_out_of_range": float(guard["fraction_out_of_range"]),
             "warns": bool(guard["warns"])}
-
-
-def model_fingerprint(model: Network) -> str:
-    """A digest of a model's weights and metadata: another model never passes for it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(
-        json.dumps(getattr(model, "metadata", None) or {}, sort_keys=True, default=str).encode()
-    )
-    return digest.hexdigest()
 
 
 def slide_file(path: str | Path) -> dict[str, Any]:
