@@ -162,7 +162,9 @@ def predict_cohort(
                 "mpp": cohort.slide_mpp(slide_id),
                 "image_key": image_key,
                 "record": record,
-                "module": None if module is None else module.__name__,
+                # the function itself: a dask worker gets it by reference, or by value where
+                # its module cannot be imported there (a notebook's or script's __main__)
+                "predict": None if module is None else module.predict,
                 "options": {
                     name: value
                     for name, value in {
@@ -365,8 +367,6 @@ def _predict_slide(task: dict, model: Network) -> dict:
 
 def _predict_and_write(task: dict, model: Network):
     """The slide's table of predictions, written to its store; the slide file closed after."""
-    import importlib
-
     from anndata import AnnData
 
     from ...io import SlideStore, read_wsi
@@ -375,14 +375,13 @@ def _predict_and_write(task: dict, model: Network):
     store = SlideStore(task["store"])
     store.remove_partials()
     options = task["options"]
-    module = _spot_predict if task.get("module") is None else importlib.import_module(
-        task["module"])
+    predict = task.get("predict") or _spot_predict.predict
     sdata = read_wsi(task["path"], mpp=task["mpp"], image_key=options.get(
         "image_key", task["image_key"]))
     try:
-        table = module.predict(model, sdata, **options)
+        table = predict(model, sdata, **options)
         if not isinstance(table, AnnData):
-            raise TypeError(f"{module.__name__}.predict returned a {type(table).__name__}, not "
+            raise TypeError(f"{predict.__module__}.predict returned a {type(table).__name__}, not "
                             "the slide's table of predictions (an AnnData).")
         store.write_prediction(
             options["key_added"],
