@@ -333,17 +333,17 @@ def _weights_digest(network: torch.nn.Module) -> str:
 def network_digest(network: torch.nn.Module) -> str:
     """The SHA-256 of what makes a network's outputs: its class, configuration and weights.
 
-    The class by module and name (two classes of one name are two networks), the
-    configuration a :class:`histoexpr.models.Network` is built with (``get_config()``: options
-    such as a pooling that no weight shows) and every tensor of its ``state_dict`` in the order
-    of their names.
+    The class by name (not by module: ``__main__`` in a notebook, a package's in a script, the
+    same network either way), the configuration a :class:`histoexpr.models.Network` is built
+    with (``get_config()``: options such as a pooling that no weight shows) and every tensor of
+    its ``state_dict`` in the order of their names.
     """
     import hashlib
     import json
 
     digest = hashlib.sha256()
     kind = type(network)
-    digest.update(f"{kind.__module__}.{kind.__qualname__}".encode())
+    digest.update(kind.__qualname__.encode())  # not its module: __main__ in a notebook
     config = network.get_config() if callable(getattr(network, "get_config", None)) else {}
     digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
     for key, value in sorted(network.state_dict().items()):
