@@ -18,6 +18,7 @@ import numpy as np
 from ..._core.logs import each_item, logger, progress
 from .._metrics._expression_metrics import expression_pairs, gene_correlations
 from .._sections import as_sections, check_no_copies
+from ._cross_validate import _fold_genes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -411,13 +412,6 @@ def _features(work: Mapping[str, Any], specs: Mapping[str, Any], common) -> pd.D
                          "cpu_s": time.process_time() - cpu,
                          "wall_s": time.perf_counter() - began, "reused": reused})
     return pd.DataFrame(rows)
-
-
-def _fold_genes(train: Mapping[str, Any], table_key: str, n_genes: int, flavor: str) -> list:
-    from ...pp import select_genes
-
-    return select_genes([s.tables[table_key] for s in train.values()], n_top=n_genes,
-                        flavor=flavor)
 
 
 def _fit_and_score(train, held_out, options, genes: list[str], table_key: str
