@@ -250,12 +250,10 @@ def write_contributions(bags: Bags, contributions: dict[str, np.ndarray], *, col
 
     After :func:`write_predictions`, which checked and recorded the entry in every section.
     Sections in memory only: a cohort on disk keeps per-tile outputs and attention in its slide
-    stores, which hold no contribution map, so nothing is done (no slide is opened).
+    stores, which hold no contribution map.
     """
     import pandas as pd
 
-    if bags.stores is not None:
-        return
     for name, values in contributions.items():
         table = bags.sections[name].tables[f"{bags.tiles_key}_table"]
         table.obsm[f"{key_added}_contribution"] = pd.DataFrame(values, index=table.obs_names,
@@ -350,21 +348,14 @@ def write_predictions(bags: Bags, tile_outputs: dict[str, np.ndarray],
                       model: str | None = None) -> None:
     """Per-tile outputs and section-normalised attention into each section's tile table.
 
-    For a cohort on disk, into each slide's store instead (every store checked first, see
-    :func:`check_stores_writable`); :func:`histoexpr.tl.predict` writes each slide there as soon
-    as it is scored, so as not to hold every slide's results. ``model``: the kind of bag model
-    (its ``metadata["model"]``), recorded with the outputs in memory so that another kind of
-    model does not replace them (see :func:`check_outputs_writable`).
+    Sections in memory only: a cohort on disk gets each slide's results in its store as soon
+    as the slide is scored (:func:`write_store_results`, every store checked first by
+    :func:`check_stores_writable`). ``model``: the kind of bag model (its
+    ``metadata["model"]``), recorded with the outputs so that another kind of model does not
+    replace them (see :func:`check_outputs_writable`).
     """
     import pandas as pd
 
-    if bags.stores is not None:
-        check_stores_writable(bags, list(tile_outputs), key_added, overwrite=overwrite)
-        for name, outputs in tile_outputs.items():
-            write_store_results(bags, name, outputs, tile_attention[name], columns=columns,
-                                branches=branches, key_added=key_added, overwrite=overwrite)
-        finish_store_results(bags, key_added, len(tile_outputs))
-        return
     tables = {name: bags.sections[name].tables[f"{bags.tiles_key}_table"]
               for name in tile_outputs}
     # every entry of every section is checked before any is written
