@@ -408,15 +408,21 @@ def _drops(store, tissue_key: str, tiles_key: str, key_added: str) -> list[str]:
     :meth:`~histoexpr.io.SlideStore.check_rewritable` raise, naming it. Returns the keys of
     the features the rewrite drops.
     """
+    return store.check_rewritable(tissue_key=tissue_key, tiles_key=tiles_key,
+                                  feature_keys=[key_added], drop_features=_droppable(store,
+                                                                                     tiles_key))
+
+
+def _droppable(store, tiles_key: str) -> list[str]:
+    """The features of ``tiles_key`` whose record shows embed_cohort made them (see _drops)."""
     from ._embed import STEP
 
     stored = (store.feature_records(tiles_key)
               if store.complete and tiles_key in store.tiles_keys() else {})
-    drop = [key for key, record in stored.items() if isinstance(made := record.get("params"), dict)
+    return [key for key, record in stored.items()
+            if isinstance(made := record.get("params"), dict)
             and made.get("key") == key and set(made) == set(FEATURE_PARAMS)
             and EmbeddingRecord.from_uns(record).writer in (None, WriterRecord(STEP, key))]
-    return store.check_rewritable(tissue_key=tissue_key, tiles_key=tiles_key,
-                                  feature_keys=[key_added], drop_features=drop)
 
 
 def _changed(stored: dict, params: dict) -> list[str]:
@@ -539,7 +545,7 @@ def _embed_and_write(sdata, task: dict, encoders: list, store) -> int:
                  "processed": time.time()}
         store.write_slide(sdata, tissue_key=params["tissue_key"], tiles_key=tiles_key,
                           slide=slide, params=params, feature_keys=[key],
-                          drop_features=_drops(store, params["tissue_key"], tiles_key, key))
+                          drop_features=_droppable(store, tiles_key))  # it checks them
     else:
         store.write_features(tiles_key, key, table.obsm[key], record)
     return int(table.n_obs)
