@@ -63,9 +63,7 @@ def _open(path: str, identity: tuple[int, int]) -> Any:
     tif = tifffile.TiffFile(path)
     if hasattr(tif.filehandle, "set_lock"):
         tif.filehandle.set_lock(True)  # dask reads tiles from several threads
-    with _LOCK:
-        _OPEN[(path, identity)] = tif
-    return tif
+    return _register(path, identity, tif)  # another thread's, where it opened it first
 
 
 def close_slide_file(path: str | Path) -> None:
