@@ -39,7 +39,8 @@ def partial_path(target: str | Path, what: str = "new") -> Path:
     import secrets
 
     target = Path(target)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)[:40]
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_"
+                   for c in what)[:40]  # 40 bytes: a non-ASCII letter would be up to 4
     return target.parent / (f".{target.name}.{safe}.{PARTIAL}{_host()}-{os.getpid()}-"
                             f"{secrets.token_hex(4)}{target.suffix}")
 
