@@ -197,6 +197,11 @@ def test_st_spot_names_from_r_and_decimal_coordinates(tmp_path, caplog):
         np.testing.assert_array_equal(table.to_numpy(), values)
     assert "named by decimal array coordinates (e.g. '5.003x2.987')" in caplog.text
     assert "rounding them ('5x3')" in caplog.text
+    # two spots that round to one array spot cannot be matched: refused, not mixed
+    _write(decimal_path, _counts_text(["5.003x2.987", "4.9x3.1", "4.991x3.993", "6.02x4.0"],
+                                      genes, values))
+    with pytest.raises(ValueError, match=r"gives one spot twice \(e\.g\. '5x3'\)"):
+        _read_counts(decimal_path)
 
 
 @bad_input("obscure error", "a legacy ST counts table whose lines end with a tab",

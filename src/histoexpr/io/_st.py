@@ -216,6 +216,13 @@ def _spot_names(names: pd.Index, name: str) -> pd.Index:
     out[spot] = [f"{a:.0f}x{b:.0f}" for a, b in zip(np.rint(x[spot]), np.rint(y[spot]),
                                                      strict=True)]
     if decimal.any():
+        rounded = pd.Index(out[spot])
+        if not rounded.is_unique:
+            raise ValueError(
+                f"The spots of {name} are named by decimal array coordinates, and rounding them "
+                f"to the array gives one spot twice (e.g. {rounded[rounded.duplicated()][0]!r})"
+                ": they cannot be matched to the spot file. Name the spots by their array "
+                "coordinates ('12x7') in the counts table.")
         first = int(np.flatnonzero(decimal)[0])
         logger.info("The spots of %s are named by decimal array coordinates (e.g. %r); matched "
                     "to the spot file's x, y by rounding them (%r).", name, text[first],
