@@ -222,10 +222,11 @@ def _read_table(table, what: str, columns: tuple[str, ...], rows: str) -> pd.Dat
         raise TypeError(f"table must be a pandas DataFrame or the path of a csv, tsv or parquet "
                         f"file, got {type(table).__name__}.")
     path = existing_file(table, what)
-    reader = "read_parquet(path, columns=" if is_parquet(path) else "read_csv(path, usecols="
+    parquet = is_parquet(path)
+    reader = "read_parquet(path, columns=" if parquet else "read_csv(path, usecols="
     fix = (f"Read the columns and rows you need yourself and pass the DataFrame (e.g. "
            f"pandas.{reader}{list(columns)!r}), or {rows}).")
-    if is_parquet(path):
+    if parquet:
         _check_parquet_memory(path, what, fix)
         try:
             return pd.read_parquet(path)
