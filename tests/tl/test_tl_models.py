@@ -199,6 +199,10 @@ def test_the_registries_are_views_of_the_one_table():
     assert dict(_models.CROSS_VALIDATORS) == {
         n: tuple(s.cross_validator.split(":")) for n, s in table.items() if s.cross_validator}
     assert _models.BAG_MODELS and _models.COHORT_MODELS and _models.CROSS_VALIDATORS
+    # histoexpr's own models in the views they belong to
+    assert {"abmil", "meanpool_ridge", "meanpool_logistic"} <= set(_models.BAG_MODELS)
+    assert {"abmil", "meanpool_ridge", "meanpool_logistic", "spot_regressor"} <= set(
+        _models.COHORT_MODELS)
     assert set(_models.OWN_MODELS) == set(table)  # nothing registered from outside here
     for name, spec in table.items():
         assert spec.options.model == name
