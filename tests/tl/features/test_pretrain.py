@@ -487,7 +487,9 @@ def test_resuming_another_run_is_refused_naming_each_option(sections, tmp_path):
            "checkpoints recorded their run: its tiles and options cannot be checked",
            says="ValueError: The checkpoint ... does not record the options and tiles it was "
            "made with ... Pass overwrite=True (or another checkpoint_dir) to start afresh",
-           fix="`overwrite=True` or another `checkpoint_dir`")
+           fix="`overwrite=True` or another `checkpoint_dir`; a checkpoint of an earlier "
+               "version, with no seal either, is refused as a file that 'holds no digest of "
+               "what was written': another `checkpoint_dir`, or move it away")
 def test_a_checkpoint_without_its_run_is_not_resumed(sections, tmp_path):
     section = sections[0]
     options = {**TINY, "epochs": 1, "seed": 0}
@@ -495,7 +497,7 @@ def test_a_checkpoint_without_its_run_is_not_resumed(sections, tmp_path):
     checkpoint = tmp_path / _pretrain.CHECKPOINT_NAME
     payload = torch.load(checkpoint, weights_only=True)
     assert payload["run"]["tiles_key"] == "he_tiles" and payload["run"]["lr"] == 1e-3
-    del payload["run"]  # as an earlier histoexpr wrote it (sealed again: as written)
+    del payload["run"]  # a sealed checkpoint without its run (sealed again: as written)
     from histoexpr._core.files import content_digest, seal_of
 
     del payload["seal"]
@@ -507,6 +509,14 @@ def test_a_checkpoint_without_its_run_is_not_resumed(sections, tmp_path):
     assert checkpoint.read_bytes() == before
     hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, overwrite=True, **options)
     assert "run" in torch.load(checkpoint, weights_only=True)
+    # as an earlier version wrote it, with no run and no seal either: refused as well, unchanged
+    payload = torch.load(checkpoint, weights_only=True)
+    del payload["run"], payload["seal"]
+    torch.save(payload, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(FileExistsError, match="holds no digest of what was written"):
+        hx.tl.pretrain(section, "he_tiles", checkpoint_dir=tmp_path, resume=True, **options)
+    assert checkpoint.read_bytes() == before
 
 
 @bad_input("obscure error", "`hx.tl.pretrain(..., checkpoint_dir='notes.txt')`, an existing "
