@@ -1,8 +1,9 @@
 """Spot expression under a locked, nested protocol: ``hx.tl.fit(..., route="auto")``.
 
 Outer loop: leave one section out (her2st C2, C3, C4; or the four MOB sections). Inside each
-outer fold, ``route="auto"`` chooses encoder, stain normalisation, per-section scaling, context,
-target transform and head by inner leave-one-section-out on the training sections alone, then
+outer fold, ``route="auto"`` chooses encoder, per-section scaling, context, target transform
+and head by inner leave-one-section-out on the training sections alone (its default grid
+without stain normalisation, for cost: stain normalisation is measured as a step's effect), then
 trains on all of them; the held-out section is scored once (mean Pearson over the 50 most
 expressed genes of the training sections). Also measured in the same run, on the same outer
 folds: the peer (squidpy features + PCA + ridge), each step's effect (auto's choice with one
